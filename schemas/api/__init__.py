@@ -1,0 +1,19 @@
+"""Request/reply contracts of the ``cfg.api.<service>.<op>`` endpoints (``nats.micro``).
+
+A failed request is answered with the ``Nats-Service-Error`` / ``Nats-Service-Error-Code``
+headers and an ``ApiError`` body. Codes follow HTTP: 400 invalid, 404 not found,
+409 conflict, 503 unavailable (retry).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ApiError(msgspec.Struct, frozen=True, kw_only=True):
+    code: int
+    error: str
+    where: str = ""
+
+
+decode_api_error = msgspec.json.Decoder(ApiError).decode

@@ -1,0 +1,62 @@
+"""``cfg.api.txn.*``: the coordinator's request/reply API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from schemas.events import VoteRecord
+from schemas.names import Namespace, NodeId, TxId
+from schemas.txn import Decision
+
+SERVICE = "txn"
+
+
+class SwitchRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Run one atomic switch: ``version`` of ``namespace`` on ``nodes`` (one wave)."""
+
+    namespace: Namespace
+    version: int
+    nodes: list[NodeId]
+    timeout_s: float | None = None  # the vote deadline; None: the policy's
+    actor: str = ""
+    reason: str = ""
+
+
+class SwitchReply(msgspec.Struct, frozen=True, kw_only=True):
+    txid: TxId
+    outcome: Literal["commit", "abort"]
+    votes: list[VoteRecord] = []
+
+
+class ResolveRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """An in-doubt participant asks for the decision; past the timeout, ABORT is written."""
+
+    namespace: Namespace
+    txid: TxId
+    node: NodeId | None = None
+
+
+class ResolveReply(msgspec.Struct, frozen=True, kw_only=True):
+    state: Literal["committed", "aborted", "pending"]
+    decision: Decision | None = None
+
+
+class InDoubtRequest(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: Namespace | None = None
+
+
+class InDoubtTxn(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: Namespace
+    txid: TxId
+    version: int
+    epoch: int
+    participants: list[NodeId]
+    started_at: datetime | None
+    age_s: float
+
+
+class InDoubtReply(msgspec.Struct, frozen=True, kw_only=True):
+    txns: list[InDoubtTxn]

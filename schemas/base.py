@@ -1,0 +1,32 @@
+"""The base of every message: frozen, tagged by ``type``, versioned by ``schema_version``.
+
+Evolution rules (msgspec ``schema-evolution``): new fields get defaults, fields are never
+reordered or retyped, and readers ignore fields they do not know. A message whose ``type``
+tag a reader does not know comes from a newer confbus: it is skipped, not dead-lettered.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    schema_version: int = SCHEMA_VERSION
+
+
+class Envelope(msgspec.Struct):
+    """Just enough of any message to tell an unknown newer tag from garbage."""
+
+    type: str
+    schema_version: int = SCHEMA_VERSION
+
+
+decode_envelope = msgspec.json.Decoder(Envelope).decode
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,34 @@
+"""``CFG_CHANGES``: change proposals from CI and operators, on ``cfg.change.<ns>``.
+
+The message id is ``<namespace>:<change_id>``, so a CI retry is a no-op for the stream, and
+the version-store maps the same id to the same version (and the same id with other bytes
+to a clear rejection).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.base import Message
+from schemas.names import ChangeId, Format, Label, Namespace
+
+
+class ChangeProposed(Message, tag="change.proposed", kw_only=True):
+    namespace: Namespace
+    change_id: ChangeId
+    content: bytes
+    format: Format | None = None  # None: the namespace policy's format
+    author: str = ""
+    message: str = ""
+    base: int | None = None  # refuse unless this is the namespace's newest version
+    rollback_of: int | None = None
+    strategy: str | None = None  # overrides the policy's rollout strategy for this version
+    selector: dict[Label, Label] | None = None
+
+
+ChangeMessage = ChangeProposed
+decode_change = msgspec.json.Decoder(ChangeMessage).decode
+
+
+def msg_id(namespace: str, change_id: str) -> str:
+    return f"{namespace}:{change_id}"

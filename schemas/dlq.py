@@ -1,0 +1,24 @@
+"""``CFG_DLQ``: messages that can never succeed, kept with the reason (``cfg.dlq.<stream>``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from schemas.base import Message, utcnow
+
+
+class DeadLetter(Message, tag="dead_letter", kw_only=True):
+    stream: str
+    subject: str
+    stream_seq: int | None
+    reason: str
+    data: bytes  # the original bytes, untouched
+    headers: dict[str, str] = {}
+    deliveries: int = 1
+    consumer: str = ""
+    at: datetime = msgspec.field(default_factory=utcnow)
+
+
+decode_dead_letter = msgspec.json.Decoder(DeadLetter).decode

@@ -1,0 +1,247 @@
+"""``CFG_EVENTS``: the audit log. Every state change is a fact here, with actor, reason and time.
+
+The subject of an event is ``cfg.event.<namespace>.<type>`` — the tag *is* the subject suffix —
+so ``confbus replay 'cfg.event.payments.rollout.>'`` filters without decoding.
+Replaying this stream reconstructs which version every node ran at any moment (DESIGN §8.8):
+``node.applied`` carries the node, the version and the time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from schemas.base import Message, utcnow
+from schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
+
+
+class Event(Message, kw_only=True):
+    namespace: Namespace
+    at: datetime = msgspec.field(default_factory=utcnow)
+    actor: str = ""
+    reason: str = ""
+
+
+# -- versions (version-store) -------------------------------------------------------------
+
+
+class VersionCreated(Event, tag="version.created", kw_only=True):
+    version: int
+    sha256: Sha256
+    size: int
+    format: Format
+    parent: int | None
+    change_id: ChangeId
+    status: str
+    message: str = ""
+    rollback_of: int | None = None
+    strategy: str | None = None
+    selector: dict[str, str] | None = None
+
+
+class VersionRejected(Event, tag="version.rejected", kw_only=True):
+    change_id: str
+    where: str = ""  # e.g. the JSON Schema path or the line of a parse error
+
+
+class VersionApproved(Event, tag="version.approved", kw_only=True):
+    version: int
+
+
+class VersionPromoted(Event, tag="version.promoted", kw_only=True):
+    """The version became ``production``; ``previous`` (if any) became ``superseded``."""
+
+    version: int
+    previous: int | None = None
+
+
+class VersionLastGood(Event, tag="version.last_good", kw_only=True):
+    version: int
+
+
+# -- transactions (coordinator) -------------------------------------------------------------
+
+
+class VoteRecord(msgspec.Struct, frozen=True, kw_only=True):
+    node: NodeId
+    vote: Literal["yes", "no", "missing"]
+    reason: str = ""
+
+
+class TxnCommitted(Event, tag="txn.committed", kw_only=True):
+    txid: TxId
+    version: int
+    epoch: Epoch
+    participants: list[NodeId]
+    votes: list[VoteRecord] = []
+
+
+class TxnAborted(Event, tag="txn.aborted", kw_only=True):
+    txid: TxId
+    version: int
+    epoch: Epoch
+    participants: list[NodeId]
+    votes: list[VoteRecord] = []
+
+
+# -- nodes (agent, distributor) -------------------------------------------------------------
+
+
+class NodeApplied(Event, tag="node.applied", kw_only=True):
+    node: NodeId
+    version: int
+    sha256: Sha256
+    txid: TxId | None = None
+    previous: int | None = None
+
+
+class NodeDrift(Event, tag="node.drift", kw_only=True):
+    node: NodeId
+    expected_version: int
+    expected_sha256: Sha256
+    found_sha256: str
+
+
+class NodeStatusChanged(Event, tag="node.status", kw_only=True):
+    node: NodeId
+    status: Literal["live", "suspect", "gone", "failing"]
+
+
+# -- rollouts (distributor) ------------------------------------------------------------------
+
+
+class NodeOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    node: NodeId
+    outcome: Literal["applied", "no", "missing", "excluded", "skipped", "pending"]
+    attempts: int = 1
+    reason: str = ""
+    seconds: float | None = None
+
+
+class RolloutStarted(Event, tag="rollout.started", kw_only=True):
+    rollout_id: str
+    version: int
+    strategy: str
+    waves: list[list[NodeId]]
+    bake_s: float = 0.0
+
+
+class RolloutWave(Event, tag="rollout.wave", kw_only=True):
+    rollout_id: str
+    version: int
+    wave: int
+    txid: TxId
+    outcome: Literal["committed", "aborted", "retrying"]
+    nodes: list[NodeOutcome] = []
+
+
+class RolloutBaked(Event, tag="rollout.baked", kw_only=True):
+    rollout_id: str
+    version: int
+    wave: int
+    verdict: Literal["pass", "fail", "no_data"]
+
+
+class RolloutCompleted(Event, tag="rollout.completed", kw_only=True):
+    rollout_id: str
+    version: int
+    report: list[NodeOutcome] = []
+    seconds: float = 0.0
+
+
+class RolloutFailed(Event, tag="rollout.failed", kw_only=True):
+    rollout_id: str
+    version: int
+    wave: int
+    report: list[NodeOutcome] = []
+
+
+class RolloutSuperseded(Event, tag="rollout.superseded", kw_only=True):
+    rollout_id: str
+    version: int
+    by_version: int
+
+
+class RolloutRolledBack(Event, tag="rollout.rolled_back", kw_only=True):
+    rollout_id: str
+    version: int
+
+
+class RolloutPaused(Event, tag="rollout.paused", kw_only=True):
+    rollout_id: str
+    version: int
+
+
+class RolloutResumed(Event, tag="rollout.resumed", kw_only=True):
+    rollout_id: str
+    version: int
+
+
+# -- health and rollbacks (health-watcher, rollbacker) ---------------------------------------
+
+
+class HealthVerdictEvent(Event, tag="health.verdict", kw_only=True):
+    version: int
+    nodes: list[NodeId]
+    verdict: Literal["pass", "fail", "no_data"]
+    samples: int = 0
+
+
+class RollbackStarted(Event, tag="rollback.started", kw_only=True):
+    rollback_id: str
+    from_version: int
+    to_version: int  # the content restored (last known good or --to)
+    new_version: int | None = None  # the new version created with rollback_of=to_version
+    alert_id: str | None = None
+    batches: list[list[NodeId]] = []
+
+
+class RollbackBatch(Event, tag="rollback.batch", kw_only=True):
+    rollback_id: str
+    batch: int
+    nodes: list[NodeId]
+    healthy_share: float | None = None
+
+
+class RollbackCompleted(Event, tag="rollback.completed", kw_only=True):
+    rollback_id: str
+    new_version: int
+    seconds: float = 0.0
+
+
+class RollbackStuck(Event, tag="rollback.stuck", kw_only=True):
+    rollback_id: str
+    batch: int
+    healthy_share: float | None = None
+
+
+AnyEvent = (
+    VersionCreated
+    | VersionRejected
+    | VersionApproved
+    | VersionPromoted
+    | VersionLastGood
+    | TxnCommitted
+    | TxnAborted
+    | NodeApplied
+    | NodeDrift
+    | NodeStatusChanged
+    | RolloutStarted
+    | RolloutWave
+    | RolloutBaked
+    | RolloutCompleted
+    | RolloutFailed
+    | RolloutSuperseded
+    | RolloutRolledBack
+    | RolloutPaused
+    | RolloutResumed
+    | HealthVerdictEvent
+    | RollbackStarted
+    | RollbackBatch
+    | RollbackCompleted
+    | RollbackStuck
+)
+
+decode_event = msgspec.json.Decoder(AnyEvent).decode

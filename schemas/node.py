@@ -1,0 +1,32 @@
+"""Heartbeats from agents, on ``cfg.node.<node>.heartbeat`` (core NATS, not stored)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from schemas.base import Message, utcnow
+from schemas.names import Epoch, Label, Namespace, NodeId, TxId
+
+
+class NamespaceState(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: Namespace
+    applied_version: int | None = None
+    sha256: str | None = None  # of the live file as read back from disk (drift shows here)
+    highest_epoch: Epoch = 0
+    prepared_txid: TxId | None = None
+    last_good: int | None = None
+    status: str = "ok"  # ok | no-config | in-doubt | bus-down | failing: <reason>
+
+
+class Heartbeat(Message, tag="node.heartbeat", kw_only=True):
+    node: NodeId
+    labels: dict[Label, Label] = {}
+    namespaces: list[NamespaceState] = []
+    interval_s: float = 2.0
+    started_at: datetime | None = None
+    at: datetime = msgspec.field(default_factory=utcnow)
+
+
+decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode

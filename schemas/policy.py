@@ -1,0 +1,61 @@
+"""The per-namespace policy, owned by the version-store and read by every other service."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.names import Format, Label, Namespace
+
+MIB = 1024 * 1024
+DEFAULT_MAX_BYTES = MIB
+
+
+class HealthRule(msgspec.Struct, frozen=True, kw_only=True):
+    """One health rule, e.g. ``error_rate > 0.05 over 30s``.
+
+    ``metric`` is one of ``error_rate`` (errors / requests from counters), ``latency_p99_ms``
+    (or another ``latency_pNN_ms``), ``health_status`` (HTTP status of a health endpoint),
+    or the name of any gauge the agents forward.
+    """
+
+    name: str
+    metric: str
+    op: Literal[">", ">=", "<", "<=", "==", "!="] = ">"
+    threshold: float
+    window_s: float = 30.0
+    min_samples: int = 3
+    consecutive: int = 2  # hysteresis: this many bad evaluations in a row raise an alert
+
+
+class RollbackPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    automatic: bool = True
+    strategy: str = "all-at-once"  # or "batches:N"
+    batch_delay_s: float = 0.0
+    healthy_threshold: float = 0.8  # share of a batch that must be healthy before the next
+    window_s: float = 3600.0  # alerts roll back a version only this long after it went out
+    cooldown_s: float = 300.0
+    max_per_window: int = 3
+    cap_window_s: float = 3600.0
+
+
+class Policy(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: Namespace
+    format: Format = "json"
+    json_schema: dict[str, Any] | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    require_approval: bool = False
+    strategy: str = "all-at-once"  # all-at-once | canary:N | linear:STEP% | exponential:START%
+    bake_s: float = 0.0
+    max_excluded: float = 0.1
+    vote_timeout_s: float = 5.0
+    on_missing_data: Literal["pass", "fail"] = "pass"
+    on_newer_version: Literal["supersede", "queue"] = "supersede"
+    selector: dict[Label, Label] = {}
+    health_rules: list[HealthRule] = []
+    rollback: RollbackPolicy = RollbackPolicy()
+    webhooks: list[str] = []
+    secret: bool = False  # content never appears in events, logs or replay
+    cold_start_last_good: bool = False  # agent restart with no bus serves the last known good
+    keep_versions: int = 10  # versions an agent keeps on disk

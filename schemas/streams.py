@@ -1,0 +1,132 @@
+"""The table of streams and KV buckets (DESIGN §2), provisioned idempotently at start-up.
+
+Every stream and bucket has explicit limits: nothing grows without bound (invariant 7).
+``replicas`` is 1 for the embedded stack and 3 for ``confbus up --ha``; the table holds the
+rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from schemas import subjects
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+# A 1 MiB config grows by a third as base64 inside JSON; leave room for metadata.
+MAX_PAYLOAD = 4 * MIB
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    retention: Literal["limits", "workqueue", "interest"]
+    max_age_s: float
+    max_bytes: int
+    max_msg_size: int
+    duplicate_window_s: float = 120.0
+    discard: Literal["old", "new"] = "old"
+    max_msgs: int = -1
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    name: str
+    history: int
+    max_bytes: int
+    max_value_size: int
+    description: str = ""
+
+
+CFG_CHANGES = StreamSpec(
+    name="CFG_CHANGES",
+    subjects=(subjects.CHANGES_ALL,),
+    retention="workqueue",
+    max_age_s=7 * DAY,
+    max_bytes=1 * GIB,
+    max_msg_size=MAX_PAYLOAD,
+    # A CI job retried within the hour is a no-op for the stream; beyond it the store's
+    # (namespace, change id) key still maps it to the same version.
+    duplicate_window_s=1 * HOUR,
+    # Refuse new changes rather than silently dropping accepted-but-unprocessed ones.
+    discard="new",
+    description="change proposals from CI and operators",
+)
+CFG_TXN = StreamSpec(
+    name="CFG_TXN",
+    subjects=(subjects.TXN_PREPARES, subjects.TXN_DECISIONS),
+    retention="limits",
+    max_age_s=7 * DAY,
+    max_bytes=2 * GIB,
+    max_msg_size=MAX_PAYLOAD,
+    description="2PC prepares and write-once decisions",
+)
+CFG_EVENTS = StreamSpec(
+    name="CFG_EVENTS",
+    subjects=(subjects.EVENTS_ALL,),
+    retention="limits",
+    max_age_s=365 * DAY,
+    max_bytes=4 * GIB,
+    max_msg_size=MAX_PAYLOAD,
+    description="the audit log: every state change, replayable",
+)
+CFG_HEALTH = StreamSpec(
+    name="CFG_HEALTH",
+    subjects=(subjects.HEALTH_ALL,),
+    retention="limits",
+    max_age_s=1 * HOUR,
+    max_bytes=256 * MIB,
+    max_msg_size=64 * 1024,
+    description="health samples forwarded by agents",
+)
+CFG_ALERTS = StreamSpec(
+    name="CFG_ALERTS",
+    subjects=(subjects.ALERTS_ALL,),
+    retention="limits",
+    max_age_s=90 * DAY,
+    max_bytes=256 * MIB,
+    max_msg_size=256 * 1024,
+    duplicate_window_s=1 * HOUR,
+    description="alerts that may trigger rollbacks",
+)
+CFG_DLQ = StreamSpec(
+    name="CFG_DLQ",
+    subjects=(subjects.DLQ_ALL,),
+    retention="limits",
+    max_age_s=30 * DAY,
+    max_bytes=512 * MIB,
+    max_msg_size=2 * MAX_PAYLOAD,
+    description="messages that can never succeed, with the reason",
+)
+
+STREAMS: tuple[StreamSpec, ...] = (
+    CFG_CHANGES,
+    CFG_TXN,
+    CFG_EVENTS,
+    CFG_HEALTH,
+    CFG_ALERTS,
+    CFG_DLQ,
+)
+
+CFG_TXN_HEAD = BucketSpec(
+    name="CFG_TXN_HEAD",
+    history=5,
+    max_bytes=64 * MIB,
+    max_value_size=64 * 1024,
+    description="per-namespace transaction head: epoch, txid, state",
+)
+CFG_STATE = BucketSpec(
+    name="CFG_STATE",
+    history=5,
+    max_bytes=256 * MIB,
+    max_value_size=1 * MIB,
+    description="leases, node membership and targets, rollout state, cooldowns",
+)
+
+BUCKETS: tuple[BucketSpec, ...] = (CFG_TXN_HEAD, CFG_STATE)

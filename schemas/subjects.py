@@ -1,0 +1,89 @@
+"""The only place subjects are spelled. Identifiers go last (NATS naming ADR-6).
+
+Every builder validates the tokens it puts into a subject: NATS itself would happily route
+``cfg.change.a.b`` or ``cfg.change.>`` and turn a bad name into a wildcard.
+"""
+
+from __future__ import annotations
+
+from schemas.names import check_name, check_txid
+
+# -- changes --------------------------------------------------------------------------------
+CHANGES_ALL = "cfg.change.*"
+
+
+def change(namespace: str) -> str:
+    return f"cfg.change.{check_name(namespace, 'namespace')}"
+
+
+# -- events ---------------------------------------------------------------------------------
+EVENTS_ALL = "cfg.event.>"
+
+
+def event(namespace: str, event_type: str) -> str:
+    """``cfg.event.<ns>.<type>``, where the type is the event's tag (``version.created``)."""
+    return f"cfg.event.{check_name(namespace, 'namespace')}.{event_type}"
+
+
+def events_of(namespace: str) -> str:
+    return f"cfg.event.{check_name(namespace, 'namespace')}.>"
+
+
+# -- two-phase commit -------------------------------------------------------------------------
+TXN_PREPARES = "cfg.txn.*.*.prepare"
+TXN_DECISIONS = "cfg.txn.*.*.decision"
+
+
+def txn_prepare(namespace: str, txid: str) -> str:
+    return f"cfg.txn.{check_name(namespace, 'namespace')}.{check_txid(txid)}.prepare"
+
+
+def txn_decision(namespace: str, txid: str) -> str:
+    return f"cfg.txn.{check_name(namespace, 'namespace')}.{check_txid(txid)}.decision"
+
+
+def txn_of(namespace: str) -> str:
+    """Everything stored for a namespace's transactions (prepares and decisions)."""
+    return f"cfg.txn.{check_name(namespace, 'namespace')}.*.*"
+
+
+def txn_vote(namespace: str, txid: str, node: str) -> str:
+    ns, tx, nd = check_name(namespace, "namespace"), check_txid(txid), check_name(node, "node id")
+    return f"cfg.txn.{ns}.{tx}.vote.{nd}"
+
+
+def txn_votes(namespace: str, txid: str) -> str:
+    return f"cfg.txn.{check_name(namespace, 'namespace')}.{check_txid(txid)}.vote.*"
+
+
+# -- nodes, health, alerts, dead letters ----------------------------------------------------------
+HEARTBEATS_ALL = "cfg.node.*.heartbeat"
+HEALTH_ALL = "cfg.health.*.*"
+ALERTS_ALL = "cfg.alert.*"
+DLQ_ALL = "cfg.dlq.*"
+
+
+def heartbeat(node: str) -> str:
+    return f"cfg.node.{check_name(node, 'node id')}.heartbeat"
+
+
+def health(namespace: str, node: str) -> str:
+    return f"cfg.health.{check_name(namespace, 'namespace')}.{check_name(node, 'node id')}"
+
+
+def alert(namespace: str) -> str:
+    return f"cfg.alert.{check_name(namespace, 'namespace')}"
+
+
+def dlq(stream: str) -> str:
+    return f"cfg.dlq.{stream}"
+
+
+# -- request/reply APIs (nats.micro services) ---------------------------------------------------
+def api(service: str, op: str) -> str:
+    """``cfg.api.<service>.<op>``, e.g. ``cfg.api.store.get``."""
+    return f"cfg.api.{service}.{op}"
+
+
+def api_group(service: str) -> str:
+    return f"cfg.api.{service}"

@@ -1,0 +1,93 @@
+"""``CFG_TXN`` and ``CFG_TXN_HEAD``: the two-phase commit (DESIGN §4).
+
+On the stream: ``Prepare`` on ``cfg.txn.<ns>.<txid>.prepare`` and ``Decision`` on
+``cfg.txn.<ns>.<txid>.decision`` (written once: published with
+``Nats-Expected-Last-Subject-Sequence: 0``). Votes are request/reply on
+``cfg.txn.<ns>.<txid>.vote.<node>`` and never stored.
+
+The head (KV ``CFG_TXN_HEAD``, key ``<ns>``) is the namespace's single point of decision:
+every state change on it is a compare-and-set that requires the writer's epoch to be current,
+so a zombie coordinator can write nothing once a newer epoch exists.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from schemas.base import Message, utcnow
+from schemas.names import Epoch, Format, Namespace, NodeId, Sha256, TxId
+
+Outcome = Literal["commit", "abort"]
+HeadState = Literal["idle", "preparing", "committed", "aborted"]
+
+
+class Prepare(Message, tag="txn.prepare", kw_only=True):
+    txid: TxId
+    namespace: Namespace
+    version: int
+    sha256: Sha256
+    format: Format
+    content: bytes
+    participants: list[NodeId]
+    epoch: Epoch
+    timeout_s: float
+    created_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class Decision(Message, tag="txn.decision", kw_only=True):
+    txid: TxId
+    namespace: Namespace
+    version: int
+    sha256: Sha256
+    epoch: Epoch
+    outcome: Outcome
+    participants: list[NodeId]
+    reason: str = ""
+    decided_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+TxnMessage = Prepare | Decision
+decode_txn = msgspec.json.Decoder(TxnMessage).decode
+
+
+class Vote(Message, tag="txn.vote", kw_only=True):
+    txid: TxId
+    namespace: Namespace
+    node: NodeId
+    epoch: Epoch
+    vote: Literal["yes", "no"]
+    reason: str = ""
+
+
+decode_vote = msgspec.json.Decoder(Vote).decode
+
+
+class VoteAck(Message, tag="txn.vote_ack", kw_only=True):
+    txid: TxId
+    accepted: bool
+    reason: str = ""
+
+
+decode_vote_ack = msgspec.json.Decoder(VoteAck).decode
+
+
+class TxnHead(msgspec.Struct, frozen=True, kw_only=True):
+    """Value of ``CFG_TXN_HEAD[<ns>]``."""
+
+    namespace: Namespace
+    epoch: Epoch
+    leader: str = ""
+    txid: TxId | None = None
+    state: HeadState = "idle"
+    version: int | None = None
+    sha256: Sha256 | None = None
+    participants: list[NodeId] = []
+    started_at: datetime | None = None
+    timeout_s: float = 0.0
+    updated_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+decode_head = msgspec.json.Decoder(TxnHead).decode

@@ -1,0 +1,182 @@
+"""Connecting to NATS, provisioning streams and buckets, publishing.
+
+``Bus`` bundles the core connection, its JetStream context and the KV buckets — the one
+object a service's code receives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from schemas.streams import BUCKETS, STREAMS, BucketSpec, StreamSpec
+from services.runtime.codec import encode
+from services.runtime.errors import Unavailable
+
+log = logging.getLogger("confbus.bus")
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+@dataclass
+class Bus:
+    nc: Client
+    js: JetStreamContext
+    name: str
+
+    async def kv(self, bucket: str) -> KeyValue:
+        return await self.js.key_value(bucket)
+
+    async def publish(
+        self,
+        subject: str,
+        msg: Any,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> nats.js.api.PubAck:
+        """Publish to a stream and wait for its ack (the write is fsynced once this returns)."""
+        hdrs = dict(headers or {})
+        if msg_id is not None:
+            hdrs["Nats-Msg-Id"] = msg_id
+        data = msg if isinstance(msg, bytes) else encode(msg)
+        try:
+            return await self.js.publish(subject, data, timeout=timeout, headers=hdrs or None)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"publish to {subject} not acknowledged: {exc!r}") from exc
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except Exception:  # a broken connection cannot drain; close it anyway
+            await self.nc.close()
+
+
+def split_urls(urls: str | Sequence[str]) -> list[str]:
+    if isinstance(urls, str):
+        return [u.strip() for u in urls.split(",") if u.strip()]
+    return list(urls)
+
+
+async def connect(
+    urls: str | Sequence[str] = DEFAULT_NATS_URL,
+    *,
+    name: str,
+    user: str | None = None,
+    password: str | None = None,
+    creds: str | None = None,
+    tls_ca: str | None = None,
+    connect_timeout: float = 2.0,
+    max_reconnect_attempts: int = -1,
+    allow_reconnect: bool = True,
+) -> Bus:
+    """Connect with reconnect across several server URLs (forever, by default)."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", extra={"error": repr(exc)})
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    kwargs: dict[str, Any] = {}
+    if user is not None:
+        kwargs["user"], kwargs["password"] = user, password
+    if creds is not None:
+        kwargs["user_credentials"] = creds
+    if tls_ca is not None:
+        import ssl
+
+        kwargs["tls"] = ssl.create_default_context(cafile=tls_ca)
+    try:
+        nc = await nats.connect(
+            servers=split_urls(urls),
+            name=name,
+            connect_timeout=connect_timeout,
+            max_reconnect_attempts=max_reconnect_attempts,
+            allow_reconnect=allow_reconnect,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **kwargs,
+        )
+    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
+        raise Unavailable(f"cannot reach NATS at {urls}: {exc!r}") from exc
+    return Bus(nc=nc, js=nc.jetstream(), name=name)
+
+
+def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy(spec.retention),
+        max_age=spec.max_age_s,
+        max_bytes=spec.max_bytes,
+        max_msgs=spec.max_msgs,
+        max_msg_size=spec.max_msg_size,
+        discard=DiscardPolicy(spec.discard),
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=spec.duplicate_window_s,
+    )
+
+
+def bucket_config(spec: BucketSpec, replicas: int) -> KeyValueConfig:
+    return KeyValueConfig(
+        bucket=spec.name,
+        description=spec.description,
+        history=spec.history,
+        max_bytes=spec.max_bytes,
+        max_value_size=spec.max_value_size,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+
+
+async def provision(
+    bus: Bus,
+    *,
+    replicas: int = 1,
+    streams: Sequence[StreamSpec] = STREAMS,
+    buckets: Sequence[BucketSpec] = BUCKETS,
+) -> None:
+    """Create every stream and bucket, or bring an existing one to the table's limits.
+
+    Idempotent: every service may call it at start-up, in any order, concurrently.
+    """
+    for spec in streams:
+        config = stream_config(spec, replicas)
+        try:
+            await bus.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Exists with other settings: update the limits (the retention cannot change).
+            await bus.js.update_stream(config)
+    for bspec in buckets:
+        try:
+            await bus.js.create_key_value(bucket_config(bspec, replicas))
+        except nats.js.errors.BadRequestError:
+            # Exists already (created by another service); KV settings are not updated here.
+            await bus.js.key_value(bspec.name)

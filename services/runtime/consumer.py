@@ -1,0 +1,251 @@
+"""The consume loop: durable pull consumers with explicit acks.
+
+The handler's outcome decides what happens to each message:
+
+- it returns → **ack** (only now: a crash before this point redelivers);
+- it raises ``Unavailable`` → **nak with backoff**, forever: a store outage must not
+  dead-letter good messages;
+- it raises ``Permanent`` (or the bytes do not decode) → a copy goes to ``CFG_DLQ`` with the
+  reason, *then* the message is **terminated** — never silently dropped;
+- a message whose ``type`` tag this build does not know comes from a newer confbus: it is
+  **acked and skipped** with one log line;
+- any other exception is a bug: nak with backoff a few times, then dead-letter it with the
+  exception, so one poisoned message cannot stall the stream or crash the service.
+
+Handlers receive a whole batch (``fetch`` returns what is available, up to ``batch``) so a
+service can group-commit many messages in one store transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import anyio
+import msgspec
+import nats.errors
+import nats.js.errors
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from schemas import subjects
+from schemas.base import decode_envelope
+from schemas.dlq import DeadLetter
+from schemas.streams import StreamSpec
+from services.runtime.bus import Bus
+from services.runtime.errors import Permanent, Unavailable
+from services.runtime.metrics import ConsumerMetrics
+
+log = logging.getLogger("confbus.consumer")
+
+T = TypeVar("T")
+
+# Unexpected exceptions (bugs) are retried this many deliveries, then dead-lettered.
+MAX_BUG_DELIVERIES = 5
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter and a cap (AWS architecture blog)."""
+
+    base_s: float = 0.2
+    cap_s: float = 30.0
+
+    def delay(self, deliveries: int) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** max(0, deliveries - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class Delivery(Generic[T]):
+    """One decoded message and what the handler decided for it."""
+
+    msg: Msg
+    value: T
+    error: BaseException | None = field(default=None, init=False)
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
+
+    @property
+    def deliveries(self) -> int:
+        return self.msg.metadata.num_delivered
+
+    @property
+    def stream_seq(self) -> int:
+        return self.msg.metadata.sequence.stream
+
+    def fail(self, error: BaseException) -> None:
+        """Mark this item of a batch as failed; the others are still acked."""
+        self.error = error
+
+
+BatchHandler = Callable[[Sequence[Delivery[T]]], Awaitable[None]]
+
+
+def per_message(handler: Callable[[T, Msg], Awaitable[None]]) -> BatchHandler[T]:
+    """Adapt a one-message handler to the batch interface."""
+
+    async def run(batch: Sequence[Delivery[T]]) -> None:
+        for item in batch:
+            try:
+                await handler(item.value, item.msg)
+            except Exception as exc:
+                item.fail(exc)
+
+    return run
+
+
+@dataclass
+class Consumer(Generic[T]):
+    bus: Bus
+    stream: StreamSpec
+    durable: str
+    decode: Callable[[bytes], T]
+    handler: BatchHandler[T]
+    metrics: ConsumerMetrics
+    filter_subject: str | None = None
+    batch: int = 1
+    fetch_timeout_s: float = 1.0
+    ack_wait_s: float = 30.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_deliver=-1,  # we decide when a message is hopeless, not a counter
+            max_ack_pending=max(1000, self.batch * 4),
+        )
+        psub = await self.bus.js.pull_subscribe(
+            self.filter_subject or self.stream.subjects[0],
+            durable=self.durable,
+            stream=self.stream.name,
+            config=config,
+        )
+        task_status.started()
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout_s)
+                except nats.errors.TimeoutError:
+                    continue  # nats-py raises instead of returning [] on an empty fetch
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                    await anyio.sleep(0.5)  # reconnecting: the client retries by itself
+                    continue
+                except nats.js.errors.APIError as exc:
+                    log.warning("fetch failed", extra={"error": repr(exc)})
+                    await anyio.sleep(0.5)
+                    continue
+                await self._process(msgs)
+        finally:
+            # Unsubscribe before any drain: a late status reply to a timed-out fetch would
+            # otherwise make nc.drain() wait its whole drain_timeout (30 s).
+            with anyio.CancelScope(shield=True):
+                try:
+                    await psub.unsubscribe()
+                except Exception:  # the connection may already be gone
+                    pass
+
+    async def _process(self, msgs: list[Msg]) -> None:
+        batch: list[Delivery[T]] = []
+        for msg in msgs:
+            try:
+                batch.append(Delivery(msg, self.decode(msg.data)))
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                await self._guarded(self._undecodable(msg, exc), msg)
+        if not batch:
+            return
+        with self.metrics.handle_seconds.time():
+            try:
+                await self.handler(batch)
+            except Exception as exc:  # the handler failed as a whole: same fate for all
+                for item in batch:
+                    if item.error is None:
+                        item.fail(exc)
+        for item in batch:
+            await self._guarded(self._settle(item), item.msg)
+
+    async def _guarded(self, settle: Awaitable[None], msg: Msg) -> None:
+        """Settling can fail too (the DLQ publish, a lost connection): then the message is
+        simply not acked, and JetStream redelivers it after ``ack_wait``."""
+        try:
+            await settle
+        except Exception as exc:
+            log.warning("could not settle message", extra={"subject": msg.subject, "error": repr(exc)})
+
+    async def _undecodable(self, msg: Msg, exc: Exception) -> None:
+        try:
+            envelope = decode_envelope(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            envelope = None
+        if envelope is not None and "Invalid value" in str(exc) and "$.type" in str(exc):
+            # A tag we do not know: a newer confbus wrote it. Not ours to judge.
+            log.info(
+                "skipping message of unknown type from a newer confbus",
+                extra={"type": envelope.type, "subject": msg.subject},
+            )
+            self.metrics.messages.labels("skipped").inc()
+            await msg.ack()
+            return
+        await self._dead_letter(msg, f"undecodable: {exc}")
+
+    async def _settle(self, item: Delivery[T]) -> None:
+        err = item.error
+        if err is None:
+            # Ack only after the handler's durable work: a crash before this line redelivers.
+            await item.msg.ack()
+            self.metrics.messages.labels("acked").inc()
+        elif isinstance(err, Unavailable):
+            delay = self.backoff.delay(item.deliveries)
+            log.warning(
+                "transient failure, redelivering",
+                extra={"subject": item.subject, "error": str(err), "delay_s": round(delay, 3)},
+            )
+            self.metrics.messages.labels("retried").inc()
+            await item.msg.nak(delay=delay)
+        elif isinstance(err, Permanent):
+            await self._dead_letter(item.msg, str(err))
+        elif item.deliveries < MAX_BUG_DELIVERIES:
+            log.error(
+                "handler bug, redelivering",
+                exc_info=err,
+                extra={"subject": item.subject, "deliveries": item.deliveries},
+            )
+            self.metrics.messages.labels("retried").inc()
+            await item.msg.nak(delay=self.backoff.delay(item.deliveries))
+        else:
+            await self._dead_letter(item.msg, f"handler failed {item.deliveries} times: {err!r}")
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        md = msg.metadata
+        letter = DeadLetter(
+            stream=self.stream.name,
+            subject=msg.subject,
+            stream_seq=md.sequence.stream,
+            reason=reason,
+            data=msg.data,
+            headers=dict(msg.headers or {}),
+            deliveries=md.num_delivered,
+            consumer=self.durable,
+        )
+        # Copy first, then terminate: a crash in between redelivers, and the msg id makes
+        # the second copy a no-op.
+        await self.bus.publish(
+            subjects.dlq(self.stream.name),
+            letter,
+            msg_id=f"{self.stream.name}:{md.sequence.stream}",
+        )
+        await msg.term()
+        self.metrics.messages.labels("dead_lettered").inc()
+        log.warning(
+            "dead-lettered",
+            extra={"subject": msg.subject, "stream_seq": md.sequence.stream, "reason": reason},
+        )

@@ -1,0 +1,130 @@
+"""How every service process runs.
+
+``service_main`` parses the common flags, sets up logs, connects (retrying until the bus
+is there), provisions streams and buckets, serves ``/metrics`` and ``/healthz``, starts the
+service's own ``main`` in an anyio task group, and prints **one JSON ready line on stdout**
+once ``main`` has called ``task_status.started()`` — ``confbus up`` waits for that line.
+SIGINT/SIGTERM cancel the group; consumers unsubscribe and the connection drains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from prometheus_client import CollectorRegistry
+
+from services.runtime.bus import Bus, connect, provision
+from services.runtime.errors import Unavailable
+from services.runtime.http import HttpServer
+from services.runtime.log import setup_logging
+from services.runtime.settings import Settings, add_common_args, settings_from_args
+
+log = logging.getLogger("confbus.service")
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    settings: Settings
+    bus: Bus
+    registry: CollectorRegistry
+    http: HttpServer
+    args: argparse.Namespace
+    # Filled by main: extra facts for the ready line (e.g. the alertmanager port).
+    ready_info: dict[str, Any] = field(default_factory=dict)
+    healthy: bool = True
+    health_detail: str = "ok"
+
+
+ServiceMain = Callable[[ServiceContext, TaskStatus[None]], Awaitable[None]]
+
+
+async def connect_with_retry(settings: Settings, name: str, timeout: float | None = None) -> Bus:
+    """A service started before its NATS keeps trying (with a cap), instead of crashing."""
+    delay = 0.1
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                return await connect(
+                    settings.nats_url,
+                    name=name,
+                    user=settings.nats_user,
+                    password=settings.nats_password,
+                    creds=settings.nats_creds,
+                    tls_ca=settings.tls_ca,
+                )
+            except Unavailable as exc:
+                log.warning("waiting for NATS", extra={"error": str(exc)})
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+async def run_service(
+    name: str, settings: Settings, main: ServiceMain, args: argparse.Namespace
+) -> None:
+    bus = await connect_with_retry(settings, f"confbus-{name}-{settings.instance_id}")
+    try:
+        if settings.provision:
+            await provision(bus, replicas=settings.replicas)
+        registry = CollectorRegistry()
+        ctx_holder: list[ServiceContext] = []
+
+        def health() -> tuple[bool, str]:
+            ctx = ctx_holder[0]
+            if not bus.nc.is_connected:
+                return False, "nats disconnected"
+            return ctx.healthy, ctx.health_detail
+
+        http = HttpServer(registry, host=settings.http_host, port=settings.http_port,
+                          health=health)
+        ctx = ServiceContext(name, settings, bus, registry, http, args)
+        ctx_holder.append(ctx)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+            http_port = await tg.start(http.serve)
+            await tg.start(main, ctx)
+            ready = {"event": "ready", "service": name, "http_port": http_port, **ctx.ready_info}
+            print(json.dumps(ready), flush=True)  # noqa: T201 - the ready line is the contract
+            log.info("ready", extra=ready)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await bus.close()
+        log.info("stopped")
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            scope.cancel()
+            return
+
+
+def service_main(
+    name: str,
+    main: ServiceMain,
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """Entry point of ``python -m services.<name>``."""
+    parser = argparse.ArgumentParser(prog=f"confbus-{name}")
+    add_common_args(parser)
+    if add_args is not None:
+        add_args(parser)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    setup_logging(name, settings.log_level)
+    try:
+        anyio.run(run_service, name, settings, main, args, backend="asyncio")
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)

@@ -1,0 +1,69 @@
+"""Settings shared by every service: from flags, falling back to ``CONFBUS_*`` environment
+variables, falling back to defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass
+
+from services.runtime.bus import DEFAULT_NATS_URL
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(f"CONFBUS_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str = DEFAULT_NATS_URL
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_creds: str | None = None
+    tls_ca: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 0  # 0: any free port (announced in the ready line)
+    log_level: str = "info"
+    replicas: int = 1  # stream/bucket replicas when provisioning
+    provision: bool = True
+    instance: str = ""  # this replica's id, for leases and logs
+
+    @property
+    def instance_id(self) -> str:
+        return self.instance or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("bus and service")
+    g.add_argument("--nats-url", default=env("NATS_URL", DEFAULT_NATS_URL),
+                   help="comma-separated NATS URLs (env CONFBUS_NATS_URL)")
+    g.add_argument("--nats-user", default=os.environ.get("CONFBUS_NATS_USER"))
+    g.add_argument("--nats-password", default=os.environ.get("CONFBUS_NATS_PASSWORD"))
+    g.add_argument("--nats-creds", default=os.environ.get("CONFBUS_NATS_CREDS"))
+    g.add_argument("--tls-ca", default=os.environ.get("CONFBUS_TLS_CA"))
+    g.add_argument("--http-host", default=env("HTTP_HOST", "127.0.0.1"))
+    g.add_argument("--http-port", type=int, default=int(env("HTTP_PORT", "0")),
+                   help="port of /metrics and /healthz (0: any free port)")
+    g.add_argument("--log-level", default=env("LOG_LEVEL", "info"))
+    g.add_argument("--replicas", type=int, default=int(env("REPLICAS", "1")),
+                   help="replicas of streams and buckets when provisioning (3 in a cluster)")
+    g.add_argument("--no-provision", action="store_true",
+                   help="do not create or update streams and buckets")
+    g.add_argument("--instance", default=env("INSTANCE", ""))
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        nats_url=args.nats_url,
+        nats_user=args.nats_user,
+        nats_password=args.nats_password,
+        nats_creds=args.nats_creds,
+        tls_ca=args.tls_ca,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        log_level=args.log_level,
+        replicas=args.replicas,
+        provision=not args.no_provision,
+        instance=args.instance,
+    )

@@ -1,0 +1,170 @@
+"""The consume loop against a real nats-server: ack, nak with backoff, DLQ, unknown tags."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas import subjects
+from schemas.changes import ChangeProposed, decode_change
+from schemas.dlq import decode_dead_letter
+from schemas.streams import CFG_CHANGES, CFG_DLQ
+from services.runtime.bus import Bus
+from services.runtime.consumer import Backoff, Consumer, Delivery
+from services.runtime.errors import InvalidInput, Unavailable
+from services.runtime.metrics import ConsumerMetrics
+
+pytestmark = pytest.mark.anyio
+
+
+def change(ns: str, cid: str) -> ChangeProposed:
+    return ChangeProposed(namespace=ns, change_id=cid, content=b"{}")
+
+
+async def dlq_letters(bus: Bus, n: int) -> list[object]:
+    sub = await bus.js.subscribe(subjects.dlq(CFG_CHANGES.name), ordered_consumer=True)
+    out = []
+    with anyio.fail_after(10):
+        while len(out) < n:
+            msg = await sub.next_msg(timeout=10)
+            out.append(decode_dead_letter(msg.data))
+    await sub.unsubscribe()
+    return out
+
+
+def make_consumer(bus: Bus, handler: object, **kw: object) -> Consumer[ChangeProposed]:
+    return Consumer(
+        bus=bus,
+        stream=CFG_CHANGES,
+        durable="test",
+        decode=decode_change,
+        handler=handler,  # type: ignore[arg-type]
+        metrics=ConsumerMetrics.create(CollectorRegistry(), "test", "changes"),
+        backoff=Backoff(base_s=0.05, cap_s=0.2),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_undecodable_goes_to_dlq_and_consuming_continues(bus: Bus) -> None:
+    seen: list[str] = []
+    done = anyio.Event()
+
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        for d in batch:
+            seen.append(d.value.change_id)
+        if "after" in seen:
+            done.set()
+
+    await bus.publish(subjects.change("ns1"), b"not json at all", msg_id="garbage")
+    await bus.publish(subjects.change("ns1"), b'{"type":"change.proposed","namespace":"BAD.NS"}')
+    await bus.publish(subjects.change("ns1"), change("ns1", "after"), msg_id="ns1:after")
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler).run)
+        with anyio.fail_after(10):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    assert seen == ["after"]
+    letters = await dlq_letters(bus, 2)
+    reasons = [lt.reason for lt in letters]  # type: ignore[attr-defined]
+    assert "undecodable" in reasons[0]
+    assert "$.namespace" in reasons[1]  # msgspec's path tells where
+    assert letters[0].data == b"not json at all"  # type: ignore[attr-defined]
+    info = await bus.js.stream_info(CFG_CHANGES.name)
+    assert info.state.messages == 0  # terminated and acked: the work queue is empty
+
+
+async def test_transient_error_is_redelivered_not_dead_lettered(bus: Bus) -> None:
+    attempts = 0
+    done = anyio.Event()
+
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 4:
+            raise Unavailable("store is down")
+        done.set()
+
+    await bus.publish(subjects.change("ns1"), change("ns1", "c1"), msg_id="ns1:c1")
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler).run)
+        with anyio.fail_after(10):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    assert attempts == 4
+    info = await bus.js.stream_info(CFG_DLQ.name)
+    assert info.state.messages == 0
+
+
+async def test_permanent_error_dead_letters_only_that_item(bus: Bus) -> None:
+    good: list[str] = []
+    done = anyio.Event()
+
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        for d in batch:
+            if d.value.change_id == "bad":
+                d.fail(InvalidInput("content is wrong", where="$.x"))
+            else:
+                good.append(d.value.change_id)
+        if "g2" in good:
+            done.set()
+
+    for cid in ("g1", "bad", "g2"):
+        await bus.publish(subjects.change("ns1"), change("ns1", cid), msg_id=f"ns1:{cid}")
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler, batch=10).run)
+        with anyio.fail_after(10):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    assert good == ["g1", "g2"]
+    [letter] = await dlq_letters(bus, 1)
+    assert "content is wrong (at $.x)" in letter.reason  # type: ignore[attr-defined]
+
+
+async def test_unknown_newer_tag_is_acked_and_skipped(bus: Bus) -> None:
+    seen: list[str] = []
+    done = anyio.Event()
+
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        seen.extend(d.value.change_id for d in batch)
+        done.set()
+
+    future = msgspec.json.encode({"type": "change.from_the_future", "namespace": "ns1"})
+    await bus.publish(subjects.change("ns1"), future)
+    await bus.publish(subjects.change("ns1"), change("ns1", "now"))
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler).run)
+        with anyio.fail_after(10):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    assert seen == ["now"]
+    assert (await bus.js.stream_info(CFG_DLQ.name)).state.messages == 0
+    assert (await bus.js.stream_info(CFG_CHANGES.name)).state.messages == 0
+
+
+async def test_bug_is_retried_then_dead_lettered(bus: Bus) -> None:
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        raise ZeroDivisionError("a bug")
+
+    await bus.publish(subjects.change("ns1"), change("ns1", "c1"))
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler).run)
+        [letter] = await dlq_letters(bus, 1)
+        tg.cancel_scope.cancel()
+    assert "ZeroDivisionError" in letter.reason  # type: ignore[attr-defined]
+    assert letter.deliveries == 5  # type: ignore[attr-defined]
+
+
+async def test_cancelled_consumer_lets_the_connection_drain_fast(bus: Bus) -> None:
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        return None
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler, fetch_timeout_s=0.2).run)
+        await anyio.sleep(0.5)  # let at least one fetch time out (the nats-py drain quirk)
+        tg.cancel_scope.cancel()
+    with anyio.fail_after(5):  # without the unsubscribe this waits the 30 s drain_timeout
+        await bus.nc.drain()
