@@ -88,6 +88,7 @@ class TxnHead(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime | None = None
     timeout_s: float = 0.0
     updated_at: datetime = msgspec.field(default_factory=utcnow)
+    reason: str = ""  # why the decision went the way it did (set with the decision)
 
 
 decode_head = msgspec.json.Decoder(TxnHead).decode

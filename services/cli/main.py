@@ -1,0 +1,94 @@
+"""``confbus``: the front door for CI, operators and services.
+
+Exit codes: 0 ok; 1 refused or failed (reason on stderr); 2 usage error; 3 confbus
+unreachable or timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from services.cli import exitcodes
+from services.cli.client import Client
+from services.cli.exitcodes import CliError
+from services.runtime.bus import DEFAULT_NATS_URL
+from services.runtime.errors import ConfbusError, Unavailable
+
+# Each module registers its subcommands; adding a command area is one line here.
+COMMAND_MODULES = (
+    "services.cli.commands.events",
+    "services.cli.commands.up",
+)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"confbus: error: {message}\n")
+        sys.exit(exitcodes.USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="confbus", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--nats-url",
+        default=os.environ.get("CONFBUS_NATS_URL", DEFAULT_NATS_URL),
+        help="NATS URL(s), comma-separated (env CONFBUS_NATS_URL; default %(default)s)",
+    )
+    parser.add_argument("--nats-user", default=os.environ.get("CONFBUS_NATS_USER"))
+    parser.add_argument("--nats-password", default=os.environ.get("CONFBUS_NATS_PASSWORD"))
+    parser.add_argument("--nats-creds", default=os.environ.get("CONFBUS_NATS_CREDS"))
+    parser.add_argument("--tls-ca", default=os.environ.get("CONFBUS_TLS_CA"))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def client_for(args: argparse.Namespace) -> Client:
+    return Client(
+        args.nats_url,
+        user=args.nats_user,
+        password=args.nats_password,
+        creds=args.nats_creds,
+        tls_ca=args.tls_ca,
+    )
+
+
+async def _run_remote(args: argparse.Namespace) -> int:
+    async with client_for(args) as client:
+        code: int = await args.func(args, client)
+        return code
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "run_local", None) is not None:
+            code = args.run_local(args)
+        else:
+            code = anyio.run(_run_remote, args, backend="asyncio")
+    except CliError as exc:
+        sys.stderr.write(f"confbus: {exc}\n")
+        code = exc.code
+    except Unavailable as exc:
+        sys.stderr.write(f"confbus: unreachable: {exc}\n")
+        code = exitcodes.UNREACHABLE
+    except ConfbusError as exc:
+        sys.stderr.write(f"confbus: {exc}\n")
+        code = exitcodes.FAILED
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Turning a decided head into the durable, write-once decision record and its event.
+
+The head's compare-and-set *is* the decision. The record in ``CFG_TXN`` is how agents learn
+it (even after being away); it is published with ``Nats-Expected-Last-Subject-Sequence: 0``
+so that, whoever publishes it — the deciding coordinator or a replica recovering after its
+crash — it is written exactly once and never changes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nats.js.errors
+
+from schemas import subjects
+from schemas.events import TxnAborted, TxnCommitted, VoteRecord
+from schemas.streams import CFG_TXN
+from schemas.txn import Decision, TxnHead, decode_txn
+from services.runtime.bus import Bus
+from services.runtime.codec import encode
+from services.runtime.events import emit
+
+log = logging.getLogger("confbus.coordinator")
+
+WRONG_LAST_SEQUENCE = 10071
+
+
+def decision_of(head: TxnHead) -> Decision:
+    assert head.txid is not None and head.version is not None and head.sha256 is not None
+    assert head.state in ("committed", "aborted")
+    return Decision(
+        txid=head.txid,
+        namespace=head.namespace,
+        version=head.version,
+        sha256=head.sha256,
+        epoch=head.epoch,
+        outcome="commit" if head.state == "committed" else "abort",
+        participants=head.participants,
+        reason=head.reason,
+    )
+
+
+async def read_decision(bus: Bus, namespace: str, txid: str) -> Decision | None:
+    try:
+        msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_decision(namespace, txid))
+    except nats.js.errors.NotFoundError:
+        return None
+    assert msg.data is not None
+    record = decode_txn(msg.data)
+    assert isinstance(record, Decision)
+    return record
+
+
+async def publish_decision(
+    bus: Bus, head: TxnHead, votes: list[VoteRecord] | None = None, actor: str = ""
+) -> Decision:
+    """Announce the decision on the head: the event, then the write-once record.
+
+    The event goes first (deduplicated by its message id) so that a crash between the two
+    leaves a recoverer to publish the record — never a record without its audit event.
+    """
+    decision = decision_of(head)
+    event_type = TxnCommitted if decision.outcome == "commit" else TxnAborted
+    event = event_type(
+        namespace=head.namespace,
+        actor=actor,
+        reason=head.reason,
+        txid=decision.txid,
+        version=decision.version,
+        epoch=decision.epoch,
+        participants=decision.participants,
+        votes=votes or [],
+    )
+    await emit(bus, event, msg_id=f"txn:{decision.txid}:decided")
+    try:
+        await bus.js.publish(
+            subjects.txn_decision(head.namespace, decision.txid),
+            encode(decision),
+            headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+        )
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != WRONG_LAST_SEQUENCE:
+            raise
+        # Already written (by us before a crash, or by a recovering replica): it must agree.
+        existing = await read_decision(bus, head.namespace, decision.txid)
+        if existing is not None and existing.outcome != decision.outcome:
+            log.critical(
+                "decision record disagrees with the head",
+                extra={"txid": decision.txid, "record": existing.outcome,
+                       "head": decision.outcome},
+            )
+        return existing or decision
+    return decision

@@ -1,0 +1,69 @@
+"""The namespace's transaction head in ``CFG_TXN_HEAD``: the single point of decision.
+
+Every write is a compare-and-set on the revision we read. Taking leadership bumps the
+epoch; every later write of ours compares against a revision carrying our epoch, so once
+another coordinator has bumped it, nothing of ours can be written (a zombie is fenced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from schemas.base import utcnow
+from schemas.streams import CFG_TXN_HEAD
+from schemas.txn import TxnHead, decode_head
+from services.runtime.bus import Bus
+from services.runtime.codec import encode
+from services.runtime.errors import Conflict
+
+
+class Fenced(Conflict):
+    """Another coordinator holds a newer epoch, or wrote the head first."""
+
+
+@dataclass(frozen=True)
+class Head:
+    value: TxnHead
+    revision: int  # 0: no head yet
+
+
+class Heads:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, bus: Bus) -> Heads:
+        return cls(await bus.kv(CFG_TXN_HEAD.name))
+
+    async def get(self, namespace: str) -> Head:
+        try:
+            entry = await self.kv.get(namespace)
+        except nats.js.errors.KeyNotFoundError:
+            return Head(TxnHead(namespace=namespace, epoch=0), 0)
+        assert entry.value is not None and entry.revision is not None
+        return Head(decode_head(entry.value), entry.revision)
+
+    async def cas(self, head: Head, new: TxnHead) -> Head:
+        """Write ``new`` only if the head is still at ``head.revision``."""
+        new = msgspec.structs.replace(new, updated_at=utcnow())
+        data = encode(new)
+        try:
+            if head.revision == 0:
+                rev = await self.kv.create(new.namespace, data)
+            else:
+                rev = await self.kv.update(new.namespace, data, last=head.revision)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Fenced(
+                f"head of {new.namespace} moved on since revision {head.revision}"
+            ) from exc
+        return Head(new, rev)
+
+    async def namespaces(self) -> list[str]:
+        try:
+            return sorted(await self.kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []

@@ -1,0 +1,25 @@
+"""Emitting audit events on ``CFG_EVENTS``: subject ``cfg.event.<ns>.<type>``."""
+
+from __future__ import annotations
+
+from nats.js.api import PubAck
+
+from schemas import subjects
+from schemas.events import Event
+from services.runtime.bus import Bus
+
+
+def event_type(event: Event) -> str:
+    tag = event.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+async def emit(bus: Bus, event: Event, *, msg_id: str | None = None) -> PubAck:
+    """Publish an event and wait for the stream's ack.
+
+    Give a ``msg_id`` on every path that may run twice (redelivery, recovery): within the
+    stream's duplicate window the second publish is a no-op.
+    """
+    return await bus.publish(subjects.event(event.namespace, event_type(event)), event,
+                             msg_id=msg_id)

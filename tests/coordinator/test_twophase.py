@@ -1,0 +1,155 @@
+"""The coordinator's protocol against a real nats-server, with voters on plain subscriptions
+(the real agent is tested end to end in tests/e2e). The version-store's ``get`` is served by a
+small real micro endpoint holding one version."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import anyio
+import pytest
+from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+
+from schemas import subjects
+from schemas.api.store import GetRequest, VersionReply
+from schemas.streams import CFG_TXN
+from schemas.txn import Decision, Prepare, Vote, decode_txn, decode_vote_ack
+from schemas.versions import VersionInfo
+from services.coordinator.head import Heads
+from services.coordinator.metrics import CoordinatorMetrics
+from services.coordinator.twophase import Coordinator
+from services.runtime.api import Endpoint, serve_api, stop_api
+from services.runtime.bus import Bus
+from services.runtime.codec import encode
+
+pytestmark = pytest.mark.anyio
+
+CONTENT = b'{"pool": 10}\n'
+SHA = hashlib.sha256(CONTENT).hexdigest()
+
+
+@pytest.fixture
+async def store(bus: Bus) -> AsyncIterator[None]:
+    async def get(req: GetRequest) -> VersionReply:
+        info = VersionInfo(namespace=req.namespace, version=int(req.ref), sha256=SHA,
+                           size=len(CONTENT), format="json", parent=None, author="ci",
+                           message="", change_id="c1", created_at=datetime.now(UTC),
+                           status="approved")
+        return VersionReply(info=info, content=CONTENT)
+
+    svc = await serve_api(bus, "store", [Endpoint("get", GetRequest, get)])
+    yield
+    await stop_api(svc)
+
+
+async def coordinator(bus: Bus, name: str) -> Coordinator:
+    return Coordinator(bus, await Heads.open(bus), name,
+                       CoordinatorMetrics.create(CollectorRegistry()))
+
+
+async def voters(bus: Bus, ns: str, votes: dict[str, str]) -> list[Prepare]:
+    """Core subscribers that answer each prepare as told: 'yes', 'no' or 'silent'."""
+    seen: list[Prepare] = []
+
+    async def on_prepare(msg: Msg) -> None:
+        p = decode_txn(msg.data)
+        assert isinstance(p, Prepare)
+        seen.append(p)
+        for node, how in votes.items():
+            if how == "silent" or node not in p.participants:
+                continue
+            vote = Vote(txid=p.txid, namespace=ns, node=node, epoch=p.epoch, vote=how,
+                        reason="" if how == "yes" else "validate failed")
+            ack = await bus.nc.request(subjects.txn_vote(ns, p.txid, node), encode(vote), 2)
+            assert decode_vote_ack(ack.data).accepted
+
+    await bus.nc.subscribe(f"cfg.txn.{ns}.*.prepare", cb=on_prepare)
+    return seen
+
+
+async def decision(bus: Bus, ns: str, txid: str) -> Decision:
+    msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_decision(ns, txid))
+    d = decode_txn(msg.data)
+    assert isinstance(d, Decision)
+    return d
+
+
+async def test_all_yes_commits_and_records_the_decision_once(bus: Bus, store: None) -> None:
+    seen = await voters(bus, "web", {"n1": "yes", "n2": "yes", "n3": "yes"})
+    coord = await coordinator(bus, "c1")
+    reply = await coord.switch("web", 1, ["n1", "n2", "n3"], 5.0)
+    assert reply.outcome == "commit"
+    assert [v.vote for v in reply.votes] == ["yes", "yes", "yes"]
+    assert seen[0].sha256 == SHA and seen[0].content == CONTENT
+    d = await decision(bus, "web", reply.txid)
+    assert d.outcome == "commit" and d.epoch == 1
+    head = (await Heads(await bus.kv("CFG_TXN_HEAD")).get("web")).value
+    assert head.state == "committed" and head.txid == reply.txid
+
+
+async def test_a_no_vote_aborts_at_once_with_the_reason(bus: Bus, store: None) -> None:
+    await voters(bus, "web", {"n1": "yes", "n2": "no"})
+    coord = await coordinator(bus, "c1")
+    with anyio.fail_after(3):  # no waiting for the 30 s deadline: a no decides
+        reply = await coord.switch("web", 1, ["n1", "n2"], 30.0)
+    assert reply.outcome == "abort"
+    d = await decision(bus, "web", reply.txid)
+    assert d.outcome == "abort" and "n2: validate failed" in d.reason
+
+
+async def test_a_missing_vote_aborts_after_the_deadline(bus: Bus, store: None) -> None:
+    await voters(bus, "web", {"n1": "yes", "n2": "silent"})
+    coord = await coordinator(bus, "c1")
+    reply = await coord.switch("web", 1, ["n1", "n2"], 0.5)
+    assert reply.outcome == "abort"
+    assert {v.node: v.vote for v in reply.votes} == {"n1": "yes", "n2": "missing"}
+
+
+async def test_a_zombie_cannot_decide_once_a_newer_epoch_exists(bus: Bus, store: None) -> None:
+    await voters(bus, "web", {"n1": "yes", "n2": "silent"})
+    zombie = await coordinator(bus, "old")
+    successor = await coordinator(bus, "new")
+    async with anyio.create_task_group() as tg:
+        result: list[str] = []
+
+        async def run_zombie() -> None:
+            reply = await zombie.switch("web", 1, ["n1", "n2"], 2.0)
+            result.append(reply.outcome)
+
+        tg.start_soon(run_zombie)
+        heads = Heads(await bus.kv("CFG_TXN_HEAD"))
+        with anyio.fail_after(5):
+            while (await heads.get("web")).value.state != "preparing":
+                await anyio.sleep(0.02)
+        zombie_txid = (await heads.get("web")).value.txid
+        assert zombie_txid is not None
+        # The successor takes over: bumps the epoch and aborts the zombie's transaction.
+        await successor.lead("web")
+    assert result == ["abort"]
+    d = await decision(bus, "web", zombie_txid)
+    assert d.outcome == "abort" and d.epoch == 2
+    head = (await heads.get("web")).value
+    assert head.epoch == 2 and head.leader == "new"
+
+
+async def test_resolve_aborts_an_expired_undecided_transaction(bus: Bus, store: None) -> None:
+    heads = Heads(await bus.kv("CFG_TXN_HEAD"))
+    first = await coordinator(bus, "c1")
+    await first.lead("web")
+    head = await heads.get("web")
+    from schemas.txn import TxnHead
+
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    await heads.cas(head, TxnHead(namespace="web", epoch=1, leader="c1", txid="e1-dead",
+                                  state="preparing", version=1, sha256=SHA,
+                                  participants=["n1"], started_at=old, timeout_s=1.0))
+    other = await coordinator(bus, "c2")
+    reply = await other.resolve("web", "e1-dead")
+    assert reply.state == "aborted"
+    assert (await decision(bus, "web", "e1-dead")).outcome == "abort"
+    # Asking again reads the same decision back; an unknown txid is presumed aborted.
+    assert (await other.resolve("web", "e1-dead")).state == "aborted"
+    assert (await other.resolve("web", "e9-unknown")).state == "aborted"
