@@ -13,7 +13,7 @@ from schemas.base import Message
 from schemas.names import ChangeId, Format, Label, Namespace
 
 
-class ChangeProposed(Message, tag="change.proposed", kw_only=True):
+class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):
     namespace: Namespace
     change_id: ChangeId
     content: bytes

@@ -9,7 +9,7 @@ import msgspec
 from schemas.base import Message, utcnow
 
 
-class DeadLetter(Message, tag="dead_letter", kw_only=True):
+class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):
     stream: str
     subject: str
     stream_seq: int | None

@@ -17,7 +17,7 @@ from schemas.base import Message, utcnow
 from schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
 
 
-class Event(Message, kw_only=True):
+class Event(Message, kw_only=True, frozen=True):
     namespace: Namespace
     at: datetime = msgspec.field(default_factory=utcnow)
     actor: str = ""
@@ -27,7 +27,7 @@ class Event(Message, kw_only=True):
 # -- versions (version-store) -------------------------------------------------------------
 
 
-class VersionCreated(Event, tag="version.created", kw_only=True):
+class VersionCreated(Event, tag="version.created", kw_only=True, frozen=True):
     version: int
     sha256: Sha256
     size: int
@@ -41,23 +41,23 @@ class VersionCreated(Event, tag="version.created", kw_only=True):
     selector: dict[str, str] | None = None
 
 
-class VersionRejected(Event, tag="version.rejected", kw_only=True):
+class VersionRejected(Event, tag="version.rejected", kw_only=True, frozen=True):
     change_id: str
     where: str = ""  # e.g. the JSON Schema path or the line of a parse error
 
 
-class VersionApproved(Event, tag="version.approved", kw_only=True):
+class VersionApproved(Event, tag="version.approved", kw_only=True, frozen=True):
     version: int
 
 
-class VersionPromoted(Event, tag="version.promoted", kw_only=True):
+class VersionPromoted(Event, tag="version.promoted", kw_only=True, frozen=True):
     """The version became ``production``; ``previous`` (if any) became ``superseded``."""
 
     version: int
     previous: int | None = None
 
 
-class VersionLastGood(Event, tag="version.last_good", kw_only=True):
+class VersionLastGood(Event, tag="version.last_good", kw_only=True, frozen=True):
     version: int
 
 
@@ -70,7 +70,7 @@ class VoteRecord(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class TxnCommitted(Event, tag="txn.committed", kw_only=True):
+class TxnCommitted(Event, tag="txn.committed", kw_only=True, frozen=True):
     txid: TxId
     version: int
     epoch: Epoch
@@ -78,7 +78,7 @@ class TxnCommitted(Event, tag="txn.committed", kw_only=True):
     votes: list[VoteRecord] = []
 
 
-class TxnAborted(Event, tag="txn.aborted", kw_only=True):
+class TxnAborted(Event, tag="txn.aborted", kw_only=True, frozen=True):
     txid: TxId
     version: int
     epoch: Epoch
@@ -89,7 +89,7 @@ class TxnAborted(Event, tag="txn.aborted", kw_only=True):
 # -- nodes (agent, distributor) -------------------------------------------------------------
 
 
-class NodeApplied(Event, tag="node.applied", kw_only=True):
+class NodeApplied(Event, tag="node.applied", kw_only=True, frozen=True):
     node: NodeId
     version: int
     sha256: Sha256
@@ -97,14 +97,14 @@ class NodeApplied(Event, tag="node.applied", kw_only=True):
     previous: int | None = None
 
 
-class NodeDrift(Event, tag="node.drift", kw_only=True):
+class NodeDrift(Event, tag="node.drift", kw_only=True, frozen=True):
     node: NodeId
     expected_version: int
     expected_sha256: Sha256
     found_sha256: str
 
 
-class NodeStatusChanged(Event, tag="node.status", kw_only=True):
+class NodeStatusChanged(Event, tag="node.status", kw_only=True, frozen=True):
     node: NodeId
     status: Literal["live", "suspect", "gone", "failing"]
 
@@ -120,7 +120,7 @@ class NodeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     seconds: float | None = None
 
 
-class RolloutStarted(Event, tag="rollout.started", kw_only=True):
+class RolloutStarted(Event, tag="rollout.started", kw_only=True, frozen=True):
     rollout_id: str
     version: int
     strategy: str
@@ -128,7 +128,7 @@ class RolloutStarted(Event, tag="rollout.started", kw_only=True):
     bake_s: float = 0.0
 
 
-class RolloutWave(Event, tag="rollout.wave", kw_only=True):
+class RolloutWave(Event, tag="rollout.wave", kw_only=True, frozen=True):
     rollout_id: str
     version: int
     wave: int
@@ -137,44 +137,44 @@ class RolloutWave(Event, tag="rollout.wave", kw_only=True):
     nodes: list[NodeOutcome] = []
 
 
-class RolloutBaked(Event, tag="rollout.baked", kw_only=True):
+class RolloutBaked(Event, tag="rollout.baked", kw_only=True, frozen=True):
     rollout_id: str
     version: int
     wave: int
     verdict: Literal["pass", "fail", "no_data"]
 
 
-class RolloutCompleted(Event, tag="rollout.completed", kw_only=True):
+class RolloutCompleted(Event, tag="rollout.completed", kw_only=True, frozen=True):
     rollout_id: str
     version: int
     report: list[NodeOutcome] = []
     seconds: float = 0.0
 
 
-class RolloutFailed(Event, tag="rollout.failed", kw_only=True):
+class RolloutFailed(Event, tag="rollout.failed", kw_only=True, frozen=True):
     rollout_id: str
     version: int
     wave: int
     report: list[NodeOutcome] = []
 
 
-class RolloutSuperseded(Event, tag="rollout.superseded", kw_only=True):
+class RolloutSuperseded(Event, tag="rollout.superseded", kw_only=True, frozen=True):
     rollout_id: str
     version: int
     by_version: int
 
 
-class RolloutRolledBack(Event, tag="rollout.rolled_back", kw_only=True):
+class RolloutRolledBack(Event, tag="rollout.rolled_back", kw_only=True, frozen=True):
     rollout_id: str
     version: int
 
 
-class RolloutPaused(Event, tag="rollout.paused", kw_only=True):
+class RolloutPaused(Event, tag="rollout.paused", kw_only=True, frozen=True):
     rollout_id: str
     version: int
 
 
-class RolloutResumed(Event, tag="rollout.resumed", kw_only=True):
+class RolloutResumed(Event, tag="rollout.resumed", kw_only=True, frozen=True):
     rollout_id: str
     version: int
 
@@ -182,14 +182,14 @@ class RolloutResumed(Event, tag="rollout.resumed", kw_only=True):
 # -- health and rollbacks (health-watcher, rollbacker) ---------------------------------------
 
 
-class HealthVerdictEvent(Event, tag="health.verdict", kw_only=True):
+class HealthVerdictEvent(Event, tag="health.verdict", kw_only=True, frozen=True):
     version: int
     nodes: list[NodeId]
     verdict: Literal["pass", "fail", "no_data"]
     samples: int = 0
 
 
-class RollbackStarted(Event, tag="rollback.started", kw_only=True):
+class RollbackStarted(Event, tag="rollback.started", kw_only=True, frozen=True):
     rollback_id: str
     from_version: int
     to_version: int  # the content restored (last known good or --to)
@@ -198,20 +198,20 @@ class RollbackStarted(Event, tag="rollback.started", kw_only=True):
     batches: list[list[NodeId]] = []
 
 
-class RollbackBatch(Event, tag="rollback.batch", kw_only=True):
+class RollbackBatch(Event, tag="rollback.batch", kw_only=True, frozen=True):
     rollback_id: str
     batch: int
     nodes: list[NodeId]
     healthy_share: float | None = None
 
 
-class RollbackCompleted(Event, tag="rollback.completed", kw_only=True):
+class RollbackCompleted(Event, tag="rollback.completed", kw_only=True, frozen=True):
     rollback_id: str
     new_version: int
     seconds: float = 0.0
 
 
-class RollbackStuck(Event, tag="rollback.stuck", kw_only=True):
+class RollbackStuck(Event, tag="rollback.stuck", kw_only=True, frozen=True):
     rollback_id: str
     batch: int
     healthy_share: float | None = None

@@ -11,7 +11,7 @@ from schemas.base import Message, utcnow
 from schemas.names import Namespace, NodeId
 
 
-class HealthSample(Message, tag="health.sample", kw_only=True):
+class HealthSample(Message, tag="health.sample", kw_only=True, frozen=True):
     namespace: Namespace
     node: NodeId
     version: int | None
@@ -25,7 +25,7 @@ class HealthSample(Message, tag="health.sample", kw_only=True):
 decode_sample = msgspec.json.Decoder(HealthSample).decode
 
 
-class Alert(Message, tag="alert", kw_only=True):
+class Alert(Message, tag="alert", kw_only=True, frozen=True):
     alert_id: str  # idempotency key: the same alert delivered twice rolls back once
     namespace: Namespace
     version: int | None

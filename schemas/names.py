@@ -48,9 +48,7 @@ class InvalidName(ValueError):
     def __init__(self, kind: str, value: str) -> None:
         self.kind = kind
         self.value = value
-        super().__init__(
-            f"invalid {kind} {value!r}: must match [a-z0-9][a-z0-9_-]{{0,63}}"
-        )
+        super().__init__(f"invalid {kind} {value!r}: must match [a-z0-9][a-z0-9_-]{{0,63}}")
 
 
 def check_name(value: str, kind: str = "name") -> str:

@@ -20,7 +20,7 @@ class NamespaceState(msgspec.Struct, frozen=True, kw_only=True):
     status: str = "ok"  # ok | no-config | in-doubt | bus-down | failing: <reason>
 
 
-class Heartbeat(Message, tag="node.heartbeat", kw_only=True):
+class Heartbeat(Message, tag="node.heartbeat", kw_only=True, frozen=True):
     node: NodeId
     labels: dict[Label, Label] = {}
     namespaces: list[NamespaceState] = []

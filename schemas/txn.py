@@ -24,7 +24,7 @@ Outcome = Literal["commit", "abort"]
 HeadState = Literal["idle", "preparing", "committed", "aborted"]
 
 
-class Prepare(Message, tag="txn.prepare", kw_only=True):
+class Prepare(Message, tag="txn.prepare", kw_only=True, frozen=True):
     txid: TxId
     namespace: Namespace
     version: int
@@ -37,7 +37,7 @@ class Prepare(Message, tag="txn.prepare", kw_only=True):
     created_at: datetime = msgspec.field(default_factory=utcnow)
 
 
-class Decision(Message, tag="txn.decision", kw_only=True):
+class Decision(Message, tag="txn.decision", kw_only=True, frozen=True):
     txid: TxId
     namespace: Namespace
     version: int
@@ -53,7 +53,7 @@ TxnMessage = Prepare | Decision
 decode_txn = msgspec.json.Decoder(TxnMessage).decode
 
 
-class Vote(Message, tag="txn.vote", kw_only=True):
+class Vote(Message, tag="txn.vote", kw_only=True, frozen=True):
     txid: TxId
     namespace: Namespace
     node: NodeId
@@ -65,7 +65,7 @@ class Vote(Message, tag="txn.vote", kw_only=True):
 decode_vote = msgspec.json.Decoder(Vote).decode
 
 
-class VoteAck(Message, tag="txn.vote_ack", kw_only=True):
+class VoteAck(Message, tag="txn.vote_ack", kw_only=True, frozen=True):
     txid: TxId
     accepted: bool
     reason: str = ""

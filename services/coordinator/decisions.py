@@ -86,8 +86,7 @@ async def publish_decision(
         if existing is not None and existing.outcome != decision.outcome:
             log.critical(
                 "decision record disagrees with the head",
-                extra={"txid": decision.txid, "record": existing.outcome,
-                       "head": decision.outcome},
+                extra={"txid": decision.txid, "record": existing.outcome, "head": decision.outcome},
             )
         return existing or decision
     return decision

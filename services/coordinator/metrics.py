@@ -18,18 +18,30 @@ class CoordinatorMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> CoordinatorMetrics:
         return cls(
-            decisions=Counter("confbus_coordinator_decisions", "Decisions written, by outcome.",
-                              ["outcome"], registry=registry),
-            takeovers=Counter("confbus_coordinator_takeovers",
-                              "Namespaces this replica took over (epoch bumps).",
-                              registry=registry),
-            fenced=Counter("confbus_coordinator_fenced",
-                           "Decisions this replica could not write: a newer epoch existed.",
-                           registry=registry),
-            vote_seconds=Histogram("confbus_coordinator_vote_seconds",
-                                   "Prepare sent to the last vote in (or the deadline).",
-                                   registry=registry),
-            oldest_in_doubt=Gauge("confbus_coordinator_oldest_in_doubt_seconds",
-                                  "Age of the oldest undecided transaction.",
-                                  registry=registry),
+            decisions=Counter(
+                "confbus_coordinator_decisions",
+                "Decisions written, by outcome.",
+                ["outcome"],
+                registry=registry,
+            ),
+            takeovers=Counter(
+                "confbus_coordinator_takeovers",
+                "Namespaces this replica took over (epoch bumps).",
+                registry=registry,
+            ),
+            fenced=Counter(
+                "confbus_coordinator_fenced",
+                "Decisions this replica could not write: a newer epoch existed.",
+                registry=registry,
+            ),
+            vote_seconds=Histogram(
+                "confbus_coordinator_vote_seconds",
+                "Prepare sent to the last vote in (or the deadline).",
+                registry=registry,
+            ),
+            oldest_in_doubt=Gauge(
+                "confbus_coordinator_oldest_in_doubt_seconds",
+                "Age of the oldest undecided transaction.",
+                registry=registry,
+            ),
         )

@@ -20,21 +20,31 @@ log = logging.getLogger("confbus.coordinator")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vote-timeout", type=float, default=5.0,
-                        help="default vote deadline of a transaction, seconds")
-    parser.add_argument("--recovery-interval", type=float, default=1.0,
-                        help="how often undecided transactions are checked, seconds")
+    parser.add_argument(
+        "--vote-timeout",
+        type=float,
+        default=5.0,
+        help="default vote deadline of a transaction, seconds",
+    )
+    parser.add_argument(
+        "--recovery-interval",
+        type=float,
+        default=1.0,
+        help="how often undecided transactions are checked, seconds",
+    )
 
 
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     heads = await Heads.open(ctx.bus)
     metrics = CoordinatorMetrics.create(ctx.registry)
-    coord = Coordinator(ctx.bus, heads, ctx.settings.instance_id, metrics,
-                        default_timeout_s=ctx.args.vote_timeout)
+    coord = Coordinator(
+        ctx.bus, heads, ctx.settings.instance_id, metrics, default_timeout_s=ctx.args.vote_timeout
+    )
 
     async def switch(req: api.SwitchRequest) -> api.SwitchReply:
-        return await coord.switch(req.namespace, req.version, req.nodes, req.timeout_s,
-                                  actor=req.actor, reason=req.reason)
+        return await coord.switch(
+            req.namespace, req.version, req.nodes, req.timeout_s, actor=req.actor, reason=req.reason
+        )
 
     async def resolve(req: api.ResolveRequest) -> api.ResolveReply:
         return await coord.resolve(req.namespace, req.txid)
@@ -47,17 +57,30 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             h = (await heads.get(ns)).value
             if h.state == "preparing" and h.txid is not None and h.version is not None:
                 age = (now - h.started_at).total_seconds() if h.started_at else 0.0
-                out.append(api.InDoubtTxn(namespace=ns, txid=h.txid, version=h.version,
-                                          epoch=h.epoch, participants=h.participants,
-                                          started_at=h.started_at, age_s=age))
+                out.append(
+                    api.InDoubtTxn(
+                        namespace=ns,
+                        txid=h.txid,
+                        version=h.version,
+                        epoch=h.epoch,
+                        participants=h.participants,
+                        started_at=h.started_at,
+                        age_s=age,
+                    )
+                )
         return api.InDoubtReply(txns=out)
 
     async with anyio.create_task_group() as tg:
-        svc = await serve_api(ctx.bus, api.SERVICE, [
-            Endpoint("switch", api.SwitchRequest, switch, concurrent=True),
-            Endpoint("resolve", api.ResolveRequest, resolve, concurrent=True),
-            Endpoint("in_doubt", api.InDoubtRequest, in_doubt),
-        ], tg=tg)
+        svc = await serve_api(
+            ctx.bus,
+            api.SERVICE,
+            [
+                Endpoint("switch", api.SwitchRequest, switch, concurrent=True),
+                Endpoint("resolve", api.ResolveRequest, resolve, concurrent=True),
+                Endpoint("in_doubt", api.InDoubtRequest, in_doubt),
+            ],
+            tg=tg,
+        )
         try:
             # A restarted coordinator first settles what its predecessor left undecided.
             await coord.recover_all()

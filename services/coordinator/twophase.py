@@ -23,6 +23,7 @@ from schemas.api.store import GetRequest, VersionReply
 from schemas.api.txn import ResolveReply, SwitchReply
 from schemas.base import utcnow
 from schemas.events import VoteRecord
+from schemas.names import Format
 from schemas.txn import Decision, Prepare, TxnHead, Vote, VoteAck, decode_vote
 from services.coordinator.decisions import decision_of, publish_decision, read_decision
 from services.coordinator.head import Fenced, Head, Heads
@@ -60,7 +61,9 @@ class _Ballot:
         for node in sorted(self.participants):
             v = self.votes.get(node)
             if v is None:
-                out.append(VoteRecord(node=node, vote="missing", reason="no vote before the deadline"))
+                out.append(
+                    VoteRecord(node=node, vote="missing", reason="no vote before the deadline")
+                )
             else:
                 out.append(VoteRecord(node=node, vote=v.vote, reason=v.reason))
         return out
@@ -73,7 +76,11 @@ class _Ballot:
 
 class Coordinator:
     def __init__(
-        self, bus: Bus, heads: Heads, instance: str, metrics: CoordinatorMetrics,
+        self,
+        bus: Bus,
+        heads: Heads,
+        instance: str,
+        metrics: CoordinatorMetrics,
         default_timeout_s: float = 5.0,
     ) -> None:
         self.bus = bus
@@ -114,11 +121,11 @@ class Coordinator:
                     continue  # someone else moved it: read again
                 self._epochs[namespace] = bumped.epoch
                 self.metrics.takeovers.inc()
-                log.info("leading namespace", extra={"namespace": namespace,
-                                                     "epoch": bumped.epoch})
+                log.info("leading namespace", extra={"namespace": namespace, "epoch": bumped.epoch})
             try:
-                return await self._settle(head, f"aborted by the new leader at epoch "
-                                                f"{head.value.epoch}")
+                return await self._settle(
+                    head, f"aborted by the new leader at epoch {head.value.epoch}"
+                )
             except Fenced:
                 continue
         raise Conflict(f"could not lead {namespace}: its head keeps moving (another coordinator?)")
@@ -137,8 +144,13 @@ class Coordinator:
     # -- the switch --------------------------------------------------------------------------
 
     async def switch(
-        self, namespace: str, version: int, nodes: list[str], timeout_s: float | None,
-        actor: str = "", reason: str = "",
+        self,
+        namespace: str,
+        version: int,
+        nodes: list[str],
+        timeout_s: float | None,
+        actor: str = "",
+        reason: str = "",
     ) -> SwitchReply:
         if not nodes:
             raise InvalidInput("a switch needs at least one participant", where="nodes")
@@ -148,11 +160,21 @@ class Coordinator:
         async with self._locks[namespace]:
             head = await self.lead(namespace)
             txid = new_txid(head.value.epoch)
-            head = await self.heads.cas(head, TxnHead(
-                namespace=namespace, epoch=head.value.epoch, leader=self.instance, txid=txid,
-                state="preparing", version=version, sha256=sha256, participants=participants,
-                started_at=utcnow(), timeout_s=timeout,
-            ))
+            head = await self.heads.cas(
+                head,
+                TxnHead(
+                    namespace=namespace,
+                    epoch=head.value.epoch,
+                    leader=self.instance,
+                    txid=txid,
+                    state="preparing",
+                    version=version,
+                    sha256=sha256,
+                    participants=participants,
+                    started_at=utcnow(),
+                    timeout_s=timeout,
+                ),
+            )
             ballot = _Ballot(frozenset(participants))
             started = anyio.current_time()
             sub = await self.bus.nc.subscribe(
@@ -160,12 +182,19 @@ class Coordinator:
             )
             try:
                 prepare = Prepare(
-                    txid=txid, namespace=namespace, version=version, sha256=sha256, format=fmt,
-                    content=content, participants=participants, epoch=head.value.epoch,
+                    txid=txid,
+                    namespace=namespace,
+                    version=version,
+                    sha256=sha256,
+                    format=fmt,
+                    content=content,
+                    participants=participants,
+                    epoch=head.value.epoch,
                     timeout_s=timeout,
                 )
-                await self.bus.publish(subjects.txn_prepare(namespace, txid), prepare,
-                                       msg_id=f"{txid}:prepare")
+                await self.bus.publish(
+                    subjects.txn_prepare(namespace, txid), prepare, msg_id=f"{txid}:prepare"
+                )
                 await failpoint("coordinator.after_prepare_sent")
                 # The deadline is ours, on the monotonic clock; agents never judge it.
                 with anyio.move_on_after(timeout):
@@ -196,8 +225,9 @@ class Coordinator:
             current = await self.heads.get(head.value.namespace)
             if current.value.txid == head.value.txid and current.value.state in DECIDED:
                 return decision_of(current.value)
-            return msgspec.structs.replace(decision_of(
-                msgspec.structs.replace(head.value, state="aborted")), reason="fenced")
+            return msgspec.structs.replace(
+                decision_of(msgspec.structs.replace(head.value, state="aborted")), reason="fenced"
+            )
         self.metrics.decisions.labels(outcome).inc()
         await failpoint("coordinator.after_decision_written")
         decision = await self.announce(head.value, votes)
@@ -226,13 +256,19 @@ class Coordinator:
 
         return on_vote
 
-    async def _fetch(self, namespace: str, version: int) -> tuple[bytes, str, str]:
-        reply = await call(self.bus, "store", "get",
-                           GetRequest(namespace=namespace, ref=str(version)), VersionReply)
+    async def _fetch(self, namespace: str, version: int) -> tuple[bytes, str, Format]:
+        reply = await call(
+            self.bus,
+            "store",
+            "get",
+            GetRequest(namespace=namespace, ref=str(version)),
+            VersionReply,
+        )
         info = reply.info
         if info.status in ("draft", "rejected"):
-            raise Conflict(f"{namespace} v{version} is {info.status}; only approved versions "
-                           "are switched")
+            raise Conflict(
+                f"{namespace} v{version} is {info.status}; only approved versions are switched"
+            )
         if reply.content is None:
             raise NotFound(f"{namespace} v{version} has no content")
         # Invariant 4 starts here: bytes that do not match their hash never leave.
@@ -259,8 +295,12 @@ class Coordinator:
         if not _expired(h):
             return ResolveReply(state="pending")
         try:
-            head = await self.heads.cas(head, msgspec.structs.replace(
-                h, state="aborted", reason="no decision before the deadline (presumed abort)"))
+            head = await self.heads.cas(
+                head,
+                msgspec.structs.replace(
+                    h, state="aborted", reason="no decision before the deadline (presumed abort)"
+                ),
+            )
         except Fenced:
             return await self.resolve(namespace, txid)  # the leader decided meanwhile
         self.metrics.decisions.labels("abort").inc()
@@ -313,5 +353,4 @@ def _summary(records: list[VoteRecord], outcome: str) -> str:
 
 async def _ack(msg: Msg, txid: str, accepted: bool, reason: str) -> None:
     if msg.reply:
-        await msg.respond(encode(VoteAck(txid=txid or "unknown", accepted=accepted,
-                                         reason=reason)))
+        await msg.respond(encode(VoteAck(txid=txid or "unknown", accepted=accepted, reason=reason)))

@@ -94,7 +94,11 @@ async def connect(
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": repr(exc)})
 
+    conn: list[Client] = []
+
     async def on_disconnect() -> None:
+        if conn and conn[0].is_closed:
+            return  # we closed it (drain, close): not news
         log.warning("nats disconnected")
 
     async def on_reconnect() -> None:
@@ -124,6 +128,7 @@ async def connect(
         )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
         raise Unavailable(f"cannot reach NATS at {urls}: {exc!r}") from exc
+    conn.append(nc)
     return Bus(nc=nc, js=nc.jetstream(), name=name)
 
 

@@ -179,7 +179,9 @@ class Consumer(Generic[T]):
         try:
             await settle
         except Exception as exc:
-            log.warning("could not settle message", extra={"subject": msg.subject, "error": repr(exc)})
+            log.warning(
+                "could not settle message", extra={"subject": msg.subject, "error": repr(exc)}
+            )
 
     async def _undecodable(self, msg: Msg, exc: Exception) -> None:
         try:

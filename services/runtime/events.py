@@ -21,5 +21,6 @@ async def emit(bus: Bus, event: Event, *, msg_id: str | None = None) -> PubAck:
     Give a ``msg_id`` on every path that may run twice (redelivery, recovery): within the
     stream's duplicate window the second publish is a no-op.
     """
-    return await bus.publish(subjects.event(event.namespace, event_type(event)), event,
-                             msg_id=msg_id)
+    return await bus.publish(
+        subjects.event(event.namespace, event_type(event)), event, msg_id=msg_id
+    )

@@ -8,6 +8,7 @@ than this should not pull a web framework into every agent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,9 +23,16 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 READ_TIMEOUT_S = 10.0
 
-_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -129,16 +137,18 @@ class HttpServer:
                 resp = await self._dispatch(req)
             except HttpError as exc:
                 resp = Response(exc.status, _json_error(str(exc)))
-            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError,
-                    anyio.ClosedResourceError):
+            except (
+                TimeoutError,
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+            ):
                 return
             except Exception as exc:  # a handler bug must not take the service down
                 log.exception("http handler failed")
                 resp = Response(500, _json_error(repr(exc)))
-            try:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 await stream.send(_encode(resp))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
@@ -164,7 +174,11 @@ async def http_get(host: str, port: int, path: str, timeout: float = 5.0) -> tup
 
 
 async def http_post(
-    host: str, port: int, path: str, body: bytes, timeout: float = 5.0,
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    timeout: float = 5.0,
     content_type: str = "application/json",
 ) -> tuple[int, bytes]:
     with anyio.fail_after(timeout):

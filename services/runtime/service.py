@@ -10,11 +10,12 @@ SIGINT/SIGTERM cancel the group; consumers unsubscribe and the connection drains
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ class ServiceContext:
     health_detail: str = "ok"
 
 
-ServiceMain = Callable[[ServiceContext, TaskStatus[None]], Awaitable[None]]
+ServiceMain = Callable[[ServiceContext, TaskStatus[None]], Coroutine[Any, Any, None]]
 
 
 async def connect_with_retry(settings: Settings, name: str, timeout: float | None = None) -> Bus:
@@ -84,8 +85,7 @@ async def run_service(
                 return False, "nats disconnected"
             return ctx.healthy, ctx.health_detail
 
-        http = HttpServer(registry, host=settings.http_host, port=settings.http_port,
-                          health=health)
+        http = HttpServer(registry, host=settings.http_host, port=settings.http_port, health=health)
         ctx = ServiceContext(name, settings, bus, registry, http, args)
         ctx_holder.append(ctx)
         async with anyio.create_task_group() as tg:
@@ -93,12 +93,18 @@ async def run_service(
             http_port = await tg.start(http.serve)
             await tg.start(main, ctx)
             ready = {"event": "ready", "service": name, "http_port": http_port, **ctx.ready_info}
-            print(json.dumps(ready), flush=True)  # noqa: T201 - the ready line is the contract
+            print_ready(ready)
             log.info("ready", extra=ready)
     finally:
         with anyio.CancelScope(shield=True):
             await bus.close()
         log.info("stopped")
+
+
+def print_ready(info: dict[str, Any]) -> None:
+    """The one JSON line on stdout that says a process is serving (``confbus up`` and the
+    tests wait for it)."""
+    print(json.dumps(info), flush=True)  # noqa: T201 - the ready line is the contract
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
@@ -123,8 +129,6 @@ def service_main(
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     setup_logging(name, settings.log_level)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(run_service, name, settings, main, args, backend="asyncio")
-    except KeyboardInterrupt:
-        pass
     sys.exit(0)

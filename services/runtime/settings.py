@@ -36,20 +36,32 @@ class Settings:
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("bus and service")
-    g.add_argument("--nats-url", default=env("NATS_URL", DEFAULT_NATS_URL),
-                   help="comma-separated NATS URLs (env CONFBUS_NATS_URL)")
+    g.add_argument(
+        "--nats-url",
+        default=env("NATS_URL", DEFAULT_NATS_URL),
+        help="comma-separated NATS URLs (env CONFBUS_NATS_URL)",
+    )
     g.add_argument("--nats-user", default=os.environ.get("CONFBUS_NATS_USER"))
     g.add_argument("--nats-password", default=os.environ.get("CONFBUS_NATS_PASSWORD"))
     g.add_argument("--nats-creds", default=os.environ.get("CONFBUS_NATS_CREDS"))
     g.add_argument("--tls-ca", default=os.environ.get("CONFBUS_TLS_CA"))
     g.add_argument("--http-host", default=env("HTTP_HOST", "127.0.0.1"))
-    g.add_argument("--http-port", type=int, default=int(env("HTTP_PORT", "0")),
-                   help="port of /metrics and /healthz (0: any free port)")
+    g.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("HTTP_PORT", "0")),
+        help="port of /metrics and /healthz (0: any free port)",
+    )
     g.add_argument("--log-level", default=env("LOG_LEVEL", "info"))
-    g.add_argument("--replicas", type=int, default=int(env("REPLICAS", "1")),
-                   help="replicas of streams and buckets when provisioning (3 in a cluster)")
-    g.add_argument("--no-provision", action="store_true",
-                   help="do not create or update streams and buckets")
+    g.add_argument(
+        "--replicas",
+        type=int,
+        default=int(env("REPLICAS", "1")),
+        help="replicas of streams and buckets when provisioning (3 in a cluster)",
+    )
+    g.add_argument(
+        "--no-provision", action="store_true", help="do not create or update streams and buckets"
+    )
     g.add_argument("--instance", default=env("INSTANCE", ""))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Literal
 
 import anyio
 import pytest
@@ -24,6 +25,7 @@ from services.coordinator.twophase import Coordinator
 from services.runtime.api import Endpoint, serve_api, stop_api
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -34,10 +36,19 @@ SHA = hashlib.sha256(CONTENT).hexdigest()
 @pytest.fixture
 async def store(bus: Bus) -> AsyncIterator[None]:
     async def get(req: GetRequest) -> VersionReply:
-        info = VersionInfo(namespace=req.namespace, version=int(req.ref), sha256=SHA,
-                           size=len(CONTENT), format="json", parent=None, author="ci",
-                           message="", change_id="c1", created_at=datetime.now(UTC),
-                           status="approved")
+        info = VersionInfo(
+            namespace=req.namespace,
+            version=int(req.ref),
+            sha256=SHA,
+            size=len(CONTENT),
+            format="json",
+            parent=None,
+            author="ci",
+            message="",
+            change_id="c1",
+            created_at=datetime.now(UTC),
+            status="approved",
+        )
         return VersionReply(info=info, content=CONTENT)
 
     svc = await serve_api(bus, "store", [Endpoint("get", GetRequest, get)])
@@ -46,11 +57,14 @@ async def store(bus: Bus) -> AsyncIterator[None]:
 
 
 async def coordinator(bus: Bus, name: str) -> Coordinator:
-    return Coordinator(bus, await Heads.open(bus), name,
-                       CoordinatorMetrics.create(CollectorRegistry()))
+    return Coordinator(
+        bus, await Heads.open(bus), name, CoordinatorMetrics.create(CollectorRegistry())
+    )
 
 
-async def voters(bus: Bus, ns: str, votes: dict[str, str]) -> list[Prepare]:
+async def voters(
+    bus: Bus, ns: str, votes: dict[str, Literal["yes", "no", "silent"]]
+) -> list[Prepare]:
     """Core subscribers that answer each prepare as told: 'yes', 'no' or 'silent'."""
     seen: list[Prepare] = []
 
@@ -61,8 +75,14 @@ async def voters(bus: Bus, ns: str, votes: dict[str, str]) -> list[Prepare]:
         for node, how in votes.items():
             if how == "silent" or node not in p.participants:
                 continue
-            vote = Vote(txid=p.txid, namespace=ns, node=node, epoch=p.epoch, vote=how,
-                        reason="" if how == "yes" else "validate failed")
+            vote = Vote(
+                txid=p.txid,
+                namespace=ns,
+                node=node,
+                epoch=p.epoch,
+                vote=how,
+                reason="" if how == "yes" else "validate failed",
+            )
             ack = await bus.nc.request(subjects.txn_vote(ns, p.txid, node), encode(vote), 2)
             assert decode_vote_ack(ack.data).accepted
 
@@ -72,6 +92,7 @@ async def voters(bus: Bus, ns: str, votes: dict[str, str]) -> list[Prepare]:
 
 async def decision(bus: Bus, ns: str, txid: str) -> Decision:
     msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_decision(ns, txid))
+    assert msg.data is not None
     d = decode_txn(msg.data)
     assert isinstance(d, Decision)
     return d
@@ -121,14 +142,16 @@ async def test_a_zombie_cannot_decide_once_a_newer_epoch_exists(bus: Bus, store:
 
         tg.start_soon(run_zombie)
         heads = Heads(await bus.kv("CFG_TXN_HEAD"))
-        with anyio.fail_after(5):
-            while (await heads.get("web")).value.state != "preparing":
-                await anyio.sleep(0.02)
+
+        async def preparing() -> bool:
+            return (await heads.get("web")).value.state == "preparing"
+
+        await eventually(preparing, timeout=5, what="the zombie's prepare")
         zombie_txid = (await heads.get("web")).value.txid
-        assert zombie_txid is not None
         # The successor takes over: bumps the epoch and aborts the zombie's transaction.
         await successor.lead("web")
     assert result == ["abort"]
+    assert zombie_txid is not None
     d = await decision(bus, "web", zombie_txid)
     assert d.outcome == "abort" and d.epoch == 2
     head = (await heads.get("web")).value
@@ -143,9 +166,21 @@ async def test_resolve_aborts_an_expired_undecided_transaction(bus: Bus, store: 
     from schemas.txn import TxnHead
 
     old = datetime(2020, 1, 1, tzinfo=UTC)
-    await heads.cas(head, TxnHead(namespace="web", epoch=1, leader="c1", txid="e1-dead",
-                                  state="preparing", version=1, sha256=SHA,
-                                  participants=["n1"], started_at=old, timeout_s=1.0))
+    await heads.cas(
+        head,
+        TxnHead(
+            namespace="web",
+            epoch=1,
+            leader="c1",
+            txid="e1-dead",
+            state="preparing",
+            version=1,
+            sha256=SHA,
+            participants=["n1"],
+            started_at=old,
+            timeout_s=1.0,
+        ),
+    )
     other = await coordinator(bus, "c2")
     reply = await other.resolve("web", "e1-dead")
     assert reply.state == "aborted"

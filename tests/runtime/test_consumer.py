@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas import subjects
 from schemas.changes import ChangeProposed, decode_change
-from schemas.dlq import decode_dead_letter
+from schemas.dlq import DeadLetter, decode_dead_letter
 from schemas.streams import CFG_CHANGES, CFG_DLQ
 from services.runtime.bus import Bus
 from services.runtime.consumer import Backoff, Consumer, Delivery
@@ -25,9 +25,9 @@ def change(ns: str, cid: str) -> ChangeProposed:
     return ChangeProposed(namespace=ns, change_id=cid, content=b"{}")
 
 
-async def dlq_letters(bus: Bus, n: int) -> list[object]:
+async def dlq_letters(bus: Bus, n: int) -> list[DeadLetter]:
     sub = await bus.js.subscribe(subjects.dlq(CFG_CHANGES.name), ordered_consumer=True)
-    out = []
+    out: list[DeadLetter] = []
     with anyio.fail_after(10):
         while len(out) < n:
             msg = await sub.next_msg(timeout=10)
@@ -69,10 +69,10 @@ async def test_undecodable_goes_to_dlq_and_consuming_continues(bus: Bus) -> None
         tg.cancel_scope.cancel()
     assert seen == ["after"]
     letters = await dlq_letters(bus, 2)
-    reasons = [lt.reason for lt in letters]  # type: ignore[attr-defined]
+    reasons = [lt.reason for lt in letters]
     assert "undecodable" in reasons[0]
     assert "$.namespace" in reasons[1]  # msgspec's path tells where
-    assert letters[0].data == b"not json at all"  # type: ignore[attr-defined]
+    assert letters[0].data == b"not json at all"
     info = await bus.js.stream_info(CFG_CHANGES.name)
     assert info.state.messages == 0  # terminated and acked: the work queue is empty
 
@@ -121,7 +121,7 @@ async def test_permanent_error_dead_letters_only_that_item(bus: Bus) -> None:
         tg.cancel_scope.cancel()
     assert good == ["g1", "g2"]
     [letter] = await dlq_letters(bus, 1)
-    assert "content is wrong (at $.x)" in letter.reason  # type: ignore[attr-defined]
+    assert "content is wrong (at $.x)" in letter.reason
 
 
 async def test_unknown_newer_tag_is_acked_and_skipped(bus: Bus) -> None:
@@ -154,8 +154,8 @@ async def test_bug_is_retried_then_dead_lettered(bus: Bus) -> None:
         await tg.start(make_consumer(bus, handler).run)
         [letter] = await dlq_letters(bus, 1)
         tg.cancel_scope.cancel()
-    assert "ZeroDivisionError" in letter.reason  # type: ignore[attr-defined]
-    assert letter.deliveries == 5  # type: ignore[attr-defined]
+    assert "ZeroDivisionError" in letter.reason
+    assert letter.deliveries == 5
 
 
 async def test_cancelled_consumer_lets_the_connection_drain_fast(bus: Bus) -> None:

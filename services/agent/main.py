@@ -1,0 +1,154 @@
+"""``confbus agent``: the node agent process.
+
+It serves what it has on disk at once (the app always has its file), then joins the bus
+when it can — retrying forever, and saying so on its status endpoint while the bus is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+
+import anyio
+
+from schemas.names import check_name
+from services.agent.node import Binding, NodeAgent
+from services.runtime.http import HttpServer, Request, Response
+from services.runtime.log import setup_logging
+from services.runtime.service import connect_with_retry, print_ready
+from services.runtime.settings import Settings, add_common_args, settings_from_args
+
+log = logging.getLogger("confbus.agent")
+
+
+def add_agent_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", required=True, help="this node's id ([a-z0-9][a-z0-9_-]*)")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        required=True,
+        dest="namespaces",
+        metavar="NS",
+        help="a namespace to follow (repeat, paired with --path)",
+    )
+    parser.add_argument(
+        "--path",
+        action="append",
+        required=True,
+        dest="paths",
+        metavar="FILE",
+        help="the live file of the namespace before it",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default="./.confbus-agent",
+        help="where the agent keeps its state (default %(default)s)",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a label for rollout selectors, e.g. dc=eu1 (repeatable)",
+    )
+    parser.add_argument(
+        "--validate",
+        metavar="CMD",
+        help="run on the staged file before voting yes, like 'nginx -t -c {}'",
+    )
+    parser.add_argument("--validate-timeout", type=float, default=30.0)
+    parser.add_argument("--on-change", metavar="CMD", help="run after each apply")
+    parser.add_argument("--heartbeat-interval", type=float, default=2.0)
+    parser.add_argument("--keep", type=int, default=10, help="versions kept on disk")
+
+
+def build_agent(args: argparse.Namespace) -> NodeAgent:
+    check_name(args.node, "node id")
+    if len(args.namespaces) != len(args.paths):
+        raise SystemExit("confbus agent: give one --path for each --namespace")
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"confbus agent: label {item!r} is not K=V")
+        labels[key] = value
+    return NodeAgent(
+        node=args.node,
+        bindings=[
+            Binding(check_name(ns, "namespace"), p)
+            for ns, p in zip(args.namespaces, args.paths, strict=True)
+        ],
+        state_dir=args.state_dir,
+        labels=labels,
+        validate_cmd=args.validate,
+        validate_timeout_s=args.validate_timeout,
+        on_change_cmd=args.on_change,
+        heartbeat_interval_s=args.heartbeat_interval,
+        keep=args.keep,
+    )
+
+
+async def run_agent(agent: NodeAgent, settings: Settings) -> None:
+    from prometheus_client import CollectorRegistry
+
+    await agent.load()
+    registry = CollectorRegistry()
+
+    def health() -> tuple[bool, str]:
+        missing = [n for n, ns in agent.namespaces.items() if not ns.state.has_config]
+        if missing:
+            return False, "no config yet: " + ", ".join(missing)
+        return True, "ok" if agent.bus_connected else "ok (bus down: serving the files it has)"
+
+    http = HttpServer(registry, host=settings.http_host, port=settings.http_port, health=health)
+
+    async def status(_req: Request) -> Response:
+        return Response(200, json.dumps(agent.status()).encode())
+
+    http.route("GET", "/status", status)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+        port = await tg.start(http.serve)
+        print_ready(
+            {
+                "event": "ready",
+                "service": "agent",
+                "node": agent.node,
+                "http_port": port,
+                "status": agent.status(),
+            }
+        )
+        bus = await connect_with_retry(settings, f"confbus-agent-{agent.node}")
+        agent.bus_connected = True
+        try:
+            await agent.run(bus)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await bus.close()
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="confbus agent")
+    add_common_args(parser)
+    add_agent_args(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    setup_logging("agent", settings.log_level)
+    agent = build_agent(args)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(run_agent, agent, settings, backend="asyncio")
+    return 0

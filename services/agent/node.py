@@ -1,0 +1,411 @@
+"""The agent's bus side: one node's participation in the two-phase commit (DESIGN §4–5).
+
+``NodeAgent`` serves one node id over one NATS connection; a process usually runs one, and a
+benchmark may run hundreds on a few connections. Per namespace it:
+
+- reads ``CFG_TXN`` with an **ordered consumer** from the sequence it persisted (no durable
+  consumer per agent: a thousand agents must not mean a thousand server-side consumers);
+- on a prepare that names it: stages, validates, fsyncs (``services.agent.disk``), and only
+  then votes ``yes`` on ``cfg.txn.<ns>.<txid>.vote.<node>``; otherwise ``no`` with the reason;
+- on a decision: commit renames the staged file over the live one, abort drops it;
+- when in doubt (voted yes, no decision heard within the prepare's timeout, measured on this
+  node's monotonic clock) reads the decision record, then asks ``cfg.api.txn.resolve``;
+- heartbeats its state on ``cfg.node.<node>.heartbeat`` and announces each apply on
+  ``cfg.event.<ns>.node.applied``.
+
+The bus may be down at any time: the live file stays as it is, and the agent says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import anyio
+import msgspec
+import nats.errors
+import nats.js.errors
+from anyio.abc import TaskGroup
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from schemas import subjects
+from schemas.api import txn as txn_api
+from schemas.base import utcnow
+from schemas.events import NodeApplied
+from schemas.node import Heartbeat, NamespaceState
+from schemas.streams import CFG_TXN
+from schemas.txn import Decision, Prepare, Vote, decode_txn, decode_vote_ack
+from services.agent.disk import NamespaceDisk, prepare_txn
+from services.agent.hooks import run_on_change
+from services.agent.state import CommitOutcome, LocalState, Refused
+from services.runtime.api import call
+from services.runtime.bus import Bus
+from services.runtime.codec import encode
+from services.runtime.errors import ConfbusError
+from services.runtime.events import emit
+from services.runtime.failpoints import failpoint
+
+log = logging.getLogger("confbus.agent")
+
+VOTE_TIMEOUT_S = 2.0
+# The resume point is saved after every message that changed something here; others are
+# replayed harmlessly after a restart, so saving them is batched.
+SEQ_SAVE_EVERY = 200
+
+
+@dataclass
+class Binding:
+    namespace: str
+    path: str
+
+
+@dataclass
+class _Namespace:
+    disk: NamespaceDisk
+    state: LocalState
+    prepared_at: float | None = None  # monotonic time we voted yes (None: not in doubt)
+    unsaved: int = 0
+    last_seq: int = 0
+    # The stream reader and the in-doubt resolver may both hold a decision for the same
+    # transaction: one at a time per namespace.
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+
+@dataclass
+class NodeAgent:
+    node: str
+    bindings: Sequence[Binding]
+    state_dir: str
+    labels: dict[str, str] = field(default_factory=dict)
+    validate_cmd: str | None = None
+    validate_timeout_s: float = 30.0
+    on_change_cmd: str | None = None
+    heartbeat_interval_s: float = 2.0
+    keep: int = 10
+    started_at: datetime = field(default_factory=utcnow)
+    namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
+    bus_connected: bool = field(default=False, init=False)
+
+    # -- start-up: serve what is on disk before anything else --------------------------------
+
+    async def load(self) -> None:
+        from pathlib import Path
+
+        for b in self.bindings:
+            disk = NamespaceDisk(b.namespace, Path(b.path), Path(self.state_dir), keep=self.keep)
+            state = await anyio.to_thread.run_sync(disk.load)
+            ns = _Namespace(disk, state, last_seq=state.stream_seq)
+            if state.in_doubt:
+                ns.prepared_at = 0.0  # unknown age after a restart: ask at once
+            self.namespaces[b.namespace] = ns
+            log.info(
+                "loaded",
+                extra={
+                    "namespace": b.namespace,
+                    "node": self.node,
+                    "status": state.status,
+                    "applied": state.applied_version,
+                },
+            )
+
+    def status(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "bus": "connected" if self.bus_connected else "down",
+            "namespaces": {
+                name: {
+                    "status": ns.state.status if ns.state.has_config else "no config yet",
+                    "applied_version": ns.state.applied_version,
+                    "sha256": ns.state.applied_sha256,
+                    "last_good": ns.state.last_good,
+                    "in_doubt": ns.state.prepared.txid if ns.state.prepared else None,
+                }
+                for name, ns in self.namespaces.items()
+            },
+        }
+
+    # -- running on a bus ----------------------------------------------------------------
+
+    async def run(
+        self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if not self.namespaces:
+            await self.load()
+        async with anyio.create_task_group() as tg:
+            for name in self.namespaces:
+                await tg.start(self._follow, bus, name)
+            tg.start_soon(self._heartbeats, bus)
+            tg.start_soon(self._resolve_doubts, bus)
+            task_status.started()
+
+    async def _follow(
+        self,
+        bus: Bus,
+        name: str,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read the namespace's transactions in stream order, from where we left off."""
+        ns = self.namespaces[name]
+        config = ConsumerConfig()
+        if ns.last_seq > 0:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = ns.last_seq + 1
+        else:
+            config.deliver_policy = DeliverPolicy.ALL
+        sub = await bus.js.subscribe(
+            subjects.txn_of(name), stream=CFG_TXN.name, ordered_consumer=True, config=config
+        )
+        task_status.started()
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=3600)
+                except nats.errors.TimeoutError:
+                    continue
+                await self._handle(bus, ns, msg)
+        finally:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _handle(self, bus: Bus, ns: _Namespace, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            record = decode_txn(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # Only confbus services may write CFG_TXN; a record we cannot read is from a
+            # newer confbus or a bug elsewhere — skip it, loudly, and keep going.
+            log.warning(
+                "skipping unreadable txn record", extra={"subject": msg.subject, "error": str(exc)}
+            )
+            record = None
+        changed = False
+        try:
+            async with ns.lock:
+                if isinstance(record, Prepare):
+                    changed = await self._on_prepare(bus, ns, record)
+                elif isinstance(record, Decision):
+                    changed = await self._on_decision(bus, ns, record)
+        except ConfbusError as exc:
+            log.error("txn record failed", extra={"subject": msg.subject, "error": str(exc)})
+        ns.last_seq = seq
+        ns.unsaved += 1
+        if changed or ns.unsaved >= SEQ_SAVE_EVERY:
+            await anyio.to_thread.run_sync(ns.disk.save_stream_seq, seq)
+            ns.unsaved = 0
+
+    async def _on_prepare(self, bus: Bus, ns: _Namespace, p: Prepare) -> bool:
+        if self.node not in p.participants:
+            return False
+        try:
+            await prepare_txn(
+                ns.disk, p, validate_cmd=self.validate_cmd, validate_timeout=self.validate_timeout_s
+            )
+        except Refused as no:
+            await self._refresh(ns)
+            await self._vote(bus, p, "no", no.reason)
+            return True
+        await self._refresh(ns)
+        ns.prepared_at = time.monotonic()
+        await failpoint("agent.before_vote")
+        await self._vote(bus, p, "yes", "")
+        await failpoint("agent.after_vote")
+        return True
+
+    async def _vote(self, bus: Bus, p: Prepare, vote: str, reason: str) -> None:
+        v = Vote(
+            txid=p.txid,
+            namespace=p.namespace,
+            node=self.node,
+            epoch=p.epoch,
+            vote=vote,
+            reason=reason,
+        )  # type: ignore[arg-type]
+        try:
+            reply = await bus.nc.request(
+                subjects.txn_vote(p.namespace, p.txid, self.node), encode(v), timeout=VOTE_TIMEOUT_S
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            # The coordinator is gone or decided already: the decision will tell us.
+            return
+        try:
+            ack = decode_vote_ack(reply.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return
+        if not ack.accepted:
+            log.info("vote not accepted", extra={"txid": p.txid, "reason": ack.reason})
+
+    async def _on_decision(self, bus: Bus, ns: _Namespace, d: Decision) -> bool:
+        await anyio.to_thread.run_sync(ns.disk.observe_epoch, d.epoch)
+        if self.node not in d.participants:
+            return False
+        await failpoint("agent.before_apply")
+        if d.outcome == "abort":
+            changed = await anyio.to_thread.run_sync(ns.disk.abort, d.txid)
+            await self._refresh(ns)
+            ns.prepared_at = None if not ns.state.in_doubt else ns.prepared_at
+            return bool(changed)
+        before = ns.state.applied_version
+        outcome = await anyio.to_thread.run_sync(ns.disk.commit, d.txid, d.version, d.sha256)
+        if outcome is CommitOutcome.MISSING:
+            # We never staged it (away during the prepare, or refused it as busy): the
+            # prepare in the stream still has the bytes, checked against the version's hash.
+            content = await self._prepared_content(bus, d)
+            if content is not None and await anyio.to_thread.run_sync(
+                ns.disk.apply, d.version, d.sha256, content
+            ):
+                outcome = CommitOutcome.APPLIED
+        await self._refresh(ns)
+        if not ns.state.in_doubt:
+            ns.prepared_at = None
+        if outcome is CommitOutcome.APPLIED:
+            await failpoint("agent.after_apply")
+            await self._applied(bus, ns, d, before)
+        return True
+
+    async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:
+        try:
+            msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_prepare(d.namespace, d.txid))
+        except nats.js.errors.NotFoundError:
+            return None
+        record = decode_txn(msg.data or b"")
+        if not isinstance(record, Prepare):
+            return None
+        if hashlib.sha256(record.content).hexdigest() != d.sha256:
+            return None
+        return record.content
+
+    async def _applied(self, bus: Bus, ns: _Namespace, d: Decision, before: int | None) -> None:
+        log.info(
+            "applied",
+            extra={
+                "namespace": d.namespace,
+                "node": self.node,
+                "version": d.version,
+                "txid": d.txid,
+            },
+        )
+        try:
+            await emit(
+                bus,
+                NodeApplied(
+                    namespace=d.namespace,
+                    actor=self.node,
+                    node=self.node,
+                    version=d.version,
+                    sha256=d.sha256,
+                    txid=d.txid,
+                    previous=before,
+                ),
+                msg_id=f"applied:{d.namespace}:{self.node}:{d.version}",
+            )
+        except ConfbusError as exc:
+            log.warning("could not announce apply", extra={"error": str(exc)})
+        await self._publish_heartbeat(bus)
+        if self.on_change_cmd:
+            await run_on_change(self.on_change_cmd, ns.disk.live_path, d.namespace, d.version)
+
+    async def _refresh(self, ns: _Namespace) -> None:
+        ns.state = await anyio.to_thread.run_sync(ns.disk.snapshot)
+
+    # -- in doubt ------------------------------------------------------------------------
+
+    async def _resolve_doubts(self, bus: Bus) -> None:
+        while True:
+            await anyio.sleep(0.5)
+            for ns in self.namespaces.values():
+                prepared = ns.state.prepared
+                if prepared is None or ns.prepared_at is None:
+                    continue
+                if time.monotonic() - ns.prepared_at < prepared.timeout_s:
+                    continue  # the coordinator is still counting votes
+                try:
+                    async with ns.lock:
+                        if ns.state.prepared is not None:
+                            await self._resolve(bus, ns, ns.state.prepared.txid)
+                except ConfbusError as exc:
+                    log.info("still in doubt", extra={"txid": prepared.txid, "error": str(exc)})
+
+    async def _resolve(self, bus: Bus, ns: _Namespace, txid: str) -> None:
+        """Nobody guesses: read the decision record, else ask the coordinator, which
+        writes ABORT through the head's compare-and-set once the deadline has passed."""
+        name = ns.disk.namespace
+        try:
+            msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_decision(name, txid))
+            record = decode_txn(msg.data or b"")
+            decision = record if isinstance(record, Decision) else None
+        except nats.js.errors.NotFoundError:
+            decision = None
+        if decision is None:
+            reply = await call(
+                bus,
+                txn_api.SERVICE,
+                "resolve",
+                txn_api.ResolveRequest(namespace=name, txid=txid, node=self.node),
+                txn_api.ResolveReply,
+            )
+            if reply.state == "pending":
+                return
+            decision = reply.decision
+            if decision is None:  # presumed abort: the txn never reached a decision
+                await anyio.to_thread.run_sync(ns.disk.abort, txid)
+                await self._refresh(ns)
+                ns.prepared_at = None
+                return
+        await self._on_decision(bus, ns, decision)
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    async def _heartbeats(self, bus: Bus) -> None:
+        while True:
+            await self._publish_heartbeat(bus)
+            await anyio.sleep(self.heartbeat_interval_s)
+
+    def heartbeat(self) -> Heartbeat:
+        states = []
+        for name, ns in self.namespaces.items():
+            st = ns.state
+            states.append(
+                NamespaceState(
+                    namespace=name,
+                    applied_version=st.applied_version,
+                    sha256=st.live_sha256,
+                    highest_epoch=st.highest_epoch,
+                    prepared_txid=st.prepared.txid if st.prepared else None,
+                    last_good=st.last_good,
+                    status=st.status,
+                )
+            )
+        return Heartbeat(
+            node=self.node,
+            labels=self.labels,
+            namespaces=states,
+            interval_s=self.heartbeat_interval_s,
+            started_at=self.started_at,
+        )
+
+    async def _publish_heartbeat(self, bus: Bus) -> None:
+        for ns in self.namespaces.values():
+            await self._refresh(ns)  # re-hash the live file: drift shows in the heartbeat
+        try:
+            await bus.nc.publish(subjects.heartbeat(self.node), encode(self.heartbeat()))
+            self.bus_connected = bus.nc.is_connected
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.OutboundBufferLimitError,
+        ):
+            self.bus_connected = False
+
+
+async def run_agents(bus: Bus, agents: Sequence[NodeAgent], tg: TaskGroup) -> None:
+    """Start several agents on one connection (benchmarks, tests)."""
+    for agent in agents:
+        await tg.start(agent.run, bus)

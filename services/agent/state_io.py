@@ -1,0 +1,163 @@
+"""Crash-safe file primitives. Every durable change is: write a temp file → fsync it → rename
+it over the target → fsync the directory.
+
+Why each step:
+
+- the temp file lives in the target's own directory, so the rename never crosses file systems
+  (a cross-device "rename" is a copy, and a copy is not atomic);
+- fsync the file before the rename: otherwise, after a power cut, the rename can be durable
+  while the data is not, and the name points at an empty or torn file;
+- fsync the directory after the rename: the new name lives in the directory, and without it
+  the rename itself may not survive a power cut.
+
+Temp files carry ``TMP_MARK`` in their name, so a restart can tell them from anything else in
+a directory it shares with the application and remove only its own leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+TMP_MARK = ".confbus-tmp-"
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class FileMode:
+    """Permission bits and owner a new file should get (those of the file it replaces)."""
+
+    mode: int = 0o644
+    uid: int | None = None
+    gid: int | None = None
+
+
+def mode_of(path: Path, default: int = 0o644) -> FileMode:
+    """The mode and owner of ``path``, so a replacement keeps them (the app must still read it)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return FileMode(default)
+    return FileMode(st.st_mode & 0o7777, st.st_uid, st.st_gid)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path, mode: int = 0o755) -> None:
+    """Create ``path`` and missing parents, each made durable in its parent directory."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made by someone else meanwhile: fine
+            os.mkdir(directory, mode)
+        fsync_dir(directory.parent)
+
+
+def tmp_prefix(target: Path) -> str:
+    """Name prefix of the temp files written for ``target`` (hidden, next to it)."""
+    return f".{target.name}{TMP_MARK}"
+
+
+def write_temp(target: Path, data: bytes, mode: FileMode) -> Path:
+    """Write ``data`` to a new, fsynced temp file beside ``target`` and return its path."""
+    tmp = target.with_name(tmp_prefix(target) + secrets.token_hex(6))
+    # O_EXCL: never write through a file (or symlink) someone else put at this name.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if mode.uid is not None and mode.gid is not None and os.geteuid() == 0:
+            # As root, keep the replaced file's owner: an app running as its own user must
+            # still be able to read its config after the switch.
+            os.fchown(fd, mode.uid, mode.gid)
+        os.fchmod(fd, mode.mode)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def replace_durably(source: Path, target: Path) -> None:
+    """Rename ``source`` over ``target`` (same directory) and make the rename durable."""
+    os.replace(source, target)
+    fsync_dir(target.parent)
+
+
+def atomic_write(target: Path, data: bytes, mode: FileMode | None = None) -> None:
+    """Replace ``target`` with ``data``: readers see the old bytes or the new, never a mix."""
+    tmp = write_temp(target, data, mode or mode_of(target))
+    try:
+        replace_durably(tmp, target)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def remove_quietly(path: Path) -> bool:
+    """Unlink ``path`` if it exists; True if it did.
+
+    No directory fsync: every caller removes something whose resurrection after a power cut
+    is harmless (a temp file, a stale staged file, an old history entry) and is swept again
+    on the next start.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def remove_temps(directory: Path, prefix: str = "") -> list[str]:
+    """Remove the temp files an interrupted write left in ``directory``; return their names.
+
+    ``prefix`` narrows the sweep to one target's temp files, for directories shared with the app.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if name.startswith(prefix) and TMP_MARK in name and remove_quietly(directory / name):
+            removed.append(name)
+    return removed
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str | None:
+    """sha256 of the file as it is on disk now, or None if there is no such file."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
+
+
+def read_if_exists(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None

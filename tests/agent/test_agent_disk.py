@@ -1,0 +1,619 @@
+"""NamespaceDisk against the real file system: the node's side of the 2PC (DESIGN §4, §5)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from schemas.names import Format
+from schemas.txn import Prepare
+from services.agent.disk import NamespaceDisk
+from services.agent.state import (
+    CommitOutcome,
+    IntegrityError,
+    Refused,
+    StateCorrupt,
+    VersionNotOnDisk,
+)
+from tests.agent.support import NS, commit_version, content_for, make_prepare, open_disk, sha
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Names in ``directory`` that belong to confbus rather than to the app."""
+    return sorted(n for n in os.listdir(directory) if ".confbus-" in n)
+
+
+# --- first boot -------------------------------------------------------------------------
+
+
+def test_first_boot_says_no_config_and_writes_nothing(root: Path, live: Path) -> None:
+    state = open_disk(root).load()
+    assert not state.has_config
+    assert state.status == "no-config"
+    assert state.applied_version is None and state.live_sha256 is None
+    assert state.to_namespace_state().status == "no-config"
+    assert list(root.iterdir()) == []  # not even the state dir was created
+
+
+# --- the happy paths --------------------------------------------------------------------
+
+
+def test_stage_seal_commit_switches_the_live_file_byte_for_byte(
+    disk: NamespaceDisk, live: Path, state_dir: Path
+) -> None:
+    commit_version(disk, 1)
+    body = '{"a": 1, "unicode": "é"}\r\n'.encode()  # exact bytes: CRLF, non-ASCII
+    p = make_prepare(2, body, txid="t2")
+
+    staged = disk.stage(p)
+    assert not staged.already_prepared
+    assert staged.path.parent == live.parent  # same directory: the rename never crosses fs
+    assert staged.path.name == ".config.json.confbus-staged-t2"
+    assert staged.path.read_bytes() == body
+    assert not disk.snapshot().in_doubt  # no PREPARED record until sealed
+    disk.seal("t2")
+    assert disk.snapshot().in_doubt
+    assert live.read_bytes() == content_for(1)  # while in doubt the app keeps the old file
+
+    assert disk.commit("t2", 2, p.sha256) is CommitOutcome.APPLIED
+    assert live.read_bytes() == body
+    state = disk.snapshot()
+    assert (state.applied_version, state.applied_sha256, state.live_sha256) == (
+        2,
+        p.sha256,
+        p.sha256,
+    )
+    assert state.prepared is None and state.status == "ok" and not state.drifted
+    assert state.history == (1, 2)
+    assert (state_dir / NS / "versions" / "2").read_bytes() == body
+    assert leftovers(live.parent) == []
+    hb = state.to_namespace_state()
+    assert (hb.applied_version, hb.sha256, hb.prepared_txid) == (2, p.sha256, None)
+
+
+def test_abort_drops_staged_file_and_record_and_keeps_the_live_file(
+    disk: NamespaceDisk, live: Path
+) -> None:
+    commit_version(disk, 1)
+    p = make_prepare(2, txid="t2")
+    disk.stage(p)
+    disk.seal("t2")
+    assert disk.abort("t2") is True
+    assert live.read_bytes() == content_for(1)
+    assert leftovers(live.parent) == []
+    assert disk.snapshot().prepared is None
+    assert disk.abort("t2") is False  # idempotent
+    assert disk.abort("never-seen") is False  # unknown txid: no-op
+    # An aborted transaction can never be applied, even by a stray commit.
+    assert disk.commit("t2", 2, p.sha256) is CommitOutcome.MISSING
+    assert live.read_bytes() == content_for(1)
+
+
+def test_commit_is_idempotent(disk: NamespaceDisk, live: Path) -> None:
+    p = make_prepare(1, txid="t1")
+    disk.stage(p)
+    disk.seal("t1")
+    assert disk.commit("t1", 1, p.sha256) is CommitOutcome.APPLIED
+    before = (live.stat().st_ino, live.stat().st_mtime_ns)
+    assert disk.commit("t1", 1, p.sha256) is CommitOutcome.NOT_NEWER
+    assert (live.stat().st_ino, live.stat().st_mtime_ns) == before
+
+
+def test_redelivered_prepare_votes_yes_again(disk: NamespaceDisk) -> None:
+    p = make_prepare(1, txid="t1")
+    disk.stage(p)
+    disk.seal("t1")
+    again = disk.stage(p)
+    assert again.already_prepared and again.version == 1
+    disk.seal("t1")  # idempotent too
+
+
+def test_replaced_live_file_keeps_its_mode(disk: NamespaceDisk, live: Path) -> None:
+    commit_version(disk, 1)
+    live.chmod(0o640)  # e.g. a config holding a password, readable by the app's group only
+    commit_version(disk, 2)
+    assert stat.S_IMODE(live.stat().st_mode) == 0o640
+
+
+def test_state_dir_is_private(disk: NamespaceDisk, state_dir: Path) -> None:
+    commit_version(disk, 1)
+    assert stat.S_IMODE((state_dir / NS).stat().st_mode) == 0o700
+    assert stat.S_IMODE((state_dir / NS / "state.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((state_dir / NS / "versions" / "1").stat().st_mode) == 0o600
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+
+def refusal(disk: NamespaceDisk, prepare: Prepare) -> Refused:
+    with pytest.raises(Refused) as info:
+        disk.stage(prepare)
+    return info.value
+
+
+def test_sha256_mismatch_is_refused_and_nothing_is_staged(disk: NamespaceDisk, live: Path) -> None:
+    no = refusal(disk, make_prepare(1, sha256="0" * 64))
+    assert no.kind == "sha256" and "0" * 64 in no.reason
+    assert not live.parent.exists() or leftovers(live.parent) == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content", "expected"),
+    [
+        ("json", b'{"a": 1,}', "invalid JSON"),
+        ("json", b"", "invalid JSON"),
+        ("yaml", b"a: [1, 2\nb: 3\n", "invalid YAML"),
+        ("yaml", b"a: 1\n---\nb: 2\n", "invalid YAML"),  # one document per config
+        ("toml", b'a = "x"\na = "y"\n', "invalid TOML"),
+        ("toml", b"[section\n", "invalid TOML"),
+        ("text", b"caf\xe9\n", "not UTF-8 at byte 3"),
+        ("yaml", b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_content_that_does_not_parse_is_refused_with_the_parser_error(
+    disk: NamespaceDisk, fmt: Format, content: bytes, expected: str
+) -> None:
+    no = refusal(disk, make_prepare(1, content, fmt=fmt))
+    assert no.kind == "format"
+    assert expected in no.reason
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content"),
+    [
+        ("json", b'{"a": [1, 2, {"b": null}]}'),
+        ("yaml", b"a: 1\nb: [x, y]\n"),
+        ("toml", b'[server]\nport = 8080\nname = "x"\n'),
+        ("text", "héllo\n".encode()),
+    ],
+)
+def test_each_format_accepts_well_formed_content(
+    disk: NamespaceDisk, live: Path, fmt: Format, content: bytes
+) -> None:
+    p = make_prepare(1, content, fmt=fmt)
+    disk.stage(p)
+    disk.seal(p.txid)
+    assert disk.commit(p.txid, 1, p.sha256) is CommitOutcome.APPLIED
+    assert live.read_bytes() == content
+
+
+def test_lower_epoch_is_refused_and_the_epoch_survives_a_restart(root: Path) -> None:
+    disk = open_disk(root)
+    disk.load()
+    assert disk.observe_epoch(3) is True
+    assert disk.observe_epoch(2) is False  # monotonic
+    no = refusal(disk, make_prepare(1, epoch=2))
+    assert no.kind == "stale-epoch"
+    fresh = open_disk(root)
+    assert fresh.load().highest_epoch == 3
+    assert refusal(fresh, make_prepare(1, epoch=2)).kind == "stale-epoch"
+    fresh.stage(make_prepare(1, epoch=3))  # the current epoch is fine
+
+
+def test_a_prepare_raises_the_highest_epoch(disk: NamespaceDisk) -> None:
+    disk.stage(make_prepare(1, epoch=5))
+    assert disk.snapshot().highest_epoch == 5
+
+
+def test_one_prepared_transaction_per_namespace(disk: NamespaceDisk) -> None:
+    disk.stage(make_prepare(1, txid="t1"))
+    disk.seal("t1")
+    no = refusal(disk, make_prepare(2, txid="t2"))
+    assert no.kind == "busy" and "t1" in no.reason
+    conflict = refusal(disk, make_prepare(2, txid="t1"))  # same txid, other version
+    assert conflict.kind == "conflict"
+    disk.abort("t1")
+    disk.stage(make_prepare(2, txid="t2"))  # free again
+
+
+def test_an_unsealed_staging_is_replaced_by_a_newer_prepare(
+    disk: NamespaceDisk, live: Path
+) -> None:
+    # Staged but never sealed (its validation failed or the agent stopped): no yes vote was
+    # sent, so the next prepare replaces it.
+    disk.stage(make_prepare(1, txid="t1"))
+    disk.stage(make_prepare(2, txid="t2"))
+    assert leftovers(live.parent) == [".config.json.confbus-staged-t2"]
+    with pytest.raises(Refused):
+        disk.seal("t1")
+    disk.seal("t2")
+
+
+def test_version_not_higher_than_applied_is_refused(disk: NamespaceDisk) -> None:
+    commit_version(disk, 2)
+    assert refusal(disk, make_prepare(2, txid="again")).kind == "not-newer"
+    assert refusal(disk, make_prepare(1)).kind == "not-newer"
+
+
+def test_wrong_namespace_is_refused(disk: NamespaceDisk) -> None:
+    assert refusal(disk, make_prepare(1, namespace="billing")).kind == "wrong-namespace"
+
+
+def test_seal_is_fenced_by_an_epoch_seen_during_validation(disk: NamespaceDisk, live: Path) -> None:
+    disk.stage(make_prepare(1, txid="t1", epoch=1))
+    disk.observe_epoch(2)  # a new coordinator took over while the validator ran
+    with pytest.raises(Refused) as info:
+        disk.seal("t1")
+    assert info.value.kind == "stale-epoch"
+    assert leftovers(live.parent) == []
+
+
+def test_seal_refuses_a_staged_file_changed_on_disk(disk: NamespaceDisk) -> None:
+    staged = disk.stage(make_prepare(1, txid="t1"))
+    staged.path.write_bytes(b'{"rewritten": "by a validator"}')
+    with pytest.raises(Refused) as info:
+        disk.seal("t1")
+    assert info.value.kind == "sha256"
+    assert not staged.path.exists()
+
+
+# --- restart ----------------------------------------------------------------------------
+
+
+def test_restart_recovers_the_in_doubt_transaction(root: Path, live: Path) -> None:
+    first = open_disk(root)
+    first.load()
+    commit_version(first, 1)
+    p = make_prepare(2, txid="t2", epoch=4)
+    first.stage(p)
+    first.seal("t2")
+    first.save_stream_seq(41)
+    del first  # "crash": nothing is closed or flushed beyond what the calls made durable
+
+    again = open_disk(root)
+    state = again.load()
+    assert state.in_doubt and state.status == "in-doubt"
+    assert state.prepared is not None
+    assert (state.prepared.txid, state.prepared.version, state.prepared.epoch) == ("t2", 2, 4)
+    assert (state.applied_version, state.stream_seq, state.highest_epoch) == (1, 41, 4)
+    assert state.to_namespace_state().prepared_txid == "t2"
+    assert live.read_bytes() == content_for(1)
+    assert again.stage(p).already_prepared  # redelivered prepare: still yes
+    assert again.commit("t2", 2, p.sha256) is CommitOutcome.APPLIED
+    assert live.read_bytes() == content_for(2)
+
+
+def test_restart_sweeps_stale_staged_and_temp_files_but_not_the_apps(
+    root: Path, live: Path, state_dir: Path
+) -> None:
+    disk = open_disk(root)
+    disk.load()
+    commit_version(disk, 1)
+    disk.stage(make_prepare(2, txid="t2"))  # staged, never sealed: no vote went out
+    (live.parent / ".config.json.confbus-tmp-deadbeef").write_bytes(b"torn")
+    (live.parent / "..config.json.confbus-staged-t9.confbus-tmp-0a").write_bytes(b"torn")
+    (state_dir / NS / ".state.json.confbus-tmp-0b").write_bytes(b"{")
+    (state_dir / NS / "versions" / ".7.confbus-tmp-0c").write_bytes(b"x")
+    (live.parent / "other.conf").write_bytes(b"the app's own file")
+    (live.parent / ".other.conf.confbus-tmp-1").write_bytes(b"another agent's")
+
+    state = open_disk(root).load()
+    assert not state.in_doubt and state.applied_version == 1
+    assert leftovers(live.parent) == [".other.conf.confbus-tmp-1"]
+    assert (live.parent / "other.conf").exists()
+    assert leftovers(state_dir / NS) == []
+    assert leftovers(state_dir / NS / "versions") == []
+
+
+def test_stream_sequence_is_persisted(root: Path) -> None:
+    disk = open_disk(root)
+    disk.load()
+    disk.save_stream_seq(7)
+    disk.save_stream_seq(9)
+    assert open_disk(root).load().stream_seq == 9
+
+
+def test_unreadable_state_is_reported_not_overwritten(root: Path, state_dir: Path) -> None:
+    commit_version(open_disk(root), 1)
+    record = state_dir / NS / "state.json"
+    record.write_bytes(b"garbage")
+    with pytest.raises(StateCorrupt) as info:
+        open_disk(root).load()
+    assert str(record) in str(info.value)
+    assert record.read_bytes() == b"garbage"
+
+
+def test_a_newer_agents_record_stays_readable(root: Path, state_dir: Path) -> None:
+    commit_version(open_disk(root), 1)
+    record = state_dir / NS / "state.json"
+    data = msgspec.json.decode(record.read_bytes())
+    data["field_from_the_future"] = {"x": 1}
+    record.write_bytes(msgspec.json.encode(data))
+    assert open_disk(root).load().applied_version == 1
+
+
+# --- history and the last known good -----------------------------------------------------
+
+
+def test_history_keeps_the_last_n_versions(root: Path, state_dir: Path) -> None:
+    disk = open_disk(root, keep=3)
+    disk.load()
+    for v in range(1, 7):
+        commit_version(disk, v)
+    assert disk.history() == [4, 5, 6]
+    for v in (4, 5, 6):
+        assert disk.version_bytes(v) == content_for(v)
+
+
+def test_history_always_keeps_the_last_known_good(root: Path) -> None:
+    disk = open_disk(root, keep=3)
+    disk.load()
+    commit_version(disk, 1)
+    commit_version(disk, 2)
+    disk.mark_last_good(2)
+    for v in range(3, 8):
+        commit_version(disk, v)
+    assert disk.history() == [2, 5, 6, 7]
+    assert disk.snapshot().last_good == 2
+
+
+def test_restore_last_good_writes_it_as_the_live_file(root: Path, live: Path) -> None:
+    disk = open_disk(root)
+    disk.load()
+    assert disk.restore_last_good() is None  # none yet: nothing happens
+    commit_version(disk, 1)
+    commit_version(disk, 2)
+    disk.mark_last_good(2, sha256=sha(content_for(2)))
+    commit_version(disk, 3)
+    ino = live.stat().st_ino
+    assert disk.restore_last_good() == 2
+    assert live.read_bytes() == content_for(2)
+    assert live.stat().st_ino != ino  # replaced whole, never rewritten in place
+    state = open_disk(root).load()
+    assert (state.applied_version, state.applied_sha256, state.live_sha256) == (
+        2,
+        sha(content_for(2)),
+        sha(content_for(2)),
+    )
+    assert state.history == (1, 2, 3)  # what it ran before is still there
+    # The node is behind its target now: the next version goes in as usual.
+    commit_version(disk, 4)
+    assert live.read_bytes() == content_for(4)
+
+
+def test_last_good_for_a_version_never_run_here_needs_its_bytes(root: Path) -> None:
+    disk = open_disk(root)
+    disk.load()
+    commit_version(disk, 5)
+    with pytest.raises(VersionNotOnDisk):
+        disk.mark_last_good(4)
+    with pytest.raises(IntegrityError):
+        disk.mark_last_good(4, sha256=sha(content_for(4)), content=b"other")
+    disk.mark_last_good(4, sha256=sha(content_for(4)), content=content_for(4))
+    assert disk.restore_last_good() == 4
+
+
+def test_an_old_last_good_given_by_content_is_not_pruned(root: Path) -> None:
+    disk = open_disk(root, keep=2)
+    disk.load()
+    for v in range(3, 7):
+        commit_version(disk, v)
+    disk.mark_last_good(2, sha256=sha(content_for(2)), content=content_for(2))
+    assert disk.history() == [2, 5, 6]
+    assert disk.restore_last_good() == 2
+
+
+def test_restore_refuses_a_damaged_last_good(root: Path, state_dir: Path, live: Path) -> None:
+    disk = open_disk(root)
+    disk.load()
+    commit_version(disk, 1)
+    disk.mark_last_good(1)
+    commit_version(disk, 2)
+    (state_dir / NS / "versions" / "1").write_bytes(b"bit rot")
+    with pytest.raises(IntegrityError):
+        disk.restore_last_good()
+    assert live.read_bytes() == content_for(2)
+
+
+# --- catch-up, MISSING and drift ---------------------------------------------------------
+
+
+def test_commit_without_staged_bytes_is_missing_then_apply_installs(
+    disk: NamespaceDisk, live: Path
+) -> None:
+    commit_version(disk, 1)
+    # Away during the prepare: the decision names bytes this node never staged.
+    assert disk.commit("t2", 2, sha(content_for(2))) is CommitOutcome.MISSING
+    with pytest.raises(IntegrityError):
+        disk.apply(2, sha(content_for(2)), b"not the version's bytes")
+    assert live.read_bytes() == content_for(1)
+    assert disk.apply(2, sha(content_for(2)), content_for(2)) is True
+    assert live.read_bytes() == content_for(2)
+    assert disk.apply(2, sha(content_for(2)), content_for(2)) is False  # already there
+    assert disk.apply(1, sha(content_for(1)), content_for(1)) is False  # never backward
+    assert disk.snapshot().applied_version == 2
+
+
+def test_lost_staged_file_makes_commit_missing(disk: NamespaceDisk, live: Path) -> None:
+    commit_version(disk, 1)
+    p = make_prepare(2, txid="t2")
+    staged = disk.stage(p)
+    disk.seal("t2")
+    staged.path.write_bytes(b'{"corrupted": true}')  # never rename bytes that are not v2's
+    assert disk.commit("t2", 2, p.sha256) is CommitOutcome.MISSING
+    assert live.read_bytes() == content_for(1)
+    assert disk.apply(2, p.sha256, p.content) is True
+    assert disk.snapshot().prepared is None  # applied: the prepared record is done with
+    assert leftovers(live.parent) == []
+
+
+def test_drift_is_visible_and_repaired_by_apply(disk: NamespaceDisk, live: Path) -> None:
+    commit_version(disk, 1)
+    live.write_bytes(b"edited by hand")
+    state = disk.snapshot()
+    assert state.drifted and state.live_sha256 == sha(b"edited by hand")
+    assert state.to_namespace_state().sha256 == sha(b"edited by hand")
+    assert disk.apply(1, sha(content_for(1)), content_for(1)) is True
+    assert not disk.snapshot().drifted
+    live.unlink()
+    assert disk.snapshot().drifted and disk.live_sha256() is None
+
+
+def test_catch_up_over_a_prepared_older_version_drops_it(disk: NamespaceDisk) -> None:
+    disk.stage(make_prepare(2, txid="t2"))
+    disk.seal("t2")
+    disk.apply(3, sha(content_for(3)), content_for(3))
+    assert disk.snapshot().prepared is None
+    assert disk.commit("t2", 2, sha(content_for(2))) is CommitOutcome.NOT_NEWER
+
+
+# --- file systems and durability ----------------------------------------------------------
+
+
+def test_state_dir_on_another_file_system(root: Path, live: Path, other_fs: Path) -> None:
+    disk = NamespaceDisk(NS, live, other_fs / "state", keep=2)
+    disk.load()
+    commit_version(disk, 1)  # creates the live dir on the first install
+    assert live.parent.stat().st_dev != (other_fs / "state").stat().st_dev
+    commit_version(disk, 2)
+    disk.mark_last_good(1)
+    commit_version(disk, 3)
+    p = make_prepare(4, txid="t4")
+    disk.stage(p)
+    disk.seal("t4")
+    state = NamespaceDisk(NS, live, other_fs / "state", keep=2).load()
+    assert state.in_doubt and state.applied_version == 3
+    assert disk.restore_last_good() == 1
+    assert live.read_bytes() == content_for(1)
+    assert disk.commit("t4", 4, p.sha256) is CommitOutcome.APPLIED
+    assert live.read_bytes() == content_for(4)
+    assert disk.history() == [1, 3, 4]
+
+
+class FsSpy:
+    """Record fsync and rename calls; they still happen (a spy, not a mock)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # (op, path, target); for fsync the path is what the fd names at that moment.
+        self.events: list[tuple[str, str, str]] = []
+        self.synced: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every file fsynced
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd: int) -> None:
+            st = os.fstat(fd)
+            self.synced.add((st.st_dev, st.st_ino))
+            self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), ""))
+            real_fsync(fd)
+
+        def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+            st = os.stat(src)
+            # The data was fsynced, under whatever name it had then (a temp name, the staged
+            # name), before it takes the target's name.
+            assert (st.st_dev, st.st_ino) in self.synced, f"{src} renamed before fsync"
+            self.events.append(("replace", os.fspath(src), os.fspath(dst)))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def since(self, mark: int) -> list[tuple[str, str, str]]:
+        events = self.events[mark:]
+        for i, (op, _, dst) in enumerate(events):
+            if op == "replace":
+                # Every rename is made durable by fsyncing its directory afterwards.
+                assert ("fsync", os.path.dirname(dst), "") in events[i + 1 :], dst
+        return events
+
+
+def test_fsync_discipline(
+    disk: NamespaceDisk, live: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit_version(disk, 1)
+    spy = FsSpy(monkeypatch)
+    record = str(state_dir.resolve() / NS / "state.json")
+    live_path, live_dir = str(live.resolve()), str(live.parent.resolve())
+
+    p = make_prepare(2, txid="t2", epoch=1)
+    staged = disk.stage(p)
+    events = spy.since(0)
+    assert [e for e in events if e[0] == "replace"][-1][2] == str(staged.path.resolve())
+    assert events[-1] == ("fsync", live_dir, "")  # staged file durable before stage returns
+
+    mark = len(spy.events)
+    disk.seal("t2")
+    assert [e[2] for e in spy.since(mark) if e[0] == "replace"] == [record]
+
+    mark = len(spy.events)
+    assert disk.commit("t2", 2, p.sha256) is CommitOutcome.APPLIED
+    events = spy.since(mark)
+    targets = [e[2] for e in events if e[0] == "replace"]
+    # intent, then the live file, then the applied record, then the history copy
+    assert targets[:3] == [record, live_path, record]
+    assert targets[3].endswith("/versions/2")
+    switch = events.index(("replace", str(staged.path.resolve()), live_path))
+    final = max(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == record)
+    assert ("fsync", live_dir, "") in events[switch:final]  # rename durable before recorded
+
+    mark = len(spy.events)
+    disk.mark_last_good(2)
+    disk.restore_last_good()
+    disk.apply(3, sha(content_for(3)), content_for(3))
+    assert disk.abort("none") is False
+    spy.since(mark)
+
+
+def test_readers_only_ever_see_a_whole_file(disk: NamespaceDisk, live: Path) -> None:
+    """A reader racing the switches sees one complete version or another, never a mix."""
+    bodies = {v: content_for(v) * 4000 for v in range(1, 41)}  # ~150 KiB each
+    by_bytes = {b: v for v, b in bodies.items()}
+    disk.apply(1, sha(bodies[1]), bodies[1])
+    done = threading.Event()
+    seen: list[int] = []
+    bad: list[int] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            data = live.read_bytes()
+            (seen if data in by_bytes else bad).append(by_bytes.get(data, len(data)))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for v in range(2, 41):
+            p = make_prepare(v, bodies[v], fmt="text")
+            disk.stage(p)
+            disk.seal(p.txid)
+            disk.commit(p.txid, v, p.sha256)
+    finally:
+        done.set()
+        t.join()
+    assert bad == []
+    assert seen and seen == sorted(seen)  # versions only move forward
+
+
+def test_disk_is_safe_to_share_between_worker_threads(disk: NamespaceDisk, live: Path) -> None:
+    """The agent calls through to_thread; concurrent calls must not interleave steps."""
+    errors: list[BaseException] = []
+
+    def run(fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Refused:
+            pass  # losing a race for the one PREPARED slot is a legitimate refusal
+        except BaseException as exc:
+            errors.append(exc)
+
+    def worker(v: int) -> Callable[[], object]:
+        def go() -> None:
+            p = make_prepare(v, txid=f"w{v}")
+            disk.stage(p)
+            disk.seal(p.txid)
+            disk.commit(p.txid, v, p.sha256)
+
+        return go
+
+    threads = [threading.Thread(target=run, args=(worker(v),)) for v in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    state = open_disk(live.parents[2]).load()
+    assert state.applied_version is not None
+    assert state.live_sha256 == state.applied_sha256 == sha(content_for(state.applied_version))
