@@ -1,0 +1,31 @@
+"""``cfg.api.rollback.*``: manual rollbacks (``confbus rollback``). Automatic ones start from
+alerts on ``cfg.alert.<ns>`` — the distributor hands over a failed bake the same way, as an
+alert with ``source="distributor"``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.names import Namespace
+
+SERVICE = "rollback"
+
+
+class RollbackRequest(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: Namespace
+    to: int | None = None  # None: the last known good
+    reason: str = ""
+    strategy: str | None = None  # None: the policy's rollback strategy
+    actor: str = ""
+
+
+class RollbackReply(msgspec.Struct, frozen=True, kw_only=True):
+    rollback_id: str
+    namespace: Namespace
+    from_version: int | None
+    to_version: int
+    new_version: int | None
+    state: Literal["started", "completed", "stuck", "refused"] = "started"
+    reason: str = ""
