@@ -10,7 +10,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from schemas.api import txn as api
+from schemas.streams import CFG_STATE
 from services.coordinator.head import Heads
+from services.coordinator.liveness import ALIVE_INTERVAL_S, Liveness
 from services.coordinator.metrics import CoordinatorMetrics
 from services.coordinator.twophase import Coordinator
 from services.runtime.api import Endpoint, serve_api, stop_api
@@ -37,9 +39,24 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     heads = await Heads.open(ctx.bus)
     metrics = CoordinatorMetrics.create(ctx.registry)
+    liveness = Liveness(await ctx.bus.kv(CFG_STATE.name), ctx.settings.instance_id)
+    await liveness.beat()
     coord = Coordinator(
-        ctx.bus, heads, ctx.settings.instance_id, metrics, default_timeout_s=ctx.args.vote_timeout
+        ctx.bus,
+        heads,
+        ctx.settings.instance_id,
+        metrics,
+        default_timeout_s=ctx.args.vote_timeout,
+        liveness=liveness,
     )
+
+    async def heartbeat() -> None:
+        while True:
+            await anyio.sleep(ALIVE_INTERVAL_S)
+            try:
+                await liveness.beat()
+            except Exception as exc:  # the bus is down: we will simply look dead
+                log.warning("liveness beat failed", extra={"error": repr(exc)})
 
     async def switch(req: api.SwitchRequest) -> api.SwitchReply:
         return await coord.switch(
@@ -84,6 +101,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         try:
             # A restarted coordinator first settles what its predecessor left undecided.
             await coord.recover_all()
+            tg.start_soon(heartbeat)
             task_status.started()
             while True:
                 await anyio.sleep(ctx.args.recovery_interval)

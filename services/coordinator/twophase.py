@@ -27,6 +27,7 @@ from schemas.names import Format
 from schemas.txn import Decision, Prepare, TxnHead, Vote, VoteAck, decode_vote
 from services.coordinator.decisions import decision_of, publish_decision, read_decision
 from services.coordinator.head import Fenced, Head, Heads
+from services.coordinator.liveness import Liveness
 from services.coordinator.metrics import CoordinatorMetrics
 from services.runtime.api import call
 from services.runtime.bus import Bus
@@ -82,8 +83,10 @@ class Coordinator:
         instance: str,
         metrics: CoordinatorMetrics,
         default_timeout_s: float = 5.0,
+        liveness: Liveness | None = None,
     ) -> None:
         self.bus = bus
+        self.liveness = liveness or Liveness(None, instance)
         self.heads = heads
         self.instance = instance
         self.metrics = metrics
@@ -317,7 +320,12 @@ class Coordinator:
                 if self._locks[ns].locked():
                     continue  # our own transaction in flight
                 oldest = max(oldest, _age(h))
-                if _expired(h):
+                if h.leader != self.instance and not await self.liveness.alive(h.leader):
+                    # Its coordinator stopped heartbeating (crashed, paused, partitioned):
+                    # take the namespace over — the epoch bump fences it if it comes back.
+                    async with self._locks[ns]:
+                        await self.lead(ns)
+                elif _expired(h):
                     await self.resolve(ns, h.txid)
             elif h.state in DECIDED and h.txid is not None and h.txid not in self._announced:
                 await self.announce(h)
