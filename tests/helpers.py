@@ -18,10 +18,12 @@ async def eventually(
     what: str = "condition",
 ) -> T:
     """Poll ``probe`` until it returns something truthy, or fail after ``timeout``."""
-    with anyio.fail_after(timeout, shield=False):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await anyio.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")  # pragma: no cover
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                value = await probe()
+                if value:
+                    return value
+                await anyio.sleep(every)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None

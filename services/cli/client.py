@@ -9,25 +9,42 @@ async with Client("nats://127.0.0.1:4222") as client:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+import re
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
+import anyio.abc
 import msgspec
 import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
-from schemas.events import AnyEvent, decode_event
-from schemas.streams import CFG_EVENTS
+from schemas.api import store as store_api
+from schemas.changes import ChangeProposed
+from schemas.changes import msg_id as change_msg_id
+from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
+from schemas.names import CHANGE_ID_PATTERN, Format, InvalidName, check_name
+from schemas.policy import Policy
+from schemas.streams import CFG_EVENTS, MAX_PAYLOAD
+from schemas.versions import VersionInfo
 from services.runtime.api import call
 from services.runtime.bus import DEFAULT_NATS_URL, Bus, connect
+from services.runtime.codec import encode
+from services.runtime.errors import InvalidInput, NotFound, Permanent, Unavailable
 
 log = logging.getLogger("confbus.client")
 
 Rep = TypeVar("Rep")
+
+_LAST_NATS_TIME = datetime(2262, 1, 1, tzinfo=UTC)
 
 
 class StreamedEvent(msgspec.Struct, frozen=True):
@@ -54,7 +71,11 @@ class Client:
     ) -> None:
         self.nats_url = nats_url
         self._kw: dict[str, Any] = dict(
-            name=name, user=user, password=password, creds=creds, tls_ca=tls_ca,
+            name=name,
+            user=user,
+            password=password,
+            creds=creds,
+            tls_ca=tls_ca,
             connect_timeout=connect_timeout,
         )
         self._bus: Bus | None = None
@@ -66,13 +87,13 @@ class Client:
 
     async def __aenter__(self) -> Client:
         # A CLI must fail fast when confbus is down, not reconnect forever.
-        self._bus = await connect(
-            self.nats_url, max_reconnect_attempts=3, **self._kw
-        )
+        self._bus = await connect(self.nats_url, max_reconnect_attempts=3, **self._kw)
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if self._bus is not None:
@@ -92,49 +113,437 @@ class Client:
         since: datetime | timedelta | None = None,
         from_seq: int | None = None,
         follow: bool = False,
-        idle_timeout: float = 1.0,
+        on_subscribed: Callable[[], object] | None = None,
+        stall_timeout: float = 10.0,
     ) -> AsyncIterator[StreamedEvent]:
         """Events of ``CFG_EVENTS`` in stream order, from an ordered (ephemeral) consumer.
 
-        Without ``follow`` it stops at the end of the stream as it was when it started.
+        Without ``follow`` it stops at the end of the stream as it was when it started: at the
+        stream's last sequence, or when the server says nothing more matches the filter. With
+        ``follow`` it starts at new events (unless ``since``/``from_seq`` say otherwise) and
+        never stops; ``on_subscribed`` is called once the consumer exists, so a caller can
+        tell when an event published from then on will be seen.
+
+        A naive ``since`` is local time. Raises ``Unavailable`` when the stream is missing
+        (NATS without confbus), or when the server stops delivering mid-replay.
         """
         if isinstance(since, timedelta):
-            since = datetime.now().astimezone() - since
+            since = datetime.now(UTC) - since
+        elif since is not None and since.tzinfo is None:
+            since = since.astimezone()
         config = ConsumerConfig()
         if from_seq is not None:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = from_seq
         elif since is not None:
             config.deliver_policy = DeliverPolicy.BY_START_TIME
-            config.opt_start_time = since.isoformat()
+            # nats-server keeps times as int64 nanoseconds: past 2262 they wrap to "everything".
+            config.opt_start_time = min(since.astimezone(UTC), _LAST_NATS_TIME)
         elif follow:
             config.deliver_policy = DeliverPolicy.NEW
         else:
             config.deliver_policy = DeliverPolicy.ALL
-        last = 0
-        if not follow:
-            info = await self.bus.js.stream_info(CFG_EVENTS.name)
-            last = info.state.last_seq
-            if last == 0 or (from_seq is not None and from_seq > last):
-                return
-        sub = await self.bus.js.subscribe(
-            subject_filter, stream=CFG_EVENTS.name, ordered_consumer=True, config=config
-        )
         try:
+            last = (await self.bus.js.stream_info(CFG_EVENTS.name)).state.last_seq
+            if not follow and (last == 0 or (from_seq is not None and from_seq > last)):
+                return
+            sub = await self.bus.js.subscribe(
+                subject_filter, stream=CFG_EVENTS.name, ordered_consumer=True, config=config
+            )
+        except nats.js.errors.NotFoundError as exc:
+            raise Unavailable(
+                f"no {CFG_EVENTS.name} stream at {self.nats_url}: is confbus running there?"
+            ) from exc
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise Unavailable(f"JetStream at {self.nats_url} is not answering: {exc!r}") from exc
+        try:
+            if on_subscribed is not None:
+                on_subscribed()
+            if not follow:
+                info = await sub.consumer_info()
+                delivered = info.delivered.consumer_seq if info.delivered else 0
+                if not info.num_pending and not delivered:
+                    return  # nothing in the stream matches the filter
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=idle_timeout if not follow else 3600)
-                except nats.errors.TimeoutError:
-                    if follow:
-                        continue
-                    return  # nothing newer matches the filter
+                    msg = await sub.next_msg(timeout=None if follow else stall_timeout)
+                except nats.errors.TimeoutError as exc:
+                    raise Unavailable(
+                        f"replay of {CFG_EVENTS.name} stalled: nothing for {stall_timeout}s"
+                    ) from exc
+                except nats.errors.ConnectionClosedError as exc:
+                    raise Unavailable(f"lost the connection to {self.nats_url}") from exc
                 md = msg.metadata
+                seq = md.sequence.stream
+                if not follow and seq > last:
+                    return  # published after we started: not part of this replay
                 try:
                     event: AnyEvent | None = decode_event(msg.data)
                 except (msgspec.ValidationError, msgspec.DecodeError):
                     event = None
-                yield StreamedEvent(md.sequence.stream, msg.subject, md.timestamp, event, msg.data)
-                if not follow and md.sequence.stream >= last:
+                yield StreamedEvent(seq, msg.subject, md.timestamp, event, msg.data)
+                # num_pending: what still matches the filter after this message.
+                if not follow and (seq >= last or md.num_pending == 0):
                     return
         finally:
-            await sub.unsubscribe()
+            # A closed connection has no subscription left to remove.
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    # == version store: changes and cfg.api.store.* ===============================================
+    # Owned by the version-store work (issue 3). ``publish`` is the hook the rollout's ``--wait``
+    # builds on: it returns once the version exists (or raises ``ChangeRejected``).
+
+    async def store_call(
+        self, op: str, request: Any, reply_type: type[Rep], timeout: float = 10.0
+    ) -> Rep:
+        return await self.call(store_api.SERVICE, op, request, reply_type, timeout=timeout)
+
+    async def publish(
+        self,
+        namespace: str,
+        content: bytes,
+        *,
+        format: Format | None = None,
+        change_id: str | None = None,
+        author: str = "",
+        message: str = "",
+        base: int | None = None,
+        rollback_of: int | None = None,
+        strategy: str | None = None,
+        selector: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> VersionInfo:
+        """Propose ``content`` as the next version of ``namespace`` and wait for the outcome.
+
+        Returns the stored version (``status`` says ``approved`` or ``draft``: waiting for an
+        approval); raises ``ChangeRejected`` with the reason, ``InvalidInput`` for what is refused
+        before publishing (a bad namespace or change id), ``Unavailable`` when no outcome came
+        within ``timeout`` (the change may still be queued: publishing it again with the same
+        change id is safe). Without ``change_id`` one is derived (``default_change_id``).
+        """
+        check_namespace(namespace)
+        sha = hashlib.sha256(content).hexdigest()
+        if change_id is None:
+            change_id = await self.default_change_id(namespace, sha, base)
+        check_change_id(change_id)
+        change = ChangeProposed(
+            namespace=namespace,
+            change_id=change_id,
+            content=content,
+            format=format,
+            author=author,
+            message=message,
+            base=base,
+            rollback_of=rollback_of,
+            strategy=strategy,
+            selector=selector,
+        )
+        data = encode(change)
+        if len(data) > MAX_PAYLOAD:
+            raise InvalidInput(
+                f"the change is {len(data)} bytes on the wire (content {len(content)} bytes, "
+                f"base64): more than the bus carries ({MAX_PAYLOAD})",
+                where="content",
+            )
+        send, receive = anyio.create_memory_object_stream[AnyEvent](100)
+
+        async def on_event(msg: Msg) -> None:
+            try:
+                event = decode_event(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                return
+            if isinstance(event, VersionCreated | VersionRejected) and event.change_id == change_id:
+                with contextlib.suppress(anyio.WouldBlock):
+                    send.send_nowait(event)
+
+        # Subscribe before publishing, so the outcome cannot slip past.
+        sub = await self.bus.nc.subscribe(subjects.event(namespace, "version.>"), cb=on_event)
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                ack = await self.bus.publish(
+                    subjects.change(namespace), data, msg_id=change_msg_id(namespace, change_id)
+                )
+                return await self._outcome(change, sha, bool(ack.duplicate), receive)
+            assert scope.cancelled_caught
+            raise Unavailable(
+                f"{namespace}: no outcome for change {change_id} within {timeout:g}s — it may "
+                "still be queued (is the version store running?); publishing it again with "
+                f"--id {change_id} is safe"
+            )
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+            send.close()
+            receive.close()
+
+    async def _outcome(
+        self,
+        change: ChangeProposed,
+        sha: str,
+        duplicate: bool,
+        events: anyio.abc.ObjectReceiveStream[AnyEvent],
+    ) -> VersionInfo:
+        """Wait for the outcome of a published change: its event, or its recorded status (the
+        event may have been emitted before we subscribed, or long ago for a retried change)."""
+        ns, cid = change.namespace, change.change_id
+        while True:
+            try:
+                status = await self.change_status(ns, cid)
+            except Unavailable:
+                status = None  # the store is down: the change waits in the stream; so do we
+            if status is not None and status.status == "stored" and status.version is not None:
+                return await self._stored(change, sha, status.version, status.sha256)
+            if status is not None and status.status == "rejected" and duplicate:
+                # Our publish was a duplicate of an earlier one: its rejection is our answer,
+                # unless that earlier attempt sent other bytes under the same id.
+                raise _rejected_as(change, sha, status)
+            # Not decided yet: the event says when. Re-check now and then in case we missed it
+            # (a reconnect drops core messages).
+            with anyio.move_on_after(_STATUS_RECHECK_S):
+                event = await events.receive()
+                if isinstance(event, VersionCreated):
+                    return await self._stored(change, sha, event.version, event.sha256)
+                if isinstance(event, VersionRejected):
+                    if duplicate:
+                        continue  # check the recorded bytes (status) before blaming ours
+                    raise ChangeRejected(ns, cid, event.reason, event.where)
+
+    async def _stored(
+        self, change: ChangeProposed, sha: str, version: int, stored_sha: str
+    ) -> VersionInfo:
+        if stored_sha and stored_sha != sha:
+            raise ChangeRejected(
+                change.namespace,
+                change.change_id,
+                f"change id {change.change_id!r} is already version {version} with other "
+                f"content (sha256 {stored_sha[:12]}…, yours {sha[:12]}…); publish it with a "
+                "new change id",
+                "change_id",
+            )
+        return (await self.get(change.namespace, str(version), content=False)).info
+
+    async def default_change_id(self, namespace: str, sha: str, base: int | None = None) -> str:
+        """A change id for content published without ``--id``: ``auto-<sha256[:24]>-<n>``, where
+        ``n`` is the version it goes on top of (``base``, else the newest now).
+
+        A retry of the same content is the same change (idempotent) — also after it was stored:
+        when the newest version already is this content under such an id, that id is reused. The
+        same content published again after other versions is a new change (``n`` moved on).
+        """
+        prefix = f"auto-{sha[:24]}"
+        if base is not None:
+            return f"{prefix}-{base}"
+        try:
+            latest = (await self.get(namespace, "latest", content=False)).info
+        except NotFound:
+            return f"{prefix}-0"
+        if latest.sha256 == sha and latest.change_id == f"{prefix}-{latest.parent or 0}":
+            return latest.change_id
+        return f"{prefix}-{latest.version}"
+
+    async def change_status(self, namespace: str, change_id: str) -> store_api.ChangeStatusReply:
+        return await self.store_call(
+            "change_status",
+            store_api.ChangeStatusRequest(namespace=namespace, change_id=change_id),
+            store_api.ChangeStatusReply,
+        )
+
+    async def dry_run(self, change: ChangeProposed) -> store_api.DryRunReply:
+        return await self.store_call(
+            "dry_run", store_api.DryRunRequest(change=change), store_api.DryRunReply, timeout=30.0
+        )
+
+    async def get(
+        self, namespace: str, ref: str | int = "latest", *, content: bool = True
+    ) -> store_api.VersionReply:
+        """A version by number or ``latest``/``production``/``last-good``; ``NotFound`` if none."""
+        return await self.store_call(
+            "get",
+            store_api.GetRequest(namespace=namespace, ref=str(ref), content=content),
+            store_api.VersionReply,
+        )
+
+    async def history(
+        self, namespace: str, *, limit: int = 50, before: int | None = None
+    ) -> list[VersionInfo]:
+        """Up to ``limit`` versions, newest first (below ``before`` if given), page by page."""
+        out: list[VersionInfo] = []
+        while len(out) < limit:
+            page = await self.store_call(
+                "history",
+                store_api.HistoryRequest(
+                    namespace=namespace, before=before, limit=min(limit - len(out), 1000)
+                ),
+                store_api.HistoryReply,
+            )
+            out.extend(page.versions)
+            if page.next_before is None or not page.versions:
+                break
+            before = page.next_before
+        return out
+
+    async def diff(self, namespace: str, a: str | int, b: str | int) -> store_api.DiffReply:
+        return await self.store_call(
+            "diff",
+            store_api.DiffRequest(namespace=namespace, a=str(a), b=str(b)),
+            store_api.DiffReply,
+        )
+
+    async def approve(self, namespace: str, version: int, approver: str) -> VersionInfo:
+        req = store_api.ApproveRequest(namespace=namespace, version=version, approver=approver)
+        return (await self.store_call("approve", req, store_api.VersionReply)).info
+
+    async def reject(
+        self, namespace: str, version: int, actor: str, reason: str = ""
+    ) -> VersionInfo:
+        req = store_api.RejectRequest(
+            namespace=namespace, version=version, actor=actor, reason=reason
+        )
+        return (await self.store_call("reject", req, store_api.VersionReply)).info
+
+    async def promote(
+        self, namespace: str, version: int, actor: str, reason: str = ""
+    ) -> VersionInfo:
+        req = store_api.PromoteRequest(
+            namespace=namespace, version=version, actor=actor, reason=reason
+        )
+        return (await self.store_call("promote", req, store_api.VersionReply)).info
+
+    async def mark_good(
+        self, namespace: str, version: int, actor: str, reason: str = ""
+    ) -> VersionInfo:
+        req = store_api.MarkGoodRequest(
+            namespace=namespace, version=version, actor=actor, reason=reason
+        )
+        return (await self.store_call("mark_good", req, store_api.VersionReply)).info
+
+    async def policy(self, namespace: str) -> Policy:
+        return await self.store_call(
+            "policy_get", store_api.PolicyGetRequest(namespace=namespace), Policy
+        )
+
+    async def set_policy(self, policy: Policy, actor: str = "") -> Policy:
+        return await self.store_call(
+            "policy_set", store_api.PolicySetRequest(policy=policy, actor=actor), Policy
+        )
+
+    async def namespaces(self) -> list[str]:
+        reply = await self.store_call(
+            "namespaces", store_api.NamespacesRequest(), store_api.NamespacesReply
+        )
+        return reply.namespaces
+
+    async def export_namespace(self, namespace: str) -> NamespaceBackup:
+        """One consistent snapshot of a namespace (policy, versions with content, pointers)."""
+        op, session, offset = "export", "", 0
+        versions: list[store_api.ExportedVersion] = []
+        while True:
+            page = await self.store_call(
+                op,
+                store_api.ExportRequest(namespace=namespace, session=session, offset=offset),
+                store_api.ExportReply,
+                timeout=30.0,
+            )
+            versions.extend(page.versions)
+            offset += len(page.versions)
+            if page.done:
+                return NamespaceBackup(
+                    namespace=namespace,
+                    versions=versions,
+                    production=page.production,
+                    last_good=page.last_good,
+                    policy=page.policy,
+                )
+            # The snapshot lives on the replica that took it.
+            op, session = f"export_{page.replica}", page.session
+
+    async def import_namespace(self, backup: NamespaceBackup, page_bytes: int = 1 << 20) -> int:
+        """Restore a namespace into the store; returns the versions written (0: already there).
+        The store checks everything (hashes, numbering, pointers) and writes all or nothing."""
+        pages: list[list[store_api.ExportedVersion]] = [[]]
+        size = 0
+        for v in backup.versions:
+            if pages[-1] and size + len(v.content) > page_bytes:
+                pages.append([])
+                size = 0
+            pages[-1].append(v)
+            size += len(v.content)
+        op, session = "import", ""
+        for i, chunk in enumerate(pages):
+            last = i == len(pages) - 1
+            reply = await self.store_call(
+                op,
+                store_api.ImportRequest(
+                    namespace=backup.namespace,
+                    session=session,
+                    versions=chunk,
+                    done=last,
+                    production=backup.production if last else None,
+                    last_good=backup.last_good if last else None,
+                    policy=backup.policy if last else None,
+                ),
+                store_api.ImportReply,
+                timeout=60.0,
+            )
+            op, session = f"import_{reply.replica}", reply.session
+            if last:
+                return reply.imported or 0
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- version store: values and errors of the section above ------------------------------------
+
+_STATUS_RECHECK_S = 2.0
+_CHANGE_ID_RE = re.compile(CHANGE_ID_PATTERN)
+
+
+class ChangeRejected(Permanent):
+    """The version-store refused a change; ``reason`` says what, ``where`` where."""
+
+    def __init__(self, namespace: str, change_id: str, reason: str, where: str = "") -> None:
+        self.namespace = namespace
+        self.change_id = change_id
+        self.reason = reason
+        super().__init__(f"{namespace}: change {change_id} rejected: {reason}", where=where)
+
+
+class NamespaceBackup(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: str
+    versions: list[store_api.ExportedVersion]
+    production: int | None = None
+    last_good: int | None = None
+    policy: Policy | None = None
+
+
+def check_namespace(namespace: str) -> str:
+    try:
+        return check_name(namespace, "namespace")
+    except InvalidName as exc:
+        raise InvalidInput(str(exc), where="namespace") from None
+
+
+def check_change_id(change_id: str) -> str:
+    if not _CHANGE_ID_RE.fullmatch(change_id):
+        raise InvalidInput(
+            f"invalid change id {change_id!r}: letters, digits and ._:@+- (up to 128, starting "
+            "with a letter or digit)",
+            where="change_id",
+        )
+    return change_id
+
+
+def _rejected_as(
+    change: ChangeProposed, sha: str, status: store_api.ChangeStatusReply
+) -> ChangeRejected:
+    ns, cid = change.namespace, change.change_id
+    if status.sha256 and status.sha256 != sha:
+        return ChangeRejected(
+            ns,
+            cid,
+            f"change id {cid!r} was used recently for other content (sha256 "
+            f"{status.sha256[:12]}…), which was rejected: {status.reason} — publish yours "
+            "with a new change id",
+            "change_id",
+        )
+    return ChangeRejected(ns, cid, status.reason, status.where)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,9 @@ from services.runtime.errors import ConfbusError, Unavailable
 COMMAND_MODULES = (
     "services.cli.commands.events",
     "services.cli.commands.up",
+    "services.cli.commands.agent",
+    "services.cli.commands.txn",
+    "services.cli.commands.store",
 )
 
 
@@ -35,8 +39,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="confbus", description=__doc__,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="confbus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--nats-url",
         default=os.environ.get("CONFBUS_NATS_URL", DEFAULT_NATS_URL),
@@ -69,12 +74,23 @@ async def _run_remote(args: argparse.Namespace) -> int:
         return code
 
 
+def _quiet_logs() -> None:
+    # A command reports its own failure (stderr and exit code); the connection's retry
+    # chatter would only repeat it.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("confbus: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger("confbus.bus").setLevel(logging.ERROR)
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "run_local", None) is not None:
             code = args.run_local(args)
         else:
+            _quiet_logs()
             code = anyio.run(_run_remote, args, backend="asyncio")
     except CliError as exc:
         sys.stderr.write(f"confbus: {exc}\n")

@@ -135,12 +135,15 @@ class Consumer(Generic[T]):
             while True:
                 try:
                     msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout_s)
-                except nats.errors.TimeoutError:
-                    continue  # nats-py raises instead of returning [] on an empty fetch
+                except TimeoutError:
+                    # An empty fetch raises instead of returning [] — as nats.errors.
+                    # TimeoutError or, on one path of nats-py, a bare asyncio.TimeoutError
+                    # (both are TimeoutError).
+                    continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                     await anyio.sleep(0.5)  # reconnecting: the client retries by itself
                     continue
-                except nats.js.errors.APIError as exc:
+                except Exception as exc:  # the bus hiccupped; the loop must outlive it
                     log.warning("fetch failed", extra={"error": repr(exc)})
                     await anyio.sleep(0.5)
                     continue

@@ -54,6 +54,9 @@ class NatsServer:
     gateway: str = ""  # raw gateway block for multi-DC tests
     extra_config: str = ""
     log_file: Path | None = None
+    # Descriptors the server inherits: ``confbus up`` passes its data-dir lock, so a server
+    # orphaned by a crash keeps the directory locked (nats-server does not lock its store).
+    pass_fds: tuple[int, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     bound_port: int | None = field(default=None, init=False)
 
@@ -105,6 +108,7 @@ class NatsServer:
                 [nats_server_binary(), "-c", str(conf)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                pass_fds=self.pass_fds,
                 start_new_session=True,  # a Ctrl-C on our terminal reaches us, not the broker
             )
         self._wait_ready(timeout)

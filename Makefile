@@ -1,0 +1,81 @@
+# confbus: one front door. `make` (or `make help`) lists the targets.
+# Everything runs from .venv, which `make install` creates and keeps in step with pyproject.toml.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+# pyproject's mypy `files`, less any folder with no Python in it yet (mypy refuses those).
+MYPY_PATHS = $(foreach d,schemas services tests benchmarks,$(if $(wildcard $(d)/*.py $(d)/*/*.py),$(d)))
+
+.PHONY: help venv install up test test-slow etcd-server lint typecheck bench bench-smoke clean distclean
+
+help: ## list the targets
+	@echo "confbus — make TARGET"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z_-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(BIN)/python ## create .venv (python3 -m venv) if it is missing
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(INSTALLED) ## install confbus and its dev tools into .venv (pip install -e '.[dev]')
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+up: install ## run the whole stack here: nats-server and every service (ARGS='--nats-port 4333')
+	$(BIN)/confbus up $(ARGS)
+
+etcd-server: ## install etcd-server (apt-get) for the etcd tests, if etcd is missing and we are root
+	@if command -v etcd >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing etcd-server with apt-get"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; \
+	else \
+	  echo "etcd is not installed and we are not root: the etcd tests will be skipped"; \
+	  echo "(sudo apt-get install etcd-server, then make test again)"; \
+	fi
+
+test: install etcd-server ## run the tests (PYTEST_ARGS='-k replay -x')
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-slow: install etcd-server ## run only the slow fault-injection tests (marked slow)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none are marked slow yet
+
+lint: install ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install ## mypy strict over schemas, services, tests (and benchmarks)
+	$(BIN)/mypy $(MYPY_PATHS)
+
+bench: install ## the benchmarks, side by side with raw baselines (ARGS passed on)
+	@if [ -f benchmarks/__main__.py ]; then \
+	  $(BIN)/python -m benchmarks $(ARGS); \
+	else \
+	  echo "no benchmarks yet: benchmarks/__main__.py is not there"; \
+	fi
+
+bench-smoke: install ## a quick run of the benchmarks, to see that they work
+	@if [ -f benchmarks/__main__.py ]; then \
+	  $(BIN)/python -m benchmarks --smoke $(ARGS); \
+	else \
+	  echo "no benchmarks yet: benchmarks/__main__.py is not there"; \
+	fi
+
+clean: ## remove caches and build output (keeps .venv and the .confbus data dir)
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too (the .confbus data dir stays)
+	rm -rf $(VENV)

@@ -1,0 +1,290 @@
+"""``confbus replay`` and ``confbus tail``: read the audit log (``CFG_EVENTS``).
+
+A filter is a subject under ``cfg.event.``, a bare namespace (``payments`` means
+``cfg.event.payments.>``) or a namespace with a type pattern (``payments.rollout.>``).
+Human output is one line per event, ``seq time type namespace key facts…``, where time is
+when the stream stored it (what ``--since`` filters on); ``--json`` prints each event as
+stored plus ``seq`` and ``subject``. Events never carry config content, so neither does this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from schemas import subjects
+from schemas.events import NodeOutcome, VoteRecord
+from schemas.names import NAME_PATTERN
+from services.cli.client import Client, StreamedEvent
+from services.cli.exitcodes import OK
+from services.runtime.events import event_type
+
+_EVENTS_PREFIX = subjects.EVENTS_ALL.removesuffix(">")  # "cfg.event."
+_NAME_RE = re.compile(NAME_PATTERN)
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# Fields every event has; they are shown in fixed places, not among the facts.
+_COMMON = {"schema_version", "type", "namespace", "at", "actor", "reason", "message"}
+# Fields that name a version: shown as v<N>.
+_VERSION_FIELDS = {
+    "version",
+    "parent",
+    "previous",
+    "rollback_of",
+    "from_version",
+    "to_version",
+    "new_version",
+    "by_version",
+    "expected_version",
+}
+# The first of these an event has is its key, printed right after the namespace.
+_KEY_FIELDS = ("node", "rollout_id", "rollback_id", "txid", "version", "change_id")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="print the events of the audit log (CFG_EVENTS), oldest first",
+        description="Print the events of CFG_EVENTS that match FILTER, one per line, then "
+        "exit. Examples: confbus replay; confbus replay payments --since 2h; "
+        "confbus replay 'payments.rollout.>' --json; confbus replay --from-seq 120",
+    )
+    _add_common(replay)
+    start = replay.add_mutually_exclusive_group()
+    start.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="DURATION|TIME",
+        help="only events stored since then: 30s, 10m, 2h, 7d, or an ISO-8601 time "
+        "(UTC unless it has an offset)",
+    )
+    start.add_argument(
+        "--from-seq", type=_positive_int, metavar="N", help="start at stream sequence N"
+    )
+    replay.set_defaults(func=run_replay)
+
+    tail = sub.add_parser(
+        "tail",
+        help="follow the audit log: print events as they happen (Ctrl-C to stop)",
+        description="Print new events of CFG_EVENTS that match FILTER as they are stored.",
+    )
+    _add_common(tail)
+    tail.set_defaults(func=run_tail)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "filter",
+        nargs="?",
+        type=subject_filter,
+        default=subjects.EVENTS_ALL,
+        metavar="FILTER",
+        help="a subject under cfg.event. (wildcards allowed), a namespace, or "
+        "NAMESPACE.TYPE-PATTERN (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per line: the event, seq, subject"
+    )
+
+
+async def run_replay(args: argparse.Namespace, client: Client) -> int:
+    events = client.events(args.filter, since=args.since, from_seq=args.from_seq)
+    with _stdout_may_close():
+        async for item in events:
+            sys.stdout.write(render(item, as_json=args.json) + "\n")
+        sys.stdout.flush()
+    return OK
+
+
+async def run_tail(args: argparse.Namespace, client: Client) -> int:
+    flt = args.filter
+
+    def announce() -> None:
+        sys.stderr.write(f"confbus: following {flt} on {client.nats_url} (Ctrl-C to stop)\n")
+        sys.stderr.flush()
+
+    with _stdout_may_close():
+        async for item in client.events(flt, follow=True, on_subscribed=announce):
+            sys.stdout.write(render(item, as_json=args.json) + "\n")
+            sys.stdout.flush()  # someone is watching: no block buffering on a pipe
+    return OK
+
+
+# -- arguments ----------------------------------------------------------------------------
+
+
+def subject_filter(text: str) -> str:
+    """The subject filter ``text`` means (an argparse type: a bad one is a usage error)."""
+    if text.startswith("cfg."):
+        if not text.startswith(_EVENTS_PREFIX):
+            raise argparse.ArgumentTypeError(f"{text!r}: events live under {subjects.EVENTS_ALL}")
+        tokens = text.removeprefix(_EVENTS_PREFIX).split(".")
+    else:
+        tokens = text.split(".")
+        if len(tokens) == 1 and tokens[0] not in ("*", ">"):
+            return subjects.events_of(_namespace(tokens[0]))
+    if tokens[0] not in ("*", ">"):
+        _namespace(tokens[0])
+    for i, token in enumerate(tokens):
+        wildcard = token == "*" or (token == ">" and i == len(tokens) - 1)
+        if not wildcard and not _TOKEN_RE.fullmatch(token):
+            raise argparse.ArgumentTypeError(f"{text!r}: bad subject token {token!r}")
+    return _EVENTS_PREFIX + ".".join(tokens)
+
+
+def _namespace(token: str) -> str:
+    if not _NAME_RE.fullmatch(token):
+        raise argparse.ArgumentTypeError(
+            f"{token!r} is not a namespace ([a-z0-9][a-z0-9_-]{{0,63}}) nor a subject "
+            f"under {subjects.EVENTS_ALL}"
+        )
+    return token
+
+
+def parse_since(text: str) -> datetime | timedelta:
+    if m := _DURATION_RE.fullmatch(text.strip()):
+        return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a duration (30s, 10m, 2h, 7d) or an ISO-8601 time "
+            "(2026-11-26T16:40:00Z)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a stream sequence >= 1")
+    return value
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+def render(item: StreamedEvent, *, as_json: bool) -> str:
+    if as_json:
+        return _json_line(item)
+    when = item.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if item.time else "-"
+    if item.event is None:
+        # From a newer confbus (or not an event at all): say what we can, print it as it is.
+        rest = item.subject.removeprefix(_EVENTS_PREFIX)
+        namespace, _, kind = rest.partition(".")
+        raw = item.raw.decode("utf-8", errors="replace")
+        return f"{item.seq} {when} {kind or '?'} {namespace} [unknown type] {raw}"
+    ev = item.event
+    return " ".join([str(item.seq), when, event_type(ev), ev.namespace, describe(ev)])
+
+
+def describe(ev: msgspec.Struct) -> str:
+    """``key facts… by actor: "message" reason="…"`` for any event Struct.
+
+    Facts are the fields that say something: not empty, not at their default.
+    """
+    fields = msgspec.structs.fields(ev)
+    values = {f.name: getattr(ev, f.name) for f in fields}
+    key_name = next((k for k in _KEY_FIELDS if values.get(k) is not None), None)
+    parts: list[str] = []
+    if key_name is not None:
+        parts.append(_value(key_name, values[key_name]))
+    for f in fields:
+        value = values[f.name]
+        if f.name in _COMMON or f.name == key_name or value is None or value in ("", [], {}):
+            continue
+        if f.default is not msgspec.NODEFAULT and value == f.default:
+            continue
+        parts.append(_fact(f.name, value))
+    if actor := values.get("actor"):
+        parts.append(f"by {actor}")
+    if message := values.get("message"):
+        if parts and parts[-1].startswith("by "):
+            parts[-1] += ":"
+        parts.append(json.dumps(message, ensure_ascii=False))
+    if reason := values.get("reason"):
+        parts.append(f"reason={json.dumps(reason, ensure_ascii=False)}")
+    return " ".join(parts)
+
+
+def _fact(name: str, value: Any) -> str:
+    if name == "version":
+        return _value(name, value)
+    if name == "sha256":
+        return f"sha={_value(name, value)}"
+    return f"{name}={_value(name, value)}"
+
+
+def _value(name: str, value: Any) -> str:
+    if name in _VERSION_FIELDS and isinstance(value, int):
+        return f"v{value}"
+    if name.endswith("sha256") and isinstance(value, str) and len(value) > 12:
+        return value[:12] + "…"
+    if isinstance(value, float):
+        if name.endswith("share"):
+            return f"{value:.0%}"
+        return f"{value:g}s" if name.endswith(("_s", "seconds")) else f"{value:g}"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return _list(value)
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if (" " in text or not text) else text
+
+
+def _list(items: list[Any]) -> str:
+    if all(isinstance(i, VoteRecord) for i in items):
+        against = [
+            f"{v.vote}:{v.node}" + (f"({v.reason})" if v.reason else "")
+            for v in items
+            if v.vote != "yes"
+        ]
+        return ",".join(against) if against else f"all {len(items)} yes"
+    if all(isinstance(i, NodeOutcome) for i in items):
+        counts: dict[str, int] = {}
+        for outcome in items:
+            counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+        return ",".join(f"{k}:{n}" for k, n in counts.items())
+    if all(isinstance(i, list) for i in items):  # waves, batches: their sizes
+        return "+".join(str(len(i)) for i in items)
+    if len(items) <= 4:
+        return ",".join(str(i) for i in items)
+    return f"{','.join(str(i) for i in items[:3])},…({len(items)})"
+
+
+def _json_line(item: StreamedEvent) -> str:
+    head: dict[str, Any] = {"seq": item.seq, "subject": item.subject}
+    try:
+        stored = msgspec.json.decode(item.raw)
+    except msgspec.DecodeError:
+        stored = None
+    if isinstance(stored, dict):
+        head.update(stored)
+    else:
+        head["raw"] = item.raw.decode("utf-8", errors="replace")
+    return json.dumps(head, ensure_ascii=False)
+
+
+@contextlib.contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    """``confbus replay | head`` closes our stdout early: that is not an error."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

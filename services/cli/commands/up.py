@@ -1,0 +1,171 @@
+"""``confbus up``: the embedded single-machine stack (DESIGN §7).
+
+Starts nats-server (JetStream, ``sync_interval: always``) under ``--data-dir``, provisions
+streams and buckets, runs every service below as its own process, and prints one line when
+all of them serve:
+
+    confbus ready nats=nats://127.0.0.1:4222 data=/abs/.confbus services=coordinator:41234,…
+
+Adding a service to the stack is one row in ``SERVICES``: a name, the module that
+``python -m`` runs (built on ``services.runtime.service.service_main``, so it takes
+``--nats-url``/``--http-port`` and prints the JSON ready line), and its own arguments. A row
+whose module does not exist yet is skipped, so the stack runs with whatever has been built.
+A ready line's extra ``<name>_port`` or ``<name>_url`` keys show up in the stack's line as
+``<name>=URL`` (health-watcher's Alertmanager receiver, for one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from services.cli.exitcodes import USAGE, CliError
+from services.cli.stack import ServiceSpec, Stack, StackConfig
+
+
+def _store_url(data_dir: Path, opts: argparse.Namespace) -> list[str]:
+    url = opts.store or f"sqlite://{(data_dir / 'store.db').as_posix()}"
+    return ["--store", url]
+
+
+DESCRIPTION = """\
+Run confbus on this machine: nats-server (JetStream, fsync on every message) with its store
+under --data-dir, every stream and bucket, and every service as its own process. When all of
+them serve, one line goes to stdout:
+
+  confbus ready nats=nats://127.0.0.1:4222 data=/abs/.confbus services=NAME:HTTP_PORT,...
+
+Logs are in DATA_DIR/logs/, where things are in DATA_DIR/stack.json. A service that crashes
+is restarted. Ctrl-C or SIGTERM stops everything (exit 0). One stack per data directory.
+"""
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("version-store", "services.version_store", _store_url),
+    ServiceSpec("coordinator", "services.coordinator"),
+    ServiceSpec("distributor", "services.distributor"),
+    ServiceSpec("health-watcher", "services.health_watcher"),
+    ServiceSpec("rollbacker", "services.rollbacker"),
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "up",
+        help="run the whole stack on this machine: nats-server and every service",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("CONFBUS_DATA_DIR", ".confbus"),
+        help="JetStream store, SQLite store, logs (env CONFBUS_DATA_DIR; default %(default)s)",
+    )
+    p.add_argument(
+        "--nats-port",
+        type=int,
+        default=os.environ.get("CONFBUS_NATS_PORT", "4222"),  # a str: argparse applies type
+        help="port of the embedded nats-server on 127.0.0.1; 0 picks a free one "
+        "(env CONFBUS_NATS_PORT; default %(default)s)",
+    )
+    p.add_argument(
+        "--nats-url",
+        dest="external_nats",
+        metavar="URL",
+        help="use this NATS (with JetStream) instead of starting nats-server",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="version-store backend: sqlite:///path or etcd://host:port,… "
+        "(default: sqlite under the data dir)",
+    )
+    p.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="SERVICE",
+        help="do not run this service (repeatable), e.g. to run it yourself in a debugger",
+    )
+    p.add_argument(
+        "--add-service",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE",
+        help="also run `python -m MODULE` as NAME (repeatable): your own service built "
+        "on services.runtime",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long each service may take to be ready (default %(default)s)",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a service may take to stop before SIGKILL (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("CONFBUS_LOG_LEVEL", "info"),
+        help="the services' log level (default %(default)s)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="echo the services' logs on stderr (they always go to DATA_DIR/logs/)",
+    )
+    p.set_defaults(run_local=run_local)
+
+
+def run_local(args: argparse.Namespace) -> int:
+    return Stack(stack_config(args)).run()
+
+
+def stack_config(args: argparse.Namespace) -> StackConfig:
+    services = [spec for spec in SERVICES if spec.runnable()]
+    known = {spec.name for spec in SERVICES}
+    unknown = set(args.without) - known
+    if unknown:
+        raise CliError(
+            f"--without {', '.join(sorted(unknown))}: no such service "
+            f"(known: {', '.join(sorted(known))})",
+            USAGE,
+        )
+    services = [spec for spec in services if spec.name not in args.without]
+    if args.add_service and os.getcwd() not in sys.path:
+        # `python -m` looks in the working directory first; look there too (last, though).
+        sys.path.append(os.getcwd())
+    for item in args.add_service:
+        name, sep, module = item.partition("=")
+        extra = ServiceSpec(name.strip(), module.strip())
+        if not sep or not extra.name or not extra.module:
+            raise CliError(f"--add-service {item!r}: expected NAME=MODULE", USAGE)
+        if extra.name in {spec.name for spec in services}:
+            raise CliError(f"--add-service {item!r}: {extra.name} runs already", USAGE)
+        if not extra.runnable():
+            raise CliError(f"--add-service {item!r}: python -m {extra.module} finds nothing", USAGE)
+        services.append(extra)
+    if args.external_nats is None and not 0 <= args.nats_port <= 65535:
+        raise CliError(f"--nats-port {args.nats_port}: expected 0..65535", USAGE)
+    return StackConfig(
+        data_dir=Path(args.data_dir).expanduser().resolve(),
+        services=services,
+        options=args,
+        nats_port=args.nats_port,
+        nats_url=args.external_nats,
+        ready_timeout=args.ready_timeout,
+        stop_timeout=args.stop_timeout,
+        log_level=args.log_level,
+        verbose=args.verbose,
+        nats_user=args.nats_user,
+        nats_password=args.nats_password,
+        nats_creds=args.nats_creds,
+        tls_ca=args.tls_ca,
+    )

@@ -1,0 +1,544 @@
+"""The supervisor behind ``confbus up``: one machine, one data directory, every service.
+
+```
+<data-dir>/
+  confbus.lock       locked while a stack runs here; holds the pid of confbus up
+  nats/              nats-server's config and its JetStream store (not with --nats-url)
+  logs/<name>.log    each service's stderr (JSON lines); nats-server.log; up.log
+  stack.json         while it runs: the NATS URL, and each service's pid, ports, restarts
+```
+
+Lock the directory → start nats-server → provision streams and buckets → start every service
+as its own process, all at once → wait for each one's JSON ready line → print one line,
+``confbus ready nats=… data=… services=name:port,…``. A service that exits before its first
+ready line stops the whole start (exit 1, with its last log lines). One that crashes later is
+restarted with backoff, on the same HTTP port, while the rest keep serving; so is
+nats-server, on the same port and store (services reconnect by themselves).
+SIGINT/SIGTERM: SIGTERM to every service, SIGKILL after ``stop_timeout``, then nats-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import anyio
+import nats.errors
+import nats.js.errors
+from anyio.abc import ByteReceiveStream, Process
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from services.cli.datadir import DataDirLock
+from services.cli.exitcodes import FAILED, OK, CliError
+from services.runtime.bus import connect, provision
+from services.runtime.errors import Unavailable
+from services.runtime.log import JsonFormatter
+from services.runtime.natsd import NatsServer
+
+log = logging.getLogger("confbus.up")
+
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+STABLE_AFTER_S = 60.0  # a service that served this long before crashing restarts quickly again
+LOG_TAIL_LINES = 20
+# Keys of a ready line that the stack line shows itself; any other `<name>_port` or
+# `<name>_url` key is printed as `<name>=URL` (health-watcher's alertmanager_port, say).
+_READY_KEYS = {"event", "service", "http_port"}
+
+
+def _no_args(data_dir: Path, opts: argparse.Namespace) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the stack: run as ``python -m <module> --nats-url URL … <args>``."""
+
+    name: str
+    module: str
+    args: Callable[[Path, argparse.Namespace], list[str]] = _no_args
+
+    def runnable(self) -> bool:
+        """Whether ``python -m <module>`` would find something to run (without importing it)."""
+        try:
+            spec = importlib.util.find_spec(self.module)
+        except (ImportError, ValueError):
+            return False
+        if spec is None:
+            return False
+        if spec.submodule_search_locations is None:
+            return True  # a plain module
+        return any(Path(p, "__main__.py").is_file() for p in spec.submodule_search_locations)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    data_dir: Path  # absolute
+    services: Sequence[ServiceSpec]
+    options: argparse.Namespace  # handed to each ServiceSpec.args
+    nats_port: int = 4222  # 0: any free port
+    nats_url: str | None = None  # an existing NATS: start none
+    ready_timeout: float = 60.0
+    stop_timeout: float = 10.0
+    log_level: str = "info"
+    verbose: bool = False
+    # NATS credentials: to the services through their environment, never their argv.
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_creds: str | None = None
+    tls_ca: str | None = None
+
+    def service_env(self) -> dict[str, str]:
+        env = {**os.environ, "CONFBUS_DATA_DIR": str(self.data_dir)}
+        for name in ("nats_user", "nats_password", "nats_creds", "tls_ca"):
+            if (value := getattr(self, name)) is not None:
+                env[f"CONFBUS_{name.upper()}"] = value
+        return env
+
+
+@dataclass
+class Child:
+    spec: ServiceSpec
+    log_path: Path
+    log_file: IO[bytes]  # appended to by every run: the service's stderr, stray stdout
+    http_port: int = 0  # 0 until first ready; then kept across restarts (stable scrape targets)
+    ready: dict[str, Any] | None = None
+    pid: int | None = None
+    restarts: int = 0
+    log_offset: int = 0  # where the current run's lines start in log_path
+
+
+@dataclass(frozen=True)
+class Notice:
+    kind: Literal["ready", "failed", "stop"]
+    child: Child | None = None
+    detail: str = ""
+
+
+class Stack:
+    stop_requested: anyio.Event  # set on SIGINT/SIGTERM or a failed start; made in the loop
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.logs = config.data_dir / "logs"
+        self.state_file = config.data_dir / "stack.json"
+        self.lock_fd = -1
+        self.nats: NatsServer | None = None
+        self.nats_url = ""
+        self.children: list[Child] = []
+
+    # -- synchronous shell: lock, nats-server, then the event loop ---------------------------
+
+    def run(self) -> int:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = DataDirLock(self.config.data_dir)
+        self.lock_fd = lock.acquire()
+        # Until the event loop handles signals itself, SIGTERM means what Ctrl-C means.
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            self.logs.mkdir(exist_ok=True)
+            _setup_logging(self.logs / "up.log")
+            for spec in self.config.services:
+                path = self.logs / f"{spec.name}.log"
+                self.children.append(Child(spec, path, open(path, "ab", buffering=0)))  # noqa: SIM115
+            return self._run_locked()
+        except KeyboardInterrupt:
+            log.info("interrupted during start-up")
+            return OK
+        finally:
+            # Services are down; a second Ctrl-C must not orphan nats-server now.
+            interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self._stop_nats()
+            self.state_file.unlink(missing_ok=True)
+            signal.signal(signal.SIGINT, interrupt)
+            signal.signal(signal.SIGTERM, previous)
+            for child in self.children:
+                child.log_file.close()
+            lock.release()
+
+    def _run_locked(self) -> int:
+        if self.config.nats_url is None:
+            self.nats = self._start_nats()
+            self.nats_url = self.nats.url
+        else:
+            self.nats_url = self.config.nats_url
+        code: int = anyio.run(self._serve, backend="asyncio")
+        return code
+
+    def _start_nats(self) -> NatsServer:
+        port = self.config.nats_port or -1
+        server = NatsServer(
+            data_dir=self.config.data_dir / "nats",
+            port=port,
+            log_file=self.logs / "nats-server.log",
+            pass_fds=(self.lock_fd,),
+        )
+        _keep_previous(self.logs / "nats-server.log")
+        self.nats = server  # so that a start that times out is still stopped
+        try:
+            server.start()
+        except FileNotFoundError as exc:
+            raise CliError(str(exc), FAILED) from exc
+        except RuntimeError as exc:
+            if "address already in use" in str(exc):
+                raise CliError(
+                    f"port {port} on 127.0.0.1 is already in use (another nats-server or "
+                    f"confbus up?): pick another with --nats-port, or use that NATS with "
+                    f"--nats-url nats://127.0.0.1:{port}",
+                    FAILED,
+                ) from None
+            raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
+        except TimeoutError as exc:
+            raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
+        log.info("nats-server ready on %s (pid %s)", server.url, _pid(server))
+        return server
+
+    def _stop_nats(self) -> None:
+        if self.nats is not None and self.nats.proc is not None and self.nats.proc.poll() is None:
+            self.nats.stop()
+            log.info("nats-server stopped")
+
+    # -- the event loop ------------------------------------------------------------------------
+
+    async def _serve(self) -> int:
+        self.stop_requested = anyio.Event()
+        await self._provision()
+        children = self.children
+        send, receive = anyio.create_memory_object_stream[Notice](math.inf)
+        failure = ""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._on_signals, send.clone())
+            if self.nats is not None:
+                tg.start_soon(self._watch_nats, self.nats)
+            async with anyio.create_task_group() as supervisors:
+                for child in children:
+                    supervisors.start_soon(self._supervise, child, send.clone())
+                failure = await self._until_stopped(children, receive)
+                self.stop_requested.set()  # every supervisor stops its service and returns
+            tg.cancel_scope.cancel()
+        if failure:
+            raise CliError(failure, FAILED)
+        log.info("stopped")
+        return OK
+
+    async def _provision(self) -> None:
+        bus = await connect(
+            self.nats_url,
+            name="confbus-up",
+            max_reconnect_attempts=3,
+            user=self.config.nats_user,
+            password=self.config.nats_password,
+            creds=self.config.nats_creds,
+            tls_ca=self.config.tls_ca,
+        )
+        try:
+            with anyio.fail_after(30):
+                await provision(bus)
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            raise Unavailable(
+                f"NATS at {self.nats_url} has no JetStream (start nats-server with -js)"
+            ) from exc
+        except TimeoutError as exc:
+            raise Unavailable(f"provisioning streams on {self.nats_url} timed out") from exc
+        finally:
+            await bus.close()
+
+    async def _until_stopped(
+        self, children: list[Child], notices: MemoryObjectReceiveStream[Notice]
+    ) -> str:
+        """Announce readiness once, report restarts; return a failure, or "" on a signal."""
+        waiting = {c.spec.name for c in children}
+        if not waiting:
+            self._announce(children)
+        async for notice in notices:
+            if notice.kind == "stop":
+                log.info("stopping (%s)", notice.detail)
+                return ""
+            child = notice.child
+            assert child is not None
+            if notice.kind == "failed":
+                return f"{child.spec.name} {notice.detail}"
+            if child.spec.name in waiting:
+                waiting.discard(child.spec.name)
+                if not waiting:
+                    self._announce(children)
+            elif not waiting:
+                self._write_state(children)  # before saying so: readers trust the file then
+                log.info(
+                    "%s ready again (pid %s, http port %s, restart %s)",
+                    child.spec.name,
+                    child.pid,
+                    child.http_port,
+                    child.restarts,
+                )
+        return ""
+
+    def _announce(self, children: list[Child]) -> None:
+        line = ready_line(self.nats_url, self.config.data_dir, children)
+        self._write_state(children)  # first: whoever reads the line may read the file
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        log.info("ready", extra={"line": line})
+
+    def _write_state(self, children: list[Child]) -> None:
+        state = {
+            "pid": os.getpid(),
+            "nats_url": self.nats_url,
+            "nats_pid": _pid(self.nats) if self.nats else None,
+            "data_dir": str(self.config.data_dir),
+            "updated": datetime.now(UTC).isoformat(),
+            "services": {
+                c.spec.name: {"pid": c.pid, "restarts": c.restarts, "ready": c.ready}
+                for c in children
+            },
+        }
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, self.state_file)
+
+    async def _on_signals(self, send: MemoryObjectSendStream[Notice]) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                await send.send(Notice("stop", detail=signal.Signals(signum).name))
+
+    # -- one service ---------------------------------------------------------------------------
+
+    async def _supervise(self, child: Child, send: MemoryObjectSendStream[Notice]) -> None:
+        delay = RESTART_MIN_S
+        while True:
+            started = anyio.current_time()
+            reason = await self._run_once(child, send)
+            if self.stop_requested.is_set():
+                return
+            if child.ready is None:  # never got as far as ready: the start fails
+                tail = await anyio.to_thread.run_sync(_tail, child.log_path, child.log_offset)
+                await send.send(Notice("failed", child, f"{reason}, so the stack stops{tail}"))
+                return
+            if anyio.current_time() - started >= STABLE_AFTER_S:
+                delay = RESTART_MIN_S
+            child.restarts += 1
+            log.warning(
+                "%s %s; restarting in %gs (restart %s)",
+                child.spec.name,
+                reason,
+                delay,
+                child.restarts,
+            )
+            with anyio.move_on_after(delay):
+                await self.stop_requested.wait()
+            if self.stop_requested.is_set():
+                return
+            delay = min(delay * 2, RESTART_MAX_S)
+
+    async def _run_once(self, child: Child, send: MemoryObjectSendStream[Notice]) -> str:
+        """Run the service once; return why it ended."""
+        cfg = self.config
+        argv = [
+            sys.executable, "-m", child.spec.module,
+            "--nats-url", self.nats_url,
+            "--log-level", cfg.log_level,
+            "--no-provision",  # done once, above
+            *child.spec.args(cfg.data_dir, cfg.options),
+            "--http-port", str(child.http_port),
+        ]  # fmt: skip
+        log_file = child.log_file
+        child.log_offset = os.fstat(log_file.fileno()).st_size
+        process = await anyio.open_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if cfg.verbose else log_file,
+            env=cfg.service_env(),
+            pass_fds=(self.lock_fd,),
+            start_new_session=True,  # Ctrl-C reaches us, and we stop services in order
+        )
+        child.pid = process.pid
+        was_ready = child.ready is not None
+        started = anyio.current_time()
+        info: dict[str, Any] | None = None
+        # `io` lasts until stderr is read to its end: a crash's last lines matter most.
+        async with process, anyio.create_task_group() as io:
+            if cfg.verbose and process.stderr is not None:
+                io.start_soon(_tee, process.stderr, log_file, child.spec.name)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._stop_on_request, process)
+                assert process.stdout is not None
+                lines = _LineReader(process.stdout)
+                with anyio.move_on_after(cfg.ready_timeout) as deadline:
+                    info = await _ready_line(lines, log_file)
+                if info is not None:
+                    child.ready = info
+                    child.http_port = int(info.get("http_port") or 0)
+                    await send.send(Notice("ready", child))
+                    while (line := await lines.readline()) is not None:
+                        log_file.write(line + b"\n")  # stray stdout belongs in the log
+                elif deadline.cancelled_caught:
+                    process.kill()
+                code = await process.wait()
+                tg.cancel_scope.cancel()
+        if info is not None:
+            return f"{_exit_text(code)} after {anyio.current_time() - started:.1f}s"
+        if was_ready:
+            child.http_port = 0  # maybe its old port is taken now: let it take any
+        if deadline.cancelled_caught:
+            return f"was not ready after {cfg.ready_timeout:g}s"
+        return f"{_exit_text(code)} before it was ready"
+
+    async def _stop_on_request(self, process: Process) -> None:
+        await self.stop_requested.wait()
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        with anyio.move_on_after(self.config.stop_timeout):
+            await process.wait()
+            return
+        log.warning(
+            "pid %s still running %gs after SIGTERM: killing it",
+            process.pid,
+            self.config.stop_timeout,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+    # -- nats-server -----------------------------------------------------------------------------
+
+    async def _watch_nats(self, server: NatsServer) -> None:
+        """Restart a nats-server that died under us, on the same port and store."""
+        delay = RESTART_MIN_S
+        while True:
+            assert server.proc is not None
+            code = server.proc.poll()
+            if code is None:
+                await anyio.sleep(0.5)
+                continue
+            tail = await anyio.to_thread.run_sync(_tail, self.logs / "nats-server.log", 0)
+            log.error("nats-server %s; restarting in %gs%s", _exit_text(code), delay, tail)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+            _keep_previous(self.logs / "nats-server.log")
+            try:
+                await anyio.to_thread.run_sync(server.restart)
+            except (RuntimeError, TimeoutError) as exc:
+                log.error("nats-server did not restart: %s", exc)
+                continue
+            if self.state_file.exists():
+                self._write_state(self.children)  # the new pid
+            log.info("nats-server ready again on %s (pid %s)", server.url, _pid(server))
+            delay = RESTART_MIN_S
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def ready_line(nats_url: str, data_dir: Path, children: Sequence[Child]) -> str:
+    """``confbus ready nats=URL data=DIR services=name:port,… [<name>=URL …]``."""
+    services = ",".join(f"{c.spec.name}:{c.http_port}" for c in children) or "none"
+    parts = ["confbus ready", f"nats={nats_url}", f"data={data_dir}", f"services={services}"]
+    for c in children:
+        for key, value in (c.ready or {}).items():
+            if key in _READY_KEYS:
+                continue
+            if key.endswith("_url"):
+                parts.append(f"{key.removesuffix('_url')}={value}")
+            elif key.endswith("_port"):
+                parts.append(f"{key.removesuffix('_port')}=http://127.0.0.1:{value}")
+    return " ".join(parts)
+
+
+class _LineReader:
+    def __init__(self, stream: ByteReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def readline(self) -> bytes | None:
+        """The next line without its newline; None at the end of the stream."""
+        while b"\n" not in self.buffer:
+            try:
+                self.buffer += await self.stream.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                rest, self.buffer = self.buffer, b""
+                return rest or None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+
+async def _ready_line(lines: _LineReader, log_file: IO[bytes]) -> dict[str, Any] | None:
+    while (line := await lines.readline()) is not None:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and obj.get("event") == "ready":
+            return obj
+        log_file.write(line + b"\n")
+    return None
+
+
+async def _tee(stream: ByteReceiveStream, log_file: IO[bytes], name: str) -> None:
+    lines = _LineReader(stream)
+    while (line := await lines.readline()) is not None:
+        log_file.write(line + b"\n")
+        sys.stderr.write(f"[{name}] {line.decode(errors='replace')}\n")
+
+
+def _tail(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = text.splitlines()[-LOG_TAIL_LINES:]
+    if not lines:
+        return f" (nothing in {path})"
+    return f"; last lines of {path}:\n  " + "\n  ".join(lines)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _keep_previous(path: Path) -> None:
+    """nats-server's log starts empty each time (readiness is read from it): keep the last."""
+    if path.exists() and path.stat().st_size:
+        os.replace(path, path.with_name(path.name + ".1"))
+
+
+def _pid(server: NatsServer | None) -> int | None:
+    return server.proc.pid if server is not None and server.proc is not None else None
+
+
+class _HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"confbus up: {record.getMessage()}"
+
+
+def _setup_logging(path: Path) -> None:
+    """Human lines on stderr; the same as JSON lines in ``logs/up.log``."""
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(_HumanFormatter())
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(JsonFormatter("up"))
+    top = logging.getLogger("confbus")  # ours and the runtime's, used in this process
+    top.handlers[:] = [to_stderr, to_file]
+    top.setLevel(logging.INFO)
+    top.propagate = False
+    # Closing the provisioning connection is not news; nats-py repeats what we say once.
+    logging.getLogger("confbus.bus").setLevel(logging.ERROR)
+    logging.getLogger("nats").setLevel(logging.CRITICAL)

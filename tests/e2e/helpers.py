@@ -1,0 +1,94 @@
+"""Helpers for end-to-end tests: store a version, switch, read what happened."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import anyio
+import msgspec
+import nats.errors
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from schemas import subjects
+from schemas.api import txn as txn_api
+from schemas.changes import ChangeProposed, msg_id
+from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
+from schemas.streams import CFG_EVENTS, CFG_TXN
+from schemas.txn import Decision, TxnMessage, decode_txn
+from services.runtime.api import call
+from services.runtime.bus import Bus
+from services.runtime.http import http_get
+
+
+async def store_version(bus: Bus, ns: str, content: bytes, change_id: str,
+                        timeout: float = 20.0) -> int:
+    """Publish a change and wait for the version-store to store it."""
+    sub = await bus.nc.subscribe(subjects.event(ns, "version.*"))
+    try:
+        await bus.publish(subjects.change(ns),
+                          ChangeProposed(namespace=ns, change_id=change_id, content=content),
+                          msg_id=msg_id(ns, change_id))
+        with anyio.fail_after(timeout):
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                ev = decode_event(msg.data)
+                if isinstance(ev, VersionCreated) and ev.change_id == change_id:
+                    return ev.version
+                if isinstance(ev, VersionRejected) and ev.change_id == change_id:
+                    raise AssertionError(f"rejected: {ev.reason}")
+    finally:
+        await sub.unsubscribe()
+
+
+async def switch(bus: Bus, ns: str, version: int, nodes: Sequence[str], timeout_s: float = 2.0,
+                 request_timeout: float = 20.0) -> txn_api.SwitchReply:
+    return await call(bus, txn_api.SERVICE, "switch", txn_api.SwitchRequest(
+        namespace=ns, version=version, nodes=list(nodes), timeout_s=timeout_s),
+        txn_api.SwitchReply, timeout=request_timeout)
+
+
+async def read_stream(bus: Bus, stream: str, subject: str) -> list[tuple[str, bytes]]:
+    """Every message of ``stream`` matching ``subject``, in order (empty if none)."""
+    info = await bus.js.stream_info(stream)
+    if info.state.messages == 0:
+        return []
+    out: list[tuple[str, bytes]] = []
+    sub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True,
+                                 config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except nats.errors.TimeoutError:
+                return out
+            out.append((msg.subject, msg.data))
+            if msg.metadata.num_pending == 0:
+                return out
+    finally:
+        await sub.unsubscribe()
+
+
+async def txn_records(bus: Bus, ns: str) -> list[TxnMessage]:
+    return [decode_txn(d) for _, d in await read_stream(bus, CFG_TXN.name, subjects.txn_of(ns))]
+
+
+async def decisions(bus: Bus, ns: str) -> dict[str, Decision]:
+    return {r.txid: r for r in await txn_records(bus, ns) if isinstance(r, Decision)}
+
+
+async def events(bus: Bus, ns: str) -> list[AnyEvent]:
+    out = []
+    for _, data in await read_stream(bus, CFG_EVENTS.name, subjects.events_of(ns)):
+        try:
+            out.append(decode_event(data))
+        except msgspec.ValidationError:
+            continue
+    return out
+
+
+async def agent_status(port: int) -> dict[str, object]:
+    status, body = await http_get("127.0.0.1", port, "/status")
+    assert status == 200, body
+    result: dict[str, object] = json.loads(body)
+    return result
