@@ -1,0 +1,255 @@
+"""Raw baselines: the floor a confbus operation is compared with, measured in the same run.
+
+The floor of one atomic switch on N nodes is what any 2PC-shaped protocol must pay on this
+machine, without confbus: **one fsynced JetStream publish** (the durable decision) and **two
+rounds of plain NATS request/reply fan-out** to N subscribers that do the same node-side file
+work as an agent —
+
+- round 1 (prepare): write the staged file beside the live file and fsync it; reply;
+- round 2 (commit): rename the staged file over the live file and fsync the directory; reply.
+
+The subscribers run in the same process layout as the agents they stand for (``SubscriberFleet``
+mirrors ``AgentFleet``), do their file work in worker threads as the agent does, and all share
+this one disk — so their fsyncs are part of the floor (NOTES: raw costs).
+
+``python -m benchmarks.baselines subscribers --plan FILE`` is the subscriber host process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import StorageType, StreamConfig
+
+from benchmarks.common import (
+    AgentSpec,
+    Context,
+    Proc,
+    live_file,
+    node_dirs,
+    python_module,
+    split,
+)
+from services.runtime.bus import Bus, connect
+from services.runtime.log import setup_logging
+
+BENCH_STREAM = "BENCH_BASE"
+BENCH_SUBJECTS = "bench.js.>"
+
+
+def round_subject(namespace: str, rnd: int) -> str:
+    return f"bench.base.{namespace}.r{rnd}"
+
+
+async def ensure_bench_stream(bus: Bus) -> None:
+    """A file-backed stream on the same server (``sync_interval: always``): every publish
+    is fsynced before its ack, like a decision record."""
+    config = StreamConfig(
+        name=BENCH_STREAM,
+        subjects=[BENCH_SUBJECTS],
+        storage=StorageType.FILE,
+        max_bytes=256 * 1024 * 1024,
+        max_msgs=1_000_000,
+    )
+    try:
+        await bus.js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await bus.js.update_stream(config)
+
+
+async def js_publish(bus: Bus, payload: bytes, subject: str = "bench.js.decision") -> float:
+    """Seconds for one fsynced JetStream publish and its ack."""
+    started = time.perf_counter()
+    await bus.js.publish(subject, payload, timeout=10.0)
+    return time.perf_counter() - started
+
+
+async def fanout(bus: Bus, subject: str, payload: bytes, n: int, timeout: float = 60.0) -> float:
+    """Seconds from one publish to ``n`` replies (request/reply fan-out to n subscribers)."""
+    inbox = f"_INBOX.bench.{secrets.token_hex(8)}"
+    got = 0
+    done = anyio.Event()
+
+    async def on_reply(_msg: Msg) -> None:
+        nonlocal got
+        got += 1
+        if got >= n:
+            done.set()
+
+    sub = await bus.nc.subscribe(inbox, cb=on_reply)
+    try:
+        started = time.perf_counter()
+        await bus.nc.publish(subject, payload, reply=inbox)
+        with anyio.fail_after(timeout):
+            await done.wait()
+        return time.perf_counter() - started
+    finally:
+        await sub.unsubscribe()
+
+
+async def switch_floor(
+    bus: Bus, namespace: str, n: int, content: bytes, timeout: float = 60.0
+) -> float:
+    """One raw 'switch' on n subscribers: fsynced publish + prepare round + commit round."""
+    total = await fanout(bus, round_subject(namespace, 1), content, n, timeout)
+    total += await js_publish(bus, content)
+    total += await fanout(bus, round_subject(namespace, 2), b"commit", n, timeout)
+    return total
+
+
+class SubscriberFleet:
+    """The baseline's stand-ins for agents, in the same process layout."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        nats_url: str,
+        root: Path,
+        agents: Sequence[AgentSpec],
+        *,
+        processes: int,
+        connections: int = 2,
+        tag: str = "subscribers",
+    ) -> None:
+        self.ctx = ctx
+        self.nats_url = nats_url
+        self.root = root
+        self.agents = list(agents)
+        self.processes = max(1, min(processes, len(self.agents)))
+        self.connections = 1 if self.processes == len(self.agents) else connections
+        self.tag = tag
+        self.procs: list[Proc] = []
+
+    def start(self, timeout: float = 60.0) -> SubscriberFleet:
+        pending = []
+        for i, group in enumerate(split(self.agents, self.processes)):
+            plan = self.root / f"{self.tag}-plan-{i}.json"
+            plan.write_text(
+                json.dumps(
+                    {
+                        "nats_url": self.nats_url,
+                        "root": str(self.root),
+                        "connections": self.connections,
+                        "agents": [
+                            {"node": a.node, "namespaces": list(a.namespaces)} for a in group
+                        ],
+                    }
+                )
+            )
+            argv = python_module("benchmarks.baselines", "subscribers", "--plan", str(plan))
+            pending.append(self.ctx.proc(f"{self.tag}-{i}", argv, wait_ready=False))
+        for p in pending:
+            p.wait_ready(timeout)
+        self.procs = pending
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+        self.procs = []
+
+
+# -- the subscriber host --------------------------------------------------------------------------
+
+
+def _stage(staged: Path, data: bytes) -> None:
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(staged: Path, live: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):  # a repeated commit: nothing staged
+        os.replace(staged, live)
+    fd = os.open(live.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _handlers(bus: Bus, live: Path, staged: Path) -> tuple[Any, Any]:
+    async def prepare(msg: Msg) -> None:
+        await anyio.to_thread.run_sync(_stage, staged, msg.data)
+        await bus.nc.publish(msg.reply, b"yes")
+
+    async def commit(msg: Msg) -> None:
+        await anyio.to_thread.run_sync(_commit, staged, live)
+        await bus.nc.publish(msg.reply, b"applied")
+
+    return prepare, commit
+
+
+async def _subscribers(plan: dict[str, Any]) -> None:
+    root = Path(plan["root"])
+    buses = [
+        await connect(plan["nats_url"], name=f"bench-subscribers-{os.getpid()}-{i}")
+        for i in range(max(1, int(plan["connections"])))
+    ]
+    try:
+        for i, a in enumerate(plan["agents"]):
+            bus = buses[i % len(buses)]
+            node = a["node"]
+            node_dirs(root, node)[0].mkdir(parents=True, exist_ok=True)
+            for ns in a["namespaces"]:
+                live = live_file(root, node, ns)
+                staged = live.with_name(f".{live.name}.staged")
+
+                prepare, commit = _handlers(bus, live, staged)
+                await bus.nc.subscribe(round_subject(ns, 1), cb=prepare)
+                await bus.nc.subscribe(round_subject(ns, 2), cb=commit)
+        for b in buses:
+            await b.nc.flush()
+        print(
+            json.dumps(
+                {
+                    "event": "ready",
+                    "service": "baseline-subscribers",
+                    "subscribers": len(plan["agents"]),
+                    "pid": os.getpid(),
+                }
+            ),
+            flush=True,
+        )
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                return
+    finally:
+        with anyio.CancelScope(shield=True):
+            for b in buses:
+                await b.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.baselines")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    host = sub.add_parser("subscribers", help="baseline subscribers doing the agents' file work")
+    host.add_argument("--plan", required=True, type=Path)
+    args = parser.parse_args(argv)
+    setup_logging("bench-subscribers", "warning")
+    plan = json.loads(args.plan.read_text())
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(_subscribers, plan, backend="asyncio")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
