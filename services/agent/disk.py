@@ -114,6 +114,11 @@ class NamespaceDisk:
         # A staged file whose PREPARED record is not written yet (validation running). Memory
         # only: after a crash that staged file is stale, and no vote was sent for it.
         self._staging: PreparedRecord | None = None
+        # The stream sequence of the message being handled: folded into the next state write
+        # instead of costing a write (two fsyncs) of its own. Skipping a message whose state
+        # write carried its sequence is safe: that write is its outcome (a PREPARED record is
+        # resolved by asking for the decision; an install intent is finished or forgotten).
+        self._pending_seq = 0
 
     # --- reading ------------------------------------------------------------------------
 
@@ -404,6 +409,37 @@ class NamespaceDisk:
             self._write(msgspec.structs.replace(st, highest_epoch=epoch))
             return True
 
+    def note_stream_seq(self, seq: int) -> None:
+        """Remember ``seq`` for the next state write (no I/O of its own)."""
+        with self._lock:
+            self._pending_seq = max(self._pending_seq, seq)
+
+    def prepare_sealed(self, prepare: Prepare) -> LocalState:
+        """``stage`` then ``seal`` in one call (no validation command): one thread hop for the
+        whole prepare. Raises ``Refused`` like ``stage``; returns the new state."""
+        with self._lock:
+            staged = self.stage(prepare)
+            if not staged.already_prepared:
+                try:
+                    self.seal(prepare.txid)
+                except BaseException:
+                    self.abort(prepare.txid)
+                    raise
+            return self.snapshot()
+
+    def decide(
+        self, txid: str, outcome: str, version: int, sha256: str, epoch: int
+    ) -> tuple[CommitOutcome | bool, LocalState]:
+        """A decision in one call: raise the epoch, then commit (→ ``CommitOutcome``) or abort
+        (→ whether anything was dropped); returns the outcome and the new state."""
+        with self._lock:
+            self.observe_epoch(epoch)
+            if outcome == "commit":
+                result: CommitOutcome | bool = self.commit(txid, version, sha256)
+            else:
+                result = self.abort(txid)
+            return result, self.snapshot()
+
     def save_stream_seq(self, seq: int) -> None:
         """Persist the last CFG_TXN sequence processed (the ordered consumer resumes after it)."""
         with self._guard():
@@ -445,6 +481,8 @@ class NamespaceDisk:
         return st
 
     def _write(self, st: DiskState) -> DiskState:
+        if self._pending_seq > st.stream_seq:
+            st = msgspec.structs.replace(st, stream_seq=self._pending_seq)
         ensure_dir(self.dir, 0o700)
         atomic_write(self._state_file, encode_state(st), _PRIVATE)
         self._state = st
