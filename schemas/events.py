@@ -109,6 +109,25 @@ class NodeStatusChanged(Event, tag="node.status", kw_only=True, frozen=True):
     status: Literal["live", "suspect", "gone", "failing"]
 
 
+class NodeCatchUp(Event, tag="node.catchup", kw_only=True, frozen=True):
+    """The distributor brought one node to its target version outside a rollout.
+
+    ``kind="switch"``: a node that was away (or joined later) behind its target got a one-node
+    atomic switch (``txid``). ``kind="resync"``: a node whose live file drifted from its applied
+    version re-installed that version's bytes (from its own history, else the store). Emitted
+    once per attempt; a failed one says when the next try comes (``next_retry_s``).
+    """
+
+    node: NodeId
+    version: int
+    from_version: int | None = None
+    kind: Literal["switch", "resync"] = "switch"
+    outcome: Literal["applied", "failed"] = "applied"
+    attempts: int = 1
+    txid: TxId | None = None
+    next_retry_s: float | None = None
+
+
 # -- rollouts (distributor) ------------------------------------------------------------------
 
 
@@ -117,7 +136,25 @@ class NodeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Literal["applied", "no", "missing", "excluded", "skipped", "pending"]
     attempts: int = 1
     reason: str = ""
-    seconds: float | None = None
+    seconds: float | None = None  # from the rollout's start to this node's switch
+    wave: int | None = None  # the wave the node belongs to
+    txid: TxId | None = None  # the transaction that switched it
+
+
+class WaveReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One wave of a rollout, as the delivery report tells it."""
+
+    index: int
+    nodes: list[NodeId]
+    state: str  # pending | switching | baking | done | failed | skipped
+    txid: TxId | None = None
+    attempts: int = 0
+    excluded: list[NodeId] = []
+    started_at: datetime | None = None
+    committed_at: datetime | None = None
+    baked_at: datetime | None = None
+    verdict: str | None = None  # pass | fail | no_data (the health-watcher's answer)
+    switch_s: float | None = None  # the atomic switch itself (prepare → decision)
 
 
 class RolloutStarted(Event, tag="rollout.started", kw_only=True, frozen=True):
@@ -126,6 +163,7 @@ class RolloutStarted(Event, tag="rollout.started", kw_only=True, frozen=True):
     strategy: str
     waves: list[list[NodeId]]
     bake_s: float = 0.0
+    selector: dict[str, str] = {}
 
 
 class RolloutWave(Event, tag="rollout.wave", kw_only=True, frozen=True):
@@ -149,24 +187,36 @@ class RolloutCompleted(Event, tag="rollout.completed", kw_only=True, frozen=True
     version: int
     report: list[NodeOutcome] = []
     seconds: float = 0.0
+    waves: list[WaveReport] = []
+    last_good: bool = False  # the final bake passed with data: marked last known good
 
 
 class RolloutFailed(Event, tag="rollout.failed", kw_only=True, frozen=True):
+    """``wave`` is the wave that failed; -1 when the rollout was refused before any wave
+    (unknown strategy, bad selector, no target)."""
+
     rollout_id: str
     version: int
     wave: int
     report: list[NodeOutcome] = []
+    waves: list[WaveReport] = []
+    seconds: float = 0.0
+    handed_to_rollbacker: bool = False  # a failed bake: an alert went to cfg.alert.<ns>
 
 
 class RolloutSuperseded(Event, tag="rollout.superseded", kw_only=True, frozen=True):
     rollout_id: str
     version: int
     by_version: int
+    report: list[NodeOutcome] = []
+    waves: list[WaveReport] = []
 
 
 class RolloutRolledBack(Event, tag="rollout.rolled_back", kw_only=True, frozen=True):
     rollout_id: str
     version: int
+    report: list[NodeOutcome] = []
+    waves: list[WaveReport] = []
 
 
 class RolloutPaused(Event, tag="rollout.paused", kw_only=True, frozen=True):
@@ -228,6 +278,7 @@ AnyEvent = (
     | NodeApplied
     | NodeDrift
     | NodeStatusChanged
+    | NodeCatchUp
     | RolloutStarted
     | RolloutWave
     | RolloutBaked

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.names import Format, Label, Namespace
+from schemas.names import Format, Label, Namespace, NodeId
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = MIB
@@ -18,6 +18,9 @@ class HealthRule(msgspec.Struct, frozen=True, kw_only=True):
     ``metric`` is one of ``error_rate`` (errors / requests from counters), ``latency_p99_ms``
     (or another ``latency_pNN_ms``), ``health_status`` (HTTP status of a health endpoint),
     or the name of any gauge the agents forward.
+
+    ``op`` and ``threshold`` describe the *bad* condition: ``error_rate > 0.05`` is unhealthy.
+    The full semantics (windows, majority, hysteresis) are in ``services/health_watcher/README.md``.
     """
 
     name: str
@@ -27,6 +30,23 @@ class HealthRule(msgspec.Struct, frozen=True, kw_only=True):
     window_s: float = 30.0
     min_samples: int = 3
     consecutive: int = 2  # hysteresis: this many bad evaluations in a row raise an alert
+    # error_rate only: the counters whose increases over the window make the ratio
+    # (a forwarded key, e.g. ``http_requests_total{code="500"}``; see the metric mapping).
+    errors: str = "errors_total"
+    requests: str = "requests_total"
+
+
+class ScrapeTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """A Prometheus (or plain health) endpoint the health-watcher scrapes itself.
+
+    Its samples are attributed to ``node`` and tagged with the version that node's agent last
+    reported applying (from its heartbeat); a node with no agent gives samples with no version,
+    which no rule judges.
+    """
+
+    url: str  # http://host:port/path
+    node: NodeId
+    interval_s: float = 5.0
 
 
 class RollbackPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,3 +79,4 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     secret: bool = False  # content never appears in events, logs or replay
     cold_start_last_good: bool = False  # agent restart with no bus serves the last known good
     keep_versions: int = 10  # versions an agent keeps on disk
+    scrape_targets: list[ScrapeTarget] = []  # endpoints the health-watcher scrapes itself

@@ -87,3 +87,9 @@ def api(service: str, op: str) -> str:
 
 def api_group(service: str) -> str:
     return f"cfg.api.{service}"
+
+
+def node_resync(node: str) -> str:
+    """``cfg.node.<node>.resync``: the distributor asks a node to re-install its applied version
+    (its live file drifted). Core request/reply, answered by that node's agent."""
+    return f"cfg.node.{check_name(node, 'node id')}.resync"

@@ -1,5 +1,17 @@
 """``cfg.api.dist.*``: the distributor's request/reply API (status, rollouts and their
-controls)."""
+controls).
+
+``RolloutInfo`` is also the value of the key ``rollout.<ns>`` in ``CFG_STATE``: the
+distributor writes it with compare-and-set, and clients (``Client.wait_rollout``) read it.
+
+Ops: ``status`` (StatusRequest → StatusReply), ``rollout`` (RolloutRequest → RolloutReply),
+``pause`` / ``resume`` / ``abort`` (ControlRequest → RolloutReply). ``abort`` with
+``rolled_back=True`` is the rollbacker's hand-over: the rollout ends ``rolled_back`` (and a
+restarted distributor never resumes it).
+
+``cfg.node.<node>.resync`` (ResyncRequest → ResyncReply) is answered by the agent of that
+node: re-install the applied version whose live file drifted.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +20,16 @@ from typing import Literal
 
 import msgspec
 
-from schemas.events import NodeOutcome
+from schemas.events import AnyEvent, NodeOutcome, WaveReport
+from schemas.health import Alert
 from schemas.names import Namespace, NodeId
 
 SERVICE = "dist"
 
 Liveness = Literal["live", "suspect", "gone"]
 RolloutState = Literal["running", "paused", "completed", "failed", "superseded", "rolled_back"]
+ACTIVE_STATES: tuple[RolloutState, ...] = ("running", "paused")
+TERMINAL_STATES: tuple[RolloutState, ...] = ("completed", "failed", "superseded", "rolled_back")
 
 
 class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +46,8 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     labels: dict[str, str] = {}
     status: str = "ok"  # ok | no-config | in-doubt | drift | catching-up | failing: <reason>
     attempts: int = 0
+    last_error: str = ""  # the last catch-up / re-sync failure, if any
+    next_retry_s: float | None = None  # when the next catch-up try comes (a failing node)
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,6 +55,7 @@ class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
     production_version: int | None
     production_sha256: str | None
     nodes: list[NodeStatus]
+    rollout: RolloutInfo | None = None  # the current or last rollout
 
 
 class RolloutRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,7 +66,41 @@ class WaveInfo(msgspec.Struct, frozen=True, kw_only=True):
     index: int
     nodes: list[NodeId]
     state: Literal["pending", "switching", "baking", "done", "failed", "skipped"]
-    txid: str | None = None
+    txid: str | None = None  # the committed transaction of this wave
+    attempts: int = 0
+    excluded: list[NodeId] = []  # left out (missed the vote deadline, or not live)
+    already: list[NodeId] = []  # on the version (or newer) before the wave: not switched
+    switch_nodes: list[NodeId] = []  # participants of the attempt under way / last made
+    switch_started_at: datetime | None = None  # wall time the attempt under way began
+    txids: list[str] = []  # every attempt's transaction, in order
+    started_at: datetime | None = None
+    committed_at: datetime | None = None
+    switch_s: float | None = None
+    baked_at: datetime | None = None
+    verdict: str | None = None  # pass | fail | no_data
+    verdict_samples: int = 0
+    verdict_reason: str = ""
+    outcomes: list[NodeOutcome] = []
+
+
+class PendingVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """A newer approved version waiting for the running rollout's next wave boundary
+    (``supersede``) or its end (``queue``)."""
+
+    version: int
+    mode: Literal["supersede", "queue"] = "supersede"
+    strategy: str | None = None
+    selector: dict[str, str] | None = None
+
+
+class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
+    """An event (or the alert that hands a failed bake to the rollbacker) decided by a state
+    change and written with it, in the same compare-and-set; published after, then removed.
+    A crash in between publishes it on restart (``msg_id`` makes the second publish a no-op)."""
+
+    msg_id: str
+    event: AnyEvent | None = None
+    alert: Alert | None = None
 
 
 class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +115,52 @@ class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     started_at: datetime | None = None
     updated_at: datetime | None = None
+    # -- added with the rollout engine (issue 5) --
+    planned: bool = False  # waves computed (targets, strategy and bake fixed)
+    requested_strategy: str | None = None  # the version's override (None: the policy's)
+    selector: dict[str, str] | None = None  # the version's override (None: the policy's)
+    targets: list[NodeId] = []
+    bake_s: float = 0.0
+    max_excluded: float = 0.1
+    vote_timeout_s: float | None = None
+    on_missing_data: Literal["pass", "fail"] = "pass"
+    previous_version: int | None = None  # production when the rollout began
+    next: PendingVersion | None = None
+    superseded_by: int | None = None
+    failed_wave: int | None = None
+    handed_to_rollbacker: bool = False
+    last_good: bool = False
+    finished_at: datetime | None = None
+    actor: str = ""  # who ended it (abort, pause), or the driving replica
+    holder: str = ""  # the distributor replica that last wrote it
+    outbox: list[OutboxItem] = []  # events decided but not yet published (see OutboxItem)
+    revision: int = 0  # the KV revision it was read at (filled in replies)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def wave_reports(self) -> list[WaveReport]:
+        return [
+            WaveReport(
+                index=w.index,
+                nodes=w.nodes,
+                state=w.state,
+                txid=w.txid,
+                attempts=w.attempts,
+                excluded=w.excluded,
+                started_at=w.started_at,
+                committed_at=w.committed_at,
+                baked_at=w.baked_at,
+                verdict=w.verdict,
+                switch_s=w.switch_s,
+            )
+            for w in self.waves
+        ]
+
+
+decode_rollout_info = msgspec.json.Decoder(RolloutInfo).decode
 
 
 class RolloutReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,4 +172,24 @@ class ControlRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     namespace: Namespace
     actor: str = ""
+    reason: str = ""
+    # abort only: end the rollout as ``rolled_back`` (the rollbacker's hand-over), not ``failed``.
+    rolled_back: bool = False
+    # act only if the namespace's rollout is of this version (None: whatever is running).
+    version: int | None = None
+
+
+# -- drift repair: answered by the agent on cfg.node.<node>.resync ----------------------------
+
+
+class ResyncRequest(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: Namespace
+    version: int  # the node's applied version (the only one a re-sync may install)
+    sha256: str
+
+
+class ResyncReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    reinstalled: bool = False  # False with ok: the live file was already right
+    source: Literal["history", "store", ""] = ""
     reason: str = ""

@@ -1,4 +1,11 @@
-"""``cfg.api.health.*``: verdicts from the health-watcher (used between waves and batches)."""
+"""``cfg.api.health.*``: verdicts from the health-watcher (used between waves and batches).
+
+``verdict``: ``pass`` when every rule of the namespace has a value (at least its
+``min_samples``) on the given nodes and version since ``since``, and none is broken; ``fail``
+when a rule is broken (``rules[].bad_nodes``, ``reason``); ``no_data`` otherwise — never ``pass``
+on silence. ``nodes=[]``: every node heard from on that version. Semantics in
+``services/health_watcher/README.md``.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,11 @@ class RuleResult(msgspec.Struct, frozen=True, kw_only=True):
     threshold: float
     ok: bool | None  # None: not enough samples
     samples: int = 0
+    metric: str = ""
+    op: str = ""  # with threshold, the *bad* condition: ``value op threshold`` is unhealthy
+    window_s: float | None = None  # the window the rule was judged over
+    bad_nodes: list[NodeId] = []  # nodes whose own samples break the rule
+    reason: str = ""  # why there was no value (no samples, no requests in the window, ...)
 
 
 class VerdictReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,3 +49,7 @@ class VerdictReply(msgspec.Struct, frozen=True, kw_only=True):
     unhealthy_nodes: list[NodeId] = []
     rules: list[RuleResult] = []
     reason: str = ""
+    # Asked-for nodes that could not be judged on their own (no usable samples): neither
+    # healthy nor unhealthy. healthy + unhealthy + unknown = the nodes of the request.
+    unknown_nodes: list[NodeId] = []
+    evaluated_by: str = ""  # the health-watcher replica that answered

@@ -102,6 +102,94 @@ class ChangeStatusRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ChangeStatusReply(msgspec.Struct, frozen=True, kw_only=True):
+    """``stored``: ``version`` holds the change id and ``sha256`` is its bytes' hash.
+    ``rejected``: the last attempt under this id was refused (``reason``, ``where``; ``sha256``
+    of the refused bytes). Rejections are remembered for 7 days (``CFG_REJECTIONS``)."""
+
     status: Literal["unknown", "stored", "rejected"]
     version: int | None = None
     reason: str = ""
+    where: str = ""
+    sha256: str = ""
+
+
+# -- additions: rejections, listing, backup and restore ------------------------------------------
+# Ops added beside the ones above: ``reject``, ``namespaces``, ``export``, ``import``.
+
+
+class RejectRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Refuse a draft (or a not yet rolled out approved version) for good."""
+
+    namespace: Namespace
+    version: int
+    actor: str
+    reason: str = ""
+
+
+class NamespacesRequest(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class NamespacesReply(msgspec.Struct, frozen=True, kw_only=True):
+    namespaces: list[str]
+
+
+class ExportedVersion(msgspec.Struct, frozen=True, kw_only=True):
+    info: VersionInfo
+    content: bytes
+    strategy: str | None = None
+    selector: dict[str, str] | None = None
+
+
+class ExportRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Page through one consistent snapshot of a namespace.
+
+    The first call (no ``session``) takes the snapshot; the next calls pass the ``session`` and
+    the ``offset`` of the next version, to the replica that holds it (``ExportReply.replica``).
+    A page holds at most ``max_bytes`` of content (at least one version), so a reply stays
+    under the bus's payload limit.
+    """
+
+    namespace: Namespace
+    session: str = ""
+    offset: int = 0
+    max_bytes: int = 1024 * 1024
+
+
+class ExportReply(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: Namespace
+    session: str
+    total: int  # versions in the snapshot
+    offset: int  # of the first version in this page
+    versions: list[ExportedVersion]
+    production: int | None = None
+    last_good: int | None = None
+    policy: Policy | None = None
+    done: bool = False
+    # The replica holding the session: send the next pages to op ``export_<replica>``, since
+    # replicas share the plain ``export`` subject in one queue group.
+    replica: str = ""
+
+
+class ImportRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Restore a namespace in pages: the same ``session`` for every page (sent to op
+    ``import_<replica>`` after the first), ``done`` on the last.
+
+    Nothing is written before the last page; then all of it is checked (hashes, numbering,
+    pointers) and written in one go, or refused.
+    """
+
+    namespace: Namespace
+    session: str = ""
+    versions: list[ExportedVersion] = []
+    done: bool = False
+    production: int | None = None
+    last_good: int | None = None
+    policy: Policy | None = None
+
+
+class ImportReply(msgspec.Struct, frozen=True, kw_only=True):
+    session: str
+    received: int  # versions received so far in this session
+    imported: int | None = None  # versions written (0: the identical namespace was there)
+    replica: str = ""  # send the next pages to op ``import_<replica>``

@@ -15,10 +15,12 @@ import signal
 import anyio
 
 from schemas.names import check_name
+from services.agent.health import check_health_url
+from services.agent.lastgood import connect_or_fall_back
 from services.agent.node import Binding, NodeAgent
 from services.runtime.http import HttpServer, Request, Response
 from services.runtime.log import setup_logging
-from services.runtime.service import connect_with_retry, print_ready
+from services.runtime.service import print_ready
 from services.runtime.settings import Settings, add_common_args, settings_from_args
 
 log = logging.getLogger("confbus.agent")
@@ -63,6 +65,19 @@ def add_agent_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-change", metavar="CMD", help="run after each apply")
     parser.add_argument("--heartbeat-interval", type=float, default=2.0)
     parser.add_argument("--keep", type=int, default=10, help="versions kept on disk")
+    parser.add_argument(
+        "--health-url",
+        metavar="URL",
+        help="the app's Prometheus /metrics or plain health endpoint (http://…), forwarded "
+        "as health samples on cfg.health.<ns>.<node>",
+    )
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between health scrapes (default %(default)s)",
+    )
 
 
 def build_agent(args: argparse.Namespace) -> NodeAgent:
@@ -75,6 +90,13 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
         if not sep:
             raise SystemExit(f"confbus agent: label {item!r} is not K=V")
         labels[key] = value
+    if args.health_url is not None:
+        try:
+            check_health_url(args.health_url)
+        except ValueError as exc:
+            raise SystemExit(f"confbus agent: --health-url: {exc}") from None
+    if args.health_interval <= 0:
+        raise SystemExit("confbus agent: --health-interval must be positive")
     return NodeAgent(
         node=args.node,
         bindings=[
@@ -88,6 +110,8 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
         on_change_cmd=args.on_change,
         heartbeat_interval_s=args.heartbeat_interval,
         keep=args.keep,
+        health_url=args.health_url,
+        health_interval_s=args.health_interval,
     )
 
 
@@ -121,7 +145,8 @@ async def run_agent(agent: NodeAgent, settings: Settings) -> None:
                 "status": agent.status(),
             }
         )
-        bus = await connect_with_retry(settings, f"confbus-agent-{agent.node}")
+        # With no bus, fall back to the last known good if the cached policy says so.
+        bus = await connect_or_fall_back(agent, settings)
         agent.bus_connected = True
         try:
             await agent.run(bus)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 import anyio
 import msgspec
@@ -36,14 +37,18 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
 from schemas.api import txn as txn_api
+from schemas.api.dist import ResyncReply, ResyncRequest
+from schemas.api.store import GetRequest, VersionReply
 from schemas.base import utcnow
 from schemas.events import NodeApplied
 from schemas.node import Heartbeat, NamespaceState
 from schemas.streams import CFG_TXN
 from schemas.txn import Decision, Prepare, Vote, decode_txn, decode_vote_ack
 from services.agent.disk import NamespaceDisk, prepare_txn
+from services.agent.health import HealthForwarder
 from services.agent.hooks import run_on_change
-from services.agent.state import CommitOutcome, LocalState, Refused
+from services.agent.lastgood import keep_last_good
+from services.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from services.runtime.api import call
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
@@ -57,6 +62,7 @@ VOTE_TIMEOUT_S = 2.0
 # The resume point is saved after every message that changed something here; others are
 # replayed harmlessly after a restart, so saving them is batched.
 SEQ_SAVE_EVERY = 200
+_decode_resync = msgspec.json.Decoder(ResyncRequest).decode
 
 
 @dataclass
@@ -88,6 +94,8 @@ class NodeAgent:
     on_change_cmd: str | None = None
     heartbeat_interval_s: float = 2.0
     keep: int = 10
+    health_url: str | None = None  # forward the app's health (services.agent.health)
+    health_interval_s: float = 5.0
     started_at: datetime = field(default_factory=utcnow)
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
     bus_connected: bool = field(default=False, init=False)
@@ -142,6 +150,16 @@ class NodeAgent:
                 await tg.start(self._follow, bus, name)
             tg.start_soon(self._heartbeats, bus)
             tg.start_soon(self._resolve_doubts, bus)
+            tg.start_soon(keep_last_good, bus, self)  # services.agent.lastgood (issue 6)
+            await tg.start(self._serve_resync, bus)  # drift repair (the distributor asks)
+            if self.health_url:
+                forwarder = HealthForwarder(
+                    self.node,
+                    self.health_url,
+                    lambda: {n: ns.state.applied_version for n, ns in self.namespaces.items()},
+                    self.health_interval_s,
+                )
+                tg.start_soon(forwarder.run, bus)
             task_status.started()
 
     async def _follow(
@@ -186,6 +204,8 @@ class NodeAgent:
                 "skipping unreadable txn record", extra={"subject": msg.subject, "error": str(exc)}
             )
             record = None
+        # Any state write while handling this message records its sequence with it.
+        ns.disk.note_stream_seq(seq)
         changed = False
         try:
             async with ns.lock:
@@ -195,9 +215,11 @@ class NodeAgent:
                     changed = await self._on_decision(bus, ns, record)
         except ConfbusError as exc:
             log.error("txn record failed", extra={"subject": msg.subject, "error": str(exc)})
+        except Exception:  # a bug or a surprise must not take the node's agent down
+            log.exception("txn record handling failed", extra={"subject": msg.subject})
         ns.last_seq = seq
-        ns.unsaved += 1
-        if changed or ns.unsaved >= SEQ_SAVE_EVERY:
+        ns.unsaved = 0 if changed else ns.unsaved + 1
+        if ns.unsaved >= SEQ_SAVE_EVERY:
             await anyio.to_thread.run_sync(ns.disk.save_stream_seq, seq)
             ns.unsaved = 0
 
@@ -205,14 +227,20 @@ class NodeAgent:
         if self.node not in p.participants:
             return False
         try:
-            await prepare_txn(
-                ns.disk, p, validate_cmd=self.validate_cmd, validate_timeout=self.validate_timeout_s
-            )
+            if self.validate_cmd:
+                await prepare_txn(
+                    ns.disk,
+                    p,
+                    validate_cmd=self.validate_cmd,
+                    validate_timeout=self.validate_timeout_s,
+                )
+                await self._refresh(ns)
+            else:  # the common case: the whole prepare in one thread hop
+                ns.state = await anyio.to_thread.run_sync(ns.disk.prepare_sealed, p)
         except Refused as no:
             await self._refresh(ns)
             await self._vote(bus, p, "no", no.reason)
             return True
-        await self._refresh(ns)
         ns.prepared_at = time.monotonic()
         await failpoint("agent.before_vote")
         await self._vote(bus, p, "yes", "")
@@ -225,9 +253,9 @@ class NodeAgent:
             namespace=p.namespace,
             node=self.node,
             epoch=p.epoch,
-            vote=vote,
+            vote=vote,  # type: ignore[arg-type]
             reason=reason,
-        )  # type: ignore[arg-type]
+        )
         try:
             reply = await bus.nc.request(
                 subjects.txn_vote(p.namespace, p.txid, self.node), encode(v), timeout=VOTE_TIMEOUT_S
@@ -243,17 +271,20 @@ class NodeAgent:
             log.info("vote not accepted", extra={"txid": p.txid, "reason": ack.reason})
 
     async def _on_decision(self, bus: Bus, ns: _Namespace, d: Decision) -> bool:
-        await anyio.to_thread.run_sync(ns.disk.observe_epoch, d.epoch)
         if self.node not in d.participants:
+            # Not ours, but its epoch is the namespace's: it fences older prepares.
+            await anyio.to_thread.run_sync(ns.disk.observe_epoch, d.epoch)
             return False
         await failpoint("agent.before_apply")
-        if d.outcome == "abort":
-            changed = await anyio.to_thread.run_sync(ns.disk.abort, d.txid)
-            await self._refresh(ns)
-            ns.prepared_at = None if not ns.state.in_doubt else ns.prepared_at
-            return bool(changed)
         before = ns.state.applied_version
-        outcome = await anyio.to_thread.run_sync(ns.disk.commit, d.txid, d.version, d.sha256)
+        # Epoch, decision and the new state in one thread hop.
+        result, ns.state = await anyio.to_thread.run_sync(
+            ns.disk.decide, d.txid, d.outcome, d.version, d.sha256, d.epoch
+        )
+        if d.outcome == "abort":
+            ns.prepared_at = None if not ns.state.in_doubt else ns.prepared_at
+            return bool(result)
+        outcome = result
         if outcome is CommitOutcome.MISSING:
             # We never staged it (away during the prepare, or refused it as busy): the
             # prepare in the stream still has the bytes, checked against the version's hash.
@@ -262,7 +293,7 @@ class NodeAgent:
                 ns.disk.apply, d.version, d.sha256, content
             ):
                 outcome = CommitOutcome.APPLIED
-        await self._refresh(ns)
+            await self._refresh(ns)
         if not ns.state.in_doubt:
             ns.prepared_at = None
         if outcome is CommitOutcome.APPLIED:
@@ -275,7 +306,10 @@ class NodeAgent:
             msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_prepare(d.namespace, d.txid))
         except nats.js.errors.NotFoundError:
             return None
-        record = decode_txn(msg.data or b"")
+        try:
+            record = decode_txn(msg.data or b"")
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None  # not a prepare we can trust: never apply from it
         if not isinstance(record, Prepare):
             return None
         if hashlib.sha256(record.content).hexdigest() != d.sha256:
@@ -308,7 +342,7 @@ class NodeAgent:
             )
         except ConfbusError as exc:
             log.warning("could not announce apply", extra={"error": str(exc)})
-        await self._publish_heartbeat(bus)
+        await self._publish_heartbeat(bus, refresh=False)  # the state is fresh already
         if self.on_change_cmd:
             await run_on_change(self.on_change_cmd, ns.disk.live_path, d.namespace, d.version)
 
@@ -332,6 +366,8 @@ class NodeAgent:
                             await self._resolve(bus, ns, ns.state.prepared.txid)
                 except ConfbusError as exc:
                     log.info("still in doubt", extra={"txid": prepared.txid, "error": str(exc)})
+                except Exception:  # keep resolving; a surprise here must not stop the agent
+                    log.exception("resolving failed", extra={"txid": prepared.txid})
 
     async def _resolve(self, bus: Bus, ns: _Namespace, txid: str) -> None:
         """Nobody guesses: read the decision record, else ask the coordinator, which
@@ -341,7 +377,7 @@ class NodeAgent:
             msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_decision(name, txid))
             record = decode_txn(msg.data or b"")
             decision = record if isinstance(record, Decision) else None
-        except nats.js.errors.NotFoundError:
+        except (nats.js.errors.NotFoundError, msgspec.ValidationError, msgspec.DecodeError):
             decision = None
         if decision is None:
             reply = await call(
@@ -360,6 +396,81 @@ class NodeAgent:
                 ns.prepared_at = None
                 return
         await self._on_decision(bus, ns, decision)
+
+    # -- drift repair: re-install the applied version when the distributor asks ---------
+
+    async def _serve_resync(
+        self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async def on_resync(msg: Msg) -> None:
+            try:
+                req = _decode_resync(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                reply = ResyncReply(ok=False, reason=f"malformed re-sync request: {exc}")
+            else:
+                reply = await self.resync(bus, req)
+            if msg.reply:
+                with contextlib.suppress(Exception):
+                    await msg.respond(encode(reply))
+
+        sub = await bus.nc.subscribe(subjects.node_resync(self.node), cb=on_resync)
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def resync(self, bus: Bus, req: ResyncRequest) -> ResyncReply:
+        """Re-install the applied version's bytes over a live file that drifted: from the
+        local history, else from the store. Only ever the applied version (a newer one comes
+        through a transaction); the bytes are checked against the version's sha256."""
+        ns = self.namespaces.get(req.namespace)
+        if ns is None:
+            return ResyncReply(ok=False, reason=f"{self.node} does not follow {req.namespace}")
+        async with ns.lock:
+            st = ns.state
+            if st.applied_version != req.version or st.applied_sha256 != req.sha256:
+                return ResyncReply(
+                    ok=False,
+                    reason=f"applied version is {st.applied_version}, not {req.version}: a "
+                    "re-sync only re-installs the applied version",
+                )
+            source: Literal["history", "store"] = "history"
+            content: bytes | None
+            try:
+                content = await anyio.to_thread.run_sync(ns.disk.version_bytes, req.version)
+            except VersionNotOnDisk:
+                content = None
+            if content is None or hashlib.sha256(content).hexdigest() != req.sha256:
+                source = "store"
+                try:
+                    got = await call(
+                        bus,
+                        "store",
+                        "get",
+                        GetRequest(namespace=req.namespace, ref=str(req.version), content=True),
+                        VersionReply,
+                        timeout=10.0,
+                    )
+                except ConfbusError as exc:
+                    return ResyncReply(ok=False, reason=f"no local copy, and the store: {exc}")
+                content = got.content or b""
+            try:
+                written = await anyio.to_thread.run_sync(
+                    ns.disk.apply, req.version, req.sha256, content
+                )
+            except (ConfbusError, OSError) as exc:
+                return ResyncReply(ok=False, reason=f"re-install failed: {exc}")
+            await self._refresh(ns)
+        log.warning(
+            "re-synced a drifted live file",
+            extra={"namespace": req.namespace, "node": self.node, "version": req.version},
+        )
+        await self._publish_heartbeat(bus)
+        if written and self.on_change_cmd:
+            await run_on_change(self.on_change_cmd, ns.disk.live_path, req.namespace, req.version)
+        return ResyncReply(ok=True, reinstalled=written, source=source if written else "")
 
     # -- heartbeats ----------------------------------------------------------------------
 
@@ -391,9 +502,10 @@ class NodeAgent:
             started_at=self.started_at,
         )
 
-    async def _publish_heartbeat(self, bus: Bus) -> None:
-        for ns in self.namespaces.values():
-            await self._refresh(ns)  # re-hash the live file: drift shows in the heartbeat
+    async def _publish_heartbeat(self, bus: Bus, refresh: bool = True) -> None:
+        if refresh:
+            for ns in self.namespaces.values():
+                await self._refresh(ns)  # re-hash the live file: drift shows in the heartbeat
         try:
             await bus.nc.publish(subjects.heartbeat(self.node), encode(self.heartbeat()))
             self.bus_connected = bus.nc.is_connected

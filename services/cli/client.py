@@ -27,13 +27,25 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
+from schemas.api import dist as dist_api
+from schemas.api import rollback as rollback_api
 from schemas.api import store as store_api
 from schemas.changes import ChangeProposed
 from schemas.changes import msg_id as change_msg_id
-from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
+from schemas.events import (
+    AnyEvent,
+    NodeApplied,
+    RollbackCompleted,
+    RollbackStarted,
+    RollbackStuck,
+    VersionCreated,
+    VersionRejected,
+    decode_event,
+)
+from schemas.health import Alert, decode_alert
 from schemas.names import CHANGE_ID_PATTERN, Format, InvalidName, check_name
 from schemas.policy import Policy
-from schemas.streams import CFG_EVENTS, MAX_PAYLOAD
+from schemas.streams import CFG_ALERTS, CFG_EVENTS, MAX_PAYLOAD
 from schemas.versions import VersionInfo
 from services.runtime.api import call
 from services.runtime.bus import DEFAULT_NATS_URL, Bus, connect
@@ -434,14 +446,17 @@ class Client:
         )
         return reply.namespaces
 
-    async def export_namespace(self, namespace: str) -> NamespaceBackup:
-        """One consistent snapshot of a namespace (policy, versions with content, pointers)."""
+    async def export_namespace(self, namespace: str, page_bytes: int = 1 << 20) -> NamespaceBackup:
+        """One consistent snapshot of a namespace (policy, versions with content, pointers),
+        fetched in pages of about ``page_bytes`` of content."""
         op, session, offset = "export", "", 0
         versions: list[store_api.ExportedVersion] = []
         while True:
             page = await self.store_call(
                 op,
-                store_api.ExportRequest(namespace=namespace, session=session, offset=offset),
+                store_api.ExportRequest(
+                    namespace=namespace, session=session, offset=offset, max_bytes=page_bytes
+                ),
                 store_api.ExportReply,
                 timeout=30.0,
             )
@@ -490,6 +505,290 @@ class Client:
             if last:
                 return reply.imported or 0
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # == reacting: alerts, applied configs, rollbacks (issue 6) =================================
+
+    async def alerts(
+        self,
+        namespace: str | None = None,
+        *,
+        since: datetime | timedelta | None = None,
+        on_subscribed: Callable[[], object] | None = None,
+    ) -> AsyncIterator[Alert]:
+        """Alerts as they are raised on ``cfg.alert.<ns>`` (every namespace when None).
+
+        New alerts only, or every alert stored since ``since``; firing and resolved alike (see
+        ``alert.state``), from the health-watcher, Alertmanager, the distributor (a failed
+        bake) and the rollbacker (a stuck rollback: ``source="rollbacker"``). Alerts of a type
+        this build does not know are skipped. It never ends: break out of the loop to stop.
+        ``on_subscribed`` is called once the consumer exists (from then on nothing is missed).
+        """
+        subject = subjects.alert(check_namespace(namespace)) if namespace else subjects.ALERTS_ALL
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        if since is not None:
+            if isinstance(since, timedelta):
+                since = datetime.now(UTC) - since
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = min(since.astimezone(UTC), _LAST_NATS_TIME)
+        try:
+            sub = await self.bus.js.subscribe(
+                subject, stream=CFG_ALERTS.name, ordered_consumer=True, config=config
+            )
+        except nats.js.errors.NotFoundError as exc:
+            raise Unavailable(
+                f"no {CFG_ALERTS.name} stream at {self.nats_url}: is confbus running there?"
+            ) from exc
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise Unavailable(f"JetStream at {self.nats_url} is not answering: {exc!r}") from exc
+        try:
+            if on_subscribed is not None:
+                on_subscribed()
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None)
+                except nats.errors.ConnectionClosedError as exc:
+                    raise Unavailable(f"lost the connection to {self.nats_url}") from exc
+                try:
+                    alert = decode_alert(msg.data)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue
+                yield alert
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def watch(
+        self,
+        namespace: str,
+        *,
+        node: str | None = None,
+        since: datetime | timedelta | None = None,
+        on_subscribed: Callable[[], object] | None = None,
+    ) -> AsyncIterator[NodeApplied]:
+        """Each config a node of ``namespace`` applied, as it happens: the ``node.applied``
+        events (node, version, sha256, txid, previous version) in stream order.
+
+        One per node and version: the commit of an atomic switch (a rollout wave, a rollback
+        batch — a rollback is a newer version with the old content), or a catch-up. New ones
+        only, or from ``since`` on; only ``node``'s if given. It never ends.
+        """
+        flt = subjects.event(check_namespace(namespace), "node.applied")
+        async for item in self.events(flt, since=since, follow=True, on_subscribed=on_subscribed):
+            ev = item.event
+            if isinstance(ev, NodeApplied) and (node is None or ev.node == node):
+                yield ev
+
+    async def rollback(
+        self,
+        namespace: str,
+        *,
+        to: int | None = None,
+        reason: str = "",
+        strategy: str | None = None,
+        actor: str = "",
+        wait: bool = False,
+        timeout: float = 300.0,
+    ) -> rollback_api.RollbackReply:
+        """Roll ``namespace`` back to version ``to`` (None: its last known good), as a new
+        version, batch by batch (``strategy``: ``all-at-once`` or ``batches:N``; None: the
+        policy's).
+
+        Returns the rollbacker's answer (``state`` ``started`` or ``refused`` with the
+        reason). With ``wait``: once it ended — ``completed`` (``new_version`` runs everywhere)
+        or ``stuck`` (the reason; nothing further is switched) — and ``Unavailable`` if it did
+        not end within ``timeout`` (it goes on).
+        """
+        req = rollback_api.RollbackRequest(
+            namespace=check_namespace(namespace),
+            to=to,
+            reason=reason,
+            strategy=strategy,
+            actor=actor,
+        )
+        if not wait:
+            return await self.call(
+                rollback_api.SERVICE, "start", req, rollback_api.RollbackReply, timeout=15.0
+            )
+        # Read the rollback's events from where the stream is now: none can slip past.
+        last = (await self.bus.js.stream_info(CFG_EVENTS.name)).state.last_seq
+        reply = await self.call(
+            rollback_api.SERVICE, "start", req, rollback_api.RollbackReply, timeout=15.0
+        )
+        if reply.state != "started":
+            return reply
+        rid = reply.rollback_id
+        with anyio.move_on_after(timeout):
+            flt = subjects.event(namespace, "rollback.>")
+            async for item in self.events(flt, from_seq=last + 1, follow=True):
+                ev = item.event
+                if isinstance(ev, RollbackStarted) and ev.rollback_id == rid:
+                    reply = msgspec.structs.replace(reply, new_version=ev.new_version)
+                elif isinstance(ev, RollbackCompleted) and ev.rollback_id == rid:
+                    return msgspec.structs.replace(
+                        reply, state="completed", new_version=ev.new_version
+                    )
+                elif isinstance(ev, RollbackStuck) and ev.rollback_id == rid:
+                    return msgspec.structs.replace(reply, state="stuck", reason=ev.reason)
+        raise Unavailable(
+            f"rollback {rid} of {namespace} did not end within {timeout:g}s; it goes on "
+            f"(confbus replay '{namespace}.rollback.>' shows where it is)"
+        )
+
+    # -- rollouts (the distributor, cfg.api.dist.*) — added with issue 5 -------------------------
+
+    async def fleet_status(self, namespace: str) -> dist_api.StatusReply:
+        """Production version and, per node: liveness, applied version, sha256, target."""
+        return await self.call(
+            dist_api.SERVICE,
+            "status",
+            dist_api.StatusRequest(namespace=check_namespace(namespace)),
+            dist_api.StatusReply,
+        )
+
+    async def rollout_info(self, namespace: str) -> dist_api.RolloutInfo | None:
+        """The namespace's current or last rollout (from the distributor; straight from
+        ``CFG_STATE`` when no distributor answers)."""
+        check_namespace(namespace)
+        try:
+            reply = await self.call(
+                dist_api.SERVICE,
+                "rollout",
+                dist_api.RolloutRequest(namespace=namespace),
+                dist_api.RolloutReply,
+            )
+            return reply.rollout
+        except Unavailable:
+            return await self._rollout_record(namespace)
+
+    async def rollout_control(
+        self, op: str, namespace: str, *, reason: str = "", actor: str = ""
+    ) -> dist_api.RolloutInfo:
+        """``pause``, ``resume`` or ``abort`` the namespace's rollout (``Conflict`` if there is
+        none in a state that allows it)."""
+        if op not in ("pause", "resume", "abort"):
+            raise InvalidInput(f"unknown rollout control {op!r}", where="op")
+        reply = await self.call(
+            dist_api.SERVICE,
+            op,
+            dist_api.ControlRequest(
+                namespace=check_namespace(namespace), actor=actor, reason=reason
+            ),
+            dist_api.RolloutReply,
+            timeout=10.0,
+        )
+        assert reply.rollout is not None
+        return reply.rollout
+
+    async def wait_rollout(
+        self,
+        namespace: str,
+        version: int,
+        timeout: float = 600.0,
+        progress: Callable[[AnyEvent], object] | None = None,
+        *,
+        since: datetime | timedelta | None = None,
+    ) -> dist_api.RolloutInfo:
+        """Wait until the rollout of ``version`` ends, and return it.
+
+        It ends ``completed``, ``failed``, ``superseded`` (a newer version took over, also
+        before it started) or ``rolled_back``. ``progress`` is called with each
+        ``cfg.event.<ns>.rollout.*`` event of this version as it comes (started, each wave,
+        each bake, paused, resumed, the end). Rollout events since ``since`` (default: the
+        last 10 minutes) are replayed first, so a rollout that ran before the call is seen
+        too; the ``rollout.<ns>`` record in ``CFG_STATE`` is checked as well. Raises
+        ``RolloutWaitTimeout`` (an ``Unavailable``) after ``timeout`` seconds.
+        """
+        check_namespace(namespace)
+        found: list[dist_api.RolloutInfo] = []
+
+        async def from_events(scope: anyio.CancelScope) -> None:
+            async for item in self.events(
+                f"cfg.event.{namespace}.rollout.>",
+                since=since if since is not None else timedelta(minutes=10),
+                follow=True,
+            ):
+                ev = item.event
+                if ev is None or getattr(ev, "version", None) != version:
+                    continue
+                if progress is not None:
+                    progress(ev)
+                tag = ev.__struct_config__.tag
+                if tag in _ROLLOUT_ENDS:
+                    record = await self._rollout_record(namespace)
+                    if record is not None and record.rollout_id == getattr(ev, "rollout_id", ""):
+                        found.append(record)
+                    else:
+                        found.append(_rollout_from_event(ev, _ROLLOUT_ENDS[tag]))
+                    scope.cancel()
+                    return
+
+        async def from_record(scope: anyio.CancelScope) -> None:
+            while True:
+                rec = await self._rollout_record(namespace)
+                if rec is not None and rec.version == version and not rec.active:
+                    await anyio.sleep(1.0)  # let the event (and progress) come first
+                    found.append(rec)
+                    scope.cancel()
+                    return
+                await anyio.sleep(1.0)
+
+        try:
+            with anyio.fail_after(timeout):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(from_events, tg.cancel_scope)
+                    tg.start_soon(from_record, tg.cancel_scope)
+        except TimeoutError:
+            raise RolloutWaitTimeout(namespace, version, timeout) from None
+        return found[0]
+
+    async def _rollout_record(self, namespace: str) -> dist_api.RolloutInfo | None:
+        try:
+            kv = await self.bus.kv("CFG_STATE")
+            entry = await kv.get(f"rollout.{namespace}")
+        except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
+            return None
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"CFG_STATE at {self.nats_url} is not answering: {exc!r}") from exc
+        if not entry.value:
+            return None
+        try:
+            rec = dist_api.decode_rollout_info(entry.value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        return msgspec.structs.replace(rec, outbox=[], revision=entry.revision or 0)
+
+
+# -- rollouts: values and errors of the section above ------------------------------------------
+
+_ROLLOUT_ENDS: dict[str, dist_api.RolloutState] = {
+    "rollout.completed": "completed",
+    "rollout.failed": "failed",
+    "rollout.superseded": "superseded",
+    "rollout.rolled_back": "rolled_back",
+}
+
+
+class RolloutWaitTimeout(Unavailable):
+    def __init__(self, namespace: str, version: int, timeout: float) -> None:
+        self.namespace = namespace
+        self.version = version
+        super().__init__(f"the rollout of {namespace} v{version} did not end within {timeout}s")
+
+
+def _rollout_from_event(ev: Any, state: dist_api.RolloutState) -> dist_api.RolloutInfo:
+    """The end of a rollout whose record has moved on (a newer rollout of the namespace)."""
+    return dist_api.RolloutInfo(
+        rollout_id=ev.rollout_id,
+        namespace=ev.namespace,
+        version=ev.version,
+        strategy="",
+        state=state,
+        report=list(getattr(ev, "report", [])),
+        reason=ev.reason,
+        superseded_by=getattr(ev, "by_version", None),
+        finished_at=ev.at,
+        updated_at=ev.at,
+    )
 
 
 # -- version store: values and errors of the section above ------------------------------------

@@ -28,6 +28,9 @@ COMMAND_MODULES = (
     "services.cli.commands.agent",
     "services.cli.commands.txn",
     "services.cli.commands.store",
+    "services.cli.commands.doctor",
+    "services.cli.commands.rollback",
+    "services.cli.commands.rollout",
 )
 
 

@@ -6,6 +6,7 @@
   nats/              nats-server's config and its JetStream store (not with --nats-url)
   logs/<name>.log    each service's stderr (JSON lines); nats-server.log; up.log
   stack.json         while it runs: the NATS URL, and each service's pid, ports, restarts
+  nats-1..3/ etcd/   with --ha instead of nats/: the NATS cluster and etcd members (ha.py)
 ```
 
 Lock the directory → start nats-server → provision streams and buckets → start every service
@@ -43,6 +44,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from services.cli.datadir import DataDirLock
 from services.cli.exitcodes import FAILED, OK, CliError
+from services.cli.ha import HaCluster, HaPorts
 from services.runtime.bus import connect, provision
 from services.runtime.errors import Unavailable
 from services.runtime.log import JsonFormatter
@@ -70,6 +72,9 @@ class ServiceSpec:
     name: str
     module: str
     args: Callable[[Path, argparse.Namespace], list[str]] = _no_args
+    # Start only once this service was first ready: a second replica must not race the first
+    # to create the same durable consumer (on a cluster that can time out at start-up).
+    after: str | None = None
 
     def runnable(self) -> bool:
         """Whether ``python -m <module>`` would find something to run (without importing it)."""
@@ -100,6 +105,11 @@ class StackConfig:
     nats_password: str | None = None
     nats_creds: str | None = None
     tls_ca: str | None = None
+    ha: HaPorts | None = None  # --ha: a NATS cluster and etcd on these ports (ha.py)
+    # --secure / --tls-cert (security.py): more config for the embedded nats-server (the users
+    # include, TLS), and more words for the ready line (where the credentials are).
+    nats_config: str = ""
+    announce: tuple[str, ...] = ()
 
     def service_env(self) -> dict[str, str]:
         env = {**os.environ, "CONFBUS_DATA_DIR": str(self.data_dir)}
@@ -130,6 +140,7 @@ class Notice:
 
 class Stack:
     stop_requested: anyio.Event  # set on SIGINT/SIGTERM or a failed start; made in the loop
+    first_ready: dict[str, anyio.Event]  # per service: it was ready once
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -137,6 +148,7 @@ class Stack:
         self.state_file = config.data_dir / "stack.json"
         self.lock_fd = -1
         self.nats: NatsServer | None = None
+        self.cluster: HaCluster | None = None
         self.nats_url = ""
         self.children: list[Child] = []
 
@@ -163,6 +175,8 @@ class Stack:
             interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self._stop_nats()
+            if self.cluster is not None:
+                self.cluster.stop()
             self.state_file.unlink(missing_ok=True)
             signal.signal(signal.SIGINT, interrupt)
             signal.signal(signal.SIGTERM, previous)
@@ -171,7 +185,13 @@ class Stack:
             lock.release()
 
     def _run_locked(self) -> int:
-        if self.config.nats_url is None:
+        if self.config.ha is not None:
+            self.cluster = HaCluster(
+                self.config.data_dir, self.logs, self.config.ha, pass_fds=(self.lock_fd,)
+            )
+            self.cluster.start()
+            self.nats_url = self.cluster.nats_url
+        elif self.config.nats_url is None:
             self.nats = self._start_nats()
             self.nats_url = self.nats.url
         else:
@@ -186,6 +206,7 @@ class Stack:
             port=port,
             log_file=self.logs / "nats-server.log",
             pass_fds=(self.lock_fd,),
+            extra_config=self.config.nats_config,
         )
         _keep_previous(self.logs / "nats-server.log")
         self.nats = server  # so that a start that times out is still stopped
@@ -216,6 +237,7 @@ class Stack:
 
     async def _serve(self) -> int:
         self.stop_requested = anyio.Event()
+        self.first_ready = {c.spec.name: anyio.Event() for c in self.children}
         await self._provision()
         children = self.children
         send, receive = anyio.create_memory_object_stream[Notice](math.inf)
@@ -224,6 +246,8 @@ class Stack:
             tg.start_soon(self._on_signals, send.clone())
             if self.nats is not None:
                 tg.start_soon(self._watch_nats, self.nats)
+            if self.cluster is not None:
+                tg.start_soon(self.cluster.watch, self._state_changed)
             async with anyio.create_task_group() as supervisors:
                 for child in children:
                     supervisors.start_soon(self._supervise, child, send.clone())
@@ -247,7 +271,9 @@ class Stack:
         )
         try:
             with anyio.fail_after(30):
-                await provision(bus)
+                if self.cluster is not None:
+                    await self.cluster.wait_jetstream(bus)
+                await provision(bus, replicas=3 if self.cluster is not None else 1)
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
             raise Unavailable(
                 f"NATS at {self.nats_url} has no JetStream (start nats-server with -js)"
@@ -289,6 +315,7 @@ class Stack:
 
     def _announce(self, children: list[Child]) -> None:
         line = ready_line(self.nats_url, self.config.data_dir, children)
+        line = " ".join([line, *self.config.announce])
         self._write_state(children)  # first: whoever reads the line may read the file
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -299,6 +326,7 @@ class Stack:
             "pid": os.getpid(),
             "nats_url": self.nats_url,
             "nats_pid": _pid(self.nats) if self.nats else None,
+            **({"cluster": self.cluster.state()} if self.cluster is not None else {}),
             "data_dir": str(self.config.data_dir),
             "updated": datetime.now(UTC).isoformat(),
             "services": {
@@ -310,6 +338,10 @@ class Stack:
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         os.replace(tmp, self.state_file)
 
+    def _state_changed(self) -> None:
+        if self.state_file.exists():
+            self._write_state(self.children)  # new pids, once ready was announced
+
     async def _on_signals(self, send: MemoryObjectSendStream[Notice]) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
@@ -318,6 +350,10 @@ class Stack:
     # -- one service ---------------------------------------------------------------------------
 
     async def _supervise(self, child: Child, send: MemoryObjectSendStream[Notice]) -> None:
+        if child.spec.after is not None and child.spec.after in self.first_ready:
+            await _first_of(self.first_ready[child.spec.after], self.stop_requested)
+            if self.stop_requested.is_set():
+                return
         delay = RESTART_MIN_S
         while True:
             started = anyio.current_time()
@@ -383,6 +419,7 @@ class Stack:
                 if info is not None:
                     child.ready = info
                     child.http_port = int(info.get("http_port") or 0)
+                    self.first_ready[child.spec.name].set()
                     await send.send(Notice("ready", child))
                     while (line := await lines.readline()) is not None:
                         log_file.write(line + b"\n")  # stray stdout belongs in the log
@@ -447,15 +484,29 @@ def ready_line(nats_url: str, data_dir: Path, children: Sequence[Child]) -> str:
     """``confbus ready nats=URL data=DIR services=name:port,… [<name>=URL …]``."""
     services = ",".join(f"{c.spec.name}:{c.http_port}" for c in children) or "none"
     parts = ["confbus ready", f"nats={nats_url}", f"data={data_dir}", f"services={services}"]
+    extra: dict[str, list[str]] = {}  # replicas (--ha) list theirs comma-separated
     for c in children:
         for key, value in (c.ready or {}).items():
             if key in _READY_KEYS:
                 continue
             if key.endswith("_url"):
-                parts.append(f"{key.removesuffix('_url')}={value}")
+                extra.setdefault(key.removesuffix("_url"), []).append(str(value))
             elif key.endswith("_port"):
-                parts.append(f"{key.removesuffix('_port')}=http://127.0.0.1:{value}")
+                url = f"http://127.0.0.1:{value}"
+                extra.setdefault(key.removesuffix("_port"), []).append(url)
+    parts += [f"{key}={','.join(urls)}" for key, urls in extra.items()]
     return " ".join(parts)
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
 
 
 class _LineReader:

@@ -27,6 +27,7 @@ from schemas.api import ApiError, decode_api_error
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
 from services.runtime.errors import ConfbusError, Unavailable, from_code
+from services.runtime.identity import bind_subject, unbind_subject
 
 log = logging.getLogger("confbus.api")
 
@@ -42,6 +43,9 @@ class Endpoint:
     # nats-py runs one subscription's callbacks one at a time; a slow endpoint (a 2PC that
     # waits for votes) must not hold up the next request, so it runs in its own task.
     concurrent: bool = False
+    # The subject under ``cfg.api.<service>`` when it is not just ``<op>``: ``approve.*`` pins
+    # the caller's NATS user in the last token (services.runtime.identity).
+    subject: str | None = None
 
 
 async def _respond_error(req: Request, err: ApiError) -> None:
@@ -60,6 +64,12 @@ def _wrap(ep: Endpoint, tg: TaskGroup | None) -> Callable[[Request], Awaitable[N
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             await _respond_error(req, ApiError(code=400, error=f"bad request: {exc}"))
             return
+        except RecursionError:
+            # msgspec raises this (not DecodeError) for JSON nested ~1000 deep; escaping here it
+            # would end the service's task group — one request would kill the service.
+            await _respond_error(req, ApiError(code=400, error="bad request: nested too deeply"))
+            return
+        bound = bind_subject(req.subject)
         try:
             reply = await ep.handler(request)
         except ConfbusError as exc:
@@ -69,6 +79,8 @@ def _wrap(ep: Endpoint, tg: TaskGroup | None) -> Callable[[Request], Awaitable[N
             log.exception("endpoint failed", extra={"op": ep.op})
             await _respond_error(req, ApiError(code=500, error=f"internal error: {exc!r}"))
             return
+        finally:
+            unbind_subject(bound)
         await req.respond(encode(reply))
 
     if not ep.concurrent or tg is None:
@@ -101,7 +113,9 @@ async def serve_api(
     )
     group = svc.add_group(name=subjects.api_group(service))
     for ep in endpoints:
-        await group.add_endpoint(EndpointConfig(name=ep.op, handler=_wrap(ep, tg)))
+        await group.add_endpoint(
+            EndpointConfig(name=ep.op, subject=ep.subject, handler=_wrap(ep, tg))
+        )
     return svc
 
 

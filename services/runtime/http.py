@@ -30,6 +30,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",
+    422: "Unprocessable Content",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -169,8 +170,30 @@ async def http_get(host: str, port: int, path: str, timeout: float = 5.0) -> tup
     """A minimal GET for tests and health probes (Connection: close, bounded read)."""
     with anyio.fail_after(timeout):
         async with await anyio.connect_tcp(host, port) as stream:
-            await stream.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            await stream.send(
+                f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+            )
             return await _read_response(stream)
+
+
+def split_http_url(url: str) -> tuple[str, int, str]:
+    """``http://host[:port]/path?query`` → (host, port, path with query); ValueError if it is
+    not a plain-HTTP URL (no TLS here)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"not an http://host[:port]/path URL: {url!r}")
+    port = parts.port or 80  # .port raises ValueError on a bad port
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return parts.hostname, port, path
+
+
+async def http_get_url(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    host, port, path = split_http_url(url)
+    return await http_get(host, port, path, timeout)
 
 
 async def http_post(
@@ -199,9 +222,34 @@ async def _read_response(stream: SocketStream) -> tuple[int, bytes]:
     except anyio.EndOfStream:
         pass
     head, _, body = data.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    status_line, _, header_lines = head.decode("latin-1").partition("\r\n")
     try:
         status = int(status_line.split(" ")[1])
     except (IndexError, ValueError) as exc:
         raise HttpError(502, f"malformed response: {status_line!r}") from exc
+    for line in header_lines.split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
+            return status, _dechunk(body)
     return status, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    """Decode a ``Transfer-Encoding: chunked`` body (many servers answer HTTP/1.1 that way)."""
+    out = bytearray()
+    pos = 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            raise HttpError(502, "truncated chunked body")
+        try:
+            size = int(data[pos:end].split(b";", 1)[0].strip(), 16)
+        except ValueError as exc:
+            raise HttpError(502, f"bad chunk size {data[pos:end][:20]!r}") from exc
+        if size == 0:
+            return bytes(out)
+        start = end + 2
+        if start + size > len(data):
+            raise HttpError(502, "truncated chunked body")
+        out += data[start : start + size]
+        pos = start + size + 2  # the CRLF after the chunk

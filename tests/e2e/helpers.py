@@ -21,14 +21,17 @@ from services.runtime.bus import Bus
 from services.runtime.http import http_get
 
 
-async def store_version(bus: Bus, ns: str, content: bytes, change_id: str,
-                        timeout: float = 20.0) -> int:
+async def store_version(
+    bus: Bus, ns: str, content: bytes, change_id: str, timeout: float = 20.0
+) -> int:
     """Publish a change and wait for the version-store to store it."""
     sub = await bus.nc.subscribe(subjects.event(ns, "version.*"))
     try:
-        await bus.publish(subjects.change(ns),
-                          ChangeProposed(namespace=ns, change_id=change_id, content=content),
-                          msg_id=msg_id(ns, change_id))
+        await bus.publish(
+            subjects.change(ns),
+            ChangeProposed(namespace=ns, change_id=change_id, content=content),
+            msg_id=msg_id(ns, change_id),
+        )
         with anyio.fail_after(timeout):
             while True:
                 msg = await sub.next_msg(timeout=timeout)
@@ -41,11 +44,24 @@ async def store_version(bus: Bus, ns: str, content: bytes, change_id: str,
         await sub.unsubscribe()
 
 
-async def switch(bus: Bus, ns: str, version: int, nodes: Sequence[str], timeout_s: float = 2.0,
-                 request_timeout: float = 20.0) -> txn_api.SwitchReply:
-    return await call(bus, txn_api.SERVICE, "switch", txn_api.SwitchRequest(
-        namespace=ns, version=version, nodes=list(nodes), timeout_s=timeout_s),
-        txn_api.SwitchReply, timeout=request_timeout)
+async def switch(
+    bus: Bus,
+    ns: str,
+    version: int,
+    nodes: Sequence[str],
+    timeout_s: float = 2.0,
+    request_timeout: float = 20.0,
+) -> txn_api.SwitchReply:
+    return await call(
+        bus,
+        txn_api.SERVICE,
+        "switch",
+        txn_api.SwitchRequest(
+            namespace=ns, version=version, nodes=list(nodes), timeout_s=timeout_s
+        ),
+        txn_api.SwitchReply,
+        timeout=request_timeout,
+    )
 
 
 async def read_stream(bus: Bus, stream: str, subject: str) -> list[tuple[str, bytes]]:
@@ -54,8 +70,12 @@ async def read_stream(bus: Bus, stream: str, subject: str) -> list[tuple[str, by
     if info.state.messages == 0:
         return []
     out: list[tuple[str, bytes]] = []
-    sub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True,
-                                 config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    sub = await bus.js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
     try:
         while True:
             try:

@@ -50,23 +50,45 @@ class Stack:
             return ["--heartbeat-interval", "0.5"]
         return []
 
-    def start_service(self, pkg: str, *extra: str, env: dict[str, str] | None = None,
-                      name: str | None = None, wait_ready: bool = True) -> Proc:
-        proc = Proc.service(pkg, self.url, self.logs, *self.service_args(pkg), *extra,
-                            env=env, name=name)
+    def start_service(
+        self,
+        pkg: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        wait_ready: bool = True,
+    ) -> Proc:
+        proc = Proc.service(
+            pkg, self.url, self.logs, *self.service_args(pkg), *extra, env=env, name=name
+        )
         self.services[name or pkg] = proc
         return proc.start(wait_ready=wait_ready)
 
-    def start_agent(self, node: str, namespaces: Sequence[str] = ("web",), *extra: str,
-                    env: dict[str, str] | None = None, live_dir: Path | None = None,
-                    state_dir: Path | None = None) -> Agent:
+    def start_agent(
+        self,
+        node: str,
+        namespaces: Sequence[str] = ("web",),
+        *extra: str,
+        env: dict[str, str] | None = None,
+        live_dir: Path | None = None,
+        state_dir: Path | None = None,
+    ) -> Agent:
         live = live_dir or (self.root / "nodes" / node / "etc")
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
-        argv = [sys.executable, "-m", "services.agent", "--nats-url", self.url,
-                "--node", node, "--state-dir",
-                str(state_dir or (self.root / "nodes" / node / "state")),
-                "--heartbeat-interval", "0.5"]
+        argv = [
+            sys.executable,
+            "-m",
+            "services.agent",
+            "--nats-url",
+            self.url,
+            "--node",
+            node,
+            "--state-dir",
+            str(state_dir or (self.root / "nodes" / node / "state")),
+            "--heartbeat-interval",
+            "0.5",
+        ]
         for ns, path in files.items():
             argv += ["--namespace", ns, "--path", str(path)]
         proc = Proc(f"agent-{node}", [*argv, *extra], self.logs, env).start()

@@ -59,15 +59,20 @@ async def crash_and_recover(stack: Stack, bus: Bus, step: str, runs: int) -> dic
         v = await store_version(bus, NS, content, f"{step}-{i}")
         contents[v] = content
         armed = stack.start_service(
-            "coordinator", "--vote-timeout", "1",
-            env={"CONFBUS_FAILPOINTS": f"{step}=kill"}, name=f"coordinator-{i}")
+            "coordinator",
+            "--vote-timeout",
+            "1",
+            env={"CONFBUS_FAILPOINTS": f"{step}=kill"},
+            name=f"coordinator-{i}",
+        )
         async with anyio.create_task_group() as tg:
             # The reply never comes (the coordinator dies first): do not wait for it.
             tg.start_soon(_switch_quietly, bus, v)
             assert await anyio.to_thread.run_sync(armed.wait_exit) == -9
             tg.cancel_scope.cancel()
-        survivor = stack.start_service("coordinator", "--vote-timeout", "1",
-                                       name=f"coordinator-{i}-recovered")
+        survivor = stack.start_service(
+            "coordinator", "--vote-timeout", "1", name=f"coordinator-{i}-recovered"
+        )
         await eventually(lambda: settled(stack, bus), timeout=30, what="nothing in doubt")
         await check_agreement(stack, bus, contents)
         survivor.stop()
@@ -83,8 +88,9 @@ async def _switch_quietly(bus: Bus, version: int) -> None:
 
 
 async def settled(stack: Stack, bus: Bus) -> bool:
-    in_doubt = await call(bus, txn_api.SERVICE, "in_doubt",
-                          txn_api.InDoubtRequest(namespace=NS), txn_api.InDoubtReply)
+    in_doubt = await call(
+        bus, txn_api.SERVICE, "in_doubt", txn_api.InDoubtRequest(namespace=NS), txn_api.InDoubtReply
+    )
     if in_doubt.txns:
         return False
     head = (await Heads(await bus.kv(CFG_TXN_HEAD.name)).get(NS)).value

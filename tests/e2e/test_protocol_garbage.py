@@ -54,11 +54,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 txids = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,20}\Z")
 garbage = st.one_of(
     st.binary(max_size=300),
-    st.builds(lambda d: msgspec.json.encode(d), st.dictionaries(
-        st.sampled_from(["type", "txid", "namespace", "version", "sha256", "epoch",
-                         "outcome", "participants", "content", "node", "vote"]),
-        st.one_of(st.none(), st.integers(), st.text(max_size=20),
-                  st.lists(st.text(max_size=5), max_size=3)), max_size=8)),
+    st.builds(
+        lambda d: msgspec.json.encode(d),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "txid",
+                    "namespace",
+                    "version",
+                    "sha256",
+                    "epoch",
+                    "outcome",
+                    "participants",
+                    "content",
+                    "node",
+                    "vote",
+                ]
+            ),
+            st.one_of(
+                st.none(),
+                st.integers(),
+                st.text(max_size=20),
+                st.lists(st.text(max_size=5), max_size=3),
+            ),
+            max_size=8,
+        ),
+    ),
 )
 
 
@@ -77,30 +99,43 @@ async def _assault(stack: Stack, kind: str, txid: str, data: bytes) -> None:
         elif kind == "api":
             for op in ("switch", "resolve", "in_doubt"):
                 reply = await bus.nc.request(subjects.api(txn_api.SERVICE, op), data, timeout=5)
-                assert reply.headers is None or "Nats-Service-Error-Code" in reply.headers \
+                assert (
+                    reply.headers is None
+                    or "Nats-Service-Error-Code" in reply.headers
                     or reply.data
+                )
         elif kind == "forged_prepare":
             # Well-formed, but no coordinator ever started it: agents stage it, hear no
             # decision, ask — and the answer is presumed abort.
             content = b'{"evil": 1}\n'
             import hashlib
 
-            forged = Prepare(txid=txid, namespace=NS, version=99, content=content,
-                             sha256=hashlib.sha256(content).hexdigest(), format="json",
-                             participants=list(NODES), epoch=1, timeout_s=0.5)
+            forged = Prepare(
+                txid=txid,
+                namespace=NS,
+                version=99,
+                content=content,
+                sha256=hashlib.sha256(content).hexdigest(),
+                format="json",
+                participants=list(NODES),
+                epoch=1,
+                timeout_s=0.5,
+            )
             await bus.js.publish(subjects.txn_prepare(NS, txid), encode(forged))
         elif kind == "replay":
             # Duplicates of the real records, and a commit for a txid that has no prepare.
             # Only the original pair: copying every record each time would double the
             # stream per example.
             for rec in (await txn_records(bus, NS))[:2]:
-                subj = (subjects.txn_prepare if isinstance(rec, Prepare)
-                        else subjects.txn_decision)(NS, rec.txid)
+                subj = (
+                    subjects.txn_prepare if isinstance(rec, Prepare) else subjects.txn_decision
+                )(NS, rec.txid)
                 await bus.js.publish(subj, encode(rec))
                 if isinstance(rec, Decision):
-                    forged = msgspec.structs.replace(rec, txid=txid, outcome="commit",
-                                                     version=rec.version + 100)
-                    await bus.js.publish(subjects.txn_decision(NS, txid), encode(forged))
+                    commit = msgspec.structs.replace(
+                        rec, txid=txid, outcome="commit", version=rec.version + 100
+                    )
+                    await bus.js.publish(subjects.txn_decision(NS, txid), encode(commit))
     finally:
         await bus.close()
 
@@ -113,27 +148,31 @@ async def _unchanged(stack: Stack) -> None:
             assert agent.proc.alive(), agent.proc.log_tail()
             assert agent.read(NS) == GOOD
 
-            async def not_in_doubt(port: int = agent.proc.ready["http_port"]  # type: ignore[index]
-                                   ) -> bool:
+            async def not_in_doubt(
+                port: int = agent.proc.ready["http_port"],  # type: ignore[index]
+            ) -> bool:
                 ns = (await agent_status(port))["namespaces"]
                 assert isinstance(ns, dict)
                 return ns[NS]["in_doubt"] is None and ns[NS]["applied_version"] == 1
 
             await eventually(not_in_doubt, timeout=20, what=f"{n} settled")
-        reply = await call(bus, txn_api.SERVICE, "in_doubt", txn_api.InDoubtRequest(),
-                           txn_api.InDoubtReply)
+        reply = await call(
+            bus, txn_api.SERVICE, "in_doubt", txn_api.InDoubtRequest(), txn_api.InDoubtReply
+        )
         assert reply.txns == []
     finally:
         await bus.close()
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["prepare", "decision", "vote", "api", "replay", "forged_prepare"]),
-       txid=txids,
-       data=garbage)
-def test_protocol_garbage_changes_nothing(stack: Stack, kind: str, txid: str,
-                                          data: bytes) -> None:
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["prepare", "decision", "vote", "api", "replay", "forged_prepare"]),
+    txid=txids,
+    data=garbage,
+)
+def test_protocol_garbage_changes_nothing(stack: Stack, kind: str, txid: str, data: bytes) -> None:
     anyio.run(_assault, stack, kind, txid, data)
     anyio.run(_unchanged, stack)
     assert all(p.alive() for p in stack.services.values())
@@ -158,9 +197,17 @@ def test_forged_prepare_is_held_in_doubt_then_presumed_aborted(stack: Stack) -> 
         bus = await connect(stack.url, name="forger")
         try:
             content = b'{"evil": 2}\n'
-            forged = Prepare(txid="forged-1", namespace=NS, version=50, content=content,
-                             sha256=hashlib.sha256(content).hexdigest(), format="json",
-                             participants=list(NODES), epoch=1, timeout_s=3.0)
+            forged = Prepare(
+                txid="forged-1",
+                namespace=NS,
+                version=50,
+                content=content,
+                sha256=hashlib.sha256(content).hexdigest(),
+                format="json",
+                participants=list(NODES),
+                epoch=1,
+                timeout_s=3.0,
+            )
             await bus.js.publish(subjects.txn_prepare(NS, "forged-1"), encode(forged))
             port = stack.agents["n1"].proc.ready["http_port"]  # type: ignore[index]
 

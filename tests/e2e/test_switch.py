@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
 
 from schemas.events import NodeApplied, TxnAborted, TxnCommitted
-from services.runtime.bus import Bus, connect
+from services.runtime.bus import connect
 from tests.e2e.helpers import agent_status, decisions, events, store_version, switch
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
@@ -73,12 +74,16 @@ async def test_one_failing_validation_changes_no_file_anywhere(stack: Stack) -> 
             agent = stack.agents[n]
             assert agent.read(NS) is None
             assert agent.proc.ready is not None
-            st = await agent_status(agent.proc.ready["http_port"])
-            await eventually(lambda p=agent.proc.ready["http_port"]: _not_in_doubt(p),
-                             what=f"{n} not in doubt")
+            port: int = agent.proc.ready["http_port"]
+            st = await agent_status(port)
+            await eventually(partial(_not_in_doubt, port), what=f"{n} not in doubt")
             assert st["node"] == n
-        staged = [p for n in NODES for p in stack.agents[n].files[NS].parent.iterdir()
-                  if "staged" in p.name]
+        staged = [
+            p
+            for n in NODES
+            for p in stack.agents[n].files[NS].parent.iterdir()
+            if "staged" in p.name
+        ]
         assert staged == []
     finally:
         await bus.close()
@@ -112,10 +117,11 @@ async def test_agent_killed_after_voting_yes_learns_the_decision(stack: Stack) -
         await bus.close()
 
 
-async def test_state_dir_on_another_file_system_still_switches(stack: Stack,
-                                                                tmp_path: Path) -> None:
+async def test_state_dir_on_another_file_system_still_switches(
+    stack: Stack, tmp_path: Path
+) -> None:
     shm = Path("/dev/shm")
-    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:  # noqa: ASYNC240
         pytest.skip("no separate tmpfs available")
     state = shm / f"confbus-test-{os.getpid()}-{tmp_path.name}"
     stack.start_service("coordinator")
@@ -138,8 +144,10 @@ async def test_paused_coordinator_is_fenced_after_a_takeover(stack: Stack) -> No
     """A (paused right after sending its prepare) loses the namespace to B; resumed, it can
     write no decision and no agent applies its version."""
     zombie = stack.start_service(
-        "coordinator", env={"CONFBUS_FAILPOINTS": "coordinator.after_prepare_sent=pause"},
-        name="coordinator-a")
+        "coordinator",
+        env={"CONFBUS_FAILPOINTS": "coordinator.after_prepare_sent=pause"},
+        name="coordinator-a",
+    )
     for n in NODES:
         stack.start_agent(n)
     bus = await connect(stack.url, name="test")
@@ -159,6 +167,7 @@ async def test_paused_coordinator_is_fenced_after_a_takeover(stack: Stack) -> No
             # Wait until A is stopped by its failpoint (SIGSTOP shows as state T).
             await eventually(lambda: _stopped(zombie.pid), what="coordinator A paused")
             stack.start_service("coordinator", name="coordinator-b")
+
             # B sees A's liveness go stale, takes over (epoch 2) and aborts A's transaction.
             async def aborted() -> bool:
                 ds = await decisions(bus, NS)
@@ -180,7 +189,7 @@ async def test_paused_coordinator_is_fenced_after_a_takeover(stack: Stack) -> No
 
 async def _stopped(pid: int) -> bool:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()  # noqa: ASYNC240 (procfs, never blocks)
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] == "T"

@@ -15,17 +15,22 @@ from services.cli.output import out
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "txns", help="list in-doubt transactions with their age",
-        description="List transactions that are prepared but not yet decided.")
+        "txns",
+        help="list in-doubt transactions with their age",
+        description="List transactions that are prepared but not yet decided.",
+    )
     p.add_argument("namespace", nargs="?", help="only this namespace")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace, client: Client) -> int:
-    reply = await client.call(txn_api.SERVICE, "in_doubt",
-                              txn_api.InDoubtRequest(namespace=args.namespace),
-                              txn_api.InDoubtReply)
+    reply = await client.call(
+        txn_api.SERVICE,
+        "in_doubt",
+        txn_api.InDoubtRequest(namespace=args.namespace),
+        txn_api.InDoubtReply,
+    )
     if args.json:
         for t in reply.txns:
             out(json.dumps(msgspec.to_builtins(t)))
@@ -34,6 +39,8 @@ async def run(args: argparse.Namespace, client: Client) -> int:
         out("no transaction in doubt")
         return 0
     for t in reply.txns:
-        out(f"{t.namespace} {t.txid} v{t.version} epoch={t.epoch} age={t.age_s:.1f}s "
-            f"participants={','.join(t.participants)}")
+        out(
+            f"{t.namespace} {t.txid} v{t.version} epoch={t.epoch} age={t.age_s:.1f}s "
+            f"participants={','.join(t.participants)}"
+        )
     return 0

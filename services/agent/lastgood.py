@@ -1,0 +1,230 @@
+"""The node's last known good (DESIGN §5), and the cold start that falls back to it.
+
+- **Recording it.** When a version becomes a namespace's last known good (the version-store's
+  ``version.last_good`` event, or the ``last-good`` ref read at start-up and every
+  ``REFRESH_S``, which covers events missed while away), the agent records it on disk with
+  ``NamespaceDisk.mark_last_good`` — from its own history when it ran that version, else with
+  the bytes fetched from the store (checked against their sha256). Its bytes then stay on disk
+  until another version is the last known good.
+- **Remembering the policy.** The namespace's ``Policy.cold_start_last_good`` is cached in the
+  namespace's state dir (``lastgood-policy.json``), refreshed with the last known good: a node
+  that restarts with no bus must know the flag without asking anyone.
+- **Cold start.** ``connect_or_fall_back`` tries the bus for ``CONFBUS_COLD_START_GRACE_S``
+  seconds (default 5); if it is not there, every namespace whose cached flag is set goes back to
+  its last known good (``NamespaceDisk.restore_last_good``: the one move backwards, on purpose),
+  and the agent keeps trying the bus. Once connected, the distributor's catch-up brings the node
+  to its target again.
+
+Nothing here may stop the agent: every failure is logged and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+from nats.aio.msg import Msg
+
+from schemas import subjects
+from schemas.api import store as store_api
+from schemas.base import utcnow
+from schemas.events import VersionLastGood, decode_event
+from schemas.policy import Policy
+from services.agent.disk import NamespaceDisk
+from services.agent.state_io import atomic_write, ensure_dir, read_if_exists
+from services.runtime.api import call
+from services.runtime.bus import Bus
+from services.runtime.errors import ConfbusError, NotFound
+from services.runtime.service import connect_with_retry
+from services.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from services.agent.node import NodeAgent
+
+log = logging.getLogger("confbus.agent")
+
+POLICY_FILE = "lastgood-policy.json"
+GRACE_ENV = "CONFBUS_COLD_START_GRACE_S"
+DEFAULT_GRACE_S = 5.0
+REFRESH_S = 30.0
+
+
+class CachedPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    cold_start_last_good: bool
+    seen_at: datetime
+
+
+_decode_cached = msgspec.json.Decoder(CachedPolicy).decode
+
+
+def cached_policy(disk: NamespaceDisk) -> CachedPolicy | None:
+    data = read_if_exists(disk.dir / POLICY_FILE)
+    if data is None:
+        return None
+    try:
+        return _decode_cached(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        log.warning("unreadable cached policy, ignored", extra={"path": str(disk.dir)})
+        return None
+
+
+def cache_policy(disk: NamespaceDisk, cold_start_last_good: bool) -> bool:
+    """Write the flag if it changed (True if written). Sync and blocking: call in a thread."""
+    old = cached_policy(disk)
+    if old is not None and old.cold_start_last_good == cold_start_last_good:
+        return False
+    ensure_dir(disk.dir, 0o700)
+    value = CachedPolicy(cold_start_last_good=cold_start_last_good, seen_at=utcnow())
+    atomic_write(disk.dir / POLICY_FILE, msgspec.json.encode(value))
+    return True
+
+
+# -- cold start ------------------------------------------------------------------------------
+
+
+async def connect_or_fall_back(
+    agent: NodeAgent, settings: Settings, grace_s: float | None = None
+) -> Bus:
+    """Connect to the bus; if it is not there within the grace period, fall back to the last
+    known good where the cached policy says so, then keep trying (forever)."""
+    name = f"confbus-agent-{agent.node}"
+    grace = grace_s if grace_s is not None else float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_S))
+    try:
+        return await connect_with_retry(settings, name, timeout=grace)
+    except TimeoutError:
+        restored = await fall_back(agent)
+        serving = "the last known good" if restored else "the files it has"
+        log.warning(
+            "no bus at start: serving %s",
+            serving,
+            extra={"node": agent.node, "restored": restored, "grace_s": grace},
+        )
+    return await connect_with_retry(settings, name)
+
+
+async def fall_back(agent: NodeAgent) -> dict[str, int]:
+    """Restore the last known good of every namespace whose cached policy asks for it.
+    Returns {namespace: version restored}."""
+    restored: dict[str, int] = {}
+    for name, ns in agent.namespaces.items():
+        try:
+            cached = await anyio.to_thread.run_sync(cached_policy, ns.disk)
+            if cached is None or not cached.cold_start_last_good:
+                continue
+            version = await anyio.to_thread.run_sync(ns.disk.restore_last_good)
+            ns.state = await anyio.to_thread.run_sync(ns.disk.snapshot)
+        except (ConfbusError, OSError) as exc:
+            log.error("cold-start fallback failed", extra={"namespace": name, "error": str(exc)})
+            continue
+        if version is not None:
+            restored[name] = version
+    return restored
+
+
+# -- following the last known good -----------------------------------------------------------
+
+
+async def keep_last_good(bus: Bus, agent: NodeAgent) -> None:
+    """Record each new last known good of the agent's namespaces, and keep the cached policy
+    fresh: on ``version.last_good`` events (no store call when the bytes are in the local
+    history: a whole fleet hears the event at once), and a full check with the store at start
+    and every ``REFRESH_S`` (events missed while away, policy changes)."""
+    kick = anyio.Event()
+    # namespace -> the version an event named (None: a full check with the store)
+    pending: dict[str, int | None] = dict.fromkeys(agent.namespaces)
+
+    async def on_event(msg: Msg) -> None:
+        try:
+            ev = decode_event(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return
+        if isinstance(ev, VersionLastGood) and ev.namespace in agent.namespaces:
+            if ev.namespace not in pending or pending[ev.namespace] is not None:
+                pending[ev.namespace] = ev.version
+            kick.set()
+
+    subs = [
+        await bus.nc.subscribe(subjects.event(name, "version.last_good"), cb=on_event)
+        for name in agent.namespaces
+    ]
+    try:
+        while True:
+            kick = anyio.Event()  # before taking the work: a later event wakes the wait
+            work, pending = pending, {}
+            for name, version in sorted(work.items()):
+                try:
+                    if version is None:
+                        await sync_namespace(bus, agent, name)
+                    else:
+                        await record(bus, agent, name, version)
+                except (ConfbusError, OSError) as exc:
+                    log.info("last good not synced", extra={"namespace": name, "error": str(exc)})
+                    pending.setdefault(name, None)  # retried with the next full check
+            with anyio.move_on_after(REFRESH_S) as scope:
+                await kick.wait()
+            if scope.cancelled_caught:
+                pending.update(dict.fromkeys(agent.namespaces))
+    finally:
+        with anyio.CancelScope(shield=True):
+            for sub in subs:
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # the connection may be gone
+                    pass
+
+
+async def record(
+    bus: Bus, agent: NodeAgent, name: str, version: int, sha256: str | None = None
+) -> bool:
+    """Record ``version`` as the namespace's last known good: from the local history when this
+    node ran it, else with the bytes fetched from the store (checked against their sha256).
+    True if something changed."""
+    ns = agent.namespaces[name]
+    if ns.state.last_good == version:
+        return False
+    if version in await anyio.to_thread.run_sync(ns.disk.history):
+        await anyio.to_thread.run_sync(lambda: ns.disk.mark_last_good(version, sha256=sha256))
+    else:
+        # Never ran it here (away, or excluded): keep its bytes anyway, checked by sha256.
+        full = await call(
+            bus,
+            store_api.SERVICE,
+            "get",
+            store_api.GetRequest(namespace=name, ref=str(version), content=True),
+            store_api.VersionReply,
+        )
+        content = full.content
+        if content is None:
+            return False
+        await anyio.to_thread.run_sync(
+            lambda: ns.disk.mark_last_good(version, sha256=full.info.sha256, content=content)
+        )
+    ns.state = await anyio.to_thread.run_sync(ns.disk.snapshot)
+    log.info("last known good recorded", extra={"namespace": name, "version": version})
+    return True
+
+
+async def sync_namespace(bus: Bus, agent: NodeAgent, name: str) -> int | None:
+    """Bring one namespace's recorded last known good and cached policy up to date with the
+    store. Returns the last known good version recorded now (None: unchanged or none)."""
+    ns = agent.namespaces[name]
+    policy = await call(
+        bus, store_api.SERVICE, "policy_get", store_api.PolicyGetRequest(namespace=name), Policy
+    )
+    await anyio.to_thread.run_sync(cache_policy, ns.disk, policy.cold_start_last_good)
+    try:
+        good = await call(
+            bus,
+            store_api.SERVICE,
+            "get",
+            store_api.GetRequest(namespace=name, ref="last-good", content=False),
+            store_api.VersionReply,
+        )
+    except NotFound:
+        return None
+    version = good.info.version
+    return version if await record(bus, agent, name, version, good.info.sha256) else None

@@ -1,0 +1,357 @@
+"""Leases in ``CFG_STATE``: which replica should act for one thing (a namespace), for how long.
+
+```
+lease.<role>.<name>    LeaseRecord{holder, epoch, expires_at, ttl_s, acquired_at}
+```
+
+- **take** — by compare-and-set, when the key is absent, expired (``expires_at`` plus the
+  allowed clock skew is past, on the wall clock), or already ours. A new holder bumps
+  ``epoch``; a renewal keeps it. The epoch is a fencing token: write it along with what the
+  lease protects, and refuse older ones.
+- **held** — judged on *our monotonic clock only*: from the moment we *sent* the write that
+  succeeded, for ``ttl × TRUST``. The write may have taken long, our process may have been
+  paused: counting from before the write and stopping well before the TTL means we stop acting
+  before another replica may take the lease (as long as wall clocks agree within the skew).
+- **renew** — every ``ttl / 3`` by ``keep()``. A renewal that finds another holder loses the
+  lease at once; one that cannot reach the bus keeps trying until the trust runs out, and then
+  the lease is lost.
+- **lost** — ``held()`` turns false, and every scope opened with ``guard(name)`` is cancelled
+  at once: a holder that cannot renew stops acting.
+- **release** — on a clean stop: ``expires_at`` = 1970, so another replica takes over at once.
+
+A lease gives liveness, not safety (etcd's locks do not exclude either: Jepsen 2020). What it
+protects must still be fenced: the coordinator's epoch on the head, a compare-and-set on a
+rollout record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import msgspec
+import nats.errors
+import nats.js.errors
+from anyio.abc import TaskStatus
+from nats.js.kv import KeyValue
+
+from services.runtime.codec import encode
+from services.runtime.errors import Unavailable
+
+log = logging.getLogger("confbus.leases")
+
+# A lease is trusted for this share of its TTL, counted from before the write: the rest is
+# room for a slow write, a scheduling delay and clock skew.
+TRUST = 2 / 3
+RENEW_EVERY = 1 / 3  # of the TTL
+RELEASED = datetime.fromtimestamp(0, UTC)  # the expiry a released lease is written with
+
+
+class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
+    holder: str
+    expires_at: datetime
+    epoch: int = 0
+    ttl_s: float = 0.0
+    acquired_at: datetime | None = None
+
+
+decode_lease = msgspec.json.Decoder(LeaseRecord).decode
+
+
+class _AnyLease(msgspec.Struct, frozen=True, kw_only=True):
+    holder: str
+    expires_at: datetime | float  # leases written before this module: unix seconds
+    epoch: int = 0
+    ttl_s: float = 0.0
+
+
+_decode_any = msgspec.json.Decoder(_AnyLease).decode
+
+
+def decode_any_lease(data: bytes) -> LeaseRecord:
+    """Any role's lease record, also those written in an earlier shape (``expires_at`` in unix
+    seconds): for readers such as ``confbus doctor``."""
+    raw = _decode_any(data)
+    expires = raw.expires_at
+    if not isinstance(expires, datetime):
+        expires = datetime.fromtimestamp(expires, UTC)
+    return LeaseRecord(holder=raw.holder, expires_at=expires, epoch=raw.epoch, ttl_s=raw.ttl_s)
+
+
+class NotHeld(Unavailable):
+    """We do not hold this lease (any more): someone else should act; the caller may retry."""
+
+    def __init__(self, key: str, holder: str | None = None) -> None:
+        self.key = key
+        self.holder = holder
+        who = f"held by {holder}" if holder else "not held by us"
+        super().__init__(f"lease {key} is {who}; retry")
+
+
+@dataclass(frozen=True)
+class Grant:
+    name: str
+    holder: str
+    epoch: int
+    revision: int
+    trusted_until: float  # monotonic
+    acquired_at: datetime | None = None
+
+
+def lease_key(role: str, name: str) -> str:
+    return f"lease.{role}.{name}"
+
+
+def _bus_errors() -> tuple[type[BaseException], ...]:
+    # A cluster electing a stream leader answers 503s, times out, or has no responders.
+    return (nats.errors.Error, OSError, TimeoutError)
+
+
+@dataclass
+class Leases:
+    """The leases one replica takes for one role (``coordinator``: one per namespace)."""
+
+    kv: KeyValue
+    role: str
+    holder: str
+    ttl_s: float = 5.0
+    skew_s: float = 0.5
+    clock: Callable[[], float] = time.monotonic
+    on_change: Callable[[str, bool], None] | None = None  # (name, held) for metrics and logs
+    _grants: dict[str, Grant] = field(default_factory=dict)
+    _scopes: dict[str, set[anyio.CancelScope]] = field(default_factory=dict)
+    _wake: anyio.Event = field(default_factory=anyio.Event)
+
+    # -- what we hold ------------------------------------------------------------------------
+
+    def held(self, name: str) -> bool:
+        grant = self._grants.get(name)
+        return grant is not None and grant.trusted_until > self.clock()
+
+    def grant(self, name: str) -> Grant | None:
+        return self._grants.get(name) if self.held(name) else None
+
+    def held_names(self) -> list[str]:
+        return sorted(n for n in self._grants if self.held(n))
+
+    @contextlib.contextmanager
+    def guard(self, name: str) -> Iterator[anyio.CancelScope]:
+        """A scope that is cancelled the moment the lease is lost; ``NotHeld`` if it is not
+        held now. After the block, ``scope.cancelled_caught`` tells whether it was lost."""
+        if not self.held(name):
+            raise NotHeld(lease_key(self.role, name))
+        scope = anyio.CancelScope()
+        self._scopes.setdefault(name, set()).add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            scopes = self._scopes.get(name)
+            if scopes is not None:
+                scopes.discard(scope)
+                if not scopes:
+                    del self._scopes[name]
+
+    # -- the record ------------------------------------------------------------------------------
+
+    async def read(self, name: str) -> tuple[LeaseRecord | None, int]:
+        """The record and its revision (0: never written)."""
+        key = lease_key(self.role, name)
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError as exc:
+            marker = getattr(exc, "entry", None)
+            return None, int(getattr(marker, "revision", 0) or 0)
+        except _bus_errors() as exc:
+            raise Unavailable(f"cannot read {key}: {exc!r}") from exc
+        revision = int(entry.revision or 0)
+        if not entry.value:
+            return None, revision
+        try:
+            return decode_lease(entry.value), revision
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            log.warning("unreadable lease record", extra={"key": key})
+            return None, revision
+
+    def live(self, record: LeaseRecord | None) -> bool:
+        """Whether ``record`` still binds others (its holder may be acting)."""
+        if record is None:
+            return False
+        return record.expires_at + timedelta(seconds=self.skew_s) > datetime.now(UTC)
+
+    async def live_record(self, name: str) -> LeaseRecord | None:
+        """The record if it still binds (None: free or expired); ``Unavailable`` if unread."""
+        record, _ = await self.read(name)
+        return record if self.live(record) else None
+
+    async def current_holder(self, name: str) -> str | None:
+        """Who holds the lease now, as the record says (None: nobody)."""
+        if self.held(name):
+            return self.holder
+        record, _ = await self.read(name)
+        return record.holder if record is not None and self.live(record) else None
+
+    # -- take, renew, release --------------------------------------------------------------
+
+    async def acquire(self, name: str) -> Grant | None:
+        """Take the lease if it is free, expired or ours (renewing it). None if another
+        replica holds it or the bus did not answer."""
+        try:
+            record, revision = await self.read(name)
+        except Unavailable:
+            return None
+        if record is not None and record.holder != self.holder and self.live(record):
+            self._lose(name, f"held by {record.holder}")
+            return None
+        mine = self._grants.get(name)
+        if record is not None and mine is not None and mine.epoch == record.epoch:
+            return await self._write(name, record.epoch, revision, record.acquired_at)
+        # A new term: free, expired, or named after us by an earlier life of this replica
+        # (restarted under the same --instance), which is gone.
+        epoch = (record.epoch if record is not None else 0) + 1
+        return await self._write(name, epoch, revision, None)
+
+    async def _write(
+        self, name: str, epoch: int, revision: int, acquired: datetime | None
+    ) -> Grant | None:
+        key = lease_key(self.role, name)
+        started = self.clock()
+        now = datetime.now(UTC)
+        record = LeaseRecord(
+            holder=self.holder,
+            epoch=epoch,
+            expires_at=now + timedelta(seconds=self.ttl_s),
+            ttl_s=self.ttl_s,
+            acquired_at=acquired or now,
+        )
+        try:
+            if revision == 0:
+                new_rev = await self.kv.create(key, encode(record))
+            else:
+                new_rev = await self.kv.update(key, encode(record), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            self._lose(name, "another replica wrote it first")
+            return None
+        except _bus_errors() as exc:
+            log.warning("lease write failed", extra={"lease": key, "error": repr(exc)})
+            return None
+        grant = Grant(
+            name, self.holder, epoch, int(new_rev), started + self.ttl_s * TRUST, record.acquired_at
+        )
+        fresh = name not in self._grants or self._grants[name].epoch != epoch
+        self._grants[name] = grant
+        if fresh:
+            log.info("lease taken", extra={"lease": key, "epoch": epoch})
+            if self.on_change is not None:
+                self.on_change(name, True)
+            self._wake.set()  # keep() plans its next renewal with this one in it
+        return grant
+
+    async def renew(self, name: str) -> bool:
+        grant = self._grants.get(name)
+        if grant is None:
+            return False
+        if not self.held(name):
+            self._lose(name, "not renewed in time")
+            return False
+        key = lease_key(self.role, name)
+        started = self.clock()
+        now = datetime.now(UTC)
+        record = LeaseRecord(
+            holder=self.holder,
+            epoch=grant.epoch,
+            expires_at=now + timedelta(seconds=self.ttl_s),
+            ttl_s=self.ttl_s,
+            acquired_at=grant.acquired_at,
+        )
+        try:
+            new_rev = await self.kv.update(key, encode(record), last=grant.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            # Maybe our own write whose reply was lost (a timeout): the record tells.
+            try:
+                current, revision = await self.read(name)
+            except Unavailable:
+                return self.held(name)
+            if current is None or current.holder != self.holder or current.epoch != grant.epoch:
+                self._lose(name, f"taken by {current.holder if current else 'nobody'}")
+                return False
+            return await self._write(name, grant.epoch, revision, current.acquired_at) is not None
+        except _bus_errors() as exc:
+            log.warning("lease renewal failed", extra={"lease": key, "error": repr(exc)})
+            return self.held(name)
+        if name in self._grants:
+            self._grants[name] = Grant(
+                name,
+                self.holder,
+                grant.epoch,
+                int(new_rev),
+                started + self.ttl_s * TRUST,
+                grant.acquired_at,
+            )
+        return True
+
+    async def release(self, name: str) -> None:
+        """Give the lease up now (a clean stop): another replica may take it at once."""
+        grant = self._grants.get(name)
+        self._lose(name, "released")
+        if grant is None:
+            return
+        # Expired since 1970: free at once for anyone, whatever the skew allowance.
+        expired = LeaseRecord(
+            holder=self.holder, epoch=grant.epoch, expires_at=RELEASED, ttl_s=self.ttl_s
+        )
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError, *_bus_errors()):
+            await self.kv.update(lease_key(self.role, name), encode(expired), last=grant.revision)
+
+    async def release_all(self) -> None:
+        for name in list(self._grants):
+            await self.release(name)
+
+    def _lose(self, name: str, why: str) -> None:
+        grant = self._grants.pop(name, None)
+        for scope in self._scopes.pop(name, set()):
+            scope.cancel()
+        if grant is not None:
+            log.warning("lease lost", extra={"lease": lease_key(self.role, name), "reason": why})
+            if self.on_change is not None:
+                self.on_change(name, False)
+
+    # -- keeping them ------------------------------------------------------------------------------
+
+    async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Renew what we hold every ``ttl / 3``; the moment a lease's trust runs out unrenewed,
+        lose it (cancel its guards). Runs until cancelled."""
+        task_status.started()
+        next_renewal: dict[str, float] = {}
+        while True:
+            now = self.clock()
+            for name in list(self._grants):
+                grant = self._grants.get(name)
+                if grant is None:
+                    continue
+                if grant.trusted_until <= now:
+                    self._lose(name, "not renewed in time")
+                    next_renewal.pop(name, None)
+                    continue
+                due = next_renewal.setdefault(name, now + self.ttl_s * RENEW_EVERY)
+                if due <= now:
+                    ok = await self.renew(name)
+                    # A failed renewal is tried again soon, until the trust runs out.
+                    step = self.ttl_s * RENEW_EVERY if ok else min(0.2, self.ttl_s / 10)
+                    next_renewal[name] = self.clock() + step
+            for name in list(next_renewal):
+                if name not in self._grants:
+                    del next_renewal[name]
+            wake_at = min(
+                [*next_renewal.values(), *(g.trusted_until for g in self._grants.values())],
+                default=math.inf,
+            )
+            self._wake = anyio.Event()
+            with anyio.move_on_after(max(0.0, min(wake_at - self.clock(), 1.0))):
+                await self._wake.wait()
