@@ -6,7 +6,10 @@ answer: ``payments v7 sha256=… (approved)`` on stdout, or the rejection's reas
 exit 1. Without ``--id`` the change id is ``auto-<sha256[:24]>-<n>`` (``n``: the version it goes
 on top of), so re-running the same publish is idempotent while publishing the same content
 again after other versions makes a new version. Identities (``--as``, ``--author``) default to
-``$CONFBUS_IDENTITY``, else the OS user.
+``$CONFBUS_IDENTITY``, else the OS user — unless the connection authenticates as a NATS user
+(``--nats-user``): then that user *is* the identity, sent on subjects that pin it
+(``cfg.api.store.approve.<user>``, ``cfg.api.store.propose.<ns>.<user>``, see
+``services.runtime.identity``), and ``--as``/``--author`` may only repeat it.
 
 Exit codes: 0 ok; 1 refused or failed (reason on stderr); 2 usage; 3 unreachable or timed out.
 """
@@ -14,6 +17,7 @@ Exit codes: 0 ok; 1 refused or failed (reason on stderr); 2 usage; 3 unreachable
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import hashlib
 import json
@@ -22,16 +26,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
+import nats.errors
 import yaml
+from nats.aio.msg import Msg
 
+from schemas import subjects
+from schemas.api import store as store_api
 from schemas.changes import ChangeProposed
+from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
 from schemas.names import FORMATS, Format
+from schemas.policy import Policy
+from schemas.streams import MAX_PAYLOAD
 from schemas.versions import VersionInfo
 from services.cli.client import ChangeRejected, Client, check_change_id, check_namespace
 from services.cli.commands import backup
 from services.cli.exitcodes import FAILED, OK, USAGE, CliError
-from services.runtime.errors import InvalidInput
+from services.runtime.codec import encode
+from services.runtime.errors import InvalidInput, Unavailable
+from services.runtime.identity import is_identity, pinned_op
 
 _EXTENSIONS: dict[str, Format] = {
     ".json": "json",
@@ -45,7 +59,7 @@ _json = msgspec.json.Encoder()
 def identity(explicit: str | None = None) -> str:
     """Who is acting: ``--as``/``--author``, else ``$CONFBUS_IDENTITY``, else the OS user.
 
-    With NATS authentication on, the store should take the NATS user instead (issue: auth).
+    With NATS authentication on, the NATS user is the identity: see ``acting_as``.
     """
     if explicit:
         return explicit
@@ -55,6 +69,34 @@ def identity(explicit: str | None = None) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def nats_identity(args: argparse.Namespace) -> str | None:
+    """The NATS user this command authenticates as (``--nats-user``), if any: with
+    authentication on, the store records that user, whatever a flag says."""
+    user: str | None = getattr(args, "nats_user", None)
+    return user or None
+
+
+def acting_as(args: argparse.Namespace, explicit: str | None) -> str:
+    """Who acts: the NATS user when authenticated (``explicit`` may only repeat it), else
+    ``identity(explicit)``."""
+    user = nats_identity(args)
+    if user is None:
+        return identity(explicit)
+    if not is_identity(user):
+        raise CliError(
+            f"NATS user {user!r} cannot be pinned into a subject (a confbus identity is "
+            "[a-z0-9][a-z0-9_-]{0,63})",
+            USAGE,
+        )
+    if explicit and explicit != user:
+        raise CliError(
+            f"with NATS authentication you act as your NATS user {user!r}; {explicit!r} "
+            "cannot be claimed (leave out --as/--author)",
+            USAGE,
+        )
+    return user
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -180,13 +222,34 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
 # -- publish ------------------------------------------------------------------------------------
 
 
-def read_file(path: str) -> bytes:
+def read_file(path: str, limit: int = MAX_PAYLOAD) -> bytes:
+    """The file's bytes ('-': stdin), refused beyond ``limit``: nothing larger than a bus
+    message can be a config, and a file like /dev/zero would otherwise be read forever."""
     try:
         if path == "-":
-            return sys.stdin.buffer.read()
-        return Path(path).read_bytes()
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", FAILED) from None
+    if len(data) > limit:
+        raise CliError(
+            f"{path} is larger than {limit} bytes: more than confbus carries (a config is at "
+            "most its namespace's max_bytes, 1 MiB unless the policy says otherwise)",
+            FAILED,
+        )
+    return data
+
+
+def _fits(request: object, what: str) -> None:
+    """Refuse here a request the bus would refuse (nats-py raises on an oversized payload)."""
+    size = len(encode(request))
+    if size > MAX_PAYLOAD:
+        raise CliError(
+            f"{what} is {size} bytes on the wire: more than the bus carries ({MAX_PAYLOAD})",
+            FAILED,
+        )
 
 
 def format_of(path: str, explicit: Format | None) -> Format | None:
@@ -201,7 +264,7 @@ def change_from_args(args: argparse.Namespace, content: bytes, change_id: str) -
         change_id=change_id,
         content=content,
         format=format_of(args.file, args.format),
-        author=identity(args.author),
+        author=acting_as(args, args.author),
         message=args.message,
         base=args.base,
     )
@@ -220,17 +283,87 @@ def _local_checks(args: argparse.Namespace) -> None:
 async def publish_from_args(args: argparse.Namespace, client: Client) -> VersionInfo:
     """Publish as the flags say and wait for the version (the hook ``--wait`` builds on)."""
     _local_checks(args)
+    author = acting_as(args, args.author)
     content = read_file(args.file)
+    if nats_identity(args) is not None:
+        return await publish_as(client, author, args, content)
     return await client.publish(
         args.namespace,
         content,
         format=format_of(args.file, args.format),
         change_id=args.change_id,
-        author=identity(args.author),
+        author=author,
         message=args.message,
         base=args.base,
         timeout=args.timeout,
     )
+
+
+class _Accepted(msgspec.Struct, frozen=True):
+    """The stream's ack the store relays for a proposed change."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+
+
+async def publish_as(
+    client: Client, user: str, args: argparse.Namespace, content: bytes
+) -> VersionInfo:
+    """``Client.publish`` with the author pinned: the change goes to the version-store on
+    ``cfg.api.store.propose.<ns>.<user>`` (the permissions let only ``user`` publish there), which
+    puts it on ``cfg.change.<ns>`` with ``user`` as its author; then wait for its outcome the
+    same way."""
+    ns = args.namespace
+    sha = hashlib.sha256(content).hexdigest()
+    change_id = args.change_id or await client.default_change_id(ns, sha, args.base)
+    check_change_id(change_id)
+    change = ChangeProposed(
+        namespace=ns,
+        change_id=change_id,
+        content=content,
+        format=format_of(args.file, args.format),
+        author=user,
+        message=args.message,
+        base=args.base,
+    )
+    size = len(encode(change))
+    if size > MAX_PAYLOAD:
+        raise InvalidInput(
+            f"the change is {size} bytes on the wire (content {len(content)} bytes, base64): "
+            f"more than the bus carries ({MAX_PAYLOAD})",
+            where="content",
+        )
+    send, receive = anyio.create_memory_object_stream[AnyEvent](100)
+
+    async def on_event(msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return
+        if isinstance(event, VersionCreated | VersionRejected) and event.change_id == change_id:
+            with contextlib.suppress(anyio.WouldBlock):
+                send.send_nowait(event)
+
+    # Subscribe before proposing, so the outcome cannot slip past.
+    sub = await client.bus.nc.subscribe(subjects.event(ns, "version.>"), cb=on_event)
+    try:
+        with anyio.move_on_after(args.timeout):
+            ack = await client.store_call(
+                pinned_op("propose", user, ns), change, _Accepted, timeout=10.0
+            )
+            # The same wait as after Client.publish (kept in one place, in the client).
+            return await client._outcome(change, sha, ack.duplicate, receive)
+        raise Unavailable(
+            f"{ns}: no outcome for change {change_id} within {args.timeout:g}s — it may still "
+            f"be queued (is the version store running?); publishing it again with --id "
+            f"{change_id} is safe"
+        )
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+        send.close()
+        receive.close()
 
 
 async def run_publish(args: argparse.Namespace, client: Client) -> int:
@@ -263,7 +396,9 @@ async def _dry_run(args: argparse.Namespace, client: Client) -> int:
     content = read_file(args.file)
     sha = hashlib.sha256(content).hexdigest()
     change_id = args.change_id or await client.default_change_id(args.namespace, sha, args.base)
-    reply = await client.dry_run(change_from_args(args, content, change_id))
+    change = change_from_args(args, content, change_id)
+    _fits(store_api.DryRunRequest(change=change), "the dry run")
+    reply = await client.dry_run(change)
     if args.json:
         _write(_json.encode(reply) + b"\n")
     elif reply.ok:
@@ -340,7 +475,13 @@ async def run_diff(args: argparse.Namespace, client: Client) -> int:
 
 async def run_approve(args: argparse.Namespace, client: Client) -> int:
     _check_ns(args.namespace)
-    info = await client.approve(args.namespace, args.version, identity(args.identity))
+    who = acting_as(args, args.identity)
+    if nats_identity(args) is not None:
+        req = store_api.ApproveRequest(namespace=args.namespace, version=args.version, approver=who)
+        reply = await client.store_call(pinned_op("approve", who), req, store_api.VersionReply)
+        info = reply.info
+    else:
+        info = await client.approve(args.namespace, args.version, who)
     if args.json:
         _write(_json.encode(info) + b"\n")
     else:
@@ -350,7 +491,15 @@ async def run_approve(args: argparse.Namespace, client: Client) -> int:
 
 async def run_reject(args: argparse.Namespace, client: Client) -> int:
     _check_ns(args.namespace)
-    info = await client.reject(args.namespace, args.version, identity(args.identity), args.reason)
+    who = acting_as(args, args.identity)
+    if nats_identity(args) is not None:
+        req = store_api.RejectRequest(
+            namespace=args.namespace, version=args.version, actor=who, reason=args.reason
+        )
+        reply = await client.store_call(pinned_op("reject", who), req, store_api.VersionReply)
+        info = reply.info
+    else:
+        info = await client.reject(args.namespace, args.version, who, args.reason)
     if args.json:
         _write(_json.encode(info) + b"\n")
     else:
@@ -380,9 +529,14 @@ async def run_policy(args: argparse.Namespace, client: Client) -> int:
     if args.secret is not None:
         changes["secret"] = args.secret
     if changes:
-        policy = await client.set_policy(
-            msgspec.structs.replace(policy, **changes), actor=identity(args.identity)
-        )
+        who = acting_as(args, args.identity)
+        new = msgspec.structs.replace(policy, **changes)
+        _fits(store_api.PolicySetRequest(policy=new, actor=who), "the policy")
+        if nats_identity(args) is not None:
+            req = store_api.PolicySetRequest(policy=new, actor=who)
+            policy = await client.store_call(pinned_op("policy_set", who), req, Policy)
+        else:
+            policy = await client.set_policy(new, actor=who)
     if args.json:
         _write(_json.encode(policy) + b"\n")
     else:
@@ -390,8 +544,11 @@ async def run_policy(args: argparse.Namespace, client: Client) -> int:
     return OK
 
 
+MAX_SCHEMA_BYTES = 1024 * 1024
+
+
 def _read_schema(path: str) -> dict[str, Any]:
-    raw = read_file(path)
+    raw = read_file(path, MAX_SCHEMA_BYTES)
     try:
         if Path(path).suffix.lower() in (".yaml", ".yml"):
             schema = yaml.safe_load(raw)
@@ -399,8 +556,16 @@ def _read_schema(path: str) -> dict[str, Any]:
             schema = json.loads(raw)
     except (ValueError, yaml.YAMLError) as exc:
         raise CliError(f"{path}: not a JSON (or YAML) document: {exc}", FAILED) from None
+    except RecursionError:
+        raise CliError(f"{path}: nests too deeply to be a JSON Schema", FAILED) from None
     if not isinstance(schema, dict):
         raise CliError(f"{path}: a JSON Schema is an object", FAILED)
+    try:
+        # YAML can say what JSON cannot (a null key, a set, binary): refuse it here.
+        schema = msgspec.json.decode(msgspec.json.encode(schema))
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise CliError(f"{path}: not expressible as JSON: {exc}", FAILED) from None
+    assert isinstance(schema, dict)
     return schema
 
 

@@ -1,0 +1,397 @@
+"""``cfg.api.store.*``: the version-store's request/reply API (``nats.micro``).
+
+Reads (get, history, diff, change_status, policy_get, namespaces, export) go straight to the
+store. Status changes (approve, promote, mark_good, reject) are written by the store first and
+then announced on ``CFG_EVENTS``; a repeated call (a retry after a lost reply, a redelivered
+event) writes nothing, and announces only if the stream does not already say it. The store
+serialises these writes with the consumer's group commits (one write transaction at a time per
+process; ``BEGIN IMMEDIATE`` or etcd compare-and-set across processes), so numbering never races.
+
+A secret namespace's content is returned by ``get``/``diff`` (operators with the permission to
+ask) but never put in an event, a log line, or a ``dry_run`` diff (which CI may call).
+
+Identity (``services.runtime.identity``): every operation that records who acted is also served
+on a subject whose last token is the caller's NATS user — ``approve.<user>``, ``reject.<user>``,
+``promote.<user>``, ``mark_good.<user>``, ``policy_set.<user>`` — and changes can be proposed on
+``propose.<ns>.<user>`` (the store publishes them to ``cfg.change.<ns>`` with that author). With
+authentication on, the permissions let each user publish only on its own name and keep the
+plain, self-declared twins for confbus services; without it, both work as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+
+from schemas import subjects
+from schemas.api import store as api
+from schemas.changes import ChangeProposed
+from schemas.changes import msg_id as change_msg_id
+from schemas.events import VersionApproved, VersionLastGood, VersionPromoted, VersionRejected
+from schemas.policy import Policy
+from schemas.streams import MAX_PAYLOAD
+from schemas.versions import VersionInfo
+from services.runtime import identity
+from services.runtime.api import Endpoint
+from services.runtime.bus import Bus
+from services.runtime.codec import encode
+from services.runtime.errors import InvalidInput, NotFound
+from services.runtime.events import emit
+from services.version_store.changes import decide
+from services.version_store.errors import InvalidConfig, VersionConflict
+from services.version_store.eventlog import last_event, scan
+from services.version_store.policycheck import check_full_policy
+from services.version_store.rejections import Rejections
+from services.version_store.sessions import Sessions, Upload, page
+from services.version_store.storage import NamespaceExport, Store, StoredVersion
+from services.version_store.validate import diff
+
+log = logging.getLogger("confbus.version_store.api")
+
+MAX_HISTORY_PAGE = 1000
+MAX_EXPORT_PAGE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass
+class StoreApi:
+    bus: Bus
+    store: Store
+    rejections: Rejections
+    replica: str  # this process's token, for the session endpoints
+    exports: Sessions[NamespaceExport] = field(default_factory=lambda: Sessions("export"))
+    imports: Sessions[Upload] = field(default_factory=lambda: Sessions("import"))
+
+    def endpoints(self) -> list[Endpoint]:
+        def ep(op: str, req: type, handler: object, subject: str | None = None) -> Endpoint:
+            return Endpoint(op, req, handler, concurrent=True, subject=subject)  # type: ignore[arg-type]
+
+        return [
+            ep("get", api.GetRequest, self.get),
+            ep("history", api.HistoryRequest, self.history),
+            ep("diff", api.DiffRequest, self.diff),
+            ep("approve", api.ApproveRequest, self.approve),
+            ep("promote", api.PromoteRequest, self.promote),
+            ep("mark_good", api.MarkGoodRequest, self.mark_good),
+            ep("reject", api.RejectRequest, self.reject),
+            ep("policy_get", api.PolicyGetRequest, self.policy_get),
+            ep("policy_set", api.PolicySetRequest, self.policy_set),
+            ep("dry_run", api.DryRunRequest, self.dry_run),
+            ep("change_status", api.ChangeStatusRequest, self.change_status),
+            ep("namespaces", api.NamespacesRequest, self.namespaces),
+            ep("export", api.ExportRequest, self.export),
+            ep(f"export_{self.replica}", api.ExportRequest, self.export),
+            ep("import", api.ImportRequest, self.import_),
+            ep(f"import_{self.replica}", api.ImportRequest, self.import_),
+            # The same operations with the caller's NATS user pinned in the subject.
+            ep("approve_as", api.ApproveRequest, self.approve_as, "approve.*"),
+            ep("reject_as", api.RejectRequest, self.reject_as, "reject.*"),
+            ep("promote_as", api.PromoteRequest, self.promote_as, "promote.*"),
+            ep("mark_good_as", api.MarkGoodRequest, self.mark_good_as, "mark_good.*"),
+            ep("policy_set_as", api.PolicySetRequest, self.policy_set_as, "policy_set.*"),
+            ep("propose", ChangeProposed, self.propose, "propose.*.*"),
+        ]
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def get(self, req: api.GetRequest) -> api.VersionReply:
+        info = await self.store.resolve(req.namespace, req.ref)
+        if not req.content:
+            return api.VersionReply(info=info)
+        sv = await self.store.get(req.namespace, info.version)
+        return api.VersionReply(info=sv.info, content=sv.content)
+
+    async def history(self, req: api.HistoryRequest) -> api.HistoryReply:
+        limit = max(1, min(req.limit, MAX_HISTORY_PAGE))
+        versions = await self.store.history(req.namespace, req.before, limit)
+        more = len(versions) == limit and versions[-1].version > 1
+        return api.HistoryReply(
+            versions=versions, next_before=versions[-1].version if more else None
+        )
+
+    async def diff(self, req: api.DiffRequest) -> api.DiffReply:
+        a = await self._resolved(req.namespace, req.a)
+        b = await self._resolved(req.namespace, req.b)
+        text = await anyio.to_thread.run_sync(
+            diff,
+            a.content,
+            b.content,
+            f"{req.namespace} v{a.info.version}",
+            f"{req.namespace} v{b.info.version}",
+        )
+        return api.DiffReply(a=a.info.version, b=b.info.version, diff=text)
+
+    async def _resolved(self, namespace: str, ref: str) -> StoredVersion:
+        info = await self.store.resolve(namespace, ref)
+        return await self.store.get(namespace, info.version)
+
+    async def change_status(self, req: api.ChangeStatusRequest) -> api.ChangeStatusReply:
+        info = await self.store.by_change_id(req.namespace, req.change_id)
+        if info is not None:
+            return api.ChangeStatusReply(status="stored", version=info.version, sha256=info.sha256)
+        found = await self.rejections.find(req.namespace, req.change_id)
+        if found is not None:
+            return api.ChangeStatusReply(
+                status="rejected", reason=found.reason, where=found.where, sha256=found.sha256
+            )
+        return api.ChangeStatusReply(status="unknown")
+
+    async def policy_get(self, req: api.PolicyGetRequest) -> Policy:
+        return await self.store.get_policy(req.namespace)
+
+    async def namespaces(self, req: api.NamespacesRequest) -> api.NamespacesReply:
+        return api.NamespacesReply(namespaces=await self.store.namespaces())
+
+    # -- status changes -----------------------------------------------------------------------
+
+    async def approve(self, req: api.ApproveRequest) -> api.VersionReply:
+        ns, v = req.namespace, req.version
+        before = await self.store.resolve(ns, v)
+        info = await self.store.approve(ns, v, req.approver)
+        repeat = before.status == "approved" and before.approved_by == req.approver
+        if not repeat or v not in await self._approved_versions(ns, info):
+            await emit(
+                self.bus,
+                VersionApproved(namespace=ns, actor=req.approver, version=v),
+                msg_id=f"version:{ns}:{v}:approved",
+            )
+            log.info(
+                "version approved", extra={"namespace": ns, "version": v, "actor": req.approver}
+            )
+        return api.VersionReply(info=info)
+
+    async def _approved_versions(self, namespace: str, info: VersionInfo) -> set[int]:
+        # An approval comes after the version's creation: nothing older needs reading.
+        seen = await scan(self.bus, namespace, info.created_at, kind="approved")
+        return {e.version for e in seen.other if isinstance(e, VersionApproved)}
+
+    async def promote(self, req: api.PromoteRequest) -> api.VersionReply:
+        ns, v = req.namespace, req.version
+        before = await self.store.resolve(ns, v)
+        promotion = await self.store.promote(ns, v)
+        if before.status == "production":
+            # Already production: say it only if the newest promotion the stream knows is not
+            # this one (a crash between the store write and the event).
+            last = await last_event(self.bus, ns, "promoted")
+            if isinstance(last, VersionPromoted) and last.version == v:
+                return api.VersionReply(info=promotion.info)
+        event = VersionPromoted(
+            namespace=ns, actor=req.actor, reason=req.reason, version=v, previous=promotion.previous
+        )
+        # A version can be promoted again later (after another), so the id names the previous.
+        await emit(self.bus, event, msg_id=f"version:{ns}:{v}:promoted:{promotion.previous or 0}")
+        log.info(
+            "version promoted",
+            extra={
+                "namespace": ns,
+                "version": v,
+                "previous": promotion.previous,
+                "actor": req.actor,
+            },
+        )
+        return api.VersionReply(info=promotion.info)
+
+    async def mark_good(self, req: api.MarkGoodRequest) -> api.VersionReply:
+        ns, v = req.namespace, req.version
+        head = await self.store.head(ns)
+        info = await self.store.mark_last_good(ns, v)
+        if head.last_good == v:
+            last = await last_event(self.bus, ns, "last_good")
+            if isinstance(last, VersionLastGood) and last.version == v:
+                return api.VersionReply(info=info)
+        await emit(
+            self.bus,
+            VersionLastGood(namespace=ns, actor=req.actor, reason=req.reason, version=v),
+            msg_id=f"version:{ns}:{v}:last_good:{head.last_good or 0}",
+        )
+        log.info("last known good", extra={"namespace": ns, "version": v, "actor": req.actor})
+        return api.VersionReply(info=info)
+
+    async def reject(self, req: api.RejectRequest) -> api.VersionReply:
+        ns, v = req.namespace, req.version
+        before = await self.store.resolve(ns, v)
+        info = await self.store.reject(ns, v)
+        if before.status != "rejected":
+            why = f": {req.reason}" if req.reason else ""
+            await emit(
+                self.bus,
+                VersionRejected(
+                    namespace=ns,
+                    actor=req.actor,
+                    reason=f"version {v} rejected by {req.actor}{why}",
+                    change_id=info.change_id,
+                    where=f"version {v}",
+                ),
+                msg_id=f"version:{ns}:{v}:rejected",
+            )
+        return api.VersionReply(info=info)
+
+    # -- policy -------------------------------------------------------------------------------
+
+    async def policy_set(self, req: api.PolicySetRequest) -> Policy:
+        check_full_policy(req.policy)
+        await self.store.set_policy(req.policy)
+        log.info("policy set", extra={"namespace": req.policy.namespace, "actor": req.actor})
+        return await self.store.get_policy(req.policy.namespace)
+
+    # -- the same, as the NATS user the subject pins (services.runtime.identity) --------------
+
+    async def approve_as(self, req: api.ApproveRequest) -> api.VersionReply:
+        who = identity.claim("approver", req.approver, identity.pinned_identity())
+        return await self.approve(msgspec.structs.replace(req, approver=who))
+
+    async def reject_as(self, req: api.RejectRequest) -> api.VersionReply:
+        who = identity.claim("actor", req.actor, identity.pinned_identity())
+        return await self.reject(msgspec.structs.replace(req, actor=who))
+
+    async def promote_as(self, req: api.PromoteRequest) -> api.VersionReply:
+        who = identity.claim("actor", req.actor, identity.pinned_identity())
+        return await self.promote(msgspec.structs.replace(req, actor=who))
+
+    async def mark_good_as(self, req: api.MarkGoodRequest) -> api.VersionReply:
+        who = identity.claim("actor", req.actor, identity.pinned_identity())
+        return await self.mark_good(msgspec.structs.replace(req, actor=who))
+
+    async def policy_set_as(self, req: api.PolicySetRequest) -> Policy:
+        who = identity.claim("actor", req.actor, identity.pinned_identity())
+        return await self.policy_set(msgspec.structs.replace(req, actor=who))
+
+    async def propose(self, change: ChangeProposed) -> dict[str, Any]:
+        """Put a change on ``cfg.change.<ns>`` with the caller as its author, and answer with the
+        stream's ack (``stream``, ``seq``, ``duplicate``): the caller then waits for the outcome
+        as after a publish of its own. Nothing is validated here; the consumer does that."""
+        who = identity.pinned_identity()
+        (ns,) = identity.pinned_scope(1)
+        if change.namespace != ns:
+            raise identity.Forbidden(
+                f"a change of namespace {change.namespace!r} proposed on the subject of {ns!r}",
+                where="namespace",
+            )
+        change = msgspec.structs.replace(
+            change, author=identity.claim("author", change.author, who)
+        )
+        data = encode(change)
+        if len(data) > MAX_PAYLOAD:
+            raise InvalidInput(
+                f"the change is {len(data)} bytes on the wire: more than the bus carries "
+                f"({MAX_PAYLOAD})",
+                where="content",
+            )
+        ack = await self.bus.publish(
+            subjects.change(ns), data, msg_id=change_msg_id(ns, change.change_id)
+        )
+        log.info(
+            "change proposed",
+            extra={"namespace": ns, "change_id": change.change_id, "author": who},
+        )
+        return {"stream": ack.stream, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+
+    # -- dry run --------------------------------------------------------------------------------
+
+    async def dry_run(self, req: api.DryRunRequest) -> api.DryRunReply:
+        change = req.change
+        ns = change.namespace
+        policy = await self.store.get_policy(ns)
+        target: VersionInfo | None = None
+        if change.rollback_of is not None:
+            try:
+                target = await self.store.resolve(ns, change.rollback_of)
+            except NotFound:
+                target = None
+        try:
+            nv = await anyio.to_thread.run_sync(decide, change, policy, target)
+        except InvalidConfig as exc:
+            return api.DryRunReply(ok=False, reason=exc.message, where=exc.where)
+        prior = await self.store.by_change_id(ns, change.change_id)
+        if prior is not None:
+            if prior.sha256 == nv.sha256:
+                return api.DryRunReply(
+                    ok=True,
+                    reason=f"already stored as version {prior.version}: publishing it again "
+                    "changes nothing",
+                    would_be_version=prior.version,
+                )
+            err = VersionConflict.change_reused(
+                ns, change.change_id, prior.version, prior.sha256, nv.sha256
+            )
+            return api.DryRunReply(ok=False, reason=err.message, where="change_id")
+        head = await self.store.head(ns)
+        if change.base is not None and change.base != head.newest:
+            err = VersionConflict.stale_base(ns, change.base, head.newest)
+            return api.DryRunReply(ok=False, reason=err.message, where="base")
+        text, note = "", ""
+        if policy.secret:
+            note = f"namespace {ns!r} is secret: the diff is not shown (confbus diff shows it)"
+        elif head.newest:
+            old = (await self.store.get(ns, head.newest)).content
+            text = await anyio.to_thread.run_sync(
+                diff, old, change.content, f"{ns} v{head.newest}", f"{ns} (proposed)"
+            )
+        return api.DryRunReply(ok=True, reason=note, would_be_version=head.newest + 1, diff=text)
+
+    # -- backup and restore ---------------------------------------------------------------------
+
+    async def export(self, req: api.ExportRequest) -> api.ExportReply:
+        if req.session:
+            sid, snap = req.session, self.exports.get(req.session)
+            if snap.namespace != req.namespace:
+                raise InvalidInput(f"session {sid} exports {snap.namespace!r}", where="namespace")
+        else:
+            snap = await self.store.export(req.namespace)
+            if not snap.versions and snap.policy is None:
+                raise NotFound(f"{req.namespace}: no versions and no policy")
+            sid = self.exports.new(snap)
+        max_bytes = max(1, min(req.max_bytes, MAX_EXPORT_PAGE_BYTES))
+        versions = page(snap, req.offset, max_bytes)
+        done = req.offset + len(versions) >= len(snap.versions)
+        if done:
+            self.exports.drop(sid)
+        return api.ExportReply(
+            namespace=req.namespace,
+            session=sid,
+            total=len(snap.versions),
+            offset=req.offset,
+            versions=versions,
+            production=snap.production,
+            last_good=snap.last_good,
+            policy=snap.policy,
+            done=done,
+            replica=self.replica,
+        )
+
+    async def import_(self, req: api.ImportRequest) -> api.ImportReply:
+        if req.session:
+            sid, upload = req.session, self.imports.get(req.session)
+            if upload.namespace != req.namespace:
+                raise InvalidInput(f"session {sid} imports {upload.namespace!r}", where="namespace")
+        else:
+            upload = Upload(req.namespace)
+            sid = self.imports.new(upload)
+        try:
+            upload.add(req.versions)
+        except InvalidInput:
+            self.imports.drop(sid)
+            raise
+        if not req.done:
+            return api.ImportReply(session=sid, received=len(upload.versions), replica=self.replica)
+        self.imports.drop(sid)
+        data = NamespaceExport(
+            namespace=req.namespace,
+            versions=[
+                StoredVersion(
+                    info=v.info, content=v.content, strategy=v.strategy, selector=v.selector
+                )
+                for v in upload.versions
+            ],
+            production=req.production,
+            last_good=req.last_good,
+            policy=req.policy,
+        )
+        written = await self.store.import_(data)
+        log.info("namespace imported", extra={"namespace": req.namespace, "versions": written})
+        return api.ImportReply(
+            session=sid, received=len(upload.versions), imported=written, replica=self.replica
+        )

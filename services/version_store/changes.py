@@ -1,0 +1,367 @@
+"""Consuming ``CFG_CHANGES``: validate a batch, group-commit it, announce each outcome, then ack.
+
+One fetched batch goes through four steps, and only after the last does the consumer ack:
+
+1. **decide** each change on its own: the namespace's policy (read once per namespace per
+   batch), the format, size and JSON Schema (``validate``), the strategy, the rollback target.
+   A refused change becomes a rejection; nothing about it is stored.
+2. **commit** every accepted change with ONE ``store.append`` (one transaction, one fsync). The
+   store numbers them, and maps a change id it already holds to that version (``duplicate``) or
+   refuses it when the bytes differ, as it refuses a stale ``base`` (``conflict``).
+3. **announce**: ``version.created`` for each new version, ``version.rejected`` (with the reason
+   and where) for each refusal, after remembering the refusal for ``change_status``. Every event
+   has a message id, so announcing twice within the stream's window is a no-op.
+4. **ack** (the consumer does it when the handler returns).
+
+A crash between 2 and 4 redelivers the batch: the store answers ``duplicate`` for what it
+committed, and the event log is consulted so that each version is announced exactly once. A
+``duplicate`` on a *first* delivery is a publisher's retry of a change long done: nothing new is
+said. ``StoreUnavailable`` fails the whole batch, which the consumer naks with backoff — a store
+outage never dead-letters good changes; only undecodable messages (and a body whose namespace is
+not its subject's) go to ``CFG_DLQ``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import anyio
+import anyio.to_thread
+
+from schemas import subjects
+from schemas.changes import ChangeProposed
+from schemas.events import Event, VersionCreated, VersionRejected
+from schemas.policy import Policy
+from schemas.versions import VersionInfo
+from services.runtime.bus import Bus
+from services.runtime.consumer import Delivery
+from services.runtime.errors import ConfbusError, InvalidInput, Unavailable
+from services.runtime.events import emit
+from services.runtime.failpoints import failpoint
+from services.version_store.errors import InvalidConfig, NotFound, StoreError, VersionConflict
+from services.version_store.eventlog import Announced, scan
+from services.version_store.metrics import StoreMetrics
+from services.version_store.policycheck import check_strategy
+from services.version_store.rejections import Rejection, Rejections
+from services.version_store.storage import AppendResult, NewVersion, Store
+from services.version_store.storage.base import NewStatus, sha256_hex
+from services.version_store.validate import validate
+
+log = logging.getLogger("confbus.version_store")
+
+_APPROVED_BEFORE = ("approved", "production", "superseded")
+
+
+def created_msg_id(namespace: str, version: int) -> str:
+    return f"version:{namespace}:{version}:created"
+
+
+def rejected_msg_id(namespace: str, change_id: str) -> str:
+    return f"change:{namespace}:{change_id}:rejected"
+
+
+def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -> NewVersion:
+    """The version to store for ``change``, or ``InvalidConfig`` saying why not.
+
+    ``target`` is the version ``change.rollback_of`` names (None if it names nothing). Pure
+    and CPU-bound: runs in a worker thread, never on the event loop.
+    """
+    ns = change.namespace
+    if change.strategy is not None:
+        check_strategy(change.strategy)
+    status: NewStatus = "draft" if policy.require_approval else "approved"
+    if change.rollback_of is not None:
+        # A rollback restores bytes that were validated when first stored; the policy may have
+        # changed since, and refusing the way back during an incident helps nobody.
+        if target is None:
+            raise InvalidConfig(f"rollback_of {change.rollback_of} names no version", "rollback_of")
+        fmt = target.format
+        if change.format is not None and change.format != fmt:
+            raise InvalidConfig(
+                f"version {target.version} is {fmt}, this rollback says {change.format}", "format"
+            )
+        if sha256_hex(change.content) != target.sha256:
+            raise InvalidConfig(
+                f"a rollback must carry the exact bytes of version {target.version} "
+                f"(sha256 {target.sha256[:12]}…); these differ",
+                "rollback_of",
+            )
+        if target.status in _APPROVED_BEFORE:
+            status = "approved"  # approved once; restoring it needs no second approval
+    else:
+        fmt = change.format or policy.format
+        if fmt != policy.format:
+            raise InvalidConfig(
+                f"namespace {ns!r} holds {policy.format} (its policy's format); this change is "
+                f"{fmt} — set the format first: confbus policy {ns} --format {fmt}",
+                "format",
+            )
+        validate(change.content, fmt, policy)
+    if status == "draft" and not change.author:
+        raise InvalidConfig(
+            f"namespace {ns!r} requires approval by someone other than the author, so a change "
+            "needs an author",
+            "author",
+        )
+    return NewVersion.build(
+        ns,
+        change.change_id,
+        change.content,
+        format=fmt,
+        author=change.author,
+        message=change.message,
+        base=change.base,
+        rollback_of=change.rollback_of,
+        status=status,
+        strategy=change.strategy,
+        selector=change.selector,
+    )
+
+
+def _decide_all(
+    items: list[tuple[ChangeProposed, Policy, VersionInfo | None]],
+) -> list[NewVersion | InvalidConfig]:
+    out: list[NewVersion | InvalidConfig] = []
+    for change, policy, target in items:
+        try:
+            out.append(decide(change, policy, target))
+        except InvalidConfig as exc:
+            out.append(exc)
+    return out
+
+
+def created_event(change: ChangeProposed, info: VersionInfo) -> VersionCreated:
+    return VersionCreated(
+        namespace=info.namespace,
+        actor=info.author,
+        version=info.version,
+        sha256=info.sha256,
+        size=info.size,
+        format=info.format,
+        parent=info.parent,
+        change_id=info.change_id,
+        status=info.status,
+        message=info.message,
+        rollback_of=info.rollback_of,
+        strategy=change.strategy,
+        selector=change.selector,
+    )
+
+
+@dataclass
+class _Outcome:
+    """What one delivery came to; ``event`` is None when there is nothing (new) to say."""
+
+    item: Delivery[ChangeProposed]
+    kind: str  # stored | duplicate | rejected
+    event: Event | None = None
+    rejection: Rejection | None = None
+
+
+def _outcome(
+    item: Delivery[ChangeProposed], decided: NewVersion | InvalidConfig, result: AppendResult | None
+) -> _Outcome:
+    change = item.value
+    if isinstance(decided, InvalidConfig):
+        record, rejected = _rejection(change, decided)
+        return _Outcome(item, "rejected", rejected, record)
+    assert result is not None
+    if result.outcome == "stored":
+        assert result.info is not None
+        return _Outcome(item, "stored", created_event(change, result.info))
+    if result.outcome == "duplicate":
+        assert result.info is not None
+        # A first delivery is a publisher's retry of a change announced long ago; a
+        # redelivery may follow a crash before the announcement (checked against the log).
+        created = created_event(change, result.info) if item.deliveries > 1 else None
+        return _Outcome(item, "duplicate", created)
+    error: StoreError = result.error or InvalidConfig("refused by the store")
+    record, rejected = _rejection(change, error)
+    return _Outcome(item, "rejected", rejected, record)
+
+
+def _rejection(change: ChangeProposed, error: ConfbusError) -> tuple[Rejection, VersionRejected]:
+    where = error.where
+    if isinstance(error, VersionConflict) and not where:
+        where = "change_id" if error.existing is not None else "base"
+    reason = error.message
+    # VersionConflict says "<ns>: …"; the event already names the namespace.
+    reason = reason.removeprefix(f"{change.namespace}: ")
+    record = Rejection(
+        namespace=change.namespace,
+        change_id=change.change_id,
+        sha256=sha256_hex(change.content),
+        reason=reason,
+        where=where,
+    )
+    event = VersionRejected(
+        namespace=change.namespace,
+        actor=change.author,
+        reason=reason,
+        change_id=change.change_id,
+        where=where,
+    )
+    return record, event
+
+
+@dataclass
+class ChangeHandler:
+    bus: Bus
+    store: Store
+    rejections: Rejections
+    metrics: StoreMetrics
+    set_health: Callable[[bool, str], None]
+
+    async def __call__(self, batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        todo: list[Delivery[ChangeProposed]] = []
+        for item in batch:
+            # Subject permissions pin who may propose for a namespace: the body may not claim
+            # another one. Such a message can never succeed — dead-letter it.
+            if item.subject != subjects.change(item.value.namespace):
+                item.fail(
+                    InvalidInput(
+                        f"a change for namespace {item.value.namespace!r} arrived on "
+                        f"{item.subject}",
+                        where="$.namespace",
+                    )
+                )
+            else:
+                todo.append(item)
+        if not todo:
+            return
+        self.metrics.batch_size.observe(len(todo))
+        decided = await self._decide(todo)
+
+        # Group commit: one store transaction for every accepted change of the batch.
+        accepted = [
+            (item, nv)
+            for item, nv in zip(todo, decided, strict=True)
+            if not isinstance(nv, InvalidConfig)
+        ]
+        await failpoint("version_store.before_commit")
+        started = time.monotonic()
+        try:
+            results = await self.store.append([nv for _, nv in accepted])
+        except Unavailable as exc:
+            self.set_health(False, f"store unavailable: {exc}")
+            raise  # the consumer naks the whole batch with backoff
+        except ConfbusError as exc:
+            # The store refuses items one by one (results), never a whole batch: this is a
+            # bug, not the changes' fault — retried a few times, not dead-lettered at once.
+            raise RuntimeError(f"store.append failed for the whole batch: {exc!r}") from exc
+        self.metrics.append_seconds.observe(time.monotonic() - started)
+        self.set_health(True, "ok")
+        await failpoint("version_store.after_commit")
+
+        by_item = {id(item): result for (item, _), result in zip(accepted, results, strict=True)}
+        outcomes = [
+            _outcome(item, nv, None if isinstance(nv, InvalidConfig) else by_item[id(item)])
+            for item, nv in zip(todo, decided, strict=True)
+        ]
+        await self._drop_announced(outcomes)
+        await self._announce(outcomes)
+        await failpoint("version_store.after_events")
+        kinds = Counter(o.kind for o in outcomes)
+        log.info(
+            "batch committed",
+            extra={
+                "changes": len(todo),
+                "stored": kinds["stored"],
+                "duplicate": kinds["duplicate"],
+                "rejected": kinds["rejected"],
+                "seconds": round(time.monotonic() - started, 4),
+            },
+        )
+
+    async def _decide(
+        self, todo: list[Delivery[ChangeProposed]]
+    ) -> list[NewVersion | InvalidConfig]:
+        policies: dict[str, Policy] = {}
+        for ns in sorted({item.value.namespace for item in todo}):
+            policies[ns] = await self.store.get_policy(ns)
+        targets: dict[tuple[str, int], VersionInfo | None] = {}
+        for item in todo:
+            ch = item.value
+            if ch.rollback_of is not None and (ch.namespace, ch.rollback_of) not in targets:
+                try:
+                    info: VersionInfo | None = await self.store.resolve(
+                        ch.namespace, ch.rollback_of
+                    )
+                except NotFound:
+                    info = None
+                targets[(ch.namespace, ch.rollback_of)] = info
+        work = [
+            (
+                item.value,
+                policies[item.value.namespace],
+                None
+                if item.value.rollback_of is None
+                else targets[(item.value.namespace, item.value.rollback_of)],
+            )
+            for item in todo
+        ]
+        return await anyio.to_thread.run_sync(_decide_all, work)
+
+    async def _drop_announced(self, outcomes: list[_Outcome]) -> None:
+        """For redelivered changes, keep only the events the stream does not have yet."""
+        since: dict[str, datetime] = {}
+        for o in outcomes:
+            if o.event is not None and o.item.deliveries > 1:
+                ns, at = o.item.value.namespace, o.item.msg.metadata.timestamp
+                since[ns] = min(since.get(ns, at), at)
+        if not since:
+            return
+        seen: dict[str, Announced] = {}
+        for ns, at in since.items():
+            seen[ns] = await scan(self.bus, ns, at)
+        for o in outcomes:
+            ev = o.event
+            if ev is None or o.item.deliveries <= 1:
+                continue
+            announced = seen[ev.namespace]
+            if (isinstance(ev, VersionCreated) and ev.version in announced.created) or (
+                isinstance(ev, VersionRejected) and ev.change_id in announced.rejected
+            ):
+                o.event = None
+
+    async def _announce(self, outcomes: list[_Outcome]) -> None:
+        async def one(o: _Outcome) -> None:
+            try:
+                if o.rejection is not None:
+                    await self.rejections.remember(o.rejection)
+                ev = o.event
+                if isinstance(ev, VersionCreated):
+                    await emit(self.bus, ev, msg_id=created_msg_id(ev.namespace, ev.version))
+                elif isinstance(ev, VersionRejected):
+                    await emit(self.bus, ev, msg_id=rejected_msg_id(ev.namespace, ev.change_id))
+            except Exception as exc:
+                # Not announced: redeliver this change (and only this one); the version is
+                # stored, so the redelivery finds it and announces it then.
+                o.item.fail(exc if isinstance(exc, Unavailable) else Unavailable(repr(exc)))
+                return
+            self.metrics.changes.labels(o.kind).inc()
+            _log(o)
+
+        async with anyio.create_task_group() as tg:
+            for o in outcomes:
+                tg.start_soon(one, o)
+
+
+def _log(o: _Outcome) -> None:
+    ch = o.item.value
+    ev = o.event
+    extra: dict[str, object] = {"namespace": ch.namespace, "change_id": ch.change_id}
+    if isinstance(ev, VersionCreated):
+        extra.update(version=ev.version, status=ev.status)
+        log.debug("version stored", extra=extra)  # the event is the record; batches log info
+    elif isinstance(ev, VersionRejected):
+        # The reason never quotes a secret namespace's content (validate sees to that).
+        extra.update(reason=ev.reason, where=ev.where)
+        log.info("change rejected", extra=extra)
+    elif o.kind == "duplicate":
+        log.debug("change already stored", extra=extra)

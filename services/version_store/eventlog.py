@@ -1,0 +1,104 @@
+"""Reading back what the version-store has already said on ``CFG_EVENTS``.
+
+Events carry a message id, so a repeat within the stream's duplicate window is a no-op. A
+redelivery can come later than that window (a crash between emitting and acking, and a restart
+minutes later), so before re-emitting for a change it may already have announced, the service
+looks in the stream itself: from the time the change was stored on ``CFG_CHANGES`` (nothing
+about it can be older), over that namespace's ``version.*`` events. This runs only for
+redelivered changes and repeated operations — the rare paths — never per change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from schemas import subjects
+from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
+from schemas.streams import CFG_EVENTS
+from services.runtime.bus import Bus
+from services.runtime.errors import Unavailable
+
+_PAGE = 256
+# Clocks of NATS servers (and of the service, for times it recorded) may differ a little.
+MARGIN = timedelta(seconds=30)
+
+
+@dataclass
+class Announced:
+    """What a namespace's events already say about changes."""
+
+    created: set[int] = field(default_factory=set)  # versions with a version.created event
+    rejected: set[str] = field(default_factory=set)  # change ids with a version.rejected event
+    other: list[AnyEvent] = field(default_factory=list)
+
+
+async def scan(bus: Bus, namespace: str, since: datetime, kind: str = "*") -> Announced:
+    """The ``cfg.event.<ns>.version.<kind>`` events stored since ``since`` (minus a margin)."""
+    out = Announced()
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=since - MARGIN,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+    )
+    try:
+        psub = await bus.js.pull_subscribe(
+            subjects.event(namespace, f"version.{kind}"), stream=CFG_EVENTS.name, config=config
+        )
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.Error) as e:
+        raise Unavailable(f"cannot read {CFG_EVENTS.name}: {e!r}") from e
+    name = ""
+    try:
+        info = await psub.consumer_info()
+        name, pending = info.name, info.num_pending
+        while pending:
+            try:
+                msgs = await psub.fetch(min(_PAGE, pending), timeout=5.0)
+            except nats.errors.TimeoutError as e:
+                raise Unavailable(f"reading {CFG_EVENTS.name} stalled") from e
+            for msg in msgs:
+                pending = msg.metadata.num_pending
+                try:
+                    event = decode_event(msg.data)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue  # not ours to judge: a newer confbus, or someone else's bytes
+                if isinstance(event, VersionCreated):
+                    out.created.add(event.version)
+                elif isinstance(event, VersionRejected):
+                    out.rejected.add(event.change_id)
+                else:
+                    out.other.append(event)
+    finally:
+        # An ephemeral consumer would linger for its inactive_threshold; remove it now.
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+        if name:
+            with contextlib.suppress(Exception):
+                await bus.js.delete_consumer(CFG_EVENTS.name, name)
+    return out
+
+
+async def last_event(bus: Bus, namespace: str, kind: str) -> AnyEvent | None:
+    """The newest ``cfg.event.<ns>.version.<kind>`` event, if the stream still has one."""
+    try:
+        raw = await bus.js.get_last_msg(
+            CFG_EVENTS.name, subjects.event(namespace, f"version.{kind}")
+        )
+    except nats.js.errors.NotFoundError:
+        return None
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+        raise Unavailable(f"cannot read {CFG_EVENTS.name}: {e!r}") from e
+    if not raw.data:
+        return None
+    try:
+        event: AnyEvent = decode_event(raw.data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return event

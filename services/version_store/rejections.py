@@ -1,0 +1,105 @@
+"""Remembering rejected changes, so ``change_status`` can answer a publisher that retries.
+
+A stored change is in the store (its change id is a key there); a rejected one is not, and the
+``version.rejected`` event that announced it may be long past a retrying client. So each
+rejection is also written to a small KV bucket, ``CFG_REJECTIONS``, keyed by namespace and a
+hash of the change id (change ids may hold characters a KV key may not), with a TTL: the
+bucket is bounded in age and bytes (invariant 7), and a week covers any CI retry.
+
+Writing the record is best effort: it comes before the event, and if it fails the event is still
+the rejection's record of truth — ``change_status`` then answers ``unknown`` and the publisher
+keeps waiting until its timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from schemas.base import utcnow
+from services.runtime.bus import Bus
+from services.runtime.errors import Unavailable
+
+log = logging.getLogger("confbus.version_store.rejections")
+
+BUCKET = "CFG_REJECTIONS"
+TTL_S = 7 * 24 * 3600.0
+MAX_BYTES = 64 * 1024 * 1024
+MAX_VALUE = 4096
+_MAX_REASON = 1000
+
+
+class Rejection(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: str
+    change_id: str
+    sha256: str
+    reason: str
+    where: str = ""
+    at: datetime = msgspec.field(default_factory=utcnow)
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Rejection).decode
+
+
+def key(namespace: str, change_id: str) -> str:
+    return f"{namespace}.{hashlib.sha256(change_id.encode()).hexdigest()[:40]}"
+
+
+class Rejections:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, bus: Bus, replicas: int = 1) -> Rejections:
+        # Our own bucket, created idempotently even when the service runs with --no-provision.
+        try:
+            kv = await bus.js.key_value(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await bus.js.create_key_value(
+                KeyValueConfig(
+                    bucket=BUCKET,
+                    description="rejected changes, for change_status (version-store)",
+                    history=1,
+                    ttl=TTL_S,
+                    max_bytes=MAX_BYTES,
+                    max_value_size=MAX_VALUE,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                )
+            )
+        return cls(kv)
+
+    async def remember(self, r: Rejection) -> None:
+        if len(r.reason) > _MAX_REASON:
+            r = msgspec.structs.replace(r, reason=r.reason[: _MAX_REASON - 1] + "…")
+        try:
+            await self.kv.put(key(r.namespace, r.change_id), _encode(r))
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning(
+                "could not remember a rejection",
+                extra={"namespace": r.namespace, "change_id": r.change_id, "error": repr(exc)},
+            )
+
+    async def find(self, namespace: str, change_id: str) -> Rejection | None:
+        try:
+            entry = await self.kv.get(key(namespace, change_id))
+        except nats.js.errors.NotFoundError:  # never rejected, or expired
+            return None
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"{BUCKET} is not answering: {exc!r}") from exc
+        if entry.value is None:
+            return None
+        try:
+            found = _decode(entry.value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        # A hash collision is astronomically unlikely; checking costs nothing.
+        return found if found.change_id == change_id else None

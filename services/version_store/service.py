@@ -1,0 +1,134 @@
+"""The version-store service: consumes ``CFG_CHANGES``, answers ``cfg.api.store.*``.
+
+``python -m services.version_store --nats-url URL --store URL`` where the store is
+``sqlite:///path/to/store.db`` (the default, under ``CONFBUS_DATA_DIR``) or
+``etcd://host:port,host:port[/prefix/]``. Several replicas may run against one store: they
+share the durable consumer and the API's queue group, and the store numbers versions safely
+across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
+from anyio.abc import TaskStatus
+
+from schemas.api.store import SERVICE
+from schemas.changes import decode_change
+from schemas.streams import CFG_CHANGES
+from services.runtime.api import serve_api, stop_api
+from services.runtime.consumer import Consumer
+from services.runtime.errors import Unavailable
+from services.runtime.metrics import ConsumerMetrics
+from services.runtime.service import ServiceContext
+from services.version_store.api import StoreApi
+from services.version_store.changes import ChangeHandler
+from services.version_store.metrics import StoreMetrics
+from services.version_store.rejections import Rejections
+from services.version_store.storage import Store, open_store
+
+log = logging.getLogger("confbus.version_store")
+
+DURABLE = "version-store"
+
+
+def default_store_url() -> str:
+    if url := os.environ.get("CONFBUS_STORE"):
+        return url
+    data_dir = Path(os.environ.get("CONFBUS_DATA_DIR", ".confbus")).resolve()
+    return f"sqlite://{(data_dir / 'store.db').as_posix()}"
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=default_store_url(),
+        help="sqlite:///path/store.db or etcd://host:port,host:port "
+        "(env CONFBUS_STORE; default: store.db under CONFBUS_DATA_DIR or .confbus)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=256, help="changes per group commit, at most (%(default)s)"
+    )
+    parser.add_argument(
+        "--ack-wait",
+        type=float,
+        default=30.0,
+        help="seconds before an unacknowledged change is redelivered, when the durable "
+        "consumer is first created (%(default)s)",
+    )
+    parser.add_argument(
+        "--store-timeout",
+        type=float,
+        default=60.0,
+        help="give up if the store cannot be opened within this many seconds (%(default)s)",
+    )
+
+
+def store_kind(url: str) -> str:
+    """The store named without its address or credentials, for logs and the ready line."""
+    return urlsplit(url).scheme or "?"
+
+
+async def open_with_retry(url: str, timeout: float) -> Store:
+    """Open the store; an etcd cluster that is still electing a leader is waited for."""
+    try:
+        store = open_store(url)
+    except ValueError as exc:
+        raise SystemExit(f"confbus-version-store: {exc}") from None
+    delay = 0.1
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                await store.open()
+                return store
+            except Unavailable as exc:
+                log.warning(
+                    "waiting for the store", extra={"store": store_kind(url), "error": str(exc)}
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
+    args = ctx.args
+    store = await open_with_retry(args.store, args.store_timeout)
+    try:
+        rejections = await Rejections.open(ctx.bus, ctx.settings.replicas)
+
+        def set_health(ok: bool, detail: str) -> None:
+            ctx.healthy, ctx.health_detail = ok, detail
+
+        handler = ChangeHandler(
+            ctx.bus, store, rejections, StoreMetrics.create(ctx.registry), set_health
+        )
+        consumer = Consumer(
+            bus=ctx.bus,
+            stream=CFG_CHANGES,
+            durable=DURABLE,
+            decode=decode_change,
+            handler=handler,
+            metrics=ConsumerMetrics.create(ctx.registry, "version-store", "changes"),
+            batch=max(1, args.batch),
+            ack_wait_s=args.ack_wait,
+        )
+        async with anyio.create_task_group() as tg:
+            store_api = StoreApi(ctx.bus, store, rejections, replica=secrets.token_hex(6))
+            svc = await serve_api(
+                ctx.bus, SERVICE, store_api.endpoints(), description="confbus version store", tg=tg
+            )
+            try:
+                await tg.start(consumer.run)
+                ctx.ready_info["store"] = store_kind(args.store)
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                await stop_api(svc)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
