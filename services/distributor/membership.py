@@ -1,72 +1,335 @@
-"""Who is alive, from agent heartbeats (``cfg.node.<node>.heartbeat``).
+"""Who is alive, from agent heartbeats (``cfg.node.<node>.heartbeat``), shared in ``CFG_STATE``.
 
-A node is *live* while its heartbeats keep coming (within 3 intervals), *suspect* after
-that, and *gone* after 10 intervals. Only live nodes are targets of a rollout.
+A node is *live* while its heartbeats keep coming (within 3 of its own intervals), *suspect*
+after that, and *gone* after 10. Every replica hears every heartbeat and keeps the view in
+memory (liveness is judged on its monotonic clock); the replica holding the
+``lease.distributor._members`` lease also writes ``node.<node>`` records (labels, namespaces
+and their applied state, last heartbeat, liveness) and emits ``node.status`` on transitions.
+
+No flood: a node's transitions are announced at most once per ``min_event_gap_s`` (the
+latest state wins when the gap is over), and nobody's liveness is judged while *we* hear no
+heartbeat at all (the distributor, not the fleet, is then the one cut off). A node gone for
+``forget_after_s`` is forgotten: its records are deleted, so an agent that never returns pins
+nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
-from schemas.node import Heartbeat, NamespaceState
+import anyio
 
-Liveness = Literal["live", "suspect", "gone"]
+from schemas.api.dist import Liveness
+from schemas.events import NodeStatusChanged
+from schemas.node import Heartbeat, NamespaceState
+from services.distributor.kvstate import (
+    MEMBERS_LEASE,
+    Leases,
+    NodeRecord,
+    StateKV,
+    decode_node,
+    node_key,
+    target_key,
+)
+from services.distributor.metrics import DistributorMetrics
+from services.distributor.strategy import matches
+from services.runtime.bus import Bus
+from services.runtime.errors import ConfbusError
+from services.runtime.events import emit
+
+log = logging.getLogger("confbus.distributor")
+
 SUSPECT_AFTER = 3.0  # heartbeat intervals
 GONE_AFTER = 10.0
+PERSIST_EVERY_S = 30.0  # refresh last_heartbeat in the record at least this often
 
 
 @dataclass
 class Member:
-    heartbeat: Heartbeat
-    seen: float  # monotonic time of the last heartbeat
+    node: str
+    labels: dict[str, str]
+    states: dict[str, NamespaceState]
+    interval_s: float
+    seen: float  # monotonic time of the last heartbeat (or of our start, for a loaded one)
+    last_heartbeat: datetime | None
+    started_at: datetime | None = None
+    heard: bool = False  # a heartbeat reached this process (loaded records do not count)
+    # What CFG_STATE holds, as far as we know, and what we last announced.
+    recorded: NodeRecord | None = None
+    recorded_rev: int = 0
+    recorded_at: float = 0.0
+    announced: str | None = None
+    announced_at: float = 0.0
+    since: datetime | None = None
 
     def liveness(self, now: float) -> Liveness:
-        missed = (now - self.seen) / max(self.heartbeat.interval_s, 0.1)
+        missed = (now - self.seen) / max(self.interval_s, 0.05)
         if missed <= SUSPECT_AFTER:
             return "live"
         return "suspect" if missed <= GONE_AFTER else "gone"
 
     def state(self, namespace: str) -> NamespaceState | None:
-        for s in self.heartbeat.namespaces:
-            if s.namespace == namespace:
-                return s
+        return self.states.get(namespace)
+
+    def record(self, liveness: str, since: datetime | None) -> NodeRecord:
+        return NodeRecord(
+            node=self.node,
+            labels=self.labels,
+            namespaces=list(self.states.values()),
+            interval_s=self.interval_s,
+            last_heartbeat=self.last_heartbeat,
+            started_at=self.started_at,
+            liveness=liveness,
+            since=since,
+        )
+
+
+def _material(rec: NodeRecord | None) -> object:
+    """What, when it changes, is worth a write (not the heartbeat time)."""
+    if rec is None:
         return None
+    return (rec.labels, rec.namespaces, rec.liveness, rec.started_at)
 
 
 @dataclass
 class Membership:
+    heartbeat_interval_s: float = 2.0
     members: dict[str, Member] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    last_any: float = 0.0  # monotonic time of the last heartbeat from anyone
 
-    async def warm(self, interval_s: float = 2.0) -> None:
+    # -- reading -------------------------------------------------------------------------------
+
+    async def warm(self) -> None:
         """Just after start we have heard from nobody: wait one and a half heartbeat
         intervals before judging who is live, or a restart would roll out to no one."""
-        import anyio
-
-        remaining = self.started + 1.5 * interval_s - time.monotonic()
+        remaining = self.started + 1.5 * self.heartbeat_interval_s - time.monotonic()
         if remaining > 0:
             await anyio.sleep(remaining)
 
-    def observe(self, hb: Heartbeat) -> Member:
-        member = Member(hb, time.monotonic())
-        self.members[hb.node] = member
-        return member
+    def get(self, node: str) -> Member | None:
+        return self.members.get(node)
+
+    def liveness(self, node: str) -> Liveness | None:
+        m = self.members.get(node)
+        return None if m is None else m.liveness(time.monotonic())
+
+    def is_live(self, node: str) -> bool:
+        m = self.members.get(node)
+        return m is not None and m.heard and m.liveness(time.monotonic()) == "live"
 
     def live_nodes(self, namespace: str, selector: dict[str, str] | None = None) -> list[str]:
         now = time.monotonic()
-        out = []
-        for node, m in self.members.items():
-            if m.liveness(now) != "live" or m.state(namespace) is None:
-                continue
-            labels = m.heartbeat.labels
-            if selector and any(labels.get(k) != v for k, v in selector.items()):
-                continue
-            out.append(node)
-        return sorted(out)
+        return sorted(
+            node
+            for node, m in self.members.items()
+            if m.heard
+            and m.liveness(now) == "live"
+            and namespace in m.states
+            and matches(m.labels, selector or {})
+        )
 
-    def forget_gone(self) -> None:
+    def known_nodes(self, namespace: str) -> list[str]:
+        return sorted(n for n, m in self.members.items() if namespace in m.states)
+
+    def namespaces(self) -> set[str]:
+        return {ns for m in self.members.values() for ns in m.states}
+
+    def applied(self, namespace: str, node: str) -> int | None:
+        m = self.members.get(node)
+        st = m.state(namespace) if m else None
+        return st.applied_version if st else None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def observe(self, hb: Heartbeat) -> Member:
         now = time.monotonic()
-        for node in [n for n, m in self.members.items() if m.liveness(now) == "gone"]:
-            del self.members[node]
+        self.last_any = now
+        states = {s.namespace: s for s in hb.namespaces}
+        m = self.members.get(hb.node)
+        if m is None:
+            m = Member(
+                node=hb.node,
+                labels=dict(hb.labels),
+                states=states,
+                interval_s=hb.interval_s,
+                seen=now,
+                last_heartbeat=datetime.now(UTC),
+                started_at=hb.started_at,
+                heard=True,
+            )
+            self.members[hb.node] = m
+            return m
+        m.labels = dict(hb.labels)
+        m.states = states
+        m.interval_s = hb.interval_s
+        m.seen = now
+        m.last_heartbeat = datetime.now(UTC)
+        m.started_at = hb.started_at
+        m.heard = True
+        return m
+
+    def load(self, records: list[tuple[NodeRecord, int]]) -> None:
+        """Members known from CFG_STATE (a restarted replica), until they heartbeat again.
+
+        A node recorded live is taken as just seen: it has 3 intervals to be heard before it
+        turns suspect, so a restart causes no false transitions.
+        """
+        now = time.monotonic()
+        wall = datetime.now(UTC)
+        for rec, rev in records:
+            if rec.node in self.members:
+                continue
+            if rec.liveness == "live" or rec.last_heartbeat is None:
+                seen = now
+            else:
+                age = (wall - rec.last_heartbeat).total_seconds()
+                seen = now - max(0.0, age)
+            self.members[rec.node] = Member(
+                node=rec.node,
+                labels=dict(rec.labels),
+                states={s.namespace: s for s in rec.namespaces},
+                interval_s=rec.interval_s,
+                seen=seen,
+                last_heartbeat=rec.last_heartbeat,
+                started_at=rec.started_at,
+                recorded=rec,
+                recorded_rev=rev,
+                recorded_at=now,
+                announced=rec.liveness,
+                announced_at=now,
+                since=rec.since,
+            )
+
+
+@dataclass
+class MembershipKeeper:
+    """Writes ``node.<node>`` records and announces transitions (one replica at a time)."""
+
+    bus: Bus
+    kv: StateKV
+    membership: Membership
+    leases: Leases
+    metrics: DistributorMetrics
+    instance: str
+    min_event_gap_s: float = 5.0
+    forget_after_s: float = 3600.0
+
+    async def load(self) -> None:
+        try:
+            keys = await self.kv.kv.keys()
+        except Exception:  # NoKeysError, or an empty bucket
+            return
+        records = []
+        for key in keys:
+            if not key.startswith("node."):
+                continue
+            entry = await self.kv.read(key, decode_node)
+            if entry.value is not None:
+                records.append((entry.value, entry.revision))
+        self.membership.load(records)
+
+    async def run(self) -> None:
+        while True:
+            tick = max(0.1, min(1.0, self.membership.heartbeat_interval_s / 2))
+            await anyio.sleep(tick)
+            try:
+                await self.sweep()
+            except ConfbusError as exc:
+                log.warning("membership sweep failed", extra={"error": str(exc)})
+            except Exception:
+                log.exception("membership sweep failed")
+
+    async def sweep(self) -> None:
+        now = time.monotonic()
+        m = self.membership
+        counts: dict[str, int] = {"live": 0, "suspect": 0, "gone": 0}
+        for member in m.members.values():
+            counts[member.liveness(now)] += 1
+        for name, value in counts.items():
+            self.metrics.nodes.labels(name).set(value)
+        if not self.leases.held(MEMBERS_LEASE):
+            return
+        # If nobody at all is heard, we are the ones cut off: judge no one.
+        quiet = now - m.last_any > SUSPECT_AFTER * max(m.heartbeat_interval_s, 0.05)
+        judging = not quiet and now - m.started > SUSPECT_AFTER * m.heartbeat_interval_s
+        for member in list(m.members.values()):
+            liveness = member.liveness(now) if judging else (member.announced or "live")
+            if not member.heard and liveness == "live":
+                liveness = member.announced or "live"  # loaded: not heard yet, not judged yet
+            await self._settle(member, liveness, now)
+            if (
+                judging
+                and liveness == "gone"
+                and now - member.seen > self.forget_after_s
+                and self.forget_after_s > 0
+            ):
+                await self._forget(member)
+
+    async def _settle(self, member: Member, liveness: str, now: float) -> None:
+        transition = member.announced != liveness
+        gap_open = now - member.announced_at >= self.min_event_gap_s
+        if transition and member.announced is not None and not gap_open:
+            transition = False  # coalesced: announced when the gap is over
+            liveness = member.recorded.liveness if member.recorded else liveness
+        since = member.since
+        if transition:
+            since = datetime.now(UTC)
+        rec = member.record(liveness, since)
+        stale_time = now - member.recorded_at > PERSIST_EVERY_S
+        if not transition and _material(rec) == _material(member.recorded) and not stale_time:
+            return
+        # Last writer wins for the record (one lease holder writes); the revision keeps
+        # our view in step with what another replica may have written before us.
+        try:
+            entry = await self.kv.read(node_key(member.node), decode_node)
+            rev = await self.kv.cas(node_key(member.node), rec, entry.revision)
+        except ConfbusError as exc:
+            log.info("could not write node record", extra={"node": member.node, "error": str(exc)})
+            return
+        member.recorded, member.recorded_rev, member.recorded_at = rec, rev, now
+        member.since = since
+        if transition:
+            member.announced, member.announced_at = liveness, now
+            await self._announce(member, liveness, rev)
+
+    async def _announce(self, member: Member, liveness: str, rev: int) -> None:
+        status: Literal["live", "suspect", "gone"] = liveness  # type: ignore[assignment]
+        log.info("node status", extra={"node": member.node, "status": status})
+        for ns in sorted(member.states):
+            try:
+                await emit(
+                    self.bus,
+                    NodeStatusChanged(
+                        namespace=ns,
+                        actor=self.instance,
+                        node=member.node,
+                        status=status,
+                        reason=_why(status, member),
+                    ),
+                    msg_id=f"node-status:{member.node}:{ns}:{rev}",
+                )
+            except ConfbusError as exc:
+                log.warning("could not announce node status", extra={"error": str(exc)})
+
+    async def _forget(self, member: Member) -> None:
+        log.info("forgetting gone node", extra={"node": member.node})
+        try:
+            for ns in member.states:
+                await self.kv.delete(target_key(ns, member.node))
+            await self.kv.delete(node_key(member.node))
+        except ConfbusError as exc:
+            log.warning("could not forget node", extra={"node": member.node, "error": str(exc)})
+            return
+        self.membership.members.pop(member.node, None)
+
+
+def _why(status: str, member: Member) -> str:
+    if status == "live":
+        return "heartbeats are coming"
+    last = member.last_heartbeat.isoformat() if member.last_heartbeat else "never"
+    return f"no heartbeat since {last}"

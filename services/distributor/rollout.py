@@ -1,304 +1,864 @@
-"""Rollouts and catch-up: each wave is one atomic switch by the coordinator.
+"""Rollouts: recording the intent, and one driver per namespace that runs the waves.
 
-This first cut drives the ``all-at-once`` strategy (one wave over every live agent of the
-namespace) and catch-up (a node behind the production version gets a one-node switch, with
-exponential backoff and jitter when it fails). Waves, bake times and resumable rollout
-state build on the same pieces.
+The version-event consumer only **records** a rollout's intent in ``rollout.<ns>`` (a quick
+compare-and-set, then ack); the driver of the namespace — on the replica holding the
+``lease.distributor.<ns>`` lease — does the rest, one step per loop, each step a
+compare-and-set on the record (see ``record`` for the states):
+
+1. plan: read the policy, parse the strategy and selector, wait for membership to be warm,
+   take the live agents of the namespace (narrowed by the selector), split them into waves —
+   or refuse (``rollout.failed``, wave -1, with the reason; nothing switched);
+2. per wave: record ``switching`` (with the participants and the time) *before* asking the
+   coordinator for one atomic switch, then record its outcome: committed → bake; aborted by a
+   ``no`` → failed; aborted only by missed deadlines → retried once without those nodes,
+   unless the rollout's excluded share would pass ``max_excluded`` → failed;
+3. bake: wait until ``committed_at + bake_s`` (wall time in the record, so a restarted driver
+   waits only what is left), then ask ``cfg.api.health.verdict`` about the nodes switched so
+   far; no health-watcher is ``no_data``, which the policy's ``on_missing_data`` turns into a
+   pass or a fail. A fail stops the rollout and hands it to the rollbacker (an ``Alert`` on
+   ``cfg.alert.<ns>``, ``source="distributor"``, id from the rollout id);
+4. after the last wave's clean bake: promote (store ``promote``), and mark last known good
+   (store ``mark_good``) only on a ``pass`` verdict — never on ``no_data``.
+
+A restarted driver resumes where the record says: a wave whose commit is recorded is never
+re-run; a wave left in ``switching`` is resolved from the coordinator's head and decision
+records (a committed one is recorded, not re-run; one still preparing is waited for; one that
+never reached the coordinator is re-run once the request can no longer be in flight).
+Terminal records (completed, failed, superseded, rolled_back) are never driven again.
+
+A newer approved version is recorded as ``next``: with ``on_newer_version="supersede"`` the
+driver ends the running rollout as ``superseded`` at its next wave boundary (not in the middle
+of a switch; a bake in progress is cut short) and starts the newer one; with ``"queue"`` the
+newer one starts when the running one ends. Only the newest waiting version is kept — one
+replaced while waiting gets a ``rollout.superseded`` event of its own.
+
+Versions with ``rollback_of`` are created by the rollbacker, which switches them batch by
+batch itself: the distributor does not start a rollout for them. It ends the namespace's
+rollout as ``rolled_back`` on ``rollback.started`` (or on ``cfg.api.dist.abort`` with
+``rolled_back=true``), and their ``txn.committed`` events raise node targets like any other.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import UTC, datetime, timedelta
 
 import anyio
+from anyio.abc import TaskGroup
 
-from schemas.api import store as store_api
-from schemas.api import txn as txn_api
-from schemas.events import (
-    NodeOutcome,
-    RolloutCompleted,
-    RolloutFailed,
-    RolloutStarted,
-    RolloutWave,
-    VoteRecord,
+from schemas import subjects
+from schemas.api import health as health_api
+from schemas.api.dist import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    ControlRequest,
+    PendingVersion,
+    RolloutInfo,
+    decode_rollout_info,
 )
-from schemas.node import Heartbeat
-from schemas.policy import Policy
+from schemas.events import RollbackStarted, RolloutSuperseded, VoteRecord
+from schemas.health import Alert
 from schemas.versions import VersionInfo
+from services.distributor import record as R
+from services.distributor.kvstate import Entry, Leases, Stale, StateKV, rollout_key
 from services.distributor.membership import Membership
+from services.distributor.metrics import DistributorMetrics
+from services.distributor.store import Store
+from services.distributor.strategy import parse_selector, parse_strategy
+from services.distributor.targets import Targets
+from services.distributor.txnlog import abort_votes, created_event, find_decision, read_head
 from services.runtime.api import call
 from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError, NotFound
+from services.runtime.errors import ConfbusError, Conflict, InvalidInput, NotFound, Permanent
 from services.runtime.events import emit
+from services.runtime.failpoints import failpoint
 
 log = logging.getLogger("confbus.distributor")
 
-CATCHUP_BASE_S = 0.5
-CATCHUP_CAP_S = 60.0
+Change = Callable[[RolloutInfo | None], RolloutInfo | None]
+
+# A switch request can sit at the coordinator this long (its own deadline, plus a queue
+# behind another transaction of the namespace) before we may conclude it never ran.
+IN_FLIGHT_GRACE_S = 10.0
+
+
+class Gone(Exception):
+    """The record is no longer this driver's to move (another rollout, or ended)."""
 
 
 @dataclass
-class _Backoff:
-    attempts: int = 0
-    not_before: float = 0.0
-
-
-@dataclass
-class Distributor:
+class Rollouts:
     bus: Bus
+    kv: StateKV
+    store: Store
     membership: Membership
+    targets: Targets
+    leases: Leases
+    metrics: DistributorMetrics
     instance: str
-    production: dict[str, VersionInfo] = field(default_factory=dict)
-    rolling: set[str] = field(default_factory=set)
-    catching_up: set[tuple[str, str]] = field(default_factory=set)
-    backoff: dict[tuple[str, str], _Backoff] = field(default_factory=dict)
+    verdict_timeout_s: float = 10.0
+    records: dict[str, Entry[RolloutInfo]] = field(default_factory=dict)
+    busy: dict[str, set[str]] = field(default_factory=dict)  # nodes in a wave switch now
+    # Nodes of a namespace with a catch-up switch in flight (set by the service).
+    catching_up: Callable[[str], set[str]] = field(default=lambda _ns: set())
+    drivers: set[str] = field(default_factory=set)
+    _wake: dict[str, anyio.Event] = field(default_factory=dict)
+    _any: anyio.Event = field(default_factory=anyio.Event)
 
-    async def _store(
-        self, op: str, req: object, reply: type[store_api.VersionReply]
-    ) -> store_api.VersionReply:
-        return await call(self.bus, store_api.SERVICE, op, req, reply, timeout=10.0)
+    # -- reading and writing the record ----------------------------------------------------
 
-    async def policy(self, namespace: str) -> Policy:
-        return await call(
-            self.bus,
-            store_api.SERVICE,
-            "policy_get",
-            store_api.PolicyGetRequest(namespace=namespace),
-            Policy,
+    async def read(self, namespace: str) -> Entry[RolloutInfo]:
+        entry = await self.kv.read(rollout_key(namespace), decode_rollout_info)
+        self.records[namespace] = entry
+        return entry
+
+    async def mutate(self, namespace: str, change: Change) -> tuple[Entry[RolloutInfo], bool]:
+        entry, wrote = await self.kv.mutate(rollout_key(namespace), decode_rollout_info, change)
+        self.records[namespace] = entry
+        if wrote:
+            self.kick(namespace)
+        return entry, wrote
+
+    def observed(self, namespace: str, entry: Entry[RolloutInfo]) -> None:
+        """A change seen by the ``rollout.*`` watch (ours or another replica's)."""
+        cur = self.records.get(namespace)
+        if cur is None or entry.revision >= cur.revision:
+            self.records[namespace] = entry
+        self.kick(namespace)
+
+    def kick(self, namespace: str) -> None:
+        ev = self._wake.get(namespace)
+        if ev is not None:
+            ev.set()
+        self._any.set()
+
+    async def _wait(self, namespace: str, timeout: float) -> None:
+        ev = self._wake.setdefault(namespace, anyio.Event())
+        with anyio.move_on_after(max(0.0, timeout)):
+            await ev.wait()
+        if ev.is_set():
+            self._wake[namespace] = anyio.Event()
+
+    async def flush(self, namespace: str, entry: Entry[RolloutInfo]) -> None:
+        """Publish the record's outbox, then remove what was published."""
+        rec = entry.value
+        if rec is None or not rec.outbox:
+            return
+        done: set[str] = set()
+        for item in rec.outbox:
+            if item.event is not None:
+                await emit(self.bus, item.event, msg_id=item.msg_id)
+            elif item.alert is not None:
+                await self.bus.publish(
+                    subjects.alert(namespace), item.alert, msg_id=item.alert.alert_id
+                )
+            done.add(item.msg_id)
+
+        def change(cur: RolloutInfo | None) -> RolloutInfo | None:
+            if cur is None or not any(i.msg_id in done for i in cur.outbox):
+                return None
+            return R.replace(cur, outbox=[i for i in cur.outbox if i.msg_id not in done])
+
+        await self.mutate(namespace, change)
+
+    # -- intent (the version-event consumer) ---------------------------------------------------
+
+    async def on_version(
+        self,
+        namespace: str,
+        version: int,
+        *,
+        strategy: str | None,
+        selector: dict[str, str] | None,
+        from_approval: bool = False,
+    ) -> RolloutInfo | None:
+        """Record that ``version`` should roll out (idempotent; quick: no switch here).
+
+        ``from_approval``: the event (``version.approved``) does not carry the version's
+        overrides; they come from the store's reply, else from its ``version.created`` event.
+        """
+        hints = await self.store.version(namespace, version)
+        info = hints.info
+        if info.rollback_of is not None:
+            log.info(
+                "version restores an older one: the rollbacker switches it",
+                extra={"namespace": namespace, "version": version},
+            )
+            return None
+        if info.status != "approved":
+            return None  # a draft waits for approval; production/superseded/rejected: done
+        if strategy is None:
+            strategy = hints.strategy
+        if selector is None:
+            selector = hints.selector
+        if from_approval and strategy is None and selector is None:
+            created = await created_event(self.bus, namespace, version, info.created_at)
+            if created is not None:
+                strategy, selector = created.strategy, created.selector
+        policy = await self.store.policy(namespace, fresh=True)
+        replaced: list[PendingVersion] = []
+
+        def change(cur: RolloutInfo | None) -> RolloutInfo | None:
+            replaced.clear()
+            if cur is not None and cur.version >= version:
+                return None
+            if cur is not None and cur.next is not None and cur.next.version >= version:
+                return None
+            if cur is None or (cur.state in TERMINAL_STATES and cur.next is None):
+                return R.new_rollout(
+                    namespace, version, strategy=strategy, selector=selector, actor=self.instance
+                )
+            if cur.next is not None:
+                replaced.append(cur.next)
+            return R.set_next(
+                cur,
+                PendingVersion(
+                    version=version,
+                    mode=policy.on_newer_version,
+                    strategy=strategy,
+                    selector=selector,
+                ),
+            )
+
+        entry, wrote = await self.mutate(namespace, change)
+        if wrote:
+            log.info("rollout recorded", extra={"namespace": namespace, "version": version})
+        for old in replaced:
+            await emit(
+                self.bus,
+                RolloutSuperseded(
+                    namespace=namespace,
+                    actor=self.instance,
+                    reason=f"v{version} came while v{old.version} was still waiting to start",
+                    rollout_id=f"{namespace}-v{old.version}-waiting",
+                    version=old.version,
+                    by_version=version,
+                ),
+                msg_id=f"rollout:{namespace}-v{old.version}-waiting:superseded",
+            )
+        return entry.value
+
+    async def on_rollback(self, ev: RollbackStarted) -> None:
+        """The rollbacker took over: the namespace's rollout ends ``rolled_back``."""
+        reason = (
+            f"rolled back by {ev.rollback_id}: v{ev.from_version} → content of v{ev.to_version}"
+        )
+        await self.end_rolled_back(ev.namespace, reason, actor=ev.actor or "rollbacker")
+
+    async def end_rolled_back(
+        self, namespace: str, reason: str, *, actor: str, version: int | None = None
+    ) -> Entry[RolloutInfo]:
+        def change(cur: RolloutInfo | None) -> RolloutInfo | None:
+            if cur is None or cur.state not in ("running", "paused", "failed"):
+                return None
+            if version is not None and cur.version != version:
+                return None
+            return R.rolled_back(cur, reason, actor=actor)
+
+        entry, wrote = await self.mutate(namespace, change)
+        if wrote:
+            self.metrics.rollouts.labels("rolled_back").inc()
+            await self.flush(namespace, entry)
+        return entry
+
+    # -- controls (cfg.api.dist.pause / resume / abort) ----------------------------------------
+
+    async def control(self, op: str, req: ControlRequest) -> RolloutInfo:
+        actor = req.actor or "operator"
+        if op == "abort" and req.rolled_back:
+            entry = await self.end_rolled_back(
+                req.namespace, req.reason or "rolled back", actor=actor, version=req.version
+            )
+            if entry.value is None or entry.value.state != "rolled_back":
+                raise Conflict(_no_rollout(req.namespace, entry.value, "roll back"))
+            return entry.value
+        wanted = {"pause": ("running",), "resume": ("paused",), "abort": ACTIVE_STATES}[op]
+        problem: list[str] = []
+
+        def change(cur: RolloutInfo | None) -> RolloutInfo | None:
+            problem.clear()
+            if (
+                cur is None
+                or cur.state not in wanted
+                or (req.version is not None and cur.version != req.version)
+            ):
+                problem.append(_no_rollout(req.namespace, cur, op))
+                return None
+            if op == "pause":
+                return R.pause(cur, actor=actor, reason=req.reason)
+            if op == "resume":
+                return R.resume(cur, actor=actor, reason=req.reason)
+            why = f"aborted by {actor}" + (f": {req.reason}" if req.reason else "")
+            return R.fail(cur, cur.current_wave if cur.planned else -1, why, actor=actor)
+
+        entry, wrote = await self.mutate(req.namespace, change)
+        if problem or entry.value is None:
+            raise Conflict(problem[0] if problem else f"no rollout of {req.namespace}")
+        if wrote:
+            if op == "abort":
+                self.metrics.rollouts.labels("failed").inc()
+            await self.flush(req.namespace, entry)
+        return R.replace(entry.value, revision=entry.revision)
+
+    # -- supervision -------------------------------------------------------------------------
+
+    def wants_driver(self, namespace: str) -> bool:
+        entry = self.records.get(namespace)
+        rec = entry.value if entry else None
+        return rec is not None and (rec.active or bool(rec.outbox) or rec.next is not None)
+
+    async def supervise(self, tg: TaskGroup) -> None:
+        """Start a driver for each namespace that has work, on the replica holding its lease."""
+        while True:
+            for ns in list(self.records):
+                if ns not in self.drivers and self.leases.held(ns) and self.wants_driver(ns):
+                    self.drivers.add(ns)
+                    tg.start_soon(self._drive_guarded, ns)
+            self._any = anyio.Event()
+            with anyio.move_on_after(0.5):
+                await self._any.wait()
+
+    async def _drive_guarded(self, namespace: str) -> None:
+        try:
+            await self.drive(namespace)
+        finally:
+            self.drivers.discard(namespace)
+            self.busy.pop(namespace, None)
+
+    async def drive(self, namespace: str) -> None:
+        # Judge no node before membership is warm: a restarted replica has heard no one yet.
+        await self.membership.warm()
+        delay = 0.2
+        while self.leases.held(namespace):
+            try:
+                more = await self.step(namespace)
+                delay = 0.2
+                if not more:
+                    return
+            except (Stale, Gone):
+                await anyio.sleep(0.01)  # the record moved: look again
+            except ConfbusError as exc:
+                log.warning(
+                    "rollout step failed; retrying",
+                    extra={"namespace": namespace, "error": str(exc), "delay_s": delay},
+                )
+                await self._wait(namespace, delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("rollout step crashed; retrying", extra={"namespace": namespace})
+                await self._wait(namespace, delay)
+                delay = min(delay * 2, 5.0)
+
+    async def step(self, namespace: str) -> bool:
+        """One step of the namespace's rollout. False: nothing more to do for now."""
+        entry = await self.read(namespace)
+        rec = entry.value
+        if rec is None:
+            return False
+        if rec.outbox:
+            await self.flush(namespace, entry)
+            return True
+        if rec.state in TERMINAL_STATES:
+            if rec.next is not None:
+                await self._start_next(namespace, rec)
+                return True
+            return False
+        if rec.state == "paused":
+            await self._wait(namespace, 5.0)
+            return True
+        superseding = rec.next is not None and rec.next.mode == "supersede"
+        if superseding and (not rec.planned or R.at_boundary(rec)):
+            await self._supersede(namespace, rec)
+            return True
+        if not rec.planned:
+            await self._plan(namespace, rec)
+            return True
+        i = rec.current_wave
+        if i >= len(rec.waves):
+            await self._finish(namespace, rec)
+            return True
+        state = rec.waves[i].state
+        if state == "pending":
+            await self._switch(namespace, rec, i)
+        elif state == "switching":
+            await self._recover(namespace, rec, i)
+        elif state == "baking":
+            await self._bake(namespace, rec, i)
+        elif state in ("done", "skipped"):
+            await self._transition(namespace, rec, lambda c: R.replace(c, current_wave=i + 1))
+        else:  # a failed wave in a live record: end it (should not happen)
+            why = rec.reason or f"wave {i} failed"
+            await self._transition(namespace, rec, lambda c: R.fail(c, i, why, actor=self.instance))
+        return True
+
+    async def _transition(
+        self,
+        namespace: str,
+        rec: RolloutInfo,
+        fn: Callable[[RolloutInfo], RolloutInfo],
+        *,
+        states: tuple[str, ...] = ("running",),
+    ) -> Entry[RolloutInfo]:
+        """Apply ``fn`` if the record is still this rollout in one of ``states``."""
+
+        def change(cur: RolloutInfo | None) -> RolloutInfo | None:
+            if cur is None or cur.rollout_id != rec.rollout_id or cur.state not in states:
+                return None
+            return R.replace(fn(cur), holder=self.instance)
+
+        entry, wrote = await self.mutate(namespace, change)
+        if not wrote:
+            raise Gone(namespace)
+        if entry.value is not None:
+            if entry.value.state != rec.state and entry.value.state in TERMINAL_STATES:
+                self.metrics.rollouts.labels(entry.value.state).inc()
+            await self.flush(namespace, entry)
+        return entry
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    async def _start_next(self, namespace: str, rec: RolloutInfo) -> None:
+        nxt = rec.next
+        assert nxt is not None
+
+        def change(cur: RolloutInfo | None) -> RolloutInfo | None:
+            if cur is None or cur.rollout_id != rec.rollout_id or cur.next is None:
+                return None
+            if cur.state not in TERMINAL_STATES:
+                return None
+            n = cur.next
+            return R.new_rollout(
+                namespace, n.version, strategy=n.strategy, selector=n.selector, actor=self.instance
+            )
+
+        await self.mutate(namespace, change)
+        log.info("next rollout", extra={"namespace": namespace, "version": nxt.version})
+
+    async def _plan(self, namespace: str, rec: RolloutInfo) -> None:
+        policy = await self.store.policy(namespace, fresh=True)
+        try:
+            info = (await self.store.version(namespace, rec.version)).info
+        except NotFound as exc:
+            why = exc.message
+            await self._transition(
+                namespace,
+                rec,
+                lambda c: R.refuse(c, why, actor=self.instance),
+                states=ACTIVE_STATES,
+            )
+            return
+        if info.status == "production":
+            # Promoted by someone else (an operator) before its rollout began: nothing to do;
+            # the nodes converge to production by catch-up.
+            await self._transition(
+                namespace,
+                rec,
+                lambda c: R.complete(
+                    c, actor=self.instance, last_good=False, reason="promoted before its rollout"
+                ),
+                states=ACTIVE_STATES,
+            )
+            return
+        if info.status != "approved":
+            await self._transition(
+                namespace,
+                rec,
+                lambda c: R.refuse(
+                    c,
+                    f"v{rec.version} is {info.status}; only an approved version rolls out",
+                    actor=self.instance,
+                ),
+                states=ACTIVE_STATES,
+            )
+            return
+        try:
+            strategy = parse_strategy(rec.requested_strategy or policy.strategy)
+            selector = parse_selector(
+                rec.selector if rec.selector is not None else dict(policy.selector)
+            )
+        except InvalidInput as exc:
+            reason = exc.message
+            await self._transition(
+                namespace,
+                rec,
+                lambda c: R.refuse(c, reason, actor=self.instance),
+                states=ACTIVE_STATES,
+            )
+            return
+        await self.membership.warm()
+        prod = await self.targets.production_of(namespace, refresh=True)
+        live = self.membership.live_nodes(namespace, selector)
+        if not live:
+            known = self.membership.known_nodes(namespace)
+            if not known and not selector:
+                await self._bootstrap(namespace, rec, prod)
+                return
+            reason = _no_targets(namespace, selector, known, self.membership)
+            await self._transition(
+                namespace,
+                rec,
+                lambda c: R.refuse(c, reason, actor=self.instance),
+                states=ACTIVE_STATES,
+            )
+            return
+        waves = strategy.waves(live)
+        await self._transition(
+            namespace,
+            rec,
+            lambda c: R.planned(
+                c,
+                strategy=str(strategy),
+                selector=selector,
+                waves=waves,
+                bake_s=policy.bake_s,
+                max_excluded=policy.max_excluded,
+                vote_timeout_s=policy.vote_timeout_s,
+                on_missing_data=policy.on_missing_data,
+                previous_version=prod.version if prod else None,
+                actor=self.instance,
+            ),
+            states=ACTIVE_STATES,
+        )
+        log.info(
+            "rollout planned",
+            extra={
+                "namespace": namespace,
+                "version": rec.version,
+                "strategy": str(strategy),
+                "waves": [len(w) for w in waves],
+            },
         )
 
-    async def production_of(self, namespace: str, refresh: bool = False) -> VersionInfo | None:
-        if refresh or namespace not in self.production:
-            try:
-                reply = await self._store(
-                    "get",
-                    store_api.GetRequest(namespace=namespace, ref="production", content=False),
-                    store_api.VersionReply,
-                )
-            except NotFound:
-                return None
-            self.production[namespace] = reply.info
-        return self.production.get(namespace)
+    async def _bootstrap(self, namespace: str, rec: RolloutInfo, prod: VersionInfo | None) -> None:
+        """No agent follows the namespace yet: nothing to switch. The version becomes
+        production so that agents joining later catch up to it."""
+        reason = "no agent follows this namespace yet: promoted; nodes catch up when they join"
+        await self._promote(namespace, rec, reason)
+        await self._transition(
+            namespace,
+            rec,
+            lambda c: R.complete(
+                R.replace(c, planned=True, strategy=c.requested_strategy or "all-at-once"),
+                actor=self.instance,
+                last_good=False,
+                reason=reason,
+            ),
+            states=ACTIVE_STATES,
+        )
 
-    # -- rollouts ------------------------------------------------------------------------------
+    async def _supersede(self, namespace: str, rec: RolloutInfo) -> None:
+        assert rec.next is not None
+        by = rec.next.version
+        await self._transition(
+            namespace,
+            rec,
+            lambda c: R.supersede(c, by, actor=self.instance),
+            states=ACTIVE_STATES,
+        )
+        log.info("rollout superseded", extra={"namespace": namespace, "by_version": by})
 
-    async def rollout(self, namespace: str, version: int, selector: dict[str, str] | None) -> None:
-        info = (
-            await self._store(
-                "get",
-                store_api.GetRequest(namespace=namespace, ref=str(version), content=False),
-                store_api.VersionReply,
+    async def _switch(self, namespace: str, rec: RolloutInfo, i: int) -> None:
+        todo = R.wave_nodes(rec, i)
+        already = [n for n in todo if (self.membership.applied(namespace, n) or 0) >= rec.version]
+        down = [n for n in todo if n not in already and not self.membership.is_live(n)]
+        nodes = [n for n in todo if n not in already and n not in down]
+        total = max(1, len(rec.targets))
+        would_exclude = R.excluded_count(rec) + len(down)
+        if down and would_exclude / total > rec.max_excluded + 1e-9:
+            reason = (
+                f"wave {i}: {', '.join(down)} not live; leaving them out would exclude "
+                f"{would_exclude} of {total} targets ({would_exclude / total:.0%}), over "
+                f"max_excluded {rec.max_excluded:.0%}"
             )
-        ).info
-        if info.status != "approved":
-            return  # already rolled out, superseded, or not approved: a redelivery
-        prod = await self.production_of(namespace, refresh=True)
-        if prod is not None and prod.version >= version:
+            await self._transition(
+                namespace, rec, lambda c: R.fail(c, i, reason, actor=self.instance)
+            )
             return
-        policy = await self.policy(namespace)
-        await self.membership.warm()
-        targets = self.membership.live_nodes(namespace, selector or policy.selector or None)
-        rollout_id = f"{namespace}-v{version}"
-        self.rolling.add(namespace)
+        timeout = rec.vote_timeout_s or 5.0
+        # No new catch-up for these nodes from here on; let one in flight finish first, so
+        # that the wave and a one-node switch do not trip over each other at the agent.
+        self.busy[namespace] = set(nodes)
+        with anyio.move_on_after(timeout + 5.0):
+            while set(nodes) & self.catching_up(namespace):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        try:
+            entry = await self._transition(
+                namespace,
+                rec,
+                lambda c: R.start_attempt(
+                    c, i, nodes=nodes, already=already, down=down, actor=self.instance
+                ),
+            )
+        except BaseException:
+            self.busy.pop(namespace, None)
+            raise
+        if not nodes:
+            self.busy.pop(namespace, None)
+            return  # nothing to switch in this wave: it bakes with the nodes switched so far
+        assert entry.value is not None
         started = time.monotonic()
         try:
-            await emit(
-                self.bus,
-                RolloutStarted(
-                    namespace=namespace,
-                    actor=self.instance,
-                    rollout_id=rollout_id,
-                    version=version,
-                    strategy="all-at-once",
-                    waves=[targets] if targets else [],
-                ),
-                msg_id=f"rollout:{rollout_id}:started",
+            reply = await self.store.switch(namespace, rec.version, nodes, timeout, self.instance)
+        except Permanent as exc:
+            why = f"wave {i}: the coordinator refused the switch: {exc}"
+            await self._transition(
+                namespace,
+                entry.value,
+                lambda c: R.fail(c, i, why, actor=self.instance),
+                states=ACTIVE_STATES,
             )
-            report: list[NodeOutcome] = []
-            if targets:
-                ok, report = await self._wave(namespace, version, targets, policy, rollout_id)
-                if not ok:
-                    await emit(
-                        self.bus,
-                        RolloutFailed(
-                            namespace=namespace,
-                            actor=self.instance,
-                            rollout_id=rollout_id,
-                            version=version,
-                            wave=0,
-                            report=report,
-                            reason=_failure_reason(report),
-                        ),
-                        msg_id=f"rollout:{rollout_id}:failed",
-                    )
-                    return
-            await self._promote(namespace, version, rollout_id, targets)
-            await emit(
-                self.bus,
-                RolloutCompleted(
-                    namespace=namespace,
-                    actor=self.instance,
-                    rollout_id=rollout_id,
-                    version=version,
-                    report=report,
-                    seconds=time.monotonic() - started,
-                    reason="" if targets else "no live agents: nodes catch up when they join",
-                ),
-                msg_id=f"rollout:{rollout_id}:completed",
-            )
-        finally:
-            self.rolling.discard(namespace)
-
-    async def _wave(
-        self, namespace: str, version: int, targets: list[str], policy: Policy, rollout_id: str
-    ) -> tuple[bool, list[NodeOutcome]]:
-        """One atomic switch; retried once without nodes that only missed the deadline,
-        if that leaves out no more than the policy's ``max_excluded`` share (DESIGN §3.7)."""
-        excluded: list[str] = []
-        nodes = targets
-        for attempt in (1, 2):
-            reply = await self._switch(namespace, version, nodes, policy)
-            outcome: Literal["committed", "aborted"] = (
-                "committed" if reply.outcome == "commit" else "aborted"
-            )
-            report = [_outcome(v, attempt, reply.outcome == "commit") for v in reply.votes] + [
-                NodeOutcome(node=n, outcome="excluded", reason="missed the vote deadline")
-                for n in excluded
-            ]
-            await emit(
-                self.bus,
-                RolloutWave(
-                    namespace=namespace,
-                    actor=self.instance,
-                    rollout_id=rollout_id,
-                    version=version,
-                    wave=0,
-                    txid=reply.txid,
-                    outcome=outcome,
-                    nodes=report,
-                ),
-                msg_id=f"rollout:{rollout_id}:wave0:{reply.txid}",
-            )
-            if reply.outcome == "commit":
-                return True, report
-            missing = [v.node for v in reply.votes if v.vote == "missing"]
-            said_no = any(v.vote == "no" for v in reply.votes)
-            if said_no or not missing or attempt == 2:
-                return False, report
-            if (len(excluded) + len(missing)) / len(targets) > policy.max_excluded:
-                return False, report
-            excluded += missing
-            nodes = [n for n in nodes if n not in missing]
-            if not nodes:
-                return False, report
-        return False, []  # pragma: no cover - the loop returns
-
-    async def _switch(
-        self, namespace: str, version: int, nodes: list[str], policy: Policy
-    ) -> txn_api.SwitchReply:
-        return await call(
-            self.bus,
-            txn_api.SERVICE,
-            "switch",
-            txn_api.SwitchRequest(
-                namespace=namespace,
-                version=version,
-                nodes=nodes,
-                timeout_s=policy.vote_timeout_s,
-                actor=self.instance,
-            ),
-            txn_api.SwitchReply,
-            timeout=policy.vote_timeout_s + 15.0,
-        )
-
-    async def _promote(
-        self, namespace: str, version: int, rollout_id: str, nodes: list[str]
-    ) -> None:
-        reply = await self._store(
-            "promote",
-            store_api.PromoteRequest(
-                namespace=namespace,
-                version=version,
-                actor=self.instance,
-                reason=f"rollout {rollout_id} switched {len(nodes)} node(s)",
-            ),
-            store_api.VersionReply,
-        )
-        self.production[namespace] = reply.info
-
-    # -- catch-up ------------------------------------------------------------------------------
-
-    async def on_heartbeat(self, hb: Heartbeat, tg: anyio.abc.TaskGroup) -> None:
-        self.membership.observe(hb)
-        for state in hb.namespaces:
-            ns = state.namespace
-            key = (ns, hb.node)
-            if ns in self.rolling or key in self.catching_up:
-                continue
-            prod = self.production.get(ns)
-            if prod is None:
-                tg.start_soon(self._learn_production, ns)
-                continue
-            if state.applied_version is not None and state.applied_version >= prod.version:
-                self.backoff.pop(key, None)
-                continue
-            if state.prepared_txid is not None:
-                continue  # a transaction is under way on that node
-            b = self.backoff.get(key)
-            if b is not None and time.monotonic() < b.not_before:
-                continue
-            self.catching_up.add(key)
-            tg.start_soon(self._catch_up, ns, hb.node, prod.version)
-
-    async def _learn_production(self, namespace: str) -> None:
-        try:
-            await self.production_of(namespace)
-        except ConfbusError as exc:
-            log.warning("cannot read production", extra={"namespace": namespace, "error": str(exc)})
-
-    async def _catch_up(self, namespace: str, node: str, version: int) -> None:
-        key = (namespace, node)
-        try:
-            policy = await self.policy(namespace)
-            reply = await self._switch(namespace, version, [node], policy)
-            ok = reply.outcome == "commit"
-            why = "; ".join(f"{v.vote}: {v.reason}" for v in reply.votes if v.vote != "yes")
-        except ConfbusError as exc:
-            ok, why = False, str(exc)
-        finally:
-            self.catching_up.discard(key)
-        if ok:
-            self.backoff.pop(key, None)
-            log.info("caught up", extra={"namespace": namespace, "node": node, "version": version})
             return
-        b = self.backoff.setdefault(key, _Backoff())
-        b.attempts += 1
-        ceiling = min(CATCHUP_CAP_S, CATCHUP_BASE_S * 2 ** (b.attempts - 1))
-        b.not_before = time.monotonic() + random.uniform(ceiling / 2, ceiling)
-        log.warning(
-            "catch-up failed",
-            extra={"namespace": namespace, "node": node, "attempts": b.attempts, "reason": why},
+        finally:
+            self.busy.pop(namespace, None)
+        # Unavailable (a timeout, no coordinator) propagates: the wave stays "switching" and
+        # the next step finds out from the head and the decision records what happened.
+        switch_s = time.monotonic() - started
+        self.metrics.wave_switch_seconds.observe(switch_s)
+        if reply.outcome == "commit":
+            await failpoint("distributor.after_wave_committed")
+        await self._record(namespace, entry.value, i, reply.txid, reply.outcome, reply.votes,
+                           switch_s)  # fmt: skip
+
+    async def _record(
+        self,
+        namespace: str,
+        rec: RolloutInfo,
+        i: int,
+        txid: str,
+        outcome: str,
+        votes: list[VoteRecord],
+        switch_s: float | None,
+        decision_reason: str = "",
+    ) -> None:
+        def change(cur: RolloutInfo | None) -> RolloutInfo | None:
+            if cur is None or cur.rollout_id != rec.rollout_id or i >= len(cur.waves):
+                return None
+            w = cur.waves[i]
+            if txid in w.txids or w.state != "switching":
+                return None  # recorded already
+            if outcome == "commit":
+                out = R.record_commit(
+                    cur, i, txid=txid, votes=votes, switch_s=switch_s, actor=self.instance
+                )
+            else:
+                out = R.record_abort(
+                    cur,
+                    i,
+                    txid=txid,
+                    votes=votes,
+                    actor=self.instance,
+                    decision_reason=decision_reason,
+                )
+            return R.replace(out, holder=self.instance)
+
+        entry, wrote = await self.mutate(namespace, change)
+        if not wrote or entry.value is None:
+            return
+        if outcome == "commit":
+            self.metrics.waves.labels("committed").inc()
+        elif entry.value.waves[i].state == "pending":
+            self.metrics.waves.labels("retrying").inc()
+        else:
+            self.metrics.waves.labels("aborted").inc()
+        if entry.value.state in TERMINAL_STATES and rec.state not in TERMINAL_STATES:
+            self.metrics.rollouts.labels(entry.value.state).inc()
+        if outcome == "commit":
+            nodes = [v.node for v in votes] or entry.value.waves[i].switch_nodes
+            await self.targets.raise_to(namespace, nodes, rec.version, txid)
+        await failpoint("distributor.after_wave_recorded")
+        await self.flush(namespace, entry)
+
+    async def _recover(self, namespace: str, rec: RolloutInfo, i: int) -> None:
+        """A wave left ``switching``: find what became of its attempt before doing anything."""
+        w = rec.waves[i]
+        since = w.switch_started_at or rec.started_at or datetime.now(UTC)
+        decision = await find_decision(
+            self.bus, namespace, rec.version, w.switch_nodes, since, exclude=w.txids
+        )
+        if decision is None:
+            head = await read_head(self.bus, namespace)
+            if (
+                head is not None
+                and head.txid is not None
+                and head.txid not in w.txids
+                and head.version == rec.version
+                and set(head.participants) == set(w.switch_nodes)
+            ):
+                if head.state == "preparing":
+                    reply = await self.store.resolve(namespace, head.txid)
+                    if reply.state == "pending" or reply.decision is None:
+                        log.info("waiting for the wave's transaction", extra={"txid": head.txid})
+                        await self._wait(namespace, 0.25)
+                        return
+                    decision = reply.decision
+                else:
+                    # Decided on the head; its record may be a moment behind.
+                    await self._wait(namespace, 0.1)
+                    return
+        if decision is not None:
+            log.info(
+                "recovered the outcome of a wave",
+                extra={"namespace": namespace, "wave": i, "txid": decision.txid},
+            )
+            votes: list[VoteRecord] = []
+            if decision.outcome == "abort":
+                ev = await abort_votes(self.bus, namespace, decision.txid, since)
+                votes = ev.votes if ev is not None else []
+                if not votes:
+                    votes = [
+                        VoteRecord(node=n, vote="missing", reason="unknown (recovered)")
+                        for n in w.switch_nodes
+                    ]
+            await self._record(
+                namespace,
+                rec,
+                i,
+                decision.txid,
+                decision.outcome,
+                votes,
+                None,
+                decision_reason=decision.reason,
+            )
+            return
+        timeout = rec.vote_timeout_s or 5.0
+        in_flight_until = since + timedelta(seconds=2 * timeout + 15.0 + IN_FLIGHT_GRACE_S)
+        left = (in_flight_until - datetime.now(UTC)).total_seconds()
+        if left > 0:
+            await self._wait(namespace, min(left, 0.5))
+            return
+        # Never reached the coordinator (and can no longer): run the attempt again.
+        log.info("re-running a wave whose switch never ran", extra={"wave": i})
+
+        def undo(c: RolloutInfo) -> RolloutInfo:
+            wave = R.replace(c.waves[i], state="pending", attempts=max(0, c.waves[i].attempts - 1))
+            return R.set_wave(c, i, wave)
+
+        await self._transition(namespace, rec, undo, states=ACTIVE_STATES)
+
+    async def _bake(self, namespace: str, rec: RolloutInfo, i: int) -> None:
+        w = rec.waves[i]
+        committed = w.committed_at or datetime.now(UTC)
+        left = (committed + timedelta(seconds=rec.bake_s) - datetime.now(UTC)).total_seconds()
+        if left > 0:
+            # Interruptible: a pause, an abort or a newer version wakes us up.
+            await self._wait(namespace, left)
+            return
+        nodes = R.switched_nodes(rec, i)
+        reply = await self._verdict(namespace, rec.version, nodes, committed)
+        passed = reply.verdict == "pass" or (
+            reply.verdict == "no_data" and rec.on_missing_data == "pass"
+        )
+        alert = None
+        if not passed:
+            alert = Alert(
+                alert_id=f"distributor:{rec.rollout_id}:bake{i}",
+                namespace=namespace,
+                version=rec.version,
+                rule="rollout bake",
+                nodes=reply.unhealthy_nodes or nodes,
+                source="distributor",
+                summary=(
+                    f"rollout {rec.rollout_id} of v{rec.version} stopped: the health verdict "
+                    f"after wave {i} is {reply.verdict}"
+                    + (f" ({reply.reason})" if reply.reason else "")
+                ),
+            )
+        await self._transition(
+            namespace,
+            rec,
+            lambda c: R.record_verdict(
+                c,
+                i,
+                verdict=reply.verdict,
+                samples=reply.samples,
+                reason=reply.reason,
+                passed=passed,
+                actor=self.instance,
+                alert=alert,
+            ),
+        )
+
+    async def _verdict(
+        self, namespace: str, version: int, nodes: list[str], since: datetime
+    ) -> health_api.VerdictReply:
+        try:
+            return await call(
+                self.bus,
+                health_api.SERVICE,
+                "verdict",
+                health_api.VerdictRequest(
+                    namespace=namespace, version=version, nodes=nodes, since=since
+                ),
+                health_api.VerdictReply,
+                timeout=self.verdict_timeout_s,
+            )
+        except ConfbusError as exc:
+            # No health-watcher (yet), or it cannot judge: that is missing data, never a pass.
+            return health_api.VerdictReply(
+                verdict="no_data", reason=f"no verdict from the health-watcher: {exc.message}"
+            )
+
+    async def _promote(self, namespace: str, rec: RolloutInfo, reason: str) -> None:
+        prod = await self.targets.production_of(namespace, refresh=True)
+        if prod is not None and prod.version >= rec.version:
+            return  # promoted already (a step repeated after a crash)
+        try:
+            info = await self.store.promote(namespace, rec.version, self.instance, reason)
+        except (Conflict, NotFound):
+            prod = await self.targets.production_of(namespace, refresh=True)
+            if prod is not None and prod.version >= rec.version:
+                return
+            raise
+        self.targets.set_production(info)
+
+    async def _finish(self, namespace: str, rec: RolloutInfo) -> None:
+        switched = R.switched_nodes(rec)
+        reason = f"rollout {rec.rollout_id}: {len(switched)} node(s) in {len(rec.waves)} wave(s)"
+        try:
+            await self._promote(namespace, rec, reason)
+        except Permanent as exc:
+            # E.g. the version was rejected by an operator mid-rollout: it cannot be production.
+            why = f"switched everywhere but cannot be promoted: {exc.message}"
+            index = len(rec.waves) - 1
+            await self._transition(
+                namespace, rec, lambda c: R.fail(c, index, why, actor=self.instance)
+            )
+            return
+        final = rec.waves[-1] if rec.waves else None
+        last_good = final is not None and final.verdict == "pass"
+        if last_good:
+            try:
+                await self.store.mark_good(
+                    namespace, rec.version, self.instance, f"{reason}; final bake passed with data"
+                )
+            except Permanent as exc:
+                log.warning("could not mark last known good", extra={"error": exc.message})
+                last_good = False
+        await self._transition(
+            namespace, rec, lambda c: R.complete(c, actor=self.instance, last_good=last_good)
+        )
+        log.info(
+            "rollout completed",
+            extra={"namespace": namespace, "version": rec.version, "last_good": last_good},
         )
 
 
-def _outcome(v: VoteRecord, attempt: int, committed: bool) -> NodeOutcome:
-    if v.vote == "yes":
-        return NodeOutcome(
-            node=v.node,
-            outcome="applied" if committed else "skipped",
-            attempts=attempt,
-            reason="" if committed else "transaction aborted",
-        )
-    return NodeOutcome(node=v.node, outcome=v.vote, attempts=attempt, reason=v.reason)
+def _no_rollout(namespace: str, rec: RolloutInfo | None, op: str) -> str:
+    if rec is None:
+        return f"cannot {op}: {namespace} has no rollout"
+    return (
+        f"cannot {op}: the rollout of {namespace} (v{rec.version}, {rec.rollout_id}) is {rec.state}"
+    )
 
 
-def _failure_reason(report: list[NodeOutcome]) -> str:
-    no = [f"{o.node}: {o.reason}" for o in report if o.outcome == "no"]
-    if no:
-        return "voted no: " + "; ".join(no)
-    missing = [o.node for o in report if o.outcome in ("missing", "excluded")]
-    return "missed the vote deadline: " + ", ".join(missing)
+def _no_targets(
+    namespace: str, selector: dict[str, str], known: list[str], membership: Membership
+) -> str:
+    if selector:
+        sel = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        return f"no live agent of {namespace} matches the selector {sel} ({len(known)} known)"
+    states = ", ".join(f"{n} ({membership.liveness(n)})" for n in known[:10])
+    return f"no live agent of {namespace}: known nodes are {states}"

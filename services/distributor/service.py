@@ -1,4 +1,18 @@
-"""The distributor service: heartbeats in, version events in, switches out."""
+"""The distributor service: heartbeats and events in, switches and events out.
+
+Tasks (one anyio task group):
+
+- a core subscription to ``cfg.node.*.heartbeat`` → membership, catch-up and drift repair;
+- durable consumers on ``CFG_EVENTS``: ``distributor`` (``cfg.event.*.version.>``: record
+  rollout intents, follow promotions), ``distributor-txn`` (``cfg.event.*.txn.committed``:
+  raise node targets), ``distributor-rollback`` (``cfg.event.*.rollback.started``: end the
+  namespace's rollout as ``rolled_back``);
+- KV watches of ``target.>`` and ``rollout.*`` (every replica mirrors them);
+- the lease loop (``lease.distributor.<ns>`` per namespace, ``lease.distributor._members``);
+- the rollout supervisor (one driver task per namespace with work, where we hold its lease);
+- the membership keeper (node records and ``node.status`` events, under the members lease);
+- the ``cfg.api.dist.*`` endpoints.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +22,33 @@ from collections.abc import Sequence
 
 import anyio
 import msgspec
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 
 from schemas import subjects
-from schemas.events import AnyEvent, VersionApproved, VersionCreated, VersionPromoted, decode_event
+from schemas.api import dist as dist_api
+from schemas.api.dist import decode_rollout_info
+from schemas.events import (
+    AnyEvent,
+    RollbackStarted,
+    TxnCommitted,
+    VersionApproved,
+    VersionCreated,
+    VersionPromoted,
+    decode_event,
+)
 from schemas.node import decode_heartbeat
-from schemas.streams import CFG_EVENTS
-from services.distributor.membership import Membership
-from services.distributor.rollout import Distributor
-from services.runtime.consumer import Consumer, Delivery
+from schemas.streams import CFG_EVENTS, CFG_STATE
+from services.distributor.api import DistApi
+from services.distributor.kvstate import MEMBERS_LEASE, Entry, Leases, StateKV, watch_keys
+from services.distributor.membership import Membership, MembershipKeeper
+from services.distributor.metrics import DistributorMetrics
+from services.distributor.repairs import Repairs
+from services.distributor.rollout import Rollouts
+from services.distributor.store import Store
+from services.distributor.targets import Targets
+from services.runtime.api import serve_api, stop_api
+from services.runtime.consumer import BatchHandler, Consumer, Delivery
 from services.runtime.metrics import ConsumerMetrics
 from services.runtime.service import ServiceContext
 
@@ -25,20 +56,94 @@ log = logging.getLogger("confbus.distributor")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    g = parser.add_argument_group("distributor")
+    g.add_argument(
         "--heartbeat-interval",
         type=float,
         default=2.0,
-        help="the agents' heartbeat interval, seconds (for the warm-up)",
+        help="the agents' heartbeat interval, seconds (warm-up before planning a rollout)",
+    )
+    g.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        help="how long a replica's lease on a namespace lasts unless renewed, seconds",
+    )
+    g.add_argument(
+        "--catchup-base", type=float, default=0.5, help="first catch-up retry delay, seconds"
+    )
+    g.add_argument(
+        "--catchup-cap", type=float, default=60.0, help="longest catch-up retry delay, seconds"
+    )
+    g.add_argument(
+        "--verdict-timeout",
+        type=float,
+        default=10.0,
+        help="how long to wait for the health-watcher's verdict, seconds",
+    )
+    g.add_argument(
+        "--status-event-gap",
+        type=float,
+        default=5.0,
+        help="at most one node.status event per node this often, seconds",
+    )
+    g.add_argument(
+        "--forget-after",
+        type=float,
+        default=3600.0,
+        help="forget a node gone this long (its records are deleted), seconds; 0: never",
     )
 
 
-async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
-    membership = Membership()
-    dist = Distributor(ctx.bus, membership, ctx.settings.instance_id)
+class Distributor:
+    def __init__(self, ctx: ServiceContext, kv: StateKV) -> None:
+        args = ctx.args
+        self.ctx = ctx
+        self.bus = ctx.bus
+        self.instance = ctx.settings.instance_id
+        self.kv = kv
+        self.metrics = DistributorMetrics.create(ctx.registry)
+        self.store = Store(ctx.bus)
+        self.membership = Membership(heartbeat_interval_s=args.heartbeat_interval)
+        self.leases = Leases(kv, self.instance, ttl_s=args.lease_ttl)
+        self.targets = Targets(kv, self.store)
+        self.rollouts = Rollouts(
+            ctx.bus,
+            kv,
+            self.store,
+            self.membership,
+            self.targets,
+            self.leases,
+            self.metrics,
+            self.instance,
+            verdict_timeout_s=args.verdict_timeout,
+        )
+        self.repairs = Repairs(
+            ctx.bus,
+            self.store,
+            self.targets,
+            self.leases,
+            self.metrics,
+            self.instance,
+            busy=self.rollouts.busy,
+            base_s=args.catchup_base,
+            cap_s=args.catchup_cap,
+        )
+        self.rollouts.catching_up = self.repairs.in_flight
+        self.keeper = MembershipKeeper(
+            ctx.bus,
+            kv,
+            self.membership,
+            self.leases,
+            self.metrics,
+            self.instance,
+            min_event_gap_s=args.status_event_gap,
+            forget_after_s=args.forget_after,
+        )
 
-    async with anyio.create_task_group() as tg:
+    # -- inputs ----------------------------------------------------------------------------------
 
+    def heartbeat_handler(self, tg: TaskGroup):  # type: ignore[no-untyped-def]
         async def on_heartbeat(msg: Msg) -> None:
             try:
                 hb = decode_heartbeat(msg.data)
@@ -47,31 +152,119 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                 return
             if msg.subject != subjects.heartbeat(hb.node):
                 return  # a node may speak only for itself
-            await dist.on_heartbeat(hb, tg)
+            member = self.membership.observe(hb)
+            self.repairs.on_heartbeat(member, tg)
 
-        async def on_events(batch: Sequence[Delivery[AnyEvent]]) -> None:
-            for item in batch:
-                ev = item.value
-                try:
-                    if isinstance(ev, VersionCreated) and ev.status == "approved":
-                        await dist.rollout(ev.namespace, ev.version, ev.selector)
-                    elif isinstance(ev, VersionApproved):
-                        await dist.rollout(ev.namespace, ev.version, None)
-                    elif isinstance(ev, VersionPromoted):
-                        await dist.production_of(ev.namespace, refresh=True)
-                except Exception as exc:
-                    item.fail(exc)
+        return on_heartbeat
 
-        await ctx.bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=on_heartbeat)
-        consumer: Consumer[AnyEvent] = Consumer(
-            bus=ctx.bus,
+    async def on_versions(self, batch: Sequence[Delivery[AnyEvent]]) -> None:
+        for item in batch:
+            ev = item.value
+            try:
+                if isinstance(ev, VersionCreated) and ev.status == "approved":
+                    await self.rollouts.on_version(
+                        ev.namespace, ev.version, strategy=ev.strategy, selector=ev.selector
+                    )
+                elif isinstance(ev, VersionApproved):
+                    await self.rollouts.on_version(
+                        ev.namespace, ev.version, strategy=None, selector=None, from_approval=True
+                    )
+                elif isinstance(ev, VersionPromoted):
+                    await self.targets.production_of(ev.namespace, refresh=True)
+            except Exception as exc:
+                item.fail(exc)
+
+    async def on_txns(self, batch: Sequence[Delivery[AnyEvent]]) -> None:
+        for item in batch:
+            ev = item.value
+            try:
+                if isinstance(ev, TxnCommitted):
+                    await self.targets.raise_to(ev.namespace, ev.participants, ev.version, ev.txid)
+            except Exception as exc:
+                item.fail(exc)
+
+    async def on_rollbacks(self, batch: Sequence[Delivery[AnyEvent]]) -> None:
+        for item in batch:
+            ev = item.value
+            try:
+                if isinstance(ev, RollbackStarted):
+                    await self.rollouts.on_rollback(ev)
+            except Exception as exc:
+                item.fail(exc)
+
+    def on_rollout_key(self, key: str, value: bytes | None, revision: int) -> None:
+        ns = key.split(".", 1)[1]
+        if value is None:
+            self.rollouts.observed(ns, Entry(None, revision))
+            return
+        try:
+            self.rollouts.observed(ns, Entry(decode_rollout_info(value), revision))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            log.warning("unreadable rollout record", extra={"key": key})
+
+    def consumer(
+        self, durable: str, subject: str, handler: BatchHandler[AnyEvent]
+    ) -> Consumer[AnyEvent]:
+        return Consumer(
+            bus=self.bus,
             stream=CFG_EVENTS,
-            durable="distributor",
+            durable=durable,
             decode=decode_event,
-            handler=on_events,
-            metrics=ConsumerMetrics.create(ctx.registry, "distributor", "events"),
-            filter_subject="cfg.event.*.version.>",
-            ack_wait_s=120.0,
+            handler=handler,
+            metrics=ConsumerMetrics.create(self.ctx.registry, "distributor", durable),
+            filter_subject=subject,
+            batch=50,
+            ack_wait_s=60.0,
         )
-        await tg.start(consumer.run)
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    async def lease_loop(self) -> None:
+        period = max(0.1, self.leases.ttl_s / 3)
+        while True:
+            names = (
+                {MEMBERS_LEASE}
+                | self.membership.namespaces()
+                | {ns for ns, e in self.rollouts.records.items() if e.value is not None}
+            )
+            for name in sorted(names):
+                was = self.leases.held(name)
+                if await self.leases.acquire(name) and not was and name != MEMBERS_LEASE:
+                    self.rollouts.kick(name)
+            await anyio.sleep(period)
+
+    async def release_all(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            for name in self.leases.held_names():
+                await self.leases.release(name)
+
+
+async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
+    kv = StateKV(await ctx.bus.kv(CFG_STATE.name))
+    d = Distributor(ctx, kv)
+    await d.keeper.load()
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.targets.watch)
+        await tg.start(lambda *, task_status: watch_keys(
+            kv.kv, "rollout.*", d.on_rollout_key, task_status=task_status))  # fmt: skip
+        tg.start_soon(d.lease_loop)
+        await ctx.bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=d.heartbeat_handler(tg))
+        await tg.start(d.consumer("distributor", "cfg.event.*.version.>", d.on_versions).run)
+        await tg.start(d.consumer("distributor-txn", "cfg.event.*.txn.committed", d.on_txns).run)
+        await tg.start(
+            d.consumer("distributor-rollback", "cfg.event.*.rollback.started", d.on_rollbacks).run
+        )
+        tg.start_soon(d.keeper.run)
+        tg.start_soon(d.rollouts.supervise, tg)
+        svc = await serve_api(
+            ctx.bus,
+            dist_api.SERVICE,
+            DistApi(d.membership, d.targets, d.rollouts, d.repairs).endpoints(),
+            tg=tg,
+        )
         task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            await stop_api(svc)
+            await d.release_all()

@@ -1,0 +1,198 @@
+"""Rollouts and the fleet: ``confbus rollout``, ``pause``, ``resume``, ``abort``, ``status``.
+
+- ``confbus rollout NS [--json]``: the namespace's current or last rollout — its waves (nodes,
+  state, transaction, attempts, when committed, the bake's verdict) and, per node, the outcome,
+  attempts and timing (the delivery report).
+- ``confbus pause NS`` / ``confbus resume NS``: hold a running rollout at its next wave
+  boundary / let it go on. ``confbus abort NS``: end it as failed (waves switched stay switched;
+  ``confbus rollback`` restores them).
+- ``confbus status NS [--json]``: the production version and, per node, its liveness, applied
+  version, the sha256 of its live file, its target version, its last heartbeat and its status
+  (``ok``, ``catching-up``, ``drift``, ``failing: <reason>``…).
+
+Exit codes: 0 ok; 1 refused (no rollout in a state that allows it); 3 unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+
+import msgspec
+
+from schemas.api.dist import RolloutInfo, StatusReply
+from services.cli.client import Client, check_namespace
+from services.cli.exitcodes import FAILED, OK, CliError
+
+_json = msgspec.json.Encoder()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "rollout",
+        help="show the namespace's current or last rollout (waves, per-node report)",
+        description="Show the current or last rollout of NS: its waves and, per node, the "
+        "outcome, attempts and timing.",
+    )
+    p.add_argument("namespace", metavar="NS")
+    p.add_argument("--json", action="store_true", help="print the rollout record as JSON")
+    p.set_defaults(func=run_rollout)
+
+    for op, text in (
+        ("pause", "hold the namespace's running rollout at its next wave boundary"),
+        ("resume", "let a paused rollout go on"),
+        ("abort", "end the namespace's rollout as failed (switched waves stay switched)"),
+    ):
+        c = sub.add_parser(op, help=text, description=text[0].upper() + text[1:] + ".")
+        c.add_argument("namespace", metavar="NS")
+        c.add_argument("--reason", default="", help="why (kept in the event)")
+        c.add_argument("--as", dest="actor", default="", help="who (default: $CONFBUS_IDENTITY)")
+        c.add_argument("--json", action="store_true")
+        c.set_defaults(func=run_control, op=op)
+
+    s = sub.add_parser(
+        "status",
+        help="the fleet of a namespace: per node liveness, applied and target version",
+        description="Show NS's production version and, per node: liveness, applied version, "
+        "sha256 of the live file, target version, last heartbeat and status.",
+    )
+    s.add_argument("namespace", metavar="NS")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run_status)
+
+
+async def run_rollout(args: argparse.Namespace, client: Client) -> int:
+    check_namespace(args.namespace)
+    info = await client.rollout_info(args.namespace)
+    if args.json:
+        _out(_json.encode(info).decode())
+        return OK if info is not None else FAILED
+    if info is None:
+        raise CliError(f"{args.namespace} has had no rollout yet")
+    _out(render_rollout(info))
+    return OK
+
+
+async def run_control(args: argparse.Namespace, client: Client) -> int:
+    from services.cli.commands.store import identity
+
+    info = await client.rollout_control(
+        args.op, args.namespace, reason=args.reason, actor=identity(args.actor or None)
+    )
+    if args.json:
+        _out(_json.encode(info).decode())
+    else:
+        _out(f"{info.namespace} v{info.version} rollout {info.rollout_id}: {info.state}")
+    return OK
+
+
+async def run_status(args: argparse.Namespace, client: Client) -> int:
+    reply = await client.fleet_status(args.namespace)
+    if args.json:
+        _out(_json.encode(reply).decode())
+    else:
+        _out(render_status(reply))
+    return OK
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def _when(t: datetime | None) -> str:
+    return t.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3] if t else "-"
+
+
+def _ago(t: datetime | None) -> str:
+    if t is None:
+        return "never"
+    s = (datetime.now(UTC) - t).total_seconds()
+    return f"{s:.1f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
+
+
+def _v(version: int | None) -> str:
+    return f"v{version}" if version is not None else "-"
+
+
+def render_rollout(info: RolloutInfo) -> str:
+    lines = [
+        f"rollout {info.rollout_id}: {info.namespace} {_v(info.version)} "
+        f"({info.strategy or info.requested_strategy or 'policy strategy'}, bake "
+        f"{info.bake_s:g}s) — {info.state}",
+        f"  started {_when(info.started_at)}"
+        + (f", ended {_when(info.finished_at)}" if info.finished_at else "")
+        + (f", previous production {_v(info.previous_version)}" if info.planned else ""),
+    ]
+    if info.reason:
+        lines.append(f"  reason: {info.reason}")
+    if info.next is not None:
+        lines.append(f"  waiting: v{info.next.version} ({info.next.mode})")
+    if info.last_good:
+        lines.append("  marked last known good (the final bake passed with data)")
+    if info.waves:
+        lines.append("  waves:")
+        for w in info.waves:
+            mark = "▶" if w.index == info.current_wave and info.active else " "
+            extra = []
+            if w.txid:
+                extra.append(f"txn {w.txid}")
+            if w.attempts > 1:
+                extra.append(f"{w.attempts} attempts")
+            if w.committed_at:
+                extra.append(f"committed {_when(w.committed_at)}")
+            if w.switch_s is not None:
+                extra.append(f"switch {w.switch_s * 1000:.0f} ms")
+            if w.verdict:
+                extra.append(f"verdict {w.verdict}")
+            if w.excluded:
+                extra.append(f"excluded {','.join(w.excluded)}")
+            lines.append(
+                f"  {mark} {w.index}: {w.state:<9} {len(w.nodes)} node(s) "
+                f"[{','.join(w.nodes)}]" + (f"  {'; '.join(extra)}" if extra else "")
+            )
+    if info.report:
+        lines.append("  nodes:")
+        for o in info.report:
+            t = f"{o.seconds:.2f}s" if o.seconds is not None else "-"
+            why = f"  {o.reason}" if o.reason else ""
+            lines.append(
+                f"    {o.node:<20} {o.outcome:<9} wave {o.wave if o.wave is not None else '-'}"
+                f"  attempts {o.attempts}  at +{t}{why}"
+            )
+    return "\n".join(lines)
+
+
+def render_status(reply: StatusReply) -> str:
+    prod = (
+        f"{_v(reply.production_version)} sha256={reply.production_sha256[:12]}"
+        if reply.production_sha256
+        else "none"
+    )
+    lines = [f"{reply.namespace}: production {prod}"]
+    if reply.rollout is not None:
+        r = reply.rollout
+        lines.append(
+            f"rollout {r.rollout_id}: {_v(r.version)} {r.state}"
+            + (f", wave {r.current_wave + 1}/{len(r.waves)}" if r.active and r.waves else "")
+        )
+    if not reply.nodes:
+        lines.append("no node follows this namespace")
+        return "\n".join(lines)
+    lines.append(
+        f"{'NODE':<20} {'LIVENESS':<8} {'APPLIED':>7} {'TARGET':>7} {'SHA256':<12} "
+        f"{'HEARTBEAT':<11} STATUS"
+    )
+    for n in reply.nodes:
+        status = n.status
+        if n.attempts:
+            status += f" (attempts {n.attempts})"
+        lines.append(
+            f"{n.node:<20} {n.liveness:<8} {_v(n.applied_version):>7} "
+            f"{_v(n.target_version):>7} {(n.sha256 or '-')[:12]:<12} "
+            f"{_ago(n.last_heartbeat):<11} {status}"
+        )
+    return "\n".join(lines)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")

@@ -1,0 +1,134 @@
+"""Each node's **target version** (DESIGN §3): the highest version among the committed
+transactions that included it, and the namespace's production version — whichever is higher.
+
+The committed-transaction part lives in ``CFG_STATE`` under ``target.<ns>.<node>`` (raised,
+never lowered, by compare-and-set): written from ``txn.committed`` events, whoever asked for the
+transaction (a rollout wave, a catch-up, the rollbacker), and directly by the rollout driver
+right after a wave commits. Every replica watches ``target.>`` to keep the whole map in
+memory. The production part comes from the version-store and ``version.promoted`` events; it
+is not copied into every node's key, so a promotion costs one read, not one write per node.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+
+from schemas.versions import VersionInfo
+from services.distributor.kvstate import (
+    StateKV,
+    TargetRecord,
+    decode_target,
+    target_key,
+    watch_keys,
+)
+from services.distributor.store import Store
+
+log = logging.getLogger("confbus.distributor")
+
+WRITE_CONCURRENCY = 32
+
+
+@dataclass
+class Targets:
+    kv: StateKV
+    store: Store
+    txn: dict[str, dict[str, TargetRecord]] = field(default_factory=dict)
+    production: dict[str, VersionInfo] = field(default_factory=dict)
+    _sha: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def txn_target(self, namespace: str, node: str) -> int | None:
+        rec = self.txn.get(namespace, {}).get(node)
+        return rec.version if rec else None
+
+    def production_version(self, namespace: str) -> int | None:
+        info = self.production.get(namespace)
+        return info.version if info else None
+
+    def effective(self, namespace: str, node: str) -> int | None:
+        candidates = [
+            v
+            for v in (self.txn_target(namespace, node), self.production_version(namespace))
+            if v is not None
+        ]
+        return max(candidates) if candidates else None
+
+    async def production_of(self, namespace: str, *, refresh: bool = False) -> VersionInfo | None:
+        if refresh or namespace not in self.production:
+            info = await self.store.production(namespace)
+            if info is None:
+                self.production.pop(namespace, None)
+                return None
+            self.set_production(info)
+        return self.production.get(namespace)
+
+    def set_production(self, info: VersionInfo) -> None:
+        cur = self.production.get(info.namespace)
+        if cur is None or info.version >= cur.version:
+            self.production[info.namespace] = info
+            self._sha[(info.namespace, info.version)] = info.sha256
+
+    def known_sha256(self, namespace: str, version: int) -> str | None:
+        return self._sha.get((namespace, version))
+
+    async def sha256_of(self, namespace: str, version: int) -> str:
+        sha = self._sha.get((namespace, version))
+        if sha is None:
+            sha = (await self.store.version(namespace, version)).info.sha256
+            self._sha[(namespace, version)] = sha  # versions are immutable: cache forever
+        return sha
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def raise_to(self, namespace: str, nodes: list[str], version: int, txid: str) -> None:
+        """Raise the nodes' committed-transaction target to ``version`` (never lower it)."""
+
+        def change(cur: TargetRecord | None) -> TargetRecord | None:
+            if cur is not None and cur.version >= version:
+                return None
+            return TargetRecord(version=version, txid=txid)
+
+        async def one(node: str) -> None:
+            local = self.txn.get(namespace, {}).get(node)
+            if local is not None and local.version >= version:
+                return
+            async with limiter:
+                entry, _ = await self.kv.mutate(target_key(namespace, node), decode_target, change)
+            if entry.value is not None:
+                self._remember(namespace, node, entry.value)
+
+        limiter = anyio.CapacityLimiter(WRITE_CONCURRENCY)
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                tg.start_soon(one, node)
+
+    def _remember(self, namespace: str, node: str, rec: TargetRecord) -> None:
+        per_ns = self.txn.setdefault(namespace, {})
+        cur = per_ns.get(node)
+        if cur is None or rec.version >= cur.version:
+            per_ns[node] = rec
+
+    def forget(self, namespace: str, node: str) -> None:
+        self.txn.get(namespace, {}).pop(node, None)
+
+    # -- the watch -----------------------------------------------------------------------------
+
+    def observed(self, key: str, value: bytes | None, _revision: int) -> None:
+        """A ``target.<ns>.<node>`` change seen by the watch (ours or another replica's)."""
+        _, ns, node = key.split(".", 2)
+        if value is None:
+            self.forget(ns, node)
+            return
+        try:
+            self._remember(ns, node, decode_target(value))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            log.warning("unreadable target record", extra={"key": key})
+
+    async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await watch_keys(self.kv.kv, "target.>", self.observed, task_status=task_status)

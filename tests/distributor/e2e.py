@@ -1,0 +1,190 @@
+"""Support for the rollout end-to-end tests (tests/e2e/test_rollout*.py): a whole confbus of
+real processes (tests/e2e/stack.py) with the distributor tuned for short tests, and readers
+of what happened (events, decisions) that wait with deadlines, never with sleeps."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from schemas import subjects
+from schemas.api.dist import RolloutInfo
+from schemas.events import AnyEvent, NodeApplied, decode_event
+from schemas.policy import Policy
+from schemas.streams import CFG_EVENTS, CFG_TXN
+from schemas.txn import Decision, decode_txn
+from services.cli.client import Client
+from services.runtime.bus import Bus
+from tests.e2e.stack import Stack, start_stack
+from tests.helpers import eventually
+
+T = TypeVar("T")
+
+NS = "web"
+HEARTBEAT_S = 0.3
+# Fast enough for tests on a 2-core machine, slow enough not to call a busy agent dead.
+DIST_ARGS = (
+    "--lease-ttl",
+    "1.5",
+    "--catchup-base",
+    "0.3",
+    "--catchup-cap",
+    "2",
+    "--status-event-gap",
+    "1",
+    "--verdict-timeout",
+    "3",
+)
+
+
+def content(version_tag: str) -> bytes:
+    return f'{{"release": "{version_tag}", "pool": 16}}\n'.encode()
+
+
+def start_distributor(stack: Stack, *extra: str, env: dict[str, str] | None = None) -> None:
+    stack.start_service("distributor", *DIST_ARGS, *extra, env=env)
+
+
+def rollout_stack(root: Path, nodes: Sequence[str], *, distributor: bool = True) -> Stack:
+    stack = start_stack(root, services=("version_store", "coordinator"))
+    try:
+        for n in nodes:
+            stack.start_agent(n, (NS,), "--heartbeat-interval", str(HEARTBEAT_S))
+        if distributor:
+            start_distributor(stack)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def stack_of(root: Path, nodes: Sequence[str], distributor: bool = True) -> Iterator[Stack]:
+    stack = rollout_stack(root, nodes, distributor=distributor)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@asynccontextmanager
+async def client_of(stack: Stack) -> AsyncIterator[Client]:
+    async with Client(stack.url, name="test") as client:
+        yield client
+
+
+async def set_policy(client: Client, **fields: Any) -> Policy:
+    return await client.set_policy(Policy(namespace=NS, **fields), actor="test")
+
+
+async def read_all(bus: Bus, stream: str, subject: str) -> list[tuple[Any, bytes]]:
+    """Every message of ``stream`` matching ``subject`` (with its metadata), in order."""
+    info = await bus.js.stream_info(stream)
+    if info.state.messages == 0:
+        return []
+    out: list[tuple[Any, bytes]] = []
+    sub = await bus.js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        cinfo = await sub.consumer_info()
+        delivered = cinfo.delivered.consumer_seq if cinfo.delivered else 0
+        if not cinfo.num_pending and not delivered:
+            return out  # nothing matches
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=2.0)
+            except nats.errors.TimeoutError:
+                return out
+            out.append((msg.metadata, msg.data))
+            if msg.metadata.num_pending == 0:
+                return out
+    finally:
+        await sub.unsubscribe()
+
+
+async def events(bus: Bus, ns: str = NS) -> list[AnyEvent]:
+    out: list[AnyEvent] = []
+    for _, data in await read_all(bus, CFG_EVENTS.name, subjects.events_of(ns)):
+        try:
+            out.append(decode_event(data))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue
+    return out
+
+
+def of(evs: list[AnyEvent], kind: type[T]) -> list[T]:
+    return [e for e in evs if isinstance(e, kind)]
+
+
+async def decisions(bus: Bus, ns: str = NS) -> list[Decision]:
+    out = []
+    for _, data in await read_all(bus, CFG_TXN.name, f"cfg.txn.{ns}.*.decision"):
+        d = decode_txn(data)
+        if isinstance(d, Decision):
+            out.append(d)
+    return out
+
+
+async def wait_event(
+    bus: Bus, event_type: type[T], /, timeout: float = 30.0, ns: str = NS, **match: Any
+) -> T:
+    """The first event of ``event_type`` whose fields equal ``match``, once it is stored."""
+
+    async def probe() -> T | None:
+        for e in of(await events(bus, ns), event_type):
+            if all(getattr(e, k) == v for k, v in match.items()):
+                return e
+        return None
+
+    what = f"{event_type.__name__} {match}"
+    return await eventually(probe, timeout=timeout, every=0.2, what=what)
+
+
+async def wait_rollout(
+    client: Client, version: int, timeout: float = 60.0, ns: str = NS
+) -> RolloutInfo:
+    return await client.wait_rollout(ns, version, timeout=timeout)
+
+
+async def files_hold(
+    stack: Stack, nodes: Sequence[str], data: bytes, timeout: float = 20.0
+) -> None:
+    async def probe() -> bool:
+        return all(stack.agents[n].read(NS) == data for n in nodes)
+
+    await eventually(probe, timeout=timeout, every=0.1, what=f"files of {list(nodes)}")
+
+
+async def live_count(client: Client, n: int, timeout: float = 20.0) -> None:
+    """Wait until the distributor sees ``n`` live agents of the namespace."""
+
+    async def probe() -> bool:
+        try:
+            st = await client.fleet_status(NS)
+        except Exception:
+            return False
+        return sum(1 for x in st.nodes if x.liveness == "live") >= n
+
+    await eventually(probe, timeout=timeout, every=0.2, what=f"{n} live agents")
+
+
+async def all_applied(
+    bus: Bus, version: int, nodes: Sequence[str], timeout: float = 20.0
+) -> list[NodeApplied]:
+    """The ``node.applied`` events of ``version``, once every node of ``nodes`` has one (an
+    agent writes its file, then announces it: a test reading files must wait for these)."""
+
+    async def probe() -> list[NodeApplied] | None:
+        found = [e for e in of(await events(bus), NodeApplied) if e.version == version]
+        return found if {e.node for e in found} >= set(nodes) else None
+
+    return await eventually(probe, timeout=timeout, every=0.2, what=f"v{version} applied")

@@ -1,0 +1,130 @@
+"""The rollout record's transitions, as pure functions (services/distributor/record.py)."""
+
+from __future__ import annotations
+
+from schemas.api.dist import RolloutInfo
+from schemas.events import RolloutFailed, RolloutWave, VoteRecord
+from schemas.health import Alert
+from services.distributor import record as R
+
+ACTOR = "d1"
+
+
+def planned(nodes: int = 8, waves: int = 4, max_excluded: float = 0.1) -> RolloutInfo:
+    names = [f"n{i}" for i in range(nodes)]
+    size = nodes // waves
+    rec = R.new_rollout("web", 2, strategy=None, selector=None, actor=ACTOR)
+    rec = R.planned(
+        rec,
+        strategy=f"linear:{100 // waves}%",
+        selector={},
+        waves=[names[i : i + size] for i in range(0, nodes, size)],
+        bake_s=1.0,
+        max_excluded=max_excluded,
+        vote_timeout_s=2.0,
+        on_missing_data="pass",
+        previous_version=1,
+        actor=ACTOR,
+    )
+    return R.replace(rec, outbox=[])
+
+
+def attempt(rec: RolloutInfo, i: int = 0) -> RolloutInfo:
+    nodes = R.wave_nodes(rec, i)
+    return R.start_attempt(rec, i, nodes=nodes, already=[], down=[], actor=ACTOR)
+
+
+def votes(yes: list[str], missing: list[str] = (), no: list[str] = ()) -> list[VoteRecord]:  # type: ignore[assignment]
+    return (
+        [VoteRecord(node=n, vote="yes") for n in yes]
+        + [VoteRecord(node=n, vote="missing") for n in missing]
+        + [VoteRecord(node=n, vote="no", reason="bad pool") for n in no]
+    )
+
+
+def test_commit_then_bake_then_next_wave() -> None:
+    rec = attempt(planned())
+    assert rec.waves[0].state == "switching" and rec.waves[0].switch_nodes == ["n0", "n1"]
+    rec = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=0.01, actor=ACTOR)
+    assert rec.waves[0].state == "baking" and rec.waves[0].txid == "t1"
+    assert [o.outcome for o in rec.report[:2]] == ["applied", "applied"]
+    assert isinstance(rec.outbox[-1].event, RolloutWave)
+    rec = R.record_verdict(
+        rec, 0, verdict="no_data", samples=0, reason="", passed=True, actor=ACTOR, alert=None
+    )
+    assert rec.current_wave == 1 and rec.waves[0].state == "done"
+    assert R.switched_nodes(rec) == ["n0", "n1"]
+
+
+def test_missing_votes_are_retried_once_within_max_excluded() -> None:
+    rec = attempt(planned(nodes=10, waves=1, max_excluded=0.2))
+    everyone = R.wave_nodes(rec, 0)
+    rec = R.record_abort(
+        rec, 0, txid="t1", votes=votes(everyone[:8], missing=everyone[8:]), actor=ACTOR
+    )
+    assert rec.state == "running" and rec.waves[0].state == "pending"
+    assert rec.waves[0].excluded == everyone[8:]
+    assert rec.outbox[-1].event is not None and rec.outbox[-1].event.outcome == "retrying"  # type: ignore[union-attr]
+    rec = attempt(rec)
+    assert rec.waves[0].switch_nodes == everyone[:8] and rec.waves[0].attempts == 2
+    # The retry aborts too: no third attempt.
+    rec = R.record_abort(rec, 0, txid="t2", votes=votes(everyone[:7], missing=["n7"]), actor=ACTOR)
+    assert rec.state == "failed" and "again on its retry" in rec.reason
+
+
+def test_missing_beyond_max_excluded_fails_without_a_retry() -> None:
+    rec = attempt(planned(nodes=8, waves=1, max_excluded=0.1))
+    rec = R.record_abort(
+        rec, 0, txid="t1", votes=votes(["n0", "n1", "n2", "n3", "n4"], ["n5", "n6", "n7"]),
+        actor=ACTOR,
+    )  # fmt: skip
+    assert rec.state == "failed" and rec.waves[0].attempts == 1
+    assert "3 of 8 targets (38%)" in rec.reason and "max_excluded 10%" in rec.reason
+    failed = [i.event for i in rec.outbox if isinstance(i.event, RolloutFailed)]
+    assert failed and failed[0].wave == 0 and not failed[0].handed_to_rollbacker
+
+
+def test_a_no_vote_fails_at_once_with_the_reason() -> None:
+    rec = attempt(planned())
+    rec = R.record_abort(rec, 0, txid="t1", votes=votes(["n0"], no=["n1"]), actor=ACTOR)
+    assert rec.state == "failed" and "n1: bad pool" in rec.reason
+    assert [w.state for w in rec.waves] == ["failed", "skipped", "skipped", "skipped"]
+    report = {o.node: o for o in rec.report}
+    assert report["n1"].outcome == "no" and report["n0"].outcome == "skipped"
+    assert report["n7"].outcome == "skipped" and "before this node" in report["n7"].reason
+
+
+def test_failed_bake_hands_over_with_an_alert() -> None:
+    rec = attempt(planned())
+    rec = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
+    alert = Alert(alert_id=f"distributor:{rec.rollout_id}:bake0", namespace="web", version=2,
+                  source="distributor")  # fmt: skip
+    rec = R.record_verdict(
+        rec, 0, verdict="fail", samples=5, reason="error_rate", passed=False, actor=ACTOR,
+        alert=alert,
+    )  # fmt: skip
+    assert rec.state == "failed" and rec.handed_to_rollbacker and rec.failed_wave == 0
+    assert "verdict after wave 0 is fail: error_rate" in rec.reason
+    assert [i.alert for i in rec.outbox if i.alert] == [alert]
+    assert rec.outbox[-1].msg_id == alert.alert_id  # idempotent per rollout and wave
+
+
+def test_supersede_closes_the_waves_and_keeps_what_was_switched() -> None:
+    rec = attempt(planned())
+    rec = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
+    assert R.at_boundary(rec)
+    rec = R.supersede(rec, 3, actor=ACTOR)
+    assert rec.state == "superseded" and rec.superseded_by == 3
+    assert [w.state for w in rec.waves] == ["done", "skipped", "skipped", "skipped"]
+
+
+def test_not_at_a_boundary_while_switching() -> None:
+    rec = attempt(planned())
+    assert not R.at_boundary(rec)
+
+
+def test_outbox_ids_are_stable_per_transition() -> None:
+    rec = attempt(planned())
+    a = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
+    b = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
+    assert a.outbox[-1].msg_id == b.outbox[-1].msg_id == f"rollout:{rec.rollout_id}:wave0:t1"
