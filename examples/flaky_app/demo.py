@@ -1,0 +1,214 @@
+"""The confbus rollback demo, in one command (next to a running ``confbus up``)::
+
+    confbus up --data-dir /tmp/confbus-demo          # terminal 1
+    python examples/flaky_app/demo.py                # terminal 2
+
+It sets the policy of namespace ``web`` from ``policy.json`` (an error-rate rule over the apps'
+``app_errors_total`` / ``app_requests_total``, a 3 s bake, rollbacks in 2 batches), starts
+``--nodes`` flaky apps (``app.py``) each with a confbus agent that writes the app's config file
+and forwards its ``/metrics`` (``--health-url``), then:
+
+1. publishes ``good.json`` — rolled out, baked with data, it becomes the last known good;
+2. publishes ``bad.json`` (``fail_ratio`` 0.6) — the apps start failing, the error rate crosses
+   the rule, an alert is raised, and confbus rolls the namespace back by itself, batch by batch.
+
+It narrates the events as they happen (``Client.events``), the alerts (``Client.alerts``) and
+each node's applied version (``Client.watch``), and prints the apps' error rates before and
+after. Everything it started is stopped at the end (``--keep`` leaves it running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from schemas.api import dist as dist_api
+from schemas.events import (
+    RollbackCompleted,
+    RollbackStuck,
+    VersionLastGood,
+)
+from schemas.policy import Policy
+from services.cli.client import Client
+from services.runtime.events import event_type
+
+HERE = Path(__file__).resolve().parent
+NS = "web"
+
+
+def say(text: str) -> None:
+    sys.stdout.write(f"{time.strftime('%H:%M:%S')}  {text}\n")
+    sys.stdout.flush()
+
+
+class Node:
+    def __init__(self, name: str, root: Path, nats_url: str) -> None:
+        self.name = name
+        self.config = root / name / "etc" / "web.json"
+        self.config.parent.mkdir(parents=True, exist_ok=True)
+        logs = root / "logs"
+        logs.mkdir(exist_ok=True)
+        self.app = subprocess.Popen(
+            [sys.executable, str(HERE / "app.py"), "--config", str(self.config), "--load", "30"],
+            stdout=subprocess.PIPE,
+            stderr=open(logs / f"app-{name}.log", "a"),  # noqa: SIM115 - the child owns it
+            text=True,
+        )
+        assert self.app.stdout is not None
+        self.port = int(json.loads(self.app.stdout.readline())["port"])
+        agent = [sys.executable, "-m", "services.agent", "--nats-url", nats_url]
+        agent += ["--node", name, "--namespace", NS, "--path", str(self.config)]
+        agent += ["--state-dir", str(root / name / "state"), "--heartbeat-interval", "0.5"]
+        agent += ["--health-url", f"http://127.0.0.1:{self.port}/metrics"]
+        agent += ["--health-interval", "0.5"]
+        self.agent = subprocess.Popen(
+            agent,
+            stdout=subprocess.DEVNULL,
+            stderr=open(logs / f"agent-{name}.log", "a"),  # noqa: SIM115
+        )
+
+    def counters(self) -> tuple[float, float]:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        values = dict(line.split(" ", 1) for line in text.splitlines() if line[:1] not in "#")
+        return float(values["app_requests_total"]), float(values["app_errors_total"])
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.app):
+            proc.terminate()
+        for proc in (self.agent, self.app):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def error_rates(nodes: Sequence[Node], seconds: float = 2.0) -> str:
+    before = [n.counters() for n in nodes]
+    await anyio.sleep(seconds)  # a measuring window, not a synchronisation
+    out = []
+    for n, (r0, e0) in zip(nodes, before, strict=True):
+        r1, e1 = n.counters()
+        out.append(f"{n.name} {(e1 - e0) / max(1.0, r1 - r0):.0%}")
+    return ", ".join(out)
+
+
+async def narrate(client: Client, done: anyio.Event, outcome: list[str]) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def events() -> None:
+            async for item in client.events(f"cfg.event.{NS}.>", follow=True):
+                ev = item.event
+                if ev is None:
+                    continue
+                kind = event_type(ev)
+                facts = {
+                    k: v
+                    for k, v in msgspec.to_builtins(ev).items()
+                    if k in ("version", "new_version", "rollback_of", "batch", "healthy_share")
+                    and v is not None
+                }
+                if kind != "node.applied":  # watch() below shows those
+                    say(f"event  {kind:<20} {facts} {ev.reason[:70]}")
+                if isinstance(ev, VersionLastGood):
+                    outcome.append(f"last-good v{ev.version}")
+                    done.set()
+                elif isinstance(ev, RollbackCompleted | RollbackStuck):
+                    outcome.append(kind)
+                    done.set()
+
+        async def alerts() -> None:
+            async for alert in client.alerts(NS):
+                say(f"ALERT  {alert.state} from {alert.source}: {alert.summary or alert.rule}")
+
+        async def applied() -> None:
+            async for ev in client.watch(NS):
+                say(f"node   {ev.node} applied v{ev.version} (was v{ev.previous})")
+
+        tg.start_soon(events)
+        tg.start_soon(alerts)
+        tg.start_soon(applied)
+
+
+async def wait_for(done: anyio.Event, outcome: list[str], what: str, timeout: float) -> str:
+    with anyio.fail_after(timeout):
+        while True:
+            await done.wait()
+            for item in outcome:
+                if item.startswith(what):
+                    outcome.clear()
+                    return item
+            outcome.clear()
+
+
+async def main(args: argparse.Namespace) -> int:
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="confbus-demo-"))
+    say(f"demo files and logs in {root}")
+    async with Client(args.nats_url) as client:
+        policy = msgspec.json.decode((HERE / "policy.json").read_bytes(), type=Policy)
+        await client.set_policy(policy, actor="demo")
+        say("policy of web set from policy.json")
+        if args.policy_only:
+            return 0
+        nodes = [Node(f"node{i}", root, args.nats_url) for i in range(1, args.nodes + 1)]
+        try:
+            with anyio.fail_after(60):
+                while True:
+                    st = await client.call(
+                        dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS),
+                        dist_api.StatusReply,
+                    )  # fmt: skip
+                    if sum(n.liveness == "live" for n in st.nodes) >= len(nodes):
+                        break
+                    await anyio.sleep(0.5)
+            say(f"{len(nodes)} apps and agents up")
+            done = anyio.Event()
+            outcome: list[str] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(narrate, client, done, outcome)
+                await anyio.sleep(0.5)  # let the followers subscribe (a demo, not a test)
+                good = await client.publish(NS, (HERE / "good.json").read_bytes(), author="demo")
+                say(f"published good.json as v{good.version}")
+                await wait_for(done, outcome, "last-good", 120)
+                say(f"error rates with good.json: {await error_rates(nodes)}")
+                bad = await client.publish(NS, (HERE / "bad.json").read_bytes(), author="demo")
+                say(f"published bad.json as v{bad.version}: watch confbus roll it back")
+                started = time.monotonic()
+                result = await wait_for(done, outcome, "rollback.", 180)
+                say(f"{result} {time.monotonic() - started:.1f}s after the bad publish")
+                say(f"error rates now: {await error_rates(nodes)}")
+                tg.cancel_scope.cancel()
+            if args.keep:
+                say("--keep: the apps and agents keep running until Ctrl-C")
+                await anyio.sleep_forever()
+        finally:
+            for n in nodes:
+                n.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--nats-url", default=os.environ.get("CONFBUS_NATS_URL", "nats://127.0.0.1:4222")
+    )
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--workdir", help="where the apps' configs, agent state and logs go")
+    p.add_argument("--keep", action="store_true", help="keep the apps and agents until Ctrl-C")
+    p.add_argument("--policy-only", action="store_true", help="set the policy, then exit")
+    try:
+        sys.exit(anyio.run(main, p.parse_args(), backend="asyncio"))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,119 @@
+"""``confbus rollback NS``: roll a namespace back to its last known good (or ``--to VERSION``).
+
+The rollbacker creates a *new* version with the target's bytes (``rollback_of``) and switches
+it batch by batch (``--strategy all-at-once`` or ``batches:N``; default the policy's), checking
+each batch's health before the next. Without ``--wait`` it returns once the rollback started;
+with it, once every batch is restored (exit 0) or the rollback is stuck (exit 1, the reason on
+stderr: nothing further is switched and an operator must act).
+
+Exit codes: 0 started (or, with ``--wait``, completed); 1 refused or stuck; 2 usage;
+3 unreachable, or ``--wait`` timed out (the rollback goes on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+import msgspec
+
+from schemas.api.rollback import RollbackReply
+from services.cli.client import Client
+from services.cli.exitcodes import FAILED, OK, CliError
+
+
+def _actor() -> str:
+    if env := os.environ.get("CONFBUS_IDENTITY"):
+        return env
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+def _version(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {value!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("versions start at 1")
+    return v
+
+
+def _seconds(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "rollback",
+        help="roll NS back to its last known good (or --to VERSION), batch by batch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("namespace", metavar="NS")
+    p.add_argument(
+        "--to",
+        type=_version,
+        metavar="VERSION",
+        help="the version whose content to restore (default: the last known good)",
+    )
+    p.add_argument("--reason", default="", help="why (recorded in the events and webhooks)")
+    p.add_argument(
+        "--strategy",
+        metavar="S",
+        help="all-at-once or batches:N (default: the namespace policy's rollback strategy)",
+    )
+    p.add_argument("--wait", action="store_true", help="wait until restored (or stuck)")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=600.0,
+        metavar="S",
+        help="with --wait, give up waiting after S seconds (exit 3; default %(default)s)",
+    )
+    p.add_argument("--as", dest="actor", metavar="WHO", help="who is acting (default: you)")
+    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    p.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace, client: Client) -> int:
+    reply = await client.rollback(
+        args.namespace,
+        to=args.to,
+        reason=args.reason,
+        strategy=args.strategy,
+        actor=args.actor or _actor(),
+        wait=args.wait,
+        timeout=args.timeout,
+    )
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(reply).decode() + "\n")
+    else:
+        sys.stdout.write(render(reply) + "\n")
+    sys.stdout.flush()
+    if reply.state in ("refused", "stuck"):
+        if args.json:
+            return FAILED
+        raise CliError(f"rollback of {reply.namespace} {reply.state}: {reply.reason}")
+    return OK
+
+
+def render(reply: RollbackReply) -> str:
+    frm = f"v{reply.from_version}" if reply.from_version is not None else "(no production)"
+    what = f"{reply.namespace} {frm} → content of v{reply.to_version}"
+    if reply.state == "refused":
+        return f"{reply.namespace}: rollback refused"
+    if reply.state == "started":
+        return f"{reply.rollback_id} started: {what}"
+    new = f" as v{reply.new_version}" if reply.new_version is not None else ""
+    return f"{reply.rollback_id} {reply.state}: {what}{new}"

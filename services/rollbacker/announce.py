@@ -1,0 +1,167 @@
+"""Telling the world: audit events on ``cfg.event.<ns>.rollback.*``, webhook notifications,
+and — when a rollback cannot go on — an alert of its own (``source="rollbacker"``).
+
+Every event has a message id derived from the rollback id, so a step repeated after a crash
+or a takeover is a no-op in ``CFG_EVENTS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.events import RollbackBatch, RollbackCompleted, RollbackStarted, RollbackStuck
+from schemas.health import Alert
+from services.rollbacker.notify import Notifier
+from services.rollbacker.peers import Peers
+from services.rollbacker.records import BatchResult, Rollback
+from services.runtime.errors import ConfbusError
+from services.runtime.events import emit, event_type
+
+log = logging.getLogger("confbus.rollbacker")
+
+
+def _pct(share: float | None) -> str:
+    return "no health data" if share is None else f"{share:.0%} healthy"
+
+
+def _what(rb: Rollback) -> str:
+    frm = f"v{rb.from_version}" if rb.from_version is not None else "its current version"
+    new = f" as v{rb.new_version}" if rb.new_version is not None else ""
+    return f"{rb.namespace}: {frm} → v{rb.to_version}'s config{new}"
+
+
+@dataclass
+class Announcer:
+    peers: Peers
+    notifier: Notifier
+    actor: str
+
+    async def started(self, rb: Rollback, webhooks: list[str]) -> None:
+        ev = RollbackStarted(
+            namespace=rb.namespace,
+            actor=rb.actor or self.actor,
+            reason=rb.reason,
+            rollback_id=rb.rollback_id,
+            from_version=rb.from_version or 0,
+            to_version=rb.to_version,
+            new_version=rb.new_version,
+            alert_id=rb.alert_id,
+            batches=rb.batches,
+        )
+        await emit(self.peers.bus, ev, msg_id=f"rollback:{rb.rollback_id}:started")
+        nodes = sum(len(b) for b in rb.batches)
+        self._notify(
+            webhooks,
+            ev,
+            f"confbus: rolling back {_what(rb)} on {nodes} node(s) in {len(rb.batches)} "
+            f"batch(es) ({rb.strategy}). Why: {rb.reason or 'not given'}",
+            rb,
+        )
+
+    async def batch(self, rb: Rollback, result: BatchResult, webhooks: list[str]) -> None:
+        ev = RollbackBatch(
+            namespace=rb.namespace,
+            actor=self.actor,
+            reason=f"verdict {result.verdict or 'none'}",
+            rollback_id=rb.rollback_id,
+            batch=result.index,
+            nodes=result.nodes,
+            healthy_share=result.healthy_share,
+        )
+        await emit(self.peers.bus, ev, msg_id=f"rollback:{rb.rollback_id}:batch:{result.index}")
+        self._notify(
+            webhooks,
+            ev,
+            f"confbus: rollback of {rb.namespace} batch {result.index + 1}/{len(rb.batches)}: "
+            f"{len(result.switched)}/{len(result.nodes)} node(s) restored, "
+            f"{_pct(result.healthy_share)}",
+            rb,
+            batch=result.index,
+            healthy_share=result.healthy_share,
+        )
+
+    async def completed(self, rb: Rollback, seconds: float, webhooks: list[str]) -> None:
+        assert rb.new_version is not None
+        ev = RollbackCompleted(
+            namespace=rb.namespace,
+            actor=self.actor,
+            reason=rb.reason,
+            rollback_id=rb.rollback_id,
+            new_version=rb.new_version,
+            seconds=seconds,
+        )
+        await emit(self.peers.bus, ev, msg_id=f"rollback:{rb.rollback_id}:completed")
+        nodes = sum(len(b.switched) for b in rb.done)
+        self._notify(
+            webhooks,
+            ev,
+            f"confbus: rolled back {_what(rb)}: {nodes} node(s) restored in {seconds:.2f}s",
+            rb,
+            seconds=seconds,
+        )
+
+    async def stuck(
+        self,
+        rb: Rollback,
+        batch: int,
+        share: float | None,
+        detail: str,
+        webhooks: list[str],
+        threshold: float | None = None,
+        unhealthy: list[str] | None = None,
+    ) -> None:
+        """Emit ``rollback.stuck`` and raise an alert; ``batch`` -1: before any batch."""
+        ev = RollbackStuck(
+            namespace=rb.namespace,
+            actor=self.actor,
+            reason=detail,
+            rollback_id=rb.rollback_id,
+            batch=batch,
+            healthy_share=share,
+        )
+        await emit(self.peers.bus, ev, msg_id=f"rollback:{rb.rollback_id}:stuck")
+        where = f"at batch {batch + 1}/{len(rb.batches)}" if batch >= 0 else "before any batch"
+        text = (
+            f"confbus: rollback of {rb.namespace} is STUCK {where}: {detail}. "
+            "Nothing further is switched; an operator must act (confbus rollback "
+            f"{rb.namespace} --to VERSION)."
+        )
+        self._notify(webhooks, ev, text, rb, batch=batch, healthy_share=share)
+        try:
+            await self.peers.raise_alert(
+                Alert(
+                    alert_id=f"{rb.rollback_id}:stuck",
+                    namespace=rb.namespace,
+                    version=rb.new_version if rb.new_version is not None else rb.from_version,
+                    rule="rollback_stuck",
+                    value=share,
+                    threshold=threshold,
+                    nodes=unhealthy or [],
+                    source="rollbacker",
+                    summary=text,
+                )
+            )
+        except ConfbusError as exc:
+            log.warning("could not raise the stuck alert", extra={"error": str(exc)})
+
+    def _notify(self, webhooks: list[str], ev: Any, text: str, rb: Rollback, **extra: Any) -> None:
+        log.info(text, extra={"namespace": rb.namespace, "rollback_id": rb.rollback_id})
+        payload: dict[str, Any] = {
+            "text": text,
+            "event": event_type(ev),
+            "namespace": rb.namespace,
+            "rollback_id": rb.rollback_id,
+            "from_version": rb.from_version,
+            "to_version": rb.to_version,
+            "new_version": rb.new_version,
+            "batches": len(rb.batches),
+            "trigger": rb.trigger,
+            "alert_id": rb.alert_id,
+            "actor": rb.actor or self.actor,
+            "reason": rb.reason,
+            "at": ev.at.isoformat(),
+            **extra,
+        }
+        self.notifier.send(webhooks, payload)

@@ -1,0 +1,495 @@
+"""Driving one rollback, step by step, from its ledger record (DESIGN §6).
+
+```
+            ┌──────── create ────────┐        ┌──────── batches ─────────┐
+ claimed ──▶│ propose the change     │──────▶ │ for each batch:          │──▶ promote ──▶ completed
+ (running)  │ (rollback_of=target),  │        │  one atomic switch,      │     (production,
+            │ wait for the version,  │        │  bake, health verdict,   │      last good if
+            │ stop the bad rollout,  │        │  healthy share ≥ thresh. │      every batch
+            │ plan the batches       │        └─────────┬────────────────┘      passed with data)
+            └──────────┬─────────────┘                  │ share < threshold, or
+                       │ rejected / not stored          │ nobody could be switched
+                       ▼                                ▼
+                     stuck ◀────────────────────────── stuck   (rollback.stuck + an alert;
+                                                               nothing further is switched)
+```
+
+Every step is recorded in the ledger (compare-and-set, under our lease) before the next one
+starts, and every step is safe to repeat: the change id maps to the same version, nodes already
+on the new version are not switched again, events carry message ids. So a crash, a restart or a
+takeover by another replica resumes where the record says, never doubling anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ParamSpec, TypeVar
+
+import anyio
+import msgspec
+from nats.aio.msg import Msg
+
+from schemas import subjects
+from schemas.api.health import VerdictReply
+from schemas.base import utcnow
+from schemas.changes import ChangeProposed
+from schemas.events import VersionCreated, VersionRejected, decode_event
+from schemas.policy import Policy
+from services.rollbacker import plan
+from services.rollbacker.announce import Announcer
+from services.rollbacker.ledger import Fenced, Ledgers
+from services.rollbacker.metrics import RollbackerMetrics
+from services.rollbacker.peers import Peers
+from services.rollbacker.records import BatchResult, Rollback
+from services.runtime.errors import ConfbusError, Unavailable
+from services.runtime.failpoints import failpoint
+
+log = logging.getLogger("confbus.rollbacker")
+
+P = ParamSpec("P")
+APPLIED_POLL_S = 0.05
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    lease_s: float = 15.0
+    verify_timeout_s: float = 30.0  # after the bake, how long to wait for health data
+    verify_interval_s: float = 0.5
+    create_timeout_s: float = 120.0  # for the version-store to store the rollback version
+    switch_attempts: int = 3
+    retry_cap_s: float = 5.0
+
+
+class _Stuck(Exception):
+    def __init__(
+        self,
+        batch: int,
+        detail: str,
+        share: float | None = None,
+        unhealthy: list[str] | None = None,
+    ) -> None:
+        self.batch = batch
+        self.detail = detail
+        self.share = share
+        self.unhealthy = unhealthy or []
+        super().__init__(detail)
+
+
+class Driver:
+    def __init__(
+        self,
+        peers: Peers,
+        ledgers: Ledgers,
+        announcer: Announcer,
+        metrics: RollbackerMetrics,
+        instance: str,
+        config: DriverConfig,
+    ) -> None:
+        self.peers = peers
+        self.ledgers = ledgers
+        self.announce = announcer
+        self.metrics = metrics
+        self.instance = instance
+        self.config = config
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    async def drive(self, namespace: str, rollback_id: str) -> None:
+        """Drive a rollback we own until it is completed or stuck, or another replica owns
+        it. Transient failures (a peer down) are retried with backoff, without end: a
+        rollback is the one thing that must get done."""
+        self.metrics.active.inc()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_lease, namespace, rollback_id, tg.cancel_scope)
+                try:
+                    await self._run(namespace, rollback_id)
+                except Fenced as exc:
+                    log.warning("lost the rollback to another replica", extra={"error": str(exc)})
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self.metrics.active.dec()
+
+    async def _keep_lease(self, namespace: str, rollback_id: str, scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(self.config.lease_s / 3)
+            try:
+                await self._save(namespace, rollback_id, lambda rb: rb)
+            except Fenced:
+                scope.cancel()
+                return
+            except ConfbusError as exc:
+                log.warning("could not renew the rollback lease", extra={"error": str(exc)})
+
+    async def _save(
+        self, namespace: str, rollback_id: str, fn: Callable[[Rollback], Rollback]
+    ) -> Rollback:
+        return await self.ledgers.update_rollback(
+            namespace, rollback_id, self.instance, fn, lease_s=self.config.lease_s
+        )
+
+    async def _run(self, namespace: str, rollback_id: str) -> None:
+        rb = await self._retrying(self._save, namespace, rollback_id, lambda r: r)
+        policy = await self._retrying(self.peers.policy, namespace)
+        try:
+            if rb.step == "create":
+                rb = await self._create(rb, policy)
+            if rb.step == "batches":
+                rb = await self._batches(rb, policy)
+            if rb.step == "promote":
+                await self._promote(rb, policy)
+        except _Stuck as stuck:
+            await self._stuck(rb.namespace, rb.rollback_id, stuck, policy)
+
+    async def _retrying(
+        self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        delay = 0.2
+        while True:
+            try:
+                return await fn(*args, **kwargs)
+            except Unavailable as exc:
+                log.warning("peer unavailable, retrying", extra={"error": str(exc)})
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_cap_s)
+
+    # -- create the rollback version --------------------------------------------------------
+
+    async def _create(self, rb: Rollback, policy: Policy) -> Rollback:
+        ns = rb.namespace
+        target = await self._retrying(self.peers.version, ns, rb.to_version, content=True)
+        if target is None or target.content is None:
+            raise _Stuck(-1, f"version {rb.to_version} of {ns} is not in the version-store")
+        if hashlib.sha256(target.content).hexdigest() != target.info.sha256:
+            raise _Stuck(-1, f"the stored bytes of v{rb.to_version} do not match their sha256")
+        change = ChangeProposed(
+            namespace=ns,
+            change_id=rb.change_id,
+            content=target.content,
+            format=target.info.format,
+            author="rollbacker",
+            message=f"rollback to v{rb.to_version} ({rb.rollback_id}): {rb.reason}"[:1000],
+            rollback_of=rb.to_version,
+        )
+        new_version = await self._store_version(change)
+        info = await self._retrying(self.peers.version, ns, new_version)
+        if info is None:
+            raise _Stuck(-1, f"the version-store reported v{new_version} but cannot find it")
+        if info.info.status in ("draft", "rejected"):
+            raise _Stuck(
+                -1,
+                f"the version-store stored the rollback version v{new_version} as "
+                f"{info.info.status}; a rollback version must be approved to be switched",
+            )
+        # Stop the rollout of the bad version before anything is switched, and have it end
+        # as rolled_back (so a restarted distributor never resumes it).
+        try:
+            await self.peers.end_rollout(
+                ns,
+                f"rolled back by {rb.rollback_id}: content of v{rb.to_version} as v{new_version}",
+            )
+        except ConfbusError as exc:
+            log.warning("could not end the rollout", extra={"namespace": ns, "error": str(exc)})
+        status = await self._retrying(self.peers.status, ns)
+        nodes = plan.targets(status.nodes, rb.from_version, new_version)
+        batches = plan.split(nodes, plan.batch_count(rb.strategy))
+        rb = await self._save(
+            ns,
+            rb.rollback_id,
+            lambda r: msgspec.structs.replace(
+                r, new_version=new_version, batches=batches, step="batches"
+            ),
+        )
+        await self.announce.started(rb, policy.webhooks)
+        self.metrics.rollbacks.labels("started").inc()
+        return rb
+
+    async def _store_version(self, change: ChangeProposed) -> int:
+        """Propose the change and wait until the version-store has stored it (the version
+        number) or rejected it (``_Stuck``). The change id makes this safe to repeat."""
+        ns, change_id = change.namespace, change.change_id
+        outcome: list[VersionCreated | VersionRejected] = []
+        wake = anyio.Event()
+
+        async def on_event(msg: Msg) -> None:
+            nonlocal wake
+            try:
+                ev = decode_event(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                return
+            if isinstance(ev, VersionCreated | VersionRejected) and ev.change_id == change_id:
+                outcome.append(ev)
+                wake.set()
+
+        sub = await self.peers.bus.nc.subscribe(subjects.event(ns, "version.*"), cb=on_event)
+        try:
+            await self._retrying(self.peers.propose, change)
+            with anyio.move_on_after(self.config.create_timeout_s):
+                while True:
+                    for ev in outcome:
+                        if isinstance(ev, VersionCreated):
+                            return ev.version
+                        raise _Stuck(-1, f"the version-store rejected the rollback: {ev.reason}")
+                    try:
+                        st = await self.peers.change_status(ns, change_id)
+                    except Unavailable:
+                        st = None
+                    if st is not None and st.status == "stored" and st.version is not None:
+                        return st.version
+                    if st is not None and st.status == "rejected":
+                        raise _Stuck(-1, f"the version-store rejected the rollback: {st.reason}")
+                    with anyio.move_on_after(1.0):
+                        await wake.wait()
+                    wake = anyio.Event()
+        finally:
+            await sub.unsubscribe()
+        raise _Stuck(
+            -1,
+            f"the version-store did not store the rollback version within "
+            f"{self.config.create_timeout_s:g}s",
+        )
+
+    # -- batches ------------------------------------------------------------------------------
+
+    async def _batches(self, rb: Rollback, policy: Policy) -> Rollback:
+        threshold = policy.rollback.healthy_threshold
+        for index in range(len(rb.done), len(rb.batches)):
+            started = time.monotonic()
+            result = await self._switch_batch(rb, index, policy)
+            await failpoint("rollbacker.after_batch_switch")
+            if not result.switched:
+                rb = await self._record_batch(rb, result)
+                raise _Stuck(
+                    index,
+                    f"no node of batch {index + 1} could be switched ({result.verdict})",
+                    0.0,
+                    result.nodes,
+                )
+            result = await self._verify(rb, result, policy)
+            rb = await self._record_batch(rb, result)
+            self.metrics.batch_seconds.observe(time.monotonic() - started)
+            await self.announce.batch(rb, result, policy.webhooks)
+            await failpoint("rollbacker.after_batch")
+            share = result.healthy_share
+            if share is not None and share < threshold:
+                unswitched = [n for n in result.nodes if n not in result.switched]
+                unhealthy = sorted({*unswitched, *result.unhealthy})
+                raise _Stuck(
+                    index,
+                    f"batch {index + 1} is {share:.0%} healthy after the rollback "
+                    f"(threshold {threshold:.0%}, verdict {result.verdict})",
+                    share,
+                    unhealthy,
+                )
+        return await self._save(
+            rb.namespace, rb.rollback_id, lambda r: msgspec.structs.replace(r, step="promote")
+        )
+
+    async def _record_batch(self, rb: Rollback, result: BatchResult) -> Rollback:
+        def add(r: Rollback) -> Rollback:
+            done = [d for d in r.done if d.index != result.index]
+            return msgspec.structs.replace(r, done=[*done, result])
+
+        return await self._save(rb.namespace, rb.rollback_id, add)
+
+    async def _switch_batch(self, rb: Rollback, index: int, policy: Policy) -> BatchResult:
+        """One atomic switch of the batch's nodes to the new version. Nodes already on it
+        count as switched; nodes that miss the vote deadline are left out of a retry (they
+        catch up once the version is production); a few attempts, then what we have."""
+        assert rb.new_version is not None
+        ns, new = rb.namespace, rb.new_version
+        planned = rb.batches[index]
+        switched: list[str] = []
+        txids: list[str] = []
+        why = ""
+        remaining = list(planned)
+        ahead = await self._ahead(ns, new)
+        switched += [n for n in remaining if n in ahead]
+        remaining = [n for n in remaining if n not in ahead]
+        for _ in range(self.config.switch_attempts):
+            if not remaining:
+                break
+            reply = await self._retrying(
+                self.peers.switch,
+                ns,
+                new,
+                remaining,
+                policy.vote_timeout_s,
+                f"rollback {rb.rollback_id} batch {index + 1}/{len(rb.batches)}",
+            )
+            txids.append(reply.txid)
+            if reply.outcome == "commit":
+                switched += remaining
+                remaining = []
+                break
+            missing = {v.node for v in reply.votes if v.vote == "missing"}
+            why = "; ".join(
+                f"{v.node}: {v.vote}{' (' + v.reason + ')' if v.reason else ''}"
+                for v in reply.votes
+                if v.vote != "yes"
+            )
+            ahead = await self._ahead(ns, new)
+            switched += [n for n in remaining if n in ahead]
+            remaining = [n for n in remaining if n not in ahead and n not in missing]
+        committed_at = utcnow()
+        # Committed is not yet restored: wait until the nodes report the new version applied
+        # (their heartbeat right after the rename), so "restored" means the files are there.
+        applied = await self._await_applied(ns, new, switched, policy.vote_timeout_s + 5.0)
+        late = [n for n in switched if n not in applied]
+        if late:
+            log.warning("nodes did not report the rollback applied", extra={"nodes": late})
+        switched = [n for n in switched if n in applied]
+        return BatchResult(
+            index=index,
+            nodes=planned,
+            switched=switched,
+            txids=txids,
+            verdict="" if switched else f"switch aborted: {why or 'no participant'}",
+            committed_at=committed_at,
+        )
+
+    async def _await_applied(
+        self, namespace: str, version: int, nodes: list[str], timeout: float
+    ) -> set[str]:
+        want = set(nodes)
+        ahead: set[str] = set()
+        with anyio.move_on_after(timeout):
+            while True:
+                ahead = await self._ahead(namespace, version)
+                if want <= ahead:
+                    break
+                await anyio.sleep(APPLIED_POLL_S)
+        return want & ahead
+
+    async def _ahead(self, namespace: str, version: int) -> set[str]:
+        status = await self._retrying(self.peers.status, namespace)
+        return {
+            n.node
+            for n in status.nodes
+            if n.applied_version is not None and n.applied_version >= version
+        }
+
+    async def _verify(self, rb: Rollback, result: BatchResult, policy: Policy) -> BatchResult:
+        """Bake the batch, then judge it by the health-watcher's verdict on the new version
+        since the batch's commit. Without health rules there is nothing to judge: only the
+        bake. Missing data is judged by the policy's ``on_missing_data``."""
+        assert rb.new_version is not None and result.committed_at is not None
+        bake = max(0.0, policy.rollback.batch_delay_s)
+        if not policy.health_rules:
+            await anyio.sleep(bake)
+            return msgspec.structs.replace(result, verdict="no_rules", healthy_share=None)
+        started = time.monotonic()
+        deadline = started + bake + self.config.verify_timeout_s
+        last: VerdictReply | None = None
+        share: float | None = None
+        while True:
+            v = await self._verdict(rb, result)
+            if v is not None and v.verdict != "no_data":
+                last = v
+                share = healthy_share(result, v, policy.on_missing_data)
+                baked = time.monotonic() - started >= bake
+                if baked and share >= policy.rollback.healthy_threshold:
+                    break
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            await anyio.sleep(min(self.config.verify_interval_s, deadline - now))
+        if last is None:
+            if policy.on_missing_data == "pass":
+                return msgspec.structs.replace(result, verdict="no_data", healthy_share=None)
+            return msgspec.structs.replace(result, verdict="no_data", healthy_share=0.0)
+        return msgspec.structs.replace(
+            result,
+            verdict=last.verdict,
+            healthy_share=share,
+            samples=last.samples,
+            unhealthy=sorted(set(last.unhealthy_nodes) & set(result.nodes)),
+        )
+
+    async def _verdict(self, rb: Rollback, result: BatchResult) -> VerdictReply | None:
+        assert rb.new_version is not None and result.committed_at is not None
+        try:
+            return await self.peers.verdict(
+                rb.namespace, rb.new_version, result.switched, result.committed_at
+            )
+        except Unavailable as exc:
+            log.info("no verdict", extra={"namespace": rb.namespace, "error": str(exc)})
+            return None
+
+    # -- the end -------------------------------------------------------------------------------
+
+    async def _promote(self, rb: Rollback, policy: Policy) -> None:
+        assert rb.new_version is not None
+        ns, new = rb.namespace, rb.new_version
+        prod = await self._retrying(self.peers.version, ns, "production")
+        if prod is None or prod.info.version < new:
+            await self._retrying(
+                self.peers.promote, ns, new, f"rollback {rb.rollback_id} restored v{rb.to_version}"
+            )
+        # The rollback version is itself known good only if every batch passed *with data*.
+        if rb.batches and all(b.verdict == "pass" and b.samples > 0 for b in rb.done):
+            try:
+                await self.peers.mark_good(
+                    ns, new, f"rollback {rb.rollback_id}: every batch passed its health check"
+                )
+            except ConfbusError as exc:
+                log.warning("could not mark the rollback good", extra={"error": str(exc)})
+        finished = utcnow()
+        rb = await self._save(
+            ns,
+            rb.rollback_id,
+            lambda r: msgspec.structs.replace(
+                r, state="completed", step="done", finished_at=finished
+            ),
+        )
+        seconds = (finished - rb.started_at).total_seconds()
+        self.metrics.rollback_seconds.observe(seconds)
+        self.metrics.rollbacks.labels("completed").inc()
+        await self.announce.completed(rb, seconds, policy.webhooks)
+
+    async def _stuck(self, namespace: str, rollback_id: str, stuck: _Stuck, policy: Policy) -> None:
+        at: datetime = utcnow()
+        rb = await self._save(
+            namespace,
+            rollback_id,
+            lambda r: msgspec.structs.replace(
+                r, state="stuck", finished_at=at, detail=stuck.detail
+            ),
+        )
+        self.metrics.rollbacks.labels("stuck").inc()
+        await self.announce.stuck(
+            rb,
+            stuck.batch,
+            stuck.share,
+            stuck.detail,
+            policy.webhooks,
+            threshold=policy.rollback.healthy_threshold,
+            unhealthy=stuck.unhealthy,
+        )
+
+
+def healthy_share(result: BatchResult, v: VerdictReply, on_missing: str) -> float:
+    """The share of the batch's *planned* nodes that are healthy on the new version.
+
+    Nodes that could not be switched count as unhealthy. With per-node lists, a switched node
+    the verdict does not mention (no samples) counts per ``on_missing_data``; without them the
+    batch is all healthy on ``pass`` and all unhealthy otherwise.
+    """
+    total = len(result.nodes)
+    if total == 0:
+        return 1.0
+    switched = set(result.switched)
+    if v.healthy_nodes or v.unhealthy_nodes:
+        healthy = set(v.healthy_nodes) & switched
+        unknown = switched - healthy - set(v.unhealthy_nodes)
+        count = len(healthy) + (len(unknown) if on_missing == "pass" else 0)
+    else:
+        count = len(switched) if v.verdict == "pass" else 0
+    return count / total

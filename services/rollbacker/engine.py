@@ -1,0 +1,400 @@
+"""Deciding whether a rollback starts: from an alert, from an operator, or by taking over one
+that another replica (or our previous self) left running.
+
+The facts (policy, production, last known good, when the version went out) are read first;
+the decision itself is one compare-and-set on the namespace's ledger, made on the ledger as it
+is at that moment — so a redelivered alert, a second replica or a restart sees what was decided
+and decides nothing twice.
+
+Automatic rollbacks (alerts), in order::
+
+    our own alert (source rollbacker), resolved       → ignored
+    alert id already in the ledger                    → duplicate
+    policy.rollback.automatic off; an alert about an older version than production;
+    production went out longer than window_s ago
+    (a distributor's failed bake is never too old)    → ignored
+    a rollback of the namespace is running            → busy
+    a stuck rollback waits for an operator            → held
+    production already runs the last known good bytes → ignored
+    no last known good                                → refused: rollback.stuck + an alert
+                                                        (announced once per version)
+    within cooldown_s of the last rollback,
+    or max_per_window in cap_window_s                 → cooldown / cap
+    otherwise                                         → started
+
+A manual rollback (``cfg.api.rollback.start``) is refused only when one is running, when
+there is nothing to go back to, or when production already has those bytes; it is not held
+back by the cooldown or the cap (an operator decided), but it counts for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from schemas.api.rollback import RollbackReply, RollbackRequest
+from schemas.api.store import VersionReply
+from schemas.base import utcnow as now_utc
+from schemas.health import Alert
+from schemas.policy import Policy
+from services.rollbacker import plan
+from services.rollbacker.announce import Announcer
+from services.rollbacker.driver import Driver
+from services.rollbacker.ledger import Ledgers
+from services.rollbacker.metrics import RollbackerMetrics
+from services.rollbacker.peers import Peers
+from services.rollbacker.records import (
+    Ledger,
+    Rollback,
+    SeenAlert,
+    prune,
+    rate_limit,
+    with_alert,
+    with_rollback,
+)
+
+log = logging.getLogger("confbus.rollbacker")
+
+
+def alert_rollback_id(namespace: str, alert_id: str) -> str:
+    """The same alert always maps to the same rollback (and change id, and version)."""
+    return "rb-" + hashlib.sha256(f"{namespace}\0{alert_id}".encode()).hexdigest()[:16]
+
+
+def change_id_of(rollback_id: str) -> str:
+    return "rollback-" + rollback_id.removeprefix("rb-")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the decision needs from the other services, read before the compare-and-set."""
+
+    policy: Policy
+    from_version: int | None
+    from_sha256: str | None
+    last_good: VersionReply | None
+    ignore: str = ""  # a reason to ignore the alert, found while reading the facts
+
+
+@dataclass
+class Engine:
+    peers: Peers
+    ledgers: Ledgers
+    driver: Driver
+    announcer: Announcer
+    metrics: RollbackerMetrics
+    instance: str
+    lease_s: float
+    tg: TaskGroup
+    driving: set[str] = field(default_factory=set)  # namespaces driven by this replica
+
+    # -- automatic ----------------------------------------------------------------------------
+
+    async def on_alert(self, alert: Alert) -> str:
+        """Judge one alert; returns the outcome (for metrics, logs and tests)."""
+        outcome, detail = await self._judge(alert)
+        self.metrics.alerts.labels(outcome).inc()
+        log.info(
+            "alert judged",
+            extra={
+                "namespace": alert.namespace,
+                "alert_id": alert.alert_id,
+                "outcome": outcome,
+                "detail": detail,
+            },
+        )
+        return outcome
+
+    async def _judge(self, alert: Alert) -> tuple[str, str]:
+        ns = alert.namespace
+        if alert.source == "rollbacker":
+            return "ignored", "the rollbacker's own alert"
+        if alert.state != "firing":
+            return "ignored", "resolved"
+        ledger, _ = await self.ledgers.read(ns)
+        if ledger.seen(alert.alert_id) is not None:
+            return "duplicate", "alert already judged"
+        facts = await self._facts(alert)
+        rollback_id = alert_rollback_id(ns, alert.alert_id)
+        now = now_utc()
+        announce: list[Rollback] = []
+
+        def decide(ledger: Ledger) -> tuple[Ledger | None, tuple[str, str]]:
+            announce.clear()
+            if ledger.seen(alert.alert_id) is not None:
+                return None, ("duplicate", "alert already judged")
+            ledger = prune(ledger, facts.policy.rollback, now)
+
+            def record(outcome: str, detail: str, rb_id: str | None = None) -> Ledger:
+                seen = SeenAlert(
+                    alert_id=alert.alert_id,
+                    at=now,
+                    outcome=outcome,
+                    rollback_id=rb_id,
+                    detail=detail,
+                )
+                return with_alert(ledger, seen)
+
+            if facts.ignore:
+                return record("ignored", facts.ignore), ("ignored", facts.ignore)
+            running = ledger.running
+            if running is not None:
+                detail = f"rollback {running.rollback_id} is running"
+                return record("busy", detail, running.rollback_id), ("busy", detail)
+            held = ledger.holding(facts.from_version)
+            if held is not None:
+                detail = f"rollback {held.rollback_id} is stuck and waits for an operator"
+                return record("held", detail, held.rollback_id), ("held", detail)
+            good = facts.last_good
+            if good is not None and good.info.sha256 == facts.from_sha256:
+                detail = f"v{facts.from_version} already has the last known good bytes"
+                return record("ignored", detail), ("ignored", detail)
+            if good is None:
+                detail = "nothing known-good to go back to (no version passed a bake with data)"
+                rb = self._new(
+                    rollback_id, alert, facts, to_version=0, state="refused", detail=detail
+                )
+                already = any(
+                    r.state == "refused" and r.from_version == facts.from_version
+                    for r in ledger.rollbacks
+                )
+                if not already:
+                    announce.append(rb)
+                out = with_rollback(record("refused", detail, rollback_id), rb)
+                return out, ("refused", detail)
+            limited = rate_limit(ledger, facts.policy.rollback, now)
+            if limited is not None:
+                return record(limited.kind, limited.detail), (limited.kind, limited.detail)
+            rb = self._new(rollback_id, alert, facts, to_version=good.info.version)
+            out = with_rollback(record("started", "", rollback_id), rb)
+            return msgspec.structs.replace(out, active=rollback_id), ("started", "")
+
+        _, (outcome, detail) = await self.ledgers.change(ns, decide)
+        for rb in announce:
+            self.metrics.rollbacks.labels("refused").inc()
+            await self.announcer.stuck(rb, -1, None, rb.detail, facts.policy.webhooks)
+        if outcome == "started":
+            self.spawn(ns, rollback_id)
+        return outcome, detail
+
+    async def _facts(self, alert: Alert) -> Facts:
+        ns = alert.namespace
+        policy = await self.peers.policy(ns)
+        prod = await self.peers.version(ns, "production")
+        last_good = await self.peers.version(ns, "last-good")
+        prod_version = prod.info.version if prod is not None else None
+        from_version = alert.version if alert.version is not None else prod_version
+        ignore = ""
+        if from_version is None:
+            ignore = "the namespace has no production version and the alert names none"
+        elif prod_version is not None and from_version < prod_version:
+            ignore = f"the alert is about v{from_version}; production is v{prod_version} already"
+        elif not policy.rollback.automatic:
+            ignore = "automatic rollbacks are off in the namespace's policy"
+        elif alert.source != "distributor":
+            ignore = await self._outside_window(ns, from_version, prod, policy)
+        from_sha = None
+        if from_version is not None and not ignore:
+            info = prod if prod is not None and prod.info.version == from_version else None
+            info = info or await self.peers.version(ns, from_version)
+            from_sha = info.info.sha256 if info is not None else None
+        return Facts(policy, from_version, from_sha, last_good, ignore)
+
+    async def _outside_window(
+        self, ns: str, version: int, prod: VersionReply | None, policy: Policy
+    ) -> str:
+        if prod is None or version > prod.info.version:
+            return ""  # still being rolled out: it is going out right now
+        went_out = await self.peers.went_out_at(ns, version) or prod.info.created_at
+        age = (now_utc() - went_out).total_seconds()
+        if age > policy.rollback.window_s:
+            return (
+                f"v{version} went out {age:.0f}s ago, beyond the rollback window "
+                f"of {policy.rollback.window_s:g}s"
+            )
+        return ""
+
+    def _new(
+        self,
+        rollback_id: str,
+        alert: Alert,
+        facts: Facts,
+        *,
+        to_version: int,
+        state: str = "running",
+        detail: str = "",
+    ) -> Rollback:
+        now = now_utc()
+        what = alert.summary or f"{alert.rule or 'alert'}"
+        if alert.value is not None and alert.threshold is not None:
+            what += f" ({alert.value:g} vs {alert.threshold:g})"
+        return Rollback(
+            rollback_id=rollback_id,
+            namespace=alert.namespace,
+            trigger="alert",
+            alert_id=alert.alert_id,
+            actor=f"rollbacker (alert from {alert.source})",
+            reason=f"alert {alert.alert_id}: {what}"[:500],
+            from_version=facts.from_version,
+            to_version=to_version,
+            to_sha256=facts.last_good.info.sha256 if facts.last_good else "",
+            change_id=change_id_of(rollback_id),
+            strategy=facts.policy.rollback.strategy,
+            state="running" if state == "running" else "refused",
+            started_at=now,
+            updated_at=now,
+            finished_at=None if state == "running" else now,
+            detail=detail,
+            owner=self.instance,
+            lease_until=now + timedelta(seconds=self.lease_s),
+        )
+
+    # -- manual -------------------------------------------------------------------------------
+
+    async def manual(self, req: RollbackRequest) -> RollbackReply:
+        ns = req.namespace
+        policy = await self.peers.policy(ns)
+        strategy = req.strategy or policy.rollback.strategy
+        plan.batch_count(strategy)  # InvalidInput (400) for a strategy we cannot run
+        prod = await self.peers.version(ns, "production")
+        from_version = prod.info.version if prod is not None else None
+        target = await self.peers.version(ns, req.to if req.to is not None else "last-good")
+
+        def refused(detail: str, to: int = 0) -> RollbackReply:
+            self.metrics.rollbacks.labels("refused").inc()
+            return RollbackReply(
+                rollback_id="",
+                namespace=ns,
+                from_version=from_version,
+                to_version=to,
+                new_version=None,
+                state="refused",
+                reason=detail,
+            )
+
+        if target is None:
+            if req.to is None:
+                return refused(
+                    "nothing known-good to go back to: no version of "
+                    f"{ns} passed a bake with data; give --to VERSION"
+                )
+            return refused(f"{ns} has no version {req.to}", req.to)
+        to = target.info.version
+        if target.info.status in ("draft", "rejected"):
+            return refused(
+                f"v{to} is {target.info.status}; only a version that was approved "
+                "can be rolled back to",
+                to,
+            )
+        if prod is not None and prod.info.sha256 == target.info.sha256:
+            return refused(f"production v{prod.info.version} already has v{to}'s bytes", to)
+        token = secrets.token_hex(8)
+        rollback_id = f"rb-{token}"
+        now = now_utc()
+        rb = Rollback(
+            rollback_id=rollback_id,
+            namespace=ns,
+            trigger="manual",
+            actor=req.actor or "operator",
+            reason=req.reason or "manual rollback",
+            from_version=from_version,
+            to_version=to,
+            to_sha256=target.info.sha256,
+            change_id=change_id_of(rollback_id),
+            strategy=strategy,
+            started_at=now,
+            updated_at=now,
+            owner=self.instance,
+            lease_until=now + timedelta(seconds=self.lease_s),
+        )
+
+        def claim(ledger: Ledger) -> tuple[Ledger | None, str]:
+            running = ledger.running
+            if running is not None:
+                return None, f"rollback {running.rollback_id} of {ns} is running"
+            ledger = prune(ledger, policy.rollback, now)
+            return msgspec.structs.replace(with_rollback(ledger, rb), active=rollback_id), ""
+
+        _, busy = await self.ledgers.change(ns, claim)
+        if busy:
+            return refused(busy, to)
+        self.spawn(ns, rollback_id)
+        return RollbackReply(
+            rollback_id=rollback_id,
+            namespace=ns,
+            from_version=from_version,
+            to_version=to,
+            new_version=None,
+            state="started",
+            reason=rb.reason,
+        )
+
+    # -- driving and taking over ---------------------------------------------------------------
+
+    def spawn(self, namespace: str, rollback_id: str) -> None:
+        if namespace in self.driving:
+            return
+        self.driving.add(namespace)
+        self.tg.start_soon(self._drive, namespace, rollback_id)
+
+    async def _drive(self, namespace: str, rollback_id: str) -> None:
+        try:
+            await self.driver.drive(namespace, rollback_id)
+        except Exception:  # a bug must not take the service down; a takeover resumes it
+            log.exception("rollback driver failed", extra={"rollback_id": rollback_id})
+        finally:
+            self.driving.discard(namespace)
+
+    async def resume(self) -> int:
+        """Take over running rollbacks nobody drives: ours from before a restart (same
+        instance), or any whose lease has expired. Returns how many were taken over."""
+        taken = 0
+        for ns in await self.ledgers.namespaces():
+            if ns in self.driving:
+                continue
+            ledger, _ = await self.ledgers.read(ns)
+            rb = ledger.running
+            if rb is None or not self._may_take(rb, now_utc()):
+                continue
+            rollback_id = rb.rollback_id
+
+            def take(ledger: Ledger, rollback_id: str = rollback_id) -> tuple[Ledger | None, bool]:
+                cur = ledger.running
+                if cur is None or cur.rollback_id != rollback_id:
+                    return None, False
+                if not self._may_take(cur, now_utc()):
+                    return None, False
+                mine = msgspec.structs.replace(
+                    cur,
+                    owner=self.instance,
+                    lease_until=now_utc() + timedelta(seconds=self.lease_s),
+                )
+                return with_rollback(ledger, mine), True
+
+            _, ok = await self.ledgers.change(ns, take)
+            if ok:
+                taken += 1
+                self.metrics.rollbacks.labels("resumed").inc()
+                log.info(
+                    "taking over rollback", extra={"namespace": ns, "rollback_id": rollback_id}
+                )
+                self.spawn(ns, rollback_id)
+        return taken
+
+    def _may_take(self, rb: Rollback, now: datetime) -> bool:
+        return rb.owner == self.instance or rb.lease_until is None or rb.lease_until < now
+
+    async def resume_loop(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.resume()
+            except Exception as exc:  # retried next round; never kills the service
+                log.warning("resume sweep failed", extra={"error": repr(exc)})
+            await anyio.sleep(interval_s)

@@ -1,0 +1,208 @@
+"""The rollbacker's view of the other services, through their ``cfg.api.*`` contracts only.
+
+version-store: versions, pointers (``production``, ``last-good``), policy, promote, mark good;
+distributor: live nodes and the running rollout; coordinator: one atomic switch; health-watcher:
+verdicts. No service is imported: only ``schemas`` and the bus.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from schemas import subjects
+from schemas.api import dist as dist_api
+from schemas.api import health as health_api
+from schemas.api import store as store_api
+from schemas.api import txn as txn_api
+from schemas.changes import ChangeProposed, msg_id
+from schemas.events import VersionPromoted, decode_event
+from schemas.health import Alert
+from schemas.policy import Policy
+from schemas.streams import CFG_EVENTS
+from services.runtime.api import call
+from services.runtime.bus import Bus
+from services.runtime.errors import Conflict, NotFound, Unavailable
+
+log = logging.getLogger("confbus.rollbacker")
+
+STORE_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Peers:
+    bus: Bus
+    actor: str
+
+    # -- version-store ---------------------------------------------------------------------
+
+    async def policy(self, namespace: str) -> Policy:
+        return await call(
+            self.bus,
+            store_api.SERVICE,
+            "policy_get",
+            store_api.PolicyGetRequest(namespace=namespace),
+            Policy,
+            timeout=STORE_TIMEOUT_S,
+        )
+
+    async def version(
+        self, namespace: str, ref: str | int, *, content: bool = False
+    ) -> store_api.VersionReply | None:
+        """The version a ref names, or None if it names nothing (no last good yet, ...)."""
+        try:
+            return await call(
+                self.bus,
+                store_api.SERVICE,
+                "get",
+                store_api.GetRequest(namespace=namespace, ref=str(ref), content=content),
+                store_api.VersionReply,
+                timeout=STORE_TIMEOUT_S,
+            )
+        except NotFound:
+            return None
+
+    async def propose(self, change: ChangeProposed) -> None:
+        """Publish the rollback's change; the msg id makes a repeat a no-op for the stream."""
+        await self.bus.publish(
+            subjects.change(change.namespace),
+            change,
+            msg_id=msg_id(change.namespace, change.change_id),
+        )
+
+    async def change_status(self, namespace: str, change_id: str) -> store_api.ChangeStatusReply:
+        return await call(
+            self.bus,
+            store_api.SERVICE,
+            "change_status",
+            store_api.ChangeStatusRequest(namespace=namespace, change_id=change_id),
+            store_api.ChangeStatusReply,
+            timeout=STORE_TIMEOUT_S,
+        )
+
+    async def promote(self, namespace: str, version: int, reason: str) -> None:
+        await call(
+            self.bus,
+            store_api.SERVICE,
+            "promote",
+            store_api.PromoteRequest(
+                namespace=namespace, version=version, actor=self.actor, reason=reason
+            ),
+            _AnyReply,
+            timeout=STORE_TIMEOUT_S,
+        )
+
+    async def mark_good(self, namespace: str, version: int, reason: str) -> None:
+        await call(
+            self.bus,
+            store_api.SERVICE,
+            "mark_good",
+            store_api.MarkGoodRequest(
+                namespace=namespace, version=version, actor=self.actor, reason=reason
+            ),
+            _AnyReply,
+            timeout=STORE_TIMEOUT_S,
+        )
+
+    async def went_out_at(self, namespace: str, version: int) -> datetime | None:
+        """When ``version`` became production: the time of the namespace's last
+        ``version.promoted`` event if that event is for this version (None otherwise)."""
+        try:
+            msg = await self.bus.js.get_last_msg(
+                CFG_EVENTS.name, subjects.event(namespace, "version.promoted")
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"CFG_EVENTS is not answering: {exc!r}") from exc
+        try:
+            ev = decode_event(msg.data or b"")
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        if isinstance(ev, VersionPromoted) and ev.version == version:
+            return ev.at
+        return None
+
+    # -- distributor -----------------------------------------------------------------------
+
+    async def status(self, namespace: str) -> dist_api.StatusReply:
+        return await call(
+            self.bus,
+            dist_api.SERVICE,
+            "status",
+            dist_api.StatusRequest(namespace=namespace),
+            dist_api.StatusReply,
+            timeout=STORE_TIMEOUT_S,
+        )
+
+    async def end_rollout(self, namespace: str, reason: str) -> bool:
+        """Ask the distributor to stop the namespace's rollout (running, paused, or failed by
+        its bake) and end it as ``rolled_back``: ``cfg.api.dist.abort`` with
+        ``rolled_back=True``. Whatever version it rolls out: the rollback version is higher
+        than all of them. False if there was no such rollout (e.g. it had completed)."""
+        try:
+            await call(
+                self.bus,
+                dist_api.SERVICE,
+                "abort",
+                dist_api.ControlRequest(
+                    namespace=namespace, actor=self.actor, reason=reason, rolled_back=True
+                ),
+                _AnyReply,
+                timeout=STORE_TIMEOUT_S,
+            )
+        except (NotFound, Conflict):
+            return False
+        return True
+
+    # -- coordinator -------------------------------------------------------------------------
+
+    async def switch(
+        self, namespace: str, version: int, nodes: list[str], vote_timeout_s: float, reason: str
+    ) -> txn_api.SwitchReply:
+        return await call(
+            self.bus,
+            txn_api.SERVICE,
+            "switch",
+            txn_api.SwitchRequest(
+                namespace=namespace,
+                version=version,
+                nodes=nodes,
+                timeout_s=vote_timeout_s,
+                actor=self.actor,
+                reason=reason,
+            ),
+            txn_api.SwitchReply,
+            timeout=vote_timeout_s + 15.0,
+        )
+
+    # -- health-watcher ----------------------------------------------------------------------
+
+    async def verdict(
+        self, namespace: str, version: int, nodes: list[str], since: datetime
+    ) -> health_api.VerdictReply:
+        return await call(
+            self.bus,
+            health_api.SERVICE,
+            "verdict",
+            health_api.VerdictRequest(
+                namespace=namespace, version=version, nodes=nodes, since=since
+            ),
+            health_api.VerdictReply,
+            timeout=STORE_TIMEOUT_S,
+        )
+
+    # -- alerts ------------------------------------------------------------------------------
+
+    async def raise_alert(self, alert: Alert) -> None:
+        await self.bus.publish(subjects.alert(alert.namespace), alert, msg_id=alert.alert_id)
+
+
+# Replies whose content the rollbacker does not need: any JSON is fine.
+_AnyReply: type[Any] = msgspec.Raw

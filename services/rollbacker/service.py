@@ -1,0 +1,113 @@
+"""The rollbacker service: alerts in (``CFG_ALERTS``), manual requests in
+(``cfg.api.rollback.start``), rollbacks driven to the end, webhooks notified."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import anyio
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+
+from schemas.api import rollback as api
+from schemas.health import Alert, decode_alert
+from schemas.streams import CFG_ALERTS, CFG_STATE
+from services.rollbacker.announce import Announcer
+from services.rollbacker.driver import Driver, DriverConfig
+from services.rollbacker.engine import Engine
+from services.rollbacker.ledger import Ledgers
+from services.rollbacker.metrics import RollbackerMetrics
+from services.rollbacker.notify import Notifier
+from services.rollbacker.peers import Peers
+from services.runtime.api import Endpoint, serve_api, stop_api
+from services.runtime.consumer import Consumer, per_message
+from services.runtime.metrics import ConsumerMetrics
+from services.runtime.service import ServiceContext
+
+log = logging.getLogger("confbus.rollbacker")
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("rollbacker")
+    g.add_argument(
+        "--lease",
+        type=float,
+        default=15.0,
+        help="seconds a replica owns a running rollback without renewing it; another replica "
+        "(or this one restarted) takes it over after that (default %(default)s)",
+    )
+    g.add_argument(
+        "--verify-timeout",
+        type=float,
+        default=30.0,
+        help="after a batch's bake, how long to wait for a health verdict with data "
+        "(default %(default)s)",
+    )
+    g.add_argument("--verify-interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    g.add_argument(
+        "--create-timeout",
+        type=float,
+        default=120.0,
+        help="how long the version-store may take to store a rollback version "
+        "(default %(default)s)",
+    )
+    g.add_argument("--resume-interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    g.add_argument("--webhook-timeout", type=float, default=5.0, help="per attempt, seconds")
+    g.add_argument("--webhook-attempts", type=int, default=5)
+    g.add_argument("--webhook-backoff", type=float, default=0.5, help="first retry delay, seconds")
+
+
+async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
+    args = ctx.args
+    instance = ctx.settings.instance_id
+    metrics = RollbackerMetrics.create(ctx.registry)
+    notifier = Notifier(
+        metrics.webhook,
+        attempts=args.webhook_attempts,
+        attempt_timeout_s=args.webhook_timeout,
+        backoff_base_s=args.webhook_backoff,
+    )
+    peers = Peers(ctx.bus, actor=f"rollbacker:{instance}")
+    ledgers = Ledgers(await ctx.bus.kv(CFG_STATE.name))
+    announcer = Announcer(peers, notifier, actor=f"rollbacker:{instance}")
+    config = DriverConfig(
+        lease_s=args.lease,
+        verify_timeout_s=args.verify_timeout,
+        verify_interval_s=args.verify_interval,
+        create_timeout_s=args.create_timeout,
+    )
+    driver = Driver(peers, ledgers, announcer, metrics, instance, config)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(notifier.run)
+        engine = Engine(peers, ledgers, driver, announcer, metrics, instance, args.lease, tg)
+
+        async def on_alert(alert: Alert, _msg: Msg) -> None:
+            # Returns once the decision is in the ledger (the rollback itself runs on in
+            # its own task): only then is the alert acked.
+            await engine.on_alert(alert)
+
+        consumer: Consumer[Alert] = Consumer(
+            bus=ctx.bus,
+            stream=CFG_ALERTS,
+            durable="rollbacker",
+            decode=decode_alert,
+            handler=per_message(on_alert),
+            metrics=ConsumerMetrics.create(ctx.registry, "rollbacker", "alerts"),
+        )
+        svc = await serve_api(
+            ctx.bus,
+            api.SERVICE,
+            [Endpoint("start", api.RollbackRequest, engine.manual, concurrent=True)],
+            tg=tg,
+        )
+        try:
+            # Rollbacks left running by our previous self (or a dead replica) first.
+            await engine.resume()
+            tg.start_soon(engine.resume_loop, args.resume_interval)
+            await tg.start(consumer.run)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            await stop_api(svc)
