@@ -1,19 +1,26 @@
 """Which coordinator replicas are alive: each writes ``coord.alive.<instance>`` in
 ``CFG_STATE`` every second.
 
-This only decides who *should* take over a namespace whose leader went quiet; it never
-decides anything about a transaction. Safety comes from the epoch on the head: a replica
-declared dead by mistake (clock skew, a long GC pause) is fenced, not trusted.
+This only decides who *should* lead a namespace (``Peers.owner``: rendezvous hashing over the
+live replicas spreads free namespaces over them); it never decides anything about a
+transaction. Safety comes from the epoch on the head: a replica declared dead by mistake
+(clock skew, a long GC pause) is fenced, not trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
+import anyio
 import msgspec
 import nats.js.errors
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
+from schemas.streams import CFG_STATE
+from services.runtime.bus import Bus
 from services.runtime.codec import encode
 
 ALIVE_INTERVAL_S = 1.0
@@ -25,9 +32,18 @@ class _Alive(msgspec.Struct, frozen=True):
     at: float  # wall clock seconds of the writer
 
 
+def token(instance: str) -> str:
+    """``instance`` as one subject token (KV keys, the forwarding endpoint's name)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
+
+
 def _key(instance: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
-    return f"coord.alive.{safe}"
+    return f"coord.alive.{token(instance)}"
+
+
+# The beats as they are written to the bucket. A core subscription to the bucket's own subjects
+# sees each put without a consumer that a cluster failover could leave stalled.
+_BEATS = f"$KV.{CFG_STATE.name}.coord.alive.*"
 
 
 class Liveness:
@@ -50,3 +66,49 @@ class Liveness:
             return False
         seen = msgspec.json.decode(entry.value, type=_Alive)
         return time.time() - seen.at < DEAD_AFTER_S
+
+
+class Peers:
+    """The coordinator replicas heard from lately (always including ourselves)."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self._seen: dict[str, float] = {}  # instance -> monotonic time of its last beat
+
+    async def watch(self, bus: Bus, *, task_status: TaskStatus[None]) -> None:
+        async def on_beat(msg: Msg) -> None:
+            try:
+                seen = msgspec.json.decode(msg.data, type=_Alive)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                return
+            self._seen[seen.instance] = time.monotonic()
+
+        sub = await bus.nc.subscribe(_BEATS, cb=on_beat)
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # the connection may be closed already
+                    pass
+
+    def alive(self) -> list[str]:
+        now = time.monotonic()
+        live = {i for i, at in self._seen.items() if now - at < DEAD_AFTER_S}
+        live.add(self.instance)
+        return sorted(live)
+
+    def forget(self, instance: str) -> None:
+        """It did not answer a forwarded request: do not prefer it until it beats again."""
+        self._seen.pop(instance, None)
+
+    def owner(self, namespace: str) -> str:
+        """Rendezvous hashing: the live replica that should lead a free namespace. Every
+        replica with the same view picks the same one; one leaving moves only its share."""
+        return max(self.alive(), key=lambda i: _weight(i, namespace))
+
+
+def _weight(instance: str, namespace: str) -> bytes:
+    return hashlib.blake2b(f"{instance}\0{namespace}".encode(), digest_size=8).digest()

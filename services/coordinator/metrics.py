@@ -14,6 +14,9 @@ class CoordinatorMetrics:
     fenced: Counter
     vote_seconds: Histogram
     oldest_in_doubt: Gauge
+    leases_held: Gauge
+    forwarded: Counter
+    lost_leases: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> CoordinatorMetrics:
@@ -42,6 +45,21 @@ class CoordinatorMetrics:
             oldest_in_doubt=Gauge(
                 "confbus_coordinator_oldest_in_doubt_seconds",
                 "Age of the oldest undecided transaction.",
+                registry=registry,
+            ),
+            leases_held=Gauge(
+                "confbus_coordinator_leases",
+                "Namespaces whose lease this replica holds (it leads them).",
+                registry=registry,
+            ),
+            forwarded=Counter(
+                "confbus_coordinator_forwarded",
+                "Switch requests forwarded to the replica leading their namespace.",
+                registry=registry,
+            ),
+            lost_leases=Counter(
+                "confbus_coordinator_lost_leases",
+                "Switches cut short because this replica lost the namespace's lease.",
                 registry=registry,
             ),
         )

@@ -1,4 +1,10 @@
-"""The coordinator service: the ``cfg.api.txn.*`` API and the recovery sweep."""
+"""The coordinator service: the ``cfg.api.txn.*`` API and the recovery sweep.
+
+Several replicas may run (``--instance`` tells them apart). Each namespace is led by the replica
+holding ``lease.coordinator.<ns>`` in ``CFG_STATE`` (``leadership.py``); the others forward its
+switch requests there. ``--lease-ttl`` is how long a replica that died keeps its namespaces
+before another takes them over.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,12 @@ from anyio.abc import TaskStatus
 from schemas.api import txn as api
 from schemas.streams import CFG_STATE
 from services.coordinator.head import Heads
-from services.coordinator.liveness import ALIVE_INTERVAL_S, Liveness
+from services.coordinator.leadership import ROLE, Leadership, direct_op
+from services.coordinator.liveness import ALIVE_INTERVAL_S, Liveness, Peers
 from services.coordinator.metrics import CoordinatorMetrics
 from services.coordinator.twophase import Coordinator
 from services.runtime.api import Endpoint, serve_api, stop_api
+from services.runtime.leases import Leases
 from services.runtime.service import ServiceContext
 
 log = logging.getLogger("confbus.coordinator")
@@ -34,21 +42,35 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="how often undecided transactions are checked, seconds",
     )
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        help="seconds a namespace's leadership lasts unrenewed: how long the namespaces of a "
+        "replica that died wait before another replica takes them (%(default)s)",
+    )
 
 
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
+    instance = ctx.settings.instance_id
     heads = await Heads.open(ctx.bus)
     metrics = CoordinatorMetrics.create(ctx.registry)
-    liveness = Liveness(await ctx.bus.kv(CFG_STATE.name), ctx.settings.instance_id)
+    state = await ctx.bus.kv(CFG_STATE.name)
+    liveness = Liveness(state, instance)
     await liveness.beat()
+    leases = Leases(state, ROLE, instance, ttl_s=ctx.args.lease_ttl)
+    peers = Peers(instance)
     coord = Coordinator(
         ctx.bus,
         heads,
-        ctx.settings.instance_id,
+        instance,
         metrics,
         default_timeout_s=ctx.args.vote_timeout,
         liveness=liveness,
     )
+    leadership = Leadership(ctx.bus, coord, leases, peers, metrics)
+    coord.claim = leadership.claim
+    leases.on_change = leadership.on_lease_change
 
     async def heartbeat() -> None:
         while True:
@@ -57,11 +79,6 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                 await liveness.beat()
             except Exception as exc:  # the bus is down: we will simply look dead
                 log.warning("liveness beat failed", extra={"error": repr(exc)})
-
-    async def switch(req: api.SwitchRequest) -> api.SwitchReply:
-        return await coord.switch(
-            req.namespace, req.version, req.nodes, req.timeout_s, actor=req.actor, reason=req.reason
-        )
 
     async def resolve(req: api.ResolveRequest) -> api.ResolveReply:
         return await coord.resolve(req.namespace, req.txid)
@@ -92,16 +109,25 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             ctx.bus,
             api.SERVICE,
             [
-                Endpoint("switch", api.SwitchRequest, switch, concurrent=True),
+                Endpoint("switch", api.SwitchRequest, leadership.switch, concurrent=True),
+                Endpoint(
+                    direct_op(instance),
+                    api.SwitchRequest,
+                    leadership.switch_direct,
+                    concurrent=True,
+                ),
                 Endpoint("resolve", api.ResolveRequest, resolve, concurrent=True),
                 Endpoint("in_doubt", api.InDoubtRequest, in_doubt),
             ],
             tg=tg,
         )
         try:
+            await tg.start(peers.watch, ctx.bus)
+            await tg.start(leases.keep)
             # A restarted coordinator first settles what its predecessor left undecided.
             await coord.recover_all()
             tg.start_soon(heartbeat)
+            ctx.ready_info["instance"] = instance
             task_status.started()
             while True:
                 await anyio.sleep(ctx.args.recovery_interval)
@@ -111,3 +137,6 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                     log.exception("recovery sweep failed")
         finally:
             await stop_api(svc)
+            # A clean stop hands the namespaces over at once instead of after the TTL.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await leases.release_all()

@@ -11,11 +11,14 @@ import hashlib
 import logging
 import secrets
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import anyio
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from schemas import subjects
@@ -32,7 +35,7 @@ from services.coordinator.metrics import CoordinatorMetrics
 from services.runtime.api import call
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
-from services.runtime.errors import Conflict, InvalidInput, NotFound
+from services.runtime.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.runtime.failpoints import failpoint
 
 log = logging.getLogger("confbus.coordinator")
@@ -84,6 +87,7 @@ class Coordinator:
         metrics: CoordinatorMetrics,
         default_timeout_s: float = 5.0,
         liveness: Liveness | None = None,
+        claim: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.bus = bus
         self.liveness = liveness or Liveness(None, instance)
@@ -91,6 +95,9 @@ class Coordinator:
         self.instance = instance
         self.metrics = metrics
         self.default_timeout_s = default_timeout_s
+        # With leases (several replicas): may we lead this namespace now? None: judge by the
+        # leader's liveness alone (a single replica, or tests of takeovers).
+        self.claim = claim
         self._epochs: dict[str, int] = {}  # namespaces we lead, and with which epoch
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         self._announced: set[str] = set()  # txids whose decision record we know exists
@@ -105,6 +112,11 @@ class Coordinator:
         return decision
 
     # -- leadership ------------------------------------------------------------------------
+
+    def forget(self, namespace: str) -> None:
+        """Our term on ``namespace`` is over (its lease was lost): leading it again bumps the
+        epoch, so nothing of this term can be written afterwards."""
+        self._epochs.pop(namespace, None)
 
     async def lead(self, namespace: str) -> Head:
         """A head at our epoch with nothing undecided on it.
@@ -154,30 +166,47 @@ class Coordinator:
         timeout_s: float | None,
         actor: str = "",
         reason: str = "",
+        txids: list[str] | None = None,
     ) -> SwitchReply:
+        """``txids`` collects the txid(s) this call wrote on the head, for a caller that must
+        answer even when the switch is cut short."""
         if not nodes:
             raise InvalidInput("a switch needs at least one participant", where="nodes")
         participants = sorted(set(nodes))
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
-        content, sha256, fmt = await self._fetch(namespace, version)
+        content, sha256, fmt = await _riding_out(
+            lambda: self._fetch(namespace, version), f"fetching {namespace} v{version}"
+        )
         async with self._locks[namespace]:
-            head = await self.lead(namespace)
-            txid = new_txid(head.value.epoch)
-            head = await self.heads.cas(
-                head,
-                TxnHead(
-                    namespace=namespace,
-                    epoch=head.value.epoch,
-                    leader=self.instance,
-                    txid=txid,
-                    state="preparing",
-                    version=version,
-                    sha256=sha256,
-                    participants=participants,
-                    started_at=utcnow(),
-                    timeout_s=timeout,
-                ),
-            )
+            ours: list[str] = []  # the txid we wrote, once we did (maybe without hearing so)
+
+            async def begin() -> Head:
+                head = await self.heads.get(namespace)
+                h = head.value
+                if ours and h.txid == ours[0] and self._epochs.get(namespace) == h.epoch:
+                    return head  # our write landed though its reply was lost: carry on
+                head = await self.lead(namespace)
+                ours[:] = [new_txid(head.value.epoch)]
+                if txids is not None:
+                    txids.append(ours[0])
+                return await self.heads.cas(
+                    head,
+                    TxnHead(
+                        namespace=namespace,
+                        epoch=head.value.epoch,
+                        leader=self.instance,
+                        txid=ours[0],
+                        state="preparing",
+                        version=version,
+                        sha256=sha256,
+                        participants=participants,
+                        started_at=utcnow(),
+                        timeout_s=timeout,
+                    ),
+                )
+
+            head = await _riding_out(begin, f"starting a transaction on {namespace}")
+            txid = ours[0]
             ballot = _Ballot(frozenset(participants))
             started = anyio.current_time()
             sub = await self.bus.nc.subscribe(
@@ -195,15 +224,21 @@ class Coordinator:
                     epoch=head.value.epoch,
                     timeout_s=timeout,
                 )
-                await self.bus.publish(
-                    subjects.txn_prepare(namespace, txid), prepare, msg_id=f"{txid}:prepare"
+                await failpoint("coordinator.before_prepare_sent")
+                await _riding_out(
+                    lambda: self.bus.publish(
+                        subjects.txn_prepare(namespace, txid), prepare, msg_id=f"{txid}:prepare"
+                    ),
+                    f"publishing the prepare of {txid}",
                 )
                 await failpoint("coordinator.after_prepare_sent")
                 # The deadline is ours, on the monotonic clock; agents never judge it.
                 with anyio.move_on_after(timeout):
                     await ballot.done.wait()
             finally:
-                await sub.unsubscribe()
+                # Also when cancelled (the lease was lost): no subscription may leak.
+                with anyio.CancelScope(shield=True):
+                    await sub.unsubscribe()
             await failpoint("coordinator.after_votes")
             self.metrics.vote_seconds.observe(anyio.current_time() - started)
             records = ballot.records()
@@ -216,10 +251,20 @@ class Coordinator:
         self, head: Head, outcome: str, reason: str, votes: list[VoteRecord]
     ) -> Decision:
         state = "committed" if outcome == "commit" else "aborted"
-        try:
-            head = await self.heads.cas(
-                head, msgspec.structs.replace(head.value, state=state, reason=reason)
+        mine = head
+
+        async def write() -> Head:
+            current = await self.heads.get(mine.value.namespace)
+            if current.revision != mine.revision:
+                if current.value.txid == mine.value.txid and current.value.state == state:
+                    return current  # our compare-and-set landed; its reply was lost
+                raise Fenced(f"head of {mine.value.namespace} moved on")
+            return await self.heads.cas(
+                mine, msgspec.structs.replace(mine.value, state=state, reason=reason)
             )
+
+        try:
+            head = await _riding_out(write, f"deciding {head.value.txid}")
         except Fenced:
             # Someone decided first (a recoverer's abort) or a newer epoch exists. Either
             # way the decision is not ours to write; report what the head says.
@@ -233,7 +278,15 @@ class Coordinator:
             )
         self.metrics.decisions.labels(outcome).inc()
         await failpoint("coordinator.after_decision_written")
-        decision = await self.announce(head.value, votes)
+        decided = head.value
+        try:
+            decision = await _riding_out(
+                lambda: self.announce(decided, votes), f"announcing {decided.txid}"
+            )
+        except Unavailable:
+            # Decided all the same (the head says so); the recovery sweep publishes the record.
+            log.warning("decision not announced yet", extra={"txid": decided.txid})
+            decision = decision_of(decided)
         await failpoint("coordinator.after_decision_published")
         return decision
 
@@ -281,6 +334,14 @@ class Coordinator:
 
     # -- recovery -----------------------------------------------------------------------------
 
+    async def outcome_of(self, namespace: str, txid: str) -> Decision | None:
+        """The decision on ``txid`` if one was made (by anyone), else None."""
+        record = await read_decision(self.bus, namespace, txid)
+        if record is not None:
+            return record
+        h = (await self.heads.get(namespace)).value
+        return decision_of(h) if h.txid == txid and h.state in DECIDED else None
+
     async def resolve(self, namespace: str, txid: str) -> ResolveReply:
         """What happened to ``txid``? Past its timeout with no decision, decide ABORT —
         through the same compare-and-set as the leader, so exactly one decision wins."""
@@ -298,10 +359,18 @@ class Coordinator:
         if not _expired(h):
             return ResolveReply(state="pending")
         try:
+            # The abort opens a new epoch: whoever started this transaction (a leader that is
+            # paused, cut off, or whose lease has not run out yet) is fenced from here on, and
+            # agents that learn this decision refuse its prepares. The lease holder, if alive,
+            # simply starts its next term above it.
             head = await self.heads.cas(
                 head,
                 msgspec.structs.replace(
-                    h, state="aborted", reason="no decision before the deadline (presumed abort)"
+                    h,
+                    epoch=h.epoch + 1,
+                    leader=self.instance,
+                    state="aborted",
+                    reason="no decision before the deadline (presumed abort)",
                 ),
             )
         except Fenced:
@@ -320,7 +389,15 @@ class Coordinator:
                 if self._locks[ns].locked():
                     continue  # our own transaction in flight
                 oldest = max(oldest, _age(h))
-                if h.leader != self.instance and not await self.liveness.alive(h.leader):
+                if self.claim is not None:
+                    # Held by us with nothing of ours in flight, or free (its leader went
+                    # away): settle it. Held by another: its leader decides, or presumed abort.
+                    if await self.claim(ns):
+                        async with self._locks[ns]:
+                            await self.lead(ns)
+                    elif _expired(h):
+                        await self.resolve(ns, h.txid)
+                elif h.leader != self.instance and not await self.liveness.alive(h.leader):
                     # Its coordinator stopped heartbeating (crashed, paused, partitioned):
                     # take the namespace over — the epoch bump fences it if it comes back.
                     async with self._locks[ns]:
@@ -330,6 +407,29 @@ class Coordinator:
             elif h.state in DECIDED and h.txid is not None and h.txid not in self._announced:
                 await self.announce(h)
         return oldest
+
+
+# How long one step of a switch rides out the bus failing under it (a stream electing a new
+# leader after a server died takes a few seconds) before the caller is told to retry.
+RIDE_OUT_S = 15.0
+T = TypeVar("T")
+
+
+async def _riding_out(step: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``step``, again on a transient bus error, for up to ``RIDE_OUT_S``; then
+    ``Unavailable``. Every step is safe to repeat: reads, compare-and-sets that re-read first,
+    and publishes deduplicated by their message id."""
+    delay = 0.1
+    deadline = anyio.current_time() + RIDE_OUT_S
+    while True:
+        try:
+            return await step()
+        except (nats.errors.Error, Unavailable, TimeoutError) as exc:
+            if anyio.current_time() + delay > deadline:
+                raise Unavailable(f"{what}: the bus did not answer ({exc!r}), retry") from exc
+            log.info("riding out a bus error", extra={"step": what, "error": repr(exc)})
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def _age(h: TxnHead) -> float:

@@ -17,11 +17,14 @@ A ready line's extra ``<name>_port`` or ``<name>_url`` keys show up in the stack
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
 
-from services.cli.exitcodes import USAGE, CliError
+from services.cli import security
+from services.cli.exitcodes import FAILED, USAGE, CliError
+from services.cli.ha import ETCD_HINT, HaPorts, etcd_binary
 from services.cli.stack import ServiceSpec, Stack, StackConfig
 
 
@@ -39,6 +42,11 @@ them serve, one line goes to stdout:
 
 Logs are in DATA_DIR/logs/, where things are in DATA_DIR/stack.json. A service that crashes
 is restarted. Ctrl-C or SIGTERM stops everything (exit 0). One stack per data directory.
+
+--ha runs the production shape here instead: 3 nats-servers as one cluster (R3 streams and
+buckets), 3 etcd members as the version store, and 2 replicas of each service; nats= then
+lists the three servers. Ports: NATS P, P+1, P+2 (cluster P+2000.., monitoring P+4000..),
+etcd E, E+2, E+4 (peers E+1, E+3, E+5), with P = --nats-port and E = --etcd-port.
 """
 
 SERVICES: tuple[ServiceSpec, ...] = (
@@ -74,6 +82,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="external_nats",
         metavar="URL",
         help="use this NATS (with JetStream) instead of starting nats-server",
+    )
+    p.add_argument(
+        "--ha",
+        action="store_true",
+        help="the production shape on this machine: 3 NATS (a cluster), 3 etcd members, "
+        "2 replicas of each service (needs etcd-server)",
+    )
+    p.add_argument(
+        "--etcd-port",
+        type=int,
+        default=None,
+        help="with --ha: first etcd client port (default 2379; free ports with --nats-port 0)",
     )
     p.add_argument(
         "--store",
@@ -121,6 +141,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="echo the services' logs on stderr (they always go to DATA_DIR/logs/)",
     )
+    security.add_secure_args(p)
     p.set_defaults(run_local=run_local)
 
 
@@ -154,7 +175,10 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         services.append(extra)
     if args.external_nats is None and not 0 <= args.nats_port <= 65535:
         raise CliError(f"--nats-port {args.nats_port}: expected 0..65535", USAGE)
-    return StackConfig(
+    ha = _ha_ports(args) if args.ha else None
+    if ha is not None:
+        services = replicated(services)
+    config = StackConfig(
         data_dir=Path(args.data_dir).expanduser().resolve(),
         services=services,
         options=args,
@@ -168,4 +192,38 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         nats_password=args.nats_password,
         nats_creds=args.nats_creds,
         tls_ca=args.tls_ca,
+        ha=ha,
     )
+    return security.configure(config, args)  # --secure, --tls-cert: users, permissions, TLS
+
+
+HA_REPLICAS = 2
+
+
+def _ha_ports(args: argparse.Namespace) -> HaPorts:
+    if args.external_nats is not None:
+        raise CliError("--ha starts its own NATS cluster: leave out --nats-url", USAGE)
+    if etcd_binary() is None:
+        raise CliError(f"--ha needs etcd for the version store: {ETCD_HINT}", FAILED)
+    ports = HaPorts.derive(args.nats_port, args.etcd_port)
+    if args.store is None:
+        args.store = ports.store_url()  # the version-store's --store (see _store_url)
+    return ports
+
+
+def _replica_args(
+    spec: ServiceSpec, instance: str, data_dir: Path, opts: argparse.Namespace
+) -> list[str]:
+    return [*spec.args(data_dir, opts), "--instance", instance, "--replicas", "3"]
+
+
+def replicated(services: list[ServiceSpec]) -> list[ServiceSpec]:
+    """Each service twice, as ``<name>-1`` and ``<name>-2`` with that ``--instance``."""
+    out = []
+    for spec in services:
+        for i in range(1, HA_REPLICAS + 1):
+            name = f"{spec.name}-{i}"
+            args = functools.partial(_replica_args, spec, name)
+            after = f"{spec.name}-1" if i > 1 else None
+            out.append(ServiceSpec(name, spec.module, args, after))
+    return out

@@ -1,0 +1,311 @@
+"""The HA shape under faults (issue 9): ``confbus up --ha``, three agents, and a publish stream
+going through the real version-store (on etcd), distributor and coordinator replicas.
+
+One at a time, with full redundancy restored in between, kill -9: the nats-server leading
+``CFG_CHANGES``, an etcd member (a follower here; the leader, five rounds, in the slow test), the
+coordinator replica leading the namespace, the distributor replica driving it, and the
+health-watcher replica evaluating it (when one holds a lease for it). After each fault the test
+waits until a change published *after* the fault is applied by every agent, and that the last
+change acked *before* it was applied (or superseded by a newer one that was).
+
+At the end:
+
+- **nothing lost** — every acked change is a stored version with its bytes' sha256, versions
+  numbered in publish order; every agent ends on the last one, byte for byte;
+- **fenced** — in ``CFG_TXN`` order no decision carries an epoch older than one already
+  written; no agent applied a transaction that was not committed; no agent saw an epoch beyond
+  the head's;
+- **pauses** — the longest gap between publish acks, and between the agents' applies, around
+  each fault, printed as a table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import nats.errors
+import pytest
+
+from schemas.events import NodeApplied
+from schemas.streams import CFG_CHANGES, CFG_TXN_HEAD
+from schemas.txn import Decision, Prepare
+from services.cli.client import Client
+from services.coordinator.head import Heads
+from services.runtime.bus import Bus, connect
+from services.runtime.errors import ConfbusError, Permanent
+from tests.e2e.helpers import events, txn_records
+from tests.ha.hastack import HaStack, etcd_leader, lease_holder, needs_etcd, start_ha, stream_leader
+from tests.helpers import eventually
+
+pytestmark = [pytest.mark.anyio, needs_etcd]
+
+NS = "web"
+NODES = ("n1", "n2", "n3")
+PACE_S = 0.3  # between publishes: a CI job's rate, not a benchmark
+MAX_PUBLISHES = 1000  # the stream is bounded whatever happens
+RECOVERY_TIMEOUT_S = 90.0
+
+
+@dataclass
+class Ack:
+    at: float
+    i: int
+    version: int
+    sha256: str
+
+
+@dataclass
+class Run:
+    acks: list[Ack] = field(default_factory=list)
+    applied: list[tuple[float, int]] = field(default_factory=list)  # (time, min i on all)
+    retries: int = 0
+
+    def last_applied(self) -> int:
+        return self.applied[-1][1] if self.applied else -1
+
+    def last_acked(self) -> int:
+        return self.acks[-1].i if self.acks else -1
+
+
+def content_of(i: int) -> bytes:
+    return json.dumps({"i": i, "pool": 10 + i % 7}).encode()
+
+
+def index_of(data: bytes | None) -> int:
+    if not data:
+        return -1
+    try:
+        return int(json.loads(data)["i"])
+    except (ValueError, KeyError):
+        return -1
+
+
+async def publish_stream(client: Client, run: Run, stop: anyio.Event) -> None:
+    for i in range(MAX_PUBLISHES):
+        if stop.is_set():
+            return
+        content = content_of(i)
+        while True:
+            try:
+                info = await client.publish(NS, content, change_id=f"c{i}", timeout=60)
+                break
+            except (ConfbusError, nats.errors.Error) as exc:
+                # A CI job retries with the same change id: a no-op if it was stored. (While a
+                # stream elects a leader, the publish may also fail with "no response", and
+                # the store's status call with a 500 that wraps a JetStream 503.)
+                if isinstance(exc, Permanent):
+                    raise
+                run.retries += 1
+                await anyio.sleep(0.1)  # the retry interval of a CI job's loop
+        run.acks.append(Ack(time.monotonic(), i, info.version, info.sha256))
+        with anyio.move_on_after(PACE_S):
+            await stop.wait()
+
+
+async def watch_agents(stack: HaStack, run: Run, stop: anyio.Event) -> None:
+    while not stop.is_set():
+        low = min(index_of(a.read()) for a in stack.agents.values())
+        if low > run.last_applied():
+            run.applied.append((time.monotonic(), low))
+        with anyio.move_on_after(0.05):  # the sampling interval of the measurement
+            await stop.wait()
+
+
+def longest_gap(times: list[float], since: float, until: float) -> float:
+    before = [t for t in times if t <= since]
+    window = [*(before[-1:] or [since]), *(t for t in times if since < t <= until)]
+    return max((b - a for a, b in itertools.pairwise(window)), default=until - since)
+
+
+@dataclass
+class Fault:
+    name: str
+    target: str  # the process killed: nats-2, etcd-e1, coordinator-1 ...
+    restarted: str  # the stack's line once it serves again
+    killed_at: float
+    acked_before: int
+    recovered_at: float = 0.0
+
+
+async def inject(stack: HaStack, run: Run, name: str, target: str, restarted: str) -> Fault:
+    mark = len(stack.proc.err.lines)
+    fault = Fault(name, target, restarted, time.monotonic(), run.last_acked())
+    os.kill(stack.pid(target), signal.SIGKILL)
+
+    async def recovered() -> bool:
+        after = [a.i for a in run.acks if a.at > fault.killed_at]
+        return bool(after) and run.last_applied() >= max(after[0], fault.acked_before)
+
+    await eventually(recovered, timeout=RECOVERY_TIMEOUT_S, every=0.05,
+                     what=f"progress after killing {target} ({name})")  # fmt: skip
+    fault.recovered_at = time.monotonic()
+    # Full redundancy again before the next fault: the stack restarted what we killed.
+    await anyio.to_thread.run_sync(stack.proc.err.wait_for, restarted, 60.0, mark)
+    return fault
+
+
+async def warm(run: Run, n: int = 3) -> None:
+    """A few changes acked and applied since now: the stream is flowing."""
+    start = run.last_acked()
+
+    async def flowing() -> bool:
+        return run.last_acked() >= start + n and run.last_applied() >= start + n
+
+    await eventually(flowing, timeout=RECOVERY_TIMEOUT_S, what="the publish stream flowing")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[HaStack]:
+    s = start_ha(tmp_path / "data")
+    try:
+        for node in NODES:
+            s.start_agent(node, NS, tmp_path / "nodes")
+        yield s
+    finally:
+        s.cleanup()
+
+
+FaultPlan = Callable[[HaStack, Bus], Awaitable[tuple[str, str, str] | None]]
+
+
+async def nats_stream_leader(stack: HaStack, bus: Bus) -> tuple[str, str, str] | None:
+    server = await stream_leader(bus, CFG_CHANGES.name)
+    return "nats-server leading CFG_CHANGES", server, f"{server} ready again"
+
+
+def etcd_member(leader: bool) -> FaultPlan:
+    async def plan(stack: HaStack, bus: Bus) -> tuple[str, str, str] | None:
+        member = await anyio.to_thread.run_sync(etcd_leader, stack.store_url, not leader)
+        label = "etcd leader" if leader else "etcd follower"
+        return label, f"etcd-{member}", f"etcd {member} ready again"
+
+    return plan
+
+
+def lease_leader(role: str, label: str) -> FaultPlan:
+    async def plan(stack: HaStack, bus: Bus) -> tuple[str, str, str] | None:
+        held = await lease_holder(bus, role, NS)
+        if held is None:
+            return None  # this role leads nothing here now (or is not built yet)
+        return f"{label} leading {NS}", held[0], f"{held[0]} ready again"
+
+    plan.label = label  # type: ignore[attr-defined]
+    return plan
+
+
+def plans(etcd_leader: bool) -> tuple[FaultPlan, ...]:
+    return (
+        nats_stream_leader,
+        etcd_member(leader=etcd_leader),
+        lease_leader("coordinator", "coordinator"),
+        lease_leader("distributor", "distributor"),
+        lease_leader("health", "health-watcher"),
+    )
+
+
+async def test_kill_one_of_each_with_a_publish_stream_going(stack: HaStack) -> None:
+    await kill_in_turn(stack, plans(etcd_leader=False))
+
+
+@pytest.mark.slow
+async def test_kill_one_of_each_five_rounds_etcd_leader_too(stack: HaStack) -> None:
+    """The same faults five rounds in a row on one stack, killing the etcd *leader* each
+    time (``-m slow``)."""
+    await kill_in_turn(stack, plans(etcd_leader=True) * 5)
+
+
+async def kill_in_turn(stack: HaStack, faults_to_inject: tuple[FaultPlan, ...]) -> None:
+    run = Run()
+    faults: list[Fault] = []
+    skipped: list[str] = []
+    stop = anyio.Event()
+    bus = await connect(stack.url, name="test-probe")
+    try:
+        async with Client(stack.url, name="test-ci") as client, anyio.create_task_group() as tg:
+            tg.start_soon(publish_stream, client, run, stop)
+            tg.start_soon(watch_agents, stack, run, stop)
+            try:
+                await warm(run)
+                for plan in faults_to_inject:
+                    chosen = await plan(stack, bus)
+                    if chosen is None:
+                        skipped.append(getattr(plan, "label", plan.__name__))
+                        continue
+                    faults.append(await inject(stack, run, *chosen))
+                    await warm(run, 2)
+            finally:
+                stop.set()
+            last = run.acks[-1]
+            await eventually(lambda: _all_hold(stack, last.i), timeout=RECOVERY_TIMEOUT_S,
+                             what=f"every agent on change {last.i}")  # fmt: skip
+            await check_nothing_lost(client, stack, run)
+        await check_fenced(bus, stack)
+    finally:
+        await bus.close()
+    report(run, faults, skipped)
+    assert {f.target.split("-")[0] for f in faults} >= {"nats", "etcd", "coordinator"}
+
+
+async def _all_hold(stack: HaStack, i: int) -> bool:
+    return all(a.read() == content_of(i) for a in stack.agents.values())
+
+
+async def check_nothing_lost(client: Client, stack: HaStack, run: Run) -> None:
+    versions = [a.version for a in run.acks]
+    assert versions == sorted(set(versions)), "acked changes are not distinct, ordered versions"
+    for ack in run.acks:
+        reply = await client.get(NS, ack.version)
+        assert reply.content == content_of(ack.i), f"change c{ack.i}: v{ack.version} differs"
+        assert reply.info.sha256 == hashlib.sha256(content_of(ack.i)).hexdigest()
+
+
+async def check_fenced(bus: Bus, stack: HaStack) -> None:
+    highest = 0
+    committed: dict[str, Decision] = {}
+    for record in await txn_records(bus, NS):
+        if isinstance(record, Decision):
+            assert record.epoch >= highest, (
+                f"decision {record.txid} at epoch {record.epoch} written after epoch {highest}"
+            )
+            if record.outcome == "commit":
+                committed[record.txid] = record
+        highest = max(highest, record.epoch) if isinstance(record, Decision | Prepare) else highest
+    applied = [e for e in await events(bus, NS) if isinstance(e, NodeApplied)]
+    assert applied, "no node.applied events"
+    not_committed = [e.txid for e in applied if e.txid and e.txid not in committed]
+    assert not not_committed, f"applied transactions that were never committed: {not_committed}"
+    head = (await Heads(await bus.kv(CFG_TXN_HEAD.name)).get(NS)).value
+    assert head.epoch >= highest
+    for agent in stack.agents.values():
+        state = json.loads((agent.path.parents[1] / "state" / NS / "state.json").read_bytes())
+        assert state["highest_epoch"] <= head.epoch, (agent.node, state["highest_epoch"])
+
+
+def report(run: Run, faults: list[Fault], skipped: list[str]) -> None:
+    ack_times = [a.at for a in run.acks]
+    apply_times = [t for t, _ in run.applied]
+    lines = [
+        "",
+        f"{len(run.acks)} changes acked ({run.retries} publish retries), "
+        f"{len(run.applied)} apply advances; longest pause around each fault:",
+        f"{'fault':<36} {'killed':<16} {'publish pause':>14} {'apply pause':>12} {'recovered':>10}",
+    ]
+    for f in faults:
+        ack_gap = longest_gap(ack_times, f.killed_at, f.recovered_at)
+        apply_gap = longest_gap(apply_times, f.killed_at, f.recovered_at)
+        lines.append(
+            f"{f.name:<36} {f.target:<16} {ack_gap:>13.2f}s {apply_gap:>11.2f}s "
+            f"{f.recovered_at - f.killed_at:>9.2f}s"
+        )
+    if skipped:
+        lines.append(f"not injected (no lease held for {NS}): {', '.join(sorted(set(skipped)))}")
+    print("\n".join(lines))

@@ -1,0 +1,109 @@
+"""``confbus up --ha`` as a real process: 3 NATS (one cluster), 3 etcd members, 2 replicas of each
+service, the ready line, ``confbus doctor`` on it, and a clean stop. Also the refusals, and
+``confbus doctor`` on a broken or unreachable confbus."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+import pytest
+
+from services.cli.commands import up
+from services.cli.exitcodes import FAILED, USAGE, CliError
+from services.cli.main import build_parser
+from services.runtime.natsd import NatsServer
+from tests.cli.procs import closed_port, run_confbus
+from tests.ha.hastack import READY, needs_etcd, start_ha
+
+
+@needs_etcd
+def test_up_ha_serves_passes_doctor_and_stops_cleanly(tmp_path: Path) -> None:
+    stack = start_ha(tmp_path / "data")
+    try:
+        m = READY.match(stack.line)
+        assert m, stack.line
+        assert len(stack.urls) == 3 and all(u.startswith("nats://127.0.0.1:") for u in stack.urls)
+        listed = [s.split(":")[0] for s in m.group("services").split(",")]
+        expected = [spec.name for spec in up.SERVICES if spec.runnable()]
+        assert listed == [f"{name}-{i}" for name in expected for i in (1, 2)]
+        state = stack.state()
+        assert sorted(state["cluster"]["pids"]) == [
+            "etcd-e1", "etcd-e2", "etcd-e3", "nats-1", "nats-2", "nats-3",
+        ]  # fmt: skip
+        for i in (1, 2, 3):
+            conf = (stack.data_dir / f"nats-{i}" / "nats-server.conf").read_text()
+            assert "sync_interval: always" in conf and 'name: "confbus"' in conf
+        ready = {name: s["ready"] for name, s in state["services"].items()}
+        assert ready["version-store-1"]["store"] == ready["version-store-2"]["store"] == "etcd"
+        assert ready["coordinator-1"]["instance"] == "coordinator-1"
+        assert ready["coordinator-2"]["instance"] == "coordinator-2"
+
+        doctor = run_confbus(
+            "--nats-url", stack.url, "doctor", "--store", stack.store_url, "--agents-wait", "0.2"
+        )  # fmt: skip
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert "all checks passed" in doctor.stdout
+        for stream in ("CFG_CHANGES", "CFG_TXN", "KV_CFG_TXN_HEAD", "KV_CFG_STATE"):
+            assert f"{stream}: R3, leader nats-" in doctor.stdout, doctor.stdout
+        assert "etcd: 3/3 members answer, leader e" in doctor.stdout
+        assert "store ×2, txn ×2, dist ×2" in doctor.stdout
+
+        started = stack.all_pids()
+        assert len(started) == 6 + len(listed)
+        assert stack.proc.stop(signal.SIGTERM, timeout=60) == 0, stack.proc.describe()
+        stack.assert_all_gone(started)
+        assert "nats cluster and etcd stopped" in stack.proc.err.text()
+    finally:
+        stack.cleanup()
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["up", *argv])
+
+
+def test_ha_without_etcd_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(up, "etcd_binary", lambda: None)
+    with pytest.raises(CliError) as refused:
+        up.stack_config(_args("--ha", "--data-dir", str(tmp_path)))
+    assert refused.value.code == FAILED
+    assert "install etcd-server (apt-get install -y etcd-server)" in str(refused.value)
+
+
+@needs_etcd
+def test_ha_ports_derive_from_the_nats_port(tmp_path: Path) -> None:
+    config = up.stack_config(_args("--ha", "--nats-port", "5222", "--data-dir", str(tmp_path)))
+    assert config.ha is not None
+    assert config.ha.nats == (5222, 5223, 5224)
+    assert config.ha.cluster == (7222, 7223, 7224)
+    assert config.ha.etcd_client == (2379, 2381, 2383)
+    assert config.options.store == "etcd://127.0.0.1:2379,127.0.0.1:2381,127.0.0.1:2383"
+    names = [s.name for s in config.services]
+    assert names[:2] == ["version-store-1", "version-store-2"]
+    assert config.services[1].after == "version-store-1"
+    args = config.services[1].args(tmp_path, config.options)
+    assert args[-4:] == ["--instance", "version-store-2", "--replicas", "3"]
+    assert "--store" in args
+
+
+def test_ha_with_an_external_nats_is_a_usage_error(tmp_path: Path) -> None:
+    done = run_confbus("up", "--ha", "--nats-url", "nats://127.0.0.1:4222", "--data-dir",
+                       str(tmp_path))  # fmt: skip
+    assert done.returncode == USAGE, done
+    assert "--ha starts its own NATS cluster" in done.stderr
+
+
+def test_doctor_on_an_unreachable_nats_exits_3() -> None:
+    done = run_confbus("--nats-url", f"nats://127.0.0.1:{closed_port()}", "doctor")
+    assert done.returncode == 3, done
+    assert "unreachable" in done.stderr
+
+
+def test_doctor_says_what_is_missing_and_exits_1(nats_server: NatsServer) -> None:
+    # A bare nats-server: no streams, no services.
+    done = run_confbus("--nats-url", nats_server.url, "doctor", "--agents-wait", "0.1")
+    assert done.returncode == 1, done
+    assert "FAIL  stream      CFG_TXN: missing" in done.stdout
+    assert "nobody answers for store, txn, dist" in done.stdout
+    assert "problem(s) found" in done.stdout
