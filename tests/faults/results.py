@@ -1,0 +1,117 @@
+"""What a scenario reports, and where: ``tests/faults/results/<scenario>.<tier>.json`` (or the
+directory named by ``CONFBUS_FAULT_RESULTS``), read back by ``tests.faults.report``.
+
+The safety counts are ``lost``, ``divergent``, ``duplicates``, ``flipped`` and whatever the
+scenario adds to ``safety`` (in-doubt transactions past the bound, stale-epoch writes, failed
+integrity checks, poison messages not dead-lettered, …). Any of them non-zero fails the test
+(``assert_safe``) — except in a deliberate-bug test, which asserts the opposite.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from tests.faults.history import History
+
+Tier = Literal["ci", "slow", "bug"]
+RESULTS_ENV = "CONFBUS_FAULT_RESULTS"
+DEFAULT_DIR = Path(__file__).resolve().parent / "results"
+
+
+class Figures(msgspec.Struct, kw_only=True):
+    scenario: str
+    title: str
+    tier: Tier = "ci"
+    runs: int = 0
+    ok: int = 0
+    failed: int = 0
+    unknown: int = 0
+    lost: int = 0
+    divergent: int = 0
+    duplicates: int = 0
+    flipped: int = 0
+    safety: dict[str, int] = {}  # further safety counts: every one must be 0
+    availability: dict[str, float | None] = {}  # before / during / after: share of ops ok
+    rates: dict[str, float | None] = {}  # before / during / after: ok ops per second
+    longest_unavailable_s: float | None = None
+    notes: dict[str, float | int | str] = {}  # reported figures that are not pass/fail
+    seconds: float = 0.0  # wall time of the whole scenario
+    budget_s: float | None = None  # its CI budget
+    bug: str = ""  # the deliberate bug injected (tier "bug")
+    at: str = ""
+
+    def add_history(self, history: History, f: str | None = None) -> None:
+        counts = history.counts(f)
+        self.ok += counts["ok"]
+        self.failed += counts["fail"]
+        self.unknown += counts["unknown"]
+        self.availability = history.availability(f)
+        self.rates = history.rates(f)
+
+    def violations(self) -> dict[str, int]:
+        core = {
+            "lost": self.lost,
+            "divergent": self.divergent,
+            "duplicates": self.duplicates,
+            "flipped": self.flipped,
+        }
+        return {k: v for k, v in {**core, **self.safety}.items() if v}
+
+    def summary(self) -> str:
+        return (
+            f"{self.scenario}[{self.tier}] runs={self.runs} ok={self.ok} fail={self.failed} "
+            f"unknown={self.unknown} lost={self.lost} divergent={self.divergent} "
+            f"duplicates={self.duplicates} flipped={self.flipped} safety={self.safety} "
+            f"availability={self.availability} longest_unavailable_s="
+            f"{self.longest_unavailable_s} notes={self.notes} seconds={self.seconds:.1f}"
+        )
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get(RESULTS_ENV) or DEFAULT_DIR)
+
+
+def write(fig: Figures) -> Path:
+    fig.at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{fig.scenario}.{fig.tier}" + (f".{fig.bug}" if fig.bug else "") + ".json"
+    path = out / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(fig), indent=2) + b"\n")
+    tmp.replace(path)
+    return path
+
+
+def read_all(directory: Path | None = None) -> list[Figures]:
+    d = directory or results_dir()
+    if not d.is_dir():
+        return []
+    return [msgspec.json.decode(p.read_bytes(), type=Figures) for p in sorted(d.glob("*.json"))]
+
+
+def finish(fig: Figures, started: float) -> Figures:
+    """Stamp the wall time, write the JSON, print the one-line summary."""
+    fig.seconds = round(time.monotonic() - started, 1)
+    write(fig)
+    print("\n" + fig.summary())
+    return fig
+
+
+def assert_safe(fig: Figures) -> None:
+    bad = fig.violations()
+    assert not bad, f"safety violated in {fig.scenario}: {bad}\n{fig.summary()}"
+
+
+def assert_caught(fig: Figures, *expected: str) -> None:
+    """A deliberate-bug run: the harness must report it (a check that cannot fail is not a
+    check)."""
+    bad = fig.violations()
+    assert bad, f"bug {fig.bug!r} went unnoticed by {fig.scenario}:\n{fig.summary()}"
+    for name in expected:
+        assert bad.get(name), f"bug {fig.bug!r}: expected {name} > 0, got {bad}"

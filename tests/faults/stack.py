@@ -1,0 +1,197 @@
+"""confbus as real processes for the fault scenarios: services and agents on one nats-server or
+on a 3-node cluster, each a ``tests.procs.Proc`` (ready line, SIGKILL, SIGSTOP/SIGCONT).
+
+``shim=True`` starts the service through ``tests.faults.shims.<pkg>`` instead of
+``services.<pkg>``: the same code, plus the deliberate bug or the injected fault named in its
+environment (``CONFBUS_TEST_BUG``, ``CONFBUS_TEST_FAULTS``). Production code never reads those.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.runtime.bus import Bus, connect
+from services.runtime.natsd import NatsServer
+from tests.faults.cluster import NatsCluster
+from tests.procs import Proc
+
+
+@dataclass
+class Node:
+    """One agent process and the live files it writes."""
+
+    name: str
+    files: dict[str, Path]
+    state_dir: Path
+    proc: Proc
+
+    def read(self, namespace: str) -> bytes | None:
+        path = self.files[namespace]
+        return path.read_bytes() if path.exists() else None
+
+    def applies(self) -> list[dict[str, Any]]:
+        """Every ``applied`` log line this node wrote, over all of its restarts."""
+        out = []
+        try:
+            text = self.proc.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        for line in text.splitlines():
+            if '"applied"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by SIGKILL
+            if rec.get("msg") == "applied":
+                out.append(rec)
+        return out
+
+
+def log_counts(proc: Proc) -> Counter[str]:
+    """How many times each log message appears in a process's log, over its restarts."""
+    out: Counter[str] = Counter()
+    try:
+        text = proc.log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by SIGKILL
+        if isinstance(rec, dict) and "msg" in rec:
+            out[str(rec["msg"])] += 1
+    return out
+
+
+@dataclass
+class FaultStack:
+    root: Path
+    nats: NatsServer | None = None
+    cluster: NatsCluster | None = None
+    services: dict[str, Proc] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    replicas: int = 3  # of streams and buckets, on a cluster
+
+    @classmethod
+    def single(cls, root: Path) -> FaultStack:
+        return cls(root, nats=NatsServer(data_dir=root / "nats").start())
+
+    @property
+    def url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
+        assert self.nats is not None
+        return self.nats.url
+
+    @property
+    def logs(self) -> Path:
+        path = self.root / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    async def bus(self, name: str = "faults") -> Bus:
+        return await connect(self.url, name=name)
+
+    def store_path(self) -> Path:
+        return self.root / "store.db"
+
+    def service_args(self, pkg: str) -> list[str]:
+        if pkg == "version_store":
+            return ["--store", f"sqlite:///{self.store_path()}"]
+        return []
+
+    def service(
+        self,
+        pkg: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        shim: bool = False,
+    ) -> Proc:
+        """A service process, not started yet."""
+        module = f"tests.faults.shims.{pkg}" if shim else f"services.{pkg}"
+        replicas = ["--replicas", str(self.replicas)] if self.cluster is not None else []
+        argv = [
+            sys.executable,
+            "-m",
+            module,
+            "--nats-url",
+            self.url,
+            *replicas,
+            *self.service_args(pkg),
+            *extra,
+        ]
+        proc = Proc(name or pkg, argv, self.logs, env)
+        self.services[name or pkg] = proc
+        return proc
+
+    def start_service(
+        self,
+        pkg: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        shim: bool = False,
+        timeout: float = 30.0,
+    ) -> Proc:
+        return self.service(pkg, *extra, env=env, name=name, shim=shim).start(timeout=timeout)
+
+    def agent(
+        self,
+        node: str,
+        *,
+        namespaces: Sequence[str] = ("web",),
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        shim: bool = False,
+    ) -> Node:
+        """An agent process (not started yet) with its live dir and state dir."""
+        live = self.root / "nodes" / node / "etc"
+        live.mkdir(parents=True, exist_ok=True)
+        state = self.root / "nodes" / node / "state"
+        files = {ns: live / f"{ns}.conf" for ns in namespaces}
+        module = "tests.faults.shims.agent" if shim else "services.agent"
+        argv = [
+            sys.executable,
+            "-m",
+            module,
+            "--nats-url",
+            self.url,
+            "--node",
+            node,
+            "--state-dir",
+            str(state),
+            "--heartbeat-interval",
+            "0.5",
+        ]
+        for ns, path in files.items():
+            argv += ["--namespace", ns, "--path", str(path)]
+        proc = Proc(f"agent-{node}", [*argv, *extra], self.logs, env)
+        n = Node(node, files, state, proc)
+        self.nodes[node] = n
+        return n
+
+    def start_agent(
+        self, node: str, *, env: dict[str, str] | None = None, shim: bool = False
+    ) -> Node:
+        n = self.agent(node, env=env, shim=shim)
+        n.proc.start(timeout=30)
+        return n
+
+    def stop(self) -> None:
+        for n in self.nodes.values():
+            n.proc.stop(timeout=5)
+        for proc in reversed(list(self.services.values())):
+            proc.stop(timeout=5)
+        if self.nats is not None:
+            self.nats.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
