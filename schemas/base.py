@@ -27,6 +27,15 @@ class Envelope(msgspec.Struct):
 
 decode_envelope = msgspec.json.Decoder(Envelope).decode
 
+# What a decoder of untrusted bytes may raise. msgspec raises RecursionError, not DecodeError,
+# for JSON nested ~1000 deep: every decode site catches this tuple, never the two msgspec
+# errors alone (tests/fuzz/test_decoders.py checks both).
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    msgspec.ValidationError,
+    msgspec.DecodeError,
+    RecursionError,
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

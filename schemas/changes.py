@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.base import Message
-from schemas.names import ChangeId, Format, Label, Namespace
+from schemas.names import ChangeId, Format, Label, Namespace, VersionNumber
 
 
 class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):
@@ -20,8 +20,8 @@ class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):
     format: Format | None = None  # None: the namespace policy's format
     author: str = ""
     message: str = ""
-    base: int | None = None  # refuse unless this is the namespace's newest version
-    rollback_of: int | None = None
+    base: VersionNumber | None = None  # refuse unless this is the namespace's newest version
+    rollback_of: VersionNumber | None = None
     strategy: str | None = None  # overrides the policy's rollout strategy for this version
     selector: dict[Label, Label] | None = None
 

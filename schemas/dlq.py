@@ -14,7 +14,9 @@ class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):
     subject: str
     stream_seq: int | None
     reason: str
-    data: bytes  # the original bytes, untouched
+    data: bytes  # the original bytes, untouched — or b"" where the stream may carry secrets
+    data_sha256: str = ""  # of the original bytes, always (to match them with a publisher's file)
+    data_size: int = -1
     headers: dict[str, str] = {}
     deliveries: int = 1
     consumer: str = ""

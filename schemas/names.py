@@ -33,8 +33,11 @@ ChangeId = Annotated[
 TxId = Annotated[str, msgspec.Meta(pattern=TXID_PATTERN, description="transaction id")]
 Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-VersionNumber = Annotated[int, msgspec.Meta(ge=1)]
-Epoch = Annotated[int, msgspec.Meta(ge=0)]
+# Bounded by the largest integer every JSON reader keeps exact (2^53 - 1): SQLite and etcd
+# would take more, but a version a JavaScript dashboard rounds is a version mixed up.
+MAX_INT = 2**53 - 1
+VersionNumber = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+Epoch = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 Format = Literal["json", "yaml", "toml", "text"]
 FORMATS: tuple[Format, ...] = ("json", "yaml", "toml", "text")
 

@@ -42,6 +42,8 @@ class BucketSpec:
     max_bytes: int
     max_value_size: int
     description: str = ""
+    # Seconds a key lives after its last write; 0 keeps it until the bucket's byte limit.
+    ttl_s: float = 0.0
 
 
 CFG_CHANGES = StreamSpec(
@@ -129,4 +131,14 @@ CFG_STATE = BucketSpec(
     description="leases, node membership and targets, rollout state, cooldowns",
 )
 
-BUCKETS: tuple[BucketSpec, ...] = (CFG_TXN_HEAD, CFG_STATE)
+CFG_REJECTIONS = BucketSpec(
+    name="CFG_REJECTIONS",
+    history=1,
+    max_bytes=64 * MIB,
+    max_value_size=4096,
+    description="rejected changes, for change_status (version-store)",
+    # A week covers any CI retry; older rejections live on only as version.rejected events.
+    ttl_s=7 * DAY,
+)
+
+BUCKETS: tuple[BucketSpec, ...] = (CFG_TXN_HEAD, CFG_STATE, CFG_REJECTIONS)

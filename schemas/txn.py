@@ -18,7 +18,7 @@ from typing import Literal
 import msgspec
 
 from schemas.base import Message, utcnow
-from schemas.names import Epoch, Format, Namespace, NodeId, Sha256, TxId
+from schemas.names import Epoch, Format, Namespace, NodeId, Sha256, TxId, VersionNumber
 
 Outcome = Literal["commit", "abort"]
 HeadState = Literal["idle", "preparing", "committed", "aborted"]
@@ -27,7 +27,7 @@ HeadState = Literal["idle", "preparing", "committed", "aborted"]
 class Prepare(Message, tag="txn.prepare", kw_only=True, frozen=True):
     txid: TxId
     namespace: Namespace
-    version: int
+    version: VersionNumber
     sha256: Sha256
     format: Format
     content: bytes
@@ -40,7 +40,7 @@ class Prepare(Message, tag="txn.prepare", kw_only=True, frozen=True):
 class Decision(Message, tag="txn.decision", kw_only=True, frozen=True):
     txid: TxId
     namespace: Namespace
-    version: int
+    version: VersionNumber
     sha256: Sha256
     epoch: Epoch
     outcome: Outcome
@@ -82,7 +82,7 @@ class TxnHead(msgspec.Struct, frozen=True, kw_only=True):
     leader: str = ""
     txid: TxId | None = None
     state: HeadState = "idle"
-    version: int | None = None
+    version: VersionNumber | None = None
     sha256: Sha256 | None = None
     participants: list[NodeId] = []
     started_at: datetime | None = None

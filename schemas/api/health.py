@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.names import Namespace, NodeId
+from schemas.names import Namespace, NodeId, VersionNumber
 
 SERVICE = "health"
 
@@ -23,7 +23,7 @@ Verdict = Literal["pass", "fail", "no_data"]
 
 class VerdictRequest(msgspec.Struct, frozen=True, kw_only=True):
     namespace: Namespace
-    version: int
+    version: VersionNumber
     nodes: list[NodeId]
     since: datetime | None = None  # only samples taken after this (e.g. the wave's commit)
     window_s: float | None = None  # None: the rules' own windows

@@ -8,14 +8,14 @@ from typing import Literal
 
 import msgspec
 
-from schemas.names import Namespace
+from schemas.names import Namespace, VersionNumber
 
 SERVICE = "rollback"
 
 
 class RollbackRequest(msgspec.Struct, frozen=True, kw_only=True):
     namespace: Namespace
-    to: int | None = None  # None: the last known good
+    to: VersionNumber | None = None  # None: the last known good
     reason: str = ""
     strategy: str | None = None  # None: the policy's rollback strategy
     actor: str = ""

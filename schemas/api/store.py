@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from schemas.changes import ChangeProposed
-from schemas.names import Namespace
+from schemas.names import Namespace, VersionNumber
 from schemas.policy import Policy
 from schemas.versions import VersionInfo
 
 SERVICE = "store"
 
 # A version reference: a number, or one of these names.
-VersionRef = str  # "12" | "production" | "last-good" | "latest"
+VersionRef = Annotated[
+    str,
+    msgspec.Meta(
+        # A number of at most 15 digits stays below 2^53 (schemas.names.MAX_INT).
+        pattern=r"^([1-9][0-9]{0,14}|production|last-good|latest)$",
+        description='a version number, or "production", "last-good" or "latest"',
+    ),
+]
 
 
 class GetRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,8 +37,8 @@ class VersionReply(msgspec.Struct, frozen=True, kw_only=True):
 
 class HistoryRequest(msgspec.Struct, frozen=True, kw_only=True):
     namespace: Namespace
-    before: int | None = None  # page backwards from this version (exclusive)
-    limit: int = 50
+    before: VersionNumber | None = None  # page backwards from this version (exclusive)
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
 
 
 class HistoryReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,7 +60,7 @@ class DiffReply(msgspec.Struct, frozen=True, kw_only=True):
 
 class ApproveRequest(msgspec.Struct, frozen=True, kw_only=True):
     namespace: Namespace
-    version: int
+    version: VersionNumber
     approver: str
 
 
@@ -61,7 +68,7 @@ class PromoteRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Make a version ``production`` (the previous one becomes ``superseded``)."""
 
     namespace: Namespace
-    version: int
+    version: VersionNumber
     actor: str
     reason: str = ""
 
@@ -70,7 +77,7 @@ class MarkGoodRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Record a version as the namespace's last known good (after a bake with data)."""
 
     namespace: Namespace
-    version: int
+    version: VersionNumber
     actor: str
     reason: str = ""
 
@@ -121,7 +128,7 @@ class RejectRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Refuse a draft (or a not yet rolled out approved version) for good."""
 
     namespace: Namespace
-    version: int
+    version: VersionNumber
     actor: str
     reason: str = ""
 

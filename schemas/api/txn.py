@@ -8,7 +8,7 @@ from typing import Literal
 import msgspec
 
 from schemas.events import VoteRecord
-from schemas.names import Namespace, NodeId, TxId
+from schemas.names import Namespace, NodeId, TxId, VersionNumber
 from schemas.txn import Decision
 
 SERVICE = "txn"
@@ -18,7 +18,7 @@ class SwitchRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Run one atomic switch: ``version`` of ``namespace`` on ``nodes`` (one wave)."""
 
     namespace: Namespace
-    version: int
+    version: VersionNumber
     nodes: list[NodeId]
     timeout_s: float | None = None  # the vote deadline; None: the policy's
     actor: str = ""

@@ -474,7 +474,7 @@ class NamespaceDisk:
             return DiskState(namespace=self.namespace)
         try:
             st = decode_state(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise StateCorrupt(self._state_file, str(exc)) from exc
         if st.namespace != self.namespace:
             raise StateCorrupt(self._state_file, f"it belongs to namespace {st.namespace!r}")

@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 
 from schemas import subjects
 from schemas.api import store as store_api
-from schemas.base import utcnow
+from schemas.base import DECODE_ERRORS, utcnow
 from schemas.events import VersionLastGood, decode_event
 from schemas.policy import Policy
 from services.agent.disk import NamespaceDisk
@@ -67,7 +67,7 @@ def cached_policy(disk: NamespaceDisk) -> CachedPolicy | None:
         return None
     try:
         return _decode_cached(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except DECODE_ERRORS:
         log.warning("unreadable cached policy, ignored", extra={"path": str(disk.dir)})
         return None
 
@@ -140,7 +140,7 @@ async def keep_last_good(bus: Bus, agent: NodeAgent) -> None:
     async def on_event(msg: Msg) -> None:
         try:
             ev = decode_event(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return
         if isinstance(ev, VersionLastGood) and ev.namespace in agent.namespaces:
             if ev.namespace not in pending or pending[ev.namespace] is not None:

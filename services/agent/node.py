@@ -39,7 +39,7 @@ from schemas import subjects
 from schemas.api import txn as txn_api
 from schemas.api.dist import ResyncReply, ResyncRequest
 from schemas.api.store import GetRequest, VersionReply
-from schemas.base import utcnow
+from schemas.base import DECODE_ERRORS, utcnow
 from schemas.events import NodeApplied
 from schemas.node import Heartbeat, NamespaceState
 from schemas.streams import CFG_TXN
@@ -197,7 +197,7 @@ class NodeAgent:
         seq = msg.metadata.sequence.stream
         try:
             record = decode_txn(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             # Only confbus services may write CFG_TXN; a record we cannot read is from a
             # newer confbus or a bug elsewhere — skip it, loudly, and keep going.
             log.warning(
@@ -265,7 +265,7 @@ class NodeAgent:
             return
         try:
             ack = decode_vote_ack(reply.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return
         if not ack.accepted:
             log.info("vote not accepted", extra={"txid": p.txid, "reason": ack.reason})
@@ -308,7 +308,7 @@ class NodeAgent:
             return None
         try:
             record = decode_txn(msg.data or b"")
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return None  # not a prepare we can trust: never apply from it
         if not isinstance(record, Prepare):
             return None
@@ -405,7 +405,7 @@ class NodeAgent:
         async def on_resync(msg: Msg) -> None:
             try:
                 req = _decode_resync(msg.data)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 reply = ResyncReply(ok=False, reason=f"malformed re-sync request: {exc}")
             else:
                 reply = await self.resync(bus, req)

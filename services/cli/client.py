@@ -30,6 +30,7 @@ from schemas import subjects
 from schemas.api import dist as dist_api
 from schemas.api import rollback as rollback_api
 from schemas.api import store as store_api
+from schemas.base import DECODE_ERRORS
 from schemas.changes import ChangeProposed
 from schemas.changes import msg_id as change_msg_id
 from schemas.events import (
@@ -191,7 +192,7 @@ class Client:
                     return  # published after we started: not part of this replay
                 try:
                     event: AnyEvent | None = decode_event(msg.data)
-                except (msgspec.ValidationError, msgspec.DecodeError):
+                except DECODE_ERRORS:
                     event = None
                 yield StreamedEvent(seq, msg.subject, md.timestamp, event, msg.data)
                 # num_pending: what still matches the filter after this message.
@@ -263,7 +264,7 @@ class Client:
         async def on_event(msg: Msg) -> None:
             try:
                 event = decode_event(msg.data)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except DECODE_ERRORS:
                 return
             if isinstance(event, VersionCreated | VersionRejected) and event.change_id == change_id:
                 with contextlib.suppress(anyio.WouldBlock):
@@ -550,7 +551,7 @@ class Client:
                     raise Unavailable(f"lost the connection to {self.nats_url}") from exc
                 try:
                     alert = decode_alert(msg.data)
-                except (msgspec.ValidationError, msgspec.DecodeError):
+                except DECODE_ERRORS:
                     continue
                 yield alert
         finally:
@@ -753,7 +754,7 @@ class Client:
             return None
         try:
             rec = dist_api.decode_rollout_info(entry.value)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return None
         return msgspec.structs.replace(rec, outbox=[], revision=entry.revision or 0)
 

@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
+from schemas.base import DECODE_ERRORS
 from schemas.streams import CFG_STATE
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
@@ -79,7 +80,7 @@ class Peers:
         async def on_beat(msg: Msg) -> None:
             try:
                 seen = msgspec.json.decode(msg.data, type=_Alive)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except DECODE_ERRORS:
                 return
             self._seen[seen.instance] = time.monotonic()
 

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from schemas import subjects
 from schemas.api.store import GetRequest, VersionReply
 from schemas.api.txn import ResolveReply, SwitchReply
-from schemas.base import utcnow
+from schemas.base import DECODE_ERRORS, utcnow
 from schemas.events import VoteRecord
 from schemas.names import Format
 from schemas.txn import Decision, Prepare, TxnHead, Vote, VoteAck, decode_vote
@@ -294,7 +294,7 @@ class Coordinator:
         async def on_vote(msg: Msg) -> None:
             try:
                 vote = decode_vote(msg.data)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 await _ack(msg, head.txid or "", False, f"malformed vote: {exc}")
                 return
             node = msg.subject.rsplit(".", 1)[-1]

@@ -33,7 +33,7 @@ import nats.js.errors
 from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
-from schemas.base import utcnow
+from schemas.base import DECODE_ERRORS, utcnow
 from schemas.names import NodeId
 from schemas.node import NamespaceState
 from services.runtime.codec import encode
@@ -112,7 +112,7 @@ class StateKV:
             return Entry(None, entry.revision)
         try:
             return Entry(decode(entry.value), entry.revision)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             # Written by a newer confbus or garbage: treat as absent, keep the revision so a
             # compare-and-set still orders against it.
             log.warning("unreadable state value", extra={"key": key})

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from schemas import subjects
 from schemas.api.dist import ResyncReply, ResyncRequest
+from schemas.base import DECODE_ERRORS
 from schemas.events import NodeCatchUp, NodeDrift, NodeStatusChanged
 from schemas.node import NamespaceState
 from services.distributor.kvstate import Leases
@@ -259,7 +260,7 @@ class Repairs:
             ok, why = False, "the agent does not answer re-sync requests"
         except nats.errors.TimeoutError:
             ok, why = False, f"the agent did not answer the re-sync within {RESYNC_TIMEOUT_S}s"
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             ok, why = False, f"malformed re-sync reply: {exc}"
         except Exception as exc:
             ok, why = False, repr(exc)

@@ -21,13 +21,13 @@ import logging
 from collections.abc import Sequence
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 
 from schemas import subjects
 from schemas.api import dist as dist_api
 from schemas.api.dist import decode_rollout_info
+from schemas.base import DECODE_ERRORS
 from schemas.events import (
     AnyEvent,
     RollbackStarted,
@@ -147,7 +147,7 @@ class Distributor:
         async def on_heartbeat(msg: Msg) -> None:
             try:
                 hb = decode_heartbeat(msg.data)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 log.warning("bad heartbeat", extra={"subject": msg.subject, "error": str(exc)})
                 return
             if msg.subject != subjects.heartbeat(hb.node):
@@ -199,7 +199,7 @@ class Distributor:
             return
         try:
             self.rollouts.observed(ns, Entry(decode_rollout_info(value), revision))
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             log.warning("unreadable rollout record", extra={"key": key})
 
     def consumer(

@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass, field
 
 import anyio
-import msgspec
 from anyio.abc import TaskStatus
 
+from schemas.base import DECODE_ERRORS
 from schemas.versions import VersionInfo
 from services.distributor.kvstate import (
     StateKV,
@@ -127,7 +127,7 @@ class Targets:
             return
         try:
             self._remember(ns, node, decode_target(value))
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             log.warning("unreadable target record", extra={"key": key})
 
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

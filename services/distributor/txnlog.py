@@ -10,12 +10,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
+from schemas.base import DECODE_ERRORS
 from schemas.events import TxnAborted, VersionCreated, decode_event
 from schemas.streams import CFG_EVENTS, CFG_TXN, CFG_TXN_HEAD
 from schemas.txn import Decision, TxnHead, decode_head, decode_txn
@@ -68,7 +68,7 @@ async def _scan(
                 raise Unavailable(f"reading {stream} stalled") from exc
             try:
                 value = decode(msg.data)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except DECODE_ERRORS:
                 value = None
             if value is not None and match(value):
                 found.append(value)

@@ -35,6 +35,7 @@ import msgspec
 import nats.errors
 
 from schemas import subjects
+from schemas.base import DECODE_ERRORS
 from schemas.health import Alert
 from schemas.names import NAME_PATTERN
 from services.health_watcher.metrics import WatcherMetrics
@@ -158,7 +159,7 @@ def decode(body: bytes) -> list[Alert]:
         raise Rejected(400, "empty body: expected an Alertmanager webhook (JSON)")
     try:
         hook = _decode_webhook(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise Rejected(400, f"not an Alertmanager webhook: {exc}") from None
     return [to_alert(i, a) for i, a in enumerate(hook.alerts)]
 

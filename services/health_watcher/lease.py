@@ -32,6 +32,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from schemas.base import DECODE_ERRORS
 from services.runtime.codec import encode
 
 log = logging.getLogger("confbus.health_watcher.lease")
@@ -168,7 +169,7 @@ class NamespaceLeases:
             return
         try:
             lease = _decode_lease(value)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except DECODE_ERRORS:
             return
         if lease.holder == self.instance:
             return

@@ -23,7 +23,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import msgspec
 import nats.errors
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
@@ -31,6 +30,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
 from schemas.api import health as api
+from schemas.base import DECODE_ERRORS
 from schemas.events import HealthVerdictEvent
 from schemas.health import decode_sample
 from schemas.node import decode_heartbeat
@@ -94,7 +94,7 @@ class SampleReader:
     def accept(self, msg: Msg) -> None:
         try:
             sample = decode_sample(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             # The stream is short-lived and nobody else acts on a sample: count it, drop it.
             self.metrics.samples.labels("invalid").inc()
             return
@@ -256,7 +256,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     async def on_heartbeat(msg: Msg) -> None:
         try:
             hb = decode_heartbeat(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return
         if msg.subject == subjects.heartbeat(hb.node):
             directory.observe(hb)

@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 
 from schemas import subjects
 from schemas.api.health import VerdictReply
-from schemas.base import utcnow
+from schemas.base import DECODE_ERRORS, utcnow
 from schemas.changes import ChangeProposed
 from schemas.events import VersionCreated, VersionRejected, decode_event
 from schemas.policy import Policy
@@ -222,7 +222,7 @@ class Driver:
             nonlocal wake
             try:
                 ev = decode_event(msg.data)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except DECODE_ERRORS:
                 return
             if isinstance(ev, VersionCreated | VersionRejected) and ev.change_id == change_id:
                 outcome.append(ev)

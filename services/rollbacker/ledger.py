@@ -18,7 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from schemas.base import utcnow
+from schemas.base import DECODE_ERRORS, utcnow
 from services.rollbacker.records import (
     KEY_PREFIX,
     Ledger,
@@ -61,7 +61,7 @@ class Ledgers:
             return Ledger(namespace=namespace), entry.revision or 0
         try:
             return decode_ledger(entry.value), entry.revision or 0
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             # Unreadable (a bug, or a much newer layout): start afresh rather than never
             # roll back this namespace again; the old value stays in the bucket's history.
             log.error("unreadable rollback ledger, starting a new one", extra={"ns": namespace})

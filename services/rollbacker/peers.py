@@ -21,6 +21,7 @@ from schemas.api import dist as dist_api
 from schemas.api import health as health_api
 from schemas.api import store as store_api
 from schemas.api import txn as txn_api
+from schemas.base import DECODE_ERRORS
 from schemas.changes import ChangeProposed, msg_id
 from schemas.events import VersionPromoted, decode_event
 from schemas.health import Alert
@@ -123,7 +124,7 @@ class Peers:
             raise Unavailable(f"CFG_EVENTS is not answering: {exc!r}") from exc
         try:
             ev = decode_event(msg.data or b"")
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return None
         if isinstance(ev, VersionPromoted) and ev.version == version:
             return ev.at

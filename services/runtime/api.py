@@ -24,6 +24,7 @@ from nats.micro.service import EndpointConfig, Service
 
 from schemas import subjects
 from schemas.api import ApiError, decode_api_error
+from schemas.base import DECODE_ERRORS
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
 from services.runtime.errors import ConfbusError, Unavailable, from_code
@@ -61,7 +62,7 @@ def _wrap(ep: Endpoint, tg: TaskGroup | None) -> Callable[[Request], Awaitable[N
     async def handle(req: Request) -> None:
         try:
             request = decoder.decode(req.data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             await _respond_error(req, ApiError(code=400, error=f"bad request: {exc}"))
             return
         except RecursionError:
@@ -141,12 +142,12 @@ async def call(
         try:
             err = decode_api_error(msg.data)
             raise from_code(err.code, err.error, err.where)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             code = int(headers.get("Nats-Service-Error-Code", "500") or 500)
             raise from_code(code, headers.get("Nats-Service-Error", "error")) from None
     try:
         return msgspec.json.decode(msg.data, type=reply_type)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise ConfbusError(f"malformed reply from {subject}: {exc}") from exc
 
 

@@ -156,6 +156,7 @@ def bucket_config(spec: BucketSpec, replicas: int) -> KeyValueConfig:
         history=spec.history,
         max_bytes=spec.max_bytes,
         max_value_size=spec.max_value_size,
+        ttl=spec.ttl_s or None,
         storage=StorageType.FILE,
         replicas=replicas,
     )

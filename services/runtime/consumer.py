@@ -13,11 +13,15 @@ The handler's outcome decides what happens to each message:
   exception, so one poisoned message cannot stall the stream or crash the service.
 
 Handlers receive a whole batch (``fetch`` returns what is available, up to ``batch``) so a
-service can group-commit many messages in one store transaction.
+service can group-commit many messages in one store transaction. When a batch fails as a whole
+with anything but ``Unavailable``, each of its messages is handled again alone, so one poisoned
+message cannot take the good ones beside it to the DLQ (handlers are idempotent: every retried
+path carries an idempotency key).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
-from schemas.base import decode_envelope
+from schemas.base import DECODE_ERRORS, decode_envelope
 from schemas.dlq import DeadLetter
 from schemas.streams import StreamSpec
 from services.runtime.bus import Bus
@@ -112,6 +116,9 @@ class Consumer(Generic[T]):
     filter_subject: str | None = None
     batch: int = 1
     fetch_timeout_s: float = 1.0
+    # False for streams that may carry secret config (CFG_CHANGES): a dead letter then keeps
+    # the bytes' sha256 and size, not the bytes; the publisher still has its file.
+    keep_data: bool = True
     ack_wait_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -162,19 +169,31 @@ class Consumer(Generic[T]):
         for msg in msgs:
             try:
                 batch.append(Delivery(msg, self.decode(msg.data)))
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 await self._guarded(self._undecodable(msg, exc), msg)
         if not batch:
             return
         with self.metrics.handle_seconds.time():
-            try:
-                await self.handler(batch)
-            except Exception as exc:  # the handler failed as a whole: same fate for all
+            error = await self._handle(batch)
+            if error is not None and len(batch) > 1 and not isinstance(error, Unavailable):
+                # Failed as a whole: find the culprit by handling each message alone.
                 for item in batch:
-                    if item.error is None:
-                        item.fail(exc)
+                    if item.error is error:
+                        item.error = None
+                        item.error = await self._handle([item])
         for item in batch:
             await self._guarded(self._settle(item), item.msg)
+
+    async def _handle(self, batch: list[Delivery[T]]) -> BaseException | None:
+        """Run the handler; if it raised, every item it did not judge shares the exception."""
+        try:
+            await self.handler(batch)
+        except Exception as exc:
+            for item in batch:
+                if item.error is None:
+                    item.fail(exc)
+            return exc
+        return batch[0].error if len(batch) == 1 else None
 
     async def _guarded(self, settle: Awaitable[None], msg: Msg) -> None:
         """Settling can fail too (the DLQ publish, a lost connection): then the message is
@@ -187,9 +206,12 @@ class Consumer(Generic[T]):
             )
 
     async def _undecodable(self, msg: Msg, exc: Exception) -> None:
+        if isinstance(exc, RecursionError):
+            await self._dead_letter(msg, "undecodable: JSON nested too deeply")
+            return
         try:
             envelope = decode_envelope(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             envelope = None
         if envelope is not None and "Invalid value" in str(exc) and "$.type" in str(exc):
             # A tag we do not know: a newer confbus wrote it. Not ours to judge.
@@ -218,6 +240,8 @@ class Consumer(Generic[T]):
             await item.msg.nak(delay=delay)
         elif isinstance(err, Permanent):
             await self._dead_letter(item.msg, str(err))
+        elif isinstance(err, RecursionError):  # deeply nested input: no retry will help
+            await self._dead_letter(item.msg, "input nested too deeply")
         elif item.deliveries < MAX_BUG_DELIVERIES:
             log.error(
                 "handler bug, redelivering",
@@ -236,7 +260,9 @@ class Consumer(Generic[T]):
             subject=msg.subject,
             stream_seq=md.sequence.stream,
             reason=reason,
-            data=msg.data,
+            data=msg.data if self.keep_data else b"",
+            data_sha256=hashlib.sha256(msg.data).hexdigest(),
+            data_size=len(msg.data),
             headers=dict(msg.headers or {}),
             deliveries=md.num_delivered,
             consumer=self.durable,

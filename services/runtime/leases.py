@@ -41,6 +41,7 @@ import nats.js.errors
 from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
+from schemas.base import DECODE_ERRORS
 from services.runtime.codec import encode
 from services.runtime.errors import Unavailable
 
@@ -175,7 +176,7 @@ class Leases:
             return None, revision
         try:
             return decode_lease(entry.value), revision
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             log.warning("unreadable lease record", extra={"key": key})
             return None, revision
 

@@ -14,12 +14,12 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
+from schemas.base import DECODE_ERRORS
 from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
 from schemas.streams import CFG_EVENTS
 from services.runtime.bus import Bus
@@ -67,7 +67,7 @@ async def scan(bus: Bus, namespace: str, since: datetime, kind: str = "*") -> An
                 pending = msg.metadata.num_pending
                 try:
                     event = decode_event(msg.data)
-                except (msgspec.ValidationError, msgspec.DecodeError):
+                except DECODE_ERRORS:
                     continue  # not ours to judge: a newer confbus, or someone else's bytes
                 if isinstance(event, VersionCreated):
                     out.created.add(event.version)
@@ -99,6 +99,6 @@ async def last_event(bus: Bus, namespace: str, kind: str) -> AnyEvent | None:
         return None
     try:
         event: AnyEvent = decode_event(raw.data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except DECODE_ERRORS:
         return None
     return event

@@ -20,19 +20,17 @@ from datetime import datetime
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from schemas.base import utcnow
-from services.runtime.bus import Bus
+from schemas.base import DECODE_ERRORS, utcnow
+from schemas.streams import CFG_REJECTIONS
+from services.runtime.bus import Bus, bucket_config
 from services.runtime.errors import Unavailable
 
 log = logging.getLogger("confbus.version_store.rejections")
 
-BUCKET = "CFG_REJECTIONS"
-TTL_S = 7 * 24 * 3600.0
-MAX_BYTES = 64 * 1024 * 1024
-MAX_VALUE = 4096
+BUCKET = CFG_REJECTIONS.name
+MAX_VALUE = CFG_REJECTIONS.max_value_size
 _MAX_REASON = 1000
 
 
@@ -63,18 +61,7 @@ class Rejections:
         try:
             kv = await bus.js.key_value(BUCKET)
         except nats.js.errors.BucketNotFoundError:
-            kv = await bus.js.create_key_value(
-                KeyValueConfig(
-                    bucket=BUCKET,
-                    description="rejected changes, for change_status (version-store)",
-                    history=1,
-                    ttl=TTL_S,
-                    max_bytes=MAX_BYTES,
-                    max_value_size=MAX_VALUE,
-                    storage=StorageType.FILE,
-                    replicas=replicas,
-                )
-            )
+            kv = await bus.js.create_key_value(bucket_config(CFG_REJECTIONS, replicas))
         return cls(kv)
 
     async def remember(self, r: Rejection) -> None:
@@ -99,7 +86,7 @@ class Rejections:
             return None
         try:
             found = _decode(entry.value)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return None
         # A hash collision is astronomically unlikely; checking costs nothing.
         return found if found.change_id == change_id else None

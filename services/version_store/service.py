@@ -116,6 +116,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             metrics=ConsumerMetrics.create(ctx.registry, "version-store", "changes"),
             batch=max(1, args.batch),
             ack_wait_s=args.ack_wait,
+            keep_data=False,  # changes may be secret config: dead letters keep only a hash
         )
         async with anyio.create_task_group() as tg:
             store_api = StoreApi(ctx.bus, store, rejections, replica=secrets.token_hex(6))

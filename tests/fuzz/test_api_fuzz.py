@@ -251,11 +251,6 @@ def test_lookalike_requests_are_answered(stack: FuzzStack, data: st.DataObject) 
     anyio.run(one_request, stack.url, subject, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="request version fields are unbounded ints; 2**63 reaches SQLite and comes back as a "
-    "500 (OverflowError) instead of a 400 (see docs/security.md)",
-)
 def test_version_numbers_beyond_int64_are_refused_with_400(stack: FuzzStack) -> None:
     body = b'{"namespace": "fuzz", "version": 9223372036854775808, "approver": "x"}'
     answer = anyio.run(ask, stack.url, subjects.api("store", "approve"), body)
@@ -421,11 +416,6 @@ def test_alertmanager_refuses_oversized_bodies_and_still_answers(stack: FuzzStac
 # -- last: it may take the version-store down ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a change nested ~1000 deep raises RecursionError in the CFG_CHANGES consumer, "
-    "which kills the version-store; redelivery repeats it (see docs/security.md)",
-)
 def test_a_deeply_nested_change_is_dead_lettered(stack: FuzzStack) -> None:
     """Last in this module: it may take the version-store down (restarted afterwards)."""
     store = stack.procs["version_store"]

@@ -168,3 +168,54 @@ async def test_cancelled_consumer_lets_the_connection_drain_fast(bus: Bus) -> No
         tg.cancel_scope.cancel()
     with anyio.fail_after(5):  # without the unsubscribe this waits the 30 s drain_timeout
         await bus.nc.drain()
+
+
+async def test_a_poisoned_batch_costs_only_the_poisoned_message(bus: Bus) -> None:
+    """The handler fails the whole batch whenever the poison is in it (as a group commit
+    would); the good messages beside it are handled alone and stored, never dead-lettered."""
+    stored: set[str] = set()
+
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        if any(d.value.change_id == "poison" for d in batch):
+            raise ZeroDivisionError("validation blew up")
+        stored.update(d.value.change_id for d in batch)
+
+    cids = ["g1", "g2", "poison", "g3", "g4"]
+    for cid in cids:
+        await bus.publish(subjects.change("ns1"), change("ns1", cid), msg_id=f"ns1:{cid}")
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler, batch=10).run)
+        [letter] = await dlq_letters(bus, 1)
+        tg.cancel_scope.cancel()
+    assert stored == {"g1", "g2", "g3", "g4"}
+    assert "ZeroDivisionError" in letter.reason and b'"poison"' in letter.data
+    assert (await bus.js.stream_info(CFG_DLQ.name)).state.messages == 1
+    assert (await bus.js.stream_info(CFG_CHANGES.name)).state.messages == 0
+
+
+async def test_deep_nesting_is_dead_lettered_and_a_secret_stream_keeps_only_a_hash(
+    bus: Bus,
+) -> None:
+    import hashlib
+
+    seen: list[str] = []
+    done = anyio.Event()
+
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        seen.extend(d.value.change_id for d in batch)
+        done.set()
+
+    deep = b'{"type":"change.proposed","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    await bus.publish(subjects.change("ns1"), deep, msg_id="deep")
+    await bus.publish(subjects.change("ns1"), change("ns1", "after"), msg_id="ns1:after")
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler, keep_data=False).run)
+        with anyio.fail_after(10):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    assert seen == ["after"]
+    [letter] = await dlq_letters(bus, 1)
+    assert "nested too deeply" in letter.reason
+    assert letter.data == b""
+    assert letter.data_sha256 == hashlib.sha256(deep).hexdigest()
+    assert letter.data_size == len(deep)

@@ -363,11 +363,6 @@ def test_the_permitted_paths_trip_no_permission(secret_traffic: SecureStack) -> 
     assert "Violation" not in log, [line for line in log.splitlines() if "Violation" in line]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the consumer's DLQ copy keeps a change's raw bytes whatever its namespace's policy; "
-    "proposal in docs/security.md (dead letters)",
-)
 def test_a_dead_lettered_secret_change_keeps_no_content(secret_traffic: SecureStack) -> None:
     dlq = anyio.run(stream_bytes, secret_traffic, CFG_DLQ.name)
     assert leaks({"CFG_DLQ": dlq}, [DLQ_MARKER]) == []

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.base import utcnow
+from schemas.base import DECODE_ERRORS, utcnow
 from services.cli.client import Client, NamespaceBackup, check_namespace
 from services.cli.exitcodes import FAILED, OK, USAGE, CliError
 from services.runtime.errors import InvalidInput
@@ -103,7 +103,7 @@ def read_backup(path: Path) -> BackupFile:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", FAILED) from None
     try:
         backup = _decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise CliError(f"{path} is not a confbus backup: {exc}", FAILED) from None
     if backup.kind != BACKUP_KIND or backup.format_version != BACKUP_VERSION:
         raise CliError(

@@ -36,13 +36,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
 from schemas import subjects
 from schemas.api import dist, health, rollback, store, txn
+from schemas.base import DECODE_ERRORS
 from schemas.node import decode_heartbeat
 from schemas.streams import BUCKETS, CFG_STATE, STREAMS
 from services.cli.client import Client
@@ -270,7 +270,7 @@ async def leader_checks(bus: Bus) -> list[Check]:
                 _, role, name = entry.key.split(".", 2)
                 try:
                     lease = decode_any_lease(entry.value)
-                except (msgspec.ValidationError, msgspec.DecodeError):
+                except DECODE_ERRORS:
                     continue
                 left = (lease.expires_at - now).total_seconds()
                 if left > 0:
@@ -307,7 +307,7 @@ async def agents_check(bus: Bus, wait: float) -> Check:
     async def on_heartbeat(msg: Msg) -> None:
         try:
             hb = decode_heartbeat(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return
         if msg.subject == subjects.heartbeat(hb.node):
             seen.add(hb.node)

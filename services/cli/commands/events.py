@@ -270,7 +270,7 @@ def _json_line(item: StreamedEvent) -> str:
     head: dict[str, Any] = {"seq": item.seq, "subject": item.subject}
     try:
         stored = msgspec.json.decode(item.raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         stored = None
     if isinstance(stored, dict):
         head.update(stored)

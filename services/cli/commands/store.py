@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 
 from schemas import subjects
 from schemas.api import store as store_api
+from schemas.base import DECODE_ERRORS
 from schemas.changes import ChangeProposed
 from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
 from schemas.names import FORMATS, Format
@@ -339,7 +340,7 @@ async def publish_as(
     async def on_event(msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             return
         if isinstance(event, VersionCreated | VersionRejected) and event.change_id == change_id:
             with contextlib.suppress(anyio.WouldBlock):

@@ -1,0 +1,90 @@
+"""The JSON Schema snapshot of the wire contract, for tools and teams that do not read Python.
+
+``python -m schemas.export`` rewrites ``schemas/jsonschema/``: one file per stream's message
+union and per KV record, and one per micro-API module (every request and reply). A test fails
+when the files on disk differ from what the Structs say, so the snapshot cannot go stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas import changes, dlq, events, health, node, policy, txn, versions
+from schemas.api import dist as dist_api
+from schemas.api import health as health_api
+from schemas.api import rollback as rollback_api
+from schemas.api import store as store_api
+from schemas.api import txn as txn_api
+
+OUT = Path(__file__).parent / "jsonschema"
+
+# One document per stream (its tagged union) and per stored record.
+MESSAGES: Mapping[str, Any] = {
+    "CFG_CHANGES": changes.ChangeMessage,
+    "CFG_TXN": txn.TxnMessage,
+    "CFG_EVENTS": events.AnyEvent,
+    "CFG_HEALTH": health.HealthSample,
+    "CFG_ALERTS": health.Alert,
+    "CFG_DLQ": dlq.DeadLetter,
+    "txn.vote": txn.Vote | txn.VoteAck,
+    "node.heartbeat": node.Heartbeat,
+    "CFG_TXN_HEAD": txn.TxnHead,
+    "version": versions.VersionInfo,
+    "policy": policy.Policy,
+}
+
+API_MODULES = {
+    "api.store": store_api,
+    "api.txn": txn_api,
+    "api.dist": dist_api,
+    "api.health": health_api,
+    "api.rollback": rollback_api,
+}
+
+
+def _api_types(module: Any) -> list[type[msgspec.Struct]]:
+    # Every Struct the module defines itself, in name order: requests, replies and their parts.
+    found = [
+        obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, type)
+        and issubclass(obj, msgspec.Struct)
+        and obj.__module__ == module.__name__
+        and not name.startswith("_")
+    ]
+    return sorted(found, key=lambda t: t.__name__)
+
+
+def documents() -> dict[str, str]:
+    """File name → the exact text the snapshot must hold."""
+    docs: dict[str, Any] = {name: msgspec.json.schema(tp) for name, tp in MESSAGES.items()}
+    for name, module in API_MODULES.items():
+        types = _api_types(module)
+        refs, components = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
+        docs[name] = {"$defs": components, "anyOf": list(refs)}
+    return {
+        f"{name}.json": json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        for name, doc in sorted(docs.items())
+    }
+
+
+def write(out: Path = OUT) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    want = documents()
+    for stale in out.glob("*.json"):
+        if stale.name not in want:
+            stale.unlink()
+    for name, text in want.items():
+        (out / name).write_text(text)
+    return sorted(want)
+
+
+if __name__ == "__main__":
+    names = write()
+    sys.stderr.write(f"wrote {len(names)} schemas to {OUT}\n")
