@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from schemas.streams import MAX_PAYLOAD
 from schemas.versions import VersionInfo
 from services.cli.client import ChangeRejected, Client, check_change_id, check_namespace
 from services.cli.commands import backup
+from services.cli.commands.publishwait import wait_for_production
 from services.cli.exitcodes import FAILED, OK, USAGE, CliError
 from services.runtime.codec import encode
 from services.runtime.errors import InvalidInput, Unavailable
@@ -212,10 +214,26 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="validate and print the diff; store nothing"
     )
     p.add_argument(
+        "--wait",
+        action="store_true",
+        help="then wait until the version is production on every node (exit 0), or its rollout "
+        "failed (1, with each node's reason) or --timeout passed (3)",
+    )
+    p.add_argument(
+        "--strategy",
+        help="this version's rollout strategy instead of the policy's: all-at-once, canary:N, "
+        "linear:N%%, exponential:N%%",
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="with --wait: print each wave on stderr even when it is not a terminal",
+    )
+    p.add_argument(
         "--timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait for the version store's answer (%(default)s)",
+        type=_positive_float,
+        help="seconds to wait in all: for the version store's answer (default 30) or, with "
+        "--wait, for the end of the rollout (default 600)",
     )
     p.add_argument("--json", action="store_true", help="print the version (or rejection) as JSON")
 
@@ -296,6 +314,7 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
         author=author,
         message=args.message,
         base=args.base,
+        strategy=args.strategy,
         timeout=args.timeout,
     )
 
@@ -327,6 +346,7 @@ async def publish_as(
         author=user,
         message=args.message,
         base=args.base,
+        strategy=args.strategy,
     )
     size = len(encode(change))
     if size > MAX_PAYLOAD:
@@ -368,6 +388,10 @@ async def publish_as(
 
 
 async def run_publish(args: argparse.Namespace, client: Client) -> int:
+    total = args.timeout if args.timeout is not None else (600.0 if args.wait else 30.0)
+    deadline = time.monotonic() + total
+    # The store's answer comes within its own budget; --wait spends what is left on the rollout.
+    args.timeout = min(total, 30.0) if args.wait else total
     if args.dry_run:
         return await _dry_run(args, client)
     try:
@@ -385,6 +409,8 @@ async def run_publish(args: argparse.Namespace, client: Client) -> int:
             )
         sys.stderr.write(f"confbus: {exc}\n")
         return FAILED
+    if args.wait:
+        return await wait_for_production(args, client, info, deadline)
     if args.json:
         _write(_json.encode(info) + b"\n")
     else:
@@ -593,6 +619,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
 
 

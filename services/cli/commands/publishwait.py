@@ -1,0 +1,126 @@
+"""``confbus publish … --wait``: publish, then follow the rollout to its end.
+
+Exit codes (what a CI step checks): 0 once the version is production on every participant;
+1 when it was rejected, or its rollout failed, was aborted, rolled back or superseded — with
+each node's reason on stderr; 3 when the time ran out (publishing again with the same ``--id``
+is harmless: the change id makes it the same version, and the wait picks the rollout up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from schemas.api.dist import RolloutInfo
+from schemas.events import (
+    AnyEvent,
+    RolloutBaked,
+    RolloutPaused,
+    RolloutResumed,
+    RolloutStarted,
+    RolloutWave,
+)
+from schemas.versions import VersionInfo
+from services.cli.client import Client
+from services.cli.exitcodes import FAILED, OK
+
+_json = msgspec.json.Encoder()
+# Rollout events are replayed from a little before the version was created: its rollout may
+# have started (or ended) before we began to listen — or long ago, for a retried CI job.
+_REPLAY_MARGIN = timedelta(seconds=5)
+
+
+def progress_line(ev: AnyEvent) -> str | None:
+    """One line per rollout step, for a human watching a terminal."""
+    if isinstance(ev, RolloutStarted):
+        nodes = sum(len(w) for w in ev.waves)
+        return (
+            f"rollout {ev.rollout_id}: v{ev.version} to {nodes} node(s) in {len(ev.waves)} "
+            f"wave(s), {ev.strategy}, bake {ev.bake_s:g}s"
+        )
+    if isinstance(ev, RolloutWave):
+        applied = [n.node for n in ev.nodes if n.outcome == "applied"]
+        others = [
+            f"{n.node} {n.outcome}" + (f": {n.reason}" if n.reason else "")
+            for n in ev.nodes
+            if n.outcome != "applied"
+        ]
+        tail = f"; {', '.join(others)}" if others else ""
+        return f"  wave {ev.wave + 1}: {ev.outcome} (txn {ev.txid}), {len(applied)} applied{tail}"
+    if isinstance(ev, RolloutBaked):
+        return f"  wave {ev.wave + 1}: bake {ev.verdict}"
+    if isinstance(ev, RolloutPaused):
+        return "  paused (confbus resume to go on)"
+    if isinstance(ev, RolloutResumed):
+        return "  resumed"
+    return None
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+async def wait_for_production(
+    args: argparse.Namespace, client: Client, info: VersionInfo, deadline: float
+) -> int:
+    """Follow ``info``'s rollout until it ends; print the outcome; return the exit code."""
+    show = args.progress or sys.stderr.isatty()
+    if info.status == "draft":
+        _stderr(
+            f"confbus: {info.namespace} v{info.version} is a draft, waiting for approval "
+            f"(confbus approve {info.namespace} {info.version})"
+        )
+    elif show:
+        _stderr(f"confbus: {info.namespace} v{info.version} stored ({info.status}); rolling out")
+
+    def progress(ev: AnyEvent) -> None:
+        line = progress_line(ev)
+        if show and line is not None:
+            _stderr(line)
+
+    rollout = await client.wait_rollout(
+        info.namespace,
+        info.version,
+        timeout=max(0.1, deadline - time.monotonic()),
+        progress=progress,
+        since=info.created_at - _REPLAY_MARGIN,
+    )
+    return report(args, info, rollout)
+
+
+def report(args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo) -> int:
+    ns, v = info.namespace, info.version
+    applied = [n for n in rollout.report if n.outcome == "applied"]
+    not_applied = [n for n in rollout.report if n.outcome != "applied"]
+    ok = rollout.state == "completed"
+    if args.json:
+        out: dict[str, Any] = {
+            "namespace": ns,
+            "version": v,
+            "sha256": info.sha256,
+            "rollout": msgspec.to_builtins(rollout),
+            "ok": ok,
+        }
+        sys.stdout.write(_json.encode(out).decode() + "\n")
+    elif ok:
+        sys.stdout.write(
+            f"{ns} v{v} sha256={info.sha256} production on {len(applied)} node(s)"
+            f" (rollout {rollout.rollout_id})\n"
+        )
+    if ok:
+        for n in not_applied:  # left out within the policy's max_excluded: say so
+            _stderr(f"confbus: warning: {n.node} {n.outcome}: {n.reason or 'no reason given'}")
+        return OK
+    why = f": {rollout.reason}" if rollout.reason else ""
+    if rollout.state == "superseded" and rollout.superseded_by is not None:
+        why = f": v{rollout.superseded_by} took over{why}"
+    _stderr(f"confbus: {ns} v{v} rollout {rollout.rollout_id} {rollout.state}{why}")
+    for n in not_applied:
+        _stderr(f"  {n.node}: {n.outcome}" + (f": {n.reason}" if n.reason else ""))
+    return FAILED
