@@ -7,10 +7,12 @@ to a clear rejection).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from schemas.base import Message
-from schemas.names import ChangeId, Format, Label, Namespace, VersionNumber
+from schemas.names import MAX_INT, ChangeId, Format, Label, Namespace, VersionNumber
 
 
 class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):
@@ -20,7 +22,8 @@ class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):
     format: Format | None = None  # None: the namespace policy's format
     author: str = ""
     message: str = ""
-    base: VersionNumber | None = None  # refuse unless this is the namespace's newest version
+    # Refuse unless this is the namespace's newest version (0: unless the namespace is empty).
+    base: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] | None = None
     rollback_of: VersionNumber | None = None
     strategy: str | None = None  # overrides the policy's rollout strategy for this version
     selector: dict[Label, Label] | None = None

@@ -158,6 +158,7 @@ class NamespaceDisk:
                 prepared=st.prepared,
                 last_good=st.last_good.version if st.last_good else None,
                 history=tuple(self.history()),
+                applied_txid=st.applied.txid if st.applied else None,
             )
 
     # --- start-up -----------------------------------------------------------------------

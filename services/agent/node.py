@@ -299,6 +299,11 @@ class NodeAgent:
         if outcome is CommitOutcome.APPLIED:
             await failpoint("agent.after_apply")
             await self._applied(bus, ns, d, before)
+        elif outcome is CommitOutcome.NOT_NEWER and ns.state.applied_txid == d.txid:
+            # The commit we applied, delivered again: our stream position was not saved past
+            # it, so we may have died before announcing it (or before the on-change hook).
+            # Announce again — the event's msg id makes a repeat within the window a no-op.
+            await self._applied(bus, ns, d, None)
         return True
 
     async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:

@@ -137,6 +137,7 @@ class LocalState:
     prepared: PreparedRecord | None  # set → in doubt: ask for the decision of prepared.txid
     last_good: int | None
     history: tuple[int, ...]  # versions whose bytes are on disk, ascending
+    applied_txid: str | None = None  # the transaction that installed the applied version
 
     @property
     def has_config(self) -> bool:

@@ -62,13 +62,13 @@ def _wrap(ep: Endpoint, tg: TaskGroup | None) -> Callable[[Request], Awaitable[N
     async def handle(req: Request) -> None:
         try:
             request = decoder.decode(req.data)
-        except DECODE_ERRORS as exc:
-            await _respond_error(req, ApiError(code=400, error=f"bad request: {exc}"))
-            return
         except RecursionError:
             # msgspec raises this (not DecodeError) for JSON nested ~1000 deep; escaping here it
             # would end the service's task group — one request would kill the service.
             await _respond_error(req, ApiError(code=400, error="bad request: nested too deeply"))
+            return
+        except DECODE_ERRORS as exc:
+            await _respond_error(req, ApiError(code=400, error=f"bad request: {exc}"))
             return
         bound = bind_subject(req.subject)
         try:

@@ -132,7 +132,13 @@ async def test_state_dir_on_another_file_system_still_switches(
         v = await store_version(bus, NS, content, "c1")
         assert (await switch(bus, NS, v, ["n1"])).outcome == "commit"
         await eventually(lambda: files_hold(stack, ("n1",), content), what="switched")
-        assert (state / NS / "versions" / str(v)).read_bytes() == content
+        # The history copy is written just after the live file's rename.
+        kept = state / NS / "versions" / str(v)
+
+        async def history_kept() -> bool:
+            return kept.is_file() and kept.read_bytes() == content
+
+        await eventually(history_kept, what="the version kept in the state dir")
     finally:
         await bus.close()
         import shutil
