@@ -119,6 +119,7 @@ class NamespaceDisk:
         # write carried its sequence is safe: that write is its outcome (a PREPARED record is
         # resolved by asking for the decision; an install intent is finished or forgotten).
         self._pending_seq = 0
+        self._announced_version = 0
 
     # --- reading ------------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class NamespaceDisk:
                 last_good=st.last_good.version if st.last_good else None,
                 history=tuple(self.history()),
                 applied_txid=st.applied.txid if st.applied else None,
+                unannounced=st.applied is not None and not st.applied.announced,
             )
 
     # --- start-up -----------------------------------------------------------------------
@@ -415,6 +417,17 @@ class NamespaceDisk:
         with self._lock:
             self._pending_seq = max(self._pending_seq, seq)
 
+    def note_announced(self, version: int) -> None:
+        """Remember that ``node.applied`` of ``version`` was published, for the next state
+        write (no I/O of its own: a crash before it only repeats the announcement)."""
+        with self._lock:
+            self._announced_version = max(self._announced_version, version)
+            st = self._state
+            if st is not None and st.applied is not None and st.applied.version <= version:
+                self._state = msgspec.structs.replace(
+                    st, applied=msgspec.structs.replace(st.applied, announced=True)
+                )
+
     def prepare_sealed(self, prepare: Prepare) -> LocalState:
         """``stage`` then ``seal`` in one call (no validation command): one thread hop for the
         whole prepare. Raises ``Refused`` like ``stage``; returns the new state."""
@@ -484,6 +497,9 @@ class NamespaceDisk:
     def _write(self, st: DiskState) -> DiskState:
         if self._pending_seq > st.stream_seq:
             st = msgspec.structs.replace(st, stream_seq=self._pending_seq)
+        a = st.applied
+        if a is not None and not a.announced and a.version <= self._announced_version:
+            st = msgspec.structs.replace(st, applied=msgspec.structs.replace(a, announced=True))
         ensure_dir(self.dir, 0o700)
         atomic_write(self._state_file, encode_state(st), _PRIVATE)
         self._state = st
@@ -544,7 +560,9 @@ class NamespaceDisk:
         self._prune()
 
     def _finish_install(self, st: DiskState, intent: Installing) -> DiskState:
-        applied = AppliedRecord(version=intent.version, sha256=intent.sha256, txid=intent.txid)
+        applied = AppliedRecord(
+            version=intent.version, sha256=intent.sha256, txid=intent.txid, announced=False
+        )
         prepared = st.prepared
         # A prepared transaction at or below what is now applied can never apply: drop it.
         stale = prepared if prepared is not None and prepared.version <= intent.version else None

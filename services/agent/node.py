@@ -148,6 +148,7 @@ class NodeAgent:
         async with anyio.create_task_group() as tg:
             for name in self.namespaces:
                 await tg.start(self._follow, bus, name)
+            tg.start_soon(self._announce_unannounced, bus)
             tg.start_soon(self._heartbeats, bus)
             tg.start_soon(self._resolve_doubts, bus)
             tg.start_soon(keep_last_good, bus, self)  # services.agent.lastgood (issue 6)
@@ -299,11 +300,6 @@ class NodeAgent:
         if outcome is CommitOutcome.APPLIED:
             await failpoint("agent.after_apply")
             await self._applied(bus, ns, d, before)
-        elif outcome is CommitOutcome.NOT_NEWER and ns.state.applied_txid == d.txid:
-            # The commit we applied, delivered again: our stream position was not saved past
-            # it, so we may have died before announcing it (or before the on-change hook).
-            # Announce again — the event's msg id makes a repeat within the window a no-op.
-            await self._applied(bus, ns, d, None)
         return True
 
     async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:
@@ -331,25 +327,59 @@ class NodeAgent:
                 "txid": d.txid,
             },
         )
+        await self._announce(bus, ns, d.version, d.sha256, d.txid, before)
+        await self._publish_heartbeat(bus, refresh=False)  # the state is fresh already
+        if self.on_change_cmd:
+            await run_on_change(self.on_change_cmd, ns.disk.live_path, d.namespace, d.version)
+
+    async def _announce(
+        self,
+        bus: Bus,
+        ns: _Namespace,
+        version: int,
+        sha256: str,
+        txid: str | None,
+        before: int | None,
+    ) -> None:
+        namespace = ns.disk.namespace
         try:
             await emit(
                 bus,
                 NodeApplied(
-                    namespace=d.namespace,
+                    namespace=namespace,
                     actor=self.node,
                     node=self.node,
-                    version=d.version,
-                    sha256=d.sha256,
-                    txid=d.txid,
+                    version=version,
+                    sha256=sha256,
+                    txid=txid,
                     previous=before,
                 ),
-                msg_id=f"applied:{d.namespace}:{self.node}:{d.version}",
+                # The same id for a repeat after a restart: within the window, a no-op.
+                msg_id=f"applied:{namespace}:{self.node}:{version}",
             )
         except ConfbusError as exc:
             log.warning("could not announce apply", extra={"error": str(exc)})
-        await self._publish_heartbeat(bus, refresh=False)  # the state is fresh already
-        if self.on_change_cmd:
-            await run_on_change(self.on_change_cmd, ns.disk.live_path, d.namespace, d.version)
+            return
+        ns.disk.note_announced(version)
+
+    async def _announce_unannounced(self, bus: Bus) -> None:
+        """After a restart: an install whose node.applied may never have gone out (the agent
+        died between the rename and the publish) is announced now, and its on-change hook run."""
+        for ns in self.namespaces.values():
+            st = ns.state
+            if not st.unannounced or st.applied_version is None or st.applied_sha256 is None:
+                continue
+            log.info(
+                "announcing an apply from before the restart",
+                extra={"namespace": st.namespace, "version": st.applied_version},
+            )
+            await self._announce(
+                bus, ns, st.applied_version, st.applied_sha256, st.applied_txid, None
+            )
+            if self.on_change_cmd:
+                await run_on_change(
+                    self.on_change_cmd, ns.disk.live_path, st.namespace, st.applied_version
+                )
 
     async def _refresh(self, ns: _Namespace) -> None:
         ns.state = await anyio.to_thread.run_sync(ns.disk.snapshot)

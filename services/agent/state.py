@@ -91,6 +91,9 @@ class AppliedRecord(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str
     txid: str | None = None  # None: applied by catch-up or by a restore of the last known good
     applied_at: datetime = msgspec.field(default_factory=utcnow)
+    # False from the install until node.applied was published (folded into the next state
+    # write, no fsync of its own): an agent that died in between announces it on restart.
+    announced: bool = True
 
 
 class Installing(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,6 +141,7 @@ class LocalState:
     last_good: int | None
     history: tuple[int, ...]  # versions whose bytes are on disk, ascending
     applied_txid: str | None = None  # the transaction that installed the applied version
+    unannounced: bool = False  # installed, but node.applied may not have been published
 
     @property
     def has_config(self) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -70,12 +71,19 @@ async def read_stream(bus: Bus, stream: str, subject: str, timeout: float = 30.0
     if info.state.messages == 0:
         return []
     out: list[Stored] = []
-    sub = await bus.js.subscribe(
-        subject,
-        stream=stream,
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
+    sub = None
+    with anyio.fail_after(timeout):
+        while sub is None:
+            try:
+                sub = await bus.js.subscribe(
+                    subject,
+                    stream=stream,
+                    ordered_consumer=True,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+                )
+            except nats.js.errors.ServiceUnavailableError:
+                # After a heal the stream's group may still be electing (503): retry.
+                await anyio.sleep(0.2)
     try:
         with anyio.fail_after(timeout):
             while True:
@@ -198,6 +206,8 @@ class Audit:
             "aborted_applies": self.aborted_applies,
             "stale_writes": self.stale_writes,
             "stale_yes_votes": self.stale_yes_votes,
+            # Invariant 8: every apply is in the audit log (agents announce after a restart).
+            "applies_without_event": self.unannounced_applies,
         }
 
 
@@ -316,5 +326,4 @@ def as_notes(a: Audit) -> dict[str, Any]:
         "committed": a.committed,
         "aborted": a.aborted,
         "stale_prepares_fenced": a.stale_prepares,
-        "applies_without_event": a.unannounced_applies,
     }

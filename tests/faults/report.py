@@ -155,25 +155,23 @@ def notes(figs: list[Figures]) -> str:
 FOOTER = """\
 ## Findings
 
-1. **A poisoned batch dead-letters good changes — and can lose them** (version-store consumer,
-   `services/runtime/consumer.py` + `services/version_store/changes.py`). A change whose
-   validation raises an unexpected exception fails its whole fetched batch; every change in it
-   is naked as a "handler bug" and dead-lettered after 5 such deliveries, with the poison's
-   error as the reason. Good changes redelivered beside poison (more likely under a redelivery
-   storm) are dead-lettered: if an earlier delivery had stored them but not announced them, the
-   version exists with no `version.created` (`stored_not_announced`); if none had, the accepted
-   change is **lost** (DESIGN §8.1). `redelivery_storm_mixed_poison` (slow, xfail) shows it:
-   14–16 good changes dead-lettered, 5 stored-but-unannounced, 2 lost in one run. Fix: fail the
-   item, not the batch (decide per item; retry a failed group commit item by item).
+1. **A poisoned batch dead-lettered good changes — fixed.** A change whose validation raised an
+   unexpected exception failed its whole fetched batch, and the good changes beside it were
+   dead-lettered after 5 deliveries (some lost, some stored but never announced). Now
+   `services/runtime/consumer.py` handles every message of a batch that failed as a whole
+   again on its own, so only the poison is retried and dead-lettered
+   (`tests/runtime/test_consumer.py::test_a_poisoned_batch_costs_only_the_poisoned_message`;
+   `redelivery_storm_mixed_poison` is the slow scenario).
 2. **Stale prepares reach the stream.** A coordinator paused between the head's
    compare-and-set (*preparing*) and the publish of its prepare publishes it after a successor
    took over (`stale_prepares_fenced` in the zombie notes). Agents refuse it (they have read the
    successor's higher-epoch decision earlier in the same stream) and nothing is applied, but
    DESIGN §8.3's "nothing from epoch *e* is written" holds for decisions, not for prepares.
-3. **An apply can go unannounced.** An agent killed right after installing a version
-   (`agent.after_apply`) does not emit `node.applied` after its restart (the commit is then
-   `NOT_NEWER`): `applies_without_event` in the agent-kill notes. Heartbeats report the
-   version; the audit stream misses the event (DESIGN §8.8).
+3. **An apply could go unannounced — fixed.** An agent killed right after installing a version
+   (`agent.after_apply`) did not emit `node.applied` after its restart (DESIGN §8.8). Now the
+   install records `announced: false` (folded into the next state write once published, no fsync
+   of its own) and a restarted agent announces such an apply (same msg id) and runs its
+   on-change hook; `applies_without_event` is a safety count (0 in the runs since).
 4. **Recovery is slower than the bus.** A version-store killed mid-batch leaves that batch to
    be redelivered after the consumer's ack wait (30 s by default; `store_kill` runs with 3 s).
    After a NATS stream-leader kill, publishing resumed within ~8 s, but accepted changes

@@ -34,14 +34,23 @@ async def test_redelivery_storm_many(tmp_path: Path) -> None:
     )
 
 
+async def test_poison_in_the_batches_costs_no_good_change(tmp_path: Path) -> None:
+    """Finding 1 (RELIABILITY.md), fixed: poison sent during the load shares batches with good
+    changes; only the poison is dead-lettered."""
+    fig = await store_faults.redelivery_storm(
+        tmp_path,
+        changes=300,
+        crashes=2,
+        poison_in_batches=True,
+        tier="ci",
+        budget_s=BUDGET["redelivery_storm"],
+    )
+    assert fig.notes["good_changes_dead_lettered"] == 0
+    assert_safe(fig)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-@pytest.mark.xfail(
-    strict=False,
-    reason="finding 1 (RELIABILITY.md): a change whose validation raises fails its whole batch; "
-    "good changes redelivered beside it 5 times are dead-lettered — lost if never stored, "
-    "stored but never announced otherwise",
-)
 async def test_redelivery_storm_with_poison_in_the_batches(tmp_path: Path) -> None:
     assert_safe(
         await store_faults.redelivery_storm(
