@@ -71,6 +71,9 @@ class Delivery(Generic[T]):
     msg: Msg
     value: T
     error: BaseException | None = field(default=None, init=False)
+    # Handled again alone after its batch failed: its earlier attempt may have done part of
+    # the work (stored, not announced), just as on a redelivery.
+    rehandled: bool = field(default=False, init=False)
 
     @property
     def subject(self) -> str:
@@ -79,6 +82,12 @@ class Delivery(Generic[T]):
     @property
     def deliveries(self) -> int:
         return self.msg.metadata.num_delivered
+
+    @property
+    def repeated(self) -> bool:
+        """Handled before (a redelivery, or again after its batch failed): idempotent handlers
+        check what an earlier attempt left behind."""
+        return self.rehandled or self.deliveries > 1
 
     @property
     def stream_seq(self) -> int:
@@ -180,6 +189,7 @@ class Consumer(Generic[T]):
                 for item in batch:
                     if item.error is error:
                         item.error = None
+                        item.rehandled = True
                         item.error = await self._handle([item])
         for item in batch:
             await self._guarded(self._settle(item), item.msg)

@@ -177,8 +177,9 @@ def _outcome(
     if result.outcome == "duplicate":
         assert result.info is not None
         # A first delivery is a publisher's retry of a change announced long ago; a
-        # redelivery may follow a crash before the announcement (checked against the log).
-        created = created_event(change, result.info) if item.deliveries > 1 else None
+        # repeat (redelivery, or again alone after its batch failed) may follow a failure
+        # before the announcement (checked against the log).
+        created = created_event(change, result.info) if item.repeated else None
         return _Outcome(item, "duplicate", created)
     error: StoreError = result.error or InvalidConfig("refused by the store")
     record, rejected = _rejection(change, error)
@@ -311,7 +312,7 @@ class ChangeHandler:
         """For redelivered changes, keep only the events the stream does not have yet."""
         since: dict[str, datetime] = {}
         for o in outcomes:
-            if o.event is not None and o.item.deliveries > 1:
+            if o.event is not None and o.item.repeated:
                 ns, at = o.item.value.namespace, o.item.msg.metadata.timestamp
                 since[ns] = min(since.get(ns, at), at)
         if not since:
@@ -321,7 +322,7 @@ class ChangeHandler:
             seen[ns] = await scan(self.bus, ns, at)
         for o in outcomes:
             ev = o.event
-            if ev is None or o.item.deliveries <= 1:
+            if ev is None or not o.item.repeated:
                 continue
             announced = seen[ev.namespace]
             if (isinstance(ev, VersionCreated) and ev.version in announced.created) or (
