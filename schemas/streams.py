@@ -33,6 +33,9 @@ class StreamSpec:
     discard: Literal["old", "new"] = "old"
     max_msgs: int = -1
     description: str = ""
+    # nats-server 2.15 caps every stream at 1000 consumers unless the stream says otherwise
+    # (and reads -1 as "the default"), so the limit is always explicit.
+    max_consumers: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ CFG_TXN = StreamSpec(
     max_bytes=2 * GIB,
     max_msg_size=MAX_PAYLOAD,
     description="2PC prepares and write-once decisions",
+    # One ordered consumer per agent and namespace: room for 10,000 nodes × 10 namespaces.
+    max_consumers=100_000,
 )
 CFG_EVENTS = StreamSpec(
     name="CFG_EVENTS",

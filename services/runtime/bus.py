@@ -146,6 +146,7 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=spec.duplicate_window_s,
+        max_consumers=spec.max_consumers,
     )
 
 
