@@ -40,11 +40,13 @@ class PolicyCache:
         hit = self._cache.get(namespace)
         return hit[1] if hit else None
 
-    async def get(self, namespace: str) -> Policy:
+    async def get(self, namespace: str, fresh: bool = False) -> Policy:
         """The namespace's policy (its default when the store has none); ``Unavailable`` only
-        when the store cannot be asked and no copy was ever fetched."""
+        when the store cannot be asked and no copy was ever fetched. ``fresh``: ask the store
+        even if a copy is young (a bake's verdict decides the last known good: it must judge
+        by the rules as they are now, not as they were up to ``ttl_s`` ago)."""
         hit = self._cache.get(namespace)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+        if not fresh and hit is not None and time.monotonic() - hit[0] < self.ttl_s:
             return hit[1]
         try:
             policy = await call(

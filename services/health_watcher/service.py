@@ -210,7 +210,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     async def verdict(req: api.VerdictRequest) -> api.VerdictReply:
         if req.window_s is not None and req.window_s <= 0:
             raise InvalidInput("window_s must be positive", where="window_s")
-        policy = await policies.get(req.namespace)
+        policy = await policies.get(req.namespace, fresh=True)
         since = None
         if req.since is not None:
             at = req.since if req.since.tzinfo else req.since.replace(tzinfo=UTC)

@@ -123,3 +123,28 @@ async def test_verdict_without_rules_judges_the_health_endpoint_from_the_warmed_
     assert reply.rules[0].rule == "health-endpoint"
     # An empty node list means every node heard from on that version.
     assert (await verdict(bus, 5, [])).unhealthy_nodes == ["n2"]
+
+
+async def test_a_verdict_judges_by_the_policy_as_it_is_now(
+    bus: Bus, store: StoreStub, start_watcher: StartWatcher
+) -> None:
+    """A bake's verdict decides the last known good: a rule added a moment ago counts, even
+    though the watcher cached the policy without it (its cache lives 5 s)."""
+    store.policies[NS] = Policy(namespace=NS)
+    watcher = await start_watcher()
+    port = watcher.ready["http_port"]  # type: ignore[index]
+    for i in range(4):
+        sick = {"requests_total": 100.0 * i, "errors_total": 50.0 * i}
+        await publish_sample(bus, NS, "n1", 1, sick)
+
+    async def consumed() -> bool:
+        return await metric(port, "confbus_health_watcher_samples_total") >= 4
+
+    await eventually(consumed, what="the samples reach the watcher")
+    assert (await verdict(bus, 1, ["n1"])).verdict != "fail"  # no rules: nothing to break
+    store.policies[NS] = Policy(
+        namespace=NS,
+        health_rules=[rule("error-rate", "error_rate", ">", 0.05, window_s=60, min_samples=4)],
+    )
+    now = await verdict(bus, 1, ["n1"])
+    assert now.verdict == "fail" and "error-rate" in now.reason, now

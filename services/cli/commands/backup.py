@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import stat
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -98,7 +99,12 @@ async def run_restore(args: argparse.Namespace, client: Client) -> int:
 
 def read_backup(path: Path) -> BackupFile:
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            # A backup is a regular file; a device or a FIFO (say a link to /dev/zero) could
+            # be read forever.
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise CliError(f"{path} is not a regular file", FAILED)
+            raw = f.read()
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", FAILED) from None
     try:
