@@ -25,6 +25,12 @@ def event(namespace: str, event_type: str) -> str:
     return f"cfg.event.{check_name(namespace, 'namespace')}.{event_type}"
 
 
+def node_applied(namespace: str, node: str) -> str:
+    """``cfg.event.<ns>.node.applied.<node>``: the one event an agent writes. The node id is in
+    the subject so that an agent's permissions can pin it to its own (docs/security.md)."""
+    return f"{event(namespace, 'node.applied')}.{check_name(node, 'node id')}"
+
+
 def events_of(namespace: str) -> str:
     return f"cfg.event.{check_name(namespace, 'namespace')}.>"
 

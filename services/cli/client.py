@@ -573,7 +573,8 @@ class Client:
         batch — a rollback is a newer version with the old content), or a catch-up. New ones
         only, or from ``since`` on; only ``node``'s if given. It never ends.
         """
-        flt = subjects.event(check_namespace(namespace), "node.applied")
+        ns = check_namespace(namespace)
+        flt = subjects.node_applied(ns, node) if node else f"{subjects.event(ns, 'node.applied')}.*"
         async for item in self.events(flt, since=since, follow=True, on_subscribed=on_subscribed):
             ev = item.event
             if isinstance(ev, NodeApplied) and (node is None or ev.node == node):

@@ -243,9 +243,8 @@ def agent_permissions(node: str, *, private_inbox: bool = False) -> Permissions:
             f"cfg.txn.*.*.vote.{node}",
             subjects.heartbeat(node),
             f"cfg.health.*.{node}",
-            # The one event an agent writes. Its node id is in the body, not the subject: see
-            # "node.applied" in docs/security.md for what that leaves open and the fix proposed.
-            "cfg.event.*.node.applied",
+            # The one event an agent writes, with its own node id in the subject.
+            f"cfg.event.*.node.applied.{node}",
             _api(txn_api.SERVICE, "resolve"),
             _api(store_api.SERVICE, "get"),
             _api(store_api.SERVICE, "policy_get"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.js.api import PubAck
 
 from schemas import subjects
-from schemas.events import Event
+from schemas.events import Event, NodeApplied
 from services.runtime.bus import Bus
 
 
@@ -21,6 +21,12 @@ async def emit(bus: Bus, event: Event, *, msg_id: str | None = None) -> PubAck:
     Give a ``msg_id`` on every path that may run twice (redelivery, recovery): within the
     stream's duplicate window the second publish is a no-op.
     """
-    return await bus.publish(
-        subjects.event(event.namespace, event_type(event)), event, msg_id=msg_id
-    )
+    return await bus.publish(event_subject(event), event, msg_id=msg_id)
+
+
+def event_subject(event: Event) -> str:
+    """``cfg.event.<ns>.<type>``; ``node.applied`` also names its node (agents may publish
+    only their own)."""
+    if isinstance(event, NodeApplied):
+        return subjects.node_applied(event.namespace, event.node)
+    return subjects.event(event.namespace, event_type(event))

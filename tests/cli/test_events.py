@@ -218,3 +218,25 @@ def test_filters_and_durations() -> None:
     assert parse_since("90s") == timedelta(seconds=90)
     assert parse_since("7d") == timedelta(days=7)
     assert parse_since("2026-11-26T16:40:00") == datetime(2026, 11, 26, 16, 40, tzinfo=UTC)
+
+
+def test_a_completed_rollout_reads_as_wave_sizes_and_states() -> None:
+    from schemas.events import NodeOutcome, RolloutCompleted, WaveReport
+    from services.cli.commands.events import describe
+
+    ev = RolloutCompleted(
+        namespace="web",
+        rollout_id="r1",
+        version=2,
+        report=[
+            NodeOutcome(node="n1", outcome="applied"),
+            NodeOutcome(node="n2", outcome="applied"),
+        ],
+        waves=[
+            WaveReport(index=0, nodes=["n1"], state="done"),
+            WaveReport(index=1, nodes=["n2"], state="done"),
+        ],
+    )
+    line = describe(ev)
+    assert "waves=1:done+1:done" in line and "report=applied:2" in line, line
+    assert "WaveReport(" not in line

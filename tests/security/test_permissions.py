@@ -349,16 +349,12 @@ async def test_pinned_endpoints_need_the_identity_token(secured: SecuredNats) ->
 # -- known gaps: written as the property we want, marked until it holds --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cfg.event.<ns>.node.applied has no node token, so an agent may claim an apply for "
-    "another node; proposal in docs/security.md (node.applied)",
-)
 async def test_an_agent_cannot_announce_an_apply_for_another_node(secured: SecuredNats) -> None:
     before = await last_seq(secured, CFG_EVENTS.name)
     async with connect_as(secured, "agent-n1") as n1:
-        await publish_once(n1, subjects.event(NS, "node.applied"), b'{"node": "n2"}')
-        await n1.refused(subjects.event(NS, "node.applied"), timeout=1.0)
+        for subject in (subjects.node_applied(NS, "n2"), subjects.event(NS, "node.applied")):
+            await publish_once(n1, subject, b'{"node": "n2"}')
+            await n1.refused(subject, timeout=1.0)
     assert await last_seq(secured, CFG_EVENTS.name) == before
 
 

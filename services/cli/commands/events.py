@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from schemas import subjects
-from schemas.events import NodeOutcome, VoteRecord
+from schemas.events import NodeOutcome, VoteRecord, WaveReport
 from schemas.names import NAME_PATTERN
 from services.cli.client import Client, StreamedEvent
 from services.cli.exitcodes import OK
@@ -261,6 +261,8 @@ def _list(items: list[Any]) -> str:
         return ",".join(f"{k}:{n}" for k, n in counts.items())
     if all(isinstance(i, list) for i in items):  # waves, batches: their sizes
         return "+".join(str(len(i)) for i in items)
+    if all(isinstance(i, WaveReport) for i in items):  # the wave sizes and their states
+        return "+".join(f"{len(w.nodes)}:{w.state}" for w in items)
     if len(items) <= 4:
         return ",".join(str(i) for i in items)
     return f"{','.join(str(i) for i in items[:3])},…({len(items)})"
