@@ -10,7 +10,9 @@ SIGINT/SIGTERM cancel the group; consumers unsubscribe and the connection drains
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import io
 import json
 import logging
 import signal
@@ -90,6 +92,7 @@ async def run_service(
         ctx_holder.append(ctx)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+            tg.start_soon(_dump_tasks_on_sigusr1)
             http_port = await tg.start(http.serve)
             await tg.start(main, ctx)
             ready = {"event": "ready", "service": name, "http_port": http_port, **ctx.ready_info}
@@ -113,6 +116,17 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
             log.info("stopping", extra={"signal": signal.Signals(signum).name})
             scope.cancel()
             return
+
+
+async def _dump_tasks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>``: log every asyncio task with the stack it is awaiting in — how
+    to tell where a service that went quiet is waiting (py-spy shows only an idle loop)."""
+    with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            for task in asyncio.all_tasks():
+                out = io.StringIO()
+                task.print_stack(limit=30, file=out)
+                log.warning("task dump", extra={"task": task.get_name(), "stack": out.getvalue()})
 
 
 def service_main(

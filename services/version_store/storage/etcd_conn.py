@@ -105,7 +105,13 @@ class EtcdConnection:
         while True:
             client, generation = self._current()
             try:
-                return await op(client)
+                # Our own deadline around the call: after a leader is killed, a call on a
+                # channel to the next endpoint was seen to hang past gRPC's per-call timeout
+                # (the version-store then stopped storing for good). Rotate instead.
+                with anyio.fail_after(self.request_timeout_s * 2):
+                    return await op(client)
+            except TimeoutError as e:
+                error: BaseException = e
             except Exception as e:
                 kind = _classify(e)
                 if kind == "other":
@@ -114,7 +120,7 @@ class EtcdConnection:
                     raise _no_space() from e
                 if kind == "fail":
                     raise StoreUnavailable(f"etcd {what} failed: {_details(e)}") from e
-                error: BaseException = e
+                error = e
             failures += 1
             await self._rotate(generation, error)
             if time.monotonic() >= deadline:
