@@ -90,11 +90,12 @@ async def run_service(
         http = HttpServer(registry, host=settings.http_host, port=settings.http_port, health=health)
         ctx = ServiceContext(name, settings, bus, registry, http, args)
         ctx_holder.append(ctx)
+        stopping = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, stopping)
             tg.start_soon(_dump_tasks_on_sigusr1)
             http_port = await tg.start(http.serve)
-            await tg.start(main, ctx)
+            await tg.start(_guarded, main, ctx, stopping)
             ready = {"event": "ready", "service": name, "http_port": http_port, **ctx.ready_info}
             print_ready(ready)
             log.info("ready", extra=ready)
@@ -110,10 +111,36 @@ def print_ready(info: dict[str, Any]) -> None:
     print(json.dumps(info), flush=True)  # noqa: T201 - the ready line is the contract
 
 
-async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+async def _guarded(
+    main: ServiceMain,
+    ctx: ServiceContext,
+    stopping: anyio.Event,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the service's main; if it ends while we are not stopping, fail the process.
+
+    A main task must never end by itself. One that does — typically a CancelledError that no
+    cancel scope of ours raised (gRPC cancels the calls of a channel it closes), which anyio
+    takes for a cancellation and swallows — would leave a process that answers /healthz but
+    no longer works. Exiting instead lets the supervisor restart it."""
+    try:
+        await main(ctx, task_status)
+    except anyio.get_cancelled_exc_class():
+        if stopping.is_set():
+            raise
+        log.error("main task cancelled, not by us: exiting so that it is restarted")
+        raise RuntimeError("the service's main task was cancelled from outside") from None
+    if not stopping.is_set():
+        log.error("main task ended by itself: exiting so that it is restarted")
+        raise RuntimeError("the service's main task ended by itself")
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope, stopping: anyio.Event) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            stopping.set()
             scope.cancel()
             return
 

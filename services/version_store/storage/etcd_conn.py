@@ -12,6 +12,7 @@ in one snapshot) use its gRPC stubs with the request types it ships (``aetcd.rpc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -112,6 +113,16 @@ class EtcdConnection:
                     return await op(client)
             except TimeoutError as e:
                 error: BaseException = e
+            except asyncio.CancelledError as e:
+                # gRPC cancels every call of a channel it closes — here, another task's rotation
+                # closing the client we were using. Not a cancellation of *this* task: retry on
+                # the next client. Let it escape and anyio takes it for one; the service's main
+                # task then ended quietly and the version-store stopped storing for good (the
+                # HA test's etcd-leader kill).
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                error = ConnectionError(f"the etcd call was cancelled by its channel: {e!r}")
             except Exception as e:
                 kind = _classify(e)
                 if kind == "other":
