@@ -7,6 +7,7 @@ object a service's code receives.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,9 @@ class Bus:
             await self.nc.close()
 
 
+_INBOX_SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def split_urls(urls: str | Sequence[str]) -> list[str]:
     if isinstance(urls, str):
         return [u.strip() for u in urls.split(",") if u.strip()]
@@ -107,6 +111,10 @@ async def connect(
     kwargs: dict[str, Any] = {}
     if user is not None:
         kwargs["user"], kwargs["password"] = user, password
+        if _INBOX_SAFE.fullmatch(user):
+            # Replies come to _INBOX.<user>.…: with private inboxes (confbus up --secure) no
+            # other user may subscribe there, so nobody reads replies meant for someone else.
+            kwargs["inbox_prefix"] = f"_INBOX.{user}"
     if creds is not None:
         kwargs["user_credentials"] = creds
     if tls_ca is not None:

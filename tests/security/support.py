@@ -42,7 +42,7 @@ def make_roster() -> Roster:
 class SecuredNats:
     root: Path
     roster: Roster
-    private_inboxes: bool = False
+    private_inboxes: bool = True
     server: NatsServer = field(init=False)
 
     def start(self) -> SecuredNats:
@@ -127,7 +127,9 @@ async def connect_as(
         if holder:
             await holder[0].on_error(exc)
 
-    kwargs = {} if inbox_prefix is None else {"inbox_prefix": inbox_prefix}
+    # As services.runtime.bus.connect does: replies to _INBOX.<user>.… (private inboxes).
+    prefix = inbox_prefix if inbox_prefix is not None else f"_INBOX.{user.name}"
+    kwargs = {"inbox_prefix": prefix}
     nc = await nats.connect(
         secured.url,
         user=user.name,

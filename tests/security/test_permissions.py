@@ -358,11 +358,6 @@ async def test_an_agent_cannot_announce_an_apply_for_another_node(secured: Secur
     assert await last_seq(secured, CFG_EVENTS.name) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clients use nats-py's shared _INBOX prefix, so every user may subscribe to "
-    "_INBOX.> and read others' replies; proposal in docs/security.md (private inboxes)",
-)
 async def test_nobody_reads_replies_meant_for_others(secured: SecuredNats) -> None:
     async with connect_as(secured, "agent-n1") as n1:
         await n1.nc.subscribe("_INBOX.>")
