@@ -128,6 +128,10 @@ class Consumer(Generic[T]):
     # False for streams that may carry secret config (CFG_CHANGES): a dead letter then keeps
     # the bytes' sha256 and size, not the bytes; the publisher still has its file.
     keep_data: bool = True
+    # Told about each message that cannot be decoded, with the reason, before it is
+    # dead-lettered: a service may still answer its sender (the version-store emits
+    # version.rejected, so a publisher waiting on the change learns why). Best effort.
+    on_undecodable: Callable[[Msg, str], Awaitable[None]] | None = None
     ack_wait_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -232,7 +236,13 @@ class Consumer(Generic[T]):
             self.metrics.messages.labels("skipped").inc()
             await msg.ack()
             return
-        await self._dead_letter(msg, f"undecodable: {exc}")
+        reason = f"undecodable: {exc}"
+        if self.on_undecodable is not None:
+            try:
+                await self.on_undecodable(msg, reason)
+            except Exception as hook_exc:  # the dead letter below is the record that counts
+                log.warning("on_undecodable failed", extra={"error": repr(hook_exc)})
+        await self._dead_letter(msg, reason)
 
     async def _settle(self, item: Delivery[T]) -> None:
         err = item.error

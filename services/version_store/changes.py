@@ -24,6 +24,7 @@ not its subject's) go to ``CFG_DLQ``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,10 +33,14 @@ from datetime import datetime
 
 import anyio
 import anyio.to_thread
+import msgspec
+from nats.aio.msg import Msg
 
 from schemas import subjects
+from schemas.base import DECODE_ERRORS
 from schemas.changes import ChangeProposed
 from schemas.events import Event, VersionCreated, VersionRejected
+from schemas.names import ChangeId, Namespace
 from schemas.policy import Policy
 from schemas.versions import VersionInfo
 from services.runtime.bus import Bus
@@ -59,6 +64,52 @@ _APPROVED_BEFORE = ("approved", "production", "superseded")
 
 def created_msg_id(namespace: str, version: int) -> str:
     return f"version:{namespace}:{version}:created"
+
+
+class _Addressed(msgspec.Struct):
+    """Just enough of a change that did not decode to answer its publisher."""
+
+    namespace: Namespace
+    change_id: ChangeId
+    author: str = ""
+
+
+_decode_addressed = msgspec.json.Decoder(_Addressed).decode
+# msgspec ends its messages with "- at `$.path`" or, for a mapping's key, "- at `key` in `$.path`".
+_WHERE = re.compile(r"- at (`key` in )?`(\$[^`]*)`")
+
+
+async def reject_undecodable(bus: Bus, rejections: Rejections, msg: Msg, reason: str) -> None:
+    """A change that cannot be decoded (a bad selector, a wrong type) is dead-lettered by the
+    consumer; if it still names its namespace and change id, say so to its publisher too: a
+    ``version.rejected`` event and a recorded rejection, with msgspec's path as ``where``."""
+    try:
+        addr = _decode_addressed(msg.data)
+    except DECODE_ERRORS:
+        return  # nobody to answer
+    if msg.subject != subjects.change(addr.namespace):
+        return
+    m = _WHERE.search(reason)
+    where = "" if m is None else m.group(2) + (" (a key)" if m.group(1) else "")
+    detail = _WHERE.sub("", reason.removeprefix("undecodable: ")).strip()
+    text = f"invalid change: {detail}"
+    await rejections.remember(
+        Rejection(
+            namespace=addr.namespace,
+            change_id=addr.change_id,
+            sha256="",  # the content did not decode; no retry can match it anyway
+            reason=text,
+            where=where,
+        )
+    )
+    event = VersionRejected(
+        namespace=addr.namespace,
+        actor=addr.author,
+        reason=text,
+        change_id=addr.change_id,
+        where=where,
+    )
+    await emit(bus, event, msg_id=rejected_msg_id(addr.namespace, addr.change_id))
 
 
 def rejected_msg_id(namespace: str, change_id: str) -> str:

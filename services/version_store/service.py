@@ -10,6 +10,7 @@ across processes.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import secrets
@@ -28,7 +29,7 @@ from services.runtime.errors import Unavailable
 from services.runtime.metrics import ConsumerMetrics
 from services.runtime.service import ServiceContext
 from services.version_store.api import StoreApi
-from services.version_store.changes import ChangeHandler
+from services.version_store.changes import ChangeHandler, reject_undecodable
 from services.version_store.metrics import StoreMetrics
 from services.version_store.rejections import Rejections
 from services.version_store.storage import Store, open_store
@@ -117,6 +118,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             batch=max(1, args.batch),
             ack_wait_s=args.ack_wait,
             keep_data=False,  # changes may be secret config: dead letters keep only a hash
+            on_undecodable=functools.partial(reject_undecodable, ctx.bus, rejections),
         )
         async with anyio.create_task_group() as tg:
             store_api = StoreApi(ctx.bus, store, rejections, replica=secrets.token_hex(6))

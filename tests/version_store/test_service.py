@@ -376,3 +376,25 @@ async def test_two_replicas_share_the_work_and_export_in_pages(stack: Stack) -> 
                 assert [v.info for v in backup.versions] == list(reversed(history))
     finally:
         second.stop()
+
+
+async def test_an_undecodable_change_is_dead_lettered_and_its_publisher_told_why(
+    stack: Stack,
+) -> None:
+    """A change whose selector is not made of labels does not decode: it is dead-lettered, and
+    since it still names its namespace and change id, its publisher gets the rejection (with
+    msgspec's path) instead of waiting for an outcome that never comes."""
+    ns = "bad-selector"
+    async with stack.client() as client:
+        with anyio.fail_after(20):  # the wait for an outcome would be 30 s
+            with pytest.raises(ChangeRejected) as caught:
+                await client.publish(
+                    ns, b'{"a": 1}', change_id="sel1", selector={"not a label!": "x"}
+                )
+        assert "selector" in caught.value.where, caught.value
+        assert "invalid change" in caught.value.reason, caught.value
+        assert await client.history(ns) == []
+        (event,) = rejected(await events_of(client, ns))
+        assert event.change_id == "sel1" and "selector" in event.where
+        status = await client.change_status(ns, "sel1")
+        assert status.status == "rejected"
