@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import nats
 import nats.errors
 import nats.js.errors
@@ -121,21 +122,32 @@ async def connect(
         import ssl
 
         kwargs["tls"] = ssl.create_default_context(cafile=tls_ca)
+    servers = split_urls(urls)
+    # nats-py tries each server once within connect_timeout, but was seen to never return when
+    # a server's TLS certificate fails verification: bound the whole attempt ourselves.
+    deadline = connect_timeout * len(servers) + 1.0
+    nc: Client | None = None
     try:
-        nc = await nats.connect(
-            servers=split_urls(urls),
-            name=name,
-            connect_timeout=connect_timeout,
-            max_reconnect_attempts=max_reconnect_attempts,
-            allow_reconnect=allow_reconnect,
-            reconnect_time_wait=0.5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            **kwargs,
-        )
+        with anyio.move_on_after(deadline):
+            nc = await nats.connect(
+                servers=servers,
+                name=name,
+                connect_timeout=connect_timeout,
+                max_reconnect_attempts=max_reconnect_attempts,
+                allow_reconnect=allow_reconnect,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                **kwargs,
+            )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
         raise Unavailable(f"cannot reach NATS at {urls}: {exc!r}") from exc
+    if nc is None:
+        raise Unavailable(
+            f"cannot reach NATS at {urls}: no connection within {deadline:g}s (is it TLS with a "
+            "certificate this client does not trust? see --tls-ca)"
+        )
     conn.append(nc)
     return Bus(nc=nc, js=nc.jetstream(), name=name)
 
