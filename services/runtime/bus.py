@@ -61,7 +61,14 @@ class Bus:
         data = msg if isinstance(msg, bytes) else encode(msg)
         try:
             return await self.js.publish(subject, data, timeout=timeout, headers=hdrs or None)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            # A stream electing a leader answers 503, or with no body at all: transient.
+            nats.js.errors.NoStreamResponseError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.errors.ConnectionReconnectingError,
+        ) as exc:
             raise Unavailable(f"publish to {subject} not acknowledged: {exc!r}") from exc
 
     async def close(self) -> None:
