@@ -47,7 +47,14 @@ async def test_three_agents_switch_byte_for_byte(stack: Stack) -> None:
         reply = await switch(bus, NS, v, NODES)
         assert reply.outcome == "commit", reply
         await eventually(lambda: files_hold(stack, NODES, content), what="files switched")
-        applied = [e for e in await events(bus, NS) if isinstance(e, NodeApplied)]
+        # Each agent announces its apply just after the rename: wait for the events too.
+        applied: list[NodeApplied] = []
+
+        async def all_announced() -> bool:
+            applied[:] = [e for e in await events(bus, NS) if isinstance(e, NodeApplied)]
+            return len(applied) >= len(NODES)
+
+        await eventually(all_announced, what="node.applied from every agent")
         assert sorted(e.node for e in applied) == list(NODES)
         assert all(e.txid == reply.txid for e in applied)
     finally:
