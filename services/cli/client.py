@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -252,14 +252,34 @@ class Client:
             strategy=strategy,
             selector=selector,
         )
-        data = encode(change)
-        if len(data) > MAX_PAYLOAD:
+
+        async def send() -> bool:
+            ack = await self.bus.publish(
+                subjects.change(namespace),
+                encode(change),
+                msg_id=change_msg_id(namespace, change_id),
+            )
+            return bool(ack.duplicate)
+
+        return await self.submit(change, send, timeout)
+
+    async def submit(
+        self, change: ChangeProposed, send: Callable[[], Awaitable[bool]], timeout: float
+    ) -> VersionInfo:
+        """Send ``change`` with ``send`` (which says whether the stream took it as a duplicate)
+        and wait for its outcome: the stored version, or ``ChangeRejected``; ``Unavailable``
+        after ``timeout``. ``publish`` sends it on ``cfg.change.<ns>``; an author-pinned
+        publish through the version-store's ``propose`` endpoint (the CLI) sends it there."""
+        namespace, change_id = change.namespace, change.change_id
+        size = len(encode(change))
+        if size > MAX_PAYLOAD:
             raise InvalidInput(
-                f"the change is {len(data)} bytes on the wire (content {len(content)} bytes, "
+                f"the change is {size} bytes on the wire (content {len(change.content)} bytes, "
                 f"base64): more than the bus carries ({MAX_PAYLOAD})",
                 where="content",
             )
-        send, receive = anyio.create_memory_object_stream[AnyEvent](100)
+        sha = hashlib.sha256(change.content).hexdigest()
+        send_event, receive = anyio.create_memory_object_stream[AnyEvent](100)
 
         async def on_event(msg: Msg) -> None:
             try:
@@ -268,16 +288,14 @@ class Client:
                 return
             if isinstance(event, VersionCreated | VersionRejected) and event.change_id == change_id:
                 with contextlib.suppress(anyio.WouldBlock):
-                    send.send_nowait(event)
+                    send_event.send_nowait(event)
 
-        # Subscribe before publishing, so the outcome cannot slip past.
+        # Subscribe before sending, so the outcome cannot slip past.
         sub = await self.bus.nc.subscribe(subjects.event(namespace, "version.>"), cb=on_event)
         try:
             with anyio.move_on_after(timeout) as scope:
-                ack = await self.bus.publish(
-                    subjects.change(namespace), data, msg_id=change_msg_id(namespace, change_id)
-                )
-                return await self._outcome(change, sha, bool(ack.duplicate), receive)
+                duplicate = await send()
+                return await self._outcome(change, sha, duplicate, receive)
             assert scope.cancelled_caught
             raise Unavailable(
                 f"{namespace}: no outcome for change {change_id} within {timeout:g}s — it may "
@@ -287,7 +305,7 @@ class Client:
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-            send.close()
+            send_event.close()
             receive.close()
 
     async def _outcome(

@@ -273,28 +273,29 @@ def rolled_back(rec: RolloutInfo, reason: str, *, actor: str) -> RolloutInfo:
 
 
 def pause(rec: RolloutInfo, *, actor: str, reason: str) -> RolloutInfo:
-    out = replace(rec, state="paused", actor=actor, updated_at=utcnow())
-    key = f"paused:{len(rec.outbox)}:{secrets.token_hex(2)}"
-    return outbox_event(
-        out,
-        key,
-        RolloutPaused(
-            namespace=rec.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=rec.rollout_id,
-            version=rec.version,
-        ),
-    )
+    return _hold(rec, "paused", RolloutPaused, actor=actor, reason=reason)
 
 
 def resume(rec: RolloutInfo, *, actor: str, reason: str) -> RolloutInfo:
-    out = replace(rec, state="running", actor=actor, updated_at=utcnow())
-    key = f"resumed:{len(rec.outbox)}:{secrets.token_hex(2)}"
+    return _hold(rec, "running", RolloutResumed, actor=actor, reason=reason)
+
+
+def _hold(
+    rec: RolloutInfo,
+    state: Literal["paused", "running"],
+    event: type[RolloutPaused] | type[RolloutResumed],
+    *,
+    actor: str,
+    reason: str,
+) -> RolloutInfo:
+    """Pause or resume: the new state, and its event in the outbox (a key of its own each
+    time, since a rollout may be paused and resumed many times)."""
+    out = replace(rec, state=state, actor=actor, updated_at=utcnow())
+    key = f"{'paused' if state == 'paused' else 'resumed'}:{len(rec.outbox)}:{secrets.token_hex(2)}"
     return outbox_event(
         out,
         key,
-        RolloutResumed(
+        event(
             namespace=rec.namespace,
             actor=actor,
             reason=reason,

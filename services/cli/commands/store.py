@@ -17,7 +17,6 @@ Exit codes: 0 ok; 1 refused or failed (reason on stderr); 2 usage; 3 unreachable
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import hashlib
 import json
@@ -27,17 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import msgspec
-import nats.errors
 import yaml
-from nats.aio.msg import Msg
 
-from schemas import subjects
 from schemas.api import store as store_api
-from schemas.base import DECODE_ERRORS
 from schemas.changes import ChangeProposed
-from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
 from schemas.names import FORMATS, Format
 from schemas.policy import Policy
 from schemas.streams import MAX_PAYLOAD
@@ -47,7 +40,7 @@ from services.cli.commands import backup
 from services.cli.commands.publishwait import wait_for_production
 from services.cli.exitcodes import FAILED, OK, USAGE, CliError
 from services.runtime.codec import encode
-from services.runtime.errors import InvalidInput, Unavailable
+from services.runtime.errors import InvalidInput
 from services.runtime.identity import is_identity, pinned_op
 
 _EXTENSIONS: dict[str, Format] = {
@@ -348,43 +341,14 @@ async def publish_as(
         base=args.base,
         strategy=args.strategy,
     )
-    size = len(encode(change))
-    if size > MAX_PAYLOAD:
-        raise InvalidInput(
-            f"the change is {size} bytes on the wire (content {len(content)} bytes, base64): "
-            f"more than the bus carries ({MAX_PAYLOAD})",
-            where="content",
-        )
-    send, receive = anyio.create_memory_object_stream[AnyEvent](100)
 
-    async def on_event(msg: Msg) -> None:
-        try:
-            event = decode_event(msg.data)
-        except DECODE_ERRORS:
-            return
-        if isinstance(event, VersionCreated | VersionRejected) and event.change_id == change_id:
-            with contextlib.suppress(anyio.WouldBlock):
-                send.send_nowait(event)
-
-    # Subscribe before proposing, so the outcome cannot slip past.
-    sub = await client.bus.nc.subscribe(subjects.event(ns, "version.>"), cb=on_event)
-    try:
-        with anyio.move_on_after(args.timeout):
-            ack = await client.store_call(
-                pinned_op("propose", user, ns), change, _Accepted, timeout=10.0
-            )
-            # The same wait as after Client.publish (kept in one place, in the client).
-            return await client._outcome(change, sha, ack.duplicate, receive)
-        raise Unavailable(
-            f"{ns}: no outcome for change {change_id} within {args.timeout:g}s — it may still "
-            f"be queued (is the version store running?); publishing it again with --id "
-            f"{change_id} is safe"
+    async def send() -> bool:
+        ack = await client.store_call(
+            pinned_op("propose", user, ns), change, _Accepted, timeout=10.0
         )
-    finally:
-        with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-        send.close()
-        receive.close()
+        return ack.duplicate
+
+    return await client.submit(change, send, args.timeout)
 
 
 async def run_publish(args: argparse.Namespace, client: Client) -> int:
