@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-import nats.errors
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
 from schemas.api.dist import RolloutInfo
@@ -21,6 +19,7 @@ from schemas.streams import CFG_EVENTS, CFG_TXN
 from schemas.txn import Decision, decode_txn
 from services.cli.client import Client
 from services.runtime.bus import Bus
+from tests.e2e.helpers import read_messages
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
 
@@ -84,31 +83,7 @@ async def set_policy(client: Client, **fields: Any) -> Policy:
 
 async def read_all(bus: Bus, stream: str, subject: str) -> list[tuple[Any, bytes]]:
     """Every message of ``stream`` matching ``subject`` (with its metadata), in order."""
-    info = await bus.js.stream_info(stream)
-    if info.state.messages == 0:
-        return []
-    out: list[tuple[Any, bytes]] = []
-    sub = await bus.js.subscribe(
-        subject,
-        stream=stream,
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
-    try:
-        cinfo = await sub.consumer_info()
-        delivered = cinfo.delivered.consumer_seq if cinfo.delivered else 0
-        if not cinfo.num_pending and not delivered:
-            return out  # nothing matches
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=2.0)
-            except nats.errors.TimeoutError:
-                return out
-            out.append((msg.metadata, msg.data))
-            if msg.metadata.num_pending == 0:
-                return out
-    finally:
-        await sub.unsubscribe()
+    return [(m.metadata, m.data) for m in await read_messages(bus, stream, subject)]
 
 
 async def events(bus: Bus, ns: str = NS) -> list[AnyEvent]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import anyio
 import msgspec
 import nats.errors
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
@@ -64,12 +65,12 @@ async def switch(
     )
 
 
-async def read_stream(bus: Bus, stream: str, subject: str) -> list[tuple[str, bytes]]:
-    """Every message of ``stream`` matching ``subject``, in order (empty if none)."""
+async def read_messages(bus: Bus, stream: str, subject: str) -> list[Msg]:
+    """Every message of ``stream`` matching ``subject``, in stream order (empty if none)."""
     info = await bus.js.stream_info(stream)
     if info.state.messages == 0:
         return []
-    out: list[tuple[str, bytes]] = []
+    out: list[Msg] = []
     sub = await bus.js.subscribe(
         subject,
         stream=stream,
@@ -77,16 +78,25 @@ async def read_stream(bus: Bus, stream: str, subject: str) -> list[tuple[str, by
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
     )
     try:
+        cinfo = await sub.consumer_info()
+        delivered = cinfo.delivered.consumer_seq if cinfo.delivered else 0
+        if not cinfo.num_pending and not delivered:
+            return out  # nothing matches: do not wait for a message
         while True:
             try:
-                msg = await sub.next_msg(timeout=1.0)
+                msg = await sub.next_msg(timeout=2.0)
             except nats.errors.TimeoutError:
                 return out
-            out.append((msg.subject, msg.data))
+            out.append(msg)
             if msg.metadata.num_pending == 0:
                 return out
     finally:
         await sub.unsubscribe()
+
+
+async def read_stream(bus: Bus, stream: str, subject: str) -> list[tuple[str, bytes]]:
+    """``read_messages`` as (subject, data) pairs."""
+    return [(m.subject, m.data) for m in await read_messages(bus, stream, subject)]
 
 
 async def txn_records(bus: Bus, ns: str) -> list[TxnMessage]:
