@@ -36,6 +36,9 @@ class StreamSpec:
     # nats-server 2.15 caps every stream at 1000 consumers unless the stream says otherwise
     # (and reads -1 as "the default"), so the limit is always explicit.
     max_consumers: int = 10_000
+    # Atomic batch publish (nats-server ≥ 2.12, ADR-50): a batch is stored all or nothing and
+    # fsynced once — the group commit of a service that emits many events at a time.
+    allow_atomic: bool = True
 
 
 @dataclass(frozen=True)

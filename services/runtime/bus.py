@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -34,6 +36,18 @@ from services.runtime.errors import Unavailable
 log = logging.getLogger("confbus.bus")
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+# nats-server refuses an atomic batch of more messages than this (its default limit).
+ATOMIC_BATCH_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message of ``Bus.publish_batch``. The id is required: a refused batch is published
+    again message by message, and the ids make a repeat of what did land harmless."""
+
+    subject: str
+    msg: Any  # a Struct, or bytes as they are
+    msg_id: str
 
 
 @dataclass
@@ -70,6 +84,66 @@ class Bus:
             nats.errors.ConnectionReconnectingError,
         ) as exc:
             raise Unavailable(f"publish to {subject} not acknowledged: {exc!r}") from exc
+
+    async def publish_batch(
+        self, items: Sequence[Outgoing], *, timeout: float = 5.0
+    ) -> list[Exception | None]:
+        """Publish to one stream; per item ``None`` once stored, else why not (``Unavailable``).
+
+        Messages go as JetStream atomic batches (ADR-50): stored all or none and fsynced once
+        per batch instead of once per message — the difference between ~6,000 and ~40,000
+        fsynced messages/s on one disk. A batch the server refuses (a message id it has seen
+        already, as a redelivery repeats; too many batches in flight) or whose ack is lost is
+        published again one message at a time.
+        """
+        results: list[Exception | None] = [None] * len(items)
+        for start in range(0, len(items), ATOMIC_BATCH_MAX):
+            chunk = items[start : start + ATOMIC_BATCH_MAX]
+            if len(chunk) > 1 and await self._publish_atomic(chunk, timeout):
+                continue
+
+            async def one(i: int, it: Outgoing) -> None:
+                try:
+                    await self.publish(it.subject, it.msg, msg_id=it.msg_id, timeout=timeout)
+                except Exception as exc:  # reported per item to the caller
+                    results[i] = exc
+
+            async with anyio.create_task_group() as tg:
+                for i, it in enumerate(chunk, start):
+                    tg.start_soon(one, i, it)
+        return results
+
+    async def _publish_atomic(self, chunk: Sequence[Outgoing], timeout: float) -> bool:
+        batch_id = secrets.token_hex(12)
+        last = len(chunk)
+        try:
+            for seq, it in enumerate(chunk, 1):
+                headers = {
+                    "Nats-Batch-Id": batch_id,
+                    "Nats-Batch-Sequence": str(seq),
+                    "Nats-Msg-Id": it.msg_id,
+                }
+                data = it.msg if isinstance(it.msg, bytes) else encode(it.msg)
+                if seq < last:
+                    await self.nc.publish(it.subject, data, headers=headers)
+                else:
+                    headers["Nats-Batch-Commit"] = "1"
+                    reply = await self.nc.request(it.subject, data, timeout, headers=headers)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.info("atomic batch not acknowledged", extra={"error": repr(exc)})
+            return False
+        try:
+            ack = msgspec.json.decode(reply.data)
+        except msgspec.DecodeError:
+            ack = None
+        if not isinstance(ack, dict) or "error" in ack or ack.get("count") != last:
+            # Mostly a message id stored before (a redelivered change's event): the whole
+            # batch is refused, so each message goes on its own and the repeat is dropped.
+            log.info(
+                "atomic batch refused", extra={"reply": reply.data[:200].decode(errors="replace")}
+            )
+            return False
+        return True
 
     async def close(self) -> None:
         if self.nc.is_closed:
@@ -174,6 +248,7 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         num_replicas=replicas,
         duplicate_window=spec.duplicate_window_s,
         max_consumers=spec.max_consumers,
+        allow_atomic=spec.allow_atomic or None,
     )
 
 

@@ -43,10 +43,10 @@ from schemas.events import Event, VersionCreated, VersionRejected
 from schemas.names import ChangeId, Namespace
 from schemas.policy import Policy
 from schemas.versions import VersionInfo
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, Outgoing
 from services.runtime.consumer import Delivery
 from services.runtime.errors import ConfbusError, InvalidInput, Unavailable
-from services.runtime.events import emit
+from services.runtime.events import emit, event_subject
 from services.runtime.failpoints import failpoint
 from services.version_store.errors import InvalidConfig, NotFound, StoreError, VersionConflict
 from services.version_store.eventlog import Announced, scan
@@ -382,26 +382,42 @@ class ChangeHandler:
                 o.event = None
 
     async def _announce(self, outcomes: list[_Outcome]) -> None:
-        async def one(o: _Outcome) -> None:
+        """Remember the rejections, then publish every event of the batch as one atomic batch
+        (one fsync in nats-server for the lot). An outcome not announced fails its own
+        delivery only: the redelivery finds the version stored and announces it then."""
+        failed: dict[int, Exception] = {}
+
+        async def remember(o: _Outcome, rejection: Rejection) -> None:
             try:
-                if o.rejection is not None:
-                    await self.rejections.remember(o.rejection)
-                ev = o.event
-                if isinstance(ev, VersionCreated):
-                    await emit(self.bus, ev, msg_id=created_msg_id(ev.namespace, ev.version))
-                elif isinstance(ev, VersionRejected):
-                    await emit(self.bus, ev, msg_id=rejected_msg_id(ev.namespace, ev.change_id))
+                await self.rejections.remember(rejection)
             except Exception as exc:
-                # Not announced: redeliver this change (and only this one); the version is
-                # stored, so the redelivery finds it and announces it then.
-                o.item.fail(exc if isinstance(exc, Unavailable) else Unavailable(repr(exc)))
-                return
-            self.metrics.changes.labels(o.kind).inc()
-            _log(o)
+                failed[id(o)] = exc
 
         async with anyio.create_task_group() as tg:
             for o in outcomes:
-                tg.start_soon(one, o)
+                if o.rejection is not None:
+                    tg.start_soon(remember, o, o.rejection)
+        sending = [(o, o.event) for o in outcomes if o.event is not None and id(o) not in failed]
+        results = await self.bus.publish_batch(
+            [Outgoing(event_subject(ev), ev, _event_msg_id(ev)) for _, ev in sending]
+        )
+        for (o, _), exc in zip(sending, results, strict=True):
+            if exc is not None:
+                failed[id(o)] = exc
+        for o in outcomes:
+            exc = failed.get(id(o))
+            if exc is not None:
+                o.item.fail(exc if isinstance(exc, Unavailable) else Unavailable(repr(exc)))
+                continue
+            self.metrics.changes.labels(o.kind).inc()
+            _log(o)
+
+
+def _event_msg_id(ev: Event) -> str:
+    if isinstance(ev, VersionCreated):
+        return created_msg_id(ev.namespace, ev.version)
+    assert isinstance(ev, VersionRejected)
+    return rejected_msg_id(ev.namespace, ev.change_id)
 
 
 def _log(o: _Outcome) -> None:
