@@ -16,6 +16,7 @@ is the async composition the agent uses for a prepare::
         ...                                          # → vote no, reason=no.reason
     # Decision (the agent calls observe_epoch(decision.epoch) first):
     outcome = await anyio.to_thread.run_sync(disk.commit, txid, version, sha256)
+    # APPLIED → announce it, then disk.flush() (records it; the commit deferred that)
     # MISSING → fetch the version's content, then disk.apply(version, sha256, content)
     await anyio.to_thread.run_sync(disk.abort, txid)
     await anyio.to_thread.run_sync(disk.save_stream_seq, seq)   # after each CFG_TXN message
@@ -41,11 +42,15 @@ Crash safety
 ------------
 Stage: staged file durable *before* the PREPARED record (so a record always has its bytes).
 Abort: record dropped *before* the staged file (so a record never lacks its bytes).
-Install (commit, apply, restore): write the ``installing`` intent → rename the new file over the
+Install (apply, restore): write the ``installing`` intent → rename the new file over the
 live one → record it as applied → copy it into the history. ``load`` finishes or forgets an
 interrupted install by comparing the live file's sha256 with the intent's: the live file is
 whole either way, and the applied record is only ever written once the live file holds
 exactly that version's bytes.
+Commit: the PREPARED record is the intent (it names the version, sha256 and staged file), so
+the commit is one rename (+ the directory's fsync) and the agent announces the apply at once;
+``flush`` then records it and copies it into the history. ``load`` finishes a commit whose
+staged file is gone and whose bytes the live file holds (only a commit decision renames).
 """
 
 from __future__ import annotations
@@ -120,6 +125,9 @@ class NamespaceDisk:
         # resolved by asking for the decision; an install intent is finished or forgotten).
         self._pending_seq = 0
         self._announced_version = 0
+        # A commit renamed over the live file whose applied record is not on disk yet
+        # (``flush`` writes it): the version's bytes, for the history.
+        self._deferred: tuple[Installing, bytes] | None = None
 
     # --- reading ------------------------------------------------------------------------
 
@@ -135,11 +143,17 @@ class NamespaceDisk:
         try:
             names = os.listdir(self._versions)
         except FileNotFoundError:
-            return []
-        return sorted(int(n) for n in names if n.isdigit())
+            names = []
+        versions = {int(n) for n in names if n.isdigit()}
+        if self._deferred is not None:  # on its way into the history (``flush``)
+            versions.add(self._deferred[0].version)
+        return sorted(versions)
 
     def version_bytes(self, version: int) -> bytes:
         """The bytes of a version from the local history (``VersionNotOnDisk`` if absent)."""
+        deferred = self._deferred
+        if deferred is not None and deferred[0].version == version:
+            return deferred[1]
         data = read_if_exists(self._versions / str(version))
         if data is None:
             raise VersionNotOnDisk(self.namespace, version)
@@ -184,6 +198,13 @@ class NamespaceDisk:
             remove_temps(self._versions)
             if st.installing is not None:
                 st = self._resolve_install(st, st.installing)
+            if st.prepared is not None and st.prepared.sha256 == self._renamed_sha256(st):
+                # A commit renamed the staged file over the live one and the process stopped
+                # before recording it (``flush``): only a commit decision renames, so the
+                # PREPARED record was that install's intent. Finish it (announced: no).
+                p = st.prepared
+                intent = Installing(version=p.version, sha256=p.sha256, txid=p.txid)
+                st = self._finish_install(st, intent)
             keep = st.prepared.staged if st.prepared else None
             for name in self._staged_names():
                 if name != keep:
@@ -315,12 +336,20 @@ class NamespaceDisk:
                 return CommitOutcome.NOT_NEWER
             if held is None or (held.version, held.sha256) != (version, sha256):
                 return CommitOutcome.MISSING
+            intent = Installing(version=version, sha256=sha256, txid=txid)
             staged = self.live_path.with_name(held.staged)
             data = read_if_exists(staged)
             if data is None or sha256_bytes(data) != sha256:
                 # Never rename bytes that are not the version's (DESIGN §8 invariant 4).
                 return CommitOutcome.MISSING
-            self._install(version, sha256, staged, data, txid)
+            # The commit's critical path is this one rename (and its directory's fsync): the
+            # PREPARED record on disk already names the version, its sha256 and its staged
+            # file, so it serves as the install intent. Recording the apply (two fsyncs) and
+            # keeping the bytes in the history (two more) wait for ``flush``, which the agent
+            # calls once it has announced the apply; the state in memory says applied at once.
+            replace_durably(staged, self.live_path)
+            self._state, _ = self._installed(st, intent)
+            self._deferred = (intent, data)
             return CommitOutcome.APPLIED
 
     def abort(self, txid: str) -> bool:
@@ -454,6 +483,12 @@ class NamespaceDisk:
                 result = self.abort(txid)
             return result, self.snapshot()
 
+    def flush(self) -> LocalState:
+        """Record what ``commit`` deferred: the applied record and the history copy (every
+        other change of the disk does it first, too). Returns the state."""
+        with self._guard():
+            return self.snapshot()
+
     def save_stream_seq(self, seq: int) -> None:
         """Persist the last CFG_TXN sequence processed (the ordered consumer resumes after it)."""
         with self._guard():
@@ -469,12 +504,25 @@ class NamespaceDisk:
         (and recovers) from disk instead of trusting a state that may not have been written."""
         with self._lock:
             try:
+                self._settle()
                 yield
             except Refused:
                 raise
             except BaseException:
                 self._state = None
                 raise
+
+    def _settle(self) -> None:
+        """Finish what ``commit`` deferred: write the applied record, keep the bytes."""
+        if self._deferred is None:
+            return
+        intent, data = self._deferred
+        self._deferred = None
+        if self._state is None:
+            return  # reloading after a failure: ``load`` finishes the commit from the disk
+        self._write(self._state)
+        self._remember(intent.version, data)
+        self._prune()
 
     def _current(self) -> DiskState:
         if self._state is None:
@@ -559,21 +607,34 @@ class NamespaceDisk:
         self._remember(version, data)
         self._prune()
 
-    def _finish_install(self, st: DiskState, intent: Installing) -> DiskState:
+    def _installed(
+        self, st: DiskState, intent: Installing
+    ) -> tuple[DiskState, PreparedRecord | None]:
+        """The state once ``intent`` is installed, and the prepared transaction it made stale."""
         applied = AppliedRecord(
             version=intent.version, sha256=intent.sha256, txid=intent.txid, announced=False
         )
         prepared = st.prepared
         # A prepared transaction at or below what is now applied can never apply: drop it.
         stale = prepared if prepared is not None and prepared.version <= intent.version else None
-        st = self._write(
-            msgspec.structs.replace(
-                st, applied=applied, installing=None, prepared=None if stale else prepared
-            )
+        st = msgspec.structs.replace(
+            st, applied=applied, installing=None, prepared=None if stale else prepared
         )
+        return st, stale
+
+    def _finish_install(self, st: DiskState, intent: Installing) -> DiskState:
+        st, stale = self._installed(st, intent)
+        st = self._write(st)
         if stale is not None:
             remove_quietly(self.live_path.with_name(stale.staged))
         return st
+
+    def _renamed_sha256(self, st: DiskState) -> str | None:
+        """The live file's sha256 if the prepared transaction's staged file is gone (renamed
+        over the live file?), else None."""
+        if st.prepared is None or self.live_path.with_name(st.prepared.staged).exists():
+            return None
+        return self.live_sha256()
 
     def _resolve_install(self, st: DiskState, intent: Installing) -> DiskState:
         live = read_if_exists(self.live_path)

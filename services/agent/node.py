@@ -328,6 +328,8 @@ class NodeAgent:
             },
         )
         await self._announce(bus, ns, d.version, d.sha256, d.txid, before)
+        # Now the bookkeeping the commit deferred to get here sooner (disk.commit, flush).
+        ns.state = await anyio.to_thread.run_sync(ns.disk.flush)
         await self._publish_heartbeat(bus, refresh=False)  # the state is fresh already
         if self.on_change_cmd:
             await run_on_change(self.on_change_cmd, ns.disk.live_path, d.namespace, d.version)

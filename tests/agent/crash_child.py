@@ -73,6 +73,7 @@ def run_txn(disk: NamespaceDisk, version: int, txid: str, epoch: int) -> None:
     disk.seal(txid)
     if DECISIONS[txid] == "commit":
         disk.commit(txid, version, p.sha256)
+        disk.flush()  # as the agent does once it has announced the apply
     else:
         disk.abort(txid)
 

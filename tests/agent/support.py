@@ -62,3 +62,4 @@ def commit_version(disk: NamespaceDisk, version: int, *, epoch: int = 1) -> None
     disk.stage(p)
     disk.seal(p.txid)
     assert disk.commit(p.txid, p.version, p.sha256) is CommitOutcome.APPLIED
+    disk.flush()

@@ -78,6 +78,7 @@ def check_recovered(root: Path, where: str) -> None:
         if DECISIONS[p.txid] == "commit":
             outcome = disk.commit(p.txid, p.version, p.sha256)
             assert outcome in (CommitOutcome.APPLIED, CommitOutcome.NOT_NEWER), where
+            disk.flush()
         else:
             assert disk.abort(p.txid), where
     after = disk.snapshot()

@@ -7,6 +7,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -22,6 +23,12 @@ from services.agent.state import (
     VersionNotOnDisk,
 )
 from tests.agent.support import NS, commit_version, content_for, make_prepare, open_disk, sha
+
+
+def open_disk_state(state_dir: Path) -> dict[str, Any]:
+    """The namespace's state record as it is on disk now."""
+    record: dict[str, Any] = msgspec.json.decode((state_dir / NS / "state.json").read_bytes())
+    return record
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -71,6 +78,13 @@ def test_stage_seal_commit_switches_the_live_file_byte_for_byte(
     )
     assert state.prepared is None and state.status == "ok" and not state.drifted
     assert state.history == (1, 2)
+    assert disk.version_bytes(2) == body
+    # On disk the PREPARED record stays the commit's record until the agent has announced
+    # the apply and flushes (a reload meanwhile finishes the commit from it).
+    assert open_disk_state(state_dir)["prepared"]["txid"] == "t2"
+    assert disk.flush() == state
+    assert open_disk_state(state_dir)["prepared"] is None
+    assert open_disk_state(state_dir)["applied"]["version"] == 2
     assert (state_dir / NS / "versions" / "2").read_bytes() == body
     assert leftovers(live.parent) == []
     hb = state.to_namespace_state()
@@ -483,6 +497,7 @@ def test_state_dir_on_another_file_system(root: Path, live: Path, other_fs: Path
     assert live.read_bytes() == content_for(1)
     assert disk.commit("t4", 4, p.sha256) is CommitOutcome.APPLIED
     assert live.read_bytes() == content_for(4)
+    disk.flush()
     assert disk.history() == [1, 3, 4]
 
 
@@ -541,14 +556,15 @@ def test_fsync_discipline(
 
     mark = len(spy.events)
     assert disk.commit("t2", 2, p.sha256) is CommitOutcome.APPLIED
-    events = spy.since(mark)
-    targets = [e[2] for e in events if e[0] == "replace"]
-    # intent, then the live file, then the applied record, then the history copy
-    assert targets[:3] == [record, live_path, record]
-    assert targets[3].endswith("/versions/2")
-    switch = events.index(("replace", str(staged.path.resolve()), live_path))
-    final = max(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == record)
-    assert ("fsync", live_dir, "") in events[switch:final]  # rename durable before recorded
+    # The commit itself: one rename (the PREPARED record is its intent), durable at once.
+    assert spy.since(mark) == [
+        ("replace", str(staged.path.resolve()), live_path),
+        ("fsync", live_dir, ""),
+    ]
+    mark = len(spy.events)
+    disk.flush()  # then the applied record, then the history copy
+    targets = [e[2] for e in spy.since(mark) if e[0] == "replace"]
+    assert targets[0] == record and targets[1].endswith("/versions/2")
 
     mark = len(spy.events)
     disk.mark_last_good(2)

@@ -447,7 +447,9 @@ class Agent:
         if outcome is CommitOutcome.APPLIED:
             self.applies.append((d.version, d.txid))
             if crash_at == "after_apply":
-                self.crash()
+                self.crash()  # before the apply is recorded (``flush``)
+            else:
+                self.disk.flush()  # as the agent does once it has announced the apply
         return True
 
     # -- in doubt ------------------------------------------------------------------------------
