@@ -33,7 +33,8 @@ and ``.<name>.confbus-tmp-*`` (an interrupted write, removed on load). A symlink
 path is replaced by the file, not followed.
 
 State directory ``<state_dir>/<namespace>/`` (mode 0700; may be on another file system):
-``state.json`` (``DiskState``: applied version and sha256, highest epoch, last stream
+``state.a``/``state.b`` (the ``DiskState`` record in two slots written in turn, one fsync per
+write — ``services.agent.record``: applied version and sha256, highest epoch, last stream
 sequence, the PREPARED record, the install intent, the last known good) and
 ``versions/<version>`` (the bytes of the last ``keep`` applied versions, plus the applied
 one and the last known good).
@@ -67,6 +68,7 @@ import msgspec
 from schemas.names import check_name, check_txid
 from schemas.txn import Prepare
 from services.agent.formats import check_content, run_validate
+from services.agent.record import RecordCorrupt, SlotRecord
 from services.agent.state import (
     AppliedRecord,
     CommitOutcome,
@@ -98,7 +100,8 @@ from services.agent.state_io import (
     write_temp,
 )
 
-STATE_FILE = "state.json"
+STATE_FILE = "state"  # two slots, state.a and state.b (services.agent.record)
+LEGACY_STATE_FILE = "state.json"  # one file replaced by rename: agents before 2026-11-27
 VERSIONS_DIR = "versions"
 _PRIVATE = FileMode(0o600)  # history may hold secret configs
 
@@ -111,7 +114,9 @@ class NamespaceDisk:
         self.live_path = Path(live_path)
         self.dir = Path(state_dir) / namespace
         self.keep = max(1, keep)
-        self._state_file = self.dir / STATE_FILE
+        self._record = SlotRecord(
+            self.dir, STATE_FILE, _PRIVATE, legacy=self.dir / LEGACY_STATE_FILE
+        )
         self._versions = self.dir / VERSIONS_DIR
         self._staged_prefix = f".{self.live_path.name}.confbus-staged-"
         self._lock = threading.RLock()
@@ -531,15 +536,19 @@ class NamespaceDisk:
         return self._state
 
     def _read(self) -> DiskState:
-        data = read_if_exists(self._state_file)
+        where = self.dir / f"{STATE_FILE}.{{a,b}}"
+        try:
+            data = self._record.read()
+        except RecordCorrupt as exc:
+            raise StateCorrupt(where, str(exc)) from exc
         if data is None:
             return DiskState(namespace=self.namespace)
         try:
             st = decode_state(data)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-            raise StateCorrupt(self._state_file, str(exc)) from exc
+            raise StateCorrupt(where, str(exc)) from exc
         if st.namespace != self.namespace:
-            raise StateCorrupt(self._state_file, f"it belongs to namespace {st.namespace!r}")
+            raise StateCorrupt(where, f"it belongs to namespace {st.namespace!r}")
         return st
 
     def _write(self, st: DiskState) -> DiskState:
@@ -548,8 +557,12 @@ class NamespaceDisk:
         a = st.applied
         if a is not None and not a.announced and a.version <= self._announced_version:
             st = msgspec.structs.replace(st, applied=msgspec.structs.replace(a, announced=True))
-        ensure_dir(self.dir, 0o700)
-        atomic_write(self._state_file, encode_state(st), _PRIVATE)
+        body = encode_state(st)
+        try:
+            self._record.write(body)
+        except FileNotFoundError:  # the first write, or the state dir was removed under us
+            ensure_dir(self.dir, 0o700)
+            self._record.write(body)
         self._state = st
         return st
 

@@ -6,13 +6,14 @@ Errors (rooted in ``services.runtime.errors``)::
      └── Permanent
           ├── Refused           vote no on this prepare: ``.kind`` is the check, ``.reason`` why
           ├── IntegrityError    bytes do not hash to the sha256 they claim: fetch them again
-          ├── StateCorrupt      state.json is unreadable: an operator must look; nothing is lost
+          ├── StateCorrupt      the state record is unreadable: an operator must look, nothing lost
           └── NotFound
                └── VersionNotOnDisk   the bytes of that version are not in the local history
 
-The on-disk record is one msgspec Struct (``DiskState``) in ``<state dir>/<ns>/state.json``,
-always written whole by atomic replace, so a crash leaves either the previous record or the new
-one. Readers ignore fields they do not know, so a newer agent's record stays readable.
+The on-disk record is one msgspec Struct (``DiskState``) in ``<state dir>/<ns>/state.{a,b}``
+(``services.agent.record``: two checksummed slots written in turn), so a crash leaves either the
+previous record or the new one. Readers ignore fields they do not know, so a newer agent's
+record stays readable.
 """
 
 from __future__ import annotations

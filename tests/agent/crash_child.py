@@ -35,7 +35,7 @@ DECISIONS = {"t2": "commit", "t3": "abort", "t5": "commit"}
 # Versions the live file may ever hold: the set-up's v1, then 2, 4 and 5; never the aborted 3.
 LIVE_VERSIONS = (1, 2, 4, 5)
 ENV = "CONFBUS_CRASH_AT"
-_FAULTY = ("write", "fsync", "replace", "rename", "unlink", "mkdir")
+_FAULTY = ("write", "pwrite", "ftruncate", "fsync", "replace", "rename", "unlink", "mkdir")
 
 
 class Crasher:
@@ -55,9 +55,10 @@ class Crasher:
     def _wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def faulty(*args: Any, **kwargs: Any) -> Any:
             if self._hit():
-                if name == "write":
+                if name in ("write", "pwrite"):
                     fd, data = args[0], bytes(args[1])
-                    real(fd, data[: len(data) // 2])  # a torn write
+                    torn = data[: len(data) // 2]  # a torn write
+                    real(fd, torn) if name == "write" else real(fd, torn, args[2])
                 os.kill(os.getpid(), signal.SIGKILL)
             result = real(*args, **kwargs)
             if self._hit():

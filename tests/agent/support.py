@@ -7,8 +7,10 @@ from pathlib import Path
 
 from schemas.names import Format
 from schemas.txn import Prepare
-from services.agent.disk import NamespaceDisk
+from services.agent.disk import STATE_FILE, NamespaceDisk
+from services.agent.record import SlotRecord
 from services.agent.state import CommitOutcome
+from services.agent.state_io import FileMode
 
 NS = "payments"
 
@@ -63,3 +65,13 @@ def commit_version(disk: NamespaceDisk, version: int, *, epoch: int = 1) -> None
     disk.seal(p.txid)
     assert disk.commit(p.txid, p.version, p.sha256) is CommitOutcome.APPLIED
     disk.flush()
+
+
+def state_record(ns_dir: Path) -> SlotRecord:
+    """The namespace's state record (two slot files) in ``<state dir>/<ns>``."""
+    return SlotRecord(ns_dir, STATE_FILE, FileMode(0o600))
+
+
+def record_bytes(ns_dir: Path) -> bytes | None:
+    """The newest state record's body as it is on disk now."""
+    return state_record(ns_dir).read()

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from services.agent.state import CommitOutcome
-from services.agent.state_io import TMP_MARK, sha256_file
+from services.agent.state_io import TMP_MARK, read_if_exists, sha256_file
 from tests.agent.crash_child import DECISIONS, ENV, LIVE_VERSIONS
 from tests.agent.support import NS, commit_version, content_for, open_disk, paths, sha
 
@@ -68,9 +68,9 @@ def check_recovered(root: Path, where: str) -> None:
         assert sha256_file(live.with_name(p.staged)) == p.sha256 == sha(content_for(p.version))
 
     # Recovery happens once: a second start finds nothing more to do.
-    record = (ns_dir / "state.json").read_bytes()
+    record = [read_if_exists(ns_dir / slot) for slot in ("state.a", "state.b")]
     assert open_disk(root).load() == state, where
-    assert (ns_dir / "state.json").read_bytes() == record, where
+    assert [read_if_exists(ns_dir / slot) for slot in ("state.a", "state.b")] == record, where
 
     # Finish the story as the agent would: learn the in-doubt decision and apply it.
     if state.prepared is not None:

@@ -22,12 +22,21 @@ from services.agent.state import (
     StateCorrupt,
     VersionNotOnDisk,
 )
-from tests.agent.support import NS, commit_version, content_for, make_prepare, open_disk, sha
+from tests.agent.support import (
+    NS,
+    commit_version,
+    content_for,
+    make_prepare,
+    open_disk,
+    record_bytes,
+    sha,
+    state_record,
+)
 
 
 def open_disk_state(state_dir: Path) -> dict[str, Any]:
     """The namespace's state record as it is on disk now."""
-    record: dict[str, Any] = msgspec.json.decode((state_dir / NS / "state.json").read_bytes())
+    record: dict[str, Any] = msgspec.json.decode(record_bytes(state_dir / NS) or b"")
     return record
 
 
@@ -138,7 +147,8 @@ def test_replaced_live_file_keeps_its_mode(disk: NamespaceDisk, live: Path) -> N
 def test_state_dir_is_private(disk: NamespaceDisk, state_dir: Path) -> None:
     commit_version(disk, 1)
     assert stat.S_IMODE((state_dir / NS).stat().st_mode) == 0o700
-    assert stat.S_IMODE((state_dir / NS / "state.json").stat().st_mode) == 0o600
+    for slot in ("state.a", "state.b"):
+        assert stat.S_IMODE((state_dir / NS / slot).stat().st_mode) == 0o600
     assert stat.S_IMODE((state_dir / NS / "versions" / "1").stat().st_mode) == 0o600
 
 
@@ -325,20 +335,55 @@ def test_stream_sequence_is_persisted(root: Path) -> None:
 
 def test_unreadable_state_is_reported_not_overwritten(root: Path, state_dir: Path) -> None:
     commit_version(open_disk(root), 1)
-    record = state_dir / NS / "state.json"
-    record.write_bytes(b"garbage")
+    slots = [state_dir / NS / "state.a", state_dir / NS / "state.b"]
+    for slot in slots:
+        slot.write_bytes(b"garbage")
     with pytest.raises(StateCorrupt) as info:
         open_disk(root).load()
-    assert str(record) in str(info.value)
-    assert record.read_bytes() == b"garbage"
+    assert str(state_dir / NS / "state.{a,b}") in str(info.value)
+    assert [slot.read_bytes() for slot in slots] == [b"garbage", b"garbage"]
+
+
+def test_a_torn_slot_falls_back_to_the_previous_record(root: Path, state_dir: Path) -> None:
+    """A crash mid-write spoils the slot being written; the other holds the state before it."""
+    disk = open_disk(root)
+    disk.load()
+    commit_version(disk, 1)
+    disk.save_stream_seq(7)
+    disk.save_stream_seq(9)
+    ns_dir = state_dir / NS
+    newest = max(("state.a", "state.b"), key=lambda n: (ns_dir / n).read_bytes().split()[2])
+    data = (ns_dir / newest).read_bytes()
+    (ns_dir / newest).write_bytes(data[: len(data) - 5])  # the write of seq 9, cut short
+    state = open_disk(root).load()
+    assert (state.applied_version, state.stream_seq) == (1, 7)
+
+
+def test_the_single_file_record_of_an_older_agent_is_read_and_replaced(
+    root: Path, state_dir: Path
+) -> None:
+    disk = open_disk(root)
+    disk.load()
+    commit_version(disk, 1)
+    ns_dir = state_dir / NS
+    body = record_bytes(ns_dir)
+    assert body is not None
+    for slot in ("state.a", "state.b"):
+        (ns_dir / slot).unlink()
+    (ns_dir / "state.json").write_bytes(body)  # how agents before the slots kept it
+    again = open_disk(root)
+    assert again.load().applied_version == 1
+    again.save_stream_seq(5)
+    assert not (ns_dir / "state.json").exists()
+    assert open_disk(root).load().stream_seq == 5
 
 
 def test_a_newer_agents_record_stays_readable(root: Path, state_dir: Path) -> None:
     commit_version(open_disk(root), 1)
-    record = state_dir / NS / "state.json"
-    data = msgspec.json.decode(record.read_bytes())
+    record = state_record(state_dir / NS)
+    data = msgspec.json.decode(record.read() or b"")
     data["field_from_the_future"] = {"x": 1}
-    record.write_bytes(msgspec.json.encode(data))
+    record.write(msgspec.json.encode(data))
     assert open_disk(root).load().applied_version == 1
 
 
@@ -541,7 +586,7 @@ def test_fsync_discipline(
 ) -> None:
     commit_version(disk, 1)
     spy = FsSpy(monkeypatch)
-    record = str(state_dir.resolve() / NS / "state.json")
+    slots = {str(state_dir.resolve() / NS / f"state.{s}") for s in "ab"}
     live_path, live_dir = str(live.resolve()), str(live.parent.resolve())
 
     p = make_prepare(2, txid="t2", epoch=1)
@@ -552,7 +597,9 @@ def test_fsync_discipline(
 
     mark = len(spy.events)
     disk.seal("t2")
-    assert [e[2] for e in spy.since(mark) if e[0] == "replace"] == [record]
+    # The PREPARED record: one slot rewritten in place, one fsync (services.agent.record).
+    (seal,) = spy.since(mark)
+    assert seal[0] == "fsync" and seal[1] in slots
 
     mark = len(spy.events)
     assert disk.commit("t2", 2, p.sha256) is CommitOutcome.APPLIED
@@ -562,9 +609,10 @@ def test_fsync_discipline(
         ("fsync", live_dir, ""),
     ]
     mark = len(spy.events)
-    disk.flush()  # then the applied record, then the history copy
-    targets = [e[2] for e in spy.since(mark) if e[0] == "replace"]
-    assert targets[0] == record and targets[1].endswith("/versions/2")
+    disk.flush()  # then the applied record (the other slot), then the history copy
+    events = spy.since(mark)
+    assert events[0][0] == "fsync" and events[0][1] in slots - {seal[1]}
+    assert [e[2] for e in events if e[0] == "replace"] == [f"{state_dir.resolve()}/{NS}/versions/2"]
 
     mark = len(spy.events)
     disk.mark_last_good(2)

@@ -42,6 +42,7 @@ from services.cli.client import Client
 from services.coordinator.head import Heads
 from services.runtime.bus import Bus, connect
 from services.runtime.errors import ConfbusError, Permanent
+from tests.agent.support import record_bytes
 from tests.e2e.helpers import events, txn_records
 from tests.ha.hastack import HaStack, etcd_leader, lease_holder, needs_etcd, start_ha, stream_leader
 from tests.helpers import eventually
@@ -287,7 +288,7 @@ async def check_fenced(bus: Bus, stack: HaStack) -> None:
     head = (await Heads(await bus.kv(CFG_TXN_HEAD.name)).get(NS)).value
     assert head.epoch >= highest
     for agent in stack.agents.values():
-        state = json.loads((agent.path.parents[1] / "state" / NS / "state.json").read_bytes())
+        state = json.loads(record_bytes(agent.path.parents[1] / "state" / NS) or b"")
         assert state["highest_epoch"] <= head.epoch, (agent.node, state["highest_epoch"])
 
 

@@ -63,7 +63,7 @@ async def test_a_stream_without_atomic_batches_gets_each_message(bus: Bus) -> No
 
 
 async def test_an_item_that_cannot_be_stored_is_reported_alone(bus: Bus) -> None:
-    items = _items("c", 3) + [Outgoing("nowhere.at.all", b"x", "x")]
+    items = [*_items("c", 3), Outgoing("nowhere.at.all", b"x", "x")]
     results = await bus.publish_batch(items)
     assert results[:3] == [None] * 3
     assert results[3] is not None
