@@ -89,6 +89,7 @@ from services.agent.state_io import (
     FileMode,
     atomic_write,
     ensure_dir,
+    fsync_dir,
     mode_of,
     read_if_exists,
     remove_quietly,
@@ -409,6 +410,9 @@ class NamespaceDisk:
                 digest = sha256_bytes(self.version_bytes(version))
                 if sha256 is not None and digest != sha256:
                     raise IntegrityError(f"kept version {version}", sha256, digest)
+                # Copied after an apply without its directory's fsync (``_settle``): the
+                # last known good's name must survive a power cut before it is relied on.
+                fsync_dir(self._versions)
             self._write(
                 msgspec.structs.replace(st, last_good=LastGood(version=version, sha256=digest))
             )
@@ -526,7 +530,9 @@ class NamespaceDisk:
         if self._state is None:
             return  # reloading after a failure: ``load`` finishes the commit from the disk
         self._write(self._state)
-        self._remember(intent.version, data)
+        # No directory fsync for this copy: the file is whole if its name survives a power
+        # cut, and if not, ``load`` copies the applied version back from the live file.
+        self._remember(intent.version, data, durable_name=False)
         self._prune()
 
     def _current(self) -> DiskState:
@@ -660,13 +666,22 @@ class NamespaceDisk:
         # a commit's PREPARED record and staged file are intact, so its decision is asked again.
         return self._write(msgspec.structs.replace(st, installing=None))
 
-    def _remember(self, version: int, data: bytes) -> None:
+    def _remember(self, version: int, data: bytes, *, durable_name: bool = True) -> None:
         """Keep a version's bytes in the history (pruning is the caller's next step, once the
-        state says which versions must stay)."""
+        state says which versions must stay). The bytes are always fsynced before they take
+        the name; ``durable_name=False`` skips the directory's fsync after the rename."""
         path = self._versions / str(version)
         if sha256_file(path) != sha256_bytes(data):
             ensure_dir(self._versions, 0o700)
-            atomic_write(path, data, _PRIVATE)
+            if durable_name:
+                atomic_write(path, data, _PRIVATE)
+            else:
+                tmp = write_temp(path, data, _PRIVATE)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    remove_quietly(tmp)
+                    raise
 
     def _prune(self) -> None:
         st = self._current()
