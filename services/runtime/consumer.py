@@ -43,6 +43,7 @@ from schemas.streams import StreamSpec
 from services.runtime.bus import Bus
 from services.runtime.errors import Permanent, Unavailable
 from services.runtime.metrics import ConsumerMetrics
+from services.runtime.pull import Puller
 
 log = logging.getLogger("confbus.consumer")
 
@@ -144,22 +145,14 @@ class Consumer(Generic[T]):
             max_deliver=-1,  # we decide when a message is hopeless, not a counter
             max_ack_pending=max(1000, self.batch * 4),
         )
-        psub = await self.bus.js.pull_subscribe(
-            self.filter_subject or self.stream.subjects[0],
-            durable=self.durable,
-            stream=self.stream.name,
-            config=config,
-        )
+        config.filter_subject = self.filter_subject or self.stream.subjects[0]
+        await self._ensure_consumer(config)
+        puller = await Puller(self.bus.nc, self.stream.name, self.durable).start()
         task_status.started()
         try:
             while True:
                 try:
-                    msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout_s)
-                except TimeoutError:
-                    # An empty fetch raises instead of returning [] — as nats.errors.
-                    # TimeoutError or, on one path of nats-py, a bare asyncio.TimeoutError
-                    # (both are TimeoutError).
-                    continue
+                    msgs = await puller.fetch(self.batch, timeout=self.fetch_timeout_s)
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                     await anyio.sleep(0.5)  # reconnecting: the client retries by itself
                     continue
@@ -167,15 +160,22 @@ class Consumer(Generic[T]):
                     log.warning("fetch failed", extra={"error": repr(exc)})
                     await anyio.sleep(0.5)
                     continue
-                await self._process(msgs)
+                if msgs:
+                    await self._process(msgs)
         finally:
-            # Unsubscribe before any drain: a late status reply to a timed-out fetch would
+            # Unsubscribe before any drain: a late status reply to a pull request would
             # otherwise make nc.drain() wait its whole drain_timeout (30 s).
             with anyio.CancelScope(shield=True):
-                try:
-                    await psub.unsubscribe()
-                except Exception:  # the connection may already be gone
-                    pass
+                await puller.stop()
+
+    async def _ensure_consumer(self, config: ConsumerConfig) -> None:
+        """Create the durable consumer unless it exists (then it is used as it is, as nats-py's
+        ``pull_subscribe`` does: its position is what matters)."""
+        js = self.bus.js
+        try:
+            await js.consumer_info(self.stream.name, self.durable)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(self.stream.name, config)
 
     async def _process(self, msgs: list[Msg]) -> None:
         batch: list[Delivery[T]] = []

@@ -1,0 +1,98 @@
+"""Pulling from a durable JetStream consumer without holding a lone message back.
+
+nats-py's ``fetch(batch, timeout)`` on an idle consumer sends a pull request for the whole batch
+and, once the first message arrives, keeps waiting for the rest of the batch until its timeout:
+a message published to an idle stream reached its handler up to ``timeout`` late (measured with
+a 1 s timeout: p90 187 ms, max 535 ms, where the median was 1.8 ms). Every confbus service
+consumes events this way, so that delay was in every step of a rollout.
+
+``Puller.fetch`` asks for what is there now (``no_wait``, up to ``batch``) and only when that is
+nothing waits with a pull for ONE message, returned the moment it arrives; the next call's
+``no_wait`` then takes whatever queued up behind it. Batches still form under load, which is
+when group commit matters.
+
+Pull requests go to ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`` with a reply subject of
+their own under one inbox subscription, so a late status (a 408 of a request we stopped waiting
+for) cannot end a newer request; a message delivered to any of them is a real delivery and is
+always returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger("confbus.pull")
+
+_API = "$JS.API.CONSUMER.MSG.NEXT"
+# Statuses that end a pull request: 404 no messages (no_wait), 408 expired, 409 (e.g. the
+# consumer was deleted or its leader changed: pull again).
+_ENDS = {"404", "408", "409"}
+
+
+def _status(msg: Msg) -> str | None:
+    """The status code of a server status message, or None for a stream message."""
+    if msg.data or not msg.headers:
+        return None
+    code = msg.headers.get("Status")
+    return code[:3] if isinstance(code, str) else None
+
+
+class Puller:
+    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+        self.nc = nc
+        self.subject = f"{_API}.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._ids = itertools.count()
+        self._sub: Subscription | None = None
+
+    async def start(self) -> Puller:
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*")
+        return self
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to ``batch`` messages: those available now, else the next one within ``timeout``
+        (else none)."""
+        msgs = await self._pull({"batch": batch, "no_wait": True}, batch, timeout + 1.0)
+        if msgs:
+            return msgs
+        expires = int(timeout * 1e9)
+        return await self._pull({"batch": 1, "expires": expires}, 1, timeout + 1.0)
+
+    async def _pull(self, request: dict[str, object], batch: int, wait_s: float) -> list[Msg]:
+        assert self._sub is not None, "Puller.start() first"
+        reply = f"{self._inbox}.{next(self._ids)}"
+        await self.nc.publish(self.subject, msgspec.json.encode(request), reply=reply)
+        msgs: list[Msg] = []
+        deadline = time.monotonic() + wait_s
+        while len(msgs) < batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break  # a status lost to a reconnect: the caller simply pulls again
+            try:
+                msg = await self._sub.next_msg(timeout=left)
+            except nats.errors.TimeoutError:
+                break
+            status = _status(msg)
+            if status is None:
+                msgs.append(msg)  # a delivery, whichever request it answers
+            elif msg.subject == reply and status in _ENDS:
+                if status == "409":
+                    log.info("pull ended", extra={"status": msg.headers})
+                break
+            # else: a status for an older request, or a heartbeat: not ours to act on
+        return msgs

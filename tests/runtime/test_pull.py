@@ -1,0 +1,72 @@
+"""``Puller`` against a real nats-server: a lone message is returned when it arrives, not when
+the pull's timeout runs out; what queued up comes as one batch, capped; an idle pull ends
+empty. (The latency tail of nats-py's ``fetch`` it replaces shows in the benchmarks: publish →
+all applied.)"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from schemas.streams import CFG_EVENTS
+from services.runtime.bus import Bus
+from services.runtime.pull import Puller
+
+pytestmark = pytest.mark.anyio
+
+LONG = 30.0  # a pull's timeout far beyond the test's own bound
+
+
+async def _puller(bus: Bus) -> Puller:
+    await bus.js.add_consumer(
+        CFG_EVENTS.name,
+        ConsumerConfig(
+            durable_name="t", ack_policy=AckPolicy.EXPLICIT, filter_subject="cfg.event.>"
+        ),
+    )
+    return await Puller(bus.nc, CFG_EVENTS.name, "t").start()
+
+
+async def test_a_lone_message_on_an_idle_consumer_is_returned_when_it_arrives(bus: Bus) -> None:
+    puller = await _puller(bus)
+    got: list[bytes] = []
+
+    async def pull() -> None:
+        got.extend(m.data for m in await puller.fetch(50, timeout=LONG))
+
+    with anyio.fail_after(5):  # a pull that waited for a whole batch would take 30 s
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pull)
+            await anyio.sleep(
+                0.2
+            )  # let the pull go idle first (not synchronisation: both orders pass)
+            await bus.publish("cfg.event.app.x", b"one")
+    assert got == [b"one"]
+    await puller.stop()
+
+
+async def test_queued_messages_come_as_one_batch_and_an_empty_pull_ends(bus: Bus) -> None:
+    puller = await _puller(bus)
+    for i in range(10):
+        await bus.publish("cfg.event.app.x", f"m{i}".encode())
+    with anyio.fail_after(5):
+        msgs = await puller.fetch(50, timeout=LONG)
+    assert [m.data for m in msgs] == [f"m{i}".encode() for i in range(10)]
+    for m in msgs:
+        await m.ack()
+    with anyio.fail_after(5):
+        assert await puller.fetch(50, timeout=0.3) == []
+    await puller.stop()
+
+
+async def test_a_batch_is_capped(bus: Bus) -> None:
+    puller = await _puller(bus)
+    for i in range(7):
+        await bus.publish("cfg.event.app.x", f"m{i}".encode())
+    with anyio.fail_after(5):
+        first = await puller.fetch(3, timeout=LONG)
+        second = await puller.fetch(50, timeout=LONG)
+    assert [m.data for m in first] == [b"m0", b"m1", b"m2"]
+    assert [m.data for m in second] == [f"m{i}".encode() for i in range(3, 7)]
+    await puller.stop()
