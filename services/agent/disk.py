@@ -350,9 +350,9 @@ class NamespaceDisk:
                 return CommitOutcome.MISSING
             # The commit's critical path is this one rename (and its directory's fsync): the
             # PREPARED record on disk already names the version, its sha256 and its staged
-            # file, so it serves as the install intent. Recording the apply (two fsyncs) and
-            # keeping the bytes in the history (two more) wait for ``flush``, which the agent
-            # calls once it has announced the apply; the state in memory says applied at once.
+            # file, so it serves as the install intent. Recording the apply and keeping the
+            # bytes in the history (an fsync each) wait for ``flush``, which the agent calls
+            # once it has announced the apply; the state in memory says applied at once.
             replace_durably(staged, self.live_path)
             self._state, _ = self._installed(st, intent)
             self._deferred = (intent, data)

@@ -21,6 +21,7 @@ path carries an idempotency key).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
@@ -162,6 +163,12 @@ class Consumer(Generic[T]):
                     continue
                 if msgs:
                     await self._process(msgs)
+                elif puller.trouble is not None:
+                    # The consumer is gone (deleted by hand?) or JetStream is electing a
+                    # leader: back off, then make sure the consumer exists.
+                    await anyio.sleep(0.5)
+                    with contextlib.suppress(Exception):
+                        await self._ensure_consumer(config)
         finally:
             # Unsubscribe before any drain: a late status reply to a pull request would
             # otherwise make nc.drain() wait its whole drain_timeout (30 s).

@@ -33,9 +33,11 @@ from nats.aio.subscription import Subscription
 log = logging.getLogger("confbus.pull")
 
 _API = "$JS.API.CONSUMER.MSG.NEXT"
-# Statuses that end a pull request: 404 no messages (no_wait), 408 expired, 409 (e.g. the
-# consumer was deleted or its leader changed: pull again).
-_ENDS = {"404", "408", "409"}
+# Statuses that end a pull request: 404 no messages (no_wait), 408 expired; and the troubled
+# ones (``Puller.trouble``): 409 (e.g. the consumer was deleted, or its leader changed) and
+# 503 (no responders: no such consumer, or JetStream is not up).
+_ENDS = {"404", "408", "409", "503"}
+_TROUBLE = {"409", "503"}
 
 
 def _status(msg: Msg) -> str | None:
@@ -53,6 +55,9 @@ class Puller:
         self._inbox = nc.new_inbox()
         self._ids = itertools.count()
         self._sub: Subscription | None = None
+        # The status that ended the last pull if it was trouble (409, 503), else None: the
+        # caller backs off and makes sure its consumer exists before pulling again.
+        self.trouble: str | None = None
 
     async def start(self) -> Puller:
         self._sub = await self.nc.subscribe(f"{self._inbox}.*")
@@ -68,7 +73,7 @@ class Puller:
         """Up to ``batch`` messages: those available now, else the next one within ``timeout``
         (else none)."""
         msgs = await self._pull({"batch": batch, "no_wait": True}, batch, timeout + 1.0)
-        if msgs:
+        if msgs or self.trouble:
             return msgs
         expires = int(timeout * 1e9)
         return await self._pull({"batch": 1, "expires": expires}, 1, timeout + 1.0)
@@ -78,6 +83,7 @@ class Puller:
         reply = f"{self._inbox}.{next(self._ids)}"
         await self.nc.publish(self.subject, msgspec.json.encode(request), reply=reply)
         msgs: list[Msg] = []
+        self.trouble = None
         deadline = time.monotonic() + wait_s
         while len(msgs) < batch:
             left = deadline - time.monotonic()
@@ -91,8 +97,9 @@ class Puller:
             if status is None:
                 msgs.append(msg)  # a delivery, whichever request it answers
             elif msg.subject == reply and status in _ENDS:
-                if status == "409":
-                    log.info("pull ended", extra={"status": msg.headers})
+                if status in _TROUBLE:
+                    self.trouble = status
+                    log.info("pull refused", extra={"status": msg.headers})
                 break
             # else: a status for an older request, or a heartbeat: not ours to act on
         return msgs

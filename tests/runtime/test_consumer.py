@@ -17,6 +17,7 @@ from services.runtime.bus import Bus
 from services.runtime.consumer import Backoff, Consumer, Delivery
 from services.runtime.errors import InvalidInput, Unavailable
 from services.runtime.metrics import ConsumerMetrics
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -219,3 +220,30 @@ async def test_deep_nesting_is_dead_lettered_and_a_secret_stream_keeps_only_a_ha
     assert letter.data == b""
     assert letter.data_sha256 == hashlib.sha256(deep).hexdigest()
     assert letter.data_size == len(deep)
+
+
+async def test_a_consumer_deleted_by_hand_is_made_again_and_consuming_goes_on(bus: Bus) -> None:
+    seen: list[str] = []
+    got = {"before": anyio.Event(), "after": anyio.Event()}
+
+    async def handler(batch: Sequence[Delivery[ChangeProposed]]) -> None:
+        for d in batch:
+            seen.append(d.value.change_id)
+            got[d.value.change_id].set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(make_consumer(bus, handler, fetch_timeout_s=0.5).run)
+        await bus.publish(subjects.change("ns1"), change("ns1", "before"), msg_id="b")
+        with anyio.fail_after(10):
+            await got["before"].wait()
+
+        async def acked() -> bool:
+            return (await bus.js.stream_info(CFG_CHANGES.name)).state.messages == 0
+
+        await eventually(acked, what="the first change acked")
+        await bus.js.delete_consumer(CFG_CHANGES.name, "test")
+        await bus.publish(subjects.change("ns1"), change("ns1", "after"), msg_id="a")
+        with anyio.fail_after(20):
+            await got["after"].wait()
+        tg.cancel_scope.cancel()
+    assert seen == ["before", "after"]
