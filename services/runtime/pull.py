@@ -25,7 +25,6 @@ import logging
 import time
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -91,7 +90,7 @@ class Puller:
                 break  # a status lost to a reconnect: the caller simply pulls again
             try:
                 msg = await self._sub.next_msg(timeout=left)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError is one
                 break
             status = _status(msg)
             if status is None:
