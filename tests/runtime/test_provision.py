@@ -3,6 +3,8 @@ for more agents than nats-server's default of 1000 consumers per stream."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import anyio
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -50,3 +52,15 @@ async def test_cfg_txn_takes_more_than_a_thousand_agents(bus: Bus) -> None:
                     tg.start_soon(one, i)
     assert created == 1050
     assert (await bus.js.stream_info(CFG_TXN.name)).state.consumer_count == 1050
+
+
+async def test_streams_of_an_older_deployment_get_atomic_batches(bus: Bus) -> None:
+    """Streams made before atomic batches were used (allow_atomic off) are updated at start-up."""
+    old = [dataclasses.replace(spec, allow_atomic=False) for spec in STREAMS]
+    for spec in old:
+        await bus.js.delete_stream(spec.name)
+    await provision(bus, streams=old)
+    assert not (await bus.js.stream_info("CFG_EVENTS")).config.allow_atomic
+    await provision(bus)
+    for spec in STREAMS:
+        assert (await bus.js.stream_info(spec.name)).config.allow_atomic, spec.name
