@@ -37,6 +37,16 @@ async def dlq_letters(bus: Bus, n: int) -> list[DeadLetter]:
     return out
 
 
+async def drained(bus: Bus) -> None:
+    """Wait until every change is acked or terminated (the work queue empties): the consumer
+    acks after its handler returns, so "handled" is not yet "acked"."""
+
+    async def empty() -> bool:
+        return (await bus.js.stream_info(CFG_CHANGES.name)).state.messages == 0
+
+    await eventually(empty, what="the work queue drained")
+
+
 def make_consumer(bus: Bus, handler: object, **kw: object) -> Consumer[ChangeProposed]:
     return Consumer(
         bus=bus,
@@ -67,6 +77,7 @@ async def test_undecodable_goes_to_dlq_and_consuming_continues(bus: Bus) -> None
         await tg.start(make_consumer(bus, handler).run)
         with anyio.fail_after(10):
             await done.wait()
+        await drained(bus)
         tg.cancel_scope.cancel()
     assert seen == ["after"]
     letters = await dlq_letters(bus, 2)
@@ -140,6 +151,7 @@ async def test_unknown_newer_tag_is_acked_and_skipped(bus: Bus) -> None:
         await tg.start(make_consumer(bus, handler).run)
         with anyio.fail_after(10):
             await done.wait()
+        await drained(bus)
         tg.cancel_scope.cancel()
     assert seen == ["now"]
     assert (await bus.js.stream_info(CFG_DLQ.name)).state.messages == 0
@@ -187,6 +199,7 @@ async def test_a_poisoned_batch_costs_only_the_poisoned_message(bus: Bus) -> Non
     async with anyio.create_task_group() as tg:
         await tg.start(make_consumer(bus, handler, batch=10).run)
         [letter] = await dlq_letters(bus, 1)
+        await drained(bus)
         tg.cancel_scope.cancel()
     assert stored == {"g1", "g2", "g3", "g4"}
     assert "ZeroDivisionError" in letter.reason and b'"poison"' in letter.data
@@ -237,10 +250,7 @@ async def test_a_consumer_deleted_by_hand_is_made_again_and_consuming_goes_on(bu
         with anyio.fail_after(10):
             await got["before"].wait()
 
-        async def acked() -> bool:
-            return (await bus.js.stream_info(CFG_CHANGES.name)).state.messages == 0
-
-        await eventually(acked, what="the first change acked")
+        await drained(bus)  # the first change acked
         await bus.js.delete_consumer(CFG_CHANGES.name, "test")
         await bus.publish(subjects.change("ns1"), change("ns1", "after"), msg_id="a")
         with anyio.fail_after(20):
