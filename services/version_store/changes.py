@@ -92,23 +92,11 @@ async def reject_undecodable(bus: Bus, rejections: Rejections, msg: Msg, reason:
     m = _WHERE.search(reason)
     where = "" if m is None else m.group(2) + (" (a key)" if m.group(1) else "")
     detail = _WHERE.sub("", reason.removeprefix("undecodable: ")).strip()
-    text = f"invalid change: {detail}"
-    await rejections.remember(
-        Rejection(
-            namespace=addr.namespace,
-            change_id=addr.change_id,
-            sha256="",  # the content did not decode; no retry can match it anyway
-            reason=text,
-            where=where,
-        )
+    # No sha256: the content did not decode, so no retry can match it anyway.
+    record, event = _rejected(
+        addr.namespace, addr.change_id, addr.author, "", f"invalid change: {detail}", where
     )
-    event = VersionRejected(
-        namespace=addr.namespace,
-        actor=addr.author,
-        reason=text,
-        change_id=addr.change_id,
-        where=where,
-    )
+    await rejections.remember(record)
     await emit(bus, event, msg_id=rejected_msg_id(addr.namespace, addr.change_id))
 
 
@@ -244,19 +232,25 @@ def _rejection(change: ChangeProposed, error: ConfbusError) -> tuple[Rejection, 
     reason = error.message
     # VersionConflict says "<ns>: …"; the event already names the namespace.
     reason = reason.removeprefix(f"{change.namespace}: ")
+    return _rejected(
+        change.namespace,
+        change.change_id,
+        change.author,
+        sha256_hex(change.content),
+        reason,
+        where,
+    )
+
+
+def _rejected(
+    namespace: str, change_id: str, author: str, sha256: str, reason: str, where: str
+) -> tuple[Rejection, VersionRejected]:
+    """A refused change: the record ``change_status`` answers from, and its event."""
     record = Rejection(
-        namespace=change.namespace,
-        change_id=change.change_id,
-        sha256=sha256_hex(change.content),
-        reason=reason,
-        where=where,
+        namespace=namespace, change_id=change_id, sha256=sha256, reason=reason, where=where
     )
     event = VersionRejected(
-        namespace=change.namespace,
-        actor=change.author,
-        reason=reason,
-        change_id=change.change_id,
-        where=where,
+        namespace=namespace, actor=author, reason=reason, change_id=change_id, where=where
     )
     return record, event
 
