@@ -668,20 +668,11 @@ class NamespaceDisk:
 
     def _remember(self, version: int, data: bytes, *, durable_name: bool = True) -> None:
         """Keep a version's bytes in the history (pruning is the caller's next step, once the
-        state says which versions must stay). The bytes are always fsynced before they take
-        the name; ``durable_name=False`` skips the directory's fsync after the rename."""
+        state says which versions must stay). ``durable_name``: see ``atomic_write``."""
         path = self._versions / str(version)
         if sha256_file(path) != sha256_bytes(data):
             ensure_dir(self._versions, 0o700)
-            if durable_name:
-                atomic_write(path, data, _PRIVATE)
-            else:
-                tmp = write_temp(path, data, _PRIVATE)
-                try:
-                    os.replace(tmp, path)
-                except BaseException:
-                    remove_quietly(tmp)
-                    raise
+            atomic_write(path, data, _PRIVATE, durable_name=durable_name)
 
     def _prune(self) -> None:
         st = self._current()

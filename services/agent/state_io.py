@@ -100,11 +100,20 @@ def replace_durably(source: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
-def atomic_write(target: Path, data: bytes, mode: FileMode | None = None) -> None:
-    """Replace ``target`` with ``data``: readers see the old bytes or the new, never a mix."""
+def atomic_write(
+    target: Path, data: bytes, mode: FileMode | None = None, *, durable_name: bool = True
+) -> None:
+    """Replace ``target`` with ``data``: readers see the old bytes or the new, never a mix.
+
+    The bytes are always fsynced before they take the name. ``durable_name=False`` skips the
+    directory's fsync after the rename, for a copy whose loss in a power cut is harmless (after
+    one, the name holds the whole old file or the whole new one, or is absent if it was new)."""
     tmp = write_temp(target, data, mode or mode_of(target))
     try:
-        replace_durably(tmp, target)
+        if durable_name:
+            replace_durably(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         remove_quietly(tmp)
         raise
