@@ -10,17 +10,13 @@ from nats.js.api import StreamConfig
 from schemas.streams import CFG_EVENTS
 from services.runtime import bus as bus_module
 from services.runtime.bus import Bus, Outgoing
+from tests.e2e.helpers import read_messages
 
 pytestmark = pytest.mark.anyio
 
 
 async def _bodies(bus: Bus, stream: str) -> list[bytes]:
-    state = (await bus.js.stream_info(stream)).state
-    out = []
-    for seq in range(state.first_seq, state.last_seq + 1):
-        msg = await bus.js.get_msg(stream, seq)
-        out.append(msg.data or b"")
-    return out
+    return [m.data for m in await read_messages(bus, stream, ">")]
 
 
 def _items(prefix: str, n: int) -> list[Outgoing]:

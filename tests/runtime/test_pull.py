@@ -12,6 +12,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from schemas.streams import CFG_EVENTS
 from services.runtime.bus import Bus
 from services.runtime.pull import Puller
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -28,6 +29,11 @@ async def _puller(bus: Bus) -> Puller:
     return await Puller(bus.nc, CFG_EVENTS.name, "t").start()
 
 
+async def _publish(bus: Bus, n: int) -> None:
+    for i in range(n):
+        await bus.publish("cfg.event.app.x", f"m{i}".encode())
+
+
 async def test_a_lone_message_on_an_idle_consumer_is_returned_when_it_arrives(bus: Bus) -> None:
     puller = await _puller(bus)
     got: list[bytes] = []
@@ -35,12 +41,14 @@ async def test_a_lone_message_on_an_idle_consumer_is_returned_when_it_arrives(bu
     async def pull() -> None:
         got.extend(m.data for m in await puller.fetch(50, timeout=LONG))
 
+    async def waiting() -> bool:  # the server holds the pull: the consumer is idle
+        info = await bus.js.consumer_info(CFG_EVENTS.name, "t")
+        return bool(info.num_waiting)
+
     with anyio.fail_after(5):  # a pull that waited for a whole batch would take 30 s
         async with anyio.create_task_group() as tg:
             tg.start_soon(pull)
-            await anyio.sleep(
-                0.2
-            )  # let the pull go idle first (not synchronisation: both orders pass)
+            await eventually(waiting, what="the pull waiting on the server")
             await bus.publish("cfg.event.app.x", b"one")
     assert got == [b"one"]
     await puller.stop()
@@ -48,8 +56,7 @@ async def test_a_lone_message_on_an_idle_consumer_is_returned_when_it_arrives(bu
 
 async def test_queued_messages_come_as_one_batch_and_an_empty_pull_ends(bus: Bus) -> None:
     puller = await _puller(bus)
-    for i in range(10):
-        await bus.publish("cfg.event.app.x", f"m{i}".encode())
+    await _publish(bus, 10)
     with anyio.fail_after(5):
         msgs = await puller.fetch(50, timeout=LONG)
     assert [m.data for m in msgs] == [f"m{i}".encode() for i in range(10)]
@@ -62,8 +69,7 @@ async def test_queued_messages_come_as_one_batch_and_an_empty_pull_ends(bus: Bus
 
 async def test_a_batch_is_capped(bus: Bus) -> None:
     puller = await _puller(bus)
-    for i in range(7):
-        await bus.publish("cfg.event.app.x", f"m{i}".encode())
+    await _publish(bus, 7)
     with anyio.fail_after(5):
         first = await puller.fetch(3, timeout=LONG)
         second = await puller.fetch(50, timeout=LONG)
