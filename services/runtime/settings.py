@@ -34,17 +34,24 @@ class Settings:
         return self.instance or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
+def add_common_args(parser: argparse.ArgumentParser, *, bus_defaults: bool = True) -> None:
+    """The options every service takes. ``bus_defaults=False`` for a ``confbus`` subcommand:
+    its bus options then default to the top-level ``confbus --nats-url …`` ones (argparse lets
+    a subparser's defaults overwrite them, so ``confbus --nats-url X agent`` went to 4222)."""
+
+    def default(value: str | None) -> str | None:
+        return value if bus_defaults else argparse.SUPPRESS
+
     g = parser.add_argument_group("bus and service")
     g.add_argument(
         "--nats-url",
-        default=env("NATS_URL", DEFAULT_NATS_URL),
+        default=default(env("NATS_URL", DEFAULT_NATS_URL)),
         help="comma-separated NATS URLs (env CONFBUS_NATS_URL)",
     )
-    g.add_argument("--nats-user", default=os.environ.get("CONFBUS_NATS_USER"))
-    g.add_argument("--nats-password", default=os.environ.get("CONFBUS_NATS_PASSWORD"))
-    g.add_argument("--nats-creds", default=os.environ.get("CONFBUS_NATS_CREDS"))
-    g.add_argument("--tls-ca", default=os.environ.get("CONFBUS_TLS_CA"))
+    g.add_argument("--nats-user", default=default(os.environ.get("CONFBUS_NATS_USER")))
+    g.add_argument("--nats-password", default=default(os.environ.get("CONFBUS_NATS_PASSWORD")))
+    g.add_argument("--nats-creds", default=default(os.environ.get("CONFBUS_NATS_CREDS")))
+    g.add_argument("--tls-ca", default=default(os.environ.get("CONFBUS_TLS_CA")))
     g.add_argument("--http-host", default=env("HTTP_HOST", "127.0.0.1"))
     g.add_argument(
         "--http-port",

@@ -16,6 +16,6 @@ def register(sub: Any) -> None:
         help="run the node agent: keep FILE switched to NS's versions",
         description="Run the node agent: stage, vote, apply atomically, heartbeat.",
     )
-    add_common_args(p)
+    add_common_args(p, bus_defaults=False)  # `confbus --nats-url …` holds them
     add_agent_args(p)
     p.set_defaults(run_local=run_from_args)

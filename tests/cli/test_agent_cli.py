@@ -1,0 +1,35 @@
+"""``confbus --nats-url URL agent …``: the agent joins the bus at URL (a subcommand's own
+defaults once overwrote the top-level option, and it went to 127.0.0.1:4222)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from schemas import subjects
+from schemas.node import decode_heartbeat
+from services.runtime.bus import Bus
+from tests.procs import Proc
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_top_level_nats_url_reaches_the_agent(bus: Bus, tmp_path: Path) -> None:
+    url = bus.nc.connected_url
+    assert url is not None
+    beats = await bus.nc.subscribe(subjects.heartbeat("n1"))
+    argv = [sys.executable, "-m", "services.cli.main", "--nats-url", url.geturl(), "agent"]
+    argv += ["--node", "n1", "--namespace", "web", "--path", str(tmp_path / "app.json")]
+    argv += ["--state-dir", str(tmp_path / "state")]
+    env = {k: v for k, v in os.environ.items() if k != "CONFBUS_NATS_URL"}
+    agent = Proc("agent", argv, tmp_path, env).start()
+    try:
+        with anyio.fail_after(20):
+            msg = await beats.next_msg(timeout=20)
+        assert decode_heartbeat(msg.data).node == "n1"
+    finally:
+        agent.stop()
