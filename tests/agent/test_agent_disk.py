@@ -352,7 +352,7 @@ def test_a_torn_slot_falls_back_to_the_previous_record(root: Path, state_dir: Pa
     disk.save_stream_seq(7)
     disk.save_stream_seq(9)
     ns_dir = state_dir / NS
-    newest = max(("state.a", "state.b"), key=lambda n: (ns_dir / n).read_bytes().split()[2])
+    newest = max(("state.a", "state.b"), key=lambda n: int((ns_dir / n).read_bytes().split()[2]))
     data = (ns_dir / newest).read_bytes()
     (ns_dir / newest).write_bytes(data[: len(data) - 5])  # the write of seq 9, cut short
     state = open_disk(root).load()
