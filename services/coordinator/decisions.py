@@ -13,6 +13,7 @@ import logging
 import nats.js.errors
 
 from schemas import subjects
+from schemas.base import DECODE_ERRORS
 from schemas.events import TxnAborted, TxnCommitted, VoteRecord
 from schemas.streams import CFG_TXN
 from schemas.txn import Decision, TxnHead, decode_txn
@@ -40,15 +41,31 @@ def decision_of(head: TxnHead) -> Decision:
     )
 
 
+# Records read past on a decision subject before giving up (only garbage is ever skipped).
+_MAX_SCAN = 100
+
+
 async def read_decision(bus: Bus, namespace: str, txid: str) -> Decision | None:
-    try:
-        msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_decision(namespace, txid))
-    except nats.js.errors.NotFoundError:
-        return None
-    assert msg.data is not None
-    record = decode_txn(msg.data)
-    assert isinstance(record, Decision)
-    return record
+    """The decision record of ``txid``: the first valid one on its subject. It is written once
+    (a re-announcement repeats it), so anything else there is not ours — a garbled or forged
+    write after it must neither hide it nor crash the reader (it once failed every resolve of
+    that txid, leaving its agents in doubt for good)."""
+    subject = subjects.txn_decision(namespace, txid)
+    seq = 1
+    for _ in range(_MAX_SCAN):
+        try:
+            msg = await bus.js.get_msg(CFG_TXN.name, seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            record = decode_txn(msg.data or b"")
+        except DECODE_ERRORS:
+            record = None
+        if isinstance(record, Decision) and (record.namespace, record.txid) == (namespace, txid):
+            return record
+        log.warning("not a decision record", extra={"subject": subject, "seq": msg.seq})
+        seq = (msg.seq or seq) + 1
+    return None
 
 
 async def publish_decision(

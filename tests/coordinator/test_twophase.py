@@ -188,3 +188,20 @@ async def test_resolve_aborts_an_expired_undecided_transaction(bus: Bus, store: 
     # Asking again reads the same decision back; an unknown txid is presumed aborted.
     assert (await other.resolve("web", "e1-dead")).state == "aborted"
     assert (await other.resolve("web", "e9-unknown")).state == "aborted"
+
+
+async def test_garbage_on_a_decision_subject_neither_hides_the_decision_nor_fails_resolve(
+    bus: Bus, store: None
+) -> None:
+    await voters(bus, "web", {"n1": "yes"})
+    coord = await coordinator(bus, "c1")
+    reply = await coord.switch("web", 1, ["n1"], 5.0)
+    assert reply.outcome == "commit"
+    # Written after the decision (an empty body, bytes that are no record): the commit stands.
+    for junk in (b"", b"\x00not a record"):
+        await bus.js.publish(subjects.txn_decision("web", reply.txid), junk)
+    resolved = await coord.resolve("web", reply.txid)
+    assert resolved.decision is not None and resolved.decision.outcome == "commit"
+    # Garbage alone, for a txid never started: presumed abort (it used to fail every resolve).
+    await bus.js.publish(subjects.txn_decision("web", "0"), b"")
+    assert (await coord.resolve("web", "0")).state == "aborted"
