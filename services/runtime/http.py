@@ -17,6 +17,8 @@ import anyio
 from anyio.abc import SocketStream, TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.runtime.tcp import TcpListener
+
 log = logging.getLogger("confbus.http")
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -152,10 +154,8 @@ class HttpServer:
                 await stream.send(_encode(resp))
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
-        async with listener:
-            sock = listener.listeners[0]
-            self.bound_port = sock.extra(anyio.abc.SocketAttribute.local_port)
+        async with await TcpListener.bind(self.host, self.port) as listener:
+            self.bound_port = listener.port
             task_status.started(self.bound_port)
             await listener.serve(self._serve_one)
 

@@ -21,6 +21,7 @@ from services.agent.main import add_agent_args, build_agent
 from services.runtime.bus import Bus
 from services.runtime.natsd import NatsServer
 from services.runtime.scrape import MAX_METRICS, PromMapper, Scraper, histogram_quantile
+from services.runtime.tcp import TcpListener
 from tests.health_watcher.app import HEALTH_PATH, MetricsApp
 from tests.procs import Proc
 
@@ -140,10 +141,14 @@ async def _chunked_server(tg: TaskGroup, body: bytes) -> int:
             out += b"".join(b"%x;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
             await stream.send(out)
 
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    tg.start_soon(listener.serve, serve)
-    port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
-    return port
+    listener = await TcpListener.bind("127.0.0.1")
+
+    async def run() -> None:
+        async with listener:
+            await listener.serve(serve)
+
+    tg.start_soon(run)
+    return listener.port
 
 
 async def test_scrapes_metrics_plain_health_failures_and_chunked_bodies(app: MetricsApp) -> None:

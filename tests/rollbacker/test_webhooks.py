@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from services.runtime.bus import Bus
 from services.runtime.http import HttpServer, Request, Response
 from services.runtime.natsd import NatsServer
+from services.runtime.tcp import TcpListener
 from tests.helpers import eventually
 from tests.rollbacker.world import policy, world
 
@@ -57,9 +58,8 @@ async def hanging_server() -> AsyncIterator[Hang]:
                 hang.closed_by_client += 1
             hang.open -= 1
 
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    hang.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with anyio.create_task_group() as tg:
+    async with await TcpListener.bind("127.0.0.1") as listener, anyio.create_task_group() as tg:
+        hang.port = listener.port
         tg.start_soon(listener.serve, handle)
         try:
             yield hang

@@ -8,11 +8,13 @@ its reply never comes back: the client sees a timeout for a write that did happe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketStream
+
+from services.runtime.tcp import TcpListener
 
 
 class ReplyLosingProxy:
@@ -62,9 +64,9 @@ class ReplyLosingProxy:
 @asynccontextmanager
 async def reply_losing_proxy(target_port: int) -> AsyncIterator[ReplyLosingProxy]:
     async with anyio.create_task_group() as tg:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        listener = await TcpListener.bind("127.0.0.1")
         proxy = ReplyLosingProxy(target_port)
-        proxy.port = listener.extra(SocketAttribute.local_port)
+        proxy.port = listener.port
 
         async def serve() -> None:
             async with listener:
@@ -77,7 +79,7 @@ async def reply_losing_proxy(target_port: int) -> AsyncIterator[ReplyLosingProxy
             tg.cancel_scope.cancel()
 
 
-def _guard(proxy: ReplyLosingProxy) -> Callable[[SocketStream], Awaitable[None]]:
+def _guard(proxy: ReplyLosingProxy) -> Callable[[SocketStream], Coroutine[object, object, None]]:
     async def handle(client: SocketStream) -> None:
         try:
             await proxy._handle(client)
