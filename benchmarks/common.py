@@ -778,7 +778,8 @@ def _experiment(name: str) -> None:
     changing the agent (for the profile write-up; never set in a benchmark run).
 
     ``no-seq-save``: the resume sequence is not written after each prepare and decision —
-    the upper bound of folding it into the PREPARED / applied state writes."""
+    the upper bound of folding it into the PREPARED / applied state writes.
+    ``unsynced-staged``: the staged file is written without its two fsyncs (file, directory)."""
     from services.agent.disk import NamespaceDisk
 
     if name == "no-seq-save":
@@ -787,6 +788,13 @@ def _experiment(name: str) -> None:
             return None
 
         NamespaceDisk.save_stream_seq = keep_in_memory  # type: ignore[method-assign]
+    elif name == "unsynced-staged":
+        # The upper bound of moving the staged file's two fsyncs (file, directory) off the
+        # vote's path, e.g. into a PREPARED record that carries the bytes.
+        def write_unsynced(self: NamespaceDisk, path: Path, content: bytes) -> None:
+            path.write_bytes(content)
+
+        NamespaceDisk._write_staged = write_unsynced  # type: ignore[method-assign]
     elif name:
         raise SystemExit(f"unknown experiment {name!r}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,6 +10,13 @@ import pytest
 
 from services.runtime.bus import Bus, connect, provision
 from services.runtime.natsd import NatsServer
+
+# Started in the background by a shell without job control (``make test &``, a CI runner),
+# the test run inherits SIGINT ignored, and so would every process it starts: the tests that
+# stop a command with Ctrl-C (SIGINT → exit 130) would wait for it in vain. A handler, unlike
+# SIG_IGN, is reset to the default by exec: the children get a working Ctrl-C again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
