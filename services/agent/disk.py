@@ -151,8 +151,11 @@ class NamespaceDisk:
         except FileNotFoundError:
             names = []
         versions = {int(n) for n in names if n.isdigit()}
-        if self._deferred is not None:  # on its way into the history (``flush``)
+        if self._deferred is not None:
+            # On its way into the history (``flush``), which is then pruned: report what
+            # will be kept, so that nothing seen changes when the deferred work is done.
             versions.add(self._deferred[0].version)
+            versions &= self._kept(sorted(versions), self._state)
         return sorted(versions)
 
     def version_bytes(self, version: int) -> bytes:
@@ -674,14 +677,20 @@ class NamespaceDisk:
             ensure_dir(self._versions, 0o700)
             atomic_write(path, data, _PRIVATE, durable_name=durable_name)
 
+    def _kept(self, versions: list[int], st: DiskState | None) -> set[int]:
+        """Of ``versions`` (ascending), those the history keeps: the newest ``keep``, the
+        applied one and the last good one."""
+        keep = set(versions[-self.keep :])
+        if st is not None and st.applied is not None:
+            keep.add(st.applied.version)
+        if st is not None and st.last_good is not None:
+            keep.add(st.last_good.version)
+        return keep
+
     def _prune(self) -> None:
         st = self._current()
         versions = self.history()
-        keep = set(versions[-self.keep :])
-        if st.applied is not None:
-            keep.add(st.applied.version)
-        if st.last_good is not None:
-            keep.add(st.last_good.version)
+        keep = self._kept(versions, st)
         for version in versions:
             if version not in keep:
                 remove_quietly(self._versions / str(version))

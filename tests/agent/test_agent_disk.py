@@ -400,6 +400,26 @@ def test_history_keeps_the_last_n_versions(root: Path, state_dir: Path) -> None:
         assert disk.version_bytes(v) == content_for(v)
 
 
+def test_a_commit_shows_the_pruned_history_before_its_deferred_copy_is_written(
+    root: Path,
+) -> None:
+    # Found by the disk model: a stray decision right after a commit "changed" the history,
+    # because the commit's history copy (deferred to ``flush``) prunes the oldest version.
+    disk = open_disk(root, keep=3)
+    disk.load()
+    for v in (1, 2, 3):
+        commit_version(disk, v)
+    p = make_prepare(4, epoch=1)
+    disk.stage(p)
+    disk.seal(p.txid)
+    assert disk.commit(p.txid, 4, p.sha256) is CommitOutcome.APPLIED
+    before = disk.snapshot()
+    assert before.history == (2, 3, 4)
+    assert disk.commit(p.txid, 4, p.sha256) is CommitOutcome.NOT_NEWER  # runs the deferred work
+    assert disk.snapshot() == before
+    assert sorted(os.listdir(root / "state" / NS / "versions")) == ["2", "3", "4"]
+
+
 def test_history_always_keeps_the_last_known_good(root: Path) -> None:
     disk = open_disk(root, keep=3)
     disk.load()
