@@ -21,6 +21,7 @@ the same process layout, doing the same file work (``benchmarks.baselines``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -576,7 +577,11 @@ def chosen_sizes(smoke: bool) -> tuple[Size, ...]:
     if not wanted:
         return FULL
     keep = {int(x) for x in wanted.split(",") if x.strip()}
-    return tuple(s for s in FULL if s.agents in keep)
+    sizes = tuple(s for s in FULL if s.agents in keep)
+    # CONFBUS_BENCH_AGENT_PROCESSES=N: another layout of the shared agent hosts (ad hoc).
+    if processes := int(os.environ.get("CONFBUS_BENCH_AGENT_PROCESSES", "0")):
+        sizes = tuple(dataclasses.replace(s, processes=processes) for s in sizes)
+    return sizes
 
 
 async def run(ctx: Context) -> list[Figure]:

@@ -55,6 +55,7 @@ from services.runtime.codec import encode
 from services.runtime.errors import ConfbusError
 from services.runtime.events import emit
 from services.runtime.failpoints import failpoint
+from services.runtime.txnlog import first_txn_record
 
 log = logging.getLogger("confbus.agent")
 
@@ -303,18 +304,10 @@ class NodeAgent:
         return True
 
     async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:
-        try:
-            msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_prepare(d.namespace, d.txid))
-        except nats.js.errors.NotFoundError:
-            return None
-        try:
-            record = decode_txn(msg.data or b"")
-        except DECODE_ERRORS:
-            return None  # not a prepare we can trust: never apply from it
-        if not isinstance(record, Prepare):
-            return None
-        if hashlib.sha256(record.content).hexdigest() != d.sha256:
-            return None
+        subject = subjects.txn_prepare(d.namespace, d.txid)
+        record = await first_txn_record(bus, subject, Prepare, d.namespace, d.txid)
+        if record is None or hashlib.sha256(record.content).hexdigest() != d.sha256:
+            return None  # never apply bytes that are not the decided version's
         return record.content
 
     async def _applied(self, bus: Bus, ns: _Namespace, d: Decision, before: int | None) -> None:
@@ -410,12 +403,9 @@ class NodeAgent:
         """Nobody guesses: read the decision record, else ask the coordinator, which
         writes ABORT through the head's compare-and-set once the deadline has passed."""
         name = ns.disk.namespace
-        try:
-            msg = await bus.js.get_last_msg(CFG_TXN.name, subjects.txn_decision(name, txid))
-            record = decode_txn(msg.data or b"")
-            decision = record if isinstance(record, Decision) else None
-        except (nats.js.errors.NotFoundError, msgspec.ValidationError, msgspec.DecodeError):
-            decision = None
+        decision = await first_txn_record(
+            bus, subjects.txn_decision(name, txid), Decision, name, txid
+        )
         if decision is None:
             reply = await call(
                 bus,

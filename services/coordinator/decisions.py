@@ -13,13 +13,12 @@ import logging
 import nats.js.errors
 
 from schemas import subjects
-from schemas.base import DECODE_ERRORS
 from schemas.events import TxnAborted, TxnCommitted, VoteRecord
-from schemas.streams import CFG_TXN
-from schemas.txn import Decision, TxnHead, decode_txn
+from schemas.txn import Decision, TxnHead
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
 from services.runtime.events import emit
+from services.runtime.txnlog import first_txn_record
 
 log = logging.getLogger("confbus.coordinator")
 
@@ -41,31 +40,13 @@ def decision_of(head: TxnHead) -> Decision:
     )
 
 
-# Records read past on a decision subject before giving up (only garbage is ever skipped).
-_MAX_SCAN = 100
-
-
 async def read_decision(bus: Bus, namespace: str, txid: str) -> Decision | None:
     """The decision record of ``txid``: the first valid one on its subject. It is written once
     (a re-announcement repeats it), so anything else there is not ours — a garbled or forged
     write after it must neither hide it nor crash the reader (it once failed every resolve of
     that txid, leaving its agents in doubt for good)."""
     subject = subjects.txn_decision(namespace, txid)
-    seq = 1
-    for _ in range(_MAX_SCAN):
-        try:
-            msg = await bus.js.get_msg(CFG_TXN.name, seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            return None
-        try:
-            record = decode_txn(msg.data or b"")
-        except DECODE_ERRORS:
-            record = None
-        if isinstance(record, Decision) and (record.namespace, record.txid) == (namespace, txid):
-            return record
-        log.warning("not a decision record", extra={"subject": subject, "seq": msg.seq})
-        seq = (msg.seq or seq) + 1
-    return None
+    return await first_txn_record(bus, subject, Decision, namespace, txid)
 
 
 async def publish_decision(
