@@ -15,6 +15,8 @@ kernel's backlog, where it belongs.
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -23,56 +25,67 @@ import anyio
 from anyio.abc import SocketStream
 
 BACKLOG = 128
+_SHORT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+log = logging.getLogger("confbus.tcp")
 
 
 class TcpListener:
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self._sock = sock
+    """Listening sockets on every address a host resolves to (``localhost``: IPv4 and IPv6,
+    as anyio's listener did), all on one port."""
+
+    def __init__(self, socks: list[socket.socket]) -> None:
+        for sock in socks:
+            sock.setblocking(False)
+        self._socks = socks
 
     @classmethod
     async def bind(cls, host: str, port: int = 0) -> TcpListener:
-        """Listen on the first address ``host`` resolves to (IPv4 or IPv6)."""
         infos = await anyio.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        family, _type, _proto, _name, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        addrs = list(dict.fromkeys((family, addr) for family, _t, _p, _n, addr in infos))
+        socks: list[socket.socket] = []
         try:
-            # A restarted service must get its port back while old connections linger.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr[:2] if family == socket.AF_INET else addr)
-            sock.listen(BACKLOG)
+            for family, addr in addrs:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                socks.append(sock)
+                # A restarted service must get its port back while old connections linger.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and len(addrs) > 1:
+                    # Its IPv4 twin has a socket of its own: no dual-stack clash on the port.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and len(socks) > 1:  # the port the first address was given
+                    addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
+                sock.bind(addr)
+                sock.listen(BACKLOG)
         except BaseException:
-            sock.close()
+            for sock in socks:
+                sock.close()
             raise
-        return cls(sock)
+        return cls(socks)
 
     @property
     def port(self) -> int:
-        port: int = self._sock.getsockname()[1]
+        port: int = self._socks[0].getsockname()[1]
         return port
-
-    async def accept(self) -> SocketStream:
-        while True:
-            try:
-                conn, _addr = self._sock.accept()
-            except BlockingIOError:
-                await anyio.wait_readable(self._sock)
-                continue
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return await SocketStream.from_socket(conn)
 
     async def serve(
         self, handler: Callable[[SocketStream], Coroutine[object, object, None]]
     ) -> None:
         """Accept until cancelled, each connection handled in its own task."""
-        async with anyio.create_task_group() as tg:
+
+        async def accept_loop(sock: socket.socket) -> None:
             while True:
-                tg.start_soon(handler, await self.accept())
+                tg.start_soon(handler, await _accept(sock))
+
+        async with anyio.create_task_group() as tg:
+            for sock in self._socks:
+                tg.start_soon(accept_loop, sock)
 
     def close(self) -> None:
-        self._sock.close()
+        for sock in self._socks:
+            sock.close()
 
     async def __aenter__(self) -> TcpListener:
         return self
@@ -84,3 +97,23 @@ class TcpListener:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+async def _accept(sock: socket.socket) -> SocketStream:
+    while True:
+        try:
+            conn, _addr = sock.accept()
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+            continue
+        except (ConnectionAbortedError, InterruptedError):
+            continue  # the client gave up before we took it: not the listener's failure
+        except OSError as exc:
+            if exc.errno not in _SHORT_OF_RESOURCES:
+                raise
+            # Out of file descriptors or memory: wait for connections to close, keep serving.
+            log.warning("cannot accept a connection", extra={"error": str(exc)})
+            await anyio.sleep(0.1)
+            continue
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return await SocketStream.from_socket(conn)
