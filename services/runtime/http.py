@@ -154,10 +154,10 @@ class HttpServer:
                 await stream.send(_encode(resp))
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with await TcpListener.bind(self.host, self.port) as listener:
-            self.bound_port = listener.port
-            task_status.started(self.bound_port)
-            await listener.serve(self._serve_one)
+        listener = await TcpListener.bind(self.host, self.port)
+        self.bound_port = listener.port
+        task_status.started(self.bound_port)
+        await listener.serve(self._serve_one)
 
 
 def _json_error(message: str) -> bytes:

@@ -8,7 +8,7 @@ with it). Every service's HTTP endpoint is cancelled at shutdown while scrapers 
 a test that cancels its server right after a scrape hit it about once in a few hundred
 runs (a cancel right after a connect: every time, ``tests/runtime/test_tcp.py``).
 
-Here ``accept`` is a non-blocking ``accept()`` after ``anyio.wait_readable``, whose
+Here accepting is a non-blocking ``accept()`` after ``anyio.wait_readable``, whose
 callback tolerates a cancelled waiter: cancelling it leaves a pending connection in the
 kernel's backlog, where it belongs.
 """
@@ -19,7 +19,6 @@ import errno
 import logging
 import socket
 from collections.abc import Callable, Coroutine
-from types import TracebackType
 
 import anyio
 from anyio.abc import SocketStream
@@ -32,7 +31,8 @@ log = logging.getLogger("confbus.tcp")
 
 class TcpListener:
     """Listening sockets on every address a host resolves to (``localhost``: IPv4 and IPv6,
-    as anyio's listener did), all on one port."""
+    as anyio's listener did), all on one port. ``serve`` owns them: it closes them when it
+    ends; ``close`` is for a listener that is never served."""
 
     def __init__(self, socks: list[socket.socket]) -> None:
         for sock in socks:
@@ -73,30 +73,22 @@ class TcpListener:
     async def serve(
         self, handler: Callable[[SocketStream], Coroutine[object, object, None]]
     ) -> None:
-        """Accept until cancelled, each connection handled in its own task."""
+        """Accept until cancelled, each connection handled in its own task; then close."""
 
         async def accept_loop(sock: socket.socket) -> None:
             while True:
                 tg.start_soon(handler, await _accept(sock))
 
-        async with anyio.create_task_group() as tg:
-            for sock in self._socks:
-                tg.start_soon(accept_loop, sock)
+        try:
+            async with anyio.create_task_group() as tg:
+                for sock in self._socks:
+                    tg.start_soon(accept_loop, sock)
+        finally:
+            self.close()
 
     def close(self) -> None:
         for sock in self._socks:
             sock.close()
-
-    async def __aenter__(self) -> TcpListener:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 async def _accept(sock: socket.socket) -> SocketStream:

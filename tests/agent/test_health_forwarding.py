@@ -142,12 +142,7 @@ async def _chunked_server(tg: TaskGroup, body: bytes) -> int:
             await stream.send(out)
 
     listener = await TcpListener.bind("127.0.0.1")
-
-    async def run() -> None:
-        async with listener:
-            await listener.serve(serve)
-
-    tg.start_soon(run)
+    tg.start_soon(listener.serve, serve)
     return listener.port
 
 

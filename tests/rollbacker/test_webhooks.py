@@ -58,8 +58,9 @@ async def hanging_server() -> AsyncIterator[Hang]:
                 hang.closed_by_client += 1
             hang.open -= 1
 
-    async with await TcpListener.bind("127.0.0.1") as listener, anyio.create_task_group() as tg:
-        hang.port = listener.port
+    listener = await TcpListener.bind("127.0.0.1")
+    hang.port = listener.port
+    async with anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
         try:
             yield hang

@@ -52,18 +52,11 @@ async def _loop_errors_when_cancelled_after_a_connect(
 
 
 async def test_a_cancel_right_after_a_connect_reports_nothing() -> None:
-    listeners: list[TcpListener] = []
-
     async def ours() -> tuple[int, Callable[[], Coroutine[object, object, None]]]:
         listener = await TcpListener.bind("127.0.0.1")
-        listeners.append(listener)
-        return listener.port, lambda: listener.serve(_close)
+        return listener.port, lambda: listener.serve(_close)  # closes when cancelled
 
-    try:
-        assert await _loop_errors_when_cancelled_after_a_connect(ours, ROUNDS) == []
-    finally:
-        for listener in listeners:
-            listener.close()
+    assert await _loop_errors_when_cancelled_after_a_connect(ours, ROUNDS) == []
 
 
 async def test_the_same_race_in_anyios_listener_is_what_this_avoids() -> None:
@@ -84,16 +77,18 @@ async def test_the_same_race_in_anyios_listener_is_what_this_avoids() -> None:
     assert len(errors) == 5 and all(isinstance(e, asyncio.InvalidStateError) for e in errors)
 
 
-async def test_serves_each_connection_in_its_own_task() -> None:
+async def test_serves_each_connection_in_its_own_task_and_closes_when_cancelled() -> None:
     async def echo(stream: SocketStream) -> None:
         async with stream:
             await stream.send(b"you said " + await stream.receive())
 
-    async with await TcpListener.bind("127.0.0.1") as listener, anyio.create_task_group() as tg:
+    listener = await TcpListener.bind("127.0.0.1")
+    port = listener.port
+    async with anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, echo)
         with anyio.fail_after(5):
-            first = await anyio.connect_tcp("127.0.0.1", listener.port)
-            second = await anyio.connect_tcp("127.0.0.1", listener.port)
+            first = await anyio.connect_tcp("127.0.0.1", port)
+            second = await anyio.connect_tcp("127.0.0.1", port)
             await second.send(b"two")  # answered while the first is still silent
             assert await second.receive() == b"you said two"
             await first.send(b"one")
@@ -101,6 +96,8 @@ async def test_serves_each_connection_in_its_own_task() -> None:
             await first.aclose()
             await second.aclose()
         tg.cancel_scope.cancel()
+    with pytest.raises(OSError):  # the port is closed with the serving
+        await anyio.connect_tcp("127.0.0.1", port)
 
 
 async def test_an_ipv6_address_is_served() -> None:
@@ -108,7 +105,8 @@ async def test_an_ipv6_address_is_served() -> None:
         async with stream:
             await stream.send(b"hello")
 
-    async with await TcpListener.bind("::1") as listener, anyio.create_task_group() as tg:
+    listener = await TcpListener.bind("::1")
+    async with anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, hello)
         with anyio.fail_after(5):
             async with await anyio.connect_tcp("::1", listener.port) as client:

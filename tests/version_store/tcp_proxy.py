@@ -67,12 +67,7 @@ async def reply_losing_proxy(target_port: int) -> AsyncIterator[ReplyLosingProxy
         listener = await TcpListener.bind("127.0.0.1")
         proxy = ReplyLosingProxy(target_port)
         proxy.port = listener.port
-
-        async def serve() -> None:
-            async with listener:
-                await listener.serve(_guard(proxy))
-
-        tg.start_soon(serve)
+        tg.start_soon(listener.serve, _guard(proxy))
         try:
             yield proxy
         finally:
