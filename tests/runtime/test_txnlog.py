@@ -5,8 +5,6 @@ in-doubt read and missed-prepare fetch all go through it."""
 
 from __future__ import annotations
 
-import hashlib
-
 import msgspec
 import pytest
 
@@ -15,24 +13,13 @@ from schemas.txn import Decision, Prepare
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
 from services.runtime.txnlog import MAX_SCAN, first_txn_record
+from tests.agent.support import make_prepare
 
 pytestmark = pytest.mark.anyio
 
-CONTENT = b'{"k": 1}\n'
 
-
-def prepare(txid: str = "t1", namespace: str = "web") -> Prepare:
-    return Prepare(
-        txid=txid,
-        namespace=namespace,
-        version=2,
-        content=CONTENT,
-        sha256=hashlib.sha256(CONTENT).hexdigest(),
-        format="json",
-        participants=["n1"],
-        epoch=1,
-        timeout_s=5.0,
-    )
+def prepare() -> Prepare:
+    return make_prepare(2, txid="t1", namespace="web")
 
 
 def decision(p: Prepare, outcome: str = "commit") -> Decision:
@@ -54,7 +41,7 @@ async def test_the_record_is_found_among_garbage_on_its_subject(bus: Bus) -> Non
     for junk in (b"", b"\xff garbage", encode(decision(p)), encode(other_ns)):
         await bus.js.publish(subject, junk)
     await bus.js.publish(subject, encode(p))
-    later = msgspec.structs.replace(p, content=b"{}", sha256=hashlib.sha256(b"{}").hexdigest())
+    later = make_prepare(2, b"{}", txid="t1", namespace="web")
     await bus.js.publish(subject, encode(later))  # not the first: never the one returned
     await bus.js.publish(subject, b"")
 
