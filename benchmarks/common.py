@@ -342,6 +342,50 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time one process has used so far (``/proc/PID/stat``), in seconds."""
+    try:
+        # The command name (field 2) may hold spaces: count the fields after its ")".
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuMeter:
+    """CPU time that groups of processes spend inside measured spans, summed over spans.
+
+    Read beside the wall clock, it says whether a run is CPU-bound: on this machine two cores
+    give at most 2 ms of CPU per ms of wall time, to every process of the run together."""
+
+    def __init__(self, groups: dict[str, Sequence[int]]) -> None:
+        self.groups = {name: list(pids) for name, pids in groups.items()}
+        self.spent = dict.fromkeys(self.groups, 0.0)
+        self.spans = 0
+
+    def _now(self) -> dict[str, float]:
+        return {
+            name: sum(c for pid in pids if (c := cpu_seconds(pid)) is not None)
+            for name, pids in self.groups.items()
+        }
+
+    @contextlib.contextmanager
+    def span(self, counted: bool = True) -> Iterator[None]:
+        """Measure the ``with`` block; ``counted=False`` (a warm-up) measures nothing."""
+        before = self._now() if counted else {}
+        yield
+        if counted:
+            after = self._now()
+            for name in self.groups:
+                self.spent[name] += after[name] - before[name]
+            self.spans += 1
+
+    def per_span_ms(self) -> dict[str, float]:
+        """Mean CPU ms per measured span, per group."""
+        n = max(1, self.spans)
+        return {name: round(sec * 1000 / n, 1) for name, sec in self.spent.items()}
+
+
 class Proc:
     """A real process: stderr to a log file, stdout read line by line for its ready line."""
 

@@ -45,6 +45,7 @@ from benchmarks.common import (
     AgentFleet,
     AgentSpec,
     Context,
+    CpuMeter,
     Figure,
     open_bus,
     stats,
@@ -346,6 +347,9 @@ class SizeResult:
     e2e_floor_s: list[float]
     store: str
     phases_ms: list[dict[str, float]] = field(default_factory=list)
+    # Mean CPU ms per switch (agents, coordinator, nats-server) and per baseline floor.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    floor_cpu_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Profiler:
@@ -473,6 +477,17 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
         decided: list[float] = []
         floors: list[float] = []
         phases: list[dict[str, float]] = []
+        assert nats.proc is not None
+        cpu = CpuMeter(
+            {
+                "agents": fleet.pids(),
+                "coordinator": [coordinator.pid],
+                "nats-server": [nats.proc.pid],
+            }
+        )
+        floor_cpu = CpuMeter(
+            {"subscribers": [p.pid for p in subs.procs], "nats-server": [nats.proc.pid]}
+        )
         profiler = None
         if (out := Profiler.wanted(n)) is not None:
             pids = {"coordinator": coordinator.pid}
@@ -480,10 +495,12 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
             profiler = Profiler(out, pids)
         for i in range(size.iterations + 1):  # the first is a warm-up (leadership, caches)
             v = await next_version()
-            floor = await switch_floor(bus, namespace, n, config_bytes(v))
+            with floor_cpu.span(counted=i > 0):
+                floor = await switch_floor(bus, namespace, n, config_bytes(v))
             if profiler is not None and i == 1:
                 profiler.start()
-            took, dec = await timed_switch(bus, watch, namespace, v, nodes, size.vote_timeout_s)
+            with cpu.span(counted=i > 0):
+                took, dec = await timed_switch(bus, watch, namespace, v, nodes, size.vote_timeout_s)
             if i:
                 switch.append(took)
                 decided.append(dec)
@@ -505,6 +522,8 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
             e2e_floor,
             "version-store process (SQLite)" if real_store else "in-process stub of store.get",
             phases,
+            cpu.per_span_ms(),
+            floor_cpu.per_span_ms(),
         )
     finally:
         if stub is not None:
@@ -530,6 +549,8 @@ def figures(results: list[SizeResult]) -> list[Figure]:
             }
             if r.phases_ms
             else {},
+            "cpu_ms_per_switch": r.cpu_ms,
+            "cpu_ms_per_baseline": r.floor_cpu_ms,
         }
         f = Figure(
             benchmark=BENCH,
@@ -540,7 +561,11 @@ def figures(results: list[SizeResult]) -> list[Figure]:
             baseline_name="JS publish + 2 fan-out rounds",
             params=params,
             notes=f"{r.layout}; median ms after the request: "
-            + ", ".join(f"{k} {v:.0f}" for k, v in params["phases_median_ms"].items()),
+            + ", ".join(f"{k} {v:.0f}" for k, v in params["phases_median_ms"].items())
+            + "; CPU ms per switch (2 cores: 2 ms per ms of wall time): "
+            + _cpu_note(r.cpu_ms)
+            + "; per baseline: "
+            + _cpu_note(r.floor_cpu_ms),
         ).target_ratio(3.0)
         if n == 100:
             f.target_median(100.0)
@@ -562,6 +587,10 @@ def figures(results: list[SizeResult]) -> list[Figure]:
                 ).target_ratio(3.0)
             )
     return out
+
+
+def _cpu_note(cpu_ms: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.0f}" for name, ms in cpu_ms.items())
 
 
 def _stats_dict(samples: list[float]) -> dict[str, float]:
