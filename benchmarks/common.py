@@ -823,7 +823,10 @@ def _experiment(name: str) -> None:
 
     ``no-seq-save``: the resume sequence is not written after each prepare and decision —
     the upper bound of folding it into the PREPARED / applied state writes.
-    ``unsynced-staged``: the staged file is written without its two fsyncs (file, directory)."""
+    ``unsynced-staged``: the staged file is written without its two fsyncs (file, directory).
+    ``inplace-staged``: the staged file is written at its name with one fsync (no temp file,
+    rename or directory fsync).
+    ``no-history``: no history copy after an apply (an upper bound of making it cheaper)."""
     from services.agent.disk import NamespaceDisk
 
     if name == "no-seq-save":
@@ -839,6 +842,29 @@ def _experiment(name: str) -> None:
             path.write_bytes(content)
 
         NamespaceDisk._write_staged = write_unsynced  # type: ignore[method-assign]
+    elif name == "inplace-staged":
+
+        def write_in_place(self: NamespaceDisk, path: Path, content: bytes) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        NamespaceDisk._write_staged = write_in_place  # type: ignore[method-assign]
+    elif name == "no-history":
+
+        def remember_nothing(
+            self: NamespaceDisk, version: int, data: bytes, *, durable_name: bool = True
+        ) -> None:
+            return None
+
+        NamespaceDisk._remember = remember_nothing  # type: ignore[method-assign]
     elif name:
         raise SystemExit(f"unknown experiment {name!r}")
 
