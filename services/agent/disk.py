@@ -134,6 +134,13 @@ class NamespaceDisk:
         # A commit renamed over the live file whose applied record is not on disk yet
         # (``flush`` writes it): the version's bytes, for the history.
         self._deferred: tuple[Installing, bytes] | None = None
+        # What the disk held when we last read or wrote it ourselves: the live file's sha256
+        # and the history's versions (None: unknown). The state each 2PC step returns is
+        # built from them (``snapshot(reread=False)``) rather than re-read from the disk
+        # three times per switch; the periodic heartbeat's ``snapshot()`` re-reads both, so
+        # a change made behind our back (drift) shows within one heartbeat as before.
+        self._live_seen: str | None = None
+        self._history_seen: set[int] | None = None
 
     # --- reading ------------------------------------------------------------------------
 
@@ -142,21 +149,28 @@ class NamespaceDisk:
 
     def live_sha256(self) -> str | None:
         """sha256 of the live file as on disk now (None: no file) — for drift detection."""
-        return sha256_file(self.live_path)
+        self._live_seen = sha256_file(self.live_path)
+        return self._live_seen
 
-    def history(self) -> list[int]:
-        """Versions whose bytes are kept on disk, ascending."""
-        try:
-            names = os.listdir(self._versions)
-        except FileNotFoundError:
-            names = []
-        versions = {int(n) for n in names if n.isdigit()}
+    def history(self, *, reread: bool = True) -> list[int]:
+        """Versions whose bytes are kept on disk, ascending (``reread=False``: as we last
+        listed and changed them)."""
+        versions = self._listed_versions(reread)
         if self._deferred is not None:
             # On its way into the history (``flush``), which is then pruned: report what
             # will be kept, so that nothing seen changes when the deferred work is done.
             versions.add(self._deferred[0].version)
             versions &= self._kept(sorted(versions), self._state)
         return sorted(versions)
+
+    def _listed_versions(self, reread: bool) -> set[int]:
+        if reread or self._history_seen is None:
+            try:
+                names = os.listdir(self._versions)
+            except FileNotFoundError:
+                names = []
+            self._history_seen = {int(n) for n in names if n.isdigit()}
+        return set(self._history_seen)
 
     def version_bytes(self, version: int) -> bytes:
         """The bytes of a version from the local history (``VersionNotOnDisk`` if absent)."""
@@ -168,20 +182,27 @@ class NamespaceDisk:
             raise VersionNotOnDisk(self.namespace, version)
         return data
 
-    def snapshot(self) -> LocalState:
-        """The namespace as it is now (reads the live file to hash it)."""
+    def snapshot(self, *, reread: bool = True) -> LocalState:
+        """The namespace as it is now (reads the live file to hash it, and lists the history).
+
+        ``reread=False``: the live file's hash and the history as we last read or wrote them —
+        for the state returned right after our own change, which is what the disk holds
+        unless something else wrote it in between (the next full snapshot sees that)."""
         with self._lock:
             st = self._current()
+            live = self._live_seen
+            if reread or live is None:
+                live = self.live_sha256()
             return LocalState(
                 namespace=self.namespace,
                 applied_version=st.applied.version if st.applied else None,
                 applied_sha256=st.applied.sha256 if st.applied else None,
-                live_sha256=self.live_sha256(),
+                live_sha256=live,
                 highest_epoch=st.highest_epoch,
                 stream_seq=st.stream_seq,
                 prepared=st.prepared,
                 last_good=st.last_good.version if st.last_good else None,
-                history=tuple(self.history()),
+                history=tuple(self.history(reread=reread)),
                 applied_txid=st.applied.txid if st.applied else None,
                 unannounced=st.applied is not None and not st.applied.announced,
             )
@@ -199,6 +220,7 @@ class NamespaceDisk:
         """
         with self._guard():
             self._staging = None
+            self._forget_seen()
             self._state = st = self._read()
             # Only our own leftovers: the live file's directory belongs to the app.
             remove_temps(self.live_path.parent, tmp_prefix(self.live_path))
@@ -297,8 +319,11 @@ class NamespaceDisk:
             )
             return Staged(txid, prepare.version, path, already_prepared=False)
 
-    def seal(self, txid: str) -> None:
-        """Write the PREPARED record of a staged transaction. Only after this may it vote yes."""
+    def seal(self, txid: str, *, reread_staged: bool = True) -> None:
+        """Write the PREPARED record of a staged transaction. Only after this may it vote yes.
+
+        ``reread_staged=False``: no validation command ran since ``stage`` wrote the file, so
+        there is nothing that could have rewritten it (the commit checks its bytes again)."""
         with self._guard():
             st = self._current()
             if st.prepared is not None and st.prepared.txid == txid:
@@ -313,7 +338,7 @@ class NamespaceDisk:
                     "stale-epoch",
                     f"epoch {rec.epoch} is older than epoch {st.highest_epoch} already seen",
                 )
-            if sha256_file(self.live_path.with_name(rec.staged)) != rec.sha256:
+            if reread_staged and sha256_file(self.live_path.with_name(rec.staged)) != rec.sha256:
                 # E.g. a validation command that rewrote the file it was asked to check.
                 self._drop_staging()
                 raise Refused("sha256", "the staged file changed on disk before it was prepared")
@@ -357,6 +382,7 @@ class NamespaceDisk:
             # bytes in the history (an fsync each) wait for ``flush``, which the agent calls
             # once it has announced the apply; the state in memory says applied at once.
             replace_durably(staged, self.live_path)
+            self._live_seen = sha256
             self._state, _ = self._installed(st, intent)
             self._deferred = (intent, data)
             return CommitOutcome.APPLIED
@@ -476,11 +502,11 @@ class NamespaceDisk:
             staged = self.stage(prepare)
             if not staged.already_prepared:
                 try:
-                    self.seal(prepare.txid)
+                    self.seal(prepare.txid, reread_staged=False)
                 except BaseException:
                     self.abort(prepare.txid)
                     raise
-            return self.snapshot()
+            return self.snapshot(reread=False)
 
     def decide(
         self, txid: str, outcome: str, version: int, sha256: str, epoch: int
@@ -493,13 +519,13 @@ class NamespaceDisk:
                 result: CommitOutcome | bool = self.commit(txid, version, sha256)
             else:
                 result = self.abort(txid)
-            return result, self.snapshot()
+            return result, self.snapshot(reread=False)
 
     def flush(self) -> LocalState:
         """Record what ``commit`` deferred: the applied record and the history copy (every
         other change of the disk does it first, too). Returns the state."""
         with self._guard():
-            return self.snapshot()
+            return self.snapshot(reread=False)
 
     def save_stream_seq(self, seq: int) -> None:
         """Persist the last CFG_TXN sequence processed (the ordered consumer resumes after it)."""
@@ -522,7 +548,12 @@ class NamespaceDisk:
                 raise
             except BaseException:
                 self._state = None
+                self._forget_seen()
                 raise
+
+    def _forget_seen(self) -> None:
+        self._live_seen = None
+        self._history_seen = None
 
     def _settle(self) -> None:
         """Finish what ``commit`` deferred: write the applied record, keep the bytes."""
@@ -625,6 +656,7 @@ class NamespaceDisk:
         intent = Installing(version=version, sha256=sha256, txid=txid)
         st = self._write(msgspec.structs.replace(st, installing=intent))
         replace_durably(source, self.live_path)
+        self._live_seen = sha256_bytes(data)
         self._finish_install(st, intent)
         self._remember(version, data)
         self._prune()
@@ -676,6 +708,8 @@ class NamespaceDisk:
         if sha256_file(path) != sha256_bytes(data):
             ensure_dir(self._versions, 0o700)
             atomic_write(path, data, _PRIVATE, durable_name=durable_name)
+        if self._history_seen is not None:
+            self._history_seen.add(version)
 
     def _kept(self, versions: list[int], st: DiskState | None) -> set[int]:
         """Of ``versions`` (ascending), those the history keeps: the newest ``keep``, the
@@ -689,11 +723,15 @@ class NamespaceDisk:
 
     def _prune(self) -> None:
         st = self._current()
-        versions = self.history()
+        # As last listed (a version someone else removed meanwhile is just not there to
+        # remove; one they added stays until the next full listing): no listing per apply.
+        versions = self.history(reread=False)
         keep = self._kept(versions, st)
         for version in versions:
             if version not in keep:
                 remove_quietly(self._versions / str(version))
+                if self._history_seen is not None:
+                    self._history_seen.discard(version)
 
 
 async def prepare_txn(

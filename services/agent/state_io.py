@@ -153,20 +153,25 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_if_exists(path: Path) -> bytes | None:
+    """The file's bytes, or None if there is no such file.
+
+    Plain ``os.open``/``os.read``: ``open()`` adds an fstat, an isatty ioctl and a seek per
+    file, and the agent reads the live and staged files several times per switch."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def sha256_file(path: Path) -> str | None:
     """sha256 of the file as it is on disk now, or None if there is no such file."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    except FileNotFoundError:
-        return None
-    return digest.hexdigest()
-
-
-def read_if_exists(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+    data = read_if_exists(path)
+    return None if data is None else sha256_bytes(data)

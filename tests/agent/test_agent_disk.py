@@ -534,6 +534,37 @@ def test_drift_is_visible_and_repaired_by_apply(disk: NamespaceDisk, live: Path)
     assert disk.snapshot().drifted and disk.live_sha256() is None
 
 
+def test_a_switch_reports_what_it_wrote_and_a_full_snapshot_rereads_the_disk(
+    root: Path, live: Path
+) -> None:
+    # The state each 2PC step returns is built from what the step itself wrote (no re-read
+    # of the live file and the history per step); the heartbeat's full snapshot re-reads.
+    disk = open_disk(root, keep=3)
+    disk.load()
+    for v in (1, 2, 3):
+        commit_version(disk, v)
+    p = make_prepare(4)
+    prepared = disk.prepare_sealed(p)
+    assert prepared.prepared is not None and prepared.live_sha256 == sha(content_for(3))
+    _, state = disk.decide(p.txid, "commit", 4, p.sha256, 1)
+    assert state.applied_version == 4 and state.live_sha256 == sha(content_for(4))
+    assert live.read_bytes() == content_for(4)
+    flushed = disk.flush()
+    assert flushed.history == (2, 3, 4) == disk.snapshot().history
+    assert sorted(os.listdir(root / "state" / NS / "versions")) == ["2", "3", "4"]
+    # Changed behind the agent's back: the next full snapshot sees both.
+    live.write_bytes(b"edited by hand")
+    (root / "state" / NS / "versions" / "2").unlink()
+    full = disk.snapshot()
+    assert full.drifted and full.live_sha256 == sha(b"edited by hand")
+    assert full.history == (3, 4)
+    # And the next switch prunes from what is really there.
+    for v in (5, 6):
+        commit_version(disk, v)
+    assert sorted(os.listdir(root / "state" / NS / "versions")) == ["4", "5", "6"]
+    assert disk.snapshot().history == (4, 5, 6) and not disk.snapshot().drifted
+
+
 def test_catch_up_over_a_prepared_older_version_drops_it(disk: NamespaceDisk) -> None:
     disk.stage(make_prepare(2, txid="t2"))
     disk.seal("t2")
