@@ -12,6 +12,7 @@ so a zombie coordinator can write nothing once a newer epoch exists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
@@ -51,6 +52,25 @@ class Decision(Message, tag="txn.decision", kw_only=True, frozen=True):
 
 TxnMessage = Prepare | Decision
 decode_txn = msgspec.json.Decoder(TxnMessage).decode
+
+
+# An agent decodes every prepare and decision of its namespaces only to look for its own id in
+# the participant list — a list the coordinator built from node ids it had already checked.
+# Checking each id against its pattern again costs msgspec a regex call per id: 26 µs per
+# record with 100 participants, 270 µs with 1,000, on every agent, twice per switch. These
+# subclasses read the list as plain strings (every other field is checked as before) and are
+# still a ``Prepare`` and a ``Decision`` to ``isinstance`` and to every function typed with them.
+class _AgentPrepare(Prepare, tag="txn.prepare", kw_only=True, frozen=True):
+    participants: list[str]
+
+
+class _AgentDecision(Decision, tag="txn.decision", kw_only=True, frozen=True):
+    participants: list[str]
+
+
+decode_txn_for_agent: Callable[[bytes], TxnMessage] = msgspec.json.Decoder(
+    _AgentPrepare | _AgentDecision
+).decode
 
 
 class Vote(Message, tag="txn.vote", kw_only=True, frozen=True):

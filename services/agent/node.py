@@ -43,7 +43,7 @@ from schemas.base import DECODE_ERRORS, utcnow
 from schemas.events import NodeApplied
 from schemas.node import Heartbeat, NamespaceState
 from schemas.streams import CFG_TXN
-from schemas.txn import Decision, Prepare, Vote, decode_txn, decode_vote_ack
+from schemas.txn import Decision, Prepare, Vote, decode_txn_for_agent, decode_vote_ack
 from services.agent.disk import NamespaceDisk, prepare_txn
 from services.agent.health import HealthForwarder
 from services.agent.hooks import run_on_change
@@ -198,7 +198,7 @@ class NodeAgent:
     async def _handle(self, bus: Bus, ns: _Namespace, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         try:
-            record = decode_txn(msg.data)
+            record = decode_txn_for_agent(msg.data)
         except DECODE_ERRORS as exc:
             # Only confbus services may write CFG_TXN; a record we cannot read is from a
             # newer confbus or a bug elsewhere — skip it, loudly, and keep going.

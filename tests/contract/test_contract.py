@@ -16,7 +16,7 @@ from schemas.base import SCHEMA_VERSION, decode_envelope
 from schemas.changes import ChangeProposed, decode_change
 from schemas.events import AnyEvent, NodeApplied, VersionCreated
 from schemas.names import MAX_INT
-from schemas.txn import Decision, Prepare, TxnMessage
+from schemas.txn import Decision, Prepare, TxnMessage, decode_txn_for_agent
 from services.runtime.codec import encode
 
 PREPARE = Prepare(
@@ -84,6 +84,29 @@ def test_bad_node_ids_are_refused_where_they_sit() -> None:
     doc["participants"] = ["n1", "n*"]
     with pytest.raises(msgspec.ValidationError, match=r"at `\$\.participants\[1\]`"):
         msgspec.json.decode(json.dumps(doc), type=TxnMessage)
+
+
+def test_the_agents_decoder_reads_the_same_records_but_not_the_participant_ids() -> None:
+    decision = Decision(
+        txid="t1",
+        namespace="payments",
+        version=3,
+        sha256="0" * 64,
+        outcome="commit",
+        participants=["n1", "n2"],
+        epoch=1,
+    )
+    for msg in (PREPARE, decision):
+        seen = decode_txn_for_agent(encode(msg))
+        assert isinstance(seen, type(msg))
+        assert msgspec.structs.asdict(seen) == msgspec.structs.asdict(msg)
+        assert json.loads(encode(seen)) == json.loads(encode(msg))
+        doc = json.loads(encode(msg))
+        doc["participants"] = ["n1", "n*"]  # the coordinator checked them; the agent looks
+        assert decode_txn_for_agent(json.dumps(doc).encode()).participants == ["n1", "n*"]
+        doc["namespace"] = "Pay*"  # everything else is checked as before
+        with pytest.raises(msgspec.ValidationError, match=r"at `\$\.namespace`"):
+            decode_txn_for_agent(json.dumps(doc).encode())
 
 
 def test_versions_beyond_what_json_readers_keep_exact_are_refused() -> None:
