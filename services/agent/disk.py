@@ -565,8 +565,10 @@ class NamespaceDisk:
             return  # reloading after a failure: ``load`` finishes the commit from the disk
         self._write(self._state)
         # No directory fsync for this copy: the file is whole if its name survives a power
-        # cut, and if not, ``load`` copies the applied version back from the live file.
-        self._remember(intent.version, data, durable_name=False)
+        # cut, and if not, ``load`` copies the applied version back from the live file. The
+        # copy goes into the inode of the version it pushes out of the history, if any (the
+        # state that no longer needs that version is on disk already).
+        self._remember(intent.version, data, durable_name=False, reuse=self._pushed_out(intent))
         self._prune()
 
     def _current(self) -> DiskState:
@@ -701,15 +703,27 @@ class NamespaceDisk:
         # a commit's PREPARED record and staged file are intact, so its decision is asked again.
         return self._write(msgspec.structs.replace(st, installing=None))
 
-    def _remember(self, version: int, data: bytes, *, durable_name: bool = True) -> None:
+    def _remember(
+        self, version: int, data: bytes, *, durable_name: bool = True, reuse: int | None = None
+    ) -> None:
         """Keep a version's bytes in the history (pruning is the caller's next step, once the
-        state says which versions must stay). ``durable_name``: see ``atomic_write``."""
+        state says which versions must stay). ``durable_name``: see ``atomic_write``;
+        ``reuse``: a version being pruned whose file may hold the copy (``write_temp``)."""
         path = self._versions / str(version)
         if sha256_file(path) != sha256_bytes(data):
             ensure_dir(self._versions, 0o700)
-            atomic_write(path, data, _PRIVATE, durable_name=durable_name)
+            old = None if reuse is None else self._versions / str(reuse)
+            atomic_write(path, data, _PRIVATE, durable_name=durable_name, reuse=old)
+            if self._history_seen is not None and reuse is not None:
+                self._history_seen.discard(reuse)  # gone, whether its inode was reused or not
         if self._history_seen is not None:
             self._history_seen.add(version)
+
+    def _pushed_out(self, intent: Installing) -> int | None:
+        """The oldest version that pruning will remove once ``intent``'s is in the history."""
+        versions = sorted(set(self.history(reread=False)) | {intent.version})
+        kept = self._kept(versions, self._state)
+        return next((v for v in versions if v not in kept), None)
 
     def _kept(self, versions: list[int], st: DiskState | None) -> set[int]:
         """Of ``versions`` (ascending), those the history keeps: the newest ``keep``, the

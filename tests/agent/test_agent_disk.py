@@ -420,6 +420,28 @@ def test_a_commit_shows_the_pruned_history_before_its_deferred_copy_is_written(
     assert sorted(os.listdir(root / "state" / NS / "versions")) == ["2", "3", "4"]
 
 
+def test_the_copy_of_a_new_version_takes_the_inode_of_the_one_it_pushes_out(root: Path) -> None:
+    # No inode created or freed per switch for the history (on ext4 without a journal,
+    # creating a file costs a search past every recently deleted inode).
+    disk = open_disk(root, keep=3)
+    disk.load()
+    for v in (1, 2, 3):
+        commit_version(disk, v)
+    versions = root / "state" / NS / "versions"
+    oldest = (versions / "1").stat().st_ino
+    commit_version(disk, 4)
+    assert sorted(os.listdir(versions)) == ["2", "3", "4"]
+    assert (versions / "4").stat().st_ino == oldest
+    assert (versions / "4").read_bytes() == content_for(4)  # only the new bytes, whole
+    assert stat.S_IMODE((versions / "4").stat().st_mode) == 0o600
+    # The file to reuse is gone (removed by hand): a new one is written instead.
+    (versions / "2").unlink()
+    commit_version(disk, 5)
+    assert sorted(os.listdir(versions)) == ["3", "4", "5"]
+    assert disk.version_bytes(5) == content_for(5) and disk.snapshot().history == (3, 4, 5)
+    assert leftovers(versions) == []
+
+
 def test_history_always_keeps_the_last_known_good(root: Path) -> None:
     disk = open_disk(root, keep=3)
     disk.load()
