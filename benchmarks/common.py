@@ -860,7 +860,12 @@ def _experiment(name: str) -> None:
     elif name == "no-history":
 
         def remember_nothing(
-            self: NamespaceDisk, version: int, data: bytes, *, durable_name: bool = True
+            self: NamespaceDisk,
+            version: int,
+            data: bytes,
+            *,
+            durable_name: bool = True,
+            reuse: int | None = None,
         ) -> None:
             return None
 
