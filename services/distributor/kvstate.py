@@ -136,13 +136,17 @@ class StateKV:
         change: Callable[[T | None], T | None],
         *,
         attempts: int = 20,
+        hint: Entry[T] | None = None,
     ) -> tuple[Entry[T], bool]:
         """Read, apply ``change`` (None: leave it), compare-and-set; again on a conflict.
 
+        ``hint``: the entry as a watch last showed it — tried first without a read; if it is
+        out of date the compare-and-set fails and the loop reads as usual.
         Returns the entry as it now is and whether this call wrote it.
         """
         for _ in range(attempts):
-            cur = await self.read(key, decode)
+            cur = hint if hint is not None else await self.read(key, decode)
+            hint = None
             new = change(cur.value)
             if new is None:
                 return cur, False

@@ -81,6 +81,9 @@ class Repairs:
     cap_s: float = 60.0
     state: dict[tuple[str, str], Repair] = field(default_factory=dict)
     _learning: dict[str, float] = field(default_factory=dict)
+    # Versions whose sha256 is being fetched: every node's heartbeat asks for it the moment a
+    # commit raises the targets, and one fetch answers them all.
+    _learning_sha: set[tuple[str, int]] = field(default_factory=set)
 
     def in_flight(self, namespace: str) -> set[str]:
         return {n for (ns, n), r in self.state.items() if ns == namespace and r.in_flight}
@@ -143,7 +146,9 @@ class Repairs:
             return
         expected = self.targets.known_sha256(ns, target)
         if expected is None:
-            tg.start_soon(self._learn_sha, ns, target)
+            if (ns, target) not in self._learning_sha:
+                self._learning_sha.add((ns, target))
+                tg.start_soon(self._learn_sha, ns, target)
             return
         if st.sha256 == expected:
             self._clear(ns, node, r)
@@ -189,6 +194,8 @@ class Repairs:
             await self.targets.sha256_of(ns, version)
         except ConfbusError as exc:
             log.info("cannot read a version", extra={"namespace": ns, "error": str(exc)})
+        finally:
+            self._learning_sha.discard((ns, version))
 
     # -- catch-up --------------------------------------------------------------------------------
 

@@ -441,6 +441,7 @@ class Rollouts:
         policy = await self.store.policy(namespace, fresh=True)
         try:
             info = (await self.store.version(namespace, rec.version)).info
+            self.targets.note_version(info)
         except NotFound as exc:
             why = exc.message
             await self._transition(

@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 from schemas.base import DECODE_ERRORS
 from schemas.versions import VersionInfo
 from services.distributor.kvstate import (
+    Entry,
     StateKV,
     TargetRecord,
     decode_target,
@@ -40,6 +41,10 @@ class Targets:
     txn: dict[str, dict[str, TargetRecord]] = field(default_factory=dict)
     production: dict[str, VersionInfo] = field(default_factory=dict)
     _sha: dict[tuple[str, int], str] = field(default_factory=dict)
+    # The revision of each record in ``txn`` (from the same watch event or write): a raise
+    # compare-and-sets against it without reading the key first — one request per node
+    # instead of two; if the key moved meanwhile the write fails and ``mutate`` reads.
+    _revision: dict[tuple[str, str], int] = field(default_factory=dict)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -74,6 +79,11 @@ class Targets:
             self.production[info.namespace] = info
             self._sha[(info.namespace, info.version)] = info.sha256
 
+    def note_version(self, info: VersionInfo) -> None:
+        """A version's sha256 seen in passing: versions never change, so no fetch for it later
+        (a commit raises every node's target before anyone has asked for its hash)."""
+        self._sha[(info.namespace, info.version)] = info.sha256
+
     def known_sha256(self, namespace: str, version: int) -> str | None:
         return self._sha.get((namespace, version))
 
@@ -98,35 +108,42 @@ class Targets:
             local = self.txn.get(namespace, {}).get(node)
             if local is not None and local.version >= version:
                 return
+            revision = self._revision.get((namespace, node))
+            hint = Entry(local, revision) if local is not None and revision else None
             async with limiter:
-                entry, _ = await self.kv.mutate(target_key(namespace, node), decode_target, change)
+                entry, _ = await self.kv.mutate(
+                    target_key(namespace, node), decode_target, change, hint=hint
+                )
             if entry.value is not None:
-                self._remember(namespace, node, entry.value)
+                self._remember(namespace, node, entry.value, entry.revision)
 
         limiter = anyio.CapacityLimiter(WRITE_CONCURRENCY)
         async with anyio.create_task_group() as tg:
             for node in nodes:
                 tg.start_soon(one, node)
 
-    def _remember(self, namespace: str, node: str, rec: TargetRecord) -> None:
+    def _remember(self, namespace: str, node: str, rec: TargetRecord, revision: int) -> None:
         per_ns = self.txn.setdefault(namespace, {})
         cur = per_ns.get(node)
         if cur is None or rec.version >= cur.version:
             per_ns[node] = rec
+            # This record's own revision: an older one only costs a read (the write fails).
+            self._revision[(namespace, node)] = revision
 
     def forget(self, namespace: str, node: str) -> None:
         self.txn.get(namespace, {}).pop(node, None)
+        self._revision.pop((namespace, node), None)
 
     # -- the watch -----------------------------------------------------------------------------
 
-    def observed(self, key: str, value: bytes | None, _revision: int) -> None:
+    def observed(self, key: str, value: bytes | None, revision: int) -> None:
         """A ``target.<ns>.<node>`` change seen by the watch (ours or another replica's)."""
         _, ns, node = key.split(".", 2)
         if value is None:
             self.forget(ns, node)
             return
         try:
-            self._remember(ns, node, decode_target(value))
+            self._remember(ns, node, decode_target(value), revision)
         except DECODE_ERRORS:
             log.warning("unreadable target record", extra={"key": key})
 

@@ -56,6 +56,9 @@ class MemoryStore:
     production: dict[str, int] = field(default_factory=dict)
     last_good: dict[str, int] = field(default_factory=dict)
     promotions: list[tuple[str, int]] = field(default_factory=list)
+    # Every ``get`` as (namespace, ref, content), and a delay to play a slow store.
+    asked: list[tuple[str, str, bool]] = field(default_factory=list)
+    get_delay_s: float = 0.0
 
     def _find(self, ns: str, ref: str) -> tuple[VersionInfo, bytes]:
         if ref == "production":
@@ -77,6 +80,9 @@ class MemoryStore:
         return found
 
     async def get(self, req: store_api.GetRequest) -> store_api.VersionReply:
+        self.asked.append((req.namespace, req.ref, req.content))
+        if self.get_delay_s:
+            await anyio.sleep(self.get_delay_s)
         info, content = self._find(req.namespace, req.ref)
         return store_api.VersionReply(info=info, content=content if req.content else None)
 

@@ -6,8 +6,11 @@ two replicas, and the client's ``wait_rollout``."""
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import pytest
+from nats.aio.msg import Msg
 
 from schemas.api import dist as dist_api
 from schemas.api import health as health_api
@@ -213,6 +216,43 @@ async def test_no_agent_yet_promotes_and_late_joiners_catch_up(h: Harness) -> No
     await h.wait_files(["late"], content_of(v1))
     up = await h.wait_event(NodeCatchUp, node="late")
     assert up.outcome == "applied" and up.from_version is None and up.version == v1
+
+
+async def test_one_fetch_of_a_versions_hash_answers_every_nodes_heartbeat(h: Harness) -> None:
+    # Right after a commit every node's heartbeat shows the new version before the
+    # distributor knows its sha256; a slow store must be asked once, not once per heartbeat.
+    nodes = await agents(h, 6)
+    h.store.get_delay_s = 0.3
+    v1 = await h.store.publish(NS)
+    await h.wait_rollout_state(v1, ("completed",), timeout=30)
+    await h.wait_files(nodes, content_of(v1))
+    hashes = [a for a in h.store.asked if a == (NS, str(v1), False)]
+    assert len(hashes) <= 2, hashes
+
+
+async def test_raising_the_targets_writes_each_key_without_reading_it_first(h: Harness) -> None:
+    nodes = await agents(h, 4)
+    v1 = await h.store.publish(NS)
+    await h.wait_rollout_state(v1, ("completed",))
+    reads: list[str] = []
+
+    async def on_read(msg: Msg) -> None:
+        wanted = json.loads(msg.data or b"{}").get("last_by_subj", "")
+        if ".target." in wanted:
+            reads.append(wanted)
+
+    sub = await h.bus.nc.subscribe("$JS.API.STREAM.MSG.GET.KV_CFG_STATE", cb=on_read)
+    v2 = await h.store.publish(NS)
+    await h.wait_rollout_state(v2, ("completed",))
+    await h.wait_files(nodes, content_of(v2))
+    await h.bus.nc.flush()
+    await sub.unsubscribe()
+    st = await call(
+        h.bus, dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS),
+        dist_api.StatusReply,
+    )  # fmt: skip
+    assert sorted(n.node for n in st.nodes if n.target_version == v2) == nodes
+    assert reads == []  # the watch's revision was current: one compare-and-set per node
 
 
 async def test_a_node_that_keeps_failing_is_reported_and_blocks_no_one(h: Harness) -> None:
