@@ -141,14 +141,18 @@ class StateKV:
         """Read, apply ``change`` (None: leave it), compare-and-set; again on a conflict.
 
         ``hint``: the entry as a watch last showed it — tried first without a read; if it is
-        out of date the compare-and-set fails and the loop reads as usual.
+        out of date the compare-and-set fails and the loop reads as usual (and "nothing to
+        change" is only ever concluded from a read).
         Returns the entry as it now is and whether this call wrote it.
         """
         for _ in range(attempts):
+            guessed = hint is not None
             cur = hint if hint is not None else await self.read(key, decode)
             hint = None
             new = change(cur.value)
             if new is None:
+                if guessed:
+                    continue
                 return cur, False
             try:
                 rev = await self.cas(key, new, cur.revision)
