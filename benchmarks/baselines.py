@@ -165,7 +165,8 @@ class SubscriberFleet:
 # -- the subscriber host --------------------------------------------------------------------------
 
 
-def _stage(staged: Path, data: bytes) -> None:
+def stage_file(staged: Path, data: bytes) -> None:
+    """The baseline's prepare: the bytes written at the staged name, one fsync."""
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
@@ -188,7 +189,7 @@ def _commit(staged: Path, live: Path) -> None:
 
 def _handlers(bus: Bus, live: Path, staged: Path) -> tuple[Any, Any]:
     async def prepare(msg: Msg) -> None:
-        await anyio.to_thread.run_sync(_stage, staged, msg.data)
+        await anyio.to_thread.run_sync(stage_file, staged, msg.data)
         await bus.nc.publish(msg.reply, b"yes")
 
     async def commit(msg: Msg) -> None:

@@ -843,18 +843,10 @@ def _experiment(name: str) -> None:
 
         NamespaceDisk._write_staged = write_unsynced  # type: ignore[method-assign]
     elif name == "inplace-staged":
+        from benchmarks.baselines import stage_file  # the baseline's own prepare I/O
 
         def write_in_place(self: NamespaceDisk, path: Path, content: bytes) -> None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(content)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            stage_file(path, content)
 
         NamespaceDisk._write_staged = write_in_place  # type: ignore[method-assign]
     elif name == "no-history":
