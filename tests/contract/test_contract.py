@@ -30,21 +30,21 @@ PREPARE = Prepare(
     epoch=1,
     timeout_s=5.0,
 )
+DECISION = Decision(
+    txid="t1",
+    namespace="payments",
+    version=3,
+    sha256="0" * 64,
+    outcome="commit",
+    participants=["n1", "n2"],
+    epoch=1,
+    decided_at=datetime(2026, 1, 1, tzinfo=UTC),
+)
 
 
 def test_every_message_round_trips_with_its_tag_and_schema_version() -> None:
-    decision = Decision(
-        txid="t1",
-        namespace="payments",
-        version=3,
-        sha256="0" * 64,
-        outcome="commit",
-        participants=["n1", "n2"],
-        epoch=1,
-        decided_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
     dec = msgspec.json.Decoder(TxnMessage)
-    for msg in (PREPARE, decision):
+    for msg in (PREPARE, DECISION):
         wire = encode(msg)
         doc = json.loads(wire)
         assert doc["schema_version"] == SCHEMA_VERSION
@@ -87,16 +87,7 @@ def test_bad_node_ids_are_refused_where_they_sit() -> None:
 
 
 def test_the_agents_decoder_reads_the_same_records_but_not_the_participant_ids() -> None:
-    decision = Decision(
-        txid="t1",
-        namespace="payments",
-        version=3,
-        sha256="0" * 64,
-        outcome="commit",
-        participants=["n1", "n2"],
-        epoch=1,
-    )
-    for msg in (PREPARE, decision):
+    for msg in (PREPARE, DECISION):
         seen = decode_txn_for_agent(encode(msg))
         assert isinstance(seen, type(msg))
         assert msgspec.structs.asdict(seen) == msgspec.structs.asdict(msg)
