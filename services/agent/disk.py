@@ -722,8 +722,12 @@ class NamespaceDisk:
     def _pushed_out(self, intent: Installing) -> int | None:
         """The oldest version that pruning will remove once ``intent``'s is in the history."""
         versions = sorted(set(self.history(reread=False)) | {intent.version})
-        kept = self._kept(versions, self._state)
-        return next((v for v in versions if v not in kept), None)
+        return next(iter(self._let_go(versions)), None)
+
+    def _let_go(self, versions: list[int]) -> list[int]:
+        """Of ``versions`` (ascending), those the history does not keep."""
+        kept = self._kept(versions, self._current())
+        return [v for v in versions if v not in kept]
 
     def _kept(self, versions: list[int], st: DiskState | None) -> set[int]:
         """Of ``versions`` (ascending), those the history keeps: the newest ``keep``, the
@@ -736,16 +740,12 @@ class NamespaceDisk:
         return keep
 
     def _prune(self) -> None:
-        st = self._current()
         # As last listed (a version someone else removed meanwhile is just not there to
         # remove; one they added stays until the next full listing): no listing per apply.
-        versions = self.history(reread=False)
-        keep = self._kept(versions, st)
-        for version in versions:
-            if version not in keep:
-                remove_quietly(self._versions / str(version))
-                if self._history_seen is not None:
-                    self._history_seen.discard(version)
+        for version in self._let_go(self.history(reread=False)):
+            remove_quietly(self._versions / str(version))
+            if self._history_seen is not None:
+                self._history_seen.discard(version)
 
 
 async def prepare_txn(
