@@ -38,19 +38,18 @@ WRITE_CONCURRENCY = 32
 class Targets:
     kv: StateKV
     store: Store
-    txn: dict[str, dict[str, TargetRecord]] = field(default_factory=dict)
-    production: dict[str, VersionInfo] = field(default_factory=dict)
-    _sha: dict[tuple[str, int], str] = field(default_factory=dict)
-    # The revision of each record in ``txn`` (from the same watch event or write): a raise
+    # Each node's record with its revision (from the same watch event or write): a raise
     # compare-and-sets against it without reading the key first — one request per node
     # instead of two; if the key moved meanwhile the write fails and ``mutate`` reads.
-    _revision: dict[tuple[str, str], int] = field(default_factory=dict)
+    txn: dict[str, dict[str, Entry[TargetRecord]]] = field(default_factory=dict)
+    production: dict[str, VersionInfo] = field(default_factory=dict)
+    _sha: dict[tuple[str, int], str] = field(default_factory=dict)
 
     # -- reading -------------------------------------------------------------------------------
 
     def txn_target(self, namespace: str, node: str) -> int | None:
-        rec = self.txn.get(namespace, {}).get(node)
-        return rec.version if rec else None
+        local = self.txn.get(namespace, {}).get(node)
+        return local.value.version if local and local.value else None
 
     def production_version(self, namespace: str) -> int | None:
         info = self.production.get(namespace)
@@ -106,33 +105,30 @@ class Targets:
 
         async def one(node: str) -> None:
             local = self.txn.get(namespace, {}).get(node)
-            if local is not None and local.version >= version:
+            if local is not None and local.value is not None and local.value.version >= version:
                 return
-            revision = self._revision.get((namespace, node))
-            hint = Entry(local, revision) if local is not None and revision else None
             async with limiter:
                 entry, _ = await self.kv.mutate(
-                    target_key(namespace, node), decode_target, change, hint=hint
+                    target_key(namespace, node), decode_target, change, hint=local
                 )
-            if entry.value is not None:
-                self._remember(namespace, node, entry.value, entry.revision)
+            self._remember(namespace, node, entry)
 
         limiter = anyio.CapacityLimiter(WRITE_CONCURRENCY)
         async with anyio.create_task_group() as tg:
             for node in nodes:
                 tg.start_soon(one, node)
 
-    def _remember(self, namespace: str, node: str, rec: TargetRecord, revision: int) -> None:
+    def _remember(self, namespace: str, node: str, entry: Entry[TargetRecord]) -> None:
+        rec = entry.value
+        if rec is None:
+            return
         per_ns = self.txn.setdefault(namespace, {})
         cur = per_ns.get(node)
-        if cur is None or rec.version >= cur.version:
-            per_ns[node] = rec
-            # This record's own revision: an older one only costs a read (the write fails).
-            self._revision[(namespace, node)] = revision
+        if cur is None or cur.value is None or rec.version >= cur.value.version:
+            per_ns[node] = entry
 
     def forget(self, namespace: str, node: str) -> None:
         self.txn.get(namespace, {}).pop(node, None)
-        self._revision.pop((namespace, node), None)
 
     # -- the watch -----------------------------------------------------------------------------
 
@@ -143,7 +139,7 @@ class Targets:
             self.forget(ns, node)
             return
         try:
-            self._remember(ns, node, decode_target(value), revision)
+            self._remember(ns, node, Entry(decode_target(value), revision))
         except DECODE_ERRORS:
             log.warning("unreadable target record", extra={"key": key})
 
