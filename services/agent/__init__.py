@@ -9,7 +9,7 @@ This package so far holds the agent's local, durable side of the two-phase commi
 - ``state_io``  crash-safe file primitives (temp → fsync → rename → fsync dir)
 
 The disk side is synchronous and blocking; the agent calls it through
-``anyio.to_thread.run_sync``. No NATS here.
+``offload.run`` (its own small thread pool). No NATS here.
 """
 
 from services.agent.disk import NamespaceDisk, prepare_txn

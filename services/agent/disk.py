@@ -1,13 +1,13 @@
 """The agent's durable, crash-safe side of the two-phase commit, for one namespace (DESIGN §4, §5).
 
 Every method of ``NamespaceDisk`` is **synchronous and blocking** (fsync): the agent calls them
-through ``anyio.to_thread.run_sync``, never on the event loop. They are thread-safe (one lock
+through ``offload.run`` (a thread), never on the event loop. They are thread-safe (one lock
 per namespace), so two worker threads cannot interleave one namespace's steps. ``prepare_txn``
 is the async composition the agent uses for a prepare::
 
     disk = NamespaceDisk(ns, Path("/etc/app/config.json"), Path("/var/lib/confbus"),
                          keep=policy.keep_versions)
-    state = await anyio.to_thread.run_sync(disk.load)   # serve state at once; resume from
+    state = await offload.run(disk.load)   # serve state at once; resume from
                                                         # state.stream_seq; in doubt → ask
     # Prepare (if this node is a participant):
     try:
@@ -15,11 +15,11 @@ is the async composition the agent uses for a prepare::
     except Refused as no:
         ...                                          # → vote no, reason=no.reason
     # Decision (the agent calls observe_epoch(decision.epoch) first):
-    outcome = await anyio.to_thread.run_sync(disk.commit, txid, version, sha256)
+    outcome = await offload.run(disk.commit, txid, version, sha256)
     # APPLIED → announce it, then disk.flush() (records it; the commit deferred that)
     # MISSING → fetch the version's content, then disk.apply(version, sha256, content)
-    await anyio.to_thread.run_sync(disk.abort, txid)
-    await anyio.to_thread.run_sync(disk.save_stream_seq, seq)   # after each CFG_TXN message
+    await offload.run(disk.abort, txid)
+    await offload.run(disk.save_stream_seq, seq)   # after each CFG_TXN message
 
 A commit decision is applied whatever its epoch: it was written under the head's
 compare-and-set while that epoch was current, so it is the decision (a newer leader only aborts
@@ -62,11 +62,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import anyio
 import msgspec
 
 from schemas.names import check_name, check_txid
 from schemas.txn import Prepare
+from services.agent import offload
 from services.agent.formats import check_content, run_validate
 from services.agent.record import RecordCorrupt, SlotRecord
 from services.agent.state import (
@@ -761,14 +761,14 @@ async def prepare_txn(
     ``reason``; nothing of the transaction is left behind. Any other exception (an unexpected
     I/O error) → vote no as well: only a returned ``Staged`` is a yes.
     """
-    staged = await anyio.to_thread.run_sync(disk.stage, prepare)
+    staged = await offload.run(disk.stage, prepare)
     if staged.already_prepared:
         return staged
     try:
         if validate_cmd:
             await run_validate(validate_cmd, staged.path, validate_timeout)
-        await anyio.to_thread.run_sync(disk.seal, prepare.txid)
+        await offload.run(disk.seal, prepare.txid)
     except Exception:
-        await anyio.to_thread.run_sync(disk.abort, prepare.txid)
+        await offload.run(disk.abort, prepare.txid)
         raise
     return staged

@@ -34,6 +34,7 @@ from schemas.api import store as store_api
 from schemas.base import DECODE_ERRORS, utcnow
 from schemas.events import VersionLastGood, decode_event
 from schemas.policy import Policy
+from services.agent import offload
 from services.agent.disk import NamespaceDisk
 from services.agent.state_io import atomic_write, ensure_dir, read_if_exists
 from services.runtime.api import call
@@ -112,11 +113,11 @@ async def fall_back(agent: NodeAgent) -> dict[str, int]:
     restored: dict[str, int] = {}
     for name, ns in agent.namespaces.items():
         try:
-            cached = await anyio.to_thread.run_sync(cached_policy, ns.disk)
+            cached = await offload.run(cached_policy, ns.disk)
             if cached is None or not cached.cold_start_last_good:
                 continue
-            version = await anyio.to_thread.run_sync(ns.disk.restore_last_good)
-            ns.state = await anyio.to_thread.run_sync(ns.disk.snapshot)
+            version = await offload.run(ns.disk.restore_last_good)
+            ns.state = await offload.run(ns.disk.snapshot)
         except (ConfbusError, OSError) as exc:
             log.error("cold-start fallback failed", extra={"namespace": name, "error": str(exc)})
             continue
@@ -186,8 +187,8 @@ async def record(
     ns = agent.namespaces[name]
     if ns.state.last_good == version:
         return False
-    if version in await anyio.to_thread.run_sync(ns.disk.history):
-        await anyio.to_thread.run_sync(lambda: ns.disk.mark_last_good(version, sha256=sha256))
+    if version in await offload.run(ns.disk.history):
+        await offload.run(lambda: ns.disk.mark_last_good(version, sha256=sha256))
     else:
         # Never ran it here (away, or excluded): keep its bytes anyway, checked by sha256.
         full = await call(
@@ -200,10 +201,10 @@ async def record(
         content = full.content
         if content is None:
             return False
-        await anyio.to_thread.run_sync(
+        await offload.run(
             lambda: ns.disk.mark_last_good(version, sha256=full.info.sha256, content=content)
         )
-    ns.state = await anyio.to_thread.run_sync(ns.disk.snapshot)
+    ns.state = await offload.run(ns.disk.snapshot)
     log.info("last known good recorded", extra={"namespace": name, "version": version})
     return True
 
@@ -215,7 +216,7 @@ async def sync_namespace(bus: Bus, agent: NodeAgent, name: str) -> int | None:
     policy = await call(
         bus, store_api.SERVICE, "policy_get", store_api.PolicyGetRequest(namespace=name), Policy
     )
-    await anyio.to_thread.run_sync(cache_policy, ns.disk, policy.cold_start_last_good)
+    await offload.run(cache_policy, ns.disk, policy.cold_start_last_good)
     try:
         good = await call(
             bus,

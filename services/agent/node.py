@@ -44,6 +44,7 @@ from schemas.events import NodeApplied
 from schemas.node import Heartbeat, NamespaceState
 from schemas.streams import CFG_TXN
 from schemas.txn import Decision, Prepare, Vote, decode_txn_for_agent, decode_vote_ack
+from services.agent import offload
 from services.agent.disk import NamespaceDisk, prepare_txn
 from services.agent.health import HealthForwarder
 from services.agent.hooks import run_on_change
@@ -108,7 +109,7 @@ class NodeAgent:
 
         for b in self.bindings:
             disk = NamespaceDisk(b.namespace, Path(b.path), Path(self.state_dir), keep=self.keep)
-            state = await anyio.to_thread.run_sync(disk.load)
+            state = await offload.run(disk.load)
             ns = _Namespace(disk, state, last_seq=state.stream_seq)
             if state.in_doubt:
                 ns.prepared_at = 0.0  # unknown age after a restart: ask at once
@@ -185,10 +186,8 @@ class NodeAgent:
         task_status.started()
         try:
             while True:
-                try:
-                    msg = await sub.next_msg(timeout=3600)
-                except nats.errors.TimeoutError:
-                    continue
+                # No timeout: that would cost a timer and a second task per message.
+                msg = await sub.next_msg(timeout=None)
                 await self._handle(bus, ns, msg)
         finally:
             with anyio.CancelScope(shield=True):
@@ -222,7 +221,7 @@ class NodeAgent:
         ns.last_seq = seq
         ns.unsaved = 0 if changed else ns.unsaved + 1
         if ns.unsaved >= SEQ_SAVE_EVERY:
-            await anyio.to_thread.run_sync(ns.disk.save_stream_seq, seq)
+            await offload.run(ns.disk.save_stream_seq, seq)
             ns.unsaved = 0
 
     async def _on_prepare(self, bus: Bus, ns: _Namespace, p: Prepare) -> bool:
@@ -238,7 +237,7 @@ class NodeAgent:
                 )
                 await self._refresh(ns)
             else:  # the common case: the whole prepare in one thread hop
-                ns.state = await anyio.to_thread.run_sync(ns.disk.prepare_sealed, p)
+                ns.state = await offload.run(ns.disk.prepare_sealed, p)
         except Refused as no:
             await self._refresh(ns)
             await self._vote(bus, p, "no", no.reason)
@@ -275,12 +274,12 @@ class NodeAgent:
     async def _on_decision(self, bus: Bus, ns: _Namespace, d: Decision) -> bool:
         if self.node not in d.participants:
             # Not ours, but its epoch is the namespace's: it fences older prepares.
-            await anyio.to_thread.run_sync(ns.disk.observe_epoch, d.epoch)
+            await offload.run(ns.disk.observe_epoch, d.epoch)
             return False
         await failpoint("agent.before_apply")
         before = ns.state.applied_version
         # Epoch, decision and the new state in one thread hop.
-        result, ns.state = await anyio.to_thread.run_sync(
+        result, ns.state = await offload.run(
             ns.disk.decide, d.txid, d.outcome, d.version, d.sha256, d.epoch
         )
         if d.outcome == "abort":
@@ -291,7 +290,7 @@ class NodeAgent:
             # We never staged it (away during the prepare, or refused it as busy): the
             # prepare in the stream still has the bytes, checked against the version's hash.
             content = await self._prepared_content(bus, d)
-            if content is not None and await anyio.to_thread.run_sync(
+            if content is not None and await offload.run(
                 ns.disk.apply, d.version, d.sha256, content
             ):
                 outcome = CommitOutcome.APPLIED
@@ -322,7 +321,7 @@ class NodeAgent:
         )
         await self._announce(bus, ns, d.version, d.sha256, d.txid, before)
         # Now the bookkeeping the commit deferred to get here sooner (disk.commit, flush).
-        ns.state = await anyio.to_thread.run_sync(ns.disk.flush)
+        ns.state = await offload.run(ns.disk.flush)
         await self._publish_heartbeat(bus, refresh=False)  # the state is fresh already
         if self.on_change_cmd:
             await run_on_change(self.on_change_cmd, ns.disk.live_path, d.namespace, d.version)
@@ -377,7 +376,7 @@ class NodeAgent:
                 )
 
     async def _refresh(self, ns: _Namespace) -> None:
-        ns.state = await anyio.to_thread.run_sync(ns.disk.snapshot)
+        ns.state = await offload.run(ns.disk.snapshot)
 
     # -- in doubt ------------------------------------------------------------------------
 
@@ -418,7 +417,7 @@ class NodeAgent:
                 return
             decision = reply.decision
             if decision is None:  # presumed abort: the txn never reached a decision
-                await anyio.to_thread.run_sync(ns.disk.abort, txid)
+                await offload.run(ns.disk.abort, txid)
                 await self._refresh(ns)
                 ns.prepared_at = None
                 return
@@ -466,7 +465,7 @@ class NodeAgent:
             source: Literal["history", "store"] = "history"
             content: bytes | None
             try:
-                content = await anyio.to_thread.run_sync(ns.disk.version_bytes, req.version)
+                content = await offload.run(ns.disk.version_bytes, req.version)
             except VersionNotOnDisk:
                 content = None
             if content is None or hashlib.sha256(content).hexdigest() != req.sha256:
@@ -484,9 +483,7 @@ class NodeAgent:
                     return ResyncReply(ok=False, reason=f"no local copy, and the store: {exc}")
                 content = got.content or b""
             try:
-                written = await anyio.to_thread.run_sync(
-                    ns.disk.apply, req.version, req.sha256, content
-                )
+                written = await offload.run(ns.disk.apply, req.version, req.sha256, content)
             except (ConfbusError, OSError) as exc:
                 return ResyncReply(ok=False, reason=f"re-install failed: {exc}")
             await self._refresh(ns)
