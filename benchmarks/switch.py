@@ -355,7 +355,9 @@ class SizeResult:
 class Profiler:
     """``CONFBUS_BENCH_PROFILE=DIR``: py-spy (``pip install py-spy``; not a dependency)
     samples the coordinator and every agent host during the timed switches of the size in
-    ``CONFBUS_BENCH_PROFILE_SIZE`` (default 100), writing folded stacks to DIR."""
+    ``CONFBUS_BENCH_PROFILE_SIZE`` (default 100), writing folded stacks to DIR. With
+    ``CONFBUS_BENCH_PROFILE_TOOL=perf``, ``perf record -g`` of the agent hosts instead (the
+    kernel's side: system calls, the scheduler, the GIL's futexes), to DIR/perf.data."""
 
     def __init__(self, out: Path, pids: dict[str, int]) -> None:
         self.out = out
@@ -370,6 +372,17 @@ class Profiler:
 
     def start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        if os.environ.get("CONFBUS_BENCH_PROFILE_TOOL") == "perf":
+            # Kernel and native stacks of the agent hosts (system calls, the scheduler, the
+            # GIL's futexes), which py-spy does not see.
+            hosts = ",".join(str(pid) for name, pid in self.pids.items() if name != "coordinator")
+            argv = ["perf", "record", "-g", "-F", "999", "-p", hosts]
+            argv += ["-o", str(self.out / "perf.data")]
+            self.procs.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+            time.sleep(1.0)
+            return
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         for name, pid in self.pids.items():
             # Non-blocking, 100 Hz: sampling must not stall ~40 threads per host.
