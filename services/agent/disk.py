@@ -7,8 +7,8 @@ is the async composition the agent uses for a prepare::
 
     disk = NamespaceDisk(ns, Path("/etc/app/config.json"), Path("/var/lib/confbus"),
                          keep=policy.keep_versions)
-    state = await offload.run(disk.load)   # serve state at once; resume from
-                                                        # state.stream_seq; in doubt → ask
+    state = await offload.run(disk.load)    # serve state at once; resume from
+                                            # state.stream_seq; in doubt → ask
     # Prepare (if this node is a participant):
     try:
         await prepare_txn(disk, prepare, validate_cmd=..., validate_timeout=...)  # → vote yes
