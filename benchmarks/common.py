@@ -48,6 +48,7 @@ import anyio
 
 from services.runtime.bus import Bus, connect, provision
 from services.runtime.natsd import NatsServer, nats_server_binary
+from services.runtime.ports import free_ports
 
 SCHEMA = "confbus-bench/1"
 REPO = Path(__file__).resolve().parent.parent
@@ -324,13 +325,6 @@ def now_iso() -> str:
 # -- processes ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def rss_kb(pid: int) -> int | None:
     """Resident set size of one process (``VmRSS``), in KiB."""
     try:
@@ -524,7 +518,7 @@ class Context:
         binary = shutil.which("etcd")
         if binary is None:
             return None
-        client, peer = free_port(), free_port()
+        client, peer = free_ports(2)
         argv = [
             binary,
             "--name",

@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -44,6 +43,7 @@ import nats.js.errors
 from services.cli.exitcodes import FAILED, CliError
 from services.runtime.bus import Bus
 from services.runtime.natsd import ClusterPeer, NatsServer
+from services.runtime.ports import free_ports
 
 log = logging.getLogger("confbus.up")
 
@@ -63,17 +63,6 @@ def etcd_binary() -> str | None:
     return "/usr/bin/etcd" if Path("/usr/bin/etcd").is_file() else None
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (held open together, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(n):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-    return ports
-
-
 @dataclass(frozen=True)
 class HaPorts:
     nats: tuple[int, ...]
@@ -85,7 +74,7 @@ class HaPorts:
     @classmethod
     def derive(cls, nats_port: int, etcd_port: int | None = None) -> HaPorts:
         if nats_port == 0:
-            free = _free_ports(5 * SIZE)
+            free = free_ports(5 * SIZE)
             nats, cluster, monitor = free[0:3], free[3:6], free[6:9]
             if etcd_port is None or etcd_port == 0:
                 client, peer = free[9:12], free[12:15]
@@ -98,7 +87,7 @@ class HaPorts:
             monitor = [nats_port + 4000 + i for i in range(SIZE)]
             base = 2379 if etcd_port is None else etcd_port
             if base == 0:
-                free = _free_ports(2 * SIZE)
+                free = free_ports(2 * SIZE)
                 client, peer = free[:3], free[3:]
             else:
                 client = [base + 2 * i for i in range(SIZE)]

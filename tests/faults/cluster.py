@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -25,12 +24,7 @@ import nats.js.errors
 
 from services.runtime.bus import Bus, connect, provision
 from services.runtime.natsd import ClusterPeer, NatsServer, nats_server_binary
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from services.runtime.ports import free_ports
 
 
 @dataclass
@@ -80,9 +74,12 @@ class NatsCluster:
             # (not readable); each node's own dir is handed to its uid.
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o711)
-        self.cluster_ports = {n: free_port() for n in names}
-        self.monitor_ports = {n: free_port() for n in names}
-        client_ports = {n: free_port() for n in names}
+        # Below the ephemeral range: the first nodes dial the others' routes while those
+        # are still starting, and a dial's source port must not take a port given out here.
+        ports = iter(free_ports(3 * len(names)))
+        self.cluster_ports = {n: next(ports) for n in names}
+        self.monitor_ports = {n: next(ports) for n in names}
+        client_ports = {n: next(ports) for n in names}
         for i, name in enumerate(names):
             routes = [f"nats://127.0.0.1:{self.cluster_ports[o]}" for o in names if o != name]
             self.nodes[name] = UidNatsServer(

@@ -24,10 +24,10 @@ import pytest
 
 from schemas.policy import Policy
 from services.cli.client import Client
-from services.cli.ha import _free_ports
 from services.runtime.bus import connect
 from services.runtime.http import http_get
 from services.runtime.natsd import ClusterPeer, NatsServer
+from services.runtime.ports import free_ports
 from tests.helpers import eventually
 from tests.procs import Proc
 
@@ -112,7 +112,7 @@ class TwoDcs:
 @pytest.fixture
 def dcs(tmp_path: Path) -> Iterator[TwoDcs]:
     (tmp_path / "logs").mkdir()
-    ports = _free_ports(11)
+    ports = free_ports(11)
     clients, routes, gws = ports[0:3], ports[3:6], ports[6:9]
     dc2_gw, dc2_client = ports[9:10], ports[10]
     dc1 = [

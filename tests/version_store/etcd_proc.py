@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,14 +19,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.runtime.ports import free_ports
+
 ETCD = shutil.which("etcd")
 SKIP_REASON = "etcd binary not found on PATH (apt-get install -y etcd-server)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -64,8 +59,10 @@ class EtcdCluster:
     @classmethod
     def start(cls, tmp: Path, size: int = 1, *, fast_election: bool = False) -> EtcdCluster:
         assert ETCD is not None, SKIP_REASON
+        # Below the ephemeral range: members dial each other's peer ports while starting.
+        ports = iter(free_ports(2 * size))
         members = [
-            Member(f"e{i}", free_port(), free_port(), tmp / f"e{i}.data", tmp / f"e{i}.log")
+            Member(f"e{i}", next(ports), next(ports), tmp / f"e{i}.data", tmp / f"e{i}.log")
             for i in range(size)
         ]
         initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)

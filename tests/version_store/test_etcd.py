@@ -10,10 +10,11 @@ import aetcd
 import pytest
 from aetcd import rpc
 
+from services.runtime.ports import free_port
 from services.version_store.errors import QuotaExceeded, StoreUnavailable
 from services.version_store.storage import NewVersion, open_store
 from services.version_store.storage.etcd import EtcdStore
-from tests.version_store.etcd_proc import EtcdCluster, free_port
+from tests.version_store.etcd_proc import EtcdCluster
 from tests.version_store.tcp_proxy import reply_losing_proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
