@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -64,6 +65,8 @@ VOTE_TIMEOUT_S = 2.0
 # The resume point is saved after every message that changed something here; others are
 # replayed harmlessly after a restart, so saving them is batched.
 SEQ_SAVE_EVERY = 200
+# Each wait between heartbeats is 80–100 % of the interval, at random (``heartbeat_delay``).
+HEARTBEAT_SPREAD = 0.2
 _decode_resync = msgspec.json.Decoder(ResyncRequest).decode
 
 
@@ -501,7 +504,7 @@ class NodeAgent:
     async def _heartbeats(self, bus: Bus) -> None:
         while True:
             await self._publish_heartbeat(bus)
-            await anyio.sleep(self.heartbeat_interval_s)
+            await anyio.sleep(heartbeat_delay(self.heartbeat_interval_s))
 
     def heartbeat(self) -> Heartbeat:
         states = []
@@ -545,3 +548,12 @@ async def run_agents(bus: Bus, agents: Sequence[NodeAgent], tg: TaskGroup) -> No
     """Start several agents on one connection (benchmarks, tests)."""
     for agent in agents:
         await tg.start(agent.run, bus)
+
+
+def heartbeat_delay(interval_s: float, draw: Callable[[], float] = random.random) -> float:
+    """The wait before the next heartbeat. Never longer than the interval — what a heartbeat
+    advertises and what the distributor judges liveness by — and random within its last fifth:
+    agents started together (a fleet rebooted at once, or one process hosting many agents)
+    would otherwise beat together for ever, every beat a burst of work for their hosts, the bus
+    and the distributor at the same instant."""
+    return interval_s * (1.0 - HEARTBEAT_SPREAD * draw())
