@@ -372,29 +372,29 @@ class Profiler:
 
     def start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        for argv in self._commands():
+            self.procs.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        time.sleep(1.0)  # the profilers attach (a one-off tool run, not a measured step)
+
+    def _commands(self) -> list[list[str]]:
         if os.environ.get("CONFBUS_BENCH_PROFILE_TOOL") == "perf":
             # Kernel and native stacks of the agent hosts (system calls, the scheduler, the
             # GIL's futexes), which py-spy does not see.
             hosts = ",".join(str(pid) for name, pid in self.pids.items() if name != "coordinator")
-            argv = ["perf", "record", "-g", "-F", "999", "-p", hosts]
-            argv += ["-o", str(self.out / "perf.data")]
-            self.procs.append(
-                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-            time.sleep(1.0)
-            return
+            perf = ["perf", "record", "-g", "-F", "999", "-p", hosts]
+            return [[*perf, "-o", str(self.out / "perf.data")]]
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        commands = []
         for name, pid in self.pids.items():
             # Non-blocking, 100 Hz: sampling must not stall ~40 threads per host.
             argv = [spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
             argv += ["--nonblocking", "--threads"]
             if os.environ.get("CONFBUS_BENCH_PROFILE_IDLE", "1") == "1":
                 argv.append("--idle")  # wall clock: waits (fsync, queues) count too
-            argv += ["--output", str(self.out / f"{name}.folded")]
-            self.procs.append(
-                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-        time.sleep(1.0)  # py-spy attaches
+            commands.append([*argv, "--output", str(self.out / f"{name}.folded")])
+        return commands
 
     def stop(self) -> None:
         for p in self.procs:

@@ -152,7 +152,7 @@ class StateKV:
             new = change(cur.value)
             if new is None:
                 if guessed:
-                    continue
+                    continue  # only a read may conclude there is nothing to change
                 return cur, False
             try:
                 rev = await self.cas(key, new, cur.revision)
