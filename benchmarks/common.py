@@ -818,8 +818,8 @@ def _experiment(name: str) -> None:
     ``no-seq-save``: the resume sequence is not written after each prepare and decision —
     the upper bound of folding it into the PREPARED / applied state writes.
     ``unsynced-staged``: the staged file is written without its two fsyncs (file, directory).
-    ``inplace-staged``: the staged file is written at its name with one fsync (no temp file,
-    rename or directory fsync).
+    ``inplace-staged``: the staged file is written at its name with one fsync (no directory
+    fsync).
     ``no-history``: no history copy after an apply (an upper bound of making it cheaper)."""
     from services.agent.disk import NamespaceDisk
 
@@ -850,7 +850,7 @@ def _experiment(name: str) -> None:
             version: int,
             data: bytes,
             *,
-            durable_name: bool = True,
+            durable: bool = True,
             reuse: int | None = None,
         ) -> None:
             return None

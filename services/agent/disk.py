@@ -49,9 +49,14 @@ interrupted install by comparing the live file's sha256 with the intent's: the l
 whole either way, and the applied record is only ever written once the live file holds
 exactly that version's bytes.
 Commit: the PREPARED record is the intent (it names the version, sha256 and staged file), so
-the commit is one rename (+ the directory's fsync) and the agent announces the apply at once;
-``flush`` then records it and copies it into the history. ``load`` finishes a commit whose
-staged file is gone and whose bytes the live file holds (only a commit decision renames).
+the commit is one rename (+ the directory's fsync) and the agent announces the apply at once.
+``flush`` then records the apply and copies the bytes into the history, both *without* fsync:
+the next durable write carries the record, and until then a power cut leaves the PREPARED
+record, from which ``load`` finishes a commit whose staged file is gone and whose bytes the
+live file holds (only a commit decision renames); every reader of the history checks the
+bytes' sha256, and the last known good is made durable when it is marked. So a switch costs
+four fsyncs: the staged file and its directory, the PREPARED record, and the live file's
+directory after the rename.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ from services.agent.state_io import (
     atomic_write,
     ensure_dir,
     fsync_dir,
+    fsync_file,
     mode_of,
     read_if_exists,
     remove_quietly,
@@ -98,6 +104,7 @@ from services.agent.state_io import (
     sha256_bytes,
     sha256_file,
     tmp_prefix,
+    write_new,
     write_temp,
 )
 
@@ -240,10 +247,14 @@ class NamespaceDisk:
             for name in self._staged_names():
                 if name != keep:
                     remove_quietly(self.live_path.parent / name)
-            if st.applied is not None and not (self._versions / str(st.applied.version)).exists():
+            applied = st.applied
+            # Absent, or spoilt by a power cut (``flush`` writes the copy without fsync).
+            if applied is not None and sha256_file(self._versions / str(applied.version)) != (
+                applied.sha256
+            ):
                 live = read_if_exists(self.live_path)
-                if live is not None and sha256_bytes(live) == st.applied.sha256:
-                    self._remember(st.applied.version, live)
+                if live is not None and sha256_bytes(live) == applied.sha256:
+                    self._remember(applied.version, live)
             self._prune()
             return self.snapshot()
 
@@ -379,8 +390,8 @@ class NamespaceDisk:
             # The commit's critical path is this one rename (and its directory's fsync): the
             # PREPARED record on disk already names the version, its sha256 and its staged
             # file, so it serves as the install intent. Recording the apply and keeping the
-            # bytes in the history (an fsync each) wait for ``flush``, which the agent calls
-            # once it has announced the apply; the state in memory says applied at once.
+            # bytes in the history wait for ``flush``, which the agent calls once it has
+            # announced the apply; the state in memory says applied at once.
             replace_durably(staged, self.live_path)
             self._live_seen = sha256
             self._state, _ = self._installed(st, intent)
@@ -436,11 +447,15 @@ class NamespaceDisk:
                     raise IntegrityError(f"last good version {version}", sha256, digest)
                 self._remember(version, content)
             else:
-                digest = sha256_bytes(self.version_bytes(version))
+                data = self.version_bytes(version)
+                digest = sha256_bytes(data)
+                if sha256 is None and st.applied is not None and st.applied.version == version:
+                    sha256 = st.applied.sha256  # a copy spoilt by a power cut is not recorded
                 if sha256 is not None and digest != sha256:
                     raise IntegrityError(f"kept version {version}", sha256, digest)
-                # Copied after an apply without its directory's fsync (``_settle``): the
-                # last known good's name must survive a power cut before it is relied on.
+                # Kept after an apply without fsync (``_settle``): its bytes and its name
+                # must survive a power cut before the node may fall back to them.
+                fsync_file(self._versions / str(version))
                 fsync_dir(self._versions)
             self._write(
                 msgspec.structs.replace(st, last_good=LastGood(version=version, sha256=digest))
@@ -563,12 +578,18 @@ class NamespaceDisk:
         self._deferred = None
         if self._state is None:
             return  # reloading after a failure: ``load`` finishes the commit from the disk
-        self._write(self._state)
-        # No directory fsync for this copy: the file is whole if its name survives a power
-        # cut, and if not, ``load`` copies the applied version back from the live file. The
-        # copy goes into the inode of the version it pushes out of the history, if any (the
-        # state that no longer needs that version is on disk already).
-        self._remember(intent.version, data, durable_name=False, reuse=self._pushed_out(intent))
+        # Without fsync: until the next durable write carries it, the PREPARED record on
+        # disk is this install's intent, and ``load`` finishes it from the live file's hash
+        # (``services.agent.record`` keeps that record safe from this write).
+        self._write(self._state, durable=False)
+        # Without fsync either: every reader of the history checks the bytes against the
+        # version's sha256 (``load`` the applied one's, and copies it back from the live
+        # file if a power cut spoilt it), and the last known good is made durable when it
+        # is marked. The copy goes into the inode of the version it pushes out of the
+        # history, if any (lost with the record in a power cut, ``load`` finishes the
+        # install, and then that version is not kept either).
+        reuse = self._pushed_out(intent)
+        self._remember(intent.version, data, durable=False, reuse=reuse)
         self._prune()
 
     def _current(self) -> DiskState:
@@ -593,7 +614,7 @@ class NamespaceDisk:
             raise StateCorrupt(where, f"it belongs to namespace {st.namespace!r}")
         return st
 
-    def _write(self, st: DiskState) -> DiskState:
+    def _write(self, st: DiskState, *, durable: bool = True) -> DiskState:
         if self._pending_seq > st.stream_seq:
             st = msgspec.structs.replace(st, stream_seq=self._pending_seq)
         a = st.applied
@@ -601,7 +622,7 @@ class NamespaceDisk:
             st = msgspec.structs.replace(st, applied=msgspec.structs.replace(a, announced=True))
         body = encode_state(st)
         try:
-            self._record.write(body)
+            self._record.write(body, durable=durable)
         except FileNotFoundError:  # the first write, or the state dir was removed under us
             ensure_dir(self.dir, 0o700)
             self._record.write(body)
@@ -618,7 +639,10 @@ class NamespaceDisk:
     def _write_staged(self, path: Path, content: bytes) -> None:
         try:
             ensure_dir(path.parent)
-            atomic_write(path, content, mode_of(self.live_path))
+            # Written at its own name (no temp file, no rename): a staged file counts only
+            # once the PREPARED record naming its sha256 is durable, and a crash before that
+            # leaves one without a record, which ``load`` removes.
+            write_new(path, content, mode_of(self.live_path))
         except OSError as exc:
             remove_quietly(path)
             raise Refused("io", f"cannot write the staged file {path}: {exc}") from exc
@@ -704,16 +728,17 @@ class NamespaceDisk:
         return self._write(msgspec.structs.replace(st, installing=None))
 
     def _remember(
-        self, version: int, data: bytes, *, durable_name: bool = True, reuse: int | None = None
+        self, version: int, data: bytes, *, durable: bool = True, reuse: int | None = None
     ) -> None:
         """Keep a version's bytes in the history (pruning is the caller's next step, once the
-        state says which versions must stay). ``durable_name``: see ``atomic_write``;
-        ``reuse``: a version being pruned whose file may hold the copy (``write_temp``)."""
+        state says which versions must stay). ``durable=False``: no fsync of the copy or of
+        its name (``_settle``); ``reuse``: a version being pruned whose file may hold the
+        copy (``write_temp``)."""
         path = self._versions / str(version)
         if sha256_file(path) != sha256_bytes(data):
             ensure_dir(self._versions, 0o700)
             old = None if reuse is None else self._versions / str(reuse)
-            atomic_write(path, data, _PRIVATE, durable_name=durable_name, reuse=old)
+            atomic_write(path, data, _PRIVATE, durable=durable, reuse=old)
             if self._history_seen is not None and reuse is not None:
                 self._history_seen.discard(reuse)  # gone, whether its inode was reused or not
         if self._history_seen is not None:

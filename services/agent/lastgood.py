@@ -36,6 +36,7 @@ from schemas.events import VersionLastGood, decode_event
 from schemas.policy import Policy
 from services.agent import offload
 from services.agent.disk import NamespaceDisk
+from services.agent.state import IntegrityError
 from services.agent.state_io import atomic_write, ensure_dir, read_if_exists
 from services.runtime.api import call
 from services.runtime.bus import Bus
@@ -187,9 +188,16 @@ async def record(
     ns = agent.namespaces[name]
     if ns.state.last_good == version:
         return False
+    kept = False
     if version in await offload.run(ns.disk.history):
-        await offload.run(lambda: ns.disk.mark_last_good(version, sha256=sha256))
-    else:
+        try:
+            await offload.run(lambda: ns.disk.mark_last_good(version, sha256=sha256))
+            kept = True
+        except IntegrityError as exc:
+            # E.g. the applied version's history entry is a second name of the live file,
+            # which the app edited in place: take the bytes from the store instead.
+            log.warning("kept copy damaged, fetching it", extra={"error": str(exc)})
+    if not kept:
         # Never ran it here (away, or excluded): keep its bytes anyway, checked by sha256.
         full = await call(
             bus,

@@ -13,6 +13,14 @@ and the reader takes the valid slot with the highest sequence. A crash mid-write
 the slot being written (its checksum then fails): the other slot still holds the previous
 record, which is exactly the state before the write that did not complete. The same
 reasoning as a database's double-buffered meta pages (LMDB, for one).
+
+``write(body, durable=False)`` skips the fsync, for a record whose loss in a power cut the
+caller can recover from (the agent's applied record after a commit: the PREPARED record and
+the live file's hash prove the install). Such a write never touches the slot holding the
+newest *durable* record: it goes to the other slot, and so does every write after it until one
+is durable. A power cut can then spoil or lose only records that were never promised, and
+``read`` fsyncs the slot it returns, so what a restart trusts is durable before anything is
+written over the other slot.
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ _SLOTS = ("a", "b")
 
 class RecordCorrupt(ValueError):
     pass
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _frame(seq: int, body: bytes) -> bytes:
@@ -64,32 +80,38 @@ class SlotRecord:
         self.mode = mode
         self.legacy = legacy
         self._seq = -1  # newest sequence on disk; -1: not read yet
-        self._newest = 1  # index of the slot holding it (so the first write goes to slot a)
+        # Index of the slot holding the newest durable record: every write goes to the
+        # other one (so the first write goes to slot a).
+        self._durable = 1
 
     def read(self) -> bytes | None:
         """The newest valid body (None: nothing written yet). ``RecordCorrupt`` when both slots
         exist and neither is valid: no crash does that (it spoils one slot at most), so an
         operator must look."""
         best: tuple[int, bytes] | None = None
-        self._seq, self._newest = 0, 1
+        self._seq, self._durable = 0, 1
         present = 0
         for i, path in enumerate(self.paths):
             data = read_if_exists(path)
             present += bool(data)
             got = _parse(data)
             if got is not None and (best is None or got[0] > best[0]):
-                best, self._seq, self._newest = got, got[0], i
+                best, self._seq, self._durable = got, got[0], i
         if best is not None:
+            # It may be a write made without fsync before a crash: make it durable before
+            # the next write may overwrite the other slot.
+            _fsync_file(self.paths[self._durable])
             return best[1]
         if present == len(self.paths):
             raise RecordCorrupt(f"neither {self.paths[0].name} nor {self.paths[1].name} is valid")
         # One spoilt slot and no other: the very first write was cut short.
         return read_if_exists(self.legacy) if self.legacy is not None else None
 
-    def write(self, body: bytes) -> None:
+    def write(self, body: bytes, *, durable: bool = True) -> None:
+        """Write ``body`` as the newest record; ``durable=False``: without fsync (see above)."""
         if self._seq < 0:
             self.read()
-        slot = 1 - self._newest
+        slot = 1 - self._durable
         path = self.paths[slot]
         data = _frame(self._seq + 1, body)
         try:
@@ -107,13 +129,17 @@ class SlotRecord:
             while offset < len(data):
                 offset += os.pwrite(fd, view[offset:], offset)
             os.ftruncate(fd, len(data))
-            os.fsync(fd)
+            durable = durable or created  # a new slot is made durable at once (rare)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if created:
             fsync_dir(path.parent)  # the new slot's name must survive too
         self._seq += 1
-        self._newest = slot
+        if not durable:
+            return
+        self._durable = slot
         if self.legacy is not None:
             # Superseded; a copy resurrected by a power cut loses to the slots anyway.
             remove_quietly(self.legacy)

@@ -15,6 +15,7 @@ import pytest
 from schemas.names import Format
 from schemas.txn import Prepare
 from services.agent.disk import NamespaceDisk
+from services.agent.record import SlotRecord
 from services.agent.state import (
     CommitOutcome,
     IntegrityError,
@@ -22,6 +23,7 @@ from services.agent.state import (
     StateCorrupt,
     VersionNotOnDisk,
 )
+from services.agent.state_io import FileMode
 from tests.agent.support import (
     NS,
     commit_version,
@@ -150,6 +152,27 @@ def test_state_dir_is_private(disk: NamespaceDisk, state_dir: Path) -> None:
     for slot in ("state.a", "state.b"):
         assert stat.S_IMODE((state_dir / NS / slot).stat().st_mode) == 0o600
     assert stat.S_IMODE((state_dir / NS / "versions" / "1").stat().st_mode) == 0o600
+
+
+def test_a_history_copy_spoilt_by_a_power_cut_is_never_trusted(
+    root: Path, live: Path, state_dir: Path
+) -> None:
+    """``flush`` copies an applied version into the history without fsync: after a power cut
+    the copy may hold anything. Every reader checks it against the version's sha256."""
+    disk = open_disk(root)
+    disk.load()
+    commit_version(disk, 1)
+    commit_version(disk, 2)
+    kept = state_dir / NS / "versions" / "2"
+    kept.write_bytes(b"\0" * 7)  # what a power cut may leave of an unsynced write
+    with pytest.raises(IntegrityError):
+        disk.mark_last_good(2)  # never records spoilt bytes as the last known good
+    disk = open_disk(root)
+    assert disk.load().history == (1, 2)
+    assert kept.read_bytes() == content_for(2)  # a restart copies it back from the live file
+    disk.mark_last_good(2)
+    live.write_bytes(b"{}")  # an edit by hand (in place)
+    assert disk.restore_last_good() == 2 and live.read_bytes() == content_for(2)
 
 
 # --- refusals ---------------------------------------------------------------------------
@@ -357,6 +380,75 @@ def test_a_torn_slot_falls_back_to_the_previous_record(root: Path, state_dir: Pa
     (ns_dir / newest).write_bytes(data[: len(data) - 5])  # the write of seq 9, cut short
     state = open_disk(root).load()
     assert (state.applied_version, state.stream_seq) == (1, 7)
+
+
+def test_a_write_without_fsync_never_overwrites_the_newest_durable_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = SlotRecord(tmp_path, "state", FileMode(0o600))
+    a, b = record.paths
+
+    def body(path: Path) -> bytes:
+        return path.read_bytes().partition(b"\n")[2]
+
+    record.write(b"one")  # → a
+    record.write(b"two")  # → b: the newest durable record
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    record.write(b"three", durable=False)
+    record.write(b"four", durable=False)
+    assert (body(a), body(b), synced) == (b"four", b"two", [])
+    assert record.read() == b"four"  # a restart takes it, and makes it durable first
+    assert synced == [str(a)]
+    record.write(b"five", durable=False)  # so now b is the one to write
+    assert (body(a), body(b)) == (b"four", b"five")
+    # A power cut loses what was never fsynced (here: torn); the durable record is whole.
+    b.write_bytes(b.read_bytes()[:-2])
+    assert SlotRecord(tmp_path, "state", FileMode(0o600)).read() == b"four"
+    record.write(b"six")  # durable, into the slot the lost write went to
+    assert (body(a), body(b)) == (b"four", b"six")
+
+
+@pytest.mark.parametrize("loss", ["lost", "torn", "next write torn"])
+def test_a_power_cut_that_loses_the_applied_record_loses_no_commit(
+    root: Path, live: Path, state_dir: Path, loss: str
+) -> None:
+    """``flush`` records a commit without fsync; if a power cut takes that record (and the
+    history's unsynced name), the PREPARED record finishes the install on restart. Also when
+    the cut comes in the middle of the next (durable) write."""
+    disk = open_disk(root)
+    disk.load()
+    commit_version(disk, 1)
+    p = make_prepare(2, epoch=1)
+    disk.stage(p)
+    disk.seal(p.txid)
+    ns_dir = state_dir / NS
+    slots = {path: path.read_bytes() for path in (ns_dir / "state.a", ns_dir / "state.b")}
+    assert disk.commit(p.txid, 2, p.sha256) is CommitOutcome.APPLIED
+    disk.note_announced(2)
+    disk.flush()
+    assert open_disk_state(state_dir)["applied"]["version"] == 2
+    flushed = {path: path.read_bytes() for path in slots}
+    if loss == "next write torn":
+        disk.save_stream_seq(99)
+    for path, before in slots.items():  # the power cut
+        now = path.read_bytes()
+        if now != flushed[path]:
+            path.write_bytes(now[: len(now) // 2])  # the next write, under way: cut short
+        elif now != before:  # written by ``flush`` only, never fsynced: lost or torn
+            path.write_bytes(before if loss == "lost" else now[: len(now) // 2])
+    (ns_dir / "versions" / "2").unlink()
+    state = open_disk(root).load()
+    assert state.applied_version == 2 and state.prepared is None
+    assert state.live_sha256 == state.applied_sha256 == sha(content_for(2))
+    assert state.unannounced  # node.applied goes out again (same id: a no-op if it did)
+    assert 2 in state.history and open_disk(root).version_bytes(2) == content_for(2)
 
 
 def test_the_single_file_record_of_an_older_agent_is_read_and_replaced(
@@ -626,6 +718,7 @@ class FsSpy:
         # (op, path, target); for fsync the path is what the fd names at that moment.
         self.events: list[tuple[str, str, str]] = []
         self.synced: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every file fsynced
+        self.unsynced: set[str] = set()  # targets that took bytes never fsynced
         real_fsync, real_replace = os.fsync, os.replace
 
         def fsync(fd: int) -> None:
@@ -636,9 +729,10 @@ class FsSpy:
 
         def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
             st = os.stat(src)
-            # The data was fsynced, under whatever name it had then (a temp name, the staged
-            # name), before it takes the target's name.
-            assert (st.st_dev, st.st_ino) in self.synced, f"{src} renamed before fsync"
+            # Was the data fsynced, under whatever name it had then (a temp name, the staged
+            # name), before it takes the target's name? (``since`` says whether it must be.)
+            if (st.st_dev, st.st_ino) not in self.synced:
+                self.unsynced.add(os.fspath(dst))
             self.events.append(("replace", os.fspath(src), os.fspath(dst)))
             real_replace(src, dst)
 
@@ -646,10 +740,11 @@ class FsSpy:
         monkeypatch.setattr(os, "replace", replace)
 
     def since(self, mark: int, lazy: str = "") -> list[tuple[str, str, str]]:
-        """Events since ``mark``; ``lazy``: a rename target allowed without a directory fsync."""
+        """Events since ``mark``; ``lazy``: a rename target allowed without any fsync."""
         events = self.events[mark:]
         for i, (op, _, dst) in enumerate(events):
             if op == "replace" and dst != lazy:
+                assert dst not in self.unsynced, f"{dst} took bytes never fsynced"
                 # Every rename is made durable by fsyncing its directory afterwards.
                 assert ("fsync", os.path.dirname(dst), "") in events[i + 1 :], dst
         return events
@@ -665,9 +760,11 @@ def test_fsync_discipline(
 
     p = make_prepare(2, txid="t2", epoch=1)
     staged = disk.stage(p)
-    events = spy.since(0)
-    assert [e for e in events if e[0] == "replace"][-1][2] == str(staged.path.resolve())
-    assert events[-1] == ("fsync", live_dir, "")  # staged file durable before stage returns
+    # The staged file is written at its own name (no rename), fsynced with its directory.
+    assert spy.since(0) == [
+        ("fsync", str(staged.path.resolve()), ""),
+        ("fsync", live_dir, ""),
+    ]
 
     mark = len(spy.events)
     disk.seal("t2")
@@ -683,17 +780,21 @@ def test_fsync_discipline(
         ("fsync", live_dir, ""),
     ]
     mark = len(spy.events)
-    disk.flush()  # then the applied record (the other slot), then the history copy
+    # Then the applied record, without fsync (the PREPARED record is the install's intent
+    # until the next durable write; services.agent.record keeps it), and the history's copy,
+    # without fsync either (load checks the applied version's copy against its sha256, and
+    # copies it back from the live file).
+    disk.flush()
     copy = f"{state_dir.resolve()}/{NS}/versions/2"
     events = spy.since(mark, lazy=copy)
-    assert events[0][0] == "fsync" and events[0][1] in slots - {seal[1]}
-    # The copy's bytes are fsynced before the rename; its name need not be durable (load
-    # copies the applied version back from the live file) until it is the last known good.
-    assert [e[2] for e in events if e[0] == "replace"] == [copy]
-    assert ("fsync", str(Path(copy).parent), "") not in events
+    assert [e[0] for e in events] == ["replace"] and events[0][2] == copy
+    assert copy in spy.unsynced
     mark = len(spy.events)
-    disk.mark_last_good(2)
-    assert ("fsync", str(Path(copy).parent), "") in spy.since(mark)
+    disk.mark_last_good(2)  # now its bytes and its name must survive a power cut
+    events = spy.since(mark)
+    # Its bytes and its name are durable before the record that names it as last good.
+    assert events[:2] == [("fsync", copy, ""), ("fsync", str(Path(copy).parent), "")]
+    assert events[2][0] == "fsync" and events[2][1] in slots
 
     mark = len(spy.events)
     disk.mark_last_good(2)
