@@ -59,6 +59,9 @@ class VersionPromoted(Event, tag="version.promoted", kw_only=True, frozen=True):
 
 class VersionLastGood(Event, tag="version.last_good", kw_only=True, frozen=True):
     version: int
+    # The version's sha256, so that an agent can check the copy in its own history without
+    # asking the store (None: from a version-store of before 2026-11-27).
+    sha256: Sha256 | None = None
 
 
 # -- transactions (coordinator) -------------------------------------------------------------

@@ -436,8 +436,10 @@ class NamespaceDisk:
     ) -> None:
         """Record ``version`` as the last known good; its bytes are kept until another is.
 
-        Bytes come from the local history, or from ``content`` for a version this node never
-        ran (``VersionNotOnDisk`` if neither).
+        Bytes come from ``content`` (a version this node never ran), or from the local
+        history, checked against ``sha256`` (or the applied record's, for the applied
+        version). ``VersionNotOnDisk`` if they are not there, or there is no sha256 to check
+        them against; ``IntegrityError`` if they do not match it.
         """
         with self._guard():
             st = self._current()
@@ -447,11 +449,14 @@ class NamespaceDisk:
                     raise IntegrityError(f"last good version {version}", sha256, digest)
                 self._remember(version, content)
             else:
+                # The history's copies are written without fsync: trusted only once checked.
+                if sha256 is None and st.applied is not None and st.applied.version == version:
+                    sha256 = st.applied.sha256
+                if sha256 is None:
+                    raise VersionNotOnDisk(self.namespace, version)  # no way to check it
                 data = self.version_bytes(version)
                 digest = sha256_bytes(data)
-                if sha256 is None and st.applied is not None and st.applied.version == version:
-                    sha256 = st.applied.sha256  # a copy spoilt by a power cut is not recorded
-                if sha256 is not None and digest != sha256:
+                if digest != sha256:
                     raise IntegrityError(f"kept version {version}", sha256, digest)
                 # Kept after an apply without fsync (``_settle``): its bytes and its name
                 # must survive a power cut before the node may fall back to them.

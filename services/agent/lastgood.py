@@ -36,7 +36,7 @@ from schemas.events import VersionLastGood, decode_event
 from schemas.policy import Policy
 from services.agent import offload
 from services.agent.disk import NamespaceDisk
-from services.agent.state import IntegrityError
+from services.agent.state import IntegrityError, VersionNotOnDisk
 from services.agent.state_io import atomic_write, ensure_dir, read_if_exists
 from services.runtime.api import call
 from services.runtime.bus import Bus
@@ -136,8 +136,8 @@ async def keep_last_good(bus: Bus, agent: NodeAgent) -> None:
     history: a whole fleet hears the event at once), and a full check with the store at start
     and every ``REFRESH_S`` (events missed while away, policy changes)."""
     kick = anyio.Event()
-    # namespace -> the version an event named (None: a full check with the store)
-    pending: dict[str, int | None] = dict.fromkeys(agent.namespaces)
+    # namespace -> the version (and sha256) an event named (None: a full check with the store)
+    pending: dict[str, tuple[int, str | None] | None] = dict.fromkeys(agent.namespaces)
 
     async def on_event(msg: Msg) -> None:
         try:
@@ -146,7 +146,7 @@ async def keep_last_good(bus: Bus, agent: NodeAgent) -> None:
             return
         if isinstance(ev, VersionLastGood) and ev.namespace in agent.namespaces:
             if ev.namespace not in pending or pending[ev.namespace] is not None:
-                pending[ev.namespace] = ev.version
+                pending[ev.namespace] = (ev.version, ev.sha256)
             kick.set()
 
     subs = [
@@ -157,12 +157,12 @@ async def keep_last_good(bus: Bus, agent: NodeAgent) -> None:
         while True:
             kick = anyio.Event()  # before taking the work: a later event wakes the wait
             work, pending = pending, {}
-            for name, version in sorted(work.items()):
+            for name, named in sorted(work.items()):
                 try:
-                    if version is None:
+                    if named is None:
                         await sync_namespace(bus, agent, name)
                     else:
-                        await record(bus, agent, name, version)
+                        await record(bus, agent, name, *named)
                 except (ConfbusError, OSError) as exc:
                     log.info("last good not synced", extra={"namespace": name, "error": str(exc)})
                     pending.setdefault(name, None)  # retried with the next full check
@@ -193,9 +193,10 @@ async def record(
         try:
             await offload.run(lambda: ns.disk.mark_last_good(version, sha256=sha256))
             kept = True
+        except VersionNotOnDisk:
+            pass  # its sha256 unknown here: the copy cannot be checked
         except IntegrityError as exc:
-            # E.g. the applied version's history entry is a second name of the live file,
-            # which the app edited in place: take the bytes from the store instead.
+            # The history's copies are written without fsync: a power cut may spoil one.
             log.warning("kept copy damaged, fetching it", extra={"error": str(exc)})
     if not kept:
         # Never ran it here (away, or excluded): keep its bytes anyway, checked by sha256.

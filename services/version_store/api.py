@@ -204,7 +204,9 @@ class StoreApi:
                 return api.VersionReply(info=info)
         await emit(
             self.bus,
-            VersionLastGood(namespace=ns, actor=req.actor, reason=req.reason, version=v),
+            VersionLastGood(
+                namespace=ns, actor=req.actor, reason=req.reason, version=v, sha256=info.sha256
+            ),
             msg_id=f"version:{ns}:{v}:last_good:{head.last_good or 0}",
         )
         log.info("last known good", extra={"namespace": ns, "version": v, "actor": req.actor})

@@ -85,7 +85,7 @@ def scenario(root: Path) -> None:
     disk.load()
     run_txn(disk, 2, "t2", epoch=1)
     run_txn(disk, 3, "t3", epoch=2)
-    disk.mark_last_good(2)
+    disk.mark_last_good(2, sha256=sha(content_for(2)))
     disk.apply(4, sha(content_for(4)), content_for(4))  # catch-up path
     run_txn(disk, 5, "t5", epoch=2)
     disk.save_stream_seq(99)

@@ -202,7 +202,10 @@ async def test_approval_flow_and_status_events(stack: Stack) -> None:
     assert c.status == "draft" and c.actor == "alice"
     assert [e.actor for e in events if isinstance(e, VersionApproved)] == ["bob"]
     assert [e.previous for e in events if isinstance(e, VersionPromoted)] == [None]
-    assert [e.version for e in events if isinstance(e, VersionLastGood)] == [1]
+    # With its sha256: each agent checks the copy in its own history against it.
+    assert [(e.version, e.sha256) for e in events if isinstance(e, VersionLastGood)] == [
+        (1, hashlib.sha256(b'{"x": 1}').hexdigest())
+    ]
 
 
 async def test_rollback_is_a_new_version_with_the_target_bytes(stack: Stack) -> None:
