@@ -4,13 +4,20 @@ restores against a real directory, checked against a small model of DESIGN §4, 
 After every step: the live file's bytes hash to the recorded applied sha256 and are exactly the
 applied version's; the applied version never decreases except by ``restore_last_good``, which
 lands exactly on the last known good; an aborted transaction's bytes are never live.
+
+``power_cut`` puts every file back to what its last fsync made durable (a write never fsynced
+is lost, or torn) and restarts: what was durable must be enough. File names are taken as
+durable (the directory fsyncs are checked by ``test_fsync_discipline``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hypothesis import event, settings
 from hypothesis import strategies as st
@@ -24,6 +31,9 @@ from hypothesis.stateful import (
 
 from services.agent.state import CommitOutcome, Refused
 from tests.agent.support import content_for, make_prepare, open_disk, sha
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 KEEP = 3
 versions = st.integers(min_value=1, max_value=12)
@@ -50,8 +60,21 @@ class DiskModel(RuleBasedStateMachine):
         self.restored = False  # applied moved back by restore_last_good since the last advance
         self.previous = 0
         self.count = 0
+        # (st_dev, st_ino) -> the file's bytes at its last fsync: what a power cut leaves.
+        self.durable: dict[tuple[int, int], bytes] = {}
+        self._real_fsync = os.fsync
+        os.fsync = self._fsync
+
+    def _fsync(self, fd: FileDescriptorLike) -> None:
+        self._real_fsync(fd)
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            self.durable[(st.st_dev, st.st_ino)] = Path(path).read_bytes()
 
     def teardown(self) -> None:
+        os.fsync = self._real_fsync
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _txid(self) -> str:
@@ -101,14 +124,16 @@ class DiskModel(RuleBasedStateMachine):
         assert staged.already_prepared and epoch == self.epoch
 
     @precondition(lambda self: self.prepared is not None)
-    @rule(commit=st.booleans())
-    def decide(self, commit: bool) -> None:
+    @rule(commit=st.booleans(), flush=st.booleans())
+    def decide(self, commit: bool, flush: bool) -> None:
         assert self.prepared is not None
         txid, version, _ = self.prepared
         if commit:
             outcome = self.disk.commit(txid, version, sha(content_for(version)))
             event(f"commit: {outcome}")
             assert outcome is CommitOutcome.APPLIED  # prepared ⇒ newer than applied
+            if flush:  # what the agent does once it has announced the apply
+                self.disk.flush()
             self.applied = version
             self.restored = False
             self.aborted.discard(version)
@@ -170,6 +195,30 @@ class DiskModel(RuleBasedStateMachine):
         assert (state.prepared.txid if state.prepared else None) == (
             self.prepared[0] if self.prepared else None
         )
+        assert state.last_good == self.last_good
+
+    @rule(tear=st.booleans())
+    def power_cut(self, tear: bool) -> None:
+        """Every file as its last fsync left it: bytes written since are lost (or, ``tear``,
+        cut short); a file never fsynced holds garbage. Then a restart."""
+        spoilt = 0
+        for directory, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(directory) / name
+                st_ = path.stat()
+                now = path.read_bytes()
+                kept = self.durable.get((st_.st_dev, st_.st_ino))
+                if kept == now:
+                    continue
+                spoilt += 1
+                lost = kept if kept is not None and not tear else now[: len(now) // 2]
+                if kept is None:
+                    lost = b"\0" * len(now)  # never fsynced: anything, say zeros
+                with open(path, "r+b") as f:  # in place: the same inode
+                    f.write(lost)
+                    f.truncate(len(lost))
+        event(f"power cut: {'some' if spoilt else 'no'} unsynced bytes lost")
+        self.restart()
 
     # --- invariants -------------------------------------------------------------------
 
