@@ -29,7 +29,13 @@ import hashlib
 import os
 from pathlib import Path
 
-from services.agent.state_io import FileMode, fsync_dir, read_if_exists, remove_quietly
+from services.agent.state_io import (
+    FileMode,
+    fsync_dir,
+    fsync_file,
+    read_if_exists,
+    remove_quietly,
+)
 
 _MAGIC = b"confbus-record 1 "
 _SLOTS = ("a", "b")
@@ -37,14 +43,6 @@ _SLOTS = ("a", "b")
 
 class RecordCorrupt(ValueError):
     pass
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _frame(seq: int, body: bytes) -> bytes:
@@ -100,7 +98,7 @@ class SlotRecord:
         if best is not None:
             # It may be a write made without fsync before a crash: make it durable before
             # the next write may overwrite the other slot.
-            _fsync_file(self.paths[self._durable])
+            fsync_file(self.paths[self._durable])
             return best[1]
         if present == len(self.paths):
             raise RecordCorrupt(f"neither {self.paths[0].name} nor {self.paths[1].name} is valid")
