@@ -72,6 +72,7 @@ from services.distributor.targets import Targets
 from services.distributor.txnlog import abort_votes, created_event, find_decision, read_head
 from services.runtime.api import call
 from services.runtime.bus import Bus
+from services.runtime.concurrency import gather
 from services.runtime.errors import ConfbusError, Conflict, InvalidInput, NotFound, Permanent
 from services.runtime.events import emit
 from services.runtime.failpoints import failpoint
@@ -180,7 +181,10 @@ class Rollouts:
         ``from_approval``: the event (``version.approved``) does not carry the version's
         overrides; they come from the store's reply, else from its ``version.created`` event.
         """
-        hints = await self.store.version(namespace, version)
+        # Both reads at once: this is the path from a publish to its switch.
+        hints, policy = await gather(
+            self.store.version(namespace, version), self.store.policy(namespace, fresh=True)
+        )
         info = hints.info
         if info.rollback_of is not None:
             log.info(
@@ -198,7 +202,6 @@ class Rollouts:
             created = await created_event(self.bus, namespace, version, info.created_at)
             if created is not None:
                 strategy, selector = created.strategy, created.selector
-        policy = await self.store.policy(namespace, fresh=True)
         replaced: list[PendingVersion] = []
 
         def change(cur: RolloutInfo | None) -> RolloutInfo | None:
@@ -438,12 +441,14 @@ class Rollouts:
         log.info("next rollout", extra={"namespace": namespace, "version": nxt.version})
 
     async def _plan(self, namespace: str, rec: RolloutInfo) -> None:
-        policy = await self.store.policy(namespace, fresh=True)
-        try:
-            info = (await self.store.version(namespace, rec.version)).info
-            self.targets.note_version(info)
-        except NotFound as exc:
-            why = exc.message
+        # The three reads at once: this is the path from a publish to its switch.
+        policy, found, prod = await gather(
+            self.store.policy(namespace, fresh=True),
+            self._version_info(namespace, rec.version),
+            self.targets.production_of(namespace, refresh=True),
+        )
+        if isinstance(found, NotFound):
+            why = found.message
             await self._transition(
                 namespace,
                 rec,
@@ -451,6 +456,8 @@ class Rollouts:
                 states=ACTIVE_STATES,
             )
             return
+        info = found
+        self.targets.note_version(info)
         if info.status == "production":
             # Promoted by someone else (an operator) before its rollout began: nothing to do;
             # the nodes converge to production by catch-up.
@@ -490,7 +497,6 @@ class Rollouts:
             )
             return
         await self.membership.warm()
-        prod = await self.targets.production_of(namespace, refresh=True)
         live = self.membership.live_nodes(namespace, selector)
         if not live:
             known = self.membership.known_nodes(namespace)
@@ -532,6 +538,12 @@ class Rollouts:
                 "waves": [len(w) for w in waves],
             },
         )
+
+    async def _version_info(self, namespace: str, version: int) -> VersionInfo | NotFound:
+        try:
+            return (await self.store.version(namespace, version)).info
+        except NotFound as exc:
+            return exc
 
     async def _bootstrap(self, namespace: str, rec: RolloutInfo, prod: VersionInfo | None) -> None:
         """No agent follows the namespace yet: nothing to switch. The version becomes
