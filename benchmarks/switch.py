@@ -179,8 +179,9 @@ class Watch:
         elif parts[4] == "decision":
             times.decision = now
 
-    def breakdown(self, version: int, started: float) -> dict[str, float] | None:
+    def breakdown(self, version: int) -> dict[str, float] | None:
         """Milliseconds from the switch request to each step, or None if not all were seen."""
+        started = self.started[version]
         t = self.txns.get(self.txid_of.get(version, ""))
         w = self.applied.get(version)
         if t is None or w is None or not t.votes or not w.times or not t.decision:
@@ -188,13 +189,13 @@ class Watch:
         at = (t.prepare, min(t.votes), max(t.votes), t.decision, min(w.times), max(w.times))
         return {name: (x - started) * 1000 for name, x in zip(PHASES, at, strict=True)}
 
-    def publish_breakdown(self, version: int, started: float) -> dict[str, float] | None:
+    def publish_breakdown(self, version: int) -> dict[str, float] | None:
         """Milliseconds from a publish to each step: the version stored, then the switch's."""
-        steps = self.breakdown(version, started)
+        steps = self.breakdown(version)
         created = self.created_at.get(version)
         if steps is None or created is None:
             return None
-        return {"version.created": (created - started) * 1000} | steps
+        return {"version.created": (created - self.started[version]) * 1000} | steps
 
     async def _on_event(self, msg: Msg) -> None:
         now = time.perf_counter()
@@ -520,7 +521,7 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
                 if i:
                     e2e.append(took)
                     e2e_floor.append(floor)
-                    if (b := watch.publish_breakdown(version, watch.started[version])) is not None:
+                    if (b := watch.publish_breakdown(version)) is not None:
                         e2e_phases.append(b)
             dist.stop()
 
@@ -557,7 +558,7 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
                 switch.append(took)
                 decided.append(dec)
                 floors.append(floor)
-                if (b := watch.breakdown(v, watch.started[v])) is not None:
+                if (b := watch.breakdown(v)) is not None:
                     phases.append(b)
         if profiler is not None:
             profiler.stop()
@@ -610,7 +611,7 @@ def figures(results: list[SizeResult]) -> list[Figure]:
             baseline_name="JS publish + 2 fan-out rounds",
             params=params,
             notes=f"{r.layout}; median ms after the request: "
-            + ", ".join(f"{k} {v:.0f}" for k, v in params["phases_median_ms"].items())
+            + _phases_note(params["phases_median_ms"])
             + "; CPU ms per switch (2 cores: 2 ms per ms of wall time): "
             + _cpu_note(r.cpu_ms)
             + "; per baseline: "
@@ -639,10 +640,14 @@ def figures(results: list[SizeResult]) -> list[Figure]:
                     },
                     notes="version-store + distributor + coordinator processes; includes the "
                     "SQLite commit, the version event and the rollout planning; median ms after "
-                    "the publish: " + ", ".join(f"{k} {v:.0f}" for k, v in steps.items()),
+                    "the publish: " + _phases_note(steps),
                 ).target_ratio(3.0)
             )
     return out
+
+
+def _phases_note(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.0f}" for name, ms in phases.items())
 
 
 def _phase_medians(samples: list[dict[str, float]], names: Sequence[str]) -> dict[str, float]:

@@ -19,7 +19,6 @@ The bus may be down at any time: the live file stays as it is, and the agent say
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import random
 import time
@@ -51,6 +50,7 @@ from services.agent.health import HealthForwarder
 from services.agent.hooks import run_on_change
 from services.agent.lastgood import keep_last_good
 from services.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
+from services.agent.state_io import sha256_bytes
 from services.runtime.api import call
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
@@ -308,7 +308,7 @@ class NodeAgent:
     async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:
         subject = subjects.txn_prepare(d.namespace, d.txid)
         record = await first_txn_record(bus, subject, Prepare, d.namespace, d.txid)
-        if record is None or hashlib.sha256(record.content).hexdigest() != d.sha256:
+        if record is None or sha256_bytes(record.content) != d.sha256:
             return None  # never apply bytes that are not the decided version's
         return record.content
 
@@ -471,7 +471,7 @@ class NodeAgent:
                 content = await offload.run(ns.disk.version_bytes, req.version)
             except VersionNotOnDisk:
                 content = None
-            if content is None or hashlib.sha256(content).hexdigest() != req.sha256:
+            if content is None or sha256_bytes(content) != req.sha256:
                 source = "store"
                 try:
                     got = await call(

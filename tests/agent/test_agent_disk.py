@@ -397,19 +397,12 @@ def test_a_write_without_fsync_never_overwrites_the_newest_durable_record(
 
     record.write(b"one")  # → a
     record.write(b"two")  # → b: the newest durable record
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    spy = FsSpy(monkeypatch)
     record.write(b"three", durable=False)
     record.write(b"four", durable=False)
-    assert (body(a), body(b), synced) == (b"four", b"two", [])
+    assert (body(a), body(b), spy.events) == (b"four", b"two", [])
     assert record.read() == b"four"  # a restart takes it, and makes it durable first
-    assert synced == [str(a)]
+    assert spy.events == [("fsync", str(a.resolve()), "")]
     record.write(b"five", durable=False)  # so now b is the one to write
     assert (body(a), body(b)) == (b"four", b"five")
     # A power cut loses what was never fsynced (here: torn); the durable record is whole.
