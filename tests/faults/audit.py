@@ -81,8 +81,10 @@ async def read_stream(bus: Bus, stream: str, subject: str, timeout: float = 30.0
                     ordered_consumer=True,
                     config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
                 )
-            except nats.js.errors.ServiceUnavailableError:
-                # After a heal the stream's group may still be electing (503): retry.
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+                # After a heal or a leader kill the stream's group (503) or the meta leader
+                # (no answer to the consumer create) may still be electing: retry. Seen in a
+                # fresh-clone run: the create timed out right after the third leader kill.
                 await anyio.sleep(0.2)
     try:
         with anyio.fail_after(timeout):
