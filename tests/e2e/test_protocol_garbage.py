@@ -17,7 +17,7 @@ from schemas.api import txn as txn_api
 from schemas.streams import CFG_TXN
 from schemas.txn import Decision, Prepare
 from services.runtime.api import call
-from services.runtime.bus import connect
+from services.runtime.bus import Bus, connect
 from services.runtime.codec import encode
 from tests.e2e.helpers import agent_status, store_version, switch, txn_records
 from tests.e2e.stack import Stack, start_stack
@@ -121,7 +121,7 @@ async def _assault(stack: Stack, kind: str, txid: str, data: bytes) -> None:
                 epoch=1,
                 timeout_s=0.5,
             )
-            await bus.js.publish(subjects.txn_prepare(NS, txid), encode(forged))
+            await publish_prepare_heard_by_all(bus, forged)
         elif kind == "replay":
             # Duplicates of the real records, and a commit for a txid that has no prepare.
             # Only the original pair: copying every record each time would double the
@@ -138,6 +138,24 @@ async def _assault(stack: Stack, kind: str, txid: str, data: bytes) -> None:
                     await bus.js.publish(subjects.txn_decision(NS, txid), encode(commit))
     finally:
         await bus.close()
+
+
+async def publish_prepare_heard_by_all(bus: Bus, prepare: Prepare) -> None:
+    """Publish ``prepare`` and return once every agent has voted on it (each vote answered at
+    once, with bytes that are no ack). Without this wait the check that follows could see an
+    agent settled before it had even read the prepare, and the next example (or test) would
+    meet that agent holding it: busy, it refuses the next prepare."""
+    votes = await bus.nc.subscribe(subjects.txn_votes(NS, prepare.txid))
+    try:
+        await bus.js.publish(subjects.txn_prepare(NS, prepare.txid), encode(prepare))
+        voters: set[str] = set()
+        with anyio.fail_after(20):
+            while voters != set(NODES):
+                msg = await votes.next_msg(timeout=None)
+                voters.add(msg.subject.rsplit(".", 1)[1])
+                await msg.respond(b"")
+    finally:
+        await votes.unsubscribe()
 
 
 async def _unchanged(stack: Stack) -> None:
@@ -208,7 +226,7 @@ def test_forged_prepare_is_held_in_doubt_then_presumed_aborted(stack: Stack) -> 
                 epoch=1,
                 timeout_s=3.0,
             )
-            await bus.js.publish(subjects.txn_prepare(NS, "forged-1"), encode(forged))
+            await publish_prepare_heard_by_all(bus, forged)
             port = stack.agents["n1"].proc.ready["http_port"]  # type: ignore[index]
 
             async def in_doubt(want: str | None) -> bool:
