@@ -17,6 +17,7 @@ from schemas.events import TxnAborted, TxnCommitted, VoteRecord
 from schemas.txn import Decision, TxnHead
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
+from services.runtime.concurrency import gather
 from services.runtime.events import emit
 from services.runtime.txnlog import first_txn_record
 
@@ -52,10 +53,14 @@ async def read_decision(bus: Bus, namespace: str, txid: str) -> Decision | None:
 async def publish_decision(
     bus: Bus, head: TxnHead, votes: list[VoteRecord] | None = None, actor: str = ""
 ) -> Decision:
-    """Announce the decision on the head: the event, then the write-once record.
+    """Announce the decision on the head: its event and its write-once record.
 
-    The event goes first (deduplicated by its message id) so that a crash between the two
-    leaves a recoverer to publish the record — never a record without its audit event.
+    Both are sent at once, the event first on the connection, and this returns once both
+    are stored: the agents wait for the record, so it does not queue behind the event's
+    acknowledgement. If either fails, the caller repeats the whole announcement (the event is
+    deduplicated by its message id, the record is written once) — and whoever leads the
+    namespace next announces its last decision again — so a record never stays without its
+    audit event.
     """
     decision = decision_of(head)
     event_type = TxnCommitted if decision.outcome == "commit" else TxnAborted
@@ -69,10 +74,16 @@ async def publish_decision(
         participants=decision.participants,
         votes=votes or [],
     )
-    await emit(bus, event, msg_id=f"txn:{decision.txid}:decided")
+    _, recorded = await gather(
+        emit(bus, event, msg_id=f"txn:{decision.txid}:decided"), _record(bus, decision)
+    )
+    return recorded
+
+
+async def _record(bus: Bus, decision: Decision) -> Decision:
     try:
         await bus.js.publish(
-            subjects.txn_decision(head.namespace, decision.txid),
+            subjects.txn_decision(decision.namespace, decision.txid),
             encode(decision),
             headers={"Nats-Expected-Last-Subject-Sequence": "0"},
         )
@@ -80,7 +91,7 @@ async def publish_decision(
         if exc.err_code != WRONG_LAST_SEQUENCE:
             raise
         # Already written (by us before a crash, or by a recovering replica): it must agree.
-        existing = await read_decision(bus, head.namespace, decision.txid)
+        existing = await read_decision(bus, decision.namespace, decision.txid)
         if existing is not None and existing.outcome != decision.outcome:
             log.critical(
                 "decision record disagrees with the head",

@@ -34,6 +34,18 @@ class Head:
 class Heads:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        self._known: dict[str, Head] = {}  # the last head each get or cas showed us
+
+    def known(self, namespace: str) -> Head | None:
+        """The head as we last saw it: a guess for a compare-and-set, which fails (``Fenced``)
+        if anyone wrote it since — never a basis for a decision by itself."""
+        return self._known.get(namespace)
+
+    def _saw(self, head: Head) -> Head:
+        cur = self._known.get(head.value.namespace)
+        if cur is None or head.revision >= cur.revision:
+            self._known[head.value.namespace] = head
+        return head
 
     @classmethod
     async def open(cls, bus: Bus) -> Heads:
@@ -45,7 +57,7 @@ class Heads:
         except nats.js.errors.KeyNotFoundError:
             return Head(TxnHead(namespace=namespace, epoch=0), 0)
         assert entry.value is not None and entry.revision is not None
-        return Head(decode_head(entry.value), entry.revision)
+        return self._saw(Head(decode_head(entry.value), entry.revision))
 
     async def cas(self, head: Head, new: TxnHead) -> Head:
         """Write ``new`` only if the head is still at ``head.revision``."""
@@ -60,7 +72,7 @@ class Heads:
             raise Fenced(
                 f"head of {new.namespace} moved on since revision {head.revision}"
             ) from exc
-        return Head(new, rev)
+        return self._saw(Head(new, rev))
 
     async def namespaces(self) -> list[str]:
         try:

@@ -118,14 +118,17 @@ class Coordinator:
         epoch, so nothing of this term can be written afterwards."""
         self._epochs.pop(namespace, None)
 
-    async def lead(self, namespace: str) -> Head:
+    async def lead(self, namespace: str, guess: Head | None = None) -> Head:
         """A head at our epoch with nothing undecided on it.
 
         Taking over bumps the epoch by compare-and-set, then aborts whatever the previous
         leader left undecided: from here on nothing of the older epoch can be written.
+        ``guess``: the head as we believe it is, tried first instead of a read — any
+        compare-and-set on it fails if it is out of date, and the loop reads it then.
         """
         for _ in range(5):
-            head = await self.heads.get(namespace)
+            head = guess if guess is not None else await self.heads.get(namespace)
+            guess = None
             if self._epochs.get(namespace) != head.value.epoch:
                 bumped = msgspec.structs.replace(
                     head.value, epoch=head.value.epoch + 1, leader=self.instance
@@ -181,29 +184,44 @@ class Coordinator:
             ours: list[str] = []  # the txid we wrote, once we did (maybe without hearing so)
 
             async def begin() -> Head:
-                head = await self.heads.get(namespace)
-                h = head.value
-                if ours and h.txid == ours[0] and self._epochs.get(namespace) == h.epoch:
-                    return head  # our write landed though its reply was lost: carry on
-                head = await self.lead(namespace)
-                ours[:] = [new_txid(head.value.epoch)]
-                if txids is not None:
-                    txids.append(ours[0])
-                return await self.heads.cas(
-                    head,
-                    TxnHead(
-                        namespace=namespace,
-                        epoch=head.value.epoch,
-                        leader=self.instance,
-                        txid=ours[0],
-                        state="preparing",
-                        version=version,
-                        sha256=sha256,
-                        participants=participants,
-                        started_at=utcnow(),
-                        timeout_s=timeout,
-                    ),
-                )
+                # First try the head as we last wrote or read it, without a read: the usual
+                # case, we lead the namespace and nobody else writes its head. A
+                # compare-and-set that finds it out of date is answered by reading it.
+                guess = None if ours else self.heads.known(namespace)
+                while True:
+                    if guess is None:
+                        head = await self.heads.get(namespace)
+                        h = head.value
+                        if ours and h.txid == ours[0] and self._epochs.get(namespace) == h.epoch:
+                            return head  # our write landed though its reply was lost: carry on
+                    head = await self.lead(namespace, guess or head)
+                    ours[:] = [new_txid(head.value.epoch)]
+                    if txids is not None:
+                        txids.append(ours[0])
+                    try:
+                        return await self.heads.cas(
+                            head,
+                            TxnHead(
+                                namespace=namespace,
+                                epoch=head.value.epoch,
+                                leader=self.instance,
+                                txid=ours[0],
+                                state="preparing",
+                                version=version,
+                                sha256=sha256,
+                                participants=participants,
+                                started_at=utcnow(),
+                                timeout_s=timeout,
+                            ),
+                        )
+                    except Fenced:
+                        if guess is None:
+                            raise
+                    # Not written (the head moved since we saw it): read it, go again.
+                    if txids is not None:
+                        txids.remove(ours[0])
+                    ours.clear()
+                    guess = None
 
             head = await _riding_out(begin, f"starting a transaction on {namespace}")
             txid = ours[0]
@@ -254,14 +272,15 @@ class Coordinator:
         mine = head
 
         async def write() -> Head:
-            current = await self.heads.get(mine.value.namespace)
-            if current.revision != mine.revision:
+            try:
+                return await self.heads.cas(
+                    mine, msgspec.structs.replace(mine.value, state=state, reason=reason)
+                )
+            except Fenced:
+                current = await self.heads.get(mine.value.namespace)
                 if current.value.txid == mine.value.txid and current.value.state == state:
-                    return current  # our compare-and-set landed; its reply was lost
-                raise Fenced(f"head of {mine.value.namespace} moved on")
-            return await self.heads.cas(
-                mine, msgspec.structs.replace(mine.value, state=state, reason=reason)
-            )
+                    return current  # our compare-and-set landed (repeated here); reply lost
+                raise
 
         try:
             head = await _riding_out(write, f"deciding {head.value.txid}")
@@ -417,8 +436,9 @@ T = TypeVar("T")
 
 async def _riding_out(step: Callable[[], Awaitable[T]], what: str) -> T:
     """Run ``step``, again on a transient bus error, for up to ``RIDE_OUT_S``; then
-    ``Unavailable``. Every step is safe to repeat: reads, compare-and-sets that re-read first,
-    and publishes deduplicated by their message id."""
+    ``Unavailable``. Every step is safe to repeat: reads, compare-and-sets that tell a write of
+    their own that landed (its reply lost) from another's, and publishes deduplicated by their
+    message id."""
     delay = 0.1
     deadline = anyio.current_time() + RIDE_OUT_S
     while True:

@@ -47,7 +47,7 @@ from services.version_store.eventlog import last_event, scan
 from services.version_store.policycheck import check_full_policy
 from services.version_store.rejections import Rejections
 from services.version_store.sessions import Sessions, Upload, page
-from services.version_store.storage import NamespaceExport, Store, StoredVersion
+from services.version_store.storage import NamespaceExport, Store, StoredVersion, rules
 from services.version_store.validate import diff
 
 log = logging.getLogger("confbus.version_store.api")
@@ -98,10 +98,14 @@ class StoreApi:
     # -- reads --------------------------------------------------------------------------------
 
     async def get(self, req: api.GetRequest) -> api.VersionReply:
-        info = await self.store.resolve(req.namespace, req.ref)
         if not req.content:
-            return api.VersionReply(info=info)
-        sv = await self.store.get(req.namespace, info.version)
+            return api.VersionReply(info=await self.store.resolve(req.namespace, req.ref))
+        # A number needs no resolving: one read brings the info and the bytes (the
+        # coordinator's fetch in front of every prepare).
+        want = rules.parse_ref(req.namespace, req.ref)
+        if not isinstance(want, int):
+            want = (await self.store.resolve(req.namespace, req.ref)).version
+        sv = await self.store.get(req.namespace, want)
         return api.VersionReply(info=sv.info, content=sv.content)
 
     async def history(self, req: api.HistoryRequest) -> api.HistoryReply:

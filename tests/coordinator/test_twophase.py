@@ -205,3 +205,49 @@ async def test_garbage_on_a_decision_subject_neither_hides_the_decision_nor_fail
     # Garbage alone, for a txid never started: presumed abort (it used to fail every resolve).
     await bus.js.publish(subjects.txn_decision("web", "0"), b"")
     assert (await coord.resolve("web", "0")).state == "aborted"
+
+
+async def test_leading_a_namespace_its_head_is_written_without_reading_it(
+    bus: Bus, store: None
+) -> None:
+    # The head as our last compare-and-set left it is the guess for the next one: a
+    # coordinator that leads the namespace starts and decides a transaction without a read.
+    await voters(bus, "web", {"n1": "yes", "n2": "yes"})
+    coord = await coordinator(bus, "c1")
+    assert (await coord.switch("web", 1, ["n1", "n2"], 5.0)).outcome == "commit"
+    reads: list[str] = []
+
+    async def on_read(msg: Msg) -> None:
+        reads.append(msg.subject)
+
+    subs = [
+        await bus.nc.subscribe("$JS.API.STREAM.MSG.GET.KV_CFG_TXN_HEAD", cb=on_read),
+        await bus.nc.subscribe("$JS.API.DIRECT.GET.KV_CFG_TXN_HEAD.>", cb=on_read),
+    ]
+    reply = await coord.switch("web", 2, ["n1", "n2"], 5.0)
+    await bus.nc.flush()
+    for sub in subs:
+        await sub.unsubscribe()
+    assert reply.outcome == "commit"
+    assert reads == []
+    d = await decision(bus, "web", reply.txid)
+    assert d.outcome == "commit" and d.version == 2 and d.epoch == 1
+
+
+async def test_a_stale_guess_of_the_head_costs_a_read_not_the_switch(bus: Bus, store: None) -> None:
+    # "a" remembers the head it wrote; "b" takes the namespace over meanwhile. a's next
+    # compare-and-set on its stale guess fails: it reads the head, takes the lead back at a
+    # newer epoch and switches — never writing over b's epoch.
+    await voters(bus, "web", {"n1": "yes"})
+    a = await coordinator(bus, "a")
+    b = await coordinator(bus, "b")
+    replies = [
+        await a.switch("web", 1, ["n1"], 5.0),
+        await b.switch("web", 2, ["n1"], 5.0),
+        await a.switch("web", 3, ["n1"], 5.0),
+    ]
+    assert [r.outcome for r in replies] == ["commit", "commit", "commit"]
+    epochs = [(await decision(bus, "web", r.txid)).epoch for r in replies]
+    assert epochs == [1, 2, 3]
+    head = (await Heads(await bus.kv("CFG_TXN_HEAD")).get("web")).value
+    assert head.epoch == 3 and head.leader == "a" and head.txid == replies[2].txid

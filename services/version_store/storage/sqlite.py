@@ -296,15 +296,12 @@ class SqliteStore:
             async with self._read() as db:
                 if isinstance(want, int):
                     return await sql.info(db, namespace, want)
-                head = await sql.head(db, namespace)
-                number = {
-                    "latest": head.newest or None,
-                    "production": head.production,
-                    "last-good": head.last_good,
-                }[want]
-                if number is None:
-                    raise NotFound(namespace, f"{want} version")
-                return await sql.info(db, namespace, number)
+                # One query (not the head, then the version): every hop to the connection's
+                # thread counts on the path from a publish to its switch.
+                found = await db.execute_fetchall(sql.NAMED_SQL[want], (namespace,))
+        for row in found:
+            return sql.info_of(row)
+        raise NotFound(namespace, f"{want} version")
 
     async def history(
         self, namespace: str, before: int | None = None, limit: int = 50

@@ -35,6 +35,16 @@ encode = msgspec.json.Encoder().encode
 decode_policy = msgspec.json.Decoder(Policy).decode
 _decode_selector = msgspec.json.Decoder(dict[str, str] | None).decode
 
+# A named version in one query; the head's column is NULL (or newest 0) when there is none.
+NAMED_SQL = {
+    name: f"SELECT {COLS} {FROM} WHERE v.namespace = ? AND v.version = n.{column}"
+    for name, column in (
+        ("latest", "newest"),
+        ("production", "production"),
+        ("last-good", "last_good"),
+    )
+}
+
 
 async def heads(db: aiosqlite.Connection, namespaces: Sequence[str]) -> list[Head]:
     out: list[Head] = []
