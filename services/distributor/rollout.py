@@ -81,6 +81,10 @@ log = logging.getLogger("confbus.distributor")
 
 Change = Callable[[RolloutInfo | None], RolloutInfo | None]
 
+# The plan may use the reads ``on_version`` made of the version, the policy and production:
+# an answer this old is no staler than the plan's own reads would be after a slow step.
+PLAN_READS_MAX_AGE_S = 0.5
+
 # A switch request can sit at the coordinator this long (its own deadline, plus a queue
 # behind another transaction of the namespace) before we may conclude it never ran.
 IN_FLIGHT_GRACE_S = 10.0
@@ -108,26 +112,65 @@ class Rollouts:
     drivers: set[str] = field(default_factory=set)
     _wake: dict[str, anyio.Event] = field(default_factory=dict)
     _any: anyio.Event = field(default_factory=anyio.Event)
+    # Revision of our last write of each record: while the record is still there, a step
+    # starts from it instead of reading it back.
+    _written: dict[str, int] = field(default_factory=dict)
+    # Outbox items published but still in the stored record: the next write drops them.
+    _sent: dict[str, set[str]] = field(default_factory=dict)
 
     # -- reading and writing the record ----------------------------------------------------
 
     async def read(self, namespace: str) -> Entry[RolloutInfo]:
         entry = await self.kv.read(rollout_key(namespace), decode_rollout_info)
-        self.records[namespace] = entry
+        self._remember(namespace, entry)
         return entry
 
+    def _remember(self, namespace: str, entry: Entry[RolloutInfo]) -> None:
+        # Only forward: tasks of this process (the driver, the consumer, the API) and the
+        # watch each learn of revisions, and may come back in any order.
+        cur = self.records.get(namespace)
+        if cur is None or entry.revision >= cur.revision:
+            self.records[namespace] = entry
+
+    async def latest(self, namespace: str) -> Entry[RolloutInfo]:
+        """The record as our own last write left it, if no one has written it since (as far
+        as the watch shows); else read. Either is as fresh as a read: every write is a
+        compare-and-set, so a record that moved in the meantime makes the next one fail."""
+        cur = self.records.get(namespace)
+        if cur is not None and cur.revision == self._written.get(namespace):
+            return cur
+        return await self.read(namespace)
+
     async def mutate(self, namespace: str, change: Change) -> tuple[Entry[RolloutInfo], bool]:
-        entry, wrote = await self.kv.mutate(rollout_key(namespace), decode_rollout_info, change)
-        self.records[namespace] = entry
+        """Compare-and-set ``change`` on the record, first against the copy we hold (no read
+        when it is current), dropping outbox items already published."""
+        dropped: set[str] = set()
+
+        def write(cur: RolloutInfo | None) -> RolloutInfo | None:
+            new = change(cur)
+            dropped.clear()
+            if new is None:
+                return None
+            sent = self._sent.get(namespace)
+            if not sent or not new.outbox:
+                return new
+            dropped.update(i.msg_id for i in new.outbox if i.msg_id in sent)
+            return R.replace(new, outbox=[i for i in new.outbox if i.msg_id not in sent])
+
+        entry, wrote = await self.kv.mutate(
+            rollout_key(namespace), decode_rollout_info, write, hint=self.records.get(namespace)
+        )
+        self._remember(namespace, entry)
         if wrote:
+            self._written[namespace] = entry.revision
+            if dropped:
+                self._sent[namespace] -= dropped
             self.kick(namespace)
         return entry, wrote
 
     def observed(self, namespace: str, entry: Entry[RolloutInfo]) -> None:
         """A change seen by the ``rollout.*`` watch (ours or another replica's)."""
-        cur = self.records.get(namespace)
-        if cur is None or entry.revision >= cur.revision:
-            self.records[namespace] = entry
+        self._remember(namespace, entry)
         self.kick(namespace)
 
     def kick(self, namespace: str) -> None:
@@ -143,25 +186,33 @@ class Rollouts:
         if ev.is_set():
             self._wake[namespace] = anyio.Event()
 
-    async def flush(self, namespace: str, entry: Entry[RolloutInfo]) -> None:
-        """Publish the record's outbox, then remove what was published."""
+    async def flush(self, namespace: str, entry: Entry[RolloutInfo], *, clear: bool = True) -> None:
+        """Publish the record's outbox, then remove what was published — at once, or with
+        ``clear=False`` by the next write (one the caller is about to make). Until then a
+        restarted driver publishes it again, a no-op by its message id."""
         rec = entry.value
         if rec is None or not rec.outbox:
             return
-        done: set[str] = set()
+        sent = self._sent.setdefault(namespace, set())
+        if len(sent) > 256:  # ids another replica cleared: forget them (at worst, a no-op again)
+            sent.clear()
         for item in rec.outbox:
+            if item.msg_id in sent:
+                continue
             if item.event is not None:
                 await emit(self.bus, item.event, msg_id=item.msg_id)
             elif item.alert is not None:
                 await self.bus.publish(
                     subjects.alert(namespace), item.alert, msg_id=item.alert.alert_id
                 )
-            done.add(item.msg_id)
+            sent.add(item.msg_id)
+        if not clear:
+            return
 
         def change(cur: RolloutInfo | None) -> RolloutInfo | None:
-            if cur is None or not any(i.msg_id in done for i in cur.outbox):
+            if cur is None or not any(i.msg_id in sent for i in cur.outbox):
                 return None
-            return R.replace(cur, outbox=[i for i in cur.outbox if i.msg_id not in done])
+            return cur  # mutate drops what was sent
 
         await self.mutate(namespace, change)
 
@@ -181,9 +232,12 @@ class Rollouts:
         ``from_approval``: the event (``version.approved``) does not carry the version's
         overrides; they come from the store's reply, else from its ``version.created`` event.
         """
-        # Both reads at once: this is the path from a publish to its switch.
-        hints, policy = await gather(
-            self.store.version(namespace, version), self.store.policy(namespace, fresh=True)
+        # The reads at once: this is the path from a publish to its switch. Production is
+        # for the plan, which follows at once (PLAN_READS_MAX_AGE_S).
+        hints, policy, _ = await gather(
+            self.store.version(namespace, version),
+            self.store.policy(namespace, max_age_s=0),
+            self.targets.production_of(namespace, refresh=True),
         )
         info = hints.info
         if info.rollback_of is not None:
@@ -357,11 +411,11 @@ class Rollouts:
 
     async def step(self, namespace: str) -> bool:
         """One step of the namespace's rollout. False: nothing more to do for now."""
-        entry = await self.read(namespace)
+        entry = await self.latest(namespace)
         rec = entry.value
         if rec is None:
             return False
-        if rec.outbox:
+        if rec.outbox:  # left by a crash, or a write that failed: publish and clear it
             await self.flush(namespace, entry)
             return True
         if rec.state in TERMINAL_STATES:
@@ -404,11 +458,16 @@ class Rollouts:
         fn: Callable[[RolloutInfo], RolloutInfo],
         *,
         states: tuple[str, ...] = ("running",),
+        planned: bool | None = None,
+        clear: bool = True,
     ) -> Entry[RolloutInfo]:
-        """Apply ``fn`` if the record is still this rollout in one of ``states``."""
+        """Apply ``fn`` if the record is still this rollout in one of ``states`` (and planned
+        or not, if ``planned`` says), then publish its outbox (``clear``: see ``flush``)."""
 
         def change(cur: RolloutInfo | None) -> RolloutInfo | None:
             if cur is None or cur.rollout_id != rec.rollout_id or cur.state not in states:
+                return None
+            if planned is not None and cur.planned != planned:
                 return None
             return R.replace(fn(cur), holder=self.instance)
 
@@ -418,7 +477,7 @@ class Rollouts:
         if entry.value is not None:
             if entry.value.state != rec.state and entry.value.state in TERMINAL_STATES:
                 self.metrics.rollouts.labels(entry.value.state).inc()
-            await self.flush(namespace, entry)
+            await self.flush(namespace, entry, clear=clear)
         return entry
 
     # -- the steps -----------------------------------------------------------------------------
@@ -441,11 +500,13 @@ class Rollouts:
         log.info("next rollout", extra={"namespace": namespace, "version": nxt.version})
 
     async def _plan(self, namespace: str, rec: RolloutInfo) -> None:
-        # The three reads at once: this is the path from a publish to its switch.
+        # The three reads at once (usually those on_version just made): this is the path
+        # from a publish to its switch.
+        age = PLAN_READS_MAX_AGE_S
         policy, found, prod = await gather(
-            self.store.policy(namespace, fresh=True),
-            self._version_info(namespace, rec.version),
-            self.targets.production_of(namespace, refresh=True),
+            self.store.policy(namespace, max_age_s=age),
+            self._version_info(namespace, rec.version, max_age_s=age),
+            self.targets.production_of(namespace, refresh=True, max_age_s=age),
         )
         if isinstance(found, NotFound):
             why = found.message
@@ -512,10 +573,9 @@ class Rollouts:
             )
             return
         waves = strategy.waves(live)
-        await self._transition(
-            namespace,
-            rec,
-            lambda c: R.planned(
+
+        def plan(c: RolloutInfo) -> RolloutInfo:
+            return R.planned(
                 c,
                 strategy=str(strategy),
                 selector=selector,
@@ -526,9 +586,8 @@ class Rollouts:
                 on_missing_data=policy.on_missing_data,
                 previous_version=prod.version if prod else None,
                 actor=self.instance,
-            ),
-            states=ACTIVE_STATES,
-        )
+            )
+
         log.info(
             "rollout planned",
             extra={
@@ -538,10 +597,17 @@ class Rollouts:
                 "waves": [len(w) for w in waves],
             },
         )
+        if rec.state == "running":
+            # The plan and its first wave's start in one write: the switch follows at once.
+            await self._switch(namespace, plan(rec), 0, plan=plan)
+        else:  # paused before it was planned: plan now, start when resumed
+            await self._transition(namespace, rec, plan, states=ACTIVE_STATES, planned=False)
 
-    async def _version_info(self, namespace: str, version: int) -> VersionInfo | NotFound:
+    async def _version_info(
+        self, namespace: str, version: int, *, max_age_s: float
+    ) -> VersionInfo | NotFound:
         try:
-            return (await self.store.version(namespace, version)).info
+            return (await self.store.version(namespace, version, max_age_s=max_age_s)).info
         except NotFound as exc:
             return exc
 
@@ -573,7 +639,18 @@ class Rollouts:
         )
         log.info("rollout superseded", extra={"namespace": namespace, "by_version": by})
 
-    async def _switch(self, namespace: str, rec: RolloutInfo, i: int) -> None:
+    async def _switch(
+        self,
+        namespace: str,
+        rec: RolloutInfo,
+        i: int,
+        *,
+        plan: Callable[[RolloutInfo], RolloutInfo] | None = None,
+    ) -> None:
+        """Start wave ``i``'s attempt (recorded first), ask for the switch, record its outcome.
+
+        ``plan``: the record is not planned yet — ``rec`` is as it will be once ``plan`` is
+        applied, and the same write records the plan and this attempt."""
         todo = R.wave_nodes(rec, i)
         already = [n for n in todo if (self.membership.applied(namespace, n) or 0) >= rec.version]
         down = [n for n in todo if n not in already and not self.membership.is_live(n)]
@@ -587,7 +664,10 @@ class Rollouts:
                 f"max_excluded {rec.max_excluded:.0%}"
             )
             await self._transition(
-                namespace, rec, lambda c: R.fail(c, i, reason, actor=self.instance)
+                namespace,
+                rec,
+                lambda c: R.fail(plan(c) if plan else c, i, reason, actor=self.instance),
+                planned=plan is None,
             )
             return
         timeout = rec.vote_timeout_s or 5.0
@@ -602,8 +682,16 @@ class Rollouts:
                 namespace,
                 rec,
                 lambda c: R.start_attempt(
-                    c, i, nodes=nodes, already=already, down=down, actor=self.instance
+                    plan(c) if plan else c,
+                    i,
+                    nodes=nodes,
+                    already=already,
+                    down=down,
+                    actor=self.instance,
                 ),
+                planned=plan is None,
+                # The outcome's write follows the switch: it drops what was published.
+                clear=not nodes,
             )
         except BaseException:
             self.busy.pop(namespace, None)

@@ -27,14 +27,29 @@ class VersionHints(msgspec.Struct, frozen=True, kw_only=True):
     selector: dict[str, str] | None = None
 
 
+# Reads kept for ``max_age_s`` callers; cleared whole when full (it is only a shortcut).
+RECENT_READS = 1024
+
+
 @dataclass
 class Store:
+    """``max_age_s``: an answer read at most this long ago will do (0: ask now). Its age is
+    counted from when it was asked for, so it is never younger than it says."""
+
     bus: Bus
     policy_ttl_s: float = 5.0
     _policies: dict[str, tuple[float, Policy]] = field(default_factory=dict)
+    _versions: dict[tuple[str, str], tuple[float, VersionHints]] = field(default_factory=dict)
 
-    async def version(self, namespace: str, ref: str | int) -> VersionHints:
-        return await call(
+    async def version(
+        self, namespace: str, ref: str | int, *, max_age_s: float = 0.0
+    ) -> VersionHints:
+        key = (namespace, str(ref))
+        hit = self._versions.get(key)
+        if max_age_s > 0 and hit is not None and time.monotonic() - hit[0] <= max_age_s:
+            return hit[1]
+        asked = time.monotonic()
+        hints = await call(
             self.bus,
             store_api.SERVICE,
             "get",
@@ -42,17 +57,25 @@ class Store:
             VersionHints,
             timeout=10.0,
         )
+        if len(self._versions) >= RECENT_READS:
+            self._versions.clear()
+        self._versions[key] = (asked, hints)
+        return hints
 
-    async def production(self, namespace: str) -> VersionInfo | None:
+    async def production(self, namespace: str, *, max_age_s: float = 0.0) -> VersionInfo | None:
         try:
-            return (await self.version(namespace, "production")).info
+            return (await self.version(namespace, "production", max_age_s=max_age_s)).info
         except NotFound:
+            self._versions.pop((namespace, "production"), None)
             return None
 
-    async def policy(self, namespace: str, *, fresh: bool = False) -> Policy:
+    async def policy(self, namespace: str, *, max_age_s: float | None = None) -> Policy:
+        """``max_age_s`` None: the policy TTL."""
+        limit = self.policy_ttl_s if max_age_s is None else max_age_s
         cached = self._policies.get(namespace)
-        if not fresh and cached is not None and time.monotonic() - cached[0] < self.policy_ttl_s:
+        if limit > 0 and cached is not None and time.monotonic() - cached[0] <= limit:
             return cached[1]
+        asked = time.monotonic()
         policy = await call(
             self.bus,
             store_api.SERVICE,
@@ -61,7 +84,7 @@ class Store:
             Policy,
             timeout=10.0,
         )
-        self._policies[namespace] = (time.monotonic(), policy)
+        self._policies[namespace] = (asked, policy)
         return policy
 
     async def promote(self, namespace: str, version: int, actor: str, reason: str) -> VersionInfo:

@@ -68,9 +68,12 @@ class Targets:
         ]
         return max(candidates) if candidates else None
 
-    async def production_of(self, namespace: str, *, refresh: bool = False) -> VersionInfo | None:
+    async def production_of(
+        self, namespace: str, *, refresh: bool = False, max_age_s: float = 0.0
+    ) -> VersionInfo | None:
+        """``refresh``: ask the store (an answer ``max_age_s`` old will do), not our copy."""
         if refresh or namespace not in self.production:
-            info = await self.store.production(namespace)
+            info = await self.store.production(namespace, max_age_s=max_age_s)
             if info is None:
                 self.production.pop(namespace, None)
                 return None

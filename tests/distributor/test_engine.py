@@ -255,6 +255,40 @@ async def test_raising_the_targets_writes_each_key_without_reading_it_first(h: H
     assert reads == []  # the watch's revision was current: one compare-and-set per node
 
 
+async def test_from_a_version_to_its_switch_nothing_is_read_twice(h: Harness) -> None:
+    # The plan takes the reads on_version has just made, and every write of the record is
+    # a compare-and-set on the copy the driver holds (its own last write, or the watch's):
+    # a quiet rollout never reads its record back, and publishes each event once.
+    nodes = await agents(h, 3)
+    v1 = await h.store.publish(NS)
+    await h.wait_event(RolloutCompleted, version=v1)
+    reads: list[str] = []
+
+    async def on_read(msg: Msg) -> None:
+        wanted = json.loads(msg.data or b"{}").get("last_by_subj", "")
+        if ".rollout." in wanted:
+            reads.append(wanted)
+
+    sub = await h.bus.nc.subscribe("$JS.API.STREAM.MSG.GET.KV_CFG_STATE", cb=on_read)
+    h.store.asked.clear()
+    v2 = await h.store.publish(NS)
+    await h.wait_event(RolloutCompleted, version=v2)
+    await h.wait_files(nodes, content_of(v2))
+    await h.bus.nc.flush()
+    await sub.unsubscribe()
+    assert reads == []
+    assert h.store.asked.count((NS, str(v2), False)) == 1  # on_version's, used by the plan
+    assert h.store.asked.count((NS, str(v2), True)) == 1  # the coordinator's fetch
+    kinds = [
+        type(e).__name__
+        for e in h.events
+        if isinstance(e, RolloutStarted | TxnCommitted | RolloutCompleted) and e.version == v2
+    ]
+    assert kinds == ["RolloutStarted", "TxnCommitted", "RolloutCompleted"]
+    rec = await h.rollout()
+    assert rec is not None and rec.state == "completed" and rec.outbox == []
+
+
 async def test_a_node_that_keeps_failing_is_reported_and_blocks_no_one(h: Harness) -> None:
     h.store.policies[NS] = Policy(namespace=NS, vote_timeout_s=1.0)
     v1 = await h.store.publish(NS)
