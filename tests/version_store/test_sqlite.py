@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.version_store.errors import StoreError, StoreUnavailable
+from services.runtime.concurrency import gather
+from services.version_store.errors import NotFound, StoreError, StoreUnavailable
 from services.version_store.storage import NewVersion, Store, open_store
-from services.version_store.storage.sqlite import SqliteStore
+from services.version_store.storage.sqlite import READERS, SqliteStore
 from services.version_store.storage.sqlite_rows import HISTORY_SQL
 from services.version_store.storage.sqlite_schema import MIGRATIONS
 
@@ -69,6 +71,21 @@ async def test_versions_survive_reopen_and_content_is_stored_once(tmp_path: Path
         assert (await store.get("ns", 5)).content == b"same bytes"
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM blobs").fetchone()[0] == 1
+
+
+async def test_reads_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    # The distributor asks for a version, the policy and production at once: one read in
+    # progress must not hold the others up (each reader has its connection and thread).
+    async with SqliteStore(tmp_path / "s.db") as store:
+        await store.append([nv("ns", "c1", b"v1")])
+        with anyio.fail_after(5):
+            async with contextlib.AsyncExitStack() as held:
+                for _ in range(READERS - 1):
+                    await held.enter_async_context(store._read())  # reads in progress
+                got = await gather(store.get("ns", 1), store.resolve("ns", "latest"))
+        assert got[0].content == b"v1" and got[1].version == 1
+        with pytest.raises(NotFound, match="production version"):
+            await store.resolve("ns", "production")  # one query, as before: none yet
 
 
 async def test_a_cancelled_append_leaves_no_transaction_behind(tmp_path: Path) -> None:

@@ -44,6 +44,11 @@ from services.version_store.storage.base import (
 from services.version_store.storage.sqlite_schema import MIGRATIONS
 from services.version_store.validate import check_policy
 
+# Reader connections, each with its own thread: reads run side by side (WAL lets them, and
+# SQLite lets go of the GIL while it works) — the distributor asks three things at once on
+# the path from a publish to its switch.
+READERS = 3
+
 
 class SqliteStore:
     """``SqliteStore(path)``; use as ``async with SqliteStore(path) as store: ...``."""
@@ -52,9 +57,10 @@ class SqliteStore:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._idle: list[aiosqlite.Connection] = []
         self._wlock = anyio.Lock()
-        self._rlock = anyio.Lock()
+        self._rslots = anyio.Semaphore(READERS)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -64,17 +70,20 @@ class SqliteStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._writer = await self._connect()
                 await self._migrate(self._writer)
-                self._reader = await self._connect()
+                for _ in range(READERS):
+                    self._readers.append(await self._connect())
+                self._idle = list(self._readers)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.close()
             raise
 
     async def close(self) -> None:
-        for conn in (self._reader, self._writer):
+        readers, self._readers, self._idle = self._readers, [], []
+        for conn in [*readers, self._writer]:
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._writer = None
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -154,8 +163,15 @@ class SqliteStore:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._rlock:
-            yield self._conn(self._reader)
+        async with self._rslots:
+            if not self._idle:
+                raise StoreUnavailable(f"SQLite store {self.path} is not open")
+            conn = self._idle.pop()
+            try:
+                yield conn
+            finally:
+                if conn in self._readers:  # not closed meanwhile
+                    self._idle.append(conn)
 
     def _conn(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
         if conn is None:
