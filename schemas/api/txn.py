@@ -8,7 +8,7 @@ from typing import Literal
 import msgspec
 
 from schemas.events import VoteRecord
-from schemas.names import Namespace, NodeId, TxId, VersionNumber
+from schemas.names import Namespace, NodeId, Sha256, TxId, VersionNumber
 from schemas.txn import Decision
 
 SERVICE = "txn"
@@ -23,6 +23,9 @@ class SwitchRequest(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float | None = None  # the vote deadline; None: the policy's
     actor: str = ""
     reason: str = ""
+    # The version's sha256 as the caller read it, if it did: the coordinator then starts the
+    # transaction while it fetches the bytes, and aborts it if the store's differ.
+    sha256: Sha256 | None = None
 
 
 class SwitchReply(msgspec.Struct, frozen=True, kw_only=True):

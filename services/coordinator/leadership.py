@@ -134,6 +134,7 @@ class Leadership:
                     actor=req.actor,
                     reason=req.reason,
                     txids=started,
+                    sha256=req.sha256,
                 )
         except NotHeld:
             raise Unavailable(f"not leader of {req.namespace}, retry") from None

@@ -35,6 +35,7 @@ from services.coordinator.metrics import CoordinatorMetrics
 from services.runtime.api import call
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
+from services.runtime.concurrency import settle
 from services.runtime.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.runtime.failpoints import failpoint
 
@@ -170,16 +171,26 @@ class Coordinator:
         actor: str = "",
         reason: str = "",
         txids: list[str] | None = None,
+        sha256: str | None = None,
     ) -> SwitchReply:
         """``txids`` collects the txid(s) this call wrote on the head, for a caller that must
-        answer even when the switch is cut short."""
+        answer even when the switch is cut short. ``sha256``: the version's, as the caller
+        read it — the transaction starts while the bytes are fetched (see below)."""
         if not nodes:
             raise InvalidInput("a switch needs at least one participant", where="nodes")
         participants = sorted(set(nodes))
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
-        content, sha256, fmt = await _riding_out(
-            lambda: self._fetch(namespace, version), f"fetching {namespace} v{version}"
-        )
+
+        def fetch() -> Awaitable[tuple[bytes, str, Format]]:
+            return _riding_out(
+                lambda: self._fetch(namespace, version), f"fetching {namespace} v{version}"
+            )
+
+        fetched = None
+        if sha256 is None:
+            fetched = await fetch()
+            sha256 = fetched[1]
+        want: str = sha256
         async with self._locks[namespace]:
             ours: list[str] = []  # the txid we wrote, once we did (maybe without hearing so)
 
@@ -208,7 +219,7 @@ class Coordinator:
                                 txid=ours[0],
                                 state="preparing",
                                 version=version,
-                                sha256=sha256,
+                                sha256=want,
                                 participants=participants,
                                 started_at=utcnow(),
                                 timeout_s=timeout,
@@ -223,7 +234,26 @@ class Coordinator:
                     ours.clear()
                     guess = None
 
-            head = await _riding_out(begin, f"starting a transaction on {namespace}")
+            starting = _riding_out(begin, f"starting a transaction on {namespace}")
+            if fetched is None:
+                # The head and the bytes at once. Bytes that cannot be fetched, or are not the
+                # ones the caller named, abort the transaction before any prepare is sent.
+                got, began = await settle(fetch(), starting)
+                if isinstance(began, Exception):
+                    raise began
+                head = began
+                if isinstance(got, Exception) or got[1] != want:
+                    why = (
+                        f"cannot fetch {namespace} v{version}: {got}"
+                        if isinstance(got, Exception)
+                        else f"{namespace} v{version} is sha256 {got[1]}, not {want} as asked"
+                    )
+                    await self._decide(head, "abort", why, [])
+                    raise got if isinstance(got, Exception) else Conflict(why)
+                fetched = got
+            else:
+                head = await starting
+            content, _, fmt = fetched
             txid = ours[0]
             ballot = _Ballot(frozenset(participants))
             started = anyio.current_time()

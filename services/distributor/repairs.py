@@ -206,7 +206,14 @@ class Repairs:
         try:
             policy = await self.store.policy(ns)
             timeout = policy.vote_timeout_s
-            reply = await self.store.switch(ns, target, [node], timeout, self.instance)
+            reply = await self.store.switch(
+                ns,
+                target,
+                [node],
+                timeout,
+                self.instance,
+                sha256=self.targets.known_sha256(ns, target),
+            )
             txid = reply.txid
             ok = reply.outcome == "commit"
             why = "; ".join(

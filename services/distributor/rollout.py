@@ -702,7 +702,14 @@ class Rollouts:
         assert entry.value is not None
         started = time.monotonic()
         try:
-            reply = await self.store.switch(namespace, rec.version, nodes, timeout, self.instance)
+            reply = await self.store.switch(
+                namespace,
+                rec.version,
+                nodes,
+                timeout,
+                self.instance,
+                sha256=self.targets.known_sha256(namespace, rec.version),
+            )
         except Permanent as exc:
             why = f"wave {i}: the coordinator refused the switch: {exc}"
             await self._transition(

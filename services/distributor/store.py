@@ -120,9 +120,11 @@ class Store:
         timeout_s: float,
         actor: str,
         reason: str = "",
+        sha256: str | None = None,
     ) -> txn_api.SwitchReply:
         """One atomic switch by the coordinator. The request outlives the vote deadline: the
-        coordinator may queue it behind another transaction of the namespace."""
+        coordinator may queue it behind another transaction of the namespace. ``sha256``:
+        the version's as we read it (the coordinator checks the bytes it fetches against it)."""
         return await call(
             self.bus,
             txn_api.SERVICE,
@@ -134,6 +136,7 @@ class Store:
                 timeout_s=timeout_s,
                 actor=actor,
                 reason=reason,
+                sha256=sha256,
             ),
             txn_api.SwitchReply,
             timeout=2 * timeout_s + 15.0,

@@ -38,3 +38,20 @@ async def gather(*aws: Awaitable[Any]) -> tuple[Any, ...]:
         if exc is not None:
             raise exc
     return tuple(results)
+
+
+async def settle(a: Awaitable[T1], b: Awaitable[T2], /) -> tuple[T1 | Exception, T2 | Exception]:
+    """Both at once, each one's result or exception (for a caller that must undo what one
+    did when the other failed)."""
+    results: list[Any] = [None, None]
+
+    async def run(i: int, aw: Awaitable[Any]) -> None:
+        try:
+            results[i] = await aw
+        except Exception as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, 0, a)
+        tg.start_soon(run, 1, b)
+    return results[0], results[1]

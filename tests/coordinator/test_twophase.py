@@ -25,6 +25,7 @@ from services.coordinator.twophase import Coordinator
 from services.runtime.api import Endpoint, serve_api, stop_api
 from services.runtime.bus import Bus
 from services.runtime.codec import encode
+from services.runtime.errors import Conflict
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -251,3 +252,22 @@ async def test_a_stale_guess_of_the_head_costs_a_read_not_the_switch(bus: Bus, s
     assert epochs == [1, 2, 3]
     head = (await Heads(await bus.kv("CFG_TXN_HEAD")).get("web")).value
     assert head.epoch == 3 and head.leader == "a" and head.txid == replies[2].txid
+
+
+async def test_a_switch_that_names_the_sha256_starts_while_fetching_and_checks_it(
+    bus: Bus, store: None
+) -> None:
+    # The distributor names the version's sha256: the head is written while the bytes are
+    # fetched. Bytes that are not the named ones abort the transaction before any prepare.
+    seen = await voters(bus, "web", {"n1": "yes"})
+    coord = await coordinator(bus, "c1")
+    reply = await coord.switch("web", 1, ["n1"], 5.0, sha256=SHA)
+    assert reply.outcome == "commit" and seen[-1].content == CONTENT
+    other = "0" * 64
+    with pytest.raises(Conflict, match=f"is sha256 {SHA}, not {other} as asked"):
+        await coord.switch("web", 2, ["n1"], 5.0, sha256=other)
+    head = (await Heads(await bus.kv("CFG_TXN_HEAD")).get("web")).value
+    assert head.state == "aborted" and head.version == 2 and head.txid is not None
+    d = await decision(bus, "web", head.txid)
+    assert d.outcome == "abort" and f"not {other} as asked" in d.reason
+    assert [p.version for p in seen] == [1]  # v2 was never prepared

@@ -1,11 +1,13 @@
-"""``gather``: independent awaitables at once, results in order, plain exceptions."""
+"""``gather``: independent awaitables at once, results in order, plain exceptions; ``settle``:
+both at once, each one's result or exception."""
 
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from services.runtime.concurrency import gather
+from services.runtime.concurrency import gather, settle
 from services.runtime.errors import NotFound
 
 pytestmark = pytest.mark.anyio
@@ -50,3 +52,20 @@ async def test_the_first_failure_in_argument_order_is_raised_as_itself() -> None
     with anyio.fail_after(5), pytest.raises(NotFound, match="version 7"):
         await gather(missing(), broken(), fine())
     assert sorted(finished) == ["broken", "fine", "missing"]  # every call ran to its end
+
+
+async def test_settle_hands_back_each_result_or_exception_after_both_ran() -> None:
+    first = anyio.Event()
+
+    async def fails() -> int:
+        await first.wait()  # overlaps with ``works``
+        raise NotFound("version 7 of ns")
+
+    async def works() -> str:
+        first.set()
+        await anyio.lowlevel.checkpoint()
+        return "began"
+
+    with anyio.fail_after(5):
+        got, began = await settle(fails(), works())
+    assert isinstance(got, NotFound) and began == "began"
