@@ -9,9 +9,10 @@ compare-and-set on the record (see ``record`` for the states):
    take the live agents of the namespace (narrowed by the selector), split them into waves —
    or refuse (``rollout.failed``, wave -1, with the reason; nothing switched);
 2. per wave: record ``switching`` (with the participants and the time) *before* asking the
-   coordinator for one atomic switch, then record its outcome: committed → bake; aborted by a
-   ``no`` → failed; aborted only by missed deadlines → retried once without those nodes,
-   unless the rollout's excluded share would pass ``max_excluded`` → failed;
+   coordinator for one atomic switch (for the first wave, in the same write as the plan),
+   then record its outcome: committed → bake; aborted by a ``no`` → failed; aborted only by
+   missed deadlines → retried once without those nodes, unless the rollout's excluded share
+   would pass ``max_excluded`` → failed;
 3. bake: wait until ``committed_at + bake_s`` (wall time in the record, so a restarted driver
    waits only what is left), then ask ``cfg.api.health.verdict`` about the nodes switched so
    far; no health-watcher is ``no_data``, which the policy's ``on_missing_data`` turns into a
@@ -19,6 +20,13 @@ compare-and-set on the record (see ``record`` for the states):
    ``cfg.alert.<ns>``, ``source="distributor"``, id from the rollout id);
 4. after the last wave's clean bake: promote (store ``promote``), and mark last known good
    (store ``mark_good``) only on a ``pass`` verdict — never on ``no_data``.
+
+Each write is a compare-and-set on the copy of the record this replica holds (its own last
+write, or what the watch showed): no read first, and a stale copy only costs a failed
+compare-and-set and a read. The events of a write go out from the record's outbox right
+after it, and are then dropped from the outbox by a write of their own — or, in front of a
+switch, by the write of its outcome (a driver restarted meanwhile publishes them again: a
+no-op, by their message ids).
 
 A restarted driver resumes where the record says: a wave whose commit is recorded is never
 re-run; a wave left in ``switching`` is resolved from the coordinator's head and decision
