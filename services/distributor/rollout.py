@@ -80,7 +80,7 @@ from services.distributor.targets import Targets
 from services.distributor.txnlog import abort_votes, created_event, find_decision, read_head
 from services.runtime.api import call
 from services.runtime.bus import Bus
-from services.runtime.concurrency import gather
+from services.runtime.concurrency import gather, settle
 from services.runtime.errors import ConfbusError, Conflict, InvalidInput, NotFound, Permanent
 from services.runtime.events import emit
 from services.runtime.failpoints import failpoint
@@ -467,10 +467,11 @@ class Rollouts:
         *,
         states: tuple[str, ...] = ("running",),
         planned: bool | None = None,
-        clear: bool = True,
+        publish: bool = True,
     ) -> Entry[RolloutInfo]:
         """Apply ``fn`` if the record is still this rollout in one of ``states`` (and planned
-        or not, if ``planned`` says), then publish its outbox (``clear``: see ``flush``)."""
+        or not, if ``planned`` says), then publish its outbox (``publish=False``: the caller
+        will)."""
 
         def change(cur: RolloutInfo | None) -> RolloutInfo | None:
             if cur is None or cur.rollout_id != rec.rollout_id or cur.state not in states:
@@ -485,7 +486,8 @@ class Rollouts:
         if entry.value is not None:
             if entry.value.state != rec.state and entry.value.state in TERMINAL_STATES:
                 self.metrics.rollouts.labels(entry.value.state).inc()
-            await self.flush(namespace, entry, clear=clear)
+            if publish:
+                await self.flush(namespace, entry)
         return entry
 
     # -- the steps -----------------------------------------------------------------------------
@@ -698,8 +700,7 @@ class Rollouts:
                     actor=self.instance,
                 ),
                 planned=plan is None,
-                # The outcome's write follows the switch: it drops what was published.
-                clear=not nodes,
+                publish=not nodes,  # else with the switch request, below
             )
         except BaseException:
             self.busy.pop(namespace, None)
@@ -709,17 +710,30 @@ class Rollouts:
             return  # nothing to switch in this wave: it bakes with the nodes switched so far
         assert entry.value is not None
         started = time.monotonic()
+        # The attempt's events (``rollout.started`` before a first wave) and the switch
+        # request at once, the events first: neither call yields before its message is on
+        # the connection, so the server has the events before the request, and the stream
+        # stores them long before anything the switch leads to. What was published is
+        # dropped from the outbox by the write of the outcome; what was not, is published
+        # by that write's flush.
         try:
-            reply = await self.store.switch(
-                namespace,
-                rec.version,
-                nodes,
-                timeout,
-                self.instance,
-                sha256=self.targets.known_sha256(namespace, rec.version),
+            published, answered = await settle(
+                self.flush(namespace, entry, clear=False),
+                self.store.switch(
+                    namespace,
+                    rec.version,
+                    nodes,
+                    timeout,
+                    self.instance,
+                    sha256=self.targets.known_sha256(namespace, rec.version),
+                ),
             )
-        except Permanent as exc:
-            why = f"wave {i}: the coordinator refused the switch: {exc}"
+        finally:
+            self.busy.pop(namespace, None)
+        if isinstance(published, Exception):
+            log.warning("rollout events not published yet", extra={"error": repr(published)})
+        if isinstance(answered, Permanent):
+            why = f"wave {i}: the coordinator refused the switch: {answered}"
             await self._transition(
                 namespace,
                 entry.value,
@@ -727,10 +741,11 @@ class Rollouts:
                 states=ACTIVE_STATES,
             )
             return
-        finally:
-            self.busy.pop(namespace, None)
-        # Unavailable (a timeout, no coordinator) propagates: the wave stays "switching" and
-        # the next step finds out from the head and the decision records what happened.
+        if isinstance(answered, Exception):
+            # Unavailable (a timeout, no coordinator): the wave stays "switching" and the next
+            # step finds out from the head and the decision records what happened.
+            raise answered
+        reply = answered
         switch_s = time.monotonic() - started
         self.metrics.wave_switch_seconds.observe(switch_s)
         if reply.outcome == "commit":
