@@ -135,6 +135,7 @@ async def test_coordinator_killed_at_each_step(stack: Stack, step: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~5 s a crash and its recovery: ~9 min a step
 @pytest.mark.parametrize("step", STEPS)
 async def test_coordinator_killed_at_each_step_100(stack: Stack, step: str) -> None:
     bus = await connect(stack.url, name="test")
