@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgspec
 
@@ -44,23 +46,13 @@ class Store:
     async def version(
         self, namespace: str, ref: str | int, *, max_age_s: float = 0.0
     ) -> VersionHints:
-        key = (namespace, str(ref))
-        hit = self._versions.get(key)
-        if max_age_s > 0 and hit is not None and time.monotonic() - hit[0] <= max_age_s:
-            return hit[1]
-        asked = time.monotonic()
-        hints = await call(
-            self.bus,
-            store_api.SERVICE,
-            "get",
-            store_api.GetRequest(namespace=namespace, ref=str(ref), content=False),
-            VersionHints,
-            timeout=10.0,
+        request = store_api.GetRequest(namespace=namespace, ref=str(ref), content=False)
+        return await _recent(
+            self._versions,
+            (namespace, str(ref)),
+            max_age_s,
+            lambda: call(self.bus, store_api.SERVICE, "get", request, VersionHints, timeout=10.0),
         )
-        if len(self._versions) >= RECENT_READS:
-            self._versions.clear()
-        self._versions[key] = (asked, hints)
-        return hints
 
     async def production(self, namespace: str, *, max_age_s: float = 0.0) -> VersionInfo | None:
         try:
@@ -71,21 +63,14 @@ class Store:
 
     async def policy(self, namespace: str, *, max_age_s: float | None = None) -> Policy:
         """``max_age_s`` None: the policy TTL."""
-        limit = self.policy_ttl_s if max_age_s is None else max_age_s
-        cached = self._policies.get(namespace)
-        if limit > 0 and cached is not None and time.monotonic() - cached[0] <= limit:
-            return cached[1]
-        asked = time.monotonic()
-        policy = await call(
-            self.bus,
-            store_api.SERVICE,
-            "policy_get",
-            store_api.PolicyGetRequest(namespace=namespace),
-            Policy,
-            timeout=10.0,
+        request = store_api.PolicyGetRequest(namespace=namespace)
+        return await _recent(
+            self._policies,
+            namespace,
+            self.policy_ttl_s if max_age_s is None else max_age_s,
+            lambda: call(self.bus, store_api.SERVICE, "policy_get", request, Policy, timeout=10.0),
+            bound=None,  # one per namespace
         )
-        self._policies[namespace] = (asked, policy)
-        return policy
 
     async def promote(self, namespace: str, version: int, actor: str, reason: str) -> VersionInfo:
         reply = await call(
@@ -151,3 +136,28 @@ class Store:
             txn_api.ResolveReply,
             timeout=10.0,
         )
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+async def _recent(
+    cache: dict[K, tuple[float, V]],
+    key: K,
+    max_age_s: float,
+    ask: Callable[[], Awaitable[V]],
+    bound: int | None = RECENT_READS,
+) -> V:
+    """The answer cached under ``key`` if asked for at most ``max_age_s`` ago, else ``ask``'s
+    (cached, with the time it was asked for: never younger than it says; the cache is
+    cleared whole once it holds ``bound`` answers)."""
+    hit = cache.get(key)
+    if max_age_s > 0 and hit is not None and time.monotonic() - hit[0] <= max_age_s:
+        return hit[1]
+    asked = time.monotonic()
+    value = await ask()
+    if bound is not None and len(cache) >= bound:
+        cache.clear()
+    cache[key] = (asked, value)
+    return value
