@@ -200,12 +200,11 @@ class Coordinator:
                 # compare-and-set that finds it out of date is answered by reading it.
                 guess = None if ours else self.heads.known(namespace)
                 while True:
-                    if guess is None:
-                        head = await self.heads.get(namespace)
-                        h = head.value
-                        if ours and h.txid == ours[0] and self._epochs.get(namespace) == h.epoch:
-                            return head  # our write landed though its reply was lost: carry on
-                    head = await self.lead(namespace, guess or head)
+                    head = guess or await self.heads.get(namespace)
+                    h = head.value
+                    if ours and h.txid == ours[0] and self._epochs.get(namespace) == h.epoch:
+                        return head  # our write landed though its reply was lost: carry on
+                    head = await self.lead(namespace, head)
                     ours[:] = [new_txid(head.value.epoch)]
                     if txids is not None:
                         txids.append(ours[0])
