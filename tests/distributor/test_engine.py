@@ -6,7 +6,9 @@ two replicas, and the client's ``wait_rollout``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -230,23 +232,32 @@ async def test_one_fetch_of_a_versions_hash_answers_every_nodes_heartbeat(h: Har
     assert len(hashes) <= 2, hashes
 
 
-async def test_raising_the_targets_writes_each_key_without_reading_it_first(h: Harness) -> None:
-    nodes = await agents(h, 4)
-    v1 = await h.store.publish(NS)
-    await h.wait_rollout_state(v1, ("completed",))
+@contextlib.asynccontextmanager
+async def state_reads(h: Harness, part: str) -> AsyncIterator[list[str]]:
+    """The reads of CFG_STATE keys containing ``part`` made meanwhile, as seen on the bus."""
     reads: list[str] = []
 
     async def on_read(msg: Msg) -> None:
         wanted = json.loads(msg.data or b"{}").get("last_by_subj", "")
-        if ".target." in wanted:
+        if part in wanted:
             reads.append(wanted)
 
     sub = await h.bus.nc.subscribe("$JS.API.STREAM.MSG.GET.KV_CFG_STATE", cb=on_read)
-    v2 = await h.store.publish(NS)
-    await h.wait_rollout_state(v2, ("completed",))
-    await h.wait_files(nodes, content_of(v2))
-    await h.bus.nc.flush()
-    await sub.unsubscribe()
+    try:
+        yield reads
+    finally:
+        await h.bus.nc.flush()
+        await sub.unsubscribe()
+
+
+async def test_raising_the_targets_writes_each_key_without_reading_it_first(h: Harness) -> None:
+    nodes = await agents(h, 4)
+    v1 = await h.store.publish(NS)
+    await h.wait_rollout_state(v1, ("completed",))
+    async with state_reads(h, ".target.") as reads:
+        v2 = await h.store.publish(NS)
+        await h.wait_rollout_state(v2, ("completed",))
+        await h.wait_files(nodes, content_of(v2))
     st = await call(
         h.bus, dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS),
         dist_api.StatusReply,
@@ -262,20 +273,11 @@ async def test_from_a_version_to_its_switch_nothing_is_read_twice(h: Harness) ->
     nodes = await agents(h, 3)
     v1 = await h.store.publish(NS)
     await h.wait_event(RolloutCompleted, version=v1)
-    reads: list[str] = []
-
-    async def on_read(msg: Msg) -> None:
-        wanted = json.loads(msg.data or b"{}").get("last_by_subj", "")
-        if ".rollout." in wanted:
-            reads.append(wanted)
-
-    sub = await h.bus.nc.subscribe("$JS.API.STREAM.MSG.GET.KV_CFG_STATE", cb=on_read)
     h.store.asked.clear()
-    v2 = await h.store.publish(NS)
-    await h.wait_event(RolloutCompleted, version=v2)
-    await h.wait_files(nodes, content_of(v2))
-    await h.bus.nc.flush()
-    await sub.unsubscribe()
+    async with state_reads(h, ".rollout.") as reads:
+        v2 = await h.store.publish(NS)
+        await h.wait_event(RolloutCompleted, version=v2)
+        await h.wait_files(nodes, content_of(v2))
     assert reads == []
     assert h.store.asked.count((NS, str(v2), False)) == 1  # on_version's, used by the plan
     assert h.store.asked.count((NS, str(v2), True)) == 1  # the coordinator's fetch
