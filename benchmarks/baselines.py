@@ -43,8 +43,8 @@ from benchmarks.common import (
     python_module,
     split,
 )
-from services.runtime.bus import Bus, connect
-from services.runtime.log import setup_logging
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.log import setup_logging
 
 BENCH_STREAM = "BENCH_BASE"
 BENCH_SUBJECTS = "bench.js.>"

@@ -46,9 +46,9 @@ from typing import Any, Literal
 
 import anyio
 
-from services.runtime.bus import Bus, connect, provision
-from services.runtime.natsd import NatsServer, nats_server_binary
-from services.runtime.ports import free_ports
+from confbus.runtime.bus import Bus, connect, provision
+from confbus.runtime.natsd import NatsServer, nats_server_binary
+from confbus.runtime.ports import free_ports
 
 SCHEMA = "confbus-bench/1"
 REPO = Path(__file__).resolve().parent.parent
@@ -557,8 +557,8 @@ class Context:
         return p
 
     def service(self, pkg: str, nats_url: str, *args: str, name: str | None = None) -> Proc:
-        """``python -m services.<pkg>`` as a real process, waiting for its ready line."""
-        argv = python_module(f"services.{pkg}", "--nats-url", nats_url, "--no-provision", *args)
+        """``python -m confbus.<pkg>`` as a real process, waiting for its ready line."""
+        argv = python_module(f"confbus.{pkg}", "--nats-url", nats_url, "--no-provision", *args)
         return self.proc(name or pkg, argv)
 
     def try_service(
@@ -693,7 +693,7 @@ class AgentFleet:
                 etc, state = node_dirs(self.root, spec.node)
                 etc.mkdir(parents=True, exist_ok=True)
                 argv = python_module(
-                    "services.agent",
+                    "confbus.agent",
                     "--nats-url",
                     self.nats_url,
                     "--node",
@@ -749,7 +749,7 @@ class AgentFleet:
 
 async def wait_heartbeats(bus: Bus, nodes: Sequence[str], timeout: float = 60.0) -> None:
     """Wait until every node has heartbeat once (its agent is on the bus and subscribed)."""
-    from schemas import subjects
+    from confbus.schemas import subjects
 
     waiting = set(nodes)
     done = anyio.Event()
@@ -821,7 +821,7 @@ def _experiment(name: str) -> None:
     ``inplace-staged``: the staged file is written at its name with one fsync (no directory
     fsync).
     ``no-history``: no history copy after an apply (an upper bound of making it cheaper)."""
-    from services.agent.disk import NamespaceDisk
+    from confbus.agent.disk import NamespaceDisk
 
     if name == "no-seq-save":
 
@@ -861,7 +861,7 @@ def _experiment(name: str) -> None:
 
 
 async def _host(plan: dict[str, Any]) -> None:
-    from services.agent.node import Binding, NodeAgent
+    from confbus.agent.node import Binding, NodeAgent
 
     _experiment(os.environ.get("CONFBUS_BENCH_EXPERIMENT", ""))
 
@@ -942,7 +942,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host.add_argument("--plan", required=True, type=Path)
     host.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    from services.runtime.log import setup_logging
+    from confbus.runtime.log import setup_logging
 
     setup_logging("agent", args.log_level)
     _count_fsyncs()

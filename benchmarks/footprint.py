@@ -27,7 +27,7 @@ from benchmarks.common import (
     wait_heartbeats,
 )
 from benchmarks.switch import StubStore, Watch, config_bytes, timed_switch
-from services.runtime.bus import Bus
+from confbus.runtime.bus import Bus
 
 BENCH = "footprint"
 

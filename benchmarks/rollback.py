@@ -45,13 +45,16 @@ from benchmarks.common import (
     version_store_available,
     wait_heartbeats,
 )
-from schemas import subjects
-from schemas.api import dist as dist_api
-from schemas.api import health as health_api
-from schemas.api import store as store_api
-from schemas.api import txn as txn_api
-from schemas.changes import ChangeProposed, msg_id
-from schemas.events import (
+from confbus.runtime.api import Endpoint, call, serve_api, stop_api
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.schemas import subjects
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api import health as health_api
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.changes import ChangeProposed, msg_id
+from confbus.schemas.events import (
     NodeApplied,
     RollbackCompleted,
     RollbackStuck,
@@ -61,12 +64,9 @@ from schemas.events import (
     VersionRejected,
     decode_event,
 )
-from schemas.health import Alert
-from schemas.node import decode_heartbeat
-from schemas.policy import HealthRule, Policy, RollbackPolicy
-from services.runtime.api import Endpoint, call, serve_api, stop_api
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
+from confbus.schemas.health import Alert
+from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
 
 BENCH = "rollback"
 NS = "bench"

@@ -48,13 +48,13 @@ from benchmarks.common import (
     stats,
     wait_heartbeats,
 )
-from schemas import subjects
-from schemas.api import txn as txn_api
-from schemas.events import NodeApplied, RolloutBaked, RolloutWave, decode_event
-from schemas.policy import Policy
-from services.cli.client import Client
-from services.runtime.api import call
-from services.runtime.bus import Bus
+from confbus.cli.client import Client
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.schemas import subjects
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.events import NodeApplied, RolloutBaked, RolloutWave, decode_event
+from confbus.schemas.policy import Policy
 
 BENCH = "rollout"
 ROLL, BASE = "roll", "base"

@@ -39,15 +39,15 @@ from nats.aio.msg import Msg
 
 from benchmarks.baselines import ensure_bench_stream
 from benchmarks.common import Context, Figure, open_bus, stats
-from schemas import subjects
-from schemas.api import store as store_api
-from schemas.changes import ChangeProposed, msg_id
-from schemas.events import VersionCreated, decode_event
-from schemas.policy import Policy
-from services.runtime.api import call
-from services.runtime.bus import Bus, connect
-from services.runtime.codec import encode
-from services.version_store.storage import NewVersion, Store, open_store
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.codec import encode
+from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
+from confbus.schemas.changes import ChangeProposed, msg_id
+from confbus.schemas.events import VersionCreated, decode_event
+from confbus.schemas.policy import Policy
+from confbus.version_store.storage import NewVersion, Store, open_store
 
 BENCH = "store"
 PAGE = 50

@@ -53,12 +53,14 @@ from benchmarks.common import (
     version_store_available,
     wait_heartbeats,
 )
-from schemas import subjects
-from schemas.api import store as store_api
-from schemas.api import txn as txn_api
-from schemas.changes import ChangeProposed
-from schemas.changes import msg_id as change_msg_id
-from schemas.events import (
+from confbus.runtime.api import Endpoint, call, serve_api, stop_api
+from confbus.runtime.bus import Bus
+from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.changes import msg_id as change_msg_id
+from confbus.schemas.events import (
     NodeApplied,
     RolloutCompleted,
     RolloutFailed,
@@ -68,10 +70,8 @@ from schemas.events import (
     VersionRejected,
     decode_event,
 )
-from schemas.txn import decode_txn
-from schemas.versions import VersionInfo
-from services.runtime.api import Endpoint, call, serve_api, stop_api
-from services.runtime.bus import Bus
+from confbus.schemas.txn import decode_txn
+from confbus.schemas.versions import VersionInfo
 
 BENCH = "switch"
 

@@ -49,7 +49,7 @@ from benchmarks.switch import (
     timed_publish,
     timed_switch,
 )
-from services.runtime.bus import Bus
+from confbus.runtime.bus import Bus
 
 BENCH = "throughput"
 

@@ -1,4 +1,4 @@
-"""The confbus wire contract: every message, subject and stream, defined once.
+"""The confbus wire contract (``confbus.schemas``): every message, subject and stream, defined once.
 
-Services never import each other; they share only this package and ``services.runtime``.
+Services never import each other; they share only this package and ``confbus.runtime``.
 """

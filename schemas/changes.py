@@ -11,8 +11,8 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.base import Message
-from schemas.names import MAX_INT, ChangeId, Format, Label, Namespace, VersionNumber
+from confbus.schemas.base import Message
+from confbus.schemas.names import MAX_INT, ChangeId, Format, Label, Namespace, VersionNumber
 
 
 class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import msgspec
 
-from schemas.base import Message, utcnow
+from confbus.schemas.base import Message, utcnow
 
 
 class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):

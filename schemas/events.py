@@ -13,8 +13,8 @@ from typing import Literal
 
 import msgspec
 
-from schemas.base import Message, utcnow
-from schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
+from confbus.schemas.base import Message, utcnow
+from confbus.schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
 
 
 class Event(Message, kw_only=True, frozen=True):

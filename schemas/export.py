@@ -1,6 +1,6 @@
 """The JSON Schema snapshot of the wire contract, for tools and teams that do not read Python.
 
-``python -m schemas.export`` rewrites ``schemas/jsonschema/``: one file per stream's message
+``python -m confbus.schemas.export`` rewrites ``schemas/jsonschema/``: one file per stream's message
 union and per KV record, and one per micro-API module (every request and reply). A test fails
 when the files on disk differ from what the Structs say, so the snapshot cannot go stale.
 """
@@ -15,12 +15,12 @@ from typing import Any
 
 import msgspec
 
-from schemas import changes, dlq, events, health, node, policy, txn, versions
-from schemas.api import dist as dist_api
-from schemas.api import health as health_api
-from schemas.api import rollback as rollback_api
-from schemas.api import store as store_api
-from schemas.api import txn as txn_api
+from confbus.schemas import changes, dlq, events, health, node, policy, txn, versions
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api import health as health_api
+from confbus.schemas.api import rollback as rollback_api
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api import txn as txn_api
 
 OUT = Path(__file__).parent / "jsonschema"
 

@@ -7,8 +7,8 @@ from typing import Literal
 
 import msgspec
 
-from schemas.base import Message, utcnow
-from schemas.names import Namespace, NodeId
+from confbus.schemas.base import Message, utcnow
+from confbus.schemas.names import Namespace, NodeId
 
 
 class HealthSample(Message, tag="health.sample", kw_only=True, frozen=True):

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import msgspec
 
-from schemas.base import Message, utcnow
-from schemas.names import Epoch, Label, Namespace, NodeId, TxId
+from confbus.schemas.base import Message, utcnow
+from confbus.schemas.names import Epoch, Label, Namespace, NodeId, TxId
 
 
 class NamespaceState(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.names import Format, Label, Namespace, NodeId
+from confbus.schemas.names import Format, Label, Namespace, NodeId
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = MIB

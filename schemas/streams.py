@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas import subjects
+from confbus.schemas import subjects
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

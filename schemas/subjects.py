@@ -6,7 +6,7 @@ Every builder validates the tokens it puts into a subject: NATS itself would hap
 
 from __future__ import annotations
 
-from schemas.names import check_name, check_txid
+from confbus.schemas.names import check_name, check_txid
 
 # -- changes --------------------------------------------------------------------------------
 CHANGES_ALL = "cfg.change.*"

@@ -18,8 +18,8 @@ from typing import Literal
 
 import msgspec
 
-from schemas.base import Message, utcnow
-from schemas.names import Epoch, Format, Namespace, NodeId, Sha256, TxId, VersionNumber
+from confbus.schemas.base import Message, utcnow
+from confbus.schemas.names import Epoch, Format, Namespace, NodeId, Sha256, TxId, VersionNumber
 
 Outcome = Literal["commit", "abort"]
 HeadState = Literal["idle", "preparing", "committed", "aborted"]

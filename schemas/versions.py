@@ -7,7 +7,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.names import ChangeId, Format, Namespace, Sha256
+from confbus.schemas.names import ChangeId, Format, Namespace, Sha256
 
 VersionStatus = Literal["draft", "approved", "production", "superseded", "rejected"]
 VERSION_STATUSES: tuple[VersionStatus, ...] = (

@@ -1,2 +1,79 @@
-"""confbus services. Each sub-package is one service; they never import each other and
-share only ``schemas`` and ``services.runtime``."""
+"""confbus: configuration infrastructure that keeps working when its parts fail.
+
+```python
+from confbus import Client
+
+async with Client("nats://127.0.0.1:4222") as client:
+    created = await client.publish("payments", b'{"pool": 16}', change_id="ci-1234")
+```
+
+The public surface is what ``__all__`` lists (checked by ``tests/test_public_api.py``); it is
+loaded on first use, so importing one service (``confbus.coordinator``) or starting the
+``confbus`` command pays nothing for the client. In the repository this package is the
+``services/`` folder, one sub-package per service; they never import each other and share only
+``confbus.schemas`` (the ``schemas/`` folder) and ``confbus.runtime`` (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from confbus.cli.client import (
+        ChangeRejected,
+        Client,
+        NamespaceBackup,
+        RolloutWaitTimeout,
+        StreamedEvent,
+    )
+    from confbus.runtime.errors import (
+        ConfbusError,
+        Conflict,
+        InvalidInput,
+        NotFound,
+        Permanent,
+        Unavailable,
+    )
+
+# name → the module that defines it
+_EXPORTS = {
+    "Client": "confbus.cli.client",
+    "StreamedEvent": "confbus.cli.client",
+    "NamespaceBackup": "confbus.cli.client",
+    "ChangeRejected": "confbus.cli.client",
+    "RolloutWaitTimeout": "confbus.cli.client",
+    "ConfbusError": "confbus.runtime.errors",
+    "Permanent": "confbus.runtime.errors",
+    "InvalidInput": "confbus.runtime.errors",
+    "Conflict": "confbus.runtime.errors",
+    "NotFound": "confbus.runtime.errors",
+    "Unavailable": "confbus.runtime.errors",
+}
+
+__all__ = [
+    "ChangeRejected",
+    "Client",
+    "ConfbusError",
+    "Conflict",
+    "InvalidInput",
+    "NamespaceBackup",
+    "NotFound",
+    "Permanent",
+    "RolloutWaitTimeout",
+    "StreamedEvent",
+    "Unavailable",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'confbus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

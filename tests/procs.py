@@ -1,6 +1,6 @@
 """Real confbus processes for end-to-end and fault tests.
 
-``Proc`` runs ``python -m services.<pkg> …`` (or ``confbus …``), collects its stdout lines in
+``Proc`` runs ``python -m confbus.<pkg> …`` (or ``confbus …``), collects its stdout lines in
 a background thread, and lets a test wait — with a deadline — for its ready line or any
 other line. ``kill`` is SIGKILL (a crash), ``pause``/``resume`` are SIGSTOP/SIGCONT.
 """
@@ -43,7 +43,7 @@ class Proc:
         env: dict[str, str] | None = None,
         name: str | None = None,
     ) -> Proc:
-        argv = [sys.executable, "-m", f"services.{pkg}", "--nats-url", nats_url, *args]
+        argv = [sys.executable, "-m", f"confbus.{pkg}", "--nats-url", nats_url, *args]
         return cls(name or pkg, argv, log_dir, env)
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> Proc:

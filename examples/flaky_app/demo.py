@@ -33,15 +33,15 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from schemas.api import dist as dist_api
-from schemas.events import (
+from confbus.cli.client import Client
+from confbus.runtime.events import event_type
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.events import (
     RollbackCompleted,
     RollbackStuck,
     VersionLastGood,
 )
-from schemas.policy import Policy
-from services.cli.client import Client
-from services.runtime.events import event_type
+from confbus.schemas.policy import Policy
 
 HERE = Path(__file__).resolve().parent
 NS = "web"
@@ -67,7 +67,7 @@ class Node:
         )
         assert self.app.stdout is not None
         self.port = int(json.loads(self.app.stdout.readline())["port"])
-        agent = [sys.executable, "-m", "services.agent", "--nats-url", nats_url]
+        agent = [sys.executable, "-m", "confbus.agent", "--nats-url", nats_url]
         agent += ["--node", name, "--namespace", NS, "--path", str(self.config)]
         agent += ["--state-dir", str(root / name / "state"), "--heartbeat-interval", "0.5"]
         agent += ["--health-url", f"http://127.0.0.1:{self.port}/metrics"]

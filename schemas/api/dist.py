@@ -20,9 +20,9 @@ from typing import Literal
 
 import msgspec
 
-from schemas.events import AnyEvent, NodeOutcome, WaveReport
-from schemas.health import Alert
-from schemas.names import Namespace, NodeId
+from confbus.schemas.events import AnyEvent, NodeOutcome, WaveReport
+from confbus.schemas.health import Alert
+from confbus.schemas.names import Namespace, NodeId
 
 SERVICE = "dist"
 

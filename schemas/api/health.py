@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.names import Namespace, NodeId, VersionNumber
+from confbus.schemas.names import Namespace, NodeId, VersionNumber
 
 SERVICE = "health"
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.names import Namespace, VersionNumber
+from confbus.schemas.names import Namespace, VersionNumber
 
 SERVICE = "rollback"
 

@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.changes import ChangeProposed
-from schemas.names import Namespace, VersionNumber
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.names import Namespace, VersionNumber
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
 
 SERVICE = "store"
 
@@ -17,7 +17,7 @@ SERVICE = "store"
 VersionRef = Annotated[
     str,
     msgspec.Meta(
-        # A number of at most 15 digits stays below 2^53 (schemas.names.MAX_INT).
+        # A number of at most 15 digits stays below 2^53 (confbus.schemas.names.MAX_INT).
         pattern=r"^([1-9][0-9]{0,14}|production|last-good|latest)$",
         description='a version number, or "production", "last-good" or "latest"',
     ),

@@ -7,9 +7,9 @@ from typing import Literal
 
 import msgspec
 
-from schemas.events import VoteRecord
-from schemas.names import Namespace, NodeId, Sha256, TxId, VersionNumber
-from schemas.txn import Decision
+from confbus.schemas.events import VoteRecord
+from confbus.schemas.names import Namespace, NodeId, Sha256, TxId, VersionNumber
+from confbus.schemas.txn import Decision
 
 SERVICE = "txn"
 

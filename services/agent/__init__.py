@@ -12,9 +12,9 @@ The disk side is synchronous and blocking; the agent calls it through
 ``offload.run`` (its own small thread pool). No NATS here.
 """
 
-from services.agent.disk import NamespaceDisk, prepare_txn
-from services.agent.formats import check_content, run_validate
-from services.agent.state import (
+from confbus.agent.disk import NamespaceDisk, prepare_txn
+from confbus.agent.formats import check_content, run_validate
+from confbus.agent.state import (
     CommitOutcome,
     IntegrityError,
     LocalState,

@@ -1,5 +1,5 @@
 import sys
 
-from services.agent.main import main
+from confbus.agent.main import main
 
 sys.exit(main())

@@ -34,7 +34,7 @@ path is replaced by the file, not followed.
 
 State directory ``<state_dir>/<namespace>/`` (mode 0700; may be on another file system):
 ``state.a``/``state.b`` (the ``DiskState`` record in two slots written in turn, one fsync per
-write — ``services.agent.record``: applied version and sha256, highest epoch, last stream
+write — ``confbus.agent.record``: applied version and sha256, highest epoch, last stream
 sequence, the PREPARED record, the install intent, the last known good) and
 ``versions/<version>`` (the bytes of the last ``keep`` applied versions, plus the applied
 one and the last known good).
@@ -69,12 +69,10 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.names import check_name, check_txid
-from schemas.txn import Prepare
-from services.agent import offload
-from services.agent.formats import check_content, run_validate
-from services.agent.record import RecordCorrupt, SlotRecord
-from services.agent.state import (
+from confbus.agent import offload
+from confbus.agent.formats import check_content, run_validate
+from confbus.agent.record import RecordCorrupt, SlotRecord
+from confbus.agent.state import (
     AppliedRecord,
     CommitOutcome,
     DiskState,
@@ -90,7 +88,7 @@ from services.agent.state import (
     decode_state,
     encode_state,
 )
-from services.agent.state_io import (
+from confbus.agent.state_io import (
     FileMode,
     atomic_write,
     ensure_dir,
@@ -107,8 +105,10 @@ from services.agent.state_io import (
     write_new,
     write_temp,
 )
+from confbus.schemas.names import check_name, check_txid
+from confbus.schemas.txn import Prepare
 
-STATE_FILE = "state"  # two slots, state.a and state.b (services.agent.record)
+STATE_FILE = "state"  # two slots, state.a and state.b (confbus.agent.record)
 LEGACY_STATE_FILE = "state.json"  # one file replaced by rename: agents before 2026-11-27
 VERSIONS_DIR = "versions"
 _PRIVATE = FileMode(0o600)  # history may hold secret configs
@@ -585,7 +585,7 @@ class NamespaceDisk:
             return  # reloading after a failure: ``load`` finishes the commit from the disk
         # Without fsync: until the next durable write carries it, the PREPARED record on
         # disk is this install's intent, and ``load`` finishes it from the live file's hash
-        # (``services.agent.record`` keeps that record safe from this write).
+        # (``confbus.agent.record`` keeps that record safe from this write).
         self._write(self._state, durable=False)
         # Without fsync either: every reader of the history checks the bytes against the
         # version's sha256 (``load`` the applied one's, and copies it back from the live

@@ -39,7 +39,7 @@ import msgspec
 import yaml
 from anyio.abc import ByteReceiveStream
 
-from services.agent.state import Refused
+from confbus.agent.state import Refused
 
 MAX_REASON = 1000
 _MAX_CAPTURE = 64 * 1024  # of each output stream; the rest is read and dropped

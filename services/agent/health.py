@@ -5,7 +5,7 @@ health endpoint — and publishes one ``HealthSample`` per namespace it follows 
 ``cfg.health.<ns>.<node>`` (stream ``CFG_HEALTH``), tagged with the version it has applied
 there, so the health-watcher judges each version on its own nodes' samples.
 
-What goes into a sample (``services.runtime.scrape`` has the whole mapping):
+What goes into a sample (``confbus.runtime.scrape`` has the whole mapping):
 
 - a Prometheus page: its counters and gauges (``requests_total``, ``errors_total``, …),
   quantiles as ``<name>_pNN[_ms]`` (and ``latency_pNN_ms``), plus ``status_code`` 200;
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import anyio
 import nats.errors
 
-from schemas import subjects
-from schemas.health import HealthSample
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError
-from services.runtime.http import split_http_url
-from services.runtime.scrape import Scraper, ScrapeResult
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.http import split_http_url
+from confbus.runtime.scrape import Scraper, ScrapeResult
+from confbus.schemas import subjects
+from confbus.schemas.health import HealthSample
 
 log = logging.getLogger("confbus.agent.health")
 

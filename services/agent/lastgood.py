@@ -29,23 +29,23 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.api import store as store_api
-from schemas.base import DECODE_ERRORS, utcnow
-from schemas.events import VersionLastGood, decode_event
-from schemas.policy import Policy
-from services.agent import offload
-from services.agent.disk import NamespaceDisk
-from services.agent.state import IntegrityError, VersionNotOnDisk
-from services.agent.state_io import atomic_write, ensure_dir, read_if_exists
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError, NotFound
-from services.runtime.service import connect_with_retry
-from services.runtime.settings import Settings
+from confbus.agent import offload
+from confbus.agent.disk import NamespaceDisk
+from confbus.agent.state import IntegrityError, VersionNotOnDisk
+from confbus.agent.state_io import atomic_write, ensure_dir, read_if_exists
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError, NotFound
+from confbus.runtime.service import connect_with_retry
+from confbus.runtime.settings import Settings
+from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
+from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.events import VersionLastGood, decode_event
+from confbus.schemas.policy import Policy
 
 if TYPE_CHECKING:
-    from services.agent.node import NodeAgent
+    from confbus.agent.node import NodeAgent
 
 log = logging.getLogger("confbus.agent")
 

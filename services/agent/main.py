@@ -14,14 +14,14 @@ import signal
 
 import anyio
 
-from schemas.names import check_name
-from services.agent.health import check_health_url
-from services.agent.lastgood import connect_or_fall_back
-from services.agent.node import Binding, NodeAgent
-from services.runtime.http import HttpServer, Request, Response
-from services.runtime.log import setup_logging
-from services.runtime.service import print_ready
-from services.runtime.settings import Settings, add_common_args, settings_from_args
+from confbus.agent.health import check_health_url
+from confbus.agent.lastgood import connect_or_fall_back
+from confbus.agent.node import Binding, NodeAgent
+from confbus.runtime.http import HttpServer, Request, Response
+from confbus.runtime.log import setup_logging
+from confbus.runtime.service import print_ready
+from confbus.runtime.settings import Settings, add_common_args, settings_from_args
+from confbus.schemas.names import check_name
 
 log = logging.getLogger("confbus.agent")
 

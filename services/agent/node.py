@@ -5,7 +5,7 @@ benchmark may run hundreds on a few connections. Per namespace it:
 
 - reads ``CFG_TXN`` with an **ordered consumer** from the sequence it persisted (no durable
   consumer per agent: a thousand agents must not mean a thousand server-side consumers);
-- on a prepare that names it: stages, validates, fsyncs (``services.agent.disk``), and only
+- on a prepare that names it: stages, validates, fsyncs (``confbus.agent.disk``), and only
   then votes ``yes`` on ``cfg.txn.<ns>.<txid>.vote.<node>``; otherwise ``no`` with the reason;
 - on a decision: commit renames the staged file over the live one, abort drops it;
 - when in doubt (voted yes, no decision heard within the prepare's timeout, measured on this
@@ -35,29 +35,29 @@ from anyio.abc import TaskGroup
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
-from schemas.api import txn as txn_api
-from schemas.api.dist import ResyncReply, ResyncRequest
-from schemas.api.store import GetRequest, VersionReply
-from schemas.base import DECODE_ERRORS, utcnow
-from schemas.events import NodeApplied
-from schemas.node import Heartbeat, NamespaceState
-from schemas.streams import CFG_TXN
-from schemas.txn import Decision, Prepare, Vote, decode_txn_for_agent, decode_vote_ack
-from services.agent import offload
-from services.agent.disk import NamespaceDisk, prepare_txn
-from services.agent.health import HealthForwarder
-from services.agent.hooks import run_on_change
-from services.agent.lastgood import keep_last_good
-from services.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
-from services.agent.state_io import sha256_bytes
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.errors import ConfbusError
-from services.runtime.events import emit
-from services.runtime.failpoints import failpoint
-from services.runtime.txnlog import first_txn_record
+from confbus.agent import offload
+from confbus.agent.disk import NamespaceDisk, prepare_txn
+from confbus.agent.health import HealthForwarder
+from confbus.agent.hooks import run_on_change
+from confbus.agent.lastgood import keep_last_good
+from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
+from confbus.agent.state_io import sha256_bytes
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.events import emit
+from confbus.runtime.failpoints import failpoint
+from confbus.runtime.txnlog import first_txn_record
+from confbus.schemas import subjects
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.api.dist import ResyncReply, ResyncRequest
+from confbus.schemas.api.store import GetRequest, VersionReply
+from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.events import NodeApplied
+from confbus.schemas.node import Heartbeat, NamespaceState
+from confbus.schemas.streams import CFG_TXN
+from confbus.schemas.txn import Decision, Prepare, Vote, decode_txn_for_agent, decode_vote_ack
 
 log = logging.getLogger("confbus.agent")
 
@@ -99,7 +99,7 @@ class NodeAgent:
     on_change_cmd: str | None = None
     heartbeat_interval_s: float = 2.0
     keep: int = 10
-    health_url: str | None = None  # forward the app's health (services.agent.health)
+    health_url: str | None = None  # forward the app's health (confbus.agent.health)
     health_interval_s: float = 5.0
     started_at: datetime = field(default_factory=utcnow)
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)

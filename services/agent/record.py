@@ -29,7 +29,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from services.agent.state_io import (
+from confbus.agent.state_io import (
     FileMode,
     fsync_dir,
     fsync_file,

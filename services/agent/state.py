@@ -1,6 +1,6 @@
 """What the agent keeps on disk about one namespace, what it reports, and how it fails.
 
-Errors (rooted in ``services.runtime.errors``)::
+Errors (rooted in ``confbus.runtime.errors``)::
 
     ConfbusError
      └── Permanent
@@ -11,7 +11,7 @@ Errors (rooted in ``services.runtime.errors``)::
                └── VersionNotOnDisk   the bytes of that version are not in the local history
 
 The on-disk record is one msgspec Struct (``DiskState``) in ``<state dir>/<ns>/state.{a,b}``
-(``services.agent.record``: two checksummed slots written in turn), so a crash leaves either the
+(``confbus.agent.record``: two checksummed slots written in turn), so a crash leaves either the
 previous record or the new one. Readers ignore fields they do not know, so a newer agent's
 record stays readable.
 """
@@ -26,9 +26,9 @@ from typing import Literal
 
 import msgspec
 
-from schemas.base import utcnow
-from schemas.node import NamespaceState
-from services.runtime.errors import NotFound, Permanent
+from confbus.runtime.errors import NotFound, Permanent
+from confbus.schemas.base import utcnow
+from confbus.schemas.node import NamespaceState
 
 RefusalKind = Literal[
     "stale-epoch",  # an older coordinator epoch than one already seen: a zombie's prepare

@@ -1,1 +1,1 @@
-"""The ``confbus`` command and the Python client it is built on (``services.cli.client``)."""
+"""The ``confbus`` command and the Python client it is built on (``confbus.cli.client``)."""

@@ -26,14 +26,18 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
-from schemas.api import dist as dist_api
-from schemas.api import rollback as rollback_api
-from schemas.api import store as store_api
-from schemas.base import DECODE_ERRORS
-from schemas.changes import ChangeProposed
-from schemas.changes import msg_id as change_msg_id
-from schemas.events import (
+from confbus.runtime.api import call
+from confbus.runtime.bus import DEFAULT_NATS_URL, Bus, connect
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import InvalidInput, NotFound, Permanent, Unavailable
+from confbus.schemas import subjects
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api import rollback as rollback_api
+from confbus.schemas.api import store as store_api
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.changes import msg_id as change_msg_id
+from confbus.schemas.events import (
     AnyEvent,
     NodeApplied,
     RollbackCompleted,
@@ -43,15 +47,11 @@ from schemas.events import (
     VersionRejected,
     decode_event,
 )
-from schemas.health import Alert, decode_alert
-from schemas.names import CHANGE_ID_PATTERN, Format, InvalidName, check_name
-from schemas.policy import Policy
-from schemas.streams import CFG_ALERTS, CFG_EVENTS, MAX_PAYLOAD
-from schemas.versions import VersionInfo
-from services.runtime.api import call
-from services.runtime.bus import DEFAULT_NATS_URL, Bus, connect
-from services.runtime.codec import encode
-from services.runtime.errors import InvalidInput, NotFound, Permanent, Unavailable
+from confbus.schemas.health import Alert, decode_alert
+from confbus.schemas.names import CHANGE_ID_PATTERN, Format, InvalidName, check_name
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import CFG_ALERTS, CFG_EVENTS, MAX_PAYLOAD
+from confbus.schemas.versions import VersionInfo
 
 log = logging.getLogger("confbus.client")
 
@@ -71,6 +71,10 @@ class StreamedEvent(msgspec.Struct, frozen=True):
 
 
 class Client:
+    """confbus over NATS: publish changes and wait for their rollout, read versions and the audit
+    stream, steer rollouts and rollbacks. Use it as ``async with Client(url) as client:``; every
+    method raises a ``ConfbusError`` (``Unavailable`` when it is worth retrying)."""
+
     def __init__(
         self,
         nats_url: str = DEFAULT_NATS_URL,
@@ -789,6 +793,8 @@ _ROLLOUT_ENDS: dict[str, dist_api.RolloutState] = {
 
 
 class RolloutWaitTimeout(Unavailable):
+    """``wait_rollout`` gave up: the rollout had not ended within the time it was given."""
+
     def __init__(self, namespace: str, version: int, timeout: float) -> None:
         self.namespace = namespace
         self.version = version
@@ -828,6 +834,8 @@ class ChangeRejected(Permanent):
 
 
 class NamespaceBackup(msgspec.Struct, frozen=True, kw_only=True):
+    """Every version of a namespace with its content, pointers and policy (``confbus backup``)."""
+
     namespace: str
     versions: list[store_api.ExportedVersion]
     production: int | None = None

@@ -15,7 +15,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from services.cli.exitcodes import FAILED, CliError
+from confbus.cli.exitcodes import FAILED, CliError
 
 LOCK_NAME = "confbus.lock"
 

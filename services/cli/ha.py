@@ -40,10 +40,10 @@ import anyio
 import nats.errors
 import nats.js.errors
 
-from services.cli.exitcodes import FAILED, CliError
-from services.runtime.bus import Bus
-from services.runtime.natsd import ClusterPeer, NatsServer
-from services.runtime.ports import free_ports
+from confbus.cli.exitcodes import FAILED, CliError
+from confbus.runtime.bus import Bus
+from confbus.runtime.natsd import ClusterPeer, NatsServer
+from confbus.runtime.ports import free_ports
 
 log = logging.getLogger("confbus.up")
 

@@ -15,22 +15,22 @@ from collections.abc import Sequence
 
 import anyio
 
-from services.cli import exitcodes
-from services.cli.client import Client
-from services.cli.exitcodes import CliError
-from services.runtime.bus import DEFAULT_NATS_URL
-from services.runtime.errors import ConfbusError, Unavailable
+from confbus.cli import exitcodes
+from confbus.cli.client import Client
+from confbus.cli.exitcodes import CliError
+from confbus.runtime.bus import DEFAULT_NATS_URL
+from confbus.runtime.errors import ConfbusError, Unavailable
 
 # Each module registers its subcommands; adding a command area is one line here.
 COMMAND_MODULES = (
-    "services.cli.commands.events",
-    "services.cli.commands.up",
-    "services.cli.commands.agent",
-    "services.cli.commands.txn",
-    "services.cli.commands.store",
-    "services.cli.commands.doctor",
-    "services.cli.commands.rollback",
-    "services.cli.commands.rollout",
+    "confbus.cli.commands.events",
+    "confbus.cli.commands.up",
+    "confbus.cli.commands.agent",
+    "confbus.cli.commands.txn",
+    "confbus.cli.commands.store",
+    "confbus.cli.commands.doctor",
+    "confbus.cli.commands.rollback",
+    "confbus.cli.commands.rollout",
 )
 
 

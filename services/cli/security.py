@@ -24,7 +24,7 @@ The roles (``docs/security.md`` has the full matrix and the production set-up):
 Permissions are allow-lists (what is not listed is refused by the server) with explicit denies
 for what matters most, so that a later, broader allow cannot open them by accident.
 
-``python -m services.cli.security --data-dir DIR --agent n3`` adds users to a stack's secrets
+``python -m confbus.cli.security --data-dir DIR --agent n3`` adds users to a stack's secrets
 (and, if that stack runs, makes its nats-server reload them); ``--secrets-dir`` renders the same
 files anywhere, e.g. for a production NATS cluster.
 """
@@ -44,16 +44,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from schemas import subjects
-from schemas.api import dist as dist_api
-from schemas.api import health as health_api
-from schemas.api import rollback as rollback_api
-from schemas.api import store as store_api
-from schemas.api import txn as txn_api
-from schemas.names import InvalidName, check_name
-from schemas.streams import BUCKETS, CFG_ALERTS, CFG_DLQ, CFG_EVENTS, CFG_HEALTH, CFG_TXN, STREAMS
-from services.cli.exitcodes import FAILED, USAGE, CliError
-from services.cli.stack import StackConfig
+from confbus.cli.exitcodes import FAILED, USAGE, CliError
+from confbus.cli.stack import StackConfig
+from confbus.schemas import subjects
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api import health as health_api
+from confbus.schemas.api import rollback as rollback_api
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.names import InvalidName, check_name
+from confbus.schemas.streams import (
+    BUCKETS,
+    CFG_ALERTS,
+    CFG_DLQ,
+    CFG_EVENTS,
+    CFG_HEALTH,
+    CFG_TXN,
+    STREAMS,
+)
 
 Role = Literal["service", "operator", "ci", "agent"]
 ROLES: tuple[Role, ...] = ("service", "operator", "ci", "agent")
@@ -611,7 +619,7 @@ def secure_stack(
     return Secured("\n".join(lines), user, ca, secrets_dir)
 
 
-# -- python -m services.cli.security ----------------------------------------------------------
+# -- python -m confbus.cli.security ----------------------------------------------------------
 
 
 def _reload(data_dir: Path) -> str:
@@ -632,7 +640,7 @@ def _reload(data_dir: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.cli.security",
+        prog="python -m confbus.cli.security",
         description="Add or remove confbus NATS users and render their permissions and "
         "credentials (see docs/security.md).",
     )

@@ -42,13 +42,13 @@ import nats.js.errors
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from services.cli.datadir import DataDirLock
-from services.cli.exitcodes import FAILED, OK, CliError
-from services.cli.ha import HaCluster, HaPorts
-from services.runtime.bus import connect, provision
-from services.runtime.errors import Unavailable
-from services.runtime.log import JsonFormatter
-from services.runtime.natsd import NatsServer
+from confbus.cli.datadir import DataDirLock
+from confbus.cli.exitcodes import FAILED, OK, CliError
+from confbus.cli.ha import HaCluster, HaPorts
+from confbus.runtime.bus import connect, provision
+from confbus.runtime.errors import Unavailable
+from confbus.runtime.log import JsonFormatter
+from confbus.runtime.natsd import NatsServer
 
 log = logging.getLogger("confbus.up")
 
@@ -75,6 +75,14 @@ class ServiceSpec:
     # Start only once this service was first ready: a second replica must not race the first
     # to create the same durable consumer (on a cluster that can time out at start-up).
     after: str | None = None
+    # A user's own service (``--add-service``) is found the way ``python -m`` finds it, the
+    # working directory first. confbus's own run with ``-P``: no folder in the directory
+    # ``confbus up`` was started from (a project's own ``confbus/``) can stand in for them.
+    user: bool = False
+
+    def argv(self) -> list[str]:
+        """The interpreter and module to run, before the stack's own arguments."""
+        return [sys.executable, *(() if self.user else ("-P",)), "-m", self.module]
 
     def runnable(self) -> bool:
         """Whether ``python -m <module>`` would find something to run (without importing it)."""
@@ -384,7 +392,7 @@ class Stack:
         """Run the service once; return why it ended."""
         cfg = self.config
         argv = [
-            sys.executable, "-m", child.spec.module,
+            *child.spec.argv(),
             "--nats-url", self.nats_url,
             "--log-level", cfg.log_level,
             "--no-provision",  # done once, above

@@ -12,14 +12,14 @@ import logging
 
 import nats.js.errors
 
-from schemas import subjects
-from schemas.events import TxnAborted, TxnCommitted, VoteRecord
-from schemas.txn import Decision, TxnHead
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.concurrency import gather
-from services.runtime.events import emit
-from services.runtime.txnlog import first_txn_record
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.concurrency import gather
+from confbus.runtime.events import emit
+from confbus.runtime.txnlog import first_txn_record
+from confbus.schemas import subjects
+from confbus.schemas.events import TxnAborted, TxnCommitted, VoteRecord
+from confbus.schemas.txn import Decision, TxnHead
 
 log = logging.getLogger("confbus.coordinator")
 

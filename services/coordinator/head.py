@@ -13,12 +13,12 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from schemas.base import utcnow
-from schemas.streams import CFG_TXN_HEAD
-from schemas.txn import TxnHead, decode_head
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.errors import Conflict
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import Conflict
+from confbus.schemas.base import utcnow
+from confbus.schemas.streams import CFG_TXN_HEAD
+from confbus.schemas.txn import TxnHead, decode_head
 
 
 class Fenced(Conflict):

@@ -24,14 +24,14 @@ from datetime import UTC, datetime
 import anyio
 import nats.errors
 
-from schemas.api import txn as api
-from services.coordinator.liveness import Peers, token
-from services.coordinator.metrics import CoordinatorMetrics
-from services.coordinator.twophase import Coordinator
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError, Unavailable
-from services.runtime.leases import LeaseRecord, Leases, NotHeld
+from confbus.coordinator.liveness import Peers, token
+from confbus.coordinator.metrics import CoordinatorMetrics
+from confbus.coordinator.twophase import Coordinator
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError, Unavailable
+from confbus.runtime.leases import LeaseRecord, Leases, NotHeld
+from confbus.schemas.api import txn as api
 
 log = logging.getLogger("confbus.coordinator")
 

@@ -19,10 +19,10 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from schemas.base import DECODE_ERRORS
-from schemas.streams import CFG_STATE
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.streams import CFG_STATE
 
 ALIVE_INTERVAL_S = 1.0
 DEAD_AFTER_S = 3.0

@@ -15,16 +15,16 @@ from datetime import UTC, datetime
 import anyio
 from anyio.abc import TaskStatus
 
-from schemas.api import txn as api
-from schemas.streams import CFG_STATE
-from services.coordinator.head import Heads
-from services.coordinator.leadership import ROLE, Leadership, direct_op
-from services.coordinator.liveness import ALIVE_INTERVAL_S, Liveness, Peers
-from services.coordinator.metrics import CoordinatorMetrics
-from services.coordinator.twophase import Coordinator
-from services.runtime.api import Endpoint, serve_api, stop_api
-from services.runtime.leases import Leases
-from services.runtime.service import ServiceContext
+from confbus.coordinator.head import Heads
+from confbus.coordinator.leadership import ROLE, Leadership, direct_op
+from confbus.coordinator.liveness import ALIVE_INTERVAL_S, Liveness, Peers
+from confbus.coordinator.metrics import CoordinatorMetrics
+from confbus.coordinator.twophase import Coordinator
+from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.runtime.leases import Leases
+from confbus.runtime.service import ServiceContext
+from confbus.schemas.api import txn as api
+from confbus.schemas.streams import CFG_STATE
 
 log = logging.getLogger("confbus.coordinator")
 

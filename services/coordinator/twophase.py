@@ -21,23 +21,23 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.api.store import GetRequest, VersionReply
-from schemas.api.txn import ResolveReply, SwitchReply
-from schemas.base import DECODE_ERRORS, utcnow
-from schemas.events import VoteRecord
-from schemas.names import Format
-from schemas.txn import Decision, Prepare, TxnHead, Vote, VoteAck, decode_vote
-from services.coordinator.decisions import decision_of, publish_decision, read_decision
-from services.coordinator.head import Fenced, Head, Heads
-from services.coordinator.liveness import Liveness
-from services.coordinator.metrics import CoordinatorMetrics
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.concurrency import settle
-from services.runtime.errors import Conflict, InvalidInput, NotFound, Unavailable
-from services.runtime.failpoints import failpoint
+from confbus.coordinator.decisions import decision_of, publish_decision, read_decision
+from confbus.coordinator.head import Fenced, Head, Heads
+from confbus.coordinator.liveness import Liveness
+from confbus.coordinator.metrics import CoordinatorMetrics
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.concurrency import settle
+from confbus.runtime.errors import Conflict, InvalidInput, NotFound, Unavailable
+from confbus.runtime.failpoints import failpoint
+from confbus.schemas import subjects
+from confbus.schemas.api.store import GetRequest, VersionReply
+from confbus.schemas.api.txn import ResolveReply, SwitchReply
+from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.events import VoteRecord
+from confbus.schemas.names import Format
+from confbus.schemas.txn import Decision, Prepare, TxnHead, Vote, VoteAck, decode_vote
 
 log = logging.getLogger("confbus.coordinator")
 

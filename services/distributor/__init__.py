@@ -19,7 +19,7 @@ Modules::
 
 State in ``CFG_STATE`` (shared by replicas)::
 
-    rollout.<ns>                 the current or last rollout (schemas.api.dist.RolloutInfo),
+    rollout.<ns>                 the current or last rollout (confbus.schemas.api.dist.RolloutInfo),
                                  written only by compare-and-set
     target.<ns>.<node>           highest version of a committed transaction that included it
     node.<node>                  labels, namespaces (applied version, sha256), last heartbeat,

@@ -1,4 +1,4 @@
-from services.distributor.service import add_args, main
-from services.runtime.service import service_main
+from confbus.distributor.service import add_args, main
+from confbus.runtime.service import service_main
 
 service_main("distributor", main, add_args)

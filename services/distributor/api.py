@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import msgspec
 
-from schemas.api import dist as api
-from services.distributor.membership import Membership
-from services.distributor.repairs import Repairs
-from services.distributor.rollout import Rollouts
-from services.distributor.targets import Targets
-from services.runtime.api import Endpoint
-from services.runtime.errors import ConfbusError
+from confbus.distributor.membership import Membership
+from confbus.distributor.repairs import Repairs
+from confbus.distributor.rollout import Rollouts
+from confbus.distributor.targets import Targets
+from confbus.runtime.api import Endpoint
+from confbus.runtime.errors import ConfbusError
+from confbus.schemas.api import dist as api
 
 
 @dataclass

@@ -33,11 +33,11 @@ import nats.js.errors
 from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
-from schemas.base import DECODE_ERRORS, utcnow
-from schemas.names import NodeId
-from schemas.node import NamespaceState
-from services.runtime.codec import encode
-from services.runtime.errors import Conflict, Unavailable
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import Conflict, Unavailable
+from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.names import NodeId
+from confbus.schemas.node import NamespaceState
 
 log = logging.getLogger("confbus.distributor")
 

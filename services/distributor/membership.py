@@ -23,10 +23,7 @@ from typing import Literal
 
 import anyio
 
-from schemas.api.dist import Liveness
-from schemas.events import NodeStatusChanged
-from schemas.node import Heartbeat, NamespaceState
-from services.distributor.kvstate import (
+from confbus.distributor.kvstate import (
     MEMBERS_LEASE,
     Leases,
     NodeRecord,
@@ -35,11 +32,14 @@ from services.distributor.kvstate import (
     node_key,
     target_key,
 )
-from services.distributor.metrics import DistributorMetrics
-from services.distributor.strategy import matches
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError
-from services.runtime.events import emit
+from confbus.distributor.metrics import DistributorMetrics
+from confbus.distributor.strategy import matches
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.events import emit
+from confbus.schemas.api.dist import Liveness
+from confbus.schemas.events import NodeStatusChanged
+from confbus.schemas.node import Heartbeat, NamespaceState
 
 log = logging.getLogger("confbus.distributor")
 

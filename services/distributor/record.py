@@ -26,7 +26,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.api.dist import (
+from confbus.schemas.api.dist import (
     TERMINAL_STATES,
     OutboxItem,
     PendingVersion,
@@ -34,8 +34,8 @@ from schemas.api.dist import (
     RolloutState,
     WaveInfo,
 )
-from schemas.base import utcnow
-from schemas.events import (
+from confbus.schemas.base import utcnow
+from confbus.schemas.events import (
     Event,
     NodeOutcome,
     RolloutBaked,
@@ -49,7 +49,7 @@ from schemas.events import (
     RolloutWave,
     VoteRecord,
 )
-from schemas.health import Alert
+from confbus.schemas.health import Alert
 
 replace = msgspec.structs.replace
 

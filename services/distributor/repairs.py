@@ -30,20 +30,20 @@ import msgspec
 import nats.errors
 from anyio.abc import TaskGroup
 
-from schemas import subjects
-from schemas.api.dist import ResyncReply, ResyncRequest
-from schemas.base import DECODE_ERRORS
-from schemas.events import NodeCatchUp, NodeDrift, NodeStatusChanged
-from schemas.node import NamespaceState
-from services.distributor.kvstate import Leases
-from services.distributor.membership import Member
-from services.distributor.metrics import DistributorMetrics
-from services.distributor.store import Store
-from services.distributor.targets import Targets
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.errors import ConfbusError
-from services.runtime.events import emit
+from confbus.distributor.kvstate import Leases
+from confbus.distributor.membership import Member
+from confbus.distributor.metrics import DistributorMetrics
+from confbus.distributor.store import Store
+from confbus.distributor.targets import Targets
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.events import emit
+from confbus.schemas import subjects
+from confbus.schemas.api.dist import ResyncReply, ResyncRequest
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.events import NodeCatchUp, NodeDrift, NodeStatusChanged
+from confbus.schemas.node import NamespaceState
 
 log = logging.getLogger("confbus.distributor")
 

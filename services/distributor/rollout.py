@@ -57,9 +57,23 @@ from datetime import UTC, datetime, timedelta
 import anyio
 from anyio.abc import TaskGroup
 
-from schemas import subjects
-from schemas.api import health as health_api
-from schemas.api.dist import (
+from confbus.distributor import record as R
+from confbus.distributor.kvstate import Entry, Leases, Stale, StateKV, rollout_key
+from confbus.distributor.membership import Membership
+from confbus.distributor.metrics import DistributorMetrics
+from confbus.distributor.store import Store
+from confbus.distributor.strategy import parse_selector, parse_strategy
+from confbus.distributor.targets import Targets
+from confbus.distributor.txnlog import abort_votes, created_event, find_decision, read_head
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.concurrency import gather, settle
+from confbus.runtime.errors import ConfbusError, Conflict, InvalidInput, NotFound, Permanent
+from confbus.runtime.events import emit
+from confbus.runtime.failpoints import failpoint
+from confbus.schemas import subjects
+from confbus.schemas.api import health as health_api
+from confbus.schemas.api.dist import (
     ACTIVE_STATES,
     TERMINAL_STATES,
     ControlRequest,
@@ -67,23 +81,9 @@ from schemas.api.dist import (
     RolloutInfo,
     decode_rollout_info,
 )
-from schemas.events import RollbackStarted, RolloutSuperseded, VoteRecord
-from schemas.health import Alert
-from schemas.versions import VersionInfo
-from services.distributor import record as R
-from services.distributor.kvstate import Entry, Leases, Stale, StateKV, rollout_key
-from services.distributor.membership import Membership
-from services.distributor.metrics import DistributorMetrics
-from services.distributor.store import Store
-from services.distributor.strategy import parse_selector, parse_strategy
-from services.distributor.targets import Targets
-from services.distributor.txnlog import abort_votes, created_event, find_decision, read_head
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.concurrency import gather, settle
-from services.runtime.errors import ConfbusError, Conflict, InvalidInput, NotFound, Permanent
-from services.runtime.events import emit
-from services.runtime.failpoints import failpoint
+from confbus.schemas.events import RollbackStarted, RolloutSuperseded, VoteRecord
+from confbus.schemas.health import Alert
+from confbus.schemas.versions import VersionInfo
 
 log = logging.getLogger("confbus.distributor")
 

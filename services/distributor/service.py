@@ -24,11 +24,23 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.api import dist as dist_api
-from schemas.api.dist import decode_rollout_info
-from schemas.base import DECODE_ERRORS
-from schemas.events import (
+from confbus.distributor.api import DistApi
+from confbus.distributor.kvstate import MEMBERS_LEASE, Entry, Leases, StateKV, watch_keys
+from confbus.distributor.membership import Membership, MembershipKeeper
+from confbus.distributor.metrics import DistributorMetrics
+from confbus.distributor.repairs import Repairs
+from confbus.distributor.rollout import Rollouts
+from confbus.distributor.store import Store
+from confbus.distributor.targets import Targets
+from confbus.runtime.api import serve_api, stop_api
+from confbus.runtime.consumer import BatchHandler, Consumer, Delivery
+from confbus.runtime.metrics import ConsumerMetrics
+from confbus.runtime.service import ServiceContext
+from confbus.schemas import subjects
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api.dist import decode_rollout_info
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.events import (
     AnyEvent,
     RollbackStarted,
     TxnCommitted,
@@ -37,20 +49,8 @@ from schemas.events import (
     VersionPromoted,
     decode_event,
 )
-from schemas.node import decode_heartbeat
-from schemas.streams import CFG_EVENTS, CFG_STATE
-from services.distributor.api import DistApi
-from services.distributor.kvstate import MEMBERS_LEASE, Entry, Leases, StateKV, watch_keys
-from services.distributor.membership import Membership, MembershipKeeper
-from services.distributor.metrics import DistributorMetrics
-from services.distributor.repairs import Repairs
-from services.distributor.rollout import Rollouts
-from services.distributor.store import Store
-from services.distributor.targets import Targets
-from services.runtime.api import serve_api, stop_api
-from services.runtime.consumer import BatchHandler, Consumer, Delivery
-from services.runtime.metrics import ConsumerMetrics
-from services.runtime.service import ServiceContext
+from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.streams import CFG_EVENTS, CFG_STATE
 
 log = logging.getLogger("confbus.distributor")
 

@@ -10,13 +10,13 @@ from typing import TypeVar
 
 import msgspec
 
-from schemas.api import store as store_api
-from schemas.api import txn as txn_api
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.errors import NotFound
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import NotFound
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
 
 
 class VersionHints(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.names import LABEL_PATTERN
-from services.runtime.errors import InvalidInput
+from confbus.runtime.errors import InvalidInput
+from confbus.schemas.names import LABEL_PATTERN
 
 _LABEL_RE = re.compile(LABEL_PATTERN)
 _PERCENT_RE = re.compile(r"^(\d+(?:\.\d+)?)%$")

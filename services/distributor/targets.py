@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskStatus
 
-from schemas.base import DECODE_ERRORS
-from schemas.versions import VersionInfo
-from services.distributor.kvstate import (
+from confbus.distributor.kvstate import (
     Entry,
     StateKV,
     TargetRecord,
@@ -27,7 +25,9 @@ from services.distributor.kvstate import (
     target_key,
     watch_keys,
 )
-from services.distributor.store import Store
+from confbus.distributor.store import Store
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.versions import VersionInfo
 
 log = logging.getLogger("confbus.distributor")
 

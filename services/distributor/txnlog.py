@@ -14,13 +14,13 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
-from schemas.base import DECODE_ERRORS
-from schemas.events import TxnAborted, VersionCreated, decode_event
-from schemas.streams import CFG_EVENTS, CFG_TXN, CFG_TXN_HEAD
-from schemas.txn import Decision, TxnHead, decode_head, decode_txn
-from services.runtime.bus import Bus
-from services.runtime.errors import Unavailable
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import Unavailable
+from confbus.schemas import subjects
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.events import TxnAborted, VersionCreated, decode_event
+from confbus.schemas.streams import CFG_EVENTS, CFG_TXN, CFG_TXN_HEAD
+from confbus.schemas.txn import Decision, TxnHead, decode_head, decode_txn
 
 T = TypeVar("T")
 

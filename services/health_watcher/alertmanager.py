@@ -34,15 +34,15 @@ from typing import Literal
 import msgspec
 import nats.errors
 
-from schemas import subjects
-from schemas.base import DECODE_ERRORS
-from schemas.health import Alert
-from schemas.names import NAME_PATTERN
-from services.health_watcher.metrics import WatcherMetrics
-from services.health_watcher.policies import Catalog
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError
-from services.runtime.http import Request, Response
+from confbus.health_watcher.metrics import WatcherMetrics
+from confbus.health_watcher.policies import Catalog
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.http import Request, Response
+from confbus.schemas import subjects
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.health import Alert
+from confbus.schemas.names import NAME_PATTERN
 
 log = logging.getLogger("confbus.health_watcher.alertmanager")
 

@@ -23,16 +23,16 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from schemas import subjects
-from schemas.health import Alert
-from schemas.policy import HealthRule, Policy
-from services.health_watcher.lease import NamespaceLeases
-from services.health_watcher.metrics import WatcherMetrics
-from services.health_watcher.rules import Hysteresis, Point, RuleOutcome, evaluate, fmt, in_window
-from services.health_watcher.windows import SampleStore
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.errors import ConfbusError
+from confbus.health_watcher.lease import NamespaceLeases
+from confbus.health_watcher.metrics import WatcherMetrics
+from confbus.health_watcher.rules import Hysteresis, Point, RuleOutcome, evaluate, fmt, in_window
+from confbus.health_watcher.windows import SampleStore
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import ConfbusError
+from confbus.schemas import subjects
+from confbus.schemas.health import Alert
+from confbus.schemas.policy import HealthRule, Policy
 
 log = logging.getLogger("confbus.health_watcher.alerts")
 

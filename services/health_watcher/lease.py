@@ -32,8 +32,8 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from schemas.base import DECODE_ERRORS
-from services.runtime.codec import encode
+from confbus.runtime.codec import encode
+from confbus.schemas.base import DECODE_ERRORS
 
 log = logging.getLogger("confbus.health_watcher.lease")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.runtime.metrics import metric_name
+from confbus.runtime.metrics import metric_name
 
 SERVICE = "health-watcher"
 

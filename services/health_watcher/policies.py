@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import nats.errors
 
-from schemas.api import store as store_api
-from schemas.node import Heartbeat
-from schemas.policy import Policy
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError, NotFound, Unavailable
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError, NotFound, Unavailable
+from confbus.schemas.api import store as store_api
+from confbus.schemas.node import Heartbeat
+from confbus.schemas.policy import Policy
 
 log = logging.getLogger("confbus.health_watcher")
 

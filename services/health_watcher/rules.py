@@ -1,6 +1,6 @@
 """Judging samples against a namespace's health rules — pure functions, no I/O.
 
-A rule (``schemas.policy.HealthRule``) names a metric, and ``op``/``threshold`` describe the
+A rule (``confbus.schemas.policy.HealthRule``) names a metric, and ``op``/``threshold`` describe the
 *bad* condition: ``error_rate > 0.05`` means a window whose error rate exceeds 5 % is bad.
 It is judged over the samples of one version on a set of nodes, taken in
 ``[now - window_s, now]`` (and after ``since``, when a verdict asks so):
@@ -35,9 +35,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from schemas.api.health import RuleResult, Verdict
-from schemas.health import HealthSample
-from schemas.policy import HealthRule
+from confbus.schemas.api.health import RuleResult, Verdict
+from confbus.schemas.health import HealthSample
+from confbus.schemas.policy import HealthRule
 
 FAILED_SCRAPE_STATUS = 599
 

@@ -4,7 +4,7 @@ Only the lease holder of a namespace scrapes its targets (one scrape per target,
 replica). Each scrape becomes an ordinary ``HealthSample`` on ``cfg.health.<ns>.<node>``, tagged
 with the version the node's agent last reported in its heartbeat, so every replica's windows —
 and every verdict — see it exactly like an agent's sample. The mapping of the page is the
-agent's (``services.runtime.scrape``).
+agent's (``confbus.runtime.scrape``).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import anyio
 import nats.errors
 from anyio.abc import TaskGroup
 
-from schemas import subjects
-from schemas.health import HealthSample
-from schemas.policy import ScrapeTarget
-from services.health_watcher.lease import NamespaceLeases
-from services.health_watcher.metrics import WatcherMetrics
-from services.health_watcher.policies import Directory, PolicyCache
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError
-from services.runtime.scrape import Scraper
+from confbus.health_watcher.lease import NamespaceLeases
+from confbus.health_watcher.metrics import WatcherMetrics
+from confbus.health_watcher.policies import Directory, PolicyCache
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.scrape import Scraper
+from confbus.schemas import subjects
+from confbus.schemas.health import HealthSample
+from confbus.schemas.policy import ScrapeTarget
 
 log = logging.getLogger("confbus.health_watcher.scrape")
 

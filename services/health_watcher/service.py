@@ -28,27 +28,27 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
-from schemas.api import health as api
-from schemas.base import DECODE_ERRORS
-from schemas.events import HealthVerdictEvent
-from schemas.health import decode_sample
-from schemas.node import decode_heartbeat
-from schemas.streams import CFG_HEALTH, CFG_STATE
-from services.health_watcher.alertmanager import PATH, Receiver
-from services.health_watcher.alerts import Alerter, NamespaceEvaluator
-from services.health_watcher.lease import NamespaceLeases
-from services.health_watcher.metrics import WatcherMetrics
-from services.health_watcher.policies import Catalog, Directory, PolicyCache
-from services.health_watcher.rules import Point, judge
-from services.health_watcher.scraping import TargetScraper
-from services.health_watcher.windows import SampleStore
-from services.runtime.api import Endpoint, serve_api, stop_api
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError, InvalidInput
-from services.runtime.events import emit
-from services.runtime.http import HttpServer
-from services.runtime.service import ServiceContext
+from confbus.health_watcher.alertmanager import PATH, Receiver
+from confbus.health_watcher.alerts import Alerter, NamespaceEvaluator
+from confbus.health_watcher.lease import NamespaceLeases
+from confbus.health_watcher.metrics import WatcherMetrics
+from confbus.health_watcher.policies import Catalog, Directory, PolicyCache
+from confbus.health_watcher.rules import Point, judge
+from confbus.health_watcher.scraping import TargetScraper
+from confbus.health_watcher.windows import SampleStore
+from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError, InvalidInput
+from confbus.runtime.events import emit
+from confbus.runtime.http import HttpServer
+from confbus.runtime.service import ServiceContext
+from confbus.schemas import subjects
+from confbus.schemas.api import health as api
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.events import HealthVerdictEvent
+from confbus.schemas.health import decode_sample
+from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.streams import CFG_HEALTH, CFG_STATE
 
 log = logging.getLogger("confbus.health_watcher")
 

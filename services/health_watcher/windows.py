@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from services.health_watcher.rules import Point
+from confbus.health_watcher.rules import Point
 
 # namespace -> version (None: the node has no config yet) -> node -> points
 _Nodes = dict[str, deque[Point]]

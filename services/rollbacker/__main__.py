@@ -1,4 +1,4 @@
-from services.rollbacker.service import add_args, main
-from services.runtime.service import service_main
+from confbus.rollbacker.service import add_args, main
+from confbus.runtime.service import service_main
 
 service_main("rollbacker", main, add_args)

@@ -11,13 +11,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import RollbackBatch, RollbackCompleted, RollbackStarted, RollbackStuck
-from schemas.health import Alert
-from services.rollbacker.notify import Notifier
-from services.rollbacker.peers import Peers
-from services.rollbacker.records import BatchResult, Rollback
-from services.runtime.errors import ConfbusError
-from services.runtime.events import emit, event_type
+from confbus.rollbacker.notify import Notifier
+from confbus.rollbacker.peers import Peers
+from confbus.rollbacker.records import BatchResult, Rollback
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.events import emit, event_type
+from confbus.schemas.events import RollbackBatch, RollbackCompleted, RollbackStarted, RollbackStuck
+from confbus.schemas.health import Alert
 
 log = logging.getLogger("confbus.rollbacker")
 

@@ -34,20 +34,20 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.api.health import VerdictReply
-from schemas.base import DECODE_ERRORS, utcnow
-from schemas.changes import ChangeProposed
-from schemas.events import VersionCreated, VersionRejected, decode_event
-from schemas.policy import Policy
-from services.rollbacker import plan
-from services.rollbacker.announce import Announcer
-from services.rollbacker.ledger import Fenced, Ledgers
-from services.rollbacker.metrics import RollbackerMetrics
-from services.rollbacker.peers import Peers
-from services.rollbacker.records import BatchResult, Rollback
-from services.runtime.errors import ConfbusError, Unavailable
-from services.runtime.failpoints import failpoint
+from confbus.rollbacker import plan
+from confbus.rollbacker.announce import Announcer
+from confbus.rollbacker.ledger import Fenced, Ledgers
+from confbus.rollbacker.metrics import RollbackerMetrics
+from confbus.rollbacker.peers import Peers
+from confbus.rollbacker.records import BatchResult, Rollback
+from confbus.runtime.errors import ConfbusError, Unavailable
+from confbus.runtime.failpoints import failpoint
+from confbus.schemas import subjects
+from confbus.schemas.api.health import VerdictReply
+from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
+from confbus.schemas.policy import Policy
 
 log = logging.getLogger("confbus.rollbacker")
 

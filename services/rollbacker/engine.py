@@ -39,18 +39,13 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from schemas.api.rollback import RollbackReply, RollbackRequest
-from schemas.api.store import VersionReply
-from schemas.base import utcnow as now_utc
-from schemas.health import Alert
-from schemas.policy import Policy
-from services.rollbacker import plan
-from services.rollbacker.announce import Announcer
-from services.rollbacker.driver import Driver
-from services.rollbacker.ledger import Ledgers
-from services.rollbacker.metrics import RollbackerMetrics
-from services.rollbacker.peers import Peers
-from services.rollbacker.records import (
+from confbus.rollbacker import plan
+from confbus.rollbacker.announce import Announcer
+from confbus.rollbacker.driver import Driver
+from confbus.rollbacker.ledger import Ledgers
+from confbus.rollbacker.metrics import RollbackerMetrics
+from confbus.rollbacker.peers import Peers
+from confbus.rollbacker.records import (
     Ledger,
     Rollback,
     SeenAlert,
@@ -59,6 +54,11 @@ from services.rollbacker.records import (
     with_alert,
     with_rollback,
 )
+from confbus.schemas.api.rollback import RollbackReply, RollbackRequest
+from confbus.schemas.api.store import VersionReply
+from confbus.schemas.base import utcnow as now_utc
+from confbus.schemas.health import Alert
+from confbus.schemas.policy import Policy
 
 log = logging.getLogger("confbus.rollbacker")
 

@@ -18,8 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from schemas.base import DECODE_ERRORS, utcnow
-from services.rollbacker.records import (
+from confbus.rollbacker.records import (
     KEY_PREFIX,
     Ledger,
     Rollback,
@@ -27,8 +26,9 @@ from services.rollbacker.records import (
     key,
     with_rollback,
 )
-from services.runtime.codec import encode
-from services.runtime.errors import Conflict, Unavailable
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import Conflict, Unavailable
+from confbus.schemas.base import DECODE_ERRORS, utcnow
 
 log = logging.getLogger("confbus.rollbacker")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.rollbacker.notify import WebhookMetrics
+from confbus.rollbacker.notify import WebhookMetrics
 
 
 @dataclass

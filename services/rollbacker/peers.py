@@ -16,20 +16,20 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from schemas import subjects
-from schemas.api import dist as dist_api
-from schemas.api import health as health_api
-from schemas.api import store as store_api
-from schemas.api import txn as txn_api
-from schemas.base import DECODE_ERRORS
-from schemas.changes import ChangeProposed, msg_id
-from schemas.events import VersionPromoted, decode_event
-from schemas.health import Alert
-from schemas.policy import Policy
-from schemas.streams import CFG_EVENTS
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.errors import Conflict, NotFound, Unavailable
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import Conflict, NotFound, Unavailable
+from confbus.schemas import subjects
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api import health as health_api
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.changes import ChangeProposed, msg_id
+from confbus.schemas.events import VersionPromoted, decode_event
+from confbus.schemas.health import Alert
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import CFG_EVENTS
 
 log = logging.getLogger("confbus.rollbacker")
 

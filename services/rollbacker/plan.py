@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from schemas.api.dist import NodeStatus
-from services.runtime.errors import InvalidInput
+from confbus.runtime.errors import InvalidInput
+from confbus.schemas.api.dist import NodeStatus
 
 ALL_AT_ONCE = "all-at-once"
 _BATCHES_RE = re.compile(r"^batches:([1-9][0-9]{0,3})$")

@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.policy import RollbackPolicy
+from confbus.schemas.policy import RollbackPolicy
 
 State = Literal["running", "completed", "stuck", "refused"]
 Step = Literal["create", "batches", "promote", "done"]

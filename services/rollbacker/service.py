@@ -10,20 +10,20 @@ import anyio
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
-from schemas.api import rollback as api
-from schemas.health import Alert, decode_alert
-from schemas.streams import CFG_ALERTS, CFG_STATE
-from services.rollbacker.announce import Announcer
-from services.rollbacker.driver import Driver, DriverConfig
-from services.rollbacker.engine import Engine
-from services.rollbacker.ledger import Ledgers
-from services.rollbacker.metrics import RollbackerMetrics
-from services.rollbacker.notify import Notifier
-from services.rollbacker.peers import Peers
-from services.runtime.api import Endpoint, serve_api, stop_api
-from services.runtime.consumer import Consumer, per_message
-from services.runtime.metrics import ConsumerMetrics
-from services.runtime.service import ServiceContext
+from confbus.rollbacker.announce import Announcer
+from confbus.rollbacker.driver import Driver, DriverConfig
+from confbus.rollbacker.engine import Engine
+from confbus.rollbacker.ledger import Ledgers
+from confbus.rollbacker.metrics import RollbackerMetrics
+from confbus.rollbacker.notify import Notifier
+from confbus.rollbacker.peers import Peers
+from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.runtime.consumer import Consumer, per_message
+from confbus.runtime.metrics import ConsumerMetrics
+from confbus.runtime.service import ServiceContext
+from confbus.schemas.api import rollback as api
+from confbus.schemas.health import Alert, decode_alert
+from confbus.schemas.streams import CFG_ALERTS, CFG_STATE
 
 log = logging.getLogger("confbus.rollbacker")
 

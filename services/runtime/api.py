@@ -22,13 +22,13 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
-from schemas import subjects
-from schemas.api import ApiError, decode_api_error
-from schemas.base import DECODE_ERRORS
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.errors import ConfbusError, Unavailable, from_code
-from services.runtime.identity import bind_subject, unbind_subject
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import ConfbusError, Unavailable, from_code
+from confbus.runtime.identity import bind_subject, unbind_subject
+from confbus.schemas import subjects
+from confbus.schemas.api import ApiError, decode_api_error
+from confbus.schemas.base import DECODE_ERRORS
 
 log = logging.getLogger("confbus.api")
 
@@ -45,7 +45,7 @@ class Endpoint:
     # waits for votes) must not hold up the next request, so it runs in its own task.
     concurrent: bool = False
     # The subject under ``cfg.api.<service>`` when it is not just ``<op>``: ``approve.*`` pins
-    # the caller's NATS user in the last token (services.runtime.identity).
+    # the caller's NATS user in the last token (confbus.runtime.identity).
     subject: str | None = None
 
 

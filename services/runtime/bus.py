@@ -29,9 +29,9 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from schemas.streams import BUCKETS, STREAMS, BucketSpec, StreamSpec
-from services.runtime.codec import encode
-from services.runtime.errors import Unavailable
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import Unavailable
+from confbus.schemas.streams import BUCKETS, STREAMS, BucketSpec, StreamSpec
 
 log = logging.getLogger("confbus.bus")
 

@@ -37,14 +37,14 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
-from schemas.base import DECODE_ERRORS, decode_envelope
-from schemas.dlq import DeadLetter
-from schemas.streams import StreamSpec
-from services.runtime.bus import Bus
-from services.runtime.errors import Permanent, Unavailable
-from services.runtime.metrics import ConsumerMetrics
-from services.runtime.pull import Puller
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import Permanent, Unavailable
+from confbus.runtime.metrics import ConsumerMetrics
+from confbus.runtime.pull import Puller
+from confbus.schemas import subjects
+from confbus.schemas.base import DECODE_ERRORS, decode_envelope
+from confbus.schemas.dlq import DeadLetter
+from confbus.schemas.streams import StreamSpec
 
 log = logging.getLogger("confbus.consumer")
 

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 
 class ConfbusError(Exception):
+    """Every error confbus raises: ``message`` says what happened, ``where`` where (a path in a
+    config, a field of a request), ``code`` its HTTP-like code on the wire."""
+
     code = 500
 
     def __init__(self, message: str, *, where: str = "") -> None:
@@ -26,22 +29,32 @@ class ConfbusError(Exception):
 
 
 class Permanent(ConfbusError):
+    """The message or request can never succeed as it is: do not retry it."""
+
     code = 400
 
 
 class InvalidInput(Permanent):
+    """Malformed or invalid input (a config, a name, a request); ``where`` says where."""
+
     code = 400
 
 
 class Conflict(Permanent):
+    """Someone else got there first: a stale ``--base``, a change id reused for other bytes."""
+
     code = 409
 
 
 class NotFound(Permanent):
+    """No such namespace, version, rollout or node."""
+
     code = 404
 
 
 class Unavailable(ConfbusError):
+    """Retryable: the bus, the store or a peer is down, electing, or did not answer in time."""
+
     code = 503
 
 

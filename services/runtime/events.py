@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from nats.js.api import PubAck
 
-from schemas import subjects
-from schemas.events import Event, NodeApplied
-from services.runtime.bus import Bus
+from confbus.runtime.bus import Bus
+from confbus.schemas import subjects
+from confbus.schemas.events import Event, NodeApplied
 
 
 def event_type(event: Event) -> str:

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import SocketStream, TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from services.runtime.tcp import TcpListener
+from confbus.runtime.tcp import TcpListener
 
 log = logging.getLogger("confbus.http")
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import contextvars
 
-from schemas.names import InvalidName, check_name
-from services.runtime.errors import Permanent
+from confbus.runtime.errors import Permanent
+from confbus.schemas.names import InvalidName, check_name
 
 # The subject of the request being handled (set by services.runtime.api for each request).
 _subject: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -94,7 +94,7 @@ def pinned_op(op: str, identity: str, *scope: str) -> str:
     """The op of a pinned endpoint as a client names it: ``approve.<user>``,
     ``propose.<ns>.<user>``. Each token is checked, so no name can become a wildcard.
 
-    (The ``cfg.api.<service>.`` prefix is added by ``schemas.subjects.api``.)
+    (The ``cfg.api.<service>.`` prefix is added by ``confbus.schemas.subjects.api``.)
     """
     parts = [check_name(s, "scope") for s in scope]
     return ".".join([op, *parts, check_name(identity, "identity")])

@@ -41,9 +41,9 @@ import nats.js.errors
 from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
-from schemas.base import DECODE_ERRORS
-from services.runtime.codec import encode
-from services.runtime.errors import Unavailable
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import Unavailable
+from confbus.schemas.base import DECODE_ERRORS
 
 log = logging.getLogger("confbus.leases")
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.streams import MAX_PAYLOAD
+from confbus.schemas.streams import MAX_PAYLOAD
 
 _LISTEN_RE = re.compile(r"Listening for client connections on ([0-9.]+):(\d+)")
 

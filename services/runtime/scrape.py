@@ -40,7 +40,7 @@ import anyio
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.runtime.http import HttpError, http_get_url
+from confbus.runtime.http import HttpError, http_get_url
 
 MAX_METRICS = 512
 HISTOGRAM_QUANTILES = (0.5, 0.9, 0.95, 0.99)

@@ -25,11 +25,11 @@ import anyio
 from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry
 
-from services.runtime.bus import Bus, connect, provision
-from services.runtime.errors import Unavailable
-from services.runtime.http import HttpServer
-from services.runtime.log import setup_logging
-from services.runtime.settings import Settings, add_common_args, settings_from_args
+from confbus.runtime.bus import Bus, connect, provision
+from confbus.runtime.errors import Unavailable
+from confbus.runtime.http import HttpServer
+from confbus.runtime.log import setup_logging
+from confbus.runtime.settings import Settings, add_common_args, settings_from_args
 
 log = logging.getLogger("confbus.service")
 
@@ -162,7 +162,7 @@ def service_main(
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
 ) -> None:
-    """Entry point of ``python -m services.<name>``."""
+    """Entry point of ``python -m confbus.<name>``."""
     parser = argparse.ArgumentParser(prog=f"confbus-{name}")
     add_common_args(parser)
     if add_args is not None:

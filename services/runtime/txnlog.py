@@ -15,10 +15,10 @@ from typing import TypeVar
 
 import nats.js.errors
 
-from schemas.base import DECODE_ERRORS
-from schemas.streams import CFG_TXN
-from schemas.txn import Decision, Prepare, decode_txn
-from services.runtime.bus import Bus
+from confbus.runtime.bus import Bus
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.streams import CFG_TXN
+from confbus.schemas.txn import Decision, Prepare, decode_txn
 
 log = logging.getLogger("confbus.txnlog")
 

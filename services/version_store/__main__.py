@@ -1,4 +1,4 @@
-from services.runtime.service import service_main
-from services.version_store.service import add_args, main
+from confbus.runtime.service import service_main
+from confbus.version_store.service import add_args, main
 
 service_main("version-store", main, add_args)

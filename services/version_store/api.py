@@ -10,7 +10,7 @@ process; ``BEGIN IMMEDIATE`` or etcd compare-and-set across processes), so numbe
 A secret namespace's content is returned by ``get``/``diff`` (operators with the permission to
 ask) but never put in an event, a log line, or a ``dry_run`` diff (which CI may call).
 
-Identity (``services.runtime.identity``): every operation that records who acted is also served
+Identity (``confbus.runtime.identity``): every operation that records who acted is also served
 on a subject whose last token is the caller's NATS user — ``approve.<user>``, ``reject.<user>``,
 ``promote.<user>``, ``mark_good.<user>``, ``policy_set.<user>`` — and changes can be proposed on
 ``propose.<ns>.<user>`` (the store publishes them to ``cfg.change.<ns>`` with that author). With
@@ -27,28 +27,33 @@ from typing import Any
 import anyio.to_thread
 import msgspec
 
-from schemas import subjects
-from schemas.api import store as api
-from schemas.changes import ChangeProposed
-from schemas.changes import msg_id as change_msg_id
-from schemas.events import VersionApproved, VersionLastGood, VersionPromoted, VersionRejected
-from schemas.policy import Policy
-from schemas.streams import MAX_PAYLOAD
-from schemas.versions import VersionInfo
-from services.runtime import identity
-from services.runtime.api import Endpoint
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.errors import InvalidInput, NotFound
-from services.runtime.events import emit
-from services.version_store.changes import decide
-from services.version_store.errors import InvalidConfig, VersionConflict
-from services.version_store.eventlog import last_event, scan
-from services.version_store.policycheck import check_full_policy
-from services.version_store.rejections import Rejections
-from services.version_store.sessions import Sessions, Upload, page
-from services.version_store.storage import NamespaceExport, Store, StoredVersion, rules
-from services.version_store.validate import diff
+from confbus.runtime import identity
+from confbus.runtime.api import Endpoint
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import InvalidInput, NotFound
+from confbus.runtime.events import emit
+from confbus.schemas import subjects
+from confbus.schemas.api import store as api
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.changes import msg_id as change_msg_id
+from confbus.schemas.events import (
+    VersionApproved,
+    VersionLastGood,
+    VersionPromoted,
+    VersionRejected,
+)
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import MAX_PAYLOAD
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store.changes import decide
+from confbus.version_store.errors import InvalidConfig, VersionConflict
+from confbus.version_store.eventlog import last_event, scan
+from confbus.version_store.policycheck import check_full_policy
+from confbus.version_store.rejections import Rejections
+from confbus.version_store.sessions import Sessions, Upload, page
+from confbus.version_store.storage import NamespaceExport, Store, StoredVersion, rules
+from confbus.version_store.validate import diff
 
 log = logging.getLogger("confbus.version_store.api")
 
@@ -243,7 +248,7 @@ class StoreApi:
         log.info("policy set", extra={"namespace": req.policy.namespace, "actor": req.actor})
         return await self.store.get_policy(req.policy.namespace)
 
-    # -- the same, as the NATS user the subject pins (services.runtime.identity) --------------
+    # -- the same, as the NATS user the subject pins (confbus.runtime.identity) --------------
 
     async def approve_as(self, req: api.ApproveRequest) -> api.VersionReply:
         who = identity.claim("approver", req.approver, identity.pinned_identity())

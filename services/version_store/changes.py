@@ -36,26 +36,26 @@ import anyio.to_thread
 import msgspec
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.base import DECODE_ERRORS
-from schemas.changes import ChangeProposed
-from schemas.events import Event, VersionCreated, VersionRejected
-from schemas.names import ChangeId, Namespace
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.runtime.bus import Bus, Outgoing
-from services.runtime.consumer import Delivery
-from services.runtime.errors import ConfbusError, InvalidInput, Unavailable
-from services.runtime.events import emit, event_subject
-from services.runtime.failpoints import failpoint
-from services.version_store.errors import InvalidConfig, NotFound, StoreError, VersionConflict
-from services.version_store.eventlog import Announced, scan
-from services.version_store.metrics import StoreMetrics
-from services.version_store.policycheck import check_strategy
-from services.version_store.rejections import Rejection, Rejections
-from services.version_store.storage import AppendResult, NewVersion, Store
-from services.version_store.storage.base import NewStatus, sha256_hex
-from services.version_store.validate import validate
+from confbus.runtime.bus import Bus, Outgoing
+from confbus.runtime.consumer import Delivery
+from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
+from confbus.runtime.events import emit, event_subject
+from confbus.runtime.failpoints import failpoint
+from confbus.schemas import subjects
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.events import Event, VersionCreated, VersionRejected
+from confbus.schemas.names import ChangeId, Namespace
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store.errors import InvalidConfig, NotFound, StoreError, VersionConflict
+from confbus.version_store.eventlog import Announced, scan
+from confbus.version_store.metrics import StoreMetrics
+from confbus.version_store.policycheck import check_strategy
+from confbus.version_store.rejections import Rejection, Rejections
+from confbus.version_store.storage import AppendResult, NewVersion, Store
+from confbus.version_store.storage.base import NewStatus, sha256_hex
+from confbus.version_store.validate import validate
 
 log = logging.getLogger("confbus.version_store")
 

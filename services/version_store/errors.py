@@ -1,7 +1,7 @@
 """What can go wrong in the version-store, and whether retrying helps.
 
 ```
-ConfbusError                         (services.runtime.errors)
+ConfbusError                         (confbus.runtime.errors)
  └── StoreError
       ├── InvalidConfig       permanent: the content (or a policy) is wrong; ``where`` says where
       ├── VersionConflict     permanent: a stale ``--base``, or a change id reused for other bytes
@@ -20,7 +20,7 @@ consumer should back off for ``retry_after_s`` instead.
 
 from __future__ import annotations
 
-from services.runtime import errors as rt
+from confbus.runtime import errors as rt
 
 
 class StoreError(rt.ConfbusError):

@@ -18,12 +18,12 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
-from schemas.base import DECODE_ERRORS
-from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
-from schemas.streams import CFG_EVENTS
-from services.runtime.bus import Bus
-from services.runtime.errors import Unavailable
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import Unavailable
+from confbus.schemas import subjects
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
+from confbus.schemas.streams import CFG_EVENTS
 
 _PAGE = 256
 # Clocks of NATS servers (and of the service, for times it recorded) may differ a little.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from services.runtime.metrics import metric_name
+from confbus.runtime.metrics import metric_name
 
 
 @dataclass

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 
-from schemas.policy import Policy
-from schemas.streams import MAX_PAYLOAD
-from services.version_store.errors import InvalidConfig
-from services.version_store.validate import check_policy
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import MAX_PAYLOAD
+from confbus.version_store.errors import InvalidConfig
+from confbus.version_store.validate import check_policy
 
 # Content travels base64-encoded inside a JSON message (a third larger), with metadata around it:
 # a config larger than this could never be published or fetched over the bus.

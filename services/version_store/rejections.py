@@ -22,10 +22,10 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from schemas.base import DECODE_ERRORS, utcnow
-from schemas.streams import CFG_REJECTIONS
-from services.runtime.bus import Bus, bucket_config
-from services.runtime.errors import Unavailable
+from confbus.runtime.bus import Bus, bucket_config
+from confbus.runtime.errors import Unavailable
+from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.streams import CFG_REJECTIONS
 
 log = logging.getLogger("confbus.version_store.rejections")
 

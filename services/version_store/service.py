@@ -1,6 +1,6 @@
 """The version-store service: consumes ``CFG_CHANGES``, answers ``cfg.api.store.*``.
 
-``python -m services.version_store --nats-url URL --store URL`` where the store is
+``python -m confbus.version_store --nats-url URL --store URL`` where the store is
 ``sqlite:///path/to/store.db`` (the default, under ``CONFBUS_DATA_DIR``) or
 ``etcd://host:port,host:port[/prefix/]``. Several replicas may run against one store: they
 share the durable consumer and the API's queue group, and the store numbers versions safely
@@ -20,19 +20,19 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.abc import TaskStatus
 
-from schemas.api.store import SERVICE
-from schemas.changes import decode_change
-from schemas.streams import CFG_CHANGES
-from services.runtime.api import serve_api, stop_api
-from services.runtime.consumer import Consumer
-from services.runtime.errors import Unavailable
-from services.runtime.metrics import ConsumerMetrics
-from services.runtime.service import ServiceContext
-from services.version_store.api import StoreApi
-from services.version_store.changes import ChangeHandler, reject_undecodable
-from services.version_store.metrics import StoreMetrics
-from services.version_store.rejections import Rejections
-from services.version_store.storage import Store, open_store
+from confbus.runtime.api import serve_api, stop_api
+from confbus.runtime.consumer import Consumer
+from confbus.runtime.errors import Unavailable
+from confbus.runtime.metrics import ConsumerMetrics
+from confbus.runtime.service import ServiceContext
+from confbus.schemas.api.store import SERVICE
+from confbus.schemas.changes import decode_change
+from confbus.schemas.streams import CFG_CHANGES
+from confbus.version_store.api import StoreApi
+from confbus.version_store.changes import ChangeHandler, reject_undecodable
+from confbus.version_store.metrics import StoreMetrics
+from confbus.version_store.rejections import Rejections
+from confbus.version_store.storage import Store, open_store
 
 log = logging.getLogger("confbus.version_store")
 

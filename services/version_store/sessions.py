@@ -12,9 +12,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from schemas.api.store import ExportedVersion
-from services.runtime.errors import InvalidInput, NotFound, Unavailable
-from services.version_store.storage import NamespaceExport
+from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
+from confbus.schemas.api.store import ExportedVersion
+from confbus.version_store.storage import NamespaceExport
 
 T = TypeVar("T")
 

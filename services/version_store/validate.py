@@ -29,9 +29,9 @@ import yaml
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from jsonschema.protocols import Validator
 
-from schemas.names import FORMATS, Format, InvalidName, check_name
-from schemas.policy import Policy
-from services.version_store.errors import InvalidConfig
+from confbus.schemas.names import FORMATS, Format, InvalidName, check_name
+from confbus.schemas.policy import Policy
+from confbus.version_store.errors import InvalidConfig
 
 # Schema messages can quote a whole subtree of the document; keep rejections readable.
 _MAX_MESSAGE = 300

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.agent.disk import NamespaceDisk
+from confbus.agent.disk import NamespaceDisk
 from tests.agent.support import open_disk, paths
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.agent.disk import NamespaceDisk
+from confbus.agent.disk import NamespaceDisk
 from tests.agent.support import content_for, make_prepare, open_disk, sha
 
 # What the coordinator decided for each transaction of the scenario.

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from schemas.names import Format
-from schemas.txn import Prepare
-from services.agent.disk import STATE_FILE, NamespaceDisk
-from services.agent.record import SlotRecord
-from services.agent.state import CommitOutcome
-from services.agent.state_io import FileMode
+from confbus.agent.disk import STATE_FILE, NamespaceDisk
+from confbus.agent.record import SlotRecord
+from confbus.agent.state import CommitOutcome
+from confbus.agent.state_io import FileMode
+from confbus.schemas.names import Format
+from confbus.schemas.txn import Prepare
 
 NS = "payments"
 

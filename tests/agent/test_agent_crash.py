@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.agent.state import CommitOutcome
-from services.agent.state_io import TMP_MARK, read_if_exists, sha256_file
+from confbus.agent.state import CommitOutcome
+from confbus.agent.state_io import TMP_MARK, read_if_exists, sha256_file
 from tests.agent.crash_child import DECISIONS, ENV, LIVE_VERSIONS
 from tests.agent.support import NS, commit_version, content_for, open_disk, paths, sha
 

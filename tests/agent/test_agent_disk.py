@@ -12,18 +12,18 @@ from typing import Any
 import msgspec
 import pytest
 
-from schemas.names import Format
-from schemas.txn import Prepare
-from services.agent.disk import NamespaceDisk
-from services.agent.record import SlotRecord
-from services.agent.state import (
+from confbus.agent.disk import NamespaceDisk
+from confbus.agent.record import SlotRecord
+from confbus.agent.state import (
     CommitOutcome,
     IntegrityError,
     Refused,
     StateCorrupt,
     VersionNotOnDisk,
 )
-from services.agent.state_io import FileMode
+from confbus.agent.state_io import FileMode
+from confbus.schemas.names import Format
+from confbus.schemas.txn import Prepare
 from tests.agent.support import (
     NS,
     commit_version,
@@ -765,7 +765,7 @@ def test_fsync_discipline(
 
     mark = len(spy.events)
     disk.seal("t2")
-    # The PREPARED record: one slot rewritten in place, one fsync (services.agent.record).
+    # The PREPARED record: one slot rewritten in place, one fsync (confbus.agent.record).
     (seal,) = spy.since(mark)
     assert seal[0] == "fsync" and seal[1] in slots
 

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from services.agent.state import CommitOutcome, Refused
+from confbus.agent.state import CommitOutcome, Refused
 from tests.agent.support import content_for, make_prepare, open_disk, sha
 
 if TYPE_CHECKING:

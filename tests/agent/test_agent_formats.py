@@ -9,9 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.agent.disk import NamespaceDisk, prepare_txn
-from services.agent.formats import check_content, excerpt, run_validate, validate_argv
-from services.agent.state import CommitOutcome, Refused
+from confbus.agent.disk import NamespaceDisk, prepare_txn
+from confbus.agent.formats import check_content, excerpt, run_validate, validate_argv
+from confbus.agent.state import CommitOutcome, Refused
 from tests.agent.support import commit_version, content_for, make_prepare
 
 pytestmark = pytest.mark.anyio

@@ -13,15 +13,15 @@ import anyio
 import pytest
 from anyio.abc import SocketStream, TaskGroup
 
-from schemas import subjects
-from schemas.health import HealthSample, decode_sample
-from services.agent.disk import NamespaceDisk
-from services.agent.health import HealthForwarder
-from services.agent.main import add_agent_args, build_agent
-from services.runtime.bus import Bus
-from services.runtime.natsd import NatsServer
-from services.runtime.scrape import MAX_METRICS, PromMapper, Scraper, histogram_quantile
-from services.runtime.tcp import TcpListener
+from confbus.agent.disk import NamespaceDisk
+from confbus.agent.health import HealthForwarder
+from confbus.agent.main import add_agent_args, build_agent
+from confbus.runtime.bus import Bus
+from confbus.runtime.natsd import NatsServer
+from confbus.runtime.scrape import MAX_METRICS, PromMapper, Scraper, histogram_quantile
+from confbus.runtime.tcp import TcpListener
+from confbus.schemas import subjects
+from confbus.schemas.health import HealthSample, decode_sample
 from tests.health_watcher.app import HEALTH_PATH, MetricsApp
 from tests.procs import Proc
 
@@ -223,7 +223,7 @@ async def test_agent_process_forwards_its_apps_metrics_with_the_applied_version(
 
     sub = await bus.nc.subscribe(subjects.health("web", "n1"))
     argv = [
-        sys.executable, "-m", "services.agent", "--nats-url", nats_server.url, "--node", "n1",
+        sys.executable, "-m", "confbus.agent", "--nats-url", nats_server.url, "--node", "n1",
         "--namespace", "web", "--path", str(live), "--state-dir", str(state),
         "--health-url", app.url(), "--health-interval", "0.1",
     ]  # fmt: skip

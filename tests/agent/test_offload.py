@@ -9,7 +9,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from services.agent import offload
+from confbus.agent import offload
 
 pytestmark = pytest.mark.anyio
 

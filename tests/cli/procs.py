@@ -27,7 +27,7 @@ def confbus_argv() -> list[str]:
     script = Path(sys.executable).with_name("confbus")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "services.cli.main"]
+    return [sys.executable, "-m", "confbus.cli.main"]
 
 
 class Lines:

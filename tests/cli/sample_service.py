@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 from anyio.abc import TaskStatus
 
-from services.runtime.service import ServiceContext, service_main
+from confbus.runtime.service import ServiceContext, service_main
 
 
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from schemas import subjects
-from schemas.node import decode_heartbeat
-from services.runtime.bus import Bus
+from confbus.runtime.bus import Bus
+from confbus.schemas import subjects
+from confbus.schemas.node import decode_heartbeat
 from tests.procs import Proc
 
 pytestmark = pytest.mark.anyio
@@ -22,7 +22,7 @@ async def test_the_top_level_nats_url_reaches_the_agent(bus: Bus, tmp_path: Path
     url = bus.nc.connected_url
     assert url is not None
     beats = await bus.nc.subscribe(subjects.heartbeat("n1"))
-    argv = [sys.executable, "-m", "services.cli.main", "--nats-url", url.geturl(), "agent"]
+    argv = [sys.executable, "-m", "confbus.cli.main", "--nats-url", url.geturl(), "agent"]
     argv += ["--node", "n1", "--namespace", "web", "--path", str(tmp_path / "app.json")]
     argv += ["--state-dir", str(tmp_path / "state")]
     env = {k: v for k, v in os.environ.items() if k != "CONFBUS_NATS_URL"}

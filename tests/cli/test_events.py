@@ -10,8 +10,12 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from schemas import subjects
-from schemas.events import (
+from confbus.cli.commands.events import parse_since, subject_filter
+from confbus.runtime.bus import Bus
+from confbus.runtime.events import event_type
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas import subjects
+from confbus.schemas.events import (
     Event,
     RolloutStarted,
     TxnAborted,
@@ -19,11 +23,7 @@ from schemas.events import (
     VersionCreated,
     VoteRecord,
 )
-from schemas.streams import CFG_EVENTS
-from services.cli.commands.events import parse_since, subject_filter
-from services.runtime.bus import Bus
-from services.runtime.events import event_type
-from services.runtime.natsd import NatsServer
+from confbus.schemas.streams import CFG_EVENTS
 from tests.cli.procs import Proc, arun_confbus, closed_port, confbus_argv
 
 pytestmark = pytest.mark.anyio
@@ -221,8 +221,8 @@ def test_filters_and_durations() -> None:
 
 
 def test_a_completed_rollout_reads_as_wave_sizes_and_states() -> None:
-    from schemas.events import NodeOutcome, RolloutCompleted, WaveReport
-    from services.cli.commands.events import describe
+    from confbus.cli.commands.events import describe
+    from confbus.schemas.events import NodeOutcome, RolloutCompleted, WaveReport
 
     ev = RolloutCompleted(
         namespace="web",

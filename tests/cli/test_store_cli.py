@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas.streams import CFG_CHANGES
-from services.runtime.bus import connect, provision
-from services.runtime.errors import InvalidInput
-from services.runtime.natsd import NatsServer
+from confbus.runtime.bus import connect, provision
+from confbus.runtime.errors import InvalidInput
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas.streams import CFG_CHANGES
 from tests.version_store.test_service_helpers import Stack, cli, stack, start_stack
 
 pytestmark = pytest.mark.anyio

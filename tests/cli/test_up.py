@@ -15,11 +15,11 @@ from typing import Any
 import anyio
 import pytest
 
-from schemas import subjects
-from schemas.events import VersionApproved
-from schemas.streams import BUCKETS, STREAMS
-from services.runtime.bus import connect
-from services.runtime.natsd import NatsServer
+from confbus.runtime.bus import connect
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas import subjects
+from confbus.schemas.events import VersionApproved
+from confbus.schemas.streams import BUCKETS, STREAMS
 from tests.cli.procs import Proc, alive, closed_port, confbus_argv, lock_is_free, run_confbus
 
 READY = re.compile(

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.streams import MAX_PAYLOAD
-from services.cli.commands.up import SERVICES
-from services.cli.ha import etcd_binary
-from services.runtime.http import http_get
-from services.runtime.natsd import nats_server_binary
+from confbus.cli.commands.up import SERVICES
+from confbus.cli.ha import etcd_binary
+from confbus.runtime.http import http_get
+from confbus.runtime.natsd import nats_server_binary
+from confbus.schemas.streams import MAX_PAYLOAD
 from tests.e2e.stack import Stack, start_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def test_every_service_runs_twice_and_each_command_matches_its_cli(
     for name, argv in services.items():
         module = argv[2]
         base = name.rsplit("-", 1)[0]
-        assert module == f"services.{PACKAGES[base]}", name
+        assert module == f"confbus.{PACKAGES[base]}", name
         helptext = cli_help(module)
         for token in argv[3:]:
             if token.startswith("--"):

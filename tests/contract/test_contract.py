@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import export, streams, subjects
-from schemas.base import SCHEMA_VERSION, decode_envelope
-from schemas.changes import ChangeProposed, decode_change
-from schemas.events import AnyEvent, NodeApplied, VersionCreated
-from schemas.names import MAX_INT
-from schemas.txn import Decision, Prepare, TxnMessage, decode_txn_for_agent
-from services.runtime.codec import encode
+from confbus.runtime.codec import encode
+from confbus.schemas import export, streams, subjects
+from confbus.schemas.base import SCHEMA_VERSION, decode_envelope
+from confbus.schemas.changes import ChangeProposed, decode_change
+from confbus.schemas.events import AnyEvent, NodeApplied, VersionCreated
+from confbus.schemas.names import MAX_INT
+from confbus.schemas.txn import Decision, Prepare, TxnMessage, decode_txn_for_agent
 
 PREPARE = Prepare(
     txid="t1",
@@ -132,11 +132,11 @@ def test_events_union_decodes_each_tag() -> None:
 
 
 def test_the_json_schema_snapshot_is_current() -> None:
-    """If this fails, run ``python -m schemas.export`` and commit schemas/jsonschema/."""
+    """If this fails, run ``python -m confbus.schemas.export`` and commit schemas/jsonschema/."""
     want = export.documents()
     have = {p.name: p.read_text() for p in export.OUT.glob("*.json")}
     stale = sorted(n for n in want.keys() | have.keys() if want.get(n) != have.get(n))
-    assert not stale, f"stale JSON Schema files (run python -m schemas.export): {stale}"
+    assert not stale, f"stale JSON Schema files (run python -m confbus.schemas.export): {stale}"
 
 
 def test_the_snapshot_validates_real_messages() -> None:

@@ -14,18 +14,18 @@ import pytest
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
-from schemas import subjects
-from schemas.api.store import GetRequest, VersionReply
-from schemas.streams import CFG_TXN
-from schemas.txn import Decision, Prepare, Vote, decode_txn, decode_vote_ack
-from schemas.versions import VersionInfo
-from services.coordinator.head import Heads
-from services.coordinator.metrics import CoordinatorMetrics
-from services.coordinator.twophase import Coordinator
-from services.runtime.api import Endpoint, serve_api, stop_api
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.errors import Conflict
+from confbus.coordinator.head import Heads
+from confbus.coordinator.metrics import CoordinatorMetrics
+from confbus.coordinator.twophase import Coordinator
+from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import Conflict
+from confbus.schemas import subjects
+from confbus.schemas.api.store import GetRequest, VersionReply
+from confbus.schemas.streams import CFG_TXN
+from confbus.schemas.txn import Decision, Prepare, Vote, decode_txn, decode_vote_ack
+from confbus.schemas.versions import VersionInfo
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -164,7 +164,7 @@ async def test_resolve_aborts_an_expired_undecided_transaction(bus: Bus, store: 
     first = await coordinator(bus, "c1")
     await first.lead("web")
     head = await heads.get("web")
-    from schemas.txn import TxnHead
+    from confbus.schemas.txn import TxnHead
 
     old = datetime(2020, 1, 1, tzinfo=UTC)
     await heads.cas(

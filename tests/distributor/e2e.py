@@ -11,14 +11,14 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from schemas import subjects
-from schemas.api.dist import RolloutInfo
-from schemas.events import AnyEvent, NodeApplied, decode_event
-from schemas.policy import Policy
-from schemas.streams import CFG_EVENTS, CFG_TXN
-from schemas.txn import Decision, decode_txn
-from services.cli.client import Client
-from services.runtime.bus import Bus
+from confbus.cli.client import Client
+from confbus.runtime.bus import Bus
+from confbus.schemas import subjects
+from confbus.schemas.api.dist import RolloutInfo
+from confbus.schemas.events import AnyEvent, NodeApplied, decode_event
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import CFG_EVENTS, CFG_TXN
+from confbus.schemas.txn import Decision, decode_txn
 from tests.e2e.helpers import read_messages
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually

@@ -20,22 +20,22 @@ import msgspec
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
-from schemas.api import health as health_api
-from schemas.api import store as store_api
-from schemas.api.dist import RolloutInfo, decode_rollout_info
-from schemas.events import AnyEvent, VersionCreated, VersionLastGood, VersionPromoted
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.agent.node import Binding, NodeAgent
-from services.coordinator import service as coordinator_service
-from services.distributor import service as distributor_service
-from services.runtime.api import Endpoint, serve_api, stop_api
-from services.runtime.bus import Bus, connect
-from services.runtime.errors import NotFound
-from services.runtime.events import emit
-from services.runtime.http import HttpServer
-from services.runtime.service import ServiceContext
-from services.runtime.settings import Settings
+from confbus.agent.node import Binding, NodeAgent
+from confbus.coordinator import service as coordinator_service
+from confbus.distributor import service as distributor_service
+from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.errors import NotFound
+from confbus.runtime.events import emit
+from confbus.runtime.http import HttpServer
+from confbus.runtime.service import ServiceContext
+from confbus.runtime.settings import Settings
+from confbus.schemas.api import health as health_api
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api.dist import RolloutInfo, decode_rollout_info
+from confbus.schemas.events import AnyEvent, VersionCreated, VersionLastGood, VersionPromoted
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
 from tests.helpers import eventually
 
 NS = "web"
@@ -338,7 +338,7 @@ async def harness(
             h = Harness(root, url, bus, store, tg, dist_args=list(dist_args or []))
 
             async def collect(msg: Any) -> None:
-                from schemas.events import decode_event
+                from confbus.schemas.events import decode_event
 
                 try:
                     h.events.append(decode_event(msg.data))

@@ -10,7 +10,7 @@ import sys
 import anyio
 import pytest
 
-from schemas.policy import Policy
+from confbus.schemas.policy import Policy
 from tests.distributor.harness import NS, Harness
 from tests.helpers import eventually
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.anyio
 
 async def confbus(h: Harness, *args: str) -> tuple[int, str, str]:
     result = await anyio.run_process(
-        [sys.executable, "-m", "services.cli.main", "--nats-url", h.url, *args], check=False
+        [sys.executable, "-m", "confbus.cli.main", "--nats-url", h.url, *args], check=False
     )
     return result.returncode, result.stdout.decode(), result.stderr.decode()
 

@@ -14,9 +14,13 @@ import anyio
 import pytest
 from nats.aio.msg import Msg
 
-from schemas.api import dist as dist_api
-from schemas.api import health as health_api
-from schemas.events import (
+from confbus.cli.client import Client
+from confbus.runtime.api import call
+from confbus.runtime.errors import Conflict
+from confbus.runtime.events import emit
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api import health as health_api
+from confbus.schemas.events import (
     AnyEvent,
     NodeCatchUp,
     NodeStatusChanged,
@@ -30,11 +34,7 @@ from schemas.events import (
     RolloutWave,
     TxnCommitted,
 )
-from schemas.policy import Policy
-from services.cli.client import Client
-from services.runtime.api import call
-from services.runtime.errors import Conflict
-from services.runtime.events import emit
+from confbus.schemas.policy import Policy
 from tests.distributor.harness import NS, Harness, content_of
 from tests.helpers import eventually
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from schemas.api.dist import RolloutInfo
-from schemas.events import RolloutFailed, RolloutWave, VoteRecord
-from schemas.health import Alert
-from services.distributor import record as R
+from confbus.distributor import record as R
+from confbus.schemas.api.dist import RolloutInfo
+from confbus.schemas.events import RolloutFailed, RolloutWave, VoteRecord
+from confbus.schemas.health import Alert
 
 ACTOR = "d1"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.distributor.strategy import (
+from confbus.distributor.strategy import (
     InvalidSelector,
     InvalidStrategy,
     NoTargets,
@@ -14,7 +14,7 @@ from services.distributor.strategy import (
     parse_selector,
     parse_strategy,
 )
-from services.runtime.errors import InvalidInput
+from confbus.runtime.errors import InvalidInput
 
 
 def nodes(n: int) -> list[str]:

@@ -8,11 +8,11 @@ import pytest
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from schemas.streams import CFG_STATE
-from services.distributor.kvstate import StateKV, decode_target, target_key
-from services.distributor.store import Store
-from services.distributor.targets import Targets
-from services.runtime.bus import Bus
+from confbus.distributor.kvstate import StateKV, decode_target, target_key
+from confbus.distributor.store import Store
+from confbus.distributor.targets import Targets
+from confbus.runtime.bus import Bus
+from confbus.schemas.streams import CFG_STATE
 
 pytestmark = pytest.mark.anyio
 

@@ -11,15 +11,15 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
-from schemas.api import txn as txn_api
-from schemas.changes import ChangeProposed, msg_id
-from schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
-from schemas.streams import CFG_EVENTS, CFG_TXN
-from schemas.txn import Decision, TxnMessage, decode_txn
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.http import http_get
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.http import http_get
+from confbus.schemas import subjects
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.changes import ChangeProposed, msg_id
+from confbus.schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
+from confbus.schemas.streams import CFG_EVENTS, CFG_TXN
+from confbus.schemas.txn import Decision, TxnMessage, decode_txn
 
 
 async def store_version(

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.runtime.natsd import NatsServer
+from confbus.runtime.natsd import NatsServer
 from tests.procs import Proc
 
 # Services in start order; each waits for its JSON ready line.
@@ -79,7 +79,7 @@ class Stack:
         argv = [
             sys.executable,
             "-m",
-            "services.agent",
+            "confbus.agent",
             "--nats-url",
             self.url,
             "--node",

@@ -18,13 +18,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from schemas.api import txn as txn_api
-from schemas.events import NodeApplied
-from schemas.streams import CFG_TXN_HEAD
-from services.coordinator.head import Heads
-from services.runtime.api import call
-from services.runtime.bus import Bus, connect
-from services.runtime.errors import Unavailable
+from confbus.coordinator.head import Heads
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.errors import Unavailable
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.events import NodeApplied
+from confbus.schemas.streams import CFG_TXN_HEAD
 from tests.e2e.helpers import agent_status, decisions, events, store_version, switch
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually

@@ -23,8 +23,11 @@ import msgspec
 import pytest
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.events import (
+from confbus.cli.client import Client
+from confbus.runtime.events import event_type
+from confbus.runtime.http import http_get
+from confbus.schemas import subjects
+from confbus.schemas.events import (
     AnyEvent,
     NodeApplied,
     RollbackBatch,
@@ -34,11 +37,8 @@ from schemas.events import (
     VersionLastGood,
     decode_event,
 )
-from schemas.health import Alert, decode_alert
-from schemas.policy import HealthRule, Policy, RollbackPolicy
-from services.cli.client import Client
-from services.runtime.events import event_type
-from services.runtime.http import http_get
+from confbus.schemas.health import Alert, decode_alert
+from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
 from tests.procs import Proc
@@ -304,7 +304,7 @@ async def test_bad_config_is_rolled_back_by_itself(stack: Stack) -> None:
 
 
 async def _live(client: Client, count: int) -> bool:
-    from schemas.api import dist as dist_api
+    from confbus.schemas.api import dist as dist_api
 
     try:
         status = await client.call(

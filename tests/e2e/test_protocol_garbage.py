@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import subjects
-from schemas.api import txn as txn_api
-from schemas.streams import CFG_TXN
-from schemas.txn import Decision, Prepare
-from services.runtime.api import call
-from services.runtime.bus import Bus, connect
-from services.runtime.codec import encode
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.codec import encode
+from confbus.schemas import subjects
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.streams import CFG_TXN
+from confbus.schemas.txn import Decision, Prepare
 from tests.e2e.helpers import agent_status, store_version, switch, txn_records
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually

@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from schemas.events import RolloutCompleted
+from confbus.schemas.events import RolloutCompleted
 from tests.distributor.e2e import (
     NS,
     client_of,
@@ -64,7 +64,7 @@ def bad_stack(tmp_path: Path) -> Iterator[Stack]:
 async def confbus(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "services.cli.main", "--nats-url", stack.url, *args],
+            [sys.executable, "-m", "confbus.cli.main", "--nats-url", stack.url, *args],
             capture_output=True,
             text=True,
             timeout=120,

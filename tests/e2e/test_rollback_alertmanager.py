@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas import subjects
-from schemas.events import AnyEvent, RollbackCompleted, RollbackStarted
-from schemas.health import Alert, decode_alert
-from schemas.policy import Policy, RollbackPolicy
-from services.cli.client import Client
-from services.runtime.http import http_get, http_post
+from confbus.cli.client import Client
+from confbus.runtime.http import http_get, http_post
+from confbus.schemas import subjects
+from confbus.schemas.events import AnyEvent, RollbackCompleted, RollbackStarted
+from confbus.schemas.health import Alert, decode_alert
+from confbus.schemas.policy import Policy, RollbackPolicy
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas.events import (
+from confbus.cli.client import Client
+from confbus.schemas.events import (
     NodeApplied,
     NodeCatchUp,
     NodeDrift,
@@ -19,7 +20,6 @@ from schemas.events import (
     RolloutWave,
     TxnCommitted,
 )
-from services.cli.client import Client
 from tests.distributor.e2e import (
     NS,
     all_applied,

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas.api import health as health_api
-from schemas.events import (
+from confbus.cli.client import ChangeRejected
+from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.schemas.api import health as health_api
+from confbus.schemas.events import (
     NodeApplied,
     RolloutBaked,
     RolloutCompleted,
@@ -20,10 +22,8 @@ from schemas.events import (
     TxnCommitted,
     VersionPromoted,
 )
-from schemas.health import decode_alert
-from schemas.streams import CFG_ALERTS
-from services.cli.client import ChangeRejected
-from services.runtime.api import Endpoint, serve_api, stop_api
+from confbus.schemas.health import decode_alert
+from confbus.schemas.streams import CFG_ALERTS
 from tests.distributor.e2e import (
     NS,
     all_applied,

@@ -11,8 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from schemas.events import NodeApplied, TxnAborted, TxnCommitted
-from services.runtime.bus import connect
+from confbus.runtime.bus import connect
+from confbus.schemas.events import NodeApplied, TxnAborted, TxnCommitted
 from tests.e2e.helpers import agent_status, decisions, events, store_version, switch
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually

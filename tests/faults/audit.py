@@ -36,8 +36,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
-from schemas.events import (
+from confbus.runtime.bus import Bus
+from confbus.schemas import subjects
+from confbus.schemas.events import (
     AnyEvent,
     NodeApplied,
     TxnAborted,
@@ -45,9 +46,16 @@ from schemas.events import (
     VersionCreated,
     decode_event,
 )
-from schemas.streams import CFG_EVENTS, CFG_TXN, CFG_TXN_HEAD
-from schemas.txn import Decision, Prepare, TxnHead, Vote, decode_head, decode_txn, decode_vote
-from services.runtime.bus import Bus
+from confbus.schemas.streams import CFG_EVENTS, CFG_TXN, CFG_TXN_HEAD
+from confbus.schemas.txn import (
+    Decision,
+    Prepare,
+    TxnHead,
+    Vote,
+    decode_head,
+    decode_txn,
+    decode_vote,
+)
 from tests.faults.stack import Node
 
 

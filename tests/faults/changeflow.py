@@ -29,17 +29,17 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
 
-from schemas import subjects
-from schemas.api.store import ChangeStatusReply, ChangeStatusRequest
-from schemas.changes import ChangeProposed
-from schemas.dlq import decode_dead_letter
-from schemas.events import VersionCreated, VersionRejected, decode_event
-from schemas.streams import CFG_CHANGES, CFG_DLQ
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.errors import ConfbusError
-from services.version_store.storage.sqlite import SqliteStore
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import ConfbusError
+from confbus.schemas import subjects
+from confbus.schemas.api.store import ChangeStatusReply, ChangeStatusRequest
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.dlq import decode_dead_letter
+from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
+from confbus.schemas.streams import CFG_CHANGES, CFG_DLQ
+from confbus.version_store.storage.sqlite import SqliteStore
 from tests.faults import ops
 from tests.faults.audit import created_events, read_events, read_stream
 from tests.faults.history import History

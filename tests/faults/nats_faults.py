@@ -19,8 +19,8 @@ from pathlib import Path
 
 import anyio
 
-from schemas.streams import CFG_CHANGES, CFG_EVENTS, CFG_TXN_HEAD
-from services.runtime.bus import Bus, connect
+from confbus.runtime.bus import Bus, connect
+from confbus.schemas.streams import CFG_CHANGES, CFG_EVENTS, CFG_TXN_HEAD
 from tests.faults import netns
 from tests.faults.changeflow import Workload, check, read_store, wait_consumed
 from tests.faults.cluster import (

@@ -11,15 +11,15 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import PubAck
 
-from schemas import subjects
-from schemas.api import txn as txn_api
-from schemas.changes import ChangeProposed, msg_id
-from schemas.events import VersionCreated, VersionRejected, decode_event
-from schemas.streams import CFG_TXN
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.http import http_get
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.http import http_get
+from confbus.schemas import subjects
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.changes import ChangeProposed, msg_id
+from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
+from confbus.schemas.streams import CFG_TXN
 
 
 async def propose(

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.runtime.bus import Bus, connect
-from services.runtime.natsd import NatsServer
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.natsd import NatsServer
 from tests.faults.cluster import NatsCluster
 from tests.procs import Proc
 
@@ -117,7 +117,7 @@ class FaultStack:
         shim: bool = False,
     ) -> Proc:
         """A service process, not started yet."""
-        module = f"tests.faults.shims.{pkg}" if shim else f"services.{pkg}"
+        module = f"tests.faults.shims.{pkg}" if shim else f"confbus.{pkg}"
         replicas = ["--replicas", str(self.replicas)] if self.cluster is not None else []
         argv = [
             sys.executable,
@@ -158,7 +158,7 @@ class FaultStack:
         live.mkdir(parents=True, exist_ok=True)
         state = self.root / "nodes" / node / "state"
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
-        module = "tests.faults.shims.agent" if shim else "services.agent"
+        module = "tests.faults.shims.agent" if shim else "confbus.agent"
         argv = [
             sys.executable,
             "-m",

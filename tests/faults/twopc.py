@@ -24,8 +24,8 @@ from pathlib import Path
 
 import anyio
 
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError
 from tests.faults import ops
 from tests.faults.audit import Audit, TxnRecorder, as_notes, audit_2pc, collect, decided_outcome
 from tests.faults.history import History
@@ -61,7 +61,7 @@ ZOMBIE_STEPS = (
 
 def coordinator_flags() -> list[str]:
     """Short timeouts, so a fault resolves in seconds (flags this build knows)."""
-    from services.coordinator.service import add_args
+    from confbus.coordinator.service import add_args
 
     parser = argparse.ArgumentParser()
     add_args(parser)

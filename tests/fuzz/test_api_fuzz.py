@@ -23,17 +23,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import subjects
-from schemas.api import ApiError
-from schemas.api import dist as dist_api
-from schemas.api import health as health_api
-from schemas.api import rollback as rollback_api
-from schemas.api import store as store_api
-from schemas.api import txn as txn_api
-from schemas.changes import ChangeProposed
-from schemas.streams import CFG_ALERTS, CFG_CHANGES, CFG_DLQ, CFG_EVENTS, CFG_TXN
-from services.runtime.bus import connect, provision
-from services.runtime.natsd import NatsServer
+from confbus.runtime.bus import connect, provision
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas import subjects
+from confbus.schemas.api import ApiError
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api import health as health_api
+from confbus.schemas.api import rollback as rollback_api
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.streams import CFG_ALERTS, CFG_CHANGES, CFG_DLQ, CFG_EVENTS, CFG_TXN
 from tests.fuzz.strategies import DEEP, garbage, wire
 from tests.procs import Proc
 

@@ -22,13 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.api import store as store_api
-from schemas.policy import Policy
-from services.cli.main import main
-from services.runtime.api import call
-from services.runtime.bus import connect, provision
-from services.runtime.errors import NotFound
-from services.runtime.natsd import NatsServer
+from confbus.cli.main import main
+from confbus.runtime.api import call
+from confbus.runtime.bus import connect, provision
+from confbus.runtime.errors import NotFound
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas.api import store as store_api
+from confbus.schemas.policy import Policy
 from tests.cli.procs import REPO, confbus_argv
 from tests.fuzz.strategies import garbage, json_values
 from tests.procs import Proc

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import schemas
-from schemas.base import DECODE_ERRORS
+import confbus.schemas as schemas
+from confbus.schemas.base import DECODE_ERRORS
 from tests.fuzz.strategies import DEEP, garbage, wire
 
 Decode = Callable[[bytes], Any]
@@ -31,7 +31,8 @@ Decode = Callable[[bytes], Any]
 
 def _modules() -> list[Any]:
     return [
-        importlib.import_module(m.name) for m in pkgutil.walk_packages(schemas.__path__, "schemas.")
+        importlib.import_module(m.name)
+        for m in pkgutil.walk_packages(schemas.__path__, "confbus.schemas.")
     ]
 
 
@@ -78,9 +79,9 @@ FUZZ = settings(
 
 def test_the_targets_are_found() -> None:
     # A check that cannot fail is not a check: the discovery really finds the contract.
-    assert "schemas.events.decode_event" in DECODERS
-    assert "schemas.txn.decode_txn" in DECODERS
-    assert "schemas.policy.Policy" in STRUCTS
+    assert "confbus.schemas.events.decode_event" in DECODERS
+    assert "confbus.schemas.txn.decode_txn" in DECODERS
+    assert "confbus.schemas.policy.Policy" in STRUCTS
     assert len(DECODERS) >= 13 and len(STRUCTS) >= 90
 
 
@@ -106,7 +107,7 @@ def test_garbage_is_decoded_or_refused_with_a_msgspec_error(name: str, data: st.
 
 def test_deep_nesting_is_refused_with_an_error_every_decode_site_catches() -> None:
     """msgspec raises RecursionError, not DecodeError, for a document nested ~1000 deep; every
-    decode site catches ``schemas.base.DECODE_ERRORS``, which includes it."""
+    decode site catches ``confbus.schemas.base.DECODE_ERRORS``, which includes it."""
     escaped = []
     for name, (decode, _) in sorted(TARGETS.items()):
         try:

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from schemas.streams import CFG_STATE
-from services.cli.ha import etcd_binary
-from services.runtime.bus import Bus
-from services.runtime.leases import decode_any_lease
+from confbus.cli.ha import etcd_binary
+from confbus.runtime.bus import Bus
+from confbus.runtime.leases import decode_any_lease
+from confbus.schemas.streams import CFG_STATE
 from tests.cli.procs import Proc, alive, confbus_argv, lock_is_free
 from tests.procs import Proc as ServiceProc
 
@@ -97,7 +97,7 @@ class HaStack:
         live.mkdir(parents=True, exist_ok=True)
         path = live / f"{namespace}.json"
         argv = [
-            sys.executable, "-m", "services.agent", "--nats-url", self.url,
+            sys.executable, "-m", "confbus.agent", "--nats-url", self.url,
             "--node", node, "--namespace", namespace, "--path", str(path),
             "--state-dir", str(root / node / "state"), "--heartbeat-interval", "0.5",
         ]  # fmt: skip

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas.streams import CFG_TXN_HEAD
-from schemas.txn import Decision
-from services.coordinator.head import Heads
-from services.runtime.bus import Bus, connect
-from services.runtime.errors import Unavailable
-from services.runtime.http import http_get
+from confbus.coordinator.head import Heads
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.errors import Unavailable
+from confbus.runtime.http import http_get
+from confbus.schemas.streams import CFG_TXN_HEAD
+from confbus.schemas.txn import Decision
 from tests.e2e.helpers import decisions, store_version, switch, txn_records
 from tests.e2e.stack import Stack, start_stack
 from tests.ha.hastack import lease_holder

@@ -35,13 +35,13 @@ import anyio
 import nats.errors
 import pytest
 
-from schemas.events import NodeApplied
-from schemas.streams import CFG_CHANGES, CFG_TXN_HEAD
-from schemas.txn import Decision, Prepare
-from services.cli.client import Client
-from services.coordinator.head import Heads
-from services.runtime.bus import Bus, connect
-from services.runtime.errors import ConfbusError, Permanent
+from confbus.cli.client import Client
+from confbus.coordinator.head import Heads
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.errors import ConfbusError, Permanent
+from confbus.schemas.events import NodeApplied
+from confbus.schemas.streams import CFG_CHANGES, CFG_TXN_HEAD
+from confbus.schemas.txn import Decision, Prepare
 from tests.agent.support import record_bytes
 from tests.e2e.helpers import events, txn_records
 from tests.ha.hastack import HaStack, etcd_leader, lease_holder, needs_etcd, start_ha, stream_leader

@@ -1,4 +1,4 @@
-"""``services.runtime.leases`` against a real nats-server: take, renew, expire, hand over with a
+"""``confbus.runtime.leases`` against a real nats-server: take, renew, expire, hand over with a
 new epoch, and stop acting the moment a lease is lost."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import anyio
 import pytest
 from nats.js.kv import KeyValue
 
-from schemas.streams import CFG_STATE
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.leases import LeaseRecord, Leases, NotHeld, decode_lease, lease_key
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.leases import LeaseRecord, Leases, NotHeld, decode_lease, lease_key
+from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio

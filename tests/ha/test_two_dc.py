@@ -22,12 +22,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from schemas.policy import Policy
-from services.cli.client import Client
-from services.runtime.bus import connect
-from services.runtime.http import http_get
-from services.runtime.natsd import ClusterPeer, NatsServer
-from services.runtime.ports import free_ports
+from confbus.cli.client import Client
+from confbus.runtime.bus import connect
+from confbus.runtime.http import http_get
+from confbus.runtime.natsd import ClusterPeer, NatsServer
+from confbus.runtime.ports import free_ports
+from confbus.schemas.policy import Policy
 from tests.helpers import eventually
 from tests.procs import Proc
 
@@ -77,7 +77,7 @@ class TwoDcs:
         path = self.root / "nodes" / node / "web.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            sys.executable, "-m", "services.agent", "--nats-url", url, "--node", node,
+            sys.executable, "-m", "confbus.agent", "--nats-url", url, "--node", node,
             "--namespace", NS, "--path", str(path), "--label", f"dc={dc}",
             "--state-dir", str(self.root / "nodes" / node / "state"),
             "--heartbeat-interval", "0.5",

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.commands import up
-from services.cli.exitcodes import FAILED, USAGE, CliError
-from services.cli.main import build_parser
-from services.runtime.natsd import NatsServer
+from confbus.cli.commands import up
+from confbus.cli.exitcodes import FAILED, USAGE, CliError
+from confbus.cli.main import build_parser
+from confbus.runtime.natsd import NatsServer
 from tests.cli.procs import closed_port, run_confbus
 from tests.ha.hastack import READY, needs_etcd, start_ha
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
-from services.runtime.http import HttpServer, Request, Response
+from confbus.runtime.http import HttpServer, Request, Response
 
 METRICS_PATH = "/app/metrics"
 HEALTH_PATH = "/app/health"

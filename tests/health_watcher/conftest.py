@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.runtime.bus import Bus
-from services.runtime.natsd import NatsServer
+from confbus.runtime.bus import Bus
+from confbus.runtime.natsd import NatsServer
 from tests.health_watcher.support import AlertLog, StoreStub
 from tests.procs import Proc
 

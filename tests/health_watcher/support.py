@@ -13,14 +13,14 @@ from nats.aio.subscription import Subscription
 from nats.micro.service import Service
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas import subjects
-from schemas.api import store as store_api
-from schemas.health import Alert, HealthSample, decode_alert
-from schemas.policy import HealthRule, Policy
-from services.runtime.api import Endpoint, serve_api, stop_api
-from services.runtime.bus import Bus
-from services.runtime.errors import NotFound
-from services.runtime.http import http_get
+from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import NotFound
+from confbus.runtime.http import http_get
+from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
+from confbus.schemas.health import Alert, HealthSample, decode_alert
+from confbus.schemas.policy import HealthRule, Policy
 
 
 @dataclass

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from schemas.health import Alert
-from schemas.policy import Policy
-from services.health_watcher.alertmanager import Rejected, decode
-from services.runtime.http import MAX_BODY_BYTES, http_get, http_post
+from confbus.health_watcher.alertmanager import Rejected, decode
+from confbus.runtime.http import MAX_BODY_BYTES, http_get, http_post
+from confbus.schemas.health import Alert
+from confbus.schemas.policy import Policy
 from tests.health_watcher.conftest import StartWatcher
 from tests.health_watcher.support import AlertLog, StoreStub, metric
 from tests.procs import Proc

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import anyio
 import msgspec
 
-from schemas import subjects
-from schemas.health import Alert
-from schemas.node import Heartbeat, NamespaceState
-from schemas.policy import Policy, ScrapeTarget
-from schemas.streams import CFG_STATE
-from services.health_watcher.lease import LeaseValue, lease_key
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
+from confbus.health_watcher.lease import LeaseValue, lease_key
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.schemas import subjects
+from confbus.schemas.health import Alert
+from confbus.schemas.node import Heartbeat, NamespaceState
+from confbus.schemas.policy import Policy, ScrapeTarget
+from confbus.schemas.streams import CFG_STATE
 from tests.health_watcher.app import MetricsApp
 from tests.health_watcher.conftest import StartWatcher
 from tests.health_watcher.support import AlertLog, StoreStub, metric, publish_sample, rule

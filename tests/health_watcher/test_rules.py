@@ -7,10 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from schemas.health import HealthSample
-from schemas.policy import HealthRule
-from services.health_watcher.alerts import alert_id, slug
-from services.health_watcher.rules import (
+from confbus.health_watcher.alerts import alert_id, slug
+from confbus.health_watcher.rules import (
     FAILED_SCRAPE_STATUS,
     Hysteresis,
     Point,
@@ -19,7 +17,9 @@ from services.health_watcher.rules import (
     increase,
     judge,
 )
-from services.health_watcher.windows import SampleStore
+from confbus.health_watcher.windows import SampleStore
+from confbus.schemas.health import HealthSample
+from confbus.schemas.policy import HealthRule
 from tests.health_watcher.support import rule
 
 NOW = 1_000.0

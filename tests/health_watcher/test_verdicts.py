@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schemas import subjects
-from schemas.api import health as api
-from schemas.events import HealthVerdictEvent, decode_event
-from schemas.policy import Policy
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.errors import InvalidInput
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import InvalidInput
+from confbus.schemas import subjects
+from confbus.schemas.api import health as api
+from confbus.schemas.events import HealthVerdictEvent, decode_event
+from confbus.schemas.policy import Policy
 from tests.health_watcher.conftest import StartWatcher
 from tests.health_watcher.support import StoreStub, metric, publish_sample, rule
 from tests.helpers import eventually

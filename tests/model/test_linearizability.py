@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 import pytest
 
-from services.version_store.errors import NotFound
-from services.version_store.storage import NewVersion, Store
-from services.version_store.storage.sqlite import SqliteStore
+from confbus.version_store.errors import NotFound
+from confbus.version_store.storage import NewVersion, Store
+from confbus.version_store.storage.sqlite import SqliteStore
 from tests.faults.history import History
 from tests.faults.results import Figures, assert_caught, assert_safe, finish
 from tests.faults.wait import until
@@ -275,7 +275,7 @@ def etcd3(tmp_path_factory: pytest.TempPathFactory) -> Any:
 async def etcd_history(
     cluster: Any, kills: int, clients: int, ops: int, seed: int
 ) -> tuple[History, list[float]]:
-    from services.version_store.storage.etcd import EtcdStore
+    from confbus.version_store.storage.etcd import EtcdStore
     from tests.version_store.etcd_proc import leader_name
 
     history = History()

@@ -7,15 +7,15 @@ What is simulated, and what is real:
   the head is a value with a revision and compare-and-set; votes travel in a bag from which
   the model drops, duplicates and delivers in any order. A vote reaches a coordinator only
   while it is collecting that transaction's votes (the subject is per txid).
-- **Coordinators**: a faithful re-implementation of ``services.coordinator.twophase``, cut into
+- **Coordinators**: a faithful re-implementation of ``confbus.coordinator.twophase``, cut into
   the steps between which a real process can crash or stall: ``lead`` (bump the epoch by CAS,
   then settle what is undecided: abort a preparing head, announce a decided one), ``begin``
   (CAS the head to *preparing*), ``send_prepare``, collecting votes, ``decide`` (CAS the head:
   the decision), ``announce`` (the write-once record), ``recover`` and ``resolve``. A crashed
   coordinator forgets everything; a paused one (a zombie) keeps its stale view and may act
   again later. Liveness (who may take over) only says who should try; the CAS decides.
-- **Agents**: a faithful re-implementation of ``services.agent.node`` message handling over
-  the REAL ``services.agent.disk.NamespaceDisk`` in a temp directory (the sync API: stage,
+- **Agents**: a faithful re-implementation of ``confbus.agent.node`` message handling over
+  the REAL ``confbus.agent.disk.NamespaceDisk`` in a temp directory (the sync API: stage,
   seal, commit, abort, apply, observe_epoch, save_stream_seq, load), crashing at the agent's
   failpoints (after stage, before/after the vote, before/after the apply) and restarting from
   what is on disk.
@@ -33,9 +33,9 @@ from typing import Literal
 
 import msgspec
 
-from schemas.txn import Decision, Prepare, Vote
-from services.agent.disk import NamespaceDisk
-from services.agent.state import CommitOutcome, Refused
+from confbus.agent.disk import NamespaceDisk
+from confbus.agent.state import CommitOutcome, Refused
+from confbus.schemas.txn import Decision, Prepare, Vote
 
 NS = "web"
 Outcome = Literal["commit", "abort"]
@@ -176,7 +176,7 @@ class Ballot:
 
 @dataclass
 class Coordinator:
-    """One coordinator process (``services.coordinator.twophase.Coordinator``)."""
+    """One coordinator process (``confbus.coordinator.twophase.Coordinator``)."""
 
     name: str
     alive: bool = True
@@ -341,7 +341,7 @@ class Coordinator:
 
 @dataclass
 class Agent:
-    """One node's agent (``services.agent.node``) over the real ``NamespaceDisk``."""
+    """One node's agent (``confbus.agent.node``) over the real ``NamespaceDisk``."""
 
     name: str
     root: Path

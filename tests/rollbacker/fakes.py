@@ -25,23 +25,23 @@ from nats.aio.msg import Msg
 from nats.micro.service import Service
 from prometheus_client import CollectorRegistry
 
-from schemas import subjects
-from schemas.api import dist as dist_api
-from schemas.api import health as health_api
-from schemas.api import store as store_api
-from schemas.base import utcnow
-from schemas.changes import ChangeProposed, decode_change
-from schemas.events import VersionCreated, VersionLastGood, VersionPromoted
-from schemas.node import decode_heartbeat
-from schemas.policy import Policy
-from schemas.streams import CFG_CHANGES
-from schemas.versions import VersionInfo
-from services.runtime.api import Endpoint, serve_api, stop_api
-from services.runtime.bus import Bus
-from services.runtime.consumer import Consumer, per_message
-from services.runtime.errors import Conflict, InvalidInput, NotFound
-from services.runtime.events import emit
-from services.runtime.metrics import ConsumerMetrics
+from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.runtime.bus import Bus
+from confbus.runtime.consumer import Consumer, per_message
+from confbus.runtime.errors import Conflict, InvalidInput, NotFound
+from confbus.runtime.events import emit
+from confbus.runtime.metrics import ConsumerMetrics
+from confbus.schemas import subjects
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api import health as health_api
+from confbus.schemas.api import store as store_api
+from confbus.schemas.base import utcnow
+from confbus.schemas.changes import ChangeProposed, decode_change
+from confbus.schemas.events import VersionCreated, VersionLastGood, VersionPromoted
+from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import CFG_CHANGES
+from confbus.schemas.versions import VersionInfo
 
 
 @dataclass

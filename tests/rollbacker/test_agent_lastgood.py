@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from schemas.policy import Policy
-from schemas.txn import Prepare
-from services.agent.disk import NamespaceDisk
-from services.agent.lastgood import POLICY_FILE, cache_policy, cached_policy, sync_namespace
-from services.agent.node import Binding, NodeAgent
-from services.agent.state import CommitOutcome
-from services.runtime.bus import Bus
-from services.runtime.natsd import NatsServer
+from confbus.agent.disk import NamespaceDisk
+from confbus.agent.lastgood import POLICY_FILE, cache_policy, cached_policy, sync_namespace
+from confbus.agent.node import Binding, NodeAgent
+from confbus.agent.state import CommitOutcome
+from confbus.runtime.bus import Bus
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas.policy import Policy
+from confbus.schemas.txn import Prepare
 from tests.helpers import eventually
 from tests.procs import Proc
 from tests.rollbacker.world import BAD, GOOD, NS, world
@@ -98,7 +98,7 @@ def _dead_url() -> str:
 
 def _agent(root: Path, live: Path, state: Path) -> Proc:
     argv = [
-        sys.executable, "-m", "services.agent", "--nats-url", _dead_url(), "--node", "n1",
+        sys.executable, "-m", "confbus.agent", "--nats-url", _dead_url(), "--node", "n1",
         "--namespace", NS, "--path", str(live), "--state-dir", str(state),
     ]  # fmt: skip
     return Proc("agent-n1", argv, root, {"CONFBUS_COLD_START_GRACE_S": "0.3"})

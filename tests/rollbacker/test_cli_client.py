@@ -11,11 +11,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from schemas.events import NodeApplied, RollbackStarted
-from schemas.health import Alert
-from services.cli.client import Client
-from services.runtime.bus import Bus
-from services.runtime.natsd import NatsServer
+from confbus.cli.client import Client
+from confbus.runtime.bus import Bus
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas.events import NodeApplied, RollbackStarted
+from confbus.schemas.health import Alert
 from tests.rollbacker.world import BAD, GOOD, NS, World, policy, world
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 
 async def confbus(url: str, *args: str) -> tuple[int, str, str]:
     proc = await anyio.run_process(
-        [sys.executable, "-m", "services.cli.main", "--nats-url", url, *args], check=False
+        [sys.executable, "-m", "confbus.cli.main", "--nats-url", url, *args], check=False
     )
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
@@ -114,8 +114,8 @@ async def test_client_alerts_watch_and_rollback(
 
 
 async def _publish_elsewhere(w: World) -> None:
-    from schemas import subjects
-    from services.runtime.codec import encode
+    from confbus.runtime.codec import encode
+    from confbus.schemas import subjects
 
     other = Alert(alert_id="x-1", namespace="other", version=1)
     await w.bus.js.publish(subjects.alert("other"), encode(other))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.bus import Bus
-from services.runtime.natsd import NatsServer
+from confbus.runtime.bus import Bus
+from confbus.runtime.natsd import NatsServer
 from tests.helpers import eventually
 from tests.rollbacker.world import GOOD, NS, policy, world
 

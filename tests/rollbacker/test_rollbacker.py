@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas.api.health import VerdictReply, VerdictRequest
-from schemas.events import (
+from confbus.runtime.bus import Bus
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas.api.health import VerdictReply, VerdictRequest
+from confbus.schemas.events import (
     RollbackBatch,
     RollbackCompleted,
     RollbackStarted,
@@ -17,8 +19,6 @@ from schemas.events import (
     TxnCommitted,
     VersionCreated,
 )
-from services.runtime.bus import Bus
-from services.runtime.natsd import NatsServer
 from tests.helpers import eventually
 from tests.rollbacker.world import BAD, GOOD, NS, World, policy, world
 

@@ -7,13 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schemas.api.dist import NodeStatus
-from schemas.api.health import VerdictReply
-from schemas.policy import RollbackPolicy
-from services.rollbacker import plan
-from services.rollbacker.driver import healthy_share
-from services.rollbacker.engine import alert_rollback_id, change_id_of
-from services.rollbacker.records import (
+from confbus.rollbacker import plan
+from confbus.rollbacker.driver import healthy_share
+from confbus.rollbacker.engine import alert_rollback_id, change_id_of
+from confbus.rollbacker.records import (
     MAX_ALERTS,
     BatchResult,
     Ledger,
@@ -24,7 +21,10 @@ from services.rollbacker.records import (
     with_alert,
     with_rollback,
 )
-from services.runtime.errors import InvalidInput
+from confbus.runtime.errors import InvalidInput
+from confbus.schemas.api.dist import NodeStatus
+from confbus.schemas.api.health import VerdictReply
+from confbus.schemas.policy import RollbackPolicy
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

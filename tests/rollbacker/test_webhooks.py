@@ -15,10 +15,10 @@ import pytest
 from anyio.abc import SocketStream
 from prometheus_client import CollectorRegistry
 
-from services.runtime.bus import Bus
-from services.runtime.http import HttpServer, Request, Response
-from services.runtime.natsd import NatsServer
-from services.runtime.tcp import TcpListener
+from confbus.runtime.bus import Bus
+from confbus.runtime.http import HttpServer, Request, Response
+from confbus.runtime.natsd import NatsServer
+from confbus.runtime.tcp import TcpListener
 from tests.helpers import eventually
 from tests.rollbacker.world import policy, world
 

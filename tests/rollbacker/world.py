@@ -19,20 +19,20 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.api import txn as txn_api
-from schemas.events import AnyEvent, decode_event
-from schemas.health import Alert, decode_alert
-from schemas.policy import HealthRule, Policy, RollbackPolicy
-from schemas.streams import CFG_STATE
-from services.agent.node import Binding, NodeAgent, run_agents
-from services.rollbacker.records import Ledger, decode_ledger, key
-from services.runtime.api import call
-from services.runtime.bus import Bus, connect
-from services.runtime.codec import encode
-from services.runtime.events import event_type
-from services.runtime.http import http_get
-from services.runtime.natsd import NatsServer
+from confbus.agent.node import Binding, NodeAgent, run_agents
+from confbus.rollbacker.records import Ledger, decode_ledger, key
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus, connect
+from confbus.runtime.codec import encode
+from confbus.runtime.events import event_type
+from confbus.runtime.http import http_get
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas import subjects
+from confbus.schemas.api import txn as txn_api
+from confbus.schemas.events import AnyEvent, decode_event
+from confbus.schemas.health import Alert, decode_alert
+from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
+from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually
 from tests.procs import Proc
 from tests.rollbacker.fakes import FakeDist, FakeHealth, FakeStore

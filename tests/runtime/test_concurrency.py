@@ -7,8 +7,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from services.runtime.concurrency import gather, settle
-from services.runtime.errors import NotFound
+from confbus.runtime.concurrency import gather, settle
+from confbus.runtime.errors import NotFound
 
 pytestmark = pytest.mark.anyio
 

@@ -9,14 +9,14 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas import subjects
-from schemas.changes import ChangeProposed, decode_change
-from schemas.dlq import DeadLetter, decode_dead_letter
-from schemas.streams import CFG_CHANGES, CFG_DLQ
-from services.runtime.bus import Bus
-from services.runtime.consumer import Backoff, Consumer, Delivery
-from services.runtime.errors import InvalidInput, Unavailable
-from services.runtime.metrics import ConsumerMetrics
+from confbus.runtime.bus import Bus
+from confbus.runtime.consumer import Backoff, Consumer, Delivery
+from confbus.runtime.errors import InvalidInput, Unavailable
+from confbus.runtime.metrics import ConsumerMetrics
+from confbus.schemas import subjects
+from confbus.schemas.changes import ChangeProposed, decode_change
+from confbus.schemas.dlq import DeadLetter, decode_dead_letter
+from confbus.schemas.streams import CFG_CHANGES, CFG_DLQ
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio

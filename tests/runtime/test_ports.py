@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime import ports
+from confbus.runtime import ports
 
 
 def bindable(port: int) -> bool:

@@ -9,8 +9,8 @@ import anyio
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas.streams import BUCKETS, CFG_TXN, STREAMS
-from services.runtime.bus import Bus, provision
+from confbus.runtime.bus import Bus, provision
+from confbus.schemas.streams import BUCKETS, CFG_TXN, STREAMS
 
 pytestmark = pytest.mark.anyio
 

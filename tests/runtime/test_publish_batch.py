@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from nats.js.api import StreamConfig
 
-from schemas.streams import CFG_EVENTS
-from services.runtime import bus as bus_module
-from services.runtime.bus import Bus, Outgoing
+from confbus.runtime import bus as bus_module
+from confbus.runtime.bus import Bus, Outgoing
+from confbus.schemas.streams import CFG_EVENTS
 from tests.e2e.helpers import read_messages
 
 pytestmark = pytest.mark.anyio

@@ -9,9 +9,9 @@ import anyio
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from schemas.streams import CFG_EVENTS
-from services.runtime.bus import Bus
-from services.runtime.pull import Puller
+from confbus.runtime.bus import Bus
+from confbus.runtime.pull import Puller
+from confbus.schemas.streams import CFG_EVENTS
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from services.runtime.tcp import TcpListener
+from confbus.runtime.tcp import TcpListener
 
 pytestmark = pytest.mark.anyio
 

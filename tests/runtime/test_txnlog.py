@@ -8,11 +8,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas import subjects
-from schemas.txn import Decision, Prepare
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.txnlog import MAX_SCAN, first_txn_record
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.txnlog import MAX_SCAN, first_txn_record
+from confbus.schemas import subjects
+from confbus.schemas.txn import Decision, Prepare
 from tests.agent.support import make_prepare
 
 pytestmark = pytest.mark.anyio

@@ -1,6 +1,6 @@
 """A real nats-server running the generated permissions, and clients that see its refusals.
 
-``SecuredNats`` writes a roster with ``services.cli.security``, starts nats-server with the
+``SecuredNats`` writes a roster with ``confbus.cli.security``, starts nats-server with the
 include, and provisions the streams as the ``service`` user. ``connect_as`` opens a plain
 nats-py connection as one user and records every ``-ERR`` the server sends it (nats-py hands
 "Permissions Violation" errors to the error callback and keeps the connection open), so a test
@@ -19,9 +19,9 @@ import anyio
 import nats
 from nats.aio.client import Client
 
-from services.cli.security import Roster, User, write_secrets
-from services.runtime.bus import Bus, connect, provision
-from services.runtime.natsd import NatsServer
+from confbus.cli.security import Roster, User, write_secrets
+from confbus.runtime.bus import Bus, connect, provision
+from confbus.runtime.natsd import NatsServer
 
 REFUSAL_TIMEOUT = 5.0
 

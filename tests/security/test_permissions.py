@@ -16,14 +16,14 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.api import store as store_api
-from schemas.changes import ChangeProposed
-from schemas.policy import Policy
-from schemas.streams import CFG_ALERTS, CFG_CHANGES, CFG_EVENTS, CFG_HEALTH, CFG_TXN
-from services.runtime.api import call
-from services.runtime.errors import ConfbusError
-from services.runtime.identity import pinned_op
+from confbus.runtime.api import call
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.identity import pinned_op
+from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import CFG_ALERTS, CFG_CHANGES, CFG_EVENTS, CFG_HEALTH, CFG_TXN
 from tests.procs import Proc
 from tests.security.support import Conn, SecuredNats, connect_as, make_roster
 

@@ -21,11 +21,11 @@ import anyio
 import nats
 import pytest
 
-from schemas import subjects
-from schemas.streams import CFG_DLQ, CFG_EVENTS, STREAMS
-from services.cli.client import Client
-from services.cli.security import Roster
-from services.runtime.bus import Bus, connect
+from confbus.cli.client import Client
+from confbus.cli.security import Roster
+from confbus.runtime.bus import Bus, connect
+from confbus.schemas import subjects
+from confbus.schemas.streams import CFG_DLQ, CFG_EVENTS, STREAMS
 from tests.cli.procs import REPO, Proc, confbus_argv
 from tests.helpers import eventually
 from tests.procs import Proc as ServiceProc
@@ -89,7 +89,7 @@ class SecureStack:
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
         argv = [
-            sys.executable, "-m", "services.agent", "--nats-url", self.url, "--node", node,
+            sys.executable, "-m", "confbus.agent", "--nats-url", self.url, "--node", node,
             "--state-dir", str(home / "state"), "--heartbeat-interval", "0.5",
             *self.extra,
         ]  # fmt: skip

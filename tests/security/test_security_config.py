@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import security
-from services.cli.commands.up import stack_config
-from services.cli.exitcodes import USAGE, CliError
-from services.cli.main import build_parser
+from confbus.cli import security
+from confbus.cli.commands.up import stack_config
+from confbus.cli.exitcodes import USAGE, CliError
+from confbus.cli.main import build_parser
 
 
 def up_args(tmp_path: Path, *flags: str) -> argparse.Namespace:

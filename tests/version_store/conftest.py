@@ -12,9 +12,9 @@ from pathlib import Path
 import aetcd
 import pytest
 
-from services.version_store.storage import Store
-from services.version_store.storage.etcd import EtcdStore
-from services.version_store.storage.sqlite import SqliteStore
+from confbus.version_store.storage import Store
+from confbus.version_store.storage.etcd import EtcdStore
+from confbus.version_store.storage.sqlite import SqliteStore
 from tests.version_store.etcd_proc import ETCD, SKIP_REASON, EtcdCluster
 
 

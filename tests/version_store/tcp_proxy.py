@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import SocketStream
 
-from services.runtime.tcp import TcpListener
+from confbus.runtime.tcp import TcpListener
 
 
 class ReplyLosingProxy:

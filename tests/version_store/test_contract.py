@@ -11,14 +11,14 @@ import anyio
 import msgspec
 import pytest
 
-from schemas.policy import Policy
-from services.version_store.errors import (
+from confbus.schemas.policy import Policy
+from confbus.version_store.errors import (
     InvalidConfig,
     InvalidTransition,
     NotFound,
     VersionConflict,
 )
-from services.version_store.storage import (
+from confbus.version_store.storage import (
     AppendResult,
     NamespaceExport,
     NewVersion,

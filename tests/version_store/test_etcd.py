@@ -10,10 +10,10 @@ import aetcd
 import pytest
 from aetcd import rpc
 
-from services.runtime.ports import free_port
-from services.version_store.errors import QuotaExceeded, StoreUnavailable
-from services.version_store.storage import NewVersion, open_store
-from services.version_store.storage.etcd import EtcdStore
+from confbus.runtime.ports import free_port
+from confbus.version_store.errors import QuotaExceeded, StoreUnavailable
+from confbus.version_store.storage import NewVersion, open_store
+from confbus.version_store.storage.etcd import EtcdStore
 from tests.version_store.etcd_proc import EtcdCluster
 from tests.version_store.tcp_proxy import reply_losing_proxy
 
@@ -147,7 +147,7 @@ async def test_a_commit_whose_reply_is_lost_is_reported_stored_once(
             assert (await store.append([nv("ns", "c0", b"small")]))[0].outcome == "stored"
             content = b"x" * 200_000  # far bigger than the reads before the txn
             proxy.swallow_after(len(content))
-            with caplog.at_level(logging.INFO, logger="services.version_store.storage.etcd"):
+            with caplog.at_level(logging.INFO, logger="confbus.version_store.storage.etcd"):
                 (result,) = await store.append([nv("ns", "c1", content)])
             assert proxy.swallowed > 0 and store.conn.rotations == 1
             assert "confirmed after an unanswered commit" in caplog.text

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from services.version_store.storage import NewVersion
-from services.version_store.storage.etcd import EtcdStore
+from confbus.version_store.storage import NewVersion
+from confbus.version_store.storage.etcd import EtcdStore
 from tests.version_store.etcd_proc import ETCD, SKIP_REASON, EtcdCluster, leader_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]

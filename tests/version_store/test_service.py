@@ -11,21 +11,21 @@ from pathlib import Path
 import anyio
 import pytest
 
-from schemas import subjects
-from schemas.changes import ChangeProposed, msg_id
-from schemas.events import (
+from confbus.cli.client import ChangeRejected, Client
+from confbus.runtime.bus import Bus, connect, provision
+from confbus.runtime.errors import Conflict, InvalidInput, NotFound
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas import subjects
+from confbus.schemas.changes import ChangeProposed, msg_id
+from confbus.schemas.events import (
     VersionApproved,
     VersionCreated,
     VersionLastGood,
     VersionPromoted,
     VersionRejected,
 )
-from schemas.policy import Policy
-from schemas.streams import CFG_EVENTS
-from services.cli.client import ChangeRejected, Client
-from services.runtime.bus import Bus, connect, provision
-from services.runtime.errors import Conflict, InvalidInput, NotFound
-from services.runtime.natsd import NatsServer
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import CFG_EVENTS
 from tests.helpers import eventually
 from tests.version_store.test_service_helpers import (
     Stack,

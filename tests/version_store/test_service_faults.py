@@ -20,23 +20,23 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from schemas import subjects
-from schemas.base import decode_envelope
-from schemas.changes import ChangeProposed, decode_change, msg_id
-from schemas.dlq import DeadLetter, decode_dead_letter
-from schemas.events import VersionCreated
-from schemas.policy import Policy
-from schemas.streams import CFG_CHANGES, CFG_DLQ
-from services.cli.client import Client
-from services.runtime.bus import Bus
-from services.runtime.codec import encode
-from services.runtime.consumer import Backoff, Consumer
-from services.runtime.metrics import ConsumerMetrics
-from services.runtime.natsd import NatsServer
-from services.version_store.changes import ChangeHandler
-from services.version_store.metrics import StoreMetrics
-from services.version_store.rejections import Rejections
-from services.version_store.storage.sqlite import SqliteStore
+from confbus.cli.client import Client
+from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
+from confbus.runtime.consumer import Backoff, Consumer
+from confbus.runtime.metrics import ConsumerMetrics
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas import subjects
+from confbus.schemas.base import decode_envelope
+from confbus.schemas.changes import ChangeProposed, decode_change, msg_id
+from confbus.schemas.dlq import DeadLetter, decode_dead_letter
+from confbus.schemas.events import VersionCreated
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import CFG_CHANGES, CFG_DLQ
+from confbus.version_store.changes import ChangeHandler
+from confbus.version_store.metrics import StoreMetrics
+from confbus.version_store.rejections import Rejections
+from confbus.version_store.storage.sqlite import SqliteStore
 from tests.helpers import eventually
 from tests.procs import Proc
 from tests.version_store.etcd_proc import ETCD, SKIP_REASON, EtcdCluster

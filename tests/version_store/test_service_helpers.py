@@ -18,13 +18,13 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from schemas.events import AnyEvent
-from schemas.streams import CFG_CHANGES
-from services.cli.client import Client
-from services.cli.main import main as cli_main
-from services.runtime.bus import Bus
-from services.runtime.natsd import NatsServer
-from services.version_store.service import DURABLE
+from confbus.cli.client import Client
+from confbus.cli.main import main as cli_main
+from confbus.runtime.bus import Bus
+from confbus.runtime.natsd import NatsServer
+from confbus.schemas.events import AnyEvent
+from confbus.schemas.streams import CFG_CHANGES
+from confbus.version_store.service import DURABLE
 from tests.helpers import eventually
 from tests.procs import Proc
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.runtime.concurrency import gather
-from services.version_store.errors import NotFound, StoreError, StoreUnavailable
-from services.version_store.storage import NewVersion, Store, open_store
-from services.version_store.storage.sqlite import READERS, SqliteStore
-from services.version_store.storage.sqlite_rows import HISTORY_SQL
-from services.version_store.storage.sqlite_schema import MIGRATIONS
+from confbus.runtime.concurrency import gather
+from confbus.version_store.errors import NotFound, StoreError, StoreUnavailable
+from confbus.version_store.storage import NewVersion, Store, open_store
+from confbus.version_store.storage.sqlite import READERS, SqliteStore
+from confbus.version_store.storage.sqlite_rows import HISTORY_SQL
+from confbus.version_store.storage.sqlite_schema import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 

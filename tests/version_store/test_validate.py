@@ -11,10 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.names import FORMATS, Format
-from schemas.policy import Policy
-from services.version_store.errors import InvalidConfig
-from services.version_store.validate import check_policy, diff, validate
+from confbus.schemas.names import FORMATS, Format
+from confbus.schemas.policy import Policy
+from confbus.version_store.errors import InvalidConfig
+from confbus.version_store.validate import check_policy, diff, validate
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.runtime.settings import add_common_args
+from confbus.runtime.settings import add_common_args
 
 
 def register(sub: Any) -> None:
-    from services.agent.main import add_agent_args, run_from_args
+    from confbus.agent.main import add_agent_args, run_from_args
 
     p: argparse.ArgumentParser = sub.add_parser(
         "agent",

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.base import DECODE_ERRORS, utcnow
-from services.cli.client import Client, NamespaceBackup, check_namespace
-from services.cli.exitcodes import FAILED, OK, USAGE, CliError
-from services.runtime.errors import InvalidInput
+from confbus.cli.client import Client, NamespaceBackup, check_namespace
+from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
+from confbus.runtime.errors import InvalidInput
+from confbus.schemas.base import DECODE_ERRORS, utcnow
 
 BACKUP_KIND = "confbus-backup"
 BACKUP_VERSION = 1

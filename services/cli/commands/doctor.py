@@ -40,17 +40,17 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from schemas import subjects
-from schemas.api import dist, health, rollback, store, txn
-from schemas.base import DECODE_ERRORS
-from schemas.node import decode_heartbeat
-from schemas.streams import BUCKETS, CFG_STATE, STREAMS
-from services.cli.client import Client
-from services.cli.output import out
-from services.runtime.api import call
-from services.runtime.bus import Bus
-from services.runtime.errors import ConfbusError
-from services.runtime.leases import decode_any_lease
+from confbus.cli.client import Client
+from confbus.cli.output import out
+from confbus.runtime.api import call
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import ConfbusError
+from confbus.runtime.leases import decode_any_lease
+from confbus.schemas import subjects
+from confbus.schemas.api import dist, health, rollback, store, txn
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.streams import BUCKETS, CFG_STATE, STREAMS
 
 Status = Literal["ok", "warn", "FAIL"]
 IN_DOUBT_FAIL_S = 30.0  # an undecided transaction this old means recovery is not working

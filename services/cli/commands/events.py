@@ -21,12 +21,12 @@ from typing import Any
 
 import msgspec
 
-from schemas import subjects
-from schemas.events import NodeOutcome, VoteRecord, WaveReport
-from schemas.names import NAME_PATTERN
-from services.cli.client import Client, StreamedEvent
-from services.cli.exitcodes import OK
-from services.runtime.events import event_type
+from confbus.cli.client import Client, StreamedEvent
+from confbus.cli.exitcodes import OK
+from confbus.runtime.events import event_type
+from confbus.schemas import subjects
+from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
+from confbus.schemas.names import NAME_PATTERN
 
 _EVENTS_PREFIX = subjects.EVENTS_ALL.removesuffix(">")  # "cfg.event."
 _NAME_RE = re.compile(NAME_PATTERN)

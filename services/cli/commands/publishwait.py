@@ -16,8 +16,10 @@ from typing import Any
 
 import msgspec
 
-from schemas.api.dist import RolloutInfo
-from schemas.events import (
+from confbus.cli.client import Client
+from confbus.cli.exitcodes import FAILED, OK
+from confbus.schemas.api.dist import RolloutInfo
+from confbus.schemas.events import (
     AnyEvent,
     RolloutBaked,
     RolloutPaused,
@@ -25,9 +27,7 @@ from schemas.events import (
     RolloutStarted,
     RolloutWave,
 )
-from schemas.versions import VersionInfo
-from services.cli.client import Client
-from services.cli.exitcodes import FAILED, OK
+from confbus.schemas.versions import VersionInfo
 
 _json = msgspec.json.Encoder()
 # Rollout events are replayed from a little before the version was created: its rollout may

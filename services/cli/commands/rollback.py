@@ -19,9 +19,9 @@ import sys
 
 import msgspec
 
-from schemas.api.rollback import RollbackReply
-from services.cli.client import Client
-from services.cli.exitcodes import FAILED, OK, CliError
+from confbus.cli.client import Client
+from confbus.cli.exitcodes import FAILED, OK, CliError
+from confbus.schemas.api.rollback import RollbackReply
 
 
 def _actor() -> str:

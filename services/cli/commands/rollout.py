@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from schemas.api.dist import RolloutInfo, StatusReply
-from services.cli.client import Client, check_namespace
-from services.cli.exitcodes import FAILED, OK, CliError
+from confbus.cli.client import Client, check_namespace
+from confbus.cli.exitcodes import FAILED, OK, CliError
+from confbus.schemas.api.dist import RolloutInfo, StatusReply
 
 _json = msgspec.json.Encoder()
 
@@ -75,7 +75,7 @@ async def run_rollout(args: argparse.Namespace, client: Client) -> int:
 
 
 async def run_control(args: argparse.Namespace, client: Client) -> int:
-    from services.cli.commands.store import identity
+    from confbus.cli.commands.store import identity
 
     info = await client.rollout_control(
         args.op, args.namespace, reason=args.reason, actor=identity(args.actor or None)

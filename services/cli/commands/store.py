@@ -9,7 +9,7 @@ again after other versions makes a new version. Identities (``--as``, ``--author
 ``$CONFBUS_IDENTITY``, else the OS user — unless the connection authenticates as a NATS user
 (``--nats-user``): then that user *is* the identity, sent on subjects that pin it
 (``cfg.api.store.approve.<user>``, ``cfg.api.store.propose.<ns>.<user>``, see
-``services.runtime.identity``), and ``--as``/``--author`` may only repeat it.
+``confbus.runtime.identity``), and ``--as``/``--author`` may only repeat it.
 
 Exit codes: 0 ok; 1 refused or failed (reason on stderr); 2 usage; 3 unreachable or timed out.
 """
@@ -29,19 +29,19 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas.api import store as store_api
-from schemas.changes import ChangeProposed
-from schemas.names import FORMATS, Format
-from schemas.policy import Policy
-from schemas.streams import MAX_PAYLOAD
-from schemas.versions import VersionInfo
-from services.cli.client import ChangeRejected, Client, check_change_id, check_namespace
-from services.cli.commands import backup
-from services.cli.commands.publishwait import wait_for_production
-from services.cli.exitcodes import FAILED, OK, USAGE, CliError
-from services.runtime.codec import encode
-from services.runtime.errors import InvalidInput
-from services.runtime.identity import is_identity, pinned_op
+from confbus.cli.client import ChangeRejected, Client, check_change_id, check_namespace
+from confbus.cli.commands import backup
+from confbus.cli.commands.publishwait import wait_for_production
+from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import InvalidInput
+from confbus.runtime.identity import is_identity, pinned_op
+from confbus.schemas.api import store as store_api
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.names import FORMATS, Format
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import MAX_PAYLOAD
+from confbus.schemas.versions import VersionInfo
 
 _EXTENSIONS: dict[str, Format] = {
     ".json": "json",

@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
-from schemas.api import txn as txn_api
-from services.cli.client import Client
-from services.cli.output import out
+from confbus.cli.client import Client
+from confbus.cli.output import out
+from confbus.schemas.api import txn as txn_api
 
 
 def register(sub: Any) -> None:

@@ -7,7 +7,7 @@ all of them serve:
     confbus ready nats=nats://127.0.0.1:4222 data=/abs/.confbus services=coordinator:41234,…
 
 Adding a service to the stack is one row in ``SERVICES``: a name, the module that
-``python -m`` runs (built on ``services.runtime.service.service_main``, so it takes
+``python -m`` runs (built on ``confbus.runtime.service.service_main``, so it takes
 ``--nats-url``/``--http-port`` and prints the JSON ready line), and its own arguments. A row
 whose module does not exist yet is skipped, so the stack runs with whatever has been built.
 A ready line's extra ``<name>_port`` or ``<name>_url`` keys show up in the stack's line as
@@ -22,10 +22,10 @@ import os
 import sys
 from pathlib import Path
 
-from services.cli import security
-from services.cli.exitcodes import FAILED, USAGE, CliError
-from services.cli.ha import ETCD_HINT, HaPorts, etcd_binary
-from services.cli.stack import ServiceSpec, Stack, StackConfig
+from confbus.cli import security
+from confbus.cli.exitcodes import FAILED, USAGE, CliError
+from confbus.cli.ha import ETCD_HINT, HaPorts, etcd_binary
+from confbus.cli.stack import ServiceSpec, Stack, StackConfig
 
 
 def _store_url(data_dir: Path, opts: argparse.Namespace) -> list[str]:
@@ -50,11 +50,11 @@ etcd E, E+2, E+4 (peers E+1, E+3, E+5), with P = --nats-port and E = --etcd-port
 """
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("version-store", "services.version_store", _store_url),
-    ServiceSpec("coordinator", "services.coordinator"),
-    ServiceSpec("distributor", "services.distributor"),
-    ServiceSpec("health-watcher", "services.health_watcher"),
-    ServiceSpec("rollbacker", "services.rollbacker"),
+    ServiceSpec("version-store", "confbus.version_store", _store_url),
+    ServiceSpec("coordinator", "confbus.coordinator"),
+    ServiceSpec("distributor", "confbus.distributor"),
+    ServiceSpec("health-watcher", "confbus.health_watcher"),
+    ServiceSpec("rollbacker", "confbus.rollbacker"),
 )
 
 
@@ -165,7 +165,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         sys.path.append(os.getcwd())
     for item in args.add_service:
         name, sep, module = item.partition("=")
-        extra = ServiceSpec(name.strip(), module.strip())
+        extra = ServiceSpec(name.strip(), module.strip(), user=True)
         if not sep or not extra.name or not extra.module:
             raise CliError(f"--add-service {item!r}: expected NAME=MODULE", USAGE)
         if extra.name in {spec.name for spec in services}:
@@ -225,5 +225,5 @@ def replicated(services: list[ServiceSpec]) -> list[ServiceSpec]:
             name = f"{spec.name}-{i}"
             args = functools.partial(_replica_args, spec, name)
             after = f"{spec.name}-1" if i > 1 else None
-            out.append(ServiceSpec(name, spec.module, args, after))
+            out.append(ServiceSpec(name, spec.module, args, after, spec.user))
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from services.version_store.storage.base import (
+from confbus.version_store.storage.base import (
     AppendResult,
     Head,
     IntegrityReport,
@@ -40,7 +40,7 @@ def open_store(url: str) -> Store:
     """Build (not open) the store a URL names; use it as ``async with open_store(url) as s:``."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
-        from services.version_store.storage.sqlite import SqliteStore
+        from confbus.version_store.storage.sqlite import SqliteStore
 
         # sqlite:///abs/path -> /abs/path ; sqlite:rel/path -> rel/path
         path = parts.path if not parts.netloc else f"{parts.netloc}{parts.path}"
@@ -48,7 +48,7 @@ def open_store(url: str) -> Store:
             raise ValueError(f"{url!r}: expected sqlite:///path/to/store.db")
         return SqliteStore(path)
     if parts.scheme == "etcd":
-        from services.version_store.storage.etcd import EtcdStore
+        from confbus.version_store.storage.etcd import EtcdStore
 
         return EtcdStore.from_url(url)
     raise ValueError(f"{url!r}: unknown store; expected sqlite:///path or etcd://host:port,...")

@@ -26,11 +26,11 @@ from typing import Literal, Protocol, Self
 
 import msgspec
 
-from schemas.base import utcnow
-from schemas.names import Format
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.version_store.errors import StoreError
+from confbus.schemas.base import utcnow
+from confbus.schemas.names import Format
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store.errors import StoreError
 
 NewStatus = Literal["draft", "approved"]
 

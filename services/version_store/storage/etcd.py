@@ -30,16 +30,16 @@ import anyio
 import msgspec
 from aetcd import transactions as tx
 
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.version_store.errors import (
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store.errors import (
     InvalidConfig,
     NotFound,
     QuotaExceeded,
     StoreUnavailable,
 )
-from services.version_store.storage import etcd_backup, rules
-from services.version_store.storage.base import (
+from confbus.version_store.storage import etcd_backup, rules
+from confbus.version_store.storage.base import (
     AppendResult,
     Head,
     IntegrityReport,
@@ -49,8 +49,8 @@ from services.version_store.storage.base import (
     StoredVersion,
     VersionRef,
 )
-from services.version_store.storage.etcd_conn import EtcdConnection, get, prefix
-from services.version_store.storage.etcd_layout import (
+from confbus.version_store.storage.etcd_conn import EtcdConnection, get, prefix
+from confbus.version_store.storage.etcd_layout import (
     HeadRec,
     Keys,
     Meta,
@@ -62,7 +62,7 @@ from services.version_store.storage.etcd_layout import (
     public_head,
     stored,
 )
-from services.version_store.validate import check_policy
+from confbus.version_store.validate import check_policy
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 from aetcd import transactions as tx
 
-from services.version_store.errors import InvalidConfig, NotFound, VersionConflict
-from services.version_store.storage import rules
-from services.version_store.storage.base import (
+from confbus.version_store.errors import InvalidConfig, NotFound, VersionConflict
+from confbus.version_store.storage import rules
+from confbus.version_store.storage.base import (
     IntegrityReport,
     NamespaceExport,
     NewVersion,
     StoredVersion,
     sha256_hex,
 )
-from services.version_store.storage.etcd_conn import get, prefix
-from services.version_store.storage.etcd_layout import (
+from confbus.version_store.storage.etcd_conn import get, prefix
+from confbus.version_store.storage.etcd_layout import (
     HeadRec,
     Meta,
     decode_meta,
@@ -36,7 +36,7 @@ from services.version_store.storage.etcd_layout import (
 )
 
 if TYPE_CHECKING:
-    from services.version_store.storage.etcd import EtcdStore
+    from confbus.version_store.storage.etcd import EtcdStore
 
 _PAGE = 500
 

@@ -22,7 +22,7 @@ import aetcd
 import anyio
 from aetcd import rpc
 
-from services.version_store.errors import QuotaExceeded, StoreUnavailable
+from confbus.version_store.errors import QuotaExceeded, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,11 +20,11 @@ from typing import Any
 import msgspec
 from aetcd.utils import prefix_range_end
 
-from schemas.names import InvalidName, check_name
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.version_store.errors import InvalidConfig
-from services.version_store.storage.base import Head, StoredVersion
+from confbus.schemas.names import InvalidName, check_name
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store.errors import InvalidConfig
+from confbus.version_store.storage.base import Head, StoredVersion
 
 
 class HeadRec(msgspec.Struct, kw_only=True):

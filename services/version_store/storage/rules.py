@@ -12,16 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from schemas.names import CHANGE_ID_PATTERN, FORMATS, InvalidName, check_name
-from schemas.versions import VersionInfo
-from services.version_store.errors import (
+from confbus.schemas.names import CHANGE_ID_PATTERN, FORMATS, InvalidName, check_name
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store.errors import (
     InvalidConfig,
     InvalidTransition,
     NotFound,
     StoreError,
     VersionConflict,
 )
-from services.version_store.storage.base import (
+from confbus.version_store.storage.base import (
     AppendResult,
     NamespaceExport,
     NewVersion,

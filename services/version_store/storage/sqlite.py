@@ -20,18 +20,18 @@ import aiosqlite
 import anyio
 import anyio.to_thread
 
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.version_store.errors import (
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store.errors import (
     NotFound,
     QuotaExceeded,
     StoreError,
     StoreUnavailable,
     VersionConflict,
 )
-from services.version_store.storage import rules
-from services.version_store.storage import sqlite_rows as sql
-from services.version_store.storage.base import (
+from confbus.version_store.storage import rules
+from confbus.version_store.storage import sqlite_rows as sql
+from confbus.version_store.storage.base import (
     AppendResult,
     Head,
     IntegrityReport,
@@ -41,8 +41,8 @@ from services.version_store.storage.base import (
     StoredVersion,
     VersionRef,
 )
-from services.version_store.storage.sqlite_schema import MIGRATIONS
-from services.version_store.validate import check_policy
+from confbus.version_store.storage.sqlite_schema import MIGRATIONS
+from confbus.version_store.validate import check_policy
 
 # Reader connections, each with its own thread: reads run side by side (WAL lets them, and
 # SQLite lets go of the GIL while it works) — the distributor asks three things at once on

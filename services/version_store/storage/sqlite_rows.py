@@ -13,10 +13,10 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.version_store.errors import NotFound
-from services.version_store.storage.base import Head, NamespaceExport, StoredVersion, sha256_hex
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store.errors import NotFound
+from confbus.version_store.storage.base import Head, NamespaceExport, StoredVersion, sha256_hex
 
 COLS = (
     "v.namespace, v.version, v.change_id, v.sha256, v.size, v.format, v.parent, v.author, "

@@ -10,10 +10,10 @@ import sys
 
 import anyio
 
-from schemas.txn import Prepare
-from services.agent import node as node_mod
-from services.agent.main import main
-from services.runtime.bus import Bus
+from confbus.agent import node as node_mod
+from confbus.agent.main import main
+from confbus.runtime.bus import Bus
+from confbus.schemas.txn import Prepare
 from tests.faults.shims import bug
 
 BUGS = ("apply_on_prepare",)

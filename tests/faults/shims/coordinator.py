@@ -17,15 +17,15 @@ from collections.abc import Iterator
 import anyio
 import msgspec
 
-from schemas.base import utcnow
-from schemas.events import VoteRecord
-from schemas.txn import Decision
-from services.coordinator import twophase
-from services.coordinator.head import Head
-from services.coordinator.service import add_args, main
-from services.runtime.codec import encode
-from services.runtime.failpoints import failpoint
-from services.runtime.service import service_main
+from confbus.coordinator import twophase
+from confbus.coordinator.head import Head
+from confbus.coordinator.service import add_args, main
+from confbus.runtime.codec import encode
+from confbus.runtime.failpoints import failpoint
+from confbus.runtime.service import service_main
+from confbus.schemas.base import utcnow
+from confbus.schemas.events import VoteRecord
+from confbus.schemas.txn import Decision
 from tests.faults.shims import bug
 
 BUGS = ("publish_commit_before_decision", "cas_without_compare")
@@ -67,7 +67,7 @@ def apply(name: str) -> None:
     elif name == "cas_without_compare":
         twophase.Coordinator._decide = _decide_blindly  # type: ignore[method-assign]
         try:
-            from services.runtime import leases
+            from confbus.runtime import leases
         except ImportError:  # a build without leases: the CAS was the only fence
             return
         leases.Leases.guard = _unguarded  # type: ignore[method-assign]

@@ -24,15 +24,15 @@ from collections.abc import Sequence
 
 import anyio
 
-from schemas.changes import ChangeProposed
-from schemas.policy import Policy
-from schemas.versions import VersionInfo
-from services.runtime.consumer import Delivery
-from services.runtime.errors import Unavailable
-from services.runtime.service import service_main
-from services.version_store import changes
-from services.version_store.service import add_args, main
-from services.version_store.storage import NewVersion
+from confbus.runtime.consumer import Delivery
+from confbus.runtime.errors import Unavailable
+from confbus.runtime.service import service_main
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.policy import Policy
+from confbus.schemas.versions import VersionInfo
+from confbus.version_store import changes
+from confbus.version_store.service import add_args, main
+from confbus.version_store.storage import NewVersion
 from tests.faults.shims import FAULTS_ENV, SEED_ENV, bug
 
 BUGS = ("duplicate_announce", "ack_before_commit")
