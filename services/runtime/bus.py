@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -55,6 +55,29 @@ class Bus:
     nc: Client
     js: JetStreamContext
     name: str
+    # What lives on the server — JetStream consumers, pull requests — may not survive a
+    # reconnect (a restarted server, another node of the cluster): the readers that depend on
+    # it hear of each reconnect and resume at once, instead of waiting for a heartbeat to go
+    # missing.
+    _reconnected: anyio.Event = field(default_factory=anyio.Event, init=False, repr=False)
+    _listeners: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
+
+    def reconnected(self) -> anyio.Event:
+        """The event the next reconnect sets. Take it *before* checking what it guards, then
+        wait on it: a reconnect in between is not missed."""
+        return self._reconnected
+
+    def on_reconnect(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (quick, never blocking) on each reconnect; returns the way to stop."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def note_reconnected(self) -> None:
+        """Called by the connection's reconnect callback (``connect``)."""
+        done, self._reconnected = self._reconnected, anyio.Event()
+        done.set()
+        for listener in list(self._listeners):
+            listener()
 
     async def kv(self, bucket: str) -> KeyValue:
         return await self.js.key_value(bucket)
@@ -180,15 +203,17 @@ async def connect(
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": repr(exc)})
 
-    conn: list[Client] = []
+    conn: list[Bus] = []
 
     async def on_disconnect() -> None:
-        if conn and conn[0].is_closed:
+        if conn and conn[0].nc.is_closed:
             return  # we closed it (drain, close): not news
         log.warning("nats disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
+        if conn:
+            conn[0].note_reconnected()
 
     kwargs: dict[str, Any] = {}
     if user is not None:
@@ -229,8 +254,9 @@ async def connect(
             f"cannot reach NATS at {urls}: no connection within {deadline:g}s (is it TLS with a "
             "certificate this client does not trust? see --tls-ca)"
         )
-    conn.append(nc)
-    return Bus(nc=nc, js=nc.jetstream(), name=name)
+    bus = Bus(nc=nc, js=nc.jetstream(), name=name)
+    conn.append(bus)
+    return bus
 
 
 def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
