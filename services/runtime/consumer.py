@@ -149,6 +149,8 @@ class Consumer(Generic[T]):
         config.filter_subject = self.filter_subject or self.stream.subjects[0]
         await self._ensure_consumer(config)
         puller = await Puller(self.bus.nc, self.stream.name, self.durable).start()
+        # A pull in flight when the connection broke is gone: pull again at once.
+        unlisten = self.bus.on_reconnect(puller.wake)
         task_status.started()
         try:
             while True:
@@ -172,6 +174,7 @@ class Consumer(Generic[T]):
         finally:
             # Unsubscribe before any drain: a late status reply to a pull request would
             # otherwise make nc.drain() wait its whole drain_timeout (30 s).
+            unlisten()
             with anyio.CancelScope(shield=True):
                 await puller.stop()
 

@@ -15,6 +15,10 @@ Pull requests go to ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`` with a rep
 their own under one inbox subscription, so a late status (a 408 of a request we stopped waiting
 for) cannot end a newer request; a message delivered to any of them is a real delivery and is
 always returned.
+
+A pull request lives on the server it was sent to: when the connection comes back (a restarted
+server, another node of the cluster) the one in flight is gone. ``wake`` ends the wait for it at
+once — the consume loop calls it on each reconnect — instead of at its timeout.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 
+import anyio
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -54,12 +60,20 @@ class Puller:
         self._inbox = nc.new_inbox()
         self._ids = itertools.count()
         self._sub: Subscription | None = None
+        # Everything on the inbox, in order; None: ``wake`` (end the wait in progress).
+        self._send, self._receive = anyio.create_memory_object_stream[Msg | None](math.inf)
         # The status that ended the last pull if it was trouble (409, 503), else None: the
         # caller backs off and makes sure its consumer exists before pulling again.
         self.trouble: str | None = None
 
     async def start(self) -> Puller:
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*")
+        send = self._send
+
+        async def on_msg(msg: Msg) -> None:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                send.send_nowait(msg)
+
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=on_msg)
         return self
 
     async def stop(self) -> None:
@@ -67,6 +81,14 @@ class Puller:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+        self._send.close()
+        self._receive.close()
+
+    def wake(self) -> None:
+        """The connection came back: the pull request in flight died with the old one, so
+        stop waiting for it (the caller pulls again)."""
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._send.send_nowait(None)
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
         """Up to ``batch`` messages: those available now, else the next one within ``timeout``
@@ -88,9 +110,10 @@ class Puller:
             left = deadline - time.monotonic()
             if left <= 0:
                 break  # a status lost to a reconnect: the caller simply pulls again
-            try:
-                msg = await self._sub.next_msg(timeout=left)
-            except TimeoutError:  # nats.errors.TimeoutError is one
+            msg: Msg | None = None
+            with anyio.move_on_after(left):
+                msg = await self._receive.receive()
+            if msg is None:  # timed out, or woken by a reconnect
                 break
             status = _status(msg)
             if status is None:
