@@ -27,6 +27,9 @@ class Heartbeat(Message, tag="node.heartbeat", kw_only=True, frozen=True):
     interval_s: float = 2.0
     started_at: datetime | None = None
     at: datetime = msgspec.field(default_factory=utcnow)
+    # Ready to vote: reading CFG_TXN live, so a prepare published now reaches it (false for
+    # a moment after each reconnect, until its consumer is back). None: an agent from before.
+    ready: bool | None = None
 
 
 decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode

@@ -3,14 +3,16 @@
 ``NodeAgent`` serves one node id over one NATS connection; a process usually runs one, and a
 benchmark may run hundreds on a few connections. Per namespace it:
 
-- reads ``CFG_TXN`` with an **ordered consumer** from the sequence it persisted (no durable
-  consumer per agent: a thousand agents must not mean a thousand server-side consumers);
+- reads ``CFG_TXN`` in order from the sequence it persisted (``confbus.runtime.follow``: no
+  durable consumer per agent — a thousand agents must not mean a thousand server-side
+  consumers — and back within a second of a reconnect or a broker restart);
 - on a prepare that names it: stages, validates, fsyncs (``confbus.agent.disk``), and only
   then votes ``yes`` on ``cfg.txn.<ns>.<txid>.vote.<node>``; otherwise ``no`` with the reason;
 - on a decision: commit renames the staged file over the live one, abort drops it;
 - when in doubt (voted yes, no decision heard within the prepare's timeout, measured on this
   node's monotonic clock) reads the decision record, then asks ``cfg.api.txn.resolve``;
-- heartbeats its state on ``cfg.node.<node>.heartbeat`` and announces each apply on
+- heartbeats its state on ``cfg.node.<node>.heartbeat`` — with whether it is ready to vote
+  (reading ``CFG_TXN`` live), at once when that changes — and announces each apply on
   ``cfg.event.<ns>.node.applied``.
 
 The bus may be down at any time: the live file stays as it is, and the agent says so.
@@ -33,7 +35,6 @@ import nats.errors
 import nats.js.errors
 from anyio.abc import TaskGroup
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
@@ -48,6 +49,7 @@ from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError
 from confbus.runtime.events import emit
 from confbus.runtime.failpoints import failpoint
+from confbus.runtime.follow import Follower
 from confbus.runtime.txnlog import first_txn_record
 from confbus.schemas import subjects
 from confbus.schemas.api import txn as txn_api
@@ -83,6 +85,7 @@ class _Namespace:
     prepared_at: float | None = None  # monotonic time we voted yes (None: not in doubt)
     unsaved: int = 0
     last_seq: int = 0
+    follower: Follower | None = None  # reading CFG_TXN (None: not started yet)
     # The stream reader and the in-doubt resolver may both hold a decision for the same
     # transaction: one at a time per namespace.
     lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -104,6 +107,8 @@ class NodeAgent:
     started_at: datetime = field(default_factory=utcnow)
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
     bus_connected: bool = field(default=False, init=False)
+    # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
+    _beat_now: anyio.Event = field(default_factory=anyio.Event, init=False)
 
     # -- start-up: serve what is on disk before anything else --------------------------------
 
@@ -131,6 +136,7 @@ class NodeAgent:
         return {
             "node": self.node,
             "bus": "connected" if self.bus_connected else "down",
+            "ready_to_vote": self.ready,
             "namespaces": {
                 name: {
                     "status": ns.state.status if ns.state.has_config else "no config yet",
@@ -177,25 +183,28 @@ class NodeAgent:
     ) -> None:
         """Read the namespace's transactions in stream order, from where we left off."""
         ns = self.namespaces[name]
-        config = ConsumerConfig()
-        if ns.last_seq > 0:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = ns.last_seq + 1
-        else:
-            config.deliver_policy = DeliverPolicy.ALL
-        sub = await bus.js.subscribe(
-            subjects.txn_of(name), stream=CFG_TXN.name, ordered_consumer=True, config=config
+        ns.follower = Follower(
+            bus,
+            CFG_TXN.name,
+            subjects.txn_of(name),
+            start_seq=ns.last_seq + 1,
+            on_live=self._on_live,
         )
-        task_status.started()
-        try:
+        async with ns.follower as follower:
+            task_status.started()
             while True:
-                # No timeout: that would cost a timer and a second task per message.
-                msg = await sub.next_msg(timeout=None)
+                msg = await follower.next()
                 await self._handle(bus, ns, msg)
-        finally:
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+
+    @property
+    def ready(self) -> bool:
+        """Ready to vote: every namespace's reading of ``CFG_TXN`` has its consumer in place,
+        so a prepare published now reaches this agent."""
+        followers = [ns.follower for ns in self.namespaces.values()]
+        return bool(followers) and all(f is not None and f.live for f in followers)
+
+    def _on_live(self, _live: bool) -> None:
+        self._beat_now.set()  # tell the distributor now, not at the next heartbeat
 
     async def _handle(self, bus: Bus, ns: _Namespace, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -503,8 +512,10 @@ class NodeAgent:
 
     async def _heartbeats(self, bus: Bus) -> None:
         while True:
+            self._beat_now = beat_now = anyio.Event()
             await self._publish_heartbeat(bus)
-            await anyio.sleep(heartbeat_delay(self.heartbeat_interval_s))
+            with anyio.move_on_after(heartbeat_delay(self.heartbeat_interval_s)):
+                await beat_now.wait()
 
     def heartbeat(self) -> Heartbeat:
         states = []
@@ -527,6 +538,7 @@ class NodeAgent:
             namespaces=states,
             interval_s=self.heartbeat_interval_s,
             started_at=self.started_at,
+            ready=self.ready,
         )
 
     async def _publish_heartbeat(self, bus: Bus, refresh: bool = True) -> None:
