@@ -26,11 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
-import anyio
 import msgspec
 import nats.errors
 import nats.js.errors
-from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
 from confbus.runtime.codec import encode
@@ -231,39 +229,3 @@ class Leases:
                 await self.kv.cas(key, expired, cur.revision)
         except (Stale, Unavailable):
             pass
-
-
-async def watch_keys(
-    kv: KeyValue,
-    pattern: str,
-    on_entry: Callable[[str, bytes | None, int], None],
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Mirror the keys matching ``pattern``: every current value first (then ``started``),
-    then each update as it happens; ``None`` for a deleted key. Re-created if it breaks."""
-    started = False
-    while True:
-        try:
-            watcher = await kv.watch(pattern)
-            try:
-                async for entry in watcher:
-                    if entry is None:  # the end of the current values
-                        if not started:
-                            started = True
-                            task_status.started()
-                        continue
-                    deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-                    on_entry(entry.key, None if deleted else entry.value, entry.revision or 0)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await watcher.stop()  # type: ignore[no-untyped-call]
-                    except Exception:  # the connection may be gone
-                        pass
-        except Exception as exc:  # a broken watch (a reconnect): re-create it
-            log.warning("watch broke", extra={"pattern": pattern, "error": repr(exc)})
-        if not started:
-            started = True
-            task_status.started()
-        await anyio.sleep(0.5)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 
 from confbus.distributor.api import DistApi
-from confbus.distributor.kvstate import MEMBERS_LEASE, Entry, Leases, StateKV, watch_keys
+from confbus.distributor.kvstate import MEMBERS_LEASE, Entry, Leases, StateKV
 from confbus.distributor.membership import Membership, MembershipKeeper
 from confbus.distributor.metrics import DistributorMetrics
 from confbus.distributor.repairs import Repairs
@@ -34,6 +35,7 @@ from confbus.distributor.store import Store
 from confbus.distributor.targets import Targets
 from confbus.runtime.api import serve_api, stop_api
 from confbus.runtime.consumer import BatchHandler, Consumer, Delivery
+from confbus.runtime.follow import watch_bucket
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.service import ServiceContext
 from confbus.schemas import subjects
@@ -245,8 +247,9 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     await d.keeper.load()
     async with anyio.create_task_group() as tg:
         await tg.start(d.targets.watch)
-        await tg.start(lambda *, task_status: watch_keys(
-            kv.kv, "rollout.*", d.on_rollout_key, task_status=task_status))  # fmt: skip
+        await tg.start(
+            partial(watch_bucket, ctx.bus, CFG_STATE.name, "rollout.*", d.on_rollout_key)
+        )
         tg.start_soon(d.lease_loop)
         await ctx.bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=d.heartbeat_handler(tg))
         await tg.start(d.consumer("distributor", "cfg.event.*.version.>", d.on_versions).run)

@@ -23,10 +23,11 @@ from confbus.distributor.kvstate import (
     TargetRecord,
     decode_target,
     target_key,
-    watch_keys,
 )
 from confbus.distributor.store import Store
+from confbus.runtime.follow import watch_bucket
 from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.streams import CFG_STATE
 from confbus.schemas.versions import VersionInfo
 
 log = logging.getLogger("confbus.distributor")
@@ -167,4 +168,6 @@ class Targets:
             log.warning("unreadable target record", extra={"key": key})
 
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await watch_keys(self.kv.kv, "target.>", self.observed, task_status=task_status)
+        await watch_bucket(
+            self.store.bus, CFG_STATE.name, "target.>", self.observed, task_status=task_status
+        )

@@ -32,8 +32,11 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
+from confbus.runtime.follow import watch_bucket
 from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.streams import CFG_STATE
 
 log = logging.getLogger("confbus.health_watcher.lease")
 
@@ -141,26 +144,10 @@ class NamespaceLeases:
         log.info("took the lease", extra={"namespace": ns, "instance": self.instance})
         return True
 
-    async def watch(self) -> None:
+    async def watch(self, bus: Bus) -> None:
         """Follow every replica's leases: a released or lapsed lease is noticed at once (not
         after the expiry last read), and a lease someone else now holds stops us at once."""
-        while True:
-            try:
-                watcher = await self.kv.watch(lease_key("*"))
-            except nats.errors.Error as exc:
-                log.info("cannot watch leases yet", extra={"error": repr(exc)})
-                await anyio.sleep(1.0)
-                continue
-            try:
-                async for entry in watcher:
-                    if entry is not None:
-                        self._seen(entry.key, entry.value)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await watcher.stop()  # type: ignore[no-untyped-call]
-                    except Exception:  # the connection may already be gone
-                        pass
+        await watch_bucket(bus, CFG_STATE.name, lease_key("*"), lambda k, v, _rev: self._seen(k, v))
 
     def _seen(self, key: str, value: bytes | None) -> None:
         ns = key.removeprefix(lease_key(""))

@@ -26,7 +26,7 @@ import anyio
 import nats.errors
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from confbus.health_watcher.alertmanager import PATH, Receiver
 from confbus.health_watcher.alerts import Alerter, NamespaceEvaluator
@@ -40,6 +40,7 @@ from confbus.runtime.api import Endpoint, serve_api, stop_api
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, InvalidInput
 from confbus.runtime.events import emit
+from confbus.runtime.follow import Follower
 from confbus.runtime.http import HttpServer
 from confbus.runtime.service import ServiceContext
 from confbus.schemas import subjects
@@ -106,37 +107,26 @@ class SampleReader:
         self.metrics.samples.labels("accepted").inc()
 
     async def run(self, horizon_s: float, *, task_status: TaskStatus[None]) -> None:
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=datetime.now(UTC) - timedelta(seconds=horizon_s),
+        follower = Follower(
+            self.bus,
+            CFG_HEALTH.name,
+            subjects.HEALTH_ALL,
+            deliver=DeliverPolicy.BY_START_TIME,
+            start_time=datetime.now(UTC) - timedelta(seconds=horizon_s),
         )
-        sub = await self.bus.js.subscribe(
-            subjects.HEALTH_ALL, stream=CFG_HEALTH.name, ordered_consumer=True, config=config
-        )
-        ready = (await sub.consumer_info()).num_pending == 0
-        if ready:
-            task_status.started()
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.5 if not ready else 60.0)
-                except nats.errors.TimeoutError:
-                    msg = None
+        async with follower as f:
+            ready = f.pending_at_start == 0
+            deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+            while not ready:
+                msg = None
+                with anyio.move_on_after(deadline - time.monotonic()):
+                    msg = await f.next()
                 if msg is not None:
                     self.accept(msg)
-                if not ready and (
-                    (msg is not None and msg.metadata.num_pending == 0)
-                    or time.monotonic() > deadline
-                ):
-                    ready = True
-                    task_status.started()
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await sub.unsubscribe()
-                except Exception:  # the connection may already be gone
-                    pass
+                ready = msg is None or msg.metadata.num_pending == 0
+            task_status.started()
+            while True:
+                self.accept(await f.next())
 
 
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
@@ -271,7 +261,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(reader.run, args.horizon)
-            tg.start_soon(leases.watch)
+            tg.start_soon(leases.watch, bus)
             tg.start_soon(discovery_loop)
             tg.start_soon(lease_loop)
             tg.start_soon(eval_loop)
