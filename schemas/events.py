@@ -158,6 +158,7 @@ class WaveReport(msgspec.Struct, frozen=True, kw_only=True):
     baked_at: datetime | None = None
     verdict: str | None = None  # pass | fail | no_data (the health-watcher's answer)
     switch_s: float | None = None  # the atomic switch itself (prepare → decision)
+    unanswered: int = 0  # attempts no node answered (the bus down?), retried with backoff
 
 
 class RolloutStarted(Event, tag="rollout.started", kw_only=True, frozen=True):

@@ -10,6 +10,7 @@ from confbus.schemas.names import Format, Label, Namespace, NodeId
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = MIB
+RETRY_UNANSWERED_S = 60.0
 
 
 class HealthRule(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +71,9 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     bake_s: float = 0.0
     max_excluded: float = 0.1
     vote_timeout_s: float = 5.0
+    # A wave that no ready node answered (the bus or the agents unreachable, not a bad config)
+    # is retried with backoff for this long after its first attempt before the rollout fails.
+    retry_unanswered_s: float = RETRY_UNANSWERED_S
     on_missing_data: Literal["pass", "fail"] = "pass"
     on_newer_version: Literal["supersede", "queue"] = "supersede"
     selector: dict[Label, Label] = {}

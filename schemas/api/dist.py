@@ -23,6 +23,7 @@ import msgspec
 from confbus.schemas.events import AnyEvent, NodeOutcome, WaveReport
 from confbus.schemas.health import Alert
 from confbus.schemas.names import Namespace, NodeId
+from confbus.schemas.policy import RETRY_UNANSWERED_S
 
 SERVICE = "dist"
 
@@ -81,6 +82,10 @@ class WaveInfo(msgspec.Struct, frozen=True, kw_only=True):
     verdict_samples: int = 0
     verdict_reason: str = ""
     outcomes: list[NodeOutcome] = []
+    # Attempts that no node ready to vote answered, each retried after a backoff: the next
+    # attempt starts no earlier than ``retry_at``.
+    unanswered: int = 0
+    retry_at: datetime | None = None
 
 
 class PendingVersion(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +128,7 @@ class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
     bake_s: float = 0.0
     max_excluded: float = 0.1
     vote_timeout_s: float | None = None
+    retry_unanswered_s: float = RETRY_UNANSWERED_S  # the policy's, when planned
     on_missing_data: Literal["pass", "fail"] = "pass"
     previous_version: int | None = None  # production when the rollout began
     next: PendingVersion | None = None
@@ -155,6 +161,7 @@ class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
                 baked_at=w.baked_at,
                 verdict=w.verdict,
                 switch_s=w.switch_s,
+                unanswered=w.unanswered,
             )
             for w in self.waves
         ]

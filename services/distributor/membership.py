@@ -58,6 +58,8 @@ class Member:
     last_heartbeat: datetime | None
     started_at: datetime | None = None
     heard: bool = False  # a heartbeat reached this process (loaded records do not count)
+    ready: bool | None = None  # ready to vote, as its last heartbeat said (None: not said)
+    unready_at: float = -1.0  # monotonic time of the last heartbeat that said not ready
     # What CFG_STATE holds, as far as we know, and what we last announced.
     recorded: NodeRecord | None = None
     recorded_rev: int = 0
@@ -139,6 +141,19 @@ class Membership:
     def namespaces(self) -> set[str]:
         return {ns for m in self.members.values() for ns in m.states}
 
+    def not_ready_since(self, nodes: list[str], since: float) -> list[str]:
+        """Those of ``nodes`` that did not look ready to vote at some point since ``since``
+        (monotonic): a heartbeat said not ready (an agent whose stream reading was down, as
+        after a broker restart), or none came for too long. A missed vote of theirs says
+        nothing about the config."""
+        now = time.monotonic()
+        out = []
+        for node in nodes:
+            m = self.members.get(node)
+            if m is None or m.liveness(now) != "live" or m.ready is False or m.unready_at >= since:
+                out.append(node)
+        return out
+
     def applied(self, namespace: str, node: str) -> int | None:
         m = self.members.get(node)
         st = m.state(namespace) if m else None
@@ -161,6 +176,8 @@ class Membership:
                 last_heartbeat=datetime.now(UTC),
                 started_at=hb.started_at,
                 heard=True,
+                ready=hb.ready,
+                unready_at=now if hb.ready is False else -1.0,
             )
             self.members[hb.node] = m
             return m
@@ -171,6 +188,9 @@ class Membership:
         m.last_heartbeat = datetime.now(UTC)
         m.started_at = hb.started_at
         m.heard = True
+        m.ready = hb.ready
+        if hb.ready is False:
+            m.unready_at = now
         return m
 
     def load(self, records: list[tuple[NodeRecord, int]]) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 import msgspec
@@ -317,6 +317,7 @@ def planned(
     bake_s: float,
     max_excluded: float,
     vote_timeout_s: float,
+    retry_unanswered_s: float,
     on_missing_data: Literal["pass", "fail"],
     previous_version: int | None,
     actor: str,
@@ -331,6 +332,7 @@ def planned(
         bake_s=bake_s,
         max_excluded=max_excluded,
         vote_timeout_s=vote_timeout_s,
+        retry_unanswered_s=retry_unanswered_s,
         on_missing_data=on_missing_data,
         previous_version=previous_version,
         updated_at=utcnow(),
@@ -492,9 +494,14 @@ def record_abort(
     votes: list[VoteRecord],
     actor: str,
     decision_reason: str = "",
+    unready: Iterable[str] = (),
 ) -> RolloutInfo:
-    """An aborted attempt: fail on a ``no``; retry once without the nodes that only missed
-    the deadline, if that leaves out no more than ``max_excluded`` of the targets."""
+    """An aborted attempt. A ``no`` fails the rollout. An attempt that no node ready to vote
+    answered — nobody voted, or only nodes that said they were not ready (``unready``: their
+    heartbeat said so during the attempt) missed the deadline — says nothing about the config:
+    it is retried with backoff for ``retry_unanswered_s`` after the wave's first attempt.
+    Nodes that were ready and missed the deadline are left out of one retry, if that leaves
+    out no more than ``max_excluded`` of the targets; else the rollout fails."""
     w = rec.waves[index]
     now = utcnow()
     outcomes = vote_outcomes(
@@ -502,14 +509,23 @@ def record_abort(
     )
     no = [v for v in votes if v.vote == "no"]
     missing = sorted(v.node for v in votes if v.vote == "missing")
+    nobody_voted = bool(missing) and len(missing) == len(votes)
+    unanswered = not no and bool(missing) and (nobody_voted or set(missing) <= set(unready))
+    if unanswered and rec.state not in TERMINAL_STATES:
+        delay = unanswered_backoff(w.unanswered + 1)
+        first = w.started_at or now
+        if (now - first).total_seconds() + delay <= rec.retry_unanswered_s:
+            return _retry_unanswered(rec, index, txid, outcomes, delay, now, actor)
     remaining = [n for n in w.switch_nodes if n not in missing]
     total = max(1, len(rec.targets))
     would_exclude = excluded_count(rec) + len(missing)
     within = would_exclude / total <= rec.max_excluded + 1e-9
+    retried = w.attempts - w.unanswered  # attempts that ready nodes answered
     retry = (
         not no
+        and not unanswered
         and bool(missing)
-        and w.attempts < 2
+        and retried < 2
         and within
         and bool(remaining)
         and rec.state not in TERMINAL_STATES
@@ -536,22 +552,8 @@ def record_abort(
         w = replace(w, txids=[*w.txids, txid], outcomes=merge_outcomes(w.outcomes, outcomes))
     out = set_wave(rec, index, w)
     out = replace(out, updated_at=now, holder=actor, report=report(out))
-    out = outbox_event(
-        out,
-        f"wave{index}:{txid}",
-        RolloutWave(
-            namespace=rec.namespace,
-            actor=actor,
-            at=now,
-            rollout_id=rec.rollout_id,
-            version=rec.version,
-            wave=index,
-            txid=txid,
-            outcome="retrying" if retry else "aborted",
-            nodes=outcomes,
-            reason=decision_reason,
-        ),
-    )
+    outcome: Literal["retrying", "aborted"] = "retrying" if retry else "aborted"
+    out = _wave_event(out, index, txid, outcome, outcomes, actor, decision_reason, now)
     if retry or rec.state in TERMINAL_STATES:
         return out
     if no:
@@ -559,7 +561,14 @@ def record_abort(
         reason = f"wave {index} aborted: voted no — {why}"
     elif not missing:
         reason = f"wave {index} aborted: {decision_reason or 'the transaction aborted'}"
-    elif w.attempts >= 2:
+    elif unanswered:
+        first = w.started_at or now
+        reason = (
+            f"wave {index} aborted: no node ready to vote answered in {w.attempts} attempt(s) "
+            f"over {(now - first).total_seconds():.0f}s (is the bus reachable from the "
+            f"agents?); {', '.join(missing)} missed the vote deadline"
+        )
+    elif retried >= 2:
         reason = (
             f"wave {index} aborted again on its retry: {', '.join(missing)} missed the vote "
             "deadline"
@@ -573,6 +582,67 @@ def record_abort(
             f"({would_exclude / total:.0%}), over max_excluded {rec.max_excluded:.0%}"
         )
     return fail(out, index, reason, actor=actor)
+
+
+def unanswered_backoff(n: int) -> float:
+    """The wait before the attempt after the ``n``-th unanswered one: 0.5 s, doubling, 5 s
+    at most (each attempt already waits its vote deadline)."""
+    return min(0.5 * 2.0 ** max(0, n - 1), 5.0)
+
+
+def _retry_unanswered(
+    rec: RolloutInfo,
+    index: int,
+    txid: str,
+    outcomes: list[NodeOutcome],
+    delay: float,
+    now: datetime,
+    actor: str,
+) -> RolloutInfo:
+    w = rec.waves[index]
+    why = (
+        f"no node ready to vote answered (the bus or the agents unreachable?); attempt "
+        f"{w.attempts + 1} in {delay:g}s"
+    )
+    w = replace(
+        w,
+        state="pending",
+        txids=[*w.txids, txid],
+        unanswered=w.unanswered + 1,
+        retry_at=now + timedelta(seconds=delay),
+        outcomes=merge_outcomes(w.outcomes, outcomes),
+    )
+    out = set_wave(rec, index, w)
+    out = replace(out, updated_at=now, holder=actor, report=report(out))
+    return _wave_event(out, index, txid, "retrying", outcomes, actor, why, now)
+
+
+def _wave_event(
+    rec: RolloutInfo,
+    index: int,
+    txid: str,
+    outcome: Literal["committed", "aborted", "retrying"],
+    nodes: list[NodeOutcome],
+    actor: str,
+    reason: str,
+    at: datetime,
+) -> RolloutInfo:
+    return outbox_event(
+        rec,
+        f"wave{index}:{txid}",
+        RolloutWave(
+            namespace=rec.namespace,
+            actor=actor,
+            at=at,
+            rollout_id=rec.rollout_id,
+            version=rec.version,
+            wave=index,
+            txid=txid,
+            outcome=outcome,
+            nodes=nodes,
+            reason=reason,
+        ),
+    )
 
 
 def record_verdict(

@@ -10,9 +10,10 @@ compare-and-set on the record (see ``record`` for the states):
    or refuse (``rollout.failed``, wave -1, with the reason; nothing switched);
 2. per wave: record ``switching`` (with the participants and the time) *before* asking the
    coordinator for one atomic switch (for the first wave, in the same write as the plan),
-   then record its outcome: committed → bake; aborted by a ``no`` → failed; aborted only by
-   missed deadlines → retried once without those nodes, unless the rollout's excluded share
-   would pass ``max_excluded`` → failed;
+   then record its outcome: committed → bake; aborted by a ``no`` → failed; answered by no
+   node ready to vote → retried whole after a backoff, for the policy's ``retry_unanswered_s``;
+   aborted by ready nodes missing the deadline → retried once without those nodes, unless the
+   rollout's excluded share would pass ``max_excluded`` → failed;
 3. bake: wait until ``committed_at + bake_s`` (wall time in the record, so a restarted driver
    waits only what is left), then ask ``cfg.api.health.verdict`` about the nodes switched so
    far; no health-watcher is ``no_data``, which the policy's ``on_missing_data`` turns into a
@@ -593,6 +594,7 @@ class Rollouts:
                 bake_s=policy.bake_s,
                 max_excluded=policy.max_excluded,
                 vote_timeout_s=policy.vote_timeout_s,
+                retry_unanswered_s=policy.retry_unanswered_s,
                 on_missing_data=policy.on_missing_data,
                 previous_version=prod.version if prod else None,
                 actor=self.instance,
@@ -661,6 +663,10 @@ class Rollouts:
 
         ``plan``: the record is not planned yet — ``rec`` is as it will be once ``plan`` is
         applied, and the same write records the plan and this attempt."""
+        retry_at = rec.waves[i].retry_at
+        if retry_at is not None and (left := (retry_at - datetime.now(UTC)).total_seconds()) > 0:
+            await self._wait(namespace, left)  # backing off after an unanswered attempt
+            return
         todo = R.wave_nodes(rec, i)
         already = [n for n in todo if (self.membership.applied(namespace, n) or 0) >= rec.version]
         down = [n for n in todo if n not in already and not self.membership.is_live(n)]
@@ -750,8 +756,9 @@ class Rollouts:
         self.metrics.wave_switch_seconds.observe(switch_s)
         if reply.outcome == "commit":
             await failpoint("distributor.after_wave_committed")
+        unready = self.membership.not_ready_since(nodes, started)
         await self._record(namespace, entry.value, i, reply.txid, reply.outcome, reply.votes,
-                           switch_s)  # fmt: skip
+                           switch_s, unready=unready)  # fmt: skip
 
     async def _record(
         self,
@@ -763,6 +770,7 @@ class Rollouts:
         votes: list[VoteRecord],
         switch_s: float | None,
         decision_reason: str = "",
+        unready: list[str] | None = None,
     ) -> None:
         def change(cur: RolloutInfo | None) -> RolloutInfo | None:
             if cur is None or cur.rollout_id != rec.rollout_id or i >= len(cur.waves):
@@ -782,6 +790,7 @@ class Rollouts:
                     votes=votes,
                     actor=self.instance,
                     decision_reason=decision_reason,
+                    unready=unready or (),
                 )
             return R.replace(out, holder=self.instance)
 
@@ -843,6 +852,9 @@ class Rollouts:
                         VoteRecord(node=n, vote="missing", reason="unknown (recovered)")
                         for n in w.switch_nodes
                     ]
+            # Who was not ready during the attempt, as far as this process heard.
+            age = (datetime.now(UTC) - since).total_seconds()
+            unready = self.membership.not_ready_since(w.switch_nodes, time.monotonic() - age)
             await self._record(
                 namespace,
                 rec,
@@ -852,6 +864,7 @@ class Rollouts:
                 votes,
                 None,
                 decision_reason=decision.reason,
+                unready=unready,
             )
             return
         timeout = rec.vote_timeout_s or 5.0

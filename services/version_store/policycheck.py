@@ -58,6 +58,7 @@ def check_full_policy(policy: Policy) -> None:
     for name, value in (
         ("bake_s", policy.bake_s),
         ("rollback.batch_delay_s", policy.rollback.batch_delay_s),
+        ("retry_unanswered_s", policy.retry_unanswered_s),
     ):
         if value < 0:
             raise InvalidConfig(f"{name} cannot be negative, got {value}", name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from confbus.distributor import record as R
 from confbus.schemas.api.dist import RolloutInfo
 from confbus.schemas.events import RolloutFailed, RolloutWave, VoteRecord
@@ -22,6 +24,7 @@ def planned(nodes: int = 8, waves: int = 4, max_excluded: float = 0.1) -> Rollou
         bake_s=1.0,
         max_excluded=max_excluded,
         vote_timeout_s=2.0,
+        retry_unanswered_s=60.0,
         on_missing_data="pass",
         previous_version=1,
         actor=ACTOR,
@@ -70,6 +73,53 @@ def test_missing_votes_are_retried_once_within_max_excluded() -> None:
     # The retry aborts too: no third attempt.
     rec = R.record_abort(rec, 0, txid="t2", votes=votes(everyone[:7], missing=["n7"]), actor=ACTOR)
     assert rec.state == "failed" and "again on its retry" in rec.reason
+
+
+def test_a_wave_nobody_answered_is_retried_whole_with_backoff_until_its_window_ends() -> None:
+    rec = attempt(planned(nodes=4, waves=1))
+    everyone = R.wave_nodes(rec, 0)
+    delays = []
+    for n in range(1, 4):
+        rec = R.record_abort(rec, 0, txid=f"t{n}", votes=votes([], missing=everyone), actor=ACTOR)
+        w = rec.waves[0]
+        assert rec.state == "running" and w.state == "pending" and w.unanswered == n
+        assert w.excluded == [] and w.retry_at is not None and w.started_at is not None
+        event = rec.outbox[-1].event
+        assert isinstance(event, RolloutWave) and event.outcome == "retrying"
+        delays.append((w.retry_at - event.at).total_seconds())
+        assert "no node ready to vote answered" in event.reason
+        rec = attempt(rec)
+        assert rec.waves[0].switch_nodes == everyone and rec.waves[0].attempts == n + 1
+    assert delays == [0.5, 1.0, 2.0]  # backing off
+    # The first attempt began longer ago than the policy's window: the rollout fails.
+    w = rec.waves[0]
+    assert w.started_at is not None
+    rec = R.set_wave(rec, 0, R.replace(w, started_at=w.started_at - timedelta(seconds=59)))
+    rec = R.record_abort(rec, 0, txid="t4", votes=votes([], missing=everyone), actor=ACTOR)
+    assert rec.state == "failed" and rec.waves[0].unanswered == 3
+    assert "no node ready to vote answered in 4 attempt(s)" in rec.reason
+    assert rec.wave_reports[0].unanswered == 3
+
+
+def test_missing_votes_of_nodes_not_ready_are_retried_whole_and_ready_ones_are_not() -> None:
+    rec = attempt(planned(nodes=10, waves=1, max_excluded=0.2))
+    everyone = R.wave_nodes(rec, 0)
+    # n8 and n9 said they were not ready to vote (a reconnect): no one is left out.
+    rec = R.record_abort(
+        rec, 0, txid="t1", votes=votes(everyone[:8], missing=everyone[8:]), actor=ACTOR,
+        unready=everyone[8:],
+    )  # fmt: skip
+    assert rec.waves[0].state == "pending" and rec.waves[0].excluded == []
+    assert rec.waves[0].unanswered == 1
+    rec = attempt(rec)
+    assert rec.waves[0].switch_nodes == everyone
+    # n9 was ready and missed it: left out of one retry, as always (unanswered ones not counted).
+    rec = R.record_abort(
+        rec, 0, txid="t2", votes=votes(everyone[:8], missing=everyone[8:]), actor=ACTOR,
+        unready=["n8"],
+    )  # fmt: skip
+    assert rec.state == "running" and rec.waves[0].excluded == everyone[8:]
+    assert rec.outbox[-1].event is not None and rec.outbox[-1].event.outcome == "retrying"  # type: ignore[union-attr]
 
 
 def test_missing_beyond_max_excluded_fails_without_a_retry() -> None:

@@ -51,7 +51,10 @@ def progress_line(ev: AnyEvent) -> str | None:
             if n.outcome != "applied"
         ]
         tail = f"; {', '.join(others)}" if others else ""
-        return f"  wave {ev.wave + 1}: {ev.outcome} (txn {ev.txid}), {len(applied)} applied{tail}"
+        why = f" — {ev.reason}" if ev.reason and ev.outcome == "retrying" else ""
+        return (
+            f"  wave {ev.wave + 1}: {ev.outcome} (txn {ev.txid}), {len(applied)} applied{tail}{why}"
+        )
     if isinstance(ev, RolloutBaked):
         return f"  wave {ev.wave + 1}: bake {ev.verdict}"
     if isinstance(ev, RolloutPaused):
@@ -116,6 +119,12 @@ def report(args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo) ->
     if ok:
         for n in not_applied:  # left out within the policy's max_excluded: say so
             _stderr(f"confbus: warning: {n.node} {n.outcome}: {n.reason or 'no reason given'}")
+        for w in rollout.waves:
+            if w.unanswered:  # a bus outage got in the way: done, but say so
+                _stderr(
+                    f"confbus: note: wave {w.index + 1} took {w.attempts} attempts: no node "
+                    f"ready to vote answered {w.unanswered} of them (was the bus down?)"
+                )
         return OK
     why = f": {rollout.reason}" if rollout.reason else ""
     if rollout.state == "superseded" and rollout.superseded_by is not None:
