@@ -11,7 +11,7 @@ background: after a broker restart the agents, connected again within a second, 
 prepare for ~14 s. Here the consumer is re-created, from the sequence after the last message
 handed out, as soon as there is reason to think it is gone:
 
-- the connection came back (``Bus.reconnected``): a restarted server has forgotten it, a
+- the connection came back (``Bus.on_reconnect``): a restarted server has forgotten it, a
   connection moved to another cluster node may be served by a consumer on a dead one;
 - nothing at all (message or heartbeat) came for ``silent_after_s`` — the server holding the
   consumer died while our connection, to another node of the cluster, stayed up;
@@ -22,6 +22,10 @@ Creating it is retried with backoff until it works (JetStream may still be recov
 streams, or electing a leader); a reconnect cuts the wait short. ``live`` says whether a
 consumer is in place for us now, and ``on_live`` hears each change: an agent tells the
 distributor with it whether it is ready to vote.
+
+All of it happens in ``next`` — the reader is nearly always waiting there — so a follower
+owns no task: it can live in an async generator (``Client.events``), which must not hold a
+task group across a ``yield``.
 
 Only the unnamed ephemeral form of consumer creation is used (``$JS.API.CONSUMER.CREATE.<stream>``),
 which is all that agents and CI users may do under ``confbus up --secure``; a consumer left
@@ -38,11 +42,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
+from typing import Literal
 
 import anyio
 import nats.errors
 import nats.js.errors
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -76,14 +81,17 @@ class _Item:
     msg: Msg
 
 
+# Put in the queue to wake ``next`` up: the consumer must be re-created (a reconnect).
+_POKE: Literal["poke"] = "poke"
+
+
 @dataclass
 class Follower:
     """``async with Follower(...) as f: msg = await f.next()`` — see the module docstring.
 
     ``start_seq`` is the first stream sequence wanted (0: as ``deliver`` says, with
     ``start_time`` for ``BY_START_TIME``). After the first message, every re-creation starts
-    at the sequence after the last one ``next`` returned. A task of its own keeps the consumer
-    in place, so ``live`` is true to the moment even while the reader is busy elsewhere.
+    at the sequence after the last one ``next`` returned.
     """
 
     bus: Bus
@@ -106,10 +114,10 @@ class Follower:
     _heard: float = field(default=0.0, init=False)  # monotonic: last sign of the consumer
     _sub: Subscription | None = field(default=None, init=False)
     _stale: str = field(default="", init=False)  # why the consumer must be re-created
-    _wake: anyio.Event = field(default_factory=anyio.Event, init=False)
-    _tg: TaskGroup | None = field(default=None, init=False)
-    _send: MemoryObjectSendStream[_Item] | None = field(default=None, init=False)
-    _receive: MemoryObjectReceiveStream[_Item] | None = field(default=None, init=False)
+    _send: MemoryObjectSendStream[_Item | Literal["poke"]] | None = field(default=None, init=False)
+    _receive: MemoryObjectReceiveStream[_Item | Literal["poke"]] | None = field(
+        default=None, init=False
+    )
     _unlisten: Callable[[], None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -123,18 +131,17 @@ class Follower:
     async def __aenter__(self) -> Follower:
         # Flow control bounds what is in flight; the buffer only holds what the server sent
         # ahead of the reader within that window.
-        self._send, self._receive = anyio.create_memory_object_stream[_Item](math.inf)
+        self._send, self._receive = anyio.create_memory_object_stream[_Item | Literal["poke"]](
+            math.inf
+        )
         self._unlisten = self.bus.on_reconnect(lambda: self._poke("reconnected"))
         try:
             await self._create()
         except _StreamMissing:
-            await self._close()
+            await self.aclose()
             raise
         except Unavailable as exc:
-            self._poke(str(exc))  # the bus is down, or JetStream not ready: the keeper retries
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._keep)
+            self._poke(str(exc))  # the bus is down, or JetStream not ready: next() retries
         return self
 
     async def __aexit__(
@@ -142,34 +149,40 @@ class Follower:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
-        finally:
-            await self._close()
+    ) -> None:
+        await self.aclose()
 
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
         with anyio.CancelScope(shield=True):
             await self._drop_subscription()
-        assert self._send is not None and self._receive is not None
-        self._send.close()
-        self._receive.close()
+        if self._send is not None and self._receive is not None:
+            self._send.close()
+            self._receive.close()
 
     # -- reading ---------------------------------------------------------------------------
 
     async def next(self) -> Msg:
         """The next message of the stream under the filter, in order, each once."""
         assert self._receive is not None, "use Follower as an async context manager"
+        silent_after = SILENT_AFTER * self.heartbeat_s
         while True:
-            item = await self._receive.receive()
+            if self._stale:
+                await self._recreate()
+            item: _Item | Literal["poke"] | None = None
+            with anyio.move_on_after(max(0.0, self._heard + silent_after - time.monotonic())):
+                item = await self._receive.receive()
+            if item is None:
+                if self.bus.nc.is_connected:
+                    self._poke(f"nothing heard for {silent_after:g}s")
+                else:
+                    self._heard = time.monotonic()  # the reconnect will say when to look again
+                continue
             # From here to the return, no await: a re-creation cannot slip in between.
-            if item.generation != self._generation:
-                continue  # from a consumer replaced since
+            if item == _POKE or item.generation != self._generation:
+                continue  # a wake-up, or from a consumer replaced since
             msg = item.msg
             if not msg.data and msg.headers and "Status" in msg.headers:
                 await self._control(msg)
@@ -213,7 +226,7 @@ class Follower:
     # -- keeping the consumer in place -------------------------------------------------------
 
     def _poke(self, why: str) -> None:
-        """The consumer is (probably) gone: have the keeper re-create it now."""
+        """The consumer is (probably) gone: have ``next`` re-create it now."""
         if not self._stale:
             log.info(
                 "re-creating consumer",
@@ -221,7 +234,11 @@ class Follower:
             )
             self._stale = why
             self._set_live(False)
-        self._wake.set()
+        if self._send is not None:
+            try:
+                self._send.send_nowait(_POKE)  # wakes a reader waiting for a message
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
 
     def _set_live(self, live: bool) -> None:
         if live != self.live:
@@ -229,39 +246,28 @@ class Follower:
             if self.on_live is not None:
                 self.on_live(live)
 
-    async def _keep(self) -> None:
-        silent_after = SILENT_AFTER * self.heartbeat_s
+    async def _recreate(self) -> None:
+        """Create the consumer again, retrying with backoff; a reconnect cuts a wait short."""
+        assert self._receive is not None
         delay = RETRY_MIN_S
         while True:
-            self._wake = wake = anyio.Event()
-            if self._stale:
-                try:
-                    await self._create()
-                    delay = RETRY_MIN_S
-                    continue
-                except Unavailable as exc:
-                    log.info(
-                        "consumer not re-created yet",
-                        extra={"stream": self.stream, "error": str(exc), "retry_s": delay},
-                    )
-                # A reconnect (a poke) cuts the wait short.
-                with anyio.move_on_after(delay * random.uniform(0.5, 1.0)):
-                    await wake.wait()
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            left = self._heard + silent_after - time.monotonic()
-            if left <= 0 and self.bus.nc.is_connected:
-                self._poke(f"nothing heard for {silent_after:g}s")
-                continue
-            with anyio.move_on_after(max(left, 0.05)):
-                await wake.wait()
+            try:
+                await self._create()
+                return
+            except Unavailable as exc:
+                log.info(
+                    "consumer not re-created yet",
+                    extra={"stream": self.stream, "error": str(exc), "retry_s": delay},
+                )
+            with anyio.move_on_after(delay * random.uniform(0.5, 1.0)):
+                while await self._receive.receive() != _POKE:
+                    pass  # from a consumer given up on: dropped
+            delay = min(delay * 2, RETRY_MAX_S)
 
     async def _create(self) -> None:
         """A new inbox and a new consumer delivering to it, from where the reader is."""
         await self._drop_subscription()
-        # Bumped before anything else, with no await before the start is read: what the old
-        # consumer still delivers is dropped, and the new one starts after the last message
-        # handed out.
+        # What the old consumer still delivers is dropped from here on.
         self._generation += 1
         generation = self._generation
         self._consumer_seq = 0
@@ -311,8 +317,6 @@ class Follower:
             raise Unavailable(f"{self.stream} is not there (yet): {exc!r}") from exc
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
             raise Unavailable(f"cannot create a consumer on {self.stream}: {exc!r}") from exc
-        if generation != self._generation:
-            return  # replaced while we waited (cannot happen: one keeper), keep the newer
         if start == 0 and self.deliver == DeliverPolicy.NEW and info.delivered:
             # "New" means after what the stream held now: a re-creation before the first
             # message reaches us must not skip what is published from here on.
