@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -30,6 +31,8 @@ from confbus.runtime.api import call
 from confbus.runtime.bus import DEFAULT_NATS_URL, Bus, connect
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, NotFound, Permanent, Unavailable
+from confbus.runtime.follow import Follower
+from confbus.runtime.retry import retry_unavailable
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import rollback as rollback_api
@@ -58,6 +61,7 @@ log = logging.getLogger("confbus.client")
 Rep = TypeVar("Rep")
 
 _LAST_NATS_TIME = datetime(2262, 1, 1, tzinfo=UTC)
+RECONNECT_ATTEMPTS = 20
 
 
 class StreamedEvent(msgspec.Struct, frozen=True):
@@ -85,8 +89,12 @@ class Client:
         creds: str | None = None,
         tls_ca: str | None = None,
         connect_timeout: float = 2.0,
+        connect_wait_s: float = 0.0,
     ) -> None:
+        """``connect_wait_s``: how long to keep trying to reach NATS at first (a broker
+        restarting); 0: give up at once."""
         self.nats_url = nats_url
+        self.connect_wait_s = connect_wait_s
         self._kw: dict[str, Any] = dict(
             name=name,
             user=user,
@@ -103,8 +111,21 @@ class Client:
         return self._bus
 
     async def __aenter__(self) -> Client:
-        # A CLI must fail fast when confbus is down, not reconnect forever.
-        self._bus = await connect(self.nats_url, max_reconnect_attempts=3, **self._kw)
+        async def once() -> Bus:
+            # A CLI must not reconnect forever when confbus is down; but it rides out a broker
+            # restart (~1 s) or a cluster node's death (RECONNECT_ATTEMPTS × 0.5 s per server).
+            return await connect(
+                self.nats_url, max_reconnect_attempts=RECONNECT_ATTEMPTS, **self._kw
+            )
+
+        if self.connect_wait_s <= 0:
+            self._bus = await once()
+        else:
+            self._bus = await retry_unavailable(
+                once,
+                what=f"connecting to {self.nats_url}",
+                deadline=time.monotonic() + self.connect_wait_s,
+            )
         return self
 
     async def __aexit__(
@@ -148,48 +169,58 @@ class Client:
             since = datetime.now(UTC) - since
         elif since is not None and since.tzinfo is None:
             since = since.astimezone()
-        config = ConsumerConfig()
+        start_seq = 0
+        policy = DeliverPolicy.NEW if follow else DeliverPolicy.ALL
+        start_time = None
         if from_seq is not None:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = from_seq
+            start_seq = max(1, from_seq)
         elif since is not None:
-            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            policy = DeliverPolicy.BY_START_TIME
             # nats-server keeps times as int64 nanoseconds: past 2262 they wrap to "everything".
-            config.opt_start_time = min(since.astimezone(UTC), _LAST_NATS_TIME)
-        elif follow:
-            config.deliver_policy = DeliverPolicy.NEW
-        else:
-            config.deliver_policy = DeliverPolicy.ALL
+            start_time = min(since.astimezone(UTC), _LAST_NATS_TIME)
+
+        async def stream_end() -> int:
+            try:
+                return (await self.bus.js.stream_info(CFG_EVENTS.name)).state.last_seq
+            except nats.js.errors.NotFoundError as exc:
+                raise Permanent(
+                    f"no {CFG_EVENTS.name} stream at {self.nats_url}: is confbus running there?"
+                ) from exc
+            except nats.errors.Error as exc:
+                raise Unavailable(
+                    f"JetStream at {self.nats_url} is not answering: {exc!r}"
+                ) from exc
+
         try:
-            last = (await self.bus.js.stream_info(CFG_EVENTS.name)).state.last_seq
-            if not follow and (last == 0 or (from_seq is not None and from_seq > last)):
-                return
-            sub = await self.bus.js.subscribe(
-                subject_filter, stream=CFG_EVENTS.name, ordered_consumer=True, config=config
+            last = await retry_unavailable(
+                stream_end, what="reading CFG_EVENTS", deadline=time.monotonic() + stall_timeout
             )
-        except nats.js.errors.NotFoundError as exc:
-            raise Unavailable(
-                f"no {CFG_EVENTS.name} stream at {self.nats_url}: is confbus running there?"
-            ) from exc
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-            raise Unavailable(f"JetStream at {self.nats_url} is not answering: {exc!r}") from exc
-        try:
+        except Permanent as exc:
+            raise Unavailable(str(exc)) from exc
+        if not follow and (last == 0 or (from_seq is not None and from_seq > last)):
+            return
+        # Comes back by itself after a reconnect (a broker restart): a --wait rides it out.
+        follower = Follower(
+            self.bus,
+            CFG_EVENTS.name,
+            subject_filter,
+            start_seq=start_seq,
+            deliver=policy,
+            start_time=start_time,
+        )
+        async with follower:
             if on_subscribed is not None:
                 on_subscribed()
-            if not follow:
-                info = await sub.consumer_info()
-                delivered = info.delivered.consumer_seq if info.delivered else 0
-                if not info.num_pending and not delivered:
-                    return  # nothing in the stream matches the filter
+            if not follow and follower.created and not follower.pending_at_start:
+                return  # nothing in the stream matches the filter
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=None if follow else stall_timeout)
-                except nats.errors.TimeoutError as exc:
+                    with anyio.fail_after(None if follow else stall_timeout):
+                        msg = await follower.next()
+                except TimeoutError as exc:
                     raise Unavailable(
                         f"replay of {CFG_EVENTS.name} stalled: nothing for {stall_timeout}s"
                     ) from exc
-                except nats.errors.ConnectionClosedError as exc:
-                    raise Unavailable(f"lost the connection to {self.nats_url}") from exc
                 md = msg.metadata
                 seq = md.sequence.stream
                 if not follow and seq > last:
@@ -202,10 +233,6 @@ class Client:
                 # num_pending: what still matches the filter after this message.
                 if not follow and (seq >= last or md.num_pending == 0):
                     return
-        finally:
-            # A closed connection has no subscription left to remove.
-            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
 
     # == version store: changes and cfg.api.store.* ===============================================
     # Owned by the version-store work (issue 3). ``publish`` is the hook the rollout's ``--wait``
@@ -242,7 +269,7 @@ class Client:
         check_namespace(namespace)
         sha = hashlib.sha256(content).hexdigest()
         if change_id is None:
-            change_id = await self.default_change_id(namespace, sha, base)
+            change_id = await self.default_change_id(namespace, sha, base, timeout=timeout)
         check_change_id(change_id)
         change = ChangeProposed(
             namespace=namespace,
@@ -298,7 +325,8 @@ class Client:
         sub = await self.bus.nc.subscribe(subjects.event(namespace, "version.>"), cb=on_event)
         try:
             with anyio.move_on_after(timeout) as scope:
-                duplicate = await send()
+                # Safe to repeat: the change's message id makes a second copy a no-op.
+                duplicate = await retry_unavailable(send, what=f"publishing change {change_id}")
                 return await self._outcome(change, sha, duplicate, receive)
             assert scope.cancelled_caught
             raise Unavailable(
@@ -356,21 +384,34 @@ class Client:
                 "new change id",
                 "change_id",
             )
-        return (await self.get(change.namespace, str(version), content=False)).info
+        stored = await retry_unavailable(
+            lambda: self.get(change.namespace, str(version), content=False),
+            what=f"reading version {version}",
+        )
+        return stored.info
 
-    async def default_change_id(self, namespace: str, sha: str, base: int | None = None) -> str:
+    async def default_change_id(
+        self, namespace: str, sha: str, base: int | None = None, *, timeout: float = 0.0
+    ) -> str:
         """A change id for content published without ``--id``: ``auto-<sha256[:24]>-<n>``, where
         ``n`` is the version it goes on top of (``base``, else the newest now).
 
         A retry of the same content is the same change (idempotent) — also after it was stored:
         when the newest version already is this content under such an id, that id is reused. The
         same content published again after other versions is a new change (``n`` moved on).
+        The read is tried again while the store is unavailable, for ``timeout`` seconds.
         """
         prefix = f"auto-{sha[:24]}"
         if base is not None:
             return f"{prefix}-{base}"
         try:
-            latest = (await self.get(namespace, "latest", content=False)).info
+            latest = (
+                await retry_unavailable(
+                    lambda: self.get(namespace, "latest", content=False),
+                    what=f"reading the latest version of {namespace}",
+                    deadline=time.monotonic() + timeout,
+                )
+            ).info
         except NotFound:
             return f"{prefix}-0"
         if latest.sha256 == sha and latest.change_id == f"{prefix}-{latest.parent or 0}":
@@ -748,7 +789,10 @@ class Client:
 
         async def from_record(scope: anyio.CancelScope) -> None:
             while True:
-                rec = await self._rollout_record(namespace)
+                try:
+                    rec = await self._rollout_record(namespace)
+                except Unavailable:
+                    rec = None  # the bus is coming back (a restart): ask again in a second
                 if rec is not None and rec.version == version and not rec.active:
                     await anyio.sleep(1.0)  # let the event (and progress) come first
                     found.append(rec)
@@ -771,7 +815,7 @@ class Client:
             entry = await kv.get(f"rollout.{namespace}")
         except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
             return None
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        except nats.errors.Error as exc:  # a timeout, no responders, a 503, a reconnect
             raise Unavailable(f"CFG_STATE at {self.nats_url} is not answering: {exc!r}") from exc
         if not entry.value:
             return None

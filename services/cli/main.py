@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A command with a time budget (--timeout: publish, rollback) also rides out a broker that is
+# restarting as it starts, for up to this long; others say "unreachable" at once.
+CONNECT_WAIT_S = 10.0
+
+
 def client_for(args: argparse.Namespace) -> Client:
     return Client(
         args.nats_url,
@@ -68,6 +73,7 @@ def client_for(args: argparse.Namespace) -> Client:
         password=args.nats_password,
         creds=args.nats_creds,
         tls_ca=args.tls_ca,
+        connect_wait_s=CONNECT_WAIT_S if hasattr(args, "timeout") else 0.0,
     )
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -41,6 +40,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Permanent, Unavailable
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.pull import Puller
+from confbus.runtime.retry import Backoff
 from confbus.schemas import subjects
 from confbus.schemas.base import DECODE_ERRORS, decode_envelope
 from confbus.schemas.dlq import DeadLetter
@@ -52,18 +52,6 @@ T = TypeVar("T")
 
 # Unexpected exceptions (bugs) are retried this many deliveries, then dead-lettered.
 MAX_BUG_DELIVERIES = 5
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter and a cap (AWS architecture blog)."""
-
-    base_s: float = 0.2
-    cap_s: float = 30.0
-
-    def delay(self, deliveries: int) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** max(0, deliveries - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
 
 @dataclass

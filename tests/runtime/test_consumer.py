@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from confbus.runtime.bus import Bus
-from confbus.runtime.consumer import Backoff, Consumer, Delivery
+from confbus.runtime.consumer import Consumer, Delivery
 from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.runtime.metrics import ConsumerMetrics
+from confbus.runtime.retry import Backoff
 from confbus.schemas import subjects
 from confbus.schemas.changes import ChangeProposed, decode_change
 from confbus.schemas.dlq import DeadLetter, decode_dead_letter

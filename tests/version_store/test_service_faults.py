@@ -23,9 +23,10 @@ from prometheus_client import CollectorRegistry
 from confbus.cli.client import Client
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
-from confbus.runtime.consumer import Backoff, Consumer
+from confbus.runtime.consumer import Consumer
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.natsd import NatsServer
+from confbus.runtime.retry import Backoff
 from confbus.schemas import subjects
 from confbus.schemas.base import decode_envelope
 from confbus.schemas.changes import ChangeProposed, decode_change, msg_id
