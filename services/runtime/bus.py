@@ -6,6 +6,7 @@ object a service's code receives.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -71,6 +72,19 @@ class Bus:
         """Call ``listener`` (quick, never blocking) on each reconnect; returns the way to stop."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def note_disconnected(self) -> None:
+        """Called by the connection's disconnect callback (``connect``): a request in flight
+        on the lost connection never hears back — its reply, if any, went to a connection that
+        is gone — so fail it now, as a timeout (what every caller already treats as "unknown,
+        retry"), instead of after its whole timeout (5 s for JetStream calls): after a broker
+        restart, a KV write or an API call caught by the kill held a service up that long."""
+        pending = getattr(self.nc, "_resp_map", None)  # nats-py's request futures, by token
+        if not isinstance(pending, dict):
+            return
+        for future in list(pending.values()):
+            if isinstance(future, asyncio.Future) and not future.done():
+                future.set_exception(nats.errors.TimeoutError())
 
     def note_reconnected(self) -> None:
         """Called by the connection's reconnect callback (``connect``)."""
@@ -209,6 +223,8 @@ async def connect(
         if conn and conn[0].nc.is_closed:
             return  # we closed it (drain, close): not news
         log.warning("nats disconnected")
+        if conn:
+            conn[0].note_disconnected()
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
