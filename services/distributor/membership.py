@@ -8,7 +8,10 @@ and their applied state, last heartbeat, liveness) and emits ``node.status`` on 
 
 No flood: a node's transitions are announced at most once per ``min_event_gap_s`` (the
 latest state wins when the gap is over), and nobody's liveness is judged while *we* hear no
-heartbeat at all (the distributor, not the fleet, is then the one cut off). A node gone for
+heartbeat at all (the distributor, not the fleet, is then the one cut off). A time when we
+heard no one at all — our connection down, a broker restarting — does not count against the
+nodes afterwards either: their last heartbeats are moved on by it when hearing resumes, and
+the rollout driver waits for the first heartbeat before it judges anyone (``warm``). A node gone for
 ``forget_after_s`` is forgotten: its records are deleted, so an agent that never returns pins
 nothing.
 """
@@ -103,15 +106,28 @@ class Membership:
     members: dict[str, Member] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     last_any: float = 0.0  # monotonic time of the last heartbeat from anyone
+    _heard: anyio.Event = field(default_factory=anyio.Event)  # set by the next heartbeat
 
     # -- reading -------------------------------------------------------------------------------
 
     async def warm(self) -> None:
         """Just after start we have heard from nobody: wait one and a half heartbeat
-        intervals before judging who is live, or a restart would roll out to no one."""
+        intervals before judging who is live, or a restart would roll out to no one. The same
+        when we have heard no one for a while (``deaf``): wait, as long at most, for the next
+        heartbeat — the fleet speaks up at once after a broker restart."""
         remaining = self.started + 1.5 * self.heartbeat_interval_s - time.monotonic()
         if remaining > 0:
             await anyio.sleep(remaining)
+        elif self.deaf():
+            with anyio.move_on_after(1.5 * self.heartbeat_interval_s):
+                await self._heard.wait()
+
+    def deaf(self) -> bool:
+        """We have heard no one for longer than two of the fleet's shortest intervals."""
+        heard = [m.interval_s for m in self.members.values() if m.heard]
+        if not heard or not self.last_any:
+            return False
+        return time.monotonic() - self.last_any > 2 * max(min(heard), 0.05)
 
     def get(self, node: str) -> Member | None:
         return self.members.get(node)
@@ -163,7 +179,11 @@ class Membership:
 
     def observe(self, hb: Heartbeat) -> Member:
         now = time.monotonic()
+        if self.deaf():
+            self._discount(now - self.last_any)
         self.last_any = now
+        self._heard.set()
+        self._heard = anyio.Event()
         states = {s.namespace: s for s in hb.namespaces}
         m = self.members.get(hb.node)
         if m is None:
@@ -192,6 +212,13 @@ class Membership:
         if hb.ready is False:
             m.unready_at = now
         return m
+
+    def _discount(self, deaf_s: float) -> None:
+        """We heard no one for ``deaf_s``: the nodes that were live then are judged as if
+        that time had not passed (one that died meanwhile turns suspect a little later)."""
+        for m in self.members.values():
+            if (self.last_any - m.seen) / max(m.interval_s, 0.05) <= SUSPECT_AFTER:
+                m.seen = min(m.seen + deaf_s, time.monotonic())
 
     def load(self, records: list[tuple[NodeRecord, int]]) -> None:
         """Members known from CFG_STATE (a restarted replica), until they heartbeat again.

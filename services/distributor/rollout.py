@@ -420,6 +420,7 @@ class Rollouts:
 
     async def step(self, namespace: str) -> bool:
         """One step of the namespace's rollout. False: nothing more to do for now."""
+        await self.membership.warm()  # judge no node while we hear none (a broker restart)
         entry = await self.latest(namespace)
         rec = entry.value
         if rec is None:
