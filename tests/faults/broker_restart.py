@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 
 from confbus.cli.client import Client
-from confbus.schemas.events import NodeApplied
+from confbus.schemas.events import NodeApplied, RolloutCompleted, RolloutWave, VersionCreated
 from tests.cli.procs import Proc, arun_confbus, confbus_argv
+from tests.faults.results import Figures, finish
 from tests.ha.hastack import READY_TIMEOUT, HaStack
 
 NS = "web"
@@ -130,3 +133,158 @@ async def kill_then_publish(
     on_every_node(stack, nodes, label)
     done = await applied_at(stack.url, version_of(out), nodes, kill_wall - timedelta(seconds=5))
     return (done - kill_wall).total_seconds()
+
+
+# -- the loop: many kills while CI keeps publishing ---------------------------------------------
+
+
+@dataclass
+class Publish:
+    label: str
+    started: float  # wall clock (time.time())
+    ended: float = 0.0
+    code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def superseded(self) -> bool:
+        return self.code == 1 and " superseded" in self.stderr
+
+
+async def _publisher(
+    stack: HaStack, root: Path, name: str, out: list[Publish], stop: anyio.Event
+) -> None:
+    """CI publishing again and again: ``confbus publish --id <name>-<i> --wait``."""
+    i = 0
+    while not stop.is_set():
+        i += 1
+        label = f"{name}-{i}"
+        path = root / f"{label}.json"
+        path.write_bytes(content(label))
+        p = Publish(label, time.time())
+        out.append(p)
+        done = await arun_confbus(
+            "--nats-url", stack.url, "publish", NS, str(path), "--id", label, "--wait",
+            "--timeout", "120", timeout=180,
+        )  # fmt: skip
+        p.ended, p.code, p.stdout, p.stderr = time.time(), done.returncode, done.stdout, done.stderr
+
+
+def _median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    return s[len(s) // 2] if s else 0.0
+
+
+async def kill_loop(root: Path, *, kills: int, tier: str, seed: int = 25) -> Figures:
+    """``kills`` SIGKILLs of the embedded nats-server of ``confbus up`` (3 agents), each at a
+    random moment while two CI jobs keep publishing with ``--wait``; then the checks: every
+    publish exited 0 or was superseded by a newer version, every acknowledged version is
+    stored with its bytes and once, every agent holds the newest."""
+    rng = random.Random(seed)
+    print(f"\nseed {seed}")
+    started = time.monotonic()
+    fig = Figures(
+        scenario="broker_restart",
+        title="Embedded nats-server SIGKILLed under confbus up while CI publishes (3 agents)",
+        tier=tier,  # type: ignore[arg-type]
+    )
+    stack = start_up(root / "data")
+    publishes: list[Publish] = []
+    kill_times: list[float] = []
+    try:
+        nodes = start_agents(stack, root, 3)
+        await publish(stack, root, "first")
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            for name in ("ci-a", "ci-b"):
+                tg.start_soon(_publisher, stack, root, name, publishes, stop)
+            for _ in range(kills):
+                # The fault schedule (a random moment of the publishing), not a synchronisation.
+                await anyio.sleep(rng.uniform(0.5, 3.0))
+                lines = len(stack.proc.err.lines)
+                kill_times.append(time.time())
+                kill_embedded(stack)
+                await anyio.to_thread.run_sync(
+                    stack.proc.err.wait_for, "nats-server ready again", 30.0, lines
+                )
+            stop.set()  # the publishes under way finish
+        await _check(fig, stack, nodes, publishes, kill_times)
+    finally:
+        stack.cleanup()
+    fig.runs = kills
+    fig.notes["kills"] = kills
+    fig.notes["seed"] = seed
+    return finish(fig, started)
+
+
+async def _check(
+    fig: Figures,
+    stack: HaStack,
+    nodes: Sequence[str],
+    publishes: Sequence[Publish],
+    kill_times: Sequence[float],
+) -> None:
+    ok = [p for p in publishes if p.code == 0]
+    superseded = [p for p in publishes if p.superseded]
+    failed = [p for p in publishes if p.code != 0 and not p.superseded]
+    for p in failed:
+        print(f"FAILED {p.label}: exit {p.code}\n{p.stderr[-2000:]}")
+    fig.ok, fig.failed = len(ok), len(failed)
+    async with Client(stack.url, name="test-check") as client:
+        history = await client.history(NS, limit=10_000)
+        by_change: dict[str, list[int]] = {}
+        for v in history:
+            by_change.setdefault(v.change_id, []).append(v.version)
+        fig.duplicates = sum(len(vs) - 1 for vs in by_change.values())
+        # Acknowledged (it printed its version): stored, with these bytes.
+        lost = 0
+        for p in ok:
+            version = version_of(p.stdout)
+            got = await client.get(NS, version)
+            if got.content != content(p.label) or got.info.change_id != p.label:
+                lost += 1
+        fig.lost = lost
+        newest = max(history, key=lambda v: v.version)
+        want = content(newest.change_id)
+        fig.divergent = sum(1 for n in nodes if stack.agents[n].read() != want)
+        # Superseded only by a newer version.
+        fig.safety["superseded_by_nothing_newer"] = sum(
+            1 for p in superseded if by_change.get(p.label, [newest.version])[0] >= newest.version
+        )
+        completed, retried = await _rollout_events(client, kill_times[0] - 5 if kill_times else 0)
+    durations = [p.ended - p.started for p in publishes if p.code is not None]
+    fig.notes["publishes"] = len(publishes)
+    fig.notes["superseded"] = len(superseded)
+    fig.notes["publish_median_s"] = round(_median(durations), 2)
+    fig.notes["publish_max_s"] = round(max(durations, default=0.0), 2)
+    # Per kill: until a version published after it was on every node.
+    gaps = []
+    for k in kill_times:
+        after = [t for created, t in completed if created > k]
+        if after:
+            gaps.append(min(after) - k)
+    if gaps:
+        fig.notes["kill_to_applied_median_s"] = round(_median(gaps), 2)
+        fig.notes["kill_to_applied_max_s"] = round(max(gaps), 2)
+    fig.notes["waves_retried_unanswered"] = retried
+
+
+async def _rollout_events(client: Client, since: float) -> tuple[list[tuple[float, float]], int]:
+    """(version created, rollout completed) wall times per completed rollout; the number of
+    wave attempts no node ready to vote answered (retried)."""
+    created: dict[int, float] = {}
+    completed: list[tuple[float, float]] = []
+    retried = 0
+    start = datetime.fromtimestamp(since, UTC)
+    async for item in client.events(f"cfg.event.{NS}.>", since=start):
+        ev, at = item.event, item.time
+        if ev is None or at is None:
+            continue
+        if isinstance(ev, VersionCreated):
+            created[ev.version] = at.timestamp()
+        elif isinstance(ev, RolloutCompleted) and ev.version in created:
+            completed.append((created[ev.version], at.timestamp()))
+        elif isinstance(ev, RolloutWave) and ev.outcome == "retrying" and "ready" in ev.reason:
+            retried += 1
+    return completed, retried

@@ -9,12 +9,14 @@ import pytest
 
 from tests.faults.broker_restart import (
     busiest_node,
+    kill_loop,
     kill_then_publish,
     on_every_node,
     publish,
     start_agents,
     start_up,
 )
+from tests.faults.results import assert_safe
 from tests.ha.hastack import needs_etcd
 
 pytestmark = pytest.mark.anyio
@@ -57,3 +59,17 @@ async def test_in_ha_the_nats_node_most_agents_use_dies_and_a_publish_goes_throu
         assert took < 3 * TARGET_S
     finally:
         stack.cleanup()
+
+
+async def test_the_broker_killed_while_ci_publishes(tmp_path: Path) -> None:
+    fig = await kill_loop(tmp_path, kills=3, tier="ci")
+    assert fig.failed == 0, fig.summary()
+    assert_safe(fig)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+async def test_the_broker_killed_20_times_while_ci_publishes(tmp_path: Path) -> None:
+    fig = await kill_loop(tmp_path, kills=20, tier="slow")
+    assert fig.failed == 0, fig.summary()
+    assert_safe(fig)
