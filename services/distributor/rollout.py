@@ -266,12 +266,18 @@ class Rollouts:
             if created is not None:
                 strategy, selector = created.strategy, created.selector
         replaced: list[PendingVersion] = []
+        newer: list[int] = []  # a newer version got there first: this one never starts
 
         def change(cur: RolloutInfo | None) -> RolloutInfo | None:
             replaced.clear()
+            newer.clear()
             if cur is not None and cur.version >= version:
+                if cur.version > version:
+                    newer.append(cur.version)
                 return None
             if cur is not None and cur.next is not None and cur.next.version >= version:
+                if cur.next.version > version:
+                    newer.append(cur.next.version)
                 return None
             if cur is None or (cur.state in TERMINAL_STATES and cur.next is None):
                 return R.new_rollout(
@@ -292,18 +298,22 @@ class Rollouts:
         entry, wrote = await self.mutate(namespace, change)
         if wrote:
             log.info("rollout recorded", extra={"namespace": namespace, "version": version})
-        for old in replaced:
+        # (waiting, newer): a waiting version replaced — or this one, whose event came after
+        # a newer version's (redelivered after a broker restart): whoever waits for its
+        # rollout hears that there will be none.
+        ends = [(old.version, version) for old in replaced] + [(version, n) for n in newer]
+        for old, by in ends:
             await emit(
                 self.bus,
                 RolloutSuperseded(
                     namespace=namespace,
                     actor=self.instance,
-                    reason=f"v{version} came while v{old.version} was still waiting to start",
-                    rollout_id=f"{namespace}-v{old.version}-waiting",
-                    version=old.version,
-                    by_version=version,
+                    reason=f"v{by} came while v{old} was still waiting to start",
+                    rollout_id=f"{namespace}-v{old}-waiting",
+                    version=old,
+                    by_version=by,
                 ),
-                msg_id=f"rollout:{namespace}-v{old.version}-waiting:superseded",
+                msg_id=f"rollout:{namespace}-v{old}-waiting:superseded",
             )
         return entry.value
 

@@ -132,8 +132,10 @@ class MemoryStore:
         strategy: str | None = None,
         selector: dict[str, str] | None = None,
         rollback_of: int | None = None,
+        announce: bool = True,
     ) -> int:
-        """Store the next version (approved) and announce it, as the version-store does."""
+        """Store the next version (approved) and announce it, as the version-store does
+        (``announce=False``: not yet — ``announce`` does, as a late redelivery would)."""
         version = 1 + max((v for (n, v) in self.versions if n == ns), default=0)
         content = content if content is not None else content_of(version)
         sha = hashlib.sha256(content).hexdigest()
@@ -152,24 +154,36 @@ class MemoryStore:
             rollback_of=rollback_of,
         )
         self.versions[(ns, version)] = (info, content)
+        if announce:
+            await self.announce(ns, version, strategy=strategy, selector=selector)
+        return version
+
+    async def announce(
+        self,
+        ns: str,
+        version: int,
+        *,
+        strategy: str | None = None,
+        selector: dict[str, str] | None = None,
+    ) -> None:
+        info, _ = self.versions[(ns, version)]
         await emit(
             self.bus,
             VersionCreated(
                 namespace=ns,
                 actor="ci",
                 version=version,
-                sha256=sha,
-                size=len(content),
+                sha256=info.sha256,
+                size=info.size,
                 format="json",
                 parent=info.parent,
                 change_id=info.change_id,
                 status="approved",
-                rollback_of=rollback_of,
+                rollback_of=info.rollback_of,
                 strategy=strategy,
                 selector=selector,
             ),
         )
-        return version
 
 
 Verdicts = Callable[[health_api.VerdictRequest], Awaitable[health_api.VerdictReply]]

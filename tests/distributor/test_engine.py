@@ -157,6 +157,23 @@ async def test_queue_mode_runs_the_newest_waiting_version_next(h: Harness) -> No
     assert h.store.promotions == [(NS, v1), (NS, v3)]
 
 
+async def test_a_version_announced_after_a_newer_one_is_superseded_not_forgotten(
+    h: Harness,
+) -> None:
+    # v1's event is handled after v2's (redelivered after a broker restart): whoever waits
+    # for v1's rollout must hear that there will be none.
+    nodes = await agents(h, 2)
+    v1 = await h.store.publish(NS, announce=False)
+    v2 = await h.store.publish(NS)
+    await h.wait_rollout_state(v2, ("completed",))
+    await h.store.announce(NS, v1)
+    ended = await h.wait_event(RolloutSuperseded, version=v1)
+    assert ended.by_version == v2
+    await h.wait_files(nodes, content_of(v2))
+    rec = await h.rollout()
+    assert rec is not None and rec.version == v2  # nothing started for v1
+
+
 async def test_rolled_back_rollout_is_never_resumed(h: Harness) -> None:
     h.store.policies[NS] = Policy(namespace=NS, bake_s=30.0)
     nodes = await agents(h, 4)
