@@ -779,7 +779,10 @@ class Client:
                     progress(ev)
                 tag = ev.__struct_config__.tag
                 if tag in _ROLLOUT_ENDS:
-                    record = await self._rollout_record(namespace)
+                    try:
+                        record = await self._rollout_record(namespace)
+                    except Unavailable:
+                        record = None  # the bus is coming back: the event says enough
                     if record is not None and record.rollout_id == getattr(ev, "rollout_id", ""):
                         found.append(record)
                     else:
