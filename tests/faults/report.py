@@ -26,6 +26,7 @@ ORDER = (
     "store_kill",
     "nats_leader_kill",
     "nats_partition",
+    "broker_restart",
     "model_2pc",
     "linearizability_sqlite",
     "linearizability_etcd",
@@ -140,6 +141,13 @@ NOTE_KEYS = (
     "search_steps",
     "leader_kills",
     "new_leader_max_s",
+    "publishes",
+    "superseded",
+    "publish_median_s",
+    "publish_max_s",
+    "kill_to_applied_median_s",
+    "kill_to_applied_max_s",
+    "waves_retried_unanswered",
 )
 
 
