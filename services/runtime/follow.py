@@ -11,8 +11,10 @@ background: after a broker restart the agents, connected again within a second, 
 prepare for ~14 s. Here the consumer is re-created, from the sequence after the last message
 handed out, as soon as there is reason to think it is gone:
 
-- the connection came back (``Bus.on_reconnect``): a restarted server has forgotten it, a
-  connection moved to another cluster node may be served by a consumer on a dead one;
+- the connection came back (``Bus.on_reconnect``) and the server no longer knows the consumer
+  (a restarted server has forgotten it; a cluster node that died may have held it) — asked at
+  once. A consumer that is still there is kept: creating one in a cluster needs its meta
+  leader, which may be the node that just died and takes seconds to replace;
 - nothing at all (message or heartbeat) came for ``silent_after_s`` — the server holding the
   consumer died while our connection, to another node of the cluster, stayed up;
 - a delivery or a heartbeat shows a gap (a message lost on the way: a slow-consumer drop);
@@ -62,6 +64,7 @@ HEARTBEAT_S = 1.0  # the consumer's idle heartbeat: how soon silence can be told
 SILENT_AFTER = 2.5  # heartbeat intervals without anything before the consumer is presumed gone
 INACTIVE_THRESHOLD_S = 30.0  # a consumer nobody listens to any more is removed by the server
 CREATE_TIMEOUT_S = 2.0
+CHECK_TIMEOUT_S = 1.0
 RETRY_MIN_S = 0.05
 RETRY_MAX_S = 2.0
 
@@ -114,6 +117,8 @@ class Follower:
     _heard: float = field(default=0.0, init=False)  # monotonic: last sign of the consumer
     _sub: Subscription | None = field(default=None, init=False)
     _stale: str = field(default="", init=False)  # why the consumer must be re-created
+    _consumer: str = field(default="", init=False)  # its name, given by the server
+    _doubt: bool = field(default=False, init=False)  # reconnected: ask whether it is still there
     _send: MemoryObjectSendStream[_Item | Literal["poke"]] | None = field(default=None, init=False)
     _receive: MemoryObjectReceiveStream[_Item | Literal["poke"]] | None = field(
         default=None, init=False
@@ -134,7 +139,7 @@ class Follower:
         self._send, self._receive = anyio.create_memory_object_stream[_Item | Literal["poke"]](
             math.inf
         )
-        self._unlisten = self.bus.on_reconnect(lambda: self._poke("reconnected"))
+        self._unlisten = self.bus.on_reconnect(self._reconnected)
         try:
             await self._create()
         except _StreamMissing:
@@ -171,6 +176,9 @@ class Follower:
         while True:
             if self._stale:
                 await self._recreate()
+            elif self._doubt:
+                await self._check()
+                continue
             item: _Item | Literal["poke"] | None = None
             with anyio.move_on_after(max(0.0, self._heard + silent_after - time.monotonic())):
                 item = await self._receive.receive()
@@ -225,6 +233,34 @@ class Follower:
 
     # -- keeping the consumer in place -------------------------------------------------------
 
+    def _reconnected(self) -> None:
+        """Not ready until we know the consumer is still there (``next`` asks at once)."""
+        self._doubt = True
+        self._set_live(False)
+        self._wake()
+
+    async def _check(self) -> None:
+        self._doubt = False
+        if self._stale or not self._consumer:
+            return
+        try:
+            await self.bus.js.consumer_info(self.stream, self._consumer, timeout=CHECK_TIMEOUT_S)
+        except nats.js.errors.NotFoundError:
+            self._poke("the server no longer knows it (reconnected)")
+            return
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            self._poke(f"no answer about it after the reconnect: {exc!r}")
+            return
+        self._heard = time.monotonic()
+        self._set_live(True)
+
+    def _wake(self) -> None:
+        if self._send is not None:
+            try:
+                self._send.send_nowait(_POKE)  # wakes a reader waiting for a message
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+
     def _poke(self, why: str) -> None:
         """The consumer is (probably) gone: have ``next`` re-create it now."""
         if not self._stale:
@@ -234,11 +270,7 @@ class Follower:
             )
             self._stale = why
             self._set_live(False)
-        if self._send is not None:
-            try:
-                self._send.send_nowait(_POKE)  # wakes a reader waiting for a message
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
+        self._wake()
 
     def _set_live(self, live: bool) -> None:
         if live != self.live:
@@ -324,6 +356,7 @@ class Follower:
         if self.created == 0:
             self.pending_at_start = info.num_pending or 0
         self.created += 1
+        self._consumer = info.name or ""
         self._heard = time.monotonic()
         self._stale = ""
         self._set_live(True)

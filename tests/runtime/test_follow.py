@@ -80,6 +80,23 @@ async def test_resumes_after_the_last_message_as_soon_as_the_server_is_back(
     assert delivered_after < 3.0
 
 
+async def test_a_reconnect_that_left_the_consumer_in_place_keeps_it(sbus: Bus) -> None:
+    # As when our connection moves to another cluster node and the consumer lives on a third:
+    # creating a new one would need the cluster's meta leader, which may be electing.
+    changes: list[bool] = []
+    async with Follower(sbus, STREAM, "f.>", on_live=changes.append) as f:
+        await publish(sbus, "f.a", b"1")
+        with anyio.fail_after(5):
+            assert (await f.next()).data == b"1"
+        sbus.note_reconnected()  # told of a reconnect; the server still has the consumer
+        assert not f.live
+        await publish(sbus, "f.a", b"2")
+        with anyio.fail_after(5):
+            assert (await f.next()).data == b"2"
+        assert f.live and f.created == 1
+    assert changes == [True, False, True]
+
+
 async def test_a_consumer_lost_under_a_live_connection_is_recreated_from_the_next_message(
     sbus: Bus,
 ) -> None:
