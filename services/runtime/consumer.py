@@ -52,6 +52,9 @@ T = TypeVar("T")
 
 # Unexpected exceptions (bugs) are retried this many deliveries, then dead-lettered.
 MAX_BUG_DELIVERIES = 5
+# After a refused pull: how long to wait for the consumer's info (it answers once its leader
+# is back: in a cluster, a raft election of 4-9 s after its node died).
+TROUBLE_CHECK_S = 1.0
 
 
 @dataclass
@@ -158,7 +161,9 @@ class Consumer(Generic[T]):
                     # leader: back off, then make sure the consumer exists.
                     await anyio.sleep(0.5)
                     with contextlib.suppress(Exception):
-                        await self._ensure_consumer(config)
+                        # Briefly: a consumer whose leader died does not answer until a new one
+                        # is elected, and the next pull is what tells when it has been.
+                        await self._ensure_consumer(config, timeout=TROUBLE_CHECK_S)
         finally:
             # Unsubscribe before any drain: a late status reply to a pull request would
             # otherwise make nc.drain() wait its whole drain_timeout (30 s).
@@ -166,14 +171,14 @@ class Consumer(Generic[T]):
             with anyio.CancelScope(shield=True):
                 await puller.stop()
 
-    async def _ensure_consumer(self, config: ConsumerConfig) -> None:
+    async def _ensure_consumer(self, config: ConsumerConfig, timeout: float | None = None) -> None:
         """Create the durable consumer unless it exists (then it is used as it is, as nats-py's
         ``pull_subscribe`` does: its position is what matters)."""
         js = self.bus.js
         try:
-            await js.consumer_info(self.stream.name, self.durable)
+            await js.consumer_info(self.stream.name, self.durable, timeout=timeout)
         except nats.js.errors.NotFoundError:
-            await js.add_consumer(self.stream.name, config)
+            await js.add_consumer(self.stream.name, config, timeout=timeout)
 
     async def _process(self, msgs: list[Msg]) -> None:
         batch: list[Delivery[T]] = []
