@@ -111,6 +111,36 @@ def busiest_node(stack: HaStack, nodes: Sequence[str]) -> str:
     return max(sorted(counts), key=lambda k: counts[k])
 
 
+# The streams a publish goes through, on its way to every node.
+PATH_STREAMS = ("CFG_CHANGES", "CFG_EVENTS", "CFG_TXN", "KV_CFG_STATE", "KV_CFG_TXN_HEAD")
+
+
+def _meta_leader(monitor: str) -> str:
+    with urllib.request.urlopen(f"{monitor}/jsz", timeout=5) as r:
+        return str(json.loads(r.read()).get("meta_cluster", {}).get("leader", ""))
+
+
+async def led_by(stack: HaStack, node: str) -> list[str]:
+    """The raft groups on a publish's path that the cluster node ``node`` leads: JetStream's
+    meta group (which every consumer creation needs), the streams, the services' durable
+    consumers. Losing a leader costs an election that
+    nats-server begins only 4-9 s later (``minElectionTimeoutDefault``..``max…`` in its
+    server/raft.go) — out of confbus's reach."""
+    monitor = stack.state()["cluster"]["monitor"][int(node.rsplit("-", 1)[1]) - 1]
+    led = ["meta"] if await anyio.to_thread.run_sync(_meta_leader, monitor) == node else []
+    async with Client(stack.url, name="test-leaders") as client:
+        js = client.bus.js
+        for stream in PATH_STREAMS:
+            info = await js.stream_info(stream)
+            if info.cluster is not None and info.cluster.leader == node:
+                led.append(stream)
+            for consumer in await js.consumers_info(stream):
+                durable = consumer.config.durable_name  # a service's, replicated
+                if durable and consumer.cluster is not None and consumer.cluster.leader == node:
+                    led.append(f"{stream}/{durable}")
+    return led
+
+
 async def kill_then_publish(
     stack: HaStack,
     root: Path,

@@ -11,6 +11,7 @@ from tests.faults.broker_restart import (
     busiest_node,
     kill_loop,
     kill_then_publish,
+    led_by,
     on_every_node,
     publish,
     start_agents,
@@ -22,6 +23,7 @@ from tests.ha.hastack import needs_etcd
 pytestmark = pytest.mark.anyio
 
 TARGET_S = 3.0  # issue 25; asserted with room for a loaded 2-core machine
+RAFT_ELECTION_MAX_S = 9.0  # nats-server: a follower campaigns 4-9 s after its leader died
 
 
 async def test_a_publish_a_second_after_the_broker_died_is_applied_everywhere(
@@ -52,11 +54,16 @@ async def test_in_ha_the_nats_node_most_agents_use_dies_and_a_publish_goes_throu
         await publish(stack, tmp_path, "v1")
         on_every_node(stack, nodes, "v1")
         victim = busiest_node(stack, nodes)
+        led = await led_by(stack, victim)
 
         took = await kill_then_publish(stack, tmp_path, nodes, "v2", kill=victim)
 
-        print(f"\n{victim} killed → applied on every node: {took:.2f} s (target {TARGET_S:g} s)")
-        assert took < 3 * TARGET_S
+        print(
+            f"\n{victim} (leading {', '.join(led) or 'nothing on the path'}) killed → applied on "
+            f"every node: {took:.2f} s (target {TARGET_S:g} s)"
+        )
+        # A leader lost costs nats-server's own raft election: 4-9 s before it even begins.
+        assert took < (RAFT_ELECTION_MAX_S + TARGET_S if led else 3 * TARGET_S)
     finally:
         stack.cleanup()
 
