@@ -469,21 +469,8 @@ def record_commit(
     out = set_wave(rec, index, w)
     out = replace(out, updated_at=now, holder=actor, report=report(out))
     excluded = [o for o in w.outcomes if o.outcome == "excluded"]
-    return outbox_event(
-        out,
-        f"wave{index}:{txid}",
-        RolloutWave(
-            namespace=rec.namespace,
-            actor=actor,
-            at=now,
-            rollout_id=rec.rollout_id,
-            version=rec.version,
-            wave=index,
-            txid=txid,
-            outcome="committed",
-            nodes=merge_outcomes(excluded, outcomes),
-        ),
-    )
+    nodes = merge_outcomes(excluded, outcomes)
+    return _wave_event(out, index, txid, "committed", nodes, actor, "", now)
 
 
 def record_abort(
