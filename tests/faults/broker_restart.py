@@ -24,27 +24,15 @@ import anyio
 
 from confbus.cli.client import Client
 from confbus.schemas.events import NodeApplied, RolloutCompleted, RolloutWave, VersionCreated
-from tests.cli.procs import Proc, arun_confbus, confbus_argv
+from tests.cli.procs import arun_confbus
 from tests.faults.results import Figures, finish
-from tests.ha.hastack import READY_TIMEOUT, HaStack
+from tests.ha.hastack import HaStack, start_up
 
 NS = "web"
 
 
 def content(label: str) -> bytes:
     return json.dumps({"release": label}).encode()
-
-
-def start_up(data_dir: Path, *args: str) -> HaStack:
-    """``confbus up`` (``--ha`` among ``args`` for the cluster), ready."""
-    argv = [*confbus_argv(), "up", "--data-dir", str(data_dir), "--nats-port", "0", *args]
-    stack = HaStack(Proc(argv), data_dir.resolve())
-    try:
-        stack.line = stack.proc.out.wait_for("confbus ready", READY_TIMEOUT)
-    except AssertionError as exc:
-        stack.cleanup()
-        raise AssertionError(f"{exc}\nstderr:\n{stack.proc.err.text()}") from None
-    return stack
 
 
 def start_agents(stack: HaStack, root: Path, n: int) -> list[str]:

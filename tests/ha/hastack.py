@@ -133,7 +133,12 @@ class HaStack:
 
 
 def start_ha(data_dir: Path, *args: str) -> HaStack:
-    argv = [*confbus_argv(), "up", "--ha", "--data-dir", str(data_dir), "--nats-port", "0", *args]
+    return start_up(data_dir, "--ha", *args)
+
+
+def start_up(data_dir: Path, *args: str) -> HaStack:
+    """``confbus up`` (the cluster with ``--ha`` among ``args``), ready."""
+    argv = [*confbus_argv(), "up", "--data-dir", str(data_dir), "--nats-port", "0", *args]
     stack = HaStack(Proc(argv), data_dir.resolve())
     try:
         stack.line = stack.proc.out.wait_for("confbus ready", READY_TIMEOUT)
