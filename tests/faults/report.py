@@ -185,6 +185,25 @@ FOOTER = """\
    After a NATS stream-leader kill, publishing resumed within ~8 s, but accepted changes
    waited much longer to be stored (`accept_to_stored_max_s` vs `kill_to_publishing_max_s` in
    the leader-kill notes): the version-store's pull consumer is slow to come back.
+5. **After a broker restart the fleet was deaf for ~14 s — fixed.** With the embedded
+   nats-server of `confbus up` SIGKILLed and restarted, every agent reconnected within a
+   second but heard no prepare until nats-py's ordered consumer noticed two missed heartbeats
+   (10-20 s), and a wave nobody voted on failed the rollout. Now every ordered reading of a
+   stream (`services/runtime/follow.py`: the agents' `CFG_TXN`, the health-watcher's
+   `CFG_HEALTH`, the KV mirrors) asks after its consumer at once on a reconnect and re-creates
+   it from its next sequence when the server no longer has it; a pull waiting on a lost
+   server is made again at once; a request in flight when the connection drops fails at once
+   instead of after its timeout; the distributor does not count the time it heard no one
+   against the nodes; agents heartbeat whether they are ready to vote; a wave that no ready
+   node answered is retried with backoff (`retry_unanswered_s`); the CLI rides out the
+   restart (`broker_restart` rows; per service ~0.5 s from the server's return to serving in
+   `tests/e2e/test_broker_restart.py`, against 17 s and failures before). In `--ha`, killing
+   the node most agents use costs ~2 s when it leads nothing on a publish's path, and 4-8 s
+   when it leads JetStream's meta group, a stream or a durable consumer there: nats-server's
+   raft only starts an election 4-9 s after a leader is lost (`minElectionTimeoutDefault` in
+   its `server/raft.go`), and agents whose R1 consumer was on that node need the meta leader to
+   get a new one. Below that floor lies a design change (prepares on core NATS, JetStream for
+   catch-up only — issue 23).
 
 ## Scope
 
