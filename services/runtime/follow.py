@@ -15,8 +15,8 @@ handed out, as soon as there is reason to think it is gone:
   (a restarted server has forgotten it; a cluster node that died may have held it) — asked at
   once. A consumer that is still there is kept: creating one in a cluster needs its meta
   leader, which may be the node that just died and takes seconds to replace;
-- nothing at all (message or heartbeat) came for ``silent_after_s`` — the server holding the
-  consumer died while our connection, to another node of the cluster, stayed up;
+- nothing at all (message or heartbeat) came for ``SILENT_AFTER`` heartbeat intervals — the
+  server holding the consumer died while our connection, to another node, stayed up;
 - a delivery or a heartbeat shows a gap (a message lost on the way: a slow-consumer drop);
 - the server says something else went wrong (a status other than heartbeat and flow control).
 
@@ -29,9 +29,10 @@ All of it happens in ``next`` — the reader is nearly always waiting there — 
 owns no task: it can live in an async generator (``Client.events``), which must not hold a
 task group across a ``yield``.
 
-Only the unnamed ephemeral form of consumer creation is used (``$JS.API.CONSUMER.CREATE.<stream>``),
-which is all that agents and CI users may do under ``confbus up --secure``; a consumer left
-behind is removed by the server after ``INACTIVE_THRESHOLD_S`` without interest.
+Only the unnamed ephemeral form of consumer creation is used
+(``$JS.API.CONSUMER.CREATE.<stream>``), which is all that agents and CI users may do under
+``confbus up --secure``; a consumer left behind is removed by the server after
+``INACTIVE_THRESHOLD_S`` without interest.
 """
 
 from __future__ import annotations
