@@ -158,15 +158,14 @@ class Membership:
         return {ns for m in self.members.values() for ns in m.states}
 
     def not_ready_since(self, nodes: list[str], since: float) -> list[str]:
-        """Those of ``nodes`` that did not look ready to vote at some point since ``since``
-        (monotonic): a heartbeat said not ready (an agent whose stream reading was down, as
-        after a broker restart), or none came for too long. A missed vote of theirs says
-        nothing about the config."""
-        now = time.monotonic()
+        """Those of ``nodes`` whose heartbeat said, at some point since ``since`` (monotonic),
+        that they were not ready to vote (an agent whose reading of the stream was down, as
+        after a broker restart): a missed vote of theirs says nothing about the config. A node
+        that said it was ready and then went silent is not among them: it failed mid-vote."""
         out = []
         for node in nodes:
             m = self.members.get(node)
-            if m is None or m.liveness(now) != "live" or m.ready is False or m.unready_at >= since:
+            if m is None or m.ready is False or m.unready_at >= since:
                 out.append(node)
         return out
 
