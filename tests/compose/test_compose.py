@@ -32,7 +32,7 @@ COMPOSE = REPO / "compose"
 NATS = ("nats-1", "nats-2", "nats-3")
 ETCD = ("etcd-1", "etcd-2", "etcd-3")
 # The services of the stack: ``confbus up``'s table is the list of record.
-PACKAGES = {spec.name: spec.module.removeprefix("services.") for spec in SERVICES}
+PACKAGES = {spec.name: spec.module.removeprefix("confbus.") for spec in SERVICES}
 
 
 def load(path: str) -> Any:
