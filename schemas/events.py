@@ -2,7 +2,7 @@
 
 The subject of an event is ``cfg.event.<namespace>.<type>`` — the tag *is* the subject suffix —
 so ``confbus replay 'cfg.event.payments.rollout.>'`` filters without decoding.
-Replaying this stream reconstructs which version every node ran at any moment (DESIGN §8.8):
+Replaying this stream reconstructs which version every node ran at any moment (docs/design.md §8.8):
 ``node.applied`` carries the node, the version and the time.
 """
 

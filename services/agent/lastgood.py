@@ -1,4 +1,4 @@
-"""The node's last known good (DESIGN §5), and the cold start that falls back to it.
+"""The node's last known good (docs/design.md §5.4), and the cold start that falls back to it.
 
 - **Recording it.** When a version becomes a namespace's last known good (the version-store's
   ``version.last_good`` event, or the ``last-good`` ref read at start-up and every

@@ -1,4 +1,4 @@
-"""The agent's bus side: one node's participation in the two-phase commit (DESIGN §4–5).
+"""The agent's bus side: one node's participation in the two-phase commit (docs/design.md §4, §5).
 
 ``NodeAgent`` serves one node id over one NATS connection; a process usually runs one, and a
 benchmark may run hundreds on a few connections. Per namespace it:

@@ -1,4 +1,5 @@
-"""A locked-down bus: one NATS user per role, subject permissions, credentials (DESIGN §7).
+"""A locked-down bus: one NATS user per role, subject permissions, credentials
+(docs/design.md §7.3).
 
 ``confbus up --secure`` calls ``secure_stack`` before it starts anything: it creates (or keeps)
 the users and their random passwords under ``<data-dir>/secrets/`` (mode 0700; every file 0600),

@@ -1,4 +1,4 @@
-"""One atomic switch: prepare → votes → a decision written once → agents apply (DESIGN §4).
+"""One atomic switch: prepare → votes → a decision written once → agents apply (docs/design.md §4).
 
 Per namespace, at most one transaction is undecided at a time, and it is the one named on
 the head. That makes "abort every undecided transaction" on a takeover one compare-and-set,

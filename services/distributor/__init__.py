@@ -1,6 +1,6 @@
 """The distributor: getting the fleet to where it should be — rollouts in waves with bakes,
 node membership and liveness, each node's target version, catch-up, drift repair, and the
-delivery report of every rollout (DESIGN §1, §3).
+delivery report of every rollout (docs/design.md §3.4–§3.6).
 
 Modules::
 

@@ -1,4 +1,4 @@
-"""Each node's **target version** (DESIGN §3): the highest version among the committed
+"""Each node's **target version** (docs/design.md §3.6): the highest version among the committed
 transactions that included it, and the namespace's production version — whichever is higher.
 
 The committed-transaction part lives in ``CFG_STATE`` under ``target.<ns>.<node>`` (raised,

@@ -1,4 +1,4 @@
-"""The health-watcher: whether the nodes running a version are healthy (DESIGN §6).
+"""The health-watcher: whether the nodes running a version are healthy (docs/design.md §6.1–§6.3).
 
 Samples in (agents' and its own scrapes, ``cfg.health.<ns>.<node>``), rules from the
 namespace's policy, verdicts out (``cfg.api.health.verdict``), alerts out (``cfg.alert.<ns>``),

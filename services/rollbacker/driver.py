@@ -1,4 +1,4 @@
-"""Driving one rollback, step by step, from its ledger record (DESIGN §6).
+"""Driving one rollback, step by step, from its ledger record (docs/design.md §6.5).
 
 ```
             ┌──────── create ────────┐        ┌──────── batches ─────────┐

@@ -5,7 +5,7 @@ version-store crashes.
 Writers propose changes with ``Nats-Msg-Id`` and retry a failed publish *with the same id*
 (as CI does), each attempt recorded in the history. A change is **accepted** once one attempt
 got JetStream's ack. After the faults are healed the workload drains: every accepted change
-must end as a stored version or a rejection (DESIGN §8.1). Then the store is read directly
+must end as a stored version or a rejection (docs/design.md §8.1). Then the store is read directly
 (the SQLite file, after the service stopped) and the events stream is scanned:
 
 - ``lost``: accepted changes neither stored nor rejected (dead-lettered good changes count);

@@ -32,7 +32,7 @@ async def propose(
     timeout: float = 2.0,
 ) -> PubAck:
     """Publish a change (``Nats-Msg-Id`` = ``<ns>:<change id>``, so a retry is a no-op) and
-    return JetStream's ack: from here on the change is *accepted* (DESIGN §8.1)."""
+    return JetStream's ack: from here on the change is *accepted* (docs/design.md §8.1)."""
     change = ChangeProposed(namespace=ns, change_id=change_id, content=content, base=base)
     return await bus.js.publish(
         subjects.change(ns),

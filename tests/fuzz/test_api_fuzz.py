@@ -1,4 +1,4 @@
-"""Every request/reply endpoint of the running services, fed garbage (DESIGN §8.9).
+"""Every request/reply endpoint of the running services, fed garbage (docs/design.md §8.9).
 
 The endpoints are discovered the way any client would, with ``$SRV.INFO`` (nats.micro), so an
 endpoint added tomorrow is fuzzed too. For each request: an answer comes (no timeout); an error

@@ -1,4 +1,4 @@
-"""Agents keep the last known good (DESIGN §5): they record it when it changes, keep the
+"""Agents keep the last known good (docs/design.md §5.4): they record it when it changes, keep the
 namespace's ``cold_start_last_good`` flag on disk, and a node restarting with no bus falls back
 to it when that flag says so."""
 

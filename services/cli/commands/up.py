@@ -1,4 +1,4 @@
-"""``confbus up``: the embedded single-machine stack (DESIGN §7).
+"""``confbus up``: the embedded single-machine stack (docs/design.md §7.1).
 
 Starts nats-server (JetStream, ``sync_interval: always``) under ``--data-dir``, provisions
 streams and buckets, runs every service below as its own process, and prints one line when
