@@ -48,7 +48,7 @@ from benchmarks.common import (
     stats,
     wait_heartbeats,
 )
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
@@ -100,11 +100,8 @@ async def direct_switch(
     started = time.perf_counter()
     reply = await call(
         client.bus,
-        txn_api.SERVICE,
-        "switch",
+        txn_api.SWITCH,
         txn_api.SwitchRequest(namespace=BASE, version=info.version, nodes=nodes, timeout_s=5.0),
-        txn_api.SwitchReply,
-        timeout=20.0,
     )
     replied = time.perf_counter()
     if reply.outcome != "commit":

@@ -156,7 +156,7 @@ async def _history_reads(url: str, ns: str, newest: int, n: int) -> list[float]:
             before = rng.randint(PAGE + 1, newest + 1)
             req = store_api.HistoryRequest(namespace=ns, before=before, limit=PAGE)
             started = time.perf_counter()
-            reply = await call(bus, "store", "history", req, store_api.HistoryReply, timeout=10)
+            reply = await call(bus, store_api.HISTORY, req, timeout=10)
             out.append(time.perf_counter() - started)
             assert len(reply.versions) == PAGE
     finally:

@@ -266,9 +266,7 @@ class StubStore:
             )
             return store_api.VersionReply(info=info, content=content if req.content else None)
 
-        self.svc = await serve_api(
-            self.bus, store_api.SERVICE, [Endpoint("get", store_api.GetRequest, get)]
-        )
+        self.svc = await serve_api(self.bus, [Endpoint(store_api.GET, get)], partial=True)
         return self
 
     async def add(self, version: int, content: bytes) -> int:
@@ -322,8 +320,7 @@ async def timed_switch(
     started = watch.started[version] = time.perf_counter()
     reply = await call(
         bus,
-        txn_api.SERVICE,
-        "switch",
+        txn_api.SWITCH,
         txn_api.SwitchRequest(
             namespace=namespace,
             version=version,
@@ -332,8 +329,6 @@ async def timed_switch(
             actor="bench",
             reason="benchmark",
         ),
-        txn_api.SwitchReply,
-        timeout=vote_timeout + 30.0,
     )
     decided = time.perf_counter() - started
     if reply.outcome != "commit":

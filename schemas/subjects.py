@@ -95,6 +95,11 @@ def api_group(service: str) -> str:
     return f"cfg.api.{service}"
 
 
+def api_all(service: str) -> str:
+    """Every subject of one service's API, ``cfg.api.<service>.>`` (for permissions)."""
+    return f"cfg.api.{service}.>"
+
+
 def node_resync(node: str) -> str:
     """``cfg.node.<node>.resync``: the distributor asks a node to re-install its applied version
     (its live file drifted). Core request/reply, answered by that node's agent."""

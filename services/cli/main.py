@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import anyio
 
 from confbus.cli import exitcodes
-from confbus.cli.client import Client
 from confbus.cli.exitcodes import CliError
+from confbus.client import Client
 from confbus.runtime.bus import DEFAULT_NATS_URL
 from confbus.runtime.errors import ConfbusError, Unavailable
 
@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "confbus.cli.commands.up",
     "confbus.cli.commands.agent",
     "confbus.cli.commands.txn",
+    "confbus.cli.commands.publish",
     "confbus.cli.commands.store",
     "confbus.cli.commands.doctor",
     "confbus.cli.commands.rollback",

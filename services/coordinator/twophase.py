@@ -32,7 +32,7 @@ from confbus.runtime.concurrency import settle
 from confbus.runtime.errors import Conflict, InvalidInput, NotFound, Unavailable
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas import subjects
-from confbus.schemas.api.store import GetRequest, VersionReply
+from confbus.schemas.api import store as store_api
 from confbus.schemas.api.txn import ResolveReply, SwitchReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import VoteRecord
@@ -362,11 +362,7 @@ class Coordinator:
 
     async def _fetch(self, namespace: str, version: int) -> tuple[bytes, str, Format]:
         reply = await call(
-            self.bus,
-            "store",
-            "get",
-            GetRequest(namespace=namespace, ref=str(version)),
-            VersionReply,
+            self.bus, store_api.GET, store_api.GetRequest(namespace=namespace, ref=str(version))
         )
         info = reply.info
         if info.status in ("draft", "rejected"):

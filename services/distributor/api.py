@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -20,6 +21,7 @@ from confbus.distributor.targets import Targets
 from confbus.runtime.api import Endpoint
 from confbus.runtime.errors import ConfbusError
 from confbus.schemas.api import dist as api
+from confbus.schemas.api.operation import Operation
 
 
 @dataclass
@@ -72,20 +74,20 @@ class DistApi:
         rec = entry.value
         return api.RolloutReply(rollout=None if rec is None else _public(rec, entry.revision))
 
-    def control(self, op: str) -> Callable[[api.ControlRequest], Awaitable[api.RolloutReply]]:
+    def control(
+        self, op: Operation[api.ControlRequest, api.RolloutReply]
+    ) -> Callable[[api.ControlRequest], Awaitable[api.RolloutReply]]:
         async def handle(req: api.ControlRequest) -> api.RolloutReply:
             rec = await self.rollouts.control(op, req)
             return api.RolloutReply(rollout=_public(rec, rec.revision))
 
         return handle
 
-    def endpoints(self) -> list[Endpoint]:
+    def endpoints(self) -> list[Endpoint[Any, Any]]:
         return [
-            Endpoint("status", api.StatusRequest, self.status),
-            Endpoint("rollout", api.RolloutRequest, self.rollout),
-            Endpoint("pause", api.ControlRequest, self.control("pause"), concurrent=True),
-            Endpoint("resume", api.ControlRequest, self.control("resume"), concurrent=True),
-            Endpoint("abort", api.ControlRequest, self.control("abort"), concurrent=True),
+            Endpoint(api.STATUS, self.status),
+            Endpoint(api.ROLLOUT, self.rollout),
+            *(Endpoint(op, self.control(op), concurrent=True) for op in api.CONTROLS.values()),
         ]
 
 

@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -72,6 +73,7 @@ from confbus.runtime.errors import ConfbusError, Conflict, InvalidInput, NotFoun
 from confbus.runtime.events import emit
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas import subjects
+from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api.dist import (
     ACTIVE_STATES,
@@ -81,6 +83,8 @@ from confbus.schemas.api.dist import (
     RolloutInfo,
     decode_rollout_info,
 )
+from confbus.schemas.api.operation import Operation
+from confbus.schemas.api.txn import switch_deadline_s
 from confbus.schemas.events import RollbackStarted, RolloutSuperseded, VoteRecord
 from confbus.schemas.health import Alert
 from confbus.schemas.versions import VersionInfo
@@ -238,16 +242,15 @@ class Rollouts:
         """Record that ``version`` should roll out (idempotent; quick: no switch here).
 
         ``from_approval``: the event (``version.approved``) does not carry the version's
-        overrides; they come from the store's reply, else from its ``version.created`` event.
+        overrides; they come from its ``version.created`` event (the store's reply has none).
         """
         # The reads at once: this is the path from a publish to its switch. Production is
         # for the plan, which follows at once (PLAN_READS_MAX_AGE_S).
-        hints, policy, _ = await gather(
+        info, policy, _ = await gather(
             self.store.version(namespace, version),
             self.store.policy(namespace, max_age_s=0),
             self.targets.production_of(namespace, refresh=True),
         )
-        info = hints.info
         if info.rollback_of is not None:
             log.info(
                 "version restores an older one: the rollbacker switches it",
@@ -256,10 +259,6 @@ class Rollouts:
             return None
         if info.status != "approved":
             return None  # a draft waits for approval; production/superseded/rejected: done
-        if strategy is None:
-            strategy = hints.strategy
-        if selector is None:
-            selector = hints.selector
         if from_approval and strategy is None and selector is None:
             created = await created_event(self.bus, namespace, version, info.created_at)
             if created is not None:
@@ -331,16 +330,16 @@ class Rollouts:
 
     # -- controls (cfg.api.dist.pause / resume / abort) ----------------------------------------
 
-    async def control(self, op: str, req: ControlRequest) -> RolloutInfo:
-        actor = req.actor or "operator"
-        if op == "abort" and req.rolled_back:
+    async def control(self, op: Operation[ControlRequest, Any], req: ControlRequest) -> RolloutInfo:
+        actor, verb = req.actor or "operator", op.name
+        if op is dist_api.ABORT and req.rolled_back:
             entry = await self.end_rolled_back(
                 req.namespace, req.reason or "rolled back", actor=actor, version=req.version
             )
             if entry.value is None or entry.value.state != "rolled_back":
                 raise Conflict(_no_rollout(req.namespace, entry.value, "roll back"))
             return entry.value
-        wanted = {"pause": ("running",), "resume": ("paused",), "abort": ACTIVE_STATES}[op]
+        wanted = {dist_api.PAUSE: ("running",), dist_api.RESUME: ("paused",)}.get(op, ACTIVE_STATES)
         problem: list[str] = []
 
         def change(cur: RolloutInfo | None) -> RolloutInfo | None:
@@ -350,11 +349,11 @@ class Rollouts:
                 or cur.state not in wanted
                 or (req.version is not None and cur.version != req.version)
             ):
-                problem.append(_no_rollout(req.namespace, cur, op))
+                problem.append(_no_rollout(req.namespace, cur, verb))
                 return None
-            if op == "pause":
+            if op is dist_api.PAUSE:
                 return R.pause(cur, actor=actor, reason=req.reason)
-            if op == "resume":
+            if op is dist_api.RESUME:
                 return R.resume(cur, actor=actor, reason=req.reason)
             why = f"aborted by {actor}" + (f": {req.reason}" if req.reason else "")
             return R.fail(cur, cur.current_wave if cur.planned else -1, why, actor=actor)
@@ -363,7 +362,7 @@ class Rollouts:
         if problem or entry.value is None:
             raise Conflict(problem[0] if problem else f"no rollout of {req.namespace}")
         if wrote:
-            if op == "abort":
+            if op is dist_api.ABORT:
                 self.metrics.rollouts.labels("failed").inc()
             await self.flush(req.namespace, entry)
         return R.replace(entry.value, revision=entry.revision)
@@ -617,7 +616,7 @@ class Rollouts:
         self, namespace: str, version: int, *, max_age_s: float
     ) -> VersionInfo | NotFound:
         try:
-            return (await self.store.version(namespace, version, max_age_s=max_age_s)).info
+            return await self.store.version(namespace, version, max_age_s=max_age_s)
         except NotFound as exc:
             return exc
 
@@ -855,7 +854,7 @@ class Rollouts:
             )
             return
         timeout = rec.vote_timeout_s or 5.0
-        in_flight_until = since + timedelta(seconds=2 * timeout + 15.0 + IN_FLIGHT_GRACE_S)
+        in_flight_until = since + timedelta(seconds=switch_deadline_s(timeout) + IN_FLIGHT_GRACE_S)
         left = (in_flight_until - datetime.now(UTC)).total_seconds()
         if left > 0:
             await self._wait(namespace, min(left, 0.5))
@@ -918,12 +917,10 @@ class Rollouts:
         try:
             return await call(
                 self.bus,
-                health_api.SERVICE,
-                "verdict",
+                health_api.VERDICT,
                 health_api.VerdictRequest(
                     namespace=namespace, version=version, nodes=nodes, since=since
                 ),
-                health_api.VerdictReply,
                 timeout=self.verdict_timeout_s,
             )
         except ConfbusError as exc:

@@ -37,7 +37,6 @@ from confbus.runtime.consumer import BatchHandler, Consumer, Delivery
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.service import ServiceContext
 from confbus.schemas import subjects
-from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api.dist import decode_rollout_info
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import (
@@ -257,10 +256,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         tg.start_soon(d.keeper.run)
         tg.start_soon(d.rollouts.supervise, tg)
         svc = await serve_api(
-            ctx.bus,
-            dist_api.SERVICE,
-            DistApi(d.membership, d.targets, d.rollouts, d.repairs).endpoints(),
-            tg=tg,
+            ctx.bus, DistApi(d.membership, d.targets, d.rollouts, d.repairs).endpoints(), tg=tg
         )
         task_status.started()
         try:

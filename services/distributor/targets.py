@@ -97,7 +97,7 @@ class Targets:
     async def sha256_of(self, namespace: str, version: int) -> str:
         sha = self._sha.get((namespace, version))
         if sha is None:
-            sha = (await self.store.version(namespace, version)).info.sha256
+            sha = (await self.store.version(namespace, version)).sha256
             self._sha[(namespace, version)] = sha  # versions are immutable: cache forever
         return sha
 

@@ -51,10 +51,8 @@ class PolicyCache:
         try:
             policy = await call(
                 self.bus,
-                store_api.SERVICE,
-                "policy_get",
+                store_api.POLICY_GET,
                 store_api.PolicyGetRequest(namespace=namespace),
-                Policy,
                 timeout=self.timeout_s,
             )
         except NotFound:
@@ -115,10 +113,8 @@ class Catalog:
         try:
             reply = await call(
                 self.bus,
-                store_api.SERVICE,
-                "namespaces",
+                store_api.NAMESPACES,
                 store_api.NamespacesRequest(),
-                store_api.NamespacesReply,
                 timeout=self.timeout_s,
             )
         except (ConfbusError, nats.errors.Error) as exc:

@@ -277,10 +277,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             tg.start_soon(eval_loop)
             tg.start_soon(scraper.run)
             svc = await serve_api(
-                bus,
-                api.SERVICE,
-                [Endpoint("verdict", api.VerdictRequest, verdict)],
-                description="confbus health verdicts",
+                bus, [Endpoint(api.VERDICT, verdict)], description="confbus health verdicts"
             )
             ctx.ready_info["alertmanager_port"] = await tg.start(am_http.serve)
             task_status.started()

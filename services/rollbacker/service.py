@@ -96,12 +96,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             handler=per_message(on_alert),
             metrics=ConsumerMetrics.create(ctx.registry, "rollbacker", "alerts"),
         )
-        svc = await serve_api(
-            ctx.bus,
-            api.SERVICE,
-            [Endpoint("start", api.RollbackRequest, engine.manual, concurrent=True)],
-            tg=tg,
-        )
+        svc = await serve_api(ctx.bus, [Endpoint(api.START, engine.manual, concurrent=True)], tg=tg)
         try:
             # Rollbacks left running by our previous self (or a dead replica) first.
             await engine.resume()

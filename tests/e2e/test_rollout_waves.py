@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from confbus.cli.client import ChangeRejected
+from confbus.client import ChangeRejected
 from confbus.runtime.api import Endpoint, serve_api, stop_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.events import (
@@ -110,8 +110,7 @@ async def test_failing_verdict_after_wave_2_stops_the_rollout(stack: Stack) -> N
     async with client_of(stack) as client:
         svc = await serve_api(
             client.bus,
-            health_api.SERVICE,
-            [Endpoint("verdict", health_api.VerdictRequest, verdict)],
+            [Endpoint(health_api.VERDICT, verdict)],
         )
         try:
             await set_policy(client, bake_s=0.2)

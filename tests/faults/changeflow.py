@@ -34,7 +34,8 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError
 from confbus.schemas import subjects
-from confbus.schemas.api.store import ChangeStatusReply, ChangeStatusRequest
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api.store import ChangeStatusRequest
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.dlq import decode_dead_letter
 from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
@@ -143,10 +144,8 @@ class Workload:
                     with contextlib.suppress(ConfbusError):
                         st = await call(
                             self.bus,
-                            "store",
-                            "change_status",
+                            store_api.CHANGE_STATUS,
                             ChangeStatusRequest(namespace=NS, change_id=change_id),
-                            ChangeStatusReply,
                             timeout=2,
                         )
                         if st.status != "unknown":

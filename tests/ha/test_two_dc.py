@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.bus import connect
 from confbus.runtime.http import http_get
 from confbus.runtime.natsd import ClusterPeer, NatsServer

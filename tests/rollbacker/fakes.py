@@ -194,14 +194,14 @@ class FakeStore:
 
         self.svc = await serve_api(
             self.bus,
-            store_api.SERVICE,
             [
-                Endpoint("get", store_api.GetRequest, get),
-                Endpoint("promote", store_api.PromoteRequest, promote),
-                Endpoint("mark_good", store_api.MarkGoodRequest, mark_good),
-                Endpoint("policy_get", store_api.PolicyGetRequest, policy_get),
-                Endpoint("change_status", store_api.ChangeStatusRequest, change_status),
+                Endpoint(store_api.GET, get),
+                Endpoint(store_api.PROMOTE, promote),
+                Endpoint(store_api.MARK_GOOD, mark_good),
+                Endpoint(store_api.POLICY_GET, policy_get),
+                Endpoint(store_api.CHANGE_STATUS, change_status),
             ],
+            partial=True,
         )
 
         async def on_change(change: ChangeProposed, _msg: Msg) -> None:
@@ -269,11 +269,11 @@ class FakeDist:
 
         self.svc = await serve_api(
             self.bus,
-            dist_api.SERVICE,
             [
-                Endpoint("status", dist_api.StatusRequest, status),
-                Endpoint("abort", dist_api.ControlRequest, abort),
+                Endpoint(dist_api.STATUS, status),
+                Endpoint(dist_api.ABORT, abort),
             ],
+            partial=True,
         )
 
     def forget(self, node: str, ns: str) -> None:
@@ -315,8 +315,7 @@ class FakeHealth:
 
         self.svc = await serve_api(
             self.bus,
-            health_api.SERVICE,
-            [Endpoint("verdict", health_api.VerdictRequest, verdict)],
+            [Endpoint(health_api.VERDICT, verdict)],
         )
 
     async def stop(self) -> None:

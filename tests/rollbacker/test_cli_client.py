@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.bus import Bus
 from confbus.runtime.natsd import NatsServer
 from confbus.schemas.events import NodeApplied, RollbackStarted

@@ -175,13 +175,10 @@ class World:
     async def switch(self, version: int, nodes: Sequence[str] | None = None) -> None:
         reply = await call(
             self.bus,
-            txn_api.SERVICE,
-            "switch",
+            txn_api.SWITCH,
             txn_api.SwitchRequest(
                 namespace=NS, version=version, nodes=list(nodes or self.nodes), timeout_s=3.0
             ),
-            txn_api.SwitchReply,
-            timeout=20.0,
         )
         assert reply.outcome == "commit", reply
         await self.on_version(version, nodes)

@@ -21,8 +21,8 @@ import anyio
 import nats
 import pytest
 
-from confbus.cli.client import Client
 from confbus.cli.security import Roster
+from confbus.client import Client
 from confbus.runtime.bus import Bus, connect
 from confbus.schemas import subjects
 from confbus.schemas.streams import CFG_DLQ, CFG_EVENTS, STREAMS

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from confbus.cli.client import ChangeRejected, Client
+from confbus.client import ChangeRejected, Client
 from confbus.runtime.bus import Bus, connect, provision
 from confbus.runtime.errors import Conflict, InvalidInput, NotFound
 from confbus.runtime.natsd import NatsServer

@@ -20,7 +20,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.consumer import Backoff, Consumer

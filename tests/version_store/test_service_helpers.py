@@ -18,8 +18,8 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from confbus.cli.client import Client
 from confbus.cli.main import main as cli_main
+from confbus.client import Client
 from confbus.runtime.bus import Bus
 from confbus.runtime.natsd import NatsServer
 from confbus.schemas.events import AnyEvent

@@ -40,8 +40,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from confbus.cli.client import Client
 from confbus.cli.output import out
+from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
@@ -175,9 +175,7 @@ async def store_check(bus: Bus, store_url: str | None) -> Check:
     if store_url:
         return await anyio.to_thread.run_sync(etcd_check, store_url)
     try:
-        reply = await call(
-            bus, store.SERVICE, "namespaces", store.NamespacesRequest(), store.NamespacesReply
-        )
+        reply = await call(bus, store.NAMESPACES, store.NamespacesRequest())
     except ConfbusError as exc:
         return Check("FAIL", "store", f"the version-store cannot read its store: {exc}")
     return Check("ok", "store", f"the version-store reads its store ({len(reply.namespaces)} "
@@ -289,7 +287,7 @@ async def leader_checks(bus: Bus) -> list[Check]:
 
 async def txns_check(bus: Bus) -> Check:
     try:
-        reply = await call(bus, txn.SERVICE, "in_doubt", txn.InDoubtRequest(), txn.InDoubtReply)
+        reply = await call(bus, txn.IN_DOUBT, txn.InDoubtRequest())
     except ConfbusError as exc:
         return Check("FAIL", "txns", f"the coordinator does not answer: {exc}")
     if not reply.txns:

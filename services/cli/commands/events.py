@@ -21,8 +21,9 @@ from typing import Any
 
 import msgspec
 
-from confbus.cli.client import Client, StreamedEvent
+from confbus.cli.commands.args import positive_int
 from confbus.cli.exitcodes import OK
+from confbus.client import Client, StreamedEvent
 from confbus.runtime.events import event_type
 from confbus.schemas import subjects
 from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
@@ -70,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(UTC unless it has an offset)",
     )
     start.add_argument(
-        "--from-seq", type=_positive_int, metavar="N", help="start at stream sequence N"
+        "--from-seq", type=positive_int, metavar="N", help="start at stream sequence N"
     )
     replay.set_defaults(func=run_replay)
 
@@ -163,16 +164,6 @@ def parse_since(text: str) -> datetime | timedelta:
             "(2026-11-26T16:40:00Z)"
         ) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a stream sequence >= 1")
-    return value
 
 
 # -- output -------------------------------------------------------------------------------
