@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # them through build/typecheck/confbus: a folder of links that names them as they install.
 TYPECHECK_ROOT := build/typecheck/confbus
 
-.PHONY: help venv install up test test-slow etcd-server nftables reliability reliability-slow lint typecheck bench bench-smoke clean distclean
+.PHONY: help venv install up test test-slow etcd-server nftables asyncapi-spec reliability reliability-slow lint typecheck bench bench-smoke clean distclean
 
 help: ## list the targets
 	@echo "confbus — make TARGET"
@@ -59,10 +59,13 @@ nftables: ## install nftables (apt-get) for the partition tests, if missing and 
 	  echo "nft is not installed and we are not root: the partition tests will be skipped"; \
 	fi
 
+asyncapi-spec: install ## fetch the AsyncAPI 3.0.0 JSON Schema (npm pack) that schemas/asyncapi.json is checked against
+	@$(BIN)/python -m tests.contract.asyncapi_spec >/dev/null
+
 # The fault tests write their figures; `make test` keeps them out of the tracked results.
 FAULT_TMP := $(shell mktemp -d -u /tmp/confbus-fault-results.XXXXXX)
 
-test: install etcd-server nftables ## run the tests (PYTEST_ARGS='-k replay -x')
+test: install etcd-server nftables asyncapi-spec ## run the tests (PYTEST_ARGS='-k replay -x')
 	CONFBUS_FAULT_RESULTS=$(FAULT_TMP) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-slow: install etcd-server nftables ## run only the slow fault loops (marked slow)

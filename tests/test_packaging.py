@@ -70,8 +70,10 @@ def test_the_wheel_installs_only_confbus(wheel: Path) -> None:
     assert {t for t in tops if not t.endswith(".dist-info")} == {"confbus"}
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    # The JSON Schema snapshot ships: clients in other languages are written from it.
+    # The JSON Schema snapshot and the AsyncAPI document ship: clients in other languages are
+    # written from them.
     assert "confbus/schemas/jsonschema/CFG_EVENTS.json" in names
+    assert "confbus/schemas/asyncapi.json" in names
     assert "confbus/client/__init__.py" in names
 
 
