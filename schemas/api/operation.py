@@ -133,6 +133,14 @@ class Operation(Generic[Req, Rep]):
             )
         return subjects.api(self.service, tokens)
 
+    @property
+    def grant(self) -> str:
+        """What a permission names to let a caller use this operation: its ``pattern``, except
+        for one answered per replica (``export_<token>``), where it is every one-token subject
+        of the service — a NATS wildcard stands for whole tokens only, so ``export_*`` would
+        match nothing (permissions keep the acts they must not open in their denies)."""
+        return subjects.api(self.service, "*") if self.per_replica else self.pattern
+
     def pattern_for(self, identity: str) -> str:
         """The subjects of a pinned operation that ``identity`` may use (the permission that
         pins it): ``cfg.api.store.approve.<identity>``, ``cfg.api.store.propose.*.<identity>``."""

@@ -40,6 +40,9 @@ def test_subjects_are_the_ones_on_the_wire() -> None:
     assert txn.SWITCH_AT.at("coord-1").address == "cfg.api.txn.switch_coord-1"
     assert dist.ABORT.address == "cfg.api.dist.abort"
     assert store.PROPOSE.pattern_for("ci") == "cfg.api.store.propose.*.ci"
+    # A NATS wildcard stands for whole tokens: export_* would match no replica's subject.
+    assert store.EXPORT_AT.grant == "cfg.api.store.*"
+    assert store.GET.grant == store.GET.pattern
 
 
 def test_open_tokens_must_be_named_and_must_be_names() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import msgspec
 import nats.errors
 import pytest
 from nats.aio.msg import Msg
@@ -344,6 +345,52 @@ async def test_pinned_endpoints_need_the_identity_token(secured: SecuredNats) ->
         reply = await svc.nc.request(subject, encode(req), timeout=5.0)
         assert (reply.headers or {}).get("Nats-Service-Error-Code") == "403"
         assert "identity" in decode_api_error(reply.data).error
+
+
+async def test_an_operator_backs_up_and_restores_page_by_page(secured: SecuredNats) -> None:
+    """The pages after the first go to the replica holding the session, on a subject of its own
+    (``export_<replica>``): the operator's permissions must reach it, though a NATS wildcard
+    only stands for whole tokens."""
+    ns, copy = "backups", "restored"
+    async with connect_as(secured, "alice") as alice:
+        for i in (1, 2):
+            change = ChangeProposed(namespace=ns, change_id=f"b{i}", content=b'{"v": %d}' % i)
+            await call(alice.bus, store_api.PROPOSE.as_user("alice", ns), change)
+        status = store_api.ChangeStatusRequest(namespace=ns, change_id="b2")
+        with anyio.fail_after(10):
+            while (await call(alice.bus, store_api.CHANGE_STATUS, status)).status != "stored":  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        # One version a page: two pages, the second from the replica's own operation.
+        page = await call(
+            alice.bus, store_api.EXPORT, store_api.ExportRequest(namespace=ns, max_bytes=1)
+        )
+        assert not page.done and page.replica
+        rest = await call(
+            alice.bus,
+            store_api.EXPORT_AT.at(page.replica),
+            store_api.ExportRequest(namespace=ns, session=page.session, offset=1, max_bytes=1),
+            timeout=5.0,
+        )
+        assert rest.done and [v.info.version for v in page.versions + rest.versions] == [1, 2]
+        # Restored as another namespace, in two pages the same way.
+        versions = [
+            msgspec.structs.replace(v, info=msgspec.structs.replace(v.info, namespace=copy))
+            for v in page.versions + rest.versions
+        ]
+        started = await call(
+            alice.bus,
+            store_api.IMPORT,
+            store_api.ImportRequest(namespace=copy, versions=versions[:1]),
+        )
+        done = await call(
+            alice.bus,
+            store_api.IMPORT_AT.at(started.replica),
+            store_api.ImportRequest(
+                namespace=copy, session=started.session, versions=versions[1:], done=True
+            ),
+        )
+        assert done.imported == 2
+        assert alice.violations() == []
 
 
 # -- known gaps: written as the property we want, marked until it holds --------------------------

@@ -61,6 +61,11 @@ def _patterns(ops: Sequence[Operation[Any, Any]]) -> list[str]:
     return [op.pattern for op in ops]
 
 
+def _grants(ops: Sequence[Operation[Any, Any]]) -> list[str]:
+    """What allows ``ops`` (``Operation.grant``), each subject once."""
+    return list(dict.fromkeys(op.grant for op in ops))
+
+
 @dataclass(frozen=True)
 class Permissions:
     publish: tuple[str, ...]
@@ -135,7 +140,9 @@ def operator_permissions(user: str, *, private_inbox: bool = False) -> Permissio
             publish += _stream_reads(spec.name)
     for bucket in BUCKETS:
         publish += _kv_reads(bucket.name)
-    publish += _patterns(OPERATOR_STORE_OPS)
+    # Backup and restore page through a replica's own operation, export_<replica>: the grant
+    # is every one-token store subject, with the self-declared acts denied below.
+    publish += _grants(OPERATOR_STORE_OPS)
     # The acts that record who acted, and changes of any namespace: as this operator only.
     publish += [op.pattern_for(user) for op in (*PINNED_STORE_OPS, store_api.PROPOSE)]
     publish += [
@@ -173,7 +180,7 @@ def ci_permissions(
 ) -> Permissions:
     # Changes of its namespaces (all, if none are given), authored by this pipeline.
     propose = [store_api.PROPOSE.as_user(user, ns).address for ns in namespaces or ()]
-    publish = [*(propose or [store_api.PROPOSE.pattern_for(user)]), *_patterns(CI_STORE_READS)]
+    publish = [*(propose or [store_api.PROPOSE.pattern_for(user)]), *_grants(CI_STORE_READS)]
     publish += [dist_api.STATUS.pattern, dist_api.ROLLOUT.pattern]
     publish += _stream_reads(CFG_EVENTS.name)
     publish += _kv_reads("CFG_STATE", "rollout.*")
