@@ -50,6 +50,7 @@ from confbus.schemas.events import (
 from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.names import CHANGE_ID_PATTERN, Format, InvalidName, check_name
 from confbus.schemas.policy import Policy
+from confbus.schemas.state import rollout_key
 from confbus.schemas.streams import CFG_ALERTS, CFG_EVENTS, MAX_PAYLOAD
 from confbus.schemas.versions import VersionInfo
 
@@ -768,7 +769,7 @@ class Client:
     async def _rollout_record(self, namespace: str) -> dist_api.RolloutInfo | None:
         try:
             kv = await self.bus.kv("CFG_STATE")
-            entry = await kv.get(f"rollout.{namespace}")
+            entry = await kv.get(rollout_key(namespace))
         except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
             return None
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:

@@ -54,6 +54,7 @@ from confbus.schemas.api import rollback as rollback_api
 from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.names import InvalidName, check_name
+from confbus.schemas.state import ROLLOUTS
 from confbus.schemas.streams import (
     BUCKETS,
     CFG_ALERTS,
@@ -221,7 +222,7 @@ def ci_permissions(
     publish += [_api(store_api.SERVICE, op) for op in CI_STORE_READS]
     publish += [_api(dist_api.SERVICE, "status"), _api(dist_api.SERVICE, "rollout")]
     publish += _stream_reads(CFG_EVENTS.name)
-    publish += _kv_reads("CFG_STATE", "rollout.*")
+    publish += _kv_reads("CFG_STATE", ROLLOUTS)
     return Permissions(
         publish=tuple(publish),
         subscribe=(
