@@ -68,7 +68,7 @@ class Intents:
         overrides; they come from the store's reply, else from its ``version.created`` event.
         """
         # The reads at once: this is the path from a publish to its switch. Production is
-        # for the plan, which follows at once (PLAN_READS_MAX_AGE_S).
+        # for the plan, which follows at once (driver.PLAN_READS_MAX_AGE_S).
         hints, policy, _ = await gather(
             self.store.version(namespace, version),
             self.store.policy(namespace, max_age_s=0),
