@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "confbus.cli.commands.doctor",
     "confbus.cli.commands.rollback",
     "confbus.cli.commands.rollout",
+    "confbus.cli.commands.console",
 )
 
 
