@@ -316,7 +316,7 @@ async def event_stream(call: Call) -> Response:
 
 async def sse(backend: Backend, flt: str, from_seq: int | None) -> AsyncIterator[bytes]:
     """Server-Sent Events: ``id`` is the stream sequence (a reconnect resumes after it),
-    ``event`` the type, ``data`` the ``EventItem``; a comment now and then keeps proxies from
+    ``data`` the ``EventItem``; a comment now and then keeps proxies from
     closing a quiet stream."""
     yield b": following " + flt.encode() + b"\n\n"
     send, receive = anyio.create_memory_object_stream[StreamedEvent](256)
@@ -336,9 +336,9 @@ async def sse(backend: Backend, flt: str, from_seq: int | None) -> AsyncIterator
                     yield b": keep-alive\n\n"
                     continue
                 ev = event_item(item)
-                yield (
-                    f"id: {ev.seq}\nevent: {ev.type}\ndata: ".encode() + _json.encode(ev) + b"\n\n"
-                )
+                # No "event:" field: an EventSource's onmessage sees only unnamed events (the
+                # type is in the data).
+                yield f"id: {ev.seq}\ndata: ".encode() + _json.encode(ev) + b"\n\n"
 
 
 # -- acts --------------------------------------------------------------------------------------

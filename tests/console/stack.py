@@ -36,7 +36,8 @@ class ConsoleStack:
     up: Proc
     nats_url: str
     console_url: str  # ends with /
-    login_link: str  # what confbus up printed (an operator's)
+    login_link: str  # what confbus up printed
+    login_user: str  # the operator it signs in as (whoever ran confbus up)
     agents: dict[str, Agent] = field(default_factory=dict)
 
     @property
@@ -94,9 +95,11 @@ def start(root: Path) -> ConsoleStack:
         raise
     nats_url = re.search(r"nats=(\S+)", line)
     console_url = re.search(r"console=(\S+)", line)
-    login = re.search(r"(http://\S+/login\?token=\S+)", link)
+    login = re.search(r"(http://\S+/login\?token=\S+) \(operator (\S+)\)", link)
     assert nats_url and console_url and login, line
-    return ConsoleStack(root, up, nats_url.group(1), console_url.group(1), login.group(1))
+    return ConsoleStack(
+        root, up, nats_url.group(1), console_url.group(1), login.group(1), login.group(2)
+    )
 
 
 def stack_fixture(root: Path) -> Iterator[ConsoleStack]:
