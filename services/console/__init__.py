@@ -1,4 +1,4 @@
-"""The operator console: a web console and an HTTP JSON API over the bus (docs/design.md §14).
+"""The operator console: a web console and an HTTP JSON API over the bus (docs/design.md §7.5).
 
 A front end like the CLI: it reads and acts through the Python client (``backend``), never
 another service's package. ``api`` declares the HTTP operations once (routes and the OpenAPI

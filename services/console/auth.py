@@ -32,7 +32,6 @@ from starlette.requests import Request
 from confbus.runtime.errors import Permanent
 from confbus.runtime.identity import Forbidden
 from confbus.schemas import tokens
-from confbus.schemas.base import DECODE_ERRORS
 
 log = logging.getLogger("confbus.console.auth")
 
@@ -85,7 +84,7 @@ class TokenStore:
             return
         try:
             parsed = tokens.decode_token_file(self.path.read_bytes())
-        except (OSError, *DECODE_ERRORS) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # msgspec's errors are ValueErrors
             # Keep the last good set: a half-written file must not sign everyone out.
             log.error(
                 "cannot read the tokens file", extra={"path": str(self.path), "error": str(exc)}

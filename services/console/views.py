@@ -3,16 +3,19 @@ version, rollout, rollback and transaction. Jinja2 filters and globals; no bus, 
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
 import msgspec
+from markupsafe import Markup, escape
 
 from confbus.cli.client import StreamedEvent
 from confbus.runtime.events import event_type
 from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
+from confbus.schemas.versions import VersionInfo
 
 # Fields every event has (shown in their own columns) and the ones turned into links.
 _SHOWN = {"schema_version", "type", "namespace", "at", "actor", "reason", "message"}
@@ -138,6 +141,58 @@ def kind(item: StreamedEvent) -> str:
     return event_type(item.event)
 
 
+def history_rows(versions: list[VersionInfo], operator: bool) -> Markup:
+    """The rows of a history table. The one part of a page that grows to thousands of rows is
+    built here rather than in the template (Jinja2 spent ~5× as long on it), and each row is
+    kept: a version never changes but for its status and flags, which are part of the key.
+    Every value a person wrote (author, message, approver) is escaped; the rest are numbers,
+    hex digests and fixed words."""
+    return Markup("".join([_history_row(v, operator) for v in versions]))
+
+
+@functools.lru_cache(maxsize=50_000)
+def _history_row(v: VersionInfo, operator: bool) -> str:
+    ns, n = v.namespace, v.version
+    tags = []
+    if v.last_good:
+        tags.append(' <span class="tag">last good</span>')
+    if v.rollback_of:
+        tags.append(f' <span class="tag">rollback of v{v.rollback_of}</span>')
+    if v.approved_by:
+        tags.append(f' <span class="tag">approved by {escape(v.approved_by)}</span>')
+    diff = (
+        f'<a href="/ns/{ns}/diff?a={v.parent}&amp;b={n}">diff v{v.parent}</a>' if v.parent else ""
+    )
+    act = ""
+    if operator:
+        act = "<td>" + _acts(ns, n, v.status) + "</td>"
+    created = v.created_at.astimezone(UTC).isoformat(" ", "seconds")[:19] + "Z"
+    return (
+        f'<tr id="v{n}"><th scope="row"><a href="/ns/{ns}/v/{n}">v{n}</a></th>'
+        f'<td><span class="state state-{v.status}">{v.status}</span>{"".join(tags)}</td>'
+        f"<td>{escape(v.author) if v.author else '—'}</td><td>{created}</td>"
+        f"<td>{escape(v.message)}</td><td><code>{v.sha256[:12]}</code></td><td>{diff}</td>{act}</tr>\n"
+    )
+
+
+def _acts(ns: str, n: int, status: str) -> str:
+    """The buttons of a history row; each submits the page's one form for its act."""
+    if status == "draft":
+        return (
+            f'<button type="submit" form="act-approve" name="version" value="{n}" '
+            f'data-action="approve" data-confirm="Approve {ns} v{n}?">Approve</button> '
+            f'<button type="submit" form="act-reject" name="version" value="{n}" class="danger" '
+            f'data-action="reject" data-confirm="Reject {ns} v{n} for good?">Reject</button>'
+        )
+    if status in ("superseded", "approved"):
+        return (
+            f'<button type="submit" form="act-rollback" name="version" value="{n}" '
+            f'class="danger" data-action="rollback" '
+            f'data-confirm="Roll {ns} back to v{n} (as a new version)?">Roll back to v{n}</button>'
+        )
+    return ""
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("confbus.console", "templates"),
@@ -147,5 +202,5 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(utc=utc, iso=iso, ago=ago, short=short)
-    env.globals.update(facts=facts, links=links, kind=kind, qs=query)
+    env.globals.update(facts=facts, links=links, kind=kind, qs=query, history_rows=history_rows)
     return env

@@ -65,13 +65,14 @@ class ConsoleStack:
         assert done.returncode == 0, f"confbus {args}: {done.returncode}\n{done.stderr}"
         return done.stdout
 
-    def start_agent(self, node: str, namespace: str) -> Agent:
+    def start_agent(self, node: str, namespace: str, *extra: str) -> Agent:
         base = self.root / "nodes" / node
         base.mkdir(parents=True, exist_ok=True)
         path = base / f"{namespace}.json"
         argv = [sys.executable, "-m", "confbus.agent", "--nats-url", self.nats_url,
                 "--node", node, "--namespace", namespace, "--path", str(path),
-                "--state-dir", str(base / "state"), "--heartbeat-interval", "0.5"]  # fmt: skip
+                "--state-dir", str(base / "state"), "--heartbeat-interval", "0.5",
+                *extra]  # fmt: skip
         proc = Proc(argv)
         proc.out.wait_for('"event": "ready"', timeout=30)
         agent = Agent(node, path, proc)
@@ -119,7 +120,7 @@ def wait_event(
 ) -> dict[str, Any]:
     """The first event (an ``EventItem``, as JSON) matching, read from the console's own
     Server-Sent Events from the start of the log: one that happened already counts too."""
-    params = {"filter": subject_filter, "from_seq": 1}
+    params: dict[str, str | int] = {"filter": subject_filter, "from_seq": 1}
     with (
         httpx.Client(base_url=stack.console_url, timeout=httpx.Timeout(timeout)) as client,
         client.stream(

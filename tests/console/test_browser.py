@@ -139,7 +139,12 @@ def test_a_viewer_sees_no_action_and_its_forged_posts_are_refused(
     before = versions(stack, viewer_token)
     csrf = page.locator('input[name="csrf"]').first.get_attribute("value")
     assert csrf  # the viewer's own, valid CSRF token: the role alone refuses
-    form = {"csrf": csrf, "confirm": "yes", "version": "1", "next": "/ns/web"}
+    form: dict[str, str | float | bool] = {
+        "csrf": csrf,
+        "confirm": "yes",
+        "version": "1",
+        "next": "/ns/web",
+    }
     forged = page.request.post(stack.console_url + "ns/web/act/rollback", form=form)
     assert forged.status == 403 and "operator role" in forged.text()
     forged = page.request.post(

@@ -4,10 +4,12 @@
 "use strict";
 
 // An act's form asks first; confirmed, it tells the server so (confirm=yes).
+// A table's buttons share one form per act (form="act-…"); the button says what it is about.
 document.addEventListener("submit", (event) => {
   const form = event.target;
-  if (!(form instanceof HTMLFormElement) || !form.dataset.confirm) return;
-  if (!window.confirm(form.dataset.confirm)) {
+  if (!(form instanceof HTMLFormElement) || !form.classList.contains("act")) return;
+  const question = (event.submitter && event.submitter.dataset.confirm) || form.dataset.confirm;
+  if (!window.confirm(question)) {
     event.preventDefault();
     return;
   }
