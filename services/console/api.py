@@ -308,27 +308,35 @@ async def event_stream(call: Call) -> Response:
     if last_id := call.request.headers.get("last-event-id"):  # EventSource reconnecting
         from_seq = int(last_id) + 1 if last_id.isdigit() else from_seq
     return StreamingResponse(
-        sse(call.backend, flt, from_seq),
+        sse(call.backend, flt, from_seq, call.request.app.state.metrics),
         media_type="text/event-stream",
         headers={"cache-control": "no-store", "x-accel-buffering": "no"},
     )
 
 
-async def sse(backend: Backend, flt: str, from_seq: int | None) -> AsyncIterator[bytes]:
-    """Server-Sent Events: ``id`` is the stream sequence (a reconnect resumes after it),
-    ``data`` the ``EventItem``; a comment now and then keeps proxies from
+async def sse(
+    backend: Backend, flt: str, from_seq: int | None, metrics: ConsoleMetrics
+) -> AsyncIterator[bytes]:
+    """Server-Sent Events. First a ``subscribed`` event, once the consumer exists (from then
+    on nothing is missed); then per event ``id`` (the stream sequence: a reconnect resumes
+    after it) and ``data`` (the ``EventItem``); a comment now and then keeps proxies from
     closing a quiet stream."""
-    yield b": following " + flt.encode() + b"\n\n"
     send, receive = anyio.create_memory_object_stream[StreamedEvent](256)
+    subscribed = anyio.Event()
 
     async def pump() -> None:
         async with send:
-            async for item in backend.follow(flt, from_seq=from_seq):
+            follow = backend.follow(flt, from_seq=from_seq, on_subscribed=subscribed.set)
+            async for item in follow:
                 await send.send(item)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pump)
-        async with receive:
+    metrics.streams.inc()
+    try:
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(pump)
+            await subscribed.wait()
+            hello = _json.encode({"type": "subscribed", "filter": flt})
+            yield b"event: subscribed\ndata: " + hello + b"\n\n"
             while True:
                 with anyio.move_on_after(SSE_KEEPALIVE_S) as idle:
                     item = await receive.receive()
@@ -339,6 +347,8 @@ async def sse(backend: Backend, flt: str, from_seq: int | None) -> AsyncIterator
                 # No "event:" field: an EventSource's onmessage sees only unnamed events (the
                 # type is in the data).
                 yield f"id: {ev.seq}\ndata: ".encode() + _json.encode(ev) + b"\n\n"
+    finally:
+        metrics.streams.dec()
 
 
 # -- acts --------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ through (``confbus.schemas.api``): the OpenAPI document is generated from these.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
@@ -107,7 +107,3 @@ class RolloutNodes(msgspec.Struct, frozen=True, kw_only=True):
 
     votes: dict[str, VoteRecord]
     applied: list[str]
-
-
-class Health(msgspec.Struct, frozen=True, kw_only=True):
-    status: Literal["ok"] = "ok"

@@ -294,10 +294,17 @@ class Backend:
             window *= 8
 
     def follow(
-        self, subject_filter: str, *, from_seq: int | None = None
+        self,
+        subject_filter: str,
+        *,
+        from_seq: int | None = None,
+        on_subscribed: Callable[[], object] | None = None,
     ) -> AsyncIterator[StreamedEvent]:
-        """New events as they are stored (from ``from_seq`` if given): for Server-Sent Events."""
-        return self.client.events(subject_filter, from_seq=from_seq, follow=True)
+        """New events as they are stored (from ``from_seq`` if given): for Server-Sent Events.
+        ``on_subscribed`` is called once the consumer exists."""
+        return self.client.events(
+            subject_filter, from_seq=from_seq, follow=True, on_subscribed=on_subscribed
+        )
 
     async def _last_seq(self) -> int:
         try:

@@ -303,7 +303,9 @@ async def _form(request: Request) -> dict[str, str]:
 
 def _local(target: str) -> str:
     """Only a path of this console: never an open redirect to another site."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    # "//host" and "/\\host" are other sites to a browser.
+    local = target.startswith("/") and not target.startswith(("//", "/\\"))
+    return target if local else "/"
 
 
 def _convert(

@@ -134,6 +134,6 @@ def wait_event(
         for line in r.iter_lines():
             if line.startswith("data: "):
                 item: dict[str, Any] = json.loads(line.removeprefix("data: "))
-                if match(item):
+                if item["type"] != "subscribed" and match(item):
                     return item
     raise AssertionError(f"the event stream of {subject_filter} ended")

@@ -326,7 +326,8 @@ def test_events_live_as_server_sent_events(
     ):
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = r.iter_lines()
-        assert next(lines).startswith(": following cfg.event.live.>")  # subscribed
+        assert next(lines) == "event: subscribed"  # from here on nothing is missed
+        assert json.loads(next(lines).removeprefix("data: "))["filter"] == "cfg.event.live.>"
         publish = threading.Thread(
             target=api["publisher"].post,
             args=("api/v1/namespaces/live/versions",),

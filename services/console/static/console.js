@@ -47,9 +47,11 @@ function follow(element) {
   }
 
   const source = new EventSource("/api/v1/events/stream?filter=" + encodeURIComponent(filter));
-  source.addEventListener("open", () => {
+  // The server says "subscribed" once nothing more can slip past: then fetch once, for
+  // whatever happened between the page load and that moment.
+  source.addEventListener("subscribed", () => {
     element.dataset.following = "yes";
-    refresh(); // whatever happened between the page load and the subscription
+    refresh();
   });
   source.addEventListener("message", refresh);
   source.addEventListener("error", () => {
