@@ -369,6 +369,19 @@ async def publish(call: Call) -> VersionInfo:
     )
 
 
+async def dry_run(call: Call) -> store_api.DryRunReply:
+    body: t.PublishRequest = call.body
+    return await call.backend.dry_run(
+        call.ns,
+        body.content.encode(),
+        author=call.user,
+        format=body.format,
+        change_id=body.change_id,
+        message=body.message,
+        base=body.base,
+    )
+
+
 def _version(call: Call) -> int:
     try:
         return msgspec.convert(call.param("version"), VersionNumber, strict=False)
@@ -422,6 +435,9 @@ OPS: tuple[Op, ...] = (
     Op("publish", "POST", NS + "/versions", "Publish a change (idempotent by change id).",
        "publisher", publish, VersionInfo, body=t.PublishRequest, status=201,
        errors=(400, 401, 403, 409, 422, 503)),
+    Op("dry_run", "POST", NS + "/dry-run",
+       "Validate and diff a change as publish would; store nothing.", "publisher", dry_run,
+       store_api.DryRunReply, body=t.PublishRequest),
     Op("version", "GET", NS + "/versions/{ref}", "One version's metadata.", "viewer", version,
        VersionInfo),
     Op("content", "GET", NS + "/versions/{ref}/content",

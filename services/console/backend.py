@@ -10,6 +10,7 @@ names the console user who made it (the author in the store, the actor in the au
 from __future__ import annotations
 
 import collections
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -19,7 +20,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from confbus.cli.client import Client, StreamedEvent
+from confbus.cli.client import Client, StreamedEvent, check_change_id, check_namespace
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Conflict, NotFound, Unavailable
 from confbus.runtime.identity import Forbidden
@@ -27,6 +28,7 @@ from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import rollback as rollback_api
 from confbus.schemas.api import store as store_api
+from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import NodeApplied, TxnAborted, TxnCommitted, VoteRecord
 from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
@@ -193,6 +195,34 @@ class Backend:
             strategy=strategy,
             timeout=timeout,
         )
+
+    async def dry_run(
+        self,
+        namespace: str,
+        content: bytes,
+        *,
+        author: str,
+        format: Format | None = None,
+        change_id: str | None = None,
+        message: str = "",
+        base: int | None = None,
+    ) -> store_api.DryRunReply:
+        """As ``confbus publish --dry-run``: validated and diffed, nothing stored (a secret
+        namespace's diff is withheld by the store)."""
+        check_namespace(namespace)
+        if change_id is None:
+            sha = hashlib.sha256(content).hexdigest()
+            change_id = await self.client.default_change_id(namespace, sha, base)
+        change = ChangeProposed(
+            namespace=namespace,
+            change_id=check_change_id(change_id),
+            content=content,
+            format=format,
+            author=author,
+            message=message,
+            base=base,
+        )
+        return await self.client.dry_run(change)
 
     async def approve(self, namespace: str, version: int, user: str) -> VersionInfo:
         await self.known(namespace)

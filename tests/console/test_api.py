@@ -117,6 +117,20 @@ def test_publish_is_idempotent_by_change_id_and_records_the_author(
     assert len(versions(api, shop)) == 2
 
 
+def test_a_dry_run_validates_and_diffs_and_stores_nothing(
+    api: dict[str, httpx.Client], shop: str
+) -> None:
+    path = f"api/v1/namespaces/{shop}/dry-run"
+    r = api["publisher"].post(path, json={"content": '{"pool": 3}\n'})
+    reply = r.json()
+    assert r.status_code == 200 and reply["ok"] and reply["would_be_version"] == 3, r.text
+    assert '+{"pool": 3}' in reply["diff"]
+    bad = api["publisher"].post(path, json={"content": '{"pool": ', "format": "json"}).json()
+    assert bad["ok"] is False and bad["reason"]
+    problem(api["viewer"].post(path, json={"content": "x"}), 403, "role")
+    assert len(versions(api, shop)) == 2
+
+
 def test_a_change_the_store_rejects_says_why_and_where(
     api: dict[str, httpx.Client], shop: str
 ) -> None:
