@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # them through build/typecheck/confbus: a folder of links that names them as they install.
 TYPECHECK_ROOT := build/typecheck/confbus
 
-.PHONY: help venv install up test test-slow etcd-server nftables asyncapi-spec reliability reliability-slow lint typecheck bench bench-smoke clean distclean
+.PHONY: help venv install up test test-slow etcd-server nftables chromium asyncapi-spec reliability reliability-slow lint typecheck bench bench-smoke screenshots clean distclean
 
 help: ## list the targets
 	@echo "confbus — make TARGET"
@@ -59,13 +59,25 @@ nftables: ## install nftables (apt-get) for the partition tests, if missing and 
 	  echo "nft is not installed and we are not root: the partition tests will be skipped"; \
 	fi
 
+chromium: ## install Debian's chromium (apt-get) for the console's browser tests, if missing and we are root
+	@if command -v chromium >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium with apt-get"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "chromium is not installed and we are not root: the browser tests will be skipped"; \
+	  echo "(sudo apt-get install chromium, then make test again)"; \
+	fi
+
 asyncapi-spec: install ## fetch the AsyncAPI 3.0.0 JSON Schema (npm pack) that schemas/asyncapi.json is checked against
 	@$(BIN)/python -m tests.contract.asyncapi_spec >/dev/null
 
 # The fault tests write their figures; `make test` keeps them out of the tracked results.
 FAULT_TMP := $(shell mktemp -d -u /tmp/confbus-fault-results.XXXXXX)
 
-test: install etcd-server nftables asyncapi-spec ## run the tests (PYTEST_ARGS='-k replay -x')
+test: install etcd-server nftables chromium asyncapi-spec ## run the tests (PYTEST_ARGS='-k replay -x')
 	CONFBUS_FAULT_RESULTS=$(FAULT_TMP) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-slow: install etcd-server nftables ## run only the slow fault loops (marked slow)
@@ -102,6 +114,9 @@ bench-smoke: install ## a quick run of the benchmarks, to see that they work
 	else \
 	  echo "no benchmarks yet: benchmarks/__main__.py is not there"; \
 	fi
+
+screenshots: install chromium ## PNGs of the console's main pages, from a real stack, into docs/
+	$(BIN)/python -m tests.console.screenshots docs/console
 
 clean: ## remove caches and build output (keeps .venv and the .confbus data dir)
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

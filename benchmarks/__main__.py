@@ -74,6 +74,9 @@ BENCHMARKS: dict[str, Entry] = {
     ),
     "rollout": Entry("benchmarks.rollout", "catch-up of a returning node; wave overhead", 150.0),
     "rollback": Entry("benchmarks.rollback", "alert → all nodes restored, 100 agents", 150.0),
+    "console": Entry(
+        "benchmarks.console", "console pages: 10k-version history, 1k-node fleet", 150.0
+    ),
 }
 # ``growth`` is the switch's figures drawn as a plot: asking for it runs the switch.
 ALIASES = {"growth": "switch"}

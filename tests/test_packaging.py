@@ -75,6 +75,9 @@ def test_the_wheel_installs_only_confbus(wheel: Path) -> None:
     assert "confbus/schemas/jsonschema/CFG_EVENTS.json" in names
     assert "confbus/schemas/asyncapi.json" in names
     assert "confbus/client/__init__.py" in names
+    # The console's pages and script ship: no build step, no CDN.
+    for asset in ("templates/base.html", "static/console.js", "static/console.css"):
+        assert f"confbus/console/{asset}" in names
 
 
 def test_the_installed_wheel_imports_as_confbus(wheel: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "confbus.cli.commands.doctor",
     "confbus.cli.commands.rollback",
     "confbus.cli.commands.rollout",
+    "confbus.cli.commands.console",
 )
 
 

@@ -118,6 +118,9 @@ class StackConfig:
     # include, TLS), and more words for the ready line (where the credentials are).
     nats_config: str = ""
     announce: tuple[str, ...] = ()
+    # Called once, right after the ready line, with each service's ready info: for what must
+    # not be in the line (it is logged), such as the console's sign-in link.
+    on_ready: Callable[[list[dict[str, Any]]], None] | None = None
 
     def service_env(self) -> dict[str, str]:
         env = {**os.environ, "CONFBUS_DATA_DIR": str(self.data_dir)}
@@ -328,6 +331,8 @@ class Stack:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
         log.info("ready", extra={"line": line})
+        if self.config.on_ready is not None:
+            self.config.on_ready([c.ready or {} for c in children])
 
     def _write_state(self, children: list[Child]) -> None:
         state = {

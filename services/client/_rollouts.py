@@ -19,6 +19,7 @@ from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import AnyEvent
+from confbus.schemas.state import rollout_key
 
 # The events that end a rollout, and the state each ends it in.
 _ROLLOUT_ENDS: dict[str, dist_api.RolloutState] = {
@@ -127,7 +128,7 @@ class Rollouts(Events):
     async def _rollout_record(self, namespace: str) -> dist_api.RolloutInfo | None:
         try:
             kv = await self.bus.kv("CFG_STATE")
-            entry = await kv.get(f"rollout.{namespace}")
+            entry = await kv.get(rollout_key(namespace))
         except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
             return None
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:

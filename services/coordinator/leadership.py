@@ -30,8 +30,9 @@ from confbus.coordinator.twophase import Coordinator
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, Unavailable
-from confbus.runtime.leases import LeaseRecord, Leases, NotHeld
+from confbus.runtime.leases import Leases, NotHeld
 from confbus.schemas.api import txn as api
+from confbus.schemas.state import LeaseRecord
 
 log = logging.getLogger("confbus.coordinator")
 

@@ -22,14 +22,14 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from confbus.coordinator.decisions import decision_of, publish_decision, read_decision
-from confbus.coordinator.head import Fenced, Head, Heads
+from confbus.coordinator.head import Head, Heads
 from confbus.coordinator.liveness import Liveness
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.concurrency import settle
-from confbus.runtime.errors import Conflict, InvalidInput, NotFound, Unavailable
+from confbus.runtime.errors import Conflict, Fenced, InvalidInput, NotFound, Unavailable
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api

@@ -14,9 +14,10 @@ from typing import Any
 
 import msgspec
 
+from confbus.distributor.intent import Intents
 from confbus.distributor.membership import Membership
 from confbus.distributor.repairs import Repairs
-from confbus.distributor.rollout import Rollouts
+from confbus.distributor.rollouts import Rollouts
 from confbus.distributor.targets import Targets
 from confbus.runtime.api import Endpoint
 from confbus.runtime.errors import ConfbusError
@@ -29,6 +30,7 @@ class DistApi:
     membership: Membership
     targets: Targets
     rollouts: Rollouts
+    intents: Intents
     repairs: Repairs
 
     async def status(self, req: api.StatusRequest) -> api.StatusReply:
@@ -78,7 +80,7 @@ class DistApi:
         self, op: Operation[api.ControlRequest, api.RolloutReply]
     ) -> Callable[[api.ControlRequest], Awaitable[api.RolloutReply]]:
         async def handle(req: api.ControlRequest) -> api.RolloutReply:
-            rec = await self.rollouts.control(op, req)
+            rec = await self.intents.control(op, req)
             return api.RolloutReply(rollout=_public(rec, rec.revision))
 
         return handle

@@ -17,16 +17,10 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskStatus
 
-from confbus.distributor.kvstate import (
-    Entry,
-    StateKV,
-    TargetRecord,
-    decode_target,
-    target_key,
-    watch_keys,
-)
 from confbus.distributor.store import Store
+from confbus.runtime.kv import Entry, StateKV
 from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.state import TARGETS, TargetRecord, decode_target, target_key, target_of
 from confbus.schemas.versions import VersionInfo
 
 log = logging.getLogger("confbus.distributor")
@@ -157,7 +151,7 @@ class Targets:
 
     def observed(self, key: str, value: bytes | None, revision: int) -> None:
         """A ``target.<ns>.<node>`` change seen by the watch (ours or another replica's)."""
-        _, ns, node = key.split(".", 2)
+        ns, node = target_of(key)
         if value is None:
             self.forget(ns, node)
             return
@@ -167,4 +161,4 @@ class Targets:
             log.warning("unreadable target record", extra={"key": key})
 
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await watch_keys(self.kv.kv, "target.>", self.observed, task_status=task_status)
+        await self.kv.watch(TARGETS, self.observed, task_status=task_status)

@@ -8,8 +8,8 @@ metric mapping, the lease scheme and the API's behaviour.
 ```
 rules.py         pure judging: windows, error rate from counters, majority, hysteresis, verdicts
 windows.py       the bounded in-memory samples, per namespace / version / node
-lease.py         one evaluating replica per namespace: lease.health.<ns> in CFG_STATE
 alerts.py        the lease holder's evaluation → alerts, and the alert book in CFG_STATE
+                 (one evaluating replica per namespace: lease.health.<ns>)
 scraping.py      the policies' scrape_targets → samples
 alertmanager.py  POST /alertmanager → alerts
 policies.py      policies, heartbeats, the namespaces that exist

@@ -6,8 +6,8 @@ Tasks in one task group:
   replica keeps every namespace's windows; no durable consumer — samples are short-lived);
   the service is ready once it has caught up;
 - **heartbeats**: ``cfg.node.*.heartbeat`` (which namespaces nodes follow, their versions);
-- **leases**: renew / take ``lease.health.<ns>`` every ``ttl/3`` for the namespaces that have
-  samples or scrape targets;
+- **leases**: take ``lease.health.<ns>`` for the namespaces that have samples or scrape
+  targets, renew what we hold (``confbus.runtime.leases``), release it all on a clean stop;
 - **evaluation**: every ``--eval-interval``, the held namespaces' rules → alerts;
 - **scraping**: the held namespaces' ``scrape_targets`` → samples;
 - the ``cfg.api.health.verdict`` endpoint (any replica answers, from its own windows);
@@ -30,7 +30,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from confbus.health_watcher.alertmanager import PATH, Receiver
 from confbus.health_watcher.alerts import Alerter, NamespaceEvaluator
-from confbus.health_watcher.lease import NamespaceLeases
 from confbus.health_watcher.metrics import WatcherMetrics
 from confbus.health_watcher.policies import Catalog, Directory, PolicyCache
 from confbus.health_watcher.rules import Point, judge
@@ -41,6 +40,8 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, InvalidInput
 from confbus.runtime.events import emit
 from confbus.runtime.http import HttpServer
+from confbus.runtime.kv import StateKV
+from confbus.runtime.leases import Leases
 from confbus.runtime.service import ServiceContext
 from confbus.schemas import subjects
 from confbus.schemas.api import health as api
@@ -52,6 +53,7 @@ from confbus.schemas.streams import CFG_HEALTH, CFG_STATE
 
 log = logging.getLogger("confbus.health_watcher")
 
+ROLE = "health"  # lease.health.<ns>: the replica judging the namespace
 CATCH_UP_TIMEOUT_S = 15.0
 DISCOVERY_EVERY_S = 30.0
 
@@ -145,8 +147,8 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     instance = ctx.settings.instance_id
     metrics = WatcherMetrics.create(ctx.registry)
     store = SampleStore(horizon_s=args.horizon)
-    kv = await bus.kv(CFG_STATE.name)
-    leases = NamespaceLeases(kv, instance, ttl_s=args.lease_ttl)
+    kv = await StateKV.open(bus, CFG_STATE)
+    leases = Leases(kv.kv, ROLE, instance, ttl_s=args.lease_ttl)
     policies = PolicyCache(bus, ttl_s=args.policy_ttl)
     directory = Directory()
     catalog = Catalog(bus, directory)
@@ -176,20 +178,15 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         """Namespaces worth a lease: those with samples, and those with scrape targets."""
         return store.namespaces() | {ns for ns, (_, has) in scrape_namespaces.items() if has}
 
-    async def lease_loop() -> None:
-        while True:
-            try:
-                gained, lost = await leases.tick(wanted())
-            except Exception:  # never let one bad tick stop the renewals
-                log.exception("lease tick failed")
-                gained, lost = [], []
-            for ns in lost:
-                evaluators.pop(ns, None)
-            for ns in gained:
-                alerter = Alerter(ns, bus, kv, leases, metrics)
-                evaluators[ns] = NamespaceEvaluator(ns, alerter, metrics)
-            metrics.leases.set(len(leases.held))
-            await anyio.sleep(leases.renew_every_s)
+    def on_lease_change(ns: str, held: bool) -> None:
+        # A new term judges afresh: the alert book is read again, its pending alerts published.
+        if held:
+            evaluators[ns] = NamespaceEvaluator(ns, Alerter(ns, bus, kv, leases, metrics), metrics)
+        else:
+            evaluators.pop(ns, None)
+        metrics.leases.set(len(leases.held_names()))
+
+    leases.on_change = on_lease_change
 
     async def eval_loop() -> None:
         while True:
@@ -197,7 +194,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             now = time.time()
             store.prune(now)
             for ns, evaluator in list(evaluators.items()):
-                if not leases.holds(ns):
+                if not leases.held(ns):
                     continue
                 try:
                     policy = await policies.get(ns)
@@ -271,9 +268,9 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(reader.run, args.horizon)
-            tg.start_soon(leases.watch)
+            await tg.start(leases.keep)
             tg.start_soon(discovery_loop)
-            tg.start_soon(lease_loop)
+            tg.start_soon(leases.pursue, wanted)
             tg.start_soon(eval_loop)
             tg.start_soon(scraper.run)
             svc = await serve_api(
@@ -285,7 +282,8 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         with anyio.CancelScope(shield=True):
             if svc is not None:
                 await stop_api(svc)
-            await leases.release_all()
+            with anyio.move_on_after(2):
+                await leases.release_all()
             try:
                 await hb_sub.unsubscribe()
             except Exception:  # the connection may already be gone

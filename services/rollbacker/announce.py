@@ -13,11 +13,11 @@ from typing import Any
 
 from confbus.rollbacker.notify import Notifier
 from confbus.rollbacker.peers import Peers
-from confbus.rollbacker.records import BatchResult, Rollback
 from confbus.runtime.errors import ConfbusError
 from confbus.runtime.events import emit, event_type
 from confbus.schemas.events import RollbackBatch, RollbackCompleted, RollbackStarted, RollbackStuck
 from confbus.schemas.health import Alert
+from confbus.schemas.state import BatchResult, Rollback
 
 log = logging.getLogger("confbus.rollbacker")
 

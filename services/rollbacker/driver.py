@@ -14,10 +14,12 @@
                                                                nothing further is switched)
 ```
 
-Every step is recorded in the ledger (compare-and-set, under our lease) before the next one
-starts, and every step is safe to repeat: the change id maps to the same version, nodes already
-on the new version are not switched again, events carry message ids. So a crash, a restart or a
-takeover by another replica resumes where the record says, never doubling anything.
+A rollback is driven by the replica holding ``lease.rollbacker.<ns>``, inside the lease's
+guard: the moment the lease is lost the drive stops. Every step is recorded in the ledger
+(compare-and-set, fenced by the lease's epoch) before the next one starts, and every step is
+safe to repeat: the change id maps to the same version, nodes already on the new version are
+not switched again, events carry message ids. So a crash, a restart or a takeover by another
+replica resumes where the record says, never doubling anything.
 """
 
 from __future__ import annotations
@@ -36,18 +38,19 @@ from nats.aio.msg import Msg
 
 from confbus.rollbacker import plan
 from confbus.rollbacker.announce import Announcer
-from confbus.rollbacker.ledger import Fenced, Ledgers
+from confbus.rollbacker.ledger import Ledgers
 from confbus.rollbacker.metrics import RollbackerMetrics
 from confbus.rollbacker.peers import Peers
-from confbus.rollbacker.records import BatchResult, Rollback
-from confbus.runtime.errors import ConfbusError, Unavailable
+from confbus.runtime.errors import ConfbusError, Fenced, Unavailable
 from confbus.runtime.failpoints import failpoint
+from confbus.runtime.leases import Leases, NotHeld
 from confbus.schemas import subjects
 from confbus.schemas.api.health import VerdictReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
 from confbus.schemas.policy import Policy
+from confbus.schemas.state import BatchResult, Rollback
 
 log = logging.getLogger("confbus.rollbacker")
 
@@ -58,7 +61,6 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class DriverConfig:
-    lease_s: float = 15.0
     verify_timeout_s: float = 30.0  # after the bake, how long to wait for health data
     verify_interval_s: float = 0.5
     create_timeout_s: float = 120.0  # for the version-store to store the rollback version
@@ -86,6 +88,7 @@ class Driver:
         self,
         peers: Peers,
         ledgers: Ledgers,
+        leases: Leases,
         announcer: Announcer,
         metrics: RollbackerMetrics,
         instance: str,
@@ -93,6 +96,7 @@ class Driver:
     ) -> None:
         self.peers = peers
         self.ledgers = ledgers
+        self.leases = leases
         self.announce = announcer
         self.metrics = metrics
         self.instance = instance
@@ -101,42 +105,46 @@ class Driver:
     # -- the whole run ---------------------------------------------------------------------
 
     async def drive(self, namespace: str, rollback_id: str) -> None:
-        """Drive a rollback we own until it is completed or stuck, or another replica owns
-        it. Transient failures (a peer down) are retried with backoff, without end: a
-        rollback is the one thing that must get done."""
+        """Take the namespace's lease and drive the rollback until it is completed or stuck,
+        or the lease is lost; if another replica holds the lease, it drives it. Transient
+        failures (a peer down) are retried with backoff, without end: a rollback is the one
+        thing that must get done. The lease is released at the end, for the next rollback."""
+        if not self.leases.held(namespace) and await self.leases.acquire(namespace) is None:
+            return  # driven where the lease is held (or the bus is down: the sweep tries again)
         self.metrics.active.inc()
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_lease, namespace, rollback_id, tg.cancel_scope)
-                try:
-                    await self._run(namespace, rollback_id)
-                except Fenced as exc:
-                    log.warning("lost the rollback to another replica", extra={"error": str(exc)})
-                finally:
-                    tg.cancel_scope.cancel()
+            with self.leases.guard(namespace) as scope:
+                await self._run(namespace, rollback_id)
+            if scope.cancelled_caught:
+                log.warning("lost the rollback's lease", extra={"rollback_id": rollback_id})
+        except (Fenced, NotHeld) as exc:
+            log.warning("lost the rollback to another replica", extra={"error": str(exc)})
         finally:
             self.metrics.active.dec()
-
-    async def _keep_lease(self, namespace: str, rollback_id: str, scope: anyio.CancelScope) -> None:
-        while True:
-            await anyio.sleep(self.config.lease_s / 3)
-            try:
-                await self._save(namespace, rollback_id, lambda rb: rb)
-            except Fenced:
-                scope.cancel()
-                return
-            except ConfbusError as exc:
-                log.warning("could not renew the rollback lease", extra={"error": str(exc)})
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self.leases.release(namespace)
 
     async def _save(
         self, namespace: str, rollback_id: str, fn: Callable[[Rollback], Rollback]
     ) -> Rollback:
-        return await self.ledgers.update_rollback(
-            namespace, rollback_id, self.instance, fn, lease_s=self.config.lease_s
-        )
+        """Change the rollback, fenced by the epoch of the lease we hold now."""
+        epoch = self.leases.require(namespace).epoch
+        return await self.ledgers.update_rollback(namespace, rollback_id, self.instance, epoch, fn)
 
     async def _run(self, namespace: str, rollback_id: str) -> None:
-        rb = await self._retrying(self._save, namespace, rollback_id, lambda r: r)
+        epoch = self.leases.require(namespace).epoch
+        taken, resumed = await self._retrying(
+            self.ledgers.take, namespace, rollback_id, self.instance, epoch
+        )
+        if taken is None:
+            return  # finished meanwhile
+        rb = taken
+        if resumed:
+            self.metrics.rollbacks.labels("resumed").inc()
+            log.info(
+                "taking over rollback",
+                extra={"namespace": namespace, "rollback_id": rb.rollback_id},
+            )
         policy = await self._retrying(self.peers.policy, namespace)
         try:
             if rb.step == "create":

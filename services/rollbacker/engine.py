@@ -33,7 +33,6 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 import anyio
 import msgspec
@@ -45,20 +44,13 @@ from confbus.rollbacker.driver import Driver
 from confbus.rollbacker.ledger import Ledgers
 from confbus.rollbacker.metrics import RollbackerMetrics
 from confbus.rollbacker.peers import Peers
-from confbus.rollbacker.records import (
-    Ledger,
-    Rollback,
-    SeenAlert,
-    prune,
-    rate_limit,
-    with_alert,
-    with_rollback,
-)
+from confbus.rollbacker.records import prune, rate_limit, with_alert, with_rollback
 from confbus.schemas.api.rollback import RollbackReply, RollbackRequest
 from confbus.schemas.api.store import VersionReply
 from confbus.schemas.base import utcnow as now_utc
 from confbus.schemas.health import Alert
 from confbus.schemas.policy import Policy
+from confbus.schemas.state import Ledger, Rollback, SeenAlert
 
 log = logging.getLogger("confbus.rollbacker")
 
@@ -91,7 +83,6 @@ class Engine:
     announcer: Announcer
     metrics: RollbackerMetrics
     instance: str
-    lease_s: float
     tg: TaskGroup
     driving: set[str] = field(default_factory=set)  # namespaces driven by this replica
 
@@ -118,7 +109,7 @@ class Engine:
             return "ignored", "the rollbacker's own alert"
         if alert.state != "firing":
             return "ignored", "resolved"
-        ledger, _ = await self.ledgers.read(ns)
+        ledger = await self.ledgers.read(ns)
         if ledger.seen(alert.alert_id) is not None:
             return "duplicate", "alert already judged"
         facts = await self._facts(alert)
@@ -252,8 +243,7 @@ class Engine:
             updated_at=now,
             finished_at=None if state == "running" else now,
             detail=detail,
-            owner=self.instance,
-            lease_until=now + timedelta(seconds=self.lease_s),
+            owner=self.instance,  # driven by whoever holds the namespace's lease (driver.py)
         )
 
     # -- manual -------------------------------------------------------------------------------
@@ -312,7 +302,6 @@ class Engine:
             started_at=now,
             updated_at=now,
             owner=self.instance,
-            lease_until=now + timedelta(seconds=self.lease_s),
         )
 
         def claim(ledger: Ledger) -> tuple[Ledger | None, str]:
@@ -353,43 +342,18 @@ class Engine:
             self.driving.discard(namespace)
 
     async def resume(self) -> int:
-        """Take over running rollbacks nobody drives: ours from before a restart (same
-        instance), or any whose lease has expired. Returns how many were taken over."""
-        taken = 0
+        """Drive the running rollbacks nobody drives here: ours from before a restart, or a
+        dead replica's. The driver takes the namespace's lease first (a live replica's lease
+        means it drives it). Returns how many drivers were started."""
+        started = 0
         for ns in await self.ledgers.namespaces():
             if ns in self.driving:
                 continue
-            ledger, _ = await self.ledgers.read(ns)
-            rb = ledger.running
-            if rb is None or not self._may_take(rb, now_utc()):
-                continue
-            rollback_id = rb.rollback_id
-
-            def take(ledger: Ledger, rollback_id: str = rollback_id) -> tuple[Ledger | None, bool]:
-                cur = ledger.running
-                if cur is None or cur.rollback_id != rollback_id:
-                    return None, False
-                if not self._may_take(cur, now_utc()):
-                    return None, False
-                mine = msgspec.structs.replace(
-                    cur,
-                    owner=self.instance,
-                    lease_until=now_utc() + timedelta(seconds=self.lease_s),
-                )
-                return with_rollback(ledger, mine), True
-
-            _, ok = await self.ledgers.change(ns, take)
-            if ok:
-                taken += 1
-                self.metrics.rollbacks.labels("resumed").inc()
-                log.info(
-                    "taking over rollback", extra={"namespace": ns, "rollback_id": rollback_id}
-                )
-                self.spawn(ns, rollback_id)
-        return taken
-
-    def _may_take(self, rb: Rollback, now: datetime) -> bool:
-        return rb.owner == self.instance or rb.lease_until is None or rb.lease_until < now
+            rb = (await self.ledgers.read(ns)).running
+            if rb is not None:
+                started += 1
+                self.spawn(ns, rb.rollback_id)
+        return started
 
     async def resume_loop(self, interval_s: float) -> None:
         while True:

@@ -19,6 +19,8 @@ from confbus.rollbacker.notify import Notifier
 from confbus.rollbacker.peers import Peers
 from confbus.runtime.api import Endpoint, serve_api, stop_api
 from confbus.runtime.consumer import Consumer, per_message
+from confbus.runtime.kv import StateKV
+from confbus.runtime.leases import Leases
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.service import ServiceContext
 from confbus.schemas.api import rollback as api
@@ -27,6 +29,8 @@ from confbus.schemas.streams import CFG_ALERTS, CFG_STATE
 
 log = logging.getLogger("confbus.rollbacker")
 
+ROLE = "rollbacker"  # lease.rollbacker.<ns>: the replica driving the namespace's rollback
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("rollbacker")
@@ -34,8 +38,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--lease",
         type=float,
         default=15.0,
-        help="seconds a replica owns a running rollback without renewing it; another replica "
-        "(or this one restarted) takes it over after that (default %(default)s)",
+        help="seconds a replica's lease on a namespace's running rollback lasts unrenewed; "
+        "another replica (or this one restarted) takes it over after that (default %(default)s)",
     )
     g.add_argument(
         "--verify-timeout",
@@ -69,19 +73,21 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         backoff_base_s=args.webhook_backoff,
     )
     peers = Peers(ctx.bus, actor=f"rollbacker:{instance}")
-    ledgers = Ledgers(await ctx.bus.kv(CFG_STATE.name))
+    state = await StateKV.open(ctx.bus, CFG_STATE)
+    ledgers = Ledgers(state)
+    leases = Leases(state.kv, ROLE, instance, ttl_s=args.lease)
     announcer = Announcer(peers, notifier, actor=f"rollbacker:{instance}")
     config = DriverConfig(
-        lease_s=args.lease,
         verify_timeout_s=args.verify_timeout,
         verify_interval_s=args.verify_interval,
         create_timeout_s=args.create_timeout,
     )
-    driver = Driver(peers, ledgers, announcer, metrics, instance, config)
+    driver = Driver(peers, ledgers, leases, announcer, metrics, instance, config)
 
     async with anyio.create_task_group() as tg:
         await tg.start(notifier.run)
-        engine = Engine(peers, ledgers, driver, announcer, metrics, instance, args.lease, tg)
+        await tg.start(leases.keep)
+        engine = Engine(peers, ledgers, driver, announcer, metrics, instance, tg)
 
         async def on_alert(alert: Alert, _msg: Msg) -> None:
             # Returns once the decision is in the ledger (the rollback itself runs on in
@@ -106,3 +112,6 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             await anyio.sleep_forever()
         finally:
             await stop_api(svc)
+            # A clean stop hands the namespaces over at once instead of after the lease.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await leases.release_all()

@@ -22,7 +22,7 @@ import pytest
 
 from confbus.cli.ha import etcd_binary
 from confbus.runtime.bus import Bus
-from confbus.runtime.leases import decode_any_lease
+from confbus.schemas.state import decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
 from tests.cli.procs import Proc, alive, confbus_argv, lock_is_free
 from tests.procs import Proc as ServiceProc
@@ -193,12 +193,12 @@ async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None
 
     kv = await bus.kv(CFG_STATE.name)
     try:
-        entry = await kv.get(f"lease.{role}.{name}")
+        entry = await kv.get(lease_key(role, name))
     except nats.js.errors.KeyNotFoundError:
         return None
     if not entry.value:
         return None
-    lease = decode_any_lease(entry.value)
+    lease = decode_lease(entry.value)
     if lease.expires_at <= datetime.now(UTC):
         return None
     return lease.holder, lease.epoch

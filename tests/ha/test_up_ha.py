@@ -28,6 +28,7 @@ def test_up_ha_serves_passes_doctor_and_stops_cleanly(tmp_path: Path) -> None:
         listed = [s.split(":")[0] for s in m.group("services").split(",")]
         expected = [spec.name for spec in up.SERVICES if spec.runnable()]
         assert listed == [f"{name}-{i}" for name in expected for i in (1, 2)]
+        assert len(stack.line.split(" console=")[1].split()[0].split(",")) == 2  # both replicas
         state = stack.state()
         assert sorted(state["cluster"]["pids"]) == [
             "etcd-e1", "etcd-e2", "etcd-e3", "nats-1", "nats-2", "nats-3",

@@ -20,7 +20,6 @@ import msgspec
 from nats.aio.msg import Msg
 
 from confbus.agent.node import Binding, NodeAgent, run_agents
-from confbus.rollbacker.records import Ledger, decode_ledger, key
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
@@ -32,6 +31,7 @@ from confbus.schemas.api import txn as txn_api
 from confbus.schemas.events import AnyEvent, decode_event
 from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
+from confbus.schemas.state import Ledger, decode_ledger, ledger_key
 from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually
 from tests.procs import Proc
@@ -167,7 +167,7 @@ class World:
     async def ledger(self) -> Ledger:
         kv = await self.bus.kv(CFG_STATE.name)
         try:
-            entry = await kv.get(key(NS))
+            entry = await kv.get(ledger_key(NS))
         except Exception:
             return Ledger(namespace=NS)
         return decode_ledger(entry.value or b"")

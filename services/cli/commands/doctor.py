@@ -45,11 +45,11 @@ from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
-from confbus.runtime.leases import decode_any_lease
 from confbus.schemas import subjects
 from confbus.schemas.api import dist, health, rollback, store, txn
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.state import LEASES, decode_lease, lease_of
 from confbus.schemas.streams import BUCKETS, CFG_STATE, STREAMS
 
 Status = Literal["ok", "warn", "FAIL"]
@@ -253,7 +253,7 @@ async def services_check(bus: Bus, window: float = 0.5) -> Check:
 async def leader_checks(bus: Bus) -> list[Check]:
     try:
         kv = await bus.kv(CFG_STATE.name)
-        watcher = await kv.watch("lease.>", ignore_deletes=True)
+        watcher = await kv.watch(LEASES, ignore_deletes=True)
     except (nats.errors.Error, TimeoutError) as exc:
         return [Check("FAIL", "leader", f"cannot read the leases in {CFG_STATE.name}: {exc!r}")]
     leases: dict[str, list[str]] = {}
@@ -265,9 +265,9 @@ async def leader_checks(bus: Bus) -> list[Check]:
                     break  # the initial values are all in
                 if not entry.value:
                     continue
-                _, role, name = entry.key.split(".", 2)
+                role, name = lease_of(entry.key)
                 try:
-                    lease = decode_any_lease(entry.value)
+                    lease = decode_lease(entry.value)
                 except DECODE_ERRORS:
                     continue
                 left = (lease.expires_at - now).total_seconds()

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from confbus.cli import security
+from confbus.cli.commands import console
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
 from confbus.cli.ha import ETCD_HINT, HaPorts, etcd_binary
 from confbus.cli.stack import ServiceSpec, Stack, StackConfig
@@ -55,6 +56,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("distributor", "confbus.distributor"),
     ServiceSpec("health-watcher", "confbus.health_watcher"),
     ServiceSpec("rollbacker", "confbus.rollbacker"),
+    ServiceSpec("console", "confbus.console"),
 )
 
 
@@ -194,7 +196,8 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         tls_ca=args.tls_ca,
         ha=ha,
     )
-    return security.configure(config, args)  # --secure, --tls-cert: users, permissions, TLS
+    config = security.configure(config, args)  # --secure, --tls-cert: users, permissions, TLS
+    return console.with_login_link(config)
 
 
 HA_REPLICAS = 2

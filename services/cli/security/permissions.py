@@ -19,6 +19,7 @@ from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.api.operation import Operation
 from confbus.schemas.names import check_name
+from confbus.schemas.state import ROLLOUTS
 from confbus.schemas.streams import (
     BUCKETS,
     CFG_ALERTS,
@@ -183,7 +184,7 @@ def ci_permissions(
     publish = [*(propose or [store_api.PROPOSE.pattern_for(user)]), *_grants(CI_STORE_READS)]
     publish += [dist_api.STATUS.pattern, dist_api.ROLLOUT.pattern]
     publish += _stream_reads(CFG_EVENTS.name)
-    publish += _kv_reads("CFG_STATE", "rollout.*")
+    publish += _kv_reads("CFG_STATE", ROLLOUTS)
     return Permissions(
         publish=tuple(publish),
         subscribe=(

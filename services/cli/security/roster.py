@@ -179,7 +179,7 @@ def render_tls(cert: Path, key: Path) -> str:
 # -- files ----------------------------------------------------------------------------------------
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write atomically with mode 0600 from the first byte (never readable by others, not even
     for a moment)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -218,11 +218,11 @@ def write_secrets(secrets_dir: Path, roster: Roster, *, private_inboxes: bool = 
     """Write users.json, the nats-server include and one ``<user>.env`` per user; remove the env
     files of users that are gone. Returns the include's path."""
     private_dir(secrets_dir)
-    _write_private(secrets_dir / USERS_FILE, roster.to_json())
+    write_private(secrets_dir / USERS_FILE, roster.to_json())
     conf = secrets_dir / AUTH_CONF
-    _write_private(conf, render_authorization(roster, private_inboxes=private_inboxes).encode())
+    write_private(conf, render_authorization(roster, private_inboxes=private_inboxes).encode())
     for user in roster.users.values():
-        _write_private(secrets_dir / f"{user.name}.env", render_env(user).encode())
+        write_private(secrets_dir / f"{user.name}.env", render_env(user).encode())
     for env_file in secrets_dir.glob("*.env"):
         if env_file.stem not in roster.users:
             env_file.unlink()
