@@ -222,6 +222,9 @@ class Rollback(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""  # why it is stuck or was refused
     owner: str = ""  # the replica driving it
     epoch: int = 0  # of lease.rollbacker.<ns>, as its owner holds it (0: not driven yet)
+    # The suspect version that was the last known good: it loses its mark (the store's pointer
+    # goes back to ``to_version``) before anything is switched.
+    revokes_last_good: int | None = None
 
     @property
     def counts_for_limits(self) -> bool:

@@ -41,6 +41,10 @@ class RuleResult(msgspec.Struct, frozen=True, kw_only=True):
     window_s: float | None = None  # the window the rule was judged over
     bad_nodes: list[NodeId] = []  # nodes whose own samples break the rule
     reason: str = ""  # why there was no value (no samples, no requests in the window, ...)
+    query: str = ""  # a PromQL rule: the query as run (templated) on the judged nodes
+    compare: str = ""  # ratio | difference: value is canary against baseline
+    canary: float | None = None  # a comparing rule: the judged nodes' own value
+    baseline: float | None = None  # a comparing rule: the baseline's value
 
 
 class VerdictReply(msgspec.Struct, frozen=True, kw_only=True):
