@@ -41,6 +41,7 @@ from confbus.rollbacker.announce import Announcer
 from confbus.rollbacker.ledger import Ledgers
 from confbus.rollbacker.metrics import RollbackerMetrics
 from confbus.rollbacker.peers import Peers
+from confbus.rollbacker.suspect import revoke_reason
 from confbus.runtime.errors import ConfbusError, Fenced, Unavailable
 from confbus.runtime.failpoints import failpoint
 from confbus.runtime.leases import Leases, NotHeld
@@ -172,6 +173,14 @@ class Driver:
 
     async def _create(self, rb: Rollback, policy: Policy) -> Rollback:
         ns = rb.namespace
+        if rb.revokes_last_good is not None:
+            # The suspect version loses its mark first: the pointer goes back to the target,
+            # with the reason in the audit log (a repeat is a no-op in the store).
+            why = revoke_reason(rb.revokes_last_good, f"{rb.rollback_id}: {rb.reason}")
+            try:
+                await self._retrying(self.peers.mark_good, ns, rb.to_version, why)
+            except ConfbusError as exc:  # the rollback matters more than the mark
+                log.warning("could not move the last good back", extra={"error": str(exc)})
         target = await self._retrying(self.peers.version, ns, rb.to_version, content=True)
         if target is None or target.content is None:
             raise _Stuck(-1, f"version {rb.to_version} of {ns} is not in the version-store")
@@ -215,7 +224,7 @@ class Driver:
                 r, new_version=new_version, batches=batches, step="batches"
             ),
         )
-        await self.announce.started(rb, policy.webhooks)
+        await self.announce.started(rb, policy)
         self.metrics.rollbacks.labels("started").inc()
         return rb
 
@@ -283,7 +292,7 @@ class Driver:
             result = await self._verify(rb, result, policy)
             rb = await self._record_batch(rb, result)
             self.metrics.batch_seconds.observe(time.monotonic() - started)
-            await self.announce.batch(rb, result, policy.webhooks)
+            await self.announce.batch(rb, result, policy)
             await failpoint("rollbacker.after_batch")
             share = result.healthy_share
             if share is not None and share < threshold:
@@ -460,7 +469,7 @@ class Driver:
         seconds = (finished - rb.started_at).total_seconds()
         self.metrics.rollback_seconds.observe(seconds)
         self.metrics.rollbacks.labels("completed").inc()
-        await self.announce.completed(rb, seconds, policy.webhooks)
+        await self.announce.completed(rb, seconds, policy)
 
     async def _stuck(self, namespace: str, rollback_id: str, stuck: _Stuck, policy: Policy) -> None:
         at: datetime = utcnow()
@@ -477,7 +486,7 @@ class Driver:
             stuck.batch,
             stuck.share,
             stuck.detail,
-            policy.webhooks,
+            policy,
             threshold=policy.rollback.healthy_threshold,
             unhealthy=stuck.unhealthy,
         )
