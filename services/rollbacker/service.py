@@ -1,5 +1,6 @@
 """The rollbacker service: alerts in (``CFG_ALERTS``), manual requests in
-(``cfg.api.rollback.start``), rollbacks driven to the end, webhooks notified."""
+(``cfg.api.rollback.start``), rollbacks driven to the end; rollback steps and rollout outcomes
+(``CFG_EVENTS``) notified by webhook and mail."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import anyio
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from confbus.rollbacker.announce import Announcer
 from confbus.rollbacker.driver import Driver, DriverConfig
@@ -16,6 +18,8 @@ from confbus.rollbacker.engine import Engine
 from confbus.rollbacker.ledger import Ledgers
 from confbus.rollbacker.metrics import RollbackerMetrics
 from confbus.rollbacker.notify import Notifier
+from confbus.rollbacker.outcomes import FILTER as OUTCOMES
+from confbus.rollbacker.outcomes import OutcomeNotifier
 from confbus.rollbacker.peers import Peers
 from confbus.runtime.api import Endpoint, serve_api, stop_api
 from confbus.runtime.consumer import Consumer, per_message
@@ -24,8 +28,9 @@ from confbus.runtime.leases import Leases
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.service import ServiceContext
 from confbus.schemas.api import rollback as api
+from confbus.schemas.events import AnyEvent, decode_event
 from confbus.schemas.health import Alert, decode_alert
-from confbus.schemas.streams import CFG_ALERTS, CFG_STATE
+from confbus.schemas.streams import CFG_ALERTS, CFG_EVENTS, CFG_STATE
 
 log = logging.getLogger("confbus.rollbacker")
 
@@ -89,10 +94,10 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         await tg.start(leases.keep)
         engine = Engine(peers, ledgers, driver, announcer, metrics, instance, tg)
 
-        async def on_alert(alert: Alert, _msg: Msg) -> None:
+        async def on_alert(alert: Alert, msg: Msg) -> None:
             # Returns once the decision is in the ledger (the rollback itself runs on in
             # its own task): only then is the alert acked.
-            await engine.on_alert(alert)
+            await engine.on_alert(alert, redelivered=msg.metadata.num_delivered > 1)
 
         consumer: Consumer[Alert] = Consumer(
             bus=ctx.bus,
@@ -102,12 +107,23 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             handler=per_message(on_alert),
             metrics=ConsumerMetrics.create(ctx.registry, "rollbacker", "alerts"),
         )
+        outcomes: Consumer[AnyEvent] = Consumer(
+            bus=ctx.bus,
+            stream=CFG_EVENTS,
+            durable="rollbacker-outcomes",
+            decode=decode_event,
+            handler=per_message(OutcomeNotifier(peers, notifier).on_event),
+            metrics=ConsumerMetrics.create(ctx.registry, "rollbacker", "outcomes"),
+            filter_subject=OUTCOMES,
+            deliver_policy=DeliverPolicy.NEW,
+        )
         svc = await serve_api(ctx.bus, [Endpoint(api.START, engine.manual, concurrent=True)], tg=tg)
         try:
             # Rollbacks left running by our previous self (or a dead replica) first.
             await engine.resume()
             tg.start_soon(engine.resume_loop, args.resume_interval)
             await tg.start(consumer.run)
+            await tg.start(outcomes.run)
             task_status.started()
             await anyio.sleep_forever()
         finally:
