@@ -499,12 +499,13 @@ def ready_line(nats_url: str, data_dir: Path, children: Sequence[Child]) -> str:
     parts = ["confbus ready", f"nats={nats_url}", f"data={data_dir}", f"services={services}"]
     extra: dict[str, list[str]] = {}  # replicas (--ha) list theirs comma-separated
     for c in children:
-        for key, value in (c.ready or {}).items():
+        ready = c.ready or {}
+        for key, value in ready.items():
             if key in _READY_KEYS:
                 continue
             if key.endswith("_url"):
                 extra.setdefault(key.removesuffix("_url"), []).append(str(value))
-            elif key.endswith("_port"):
+            elif key.endswith("_port") and f"{key.removesuffix('_port')}_url" not in ready:
                 url = f"http://127.0.0.1:{value}"
                 extra.setdefault(key.removesuffix("_port"), []).append(url)
     parts += [f"{key}={','.join(urls)}" for key, urls in extra.items()]

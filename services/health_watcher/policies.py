@@ -86,6 +86,15 @@ class Directory:
         entry = self._nodes.get(node)
         return None if entry is None else entry[1].get(namespace)
 
+    def versions(self, namespace: str) -> dict[str, int | None]:
+        """Each node following ``namespace`` (heard from lately) and the version it applied."""
+        cutoff = time.monotonic() - NODE_FORGET_S
+        return {
+            node: versions[namespace]
+            for node, (t, versions) in self._nodes.items()
+            if t >= cutoff and namespace in versions
+        }
+
     def namespaces(self) -> set[str]:
         cutoff = time.monotonic() - NODE_FORGET_S
         for node in [n for n, (t, _) in self._nodes.items() if t < cutoff]:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import httpx
 import nats.errors
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
@@ -32,13 +34,14 @@ from confbus.health_watcher.alertmanager import PATH, Receiver
 from confbus.health_watcher.alerts import Alerter, NamespaceEvaluator
 from confbus.health_watcher.metrics import WatcherMetrics
 from confbus.health_watcher.policies import Catalog, Directory, PolicyCache
-from confbus.health_watcher.rules import Point, judge
+from confbus.health_watcher.promql import Prometheus
+from confbus.health_watcher.rules import Point
 from confbus.health_watcher.scraping import TargetScraper
+from confbus.health_watcher.verdicts import Verdicts
 from confbus.health_watcher.windows import SampleStore
 from confbus.runtime.api import Endpoint, serve_api, stop_api
 from confbus.runtime.bus import Bus
-from confbus.runtime.errors import ConfbusError, InvalidInput
-from confbus.runtime.events import emit
+from confbus.runtime.errors import ConfbusError
 from confbus.runtime.http import HttpServer
 from confbus.runtime.kv import StateKV
 from confbus.runtime.leases import Leases
@@ -46,7 +49,6 @@ from confbus.runtime.service import ServiceContext
 from confbus.schemas import subjects
 from confbus.schemas.api import health as api
 from confbus.schemas.base import DECODE_ERRORS
-from confbus.schemas.events import HealthVerdictEvent
 from confbus.schemas.health import decode_sample
 from confbus.schemas.node import decode_heartbeat
 from confbus.schemas.streams import CFG_HEALTH, CFG_STATE
@@ -141,6 +143,13 @@ class SampleReader:
                     pass
 
 
+def receiver_url(host: str, port: int) -> str:
+    """The Alertmanager receiver's whole URL (a wildcard bind is reached by the host's name)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://{host}:{port}{PATH}"
+
+
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     args = ctx.args
     bus = ctx.bus
@@ -204,52 +213,6 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                 except Exception:
                     log.exception("evaluation failed", extra={"namespace": ns})
 
-    async def verdict(req: api.VerdictRequest) -> api.VerdictReply:
-        if req.window_s is not None and req.window_s <= 0:
-            raise InvalidInput("window_s must be positive", where="window_s")
-        policy = await policies.get(req.namespace, fresh=True)
-        since = None
-        if req.since is not None:
-            at = req.since if req.since.tzinfo else req.since.replace(tzinfo=UTC)
-            since = at.timestamp()
-        nodes = req.nodes or sorted(store.series(req.namespace, req.version))
-        j = judge(
-            policy.health_rules,
-            store.series(req.namespace, req.version, nodes),
-            nodes,
-            now=time.time(),
-            since=since,
-            window_s=req.window_s,
-        )
-        metrics.verdicts.labels(j.verdict).inc()
-        reply = api.VerdictReply(
-            verdict=j.verdict,
-            samples=j.samples,
-            healthy_nodes=j.healthy,
-            unhealthy_nodes=j.unhealthy,
-            unknown_nodes=j.unknown,
-            rules=[o.result() for o in j.outcomes],
-            reason=j.reason,
-            evaluated_by=instance,
-        )
-        try:
-            await emit(
-                bus,
-                HealthVerdictEvent(
-                    namespace=req.namespace,
-                    version=req.version,
-                    nodes=list(nodes),
-                    verdict=j.verdict,
-                    samples=j.samples,
-                    actor=f"health-watcher/{instance}",
-                    reason=j.reason[:2000],
-                ),
-            )
-        except (ConfbusError, nats.errors.Error) as exc:
-            # The verdict stands; the audit line is what is missing — say so loudly.
-            log.warning("verdict event not emitted", extra={"error": repr(exc)})
-        return reply
-
     async def on_heartbeat(msg: Msg) -> None:
         try:
             hb = decode_heartbeat(msg.data)
@@ -258,6 +221,10 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         if msg.subject == subjects.heartbeat(hb.node):
             directory.observe(hb)
 
+    http = httpx.AsyncClient()  # Prometheus's API, for PromQL rules
+    verdicts = Verdicts(
+        bus, store, policies, directory, Prometheus(http), metrics, instance=instance
+    )
     reader = SampleReader(bus, store, metrics)
     scraper = TargetScraper(bus, leases, policies, directory, metrics)
     receiver = Receiver(bus, catalog, metrics)
@@ -274,9 +241,12 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             tg.start_soon(eval_loop)
             tg.start_soon(scraper.run)
             svc = await serve_api(
-                bus, [Endpoint(api.VERDICT, verdict)], description="confbus health verdicts"
+                bus, [Endpoint(api.VERDICT, verdicts.answer)], description="confbus health verdicts"
             )
-            ctx.ready_info["alertmanager_port"] = await tg.start(am_http.serve)
+            am_port = await tg.start(am_http.serve)
+            ctx.ready_info["alertmanager_port"] = am_port
+            # The whole webhook URL, for Alertmanager's receiver config (no path to guess).
+            ctx.ready_info["alertmanager_url"] = receiver_url(ctx.settings.http_host, am_port)
             task_status.started()
     finally:
         with anyio.CancelScope(shield=True):
@@ -288,3 +258,4 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                 await hb_sub.unsubscribe()
             except Exception:  # the connection may already be gone
                 pass
+            await http.aclose()
