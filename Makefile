@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # them through build/typecheck/confbus: a folder of links that names them as they install.
 TYPECHECK_ROOT := build/typecheck/confbus
 
-.PHONY: help venv install up test test-slow etcd-server nftables chromium asyncapi-spec reliability reliability-slow lint typecheck bench bench-smoke screenshots clean distclean
+.PHONY: help venv install up test test-slow etcd-server nftables chromium asyncapi-spec prometheus reliability reliability-slow lint typecheck bench bench-smoke screenshots clean distclean
 
 help: ## list the targets
 	@echo "confbus — make TARGET"
@@ -74,10 +74,22 @@ chromium: ## install Debian's chromium (apt-get) for the console's browser tests
 asyncapi-spec: install ## fetch the AsyncAPI 3.0.0 JSON Schema (npm pack) that schemas/asyncapi.json is checked against
 	@$(BIN)/python -m tests.contract.asyncapi_spec >/dev/null
 
+prometheus: ## install prometheus and prometheus-alertmanager (apt-get) for the health tests, if missing and root
+	@if command -v prometheus >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing prometheus and prometheus-alertmanager with apt-get"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	else \
+	  echo "prometheus is not installed and we are not root: the Prometheus tests will be skipped"; \
+	  echo "(sudo apt-get install prometheus prometheus-alertmanager, then make test again)"; \
+	fi
+
 # The fault tests write their figures; `make test` keeps them out of the tracked results.
 FAULT_TMP := $(shell mktemp -d -u /tmp/confbus-fault-results.XXXXXX)
 
-test: install etcd-server nftables chromium asyncapi-spec ## run the tests (PYTEST_ARGS='-k replay -x')
+test: install etcd-server nftables chromium asyncapi-spec prometheus ## run the tests (PYTEST_ARGS='-k replay -x')
 	CONFBUS_FAULT_RESULTS=$(FAULT_TMP) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-slow: install etcd-server nftables ## run only the slow fault loops (marked slow)
