@@ -62,7 +62,7 @@ def case(
     }
 
 
-def annotations(alert: str) -> dict[str, str]:
+def annotations_of(alert: str) -> dict[str, str]:
     doc = yaml.safe_load(RULES.read_text())
     rule = next(r for g in doc["groups"] for r in g["rules"] if r["alert"] == alert)
     return dict(rule["annotations"])
@@ -88,7 +88,7 @@ def test_each_alert_fires_on_the_series_it_is_about(tmp_path: Path) -> None:
             "4m",
             {"severity": "page"},
             {
-                **annotations("ConfbusTransactionInDoubt"),
+                **annotations_of("ConfbusTransactionInDoubt"),
                 "summary": "a transaction has been in doubt for 3m 30s",
             },
         ),
@@ -101,7 +101,7 @@ def test_each_alert_fires_on_the_series_it_is_about(tmp_path: Path) -> None:
             "3m",
             "12m",
             {"severity": "ticket"},
-            annotations("ConfbusRolloutStuck"),
+            annotations_of("ConfbusRolloutStuck"),
         ),
         case(
             "ConfbusRollbackStuck",
@@ -109,7 +109,7 @@ def test_each_alert_fires_on_the_series_it_is_about(tmp_path: Path) -> None:
             "2m",
             "4m",
             {"severity": "page"},
-            annotations("ConfbusRollbackStuck"),
+            annotations_of("ConfbusRollbackStuck"),
         ),
         case(
             "ConfbusAgentsAway",
@@ -117,7 +117,10 @@ def test_each_alert_fires_on_the_series_it_is_about(tmp_path: Path) -> None:
             "2m",
             "4m",
             {"severity": "ticket"},
-            {**annotations("ConfbusAgentsAway"), "summary": "1 agent(s) have not sent a heartbeat"},
+            {
+                **annotations_of("ConfbusAgentsAway"),
+                "summary": "1 agent(s) have not sent a heartbeat",
+            },
         ),
         case(
             "ConfbusDeadLetters",
@@ -125,7 +128,7 @@ def test_each_alert_fires_on_the_series_it_is_about(tmp_path: Path) -> None:
             "2m",
             "4m",
             {"severity": "ticket"},
-            annotations("ConfbusDeadLetters"),
+            annotations_of("ConfbusDeadLetters"),
         ),
         case(
             "ConfbusNotificationsFailing",
@@ -133,7 +136,7 @@ def test_each_alert_fires_on_the_series_it_is_about(tmp_path: Path) -> None:
             "2m",
             "4m",
             {"severity": "ticket"},
-            annotations("ConfbusNotificationsFailing"),
+            annotations_of("ConfbusNotificationsFailing"),
         ),
     ]
     fired = {c["alert_rule_test"][1]["alertname"] for c in cases}

@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class PromStack:
         return set(nodes) <= up
 
     def query(self, promql: str) -> list[Any]:
-        q = urllib.request.quote(promql)
+        q = urllib.parse.quote(promql)
         result: list[Any] = http_json(f"{self.prom_url}/api/v1/query?query={q}")["data"]["result"]
         return result
 
