@@ -12,7 +12,7 @@ health — and so is a query that failed or did not answer within the source's `
 
 **Canary against baseline** (``compare``): the same query runs on the judged nodes and on the
 *baseline* — the nodes still on another version, over the same window; or, when every node
-has moved, the judged nodes themselves over the window before the switch — and ``op
+has moved, the judged nodes themselves over the window that ended 5 s before the switch — and ``op
 threshold`` judges ``canary / baseline`` (``ratio``) or ``canary - baseline``
 (``difference``). A canary at or under ``floor`` is never bad (0.1 % against 0.05 % is twice
 as bad and still fine). ``samples_query`` (when set) gives each side's sample count; a side
@@ -35,6 +35,7 @@ from confbus.schemas.policy import HealthRule, PrometheusSource
 
 MAX_TIMEOUT_S = 8.0  # callers wait 10 s for a verdict (distributor, rollbacker)
 MIN_WINDOW_S = 1.0
+BEFORE_SWITCH_MARGIN_S = 5.0
 
 
 class QueryFailed(Exception):
@@ -250,8 +251,10 @@ async def evaluate(
         where, base_nodes, base_version = "baseline", tuple(scope.baseline), scope.baseline_version
         at = scope.now
     elif scope.since is not None:
-        # Every node moved: the judged nodes themselves, over the window before the switch.
-        where, base_nodes, base_version, at = "before the switch", nodes, None, scope.since
+        # Every node moved: the judged nodes themselves, over the window before the switch —
+        # ending a little before ``since``: nodes apply a commit before its caller records it.
+        where, base_nodes, base_version = "before the switch", nodes, None
+        at = scope.since - BEFORE_SWITCH_MARGIN_S
     else:
         canary = await canary_run
         why = "no node runs another version to compare with"

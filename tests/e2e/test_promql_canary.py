@@ -72,11 +72,13 @@ async def test_a_canary_is_judged_against_its_baseline(prom: PromStack, tmp_path
     ns = "canary"
     async with traffic_world(tmp_path, prom, ns, NODES) as w:
         await w.client.set_policy(canary_policy(ns, prom), actor="test")
-        # The first version has nothing to compare with (no traffic before it): no data, which
-        # this policy lets pass — but it is never the last known good on that.
+        # The first version's canary has nothing to compare with (no traffic before it): no
+        # data, which this policy lets pass.
         v1 = (await w.client.publish(ns, BASE, change_id="base")).version
         first = await w.client.wait_rollout(ns, v1, timeout=120)
-        assert first.state == "completed" and not first.last_good, first
+        assert first.state == "completed", first
+        said = await verdicts(w, v1)
+        assert said[0].verdict == "no_data", said
         await w.client.mark_good(ns, v1, actor="operator", reason="known good")
 
         # 1.1× the baseline: passes every bake, becomes the last known good.

@@ -59,6 +59,7 @@ class FakeStore:
     policies: dict[str, Policy] = field(default_factory=dict)
     changes: dict[tuple[str, str], int] = field(default_factory=dict)
     promotes: list[tuple[str, int, str]] = field(default_factory=list)
+    marks: list[tuple[str, int, str]] = field(default_factory=list)  # (ns, version, reason)
     svc: Service | None = None
 
     # -- test set-up ------------------------------------------------------------------------
@@ -129,12 +130,14 @@ class FakeStore:
             msg_id=f"promoted:{ns}:{version}:{time.monotonic_ns()}",
         )
 
-    async def mark_good(self, ns: str, version: int, actor: str = "test") -> None:
+    async def mark_good(self, ns: str, version: int, actor: str = "test", reason: str = "") -> None:
+        previous = self.last_good.get(ns, 0)
         self.last_good[ns] = version
+        self.marks.append((ns, version, reason))
         await emit(
             self.bus,
-            VersionLastGood(namespace=ns, actor=actor, version=version),
-            msg_id=f"last_good:{ns}:{version}",
+            VersionLastGood(namespace=ns, actor=actor, reason=reason, version=version),
+            msg_id=f"last_good:{ns}:{version}:{previous}",
         )
 
     def content(self, ns: str, version: int) -> bytes:
@@ -177,7 +180,7 @@ class FakeStore:
             return store_api.VersionReply(info=v.info)
 
         async def mark_good(req: store_api.MarkGoodRequest) -> store_api.VersionReply:
-            await self.mark_good(req.namespace, req.version, req.actor)
+            await self.mark_good(req.namespace, req.version, req.actor, req.reason)
             v = self._resolve(req.namespace, str(req.version))
             return store_api.VersionReply(info=v.info)
 
