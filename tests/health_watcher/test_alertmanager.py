@@ -68,7 +68,11 @@ async def test_firing_then_resolved_become_alerts(
 ) -> None:
     store.policies[NS] = Policy(namespace=NS)
     watcher = await start_watcher()
-    assert isinstance(watcher.ready["alertmanager_port"], int)  # type: ignore[index]
+    assert watcher.ready is not None
+    port = watcher.ready["alertmanager_port"]
+    assert isinstance(port, int)
+    # The whole URL, for Alertmanager's webhook_configs: nothing left to guess.
+    assert watcher.ready["alertmanager_url"] == f"http://127.0.0.1:{port}/alertmanager"
 
     status, reply = await post(watcher, body(webhook(am_alert(confbus_version="12", node="n3"))))
     assert status == 200, reply
