@@ -99,7 +99,7 @@ async def test_firing_then_resolved_become_alerts(
     assert (await post(watcher, body(webhook(plain))))[0] == 200
     other = await alert_log.wait(lambda a: a.alert_id.startswith("am:feedface"))
     assert other.version is None and other.namespace == NS
-    port = watcher.ready["http_port"]  # type: ignore[index]
+    port = watcher.ready["http_port"]
     assert await metric(port, "confbus_health_watcher_receiver_requests_total", status="200") == 4
 
 
