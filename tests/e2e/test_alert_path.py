@@ -172,7 +172,9 @@ async def test_a_prometheus_rule_through_alertmanager_rolls_back_once(
 
         await eventually(resolved, timeout=60, every=0.2, what="the alert resolved")
         posts = 'confbus_health_watcher_receiver_requests_total{status="200"}'
-        assert await w.watcher_metric(posts) >= 4  # the first, re-sends, the resolution
+        # The first firing, at least one re-send of it, the resolution (Alertmanager's cadence
+        # under load decides how many re-sends; one is enough to show they change nothing).
+        assert await w.watcher_metric(posts) >= 3
         started = await w.events("rollback.started")
         assert len(started) == 1 and isinstance(started[0], RollbackStarted)
         assert (started[0].from_version, started[0].to_version) == (v2, v1)
