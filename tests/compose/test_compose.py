@@ -136,10 +136,14 @@ def test_published_ports_are_unique_and_match_what_listens(compose: dict[str, An
                 assert container == "9090"
             elif name == "grafana":
                 assert container == "3000"
+            elif name == "console-1":
+                assert container == flag(shlex.split(svc["command"]), "--http-port")
             else:
-                pytest.fail(f"{name} publishes {mapping}: only NATS, prometheus, grafana do")
+                pytest.fail(
+                    f"{name} publishes {mapping}: only NATS, the console, prometheus, grafana do"
+                )
     assert len(host_ports) == len(set(host_ports)), host_ports
-    assert sorted(host_ports) == ["3000", "4222", "4223", "4224", "9090"]
+    assert sorted(host_ports) == ["3000", "4222", "4223", "4224", "8080", "9090"]
 
 
 def test_volumes_exist_and_are_declared(compose: dict[str, Any]) -> None:
