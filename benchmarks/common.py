@@ -46,9 +46,9 @@ from typing import Any, Literal
 
 import anyio
 
+from confbus.procs.nats import NatsServer, nats_server_binary
+from confbus.procs.ports import free_ports
 from confbus.runtime.bus import Bus, connect, provision
-from confbus.runtime.natsd import NatsServer, nats_server_binary
-from confbus.runtime.ports import free_ports
 
 SCHEMA = "confbus-bench/1"
 REPO = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ from anyio.abc import SocketStream, TaskGroup
 from confbus.agent.disk import NamespaceDisk
 from confbus.agent.health import HealthForwarder
 from confbus.agent.main import add_agent_args, build_agent
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.runtime.scrape import MAX_METRICS, PromMapper, Scraper, histogram_quantile
 from confbus.runtime.tcp import TcpListener
 from confbus.schemas import subjects

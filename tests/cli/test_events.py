@@ -11,9 +11,9 @@ import anyio
 import pytest
 
 from confbus.cli.commands.events import parse_since, subject_filter
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.runtime.events import event_type
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.events import (
     Event,

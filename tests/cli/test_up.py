@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import connect
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.events import VersionApproved
 from confbus.schemas.streams import BUCKETS, STREAMS

@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from confbus.cli.commands.up import SERVICES
-from confbus.cli.ha import etcd_binary
+from confbus.procs.etcd import etcd_binary
+from confbus.procs.nats import nats_server_binary
 from confbus.runtime.http import http_get
-from confbus.runtime.natsd import nats_server_binary
 from confbus.schemas.streams import MAX_PAYLOAD
 from tests.e2e.stack import Stack, start_stack
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confbus.runtime.natsd import NatsServer
+from confbus.procs.nats import NatsServer
 from tests.procs import Proc
 
 # Services in start order; each waits for its JSON ready line.

@@ -22,9 +22,9 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from confbus.procs.nats import ClusterPeer, NatsServer, nats_server_binary
+from confbus.procs.ports import free_ports
 from confbus.runtime.bus import Bus, connect, provision
-from confbus.runtime.natsd import ClusterPeer, NatsServer, nats_server_binary
-from confbus.runtime.ports import free_ports
 
 
 @dataclass

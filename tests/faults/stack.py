@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect
-from confbus.runtime.natsd import NatsServer
 from tests.faults.cluster import NatsCluster
 from tests.procs import Proc
 

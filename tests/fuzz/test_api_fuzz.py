@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import connect, provision
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.api import ApiError, catalog
 from confbus.schemas.api import dist as dist_api

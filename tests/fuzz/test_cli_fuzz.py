@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from confbus.cli.main import main
+from confbus.procs.nats import NatsServer
 from confbus.runtime.api import call
 from confbus.runtime.bus import connect, provision
 from confbus.runtime.errors import NotFound
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.api import store as store_api
 from tests.cli.procs import REPO, confbus_argv
 from tests.fuzz.strategies import garbage, json_values

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from confbus.cli.ha import etcd_binary
+from confbus.procs.etcd import etcd_binary
 from confbus.runtime.bus import Bus
 from confbus.schemas.state import decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE

@@ -13,7 +13,7 @@ import pytest
 from confbus.cli.commands import up
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
 from confbus.cli.main import build_parser
-from confbus.runtime.natsd import NatsServer
+from confbus.procs.nats import NatsServer
 from tests.cli.procs import closed_port, run_confbus
 from tests.ha.hastack import READY, needs_etcd, start_ha
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from tests.health_watcher.support import AlertLog, StoreStub
 from tests.procs import Proc
 

@@ -15,8 +15,8 @@ from confbus.agent.disk import NamespaceDisk
 from confbus.agent.lastgood import POLICY_FILE, cache_policy, cached_policy, sync_namespace
 from confbus.agent.node import Binding, NodeAgent
 from confbus.agent.state import CommitOutcome
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.policy import Policy
 from confbus.schemas.txn import Prepare
 from tests.helpers import eventually

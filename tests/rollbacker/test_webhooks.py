@@ -15,9 +15,9 @@ import pytest
 from anyio.abc import SocketStream
 from prometheus_client import CollectorRegistry
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.runtime.http import HttpServer, Request, Response
-from confbus.runtime.natsd import NatsServer
 from confbus.runtime.tcp import TcpListener
 from tests.helpers import eventually
 from tests.rollbacker.world import policy, world

@@ -20,12 +20,12 @@ import msgspec
 from nats.aio.msg import Msg
 
 from confbus.agent.node import Binding, NodeAgent, run_agents
+from confbus.procs.nats import NatsServer
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
 from confbus.runtime.events import event_type
 from confbus.runtime.http import http_get
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.events import AnyEvent, decode_event

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confbus.runtime.ports import free_ports
+from confbus.procs.ports import free_ports
 
 ETCD = shutil.which("etcd")
 SKIP_REASON = "etcd binary not found on PATH (apt-get install -y etcd-server)"

@@ -10,7 +10,7 @@ import aetcd
 import pytest
 from aetcd import rpc
 
-from confbus.runtime.ports import free_port
+from confbus.procs.ports import free_port
 from confbus.version_store.errors import QuotaExceeded, StoreUnavailable
 from confbus.version_store.storage import NewVersion, open_store
 from confbus.version_store.storage.etcd import EtcdStore

@@ -12,9 +12,9 @@ import anyio
 import pytest
 
 from confbus.client import ChangeRejected, Client
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect, provision
 from confbus.runtime.errors import Conflict, InvalidInput, NotFound
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.changes import ChangeProposed, msg_id
 from confbus.schemas.events import (

