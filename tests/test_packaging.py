@@ -13,7 +13,8 @@ import pytest
 
 import confbus
 import confbus.client
-from tests.cli.procs import REPO, Proc, confbus_argv
+from confbus.procs.proc import Exited
+from tests.cli.procs import REPO, start_confbus
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -163,12 +164,11 @@ def test_up_runs_confbus_services_from_a_project_with_its_own_packages(tmp_path:
     project = tmp_path / "project"
     _shadowing_project(project)
     data = tmp_path / "data"
-    argv = [*confbus_argv(), "up", "--data-dir", str(data), "--nats-port", "0"]
-    proc = Proc(argv, cwd=project)
+    proc = start_confbus("up", "--data-dir", str(data), "--nats-port", "0", cwd=project)
     try:
         line = proc.out.wait_for("confbus ready", 90.0)
         assert "coordinator:" in line and "distributor:" in line
-    except AssertionError as exc:
+    except (AssertionError, Exited, TimeoutError) as exc:
         logs = "\n".join(p.read_text()[-400:] for p in (data / "logs").glob("*.log"))
         raise AssertionError(f"{exc}\n{proc.describe()}\n{logs}") from None
     finally:

@@ -53,3 +53,19 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
+
+
+def free_port_run(n: int, host: str = "127.0.0.1") -> int:
+    """The first of ``n`` consecutive ports that are all free on ``host`` now, below the
+    ephemeral range: for ``confbus up --ha --etcd-port E``, whose members take E..E+5."""
+    low, _ = ephemeral_range()
+    for _ in range(100):
+        base = random.randrange(_LOWEST, max(_LOWEST + 1, low - n))
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + n):
+                    held.enter_context(socket.socket()).bind((host, port))
+            except OSError:
+                continue  # one is taken: another run
+        return base
+    raise RuntimeError(f"found no {n} consecutive free ports on {host}")

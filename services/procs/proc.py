@@ -52,7 +52,9 @@ class Lines:
 
         ``TimeoutError`` if none came within ``timeout`` seconds, ``Exited`` if the pipe
         closed first (the process ended)."""
-        found = match.__contains__ if isinstance(match, str) else match
+
+        def found(line: str) -> bool:
+            return match in line if isinstance(match, str) else match(line)
 
         def first() -> str | None:
             return next((line for line in self.lines[start:] if found(line)), None)
@@ -178,14 +180,17 @@ class Proc:
         except TimeoutError as exc:
             raise TimeoutError(f"{self.name}: {exc}\n{self.log_tail()}") from None
 
-    def log_tail(self, n: int = 30) -> str:
-        """The last lines of its stderr (log file or pipe)."""
+    def log_text(self) -> str:
+        """All it wrote to stderr so far (its log file, or the pipe)."""
         if self.log_path is None:
-            return self._err.tail(n) if self._err is not None else ""
+            return self._err.text() if self._err is not None else ""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
 
     def describe(self) -> str:
         out = self._out.text() if self._out is not None else ""
@@ -212,7 +217,7 @@ class Proc:
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """``sig`` (resumed first, if paused), then SIGKILL to the group after ``timeout``
         seconds; its exit code (None if it never started)."""
         if self.popen is None:

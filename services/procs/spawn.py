@@ -86,14 +86,20 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user's counts)."""
+    """Whether process ``pid`` still runs (one of another user's counts; a zombie, dead but
+    not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # /proc/PID/stat: "pid (comm) STATE …"; the name may hold spaces and parentheses.
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here: it exists, that is all we know
+    return state not in ("Z", "X")
 
 
 def exit_text(code: int) -> str:

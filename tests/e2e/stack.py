@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confbus.procs.nats import NatsServer
-from tests.procs import Proc
+from confbus.procs.proc import Proc
 
 # Services in start order; each waits for its JSON ready line.
 DEFAULT_SERVICES = ("version_store", "coordinator", "distributor")

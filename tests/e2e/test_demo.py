@@ -24,6 +24,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from confbus.client import Client
+from confbus.procs.proc import Proc
 from confbus.runtime.events import event_type
 from confbus.runtime.http import http_get
 from confbus.schemas import subjects
@@ -41,7 +42,6 @@ from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
-from tests.procs import Proc
 
 pytestmark = pytest.mark.anyio
 

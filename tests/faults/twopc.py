@@ -25,6 +25,7 @@ from pathlib import Path
 
 import anyio
 
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
 from tests.faults import ops
@@ -34,7 +35,6 @@ from tests.faults.results import Figures, finish
 from tests.faults.shims import BUG_ENV
 from tests.faults.stack import FaultStack
 from tests.faults.wait import until
-from tests.procs import Proc
 
 NS = "web"
 NODES = ("n1", "n2", "n3")

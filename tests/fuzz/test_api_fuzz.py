@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import connect, provision
 from confbus.schemas import subjects
 from confbus.schemas.api import ApiError, catalog
@@ -36,7 +37,6 @@ from confbus.schemas.api import txn as txn_api
 from confbus.schemas.api.operation import Operation
 from confbus.schemas.streams import CFG_ALERTS, CFG_CHANGES, CFG_DLQ, CFG_EVENTS, CFG_TXN
 from tests.fuzz.strategies import DEEP, garbage, wire
-from tests.procs import Proc
 
 SERVICES = {
     "confbus-store": "version_store",

@@ -24,13 +24,13 @@ from hypothesis import strategies as st
 
 from confbus.cli.main import main
 from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.api import call
 from confbus.runtime.bus import connect, provision
 from confbus.runtime.errors import NotFound
 from confbus.schemas.api import store as store_api
 from tests.cli.procs import REPO, confbus_argv
 from tests.fuzz.strategies import garbage, json_values
-from tests.procs import Proc
 
 EXAMPLES = int(os.environ.get("CONFBUS_FUZZ_EXAMPLES", "20"))
 MEMORY_LIMIT = 512 * 1024 * 1024  # for the processes fed endless input

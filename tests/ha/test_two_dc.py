@@ -25,11 +25,11 @@ import pytest
 from confbus.client import Client
 from confbus.procs.nats import ClusterPeer, NatsServer
 from confbus.procs.ports import free_ports
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import connect
 from confbus.runtime.http import http_get
 from confbus.schemas.policy import Policy
 from tests.helpers import eventually
-from tests.procs import Proc
 
 pytestmark = pytest.mark.anyio
 

@@ -5,6 +5,7 @@ service, the ready line, ``confbus doctor`` on it, and a clean stop. Also the re
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from confbus.cli.commands import up
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
 from confbus.cli.main import build_parser
 from confbus.procs.nats import NatsServer
-from tests.cli.procs import closed_port, run_confbus
-from tests.ha.hastack import READY, needs_etcd, start_ha
+from confbus.procs.ports import free_port_run
+from tests.cli.procs import closed_port, run_confbus, wait_gone
+from tests.ha.hastack import READY, READY_TIMEOUT, needs_etcd, start_ha, start_ha_in_background
 
 
 @needs_etcd
@@ -58,6 +60,31 @@ def test_up_ha_serves_passes_doctor_and_stops_cleanly(tmp_path: Path) -> None:
         assert "nats cluster and etcd stopped" in stack.proc.err.text()
     finally:
         stack.cleanup()
+
+
+@needs_etcd
+def test_a_killed_up_ha_takes_every_server_and_service_with_it(tmp_path: Path) -> None:
+    """SIGKILL leaves none of the 6 servers and 10 services behind, and ``up --ha`` on the
+    same directory, started at once, serves again (etcd on the same ports: its members know
+    each other by them)."""
+    data = tmp_path / "data"
+    etcd = ("--etcd-port", str(free_port_run(6)))
+    stack = start_ha(data, *etcd)
+    again = None
+    try:
+        started = stack.all_pids()
+        assert len(started) == 6 + 2 * len([s for s in up.SERVICES if s.runnable()])
+
+        os.kill(stack.proc.pid, signal.SIGKILL)
+        again = start_ha_in_background(data, *etcd)
+
+        assert wait_gone(started, timeout=2.0) == [], "outlived confbus up --ha by 2 s"
+        again.line = again.proc.wait_line("confbus ready", READY_TIMEOUT)
+        assert again.proc.stop(signal.SIGTERM, timeout=60) == 0, again.proc.describe()
+    finally:
+        stack.cleanup()
+        if again is not None:
+            again.cleanup()
 
 
 def _args(*argv: str) -> argparse.Namespace:

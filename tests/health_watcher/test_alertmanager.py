@@ -15,12 +15,12 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from confbus.health_watcher.alertmanager import Rejected, decode
+from confbus.procs.proc import Proc
 from confbus.runtime.http import MAX_BODY_BYTES, http_get, http_post
 from confbus.schemas.health import Alert
 from confbus.schemas.policy import Policy
 from tests.health_watcher.conftest import StartWatcher
 from tests.health_watcher.support import AlertLog, StoreStub, metric
-from tests.procs import Proc
 
 NS = "web"
 STARTS = "2026-05-04T10:00:00.123Z"

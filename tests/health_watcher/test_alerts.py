@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.schemas import subjects
@@ -20,7 +21,6 @@ from tests.health_watcher.app import MetricsApp
 from tests.health_watcher.conftest import StartWatcher
 from tests.health_watcher.support import AlertLog, StoreStub, metric, publish_sample, rule
 from tests.helpers import eventually
-from tests.procs import Proc
 
 NS = "web"
 VERSION = 7

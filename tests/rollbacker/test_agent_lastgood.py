@@ -16,11 +16,11 @@ from confbus.agent.lastgood import POLICY_FILE, cache_policy, cached_policy, syn
 from confbus.agent.node import Binding, NodeAgent
 from confbus.agent.state import CommitOutcome
 from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.schemas.policy import Policy
 from confbus.schemas.txn import Prepare
 from tests.helpers import eventually
-from tests.procs import Proc
 from tests.rollbacker.world import BAD, GOOD, NS, world
 
 pytestmark = pytest.mark.anyio
@@ -113,12 +113,12 @@ async def test_a_restart_with_no_bus_falls_back_only_when_the_policy_says_so(
     try:
         # The agent says what it decided once the grace period is over.
         await eventually(
-            lambda: _true("no bus at start" in proc.log_path.read_text()),
+            lambda: _true("no bus at start" in proc.log_text()),
             what="the cold-start decision",
         )
         if flag:
             assert live.read_bytes() == GOOD
-            assert "serving the last known good" in proc.log_path.read_text()
+            assert "serving the last known good" in proc.log_text()
             assert NamespaceDisk(NS, live, state).snapshot().applied_version == 1
         else:
             assert live.read_bytes() == BAD

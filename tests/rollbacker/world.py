@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from confbus.agent.node import Binding, NodeAgent, run_agents
 from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
@@ -34,7 +35,6 @@ from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
 from confbus.schemas.state import Ledger, decode_ledger, ledger_key
 from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually
-from tests.procs import Proc
 from tests.rollbacker.fakes import FakeDist, FakeHealth, FakeStore
 
 T = TypeVar("T")

@@ -18,6 +18,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
+from confbus.procs.proc import Proc
 from confbus.runtime.api import call
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError
@@ -29,7 +30,6 @@ from confbus.schemas.api.operation import Operation
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.policy import Policy
 from confbus.schemas.streams import CFG_ALERTS, CFG_CHANGES, CFG_EVENTS, CFG_HEALTH, CFG_TXN
-from tests.procs import Proc
 from tests.security.support import Conn, SecuredNats, connect_as, make_roster
 
 NS = "payments"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from confbus.runtime import ports
+from confbus.procs import ports
 
 
 def bindable(port: int) -> bool:
