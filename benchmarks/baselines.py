@@ -34,15 +34,9 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
-from benchmarks.common import (
-    AgentSpec,
-    Context,
-    Proc,
-    live_file,
-    node_dirs,
-    python_module,
-    split,
-)
+from benchmarks.fleets import AgentSpec, live_file, node_dirs, split
+from benchmarks.processes import Context
+from confbus.procs.proc import Proc, python_module
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.log import setup_logging
 

@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 import anyio
 import httpx
 
-from benchmarks.common import Context, Figure, open_bus, stats
+from benchmarks.processes import Context, open_bus
+from benchmarks.report import Figure, stats
 from confbus.client import Client
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode

@@ -35,16 +35,9 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from benchmarks.common import (
-    AgentFleet,
-    AgentSpec,
-    Context,
-    Figure,
-    open_bus,
-    stats,
-    version_store_available,
-    wait_heartbeats,
-)
+from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
+from benchmarks.processes import Context, open_bus, version_store_available
+from benchmarks.report import Figure, stats
 from confbus.runtime.api import Endpoint, call, serve_api, stop_api
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode

@@ -39,15 +39,9 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from benchmarks.common import (
-    AgentFleet,
-    AgentSpec,
-    Context,
-    Figure,
-    open_bus,
-    stats,
-    wait_heartbeats,
-)
+from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
+from benchmarks.processes import Context, open_bus
+from benchmarks.report import Figure, stats
 from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus

@@ -38,7 +38,8 @@ import anyio
 from nats.aio.msg import Msg
 
 from benchmarks.baselines import ensure_bench_stream
-from benchmarks.common import Context, Figure, open_bus, stats
+from benchmarks.processes import Context, open_bus
+from benchmarks.report import Figure, stats
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
@@ -486,7 +487,7 @@ async def run(ctx: Context) -> list[Figure]:
     if etcd is None:
         ctx.skipped.append("etcd not on PATH: etcd figures left out")
         return figures
-    endpoint = etcd.endpoint
+    endpoint = etcd.endpoints[0]
 
     async def etcd_baselines(bus: Bus) -> dict[str, tuple[Any, str]]:
         seq_rates, conc_rates = [], []

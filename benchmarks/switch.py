@@ -42,17 +42,9 @@ import msgspec
 from nats.aio.msg import Msg
 
 from benchmarks.baselines import SubscriberFleet, ensure_bench_stream, switch_floor
-from benchmarks.common import (
-    AgentFleet,
-    AgentSpec,
-    Context,
-    CpuMeter,
-    Figure,
-    open_bus,
-    stats,
-    version_store_available,
-    wait_heartbeats,
-)
+from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
+from benchmarks.processes import Context, CpuMeter, open_bus, version_store_available
+from benchmarks.report import Figure, stats
 from confbus.runtime.api import Endpoint, call, serve_api, stop_api
 from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
