@@ -90,7 +90,11 @@ def _quiet_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passes_on_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.passed_on = rest  # a command that runs another program hands these to it
     try:
         if getattr(args, "run_local", None) is not None:
             code = args.run_local(args)
