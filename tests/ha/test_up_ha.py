@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,34 @@ def test_ha_without_etcd_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         up.stack_config(_args("--ha", "--data-dir", str(tmp_path)))
     assert refused.value.code == FAILED
     assert "install etcd-server (apt-get install -y etcd-server)" in str(refused.value)
+
+
+WITHOUT_AETCD = (
+    "import sys; sys.modules['aetcd'] = None; sys.argv[0] = 'confbus';"  # as if not installed
+    "from confbus.cli.main import main; main()"
+)
+
+
+@needs_etcd
+@pytest.mark.parametrize("how", [["--ha"], ["--store", "etcd://127.0.0.1:2379"]])
+def test_an_etcd_store_without_its_client_names_the_extra_in_one_line(
+    tmp_path: Path, how: list[str]
+) -> None:
+    """``pip install confbus`` has no aetcd (it is the ``etcd`` extra): ``up --ha`` says which
+    extra to install, in one line, and starts nothing."""
+    data = tmp_path / "data"
+    argv = ["up", *how, "--data-dir", str(data), "--nats-port", "0"]
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AETCD, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == FAILED, done
+    assert done.stderr.count("\n") == 1, done.stderr  # one line, no traceback
+    assert "pip install 'confbus[etcd]'" in done.stderr
+    assert not data.exists()
 
 
 @needs_etcd

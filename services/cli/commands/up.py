@@ -20,6 +20,7 @@ import argparse
 import functools
 import os
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 from confbus.cli import security
@@ -181,6 +182,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
     ha = _ha_ports(args) if args.ha else None
     if ha is not None:
         services = replicated(services)
+    _check_store_client(args)
     config = StackConfig(
         data_dir=Path(args.data_dir).expanduser().resolve(),
         services=services,
@@ -202,6 +204,17 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
 
 
 HA_REPLICAS = 2
+
+
+def _check_store_client(args: argparse.Namespace) -> None:
+    """An etcd store needs aetcd, an extra (it brings grpcio, about 20 MB, that the embedded
+    shape does without): say so in one line before anything starts, not as the traceback of
+    a version-store that exits before it is ready."""
+    store = args.store or ""
+    if not store.startswith("etcd://") or find_spec("aetcd") is not None:
+        return
+    what = "--ha keeps its versions in etcd" if args.ha else f"--store {store} is etcd"
+    raise CliError(f"{what}, whose client is not installed: pip install 'confbus[etcd]'", FAILED)
 
 
 def _ha_ports(args: argparse.Namespace) -> HaPorts:
