@@ -7,7 +7,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+# Two stamps: `make up` needs only what the stack runs on; tests, linters and benchmarks need the
+# dev tools too. Installing the dev tools also satisfies the runtime stamp (it is a superset), so
+# switching between `make test` and `make up` installs only what is missing.
+RUNTIME_INSTALLED := $(VENV)/.installed-runtime
+INSTALLED := $(VENV)/.installed-dev
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -20,7 +24,9 @@ TYPECHECK_ROOT := build/typecheck/confbus
 
 help: ## list the targets
 	@echo "confbus — make TARGET"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z_-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z_-]*:.*## / {name[++n] = $$1; text[n] = $$2; \
+	  if (length($$1) > w) w = length($$1)} \
+	  END {for (i = 1; i <= n; i++) printf "  %-*s  %s\n", w, name[i], text[i]}' $(MAKEFILE_LIST)
 
 venv: $(BIN)/python ## create .venv (python3 -m venv) if it is missing
 
@@ -31,9 +37,13 @@ install: $(INSTALLED) ## install confbus and its dev tools into .venv (pip insta
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@ $(RUNTIME_INSTALLED)
+
+$(RUNTIME_INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	@touch $@
 
-up: install ## run the whole stack here: nats-server and every service (ARGS='--nats-port 4333')
+up: $(RUNTIME_INSTALLED) ## run the whole stack here; installs only what it runs on (ARGS='--nats-port 4333')
 	$(BIN)/confbus up $(ARGS)
 
 etcd-server: ## install etcd-server (apt-get) for the etcd tests, if etcd is missing and we are root
