@@ -48,7 +48,69 @@ def split(items: Sequence[AgentSpec], parts: int) -> list[list[AgentSpec]]:
     return [list(items[i::parts]) for i in range(parts)]
 
 
-class AgentFleet:
+def start_hosts(
+    ctx: Context,
+    host: tuple[str, str],
+    name: str,
+    root: Path,
+    groups: Sequence[Sequence[AgentSpec]],
+    plan: dict[str, Any],
+) -> list[Proc]:
+    """One process per group, ``python -m MODULE COMMAND --plan FILE`` (``host``), its plan
+    file ``plan`` plus the root and its group's agents; started, not yet waited for."""
+    module, command = host
+    procs = []
+    for i, group in enumerate(groups):
+        path = root / f"{name}-plan-{i}.json"
+        agents = [{"node": a.node, "namespaces": list(a.namespaces)} for a in group]
+        path.write_text(json.dumps({**plan, "root": str(root), "agents": agents}))
+        argv = python_module(module, command, "--plan", str(path))
+        procs.append(ctx.proc(f"{name}-{i}", argv, wait_ready=False))
+    return procs
+
+
+class Fleet:
+    """``agents`` spread over ``processes`` processes, ``connections`` NATS connections each:
+    the layout both the agents and their baseline stand-ins run in."""
+
+    default_tag = "agents"
+
+    def __init__(
+        self,
+        ctx: Context,
+        nats_url: str,
+        root: Path,
+        agents: Sequence[AgentSpec],
+        *,
+        processes: int,
+        connections: int = 2,
+        tag: str = "",
+    ) -> None:
+        self.ctx = ctx
+        self.nats_url = nats_url
+        self.root = root
+        self.agents = list(agents)
+        self.processes = max(1, min(processes, len(self.agents)))
+        self.connections = connections
+        self.tag = tag or self.default_tag
+        self.procs: list[Proc] = []
+
+    def rss_kb(self) -> list[int]:
+        return [r for p in self.procs if (r := rss_kb(p.pid)) is not None]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self) -> None:
+        for p in self.procs:  # all told at once, then each waited for
+            if p.popen is not None and p.alive():
+                p.popen.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            p.stop(timeout=10.0)
+        self.procs = []
+
+
+class AgentFleet(Fleet):
     """Real agents as real processes: one ``confbus agent`` per node when ``processes`` equals
     the number of nodes, else hosts of many ``NodeAgent``s on ``connections`` connections each."""
 
@@ -64,15 +126,10 @@ class AgentFleet:
         heartbeat_interval: float = 2.0,
         tag: str = "agents",
     ) -> None:
-        self.ctx = ctx
-        self.nats_url = nats_url
-        self.root = root
-        self.agents = list(agents)
-        self.processes = max(1, min(processes, len(self.agents)))
-        self.connections = connections
+        super().__init__(
+            ctx, nats_url, root, agents, processes=processes, connections=connections, tag=tag
+        )
         self.heartbeat_interval = heartbeat_interval
-        self.tag = tag
-        self.procs: list[Proc] = []
 
     @property
     def one_per_process(self) -> bool:
@@ -108,23 +165,14 @@ class AgentFleet:
                     argv += ["--namespace", ns, "--path", str(live_file(self.root, spec.node, ns))]
                 pending.append(self.ctx.proc(f"{self.tag}-{spec.node}", argv, wait_ready=False))
         else:
-            for i, group in enumerate(split(self.agents, self.processes)):
-                plan = self.root / f"{self.tag}-plan-{i}.json"
-                plan.write_text(
-                    json.dumps(
-                        {
-                            "nats_url": self.nats_url,
-                            "root": str(self.root),
-                            "connections": self.connections,
-                            "heartbeat_interval": self.heartbeat_interval,
-                            "agents": [
-                                {"node": a.node, "namespaces": list(a.namespaces)} for a in group
-                            ],
-                        }
-                    )
-                )
-                argv = python_module("benchmarks.fleets", "agents", "--plan", str(plan))
-                pending.append(self.ctx.proc(f"{self.tag}-host-{i}", argv, wait_ready=False))
+            plan = {
+                "nats_url": self.nats_url,
+                "connections": self.connections,
+                "heartbeat_interval": self.heartbeat_interval,
+            }
+            groups = split(self.agents, self.processes)
+            host = ("benchmarks.fleets", "agents")
+            pending = start_hosts(self.ctx, host, f"{self.tag}-host", self.root, groups, plan)
         for p in pending:
             # The agent CLI prints its ready line before joining the bus; the host after.
             p.wait_ready(timeout)
@@ -132,20 +180,6 @@ class AgentFleet:
         # first heartbeat (``wait_heartbeats``) rather than guess a sleep.
         self.procs = pending
         return self
-
-    def rss_kb(self) -> list[int]:
-        return [r for p in self.procs if (r := rss_kb(p.pid)) is not None]
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
-    def stop(self) -> None:
-        for p in self.procs:  # all told at once, then each waited for
-            if p.popen is not None and p.alive():
-                p.popen.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            p.stop(timeout=10.0)
-        self.procs = []
 
 
 async def wait_heartbeats(bus: Bus, nodes: Sequence[str], timeout: float = 60.0) -> None:

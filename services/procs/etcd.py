@@ -34,7 +34,7 @@ def etcd_binary() -> str | None:
 
 
 @dataclass
-class EtcdMember:
+class EtcdMember(spawn.Server):
     name: str
     client_port: int
     peer_port: int
@@ -100,22 +100,11 @@ class EtcdMember:
         except (OSError, ValueError, urllib.error.URLError):
             return False
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def log_tail(self, n: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is not None:
-            spawn.stop(self.proc, timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            spawn.kill(self.proc)
 
 
 @dataclass

@@ -43,7 +43,7 @@ class ClusterPeer:
 
 
 @dataclass
-class NatsServer:
+class NatsServer(spawn.Server):
     """One nats-server process with JetStream under ``data_dir``."""
 
     data_dir: Path
@@ -146,18 +146,6 @@ class NatsServer:
                 raise RuntimeError(f"nats-server exited ({self.proc.returncode}):\n{text[-2000:]}")
             time.sleep(0.01)  # poll interval: the log is a file, not a pipe
         raise TimeoutError(f"nats-server not ready after {timeout}s: {self._log}")
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, SIGKILL after ``timeout``."""
-        if self.proc is not None:
-            spawn.stop(self.proc, timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            spawn.kill(self.proc)
 
     def restart(self, timeout: float = 10.0) -> NatsServer:
         """Start again on the same port and store (after ``kill`` or ``stop``)."""

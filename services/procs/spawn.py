@@ -117,6 +117,24 @@ def keep_previous(path: Path | None) -> None:
         os.replace(path, path.with_name(path.name + ".1"))
 
 
+class Server:
+    """What a server object that keeps its current process in ``proc`` can do with it."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, SIGKILL after ``timeout``."""
+        if self.proc is not None:
+            stop(self.proc, timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            kill(self.proc)
+
+
 # -- the thread children are forked on when the caller's thread may end first -----------------
 
 _jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
