@@ -50,12 +50,12 @@ from confbus.cli.ha import HaCluster, HaPorts
 from confbus.procs.nats import NatsServer
 from confbus.procs.spawn import exit_text, guarded, keep_previous
 from confbus.procs.watch import (
-    LOG_TAIL_LINES,
     RESTART_MAX_S,
     RESTART_MIN_S,
     STABLE_AFTER_S,
     Watched,
     keep_running,
+    last_lines,
 )
 from confbus.runtime.bus import connect, provision
 from confbus.runtime.errors import Unavailable
@@ -382,7 +382,7 @@ class Stack:
             if self.stop_requested.is_set():
                 return
             if child.ready is None:  # never got as far as ready: the start fails
-                tail = await anyio.to_thread.run_sync(_tail, child.log_path, child.log_offset)
+                tail = await anyio.to_thread.run_sync(last_lines, child.log_path, child.log_offset)
                 await send.send(Notice("failed", child, f"{reason}, so the stack stops{tail}"))
                 return
             if anyio.current_time() - started >= STABLE_AFTER_S:
@@ -539,19 +539,6 @@ async def _tee(stream: ByteReceiveStream, log_file: IO[bytes], name: str) -> Non
     while (line := await lines.readline()) is not None:
         log_file.write(line + b"\n")
         sys.stderr.write(f"[{name}] {line.decode(errors='replace')}\n")
-
-
-def _tail(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = text.splitlines()[-LOG_TAIL_LINES:]
-    if not lines:
-        return f" (nothing in {path})"
-    return f"; last lines of {path}:\n  " + "\n  ".join(lines)
 
 
 def _pid(server: NatsServer | None) -> int | None:

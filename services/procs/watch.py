@@ -62,7 +62,7 @@ async def keep_running(
 async def _restart(w: Watched, code: int, on_restart: Callable[[], None] | None) -> None:
     if time.monotonic() - w.started > STABLE_AFTER_S:
         w.delay = RESTART_MIN_S  # it served a good while: not a crash loop
-    tail = await anyio.to_thread.run_sync(_tail, w.log_path)
+    tail = await anyio.to_thread.run_sync(last_lines, w.log_path)
     log.error("%s %s; restarting in %gs%s", w.name, exit_text(code), w.delay, tail)
     await anyio.sleep(w.delay)
     w.delay = min(w.delay * 2, RESTART_MAX_S)
@@ -79,11 +79,18 @@ async def _restart(w: Watched, code: int, on_restart: Callable[[], None] | None)
     log.info("%s ready again (pid %s)", w.name, proc.pid if proc is not None else "?")
 
 
-def _tail(path: Path | None) -> str:
+def last_lines(path: Path | None, offset: int = 0) -> str:
+    """``; last lines of PATH:`` and the log's last lines from ``offset`` on, to end a report
+    that something died."""
     if path is None:
         return ""
     try:
-        lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return f"; last lines of {path}:\n  " + "\n  ".join(lines) if lines else ""
+    lines = text.splitlines()[-LOG_TAIL_LINES:]
+    if not lines:
+        return f" (nothing in {path})"
+    return f"; last lines of {path}:\n  " + "\n  ".join(lines)
