@@ -123,7 +123,9 @@ class NatsServer(spawn.Server):
         with open(log, "ab") as out:
             self.proc = spawn.spawn(
                 [nats_server_binary(), "-c", str(conf)],
-                die_with_parent=self.die_with_parent,
+                # The guard runs this interpreter, which another uid may not be let run (a
+                # venv under /root): a server run as one does not die with us.
+                die_with_parent=self.die_with_parent and self.uid is None,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

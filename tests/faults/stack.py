@@ -1,5 +1,5 @@
 """confbus as real processes for the fault scenarios: services and agents on one nats-server or
-on a 3-node cluster, each a ``tests.procs.Proc`` (ready line, SIGKILL, SIGSTOP/SIGCONT).
+on a 3-node cluster, each a ``confbus.procs.proc.Proc`` (ready line, SIGKILL, SIGSTOP/SIGCONT).
 
 ``shim=True`` starts the service through ``tests.faults.shims.<pkg>`` instead of
 ``services.<pkg>``: the same code, plus the deliberate bug or the injected fault named in its
