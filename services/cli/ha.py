@@ -21,6 +21,7 @@ Ports (P = ``--nats-port``, default 4222; E = ``--etcd-port``, default 2379), al
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from confbus.procs.ports import free_ports
 from confbus.procs.spawn import keep_previous
 from confbus.procs.watch import Watched, keep_running
 from confbus.runtime.bus import Bus
+from confbus.schemas.streams import BUCKETS, STREAMS
 
 log = logging.getLogger("confbus.up")
 
@@ -206,6 +208,20 @@ class HaCluster:
                     return
                 except (nats.errors.Error, nats.js.errors.Error):
                     await anyio.sleep(0.1)  # poll while the servers elect a meta leader
+
+    async def wait_streams(self, bus: Bus, timeout: float = 30.0) -> None:
+        """Until every stream and bucket has a leader. A cluster started again on its stores
+        (after a stop, or a crash of ``confbus up``) elects one per stream after it answers
+        for the account, and a service that asks first times out before it is ready."""
+        names = [s.name for s in STREAMS] + [f"KV_{b.name}" for b in BUCKETS]
+        with anyio.fail_after(timeout):
+            for name in names:
+                while True:
+                    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                        info = await bus.js.stream_info(name)
+                        if info.cluster is None or info.cluster.leader:
+                            break
+                    await anyio.sleep(0.1)  # poll while that stream elects its leader
 
     async def watch(self, on_restart: Callable[[], None] | None = None) -> None:
         """Restart any nats-server or etcd member that died, on the same ports and data."""

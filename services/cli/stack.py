@@ -293,6 +293,8 @@ class Stack:
                 if self.cluster is not None:
                     await self.cluster.wait_jetstream(bus)
                 await provision(bus, replicas=3 if self.cluster is not None else 1)
+                if self.cluster is not None:
+                    await self.cluster.wait_streams(bus)
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
             raise Unavailable(
                 f"NATS at {self.nats_url} has no JetStream (start nats-server with -js)"
