@@ -22,7 +22,9 @@ Ports (P = ``--nats-port``, default 4222; E = ``--etcd-port``, default 2379), al
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,14 +202,36 @@ class HaCluster:
     # -- while serving ---------------------------------------------------------------------------
 
     async def wait_jetstream(self, bus: Bus, timeout: float = 30.0) -> None:
-        """Until the cluster has elected its JetStream meta leader (provisioning needs it)."""
+        """Until the JetStream meta leader counts every server as a current peer and answers
+        for the account (provisioning needs it). A leader elected by the first two servers
+        can lose its place when the third joins; a stream created just then is refused and
+        then not found."""
         with anyio.fail_after(timeout):
+            while True:
+                if await anyio.to_thread.run_sync(self._meta_group_formed):
+                    break
+                await anyio.sleep(0.1)  # poll while the servers form the meta group
             while True:
                 try:
                     await bus.js.account_info()
                     return
                 except (nats.errors.Error, nats.js.errors.Error):
                     await anyio.sleep(0.1)  # poll while the servers elect a meta leader
+
+    def _meta_group_formed(self) -> bool:
+        """Whether a server leads the meta group with every other one current (its ``/jsz``:
+        only the leader's view of its peers is up to date)."""
+        for server, port in zip(self.servers, self.ports.monitor, strict=True):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=1) as r:
+                    meta = json.loads(r.read()).get("meta_cluster") or {}
+            except (OSError, ValueError):
+                continue
+            peers = meta.get("replicas") or []
+            leads = server.cluster is not None and meta.get("leader") == server.cluster.name
+            if leads and len(peers) == SIZE - 1 and all(p.get("current") for p in peers):
+                return True
+        return False
 
     async def wait_streams(self, bus: Bus, timeout: float = 30.0) -> None:
         """Until every stream and bucket has a leader. A cluster started again on its stores
