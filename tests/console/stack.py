@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 
-from tests.cli.procs import Proc, confbus_argv, run_confbus
+from confbus.procs.proc import Proc
+from tests.cli.procs import run_confbus, start_confbus
 
 
 @dataclass
@@ -73,21 +74,19 @@ class ConsoleStack:
                 "--node", node, "--namespace", namespace, "--path", str(path),
                 "--state-dir", str(base / "state"), "--heartbeat-interval", "0.5",
                 *extra]  # fmt: skip
-        proc = Proc(argv)
-        proc.out.wait_for('"event": "ready"', timeout=30)
+        proc = Proc(f"agent-{node}", argv).start(timeout=30)
         agent = Agent(node, path, proc)
         self.agents[node] = agent
         return agent
 
     def stop(self) -> None:
         for agent in self.agents.values():
-            if agent.proc.popen.poll() is None:
-                agent.proc.stop(timeout=15)
+            agent.proc.stop(timeout=15)
         self.up.stop(signal.SIGTERM, timeout=30)
 
 
 def start(root: Path) -> ConsoleStack:
-    up = Proc([*confbus_argv(), "up", "--nats-port", "0", "--data-dir", str(root / "data")])
+    up = start_confbus("up", "--nats-port", "0", "--data-dir", str(root / "data"))
     try:
         line = up.out.wait_for("confbus ready", timeout=90)
         link = up.err.wait_for("confbus: console: ", timeout=10)

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from confbus.runtime.ports import free_port
-from tests.procs import Proc
+from confbus.procs.ports import free_port
+from confbus.procs.proc import Proc
 
 PROMETHEUS = "prometheus"
 ALERTMANAGER = "prometheus-alertmanager"

@@ -20,11 +20,11 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client import CollectorRegistry
 
+from confbus.procs.nats import NatsServer
+from confbus.procs.ports import free_port
 from confbus.runtime.bus import Bus
 from confbus.runtime.events import emit
 from confbus.runtime.http import HttpServer, Request, Response
-from confbus.runtime.natsd import NatsServer
-from confbus.runtime.ports import free_port
 from confbus.schemas.events import NodeOutcome, RolloutFailed
 from confbus.schemas.policy import MailTarget
 from tests.helpers import eventually

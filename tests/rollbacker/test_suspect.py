@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.events import AlertActed, AlertIgnored, RollbackStarted
 from tests.rollbacker.test_rollbacker import outcome_of
 from tests.rollbacker.world import GOOD, NS, policy, world
