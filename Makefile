@@ -7,7 +7,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+# Two stamps: `make up` needs only what the stack runs on; tests, linters and benchmarks need the
+# dev tools too. Installing the dev tools also satisfies the runtime stamp (it is a superset), so
+# switching between `make test` and `make up` installs only what is missing.
+RUNTIME_INSTALLED := $(VENV)/.installed-runtime
+INSTALLED := $(VENV)/.installed-dev
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -16,11 +20,13 @@ PYTEST_ARGS ?=
 # them through build/typecheck/confbus: a folder of links that names them as they install.
 TYPECHECK_ROOT := build/typecheck/confbus
 
-.PHONY: help venv install up test test-slow etcd-server nftables reliability reliability-slow lint typecheck bench bench-smoke clean distclean
+.PHONY: help venv install up test test-slow etcd-server nftables chromium asyncapi-spec prometheus reliability reliability-slow lint typecheck bench bench-smoke screenshots clean distclean
 
 help: ## list the targets
 	@echo "confbus — make TARGET"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z_-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z_-]*:.*## / {name[++n] = $$1; text[n] = $$2; \
+	  if (length($$1) > w) w = length($$1)} \
+	  END {for (i = 1; i <= n; i++) printf "  %-*s  %s\n", w, name[i], text[i]}' $(MAKEFILE_LIST)
 
 venv: $(BIN)/python ## create .venv (python3 -m venv) if it is missing
 
@@ -31,9 +37,13 @@ install: $(INSTALLED) ## install confbus and its dev tools into .venv (pip insta
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@ $(RUNTIME_INSTALLED)
+
+$(RUNTIME_INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	@touch $@
 
-up: install ## run the whole stack here: nats-server and every service (ARGS='--nats-port 4333')
+up: $(RUNTIME_INSTALLED) ## run the whole stack here; installs only what it runs on (ARGS='--nats-port 4333')
 	$(BIN)/confbus up $(ARGS)
 
 etcd-server: ## install etcd-server (apt-get) for the etcd tests, if etcd is missing and we are root
@@ -59,10 +69,37 @@ nftables: ## install nftables (apt-get) for the partition tests, if missing and 
 	  echo "nft is not installed and we are not root: the partition tests will be skipped"; \
 	fi
 
+chromium: ## install Debian's chromium (apt-get) for the console's browser tests, if missing and we are root
+	@if command -v chromium >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium with apt-get"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "chromium is not installed and we are not root: the browser tests will be skipped"; \
+	  echo "(sudo apt-get install chromium, then make test again)"; \
+	fi
+
+asyncapi-spec: install ## fetch the AsyncAPI 3.0.0 JSON Schema (npm pack) that schemas/asyncapi.json is checked against
+	@$(BIN)/python -m tests.contract.asyncapi_spec >/dev/null
+
+prometheus: ## install prometheus and prometheus-alertmanager (apt-get) for the health tests, if missing and root
+	@if command -v prometheus >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing prometheus and prometheus-alertmanager with apt-get"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	else \
+	  echo "prometheus is not installed and we are not root: the Prometheus tests will be skipped"; \
+	  echo "(sudo apt-get install prometheus prometheus-alertmanager, then make test again)"; \
+	fi
+
 # The fault tests write their figures; `make test` keeps them out of the tracked results.
 FAULT_TMP := $(shell mktemp -d -u /tmp/confbus-fault-results.XXXXXX)
 
-test: install etcd-server nftables ## run the tests (PYTEST_ARGS='-k replay -x')
+test: install etcd-server nftables chromium asyncapi-spec prometheus ## run the tests (PYTEST_ARGS='-k replay -x')
 	CONFBUS_FAULT_RESULTS=$(FAULT_TMP) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-slow: install etcd-server nftables ## run only the slow fault loops (marked slow)
@@ -99,6 +136,9 @@ bench-smoke: install ## a quick run of the benchmarks, to see that they work
 	else \
 	  echo "no benchmarks yet: benchmarks/__main__.py is not there"; \
 	fi
+
+screenshots: install chromium ## PNGs of the console's main pages, from a real stack, into docs/
+	$(BIN)/python -m tests.console.screenshots docs/console
 
 clean: ## remove caches and build output (keeps .venv and the .confbus data dir)
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

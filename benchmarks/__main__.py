@@ -10,7 +10,7 @@ checked-in results are never overwritten by a smoke run). Prints the Markdown ta
 each ran and produced sane numbers; ``make bench-smoke`` runs exactly that.
 
 A benchmark is a module with ``async def run(ctx: Context) -> list[Figure]`` (see
-``benchmarks.common``); add a row to ``BENCHMARKS`` to add one. A module not written yet is
+``benchmarks.processes``); add a row to ``BENCHMARKS`` to add one. A module not written yet is
 reported as such and skipped.
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 import anyio
 
 from benchmarks import growth, smoke
-from benchmarks.common import (
+from benchmarks.processes import Context
+from benchmarks.report import (
     RESULTS_DIR,
-    Context,
     Figure,
     Report,
     Stats,
@@ -74,6 +74,9 @@ BENCHMARKS: dict[str, Entry] = {
     ),
     "rollout": Entry("benchmarks.rollout", "catch-up of a returning node; wave overhead", 150.0),
     "rollback": Entry("benchmarks.rollback", "alert → all nodes restored, 100 agents", 150.0),
+    "console": Entry(
+        "benchmarks.console", "console pages: 10k-version history, 1k-node fleet", 150.0
+    ),
 }
 # ``growth`` is the switch's figures drawn as a plot: asking for it runs the switch.
 ALIASES = {"growth": "switch"}

@@ -34,15 +34,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
-from benchmarks.common import (
-    AgentSpec,
-    Context,
-    Proc,
-    live_file,
-    node_dirs,
-    python_module,
-    split,
-)
+from benchmarks.fleets import Fleet, live_file, node_dirs, split, start_hosts
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.log import setup_logging
 
@@ -110,56 +102,22 @@ async def switch_floor(
     return total
 
 
-class SubscriberFleet:
-    """The baseline's stand-ins for agents, in the same process layout."""
+class SubscriberFleet(Fleet):
+    """The baseline's stand-ins for agents, in the same process layout (one connection per
+    process when each has one stand-in)."""
 
-    def __init__(
-        self,
-        ctx: Context,
-        nats_url: str,
-        root: Path,
-        agents: Sequence[AgentSpec],
-        *,
-        processes: int,
-        connections: int = 2,
-        tag: str = "subscribers",
-    ) -> None:
-        self.ctx = ctx
-        self.nats_url = nats_url
-        self.root = root
-        self.agents = list(agents)
-        self.processes = max(1, min(processes, len(self.agents)))
-        self.connections = 1 if self.processes == len(self.agents) else connections
-        self.tag = tag
-        self.procs: list[Proc] = []
+    default_tag = "subscribers"
 
     def start(self, timeout: float = 60.0) -> SubscriberFleet:
-        pending = []
-        for i, group in enumerate(split(self.agents, self.processes)):
-            plan = self.root / f"{self.tag}-plan-{i}.json"
-            plan.write_text(
-                json.dumps(
-                    {
-                        "nats_url": self.nats_url,
-                        "root": str(self.root),
-                        "connections": self.connections,
-                        "agents": [
-                            {"node": a.node, "namespaces": list(a.namespaces)} for a in group
-                        ],
-                    }
-                )
-            )
-            argv = python_module("benchmarks.baselines", "subscribers", "--plan", str(plan))
-            pending.append(self.ctx.proc(f"{self.tag}-{i}", argv, wait_ready=False))
+        alone = self.processes == len(self.agents)
+        plan = {"nats_url": self.nats_url, "connections": 1 if alone else self.connections}
+        groups = split(self.agents, self.processes)
+        host = ("benchmarks.baselines", "subscribers")
+        pending = start_hosts(self.ctx, host, self.tag, self.root, groups, plan)
         for p in pending:
             p.wait_ready(timeout)
         self.procs = pending
         return self
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.stop()
-        self.procs = []
 
 
 # -- the subscriber host --------------------------------------------------------------------------

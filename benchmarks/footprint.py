@@ -17,15 +17,9 @@ from __future__ import annotations
 import anyio
 
 from benchmarks.baselines import SubscriberFleet
-from benchmarks.common import (
-    AgentFleet,
-    AgentSpec,
-    Context,
-    Figure,
-    open_bus,
-    stats,
-    wait_heartbeats,
-)
+from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
+from benchmarks.processes import Context, open_bus, rss_kb
+from benchmarks.report import Figure, stats
 from benchmarks.switch import StubStore, Watch, config_bytes, timed_switch
 from confbus.runtime.bus import Bus
 
@@ -63,7 +57,7 @@ async def run(ctx: Context) -> list[Figure]:
         await _switches(bus, stub, watch, nodes, switches)
         await anyio.sleep(settle)
         agent_mb = [kb / 1024 for kb in fleet.rss_kb()]
-        floor_mb = [kb / 1024 for p in floor.procs if (kb := p.rss_kb()) is not None]
+        floor_mb = [kb / 1024 for p in floor.procs if (kb := rss_kb(p.pid)) is not None]
         figures.append(
             Figure(
                 benchmark=BENCH,
@@ -96,7 +90,7 @@ async def run(ctx: Context) -> list[Figure]:
         await _switches(bus, stub, watch, nodes, switches)
         await anyio.sleep(settle)
         per_agent_kb = sum(fleet.rss_kb()) / shared
-        per_floor_kb = sum(r for p in floor.procs if (r := p.rss_kb()) is not None) / shared
+        per_floor_kb = sum(r for p in floor.procs if (r := rss_kb(p.pid)) is not None) / shared
         host_mb = [kb / 1024 for kb in fleet.rss_kb()]
         figures.append(
             Figure(

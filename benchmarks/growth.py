@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
-from benchmarks.common import Figure, fmt
+from benchmarks.report import Figure, fmt
 
 WIDTH, HEIGHT = 560, 360
 LEFT, RIGHT, TOP, BOTTOM = 70, 170, 40, 50

@@ -35,16 +35,9 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from benchmarks.common import (
-    AgentFleet,
-    AgentSpec,
-    Context,
-    Figure,
-    open_bus,
-    stats,
-    version_store_available,
-    wait_heartbeats,
-)
+from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
+from benchmarks.processes import Context, open_bus, version_store_available
+from benchmarks.report import Figure, stats
 from confbus.runtime.api import Endpoint, call, serve_api, stop_api
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -188,17 +181,12 @@ async def set_policy(bus: Bus, strategy: str) -> None:
             strategy=strategy, batch_delay_s=0.0, cooldown_s=0.0, max_per_window=10_000
         ),
     )
-    await call(
-        bus, store_api.SERVICE, "policy_set", store_api.PolicySetRequest(policy=policy), Policy
-    )
+    await call(bus, store_api.POLICY_SET, store_api.PolicySetRequest(policy=policy))
 
 
 async def live_nodes(bus: Bus) -> int:
     try:
-        reply = await call(
-            bus, dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS),
-            dist_api.StatusReply,
-        )  # fmt: skip
+        reply = await call(bus, dist_api.STATUS, dist_api.StatusRequest(namespace=NS))  # fmt: skip
     except Exception:
         return 0
     return sum(1 for n in reply.nodes if n.liveness == "live")
@@ -235,9 +223,7 @@ async def _measure(ctx: Context, size: Size, url: str, bus: Bus) -> tuple[Sample
             return health_api.VerdictReply(verdict="pass", samples=1, healthy_nodes=list(req.nodes))
         return health_api.VerdictReply(verdict="no_data", unknown_nodes=list(req.nodes))
 
-    health = await serve_api(
-        bus, health_api.SERVICE, [Endpoint("verdict", health_api.VerdictRequest, verdict)]
-    )
+    health = await serve_api(bus, [Endpoint(health_api.VERDICT, verdict)])
     await bus.nc.subscribe(subjects.events_of(NS), cb=watch.on_event)
     await bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=watch.on_heartbeat)
     fleet = AgentFleet(
@@ -262,11 +248,8 @@ async def _measure(ctx: Context, size: Size, url: str, bus: Bus) -> tuple[Sample
                 await anyio.sleep(0.2)
         good = await store_change(bus, watch, config("good", 0, 0.0))
         await watch.until(lambda: watch.rollouts.get(good) == "completed", 60, "v1 rolled out")
-        await call(
-            bus, store_api.SERVICE, "mark_good",
-            store_api.MarkGoodRequest(namespace=NS, version=good, actor="bench"),
-            store_api.VersionReply,
-        )  # fmt: skip
+        good_req = store_api.MarkGoodRequest(namespace=NS, version=good, actor="bench")
+        await call(bus, store_api.MARK_GOOD, good_req)
         for i in range(size.iterations):
             for strategy in STRATEGIES:
                 samples.rollback[strategy].append(await one_rollback(bus, watch, strategy, i))
@@ -323,10 +306,8 @@ async def one_switch(bus: Bus, watch: Fleetwatch, nodes: list[str], good: int) -
     started = time.perf_counter()
     reply = await call(
         bus,
-        txn_api.SERVICE,
-        "switch",
+        txn_api.SWITCH,
         txn_api.SwitchRequest(namespace=NS, version=version, nodes=nodes, timeout_s=10.0),
-        txn_api.SwitchReply,
         timeout=40.0,
     )
     if reply.outcome != "commit":
@@ -334,11 +315,8 @@ async def one_switch(bus: Bus, watch: Fleetwatch, nodes: list[str], good: int) -
     await watch.until(lambda: watch.all_on(version), 60, f"every node on v{version}")
     seconds = time.perf_counter() - started
     # Production follows, so the next bad version is rolled out over this one.
-    await call(
-        bus, store_api.SERVICE, "promote",
-        store_api.PromoteRequest(namespace=NS, version=version, actor="bench"),
-        store_api.VersionReply,
-    )  # fmt: skip
+    promote = store_api.PromoteRequest(namespace=NS, version=version, actor="bench")
+    await call(bus, store_api.PROMOTE, promote)
     return seconds
 
 

@@ -39,16 +39,10 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from benchmarks.common import (
-    AgentFleet,
-    AgentSpec,
-    Context,
-    Figure,
-    open_bus,
-    stats,
-    wait_heartbeats,
-)
-from confbus.cli.client import Client
+from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
+from benchmarks.processes import Context, open_bus
+from benchmarks.report import Figure, stats
+from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
@@ -100,11 +94,8 @@ async def direct_switch(
     started = time.perf_counter()
     reply = await call(
         client.bus,
-        txn_api.SERVICE,
-        "switch",
+        txn_api.SWITCH,
         txn_api.SwitchRequest(namespace=BASE, version=info.version, nodes=nodes, timeout_s=5.0),
-        txn_api.SwitchReply,
-        timeout=20.0,
     )
     replied = time.perf_counter()
     if reply.outcome != "commit":

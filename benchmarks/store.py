@@ -38,7 +38,8 @@ import anyio
 from nats.aio.msg import Msg
 
 from benchmarks.baselines import ensure_bench_stream
-from benchmarks.common import Context, Figure, open_bus, stats
+from benchmarks.processes import Context, open_bus
+from benchmarks.report import Figure, stats
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
@@ -156,7 +157,7 @@ async def _history_reads(url: str, ns: str, newest: int, n: int) -> list[float]:
             before = rng.randint(PAGE + 1, newest + 1)
             req = store_api.HistoryRequest(namespace=ns, before=before, limit=PAGE)
             started = time.perf_counter()
-            reply = await call(bus, "store", "history", req, store_api.HistoryReply, timeout=10)
+            reply = await call(bus, store_api.HISTORY, req, timeout=10)
             out.append(time.perf_counter() - started)
             assert len(reply.versions) == PAGE
     finally:
@@ -486,7 +487,7 @@ async def run(ctx: Context) -> list[Figure]:
     if etcd is None:
         ctx.skipped.append("etcd not on PATH: etcd figures left out")
         return figures
-    endpoint = etcd.endpoint
+    endpoint = etcd.endpoints[0]
 
     async def etcd_baselines(bus: Bus) -> dict[str, tuple[Any, str]]:
         seq_rates, conc_rates = [], []

@@ -42,17 +42,9 @@ import msgspec
 from nats.aio.msg import Msg
 
 from benchmarks.baselines import SubscriberFleet, ensure_bench_stream, switch_floor
-from benchmarks.common import (
-    AgentFleet,
-    AgentSpec,
-    Context,
-    CpuMeter,
-    Figure,
-    open_bus,
-    stats,
-    version_store_available,
-    wait_heartbeats,
-)
+from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
+from benchmarks.processes import Context, CpuMeter, open_bus, version_store_available
+from benchmarks.report import Figure, stats
 from confbus.runtime.api import Endpoint, call, serve_api, stop_api
 from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
@@ -266,9 +258,7 @@ class StubStore:
             )
             return store_api.VersionReply(info=info, content=content if req.content else None)
 
-        self.svc = await serve_api(
-            self.bus, store_api.SERVICE, [Endpoint("get", store_api.GetRequest, get)]
-        )
+        self.svc = await serve_api(self.bus, [Endpoint(store_api.GET, get)], partial=True)
         return self
 
     async def add(self, version: int, content: bytes) -> int:
@@ -322,8 +312,7 @@ async def timed_switch(
     started = watch.started[version] = time.perf_counter()
     reply = await call(
         bus,
-        txn_api.SERVICE,
-        "switch",
+        txn_api.SWITCH,
         txn_api.SwitchRequest(
             namespace=namespace,
             version=version,
@@ -332,8 +321,6 @@ async def timed_switch(
             actor="bench",
             reason="benchmark",
         ),
-        txn_api.SwitchReply,
-        timeout=vote_timeout + 30.0,
     )
     decided = time.perf_counter() - started
     if reply.outcome != "commit":

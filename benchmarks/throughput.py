@@ -28,19 +28,9 @@ from typing import Any
 import anyio
 
 from benchmarks.baselines import SubscriberFleet, ensure_bench_stream, switch_floor
-from benchmarks.common import (
-    AgentFleet,
-    AgentSpec,
-    Context,
-    Figure,
-    Proc,
-    fsync_probe,
-    gather_host_stats,
-    open_bus,
-    stats,
-    version_store_available,
-    wait_heartbeats,
-)
+from benchmarks.fleets import AgentFleet, AgentSpec, gather_host_stats, wait_heartbeats
+from benchmarks.processes import Context, fsync_probe, open_bus, version_store_available
+from benchmarks.report import Figure, stats
 from benchmarks.switch import (
     StubStore,
     Watch,
@@ -49,6 +39,7 @@ from benchmarks.switch import (
     timed_publish,
     timed_switch,
 )
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 
 BENCH = "throughput"

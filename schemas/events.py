@@ -2,7 +2,7 @@
 
 The subject of an event is ``cfg.event.<namespace>.<type>`` — the tag *is* the subject suffix —
 so ``confbus replay 'cfg.event.payments.rollout.>'`` filters without decoding.
-Replaying this stream reconstructs which version every node ran at any moment (DESIGN §8.8):
+Replaying this stream reconstructs which version every node ran at any moment (docs/design.md §8.8):
 ``node.applied`` carries the node, the version and the time.
 """
 
@@ -13,6 +13,7 @@ from typing import Literal
 
 import msgspec
 
+from confbus.schemas.api.health import RuleResult
 from confbus.schemas.base import Message, utcnow
 from confbus.schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
 
@@ -241,6 +242,7 @@ class HealthVerdictEvent(Event, tag="health.verdict", kw_only=True, frozen=True)
     nodes: list[NodeId]
     verdict: Literal["pass", "fail", "no_data"]
     samples: int = 0
+    rules: list[RuleResult] = []  # each rule: value, threshold, PromQL query as run
 
 
 class RollbackStarted(Event, tag="rollback.started", kw_only=True, frozen=True):
@@ -271,6 +273,32 @@ class RollbackStuck(Event, tag="rollback.stuck", kw_only=True, frozen=True):
     healthy_share: float | None = None
 
 
+# -- alerts, as the rollbacker judged them (every alert it receives leaves one) ----------------
+
+
+class AlertJudgement(Event, kw_only=True, frozen=True):
+    """``reason`` says why; ``outcome`` is the rollbacker's word for it."""
+
+    alert_id: str
+    source: str = ""
+    rule: str = ""
+    version: int | None = None  # the version the alert is about (its own, or production)
+    outcome: str = ""  # started | ignored | refused | busy | held | cooldown | cap | duplicate
+    rollback_id: str | None = None
+
+
+class AlertActed(AlertJudgement, tag="alert.acted", kw_only=True, frozen=True):
+    """The alert started a rollback."""
+
+
+class AlertIgnored(AlertJudgement, tag="alert.ignored", kw_only=True, frozen=True):
+    """The alert started nothing: ignored, refused, or held back (busy, held, cooldown, cap)."""
+
+
+class AlertDuplicate(AlertJudgement, tag="alert.duplicate", kw_only=True, frozen=True):
+    """An alert id the rollbacker had judged already (Alertmanager's re-sends)."""
+
+
 AnyEvent = (
     VersionCreated
     | VersionRejected
@@ -297,6 +325,9 @@ AnyEvent = (
     | RollbackBatch
     | RollbackCompleted
     | RollbackStuck
+    | AlertActed
+    | AlertIgnored
+    | AlertDuplicate
 )
 
 decode_event = msgspec.json.Decoder(AnyEvent).decode

@@ -1,8 +1,9 @@
 """The JSON Schema snapshot of the wire contract, for tools and teams that do not read Python.
 
 ``python -m confbus.schemas.export`` rewrites ``schemas/jsonschema/``: one file per stream's message
-union and per KV record, and one per micro-API module (every request and reply). A test fails
-when the files on disk differ from what the Structs say, so the snapshot cannot go stale.
+union and per KV record, and one per micro-API module (every request and reply) — and the
+AsyncAPI document ``schemas/asyncapi.json`` (``confbus.schemas.asyncapi``). A test fails when
+the files on disk differ from what the Structs say, so the snapshots cannot go stale.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from confbus.schemas import changes, dlq, events, health, node, policy, txn, versions
+from confbus.schemas import asyncapi, changes, dlq, events, health, node, policy, txn, versions
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api import rollback as rollback_api
@@ -88,3 +89,4 @@ def write(out: Path = OUT) -> list[str]:
 if __name__ == "__main__":
     names = write()
     sys.stderr.write(f"wrote {len(names)} schemas to {OUT}\n")
+    sys.stderr.write(f"wrote {asyncapi.write()}\n")

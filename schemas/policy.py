@@ -35,6 +35,21 @@ class HealthRule(msgspec.Struct, frozen=True, kw_only=True):
     # (a forwarded key, e.g. ``http_requests_total{code="500"}``; see the metric mapping).
     errors: str = "errors_total"
     requests: str = "requests_total"
+    # PromQL (the policy's ``prometheus``): when ``query`` is set the rule's value is that
+    # query's, run through Prometheus's HTTP API for verdicts (never for the watcher's own
+    # alerts: route Prometheus's alerting rules through Alertmanager). ``metric`` then only names
+    # the value. Templated: {{namespace}}, {{version}}, {{nodes}} (a regex of the judged node
+    # ids, for ``=~``), {{window}} (e.g. ``30s``). An empty, NaN or failed result is no value.
+    query: str = ""
+    # PromQL whose value is the rule's sample count (e.g. requests in the window); fewer than
+    # ``min_samples`` is no value. Without it a PromQL rule needs only a finite result.
+    samples_query: str = ""
+    # Canary against baseline: ``query`` runs once on the judged nodes and once on the nodes
+    # still on the previous version (or, when none is left, on the judged nodes over the window
+    # before ``since``), and ``op threshold`` judges ``canary / baseline`` (ratio) or
+    # ``canary - baseline`` (difference). A canary value at or under ``floor`` is never bad.
+    compare: Literal["", "ratio", "difference"] = ""
+    floor: float = 0.0
 
 
 class ScrapeTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,12 +65,38 @@ class ScrapeTarget(msgspec.Struct, frozen=True, kw_only=True):
     interval_s: float = 5.0
 
 
+class PrometheusSource(msgspec.Struct, frozen=True, kw_only=True):
+    """The Prometheus server the namespace's PromQL rules query (its HTTP API)."""
+
+    url: str  # the base, e.g. http://prometheus:9090
+    # A query that has not answered by then is no value (``on_missing_data``): a Prometheus
+    # that is down or slow never holds a bake up past this.
+    timeout_s: float = 3.0
+
+
+class MailTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the rollbacker mails rollout and rollback outcomes (SMTP)."""
+
+    to: list[str]
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "confbus@localhost"
+    starttls: bool = False
+    username: str = ""
+    # The name of an environment variable of the rollbacker holding the SMTP password: the
+    # password itself never sits in the policy (which events and backups carry).
+    password_env: str = ""
+
+
 class RollbackPolicy(msgspec.Struct, frozen=True, kw_only=True):
     automatic: bool = True
     strategy: str = "all-at-once"  # or "batches:N"
     batch_delay_s: float = 0.0
     healthy_threshold: float = 0.8  # share of a batch that must be healthy before the next
-    window_s: float = 3600.0  # alerts roll back a version only this long after it went out
+    # The suspect window: an alert rolls a version back only this long after it became
+    # production — even one that passed its bake and is the last known good (then to the last
+    # known good before it, and it loses its mark).
+    window_s: float = 3600.0
     cooldown_s: float = 300.0
     max_per_window: int = 3
     cap_window_s: float = 3600.0
@@ -84,3 +125,5 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     cold_start_last_good: bool = False  # agent restart with no bus serves the last known good
     keep_versions: int = 10  # versions an agent keeps on disk
     scrape_targets: list[ScrapeTarget] = []  # endpoints the health-watcher scrapes itself
+    prometheus: PrometheusSource | None = None  # for rules with a ``query``
+    mail: MailTarget | None = None  # rollout and rollback outcomes, besides ``webhooks``

@@ -1,4 +1,4 @@
-"""The table of streams and KV buckets (DESIGN §2), provisioned idempotently at start-up.
+"""The table of streams and KV buckets (docs/design.md §2.1), provisioned idempotently at start-up.
 
 Every stream and bucket has explicit limits: nothing grows without bound (invariant 7).
 ``replicas`` is 1 for the embedded stack and 3 for ``confbus up --ha``; the table holds the

@@ -6,7 +6,9 @@ Every builder validates the tokens it puts into a subject: NATS itself would hap
 
 from __future__ import annotations
 
-from confbus.schemas.names import check_name, check_txid
+import re
+
+from confbus.schemas.names import NAME_PATTERN, check_name, check_txid
 
 # -- changes --------------------------------------------------------------------------------
 CHANGES_ALL = "cfg.change.*"
@@ -95,7 +97,49 @@ def api_group(service: str) -> str:
     return f"cfg.api.{service}"
 
 
+def api_all(service: str) -> str:
+    """Every subject of one service's API, ``cfg.api.<service>.>`` (for permissions)."""
+    return f"cfg.api.{service}.>"
+
+
 def node_resync(node: str) -> str:
     """``cfg.node.<node>.resync``: the distributor asks a node to re-install its applied version
     (its live file drifted). Core request/reply, answered by that node's agent."""
     return f"cfg.node.{check_name(node, 'node id')}.resync"
+
+
+# -- what a reader asks of the audit log ----------------------------------------------------------
+_EVENTS_PREFIX = EVENTS_ALL.removesuffix(">")  # "cfg.event."
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAMESPACE_RE = re.compile(NAME_PATTERN)
+
+
+def event_filter(text: str) -> str:
+    """The subject filter a reader means (``confbus replay FILTER``, the console's timeline): a
+    subject under ``cfg.event.`` (wildcards allowed), a bare namespace (``payments`` is
+    ``cfg.event.payments.>``) or a namespace with a type pattern (``payments.rollout.>``).
+    ``ValueError`` saying what is wrong otherwise."""
+    if text.startswith("cfg."):
+        if not text.startswith(_EVENTS_PREFIX):
+            raise ValueError(f"{text!r}: events live under {EVENTS_ALL}")
+        tokens = text.removeprefix(_EVENTS_PREFIX).split(".")
+    else:
+        tokens = text.split(".")
+        if len(tokens) == 1 and tokens[0] not in ("*", ">"):
+            return events_of(_filter_namespace(tokens[0]))
+    if tokens[0] not in ("*", ">"):
+        _filter_namespace(tokens[0])
+    for i, token in enumerate(tokens):
+        wildcard = token == "*" or (token == ">" and i == len(tokens) - 1)
+        if not wildcard and not _TOKEN_RE.fullmatch(token):
+            raise ValueError(f"{text!r}: bad subject token {token!r}")
+    return _EVENTS_PREFIX + ".".join(tokens)
+
+
+def _filter_namespace(token: str) -> str:
+    if not _NAMESPACE_RE.fullmatch(token):
+        raise ValueError(
+            f"{token!r} is not a namespace ([a-z0-9][a-z0-9_-]{{0,63}}) nor a subject "
+            f"under {EVENTS_ALL}"
+        )
+    return token

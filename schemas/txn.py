@@ -1,4 +1,4 @@
-"""``CFG_TXN`` and ``CFG_TXN_HEAD``: the two-phase commit (DESIGN §4).
+"""``CFG_TXN`` and ``CFG_TXN_HEAD``: the two-phase commit (docs/design.md §4).
 
 On the stream: ``Prepare`` on ``cfg.txn.<ns>.<txid>.prepare`` and ``Decision`` on
 ``cfg.txn.<ns>.<txid>.decision`` (written once: published with

@@ -7,7 +7,7 @@ async with Client("nats://127.0.0.1:4222") as client:
     created = await client.publish("payments", b'{"pool": 16}', change_id="ci-1234")
 ```
 
-The public surface is what ``__all__`` lists (checked by ``tests/test_public_api.py``); it is
+The public surface is what ``__all__`` lists (checked by ``tests/test_packaging.py``); it is
 loaded on first use, so importing one service (``confbus.coordinator``) or starting the
 ``confbus`` command pays nothing for the client. In the repository this package is the
 ``services/`` folder, one sub-package per service; they never import each other and share only
@@ -20,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from confbus.cli.client import (
+    from confbus.client import (
         ChangeRejected,
         Client,
         NamespaceBackup,
@@ -38,11 +38,11 @@ if TYPE_CHECKING:
 
 # name → the module that defines it
 _EXPORTS = {
-    "Client": "confbus.cli.client",
-    "StreamedEvent": "confbus.cli.client",
-    "NamespaceBackup": "confbus.cli.client",
-    "ChangeRejected": "confbus.cli.client",
-    "RolloutWaitTimeout": "confbus.cli.client",
+    "Client": "confbus.client",
+    "StreamedEvent": "confbus.client",
+    "NamespaceBackup": "confbus.client",
+    "ChangeRejected": "confbus.client",
+    "RolloutWaitTimeout": "confbus.client",
     "ConfbusError": "confbus.runtime.errors",
     "Permanent": "confbus.runtime.errors",
     "InvalidInput": "confbus.runtime.errors",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect, provision
-from confbus.runtime.natsd import NatsServer
 
 # Started in the background by a shell without job control (``make test &``, a CI runner),
 # the test run inherits SIGINT ignored, and so would every process it starts: the tests that

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import anyio
+
+from confbus.procs.etcd import leader_name
 
 T = TypeVar("T")
 
@@ -27,3 +29,12 @@ async def eventually(
                 await anyio.sleep(every)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+async def etcd_leader(endpoints: Sequence[str], timeout: float = 10.0) -> str:
+    """The name of the etcd member that leads, once one does (asked of ``endpoints``)."""
+
+    async def named() -> str | None:
+        return await anyio.to_thread.run_sync(leader_name, endpoints)
+
+    return await eventually(named, timeout=timeout, what=f"an etcd leader among {endpoints}")

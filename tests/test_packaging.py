@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 import confbus
-from tests.cli.procs import REPO, Proc, confbus_argv
+import confbus.client
+from confbus.procs.proc import Exited
+from tests.cli.procs import REPO, start_confbus
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -69,9 +71,14 @@ def test_the_wheel_installs_only_confbus(wheel: Path) -> None:
     assert {t for t in tops if not t.endswith(".dist-info")} == {"confbus"}
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    # The JSON Schema snapshot ships: clients in other languages are written from it.
+    # The JSON Schema snapshot and the AsyncAPI document ship: clients in other languages are
+    # written from them.
     assert "confbus/schemas/jsonschema/CFG_EVENTS.json" in names
-    assert "confbus/cli/client.py" in names
+    assert "confbus/schemas/asyncapi.json" in names
+    assert "confbus/client/__init__.py" in names
+    # The console's pages and script ship: no build step, no CDN.
+    for asset in ("templates/base.html", "static/console.js", "static/console.css"):
+        assert f"confbus/console/{asset}" in names
 
 
 def test_the_installed_wheel_imports_as_confbus(wheel: Path, tmp_path: Path) -> None:
@@ -98,7 +105,17 @@ def test_the_installed_wheel_imports_as_confbus(wheel: Path, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     where, module = done.stdout.split()
     assert Path(where) == site / "confbus" / "__init__.py"
-    assert module == "confbus.cli.client"
+    assert module == "confbus.client._client"
+
+
+def _public_methods(cls: type) -> dict[str, object]:
+    """The public methods and properties of ``cls``, inherited ones included."""
+    return {
+        name: value
+        for klass in reversed(cls.__mro__[:-1])  # not object's
+        for name, value in vars(klass).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    }
 
 
 def test_the_public_surface_is_what_all_says() -> None:
@@ -107,12 +124,25 @@ def test_the_public_surface_is_what_all_says() -> None:
         assert value.__doc__, f"confbus.{name} has no docstring"
     assert sorted(confbus.__all__) == confbus.__all__
     with pytest.raises(AttributeError):
-        _ = confbus.NoSuchThing  # type: ignore[attr-defined]
+        _ = confbus.NoSuchThing
+    # confbus re-exports the client's public names, as confbus.client itself shows them.
+    for name in confbus.client.__all__:
+        value = getattr(confbus.client, name)
+        assert value.__doc__, f"confbus.client.{name} has no docstring"
+        if name in confbus.__all__:
+            assert getattr(confbus, name) is value
+
+
+def test_every_public_method_of_the_client_says_what_it_does() -> None:
+    methods = _public_methods(confbus.client.Client)
+    assert {"publish", "wait_rollout", "events", "call", "bus"} <= set(methods)
+    undocumented = [name for name, value in methods.items() if not value.__doc__]
+    assert undocumented == []
 
 
 def test_importing_confbus_loads_no_client() -> None:
     # Each service imports confbus (the package) first: it must not pay for the client.
-    code = "import sys, confbus.runtime.errors; print('confbus.cli.client' in sys.modules)"
+    code = "import sys, confbus.runtime.errors; print('confbus.client' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
@@ -134,12 +164,11 @@ def test_up_runs_confbus_services_from_a_project_with_its_own_packages(tmp_path:
     project = tmp_path / "project"
     _shadowing_project(project)
     data = tmp_path / "data"
-    argv = [*confbus_argv(), "up", "--data-dir", str(data), "--nats-port", "0"]
-    proc = Proc(argv, cwd=project)
+    proc = start_confbus("up", "--data-dir", str(data), "--nats-port", "0", cwd=project)
     try:
         line = proc.out.wait_for("confbus ready", 90.0)
         assert "coordinator:" in line and "distributor:" in line
-    except AssertionError as exc:
+    except (AssertionError, Exited, TimeoutError) as exc:
         logs = "\n".join(p.read_text()[-400:] for p in (data / "logs").glob("*.log"))
         raise AssertionError(f"{exc}\n{proc.describe()}\n{logs}") from None
     finally:

@@ -33,9 +33,8 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.events import event_type
-from confbus.schemas.api import dist as dist_api
 from confbus.schemas.events import (
     RollbackCompleted,
     RollbackStuck,
@@ -166,10 +165,7 @@ async def main(args: argparse.Namespace) -> int:
         try:
             with anyio.fail_after(60):
                 while True:
-                    st = await client.call(
-                        dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS),
-                        dist_api.StatusReply,
-                    )  # fmt: skip
+                    st = await client.fleet_status(NS)
                     if sum(n.liveness == "live" for n in st.nodes) >= len(nodes):
                         break
                     await anyio.sleep(0.5)

@@ -1,13 +1,17 @@
 """Request/reply contracts of the ``cfg.api.<service>.<op>`` endpoints (``nats.micro``).
 
-A failed request is answered with the ``Nats-Service-Error`` / ``Nats-Service-Error-Code``
-headers and an ``ApiError`` body. Codes follow HTTP: 400 invalid, 404 not found,
-409 conflict, 503 unavailable (retry).
+Each module declares its service's requests and replies and, as ``Operation`` constants, its
+operations (name, subject, types, deadline); ``catalog`` lists them all. A failed request is
+answered with the ``Nats-Service-Error`` / ``Nats-Service-Error-Code`` headers and an
+``ApiError`` body. Codes follow HTTP: 400 invalid, 403 forbidden, 404 not found, 409 conflict,
+503 unavailable (retry).
 """
 
 from __future__ import annotations
 
 import msgspec
+
+from confbus.schemas.api.operation import Deadline, Operation
 
 
 class ApiError(msgspec.Struct, frozen=True, kw_only=True):
@@ -17,3 +21,5 @@ class ApiError(msgspec.Struct, frozen=True, kw_only=True):
 
 
 decode_api_error = msgspec.json.Decoder(ApiError).decode
+
+__all__ = ["ApiError", "Deadline", "Operation", "decode_api_error"]

@@ -4,10 +4,9 @@ controls).
 ``RolloutInfo`` is also the value of the key ``rollout.<ns>`` in ``CFG_STATE``: the
 distributor writes it with compare-and-set, and clients (``Client.wait_rollout``) read it.
 
-Ops: ``status`` (StatusRequest → StatusReply), ``rollout`` (RolloutRequest → RolloutReply),
-``pause`` / ``resume`` / ``abort`` (ControlRequest → RolloutReply). ``abort`` with
-``rolled_back=True`` is the rollbacker's hand-over: the rollout ends ``rolled_back`` (and a
-restarted distributor never resumes it).
+Operations (declared at the end): ``STATUS``, ``ROLLOUT`` and the controls ``PAUSE`` /
+``RESUME`` / ``ABORT``. ``ABORT`` with ``rolled_back=True`` is the rollbacker's hand-over: the
+rollout ends ``rolled_back`` (and a restarted distributor never resumes it).
 
 ``cfg.node.<node>.resync`` (ResyncRequest → ResyncReply) is answered by the agent of that
 node: re-install the applied version whose live file drifted.
@@ -16,10 +15,11 @@ node: re-install the applied version whose live file drifted.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from confbus.schemas.api.operation import Operation, seconds
 from confbus.schemas.events import AnyEvent, NodeOutcome, WaveReport
 from confbus.schemas.health import Alert
 from confbus.schemas.names import Namespace, NodeId
@@ -120,7 +120,7 @@ class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     started_at: datetime | None = None
     updated_at: datetime | None = None
-    # -- added with the rollout engine (issue 5) --
+    # -- the plan and its progress --
     planned: bool = False  # waves computed (targets, strategy and bake fixed)
     requested_strategy: str | None = None  # the version's override (None: the policy's)
     selector: dict[str, str] | None = None  # the version's override (None: the policy's)
@@ -200,3 +200,55 @@ class ResyncReply(msgspec.Struct, frozen=True, kw_only=True):
     reinstalled: bool = False  # False with ok: the live file was already right
     source: Literal["history", "store", ""] = ""
     reason: str = ""
+
+
+# -- the operations -------------------------------------------------------------------------------
+
+STATUS = Operation(
+    SERVICE,
+    "status",
+    StatusRequest,
+    StatusReply,
+    seconds(10.0),
+    "Production version and, per node: liveness, applied version, sha256, target.",
+)
+ROLLOUT = Operation(
+    SERVICE,
+    "rollout",
+    RolloutRequest,
+    RolloutReply,
+    seconds(10.0),
+    "The namespace's current or last rollout.",
+)
+PAUSE = Operation(
+    SERVICE,
+    "pause",
+    ControlRequest,
+    RolloutReply,
+    seconds(10.0),
+    "Hold the namespace's running rollout at its next wave boundary.",
+    acts=True,
+)
+RESUME = Operation(
+    SERVICE,
+    "resume",
+    ControlRequest,
+    RolloutReply,
+    seconds(10.0),
+    "Let a paused rollout go on.",
+    acts=True,
+)
+ABORT = Operation(
+    SERVICE,
+    "abort",
+    ControlRequest,
+    RolloutReply,
+    seconds(10.0),
+    "End the namespace's rollout as failed (rolled_back: the rollbacker's hand-over).",
+    acts=True,
+)
+CONTROLS: dict[str, Operation[ControlRequest, RolloutReply]] = {
+    op.name: op for op in (PAUSE, RESUME, ABORT)
+}
+
+OPERATIONS: tuple[Operation[Any, Any], ...] = (STATUS, ROLLOUT, PAUSE, RESUME, ABORT)

@@ -10,10 +10,11 @@ on silence. ``nodes=[]``: every node heard from on that version. Semantics in
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from confbus.schemas.api.operation import Operation, seconds
 from confbus.schemas.names import Namespace, NodeId, VersionNumber
 
 SERVICE = "health"
@@ -40,6 +41,10 @@ class RuleResult(msgspec.Struct, frozen=True, kw_only=True):
     window_s: float | None = None  # the window the rule was judged over
     bad_nodes: list[NodeId] = []  # nodes whose own samples break the rule
     reason: str = ""  # why there was no value (no samples, no requests in the window, ...)
+    query: str = ""  # a PromQL rule: the query as run (templated) on the judged nodes
+    compare: str = ""  # ratio | difference: value is canary against baseline
+    canary: float | None = None  # a comparing rule: the judged nodes' own value
+    baseline: float | None = None  # a comparing rule: the baseline's value
 
 
 class VerdictReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,3 +58,15 @@ class VerdictReply(msgspec.Struct, frozen=True, kw_only=True):
     # healthy nor unhealthy. healthy + unhealthy + unknown = the nodes of the request.
     unknown_nodes: list[NodeId] = []
     evaluated_by: str = ""  # the health-watcher replica that answered
+
+
+VERDICT = Operation(
+    SERVICE,
+    "verdict",
+    VerdictRequest,
+    VerdictReply,
+    seconds(10.0),
+    "Judge the nodes running a version by the namespace's health rules: pass, fail or no_data.",
+)
+
+OPERATIONS: tuple[Operation[Any, Any], ...] = (VERDICT,)

@@ -4,10 +4,11 @@ alert with ``source="distributor"``."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from confbus.schemas.api.operation import Operation, seconds
 from confbus.schemas.names import Namespace, VersionNumber
 
 SERVICE = "rollback"
@@ -29,3 +30,16 @@ class RollbackReply(msgspec.Struct, frozen=True, kw_only=True):
     new_version: int | None
     state: Literal["started", "completed", "stuck", "refused"] = "started"
     reason: str = ""
+
+
+START = Operation(
+    SERVICE,
+    "start",
+    RollbackRequest,
+    RollbackReply,
+    seconds(15.0),
+    "Start a progressive rollback of a namespace (to its last known good, or to a version).",
+    acts=True,
+)
+
+OPERATIONS: tuple[Operation[Any, Any], ...] = (START,)

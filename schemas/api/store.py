@@ -1,11 +1,18 @@
-"""``cfg.api.store.*``: the version-store's request/reply API."""
+"""``cfg.api.store.*``: the version-store's request/reply API.
+
+Every operation that records who acted is also served pinned (``approve.<user>``, …, see
+``confbus.runtime.identity``): with authentication on, only confbus services may use the plain,
+self-declared twin. ``export``/``import`` page through one session, held by the replica that
+took it: the pages after the first go to that replica's own operation (``export_<replica>``).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from confbus.schemas.api.operation import Operation, seconds
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.names import Namespace, VersionNumber
 from confbus.schemas.policy import Policy
@@ -120,10 +127,6 @@ class ChangeStatusReply(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str = ""
 
 
-# -- additions: rejections, listing, backup and restore ------------------------------------------
-# Ops added beside the ones above: ``reject``, ``namespaces``, ``export``, ``import``.
-
-
 class RejectRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Refuse a draft (or a not yet rolled out approved version) for good."""
 
@@ -200,3 +203,243 @@ class ImportReply(msgspec.Struct, frozen=True, kw_only=True):
     received: int  # versions received so far in this session
     imported: int | None = None  # versions written (0: the identical namespace was there)
     replica: str = ""  # send the next pages to op ``import_<replica>``
+
+
+class ProposeReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The stream's ack for a change the store put on ``cfg.change.<ns>`` for its caller: the
+    caller then waits for the outcome as after a publish of its own."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+
+
+# -- the operations -------------------------------------------------------------------------------
+
+# A read or a write of the store: one commit, or a page of one.
+_STORE = seconds(10.0)
+
+GET = Operation(
+    SERVICE,
+    "get",
+    GetRequest,
+    VersionReply,
+    _STORE,
+    "A version by number or name (latest, production, last-good), with its bytes if asked.",
+)
+HISTORY = Operation(
+    SERVICE,
+    "history",
+    HistoryRequest,
+    HistoryReply,
+    _STORE,
+    "A page of a namespace's versions, newest first.",
+)
+DIFF = Operation(
+    SERVICE, "diff", DiffRequest, DiffReply, _STORE, "A unified diff between two versions."
+)
+APPROVE = Operation(
+    SERVICE,
+    "approve",
+    ApproveRequest,
+    VersionReply,
+    _STORE,
+    "Approve a draft, as the approver the request names.",
+    acts=True,
+)
+PROMOTE = Operation(
+    SERVICE,
+    "promote",
+    PromoteRequest,
+    VersionReply,
+    _STORE,
+    "Make a version production (the previous one becomes superseded).",
+    acts=True,
+)
+MARK_GOOD = Operation(
+    SERVICE,
+    "mark_good",
+    MarkGoodRequest,
+    VersionReply,
+    _STORE,
+    "Record a version as the namespace's last known good.",
+    acts=True,
+)
+REJECT = Operation(
+    SERVICE,
+    "reject",
+    RejectRequest,
+    VersionReply,
+    _STORE,
+    "Refuse a draft (or a not yet rolled out approved version) for good.",
+    acts=True,
+)
+POLICY_GET = Operation(
+    SERVICE,
+    "policy_get",
+    PolicyGetRequest,
+    Policy,
+    _STORE,
+    "A namespace's policy (its default when none was set).",
+)
+POLICY_SET = Operation(
+    SERVICE,
+    "policy_set",
+    PolicySetRequest,
+    Policy,
+    _STORE,
+    "Store a namespace's policy; answers it as stored.",
+    acts=True,
+)
+DRY_RUN = Operation(
+    SERVICE,
+    "dry_run",
+    DryRunRequest,
+    DryRunReply,
+    seconds(30.0),  # validation may run the namespace's JSON Schema over a large document
+    "Validate a change as the consumer would, and diff it; store nothing.",
+)
+CHANGE_STATUS = Operation(
+    SERVICE,
+    "change_status",
+    ChangeStatusRequest,
+    ChangeStatusReply,
+    _STORE,
+    "What became of a change id: stored (as which version), rejected (why), or unknown.",
+)
+NAMESPACES = Operation(
+    SERVICE,
+    "namespaces",
+    NamespacesRequest,
+    NamespacesReply,
+    _STORE,
+    "Every namespace the store holds.",
+)
+EXPORT = Operation(
+    SERVICE,
+    "export",
+    ExportRequest,
+    ExportReply,
+    seconds(30.0),
+    "The first page of a consistent snapshot of a namespace (backup).",
+)
+EXPORT_AT = Operation(
+    SERVICE,
+    "export_{replica}",
+    ExportRequest,
+    ExportReply,
+    seconds(30.0),
+    "The next pages of a snapshot, from the replica that holds it (ExportReply.replica).",
+)
+IMPORT = Operation(
+    SERVICE,
+    "import",
+    ImportRequest,
+    ImportReply,
+    seconds(60.0),  # the last page checks and writes the whole namespace at once
+    "The first page of a restore (all of it written, or refused, with the last page).",
+    acts=True,
+)
+IMPORT_AT = Operation(
+    SERVICE,
+    "import_{replica}",
+    ImportRequest,
+    ImportReply,
+    seconds(60.0),
+    "The next pages of a restore, to the replica that holds it (ImportReply.replica).",
+    acts=True,
+)
+
+# The acts that record who acted, with the caller's NATS user pinned in the subject.
+APPROVE_AS = Operation(
+    SERVICE,
+    "approve_as",
+    ApproveRequest,
+    VersionReply,
+    _STORE,
+    "Approve a draft as the NATS user in the subject.",
+    acts=True,
+    subject="approve.*",
+    twin=APPROVE,
+)
+REJECT_AS = Operation(
+    SERVICE,
+    "reject_as",
+    RejectRequest,
+    VersionReply,
+    _STORE,
+    "Reject a version as the NATS user in the subject.",
+    acts=True,
+    subject="reject.*",
+    twin=REJECT,
+)
+PROMOTE_AS = Operation(
+    SERVICE,
+    "promote_as",
+    PromoteRequest,
+    VersionReply,
+    _STORE,
+    "Promote a version as the NATS user in the subject.",
+    acts=True,
+    subject="promote.*",
+    twin=PROMOTE,
+)
+MARK_GOOD_AS = Operation(
+    SERVICE,
+    "mark_good_as",
+    MarkGoodRequest,
+    VersionReply,
+    _STORE,
+    "Record a last known good as the NATS user in the subject.",
+    acts=True,
+    subject="mark_good.*",
+    twin=MARK_GOOD,
+)
+POLICY_SET_AS = Operation(
+    SERVICE,
+    "policy_set_as",
+    PolicySetRequest,
+    Policy,
+    _STORE,
+    "Store a policy as the NATS user in the subject.",
+    acts=True,
+    subject="policy_set.*",
+    twin=POLICY_SET,
+)
+PROPOSE = Operation(
+    SERVICE,
+    "propose",
+    ChangeProposed,
+    ProposeReply,
+    _STORE,
+    "Put a change on cfg.change.<ns> authored by the NATS user in the subject "
+    "(propose.<ns>.<user>); the outcome comes as for a publish.",
+    acts=True,
+    subject="propose.*.*",
+    scope=("namespace",),
+)
+
+OPERATIONS: tuple[Operation[Any, Any], ...] = (
+    GET,
+    HISTORY,
+    DIFF,
+    APPROVE,
+    PROMOTE,
+    MARK_GOOD,
+    REJECT,
+    POLICY_GET,
+    POLICY_SET,
+    DRY_RUN,
+    CHANGE_STATUS,
+    NAMESPACES,
+    EXPORT,
+    EXPORT_AT,
+    IMPORT,
+    IMPORT_AT,
+    APPROVE_AS,
+    REJECT_AS,
+    PROMOTE_AS,
+    MARK_GOOD_AS,
+    POLICY_SET_AS,
+    PROPOSE,
+)

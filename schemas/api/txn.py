@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from confbus.schemas.api.operation import Deadline, Operation, seconds
 from confbus.schemas.events import VoteRecord
 from confbus.schemas.names import Namespace, NodeId, Sha256, TxId, VersionNumber
 from confbus.schemas.txn import Decision
 
 SERVICE = "txn"
+
+# The vote deadline of a switch that does not give one (the coordinator's --vote-timeout and
+# a policy's vote_timeout_s default to it too).
+DEFAULT_VOTE_TIMEOUT_S = 5.0
 
 
 class SwitchRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,3 +68,64 @@ class InDoubtTxn(msgspec.Struct, frozen=True, kw_only=True):
 
 class InDoubtReply(msgspec.Struct, frozen=True, kw_only=True):
     txns: list[InDoubtTxn]
+
+
+# -- the operations -------------------------------------------------------------------------------
+
+
+def switch_deadline_s(vote_timeout_s: float | None) -> float:
+    """How long a switch may take to answer: the coordinator runs one switch of a namespace at
+    a time, so a request may wait for the one in front of it (its votes) before its own."""
+    return 2 * (vote_timeout_s or DEFAULT_VOTE_TIMEOUT_S) + 15.0
+
+
+# A forwarded switch waits for the votes at the replica that holds the namespace, plus this
+# much: less than its caller's deadline, so that when that replica froze the forwarding one
+# can still take over the namespace and answer in time.
+FORWARD_MARGIN_S = 10.0
+
+SWITCH = Operation(
+    SERVICE,
+    "switch",
+    SwitchRequest,
+    SwitchReply,
+    Deadline(
+        rule=lambda req: switch_deadline_s(req.timeout_s),
+        doc=f"2 × timeout_s (default {DEFAULT_VOTE_TIMEOUT_S:g}) + 15 s: a switch may queue "
+        "behind the namespace's switch under way",
+    ),
+    "Switch nodes to a version atomically (two-phase commit): commit, or abort with the votes.",
+    acts=True,
+)
+SWITCH_AT = Operation(
+    SERVICE,
+    "switch_{replica}",
+    SwitchRequest,
+    SwitchReply,
+    Deadline(
+        rule=lambda req: (req.timeout_s or DEFAULT_VOTE_TIMEOUT_S) + FORWARD_MARGIN_S,
+        doc=f"timeout_s (default {DEFAULT_VOTE_TIMEOUT_S:g}) + {FORWARD_MARGIN_S:g} s",
+    ),
+    "A switch forwarded to the coordinator replica that leads the namespace.",
+    acts=True,
+)
+RESOLVE = Operation(
+    SERVICE,
+    "resolve",
+    ResolveRequest,
+    ResolveReply,
+    seconds(10.0),
+    "The decision of a transaction for an in-doubt participant; past its deadline an "
+    "undecided one is aborted.",
+    acts=True,
+)
+IN_DOUBT = Operation(
+    SERVICE,
+    "in_doubt",
+    InDoubtRequest,
+    InDoubtReply,
+    seconds(5.0),
+    "The transactions prepared and not yet decided, with their age.",
+)
+
+OPERATIONS: tuple[Operation[Any, Any], ...] = (SWITCH, SWITCH_AT, RESOLVE, IN_DOUBT)

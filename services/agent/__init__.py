@@ -1,4 +1,4 @@
-"""The node agent (DESIGN §5): stages, votes, applies atomically, keeps history and the last
+"""The node agent (docs/design.md §5): stages, votes, applies atomically, keeps history and the last
 known good on disk, and serves the app even when the bus is down.
 
 This package so far holds the agent's local, durable side of the two-phase commit:

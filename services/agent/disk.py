@@ -1,4 +1,5 @@
-"""The agent's durable, crash-safe side of the two-phase commit, for one namespace (DESIGN §4, §5).
+"""The agent's durable, crash-safe side of the two-phase commit, for one namespace
+(docs/design.md §4.2, §4.4, §5).
 
 Every method of ``NamespaceDisk`` is **synchronous and blocking** (fsync): the agent calls them
 through ``offload.run`` (a thread), never on the event loop. They are thread-safe (one lock
@@ -385,7 +386,7 @@ class NamespaceDisk:
             staged = self.live_path.with_name(held.staged)
             data = read_if_exists(staged)
             if data is None or sha256_bytes(data) != sha256:
-                # Never rename bytes that are not the version's (DESIGN §8 invariant 4).
+                # Never rename bytes that are not the version's (docs/design.md §8.4).
                 return CommitOutcome.MISSING
             # The commit's critical path is this one rename (and its directory's fsync): the
             # PREPARED record on disk already names the version, its sha256 and its staged

@@ -1,4 +1,4 @@
-"""The node's last known good (DESIGN §5), and the cold start that falls back to it.
+"""The node's last known good (docs/design.md §5.4), and the cold start that falls back to it.
 
 - **Recording it.** When a version becomes a namespace's last known good (the version-store's
   ``version.last_good`` event, or the ``last-good`` ref read at start-up and every
@@ -42,7 +42,6 @@ from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import VersionLastGood, decode_event
-from confbus.schemas.policy import Policy
 
 if TYPE_CHECKING:
     from confbus.agent.node import NodeAgent
@@ -202,10 +201,8 @@ async def record(
         # Never ran it here (away, or excluded): keep its bytes anyway, checked by sha256.
         full = await call(
             bus,
-            store_api.SERVICE,
-            "get",
+            store_api.GET,
             store_api.GetRequest(namespace=name, ref=str(version), content=True),
-            store_api.VersionReply,
         )
         content = full.content
         if content is None:
@@ -222,17 +219,11 @@ async def sync_namespace(bus: Bus, agent: NodeAgent, name: str) -> int | None:
     """Bring one namespace's recorded last known good and cached policy up to date with the
     store. Returns the last known good version recorded now (None: unchanged or none)."""
     ns = agent.namespaces[name]
-    policy = await call(
-        bus, store_api.SERVICE, "policy_get", store_api.PolicyGetRequest(namespace=name), Policy
-    )
+    policy = await call(bus, store_api.POLICY_GET, store_api.PolicyGetRequest(namespace=name))
     await offload.run(cache_policy, ns.disk, policy.cold_start_last_good)
     try:
         good = await call(
-            bus,
-            store_api.SERVICE,
-            "get",
-            store_api.GetRequest(namespace=name, ref="last-good", content=False),
-            store_api.VersionReply,
+            bus, store_api.GET, store_api.GetRequest(namespace=name, ref="last-good", content=False)
         )
     except NotFound:
         return None

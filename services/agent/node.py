@@ -1,4 +1,4 @@
-"""The agent's bus side: one node's participation in the two-phase commit (DESIGN §4–5).
+"""The agent's bus side: one node's participation in the two-phase commit (docs/design.md §4, §5).
 
 ``NodeAgent`` serves one node id over one NATS connection; a process usually runs one, and a
 benchmark may run hundreds on a few connections. Per namespace it:
@@ -52,9 +52,9 @@ from confbus.runtime.failpoints import failpoint
 from confbus.runtime.follow import Follower
 from confbus.runtime.txnlog import first_txn_record
 from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.api.dist import ResyncReply, ResyncRequest
-from confbus.schemas.api.store import GetRequest, VersionReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import NodeApplied
 from confbus.schemas.node import Heartbeat, NamespaceState
@@ -420,10 +420,8 @@ class NodeAgent:
         if decision is None:
             reply = await call(
                 bus,
-                txn_api.SERVICE,
-                "resolve",
+                txn_api.RESOLVE,
                 txn_api.ResolveRequest(namespace=name, txid=txid, node=self.node),
-                txn_api.ResolveReply,
             )
             if reply.state == "pending":
                 return
@@ -485,11 +483,10 @@ class NodeAgent:
                 try:
                     got = await call(
                         bus,
-                        "store",
-                        "get",
-                        GetRequest(namespace=req.namespace, ref=str(req.version), content=True),
-                        VersionReply,
-                        timeout=10.0,
+                        store_api.GET,
+                        store_api.GetRequest(
+                            namespace=req.namespace, ref=str(req.version), content=True
+                        ),
                     )
                 except ConfbusError as exc:
                     return ResyncReply(ok=False, reason=f"no local copy, and the store: {exc}")

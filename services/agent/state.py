@@ -163,7 +163,7 @@ class LocalState:
         return "in-doubt" if self.in_doubt else "ok"
 
     def to_namespace_state(self) -> NamespaceState:
-        """The heartbeat's view of this namespace (DESIGN §5)."""
+        """The heartbeat's view of this namespace (docs/design.md §5.6)."""
         return NamespaceState(
             namespace=self.namespace,
             applied_version=self.applied_version,

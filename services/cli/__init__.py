@@ -1,1 +1,1 @@
-"""The ``confbus`` command and the Python client it is built on (``confbus.cli.client``)."""
+"""The ``confbus`` command, built on the Python client (``confbus.client``)."""

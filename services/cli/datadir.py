@@ -2,10 +2,13 @@
 
 ``<data-dir>/confbus.lock`` carries an exclusive ``flock`` and the pid of ``confbus up``.
 The stack passes the locked descriptor on to nats-server and to every service it starts:
-a lock belongs to the open file, not to one process, so if ``confbus up`` itself is killed
-the processes it left behind still hold the directory, and the next ``confbus up`` refuses
-to start a second nats-server on the same store (nats-server does not lock its store, and
-two servers writing one store corrupt it).
+a lock belongs to the open file, not to one process, so the directory stays locked until the
+last of them is gone, and no second nats-server ever writes the same store (nats-server does
+not lock its store, and two servers writing one store corrupt it).
+
+If ``confbus up`` itself is killed, the kernel kills what it started (procs/spawn.py), and
+the lock is free a moment later: a new ``confbus up`` whose predecessor is dead waits that
+moment out (``ORPHANS_GRACE_S``) instead of refusing.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from confbus.cli.exitcodes import FAILED, CliError
+from confbus.procs.spawn import alive
 
 LOCK_NAME = "confbus.lock"
+# How long the children of a dead ``confbus up`` may take to die and let go of the lock.
+ORPHANS_GRACE_S = 5.0
 
 
 class DataDirLock:
@@ -33,12 +40,11 @@ class DataDirLock:
         once the lock is ours.
         """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd):
             owner = _read_pid(fd)
-            os.close(fd)
-            raise CliError(self._refusal(owner), FAILED) from None
+            if owner is None or alive(owner) or not _lock(fd, ORPHANS_GRACE_S):
+                os.close(fd)
+                raise CliError(self._refusal(owner), FAILED) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -52,7 +58,7 @@ class DataDirLock:
 
     def _refusal(self, owner: int | None) -> str:
         message = f"another confbus up is running on {self.data_dir} (pid {owner or 'unknown'})"
-        if owner is None or _alive(owner):
+        if owner is None or alive(owner):
             return f"{message}; stop it first, or use another --data-dir"
         holders = lock_holders(self.path)
         if not holders:
@@ -72,14 +78,17 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _lock(fd: int, wait: float = 0.0) -> bool:
+    """Take the lock, trying for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(0.05)  # poll interval: flock has no timed wait
 
 
 def lock_holders(path: Path) -> list[tuple[int, str]]:

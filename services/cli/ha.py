@@ -22,15 +22,8 @@ Ports (P = ``--nats-port``, default 4222; E = ``--etcd-port``, default 2379), al
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
-import os
-import shutil
-import signal
-import subprocess
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,26 +34,19 @@ import nats.errors
 import nats.js.errors
 
 from confbus.cli.exitcodes import FAILED, CliError
+from confbus.procs.etcd import ETCD_HINT, EtcdCluster, etcd_binary
+from confbus.procs.nats import ClusterPeer, NatsServer
+from confbus.procs.ports import free_ports
+from confbus.procs.spawn import keep_previous
+from confbus.procs.watch import Watched, keep_running
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import ClusterPeer, NatsServer
-from confbus.runtime.ports import free_ports
+from confbus.schemas.streams import BUCKETS, STREAMS
 
 log = logging.getLogger("confbus.up")
 
 SIZE = 3
 CLUSTER_NAME = "confbus"
 ETCD_TOKEN = "confbus-up-ha"
-ETCD_HINT = "install etcd-server (apt-get install -y etcd-server)"
-RESTART_MIN_S = 0.5
-RESTART_MAX_S = 30.0
-STABLE_AFTER_S = 60.0
-
-
-def etcd_binary() -> str | None:
-    found = shutil.which("etcd")
-    if found:
-        return found
-    return "/usr/bin/etcd" if Path("/usr/bin/etcd").is_file() else None
 
 
 @dataclass(frozen=True)
@@ -114,68 +100,6 @@ class HaPorts:
 
 
 @dataclass
-class EtcdMember:
-    name: str
-    client_port: int
-    peer_port: int
-    data_dir: Path
-    log_path: Path
-    initial_cluster: str
-    pass_fds: tuple[int, ...] = ()
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
-
-    def argv(self, binary: str) -> list[str]:
-        return [
-            binary,
-            "--name", self.name,
-            "--data-dir", str(self.data_dir),
-            "--listen-client-urls", f"http://{self.endpoint}",
-            "--advertise-client-urls", f"http://{self.endpoint}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            # Ignored once the data dir exists (a restart rejoins with what it has there).
-            "--initial-cluster", self.initial_cluster,
-            "--initial-cluster-token", ETCD_TOKEN,
-            "--initial-cluster-state", "new",
-            "--logger", "zap",
-            "--log-level", "warn",
-        ]  # fmt: skip
-
-    def start(self, binary: str) -> None:
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv(binary),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                pass_fds=self.pass_fds,
-                start_new_session=True,  # Ctrl-C reaches confbus up, which stops us in order
-            )
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as r:
-                return bool(json.loads(r.read()).get("health") == "true")
-        except (OSError, ValueError, urllib.error.URLError):
-            return False
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, n: int = 15) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()[-n:]
-        except OSError:
-            return ""
-        return "\n  ".join(lines)
-
-
-@dataclass
 class HaCluster:
     """Three nats-servers in one cluster and three etcd members, all on loopback."""
 
@@ -184,7 +108,7 @@ class HaCluster:
     ports: HaPorts
     pass_fds: tuple[int, ...] = ()
     servers: list[NatsServer] = field(default_factory=list)
-    members: list[EtcdMember] = field(default_factory=list)
+    etcd: EtcdCluster = field(default_factory=EtcdCluster)
 
     @property
     def nats_url(self) -> str:
@@ -195,7 +119,7 @@ class HaCluster:
         pids: dict[str, int | None] = {}
         for i, s in enumerate(self.servers, 1):
             pids[f"nats-{i}"] = s.proc.pid if s.proc is not None else None
-        for m in self.members:
+        for m in self.etcd.members:
             pids[f"etcd-{m.name}"] = m.proc.pid if m.proc is not None else None
         return {
             "pids": pids,
@@ -207,8 +131,7 @@ class HaCluster:
     # -- start and stop (synchronous: before and after the event loop) ----------------------
 
     def start(self, timeout: float = 30.0) -> None:
-        binary = etcd_binary()
-        if binary is None:
+        if etcd_binary() is None:
             raise CliError(f"--ha runs a 3-member etcd cluster, but etcd is missing: {ETCD_HINT}")
         p = self.ports
         for i in range(SIZE):
@@ -224,26 +147,22 @@ class HaCluster:
                     pass_fds=self.pass_fds,
                 )
             )
-        initial = ",".join(f"e{i + 1}=http://127.0.0.1:{p.etcd_peer[i]}" for i in range(SIZE))
-        for i in range(SIZE):
-            name = f"e{i + 1}"
-            self.members.append(
-                EtcdMember(
-                    name,
-                    p.etcd_client[i],
-                    p.etcd_peer[i],
-                    self.data_dir / "etcd" / name,
-                    self.logs / f"etcd-{name}.log",
-                    initial,
-                    self.pass_fds,
-                )
-            )
+        self.etcd = EtcdCluster.on_loopback(
+            self.data_dir / "etcd",
+            SIZE,
+            client_ports=p.etcd_client,
+            peer_ports=p.etcd_peer,
+            log_dir=self.logs,
+            token=ETCD_TOKEN,
+            pass_fds=self.pass_fds,
+        )
         for server in self.servers:
-            _keep_previous(server.log_file)
+            keep_previous(server.log_file)
             self._start_server(server, timeout)
-        for member in self.members:
-            member.start(binary)
-        self._wait_etcd(timeout)
+        try:
+            self.etcd.start(timeout)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            raise CliError(str(exc), FAILED) from exc
         log.info(
             "nats cluster ready on %s; etcd ready on %s",
             self.nats_url,
@@ -266,44 +185,32 @@ class HaCluster:
         except TimeoutError as exc:
             raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
 
-    def _wait_etcd(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        pending = list(self.members)
-        while pending:
-            for m in list(pending):
-                if not m.running():
-                    raise CliError(f"etcd {m.name} exited; last lines:\n  {m.tail()}", FAILED)
-                if m.healthy():
-                    pending.remove(m)
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(m.name for m in pending)
-                raise CliError(f"etcd members {names} not healthy after {timeout:g}s", FAILED)
-            if pending:
-                time.sleep(0.05)  # poll interval while they elect a leader
-
     def stop(self, timeout: float = 10.0) -> None:
-        """The NATS servers together, then the etcd members one at a time: members stopped
-        together spend seconds each trying to hand leadership to a peer that is leaving too,
-        while one at a time each stops in a tenth of a second. SIGKILL after ``timeout``."""
-        servers = [s.proc for s in self.servers if s.proc is not None and s.proc.poll() is None]
-        for proc in servers:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in servers:
-            _reap(proc, timeout)
-        members = [m.proc for m in self.members if m.proc is not None and m.proc.poll() is None]
-        for proc in members:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            _reap(proc, timeout)
-        if servers or members:
+        """The NATS servers together, then the etcd members one at a time (EtcdCluster.stop).
+        SIGKILL after ``timeout``."""
+        running = [s for s in self.servers if s.running()]
+        for server in running:
+            if server.proc is not None:
+                server.proc.terminate()
+        for server in running:
+            server.stop(timeout)
+        members = [m for m in self.etcd.members if m.running()]
+        self.etcd.stop(timeout)
+        if running or members:
             log.info("nats cluster and etcd stopped")
 
     # -- while serving ---------------------------------------------------------------------------
 
     async def wait_jetstream(self, bus: Bus, timeout: float = 30.0) -> None:
-        """Until the cluster has elected its JetStream meta leader (provisioning needs it)."""
+        """Until the JetStream meta leader counts every server as a current peer and answers
+        for the account (provisioning needs it). A leader elected by the first two servers
+        can lose its place when the third joins; a stream created just then is refused and
+        then not found."""
         with anyio.fail_after(timeout):
+            while True:
+                if await anyio.to_thread.run_sync(self._meta_group_formed):
+                    break
+                await anyio.sleep(0.1)  # poll while the servers form the meta group
             while True:
                 try:
                     await bus.js.account_info()
@@ -311,69 +218,39 @@ class HaCluster:
                 except (nats.errors.Error, nats.js.errors.Error):
                     await anyio.sleep(0.1)  # poll while the servers elect a meta leader
 
+    def _meta_group_formed(self) -> bool:
+        """Whether a server leads the meta group with every other one current (its ``/jsz``:
+        only the leader's view of its peers is up to date)."""
+        for server, port in zip(self.servers, self.ports.monitor, strict=True):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=1) as r:
+                    meta = json.loads(r.read()).get("meta_cluster") or {}
+            except (OSError, ValueError):
+                continue
+            peers = meta.get("replicas") or []
+            leads = server.cluster is not None and meta.get("leader") == server.cluster.name
+            if leads and len(peers) == SIZE - 1 and all(p.get("current") for p in peers):
+                return True
+        return False
+
+    async def wait_streams(self, bus: Bus, timeout: float = 30.0) -> None:
+        """Until every stream and bucket has a leader. A cluster started again on its stores
+        (after a stop, or a crash of ``confbus up``) elects one per stream after it answers
+        for the account, and a service that asks first times out before it is ready."""
+        names = [s.name for s in STREAMS] + [f"KV_{b.name}" for b in BUCKETS]
+        with anyio.fail_after(timeout):
+            for name in names:
+                while True:
+                    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                        info = await bus.js.stream_info(name)
+                        if info.cluster is None or info.cluster.leader:
+                            break
+                    await anyio.sleep(0.1)  # poll while that stream elects its leader
+
     async def watch(self, on_restart: Callable[[], None] | None = None) -> None:
         """Restart any nats-server or etcd member that died, on the same ports and data."""
-        binary = etcd_binary()
-        assert binary is not None
-        restarts: dict[str, _Backoff] = {}
-        while True:
-            for i, server in enumerate(self.servers, 1):
-                if server.proc is not None and (code := server.proc.poll()) is not None:
-
-                    def again(s: NatsServer = server) -> None:
-                        _keep_previous(s.log_file)
-                        s.restart()
-
-                    backoff = restarts.setdefault(f"nats-{i}", _Backoff())
-                    if await backoff.restart(f"nats-{i}", code, again) and on_restart:
-                        on_restart()
-            for member in self.members:
-                if member.proc is not None and (code := member.proc.poll()) is not None:
-                    backoff = restarts.setdefault(member.name, _Backoff())
-                    restarted = await backoff.restart(
-                        f"etcd {member.name}", code, functools.partial(member.start, binary)
-                    )
-                    if restarted and on_restart:
-                        on_restart()
-            await anyio.sleep(0.5)  # poll interval: these are not our children's pipes
-
-
-@dataclass
-class _Backoff:
-    delay: float = RESTART_MIN_S
-    started: float = 0.0
-
-    async def restart(self, name: str, code: int, start: Callable[[], None]) -> bool:
-        if time.monotonic() - self.started > STABLE_AFTER_S:
-            self.delay = RESTART_MIN_S  # it served a good while: not a crash loop
-        log.error("%s %s; restarting in %gs", name, _exit_text(code), self.delay)
-        await anyio.sleep(self.delay)
-        self.delay = min(self.delay * 2, RESTART_MAX_S)
-        self.started = time.monotonic()
-        try:
-            await anyio.to_thread.run_sync(start)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            log.error("%s did not restart: %s", name, exc)
-            return False
-        log.info("%s ready again", name)
-        return True
-
-
-def _reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _exit_text(code: int) -> str:
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
-
-
-def _keep_previous(path: Path | None) -> None:
-    if path is not None and path.exists() and path.stat().st_size:
-        os.replace(path, path.with_name(path.name + ".1"))
+        watched = [
+            *(Watched(f"nats-{i}", s, s.log_file) for i, s in enumerate(self.servers, 1)),
+            *(Watched(f"etcd {m.name}", m, m.log_path) for m in self.etcd.members),
+        ]
+        await keep_running(watched, on_restart)

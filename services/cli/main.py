@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import anyio
 
 from confbus.cli import exitcodes
-from confbus.cli.client import Client
 from confbus.cli.exitcodes import CliError
+from confbus.client import Client
 from confbus.runtime.bus import DEFAULT_NATS_URL
 from confbus.runtime.errors import ConfbusError, Unavailable
 
@@ -27,10 +27,12 @@ COMMAND_MODULES = (
     "confbus.cli.commands.up",
     "confbus.cli.commands.agent",
     "confbus.cli.commands.txn",
+    "confbus.cli.commands.publish",
     "confbus.cli.commands.store",
     "confbus.cli.commands.doctor",
     "confbus.cli.commands.rollback",
     "confbus.cli.commands.rollout",
+    "confbus.cli.commands.console",
 )
 
 
@@ -94,7 +96,11 @@ def _quiet_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passes_on_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.passed_on = rest  # a command that runs another program hands these to it
     try:
         if getattr(args, "run_local", None) is not None:
             code = args.run_local(args)

@@ -16,6 +16,8 @@ ready line stops the whole start (exit 1, with its last log lines). One that cra
 restarted with backoff, on the same HTTP port, while the rest keep serving; so is
 nats-server, on the same port and store (services reconnect by themselves).
 SIGINT/SIGTERM: SIGTERM to every service, SIGKILL after ``stop_timeout``, then nats-server.
+If ``confbus up`` itself dies (SIGKILL, the OOM killer), the kernel kills everything it
+started (procs/spawn.py), and the next ``confbus up`` on the directory starts as usual.
 """
 
 from __future__ import annotations
@@ -45,17 +47,22 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from confbus.cli.datadir import DataDirLock
 from confbus.cli.exitcodes import FAILED, OK, CliError
 from confbus.cli.ha import HaCluster, HaPorts
+from confbus.procs.nats import NatsServer
+from confbus.procs.spawn import exit_text, guarded, keep_previous
+from confbus.procs.watch import (
+    RESTART_MAX_S,
+    RESTART_MIN_S,
+    STABLE_AFTER_S,
+    Watched,
+    keep_running,
+    last_lines,
+)
 from confbus.runtime.bus import connect, provision
 from confbus.runtime.errors import Unavailable
 from confbus.runtime.log import JsonFormatter
-from confbus.runtime.natsd import NatsServer
 
 log = logging.getLogger("confbus.up")
 
-RESTART_MIN_S = 0.5
-RESTART_MAX_S = 30.0
-STABLE_AFTER_S = 60.0  # a service that served this long before crashing restarts quickly again
-LOG_TAIL_LINES = 20
 # Keys of a ready line that the stack line shows itself; any other `<name>_port` or
 # `<name>_url` key is printed as `<name>=URL` (health-watcher's alertmanager_port, say).
 _READY_KEYS = {"event", "service", "http_port"}
@@ -118,6 +125,9 @@ class StackConfig:
     # include, TLS), and more words for the ready line (where the credentials are).
     nats_config: str = ""
     announce: tuple[str, ...] = ()
+    # Called once, right after the ready line, with each service's ready info: for what must
+    # not be in the line (it is logged), such as the console's sign-in link.
+    on_ready: Callable[[list[dict[str, Any]]], None] | None = None
 
     def service_env(self) -> dict[str, str]:
         env = {**os.environ, "CONFBUS_DATA_DIR": str(self.data_dir)}
@@ -216,7 +226,7 @@ class Stack:
             pass_fds=(self.lock_fd,),
             extra_config=self.config.nats_config,
         )
-        _keep_previous(self.logs / "nats-server.log")
+        keep_previous(self.logs / "nats-server.log")
         self.nats = server  # so that a start that times out is still stopped
         try:
             server.start()
@@ -237,7 +247,7 @@ class Stack:
         return server
 
     def _stop_nats(self) -> None:
-        if self.nats is not None and self.nats.proc is not None and self.nats.proc.poll() is None:
+        if self.nats is not None and self.nats.running():
             self.nats.stop()
             log.info("nats-server stopped")
 
@@ -253,7 +263,8 @@ class Stack:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._on_signals, send.clone())
             if self.nats is not None:
-                tg.start_soon(self._watch_nats, self.nats)
+                nats = Watched("nats-server", self.nats, self.logs / "nats-server.log")
+                tg.start_soon(keep_running, [nats], self._state_changed)
             if self.cluster is not None:
                 tg.start_soon(self.cluster.watch, self._state_changed)
             async with anyio.create_task_group() as supervisors:
@@ -282,6 +293,8 @@ class Stack:
                 if self.cluster is not None:
                     await self.cluster.wait_jetstream(bus)
                 await provision(bus, replicas=3 if self.cluster is not None else 1)
+                if self.cluster is not None:
+                    await self.cluster.wait_streams(bus)
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
             raise Unavailable(
                 f"NATS at {self.nats_url} has no JetStream (start nats-server with -js)"
@@ -328,6 +341,8 @@ class Stack:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
         log.info("ready", extra={"line": line})
+        if self.config.on_ready is not None:
+            self.config.on_ready([c.ready or {} for c in children])
 
     def _write_state(self, children: list[Child]) -> None:
         state = {
@@ -369,7 +384,7 @@ class Stack:
             if self.stop_requested.is_set():
                 return
             if child.ready is None:  # never got as far as ready: the start fails
-                tail = await anyio.to_thread.run_sync(_tail, child.log_path, child.log_offset)
+                tail = await anyio.to_thread.run_sync(last_lines, child.log_path, child.log_offset)
                 await send.send(Notice("failed", child, f"{reason}, so the stack stops{tail}"))
                 return
             if anyio.current_time() - started >= STABLE_AFTER_S:
@@ -402,7 +417,7 @@ class Stack:
         log_file = child.log_file
         child.log_offset = os.fstat(log_file.fileno()).st_size
         process = await anyio.open_process(
-            argv,
+            guarded(argv),  # it dies with us, however we die (procs/spawn.py)
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if cfg.verbose else log_file,
@@ -436,12 +451,12 @@ class Stack:
                 code = await process.wait()
                 tg.cancel_scope.cancel()
         if info is not None:
-            return f"{_exit_text(code)} after {anyio.current_time() - started:.1f}s"
+            return f"{exit_text(code)} after {anyio.current_time() - started:.1f}s"
         if was_ready:
             child.http_port = 0  # maybe its old port is taken now: let it take any
         if deadline.cancelled_caught:
             return f"was not ready after {cfg.ready_timeout:g}s"
-        return f"{_exit_text(code)} before it was ready"
+        return f"{exit_text(code)} before it was ready"
 
     async def _stop_on_request(self, process: Process) -> None:
         await self.stop_requested.wait()
@@ -458,32 +473,6 @@ class Stack:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
 
-    # -- nats-server -----------------------------------------------------------------------------
-
-    async def _watch_nats(self, server: NatsServer) -> None:
-        """Restart a nats-server that died under us, on the same port and store."""
-        delay = RESTART_MIN_S
-        while True:
-            assert server.proc is not None
-            code = server.proc.poll()
-            if code is None:
-                await anyio.sleep(0.5)
-                continue
-            tail = await anyio.to_thread.run_sync(_tail, self.logs / "nats-server.log", 0)
-            log.error("nats-server %s; restarting in %gs%s", _exit_text(code), delay, tail)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX_S)
-            _keep_previous(self.logs / "nats-server.log")
-            try:
-                await anyio.to_thread.run_sync(server.restart)
-            except (RuntimeError, TimeoutError) as exc:
-                log.error("nats-server did not restart: %s", exc)
-                continue
-            if self.state_file.exists():
-                self._write_state(self.children)  # the new pid
-            log.info("nats-server ready again on %s (pid %s)", server.url, _pid(server))
-            delay = RESTART_MIN_S
-
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -494,12 +483,13 @@ def ready_line(nats_url: str, data_dir: Path, children: Sequence[Child]) -> str:
     parts = ["confbus ready", f"nats={nats_url}", f"data={data_dir}", f"services={services}"]
     extra: dict[str, list[str]] = {}  # replicas (--ha) list theirs comma-separated
     for c in children:
-        for key, value in (c.ready or {}).items():
+        ready = c.ready or {}
+        for key, value in ready.items():
             if key in _READY_KEYS:
                 continue
             if key.endswith("_url"):
                 extra.setdefault(key.removesuffix("_url"), []).append(str(value))
-            elif key.endswith("_port"):
+            elif key.endswith("_port") and f"{key.removesuffix('_port')}_url" not in ready:
                 url = f"http://127.0.0.1:{value}"
                 extra.setdefault(key.removesuffix("_port"), []).append(url)
     parts += [f"{key}={','.join(urls)}" for key, urls in extra.items()]
@@ -551,32 +541,6 @@ async def _tee(stream: ByteReceiveStream, log_file: IO[bytes], name: str) -> Non
     while (line := await lines.readline()) is not None:
         log_file.write(line + b"\n")
         sys.stderr.write(f"[{name}] {line.decode(errors='replace')}\n")
-
-
-def _tail(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = text.splitlines()[-LOG_TAIL_LINES:]
-    if not lines:
-        return f" (nothing in {path})"
-    return f"; last lines of {path}:\n  " + "\n  ".join(lines)
-
-
-def _exit_text(code: int) -> str:
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
-
-
-def _keep_previous(path: Path) -> None:
-    """nats-server's log starts empty each time (readiness is read from it): keep the last."""
-    if path.exists() and path.stat().st_size:
-        os.replace(path, path.with_name(path.name + ".1"))
 
 
 def _pid(server: NatsServer | None) -> int | None:

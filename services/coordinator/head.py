@@ -10,19 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import msgspec
-import nats.js.errors
 from nats.js.kv import KeyValue
 
 from confbus.runtime.bus import Bus
-from confbus.runtime.codec import encode
-from confbus.runtime.errors import Conflict
+from confbus.runtime.errors import Fenced, Stale
+from confbus.runtime.kv import StateKV
 from confbus.schemas.base import utcnow
+from confbus.schemas.state import HEADS, head_key
 from confbus.schemas.streams import CFG_TXN_HEAD
 from confbus.schemas.txn import TxnHead, decode_head
-
-
-class Fenced(Conflict):
-    """Another coordinator holds a newer epoch, or wrote the head first."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +30,7 @@ class Head:
 class Heads:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        self._state = StateKV(kv)
         self._known: dict[str, Head] = {}  # the last head each get or cas showed us
 
     def known(self, namespace: str) -> Head | None:
@@ -52,30 +49,21 @@ class Heads:
         return cls(await bus.kv(CFG_TXN_HEAD.name))
 
     async def get(self, namespace: str) -> Head:
-        try:
-            entry = await self.kv.get(namespace)
-        except nats.js.errors.KeyNotFoundError:
-            return Head(TxnHead(namespace=namespace, epoch=0), 0)
-        assert entry.value is not None and entry.revision is not None
-        return self._saw(Head(decode_head(entry.value), entry.revision))
+        entry = await self._state.read(head_key(namespace), decode_head)
+        if entry.value is None:
+            return Head(TxnHead(namespace=namespace, epoch=0), entry.revision)
+        return self._saw(Head(entry.value, entry.revision))
 
     async def cas(self, head: Head, new: TxnHead) -> Head:
-        """Write ``new`` only if the head is still at ``head.revision``."""
+        """Write ``new`` only if the head is still at ``head.revision``; ``Fenced`` if not."""
         new = msgspec.structs.replace(new, updated_at=utcnow())
-        data = encode(new)
         try:
-            if head.revision == 0:
-                rev = await self.kv.create(new.namespace, data)
-            else:
-                rev = await self.kv.update(new.namespace, data, last=head.revision)
-        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            rev = await self._state.cas(head_key(new.namespace), new, head.revision)
+        except Stale as exc:
             raise Fenced(
                 f"head of {new.namespace} moved on since revision {head.revision}"
             ) from exc
         return self._saw(Head(new, rev))
 
     async def namespaces(self) -> list[str]:
-        try:
-            return sorted(await self.kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
+        return sorted(await self._state.keys(HEADS))

@@ -30,19 +30,13 @@ from confbus.coordinator.twophase import Coordinator
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, Unavailable
-from confbus.runtime.leases import LeaseRecord, Leases, NotHeld
+from confbus.runtime.leases import Leases, NotHeld
 from confbus.schemas.api import txn as api
+from confbus.schemas.state import LeaseRecord
 
 log = logging.getLogger("confbus.coordinator")
 
 ROLE = "coordinator"
-# A forwarded switch waits for the votes at the leader: its deadline plus this much.
-FORWARD_MARGIN_S = 10.0
-
-
-def direct_op(instance: str) -> str:
-    """The op only ``instance`` answers: where other replicas forward its namespaces' switches."""
-    return f"switch_{token(instance)}"
 
 
 class Leadership:
@@ -152,12 +146,10 @@ class Leadership:
         return reply
 
     async def _forward(self, holder: str, req: api.SwitchRequest) -> api.SwitchReply:
-        timeout = (req.timeout_s or self.coord.default_timeout_s) + FORWARD_MARGIN_S
+        """To the operation only ``holder`` answers (``switch_<holder>``)."""
         log.debug("forwarding a switch", extra={"namespace": req.namespace, "to": holder})
         self.metrics.forwarded.inc()
-        return await call(
-            self.bus, api.SERVICE, direct_op(holder), req, api.SwitchReply, timeout=timeout
-        )
+        return await call(self.bus, api.SWITCH_AT.at(token(holder)), req)
 
 
 def _unreachable(exc: Unavailable) -> bool:

@@ -1,5 +1,5 @@
-"""Which coordinator replicas are alive: each writes ``coord.alive.<instance>`` in
-``CFG_STATE`` every second.
+"""Which coordinator replicas are alive: each writes ``coord.alive.<instance>`` (an ``Alive``)
+in ``CFG_STATE`` every second.
 
 This only decides who *should* lead a namespace (``Peers.owner``: rendezvous hashing over the
 live replicas spreads free namespaces over them); it never decides anything about a
@@ -13,24 +13,18 @@ import hashlib
 import time
 
 import anyio
-import msgspec
-import nats.js.errors
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from confbus.runtime.bus import Bus
-from confbus.runtime.codec import encode
+from confbus.runtime.kv import StateKV
 from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.state import ALIVE, Alive, alive_key, bucket_subject, decode_alive
 from confbus.schemas.streams import CFG_STATE
 
 ALIVE_INTERVAL_S = 1.0
 DEAD_AFTER_S = 3.0
-
-
-class _Alive(msgspec.Struct, frozen=True):
-    instance: str
-    at: float  # wall clock seconds of the writer
 
 
 def token(instance: str) -> str:
@@ -38,35 +32,25 @@ def token(instance: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
 
 
-def _key(instance: str) -> str:
-    return f"coord.alive.{token(instance)}"
-
-
 # The beats as they are written to the bucket. A core subscription to the bucket's own subjects
 # sees each put without a consumer that a cluster failover could leave stalled.
-_BEATS = f"$KV.{CFG_STATE.name}.coord.alive.*"
+_BEATS = bucket_subject(CFG_STATE, ALIVE)
 
 
 class Liveness:
     def __init__(self, kv: KeyValue | None, instance: str) -> None:
-        self.kv = kv
+        self.kv = StateKV(kv) if kv is not None else None
         self.instance = instance
 
     async def beat(self) -> None:
         if self.kv is not None:
-            await self.kv.put(_key(self.instance), encode(_Alive(self.instance, time.time())))
+            await self.kv.put(alive_key(token(self.instance)), Alive(self.instance, time.time()))
 
     async def alive(self, instance: str) -> bool:
         if self.kv is None or not instance:
             return True  # no liveness data: never take over on a guess
-        try:
-            entry = await self.kv.get(_key(instance))
-        except nats.js.errors.KeyNotFoundError:
-            return False
-        if entry.value is None:
-            return False
-        seen = msgspec.json.decode(entry.value, type=_Alive)
-        return time.time() - seen.at < DEAD_AFTER_S
+        seen = (await self.kv.read(alive_key(token(instance)), decode_alive)).value
+        return seen is not None and time.time() - seen.at < DEAD_AFTER_S
 
 
 class Peers:
@@ -79,7 +63,7 @@ class Peers:
     async def watch(self, bus: Bus, *, task_status: TaskStatus[None]) -> None:
         async def on_beat(msg: Msg) -> None:
             try:
-                seen = msgspec.json.decode(msg.data, type=_Alive)
+                seen = decode_alive(msg.data)
             except DECODE_ERRORS:
                 return
             self._seen[seen.instance] = time.monotonic()

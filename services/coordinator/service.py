@@ -16,8 +16,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from confbus.coordinator.head import Heads
-from confbus.coordinator.leadership import ROLE, Leadership, direct_op
-from confbus.coordinator.liveness import ALIVE_INTERVAL_S, Liveness, Peers
+from confbus.coordinator.leadership import ROLE, Leadership
+from confbus.coordinator.liveness import ALIVE_INTERVAL_S, Liveness, Peers, token
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.coordinator.twophase import Coordinator
 from confbus.runtime.api import Endpoint, serve_api, stop_api
@@ -105,19 +105,14 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         return api.InDoubtReply(txns=out)
 
     async with anyio.create_task_group() as tg:
+        direct = api.SWITCH_AT.at(token(instance))
         svc = await serve_api(
             ctx.bus,
-            api.SERVICE,
             [
-                Endpoint("switch", api.SwitchRequest, leadership.switch, concurrent=True),
-                Endpoint(
-                    direct_op(instance),
-                    api.SwitchRequest,
-                    leadership.switch_direct,
-                    concurrent=True,
-                ),
-                Endpoint("resolve", api.ResolveRequest, resolve, concurrent=True),
-                Endpoint("in_doubt", api.InDoubtRequest, in_doubt),
+                Endpoint(api.SWITCH, leadership.switch, concurrent=True),
+                Endpoint(direct, leadership.switch_direct, concurrent=True),
+                Endpoint(api.RESOLVE, resolve, concurrent=True),
+                Endpoint(api.IN_DOUBT, in_doubt),
             ],
             tg=tg,
         )

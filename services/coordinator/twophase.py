@@ -1,4 +1,4 @@
-"""One atomic switch: prepare → votes → a decision written once → agents apply (DESIGN §4).
+"""One atomic switch: prepare → votes → a decision written once → agents apply (docs/design.md §4).
 
 Per namespace, at most one transaction is undecided at a time, and it is the one named on
 the head. That makes "abort every undecided transaction" on a takeover one compare-and-set,
@@ -22,17 +22,17 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from confbus.coordinator.decisions import decision_of, publish_decision, read_decision
-from confbus.coordinator.head import Fenced, Head, Heads
+from confbus.coordinator.head import Head, Heads
 from confbus.coordinator.liveness import Liveness
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.concurrency import settle
-from confbus.runtime.errors import Conflict, InvalidInput, NotFound, Unavailable
+from confbus.runtime.errors import Conflict, Fenced, InvalidInput, NotFound, Unavailable
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas import subjects
-from confbus.schemas.api.store import GetRequest, VersionReply
+from confbus.schemas.api import store as store_api
 from confbus.schemas.api.txn import ResolveReply, SwitchReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import VoteRecord
@@ -362,11 +362,7 @@ class Coordinator:
 
     async def _fetch(self, namespace: str, version: int) -> tuple[bytes, str, Format]:
         reply = await call(
-            self.bus,
-            "store",
-            "get",
-            GetRequest(namespace=namespace, ref=str(version)),
-            VersionReply,
+            self.bus, store_api.GET, store_api.GetRequest(namespace=namespace, ref=str(version))
         )
         info = reply.info
         if info.status in ("draft", "rejected"):

@@ -1,23 +1,28 @@
 """The distributor: getting the fleet to where it should be — rollouts in waves with bakes,
 node membership and liveness, each node's target version, catch-up, drift repair, and the
-delivery report of every rollout (DESIGN §1, §3).
+delivery report of every rollout (docs/design.md §3.4–§3.6).
 
 Modules::
 
     service      wiring: heartbeats, the event consumers, KV watches, leases, the API
-    rollout      recording rollout intents; the per-namespace driver (waves, bakes, verdicts,
-                 promotion, resuming after a crash, superseding, pause/resume/abort)
+    rollouts     the rollout records: compare-and-set on our copy, and their outbox
+    intent       recording rollout intents (version events, rollbacks) and the controls
+                 (pause/resume/abort)
+    driver       the per-namespace driver: plan, bakes, verdicts, promotion, superseding
+    switching    one wave's switch, its outcome, and finding out what became of one after
+                 a crash
     record       the rollout record's transitions (pure functions) and their events
+    record_waves the transitions of a wave: attempt, outcome, verdict
     strategy     the strategy grammar and selectors, parsed in one place
     membership   liveness from heartbeats; node records and node.status events
     targets      each node's target version (committed transactions ∪ production)
     repairs      catch-up (one-node switches) and drift repair (re-sync), with backoff
     txnlog       what became of a wave's transaction (head, decisions, txn.aborted events)
-    kvstate      CFG_STATE: typed reads, compare-and-set, leases, watches
     store        the version-store and coordinator calls
     api          cfg.api.dist.* (status, rollout, pause, resume, abort)
 
-State in ``CFG_STATE`` (shared by replicas)::
+State in ``CFG_STATE`` (shared by replicas; keys and records in ``confbus.schemas.state``,
+read and written through ``confbus.runtime.kv``, leases from ``confbus.runtime.leases``)::
 
     rollout.<ns>                 the current or last rollout (confbus.schemas.api.dist.RolloutInfo),
                                  written only by compare-and-set

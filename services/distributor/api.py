@@ -10,16 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
+from confbus.distributor.intent import Intents
 from confbus.distributor.membership import Membership
 from confbus.distributor.repairs import Repairs
-from confbus.distributor.rollout import Rollouts
+from confbus.distributor.rollouts import Rollouts
 from confbus.distributor.targets import Targets
 from confbus.runtime.api import Endpoint
 from confbus.runtime.errors import ConfbusError
 from confbus.schemas.api import dist as api
+from confbus.schemas.api.operation import Operation
 
 
 @dataclass
@@ -27,6 +30,7 @@ class DistApi:
     membership: Membership
     targets: Targets
     rollouts: Rollouts
+    intents: Intents
     repairs: Repairs
 
     async def status(self, req: api.StatusRequest) -> api.StatusReply:
@@ -72,20 +76,20 @@ class DistApi:
         rec = entry.value
         return api.RolloutReply(rollout=None if rec is None else _public(rec, entry.revision))
 
-    def control(self, op: str) -> Callable[[api.ControlRequest], Awaitable[api.RolloutReply]]:
+    def control(
+        self, op: Operation[api.ControlRequest, api.RolloutReply]
+    ) -> Callable[[api.ControlRequest], Awaitable[api.RolloutReply]]:
         async def handle(req: api.ControlRequest) -> api.RolloutReply:
-            rec = await self.rollouts.control(op, req)
+            rec = await self.intents.control(op, req)
             return api.RolloutReply(rollout=_public(rec, rec.revision))
 
         return handle
 
-    def endpoints(self) -> list[Endpoint]:
+    def endpoints(self) -> list[Endpoint[Any, Any]]:
         return [
-            Endpoint("status", api.StatusRequest, self.status),
-            Endpoint("rollout", api.RolloutRequest, self.rollout),
-            Endpoint("pause", api.ControlRequest, self.control("pause"), concurrent=True),
-            Endpoint("resume", api.ControlRequest, self.control("resume"), concurrent=True),
-            Endpoint("abort", api.ControlRequest, self.control("abort"), concurrent=True),
+            Endpoint(api.STATUS, self.status),
+            Endpoint(api.ROLLOUT, self.rollout),
+            *(Endpoint(op, self.control(op), concurrent=True) for op in api.CONTROLS.values()),
         ]
 
 

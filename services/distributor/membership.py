@@ -26,29 +26,24 @@ from typing import Literal
 
 import anyio
 
-from confbus.distributor.kvstate import (
-    MEMBERS_LEASE,
-    Leases,
-    NodeRecord,
-    StateKV,
-    decode_node,
-    node_key,
-    target_key,
-)
 from confbus.distributor.metrics import DistributorMetrics
 from confbus.distributor.strategy import matches
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
 from confbus.runtime.events import emit
+from confbus.runtime.kv import StateKV
+from confbus.runtime.leases import Leases
 from confbus.schemas.api.dist import Liveness
 from confbus.schemas.events import NodeStatusChanged
 from confbus.schemas.node import Heartbeat, NamespaceState
+from confbus.schemas.state import NODES, NodeRecord, decode_node, node_key, target_key
 
 log = logging.getLogger("confbus.distributor")
 
 SUSPECT_AFTER = 3.0  # heartbeat intervals
 GONE_AFTER = 10.0
 PERSIST_EVERY_S = 30.0  # refresh last_heartbeat in the record at least this often
+MEMBERS_LEASE = "_members"  # lease.distributor._members: the replica writing node records
 
 
 @dataclass
@@ -267,13 +262,12 @@ class MembershipKeeper:
 
     async def load(self) -> None:
         try:
-            keys = await self.kv.kv.keys()
-        except Exception:  # NoKeysError, or an empty bucket
+            keys = await self.kv.keys(NODES)
+        except ConfbusError as exc:  # heard again from their heartbeats soon enough
+            log.warning("cannot load the node records", extra={"error": str(exc)})
             return
         records = []
         for key in keys:
-            if not key.startswith("node."):
-                continue
             entry = await self.kv.read(key, decode_node)
             if entry.value is not None:
                 records.append((entry.value, entry.revision))

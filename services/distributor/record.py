@@ -14,14 +14,15 @@ States::
 
 Waves: ``pending → switching → baking → done`` (or ``failed``; ``skipped`` when the rollout
 ended before them). A wave in ``switching`` has an attempt under way whose outcome is not yet
-recorded: a restarted driver finds it from the coordinator's head and decision records.
+recorded: a restarted driver finds it from the coordinator's head and decision records. The
+wave transitions (attempt, outcome, verdict) are in ``record_waves``.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -38,7 +39,6 @@ from confbus.schemas.base import utcnow
 from confbus.schemas.events import (
     Event,
     NodeOutcome,
-    RolloutBaked,
     RolloutCompleted,
     RolloutFailed,
     RolloutPaused,
@@ -46,8 +46,6 @@ from confbus.schemas.events import (
     RolloutRolledBack,
     RolloutStarted,
     RolloutSuperseded,
-    RolloutWave,
-    VoteRecord,
 )
 from confbus.schemas.health import Alert
 
@@ -305,7 +303,7 @@ def _hold(
     )
 
 
-# -- planning and waves ---------------------------------------------------------------------
+# -- the plan ---------------------------------------------------------------------------------
 
 
 def planned(
@@ -354,331 +352,6 @@ def planned(
             selector=selector,
         ),
     )
-
-
-def start_attempt(
-    rec: RolloutInfo,
-    index: int,
-    *,
-    nodes: list[str],
-    already: list[str],
-    down: list[str],
-    actor: str,
-) -> RolloutInfo:
-    w = rec.waves[index]
-    now = utcnow()
-    outcomes = [
-        NodeOutcome(
-            node=n,
-            outcome="applied",
-            attempts=0,
-            wave=index,
-            reason=f"already on v{rec.version} or newer",
-        )
-        for n in already
-    ] + [
-        NodeOutcome(
-            node=n,
-            outcome="excluded",
-            attempts=0,
-            wave=index,
-            reason="not live when its wave began; catches up when it returns",
-        )
-        for n in down
-    ]
-    w = replace(
-        w,
-        state="switching" if nodes else "baking",
-        attempts=w.attempts + (1 if nodes else 0),
-        already=sorted({*w.already, *already}),
-        excluded=sorted({*w.excluded, *down}),
-        switch_nodes=nodes,
-        switch_started_at=now if nodes else None,
-        started_at=w.started_at or now,
-        committed_at=None if nodes else now,
-        outcomes=merge_outcomes(w.outcomes, outcomes),
-    )
-    out = set_wave(rec, index, w)
-    return replace(out, updated_at=now, holder=actor, report=report(out))
-
-
-def vote_outcomes(
-    rec: RolloutInfo,
-    index: int,
-    votes: list[VoteRecord],
-    *,
-    committed: bool,
-    attempt: int,
-    txid: str,
-    at: datetime,
-) -> list[NodeOutcome]:
-    out = []
-    for v in votes:
-        if v.vote == "yes":
-            out.append(
-                NodeOutcome(
-                    node=v.node,
-                    outcome="applied" if committed else "skipped",
-                    attempts=attempt,
-                    wave=index,
-                    txid=txid if committed else None,
-                    seconds=elapsed(rec, at) if committed else None,
-                    reason="" if committed else "the transaction aborted",
-                )
-            )
-        else:
-            out.append(
-                NodeOutcome(
-                    node=v.node,
-                    outcome=v.vote,
-                    attempts=attempt,
-                    wave=index,
-                    reason=v.reason
-                    or ("no vote before the deadline" if v.vote == "missing" else ""),
-                )
-            )
-    return out
-
-
-def record_commit(
-    rec: RolloutInfo,
-    index: int,
-    *,
-    txid: str,
-    votes: list[VoteRecord],
-    switch_s: float | None,
-    actor: str,
-) -> RolloutInfo:
-    w = rec.waves[index]
-    now = utcnow()
-    if not votes:
-        votes = [VoteRecord(node=n, vote="yes") for n in w.switch_nodes]
-    outcomes = vote_outcomes(
-        rec, index, votes, committed=True, attempt=w.attempts, txid=txid, at=now
-    )
-    ended = rec.state in TERMINAL_STATES
-    w = replace(
-        w,
-        state="done" if ended else "baking",
-        txid=txid,
-        txids=[*w.txids, txid],
-        committed_at=now,
-        switch_s=switch_s,
-        outcomes=merge_outcomes(w.outcomes, outcomes),
-    )
-    out = set_wave(rec, index, w)
-    out = replace(out, updated_at=now, holder=actor, report=report(out))
-    excluded = [o for o in w.outcomes if o.outcome == "excluded"]
-    nodes = merge_outcomes(excluded, outcomes)
-    return _wave_event(out, index, txid, "committed", nodes, actor, "", now)
-
-
-def record_abort(
-    rec: RolloutInfo,
-    index: int,
-    *,
-    txid: str,
-    votes: list[VoteRecord],
-    actor: str,
-    decision_reason: str = "",
-    unready: Iterable[str] = (),
-) -> RolloutInfo:
-    """An aborted attempt. A ``no`` fails the rollout. An attempt that no node ready to vote
-    answered — nobody voted, or only nodes that said they were not ready (``unready``: their
-    heartbeat said so during the attempt) missed the deadline — says nothing about the config:
-    it is retried with backoff for ``retry_unanswered_s`` after the wave's first attempt.
-    Nodes that were ready and missed the deadline are left out of one retry, if that leaves
-    out no more than ``max_excluded`` of the targets; else the rollout fails."""
-    w = rec.waves[index]
-    now = utcnow()
-    outcomes = vote_outcomes(
-        rec, index, votes, committed=False, attempt=w.attempts, txid=txid, at=now
-    )
-    no = [v for v in votes if v.vote == "no"]
-    missing = sorted(v.node for v in votes if v.vote == "missing")
-    nobody_voted = bool(missing) and len(missing) == len(votes)
-    unanswered = not no and bool(missing) and (nobody_voted or set(missing) <= set(unready))
-    if unanswered and rec.state not in TERMINAL_STATES:
-        delay = unanswered_backoff(w.unanswered + 1)
-        first = w.started_at or now
-        if (now - first).total_seconds() + delay <= rec.retry_unanswered_s:
-            return _retry_unanswered(rec, index, txid, outcomes, delay, now, actor)
-    remaining = [n for n in w.switch_nodes if n not in missing]
-    total = max(1, len(rec.targets))
-    would_exclude = excluded_count(rec) + len(missing)
-    within = would_exclude / total <= rec.max_excluded + 1e-9
-    retried = w.attempts - w.unanswered  # attempts that ready nodes answered
-    retry = (
-        not no
-        and not unanswered
-        and bool(missing)
-        and retried < 2
-        and within
-        and bool(remaining)
-        and rec.state not in TERMINAL_STATES
-    )
-    if retry:
-        outcomes = [
-            replace(
-                o,
-                outcome="excluded",
-                reason="missed the vote deadline; left out of the retry, catches up later",
-            )
-            if o.node in missing
-            else o
-            for o in outcomes
-        ]
-        w = replace(
-            w,
-            state="pending",
-            txids=[*w.txids, txid],
-            excluded=sorted({*w.excluded, *missing}),
-            outcomes=merge_outcomes(w.outcomes, outcomes),
-        )
-    else:
-        w = replace(w, txids=[*w.txids, txid], outcomes=merge_outcomes(w.outcomes, outcomes))
-    out = set_wave(rec, index, w)
-    out = replace(out, updated_at=now, holder=actor, report=report(out))
-    outcome: Literal["retrying", "aborted"] = "retrying" if retry else "aborted"
-    out = _wave_event(out, index, txid, outcome, outcomes, actor, decision_reason, now)
-    if retry or rec.state in TERMINAL_STATES:
-        return out
-    if no:
-        why = "; ".join(f"{v.node}: {v.reason or 'no reason given'}" for v in no)
-        reason = f"wave {index} aborted: voted no — {why}"
-    elif not missing:
-        reason = f"wave {index} aborted: {decision_reason or 'the transaction aborted'}"
-    elif unanswered:
-        first = w.started_at or now
-        reason = (
-            f"wave {index} aborted: no node ready to vote answered in {w.attempts} attempt(s) "
-            f"over {(now - first).total_seconds():.0f}s (is the bus reachable from the "
-            f"agents?); {', '.join(missing)} missed the vote deadline"
-        )
-    elif retried >= 2:
-        reason = (
-            f"wave {index} aborted again on its retry: {', '.join(missing)} missed the vote "
-            "deadline"
-        )
-    elif not remaining:
-        reason = f"wave {index} aborted: every node of it missed the vote deadline"
-    else:
-        reason = (
-            f"wave {index} aborted: {', '.join(missing)} missed the vote deadline; leaving "
-            f"them out would exclude {would_exclude} of {total} targets "
-            f"({would_exclude / total:.0%}), over max_excluded {rec.max_excluded:.0%}"
-        )
-    return fail(out, index, reason, actor=actor)
-
-
-def unanswered_backoff(n: int) -> float:
-    """The wait before the attempt after the ``n``-th unanswered one: 0.5 s, doubling, 5 s
-    at most (each attempt already waits its vote deadline)."""
-    return min(0.5 * 2.0 ** max(0, n - 1), 5.0)
-
-
-def _retry_unanswered(
-    rec: RolloutInfo,
-    index: int,
-    txid: str,
-    outcomes: list[NodeOutcome],
-    delay: float,
-    now: datetime,
-    actor: str,
-) -> RolloutInfo:
-    w = rec.waves[index]
-    why = (
-        f"no node ready to vote answered (the bus or the agents unreachable?); attempt "
-        f"{w.attempts + 1} in {delay:g}s"
-    )
-    w = replace(
-        w,
-        state="pending",
-        txids=[*w.txids, txid],
-        unanswered=w.unanswered + 1,
-        retry_at=now + timedelta(seconds=delay),
-        outcomes=merge_outcomes(w.outcomes, outcomes),
-    )
-    out = set_wave(rec, index, w)
-    out = replace(out, updated_at=now, holder=actor, report=report(out))
-    return _wave_event(out, index, txid, "retrying", outcomes, actor, why, now)
-
-
-def _wave_event(
-    rec: RolloutInfo,
-    index: int,
-    txid: str,
-    outcome: Literal["committed", "aborted", "retrying"],
-    nodes: list[NodeOutcome],
-    actor: str,
-    reason: str,
-    at: datetime,
-) -> RolloutInfo:
-    return outbox_event(
-        rec,
-        f"wave{index}:{txid}",
-        RolloutWave(
-            namespace=rec.namespace,
-            actor=actor,
-            at=at,
-            rollout_id=rec.rollout_id,
-            version=rec.version,
-            wave=index,
-            txid=txid,
-            outcome=outcome,
-            nodes=nodes,
-            reason=reason,
-        ),
-    )
-
-
-def record_verdict(
-    rec: RolloutInfo,
-    index: int,
-    *,
-    verdict: Literal["pass", "fail", "no_data"],
-    samples: int,
-    reason: str,
-    passed: bool,
-    actor: str,
-    alert: Alert | None,
-) -> RolloutInfo:
-    w = rec.waves[index]
-    now = utcnow()
-    w = replace(
-        w,
-        verdict=verdict,
-        verdict_samples=samples,
-        verdict_reason=reason,
-        baked_at=now,
-        state="done" if passed else "failed",
-    )
-    out = set_wave(rec, index, w)
-    out = replace(
-        out,
-        current_wave=index + 1 if passed else index,
-        updated_at=now,
-        holder=actor,
-        report=report(out),
-    )
-    out = outbox_event(
-        out,
-        f"baked{index}",
-        RolloutBaked(
-            namespace=rec.namespace,
-            actor=actor,
-            at=now,
-            reason=reason,
-            rollout_id=rec.rollout_id,
-            version=rec.version,
-            wave=index,
-            verdict=verdict,
-        ),
-    )
-    if passed:
-        return out
-    why = f"the health verdict after wave {index} is {verdict}" + (f": {reason}" if reason else "")
-    return fail(out, index, why, actor=actor, alert=alert)
 
 
 def set_next(rec: RolloutInfo, pending: PendingVersion) -> RolloutInfo:

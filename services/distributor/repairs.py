@@ -30,7 +30,6 @@ import msgspec
 import nats.errors
 from anyio.abc import TaskGroup
 
-from confbus.distributor.kvstate import Leases
 from confbus.distributor.membership import Member
 from confbus.distributor.metrics import DistributorMetrics
 from confbus.distributor.store import Store
@@ -39,6 +38,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError
 from confbus.runtime.events import emit
+from confbus.runtime.leases import Leases
 from confbus.schemas import subjects
 from confbus.schemas.api.dist import ResyncReply, ResyncRequest
 from confbus.schemas.base import DECODE_ERRORS

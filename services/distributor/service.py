@@ -8,7 +8,8 @@ Tasks (one anyio task group):
   raise node targets), ``distributor-rollback`` (``cfg.event.*.rollback.started``: end the
   namespace's rollout as ``rolled_back``);
 - KV watches of ``target.>`` and ``rollout.*`` (every replica mirrors them);
-- the lease loop (``lease.distributor.<ns>`` per namespace, ``lease.distributor._members``);
+- the leases (``lease.distributor.<ns>`` per namespace, ``lease.distributor._members``): free
+  ones taken as they are wanted, held ones renewed, all released on a clean stop;
 - the rollout supervisor (one driver task per namespace with work, where we hold its lease);
 - the membership keeper (node records and ``node.status`` events, under the members lease);
 - the ``cfg.api.dist.*`` endpoints.
@@ -19,27 +20,28 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from functools import partial
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 
 from confbus.distributor.api import DistApi
-from confbus.distributor.kvstate import MEMBERS_LEASE, Entry, Leases, StateKV
-from confbus.distributor.membership import Membership, MembershipKeeper
+from confbus.distributor.driver import Driver
+from confbus.distributor.intent import Intents
+from confbus.distributor.membership import MEMBERS_LEASE, Membership, MembershipKeeper
 from confbus.distributor.metrics import DistributorMetrics
 from confbus.distributor.repairs import Repairs
-from confbus.distributor.rollout import Rollouts
+from confbus.distributor.rollouts import Rollouts
 from confbus.distributor.store import Store
+from confbus.distributor.switching import WaveSwitch
 from confbus.distributor.targets import Targets
 from confbus.runtime.api import serve_api, stop_api
 from confbus.runtime.consumer import BatchHandler, Consumer, Delivery
-from confbus.runtime.follow import watch_bucket
+from confbus.runtime.kv import Entry, StateKV
+from confbus.runtime.leases import Leases
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.service import ServiceContext
 from confbus.schemas import subjects
-from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api.dist import decode_rollout_info
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import (
@@ -52,9 +54,12 @@ from confbus.schemas.events import (
     decode_event,
 )
 from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.state import ROLLOUTS, rollout_of
 from confbus.schemas.streams import CFG_EVENTS, CFG_STATE
 
 log = logging.getLogger("confbus.distributor")
+
+ROLE = "distributor"  # lease.distributor.<ns>: the replica driving the namespace
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -107,16 +112,30 @@ class Distributor:
         self.metrics = DistributorMetrics.create(ctx.registry)
         self.store = Store(ctx.bus)
         self.membership = Membership(heartbeat_interval_s=args.heartbeat_interval)
-        self.leases = Leases(kv, self.instance, ttl_s=args.lease_ttl)
+        self.leases = Leases(kv.kv, ROLE, self.instance, ttl_s=args.lease_ttl)
+        self.leases.on_change = self.on_lease_change
         self.targets = Targets(kv, self.store)
-        self.rollouts = Rollouts(
+        self.rollouts = Rollouts(ctx.bus, kv, self.metrics, self.instance)
+        self.intents = Intents(
+            self.rollouts, ctx.bus, self.store, self.targets, self.metrics, self.instance
+        )
+        self.waves = WaveSwitch(
+            self.rollouts,
             ctx.bus,
-            kv,
+            self.store,
+            self.membership,
+            self.targets,
+            self.metrics,
+            self.instance,
+        )
+        self.driver = Driver(
+            self.rollouts,
+            self.waves,
+            ctx.bus,
             self.store,
             self.membership,
             self.targets,
             self.leases,
-            self.metrics,
             self.instance,
             verdict_timeout_s=args.verdict_timeout,
         )
@@ -127,11 +146,11 @@ class Distributor:
             self.leases,
             self.metrics,
             self.instance,
-            busy=self.rollouts.busy,
+            busy=self.waves.busy,
             base_s=args.catchup_base,
             cap_s=args.catchup_cap,
         )
-        self.rollouts.catching_up = self.repairs.in_flight
+        self.waves.catching_up = self.repairs.in_flight
         self.keeper = MembershipKeeper(
             ctx.bus,
             kv,
@@ -164,11 +183,11 @@ class Distributor:
             ev = item.value
             try:
                 if isinstance(ev, VersionCreated) and ev.status == "approved":
-                    await self.rollouts.on_version(
+                    await self.intents.on_version(
                         ev.namespace, ev.version, strategy=ev.strategy, selector=ev.selector
                     )
                 elif isinstance(ev, VersionApproved):
-                    await self.rollouts.on_version(
+                    await self.intents.on_version(
                         ev.namespace, ev.version, strategy=None, selector=None, from_approval=True
                     )
                 elif isinstance(ev, VersionPromoted):
@@ -190,12 +209,12 @@ class Distributor:
             ev = item.value
             try:
                 if isinstance(ev, RollbackStarted):
-                    await self.rollouts.on_rollback(ev)
+                    await self.intents.on_rollback(ev)
             except Exception as exc:
                 item.fail(exc)
 
     def on_rollout_key(self, key: str, value: bytes | None, revision: int) -> None:
-        ns = key.split(".", 1)[1]
+        ns = rollout_of(key)
         if value is None:
             self.rollouts.observed(ns, Entry(None, revision))
             return
@@ -221,36 +240,33 @@ class Distributor:
 
     # -- leases ----------------------------------------------------------------------------------
 
-    async def lease_loop(self) -> None:
-        period = max(0.1, self.leases.ttl_s / 3)
-        while True:
-            names = (
-                {MEMBERS_LEASE}
-                | self.membership.namespaces()
-                | {ns for ns, e in self.rollouts.records.items() if e.value is not None}
-            )
-            for name in sorted(names):
-                was = self.leases.held(name)
-                if await self.leases.acquire(name) and not was and name != MEMBERS_LEASE:
-                    self.rollouts.kick(name)
-            await anyio.sleep(period)
+    def wanted_leases(self) -> set[str]:
+        """The members lease, and every namespace with agents or a rollout record."""
+        return (
+            {MEMBERS_LEASE}
+            | self.membership.namespaces()
+            | {ns for ns, e in self.rollouts.records.items() if e.value is not None}
+        )
+
+    def on_lease_change(self, name: str, held: bool) -> None:
+        if held and name != MEMBERS_LEASE:
+            self.rollouts.kick(name)  # a driver starts at once if the namespace has work
 
     async def release_all(self) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            for name in self.leases.held_names():
-                await self.leases.release(name)
+            await self.leases.release_all()
 
 
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
-    kv = StateKV(await ctx.bus.kv(CFG_STATE.name))
+    kv = await StateKV.open(ctx.bus, CFG_STATE)
     d = Distributor(ctx, kv)
     await d.keeper.load()
     async with anyio.create_task_group() as tg:
         await tg.start(d.targets.watch)
-        await tg.start(
-            partial(watch_bucket, ctx.bus, CFG_STATE.name, "rollout.*", d.on_rollout_key)
-        )
-        tg.start_soon(d.lease_loop)
+        await tg.start(lambda *, task_status: kv.watch(
+            ROLLOUTS, d.on_rollout_key, task_status=task_status))  # fmt: skip
+        await tg.start(d.leases.keep)
+        tg.start_soon(d.leases.pursue, d.wanted_leases)
         await ctx.bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=d.heartbeat_handler(tg))
         await tg.start(d.consumer("distributor", "cfg.event.*.version.>", d.on_versions).run)
         await tg.start(d.consumer("distributor-txn", "cfg.event.*.txn.committed", d.on_txns).run)
@@ -258,11 +274,10 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             d.consumer("distributor-rollback", "cfg.event.*.rollback.started", d.on_rollbacks).run
         )
         tg.start_soon(d.keeper.run)
-        tg.start_soon(d.rollouts.supervise, tg)
+        tg.start_soon(d.driver.supervise, tg)
         svc = await serve_api(
             ctx.bus,
-            dist_api.SERVICE,
-            DistApi(d.membership, d.targets, d.rollouts, d.repairs).endpoints(),
+            DistApi(d.membership, d.targets, d.rollouts, d.intents, d.repairs).endpoints(),
             tg=tg,
         )
         task_status.started()

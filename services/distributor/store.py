@@ -8,8 +8,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import msgspec
-
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import NotFound
@@ -17,17 +15,6 @@ from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.policy import Policy
 from confbus.schemas.versions import VersionInfo
-
-
-class VersionHints(msgspec.Struct, frozen=True, kw_only=True):
-    """``store.get``'s reply, read leniently: a store that hands back a version's rollout
-    overrides (``strategy``/``selector``) beside ``info`` is understood; one that does not is
-    fine too (the overrides then come from the ``version.created`` event)."""
-
-    info: VersionInfo
-    strategy: str | None = None
-    selector: dict[str, str] | None = None
-
 
 # Reads kept for ``max_age_s`` callers; cleared whole when full (it is only a shortcut).
 RECENT_READS = 1024
@@ -41,22 +28,21 @@ class Store:
     bus: Bus
     policy_ttl_s: float = 5.0
     _policies: dict[str, tuple[float, Policy]] = field(default_factory=dict)
-    _versions: dict[tuple[str, str], tuple[float, VersionHints]] = field(default_factory=dict)
+    _versions: dict[tuple[str, str], tuple[float, VersionInfo]] = field(default_factory=dict)
 
     async def version(
         self, namespace: str, ref: str | int, *, max_age_s: float = 0.0
-    ) -> VersionHints:
+    ) -> VersionInfo:
         request = store_api.GetRequest(namespace=namespace, ref=str(ref), content=False)
-        return await _recent(
-            self._versions,
-            (namespace, str(ref)),
-            max_age_s,
-            lambda: call(self.bus, store_api.SERVICE, "get", request, VersionHints, timeout=10.0),
-        )
+
+        async def ask() -> VersionInfo:
+            return (await call(self.bus, store_api.GET, request)).info
+
+        return await _recent(self._versions, (namespace, str(ref)), max_age_s, ask)
 
     async def production(self, namespace: str, *, max_age_s: float = 0.0) -> VersionInfo | None:
         try:
-            return (await self.version(namespace, "production", max_age_s=max_age_s)).info
+            return await self.version(namespace, "production", max_age_s=max_age_s)
         except NotFound:
             self._versions.pop((namespace, "production"), None)
             return None
@@ -68,34 +54,21 @@ class Store:
             self._policies,
             namespace,
             self.policy_ttl_s if max_age_s is None else max_age_s,
-            lambda: call(self.bus, store_api.SERVICE, "policy_get", request, Policy, timeout=10.0),
+            lambda: call(self.bus, store_api.POLICY_GET, request),
             bound=None,  # one per namespace
         )
 
     async def promote(self, namespace: str, version: int, actor: str, reason: str) -> VersionInfo:
-        reply = await call(
-            self.bus,
-            store_api.SERVICE,
-            "promote",
-            store_api.PromoteRequest(
-                namespace=namespace, version=version, actor=actor, reason=reason
-            ),
-            store_api.VersionReply,
-            timeout=10.0,
+        request = store_api.PromoteRequest(
+            namespace=namespace, version=version, actor=actor, reason=reason
         )
-        return reply.info
+        return (await call(self.bus, store_api.PROMOTE, request)).info
 
     async def mark_good(self, namespace: str, version: int, actor: str, reason: str) -> None:
-        await call(
-            self.bus,
-            store_api.SERVICE,
-            "mark_good",
-            store_api.MarkGoodRequest(
-                namespace=namespace, version=version, actor=actor, reason=reason
-            ),
-            store_api.VersionReply,
-            timeout=10.0,
+        request = store_api.MarkGoodRequest(
+            namespace=namespace, version=version, actor=actor, reason=reason
         )
+        await call(self.bus, store_api.MARK_GOOD, request)
 
     async def switch(
         self,
@@ -107,13 +80,12 @@ class Store:
         reason: str = "",
         sha256: str | None = None,
     ) -> txn_api.SwitchReply:
-        """One atomic switch by the coordinator. The request outlives the vote deadline: the
-        coordinator may queue it behind another transaction of the namespace. ``sha256``:
+        """One atomic switch by the coordinator (its deadline outlives the vote deadline: the
+        coordinator may queue it behind another transaction of the namespace). ``sha256``:
         the version's as we read it (the coordinator checks the bytes it fetches against it)."""
         return await call(
             self.bus,
-            txn_api.SERVICE,
-            "switch",
+            txn_api.SWITCH,
             txn_api.SwitchRequest(
                 namespace=namespace,
                 version=version,
@@ -123,18 +95,11 @@ class Store:
                 reason=reason,
                 sha256=sha256,
             ),
-            txn_api.SwitchReply,
-            timeout=2 * timeout_s + 15.0,
         )
 
     async def resolve(self, namespace: str, txid: str) -> txn_api.ResolveReply:
         return await call(
-            self.bus,
-            txn_api.SERVICE,
-            "resolve",
-            txn_api.ResolveRequest(namespace=namespace, txid=txid),
-            txn_api.ResolveReply,
-            timeout=10.0,
+            self.bus, txn_api.RESOLVE, txn_api.ResolveRequest(namespace=namespace, txid=txid)
         )
 
 

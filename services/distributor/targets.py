@@ -1,4 +1,4 @@
-"""Each node's **target version** (DESIGN §3): the highest version among the committed
+"""Each node's **target version** (docs/design.md §3.6): the highest version among the committed
 transactions that included it, and the namespace's production version — whichever is higher.
 
 The committed-transaction part lives in ``CFG_STATE`` under ``target.<ns>.<node>`` (raised,
@@ -17,17 +17,10 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskStatus
 
-from confbus.distributor.kvstate import (
-    Entry,
-    StateKV,
-    TargetRecord,
-    decode_target,
-    target_key,
-)
 from confbus.distributor.store import Store
-from confbus.runtime.follow import watch_bucket
+from confbus.runtime.kv import Entry, StateKV
 from confbus.schemas.base import DECODE_ERRORS
-from confbus.schemas.streams import CFG_STATE
+from confbus.schemas.state import TARGETS, TargetRecord, decode_target, target_key, target_of
 from confbus.schemas.versions import VersionInfo
 
 log = logging.getLogger("confbus.distributor")
@@ -98,7 +91,7 @@ class Targets:
     async def sha256_of(self, namespace: str, version: int) -> str:
         sha = self._sha.get((namespace, version))
         if sha is None:
-            sha = (await self.store.version(namespace, version)).info.sha256
+            sha = (await self.store.version(namespace, version)).sha256
             self._sha[(namespace, version)] = sha  # versions are immutable: cache forever
         return sha
 
@@ -158,7 +151,7 @@ class Targets:
 
     def observed(self, key: str, value: bytes | None, revision: int) -> None:
         """A ``target.<ns>.<node>`` change seen by the watch (ours or another replica's)."""
-        _, ns, node = key.split(".", 2)
+        ns, node = target_of(key)
         if value is None:
             self.forget(ns, node)
             return
@@ -168,6 +161,4 @@ class Targets:
             log.warning("unreadable target record", extra={"key": key})
 
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await watch_bucket(
-            self.store.bus, CFG_STATE.name, "target.>", self.observed, task_status=task_status
-        )
+        await self.kv.watch(TARGETS, self.observed, task_status=task_status)

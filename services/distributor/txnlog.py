@@ -11,14 +11,15 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 import nats.errors
-import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Unavailable
+from confbus.runtime.kv import StateKV
 from confbus.schemas import subjects
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import TxnAborted, VersionCreated, decode_event
+from confbus.schemas.state import head_key
 from confbus.schemas.streams import CFG_EVENTS, CFG_TXN, CFG_TXN_HEAD
 from confbus.schemas.txn import Decision, TxnHead, decode_head, decode_txn
 
@@ -30,13 +31,10 @@ SKEW_S = 60.0
 
 async def read_head(bus: Bus, namespace: str) -> TxnHead | None:
     try:
-        kv = await bus.kv(CFG_TXN_HEAD.name)
-        entry = await kv.get(namespace)
-    except nats.js.errors.KeyNotFoundError:
-        return None
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        heads = await StateKV.open(bus, CFG_TXN_HEAD)
+    except (nats.errors.Error, TimeoutError) as exc:
         raise Unavailable(f"cannot read the transaction head of {namespace}: {exc!r}") from exc
-    return decode_head(entry.value) if entry.value else None
+    return (await heads.read(head_key(namespace), decode_head)).value
 
 
 async def _scan(

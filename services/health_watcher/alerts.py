@@ -8,56 +8,34 @@ publish is a no-op within ``CFG_ALERTS``' duplicate window, and the rollbacker a
 The firing alerts of a namespace live in ``CFG_STATE`` under ``health.alerts.<ns>`` (the
 *alert book*, written by compare-and-set), so that a replica taking the namespace over keeps the
 same ids, resolves what its predecessor raised, and publishes what it had recorded but not yet
-published (the book is written before the publish: an outbox).
+published (the book is written before the publish: an outbox). The book carries the epoch of
+its writer's lease, and a writer with an older one is refused: a replica that lost the
+namespace can no longer change it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
 
-from confbus.health_watcher.lease import NamespaceLeases
 from confbus.health_watcher.metrics import WatcherMetrics
 from confbus.health_watcher.rules import Hysteresis, Point, RuleOutcome, evaluate, fmt, in_window
 from confbus.health_watcher.windows import SampleStore
 from confbus.runtime.bus import Bus
-from confbus.runtime.codec import encode
-from confbus.runtime.errors import ConfbusError
+from confbus.runtime.errors import ConfbusError, Fenced
+from confbus.runtime.kv import Entry, StateKV
+from confbus.runtime.leases import Leases
 from confbus.schemas import subjects
 from confbus.schemas.health import Alert
 from confbus.schemas.policy import HealthRule, Policy
+from confbus.schemas.state import AlertBook, FiringAlert, alert_book_key, decode_alert_book
 
 log = logging.getLogger("confbus.health_watcher.alerts")
-
-
-class FiringAlert(msgspec.Struct, frozen=True, kw_only=True):
-    alert_id: str
-    version: int
-    rule: str
-    value: float | None = None
-    threshold: float | None = None
-    nodes: list[str] = []
-    summary: str = ""
-    since: float = 0.0  # unix seconds: start of the first bad window
-    published: bool = False
-
-
-class AlertBook(msgspec.Struct, frozen=True, kw_only=True):
-    firing: dict[str, FiringAlert] = {}  # "<version>:<rule>" -> alert
-
-
-_decode_book = msgspec.json.Decoder(AlertBook).decode
-
-
-def book_key(namespace: str) -> str:
-    return f"health.alerts.{namespace}"
 
 
 def slug(rule_name: str) -> str:
@@ -78,45 +56,38 @@ class Alerter:
 
     namespace: str
     bus: Bus
-    kv: KeyValue
-    leases: NamespaceLeases
+    kv: StateKV
+    leases: Leases
     metrics: WatcherMetrics
-    book: AlertBook = field(default_factory=AlertBook)
-    revision: int = 0  # 0: no book yet
+    entry: Entry[AlertBook] = field(default_factory=lambda: Entry(AlertBook(), 0))
     loaded: bool = False
 
+    @property
+    def book(self) -> AlertBook:
+        return self.entry.value or AlertBook()
+
     async def load(self) -> None:
-        try:
-            entry = await self.kv.get(book_key(self.namespace))
-        except nats.js.errors.KeyNotFoundError:
-            # Never deleted (an empty book is written instead), so absent means never written:
-            # compare-and-set against revision 0 creates it.
-            self.book = AlertBook()
-            self.revision = 0
-        else:
-            self.book = _decode_book(entry.value) if entry.value else AlertBook()
-            self.revision = entry.revision or 0
+        self.entry = await self.kv.read(alert_book_key(self.namespace), decode_alert_book)
         self.loaded = True
 
-    async def _write(self, book: AlertBook) -> bool:
-        """Compare-and-set the book; on a conflict re-read it and say so."""
-        try:
-            self.revision = await self.kv.update(
-                book_key(self.namespace), encode(book), last=self.revision
-            )
-        except nats.js.errors.KeyWrongLastSequenceError:
-            await self.load()
-            return False
-        self.book = book
-        return True
+    async def _change(self, fn: Callable[[AlertBook], AlertBook | None]) -> None:
+        """Compare-and-set ``fn`` on the book, first against our copy of it. The book carries
+        the epoch of the lease its writer held: ``Fenced`` if a newer holder wrote it (we lost
+        the namespace, whatever our clock says), ``NotHeld`` if we know we did."""
+        grant = self.leases.require(self.namespace)
 
-    def _with(self, key: str, alert: FiringAlert | None) -> AlertBook:
-        firing = dict(self.book.firing)
-        if alert is None:
-            firing.pop(key, None)
-        else:
-            firing[key] = alert
-        return AlertBook(firing=firing)
+        def change(cur: AlertBook | None) -> AlertBook | None:
+            book = cur or AlertBook()
+            if book.epoch > grant.epoch:
+                raise Fenced(
+                    f"the alert book of {self.namespace} is kept by a newer lease holder "
+                    f"(epoch {book.epoch} > {grant.epoch})"
+                )
+            new = fn(book)
+            return None if new is None else msgspec.structs.replace(new, epoch=grant.epoch)
+
+        key = alert_book_key(self.namespace)
+        self.entry, _ = await self.kv.mutate(key, decode_alert_book, change, hint=self.entry)
 
     async def fire(self, version: int, outcome: RuleOutcome, nodes: Sequence[str]) -> bool:
         """Record and publish the alert; False if it could not be (tried again later)."""
@@ -151,12 +122,16 @@ class Alerter:
                 summary=summary(self.namespace, version, outcome, nodes),
                 since=outcome.window_start,
             )
-            if not await self._write(self._with(key, entry)):
-                # Someone else wrote the book (a predecessor's last act): take its id if it
-                # recorded the same condition, else try again at the next evaluation.
-                entry = self.book.firing.get(key)
-                if entry is None:
-                    return False
+            new = entry
+
+            def record(book: AlertBook) -> AlertBook | None:
+                # Recorded already (a predecessor's last act): its id stands.
+                return None if key in book.firing else _with(book, key, new)
+
+            await self._change(record)
+            entry = self.book.firing.get(key)
+            if entry is None:
+                return False
         return await self._publish_firing(key, entry)
 
     async def _publish_firing(self, key: str, entry: FiringAlert) -> bool:
@@ -174,10 +149,16 @@ class Alerter:
         if not await self._publish(alert, entry.alert_id):
             return False
         if not entry.published:
-            published = msgspec.structs.replace(entry, published=True)
+
+            def mark(book: AlertBook) -> AlertBook | None:
+                cur = book.firing.get(key)
+                if cur is None or cur.published:
+                    return None
+                return _with(book, key, msgspec.structs.replace(cur, published=True))
+
             try:
-                await self._write(self._with(key, published))
-            except (ConfbusError, nats.errors.Error) as exc:
+                await self._change(mark)
+            except ConfbusError as exc:
                 log.info("alert book not updated", extra={"error": repr(exc)})
         return True
 
@@ -200,7 +181,8 @@ class Alerter:
             return False
         # Published first, then forgotten: a crash in between republishes a duplicate, which
         # the stream drops.
-        return await self._write(self._with(key, None)) or key not in self.book.firing
+        await self._change(lambda book: _with(book, key, None) if key in book.firing else None)
+        return True
 
     async def republish_pending(self) -> None:
         """After taking a namespace over: publish what the predecessor recorded but may not
@@ -210,7 +192,7 @@ class Alerter:
                 await self._publish_firing(key, entry)
 
     async def _publish(self, alert: Alert, msg_id: str) -> bool:
-        if not self.leases.holds(self.namespace):
+        if not self.leases.held(self.namespace):
             return False  # a replica that lost its lease says nothing more
         try:
             ack = await self.bus.publish(subjects.alert(self.namespace), alert, msg_id=msg_id)
@@ -224,6 +206,15 @@ class Alerter:
                 extra={"alert_id": alert.alert_id, "state": alert.state, "summary": alert.summary},
             )
         return True
+
+
+def _with(book: AlertBook, key: str, alert: FiringAlert | None) -> AlertBook:
+    firing = dict(book.firing)
+    if alert is None:
+        firing.pop(key, None)
+    else:
+        firing[key] = alert
+    return msgspec.structs.replace(book, firing=firing)
 
 
 def summary(namespace: str, version: int, outcome: RuleOutcome, nodes: Sequence[str]) -> str:
@@ -257,11 +248,11 @@ class NamespaceEvaluator:
         for version in sorted(versions):
             series = store.series(ns, version, start=now - widest)
             for rule in rules.values():
-                if not self.alerter.leases.holds(ns):
+                if not self.alerter.leases.held(ns):
                     return
                 await self._judge(version, rule, series, now, (version, rule.name) in firing)
         for version, rule_name in firing:
-            if rule_name not in rules and self.alerter.leases.holds(ns):
+            if rule_name not in rules and self.alerter.leases.held(ns):
                 await self.alerter.resolve(
                     version, rule_name, f"{ns} v{version}: rule {rule_name!r} left the policy"
                 )

@@ -51,10 +51,8 @@ class PolicyCache:
         try:
             policy = await call(
                 self.bus,
-                store_api.SERVICE,
-                "policy_get",
+                store_api.POLICY_GET,
                 store_api.PolicyGetRequest(namespace=namespace),
-                Policy,
                 timeout=self.timeout_s,
             )
         except NotFound:
@@ -88,6 +86,15 @@ class Directory:
         entry = self._nodes.get(node)
         return None if entry is None else entry[1].get(namespace)
 
+    def versions(self, namespace: str) -> dict[str, int | None]:
+        """Each node following ``namespace`` (heard from lately) and the version it applied."""
+        cutoff = time.monotonic() - NODE_FORGET_S
+        return {
+            node: versions[namespace]
+            for node, (t, versions) in self._nodes.items()
+            if t >= cutoff and namespace in versions
+        }
+
     def namespaces(self) -> set[str]:
         cutoff = time.monotonic() - NODE_FORGET_S
         for node in [n for n, (t, _) in self._nodes.items() if t < cutoff]:
@@ -115,10 +122,8 @@ class Catalog:
         try:
             reply = await call(
                 self.bus,
-                store_api.SERVICE,
-                "namespaces",
+                store_api.NAMESPACES,
                 store_api.NamespacesRequest(),
-                store_api.NamespacesReply,
                 timeout=self.timeout_s,
             )
         except (ConfbusError, nats.errors.Error) as exc:

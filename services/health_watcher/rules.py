@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,11 @@ class RuleOutcome:
     bad_nodes: tuple[str, ...] = ()
     good_nodes: tuple[str, ...] = ()
     reason: str = ""
+    # A PromQL rule (promql.py): the query as run, and for a comparing rule both sides.
+    query: str = ""
+    compare: str = ""
+    canary: float | None = None
+    baseline: float | None = None
 
     def describe(self) -> str:
         r = self.rule
@@ -108,15 +114,18 @@ class RuleOutcome:
         cond = (
             f"{r.op} {fmt(r.threshold)}" if self.ok is False else f"not {r.op} {fmt(r.threshold)}"
         )
+        what = f"{r.metric} {self.compare}" if self.compare else r.metric
+        why = f"; {self.reason}" if self.reason else ""
         return (
-            f"{r.name}: {r.metric} {fmt(self.value)} {cond} "
-            f"over {fmt(self.window_s)}s ({self.samples} samples)"
+            f"{r.name}: {what} {fmt(self.value)} {cond} "
+            f"over {fmt(self.window_s)}s ({self.samples} samples){why}"
         )
 
     def result(self) -> RuleResult:
+        finite = self.value is not None and math.isfinite(self.value)
         return RuleResult(
             rule=self.rule.name,
-            value=self.value,
+            value=self.value if finite else None,
             threshold=self.rule.threshold,
             ok=self.ok,
             samples=self.samples,
@@ -125,6 +134,10 @@ class RuleOutcome:
             window_s=self.window_s,
             bad_nodes=list(self.bad_nodes),
             reason=self.reason,
+            query=self.query,
+            compare=self.compare,
+            canary=self.canary,
+            baseline=self.baseline,
         )
 
 
@@ -264,14 +277,18 @@ def judge(
     now: float,
     since: float | None = None,
     window_s: float | None = None,
+    judged: Sequence[RuleOutcome] = (),
 ) -> Judgement:
     """``pass`` only when every rule has a value within its threshold; ``fail`` when any rule
-    is broken; otherwise ``no_data``. Silence never passes."""
-    rules = list(rules) or [IMPLICIT_RULE]
+    is broken; otherwise ``no_data``. Silence never passes. ``judged``: outcomes of rules
+    judged elsewhere (PromQL), counted with these; with neither, the implicit rule."""
+    rules = list(rules) or ([] if judged else [IMPLICIT_RULE])
     mine = {n: series.get(n, ()) for n in nodes}
     outcomes = [evaluate(r, mine, now=now, since=since, window_s=window_s) for r in rules]
+    outcomes += judged
     widest = min((o.window_start for o in outcomes), default=now)
     samples = sum(len(in_window(pts, widest, now)) for pts in mine.values())
+    samples += sum(o.samples for o in judged)
     unhealthy = sorted({n for o in outcomes for n in o.bad_nodes})
     healthy = sorted({n for o in outcomes for n in o.good_nodes} - set(unhealthy))
     unknown = sorted(set(nodes) - set(unhealthy) - set(healthy))

@@ -17,11 +17,11 @@ import anyio
 import nats.errors
 from anyio.abc import TaskGroup
 
-from confbus.health_watcher.lease import NamespaceLeases
 from confbus.health_watcher.metrics import WatcherMetrics
 from confbus.health_watcher.policies import Directory, PolicyCache
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
+from confbus.runtime.leases import Leases
 from confbus.runtime.scrape import Scraper
 from confbus.schemas import subjects
 from confbus.schemas.health import HealthSample
@@ -35,7 +35,7 @@ _Key = tuple[str, str, str]  # namespace, node, url
 @dataclass
 class TargetScraper:
     bus: Bus
-    leases: NamespaceLeases
+    leases: Leases
     policies: PolicyCache
     directory: Directory
     metrics: WatcherMetrics
@@ -46,7 +46,7 @@ class TargetScraper:
 
     async def targets(self) -> dict[_Key, ScrapeTarget]:
         out: dict[_Key, ScrapeTarget] = {}
-        for ns in self.leases.holder_namespaces():
+        for ns in self.leases.held_names():
             try:
                 policy = await self.policies.get(ns)
             except ConfbusError:
@@ -86,7 +86,7 @@ class TargetScraper:
         try:
             result = await scraper.scrape()
             self.metrics.scrapes.labels("error" if result.error else "ok").inc()
-            if not self.leases.holds(ns):
+            if not self.leases.held(ns):
                 return
             sample = HealthSample(
                 namespace=ns,

@@ -2,12 +2,13 @@
 
 Tasks in one task group:
 
-- **samples**: an ordered consumer over all of ``CFG_HEALTH`` from ``now - horizon`` (every
-  replica keeps every namespace's windows; no durable consumer — samples are short-lived);
+- **samples**: an ordered reader (``runtime.follow``, back within a second of a broker
+  restart) over all of ``CFG_HEALTH`` from ``now - horizon`` (every replica keeps every
+  namespace's windows; no durable consumer — samples are short-lived);
   the service is ready once it has caught up;
 - **heartbeats**: ``cfg.node.*.heartbeat`` (which namespaces nodes follow, their versions);
-- **leases**: renew / take ``lease.health.<ns>`` every ``ttl/3`` for the namespaces that have
-  samples or scrape targets;
+- **leases**: take ``lease.health.<ns>`` for the namespaces that have samples or scrape
+  targets, renew what we hold (``confbus.runtime.leases``), release it all on a clean stop;
 - **evaluation**: every ``--eval-interval``, the held namespaces' rules → alerts;
 - **scraping**: the held namespaces' ``scrape_targets`` → samples;
 - the ``cfg.api.health.verdict`` endpoint (any replica answers, from its own windows);
@@ -19,10 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import httpx
 import nats.errors
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
@@ -30,29 +33,31 @@ from nats.js.api import DeliverPolicy
 
 from confbus.health_watcher.alertmanager import PATH, Receiver
 from confbus.health_watcher.alerts import Alerter, NamespaceEvaluator
-from confbus.health_watcher.lease import NamespaceLeases
 from confbus.health_watcher.metrics import WatcherMetrics
 from confbus.health_watcher.policies import Catalog, Directory, PolicyCache
-from confbus.health_watcher.rules import Point, judge
+from confbus.health_watcher.promql import Prometheus
+from confbus.health_watcher.rules import Point
 from confbus.health_watcher.scraping import TargetScraper
+from confbus.health_watcher.verdicts import Verdicts
 from confbus.health_watcher.windows import SampleStore
 from confbus.runtime.api import Endpoint, serve_api, stop_api
 from confbus.runtime.bus import Bus
-from confbus.runtime.errors import ConfbusError, InvalidInput
-from confbus.runtime.events import emit
+from confbus.runtime.errors import ConfbusError
 from confbus.runtime.follow import Follower
 from confbus.runtime.http import HttpServer
+from confbus.runtime.kv import StateKV
+from confbus.runtime.leases import Leases
 from confbus.runtime.service import ServiceContext
 from confbus.schemas import subjects
 from confbus.schemas.api import health as api
 from confbus.schemas.base import DECODE_ERRORS
-from confbus.schemas.events import HealthVerdictEvent
 from confbus.schemas.health import decode_sample
 from confbus.schemas.node import decode_heartbeat
 from confbus.schemas.streams import CFG_HEALTH, CFG_STATE
 
 log = logging.getLogger("confbus.health_watcher")
 
+ROLE = "health"  # lease.health.<ns>: the replica judging the namespace
 CATCH_UP_TIMEOUT_S = 15.0
 DISCOVERY_EVERY_S = 30.0
 
@@ -129,14 +134,21 @@ class SampleReader:
                 self.accept(await f.next())
 
 
+def receiver_url(host: str, port: int) -> str:
+    """The Alertmanager receiver's whole URL (a wildcard bind is reached by the host's name)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://{host}:{port}{PATH}"
+
+
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     args = ctx.args
     bus = ctx.bus
     instance = ctx.settings.instance_id
     metrics = WatcherMetrics.create(ctx.registry)
     store = SampleStore(horizon_s=args.horizon)
-    kv = await bus.kv(CFG_STATE.name)
-    leases = NamespaceLeases(kv, instance, ttl_s=args.lease_ttl)
+    kv = await StateKV.open(bus, CFG_STATE)
+    leases = Leases(kv.kv, ROLE, instance, ttl_s=args.lease_ttl)
     policies = PolicyCache(bus, ttl_s=args.policy_ttl)
     directory = Directory()
     catalog = Catalog(bus, directory)
@@ -166,20 +178,15 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         """Namespaces worth a lease: those with samples, and those with scrape targets."""
         return store.namespaces() | {ns for ns, (_, has) in scrape_namespaces.items() if has}
 
-    async def lease_loop() -> None:
-        while True:
-            try:
-                gained, lost = await leases.tick(wanted())
-            except Exception:  # never let one bad tick stop the renewals
-                log.exception("lease tick failed")
-                gained, lost = [], []
-            for ns in lost:
-                evaluators.pop(ns, None)
-            for ns in gained:
-                alerter = Alerter(ns, bus, kv, leases, metrics)
-                evaluators[ns] = NamespaceEvaluator(ns, alerter, metrics)
-            metrics.leases.set(len(leases.held))
-            await anyio.sleep(leases.renew_every_s)
+    def on_lease_change(ns: str, held: bool) -> None:
+        # A new term judges afresh: the alert book is read again, its pending alerts published.
+        if held:
+            evaluators[ns] = NamespaceEvaluator(ns, Alerter(ns, bus, kv, leases, metrics), metrics)
+        else:
+            evaluators.pop(ns, None)
+        metrics.leases.set(len(leases.held_names()))
+
+    leases.on_change = on_lease_change
 
     async def eval_loop() -> None:
         while True:
@@ -187,7 +194,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             now = time.time()
             store.prune(now)
             for ns, evaluator in list(evaluators.items()):
-                if not leases.holds(ns):
+                if not leases.held(ns):
                     continue
                 try:
                     policy = await policies.get(ns)
@@ -197,52 +204,6 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                 except Exception:
                     log.exception("evaluation failed", extra={"namespace": ns})
 
-    async def verdict(req: api.VerdictRequest) -> api.VerdictReply:
-        if req.window_s is not None and req.window_s <= 0:
-            raise InvalidInput("window_s must be positive", where="window_s")
-        policy = await policies.get(req.namespace, fresh=True)
-        since = None
-        if req.since is not None:
-            at = req.since if req.since.tzinfo else req.since.replace(tzinfo=UTC)
-            since = at.timestamp()
-        nodes = req.nodes or sorted(store.series(req.namespace, req.version))
-        j = judge(
-            policy.health_rules,
-            store.series(req.namespace, req.version, nodes),
-            nodes,
-            now=time.time(),
-            since=since,
-            window_s=req.window_s,
-        )
-        metrics.verdicts.labels(j.verdict).inc()
-        reply = api.VerdictReply(
-            verdict=j.verdict,
-            samples=j.samples,
-            healthy_nodes=j.healthy,
-            unhealthy_nodes=j.unhealthy,
-            unknown_nodes=j.unknown,
-            rules=[o.result() for o in j.outcomes],
-            reason=j.reason,
-            evaluated_by=instance,
-        )
-        try:
-            await emit(
-                bus,
-                HealthVerdictEvent(
-                    namespace=req.namespace,
-                    version=req.version,
-                    nodes=list(nodes),
-                    verdict=j.verdict,
-                    samples=j.samples,
-                    actor=f"health-watcher/{instance}",
-                    reason=j.reason[:2000],
-                ),
-            )
-        except (ConfbusError, nats.errors.Error) as exc:
-            # The verdict stands; the audit line is what is missing — say so loudly.
-            log.warning("verdict event not emitted", extra={"error": repr(exc)})
-        return reply
-
     async def on_heartbeat(msg: Msg) -> None:
         try:
             hb = decode_heartbeat(msg.data)
@@ -251,6 +212,10 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         if msg.subject == subjects.heartbeat(hb.node):
             directory.observe(hb)
 
+    http = httpx.AsyncClient()  # Prometheus's API, for PromQL rules
+    verdicts = Verdicts(
+        bus, store, policies, directory, Prometheus(http), metrics, instance=instance
+    )
     reader = SampleReader(bus, store, metrics)
     scraper = TargetScraper(bus, leases, policies, directory, metrics)
     receiver = Receiver(bus, catalog, metrics)
@@ -261,25 +226,27 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(reader.run, args.horizon)
-            tg.start_soon(leases.watch, bus)
+            await tg.start(leases.keep)
             tg.start_soon(discovery_loop)
-            tg.start_soon(lease_loop)
+            tg.start_soon(leases.pursue, wanted)
             tg.start_soon(eval_loop)
             tg.start_soon(scraper.run)
             svc = await serve_api(
-                bus,
-                api.SERVICE,
-                [Endpoint("verdict", api.VerdictRequest, verdict)],
-                description="confbus health verdicts",
+                bus, [Endpoint(api.VERDICT, verdicts.answer)], description="confbus health verdicts"
             )
-            ctx.ready_info["alertmanager_port"] = await tg.start(am_http.serve)
+            am_port = await tg.start(am_http.serve)
+            ctx.ready_info["alertmanager_port"] = am_port
+            # The whole webhook URL, for Alertmanager's receiver config (no path to guess).
+            ctx.ready_info["alertmanager_url"] = receiver_url(ctx.settings.http_host, am_port)
             task_status.started()
     finally:
         with anyio.CancelScope(shield=True):
             if svc is not None:
                 await stop_api(svc)
-            await leases.release_all()
+            with anyio.move_on_after(2):
+                await leases.release_all()
             try:
                 await hb_sub.unsubscribe()
             except Exception:  # the connection may already be gone
                 pass
+            await http.aclose()

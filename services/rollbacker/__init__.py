@@ -1,4 +1,5 @@
-"""The rollbacker (DESIGN §6): deciding and driving rollbacks to the last known good.
+"""The rollbacker (docs/design.md §6.4, §6.5): deciding and driving rollbacks to the last
+known good.
 
 - ``engine``   decides: an alert (or an operator's request) → start, ignore, or refuse;
                takes over rollbacks left running by a dead replica or our previous self

@@ -1,5 +1,6 @@
-"""Telling the world: audit events on ``cfg.event.<ns>.rollback.*``, webhook notifications,
-and — when a rollback cannot go on — an alert of its own (``source="rollbacker"``).
+"""Telling the world: audit events on ``cfg.event.<ns>.rollback.*``, notifications (webhooks
+and mail, ``notify``), and — when a rollback cannot go on — an alert of its own
+(``source="rollbacker"``).
 
 Every event has a message id derived from the rollback id, so a step repeated after a crash
 or a takeover is a no-op in ``CFG_EVENTS``.
@@ -13,11 +14,12 @@ from typing import Any
 
 from confbus.rollbacker.notify import Notifier
 from confbus.rollbacker.peers import Peers
-from confbus.rollbacker.records import BatchResult, Rollback
 from confbus.runtime.errors import ConfbusError
 from confbus.runtime.events import emit, event_type
 from confbus.schemas.events import RollbackBatch, RollbackCompleted, RollbackStarted, RollbackStuck
 from confbus.schemas.health import Alert
+from confbus.schemas.policy import Policy
+from confbus.schemas.state import BatchResult, Rollback
 
 log = logging.getLogger("confbus.rollbacker")
 
@@ -38,7 +40,7 @@ class Announcer:
     notifier: Notifier
     actor: str
 
-    async def started(self, rb: Rollback, webhooks: list[str]) -> None:
+    async def started(self, rb: Rollback, policy: Policy) -> None:
         ev = RollbackStarted(
             namespace=rb.namespace,
             actor=rb.actor or self.actor,
@@ -50,17 +52,20 @@ class Announcer:
             alert_id=rb.alert_id,
             batches=rb.batches,
         )
-        await emit(self.peers.bus, ev, msg_id=f"rollback:{rb.rollback_id}:started")
+        msg_id = f"rollback:{rb.rollback_id}:started"
+        await emit(self.peers.bus, ev, msg_id=msg_id)
         nodes = sum(len(b) for b in rb.batches)
         self._notify(
-            webhooks,
+            policy,
+            msg_id,
             ev,
             f"confbus: rolling back {_what(rb)} on {nodes} node(s) in {len(rb.batches)} "
             f"batch(es) ({rb.strategy}). Why: {rb.reason or 'not given'}",
             rb,
+            nodes=sorted(n for b in rb.batches for n in b),
         )
 
-    async def batch(self, rb: Rollback, result: BatchResult, webhooks: list[str]) -> None:
+    async def batch(self, rb: Rollback, result: BatchResult, policy: Policy) -> None:
         ev = RollbackBatch(
             namespace=rb.namespace,
             actor=self.actor,
@@ -70,9 +75,11 @@ class Announcer:
             nodes=result.nodes,
             healthy_share=result.healthy_share,
         )
-        await emit(self.peers.bus, ev, msg_id=f"rollback:{rb.rollback_id}:batch:{result.index}")
+        msg_id = f"rollback:{rb.rollback_id}:batch:{result.index}"
+        await emit(self.peers.bus, ev, msg_id=msg_id)
         self._notify(
-            webhooks,
+            policy,
+            msg_id,
             ev,
             f"confbus: rollback of {rb.namespace} batch {result.index + 1}/{len(rb.batches)}: "
             f"{len(result.switched)}/{len(result.nodes)} node(s) restored, "
@@ -80,9 +87,10 @@ class Announcer:
             rb,
             batch=result.index,
             healthy_share=result.healthy_share,
+            nodes=result.switched,
         )
 
-    async def completed(self, rb: Rollback, seconds: float, webhooks: list[str]) -> None:
+    async def completed(self, rb: Rollback, seconds: float, policy: Policy) -> None:
         assert rb.new_version is not None
         ev = RollbackCompleted(
             namespace=rb.namespace,
@@ -92,14 +100,19 @@ class Announcer:
             new_version=rb.new_version,
             seconds=seconds,
         )
-        await emit(self.peers.bus, ev, msg_id=f"rollback:{rb.rollback_id}:completed")
-        nodes = sum(len(b.switched) for b in rb.done)
+        msg_id = f"rollback:{rb.rollback_id}:completed"
+        await emit(self.peers.bus, ev, msg_id=msg_id)
+        restored = sorted(n for b in rb.done for n in b.switched)
         self._notify(
-            webhooks,
+            policy,
+            msg_id,
             ev,
-            f"confbus: rolled back {_what(rb)}: {nodes} node(s) restored in {seconds:.2f}s",
+            f"confbus: rolled back {_what(rb)}: {len(restored)} node(s) restored in "
+            f"{seconds:.2f}s ({', '.join(restored[:20]) or 'none'}). "
+            f"Why: {rb.reason or 'not given'}",
             rb,
             seconds=seconds,
+            nodes=restored,
         )
 
     async def stuck(
@@ -108,7 +121,7 @@ class Announcer:
         batch: int,
         share: float | None,
         detail: str,
-        webhooks: list[str],
+        policy: Policy,
         threshold: float | None = None,
         unhealthy: list[str] | None = None,
     ) -> None:
@@ -121,14 +134,24 @@ class Announcer:
             batch=batch,
             healthy_share=share,
         )
-        await emit(self.peers.bus, ev, msg_id=f"rollback:{rb.rollback_id}:stuck")
+        msg_id = f"rollback:{rb.rollback_id}:stuck"
+        await emit(self.peers.bus, ev, msg_id=msg_id)
         where = f"at batch {batch + 1}/{len(rb.batches)}" if batch >= 0 else "before any batch"
         text = (
             f"confbus: rollback of {rb.namespace} is STUCK {where}: {detail}. "
             "Nothing further is switched; an operator must act (confbus rollback "
             f"{rb.namespace} --to VERSION)."
         )
-        self._notify(webhooks, ev, text, rb, batch=batch, healthy_share=share)
+        self._notify(
+            policy,
+            msg_id,
+            ev,
+            text,
+            rb,
+            batch=batch,
+            healthy_share=share,
+            nodes=sorted(unhealthy or []),
+        )
         try:
             await self.peers.raise_alert(
                 Alert(
@@ -146,10 +169,13 @@ class Announcer:
         except ConfbusError as exc:
             log.warning("could not raise the stuck alert", extra={"error": str(exc)})
 
-    def _notify(self, webhooks: list[str], ev: Any, text: str, rb: Rollback, **extra: Any) -> None:
+    def _notify(
+        self, policy: Policy, event_id: str, ev: Any, text: str, rb: Rollback, **extra: Any
+    ) -> None:
         log.info(text, extra={"namespace": rb.namespace, "rollback_id": rb.rollback_id})
         payload: dict[str, Any] = {
             "text": text,
+            "event_id": event_id,
             "event": event_type(ev),
             "namespace": rb.namespace,
             "rollback_id": rb.rollback_id,
@@ -164,4 +190,5 @@ class Announcer:
             "at": ev.at.isoformat(),
             **extra,
         }
-        self.notifier.send(webhooks, payload)
+        subject = f"confbus {event_type(ev)}: {_what(rb)}"
+        self.notifier.send(policy.webhooks, payload, mail=policy.mail, subject=subject)

@@ -1,4 +1,4 @@
-"""Driving one rollback, step by step, from its ledger record (DESIGN §6).
+"""Driving one rollback, step by step, from its ledger record (docs/design.md §6.5).
 
 ```
             ┌──────── create ────────┐        ┌──────── batches ─────────┐
@@ -14,10 +14,12 @@
                                                                nothing further is switched)
 ```
 
-Every step is recorded in the ledger (compare-and-set, under our lease) before the next one
-starts, and every step is safe to repeat: the change id maps to the same version, nodes already
-on the new version are not switched again, events carry message ids. So a crash, a restart or a
-takeover by another replica resumes where the record says, never doubling anything.
+A rollback is driven by the replica holding ``lease.rollbacker.<ns>``, inside the lease's
+guard: the moment the lease is lost the drive stops. Every step is recorded in the ledger
+(compare-and-set, fenced by the lease's epoch) before the next one starts, and every step is
+safe to repeat: the change id maps to the same version, nodes already on the new version are
+not switched again, events carry message ids. So a crash, a restart or a takeover by another
+replica resumes where the record says, never doubling anything.
 """
 
 from __future__ import annotations
@@ -36,18 +38,20 @@ from nats.aio.msg import Msg
 
 from confbus.rollbacker import plan
 from confbus.rollbacker.announce import Announcer
-from confbus.rollbacker.ledger import Fenced, Ledgers
+from confbus.rollbacker.ledger import Ledgers
 from confbus.rollbacker.metrics import RollbackerMetrics
 from confbus.rollbacker.peers import Peers
-from confbus.rollbacker.records import BatchResult, Rollback
-from confbus.runtime.errors import ConfbusError, Unavailable
+from confbus.rollbacker.suspect import revoke_reason
+from confbus.runtime.errors import ConfbusError, Fenced, Unavailable
 from confbus.runtime.failpoints import failpoint
+from confbus.runtime.leases import Leases, NotHeld
 from confbus.schemas import subjects
 from confbus.schemas.api.health import VerdictReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
 from confbus.schemas.policy import Policy
+from confbus.schemas.state import BatchResult, Rollback
 
 log = logging.getLogger("confbus.rollbacker")
 
@@ -58,7 +62,6 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class DriverConfig:
-    lease_s: float = 15.0
     verify_timeout_s: float = 30.0  # after the bake, how long to wait for health data
     verify_interval_s: float = 0.5
     create_timeout_s: float = 120.0  # for the version-store to store the rollback version
@@ -86,6 +89,7 @@ class Driver:
         self,
         peers: Peers,
         ledgers: Ledgers,
+        leases: Leases,
         announcer: Announcer,
         metrics: RollbackerMetrics,
         instance: str,
@@ -93,6 +97,7 @@ class Driver:
     ) -> None:
         self.peers = peers
         self.ledgers = ledgers
+        self.leases = leases
         self.announce = announcer
         self.metrics = metrics
         self.instance = instance
@@ -101,42 +106,46 @@ class Driver:
     # -- the whole run ---------------------------------------------------------------------
 
     async def drive(self, namespace: str, rollback_id: str) -> None:
-        """Drive a rollback we own until it is completed or stuck, or another replica owns
-        it. Transient failures (a peer down) are retried with backoff, without end: a
-        rollback is the one thing that must get done."""
+        """Take the namespace's lease and drive the rollback until it is completed or stuck,
+        or the lease is lost; if another replica holds the lease, it drives it. Transient
+        failures (a peer down) are retried with backoff, without end: a rollback is the one
+        thing that must get done. The lease is released at the end, for the next rollback."""
+        if not self.leases.held(namespace) and await self.leases.acquire(namespace) is None:
+            return  # driven where the lease is held (or the bus is down: the sweep tries again)
         self.metrics.active.inc()
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_lease, namespace, rollback_id, tg.cancel_scope)
-                try:
-                    await self._run(namespace, rollback_id)
-                except Fenced as exc:
-                    log.warning("lost the rollback to another replica", extra={"error": str(exc)})
-                finally:
-                    tg.cancel_scope.cancel()
+            with self.leases.guard(namespace) as scope:
+                await self._run(namespace, rollback_id)
+            if scope.cancelled_caught:
+                log.warning("lost the rollback's lease", extra={"rollback_id": rollback_id})
+        except (Fenced, NotHeld) as exc:
+            log.warning("lost the rollback to another replica", extra={"error": str(exc)})
         finally:
             self.metrics.active.dec()
-
-    async def _keep_lease(self, namespace: str, rollback_id: str, scope: anyio.CancelScope) -> None:
-        while True:
-            await anyio.sleep(self.config.lease_s / 3)
-            try:
-                await self._save(namespace, rollback_id, lambda rb: rb)
-            except Fenced:
-                scope.cancel()
-                return
-            except ConfbusError as exc:
-                log.warning("could not renew the rollback lease", extra={"error": str(exc)})
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self.leases.release(namespace)
 
     async def _save(
         self, namespace: str, rollback_id: str, fn: Callable[[Rollback], Rollback]
     ) -> Rollback:
-        return await self.ledgers.update_rollback(
-            namespace, rollback_id, self.instance, fn, lease_s=self.config.lease_s
-        )
+        """Change the rollback, fenced by the epoch of the lease we hold now."""
+        epoch = self.leases.require(namespace).epoch
+        return await self.ledgers.update_rollback(namespace, rollback_id, self.instance, epoch, fn)
 
     async def _run(self, namespace: str, rollback_id: str) -> None:
-        rb = await self._retrying(self._save, namespace, rollback_id, lambda r: r)
+        epoch = self.leases.require(namespace).epoch
+        taken, resumed = await self._retrying(
+            self.ledgers.take, namespace, rollback_id, self.instance, epoch
+        )
+        if taken is None:
+            return  # finished meanwhile
+        rb = taken
+        if resumed:
+            self.metrics.rollbacks.labels("resumed").inc()
+            log.info(
+                "taking over rollback",
+                extra={"namespace": namespace, "rollback_id": rb.rollback_id},
+            )
         policy = await self._retrying(self.peers.policy, namespace)
         try:
             if rb.step == "create":
@@ -164,6 +173,14 @@ class Driver:
 
     async def _create(self, rb: Rollback, policy: Policy) -> Rollback:
         ns = rb.namespace
+        if rb.revokes_last_good is not None:
+            # The suspect version loses its mark first: the pointer goes back to the target,
+            # with the reason in the audit log (a repeat is a no-op in the store).
+            why = revoke_reason(rb.revokes_last_good, f"{rb.rollback_id}: {rb.reason}")
+            try:
+                await self._retrying(self.peers.mark_good, ns, rb.to_version, why)
+            except ConfbusError as exc:  # the rollback matters more than the mark
+                log.warning("could not move the last good back", extra={"error": str(exc)})
         target = await self._retrying(self.peers.version, ns, rb.to_version, content=True)
         if target is None or target.content is None:
             raise _Stuck(-1, f"version {rb.to_version} of {ns} is not in the version-store")
@@ -207,7 +224,7 @@ class Driver:
                 r, new_version=new_version, batches=batches, step="batches"
             ),
         )
-        await self.announce.started(rb, policy.webhooks)
+        await self.announce.started(rb, policy)
         self.metrics.rollbacks.labels("started").inc()
         return rb
 
@@ -275,7 +292,7 @@ class Driver:
             result = await self._verify(rb, result, policy)
             rb = await self._record_batch(rb, result)
             self.metrics.batch_seconds.observe(time.monotonic() - started)
-            await self.announce.batch(rb, result, policy.webhooks)
+            await self.announce.batch(rb, result, policy)
             await failpoint("rollbacker.after_batch")
             share = result.healthy_share
             if share is not None and share < threshold:
@@ -452,7 +469,7 @@ class Driver:
         seconds = (finished - rb.started_at).total_seconds()
         self.metrics.rollback_seconds.observe(seconds)
         self.metrics.rollbacks.labels("completed").inc()
-        await self.announce.completed(rb, seconds, policy.webhooks)
+        await self.announce.completed(rb, seconds, policy)
 
     async def _stuck(self, namespace: str, rollback_id: str, stuck: _Stuck, policy: Policy) -> None:
         at: datetime = utcnow()
@@ -469,7 +486,7 @@ class Driver:
             stuck.batch,
             stuck.share,
             stuck.detail,
-            policy.webhooks,
+            policy,
             threshold=policy.rollback.healthy_threshold,
             unhealthy=stuck.unhealthy,
         )

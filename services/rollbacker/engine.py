@@ -16,6 +16,9 @@ Automatic rollbacks (alerts), in order::
     a rollback of the namespace is running            → busy
     a stuck rollback waits for an operator            → held
     production already runs the last known good bytes → ignored
+    (but a version that passed its bake is suspect for
+    window_s: then the last known good before it is the
+    target, and the version loses its mark — suspect.py)
     no last known good                                → refused: rollback.stuck + an alert
                                                         (announced once per version)
     within cooldown_s of the last rollback,
@@ -33,7 +36,6 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 import anyio
 import msgspec
@@ -42,23 +44,18 @@ from anyio.abc import TaskGroup
 from confbus.rollbacker import plan
 from confbus.rollbacker.announce import Announcer
 from confbus.rollbacker.driver import Driver
+from confbus.rollbacker.judged import Judged, announce_judgement
 from confbus.rollbacker.ledger import Ledgers
 from confbus.rollbacker.metrics import RollbackerMetrics
 from confbus.rollbacker.peers import Peers
-from confbus.rollbacker.records import (
-    Ledger,
-    Rollback,
-    SeenAlert,
-    prune,
-    rate_limit,
-    with_alert,
-    with_rollback,
-)
+from confbus.rollbacker.records import prune, rate_limit, with_alert, with_rollback
+from confbus.rollbacker.suspect import good_before
 from confbus.schemas.api.rollback import RollbackReply, RollbackRequest
 from confbus.schemas.api.store import VersionReply
 from confbus.schemas.base import utcnow as now_utc
 from confbus.schemas.health import Alert
 from confbus.schemas.policy import Policy
+from confbus.schemas.state import Ledger, Rollback, SeenAlert
 
 log = logging.getLogger("confbus.rollbacker")
 
@@ -79,8 +76,9 @@ class Facts:
     policy: Policy
     from_version: int | None
     from_sha256: str | None
-    last_good: VersionReply | None
+    last_good: VersionReply | None  # what to go back to (the one before, for a suspect version)
     ignore: str = ""  # a reason to ignore the alert, found while reading the facts
+    revokes: int | None = None  # the suspect version that is the last known good now
 
 
 @dataclass
@@ -91,45 +89,49 @@ class Engine:
     announcer: Announcer
     metrics: RollbackerMetrics
     instance: str
-    lease_s: float
     tg: TaskGroup
     driving: set[str] = field(default_factory=set)  # namespaces driven by this replica
 
     # -- automatic ----------------------------------------------------------------------------
 
-    async def on_alert(self, alert: Alert) -> str:
-        """Judge one alert; returns the outcome (for metrics, logs and tests)."""
-        outcome, detail = await self._judge(alert)
-        self.metrics.alerts.labels(outcome).inc()
+    async def on_alert(self, alert: Alert, *, redelivered: bool = False) -> str:
+        """Judge one alert and leave its event; returns the outcome (for metrics and tests).
+        ``redelivered``: the bus delivers it again (we may have judged it and stopped before
+        the ack) — then the judgement we recorded is announced again, not a duplicate."""
+        judged = await self._judge(alert)
+        self.metrics.alerts.labels(judged.outcome).inc()
         log.info(
             "alert judged",
             extra={
                 "namespace": alert.namespace,
                 "alert_id": alert.alert_id,
-                "outcome": outcome,
-                "detail": detail,
+                "outcome": judged.outcome,
+                "detail": judged.detail,
             },
         )
-        return outcome
+        await announce_judgement(self.peers.bus, alert, judged, redelivered=redelivered)
+        return judged.outcome
 
-    async def _judge(self, alert: Alert) -> tuple[str, str]:
+    async def _judge(self, alert: Alert) -> Judged:
         ns = alert.namespace
         if alert.source == "rollbacker":
-            return "ignored", "the rollbacker's own alert"
+            return Judged("ignored", "the rollbacker's own alert", alert.version)
         if alert.state != "firing":
-            return "ignored", "resolved"
-        ledger, _ = await self.ledgers.read(ns)
-        if ledger.seen(alert.alert_id) is not None:
-            return "duplicate", "alert already judged"
+            return Judged("ignored", "resolved", alert.version)
+        ledger = await self.ledgers.read(ns)
+        earlier = ledger.seen(alert.alert_id)
+        if earlier is not None:
+            return Judged.again(earlier, alert.version)
         facts = await self._facts(alert)
         rollback_id = alert_rollback_id(ns, alert.alert_id)
         now = now_utc()
         announce: list[Rollback] = []
 
-        def decide(ledger: Ledger) -> tuple[Ledger | None, tuple[str, str]]:
+        def decide(ledger: Ledger) -> tuple[Ledger | None, Judged]:
             announce.clear()
-            if ledger.seen(alert.alert_id) is not None:
-                return None, ("duplicate", "alert already judged")
+            earlier = ledger.seen(alert.alert_id)
+            if earlier is not None:
+                return None, Judged.again(earlier, alert.version)
             ledger = prune(ledger, facts.policy.rollback, now)
 
             def record(outcome: str, detail: str, rb_id: str | None = None) -> Ledger:
@@ -142,22 +144,29 @@ class Engine:
                 )
                 return with_alert(ledger, seen)
 
+            def judged(outcome: str, detail: str, rb_id: str | None = None) -> Judged:
+                return Judged(outcome, detail, facts.from_version, rb_id)
+
             if facts.ignore:
-                return record("ignored", facts.ignore), ("ignored", facts.ignore)
+                return record("ignored", facts.ignore), judged("ignored", facts.ignore)
             running = ledger.running
             if running is not None:
                 detail = f"rollback {running.rollback_id} is running"
-                return record("busy", detail, running.rollback_id), ("busy", detail)
+                rb_id = running.rollback_id
+                return record("busy", detail, rb_id), judged("busy", detail, rb_id)
             held = ledger.holding(facts.from_version)
             if held is not None:
                 detail = f"rollback {held.rollback_id} is stuck and waits for an operator"
-                return record("held", detail, held.rollback_id), ("held", detail)
+                rb_id = held.rollback_id
+                return record("held", detail, rb_id), judged("held", detail, rb_id)
             good = facts.last_good
-            if good is not None and good.info.sha256 == facts.from_sha256:
+            if facts.revokes is None and good is not None and good.info.sha256 == facts.from_sha256:
                 detail = f"v{facts.from_version} already has the last known good bytes"
-                return record("ignored", detail), ("ignored", detail)
+                return record("ignored", detail), judged("ignored", detail)
             if good is None:
                 detail = "nothing known-good to go back to (no version passed a bake with data)"
+                if facts.revokes is not None:
+                    detail = f"v{facts.revokes} is the last known good and no version was before it"
                 rb = self._new(
                     rollback_id, alert, facts, to_version=0, state="refused", detail=detail
                 )
@@ -168,21 +177,26 @@ class Engine:
                 if not already:
                     announce.append(rb)
                 out = with_rollback(record("refused", detail, rollback_id), rb)
-                return out, ("refused", detail)
+                return out, judged("refused", detail, rollback_id)
             limited = rate_limit(ledger, facts.policy.rollback, now)
             if limited is not None:
-                return record(limited.kind, limited.detail), (limited.kind, limited.detail)
+                out = record(limited.kind, limited.detail)
+                return out, judged(limited.kind, limited.detail)
             rb = self._new(rollback_id, alert, facts, to_version=good.info.version)
             out = with_rollback(record("started", "", rollback_id), rb)
-            return msgspec.structs.replace(out, active=rollback_id), ("started", "")
+            detail = f"rolling v{facts.from_version} back to v{good.info.version}'s config"
+            if facts.revokes is not None:
+                detail += f"; v{facts.revokes} loses its last-known-good mark"
+            active = msgspec.structs.replace(out, active=rollback_id)
+            return active, judged("started", detail, rollback_id)
 
-        _, (outcome, detail) = await self.ledgers.change(ns, decide)
+        _, result = await self.ledgers.change(ns, decide)
         for rb in announce:
             self.metrics.rollbacks.labels("refused").inc()
-            await self.announcer.stuck(rb, -1, None, rb.detail, facts.policy.webhooks)
-        if outcome == "started":
+            await self.announcer.stuck(rb, -1, None, rb.detail, facts.policy)
+        if result.outcome == "started":
             self.spawn(ns, rollback_id)
-        return outcome, detail
+        return result
 
     async def _facts(self, alert: Alert) -> Facts:
         ns = alert.namespace
@@ -201,11 +215,22 @@ class Engine:
         elif alert.source != "distributor":
             ignore = await self._outside_window(ns, from_version, prod, policy)
         from_sha = None
+        revokes = None
         if from_version is not None and not ignore:
             info = prod if prod is not None and prod.info.version == from_version else None
             info = info or await self.peers.version(ns, from_version)
             from_sha = info.info.sha256 if info is not None else None
-        return Facts(policy, from_version, from_sha, last_good, ignore)
+            suspect = (
+                info is not None
+                and info.info.rollback_of is None  # a rollback restores known-good bytes
+                and last_good is not None
+                and last_good.info.version == from_version
+            )
+            if suspect:
+                revokes = from_version
+                before = await good_before(self.peers.bus, ns, from_version)
+                last_good = await self.peers.version(ns, before) if before else None
+        return Facts(policy, from_version, from_sha, last_good, ignore, revokes)
 
     async def _outside_window(
         self, ns: str, version: int, prod: VersionReply | None, policy: Policy
@@ -216,8 +241,8 @@ class Engine:
         age = (now_utc() - went_out).total_seconds()
         if age > policy.rollback.window_s:
             return (
-                f"v{version} went out {age:.0f}s ago, beyond the rollback window "
-                f"of {policy.rollback.window_s:g}s"
+                f"v{version} became production {age:.0f}s ago, beyond its suspect window "
+                f"(rollback.window_s) of {policy.rollback.window_s:g}s"
             )
         return ""
 
@@ -252,8 +277,8 @@ class Engine:
             updated_at=now,
             finished_at=None if state == "running" else now,
             detail=detail,
-            owner=self.instance,
-            lease_until=now + timedelta(seconds=self.lease_s),
+            owner=self.instance,  # driven by whoever holds the namespace's lease (driver.py)
+            revokes_last_good=facts.revokes,
         )
 
     # -- manual -------------------------------------------------------------------------------
@@ -312,7 +337,6 @@ class Engine:
             started_at=now,
             updated_at=now,
             owner=self.instance,
-            lease_until=now + timedelta(seconds=self.lease_s),
         )
 
         def claim(ledger: Ledger) -> tuple[Ledger | None, str]:
@@ -353,43 +377,18 @@ class Engine:
             self.driving.discard(namespace)
 
     async def resume(self) -> int:
-        """Take over running rollbacks nobody drives: ours from before a restart (same
-        instance), or any whose lease has expired. Returns how many were taken over."""
-        taken = 0
+        """Drive the running rollbacks nobody drives here: ours from before a restart, or a
+        dead replica's. The driver takes the namespace's lease first (a live replica's lease
+        means it drives it). Returns how many drivers were started."""
+        started = 0
         for ns in await self.ledgers.namespaces():
             if ns in self.driving:
                 continue
-            ledger, _ = await self.ledgers.read(ns)
-            rb = ledger.running
-            if rb is None or not self._may_take(rb, now_utc()):
-                continue
-            rollback_id = rb.rollback_id
-
-            def take(ledger: Ledger, rollback_id: str = rollback_id) -> tuple[Ledger | None, bool]:
-                cur = ledger.running
-                if cur is None or cur.rollback_id != rollback_id:
-                    return None, False
-                if not self._may_take(cur, now_utc()):
-                    return None, False
-                mine = msgspec.structs.replace(
-                    cur,
-                    owner=self.instance,
-                    lease_until=now_utc() + timedelta(seconds=self.lease_s),
-                )
-                return with_rollback(ledger, mine), True
-
-            _, ok = await self.ledgers.change(ns, take)
-            if ok:
-                taken += 1
-                self.metrics.rollbacks.labels("resumed").inc()
-                log.info(
-                    "taking over rollback", extra={"namespace": ns, "rollback_id": rollback_id}
-                )
-                self.spawn(ns, rollback_id)
-        return taken
-
-    def _may_take(self, rb: Rollback, now: datetime) -> bool:
-        return rb.owner == self.instance or rb.lease_until is None or rb.lease_until < now
+            rb = (await self.ledgers.read(ns)).running
+            if rb is not None:
+                started += 1
+                self.spawn(ns, rb.rollback_id)
+        return started
 
     async def resume_loop(self, interval_s: float) -> None:
         while True:

@@ -1,11 +1,14 @@
-"""Webhook notifications: a JSON POST with a Slack-compatible ``text`` to each URL of the
-namespace's ``policy.webhooks``, for rollback started / batch / completed / stuck.
+"""Notifications: a JSON POST with a Slack-compatible ``text`` (and the facts as fields, for
+generic receivers) to each URL of the namespace's ``policy.webhooks``, and a mail to the
+policy's ``mail`` (``mail.py``), for every rollback step and every rollout outcome.
 
 Delivery never holds up a rollback: ``Notifier.send`` only puts the message on a bounded queue
 (if the queue is full the message is dropped and counted). A background task delivers each
-(message, URL) in its own task — so one hanging endpoint does not delay the others — with a
-per-attempt timeout and retries with exponential backoff and jitter. Attempts, retries,
-deliveries, failures and drops are Prometheus metrics (``confbus_rollbacker_webhook_*``).
+(message, destination) in its own task — so one hanging endpoint does not delay the others —
+with a per-attempt timeout and retries with exponential backoff and jitter. Attempts, retries,
+deliveries, failures and drops are Prometheus metrics (``confbus_rollbacker_webhook_*``,
+``confbus_rollbacker_mail_*``). Each notification carries its event's id (``event_id``; the
+mail's ``Message-ID``), and an id sent once is not sent again by this replica.
 
 URLs often carry a token (Slack's do): logs show only the scheme and host, never the path.
 """
@@ -15,7 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+import smtplib
 import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +30,9 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from confbus.rollbacker.mail import MailError, message, send_mail, where
+from confbus.schemas.policy import MailTarget
 
 log = logging.getLogger("confbus.rollbacker")
 
@@ -37,6 +46,7 @@ class WebhookMetrics:
     deliveries: Counter
     seconds: Histogram
     queued: Gauge
+    mail: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WebhookMetrics:
@@ -66,6 +76,12 @@ class WebhookMetrics:
             queued=Gauge(
                 "confbus_rollbacker_webhook_pending",
                 "Webhook notifications queued or being delivered.",
+                registry=registry,
+            ),
+            mail=Counter(
+                "confbus_rollbacker_mail",
+                "Mail notifications by final outcome (delivered, failed, dropped).",
+                ["outcome"],
                 registry=registry,
             ),
         )
@@ -127,6 +143,19 @@ async def post_json(url: str, body: bytes, timeout: float) -> int:
 class Notification:
     urls: list[str]
     payload: dict[str, Any]
+    mail: MailTarget | None = None
+    subject: str = ""  # the mail's subject line
+
+    @property
+    def event_id(self) -> str:
+        return str(self.payload.get("event_id", ""))
+
+    @property
+    def destinations(self) -> int:
+        return len(self.urls) + (1 if self.mail is not None else 0)
+
+
+SENT_IDS_KEPT = 4096  # event ids remembered as sent (bounded memory)
 
 
 @dataclass
@@ -140,22 +169,44 @@ class Notifier:
     concurrency: int = 32
     _send: MemoryObjectSendStream[Notification] | None = field(default=None, init=False)
     _recv: MemoryObjectReceiveStream[Notification] | None = field(default=None, init=False)
+    _sent: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
 
     def __post_init__(self) -> None:
         self._send, self._recv = anyio.create_memory_object_stream[Notification](self.queue_size)
 
-    def send(self, urls: list[str], payload: dict[str, Any]) -> None:
-        """Queue a notification; never blocks, never raises."""
-        if not urls:
+    def send(
+        self,
+        urls: list[str],
+        payload: dict[str, Any],
+        *,
+        mail: MailTarget | None = None,
+        subject: str = "",
+    ) -> None:
+        """Queue a notification; never blocks, never raises. One whose ``event_id`` was sent
+        already is not sent again."""
+        note = Notification(list(urls), payload, mail, subject)
+        if not note.destinations or self._seen(note.event_id):
             return
         assert self._send is not None
         try:
-            self._send.send_nowait(Notification(list(urls), payload))
+            self._send.send_nowait(note)
         except anyio.WouldBlock:
             self.metrics.deliveries.labels("dropped").inc(len(urls))
-            log.warning("webhook queue full, notification dropped", extra={"urls": len(urls)})
+            if mail is not None:
+                self.metrics.mail.labels("dropped").inc()
+            log.warning("notification queue full, dropped", extra={"to": note.destinations})
             return
-        self.metrics.queued.inc(len(urls))
+        self.metrics.queued.inc(note.destinations)
+
+    def _seen(self, event_id: str) -> bool:
+        if not event_id:
+            return False
+        if event_id in self._sent:
+            return True
+        self._sent[event_id] = None
+        while len(self._sent) > SENT_IDS_KEPT:
+            self._sent.popitem(last=False)
+        return False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         assert self._recv is not None
@@ -169,28 +220,51 @@ class Notifier:
                 for url in note.urls:
                     await slots.acquire()
                     tg.start_soon(self._deliver, url, body, slots)
+                if note.mail is not None:
+                    await slots.acquire()
+                    tg.start_soon(self._deliver_mail, note, slots)
 
     async def _deliver(self, url: str, body: bytes, slots: anyio.Semaphore) -> None:
         try:
-            for attempt in range(1, self.attempts + 1):
-                if attempt > 1:
-                    self.metrics.retries.inc()
-                    ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 2))
-                    await anyio.sleep(random.uniform(ceiling / 2, ceiling))
-                result, detail = await self._attempt(url, body)
-                self.metrics.attempts.labels(result).inc()
-                if result == "ok":
-                    self.metrics.deliveries.labels("delivered").inc()
-                    return
-                log.info(
-                    "webhook attempt failed",
-                    extra={"url": safe_url(url), "attempt": attempt, "error": detail},
-                )
-            self.metrics.deliveries.labels("failed").inc()
-            log.warning("webhook gave up", extra={"url": safe_url(url), "attempts": self.attempts})
+            ok = await self._retried(safe_url(url), lambda: self._attempt(url, body), True)
+            self.metrics.deliveries.labels("delivered" if ok else "failed").inc()
         finally:
             self.metrics.queued.dec()
             slots.release()
+
+    async def _deliver_mail(self, note: Notification, slots: anyio.Semaphore) -> None:
+        assert note.mail is not None
+        target = note.mail
+        text = str(note.payload.get("text", ""))
+        details = json.dumps(note.payload, indent=2, sort_keys=True)
+        msg = message(target, note.subject or text, f"{text}\n\n{details}\n", note.event_id)
+        try:
+            ok = await self._retried(where(target), lambda: self._mail(target, msg), False)
+            self.metrics.mail.labels("delivered" if ok else "failed").inc()
+        finally:
+            self.metrics.queued.dec()
+            slots.release()
+
+    async def _retried(
+        self, dest: str, attempt: Callable[[], Awaitable[tuple[str, str]]], webhook: bool
+    ) -> bool:
+        for n in range(1, self.attempts + 1):
+            if n > 1:
+                if webhook:
+                    self.metrics.retries.inc()
+                ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (n - 2))
+                await anyio.sleep(random.uniform(ceiling / 2, ceiling))
+            result, detail = await attempt()
+            if webhook:
+                self.metrics.attempts.labels(result).inc()
+            if result == "ok":
+                return True
+            log.info(
+                "notification attempt failed",
+                extra={"to": dest, "attempt": n, "error": detail},
+            )
+        log.warning("notification gave up", extra={"to": dest, "attempts": self.attempts})
+        return False
 
     async def _attempt(self, url: str, body: bytes) -> tuple[str, str]:
         with self.metrics.seconds.time():
@@ -203,3 +277,12 @@ class Notifier:
         if 200 <= status < 300:
             return "ok", ""
         return "http_error", f"HTTP {status}"
+
+    async def _mail(self, target: MailTarget, msg: Any) -> tuple[str, str]:
+        try:
+            await send_mail(target, msg, self.attempt_timeout_s)
+        except TimeoutError:
+            return "timeout", f"no answer within {self.attempt_timeout_s}s"
+        except (OSError, MailError, smtplib.SMTPException) as exc:
+            return "error", str(exc) or type(exc).__name__
+        return "ok", ""

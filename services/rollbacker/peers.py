@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-import msgspec
 import nats.errors
 import nats.js.errors
 
@@ -33,8 +31,6 @@ from confbus.schemas.streams import CFG_EVENTS
 
 log = logging.getLogger("confbus.rollbacker")
 
-STORE_TIMEOUT_S = 10.0
-
 
 @dataclass
 class Peers:
@@ -45,27 +41,16 @@ class Peers:
 
     async def policy(self, namespace: str) -> Policy:
         return await call(
-            self.bus,
-            store_api.SERVICE,
-            "policy_get",
-            store_api.PolicyGetRequest(namespace=namespace),
-            Policy,
-            timeout=STORE_TIMEOUT_S,
+            self.bus, store_api.POLICY_GET, store_api.PolicyGetRequest(namespace=namespace)
         )
 
     async def version(
         self, namespace: str, ref: str | int, *, content: bool = False
     ) -> store_api.VersionReply | None:
         """The version a ref names, or None if it names nothing (no last good yet, ...)."""
+        request = store_api.GetRequest(namespace=namespace, ref=str(ref), content=content)
         try:
-            return await call(
-                self.bus,
-                store_api.SERVICE,
-                "get",
-                store_api.GetRequest(namespace=namespace, ref=str(ref), content=content),
-                store_api.VersionReply,
-                timeout=STORE_TIMEOUT_S,
-            )
+            return await call(self.bus, store_api.GET, request)
         except NotFound:
             return None
 
@@ -78,38 +63,20 @@ class Peers:
         )
 
     async def change_status(self, namespace: str, change_id: str) -> store_api.ChangeStatusReply:
-        return await call(
-            self.bus,
-            store_api.SERVICE,
-            "change_status",
-            store_api.ChangeStatusRequest(namespace=namespace, change_id=change_id),
-            store_api.ChangeStatusReply,
-            timeout=STORE_TIMEOUT_S,
-        )
+        request = store_api.ChangeStatusRequest(namespace=namespace, change_id=change_id)
+        return await call(self.bus, store_api.CHANGE_STATUS, request)
 
     async def promote(self, namespace: str, version: int, reason: str) -> None:
-        await call(
-            self.bus,
-            store_api.SERVICE,
-            "promote",
-            store_api.PromoteRequest(
-                namespace=namespace, version=version, actor=self.actor, reason=reason
-            ),
-            _AnyReply,
-            timeout=STORE_TIMEOUT_S,
+        request = store_api.PromoteRequest(
+            namespace=namespace, version=version, actor=self.actor, reason=reason
         )
+        await call(self.bus, store_api.PROMOTE, request)
 
     async def mark_good(self, namespace: str, version: int, reason: str) -> None:
-        await call(
-            self.bus,
-            store_api.SERVICE,
-            "mark_good",
-            store_api.MarkGoodRequest(
-                namespace=namespace, version=version, actor=self.actor, reason=reason
-            ),
-            _AnyReply,
-            timeout=STORE_TIMEOUT_S,
+        request = store_api.MarkGoodRequest(
+            namespace=namespace, version=version, actor=self.actor, reason=reason
         )
+        await call(self.bus, store_api.MARK_GOOD, request)
 
     async def went_out_at(self, namespace: str, version: int) -> datetime | None:
         """When ``version`` became production: the time of the namespace's last
@@ -133,31 +100,18 @@ class Peers:
     # -- distributor -----------------------------------------------------------------------
 
     async def status(self, namespace: str) -> dist_api.StatusReply:
-        return await call(
-            self.bus,
-            dist_api.SERVICE,
-            "status",
-            dist_api.StatusRequest(namespace=namespace),
-            dist_api.StatusReply,
-            timeout=STORE_TIMEOUT_S,
-        )
+        return await call(self.bus, dist_api.STATUS, dist_api.StatusRequest(namespace=namespace))
 
     async def end_rollout(self, namespace: str, reason: str) -> bool:
         """Ask the distributor to stop the namespace's rollout (running, paused, or failed by
         its bake) and end it as ``rolled_back``: ``cfg.api.dist.abort`` with
         ``rolled_back=True``. Whatever version it rolls out: the rollback version is higher
         than all of them. False if there was no such rollout (e.g. it had completed)."""
+        request = dist_api.ControlRequest(
+            namespace=namespace, actor=self.actor, reason=reason, rolled_back=True
+        )
         try:
-            await call(
-                self.bus,
-                dist_api.SERVICE,
-                "abort",
-                dist_api.ControlRequest(
-                    namespace=namespace, actor=self.actor, reason=reason, rolled_back=True
-                ),
-                _AnyReply,
-                timeout=STORE_TIMEOUT_S,
-            )
+            await call(self.bus, dist_api.ABORT, request)
         except (NotFound, Conflict):
             return False
         return True
@@ -167,43 +121,27 @@ class Peers:
     async def switch(
         self, namespace: str, version: int, nodes: list[str], vote_timeout_s: float, reason: str
     ) -> txn_api.SwitchReply:
-        return await call(
-            self.bus,
-            txn_api.SERVICE,
-            "switch",
-            txn_api.SwitchRequest(
-                namespace=namespace,
-                version=version,
-                nodes=nodes,
-                timeout_s=vote_timeout_s,
-                actor=self.actor,
-                reason=reason,
-            ),
-            txn_api.SwitchReply,
-            timeout=vote_timeout_s + 15.0,
+        request = txn_api.SwitchRequest(
+            namespace=namespace,
+            version=version,
+            nodes=nodes,
+            timeout_s=vote_timeout_s,
+            actor=self.actor,
+            reason=reason,
         )
+        return await call(self.bus, txn_api.SWITCH, request)
 
     # -- health-watcher ----------------------------------------------------------------------
 
     async def verdict(
         self, namespace: str, version: int, nodes: list[str], since: datetime
     ) -> health_api.VerdictReply:
-        return await call(
-            self.bus,
-            health_api.SERVICE,
-            "verdict",
-            health_api.VerdictRequest(
-                namespace=namespace, version=version, nodes=nodes, since=since
-            ),
-            health_api.VerdictReply,
-            timeout=STORE_TIMEOUT_S,
+        request = health_api.VerdictRequest(
+            namespace=namespace, version=version, nodes=nodes, since=since
         )
+        return await call(self.bus, health_api.VERDICT, request)
 
     # -- alerts ------------------------------------------------------------------------------
 
     async def raise_alert(self, alert: Alert) -> None:
         await self.bus.publish(subjects.alert(alert.namespace), alert, msg_id=alert.alert_id)
-
-
-# Replies whose content the rollbacker does not need: any JSON is fine.
-_AnyReply: type[Any] = msgspec.Raw

@@ -1,10 +1,10 @@
-"""What the rollbacker keeps in ``CFG_STATE`` and the pure rules it applies to it.
+"""The pure rules the rollbacker applies to what it keeps in ``CFG_STATE``.
 
-One key per namespace, ``rollback.<ns>``, holds a ``Ledger``: the rollback being driven (if
-any), the recent rollbacks (for the cooldown and the cap), and the recent alert ids (for
-idempotency). Every change to it is a compare-and-set, so two replicas — or a replica and its
-own restarted self — can never both start a rollback of one namespace, and a failover keeps
-the cooldown and the cap.
+One key per namespace, ``rollback.<ns>``, holds a ``Ledger`` (``confbus.schemas.state``): the
+rollback being driven (if any), the recent rollbacks (for the cooldown and the cap), and the
+recent alert ids (for idempotency). Every change to it is a compare-and-set, so two replicas
+— or a replica and its own restarted self — can never both start a rollback of one namespace,
+and a failover keeps the cooldown and the cap.
 
 Everything here is pure: no I/O, so the rules are tested without a bus.
 """
@@ -18,108 +18,11 @@ from typing import Literal
 import msgspec
 
 from confbus.schemas.policy import RollbackPolicy
+from confbus.schemas.state import Ledger, Rollback, SeenAlert
 
-State = Literal["running", "completed", "stuck", "refused"]
-Step = Literal["create", "batches", "promote", "done"]
-Trigger = Literal["alert", "manual"]
-
-KEY_PREFIX = "rollback."
 # Bounds (invariant 7): the ledger of a namespace never grows past these, whatever happens.
 MAX_ALERTS = 500
 MAX_ROLLBACKS = 50
-
-
-def key(namespace: str) -> str:
-    return f"{KEY_PREFIX}{namespace}"
-
-
-class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
-    index: int
-    nodes: list[str]  # planned for this batch
-    switched: list[str] = []  # committed on (or found already on) the new version
-    txids: list[str] = []
-    verdict: str = ""  # pass | fail | no_data | unavailable | skipped
-    healthy_share: float | None = None
-    samples: int = 0
-    unhealthy: list[str] = []  # named unhealthy by the verdict
-    committed_at: datetime | None = None
-
-
-class Rollback(msgspec.Struct, frozen=True, kw_only=True):
-    rollback_id: str
-    namespace: str
-    trigger: Trigger
-    alert_id: str | None = None
-    actor: str = ""
-    reason: str = ""
-    from_version: int | None = None
-    to_version: int
-    to_sha256: str = ""
-    change_id: str
-    new_version: int | None = None
-    strategy: str
-    state: State = "running"
-    step: Step = "create"
-    batches: list[list[str]] = []
-    done: list[BatchResult] = []
-    started_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None = None
-    detail: str = ""  # why it is stuck or was refused
-    owner: str = ""  # the replica driving it
-    lease_until: datetime | None = None  # wall clock: another replica takes over after it
-
-    @property
-    def counts_for_limits(self) -> bool:
-        """Rollbacks that actually started count for the cooldown and the cap."""
-        return self.state != "refused"
-
-
-class SeenAlert(msgspec.Struct, frozen=True, kw_only=True):
-    alert_id: str
-    at: datetime
-    outcome: str  # started | ignored | cooldown | cap | refused | busy | held
-    rollback_id: str | None = None
-    detail: str = ""
-
-
-class Ledger(msgspec.Struct, frozen=True, kw_only=True):
-    namespace: str
-    active: str | None = None  # rollback_id being driven
-    rollbacks: list[Rollback] = []  # oldest first
-    alerts: list[SeenAlert] = []  # oldest first
-
-    def find(self, rollback_id: str) -> Rollback | None:
-        for r in reversed(self.rollbacks):
-            if r.rollback_id == rollback_id:
-                return r
-        return None
-
-    def seen(self, alert_id: str) -> SeenAlert | None:
-        for a in reversed(self.alerts):
-            if a.alert_id == alert_id:
-                return a
-        return None
-
-    @property
-    def running(self) -> Rollback | None:
-        return self.find(self.active) if self.active else None
-
-    def holding(self, version: int | None) -> Rollback | None:
-        """A stuck rollback waits for an operator: automatic rollbacks of versions up to the
-        one it created are held until then (a newer version is a new situation)."""
-        for r in reversed(self.rollbacks):
-            if r.state == "stuck":
-                top = r.new_version if r.new_version is not None else r.from_version
-                if version is None or top is None or version <= top:
-                    return r
-                return None
-            if r.state in ("running", "completed"):
-                return None
-        return None
-
-
-decode_ledger = msgspec.json.Decoder(Ledger).decode
 
 
 def with_alert(ledger: Ledger, seen: SeenAlert) -> Ledger:

@@ -1,5 +1,6 @@
 """The rollbacker service: alerts in (``CFG_ALERTS``), manual requests in
-(``cfg.api.rollback.start``), rollbacks driven to the end, webhooks notified."""
+(``cfg.api.rollback.start``), rollbacks driven to the end; rollback steps and rollout outcomes
+(``CFG_EVENTS``) notified by webhook and mail."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import anyio
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from confbus.rollbacker.announce import Announcer
 from confbus.rollbacker.driver import Driver, DriverConfig
@@ -16,16 +18,23 @@ from confbus.rollbacker.engine import Engine
 from confbus.rollbacker.ledger import Ledgers
 from confbus.rollbacker.metrics import RollbackerMetrics
 from confbus.rollbacker.notify import Notifier
+from confbus.rollbacker.outcomes import FILTER as OUTCOMES
+from confbus.rollbacker.outcomes import OutcomeNotifier
 from confbus.rollbacker.peers import Peers
 from confbus.runtime.api import Endpoint, serve_api, stop_api
 from confbus.runtime.consumer import Consumer, per_message
+from confbus.runtime.kv import StateKV
+from confbus.runtime.leases import Leases
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.service import ServiceContext
 from confbus.schemas.api import rollback as api
+from confbus.schemas.events import AnyEvent, decode_event
 from confbus.schemas.health import Alert, decode_alert
-from confbus.schemas.streams import CFG_ALERTS, CFG_STATE
+from confbus.schemas.streams import CFG_ALERTS, CFG_EVENTS, CFG_STATE
 
 log = logging.getLogger("confbus.rollbacker")
+
+ROLE = "rollbacker"  # lease.rollbacker.<ns>: the replica driving the namespace's rollback
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +43,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--lease",
         type=float,
         default=15.0,
-        help="seconds a replica owns a running rollback without renewing it; another replica "
-        "(or this one restarted) takes it over after that (default %(default)s)",
+        help="seconds a replica's lease on a namespace's running rollback lasts unrenewed; "
+        "another replica (or this one restarted) takes it over after that (default %(default)s)",
     )
     g.add_argument(
         "--verify-timeout",
@@ -69,24 +78,26 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         backoff_base_s=args.webhook_backoff,
     )
     peers = Peers(ctx.bus, actor=f"rollbacker:{instance}")
-    ledgers = Ledgers(await ctx.bus.kv(CFG_STATE.name))
+    state = await StateKV.open(ctx.bus, CFG_STATE)
+    ledgers = Ledgers(state)
+    leases = Leases(state.kv, ROLE, instance, ttl_s=args.lease)
     announcer = Announcer(peers, notifier, actor=f"rollbacker:{instance}")
     config = DriverConfig(
-        lease_s=args.lease,
         verify_timeout_s=args.verify_timeout,
         verify_interval_s=args.verify_interval,
         create_timeout_s=args.create_timeout,
     )
-    driver = Driver(peers, ledgers, announcer, metrics, instance, config)
+    driver = Driver(peers, ledgers, leases, announcer, metrics, instance, config)
 
     async with anyio.create_task_group() as tg:
         await tg.start(notifier.run)
-        engine = Engine(peers, ledgers, driver, announcer, metrics, instance, args.lease, tg)
+        await tg.start(leases.keep)
+        engine = Engine(peers, ledgers, driver, announcer, metrics, instance, tg)
 
-        async def on_alert(alert: Alert, _msg: Msg) -> None:
+        async def on_alert(alert: Alert, msg: Msg) -> None:
             # Returns once the decision is in the ledger (the rollback itself runs on in
             # its own task): only then is the alert acked.
-            await engine.on_alert(alert)
+            await engine.on_alert(alert, redelivered=msg.metadata.num_delivered > 1)
 
         consumer: Consumer[Alert] = Consumer(
             bus=ctx.bus,
@@ -96,18 +107,27 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             handler=per_message(on_alert),
             metrics=ConsumerMetrics.create(ctx.registry, "rollbacker", "alerts"),
         )
-        svc = await serve_api(
-            ctx.bus,
-            api.SERVICE,
-            [Endpoint("start", api.RollbackRequest, engine.manual, concurrent=True)],
-            tg=tg,
+        outcomes: Consumer[AnyEvent] = Consumer(
+            bus=ctx.bus,
+            stream=CFG_EVENTS,
+            durable="rollbacker-outcomes",
+            decode=decode_event,
+            handler=per_message(OutcomeNotifier(peers, notifier).on_event),
+            metrics=ConsumerMetrics.create(ctx.registry, "rollbacker", "outcomes"),
+            filter_subject=OUTCOMES,
+            deliver_policy=DeliverPolicy.NEW,
         )
+        svc = await serve_api(ctx.bus, [Endpoint(api.START, engine.manual, concurrent=True)], tg=tg)
         try:
             # Rollbacks left running by our previous self (or a dead replica) first.
             await engine.resume()
             tg.start_soon(engine.resume_loop, args.resume_interval)
             await tg.start(consumer.run)
+            await tg.start(outcomes.run)
             task_status.started()
             await anyio.sleep_forever()
         finally:
             await stop_api(svc)
+            # A clean stop hands the namespaces over at once instead of after the lease.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await leases.release_all()

@@ -1,5 +1,5 @@
-"""Request/reply APIs on ``nats.micro``: typed endpoints on the server side, typed calls on
-the client side.
+"""Request/reply APIs on ``nats.micro``: handlers bound to the operations ``schemas/api``
+declares on the server side, calls through those same operations on the client side.
 
 Every endpoint decodes its request into a Struct (a malformed request gets a 400 with
 msgspec's path, never a crash), and maps ``ConfbusError`` to ``Nats-Service-Error-Code``
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import msgspec
@@ -28,6 +28,8 @@ from confbus.runtime.errors import ConfbusError, Unavailable, from_code
 from confbus.runtime.identity import bind_subject, unbind_subject
 from confbus.schemas import subjects
 from confbus.schemas.api import ApiError, decode_api_error
+from confbus.schemas.api.catalog import operations_of
+from confbus.schemas.api.operation import Operation
 from confbus.schemas.base import DECODE_ERRORS
 
 log = logging.getLogger("confbus.api")
@@ -37,16 +39,14 @@ Rep = TypeVar("Rep")
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    op: str
-    request_type: type[Any]
-    handler: Callable[[Any], Awaitable[Any]]
+class Endpoint(Generic[Req, Rep]):
+    """A handler bound to an operation declared in ``schemas/api``."""
+
+    op: Operation[Req, Rep]
+    handler: Callable[[Req], Awaitable[Rep]]
     # nats-py runs one subscription's callbacks one at a time; a slow endpoint (a 2PC that
     # waits for votes) must not hold up the next request, so it runs in its own task.
     concurrent: bool = False
-    # The subject under ``cfg.api.<service>`` when it is not just ``<op>``: ``approve.*`` pins
-    # the caller's NATS user in the last token (confbus.runtime.identity).
-    subject: str | None = None
 
 
 async def _respond_error(req: Request, err: ApiError) -> None:
@@ -56,8 +56,8 @@ async def _respond_error(req: Request, err: ApiError) -> None:
     )
 
 
-def _wrap(ep: Endpoint, tg: TaskGroup | None) -> Callable[[Request], Awaitable[None]]:
-    decoder = msgspec.json.Decoder(ep.request_type)
+def _wrap(ep: Endpoint[Any, Any], tg: TaskGroup | None) -> Callable[[Request], Awaitable[None]]:
+    decoder = msgspec.json.Decoder(ep.op.request)
 
     async def handle(req: Request) -> None:
         try:
@@ -77,7 +77,7 @@ def _wrap(ep: Endpoint, tg: TaskGroup | None) -> Callable[[Request], Awaitable[N
             await _respond_error(req, ApiError(code=exc.code, error=exc.message, where=exc.where))
             return
         except Exception as exc:
-            log.exception("endpoint failed", extra={"op": ep.op})
+            log.exception("endpoint failed", extra={"op": ep.op.name})
             await _respond_error(req, ApiError(code=500, error=f"internal error: {exc!r}"))
             return
         finally:
@@ -93,19 +93,45 @@ def _wrap(ep: Endpoint, tg: TaskGroup | None) -> Callable[[Request], Awaitable[N
     return spawn
 
 
+def _service_of(endpoints: Sequence[Endpoint[Any, Any]], partial: bool) -> str:
+    """The one service the endpoints belong to, checked against what ``schemas/api`` declares
+    for it: every operation bound once (``partial``: a test's stand-in may bind fewer)."""
+    services = {ep.op.service for ep in endpoints}
+    if len(services) != 1:
+        raise ValueError(f"one service per serve_api, not {sorted(services) or 'none'}")
+    (service,) = services
+    declared = operations_of(service)
+    bound: dict[str, Endpoint[Any, Any]] = {}
+    for ep in endpoints:
+        op = ep.op.declaration
+        if op not in declared:
+            raise ValueError(f"{service}.{op.name} is not declared in schemas/api")
+        if op.per_replica and ep.op is op:
+            raise ValueError(f"{service}.{op.name} is served per replica: bind op.at(replica)")
+        if op.name in bound:
+            raise ValueError(f"{service}.{op.name} is bound twice")
+        bound[op.name] = ep
+    missing = [op.name for op in declared if op.name not in bound]
+    if missing and not partial:
+        raise ValueError(f"{service}: no handler for {', '.join(missing)}")
+    return service
+
+
 async def serve_api(
     bus: Bus,
-    service: str,
-    endpoints: Sequence[Endpoint],
+    endpoints: Sequence[Endpoint[Any, Any]],
     *,
+    partial: bool = False,
     version: str = "0.1.0",
     description: str = "",
     tg: TaskGroup | None = None,
 ) -> Service:
-    """Start a ``nats.micro`` service answering ``cfg.api.<service>.<op>``.
+    """Start a ``nats.micro`` service answering the operations the endpoints bind.
 
-    Replicas share the default queue group, so several processes split the requests.
+    Replicas share the default queue group, so several processes split the requests (an
+    operation ``at`` one replica has a subject of its own).
     """
+    service = _service_of(endpoints, partial)
     svc = await add_service(
         bus.nc,
         name=f"confbus-{service}",
@@ -115,28 +141,35 @@ async def serve_api(
     group = svc.add_group(name=subjects.api_group(service))
     for ep in endpoints:
         await group.add_endpoint(
-            EndpointConfig(name=ep.op, subject=ep.subject, handler=_wrap(ep, tg))
+            EndpointConfig(name=ep.op.name, subject=ep.op.subject or None, handler=_wrap(ep, tg))
         )
     return svc
 
 
 async def call(
-    bus: Bus,
-    service: str,
-    op: str,
-    request: Any,
-    reply_type: type[Rep],
-    *,
-    timeout: float = 5.0,
+    bus: Bus, op: Operation[Req, Rep], request: Req, *, timeout: float | None = None
 ) -> Rep:
-    """Call ``cfg.api.<service>.<op>``; raise the endpoint's error as a ``ConfbusError``."""
-    subject = subjects.api(service, op)
+    """Send ``request`` to ``op`` and decode its reply; raise the endpoint's error as a
+    ``ConfbusError`` (``Unavailable`` when nobody answered within the deadline).
+
+    ``timeout`` None: the operation's deadline. A caller may wait longer; it may wait less only
+    for a read, where not hearing back loses an answer and never cuts off an act under way.
+    """
+    deadline = op.deadline_s(request)
+    if timeout is None:
+        timeout = deadline
+    elif op.acts and timeout < deadline:
+        raise ValueError(
+            f"{op.service}.{op.name} acts: wait at least its deadline ({deadline:g}s), "
+            f"not {timeout:g}s"
+        )
+    subject = op.address
     try:
         msg = await bus.nc.request(subject, encode(request), timeout=timeout)
     except nats.errors.NoRespondersError as exc:
-        raise Unavailable(f"no {service} service is answering on {subject}") from exc
+        raise Unavailable(f"no {op.service} service is answering on {subject}") from exc
     except nats.errors.TimeoutError as exc:
-        raise Unavailable(f"{subject} did not answer within {timeout}s") from exc
+        raise Unavailable(f"{subject} did not answer within {timeout:g}s") from exc
     headers = msg.headers or {}
     if "Nats-Service-Error-Code" in headers:
         try:
@@ -146,7 +179,7 @@ async def call(
             code = int(headers.get("Nats-Service-Error-Code", "500") or 500)
             raise from_code(code, headers.get("Nats-Service-Error", "error")) from None
     try:
-        return msgspec.json.decode(msg.data, type=reply_type)
+        return op.decode_reply(msg.data)
     except DECODE_ERRORS as exc:
         raise ConfbusError(f"malformed reply from {subject}: {exc}") from exc
 

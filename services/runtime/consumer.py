@@ -127,12 +127,15 @@ class Consumer(Generic[T]):
     on_undecodable: Callable[[Msg, str], Awaitable[None]] | None = None
     ack_wait_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
+    # Where a consumer created now starts: ALL (a work queue), or NEW for a follower that must
+    # not act on the history it finds (notifications of what happened before it existed).
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         config = ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=self.deliver_policy,
             ack_wait=self.ack_wait_s,
             max_deliver=-1,  # we decide when a message is hopeless, not a counter
             max_ack_pending=max(1000, self.batch * 4),

@@ -5,6 +5,8 @@ ConfbusError
  ├── Permanent            the message or request can never succeed as it is
  │    ├── InvalidInput    malformed or invalid (a config, a name, a request); says where
  │    ├── Conflict        someone else got there first (a stale --base, a reused change id)
+ │    │    ├── Stale      a compare-and-set lost: the key moved on since it was read
+ │    │    └── Fenced     a newer lease holder owns it now: stop acting on it
  │    └── NotFound
  └── Unavailable          retryable: the bus, the store or a peer is down or timed out
 ```
@@ -44,6 +46,20 @@ class Conflict(Permanent):
     """Someone else got there first: a stale ``--base``, a change id reused for other bytes."""
 
     code = 409
+
+
+class Stale(Conflict):
+    """A compare-and-set lost: the key moved on since it was read (read it again and decide
+    again on what is there now)."""
+
+
+class Fenced(Conflict):
+    """A newer holder owns it now (a higher lease epoch, or a write of theirs came first): stop
+    acting on it. ``holder`` is who owns it, as far as we know."""
+
+    def __init__(self, message: str, *, holder: str = "") -> None:
+        self.holder = holder
+        super().__init__(message)
 
 
 class NotFound(Permanent):

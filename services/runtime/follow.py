@@ -50,7 +50,6 @@ from typing import Literal
 import anyio
 import nats.errors
 import nats.js.errors
-from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -71,8 +70,6 @@ RETRY_MAX_S = 2.0
 
 _LAST_CONSUMER = "Nats-Last-Consumer"
 _STALLED = "Nats-Consumer-Stalled"
-_KV_OPERATION = "KV-Operation"
-_KV_DELETED = ("DEL", "PURGE")
 
 
 class _StreamMissing(Unavailable):
@@ -369,33 +366,3 @@ class Follower:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass  # the connection is closed or reconnecting: nothing to unsubscribe from
-
-
-async def watch_bucket(
-    bus: Bus,
-    bucket: str,
-    keys: str,
-    on_entry: Callable[[str, bytes | None, int], None],
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Mirror the keys of a KV bucket matching ``keys`` (``>``, ``*`` wildcards): every current
-    value first — then ``started`` — then each update as it happens, with its revision; None
-    for a deleted key. nats-py's ``kv.watch`` is an ordered consumer too, deaf as long after a
-    broker restart; this one is back within a second (``Follower``)."""
-    prefix = f"$KV.{bucket}."
-    follower = Follower(bus, f"KV_{bucket}", prefix + keys, deliver=DeliverPolicy.LAST_PER_SUBJECT)
-    async with follower as f:
-        # Nothing to load (or the bus down at first: values come when it is back).
-        started = f.created == 0 or f.pending_at_start == 0
-        if started:
-            task_status.started()
-        while True:
-            msg = await f.next()
-            op = (msg.headers or {}).get(_KV_OPERATION)
-            value = None if op in _KV_DELETED or not msg.data else msg.data
-            md = msg.metadata
-            on_entry(msg.subject[len(prefix) :], value, md.sequence.stream)
-            if not started and md.num_pending == 0:
-                started = True
-                task_status.started()

@@ -3,7 +3,7 @@
 NATS never tells a subscriber who published a message, and anything in a body or header is
 whatever the sender wrote. What the server *does* enforce is which subjects a user may publish
 to. So an operation that records who acted has a second subject whose **last token is the
-caller's NATS user**, and the generated permissions (``services/cli/security.py``) let each user
+caller's NATS user**, and the generated permissions (``confbus.cli.security``) let each user
 publish only to the subjects that end in its own name:
 
 ```
@@ -13,9 +13,10 @@ cfg.api.store.approve.<user>       the server let <user>, and only <user>, publi
 cfg.api.store.propose.<ns>.<user>  a change of <ns>, authored by <user>
 ```
 
-An endpoint served on such a subject (``Endpoint(subject="approve.*")``) reads the caller with
-``pinned_identity()`` and the tokens before it with ``pinned_scope()``; the runtime binds the
-subject of the request being handled (``bind_subject``) before it calls the handler. Without
+An operation served on such a subject (``store.APPROVE_AS``, subject ``approve.*``; a client
+names it with ``APPROVE_AS.as_user(user)``) reads the caller with ``pinned_identity()`` and the
+tokens before it with ``pinned_scope()``; the runtime binds the subject of the request being
+handled (``bind_subject``) before it calls the handler. Without
 authentication nothing stops anyone from publishing on ``approve.alice`` — the pinned subjects
 add nothing there, and the plain ones keep working as before.
 
@@ -90,16 +91,6 @@ def claim(field: str, claimed: str, caller: str) -> str:
     return caller
 
 
-def pinned_op(op: str, identity: str, *scope: str) -> str:
-    """The op of a pinned endpoint as a client names it: ``approve.<user>``,
-    ``propose.<ns>.<user>``. Each token is checked, so no name can become a wildcard.
-
-    (The ``cfg.api.<service>.`` prefix is added by ``confbus.schemas.subjects.api``.)
-    """
-    parts = [check_name(s, "scope") for s in scope]
-    return ".".join([op, *parts, check_name(identity, "identity")])
-
-
 def is_identity(name: str) -> bool:
     """Whether a NATS user name can be pinned into a subject token."""
     try:
@@ -115,7 +106,6 @@ __all__ = [
     "claim",
     "is_identity",
     "pinned_identity",
-    "pinned_op",
     "pinned_scope",
     "request_subject",
     "unbind_subject",

@@ -1,4 +1,9 @@
 """Leases in ``CFG_STATE``: which replica should act for one thing (a namespace), for how long.
+The one lease of every service: the coordinator leads a namespace under
+``lease.coordinator.<ns>``, the distributor drives one under ``lease.distributor.<ns>`` (and
+keeps node records under ``lease.distributor._members``), the health-watcher judges one under
+``lease.health.<ns>``, and the rollbacker drives a namespace's rollback under
+``lease.rollbacker.<ns>``.
 
 ```
 lease.<role>.<name>    LeaseRecord{holder, epoch, expires_at, ttl_s, acquired_at}
@@ -21,7 +26,7 @@ lease.<role>.<name>    LeaseRecord{holder, epoch, expires_at, ttl_s, acquired_at
 
 A lease gives liveness, not safety (etcd's locks do not exclude either: Jepsen 2020). What it
 protects must still be fenced: the coordinator's epoch on the head, a compare-and-set on a
-rollout record.
+rollout record, the epoch on an alert book or a rollback.
 """
 
 from __future__ import annotations
@@ -30,20 +35,17 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import msgspec
-import nats.errors
-import nats.js.errors
 from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
-from confbus.runtime.codec import encode
-from confbus.runtime.errors import Unavailable
-from confbus.schemas.base import DECODE_ERRORS
+from confbus.runtime.errors import Stale, Unavailable
+from confbus.runtime.kv import StateKV
+from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
 
 log = logging.getLogger("confbus.leases")
 
@@ -52,37 +54,6 @@ log = logging.getLogger("confbus.leases")
 TRUST = 2 / 3
 RENEW_EVERY = 1 / 3  # of the TTL
 RELEASED = datetime.fromtimestamp(0, UTC)  # the expiry a released lease is written with
-
-
-class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
-    holder: str
-    expires_at: datetime
-    epoch: int = 0
-    ttl_s: float = 0.0
-    acquired_at: datetime | None = None
-
-
-decode_lease = msgspec.json.Decoder(LeaseRecord).decode
-
-
-class _AnyLease(msgspec.Struct, frozen=True, kw_only=True):
-    holder: str
-    expires_at: datetime | float  # leases written before this module: unix seconds
-    epoch: int = 0
-    ttl_s: float = 0.0
-
-
-_decode_any = msgspec.json.Decoder(_AnyLease).decode
-
-
-def decode_any_lease(data: bytes) -> LeaseRecord:
-    """Any role's lease record, also those written in an earlier shape (``expires_at`` in unix
-    seconds): for readers such as ``confbus doctor``."""
-    raw = _decode_any(data)
-    expires = raw.expires_at
-    if not isinstance(expires, datetime):
-        expires = datetime.fromtimestamp(expires, UTC)
-    return LeaseRecord(holder=raw.holder, expires_at=expires, epoch=raw.epoch, ttl_s=raw.ttl_s)
 
 
 class NotHeld(Unavailable):
@@ -105,20 +76,11 @@ class Grant:
     acquired_at: datetime | None = None
 
 
-def lease_key(role: str, name: str) -> str:
-    return f"lease.{role}.{name}"
-
-
-def _bus_errors() -> tuple[type[BaseException], ...]:
-    # A cluster electing a stream leader answers 503s, times out, or has no responders.
-    return (nats.errors.Error, OSError, TimeoutError)
-
-
 @dataclass
 class Leases:
     """The leases one replica takes for one role (``coordinator``: one per namespace)."""
 
-    kv: KeyValue
+    kv: KeyValue  # CFG_STATE
     role: str
     holder: str
     ttl_s: float = 5.0
@@ -128,6 +90,10 @@ class Leases:
     _grants: dict[str, Grant] = field(default_factory=dict)
     _scopes: dict[str, set[anyio.CancelScope]] = field(default_factory=dict)
     _wake: anyio.Event = field(default_factory=anyio.Event)
+    _state: StateKV = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._state = StateKV(self.kv)
 
     # -- what we hold ------------------------------------------------------------------------
 
@@ -138,6 +104,14 @@ class Leases:
     def grant(self, name: str) -> Grant | None:
         return self._grants.get(name) if self.held(name) else None
 
+    def require(self, name: str) -> Grant:
+        """Our grant of ``name`` (its epoch is the fencing token); ``NotHeld`` if we do not
+        hold it now."""
+        grant = self.grant(name)
+        if grant is None:
+            raise NotHeld(lease_key(self.role, name))
+        return grant
+
     def held_names(self) -> list[str]:
         return sorted(n for n in self._grants if self.held(n))
 
@@ -145,8 +119,7 @@ class Leases:
     def guard(self, name: str) -> Iterator[anyio.CancelScope]:
         """A scope that is cancelled the moment the lease is lost; ``NotHeld`` if it is not
         held now. After the block, ``scope.cancelled_caught`` tells whether it was lost."""
-        if not self.held(name):
-            raise NotHeld(lease_key(self.role, name))
+        self.require(name)
         scope = anyio.CancelScope()
         self._scopes.setdefault(name, set()).add(scope)
         try:
@@ -162,23 +135,9 @@ class Leases:
     # -- the record ------------------------------------------------------------------------------
 
     async def read(self, name: str) -> tuple[LeaseRecord | None, int]:
-        """The record and its revision (0: never written)."""
-        key = lease_key(self.role, name)
-        try:
-            entry = await self.kv.get(key)
-        except nats.js.errors.KeyNotFoundError as exc:
-            marker = getattr(exc, "entry", None)
-            return None, int(getattr(marker, "revision", 0) or 0)
-        except _bus_errors() as exc:
-            raise Unavailable(f"cannot read {key}: {exc!r}") from exc
-        revision = int(entry.revision or 0)
-        if not entry.value:
-            return None, revision
-        try:
-            return decode_lease(entry.value), revision
-        except DECODE_ERRORS:
-            log.warning("unreadable lease record", extra={"key": key})
-            return None, revision
+        """The record and its revision (0: never written); ``Unavailable`` if unread."""
+        entry = await self._state.read(lease_key(self.role, name), decode_lease)
+        return entry.value, entry.revision
 
     def live(self, record: LeaseRecord | None) -> bool:
         """Whether ``record`` still binds others (its holder may be acting)."""
@@ -232,18 +191,15 @@ class Leases:
             acquired_at=acquired or now,
         )
         try:
-            if revision == 0:
-                new_rev = await self.kv.create(key, encode(record))
-            else:
-                new_rev = await self.kv.update(key, encode(record), last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
+            new_rev = await self._state.cas(key, record, revision)
+        except Stale:
             self._lose(name, "another replica wrote it first")
             return None
-        except _bus_errors() as exc:
-            log.warning("lease write failed", extra={"lease": key, "error": repr(exc)})
+        except Unavailable as exc:
+            log.warning("lease write failed", extra={"lease": key, "error": exc.message})
             return None
         grant = Grant(
-            name, self.holder, epoch, int(new_rev), started + self.ttl_s * TRUST, record.acquired_at
+            name, self.holder, epoch, new_rev, started + self.ttl_s * TRUST, record.acquired_at
         )
         fresh = name not in self._grants or self._grants[name].epoch != epoch
         self._grants[name] = grant
@@ -272,8 +228,8 @@ class Leases:
             acquired_at=grant.acquired_at,
         )
         try:
-            new_rev = await self.kv.update(key, encode(record), last=grant.revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
+            new_rev = await self._state.cas(key, record, grant.revision)
+        except Stale:
             # Maybe our own write whose reply was lost (a timeout): the record tells.
             try:
                 current, revision = await self.read(name)
@@ -283,15 +239,15 @@ class Leases:
                 self._lose(name, f"taken by {current.holder if current else 'nobody'}")
                 return False
             return await self._write(name, grant.epoch, revision, current.acquired_at) is not None
-        except _bus_errors() as exc:
-            log.warning("lease renewal failed", extra={"lease": key, "error": repr(exc)})
+        except Unavailable as exc:
+            log.warning("lease renewal failed", extra={"lease": key, "error": exc.message})
             return self.held(name)
         if name in self._grants:
             self._grants[name] = Grant(
                 name,
                 self.holder,
                 grant.epoch,
-                int(new_rev),
+                new_rev,
                 started + self.ttl_s * TRUST,
                 grant.acquired_at,
             )
@@ -307,8 +263,8 @@ class Leases:
         expired = LeaseRecord(
             holder=self.holder, epoch=grant.epoch, expires_at=RELEASED, ttl_s=self.ttl_s
         )
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError, *_bus_errors()):
-            await self.kv.update(lease_key(self.role, name), encode(expired), last=grant.revision)
+        with contextlib.suppress(Stale, Unavailable):  # it simply expires
+            await self._state.cas(lease_key(self.role, name), expired, grant.revision)
 
     async def release_all(self) -> None:
         for name in list(self._grants):
@@ -356,3 +312,24 @@ class Leases:
             self._wake = anyio.Event()
             with anyio.move_on_after(max(0.0, min(wake_at - self.clock(), 1.0))):
                 await self._wake.wait()
+
+    async def pursue(
+        self,
+        wanted: Callable[[], Iterable[str]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Every ``ttl / 3``, try to take each name of ``wanted()`` we do not hold (what we hold,
+        ``keep()`` renews): replicas that share many names out take the free ones as they come.
+        Runs until cancelled."""
+        task_status.started()
+        while True:
+            try:
+                names = sorted(set(wanted()))
+            except Exception:  # a bad list must never stop the taking
+                log.exception("cannot tell which leases are wanted")
+                names = []
+            for name in names:
+                if not self.held(name):
+                    await self.acquire(name)  # None when held elsewhere or unreachable
+            await anyio.sleep(max(0.1, self.ttl_s * RENEW_EVERY))

@@ -33,8 +33,13 @@ class Backoff:
     base_s: float = 0.2
     cap_s: float = 30.0
 
+    def ceiling(self, attempts: int) -> float:
+        """The wait after ``attempts`` tries without jitter: ``base_s`` doubling, ``cap_s`` at
+        most (for a schedule that must be the same wherever it is computed)."""
+        return min(self.cap_s, self.base_s * 2.0 ** max(0, attempts - 1))
+
     def delay(self, attempts: int) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** max(0, attempts - 1))
+        ceiling = self.ceiling(attempts)
         return random.uniform(ceiling / 2, ceiling)
 
 

@@ -1,7 +1,8 @@
 """How every service process runs.
 
 ``service_main`` parses the common flags, sets up logs, connects (retrying until the bus
-is there), provisions streams and buckets, serves ``/metrics`` and ``/healthz``, starts the
+is there), provisions streams and buckets, serves ``/metrics`` and ``/healthz`` (beside the
+service's own web app, if it has one: ``http_app``), starts the
 service's own ``main`` in an anyio task group, and prints **one JSON ready line on stdout**
 once ``main`` has called ``task_status.started()`` — ``confbus up`` waits for that line.
 SIGINT/SIGTERM cancel the group; consumers unsubscribe and the connection drains.
@@ -19,7 +20,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -31,6 +32,9 @@ from confbus.runtime.http import HttpServer
 from confbus.runtime.log import setup_logging
 from confbus.runtime.settings import Settings, add_common_args, settings_from_args
 
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
 log = logging.getLogger("confbus.service")
 
 
@@ -40,15 +44,19 @@ class ServiceContext:
     settings: Settings
     bus: Bus
     registry: CollectorRegistry
-    http: HttpServer
+    http: HttpServer | None  # None: the service's own web app serves /metrics and /healthz
     args: argparse.Namespace
     # Filled by main: extra facts for the ready line (e.g. the alertmanager port).
     ready_info: dict[str, Any] = field(default_factory=dict)
     healthy: bool = True
     health_detail: str = "ok"
+    http_port: int = 0  # where /metrics and /healthz (and the web app, if any) are served
 
 
 ServiceMain = Callable[[ServiceContext, TaskStatus[None]], Coroutine[Any, Any, None]]
+# A service's own web app (the console's): built once the context exists, served on
+# --http-port with /metrics and /healthz beside it.
+HttpApp = Callable[[ServiceContext], "ASGIApp"]
 
 
 async def connect_with_retry(settings: Settings, name: str, timeout: float | None = None) -> Bus:
@@ -72,7 +80,11 @@ async def connect_with_retry(settings: Settings, name: str, timeout: float | Non
 
 
 async def run_service(
-    name: str, settings: Settings, main: ServiceMain, args: argparse.Namespace
+    name: str,
+    settings: Settings,
+    main: ServiceMain,
+    args: argparse.Namespace,
+    http_app: HttpApp | None = None,
 ) -> None:
     bus = await connect_with_retry(settings, f"confbus-{name}-{settings.instance_id}")
     try:
@@ -87,14 +99,24 @@ async def run_service(
                 return False, "nats disconnected"
             return ctx.healthy, ctx.health_detail
 
-        http = HttpServer(registry, host=settings.http_host, port=settings.http_port, health=health)
+        host, port = settings.http_host, settings.http_port
+        http = None if http_app else HttpServer(registry, host=host, port=port, health=health)
         ctx = ServiceContext(name, settings, bus, registry, http, args)
         ctx_holder.append(ctx)
+        if http_app is None:
+            assert http is not None
+            serve_http = http.serve
+        else:
+            # Imported only here: the services without a web app start without the framework.
+            from confbus.runtime.asgi import AsgiServer, with_metrics_and_health
+
+            app = with_metrics_and_health(http_app(ctx), registry, health)
+            serve_http = AsgiServer(app, host, port).serve
         stopping = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_signal, tg.cancel_scope, stopping)
             tg.start_soon(_dump_tasks_on_sigusr1)
-            http_port = await tg.start(http.serve)
+            ctx.http_port = http_port = await tg.start(serve_http)
             await tg.start(_guarded, main, ctx, stopping)
             ready = {"event": "ready", "service": name, "http_port": http_port, **ctx.ready_info}
             print_ready(ready)
@@ -161,6 +183,8 @@ def service_main(
     main: ServiceMain,
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
+    *,
+    http_app: HttpApp | None = None,
 ) -> None:
     """Entry point of ``python -m confbus.<name>``."""
     parser = argparse.ArgumentParser(prog=f"confbus-{name}")
@@ -171,5 +195,5 @@ def service_main(
     settings = settings_from_args(args)
     setup_logging(name, settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(run_service, name, settings, main, args, backend="asyncio")
+        anyio.run(run_service, name, settings, main, args, http_app, backend="asyncio")
     sys.exit(0)

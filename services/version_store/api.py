@@ -21,6 +21,7 @@ plain, self-declared twins for confbus services; without it, both work as before
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from confbus.runtime.errors import InvalidInput, NotFound
 from confbus.runtime.events import emit
 from confbus.schemas import subjects
 from confbus.schemas.api import store as api
+from confbus.schemas.api.operation import Operation
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.changes import msg_id as change_msg_id
 from confbus.schemas.events import (
@@ -70,35 +72,34 @@ class StoreApi:
     exports: Sessions[NamespaceExport] = field(default_factory=lambda: Sessions("export"))
     imports: Sessions[Upload] = field(default_factory=lambda: Sessions("import"))
 
-    def endpoints(self) -> list[Endpoint]:
-        def ep(op: str, req: type, handler: object, subject: str | None = None) -> Endpoint:
-            return Endpoint(op, req, handler, concurrent=True, subject=subject)  # type: ignore[arg-type]
-
-        return [
-            ep("get", api.GetRequest, self.get),
-            ep("history", api.HistoryRequest, self.history),
-            ep("diff", api.DiffRequest, self.diff),
-            ep("approve", api.ApproveRequest, self.approve),
-            ep("promote", api.PromoteRequest, self.promote),
-            ep("mark_good", api.MarkGoodRequest, self.mark_good),
-            ep("reject", api.RejectRequest, self.reject),
-            ep("policy_get", api.PolicyGetRequest, self.policy_get),
-            ep("policy_set", api.PolicySetRequest, self.policy_set),
-            ep("dry_run", api.DryRunRequest, self.dry_run),
-            ep("change_status", api.ChangeStatusRequest, self.change_status),
-            ep("namespaces", api.NamespacesRequest, self.namespaces),
-            ep("export", api.ExportRequest, self.export),
-            ep(f"export_{self.replica}", api.ExportRequest, self.export),
-            ep("import", api.ImportRequest, self.import_),
-            ep(f"import_{self.replica}", api.ImportRequest, self.import_),
+    def endpoints(self) -> list[Endpoint[Any, Any]]:
+        bound: list[tuple[Operation[Any, Any], Callable[[Any], Awaitable[Any]]]] = [
+            (api.GET, self.get),
+            (api.HISTORY, self.history),
+            (api.DIFF, self.diff),
+            (api.APPROVE, self.approve),
+            (api.PROMOTE, self.promote),
+            (api.MARK_GOOD, self.mark_good),
+            (api.REJECT, self.reject),
+            (api.POLICY_GET, self.policy_get),
+            (api.POLICY_SET, self.policy_set),
+            (api.DRY_RUN, self.dry_run),
+            (api.CHANGE_STATUS, self.change_status),
+            (api.NAMESPACES, self.namespaces),
+            (api.EXPORT, self.export),
+            (api.EXPORT_AT.at(self.replica), self.export),
+            (api.IMPORT, self.import_),
+            (api.IMPORT_AT.at(self.replica), self.import_),
             # The same operations with the caller's NATS user pinned in the subject.
-            ep("approve_as", api.ApproveRequest, self.approve_as, "approve.*"),
-            ep("reject_as", api.RejectRequest, self.reject_as, "reject.*"),
-            ep("promote_as", api.PromoteRequest, self.promote_as, "promote.*"),
-            ep("mark_good_as", api.MarkGoodRequest, self.mark_good_as, "mark_good.*"),
-            ep("policy_set_as", api.PolicySetRequest, self.policy_set_as, "policy_set.*"),
-            ep("propose", ChangeProposed, self.propose, "propose.*.*"),
+            (api.APPROVE_AS, self.approve_as),
+            (api.REJECT_AS, self.reject_as),
+            (api.PROMOTE_AS, self.promote_as),
+            (api.MARK_GOOD_AS, self.mark_good_as),
+            (api.POLICY_SET_AS, self.policy_set_as),
+            (api.PROPOSE, self.propose),
         ]
+        # Every store operation runs in its own task: reads wait on SQLite or etcd.
+        return [Endpoint(op, handler, concurrent=True) for op, handler in bound]
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -270,7 +271,7 @@ class StoreApi:
         who = identity.claim("actor", req.actor, identity.pinned_identity())
         return await self.policy_set(msgspec.structs.replace(req, actor=who))
 
-    async def propose(self, change: ChangeProposed) -> dict[str, Any]:
+    async def propose(self, change: ChangeProposed) -> api.ProposeReply:
         """Put a change on ``cfg.change.<ns>`` with the caller as its author, and answer with the
         stream's ack (``stream``, ``seq``, ``duplicate``): the caller then waits for the outcome
         as after a publish of its own. Nothing is validated here; the consumer does that."""
@@ -298,7 +299,7 @@ class StoreApi:
             "change proposed",
             extra={"namespace": ns, "change_id": change.change_id, "author": who},
         )
-        return {"stream": ack.stream, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+        return api.ProposeReply(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
 
     # -- dry run --------------------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ ConfbusError                         (confbus.runtime.errors)
 Each class also derives from the shared runtime class of the same meaning (``InvalidInput``,
 ``Conflict``, ``NotFound``, ``Unavailable``), so a consumer that only knows the runtime tree
 still acks, naks or dead-letters correctly. ``QuotaExceeded`` is deliberately *retryable*: a
-full store is an outage, and DESIGN §2 says an outage must not dead-letter good changes — the
-consumer should back off for ``retry_after_s`` instead.
+full store is an outage, and docs/design.md §10.2 says an outage must not dead-letter good
+changes — the consumer should back off for ``retry_after_s`` instead.
 """
 
 from __future__ import annotations

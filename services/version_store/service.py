@@ -25,7 +25,6 @@ from confbus.runtime.consumer import Consumer
 from confbus.runtime.errors import Unavailable
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.service import ServiceContext
-from confbus.schemas.api.store import SERVICE
 from confbus.schemas.changes import decode_change
 from confbus.schemas.streams import CFG_CHANGES
 from confbus.version_store.api import StoreApi
@@ -123,7 +122,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             store_api = StoreApi(ctx.bus, store, rejections, replica=secrets.token_hex(6))
             svc = await serve_api(
-                ctx.bus, SERVICE, store_api.endpoints(), description="confbus version store", tg=tg
+                ctx.bus, store_api.endpoints(), description="confbus version store", tg=tg
             )
             try:
                 await tg.start(consumer.run)

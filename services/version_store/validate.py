@@ -4,7 +4,7 @@
 then the namespace's JSON Schema (YAML and TOML are checked against it after parsing; plain
 text is not). Every failure is an ``InvalidConfig`` whose ``where`` points at the problem
 (``line 3, column 5``, ``$.limits.max_conn``, ``byte 17``); nothing else may escape, whatever the
-bytes are — a bad config is refused, never fatal (DESIGN §8.9).
+bytes are — a bad config is refused, never fatal (docs/design.md §8.9).
 
 For a namespace marked ``secret`` the messages never quote the content: JSON Schema messages
 normally repeat the offending value, and that value may be the password.

@@ -1,4 +1,5 @@
-"""NamespaceDisk against the real file system: the node's side of the 2PC (DESIGN §4, §5)."""
+"""NamespaceDisk against the real file system: the node's side of the 2PC
+(docs/design.md §4, §5)."""
 
 from __future__ import annotations
 

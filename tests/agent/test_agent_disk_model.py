@@ -1,5 +1,5 @@
 """Model-based test: random sequences of prepares, decisions, epochs, catch-ups, restarts and
-restores against a real directory, checked against a small model of DESIGN §4, §5.
+restores against a real directory, checked against a small model of docs/design.md §4, §5.
 
 After every step: the live file's bytes hash to the recorded applied sha256 and are exactly the
 applied version's; the applied version never decreases except by ``restore_last_good``, which

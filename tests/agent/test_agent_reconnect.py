@@ -12,8 +12,8 @@ import pytest
 from nats.aio.msg import Msg
 
 from confbus.agent.node import Binding, NodeAgent
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.node import Heartbeat, decode_heartbeat
 from confbus.schemas.txn import Decision

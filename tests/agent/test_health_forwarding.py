@@ -16,14 +16,14 @@ from anyio.abc import SocketStream, TaskGroup
 from confbus.agent.disk import NamespaceDisk
 from confbus.agent.health import HealthForwarder
 from confbus.agent.main import add_agent_args, build_agent
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.runtime.scrape import MAX_METRICS, PromMapper, Scraper, histogram_quantile
 from confbus.runtime.tcp import TcpListener
 from confbus.schemas import subjects
 from confbus.schemas.health import HealthSample, decode_sample
 from tests.health_watcher.app import HEALTH_PATH, MetricsApp
-from tests.procs import Proc
 
 # -- the mapping -------------------------------------------------------------------------------
 

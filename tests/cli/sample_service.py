@@ -11,7 +11,7 @@ from confbus.runtime.service import ServiceContext, service_main
 
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     # An extra `<name>_port` key in the ready line appears in the stack's line as a URL.
-    ctx.ready_info["sample_port"] = ctx.http.bound_port
+    ctx.ready_info["sample_port"] = ctx.http_port
     task_status.started()
     await anyio.sleep_forever()
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
 from confbus.schemas.node import decode_heartbeat
-from tests.procs import Proc
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ import anyio
 import pytest
 
 from confbus.cli.commands.events import parse_since, subject_filter
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.runtime.events import event_type
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.events import (
     Event,
@@ -24,7 +24,7 @@ from confbus.schemas.events import (
     VoteRecord,
 )
 from confbus.schemas.streams import CFG_EVENTS
-from tests.cli.procs import Proc, arun_confbus, closed_port, confbus_argv
+from tests.cli.procs import arun_confbus, closed_port, start_confbus
 
 pytestmark = pytest.mark.anyio
 
@@ -163,7 +163,7 @@ async def test_tail_prints_events_published_after_it_started(
     bus: Bus, nats_server: NatsServer
 ) -> None:
     await publish(bus, created("payments", 1))  # before: not tail's business
-    tail = Proc([*confbus_argv(), "--nats-url", nats_server.url, "tail", "payments", "--json"])
+    tail = start_confbus("--nats-url", nats_server.url, "tail", "payments", "--json")
     try:
         await anyio.to_thread.run_sync(tail.err.wait_for, "following cfg.event.payments.>")
         await publish(bus, created("orders", 1), created("payments", 2))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import connect, provision
 from confbus.runtime.errors import InvalidInput
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.streams import CFG_CHANGES
 from tests.version_store.test_service_helpers import Stack, cli, stack, start_stack
 

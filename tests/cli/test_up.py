@@ -15,12 +15,14 @@ from typing import Any
 import anyio
 import pytest
 
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
+from confbus.procs.spawn import alive
 from confbus.runtime.bus import connect
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.events import VersionApproved
 from confbus.schemas.streams import BUCKETS, STREAMS
-from tests.cli.procs import Proc, alive, closed_port, confbus_argv, lock_is_free, run_confbus
+from tests.cli.procs import closed_port, lock_is_free, run_confbus, start_confbus, wait_gone
 
 READY = re.compile(
     r"^confbus ready nats=(?P<nats>\S+) data=(?P<data>\S+) services=(?P<services>\S+)(?P<rest>.*)$"
@@ -52,36 +54,23 @@ class Stacks:
         self.started: list[Up] = []
 
     def start(self, data_dir: Path, *args: str) -> Up:
-        argv = [*confbus_argv(), "up", "--data-dir", str(data_dir), "--nats-port", "0", *args]
-        proc = Proc(argv)
+        up = self.start_in_background(data_dir, *args)
+        up.line = up.proc.wait_line("confbus ready", READY_TIMEOUT)
+        return up
+
+    def start_in_background(self, data_dir: Path, *args: str) -> Up:
+        proc = start_confbus("up", "--data-dir", str(data_dir), "--nats-port", "0", *args)
         up = Up(proc, data_dir.resolve(), "")
         self.started.append(up)
-        try:
-            up.line = proc.out.wait_for("confbus ready", READY_TIMEOUT)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\nstderr:\n{proc.err.text()}") from None
         return up
 
     def cleanup(self) -> None:
         for up in self.started:
-            if up.proc.popen.poll() is not None:
-                continue
-            try:
-                up.proc.stop(signal.SIGTERM, timeout=30)
-            except AssertionError:
-                # It would not stop: kill it and, by pid, what it started.
-                pids = _started_pids(up.data_dir)
-                up.proc.kill()
-                for pid in pids:
-                    if alive(pid):
-                        os.kill(pid, signal.SIGKILL)
+            up.proc.stop()  # SIGKILL after 30 s; what it started dies with it
 
 
 def _started_pids(data_dir: Path) -> list[int]:
-    try:
-        state = json.loads((data_dir / "stack.json").read_text())
-    except (OSError, ValueError):
-        return []
+    state = json.loads((data_dir / "stack.json").read_text())
     pids = [state.get("nats_pid")] + [s.get("pid") for s in state["services"].values()]
     return [p for p in pids if isinstance(p, int)]
 
@@ -165,7 +154,7 @@ def test_second_up_on_the_same_data_dir_is_refused(stacks: Stacks, tmp_path: Pat
     )
     assert "ready" not in second.stdout
     assert [f.read_bytes() for f in files] == before
-    assert up.proc.popen.poll() is None
+    assert up.proc.alive()
     assert provisioned(up.url)[0] == {s.name for s in STREAMS}
 
 
@@ -183,6 +172,25 @@ def test_data_is_kept_across_a_restart(stacks: Stacks, tmp_path: Path) -> None:
     assert re.search(r"^\d+ \S+Z version\.approved payments v3 by alice$", replay.stdout, re.M), (
         replay.stdout
     )
+
+
+def test_a_killed_up_takes_everything_it_started_with_it(stacks: Stacks, tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer) leaves no nats-server or service serving unsupervised, and a
+    new ``confbus up`` on the directory, started at once, serves with the data."""
+    data = tmp_path / "data"
+    up = stacks.start(data, "--add-service", "sample=tests.cli.sample_service")
+    anyio.run(_publish, up.url, VersionApproved(namespace="payments", version=1), backend="asyncio")
+    started = _started_pids(data)
+    assert len(started) == 1 + len(up.state()["services"])
+
+    os.kill(up.proc.pid, signal.SIGKILL)
+    again = stacks.start_in_background(data)  # while they are still on their way out
+
+    assert wait_gone(started, timeout=2.0) == [], "outlived confbus up by 2 s"
+    again.line = again.proc.wait_line("confbus ready", READY_TIMEOUT)
+    replay = run_confbus("--nats-url", again.url, "replay", "payments")
+    assert "version.approved payments v1" in replay.stdout, replay
+    assert again.proc.stop() == 0, again.proc.describe()
 
 
 def test_a_crashed_service_is_restarted_and_the_stack_keeps_serving(

@@ -22,7 +22,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import Conflict
 from confbus.schemas import subjects
-from confbus.schemas.api.store import GetRequest, VersionReply
+from confbus.schemas.api.store import GET, GetRequest, VersionReply
 from confbus.schemas.streams import CFG_TXN
 from confbus.schemas.txn import Decision, Prepare, Vote, decode_txn, decode_vote_ack
 from confbus.schemas.versions import VersionInfo
@@ -52,7 +52,7 @@ async def store(bus: Bus) -> AsyncIterator[None]:
         )
         return VersionReply(info=info, content=CONTENT)
 
-    svc = await serve_api(bus, "store", [Endpoint("get", GetRequest, get)])
+    svc = await serve_api(bus, [Endpoint(GET, get)], partial=True)
     yield
     await stop_api(svc)
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 
 if TYPE_CHECKING:
     from tests.distributor.harness import Harness

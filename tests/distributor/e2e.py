@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
 from confbus.schemas.api.dist import RolloutInfo

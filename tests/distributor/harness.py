@@ -116,12 +116,12 @@ class MemoryStore:
     async def policy_get(self, req: store_api.PolicyGetRequest) -> Policy:
         return self.policies.get(req.namespace, Policy(namespace=req.namespace))
 
-    def endpoints(self) -> list[Endpoint]:
+    def endpoints(self) -> list[Endpoint[Any, Any]]:
         return [
-            Endpoint("get", store_api.GetRequest, self.get),
-            Endpoint("promote", store_api.PromoteRequest, self.promote),
-            Endpoint("mark_good", store_api.MarkGoodRequest, self.mark_good),
-            Endpoint("policy_get", store_api.PolicyGetRequest, self.policy_get),
+            Endpoint(store_api.GET, self.get),
+            Endpoint(store_api.PROMOTE, self.promote),
+            Endpoint(store_api.MARK_GOOD, self.mark_good),
+            Endpoint(store_api.POLICY_GET, self.policy_get),
         ]
 
     async def publish(
@@ -287,9 +287,7 @@ class Harness:
         self.services.pop(instance).cancel()
 
     async def serve_verdicts(self, verdicts: Verdicts) -> None:
-        svc = await serve_api(
-            self.bus, health_api.SERVICE, [Endpoint("verdict", health_api.VerdictRequest, verdicts)]
-        )
+        svc = await serve_api(self.bus, [Endpoint(health_api.VERDICT, verdicts)])
         self.tg.start_soon(_stop_later, svc)
 
     async def rollout(self, ns: str = NS) -> RolloutInfo | None:
@@ -348,7 +346,7 @@ async def harness(
     try:
         async with anyio.create_task_group() as tg:
             store = MemoryStore(bus)
-            svc = await serve_api(bus, store_api.SERVICE, store.endpoints())
+            svc = await serve_api(bus, store.endpoints(), partial=True)
             h = Harness(root, url, bus, store, tg, dist_args=list(dist_args or []))
 
             async def collect(msg: Any) -> None:

@@ -14,12 +14,13 @@ import anyio
 import pytest
 from nats.aio.msg import Msg
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.errors import Conflict
 from confbus.runtime.events import emit
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
+from confbus.schemas.api.operation import Operation
 from confbus.schemas.events import (
     AnyEvent,
     NodeCatchUp,
@@ -48,13 +49,13 @@ async def agents(h: Harness, n: int, **kw: object) -> list[str]:
     return nodes
 
 
-async def control(h: Harness, op: str, **kw: object) -> dist_api.RolloutInfo:
+async def control(
+    h: Harness, op: Operation[dist_api.ControlRequest, dist_api.RolloutReply], **kw: object
+) -> dist_api.RolloutInfo:
     reply = await call(
         h.bus,
-        dist_api.SERVICE,
         op,
         dist_api.ControlRequest(namespace=NS, actor="tester", **kw),  # type: ignore[arg-type]
-        dist_api.RolloutReply,
     )
     assert reply.rollout is not None
     return reply.rollout
@@ -106,10 +107,10 @@ async def test_pause_resume_and_abort(h: Harness) -> None:
         return rec is not None and rec.waves[:1] != [] and rec.waves[0].state == "baking"
 
     await eventually(wave0, what="wave 0 baking")
-    paused = await control(h, "pause", reason="looking at graphs")
+    paused = await control(h, dist_api.PAUSE, reason="looking at graphs")
     assert paused.state == "paused"
     with pytest.raises(Conflict, match="paused"):
-        await control(h, "pause")
+        await control(h, dist_api.PAUSE)
     # Held: well past the bake, wave 1 does not start.
     with anyio.move_on_after(1.5):
         await eventually(lambda: _wave_started(h, 1), timeout=2.0)
@@ -117,20 +118,20 @@ async def test_pause_resume_and_abort(h: Harness) -> None:
     rec = await h.rollout()
     assert rec is not None and rec.state == "paused" and rec.current_wave <= 1
     assert rec.waves[1].state == "pending"
-    await control(h, "resume")
+    await control(h, dist_api.RESUME)
     rec = await h.wait_rollout_state(v1, ("completed",))
     await h.wait_files(nodes, content_of(v1))
 
     v2 = await h.store.publish(NS, strategy="linear:25%")
     await eventually(lambda: _wave_started(h, 0, v2), what="v2 wave 0")
-    aborted = await control(h, "abort", reason="wrong file")
+    aborted = await control(h, dist_api.ABORT, reason="wrong file")
     assert aborted.state == "failed" and "aborted by tester: wrong file" in aborted.reason
     rec = await h.wait_rollout_state(v2, ("failed",))
     assert [w.state for w in rec.waves][1:] == ["skipped"] * 3
     names = [type(e).__name__ for e in h.events if getattr(e, "version", None) == v1]
     assert "RolloutPaused" in names and "RolloutResumed" in names
     with pytest.raises(Conflict, match="failed"):
-        await control(h, "resume")
+        await control(h, dist_api.RESUME)
 
 
 async def _wave_started(h: Harness, index: int, version: int | None = None) -> bool:
@@ -221,8 +222,8 @@ async def test_abort_as_rolled_back_is_the_rollbackers_handover(h: Harness) -> N
     v1 = await h.store.publish(NS, strategy="canary:1")
     await eventually(lambda: _wave_started(h, 0, v1), what="canary")
     with pytest.raises(Conflict):
-        await control(h, "abort", rolled_back=True, version=v1 + 5)
-    rec = await control(h, "abort", rolled_back=True, version=v1, reason="rollback rb-9")
+        await control(h, dist_api.ABORT, rolled_back=True, version=v1 + 5)
+    rec = await control(h, dist_api.ABORT, rolled_back=True, version=v1, reason="rollback rb-9")
     assert rec.state == "rolled_back"
     assert (await h.wait_rollout_state(v1, ("rolled_back",))).reason == "rollback rb-9"
 
@@ -275,10 +276,7 @@ async def test_raising_the_targets_writes_each_key_without_reading_it_first(h: H
         v2 = await h.store.publish(NS)
         await h.wait_rollout_state(v2, ("completed",))
         await h.wait_files(nodes, content_of(v2))
-    st = await call(
-        h.bus, dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS),
-        dist_api.StatusReply,
-    )  # fmt: skip
+    st = await call(h.bus, dist_api.STATUS, dist_api.StatusRequest(namespace=NS))
     assert sorted(n.node for n in st.nodes if n.target_version == v2) == nodes
     assert reads == []  # the watch's revision was current: one compare-and-set per node
 
@@ -325,10 +323,7 @@ async def test_a_node_that_keeps_failing_is_reported_and_blocks_no_one(h: Harnes
     tries = [e for e in h.of_type(NodeCatchUp) if e.node == "bad"]
     assert len(tries) >= 3 and all(e.outcome == "failed" for e in tries)
     assert all(e.next_retry_s is not None and e.next_retry_s <= 1.0 for e in tries)  # capped
-    st = await call(
-        h.bus, dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS),
-        dist_api.StatusReply,
-    )  # fmt: skip
+    st = await call(h.bus, dist_api.STATUS, dist_api.StatusRequest(namespace=NS))
     bad = next(n for n in st.nodes if n.node == "bad")
     assert bad.status.startswith("failing:") and "disk full" in bad.status
     assert bad.attempts >= 3 and bad.target_version == v1 and bad.applied_version is None

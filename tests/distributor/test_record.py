@@ -1,10 +1,12 @@
-"""The rollout record's transitions, as pure functions (services/distributor/record.py)."""
+"""The rollout record's transitions, as pure functions (services/distributor/record.py and
+record_waves.py)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from confbus.distributor import record as R
+from confbus.distributor import record_waves as W
 from confbus.schemas.api.dist import RolloutInfo
 from confbus.schemas.events import RolloutFailed, RolloutWave, VoteRecord
 from confbus.schemas.health import Alert
@@ -34,7 +36,7 @@ def planned(nodes: int = 8, waves: int = 4, max_excluded: float = 0.1) -> Rollou
 
 def attempt(rec: RolloutInfo, i: int = 0) -> RolloutInfo:
     nodes = R.wave_nodes(rec, i)
-    return R.start_attempt(rec, i, nodes=nodes, already=[], down=[], actor=ACTOR)
+    return W.start_attempt(rec, i, nodes=nodes, already=[], down=[], actor=ACTOR)
 
 
 def votes(yes: list[str], missing: list[str] = (), no: list[str] = ()) -> list[VoteRecord]:  # type: ignore[assignment]
@@ -48,11 +50,11 @@ def votes(yes: list[str], missing: list[str] = (), no: list[str] = ()) -> list[V
 def test_commit_then_bake_then_next_wave() -> None:
     rec = attempt(planned())
     assert rec.waves[0].state == "switching" and rec.waves[0].switch_nodes == ["n0", "n1"]
-    rec = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=0.01, actor=ACTOR)
+    rec = W.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=0.01, actor=ACTOR)
     assert rec.waves[0].state == "baking" and rec.waves[0].txid == "t1"
     assert [o.outcome for o in rec.report[:2]] == ["applied", "applied"]
     assert isinstance(rec.outbox[-1].event, RolloutWave)
-    rec = R.record_verdict(
+    rec = W.record_verdict(
         rec, 0, verdict="no_data", samples=0, reason="", passed=True, actor=ACTOR, alert=None
     )
     assert rec.current_wave == 1 and rec.waves[0].state == "done"
@@ -62,16 +64,17 @@ def test_commit_then_bake_then_next_wave() -> None:
 def test_missing_votes_are_retried_once_within_max_excluded() -> None:
     rec = attempt(planned(nodes=10, waves=1, max_excluded=0.2))
     everyone = R.wave_nodes(rec, 0)
-    rec = R.record_abort(
+    rec = W.record_abort(
         rec, 0, txid="t1", votes=votes(everyone[:8], missing=everyone[8:]), actor=ACTOR
     )
     assert rec.state == "running" and rec.waves[0].state == "pending"
     assert rec.waves[0].excluded == everyone[8:]
-    assert rec.outbox[-1].event is not None and rec.outbox[-1].event.outcome == "retrying"  # type: ignore[union-attr]
+    event = rec.outbox[-1].event
+    assert isinstance(event, RolloutWave) and event.outcome == "retrying"
     rec = attempt(rec)
     assert rec.waves[0].switch_nodes == everyone[:8] and rec.waves[0].attempts == 2
     # The retry aborts too: no third attempt.
-    rec = R.record_abort(rec, 0, txid="t2", votes=votes(everyone[:7], missing=["n7"]), actor=ACTOR)
+    rec = W.record_abort(rec, 0, txid="t2", votes=votes(everyone[:7], missing=["n7"]), actor=ACTOR)
     assert rec.state == "failed" and "again on its retry" in rec.reason
 
 
@@ -80,7 +83,7 @@ def test_a_wave_nobody_answered_is_retried_whole_with_backoff_until_its_window_e
     everyone = R.wave_nodes(rec, 0)
     delays = []
     for n in range(1, 4):
-        rec = R.record_abort(rec, 0, txid=f"t{n}", votes=votes([], missing=everyone), actor=ACTOR)
+        rec = W.record_abort(rec, 0, txid=f"t{n}", votes=votes([], missing=everyone), actor=ACTOR)
         w = rec.waves[0]
         assert rec.state == "running" and w.state == "pending" and w.unanswered == n
         assert w.excluded == [] and w.retry_at is not None and w.started_at is not None
@@ -95,7 +98,7 @@ def test_a_wave_nobody_answered_is_retried_whole_with_backoff_until_its_window_e
     w = rec.waves[0]
     assert w.started_at is not None
     rec = R.set_wave(rec, 0, R.replace(w, started_at=w.started_at - timedelta(seconds=59)))
-    rec = R.record_abort(rec, 0, txid="t4", votes=votes([], missing=everyone), actor=ACTOR)
+    rec = W.record_abort(rec, 0, txid="t4", votes=votes([], missing=everyone), actor=ACTOR)
     assert rec.state == "failed" and rec.waves[0].unanswered == 3
     assert "no node ready to vote answered in 4 attempt(s)" in rec.reason
     assert rec.wave_reports[0].unanswered == 3
@@ -105,7 +108,7 @@ def test_missing_votes_of_nodes_not_ready_are_retried_whole_and_ready_ones_are_n
     rec = attempt(planned(nodes=10, waves=1, max_excluded=0.2))
     everyone = R.wave_nodes(rec, 0)
     # n8 and n9 said they were not ready to vote (a reconnect): no one is left out.
-    rec = R.record_abort(
+    rec = W.record_abort(
         rec, 0, txid="t1", votes=votes(everyone[:8], missing=everyone[8:]), actor=ACTOR,
         unready=everyone[8:],
     )  # fmt: skip
@@ -114,17 +117,18 @@ def test_missing_votes_of_nodes_not_ready_are_retried_whole_and_ready_ones_are_n
     rec = attempt(rec)
     assert rec.waves[0].switch_nodes == everyone
     # n9 was ready and missed it: left out of one retry, as always (unanswered ones not counted).
-    rec = R.record_abort(
+    rec = W.record_abort(
         rec, 0, txid="t2", votes=votes(everyone[:8], missing=everyone[8:]), actor=ACTOR,
         unready=["n8"],
     )  # fmt: skip
     assert rec.state == "running" and rec.waves[0].excluded == everyone[8:]
-    assert rec.outbox[-1].event is not None and rec.outbox[-1].event.outcome == "retrying"  # type: ignore[union-attr]
+    event = rec.outbox[-1].event
+    assert isinstance(event, RolloutWave) and event.outcome == "retrying"
 
 
 def test_missing_beyond_max_excluded_fails_without_a_retry() -> None:
     rec = attempt(planned(nodes=8, waves=1, max_excluded=0.1))
-    rec = R.record_abort(
+    rec = W.record_abort(
         rec, 0, txid="t1", votes=votes(["n0", "n1", "n2", "n3", "n4"], ["n5", "n6", "n7"]),
         actor=ACTOR,
     )  # fmt: skip
@@ -136,7 +140,7 @@ def test_missing_beyond_max_excluded_fails_without_a_retry() -> None:
 
 def test_a_no_vote_fails_at_once_with_the_reason() -> None:
     rec = attempt(planned())
-    rec = R.record_abort(rec, 0, txid="t1", votes=votes(["n0"], no=["n1"]), actor=ACTOR)
+    rec = W.record_abort(rec, 0, txid="t1", votes=votes(["n0"], no=["n1"]), actor=ACTOR)
     assert rec.state == "failed" and "n1: bad pool" in rec.reason
     assert [w.state for w in rec.waves] == ["failed", "skipped", "skipped", "skipped"]
     report = {o.node: o for o in rec.report}
@@ -146,10 +150,10 @@ def test_a_no_vote_fails_at_once_with_the_reason() -> None:
 
 def test_failed_bake_hands_over_with_an_alert() -> None:
     rec = attempt(planned())
-    rec = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
+    rec = W.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
     alert = Alert(alert_id=f"distributor:{rec.rollout_id}:bake0", namespace="web", version=2,
                   source="distributor")  # fmt: skip
-    rec = R.record_verdict(
+    rec = W.record_verdict(
         rec, 0, verdict="fail", samples=5, reason="error_rate", passed=False, actor=ACTOR,
         alert=alert,
     )  # fmt: skip
@@ -161,7 +165,7 @@ def test_failed_bake_hands_over_with_an_alert() -> None:
 
 def test_supersede_closes_the_waves_and_keeps_what_was_switched() -> None:
     rec = attempt(planned())
-    rec = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
+    rec = W.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
     assert R.at_boundary(rec)
     rec = R.supersede(rec, 3, actor=ACTOR)
     assert rec.state == "superseded" and rec.superseded_by == 3
@@ -175,6 +179,6 @@ def test_not_at_a_boundary_while_switching() -> None:
 
 def test_outbox_ids_are_stable_per_transition() -> None:
     rec = attempt(planned())
-    a = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
-    b = R.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
+    a = W.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
+    b = W.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
     assert a.outbox[-1].msg_id == b.outbox[-1].msg_id == f"rollout:{rec.rollout_id}:wave0:t1"

@@ -8,10 +8,11 @@ import pytest
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from confbus.distributor.kvstate import StateKV, decode_target, target_key
 from confbus.distributor.store import Store
 from confbus.distributor.targets import Targets
 from confbus.runtime.bus import Bus
+from confbus.runtime.kv import StateKV
+from confbus.schemas.state import decode_target, target_key
 from confbus.schemas.streams import CFG_STATE
 
 pytestmark = pytest.mark.anyio

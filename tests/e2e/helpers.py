@@ -51,16 +51,15 @@ async def switch(
     version: int,
     nodes: Sequence[str],
     timeout_s: float = 2.0,
-    request_timeout: float = 20.0,
+    request_timeout: float | None = None,
 ) -> txn_api.SwitchReply:
+    """One switch; ``request_timeout`` None: the switch's own deadline (it may only be longer)."""
     return await call(
         bus,
-        txn_api.SERVICE,
-        "switch",
+        txn_api.SWITCH,
         txn_api.SwitchRequest(
             namespace=ns, version=version, nodes=list(nodes), timeout_s=timeout_s
         ),
-        txn_api.SwitchReply,
         timeout=request_timeout,
     )
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confbus.runtime.natsd import NatsServer
-from tests.procs import Proc
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 
 # Services in start order; each waits for its JSON ready line.
 DEFAULT_SERVICES = ("version_store", "coordinator", "distributor")

@@ -17,8 +17,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from confbus.cli.client import Client
-from confbus.rollbacker.records import decode_ledger, key
+from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.errors import ConfbusError
@@ -27,8 +26,10 @@ from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
+from confbus.schemas.api.txn import switch_deadline_s
 from confbus.schemas.changes import ChangeProposed, msg_id
 from confbus.schemas.health import Alert, HealthSample
+from confbus.schemas.state import decode_ledger, ledger_key
 from confbus.schemas.streams import CFG_STATE
 from tests.e2e.helpers import switch
 from tests.e2e.stack import Stack, start_stack
@@ -117,9 +118,9 @@ async def test_the_version_store_stores_a_change_again(stack: Stack, bus: Bus) -
             subjects.change(ns), change, msg_id=msg_id(ns, change.change_id), timeout=0.5
         )
         status = await call(
-            bus, store_api.SERVICE, "change_status",
+            bus, store_api.CHANGE_STATUS,
             store_api.ChangeStatusRequest(namespace=ns, change_id=change.change_id),
-            store_api.ChangeStatusReply, timeout=PROBE_TIMEOUT_S,
+            timeout=PROBE_TIMEOUT_S,
         )  # fmt: skip
         return status.status == "stored"
 
@@ -131,20 +132,23 @@ async def test_the_coordinator_answers_and_every_agent_votes_again(stack: Stack,
 
     async def answers() -> bool:
         await call(
-            bus, txn_api.SERVICE, "in_doubt", txn_api.InDoubtRequest(namespace=NS),
-            txn_api.InDoubtReply, timeout=PROBE_TIMEOUT_S,
-        )  # fmt: skip
+            bus, txn_api.IN_DOUBT, txn_api.InDoubtRequest(namespace=NS), timeout=PROBE_TIMEOUT_S
+        )
         return True
 
     async def voted(node: str) -> bool:
         # The node holds this version already: it reads the prepare and votes no (a vote is
         # what counts here), and nothing is switched.
-        reply = await switch(bus, NS, 1, [node], timeout_s=1.0, request_timeout=3.0)
+        # A switch acts: its caller waits its whole deadline. It is answered within the vote
+        # timeout (1 s) once the coordinator serves, which the probe before this one shows.
+        reply = await switch(bus, NS, 1, [node], timeout_s=1.0)
         return [v.vote for v in reply.votes] == ["no"]
 
     assert await served_after(back, "coordinator (API, heads)", answers) < BOUND_S
     for node in NODES:  # each agent reads CFG_TXN again
-        took = await served_after(back, f"agent {node} (CFG_TXN)", partial(voted, node))
+        took = await served_after(
+            back, f"agent {node} (CFG_TXN)", partial(voted, node), each_s=switch_deadline_s(1.0)
+        )
         assert took < BOUND_S
 
 
@@ -153,9 +157,8 @@ async def test_the_distributor_reports_and_rolls_out_again(stack: Stack, bus: Bu
 
     async def reports() -> bool:
         reply = await call(
-            bus, dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS),
-            dist_api.StatusReply, timeout=PROBE_TIMEOUT_S,
-        )  # fmt: skip
+            bus, dist_api.STATUS, dist_api.StatusRequest(namespace=NS), timeout=PROBE_TIMEOUT_S
+        )
         return {n.node for n in reply.nodes if n.liveness == "live"} == set(NODES)
 
     assert await served_after(back, "distributor (API, membership)", reports) < BOUND_S
@@ -178,9 +181,9 @@ async def test_the_health_watcher_counts_a_new_sample_again(stack: Stack, bus: B
         sample = HealthSample(namespace=NS, node="n1", version=1, metrics={"up": 1.0})
         await bus.publish(subjects.health(NS, "n1"), sample, timeout=0.5)
         verdict = await call(
-            bus, health_api.SERVICE, "verdict",
+            bus, health_api.VERDICT,
             health_api.VerdictRequest(namespace=NS, version=1, nodes=["n1"], since=wall),
-            health_api.VerdictReply, timeout=PROBE_TIMEOUT_S,
+            timeout=PROBE_TIMEOUT_S,
         )  # fmt: skip
         return verdict.samples > 0
 
@@ -197,7 +200,7 @@ async def test_the_rollbacker_judges_an_alert_again(stack: Stack, bus: Bus) -> N
         await bus.publish(subjects.alert(ns), alert, msg_id=alert.alert_id, timeout=0.5)
         kv = await bus.kv(CFG_STATE.name)
         try:
-            entry = await kv.get(key(ns))
+            entry = await kv.get(ledger_key(ns))
         except nats.js.errors.KeyNotFoundError:
             return False
         ledger = decode_ledger(entry.value or b"")

@@ -89,9 +89,7 @@ async def _switch_quietly(bus: Bus, version: int) -> None:
 
 
 async def settled(stack: Stack, bus: Bus) -> bool:
-    in_doubt = await call(
-        bus, txn_api.SERVICE, "in_doubt", txn_api.InDoubtRequest(namespace=NS), txn_api.InDoubtReply
-    )
+    in_doubt = await call(bus, txn_api.IN_DOUBT, txn_api.InDoubtRequest(namespace=NS))
     if in_doubt.txns:
         return False
     head = (await Heads(await bus.kv(CFG_TXN_HEAD.name)).get(NS)).value

@@ -23,7 +23,8 @@ import msgspec
 import pytest
 from nats.aio.msg import Msg
 
-from confbus.cli.client import Client
+from confbus.client import Client
+from confbus.procs.proc import Proc
 from confbus.runtime.events import event_type
 from confbus.runtime.http import http_get
 from confbus.schemas import subjects
@@ -41,7 +42,6 @@ from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
-from tests.procs import Proc
 
 pytestmark = pytest.mark.anyio
 
@@ -304,12 +304,8 @@ async def test_bad_config_is_rolled_back_by_itself(stack: Stack) -> None:
 
 
 async def _live(client: Client, count: int) -> bool:
-    from confbus.schemas.api import dist as dist_api
-
     try:
-        status = await client.call(
-            dist_api.SERVICE, "status", dist_api.StatusRequest(namespace=NS), dist_api.StatusReply
-        )
+        status = await client.fleet_status(NS)
     except Exception:
         return False
     return sum(1 for n in status.nodes if n.liveness == "live") >= count

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.http import http_get, http_post
 from confbus.schemas import subjects
 from confbus.schemas.events import AnyEvent, RollbackCompleted, RollbackStarted

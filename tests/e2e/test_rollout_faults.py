@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.schemas.events import (
     NodeApplied,
     NodeCatchUp,

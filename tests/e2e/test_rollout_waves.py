@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from confbus.cli.client import ChangeRejected
+from confbus.client import ChangeRejected
 from confbus.runtime.api import Endpoint, serve_api, stop_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.events import (
@@ -22,7 +22,7 @@ from confbus.schemas.events import (
     TxnCommitted,
     VersionPromoted,
 )
-from confbus.schemas.health import decode_alert
+from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.streams import CFG_ALERTS
 from tests.distributor.e2e import (
     NS,
@@ -40,6 +40,7 @@ from tests.distributor.e2e import (
     wait_event,
 )
 from tests.e2e.stack import Stack
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -110,8 +111,7 @@ async def test_failing_verdict_after_wave_2_stops_the_rollout(stack: Stack) -> N
     async with client_of(stack) as client:
         svc = await serve_api(
             client.bus,
-            health_api.SERVICE,
-            [Endpoint("verdict", health_api.VerdictRequest, verdict)],
+            [Endpoint(health_api.VERDICT, verdict)],
         )
         try:
             await set_policy(client, bake_s=0.2)
@@ -141,10 +141,14 @@ async def test_failing_verdict_after_wave_2_stops_the_rollout(stack: Stack) -> N
         assert not [
             e for e in of(evs, NodeApplied) if e.version == v2.version and e.node in untouched
         ]
-        # Handed to the rollbacker: an alert on cfg.alert.web, from the distributor.
-        alerts = [
-            decode_alert(d) for _, d in await read_all(client.bus, CFG_ALERTS.name, "cfg.alert.web")
-        ]
+
+        # Handed to the rollbacker: an alert on cfg.alert.web, from the distributor (published
+        # from the record's outbox right after rollout.failed: it may be stored a moment later).
+        async def stored_alerts() -> list[Alert]:
+            stored = await read_all(client.bus, CFG_ALERTS.name, "cfg.alert.web")
+            return [decode_alert(d) for _, d in stored]
+
+        alerts = await eventually(stored_alerts, what="the distributor's alert")
         assert len(alerts) == 1 and alerts[0].source == "distributor"
         assert alerts[0].version == v2.version and info.rollout_id in alerts[0].alert_id
         # v1 stays production; v2 was never promoted nor marked good.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.schemas.events import NodeApplied, RolloutCompleted, RolloutWave, VersionCreated
 from tests.cli.procs import arun_confbus
 from tests.faults.results import Figures, finish

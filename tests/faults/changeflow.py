@@ -5,7 +5,7 @@ version-store crashes.
 Writers propose changes with ``Nats-Msg-Id`` and retry a failed publish *with the same id*
 (as CI does), each attempt recorded in the history. A change is **accepted** once one attempt
 got JetStream's ack. After the faults are healed the workload drains: every accepted change
-must end as a stored version or a rejection (DESIGN §8.1). Then the store is read directly
+must end as a stored version or a rejection (docs/design.md §8.1). Then the store is read directly
 (the SQLite file, after the service stopped) and the events stream is scanned:
 
 - ``lost``: accepted changes neither stored nor rejected (dead-lettered good changes count);
@@ -34,7 +34,8 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError
 from confbus.schemas import subjects
-from confbus.schemas.api.store import ChangeStatusReply, ChangeStatusRequest
+from confbus.schemas.api import store as store_api
+from confbus.schemas.api.store import ChangeStatusRequest
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.dlq import decode_dead_letter
 from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
@@ -143,10 +144,8 @@ class Workload:
                     with contextlib.suppress(ConfbusError):
                         st = await call(
                             self.bus,
-                            "store",
-                            "change_status",
+                            store_api.CHANGE_STATUS,
                             ChangeStatusRequest(namespace=NS, change_id=change_id),
-                            ChangeStatusReply,
                             timeout=2,
                         )
                         if st.status != "unknown":

@@ -9,8 +9,6 @@ apart by the uid of the socket that sent them (see ``tests.faults.netns``).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,40 +20,9 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from confbus.procs.nats import ClusterPeer, NatsServer
+from confbus.procs.ports import free_ports
 from confbus.runtime.bus import Bus, connect, provision
-from confbus.runtime.natsd import ClusterPeer, NatsServer, nats_server_binary
-from confbus.runtime.ports import free_ports
-
-
-@dataclass
-class UidNatsServer(NatsServer):
-    """``NatsServer`` that can run as another uid (its data dir is handed over to it)."""
-
-    uid: int | None = None
-
-    def start(self, timeout: float = 10.0) -> NatsServer:
-        if self.uid is None:
-            return super().start(timeout)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.data_dir / "nats-server.conf"
-        conf.write_text(self.config_text())
-        for path in (self.data_dir, *self.data_dir.rglob("*")):
-            os.chown(path, self.uid, self.uid)
-        log = self.log_file or (self.data_dir / "nats-server.log")
-        log.write_bytes(b"")
-        self._log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [nats_server_binary(), "-c", str(conf)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                user=self.uid,
-                group=self.uid,
-                extra_groups=[],
-            )
-        self._wait_ready(timeout)
-        return self
 
 
 @dataclass
@@ -63,7 +30,7 @@ class NatsCluster:
     root: Path
     size: int = 3
     uids: list[int] | None = None
-    nodes: dict[str, UidNatsServer] = field(default_factory=dict)
+    nodes: dict[str, NatsServer] = field(default_factory=dict)
     cluster_ports: dict[str, int] = field(default_factory=dict)
     monitor_ports: dict[str, int] = field(default_factory=dict)
 
@@ -82,7 +49,7 @@ class NatsCluster:
         client_ports = {n: next(ports) for n in names}
         for i, name in enumerate(names):
             routes = [f"nats://127.0.0.1:{self.cluster_ports[o]}" for o in names if o != name]
-            self.nodes[name] = UidNatsServer(
+            self.nodes[name] = NatsServer(
                 data_dir=self.root / name,
                 port=client_ports[name],
                 monitor_port=self.monitor_ports[name],

@@ -32,7 +32,7 @@ async def propose(
     timeout: float = 2.0,
 ) -> PubAck:
     """Publish a change (``Nats-Msg-Id`` = ``<ns>:<change id>``, so a retry is a no-op) and
-    return JetStream's ack: from here on the change is *accepted* (DESIGN §8.1)."""
+    return JetStream's ack: from here on the change is *accepted* (docs/design.md §8.1)."""
     change = ChangeProposed(namespace=ns, change_id=change_id, content=content, base=base)
     return await bus.js.publish(
         subjects.change(ns),
@@ -73,17 +73,16 @@ async def switch(
     nodes: Sequence[str],
     *,
     vote_timeout_s: float = 1.0,
-    request_timeout: float = 30.0,
+    request_timeout: float | None = 30.0,
 ) -> str:
-    """One atomic switch; returns its outcome (commit / abort)."""
+    """One atomic switch; returns its outcome (commit / abort). ``request_timeout`` None: the
+    switch's own deadline (a longer one rides out faults)."""
     reply = await call(
         bus,
-        txn_api.SERVICE,
-        "switch",
+        txn_api.SWITCH,
         txn_api.SwitchRequest(
             namespace=ns, version=version, nodes=list(nodes), timeout_s=vote_timeout_s
         ),
-        txn_api.SwitchReply,
         timeout=request_timeout,
     )
     return reply.outcome
@@ -100,14 +99,7 @@ async def decision_exists(bus: Bus, ns: str, txid: str) -> bool:
 
 async def in_doubt(bus: Bus, ns: str) -> list[str]:
     """Transactions the coordinator service reports undecided."""
-    reply = await call(
-        bus,
-        txn_api.SERVICE,
-        "in_doubt",
-        txn_api.InDoubtRequest(namespace=ns),
-        txn_api.InDoubtReply,
-        timeout=5.0,
-    )
+    reply = await call(bus, txn_api.IN_DOUBT, txn_api.InDoubtRequest(namespace=ns), timeout=5.0)
     return [t.txid for t in reply.txns]
 
 

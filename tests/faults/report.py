@@ -174,12 +174,13 @@ FOOTER = """\
    compare-and-set (*preparing*) and the publish of its prepare publishes it after a successor
    took over (`stale_prepares_fenced` in the zombie notes). Agents refuse it (they have read the
    successor's higher-epoch decision earlier in the same stream) and nothing is applied, but
-   DESIGN §8.3's "nothing from epoch *e* is written" holds for decisions, not for prepares.
+   the fencing of docs/design.md §8.3 ("nothing from epoch *e* is written") holds for
+   decisions, not for prepares.
 3. **An apply could go unannounced — fixed.** An agent killed right after installing a version
-   (`agent.after_apply`) did not emit `node.applied` after its restart (DESIGN §8.8). Now the
-   install records `announced: false` (folded into the next state write once published, no fsync
-   of its own) and a restarted agent announces such an apply (same msg id) and runs its
-   on-change hook; `applies_without_event` is a safety count (0 in the runs since).
+   (`agent.after_apply`) did not emit `node.applied` after its restart (docs/design.md §8.8).
+   Now the install records `announced: false` (folded into the next state write once
+   published, no fsync of its own) and a restarted agent announces such an apply (same msg id)
+   and runs its on-change hook; `applies_without_event` is a safety count (0 in the runs since).
 4. **Recovery is slower than the bus.** A version-store killed mid-batch leaves that batch to
    be redelivered after the consumer's ack wait (30 s by default; `store_kill` runs with 3 s).
    After a NATS stream-leader kill, publishing resumed within ~8 s, but accepted changes

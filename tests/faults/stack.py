@@ -1,5 +1,5 @@
 """confbus as real processes for the fault scenarios: services and agents on one nats-server or
-on a 3-node cluster, each a ``tests.procs.Proc`` (ready line, SIGKILL, SIGSTOP/SIGCONT).
+on a 3-node cluster, each a ``confbus.procs.proc.Proc`` (ready line, SIGKILL, SIGSTOP/SIGCONT).
 
 ``shim=True`` starts the service through ``tests.faults.shims.<pkg>`` instead of
 ``services.<pkg>``: the same code, plus the deliberate bug or the injected fault named in its
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus, connect
-from confbus.runtime.natsd import NatsServer
 from tests.faults.cluster import NatsCluster
-from tests.procs import Proc
 
 
 @dataclass
@@ -38,11 +38,7 @@ class Node:
     def applies(self) -> list[dict[str, Any]]:
         """Every ``applied`` log line this node wrote, over all of its restarts."""
         out = []
-        try:
-            text = self.proc.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        for line in text.splitlines():
+        for line in self.proc.log_text().splitlines():
             if '"applied"' not in line:
                 continue
             try:
@@ -57,11 +53,7 @@ class Node:
 def log_counts(proc: Proc) -> Counter[str]:
     """How many times each log message appears in a process's log, over its restarts."""
     out: Counter[str] = Counter()
-    try:
-        text = proc.log_path.read_text(errors="replace")
-    except FileNotFoundError:
-        return out
-    for line in text.splitlines():
+    for line in proc.log_text().splitlines():
         try:
             rec = json.loads(line)
         except ValueError:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import anyio
 
+from confbus.procs.proc import Proc
 from tests.faults.changeflow import Workload, check, read_store, wait_consumed
 from tests.faults.history import History
 from tests.faults.results import Figures, finish
 from tests.faults.shims import BUG_ENV, FAULTS_ENV, SEED_ENV
 from tests.faults.stack import FaultStack, log_counts
 from tests.faults.wait import until
-from tests.procs import Proc
 
 STORM_FAULTS = ",".join(
     [

@@ -3,7 +3,8 @@ all real processes writing real files.
 
 - ``coordinator_kill``: SIGKILL (a failpoint) the coordinator at each step of the switch; a
   fresh one recovers. Nodes that disagree with the decision, transactions still in doubt after
-  the bound (DESIGN's "60 s later", shortened with a 1 s vote timeout), flipped decisions.
+  the bound (docs/design.md §4.5: "60 s later", shortened with a 1 s vote timeout), flipped
+  decisions.
 - ``agent_kill``: SIGKILL one agent at each of its steps; restarted, it must catch up. Double
   applies, missing applies (a node off its target after the drain).
 - ``zombie``: SIGSTOP the coordinator at a step (a failpoint ``pause``) until a newer one has
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import anyio
 
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
 from tests.faults import ops
@@ -33,12 +35,11 @@ from tests.faults.results import Figures, finish
 from tests.faults.shims import BUG_ENV
 from tests.faults.stack import FaultStack
 from tests.faults.wait import until
-from tests.procs import Proc
 
 NS = "web"
 NODES = ("n1", "n2", "n3")
 VOTE_TIMEOUT_S = 1.0
-# DESIGN asks for no transaction in doubt 60 s after a crash with the default 5 s vote
+# docs/design.md §4.5 asks for no transaction in doubt 60 s after a crash with the default 5 s vote
 # timeout; with a 1 s timeout (and 2 s recovery grace, 3 s liveness) the same bound is ~20 s.
 IN_DOUBT_BOUND_S = 20.0
 DRAIN_S = 20.0

@@ -1,4 +1,4 @@
-"""Every request/reply endpoint of the running services, fed garbage (DESIGN §8.9).
+"""Every request/reply endpoint of the running services, fed garbage (docs/design.md §8.9).
 
 The endpoints are discovered the way any client would, with ``$SRV.INFO`` (nats.micro), so an
 endpoint added tomorrow is fuzzed too. For each request: an answer comes (no timeout); an error
@@ -8,6 +8,7 @@ or namespace moved); afterwards every service still answers a valid request and 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from collections.abc import Iterator
@@ -23,19 +24,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import connect, provision
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
-from confbus.schemas.api import ApiError
+from confbus.schemas.api import ApiError, catalog
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api import rollback as rollback_api
 from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
-from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.api.operation import Operation
 from confbus.schemas.streams import CFG_ALERTS, CFG_CHANGES, CFG_DLQ, CFG_EVENTS, CFG_TXN
 from tests.fuzz.strategies import DEEP, garbage, wire
-from tests.procs import Proc
 
 SERVICES = {
     "confbus-store": "version_store",
@@ -44,47 +45,16 @@ SERVICES = {
     "confbus-health": "health_watcher",
     "confbus-rollback": "rollbacker",
 }
-# What each op takes, by the start of its name (``export_<replica>`` is an ``export``).
-REQUEST_TYPES: dict[str, dict[str, Any]] = {
-    store_api.SERVICE: {
-        "get": store_api.GetRequest,
-        "history": store_api.HistoryRequest,
-        "diff": store_api.DiffRequest,
-        "approve": store_api.ApproveRequest,
-        "promote": store_api.PromoteRequest,
-        "mark_good": store_api.MarkGoodRequest,
-        "reject": store_api.RejectRequest,
-        "policy_get": store_api.PolicyGetRequest,
-        "policy_set": store_api.PolicySetRequest,
-        "dry_run": store_api.DryRunRequest,
-        "change_status": store_api.ChangeStatusRequest,
-        "namespaces": store_api.NamespacesRequest,
-        "export": store_api.ExportRequest,
-        "import": store_api.ImportRequest,
-        "propose": ChangeProposed,
-    },
-    txn_api.SERVICE: {
-        "switch": txn_api.SwitchRequest,
-        "resolve": txn_api.ResolveRequest,
-        "in_doubt": txn_api.InDoubtRequest,
-    },
-    dist_api.SERVICE: {
-        "status": dist_api.StatusRequest,
-        "rollout": dist_api.RolloutRequest,
-        "pause": dist_api.ControlRequest,
-        "resume": dist_api.ControlRequest,
-        "abort": dist_api.ControlRequest,
-    },
-    health_api.SERVICE: {"verdict": health_api.VerdictRequest},
-    rollback_api.SERVICE: {"start": rollback_api.RollbackRequest},
-}
 # A valid request per service: it must still be answered after the fuzzing.
-ALIVE: dict[str, tuple[str, bytes]] = {
-    store_api.SERVICE: ("namespaces", b"{}"),
-    txn_api.SERVICE: ("in_doubt", b"{}"),
-    dist_api.SERVICE: ("status", b'{"namespace": "fuzz-alive"}'),
-    health_api.SERVICE: ("verdict", b'{"namespace": "fuzz-alive", "version": 1, "nodes": []}'),
-    rollback_api.SERVICE: ("start", b'{"namespace": "fuzz-alive"}'),
+ALIVE: dict[str, tuple[Operation[Any, Any], bytes]] = {
+    store_api.SERVICE: (store_api.NAMESPACES, b"{}"),
+    txn_api.SERVICE: (txn_api.IN_DOUBT, b"{}"),
+    dist_api.SERVICE: (dist_api.STATUS, b'{"namespace": "fuzz-alive"}'),
+    health_api.SERVICE: (
+        health_api.VERDICT,
+        b'{"namespace": "fuzz-alive", "version": 1, "nodes": []}',
+    ),
+    rollback_api.SERVICE: (rollback_api.START, b'{"namespace": "fuzz-alive"}'),
 }
 STREAMS = (CFG_CHANGES.name, CFG_TXN.name, CFG_EVENTS.name, CFG_ALERTS.name, CFG_DLQ.name)
 EXAMPLES = int(os.environ.get("CONFBUS_FUZZ_EXAMPLES", "20"))
@@ -157,10 +127,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzStack]:
 
 
 def request_type(subject: str) -> Any:
-    _, _, service, op = subject.split(".", 3)
-    for prefix, t in REQUEST_TYPES.get(service, {}).items():
-        if op == prefix or op.startswith((f"{prefix}_", f"{prefix}.")):
-            return t
+    """The request type of the declared operation whose subject pattern ``subject`` matches
+    (``export_<replica>`` is ``store.EXPORT_AT``'s, ``approve.fuzzer`` ``APPROVE_AS``'s)."""
+    tokens = subject.split(".")
+    for op in catalog.every_operation():
+        pattern = op.pattern.split(".")
+        if len(pattern) == len(tokens) and all(map(fnmatch.fnmatchcase, tokens, pattern)):
+            return op.request
     return None
 
 
@@ -171,7 +144,7 @@ async def snapshot(url: str) -> tuple[Any, ...]:
         js = nc.jetstream()
         seqs = [(await js.stream_info(s)).state.last_seq for s in STREAMS]
         heads = (await js.stream_info("KV_CFG_TXN_HEAD")).state.messages
-        reply = await nc.request(subjects.api("store", "namespaces"), b"{}", timeout=REPLY_TIMEOUT)
+        reply = await nc.request(store_api.NAMESPACES.address, b"{}", timeout=REPLY_TIMEOUT)
         return (*seqs, heads, reply.data)
     finally:
         await nc.close()
@@ -228,7 +201,9 @@ FUZZ = settings(
 def test_the_endpoints_are_discovered(stack: FuzzStack) -> None:
     ops = {s.split(".", 3)[2] for s in stack.endpoints}
     assert {"store", "txn", "dist"} <= ops, stack.endpoints
-    assert subjects.api("store", "approve.fuzzer") in stack.endpoints  # the pinned twins too
+    # The pinned twins too, and every request type is known.
+    assert store_api.APPROVE_AS.as_user("fuzzer").address in stack.endpoints
+    assert [s for s in stack.endpoints if request_type(s) is None] == []
 
 
 @FUZZ
@@ -253,7 +228,7 @@ def test_lookalike_requests_are_answered(stack: FuzzStack, data: st.DataObject) 
 
 def test_version_numbers_beyond_int64_are_refused_with_400(stack: FuzzStack) -> None:
     body = b'{"namespace": "fuzz", "version": 9223372036854775808, "approver": "x"}'
-    answer = anyio.run(ask, stack.url, subjects.api("store", "approve"), body)
+    answer = anyio.run(ask, stack.url, store_api.APPROVE.address, body)
     assert answer.code == 400, answer
 
 
@@ -262,7 +237,7 @@ def test_every_service_still_answers(stack: FuzzStack) -> None:
         for service, (op, body) in ALIVE.items():
             if not any(s.split(".")[2] == service for s in stack.endpoints):
                 continue
-            answer = await ask(stack.url, subjects.api(service, op), body)
+            answer = await ask(stack.url, op.address, body)
             assert answer.code in (None, 404, 409), (service, answer)
 
     anyio.run(check)

@@ -23,15 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from confbus.cli.main import main
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.api import call
 from confbus.runtime.bus import connect, provision
 from confbus.runtime.errors import NotFound
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.api import store as store_api
-from confbus.schemas.policy import Policy
 from tests.cli.procs import REPO, confbus_argv
 from tests.fuzz.strategies import garbage, json_values
-from tests.procs import Proc
 
 EXAMPLES = int(os.environ.get("CONFBUS_FUZZ_EXAMPLES", "20"))
 MEMORY_LIMIT = 512 * 1024 * 1024  # for the processes fed endless input
@@ -96,15 +95,9 @@ def confbus(stack: CliStack, capsys: pytest.CaptureFixture[str], *argv: str) -> 
 async def _store_state(url: str, namespace: str) -> tuple[object, ...]:
     bus = await connect(url, name="fuzz-probe")
     try:
-        versions = await call(
-            bus,
-            "store",
-            "history",
-            store_api.HistoryRequest(namespace=namespace),
-            store_api.HistoryReply,
-        )
+        versions = await call(bus, store_api.HISTORY, store_api.HistoryRequest(namespace=namespace))
         policy = await call(
-            bus, "store", "policy_get", store_api.PolicyGetRequest(namespace=namespace), Policy
+            bus, store_api.POLICY_GET, store_api.PolicyGetRequest(namespace=namespace)
         )
         return (len(versions.versions), policy)
     except NotFound:
@@ -199,9 +192,7 @@ def test_restore_garbage(
 async def _namespaces(url: str) -> list[str]:
     bus = await connect(url, name="fuzz-probe")
     try:
-        reply = await call(
-            bus, "store", "namespaces", store_api.NamespacesRequest(), store_api.NamespacesReply
-        )
+        reply = await call(bus, store_api.NAMESPACES, store_api.NamespacesRequest())
         return reply.namespaces
     finally:
         await bus.close()

@@ -1,6 +1,6 @@
 """Every decoder of the wire contract, fed garbage: it decodes, or it raises msgspec's
-``ValidationError``/``DecodeError`` — never anything else (DESIGN §8.9: bad input is refused,
-never fatal). What decodes survives a round trip through the encoder unchanged.
+``ValidationError``/``DecodeError`` — never anything else (docs/design.md §8.9: bad input is
+refused, never fatal). What decodes survives a round trip through the encoder unchanged.
 
 The targets are found, not listed: every ``decode_*`` in ``schemas`` and every Struct defined
 there, so a message added tomorrow is fuzzed without touching this file.

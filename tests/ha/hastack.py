@@ -8,11 +8,9 @@ deadline.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sys
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +18,13 @@ from typing import Any
 
 import pytest
 
-from confbus.cli.ha import etcd_binary
+from confbus.procs.etcd import etcd_binary, leader_name
+from confbus.procs.proc import Proc
+from confbus.procs.spawn import alive
 from confbus.runtime.bus import Bus
-from confbus.runtime.leases import decode_any_lease
+from confbus.schemas.state import decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
-from tests.cli.procs import Proc, alive, confbus_argv, lock_is_free
-from tests.procs import Proc as ServiceProc
+from tests.cli.procs import lock_is_free, start_confbus
 
 READY = re.compile(
     r"^confbus ready nats=(?P<nats>\S+) data=(?P<data>\S+) services=(?P<services>\S+)"
@@ -41,7 +40,7 @@ needs_etcd = pytest.mark.skipif(
 class Agent:
     node: str
     path: Path
-    proc: ServiceProc
+    proc: Proc
 
     def read(self) -> bytes | None:
         try:
@@ -103,12 +102,12 @@ class HaStack:
         ]  # fmt: skip
         logs = root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        proc = ServiceProc(f"agent-{node}", argv, logs).start()
+        proc = Proc(f"agent-{node}", argv, logs).start()
         agent = Agent(node, path, proc)
         self.agents[node] = agent
         return agent
 
-    def stop(self, timeout: float = 60.0) -> int:
+    def stop(self, timeout: float = 60.0) -> int | None:
         for agent in self.agents.values():
             agent.proc.stop()
         return self.proc.stop(signal.SIGTERM, timeout=timeout)
@@ -116,15 +115,7 @@ class HaStack:
     def cleanup(self) -> None:
         for agent in self.agents.values():
             agent.proc.kill()
-        if self.proc.popen.poll() is None:
-            pids = self.all_pids()
-            try:
-                self.proc.stop(signal.SIGTERM, timeout=60)
-            except AssertionError:
-                self.proc.kill()
-                for pid in pids:
-                    if alive(pid):
-                        os.kill(pid, signal.SIGKILL)
+        self.proc.stop(signal.SIGTERM, timeout=60)  # then SIGKILL; what it started dies with it
 
     def assert_all_gone(self, pids: Sequence[int]) -> None:
         assert not [p for p in pids if alive(p)], "processes outlived confbus up"
@@ -132,20 +123,30 @@ class HaStack:
         assert not (self.data_dir / "stack.json").exists()
 
 
-def start_ha(data_dir: Path, *args: str) -> HaStack:
-    return start_up(data_dir, "--ha", *args)
+def start_ha(data_dir: Path, *args: str, nats_port: int = 0) -> HaStack:
+    """``confbus up --ha`` on ``data_dir``, once it says it is ready."""
+    return start_up(data_dir, "--ha", *args, nats_port=nats_port)
 
 
-def start_up(data_dir: Path, *args: str) -> HaStack:
-    """``confbus up`` (the cluster with ``--ha`` among ``args``), ready."""
-    argv = [*confbus_argv(), "up", "--data-dir", str(data_dir), "--nats-port", "0", *args]
-    stack = HaStack(Proc(argv), data_dir.resolve())
+def start_up(data_dir: Path, *args: str, nats_port: int = 0) -> HaStack:
+    """``confbus up`` on ``data_dir`` (the cluster with ``--ha`` among ``args``), once it says
+    it is ready."""
+    stack = _start_up(data_dir, *args, nats_port=nats_port)
     try:
-        stack.line = stack.proc.out.wait_for("confbus ready", READY_TIMEOUT)
-    except AssertionError as exc:
+        stack.line = stack.proc.wait_line("confbus ready", READY_TIMEOUT)
+    except BaseException:
         stack.cleanup()
-        raise AssertionError(f"{exc}\nstderr:\n{stack.proc.err.text()}") from None
+        raise
     return stack
+
+
+def start_ha_in_background(data_dir: Path, *args: str, nats_port: int = 0) -> HaStack:
+    return _start_up(data_dir, "--ha", *args, nats_port=nats_port)
+
+
+def _start_up(data_dir: Path, *args: str, nats_port: int) -> HaStack:
+    argv = ["up", "--data-dir", str(data_dir), "--nats-port", str(nats_port), *args]
+    return HaStack(start_confbus(*argv), data_dir.resolve())
 
 
 def ha_fixture(data_dir: Path) -> Iterator[HaStack]:
@@ -166,28 +167,10 @@ async def stream_leader(bus: Bus, stream: str) -> str:
 
 
 def etcd_leader(store_url: str, follower: bool = False) -> str:
-    """The name (e1..e3) of the etcd leader (or of a follower), asked of the first member
-    that answers."""
-    for endpoint in store_url.removeprefix("etcd://").split(","):
-        try:
-            status = _etcd_post(endpoint, "/v3/maintenance/status")
-            members = _etcd_post(endpoint, "/v3/cluster/member/list")["members"]
-        except OSError:
-            continue
-        names = {str(m["ID"]): str(m["name"]) for m in members}
-        leader = str(status.get("leader", ""))
-        if leader in names:
-            if follower:
-                return sorted(n for i, n in names.items() if i != leader)[0]
-            return names[leader]
-    raise AssertionError(f"no etcd member of {store_url} names a leader")
-
-
-def _etcd_post(endpoint: str, path: str) -> dict[str, Any]:
-    req = urllib.request.Request(f"http://{endpoint}{path}", data=b"{}", method="POST")
-    with urllib.request.urlopen(req, timeout=2) as r:
-        body: dict[str, Any] = json.loads(r.read())
-    return body
+    """The name (e1..e3) of the etcd leader (or of a follower)."""
+    name = leader_name(store_url.removeprefix("etcd://").split(","), follower)
+    assert name is not None, f"no etcd member of {store_url} names a leader"
+    return name
 
 
 async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None:
@@ -198,12 +181,12 @@ async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None
 
     kv = await bus.kv(CFG_STATE.name)
     try:
-        entry = await kv.get(f"lease.{role}.{name}")
+        entry = await kv.get(lease_key(role, name))
     except nats.js.errors.KeyNotFoundError:
         return None
     if not entry.value:
         return None
-    lease = decode_any_lease(entry.value)
+    lease = decode_lease(entry.value)
     if lease.expires_at <= datetime.now(UTC):
         return None
     return lease.holder, lease.epoch

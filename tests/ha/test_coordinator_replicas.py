@@ -57,7 +57,7 @@ async def switch_retrying(bus: Bus, version: int) -> str:
 
     async def attempt() -> str | None:
         try:
-            reply = await switch(bus, NS, version, NODES, timeout_s=2.0, request_timeout=15.0)
+            reply = await switch(bus, NS, version, NODES, timeout_s=2.0)
         except Unavailable:
             return None
         return reply.outcome

@@ -35,7 +35,7 @@ import anyio
 import nats.errors
 import pytest
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.coordinator.head import Heads
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.errors import ConfbusError, Permanent

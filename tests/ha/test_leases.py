@@ -12,7 +12,8 @@ from nats.js.kv import KeyValue
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
-from confbus.runtime.leases import LeaseRecord, Leases, NotHeld, decode_lease, lease_key
+from confbus.runtime.leases import Leases, NotHeld
+from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually
 

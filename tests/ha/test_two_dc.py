@@ -22,14 +22,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from confbus.cli.client import Client
+from confbus.client import Client
+from confbus.procs.nats import ClusterPeer, NatsServer
+from confbus.procs.ports import free_ports
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import connect
 from confbus.runtime.http import http_get
-from confbus.runtime.natsd import ClusterPeer, NatsServer
-from confbus.runtime.ports import free_ports
 from confbus.schemas.policy import Policy
 from tests.helpers import eventually
-from tests.procs import Proc
 
 pytestmark = pytest.mark.anyio
 

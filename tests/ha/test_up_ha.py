@@ -5,7 +5,10 @@ service, the ready line, ``confbus doctor`` on it, and a clean stop. Also the re
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,10 @@ import pytest
 from confbus.cli.commands import up
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
 from confbus.cli.main import build_parser
-from confbus.runtime.natsd import NatsServer
-from tests.cli.procs import closed_port, run_confbus
-from tests.ha.hastack import READY, needs_etcd, start_ha
+from confbus.procs.nats import NatsServer
+from confbus.procs.ports import free_port_run
+from tests.cli.procs import closed_port, run_confbus, wait_gone
+from tests.ha.hastack import READY, READY_TIMEOUT, needs_etcd, start_ha, start_ha_in_background
 
 
 @needs_etcd
@@ -28,6 +32,7 @@ def test_up_ha_serves_passes_doctor_and_stops_cleanly(tmp_path: Path) -> None:
         listed = [s.split(":")[0] for s in m.group("services").split(",")]
         expected = [spec.name for spec in up.SERVICES if spec.runnable()]
         assert listed == [f"{name}-{i}" for name in expected for i in (1, 2)]
+        assert len(stack.line.split(" console=")[1].split()[0].split(",")) == 2  # both replicas
         state = stack.state()
         assert sorted(state["cluster"]["pids"]) == [
             "etcd-e1", "etcd-e2", "etcd-e3", "nats-1", "nats-2", "nats-3",
@@ -59,6 +64,31 @@ def test_up_ha_serves_passes_doctor_and_stops_cleanly(tmp_path: Path) -> None:
         stack.cleanup()
 
 
+@needs_etcd
+def test_a_killed_up_ha_takes_every_server_and_service_with_it(tmp_path: Path) -> None:
+    """SIGKILL leaves none of the 6 servers and 10 services behind, and ``up --ha`` on the
+    same directory, started at once, serves again (etcd on the same ports: its members know
+    each other by them)."""
+    data = tmp_path / "data"
+    etcd = ("--etcd-port", str(free_port_run(6)))
+    stack = start_ha(data, *etcd)
+    again = None
+    try:
+        started = stack.all_pids()
+        assert len(started) == 6 + 2 * len([s for s in up.SERVICES if s.runnable()])
+
+        os.kill(stack.proc.pid, signal.SIGKILL)
+        again = start_ha_in_background(data, *etcd)
+
+        assert wait_gone(started, timeout=2.0) == [], "outlived confbus up --ha by 2 s"
+        again.line = again.proc.wait_line("confbus ready", READY_TIMEOUT)
+        assert again.proc.stop(signal.SIGTERM, timeout=60) == 0, again.proc.describe()
+    finally:
+        stack.cleanup()
+        if again is not None:
+            again.cleanup()
+
+
 def _args(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["up", *argv])
 
@@ -69,6 +99,34 @@ def test_ha_without_etcd_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         up.stack_config(_args("--ha", "--data-dir", str(tmp_path)))
     assert refused.value.code == FAILED
     assert "install etcd-server (apt-get install -y etcd-server)" in str(refused.value)
+
+
+WITHOUT_AETCD = (
+    "import sys; sys.modules['aetcd'] = None; sys.argv[0] = 'confbus';"  # as if not installed
+    "from confbus.cli.main import main; main()"
+)
+
+
+@needs_etcd
+@pytest.mark.parametrize("how", [["--ha"], ["--store", "etcd://127.0.0.1:2379"]])
+def test_an_etcd_store_without_its_client_names_the_extra_in_one_line(
+    tmp_path: Path, how: list[str]
+) -> None:
+    """``pip install confbus`` has no aetcd (it is the ``etcd`` extra): ``up --ha`` says which
+    extra to install, in one line, and starts nothing."""
+    data = tmp_path / "data"
+    argv = ["up", *how, "--data-dir", str(data), "--nats-port", "0"]
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AETCD, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == FAILED, done
+    assert done.stderr.count("\n") == 1, done.stderr  # one line, no traceback
+    assert "pip install 'confbus[etcd]'" in done.stderr
+    assert not data.exists()
 
 
 @needs_etcd

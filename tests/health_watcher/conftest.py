@@ -9,10 +9,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from tests.health_watcher.support import AlertLog, StoreStub
-from tests.procs import Proc
 
 # Fast enough for tests, slow enough not to flap on a busy 2-core machine.
 FAST = ("--eval-interval", "0.1", "--lease-ttl", "1.5", "--policy-ttl", "0.2")

@@ -43,11 +43,11 @@ class StoreStub:
     async def start(self, bus: Bus) -> StoreStub:
         self.service = await serve_api(
             bus,
-            store_api.SERVICE,
             [
-                Endpoint("policy_get", store_api.PolicyGetRequest, self._policy_get),
-                Endpoint("namespaces", store_api.NamespacesRequest, self._namespaces),
+                Endpoint(store_api.POLICY_GET, self._policy_get),
+                Endpoint(store_api.NAMESPACES, self._namespaces),
             ],
+            partial=True,
         )
         return self
 

@@ -15,12 +15,12 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from confbus.health_watcher.alertmanager import Rejected, decode
+from confbus.procs.proc import Proc
 from confbus.runtime.http import MAX_BODY_BYTES, http_get, http_post
 from confbus.schemas.health import Alert
 from confbus.schemas.policy import Policy
 from tests.health_watcher.conftest import StartWatcher
 from tests.health_watcher.support import AlertLog, StoreStub, metric
-from tests.procs import Proc
 
 NS = "web"
 STARTS = "2026-05-04T10:00:00.123Z"
@@ -68,7 +68,11 @@ async def test_firing_then_resolved_become_alerts(
 ) -> None:
     store.policies[NS] = Policy(namespace=NS)
     watcher = await start_watcher()
-    assert isinstance(watcher.ready["alertmanager_port"], int)  # type: ignore[index]
+    assert watcher.ready is not None
+    port = watcher.ready["alertmanager_port"]
+    assert isinstance(port, int)
+    # The whole URL, for Alertmanager's webhook_configs: nothing left to guess.
+    assert watcher.ready["alertmanager_url"] == f"http://127.0.0.1:{port}/alertmanager"
 
     status, reply = await post(watcher, body(webhook(am_alert(confbus_version="12", node="n3"))))
     assert status == 200, reply
@@ -95,7 +99,7 @@ async def test_firing_then_resolved_become_alerts(
     assert (await post(watcher, body(webhook(plain))))[0] == 200
     other = await alert_log.wait(lambda a: a.alert_id.startswith("am:feedface"))
     assert other.version is None and other.namespace == NS
-    port = watcher.ready["http_port"]  # type: ignore[index]
+    port = watcher.ready["http_port"]
     assert await metric(port, "confbus_health_watcher_receiver_requests_total", status="200") == 4
 
 

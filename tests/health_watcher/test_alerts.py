@@ -7,21 +7,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
-import msgspec
 
-from confbus.health_watcher.lease import LeaseValue, lease_key
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.schemas import subjects
 from confbus.schemas.health import Alert
 from confbus.schemas.node import Heartbeat, NamespaceState
 from confbus.schemas.policy import Policy, ScrapeTarget
+from confbus.schemas.state import decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
 from tests.health_watcher.app import MetricsApp
 from tests.health_watcher.conftest import StartWatcher
 from tests.health_watcher.support import AlertLog, StoreStub, metric, publish_sample, rule
 from tests.helpers import eventually
-from tests.procs import Proc
 
 NS = "web"
 VERSION = 7
@@ -182,10 +181,10 @@ async def test_error_rate_from_a_scraped_app_with_a_counter_reset(
 
 async def _lease_holder(bus: Bus) -> str:
     kv = await bus.kv(CFG_STATE.name)
-    entry = await kv.get(lease_key(NS))
+    entry = await kv.get(lease_key("health", NS))
     assert entry.value is not None
-    lease = msgspec.json.decode(entry.value, type=LeaseValue)
-    return lease.holder if lease.expires_at > 0 else ""
+    lease = decode_lease(entry.value)
+    return lease.holder if lease.expires_at.timestamp() > 0 else ""  # 1970: released
 
 
 async def _who_evaluates(replicas: Sequence[Proc]) -> list[float]:

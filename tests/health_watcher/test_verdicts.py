@@ -22,7 +22,7 @@ NS = "web"
 
 async def verdict(bus: Bus, version: int, nodes: list[str], **kw: object) -> api.VerdictReply:
     req = api.VerdictRequest(namespace=NS, version=version, nodes=nodes, **kw)  # type: ignore[arg-type]
-    return await call(bus, api.SERVICE, "verdict", req, api.VerdictReply)
+    return await call(bus, api.VERDICT, req)
 
 
 async def test_verdict_pass_fail_and_no_data(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import subprocess
 import time
 import uuid
 from collections.abc import Sequence
@@ -252,20 +251,14 @@ async def test_a_stale_read_cache_is_caught(tmp_path: Path) -> None:
 # -- etcd: three members, the leader killed under the load ----------------------------------------
 
 
-def restart_member(member: Any) -> None:
-    """Start a killed member again with its own flags and data (it rejoins its cluster)."""
-    args = member.proc.args
-    with member.log_path.open("ab") as log:
-        member.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture(scope="module")
 def etcd3(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.version_store.etcd_proc import ETCD, SKIP_REASON, EtcdCluster
+    from confbus.procs.etcd import ETCD_HINT, EtcdCluster, etcd_binary
 
-    if ETCD is None:
-        pytest.skip(SKIP_REASON)
-    cluster = EtcdCluster.start(tmp_path_factory.mktemp("etcd-lin"), size=3, fast_election=True)
+    if etcd_binary() is None:
+        pytest.skip(ETCD_HINT)
+    root = tmp_path_factory.mktemp("etcd-lin")
+    cluster = EtcdCluster.on_loopback(root, 3, fast_election=True).start()
     try:
         yield cluster
     finally:
@@ -276,7 +269,7 @@ async def etcd_history(
     cluster: Any, kills: int, clients: int, ops: int, seed: int
 ) -> tuple[History, list[float]]:
     from confbus.version_store.storage.etcd import EtcdStore
-    from tests.version_store.etcd_proc import leader_name
+    from tests.helpers import etcd_leader
 
     history = History()
     prefix = f"/lin-{uuid.uuid4().hex[:8]}/"
@@ -295,18 +288,18 @@ async def etcd_history(
             await _after_some(history, 40 + rng.randint(0, 20), done)
             if done.is_set():
                 return
-            leader = await leader_name(cluster.endpoints)
+            leader = await etcd_leader(cluster.endpoints)
             history.mark("fault")
             killed = time.monotonic()
             cluster.kill(leader)
             others = [m.endpoint for m in cluster.members if m.name != leader]
 
             async def elected(old: str = leader, eps: list[str] = others) -> bool:
-                return await leader_name(eps, timeout=30) != old
+                return await etcd_leader(eps, timeout=30) != old
 
             await until(elected, 30, every=0.05, what="a new etcd leader")
             elections.append(time.monotonic() - killed)
-            restart_member(cluster.member(leader))
+            cluster.member(leader).restart()
             await anyio.to_thread.run_sync(cluster.wait_healthy, [cluster.member(leader)], 30.0)
             history.mark("heal")
 

@@ -1,4 +1,5 @@
-"""A simulated world for the two-phase commit (DESIGN §4), step by step, for the Hypothesis model.
+"""A simulated world for the two-phase commit (docs/design.md §4), step by step, for the
+Hypothesis model.
 
 What is simulated, and what is real:
 
@@ -52,7 +53,7 @@ def sha(data: bytes) -> str:
 
 
 class Violation(AssertionError):
-    """An invariant of DESIGN §8 does not hold."""
+    """An invariant of docs/design.md §8 does not hold."""
 
 
 @dataclass(frozen=True)

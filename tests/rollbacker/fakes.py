@@ -59,6 +59,7 @@ class FakeStore:
     policies: dict[str, Policy] = field(default_factory=dict)
     changes: dict[tuple[str, str], int] = field(default_factory=dict)
     promotes: list[tuple[str, int, str]] = field(default_factory=list)
+    marks: list[tuple[str, int, str]] = field(default_factory=list)  # (ns, version, reason)
     svc: Service | None = None
 
     # -- test set-up ------------------------------------------------------------------------
@@ -129,12 +130,14 @@ class FakeStore:
             msg_id=f"promoted:{ns}:{version}:{time.monotonic_ns()}",
         )
 
-    async def mark_good(self, ns: str, version: int, actor: str = "test") -> None:
+    async def mark_good(self, ns: str, version: int, actor: str = "test", reason: str = "") -> None:
+        previous = self.last_good.get(ns, 0)
         self.last_good[ns] = version
+        self.marks.append((ns, version, reason))
         await emit(
             self.bus,
-            VersionLastGood(namespace=ns, actor=actor, version=version),
-            msg_id=f"last_good:{ns}:{version}",
+            VersionLastGood(namespace=ns, actor=actor, reason=reason, version=version),
+            msg_id=f"last_good:{ns}:{version}:{previous}",
         )
 
     def content(self, ns: str, version: int) -> bytes:
@@ -177,7 +180,7 @@ class FakeStore:
             return store_api.VersionReply(info=v.info)
 
         async def mark_good(req: store_api.MarkGoodRequest) -> store_api.VersionReply:
-            await self.mark_good(req.namespace, req.version, req.actor)
+            await self.mark_good(req.namespace, req.version, req.actor, req.reason)
             v = self._resolve(req.namespace, str(req.version))
             return store_api.VersionReply(info=v.info)
 
@@ -194,14 +197,14 @@ class FakeStore:
 
         self.svc = await serve_api(
             self.bus,
-            store_api.SERVICE,
             [
-                Endpoint("get", store_api.GetRequest, get),
-                Endpoint("promote", store_api.PromoteRequest, promote),
-                Endpoint("mark_good", store_api.MarkGoodRequest, mark_good),
-                Endpoint("policy_get", store_api.PolicyGetRequest, policy_get),
-                Endpoint("change_status", store_api.ChangeStatusRequest, change_status),
+                Endpoint(store_api.GET, get),
+                Endpoint(store_api.PROMOTE, promote),
+                Endpoint(store_api.MARK_GOOD, mark_good),
+                Endpoint(store_api.POLICY_GET, policy_get),
+                Endpoint(store_api.CHANGE_STATUS, change_status),
             ],
+            partial=True,
         )
 
         async def on_change(change: ChangeProposed, _msg: Msg) -> None:
@@ -269,11 +272,11 @@ class FakeDist:
 
         self.svc = await serve_api(
             self.bus,
-            dist_api.SERVICE,
             [
-                Endpoint("status", dist_api.StatusRequest, status),
-                Endpoint("abort", dist_api.ControlRequest, abort),
+                Endpoint(dist_api.STATUS, status),
+                Endpoint(dist_api.ABORT, abort),
             ],
+            partial=True,
         )
 
     def forget(self, node: str, ns: str) -> None:
@@ -315,8 +318,7 @@ class FakeHealth:
 
         self.svc = await serve_api(
             self.bus,
-            health_api.SERVICE,
-            [Endpoint("verdict", health_api.VerdictRequest, verdict)],
+            [Endpoint(health_api.VERDICT, verdict)],
         )
 
     async def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Agents keep the last known good (DESIGN §5): they record it when it changes, keep the
+"""Agents keep the last known good (docs/design.md §5.4): they record it when it changes, keep the
 namespace's ``cold_start_last_good`` flag on disk, and a node restarting with no bus falls back
 to it when that flag says so."""
 
@@ -15,12 +15,12 @@ from confbus.agent.disk import NamespaceDisk
 from confbus.agent.lastgood import POLICY_FILE, cache_policy, cached_policy, sync_namespace
 from confbus.agent.node import Binding, NodeAgent
 from confbus.agent.state import CommitOutcome
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.policy import Policy
 from confbus.schemas.txn import Prepare
 from tests.helpers import eventually
-from tests.procs import Proc
 from tests.rollbacker.world import BAD, GOOD, NS, world
 
 pytestmark = pytest.mark.anyio
@@ -113,12 +113,12 @@ async def test_a_restart_with_no_bus_falls_back_only_when_the_policy_says_so(
     try:
         # The agent says what it decided once the grace period is over.
         await eventually(
-            lambda: _true("no bus at start" in proc.log_path.read_text()),
+            lambda: _true("no bus at start" in proc.log_text()),
             what="the cold-start decision",
         )
         if flag:
             assert live.read_bytes() == GOOD
-            assert "serving the last known good" in proc.log_path.read_text()
+            assert "serving the last known good" in proc.log_text()
             assert NamespaceDisk(NS, live, state).snapshot().applied_version == 1
         else:
             assert live.read_bytes() == BAD

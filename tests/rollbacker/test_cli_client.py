@@ -11,9 +11,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from confbus.cli.client import Client
+from confbus.client import Client
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.events import NodeApplied, RollbackStarted
 from confbus.schemas.health import Alert
 from tests.rollbacker.world import BAD, GOOD, NS, World, policy, world

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from tests.helpers import eventually
 from tests.rollbacker.world import GOOD, NS, policy, world
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.api.health import VerdictReply, VerdictRequest
 from confbus.schemas.events import (
     RollbackBatch,

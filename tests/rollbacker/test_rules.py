@@ -10,21 +10,12 @@ import pytest
 from confbus.rollbacker import plan
 from confbus.rollbacker.driver import healthy_share
 from confbus.rollbacker.engine import alert_rollback_id, change_id_of
-from confbus.rollbacker.records import (
-    MAX_ALERTS,
-    BatchResult,
-    Ledger,
-    Rollback,
-    SeenAlert,
-    prune,
-    rate_limit,
-    with_alert,
-    with_rollback,
-)
+from confbus.rollbacker.records import MAX_ALERTS, prune, rate_limit, with_alert, with_rollback
 from confbus.runtime.errors import InvalidInput
 from confbus.schemas.api.dist import NodeStatus
 from confbus.schemas.api.health import VerdictReply
 from confbus.schemas.policy import RollbackPolicy
+from confbus.schemas.state import BatchResult, Ledger, Rollback, SeenAlert
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

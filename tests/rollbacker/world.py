@@ -20,21 +20,21 @@ import msgspec
 from nats.aio.msg import Msg
 
 from confbus.agent.node import Binding, NodeAgent, run_agents
-from confbus.rollbacker.records import Ledger, decode_ledger, key
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
 from confbus.runtime.events import event_type
 from confbus.runtime.http import http_get
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.events import AnyEvent, decode_event
 from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
+from confbus.schemas.state import Ledger, decode_ledger, ledger_key
 from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually
-from tests.procs import Proc
 from tests.rollbacker.fakes import FakeDist, FakeHealth, FakeStore
 
 T = TypeVar("T")
@@ -167,7 +167,7 @@ class World:
     async def ledger(self) -> Ledger:
         kv = await self.bus.kv(CFG_STATE.name)
         try:
-            entry = await kv.get(key(NS))
+            entry = await kv.get(ledger_key(NS))
         except Exception:
             return Ledger(namespace=NS)
         return decode_ledger(entry.value or b"")
@@ -175,13 +175,10 @@ class World:
     async def switch(self, version: int, nodes: Sequence[str] | None = None) -> None:
         reply = await call(
             self.bus,
-            txn_api.SERVICE,
-            "switch",
+            txn_api.SWITCH,
             txn_api.SwitchRequest(
                 namespace=NS, version=version, nodes=list(nodes or self.nodes), timeout_s=3.0
             ),
-            txn_api.SwitchReply,
-            timeout=20.0,
         )
         assert reply.outcome == "commit", reply
         await self.on_version(version, nodes)

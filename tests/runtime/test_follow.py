@@ -11,9 +11,9 @@ import nats.js.errors
 import pytest
 from nats.js.api import DeliverPolicy, StreamConfig
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.follow import Follower
-from confbus.runtime.natsd import NatsServer
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio

@@ -11,8 +11,8 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.streams import CFG_CHANGES

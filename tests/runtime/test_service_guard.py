@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from confbus.runtime.natsd import NatsServer
+from confbus.procs.nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ import nats
 from nats.aio.client import Client
 
 from confbus.cli.security import Roster, User, write_secrets
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect, provision
-from confbus.runtime.natsd import NatsServer
 
 REFUSAL_TIMEOUT = 5.0
 

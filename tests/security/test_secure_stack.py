@@ -21,14 +21,14 @@ import anyio
 import nats
 import pytest
 
-from confbus.cli.client import Client
 from confbus.cli.security import Roster
+from confbus.client import Client
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus, connect
 from confbus.schemas import subjects
 from confbus.schemas.streams import CFG_DLQ, CFG_EVENTS, STREAMS
-from tests.cli.procs import REPO, Proc, confbus_argv
+from tests.cli.procs import REPO, confbus_argv, start_confbus
 from tests.helpers import eventually
-from tests.procs import Proc as ServiceProc
 
 READY_TIMEOUT = 90.0
 SECRET_NS = "vault"
@@ -58,7 +58,7 @@ class SecureStack:
     up: Proc
     url: str
     secrets: Path
-    agents: list[ServiceProc] = field(default_factory=list)
+    agents: list[Proc] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)  # global flags for every confbus call
 
     @property
@@ -83,7 +83,7 @@ class SecureStack:
         )
         return done
 
-    def start_agent(self, node: str, namespaces: list[str]) -> tuple[ServiceProc, dict[str, Path]]:
+    def start_agent(self, node: str, namespaces: list[str]) -> tuple[Proc, dict[str, Path]]:
         home = self.root / "nodes" / node
         live = home / "etc"
         live.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ class SecureStack:
             argv += ["--namespace", ns, "--path", str(path)]
         logs = self.root / "agent-logs"
         logs.mkdir(exist_ok=True)
-        proc = ServiceProc(f"agent-{node}", argv, logs, env=self.creds(f"agent-{node}"))
+        proc = Proc(f"agent-{node}", argv, logs, env=self.creds(f"agent-{node}"))
         self.agents.append(proc.start())
         return proc, files
 
@@ -115,17 +115,15 @@ class SecureStack:
     def stop(self) -> None:
         for agent in self.agents:
             agent.stop()
-        if self.up.popen.poll() is None:
+        if self.up.alive():
             code = self.up.stop()
             assert code == 0, self.up.describe()
 
 
 def start_secure(root: Path, *flags: str, extra: tuple[str, ...] = ()) -> SecureStack:
-    argv = [
-        *confbus_argv(), *extra, "up", "--data-dir", str(root / "data"), "--nats-port", "0",
-        "--secure", *flags,
-    ]  # fmt: skip
-    proc = Proc(argv)
+    proc = start_confbus(
+        *extra, "up", "--data-dir", str(root / "data"), "--nats-port", "0", "--secure", *flags
+    )
     try:
         line = proc.out.wait_for("confbus ready", READY_TIMEOUT)
     except BaseException:

@@ -12,10 +12,10 @@ from pathlib import Path
 import aetcd
 import pytest
 
+from confbus.procs.etcd import ETCD_HINT, EtcdCluster, etcd_binary
 from confbus.version_store.storage import Store
 from confbus.version_store.storage.etcd import EtcdStore
 from confbus.version_store.storage.sqlite import SqliteStore
-from tests.version_store.etcd_proc import ETCD, SKIP_REASON, EtcdCluster
 
 
 @dataclass
@@ -32,9 +32,9 @@ class Backend:
 
 @pytest.fixture(scope="module")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    if ETCD is None:
-        pytest.skip(SKIP_REASON)
-    cluster = EtcdCluster.start(tmp_path_factory.mktemp("etcd"), size=1)
+    if etcd_binary() is None:
+        pytest.skip(ETCD_HINT)
+    cluster = EtcdCluster.on_loopback(tmp_path_factory.mktemp("etcd")).start()
     try:
         yield cluster
     finally:

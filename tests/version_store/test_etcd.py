@@ -10,11 +10,11 @@ import aetcd
 import pytest
 from aetcd import rpc
 
-from confbus.runtime.ports import free_port
+from confbus.procs.etcd import EtcdCluster
+from confbus.procs.ports import free_port
 from confbus.version_store.errors import QuotaExceeded, StoreUnavailable
 from confbus.version_store.storage import NewVersion, open_store
 from confbus.version_store.storage.etcd import EtcdStore
-from tests.version_store.etcd_proc import EtcdCluster
 from tests.version_store.tcp_proxy import reply_losing_proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]

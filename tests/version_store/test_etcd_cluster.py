@@ -9,18 +9,19 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
+from confbus.procs.etcd import ETCD_HINT, EtcdCluster, etcd_binary
 from confbus.version_store.storage import NewVersion
 from confbus.version_store.storage.etcd import EtcdStore
-from tests.version_store.etcd_proc import ETCD, SKIP_REASON, EtcdCluster, leader_name
+from tests.helpers import etcd_leader
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    if ETCD is None:
-        pytest.skip(SKIP_REASON)
-    c = EtcdCluster.start(tmp_path_factory.mktemp("etcd3"), size=3, fast_election=True)
+    if etcd_binary() is None:
+        pytest.skip(ETCD_HINT)
+    c = EtcdCluster.on_loopback(tmp_path_factory.mktemp("etcd3"), 3, fast_election=True).start()
     try:
         yield c
     finally:
@@ -29,7 +30,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 async def test_leader_killed_during_appends_loses_no_acked_version(cluster: EtcdCluster) -> None:
     prefix = f"/fault-{uuid.uuid4().hex[:8]}/"
-    leader = await leader_name(cluster.endpoints)
+    leader = await etcd_leader(cluster.endpoints)
     leader_endpoint = cluster.member(leader).endpoint
     followers = [e for e in cluster.endpoints if e != leader_endpoint]
     # One client starts on the leader (it must rotate away from the corpse), one on a follower
@@ -60,7 +61,7 @@ async def test_leader_killed_during_appends_loses_no_acked_version(cluster: Etcd
 
     assert killed.is_set()
     assert clients[0].conn.rotations >= 1  # it really had to move off the dead leader
-    new_leader = await leader_name(followers)
+    new_leader = await etcd_leader(followers)
     assert new_leader != leader
     async with EtcdStore(followers, prefix=prefix) as check:
         history = list(reversed(await check.history("orders", limit=1000)))

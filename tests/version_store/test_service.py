@@ -11,10 +11,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from confbus.cli.client import ChangeRejected, Client
+from confbus.client import ChangeRejected, Client
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect, provision
 from confbus.runtime.errors import Conflict, InvalidInput, NotFound
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas import subjects
 from confbus.schemas.changes import ChangeProposed, msg_id
 from confbus.schemas.events import (
@@ -340,7 +340,7 @@ async def test_secret_content_stays_out_of_events_logs_and_dry_runs(stack: Stack
             [s.raw async for s in client.events(f"cfg.event.{ns}.>")]  # every event, as stored
         )
     assert secret.encode() not in raw and b"s3cret" not in raw
-    log = stack.service.log_path.read_text()
+    log = stack.service.log_text()
     assert secret not in log and "s3cret" not in log
 
 

@@ -20,12 +20,14 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from confbus.cli.client import Client
+from confbus.client import Client
+from confbus.procs.etcd import ETCD_HINT, EtcdCluster, etcd_binary
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.consumer import Consumer
 from confbus.runtime.metrics import ConsumerMetrics
-from confbus.runtime.natsd import NatsServer
 from confbus.runtime.retry import Backoff
 from confbus.schemas import subjects
 from confbus.schemas.base import decode_envelope
@@ -39,8 +41,6 @@ from confbus.version_store.metrics import StoreMetrics
 from confbus.version_store.rejections import Rejections
 from confbus.version_store.storage.sqlite import SqliteStore
 from tests.helpers import eventually
-from tests.procs import Proc
-from tests.version_store.etcd_proc import ETCD, SKIP_REASON, EtcdCluster
 from tests.version_store.test_service_helpers import Stack, drained, events_of, stack
 
 pytestmark = pytest.mark.anyio
@@ -244,10 +244,9 @@ async def test_store_outage_redelivers_and_never_dead_letters(bus: Bus, tmp_path
 
 @pytest.mark.etcd
 async def test_service_on_etcd(tmp_path: Path, nats_server: NatsServer) -> None:
-    if ETCD is None:
-        pytest.skip(SKIP_REASON)
-    (tmp_path / "etcd").mkdir()
-    cluster = EtcdCluster.start(tmp_path / "etcd", size=1)
+    if etcd_binary() is None:
+        pytest.skip(ETCD_HINT)
+    cluster = EtcdCluster.on_loopback(tmp_path / "etcd").start()
     service = Proc.service(
         "version_store",
         nats_server.url,

@@ -18,15 +18,15 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from confbus.cli.client import Client
 from confbus.cli.main import main as cli_main
+from confbus.client import Client
+from confbus.procs.nats import NatsServer
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.events import AnyEvent
 from confbus.schemas.streams import CFG_CHANGES
 from confbus.version_store.service import DURABLE
 from tests.helpers import eventually
-from tests.procs import Proc
 
 CONFBUS = str(Path(sys.executable).with_name("confbus"))
 

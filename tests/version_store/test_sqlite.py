@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -129,6 +130,14 @@ async def test_open_store_urls(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "b.db").exists()
     with pytest.raises(ValueError, match="unknown store"):
         open_store("mysql://localhost/db")
+
+
+def test_an_etcd_url_without_its_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aetcd", None)  # as after `pip install confbus`
+    for name in [m for m in sys.modules if m.startswith("confbus.version_store.storage.etcd")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ValueError, match=r"pip install 'confbus\[etcd\]'"):
+        open_store("etcd://127.0.0.1:2379")
 
 
 async def test_closed_store_is_unavailable(tmp_path: Path) -> None:

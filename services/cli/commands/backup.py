@@ -25,8 +25,8 @@ from pathlib import Path
 
 import msgspec
 
-from confbus.cli.client import Client, NamespaceBackup, check_namespace
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
+from confbus.client import Client, NamespaceBackup, check_namespace
 from confbus.runtime.errors import InvalidInput
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 

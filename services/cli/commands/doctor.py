@@ -40,16 +40,16 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from confbus.cli.client import Client
 from confbus.cli.output import out
+from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
-from confbus.runtime.leases import decode_any_lease
 from confbus.schemas import subjects
 from confbus.schemas.api import dist, health, rollback, store, txn
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.state import LEASES, decode_lease, lease_of
 from confbus.schemas.streams import BUCKETS, CFG_STATE, STREAMS
 
 Status = Literal["ok", "warn", "FAIL"]
@@ -175,9 +175,7 @@ async def store_check(bus: Bus, store_url: str | None) -> Check:
     if store_url:
         return await anyio.to_thread.run_sync(etcd_check, store_url)
     try:
-        reply = await call(
-            bus, store.SERVICE, "namespaces", store.NamespacesRequest(), store.NamespacesReply
-        )
+        reply = await call(bus, store.NAMESPACES, store.NamespacesRequest())
     except ConfbusError as exc:
         return Check("FAIL", "store", f"the version-store cannot read its store: {exc}")
     return Check("ok", "store", f"the version-store reads its store ({len(reply.namespaces)} "
@@ -255,7 +253,7 @@ async def services_check(bus: Bus, window: float = 0.5) -> Check:
 async def leader_checks(bus: Bus) -> list[Check]:
     try:
         kv = await bus.kv(CFG_STATE.name)
-        watcher = await kv.watch("lease.>", ignore_deletes=True)
+        watcher = await kv.watch(LEASES, ignore_deletes=True)
     except (nats.errors.Error, TimeoutError) as exc:
         return [Check("FAIL", "leader", f"cannot read the leases in {CFG_STATE.name}: {exc!r}")]
     leases: dict[str, list[str]] = {}
@@ -267,9 +265,9 @@ async def leader_checks(bus: Bus) -> list[Check]:
                     break  # the initial values are all in
                 if not entry.value:
                     continue
-                _, role, name = entry.key.split(".", 2)
+                role, name = lease_of(entry.key)
                 try:
-                    lease = decode_any_lease(entry.value)
+                    lease = decode_lease(entry.value)
                 except DECODE_ERRORS:
                     continue
                 left = (lease.expires_at - now).total_seconds()
@@ -289,7 +287,7 @@ async def leader_checks(bus: Bus) -> list[Check]:
 
 async def txns_check(bus: Bus) -> Check:
     try:
-        reply = await call(bus, txn.SERVICE, "in_doubt", txn.InDoubtRequest(), txn.InDoubtReply)
+        reply = await call(bus, txn.IN_DOUBT, txn.InDoubtRequest())
     except ConfbusError as exc:
         return Check("FAIL", "txns", f"the coordinator does not answer: {exc}")
     if not reply.txns:

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,18 +20,15 @@ from typing import Any
 
 import msgspec
 
-from confbus.cli.client import Client, StreamedEvent
+from confbus.cli.commands.args import positive_int
 from confbus.cli.exitcodes import OK
+from confbus.client import Client, StreamedEvent
+from confbus.runtime import since
 from confbus.runtime.events import event_type
 from confbus.schemas import subjects
 from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
-from confbus.schemas.names import NAME_PATTERN
 
 _EVENTS_PREFIX = subjects.EVENTS_ALL.removesuffix(">")  # "cfg.event."
-_NAME_RE = re.compile(NAME_PATTERN)
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Fields every event has; they are shown in fixed places, not among the facts.
 _COMMON = {"schema_version", "type", "namespace", "at", "actor", "reason", "message"}
@@ -70,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(UTC unless it has an offset)",
     )
     start.add_argument(
-        "--from-seq", type=_positive_int, metavar="N", help="start at stream sequence N"
+        "--from-seq", type=positive_int, metavar="N", help="start at stream sequence N"
     )
     replay.set_defaults(func=run_replay)
 
@@ -126,53 +122,17 @@ async def run_tail(args: argparse.Namespace, client: Client) -> int:
 
 def subject_filter(text: str) -> str:
     """The subject filter ``text`` means (an argparse type: a bad one is a usage error)."""
-    if text.startswith("cfg."):
-        if not text.startswith(_EVENTS_PREFIX):
-            raise argparse.ArgumentTypeError(f"{text!r}: events live under {subjects.EVENTS_ALL}")
-        tokens = text.removeprefix(_EVENTS_PREFIX).split(".")
-    else:
-        tokens = text.split(".")
-        if len(tokens) == 1 and tokens[0] not in ("*", ">"):
-            return subjects.events_of(_namespace(tokens[0]))
-    if tokens[0] not in ("*", ">"):
-        _namespace(tokens[0])
-    for i, token in enumerate(tokens):
-        wildcard = token == "*" or (token == ">" and i == len(tokens) - 1)
-        if not wildcard and not _TOKEN_RE.fullmatch(token):
-            raise argparse.ArgumentTypeError(f"{text!r}: bad subject token {token!r}")
-    return _EVENTS_PREFIX + ".".join(tokens)
-
-
-def _namespace(token: str) -> str:
-    if not _NAME_RE.fullmatch(token):
-        raise argparse.ArgumentTypeError(
-            f"{token!r} is not a namespace ([a-z0-9][a-z0-9_-]{{0,63}}) nor a subject "
-            f"under {subjects.EVENTS_ALL}"
-        )
-    return token
+    try:
+        return subjects.event_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_since(text: str) -> datetime | timedelta:
-    if m := _DURATION_RE.fullmatch(text.strip()):
-        return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
     try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected a duration (30s, 10m, 2h, 7d) or an ISO-8601 time "
-            "(2026-11-26T16:40:00Z)"
-        ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a stream sequence >= 1")
-    return value
+        return since.parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- output -------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from confbus.cli.client import Client
 from confbus.cli.exitcodes import FAILED, OK
+from confbus.client import Client
 from confbus.schemas.api.dist import RolloutInfo
 from confbus.schemas.events import (
     AnyEvent,

@@ -19,8 +19,9 @@ import sys
 
 import msgspec
 
-from confbus.cli.client import Client
+from confbus.cli.commands.args import positive_int, positive_seconds
 from confbus.cli.exitcodes import FAILED, OK, CliError
+from confbus.client import Client
 from confbus.schemas.api.rollback import RollbackReply
 
 
@@ -33,26 +34,6 @@ def _actor() -> str:
         return "operator"
 
 
-def _version(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a version number: {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("versions start at 1")
-    return v
-
-
-def _seconds(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return v
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "rollback",
@@ -63,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("namespace", metavar="NS")
     p.add_argument(
         "--to",
-        type=_version,
+        type=positive_int,
         metavar="VERSION",
         help="the version whose content to restore (default: the last known good)",
     )
@@ -76,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--wait", action="store_true", help="wait until restored (or stuck)")
     p.add_argument(
         "--timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=600.0,
         metavar="S",
         help="with --wait, give up waiting after S seconds (exit 3; default %(default)s)",

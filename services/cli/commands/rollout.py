@@ -21,8 +21,10 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from confbus.cli.client import Client, check_namespace
+from confbus.cli.commands.args import identity
 from confbus.cli.exitcodes import FAILED, OK, CliError
+from confbus.client import Client, check_namespace
+from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api.dist import RolloutInfo, StatusReply
 
 _json = msgspec.json.Encoder()
@@ -40,16 +42,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run_rollout)
 
     for op, text in (
-        ("pause", "hold the namespace's running rollout at its next wave boundary"),
-        ("resume", "let a paused rollout go on"),
-        ("abort", "end the namespace's rollout as failed (switched waves stay switched)"),
+        (dist_api.PAUSE, "hold the namespace's running rollout at its next wave boundary"),
+        (dist_api.RESUME, "let a paused rollout go on"),
+        (dist_api.ABORT, "end the namespace's rollout as failed (switched waves stay switched)"),
     ):
-        c = sub.add_parser(op, help=text, description=text[0].upper() + text[1:] + ".")
+        c = sub.add_parser(op.name, help=text, description=text[0].upper() + text[1:] + ".")
         c.add_argument("namespace", metavar="NS")
         c.add_argument("--reason", default="", help="why (kept in the event)")
         c.add_argument("--as", dest="actor", default="", help="who (default: $CONFBUS_IDENTITY)")
         c.add_argument("--json", action="store_true")
-        c.set_defaults(func=run_control, op=op)
+        c.set_defaults(func=run_control, op=op.name)
 
     s = sub.add_parser(
         "status",
@@ -75,8 +77,6 @@ async def run_rollout(args: argparse.Namespace, client: Client) -> int:
 
 
 async def run_control(args: argparse.Namespace, client: Client) -> int:
-    from confbus.cli.commands.store import identity
-
     info = await client.rollout_control(
         args.op, args.namespace, reason=args.reason, actor=identity(args.actor or None)
     )

@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
-from confbus.cli.client import Client
 from confbus.cli.output import out
+from confbus.client import Client
 from confbus.schemas.api import txn as txn_api
 
 
@@ -25,12 +25,7 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace, client: Client) -> int:
-    reply = await client.call(
-        txn_api.SERVICE,
-        "in_doubt",
-        txn_api.InDoubtRequest(namespace=args.namespace),
-        txn_api.InDoubtReply,
-    )
+    reply = await client.call(txn_api.IN_DOUBT, txn_api.InDoubtRequest(namespace=args.namespace))
     if args.json:
         for t in reply.txns:
             out(json.dumps(msgspec.to_builtins(t)))

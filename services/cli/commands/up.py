@@ -1,4 +1,4 @@
-"""``confbus up``: the embedded single-machine stack (DESIGN §7).
+"""``confbus up``: the embedded single-machine stack (docs/design.md §7.1).
 
 Starts nats-server (JetStream, ``sync_interval: always``) under ``--data-dir``, provisions
 streams and buckets, runs every service below as its own process, and prints one line when
@@ -20,12 +20,15 @@ import argparse
 import functools
 import os
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 from confbus.cli import security
+from confbus.cli.commands import console
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
-from confbus.cli.ha import ETCD_HINT, HaPorts, etcd_binary
+from confbus.cli.ha import HaPorts
 from confbus.cli.stack import ServiceSpec, Stack, StackConfig
+from confbus.procs.etcd import ETCD_HINT, etcd_binary
 
 
 def _store_url(data_dir: Path, opts: argparse.Namespace) -> list[str]:
@@ -55,6 +58,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("distributor", "confbus.distributor"),
     ServiceSpec("health-watcher", "confbus.health_watcher"),
     ServiceSpec("rollbacker", "confbus.rollbacker"),
+    ServiceSpec("console", "confbus.console"),
 )
 
 
@@ -178,6 +182,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
     ha = _ha_ports(args) if args.ha else None
     if ha is not None:
         services = replicated(services)
+    _check_store_client(args)
     config = StackConfig(
         data_dir=Path(args.data_dir).expanduser().resolve(),
         services=services,
@@ -194,10 +199,22 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         tls_ca=args.tls_ca,
         ha=ha,
     )
-    return security.configure(config, args)  # --secure, --tls-cert: users, permissions, TLS
+    config = security.configure(config, args)  # --secure, --tls-cert: users, permissions, TLS
+    return console.with_login_link(config)
 
 
 HA_REPLICAS = 2
+
+
+def _check_store_client(args: argparse.Namespace) -> None:
+    """An etcd store needs aetcd, an extra (it brings grpcio, about 20 MB, that the embedded
+    shape does without): say so in one line before anything starts, not as the traceback of
+    a version-store that exits before it is ready."""
+    store = args.store or ""
+    if not store.startswith("etcd://") or find_spec("aetcd") is not None:
+        return
+    what = "--ha keeps its versions in etcd" if args.ha else f"--store {store} is etcd"
+    raise CliError(f"{what}, whose client is not installed: pip install 'confbus[etcd]'", FAILED)
 
 
 def _ha_ports(args: argparse.Namespace) -> HaPorts:

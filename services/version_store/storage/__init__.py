@@ -48,7 +48,14 @@ def open_store(url: str) -> Store:
             raise ValueError(f"{url!r}: expected sqlite:///path/to/store.db")
         return SqliteStore(path)
     if parts.scheme == "etcd":
-        from confbus.version_store.storage.etcd import EtcdStore
-
+        try:
+            from confbus.version_store.storage.etcd import EtcdStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "aetcd":
+                raise
+            raise ValueError(
+                "the etcd store needs its client, which is not installed: "
+                "pip install 'confbus[etcd]'"
+            ) from None
         return EtcdStore.from_url(url)
     raise ValueError(f"{url!r}: unknown store; expected sqlite:///path or etcd://host:port,...")

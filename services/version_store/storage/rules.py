@@ -177,7 +177,7 @@ def check_approve(info: VersionInfo, approver: str) -> bool:
     if not approver:
         raise InvalidTransition(ns, v, "an approval needs the approver's identity")
     if info.status == "approved" and info.approved_by == approver:
-        return False  # a redelivered approval changes nothing more (DESIGN §8.6)
+        return False  # a redelivered approval changes nothing more (docs/design.md §8.6)
     if info.status != "draft":
         raise InvalidTransition(ns, v, f"only a draft can be approved; this one is {info.status}")
     if approver == info.author:

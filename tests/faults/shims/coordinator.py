@@ -1,9 +1,9 @@
 """The real coordinator, optionally with a deliberate bug (``CONFBUS_TEST_BUG``):
 
 - ``publish_commit_before_decision``: the decision record is published to the agents *before*
-  the head's compare-and-set writes the decision (the order DESIGN §4 forbids). The failpoint
-  ``coordinator.after_decision_published`` then sits between the two, so a crash there leaves
-  agents applying a transaction the head (the decision) aborts.
+  the head's compare-and-set writes the decision (the order docs/design.md §4.3 forbids). The
+  failpoint ``coordinator.after_decision_published`` then sits between the two, so a crash
+  there leaves agents applying a transaction the head (the decision) aborts.
 - ``cas_without_compare``: no fencing at all: the decision is a blind put on the head (no
   compare-and-set, no check of the revision), and losing the lease does not cancel a switch
   in flight — so a zombie's decision lands after a newer leader's.

@@ -1,0 +1,305 @@
+"""The key layout of the KV buckets ``CFG_STATE`` and ``CFG_TXN_HEAD``, and the records they hold.
+
+Keys are spelled here only, built by functions that validate their tokens (a namespace with a
+``.`` in it would make another key, one with ``*`` or ``>`` a pattern)::
+
+    CFG_STATE
+      lease.<role>.<name>        LeaseRecord      who acts for <name> (confbus.runtime.leases)
+      rollout.<ns>               RolloutInfo      the current or last rollout (schemas/api/dist.py)
+      target.<ns>.<node>         TargetRecord     highest version of a committed transaction
+                                                  that included the node
+      node.<node>                NodeRecord       labels, namespaces, last heartbeat, liveness
+      health.alerts.<ns>         AlertBook        the alerts firing in the namespace
+      rollback.<ns>              Ledger           the rollbacker's rollbacks and alerts seen
+      coord.alive.<instance>     Alive            a coordinator replica's liveness beat
+
+    CFG_TXN_HEAD
+      <ns>                       TxnHead          the namespace's transaction head (schemas/txn.py)
+
+Every record but ``Alive`` is changed only by compare-and-set (``confbus.runtime.kv``). What a
+lease protects carries the lease's ``epoch``, and a writer with an older one is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from confbus.schemas.base import utcnow
+from confbus.schemas.names import NodeId, check_name
+from confbus.schemas.node import NamespaceState
+from confbus.schemas.streams import BucketSpec
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _token(value: str, kind: str) -> str:
+    """One key token that is not a namespace or node id (a lease role or name, an instance)."""
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f"invalid {kind} {value!r} in a key: letters, digits, '_' and '-' only")
+    return value
+
+
+def _tail(key: str, prefix: str) -> str:
+    if not key.startswith(prefix):
+        raise ValueError(f"{key!r} is not a key under {prefix!r}")
+    return key[len(prefix) :]
+
+
+def bucket_subject(bucket: BucketSpec, key: str) -> str:
+    """The subject a bucket stores ``key`` (or a pattern of keys) under: a core subscription to
+    it sees every write, without a consumer."""
+    return f"$KV.{bucket.name}.{key}"
+
+
+# -- leases -----------------------------------------------------------------------------------
+LEASES = "lease.>"
+_LEASE = "lease."
+
+
+def lease_key(role: str, name: str) -> str:
+    return f"{_LEASE}{_token(role, 'lease role')}.{_token(name, 'lease name')}"
+
+
+def lease_of(key: str) -> tuple[str, str]:
+    """``(role, name)`` of a lease key."""
+    role, _, name = _tail(key, _LEASE).partition(".")
+    return role, name
+
+
+class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Who holds a lease until when. ``epoch`` goes up by one with every new holder (a fencing
+    token); a released lease has ``expires_at`` in 1970."""
+
+    holder: str
+    expires_at: datetime
+    epoch: int = 0
+    ttl_s: float = 0.0
+    acquired_at: datetime | None = None
+
+
+decode_lease = msgspec.json.Decoder(LeaseRecord).decode
+
+# -- the distributor --------------------------------------------------------------------------
+ROLLOUTS = "rollout.*"
+_ROLLOUT = "rollout."
+
+
+def rollout_key(namespace: str) -> str:
+    return f"{_ROLLOUT}{check_name(namespace, 'namespace')}"
+
+
+def rollout_of(key: str) -> str:
+    """The namespace of a ``rollout.<ns>`` key."""
+    return _tail(key, _ROLLOUT)
+
+
+TARGETS = "target.>"
+_TARGET = "target."
+
+
+def target_key(namespace: str, node: str) -> str:
+    return f"{_TARGET}{check_name(namespace, 'namespace')}.{check_name(node, 'node id')}"
+
+
+def target_of(key: str) -> tuple[str, str]:
+    """``(namespace, node)`` of a ``target.<ns>.<node>`` key."""
+    namespace, _, node = _tail(key, _TARGET).partition(".")
+    return namespace, node
+
+
+class TargetRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The highest version of a committed transaction that included the node (raised, never
+    lowered); the node's target is this or production, whichever is higher."""
+
+    version: int
+    txid: str | None = None
+    at: datetime = msgspec.field(default_factory=utcnow)
+
+
+decode_target = msgspec.json.Decoder(TargetRecord).decode
+
+NODES = "node.*"
+
+
+def node_key(node: str) -> str:
+    return f"node.{check_name(node, 'node id')}"
+
+
+class NodeRecord(msgspec.Struct, frozen=True, kw_only=True):
+    node: NodeId
+    labels: dict[str, str] = {}
+    namespaces: list[NamespaceState] = []
+    interval_s: float = 2.0
+    last_heartbeat: datetime | None = None
+    started_at: datetime | None = None
+    liveness: str = "live"  # live | suspect | gone
+    since: datetime | None = None  # when it entered that liveness
+
+
+decode_node = msgspec.json.Decoder(NodeRecord).decode
+
+# -- the health-watcher -----------------------------------------------------------------------
+
+
+def alert_book_key(namespace: str) -> str:
+    return f"health.alerts.{check_name(namespace, 'namespace')}"
+
+
+class FiringAlert(msgspec.Struct, frozen=True, kw_only=True):
+    alert_id: str
+    version: int
+    rule: str
+    value: float | None = None
+    threshold: float | None = None
+    nodes: list[str] = []
+    summary: str = ""
+    since: float = 0.0  # unix seconds: start of the first bad window
+    published: bool = False
+
+
+class AlertBook(msgspec.Struct, frozen=True, kw_only=True):
+    firing: dict[str, FiringAlert] = {}  # "<version>:<rule>" -> alert
+    epoch: int = 0  # of the namespace's lease, as its last writer held it
+
+
+decode_alert_book = msgspec.json.Decoder(AlertBook).decode
+
+# -- the rollbacker ---------------------------------------------------------------------------
+LEDGERS = "rollback.*"
+_LEDGER = "rollback."
+
+
+def ledger_key(namespace: str) -> str:
+    return f"{_LEDGER}{check_name(namespace, 'namespace')}"
+
+
+def ledger_of(key: str) -> str:
+    """The namespace of a ``rollback.<ns>`` key."""
+    return _tail(key, _LEDGER)
+
+
+RollbackState = Literal["running", "completed", "stuck", "refused"]
+RollbackStep = Literal["create", "batches", "promote", "done"]
+RollbackTrigger = Literal["alert", "manual"]
+
+
+class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    nodes: list[str]  # planned for this batch
+    switched: list[str] = []  # committed on (or found already on) the new version
+    txids: list[str] = []
+    verdict: str = ""  # pass | fail | no_data | unavailable | skipped
+    healthy_share: float | None = None
+    samples: int = 0
+    unhealthy: list[str] = []  # named unhealthy by the verdict
+    committed_at: datetime | None = None
+
+
+class Rollback(msgspec.Struct, frozen=True, kw_only=True):
+    rollback_id: str
+    namespace: str
+    trigger: RollbackTrigger
+    alert_id: str | None = None
+    actor: str = ""
+    reason: str = ""
+    from_version: int | None = None
+    to_version: int
+    to_sha256: str = ""
+    change_id: str
+    new_version: int | None = None
+    strategy: str
+    state: RollbackState = "running"
+    step: RollbackStep = "create"
+    batches: list[list[str]] = []
+    done: list[BatchResult] = []
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    detail: str = ""  # why it is stuck or was refused
+    owner: str = ""  # the replica driving it
+    epoch: int = 0  # of lease.rollbacker.<ns>, as its owner holds it (0: not driven yet)
+    # The suspect version that was the last known good: it loses its mark (the store's pointer
+    # goes back to ``to_version``) before anything is switched.
+    revokes_last_good: int | None = None
+
+    @property
+    def counts_for_limits(self) -> bool:
+        """Rollbacks that actually started count for the cooldown and the cap."""
+        return self.state != "refused"
+
+
+class SeenAlert(msgspec.Struct, frozen=True, kw_only=True):
+    alert_id: str
+    at: datetime
+    outcome: str  # started | ignored | cooldown | cap | refused | busy | held
+    rollback_id: str | None = None
+    detail: str = ""
+
+
+class Ledger(msgspec.Struct, frozen=True, kw_only=True):
+    """A namespace's rollbacks: the one being driven (if any), the recent ones (for the
+    cooldown and the cap) and the recent alert ids (for idempotency)."""
+
+    namespace: str
+    active: str | None = None  # rollback_id being driven
+    rollbacks: list[Rollback] = []  # oldest first
+    alerts: list[SeenAlert] = []  # oldest first
+
+    def find(self, rollback_id: str) -> Rollback | None:
+        for r in reversed(self.rollbacks):
+            if r.rollback_id == rollback_id:
+                return r
+        return None
+
+    def seen(self, alert_id: str) -> SeenAlert | None:
+        for a in reversed(self.alerts):
+            if a.alert_id == alert_id:
+                return a
+        return None
+
+    @property
+    def running(self) -> Rollback | None:
+        return self.find(self.active) if self.active else None
+
+    def holding(self, version: int | None) -> Rollback | None:
+        """A stuck rollback waits for an operator: automatic rollbacks of versions up to the
+        one it created are held until then (a newer version is a new situation)."""
+        for r in reversed(self.rollbacks):
+            if r.state == "stuck":
+                top = r.new_version if r.new_version is not None else r.from_version
+                if version is None or top is None or version <= top:
+                    return r
+                return None
+            if r.state in ("running", "completed"):
+                return None
+        return None
+
+
+decode_ledger = msgspec.json.Decoder(Ledger).decode
+
+# -- the coordinator --------------------------------------------------------------------------
+ALIVE = "coord.alive.*"
+
+
+def alive_key(instance: str) -> str:
+    return f"coord.alive.{_token(instance, 'instance')}"
+
+
+class Alive(msgspec.Struct, frozen=True):
+    instance: str
+    at: float  # wall clock seconds of the writer
+
+
+decode_alive = msgspec.json.Decoder(Alive).decode
+
+# -- CFG_TXN_HEAD -----------------------------------------------------------------------------
+HEADS = ">"
+
+
+def head_key(namespace: str) -> str:
+    """The key of a namespace's transaction head: the namespace itself."""
+    return check_name(namespace, "namespace")

@@ -1,0 +1,140 @@
+"""What the command modules share about their arguments: argparse types for numbers and names,
+the files flags name (read with a limit), and who acts (``--as``/``--author``,
+``$CONFBUS_IDENTITY``, or the NATS user)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from confbus.cli.exitcodes import FAILED, USAGE, CliError
+from confbus.client import check_namespace
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import InvalidInput
+from confbus.runtime.identity import is_identity
+from confbus.schemas.streams import MAX_PAYLOAD
+
+# -- argparse types -----------------------------------------------------------------------------
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """A count, a version or a stream sequence: 1 or more."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def natural_int(text: str) -> int:
+    """0 or more (``--base 0``: refuse unless the namespace has no version yet)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A duration in seconds: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def check_ns(namespace: str) -> str:
+    """``namespace``, or a usage error (exit 2) saying what a namespace may be."""
+    try:
+        return check_namespace(namespace)
+    except InvalidInput as exc:
+        raise CliError(exc.message, USAGE) from None
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+def read_file(path: str, limit: int = MAX_PAYLOAD) -> bytes:
+    """The file's bytes ('-': stdin), refused beyond ``limit``: nothing larger than a bus
+    message can be a config, and a file like /dev/zero would otherwise be read forever."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", FAILED) from None
+    if len(data) > limit:
+        raise CliError(
+            f"{path} is larger than {limit} bytes: more than confbus carries (a config is at "
+            "most its namespace's max_bytes, 1 MiB unless the policy says otherwise)",
+            FAILED,
+        )
+    return data
+
+
+def fits(request: object, what: str) -> None:
+    """Refuse here a request the bus would refuse (nats-py raises on an oversized payload)."""
+    size = len(encode(request))
+    if size > MAX_PAYLOAD:
+        raise CliError(
+            f"{what} is {size} bytes on the wire: more than the bus carries ({MAX_PAYLOAD})",
+            FAILED,
+        )
+
+
+# -- who acts -----------------------------------------------------------------------------------
+
+
+def identity(explicit: str | None = None) -> str:
+    """Who is acting: ``--as``/``--author``, else ``$CONFBUS_IDENTITY``, else the OS user.
+
+    With NATS authentication on, the NATS user is the identity: see ``acting_as``.
+    """
+    if explicit:
+        return explicit
+    if env := os.environ.get("CONFBUS_IDENTITY"):
+        return env
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def nats_identity(args: argparse.Namespace) -> str | None:
+    """The NATS user this command authenticates as (``--nats-user``), if any: with
+    authentication on, the store records that user, whatever a flag says."""
+    user: str | None = getattr(args, "nats_user", None)
+    return user or None
+
+
+def acting_as(args: argparse.Namespace, explicit: str | None) -> str:
+    """Who acts: the NATS user when authenticated (``explicit`` may only repeat it), else
+    ``identity(explicit)``."""
+    user = nats_identity(args)
+    if user is None:
+        return identity(explicit)
+    if not is_identity(user):
+        raise CliError(
+            f"NATS user {user!r} cannot be pinned into a subject (a confbus identity is "
+            "[a-z0-9][a-z0-9_-]{0,63})",
+            USAGE,
+        )
+    if explicit and explicit != user:
+        raise CliError(
+            f"with NATS authentication you act as your NATS user {user!r}; {explicit!r} "
+            "cannot be claimed (leave out --as/--author)",
+            USAGE,
+        )
+    return user

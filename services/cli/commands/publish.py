@@ -1,0 +1,239 @@
+"""``confbus publish``: propose a file as the next version of a namespace and wait for the
+version-store's answer — ``payments v7 sha256=… (approved)`` on stdout, or the rejection's
+reason on stderr and exit 1 — and with ``--wait`` for its rollout (``publishwait.py``).
+
+Without ``--id`` the change id is ``auto-<sha256[:24]>-<n>`` (``n``: the version it goes on top
+of), so re-running the same publish is idempotent while publishing the same content again after
+other versions makes a new version. With NATS authentication the author is the NATS user, and
+the change goes through the version-store's pinned ``propose`` operation (``Client.propose_as``).
+``--dry-run`` validates and diffs, and stores nothing.
+
+Exit codes: 0 ok; 1 refused or failed (reason on stderr); 2 usage; 3 unreachable or timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+from confbus.cli.commands.args import (
+    acting_as,
+    fits,
+    nats_identity,
+    natural_int,
+    positive_seconds,
+    read_file,
+)
+from confbus.cli.commands.publishwait import wait_for_production
+from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
+from confbus.cli.output import out, out_bytes
+from confbus.client import ChangeRejected, Client, check_change_id, check_namespace
+from confbus.runtime.errors import InvalidInput
+from confbus.schemas.api import store as store_api
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.names import FORMATS, Format
+from confbus.schemas.versions import VersionInfo
+
+_EXTENSIONS: dict[str, Format] = {
+    ".json": "json",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".toml": "toml",
+}
+_json = msgspec.json.Encoder()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "publish",
+        help="propose FILE as the next version of NS and wait for the outcome",
+        description="Publish FILE ('-' for stdin) as a change of NS on cfg.change.NS and wait "
+        "for the version store: prints 'NS vN sha256=… (status)', or the rejection on stderr "
+        "and exits 1. Without --id the change id is auto-<sha256[:24]>-<base>, so a retry is "
+        "idempotent.",
+    )
+    add_publish_args(p)
+    p.set_defaults(func=run_publish)
+
+
+def add_publish_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``publish``; the rollout's ``--wait``/``--strategy`` are added beside them."""
+    p.add_argument("namespace", metavar="NS")
+    p.add_argument("file", metavar="FILE", help="the config ('-': stdin)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="format of FILE (default: from its extension .json/.yaml/.yml/.toml, else the "
+        "namespace policy's)",
+    )
+    p.add_argument("--id", dest="change_id", help="change id, e.g. the git SHA (default: derived)")
+    p.add_argument("--author", help="default $CONFBUS_IDENTITY or the OS user")
+    p.add_argument("--message", "-m", default="", help="why this change")
+    p.add_argument(
+        "--base", type=natural_int, metavar="N", help="refuse unless N is the newest version"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and print the diff; store nothing"
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="then wait until the version is production on every node (exit 0), or its rollout "
+        "failed (1, with each node's reason) or --timeout passed (3)",
+    )
+    p.add_argument(
+        "--strategy",
+        help="this version's rollout strategy instead of the policy's: all-at-once, canary:N, "
+        "linear:N%%, exponential:N%%",
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="with --wait: print each wave on stderr even when it is not a terminal",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        help="seconds to wait in all: for the version store's answer (default 30) or, with "
+        "--wait, for the end of the rollout (default 600)",
+    )
+    p.add_argument("--json", action="store_true", help="print the version (or rejection) as JSON")
+
+
+# -- publish and dry run -----------------------------------------------------------------------
+
+
+def format_of(path: str, explicit: Format | None) -> Format | None:
+    if explicit is not None:
+        return explicit
+    return _EXTENSIONS.get(Path(path).suffix.lower())
+
+
+def change_from_args(args: argparse.Namespace, content: bytes, change_id: str) -> ChangeProposed:
+    return ChangeProposed(
+        namespace=args.namespace,
+        change_id=change_id,
+        content=content,
+        format=format_of(args.file, args.format),
+        author=acting_as(args, args.author),
+        message=args.message,
+        base=args.base,
+    )
+
+
+def _local_checks(args: argparse.Namespace) -> None:
+    # Refused here, before anything is published: the stream would only dead-letter these.
+    try:
+        check_namespace(args.namespace)
+        if args.change_id is not None:
+            check_change_id(args.change_id)
+    except InvalidInput as exc:
+        raise CliError(exc.message, USAGE) from None
+
+
+async def publish_from_args(args: argparse.Namespace, client: Client) -> VersionInfo:
+    """Publish as the flags say and wait for the version (the hook ``--wait`` builds on)."""
+    _local_checks(args)
+    author = acting_as(args, args.author)
+    content = read_file(args.file)
+    if nats_identity(args) is not None:
+        return await publish_as(client, author, args, content)
+    return await client.publish(
+        args.namespace,
+        content,
+        format=format_of(args.file, args.format),
+        change_id=args.change_id,
+        author=author,
+        message=args.message,
+        base=args.base,
+        strategy=args.strategy,
+        timeout=args.timeout,
+    )
+
+
+async def publish_as(
+    client: Client, user: str, args: argparse.Namespace, content: bytes
+) -> VersionInfo:
+    """``Client.publish`` with the author pinned (``Client.propose_as``)."""
+    ns = args.namespace
+    sha = hashlib.sha256(content).hexdigest()
+    change_id = args.change_id or await client.default_change_id(ns, sha, args.base)
+    check_change_id(change_id)
+    change = ChangeProposed(
+        namespace=ns,
+        change_id=change_id,
+        content=content,
+        format=format_of(args.file, args.format),
+        author=user,
+        message=args.message,
+        base=args.base,
+        strategy=args.strategy,
+    )
+    return await client.propose_as(user, change, args.timeout)
+
+
+async def run_publish(args: argparse.Namespace, client: Client) -> int:
+    total = args.timeout if args.timeout is not None else (600.0 if args.wait else 30.0)
+    deadline = time.monotonic() + total
+    # The store's answer comes within its own budget; --wait spends what is left on the rollout.
+    args.timeout = min(total, 30.0) if args.wait else total
+    if args.dry_run:
+        return await _dry_run(args, client)
+    try:
+        info = await publish_from_args(args, client)
+    except ChangeRejected as exc:
+        if args.json:
+            rejected = {
+                "rejected": True,
+                "namespace": exc.namespace,
+                "change_id": exc.change_id,
+                "reason": exc.reason,
+                "where": exc.where,
+            }
+            out(json.dumps(rejected))
+        sys.stderr.write(f"confbus: {exc}\n")
+        return FAILED
+    if args.wait:
+        return await wait_for_production(args, client, info, deadline)
+    if args.json:
+        out_bytes(_json.encode(info) + b"\n")
+    else:
+        out(f"{info.namespace} v{info.version} sha256={info.sha256} ({status_text(info)})")
+    return OK
+
+
+async def _dry_run(args: argparse.Namespace, client: Client) -> int:
+    _local_checks(args)
+    content = read_file(args.file)
+    sha = hashlib.sha256(content).hexdigest()
+    change_id = args.change_id or await client.default_change_id(args.namespace, sha, args.base)
+    change = change_from_args(args, content, change_id)
+    fits(store_api.DryRunRequest(change=change), "the dry run")
+    reply = await client.dry_run(change)
+    if args.json:
+        out_bytes(_json.encode(reply) + b"\n")
+    elif reply.ok:
+        if reply.diff:
+            out(reply.diff, end="")
+        note = f" ({reply.reason})" if reply.reason else ""
+        sys.stderr.write(
+            f"confbus: dry run: {args.namespace} v{reply.would_be_version} would be stored"
+            f"{note}; nothing was stored\n"
+        )
+    if not reply.ok:
+        where = f" (at {reply.where})" if reply.where else ""
+        sys.stderr.write(f"confbus: {args.namespace}: would be rejected: {reply.reason}{where}\n")
+        return FAILED
+    return OK
+
+
+def status_text(info: VersionInfo) -> str:
+    if info.status == "draft":
+        return f"draft: waiting for approval by someone other than {info.author or 'its author'}"
+    return info.status

@@ -1,0 +1,38 @@
+"""The Python client of confbus: what the ``confbus`` command is built on, and what services
+and scripts use to publish, wait and react.
+
+```python
+from datetime import timedelta
+
+from confbus.client import Client
+
+async with Client("nats://127.0.0.1:4222") as client:
+    info = await client.publish("payments", b'{"pool": 16}', change_id="ci-1234")
+    rollout = await client.wait_rollout("payments", info.version)
+    async for event in client.events("cfg.event.payments.>", since=timedelta(hours=1)):
+        print(event)
+```
+
+The public names are the ones ``__all__`` lists (``confbus`` re-exports the main ones); the
+modules behind them are private and may move. Each part of ``Client`` lives in its own module:
+``_events`` (the audit log, alerts, applied configs), ``_store`` (changes, versions, policies),
+``_backup``, ``_rollouts`` (the distributor), ``_rollbacks``; ``_errors`` draws the error tree.
+"""
+
+from __future__ import annotations
+
+from confbus.client._backup import NamespaceBackup
+from confbus.client._client import Client
+from confbus.client._errors import ChangeRejected, RolloutWaitTimeout
+from confbus.client._events import StreamedEvent
+from confbus.client._names import check_change_id, check_namespace
+
+__all__ = [
+    "ChangeRejected",
+    "Client",
+    "NamespaceBackup",
+    "RolloutWaitTimeout",
+    "StreamedEvent",
+    "check_change_id",
+    "check_namespace",
+]

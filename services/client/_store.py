@@ -1,0 +1,333 @@
+"""The version-store: publish changes and wait for their outcome, read versions, approve,
+promote, policies (``cfg.change.<ns>`` and ``cfg.api.store.*``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+import nats.errors
+from nats.aio.msg import Msg
+
+from confbus.client._errors import ChangeRejected
+from confbus.client._events import Events
+from confbus.client._names import check_change_id, check_namespace
+from confbus.runtime.codec import encode
+from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
+from confbus.runtime.retry import retry_unavailable
+from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
+from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.changes import ChangeProposed
+from confbus.schemas.changes import msg_id as change_msg_id
+from confbus.schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
+from confbus.schemas.names import Format
+from confbus.schemas.policy import Policy
+from confbus.schemas.streams import MAX_PAYLOAD
+from confbus.schemas.versions import VersionInfo
+
+# How often a wait for a change's outcome asks the store, in case its event was missed.
+_STATUS_RECHECK_S = 2.0
+
+
+class Store(Events):
+    """The client's side of the version-store."""
+
+    async def publish(
+        self,
+        namespace: str,
+        content: bytes,
+        *,
+        format: Format | None = None,
+        change_id: str | None = None,
+        author: str = "",
+        message: str = "",
+        base: int | None = None,
+        rollback_of: int | None = None,
+        strategy: str | None = None,
+        selector: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> VersionInfo:
+        """Propose ``content`` as the next version of ``namespace`` and wait for the outcome.
+
+        Returns the stored version (``status`` says ``approved`` or ``draft``: waiting for an
+        approval); raises ``ChangeRejected`` with the reason, ``InvalidInput`` for what is refused
+        before publishing (a bad namespace or change id), ``Unavailable`` when no outcome came
+        within ``timeout`` (the change may still be queued: publishing it again with the same
+        change id is safe). Without ``change_id`` one is derived (``default_change_id``).
+        """
+        check_namespace(namespace)
+        sha = hashlib.sha256(content).hexdigest()
+        if change_id is None:
+            change_id = await self.default_change_id(namespace, sha, base, timeout=timeout)
+        check_change_id(change_id)
+        change = ChangeProposed(
+            namespace=namespace,
+            change_id=change_id,
+            content=content,
+            format=format,
+            author=author,
+            message=message,
+            base=base,
+            rollback_of=rollback_of,
+            strategy=strategy,
+            selector=selector,
+        )
+
+        async def send() -> bool:
+            ack = await self.bus.publish(
+                subjects.change(namespace),
+                encode(change),
+                msg_id=change_msg_id(namespace, change_id),
+            )
+            return bool(ack.duplicate)
+
+        return await self.submit(change, send, timeout)
+
+    async def propose_as(self, user: str, change: ChangeProposed, timeout: float) -> VersionInfo:
+        """``publish`` with the author pinned: the change goes to the version-store on
+        ``cfg.api.store.propose.<ns>.<user>`` (with authentication on, only ``user`` may publish
+        there), which puts it on ``cfg.change.<ns>`` with ``user`` as its author; then wait for
+        its outcome the same way."""
+        op = store_api.PROPOSE.as_user(user, change.namespace)
+
+        async def send() -> bool:
+            return (await self.call(op, change)).duplicate
+
+        return await self.submit(change, send, timeout)
+
+    async def submit(
+        self, change: ChangeProposed, send: Callable[[], Awaitable[bool]], timeout: float
+    ) -> VersionInfo:
+        """Send ``change`` with ``send`` (which says whether the stream took it as a duplicate)
+        and wait for its outcome: the stored version, or ``ChangeRejected``; ``Unavailable``
+        after ``timeout``. ``publish`` sends it on ``cfg.change.<ns>``, ``propose_as`` through
+        the version-store's ``propose`` operation."""
+        namespace, change_id = change.namespace, change.change_id
+        size = len(encode(change))
+        if size > MAX_PAYLOAD:
+            raise InvalidInput(
+                f"the change is {size} bytes on the wire (content {len(change.content)} bytes, "
+                f"base64): more than the bus carries ({MAX_PAYLOAD})",
+                where="content",
+            )
+        sha = hashlib.sha256(change.content).hexdigest()
+        send_event, receive = anyio.create_memory_object_stream[AnyEvent](100)
+
+        async def on_event(msg: Msg) -> None:
+            try:
+                event = decode_event(msg.data)
+            except DECODE_ERRORS:
+                return
+            if isinstance(event, VersionCreated | VersionRejected) and event.change_id == change_id:
+                with contextlib.suppress(anyio.WouldBlock):
+                    send_event.send_nowait(event)
+
+        # Subscribe before sending, so the outcome cannot slip past.
+        sub = await self.bus.nc.subscribe(subjects.event(namespace, "version.>"), cb=on_event)
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                # Safe to repeat: the change's message id makes a second copy a no-op.
+                duplicate = await retry_unavailable(send, what=f"publishing change {change_id}")
+                return await self._outcome(change, sha, duplicate, receive)
+            assert scope.cancelled_caught
+            raise Unavailable(
+                f"{namespace}: no outcome for change {change_id} within {timeout:g}s — it may "
+                "still be queued (is the version store running?); publishing it again with "
+                f"--id {change_id} is safe"
+            )
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+            send_event.close()
+            receive.close()
+
+    async def _outcome(
+        self,
+        change: ChangeProposed,
+        sha: str,
+        duplicate: bool,
+        events: anyio.abc.ObjectReceiveStream[AnyEvent],
+    ) -> VersionInfo:
+        """Wait for the outcome of a published change: its event, or its recorded status (the
+        event may have been emitted before we subscribed, or long ago for a retried change)."""
+        ns, cid = change.namespace, change.change_id
+        while True:
+            try:
+                status = await self.change_status(ns, cid)
+            except Unavailable:
+                status = None  # the store is down: the change waits in the stream; so do we
+            if status is not None and status.status == "stored" and status.version is not None:
+                return await self._stored(change, sha, status.version, status.sha256)
+            if status is not None and status.status == "rejected" and duplicate:
+                # Our publish was a duplicate of an earlier one: its rejection is our answer,
+                # unless that earlier attempt sent other bytes under the same id.
+                raise _rejected_as(change, sha, status)
+            # Not decided yet: the event says when. Re-check now and then in case we missed it
+            # (a reconnect drops core messages).
+            with anyio.move_on_after(_STATUS_RECHECK_S):
+                event = await events.receive()
+                if isinstance(event, VersionCreated):
+                    return await self._stored(change, sha, event.version, event.sha256)
+                if isinstance(event, VersionRejected):
+                    if duplicate:
+                        continue  # check the recorded bytes (status) before blaming ours
+                    raise ChangeRejected(ns, cid, event.reason, event.where)
+
+    async def _stored(
+        self, change: ChangeProposed, sha: str, version: int, stored_sha: str
+    ) -> VersionInfo:
+        if stored_sha and stored_sha != sha:
+            raise ChangeRejected(
+                change.namespace,
+                change.change_id,
+                f"change id {change.change_id!r} is already version {version} with other "
+                f"content (sha256 {stored_sha[:12]}…, yours {sha[:12]}…); publish it with a "
+                "new change id",
+                "change_id",
+            )
+        stored = await retry_unavailable(
+            lambda: self.get(change.namespace, str(version), content=False),
+            what=f"reading version {version}",
+        )
+        return stored.info
+
+    async def default_change_id(
+        self, namespace: str, sha: str, base: int | None = None, *, timeout: float = 0.0
+    ) -> str:
+        """A change id for content published without ``--id``: ``auto-<sha256[:24]>-<n>``, where
+        ``n`` is the version it goes on top of (``base``, else the newest now).
+
+        A retry of the same content is the same change (idempotent) — also after it was stored:
+        when the newest version already is this content under such an id, that id is reused. The
+        same content published again after other versions is a new change (``n`` moved on).
+        The read is tried again while the store is unavailable, for ``timeout`` seconds.
+        """
+        prefix = f"auto-{sha[:24]}"
+        if base is not None:
+            return f"{prefix}-{base}"
+        try:
+            latest = (
+                await retry_unavailable(
+                    lambda: self.get(namespace, "latest", content=False),
+                    what=f"reading the latest version of {namespace}",
+                    deadline=time.monotonic() + timeout,
+                )
+            ).info
+        except NotFound:
+            return f"{prefix}-0"
+        if latest.sha256 == sha and latest.change_id == f"{prefix}-{latest.parent or 0}":
+            return latest.change_id
+        return f"{prefix}-{latest.version}"
+
+    async def change_status(self, namespace: str, change_id: str) -> store_api.ChangeStatusReply:
+        """What became of a change id: ``stored`` (as ``version``), ``rejected`` (``reason``,
+        ``where``; remembered 7 days) or ``unknown`` (not decided, or never seen)."""
+        request = store_api.ChangeStatusRequest(namespace=namespace, change_id=change_id)
+        return await self.call(store_api.CHANGE_STATUS, request)
+
+    async def dry_run(self, change: ChangeProposed) -> store_api.DryRunReply:
+        """Validate ``change`` as the version-store would and diff it against the version it
+        goes on top of; nothing is stored (a secret namespace's diff is left out)."""
+        return await self.call(store_api.DRY_RUN, store_api.DryRunRequest(change=change))
+
+    async def get(
+        self, namespace: str, ref: str | int = "latest", *, content: bool = True
+    ) -> store_api.VersionReply:
+        """A version by number or ``latest``/``production``/``last-good``; ``NotFound`` if none."""
+        request = store_api.GetRequest(namespace=namespace, ref=str(ref), content=content)
+        return await self.call(store_api.GET, request)
+
+    async def history(
+        self, namespace: str, *, limit: int = 50, before: int | None = None
+    ) -> list[VersionInfo]:
+        """Up to ``limit`` versions, newest first (below ``before`` if given), page by page."""
+        out: list[VersionInfo] = []
+        while len(out) < limit:
+            page = await self.call(
+                store_api.HISTORY,
+                store_api.HistoryRequest(
+                    namespace=namespace, before=before, limit=min(limit - len(out), 1000)
+                ),
+            )
+            out.extend(page.versions)
+            if page.next_before is None or not page.versions:
+                break
+            before = page.next_before
+        return out
+
+    async def diff(self, namespace: str, a: str | int, b: str | int) -> store_api.DiffReply:
+        """A unified diff from version ``a`` to ``b`` (numbers or names, as for ``get``)."""
+        request = store_api.DiffRequest(namespace=namespace, a=str(a), b=str(b))
+        return await self.call(store_api.DIFF, request)
+
+    async def approve(self, namespace: str, version: int, approver: str) -> VersionInfo:
+        """Approve a draft as ``approver`` (someone other than its author); with
+        authentication on, only confbus services may name the approver like this — a person
+        approves as its NATS user (``store.APPROVE_AS``, what ``confbus approve`` sends)."""
+        req = store_api.ApproveRequest(namespace=namespace, version=version, approver=approver)
+        return (await self.call(store_api.APPROVE, req)).info
+
+    async def reject(
+        self, namespace: str, version: int, actor: str, reason: str = ""
+    ) -> VersionInfo:
+        """Refuse a draft (or a not yet rolled out approved version) for good."""
+        req = store_api.RejectRequest(
+            namespace=namespace, version=version, actor=actor, reason=reason
+        )
+        return (await self.call(store_api.REJECT, req)).info
+
+    async def promote(
+        self, namespace: str, version: int, actor: str, reason: str = ""
+    ) -> VersionInfo:
+        """Make ``version`` production (the previous one becomes ``superseded``); no node is
+        switched by this — rollouts and rollbacks do that."""
+        req = store_api.PromoteRequest(
+            namespace=namespace, version=version, actor=actor, reason=reason
+        )
+        return (await self.call(store_api.PROMOTE, req)).info
+
+    async def mark_good(
+        self, namespace: str, version: int, actor: str, reason: str = ""
+    ) -> VersionInfo:
+        """Record ``version`` as the namespace's last known good (what a rollback returns to)."""
+        req = store_api.MarkGoodRequest(
+            namespace=namespace, version=version, actor=actor, reason=reason
+        )
+        return (await self.call(store_api.MARK_GOOD, req)).info
+
+    async def policy(self, namespace: str) -> Policy:
+        """The namespace's policy (its default when none was set)."""
+        return await self.call(
+            store_api.POLICY_GET, store_api.PolicyGetRequest(namespace=namespace)
+        )
+
+    async def set_policy(self, policy: Policy, actor: str = "") -> Policy:
+        """Store ``policy`` for its namespace (checked whole first); returns it as stored."""
+        request = store_api.PolicySetRequest(policy=policy, actor=actor)
+        return await self.call(store_api.POLICY_SET, request)
+
+    async def namespaces(self) -> list[str]:
+        """Every namespace the store holds."""
+        reply = await self.call(store_api.NAMESPACES, store_api.NamespacesRequest())
+        return reply.namespaces
+
+
+def _rejected_as(
+    change: ChangeProposed, sha: str, status: store_api.ChangeStatusReply
+) -> ChangeRejected:
+    ns, cid = change.namespace, change.change_id
+    if status.sha256 and status.sha256 != sha:
+        return ChangeRejected(
+            ns,
+            cid,
+            f"change id {cid!r} was used recently for other content (sha256 "
+            f"{status.sha256[:12]}…), which was rejected: {status.reason} — publish yours "
+            "with a new change id",
+            "change_id",
+        )
+    return ChangeRejected(ns, cid, status.reason, status.where)

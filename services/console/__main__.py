@@ -1,0 +1,3 @@
+from confbus.console.service import main
+
+main()

@@ -1,0 +1,322 @@
+"""The web console: server-rendered pages (Jinja2, autoescaped) over the same backend as the
+API, and the acts a signed-in user confirms on them.
+
+Live parts of a page (a rollout's nodes, the fleet, the timeline) are fragments the page's
+script fetches again whenever the audit log has a new event for them (Server-Sent Events from
+``/api/v1/events/stream``): no reload, and without JavaScript the page is still whole. An act
+is a form post with the page's CSRF token; without ``confirm=yes`` (the script's dialog sets
+it) it answers with a page asking to confirm, so every act is confirmed, script or not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import anyio
+import jinja2
+import msgspec
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from confbus.client import check_namespace
+from confbus.console import apitypes as t
+from confbus.console.api import decode_error, read_events
+from confbus.console.auth import (
+    COOKIE,
+    CSRF_FIELD,
+    Principal,
+    Unauthenticated,
+    authenticate,
+    check_csrf,
+    require,
+)
+from confbus.console.backend import Backend
+from confbus.console.metrics import ConsoleMetrics
+from confbus.runtime.errors import ConfbusError, InvalidInput
+from confbus.schemas.api import dist as dist_api
+from confbus.schemas.api.store import VersionRef
+from confbus.schemas.names import VersionNumber
+
+SESSION_S = 12 * 3600
+PAGE = 100  # versions per history page unless ?limit= says otherwise
+ACTIONS = ("approve", "reject", "pause", "resume", "abort", "rollback")
+
+Handler = Callable[
+    [Request, Principal, Backend], Awaitable["tuple[str, dict[str, Any]] | Response"]
+]
+
+
+class Pages:
+    def __init__(self, env: jinja2.Environment, metrics: ConsoleMetrics) -> None:
+        self.env = env
+        self.metrics = metrics
+
+    def routes(self) -> list[Route]:
+        page = self.page
+        return [
+            Route("/", page("overview", overview), methods=["GET"]),
+            Route("/fleet", page("fleet_all", fleet_all), methods=["GET"]),
+            Route("/timeline", page("timeline", timeline), methods=["GET"]),
+            Route("/ns/{ns}", page("namespace", namespace), methods=["GET"]),
+            Route("/ns/{ns}/v/{ref}", page("version", version), methods=["GET"]),
+            Route("/ns/{ns}/diff", page("diff", diff), methods=["GET"]),
+            Route("/ns/{ns}/rollout", page("rollout", rollout), methods=["GET"]),
+            Route("/ns/{ns}/fleet", page("fleet", fleet), methods=["GET"]),
+            Route("/ns/{ns}/act/{action}", page("act", act), methods=["POST"]),
+            Route("/login", self.login, methods=["GET", "POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+        ]
+
+    def render(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        principal = ctx.pop("principal", None)
+        html = self.env.get_template(name).render(
+            request=request,
+            principal=principal,
+            csrf=principal.csrf if principal is not None else "",
+            notice=request.query_params.get("notice", ""),
+            **ctx,
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def page(self, route: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            started = anyio.current_time()
+            response = await self._handle(request, handler)
+            self.metrics.observe(route, response.status_code, anyio.current_time() - started)
+            return response
+
+        return handle
+
+    async def _handle(self, request: Request, handler: Handler) -> Response:
+        try:
+            principal = authenticate(request, request.app.state.tokens)
+        except Unauthenticated as exc:
+            if request.method == "GET":
+                target = quote(
+                    request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                )
+                return RedirectResponse(f"/login?next={target}", status_code=303)
+            return self.render(request, "error.html", 401, error=exc)
+        try:
+            if "ns" in request.path_params:
+                check_namespace(request.path_params["ns"])
+            started = time.perf_counter()
+            result = await handler(request, principal, request.app.state.backend)
+            asked = time.perf_counter()
+        except ConfbusError as exc:
+            return self.render(request, "error.html", exc.code, error=exc, principal=principal)
+        if isinstance(result, Response):
+            return result
+        name, ctx = result
+        response = self.render(request, name, principal=principal, **ctx)
+        # What the page cost: waiting on the bus, and building the HTML (Server-Timing: the
+        # browser's developer tools show it, and the benchmark reads it).
+        bus_ms, render_ms = (asked - started) * 1000, (time.perf_counter() - asked) * 1000
+        response.headers["server-timing"] = f"bus;dur={bus_ms:.1f}, render;dur={render_ms:.1f}"
+        return response
+
+    # -- signing in and out ------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        form = await _form(request) if request.method == "POST" else {}
+        token = form.get("token") or request.query_params.get("token", "")
+        target = _local(form.get("next") or request.query_params.get("next", "/"))
+        if not token:
+            return self.render(request, "login.html", target=target, error=None)
+        record = request.app.state.tokens.lookup(token)
+        if record is None:
+            error = Unauthenticated("unknown or revoked token", where="token")
+            return self.render(request, "login.html", 401, target=target, error=error)
+        # Redirect at once: the token leaves the address bar (and the browser's history).
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            COOKIE,
+            token,
+            max_age=SESSION_S,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        try:
+            principal = authenticate(request, request.app.state.tokens)
+            check_csrf(request, principal, (await _form(request)).get(CSRF_FIELD))
+        except ConfbusError as exc:
+            return self.render(request, "error.html", exc.code, error=exc)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+async def overview(
+    request: Request, who: Principal, backend: Backend
+) -> tuple[str, dict[str, Any]]:
+    return "overview.html", {"rows": await backend.overview()}
+
+
+async def namespace(
+    request: Request, who: Principal, backend: Backend
+) -> tuple[str, dict[str, Any]]:
+    ns = request.path_params["ns"]
+    q = _convert(dict(request.query_params), t.HistoryQuery, {"limit": PAGE})
+    policy = await backend.policy(ns)
+    page = await backend.history(ns, limit=q.limit, before=q.before)
+    policy_json = msgspec.json.format(msgspec.json.encode(policy)).decode()
+    return "namespace.html", {
+        "ns": ns,
+        "policy": policy,
+        "policy_json": policy_json,
+        "page": page,
+        "query": q,
+    }
+
+
+async def version(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
+    ns = request.path_params["ns"]
+    ref = _convert(request.path_params["ref"], VersionRef, where="ref")
+    info = await backend.version(ns, ref)
+    secret = await backend.secret(ns)
+    content = None if secret else (await backend.content(ns, str(info.version))).content
+    text = content.decode("utf-8", errors="replace") if content is not None else None
+    return "version.html", {"ns": ns, "info": info, "secret": secret, "text": text}
+
+
+async def diff(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
+    ns = request.path_params["ns"]
+    q = _convert(dict(request.query_params), t.DiffQuery)
+    await backend.known(ns)
+    secret = await backend.secret(ns)
+    reply = None if secret else await backend.diff(ns, q.a, q.b)
+    return "diff.html", {"ns": ns, "query": q, "secret": secret, "reply": reply}
+
+
+async def rollout(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
+    ns = request.path_params["ns"]
+    view = await backend.rollout_view(ns)
+    name = "rollout_live.html" if request.query_params.get("part") == "live" else "rollout.html"
+    return name, {"ns": ns, "view": view, "bake": _bake(view.rollout)}
+
+
+async def fleet(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
+    ns = request.path_params["ns"]
+    status = await backend.fleet(ns)
+    name = "fleet_live.html" if request.query_params.get("part") == "live" else "fleet.html"
+    return name, {"ns": ns, "fleets": [status]}
+
+
+async def fleet_all(
+    request: Request, who: Principal, backend: Backend
+) -> tuple[str, dict[str, Any]]:
+    names = await backend.namespaces()
+    fleets: dict[str, dist_api.StatusReply] = {}
+
+    async def one(ns: str) -> None:
+        fleets[ns] = await backend.fleet(ns)
+
+    async with anyio.create_task_group() as tg:
+        for ns in names:
+            tg.start_soon(one, ns)
+    name = "fleet_live.html" if request.query_params.get("part") == "live" else "fleet.html"
+    return name, {"ns": None, "fleets": [fleets[ns] for ns in names]}
+
+
+async def timeline(
+    request: Request, who: Principal, backend: Backend
+) -> tuple[str, dict[str, Any]]:
+    params = {k: v for k, v in request.query_params.items() if v and k != "part"}
+    q = _convert(params, t.EventsQuery)
+    items = await read_events(backend, q)
+    name = "timeline_live.html" if request.query_params.get("part") == "live" else "timeline.html"
+    return name, {"items": items, "query": q, "params": params}
+
+
+def _bake(rollout: dist_api.RolloutInfo | None) -> str:
+    """When the bake under way ends (ISO time), for the countdown; "" when none is."""
+    if rollout is None or not rollout.active or rollout.bake_s <= 0:
+        return ""
+    for wave in rollout.waves:
+        if wave.state == "baking" and wave.committed_at is not None:
+            return (wave.committed_at + timedelta(seconds=rollout.bake_s)).isoformat()
+    return ""
+
+
+# -- acting ---------------------------------------------------------------------------------------
+
+
+async def act(
+    request: Request, who: Principal, backend: Backend
+) -> tuple[str, dict[str, Any]] | Response:
+    ns = request.path_params["ns"]
+    action = request.path_params["action"]
+    form = await _form(request)
+    check_csrf(request, who, form.get(CSRF_FIELD))
+    if action not in ACTIONS:
+        raise InvalidInput(f"no action {action!r} (known: {', '.join(ACTIONS)})", where="action")
+    require(who, "operator", action)
+    target = _local(form.get("next", f"/ns/{ns}"))
+    reason = form.get("reason", "")
+    number = (
+        _convert(form["version"], VersionNumber, where="version") if form.get("version") else None
+    )
+    if form.get("confirm") != "yes":
+        return "confirm.html", {"ns": ns, "action": action, "form": form, "version": number}
+    await backend.known(ns)
+    if action in ("approve", "reject"):
+        if number is None:
+            raise InvalidInput(f"{action} needs a version", where="version")
+        if action == "approve":
+            info = await backend.approve(ns, number, who.user)
+        else:
+            info = await backend.reject(ns, number, who.user, reason)
+        notice = f"{ns} v{info.version} is {info.status}"
+    elif action == "rollback":
+        reply = await backend.rollback(ns, who.user, to=number, reason=reason)
+        notice = f"rollback of {ns} to v{reply.to_version} {reply.state} ({reply.rollback_id})"
+    else:
+        info_r = await backend.rollout_control(action, ns, who.user, reason)
+        notice = f"rollout of {ns} v{info_r.version} is {info_r.state}"
+    sep = "&" if "?" in target else "?"
+    return RedirectResponse(f"{target}{sep}notice={quote(notice)}", status_code=303)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An url-encoded form's fields (the console's forms have no files)."""
+    body = await request.body()
+    if len(body) > 64 * 1024:
+        raise InvalidInput("the form is too large", where="form")
+    parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+def _local(target: str) -> str:
+    """Only a path of this console: never an open redirect to another site."""
+    # "//host" and "/\\host" are other sites to a browser.
+    local = target.startswith("/") and not target.startswith(("//", "/\\"))
+    return target if local else "/"
+
+
+def _convert(
+    value: Any, kind: Any, defaults: dict[str, Any] | None = None, where: str = "query"
+) -> Any:
+    if defaults and isinstance(value, dict):
+        value = {**defaults, **value}
+    try:
+        return msgspec.convert(value, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        err = decode_error(exc, where)
+        raise InvalidInput(
+            err.message, where=err.where if err.where != "query" else where
+        ) from None

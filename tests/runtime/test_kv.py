@@ -1,0 +1,135 @@
+"""``confbus.runtime.kv`` against a real nats-server: the one compare-and-set loop applies every
+change once, decides on the record as it is now (a stale guess costs a read, never a write over
+someone else's), and reads a value it cannot decode as absent without losing its place; a watch
+mirrors a family of keys and is back within a second of a broker restart."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import msgspec
+import pytest
+
+from confbus.procs.nats import NatsServer
+from confbus.runtime.bus import Bus
+from confbus.runtime.errors import Stale, Unavailable
+from confbus.runtime.kv import Entry, StateKV
+from confbus.schemas.state import ROLLOUTS, rollout_key, target_key
+from confbus.schemas.streams import CFG_STATE
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.anyio
+
+KEY = "test.counter"
+
+
+class Counter(msgspec.Struct, frozen=True):
+    n: int = 0
+
+
+decode = msgspec.json.Decoder(Counter).decode
+
+
+def bump(cur: Counter | None) -> Counter:
+    return Counter((cur.n if cur else 0) + 1)
+
+
+async def test_concurrent_changes_from_two_replicas_are_each_applied_once(bus: Bus) -> None:
+    a = await StateKV.open(bus, CFG_STATE)
+    b = await StateKV.open(bus, CFG_STATE)
+    async with anyio.create_task_group() as tg:
+        for kv in (a, b) * 10:
+            tg.start_soon(kv.mutate, KEY, decode, bump)
+    assert (await a.read(KEY, decode)).value == Counter(20)
+
+
+async def test_a_stale_guess_costs_a_read_and_is_never_written_over_a_newer_record(
+    bus: Bus,
+) -> None:
+    a = await StateKV.open(bus, CFG_STATE)
+    b = await StateKV.open(bus, CFG_STATE)
+    guess, _ = await a.mutate(KEY, decode, bump)  # n=1, as a last wrote it
+    await b.mutate(KEY, decode, bump)  # n=2: a's copy is stale now
+    entry, wrote = await a.mutate(KEY, decode, bump, hint=guess)
+    assert wrote and entry.value == Counter(3)
+
+    # The guess says "set it", the record says "already done": the record wins.
+    def to_three(cur: Counter | None) -> Counter | None:
+        return None if cur is not None and cur.n >= 3 else Counter(3)
+
+    entry, wrote = await a.mutate(KEY, decode, to_three, hint=guess)
+    assert not wrote and entry.value == Counter(3)
+    assert (await b.read(KEY, decode)).revision == entry.revision
+
+
+async def test_an_unreadable_value_reads_as_absent_and_still_orders_writes(bus: Bus) -> None:
+    kv = await StateKV.open(bus, CFG_STATE)
+    rev = await kv.kv.put(KEY, b"\x00 not a record")
+    assert await kv.read(KEY, decode) == Entry(None, rev)
+    with pytest.raises(Stale):
+        await kv.cas(KEY, Counter(1), 0)  # "create" on a key that exists
+    assert await kv.cas(KEY, Counter(1), rev) > rev
+    assert (await kv.read(KEY, decode)).value == Counter(1)
+
+
+async def test_keys_lists_the_live_keys_of_one_family(bus: Bus) -> None:
+    kv = await StateKV.open(bus, CFG_STATE)
+    for key in (rollout_key("web"), rollout_key("api"), target_key("web", "n1")):
+        await kv.cas(key, Counter(), 0)
+    await kv.delete(rollout_key("api"))
+    assert await kv.keys(ROLLOUTS) == [rollout_key("web")]
+    # A deleted key is created again at its marker's revision, not at 0.
+    gone = await kv.read(rollout_key("api"), decode)
+    assert gone.value is None and gone.revision > 0
+    assert await kv.cas(rollout_key("api"), Counter(), gone.revision) > gone.revision
+
+
+async def test_a_watch_mirrors_a_family_and_hears_writes_within_a_second_of_a_broker_restart(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    kv = await StateKV.open(bus, CFG_STATE)
+    web, api = rollout_key("web"), rollout_key("api")
+    await kv.cas(web, Counter(1), 0)
+    await kv.cas(api, Counter(1), 0)
+    await kv.cas(target_key("web", "n1"), Counter(1), 0)  # another family: not mirrored
+    send, seen = anyio.create_memory_object_stream[tuple[str, Counter | None, int]](100)
+
+    def on_entry(key: str, value: bytes | None, revision: int) -> None:
+        send.send_nowait((key, decode(value) if value is not None else None, revision))
+
+    async def next_entry() -> tuple[str, Counter | None, int]:
+        with anyio.fail_after(5):
+            return await seen.receive()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(kv.watch, ROLLOUTS, on_entry)
+        # Every current value before ``started``.
+        current = {seen.receive_nowait()[:2] for _ in range(2)}
+        assert current == {(web, Counter(1)), (api, Counter(1))}
+        rev = await kv.cas(web, Counter(2), (await kv.read(web, decode)).revision)
+        assert await next_entry() == (web, Counter(2), rev)
+        await kv.delete(api)
+        assert (await next_entry())[:2] == (api, None)
+
+        back = bus.reconnected()
+        nats_server.kill()
+        nats_server.restart()
+        with anyio.fail_after(20):
+            await back.wait()
+        reconnected = time.monotonic()
+
+        async def write() -> int | None:
+            try:
+                return await kv.cas(web, Counter(3), rev)
+            except Unavailable:
+                return None  # JetStream recovering its streams
+
+        rev = await eventually(write, timeout=20, what="a write after the restart")
+        assert await next_entry() == (web, Counter(3), rev)
+        heard_after = time.monotonic() - reconnected
+        tg.cancel_scope.cancel()
+    # nats-py's kv.watch heard it only when its ordered consumer's heartbeat check fired
+    # (10-20 s).
+    print(f"write heard {heard_after:.3f}s after the reconnect")
+    assert heard_after < 3.0
