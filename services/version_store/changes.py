@@ -14,9 +14,11 @@ One fetched batch goes through four steps, and only after the last does the cons
 4. **ack** (the consumer does it when the handler returns).
 
 A crash between 2 and 4 redelivers the batch: the store answers ``duplicate`` for what it
-committed, and the event log is consulted so that each version is announced exactly once. A
-``duplicate`` on a *first* delivery is a publisher's retry of a change long done: nothing new is
-said. ``StoreUnavailable`` fails the whole batch, which the consumer naks with backoff — a store
+committed, and the event log is consulted so that each version is announced exactly once. So is
+it for a ``duplicate`` on a *first* delivery of a version stored in the last
+``RECHECK_WITHIN`` — a broker that died between 2 and 4 may deliver it again with its delivery
+count lost. Older, it is a publisher's retry of a change long done: nothing new is said.
+``StoreUnavailable`` fails the whole batch, which the consumer naks with backoff — a store
 outage never dead-letters good changes; only undecodable messages (and a body whose namespace is
 not its subject's) go to ``CFG_DLQ``.
 """
@@ -29,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import anyio
 import anyio.to_thread
@@ -42,7 +44,7 @@ from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
 from confbus.runtime.events import emit, event_subject
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas import subjects
-from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import Event, VersionCreated, VersionRejected
 from confbus.schemas.names import ChangeId, Namespace
@@ -60,6 +62,9 @@ from confbus.version_store.validate import validate
 log = logging.getLogger("confbus.version_store")
 
 _APPROVED_BEFORE = ("approved", "production", "superseded")
+# A first delivery of a change stored this recently may be a redelivery whose count a broker
+# restart lost (its announcement maybe lost with it): longer than any redelivery takes.
+RECHECK_WITHIN = timedelta(minutes=10)
 
 
 def created_msg_id(namespace: str, version: int) -> str:
@@ -200,29 +205,36 @@ class _Outcome:
     kind: str  # stored | duplicate | rejected
     event: Event | None = None
     rejection: Rejection | None = None
+    # Said already? ``event`` is looked for in the log from this time on (None: it cannot be).
+    check_from: datetime | None = None
 
 
 def _outcome(
     item: Delivery[ChangeProposed], decided: NewVersion | InvalidConfig, result: AppendResult | None
 ) -> _Outcome:
     change = item.value
+    # A repeat (a redelivery, or again alone after its batch failed) may follow a failure
+    # before the announcement: whatever it says is checked against the log from the change on.
+    check_from = item.msg.metadata.timestamp if item.repeated else None
     if isinstance(decided, InvalidConfig):
         record, rejected = _rejection(change, decided)
-        return _Outcome(item, "rejected", rejected, record)
+        return _Outcome(item, "rejected", rejected, record, check_from)
     assert result is not None
     if result.outcome == "stored":
         assert result.info is not None
-        return _Outcome(item, "stored", created_event(change, result.info))
+        return _Outcome(item, "stored", created_event(change, result.info), None, check_from)
     if result.outcome == "duplicate":
         assert result.info is not None
-        # A first delivery is a publisher's retry of a change announced long ago; a
-        # repeat (redelivery, or again alone after its batch failed) may follow a failure
-        # before the announcement (checked against the log).
-        created = created_event(change, result.info) if item.repeated else None
-        return _Outcome(item, "duplicate", created)
+        # On a first delivery: a redelivery whose count a broker restart lost if the
+        # version is recent (checked from its creation on), else a publisher's retry of a
+        # change announced long ago.
+        if check_from is None and utcnow() - result.info.created_at < RECHECK_WITHIN:
+            check_from = result.info.created_at
+        created = created_event(change, result.info) if check_from is not None else None
+        return _Outcome(item, "duplicate", created, None, check_from)
     error: StoreError = result.error or InvalidConfig("refused by the store")
     record, rejected = _rejection(change, error)
-    return _Outcome(item, "rejected", rejected, record)
+    return _Outcome(item, "rejected", rejected, record, check_from)
 
 
 def _rejection(change: ChangeProposed, error: ConfbusError) -> tuple[Rejection, VersionRejected]:
@@ -354,11 +366,11 @@ class ChangeHandler:
         return await anyio.to_thread.run_sync(_decide_all, work)
 
     async def _drop_announced(self, outcomes: list[_Outcome]) -> None:
-        """For redelivered changes, keep only the events the stream does not have yet."""
+        """For changes handled before, keep only the events the stream does not have yet."""
         since: dict[str, datetime] = {}
         for o in outcomes:
-            if o.event is not None and o.item.repeated:
-                ns, at = o.item.value.namespace, o.item.msg.metadata.timestamp
+            if o.event is not None and o.check_from is not None:
+                ns, at = o.item.value.namespace, o.check_from
                 since[ns] = min(since.get(ns, at), at)
         if not since:
             return
@@ -367,7 +379,7 @@ class ChangeHandler:
             seen[ns] = await scan(self.bus, ns, at)
         for o in outcomes:
             ev = o.event
-            if ev is None or not o.item.repeated:
+            if ev is None or o.check_from is None:
                 continue
             announced = seen[ev.namespace]
             if (isinstance(ev, VersionCreated) and ev.version in announced.created) or (

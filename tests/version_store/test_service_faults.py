@@ -1,5 +1,6 @@
 """The version-store under bad input and a failing store: garbage never crashes it, an outage
-never dead-letters a good change; and the service on etcd."""
+never dead-letters a good change, a version whose announcement died with the broker is announced
+when its change comes again; and the service on etcd."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from confbus.client import Client
 from confbus.procs.etcd import ETCD_HINT, EtcdCluster, etcd_binary
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
+from confbus.runtime import failpoints
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.consumer import Consumer
@@ -197,28 +199,11 @@ async def test_store_outage_redelivers_and_never_dead_letters(bus: Bus, tmp_path
     nak with backoff; once it can write again, the change is stored — and nothing went to DLQ."""
     path = tmp_path / "store.db"
     registry = CollectorRegistry()
-    consumer_metrics = ConsumerMetrics.create(registry, "version-store", "changes")
     async with SqliteStore(path, busy_timeout_s=0.05) as store:
         locker = sqlite3.connect(path, isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")  # the outage: nobody else may write
         try:
-            handler = ChangeHandler(
-                bus,
-                store,
-                await Rejections.open(bus),
-                StoreMetrics.create(registry),
-                lambda ok, detail: None,
-            )
-            consumer: Consumer[ChangeProposed] = Consumer(
-                bus=bus,
-                stream=CFG_CHANGES,
-                durable="version-store",
-                decode=decode_change,
-                handler=handler,
-                metrics=consumer_metrics,
-                batch=16,
-                backoff=Backoff(base_s=0.05, cap_s=0.2),
-            )
+            consumer = await _store_consumer(bus, store, registry)
             change = ChangeProposed(namespace="outage", change_id="c1", content=b"{}")
             await bus.publish(subjects.change("outage"), change, msg_id=msg_id("outage", "c1"))
             created = await bus.nc.subscribe("cfg.event.outage.version.created", max_msgs=1)
@@ -240,6 +225,63 @@ async def test_store_outage_redelivers_and_never_dead_letters(bus: Bus, tmp_path
     event = msgspec.json.decode(msg.data, type=VersionCreated)
     assert (event.namespace, event.version, event.change_id) == ("outage", 1, "c1")
     assert (await bus.js.stream_info(CFG_DLQ.name)).state.messages == 0
+
+
+async def _store_consumer(
+    bus: Bus, store: SqliteStore, registry: CollectorRegistry | None = None
+) -> Consumer[ChangeProposed]:
+    """The version-store's consumer of ``CFG_CHANGES`` on ``store``, in this process; its
+    metrics in ``registry`` (a new one if None)."""
+    registry = registry or CollectorRegistry()
+    metrics = ConsumerMetrics.create(registry, "version-store", "changes")
+    handler = ChangeHandler(
+        bus, store, await Rejections.open(bus), StoreMetrics.create(registry), lambda ok, _: None
+    )
+    return Consumer(
+        bus=bus,
+        stream=CFG_CHANGES,
+        durable="version-store",
+        decode=decode_change,
+        handler=handler,
+        metrics=metrics,
+        batch=16,
+        backoff=Backoff(base_s=0.05, cap_s=0.2),
+    )
+
+
+async def test_a_version_not_announced_before_the_broker_died_is_announced_on_a_first_delivery(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """Stored, then the broker died before ``version.created`` was published. The restarted
+    server may deliver the change again as if for the first time (the consumer's delivery count
+    died with it): the version must still be announced, or whoever waits for it waits forever."""
+    change = ChangeProposed(namespace="lost", change_id="c1", content=b"{}")
+    created = await bus.nc.subscribe("cfg.event.lost.version.created", max_msgs=1)
+    async with SqliteStore(tmp_path / "store.db") as store:
+        # Committed, then held before its announcement until we cut it off.
+        failpoints.arm("version_store.after_commit", "delay:60")
+        try:
+            consumer = await _store_consumer(bus, store)
+            await bus.publish(subjects.change("lost"), change, msg_id=msg_id("lost", "c1"))
+            async with anyio.create_task_group() as tg:
+                await tg.start(consumer.run)
+
+                async def stored() -> bool:
+                    return bool(await store.history("lost", limit=1))
+
+                await eventually(stored, what="the change stored")
+                tg.cancel_scope.cancel()
+        finally:
+            failpoints.disarm_all()
+        # The delivery count lost: the same message comes again as a first delivery.
+        await bus.js.delete_consumer(CFG_CHANGES.name, "version-store")
+        consumer = await _store_consumer(bus, store)
+        async with anyio.create_task_group() as tg:
+            await tg.start(consumer.run)
+            msg = await created.next_msg(timeout=10)
+            tg.cancel_scope.cancel()
+    event = msgspec.json.decode(msg.data, type=VersionCreated)
+    assert (event.namespace, event.version, event.change_id) == ("lost", 1, "c1")
 
 
 @pytest.mark.etcd
