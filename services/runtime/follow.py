@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Unavailable
+from confbus.runtime.retry import Backoff
 
 log = logging.getLogger("confbus.follow")
 
@@ -65,8 +65,7 @@ SILENT_AFTER = 2.5  # heartbeat intervals without anything before the consumer i
 INACTIVE_THRESHOLD_S = 30.0  # a consumer nobody listens to any more is removed by the server
 CREATE_TIMEOUT_S = 2.0
 CHECK_TIMEOUT_S = 1.0
-RETRY_MIN_S = 0.05
-RETRY_MAX_S = 2.0
+RECREATE_BACKOFF = Backoff(base_s=0.05, cap_s=2.0)  # between attempts at a new consumer
 
 _LAST_CONSUMER = "Nats-Last-Consumer"
 _STALLED = "Nats-Consumer-Stalled"
@@ -279,20 +278,21 @@ class Follower:
     async def _recreate(self) -> None:
         """Create the consumer again, retrying with backoff; a reconnect cuts a wait short."""
         assert self._receive is not None
-        delay = RETRY_MIN_S
+        failed = 0
         while True:
             try:
                 await self._create()
                 return
             except Unavailable as exc:
+                failed += 1
+                delay = RECREATE_BACKOFF.delay(failed)
                 log.info(
                     "consumer not re-created yet",
                     extra={"stream": self.stream, "error": str(exc), "retry_s": delay},
                 )
-            with anyio.move_on_after(delay * random.uniform(0.5, 1.0)):
+            with anyio.move_on_after(delay):
                 while await self._receive.receive() != _POKE:
                     pass  # from a consumer given up on: dropped
-            delay = min(delay * 2, RETRY_MAX_S)
 
     async def _create(self) -> None:
         """A new inbox and a new consumer delivering to it, from where the reader is."""
