@@ -198,7 +198,11 @@ FOOTER = """\
    against the nodes; agents heartbeat whether they are ready to vote; a wave that no ready
    node answered is retried with backoff (`retry_unanswered_s`); the CLI rides out the
    restart (`broker_restart` rows; per service ~0.5 s from the server's return to serving in
-   `tests/e2e/test_broker_restart.py`, against 17 s and failures before). In `--ha`, killing
+   `tests/e2e/test_broker_restart.py`, against 17 s and failures before). The loop also found
+   a change stored just before a kill and redelivered by the restarted server as a first
+   delivery (its count lost): the version-store took it for an old retry and never announced
+   the version, so its `publish --wait` timed out; a recent version's duplicate is now checked
+   against the event log. In `--ha`, killing
    the node most agents use costs ~2 s when it leads nothing on a publish's path, and 4-8 s
    when it leads JetStream's meta group, a stream or a durable consumer there: nats-server's
    raft only starts an election 4-9 s after a leader is lost (`minElectionTimeoutDefault` in
