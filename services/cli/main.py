@@ -17,6 +17,7 @@ import anyio
 
 from confbus.cli import exitcodes
 from confbus.cli.exitcodes import CliError
+from confbus.cli.output import stdout_may_close
 from confbus.client import Client
 from confbus.runtime.bus import DEFAULT_NATS_URL
 from confbus.runtime.errors import ConfbusError, Unavailable
@@ -90,29 +91,37 @@ def _quiet_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and not getattr(args, "passes_on_arguments", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.passed_on = rest  # a command that runs another program hands these to it
+    code = exitcodes.OK
+    # Every command, --help included, may write into a pipe its reader closed (`| head -1`).
+    with stdout_may_close():
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        if rest and not getattr(args, "passes_on_arguments", False):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.passed_on = rest  # a command that runs another program hands these to it
+        code = _run(args)
+    sys.exit(code)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "run_local", None) is not None:
-            code = args.run_local(args)
-        else:
-            _quiet_logs()
-            code = anyio.run(_run_remote, args, backend="asyncio")
+            code: int = args.run_local(args)
+            return code
+        _quiet_logs()
+        code = anyio.run(_run_remote, args, backend="asyncio")
+        return code
     except CliError as exc:
         sys.stderr.write(f"confbus: {exc}\n")
-        code = exc.code
+        return exc.code
     except Unavailable as exc:
         sys.stderr.write(f"confbus: unreachable: {exc}\n")
-        code = exitcodes.UNREACHABLE
+        return exitcodes.UNREACHABLE
     except ConfbusError as exc:
         sys.stderr.write(f"confbus: {exc}\n")
-        code = exitcodes.FAILED
+        return exitcodes.FAILED
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return 130
 
 
 if __name__ == "__main__":

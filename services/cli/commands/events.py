@@ -10,11 +10,8 @@ stored plus ``seq`` and ``subject``. Events never carry config content, so neith
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,10 +93,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 async def run_replay(args: argparse.Namespace, client: Client) -> int:
     events = client.events(args.filter, since=args.since, from_seq=args.from_seq)
-    with _stdout_may_close():
-        async for item in events:
-            sys.stdout.write(render(item, as_json=args.json) + "\n")
-        sys.stdout.flush()
+    async for item in events:
+        sys.stdout.write(render(item, as_json=args.json) + "\n")
+    sys.stdout.flush()
     return OK
 
 
@@ -110,10 +106,9 @@ async def run_tail(args: argparse.Namespace, client: Client) -> int:
         sys.stderr.write(f"confbus: following {flt} on {client.nats_url} (Ctrl-C to stop)\n")
         sys.stderr.flush()
 
-    with _stdout_may_close():
-        async for item in client.events(flt, follow=True, on_subscribed=announce):
-            sys.stdout.write(render(item, as_json=args.json) + "\n")
-            sys.stdout.flush()  # someone is watching: no block buffering on a pipe
+    async for item in client.events(flt, follow=True, on_subscribed=announce):
+        sys.stdout.write(render(item, as_json=args.json) + "\n")
+        sys.stdout.flush()  # someone is watching: no block buffering on a pipe
     return OK
 
 
@@ -239,14 +234,3 @@ def _json_line(item: StreamedEvent) -> str:
     else:
         head["raw"] = item.raw.decode("utf-8", errors="replace")
     return json.dumps(head, ensure_ascii=False)
-
-
-@contextlib.contextmanager
-def _stdout_may_close() -> Iterator[None]:
-    """``confbus replay | head`` closes our stdout early: that is not an error."""
-    try:
-        yield
-    except BrokenPipeError:
-        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
