@@ -18,9 +18,9 @@ import anyio
 from confbus.cli import exitcodes
 from confbus.cli.exitcodes import CliError
 from confbus.cli.output import stdout_may_close
-from confbus.client import Client
-from confbus.runtime.bus import DEFAULT_NATS_URL
-from confbus.runtime.errors import ConfbusError, Unavailable
+from confbus.client import Client, WaitTimedOut
+from confbus.runtime.bus import DEFAULT_NATS_URL, check_urls
+from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
 
 # Each module registers its subcommands; adding a command area is one line here.
 COMMAND_MODULES = (
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--nats-url",
+        type=nats_urls,
         default=os.environ.get("CONFBUS_NATS_URL", DEFAULT_NATS_URL),
         help="NATS URL(s), comma-separated (env CONFBUS_NATS_URL; default %(default)s)",
     )
@@ -62,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+def nats_urls(text: str) -> str:
+    """``--nats-url`` (or ``$CONFBUS_NATS_URL``): refused at once, as a usage error, when it is
+    not a NATS URL (an ``http://`` one)."""
+    try:
+        check_urls(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
 
 
 def client_for(args: argparse.Namespace) -> Client:
@@ -114,6 +125,9 @@ def _run(args: argparse.Namespace) -> int:
     except CliError as exc:
         sys.stderr.write(f"confbus: {exc}\n")
         return exc.code
+    except WaitTimedOut as exc:  # confbus answered; the wait ran out of time
+        sys.stderr.write(f"confbus: timed out: {exc}\n")
+        return exitcodes.UNREACHABLE
     except Unavailable as exc:
         sys.stderr.write(f"confbus: unreachable: {exc}\n")
         return exitcodes.UNREACHABLE

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from confbus.client._backup import NamespaceBackup
 from confbus.client._client import Client
-from confbus.client._errors import ChangeRejected, RolloutWaitTimeout
+from confbus.client._errors import ChangeRejected, RolloutWaitTimeout, WaitTimedOut
 from confbus.client._events import StreamedEvent
 from confbus.client._names import check_change_id, check_namespace
 
@@ -33,6 +33,7 @@ __all__ = [
     "NamespaceBackup",
     "RolloutWaitTimeout",
     "StreamedEvent",
+    "WaitTimedOut",
     "check_change_id",
     "check_namespace",
 ]

@@ -64,6 +64,20 @@ def check_ns(namespace: str) -> str:
 # -- inputs -------------------------------------------------------------------------------------
 
 
+def input_file(text: str) -> str:
+    """A file named on the command line ('-': stdin), as an argparse type: one that is not
+    there or cannot be read is a usage error (exit 2), said before anything connects."""
+    if text == "-":
+        return text
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"cannot read {text}: no such file")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"cannot read {text}: it is a directory")
+    if not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"cannot read {text}: permission denied")
+    return text
+
+
 def read_file(path: str, limit: int = MAX_PAYLOAD) -> bytes:
     """The file's bytes ('-': stdin), refused beyond ``limit``: nothing larger than a bus
     message can be a config, and a file like /dev/zero would otherwise be read forever."""
@@ -73,8 +87,8 @@ def read_file(path: str, limit: int = MAX_PAYLOAD) -> bytes:
         else:
             with open(path, "rb") as f:
                 data = f.read(limit + 1)
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror or exc}", FAILED) from None
+    except OSError as exc:  # gone since the arguments were checked
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", USAGE) from None
     if len(data) > limit:
         raise CliError(
             f"{path} is larger than {limit} bytes: more than confbus carries (a config is at "

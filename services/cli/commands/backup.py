@@ -25,6 +25,7 @@ from pathlib import Path
 
 import msgspec
 
+from confbus.cli.commands.args import input_file
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.client import Client, NamespaceBackup, check_namespace
 from confbus.runtime.errors import InvalidInput
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", type=input_file)
     p.set_defaults(func=run_restore)
 
 
@@ -105,8 +106,8 @@ def read_backup(path: Path) -> BackupFile:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise CliError(f"{path} is not a regular file", FAILED)
             raw = f.read()
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror or exc}", FAILED) from None
+    except OSError as exc:  # gone since the arguments were checked
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", USAGE) from None
     try:
         backup = _decode(raw)
     except DECODE_ERRORS as exc:

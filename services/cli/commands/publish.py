@@ -25,6 +25,7 @@ import msgspec
 from confbus.cli.commands.args import (
     acting_as,
     fits,
+    input_file,
     nats_identity,
     natural_int,
     positive_seconds,
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_publish_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``publish``; the rollout's ``--wait``/``--strategy`` are added beside them."""
     p.add_argument("namespace", metavar="NS")
-    p.add_argument("file", metavar="FILE", help="the config ('-': stdin)")
+    p.add_argument("file", metavar="FILE", type=input_file, help="the config ('-': stdin)")
     p.add_argument(
         "--format",
         choices=FORMATS,

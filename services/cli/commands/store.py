@@ -24,6 +24,7 @@ from confbus.cli.commands.args import (
     acting_as,
     check_ns,
     fits,
+    input_file,
     nats_identity,
     positive_int,
     read_file,
@@ -99,7 +100,9 @@ def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("namespace", metavar="NS")
     p.add_argument("--format", choices=FORMATS, help="the namespace's config format")
     schema = p.add_mutually_exclusive_group()
-    schema.add_argument("--schema", metavar="FILE", help="JSON Schema (JSON or YAML file)")
+    schema.add_argument(
+        "--schema", metavar="FILE", type=input_file, help="JSON Schema (JSON or YAML file)"
+    )
     schema.add_argument("--no-schema", action="store_true", help="remove the JSON Schema")
     p.add_argument(
         "--require-approval",
