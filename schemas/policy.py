@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 import msgspec
@@ -123,3 +124,13 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     scrape_targets: list[ScrapeTarget] = []  # endpoints the health-watcher scrapes itself
     prometheus: PrometheusSource | None = None  # for rules with a ``query``
     mail: MailTarget | None = None  # rollout and rollback outcomes, besides ``webhooks``
+
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def policy_digest(policy: Policy) -> str:
+    """A short fingerprint of everything a policy says (sha256 of its canonical JSON, 16 hex
+    digits): a rejection records the one it was judged under, so that a retry after the
+    policy changed is judged afresh rather than answered from the record."""
+    return hashlib.sha256(_canonical.encode(policy)).hexdigest()[:16]

@@ -125,6 +125,11 @@ class ChangeStatusReply(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     where: str = ""
     sha256: str = ""
+    # ``rejected`` only: the policy that refused it has been changed since (``policy_digest``
+    # is the one in force now), so the rejection no longer answers a retry: the change sent
+    # again (message id ``changes.msg_id(ns, change_id, policy_digest)``) is judged afresh.
+    outdated: bool = False
+    policy_digest: str = ""
 
 
 class RejectRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -76,11 +76,11 @@ class Store(Events):
             selector=selector,
         )
 
-        async def send() -> bool:
+        async def send(judged_under: str) -> bool:
             ack = await self.bus.publish(
                 subjects.change(namespace),
                 encode(change),
-                msg_id=change_msg_id(namespace, change_id),
+                msg_id=change_msg_id(namespace, change_id, judged_under),
             )
             return bool(ack.duplicate)
 
@@ -93,18 +93,21 @@ class Store(Events):
         its outcome the same way."""
         op = store_api.PROPOSE.as_user(user, change.namespace)
 
-        async def send() -> bool:
+        async def send(judged_under: str) -> bool:
+            # The version-store sends it again under the policy in force itself.
             return (await self.call(op, change)).duplicate
 
         return await self.submit(change, send, timeout)
 
     async def submit(
-        self, change: ChangeProposed, send: Callable[[], Awaitable[bool]], timeout: float
+        self, change: ChangeProposed, send: Callable[[str], Awaitable[bool]], timeout: float
     ) -> VersionInfo:
         """Send ``change`` with ``send`` (which says whether the stream took it as a duplicate)
         and wait for its outcome: the stored version, or ``ChangeRejected``; ``Unavailable``
         after ``timeout``. ``publish`` sends it on ``cfg.change.<ns>``, ``propose_as`` through
-        the version-store's ``propose`` operation."""
+        the version-store's ``propose`` operation. ``send``'s argument is "" at first, and the
+        digest of the policy in force when the change goes again because its recorded
+        rejection came from a policy since changed (``schemas.changes.msg_id``)."""
         namespace, change_id = change.namespace, change.change_id
         size = len(encode(change))
         if size > MAX_PAYLOAD:
@@ -129,8 +132,8 @@ class Store(Events):
         sub = await self.bus.nc.subscribe(subjects.event(namespace, "version.>"), cb=on_event)
         try:
             with anyio.move_on_after(timeout) as scope:
-                duplicate = await send()
-                return await self._outcome(change, sha, duplicate, receive)
+                duplicate = await send("")
+                return await self._outcome(change, sha, duplicate, send, receive)
             assert scope.cancelled_caught
             raise Unavailable(
                 f"{namespace}: no outcome for change {change_id} within {timeout:g}s — it may "
@@ -148,6 +151,7 @@ class Store(Events):
         change: ChangeProposed,
         sha: str,
         duplicate: bool,
+        send: Callable[[str], Awaitable[bool]],
         events: anyio.abc.ObjectReceiveStream[AnyEvent],
     ) -> VersionInfo:
         """Wait for the outcome of a published change: its event, or its recorded status (the
@@ -161,9 +165,14 @@ class Store(Events):
             if status is not None and status.status == "stored" and status.version is not None:
                 return await self._stored(change, sha, status.version, status.sha256)
             if status is not None and status.status == "rejected" and duplicate:
-                # Our publish was a duplicate of an earlier one: its rejection is our answer,
-                # unless that earlier attempt sent other bytes under the same id.
-                raise _rejected_as(change, sha, status)
+                if status.outdated:
+                    # Refused under a policy since changed: not an answer any more. Sent
+                    # again, it is judged under the policy in force; wait for that outcome.
+                    duplicate = await send(status.policy_digest)
+                else:
+                    # Our publish was a duplicate of an earlier one: its rejection is our
+                    # answer, unless that earlier attempt sent other bytes under the same id.
+                    raise _rejected_as(change, sha, status)
             # Not decided yet: the event says when. Re-check now and then in case we missed it
             # (a reconnect drops core messages).
             with anyio.move_on_after(_STATUS_RECHECK_S):

@@ -45,7 +45,7 @@ from confbus.schemas.events import (
     VersionPromoted,
     VersionRejected,
 )
-from confbus.schemas.policy import Policy
+from confbus.schemas.policy import Policy, policy_digest
 from confbus.schemas.streams import MAX_PAYLOAD
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.changes import decide
@@ -143,11 +143,17 @@ class StoreApi:
         if info is not None:
             return api.ChangeStatusReply(status="stored", version=info.version, sha256=info.sha256)
         found = await self.rejections.find(req.namespace, req.change_id)
-        if found is not None:
-            return api.ChangeStatusReply(
-                status="rejected", reason=found.reason, where=found.where, sha256=found.sha256
-            )
-        return api.ChangeStatusReply(status="unknown")
+        if found is None:
+            return api.ChangeStatusReply(status="unknown")
+        digest = policy_digest(await self.store.get_policy(req.namespace))
+        return api.ChangeStatusReply(
+            status="rejected",
+            reason=found.reason,
+            where=found.where,
+            sha256=found.sha256,
+            outdated=not found.holds_under(digest),
+            policy_digest=digest,
+        )
 
     async def policy_get(self, req: api.PolicyGetRequest) -> Policy:
         return await self.store.get_policy(req.namespace)
@@ -292,9 +298,15 @@ class StoreApi:
                 f"({MAX_PAYLOAD})",
                 where="content",
             )
-        ack = await self.bus.publish(
-            subjects.change(ns), data, msg_id=change_msg_id(ns, change.change_id)
-        )
+        cid = change.change_id
+        ack = await self.bus.publish(subjects.change(ns), data, msg_id=change_msg_id(ns, cid))
+        if ack.duplicate:
+            # What a direct publisher does (Client.submit): a change refused under a policy
+            # since replaced goes again, to be judged under the one in force.
+            status = await self.change_status(api.ChangeStatusRequest(namespace=ns, change_id=cid))
+            if status.outdated:
+                again = change_msg_id(ns, cid, status.policy_digest)
+                ack = await self.bus.publish(subjects.change(ns), data, msg_id=again)
         log.info(
             "change proposed",
             extra={"namespace": ns, "change_id": change.change_id, "author": who},

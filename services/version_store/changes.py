@@ -46,7 +46,7 @@ from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import Event, VersionCreated, VersionRejected
 from confbus.schemas.names import ChangeId, Namespace
-from confbus.schemas.policy import Policy
+from confbus.schemas.policy import Policy, policy_digest
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import InvalidConfig, NotFound, StoreError, VersionConflict
 from confbus.version_store.eventlog import Announced, scan
@@ -100,8 +100,10 @@ async def reject_undecodable(bus: Bus, rejections: Rejections, msg: Msg, reason:
     await emit(bus, event, msg_id=rejected_msg_id(addr.namespace, addr.change_id))
 
 
-def rejected_msg_id(namespace: str, change_id: str) -> str:
-    return f"change:{namespace}:{change_id}:rejected"
+def rejected_msg_id(namespace: str, change_id: str, policy: str = "") -> str:
+    # A change judged afresh under another policy may be rejected again: its own event.
+    suffix = f"@{policy}" if policy else ""
+    return f"change:{namespace}:{change_id}:rejected{suffix}"
 
 
 def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -> NewVersion:
@@ -203,11 +205,15 @@ class _Outcome:
 
 
 def _outcome(
-    item: Delivery[ChangeProposed], decided: NewVersion | InvalidConfig, result: AppendResult | None
+    item: Delivery[ChangeProposed],
+    decided: NewVersion | InvalidConfig,
+    result: AppendResult | None,
+    policy: str,
 ) -> _Outcome:
+    """``policy``: the digest of the policy ``decided`` was judged under."""
     change = item.value
     if isinstance(decided, InvalidConfig):
-        record, rejected = _rejection(change, decided)
+        record, rejected = _rejection(change, decided, policy)
         return _Outcome(item, "rejected", rejected, record)
     assert result is not None
     if result.outcome == "stored":
@@ -225,7 +231,11 @@ def _outcome(
     return _Outcome(item, "rejected", rejected, record)
 
 
-def _rejection(change: ChangeProposed, error: ConfbusError) -> tuple[Rejection, VersionRejected]:
+def _rejection(
+    change: ChangeProposed, error: ConfbusError, policy: str = ""
+) -> tuple[Rejection, VersionRejected]:
+    """``policy``: the digest of the policy that refused it ("" when none did: a conflict
+    with what the store holds is no matter of policy)."""
     where = error.where
     if isinstance(error, VersionConflict) and not where:
         where = "change_id" if error.existing is not None else "base"
@@ -239,15 +249,27 @@ def _rejection(change: ChangeProposed, error: ConfbusError) -> tuple[Rejection, 
         sha256_hex(change.content),
         reason,
         where,
+        policy,
     )
 
 
 def _rejected(
-    namespace: str, change_id: str, author: str, sha256: str, reason: str, where: str
+    namespace: str,
+    change_id: str,
+    author: str,
+    sha256: str,
+    reason: str,
+    where: str,
+    policy: str = "",
 ) -> tuple[Rejection, VersionRejected]:
     """A refused change: the record ``change_status`` answers from, and its event."""
     record = Rejection(
-        namespace=namespace, change_id=change_id, sha256=sha256, reason=reason, where=where
+        namespace=namespace,
+        change_id=change_id,
+        sha256=sha256,
+        reason=reason,
+        where=where,
+        policy=policy,
     )
     event = VersionRejected(
         namespace=namespace, actor=author, reason=reason, change_id=change_id, where=where
@@ -281,7 +303,7 @@ class ChangeHandler:
         if not todo:
             return
         self.metrics.batch_size.observe(len(todo))
-        decided = await self._decide(todo)
+        decided, digests = await self._decide(todo)
 
         # Group commit: one store transaction for every accepted change of the batch.
         accepted = [
@@ -306,7 +328,12 @@ class ChangeHandler:
 
         by_item = {id(item): result for (item, _), result in zip(accepted, results, strict=True)}
         outcomes = [
-            _outcome(item, nv, None if isinstance(nv, InvalidConfig) else by_item[id(item)])
+            _outcome(
+                item,
+                nv,
+                None if isinstance(nv, InvalidConfig) else by_item[id(item)],
+                digests[item.value.namespace],
+            )
             for item, nv in zip(todo, decided, strict=True)
         ]
         await self._drop_announced(outcomes)
@@ -326,7 +353,9 @@ class ChangeHandler:
 
     async def _decide(
         self, todo: list[Delivery[ChangeProposed]]
-    ) -> list[NewVersion | InvalidConfig]:
+    ) -> tuple[list[NewVersion | InvalidConfig], dict[str, str]]:
+        """Each change's version or rejection, and the digest of each namespace's policy
+        they were judged under."""
         policies: dict[str, Policy] = {}
         for ns in sorted({item.value.namespace for item in todo}):
             policies[ns] = await self.store.get_policy(ns)
@@ -351,7 +380,8 @@ class ChangeHandler:
             )
             for item in todo
         ]
-        return await anyio.to_thread.run_sync(_decide_all, work)
+        decided = await anyio.to_thread.run_sync(_decide_all, work)
+        return decided, {ns: policy_digest(p) for ns, p in policies.items()}
 
     async def _drop_announced(self, outcomes: list[_Outcome]) -> None:
         """For redelivered changes, keep only the events the stream does not have yet."""
@@ -393,7 +423,7 @@ class ChangeHandler:
                     tg.start_soon(remember, o, o.rejection)
         sending = [(o, o.event) for o in outcomes if o.event is not None and id(o) not in failed]
         results = await self.bus.publish_batch(
-            [Outgoing(event_subject(ev), ev, _event_msg_id(ev)) for _, ev in sending]
+            [Outgoing(event_subject(ev), ev, _event_msg_id(o, ev)) for o, ev in sending]
         )
         for (o, _), exc in zip(sending, results, strict=True):
             if exc is not None:
@@ -407,11 +437,12 @@ class ChangeHandler:
             _log(o)
 
 
-def _event_msg_id(ev: Event) -> str:
+def _event_msg_id(o: _Outcome, ev: Event) -> str:
     if isinstance(ev, VersionCreated):
         return created_msg_id(ev.namespace, ev.version)
     assert isinstance(ev, VersionRejected)
-    return rejected_msg_id(ev.namespace, ev.change_id)
+    policy = o.rejection.policy if o.rejection is not None else ""
+    return rejected_msg_id(ev.namespace, ev.change_id, policy)
 
 
 def _log(o: _Outcome) -> None:
