@@ -16,6 +16,7 @@ import msgspec
 from confbus.schemas.api.health import RuleResult
 from confbus.schemas.base import Message, utcnow
 from confbus.schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
+from confbus.schemas.policydiff import FieldChange
 
 
 class Event(Message, kw_only=True, frozen=True):
@@ -63,6 +64,22 @@ class VersionLastGood(Event, tag="version.last_good", kw_only=True, frozen=True)
     # The version's sha256, so that an agent can check the copy in its own history without
     # asking the store (None: from a version-store of before 2026-11-27).
     sha256: Sha256 | None = None
+
+
+# -- policies (version-store) ---------------------------------------------------------------
+
+
+class PolicyChanged(Event, tag="policy.changed", kw_only=True, frozen=True):
+    """The namespace's policy was replaced, by ``actor`` (``confbus policy``, the console, a
+    restore, any client): what changed, field by field (``schemas.policydiff``), and the new
+    policy's digest (``schemas.policy.policy_digest``)."""
+
+    digest: str
+    changes: list[FieldChange] = []
+    more: int = 0  # changes beyond those listed (at most MAX_POLICY_CHANGES are)
+
+
+MAX_POLICY_CHANGES = 50
 
 
 # -- transactions (coordinator) -------------------------------------------------------------
@@ -304,6 +321,7 @@ AnyEvent = (
     | VersionApproved
     | VersionPromoted
     | VersionLastGood
+    | PolicyChanged
     | TxnCommitted
     | TxnAborted
     | NodeApplied

@@ -94,8 +94,12 @@ class PolicyGetRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PolicySetRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Replace a namespace's policy (checked whole), announced as ``policy.changed`` with what
+    changed; ``dry_run``: check it and answer it as it would be stored, store nothing."""
+
     policy: Policy
     actor: str = ""
+    dry_run: bool = False
 
 
 class DryRunRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -201,6 +205,7 @@ class ImportRequest(msgspec.Struct, frozen=True, kw_only=True):
     production: int | None = None
     last_good: int | None = None
     policy: Policy | None = None
+    actor: str = ""  # who restores: the actor of the policy.changed a new policy is announced by
 
 
 class ImportReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,6 +213,7 @@ class ImportReply(msgspec.Struct, frozen=True, kw_only=True):
     received: int  # versions received so far in this session
     imported: int | None = None  # versions written (0: the identical namespace was there)
     replica: str = ""  # send the next pages to op ``import_<replica>``
+    policy_changed: bool = False  # the last page replaced the namespace's policy
 
 
 class ProposeReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "confbus.cli.commands.txn",
     "confbus.cli.commands.publish",
     "confbus.cli.commands.store",
+    "confbus.cli.commands.policy",
     "confbus.cli.commands.doctor",
     "confbus.cli.commands.rollback",
     "confbus.cli.commands.rollout",

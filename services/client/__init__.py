@@ -26,6 +26,7 @@ from confbus.client._client import Client
 from confbus.client._errors import ChangeRejected, RolloutWaitTimeout, WaitTimedOut
 from confbus.client._events import StreamedEvent
 from confbus.client._names import check_change_id, check_namespace
+from confbus.client._policy import policy_from_document
 
 __all__ = [
     "ChangeRejected",
@@ -36,4 +37,5 @@ __all__ = [
     "WaitTimedOut",
     "check_change_id",
     "check_namespace",
+    "policy_from_document",
 ]

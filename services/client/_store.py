@@ -299,9 +299,11 @@ class Store(Events):
             store_api.POLICY_GET, store_api.PolicyGetRequest(namespace=namespace)
         )
 
-    async def set_policy(self, policy: Policy, actor: str = "") -> Policy:
-        """Store ``policy`` for its namespace (checked whole first); returns it as stored."""
-        request = store_api.PolicySetRequest(policy=policy, actor=actor)
+    async def set_policy(self, policy: Policy, actor: str = "", *, dry_run: bool = False) -> Policy:
+        """Store ``policy`` for its namespace (checked whole first); returns it as stored. The
+        store announces what changed as ``policy.changed`` by ``actor``. ``dry_run``: only
+        check it (``policy_from_document`` checks a document before this)."""
+        request = store_api.PolicySetRequest(policy=policy, actor=actor, dry_run=dry_run)
         return await self.call(store_api.POLICY_SET, request)
 
     async def namespaces(self) -> list[str]:

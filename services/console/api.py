@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from confbus.client import ChangeRejected, StreamedEvent, check_namespace
+from confbus.client import ChangeRejected, StreamedEvent, check_namespace, policy_from_document
 from confbus.console import apitypes as t
 from confbus.console.auth import Principal, authenticate, check_csrf, require
 from confbus.console.backend import Backend
@@ -76,6 +76,9 @@ class Op:
     reply: Any  # the answer's type (for the document)
     query: type[Any] | None = None
     body: type[Any] | None = None
+    # The body is read as plain JSON and the handler checks it (the document still shows
+    # ``body``): the policy, checked as ``confbus policy --file`` checks a file.
+    body_checked_by_handler: bool = False
     status: int = 200
     media_type: str = "application/json"
     errors: tuple[int, ...] = field(default=(400, 401, 403, 404, 503))
@@ -149,7 +152,8 @@ def endpoint(op: Op, metrics: ConsoleMetrics) -> Callable[[Request], Awaitable[R
             if "ns" in request.path_params:
                 check_namespace(request.path_params["ns"])
             query = _query(request, op.query) if op.query else None
-            body = await _body(request, op.body) if op.body else None
+            kind: Any = Any if op.body_checked_by_handler else op.body
+            body = await _body(request, kind) if op.body else None
             call = Call(request, principal, request.app.state.backend, query, body)
             result = await op.handler(call)
             if isinstance(result, Response):  # not JSON: a version's bytes, an event stream
@@ -401,12 +405,8 @@ async def reject(call: Call) -> VersionInfo:
 
 
 async def set_policy(call: Call) -> Policy:
-    body: Policy = call.body
-    if body.namespace != call.ns:
-        raise InvalidInput(
-            f"the policy is for {body.namespace!r}, the path for {call.ns!r}", where="$.namespace"
-        )
-    return await call.backend.set_policy(body, call.user)
+    # Whatever `confbus policy NS --file` accepts, and nothing else (one check for both).
+    return await call.backend.set_policy(policy_from_document(call.body, call.ns), call.user)
 
 
 def control(op: str) -> Callable[[Call], Awaitable[dist_api.RolloutReply]]:
@@ -452,7 +452,7 @@ OPS: tuple[Op, ...] = (
        "viewer", diff, store_api.DiffReply, query=t.DiffQuery),
     Op("policy", "GET", NS + "/policy", "The namespace's policy.", "viewer", policy, Policy),
     Op("set_policy", "PUT", NS + "/policy", "Replace the namespace's policy.", "operator",
-       set_policy, Policy, body=Policy),
+       set_policy, Policy, body=Policy, body_checked_by_handler=True),
     Op("rollout", "GET", NS + "/rollout", "The current or last rollout, wave by wave.", "viewer",
        rollout, dist_api.RolloutReply),
     Op("rollout_nodes", "GET", NS + "/rollout/nodes",

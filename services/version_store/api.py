@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import msgspec
 
@@ -40,12 +41,15 @@ from confbus.schemas.api.operation import Operation
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.changes import msg_id as change_msg_id
 from confbus.schemas.events import (
+    MAX_POLICY_CHANGES,
+    PolicyChanged,
     VersionApproved,
     VersionLastGood,
     VersionPromoted,
     VersionRejected,
 )
 from confbus.schemas.policy import Policy, policy_digest
+from confbus.schemas.policydiff import policy_changes
 from confbus.schemas.streams import MAX_PAYLOAD
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.changes import decide
@@ -71,6 +75,7 @@ class StoreApi:
     replica: str  # this process's token, for the session endpoints
     exports: Sessions[NamespaceExport] = field(default_factory=lambda: Sessions("export"))
     imports: Sessions[Upload] = field(default_factory=lambda: Sessions("import"))
+    policy_writes: anyio.Lock = field(default_factory=anyio.Lock)
 
     def endpoints(self) -> list[Endpoint[Any, Any]]:
         bound: list[tuple[Operation[Any, Any], Callable[[Any], Awaitable[Any]]]] = [
@@ -251,9 +256,34 @@ class StoreApi:
 
     async def policy_set(self, req: api.PolicySetRequest) -> Policy:
         check_full_policy(req.policy)
-        await self.store.set_policy(req.policy)
-        log.info("policy set", extra={"namespace": req.policy.namespace, "actor": req.actor})
-        return await self.store.get_policy(req.policy.namespace)
+        if req.dry_run:
+            return req.policy
+        ns = req.policy.namespace
+        async with self.policy_writes:  # so that each announced diff is against its own before
+            before = await self.store.get_policy(ns)
+            await self.store.set_policy(req.policy)
+            after = await self.store.get_policy(ns)
+        await self._announce_policy(before, after, req.actor)
+        log.info("policy set", extra={"namespace": ns, "actor": req.actor})
+        return after
+
+    async def _announce_policy(
+        self, before: Policy, after: Policy, actor: str, reason: str = ""
+    ) -> bool:
+        """``policy.changed`` with what changed, if anything did; whether it did."""
+        changes = policy_changes(before, after)
+        if not changes:
+            return False
+        event = PolicyChanged(
+            namespace=after.namespace,
+            actor=actor,
+            reason=reason,
+            digest=policy_digest(after),
+            changes=changes[:MAX_POLICY_CHANGES],
+            more=max(0, len(changes) - MAX_POLICY_CHANGES),
+        )
+        await emit(self.bus, event)
+        return True
 
     # -- the same, as the NATS user the subject pins (confbus.runtime.identity) --------------
 
@@ -414,8 +444,18 @@ class StoreApi:
             last_good=req.last_good,
             policy=req.policy,
         )
-        written = await self.store.import_(data)
+        async with self.policy_writes:
+            before = await self.store.get_policy(req.namespace)
+            written = await self.store.import_(data)
+            after = await self.store.get_policy(req.namespace)
+        changed = await self._announce_policy(
+            before, after, req.actor, reason="restored from a backup"
+        )
         log.info("namespace imported", extra={"namespace": req.namespace, "versions": written})
         return api.ImportReply(
-            session=sid, received=len(upload.versions), imported=written, replica=self.replica
+            session=sid,
+            received=len(upload.versions),
+            imported=written,
+            replica=self.replica,
+            policy_changed=changed,
         )

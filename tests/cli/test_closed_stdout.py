@@ -54,6 +54,6 @@ async def test_every_kind_of_command_survives_a_closed_stdout(stack: Stack, tmp_
         ["publish", "--help"],
     ]
     for args in commands:
-        done = await anyio.to_thread.run_sync(lambda a=args: run_into_closed_pipe(*a))
+        done = await anyio.to_thread.run_sync(run_into_closed_pipe, *args)
         assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, (args, done)
         assert done.returncode == 0, (args, done)

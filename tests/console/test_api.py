@@ -240,6 +240,28 @@ def test_policy_get_and_put_by_an_operator_only(api: dict[str, httpx.Client]) ->
     problem(api["viewer"].get("api/v1/namespaces/nosuch/policy"), 404, "namespace")
 
 
+def test_a_policy_put_accepts_what_policy_file_accepts(
+    stack: ConsoleStack, tokens: dict[str, str], api: dict[str, httpx.Client]
+) -> None:
+    """The same check as ``confbus policy NS --file``: the namespace may be left out (the path
+    says it), a field the policy does not have is refused rather than ignored; the change is
+    announced as ``policy.changed`` by the signed-in user."""
+    path = "api/v1/namespaces/baked/policy"
+    r = api["operator"].put(path, json={"bake_s": 2, "rollback": {"strategy": "batches:2"}})
+    assert r.status_code == 200, r.text
+    assert (r.json()["namespace"], r.json()["bake_s"]) == ("baked", 2.0)
+    r = api["operator"].put(path, json={"bake": 30})
+    assert "unknown field(s) bake" in problem(r, 400, "$")["reason"]
+    problem(
+        api["operator"].put(path, json={"rollback": {"strategy": 2}}), 400, "$.rollback.strategy"
+    )
+    assert api["viewer"].get(path).json()["bake_s"] == 2.0
+    changed = wait_event(stack, tokens["viewer"], "baked.policy.>", lambda e: True)["event"]
+    assert changed["type"] == "policy.changed" and changed["actor"] == "olga"
+    fields = {c["field"] for c in changed["changes"]}
+    assert fields == {"bake_s", "rollback.strategy"}, changed
+
+
 def test_approve_and_reject_drafts_as_the_acting_user(api: dict[str, httpx.Client]) -> None:
     ns = "gated"
     gate = {"namespace": ns, "require_approval": True}

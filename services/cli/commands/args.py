@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import sys
 
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
@@ -14,6 +15,7 @@ from confbus.client import check_namespace
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput
 from confbus.runtime.identity import is_identity
+from confbus.schemas.names import LABEL_PATTERN
 from confbus.schemas.streams import MAX_PAYLOAD
 
 # -- argparse types -----------------------------------------------------------------------------
@@ -51,6 +53,16 @@ def positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def label_pair(text: str) -> tuple[str, str]:
+    """``key=value``, both labels as agents carry them (``confbus agent --label``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not all(re.fullmatch(LABEL_PATTERN, part) for part in (key, value)):
+        raise argparse.ArgumentTypeError(
+            f"expected key=value, each letters, digits and _./- (e.g. dc=eu1): {text!r}"
+        )
+    return key, value
 
 
 def check_ns(namespace: str) -> str:

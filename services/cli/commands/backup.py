@@ -25,10 +25,11 @@ from pathlib import Path
 
 import msgspec
 
-from confbus.cli.commands.args import input_file
+from confbus.cli.commands.args import acting_as, input_file
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.client import Client, NamespaceBackup, check_namespace
 from confbus.runtime.errors import InvalidInput
+from confbus.schemas.api.store import ImportReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 
 BACKUP_KIND = "confbus-backup"
@@ -91,11 +92,19 @@ async def run_restore(args: argparse.Namespace, client: Client) -> int:
     backup = read_backup(Path(args.file))
     for b in backup.namespaces:
         verify(b)
+    who = acting_as(args, None)
     for b in backup.namespaces:
-        written = await client.import_namespace(b)
-        what = f"{written} version(s) restored" if written else "already there, unchanged"
-        sys.stdout.write(f"{b.namespace}: {what}\n")
+        reply = await client.import_namespace(b, actor=who)
+        sys.stdout.write(f"{b.namespace}: {restored(reply)}\n")
     return OK
+
+
+def restored(reply: ImportReply) -> str:
+    """What a restore did to one namespace, in words."""
+    done = [f"{reply.imported} version(s) restored"] if reply.imported else []
+    if reply.policy_changed:
+        done.append("policy replaced")
+    return ", ".join(done) if done else "already there, unchanged"
 
 
 def read_backup(path: Path) -> BackupFile:

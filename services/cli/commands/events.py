@@ -24,6 +24,7 @@ from confbus.runtime import since
 from confbus.runtime.events import event_type
 from confbus.schemas import subjects
 from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
+from confbus.schemas.policydiff import FieldChange
 
 _EVENTS_PREFIX = subjects.EVENTS_ALL.removesuffix(">")  # "cfg.event."
 
@@ -202,6 +203,8 @@ def _value(name: str, value: Any) -> str:
 
 
 def _list(items: list[Any]) -> str:
+    if all(isinstance(i, FieldChange) for i in items):  # a policy's changes, each in full
+        return "[" + "; ".join(i.line() for i in items) + "]"
     if all(isinstance(i, VoteRecord) for i in items):
         against = [
             f"{v.vote}:{v.node}" + (f"({v.reason})" if v.reason else "")

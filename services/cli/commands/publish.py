@@ -26,6 +26,7 @@ from confbus.cli.commands.args import (
     acting_as,
     fits,
     input_file,
+    label_pair,
     nats_identity,
     natural_int,
     positive_seconds,
@@ -94,6 +95,14 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "linear:N%%, exponential:N%%",
     )
     p.add_argument(
+        "--selector",
+        type=label_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="this version goes only to the nodes with these labels (repeat for more); "
+        "default: the policy's selector",
+    )
+    p.add_argument(
         "--progress",
         action="store_true",
         help="with --wait: print each wave on stderr even when it is not a terminal",
@@ -125,7 +134,14 @@ def change_from_args(args: argparse.Namespace, content: bytes, change_id: str) -
         author=acting_as(args, args.author),
         message=args.message,
         base=args.base,
+        strategy=args.strategy,
+        selector=selector_of(args),
     )
+
+
+def selector_of(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--selector k=v …`` as the change's selector (None: the policy's)."""
+    return dict(args.selector) if args.selector else None
 
 
 def _local_checks(args: argparse.Namespace) -> None:
@@ -154,6 +170,7 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
         message=args.message,
         base=args.base,
         strategy=args.strategy,
+        selector=selector_of(args),
         timeout=args.timeout,
     )
 
@@ -175,6 +192,7 @@ async def publish_as(
         message=args.message,
         base=args.base,
         strategy=args.strategy,
+        selector=selector_of(args),
     )
     return await client.propose_as(user, change, args.timeout)
 
