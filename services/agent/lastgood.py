@@ -97,6 +97,7 @@ async def connect_or_fall_back(
     try:
         return await connect_with_retry(settings, name, timeout=grace)
     except TimeoutError:
+        agent.bus_connected = False
         restored = await fall_back(agent)
         serving = "the last known good" if restored else "the files it has"
         log.warning(

@@ -125,6 +125,8 @@ async def run_agent(agent: NodeAgent, settings: Settings) -> None:
         missing = [n for n, ns in agent.namespaces.items() if not ns.state.has_config]
         if missing:
             return False, "no config yet: " + ", ".join(missing)
+        if agent.bus_connected is None:
+            return True, "ok (connecting to the bus)"
         return True, "ok" if agent.bus_connected else "ok (bus down: serving the files it has)"
 
     http = HttpServer(registry, host=settings.http_host, port=settings.http_port, health=health)

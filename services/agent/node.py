@@ -103,7 +103,7 @@ class NodeAgent:
     health_interval_s: float = 5.0
     started_at: datetime = field(default_factory=utcnow)
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
-    bus_connected: bool = field(default=False, init=False)
+    bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
 
     # -- start-up: serve what is on disk before anything else --------------------------------
 
@@ -130,7 +130,7 @@ class NodeAgent:
     def status(self) -> dict[str, object]:
         return {
             "node": self.node,
-            "bus": "connected" if self.bus_connected else "down",
+            "bus": {True: "connected", False: "down", None: "connecting"}[self.bus_connected],
             "namespaces": {
                 name: {
                     "status": ns.state.status if ns.state.has_config else "no config yet",

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +44,21 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         sys.stderr.write(f"confbus: error: {message}\n")
         sys.exit(exitcodes.USAGE)
+
+    def format_help(self) -> str:
+        # Descriptions are often a module's docstring, written for the source (``x``, code
+        # fences); a terminal gets them plain.
+        return plain(super().format_help())
+
+
+_LITERAL = re.compile(r"``([^`]+)``|\*\*([^*]+)\*\*")
+_FENCE = re.compile(r"^[ \t]*```[a-z]*[ \t]*\n", re.MULTILINE)
+
+
+def plain(text: str) -> str:
+    """Help text without reStructuredText's double backquotes, Markdown's bold or its code
+    fences."""
+    return _LITERAL.sub(lambda m: m.group(1) or m.group(2), _FENCE.sub("", text))
 
 
 def build_parser() -> argparse.ArgumentParser:

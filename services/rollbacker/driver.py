@@ -191,7 +191,7 @@ class Driver:
             change_id=rb.change_id,
             content=target.content,
             format=target.info.format,
-            author="rollbacker",
+            author=self.peers.actor,  # the replica: who asked is the rollback's actor
             message=f"rollback to v{rb.to_version} ({rb.rollback_id}): {rb.reason}"[:1000],
             rollback_of=rb.to_version,
         )

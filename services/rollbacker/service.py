@@ -77,11 +77,11 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         attempt_timeout_s=args.webhook_timeout,
         backoff_base_s=args.webhook_backoff,
     )
-    peers = Peers(ctx.bus, actor=f"rollbacker:{instance}")
+    peers = Peers(ctx.bus, actor=instance)
     state = await StateKV.open(ctx.bus, CFG_STATE)
     ledgers = Ledgers(state)
     leases = Leases(state.kv, ROLE, instance, ttl_s=args.lease)
-    announcer = Announcer(peers, notifier, actor=f"rollbacker:{instance}")
+    announcer = Announcer(peers, notifier, actor=instance)
     config = DriverConfig(
         verify_timeout_s=args.verify_timeout,
         verify_interval_s=args.verify_interval,

@@ -193,7 +193,9 @@ def _value(name: str, value: Any) -> str:
     if isinstance(value, float):
         if name.endswith("share"):
             return f"{value:.0%}"
-        return f"{value:g}s" if name.endswith(("_s", "seconds")) else f"{value:g}"
+        if name.endswith(("_s", "seconds")):  # the name says the unit: to the millisecond
+            return f"{round(value, 3):g}"
+        return f"{value:g}"
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
     if isinstance(value, list):
