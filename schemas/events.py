@@ -130,6 +130,13 @@ class NodeStatusChanged(Event, tag="node.status", kw_only=True, frozen=True):
     status: Literal["live", "suspect", "gone", "failing"]
 
 
+class NodeForgotten(Event, tag="node.forgotten", kw_only=True, frozen=True):
+    """An operator forgot a node gone for good (``confbus forget``): it is no longer a member
+    of the namespace's fleet; its records and target are gone."""
+
+    node: NodeId
+
+
 class NodeCatchUp(Event, tag="node.catchup", kw_only=True, frozen=True):
     """The distributor brought one node to its target version outside a rollout.
 
@@ -327,6 +334,7 @@ AnyEvent = (
     | NodeApplied
     | NodeDrift
     | NodeStatusChanged
+    | NodeForgotten
     | NodeCatchUp
     | RolloutStarted
     | RolloutWave

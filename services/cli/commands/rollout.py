@@ -1,4 +1,5 @@
-"""Rollouts and the fleet: ``confbus rollout``, ``pause``, ``resume``, ``abort``, ``status``.
+"""Rollouts and the fleet: ``confbus rollout``, ``pause``, ``resume``, ``abort``, ``status``,
+``forget``.
 
 - ``confbus rollout NS [--json]``: the namespace's current or last rollout — its waves (nodes,
   state, transaction, attempts, when committed, the bake's verdict) and, per node, the outcome,
@@ -9,6 +10,7 @@
 - ``confbus status NS [--json]``: the production version and, per node, its liveness, applied
   version, the sha256 of its live file, its target version, its last heartbeat and its status
   (``ok``, ``catching-up``, ``drift``, ``failing: <reason>``…).
+- ``confbus forget NODE``: forget a node that is gone for good (not while it is live).
 
 Exit codes: 0 ok; 1 refused (no rollout in a state that allows it); 3 unreachable.
 """
@@ -63,6 +65,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=run_status)
 
+    f = sub.add_parser(
+        "forget",
+        help="forget a node gone for good (its records and targets; node.forgotten)",
+        description="Forget NODE, which must not be live (stop its agent first): status no "
+        "longer lists it, and node.forgotten is said in each namespace it followed. A node "
+        "that comes back later is a new member.",
+    )
+    f.add_argument("node", metavar="NODE")
+    f.add_argument("--reason", default="", help="why (kept in the event)")
+    f.add_argument("--as", dest="actor", default="", help="who (default: $CONFBUS_IDENTITY)")
+    f.set_defaults(func=run_forget)
+
 
 async def run_rollout(args: argparse.Namespace, client: Client) -> int:
     check_namespace(args.namespace)
@@ -93,6 +107,15 @@ async def run_status(args: argparse.Namespace, client: Client) -> int:
         _out(_json.encode(reply).decode())
     else:
         _out(render_status(reply))
+    return OK
+
+
+async def run_forget(args: argparse.Namespace, client: Client) -> int:
+    reply = await client.forget_node(
+        args.node, actor=identity(args.actor or None), reason=args.reason
+    )
+    followed = f" (it followed {', '.join(reply.namespaces)})" if reply.namespaces else ""
+    _out(f"forgot {reply.node}{followed}")
     return OK
 
 
