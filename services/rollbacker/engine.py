@@ -109,7 +109,9 @@ class Engine:
                 "detail": judged.detail,
             },
         )
-        await announce_judgement(self.peers.bus, alert, judged, redelivered=redelivered)
+        await announce_judgement(
+            self.peers.bus, alert, judged, actor=self.instance, redelivered=redelivered
+        )
         return judged.outcome
 
     async def _judge(self, alert: Alert) -> Judged:
