@@ -46,12 +46,27 @@ def natural_int(text: str) -> int:
 
 def positive_seconds(text: str) -> float:
     """A duration in seconds: a finite number above 0."""
+    value = _seconds(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """A duration that may be 0 (``--bake 0``: none)."""
+    value = _seconds(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    if value != value or value == float("inf"):  # nan, inf
+        raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
     return value
 
 

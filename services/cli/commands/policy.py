@@ -30,6 +30,7 @@ from confbus.cli.commands.args import (
     positive_int,
     positive_seconds,
     read_file,
+    seconds_or_zero,
 )
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import err, out, out_bytes
@@ -67,11 +68,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 # -- arguments ----------------------------------------------------------------------------------
-
-
-def seconds_or_zero(text: str) -> float:
-    """A duration that may be 0 (``--bake 0``: no bake)."""
-    return 0.0 if text.strip() in ("0", "0.0") else positive_seconds(text)
 
 
 def share(text: str) -> float:
