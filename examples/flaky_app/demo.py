@@ -137,7 +137,8 @@ async def narrate(client: Client, done: anyio.Event, outcome: list[str]) -> None
 
         async def applied() -> None:
             async for ev in client.watch(NS):
-                say(f"node   {ev.node} applied v{ev.version} (was v{ev.previous})")
+                was = f"v{ev.previous}" if ev.previous is not None else "nothing"
+                say(f"node   {ev.node} applied v{ev.version} (was {was})")
 
         tg.start_soon(events)
         tg.start_soon(alerts)

@@ -14,7 +14,8 @@ from confbus.cli.commands.rollout import render_rollout
 from confbus.cli.main import build_parser
 from confbus.runtime.settings import Settings
 from confbus.schemas.api.dist import RolloutInfo, WaveInfo
-from confbus.schemas.events import NodeOutcome, RolloutCompleted
+from confbus.schemas.api.health import RuleResult
+from confbus.schemas.events import HealthVerdictEvent, NodeOutcome, RolloutCompleted
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -37,6 +38,19 @@ def test_a_duration_says_its_unit_once() -> None:
     )
     line = describe(ev)
     assert "seconds=0.117" in line and "0.116598" not in line and "0.117s" not in line, line
+
+
+def test_a_verdict_lists_its_rules_by_outcome_not_as_a_repr() -> None:
+    ev = HealthVerdictEvent(
+        namespace="web", version=1, nodes=["n1"], verdict="no_data", actor="health-watcher@h-1",
+        rules=[
+            RuleResult(rule="health-endpoint", value=None, threshold=500.0, ok=None),
+            RuleResult(rule="error-rate", value=0.004405, threshold=0.2, ok=True),
+        ],
+    )  # fmt: skip
+    line = describe(ev)
+    assert "rules=health-endpoint:no-data,error-rate:0.004405(ok)" in line, line
+    assert "RuleResult(" not in line
 
 
 def _paused_in_a_bake(committed_ago: float, state: str = "paused") -> RolloutInfo:

@@ -23,6 +23,7 @@ from confbus.client import Client, StreamedEvent
 from confbus.runtime import since
 from confbus.runtime.events import event_type
 from confbus.schemas import subjects
+from confbus.schemas.api.health import RuleResult
 from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
 from confbus.schemas.policydiff import FieldChange
 
@@ -207,6 +208,8 @@ def _value(name: str, value: Any) -> str:
 def _list(items: list[Any]) -> str:
     if all(isinstance(i, FieldChange) for i in items):  # a policy's changes, each in full
         return "[" + "; ".join(i.line() for i in items) + "]"
+    if all(isinstance(i, RuleResult) for i in items):  # a verdict's rules: each one's outcome
+        return ",".join(f"{r.rule}:{_rule_outcome(r)}" for r in items)
     if all(isinstance(i, VoteRecord) for i in items):
         against = [
             f"{v.vote}:{v.node}" + (f"({v.reason})" if v.reason else "")
@@ -223,9 +226,24 @@ def _list(items: list[Any]) -> str:
         return "+".join(str(len(i)) for i in items)
     if all(isinstance(i, WaveReport) for i in items):  # the wave sizes and their states
         return "+".join(f"{len(w.nodes)}:{w.state}" for w in items)
-    if len(items) <= 4:
-        return ",".join(str(i) for i in items)
-    return f"{','.join(str(i) for i in items[:3])},…({len(items)})"
+    shown = [_brief(i) for i in items]
+    if len(shown) <= 4:
+        return ",".join(shown)
+    return f"{','.join(shown[:3])},…({len(shown)})"
+
+
+def _rule_outcome(r: RuleResult) -> str:
+    if r.ok is None or r.value is None:
+        return "no-data"
+    return f"{r.value:.4g}({'ok' if r.ok else 'bad'})"
+
+
+def _brief(item: Any) -> str:
+    """An item of a list, in a word: a Struct by its first field (never its repr)."""
+    if isinstance(item, msgspec.Struct):
+        fields = msgspec.structs.fields(item)
+        return str(getattr(item, fields[0].name)) if fields else type(item).__name__
+    return str(item)
 
 
 def _json_line(item: StreamedEvent) -> str:
