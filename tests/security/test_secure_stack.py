@@ -29,6 +29,7 @@ from confbus.schemas import subjects
 from confbus.schemas.streams import CFG_DLQ, CFG_EVENTS, STREAMS
 from tests.cli.procs import REPO, confbus_argv, start_confbus
 from tests.helpers import eventually
+from tests.security.support import leaks
 
 READY_TIMEOUT = 90.0
 SECRET_NS = "vault"
@@ -300,27 +301,6 @@ def all_logs(stack: SecureStack) -> dict[str, bytes]:
     found["up stdout"] = stack.up.out.text().encode()
     found["up stderr"] = stack.up.err.text().encode()
     return found
-
-
-def forms(needle: str) -> list[bytes]:
-    """The needle as is, and as it shows inside base64 at each of the three alignments (msgspec
-    writes ``bytes`` fields as base64: a grep for the plain text alone would miss them)."""
-    raw = needle.encode()
-    out = [raw]
-    for k in range(3):
-        b64 = base64.b64encode(b"\0" * k + raw)
-        start = 4 if k else 0
-        out.append(b64[start : 4 * ((k + len(raw)) // 3)])
-    return out
-
-
-def leaks(haystacks: dict[str, bytes], needles: list[str]) -> list[str]:
-    return [
-        f"{needle!r} in {where}"
-        for where, data in haystacks.items()
-        for needle in needles
-        if any(form in data for form in forms(needle))
-    ]
 
 
 def test_the_leak_search_sees_through_base64() -> None:
