@@ -69,6 +69,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--webhook-attempts", type=int, default=5)
     g.add_argument("--webhook-backoff", type=float, default=0.5, help="first retry delay, seconds")
     g.add_argument(
+        "--webhook-secret-file",
+        default=os.environ.get("CONFBUS_WEBHOOK_SECRET_FILE") or None,
+        metavar="FILE",
+        help="sign every webhook with this shared secret (header Confbus-Signature: t=…,v1=HMAC; "
+        "env CONFBUS_WEBHOOK_SECRET_FILE)",
+    )
+    g.add_argument(
         "--signing-key",
         type=Path,
         default=os.environ.get("CONFBUS_ROLLBACKER_SIGNING_KEY") or None,
@@ -87,6 +94,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         attempts=args.webhook_attempts,
         attempt_timeout_s=args.webhook_timeout,
         backoff_base_s=args.webhook_backoff,
+        webhook_secret=_read_secret(args.webhook_secret_file),
     )
     peers = Peers(ctx.bus, actor=f"rollbacker:{instance}")
     state = await StateKV.open(ctx.bus, CFG_STATE)
@@ -143,3 +151,8 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             # A clean stop hands the namespaces over at once instead of after the lease.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await leases.release_all()
+
+
+def _read_secret(path: str | None) -> bytes | None:
+    """Read once at start (a blocking read of a small file, before anything serves)."""
+    return None if path is None else Path(path).read_bytes().strip()
