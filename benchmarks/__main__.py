@@ -61,6 +61,11 @@ BENCHMARKS: dict[str, Entry] = {
         "switch latency, 10/100/1000 agents, beside its raw baseline (+ growth.svg)",
         480.0,
     ),
+    "signed_switch": Entry(
+        "benchmarks.signed_switch",
+        "a signed switch of 100 agents beside the same switch unsigned (target ≤ 1.2×)",
+        240.0,
+    ),
     "throughput": Entry(
         "benchmarks.throughput",
         "committed changes/s, 50 namespaces × 10 agents, fsyncs per change",
