@@ -62,7 +62,7 @@ def encode_sealed(sealed: Sealed) -> bytes:
     return SEALED_MAGIC + _encode(sealed)
 
 
-def decode_sealed(content: bytes) -> Sealed:
+def parse_sealed(content: bytes) -> Sealed:
     """``ValueError`` for bytes that are not a well-formed sealed envelope."""
     if not is_sealed(content):
         raise ValueError("not sealed content")
@@ -82,7 +82,7 @@ def content_sha256(content: bytes) -> str:
     sealed version records, so a damaged envelope is caught like any damaged bytes)."""
     if is_sealed(content):
         try:
-            sealed = decode_sealed(content)
+            sealed = parse_sealed(content)
         except ValueError:
             pass
         else:

@@ -26,8 +26,8 @@ from confbus.schemas.sealing import (
     Sealed,
     WrappedDataKey,
     aad,
-    decode_sealed,
     encode_sealed,
+    parse_sealed,
 )
 
 
@@ -109,7 +109,7 @@ def seal(
 def open_sealed(content: bytes, keks: Mapping[str, Kek]) -> tuple[bytes, Sealed]:
     """The plaintext of a sealed envelope, authenticated and checked against its sha256."""
     try:
-        sealed = decode_sealed(content)
+        sealed = parse_sealed(content)
     except ValueError as exc:
         raise SealingError(str(exc)) from None
     dek = _unwrap(sealed.data_key, keks)

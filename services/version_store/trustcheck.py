@@ -13,7 +13,7 @@ from confbus.runtime.signing import Untrusted, check
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
-from confbus.schemas.sealing import content_sha256, decode_sealed, is_sealed
+from confbus.schemas.sealing import content_sha256, is_sealed, parse_sealed
 from confbus.version_store.errors import InvalidConfig
 
 
@@ -63,7 +63,7 @@ def check_sealing(change: ChangeProposed, policy: Policy, fmt: Format) -> bool:
     if not policy.secret:
         raise InvalidConfig(f"sealed content in namespace {ns!r}, which is not secret", "content")
     try:
-        envelope = decode_sealed(change.content)
+        envelope = parse_sealed(change.content)
     except ValueError as exc:
         raise InvalidConfig(str(exc), "content") from None
     if envelope.data_key.id not in {k.id for k in policy.data_keys}:

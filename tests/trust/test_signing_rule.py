@@ -10,7 +10,7 @@ import pytest
 
 from confbus.runtime.sealing import SealingError, new_data_key, new_kek, open_sealed, seal
 from confbus.runtime.signing import SigningKey, Untrusted, check
-from confbus.schemas.sealing import content_sha256, decode_sealed, encode_sealed
+from confbus.schemas.sealing import content_sha256, encode_sealed, parse_sealed
 from confbus.schemas.signing import Signature, SigningRule, statement
 
 BYTES = b'{"pool": 16}\n'
@@ -91,7 +91,7 @@ def test_sealed_content_opens_only_with_its_kek_and_unaltered() -> None:
     other = new_kek("ops")
     with pytest.raises(SealingError, match="does not unwrap"):
         open_sealed(sealed, {other.id: other})
-    envelope = decode_sealed(sealed)
+    envelope = parse_sealed(sealed)
     # A header edited to claim other bytes fails authentication (the sha256 is in the AAD).
     lying = encode_sealed(msgspec.structs.replace(envelope, sha256="0" * 64))
     with pytest.raises(SealingError, match="does not authenticate"):
