@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "confbus.cli.commands.rollback",
     "confbus.cli.commands.rollout",
     "confbus.cli.commands.console",
+    "confbus.cli.commands.timetravel",
 )
 
 
