@@ -25,7 +25,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from confbus.cli.client import Client, check_namespace
+from confbus.cli.client import Client, Moment, check_namespace
 from confbus.cli.fleetview import FleetAt, FleetDiff, Why, diff, fleet_at, why
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
 from confbus.runtime.kvlist import kv_keys
@@ -44,7 +44,6 @@ from confbus.schemas.streams import CFG_CHECKPOINTS, CFG_EVENTS
 
 log = logging.getLogger("confbus.timeline")
 
-Moment = int | datetime | timedelta  # a stream sequence, a time, or how long ago
 _LAST_NATS_TIME = datetime(2262, 1, 1, tzinfo=UTC)
 # Checkpoints tried before folding from the stream's start instead.
 MAX_CHECKPOINT_TRIES = 4
@@ -136,11 +135,14 @@ async def reconstruct(
         rec = Reconstruction(await _empty(client, namespace, edges), skipped_checkpoints=skipped)
     state = rec.state
     if state.seq < seq:
-        async for item in client.events(subjects.events_of(namespace), from_seq=state.seq + 1):
-            if item.seq > seq:
-                break
-            fold(state, item.seq, item.time, item.event)
-            rec.events_read += 1
+        # aclosing: leaving the loop early must end the subscription now, not at collection.
+        events = client.events(subjects.events_of(namespace), from_seq=state.seq + 1)
+        async with contextlib.aclosing(events):
+            async for item in events:
+                if item.seq > seq:
+                    break
+                fold(state, item.seq, item.time, item.event)
+                rec.events_read += 1
     # Nothing of the namespace between its last event and the moment: the state is as of then.
     state.seq = max(state.seq, seq)
     return rec

@@ -29,6 +29,7 @@ ORDER = (
     "model_2pc",
     "linearizability_sqlite",
     "linearizability_etcd",
+    "timetravel",
 )
 TIERS = {"ci": 0, "slow": 1, "bug": 2}
 # Scenarios that expose a known, reported bug of the system: shown, flagged, and left out of
@@ -140,6 +141,15 @@ NOTE_KEYS = (
     "search_steps",
     "leader_kills",
     "new_leader_max_s",
+    "samples",
+    "node_states_compared",
+    "samples_by_time",
+    "from_checkpoint",
+    "kills",
+    "catch_ups",
+    "superseded",
+    "failed_rollouts",
+    "rollbacks",
 )
 
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from confbus.cli import timeline
-from confbus.cli.client import Client
+from confbus.cli.client import Client, Moment
 from confbus.cli.commands.events import parse_since
 from confbus.cli.exitcodes import OK
 from confbus.cli.fleetview import FleetAt, FleetDiff, NodeAt, Why, WhyStep
@@ -69,7 +69,7 @@ def add_at(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def parse_moment(text: str) -> timeline.Moment:
+def parse_moment(text: str) -> Moment:
     if text.strip().isdigit():
         return int(text)
     return parse_since(text)
