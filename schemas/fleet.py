@@ -102,6 +102,9 @@ class TxnFact(msgspec.Struct, kw_only=True):
     catchup_node: str | None = None
     catchup_kind: str | None = None
     catchup_seq: int | None = None
+    rollback_id: str | None = None
+    batch: int | None = None
+    batch_seq: int | None = None
 
 
 class WaveFact(msgspec.Struct, kw_only=True):

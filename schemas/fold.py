@@ -345,6 +345,9 @@ def _rb_started(state: FleetState, seq: int, at: datetime | None, ev: RollbackSt
 
 def _rb_batch(state: FleetState, seq: int, at: datetime | None, ev: RollbackBatch) -> None:
     rb = _rollback(state, ev.rollback_id)
+    for txid in ev.txids:
+        txn = _txn(state, txid, rb.new_version or 0)
+        txn.rollback_id, txn.batch, txn.batch_seq = ev.rollback_id, ev.batch, seq
     if all(b.batch != ev.batch for b in rb.done):
         rb.done.append(
             BatchFact(batch=ev.batch, seq=seq, healthy_share=ev.healthy_share, reason=ev.reason)
@@ -413,6 +416,7 @@ def prune(state: FleetState) -> None:
             versions.add(pointer.version)
     versions |= {r.version for r in state.rollouts.values()}
     rollbacks = {rb.rollback_id for rb in state.rollbacks.values() if rb.new_version in versions}
+    rollbacks |= {t.rollback_id for t in state.txns.values() if t.rollback_id}
     if state.rollback:
         rollbacks.add(state.rollback)
     state.rollbacks = _keep(state.rollbacks, rollbacks, KEEP_ROLLBACKS)

@@ -245,18 +245,21 @@ def origin(state: FleetState, applied: AppliedFact, node: str) -> list[WhyStep]:
     if txn is not None:
         steps.append(_txn_step(txn))
     version = state.versions.get(applied.version)
-    rollback = _rollback_for(state, applied.version, node)
+    rollback = _rollback_for(state, applied.version, txn)
+    catchup = txn is not None and txn.catchup_seq is not None
     if txn is not None and txn.rollout_id is not None:
         rollout = state.rollouts.get(txn.rollout_id)
         steps.extend(_rollout_steps(txn, rollout))
-    elif txn is not None and txn.catchup_seq is not None:
+    elif txn is not None and catchup:
         steps.append(
             WhyStep(kind="catch-up", seq=txn.catchup_seq, at=None,
                     summary=f"catch-up ({txn.catchup_kind}) of {txn.catchup_node} to "
                     f"v{txn.version}: it was behind its target")
         )  # fmt: skip
     if rollback is not None:
-        steps.extend(_rollback_steps(state, rollback, node))
+        # A catch-up to a rollback's version was no batch of it; the rollback still explains
+        # the version.
+        steps.extend(_rollback_steps(rollback, node, txn, batch=not catchup))
     steps.append(_version_step(version, applied.version))
     if rollback is not None:
         steps.extend(_trigger_steps(state, rollback))
@@ -305,16 +308,24 @@ def _rollout_steps(txn: TxnFact, rollout: RolloutFact | None) -> list[WhyStep]:
     return steps
 
 
-def _rollback_for(state: FleetState, version: int, node: str) -> RollbackFact | None:
-    """The rollback that created ``version`` (a new version with old bytes, §6.5)."""
+def _rollback_for(state: FleetState, version: int, txn: TxnFact | None) -> RollbackFact | None:
+    """The rollback whose batch switched ``txn``, else the one that created ``version`` (a new
+    version with old bytes, §6.5)."""
+    if txn is not None and txn.rollback_id in state.rollbacks:
+        return state.rollbacks[txn.rollback_id]
     found = [rb for rb in state.rollbacks.values() if rb.new_version == version]
     return found[-1] if found else None
 
 
-def _rollback_steps(state: FleetState, rb: RollbackFact, node: str) -> list[WhyStep]:
+def _rollback_steps(
+    rb: RollbackFact, node: str, txn: TxnFact | None, *, batch: bool
+) -> list[WhyStep]:
     steps = []
-    index = next((i for i, b in enumerate(rb.batches) if node in b), None)
-    if index is not None:
+    if txn is not None and txn.rollback_id == rb.rollback_id:
+        index: int | None = txn.batch  # the batch event named this transaction
+    else:  # events of before rollback.batch named its transactions: by the planned nodes
+        index = next((i for i, b in enumerate(rb.batches) if node in b), None)
+    if batch and index is not None:
         done = next((b for b in rb.done if b.batch == index), None)
         health = ""
         if done is not None and done.healthy_share is not None:

@@ -95,6 +95,9 @@ async def test_why_a_rolled_back_node_names_the_alert_and_the_batch(stack: Stack
             if isinstance(e, RollbackBatch)
             for n in e.nodes
         }
+        # Each batch names its transactions, so why traces an apply to its batch exactly.
+        for e in (await seqs_of(client, RollbackBatch)).values():
+            assert isinstance(e, RollbackBatch) and e.txids, e
         answer = await client.why(NS, "n3")
 
     for node in NODES:

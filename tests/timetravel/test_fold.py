@@ -16,6 +16,7 @@ from confbus.cli.fleetview import diff, fleet_at, why
 from confbus.schemas.events import (
     Event,
     NodeApplied,
+    NodeCatchUp,
     RollbackBatch,
     RollbackStarted,
     RolloutBaked,
@@ -189,3 +190,25 @@ def test_what_the_stream_no_longer_holds_is_unknown_since_its_oldest_event() -> 
     )
     assert not view.complete
     assert "unknown since" in why(state, "n3").steps[0].summary
+
+
+def test_a_batch_is_found_by_its_transaction_and_a_catch_up_is_no_batch() -> None:
+    events = rollout_v1_then_bad_v2_rolled_back()
+    # The batch event names its transaction (rollback.batch.txids): n1 was switched by t3.
+    events[-1] = RollbackBatch(
+        namespace=NS, rollback_id="rb1", batch=0, nodes=["n1"], healthy_share=1.0, txids=["t3"]
+    )
+    # n2 was away: the distributor caught it up to the rollback's version later.
+    events += [
+        TxnCommitted(namespace=NS, txid="t4", version=3, epoch=2, participants=["n2"]),
+        NodeApplied(namespace=NS, node="n2", version=3, sha256=f"{1:064x}", txid="t4"),
+        NodeCatchUp(namespace=NS, node="n2", version=3, from_version=1, txid="t4"),
+    ]
+    state = fold_all(events)
+    n1 = why(state, "n1")
+    assert n1.steps[2].kind == "batch" and n1.steps[2].seq == len(events) - 3
+    n2 = why(state, "n2")
+    assert [s.kind for s in n2.steps] == [
+        "apply", "transaction", "catch-up", "rollback", "version", "alert", "verdict",
+    ]  # fmt: skip
+    assert "catch-up (switch) of n2 to v3" in n2.steps[2].summary
