@@ -20,7 +20,8 @@ What each event says:
   explain: each transaction learns the wave, catch-up or rollback that asked for it.
 
 The state stays bounded (docs/design.md §8.7): transactions, rollouts, rollbacks and versions
-no node's current state refers to are dropped, oldest first, beyond a few dozen.
+no node's current state refers to are dropped, oldest first, beyond a few dozen; a rollout that
+is no longer the namespace's current one keeps its waves' count, not their node lists.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ KEEP_TXNS = 256
 KEEP_ROLLOUTS = 64
 KEEP_ROLLBACKS = 32
 KEEP_VERSIONS = 128
+# Pruning walks every node: once per this many events, at the same events whoever folds (the
+# count is in the state), so a checkpoint changes nothing. What it keeps can exceed the numbers
+# above (every node may refer to its own old rollout), which is why it is not triggered by size.
+PRUNE_EVERY = 1024
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -109,12 +114,7 @@ def fold(state: FleetState, seq: int, at: datetime | None, event: AnyEvent | Non
     handler = _HANDLERS.get(type(event))
     if handler is not None:
         handler(state, seq, at, event)
-    if (
-        len(state.txns) > 2 * KEEP_TXNS
-        or len(state.rollouts) > 2 * KEEP_ROLLOUTS
-        or len(state.rollbacks) > 2 * KEEP_ROLLBACKS
-        or len(state.versions) > 2 * KEEP_VERSIONS
-    ):
+    if state.events % PRUNE_EVERY == 0:
         prune(state)
 
 
@@ -251,6 +251,12 @@ def _wave(rollout: RolloutFact, index: int) -> WaveFact:
 
 def _started(state: FleetState, seq: int, at: datetime | None, ev: RolloutStarted) -> None:
     r = _rollout(state, ev.rollout_id, ev.version)
+    previous = state.rollouts.get(state.rollout) if state.rollout else None
+    if previous is not None and previous is not r:
+        # History now: what remains to tell of it is how many waves and which one switched a
+        # transaction (in the transaction), not the 1,000 node names of each wave.
+        for wave in previous.waves:
+            wave.nodes = []
     if r.seq is None:
         r.seq, r.at, r.strategy, r.actor = seq, at, ev.strategy, ev.actor
         for i, nodes in enumerate(ev.waves):
