@@ -1,7 +1,7 @@
 """Time travel: ``status --at`` over a long audit log, beside the raw cost of reading it.
 
 A real nats-server; ``CFG_EVENTS`` filled with 1,000,000 events of one namespace of 1,000 nodes
-(the smoke run: 20,000 events, 100 nodes) — versions rolled out in 10 waves, aborted switches,
+(the smoke run: 10,000 events, 100 nodes) — versions rolled out in 10 waves, aborted switches,
 catch-ups, liveness changes and rollbacks (``benchmarks.fleetgen``), published in atomic
 batches; a real historian process folds them into checkpoints (``--every 2000``).
 
@@ -112,7 +112,7 @@ async def cursor_at(bus: Bus, last: int, timeout: float) -> float:
 
 
 async def run(ctx: Context) -> list[Figure]:
-    events, nodes = (20_000, 100) if ctx.smoke else (1_000_000, 1000)
+    events, nodes = (10_000, 100) if ctx.smoke else (1_000_000, 1000)
     server = ctx.start_nats()
     bus = await open_bus(server.url)
     try:
