@@ -393,7 +393,7 @@ async def scenario(
                 budget_s=budget_s,
             )
             fig.notes.update(await event_counts(client))
-            fig.notes.update(seed=seed, converged=str(converged), kills=run.ops["kill"])
+            fig.notes.update(seed=seed, converged=str(converged), agent_kills=run.ops["kill"])
             for why, count in run.retries.items():
                 fig.notes[f"not_taken_{why.replace(' ', '_')}"] = count
             await check(run, client, fig)
