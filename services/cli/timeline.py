@@ -95,18 +95,17 @@ async def moment_seq(client: Client, at: Moment, edges: StreamBounds) -> int:
         opt_start_time=start.isoformat(),  # type: ignore[arg-type]
         ack_policy=AckPolicy.NONE,
         filter_subject=subjects.EVENTS_ALL,
-        inactive_threshold=5.0,
+        # Never pulled from: the server deletes it after this long (a reader may not delete
+        # consumers, docs/security.md).
+        inactive_threshold=2.0,
         mem_storage=True,
     )
-    js = client.bus.js
     try:
         # A new consumer's "delivered" is the sequence before its first: the answer, with no
         # message read.
-        info = await js.add_consumer(CFG_EVENTS.name, config)
+        info = await client.bus.js.add_consumer(CFG_EVENTS.name, config)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
         raise Unavailable(f"JetStream is not answering: {exc!r}") from exc
-    with contextlib.suppress(nats.errors.Error):  # it also goes away by itself (inactive)
-        await js.delete_consumer(CFG_EVENTS.name, info.name)
     delivered = info.delivered.stream_seq if info.delivered else 0
     return min(delivered, edges.last_seq)
 
