@@ -39,11 +39,13 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from benchmarks.common import Context, Figure, Target, open_bus, stats
 from benchmarks.fleetgen import FleetGen
-from confbus.cli import timeline
-from confbus.cli.client import Client, Moment
-from confbus.cli.fleetview import fleet_at
+from benchmarks.processes import Context, open_bus
+from benchmarks.report import Figure, Target, stats
+from confbus.client import Client
+from confbus.client import _timeline as timeline
+from confbus.client._fleet import fleet_at
+from confbus.client._timeline import Moment
 from confbus.runtime.bus import Bus, Outgoing
 from confbus.runtime.events import event_subject
 from confbus.schemas import subjects

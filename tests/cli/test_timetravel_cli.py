@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.streams import CFG_EVENTS
 from tests.cli.procs import arun_confbus, closed_port
 from tests.timetravel.support import Truth, publish_log

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from confbus.cli.client import Client
+from confbus.client import Client
 from confbus.runtime.http import http_post
 from confbus.schemas import subjects
 from confbus.schemas.events import NodeApplied, RollbackBatch, RollbackCompleted, RollbackStarted

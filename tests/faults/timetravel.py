@@ -39,9 +39,9 @@ import anyio
 
 from confbus.agent.record import _parse as parse_slot  # read-only: no fsync, no write
 from confbus.agent.state import decode_state
-from confbus.cli import timeline
-from confbus.cli.client import Client
-from confbus.cli.fleetview import fleet_at
+from confbus.client import Client
+from confbus.client import _timeline as timeline
+from confbus.client._fleet import fleet_at
 from confbus.runtime.errors import ConfbusError
 from confbus.runtime.http import http_post
 from confbus.schemas import fold as fold_module
@@ -261,7 +261,7 @@ async def check(run: Run, client: Client, fig: Figures) -> None:
     mismatches: list[str] = []
     time_mismatches = timed = from_checkpoint = 0
     for k, s in enumerate(run.samples):
-        view = await timeline.status_at(client, NS, s.seq)
+        view = await client.status_at(NS, s.seq)
         from_checkpoint += view.checkpoint_seq > 0
         got = applied_on(view.nodes)
         for node, disk in s.disk.items():
@@ -269,7 +269,7 @@ async def check(run: Run, client: Client, fig: Figures) -> None:
                 mismatches.append(f"seq {s.seq} {node}: disk {disk}, status --at {got.get(node)}")
         if s.wall is not None and k % 4 == 0:
             timed += 1
-            by_time = await timeline.status_at(client, NS, s.wall)
+            by_time = await client.status_at(NS, s.wall)
             if by_time.seq != s.seq or applied_on(by_time.nodes) != got:
                 time_mismatches += 1
     for s in run.samples[:: max(1, len(run.samples) // 3)][:3]:  # and through the CLI itself

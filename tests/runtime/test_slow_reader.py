@@ -16,8 +16,8 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.streams import CFG_EVENTS
 
 pytestmark = pytest.mark.anyio

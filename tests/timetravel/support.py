@@ -10,12 +10,12 @@ from pathlib import Path
 import nats.js.errors
 
 from benchmarks.fleetgen import FleetGen
+from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus, Outgoing
 from confbus.runtime.events import event_subject
 from confbus.schemas.fleet import CURSOR_KEY, decode_cursor
 from confbus.schemas.streams import CFG_CHECKPOINTS, CFG_EVENTS
 from tests.helpers import eventually
-from tests.procs import Proc
 
 Applied = dict[str, tuple[int, str]]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from confbus.cli import timeline
-from confbus.cli.client import Client
-from confbus.cli.fleetview import fleet_at
+from confbus.client import Client
+from confbus.client import _timeline as timeline
+from confbus.client._fleet import fleet_at
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.runtime.http import http_get
 from confbus.runtime.kvlist import kv_forget, kv_keys
-from confbus.runtime.natsd import NatsServer
 from confbus.schemas.fleet import (
     checkpoint_key,
     checkpoint_seq,
@@ -36,7 +36,7 @@ async def answers(client: Client, seqs: list[int]) -> dict[int, bytes]:
     """status --at each seq, as JSON, without where it was reconstructed from."""
     out = {}
     for seq in seqs:
-        view = await timeline.status_at(client, "web", seq)
+        view = await client.status_at("web", seq)
         out[seq] = msgspec.json.encode(
             msgspec.structs.replace(view, checkpoint_seq=0, events_read=0)
         )
@@ -57,7 +57,7 @@ async def test_answers_start_from_checkpoints_and_match_the_truth(
     async with Client(nats_server.url) as client:
         for seq in [*sorted(rng.sample(range(1, last + 1), 60)), last]:
             for ns in SIZES:
-                view = await timeline.status_at(client, ns, seq)
+                view = await client.status_at(ns, seq)
                 assert applied_of(view) == truth.applied(ns, seq), (ns, seq)
                 assert view.seq == seq
                 # Bounded cost: never more than about twice --every events of the namespace.
@@ -67,7 +67,7 @@ async def test_answers_start_from_checkpoints_and_match_the_truth(
         for seq in rng.sample(range(1, last), 10):
             stored = await timeline.stored_time(client, seq)
             assert stored is not None
-            view = await timeline.status_at(client, "web", stored)
+            view = await client.status_at("web", stored)
             assert view.seq >= seq and applied_of(view) == truth.applied("web", view.seq)
 
 
@@ -165,11 +165,12 @@ async def test_the_historian_resumes_from_its_cursor_after_a_crash(
     finally:
         historian.stop()
     # It went on from its cursor: only the events published since were folded again.
+    assert historian.log_path is not None
     assert f'"from_seq": {first + 1}' in historian.log_path.read_text(), historian.log_tail()
     assert "confbus_historian_events_total 1000.0" in body.decode(), body.decode()
     last = (await bus.js.stream_info(CFG_EVENTS.name)).state.last_seq
     async with Client(nats_server.url) as client:
         for ns in ("web", "api", "new"):
             for seq in (first, first + 7, last - 3, last):
-                view = await timeline.status_at(client, ns, seq)
+                view = await client.status_at(ns, seq)
                 assert applied_of(view) == truth.applied(ns, seq), (ns, seq)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.fleetgen import FleetGen
-from confbus.cli.fleetview import diff, fleet_at, why
+from confbus.client._fleet import diff, fleet_at, why
 from confbus.schemas.events import (
     Event,
     NodeApplied,

@@ -24,11 +24,9 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from confbus.cli import timeline
-from confbus.cli.client import Client, Moment
 from confbus.cli.commands.events import parse_since
 from confbus.cli.exitcodes import OK
-from confbus.cli.fleetview import FleetAt, FleetDiff, NodeAt, Why, WhyStep
+from confbus.client import Client, FleetAt, FleetDiff, NodeAt, Why, WhyStep
 
 _json = msgspec.json.Encoder()
 
@@ -69,7 +67,7 @@ def add_at(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def parse_moment(text: str) -> Moment:
+def parse_moment(text: str) -> int | datetime | timedelta:
     if text.strip().isdigit():
         return int(text)
     return parse_since(text)
@@ -79,20 +77,20 @@ def parse_moment(text: str) -> Moment:
 
 
 async def run_status_at(args: argparse.Namespace, client: Client) -> int:
-    fleet = await timeline.status_at(client, args.namespace, args.at)
+    fleet = await client.status_at(args.namespace, args.at)
     _out(_json.encode(fleet).decode() if args.json else render_fleet(fleet))
     return OK
 
 
 async def run_why(args: argparse.Namespace, client: Client) -> int:
-    answer = await timeline.why_at(client, args.namespace, args.node, args.at)
+    answer = await client.why(args.namespace, args.node, args.at)
     _out(_json.encode(answer).decode() if args.json else render_why(answer))
     return OK
 
 
 async def run_diff(args: argparse.Namespace, client: Client) -> int:
     end = args.end if args.end is not None else timedelta(0)
-    result = await timeline.diff_fleet(client, args.namespace, args.start, end)
+    result = await client.diff_fleet(args.namespace, args.start, end)
     _out(_json.encode(result).decode() if args.json else render_diff(result))
     return OK
 

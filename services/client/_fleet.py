@@ -1,8 +1,8 @@
 """What ``status --at``, ``why`` and ``diff-fleet`` answer, computed from fleet states.
 
 Pure functions over ``confbus.schemas.fleet.FleetState`` (folded by ``confbus.schemas.fold``,
-read by ``confbus.cli.timeline``): no I/O, so the CLI, the Python client and a console show
-the same answer. Every step of an explanation carries the stream sequence of its event; what
+read by ``confbus.client._timeline``): no I/O, so the CLI, the Python client and the console
+show the same answer. Every step of an explanation carries the stream sequence of its event; what
 the stream does not hold is said to be unknown, with the time from which it knows nothing.
 """
 
@@ -27,6 +27,8 @@ Known = Literal["known", "none", "unknown"]
 
 
 class NodeAt(msgspec.Struct, frozen=True, kw_only=True):
+    """One node at a past moment (``FleetAt.nodes``)."""
+
     node: str
     # known: a node.applied says what its file held; none: it had applied nothing (the stream
     # holds the whole history); unknown: the stream no longer holds what it applied.
@@ -46,6 +48,8 @@ class NodeAt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RolloutAt(msgspec.Struct, frozen=True, kw_only=True):
+    """A rollout as it stood at a past moment."""
+
     rollout_id: str
     version: int
     strategy: str
@@ -57,6 +61,8 @@ class RolloutAt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FleetAt(msgspec.Struct, frozen=True, kw_only=True):
+    """The fleet of a namespace at a past moment (``Client.status_at``)."""
+
     namespace: str
     seq: int  # every event stored up to this sequence, and none after it
     at: datetime | None  # the moment asked for (or the stored time of ``seq``)
@@ -73,6 +79,8 @@ class FleetAt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WhyStep(msgspec.Struct, frozen=True, kw_only=True):
+    """One link of ``Why``: what happened, and the stream sequence of the event that says so."""
+
     kind: str  # apply | transaction | wave | rollout | catch-up | batch | rollback | alert |
     #            verdict | version | unknown
     seq: int | None  # the event that says so (None: the stream does not hold it)
@@ -81,6 +89,8 @@ class WhyStep(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Why(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a node runs its version (``Client.why``): the chain of events, newest first."""
+
     namespace: str
     node: str
     seq: int
@@ -90,6 +100,8 @@ class Why(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class NodeChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A node whose applied version changed between two moments (``FleetDiff``)."""
+
     node: str
     from_version: int | None
     to_version: int | None
@@ -101,6 +113,8 @@ class NodeChange(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FleetDiff(msgspec.Struct, frozen=True, kw_only=True):
+    """The fleet between two moments (``Client.diff_fleet``)."""
+
     namespace: str
     from_seq: int
     from_at: datetime | None

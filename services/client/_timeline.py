@@ -1,4 +1,5 @@
-"""Reading the fleet at a past moment from ``CFG_EVENTS`` (docs/design.md §8.10).
+"""The fleet at a past moment, from ``CFG_EVENTS`` (docs/design.md §8.10): ``Client.status_at``,
+``why`` and ``diff_fleet``.
 
 A moment is a stream sequence, a time (every event stored at or before it, to the
 microsecond) or a duration ago. ``reconstruct`` starts from the newest intact checkpoint at or
@@ -9,8 +10,7 @@ creation time), at the sequence its key names, and not older than the stream's f
 (events after it must all still be there): anything else is skipped with the reason, and
 costs only time.
 
-``status_at``, ``why_at`` and ``diff_fleet`` are what the CLI, the Python client and a console
-call; they return the Structs of ``confbus.cli.fleetview``.
+The answers are the Structs of ``confbus.client._fleet``, computed from the folded states.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from confbus.cli.client import Client, Moment, check_namespace
-from confbus.cli.fleetview import FleetAt, FleetDiff, Why, diff, fleet_at, why
+from confbus.client._connection import Connection
+from confbus.client._events import Events
+from confbus.client._fleet import FleetAt, FleetDiff, Why, diff, fleet_at, why
+from confbus.client._names import check_namespace
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
 from confbus.runtime.kvlist import kv_keys
 from confbus.schemas import subjects
@@ -46,7 +48,11 @@ from confbus.schemas.fold import fold, new_state
 from confbus.schemas.names import check_name
 from confbus.schemas.streams import CFG_CHECKPOINTS, CFG_EVENTS
 
-log = logging.getLogger("confbus.timeline")
+log = logging.getLogger("confbus.client")
+
+# A moment of the past: a stream sequence, a time (every event stored at or before it), or how
+# long ago.
+Moment = int | datetime | timedelta
 
 _LAST_NATS_TIME = datetime(2262, 1, 1, tzinfo=UTC)
 # Checkpoints tried before folding from the stream's start instead.
@@ -68,7 +74,7 @@ class Reconstruction:
     skipped_checkpoints: list[str] = field(default_factory=list)  # "key: why not used"
 
 
-async def bounds(client: Client) -> StreamBounds:
+async def bounds(client: Connection) -> StreamBounds:
     try:
         info = await client.bus.js.stream_info(CFG_EVENTS.name)
     except nats.js.errors.NotFoundError as exc:
@@ -79,7 +85,7 @@ async def bounds(client: Client) -> StreamBounds:
     return StreamBounds(info.state.first_seq, info.state.last_seq, created)
 
 
-async def moment_seq(client: Client, at: Moment, edges: StreamBounds) -> int:
+async def moment_seq(client: Connection, at: Moment, edges: StreamBounds) -> int:
     """The stream sequence of a moment: every event up to it was stored at or before it."""
     if isinstance(at, int):
         if at < 0:
@@ -110,7 +116,7 @@ async def moment_seq(client: Client, at: Moment, edges: StreamBounds) -> int:
     return min(delivered, edges.last_seq)
 
 
-async def stored_time(client: Client, seq: int) -> datetime | None:
+async def stored_time(client: Connection, seq: int) -> datetime | None:
     if seq < 1:
         return None
     try:
@@ -120,7 +126,7 @@ async def stored_time(client: Client, seq: int) -> datetime | None:
 
 
 async def reconstruct(
-    client: Client, namespace: str, seq: int, edges: StreamBounds, *, checkpoints: bool = True
+    client: Connection, namespace: str, seq: int, edges: StreamBounds, *, checkpoints: bool = True
 ) -> Reconstruction:
     """The namespace's fleet after every event up to ``seq``."""
     check_name(namespace, "namespace")
@@ -144,7 +150,9 @@ async def reconstruct(
     return rec
 
 
-async def fold_range(client: Client, state: FleetState, upto: int, stall_s: float = 10.0) -> int:
+async def fold_range(
+    client: Connection, state: FleetState, upto: int, stall_s: float = 10.0
+) -> int:
     """Fold the namespace's events after ``state.seq`` up to ``upto``; returns how many.
 
     An ordered consumer whose callback folds each event as it arrives: no task, no queue per
@@ -201,14 +209,14 @@ async def fold_range(client: Client, state: FleetState, upto: int, stall_s: floa
             await sub.unsubscribe()
 
 
-async def _empty(client: Client, namespace: str, edges: StreamBounds) -> FleetState:
+async def _empty(client: Connection, namespace: str, edges: StreamBounds) -> FleetState:
     first = max(1, edges.first_seq)
     origin_at = await stored_time(client, first) if first > 1 else None
     return new_state(namespace, origin_seq=first, origin_at=origin_at, stream_created=edges.created)
 
 
 async def _from_checkpoint(
-    client: Client, namespace: str, seq: int, edges: StreamBounds, skipped: list[str]
+    client: Connection, namespace: str, seq: int, edges: StreamBounds, skipped: list[str]
 ) -> FleetState | None:
     """The newest usable checkpoint at or before ``seq``; what was passed over goes to
     ``skipped`` ("key: why")."""
@@ -223,7 +231,7 @@ async def _from_checkpoint(
     return None
 
 
-async def checkpoint_keys(client: Client, namespace: str, seq: int) -> list[str]:
+async def checkpoint_keys(client: Connection, namespace: str, seq: int) -> list[str]:
     """The namespace's checkpoint keys at or before ``seq``, newest first."""
     found = []
     for key in await kv_keys(client.bus, CFG_CHECKPOINTS.name, checkpoint_keys_of(namespace)):
@@ -234,7 +242,7 @@ async def checkpoint_keys(client: Client, namespace: str, seq: int) -> list[str]
 
 
 async def load_checkpoint(
-    client: Client, key: str, namespace: str, edges: StreamBounds
+    client: Connection, key: str, namespace: str, edges: StreamBounds
 ) -> FleetState:
     """The checkpoint at ``key`` if it may be used here; ``CheckpointCorrupt`` says why not."""
     kv = await client.bus.kv(CFG_CHECKPOINTS.name)
@@ -251,49 +259,56 @@ async def load_checkpoint(
     )
 
 
-# -- the three questions ------------------------------------------------------------------------
+# -- the three questions --------------------------------------------------------------------------
 
 
-async def status_at(client: Client, namespace: str, at: Moment) -> FleetAt:
-    ns = check_namespace(namespace)
-    edges = await bounds(client)
-    seq = await moment_seq(client, at, edges)
-    rec = await reconstruct(client, ns, seq, edges)
-    return fleet_at(
-        rec.state,
-        at=await _shown_time(client, at, seq),
-        checkpoint_seq=rec.checkpoint_seq,
-        events_read=rec.events_read,
-    )
+class Timeline(Events):
+    """The client's reading of the past (docs/design.md §8.10)."""
+
+    async def status_at(self, namespace: str, at: Moment) -> FleetAt:
+        """The fleet as it was at ``at`` (a stream sequence, a time, or a duration ago): per
+        node its applied version and sha256, target, liveness and wave; the namespace's
+        production, last known good and rollout. ``NotFound`` when the stream no longer holds
+        that moment."""
+        ns = check_namespace(namespace)
+        edges = await bounds(self)
+        seq = await moment_seq(self, at, edges)
+        rec = await reconstruct(self, ns, seq, edges)
+        return fleet_at(
+            rec.state,
+            at=await _shown_time(self, at, seq),
+            checkpoint_seq=rec.checkpoint_seq,
+            events_read=rec.events_read,
+        )
+
+    async def why(self, namespace: str, node: str, at: Moment | None = None) -> Why:
+        """The chain of events that put ``node`` on its version (now, or at ``at``), newest
+        first, each step with its event's stream sequence."""
+        ns = check_namespace(namespace)
+        check_name(node, "node id")
+        edges = await bounds(self)
+        seq = await moment_seq(self, edges.last_seq if at is None else at, edges)
+        rec = await reconstruct(self, ns, seq, edges)
+        return why(rec.state, node, at=await _shown_time(self, at, seq))
+
+    async def diff_fleet(self, namespace: str, before: Moment, after: Moment) -> FleetDiff:
+        """The nodes whose applied version changed between two moments, and what changed it."""
+        ns = check_namespace(namespace)
+        edges = await bounds(self)
+        lo = await moment_seq(self, before, edges)
+        hi = await moment_seq(self, after, edges)
+        if hi < lo:
+            raise InvalidInput(f"--to (seq {hi}) is before --from (seq {lo})")
+        a = (await reconstruct(self, ns, lo, edges)).state
+        b = (await reconstruct(self, ns, hi, edges)).state
+        return msgspec.structs.replace(
+            diff(a, b),
+            from_at=await _shown_time(self, before, lo),
+            to_at=await _shown_time(self, after, hi),
+        )
 
 
-async def why_at(client: Client, namespace: str, node: str, at: Moment | None = None) -> Why:
-    ns = check_namespace(namespace)
-    check_name(node, "node id")
-    edges = await bounds(client)
-    seq = await moment_seq(client, edges.last_seq if at is None else at, edges)
-    rec = await reconstruct(client, ns, seq, edges)
-    return why(rec.state, node, at=await _shown_time(client, at, seq))
-
-
-async def diff_fleet(client: Client, namespace: str, before: Moment, after: Moment) -> FleetDiff:
-    ns = check_namespace(namespace)
-    edges = await bounds(client)
-    lo = await moment_seq(client, before, edges)
-    hi = await moment_seq(client, after, edges)
-    if hi < lo:
-        raise InvalidInput(f"--to (seq {hi}) is before --from (seq {lo})")
-    a = (await reconstruct(client, ns, lo, edges)).state
-    b = (await reconstruct(client, ns, hi, edges)).state
-    result = diff(a, b)
-    return msgspec.structs.replace(
-        result,
-        from_at=await _shown_time(client, before, lo),
-        to_at=await _shown_time(client, after, hi),
-    )
-
-
-async def _shown_time(client: Client, at: Moment | None, seq: int) -> datetime | None:
+async def _shown_time(client: Connection, at: Moment | None, seq: int) -> datetime | None:
     """The moment as asked (a time), else the stored time of its sequence."""
     if isinstance(at, datetime):
         return at if at.tzinfo is not None else at.astimezone()
