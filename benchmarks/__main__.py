@@ -82,6 +82,11 @@ BENCHMARKS: dict[str, Entry] = {
     "console": Entry(
         "benchmarks.console", "console pages: 10k-version history, 1k-node fleet", 150.0
     ),
+    "timetravel": Entry(
+        "benchmarks.timetravel",
+        "status --at over 1,000,000 events of 1,000 nodes, beside reading them raw",
+        900.0,
+    ),
 }
 # ``growth`` is the switch's figures drawn as a plot: asking for it runs the switch.
 ALIASES = {"growth": "switch"}

@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "confbus.cli.commands.rollout",
     "confbus.cli.commands.console",
     "confbus.cli.commands.keys",
+    "confbus.cli.commands.timetravel",
 )
 
 

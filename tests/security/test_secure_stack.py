@@ -192,6 +192,11 @@ def test_ci_publishes_and_an_agent_with_its_own_credentials_applies_it(
     history = stack.confbus("alice", "history", PLAIN_NS)
     assert history.returncode == 0, history.stderr
     assert " ci-pay " in history.stdout  # the author is the NATS user, not the OS user
+    # An operator reads the past (checkpoints, events, a time's sequence) within its rights.
+    for args in (("status", PLAIN_NS, "--at", "0s", "--json"), ("why", PLAIN_NS, "n1")):
+        past = stack.confbus("alice", *args)
+        assert past.returncode == 0, past.stderr
+        assert "v1" in past.stdout or '"version":1' in past.stdout, past.stdout
 
     # ci-pay may not publish elsewhere, nor claim to be someone else.
     claimed = stack.confbus("ci-pay", "publish", PLAIN_NS, str(config), "--author", "alice")
