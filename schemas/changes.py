@@ -16,6 +16,7 @@ import msgspec
 
 from confbus.schemas.base import Message
 from confbus.schemas.names import MAX_INT, ChangeId, Format, Label, Namespace, VersionNumber
+from confbus.schemas.signing import Signature
 
 
 class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):
@@ -30,6 +31,9 @@ class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):
     rollback_of: VersionNumber | None = None
     strategy: str | None = None  # overrides the policy's rollout strategy for this version
     selector: dict[Label, Label] | None = None
+    # Authors' signatures (for version ``base + 1``); a rollback's carry the restored version's
+    # and the rollbacker's (confbus.schemas.signing).
+    signatures: list[Signature] = []
 
 
 ChangeMessage = ChangeProposed

@@ -282,6 +282,9 @@ class RollbackBatch(Event, tag="rollback.batch", kw_only=True, frozen=True):
     batch: int
     nodes: list[NodeId]
     healthy_share: float | None = None
+    # The batch's transactions, so that an apply can be traced to its batch (docs/design.md
+    # §8.10); empty in events of before 2026-12-07, whose batch is found by its nodes.
+    txids: list[TxId] = []
 
 
 class RollbackCompleted(Event, tag="rollback.completed", kw_only=True, frozen=True):

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import msgspec
 
 from confbus.schemas.names import Format, Label, Namespace, NodeId
+from confbus.schemas.sealing import WrappedDataKey
+from confbus.schemas.signing import SigningRule
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = MIB
@@ -124,6 +126,12 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     scrape_targets: list[ScrapeTarget] = []  # endpoints the health-watcher scrapes itself
     prometheus: PrometheusSource | None = None  # for rules with a ``query``
     mail: MailTarget | None = None  # rollout and rollback outcomes, besides ``webhooks``
+    # Who must sign a version before the store takes it (confbus.schemas.signing). Agents hold
+    # their own rule, from their trust roots file: this one is the store's early refusal.
+    signing: SigningRule | None = None
+    # A secret namespace's data keys, wrapped by the operator's KEK (newest last: new versions
+    # are sealed with it; older ones still open the versions sealed before a rotation).
+    data_keys: list[WrappedDataKey] = []
 
 
 _canonical = msgspec.json.Encoder(order="sorted")

@@ -16,6 +16,7 @@ from confbus.schemas.api.operation import Operation, seconds
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.names import Namespace, VersionNumber
 from confbus.schemas.policy import Policy
+from confbus.schemas.signing import Signature
 from confbus.schemas.versions import VersionInfo
 
 SERVICE = "store"
@@ -40,6 +41,7 @@ class GetRequest(msgspec.Struct, frozen=True, kw_only=True):
 class VersionReply(msgspec.Struct, frozen=True, kw_only=True):
     info: VersionInfo
     content: bytes | None = None
+    signatures: list[Signature] = []  # as stored with the version (given with the content)
 
 
 class HistoryRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,6 +160,7 @@ class ExportedVersion(msgspec.Struct, frozen=True, kw_only=True):
     content: bytes
     strategy: str | None = None
     selector: dict[str, str] | None = None
+    signatures: list[Signature] = []
 
 
 class ExportRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -36,6 +36,8 @@ COMMAND_MODULES = (
     "confbus.cli.commands.rollback",
     "confbus.cli.commands.rollout",
     "confbus.cli.commands.console",
+    "confbus.cli.commands.keys",
+    "confbus.cli.commands.timetravel",
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import anyio.abc
@@ -15,8 +15,11 @@ from nats.aio.msg import Msg
 from confbus.client._errors import ChangeRejected
 from confbus.client._events import Events
 from confbus.client._names import check_change_id, check_namespace
+from confbus.client._trusted import seal_and_sign
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
+from confbus.runtime.sealing import Kek
+from confbus.runtime.signing import SigningKey
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
 from confbus.schemas.base import DECODE_ERRORS
@@ -25,6 +28,7 @@ from confbus.schemas.changes import msg_id as change_msg_id
 from confbus.schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
 from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
+from confbus.schemas.sealing import content_sha256
 from confbus.schemas.streams import MAX_PAYLOAD
 from confbus.schemas.versions import VersionInfo
 
@@ -49,6 +53,8 @@ class Store(Events):
         strategy: str | None = None,
         selector: dict[str, str] | None = None,
         timeout: float = 30.0,
+        signing_keys: Sequence[SigningKey] = (),
+        keks: Mapping[str, Kek] | None = None,
     ) -> VersionInfo:
         """Propose ``content`` as the next version of ``namespace`` and wait for the outcome.
 
@@ -75,6 +81,7 @@ class Store(Events):
             strategy=strategy,
             selector=selector,
         )
+        change = await self.seal_and_sign(change, signing_keys, keks)
 
         async def send(judged_under: str) -> bool:
             ack = await self.bus.publish(
@@ -99,6 +106,23 @@ class Store(Events):
 
         return await self.submit(change, send, timeout)
 
+    async def seal_and_sign(
+        self,
+        change: ChangeProposed,
+        signing_keys: Sequence[SigningKey] = (),
+        keks: Mapping[str, Kek] | None = None,
+    ) -> ChangeProposed:
+        """``change`` sealed with ``keks`` (a secret namespace with a data key) and signed by
+        each of ``signing_keys`` for the version it will be (``base + 1``; ``base`` defaults to
+        the newest version now)."""
+
+        async def latest() -> VersionInfo:
+            return (await self.get(change.namespace, "latest", content=False)).info
+
+        return await seal_and_sign(
+            change, lambda: self.policy(change.namespace), latest, signing_keys, keks
+        )
+
     async def submit(
         self, change: ChangeProposed, send: Callable[[str], Awaitable[bool]], timeout: float
     ) -> VersionInfo:
@@ -116,7 +140,7 @@ class Store(Events):
                 f"base64): more than the bus carries ({MAX_PAYLOAD})",
                 where="content",
             )
-        sha = hashlib.sha256(change.content).hexdigest()
+        sha = content_sha256(change.content)
         send_event, receive = anyio.create_memory_object_stream[AnyEvent](100)
 
         async def on_event(msg: Msg) -> None:

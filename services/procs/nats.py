@@ -20,6 +20,8 @@ from pathlib import Path
 from confbus.procs import spawn
 from confbus.schemas.streams import MAX_PAYLOAD
 
+MAX_PENDING = 64 * 1024 * 1024
+
 _LISTEN_RE = re.compile(r"Listening for client connections on ([0-9.]+):(\d+)")
 
 
@@ -74,8 +76,12 @@ class NatsServer(spawn.Server):
         lines = [
             f'listen: "{self.host}:{self.port}"',
             f"max_payload: {MAX_PAYLOAD}",
-            # A 4 MiB message plus headers must fit in one client buffer.
-            f"max_pending: {4 * MAX_PAYLOAD}",
+            # What the server buffers for one client before it cuts it off as a slow consumer.
+            # JetStream lets a flow-controlled push consumer (every ordered consumer: replay,
+            # agents catching up, the historian) run 32 MiB ahead of its client; a smaller
+            # buffer cuts a client that reads a long backlog while busy. 64 MiB is the NATS
+            # default, and holds a 4 MiB message many times over.
+            f"max_pending: {MAX_PENDING}",
             "jetstream {",
             f'  store_dir: "{store}"',
             "  sync_interval: always",

@@ -117,7 +117,7 @@ class StoreApi:
         if not isinstance(want, int):
             want = (await self.store.resolve(req.namespace, req.ref)).version
         sv = await self.store.get(req.namespace, want)
-        return api.VersionReply(info=sv.info, content=sv.content)
+        return api.VersionReply(info=sv.info, content=sv.content, signatures=sv.signatures)
 
     async def history(self, req: api.HistoryRequest) -> api.HistoryReply:
         limit = max(1, min(req.limit, MAX_HISTORY_PAGE))
@@ -436,7 +436,11 @@ class StoreApi:
             namespace=req.namespace,
             versions=[
                 StoredVersion(
-                    info=v.info, content=v.content, strategy=v.strategy, selector=v.selector
+                    info=v.info,
+                    content=v.content,
+                    strategy=v.strategy,
+                    selector=v.selector,
+                    signatures=v.signatures,
                 )
                 for v in upload.versions
             ],

@@ -47,6 +47,7 @@ from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import Event, VersionCreated, VersionRejected
 from confbus.schemas.names import ChangeId, Namespace
 from confbus.schemas.policy import Policy, policy_digest
+from confbus.schemas.sealing import content_sha256
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import InvalidConfig, NotFound, StoreError, VersionConflict
 from confbus.version_store.eventlog import Announced, scan
@@ -54,7 +55,8 @@ from confbus.version_store.metrics import StoreMetrics
 from confbus.version_store.policycheck import check_strategy
 from confbus.version_store.rejections import Rejection, Rejections
 from confbus.version_store.storage import AppendResult, NewVersion, Store
-from confbus.version_store.storage.base import NewStatus, sha256_hex
+from confbus.version_store.storage.base import NewStatus
+from confbus.version_store.trustcheck import check_sealing, check_signatures
 from confbus.version_store.validate import validate
 
 log = logging.getLogger("confbus.version_store")
@@ -126,7 +128,7 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
             raise InvalidConfig(
                 f"version {target.version} is {fmt}, this rollback says {change.format}", "format"
             )
-        if sha256_hex(change.content) != target.sha256:
+        if content_sha256(change.content) != target.sha256:
             raise InvalidConfig(
                 f"a rollback must carry the exact bytes of version {target.version} "
                 f"(sha256 {target.sha256[:12]}…); these differ",
@@ -134,6 +136,7 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
             )
         if target.status in _APPROVED_BEFORE:
             status = "approved"  # approved once; restoring it needs no second approval
+        check_sealing(change, policy, fmt)
     else:
         fmt = change.format or policy.format
         if fmt != policy.format:
@@ -142,7 +145,10 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
                 f"{fmt} — set the format first: confbus policy {ns} --format {fmt}",
                 "format",
             )
-        validate(change.content, fmt, policy)
+        # Sealed bytes cannot be validated here: every agent validates the plaintext it opens.
+        if not check_sealing(change, policy, fmt):
+            validate(change.content, fmt, policy)
+    check_signatures(change, policy, fmt)
     if status == "draft" and not change.author:
         raise InvalidConfig(
             f"namespace {ns!r} requires approval by someone other than the author, so a change "
@@ -161,6 +167,7 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
         status=status,
         strategy=change.strategy,
         selector=change.selector,
+        signatures=change.signatures,
     )
 
 
@@ -246,7 +253,7 @@ def _rejection(
         change.namespace,
         change.change_id,
         change.author,
-        sha256_hex(change.content),
+        content_sha256(change.content),
         reason,
         where,
         policy,

@@ -29,6 +29,7 @@ ORDER = (
     "model_2pc",
     "linearizability_sqlite",
     "linearizability_etcd",
+    "timetravel",
 )
 TIERS = {"ci": 0, "slow": 1, "bug": 2}
 # Scenarios that expose a known, reported bug of the system: shown, flagged, and left out of
@@ -140,6 +141,15 @@ NOTE_KEYS = (
     "search_steps",
     "leader_kills",
     "new_leader_max_s",
+    "samples",
+    "node_states_compared",
+    "samples_by_time",
+    "from_checkpoint",
+    "agent_kills",
+    "catch_ups",
+    "superseded",
+    "failed_rollouts",
+    "rollbacks",
 )
 
 
@@ -178,6 +188,26 @@ FOOTER = """\
    After a NATS stream-leader kill, publishing resumed within ~8 s, but accepted changes
    waited much longer to be stored (`accept_to_stored_max_s` vs `kill_to_publishing_max_s` in
    the leader-kill notes): the version-store's pull consumer is slow to come back.
+5. **A busy reader of a long backlog was cut off — fixed.** JetStream lets a flow-controlled
+   push consumer (every ordered consumer: `confbus replay`, an agent catching up on `CFG_TXN`,
+   the historian, `status --at`) run 32 MiB ahead of its client, but nats-server was configured
+   to buffer only 16 MiB per client: a client reading a long backlog while busy was disconnected
+   as a slow consumer and its consumer reset, again and again (`benchmarks/timetravel.py` at a
+   million events). `max_pending` is now 64 MiB, the NATS default, in `confbus up` and
+   `compose/` (`tests/runtime/test_slow_reader.py` fails at 16 MiB).
+
+## Time travel
+
+`timetravel` (tests/faults/timetravel.py) compares `confbus status --at` with what was on every
+agent's disk at each sampled moment, while real agents go through publishes, refused versions
+(aborted switches), SIGKILLs and restarts (catch-ups), supersedes and rollbacks; *divergent* is
+the number of (sample, node) pairs where they differ, *time_mismatches* the samples where `--at
+TIME` gave another answer than `--at SEQ`. A sample's moment is a stream sequence read before and
+after every disk, with no `node.applied` stored in between, and a node is compared only when its
+own state record says its apply was announced (docs/design.md §8.10). *fail* counts operations
+refused or not done in their time (a rollback while another runs, or with nothing to go back
+to): workload, not safety. Its deliberate bug is a fold that takes a committed transaction for
+its participants' applies.
 
 ## Scope
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import stat
 import sys
@@ -31,6 +30,7 @@ from confbus.client import Client, NamespaceBackup, check_namespace
 from confbus.runtime.errors import InvalidInput
 from confbus.schemas.api.store import ImportReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.sealing import content_sha256
 
 BACKUP_KIND = "confbus-backup"
 BACKUP_VERSION = 1
@@ -138,7 +138,7 @@ def verify(b: NamespaceBackup) -> None:
         where = f"{b.namespace} v{info.version}"
         if info.namespace != b.namespace or info.version != i:
             raise CliError(f"{where}: expected {b.namespace} v{i} at position {i}", FAILED)
-        actual = hashlib.sha256(v.content).hexdigest()
+        actual = content_sha256(v.content)
         if actual != info.sha256 or len(v.content) != info.size:
             raise CliError(
                 f"{where}: content does not match its recorded hash (sha256 {actual[:12]}…, "

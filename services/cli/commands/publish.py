@@ -32,6 +32,7 @@ from confbus.cli.commands.args import (
     positive_seconds,
     read_file,
 )
+from confbus.cli.commands.keys import add_trust_args, kek_files, signing_keys
 from confbus.cli.commands.publishwait import wait_for_production
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import out, out_bytes
@@ -114,6 +115,7 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "--wait, for the end of the rollout (default 600)",
     )
     p.add_argument("--json", action="store_true", help="print the version (or rejection) as JSON")
+    add_trust_args(p)
 
 
 # -- publish and dry run -----------------------------------------------------------------------
@@ -161,6 +163,7 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
     content = read_file(args.file)
     if nats_identity(args) is not None:
         return await publish_as(client, author, args, content)
+    keys, keks = signing_keys(args), kek_files(args)
     return await client.publish(
         args.namespace,
         content,
@@ -172,6 +175,8 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
         strategy=args.strategy,
         selector=selector_of(args),
         timeout=args.timeout,
+        signing_keys=keys,
+        keks=keks,
     )
 
 
@@ -194,6 +199,7 @@ async def publish_as(
         strategy=args.strategy,
         selector=selector_of(args),
     )
+    change = await client.seal_and_sign(change, signing_keys(args), kek_files(args))
     return await client.propose_as(user, change, args.timeout)
 
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from confbus.cli.commands import timetravel
 from confbus.cli.commands.args import identity
 from confbus.cli.exitcodes import FAILED, OK, CliError
 from confbus.client import Client, check_namespace
@@ -63,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     s.add_argument("namespace", metavar="NS")
     s.add_argument("--json", action="store_true")
+    timetravel.add_at(s, "the fleet as it was then, from the audit log")
     s.set_defaults(func=run_status)
 
     f = sub.add_parser(
@@ -102,6 +104,8 @@ async def run_control(args: argparse.Namespace, client: Client) -> int:
 
 
 async def run_status(args: argparse.Namespace, client: Client) -> int:
+    if args.at is not None:
+        return await timetravel.run_status_at(args, client)
     reply = await client.fleet_status(args.namespace)
     if args.json:
         _out(_json.encode(reply).decode())

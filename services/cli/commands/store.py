@@ -23,6 +23,7 @@ from confbus.cli.commands.args import (
     nats_identity,
     positive_int,
 )
+from confbus.cli.commands.keys import add_kek_arg, kek_files, opened
 from confbus.cli.commands.publish import status_text
 from confbus.cli.exitcodes import OK
 from confbus.cli.output import err, out, out_bytes
@@ -58,6 +59,7 @@ def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p.add_argument("--info", action="store_true", help="print the version's metadata, not bytes")
     p.add_argument("--json", action="store_true", help="with --info: as JSON")
+    add_kek_arg(p, "open a sealed secret version with this key-encryption key")
     p.set_defaults(func=run_show)
 
     p = sub.add_parser("diff", help="unified diff between two versions of NS")
@@ -127,8 +129,8 @@ async def run_show(args: argparse.Namespace, client: Client) -> int:
             for key, value in msgspec.structs.asdict(reply.info).items():
                 out(f"{key}: {value}")
         return OK
-    # The exact bytes, untouched: no decoding, no newline added.
-    out_bytes(reply.content or b"")
+    # The exact bytes, untouched: no decoding, no newline added (a sealed secret's plaintext).
+    out_bytes(opened(reply.content or b"", kek_files(args)))
     return OK
 
 
