@@ -8,7 +8,7 @@ Every fact keeps the stream sequence of the event that established it, so an ans
 its evidence.
 
 A checkpoint is a ``FleetState`` framed so that a reader can tell a damaged one from a good one
-(``encode_checkpoint`` / ``decode_checkpoint``): ``confbus-fleet 1 <sha256 of the body>\\n``
+(``encode_checkpoint`` / ``parse_checkpoint``): ``confbus-fleet 1 <sha256 of the body>\\n``
 then the zlib-compressed JSON. A checkpoint only saves time: a reader that finds it damaged,
 misplaced (another namespace, sequence or stream) or missing folds from an older one, or from
 the start of the stream, and gets the same answer.
@@ -241,7 +241,7 @@ def encode_checkpoint(state: FleetState) -> bytes:
     return _MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
 
-def decode_checkpoint(data: bytes) -> FleetState:
+def parse_checkpoint(data: bytes) -> FleetState:
     """The state a checkpoint holds; ``CheckpointCorrupt`` if it is not intact."""
     if not data.startswith(_MAGIC):
         raise CheckpointCorrupt("not a fleet checkpoint (bad header)")

@@ -42,7 +42,7 @@ from confbus.schemas.fleet import (
     check_checkpoint,
     checkpoint_keys_of,
     checkpoint_seq,
-    decode_checkpoint,
+    parse_checkpoint,
 )
 from confbus.schemas.fold import fold, new_state
 from confbus.schemas.names import check_name
@@ -251,7 +251,7 @@ async def load_checkpoint(
     except nats.js.errors.KeyNotFoundError:
         raise CheckpointCorrupt("gone (deleted or expired)") from None
     return check_checkpoint(
-        decode_checkpoint(entry.value or b""),
+        parse_checkpoint(entry.value or b""),
         key=key,
         namespace=namespace,
         stream_created=edges.created,

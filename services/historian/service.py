@@ -35,7 +35,7 @@ from confbus.schemas.fleet import (
     checkpoint_key,
     checkpoint_keys_of,
     checkpoint_seq,
-    decode_checkpoint,
+    parse_checkpoint,
     decode_cursor,
     encode_checkpoint,
 )
@@ -180,7 +180,7 @@ class Historian:
             try:
                 entry = await self.kv.get(key)
                 state = check_checkpoint(
-                    decode_checkpoint(entry.value or b""),
+                    parse_checkpoint(entry.value or b""),
                     key=key,
                     namespace=namespace,
                     stream_created=self.created,

@@ -21,7 +21,7 @@ from confbus.runtime.kvlist import kv_forget, kv_keys
 from confbus.schemas.fleet import (
     checkpoint_key,
     checkpoint_seq,
-    decode_checkpoint,
+    parse_checkpoint,
     encode_checkpoint,
 )
 from confbus.schemas.streams import CFG_CHECKPOINTS, CFG_EVENTS
@@ -101,11 +101,11 @@ async def test_damaged_misplaced_and_deleted_checkpoints_change_no_answer(
         assert with_checkpoints == from_scratch
 
         # Damage every one of them, each in its own way.
-        api_state = decode_checkpoint((await kv.get(api_key)).value or b"")
+        api_state = parse_checkpoint((await kv.get(api_key)).value or b"")
         reasons = {}
         for i, key in enumerate(web_keys):
             data = (await kv.get(key)).value or b""
-            state = decode_checkpoint(data)
+            state = parse_checkpoint(data)
             kind = i % 7
             if kind == 0:  # bit rot
                 damaged = bytearray(data)

@@ -29,7 +29,7 @@ from confbus.schemas.events import (
 from confbus.schemas.fleet import (
     CheckpointCorrupt,
     FleetState,
-    decode_checkpoint,
+    parse_checkpoint,
     encode_checkpoint,
 )
 from confbus.schemas.fold import fold, new_state
@@ -76,13 +76,13 @@ def test_a_checkpoint_read_back_folds_on_as_if_never_written(seed: int, n: int, 
     k = int(cut * n)
     straight = fold_all(events)
     head = fold_all(events[:k])
-    resumed = fold_all(events[k:], decode_checkpoint(encode_checkpoint(head)), start=k + 1)
+    resumed = fold_all(events[k:], parse_checkpoint(encode_checkpoint(head)), start=k + 1)
     assert msgspec.json.encode(resumed) == msgspec.json.encode(straight)
 
 
 def test_a_damaged_checkpoint_is_refused_with_the_reason() -> None:
     good = encode_checkpoint(fold_all(log_of(1, 300)[0]))
-    assert decode_checkpoint(good).namespace == NS
+    assert parse_checkpoint(good).namespace == NS
     flipped = bytearray(good)
     flipped[-10] ^= 0xFF
     for bad, reason in [
@@ -92,7 +92,7 @@ def test_a_damaged_checkpoint_is_refused_with_the_reason() -> None:
         (good.split(b"\n")[0], "truncated"),
     ]:
         with pytest.raises(CheckpointCorrupt, match=reason):
-            decode_checkpoint(bad)
+            parse_checkpoint(bad)
 
 
 def created(v: int, rollback_of: int | None = None) -> VersionCreated:
