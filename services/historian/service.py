@@ -35,9 +35,9 @@ from confbus.schemas.fleet import (
     checkpoint_key,
     checkpoint_keys_of,
     checkpoint_seq,
-    parse_checkpoint,
     decode_cursor,
     encode_checkpoint,
+    parse_checkpoint,
 )
 from confbus.schemas.fold import fold, new_state
 from confbus.schemas.names import InvalidName, check_name

@@ -21,8 +21,8 @@ from confbus.runtime.kvlist import kv_forget, kv_keys
 from confbus.schemas.fleet import (
     checkpoint_key,
     checkpoint_seq,
-    parse_checkpoint,
     encode_checkpoint,
+    parse_checkpoint,
 )
 from confbus.schemas.streams import CFG_CHECKPOINTS, CFG_EVENTS
 from tests.timetravel.support import applied_of, cursor_reaches, publish_log, start_historian

@@ -29,8 +29,8 @@ from confbus.schemas.events import (
 from confbus.schemas.fleet import (
     CheckpointCorrupt,
     FleetState,
-    parse_checkpoint,
     encode_checkpoint,
+    parse_checkpoint,
 )
 from confbus.schemas.fold import fold, new_state
 
