@@ -45,9 +45,9 @@ from benchmarks.report import Figure, Target, stats
 from confbus.client import Client
 from confbus.client import _timeline as timeline
 from confbus.client._fleet import fleet_at
-from confbus.client._timeline import Moment
 from confbus.runtime.bus import Bus, Outgoing
 from confbus.runtime.events import event_subject
+from confbus.runtime.since import Moment
 from confbus.schemas import subjects
 from confbus.schemas.fleet import CURSOR_KEY, decode_cursor
 from confbus.schemas.streams import CFG_CHECKPOINTS, CFG_EVENTS

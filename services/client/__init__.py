@@ -27,7 +27,7 @@ from confbus.client._client import Client
 from confbus.client._errors import ChangeRejected, RolloutWaitTimeout, WaitTimedOut
 from confbus.client._events import StreamedEvent
 from confbus.client._fleet import FleetAt, FleetDiff, NodeAt, NodeChange, RolloutAt, Why, WhyStep
-from confbus.client._names import check_change_id, check_namespace
+from confbus.client._names import check_change_id, check_namespace, check_node
 from confbus.client._policy import policy_from_document
 
 __all__ = [
@@ -46,5 +46,6 @@ __all__ = [
     "WhyStep",
     "check_change_id",
     "check_namespace",
+    "check_node",
     "policy_from_document",
 ]

@@ -13,6 +13,7 @@ from typing import Literal
 
 import msgspec
 
+from confbus.runtime.errors import NotFound
 from confbus.schemas.fleet import (
     AppliedFact,
     FleetState,
@@ -204,11 +205,18 @@ def rollout_at(r: RolloutFact) -> RolloutAt:
 
 
 def why(state: FleetState, node: str, *, at: datetime | None = None) -> Why:
+    """``NotFound`` for a node no event names up to then (while the stream holds the whole
+    history: otherwise it may be one whose events are past retention, said to be unknown)."""
     fact = state.nodes.get(node)
+    if fact is None and state.complete:
+        raise NotFound(
+            f"no event of {state.namespace} names node {node!r} up to seq {state.seq}",
+            where="node",
+        )
     steps: list[WhyStep] = []
     notes: list[WhyStep] = []
     if fact is None or fact.applied is None:
-        steps.append(_nothing(state, node, fact))
+        steps.append(_nothing(state, node))
     else:
         steps.extend(origin(state, fact.applied, node))
     if fact is not None:
@@ -223,7 +231,7 @@ def why(state: FleetState, node: str, *, at: datetime | None = None) -> Why:
     )
 
 
-def _nothing(state: FleetState, node: str, fact: NodeFact | None) -> WhyStep:
+def _nothing(state: FleetState, node: str) -> WhyStep:
     if not state.complete:
         return WhyStep(
             kind="unknown",
@@ -231,10 +239,6 @@ def _nothing(state: FleetState, node: str, fact: NodeFact | None) -> WhyStep:
             at=state.origin_at,
             summary=f"unknown since {_t(state.origin_at)}: the stream holds no apply of {node} "
             "after that (older events are past its retention)",
-        )
-    if fact is None:
-        return WhyStep(
-            kind="unknown", seq=None, at=None, summary=f"no event names {node} up to then"
         )
     return WhyStep(kind="apply", seq=None, at=None, summary=f"{node} had applied no version yet")
 

@@ -30,9 +30,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from confbus.client._connection import Connection
 from confbus.client._events import Events
 from confbus.client._fleet import FleetAt, FleetDiff, Why, diff, fleet_at, why
-from confbus.client._names import check_namespace
+from confbus.client._names import check_namespace, check_node
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
 from confbus.runtime.kvlist import kv_keys
+from confbus.runtime.since import Moment
 from confbus.schemas import subjects
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import AnyEvent, decode_event
@@ -49,10 +50,6 @@ from confbus.schemas.names import check_name
 from confbus.schemas.streams import CFG_CHECKPOINTS, CFG_EVENTS
 
 log = logging.getLogger("confbus.client")
-
-# A moment of the past: a stream sequence, a time (every event stored at or before it), or how
-# long ago.
-Moment = int | datetime | timedelta
 
 _LAST_NATS_TIME = datetime(2262, 1, 1, tzinfo=UTC)
 # Checkpoints tried before folding from the stream's start instead.
@@ -283,9 +280,10 @@ class Timeline(Events):
 
     async def why(self, namespace: str, node: str, at: Moment | None = None) -> Why:
         """The chain of events that put ``node`` on its version (now, or at ``at``), newest
-        first, each step with its event's stream sequence."""
+        first, each step with its event's stream sequence. ``NotFound`` for a node no event
+        of the namespace names up to then."""
         ns = check_namespace(namespace)
-        check_name(node, "node id")
+        check_node(node)
         edges = await bounds(self)
         seq = await moment_seq(self, edges.last_seq if at is None else at, edges)
         rec = await reconstruct(self, ns, seq, edges)
@@ -298,7 +296,7 @@ class Timeline(Events):
         lo = await moment_seq(self, before, edges)
         hi = await moment_seq(self, after, edges)
         if hi < lo:
-            raise InvalidInput(f"--to (seq {hi}) is before --from (seq {lo})")
+            raise InvalidInput(f"--to (seq {hi}) is before --from (seq {lo})", where="to")
         a = (await reconstruct(self, ns, lo, edges)).state
         b = (await reconstruct(self, ns, hi, edges)).state
         return msgspec.structs.replace(

@@ -24,9 +24,9 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from confbus.cli.commands.events import parse_since
 from confbus.cli.exitcodes import OK
 from confbus.client import Client, FleetAt, FleetDiff, NodeAt, Why, WhyStep
+from confbus.runtime import since
 
 _json = msgspec.json.Encoder()
 
@@ -68,9 +68,10 @@ def add_at(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def parse_moment(text: str) -> int | datetime | timedelta:
-    if text.strip().isdigit():
-        return int(text)
-    return parse_since(text)
+    try:
+        return since.parse_moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- commands -----------------------------------------------------------------------------------
