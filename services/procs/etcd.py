@@ -88,6 +88,8 @@ class EtcdMember(spawn.Server):
             # Failover in well under a second on loopback, so fault tests stay quick.
             argv += ["--heartbeat-interval", "50", "--election-timeout", "500"]
         if self.tls is not None:
+            # (--trusted-ca-file alone already makes etcd ask for client certificates;
+            # --client-cert-auth says so to whoever reads the command line)
             ca, cert, key = (str(p) for p in (self.tls.ca, self.tls.cert, self.tls.key))
             argv += [
                 "--cert-file", cert, "--key-file", key,

@@ -157,6 +157,7 @@ class NatsServer(spawn.Server):
                 f'  listen: "{self.host}:{c.cluster_port}"',
             ]
             if tls is not None:  # a route presents a certificate from the CA, and the login
+                # (nats-server verifies routes whatever `verify` says; it is here for readers)
                 lines += tls_block(tls.cert, tls.key, tls.ca, verify=True, indent="  ")
             lines += [f"  {line}" for line in c.lines()]
             lines.append("}")

@@ -36,7 +36,8 @@ def add_secure_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--secure",
         action="store_true",
-        help="NATS users with subject permissions per role; credentials in DATA_DIR/secrets/",
+        help="NATS users with subject permissions per role; credentials in DATA_DIR/secrets/ "
+        "(with --ha also TLS on every NATS and etcd port, certificates in DATA_DIR/secrets/tls/)",
     )
     g.add_argument(
         "--operator",
