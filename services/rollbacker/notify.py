@@ -19,7 +19,6 @@ import json
 import logging
 import random
 import smtplib
-import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpx
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -36,8 +36,6 @@ from confbus.rollbacker.mail import MailError, message, send_mail, where
 from confbus.schemas.policy import MailTarget
 
 log = logging.getLogger("confbus.rollbacker")
-
-MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -101,46 +99,21 @@ def safe_url(url: str) -> str:
 async def post_json(
     url: str, body: bytes, timeout: float, headers: dict[str, str] | None = None
 ) -> int:
-    """One HTTP(S) POST with ``Connection: close``; returns the status code."""
+    """One HTTP(S) POST (httpx; TLS verified against the system's roots); returns the status.
+    Its errors are WebhookError with the URL's path left out (it may hold a token)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError(f"not an http(s) URL: {safe_url(url)}")
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    host_header = parts.hostname + (f":{parts.port}" if parts.port else "")
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nUser-Agent: confbus-rollbacker\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        + "Connection: close\r\n\r\n"
-    )
-    with anyio.fail_after(timeout):
-        stream: anyio.abc.ByteStream
-        if tls:
-            stream = await anyio.connect_tcp(
-                parts.hostname,
-                port,
-                ssl_context=ssl.create_default_context(),
-                tls_hostname=parts.hostname,
-            )
-        else:
-            stream = await anyio.connect_tcp(parts.hostname, port)
-        async with stream:
-            await stream.send(head.encode("latin-1") + body)
-            data = b""
-            try:
-                while b"\r\n" not in data and len(data) < MAX_RESPONSE_BYTES:
-                    data += await stream.receive(4096)
-            except anyio.EndOfStream:
-                pass
-    status_line = data.split(b"\r\n", 1)[0].decode("latin-1")
+    sent = {"Content-Type": "application/json", "User-Agent": "confbus-rollbacker"}
     try:
-        return int(status_line.split(" ")[1])
-    except (IndexError, ValueError) as exc:
-        raise WebhookError(f"malformed response: {status_line[:80]!r}") from exc
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            response = await client.post(url, content=body, headers={**sent, **(headers or {})})
+    except httpx.TimeoutException as exc:
+        raise TimeoutError from exc
+    except httpx.HTTPError as exc:
+        detail = (str(exc) or type(exc).__name__).replace(url, safe_url(url))
+        raise WebhookError(detail) from exc
+    return response.status_code
 
 
 @dataclass
@@ -283,7 +256,7 @@ class Notifier:
                 status = await post_json(url, body, self.attempt_timeout_s, headers)
             except TimeoutError:
                 return "timeout", f"no answer within {self.attempt_timeout_s}s"
-            except (OSError, WebhookError, anyio.BrokenResourceError, ssl.SSLError) as exc:
+            except (OSError, WebhookError) as exc:
                 return "error", str(exc) or type(exc).__name__
         if 200 <= status < 300:
             return "ok", ""
