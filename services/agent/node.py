@@ -159,7 +159,7 @@ class NodeAgent:
             tg.start_soon(self._announce_unannounced, bus)
             tg.start_soon(self._heartbeats, bus)
             tg.start_soon(self._resolve_doubts, bus)
-            tg.start_soon(keep_last_good, bus, self)  # services.agent.lastgood (issue 6)
+            tg.start_soon(keep_last_good, bus, self)  # services.agent.lastgood
             await tg.start(self._serve_resync, bus)  # drift repair (the distributor asks)
             if self.health_url:
                 forwarder = HealthForwarder(

@@ -1,4 +1,4 @@
-"""The demo as a test (issue 6): the whole confbus on loopback — nats-server, version-store,
+"""The demo as a test: the whole confbus on loopback — nats-server, version-store,
 coordinator, distributor, health-watcher and rollbacker as processes — and four nodes, each a
 real ``flaky_app`` (examples/flaky_app) with a real agent that writes its config file and
 forwards its ``/metrics`` (``--health-url``).

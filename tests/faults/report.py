@@ -213,8 +213,8 @@ its participants' applies.
 
 Partitions run inside `unshare -n` with nftables (root needed; skipped with the reason
 otherwise). Not covered here: clock skew of nats-server/etcd (`faketime` does not reach Go
-binaries), lost un-fsynced writes (no LazyFS), disk corruption, fuzzing and security (issue 7
-items 4–5, elsewhere).
+binaries), lost un-fsynced writes (no LazyFS), disk corruption, fuzzing and security (tests/fuzz,
+tests/security).
 """
 
 

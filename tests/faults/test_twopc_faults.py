@@ -1,4 +1,4 @@
-"""The atomic switch under process faults (issue 7): the coordinator SIGKILLed at each 2PC
+"""The atomic switch under process faults: the coordinator SIGKILLed at each 2PC
 step, an agent SIGKILLed at each of its steps, a zombie coordinator. CI runs each step once;
 ``-m slow`` runs many more. Each scenario also runs once with a deliberate bug, and must then
 report a non-zero safety count (a check that cannot fail is not a check)."""

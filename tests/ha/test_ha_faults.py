@@ -1,4 +1,4 @@
-"""The HA shape under faults (issue 9): ``confbus up --ha``, three agents, and a publish stream
+"""The HA shape under faults: ``confbus up --ha``, three agents, and a publish stream
 going through the real version-store (on etcd), distributor and coordinator replicas.
 
 One at a time, with full redundancy restored in between, kill -9: the nats-server leading

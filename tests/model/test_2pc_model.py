@@ -1,4 +1,4 @@
-"""Model-based test of the two-phase commit (Hypothesis stateful testing, issue 7).
+"""Model-based test of the two-phase commit (Hypothesis stateful testing).
 
 Random interleavings of two coordinators (switches cut into their steps, crashes, restarts,
 pauses: zombies) and three agents over the REAL ``NamespaceDisk`` (reading ``CFG_TXN`` in order,
