@@ -25,6 +25,7 @@ from confbus.schemas import (
     health,
     node,
     policy,
+    state,
     txn,
     versions,
 )
@@ -50,6 +51,14 @@ MESSAGES: Mapping[str, Any] = {
     "version": versions.VersionInfo,
     "policy": policy.Policy,
     "CFG_CHECKPOINTS": fleet.FleetState,
+    # CFG_STATE, one document per key family (the keys are in confbus.schemas.state)
+    "CFG_STATE.lease": state.LeaseRecord,
+    "CFG_STATE.rollout": dist_api.RolloutInfo,
+    "CFG_STATE.target": state.TargetRecord,
+    "CFG_STATE.node": state.NodeRecord,
+    "CFG_STATE.health.alerts": state.AlertBook,
+    "CFG_STATE.rollback": state.Ledger,
+    "CFG_STATE.coord.alive": state.Alive,
 }
 
 API_MODULES = {
