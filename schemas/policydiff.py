@@ -2,8 +2,10 @@
 ``changes``, and what ``confbus policy`` shows before and after it stores one.
 
 A change names its field by its path (``bake_s``, ``rollback.strategy``,
-``json_schema.properties.pool.minimum``; a list is compared whole) and gives both values as
-JSON, clipped to ``MAX_VALUE_CHARS``. A URL shows only its scheme and host: a webhook's path
+``json_schema.properties.pool.minimum``) and gives both values as JSON, clipped to
+``MAX_VALUE_CHARS``. A list of named records (trusted keys, data keys) is compared record by
+record, by name (``signing.keys[bob].until_version``), so a revocation reads as one; any
+other list is compared whole. A URL shows only its scheme and host: a webhook's path
 or query often is its secret, and the audit log is read by CI.
 """
 
@@ -51,7 +53,32 @@ def _diff(path: str, a: Any, b: Any, out: list[FieldChange]) -> None:
             else:
                 _diff(sub, a[key], b[key], out)
         return
+    named_a, named_b = _by_name(a), _by_name(b)
+    if named_a is not None and named_b is not None and path:
+        for name in [*named_a, *(n for n in named_b if n not in named_a)]:
+            sub = f"{path}[{name}]"
+            if name not in named_a:
+                out.append(FieldChange(field=sub, after=_shown(named_b[name])))
+            elif name not in named_b:
+                out.append(FieldChange(field=sub, before=_shown(named_a[name])))
+            else:
+                _diff(sub, named_a[name], named_b[name], out)
+        return
     out.append(FieldChange(field=path, before=_shown(a), after=_shown(b)))
+
+
+_IDENTITY = ("name", "id")
+
+
+def _by_name(value: Any) -> dict[str, Any] | None:
+    """A list of records that each carry a distinct ``name`` (or ``id``), keyed by it; else None."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        return None
+    for field in _IDENTITY:
+        names = [v.get(field) for v in value]
+        if all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
+            return dict(zip(names, value, strict=True))
+    return None
 
 
 def _host_only(m: re.Match[str]) -> str:
