@@ -54,7 +54,7 @@ def _diff(path: str, a: Any, b: Any, out: list[FieldChange]) -> None:
                 _diff(sub, a[key], b[key], out)
         return
     named_a, named_b = _by_name(a), _by_name(b)
-    if named_a is not None and named_b is not None and path:
+    if named_a and named_b:  # both non-empty, as for records above
         for name in [*named_a, *(n for n in named_b if n not in named_a)]:
             sub = f"{path}[{name}]"
             if name not in named_a:
