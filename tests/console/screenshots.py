@@ -23,6 +23,8 @@ PAGES = (
     ("fleet", "ns/web/fleet"),
     ("timeline", "timeline?filter=web"),
     ("diff", "ns/web/diff?a=1&b=2"),
+    ("fleet-past", "ns/web/fleet?at=20"),  # the fleet as it was at the audit log's 20th event
+    ("why", "ns/web/why/web-1"),
 )
 
 
