@@ -12,9 +12,10 @@ import asyncio
 import sys
 
 import nats
+from nats.aio.client import Client
 
 
-async def fanout(nc: nats.NATS, subject: str, payload: bytes, n: int) -> None:
+async def fanout(nc: Client, subject: str, payload: bytes, n: int) -> None:
     done = asyncio.get_running_loop().create_future()
     got = 0
 
