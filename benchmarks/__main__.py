@@ -74,6 +74,11 @@ BENCHMARKS: dict[str, Entry] = {
     "footprint": Entry(
         "benchmarks.footprint", "RSS per agent process, and per agent when 1000 share", 120.0
     ),
+    "startup": Entry(
+        "benchmarks.startup",
+        "the CLI as CI runs it: `confbus --help`, `confbus publish --wait` to 10 agents",
+        180.0,
+    ),
     "store": Entry(
         "benchmarks.store", "version-store writes/s and history reads, SQLite and etcd", 180.0
     ),

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import re
 import sys
 from collections.abc import Sequence
-
-import anyio
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confbus.cli import exitcodes
+from confbus.cli.commands.index import COMMANDS
 from confbus.cli.exitcodes import CliError
 from confbus.cli.output import stdout_may_close
-from confbus.client import Client, WaitTimedOut
-from confbus.runtime.bus import DEFAULT_NATS_URL, check_urls
 from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
+from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
 
-# Each module registers its subcommands; adding a command area is one line here.
+if TYPE_CHECKING:
+    from confbus.client import Client
+
+# Each module registers its subcommands; adding a command area is one line here (and
+# ``write_index()`` after it, for what ``confbus --help`` lists).
 COMMAND_MODULES = (
     "confbus.cli.commands.events",
     "confbus.cli.commands.up",
@@ -63,7 +68,13 @@ def plain(text: str) -> str:
     return _LITERAL.sub(lambda m: m.group(1) or m.group(2), _FENCE.sub("", text))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None, *, stubs: bool = False) -> argparse.ArgumentParser:
+    """The parser of every command. Start-up is what a CI step pays on each call, so ``main``
+    imports one command module only (``only``: the module of that command; they pull in nats-py,
+    the client, the schemas): every other command is a stub, its name and one-line help from
+    ``confbus.cli.commands.index`` — enough for ``confbus --help`` and to recognise a command.
+    ``stubs``: every command a stub."""
+    wanted = None if only is None else _module_of(only)
     parser = Parser(
         prog="confbus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -79,9 +90,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", default=os.environ.get("CONFBUS_TLS_CA"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        if stubs or (wanted is not None and module != wanted):
+            for name, text in COMMANDS[module]:
+                # Anything after a stub's name is the real command's to parse, later.
+                sub.add_parser(name, help=text, add_help=False)
+        else:
+            importlib.import_module(module).register(sub)
     return parser
+
+
+def _module_of(command: str) -> str | None:
+    return next((m for m, cmds in COMMANDS.items() if any(n == command for n, _ in cmds)), None)
+
+
+def command_index() -> dict[str, list[tuple[str, str]]]:
+    """What each command module registers: its commands' names and one-line help, in order."""
+    index: dict[str, list[tuple[str, str]]] = {}
+    for module in COMMAND_MODULES:
+        probe = Parser(prog="confbus").add_subparsers(parser_class=Parser)
+        importlib.import_module(module).register(probe)
+        index[module] = [(a.dest, a.help or "") for a in probe._choices_actions]
+    return index
+
+
+def write_index(path: Path = Path(__file__).parent / "commands" / "index.py") -> None:
+    """Write ``confbus.cli.commands.index`` from the command modules (a test checks it is current):
+    ``python -c 'from confbus.cli.main import write_index; write_index()'``, then ruff format."""
+    lines = [f'"""{INDEX_DOC}"""', "", "COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {"]
+    for module, commands in command_index().items():
+        lines.append(f"    {json.dumps(module)}: (")
+        lines += [
+            f"        ({json.dumps(n)}, {json.dumps(t, ensure_ascii=False)})" + ","
+            for n, t in commands
+        ]
+        lines.append("    ),")
+    path.write_text("\n".join([*lines, "}", ""]))
+
+
+INDEX_DOC = """The commands each module of ``confbus.cli.commands`` registers, with their one-line
+help: what ``confbus --help`` lists without importing the modules. Written by
+``confbus.cli.main.write_index()``; do not edit."""
 
 
 def nats_urls(text: str) -> str:
@@ -95,6 +144,8 @@ def nats_urls(text: str) -> str:
 
 
 def client_for(args: argparse.Namespace) -> Client:
+    from confbus.client import Client
+
     return Client(
         args.nats_url,
         user=args.nats_user,
@@ -124,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     code = exitcodes.OK
     # Every command, --help included, may write into a pipe its reader closed (`| head -1`).
     with stdout_may_close():
-        parser = build_parser()
+        # Which command, from a parser of stubs (``--help`` and a usage error end here), then
+        # the parser with that command's module.
+        command = build_parser(stubs=True).parse_known_args(argv)[0].command
+        parser = build_parser(command)
         args, rest = parser.parse_known_args(argv)
         if rest and not getattr(args, "passes_on_arguments", False):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -134,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from confbus.client import WaitTimedOut
+
     try:
         if getattr(args, "run_local", None) is not None:
             code: int = args.run_local(args)

@@ -13,13 +13,17 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import msgspec
 
 from confbus.runtime.errors import InvalidInput
 from confbus.schemas.policy import Policy
+
+# jsonschema is imported where a document is checked: it costs ~30 ms, and most processes that
+# import the client (the CLI's every command) never check a policy document.
+if TYPE_CHECKING:
+    import jsonschema
 
 
 def policy_from_document(document: object, namespace: str) -> Policy:
@@ -35,6 +39,8 @@ def policy_from_document(document: object, namespace: str) -> Policy:
             f"the policy is for namespace {doc['namespace']!r}, not {namespace!r}",
             where="$.namespace",
         )
+    import jsonschema
+
     error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
     if error is not None:
         raise InvalidInput(_message(error), where=_path(error.absolute_path))
@@ -46,6 +52,8 @@ def policy_from_document(document: object, namespace: str) -> Policy:
 
 @functools.cache
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema
+
     text = (resources.files("confbus.schemas") / "jsonschema" / "policy.json").read_text()
     schema = json.loads(text)
     for definition in schema.get("$defs", {}).values():

@@ -32,12 +32,12 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from confbus.runtime.codec import encode
-from confbus.runtime.errors import InvalidInput, Unavailable
+from confbus.runtime.errors import Unavailable
+from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
 from confbus.schemas.streams import BUCKETS, STREAMS, BucketSpec, StreamSpec
 
 log = logging.getLogger("confbus.bus")
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 # nats-server refuses an atomic batch of more messages than this (its default limit).
 ATOMIC_BATCH_MAX = 1000
 
@@ -157,33 +157,6 @@ class Bus:
 
 
 _INBOX_SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def split_urls(urls: str | Sequence[str]) -> list[str]:
-    if isinstance(urls, str):
-        return [u.strip() for u in urls.split(",") if u.strip()]
-    return list(urls)
-
-
-# What nats-py speaks; a URL without a scheme means nats://.
-NATS_SCHEMES = ("nats", "tls", "ws", "wss")
-
-
-def check_urls(urls: str | Sequence[str]) -> list[str]:
-    """The server URLs of ``urls``, or ``InvalidInput`` naming the one that is not a NATS URL
-    (an ``http://`` address is the likeliest: the console's, pasted by mistake)."""
-    servers = split_urls(urls)
-    if not servers:
-        raise InvalidInput("no NATS URL given", where="nats_url")
-    for url in servers:
-        scheme, sep, rest = url.partition("://")
-        if sep and scheme.lower() not in NATS_SCHEMES:
-            raise InvalidInput(
-                f"{url} is not a NATS URL: the scheme is nats:// (or tls://, ws://, wss://), "
-                f"e.g. nats://{rest}; an http:// address is a web page, such as the console's",
-                where="nats_url",
-            )
-    return servers
 
 
 def connect_failure(exc: BaseException | None) -> str:

@@ -8,7 +8,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from confbus.runtime.bus import DEFAULT_NATS_URL
+from confbus.runtime.urls import DEFAULT_NATS_URL
 
 
 def env(name: str, default: str) -> str:

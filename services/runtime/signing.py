@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from confbus.schemas.names import Format
 from confbus.schemas.signing import Signature, SigningRule, TrustedKey, key_id, statement
+
+# cryptography is imported where it is used: most processes (the CLI's every command, an agent
+# of unsigned namespaces) never sign or verify, and it costs ~20 ms and ~2 MB to import.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 class Untrusted(Exception):
@@ -31,6 +33,8 @@ class SigningKey:
     """A private key and the name it signs as (the key file's stem)."""
 
     def __init__(self, name: str, private: Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         self.name = name
         self._private = private
         self.public_key = private.public_key().public_bytes(
@@ -40,17 +44,24 @@ class SigningKey:
 
     @classmethod
     def generate(cls, name: str) -> SigningKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(name, Ed25519PrivateKey.generate())
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:
         """A PKCS#8 PEM private key file (``confbus keys new`` writes one)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(private, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 private key")
         return cls(path.stem, private)
 
     def pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self._private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -81,6 +92,9 @@ class SigningKey:
 
 
 def _verifies(key: TrustedKey, sig: Signature, ns: str, sha256: str, fmt: Format) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     message = statement(ns, sig.version, sha256, fmt, sig.change_id, sig.rollback_of)
     try:
         Ed25519PublicKey.from_public_bytes(key.public_key).verify(sig.sig, message)

@@ -205,6 +205,9 @@ class Audit:
     stale_writes: int = 0
     stale_yes_votes: int = 0
     stale_prepares: int = 0  # prepares of an old epoch that reached the stream (fenced by agents)
+    # ...of which the transaction committed: must be none. A stale prepare's head was taken over
+    # (the epoch bump) before it reached the stream, so only the successor's abort can decide it.
+    stale_prepares_committed: int = 0
     unannounced_applies: int = 0  # applies without a node.applied event
     committed: int = 0
     aborted: int = 0
@@ -216,6 +219,7 @@ class Audit:
             "aborted_applies": self.aborted_applies,
             "stale_writes": self.stale_writes,
             "stale_yes_votes": self.stale_yes_votes,
+            "stale_prepares_committed": self.stale_prepares_committed,
             # Invariant 8: every apply is in the audit log (agents announce after a restart).
             "applies_without_event": self.unannounced_applies,
         }
@@ -264,10 +268,12 @@ def audit_2pc(
         info.setdefault(d.txid, (d.version, list(d.participants), d.epoch))
         if newer_epoch_before(d.epoch, m.at):
             a.stale_writes += 1
+    stale_txids: set[str] = set()
     for m, p in facts.prepares:
         info.setdefault(p.txid, (p.version, list(p.participants), p.epoch))
         if newer_epoch_before(p.epoch, m.at):
             a.stale_prepares += 1
+            stale_txids.add(p.txid)
 
     # -- events ------------------------------------------------------------------------------
     announced: set[tuple[str, int]] = set()
@@ -287,6 +293,7 @@ def audit_2pc(
     a.outcomes = final
     a.committed = sum(1 for o in final.values() if o == "commit")
     a.aborted = len(final) - a.committed
+    a.stale_prepares_committed = sum(1 for t in stale_txids if final[t] == "commit")
 
     # -- votes: an agent must refuse a prepare older than a decision it has read ------------
     decision_epochs = [(m.seq, d.epoch) for m, d in facts.decisions]

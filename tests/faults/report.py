@@ -172,12 +172,17 @@ FOOTER = """\
    again on its own, so only the poison is retried and dead-lettered
    (`tests/runtime/test_consumer.py::test_a_poisoned_batch_costs_only_the_poisoned_message`;
    `redelivery_storm_mixed_poison` is the slow scenario).
-2. **Stale prepares reach the stream.** A coordinator paused between the head's
-   compare-and-set (*preparing*) and the publish of its prepare publishes it after a successor
-   took over (`stale_prepares_fenced` in the zombie notes). Agents refuse it (they have read the
-   successor's higher-epoch decision earlier in the same stream) and nothing is applied, but
-   the fencing of docs/design.md §8.3 ("nothing from epoch *e* is written") holds for
-   decisions, not for prepares.
+2. **Stale prepares reach the stream — checked, not fenced.** A coordinator paused between
+   the head's compare-and-set (*preparing*) and the publish of its prepare publishes it after a
+   successor took over (`stale_prepares_fenced` in the zombie notes). Such a transaction cannot
+   commit: a commit is the head's compare-and-set at the prepare's epoch and txid, and the
+   successor's epoch bump, which happened before the prepare reached the stream, made that
+   compare-and-set fail for good; what decides it is the successor's abort. An agent that read a
+   higher-epoch decision first refuses the prepare (`stale_yes_votes`); one that reads the
+   prepare first may stage it, until that abort. So the safety counts `stale_prepares_committed`
+   (a stale prepare's transaction committed), `stale_yes_votes` and `aborted_applies` are 0 in
+   every run; the cost is staged-file work on the agents, not a wrong apply. Fencing the publish
+   itself would need the prepare and the head in one atomic write (they are in two streams).
 3. **An apply could go unannounced — fixed.** An agent killed right after installing a version
    (`agent.after_apply`) did not emit `node.applied` after its restart (docs/design.md §8.8).
    Now the install records `announced: false` (folded into the next state write once

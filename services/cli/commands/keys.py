@@ -27,7 +27,6 @@ import msgspec
 from confbus.cli.commands.args import acting_as, nats_identity
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import out
-from confbus.cli.security.roster import write_private
 from confbus.client import Client, check_namespace
 from confbus.runtime.errors import InvalidInput, NotFound
 from confbus.runtime.sealing import (
@@ -131,6 +130,8 @@ def run_new(args: argparse.Namespace) -> int:
         raise CliError(f"{private} exists: a key is never overwritten", FAILED)
     folder.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate(args.name)
+    from confbus.cli.security.roster import write_private  # the security package is heavy
+
     write_private(private, key.pem())
     public.write_bytes(_encode(key.trusted()) + b"\n")
     out(f"{private} (private, 0600) and {public} (public) key id {key.key_id}")
@@ -144,6 +145,8 @@ def run_kek(args: argparse.Namespace) -> int:
     if path.exists():
         raise CliError(f"{path} exists: a key is never overwritten", FAILED)
     folder.mkdir(parents=True, exist_ok=True)
+    from confbus.cli.security.roster import write_private  # the security package is heavy
+
     write_private(path, _kek_bytes(new_kek(args.name)))
     out(f"{path} (key-encryption key {args.name!r}, 0600): give it to publishers and agents only")
     return OK
