@@ -7,6 +7,7 @@ unreachable or timed out.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import logging
@@ -49,13 +50,47 @@ COMMAND_MODULES = (
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        sys.stderr.write(f"confbus: error: {message}\n")
+        sys.stderr.write(f"confbus: error: {self._hinted(message)}\n")
         sys.exit(exitcodes.USAGE)
 
     def format_help(self) -> str:
         # Descriptions are often a module's docstring, written for the source (``x``, code
         # fences); a terminal gets them plain.
         return plain(super().format_help())
+
+    def _hinted(self, message: str) -> str:
+        """argparse's "invalid choice" lists every choice; a typo deserves the one meant, and an
+        unknown option before the command (``--url``) is what really went wrong."""
+        bad = _INVALID_CHOICE.match(message)
+        if bad is None:
+            return message
+        word, argument = bad["word"], bad["argument"]
+        action = next((a for a in self._actions if _names(a) & {argument}), None)
+        choices = [str(c) for c in (action.choices or [])] if action is not None else []
+        if not isinstance(action, argparse._SubParsersAction):
+            return message + _did_you_mean(word, choices)
+        for token in sys.argv[1:]:
+            if token == word:
+                break
+            name = token.split("=", 1)[0]
+            if name.startswith("--") and name not in self._option_string_actions:
+                known = [o for o in self._option_string_actions if o.startswith("--")]
+                return f"unknown option {name}{_did_you_mean(name, known)}"
+        return f"unknown command {word!r}{_did_you_mean(word, choices)}; confbus --help lists them"
+
+
+def _names(action: argparse.Action) -> set[str]:
+    return {*action.option_strings, str(action.metavar), action.dest}
+
+
+_INVALID_CHOICE = re.compile(
+    r"argument (?P<argument>\S+?)(/\S+)?: invalid choice: '?(?P<word>[^' ]*)'? \(choose from"
+)
+
+
+def _did_you_mean(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 _LITERAL = re.compile(r"``([^`]+)``|\*\*([^*]+)\*\*")

@@ -63,3 +63,21 @@ async def test_a_missing_input_file_is_a_usage_error(tmp_path: Path) -> None:
         done = await arun_confbus("--nats-url", url, *args)
         assert done.returncode == 2, (args, done)
         assert f"cannot read {args[-1]}" in done.stderr, (args, done)
+
+
+async def test_a_typo_names_the_command_or_option_meant(tmp_path: Path) -> None:
+    cases = (
+        (["publsh", "web", "x.json"], "unknown command 'publsh' (did you mean publish?)"),
+        (["--url", "x", "status", "web"], "unknown option --url (did you mean --nats-url?)"),
+        (["keys", "nwe", "alice"], "unknown command 'nwe' (did you mean new?)"),
+        (["xyzzy"], "unknown command 'xyzzy'; confbus --help lists them"),
+    )  # fmt: skip
+    for args, said in cases:
+        done = await arun_confbus(*args)
+        assert done.returncode == 2, (args, done)
+        assert said in done.stderr, (args, done.stderr)
+    # Any other argument's choices stay listed, with the likely one.
+    (tmp_path / "x.json").write_text("{}")
+    done = await arun_confbus("publish", "web", str(tmp_path / "x.json"), "--format", "jsn")
+    assert done.returncode == 2 and "(choose from" in done.stderr, done
+    assert "(did you mean json?)" in done.stderr, done.stderr
