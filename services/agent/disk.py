@@ -136,8 +136,11 @@ class NamespaceDisk(InstallingDisk):
 
     # --- the prepare --------------------------------------------------------------------
 
-    def stage(self, prepare: Prepare) -> Staged:
+    def stage(self, prepare: Prepare, node: str | None = None) -> Staged:
         """Check a prepare and write its staged file (durably) next to the live file.
+
+        ``node``: this node's id, which picks its own bytes from a prepare that carries
+        variants (each checked against its own entry's sha256).
 
         Raises ``Refused`` (→ vote no). Returns a ``Staged`` whose file the validation command
         may inspect; ``seal`` then writes the PREPARED record. A redelivered prepare of the
@@ -158,21 +161,28 @@ class NamespaceDisk(InstallingDisk):
                 )
             if prepare.epoch > st.highest_epoch:
                 st = self._write(msgspec.structs.replace(st, highest_epoch=prepare.epoch))
-            digest = sha256_bytes(prepare.content)
+            own = prepare.bytes_for(node or "")
+            if own is None:
+                raise Refused(
+                    "variant",
+                    f"the prepare of version {prepare.version} carries no variant for {node}",
+                )
+            content, sha256 = own
+            digest = sha256_bytes(content)
             held = st.prepared
             if held is not None and held.txid == txid:
-                if (held.version, held.sha256) != (prepare.version, prepare.sha256):
+                if (held.version, held.decided_sha256) != (prepare.version, prepare.sha256):
                     raise Refused(
                         "conflict",
                         f"transaction {txid} is prepared for version {held.version} "
-                        f"({held.sha256[:12]}), not version {prepare.version} "
+                        f"({held.decided_sha256[:12]}), not version {prepare.version} "
                         f"({prepare.sha256[:12]})",
                     )
                 path = self.staged_path(txid)
                 if sha256_file(path) != held.sha256 and digest == held.sha256:
                     # The staged file was lost (deleted by hand?): the prepare carries the
                     # bytes, so restore them rather than fail the commit later.
-                    self._staged.write(path, prepare.content)
+                    self._staged.write(path, content)
                 return Staged(txid, held.version, path, already_prepared=True)
             if held is not None:
                 raise Refused(
@@ -186,19 +196,18 @@ class NamespaceDisk(InstallingDisk):
                     "not-newer",
                     f"version {prepare.version} is not newer than applied version {applied}",
                 )
-            if digest != prepare.sha256:
-                raise Refused(
-                    "sha256", f"content hashes to {digest}, prepare says {prepare.sha256}"
-                )
-            check_content(prepare.format, prepare.content)
+            if digest != sha256:
+                raise Refused("sha256", f"content hashes to {digest}, prepare says {sha256}")
+            check_content(prepare.format, content)
             # A staging that never reached seal never voted yes: a newer prepare replaces it.
             self._drop_staging()
             path = self.staged_path(txid)
-            self._staged.write(path, prepare.content)
+            self._staged.write(path, content)
             self._staging = PreparedRecord(
                 txid=txid,
                 version=prepare.version,
-                sha256=prepare.sha256,
+                sha256=sha256,
+                version_sha256=prepare.sha256 if prepare.sha256 != sha256 else None,
                 epoch=prepare.epoch,
                 format=prepare.format,
                 staged=path.name,
@@ -255,12 +264,13 @@ class NamespaceDisk(InstallingDisk):
             if version <= applied:
                 self._forget(txid)
                 return CommitOutcome.NOT_NEWER
-            if held is None or (held.version, held.sha256) != (version, sha256):
+            if held is None or (held.version, held.decided_sha256) != (version, sha256):
                 return CommitOutcome.MISSING
-            intent = Installing(version=version, sha256=sha256, txid=txid)
+            # This node's own bytes: the version's, or its variant's (``held.sha256``).
+            intent = Installing(version=version, sha256=held.sha256, txid=txid)
             staged = self._staged.named(held.staged)
             data = read_if_exists(staged)
-            if data is None or sha256_bytes(data) != sha256:
+            if data is None or sha256_bytes(data) != held.sha256:
                 # Never rename bytes that are not the version's (docs/design.md §8.4).
                 return CommitOutcome.MISSING
             # The commit's critical path is this one rename (and its directory's fsync): the
@@ -269,7 +279,7 @@ class NamespaceDisk(InstallingDisk):
             # bytes in the history wait for ``flush``, which the agent calls once it has
             # announced the apply; the state in memory says applied at once.
             replace_durably(staged, self.live_path)
-            self._live_seen = sha256
+            self._live_seen = held.sha256
             self._state, _ = self._installed(st, intent)
             self._deferred = (intent, data)
             return CommitOutcome.APPLIED
@@ -280,11 +290,11 @@ class NamespaceDisk(InstallingDisk):
         with self._guard():
             return self._forget(txid)
 
-    def prepare_sealed(self, prepare: Prepare) -> LocalState:
+    def prepare_sealed(self, prepare: Prepare, node: str | None = None) -> LocalState:
         """``stage`` then ``seal`` in one call (no validation command): one thread hop for the
         whole prepare. Raises ``Refused`` like ``stage``; returns the new state."""
         with self._lock:
-            staged = self.stage(prepare)
+            staged = self.stage(prepare, node)
             if not staged.already_prepared:
                 try:
                     self.seal(prepare.txid, reread_staged=False)

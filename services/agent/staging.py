@@ -71,14 +71,16 @@ async def prepare_txn(
     *,
     validate_cmd: str | Sequence[str] | None = None,
     validate_timeout: float = 30.0,
+    node: str | None = None,
 ) -> Staged:
     """The node's whole side of a prepare: stage → validate → seal, off the event loop.
 
     Returns → vote yes (the PREPARED record is durable). ``Refused`` → vote no with its
     ``reason``; nothing of the transaction is left behind. Any other exception (an unexpected
-    I/O error) → vote no as well: only a returned ``Staged`` is a yes.
+    I/O error) → vote no as well: only a returned ``Staged`` is a yes. ``node``: this node's
+    id, which picks its own bytes from a prepare that carries variants.
     """
-    staged = await offload.run(disk.stage, prepare)
+    staged = await offload.run(disk.stage, prepare, node)
     if staged.already_prepared:
         return staged
     try:
