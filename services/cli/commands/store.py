@@ -132,7 +132,7 @@ async def run_show(args: argparse.Namespace, client: Client) -> int:
     check_ns(args.namespace)
     if args.labels is not None and not args.info:
         _, variant = await client.render(args.namespace, args.ref, args.labels)
-        out_bytes(variant.content)
+        out_bytes(opened(variant.content, kek_files(args)))  # sealed: no overlays, the base
         return OK
     reply = await client.get(args.namespace, args.ref, content=not args.info)
     if args.info:
