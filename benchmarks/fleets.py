@@ -262,31 +262,32 @@ def _experiment(name: str) -> None:
     fsync).
     ``no-history``: no history copy after an apply (an upper bound of making it cheaper)."""
     from confbus.agent.disk import NamespaceDisk
+    from confbus.agent.staging import StagedFiles
 
     if name == "no-seq-save":
 
-        def keep_in_memory(self: NamespaceDisk, seq: int) -> None:
+        def keep_in_memory(self: Any, seq: int) -> None:
             return None
 
         NamespaceDisk.save_stream_seq = keep_in_memory  # type: ignore[method-assign]
     elif name == "unsynced-staged":
         # The upper bound of moving the staged file's two fsyncs (file, directory) off the
         # vote's path, e.g. into a PREPARED record that carries the bytes.
-        def write_unsynced(self: NamespaceDisk, path: Path, content: bytes) -> None:
+        def write_unsynced(self: StagedFiles, path: Path, content: bytes) -> None:
             path.write_bytes(content)
 
-        NamespaceDisk._write_staged = write_unsynced  # type: ignore[method-assign]
+        StagedFiles.write = write_unsynced  # type: ignore[method-assign]
     elif name == "inplace-staged":
         from benchmarks.baselines import stage_file  # the baseline's own prepare I/O
 
-        def write_in_place(self: NamespaceDisk, path: Path, content: bytes) -> None:
+        def write_in_place(self: StagedFiles, path: Path, content: bytes) -> None:
             stage_file(path, content)
 
-        NamespaceDisk._write_staged = write_in_place  # type: ignore[method-assign]
+        StagedFiles.write = write_in_place  # type: ignore[method-assign]
     elif name == "no-history":
 
         def remember_nothing(
-            self: NamespaceDisk,
+            self: Any,
             version: int,
             data: bytes,
             *,

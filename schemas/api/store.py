@@ -108,12 +108,24 @@ class DryRunRequest(msgspec.Struct, frozen=True, kw_only=True):
     change: ChangeProposed
 
 
+class VariantDiff(msgspec.Struct, frozen=True, kw_only=True):
+    """One variant a change with overlays would make: the current members that would run it
+    (none: the base, or an overlay alone, which no member runs now), its sha256, and the diff
+    from what those nodes run now (docs/design.md §2.6)."""
+
+    name: str
+    nodes: list[str] = []
+    sha256: str
+    diff: str = ""
+
+
 class DryRunReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     reason: str = ""
     where: str = ""
     would_be_version: int | None = None
-    diff: str = ""
+    diff: str = ""  # of the stored content (the base, for a change with overlays)
+    variants: list[VariantDiff] = []
 
 
 class ChangeStatusRequest(msgspec.Struct, frozen=True, kw_only=True):

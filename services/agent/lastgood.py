@@ -32,7 +32,8 @@ from nats.aio.msg import Msg
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk
 from confbus.agent.state import IntegrityError, Refused, VersionNotOnDisk
-from confbus.agent.state_io import atomic_write, ensure_dir, read_if_exists
+from confbus.agent.state_io import atomic_write, ensure_dir, read_if_exists, sha256_bytes
+from confbus.agent.variants import own_variant
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, NotFound
@@ -189,6 +190,8 @@ async def record(
     if ns.state.last_good == version:
         return False
     kept = False
+    if ns.state.applied_version == version:
+        sha256 = None  # this node's own bytes of it (its variant's): the applied record's
     if version in await offload.run(ns.disk.history):
         try:
             await offload.run(lambda: ns.disk.mark_last_good(version, sha256=sha256))
@@ -211,12 +214,13 @@ async def record(
             content = agent.trust.admit_bytes(
                 name, version, full.info.sha256, full.info.format, full.signatures, full.content
             )
+            own = own_variant(content, full.info, agent.labels)
         except Refused as no:
             log.warning("last known good refused", extra={"namespace": name, "reason": no.reason})
             return False
-        await offload.run(
-            lambda: ns.disk.mark_last_good(version, sha256=full.info.sha256, content=content)
-        )
+        # A version with overlays: this node's variant, whose sha256 is its own bytes'.
+        own_sha = full.info.sha256 if own is content else sha256_bytes(own)
+        await offload.run(lambda: ns.disk.mark_last_good(version, sha256=own_sha, content=own))
     ns.state = await offload.run(ns.disk.snapshot)
     log.info("last known good recorded", extra={"namespace": name, "version": version})
     return True

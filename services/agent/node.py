@@ -43,6 +43,7 @@ from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
 from confbus.agent.trust import Trust
+from confbus.agent.variants import own_variant
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -242,10 +243,11 @@ class NodeAgent:
                     p,
                     validate_cmd=self.validate_cmd,
                     validate_timeout=self.validate_timeout_s,
+                    node=self.node,
                 )
                 await self._refresh(ns)
             else:  # the common case: the whole prepare in one thread hop
-                ns.state = await offload.run(ns.disk.prepare_sealed, p)
+                ns.state = await offload.run(ns.disk.prepare_sealed, p, self.node)
         except Refused as no:
             await self._refresh(ns)
             await self._vote(bus, p, "no", no.reason)
@@ -297,10 +299,8 @@ class NodeAgent:
         if outcome is CommitOutcome.MISSING:
             # We never staged it (away during the prepare, or refused it as busy): the
             # prepare in the stream still has the bytes, checked against the version's hash.
-            content = await self._prepared_content(bus, d)
-            if content is not None and await offload.run(
-                ns.disk.apply, d.version, d.sha256, content
-            ):
+            own = await self._prepared_content(bus, d)
+            if own is not None and await offload.run(ns.disk.apply, d.version, own[1], own[0]):
                 outcome = CommitOutcome.APPLIED
             await self._refresh(ns)
         if not ns.state.in_doubt:
@@ -310,19 +310,21 @@ class NodeAgent:
             await self._applied(bus, ns, d, before)
         return True
 
-    async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:
+    async def _prepared_content(self, bus: Bus, d: Decision) -> tuple[bytes, str] | None:
+        """This node's bytes of a decided prepare, and their sha256 (the version's, or this
+        node's variant's), from the prepare record in the stream."""
         subject = subjects.txn_prepare(d.namespace, d.txid)
         record = await first_txn_record(bus, subject, Prepare, d.namespace, d.txid)
-        if record is None:
+        if record is None or record.sha256 != d.sha256:
             return None
         try:
-            content = self.trust.admit(record).content
+            own = self.trust.admit(record).bytes_for(self.node)
         except Refused as no:
             log.warning("decided prepare refused", extra={"txid": d.txid, "reason": no.reason})
             return None
-        if sha256_bytes(content) != d.sha256:
+        if own is None or sha256_bytes(own[0]) != own[1]:
             return None  # never apply bytes that are not the decided version's
-        return content
+        return own
 
     async def _applied(self, bus: Bus, ns: _Namespace, d: Decision, before: int | None) -> None:
         log.info(
@@ -334,7 +336,9 @@ class NodeAgent:
                 "txid": d.txid,
             },
         )
-        await self._announce(bus, ns, d.version, d.sha256, d.txid, before)
+        # This node's own bytes' sha256: the version's, or its variant's.
+        sha256 = ns.state.applied_sha256 or d.sha256
+        await self._announce(bus, ns, d.version, sha256, d.txid, before)
         # Now the bookkeeping the commit deferred to get here sooner (disk.commit, flush).
         ns.state = await offload.run(ns.disk.flush)
         await self._publish_heartbeat(bus, refresh=False)  # the state is fresh already
@@ -497,11 +501,12 @@ class NodeAgent:
                     content = self.trust.admit_bytes(
                         req.namespace,
                         req.version,
-                        req.sha256,
+                        got.info.sha256,
                         got.info.format,
                         got.signatures,
                         got.content or b"",
                     )
+                    content = own_variant(content, got.info, self.labels)
                 except Refused as no:
                     return ResyncReply(ok=False, reason=no.reason)
             try:
@@ -534,6 +539,7 @@ class NodeAgent:
                     namespace=name,
                     applied_version=st.applied_version,
                     sha256=st.live_sha256,
+                    applied_sha256=st.applied_sha256,
                     highest_epoch=st.highest_epoch,
                     prepared_txid=st.prepared.txid if st.prepared else None,
                     last_good=st.last_good,

@@ -29,6 +29,8 @@ from confbus.client._events import StreamedEvent
 from confbus.client._fleet import FleetAt, FleetDiff, NodeAt, NodeChange, RolloutAt, Why, WhyStep
 from confbus.client._names import check_change_id, check_namespace, check_node
 from confbus.client._policy import policy_from_document
+from confbus.client._store import with_overlays
+from confbus.schemas.variants import Overlay
 
 __all__ = [
     "ChangeRejected",
@@ -38,6 +40,7 @@ __all__ = [
     "NamespaceBackup",
     "NodeAt",
     "NodeChange",
+    "Overlay",
     "RolloutAt",
     "RolloutWaitTimeout",
     "StreamedEvent",
@@ -48,4 +51,5 @@ __all__ = [
     "check_namespace",
     "check_node",
     "policy_from_document",
+    "with_overlays",
 ]

@@ -30,6 +30,15 @@ from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
 from confbus.schemas.sealing import content_sha256
 from confbus.schemas.streams import MAX_PAYLOAD
+from confbus.schemas.variants import (
+    Overlay,
+    Variant,
+    VariantError,
+    VariantSet,
+    encode_variants,
+    variant_for,
+    variant_set,
+)
 from confbus.schemas.versions import VersionInfo
 
 # How often a wait for a change's outcome asks the store, in case its event was missed.
@@ -55,8 +64,12 @@ class Store(Events):
         timeout: float = 30.0,
         signing_keys: Sequence[SigningKey] = (),
         keks: Mapping[str, Kek] | None = None,
+        overlays: Sequence[Overlay] = (),
     ) -> VersionInfo:
         """Propose ``content`` as the next version of ``namespace`` and wait for the outcome.
+
+        ``overlays``: variants (docs/design.md §2.6) — ``content`` is then the base, and a node
+        runs it with every overlay whose selector its labels match, later ones winning.
 
         Returns the stored version (``status`` says ``approved`` or ``draft``: waiting for an
         approval); raises ``ChangeRejected`` with the reason, ``InvalidInput`` for what is refused
@@ -65,6 +78,9 @@ class Store(Events):
         change id is safe). Without ``change_id`` one is derived (``default_change_id``).
         """
         check_namespace(namespace)
+        if overlays:
+            format = format or (await self.policy(namespace)).format
+            content = with_overlays(content, format, overlays)
         sha = hashlib.sha256(content).hexdigest()
         if change_id is None:
             change_id = await self.default_change_id(namespace, sha, base)
@@ -252,6 +268,17 @@ class Store(Events):
         goes on top of; nothing is stored (a secret namespace's diff is left out)."""
         return await self.call(store_api.DRY_RUN, store_api.DryRunRequest(change=change))
 
+    async def render(
+        self, namespace: str, ref: str | int, labels: Mapping[str, str]
+    ) -> tuple[VersionInfo, Variant]:
+        """The bytes a node with ``labels`` runs for a version (``confbus show --for``)."""
+        got = await self.get(namespace, ref)
+        try:
+            vs = variant_set(got.content or b"", got.info.format)
+            return got.info, variant_for(vs, labels)
+        except VariantError as exc:
+            raise InvalidInput(str(exc), where="variants") from None
+
     async def get(
         self, namespace: str, ref: str | int = "latest", *, content: bool = True
     ) -> store_api.VersionReply:
@@ -334,6 +361,16 @@ class Store(Events):
         """Every namespace the store holds."""
         reply = await self.call(store_api.NAMESPACES, store_api.NamespacesRequest())
         return reply.namespaces
+
+
+def with_overlays(base: bytes, format: Format, overlays: Sequence[Overlay]) -> bytes:
+    """The content of a version made of ``base`` and ``overlays`` (``InvalidInput`` if the base
+    is not UTF-8; the version-store validates the rest, naming the variant)."""
+    try:
+        text = base.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"the base is not UTF-8 at byte {exc.start}", where="content") from None
+    return encode_variants(VariantSet(format=format, base=text, overlays=list(overlays)))
 
 
 def _rejected_as(

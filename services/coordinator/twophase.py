@@ -24,11 +24,19 @@ from confbus.coordinator.decisions import decision_of, publish_decision, read_de
 from confbus.coordinator.head import Head, Heads
 from confbus.coordinator.liveness import Liveness
 from confbus.coordinator.metrics import CoordinatorMetrics
+from confbus.coordinator.variants import LabelsOf, prepared_variants
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.concurrency import settle
-from confbus.runtime.errors import Conflict, Fenced, InvalidInput, NotFound, Unavailable
+from confbus.runtime.errors import (
+    ConfbusError,
+    Conflict,
+    Fenced,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
@@ -99,6 +107,7 @@ class Coordinator:
         default_timeout_s: float = 5.0,
         liveness: Liveness | None = None,
         claim: Callable[[str], Awaitable[bool]] | None = None,
+        labels_of: LabelsOf | None = None,
     ) -> None:
         self.bus = bus
         self.liveness = liveness or Liveness(None, instance)
@@ -109,6 +118,8 @@ class Coordinator:
         # With leases (several replicas): may we lead this namespace now? None: judge by the
         # leader's liveness alone (a single replica, or tests of takeovers).
         self.claim = claim
+        # The participants' labels, for a version with overlays (None: every node has none).
+        self.labels_of = labels_of
         self._epochs: dict[str, int] = {}  # namespaces we lead, and with which epoch
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         self._announced: set[str] = set()  # txids whose decision record we know exists
@@ -263,6 +274,14 @@ class Coordinator:
             else:
                 head = await starting
             content, _, fmt, signatures = fetched
+            try:
+                variants = await prepared_variants(content, fmt, participants, self.labels_of)
+            except ConfbusError as exc:
+                # Nothing was prepared yet: the transaction is aborted before any vote.
+                await self._decide(head, "abort", str(exc), [])
+                raise
+            if variants:
+                content = b""  # each participant's bytes are in its variant
             txid = ours[0]
             ballot = _Ballot(frozenset(participants))
             started = anyio.current_time()
@@ -281,6 +300,7 @@ class Coordinator:
                     epoch=head.value.epoch,
                     timeout_s=timeout,
                     signatures=signatures,
+                    variants=variants,
                 )
                 await failpoint("coordinator.before_prepare_sent")
                 await _riding_out(

@@ -150,6 +150,10 @@ class Repairs:
                 self._learning_sha.add((ns, target))
                 tg.start_soon(self._learn_sha, ns, target)
             return
+        if st.applied_sha256 is not None and st.applied_sha256 != expected:
+            # A version with overlays: the node applied its own variant, whose bytes it checked
+            # against its entry in the prepare; the version's sha256 is the envelope's.
+            expected = st.applied_sha256
         if st.sha256 == expected:
             self._clear(ns, node, r)
             return

@@ -51,6 +51,7 @@ from confbus.schemas.events import (
 from confbus.schemas.policy import Policy, policy_digest
 from confbus.schemas.policydiff import policy_changes
 from confbus.schemas.streams import MAX_PAYLOAD
+from confbus.schemas.variants import has_variants
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.changes import decide
 from confbus.version_store.errors import InvalidConfig, VersionConflict
@@ -60,6 +61,7 @@ from confbus.version_store.rejections import Rejections
 from confbus.version_store.sessions import Sessions, Upload, page
 from confbus.version_store.storage import NamespaceExport, Store, StoredVersion, rules
 from confbus.version_store.validate import diff
+from confbus.version_store.variantcheck import Members, variant_diffs
 
 log = logging.getLogger("confbus.version_store.api")
 
@@ -76,6 +78,10 @@ class StoreApi:
     exports: Sessions[NamespaceExport] = field(default_factory=lambda: Sessions("export"))
     imports: Sessions[Upload] = field(default_factory=lambda: Sessions("import"))
     policy_writes: anyio.Lock = field(default_factory=anyio.Lock)
+    members: Members = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.members = Members(self.bus)
 
     def endpoints(self) -> list[Endpoint[Any, Any]]:
         bound: list[tuple[Operation[Any, Any], Callable[[Any], Awaitable[Any]]]] = [
@@ -355,8 +361,9 @@ class StoreApi:
                 target = await self.store.resolve(ns, change.rollback_of)
             except NotFound:
                 target = None
+        members = await self.members.of(ns) if has_variants(change.content) else {}
         try:
-            nv = await anyio.to_thread.run_sync(decide, change, policy, target)
+            nv = await anyio.to_thread.run_sync(decide, change, policy, target, members)
         except InvalidConfig as exc:
             return api.DryRunReply(ok=False, reason=exc.message, where=exc.where)
         prior = await self.store.by_change_id(ns, change.change_id)
@@ -377,14 +384,26 @@ class StoreApi:
             err = VersionConflict.stale_base(ns, change.base, head.newest)
             return api.DryRunReply(ok=False, reason=err.message, where="base")
         text, note = "", ""
+        variants: list[api.VariantDiff] = []
         if policy.secret:
             note = f"namespace {ns!r} is secret: the diff is not shown (confbus diff shows it)"
-        elif head.newest:
-            old = (await self.store.get(ns, head.newest)).content
-            text = await anyio.to_thread.run_sync(
-                diff, old, change.content, f"{ns} v{head.newest}", f"{ns} (proposed)"
-            )
-        return api.DryRunReply(ok=True, reason=note, would_be_version=head.newest + 1, diff=text)
+        else:
+            old = (await self.store.get(ns, head.newest)).content if head.newest else None
+            if has_variants(change.content) or (old is not None and has_variants(old)):
+                variants = await anyio.to_thread.run_sync(
+                    variant_diffs, ns, old, f"v{head.newest}", change.content, nv.format, members
+                )
+            elif old is not None:
+                text = await anyio.to_thread.run_sync(
+                    diff, old, change.content, f"{ns} v{head.newest}", f"{ns} (proposed)"
+                )
+        return api.DryRunReply(
+            ok=True,
+            reason=note,
+            would_be_version=head.newest + 1,
+            diff=text,
+            variants=variants,
+        )
 
     # -- backup and restore ---------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -48,6 +48,7 @@ from confbus.schemas.events import Event, VersionCreated, VersionRejected
 from confbus.schemas.names import ChangeId, Namespace
 from confbus.schemas.policy import Policy, policy_digest
 from confbus.schemas.sealing import content_sha256
+from confbus.schemas.variants import has_variants
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import InvalidConfig, NotFound, StoreError, VersionConflict
 from confbus.version_store.eventlog import Announced, scan
@@ -58,6 +59,7 @@ from confbus.version_store.storage import AppendResult, NewVersion, Store
 from confbus.version_store.storage.base import NewStatus
 from confbus.version_store.trustcheck import check_sealing, check_signatures
 from confbus.version_store.validate import validate
+from confbus.version_store.variantcheck import Members, validate_variants
 
 log = logging.getLogger("confbus.version_store")
 
@@ -108,11 +110,18 @@ def rejected_msg_id(namespace: str, change_id: str, policy: str = "") -> str:
     return f"change:{namespace}:{change_id}:rejected{suffix}"
 
 
-def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -> NewVersion:
+def decide(
+    change: ChangeProposed,
+    policy: Policy,
+    target: VersionInfo | None,
+    members: Mapping[str, Mapping[str, str]] | None = None,
+) -> NewVersion:
     """The version to store for ``change``, or ``InvalidConfig`` saying why not.
 
-    ``target`` is the version ``change.rollback_of`` names (None if it names nothing). Pure
-    and CPU-bound: runs in a worker thread, never on the event loop.
+    ``target`` is the version ``change.rollback_of`` names (None if it names nothing);
+    ``members`` the labels of the namespace's current members, whose variants are validated
+    when the change has overlays. Pure and CPU-bound: runs in a worker thread, never on the
+    event loop.
     """
     ns = change.namespace
     if change.strategy is not None:
@@ -146,7 +155,9 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
                 "format",
             )
         # Sealed bytes cannot be validated here: every agent validates the plaintext it opens.
-        if not check_sealing(change, policy, fmt):
+        if has_variants(change.content):
+            validate_variants(change.content, fmt, policy, members or {})
+        elif not check_sealing(change, policy, fmt):
             validate(change.content, fmt, policy)
     check_signatures(change, policy, fmt)
     if status == "draft" and not change.author:
@@ -171,13 +182,15 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
     )
 
 
-def _decide_all(
-    items: list[tuple[ChangeProposed, Policy, VersionInfo | None]],
-) -> list[NewVersion | InvalidConfig]:
+# A change, its namespace's policy, the version it rolls back to, the members' labels.
+_Work = tuple[ChangeProposed, Policy, VersionInfo | None, Mapping[str, Mapping[str, str]]]
+
+
+def _decide_all(items: list[_Work]) -> list[NewVersion | InvalidConfig]:
     out: list[NewVersion | InvalidConfig] = []
-    for change, policy, target in items:
+    for change, policy, target, members in items:
         try:
-            out.append(decide(change, policy, target))
+            out.append(decide(change, policy, target, members))
         except InvalidConfig as exc:
             out.append(exc)
     return out
@@ -291,6 +304,8 @@ class ChangeHandler:
     rejections: Rejections
     metrics: StoreMetrics
     set_health: Callable[[bool, str], None]
+    # None: nobody's labels are known (the base and each overlay alone are still validated)
+    members: Members | None = None
 
     async def __call__(self, batch: Sequence[Delivery[ChangeProposed]]) -> None:
         todo: list[Delivery[ChangeProposed]] = []
@@ -377,13 +392,19 @@ class ChangeHandler:
                 except NotFound:
                     info = None
                 targets[(ch.namespace, ch.rollback_of)] = info
-        work = [
+        members = self.members
+        labels = {
+            ns: await members.of(ns) if members is not None else {}
+            for ns in sorted({i.value.namespace for i in todo if has_variants(i.value.content)})
+        }
+        work: list[_Work] = [
             (
                 item.value,
                 policies[item.value.namespace],
                 None
                 if item.value.rollback_of is None
                 else targets[(item.value.namespace, item.value.rollback_of)],
+                labels.get(item.value.namespace, {}),
             )
             for item in todo
         ]

@@ -35,6 +35,7 @@ from confbus.version_store.changes import ChangeHandler, reject_undecodable
 from confbus.version_store.metrics import StoreMetrics
 from confbus.version_store.rejections import Rejections
 from confbus.version_store.storage import Store, open_store
+from confbus.version_store.variantcheck import Members
 
 if TYPE_CHECKING:
     from confbus.version_store.storage.etcd_conn import EtcdTls
@@ -139,7 +140,12 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             ctx.healthy, ctx.health_detail = ok, detail
 
         handler = ChangeHandler(
-            ctx.bus, store, rejections, StoreMetrics.create(ctx.registry), set_health
+            ctx.bus,
+            store,
+            rejections,
+            StoreMetrics.create(ctx.registry),
+            set_health,
+            Members(ctx.bus),
         )
         consumer = Consumer(
             bus=ctx.bus,

@@ -16,6 +16,7 @@ from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput
 from confbus.runtime.identity import is_identity
 from confbus.schemas.names import LABEL_PATTERN
+from confbus.schemas.selectors import SelectorError, parse_selector
 from confbus.schemas.streams import MAX_PAYLOAD
 
 # -- argparse types -----------------------------------------------------------------------------
@@ -78,6 +79,28 @@ def label_pair(text: str) -> tuple[str, str]:
             f"expected key=value, each letters, digits and _./- (e.g. dc=eu1): {text!r}"
         )
     return key, value
+
+
+def selector_arg(text: str) -> dict[str, str]:
+    """``dc=eu1,tier=web``: a label selector (``confbus.schemas.selectors``)."""
+    try:
+        selector = parse_selector(text)
+    except SelectorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not selector:
+        raise argparse.ArgumentTypeError(f"an empty selector: {text!r}")
+    return selector
+
+
+def overlay_arg(text: str) -> tuple[dict[str, str], str]:
+    """``SELECTOR=FILE`` (``dc=eu1=eu1.yaml``, ``dc=eu1,tier=web=web.json``): the selector is
+    everything before the last ``=``."""
+    selector, sep, path = text.rpartition("=")
+    if not sep or not path or not selector:
+        raise argparse.ArgumentTypeError(
+            f"expected SELECTOR=FILE, e.g. dc=eu1=eu1.yaml or dc=eu1,tier=web=web.yaml: {text!r}"
+        )
+    return selector_arg(selector), path
 
 
 def check_ns(namespace: str) -> str:

@@ -29,6 +29,7 @@ from confbus.cli.commands.args import (
     label_pair,
     nats_identity,
     natural_int,
+    overlay_arg,
     positive_seconds,
     read_file,
 )
@@ -36,7 +37,14 @@ from confbus.cli.commands.keys import add_trust_args, kek_files, signing_keys
 from confbus.cli.commands.publishwait import wait_for_production
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import out, out_bytes
-from confbus.client import ChangeRejected, Client, check_change_id, check_namespace
+from confbus.client import (
+    ChangeRejected,
+    Client,
+    Overlay,
+    check_change_id,
+    check_namespace,
+    with_overlays,
+)
 from confbus.runtime.errors import InvalidInput
 from confbus.schemas.api import store as store_api
 from confbus.schemas.changes import ChangeProposed
@@ -104,6 +112,16 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "default: the policy's selector",
     )
     p.add_argument(
+        "--overlay",
+        type=overlay_arg,
+        action="append",
+        default=[],
+        metavar="SELECTOR=FILE",
+        help="a variant: nodes whose labels match SELECTOR (dc=eu1, or dc=eu1,tier=web) run FILE "
+        "with this file merged in (RFC 7396 merge patch; null deletes a key; text: replaces "
+        "it). Repeatable; a later --overlay wins where two set the same key",
+    )
+    p.add_argument(
         "--progress",
         action="store_true",
         help="with --wait: print each wave on stderr even when it is not a terminal",
@@ -156,11 +174,31 @@ def _local_checks(args: argparse.Namespace) -> None:
         raise CliError(exc.message, USAGE) from None
 
 
+async def content_of(args: argparse.Namespace, client: Client) -> bytes:
+    """FILE's bytes, with the ``--overlay`` files as the version's variants."""
+    content = read_file(args.file)
+    if not args.overlay:
+        return content
+    fmt = format_of(args.file, args.format) or (await client.policy(args.namespace)).format
+    overlays = [Overlay(selector=selector, content=_utf8(path)) for selector, path in args.overlay]
+    try:
+        return with_overlays(content, fmt, overlays)
+    except InvalidInput as exc:
+        raise CliError(f"{args.file}: {exc.message}", USAGE) from None
+
+
+def _utf8(path: str) -> str:
+    try:
+        return read_file(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"overlay {path} is not UTF-8 at byte {exc.start}", USAGE) from None
+
+
 async def publish_from_args(args: argparse.Namespace, client: Client) -> VersionInfo:
     """Publish as the flags say and wait for the version (the hook ``--wait`` builds on)."""
     _local_checks(args)
     author = acting_as(args, args.author)
-    content = read_file(args.file)
+    content = await content_of(args, client)
     if nats_identity(args) is not None:
         return await publish_as(client, author, args, content)
     keys, keks = signing_keys(args), kek_files(args)
@@ -235,7 +273,7 @@ async def run_publish(args: argparse.Namespace, client: Client) -> int:
 
 async def _dry_run(args: argparse.Namespace, client: Client) -> int:
     _local_checks(args)
-    content = read_file(args.file)
+    content = await content_of(args, client)
     sha = hashlib.sha256(content).hexdigest()
     change_id = args.change_id or await client.default_change_id(args.namespace, sha, args.base)
     change = change_from_args(args, content, change_id)
@@ -246,6 +284,10 @@ async def _dry_run(args: argparse.Namespace, client: Client) -> int:
     elif reply.ok:
         if reply.diff:
             out(reply.diff, end="")
+        for v in reply.variants:
+            nodes = ", ".join(v.nodes) if v.nodes else "no node now"
+            out(f"# variant {v.name} ({nodes}) sha256={v.sha256}")
+            out(v.diff or "# (unchanged)\n", end="")
         note = f" ({reply.reason})" if reply.reason else ""
         sys.stderr.write(
             f"confbus: dry run: {args.namespace} v{reply.would_be_version} would be stored"

@@ -22,6 +22,7 @@ from confbus.cli.commands.args import (
     check_ns,
     nats_identity,
     positive_int,
+    selector_arg,
 )
 from confbus.cli.commands.keys import add_kek_arg, kek_files, opened
 from confbus.cli.commands.publish import status_text
@@ -59,6 +60,14 @@ def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p.add_argument("--info", action="store_true", help="print the version's metadata, not bytes")
     p.add_argument("--json", action="store_true", help="with --info: as JSON")
+    p.add_argument(
+        "--for",
+        dest="labels",
+        type=selector_arg,
+        metavar="LABELS",
+        help="the bytes a node with these labels runs (dc=eu1,tier=web): the version's base "
+        "with every overlay they match (its sha256 is what that node reports)",
+    )
     add_kek_arg(p, "open a sealed secret version with this key-encryption key")
     p.set_defaults(func=run_show)
 
@@ -121,6 +130,10 @@ def _history_line(v: VersionInfo) -> str:
 
 async def run_show(args: argparse.Namespace, client: Client) -> int:
     check_ns(args.namespace)
+    if args.labels is not None and not args.info:
+        _, variant = await client.render(args.namespace, args.ref, args.labels)
+        out_bytes(opened(variant.content, kek_files(args)))  # sealed: no overlays, the base
+        return OK
     reply = await client.get(args.namespace, args.ref, content=not args.info)
     if args.info:
         if args.json:
