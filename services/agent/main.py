@@ -139,10 +139,7 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
 
 
 async def run_agent(agent: NodeAgent, settings: Settings) -> None:
-    from prometheus_client import CollectorRegistry
-
     await agent.load()
-    registry = CollectorRegistry()
 
     def health() -> tuple[bool, str]:
         missing = [n for n, ns in agent.namespaces.items() if not ns.state.has_config]
@@ -152,7 +149,9 @@ async def run_agent(agent: NodeAgent, settings: Settings) -> None:
             return True, "ok (connecting to the bus)"
         return True, "ok" if agent.bus_connected else "ok (bus down: serving the files it has)"
 
-    http = HttpServer(registry, host=settings.http_host, port=settings.http_port, health=health)
+    # No registry: the agent's figures are its events and heartbeats on the bus, and an
+    # agent that imported prometheus_client would carry it in every node's memory.
+    http = HttpServer(None, host=settings.http_host, port=settings.http_port, health=health)
 
     async def status(_req: Request) -> Response:
         return Response(200, json.dumps(agent.status()).encode())
