@@ -15,7 +15,6 @@ from pathlib import Path
 
 import anyio
 
-from confbus.agent.health import check_health_url
 from confbus.agent.lastgood import connect_or_fall_back
 from confbus.agent.node import Binding, NodeAgent
 from confbus.agent.trust import Trust, TrustConfigError
@@ -108,6 +107,8 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
             raise SystemExit(f"confbus agent: label {item!r} is not K=V")
         labels[key] = value
     if args.health_url is not None:
+        from confbus.agent.health import check_health_url
+
         try:
             check_health_url(args.health_url)
         except ValueError as exc:

@@ -46,6 +46,9 @@ NEVER_IN_PUBLISH = SERVING_SIDE | {
 }
 NEVER_IN_AGENT = SERVING_SIDE | {
     "prometheus_client",
+    "confbus.agent.health",  # the app's health is forwarded with --health-url only
+    "confbus.runtime.scrape",
+    "shlex",  # --validate and --on-change commands only
     "http.server",
     "cryptography",
     "jsonschema",
