@@ -43,6 +43,8 @@ NEVER_IN_PUBLISH = SERVING_SIDE | {
     "prometheus_client",
     "cryptography",
     "jsonschema",
+    "yaml",
+    "tomllib",
 }
 NEVER_IN_AGENT = SERVING_SIDE | {
     "prometheus_client",
