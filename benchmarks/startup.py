@@ -36,12 +36,9 @@ RAW_PUBLISH = str(REPO / "benchmarks" / "raw_publish.py")
 
 
 def bytecode_env(ctx: Context) -> dict[str, str]:
-    """The environment of the timed processes: bytecode cached (under the work directory, not in
-    the source tree), as an installed package has it — a ``PYTHONDONTWRITEBYTECODE`` here would
-    have every run compile confbus's modules from source again, ~150 ms of ``compile``."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(ctx.path("pycache"))
-    return env
+    """The environment of the timed processes: the benchmark's own (``Context.env``: bytecode
+    cached, as an installed package has it)."""
+    return {**os.environ, **ctx.env}
 
 
 @dataclass(frozen=True)

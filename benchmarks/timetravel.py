@@ -43,7 +43,7 @@ from benchmarks.fleetgen import FleetGen
 from benchmarks.processes import Context, open_bus
 from benchmarks.report import Figure, Target, stats
 from confbus.client import Client
-from confbus.client import _timeline as timeline
+from confbus.client import _reconstruct as timeline
 from confbus.client._fleet import fleet_at
 from confbus.runtime.bus import Bus, Outgoing
 from confbus.runtime.events import event_subject

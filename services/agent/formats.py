@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -103,6 +102,8 @@ def _check_toml(content: bytes) -> None:
 
 def validate_argv(cmd: str | Sequence[str], staged_path: Path) -> list[str]:
     """The argument list ``run_validate`` executes (``{}`` → the staged file's path)."""
+    import shlex  # here: most agents run no validate command, and keep ~45 KB
+
     args = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     if not args:
         raise ValueError("empty validate command")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import anyio
 
-from confbus.agent.health import check_health_url
 from confbus.agent.lastgood import connect_or_fall_back
 from confbus.agent.node import Binding, NodeAgent
 from confbus.agent.trust import Trust, TrustConfigError
@@ -108,6 +107,8 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
             raise SystemExit(f"confbus agent: label {item!r} is not K=V")
         labels[key] = value
     if args.health_url is not None:
+        from confbus.agent.health import check_health_url
+
         try:
             check_health_url(args.health_url)
         except ValueError as exc:
@@ -139,10 +140,7 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
 
 
 async def run_agent(agent: NodeAgent, settings: Settings) -> None:
-    from prometheus_client import CollectorRegistry
-
     await agent.load()
-    registry = CollectorRegistry()
 
     def health() -> tuple[bool, str]:
         missing = [n for n, ns in agent.namespaces.items() if not ns.state.has_config]
@@ -152,7 +150,9 @@ async def run_agent(agent: NodeAgent, settings: Settings) -> None:
             return True, "ok (connecting to the bus)"
         return True, "ok" if agent.bus_connected else "ok (bus down: serving the files it has)"
 
-    http = HttpServer(registry, host=settings.http_host, port=settings.http_port, health=health)
+    # No registry: the agent's figures are its events and heartbeats on the bus, and an
+    # agent that imported prometheus_client would carry it in every node's memory.
+    http = HttpServer(None, host=settings.http_host, port=settings.http_port, health=health)
 
     async def status(_req: Request) -> Response:
         return Response(200, json.dumps(agent.status()).encode())

@@ -37,7 +37,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
-from confbus.agent.health import HealthForwarder
 from confbus.agent.hooks import run_on_change
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
@@ -163,6 +162,9 @@ class NodeAgent:
             tg.start_soon(keep_last_good, bus, self)  # services.agent.lastgood
             await tg.start(self._serve_resync, bus)  # drift repair (the distributor asks)
             if self.health_url:
+                # Only an agent that forwards an app's health holds the scraper in memory.
+                from confbus.agent.health import HealthForwarder
+
                 forwarder = HealthForwarder(
                     self.node,
                     self.health_url,

@@ -1,7 +1,7 @@
 """What ``status --at``, ``why`` and ``diff-fleet`` answer, computed from fleet states.
 
 Pure functions over ``confbus.schemas.fleet.FleetState`` (folded by ``confbus.schemas.fold``,
-read by ``confbus.client._timeline``): no I/O, so the CLI, the Python client and the console
+read by ``confbus.client._reconstruct``): no I/O, so the CLI, the Python client and the console
 show the same answer. Every step of an explanation carries the stream sequence of its event; what
 the stream does not hold is said to be unknown, with the time from which it knows nothing.
 """

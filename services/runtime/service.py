@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
-from prometheus_client import CollectorRegistry
 
 from confbus.runtime.bus import Bus, connect, provision
 from confbus.runtime.errors import Unavailable
@@ -34,6 +33,7 @@ from confbus.runtime.log import setup_logging
 from confbus.runtime.settings import Settings, add_common_args, settings_from_args
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from starlette.types import ASGIApp
 
 log = logging.getLogger("confbus.service")
@@ -92,6 +92,8 @@ async def run_service(
     try:
         if settings.provision:
             await provision(bus, replicas=settings.replicas)
+        from prometheus_client import CollectorRegistry
+
         registry = CollectorRegistry()
         ctx_holder: list[ServiceContext] = []
 

@@ -40,7 +40,7 @@ import anyio
 from confbus.agent.record import _parse as parse_slot  # read-only: no fsync, no write
 from confbus.agent.state import decode_state
 from confbus.client import Client
-from confbus.client import _timeline as timeline
+from confbus.client import _reconstruct as timeline
 from confbus.client._fleet import fleet_at
 from confbus.runtime.errors import ConfbusError
 from confbus.runtime.http import http_post

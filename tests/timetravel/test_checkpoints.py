@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from confbus.client import Client
-from confbus.client import _timeline as timeline
+from confbus.client import _reconstruct as timeline
 from confbus.client._fleet import fleet_at
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
