@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-import yaml
 
 from confbus.schemas.names import Format, Label
 from confbus.schemas.selectors import matches, selector_text
@@ -172,12 +170,21 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+# PyYAML and tomllib are imported by the namespaces of those formats only: a JSON publish or
+# agent does not pay for them (tests/e2e/test_lean_imports.py). Their errors read as ValueError.
 def _parse(fmt: str, text: str) -> Any:
     if fmt == "json":
         return json.loads(text)
     if fmt == "yaml":
-        return yaml.safe_load(text)
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(str(exc)) from None
     if fmt == "toml":
+        import tomllib
+
         return tomllib.loads(text)
     raise ValueError(f"format {fmt} has no merge patches")
 
@@ -186,7 +193,12 @@ def _dump(fmt: str, doc: Any) -> bytes:
     if fmt == "json":
         return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
     if fmt == "yaml":
-        return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode()
+        import yaml
+
+        try:
+            return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode()
+        except yaml.YAMLError as exc:
+            raise ValueError(str(exc)) from None
     if not isinstance(doc, dict):
         raise ValueError("a TOML document must be a table")
     return msgspec.toml.encode(doc)
@@ -200,17 +212,17 @@ def _apply(version: VariantSet, overlays: Sequence[Overlay]) -> bytes:
         return overlays[-1].content.encode()
     try:
         doc = _parse(version.format, version.base)
-    except (ValueError, yaml.YAMLError) as exc:
+    except ValueError as exc:
         raise VariantError(name, f"the base does not parse as {version.format}: {exc}") from None
     for overlay in overlays:
         try:
             patch = _parse(version.format, overlay.content)
-        except (ValueError, yaml.YAMLError) as exc:
+        except ValueError as exc:
             raise VariantError(
                 name, f"overlay {overlay_name(overlay)} is not {version.format}: {exc}"
             ) from None
         doc = merge_patch(doc, patch)
     try:
         return _dump(version.format, doc)
-    except (ValueError, TypeError, yaml.YAMLError) as exc:
+    except (ValueError, TypeError) as exc:
         raise VariantError(name, f"cannot write the result as {version.format}: {exc}") from None
