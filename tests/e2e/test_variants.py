@@ -175,6 +175,12 @@ async def test_six_nodes_get_their_own_bytes_in_one_switch_and_roll_back_to_thei
             own[node][version] = shown.stdout
         assert stack.agents[node].read(NS) == own[node][2], node
     assert len({own[n][2] for n in LABELS}) == 4  # four variants
+    # diff --for: what changed from v1 to v2 on a node with n1's labels (the store renders both).
+    d = await confbus(stack, "diff", NS, "1", "2", "--for", LABELS["n1"])
+    assert d.returncode == 0, d.stderr
+    diffed = d.stdout.decode()
+    assert diffed.startswith(f"--- {NS} v1 for dc=eu1,tier=web\n+++ {NS} v2 for dc=eu1,tier=web\n")
+    assert '-  "workers": 8' in diffed and '+  "workers": 16' in diffed, diffed
     assert json.loads(own["n1"][2]) == {"db": {"host": "db.eu1", "port": 6432}, "workers": 16}
     assert json.loads(own["n5"][2])["log"] == "info"
 
