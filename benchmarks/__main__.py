@@ -66,6 +66,11 @@ BENCHMARKS: dict[str, Entry] = {
         "a signed switch of 100 agents beside the same switch unsigned (target ≤ 1.2×)",
         240.0,
     ),
+    "variants_switch": Entry(
+        "benchmarks.variants_switch",
+        "a switch of 100 agents across 4 variants beside one variant (target ≤ 1.2×)",
+        240.0,
+    ),
     "throughput": Entry(
         "benchmarks.throughput",
         "committed changes/s, 50 namespaces × 10 agents, fsyncs per change",

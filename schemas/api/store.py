@@ -14,7 +14,7 @@ import msgspec
 
 from confbus.schemas.api.operation import Operation, seconds
 from confbus.schemas.changes import ChangeProposed
-from confbus.schemas.names import Namespace, VersionNumber
+from confbus.schemas.names import Label, Namespace, VersionNumber
 from confbus.schemas.policy import Policy
 from confbus.schemas.signing import Signature
 from confbus.schemas.versions import VersionInfo
@@ -59,6 +59,9 @@ class DiffRequest(msgspec.Struct, frozen=True, kw_only=True):
     namespace: Namespace
     a: VersionRef
     b: VersionRef
+    # The bytes a node with these labels runs of each version (docs/design.md §2.6); None:
+    # the stored bytes (a version with overlays: its envelope).
+    labels: dict[Label, Label] | None = None
 
 
 class DiffReply(msgspec.Struct, frozen=True, kw_only=True):

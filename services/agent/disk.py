@@ -71,6 +71,7 @@ from confbus.agent.history import VERSIONS_DIR
 from confbus.agent.staging import prepare_txn
 from confbus.agent.state import (
     CommitOutcome,
+    DiskState,
     Installing,
     LocalState,
     PreparedRecord,
@@ -191,7 +192,9 @@ class NamespaceDisk(InstallingDisk):
                     "undecided; a node holds one prepared transaction per namespace",
                 )
             applied = st.applied.version if st.applied else 0
-            if prepare.version <= applied:
+            if prepare.version < applied or (
+                prepare.version == applied and not _moves_variant(st, prepare, sha256)
+            ):
                 raise Refused(
                     "not-newer",
                     f"version {prepare.version} is not newer than applied version {applied}",
@@ -261,7 +264,8 @@ class NamespaceDisk(InstallingDisk):
             st = self._current()
             held = st.prepared if st.prepared is not None and st.prepared.txid == txid else None
             applied = st.applied.version if st.applied else 0
-            if version <= applied:
+            moving = held is not None and _moves_variant(st, held, held.sha256)
+            if version < applied or (version == applied and not moving):
                 self._forget(txid)
                 return CommitOutcome.NOT_NEWER
             if held is None or (held.version, held.decided_sha256) != (version, sha256):
@@ -334,3 +338,17 @@ class NamespaceDisk(InstallingDisk):
             dropped = True
         remove_quietly(self.staged_path(txid))
         return dropped
+
+
+def _moves_variant(st: DiskState, to: Prepare | PreparedRecord, sha256: str) -> bool:
+    """A switch to the applied version that moves this node to another variant of it (its
+    labels changed, docs/design.md §2.6): the only switch that may repeat a version. ``to`` must
+    be a variant prepare (its own bytes are not the version's) with bytes other than those
+    applied; anything else at the applied version is not newer."""
+    version_sha256 = to.sha256 if isinstance(to, Prepare) else to.decided_sha256
+    return (
+        st.applied is not None
+        and to.version == st.applied.version
+        and sha256 != version_sha256
+        and sha256 != st.applied.sha256
+    )

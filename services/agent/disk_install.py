@@ -154,8 +154,17 @@ class InstallingDisk(RecordedDisk):
         prepared = st.prepared
         # A prepared transaction at or below what is now applied can never apply: drop it.
         stale = prepared if prepared is not None and prepared.version <= intent.version else None
+        good = st.last_good
+        if good is not None and good.version == intent.version and good.sha256 != intent.sha256:
+            # Another variant of the last known good (the node's labels changed): the history
+            # keeps one copy per version, which is now this node's own bytes of it.
+            good = LastGood(version=good.version, sha256=intent.sha256)
         st = msgspec.structs.replace(
-            st, applied=applied, installing=None, prepared=None if stale else prepared
+            st,
+            applied=applied,
+            installing=None,
+            prepared=None if stale else prepared,
+            last_good=good,
         )
         return st, stale
 

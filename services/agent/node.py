@@ -369,8 +369,9 @@ class NodeAgent:
                     txid=txid,
                     previous=before,
                 ),
-                # The same id for a repeat after a restart: within the window, a no-op.
-                msg_id=f"applied:{namespace}:{self.node}:{version}",
+                # The same id for a repeat after a restart: within the window, a no-op. The
+                # bytes are in it: a move to another variant of the version is another apply.
+                msg_id=f"applied:{namespace}:{self.node}:{version}:{sha256[:16]}",
             )
         except ConfbusError as exc:
             log.warning("could not announce apply", extra={"error": str(exc)})

@@ -304,9 +304,22 @@ class Store(Events):
             before = page.next_before
         return out
 
-    async def diff(self, namespace: str, a: str | int, b: str | int) -> store_api.DiffReply:
-        """A unified diff from version ``a`` to ``b`` (numbers or names, as for ``get``)."""
-        request = store_api.DiffRequest(namespace=namespace, a=str(a), b=str(b))
+    async def diff(
+        self,
+        namespace: str,
+        a: str | int,
+        b: str | int,
+        *,
+        labels: Mapping[str, str] | None = None,
+    ) -> store_api.DiffReply:
+        """A unified diff from version ``a`` to ``b`` (numbers or names, as for ``get``);
+        ``labels``: of the bytes a node with these labels runs of each (``diff --for``)."""
+        request = store_api.DiffRequest(
+            namespace=namespace,
+            a=str(a),
+            b=str(b),
+            labels=dict(labels) if labels is not None else None,
+        )
         return await self.call(store_api.DIFF, request)
 
     async def approve(self, namespace: str, version: int, approver: str) -> VersionInfo:

@@ -21,7 +21,7 @@ plain, self-declared twins for confbus services; without it, both work as before
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +50,9 @@ from confbus.schemas.events import (
 )
 from confbus.schemas.policy import Policy, policy_digest
 from confbus.schemas.policydiff import policy_changes
+from confbus.schemas.selectors import selector_text
 from confbus.schemas.streams import MAX_PAYLOAD
-from confbus.schemas.variants import has_variants
+from confbus.schemas.variants import VariantError, has_variants, render, variant_set
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.changes import decide
 from confbus.version_store.errors import InvalidConfig, VersionConflict
@@ -136,12 +137,16 @@ class StoreApi:
     async def diff(self, req: api.DiffRequest) -> api.DiffReply:
         a = await self._resolved(req.namespace, req.a)
         b = await self._resolved(req.namespace, req.b)
+        a_bytes, b_bytes, suffix = a.content, b.content, ""
+        if req.labels is not None:
+            a_bytes, b_bytes = (_rendered(v, req.labels) for v in (a, b))
+            suffix = f" for {selector_text(req.labels) or 'no labels'}"
         text = await anyio.to_thread.run_sync(
             diff,
-            a.content,
-            b.content,
-            f"{req.namespace} v{a.info.version}",
-            f"{req.namespace} v{b.info.version}",
+            a_bytes,
+            b_bytes,
+            f"{req.namespace} v{a.info.version}{suffix}",
+            f"{req.namespace} v{b.info.version}{suffix}",
         )
         return api.DiffReply(a=a.info.version, b=b.info.version, diff=text)
 
@@ -482,3 +487,11 @@ class StoreApi:
             replica=self.replica,
             policy_changed=changed,
         )
+
+
+def _rendered(v: StoredVersion, labels: Mapping[str, str]) -> bytes:
+    """What a node with ``labels`` runs of ``v``; ``InvalidInput`` naming the variant."""
+    try:
+        return render(variant_set(v.content, v.info.format), labels)
+    except VariantError as exc:
+        raise InvalidInput(str(exc), where="variants") from None

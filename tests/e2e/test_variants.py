@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from confbus.runtime.kv import StateKV
-from confbus.schemas.events import NodeApplied, NodeDrift, TxnCommitted
+from confbus.schemas.events import AnyEvent, NodeApplied, NodeCatchUp, NodeDrift, TxnCommitted
 from confbus.schemas.state import decode_node, node_key
 from confbus.schemas.streams import CFG_STATE
 from confbus.schemas.txn import Prepare, decode_txn
@@ -175,6 +175,12 @@ async def test_six_nodes_get_their_own_bytes_in_one_switch_and_roll_back_to_thei
             own[node][version] = shown.stdout
         assert stack.agents[node].read(NS) == own[node][2], node
     assert len({own[n][2] for n in LABELS}) == 4  # four variants
+    # diff --for: what changed from v1 to v2 on a node with n1's labels (the store renders both).
+    d = await confbus(stack, "diff", NS, "1", "2", "--for", LABELS["n1"])
+    assert d.returncode == 0, d.stderr
+    diffed = d.stdout.decode()
+    assert diffed.startswith(f"--- {NS} v1 for dc=eu1,tier=web\n+++ {NS} v2 for dc=eu1,tier=web\n")
+    assert '-  "workers": 8' in diffed and '+  "workers": 16' in diffed, diffed
     assert json.loads(own["n1"][2]) == {"db": {"host": "db.eu1", "port": 6432}, "workers": 16}
     assert json.loads(own["n5"][2])["log"] == "info"
 
@@ -233,3 +239,52 @@ async def test_a_validator_refusing_one_variant_on_one_node_aborts_for_all_six(
     assert "n3" in err and "eu1 db refused" in err, err
     for node in LABELS:  # n1 and n2 would have taken their eu1 variant: nobody changed
         assert refusing_stack.agents[node].read(NS) is None, node
+
+
+async def test_a_node_whose_labels_change_moves_to_its_new_variant_by_a_switch(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await ready(stack)
+    v1 = files(
+        tmp_path,
+        "v1",
+        base={"db": {"host": "db.local"}, "workers": 4},
+        eu1={"db": {"host": "db.eu1"}},
+        web={"workers": 8},
+    )
+    r = await publish(stack, v1, "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    shown = await confbus(stack, "show", NS, "1", "--for", "dc=eu1,tier=db")
+    assert shown.returncode == 0, shown.stderr
+    eu1_db = shown.stdout
+    n5 = stack.agents["n5"]
+    before = {node: stack.agents[node].read(NS) for node in LABELS}
+    assert before["n5"] != eu1_db
+
+    # n5 moves from us1 to eu1: the same agent, restarted with its new labels.
+    n5.proc.stop()
+    n5.proc.argv = [("dc=eu1" if a == "dc=us1" else a) for a in n5.proc.argv]
+    n5.proc.start()
+
+    async def moved() -> bool:
+        return n5.read(NS) == eu1_db
+
+    await eventually(moved, timeout=60, what="n5 on its eu1 variant")
+    for node in LABELS.keys() - {"n5"}:
+        assert stack.agents[node].read(NS) == before[node], node
+    new_sha256 = hashlib.sha256(eu1_db).hexdigest()
+    async with client_of(stack) as client:
+
+        async def announced() -> list[AnyEvent] | None:
+            evs = await events(client.bus)
+            applied = [(e.version, e.sha256) for e in of(evs, NodeApplied) if e.node == "n5"]
+            return evs if (1, new_sha256) in applied else None
+
+        evs = await eventually(announced, timeout=30, what="n5's node.applied of its new bytes")
+        # Through a normal switch: one transaction of version 1 for n5 alone, committed, and
+        # n5 announced its new bytes — not a re-sync, not drift.
+        moves = [e for e in of(evs, TxnCommitted) if e.participants == ["n5"]]
+        assert [e.version for e in moves] == [1]
+        catchups = [e for e in of(evs, NodeCatchUp) if e.node == "n5" and e.outcome == "applied"]
+        assert [(e.kind, e.version, e.txid) for e in catchups] == [("switch", 1, moves[0].txid)]
+        assert not of(evs, NodeDrift)

@@ -71,6 +71,19 @@ async def test_agent_kill_catches_apply_on_prepare(tmp_path: Path) -> None:
     assert_caught(fig, "divergent", "aborted_applies")
 
 
+async def test_agent_kill_catches_another_variant_staged(tmp_path: Path) -> None:
+    """Agents that stage another node's variant: each checks those bytes against that entry's
+    own sha256, so only the audit of each node's own bytes sees it."""
+    fig = await twopc.agent_kill(
+        tmp_path,
+        steps=("agent.after_apply",),
+        tier="bug",
+        bug="stage_another_variant",
+        budget_s=BUG_BUDGET["agent_kill"],
+    )
+    assert_caught(fig, "divergent", "applied_other_bytes")
+
+
 async def test_zombie_coordinator_is_fenced(tmp_path: Path) -> None:
     steps = ("coordinator.before_prepare_sent", "coordinator.after_votes")
     fig = await twopc.zombie(tmp_path, steps=steps, budget_s=BUDGET["zombie"])

@@ -75,6 +75,13 @@ def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("namespace", metavar="NS")
     p.add_argument("a", metavar="V1")
     p.add_argument("b", metavar="V2")
+    p.add_argument(
+        "--for",
+        dest="labels",
+        type=selector_arg,
+        metavar="LABELS",
+        help="diff the bytes a node with these labels runs of each version (dc=eu1,tier=web)",
+    )
     p.set_defaults(func=run_diff)
 
     p = sub.add_parser(
@@ -149,7 +156,7 @@ async def run_show(args: argparse.Namespace, client: Client) -> int:
 
 async def run_diff(args: argparse.Namespace, client: Client) -> int:
     check_ns(args.namespace)
-    reply = await client.diff(args.namespace, args.a, args.b)
+    reply = await client.diff(args.namespace, args.a, args.b, labels=args.labels)
     out(reply.diff, end="")
     return OK
 
