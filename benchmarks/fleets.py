@@ -125,11 +125,13 @@ class AgentFleet(Fleet):
         connections: int = 2,
         heartbeat_interval: float = 2.0,
         tag: str = "agents",
+        trust: Path | None = None,
     ) -> None:
         super().__init__(
             ctx, nats_url, root, agents, processes=processes, connections=connections, tag=tag
         )
         self.heartbeat_interval = heartbeat_interval
+        self.trust = trust  # every agent's trust roots file (confbus agent --trust)
 
     @property
     def one_per_process(self) -> bool:
@@ -163,12 +165,15 @@ class AgentFleet(Fleet):
                 )
                 for ns in spec.namespaces:
                     argv += ["--namespace", ns, "--path", str(live_file(self.root, spec.node, ns))]
+                if self.trust is not None:
+                    argv += ["--trust", str(self.trust)]
                 pending.append(self.ctx.proc(f"{self.tag}-{spec.node}", argv, wait_ready=False))
         else:
             plan = {
                 "nats_url": self.nats_url,
                 "connections": self.connections,
                 "heartbeat_interval": self.heartbeat_interval,
+                "trust": None if self.trust is None else str(self.trust),
             }
             groups = split(self.agents, self.processes)
             host = ("benchmarks.fleets", "agents")
@@ -257,31 +262,32 @@ def _experiment(name: str) -> None:
     fsync).
     ``no-history``: no history copy after an apply (an upper bound of making it cheaper)."""
     from confbus.agent.disk import NamespaceDisk
+    from confbus.agent.staging import StagedFiles
 
     if name == "no-seq-save":
 
-        def keep_in_memory(self: NamespaceDisk, seq: int) -> None:
+        def keep_in_memory(self: Any, seq: int) -> None:
             return None
 
         NamespaceDisk.save_stream_seq = keep_in_memory  # type: ignore[method-assign]
     elif name == "unsynced-staged":
         # The upper bound of moving the staged file's two fsyncs (file, directory) off the
         # vote's path, e.g. into a PREPARED record that carries the bytes.
-        def write_unsynced(self: NamespaceDisk, path: Path, content: bytes) -> None:
+        def write_unsynced(self: StagedFiles, path: Path, content: bytes) -> None:
             path.write_bytes(content)
 
-        NamespaceDisk._write_staged = write_unsynced  # type: ignore[method-assign]
+        StagedFiles.write = write_unsynced  # type: ignore[method-assign]
     elif name == "inplace-staged":
         from benchmarks.baselines import stage_file  # the baseline's own prepare I/O
 
-        def write_in_place(self: NamespaceDisk, path: Path, content: bytes) -> None:
+        def write_in_place(self: StagedFiles, path: Path, content: bytes) -> None:
             stage_file(path, content)
 
-        NamespaceDisk._write_staged = write_in_place  # type: ignore[method-assign]
+        StagedFiles.write = write_in_place  # type: ignore[method-assign]
     elif name == "no-history":
 
         def remember_nothing(
-            self: NamespaceDisk,
+            self: Any,
             version: int,
             data: bytes,
             *,
@@ -297,11 +303,13 @@ def _experiment(name: str) -> None:
 
 async def _host(plan: dict[str, Any]) -> None:
     from confbus.agent.node import Binding, NodeAgent
+    from confbus.agent.trust import Trust
 
     _experiment(os.environ.get("CONFBUS_BENCH_EXPERIMENT", ""))
 
     root = Path(plan["root"])
     hb = float(plan["heartbeat_interval"])
+    trust = Trust.load(Path(plan["trust"]), []) if plan.get("trust") else Trust()
     agents = []
     for a in plan["agents"]:
         etc, state = node_dirs(root, a["node"])
@@ -314,6 +322,7 @@ async def _host(plan: dict[str, Any]) -> None:
                 ],
                 state_dir=str(state),
                 heartbeat_interval_s=hb,
+                trust=trust,
             )
         )
     buses = [

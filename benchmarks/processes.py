@@ -107,6 +107,15 @@ class Context:
     def logs(self) -> Path:
         return self.path("logs")
 
+    @property
+    def env(self) -> dict[str, str]:
+        """Set over the inherited environment of every process a benchmark starts: bytecode
+        cached (under the work directory, not in the source tree), as an installed package has
+        it. This machine sets ``PYTHONDONTWRITEBYTECODE``; with it every process compiled
+        confbus's modules from source at each start: ~150 ms of ``compile`` in a CLI command,
+        ~0.8 MB more RSS in an agent."""
+        return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(self.path("pycache"))}
+
     def start_nats(self, name: str = "nats") -> NatsServer:
         server = NatsServer(data_dir=self.path(name), log_file=self.logs / f"{name}.log").start()
         self._stops.append(server.stop)
@@ -129,7 +138,8 @@ class Context:
         wait_ready: bool = True,
         timeout: float = 30.0,
     ) -> Proc:
-        p = Proc(name, argv, self.logs, env, cwd=REPO).start(wait_ready=False)
+        p = Proc(name, argv, self.logs, {**self.env, **(env or {})}, cwd=REPO)
+        p.start(wait_ready=False)
         self._stops.append(p.stop)
         if wait_ready:
             p.wait_ready(timeout)
@@ -137,7 +147,7 @@ class Context:
 
     def service(self, pkg: str, nats_url: str, *args: str, name: str | None = None) -> Proc:
         """``python -m confbus.<pkg>`` as a real process, waiting for its ready line."""
-        p = Proc.service(pkg, nats_url, self.logs, "--no-provision", *args, name=name)
+        p = Proc.service(pkg, nats_url, self.logs, "--no-provision", *args, env=self.env, name=name)
         self._stops.append(p.stop)
         return p.start(timeout=30.0)
 

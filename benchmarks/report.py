@@ -79,7 +79,7 @@ Better = Literal["lower", "higher"]
 
 @dataclass
 class Target:
-    """One target of issue 8, judged on this run: ``what`` (e.g. ``p50 ≤ 100 ms``)."""
+    """One performance target, judged on this run: ``what`` (e.g. ``p50 ≤ 100 ms``)."""
 
     what: str
     ok: bool

@@ -16,7 +16,19 @@ from typing import Any
 
 import msgspec
 
-from confbus.schemas import asyncapi, changes, dlq, events, health, node, policy, txn, versions
+from confbus.schemas import (
+    asyncapi,
+    changes,
+    dlq,
+    events,
+    fleet,
+    health,
+    node,
+    policy,
+    state,
+    txn,
+    versions,
+)
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api import rollback as rollback_api
@@ -38,6 +50,15 @@ MESSAGES: Mapping[str, Any] = {
     "CFG_TXN_HEAD": txn.TxnHead,
     "version": versions.VersionInfo,
     "policy": policy.Policy,
+    "CFG_CHECKPOINTS": fleet.FleetState,
+    # CFG_STATE, one document per key family (the keys are in confbus.schemas.state)
+    "CFG_STATE.lease": state.LeaseRecord,
+    "CFG_STATE.rollout": dist_api.RolloutInfo,
+    "CFG_STATE.target": state.TargetRecord,
+    "CFG_STATE.node": state.NodeRecord,
+    "CFG_STATE.health.alerts": state.AlertBook,
+    "CFG_STATE.rollback": state.Ledger,
+    "CFG_STATE.coord.alive": state.Alive,
 }
 
 API_MODULES = {

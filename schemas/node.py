@@ -14,6 +14,9 @@ class NamespaceState(msgspec.Struct, frozen=True, kw_only=True):
     namespace: Namespace
     applied_version: int | None = None
     sha256: str | None = None  # of the live file as read back from disk (drift shows here)
+    # of the applied version's bytes on this node: the version's sha256, or its variant's
+    # (docs/design.md §2.6); None from agents before variants
+    applied_sha256: str | None = None
     highest_epoch: Epoch = 0
     prepared_txid: TxId | None = None
     last_good: int | None = None

@@ -20,9 +20,20 @@ import msgspec
 
 from confbus.schemas.base import Message, utcnow
 from confbus.schemas.names import Epoch, Format, Namespace, NodeId, Sha256, TxId, VersionNumber
+from confbus.schemas.signing import Signature
 
 Outcome = Literal["commit", "abort"]
 HeadState = Literal["idle", "preparing", "committed", "aborted"]
+
+
+class PreparedVariant(msgspec.Struct, frozen=True, kw_only=True):
+    """One distinct variant of a prepare: its bytes, their sha256, and the participants that
+    stage it (docs/design.md §2.6). Each participant is in exactly one."""
+
+    name: str
+    sha256: Sha256
+    content: bytes
+    nodes: list[str]
 
 
 class Prepare(Message, tag="txn.prepare", kw_only=True, frozen=True):
@@ -36,6 +47,24 @@ class Prepare(Message, tag="txn.prepare", kw_only=True, frozen=True):
     epoch: Epoch
     timeout_s: float
     created_at: datetime = msgspec.field(default_factory=utcnow)
+    # The version's signatures as the store holds them; agents check them against their own
+    # trust roots before voting (docs/design.md §7.6). ``content`` is sealed for a secret
+    # namespace, and ``sha256`` is then the plaintext's.
+    signatures: list[Signature] = []
+    # A version with overlays: each distinct variant once, with the nodes it is for. ``content``
+    # is then empty and ``sha256`` the version's (what the decision names); each node stages
+    # its own entry's bytes, checked against that entry's sha256.
+    variants: list[PreparedVariant] = []
+
+    def bytes_for(self, node: str) -> tuple[bytes, str] | None:
+        """The bytes ``node`` stages and their sha256 (None: a variant prepare without an entry
+        for it)."""
+        if not self.variants:
+            return self.content, self.sha256
+        for v in self.variants:
+            if node in v.nodes:
+                return v.content, v.sha256
+        return None
 
 
 class Decision(Message, tag="txn.decision", kw_only=True, frozen=True):

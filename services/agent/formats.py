@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import msgspec
-import yaml
 from anyio.abc import ByteReceiveStream
 
 from confbus.agent.state import Refused
@@ -65,10 +62,9 @@ def check_content(fmt: str, content: bytes) -> None:
         if fmt == "json":
             msgspec.json.decode(content)
         elif fmt == "yaml":
-            # Decode first: PyYAML would guess UTF-16 from a BOM; configs here are UTF-8.
-            yaml.safe_load(content.decode("utf-8"))
+            _check_yaml(content)
         elif fmt == "toml":
-            tomllib.loads(content.decode("utf-8"))
+            _check_toml(content)
         elif fmt == "text":
             content.decode("utf-8")
         else:
@@ -77,16 +73,37 @@ def check_content(fmt: str, content: bytes) -> None:
         raise Refused("format", f"invalid {fmt}: not UTF-8 at byte {exc.start}") from exc
     except msgspec.DecodeError as exc:
         raise Refused("format", f"invalid JSON: {excerpt(str(exc))}") from exc
-    except yaml.YAMLError as exc:
-        raise Refused("format", f"invalid YAML: {excerpt(str(exc))}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise Refused("format", f"invalid TOML: {excerpt(str(exc))}") from exc
     except RecursionError as exc:
         raise Refused("format", f"invalid {fmt}: nested too deeply") from exc
 
 
+# The YAML and TOML parsers are imported by the agents of such namespaces only (PyYAML is ~1 MB
+# of every agent's RSS).
+
+
+def _check_yaml(content: bytes) -> None:
+    import yaml
+
+    try:
+        # Decode first: PyYAML would guess UTF-16 from a BOM; configs here are UTF-8.
+        yaml.safe_load(content.decode("utf-8"))
+    except yaml.YAMLError as exc:
+        raise Refused("format", f"invalid YAML: {excerpt(str(exc))}") from exc
+
+
+def _check_toml(content: bytes) -> None:
+    import tomllib
+
+    try:
+        tomllib.loads(content.decode("utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise Refused("format", f"invalid TOML: {excerpt(str(exc))}") from exc
+
+
 def validate_argv(cmd: str | Sequence[str], staged_path: Path) -> list[str]:
     """The argument list ``run_validate`` executes (``{}`` → the staged file's path)."""
+    import shlex  # here: most agents run no validate command, and keep ~45 KB
+
     args = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     if not args:
         raise ValueError("empty validate command")

@@ -31,8 +31,9 @@ from nats.aio.msg import Msg
 
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk
-from confbus.agent.state import IntegrityError, VersionNotOnDisk
-from confbus.agent.state_io import atomic_write, ensure_dir, read_if_exists
+from confbus.agent.state import IntegrityError, Refused, VersionNotOnDisk
+from confbus.agent.state_io import atomic_write, ensure_dir, read_if_exists, sha256_bytes
+from confbus.agent.variants import own_variant
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, NotFound
@@ -97,6 +98,7 @@ async def connect_or_fall_back(
     try:
         return await connect_with_retry(settings, name, timeout=grace)
     except TimeoutError:
+        agent.bus_connected = False
         restored = await fall_back(agent)
         serving = "the last known good" if restored else "the files it has"
         log.warning(
@@ -188,6 +190,8 @@ async def record(
     if ns.state.last_good == version:
         return False
     kept = False
+    if ns.state.applied_version == version:
+        sha256 = None  # this node's own bytes of it (its variant's): the applied record's
     if version in await offload.run(ns.disk.history):
         try:
             await offload.run(lambda: ns.disk.mark_last_good(version, sha256=sha256))
@@ -204,12 +208,19 @@ async def record(
             store_api.GET,
             store_api.GetRequest(namespace=name, ref=str(version), content=True),
         )
-        content = full.content
-        if content is None:
+        if full.content is None:
             return False
-        await offload.run(
-            lambda: ns.disk.mark_last_good(version, sha256=full.info.sha256, content=content)
-        )
+        try:
+            content = agent.trust.admit_bytes(
+                name, version, full.info.sha256, full.info.format, full.signatures, full.content
+            )
+            own = own_variant(content, full.info, agent.labels)
+        except Refused as no:
+            log.warning("last known good refused", extra={"namespace": name, "reason": no.reason})
+            return False
+        # A version with overlays: this node's variant, whose sha256 is its own bytes'.
+        own_sha = full.info.sha256 if own is content else sha256_bytes(own)
+        await offload.run(lambda: ns.disk.mark_last_good(version, sha256=own_sha, content=own))
     ns.state = await offload.run(ns.disk.snapshot)
     log.info("last known good recorded", extra={"namespace": name, "version": version})
     return True

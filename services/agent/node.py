@@ -38,11 +38,12 @@ from nats.aio.msg import Msg
 
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
-from confbus.agent.health import HealthForwarder
 from confbus.agent.hooks import run_on_change
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
+from confbus.agent.trust import Trust
+from confbus.agent.variants import own_variant
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -104,9 +105,11 @@ class NodeAgent:
     keep: int = 10
     health_url: str | None = None  # forward the app's health (confbus.agent.health)
     health_interval_s: float = 5.0
+    # Trust roots and key-encryption keys, from files given at start (confbus.agent.trust).
+    trust: Trust = field(default_factory=Trust)
     started_at: datetime = field(default_factory=utcnow)
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
-    bus_connected: bool = field(default=False, init=False)
+    bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
     _beat_now: anyio.Event = field(default_factory=anyio.Event, init=False)
 
@@ -135,7 +138,7 @@ class NodeAgent:
     def status(self) -> dict[str, object]:
         return {
             "node": self.node,
-            "bus": "connected" if self.bus_connected else "down",
+            "bus": {True: "connected", False: "down", None: "connecting"}[self.bus_connected],
             "ready_to_vote": self.ready,
             "namespaces": {
                 name: {
@@ -162,9 +165,12 @@ class NodeAgent:
             tg.start_soon(self._announce_unannounced, bus)
             tg.start_soon(self._heartbeats, bus)
             tg.start_soon(self._resolve_doubts, bus)
-            tg.start_soon(keep_last_good, bus, self)  # services.agent.lastgood (issue 6)
+            tg.start_soon(keep_last_good, bus, self)  # services.agent.lastgood
             await tg.start(self._serve_resync, bus)  # drift repair (the distributor asks)
             if self.health_url:
+                # Only an agent that forwards an app's health holds the scraper in memory.
+                from confbus.agent.health import HealthForwarder
+
                 forwarder = HealthForwarder(
                     self.node,
                     self.health_url,
@@ -240,16 +246,19 @@ class NodeAgent:
         if self.node not in p.participants:
             return False
         try:
+            # Signatures and sealing first: nothing untrusted is staged, even briefly.
+            p = self.trust.admit(p)
             if self.validate_cmd:
                 await prepare_txn(
                     ns.disk,
                     p,
                     validate_cmd=self.validate_cmd,
                     validate_timeout=self.validate_timeout_s,
+                    node=self.node,
                 )
                 await self._refresh(ns)
             else:  # the common case: the whole prepare in one thread hop
-                ns.state = await offload.run(ns.disk.prepare_sealed, p)
+                ns.state = await offload.run(ns.disk.prepare_sealed, p, self.node)
         except Refused as no:
             await self._refresh(ns)
             await self._vote(bus, p, "no", no.reason)
@@ -301,10 +310,8 @@ class NodeAgent:
         if outcome is CommitOutcome.MISSING:
             # We never staged it (away during the prepare, or refused it as busy): the
             # prepare in the stream still has the bytes, checked against the version's hash.
-            content = await self._prepared_content(bus, d)
-            if content is not None and await offload.run(
-                ns.disk.apply, d.version, d.sha256, content
-            ):
+            own = await self._prepared_content(bus, d)
+            if own is not None and await offload.run(ns.disk.apply, d.version, own[1], own[0]):
                 outcome = CommitOutcome.APPLIED
             await self._refresh(ns)
         if not ns.state.in_doubt:
@@ -314,12 +321,21 @@ class NodeAgent:
             await self._applied(bus, ns, d, before)
         return True
 
-    async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:
+    async def _prepared_content(self, bus: Bus, d: Decision) -> tuple[bytes, str] | None:
+        """This node's bytes of a decided prepare, and their sha256 (the version's, or this
+        node's variant's), from the prepare record in the stream."""
         subject = subjects.txn_prepare(d.namespace, d.txid)
         record = await first_txn_record(bus, subject, Prepare, d.namespace, d.txid)
-        if record is None or sha256_bytes(record.content) != d.sha256:
+        if record is None or record.sha256 != d.sha256:
+            return None
+        try:
+            own = self.trust.admit(record).bytes_for(self.node)
+        except Refused as no:
+            log.warning("decided prepare refused", extra={"txid": d.txid, "reason": no.reason})
+            return None
+        if own is None or sha256_bytes(own[0]) != own[1]:
             return None  # never apply bytes that are not the decided version's
-        return record.content
+        return own
 
     async def _applied(self, bus: Bus, ns: _Namespace, d: Decision, before: int | None) -> None:
         log.info(
@@ -331,7 +347,9 @@ class NodeAgent:
                 "txid": d.txid,
             },
         )
-        await self._announce(bus, ns, d.version, d.sha256, d.txid, before)
+        # This node's own bytes' sha256: the version's, or its variant's.
+        sha256 = ns.state.applied_sha256 or d.sha256
+        await self._announce(bus, ns, d.version, sha256, d.txid, before)
         # Now the bookkeeping the commit deferred to get here sooner (disk.commit, flush).
         ns.state = await offload.run(ns.disk.flush)
         await self._publish_heartbeat(bus, refresh=False)  # the state is fresh already
@@ -360,8 +378,9 @@ class NodeAgent:
                     txid=txid,
                     previous=before,
                 ),
-                # The same id for a repeat after a restart: within the window, a no-op.
-                msg_id=f"applied:{namespace}:{self.node}:{version}",
+                # The same id for a repeat after a restart: within the window, a no-op. The
+                # bytes are in it: a move to another variant of the version is another apply.
+                msg_id=f"applied:{namespace}:{self.node}:{version}:{sha256[:16]}",
             )
         except ConfbusError as exc:
             log.warning("could not announce apply", extra={"error": str(exc)})
@@ -490,7 +509,18 @@ class NodeAgent:
                     )
                 except ConfbusError as exc:
                     return ResyncReply(ok=False, reason=f"no local copy, and the store: {exc}")
-                content = got.content or b""
+                try:
+                    content = self.trust.admit_bytes(
+                        req.namespace,
+                        req.version,
+                        got.info.sha256,
+                        got.info.format,
+                        got.signatures,
+                        got.content or b"",
+                    )
+                    content = own_variant(content, got.info, self.labels)
+                except Refused as no:
+                    return ResyncReply(ok=False, reason=no.reason)
             try:
                 written = await offload.run(ns.disk.apply, req.version, req.sha256, content)
             except (ConfbusError, OSError) as exc:
@@ -523,6 +553,7 @@ class NodeAgent:
                     namespace=name,
                     applied_version=st.applied_version,
                     sha256=st.live_sha256,
+                    applied_sha256=st.applied_sha256,
                     highest_epoch=st.highest_epoch,
                     prepared_txid=st.prepared.txid if st.prepared else None,
                     last_good=st.last_good,

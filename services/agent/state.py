@@ -40,6 +40,9 @@ RefusalKind = Literal[
     "format",  # the bytes do not parse for the namespace's format
     "validate",  # the node's validation command said no (or could not run)
     "io",  # the staged file or the PREPARED record could not be written (disk full, ...)
+    "untrusted",  # not signed as this node's trust roots require (confbus.agent.trust)
+    "sealed",  # sealed content this node cannot open, or not this version's
+    "variant",  # a prepare with variants that names none for this node
 ]
 
 
@@ -85,6 +88,13 @@ class PreparedRecord(msgspec.Struct, frozen=True, kw_only=True):
     staged: str  # file name of the staged file, in the live file's directory
     timeout_s: float = 0.0  # the prepare's; recovery asks the coordinator once it has passed
     prepared_at: datetime = msgspec.field(default_factory=utcnow)  # for display: age of doubt
+    # The sha256 the decision names, when it is not the staged bytes' (a variant: the
+    # version's, while ``sha256`` is this node's own bytes'). None: the same.
+    version_sha256: str | None = None
+
+    @property
+    def decided_sha256(self) -> str:
+        return self.version_sha256 or self.sha256
 
 
 class AppliedRecord(msgspec.Struct, frozen=True, kw_only=True):

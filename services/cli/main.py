@@ -7,21 +7,29 @@ unreachable or timed out.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
-
-import anyio
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confbus.cli import exitcodes
+from confbus.cli.commands.index import COMMANDS
 from confbus.cli.exitcodes import CliError
-from confbus.client import Client
-from confbus.runtime.bus import DEFAULT_NATS_URL
-from confbus.runtime.errors import ConfbusError, Unavailable
+from confbus.cli.output import stdout_may_close
+from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
+from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
 
-# Each module registers its subcommands; adding a command area is one line here.
+if TYPE_CHECKING:
+    from confbus.client import Client
+
+# Each module registers its subcommands; adding a command area is one line here (and
+# ``write_index()`` after it, for what ``confbus --help`` lists).
 COMMAND_MODULES = (
     "confbus.cli.commands.events",
     "confbus.cli.commands.up",
@@ -29,26 +37,85 @@ COMMAND_MODULES = (
     "confbus.cli.commands.txn",
     "confbus.cli.commands.publish",
     "confbus.cli.commands.store",
+    "confbus.cli.commands.policy",
     "confbus.cli.commands.doctor",
     "confbus.cli.commands.rollback",
     "confbus.cli.commands.rollout",
     "confbus.cli.commands.console",
+    "confbus.cli.commands.keys",
+    "confbus.cli.commands.timetravel",
 )
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        sys.stderr.write(f"confbus: error: {message}\n")
+        sys.stderr.write(f"confbus: error: {self._hinted(message)}\n")
         sys.exit(exitcodes.USAGE)
 
+    def format_help(self) -> str:
+        # Descriptions are often a module's docstring, written for the source (``x``, code
+        # fences); a terminal gets them plain.
+        return plain(super().format_help())
 
-def build_parser() -> argparse.ArgumentParser:
+    def _hinted(self, message: str) -> str:
+        """argparse's "invalid choice" lists every choice; a typo deserves the one meant, and an
+        unknown option before the command (``--url``) is what really went wrong."""
+        bad = _INVALID_CHOICE.match(message)
+        if bad is None:
+            return message
+        word, argument = bad["word"], bad["argument"]
+        action = next((a for a in self._actions if _names(a) & {argument}), None)
+        choices = [str(c) for c in (action.choices or [])] if action is not None else []
+        if not isinstance(action, argparse._SubParsersAction):
+            return message + _did_you_mean(word, choices)
+        for token in sys.argv[1:]:
+            if token == word:
+                break
+            name = token.split("=", 1)[0]
+            if name.startswith("--") and name not in self._option_string_actions:
+                known = [o for o in self._option_string_actions if o.startswith("--")]
+                return f"unknown option {name}{_did_you_mean(name, known)}"
+        return f"unknown command {word!r}{_did_you_mean(word, choices)}; confbus --help lists them"
+
+
+def _names(action: argparse.Action) -> set[str]:
+    return {*action.option_strings, str(action.metavar), action.dest}
+
+
+_INVALID_CHOICE = re.compile(
+    r"argument (?P<argument>\S+?)(/\S+)?: invalid choice: '?(?P<word>[^' ]*)'? \(choose from"
+)
+
+
+def _did_you_mean(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+_LITERAL = re.compile(r"``([^`]+)``|\*\*([^*]+)\*\*")
+_FENCE = re.compile(r"^[ \t]*```[a-z]*[ \t]*\n", re.MULTILINE)
+
+
+def plain(text: str) -> str:
+    """Help text without reStructuredText's double backquotes, Markdown's bold or its code
+    fences."""
+    return _LITERAL.sub(lambda m: m.group(1) or m.group(2), _FENCE.sub("", text))
+
+
+def build_parser(only: str | None = None, *, stubs: bool = False) -> argparse.ArgumentParser:
+    """The parser of every command. Start-up is what a CI step pays on each call, so ``main``
+    imports one command module only (``only``: the module of that command; they pull in nats-py,
+    the client, the schemas): every other command is a stub, its name and one-line help from
+    ``confbus.cli.commands.index`` — enough for ``confbus --help`` and to recognise a command.
+    ``stubs``: every command a stub."""
+    wanted = None if only is None else _module_of(only)
     parser = Parser(
         prog="confbus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--nats-url",
+        type=nats_urls,
         default=os.environ.get("CONFBUS_NATS_URL", DEFAULT_NATS_URL),
         help="NATS URL(s), comma-separated (env CONFBUS_NATS_URL; default %(default)s)",
     )
@@ -58,8 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", default=os.environ.get("CONFBUS_TLS_CA"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        if stubs or (wanted is not None and module != wanted):
+            for name, text in COMMANDS[module]:
+                # Anything after a stub's name is the real command's to parse, later.
+                sub.add_parser(name, help=text, add_help=False)
+        else:
+            importlib.import_module(module).register(sub)
     return parser
 
 
@@ -68,7 +140,52 @@ def build_parser() -> argparse.ArgumentParser:
 CONNECT_WAIT_S = 10.0
 
 
+def _module_of(command: str) -> str | None:
+    return next((m for m, cmds in COMMANDS.items() if any(n == command for n, _ in cmds)), None)
+
+
+def command_index() -> dict[str, list[tuple[str, str]]]:
+    """What each command module registers: its commands' names and one-line help, in order."""
+    index: dict[str, list[tuple[str, str]]] = {}
+    for module in COMMAND_MODULES:
+        probe = Parser(prog="confbus").add_subparsers(parser_class=Parser)
+        importlib.import_module(module).register(probe)
+        index[module] = [(a.dest, a.help or "") for a in probe._choices_actions]
+    return index
+
+
+def write_index(path: Path = Path(__file__).parent / "commands" / "index.py") -> None:
+    """Write ``confbus.cli.commands.index`` from the command modules (a test checks it is current):
+    ``python -c 'from confbus.cli.main import write_index; write_index()'``, then ruff format."""
+    lines = [f'"""{INDEX_DOC}"""', "", "COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {"]
+    for module, commands in command_index().items():
+        lines.append(f"    {json.dumps(module)}: (")
+        lines += [
+            f"        ({json.dumps(n)}, {json.dumps(t, ensure_ascii=False)})" + ","
+            for n, t in commands
+        ]
+        lines.append("    ),")
+    path.write_text("\n".join([*lines, "}", ""]))
+
+
+INDEX_DOC = """The commands each module of ``confbus.cli.commands`` registers, with their one-line
+help: what ``confbus --help`` lists without importing the modules. Written by
+``confbus.cli.main.write_index()``; do not edit."""
+
+
+def nats_urls(text: str) -> str:
+    """``--nats-url`` (or ``$CONFBUS_NATS_URL``): refused at once, as a usage error, when it is
+    not a NATS URL (an ``http://`` one)."""
+    try:
+        check_urls(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
 def client_for(args: argparse.Namespace) -> Client:
+    from confbus.client import Client
+
     return Client(
         args.nats_url,
         user=args.nats_user,
@@ -96,29 +213,47 @@ def _quiet_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and not getattr(args, "passes_on_arguments", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.passed_on = rest  # a command that runs another program hands these to it
+    code = exitcodes.OK
+    # Every command, --help included, may write into a pipe its reader closed (`| head -1`).
+    with stdout_may_close():
+        # Which command, from a parser of stubs (``--help`` and a usage error end here), then
+        # the parser with that command's module.
+        command = build_parser(stubs=True).parse_known_args(argv)[0].command
+        parser = build_parser(command)
+        args, rest = parser.parse_known_args(argv)
+        if rest and not getattr(args, "passes_on_arguments", False):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.passed_on = rest  # a command that runs another program hands these to it
+        code = _run(args)
+    sys.exit(code)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from confbus.client import WaitTimedOut
+
     try:
         if getattr(args, "run_local", None) is not None:
-            code = args.run_local(args)
-        else:
-            _quiet_logs()
-            code = anyio.run(_run_remote, args, backend="asyncio")
+            code: int = args.run_local(args)
+            return code
+        _quiet_logs()
+        code = anyio.run(_run_remote, args, backend="asyncio")
+        return code
     except CliError as exc:
         sys.stderr.write(f"confbus: {exc}\n")
-        code = exc.code
+        return exc.code
+    except WaitTimedOut as exc:  # confbus answered; the wait ran out of time
+        sys.stderr.write(f"confbus: timed out: {exc}\n")
+        return exitcodes.UNREACHABLE
     except Unavailable as exc:
         sys.stderr.write(f"confbus: unreachable: {exc}\n")
-        code = exitcodes.UNREACHABLE
+        return exitcodes.UNREACHABLE
     except ConfbusError as exc:
         sys.stderr.write(f"confbus: {exc}\n")
-        code = exitcodes.FAILED
+        return exitcodes.FAILED
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return 130
 
 
 if __name__ == "__main__":

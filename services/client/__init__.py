@@ -16,23 +16,74 @@ async with Client("nats://127.0.0.1:4222") as client:
 The public names are the ones ``__all__`` lists (``confbus`` re-exports the main ones); the
 modules behind them are private and may move. Each part of ``Client`` lives in its own module:
 ``_events`` (the audit log, alerts, applied configs), ``_store`` (changes, versions, policies),
-``_backup``, ``_rollouts`` (the distributor), ``_rollbacks``; ``_errors`` draws the error tree.
+``_backup``, ``_rollouts`` (the distributor), ``_rollbacks``, ``_timeline`` (the fleet at a past
+moment, reconstructed by ``_reconstruct`` and answered with the Structs of ``_fleet``, both
+loaded on the first such question); ``_errors`` draws the error tree.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from confbus.client._backup import NamespaceBackup
 from confbus.client._client import Client
-from confbus.client._errors import ChangeRejected, RolloutWaitTimeout
+from confbus.client._errors import ChangeRejected, RolloutWaitTimeout, WaitTimedOut
 from confbus.client._events import StreamedEvent
-from confbus.client._names import check_change_id, check_namespace
+from confbus.client._names import check_change_id, check_namespace, check_node
+from confbus.client._policy import policy_from_document
+from confbus.client._store import with_overlays
+from confbus.schemas.variants import Overlay
+
+if TYPE_CHECKING:
+    from confbus.client._fleet import (
+        FleetAt,
+        FleetDiff,
+        NodeAt,
+        NodeChange,
+        RolloutAt,
+        Why,
+        WhyStep,
+    )
+
+# The answers about the past (``Client.status_at``, ``why``, ``diff_fleet``) are loaded on first
+# use, as those methods load what computes them: a command that never asks pays nothing for them.
+_LAZY = {
+    name: "confbus.client._fleet"
+    for name in ("FleetAt", "FleetDiff", "NodeAt", "NodeChange", "RolloutAt", "Why", "WhyStep")
+}
 
 __all__ = [
     "ChangeRejected",
     "Client",
+    "FleetAt",
+    "FleetDiff",
     "NamespaceBackup",
+    "NodeAt",
+    "NodeChange",
+    "Overlay",
+    "RolloutAt",
     "RolloutWaitTimeout",
     "StreamedEvent",
+    "WaitTimedOut",
+    "Why",
+    "WhyStep",
     "check_change_id",
     "check_namespace",
+    "check_node",
+    "policy_from_document",
+    "with_overlays",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'confbus.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

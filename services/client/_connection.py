@@ -7,8 +7,9 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from confbus.runtime.api import call
-from confbus.runtime.bus import DEFAULT_NATS_URL, Bus, connect
+from confbus.runtime.bus import Bus, connect
 from confbus.runtime.retry import retry_unavailable
+from confbus.runtime.urls import DEFAULT_NATS_URL
 from confbus.schemas.api.operation import Operation
 
 Req = TypeVar("Req")

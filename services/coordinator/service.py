@@ -9,6 +9,7 @@ before another takes them over.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from datetime import UTC, datetime
 
@@ -21,7 +22,9 @@ from confbus.coordinator.liveness import ALIVE_INTERVAL_S, Liveness, Peers, toke
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.coordinator.twophase import Coordinator
 from confbus.runtime.api import Endpoint, serve_api, stop_api
+from confbus.runtime.kv import StateKV
 from confbus.runtime.leases import Leases
+from confbus.runtime.nodelabels import labels_of
 from confbus.runtime.service import ServiceContext
 from confbus.schemas.api import txn as api
 from confbus.schemas.streams import CFG_STATE
@@ -67,6 +70,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         metrics,
         default_timeout_s=ctx.args.vote_timeout,
         liveness=liveness,
+        labels_of=functools.partial(labels_of, StateKV(state)),
     )
     leadership = Leadership(ctx.bus, coord, leases, peers, metrics)
     coord.claim = leadership.claim

@@ -7,14 +7,13 @@ and lets anyone answer "what happened to txid X?" from the head and the decision
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import anyio
 import msgspec
@@ -25,11 +24,19 @@ from confbus.coordinator.decisions import decision_of, publish_decision, read_de
 from confbus.coordinator.head import Head, Heads
 from confbus.coordinator.liveness import Liveness
 from confbus.coordinator.metrics import CoordinatorMetrics
+from confbus.coordinator.variants import LabelsOf, prepared_variants
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.concurrency import settle
-from confbus.runtime.errors import Conflict, Fenced, InvalidInput, NotFound, Unavailable
+from confbus.runtime.errors import (
+    ConfbusError,
+    Conflict,
+    Fenced,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
@@ -37,6 +44,8 @@ from confbus.schemas.api.txn import ResolveReply, SwitchReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import VoteRecord
 from confbus.schemas.names import Format
+from confbus.schemas.sealing import content_sha256
+from confbus.schemas.signing import Signature
 from confbus.schemas.txn import Decision, Prepare, TxnHead, Vote, VoteAck, decode_vote
 
 log = logging.getLogger("confbus.coordinator")
@@ -51,6 +60,15 @@ DECIDED = ("committed", "aborted")
 
 def new_txid(epoch: int) -> str:
     return f"e{epoch}-{secrets.token_hex(8)}"
+
+
+class _Fetched(NamedTuple):
+    """A version as the store gave it for a prepare."""
+
+    content: bytes
+    sha256: str
+    format: Format
+    signatures: list[Signature]
 
 
 @dataclass
@@ -89,6 +107,7 @@ class Coordinator:
         default_timeout_s: float = 5.0,
         liveness: Liveness | None = None,
         claim: Callable[[str], Awaitable[bool]] | None = None,
+        labels_of: LabelsOf | None = None,
     ) -> None:
         self.bus = bus
         self.liveness = liveness or Liveness(None, instance)
@@ -99,6 +118,8 @@ class Coordinator:
         # With leases (several replicas): may we lead this namespace now? None: judge by the
         # leader's liveness alone (a single replica, or tests of takeovers).
         self.claim = claim
+        # The participants' labels, for a version with overlays (None: every node has none).
+        self.labels_of = labels_of
         self._epochs: dict[str, int] = {}  # namespaces we lead, and with which epoch
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         self._announced: set[str] = set()  # txids whose decision record we know exists
@@ -181,7 +202,7 @@ class Coordinator:
         participants = sorted(set(nodes))
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
 
-        def fetch() -> Awaitable[tuple[bytes, str, Format]]:
+        def fetch() -> Awaitable[_Fetched]:
             return _riding_out(
                 lambda: self._fetch(namespace, version), f"fetching {namespace} v{version}"
             )
@@ -252,7 +273,15 @@ class Coordinator:
                 fetched = got
             else:
                 head = await starting
-            content, _, fmt = fetched
+            content, _, fmt, signatures = fetched
+            try:
+                variants = await prepared_variants(content, fmt, participants, self.labels_of)
+            except ConfbusError as exc:
+                # Nothing was prepared yet: the transaction is aborted before any vote.
+                await self._decide(head, "abort", str(exc), [])
+                raise
+            if variants:
+                content = b""  # each participant's bytes are in its variant
             txid = ours[0]
             ballot = _Ballot(frozenset(participants))
             started = anyio.current_time()
@@ -270,6 +299,8 @@ class Coordinator:
                     participants=participants,
                     epoch=head.value.epoch,
                     timeout_s=timeout,
+                    signatures=signatures,
+                    variants=variants,
                 )
                 await failpoint("coordinator.before_prepare_sent")
                 await _riding_out(
@@ -360,7 +391,7 @@ class Coordinator:
 
         return on_vote
 
-    async def _fetch(self, namespace: str, version: int) -> tuple[bytes, str, Format]:
+    async def _fetch(self, namespace: str, version: int) -> _Fetched:
         reply = await call(
             self.bus, store_api.GET, store_api.GetRequest(namespace=namespace, ref=str(version))
         )
@@ -372,9 +403,11 @@ class Coordinator:
         if reply.content is None:
             raise NotFound(f"{namespace} v{version} has no content")
         # Invariant 4 starts here: bytes that do not match their hash never leave.
-        if hashlib.sha256(reply.content).hexdigest() != info.sha256:
+        # (A sealed secret's sha256 is its plaintext's, declared by the intact envelope: the
+        # agents check the decryption against it.)
+        if content_sha256(reply.content) != info.sha256:
             raise Conflict(f"{namespace} v{version}: stored bytes do not match sha256")
-        return reply.content, info.sha256, info.format
+        return _Fetched(reply.content, info.sha256, info.format, reply.signatures)
 
     # -- recovery -----------------------------------------------------------------------------
 

@@ -11,7 +11,12 @@ From every heartbeat (on the replica holding the namespace's lease):
   heartbeats in a row → ``node.drift``, then a **re-sync**: a core request
   ``cfg.node.<node>.resync`` that the agent answers by re-installing its applied version from
   its own history (else from the store) — a prepare could not do it, the agent refuses a
-  version that is not newer than its applied one (``node.catchup``, kind ``resync``).
+  version that is not newer than its applied one (``node.catchup``, kind ``resync``);
+- **moved** (applied == target, a version with overlays, and the node's labels now select
+  another variant of it than the one it applied) → after the grace, a **one-node atomic
+  switch** to the same version (``node.catchup``, kind ``switch``): the coordinator renders the
+  node's new variant from its node record, and the agent takes the applied version again only
+  as a move to other bytes (docs/design.md §2.6).
 
 A failed attempt is retried with exponential backoff and full jitter, capped (``cap_s``). A
 node that failed ``FAILING_AFTER`` times in a row is reported (``node.status`` ``failing``,
@@ -34,6 +39,7 @@ from confbus.distributor.membership import Member
 from confbus.distributor.metrics import DistributorMetrics
 from confbus.distributor.store import Store
 from confbus.distributor.targets import Targets
+from confbus.distributor.variants import NodeVariants
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError
@@ -84,6 +90,11 @@ class Repairs:
     # Versions whose sha256 is being fetched: every node's heartbeat asks for it the moment a
     # commit raises the targets, and one fetch answers them all.
     _learning_sha: set[tuple[str, int]] = field(default_factory=set)
+    # Each node's own bytes of a version with overlays, for the labels it has now.
+    variants: NodeVariants = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.variants = NodeVariants(self.store)
 
     def in_flight(self, namespace: str) -> set[str]:
         return {n for (ns, n), r in self.state.items() if ns == namespace and r.in_flight}
@@ -128,18 +139,11 @@ class Repairs:
         grace = max(0.3, 1.5 * member.interval_s)
         applied = st.applied_version
         if applied is None or applied < target:
-            r = self.state.setdefault(key, Repair())
-            r.drift_since = r.drift_sha = None
-            if r.behind_since is None:
-                r.behind_since = now
             # A participant of a committed transaction applies it from CFG_TXN by itself:
             # give it that time. A node that was away from the rollout has nothing coming.
             own = self.targets.txn_target(ns, node)
             expecting = own is not None and own > (applied or 0)
-            if (expecting and now - r.behind_since < grace) or now < r.not_before:
-                return
-            r.in_flight, r.kind = True, "switch"
-            tg.start_soon(self._catch_up, ns, node, target, applied)
+            self._switch(ns, node, target, applied, grace if expecting else 0.0, tg)
             return
         if applied > target:
             self._clear(ns, node, r)
@@ -150,6 +154,20 @@ class Repairs:
                 self._learning_sha.add((ns, target))
                 tg.start_soon(self._learn_sha, ns, target)
             return
+        if st.applied_sha256 is not None and st.applied_sha256 != expected:
+            # A version with overlays: the node applied its own variant (the version's sha256
+            # is the envelope's). Its own bytes are those of its labels *now*.
+            if not self.variants.known(ns, target):
+                tg.start_soon(self.variants.learn, ns, target)
+                return
+            own_sha256 = self.variants.sha256_for(ns, target, member.labels)
+            if own_sha256 is not None and own_sha256 != st.applied_sha256:
+                # Its labels changed since: its variant of the target is other bytes, a switch
+                # to make. After the grace, so that its node record (which the coordinator
+                # renders from) has the labels its heartbeat just gave.
+                self._switch(ns, node, target, applied, grace, tg)
+                return
+            expected = st.applied_sha256
         if st.sha256 == expected:
             self._clear(ns, node, r)
             return
@@ -167,6 +185,21 @@ class Repairs:
             return
         r.in_flight, r.kind = True, "resync"
         tg.start_soon(self._resync, ns, node, target, expected)
+
+    def _switch(
+        self, ns: str, node: str, target: int, applied: int | None, wait_s: float, tg: TaskGroup
+    ) -> None:
+        """A one-node switch to ``target`` once the node has needed it for ``wait_s`` (and its
+        backoff allows)."""
+        r = self.state.setdefault((ns, node), Repair())
+        r.drift_since = r.drift_sha = None
+        now = time.monotonic()
+        if r.behind_since is None:
+            r.behind_since = now
+        if now - r.behind_since < wait_s or now < r.not_before:
+            return
+        r.in_flight, r.kind = True, "switch"
+        tg.start_soon(self._catch_up, ns, node, target, applied)
 
     def _clear(self, ns: str, node: str, r: Repair | None) -> None:
         if r is None:

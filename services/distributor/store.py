@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import TypeVar
 
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
-from confbus.runtime.errors import NotFound
+from confbus.runtime.errors import NotFound, Unavailable
 from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.policy import Policy
@@ -39,6 +40,14 @@ class Store:
             return (await call(self.bus, store_api.GET, request)).info
 
         return await _recent(self._versions, (namespace, str(ref)), max_age_s, ask)
+
+    async def content(self, namespace: str, version: int) -> tuple[VersionInfo, bytes]:
+        """A version and its stored bytes, checked against its sha256."""
+        request = store_api.GetRequest(namespace=namespace, ref=str(version))
+        reply = await call(self.bus, store_api.GET, request)
+        if reply.content is None or hashlib.sha256(reply.content).hexdigest() != reply.info.sha256:
+            raise Unavailable(f"{namespace} v{version}: the store's bytes are not its sha256")
+        return reply.info, reply.content
 
     async def production(self, namespace: str, *, max_age_s: float = 0.0) -> VersionInfo | None:
         try:

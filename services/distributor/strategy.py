@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from confbus.runtime.errors import InvalidInput
-from confbus.schemas.names import LABEL_PATTERN
+from confbus.schemas import selectors
+from confbus.schemas.selectors import matches as matches  # one matching rule for everyone
 
-_LABEL_RE = re.compile(LABEL_PATTERN)
 _PERCENT_RE = re.compile(r"^(\d+(?:\.\d+)?)%$")
 _COUNT_RE = re.compile(r"^\d+$")
 GRAMMAR = "all-at-once, canary:N (or canary:N%), linear:STEP% or exponential:START%"
@@ -42,7 +42,7 @@ class InvalidStrategy(InvalidInput):
 class InvalidSelector(InvalidInput):
     def __init__(self, text: object, why: str) -> None:
         self.text = text
-        super().__init__(f"invalid selector {text!r}: {why}; expected labels like dc=eu1,tier=web")
+        super().__init__(str(selectors.SelectorError(text, why)))
 
 
 class NoTargets(InvalidInput):
@@ -135,31 +135,8 @@ def parse_strategy(text: str | None) -> Strategy:
 
 
 def parse_selector(value: Mapping[str, str] | str | None) -> dict[str, str]:
-    """A selector as a dict; ``None`` or empty selects every node."""
-    if value is None:
-        return {}
-    pairs: list[tuple[str, str]] = []
-    if isinstance(value, str):
-        for item in filter(None, (s.strip() for s in value.split(","))):
-            key, sep, val = item.partition("=")
-            if not sep:
-                raise InvalidSelector(value, f"{item!r} is not KEY=VALUE")
-            pairs.append((key.strip(), val.strip()))
-    elif isinstance(value, Mapping):
-        pairs = [(k, v) for k, v in value.items()]
-    else:
-        raise InvalidSelector(value, "a selector is a mapping of label to value")
-    out: dict[str, str] = {}
-    for key, val in pairs:
-        if not isinstance(key, str) or not _LABEL_RE.fullmatch(key):
-            raise InvalidSelector(value, f"label name {key!r} must match {LABEL_PATTERN}")
-        if not isinstance(val, str) or not _LABEL_RE.fullmatch(val):
-            raise InvalidSelector(value, f"label value {val!r} must match {LABEL_PATTERN}")
-        if key in out and out[key] != val:
-            raise InvalidSelector(value, f"label {key!r} given twice")
-        out[key] = val
-    return out
-
-
-def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
+    """A selector as a dict; ``None`` or empty selects every node (``schemas.selectors``)."""
+    try:
+        return selectors.parse_selector(value)
+    except selectors.SelectorError as exc:
+        raise InvalidSelector(exc.text, exc.why) from None

@@ -19,7 +19,6 @@ import json
 import logging
 import random
 import smtplib
-import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,16 +26,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpx
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from confbus.rollbacker import webhook_signing
 from confbus.rollbacker.mail import MailError, message, send_mail, where
 from confbus.schemas.policy import MailTarget
 
 log = logging.getLogger("confbus.rollbacker")
-
-MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -97,46 +96,24 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
 
 
-async def post_json(url: str, body: bytes, timeout: float) -> int:
-    """One HTTP(S) POST with ``Connection: close``; returns the status code."""
+async def post_json(
+    url: str, body: bytes, timeout: float, headers: dict[str, str] | None = None
+) -> int:
+    """One HTTP(S) POST (httpx; TLS verified against the system's roots); returns the status.
+    Its errors are WebhookError with the URL's path left out (it may hold a token)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError(f"not an http(s) URL: {safe_url(url)}")
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    host_header = parts.hostname + (f":{parts.port}" if parts.port else "")
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nUser-Agent: confbus-rollbacker\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    with anyio.fail_after(timeout):
-        stream: anyio.abc.ByteStream
-        if tls:
-            stream = await anyio.connect_tcp(
-                parts.hostname,
-                port,
-                ssl_context=ssl.create_default_context(),
-                tls_hostname=parts.hostname,
-            )
-        else:
-            stream = await anyio.connect_tcp(parts.hostname, port)
-        async with stream:
-            await stream.send(head.encode("latin-1") + body)
-            data = b""
-            try:
-                while b"\r\n" not in data and len(data) < MAX_RESPONSE_BYTES:
-                    data += await stream.receive(4096)
-            except anyio.EndOfStream:
-                pass
-    status_line = data.split(b"\r\n", 1)[0].decode("latin-1")
+    sent = {"Content-Type": "application/json", "User-Agent": "confbus-rollbacker"}
     try:
-        return int(status_line.split(" ")[1])
-    except (IndexError, ValueError) as exc:
-        raise WebhookError(f"malformed response: {status_line[:80]!r}") from exc
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            response = await client.post(url, content=body, headers={**sent, **(headers or {})})
+    except httpx.TimeoutException as exc:
+        raise TimeoutError from exc
+    except httpx.HTTPError as exc:
+        detail = (str(exc) or type(exc).__name__).replace(url, safe_url(url))
+        raise WebhookError(detail) from exc
+    return response.status_code
 
 
 @dataclass
@@ -167,6 +144,8 @@ class Notifier:
     backoff_cap_s: float = 30.0
     queue_size: int = 1000
     concurrency: int = 32
+    # Signs every post (confbus.rollbacker.webhook_signing) when set.
+    webhook_secret: bytes | None = None
     _send: MemoryObjectSendStream[Notification] | None = field(default=None, init=False)
     _recv: MemoryObjectReceiveStream[Notification] | None = field(default=None, init=False)
     _sent: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
@@ -269,10 +248,15 @@ class Notifier:
     async def _attempt(self, url: str, body: bytes) -> tuple[str, str]:
         with self.metrics.seconds.time():
             try:
-                status = await post_json(url, body, self.attempt_timeout_s)
+                headers = (
+                    {}
+                    if self.webhook_secret is None
+                    else {webhook_signing.HEADER: webhook_signing.sign(self.webhook_secret, body)}
+                )
+                status = await post_json(url, body, self.attempt_timeout_s, headers)
             except TimeoutError:
                 return "timeout", f"no answer within {self.attempt_timeout_s}s"
-            except (OSError, WebhookError, anyio.BrokenResourceError, ssl.SSLError) as exc:
+            except (OSError, WebhookError) as exc:
                 return "error", str(exc) or type(exc).__name__
         if 200 <= status < 300:
             return "ok", ""

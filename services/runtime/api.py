@@ -12,15 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import msgspec
 import nats.errors
 from anyio.abc import TaskGroup
-from nats.micro import add_service
-from nats.micro.request import Request
-from nats.micro.service import EndpointConfig, Service
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -28,9 +25,14 @@ from confbus.runtime.errors import ConfbusError, Unavailable, from_code
 from confbus.runtime.identity import bind_subject, unbind_subject
 from confbus.schemas import subjects
 from confbus.schemas.api import ApiError, decode_api_error
-from confbus.schemas.api.catalog import operations_of
 from confbus.schemas.api.operation import Operation
 from confbus.schemas.base import DECODE_ERRORS
+
+if TYPE_CHECKING:
+    # Serving only: a caller (the CLI, an agent) imports neither nats.micro nor the catalog of
+    # every service's operations (~20 ms of each ``confbus`` command's start-up).
+    from nats.micro.request import Request
+    from nats.micro.service import Service
 
 log = logging.getLogger("confbus.api")
 
@@ -100,6 +102,8 @@ def _service_of(endpoints: Sequence[Endpoint[Any, Any]], partial: bool) -> str:
     if len(services) != 1:
         raise ValueError(f"one service per serve_api, not {sorted(services) or 'none'}")
     (service,) = services
+    from confbus.schemas.api.catalog import operations_of
+
     declared = operations_of(service)
     bound: dict[str, Endpoint[Any, Any]] = {}
     for ep in endpoints:
@@ -131,6 +135,9 @@ async def serve_api(
     Replicas share the default queue group, so several processes split the requests (an
     operation ``at`` one replica has a subject of its own).
     """
+    from nats.micro import add_service
+    from nats.micro.service import EndpointConfig
+
     service = _service_of(endpoints, partial)
     svc = await add_service(
         bus.nc,

@@ -12,12 +12,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from confbus.runtime.tcp import TcpListener
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("confbus.http")
 
@@ -107,9 +110,10 @@ def _encode(resp: Response) -> bytes:
 
 @dataclass
 class HttpServer:
-    """``/metrics`` from ``registry``, ``/healthz`` from ``health``, plus ``routes``."""
+    """``/metrics`` from ``registry`` (None: a process with no metrics of its own, whose
+    ``/metrics`` is empty), ``/healthz`` from ``health``, plus ``routes``."""
 
-    registry: CollectorRegistry
+    registry: CollectorRegistry | None = None
     host: str = "127.0.0.1"
     port: int = 0
     health: HealthCheck = lambda: (True, "ok")
@@ -121,7 +125,12 @@ class HttpServer:
 
     async def _dispatch(self, req: Request) -> Response:
         if req.path == "/metrics" and req.method == "GET":
-            return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            # Imported at the first scrape: prometheus_client's package pulls in http.server,
+            # urllib and email (~1.3 MB of RSS), which an agent nobody scrapes never needs.
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            body = b"" if self.registry is None else generate_latest(self.registry)
+            return Response(200, body, CONTENT_TYPE_LATEST)
         if req.path == "/healthz" and req.method == "GET":
             ok, detail = self.health()
             return Response(200 if ok else 503, detail.encode() + b"\n", "text/plain")

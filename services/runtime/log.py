@@ -50,3 +50,5 @@ def setup_logging(service: str, level: str = "info") -> None:
     root.setLevel(level.upper())
     # nats-py logs every reconnect attempt at error level; ours say it once.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    # httpx logs every request's full URL at info; a webhook's path may hold its token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
-from prometheus_client import CollectorRegistry
 
 from confbus.runtime.bus import Bus, connect, provision
 from confbus.runtime.errors import Unavailable
@@ -33,6 +33,7 @@ from confbus.runtime.log import setup_logging
 from confbus.runtime.settings import Settings, add_common_args, settings_from_args
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from starlette.types import ASGIApp
 
 log = logging.getLogger("confbus.service")
@@ -86,10 +87,13 @@ async def run_service(
     args: argparse.Namespace,
     http_app: HttpApp | None = None,
 ) -> None:
-    bus = await connect_with_retry(settings, f"confbus-{name}-{settings.instance_id}")
+    settings = dataclasses.replace(settings, service=settings.service or name)
+    bus = await connect_with_retry(settings, f"confbus-{settings.instance_id}")
     try:
         if settings.provision:
             await provision(bus, replicas=settings.replicas)
+        from prometheus_client import CollectorRegistry
+
         registry = CollectorRegistry()
         ctx_holder: list[ServiceContext] = []
 

@@ -21,10 +21,11 @@ plain, self-declared twins for confbus services; without it, both work as before
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import msgspec
 
@@ -40,13 +41,18 @@ from confbus.schemas.api.operation import Operation
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.changes import msg_id as change_msg_id
 from confbus.schemas.events import (
+    MAX_POLICY_CHANGES,
+    PolicyChanged,
     VersionApproved,
     VersionLastGood,
     VersionPromoted,
     VersionRejected,
 )
-from confbus.schemas.policy import Policy
+from confbus.schemas.policy import Policy, policy_digest
+from confbus.schemas.policydiff import policy_changes
+from confbus.schemas.selectors import selector_text
 from confbus.schemas.streams import MAX_PAYLOAD
+from confbus.schemas.variants import VariantError, has_variants, render, variant_set
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.changes import decide
 from confbus.version_store.errors import InvalidConfig, VersionConflict
@@ -56,6 +62,7 @@ from confbus.version_store.rejections import Rejections
 from confbus.version_store.sessions import Sessions, Upload, page
 from confbus.version_store.storage import NamespaceExport, Store, StoredVersion, rules
 from confbus.version_store.validate import diff
+from confbus.version_store.variantcheck import Members, variant_diffs
 
 log = logging.getLogger("confbus.version_store.api")
 
@@ -71,6 +78,11 @@ class StoreApi:
     replica: str  # this process's token, for the session endpoints
     exports: Sessions[NamespaceExport] = field(default_factory=lambda: Sessions("export"))
     imports: Sessions[Upload] = field(default_factory=lambda: Sessions("import"))
+    policy_writes: anyio.Lock = field(default_factory=anyio.Lock)
+    members: Members = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.members = Members(self.bus)
 
     def endpoints(self) -> list[Endpoint[Any, Any]]:
         bound: list[tuple[Operation[Any, Any], Callable[[Any], Awaitable[Any]]]] = [
@@ -112,7 +124,7 @@ class StoreApi:
         if not isinstance(want, int):
             want = (await self.store.resolve(req.namespace, req.ref)).version
         sv = await self.store.get(req.namespace, want)
-        return api.VersionReply(info=sv.info, content=sv.content)
+        return api.VersionReply(info=sv.info, content=sv.content, signatures=sv.signatures)
 
     async def history(self, req: api.HistoryRequest) -> api.HistoryReply:
         limit = max(1, min(req.limit, MAX_HISTORY_PAGE))
@@ -125,12 +137,16 @@ class StoreApi:
     async def diff(self, req: api.DiffRequest) -> api.DiffReply:
         a = await self._resolved(req.namespace, req.a)
         b = await self._resolved(req.namespace, req.b)
+        a_bytes, b_bytes, suffix = a.content, b.content, ""
+        if req.labels is not None:
+            a_bytes, b_bytes = (_rendered(v, req.labels) for v in (a, b))
+            suffix = f" for {selector_text(req.labels) or 'no labels'}"
         text = await anyio.to_thread.run_sync(
             diff,
-            a.content,
-            b.content,
-            f"{req.namespace} v{a.info.version}",
-            f"{req.namespace} v{b.info.version}",
+            a_bytes,
+            b_bytes,
+            f"{req.namespace} v{a.info.version}{suffix}",
+            f"{req.namespace} v{b.info.version}{suffix}",
         )
         return api.DiffReply(a=a.info.version, b=b.info.version, diff=text)
 
@@ -143,11 +159,17 @@ class StoreApi:
         if info is not None:
             return api.ChangeStatusReply(status="stored", version=info.version, sha256=info.sha256)
         found = await self.rejections.find(req.namespace, req.change_id)
-        if found is not None:
-            return api.ChangeStatusReply(
-                status="rejected", reason=found.reason, where=found.where, sha256=found.sha256
-            )
-        return api.ChangeStatusReply(status="unknown")
+        if found is None:
+            return api.ChangeStatusReply(status="unknown")
+        digest = policy_digest(await self.store.get_policy(req.namespace))
+        return api.ChangeStatusReply(
+            status="rejected",
+            reason=found.reason,
+            where=found.where,
+            sha256=found.sha256,
+            outdated=not found.holds_under(digest),
+            policy_digest=digest,
+        )
 
     async def policy_get(self, req: api.PolicyGetRequest) -> Policy:
         return await self.store.get_policy(req.namespace)
@@ -245,9 +267,34 @@ class StoreApi:
 
     async def policy_set(self, req: api.PolicySetRequest) -> Policy:
         check_full_policy(req.policy)
-        await self.store.set_policy(req.policy)
-        log.info("policy set", extra={"namespace": req.policy.namespace, "actor": req.actor})
-        return await self.store.get_policy(req.policy.namespace)
+        if req.dry_run:
+            return req.policy
+        ns = req.policy.namespace
+        async with self.policy_writes:  # so that each announced diff is against its own before
+            before = await self.store.get_policy(ns)
+            await self.store.set_policy(req.policy)
+            after = await self.store.get_policy(ns)
+        await self._announce_policy(before, after, req.actor)
+        log.info("policy set", extra={"namespace": ns, "actor": req.actor})
+        return after
+
+    async def _announce_policy(
+        self, before: Policy, after: Policy, actor: str, reason: str = ""
+    ) -> bool:
+        """``policy.changed`` with what changed, if anything did; whether it did."""
+        changes = policy_changes(before, after)
+        if not changes:
+            return False
+        event = PolicyChanged(
+            namespace=after.namespace,
+            actor=actor,
+            reason=reason,
+            digest=policy_digest(after),
+            changes=changes[:MAX_POLICY_CHANGES],
+            more=max(0, len(changes) - MAX_POLICY_CHANGES),
+        )
+        await emit(self.bus, event)
+        return True
 
     # -- the same, as the NATS user the subject pins (confbus.runtime.identity) --------------
 
@@ -292,9 +339,15 @@ class StoreApi:
                 f"({MAX_PAYLOAD})",
                 where="content",
             )
-        ack = await self.bus.publish(
-            subjects.change(ns), data, msg_id=change_msg_id(ns, change.change_id)
-        )
+        cid = change.change_id
+        ack = await self.bus.publish(subjects.change(ns), data, msg_id=change_msg_id(ns, cid))
+        if ack.duplicate:
+            # What a direct publisher does (Client.submit): a change refused under a policy
+            # since replaced goes again, to be judged under the one in force.
+            status = await self.change_status(api.ChangeStatusRequest(namespace=ns, change_id=cid))
+            if status.outdated:
+                again = change_msg_id(ns, cid, status.policy_digest)
+                ack = await self.bus.publish(subjects.change(ns), data, msg_id=again)
         log.info(
             "change proposed",
             extra={"namespace": ns, "change_id": change.change_id, "author": who},
@@ -313,8 +366,9 @@ class StoreApi:
                 target = await self.store.resolve(ns, change.rollback_of)
             except NotFound:
                 target = None
+        members = await self.members.of(ns) if has_variants(change.content) else {}
         try:
-            nv = await anyio.to_thread.run_sync(decide, change, policy, target)
+            nv = await anyio.to_thread.run_sync(decide, change, policy, target, members)
         except InvalidConfig as exc:
             return api.DryRunReply(ok=False, reason=exc.message, where=exc.where)
         prior = await self.store.by_change_id(ns, change.change_id)
@@ -335,14 +389,26 @@ class StoreApi:
             err = VersionConflict.stale_base(ns, change.base, head.newest)
             return api.DryRunReply(ok=False, reason=err.message, where="base")
         text, note = "", ""
+        variants: list[api.VariantDiff] = []
         if policy.secret:
             note = f"namespace {ns!r} is secret: the diff is not shown (confbus diff shows it)"
-        elif head.newest:
-            old = (await self.store.get(ns, head.newest)).content
-            text = await anyio.to_thread.run_sync(
-                diff, old, change.content, f"{ns} v{head.newest}", f"{ns} (proposed)"
-            )
-        return api.DryRunReply(ok=True, reason=note, would_be_version=head.newest + 1, diff=text)
+        else:
+            old = (await self.store.get(ns, head.newest)).content if head.newest else None
+            if has_variants(change.content) or (old is not None and has_variants(old)):
+                variants = await anyio.to_thread.run_sync(
+                    variant_diffs, ns, old, f"v{head.newest}", change.content, nv.format, members
+                )
+            elif old is not None:
+                text = await anyio.to_thread.run_sync(
+                    diff, old, change.content, f"{ns} v{head.newest}", f"{ns} (proposed)"
+                )
+        return api.DryRunReply(
+            ok=True,
+            reason=note,
+            would_be_version=head.newest + 1,
+            diff=text,
+            variants=variants,
+        )
 
     # -- backup and restore ---------------------------------------------------------------------
 
@@ -394,7 +460,11 @@ class StoreApi:
             namespace=req.namespace,
             versions=[
                 StoredVersion(
-                    info=v.info, content=v.content, strategy=v.strategy, selector=v.selector
+                    info=v.info,
+                    content=v.content,
+                    strategy=v.strategy,
+                    selector=v.selector,
+                    signatures=v.signatures,
                 )
                 for v in upload.versions
             ],
@@ -402,8 +472,26 @@ class StoreApi:
             last_good=req.last_good,
             policy=req.policy,
         )
-        written = await self.store.import_(data)
+        async with self.policy_writes:
+            before = await self.store.get_policy(req.namespace)
+            written = await self.store.import_(data)
+            after = await self.store.get_policy(req.namespace)
+        changed = await self._announce_policy(
+            before, after, req.actor, reason="restored from a backup"
+        )
         log.info("namespace imported", extra={"namespace": req.namespace, "versions": written})
         return api.ImportReply(
-            session=sid, received=len(upload.versions), imported=written, replica=self.replica
+            session=sid,
+            received=len(upload.versions),
+            imported=written,
+            replica=self.replica,
+            policy_changed=changed,
         )
+
+
+def _rendered(v: StoredVersion, labels: Mapping[str, str]) -> bytes:
+    """What a node with ``labels`` runs of ``v``; ``InvalidInput`` naming the variant."""
+    try:
+        return render(variant_set(v.content, v.info.format), labels)
+    except VariantError as exc:
+        raise InvalidInput(str(exc), where="variants") from None

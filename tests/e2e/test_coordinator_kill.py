@@ -1,4 +1,4 @@
-"""Kill -9 the coordinator at each step of the two-phase commit (issue 4).
+"""Kill -9 the coordinator at each step of the two-phase commit.
 
 After each crash a fresh coordinator starts; the test then waits until nothing is in doubt
 and checks, against the decision records: every agent agrees with the written decision

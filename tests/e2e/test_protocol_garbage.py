@@ -1,5 +1,5 @@
-"""Duplicate, out-of-order, forged-looking and garbage protocol messages change nothing
-(issue 4): agents keep their files, nobody crashes, nothing stays in doubt."""
+"""Duplicate, out-of-order, forged-looking and garbage protocol messages change nothing:
+agents keep their files, nobody crashes, nothing stays in doubt."""
 
 from __future__ import annotations
 

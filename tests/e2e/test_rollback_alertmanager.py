@@ -1,4 +1,4 @@
-"""An Alertmanager webhook drives the same rollback path (issue 6), with every service real:
+"""An Alertmanager webhook drives the same rollback path, with every service real:
 nats-server, version-store, coordinator, distributor, health-watcher (its Alertmanager
 receiver) and rollbacker as processes, and three agent processes writing real files.
 

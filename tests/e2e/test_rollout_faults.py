@@ -1,4 +1,4 @@
-"""Rollouts under faults, end to end (issue 5): a distributor killed mid-rollout, an agent
+"""Rollouts under faults, end to end: a distributor killed mid-rollout, an agent
 away during two rollouts, a newer version mid-rollout, frozen agents, a hand-edited file.
 Real nats-server, version-store, coordinator, distributor and agent processes."""
 

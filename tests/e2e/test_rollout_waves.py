@@ -1,4 +1,4 @@
-"""Rollouts end to end (issue 5): real nats-server, version-store, coordinator, distributor and
+"""Rollouts end to end: real nats-server, version-store, coordinator, distributor and
 8 agent processes writing real files. Waves, bakes, verdicts, and bad input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The atomic switch end to end (issue 4): real nats-server, version-store, coordinator and
+"""The atomic switch end to end: real nats-server, version-store, coordinator and
 agent processes writing real files."""
 
 from __future__ import annotations

@@ -1,3 +1,3 @@
-"""The fault harness (issue 7): real processes, a recorded workload, injected faults, and a
+"""The fault harness: real processes, a recorded workload, injected faults, and a
 check of the history afterwards. ``RELIABILITY.md`` is regenerated from what it records
 (``python -m tests.faults.report``)."""

@@ -7,8 +7,11 @@ decision records and events and the agents' live files and ``applied`` log lines
 
 - ``flipped``: a txid with two different outcomes anywhere (head, decision record, event);
 - ``duplicate records``: a txid with more than one decision record (write-once broken);
-- ``divergent``: nodes whose live bytes are not their target's (the newest committed version
-  of a transaction that named them), or that applied a transaction whose decision is abort;
+- ``divergent``: nodes whose live bytes are not their own bytes of their target (the newest
+  committed version of a transaction that named them: each node its own variant), or that
+  applied a transaction whose decision is abort;
+- ``other bytes``: a ``node.applied`` whose sha256 is not that node's own bytes of the version
+  (another variant installed, even if a later version covered it up);
 - ``double applies``: a node that applied the same version twice;
 - ``stale writes``: a head revision, decision record or txn event carrying epoch *e* written
   after epoch *e' > e* existed (fencing broken);
@@ -22,6 +25,7 @@ whose head never reached a decided state is aborted (presumed abort).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -205,7 +209,11 @@ class Audit:
     stale_writes: int = 0
     stale_yes_votes: int = 0
     stale_prepares: int = 0  # prepares of an old epoch that reached the stream (fenced by agents)
+    # ...of which the transaction committed: must be none. A stale prepare's head was taken over
+    # (the epoch bump) before it reached the stream, so only the successor's abort can decide it.
+    stale_prepares_committed: int = 0
     unannounced_applies: int = 0  # applies without a node.applied event
+    other_bytes_applies: int = 0  # a node announced bytes that are not its own of the version
     committed: int = 0
     aborted: int = 0
     undecided_heads: int = 0
@@ -216,8 +224,10 @@ class Audit:
             "aborted_applies": self.aborted_applies,
             "stale_writes": self.stale_writes,
             "stale_yes_votes": self.stale_yes_votes,
+            "stale_prepares_committed": self.stale_prepares_committed,
             # Invariant 8: every apply is in the audit log (agents announce after a restart).
             "applies_without_event": self.unannounced_applies,
+            "applied_other_bytes": self.other_bytes_applies,
         }
 
 
@@ -228,9 +238,10 @@ def decided_outcome(head: TxnHead) -> str | None:
 def audit_2pc(
     facts: TxnFacts,
     nodes: Mapping[str, Node],
-    contents: Mapping[int, bytes],
+    contents: Mapping[int, Mapping[str, bytes]],
     ns: str,
 ) -> Audit:
+    """``contents``: each version's bytes on each node (its own variant)."""
     a = Audit()
     seen: defaultdict[str, set[str]] = defaultdict(set)
     authority: dict[str, str] = {}
@@ -264,10 +275,12 @@ def audit_2pc(
         info.setdefault(d.txid, (d.version, list(d.participants), d.epoch))
         if newer_epoch_before(d.epoch, m.at):
             a.stale_writes += 1
+    stale_txids: set[str] = set()
     for m, p in facts.prepares:
         info.setdefault(p.txid, (p.version, list(p.participants), p.epoch))
         if newer_epoch_before(p.epoch, m.at):
             a.stale_prepares += 1
+            stale_txids.add(p.txid)
 
     # -- events ------------------------------------------------------------------------------
     announced: set[tuple[str, int]] = set()
@@ -278,6 +291,9 @@ def audit_2pc(
                 a.stale_writes += 1
         elif isinstance(ev, NodeApplied):
             announced.add((ev.node, ev.version))
+            own = contents.get(ev.version, {}).get(ev.node)
+            if own is not None and hashlib.sha256(own).hexdigest() != ev.sha256:
+                a.other_bytes_applies += 1
     a.flipped = sum(1 for outs in seen.values() if len(outs) > 1)
 
     for txid in info:
@@ -287,6 +303,7 @@ def audit_2pc(
     a.outcomes = final
     a.committed = sum(1 for o in final.values() if o == "commit")
     a.aborted = len(final) - a.committed
+    a.stale_prepares_committed = sum(1 for t in stale_txids if final[t] == "commit")
 
     # -- votes: an agent must refuse a prepare older than a decision it has read ------------
     decision_epochs = [(m.seq, d.epoch) for m, d in facts.decisions]
@@ -315,7 +332,7 @@ def audit_2pc(
             if final[txid] == "commit" and name in participants
         ]
         target = max(mine) if mine else None
-        expected = contents.get(target) if target is not None else None
+        expected = contents.get(target, {}).get(name) if target is not None else None
         if node.read(ns) != expected:
             divergent.add(name)
         else:

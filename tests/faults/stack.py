@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,10 @@ from typing import Any
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus, connect
+from confbus.runtime.kv import StateKV
+from confbus.schemas.node import NamespaceState
+from confbus.schemas.state import NodeRecord, node_key
+from confbus.schemas.streams import CFG_STATE
 from tests.faults.cluster import NatsCluster
 
 
@@ -30,6 +34,7 @@ class Node:
     files: dict[str, Path]
     state_dir: Path
     proc: Proc
+    labels: dict[str, str] = field(default_factory=dict)
 
     def read(self, namespace: str) -> bytes | None:
         path = self.files[namespace]
@@ -144,6 +149,7 @@ class FaultStack:
         extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
         shim: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> Node:
         """An agent process (not started yet) with its live dir and state dir."""
         live = self.root / "nodes" / node / "etc"
@@ -166,17 +172,34 @@ class FaultStack:
         ]
         for ns, path in files.items():
             argv += ["--namespace", ns, "--path", str(path)]
+        for key, value in (labels or {}).items():
+            argv += ["--label", f"{key}={value}"]
         proc = Proc(f"agent-{node}", [*argv, *extra], self.logs, env)
-        n = Node(node, files, state, proc)
+        n = Node(node, files, state, proc, dict(labels or {}))
         self.nodes[node] = n
         return n
 
     def start_agent(
-        self, node: str, *, env: dict[str, str] | None = None, shim: bool = False
+        self,
+        node: str,
+        *,
+        env: dict[str, str] | None = None,
+        shim: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> Node:
-        n = self.agent(node, env=env, shim=shim)
+        n = self.agent(node, env=env, shim=shim, labels=labels)
         n.proc.start(timeout=30)
         return n
+
+    async def record_labels(self, bus: Bus, namespaces: Sequence[str] = ("web",)) -> None:
+        """Write each agent's ``node.<node>`` record with its labels, as the distributor's
+        membership does from heartbeats (a stack without a distributor): the coordinator renders
+        each participant's variant from these, the version-store validates the members'."""
+        kv = await StateKV.open(bus, CFG_STATE)
+        for n in self.nodes.values():
+            states = [NamespaceState(namespace=ns) for ns in namespaces]
+            record = NodeRecord(node=n.name, labels=n.labels, namespaces=states)
+            await kv.put(node_key(n.name), record)
 
     def stop(self) -> None:
         for n in self.nodes.values():

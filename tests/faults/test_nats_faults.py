@@ -1,4 +1,4 @@
-"""The bus under faults (issue 7): the stream leader of a 3-node R3 cluster SIGKILLed under
+"""The bus under faults: the stream leader of a 3-node R3 cluster SIGKILLed under
 publish load, and one node cut off by nftables inside a network namespace, then healed. Each
 also runs with a deliberate bug that the harness must report."""
 

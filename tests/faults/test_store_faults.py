@@ -1,4 +1,4 @@
-"""The path from a proposed change to a stored version under faults (issue 7): a redelivery
+"""The path from a proposed change to a stored version under faults: a redelivery
 storm on the version-store, and kill -9 of the version-store during writes. Each also runs
 with a deliberate bug that the harness must report."""
 

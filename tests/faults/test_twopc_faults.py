@@ -1,4 +1,4 @@
-"""The atomic switch under process faults (issue 7): the coordinator SIGKILLed at each 2PC
+"""The atomic switch under process faults: the coordinator SIGKILLed at each 2PC
 step, an agent SIGKILLed at each of its steps, a zombie coordinator. CI runs each step once;
 ``-m slow`` runs many more. Each scenario also runs once with a deliberate bug, and must then
 report a non-zero safety count (a check that cannot fail is not a check)."""
@@ -69,6 +69,19 @@ async def test_agent_kill_catches_apply_on_prepare(tmp_path: Path) -> None:
         budget_s=BUG_BUDGET["agent_kill"],
     )
     assert_caught(fig, "divergent", "aborted_applies")
+
+
+async def test_agent_kill_catches_another_variant_staged(tmp_path: Path) -> None:
+    """Agents that stage another node's variant: each checks those bytes against that entry's
+    own sha256, so only the audit of each node's own bytes sees it."""
+    fig = await twopc.agent_kill(
+        tmp_path,
+        steps=("agent.after_apply",),
+        tier="bug",
+        bug="stage_another_variant",
+        budget_s=BUG_BUDGET["agent_kill"],
+    )
+    assert_caught(fig, "divergent", "applied_other_bytes")
 
 
 async def test_zombie_coordinator_is_fenced(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import anyio
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
+from confbus.schemas.variants import Overlay, VariantSet, encode_variants, render
 from tests.faults import ops
 from tests.faults.audit import Audit, TxnRecorder, as_notes, audit_2pc, collect, decided_outcome
 from tests.faults.history import History
@@ -38,6 +39,13 @@ from tests.faults.wait import until
 
 NS = "web"
 NODES = ("n1", "n2", "n3")
+# Every version has three variants, one per node: the fault scenarios check each node's own bytes.
+LABELS = {"n1": {"dc": "eu1"}, "n2": {"dc": "eu1", "tier": "canary"}, "n3": {"dc": "us1"}}
+OVERLAYS = (
+    Overlay(selector={"dc": "eu1"}, content='{"dc": "eu1"}'),
+    Overlay(selector={"dc": "us1"}, content='{"dc": "us1", "tag": null}'),
+    Overlay(selector={"dc": "eu1", "tier": "canary"}, content='{"canary": true}'),
+)
 VOTE_TIMEOUT_S = 1.0
 # docs/design.md §4.5 asks for no transaction in doubt 60 s after a crash with the default 5 s vote
 # timeout; with a 1 s timeout (and 2 s recovery grace, 3 s liveness) the same bound is ~20 s.
@@ -92,7 +100,7 @@ class TwoPC:
     bus: Bus
     rec: TxnRecorder
     history: History = field(default_factory=History)
-    contents: dict[int, bytes] = field(default_factory=dict)
+    contents: dict[int, dict[str, bytes]] = field(default_factory=dict)  # version -> node -> bytes
     resolve_s: list[float] = field(default_factory=list)
     in_doubt_late: int = 0
     runs: int = 0
@@ -105,9 +113,13 @@ class TwoPC:
             stack.start_service("version_store")
             for n in NODES:
                 stack.start_agent(
-                    n, shim=bool(agent_bug), env={BUG_ENV: agent_bug} if agent_bug else None
+                    n,
+                    shim=bool(agent_bug),
+                    env={BUG_ENV: agent_bug} if agent_bug else None,
+                    labels=LABELS[n],
                 )
             bus = await stack.bus()
+            await stack.record_labels(bus, (NS,))
         except BaseException:
             stack.stop()
             raise
@@ -121,7 +133,9 @@ class TwoPC:
 
     async def new_version(self, tag: str) -> int:
         self.serial += 1
-        content = f'{{"run": {self.serial}, "tag": "{tag}"}}\n'.encode()
+        base = f'{{"run": {self.serial}, "tag": "{tag}"}}\n'
+        version = VariantSet(format="json", base=base, overlays=list(OVERLAYS))
+        content = encode_variants(version)
         change_id = f"c{self.serial}-{tag.replace('.', '-').replace('_', '-')}"
         v = await self.history.run(
             "ci",
@@ -131,7 +145,7 @@ class TwoPC:
             lambda: ops.store_version(self.bus, NS, content, change_id),
         )
         assert v is not None, f"could not store version for {change_id}"
-        self.contents[v] = content
+        self.contents[v] = {n: render(version, LABELS[n]) for n in NODES}
         return v
 
     def start_coordinator(
@@ -205,7 +219,7 @@ class TwoPC:
             if decided_outcome(v) == "commit" and v.version is not None:
                 for n in v.participants:
                     best[n] = max(best.get(n, 0), v.version)
-        return {n: self.contents.get(best[n]) if n in best else None for n in self.stack.nodes}
+        return {n: self.contents[best[n]][n] if n in best else None for n in self.stack.nodes}
 
     async def drain(self, timeout: float = DRAIN_S) -> bool:
         """Until every node holds its target (False past the deadline: the audit says who)."""

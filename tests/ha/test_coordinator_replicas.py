@@ -1,4 +1,4 @@
-"""Two coordinator replicas (issue 9): one leads a namespace — the one holding
+"""Two coordinator replicas: one leads a namespace — the one holding
 ``lease.coordinator.<ns>`` — and the other forwards its switch requests there; when the leader
 is killed, the other takes the namespace over in a new epoch, and nothing of the old epoch is
 written after that."""

@@ -1,4 +1,4 @@
-"""Model-based test of the two-phase commit (Hypothesis stateful testing, issue 7).
+"""Model-based test of the two-phase commit (Hypothesis stateful testing).
 
 Random interleavings of two coordinators (switches cut into their steps, crashes, restarts,
 pauses: zombies) and three agents over the REAL ``NamespaceDisk`` (reading ``CFG_TXN`` in order,
@@ -13,7 +13,7 @@ Invariants, after every step:
   never flips, every decision record agrees with the head's decision, and no node votes yes on
   a prepare older than an epoch it has already seen;
 - **integrity**: a node's live bytes hash to its applied version's sha256 (and are exactly that
-  version's bytes);
+  version's bytes for this node: every version has variants, each node stages its own);
 - **never without config / forward-only**: the applied version never moves backward and its
   bytes are kept in the node's history.
 
@@ -305,7 +305,7 @@ class TwoPCMachine(RuleBasedStateMachine):
                 if s.live_sha256 is not None:
                     raise Violation(f"integrity: {a.name} has a live file but nothing applied")
                 continue
-            want = sha(content_for(s.applied_version))
+            want = sha(content_for(s.applied_version, a.name))  # its own variant's bytes
             if not (s.live_sha256 == s.applied_sha256 == want):
                 raise Violation(f"integrity: {a.name} live bytes are not v{s.applied_version}")
             if s.applied_version < self.applied_max[a.name]:

@@ -1,4 +1,4 @@
-"""Linearizability of the version-store (issue 7): the checker itself on hand-made histories
+"""Linearizability of the version-store: the checker itself on hand-made histories
 (it must reject each kind of illegal history), then concurrent histories of publishes
 (conditional with ``base`` and unconditional) and reads recorded against the real storage —
 SQLite (several connections on one file) and a 3-member etcd cluster whose leader is killed

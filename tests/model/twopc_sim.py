@@ -36,7 +36,7 @@ import msgspec
 
 from confbus.agent.disk import NamespaceDisk
 from confbus.agent.state import CommitOutcome, Refused
-from confbus.schemas.txn import Decision, Prepare, Vote
+from confbus.schemas.txn import Decision, Prepare, PreparedVariant, Vote
 
 NS = "web"
 Outcome = Literal["commit", "abort"]
@@ -44,8 +44,16 @@ CrashAt = Literal["none", "after_stage", "before_vote", "after_vote", "before_ap
 SEQ_SAVE_EVERY = 200  # as services.agent.node
 
 
-def content_for(version: int) -> bytes:
-    return f'{{"version": {version}, "pool": {version * 10}}}\n'.encode()
+# Every version has variants (docs/design.md §2.6): n1 and n2 run one, n3 another, so a
+# prepare carries two entries and each node stages bytes of its own.
+VARIANT_OF = {"n1": "a", "n2": "a", "n3": "b"}
+
+
+def content_for(version: int, node: str | None = None) -> bytes:
+    """A node's bytes of ``version``; without a node, the version's own (whose sha256 the
+    head and the decisions name, as a version with overlays is named by its envelope's)."""
+    variant = VARIANT_OF.get(node, "-") if node else "version"
+    return f'{{"version": {version}, "pool": {version * 10}, "variant": "{variant}"}}\n'.encode()
 
 
 def sha(data: bytes) -> str:
@@ -237,18 +245,24 @@ class Coordinator:
         assert b is not None and not b.prepared and b.decided is None
         h = b.head
         assert h.txid is not None and h.version is not None
-        data = content_for(h.version)
+        groups: dict[bytes, list[str]] = {}
+        for node in h.participants:
+            groups.setdefault(content_for(h.version, node), []).append(node)
         w.publish_prepare(
             Prepare(
                 txid=h.txid,
                 namespace=NS,
                 version=h.version,
-                sha256=sha(data),
+                sha256=sha(content_for(h.version)),
                 format="json",
-                content=data,
+                content=b"",
                 participants=list(h.participants),
                 epoch=h.epoch,
                 timeout_s=1.0,
+                variants=[
+                    PreparedVariant(name=f"v{i}", sha256=sha(data), content=data, nodes=nodes)
+                    for i, (data, nodes) in enumerate(sorted(groups.items()))
+                ],
             )
         )
         b.prepared = True
@@ -394,7 +408,7 @@ class Agent:
             return False
         seen = self.disk.snapshot().highest_epoch
         try:
-            staged = self.disk.stage(p)
+            staged = self.disk.stage(p, self.name)
             if crash_at == "after_stage":
                 self.crash()
                 return True
@@ -439,10 +453,11 @@ class Agent:
         if outcome is CommitOutcome.MISSING:
             # Never staged here: the prepare in the stream has the bytes (checked).
             p = w.prepare_of(d.txid)
+            own = p.bytes_for(self.name) if p is not None and p.sha256 == d.sha256 else None
             if (
-                p is not None
-                and sha(p.content) == d.sha256
-                and self.disk.apply(d.version, d.sha256, p.content)
+                own is not None
+                and sha(own[0]) == own[1]
+                and self.disk.apply(d.version, own[1], own[0])
             ):
                 outcome = CommitOutcome.APPLIED
         if outcome is CommitOutcome.APPLIED:

@@ -25,15 +25,26 @@ import msgspec
 from confbus.cli.commands.args import (
     acting_as,
     fits,
+    input_file,
+    label_pair,
     nats_identity,
     natural_int,
+    overlay_arg,
     positive_seconds,
     read_file,
 )
+from confbus.cli.commands.keys import add_trust_args, kek_files, signing_keys
 from confbus.cli.commands.publishwait import wait_for_production
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import out, out_bytes
-from confbus.client import ChangeRejected, Client, check_change_id, check_namespace
+from confbus.client import (
+    ChangeRejected,
+    Client,
+    Overlay,
+    check_change_id,
+    check_namespace,
+    with_overlays,
+)
 from confbus.runtime.errors import InvalidInput
 from confbus.schemas.api import store as store_api
 from confbus.schemas.changes import ChangeProposed
@@ -65,7 +76,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_publish_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``publish``; the rollout's ``--wait``/``--strategy`` are added beside them."""
     p.add_argument("namespace", metavar="NS")
-    p.add_argument("file", metavar="FILE", help="the config ('-': stdin)")
+    p.add_argument("file", metavar="FILE", type=input_file, help="the config ('-': stdin)")
     p.add_argument(
         "--format",
         choices=FORMATS,
@@ -93,6 +104,24 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "linear:N%%, exponential:N%%",
     )
     p.add_argument(
+        "--selector",
+        type=label_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="this version goes only to the nodes with these labels (repeat for more); "
+        "default: the policy's selector",
+    )
+    p.add_argument(
+        "--overlay",
+        type=overlay_arg,
+        action="append",
+        default=[],
+        metavar="SELECTOR=FILE",
+        help="a variant: nodes whose labels match SELECTOR (dc=eu1, or dc=eu1,tier=web) run FILE "
+        "with this file merged in (RFC 7396 merge patch; null deletes a key; text: replaces "
+        "it). Repeatable; a later --overlay wins where two set the same key",
+    )
+    p.add_argument(
         "--progress",
         action="store_true",
         help="with --wait: print each wave on stderr even when it is not a terminal",
@@ -104,6 +133,7 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "--wait, for the end of the rollout (default 600)",
     )
     p.add_argument("--json", action="store_true", help="print the version (or rejection) as JSON")
+    add_trust_args(p)
 
 
 # -- publish and dry run -----------------------------------------------------------------------
@@ -124,7 +154,14 @@ def change_from_args(args: argparse.Namespace, content: bytes, change_id: str) -
         author=acting_as(args, args.author),
         message=args.message,
         base=args.base,
+        strategy=args.strategy,
+        selector=selector_of(args),
     )
+
+
+def selector_of(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--selector k=v …`` as the change's selector (None: the policy's)."""
+    return dict(args.selector) if args.selector else None
 
 
 def _local_checks(args: argparse.Namespace) -> None:
@@ -137,13 +174,34 @@ def _local_checks(args: argparse.Namespace) -> None:
         raise CliError(exc.message, USAGE) from None
 
 
+async def content_of(args: argparse.Namespace, client: Client) -> bytes:
+    """FILE's bytes, with the ``--overlay`` files as the version's variants."""
+    content = read_file(args.file)
+    if not args.overlay:
+        return content
+    fmt = format_of(args.file, args.format) or (await client.policy(args.namespace)).format
+    overlays = [Overlay(selector=selector, content=_utf8(path)) for selector, path in args.overlay]
+    try:
+        return with_overlays(content, fmt, overlays)
+    except InvalidInput as exc:
+        raise CliError(f"{args.file}: {exc.message}", USAGE) from None
+
+
+def _utf8(path: str) -> str:
+    try:
+        return read_file(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"overlay {path} is not UTF-8 at byte {exc.start}", USAGE) from None
+
+
 async def publish_from_args(args: argparse.Namespace, client: Client) -> VersionInfo:
     """Publish as the flags say and wait for the version (the hook ``--wait`` builds on)."""
     _local_checks(args)
     author = acting_as(args, args.author)
-    content = read_file(args.file)
+    content = await content_of(args, client)
     if nats_identity(args) is not None:
         return await publish_as(client, author, args, content)
+    keys, keks = signing_keys(args), kek_files(args)
     return await client.publish(
         args.namespace,
         content,
@@ -153,7 +211,10 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
         message=args.message,
         base=args.base,
         strategy=args.strategy,
+        selector=selector_of(args),
         timeout=args.timeout,
+        signing_keys=keys,
+        keks=keks,
     )
 
 
@@ -174,7 +235,9 @@ async def publish_as(
         message=args.message,
         base=args.base,
         strategy=args.strategy,
+        selector=selector_of(args),
     )
+    change = await client.seal_and_sign(change, signing_keys(args), kek_files(args))
     return await client.propose_as(user, change, args.timeout)
 
 
@@ -210,7 +273,7 @@ async def run_publish(args: argparse.Namespace, client: Client) -> int:
 
 async def _dry_run(args: argparse.Namespace, client: Client) -> int:
     _local_checks(args)
-    content = read_file(args.file)
+    content = await content_of(args, client)
     sha = hashlib.sha256(content).hexdigest()
     change_id = args.change_id or await client.default_change_id(args.namespace, sha, args.base)
     change = change_from_args(args, content, change_id)
@@ -221,6 +284,10 @@ async def _dry_run(args: argparse.Namespace, client: Client) -> int:
     elif reply.ok:
         if reply.diff:
             out(reply.diff, end="")
+        for v in reply.variants:
+            nodes = ", ".join(v.nodes) if v.nodes else "no node now"
+            out(f"# variant {v.name} ({nodes}) sha256={v.sha256}")
+            out(v.diff or "# (unchanged)\n", end="")
         note = f" ({reply.reason})" if reply.reason else ""
         sys.stderr.write(
             f"confbus: dry run: {args.namespace} v{reply.would_be_version} would be stored"

@@ -2,6 +2,8 @@
 
 - ``apply_on_prepare``: the node installs the version as soon as it has voted yes, without
   waiting for the decision (so an aborted transaction's bytes go live).
+- ``stage_another_variant``: of a prepare with variants, the node stages another node's entry
+  (checked against that entry's own sha256, so nothing at the node notices).
 """
 
 from __future__ import annotations
@@ -16,9 +18,17 @@ from confbus.runtime.bus import Bus
 from confbus.schemas.txn import Prepare
 from tests.faults.shims import bug
 
-BUGS = ("apply_on_prepare",)
+BUGS = ("apply_on_prepare", "stage_another_variant")
 
 _on_prepare = node_mod.NodeAgent._on_prepare
+_bytes_for = Prepare.bytes_for
+
+
+def _another_variants_bytes(self: Prepare, node: str) -> tuple[bytes, str] | None:
+    for v in self.variants:
+        if node not in v.nodes:
+            return v.content, v.sha256  # BUG: not this node's entry
+    return _bytes_for(self, node)
 
 
 async def _on_prepare_and_apply(
@@ -45,6 +55,8 @@ async def _on_prepare_and_apply(
 def apply(name: str) -> None:
     if name == "apply_on_prepare":
         node_mod.NodeAgent._on_prepare = _on_prepare_and_apply  # type: ignore[method-assign]
+    elif name == "stage_another_variant":
+        Prepare.bytes_for = _another_variants_bytes  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 
@@ -78,10 +78,15 @@ def install_faults(spec: str, seed: int) -> None:
 
     real_decide = changes.decide
 
-    def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -> NewVersion:
+    def decide(
+        change: ChangeProposed,
+        policy: Policy,
+        target: VersionInfo | None,
+        members: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> NewVersion:
         if change.change_id.startswith(POISON_PREFIX):
             raise RuntimeError(f"poisoned change {change.change_id}")
-        return real_decide(change, policy, target)
+        return real_decide(change, policy, target, members)
 
     changes.decide = decide
 

@@ -1,0 +1,89 @@
+"""``Client.status_at``, ``why`` and ``diff_fleet``: the fleet at a past moment (docs/design.md
+§8.10), reconstructed by ``_reconstruct`` and answered with the Structs of ``_fleet``.
+
+Both are imported on the first question, not with the client: every ``Client`` has these
+methods, and most commands (``confbus publish``) never ask.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from confbus.client._connection import Connection
+from confbus.client._events import Events
+from confbus.client._names import check_namespace, check_node
+from confbus.runtime.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from confbus.client._fleet import FleetAt, FleetDiff, Why
+    from confbus.runtime.since import Moment
+
+
+class Timeline(Events):
+    """The client's reading of the past (docs/design.md §8.10)."""
+
+    async def status_at(self, namespace: str, at: Moment) -> FleetAt:
+        """The fleet as it was at ``at`` (a stream sequence, a time, or a duration ago): per
+        node its applied version and sha256, target, liveness and wave; the namespace's
+        production, last known good and rollout. ``NotFound`` when the stream no longer holds
+        that moment."""
+        from confbus.client import _reconstruct as past
+        from confbus.client._fleet import fleet_at
+
+        ns = check_namespace(namespace)
+        edges = await past.bounds(self)
+        seq = await past.moment_seq(self, at, edges)
+        rec = await past.reconstruct(self, ns, seq, edges)
+        return fleet_at(
+            rec.state,
+            at=await _shown_time(self, at, seq),
+            checkpoint_seq=rec.checkpoint_seq,
+            events_read=rec.events_read,
+        )
+
+    async def why(self, namespace: str, node: str, at: Moment | None = None) -> Why:
+        """The chain of events that put ``node`` on its version (now, or at ``at``), newest
+        first, each step with its event's stream sequence. ``NotFound`` for a node no event
+        of the namespace names up to then."""
+        from confbus.client import _reconstruct as past
+        from confbus.client._fleet import why
+
+        ns = check_namespace(namespace)
+        check_node(node)
+        edges = await past.bounds(self)
+        seq = await past.moment_seq(self, edges.last_seq if at is None else at, edges)
+        rec = await past.reconstruct(self, ns, seq, edges)
+        return why(rec.state, node, at=await _shown_time(self, at, seq))
+
+    async def diff_fleet(self, namespace: str, before: Moment, after: Moment) -> FleetDiff:
+        """The nodes whose applied version changed between two moments, and what changed it."""
+        from confbus.client import _reconstruct as past
+        from confbus.client._fleet import diff
+
+        ns = check_namespace(namespace)
+        edges = await past.bounds(self)
+        lo = await past.moment_seq(self, before, edges)
+        hi = await past.moment_seq(self, after, edges)
+        if hi < lo:
+            raise InvalidInput(f"--to (seq {hi}) is before --from (seq {lo})", where="to")
+        a = (await past.reconstruct(self, ns, lo, edges)).state
+        b = (await past.reconstruct(self, ns, hi, edges)).state
+        return msgspec.structs.replace(
+            diff(a, b),
+            from_at=await _shown_time(self, before, lo),
+            to_at=await _shown_time(self, after, hi),
+        )
+
+
+async def _shown_time(client: Connection, at: Moment | None, seq: int) -> datetime | None:
+    """The moment as asked (a time), else the stored time of its sequence."""
+    from confbus.client._reconstruct import stored_time
+
+    if isinstance(at, datetime):
+        return at if at.tzinfo is not None else at.astimezone()
+    if isinstance(at, timedelta):
+        return datetime.now(UTC) - at
+    return await stored_time(client, seq)
