@@ -9,17 +9,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
 
 import anyio
+import nats.errors
 
 from confbus.cli import exitcodes
 from confbus.cli.exitcodes import CliError
 from confbus.client import Client
 from confbus.runtime.bus import DEFAULT_NATS_URL
 from confbus.runtime.errors import ConfbusError, Unavailable
+from confbus.runtime.retry import budget
 
 # Each module registers its subcommands; adding a command area is one line here.
 COMMAND_MODULES = (
@@ -80,9 +83,13 @@ def client_for(args: argparse.Namespace) -> Client:
 
 
 async def _run_remote(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        code: int = await args.func(args, client)
-        return code
+    # A command's --timeout bounds all it does: each call it makes is retried (when that is
+    # safe) until then, not only the last wait.
+    timeout = getattr(args, "timeout", None)
+    with budget(timeout if isinstance(timeout, int | float) else math.inf):
+        async with client_for(args) as client:
+            code: int = await args.func(args, client)
+            return code
 
 
 def _quiet_logs() -> None:
@@ -107,18 +114,58 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             _quiet_logs()
             code = anyio.run(_run_remote, args, backend="asyncio")
-    except CliError as exc:
-        sys.stderr.write(f"confbus: {exc}\n")
-        code = exc.code
-    except Unavailable as exc:
-        sys.stderr.write(f"confbus: unreachable: {exc}\n")
-        code = exitcodes.UNREACHABLE
-    except ConfbusError as exc:
-        sys.stderr.write(f"confbus: {exc}\n")
-        code = exitcodes.FAILED
     except KeyboardInterrupt:
         code = 130
+    except BaseExceptionGroup as group:
+        # Raised inside a task group (--wait follows events and the record at once): the same
+        # line and exit code as the error on its own; anything else is a bug, shown as one.
+        code = _report(_first_known(group))
+    except (CliError, ConfbusError, nats.errors.Error, TimeoutError) as exc:
+        code = _report(exc)
     sys.exit(code)
+
+
+_KNOWN = (CliError, ConfbusError, nats.errors.Error, TimeoutError, KeyboardInterrupt)
+
+
+def _first_known(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should read from a group: the first one confbus knows how to report
+    (a ``ConfbusError`` before a NATS error before a bare timeout); the group itself if it
+    holds none, so that a bug still shows its traceback."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in _KNOWN:
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    raise group
+
+
+def _report(exc: BaseException) -> int:
+    """One line on stderr and the exit code, for every error a command may end in."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, CliError):
+        sys.stderr.write(f"confbus: {exc}\n")
+        return exc.code
+    if isinstance(exc, Unavailable):
+        sys.stderr.write(f"confbus: unreachable: {exc}\n")
+        return exitcodes.UNREACHABLE
+    if isinstance(exc, ConfbusError):
+        sys.stderr.write(f"confbus: {exc}\n")
+        return exitcodes.FAILED
+    # A NATS error or a timeout no layer below turned into an ``Unavailable``: the bus did not
+    # answer in time, which is what exit 3 means.
+    sys.stderr.write(f"confbus: unreachable: {exc!r}\n")
+    return exitcodes.UNREACHABLE
 
 
 if __name__ == "__main__":

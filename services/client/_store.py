@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -18,7 +17,7 @@ from confbus.client._events import Events
 from confbus.client._names import check_change_id, check_namespace
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
-from confbus.runtime.retry import retry_unavailable
+from confbus.runtime.retry import budget, retry_unavailable
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
 from confbus.schemas.base import DECODE_ERRORS
@@ -96,7 +95,8 @@ class Store(Events):
         op = store_api.PROPOSE.as_user(user, change.namespace)
 
         async def send() -> bool:
-            return (await self.call(op, change)).duplicate
+            # One try per send: ``submit`` retries it, the same way as a publish.
+            return (await self.call(op, change, retry_for=0)).duplicate
 
         return await self.submit(change, send, timeout)
 
@@ -130,9 +130,13 @@ class Store(Events):
         # Subscribe before sending, so the outcome cannot slip past.
         sub = await self.bus.nc.subscribe(subjects.event(namespace, "version.>"), cb=on_event)
         try:
-            with anyio.move_on_after(timeout) as scope:
+            # Every read on the way (the change's status, the stored version) retries within the
+            # same time.
+            with anyio.move_on_after(timeout) as scope, budget(timeout) as deadline:
                 # Safe to repeat: the change's message id makes a second copy a no-op.
-                duplicate = await retry_unavailable(send, what=f"publishing change {change_id}")
+                duplicate = await retry_unavailable(
+                    send, what=f"publishing change {change_id}", deadline=deadline
+                )
                 return await self._outcome(change, sha, duplicate, receive)
             assert scope.cancelled_caught
             raise Unavailable(
@@ -190,14 +194,11 @@ class Store(Events):
                 "new change id",
                 "change_id",
             )
-        stored = await retry_unavailable(
-            lambda: self.get(change.namespace, str(version), content=False),
-            what=f"reading version {version}",
-        )
+        stored = await self.get(change.namespace, str(version), content=False)
         return stored.info
 
     async def default_change_id(
-        self, namespace: str, sha: str, base: int | None = None, *, timeout: float = 0.0
+        self, namespace: str, sha: str, base: int | None = None, *, timeout: float | None = None
     ) -> str:
         """A change id for content published without ``--id``: ``auto-<sha256[:24]>-<n>``, where
         ``n`` is the version it goes on top of (``base``, else the newest now).
@@ -205,19 +206,14 @@ class Store(Events):
         A retry of the same content is the same change (idempotent) — also after it was stored:
         when the newest version already is this content under such an id, that id is reused. The
         same content published again after other versions is a new change (``n`` moved on).
-        The read is tried again while the store is unavailable, for ``timeout`` seconds.
+        The read is tried again while the store is unavailable, for ``timeout`` seconds (None:
+        as ``confbus.runtime.api.call`` says, within the ``retry.budget`` around the caller).
         """
         prefix = f"auto-{sha[:24]}"
         if base is not None:
             return f"{prefix}-{base}"
         try:
-            latest = (
-                await retry_unavailable(
-                    lambda: self.get(namespace, "latest", content=False),
-                    what=f"reading the latest version of {namespace}",
-                    deadline=time.monotonic() + timeout,
-                )
-            ).info
+            latest = (await self.call(store_api.GET, _latest(namespace), retry_for=timeout)).info
         except NotFound:
             return f"{prefix}-0"
         if latest.sha256 == sha and latest.change_id == f"{prefix}-{latest.parent or 0}":
@@ -315,6 +311,10 @@ class Store(Events):
         """Every namespace the store holds."""
         reply = await self.call(store_api.NAMESPACES, store_api.NamespacesRequest())
         return reply.namespaces
+
+
+def _latest(namespace: str) -> store_api.GetRequest:
+    return store_api.GetRequest(namespace=namespace, ref="latest", content=False)
 
 
 def _rejected_as(
