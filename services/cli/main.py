@@ -164,7 +164,7 @@ def _report(exc: BaseException) -> int:
         return exitcodes.FAILED
     # A NATS error or a timeout no layer below turned into an ``Unavailable``: the bus did not
     # answer in time, which is what exit 3 means.
-    sys.stderr.write(f"confbus: unreachable: {exc!r}\n")
+    sys.stderr.write(f"confbus: unreachable: {exc or type(exc).__name__}\n")
     return exitcodes.UNREACHABLE
 
 
