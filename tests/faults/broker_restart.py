@@ -174,8 +174,29 @@ class Publish:
         return self.code == 1 and " superseded" in self.stderr
 
 
+@dataclass
+class Starts:
+    """Tells the kill loop when the next publish starts."""
+
+    next: anyio.Event | None = None
+
+    async def wait(self) -> None:
+        self.next = anyio.Event()
+        await self.next.wait()
+
+    def starting(self) -> None:
+        if self.next is not None:
+            self.next.set()
+            self.next = None
+
+
 async def _publisher(
-    stack: HaStack, root: Path, name: str, out: list[Publish], stop: anyio.Event
+    stack: HaStack,
+    root: Path,
+    name: str,
+    out: list[Publish],
+    stop: anyio.Event,
+    starts: Starts,
 ) -> None:
     """CI publishing again and again: ``confbus publish --id <name>-<i> --wait``."""
     i = 0
@@ -186,6 +207,7 @@ async def _publisher(
         path.write_bytes(content(label))
         p = Publish(label, time.time())
         out.append(p)
+        starts.starting()
         done = await arun_confbus(
             "--nats-url", stack.url, "publish", NS, str(path), "--id", label, "--wait",
             "--timeout", "120", timeout=180,
@@ -206,6 +228,8 @@ class Loop:
     title: str
     ha: bool = False
     jobs: tuple[str, ...] = ("ci-a", "ci-b")
+    # Kill as a publish starts (the CI step that lands in the election), not at any moment.
+    at_publish: bool = False
 
 
 EMBEDDED = Loop(
@@ -217,6 +241,7 @@ EMBEDDED_ONE_JOB = Loop(
     "broker_restart_one_job",
     "Embedded nats-server SIGKILLed under confbus up, one CI job publish --wait-ing (3 agents)",
     jobs=("ci",),
+    at_publish=True,
 )
 HA_LEADER = Loop(
     "broker_restart_ha_leader",
@@ -224,6 +249,7 @@ HA_LEADER = Loop(
     "publish --wait-ing (3 agents)",
     ha=True,
     jobs=("ci",),
+    at_publish=True,
 )
 
 # What a restarted cluster node needs to be back in every raft group on a publish's path.
@@ -250,12 +276,16 @@ async def kill_loop(
         nodes = start_agents(stack, root, 3)
         await publish(stack, root, "first")
         stop = anyio.Event()
+        starts = Starts()
         async with anyio.create_task_group() as tg:
             for name in loop.jobs:
-                tg.start_soon(_publisher, stack, root, name, publishes, stop)
+                tg.start_soon(_publisher, stack, root, name, publishes, stop, starts)
             for _ in range(kills):
                 # The fault schedule (a random moment of the publishing), not a synchronisation.
                 await anyio.sleep(rng.uniform(0.5, 3.0))
+                if loop.at_publish:
+                    with anyio.fail_after(300):
+                        await starts.wait()
                 if loop.ha:
                     victim = await _lead_both(stack)
                     victims.append(victim)
