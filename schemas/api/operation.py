@@ -71,6 +71,9 @@ class Operation(Generic[Req, Rep]):
     # Whether it changes anything (a write, a switch, a rollback): a caller never gives up on
     # one before its deadline.
     acts: bool = False
+    # For an act that is safe to repeat: why (a read always is). A call is retried after a
+    # timeout or a 503 only if it is safe to repeat (``confbus.runtime.api.call``).
+    idempotent: str = ""
     # The subject tokens after ``cfg.api.<service>.`` when they are not just ``name``; a ``*``
     # token is filled in by ``as_user`` (the last one is always the caller's NATS user).
     subject: str = ""
@@ -147,6 +150,21 @@ class Operation(Generic[Req, Rep]):
         if not self.pinned:
             raise ValueError(f"{self.service}.{self.name} does not pin the caller's identity")
         return self.pattern.removesuffix("*") + check_name(identity, "identity")
+
+    @property
+    def retry_safe(self) -> bool:
+        """Whether a request that may have reached the service can be sent again: a read, or
+        an act declared ``idempotent``."""
+        return not self.acts or bool(self.idempotent)
+
+    def why_not_retried(self) -> str:
+        """Why a request that may have reached the service is not sent again ("" if it is)."""
+        if self.retry_safe:
+            return ""
+        return (
+            f"{self.service}.{self.name} acts and may have been carried out already; "
+            "sending it again could act twice"
+        )
 
     def deadline_s(self, request: Req) -> float:
         return self.deadline.of(request)

@@ -444,6 +444,7 @@ PROPOSE = Operation(
     "Put a change on cfg.change.<ns> authored by the NATS user in the subject "
     "(propose.<ns>.<user>); the outcome comes as for a publish.",
     acts=True,
+    idempotent="the change id is the stream's message id: a repeat is dropped as a duplicate",
     subject="propose.*.*",
     scope=("namespace",),
 )

@@ -118,6 +118,7 @@ RESOLVE = Operation(
     "The decision of a transaction for an in-doubt participant; past its deadline an "
     "undecided one is aborted.",
     acts=True,
+    idempotent="a transaction is decided once (compare-and-set): asking again reads that decision",
 )
 IN_DOUBT = Operation(
     SERVICE,

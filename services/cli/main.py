@@ -11,6 +11,7 @@ import difflib
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -197,9 +198,15 @@ def client_for(args: argparse.Namespace) -> Client:
 
 
 async def _run_remote(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        code: int = await args.func(args, client)
-        return code
+    from confbus.runtime.retry import budget
+
+    # A command's --timeout bounds all it does: each call it makes is retried (when that is
+    # safe) until then, not only the last wait.
+    timeout = getattr(args, "timeout", None)
+    with budget(timeout if isinstance(timeout, int | float) else math.inf):
+        async with client_for(args) as client:
+            code: int = await args.func(args, client)
+            return code
 
 
 def _quiet_logs() -> None:
@@ -231,8 +238,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _run(args: argparse.Namespace) -> int:
     import anyio
 
-    from confbus.client import WaitTimedOut
-
     try:
         if getattr(args, "run_local", None) is not None:
             code: int = args.run_local(args)
@@ -240,20 +245,73 @@ def _run(args: argparse.Namespace) -> int:
         _quiet_logs()
         code = anyio.run(_run_remote, args, backend="asyncio")
         return code
-    except CliError as exc:
-        sys.stderr.write(f"confbus: {exc}\n")
-        return exc.code
-    except WaitTimedOut as exc:  # confbus answered; the wait ran out of time
-        sys.stderr.write(f"confbus: timed out: {exc}\n")
-        return exitcodes.UNREACHABLE
-    except Unavailable as exc:
-        sys.stderr.write(f"confbus: unreachable: {exc}\n")
-        return exitcodes.UNREACHABLE
-    except ConfbusError as exc:
-        sys.stderr.write(f"confbus: {exc}\n")
-        return exitcodes.FAILED
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # Raised inside a task group (--wait follows events and the record at once): the same
+        # line and exit code as the error on its own; anything else is a bug, shown as one.
+        return _report(_first_known(group))
+    except Exception as exc:
+        if isinstance(exc, _known()):
+            return _report(exc)
+        raise
+
+
+def _known() -> tuple[type[BaseException], ...]:
+    """What a command may end in and is reported as one line, most telling first: confbus's
+    own errors, then a NATS error or a timeout no layer below turned into ``Unavailable``.
+    (nats-py is looked up, not imported: a command that never connected raised none of its
+    errors, and ``confbus keys new`` should not pay for importing it.)"""
+    nats_errors = sys.modules.get("nats.errors")
+    nats_error: tuple[type[BaseException], ...] = (
+        () if nats_errors is None else (nats_errors.Error,)
+    )
+    return (CliError, ConfbusError, *nats_error, TimeoutError, KeyboardInterrupt)
+
+
+def _first_known(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should read from a group: the first one confbus knows how to report
+    (a ``ConfbusError`` before a NATS error before a bare timeout); the group itself if it
+    holds none, so that a bug still shows its traceback."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in _known():
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    raise group
+
+
+def _report(exc: BaseException) -> int:
+    """One line on stderr and the exit code, for every error a command may end in."""
+    from confbus.client import WaitTimedOut
+
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, CliError):
+        sys.stderr.write(f"confbus: {exc}\n")
+        return exc.code
+    if isinstance(exc, WaitTimedOut):  # confbus answered; the wait ran out of time
+        sys.stderr.write(f"confbus: timed out: {exc}\n")
+        return exitcodes.UNREACHABLE
+    if isinstance(exc, Unavailable):
+        sys.stderr.write(f"confbus: unreachable: {exc}\n")
+        return exitcodes.UNREACHABLE
+    if isinstance(exc, ConfbusError):
+        sys.stderr.write(f"confbus: {exc}\n")
+        return exitcodes.FAILED
+    # A NATS error or a timeout no layer below turned into an ``Unavailable``: the bus did not
+    # answer in time, which is what exit 3 means.
+    sys.stderr.write(f"confbus: unreachable: {exc or type(exc).__name__}\n")
+    return exitcodes.UNREACHABLE
 
 
 if __name__ == "__main__":

@@ -81,12 +81,19 @@ class Connection:
             await self._bus.close()
 
     async def call(
-        self, op: Operation[Req, Rep], request: Req, *, timeout: float | None = None
+        self,
+        op: Operation[Req, Rep],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        retry_for: float | None = None,
     ) -> Rep:
         """Call an operation of ``confbus.schemas.api`` (``store.GET``, ``txn.IN_DOUBT``…) and
         return its typed reply; the endpoint's error is raised as a ``ConfbusError``.
 
         ``timeout`` None: the operation's deadline. It may be longer, and shorter only for an
-        operation that does not act (``op.acts``): see ``confbus.runtime.api.call``.
+        operation that does not act (``op.acts``). What is retried and for how long
+        (``retry_for``, else the ``confbus.runtime.retry.budget`` around the call): see
+        ``confbus.runtime.api.call``.
         """
-        return await call(self.bus, op, request, timeout=timeout)
+        return await call(self.bus, op, request, timeout=timeout, retry_for=retry_for)

@@ -3,6 +3,7 @@ pause / resume / abort, waiting for a rollout's end, and forgetting a node gone 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,10 +17,14 @@ from confbus.client._errors import RolloutWaitTimeout
 from confbus.client._events import Events
 from confbus.client._names import check_namespace, check_node
 from confbus.runtime.errors import InvalidInput, Unavailable
+from confbus.runtime.failpoints import failpoint
+from confbus.runtime.retry import BACKOFF
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import AnyEvent
 from confbus.schemas.state import rollout_key
+
+log = logging.getLogger("confbus.client")
 
 # The events that end a rollout, and the state each ends it in.
 _ROLLOUT_ENDS: dict[str, dist_api.RolloutState] = {
@@ -43,7 +48,9 @@ class Rollouts(Events):
         ``CFG_STATE`` when no distributor answers)."""
         check_namespace(namespace)
         try:
-            reply = await self.call(dist_api.ROLLOUT, dist_api.RolloutRequest(namespace=namespace))
+            # One try: with no distributor answering, the record says the same.
+            request = dist_api.RolloutRequest(namespace=namespace)
+            reply = await self.call(dist_api.ROLLOUT, request, retry_for=0)
             return reply.rollout
         except Unavailable:
             return await self._rollout_record(namespace)
@@ -91,34 +98,47 @@ class Rollouts(Events):
         ``RolloutWaitTimeout`` (an ``Unavailable``) after ``timeout`` seconds.
         """
         check_namespace(namespace)
-        found: list[dist_api.RolloutInfo] = []
+        found: list[dist_api.RolloutInfo] = []  # the record, once it shows the end
+        ended: list[tuple[Any, dist_api.RolloutState]] = []  # the event of the end
 
         async def from_events(scope: anyio.CancelScope) -> None:
-            async for item in self.events(
-                f"cfg.event.{namespace}.rollout.>",
-                since=since if since is not None else timedelta(minutes=10),
-                follow=True,
-            ):
-                ev = item.event
-                if ev is None or getattr(ev, "version", None) != version:
-                    continue
-                if progress is not None:
-                    progress(ev)
-                tag = ev.__struct_config__.tag
-                if tag in _ROLLOUT_ENDS:
-                    try:
-                        record = await self._rollout_record(namespace)
-                    except Unavailable:
-                        record = None  # the bus is coming back: the event says enough
-                    if record is not None and record.rollout_id == getattr(ev, "rollout_id", ""):
-                        found.append(record)
-                    else:
-                        found.append(_rollout_from_event(ev, _ROLLOUT_ENDS[tag]))
-                    scope.cancel()
-                    return
+            # The bus coming back (an election longer than a replay tolerates) ends a reading
+            # of the events: a new one picks up after the last event seen, until ``timeout``.
+            after: int | None = None
+            tries = 0
+            while True:
+                try:
+                    async for item in self.events(
+                        f"cfg.event.{namespace}.rollout.>",
+                        since=since if since is not None else timedelta(minutes=10),
+                        from_seq=None if after is None else after + 1,
+                        follow=True,
+                    ):
+                        tries = 0
+                        after = item.seq
+                        if on_event(item.event):
+                            scope.cancel()
+                            return
+                except Unavailable as exc:
+                    tries += 1
+                    log.info("following rollout events again", extra={"error": str(exc)})
+                    await anyio.sleep(BACKOFF.delay(tries))
+
+        def on_event(ev: AnyEvent | None) -> bool:
+            """Hand one event on; True once the rollout ended (``found`` says how)."""
+            if ev is None or getattr(ev, "version", None) != version:
+                return False
+            if progress is not None:
+                progress(ev)
+            tag = ev.__struct_config__.tag
+            if tag not in _ROLLOUT_ENDS:
+                return False
+            ended.append((ev, _ROLLOUT_ENDS[tag]))
+            return True
 
         async def from_record(scope: anyio.CancelScope) -> None:
             while True:
+                await failpoint("client.wait_rollout.poll")
                 try:
                     rec = await self._rollout_record(namespace)
                 except Unavailable:
@@ -135,9 +155,18 @@ class Rollouts(Events):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(from_events, tg.cancel_scope)
                     tg.start_soon(from_record, tg.cancel_scope)
+                if found:
+                    return found[0]
+                ev, state = ended[0]
+                try:
+                    record = await self._rollout_record(namespace)
+                except Unavailable:
+                    record = None  # the bus is coming back: the event says enough
         except TimeoutError:
             raise RolloutWaitTimeout(namespace, version, timeout) from None
-        return found[0]
+        if record is not None and record.rollout_id == getattr(ev, "rollout_id", ""):
+            return record
+        return _rollout_from_event(ev, state)
 
     async def _rollout_record(self, namespace: str) -> dist_api.RolloutInfo | None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
@@ -19,7 +19,7 @@ from confbus.client._names import check_change_id, check_namespace
 from confbus.client._trusted import seal_and_sign
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
-from confbus.runtime.retry import retry_unavailable
+from confbus.runtime.retry import budget, retry_unavailable
 from confbus.runtime.sealing import Kek
 from confbus.runtime.signing import SigningKey
 from confbus.schemas import subjects
@@ -119,8 +119,9 @@ class Store(Events):
         op = store_api.PROPOSE.as_user(user, change.namespace)
 
         async def send(judged_under: str) -> bool:
-            # The version-store sends it again under the policy in force itself.
-            return (await self.call(op, change)).duplicate
+            # The version-store sends it again under the policy in force itself. One try per
+            # send: ``submit`` retries it, the same way as a publish.
+            return (await self.call(op, change, retry_for=0)).duplicate
 
         return await self.submit(change, send, timeout)
 
@@ -173,8 +174,10 @@ class Store(Events):
         # Subscribe before sending, so the outcome cannot slip past.
         sub = await self.bus.nc.subscribe(subjects.event(namespace, "version.>"), cb=on_event)
         try:
-            with anyio.move_on_after(timeout) as scope:
-                duplicate = await _send_again(send, "", change_id)
+            # Every read on the way (the change's status, the stored version) retries within the
+            # same time.
+            with anyio.move_on_after(timeout) as scope, budget(timeout) as deadline:
+                duplicate = await _send_again(send, "", change_id, deadline)
                 return await self._outcome(change, sha, duplicate, send, receive)
             assert scope.cancelled_caught
             raise Unavailable(
@@ -238,14 +241,11 @@ class Store(Events):
                 "new change id",
                 "change_id",
             )
-        stored = await retry_unavailable(
-            lambda: self.get(change.namespace, str(version), content=False),
-            what=f"reading version {version}",
-        )
+        stored = await self.get(change.namespace, str(version), content=False)
         return stored.info
 
     async def default_change_id(
-        self, namespace: str, sha: str, base: int | None = None, *, timeout: float = 0.0
+        self, namespace: str, sha: str, base: int | None = None, *, timeout: float | None = None
     ) -> str:
         """A change id for content published without ``--id``: ``auto-<sha256[:24]>-<n>``, where
         ``n`` is the version it goes on top of (``base``, else the newest now).
@@ -253,19 +253,14 @@ class Store(Events):
         A retry of the same content is the same change (idempotent) — also after it was stored:
         when the newest version already is this content under such an id, that id is reused. The
         same content published again after other versions is a new change (``n`` moved on).
-        The read is tried again while the store is unavailable, for ``timeout`` seconds.
+        The read is tried again while the store is unavailable, for ``timeout`` seconds (None:
+        as ``confbus.runtime.api.call`` says, within the ``retry.budget`` around the caller).
         """
         prefix = f"auto-{sha[:24]}"
         if base is not None:
             return f"{prefix}-{base}"
         try:
-            latest = (
-                await retry_unavailable(
-                    lambda: self.get(namespace, "latest", content=False),
-                    what=f"reading the latest version of {namespace}",
-                    deadline=time.monotonic() + timeout,
-                )
-            ).info
+            latest = (await self.call(store_api.GET, _latest(namespace), retry_for=timeout)).info
         except NotFound:
             return f"{prefix}-0"
         if latest.sha256 == sha and latest.change_id == f"{prefix}-{latest.parent or 0}":
@@ -392,12 +387,15 @@ class Store(Events):
 
 
 async def _send_again(
-    send: Callable[[str], Awaitable[bool]], judged_under: str, change_id: str
+    send: Callable[[str], Awaitable[bool]],
+    judged_under: str,
+    change_id: str,
+    deadline: float = math.inf,
 ) -> bool:
-    """``send(judged_under)``, tried again while the bus is unavailable (a broker restarting):
-    safe to repeat, the change's message id makes a second copy a no-op."""
+    """``send(judged_under)``, tried again while the bus is unavailable (a broker restarting)
+    until ``deadline``: safe to repeat, the change's message id makes a second copy a no-op."""
     return await retry_unavailable(
-        lambda: send(judged_under), what=f"publishing change {change_id}"
+        lambda: send(judged_under), what=f"publishing change {change_id}", deadline=deadline
     )
 
 
@@ -409,6 +407,10 @@ def with_overlays(base: bytes, format: Format, overlays: Sequence[Overlay]) -> b
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"the base is not UTF-8 at byte {exc.start}", where="content") from None
     return encode_variants(VariantSet(format=format, base=text, overlays=list(overlays)))
+
+
+def _latest(namespace: str) -> store_api.GetRequest:
+    return store_api.GetRequest(namespace=namespace, ref="latest", content=False)
 
 
 def _rejected_as(

@@ -149,7 +149,9 @@ class Leadership:
         """To the operation only ``holder`` answers (``switch_<holder>``)."""
         log.debug("forwarding a switch", extra={"namespace": req.namespace, "to": holder})
         self.metrics.forwarded.inc()
-        return await call(self.bus, api.SWITCH_AT.at(token(holder)), req)
+        # One try: a holder that does not answer is waited out by ``switch`` (its lease), not
+        # asked again.
+        return await call(self.bus, api.SWITCH_AT.at(token(holder)), req, retry_for=0)
 
 
 def _unreachable(exc: Unavailable) -> bool:

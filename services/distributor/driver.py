@@ -356,6 +356,8 @@ class Driver:
                     namespace=namespace, version=version, nodes=nodes, since=since
                 ),
                 timeout=self.verdict_timeout_s,
+                # One try: no health-watcher answering is itself the answer (no data).
+                retry_for=0,
             )
         except ConfbusError as exc:
             # No health-watcher (yet), or it cannot judge: that is missing data, never a pass.

@@ -44,6 +44,7 @@ from confbus.rollbacker.suspect import revoke_reason
 from confbus.runtime.errors import ConfbusError, Fenced, Unavailable
 from confbus.runtime.failpoints import failpoint
 from confbus.runtime.leases import Leases, NotHeld
+from confbus.runtime.retry import Backoff, retry_unavailable
 from confbus.runtime.signing import SigningKey
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
@@ -164,14 +165,14 @@ class Driver:
     async def _retrying(
         self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        delay = 0.2
-        while True:
-            try:
-                return await fn(*args, **kwargs)
-            except Unavailable as exc:
-                log.warning("peer unavailable, retrying", extra={"error": str(exc)})
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_cap_s)
+        """``fn`` until a peer answers, for as long as it takes (the rollback is the way out of
+        an outage: it does not give up on one). Each step is safe to repeat, a switch too:
+        nodes switched to the rollback version by a first request stay there."""
+        return await retry_unavailable(
+            lambda: fn(*args, **kwargs),
+            what=f"rollbacker: {getattr(fn, '__name__', 'a peer')}",
+            backoff=Backoff(base_s=0.2, cap_s=self.config.retry_cap_s),
+        )
 
     # -- create the rollback version --------------------------------------------------------
 

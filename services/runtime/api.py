@@ -10,6 +10,8 @@ with an ``ApiError`` body, so the caller can rebuild the same error and decide: 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -23,6 +25,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError, Unavailable, from_code
 from confbus.runtime.identity import bind_subject, unbind_subject
+from confbus.runtime.retry import budget_deadline, retry_unavailable
 from confbus.schemas import subjects
 from confbus.schemas.api import ApiError, decode_api_error
 from confbus.schemas.api.operation import Operation
@@ -154,13 +157,26 @@ async def serve_api(
 
 
 async def call(
-    bus: Bus, op: Operation[Req, Rep], request: Req, *, timeout: float | None = None
+    bus: Bus,
+    op: Operation[Req, Rep],
+    request: Req,
+    *,
+    timeout: float | None = None,
+    retry_for: float | None = None,
 ) -> Rep:
     """Send ``request`` to ``op`` and decode its reply; raise the endpoint's error as a
     ``ConfbusError`` (``Unavailable`` when nobody answered within the deadline).
 
     ``timeout`` None: the operation's deadline. A caller may wait longer; it may wait less only
     for a read, where not hearing back loses an answer and never cuts off an act under way.
+
+    What is retried (``confbus.runtime.retry``, with backoff): a request that reached nobody
+    (no responders: the service is resubscribing after a reconnect; the connection is
+    reconnecting) always; one that may have reached the service (a timeout, a 503) only if the
+    operation is safe to repeat (``Operation.retry_safe``) — an act that is not says so in the
+    error instead. For how long: ``retry_for`` seconds, else until the deadline of the
+    ``retry.budget`` around the caller (a command's ``--timeout``), else one ``timeout`` in all.
+    ``retry_for=0``: one try, for a caller that has something better to do when nobody answers.
     """
     deadline = op.deadline_s(request)
     if timeout is None:
@@ -170,6 +186,44 @@ async def call(
             f"{op.service}.{op.name} acts: wait at least its deadline ({deadline:g}s), "
             f"not {timeout:g}s"
         )
+    started = time.monotonic()
+    if retry_for is not None:
+        until = started + retry_for
+    else:
+        until = budget_deadline()
+        if until == math.inf:
+            until = started + timeout
+    per_try = timeout
+
+    async def once() -> Rep:
+        # A read need not outwait the budget; an act always gets its whole deadline.
+        left = until - time.monotonic()
+        wait = per_try if op.acts or left <= 0 else max(min(per_try, left), _MIN_TRY_S)
+        return await _request(bus, op, request, wait)
+
+    def refuse(exc: Unavailable) -> str:
+        if isinstance(exc.__cause__, nats.errors.ConnectionClosedError):
+            return "the connection is closed"
+        if isinstance(exc.__cause__, _UNDELIVERED):
+            return ""  # nobody got it: nothing can have been done
+        return op.why_not_retried()
+
+    return await retry_unavailable(
+        once, what=f"{op.service}.{op.name} ({op.address})", deadline=until, refuse=refuse
+    )
+
+
+# A request that did not reach any service: safe to send again, whatever it asks for.
+_UNDELIVERED = (
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+)
+# The shortest wait for an answer a retried read is given, however little budget is left.
+_MIN_TRY_S = 0.5
+
+
+async def _request(bus: Bus, op: Operation[Req, Rep], request: Req, timeout: float) -> Rep:
     subject = op.address
     try:
         msg = await bus.nc.request(subject, encode(request), timeout=timeout)
@@ -177,6 +231,12 @@ async def call(
         raise Unavailable(f"no {op.service} service is answering on {subject}") from exc
     except nats.errors.TimeoutError as exc:
         raise Unavailable(f"{subject} did not answer within {timeout:g}s") from exc
+    except (
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.OutboundBufferLimitError,
+        nats.errors.ConnectionClosedError,
+    ) as exc:
+        raise Unavailable(f"cannot send to {subject}: {exc!r}") from exc
     headers = msg.headers or {}
     if "Nats-Service-Error-Code" in headers:
         try:

@@ -5,8 +5,9 @@ process at an exact step (etcd's gofail, FoundationDB's buggify).
 
 Actions: ``kill`` (SIGKILL ourselves: no cleanup, no flush — a real crash), ``pause``
 (SIGSTOP ourselves, a test resumes us with SIGCONT), ``delay:SECONDS``, ``error`` (raise
-``FailpointError``). ``name=kill@3`` fires on the 3rd hit only. Disarmed, a failpoint costs one
-lookup in an empty dict.
+``FailpointError``), ``unavailable`` (raise ``Unavailable``: the bus is down), ``timeout``
+(raise nats-py's ``TimeoutError``, as a request nobody answered does). ``name=kill@3`` fires on
+the 3rd hit only. Disarmed, a failpoint costs one lookup in an empty dict.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import signal
 import sys
 
 import anyio
+import nats.errors
+
+from confbus.runtime.errors import Unavailable
 
 
 class FailpointError(RuntimeError):
@@ -66,3 +70,7 @@ async def failpoint(name: str) -> None:
         await anyio.sleep(float(action.split(":", 1)[1]))
     elif action == "error":
         raise FailpointError(name)
+    elif action == "unavailable":
+        raise Unavailable(f"failpoint {name}: the bus is not answering")
+    elif action == "timeout":
+        raise nats.errors.TimeoutError

@@ -45,10 +45,14 @@ def run_confbus(*args: str, timeout: float = 60.0) -> subprocess.CompletedProces
     )
 
 
-async def arun_confbus(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """``run_confbus`` without blocking the test's event loop (its bus connection lives on)."""
+async def arun_confbus(
+    *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``run_confbus`` without blocking the test's event loop (its bus connection lives on);
+    ``env``: variables set for it, beside the test's own."""
+    environ = {**os.environ, **env} if env else None
     with anyio.fail_after(timeout):
-        done = await anyio.run_process([*confbus_argv(), *args], cwd=REPO, check=False)
+        done = await anyio.run_process([*confbus_argv(), *args], cwd=REPO, check=False, env=environ)
     return subprocess.CompletedProcess(
         done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
     )

@@ -9,6 +9,7 @@ as CI would. What it measures is *kill → applied*: from the kill to the last a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -21,9 +22,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import nats.errors
+from nats.js.api import StreamInfo
 
 from confbus.client import Client
 from confbus.schemas.events import NodeApplied, RolloutCompleted, RolloutWave, VersionCreated
+from confbus.schemas.streams import CFG_CHANGES, CFG_TXN
 from tests.cli.procs import arun_confbus
 from tests.faults.results import Figures, finish
 from tests.ha.hastack import HaStack, start_up
@@ -170,8 +174,29 @@ class Publish:
         return self.code == 1 and " superseded" in self.stderr
 
 
+@dataclass
+class Starts:
+    """Tells the kill loop when the next publish starts."""
+
+    next: anyio.Event | None = None
+
+    async def wait(self) -> None:
+        self.next = anyio.Event()
+        await self.next.wait()
+
+    def starting(self) -> None:
+        if self.next is not None:
+            self.next.set()
+            self.next = None
+
+
 async def _publisher(
-    stack: HaStack, root: Path, name: str, out: list[Publish], stop: anyio.Event
+    stack: HaStack,
+    root: Path,
+    name: str,
+    out: list[Publish],
+    stop: anyio.Event,
+    starts: Starts,
 ) -> None:
     """CI publishing again and again: ``confbus publish --id <name>-<i> --wait``."""
     i = 0
@@ -182,6 +207,7 @@ async def _publisher(
         path.write_bytes(content(label))
         p = Publish(label, time.time())
         out.append(p)
+        starts.starting()
         done = await arun_confbus(
             "--nats-url", stack.url, "publish", NS, str(path), "--id", label, "--wait",
             "--timeout", "120", timeout=180,
@@ -194,46 +220,144 @@ def _median(values: Sequence[float]) -> float:
     return s[len(s) // 2] if s else 0.0
 
 
-async def kill_loop(root: Path, *, kills: int, tier: str, seed: int = 25) -> Figures:
-    """``kills`` SIGKILLs of the embedded nats-server of ``confbus up`` (3 agents), each at a
-    random moment while two CI jobs keep publishing with ``--wait``; then the checks: every
-    publish exited 0 or was superseded by a newer version, every acknowledged version is
-    stored with its bytes and once, every agent holds the newest."""
+@dataclass(frozen=True)
+class Loop:
+    """One shape of the kill loop: what is killed, by how many CI jobs publishing at once."""
+
+    scenario: str
+    title: str
+    ha: bool = False
+    jobs: tuple[str, ...] = ("ci-a", "ci-b")
+    # Kill as a publish starts (the CI step that lands in the election), not at any moment.
+    at_publish: bool = False
+
+
+EMBEDDED = Loop(
+    "broker_restart",
+    "Embedded nats-server SIGKILLed under confbus up while CI publishes (3 agents)",
+)
+# One CI job: nothing supersedes its versions, so every publish must exit 0.
+EMBEDDED_ONE_JOB = Loop(
+    "broker_restart_one_job",
+    "Embedded nats-server SIGKILLed under confbus up, one CI job publish --wait-ing (3 agents)",
+    jobs=("ci",),
+    at_publish=True,
+)
+HA_LEADER = Loop(
+    "broker_restart_ha_leader",
+    "up --ha: the nats-server leading CFG_CHANGES and CFG_TXN SIGKILLed, one CI job "
+    "publish --wait-ing (3 agents)",
+    ha=True,
+    jobs=("ci",),
+    at_publish=True,
+)
+
+# What a restarted cluster node needs to be back in every raft group on a publish's path.
+SETTLE_S = 90.0
+
+
+async def kill_loop(
+    root: Path, *, kills: int, tier: str, seed: int = 25, loop: Loop = EMBEDDED
+) -> Figures:
+    """``kills`` SIGKILLs of a nats-server under ``confbus up`` (3 agents) — the embedded one,
+    or in ``--ha`` the node leading ``CFG_CHANGES`` and ``CFG_TXN`` — each at a random moment
+    while CI jobs keep publishing with ``--wait``; ``up`` restarts it each time. Then the
+    checks: every publish exited 0 or was superseded by a newer version, every acknowledged
+    version is stored with its bytes and once, every agent holds the newest."""
     rng = random.Random(seed)
     print(f"\nseed {seed}")
     started = time.monotonic()
-    fig = Figures(
-        scenario="broker_restart",
-        title="Embedded nats-server SIGKILLed under confbus up while CI publishes (3 agents)",
-        tier=tier,  # type: ignore[arg-type]
-    )
-    stack = start_up(root / "data")
+    fig = Figures(scenario=loop.scenario, title=loop.title, tier=tier)  # type: ignore[arg-type]
+    stack = start_up(root / "data", *(["--ha"] if loop.ha else []))
     publishes: list[Publish] = []
     kill_times: list[float] = []
+    victims: list[str] = []
     try:
         nodes = start_agents(stack, root, 3)
         await publish(stack, root, "first")
         stop = anyio.Event()
+        starts = Starts()
         async with anyio.create_task_group() as tg:
-            for name in ("ci-a", "ci-b"):
-                tg.start_soon(_publisher, stack, root, name, publishes, stop)
+            for name in loop.jobs:
+                tg.start_soon(_publisher, stack, root, name, publishes, stop, starts)
             for _ in range(kills):
                 # The fault schedule (a random moment of the publishing), not a synchronisation.
                 await anyio.sleep(rng.uniform(0.5, 3.0))
+                if loop.at_publish:
+                    with anyio.fail_after(300):
+                        await starts.wait()
+                if loop.ha:
+                    victim = await _lead_both(stack)
+                    victims.append(victim)
+                else:
+                    victim = "nats-server"
                 lines = len(stack.proc.err.lines)
                 kill_times.append(time.time())
-                kill_embedded(stack)
+                if loop.ha:
+                    os.kill(stack.pid(victim), signal.SIGKILL)
+                else:
+                    kill_embedded(stack)
                 await anyio.to_thread.run_sync(
-                    stack.proc.err.wait_for, "nats-server ready again", 30.0, lines
+                    stack.proc.err.wait_for, f"{victim} ready again", 60.0, lines
                 )
+                if loop.ha:
+                    await _settled(stack)
             stop.set()  # the publishes under way finish
         await _check(fig, stack, nodes, publishes, kill_times)
     finally:
         stack.cleanup()
     fig.runs = kills
     fig.notes["kills"] = kills
+    if victims:
+        fig.notes["victims"] = ",".join(victims)
     fig.notes["seed"] = seed
     return finish(fig, started)
+
+
+async def _lead_both(stack: HaStack) -> str:
+    """The cluster node leading ``CFG_CHANGES``, made to lead ``CFG_TXN`` too (a stepdown of
+    ``CFG_TXN`` naming it preferred) so that one kill takes both leaders."""
+    async with Client(stack.url, name="test-leaders") as client:
+        js, nc = client.bus.js, client.bus.nc
+        with anyio.fail_after(SETTLE_S):
+            while True:
+                changes = await js.stream_info(CFG_CHANGES.name)
+                txn = await js.stream_info(CFG_TXN.name)
+                assert changes.cluster is not None and txn.cluster is not None
+                want, have = changes.cluster.leader, txn.cluster.leader
+                if want and want == have:
+                    return str(want)
+                if want and have:
+                    placement = json.dumps({"placement": {"preferred": want}}).encode()
+                    with contextlib.suppress(nats.errors.Error):
+                        await nc.request(
+                            f"$JS.API.STREAM.LEADER.STEPDOWN.{CFG_TXN.name}", placement, timeout=5
+                        )
+                await anyio.sleep(0.5)  # poll the leaders while the election runs
+
+
+async def _settled(stack: HaStack) -> None:
+    """Until every stream on a publish's path has a leader and all its replicas current: the
+    restarted node has caught up, and the next kill does not cost a quorum."""
+    async with Client(stack.url, name="test-settled") as client:
+        js = client.bus.js
+        with anyio.fail_after(SETTLE_S):
+            while True:
+                try:
+                    infos = [await js.stream_info(s) for s in PATH_STREAMS]
+                except nats.errors.Error:
+                    infos = []
+                if infos and all(_current(i) for i in infos):
+                    return
+                await anyio.sleep(0.5)  # poll the cluster's view while it catches up
+
+
+def _current(info: StreamInfo) -> bool:
+    c = info.cluster
+    if c is None or not c.leader:
+        return False
+    replicas = c.replicas or []
+    return len(replicas) == 2 and all(r.current and not r.offline for r in replicas)
 
 
 async def _check(

@@ -27,6 +27,8 @@ ORDER = (
     "nats_leader_kill",
     "nats_partition",
     "broker_restart",
+    "broker_restart_one_job",
+    "broker_restart_ha_leader",
     "model_2pc",
     "linearizability_sqlite",
     "linearizability_etcd",
@@ -230,6 +232,20 @@ FOOTER = """\
    its `server/raft.go`), and agents whose R1 consumer was on that node need the meta leader to
    get a new one. Below that floor lies a design change (prepares on core NATS, JetStream for
    catch-up only — issue 23).
+6. **A CI step caught in an election gave up at once, or crashed — fixed.** Under `up --ha`
+   with the leader of `CFG_CHANGES` and `CFG_TXN` killed, `publish --wait` exited 3 on the
+   first "no stream response", or its `--wait` ended in an exception-group traceback. Every
+   request/reply call now goes through one retry policy (`confbus.runtime.api.call`, from
+   `services/runtime/retry.py`): a request nobody received is sent again, one that may have
+   reached the service only for a read or an act declared idempotent, with backoff until the
+   command's `--timeout` (`retry.budget`); an act that is not says why it was not retried.
+   `--wait` follows the events again after an outage, and the CLI's runner reports an error
+   raised inside a task group as the same one line and exit code. With one CI job publishing
+   (`broker_restart_one_job`, `broker_restart_ha_leader` rows) no publish failed across the
+   kills (each kill as a publish starts); the longest publish is `publish_max_s` (an
+   election of nats-server's raft, 4-9 s). The same loops also passed on issue 25's code,
+   whose publish retry had closed the first failure; what fails without this change is in
+   `tests/runtime/test_call_retry.py` and `tests/cli/test_wait_errors.py`.
 
 ## Time travel
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.faults.broker_restart import (
+    EMBEDDED_ONE_JOB,
+    HA_LEADER,
+    Loop,
     busiest_node,
     kill_loop,
     kill_then_publish,
@@ -16,7 +19,7 @@ from tests.faults.broker_restart import (
     publish,
     start_agents,
 )
-from tests.faults.results import assert_safe
+from tests.faults.results import Figures, assert_safe
 from tests.ha.hastack import needs_etcd, start_up
 
 pytestmark = pytest.mark.anyio
@@ -79,3 +82,35 @@ async def test_the_broker_killed_20_times_while_ci_publishes(tmp_path: Path) -> 
     fig = await kill_loop(tmp_path, kills=20, tier="slow")
     assert fig.failed == 0, fig.summary()
     assert_safe(fig)
+
+
+def _every_publish_went_through(fig: Figures) -> None:
+    assert fig.failed == 0 and fig.notes["superseded"] == 0, fig.summary()
+    assert fig.duplicates == 0 and fig.lost == 0 and fig.divergent == 0, fig.summary()
+    assert_safe(fig)
+    print(f"longest publish --wait: {fig.notes['publish_max_s']} s")
+
+
+async def test_one_ci_job_never_fails_while_the_embedded_broker_is_killed(tmp_path: Path) -> None:
+    fig = await kill_loop(tmp_path, kills=3, tier="ci", loop=EMBEDDED_ONE_JOB)
+    _every_publish_went_through(fig)
+
+
+@needs_etcd
+async def test_in_ha_killing_the_leader_of_changes_and_txn_fails_no_publish(
+    tmp_path: Path,
+) -> None:
+    fig = await kill_loop(tmp_path, kills=2, tier="ci", loop=HA_LEADER)
+    _every_publish_went_through(fig)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize(
+    "loop",
+    [EMBEDDED_ONE_JOB, pytest.param(HA_LEADER, marks=needs_etcd)],
+    ids=lambda lp: lp.scenario,
+)
+async def test_five_kills_fail_no_publish(tmp_path: Path, loop: Loop) -> None:
+    fig = await kill_loop(tmp_path, kills=5, tier="slow", loop=loop)
+    _every_publish_went_through(fig)
