@@ -109,8 +109,19 @@ class NodeDrift(Event, tag="node.drift", kw_only=True, frozen=True):
 
 
 class NodeStatusChanged(Event, tag="node.status", kw_only=True, frozen=True):
+    """A node's liveness changed (``live``, ``away``, ``gone``; see ``Liveness``), or catch-up
+    keeps failing on it (``failing``)."""
+
     node: NodeId
-    status: Literal["live", "suspect", "gone", "failing"]
+    status: Literal["live", "away", "gone", "failing"]
+
+
+class NodeLeft(Event, tag="node.left", kw_only=True, frozen=True):
+    """An agent stopped on purpose (a signal): it is away from now on, no wave waits for it,
+    and it catches up when it comes back."""
+
+    node: NodeId
+    instance: str = ""
 
 
 class NodeCatchUp(Event, tag="node.catchup", kw_only=True, frozen=True):
@@ -137,7 +148,8 @@ class NodeCatchUp(Event, tag="node.catchup", kw_only=True, frozen=True):
 
 class NodeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     node: NodeId
-    outcome: Literal["applied", "no", "missing", "excluded", "skipped", "pending"]
+    # away: not live when its wave came (stopped, or its heartbeats stopped); catches up later
+    outcome: Literal["applied", "no", "missing", "excluded", "away", "skipped", "pending"]
     attempts: int = 1
     reason: str = ""
     seconds: float | None = None  # from the rollout's start to this node's switch
@@ -310,6 +322,7 @@ AnyEvent = (
     | NodeApplied
     | NodeDrift
     | NodeStatusChanged
+    | NodeLeft
     | NodeCatchUp
     | RolloutStarted
     | RolloutWave

@@ -30,6 +30,11 @@ class Heartbeat(Message, tag="node.heartbeat", kw_only=True, frozen=True):
     # Ready to vote: reading CFG_TXN live, so a prepare published now reaches it (false for
     # a moment after each reconnect, until its consumer is back). None: an agent from before.
     ready: bool | None = None
+    # This agent process's id (new at each start): two processes heartbeating one node id are
+    # told apart by it.
+    instance: str = ""
+    # The last heartbeat of an agent stopping on purpose (SIGTERM/SIGINT): it is away now.
+    leaving: bool = False
 
 
 decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode

@@ -136,7 +136,7 @@ class NodeRecord(msgspec.Struct, frozen=True, kw_only=True):
     interval_s: float = 2.0
     last_heartbeat: datetime | None = None
     started_at: datetime | None = None
-    liveness: str = "live"  # live | suspect | gone
+    liveness: str = "live"  # live | away | gone (confbus.schemas.api.dist.Liveness)
     since: datetime | None = None  # when it entered that liveness
 
 

@@ -16,6 +16,7 @@ import anyio
 
 from confbus.agent.health import check_health_url
 from confbus.agent.lastgood import connect_or_fall_back
+from confbus.agent.leaving import announce_leaving
 from confbus.agent.node import Binding, NodeAgent
 from confbus.runtime.http import HttpServer, Request, Response
 from confbus.runtime.log import setup_logging
@@ -152,6 +153,7 @@ async def run_agent(agent: NodeAgent, settings: Settings) -> None:
             await agent.run(bus)
         finally:
             with anyio.CancelScope(shield=True):
+                await announce_leaving(bus, agent.heartbeat())
                 await bus.close()
 
 

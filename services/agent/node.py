@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class NodeAgent:
     health_url: str | None = None  # forward the app's health (confbus.agent.health)
     health_interval_s: float = 5.0
     started_at: datetime = field(default_factory=utcnow)
+    instance: str = field(default_factory=lambda: secrets.token_hex(8))  # this process's id
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
     bus_connected: bool = field(default=False, init=False)
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
@@ -536,6 +538,7 @@ class NodeAgent:
             interval_s=self.heartbeat_interval_s,
             started_at=self.started_at,
             ready=self.ready,
+            instance=self.instance,
         )
 
     async def _publish_heartbeat(self, bus: Bus, refresh: bool = True) -> None:

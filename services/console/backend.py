@@ -117,7 +117,7 @@ class Backend:
             rollout=status.rollout,
             nodes=len(status.nodes),
             live=count["live"],
-            suspect=count["suspect"],
+            suspect=count["away"],  # the liveness "away" (the field keeps its name)
             gone=count["gone"],
             attention=sum(1 for n in status.nodes if n.status != "ok"),
         )

@@ -50,6 +50,7 @@ class DistApi:
                 api.NodeStatus(
                     node=node,
                     liveness=m.liveness(now),
+                    liveness_reason=m.why(now),
                     applied_version=st.applied_version if st else None,
                     sha256=st.sha256 if st else None,
                     target_version=self.targets.effective(ns, node),

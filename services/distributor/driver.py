@@ -227,6 +227,7 @@ class Driver:
             )
             return
         waves = strategy.waves(live)
+        away = self.membership.away_nodes(namespace, selector)
 
         def plan(c: RolloutInfo) -> RolloutInfo:
             return R.planned(
@@ -234,6 +235,7 @@ class Driver:
                 strategy=str(strategy),
                 selector=selector,
                 waves=waves,
+                away=away,
                 bake_s=policy.bake_s,
                 max_excluded=policy.max_excluded,
                 vote_timeout_s=policy.vote_timeout_s,

@@ -1,10 +1,13 @@
 """Who is alive, from agent heartbeats (``cfg.node.<node>.heartbeat``), shared in ``CFG_STATE``.
 
-A node is *live* while its heartbeats keep coming (within 3 of its own intervals), *suspect*
-after that, and *gone* after 10. Every replica hears every heartbeat and keeps the view in
-memory (liveness is judged on its monotonic clock); the replica holding the
-``lease.distributor._members`` lease also writes ``node.<node>`` records (labels, namespaces
-and their applied state, last heartbeat, liveness) and emits ``node.status`` on transitions.
+A node is *live* while its heartbeats keep coming (within ``AWAY_AFTER`` = 3 of its own
+intervals), *away* after that — or at once when its agent says it is stopping (a last
+heartbeat with ``leaving``) — and *gone* after ``GONE_AFTER`` = 10 intervals without one. Only
+live nodes are rollout targets; away ones catch up when they are back. Every replica hears
+every heartbeat and keeps the view in memory (liveness is judged on its monotonic clock); the
+replica holding the ``lease.distributor._members`` lease also writes ``node.<node>`` records
+(labels, namespaces and their applied state, last heartbeat, liveness) and emits
+``node.status`` on transitions.
 
 No flood: a node's transitions are announced at most once per ``min_event_gap_s`` (the
 latest state wins when the gap is over), and nobody's liveness is judged while *we* hear no
@@ -40,7 +43,7 @@ from confbus.schemas.state import NODES, NodeRecord, decode_node, node_key, targ
 
 log = logging.getLogger("confbus.distributor")
 
-SUSPECT_AFTER = 3.0  # heartbeat intervals
+AWAY_AFTER = 3.0  # heartbeat intervals missed
 GONE_AFTER = 10.0
 PERSIST_EVERY_S = 30.0  # refresh last_heartbeat in the record at least this often
 MEMBERS_LEASE = "_members"  # lease.distributor._members: the replica writing node records
@@ -58,6 +61,8 @@ class Member:
     heard: bool = False  # a heartbeat reached this process (loaded records do not count)
     ready: bool | None = None  # ready to vote, as its last heartbeat said (None: not said)
     unready_at: float = -1.0  # monotonic time of the last heartbeat that said not ready
+    left: bool = False  # its last heartbeat said it was stopping
+    instance: str = ""
     # What CFG_STATE holds, as far as we know, and what we last announced.
     recorded: NodeRecord | None = None
     recorded_rev: int = 0
@@ -68,9 +73,19 @@ class Member:
 
     def liveness(self, now: float) -> Liveness:
         missed = (now - self.seen) / max(self.interval_s, 0.05)
-        if missed <= SUSPECT_AFTER:
+        if missed <= AWAY_AFTER and not self.left:
             return "live"
-        return "suspect" if missed <= GONE_AFTER else "gone"
+        return "away" if missed <= GONE_AFTER else "gone"
+
+    def why(self, now: float) -> str:
+        """Why it is not live, in words (empty when it is)."""
+        if self.liveness(now) == "live":
+            return ""
+        last = self.last_heartbeat.isoformat(timespec="seconds") if self.last_heartbeat else "never"
+        if self.left:
+            return f"stopped (node.left) at {last}; catches up when it is back"
+        missed = int((now - self.seen) / max(self.interval_s, 0.05))
+        return f"missed {missed} heartbeats (last {last}); catches up when it is back"
 
     def state(self, namespace: str) -> NamespaceState | None:
         return self.states.get(namespace)
@@ -146,6 +161,18 @@ class Membership:
             and matches(m.labels, selector or {})
         )
 
+    def away_nodes(self, namespace: str, selector: dict[str, str] | None = None) -> list[str]:
+        """The namespace's nodes (matching ``selector``) that are away, not gone: they will
+        catch up when they are back, and a rollout says so."""
+        now = time.monotonic()
+        return sorted(
+            node
+            for node, m in self.members.items()
+            if namespace in m.states
+            and matches(m.labels, selector or {})
+            and (m.liveness(now) == "away" or (not m.heard and m.liveness(now) == "live"))
+        )
+
     def known_nodes(self, namespace: str) -> list[str]:
         return sorted(n for n, m in self.members.items() if namespace in m.states)
 
@@ -192,10 +219,14 @@ class Membership:
                 heard=True,
                 ready=hb.ready,
                 unready_at=now if hb.ready is False else -1.0,
+                left=hb.leaving,
+                instance=hb.instance,
             )
             self.members[hb.node] = m
             return m
         m.labels = dict(hb.labels)
+        m.left = hb.leaving
+        m.instance = hb.instance
         m.states = states
         m.interval_s = hb.interval_s
         m.seen = now
@@ -209,16 +240,16 @@ class Membership:
 
     def _discount(self, deaf_s: float) -> None:
         """We heard no one for ``deaf_s``: the nodes that were live then are judged as if
-        that time had not passed (one that died meanwhile turns suspect a little later)."""
+        that time had not passed (one that died meanwhile turns away a little later)."""
         for m in self.members.values():
-            if (self.last_any - m.seen) / max(m.interval_s, 0.05) <= SUSPECT_AFTER:
+            if (self.last_any - m.seen) / max(m.interval_s, 0.05) <= AWAY_AFTER:
                 m.seen = min(m.seen + deaf_s, time.monotonic())
 
     def load(self, records: list[tuple[NodeRecord, int]]) -> None:
         """Members known from CFG_STATE (a restarted replica), until they heartbeat again.
 
         A node recorded live is taken as just seen: it has 3 intervals to be heard before it
-        turns suspect, so a restart causes no false transitions.
+        turns away, so a restart causes no false transitions.
         """
         now = time.monotonic()
         wall = datetime.now(UTC)
@@ -287,7 +318,7 @@ class MembershipKeeper:
     async def sweep(self) -> None:
         now = time.monotonic()
         m = self.membership
-        counts: dict[str, int] = {"live": 0, "suspect": 0, "gone": 0}
+        counts: dict[str, int] = {"live": 0, "away": 0, "gone": 0}
         for member in m.members.values():
             counts[member.liveness(now)] += 1
         for name, value in counts.items():
@@ -295,8 +326,8 @@ class MembershipKeeper:
         if not self.leases.held(MEMBERS_LEASE):
             return
         # If nobody at all is heard, we are the ones cut off: judge no one.
-        quiet = now - m.last_any > SUSPECT_AFTER * max(m.heartbeat_interval_s, 0.05)
-        judging = not quiet and now - m.started > SUSPECT_AFTER * m.heartbeat_interval_s
+        quiet = now - m.last_any > AWAY_AFTER * max(m.heartbeat_interval_s, 0.05)
+        judging = not quiet and now - m.started > AWAY_AFTER * m.heartbeat_interval_s
         for member in list(m.members.values()):
             liveness = member.liveness(now) if judging else (member.announced or "live")
             if not member.heard and liveness == "live":
@@ -338,7 +369,7 @@ class MembershipKeeper:
             await self._announce(member, liveness, rev)
 
     async def _announce(self, member: Member, liveness: str, rev: int) -> None:
-        status: Literal["live", "suspect", "gone"] = liveness  # type: ignore[assignment]
+        status: Literal["live", "away", "gone"] = liveness  # type: ignore[assignment]
         log.info("node status", extra={"node": member.node, "status": status})
         for ns in sorted(member.states):
             try:
@@ -349,7 +380,7 @@ class MembershipKeeper:
                         actor=self.instance,
                         node=member.node,
                         status=status,
-                        reason=_why(status, member),
+                        reason=member.why(time.monotonic()) or "heartbeats are coming",
                     ),
                     msg_id=f"node-status:{member.node}:{ns}:{rev}",
                 )
@@ -366,10 +397,3 @@ class MembershipKeeper:
             log.warning("could not forget node", extra={"node": member.node, "error": str(exc)})
             return
         self.membership.members.pop(member.node, None)
-
-
-def _why(status: str, member: Member) -> str:
-    if status == "live":
-        return "heartbeats are coming"
-    last = member.last_heartbeat.isoformat() if member.last_heartbeat else "never"
-    return f"no heartbeat since {last}"

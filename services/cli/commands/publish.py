@@ -88,6 +88,18 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "failed (1, with each node's reason) or --timeout passed (3)",
     )
     p.add_argument(
+        "--require-all",
+        action="store_true",
+        help="with --wait: also wait for the nodes that were away (stopped, or no heartbeat) "
+        "to come back and catch up; by default they are reported and catch up later",
+    )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="with --wait: exit 0 even when no node follows the namespace (by default that "
+        "is a failure: nothing was deployed)",
+    )
+    p.add_argument(
         "--strategy",
         help="this version's rollout strategy instead of the policy's: all-at-once, canary:N, "
         "linear:N%%, exponential:N%%",

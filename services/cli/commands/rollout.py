@@ -186,6 +186,8 @@ def render_status(reply: StatusReply) -> str:
         status = n.status
         if n.attempts:
             status += f" (attempts {n.attempts})"
+        if n.liveness_reason:
+            status += f"; {n.liveness} — {n.liveness_reason}"
         lines.append(
             f"{n.node:<20} {n.liveness:<8} {_v(n.applied_version):>7} "
             f"{_v(n.target_version):>7} {(n.sha256 or '-')[:12]:<12} "
