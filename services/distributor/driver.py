@@ -46,6 +46,8 @@ from confbus.schemas.api.dist import ACTIVE_STATES, TERMINAL_STATES, RolloutInfo
 from confbus.schemas.health import Alert
 from confbus.schemas.versions import VersionInfo
 
+FIRST_HEARTBEAT_WAIT_S = 3.0  # an agent's start-up to its first heartbeat, with room
+
 log = logging.getLogger("confbus.distributor")
 
 # The plan may use the reads ``on_version`` made of the version, the policy and production:
@@ -216,6 +218,9 @@ class Driver:
             await self._refuse(namespace, rec, exc.message)
             return
         await self.membership.warm()
+        # An agent started a moment before the publish has not been heard yet: give the
+        # namespace's first heartbeat a little time before calling it empty.
+        await self.membership.first_heard(namespace, within_s=FIRST_HEARTBEAT_WAIT_S)
         live = self.membership.live_nodes(namespace, selector)
         if not live:
             known = self.membership.known_nodes(namespace)

@@ -132,6 +132,12 @@ class Membership:
             with anyio.move_on_after(1.5 * self.heartbeat_interval_s):
                 await self._heard.wait()
 
+    async def first_heard(self, namespace: str, within_s: float) -> None:
+        """Wait, at most ``within_s``, until some node of ``namespace`` is known."""
+        with anyio.move_on_after(within_s):
+            while not self.known_nodes(namespace):
+                await self._heard.wait()
+
     def deaf(self) -> bool:
         """We have heard no one for longer than two of the fleet's shortest intervals."""
         heard = [m.interval_s for m in self.members.values() if m.heard]

@@ -72,6 +72,7 @@ class Stack:
         env: dict[str, str] | None = None,
         live_dir: Path | None = None,
         state_dir: Path | None = None,
+        wait_ready: bool = True,
     ) -> Agent:
         live = live_dir or (self.root / "nodes" / node / "etc")
         live.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,7 @@ class Stack:
         ]
         for ns, path in files.items():
             argv += ["--namespace", ns, "--path", str(path)]
-        proc = Proc(f"agent-{node}", [*argv, *extra], self.logs, env).start()
+        proc = Proc(f"agent-{node}", [*argv, *extra], self.logs, env).start(wait_ready)
         agent = Agent(node, files, proc)
         self.agents[node] = agent
         return agent

@@ -34,7 +34,7 @@ from confbus.cli.commands.publishwait import wait_for_production
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import out, out_bytes
 from confbus.client import ChangeRejected, Client, check_change_id, check_namespace
-from confbus.runtime.errors import InvalidInput
+from confbus.runtime.errors import ConfbusError, InvalidInput
 from confbus.schemas.api import store as store_api
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.names import FORMATS, Format
@@ -154,6 +154,7 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
     _local_checks(args)
     author = acting_as(args, args.author)
     content = read_file(args.file)
+    await _say_if_new(client, args.namespace)
     if nats_identity(args) is not None:
         return await publish_as(client, author, args, content)
     return await client.publish(
@@ -167,6 +168,19 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
         strategy=args.strategy,
         timeout=args.timeout,
     )
+
+
+async def _say_if_new(client: Client, namespace: str) -> None:
+    """A namespace is created by its first publish: say so, since a typo creates one too."""
+    try:
+        known = await client.namespaces()
+    except ConfbusError:  # not allowed to list them, or no answer: the publish will tell
+        return
+    if namespace not in known:
+        others = f" (existing: {', '.join(sorted(known)[:10])})" if known else ""
+        sys.stderr.write(
+            f"confbus: namespace {namespace} does not exist yet: creating it{others}\n"
+        )
 
 
 async def publish_as(
