@@ -168,15 +168,14 @@ class Membership:
         )
 
     def away_nodes(self, namespace: str, selector: dict[str, str] | None = None) -> list[str]:
-        """The namespace's nodes (matching ``selector``) that are away, not gone: they will
-        catch up when they are back, and a rollout says so."""
-        now = time.monotonic()
+        """The namespace's known nodes (matching ``selector``) that are not live — away, or
+        away so long they are gone, until forgotten: they catch up when they are back, and a
+        rollout says so."""
+        live = set(self.live_nodes(namespace, selector))
         return sorted(
             node
             for node, m in self.members.items()
-            if namespace in m.states
-            and matches(m.labels, selector or {})
-            and (m.liveness(now) == "away" or (not m.heard and m.liveness(now) == "live"))
+            if namespace in m.states and matches(m.labels, selector or {}) and node not in live
         )
 
     def known_nodes(self, namespace: str) -> list[str]:
