@@ -35,6 +35,9 @@ class Heartbeat(Message, tag="node.heartbeat", kw_only=True, frozen=True):
     instance: str = ""
     # The last heartbeat of an agent stopping on purpose (SIGTERM/SIGINT): it is away now.
     leaving: bool = False
+    # The agent forwards its app's health as samples (``--health-url``). False: no sample will
+    # ever come from it, so a verdict need not wait for one. None: an agent from before.
+    health_source: bool | None = None
 
 
 decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode

@@ -539,6 +539,7 @@ class NodeAgent:
             started_at=self.started_at,
             ready=self.ready,
             instance=self.instance,
+            health_source=bool(self.health_url),
         )
 
     async def _publish_heartbeat(self, bus: Bus, refresh: bool = True) -> None:

@@ -134,10 +134,10 @@ class Peers:
     # -- health-watcher ----------------------------------------------------------------------
 
     async def verdict(
-        self, namespace: str, version: int, nodes: list[str], since: datetime
+        self, namespace: str, version: int, nodes: list[str], since: datetime, *, record: bool
     ) -> health_api.VerdictReply:
         request = health_api.VerdictRequest(
-            namespace=namespace, version=version, nodes=nodes, since=since
+            namespace=namespace, version=version, nodes=nodes, since=since, record=record
         )
         return await call(self.bus, health_api.VERDICT, request)
 
