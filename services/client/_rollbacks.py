@@ -30,17 +30,20 @@ class Rollbacks(Events):
         wait: bool = False,
         timeout: float = 300.0,
         progress: Callable[[AnyEvent], object] | None = None,
+        force: bool = False,
     ) -> rollback_api.RollbackReply:
         """Roll ``namespace`` back to version ``to`` (None: its last known good), as a new
         version, batch by batch (``strategy``: ``all-at-once`` or ``batches:N``; None: the
         policy's).
 
         Returns the rollbacker's answer (``state`` ``started`` or ``refused`` with the
-        reason). With ``wait``: once it ended — ``completed`` (``new_version`` runs
-        everywhere) or ``stuck`` (the reason; nothing further is switched) — and
-        ``Unavailable`` if it did not end within ``timeout`` (it goes on). ``progress`` is
-        called, while waiting, with each event of the namespace from the moment the rollback
-        was asked for (its steps, the switches and the health verdicts on its batches).
+        reason; a target the namespace's current policy would refuse is refused unless
+        ``force``, which is then recorded in the rollback's events). With ``wait``: once it
+        ended — ``completed`` (``new_version`` runs everywhere) or ``stuck`` (the reason;
+        nothing further is switched) — and ``Unavailable`` if it did not end within
+        ``timeout`` (it goes on). ``progress`` is called, while waiting, with each event of
+        the namespace from the moment the rollback was asked for (its steps, the switches
+        and the health verdicts on its batches).
         """
         req = rollback_api.RollbackRequest(
             namespace=check_namespace(namespace),
@@ -48,6 +51,7 @@ class Rollbacks(Events):
             reason=reason,
             strategy=strategy,
             actor=actor,
+            force=force,
         )
         if not wait:
             return await self.call(rollback_api.START, req)

@@ -6,7 +6,9 @@ each batch's health before the next. Without ``--wait`` it returns once the roll
 with it, once every batch is restored (exit 0) or the rollback is stuck (exit 1, the reason on
 stderr: nothing further is switched and an operator must act). While it waits, each step (the
 batches, their switches and health verdicts) is printed on stderr when that is a terminal, or
-with ``--progress``.
+with ``--progress``. A target the namespace's current policy refuses (its JSON Schema or format
+changed since) is refused with the reason unless ``--force``; the force, who used it and what
+it overrode are recorded in the audit log.
 
 Exit codes: 0 started (or, with ``--wait``, completed); 1 refused or stuck; 2 usage;
 3 unreachable, or ``--wait`` timed out (the rollback goes on).
@@ -64,6 +66,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="S",
         help="all-at-once or batches:N (default: the namespace policy's rollback strategy)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="roll back even to a version the current policy refuses (recorded in the audit log)",
+    )
     p.add_argument("--wait", action="store_true", help="wait until restored (or stuck)")
     p.add_argument(
         "--progress",
@@ -93,6 +100,7 @@ async def run(args: argparse.Namespace, client: Client) -> int:
         wait=args.wait,
         timeout=args.timeout,
         progress=Progress().show if show else None,
+        force=args.force,
     )
     if args.json:
         sys.stdout.write(msgspec.json.encode(reply).decode() + "\n")
