@@ -124,6 +124,15 @@ class NodeLeft(Event, tag="node.left", kw_only=True, frozen=True):
     instance: str = ""
 
 
+class NodeDuplicate(Event, tag="node.duplicate", kw_only=True, frozen=True):
+    """A second agent heartbeated with a node id another live agent holds: it was refused (it
+    stops itself; ``confbus.schemas.node.keeps_node`` says which one keeps the node)."""
+
+    node: NodeId
+    instance: str  # the refused agent's
+    live_instance: str  # the agent holding the node
+
+
 class NodeCatchUp(Event, tag="node.catchup", kw_only=True, frozen=True):
     """The distributor brought one node to its target version outside a rollout.
 
@@ -323,6 +332,7 @@ AnyEvent = (
     | NodeDrift
     | NodeStatusChanged
     | NodeLeft
+    | NodeDuplicate
     | NodeCatchUp
     | RolloutStarted
     | RolloutWave

@@ -45,6 +45,8 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     node: NodeId
     liveness: Liveness
     liveness_reason: str = ""  # why it is away or gone
+    # A second agent with this node id refused lately (the last 10 minutes), in words.
+    duplicate: str = ""
     applied_version: int | None
     sha256: str | None
     target_version: int | None

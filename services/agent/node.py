@@ -41,6 +41,7 @@ from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
 from confbus.agent.health import HealthForwarder
 from confbus.agent.hooks import run_on_change
+from confbus.agent.instance import guard_node_id
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
@@ -106,7 +107,9 @@ class NodeAgent:
     health_url: str | None = None  # forward the app's health (confbus.agent.health)
     health_interval_s: float = 5.0
     started_at: datetime = field(default_factory=utcnow)
-    instance: str = field(default_factory=lambda: secrets.token_hex(8))  # this process's id
+    # This agent's id: kept in its state dir by ``confbus.agent.instance`` when run as a
+    # process, so that a restart on the same state is the same agent.
+    instance: str = field(default_factory=lambda: secrets.token_hex(8))
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
     bus_connected: bool = field(default=False, init=False)
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
@@ -159,6 +162,10 @@ class NodeAgent:
         if not self.namespaces:
             await self.load()
         async with anyio.create_task_group() as tg:
+            # One agent per node id: a live one of this node makes this one stop before it
+            # reads a transaction (confbus.agent.instance).
+            await self._skip_history(bus)
+            await tg.start(guard_node_id, bus, self.heartbeat, lambda: self._beat_now.set())
             for name in self.namespaces:
                 await tg.start(self._follow, bus, name)
             tg.start_soon(self._announce_unannounced, bus)
@@ -175,6 +182,24 @@ class NodeAgent:
                 )
                 tg.start_soon(forwarder.run, bus)
             task_status.started()
+
+    async def _skip_history(self, bus: Bus) -> None:
+        """A namespace never read (no state) is read from the stream's end as it is now, before
+        anyone hears of this agent: its history is not replayed into the file — the
+        distributor's catch-up takes it straight to its target version (§3.6) — and a prepare
+        sent once its first heartbeat is out is still read. If the stream cannot be asked, the
+        history is read after all (the old way: slow, but it ends on the target too)."""
+        fresh = [ns for ns in self.namespaces.values() if ns.last_seq == 0]
+        if not fresh:
+            return
+        try:
+            with anyio.fail_after(5):
+                end = (await bus.js.stream_info(CFG_TXN.name)).state.last_seq
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("reading the whole transaction history", extra={"error": repr(exc)})
+            return
+        for ns in fresh:
+            ns.last_seq = end
 
     async def _follow(
         self,

@@ -51,6 +51,7 @@ class DistApi:
                     node=node,
                     liveness=m.liveness(now),
                     liveness_reason=m.why(now),
+                    duplicate=m.duplicate_report(now),
                     applied_version=st.applied_version if st else None,
                     sha256=st.sha256 if st else None,
                     target_version=self.targets.effective(ns, node),

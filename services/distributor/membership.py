@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -37,8 +37,8 @@ from confbus.runtime.events import emit
 from confbus.runtime.kv import StateKV
 from confbus.runtime.leases import Leases
 from confbus.schemas.api.dist import Liveness
-from confbus.schemas.events import NodeStatusChanged
-from confbus.schemas.node import Heartbeat, NamespaceState
+from confbus.schemas.events import NodeDuplicate, NodeStatusChanged
+from confbus.schemas.node import Heartbeat, NamespaceState, claim
 from confbus.schemas.state import NODES, NodeRecord, decode_node, node_key, target_key
 
 log = logging.getLogger("confbus.distributor")
@@ -47,6 +47,26 @@ AWAY_AFTER = 3.0  # heartbeat intervals missed
 GONE_AFTER = 10.0
 PERSIST_EVERY_S = 30.0  # refresh last_heartbeat in the record at least this often
 MEMBERS_LEASE = "_members"  # lease.distributor._members: the replica writing node records
+
+
+DUPLICATE_SHOWN_S = 600.0  # status names a refused second agent this long
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    instance: str  # the refused one
+    started_at: datetime | None
+    live_instance: str  # the one holding the node
+    at: datetime  # when it was heard
+    seen: float  # monotonic, ditto
+
+    def describe(self, node: str) -> str:
+        started = self.started_at.isoformat(timespec="seconds") if self.started_at else "?"
+        return (
+            f"a second agent with node id {node} (instance {self.instance}, started {started}) "
+            f"was refused at {self.at.isoformat(timespec='seconds')}: {node} is live as "
+            f"instance {self.live_instance}"
+        )
 
 
 @dataclass
@@ -63,6 +83,10 @@ class Member:
     unready_at: float = -1.0  # monotonic time of the last heartbeat that said not ready
     left: bool = False  # its last heartbeat said it was stopping
     instance: str = ""
+    # The last second agent heard with this node id while this one held it (refused by the
+    # agents themselves, by the same rule: ``confbus.schemas.node.keeps_node``); for status.
+    duplicate: Duplicate | None = None
+    duplicate_announced: str = ""  # the instance of the last one announced (node.duplicate)
     # What CFG_STATE holds, as far as we know, and what we last announced.
     recorded: NodeRecord | None = None
     recorded_rev: int = 0
@@ -76,6 +100,13 @@ class Member:
         if missed <= AWAY_AFTER and not self.left:
             return "live"
         return "away" if missed <= GONE_AFTER else "gone"
+
+    def duplicate_report(self, now: float) -> str:
+        """A second agent with this node id refused lately, in words (empty: none)."""
+        d = self.duplicate
+        if d is None or now - d.seen > DUPLICATE_SHOWN_S:
+            return ""
+        return d.describe(self.node)
 
     def why(self, now: float) -> str:
         """Why it is not live, in words (empty when it is)."""
@@ -229,6 +260,20 @@ class Membership:
             )
             self.members[hb.node] = m
             return m
+        if hb.instance != m.instance and hb.instance and m.instance:
+            if m.liveness(now) == "live" and claim(m.started_at, m.instance) <= claim(
+                hb.started_at, hb.instance
+            ):
+                # A second agent while this one holds the node: not a member's heartbeat.
+                if not hb.leaving:
+                    m.duplicate = Duplicate(
+                        hb.instance, hb.started_at, m.instance, datetime.now(UTC), now
+                    )
+                return m
+            if m.liveness(now) == "live":  # the one heard first is the second agent
+                m.duplicate = Duplicate(
+                    m.instance, m.started_at, hb.instance, datetime.now(UTC), now
+                )
         m.labels = dict(hb.labels)
         m.left = hb.leaving
         m.instance = hb.instance
@@ -338,6 +383,9 @@ class MembershipKeeper:
             if not member.heard and liveness == "live":
                 liveness = member.announced or "live"  # loaded: not heard yet, not judged yet
             await self._settle(member, liveness, now)
+            d = member.duplicate
+            if d is not None and member.duplicate_announced != d.instance:
+                await self._announce_duplicate(member, d)
             if (
                 judging
                 and liveness == "gone"
@@ -372,6 +420,27 @@ class MembershipKeeper:
         if transition:
             member.announced, member.announced_at = liveness, now
             await self._announce(member, liveness, rev)
+
+    async def _announce_duplicate(self, member: Member, d: Duplicate) -> None:
+        log.warning("second agent with one node id", extra={"node": member.node, **asdict(d)})
+        for ns in sorted(member.states):
+            try:
+                await emit(
+                    self.bus,
+                    NodeDuplicate(
+                        namespace=ns,
+                        actor=self.instance,
+                        node=member.node,
+                        instance=d.instance,
+                        live_instance=d.live_instance,
+                        reason=d.describe(member.node),
+                    ),
+                    msg_id=f"node-duplicate:{member.node}:{ns}:{d.instance}",
+                )
+            except ConfbusError as exc:
+                log.warning("node.duplicate not emitted", extra={"error": str(exc)})
+                return
+        member.duplicate_announced = d.instance
 
     async def _announce(self, member: Member, liveness: str, rev: int) -> None:
         status: Literal["live", "away", "gone"] = liveness  # type: ignore[assignment]

@@ -171,16 +171,14 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
 
 
 async def _say_if_new(client: Client, namespace: str) -> None:
-    """A namespace is created by its first publish: say so, since a typo creates one too."""
+    """A namespace is created by its first publish: say so, since a typo creates one too.
+    (Its own history is asked, not the list of namespaces: a pipeline may read only its own.)"""
     try:
-        known = await client.namespaces()
-    except ConfbusError:  # not allowed to list them, or no answer: the publish will tell
+        known = await client.history(namespace, limit=1)
+    except ConfbusError:  # not allowed to read it, or no answer: the publish will tell
         return
-    if namespace not in known:
-        others = f" (existing: {', '.join(sorted(known)[:10])})" if known else ""
-        sys.stderr.write(
-            f"confbus: namespace {namespace} does not exist yet: creating it{others}\n"
-        )
+    if not known:
+        sys.stderr.write(f"confbus: namespace {namespace} does not exist yet: creating it\n")
 
 
 async def publish_as(

@@ -193,6 +193,8 @@ def render_status(reply: StatusReply) -> str:
             f"{_v(n.target_version):>7} {(n.sha256 or '-')[:12]:<12} "
             f"{_ago(n.last_heartbeat):<11} {status}"
         )
+        if n.duplicate:
+            lines.append(f"  ! {n.duplicate}")
     return "\n".join(lines)
 
 
