@@ -50,6 +50,9 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     applied_version: int | None
     sha256: str | None
     target_version: int | None
+    # Why that target: "production v5", "production v4 (v5 is for dc=eu1 only)", "v6 committed
+    # on it (txn)".
+    target_reason: str = ""
     last_heartbeat: datetime | None
     labels: dict[str, str] = {}
     status: str = "ok"  # ok | no-config | in-doubt | drift | catching-up | failing: <reason>

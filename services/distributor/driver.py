@@ -374,6 +374,8 @@ class Driver:
         prod = await self.targets.production_of(namespace, refresh=True)
         if prod is not None and prod.version >= rec.version:
             return  # promoted already (a step repeated after a crash)
+        # Production for the nodes its selector matched only: the others keep theirs.
+        await self.targets.scope(namespace, rec.version, rec.selector or {})
         try:
             info = await self.store.promote(namespace, rec.version, self.instance, reason)
         except (Conflict, NotFound):
