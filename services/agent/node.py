@@ -43,6 +43,7 @@ from confbus.agent.hooks import run_on_change
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
+from confbus.agent.trust import Trust
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -104,9 +105,11 @@ class NodeAgent:
     keep: int = 10
     health_url: str | None = None  # forward the app's health (confbus.agent.health)
     health_interval_s: float = 5.0
+    # Trust roots and key-encryption keys, from files given at start (confbus.agent.trust).
+    trust: Trust = field(default_factory=Trust)
     started_at: datetime = field(default_factory=utcnow)
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
-    bus_connected: bool = field(default=False, init=False)
+    bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
     _beat_now: anyio.Event = field(default_factory=anyio.Event, init=False)
 
@@ -135,7 +138,7 @@ class NodeAgent:
     def status(self) -> dict[str, object]:
         return {
             "node": self.node,
-            "bus": "connected" if self.bus_connected else "down",
+            "bus": {True: "connected", False: "down", None: "connecting"}[self.bus_connected],
             "ready_to_vote": self.ready,
             "namespaces": {
                 name: {
@@ -240,6 +243,8 @@ class NodeAgent:
         if self.node not in p.participants:
             return False
         try:
+            # Signatures and sealing first: nothing untrusted is staged, even briefly.
+            p = self.trust.admit(p)
             if self.validate_cmd:
                 await prepare_txn(
                     ns.disk,
@@ -317,9 +322,16 @@ class NodeAgent:
     async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:
         subject = subjects.txn_prepare(d.namespace, d.txid)
         record = await first_txn_record(bus, subject, Prepare, d.namespace, d.txid)
-        if record is None or sha256_bytes(record.content) != d.sha256:
+        if record is None:
+            return None
+        try:
+            content = self.trust.admit(record).content
+        except Refused as no:
+            log.warning("decided prepare refused", extra={"txid": d.txid, "reason": no.reason})
+            return None
+        if sha256_bytes(content) != d.sha256:
             return None  # never apply bytes that are not the decided version's
-        return record.content
+        return content
 
     async def _applied(self, bus: Bus, ns: _Namespace, d: Decision, before: int | None) -> None:
         log.info(
@@ -490,7 +502,17 @@ class NodeAgent:
                     )
                 except ConfbusError as exc:
                     return ResyncReply(ok=False, reason=f"no local copy, and the store: {exc}")
-                content = got.content or b""
+                try:
+                    content = self.trust.admit_bytes(
+                        req.namespace,
+                        req.version,
+                        req.sha256,
+                        got.info.format,
+                        got.signatures,
+                        got.content or b"",
+                    )
+                except Refused as no:
+                    return ResyncReply(ok=False, reason=no.reason)
             try:
                 written = await offload.run(ns.disk.apply, req.version, req.sha256, content)
             except (ConfbusError, OSError) as exc:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import anyio
 import msgspec
 
+from confbus.client._errors import WaitTimedOut, seconds
 from confbus.client._events import Events
 from confbus.client._names import check_namespace
-from confbus.runtime.errors import Unavailable
 from confbus.schemas import subjects
 from confbus.schemas.api import rollback as rollback_api
 from confbus.schemas.events import RollbackCompleted, RollbackStarted, RollbackStuck
@@ -34,7 +34,7 @@ class Rollbacks(Events):
 
         Returns the rollbacker's answer (``state`` ``started`` or ``refused`` with the
         reason). With ``wait``: once it ended — ``completed`` (``new_version`` runs everywhere)
-        or ``stuck`` (the reason; nothing further is switched) — and ``Unavailable`` if it did
+        or ``stuck`` (the reason; nothing further is switched) — and ``WaitTimedOut`` if it did
         not end within ``timeout`` (it goes on).
         """
         req = rollback_api.RollbackRequest(
@@ -64,7 +64,7 @@ class Rollbacks(Events):
                     )
                 elif isinstance(ev, RollbackStuck) and ev.rollback_id == rid:
                     return msgspec.structs.replace(reply, state="stuck", reason=ev.reason)
-        raise Unavailable(
-            f"rollback {rid} of {namespace} did not end within {timeout:g}s; it goes on "
+        raise WaitTimedOut(
+            f"rollback {rid} of {namespace} did not end within {seconds(timeout)}; it goes on "
             f"(confbus replay '{namespace}.rollback.>' shows where it is)"
         )

@@ -107,7 +107,7 @@ class Verdicts:
                     nodes=list(nodes),
                     verdict=j.verdict,
                     samples=j.samples,
-                    actor=f"health-watcher/{self.instance}",
+                    actor=self.instance,
                     reason=j.reason[:2000],
                     rules=rules,
                 ),
