@@ -61,6 +61,11 @@ BENCHMARKS: dict[str, Entry] = {
         "switch latency, 10/100/1000 agents, beside its raw baseline (+ growth.svg)",
         480.0,
     ),
+    "signed_switch": Entry(
+        "benchmarks.signed_switch",
+        "a signed switch of 100 agents beside the same switch unsigned (target ≤ 1.2×)",
+        240.0,
+    ),
     "throughput": Entry(
         "benchmarks.throughput",
         "committed changes/s, 50 namespaces × 10 agents, fsyncs per change",
@@ -76,6 +81,11 @@ BENCHMARKS: dict[str, Entry] = {
     "rollback": Entry("benchmarks.rollback", "alert → all nodes restored, 100 agents", 150.0),
     "console": Entry(
         "benchmarks.console", "console pages: 10k-version history, 1k-node fleet", 150.0
+    ),
+    "timetravel": Entry(
+        "benchmarks.timetravel",
+        "status --at over 1,000,000 events of 1,000 nodes, beside reading them raw",
+        900.0,
     ),
 }
 # ``growth`` is the switch's figures drawn as a plot: asking for it runs the switch.

@@ -125,11 +125,13 @@ class AgentFleet(Fleet):
         connections: int = 2,
         heartbeat_interval: float = 2.0,
         tag: str = "agents",
+        trust: Path | None = None,
     ) -> None:
         super().__init__(
             ctx, nats_url, root, agents, processes=processes, connections=connections, tag=tag
         )
         self.heartbeat_interval = heartbeat_interval
+        self.trust = trust  # every agent's trust roots file (confbus agent --trust)
 
     @property
     def one_per_process(self) -> bool:
@@ -163,12 +165,15 @@ class AgentFleet(Fleet):
                 )
                 for ns in spec.namespaces:
                     argv += ["--namespace", ns, "--path", str(live_file(self.root, spec.node, ns))]
+                if self.trust is not None:
+                    argv += ["--trust", str(self.trust)]
                 pending.append(self.ctx.proc(f"{self.tag}-{spec.node}", argv, wait_ready=False))
         else:
             plan = {
                 "nats_url": self.nats_url,
                 "connections": self.connections,
                 "heartbeat_interval": self.heartbeat_interval,
+                "trust": None if self.trust is None else str(self.trust),
             }
             groups = split(self.agents, self.processes)
             host = ("benchmarks.fleets", "agents")
@@ -297,11 +302,13 @@ def _experiment(name: str) -> None:
 
 async def _host(plan: dict[str, Any]) -> None:
     from confbus.agent.node import Binding, NodeAgent
+    from confbus.agent.trust import Trust
 
     _experiment(os.environ.get("CONFBUS_BENCH_EXPERIMENT", ""))
 
     root = Path(plan["root"])
     hb = float(plan["heartbeat_interval"])
+    trust = Trust.load(Path(plan["trust"]), []) if plan.get("trust") else Trust()
     agents = []
     for a in plan["agents"]:
         etc, state = node_dirs(root, a["node"])
@@ -314,6 +321,7 @@ async def _host(plan: dict[str, Any]) -> None:
                 ],
                 state_dir=str(state),
                 heartbeat_interval_s=hb,
+                trust=trust,
             )
         )
     buses = [

@@ -16,6 +16,7 @@ import msgspec
 from confbus.schemas.api.health import RuleResult
 from confbus.schemas.base import Message, utcnow
 from confbus.schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
+from confbus.schemas.policydiff import FieldChange
 
 
 class Event(Message, kw_only=True, frozen=True):
@@ -65,6 +66,22 @@ class VersionLastGood(Event, tag="version.last_good", kw_only=True, frozen=True)
     sha256: Sha256 | None = None
 
 
+# -- policies (version-store) ---------------------------------------------------------------
+
+
+class PolicyChanged(Event, tag="policy.changed", kw_only=True, frozen=True):
+    """The namespace's policy was replaced, by ``actor`` (``confbus policy``, the console, a
+    restore, any client): what changed, field by field (``schemas.policydiff``), and the new
+    policy's digest (``schemas.policy.policy_digest``)."""
+
+    digest: str
+    changes: list[FieldChange] = []
+    more: int = 0  # changes beyond those listed (at most MAX_POLICY_CHANGES are)
+
+
+MAX_POLICY_CHANGES = 50
+
+
 # -- transactions (coordinator) -------------------------------------------------------------
 
 
@@ -110,10 +127,11 @@ class NodeDrift(Event, tag="node.drift", kw_only=True, frozen=True):
 
 class NodeStatusChanged(Event, tag="node.status", kw_only=True, frozen=True):
     """A node's liveness changed (``live``, ``away``, ``gone``; see ``Liveness``), or catch-up
-    keeps failing on it (``failing``)."""
+    keeps failing on it (``failing``). ``suspect``: ``away`` as older confbus wrote it (kept so
+    the audit log it wrote still reads; never written now)."""
 
     node: NodeId
-    status: Literal["live", "away", "gone", "failing"]
+    status: Literal["live", "away", "gone", "failing", "suspect"]
 
 
 class NodeLeft(Event, tag="node.left", kw_only=True, frozen=True):
@@ -131,6 +149,13 @@ class NodeDuplicate(Event, tag="node.duplicate", kw_only=True, frozen=True):
     node: NodeId
     instance: str  # the refused agent's
     live_instance: str  # the agent holding the node
+
+
+class NodeForgotten(Event, tag="node.forgotten", kw_only=True, frozen=True):
+    """An operator forgot a node gone for good (``confbus forget``): it is no longer a member
+    of the namespace's fleet; its records and target are gone."""
+
+    node: NodeId
 
 
 class NodeCatchUp(Event, tag="node.catchup", kw_only=True, frozen=True):
@@ -280,6 +305,9 @@ class RollbackBatch(Event, tag="rollback.batch", kw_only=True, frozen=True):
     batch: int
     nodes: list[NodeId]
     healthy_share: float | None = None
+    # The batch's transactions, so that an apply can be traced to its batch (docs/design.md
+    # §8.10); empty in events of before 2026-12-07, whose batch is found by its nodes.
+    txids: list[TxId] = []
 
 
 class RollbackCompleted(Event, tag="rollback.completed", kw_only=True, frozen=True):
@@ -326,6 +354,7 @@ AnyEvent = (
     | VersionApproved
     | VersionPromoted
     | VersionLastGood
+    | PolicyChanged
     | TxnCommitted
     | TxnAborted
     | NodeApplied
@@ -333,6 +362,7 @@ AnyEvent = (
     | NodeStatusChanged
     | NodeLeft
     | NodeDuplicate
+    | NodeForgotten
     | NodeCatchUp
     | RolloutStarted
     | RolloutWave

@@ -16,7 +16,18 @@ from typing import Any
 
 import msgspec
 
-from confbus.schemas import asyncapi, changes, dlq, events, health, node, policy, txn, versions
+from confbus.schemas import (
+    asyncapi,
+    changes,
+    dlq,
+    events,
+    fleet,
+    health,
+    node,
+    policy,
+    txn,
+    versions,
+)
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api import rollback as rollback_api
@@ -38,6 +49,7 @@ MESSAGES: Mapping[str, Any] = {
     "CFG_TXN_HEAD": txn.TxnHead,
     "version": versions.VersionInfo,
     "policy": policy.Policy,
+    "CFG_CHECKPOINTS": fleet.FleetState,
 }
 
 API_MODULES = {

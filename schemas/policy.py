@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 import msgspec
 
 from confbus.schemas.names import Format, Label, Namespace, NodeId
+from confbus.schemas.sealing import WrappedDataKey
+from confbus.schemas.signing import SigningRule
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = MIB
@@ -131,3 +134,19 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     scrape_targets: list[ScrapeTarget] = []  # endpoints the health-watcher scrapes itself
     prometheus: PrometheusSource | None = None  # for rules with a ``query``
     mail: MailTarget | None = None  # rollout and rollback outcomes, besides ``webhooks``
+    # Who must sign a version before the store takes it (confbus.schemas.signing). Agents hold
+    # their own rule, from their trust roots file: this one is the store's early refusal.
+    signing: SigningRule | None = None
+    # A secret namespace's data keys, wrapped by the operator's KEK (newest last: new versions
+    # are sealed with it; older ones still open the versions sealed before a rotation).
+    data_keys: list[WrappedDataKey] = []
+
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def policy_digest(policy: Policy) -> str:
+    """A short fingerprint of everything a policy says (sha256 of its canonical JSON, 16 hex
+    digits): a rejection records the one it was judged under, so that a retry after the
+    policy changed is judged afresh rather than answered from the record."""
+    return hashlib.sha256(_canonical.encode(policy)).hexdigest()[:16]

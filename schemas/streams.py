@@ -149,4 +149,15 @@ CFG_REJECTIONS = BucketSpec(
     ttl_s=7 * DAY,
 )
 
-BUCKETS: tuple[BucketSpec, ...] = (CFG_TXN_HEAD, CFG_STATE, CFG_REJECTIONS)
+CFG_CHECKPOINTS = BucketSpec(
+    name="CFG_CHECKPOINTS",
+    history=1,
+    max_bytes=1 * GIB,
+    max_value_size=MAX_PAYLOAD,
+    description="fleet checkpoints folded from CFG_EVENTS (historian), so that reading the "
+    "past starts near it",
+    # A checkpoint outlives its use when the events after it are gone: the events' own age.
+    ttl_s=365 * DAY,
+)
+
+BUCKETS: tuple[BucketSpec, ...] = (CFG_TXN_HEAD, CFG_STATE, CFG_REJECTIONS, CFG_CHECKPOINTS)

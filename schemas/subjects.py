@@ -33,6 +33,9 @@ def node_applied(namespace: str, node: str) -> str:
     return f"{event(namespace, 'node.applied')}.{check_name(node, 'node id')}"
 
 
+NODES_FORGOTTEN = "cfg.event.*.node.forgotten"  # every replica of the distributor follows it
+
+
 def events_of(namespace: str) -> str:
     return f"cfg.event.{check_name(namespace, 'namespace')}.>"
 

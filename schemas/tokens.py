@@ -1,8 +1,9 @@
 """The console's access tokens: what ``confbus console token`` writes and the console reads.
 
 A token is ``cbt_<id>_<secret>``. The file keeps only the secret's sha256, with the token's
-user and role; it lives at ``<data-dir>/console/tokens.json`` (mode 0600, in a 0700 folder)
-unless the console is given another ``--tokens-file``. The roles follow the ones of
+user and role (and, if it has one, when it expires); it lives at
+``<data-dir>/console/tokens.json`` (mode 0600, in a 0700 folder) unless the console is given
+another ``--tokens-file``. The roles follow the ones of
 ``confbus up --secure`` (docs/security.md): a ``viewer`` reads, a ``publisher`` (the console's
 ``ci``) also proposes changes, an ``operator`` also acts — approve, reject, policy, pause,
 resume, abort, rollback.
@@ -39,6 +40,7 @@ class ConsoleToken(msgspec.Struct, frozen=True, kw_only=True):
     sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]  # of the secret
     created_at: datetime = msgspec.field(default_factory=utcnow)
     label: str = ""  # what it is for ("confbus up" marks the login link's)
+    expires_at: datetime | None = None  # refused from then on; None: until revoked
 
 
 class TokenFile(msgspec.Struct, kw_only=True):
@@ -58,11 +60,20 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_token(user: str, role: Role, label: str = "") -> tuple[str, ConsoleToken]:
+def new_token(
+    user: str, role: Role, label: str = "", expires_at: datetime | None = None
+) -> tuple[str, ConsoleToken]:
     """A new token's text (shown once, never stored) and its record."""
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    record = ConsoleToken(id=token_id, user=user, role=role, sha256=digest(secret), label=label)
+    record = ConsoleToken(
+        id=token_id,
+        user=user,
+        role=role,
+        sha256=digest(secret),
+        label=label,
+        expires_at=expires_at,
+    )
     return f"{PREFIX}_{token_id}_{secret}", record
 
 
@@ -77,3 +88,7 @@ def split(text: str) -> tuple[str, str] | None:
 
 def matches(record: ConsoleToken, secret: str) -> bool:
     return hmac.compare_digest(record.sha256, digest(secret))
+
+
+def expired(record: ConsoleToken, now: datetime | None = None) -> bool:
+    return record.expires_at is not None and (now or utcnow()) >= record.expires_at

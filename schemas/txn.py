@@ -20,6 +20,7 @@ import msgspec
 
 from confbus.schemas.base import Message, utcnow
 from confbus.schemas.names import Epoch, Format, Namespace, NodeId, Sha256, TxId, VersionNumber
+from confbus.schemas.signing import Signature
 
 Outcome = Literal["commit", "abort"]
 HeadState = Literal["idle", "preparing", "committed", "aborted"]
@@ -36,6 +37,10 @@ class Prepare(Message, tag="txn.prepare", kw_only=True, frozen=True):
     epoch: Epoch
     timeout_s: float
     created_at: datetime = msgspec.field(default_factory=utcnow)
+    # The version's signatures as the store holds them; agents check them against their own
+    # trust roots before voting (docs/design.md §7.6). ``content`` is sealed for a secret
+    # namespace, and ``sha256`` is then the plaintext's.
+    signatures: list[Signature] = []
 
 
 class Decision(Message, tag="txn.decision", kw_only=True, frozen=True):

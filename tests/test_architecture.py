@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("agent", "coordinator", "distributor", "health_watcher", "rollbacker", "version_store")
+SERVICES = (
+    "agent",
+    "coordinator",
+    "distributor",
+    "health_watcher",
+    "historian",
+    "rollbacker",
+    "version_store",
+)
 SHARED = ("confbus.schemas", "confbus.runtime")
 
 # package → the confbus packages its modules may import (besides their own)

@@ -3,10 +3,11 @@
     confbus up --data-dir /tmp/confbus-demo          # terminal 1
     python examples/flaky_app/demo.py                # terminal 2
 
-It sets the policy of namespace ``web`` from ``policy.json`` (an error-rate rule over the apps'
-``app_errors_total`` / ``app_requests_total``, a 3 s bake, rollbacks in 2 batches), starts
-``--nodes`` flaky apps (``app.py``) each with a confbus agent that writes the app's config file
-and forwards its ``/metrics`` (``--health-url``), then:
+It uses a namespace of its own, ``flaky`` (the quick start's ``web`` is left alone), sets its
+policy from ``policy.json`` (an error-rate rule over the apps' ``app_errors_total`` /
+``app_requests_total``, a 3 s bake, rollbacks in 2 batches), starts ``--nodes`` flaky apps
+(``app.py``, nodes ``flaky1``…) each with a confbus agent that writes the app's config file and
+forwards its ``/metrics`` (``--health-url``), then:
 
 1. publishes ``good.json`` — rolled out, baked with data, it becomes the last known good;
 2. publishes ``bad.json`` (``fail_ratio`` 0.6) — the apps start failing, the error rate crosses
@@ -14,7 +15,9 @@ and forwards its ``/metrics`` (``--health-url``), then:
 
 It narrates the events as they happen (``Client.events``), the alerts (``Client.alerts``) and
 each node's applied version (``Client.watch``), and prints the apps' error rates before and
-after. Everything it started is stopped at the end (``--keep`` leaves it running).
+after. At the end (or on Ctrl-C) it stops everything it started, forgets its nodes
+(``Client.forget_node``, as ``confbus forget`` does) and removes its temporary directory;
+``--keep`` leaves it all running.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,17 +37,16 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from confbus.client import Client
+from confbus.client import Client, policy_from_document
 from confbus.runtime.events import event_type
 from confbus.schemas.events import (
     RollbackCompleted,
     RollbackStuck,
     VersionLastGood,
 )
-from confbus.schemas.policy import Policy
 
 HERE = Path(__file__).resolve().parent
-NS = "web"
+NS = "flaky"
 
 
 def say(text: str) -> None:
@@ -54,7 +57,7 @@ def say(text: str) -> None:
 class Node:
     def __init__(self, name: str, root: Path, nats_url: str) -> None:
         self.name = name
-        self.config = root / name / "etc" / "web.json"
+        self.config = root / name / "etc" / f"{NS}.json"
         self.config.parent.mkdir(parents=True, exist_ok=True)
         logs = root / "logs"
         logs.mkdir(exist_ok=True)
@@ -134,7 +137,8 @@ async def narrate(client: Client, done: anyio.Event, outcome: list[str]) -> None
 
         async def applied() -> None:
             async for ev in client.watch(NS):
-                say(f"node   {ev.node} applied v{ev.version} (was v{ev.previous})")
+                was = f"v{ev.previous}" if ev.previous is not None else "nothing"
+                say(f"node   {ev.node} applied v{ev.version} (was {was})")
 
         tg.start_soon(events)
         tg.start_soon(alerts)
@@ -153,46 +157,78 @@ async def wait_for(done: anyio.Event, outcome: list[str], what: str, timeout: fl
 
 
 async def main(args: argparse.Namespace) -> int:
+    ours = args.workdir is None  # a temporary directory of our own: removed at the end
     root = Path(args.workdir or tempfile.mkdtemp(prefix="confbus-demo-"))
     say(f"demo files and logs in {root}")
+    nodes: list[Node] = []
     async with Client(args.nats_url) as client:
-        policy = msgspec.json.decode((HERE / "policy.json").read_bytes(), type=Policy)
+        # The same check as `confbus policy flaky --file policy.json`.
+        policy = policy_from_document(json.loads((HERE / "policy.json").read_bytes()), NS)
         await client.set_policy(policy, actor="demo")
-        say("policy of web set from policy.json")
+        say(f"policy of {NS} set from policy.json")
         if args.policy_only:
             return 0
-        nodes = [Node(f"node{i}", root, args.nats_url) for i in range(1, args.nodes + 1)]
         try:
-            with anyio.fail_after(60):
-                while True:
-                    st = await client.fleet_status(NS)
-                    if sum(n.liveness == "live" for n in st.nodes) >= len(nodes):
-                        break
-                    await anyio.sleep(0.5)
-            say(f"{len(nodes)} apps and agents up")
-            done = anyio.Event()
-            outcome: list[str] = []
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(narrate, client, done, outcome)
-                await anyio.sleep(0.5)  # let the followers subscribe (a demo, not a test)
-                good = await client.publish(NS, (HERE / "good.json").read_bytes(), author="demo")
-                say(f"published good.json as v{good.version}")
-                await wait_for(done, outcome, "last-good", 120)
-                say(f"error rates with good.json: {await error_rates(nodes)}")
-                bad = await client.publish(NS, (HERE / "bad.json").read_bytes(), author="demo")
-                say(f"published bad.json as v{bad.version}: watch confbus roll it back")
-                started = time.monotonic()
-                result = await wait_for(done, outcome, "rollback.", 180)
-                say(f"{result} {time.monotonic() - started:.1f}s after the bad publish")
-                say(f"error rates now: {await error_rates(nodes)}")
-                tg.cancel_scope.cancel()
+            for i in range(1, args.nodes + 1):
+                nodes.append(Node(f"{NS}{i}", root, args.nats_url))
+            await run(client, nodes)
             if args.keep:
                 say("--keep: the apps and agents keep running until Ctrl-C")
                 await anyio.sleep_forever()
         finally:
-            for n in nodes:
-                n.stop()
+            with anyio.CancelScope(shield=True):
+                await clean_up(client, nodes, root if ours and not args.keep else None)
     return 0
+
+
+async def run(client: Client, nodes: Sequence[Node]) -> None:
+    with anyio.fail_after(60):
+        while True:
+            st = await client.fleet_status(NS)
+            if sum(n.liveness == "live" for n in st.nodes) >= len(nodes):
+                break
+            await anyio.sleep(0.5)
+    say(f"{len(nodes)} apps and agents up")
+    done = anyio.Event()
+    outcome: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(narrate, client, done, outcome)
+        await anyio.sleep(0.5)  # let the followers subscribe (a demo, not a test)
+        good = await client.publish(NS, (HERE / "good.json").read_bytes(), author="demo")
+        say(f"published good.json as v{good.version}")
+        await wait_for(done, outcome, "last-good", 120)
+        say(f"error rates with good.json: {await error_rates(nodes)}")
+        bad = await client.publish(NS, (HERE / "bad.json").read_bytes(), author="demo")
+        say(f"published bad.json as v{bad.version}: watch confbus roll it back")
+        started = time.monotonic()
+        result = await wait_for(done, outcome, "rollback.", 180)
+        say(f"{result} {time.monotonic() - started:.1f}s after the bad publish")
+        say(f"error rates now: {await error_rates(nodes)}")
+        tg.cancel_scope.cancel()
+
+
+async def clean_up(client: Client, nodes: Sequence[Node], root: Path | None) -> None:
+    """Stop the apps and agents, forget their nodes (once they are no longer live), and
+    remove ``root`` (None: keep it)."""
+    for n in nodes:
+        n.stop()
+    names = {n.name for n in nodes}
+    with anyio.move_on_after(30) as scope:
+        while names:
+            st = await client.fleet_status(NS)
+            for n in st.nodes:
+                if n.node in names and n.liveness != "live":
+                    await client.forget_node(n.node, actor="demo", reason="the demo is over")
+                    names.discard(n.node)
+            names &= {n.node for n in st.nodes}  # never seen: nothing to forget
+            if names:
+                await anyio.sleep(0.5)
+    if scope.cancelled_caught:
+        say(f"could not forget {', '.join(sorted(names))}: confbus forget NODE does it")
+    elif nodes:
+        say(f"stopped and forgot {', '.join(n.name for n in nodes)}")
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,22 @@ class ControlRequest(msgspec.Struct, frozen=True, kw_only=True):
     version: int | None = None
 
 
+class ForgetRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Forget a node that is gone for good (a decommissioned machine, a demo's): its records
+    and targets are deleted, and ``node.forgotten`` is said in each namespace it followed. A
+    live node is refused (its next heartbeat would bring it back); one that returns later is
+    simply a new member."""
+
+    node: NodeId
+    actor: str = ""
+    reason: str = ""
+
+
+class ForgetReply(msgspec.Struct, frozen=True, kw_only=True):
+    node: NodeId
+    namespaces: list[Namespace] = []  # the namespaces it followed
+
+
 # -- drift repair: answered by the agent on cfg.node.<node>.resync ----------------------------
 
 
@@ -263,5 +279,14 @@ ABORT = Operation(
 CONTROLS: dict[str, Operation[ControlRequest, RolloutReply]] = {
     op.name: op for op in (PAUSE, RESUME, ABORT)
 }
+FORGET = Operation(
+    SERVICE,
+    "forget",
+    ForgetRequest,
+    ForgetReply,
+    seconds(10.0),
+    "Forget a node that is gone for good: its records and targets go; node.forgotten.",
+    acts=True,
+)
 
-OPERATIONS: tuple[Operation[Any, Any], ...] = (STATUS, ROLLOUT, PAUSE, RESUME, ABORT)
+OPERATIONS: tuple[Operation[Any, Any], ...] = (STATUS, ROLLOUT, PAUSE, RESUME, ABORT, FORGET)

@@ -16,6 +16,7 @@ from confbus.schemas.api.operation import Operation, seconds
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.names import Namespace, VersionNumber
 from confbus.schemas.policy import Policy
+from confbus.schemas.signing import Signature
 from confbus.schemas.versions import VersionInfo
 
 SERVICE = "store"
@@ -40,6 +41,7 @@ class GetRequest(msgspec.Struct, frozen=True, kw_only=True):
 class VersionReply(msgspec.Struct, frozen=True, kw_only=True):
     info: VersionInfo
     content: bytes | None = None
+    signatures: list[Signature] = []  # as stored with the version (given with the content)
 
 
 class HistoryRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,8 +96,12 @@ class PolicyGetRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PolicySetRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Replace a namespace's policy (checked whole), announced as ``policy.changed`` with what
+    changed; ``dry_run``: check it and answer it as it would be stored, store nothing."""
+
     policy: Policy
     actor: str = ""
+    dry_run: bool = False
 
 
 class DryRunRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +131,11 @@ class ChangeStatusReply(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     where: str = ""
     sha256: str = ""
+    # ``rejected`` only: the policy that refused it has been changed since (``policy_digest``
+    # is the one in force now), so the rejection no longer answers a retry: the change sent
+    # again (message id ``changes.msg_id(ns, change_id, policy_digest)``) is judged afresh.
+    outdated: bool = False
+    policy_digest: str = ""
 
 
 class RejectRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +160,7 @@ class ExportedVersion(msgspec.Struct, frozen=True, kw_only=True):
     content: bytes
     strategy: str | None = None
     selector: dict[str, str] | None = None
+    signatures: list[Signature] = []
 
 
 class ExportRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -196,6 +208,7 @@ class ImportRequest(msgspec.Struct, frozen=True, kw_only=True):
     production: int | None = None
     last_good: int | None = None
     policy: Policy | None = None
+    actor: str = ""  # who restores: the actor of the policy.changed a new policy is announced by
 
 
 class ImportReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,6 +216,7 @@ class ImportReply(msgspec.Struct, frozen=True, kw_only=True):
     received: int  # versions received so far in this session
     imported: int | None = None  # versions written (0: the identical namespace was there)
     replica: str = ""  # send the next pages to op ``import_<replica>``
+    policy_changed: bool = False  # the last page replaced the namespace's policy
 
 
 class ProposeReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,4 +1,9 @@
-"""One agent per node id (docs/design.md §5.6).
+"""Joining: one agent per node id, and no replay of a node's history (docs/design.md §5.5, §5.6).
+
+An agent with no state reads ``CFG_TXN`` from the stream's end as it is before anyone hears of
+it (``txn_stream_end``): the node's history is not replayed into its file — the distributor's
+catch-up takes it straight to its target version — and a prepare sent once its first heartbeat
+is out is still read.
 
 An agent's **instance id** is kept in its state dir (``<state-dir>/instance``), locked for the
 process's life: an agent restarted on its own state — after a crash — is the same instance and
@@ -24,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import nats.errors
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
@@ -32,6 +38,7 @@ from confbus.runtime.codec import encode
 from confbus.schemas import subjects
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.node import Heartbeat, decode_heartbeat, keeps_node
+from confbus.schemas.streams import CFG_TXN
 
 log = logging.getLogger("confbus.agent")
 
@@ -59,6 +66,17 @@ class NodeIdTaken(Exception):
             "a second agent with the same --node would vote and write for it twice; stop the "
             "other one, or give this one its own --node"
         )
+
+
+async def txn_stream_end(bus: Bus) -> int:
+    """``CFG_TXN``'s last sequence now; 0 if it cannot be asked (then the history is read after
+    all: slow, but it ends on the target too)."""
+    try:
+        with anyio.fail_after(5):
+            return int((await bus.js.stream_info(CFG_TXN.name)).state.last_seq)
+    except (TimeoutError, nats.errors.Error) as exc:
+        log.warning("reading the whole transaction history", extra={"error": repr(exc)})
+        return 0
 
 
 def claim_state_dir(state_dir: Path) -> tuple[str, int]:

@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk
-from confbus.agent.state import IntegrityError, VersionNotOnDisk
+from confbus.agent.state import IntegrityError, Refused, VersionNotOnDisk
 from confbus.agent.state_io import atomic_write, ensure_dir, read_if_exists
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
@@ -97,6 +97,7 @@ async def connect_or_fall_back(
     try:
         return await connect_with_retry(settings, name, timeout=grace)
     except TimeoutError:
+        agent.bus_connected = False
         restored = await fall_back(agent)
         serving = "the last known good" if restored else "the files it has"
         log.warning(
@@ -204,8 +205,14 @@ async def record(
             store_api.GET,
             store_api.GetRequest(namespace=name, ref=str(version), content=True),
         )
-        content = full.content
-        if content is None:
+        if full.content is None:
+            return False
+        try:
+            content = agent.trust.admit_bytes(
+                name, version, full.info.sha256, full.info.format, full.signatures, full.content
+            )
+        except Refused as no:
+            log.warning("last known good refused", extra={"namespace": name, "reason": no.reason})
             return False
         await offload.run(
             lambda: ns.disk.mark_last_good(version, sha256=full.info.sha256, content=content)

@@ -22,6 +22,7 @@ from confbus.agent.instance import NodeIdTaken, StateDirInUse, claim_state_dir
 from confbus.agent.lastgood import connect_or_fall_back
 from confbus.agent.leaving import announce_leaving
 from confbus.agent.node import Binding, NodeAgent
+from confbus.agent.trust import Trust, TrustConfigError
 from confbus.runtime.http import HttpServer, Request, Response
 from confbus.runtime.log import setup_logging
 from confbus.runtime.service import print_ready
@@ -83,6 +84,21 @@ def add_agent_args(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds between health scrapes (default %(default)s)",
     )
+    parser.add_argument(
+        "--trust",
+        type=Path,
+        metavar="FILE",
+        help="trust roots (JSON: per namespace the keys that must sign, confbus keys trust-file): "
+        "a prepare not signed as they require gets a no vote",
+    )
+    parser.add_argument(
+        "--kek",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a key-encryption key that opens sealed secret namespaces (repeatable: rotation)",
+    )
 
 
 def build_agent(args: argparse.Namespace) -> NodeAgent:
@@ -102,6 +118,11 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
             raise SystemExit(f"confbus agent: --health-url: {exc}") from None
     if args.health_interval <= 0:
         raise SystemExit("confbus agent: --health-interval must be positive")
+    try:
+        trust = Trust.load(args.trust, args.kek)
+        trust.require_rules(args.namespaces)
+    except TrustConfigError as exc:
+        raise SystemExit(f"confbus agent: {exc}") from None
     return NodeAgent(
         node=args.node,
         bindings=[
@@ -117,6 +138,7 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
         keep=args.keep,
         health_url=args.health_url,
         health_interval_s=args.health_interval,
+        trust=trust,
     )
 
 
@@ -130,6 +152,8 @@ async def run_agent(agent: NodeAgent, settings: Settings) -> None:
         missing = [n for n, ns in agent.namespaces.items() if not ns.state.has_config]
         if missing:
             return False, "no config yet: " + ", ".join(missing)
+        if agent.bus_connected is None:
+            return True, "ok (connecting to the bus)"
         return True, "ok" if agent.bus_connected else "ok (bus down: serving the files it has)"
 
     http = HttpServer(registry, host=settings.http_host, port=settings.http_port, health=health)

@@ -41,10 +41,11 @@ from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
 from confbus.agent.health import HealthForwarder
 from confbus.agent.hooks import run_on_change
-from confbus.agent.instance import guard_node_id
+from confbus.agent.instance import guard_node_id, txn_stream_end
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
+from confbus.agent.trust import Trust
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -106,12 +107,12 @@ class NodeAgent:
     keep: int = 10
     health_url: str | None = None  # forward the app's health (confbus.agent.health)
     health_interval_s: float = 5.0
+    # Trust roots and key-encryption keys, from files given at start (confbus.agent.trust).
+    trust: Trust = field(default_factory=Trust)
     started_at: datetime = field(default_factory=utcnow)
-    # This agent's id: kept in its state dir by ``confbus.agent.instance`` when run as a
-    # process, so that a restart on the same state is the same agent.
-    instance: str = field(default_factory=lambda: secrets.token_hex(8))
+    instance: str = field(default_factory=lambda: secrets.token_hex(8))  # see agent.instance
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
-    bus_connected: bool = field(default=False, init=False)
+    bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
     _beat_now: anyio.Event = field(default_factory=anyio.Event, init=False)
 
@@ -140,7 +141,7 @@ class NodeAgent:
     def status(self) -> dict[str, object]:
         return {
             "node": self.node,
-            "bus": "connected" if self.bus_connected else "down",
+            "bus": {True: "connected", False: "down", None: "connecting"}[self.bus_connected],
             "ready_to_vote": self.ready,
             "namespaces": {
                 name: {
@@ -162,9 +163,10 @@ class NodeAgent:
         if not self.namespaces:
             await self.load()
         async with anyio.create_task_group() as tg:
-            # One agent per node id: a live one of this node makes this one stop before it
-            # reads a transaction (confbus.agent.instance).
-            await self._skip_history(bus)
+            # Joining (confbus.agent.instance): no history replayed; one agent per node id.
+            end = await txn_stream_end(bus)
+            for ns in self.namespaces.values():
+                ns.last_seq = ns.last_seq or end
             await tg.start(guard_node_id, bus, self.heartbeat, lambda: self._beat_now.set())
             for name in self.namespaces:
                 await tg.start(self._follow, bus, name)
@@ -182,24 +184,6 @@ class NodeAgent:
                 )
                 tg.start_soon(forwarder.run, bus)
             task_status.started()
-
-    async def _skip_history(self, bus: Bus) -> None:
-        """A namespace never read (no state) is read from the stream's end as it is now, before
-        anyone hears of this agent: its history is not replayed into the file — the
-        distributor's catch-up takes it straight to its target version (§3.6) — and a prepare
-        sent once its first heartbeat is out is still read. If the stream cannot be asked, the
-        history is read after all (the old way: slow, but it ends on the target too)."""
-        fresh = [ns for ns in self.namespaces.values() if ns.last_seq == 0]
-        if not fresh:
-            return
-        try:
-            with anyio.fail_after(5):
-                end = (await bus.js.stream_info(CFG_TXN.name)).state.last_seq
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("reading the whole transaction history", extra={"error": repr(exc)})
-            return
-        for ns in fresh:
-            ns.last_seq = end
 
     async def _follow(
         self,
@@ -267,6 +251,8 @@ class NodeAgent:
         if self.node not in p.participants:
             return False
         try:
+            # Signatures and sealing first: nothing untrusted is staged, even briefly.
+            p = self.trust.admit(p)
             if self.validate_cmd:
                 await prepare_txn(
                     ns.disk,
@@ -344,9 +330,16 @@ class NodeAgent:
     async def _prepared_content(self, bus: Bus, d: Decision) -> bytes | None:
         subject = subjects.txn_prepare(d.namespace, d.txid)
         record = await first_txn_record(bus, subject, Prepare, d.namespace, d.txid)
-        if record is None or sha256_bytes(record.content) != d.sha256:
+        if record is None:
+            return None
+        try:
+            content = self.trust.admit(record).content
+        except Refused as no:
+            log.warning("decided prepare refused", extra={"txid": d.txid, "reason": no.reason})
+            return None
+        if sha256_bytes(content) != d.sha256:
             return None  # never apply bytes that are not the decided version's
-        return record.content
+        return content
 
     async def _applied(self, bus: Bus, ns: _Namespace, d: Decision, before: int | None) -> None:
         log.info(
@@ -517,7 +510,17 @@ class NodeAgent:
                     )
                 except ConfbusError as exc:
                     return ResyncReply(ok=False, reason=f"no local copy, and the store: {exc}")
-                content = got.content or b""
+                try:
+                    content = self.trust.admit_bytes(
+                        req.namespace,
+                        req.version,
+                        req.sha256,
+                        got.info.format,
+                        got.signatures,
+                        got.content or b"",
+                    )
+                except Refused as no:
+                    return ResyncReply(ok=False, reason=no.reason)
             try:
                 written = await offload.run(ns.disk.apply, req.version, req.sha256, content)
             except (ConfbusError, OSError) as exc:

@@ -40,6 +40,8 @@ RefusalKind = Literal[
     "format",  # the bytes do not parse for the namespace's format
     "validate",  # the node's validation command said no (or could not run)
     "io",  # the staged file or the PREPARED record could not be written (disk full, ...)
+    "untrusted",  # not signed as this node's trust roots require (confbus.agent.trust)
+    "sealed",  # sealed content this node cannot open, or not this version's
 ]
 
 

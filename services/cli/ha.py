@@ -17,6 +17,11 @@ Ports (P = ``--nats-port``, default 4222; E = ``--etcd-port``, default 2379), al
 
 ``--nats-port 0`` picks every port free (tests). The version-store gets
 ``--store etcd://127.0.0.1:E,127.0.0.1:E+2,127.0.0.1:E+4``.
+
+With ``--secure`` (``HaSecurity``, made by ``confbus.cli.security.cluster``) every one of those
+ports speaks TLS only, with certificates from the stack's own CA: NATS clients log in as their
+role's user, routes present a certificate and the route credentials, monitoring is HTTPS, and
+etcd takes only clients and peers with a certificate (docs/design.md §7.7).
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -38,6 +44,7 @@ from confbus.procs.etcd import ETCD_HINT, EtcdCluster, etcd_binary
 from confbus.procs.nats import ClusterPeer, NatsServer
 from confbus.procs.ports import free_ports
 from confbus.procs.spawn import keep_previous
+from confbus.procs.tls import TlsFiles
 from confbus.procs.watch import Watched, keep_running
 from confbus.runtime.bus import Bus
 from confbus.schemas.streams import BUCKETS, STREAMS
@@ -99,6 +106,22 @@ class HaPorts:
         return "etcd://" + ",".join(self.etcd_endpoints)
 
 
+@dataclass(frozen=True)
+class HaSecurity:
+    """What ``--secure`` adds to the cluster: the users, the certificates, the route login."""
+
+    nats_config: str  # for every nats-server: the include of the users and their permissions
+    nats_tls: tuple[TlsFiles, ...]  # nats-1..3: clients, routes and monitoring
+    route_user: str
+    route_password: str = field(repr=False)
+    etcd_tls: dict[str, TlsFiles] = field(default_factory=dict)  # e1..e3: clients and peers
+    etcd_client: TlsFiles | None = None  # the version-store's (and this process's probes')
+
+    @property
+    def ca(self) -> Path:
+        return self.nats_tls[0].ca
+
+
 @dataclass
 class HaCluster:
     """Three nats-servers in one cluster and three etcd members, all on loopback."""
@@ -107,6 +130,7 @@ class HaCluster:
     logs: Path
     ports: HaPorts
     pass_fds: tuple[int, ...] = ()
+    security: HaSecurity | None = None
     servers: list[NatsServer] = field(default_factory=list)
     etcd: EtcdCluster = field(default_factory=EtcdCluster)
 
@@ -121,28 +145,40 @@ class HaCluster:
             pids[f"nats-{i}"] = s.proc.pid if s.proc is not None else None
         for m in self.etcd.members:
             pids[f"etcd-{m.name}"] = m.proc.pid if m.proc is not None else None
-        return {
+        scheme = "https" if self.security is not None else "http"
+        state: dict[str, object] = {
             "pids": pids,
             "nats": self.ports.nats_urls,
-            "monitor": [f"http://127.0.0.1:{p}" for p in self.ports.monitor],
+            "monitor": [f"{scheme}://127.0.0.1:{p}" for p in self.ports.monitor],
             "etcd": self.ports.store_url(),
         }
+        sec = self.security
+        if sec is not None and sec.etcd_client is not None:
+            client = sec.etcd_client
+            state["tls"] = {"ca": str(sec.ca), "etcd_cert": str(client.cert),
+                            "etcd_key": str(client.key)}  # fmt: skip
+        return state
 
     # -- start and stop (synchronous: before and after the event loop) ----------------------
 
     def start(self, timeout: float = 30.0) -> None:
         if etcd_binary() is None:
             raise CliError(f"--ha runs a 3-member etcd cluster, but etcd is missing: {ETCD_HINT}")
-        p = self.ports
+        p, sec = self.ports, self.security
         for i in range(SIZE):
             name = f"nats-{i + 1}"
             routes = [f"nats://127.0.0.1:{c}" for j, c in enumerate(p.cluster) if j != i]
+            peer = ClusterPeer(name, CLUSTER_NAME, p.cluster[i], routes)
+            if sec is not None:
+                peer = replace(peer, user=sec.route_user, password=sec.route_password)
             self.servers.append(
                 NatsServer(
                     data_dir=self.data_dir / name,
                     port=p.nats[i],
                     monitor_port=p.monitor[i],
-                    cluster=ClusterPeer(name, CLUSTER_NAME, p.cluster[i], routes),
+                    cluster=peer,
+                    tls=sec.nats_tls[i] if sec is not None else None,
+                    extra_config=sec.nats_config if sec is not None else "",
                     log_file=self.logs / f"{name}.log",
                     pass_fds=self.pass_fds,
                 )
@@ -155,6 +191,7 @@ class HaCluster:
             log_dir=self.logs,
             token=ETCD_TOKEN,
             pass_fds=self.pass_fds,
+            tls=sec.etcd_tls if sec is not None else None,
         )
         for server in self.servers:
             keep_previous(server.log_file)
@@ -221,9 +258,13 @@ class HaCluster:
     def _meta_group_formed(self) -> bool:
         """Whether a server leads the meta group with every other one current (its ``/jsz``:
         only the leader's view of its peers is up to date)."""
+        context, scheme = None, "http"
+        if self.security is not None:  # https, verified by the stack's CA
+            context, scheme = ssl.create_default_context(cafile=str(self.security.ca)), "https"
         for server, port in zip(self.servers, self.ports.monitor, strict=True):
+            url = f"{scheme}://127.0.0.1:{port}/jsz"
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=1) as r:
+                with urllib.request.urlopen(url, timeout=1, context=context) as r:
                     meta = json.loads(r.read()).get("meta_cluster") or {}
             except (OSError, ValueError):
                 continue

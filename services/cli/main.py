@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -17,9 +18,10 @@ import anyio
 
 from confbus.cli import exitcodes
 from confbus.cli.exitcodes import CliError
-from confbus.client import Client
-from confbus.runtime.bus import DEFAULT_NATS_URL
-from confbus.runtime.errors import ConfbusError, Unavailable
+from confbus.cli.output import stdout_may_close
+from confbus.client import Client, WaitTimedOut
+from confbus.runtime.bus import DEFAULT_NATS_URL, check_urls
+from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
 
 # Each module registers its subcommands; adding a command area is one line here.
 COMMAND_MODULES = (
@@ -29,10 +31,13 @@ COMMAND_MODULES = (
     "confbus.cli.commands.txn",
     "confbus.cli.commands.publish",
     "confbus.cli.commands.store",
+    "confbus.cli.commands.policy",
     "confbus.cli.commands.doctor",
     "confbus.cli.commands.rollback",
     "confbus.cli.commands.rollout",
     "confbus.cli.commands.console",
+    "confbus.cli.commands.keys",
+    "confbus.cli.commands.timetravel",
 )
 
 
@@ -42,6 +47,21 @@ class Parser(argparse.ArgumentParser):
         sys.stderr.write(f"confbus: error: {message}\n")
         sys.exit(exitcodes.USAGE)
 
+    def format_help(self) -> str:
+        # Descriptions are often a module's docstring, written for the source (``x``, code
+        # fences); a terminal gets them plain.
+        return plain(super().format_help())
+
+
+_LITERAL = re.compile(r"``([^`]+)``|\*\*([^*]+)\*\*")
+_FENCE = re.compile(r"^[ \t]*```[a-z]*[ \t]*\n", re.MULTILINE)
+
+
+def plain(text: str) -> str:
+    """Help text without reStructuredText's double backquotes, Markdown's bold or its code
+    fences."""
+    return _LITERAL.sub(lambda m: m.group(1) or m.group(2), _FENCE.sub("", text))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
@@ -49,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--nats-url",
+        type=nats_urls,
         default=os.environ.get("CONFBUS_NATS_URL", DEFAULT_NATS_URL),
         help="NATS URL(s), comma-separated (env CONFBUS_NATS_URL; default %(default)s)",
     )
@@ -66,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 # A command with a time budget (--timeout: publish, rollback) also rides out a broker that is
 # restarting as it starts, for up to this long; others say "unreachable" at once.
 CONNECT_WAIT_S = 10.0
+
+
+def nats_urls(text: str) -> str:
+    """``--nats-url`` (or ``$CONFBUS_NATS_URL``): refused at once, as a usage error, when it is
+    not a NATS URL (an ``http://`` one)."""
+    try:
+        check_urls(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
 
 
 def client_for(args: argparse.Namespace) -> Client:
@@ -96,29 +127,40 @@ def _quiet_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and not getattr(args, "passes_on_arguments", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.passed_on = rest  # a command that runs another program hands these to it
+    code = exitcodes.OK
+    # Every command, --help included, may write into a pipe its reader closed (`| head -1`).
+    with stdout_may_close():
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        if rest and not getattr(args, "passes_on_arguments", False):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.passed_on = rest  # a command that runs another program hands these to it
+        code = _run(args)
+    sys.exit(code)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "run_local", None) is not None:
-            code = args.run_local(args)
-        else:
-            _quiet_logs()
-            code = anyio.run(_run_remote, args, backend="asyncio")
+            code: int = args.run_local(args)
+            return code
+        _quiet_logs()
+        code = anyio.run(_run_remote, args, backend="asyncio")
+        return code
     except CliError as exc:
         sys.stderr.write(f"confbus: {exc}\n")
-        code = exc.code
+        return exc.code
+    except WaitTimedOut as exc:  # confbus answered; the wait ran out of time
+        sys.stderr.write(f"confbus: timed out: {exc}\n")
+        return exitcodes.UNREACHABLE
     except Unavailable as exc:
         sys.stderr.write(f"confbus: unreachable: {exc}\n")
-        code = exitcodes.UNREACHABLE
+        return exitcodes.UNREACHABLE
     except ConfbusError as exc:
         sys.stderr.write(f"confbus: {exc}\n")
-        code = exitcodes.FAILED
+        return exitcodes.FAILED
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return 130
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from confbus.cli.datadir import DataDirLock
 from confbus.cli.exitcodes import FAILED, OK, CliError
-from confbus.cli.ha import HaCluster, HaPorts
+from confbus.cli.ha import HaCluster, HaPorts, HaSecurity
 from confbus.procs.nats import NatsServer
 from confbus.procs.spawn import exit_text, guarded, keep_previous
 from confbus.procs.watch import (
@@ -121,6 +121,7 @@ class StackConfig:
     nats_creds: str | None = None
     tls_ca: str | None = None
     ha: HaPorts | None = None  # --ha: a NATS cluster and etcd on these ports (ha.py)
+    ha_security: HaSecurity | None = None  # --ha --secure: certificates, route credentials
     # --secure / --tls-cert (security.py): more config for the embedded nats-server (the users
     # include, TLS), and more words for the ready line (where the credentials are).
     nats_config: str = ""
@@ -134,6 +135,10 @@ class StackConfig:
         for name in ("nats_user", "nats_password", "nats_creds", "tls_ca"):
             if (value := getattr(self, name)) is not None:
                 env[f"CONFBUS_{name.upper()}"] = value
+        client = self.ha_security.etcd_client if self.ha_security is not None else None
+        if client is not None:  # the version-store's way into etcd (paths, not secrets)
+            env |= {"CONFBUS_ETCD_CA": str(client.ca), "CONFBUS_ETCD_CERT": str(client.cert),
+                    "CONFBUS_ETCD_KEY": str(client.key)}  # fmt: skip
         return env
 
 
@@ -205,7 +210,11 @@ class Stack:
     def _run_locked(self) -> int:
         if self.config.ha is not None:
             self.cluster = HaCluster(
-                self.config.data_dir, self.logs, self.config.ha, pass_fds=(self.lock_fd,)
+                self.config.data_dir,
+                self.logs,
+                self.config.ha,
+                pass_fds=(self.lock_fd,),
+                security=self.config.ha_security,
             )
             self.cluster.start()
             self.nats_url = self.cluster.nats_url

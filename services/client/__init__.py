@@ -16,23 +16,36 @@ async with Client("nats://127.0.0.1:4222") as client:
 The public names are the ones ``__all__`` lists (``confbus`` re-exports the main ones); the
 modules behind them are private and may move. Each part of ``Client`` lives in its own module:
 ``_events`` (the audit log, alerts, applied configs), ``_store`` (changes, versions, policies),
-``_backup``, ``_rollouts`` (the distributor), ``_rollbacks``; ``_errors`` draws the error tree.
+``_backup``, ``_rollouts`` (the distributor), ``_rollbacks``, ``_timeline`` (the fleet at a past
+moment, answered with the Structs of ``_fleet``); ``_errors`` draws the error tree.
 """
 
 from __future__ import annotations
 
 from confbus.client._backup import NamespaceBackup
 from confbus.client._client import Client
-from confbus.client._errors import ChangeRejected, RolloutWaitTimeout
+from confbus.client._errors import ChangeRejected, RolloutWaitTimeout, WaitTimedOut
 from confbus.client._events import StreamedEvent
-from confbus.client._names import check_change_id, check_namespace
+from confbus.client._fleet import FleetAt, FleetDiff, NodeAt, NodeChange, RolloutAt, Why, WhyStep
+from confbus.client._names import check_change_id, check_namespace, check_node
+from confbus.client._policy import policy_from_document
 
 __all__ = [
     "ChangeRejected",
     "Client",
+    "FleetAt",
+    "FleetDiff",
     "NamespaceBackup",
+    "NodeAt",
+    "NodeChange",
+    "RolloutAt",
     "RolloutWaitTimeout",
     "StreamedEvent",
+    "WaitTimedOut",
+    "Why",
+    "WhyStep",
     "check_change_id",
     "check_namespace",
+    "check_node",
+    "policy_from_document",
 ]

@@ -48,9 +48,13 @@ class Backups(Connection):
             # The snapshot lives on the replica that took it.
             op, session = store_api.EXPORT_AT.at(page.replica), page.session
 
-    async def import_namespace(self, backup: NamespaceBackup, page_bytes: int = 1 << 20) -> int:
-        """Restore a namespace into the store; returns the versions written (0: already there).
-        The store checks everything (hashes, numbering, pointers) and writes all or nothing."""
+    async def import_namespace(
+        self, backup: NamespaceBackup, page_bytes: int = 1 << 20, *, actor: str = ""
+    ) -> store_api.ImportReply:
+        """Restore a namespace into the store; the reply says how many versions were written
+        (``imported``; 0: the identical versions were there) and whether the policy was
+        replaced (``policy_changed``, announced as ``policy.changed`` by ``actor``). The store
+        checks everything (hashes, numbering, pointers) and writes all or nothing."""
         pages: list[list[store_api.ExportedVersion]] = [[]]
         size = 0
         for v in backup.versions:
@@ -72,9 +76,10 @@ class Backups(Connection):
                     production=backup.production if last else None,
                     last_good=backup.last_good if last else None,
                     policy=backup.policy if last else None,
+                    actor=actor,
                 ),
             )
             op, session = store_api.IMPORT_AT.at(reply.replica), reply.session
             if last:
-                return reply.imported or 0
+                return reply
         raise AssertionError("unreachable")  # pragma: no cover

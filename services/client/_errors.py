@@ -8,7 +8,8 @@
      │    ├── NotFound
      │    └── ChangeRejected        the version-store refused a change (``reason``, ``where``)
      └── Unavailable                retry: the bus, a service or the store is down
-          └── RolloutWaitTimeout    ``wait_rollout`` gave up; the rollout goes on
+          └── WaitTimedOut          a wait gave up (not an outage): what it waited for goes on
+               └── RolloutWaitTimeout    ``wait_rollout`` gave up; the rollout goes on
 """
 
 from __future__ import annotations
@@ -26,10 +27,22 @@ class ChangeRejected(Permanent):
         super().__init__(f"{namespace}: change {change_id} rejected: {reason}", where=where)
 
 
-class RolloutWaitTimeout(Unavailable):
+class WaitTimedOut(Unavailable):
+    """A wait ran out of time; confbus answered, and what was waited for goes on."""
+
+
+class RolloutWaitTimeout(WaitTimedOut):
     """``wait_rollout`` gave up: the rollout had not ended within the time it was given."""
 
     def __init__(self, namespace: str, version: int, timeout: float) -> None:
         self.namespace = namespace
         self.version = version
-        super().__init__(f"the rollout of {namespace} v{version} did not end within {timeout}s")
+        self.timeout = timeout
+        super().__init__(
+            f"the rollout of {namespace} v{version} did not end within {seconds(timeout)}"
+        )
+
+
+def seconds(value: float) -> str:
+    """A duration as a person reads it: ``5s`` for a budget of 4.987…, ``0.3s``."""
+    return f"{value:.1f}".removesuffix(".0") + "s"

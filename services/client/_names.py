@@ -19,6 +19,14 @@ def check_namespace(namespace: str) -> str:
         raise InvalidInput(str(exc), where="namespace") from None
 
 
+def check_node(node: str) -> str:
+    """``node`` if it can be a node id (``[a-z0-9][a-z0-9_-]{0,63}``), else ``InvalidInput``."""
+    try:
+        return check_name(node, "node id")
+    except InvalidName as exc:
+        raise InvalidInput(str(exc), where="node") from None
+
+
 def check_change_id(change_id: str) -> str:
     """``change_id`` if it can be one (a commit sha, a build id…), else ``InvalidInput``."""
     if not _CHANGE_ID_RE.fullmatch(change_id):

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import anyio
 import msgspec
 
+from confbus.client._errors import WaitTimedOut, seconds
 from confbus.client._events import Events
 from confbus.client._names import check_namespace
-from confbus.runtime.errors import Unavailable
 from confbus.schemas import subjects
 from confbus.schemas.api import rollback as rollback_api
 from confbus.schemas.events import AnyEvent, RollbackCompleted, RollbackStarted, RollbackStuck
@@ -40,7 +40,7 @@ class Rollbacks(Events):
         reason; a target the namespace's current policy would refuse is refused unless
         ``force``, which is then recorded in the rollback's events). With ``wait``: once it
         ended — ``completed`` (``new_version`` runs everywhere) or ``stuck`` (the reason;
-        nothing further is switched) — and ``Unavailable`` if it did not end within
+        nothing further is switched) — and ``WaitTimedOut`` if it did not end within
         ``timeout`` (it goes on). ``progress`` is called, while waiting, with each event of
         the namespace from the moment the rollback was asked for (its steps, the switches
         and the health verdicts on its batches).
@@ -77,7 +77,7 @@ class Rollbacks(Events):
                     )
                 elif isinstance(ev, RollbackStuck) and ev.rollback_id == rid:
                     return msgspec.structs.replace(reply, state="stuck", reason=ev.reason)
-        raise Unavailable(
-            f"rollback {rid} of {namespace} did not end within {timeout:g}s; it goes on "
+        raise WaitTimedOut(
+            f"rollback {rid} of {namespace} did not end within {seconds(timeout)}; it goes on "
             f"(confbus replay '{namespace}.rollback.>' shows where it is)"
         )

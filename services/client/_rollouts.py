@@ -1,5 +1,5 @@
 """Rollouts and the fleet (the distributor, ``cfg.api.dist.*``): status, the rollout record,
-pause / resume / abort, and waiting for a rollout's end."""
+pause / resume / abort, waiting for a rollout's end, and forgetting a node gone for good."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import nats.js.errors
 
 from confbus.client._errors import RolloutWaitTimeout
 from confbus.client._events import Events
-from confbus.client._names import check_namespace
+from confbus.client._names import check_namespace, check_node
 from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.base import DECODE_ERRORS
@@ -62,6 +62,14 @@ class Rollouts(Events):
         reply = await self.call(control, request)
         assert reply.rollout is not None
         return reply.rollout
+
+    async def forget_node(
+        self, node: str, *, actor: str = "", reason: str = ""
+    ) -> dist_api.ForgetReply:
+        """Forget a node gone for good (its records and targets; ``node.forgotten`` in each
+        namespace it followed). ``Conflict`` while it is live, ``NotFound`` if unknown."""
+        request = dist_api.ForgetRequest(node=check_node(node), actor=actor, reason=reason)
+        return await self.call(dist_api.FORGET, request)
 
     async def wait_rollout(
         self,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import anyio.abc
@@ -16,9 +16,12 @@ from nats.aio.msg import Msg
 from confbus.client._errors import ChangeRejected
 from confbus.client._events import Events
 from confbus.client._names import check_change_id, check_namespace
+from confbus.client._trusted import seal_and_sign
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
 from confbus.runtime.retry import retry_unavailable
+from confbus.runtime.sealing import Kek
+from confbus.runtime.signing import SigningKey
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
 from confbus.schemas.base import DECODE_ERRORS
@@ -27,6 +30,7 @@ from confbus.schemas.changes import msg_id as change_msg_id
 from confbus.schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
 from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
+from confbus.schemas.sealing import content_sha256
 from confbus.schemas.streams import MAX_PAYLOAD
 from confbus.schemas.versions import VersionInfo
 
@@ -51,6 +55,8 @@ class Store(Events):
         strategy: str | None = None,
         selector: dict[str, str] | None = None,
         timeout: float = 30.0,
+        signing_keys: Sequence[SigningKey] = (),
+        keks: Mapping[str, Kek] | None = None,
     ) -> VersionInfo:
         """Propose ``content`` as the next version of ``namespace`` and wait for the outcome.
 
@@ -77,12 +83,13 @@ class Store(Events):
             strategy=strategy,
             selector=selector,
         )
+        change = await self.seal_and_sign(change, signing_keys, keks)
 
-        async def send() -> bool:
+        async def send(judged_under: str) -> bool:
             ack = await self.bus.publish(
                 subjects.change(namespace),
                 encode(change),
-                msg_id=change_msg_id(namespace, change_id),
+                msg_id=change_msg_id(namespace, change_id, judged_under),
             )
             return bool(ack.duplicate)
 
@@ -95,18 +102,38 @@ class Store(Events):
         its outcome the same way."""
         op = store_api.PROPOSE.as_user(user, change.namespace)
 
-        async def send() -> bool:
+        async def send(judged_under: str) -> bool:
+            # The version-store sends it again under the policy in force itself.
             return (await self.call(op, change)).duplicate
 
         return await self.submit(change, send, timeout)
 
+    async def seal_and_sign(
+        self,
+        change: ChangeProposed,
+        signing_keys: Sequence[SigningKey] = (),
+        keks: Mapping[str, Kek] | None = None,
+    ) -> ChangeProposed:
+        """``change`` sealed with ``keks`` (a secret namespace with a data key) and signed by
+        each of ``signing_keys`` for the version it will be (``base + 1``; ``base`` defaults to
+        the newest version now)."""
+
+        async def latest() -> VersionInfo:
+            return (await self.get(change.namespace, "latest", content=False)).info
+
+        return await seal_and_sign(
+            change, lambda: self.policy(change.namespace), latest, signing_keys, keks
+        )
+
     async def submit(
-        self, change: ChangeProposed, send: Callable[[], Awaitable[bool]], timeout: float
+        self, change: ChangeProposed, send: Callable[[str], Awaitable[bool]], timeout: float
     ) -> VersionInfo:
         """Send ``change`` with ``send`` (which says whether the stream took it as a duplicate)
         and wait for its outcome: the stored version, or ``ChangeRejected``; ``Unavailable``
         after ``timeout``. ``publish`` sends it on ``cfg.change.<ns>``, ``propose_as`` through
-        the version-store's ``propose`` operation."""
+        the version-store's ``propose`` operation. ``send``'s argument is "" at first, and the
+        digest of the policy in force when the change goes again because its recorded
+        rejection came from a policy since changed (``schemas.changes.msg_id``)."""
         namespace, change_id = change.namespace, change.change_id
         size = len(encode(change))
         if size > MAX_PAYLOAD:
@@ -115,7 +142,7 @@ class Store(Events):
                 f"base64): more than the bus carries ({MAX_PAYLOAD})",
                 where="content",
             )
-        sha = hashlib.sha256(change.content).hexdigest()
+        sha = content_sha256(change.content)
         send_event, receive = anyio.create_memory_object_stream[AnyEvent](100)
 
         async def on_event(msg: Msg) -> None:
@@ -131,9 +158,8 @@ class Store(Events):
         sub = await self.bus.nc.subscribe(subjects.event(namespace, "version.>"), cb=on_event)
         try:
             with anyio.move_on_after(timeout) as scope:
-                # Safe to repeat: the change's message id makes a second copy a no-op.
-                duplicate = await retry_unavailable(send, what=f"publishing change {change_id}")
-                return await self._outcome(change, sha, duplicate, receive)
+                duplicate = await _send_again(send, "", change_id)
+                return await self._outcome(change, sha, duplicate, send, receive)
             assert scope.cancelled_caught
             raise Unavailable(
                 f"{namespace}: no outcome for change {change_id} within {timeout:g}s — it may "
@@ -151,6 +177,7 @@ class Store(Events):
         change: ChangeProposed,
         sha: str,
         duplicate: bool,
+        send: Callable[[str], Awaitable[bool]],
         events: anyio.abc.ObjectReceiveStream[AnyEvent],
     ) -> VersionInfo:
         """Wait for the outcome of a published change: its event, or its recorded status (the
@@ -164,9 +191,14 @@ class Store(Events):
             if status is not None and status.status == "stored" and status.version is not None:
                 return await self._stored(change, sha, status.version, status.sha256)
             if status is not None and status.status == "rejected" and duplicate:
-                # Our publish was a duplicate of an earlier one: its rejection is our answer,
-                # unless that earlier attempt sent other bytes under the same id.
-                raise _rejected_as(change, sha, status)
+                if status.outdated:
+                    # Refused under a policy since changed: not an answer any more. Sent
+                    # again, it is judged under the policy in force; wait for that outcome.
+                    duplicate = await _send_again(send, status.policy_digest, cid)
+                else:
+                    # Our publish was a duplicate of an earlier one: its rejection is our
+                    # answer, unless that earlier attempt sent other bytes under the same id.
+                    raise _rejected_as(change, sha, status)
             # Not decided yet: the event says when. Re-check now and then in case we missed it
             # (a reconnect drops core messages).
             with anyio.move_on_after(_STATUS_RECHECK_S):
@@ -306,15 +338,27 @@ class Store(Events):
             store_api.POLICY_GET, store_api.PolicyGetRequest(namespace=namespace)
         )
 
-    async def set_policy(self, policy: Policy, actor: str = "") -> Policy:
-        """Store ``policy`` for its namespace (checked whole first); returns it as stored."""
-        request = store_api.PolicySetRequest(policy=policy, actor=actor)
+    async def set_policy(self, policy: Policy, actor: str = "", *, dry_run: bool = False) -> Policy:
+        """Store ``policy`` for its namespace (checked whole first); returns it as stored. The
+        store announces what changed as ``policy.changed`` by ``actor``. ``dry_run``: only
+        check it (``policy_from_document`` checks a document before this)."""
+        request = store_api.PolicySetRequest(policy=policy, actor=actor, dry_run=dry_run)
         return await self.call(store_api.POLICY_SET, request)
 
     async def namespaces(self) -> list[str]:
         """Every namespace the store holds."""
         reply = await self.call(store_api.NAMESPACES, store_api.NamespacesRequest())
         return reply.namespaces
+
+
+async def _send_again(
+    send: Callable[[str], Awaitable[bool]], judged_under: str, change_id: str
+) -> bool:
+    """``send(judged_under)``, tried again while the bus is unavailable (a broker restarting):
+    safe to repeat, the change's message id makes a second copy a no-op."""
+    return await retry_unavailable(
+        lambda: send(judged_under), what=f"publishing change {change_id}"
+    )
 
 
 def _rejected_as(

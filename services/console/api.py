@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -19,14 +20,23 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from confbus.client import ChangeRejected, StreamedEvent, check_namespace
+from confbus.client import (
+    ChangeRejected,
+    FleetAt,
+    FleetDiff,
+    StreamedEvent,
+    Why,
+    check_namespace,
+    check_node,
+    policy_from_document,
+)
 from confbus.console import apitypes as t
 from confbus.console.auth import Principal, authenticate, check_csrf, require
 from confbus.console.backend import Backend
 from confbus.console.metrics import ConsoleMetrics
 from confbus.runtime.errors import ConfbusError, InvalidInput
 from confbus.runtime.events import event_type
-from confbus.runtime.since import parse_since
+from confbus.runtime.since import Moment, parse_moment, parse_since
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import rollback as rollback_api
@@ -76,6 +86,9 @@ class Op:
     reply: Any  # the answer's type (for the document)
     query: type[Any] | None = None
     body: type[Any] | None = None
+    # The body is read as plain JSON and the handler checks it (the document still shows
+    # ``body``): the policy, checked as ``confbus policy --file`` checks a file.
+    body_checked_by_handler: bool = False
     status: int = 200
     media_type: str = "application/json"
     errors: tuple[int, ...] = field(default=(400, 401, 403, 404, 503))
@@ -149,7 +162,8 @@ def endpoint(op: Op, metrics: ConsoleMetrics) -> Callable[[Request], Awaitable[R
             if "ns" in request.path_params:
                 check_namespace(request.path_params["ns"])
             query = _query(request, op.query) if op.query else None
-            body = await _body(request, op.body) if op.body else None
+            kind: Any = Any if op.body_checked_by_handler else op.body
+            body = await _body(request, kind) if op.body else None
             call = Call(request, principal, request.app.state.backend, query, body)
             result = await op.handler(call)
             if isinstance(result, Response):  # not JSON: a version's bytes, an event stream
@@ -230,11 +244,35 @@ async def rollout(call: Call) -> dist_api.RolloutReply:
 
 async def rollout_nodes(call: Call) -> t.RolloutNodes:
     view = await call.backend.rollout_view(call.ns)
-    return t.RolloutNodes(votes=view.votes, applied=view.applied)
+    return t.RolloutNodes(votes=view.votes, applied=view.applied, seq=view.seq)
 
 
 async def fleet(call: Call) -> dist_api.StatusReply:
     return await call.backend.fleet(call.ns)
+
+
+def moment(text: str, where: str) -> Moment:
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), where=where) from None
+
+
+async def fleet_at(call: Call) -> FleetAt:
+    q: t.AtQuery = call.query
+    return await call.backend.status_at(call.ns, moment(q.at, "at"))
+
+
+async def why(call: Call) -> Why:
+    q: t.WhyQuery = call.query
+    node = check_node(call.param("node"))
+    return await call.backend.why(call.ns, node, moment(q.at, "at") if q.at else None)
+
+
+async def diff_fleet(call: Call) -> FleetDiff:
+    q: t.FleetDiffQuery = call.query
+    after = moment(q.to, "to") if q.to else timedelta(0)
+    return await call.backend.diff_fleet(call.ns, moment(q.from_, "from"), after)
 
 
 def event_item(item: StreamedEvent) -> t.EventItem:
@@ -401,12 +439,8 @@ async def reject(call: Call) -> VersionInfo:
 
 
 async def set_policy(call: Call) -> Policy:
-    body: Policy = call.body
-    if body.namespace != call.ns:
-        raise InvalidInput(
-            f"the policy is for {body.namespace!r}, the path for {call.ns!r}", where="$.namespace"
-        )
-    return await call.backend.set_policy(body, call.user)
+    # Whatever `confbus policy NS --file` accepts, and nothing else (one check for both).
+    return await call.backend.set_policy(policy_from_document(call.body, call.ns), call.user)
 
 
 def control(op: str) -> Callable[[Call], Awaitable[dist_api.RolloutReply]]:
@@ -452,7 +486,7 @@ OPS: tuple[Op, ...] = (
        "viewer", diff, store_api.DiffReply, query=t.DiffQuery),
     Op("policy", "GET", NS + "/policy", "The namespace's policy.", "viewer", policy, Policy),
     Op("set_policy", "PUT", NS + "/policy", "Replace the namespace's policy.", "operator",
-       set_policy, Policy, body=Policy),
+       set_policy, Policy, body=Policy, body_checked_by_handler=True),
     Op("rollout", "GET", NS + "/rollout", "The current or last rollout, wave by wave.", "viewer",
        rollout, dist_api.RolloutReply),
     Op("rollout_nodes", "GET", NS + "/rollout/nodes",
@@ -470,6 +504,15 @@ OPS: tuple[Op, ...] = (
     Op("fleet", "GET", NS + "/fleet",
        "Per node: version, sha256, labels, heartbeat, drift, liveness.", "viewer", fleet,
        dist_api.StatusReply),
+    Op("fleet_at", "GET", NS + "/fleet/at",
+       "The fleet as it was at a past moment (confbus status --at), from the audit log.",
+       "viewer", fleet_at, FleetAt, query=t.AtQuery),
+    Op("fleet_diff", "GET", NS + "/fleet/diff",
+       "Which nodes changed version between two moments, and through what (diff-fleet).",
+       "viewer", diff_fleet, FleetDiff, query=t.FleetDiffQuery),
+    Op("why", "GET", NS + "/nodes/{node}/why",
+       "The chain of events that put a node on its version, newest first (confbus why).",
+       "viewer", why, Why, query=t.WhyQuery),
     Op("events", "GET", "/events", "The audit log, newest first, with confbus replay's filters.",
        "viewer", events, t.EventsReply, query=t.EventsQuery),
     Op("event_stream", "GET", "/events/stream", "The audit log live, as Server-Sent Events.",

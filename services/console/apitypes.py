@@ -107,3 +107,28 @@ class RolloutNodes(msgspec.Struct, frozen=True, kw_only=True):
 
     votes: dict[str, VoteRecord]
     applied: list[str]
+    seq: int = 0  # the audit log's events up to this sequence are in it
+
+
+MOMENT = (
+    "a stream sequence (1234), a duration ago (30s, 10m, 2h, 7d) or an ISO-8601 time (UTC unless "
+    "it has an offset)"
+)
+Moment = Annotated[str, msgspec.Meta(min_length=1, description=MOMENT)]
+
+
+class AtQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """``confbus status NS --at``: the moment."""
+
+    at: Moment
+
+
+class WhyQuery(msgspec.Struct, frozen=True, kw_only=True):
+    at: Moment | None = None  # None: now
+
+
+class FleetDiffQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """``confbus diff-fleet NS --from T1 --to T2``."""
+
+    from_: Moment = msgspec.field(name="from")
+    to: Moment | None = None  # None: now

@@ -3,7 +3,13 @@
 A request proves who it is with a token (``confbus.schemas.tokens``): the HTTP API's callers
 send ``Authorization: Bearer <token>``; a browser signs in once (``/login``, from the link
 ``confbus up`` prints) and then carries the token in an HttpOnly, SameSite=Strict cookie.
-The token file is read again when it changes, so a new or revoked token counts at once.
+The token file is read again when it changes, so a new or revoked token counts at once; a token
+past its ``expires_at`` is refused with that reason.
+
+Signing in is a POST from the sign-in page itself: the link carries the token after ``#``
+(which no request sends), the page's script posts it, and the post must bring the nonce the page
+set in a SameSite=Strict cookie (``LOGIN_COOKIE``), so another site cannot sign a browser in
+under a token of its choosing (login CSRF).
 
 An act that arrives with the cookie must also carry the page's CSRF token (a form field or the
 ``X-CSRF-Token`` header): an HMAC of the session token that only a page of this console shows,
@@ -13,7 +19,7 @@ token in a header needs none (a browser never adds that header on its own).
 ```
 ConfbusError
  └── Permanent
-      ├── Unauthenticated   401: no token, or one this console does not know
+      ├── Unauthenticated   401: no token, one this console does not know, or an expired one
       └── Forbidden         403: the role does not allow it, or the CSRF token is missing
 ```
 """
@@ -24,7 +30,9 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 
 from starlette.requests import Request
@@ -36,6 +44,8 @@ from confbus.schemas import tokens
 log = logging.getLogger("confbus.console.auth")
 
 COOKIE = "confbus_session"
+LOGIN_COOKIE = "confbus_login"  # the sign-in page's nonce
+LOGIN_FIELD = "login_nonce"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -103,6 +113,20 @@ class TokenStore:
             return None
         return record
 
+    def check(self, text: str) -> tokens.ConsoleToken:
+        """The token's record if it may be used now; ``Unauthenticated`` saying why not."""
+        record = self.lookup(text)
+        if record is None:
+            raise Unauthenticated("unknown or revoked token", where="token")
+        if record.expires_at is not None and tokens.expired(record):
+            when = record.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise Unauthenticated(
+                f"token {record.id} of {record.user} expired at {when}: ask for a new one "
+                "(confbus console token)",
+                where="token",
+            )
+        return record
+
 
 def authenticate(request: Request, store: TokenStore) -> Principal:
     """The caller, from ``Authorization: Bearer`` or the session cookie; ``Unauthenticated``."""
@@ -116,9 +140,7 @@ def authenticate(request: Request, store: TokenStore) -> Principal:
         raise Unauthenticated(
             "sign in: a token is needed (confbus console token --role viewer)", where="token"
         )
-    record = store.lookup(text)
-    if record is None:
-        raise Unauthenticated("unknown or revoked token", where="token")
+    record = store.check(text)
     return Principal(record.user, record.role, record.id, text, by_cookie)
 
 
@@ -134,12 +156,35 @@ def check_csrf(request: Request, principal: Principal, form_value: str | None) -
     console's own pages (``Origin``, when the browser sends it)."""
     if request.method in SAFE_METHODS or not principal.by_cookie:
         return
-    origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.url.netloc}"
-    if origin is not None and origin != own:
-        raise Forbidden(f"cross-site request from {origin} refused", where="origin")
+    check_origin(request)
     sent = request.headers.get(CSRF_HEADER) or form_value or ""
     if not hmac.compare_digest(sent, principal.csrf):
         raise Forbidden(
             "missing or wrong CSRF token: act from the console's own pages", where="csrf"
+        )
+
+
+def check_origin(request: Request) -> None:
+    """``Origin``, when the browser sends it, must be this console's."""
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if origin is not None and origin != own:
+        raise Forbidden(f"cross-site request from {origin} refused", where="origin")
+
+
+def login_nonce() -> str:
+    """A new nonce for the sign-in page: its form field and its cookie."""
+    return secrets.token_urlsafe(24)
+
+
+def check_login(request: Request, form_value: str | None) -> None:
+    """A sign-in must come from the sign-in page: this console's ``Origin`` and the nonce that
+    page set, in its cookie and its form alike (a cross-site post carries no SameSite=Strict
+    cookie)."""
+    check_origin(request)
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    if not cookie or not hmac.compare_digest(cookie, form_value or ""):
+        raise Forbidden(
+            "sign in from the console's own sign-in page (its nonce is missing or stale)",
+            where="login_nonce",
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import hashlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 
@@ -19,11 +20,22 @@ import anyio
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.js.api import StreamInfo
 
-from confbus.client import Client, StreamedEvent, check_change_id, check_namespace
+from confbus.client import (
+    Client,
+    FleetAt,
+    FleetDiff,
+    StreamedEvent,
+    Why,
+    check_change_id,
+    check_namespace,
+)
+from confbus.console.metrics import ConsoleMetrics
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Conflict, NotFound, Unavailable
 from confbus.runtime.identity import Forbidden
+from confbus.runtime.since import Moment
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import rollback as rollback_api
@@ -36,6 +48,8 @@ from confbus.schemas.streams import CFG_EVENTS
 from confbus.schemas.versions import VersionInfo
 
 HISTORY_PAGE = 1000  # the store's largest page
+DRAFT_SCAN = 100  # the newest versions the overview looks through for drafts
+ROLLOUTS_KEPT = 64  # rollouts whose progress is kept for the next refresh
 
 
 class NamespaceSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,9 +60,10 @@ class NamespaceSummary(msgspec.Struct, frozen=True, kw_only=True):
     rollout: dist_api.RolloutInfo | None = None
     nodes: int = 0
     live: int = 0
-    suspect: int = 0
+    away: int = 0
     gone: int = 0
     attention: int = 0  # nodes whose status is not ok (drift, failing, in doubt, …)
+    waiting: list[VersionInfo] = []  # drafts waiting for approval, newest first
     error: str = ""  # what could not be read (the distributor down, say)
 
 
@@ -59,6 +74,18 @@ class RolloutView(msgspec.Struct, frozen=True, kw_only=True):
     fleet: dist_api.StatusReply | None
     votes: dict[str, VoteRecord] = {}
     applied: list[str] = []
+    seq: int = 0  # the audit log's events up to this sequence are in it
+
+
+@dataclass
+class _RolloutProgress:
+    """What a rollout's nodes did, folded from the audit log up to ``seq``: a page's next
+    refresh reads only the events after it."""
+
+    seq: int = 0
+    votes: dict[str, list[VoteRecord]] = field(default_factory=dict)  # by txid, stream order
+    applied: set[str] = field(default_factory=set)
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 class _BusClient(Client):
@@ -79,8 +106,12 @@ class _BusClient(Client):
 
 
 class Backend:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, metrics: ConsoleMetrics | None = None) -> None:
         self.client = _BusClient(bus)
+        self.metrics = metrics
+        self._progress: collections.OrderedDict[tuple[str, str], _RolloutProgress] = (
+            collections.OrderedDict()
+        )
 
     # -- namespaces and versions ----------------------------------------------------------------
 
@@ -108,6 +139,9 @@ class Backend:
     async def _summary(self, ns: str) -> NamespaceSummary:
         try:
             status = await self.client.fleet_status(ns)
+            recent = await self.client.call(
+                store_api.HISTORY, store_api.HistoryRequest(namespace=ns, limit=DRAFT_SCAN)
+            )
         except Unavailable as exc:
             return NamespaceSummary(namespace=ns, error=f"fleet unknown: {exc.message}")
         count = collections.Counter(n.liveness for n in status.nodes)
@@ -117,9 +151,10 @@ class Backend:
             rollout=status.rollout,
             nodes=len(status.nodes),
             live=count["live"],
-            suspect=count["away"],  # the liveness "away" (the field keeps its name)
+            away=count["away"],
             gone=count["gone"],
             attention=sum(1 for n in status.nodes if n.status != "ok"),
+            waiting=[v for v in recent.versions if v.status == "draft"],
         )
 
     async def history(
@@ -272,23 +307,83 @@ class Backend:
         return await self.client.fleet_status(namespace)
 
     async def rollout_view(self, namespace: str) -> RolloutView:
-        """The namespace's rollout, its fleet, and each node's vote and apply (from the events
-        since the rollout began)."""
+        """The namespace's rollout, its fleet, and each node's vote and apply: from the events
+        since the rollout began, read once; each later view reads only the events after the
+        last one it read (a live page refreshes at every event)."""
         fleet = await self.fleet(namespace)
         rollout = fleet.rollout
         if rollout is None or rollout.started_at is None:
             return RolloutView(rollout=rollout, fleet=fleet)
-        txids = {t for w in rollout.waves for t in (*w.txids, w.txid) if t}
-        votes: dict[str, VoteRecord] = {}
-        applied = {n.node for n in fleet.nodes if n.applied_version == rollout.version and n.sha256}
-        since = rollout.started_at - timedelta(seconds=1)
-        async for item in self.client.events(subjects.events_of(namespace), since=since):
+        progress = self._rollout_progress(namespace, rollout.rollout_id)
+        async with progress.lock:
+            await self._read_progress(namespace, rollout.version, rollout.started_at, progress)
+            txids = {t for w in rollout.waves for t in (*w.txids, w.txid) if t}
+            votes: dict[str, VoteRecord] = {}
+            for txid, records in progress.votes.items():  # in stream order: the last one wins
+                if txid in txids:
+                    votes.update((v.node, v) for v in records)
+            applied = progress.applied | {
+                n.node for n in fleet.nodes if n.applied_version == rollout.version and n.sha256
+            }
+            seq = progress.seq
+        return RolloutView(
+            rollout=rollout, fleet=fleet, votes=votes, applied=sorted(applied), seq=seq
+        )
+
+    def _rollout_progress(self, namespace: str, rollout_id: str) -> _RolloutProgress:
+        key = (namespace, rollout_id)
+        progress = self._progress.get(key)
+        if progress is None:
+            progress = self._progress[key] = _RolloutProgress()
+            while len(self._progress) > ROLLOUTS_KEPT:
+                self._progress.popitem(last=False)
+        self._progress.move_to_end(key)
+        return progress
+
+    async def _read_progress(
+        self, namespace: str, version: int, started_at: datetime, progress: _RolloutProgress
+    ) -> None:
+        """Fold the namespace's events after ``progress.seq`` (the first time: since the
+        rollout started) into ``progress``."""
+        last = await self._last_seq()
+        if progress.seq >= last:
+            return
+        from_seq = progress.seq + 1 if progress.seq else None
+        since = None if progress.seq else started_at - timedelta(seconds=1)
+        read = 0
+        events = self.client.events(subjects.events_of(namespace), since=since, from_seq=from_seq)
+        async for item in events:
+            read += 1
             ev = item.event
-            if isinstance(ev, TxnCommitted | TxnAborted) and ev.txid in txids:
-                votes.update((v.node, v) for v in ev.votes)
-            elif isinstance(ev, NodeApplied) and ev.version == rollout.version:
-                applied.add(ev.node)
-        return RolloutView(rollout=rollout, fleet=fleet, votes=votes, applied=sorted(applied))
+            # Only switches to this version: a wave's (the rollout's txids say which, and a wave
+            # may start after its votes were read) or a catch-up's.
+            if isinstance(ev, TxnCommitted | TxnAborted) and ev.version == version:
+                progress.votes[ev.txid] = list(ev.votes)
+            elif isinstance(ev, NodeApplied) and ev.version == version:
+                progress.applied.add(ev.node)
+            progress.seq = max(progress.seq, item.seq)
+        progress.seq = max(progress.seq, last)
+        if self.metrics is not None:
+            self.metrics.rollout_events_read.inc(read)
+
+    # -- the past (docs/design.md §8.10) ---------------------------------------------------------
+
+    async def status_at(self, namespace: str, at: Moment) -> FleetAt:
+        await self.known(namespace)
+        return await self.client.status_at(namespace, at)
+
+    async def why(self, namespace: str, node: str, at: Moment | None = None) -> Why:
+        await self.known(namespace)
+        return await self.client.why(namespace, node, at)
+
+    async def diff_fleet(self, namespace: str, before: Moment, after: Moment) -> FleetDiff:
+        await self.known(namespace)
+        return await self.client.diff_fleet(namespace, before, after)
+
+    async def moments(self) -> tuple[int, int]:
+        """The audit log's first and last sequence: the span a slider over the past covers."""
+        info = await self._stream_info()
+        return max(1, int(info.state.first_seq)), int(info.state.last_seq)
 
     # -- the audit log ----------------------------------------------------------------------------
 
@@ -336,10 +431,12 @@ class Backend:
         )
 
     async def _last_seq(self) -> int:
+        return int((await self._stream_info()).state.last_seq)
+
+    async def _stream_info(self) -> StreamInfo:
         try:
-            info = await self.client.bus.js.stream_info(CFG_EVENTS.name)
+            return await self.client.bus.js.stream_info(CFG_EVENTS.name)
         except nats.js.errors.NotFoundError as exc:
             raise Unavailable(f"no {CFG_EVENTS.name} stream: is confbus provisioned?") from exc
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             raise Unavailable(f"JetStream is not answering: {exc!r}") from exc
-        return int(info.state.last_seq)

@@ -1,4 +1,5 @@
-"""The console's metrics: requests by route and status class, their time, open event streams."""
+"""The console's metrics: requests by route and status class, their time, open event streams,
+and the audit-log events its rollout pages read."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ class ConsoleMetrics:
             metric_name("console", "request_seconds"),
             "Time to answer a request (an event stream: until its headers).",
             ["route"],
+            registry=registry,
+        )
+        self.rollout_events_read = Counter(
+            metric_name("console", "rollout_events_read"),
+            "Audit-log events read to bring rollout pages up to date (each only once).",
             registry=registry,
         )
         self.streams = Gauge(

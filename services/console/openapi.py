@@ -17,13 +17,14 @@ from confbus.console import apitypes as t
 from confbus.console.api import OPS, PREFIX, Op
 from confbus.console.auth import COOKIE
 from confbus.schemas.api.store import VersionRef
-from confbus.schemas.names import Namespace, VersionNumber
+from confbus.schemas.names import Namespace, NodeId, VersionNumber
 
 REF = "#/components/schemas/{name}"
 PATH_PARAMS: dict[str, tuple[Any, str]] = {
     "ns": (Namespace, "the namespace"),
     "ref": (VersionRef, "a version number, production, last-good or latest"),
     "version": (VersionNumber, "a version number"),
+    "node": (NodeId, "a node id"),
 }
 _PARAM_RE = re.compile(r"{(\w+)}")
 
@@ -126,9 +127,9 @@ def _operation(op: Op, by_kind: dict[Any, Any], components: dict[str, Any]) -> d
 
 _ERRORS = {
     400: "invalid input: malformed JSON, a bad name or value (where says which)",
-    401: "no token, or an unknown or revoked one",
+    401: "no token, or an unknown, revoked or expired one",
     403: "the role does not allow it, a missing CSRF token, or a secret namespace's content",
-    404: "no such namespace, version or rollout",
+    404: "no such namespace, version, rollout or node, or a moment the audit log no longer holds",
     409: "a conflict: someone got there first, or the state does not allow it",
     422: "the change was rejected: the reason and where",
     503: "confbus (the bus or a service) is unavailable: retry",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -23,16 +23,20 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from confbus.client import check_namespace
+from confbus.client import check_namespace, check_node
 from confbus.console import apitypes as t
-from confbus.console.api import decode_error, read_events
+from confbus.console.api import decode_error, moment, read_events
 from confbus.console.auth import (
     COOKIE,
     CSRF_FIELD,
+    LOGIN_COOKIE,
+    LOGIN_FIELD,
     Principal,
     Unauthenticated,
     authenticate,
     check_csrf,
+    check_login,
+    login_nonce,
     require,
 )
 from confbus.console.backend import Backend
@@ -43,6 +47,7 @@ from confbus.schemas.api.store import VersionRef
 from confbus.schemas.names import VersionNumber
 
 SESSION_S = 12 * 3600
+LOGIN_S = 15 * 60  # how long a sign-in page's nonce is good for
 PAGE = 100  # versions per history page unless ?limit= says otherwise
 ACTIONS = ("approve", "reject", "pause", "resume", "abort", "rollback")
 
@@ -67,6 +72,7 @@ class Pages:
             Route("/ns/{ns}/diff", page("diff", diff), methods=["GET"]),
             Route("/ns/{ns}/rollout", page("rollout", rollout), methods=["GET"]),
             Route("/ns/{ns}/fleet", page("fleet", fleet), methods=["GET"]),
+            Route("/ns/{ns}/why/{node}", page("why", why), methods=["GET"]),
             Route("/ns/{ns}/act/{action}", page("act", act), methods=["POST"]),
             Route("/login", self.login, methods=["GET", "POST"]),
             Route("/logout", self.logout, methods=["POST"]),
@@ -96,12 +102,15 @@ class Pages:
         try:
             principal = authenticate(request, request.app.state.tokens)
         except Unauthenticated as exc:
-            if request.method == "GET":
-                target = quote(
-                    request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                )
-                return RedirectResponse(f"/login?next={target}", status_code=303)
-            return self.render(request, "error.html", 401, error=exc)
+            if request.method != "GET":
+                return self.render(request, "error.html", 401, error=exc)
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            if COOKIE not in request.cookies:
+                return RedirectResponse(f"/login?next={quote(here)}", status_code=303)
+            # A session whose token expired or was revoked: say so, and sign in again here.
+            response = self.login_page(request, _local(here), exc)
+            response.delete_cookie(COOKIE)
+            return response
         try:
             if "ns" in request.path_params:
                 check_namespace(request.path_params["ns"])
@@ -123,24 +132,49 @@ class Pages:
     # -- signing in and out ------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
-        form = await _form(request) if request.method == "POST" else {}
-        token = form.get("token") or request.query_params.get("token", "")
-        target = _local(form.get("next") or request.query_params.get("next", "/"))
-        if not token:
-            return self.render(request, "login.html", target=target, error=None)
-        record = request.app.state.tokens.lookup(token)
-        if record is None:
-            error = Unauthenticated("unknown or revoked token", where="token")
-            return self.render(request, "login.html", 401, target=target, error=error)
-        # Redirect at once: the token leaves the address bar (and the browser's history).
+        """The sign-in page (GET), and signing in (POST from that page: its nonce, a token)."""
+        if request.method == "GET":
+            target = _local(request.query_params.get("next", "/"))
+            if request.query_params.get("token"):
+                # A GET that signs in is login CSRF, and a token in the query stays in the
+                # history and the logs: the link carries it after '#', which no request sends.
+                refused = InvalidInput(
+                    "a token in the address is not accepted: paste it here (sign-in links "
+                    "carry it after '#')",
+                    where="token",
+                )
+                return self.login_page(request, target, refused)
+            return self.login_page(request, target)
+        form = await _form(request)
+        target = _local(form.get("next", "/"))
+        token = form.get("token", "").strip()
+        try:
+            check_login(request, form.get(LOGIN_FIELD))
+            if not token:
+                raise Unauthenticated("enter a token", where="token")
+            record = request.app.state.tokens.check(token)
+        except ConfbusError as exc:
+            return self.login_page(request, target, exc)
+        session_s = SESSION_S
+        if record.expires_at is not None:  # the cookie goes when the token does
+            left = (record.expires_at - datetime.now(UTC)).total_seconds()
+            session_s = max(1, min(session_s, int(left)))
         response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, token, max_age=session_s, **_cookie_flags(request))
+        response.delete_cookie(LOGIN_COOKIE, path="/login")
+        return response
+
+    def login_page(
+        self, request: Request, target: str, error: ConfbusError | None = None
+    ) -> HTMLResponse:
+        """The sign-in form, with a new nonce in a hidden field and in a cookie of its own."""
+        nonce = login_nonce()
+        status = error.code if error is not None else 200
+        response = self.render(
+            request, "login.html", status, target=target, error=error, nonce=nonce
+        )
         response.set_cookie(
-            COOKIE,
-            token,
-            max_age=SESSION_S,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
+            LOGIN_COOKIE, nonce, max_age=LOGIN_S, path="/login", **_cookie_flags(request)
         )
         return response
 
@@ -208,10 +242,27 @@ async def rollout(request: Request, who: Principal, backend: Backend) -> tuple[s
 
 
 async def fleet(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
+    """A namespace's fleet now, or (``?at=``) as it was at a past moment; the full page also
+    has the slider over the audit log's sequences that picks the moment."""
     ns = request.path_params["ns"]
-    status = await backend.fleet(ns)
-    name = "fleet_live.html" if request.query_params.get("part") == "live" else "fleet.html"
-    return name, {"ns": ns, "fleets": [status]}
+    at = request.query_params.get("at", "")
+    ctx: dict[str, Any] = {"ns": ns, "fleets": [], "past": None}
+    if at:
+        ctx["past"] = await backend.status_at(ns, moment(at, "at"))
+    else:
+        ctx["fleets"] = [await backend.fleet(ns)]
+    if request.query_params.get("part") == "live":
+        return "fleet_live.html", ctx
+    first, last = await backend.moments()
+    return "fleet.html", {**ctx, "at": at, "first": first, "last": last}
+
+
+async def why(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
+    ns = request.path_params["ns"]
+    node = check_node(request.path_params["node"])
+    at = request.query_params.get("at", "")
+    answer = await backend.why(ns, node, moment(at, "at") if at else None)
+    return "why.html", {"ns": ns, "why": answer, "at": at}
 
 
 async def fleet_all(
@@ -227,7 +278,7 @@ async def fleet_all(
         for ns in names:
             tg.start_soon(one, ns)
     name = "fleet_live.html" if request.query_params.get("part") == "live" else "fleet.html"
-    return name, {"ns": None, "fleets": [fleets[ns] for ns in names]}
+    return name, {"ns": None, "fleets": [fleets[ns] for ns in names], "past": None}
 
 
 async def timeline(
@@ -299,6 +350,10 @@ async def _form(request: Request) -> dict[str, str]:
         raise InvalidInput("the form is too large", where="form")
     parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
     return {k: v[-1] for k, v in parsed.items()}
+
+
+def _cookie_flags(request: Request) -> dict[str, Any]:
+    return {"httponly": True, "samesite": "strict", "secure": request.url.scheme == "https"}
 
 
 def _local(target: str) -> str:

@@ -74,7 +74,7 @@ def build_app(backend: Backend, token_store: TokenStore, metrics: ConsoleMetrics
 
 def http_app(ctx: ServiceContext) -> Starlette:
     metrics = ConsoleMetrics(ctx.registry)
-    return build_app(Backend(ctx.bus), TokenStore(tokens_path(ctx.args)), metrics)
+    return build_app(Backend(ctx.bus, metrics), TokenStore(tokens_path(ctx.args)), metrics)
 
 
 async def run(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:

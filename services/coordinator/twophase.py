@@ -7,14 +7,13 @@ and lets anyone answer "what happened to txid X?" from the head and the decision
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import anyio
 import msgspec
@@ -37,6 +36,8 @@ from confbus.schemas.api.txn import ResolveReply, SwitchReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import VoteRecord
 from confbus.schemas.names import Format
+from confbus.schemas.sealing import content_sha256
+from confbus.schemas.signing import Signature
 from confbus.schemas.txn import Decision, Prepare, TxnHead, Vote, VoteAck, decode_vote
 
 log = logging.getLogger("confbus.coordinator")
@@ -51,6 +52,15 @@ DECIDED = ("committed", "aborted")
 
 def new_txid(epoch: int) -> str:
     return f"e{epoch}-{secrets.token_hex(8)}"
+
+
+class _Fetched(NamedTuple):
+    """A version as the store gave it for a prepare."""
+
+    content: bytes
+    sha256: str
+    format: Format
+    signatures: list[Signature]
 
 
 @dataclass
@@ -181,7 +191,7 @@ class Coordinator:
         participants = sorted(set(nodes))
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
 
-        def fetch() -> Awaitable[tuple[bytes, str, Format]]:
+        def fetch() -> Awaitable[_Fetched]:
             return _riding_out(
                 lambda: self._fetch(namespace, version), f"fetching {namespace} v{version}"
             )
@@ -252,7 +262,7 @@ class Coordinator:
                 fetched = got
             else:
                 head = await starting
-            content, _, fmt = fetched
+            content, _, fmt, signatures = fetched
             txid = ours[0]
             ballot = _Ballot(frozenset(participants))
             started = anyio.current_time()
@@ -270,6 +280,7 @@ class Coordinator:
                     participants=participants,
                     epoch=head.value.epoch,
                     timeout_s=timeout,
+                    signatures=signatures,
                 )
                 await failpoint("coordinator.before_prepare_sent")
                 await _riding_out(
@@ -360,7 +371,7 @@ class Coordinator:
 
         return on_vote
 
-    async def _fetch(self, namespace: str, version: int) -> tuple[bytes, str, Format]:
+    async def _fetch(self, namespace: str, version: int) -> _Fetched:
         reply = await call(
             self.bus, store_api.GET, store_api.GetRequest(namespace=namespace, ref=str(version))
         )
@@ -372,9 +383,11 @@ class Coordinator:
         if reply.content is None:
             raise NotFound(f"{namespace} v{version} has no content")
         # Invariant 4 starts here: bytes that do not match their hash never leave.
-        if hashlib.sha256(reply.content).hexdigest() != info.sha256:
+        # (A sealed secret's sha256 is its plaintext's, declared by the intact envelope: the
+        # agents check the decryption against it.)
+        if content_sha256(reply.content) != info.sha256:
             raise Conflict(f"{namespace} v{version}: stored bytes do not match sha256")
-        return reply.content, info.sha256, info.format
+        return _Fetched(reply.content, info.sha256, info.format, reply.signatures)
 
     # -- recovery -----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from confbus.distributor.intent import Intents
-from confbus.distributor.membership import Membership
+from confbus.distributor.membership import Membership, MembershipKeeper
 from confbus.distributor.repairs import Repairs
 from confbus.distributor.rollouts import Rollouts
 from confbus.distributor.targets import Targets
@@ -32,6 +32,7 @@ class DistApi:
     rollouts: Rollouts
     intents: Intents
     repairs: Repairs
+    keeper: MembershipKeeper
 
     async def status(self, req: api.StatusRequest) -> api.StatusReply:
         ns = req.namespace
@@ -89,10 +90,15 @@ class DistApi:
 
         return handle
 
+    async def forget(self, req: api.ForgetRequest) -> api.ForgetReply:
+        namespaces = await self.keeper.forget(req.node, req.actor, req.reason)
+        return api.ForgetReply(node=req.node, namespaces=namespaces)
+
     def endpoints(self) -> list[Endpoint[Any, Any]]:
         return [
             Endpoint(api.STATUS, self.status),
             Endpoint(api.ROLLOUT, self.rollout),
+            Endpoint(api.FORGET, self.forget),
             *(Endpoint(op, self.control(op), concurrent=True) for op in api.CONTROLS.values()),
         ]
 

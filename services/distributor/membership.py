@@ -16,7 +16,9 @@ heard no one at all — our connection down, a broker restarting — does not co
 nodes afterwards either: their last heartbeats are moved on by it when hearing resumes, and
 the rollout driver waits for the first heartbeat before it judges anyone (``warm``). A node gone for
 ``forget_after_s`` is forgotten: its records are deleted, so an agent that never returns pins
-nothing.
+nothing. An operator may forget a node that is not live sooner (``confbus forget``, op
+``dist.forget``). Either way ``node.forgotten`` is said in each namespace it followed, and every
+replica drops it from its view on that event.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ import anyio
 from confbus.distributor.metrics import DistributorMetrics
 from confbus.distributor.strategy import matches
 from confbus.runtime.bus import Bus
-from confbus.runtime.errors import ConfbusError
+from confbus.runtime.errors import ConfbusError, Conflict, NotFound
 from confbus.runtime.events import emit
 from confbus.runtime.kv import StateKV
 from confbus.runtime.leases import Leases
 from confbus.schemas.api.dist import Liveness
-from confbus.schemas.events import NodeDuplicate, NodeStatusChanged
+from confbus.schemas.events import NodeDuplicate, NodeForgotten, NodeStatusChanged
 from confbus.schemas.node import Heartbeat, NamespaceState, claim
 from confbus.schemas.state import NODES, NodeRecord, decode_node, node_key, target_key
 
@@ -178,6 +180,13 @@ class Membership:
 
     def get(self, node: str) -> Member | None:
         return self.members.get(node)
+
+    def forgotten(self, node: str) -> None:
+        """Another replica forgot ``node`` (``node.forgotten``): drop it, unless it has
+        spoken since (a node that came back is a member again)."""
+        member = self.members.get(node)
+        if member is not None and member.liveness(time.monotonic()) != "live":
+            del self.members[node]
 
     def liveness(self, node: str) -> Liveness | None:
         m = self.members.get(node)
@@ -462,12 +471,31 @@ class MembershipKeeper:
                 log.warning("could not announce node status", extra={"error": str(exc)})
 
     async def _forget(self, member: Member) -> None:
-        log.info("forgetting gone node", extra={"node": member.node})
         try:
-            for ns in member.states:
-                await self.kv.delete(target_key(ns, member.node))
-            await self.kv.delete(node_key(member.node))
+            await self.forget(member.node, self.instance, f"gone for over {self.forget_after_s:g}s")
         except ConfbusError as exc:
             log.warning("could not forget node", extra={"node": member.node, "error": str(exc)})
-            return
-        self.membership.members.pop(member.node, None)
+
+    async def forget(self, node: str, actor: str, reason: str) -> list[str]:
+        """Forget ``node``, which must not be live: delete its record and targets, say
+        ``node.forgotten`` in each namespace it followed, drop it from this view. Returns
+        those namespaces."""
+        member = self.membership.get(node)
+        if member is None:
+            raise NotFound(f"no node {node!r} is known (nothing to forget)")
+        liveness = member.liveness(time.monotonic())
+        if liveness == "live":
+            raise Conflict(
+                f"node {node!r} is live (its agent heartbeats): stop its agent first, then "
+                "forget it once it is no longer live"
+            )
+        log.info("forgetting node", extra={"node": node, "actor": actor, "reason": reason})
+        namespaces = sorted(member.states)
+        for ns in namespaces:
+            await self.kv.delete(target_key(ns, node))
+        await self.kv.delete(node_key(node))
+        self.membership.members.pop(node, None)
+        for ns in namespaces:
+            event = NodeForgotten(namespace=ns, node=node, actor=actor, reason=reason)
+            await emit(self.bus, event, msg_id=f"node-forgotten:{node}:{ns}:{member.recorded_rev}")
+        return namespaces

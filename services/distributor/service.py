@@ -46,6 +46,7 @@ from confbus.schemas.api.dist import decode_rollout_info
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import (
     AnyEvent,
+    NodeForgotten,
     RollbackStarted,
     TxnCommitted,
     VersionApproved,
@@ -178,6 +179,14 @@ class Distributor:
 
         return on_heartbeat
 
+    async def on_forgotten(self, msg: Msg) -> None:
+        try:
+            ev = decode_event(msg.data)
+        except DECODE_ERRORS:
+            return
+        if isinstance(ev, NodeForgotten):
+            self.membership.forgotten(ev.node)
+
     async def on_versions(self, batch: Sequence[Delivery[AnyEvent]]) -> None:
         for item in batch:
             ev = item.value
@@ -268,6 +277,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         await tg.start(d.leases.keep)
         tg.start_soon(d.leases.pursue, d.wanted_leases)
         await ctx.bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=d.heartbeat_handler(tg))
+        await ctx.bus.nc.subscribe(subjects.NODES_FORGOTTEN, cb=d.on_forgotten)
         await tg.start(d.consumer("distributor", "cfg.event.*.version.>", d.on_versions).run)
         await tg.start(d.consumer("distributor-txn", "cfg.event.*.txn.committed", d.on_txns).run)
         await tg.start(
@@ -277,7 +287,9 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         tg.start_soon(d.driver.supervise, tg)
         svc = await serve_api(
             ctx.bus,
-            DistApi(d.membership, d.targets, d.rollouts, d.intents, d.repairs).endpoints(),
+            DistApi(
+                d.membership, d.targets, d.rollouts, d.intents, d.repairs, d.keeper
+            ).endpoints(),
             tg=tg,
         )
         task_status.started()

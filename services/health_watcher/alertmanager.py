@@ -23,6 +23,7 @@ version-store cannot be reached — Alertmanager retries, and the ids make the r
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -168,11 +169,21 @@ def _json(status: int, payload: dict[str, object]) -> Response:
     return Response(status, json.dumps(payload).encode())
 
 
+def _authorized(req: Request, token: str) -> bool:
+    scheme, _, given = req.headers.get("authorization", "").partition(" ")
+    # Constant time: the comparison must not tell how much of a guess was right.
+    expected = token.encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+
 @dataclass
 class Receiver:
     bus: Bus
     catalog: Catalog
     metrics: WatcherMetrics
+    # Alerts start rollbacks: with a token, only a caller presenting it is heard
+    # (Alertmanager's ``http_config.authorization: {credentials_file: …}`` sends it).
+    token: str | None = None
 
     async def handle(self, req: Request) -> Response:
         resp = await self._handle(req)
@@ -180,6 +191,9 @@ class Receiver:
         return resp
 
     async def _handle(self, req: Request) -> Response:
+        if self.token is not None and not _authorized(req, self.token):
+            log.warning("webhook refused: no valid bearer token")
+            return _json(401, {"error": "a bearer token is required (Authorization: Bearer …)"})
         try:
             alerts = decode(req.body)
             for ns in sorted({a.namespace for a in alerts}):

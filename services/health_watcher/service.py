@@ -23,6 +23,7 @@ import os
 import socket
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import httpx
@@ -70,6 +71,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=int(env("CONFBUS_ALERTMANAGER_PORT", "0")),
         help="port of the Alertmanager webhook receiver, POST /alertmanager "
         "(env CONFBUS_ALERTMANAGER_PORT; 0: a free port, printed in the ready line)",
+    )
+    parser.add_argument(
+        "--alertmanager-token-file",
+        default=env("CONFBUS_ALERTMANAGER_TOKEN_FILE") or None,
+        metavar="FILE",
+        help="require this bearer token on the receiver (Alertmanager's http_config."
+        "authorization credentials_file; env CONFBUS_ALERTMANAGER_TOKEN_FILE)",
     )
     parser.add_argument(
         "--lease-ttl",
@@ -218,7 +226,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     )
     reader = SampleReader(bus, store, metrics)
     scraper = TargetScraper(bus, leases, policies, directory, metrics)
-    receiver = Receiver(bus, catalog, metrics)
+    receiver = Receiver(bus, catalog, metrics, token=_read_token(args.alertmanager_token_file))
     am_http = HttpServer(ctx.registry, host=ctx.settings.http_host, port=args.alertmanager_port)
     am_http.route("POST", PATH, receiver.handle)
     hb_sub = await bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=on_heartbeat)
@@ -250,3 +258,12 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             except Exception:  # the connection may already be gone
                 pass
             await http.aclose()
+
+
+def _read_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    token = Path(path).read_text().strip()
+    if not token:
+        raise SystemExit(f"health-watcher: {path} holds no token")
+    return token

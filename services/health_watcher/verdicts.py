@@ -132,7 +132,7 @@ class Verdicts:
                     nodes=list(nodes),
                     verdict=j.verdict,
                     samples=j.samples,
-                    actor=f"health-watcher/{self.instance}",
+                    actor=self.instance,
                     reason=reason[:2000],
                     rules=rules,
                 ),

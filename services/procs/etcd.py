@@ -5,25 +5,36 @@ tests' clusters and the store benchmark's single member.
 ``<log_dir>/etcd-e1.log``), ``start`` runs them and returns once every one says it is healthy
 (a leader exists). A member restarted on the same data dir rejoins with what it has there:
 ``--initial-cluster`` only matters the first time. Every wait polls ``/health`` with a deadline.
+
+With ``tls`` (a ``TlsFiles`` per member) a member serves its client and its peer port over TLS
+only, and takes only clients and peers with a certificate from the same CA
+(``--client-cert-auth``, ``--peer-client-cert-auth``); a peer must moreover be a member, its
+certificate's common name ``PEER_CN``. ``/health`` is then polled over HTTPS with the member's
+own certificate.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confbus.procs import spawn
 from confbus.procs.ports import free_ports
+from confbus.procs.tls import TlsFiles
 
 ETCD_HINT = "install etcd-server (apt-get install -y etcd-server)"
+# The common name of every member's certificate: a peer must present it (--peer-cert-allowed-cn),
+# so a client's certificate from the same CA does not make its holder a member.
+PEER_CN = "etcd-peer"
 
 
 def etcd_binary() -> str | None:
@@ -45,21 +56,28 @@ class EtcdMember(spawn.Server):
     fast_election: bool = False
     pass_fds: tuple[int, ...] = ()  # ``confbus up``'s data-dir lock, as for nats-server
     die_with_parent: bool = True  # see spawn.py
+    tls: TlsFiles | None = None  # its certificate (common name PEER_CN) and the cluster's CA
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
     def argv(self, binary: str) -> list[str]:
+        client_url = f"{self.scheme}://{self.endpoint}"
+        peer_url = f"{self.scheme}://127.0.0.1:{self.peer_port}"
         argv = [
             binary,
             "--name", self.name,
             "--data-dir", str(self.data_dir),
-            "--listen-client-urls", f"http://{self.endpoint}",
-            "--advertise-client-urls", f"http://{self.endpoint}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", self.initial_cluster,
             "--initial-cluster-token", self.token,
             "--initial-cluster-state", "new",
@@ -69,6 +87,17 @@ class EtcdMember(spawn.Server):
         if self.fast_election:
             # Failover in well under a second on loopback, so fault tests stay quick.
             argv += ["--heartbeat-interval", "50", "--election-timeout", "500"]
+        if self.tls is not None:
+            # (--trusted-ca-file alone already makes etcd ask for client certificates;
+            # --client-cert-auth says so to whoever reads the command line)
+            ca, cert, key = (str(p) for p in (self.tls.ca, self.tls.cert, self.tls.key))
+            argv += [
+                "--cert-file", cert, "--key-file", key,
+                "--trusted-ca-file", ca, "--client-cert-auth",
+                "--peer-cert-file", cert, "--peer-key-file", key,
+                "--peer-trusted-ca-file", ca, "--peer-client-cert-auth",
+                "--peer-cert-allowed-cn", PEER_CN,
+            ]  # fmt: skip
         return argv
 
     def start(self) -> None:
@@ -95,10 +124,10 @@ class EtcdMember(spawn.Server):
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as r:
-                return bool(json.loads(r.read()).get("health") == "true")
+            body = gateway(self.endpoint, "/health", self.tls, post=False)
         except (OSError, ValueError, urllib.error.URLError):
             return False
+        return bool(body.get("health") == "true")
 
     def log_tail(self, n: int = 15) -> str:
         try:
@@ -123,15 +152,19 @@ class EtcdCluster:
         token: str = "",
         fast_election: bool = False,
         pass_fds: tuple[int, ...] = (),
+        tls: Mapping[str, TlsFiles] | None = None,
     ) -> EtcdCluster:
         """``size`` members under ``root`` (not started), on the ports given or on free ones
-        below the ephemeral range (members dial each other's peer ports while starting)."""
+        below the ephemeral range (members dial each other's peer ports while starting);
+        with ``tls``, each member (``e1``, …) serves TLS with its files there."""
         if not client_ports or not peer_ports:
             ports = free_ports(2 * size)
             client_ports, peer_ports = ports[:size], ports[size:]
         names = [f"e{i + 1}" for i in range(size)]
+        scheme = "https" if tls else "http"
         initial = ",".join(
-            f"{name}=http://127.0.0.1:{peer}" for name, peer in zip(names, peer_ports, strict=True)
+            f"{name}={scheme}://127.0.0.1:{peer}"
+            for name, peer in zip(names, peer_ports, strict=True)
         )
         logs = log_dir or root
         return cls(
@@ -146,6 +179,7 @@ class EtcdCluster:
                     token or f"confbus-{root.resolve()}",  # unique to this cluster
                     fast_election,
                     pass_fds,
+                    tls=tls[name] if tls else None,
                 )
                 for name, client, peer in zip(names, client_ports, peer_ports, strict=True)
             ]
@@ -200,13 +234,15 @@ class EtcdCluster:
             m.stop(timeout)
 
 
-def leader_name(endpoints: Sequence[str], follower: bool = False) -> str | None:
+def leader_name(
+    endpoints: Sequence[str], follower: bool = False, tls: TlsFiles | None = None
+) -> str | None:
     """The name (e1, e2, …) of the member that leads now — or, with ``follower``, of one that
     does not — asked of the first member that answers; None while there is no leader."""
     for endpoint in endpoints:
         try:
-            status = _post(endpoint, "/v3/maintenance/status")
-            members = _post(endpoint, "/v3/cluster/member/list")["members"]
+            status = gateway(endpoint, "/v3/maintenance/status", tls)
+            members = gateway(endpoint, "/v3/cluster/member/list", tls)["members"]
         except (OSError, ValueError, KeyError):
             continue
         names = {str(m["ID"]): str(m["name"]) for m in members}
@@ -218,9 +254,18 @@ def leader_name(endpoints: Sequence[str], follower: bool = False) -> str | None:
     return None
 
 
-def _post(endpoint: str, path: str) -> dict[str, Any]:
-    """etcd's JSON gateway (no client library needed)."""
-    req = urllib.request.Request(f"http://{endpoint}{path}", data=b"{}", method="POST")
-    with urllib.request.urlopen(req, timeout=2) as r:
+def gateway(
+    endpoint: str, path: str, tls: TlsFiles | None = None, *, post: bool = True
+) -> dict[str, Any]:
+    """etcd's JSON gateway (no client library needed): over HTTPS with ``tls``'s certificate,
+    verified against its CA, when the member serves TLS."""
+    scheme = "https" if tls is not None else "http"
+    context: ssl.SSLContext | None = tls.client_context() if tls is not None else None
+    req = urllib.request.Request(
+        f"{scheme}://{endpoint}{path}",
+        data=b"{}" if post else None,
+        method="POST" if post else "GET",
+    )
+    with urllib.request.urlopen(req, timeout=2, context=context) as r:
         body: dict[str, Any] = json.loads(r.read())
     return body

@@ -4,21 +4,32 @@ Used by ``confbus up``, the tests and the benchmarks: all need the same configur
 JetStream with ``sync_interval: always`` (without it JetStream acks before it fsyncs, and
 Jepsen's NATS 2.12.1 analysis lost acknowledged writes that way) and a ``max_payload``
 large enough for a 1 MiB config after base64.
+
+With ``tls`` the server takes only TLS on every port it has: clients (who authenticate with a
+user and password from the ``extra_config`` include), monitoring (``https``) and, in a cluster,
+routes — which must also present a certificate from the same CA (``verify``) and the route
+credentials of ``ClusterPeer``. The config file is then 0600: its routes carry that password.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from confbus.procs import spawn
+from confbus.procs.tls import TlsFiles
 from confbus.schemas.streams import MAX_PAYLOAD
+
+MAX_PENDING = 64 * 1024 * 1024
 
 _LISTEN_RE = re.compile(r"Listening for client connections on ([0-9.]+):(\d+)")
 
@@ -40,6 +51,51 @@ class ClusterPeer:
     cluster_name: str
     cluster_port: int
     routes: list[str]
+    # Route credentials: every server of the cluster accepts only routes that present them,
+    # and dials its routes with them.
+    user: str = ""
+    password: str = field(default="", repr=False)
+
+    def lines(self) -> list[str]:
+        """Its routes, and with credentials what it accepts (inside ``cluster {}``)."""
+        if self.user:
+            return route_login(self.user, self.password, self.routes)
+        return [f"routes: [{', '.join(quote(r) for r in self.routes)}]"]
+
+
+def route_login(user: str, password: str, routes: Sequence[str]) -> list[str]:
+    """The ``cluster {}`` lines of a cluster whose routes log in: the login this server accepts,
+    and each route (``nats://host:port``) dialled with it (``nats-route://user:pass@host:port``)
+    — ``confbus up --ha --secure`` writes them into each server's config, ``python -m
+    confbus.cli.security --nats-host`` into an include for a cluster run elsewhere."""
+    u, p = (urllib.parse.quote(v, safe="") for v in (user, password))
+    urls = [f"nats-route://{u}:{p}@{urllib.parse.urlsplit(r).netloc}" for r in routes]
+    return [
+        f"authorization {{user: {quote(user)}, password: {quote(password)}, timeout: 2}}",
+        f"routes: [{', '.join(quote(url) for url in urls)}]",
+    ]
+
+
+def tls_block(
+    cert: Path, key: Path, ca: Path | None = None, *, verify: bool = False, indent: str = ""
+) -> list[str]:
+    """nats-server's ``tls {}``: this certificate; with ``verify``, the other side must present
+    one signed by ``ca`` too."""
+    lines = [
+        "tls {",
+        f"  cert_file: {quote(cert)}",
+        f"  key_file: {quote(key)}",
+        *([f"  ca_file: {quote(ca)}"] if ca is not None else []),
+        *(["  verify: true"] if verify else []),
+        "  timeout: 2",
+        "}",
+    ]
+    return [indent + line for line in lines]
+
+
+def quote(value: object) -> str:
+    """A string in nats-server's config: JSON's escapes; never read as a $variable."""
+    return json.dumps(str(value))
 
 
 @dataclass
@@ -52,6 +108,7 @@ class NatsServer(spawn.Server):
     monitor_port: int | None = None
     cluster: ClusterPeer | None = None
     gateway: str = ""  # raw gateway block for multi-DC tests
+    tls: TlsFiles | None = None  # TLS on every port; routes verified against its CA too
     extra_config: str = ""
     log_file: Path | None = None
     # Descriptors the server inherits: ``confbus up`` passes its data-dir lock, so the
@@ -74,26 +131,36 @@ class NatsServer(spawn.Server):
         lines = [
             f'listen: "{self.host}:{self.port}"',
             f"max_payload: {MAX_PAYLOAD}",
-            # A 4 MiB message plus headers must fit in one client buffer.
-            f"max_pending: {4 * MAX_PAYLOAD}",
+            # What the server buffers for one client before it cuts it off as a slow consumer.
+            # JetStream lets a flow-controlled push consumer (every ordered consumer: replay,
+            # agents catching up, the historian) run 32 MiB ahead of its client; a smaller
+            # buffer cuts a client that reads a long backlog while busy. 64 MiB is the NATS
+            # default, and holds a 4 MiB message many times over.
+            f"max_pending: {MAX_PENDING}",
             "jetstream {",
             f'  store_dir: "{store}"',
             "  sync_interval: always",
             "}",
         ]
+        if self.tls is not None:
+            # Clients log in with a password, not a certificate: no verify.
+            lines += tls_block(self.tls.cert, self.tls.key, self.tls.ca)
         if self.monitor_port is not None:
-            lines.append(f'http: "{self.host}:{self.monitor_port}"')
+            scheme = "https" if self.tls is not None else "http"
+            lines.append(f'{scheme}: "{self.host}:{self.monitor_port}"')
         if self.cluster is not None:
-            c = self.cluster
+            c, tls = self.cluster, self.tls
             lines.append(f'server_name: "{c.name}"')
-            routes = ", ".join(f'"{r}"' for r in c.routes)
             lines += [
                 "cluster {",
                 f'  name: "{c.cluster_name}"',
                 f'  listen: "{self.host}:{c.cluster_port}"',
-                f"  routes: [{routes}]",
-                "}",
             ]
+            if tls is not None:  # a route presents a certificate from the CA, and the login
+                # (nats-server verifies routes whatever `verify` says; it is here for readers)
+                lines += tls_block(tls.cert, tls.key, tls.ca, verify=True, indent="  ")
+            lines += [f"  {line}" for line in c.lines()]
+            lines.append("}")
         if self.gateway:
             lines.append(self.gateway)
         if self.extra_config:
@@ -111,7 +178,11 @@ class NatsServer(spawn.Server):
         """Write the config and start the process; ``wait_ready`` waits for it to serve."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(self.config_text())
+        # 0600 from the first byte: the routes of a secured cluster carry their password.
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.config_text())
+        os.chmod(conf, 0o600)  # also when it existed with a looser mode
         log = self.log_file or (self.data_dir / "nats-server.log")
         log.write_bytes(b"")
         self._log = log

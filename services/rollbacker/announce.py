@@ -74,6 +74,7 @@ class Announcer:
             batch=result.index,
             nodes=result.nodes,
             healthy_share=result.healthy_share,
+            txids=result.txids,
         )
         msg_id = f"rollback:{rb.rollback_id}:batch:{result.index}"
         await emit(self.peers.bus, ev, msg_id=msg_id)

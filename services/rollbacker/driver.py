@@ -24,7 +24,6 @@ replica resumes where the record says, never doubling anything.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -45,12 +44,15 @@ from confbus.rollbacker.suspect import revoke_reason
 from confbus.runtime.errors import ConfbusError, Fenced, Unavailable
 from confbus.runtime.failpoints import failpoint
 from confbus.runtime.leases import Leases, NotHeld
+from confbus.runtime.signing import SigningKey
 from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
 from confbus.schemas.api.health import VerdictReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
 from confbus.schemas.policy import Policy
+from confbus.schemas.sealing import content_sha256
 from confbus.schemas.state import BatchResult, Rollback
 
 log = logging.getLogger("confbus.rollbacker")
@@ -67,6 +69,8 @@ class DriverConfig:
     create_timeout_s: float = 120.0  # for the version-store to store the rollback version
     switch_attempts: int = 3
     retry_cap_s: float = 5.0
+    # Signs rollback versions of signed namespaces (agents trust it as a rollbacker key).
+    signing_key: SigningKey | None = None
 
 
 class _Stuck(Exception):
@@ -184,17 +188,19 @@ class Driver:
         target = await self._retrying(self.peers.version, ns, rb.to_version, content=True)
         if target is None or target.content is None:
             raise _Stuck(-1, f"version {rb.to_version} of {ns} is not in the version-store")
-        if hashlib.sha256(target.content).hexdigest() != target.info.sha256:
+        if content_sha256(target.content) != target.info.sha256:
             raise _Stuck(-1, f"the stored bytes of v{rb.to_version} do not match their sha256")
         change = ChangeProposed(
             namespace=ns,
             change_id=rb.change_id,
             content=target.content,
             format=target.info.format,
-            author="rollbacker",
+            author=self.peers.actor,  # the replica: who asked is the rollback's actor
             message=f"rollback to v{rb.to_version} ({rb.rollback_id}): {rb.reason}"[:1000],
             rollback_of=rb.to_version,
         )
+        if policy.signing is not None and policy.signing.threshold > 0:
+            change = await self._signed(change, target)
         new_version = await self._store_version(change)
         info = await self._retrying(self.peers.version, ns, new_version)
         if info is None:
@@ -227,6 +233,30 @@ class Driver:
         await self.announce.started(rb, policy)
         self.metrics.rollbacks.labels("started").inc()
         return rb
+
+    async def _signed(
+        self, change: ChangeProposed, target: store_api.VersionReply
+    ) -> ChangeProposed:
+        """The rollback change of a signed namespace: it carries the restored version's own
+        signatures, and ours for the new number (docs/design.md §7.6)."""
+        key = self.config.signing_key
+        if key is None:
+            raise _Stuck(
+                -1,
+                f"{change.namespace} requires signed versions and this rollbacker has no "
+                "signing key (--signing-key): agents would refuse the rollback",
+            )
+        latest = await self._retrying(self.peers.version, change.namespace, "latest")
+        base = 0 if latest is None else latest.info.version
+        own = key.sign(
+            change.namespace,
+            base + 1,
+            target.info.sha256,
+            target.info.format,
+            change.change_id,
+            rollback_of=target.info.version,
+        )
+        return msgspec.structs.replace(change, base=base, signatures=[*target.signatures, own])
 
     async def _store_version(self, change: ChangeProposed) -> int:
         """Propose the change and wait until the version-store has stored it (the version

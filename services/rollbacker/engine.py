@@ -114,7 +114,9 @@ class Engine:
                 "detail": judged.detail,
             },
         )
-        await announce_judgement(self.peers.bus, alert, judged, redelivered=redelivered)
+        await announce_judgement(
+            self.peers.bus, alert, judged, actor=self.instance, redelivered=redelivered
+        )
         return judged.outcome
 
     async def _judge(self, alert: Alert) -> Judged:
@@ -270,8 +272,8 @@ class Engine:
             namespace=alert.namespace,
             trigger="alert",
             alert_id=alert.alert_id,
-            actor=f"rollbacker (alert from {alert.source})",
-            reason=f"alert {alert.alert_id}: {what}"[:500],
+            actor=self.instance,
+            reason=f"alert {alert.alert_id} from {alert.source}: {what}"[:500],
             from_version=facts.from_version,
             to_version=to_version,
             to_sha256=facts.last_good.info.sha256 if facts.last_good else "",

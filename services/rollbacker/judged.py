@@ -43,7 +43,7 @@ class Judged:
         return cls(DUPLICATE, detail, version, earlier.rollback_id, earlier)
 
 
-def judgement_event(alert: Alert, judged: Judged, actor: str = "rollbacker") -> AlertJudgement:
+def judgement_event(alert: Alert, judged: Judged, actor: str) -> AlertJudgement:
     kind: type[AlertJudgement]
     if judged.outcome == "started":
         kind = AlertActed
@@ -65,7 +65,7 @@ def judgement_event(alert: Alert, judged: Judged, actor: str = "rollbacker") -> 
 
 
 async def announce_judgement(
-    bus: Bus, alert: Alert, judged: Judged, *, redelivered: bool = False
+    bus: Bus, alert: Alert, judged: Judged, *, actor: str, redelivered: bool = False
 ) -> None:
     """Emit the judgement's event. A failure is logged, not raised: the decision is in the
     ledger already, and a nak would only make the alert a duplicate of itself."""
@@ -77,11 +77,11 @@ async def announce_judgement(
             judged.version,
             judged.earlier.rollback_id,
         )
-        event, msg_id = judgement_event(alert, again), first
+        event, msg_id = judgement_event(alert, again, actor), first
     elif judged.outcome == DUPLICATE:
-        event, msg_id = judgement_event(alert, judged), None  # each re-send is one more
+        event, msg_id = judgement_event(alert, judged, actor), None  # each re-send is one more
     else:
-        event, msg_id = judgement_event(alert, judged), first
+        event, msg_id = judgement_event(alert, judged, actor), first
     try:
         await emit(bus, event, msg_id=msg_id)
     except (ConfbusError, nats.errors.Error) as exc:

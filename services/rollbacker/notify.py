@@ -31,6 +31,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from confbus.rollbacker import webhook_signing
 from confbus.rollbacker.mail import MailError, message, send_mail, where
 from confbus.schemas.policy import MailTarget
 
@@ -97,7 +98,9 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
 
 
-async def post_json(url: str, body: bytes, timeout: float) -> int:
+async def post_json(
+    url: str, body: bytes, timeout: float, headers: dict[str, str] | None = None
+) -> int:
     """One HTTP(S) POST with ``Connection: close``; returns the status code."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -111,7 +114,8 @@ async def post_json(url: str, body: bytes, timeout: float) -> int:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nUser-Agent: confbus-rollbacker\r\n"
-        "Connection: close\r\n\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        + "Connection: close\r\n\r\n"
     )
     with anyio.fail_after(timeout):
         stream: anyio.abc.ByteStream
@@ -167,6 +171,8 @@ class Notifier:
     backoff_cap_s: float = 30.0
     queue_size: int = 1000
     concurrency: int = 32
+    # Signs every post (confbus.rollbacker.webhook_signing) when set.
+    webhook_secret: bytes | None = None
     _send: MemoryObjectSendStream[Notification] | None = field(default=None, init=False)
     _recv: MemoryObjectReceiveStream[Notification] | None = field(default=None, init=False)
     _sent: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
@@ -269,7 +275,12 @@ class Notifier:
     async def _attempt(self, url: str, body: bytes) -> tuple[str, str]:
         with self.metrics.seconds.time():
             try:
-                status = await post_json(url, body, self.attempt_timeout_s)
+                headers = (
+                    {}
+                    if self.webhook_secret is None
+                    else {webhook_signing.HEADER: webhook_signing.sign(self.webhook_secret, body)}
+                )
+                status = await post_json(url, body, self.attempt_timeout_s, headers)
             except TimeoutError:
                 return "timeout", f"no answer within {self.attempt_timeout_s}s"
             except (OSError, WebhookError, anyio.BrokenResourceError, ssl.SSLError) as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,6 +29,7 @@ from confbus.runtime.kv import StateKV
 from confbus.runtime.leases import Leases
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.service import ServiceContext
+from confbus.runtime.signing import SigningKey
 from confbus.schemas.api import rollback as api
 from confbus.schemas.events import AnyEvent, decode_event
 from confbus.schemas.health import Alert, decode_alert
@@ -65,6 +68,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--webhook-timeout", type=float, default=5.0, help="per attempt, seconds")
     g.add_argument("--webhook-attempts", type=int, default=5)
     g.add_argument("--webhook-backoff", type=float, default=0.5, help="first retry delay, seconds")
+    g.add_argument(
+        "--webhook-secret-file",
+        default=os.environ.get("CONFBUS_WEBHOOK_SECRET_FILE") or None,
+        metavar="FILE",
+        help="sign every webhook with this shared secret (header Confbus-Signature: t=…,v1=HMAC; "
+        "env CONFBUS_WEBHOOK_SECRET_FILE)",
+    )
+    g.add_argument(
+        "--signing-key",
+        type=Path,
+        default=os.environ.get("CONFBUS_ROLLBACKER_SIGNING_KEY") or None,
+        metavar="FILE",
+        help="Ed25519 key (confbus keys new) that signs rollback versions of signed namespaces; "
+        "agents list its public key among their rollbackers (env CONFBUS_ROLLBACKER_SIGNING_KEY)",
+    )
 
 
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
@@ -76,16 +94,18 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         attempts=args.webhook_attempts,
         attempt_timeout_s=args.webhook_timeout,
         backoff_base_s=args.webhook_backoff,
+        webhook_secret=_read_secret(args.webhook_secret_file),
     )
-    peers = Peers(ctx.bus, actor=f"rollbacker:{instance}")
+    peers = Peers(ctx.bus, actor=instance)
     state = await StateKV.open(ctx.bus, CFG_STATE)
     ledgers = Ledgers(state)
     leases = Leases(state.kv, ROLE, instance, ttl_s=args.lease)
-    announcer = Announcer(peers, notifier, actor=f"rollbacker:{instance}")
+    announcer = Announcer(peers, notifier, actor=instance)
     config = DriverConfig(
         verify_timeout_s=args.verify_timeout,
         verify_interval_s=args.verify_interval,
         create_timeout_s=args.create_timeout,
+        signing_key=None if args.signing_key is None else SigningKey.load(Path(args.signing_key)),
     )
     driver = Driver(peers, ledgers, leases, announcer, metrics, instance, config)
 
@@ -131,3 +151,8 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             # A clean stop hands the namespaces over at once instead of after the lease.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await leases.release_all()
+
+
+def _read_secret(path: str | None) -> bytes | None:
+    """Read once at start (a blocking read of a small file, before anything serves)."""
+    return None if path is None else Path(path).read_bytes().strip()

@@ -10,6 +10,8 @@ import asyncio
 import logging
 import re
 import secrets
+import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from confbus.runtime.codec import encode
-from confbus.runtime.errors import Unavailable
+from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.schemas.streams import BUCKETS, STREAMS, BucketSpec, StreamSpec
 
 log = logging.getLogger("confbus.bus")
@@ -200,6 +202,48 @@ def split_urls(urls: str | Sequence[str]) -> list[str]:
     return list(urls)
 
 
+# What nats-py speaks; a URL without a scheme means nats://.
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def check_urls(urls: str | Sequence[str]) -> list[str]:
+    """The server URLs of ``urls``, or ``InvalidInput`` naming the one that is not a NATS URL
+    (an ``http://`` address is the likeliest: the console's, pasted by mistake)."""
+    servers = split_urls(urls)
+    if not servers:
+        raise InvalidInput("no NATS URL given", where="nats_url")
+    for url in servers:
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme.lower() not in NATS_SCHEMES:
+            raise InvalidInput(
+                f"{url} is not a NATS URL: the scheme is nats:// (or tls://, ws://, wss://), "
+                f"e.g. nats://{rest}; an http:// address is a web page, such as the console's",
+                where="nats_url",
+            )
+    return servers
+
+
+def connect_failure(exc: BaseException | None) -> str:
+    """Why a connection attempt failed, in words (nats-py reports ``NoServersError()``; the
+    cause is the last error its attempts met)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return (
+            "connection refused: no NATS server listens there (is confbus running? `confbus up` "
+            "starts one; --nats-url or $CONFBUS_NATS_URL says where it is)"
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror or exc})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc} (see --tls-ca)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
+        return "no answer in time"
+    if exc is None:
+        return "no server answered"
+    return str(exc) or repr(exc)
+
+
 async def connect(
     urls: str | Sequence[str] = DEFAULT_NATS_URL,
     *,
@@ -214,10 +258,13 @@ async def connect(
 ) -> Bus:
     """Connect with reconnect across several server URLs (forever, by default)."""
 
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats error", extra={"error": repr(exc)})
-
     conn: list[Bus] = []
+    failures: list[Exception] = []  # while connecting: what each attempt met
+
+    async def on_error(exc: Exception) -> None:
+        if not conn:
+            failures[:] = [exc]
+        log.warning("nats error", extra={"error": repr(exc)})
 
     async def on_disconnect() -> None:
         if conn and conn[0].nc.is_closed:
@@ -241,10 +288,8 @@ async def connect(
     if creds is not None:
         kwargs["user_credentials"] = creds
     if tls_ca is not None:
-        import ssl
-
         kwargs["tls"] = ssl.create_default_context(cafile=tls_ca)
-    servers = split_urls(urls)
+    servers = check_urls(urls)
     # nats-py tries each server once within connect_timeout, but was seen to never return when
     # a server's TLS certificate fails verification: bound the whole attempt ourselves.
     deadline = connect_timeout * len(servers) + 1.0
@@ -264,11 +309,16 @@ async def connect(
                 **kwargs,
             )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
-        raise Unavailable(f"cannot reach NATS at {urls}: {exc!r}") from exc
+        cause = exc if isinstance(exc, OSError) else (failures[0] if failures else exc)
+        raise Unavailable(f"cannot reach NATS at {urls}: {connect_failure(cause)}") from exc
     if nc is None:
+        why = (
+            connect_failure(failures[0])
+            if failures
+            else "is it TLS with a certificate this client does not trust? see --tls-ca"
+        )
         raise Unavailable(
-            f"cannot reach NATS at {urls}: no connection within {deadline:g}s (is it TLS with a "
-            "certificate this client does not trust? see --tls-ca)"
+            f"cannot reach NATS at {urls}: no connection within {deadline:g}s ({why})"
         )
     bus = Bus(nc=nc, js=nc.jetstream(), name=name)
     conn.append(bus)

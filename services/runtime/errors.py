@@ -7,6 +7,7 @@ ConfbusError
  │    ├── Conflict        someone else got there first (a stale --base, a reused change id)
  │    │    ├── Stale      a compare-and-set lost: the key moved on since it was read
  │    │    └── Fenced     a newer lease holder owns it now: stop acting on it
+ │    ├── Forbidden       the caller may not do this (an identity it cannot claim, a role)
  │    └── NotFound
  └── Unavailable          retryable: the bus, the store or a peer is down or timed out
 ```
@@ -62,6 +63,13 @@ class Fenced(Conflict):
         super().__init__(message)
 
 
+class Forbidden(Permanent):
+    """The caller may not do this: it claims an identity (or scope) its subject does not give
+    (``confbus.runtime.identity``), or its role does not allow it (the console)."""
+
+    code = 403
+
+
 class NotFound(Permanent):
     """No such namespace, version, rollout or node."""
 
@@ -78,6 +86,7 @@ def from_code(code: int, message: str, where: str = "") -> ConfbusError:
     """Rebuild the error a remote endpoint raised, from its code."""
     kind: type[ConfbusError] = {
         400: InvalidInput,
+        403: Forbidden,
         404: NotFound,
         409: Conflict,
         503: Unavailable,

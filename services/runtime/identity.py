@@ -31,17 +31,13 @@ from __future__ import annotations
 
 import contextvars
 
-from confbus.runtime.errors import Permanent
+from confbus.runtime.errors import Forbidden
 from confbus.schemas.names import InvalidName, check_name
 
 # The subject of the request being handled (set by services.runtime.api for each request).
 _subject: contextvars.ContextVar[str] = contextvars.ContextVar(
     "confbus_request_subject", default=""
 )
-
-
-class Forbidden(Permanent):
-    code = 403
 
 
 def bind_subject(subject: str) -> contextvars.Token[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -86,7 +87,8 @@ async def run_service(
     args: argparse.Namespace,
     http_app: HttpApp | None = None,
 ) -> None:
-    bus = await connect_with_retry(settings, f"confbus-{name}-{settings.instance_id}")
+    settings = dataclasses.replace(settings, service=settings.service or name)
+    bus = await connect_with_retry(settings, f"confbus-{settings.instance_id}")
     try:
         if settings.provision:
             await provision(bus, replicas=settings.replicas)

@@ -28,10 +28,17 @@ class Settings:
     replicas: int = 1  # stream/bucket replicas when provisioning
     provision: bool = True
     instance: str = ""  # this replica's id, for leases and logs
+    service: str = ""  # the service these settings run (run_service sets it)
 
     @property
     def instance_id(self) -> str:
-        return self.instance or f"{socket.gethostname()}-{os.getpid()}"
+        """This replica's id, and its name as the actor of what it does (events, leases):
+        ``--instance``, else ``<service>@<host>-<pid>``. Either names the service — the one
+        form an actor that is not a person takes."""
+        if self.instance:
+            return self.instance
+        process = f"{socket.gethostname()}-{os.getpid()}"
+        return f"{self.service}@{process}" if self.service else process
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, bus_defaults: bool = True) -> None:

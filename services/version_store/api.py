@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import msgspec
 
@@ -40,12 +41,15 @@ from confbus.schemas.api.operation import Operation
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.changes import msg_id as change_msg_id
 from confbus.schemas.events import (
+    MAX_POLICY_CHANGES,
+    PolicyChanged,
     VersionApproved,
     VersionLastGood,
     VersionPromoted,
     VersionRejected,
 )
-from confbus.schemas.policy import Policy
+from confbus.schemas.policy import Policy, policy_digest
+from confbus.schemas.policydiff import policy_changes
 from confbus.schemas.streams import MAX_PAYLOAD
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.changes import decide
@@ -71,6 +75,7 @@ class StoreApi:
     replica: str  # this process's token, for the session endpoints
     exports: Sessions[NamespaceExport] = field(default_factory=lambda: Sessions("export"))
     imports: Sessions[Upload] = field(default_factory=lambda: Sessions("import"))
+    policy_writes: anyio.Lock = field(default_factory=anyio.Lock)
 
     def endpoints(self) -> list[Endpoint[Any, Any]]:
         bound: list[tuple[Operation[Any, Any], Callable[[Any], Awaitable[Any]]]] = [
@@ -112,7 +117,7 @@ class StoreApi:
         if not isinstance(want, int):
             want = (await self.store.resolve(req.namespace, req.ref)).version
         sv = await self.store.get(req.namespace, want)
-        return api.VersionReply(info=sv.info, content=sv.content)
+        return api.VersionReply(info=sv.info, content=sv.content, signatures=sv.signatures)
 
     async def history(self, req: api.HistoryRequest) -> api.HistoryReply:
         limit = max(1, min(req.limit, MAX_HISTORY_PAGE))
@@ -143,11 +148,17 @@ class StoreApi:
         if info is not None:
             return api.ChangeStatusReply(status="stored", version=info.version, sha256=info.sha256)
         found = await self.rejections.find(req.namespace, req.change_id)
-        if found is not None:
-            return api.ChangeStatusReply(
-                status="rejected", reason=found.reason, where=found.where, sha256=found.sha256
-            )
-        return api.ChangeStatusReply(status="unknown")
+        if found is None:
+            return api.ChangeStatusReply(status="unknown")
+        digest = policy_digest(await self.store.get_policy(req.namespace))
+        return api.ChangeStatusReply(
+            status="rejected",
+            reason=found.reason,
+            where=found.where,
+            sha256=found.sha256,
+            outdated=not found.holds_under(digest),
+            policy_digest=digest,
+        )
 
     async def policy_get(self, req: api.PolicyGetRequest) -> Policy:
         return await self.store.get_policy(req.namespace)
@@ -245,9 +256,34 @@ class StoreApi:
 
     async def policy_set(self, req: api.PolicySetRequest) -> Policy:
         check_full_policy(req.policy)
-        await self.store.set_policy(req.policy)
-        log.info("policy set", extra={"namespace": req.policy.namespace, "actor": req.actor})
-        return await self.store.get_policy(req.policy.namespace)
+        if req.dry_run:
+            return req.policy
+        ns = req.policy.namespace
+        async with self.policy_writes:  # so that each announced diff is against its own before
+            before = await self.store.get_policy(ns)
+            await self.store.set_policy(req.policy)
+            after = await self.store.get_policy(ns)
+        await self._announce_policy(before, after, req.actor)
+        log.info("policy set", extra={"namespace": ns, "actor": req.actor})
+        return after
+
+    async def _announce_policy(
+        self, before: Policy, after: Policy, actor: str, reason: str = ""
+    ) -> bool:
+        """``policy.changed`` with what changed, if anything did; whether it did."""
+        changes = policy_changes(before, after)
+        if not changes:
+            return False
+        event = PolicyChanged(
+            namespace=after.namespace,
+            actor=actor,
+            reason=reason,
+            digest=policy_digest(after),
+            changes=changes[:MAX_POLICY_CHANGES],
+            more=max(0, len(changes) - MAX_POLICY_CHANGES),
+        )
+        await emit(self.bus, event)
+        return True
 
     # -- the same, as the NATS user the subject pins (confbus.runtime.identity) --------------
 
@@ -292,9 +328,15 @@ class StoreApi:
                 f"({MAX_PAYLOAD})",
                 where="content",
             )
-        ack = await self.bus.publish(
-            subjects.change(ns), data, msg_id=change_msg_id(ns, change.change_id)
-        )
+        cid = change.change_id
+        ack = await self.bus.publish(subjects.change(ns), data, msg_id=change_msg_id(ns, cid))
+        if ack.duplicate:
+            # What a direct publisher does (Client.submit): a change refused under a policy
+            # since replaced goes again, to be judged under the one in force.
+            status = await self.change_status(api.ChangeStatusRequest(namespace=ns, change_id=cid))
+            if status.outdated:
+                again = change_msg_id(ns, cid, status.policy_digest)
+                ack = await self.bus.publish(subjects.change(ns), data, msg_id=again)
         log.info(
             "change proposed",
             extra={"namespace": ns, "change_id": change.change_id, "author": who},
@@ -394,7 +436,11 @@ class StoreApi:
             namespace=req.namespace,
             versions=[
                 StoredVersion(
-                    info=v.info, content=v.content, strategy=v.strategy, selector=v.selector
+                    info=v.info,
+                    content=v.content,
+                    strategy=v.strategy,
+                    selector=v.selector,
+                    signatures=v.signatures,
                 )
                 for v in upload.versions
             ],
@@ -402,8 +448,18 @@ class StoreApi:
             last_good=req.last_good,
             policy=req.policy,
         )
-        written = await self.store.import_(data)
+        async with self.policy_writes:
+            before = await self.store.get_policy(req.namespace)
+            written = await self.store.import_(data)
+            after = await self.store.get_policy(req.namespace)
+        changed = await self._announce_policy(
+            before, after, req.actor, reason="restored from a backup"
+        )
         log.info("namespace imported", extra={"namespace": req.namespace, "versions": written})
         return api.ImportReply(
-            session=sid, received=len(upload.versions), imported=written, replica=self.replica
+            session=sid,
+            received=len(upload.versions),
+            imported=written,
+            replica=self.replica,
+            policy_changed=changed,
         )

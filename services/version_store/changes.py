@@ -48,7 +48,8 @@ from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import Event, VersionCreated, VersionRejected
 from confbus.schemas.names import ChangeId, Namespace
-from confbus.schemas.policy import Policy
+from confbus.schemas.policy import Policy, policy_digest
+from confbus.schemas.sealing import content_sha256
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import InvalidConfig, NotFound, StoreError, VersionConflict
 from confbus.version_store.eventlog import Announced, scan
@@ -56,7 +57,8 @@ from confbus.version_store.metrics import StoreMetrics
 from confbus.version_store.policycheck import check_strategy
 from confbus.version_store.rejections import Rejection, Rejections
 from confbus.version_store.storage import AppendResult, NewVersion, Store
-from confbus.version_store.storage.base import NewStatus, sha256_hex
+from confbus.version_store.storage.base import NewStatus
+from confbus.version_store.trustcheck import check_sealing, check_signatures
 from confbus.version_store.validate import validate
 
 log = logging.getLogger("confbus.version_store")
@@ -105,8 +107,10 @@ async def reject_undecodable(bus: Bus, rejections: Rejections, msg: Msg, reason:
     await emit(bus, event, msg_id=rejected_msg_id(addr.namespace, addr.change_id))
 
 
-def rejected_msg_id(namespace: str, change_id: str) -> str:
-    return f"change:{namespace}:{change_id}:rejected"
+def rejected_msg_id(namespace: str, change_id: str, policy: str = "") -> str:
+    # A change judged afresh under another policy may be rejected again: its own event.
+    suffix = f"@{policy}" if policy else ""
+    return f"change:{namespace}:{change_id}:rejected{suffix}"
 
 
 def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -> NewVersion:
@@ -129,7 +133,7 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
             raise InvalidConfig(
                 f"version {target.version} is {fmt}, this rollback says {change.format}", "format"
             )
-        if sha256_hex(change.content) != target.sha256:
+        if content_sha256(change.content) != target.sha256:
             raise InvalidConfig(
                 f"a rollback must carry the exact bytes of version {target.version} "
                 f"(sha256 {target.sha256[:12]}…); these differ",
@@ -137,6 +141,7 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
             )
         if target.status in _APPROVED_BEFORE:
             status = "approved"  # approved once; restoring it needs no second approval
+        check_sealing(change, policy, fmt)
     else:
         fmt = change.format or policy.format
         if fmt != policy.format:
@@ -145,7 +150,10 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
                 f"{fmt} — set the format first: confbus policy {ns} --format {fmt}",
                 "format",
             )
-        validate(change.content, fmt, policy)
+        # Sealed bytes cannot be validated here: every agent validates the plaintext it opens.
+        if not check_sealing(change, policy, fmt):
+            validate(change.content, fmt, policy)
+    check_signatures(change, policy, fmt)
     if status == "draft" and not change.author:
         raise InvalidConfig(
             f"namespace {ns!r} requires approval by someone other than the author, so a change "
@@ -164,6 +172,7 @@ def decide(change: ChangeProposed, policy: Policy, target: VersionInfo | None) -
         status=status,
         strategy=change.strategy,
         selector=change.selector,
+        signatures=change.signatures,
     )
 
 
@@ -210,14 +219,18 @@ class _Outcome:
 
 
 def _outcome(
-    item: Delivery[ChangeProposed], decided: NewVersion | InvalidConfig, result: AppendResult | None
+    item: Delivery[ChangeProposed],
+    decided: NewVersion | InvalidConfig,
+    result: AppendResult | None,
+    policy: str,
 ) -> _Outcome:
+    """``policy``: the digest of the policy ``decided`` was judged under."""
     change = item.value
     # A repeat (a redelivery, or again alone after its batch failed) may follow a failure
     # before the announcement: whatever it says is checked against the log from the change on.
     check_from = item.msg.metadata.timestamp if item.repeated else None
     if isinstance(decided, InvalidConfig):
-        record, rejected = _rejection(change, decided)
+        record, rejected = _rejection(change, decided, policy)
         return _Outcome(item, "rejected", rejected, record, check_from)
     assert result is not None
     if result.outcome == "stored":
@@ -237,7 +250,11 @@ def _outcome(
     return _Outcome(item, "rejected", rejected, record, check_from)
 
 
-def _rejection(change: ChangeProposed, error: ConfbusError) -> tuple[Rejection, VersionRejected]:
+def _rejection(
+    change: ChangeProposed, error: ConfbusError, policy: str = ""
+) -> tuple[Rejection, VersionRejected]:
+    """``policy``: the digest of the policy that refused it ("" when none did: a conflict
+    with what the store holds is no matter of policy)."""
     where = error.where
     if isinstance(error, VersionConflict) and not where:
         where = "change_id" if error.existing is not None else "base"
@@ -248,18 +265,30 @@ def _rejection(change: ChangeProposed, error: ConfbusError) -> tuple[Rejection, 
         change.namespace,
         change.change_id,
         change.author,
-        sha256_hex(change.content),
+        content_sha256(change.content),
         reason,
         where,
+        policy,
     )
 
 
 def _rejected(
-    namespace: str, change_id: str, author: str, sha256: str, reason: str, where: str
+    namespace: str,
+    change_id: str,
+    author: str,
+    sha256: str,
+    reason: str,
+    where: str,
+    policy: str = "",
 ) -> tuple[Rejection, VersionRejected]:
     """A refused change: the record ``change_status`` answers from, and its event."""
     record = Rejection(
-        namespace=namespace, change_id=change_id, sha256=sha256, reason=reason, where=where
+        namespace=namespace,
+        change_id=change_id,
+        sha256=sha256,
+        reason=reason,
+        where=where,
+        policy=policy,
     )
     event = VersionRejected(
         namespace=namespace, actor=author, reason=reason, change_id=change_id, where=where
@@ -293,7 +322,7 @@ class ChangeHandler:
         if not todo:
             return
         self.metrics.batch_size.observe(len(todo))
-        decided = await self._decide(todo)
+        decided, digests = await self._decide(todo)
 
         # Group commit: one store transaction for every accepted change of the batch.
         accepted = [
@@ -318,7 +347,12 @@ class ChangeHandler:
 
         by_item = {id(item): result for (item, _), result in zip(accepted, results, strict=True)}
         outcomes = [
-            _outcome(item, nv, None if isinstance(nv, InvalidConfig) else by_item[id(item)])
+            _outcome(
+                item,
+                nv,
+                None if isinstance(nv, InvalidConfig) else by_item[id(item)],
+                digests[item.value.namespace],
+            )
             for item, nv in zip(todo, decided, strict=True)
         ]
         await self._drop_announced(outcomes)
@@ -338,7 +372,9 @@ class ChangeHandler:
 
     async def _decide(
         self, todo: list[Delivery[ChangeProposed]]
-    ) -> list[NewVersion | InvalidConfig]:
+    ) -> tuple[list[NewVersion | InvalidConfig], dict[str, str]]:
+        """Each change's version or rejection, and the digest of each namespace's policy
+        they were judged under."""
         policies: dict[str, Policy] = {}
         for ns in sorted({item.value.namespace for item in todo}):
             policies[ns] = await self.store.get_policy(ns)
@@ -363,7 +399,8 @@ class ChangeHandler:
             )
             for item in todo
         ]
-        return await anyio.to_thread.run_sync(_decide_all, work)
+        decided = await anyio.to_thread.run_sync(_decide_all, work)
+        return decided, {ns: policy_digest(p) for ns, p in policies.items()}
 
     async def _drop_announced(self, outcomes: list[_Outcome]) -> None:
         """For changes handled before, keep only the events the stream does not have yet."""
@@ -405,7 +442,7 @@ class ChangeHandler:
                     tg.start_soon(remember, o, o.rejection)
         sending = [(o, o.event) for o in outcomes if o.event is not None and id(o) not in failed]
         results = await self.bus.publish_batch(
-            [Outgoing(event_subject(ev), ev, _event_msg_id(ev)) for _, ev in sending]
+            [Outgoing(event_subject(ev), ev, _event_msg_id(o, ev)) for o, ev in sending]
         )
         for (o, _), exc in zip(sending, results, strict=True):
             if exc is not None:
@@ -419,11 +456,12 @@ class ChangeHandler:
             _log(o)
 
 
-def _event_msg_id(ev: Event) -> str:
+def _event_msg_id(o: _Outcome, ev: Event) -> str:
     if isinstance(ev, VersionCreated):
         return created_msg_id(ev.namespace, ev.version)
     assert isinstance(ev, VersionRejected)
-    return rejected_msg_id(ev.namespace, ev.change_id)
+    policy = o.rejection.policy if o.rejection is not None else ""
+    return rejected_msg_id(ev.namespace, ev.change_id, policy)
 
 
 def _log(o: _Outcome) -> None:

@@ -4,7 +4,10 @@ A stored change is in the store (its change id is a key there); a rejected one i
 ``version.rejected`` event that announced it may be long past a retrying client. So each
 rejection is also written to a small KV bucket, ``CFG_REJECTIONS``, keyed by namespace and a
 hash of the change id (change ids may hold characters a KV key may not), with a TTL: the
-bucket is bounded in age and bytes (invariant 7), and a week covers any CI retry.
+bucket is bounded in age and bytes (invariant 7), and a week covers any CI retry. A rejection
+the policy decided records that policy's digest, and answers a retry only while that policy is
+in force (``Rejection.holds_under``): a publisher told "set the format first" who does so is
+judged afresh.
 
 Writing the record is best effort: it comes before the event, and if it fails the event is still
 the rejection's record of truth — ``change_status`` then answers ``unknown`` and the publisher
@@ -41,6 +44,14 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     where: str = ""
     at: datetime = msgspec.field(default_factory=utcnow)
+    # The digest of the policy it was judged under (``policy_digest``); "" when no policy
+    # decided it (a conflict with a stored version, an undecodable change): such a rejection
+    # holds whatever the policy says.
+    policy: str = ""
+
+    def holds_under(self, digest: str) -> bool:
+        """Whether this rejection still answers a retry while the policy ``digest`` is in force."""
+        return not self.policy or self.policy == digest
 
 
 _encode = msgspec.json.Encoder().encode

@@ -4,7 +4,9 @@
 ``sqlite:///path/to/store.db`` (the default, under ``CONFBUS_DATA_DIR``) or
 ``etcd://host:port,host:port[/prefix/]``. Several replicas may run against one store: they
 share the durable consumer and the API's queue group, and the store numbers versions safely
-across processes.
+across processes. Members that serve TLS: ``--etcd-ca`` (and, when they ask for a client
+certificate, ``--etcd-cert``/``--etcd-key``), or ``CONFBUS_ETCD_CA``/``…_CERT``/``…_KEY`` as
+``confbus up --ha --secure`` gives them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
@@ -32,6 +35,9 @@ from confbus.version_store.changes import ChangeHandler, reject_undecodable
 from confbus.version_store.metrics import StoreMetrics
 from confbus.version_store.rejections import Rejections
 from confbus.version_store.storage import Store, open_store
+
+if TYPE_CHECKING:
+    from confbus.version_store.storage.etcd_conn import EtcdTls
 
 log = logging.getLogger("confbus.version_store")
 
@@ -62,6 +68,17 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="seconds before an unacknowledged change is redelivered, when the durable "
         "consumer is first created (%(default)s)",
     )
+    tls = parser.add_argument_group("etcd over TLS")
+    for name, what in (("ca", "the CA that signed the members' certificates"),
+                       ("cert", "this client's certificate"),
+                       ("key", "that certificate's key")):  # fmt: skip
+        env = f"CONFBUS_ETCD_{name.upper()}"
+        tls.add_argument(
+            f"--etcd-{name}",
+            default=os.environ.get(env),
+            metavar="FILE",
+            help=f"{what} (env {env})",
+        )
     parser.add_argument(
         "--store-timeout",
         type=float,
@@ -75,10 +92,23 @@ def store_kind(url: str) -> str:
     return urlsplit(url).scheme or "?"
 
 
-async def open_with_retry(url: str, timeout: float) -> Store:
+def etcd_tls(args: argparse.Namespace) -> EtcdTls | None:
+    if not (args.etcd_ca or args.etcd_cert or args.etcd_key):
+        return None
+    if not args.etcd_ca:
+        raise ValueError("--etcd-cert and --etcd-key need --etcd-ca, the CA to verify etcd by")
+    from confbus.version_store.storage.etcd_conn import EtcdTls  # only with aetcd installed
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return EtcdTls(Path(args.etcd_ca), path(args.etcd_cert), path(args.etcd_key))
+
+
+async def open_with_retry(url: str, timeout: float, tls: EtcdTls | None = None) -> Store:
     """Open the store; an etcd cluster that is still electing a leader is waited for."""
     try:
-        store = open_store(url)
+        store = open_store(url, tls)
     except ValueError as exc:
         raise SystemExit(f"confbus-version-store: {exc}") from None
     delay = 0.1
@@ -97,7 +127,11 @@ async def open_with_retry(url: str, timeout: float) -> Store:
 
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     args = ctx.args
-    store = await open_with_retry(args.store, args.store_timeout)
+    try:
+        tls = etcd_tls(args)
+    except ValueError as exc:
+        raise SystemExit(f"confbus-version-store: {exc}") from None
+    store = await open_with_retry(args.store, args.store_timeout, tls)
     try:
         rejections = await Rejections.open(ctx.bus, ctx.settings.replicas)
 

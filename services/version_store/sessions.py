@@ -76,7 +76,11 @@ def page(snapshot: NamespaceExport, offset: int, max_bytes: int) -> list[Exporte
         size += len(sv.content)
         out.append(
             ExportedVersion(
-                info=sv.info, content=sv.content, strategy=sv.strategy, selector=sv.selector
+                info=sv.info,
+                content=sv.content,
+                strategy=sv.strategy,
+                selector=sv.selector,
+                signatures=sv.signatures,
             )
         )
     return out

@@ -14,6 +14,7 @@ from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
 from confbus.schemas.node import decode_heartbeat
+from tests.e2e.helpers import agent_status
 
 pytestmark = pytest.mark.anyio
 
@@ -31,5 +32,11 @@ async def test_the_top_level_nats_url_reaches_the_agent(bus: Bus, tmp_path: Path
         with anyio.fail_after(20):
             msg = await beats.next_msg(timeout=20)
         assert decode_heartbeat(msg.data).node == "n1"
+        # Its ready line comes before it has tried the bus: "connecting", never "down" while
+        # the bus is there; once heard, its status says connected.
+        assert agent.ready is not None
+        assert agent.ready["status"]["bus"] == "connecting", agent.ready
+        status = await agent_status(int(agent.ready["http_port"]))
+        assert status["bus"] == "connected", status
     finally:
         agent.stop()

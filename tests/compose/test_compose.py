@@ -1,8 +1,9 @@
 """``compose/`` without Docker: every file parsed and checked against the real thing — each
-service's command against its CLI (``--help``), ports, volumes, Prometheus targets, the NATS
-configs through ``nats-server -t``, the etcd flags against ``etcd --help``, the dashboard's
-metrics against what the services really expose, and ``docker compose config`` where the
-compose plugin exists."""
+service's command against its CLI (``--help``), ports, volumes (every secret one that the
+README's ``python -m confbus.cli.security`` command makes), Prometheus targets, the NATS configs
+through ``nats-server -t`` with the files mounted where the compose file mounts them, the etcd
+flags against ``etcd --help``, the dashboard's metrics against what the services really expose,
+and ``docker compose config`` where the compose plugin exists."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from confbus.cli import security
 from confbus.cli.commands.up import SERVICES
-from confbus.procs.etcd import etcd_binary
+from confbus.procs.etcd import PEER_CN, etcd_binary
 from confbus.procs.nats import nats_server_binary
 from confbus.runtime.http import http_get
 from confbus.schemas.streams import MAX_PAYLOAD
@@ -43,6 +45,39 @@ def load(path: str) -> Any:
 def compose() -> dict[str, Any]:
     doc: dict[str, Any] = load("docker-compose.yml")
     return doc
+
+
+def readme_command() -> list[str]:
+    """The README's ``python -m confbus.cli.security --secrets-dir compose/secrets …``, as argv
+    after the module name."""
+    text = (COMPOSE / "README.md").read_text().replace("\\\n", " ")
+    m = re.search(
+        r"^python -m confbus\.cli\.security (--secrets-dir compose/secrets .*)$", text, re.M
+    )
+    assert m, "compose/README.md lost its command that makes the secrets"
+    return shlex.split(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``compose/secrets/`` as the README's command makes it (into a temporary directory)."""
+    out = tmp_path_factory.mktemp("compose") / "secrets"
+    argv = readme_command()
+    argv[argv.index("--secrets-dir") + 1] = str(out)
+    assert security.main(argv) == 0
+    return out
+
+
+def mounts(compose: dict[str, Any], service: str, secrets: Path) -> dict[str, Path]:
+    """Where ``service`` finds each file mounted from ``compose/``: target → the file."""
+    out = {}
+    for volume in compose["services"][service].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./secrets/"):
+            out[target] = secrets / source.removeprefix("./secrets/")
+        elif source.startswith("."):
+            out[target] = COMPOSE / source
+    return out
 
 
 def confbus_services(compose: dict[str, Any]) -> dict[str, list[str]]:
@@ -119,7 +154,7 @@ def test_healthchecks_and_scrape_targets_use_each_services_http_port(
         probe = " ".join(compose["services"][name]["healthcheck"]["test"])
         assert f"127.0.0.1:{port}/healthz" in probe
     for member in ETCD:
-        assert f"{member}:{etcd_client_port(compose, member)}" in targets
+        assert f"{member}:{etcd_metrics_port(compose, member)}" in targets
     scraped_hosts = {t.split(":")[0] for t in targets}
     assert scraped_hosts <= set(compose["services"]), scraped_hosts - set(compose["services"])
 
@@ -146,14 +181,17 @@ def test_published_ports_are_unique_and_match_what_listens(compose: dict[str, An
     assert sorted(host_ports) == ["3000", "4222", "4223", "4224", "8080", "9090"]
 
 
-def test_volumes_exist_and_are_declared(compose: dict[str, Any]) -> None:
+def test_volumes_exist_and_are_declared(compose: dict[str, Any], secrets: Path) -> None:
     declared = set(compose.get("volumes") or {})
     used = set()
     for name, svc in compose["services"].items():
         for volume in svc.get("volumes", []):
             source, target = volume.split(":")[:2]
             assert target.startswith("/"), (name, volume)
-            if source.startswith("."):
+            if source.startswith("./secrets/"):  # made by the README's command, not in git
+                made = secrets / source.removeprefix("./secrets/")
+                assert made.is_file(), f"{name}: the README's command makes no {source}"
+            elif source.startswith("."):
                 assert (COMPOSE / source).exists(), f"{name}: {source} does not exist"
             else:
                 assert source in declared, f"{name}: volume {source} is not declared"
@@ -186,24 +224,67 @@ def nats_client_port(name: str) -> int:
 
 
 @pytest.mark.parametrize("name", NATS)
-def test_nats_configs_parse_and_form_one_cluster(compose: dict[str, Any], name: str) -> None:
-    conf = COMPOSE / "nats" / f"{name}.conf"
+def test_nats_configs_parse_and_form_one_cluster(
+    compose: dict[str, Any], secrets: Path, tmp_path: Path, name: str
+) -> None:
+    # The container's /etc/nats, from the compose file's mounts: every path the config names
+    # must be mounted there, or nats-server -t fails.
+    root = tmp_path / "container"
+    for target, source in mounts(compose, name, secrets).items():
+        (root / target.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, root / target.lstrip("/"))
+    conf = root / "etc/nats/nats.conf"
+    conf.write_text(conf.read_text().replace("/etc/nats/", f"{root}/etc/nats/"))
     done = subprocess.run(
         [nats_server_binary(), "-c", str(conf), "-t"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    text = conf.read_text()
+    text = nats_conf(name)
     assert f"server_name: {name}\n" in text
     assert "sync_interval: always" in text
     assert f"max_payload: {MAX_PAYLOAD}\n" in text
-    cluster_port = re.search(r"cluster \{[^}]*listen: [\d.]+:(\d+)", text, re.S)
+    cluster = re.search(r"^cluster \{.*?^\}", text, re.S | re.M)
+    assert cluster, "no cluster block"
+    assert re.search(r"^  tls \{[^}]*verify: true", cluster.group(0), re.M), "routes unverified"
+    assert 'include "secrets/nats-route.conf"' in cluster.group(0)
+    assert re.search(r"^tls \{", text, re.M) and re.search(r"^https: ", text, re.M)
+    assert 'include "secrets/nats-auth.conf"' in text
+    cluster_port = re.search(r"listen: [\d.]+:(\d+)", cluster.group(0))
     assert cluster_port
-    routes = re.findall(r"nats://([\w-]+):(\d+)", text)
+    routes = re.findall(
+        r"nats-route://route:[^@]+@([\w-]+):(\d+)", (secrets / "nats-route.conf").read_text()
+    )
     assert sorted(routes) == [(n, cluster_port.group(1)) for n in NATS]
-    mounts = compose["services"][name]["volumes"]
-    assert f"./nats/{name}.conf:/etc/nats/nats.conf:ro" in mounts
+    volumes = compose["services"][name]["volumes"]
+    assert f"./nats/{name}.conf:/etc/nats/nats.conf:ro" in volumes
+    assert f"./secrets/tls/{name}.pem:/etc/nats/tls/server.pem:ro" in volumes
     store = re.search(r"store_dir: (\S+)", text)
-    assert store and any(m.endswith(f":{store.group(1)}") for m in mounts)
+    assert store and any(m.endswith(f":{store.group(1)}") for m in volumes)
+
+
+def test_the_three_nats_configs_differ_only_in_server_name() -> None:
+    texts = {n: nats_conf(n).replace(n, "nats-N") for n in NATS}
+    assert len(set(texts.values())) == 1
+
+
+def test_every_confbus_service_logs_in_over_tls_and_the_store_reaches_etcd_so(
+    compose: dict[str, Any], secrets: Path
+) -> None:
+    for name in confbus_services(compose):
+        svc = compose["services"][name]
+        assert svc["env_file"] == "./secrets/service.env"
+        env = svc["environment"]
+        files = mounts(compose, name, secrets)
+        assert files[env["CONFBUS_TLS_CA"]] == secrets / "tls/ca.pem", name
+        if name.startswith("version-store"):
+            for key, made in (
+                ("CA", "ca.pem"),
+                ("CERT", "etcd-client.pem"),
+                ("KEY", "etcd-client.key"),
+            ):
+                assert files[env[f"CONFBUS_ETCD_{key}"]] == secrets / "tls" / made, (name, key)
+    creds = (secrets / "service.env").read_text()
+    assert "CONFBUS_NATS_USER='service'" in creds and "CONFBUS_NATS_PASSWORD=" in creds
 
 
 # -- etcd ---------------------------------------------------------------------------------------
@@ -219,21 +300,35 @@ def etcd_client_port(compose: dict[str, Any], member: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def test_etcd_members_form_one_cluster(compose: dict[str, Any]) -> None:
+def etcd_metrics_port(compose: dict[str, Any], member: str) -> int:
+    url = etcd_flags(compose, member)["listen-metrics-urls"]
+    assert url.startswith("http://")  # Prometheus scrapes it without a client certificate
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_etcd_members_form_one_cluster_over_tls(compose: dict[str, Any], secrets: Path) -> None:
     clusters = set()
     for member in ETCD:
         flags = etcd_flags(compose, member)
         assert flags["name"] == member
         peer_port = flags["listen-peer-urls"].rsplit(":", 1)[1]
-        assert flags["initial-advertise-peer-urls"] == f"http://{member}:{peer_port}"
+        assert flags["initial-advertise-peer-urls"] == f"https://{member}:{peer_port}"
         assert flags["advertise-client-urls"] == (
-            f"http://{member}:{etcd_client_port(compose, member)}"
+            f"https://{member}:{etcd_client_port(compose, member)}"
         )
         clusters.add(flags["initial-cluster"])
-        mount = compose["services"][member]["volumes"][0]
-        assert mount.endswith(":" + flags["data-dir"])
+        volumes = compose["services"][member]["volumes"]
+        assert volumes[-1].endswith(":" + flags["data-dir"])
+        # Client and peer ports: TLS, a certificate wanted, a peer only with a member's.
+        assert flags["client-cert-auth"] == flags["peer-client-cert-auth"] == "true"
+        assert flags["peer-cert-allowed-cn"] == PEER_CN
+        files = mounts(compose, member, secrets)
+        for flag_name, made in (("cert-file", f"{member}.pem"), ("key-file", f"{member}.key"),
+                                ("trusted-ca-file", "ca.pem")):  # fmt: skip
+            assert files[flags[flag_name]] == secrets / "tls" / made
+            assert files[flags[f"peer-{flag_name}"]] == secrets / "tls" / made
     (cluster,) = clusters
-    assert cluster == ",".join(f"{m}=http://{m}:2380" for m in ETCD)
+    assert cluster == ",".join(f"{m}=https://{m}:2380" for m in ETCD)
 
 
 @pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed")

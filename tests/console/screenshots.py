@@ -58,6 +58,12 @@ def stage(stack: ConsoleStack) -> None:
                and e["type"] == "rollback.completed")  # fmt: skip
 
 
+def sign_in(page: Page, link: str) -> None:
+    """Follow the sign-in link; its page posts the token itself (by script), then goes on."""
+    page.goto(link)
+    expect(page.locator("header .who")).to_be_visible()
+
+
 def shoot(page: Page, url: str, out: Path) -> None:
     page.goto(url)
     expect(page.locator("main")).to_be_visible()
@@ -78,11 +84,11 @@ def main(argv: list[str]) -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-            page.goto(stack.login_link)
+            sign_in(page, stack.login_link)
             for name, path in PAGES:
                 shoot(page, stack.console_url + path, out / f"{name}.png")
             phone = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-            phone.goto(stack.login_link)
+            sign_in(phone, stack.login_link)
             shoot(phone, stack.console_url + "ns/web/rollout", out / "rollout-phone.png")
             browser.close()
     finally:

@@ -45,9 +45,9 @@ class ConsoleStack:
     def data_dir(self) -> Path:
         return self.root / "data"
 
-    def token(self, role: str, user: str) -> str:
+    def token(self, role: str, user: str, *extra: str) -> str:
         done = run_confbus("console", "--data-dir", str(self.data_dir), "token", "--role", role,
-                           "--user", user)  # fmt: skip
+                           "--user", user, *extra)  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert "console login: " + self.console_url in done.stderr  # a link, the stack runs
         return done.stdout.strip()
@@ -60,6 +60,10 @@ class ConsoleStack:
     def http(self, token: str | None = None) -> httpx.Client:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.console_url, headers=headers, timeout=30.0)
+
+    def link_token(self) -> str:
+        """The token in the sign-in link ``confbus up`` printed."""
+        return self.login_link.split("#token=", 1)[1]
 
     def confbus(self, *args: str, timeout: float = 90.0) -> str:
         done = run_confbus("--nats-url", self.nats_url, *args, timeout=timeout)
@@ -95,7 +99,7 @@ def start(root: Path) -> ConsoleStack:
         raise
     nats_url = re.search(r"nats=(\S+)", line)
     console_url = re.search(r"console=(\S+)", line)
-    login = re.search(r"(http://\S+/login\?token=\S+) \(operator (\S+)\)", link)
+    login = re.search(r"(http://\S+/login#token=\S+) \(operator (\S+)\)", link)
     assert nats_url and console_url and login, line
     return ConsoleStack(
         root, up, nats_url.group(1), console_url.group(1), login.group(1), login.group(2)
@@ -136,3 +140,24 @@ def wait_event(
                 if item["type"] != "subscribed" and match(item):
                     return item
     raise AssertionError(f"the event stream of {subject_filter} ended")
+
+
+def problem(r: httpx.Response, status: int, where: str | None = None) -> dict[str, Any]:
+    """The API's error answer, checked: this status, a reason, and (if given) this place."""
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status and body["reason"], body
+    if where is not None:
+        assert body["where"] == where, body
+    return body
+
+
+def sign_in(browser: httpx.Client, token: str) -> httpx.Response:
+    """Sign in as a browser does: the sign-in page (its nonce, in a cookie and a field), then
+    the form's POST."""
+    page = browser.get("login")
+    assert page.status_code == 200, page.text
+    nonce = page.text.split('name="login_nonce" value="')[1].split('"')[0]
+    return browser.post(
+        "login", data={"token": token, "login_nonce": nonce, "next": "/"}, follow_redirects=False
+    )

@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from confbus.console import openapi
-from tests.cli.procs import REPO
-from tests.console.stack import ConsoleStack, stack_fixture, wait_event
+from confbus.schemas import tokens as tokens_schema
+from tests.cli.procs import REPO, run_confbus
+from tests.console.stack import ConsoleStack, problem, sign_in, stack_fixture, wait_event
 
 V1 = '{"pool": 1}\n'
 V2 = '{"pool": 2}\n'
@@ -53,15 +56,6 @@ def shop(stack: ConsoleStack, tokens: dict[str, str], api: dict[str, httpx.Clien
     wait_event(stack, tokens["viewer"], "shop.rollout.>", lambda e: e["type"] in ROLLOUT_ENDS
                and e["event"]["version"] == 2)  # fmt: skip
     return "shop"
-
-
-def problem(r: httpx.Response, status: int, where: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body: dict[str, Any] = r.json()
-    assert body["status"] == status and body["reason"], body
-    if where is not None:
-        assert body["where"] == where, body
-    return body
 
 
 def versions(api: dict[str, httpx.Client], ns: str) -> list[dict[str, Any]]:
@@ -240,6 +234,28 @@ def test_policy_get_and_put_by_an_operator_only(api: dict[str, httpx.Client]) ->
     problem(api["viewer"].get("api/v1/namespaces/nosuch/policy"), 404, "namespace")
 
 
+def test_a_policy_put_accepts_what_policy_file_accepts(
+    stack: ConsoleStack, tokens: dict[str, str], api: dict[str, httpx.Client]
+) -> None:
+    """The same check as ``confbus policy NS --file``: the namespace may be left out (the path
+    says it), a field the policy does not have is refused rather than ignored; the change is
+    announced as ``policy.changed`` by the signed-in user."""
+    path = "api/v1/namespaces/baked/policy"
+    r = api["operator"].put(path, json={"bake_s": 2, "rollback": {"strategy": "batches:2"}})
+    assert r.status_code == 200, r.text
+    assert (r.json()["namespace"], r.json()["bake_s"]) == ("baked", 2.0)
+    r = api["operator"].put(path, json={"bake": 30})
+    assert "unknown field(s) bake" in problem(r, 400, "$")["reason"]
+    problem(
+        api["operator"].put(path, json={"rollback": {"strategy": 2}}), 400, "$.rollback.strategy"
+    )
+    assert api["viewer"].get(path).json()["bake_s"] == 2.0
+    changed = wait_event(stack, tokens["viewer"], "baked.policy.>", lambda e: True)["event"]
+    assert changed["type"] == "policy.changed" and changed["actor"] == "olga"
+    fields = {c["field"] for c in changed["changes"]}
+    assert fields == {"bake_s", "rollback.strategy"}, changed
+
+
 def test_approve_and_reject_drafts_as_the_acting_user(api: dict[str, httpx.Client]) -> None:
     ns = "gated"
     gate = {"namespace": ns, "require_approval": True}
@@ -249,6 +265,7 @@ def test_approve_and_reject_drafts_as_the_acting_user(api: dict[str, httpx.Clien
             f"api/v1/namespaces/{ns}/versions", json={"content": V1 if cid == "g-1" else V2,
                                                       "change_id": cid})  # fmt: skip
         assert r.status_code == 201 and r.json()["status"] == "draft", r.text
+    assert [v["version"] for v in waiting(api, ns)] == [2, 1]  # the overview flags them
     problem(api["viewer"].post(f"api/v1/namespaces/{ns}/versions/1/approve"), 403, "role")
     problem(api["publisher"].post(f"api/v1/namespaces/{ns}/versions/1/approve"), 403, "role")
     problem(api["operator"].post(f"api/v1/namespaces/{ns}/versions/x/approve"), 400, "version")
@@ -260,6 +277,14 @@ def test_approve_and_reject_drafts_as_the_acting_user(api: dict[str, httpx.Clien
     assert r.status_code == 200 and r.json()["status"] == "rejected", r.text
     r = api["operator"].post(f"api/v1/namespaces/{ns}/versions/2/reject", content=b"{nope")
     problem(r, 400, "body")
+    assert waiting(api, ns) == []
+
+
+def waiting(api: dict[str, httpx.Client], ns: str) -> list[dict[str, Any]]:
+    """The drafts the overview shows as waiting for approval in ``ns``."""
+    rows = api["viewer"].get("api/v1/namespaces").json()["namespaces"]
+    found: list[dict[str, Any]] = next(r for r in rows if r["namespace"] == ns)["waiting"]
+    return found
 
 
 # -- rollouts, rollbacks, fleet ------------------------------------------------------------------
@@ -270,7 +295,7 @@ def test_rollout_and_its_controls(api: dict[str, httpx.Client], shop: str) -> No
     rollout = r.json()["rollout"]
     assert rollout is not None and rollout["version"] == 2, r.text
     nodes = api["viewer"].get(f"api/v1/namespaces/{shop}/rollout/nodes").json()
-    assert set(nodes) == {"votes", "applied"}
+    assert set(nodes) == {"votes", "applied", "seq"} and nodes["seq"] > 0
     for op in ("pause", "resume", "abort"):
         problem(api["viewer"].post(f"api/v1/namespaces/{shop}/rollout/{op}", json={}), 403)
         # Nothing is running in shop (no node): a conflict, said as such.
@@ -357,14 +382,14 @@ def test_events_live_as_server_sent_events(
     assert got[-1]["event"]["change_id"] == "live-1" and got[-1]["seq"] > 0
 
 
-# -- browser sessions: CSRF -----------------------------------------------------------------------
+# -- browser sessions: signing in, CSRF, expiry ---------------------------------------------------
 
 
 def test_a_cookie_session_must_send_the_csrf_token(
     stack: ConsoleStack, tokens: dict[str, str], shop: str
 ) -> None:
     with httpx.Client(base_url=stack.console_url, timeout=30) as browser:
-        r = browser.get("login", params={"token": tokens["operator"]}, follow_redirects=False)
+        r = sign_in(browser, tokens["operator"])
         assert r.status_code == 303 and "confbus_session" in r.cookies
         assert browser.get("api/v1/whoami").json()["user"] == "olga"
         path = f"api/v1/namespaces/{shop}/rollback"
@@ -375,6 +400,78 @@ def test_a_cookie_session_must_send_the_csrf_token(
         csrf = page.split('name="csrf" value="')[1].split('"')[0]
         r = browser.post(path, json={"to": 99}, headers={"x-csrf-token": csrf})
         problem(r, 409, "to")  # past the CSRF check: the rollbacker's own refusal
+
+
+def test_signing_in_is_a_post_from_the_sign_in_page_never_a_get(
+    stack: ConsoleStack, tokens: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=stack.console_url, timeout=30) as browser:
+        # The old link's form: refused with the reason, and no session.
+        r = browser.get("login", params={"token": tokens["operator"]})
+        assert r.status_code == 400 and "not accepted" in r.text
+        assert "confbus_session" not in browser.cookies
+        problem(browser.get("api/v1/whoami"), 401, "token")
+        # A post from another site (login CSRF): it has neither the page's nonce nor its cookie.
+        forged = browser.post("login", data={"token": tokens["operator"]}, follow_redirects=False)
+        assert forged.status_code == 403 and "sign-in page" in forged.text
+        nonce = browser.get("login").text.split('name="login_nonce" value="')[1].split('"')[0]
+        evil = browser.post(
+            "login",
+            data={"token": tokens["operator"], "login_nonce": nonce},
+            headers={"origin": "http://evil.example"},
+        )
+        assert evil.status_code == 403 and "evil.example" in evil.text
+        assert "confbus_session" not in browser.cookies
+        r = sign_in(browser, tokens["viewer"])
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert browser.get("api/v1/whoami").json()["user"] == "vera"
+
+
+def _expire(stack: ConsoleStack, token: str) -> None:
+    """Move the token's expiry into the past (what the clock would do, without waiting)."""
+    path = stack.data_dir / "console" / "tokens.json"
+    parsed = tokens_schema.decode_token_file(path.read_bytes())
+    token_id = token.split("_")[1]
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    kept = [
+        msgspec.structs.replace(t, expires_at=past) if t.id == token_id else t
+        for t in parsed.tokens
+    ]
+    path.write_bytes(tokens_schema.encode_token_file(tokens_schema.TokenFile(tokens=kept)))
+
+
+def test_a_token_with_an_expiry_works_until_then_and_is_refused_after_it(
+    stack: ConsoleStack,
+) -> None:
+    token = stack.token("viewer", "temp", "--expires", "30d")
+    listed = run_confbus("console", "--data-dir", str(stack.data_dir), "tokens").stdout
+    line = next(t for t in listed.splitlines() if t.startswith(token.split("_")[1]))
+    assert "temp viewer" in line and "(expires " in line
+    with stack.http(token) as client, httpx.Client(base_url=stack.console_url) as browser:
+        assert client.get("api/v1/whoami").json()["user"] == "temp"
+        assert sign_in(browser, token).status_code == 303
+        _expire(stack, token)
+        body = problem(client.get("api/v1/whoami"), 401, "token")
+        assert "expired at" in body["reason"] and "confbus console token" in body["reason"]
+        # The browser's session ends too: its page says why, and offers to sign in again.
+        page = browser.get("ns/shop", follow_redirects=False)
+        assert page.status_code == 401 and "expired at" in page.text
+        assert 'name="login_nonce"' in page.text
+        again = sign_in(browser, token)
+        assert again.status_code == 401 and "expired at" in again.text
+    listed = run_confbus("console", "--data-dir", str(stack.data_dir), "tokens").stdout
+    assert "(expired " in next(t for t in listed.splitlines() if "temp" in t)
+
+
+@pytest.mark.parametrize("when", ["0s", "soon", "2001-01-01T00:00:00Z"])
+def test_an_expiry_that_is_not_in_the_future_is_a_usage_error(
+    stack: ConsoleStack, when: str
+) -> None:
+    args = ("console", "--data-dir", str(stack.data_dir), "token", "--role", "viewer")
+    before = (stack.data_dir / "console" / "tokens.json").read_bytes()
+    done = run_confbus(*args, "--user", "nope", "--expires", when)
+    assert done.returncode == 2 and "--expires" in done.stderr, done.stderr
+    assert (stack.data_dir / "console" / "tokens.json").read_bytes() == before
 
 
 # -- the document and the service's own endpoints -----------------------------------------------

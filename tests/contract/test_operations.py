@@ -122,6 +122,7 @@ HOMONYMS = {
     "pause",
     "resume",
     "abort",
+    "forget",
     "switch",
     "resolve",
     "in_doubt",

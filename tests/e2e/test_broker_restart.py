@@ -21,6 +21,7 @@ from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.errors import ConfbusError
+from confbus.runtime.events import event_subject
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
@@ -28,9 +29,11 @@ from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.api.txn import switch_deadline_s
 from confbus.schemas.changes import ChangeProposed, msg_id
+from confbus.schemas.events import NodeForgotten
+from confbus.schemas.fleet import CURSOR_KEY, decode_cursor
 from confbus.schemas.health import Alert, HealthSample
 from confbus.schemas.state import decode_ledger, ledger_key
-from confbus.schemas.streams import CFG_STATE
+from confbus.schemas.streams import CFG_CHECKPOINTS, CFG_STATE
 from tests.e2e.helpers import switch
 from tests.e2e.stack import Stack, start_stack
 
@@ -47,6 +50,8 @@ PROBE_TIMEOUT_S = 0.5  # one probe's own wait: short, so a service back is notic
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = start_stack(tmp_path_factory.mktemp("restart"), SERVICES)
     try:
+        # A checkpoint soon after each event: the cursor says what the historian has read.
+        s.start_service("historian", "--idle", "0.2", "--tick", "0.1")
         for node in NODES:
             s.start_agent(node, (NS,))
         anyio.run(_first_version, s.url, backend="asyncio")
@@ -207,4 +212,22 @@ async def test_the_rollbacker_judges_an_alert_again(stack: Stack, bus: Bus) -> N
         return ledger.seen(alert.alert_id) is not None
 
     took = await served_after(back, "rollbacker (CFG_ALERTS consumer, ledger)", judged)
+    assert took < BOUND_S
+
+
+async def test_the_historian_folds_a_new_event_again(stack: Stack, bus: Bus) -> None:
+    back = restart_broker(stack)
+    ns = f"hs{uuid.uuid4().hex[:8]}"
+    event = NodeForgotten(namespace=ns, node="gone", actor="test")
+
+    async def folded() -> bool:
+        ack = await bus.publish(event_subject(event), event, msg_id=f"probe-{ns}", timeout=0.5)
+        kv = await bus.kv(CFG_CHECKPOINTS.name)
+        try:
+            cursor = decode_cursor((await kv.get(CURSOR_KEY)).value or b"")
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        return cursor.seq >= ack.seq
+
+    took = await served_after(back, "historian (CFG_EVENTS reading, checkpoints)", folded)
     assert took < BOUND_S

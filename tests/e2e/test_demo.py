@@ -287,6 +287,13 @@ async def test_bad_config_is_rolled_back_by_itself(stack: Stack) -> None:
                 ("rollback completed", is_("rollback.completed", new_version=v3)),
             ],
         )
+        # Whoever acted is said in one form: the demo's author, a node, or a service as
+        # <service>@<instance> — whichever service it was.
+        services = {"version-store", "coordinator", "distributor", "health-watcher", "rollbacker"}
+        for e in story.events:
+            if e.actor and e.actor != "demo" and e.actor not in NODES:
+                service, at, _ = e.actor.partition("@")
+                assert at and service in services, (event_type(e), e.actor)
         # The bad rollout ended rolled_back and the bad version never became production.
         assert any(is_("rollout.rolled_back", version=v2)(e) for e in story.events)
         assert not any(is_("version.promoted", version=v2)(e) for e in story.events)

@@ -131,8 +131,8 @@ async def test_a_draft_waits_for_approval_then_times_out_with_3(
         stack, "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "3"
     )
     assert r.returncode == 3, (r.stdout, r.stderr)
-    assert "waiting for approval" in r.stderr and "confbus approve web 1" in r.stderr
-    assert "did not end within" in r.stderr, r.stderr
+    assert "waiting for approval" in r.stderr and "confbus approve web 1 --as" in r.stderr
+    assert "timed out: web v1 is still a draft" in r.stderr, r.stderr
     for n in NODES:
         assert stack.agents[n].read(NS) is None, n
 

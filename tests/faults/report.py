@@ -30,6 +30,7 @@ ORDER = (
     "model_2pc",
     "linearizability_sqlite",
     "linearizability_etcd",
+    "timetravel",
 )
 TIERS = {"ci": 0, "slow": 1, "bug": 2}
 # Scenarios that expose a known, reported bug of the system: shown, flagged, and left out of
@@ -148,6 +149,14 @@ NOTE_KEYS = (
     "kill_to_applied_median_s",
     "kill_to_applied_max_s",
     "waves_retried_unanswered",
+    "samples",
+    "node_states_compared",
+    "samples_by_time",
+    "from_checkpoint",
+    "agent_kills",
+    "catch_ups",
+    "failed_rollouts",
+    "rollbacks",
 )
 
 
@@ -186,7 +195,14 @@ FOOTER = """\
    After a NATS stream-leader kill, publishing resumed within ~8 s, but accepted changes
    waited much longer to be stored (`accept_to_stored_max_s` vs `kill_to_publishing_max_s` in
    the leader-kill notes): the version-store's pull consumer is slow to come back.
-5. **After a broker restart the fleet was deaf for ~14 s — fixed.** With the embedded
+5. **A busy reader of a long backlog was cut off — fixed.** JetStream lets a flow-controlled
+   push consumer (every ordered consumer: `confbus replay`, an agent catching up on `CFG_TXN`,
+   the historian, `status --at`) run 32 MiB ahead of its client, but nats-server was configured
+   to buffer only 16 MiB per client: a client reading a long backlog while busy was disconnected
+   as a slow consumer and its consumer reset, again and again (`benchmarks/timetravel.py` at a
+   million events). `max_pending` is now 64 MiB, the NATS default, in `confbus up` and
+   `compose/` (`tests/runtime/test_slow_reader.py` fails at 16 MiB).
+6. **After a broker restart the fleet was deaf for ~14 s — fixed.** With the embedded
    nats-server of `confbus up` SIGKILLed and restarted, every agent reconnected within a
    second but heard no prepare until nats-py's ordered consumer noticed two missed heartbeats
    (10-20 s), and a wave nobody voted on failed the rollout. Now every ordered reading of a
@@ -209,6 +225,19 @@ FOOTER = """\
    its `server/raft.go`), and agents whose R1 consumer was on that node need the meta leader to
    get a new one. Below that floor lies a design change (prepares on core NATS, JetStream for
    catch-up only — issue 23).
+
+## Time travel
+
+`timetravel` (tests/faults/timetravel.py) compares `confbus status --at` with what was on every
+agent's disk at each sampled moment, while real agents go through publishes, refused versions
+(aborted switches), SIGKILLs and restarts (catch-ups), supersedes and rollbacks; *divergent* is
+the number of (sample, node) pairs where they differ, *time_mismatches* the samples where `--at
+TIME` gave another answer than `--at SEQ`. A sample's moment is a stream sequence read before and
+after every disk, with no `node.applied` stored in between, and a node is compared only when its
+own state record says its apply was announced (docs/design.md §8.10). *fail* counts operations
+refused or not done in their time (a rollback while another runs, or with nothing to go back
+to): workload, not safety. Its deliberate bug is a fold that takes a committed transaction for
+its participants' applies.
 
 ## Scope
 

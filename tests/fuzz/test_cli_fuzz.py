@@ -229,7 +229,8 @@ def test_unreadable_inputs(
         ("restore", str(tmp_path / "missing.json")),
     ):
         ran = confbus(stack, capsys, *argv)
-        assert ran.code == 1 and "cannot read" in ran.err, (argv, ran)
+        # A file named on the command line that is not there is a usage error (exit 2).
+        assert ran.code == 2 and "cannot read" in ran.err, (argv, ran)
 
 
 def limited() -> None:

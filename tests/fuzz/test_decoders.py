@@ -8,6 +8,7 @@ there, so a message added tomorrow is fuzzed without touching this file.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import confbus.schemas as schemas
+from confbus.schemas import fleet, sealing
 from confbus.schemas.base import DECODE_ERRORS
 from tests.fuzz.strategies import DEEP, garbage, wire
 
@@ -130,3 +132,23 @@ def test_no_service_catches_the_msgspec_errors_alone() -> None:
         if narrow.search(line)
     ]
     assert sites == []
+
+
+# Parsers of framed bytes that are not plain msgspec decoders: each refuses garbage with its one
+# declared error, never anything else (a checkpoint or an envelope read from a bucket or the
+# store may be any bytes at all). Half the inputs start with the real header, to get past it.
+PARSERS: dict[str, tuple[Callable[[bytes], Any], type[Exception], bytes]] = {
+    "parse_checkpoint": (fleet.parse_checkpoint, fleet.CheckpointCorrupt, b"confbus-fleet 1 "),
+    "parse_sealed": (sealing.parse_sealed, ValueError, sealing.SEALED_MAGIC),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+@FUZZ
+@given(data=st.binary(max_size=512), framed=st.booleans())
+def test_framed_garbage_is_refused_with_the_parsers_error(
+    name: str, data: bytes, framed: bool
+) -> None:
+    parse, error, header = PARSERS[name]
+    with contextlib.suppress(error):
+        parse(header + data if framed else data)

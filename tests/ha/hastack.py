@@ -1,5 +1,7 @@
 """``confbus up --ha`` as a real process for tests, and what the tests ask of it: which process
 leads what (stream leaders, the etcd leader, lease holders), pids to kill, agents to start.
+Started with ``--secure``, the same stack hands out its users' credentials and its CA: every
+connection a test makes then logs in as a user of the role it plays, over TLS.
 
 Nothing here sleeps to synchronise: waits read lines as they are written, or poll with a
 deadline.
@@ -18,10 +20,12 @@ from typing import Any
 
 import pytest
 
+from confbus.client import Client
 from confbus.procs.etcd import etcd_binary, leader_name
 from confbus.procs.proc import Proc
 from confbus.procs.spawn import alive
-from confbus.runtime.bus import Bus
+from confbus.procs.tls import TlsFiles
+from confbus.runtime.bus import Bus, connect
 from confbus.schemas.state import decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
 from tests.cli.procs import lock_is_free, start_confbus
@@ -29,6 +33,7 @@ from tests.cli.procs import lock_is_free, start_confbus
 READY = re.compile(
     r"^confbus ready nats=(?P<nats>\S+) data=(?P<data>\S+) services=(?P<services>\S+)"
 )
+TLS_CA = re.compile(r" tls-ca=(\S+)")
 READY_TIMEOUT = 120.0  # 6 servers and 10 services starting on a loaded 2-core CI box
 
 needs_etcd = pytest.mark.skipif(
@@ -74,6 +79,52 @@ class HaStack:
     def store_url(self) -> str:
         return str(self.state()["cluster"]["etcd"])
 
+    # -- with --secure: who connects as whom ---------------------------------------------------
+
+    @property
+    def tls_ca(self) -> str | None:
+        """The stack's CA (``tls-ca=`` of the ready line); None when it is not secured."""
+        m = TLS_CA.search(self.line)
+        return m.group(1) if m else None
+
+    @property
+    def etcd_tls(self) -> TlsFiles | None:
+        """The version-store's certificate for etcd: what a test reads etcd with."""
+        tls = self.state()["cluster"].get("tls")
+        if tls is None:
+            return None
+        return TlsFiles(Path(tls["ca"]), Path(tls["etcd_cert"]), Path(tls["etcd_key"]))
+
+    def env(self, user: str) -> dict[str, str]:
+        """``user``'s ``CONFBUS_*`` environment: its ``<user>.env`` and the CA ({} if open)."""
+        if self.tls_ca is None:
+            return {}
+        env = {"CONFBUS_TLS_CA": self.tls_ca}
+        for line in (self.data_dir / "secrets" / f"{user}.env").read_text().splitlines():
+            key, _, value = line.partition("=")
+            env[key] = value.strip("'")
+        return env
+
+    async def bus(self, user: str, name: str) -> Bus:
+        env = self.env(user)
+        return await connect(
+            self.url,
+            name=name,
+            user=env.get("CONFBUS_NATS_USER"),
+            password=env.get("CONFBUS_NATS_PASSWORD"),
+            tls_ca=self.tls_ca,
+        )
+
+    def client(self, user: str, name: str) -> Client:
+        env = self.env(user)
+        return Client(
+            self.url,
+            name=name,
+            user=env.get("CONFBUS_NATS_USER"),
+            password=env.get("CONFBUS_NATS_PASSWORD"),
+            tls_ca=self.tls_ca,
+        )
+
     def pid(self, name: str) -> int:
         """``nats-2``, ``etcd-e1`` or a service replica such as ``coordinator-1``."""
         state = self.state()
@@ -102,7 +153,7 @@ class HaStack:
         ]  # fmt: skip
         logs = root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        proc = Proc(f"agent-{node}", argv, logs).start()
+        proc = Proc(f"agent-{node}", argv, logs, env=self.env(f"agent-{node}")).start()
         agent = Agent(node, path, proc)
         self.agents[node] = agent
         return agent
@@ -166,9 +217,9 @@ async def stream_leader(bus: Bus, stream: str) -> str:
     return str(info.cluster.leader)
 
 
-def etcd_leader(store_url: str, follower: bool = False) -> str:
+def etcd_leader(store_url: str, follower: bool = False, tls: TlsFiles | None = None) -> str:
     """The name (e1..e3) of the etcd leader (or of a follower)."""
-    name = leader_name(store_url.removeprefix("etcd://").split(","), follower)
+    name = leader_name(store_url.removeprefix("etcd://").split(","), follower, tls)
     assert name is not None, f"no etcd member of {store_url} names a leader"
     return name
 

@@ -17,6 +17,11 @@ At the end:
   the head's;
 - **pauses** — the longest gap between publish acks, and between the agents' applies, around
   each fault, printed as a table.
+
+The one-round test runs twice: on the open stack and on ``confbus up --ha --secure`` (TLS on
+every client, route, monitoring and etcd port; CI, agents and the probe each logged in as their
+own user), where the restarted servers must take each other back with their certificates and
+route credentials.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ import pytest
 
 from confbus.client import Client
 from confbus.coordinator.head import Heads
-from confbus.runtime.bus import Bus, connect
+from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, Permanent
+from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import NodeApplied
 from confbus.schemas.streams import CFG_CHANGES, CFG_TXN_HEAD
 from confbus.schemas.txn import Decision, Prepare
@@ -90,14 +96,20 @@ def index_of(data: bytes | None) -> int:
         return -1
 
 
-async def publish_stream(client: Client, run: Run, stop: anyio.Event) -> None:
+async def publish_stream(client: Client, run: Run, stop: anyio.Event, as_user: str) -> None:
+    """Changes one after another, as a CI job: with ``as_user`` (a secured stack) through the
+    version-store's pinned ``propose`` as that user, as ``confbus publish`` does then."""
     for i in range(MAX_PUBLISHES):
         if stop.is_set():
             return
         content = content_of(i)
+        change = ChangeProposed(namespace=NS, change_id=f"c{i}", content=content)
         while True:
             try:
-                info = await client.publish(NS, content, change_id=f"c{i}", timeout=60)
+                if as_user:
+                    info = await client.propose_as(as_user, change, timeout=60)
+                else:
+                    info = await client.publish(NS, content, change_id=f"c{i}", timeout=60)
                 break
             except (ConfbusError, nats.errors.Error) as exc:
                 # A CI job retries with the same change id: a no-op if it was stored. (While a
@@ -164,9 +176,10 @@ async def warm(run: Run, n: int = 3) -> None:
     await eventually(flowing, timeout=RECOVERY_TIMEOUT_S, what="the publish stream flowing")
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[HaStack]:
-    s = start_ha(tmp_path / "data")
+@pytest.fixture(params=["open", "secure"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HaStack]:
+    secure = ["--secure", *(f"--agent={node}" for node in NODES)]
+    s = start_ha(tmp_path / "data", *(secure if request.param == "secure" else []))
     try:
         for node in NODES:
             s.start_agent(node, NS, tmp_path / "nodes")
@@ -185,7 +198,9 @@ async def nats_stream_leader(stack: HaStack, bus: Bus) -> tuple[str, str, str] |
 
 def etcd_member(leader: bool) -> FaultPlan:
     async def plan(stack: HaStack, bus: Bus) -> tuple[str, str, str] | None:
-        member = await anyio.to_thread.run_sync(etcd_leader, stack.store_url, not leader)
+        member = await anyio.to_thread.run_sync(
+            etcd_leader, stack.store_url, not leader, stack.etcd_tls
+        )
         label = "etcd leader" if leader else "etcd follower"
         return label, f"etcd-{member}", f"etcd {member} ready again"
 
@@ -219,6 +234,7 @@ async def test_kill_one_of_each_with_a_publish_stream_going(stack: HaStack) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stack", ["open"], indirect=True)
 async def test_kill_one_of_each_five_rounds_etcd_leader_too(stack: HaStack) -> None:
     """The same faults five rounds in a row on one stack, killing the etcd *leader* each
     time (``-m slow``)."""
@@ -230,10 +246,10 @@ async def kill_in_turn(stack: HaStack, faults_to_inject: tuple[FaultPlan, ...]) 
     faults: list[Fault] = []
     skipped: list[str] = []
     stop = anyio.Event()
-    bus = await connect(stack.url, name="test-probe")
+    bus = await stack.bus("service", name="test-probe")
     try:
-        async with Client(stack.url, name="test-ci") as client, anyio.create_task_group() as tg:
-            tg.start_soon(publish_stream, client, run, stop)
+        async with stack.client("ci", name="test-ci") as client, anyio.create_task_group() as tg:
+            tg.start_soon(publish_stream, client, run, stop, "ci" if stack.tls_ca else "")
             tg.start_soon(watch_agents, stack, run, stop)
             try:
                 await warm(run)

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from confbus.procs.proc import Proc
 from confbus.runtime.api import call
 from confbus.runtime.codec import encode
-from confbus.runtime.errors import ConfbusError
+from confbus.runtime.errors import Forbidden
 from confbus.schemas import subjects
 from confbus.schemas.api import decode_api_error
 from confbus.schemas.api import dist as dist_api
@@ -299,7 +299,7 @@ async def test_authorship_and_approval_come_from_the_nats_user(approvals: Secure
         await sent_nowhere(bob, store_api.APPROVE, approve)
 
         # Bob on his own pinned subject, claiming to be Alice: the store says no (403).
-        with pytest.raises(ConfbusError, match="not the caller") as refused:
+        with pytest.raises(Forbidden, match="not the caller") as refused:
             await call(bob.bus, pinned.as_user("bob"), approve)
         assert "bob" in str(refused.value)
         assert (await version_info(s, version)).info.status == "draft"
@@ -316,11 +316,11 @@ async def test_a_change_is_authored_by_whoever_proposes_it(approvals: SecuredNat
         # Claiming someone else in the body, on one's own subject: 403, nothing queued.
         before = await last_seq(s, CFG_CHANGES.name)
         forged = ChangeProposed(namespace=NS, change_id="c-forged", content=b"{}", author="alice")
-        with pytest.raises(ConfbusError, match="not the caller"):
+        with pytest.raises(Forbidden, match="not the caller"):
             await call(ci.bus, store_api.PROPOSE.as_user("ci", NS), forged)
         # A body for another namespace than the subject's: 403 too.
         elsewhere = ChangeProposed(namespace=OTHER_NS, change_id="c-else", content=b"{}")
-        with pytest.raises(ConfbusError, match="proposed on the subject"):
+        with pytest.raises(Forbidden, match="proposed on the subject"):
             await call(ci.bus, store_api.PROPOSE.as_user("ci", NS), elsewhere)
         assert await last_seq(s, CFG_CHANGES.name) == before
 

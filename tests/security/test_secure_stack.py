@@ -29,6 +29,7 @@ from confbus.schemas import subjects
 from confbus.schemas.streams import CFG_DLQ, CFG_EVENTS, STREAMS
 from tests.cli.procs import REPO, confbus_argv, start_confbus
 from tests.helpers import eventually
+from tests.security.support import leaks
 
 READY_TIMEOUT = 90.0
 SECRET_NS = "vault"
@@ -191,6 +192,11 @@ def test_ci_publishes_and_an_agent_with_its_own_credentials_applies_it(
     history = stack.confbus("alice", "history", PLAIN_NS)
     assert history.returncode == 0, history.stderr
     assert " ci-pay " in history.stdout  # the author is the NATS user, not the OS user
+    # An operator reads the past (checkpoints, events, a time's sequence) within its rights.
+    for args in (("status", PLAIN_NS, "--at", "0s", "--json"), ("why", PLAIN_NS, "n1")):
+        past = stack.confbus("alice", *args)
+        assert past.returncode == 0, past.stderr
+        assert "v1" in past.stdout or '"version":1' in past.stdout, past.stdout
 
     # ci-pay may not publish elsewhere, nor claim to be someone else.
     claimed = stack.confbus("ci-pay", "publish", PLAIN_NS, str(config), "--author", "alice")
@@ -300,27 +306,6 @@ def all_logs(stack: SecureStack) -> dict[str, bytes]:
     found["up stdout"] = stack.up.out.text().encode()
     found["up stderr"] = stack.up.err.text().encode()
     return found
-
-
-def forms(needle: str) -> list[bytes]:
-    """The needle as is, and as it shows inside base64 at each of the three alignments (msgspec
-    writes ``bytes`` fields as base64: a grep for the plain text alone would miss them)."""
-    raw = needle.encode()
-    out = [raw]
-    for k in range(3):
-        b64 = base64.b64encode(b"\0" * k + raw)
-        start = 4 if k else 0
-        out.append(b64[start : 4 * ((k + len(raw)) // 3)])
-    return out
-
-
-def leaks(haystacks: dict[str, bytes], needles: list[str]) -> list[str]:
-    return [
-        f"{needle!r} in {where}"
-        for where, data in haystacks.items()
-        for needle in needles
-        if any(form in data for form in forms(needle))
-    ]
 
 
 def test_the_leak_search_sees_through_base64() -> None:

@@ -11,7 +11,10 @@ import anyio
 import msgspec
 import pytest
 
+from confbus.runtime.sealing import new_data_key, new_kek, seal
+from confbus.runtime.signing import SigningKey
 from confbus.schemas.policy import Policy
+from confbus.schemas.sealing import content_sha256
 from confbus.version_store.errors import (
     InvalidConfig,
     InvalidTransition,
@@ -193,6 +196,20 @@ async def test_rollback_of_is_kept(store: Store) -> None:
     assert await stored(store, nv("ns", "rollback-1", b"good", rollback_of=1)) == 3
     info = (await store.get("ns", 3)).info
     assert info.rollback_of == 1 and info.sha256 == (await store.get("ns", 1)).info.sha256
+
+
+async def test_signatures_and_sealed_content_are_kept_and_exported(store: Store) -> None:
+    key = SigningKey.generate("alice")
+    kek = new_kek("ops")
+    sealed = seal(b'{"secret": 1}', "json", new_data_key(kek), {kek.id: kek})
+    sha = content_sha256(sealed)
+    sig = key.sign("ns", 1, sha, "json", "c1")
+    assert await stored(store, nv("ns", "c1", sealed, signatures=[sig])) == 1
+    got = await store.get("ns", 1)
+    assert got.signatures == [sig] and got.content == sealed
+    # A sealed version's sha256 is its plaintext's; the store checks the envelope with it.
+    assert got.info.sha256 == sha and (await store.check_integrity("ns")).ok
+    assert (await store.export("ns")).versions[0].signatures == [sig]
 
 
 # -- reads --------------------------------------------------------------------------------------

@@ -196,7 +196,12 @@ async def test_approval_flow_and_status_events(stack: Stack) -> None:
         events = await events_of(client, ns)
     kinds = Counter(type(e).__name__ for e in events)
     assert kinds == Counter(
-        VersionRejected=1, VersionCreated=1, VersionApproved=1, VersionPromoted=1, VersionLastGood=1
+        PolicyChanged=1,  # require_approval, set above
+        VersionRejected=1,
+        VersionCreated=1,
+        VersionApproved=1,
+        VersionPromoted=1,
+        VersionLastGood=1,
     )
     (c,) = created(events)
     assert c.status == "draft" and c.actor == "alice"

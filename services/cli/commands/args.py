@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import sys
 
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
@@ -14,6 +15,7 @@ from confbus.client import check_namespace
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput
 from confbus.runtime.identity import is_identity
+from confbus.schemas.names import LABEL_PATTERN
 from confbus.schemas.streams import MAX_PAYLOAD
 
 # -- argparse types -----------------------------------------------------------------------------
@@ -44,13 +46,38 @@ def natural_int(text: str) -> int:
 
 def positive_seconds(text: str) -> float:
     """A duration in seconds: a finite number above 0."""
+    value = _seconds(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """A duration that may be 0 (``--bake 0``: none)."""
+    value = _seconds(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    if value != value or value == float("inf"):  # nan, inf
+        raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
     return value
+
+
+def label_pair(text: str) -> tuple[str, str]:
+    """``key=value``, both labels as agents carry them (``confbus agent --label``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not all(re.fullmatch(LABEL_PATTERN, part) for part in (key, value)):
+        raise argparse.ArgumentTypeError(
+            f"expected key=value, each letters, digits and _./- (e.g. dc=eu1): {text!r}"
+        )
+    return key, value
 
 
 def check_ns(namespace: str) -> str:
@@ -64,6 +91,20 @@ def check_ns(namespace: str) -> str:
 # -- inputs -------------------------------------------------------------------------------------
 
 
+def input_file(text: str) -> str:
+    """A file named on the command line ('-': stdin), as an argparse type: one that is not
+    there or cannot be read is a usage error (exit 2), said before anything connects."""
+    if text == "-":
+        return text
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"cannot read {text}: no such file")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"cannot read {text}: it is a directory")
+    if not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"cannot read {text}: permission denied")
+    return text
+
+
 def read_file(path: str, limit: int = MAX_PAYLOAD) -> bytes:
     """The file's bytes ('-': stdin), refused beyond ``limit``: nothing larger than a bus
     message can be a config, and a file like /dev/zero would otherwise be read forever."""
@@ -73,8 +114,8 @@ def read_file(path: str, limit: int = MAX_PAYLOAD) -> bytes:
         else:
             with open(path, "rb") as f:
                 data = f.read(limit + 1)
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror or exc}", FAILED) from None
+    except OSError as exc:  # gone since the arguments were checked
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", USAGE) from None
     if len(data) > limit:
         raise CliError(
             f"{path} is larger than {limit} bytes: more than confbus carries (a config is at "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import stat
 import sys
@@ -25,10 +24,13 @@ from pathlib import Path
 
 import msgspec
 
+from confbus.cli.commands.args import acting_as, input_file
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.client import Client, NamespaceBackup, check_namespace
 from confbus.runtime.errors import InvalidInput
+from confbus.schemas.api.store import ImportReply
 from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.sealing import content_sha256
 
 BACKUP_KIND = "confbus-backup"
 BACKUP_VERSION = 1
@@ -62,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", type=input_file)
     p.set_defaults(func=run_restore)
 
 
@@ -90,11 +92,19 @@ async def run_restore(args: argparse.Namespace, client: Client) -> int:
     backup = read_backup(Path(args.file))
     for b in backup.namespaces:
         verify(b)
+    who = acting_as(args, None)
     for b in backup.namespaces:
-        written = await client.import_namespace(b)
-        what = f"{written} version(s) restored" if written else "already there, unchanged"
-        sys.stdout.write(f"{b.namespace}: {what}\n")
+        reply = await client.import_namespace(b, actor=who)
+        sys.stdout.write(f"{b.namespace}: {restored(reply)}\n")
     return OK
+
+
+def restored(reply: ImportReply) -> str:
+    """What a restore did to one namespace, in words."""
+    done = [f"{reply.imported} version(s) restored"] if reply.imported else []
+    if reply.policy_changed:
+        done.append("policy replaced")
+    return ", ".join(done) if done else "already there, unchanged"
 
 
 def read_backup(path: Path) -> BackupFile:
@@ -105,8 +115,8 @@ def read_backup(path: Path) -> BackupFile:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise CliError(f"{path} is not a regular file", FAILED)
             raw = f.read()
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror or exc}", FAILED) from None
+    except OSError as exc:  # gone since the arguments were checked
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", USAGE) from None
     try:
         backup = _decode(raw)
     except DECODE_ERRORS as exc:
@@ -128,7 +138,7 @@ def verify(b: NamespaceBackup) -> None:
         where = f"{b.namespace} v{info.version}"
         if info.namespace != b.namespace or info.version != i:
             raise CliError(f"{where}: expected {b.namespace} v{i} at position {i}", FAILED)
-        actual = hashlib.sha256(v.content).hexdigest()
+        actual = content_sha256(v.content)
         if actual != info.sha256 or len(v.content) != info.size:
             raise CliError(
                 f"{where}: content does not match its recorded hash (sha256 {actual[:12]}…, "

@@ -10,11 +10,8 @@ stored plus ``seq`` and ``subject``. Events never carry config content, so neith
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +23,9 @@ from confbus.client import Client, StreamedEvent
 from confbus.runtime import since
 from confbus.runtime.events import event_type
 from confbus.schemas import subjects
+from confbus.schemas.api.health import RuleResult
 from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
+from confbus.schemas.policydiff import FieldChange
 
 _EVENTS_PREFIX = subjects.EVENTS_ALL.removesuffix(">")  # "cfg.event."
 
@@ -96,10 +95,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 async def run_replay(args: argparse.Namespace, client: Client) -> int:
     events = client.events(args.filter, since=args.since, from_seq=args.from_seq)
-    with _stdout_may_close():
-        async for item in events:
-            sys.stdout.write(render(item, as_json=args.json) + "\n")
-        sys.stdout.flush()
+    async for item in events:
+        sys.stdout.write(render(item, as_json=args.json) + "\n")
+    sys.stdout.flush()
     return OK
 
 
@@ -110,10 +108,9 @@ async def run_tail(args: argparse.Namespace, client: Client) -> int:
         sys.stderr.write(f"confbus: following {flt} on {client.nats_url} (Ctrl-C to stop)\n")
         sys.stderr.flush()
 
-    with _stdout_may_close():
-        async for item in client.events(flt, follow=True, on_subscribed=announce):
-            sys.stdout.write(render(item, as_json=args.json) + "\n")
-            sys.stdout.flush()  # someone is watching: no block buffering on a pipe
+    async for item in client.events(flt, follow=True, on_subscribed=announce):
+        sys.stdout.write(render(item, as_json=args.json) + "\n")
+        sys.stdout.flush()  # someone is watching: no block buffering on a pipe
     return OK
 
 
@@ -197,7 +194,9 @@ def _value(name: str, value: Any) -> str:
     if isinstance(value, float):
         if name.endswith("share"):
             return f"{value:.0%}"
-        return f"{value:g}s" if name.endswith(("_s", "seconds")) else f"{value:g}"
+        if name.endswith(("_s", "seconds")):  # the name says the unit: to the millisecond
+            return f"{round(value, 3):g}"
+        return f"{value:g}"
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
     if isinstance(value, list):
@@ -207,6 +206,10 @@ def _value(name: str, value: Any) -> str:
 
 
 def _list(items: list[Any]) -> str:
+    if all(isinstance(i, FieldChange) for i in items):  # a policy's changes, each in full
+        return "[" + "; ".join(i.line() for i in items) + "]"
+    if all(isinstance(i, RuleResult) for i in items):  # a verdict's rules: each one's outcome
+        return ",".join(f"{r.rule}:{_rule_outcome(r)}" for r in items)
     if all(isinstance(i, VoteRecord) for i in items):
         against = [
             f"{v.vote}:{v.node}" + (f"({v.reason})" if v.reason else "")
@@ -223,9 +226,24 @@ def _list(items: list[Any]) -> str:
         return "+".join(str(len(i)) for i in items)
     if all(isinstance(i, WaveReport) for i in items):  # the wave sizes and their states
         return "+".join(f"{len(w.nodes)}:{w.state}" for w in items)
-    if len(items) <= 4:
-        return ",".join(str(i) for i in items)
-    return f"{','.join(str(i) for i in items[:3])},…({len(items)})"
+    shown = [_brief(i) for i in items]
+    if len(shown) <= 4:
+        return ",".join(shown)
+    return f"{','.join(shown[:3])},…({len(shown)})"
+
+
+def _rule_outcome(r: RuleResult) -> str:
+    if r.ok is None or r.value is None:
+        return "no-data"
+    return f"{r.value:.4g}({'ok' if r.ok else 'bad'})"
+
+
+def _brief(item: Any) -> str:
+    """An item of a list, in a word: a Struct by its first field (never its repr)."""
+    if isinstance(item, msgspec.Struct):
+        fields = msgspec.structs.fields(item)
+        return str(getattr(item, fields[0].name)) if fields else type(item).__name__
+    return str(item)
 
 
 def _json_line(item: StreamedEvent) -> str:
@@ -239,14 +257,3 @@ def _json_line(item: StreamedEvent) -> str:
     else:
         head["raw"] = item.raw.decode("utf-8", errors="replace")
     return json.dumps(head, ensure_ascii=False)
-
-
-@contextlib.contextmanager
-def _stdout_may_close() -> Iterator[None]:
-    """``confbus replay | head`` closes our stdout early: that is not an error."""
-    try:
-        yield
-    except BrokenPipeError:
-        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())

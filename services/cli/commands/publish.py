@@ -25,11 +25,14 @@ import msgspec
 from confbus.cli.commands.args import (
     acting_as,
     fits,
+    input_file,
+    label_pair,
     nats_identity,
     natural_int,
     positive_seconds,
     read_file,
 )
+from confbus.cli.commands.keys import add_trust_args, kek_files, signing_keys
 from confbus.cli.commands.publishwait import wait_for_production
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import out, out_bytes
@@ -65,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_publish_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``publish``; the rollout's ``--wait``/``--strategy`` are added beside them."""
     p.add_argument("namespace", metavar="NS")
-    p.add_argument("file", metavar="FILE", help="the config ('-': stdin)")
+    p.add_argument("file", metavar="FILE", type=input_file, help="the config ('-': stdin)")
     p.add_argument(
         "--format",
         choices=FORMATS,
@@ -105,6 +108,14 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "linear:N%%, exponential:N%%",
     )
     p.add_argument(
+        "--selector",
+        type=label_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="this version goes only to the nodes with these labels (repeat for more); "
+        "default: the policy's selector",
+    )
+    p.add_argument(
         "--progress",
         action="store_true",
         help="with --wait: print each wave on stderr even when it is not a terminal",
@@ -116,6 +127,7 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "--wait, for the end of the rollout (default 600)",
     )
     p.add_argument("--json", action="store_true", help="print the version (or rejection) as JSON")
+    add_trust_args(p)
 
 
 # -- publish and dry run -----------------------------------------------------------------------
@@ -136,7 +148,14 @@ def change_from_args(args: argparse.Namespace, content: bytes, change_id: str) -
         author=acting_as(args, args.author),
         message=args.message,
         base=args.base,
+        strategy=args.strategy,
+        selector=selector_of(args),
     )
+
+
+def selector_of(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--selector k=v …`` as the change's selector (None: the policy's)."""
+    return dict(args.selector) if args.selector else None
 
 
 def _local_checks(args: argparse.Namespace) -> None:
@@ -157,6 +176,7 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
     await _say_if_new(client, args.namespace)
     if nats_identity(args) is not None:
         return await publish_as(client, author, args, content)
+    keys, keks = signing_keys(args), kek_files(args)
     return await client.publish(
         args.namespace,
         content,
@@ -166,7 +186,10 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
         message=args.message,
         base=args.base,
         strategy=args.strategy,
+        selector=selector_of(args),
         timeout=args.timeout,
+        signing_keys=keys,
+        keks=keks,
     )
 
 
@@ -198,7 +221,9 @@ async def publish_as(
         message=args.message,
         base=args.base,
         strategy=args.strategy,
+        selector=selector_of(args),
     )
+    change = await client.seal_and_sign(change, signing_keys(args), kek_files(args))
     return await client.propose_as(user, change, args.timeout)
 
 

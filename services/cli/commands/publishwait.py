@@ -18,7 +18,8 @@ import anyio
 import msgspec
 
 from confbus.cli.exitcodes import FAILED, OK, UNREACHABLE
-from confbus.client import Client
+from confbus.client import Client, RolloutWaitTimeout, WaitTimedOut
+from confbus.runtime.errors import ConfbusError
 from confbus.schemas.api.dist import RolloutInfo
 from confbus.schemas.events import (
     AnyEvent,
@@ -78,7 +79,7 @@ async def wait_for_production(
     if info.status == "draft":
         _stderr(
             f"confbus: {info.namespace} v{info.version} is a draft, waiting for approval "
-            f"(confbus approve {info.namespace} {info.version})"
+            f"({approval_hint(info)})"
         )
     elif show:
         _stderr(f"confbus: {info.namespace} v{info.version} stored ({info.status}); rolling out")
@@ -88,13 +89,16 @@ async def wait_for_production(
         if show and line is not None:
             _stderr(line)
 
-    rollout = await client.wait_rollout(
-        info.namespace,
-        info.version,
-        timeout=max(0.1, deadline - time.monotonic()),
-        progress=progress,
-        since=info.created_at - _REPLAY_MARGIN,
-    )
+    try:
+        rollout = await client.wait_rollout(
+            info.namespace,
+            info.version,
+            timeout=max(0.1, deadline - time.monotonic()),
+            progress=progress,
+            since=info.created_at - _REPLAY_MARGIN,
+        )
+    except RolloutWaitTimeout as exc:
+        raise await _still_a_draft(client, info) or exc from None
     code = report(args, info, rollout)
     if code == OK and getattr(args, "require_all", False) and rollout.away:
         return await wait_for_away(client, info, rollout.away, deadline)
@@ -121,6 +125,27 @@ async def wait_for_away(client: Client, info: VersionInfo, away: list[str], dead
             return UNREACHABLE
         await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
     return OK
+
+
+def approval_hint(info: VersionInfo) -> str:
+    """How to approve a draft: the command, with who may (anyone but its author)."""
+    by = f"someone other than {info.author}" if info.author else "someone other than its author"
+    return f"confbus approve {info.namespace} {info.version} --as NAME, by {by}"
+
+
+async def _still_a_draft(client: Client, info: VersionInfo) -> WaitTimedOut | None:
+    """What a wait that ran out of time was really waiting for, when no rollout ever began:
+    the version is still a draft."""
+    try:
+        now = (await client.get(info.namespace, str(info.version), content=False)).info
+    except ConfbusError:
+        return None
+    if now.status != "draft":
+        return None
+    return WaitTimedOut(
+        f"{now.namespace} v{now.version} is still a draft, waiting for approval; no rollout "
+        f"starts before it is approved ({approval_hint(now)})"
+    )
 
 
 def report(args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo) -> int:

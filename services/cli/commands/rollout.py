@@ -1,4 +1,5 @@
-"""Rollouts and the fleet: ``confbus rollout``, ``pause``, ``resume``, ``abort``, ``status``.
+"""Rollouts and the fleet: ``confbus rollout``, ``pause``, ``resume``, ``abort``, ``status``,
+``forget``.
 
 - ``confbus rollout NS [--json]``: the namespace's current or last rollout — its waves (nodes,
   state, transaction, attempts, when committed, the bake's verdict) and, per node, the outcome,
@@ -9,6 +10,7 @@
 - ``confbus status NS [--json]``: the production version and, per node, its liveness, applied
   version, the sha256 of its live file, its target version, its last heartbeat and its status
   (``ok``, ``catching-up``, ``drift``, ``failing: <reason>``…).
+- ``confbus forget NODE``: forget a node that is gone for good (not while it is live).
 
 Exit codes: 0 ok; 1 refused (no rollout in a state that allows it); 3 unreachable.
 """
@@ -21,11 +23,12 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from confbus.cli.commands import timetravel
 from confbus.cli.commands.args import identity
 from confbus.cli.exitcodes import FAILED, OK, CliError
 from confbus.client import Client, check_namespace
 from confbus.schemas.api import dist as dist_api
-from confbus.schemas.api.dist import RolloutInfo, StatusReply
+from confbus.schemas.api.dist import RolloutInfo, StatusReply, WaveInfo
 
 _json = msgspec.json.Encoder()
 
@@ -61,7 +64,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     s.add_argument("namespace", metavar="NS")
     s.add_argument("--json", action="store_true")
+    timetravel.add_at(s, "the fleet as it was then, from the audit log")
     s.set_defaults(func=run_status)
+
+    f = sub.add_parser(
+        "forget",
+        help="forget a node gone for good (its records and targets; node.forgotten)",
+        description="Forget NODE, which must not be live (stop its agent first): status no "
+        "longer lists it, and node.forgotten is said in each namespace it followed. A node "
+        "that comes back later is a new member.",
+    )
+    f.add_argument("node", metavar="NODE")
+    f.add_argument("--reason", default="", help="why (kept in the event)")
+    f.add_argument("--as", dest="actor", default="", help="who (default: $CONFBUS_IDENTITY)")
+    f.set_defaults(func=run_forget)
 
 
 async def run_rollout(args: argparse.Namespace, client: Client) -> int:
@@ -88,11 +104,22 @@ async def run_control(args: argparse.Namespace, client: Client) -> int:
 
 
 async def run_status(args: argparse.Namespace, client: Client) -> int:
+    if args.at is not None:
+        return await timetravel.run_status_at(args, client)
     reply = await client.fleet_status(args.namespace)
     if args.json:
         _out(_json.encode(reply).decode())
     else:
         _out(render_status(reply))
+    return OK
+
+
+async def run_forget(args: argparse.Namespace, client: Client) -> int:
+    reply = await client.forget_node(
+        args.node, actor=identity(args.actor or None), reason=args.reason
+    )
+    followed = f" (it followed {', '.join(reply.namespaces)})" if reply.namespaces else ""
+    _out(f"forgot {reply.node}{followed}")
     return OK
 
 
@@ -114,7 +141,8 @@ def _v(version: int | None) -> str:
     return f"v{version}" if version is not None else "-"
 
 
-def render_rollout(info: RolloutInfo) -> str:
+def render_rollout(info: RolloutInfo, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
     lines = [
         f"rollout {info.rollout_id}: {info.namespace} {_v(info.version)} "
         f"({info.strategy or info.requested_strategy or 'policy strategy'}, bake "
@@ -129,10 +157,13 @@ def render_rollout(info: RolloutInfo) -> str:
         lines.append(f"  waiting: v{info.next.version} ({info.next.mode})")
     if info.last_good:
         lines.append("  marked last known good (the final bake passed with data)")
+    if info.state == "paused":
+        lines.append(f"  paused: confbus resume {info.namespace} to go on")
     if info.waves:
         lines.append("  waves:")
         for w in info.waves:
-            mark = "▶" if w.index == info.current_wave and info.active else " "
+            current = w.index == info.current_wave and info.active
+            mark = (" ", "⏸" if info.state == "paused" else "▶")[current]
             extra = []
             if w.txid:
                 extra.append(f"txn {w.txid}")
@@ -147,19 +178,32 @@ def render_rollout(info: RolloutInfo) -> str:
             if w.excluded:
                 extra.append(f"excluded {','.join(w.excluded)}")
             lines.append(
-                f"  {mark} {w.index}: {w.state:<9} {len(w.nodes)} node(s) "
+                f"  {mark} {w.index}: {_wave_state(info, w, now):<9} {len(w.nodes)} node(s) "
                 f"[{','.join(w.nodes)}]" + (f"  {'; '.join(extra)}" if extra else "")
             )
     if info.report:
         lines.append("  nodes:")
         for o in info.report:
-            t = f"{o.seconds:.2f}s" if o.seconds is not None else "-"
-            why = f"  {o.reason}" if o.reason else ""
-            lines.append(
-                f"    {o.node:<20} {o.outcome:<9} wave {o.wave if o.wave is not None else '-'}"
-                f"  attempts {o.attempts}  at +{t}{why}"
-            )
+            facts = [f"{o.node:<20} {o.outcome:<9} wave {o.wave if o.wave is not None else '-'}"]
+            if o.outcome != "pending":  # not tried yet: no attempts, no time
+                facts.append(f"attempts {o.attempts}")
+            if o.seconds is not None:
+                facts.append(f"at +{o.seconds:.2f}s")
+            if o.reason:
+                facts.append(o.reason)
+            lines.append("    " + "  ".join(facts))
     return "\n".join(lines)
+
+
+def _wave_state(info: RolloutInfo, w: WaveInfo, now: datetime) -> str:
+    """A wave's state, and for a bake how far it is: a bake that has run its time waits for
+    the verdict (or, paused, for a resume) — it is no longer baking."""
+    if w.state != "baking" or w.committed_at is None:
+        return w.state
+    elapsed = max(0.0, (now - w.committed_at).total_seconds())
+    if elapsed < info.bake_s:
+        return f"baking {elapsed:.0f}s of {info.bake_s:g}s"
+    return "baked, paused" if info.state == "paused" else "baked, awaiting the verdict"
 
 
 def render_status(reply: StatusReply) -> str:

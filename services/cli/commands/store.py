@@ -1,5 +1,6 @@
-"""Versions: ``confbus history``, ``show``, ``diff``, ``approve``, ``reject``, ``policy`` (and
-``backup``/``restore``, from ``backup.py``; ``publish`` is in ``publish.py``).
+"""Versions: ``confbus history``, ``show``, ``diff``, ``approve``, ``reject`` (and
+``backup``/``restore``, from ``backup.py``; ``publish`` is in ``publish.py``, ``policy`` in
+``policy.py``).
 
 Identities (``--as``) default to ``$CONFBUS_IDENTITY``, else the OS user — unless the connection
 authenticates as a NATS user (``--nats-user``): then that user *is* the identity, sent on
@@ -12,28 +13,22 @@ Exit codes: 0 ok; 1 refused or failed (reason on stderr); 2 usage; 3 unreachable
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-from typing import Any
 
 import msgspec
-import yaml
 
 from confbus.cli.commands import backup
 from confbus.cli.commands.args import (
     acting_as,
     check_ns,
-    fits,
     nats_identity,
     positive_int,
-    read_file,
 )
+from confbus.cli.commands.keys import add_kek_arg, kek_files, opened
 from confbus.cli.commands.publish import status_text
-from confbus.cli.exitcodes import FAILED, OK, CliError
+from confbus.cli.exitcodes import OK
 from confbus.cli.output import err, out, out_bytes
 from confbus.client import Client
 from confbus.schemas.api import store as store_api
-from confbus.schemas.names import FORMATS
 from confbus.schemas.versions import VersionInfo
 
 _json = msgspec.json.Encoder()
@@ -64,6 +59,7 @@ def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p.add_argument("--info", action="store_true", help="print the version's metadata, not bytes")
     p.add_argument("--json", action="store_true", help="with --info: as JSON")
+    add_kek_arg(p, "open a sealed secret version with this key-encryption key")
     p.set_defaults(func=run_show)
 
     p = sub.add_parser("diff", help="unified diff between two versions of NS")
@@ -89,35 +85,6 @@ def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--as", dest="identity", help="who (default $CONFBUS_IDENTITY or user)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_reject)
-
-    p = sub.add_parser(
-        "policy",
-        help="show or change the policy of NS",
-        description="Without options: print the namespace's policy. With options: change "
-        "those fields, store the policy and print it.",
-    )
-    p.add_argument("namespace", metavar="NS")
-    p.add_argument("--format", choices=FORMATS, help="the namespace's config format")
-    schema = p.add_mutually_exclusive_group()
-    schema.add_argument("--schema", metavar="FILE", help="JSON Schema (JSON or YAML file)")
-    schema.add_argument("--no-schema", action="store_true", help="remove the JSON Schema")
-    p.add_argument(
-        "--require-approval",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="versions wait as drafts until someone other than the author approves",
-    )
-    p.add_argument("--strategy", help="rollout: all-at-once, canary:N, linear:N%%, exponential:N%%")
-    p.add_argument("--max-bytes", type=positive_int, help="size limit of a version")
-    p.add_argument(
-        "--secret",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="content never appears in events, logs or dry-run diffs",
-    )
-    p.add_argument("--as", dest="identity", help="who (for the log)")
-    p.add_argument("--json", action="store_true", help="print the policy as one JSON line")
-    p.set_defaults(func=run_policy)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -162,8 +129,8 @@ async def run_show(args: argparse.Namespace, client: Client) -> int:
             for key, value in msgspec.structs.asdict(reply.info).items():
                 out(f"{key}: {value}")
         return OK
-    # The exact bytes, untouched: no decoding, no newline added.
-    out_bytes(reply.content or b"")
+    # The exact bytes, untouched: no decoding, no newline added (a sealed secret's plaintext).
+    out_bytes(opened(reply.content or b"", kek_files(args)))
     return OK
 
 
@@ -207,65 +174,3 @@ async def run_reject(args: argparse.Namespace, client: Client) -> int:
     else:
         out(f"{info.namespace} v{info.version} sha256={info.sha256} ({info.status})")
     return OK
-
-
-# -- policy -------------------------------------------------------------------------------------
-
-
-async def run_policy(args: argparse.Namespace, client: Client) -> int:
-    check_ns(args.namespace)
-    policy = await client.policy(args.namespace)
-    changes: dict[str, Any] = {}
-    if args.format is not None:
-        changes["format"] = args.format
-    if args.schema is not None:
-        changes["json_schema"] = _read_schema(args.schema)
-    if args.no_schema:
-        changes["json_schema"] = None
-    if args.require_approval is not None:
-        changes["require_approval"] = args.require_approval
-    if args.strategy is not None:
-        changes["strategy"] = args.strategy
-    if args.max_bytes is not None:
-        changes["max_bytes"] = args.max_bytes
-    if args.secret is not None:
-        changes["secret"] = args.secret
-    if changes:
-        who = acting_as(args, args.identity)
-        new = msgspec.structs.replace(policy, **changes)
-        fits(store_api.PolicySetRequest(policy=new, actor=who), "the policy")
-        if nats_identity(args) is not None:
-            req = store_api.PolicySetRequest(policy=new, actor=who)
-            policy = await client.call(store_api.POLICY_SET_AS.as_user(who), req)
-        else:
-            policy = await client.set_policy(new, actor=who)
-    if args.json:
-        out_bytes(_json.encode(policy) + b"\n")
-    else:
-        out(json.dumps(msgspec.to_builtins(policy), indent=2))
-    return OK
-
-
-MAX_SCHEMA_BYTES = 1024 * 1024
-
-
-def _read_schema(path: str) -> dict[str, Any]:
-    raw = read_file(path, MAX_SCHEMA_BYTES)
-    try:
-        if Path(path).suffix.lower() in (".yaml", ".yml"):
-            schema = yaml.safe_load(raw)
-        else:
-            schema = json.loads(raw)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise CliError(f"{path}: not a JSON (or YAML) document: {exc}", FAILED) from None
-    except RecursionError:
-        raise CliError(f"{path}: nests too deeply to be a JSON Schema", FAILED) from None
-    if not isinstance(schema, dict):
-        raise CliError(f"{path}: a JSON Schema is an object", FAILED)
-    try:
-        # YAML can say what JSON cannot (a null key, a set, binary): refuse it here.
-        schema = msgspec.json.decode(msgspec.json.encode(schema))
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise CliError(f"{path}: not expressible as JSON: {exc}", FAILED) from None
-    assert isinstance(schema, dict)
-    return schema

@@ -58,6 +58,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("distributor", "confbus.distributor"),
     ServiceSpec("health-watcher", "confbus.health_watcher"),
     ServiceSpec("rollbacker", "confbus.rollbacker"),
+    ServiceSpec("historian", "confbus.historian"),
     ServiceSpec("console", "confbus.console"),
 )
 

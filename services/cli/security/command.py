@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
-from confbus.cli.security.permissions import quote
+from confbus.cli.security.cluster import render_cluster, secure_cluster
 from confbus.cli.security.roster import (
     AUTH_CONF,
     ROLES,
@@ -27,6 +27,7 @@ from confbus.cli.security.roster import (
     write_secrets,
 )
 from confbus.cli.stack import StackConfig
+from confbus.procs.nats import quote
 from confbus.schemas.names import InvalidName
 
 
@@ -35,7 +36,8 @@ def add_secure_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--secure",
         action="store_true",
-        help="NATS users with subject permissions per role; credentials in DATA_DIR/secrets/",
+        help="NATS users with subject permissions per role; credentials in DATA_DIR/secrets/ "
+        "(with --ha also TLS on every NATS and etcd port, certificates in DATA_DIR/secrets/tls/)",
     )
     g.add_argument(
         "--operator",
@@ -80,23 +82,34 @@ def roster_from_args(roster: Roster, args: argparse.Namespace, *, defaults: bool
 
 def configure(config: StackConfig, args: argparse.Namespace) -> StackConfig:
     """``confbus up``: the stack as ``--secure`` and ``--tls-cert``/``--tls-key`` say (as it is
-    without them)."""
+    without them). With ``--ha``, ``--secure`` also makes the cluster's certificates."""
     users = [f for f in ("operator", "ci", "agent") if getattr(args, f)]
     if users and not args.secure:
         raise CliError(f"--{users[0]} makes a NATS user: it needs --secure", USAGE)
     if not args.secure and not args.tls_cert and not args.tls_key:
         return config
-    if config.nats_url is not None or config.ha is not None:
-        what = "--nats-url" if config.nats_url is not None else "--ha"
+    if config.nats_url is not None:
         raise CliError(
-            f"--secure and --tls-cert configure the embedded nats-server; with {what}, "
+            "--secure and --tls-cert configure the embedded nats-server; with --nats-url, "
             "configure your NATS as docs/security.md shows",
+            USAGE,
+        )
+    if config.ha is not None and (args.tls_cert or args.tls_key or not args.secure):
+        raise CliError(
+            "--ha --secure makes the cluster's certificates itself (DATA_DIR/secrets/tls): "
+            "leave out --tls-cert/--tls-key",
             USAGE,
         )
     if args.secure and (config.nats_user or config.nats_password or config.nats_creds):
         raise CliError("--secure makes the users itself: leave out --nats-user/--nats-creds", USAGE)
+    # nats-server takes includes relative to its config: nats/ alone, nats-1/ beside 2 and 3.
+    nats_dir = config.data_dir / ("nats-1" if config.ha is not None else "nats")
+    ha_security = None
     try:
-        secured = secure_stack(config.data_dir, config.data_dir / "nats", args, config.tls_ca)
+        secured = secure_stack(config.data_dir, nats_dir, args, config.tls_ca)
+        if config.ha is not None:
+            ha_security = secure_cluster(secured.secrets_dir, secured.nats_config)
+            secured = replace(secured, tls_ca=str(ha_security.ca))
     except ValueError as exc:  # bad flags (InvalidName is one)
         raise CliError(f"--secure: {exc}", USAGE) from None
     except OSError as exc:
@@ -110,6 +123,7 @@ def configure(config: StackConfig, args: argparse.Namespace) -> StackConfig:
         nats_user=secured.user.name if args.secure else None,
         nats_password=secured.user.password if args.secure else None,
         tls_ca=secured.tls_ca,
+        ha_security=ha_security,
         announce=(*config.announce, *announce),
     )
 
@@ -159,19 +173,27 @@ def secure_stack(
 
 
 def _reload(data_dir: Path) -> str:
-    """Make a running stack's nats-server re-read its config (SIGHUP)."""
+    """Make a running stack's nats-server (or, with ``--ha``, all three) re-read its config
+    (SIGHUP)."""
     try:
         state = json.loads((data_dir / "stack.json").read_text())
     except (OSError, ValueError):
         return "no stack runs there: the users apply at the next confbus up --secure"
-    pid = state.get("nats_pid")
-    if not isinstance(pid, int):
-        return "that stack uses an external NATS: reload it yourself"
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        return f"nats-server (pid {pid}) is gone: the users apply at the next start"
-    return f"nats-server (pid {pid}) reloaded"
+    pids = state.get("cluster", {}).get("pids", {})
+    servers = [(name, pid) for name, pid in pids.items() if name.startswith("nats-")]
+    if not servers:
+        servers = [("nats-server", state.get("nats_pid"))]
+    said = []
+    for name, pid in servers:
+        if not isinstance(pid, int):
+            return "that stack uses an external NATS: reload it yourself"
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            said.append(f"{name} (pid {pid}) is gone: the users apply at its next start")
+            continue
+        said.append(f"{name} (pid {pid}) reloaded")
+    return "; ".join(said)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,15 +213,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ci", action="append", default=[], metavar="NAME[=NS,...]")
     parser.add_argument("--agent", action="append", default=[], metavar="NODE")
     parser.add_argument("--remove", action="append", default=[], metavar="USER")
+    tls = parser.add_argument_group(
+        "certificates for a cluster run elsewhere (with --secrets-dir; see compose/README.md)"
+    )
+    tls.add_argument("--nats-host", action="append", default=[], metavar="HOST",
+                     help="a nats-server of the cluster: its certificate, and its route in "
+                     "nats-route.conf (repeatable)")  # fmt: skip
+    tls.add_argument("--etcd-host", action="append", default=[], metavar="HOST",
+                     help="an etcd member: its certificate; and the etcd client's "
+                     "(repeatable)")  # fmt: skip
+    tls.add_argument("--route-port", type=int, default=6222,
+                     help="the port the nats-servers take routes on (%(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
+    if (args.nats_host or args.etcd_host) and not args.secrets_dir:
+        parser.error("--nats-host and --etcd-host render for a cluster run elsewhere: "
+                     "give --secrets-dir")  # fmt: skip
     data_dir = Path(args.data_dir).resolve()
     secrets_dir = Path(args.secrets_dir).resolve() if args.secrets_dir else data_dir / SECRETS_DIR
+    cluster_files: list[Path] = []
     try:
         with roster_lock(secrets_dir):
             roster = roster_from_args(load_roster(secrets_dir), args, defaults=True)
             for name in args.remove:
                 roster.remove(name)
             write_secrets(secrets_dir, roster)
+            if args.nats_host or args.etcd_host:
+                cluster_files = render_cluster(
+                    secrets_dir, args.nats_host, args.etcd_host, args.route_port
+                )
     except (ValueError, InvalidName, OSError) as exc:
         sys.stderr.write(f"confbus security: {exc}\n")
         return 1
@@ -207,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scope = f" namespaces={','.join(u.namespaces)}" if u.namespaces else ""
         sys.stdout.write(f"{u.role:<8} {u.name}{scope}  {secrets_dir / (u.name + '.env')}\n")
     sys.stdout.write(f"nats-server include: {secrets_dir / AUTH_CONF}\n")
+    for path in cluster_files:
+        sys.stdout.write(f"{'key' if path.suffix == '.key' else 'file':<8} {path}\n")
     if not args.secrets_dir:
         sys.stdout.write(_reload(data_dir) + "\n")
     return 0

@@ -6,11 +6,11 @@ declares, never spelled here. ``docs/security.md`` has the matrix.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from confbus.procs.nats import quote
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
@@ -238,11 +238,6 @@ def agent_permissions(node: str, *, private_inbox: bool = False) -> Permissions:
         ),
         allow_responses=True,  # the distributor's re-sync requests
     )
-
-
-def quote(text: str) -> str:
-    """``text`` as a nats-server config string: JSON's escapes; never read as a $variable."""
-    return json.dumps(text)
 
 
 def render_permissions(p: Permissions) -> str:

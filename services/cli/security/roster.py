@@ -21,10 +21,10 @@ from confbus.cli.security.permissions import (
     agent_user,
     ci_permissions,
     operator_permissions,
-    quote,
     render_permissions,
     service_permissions,
 )
+from confbus.procs.nats import quote, tls_block
 from confbus.schemas.names import InvalidName, check_name
 
 Role = Literal["service", "operator", "ci", "agent"]
@@ -165,23 +165,15 @@ def render_env(user: User) -> str:
 
 
 def render_tls(cert: Path, key: Path) -> str:
-    return "\n".join(
-        [
-            "tls {",
-            f"  cert_file: {quote(str(cert))}",
-            f"  key_file: {quote(str(key))}",
-            "  timeout: 2",
-            "}",
-        ]
-    )
+    return "\n".join(tls_block(cert, key))
 
 
 # -- files ----------------------------------------------------------------------------------------
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes, *, public: bool = False) -> None:
     """Write atomically with mode 0600 from the first byte (never readable by others, not even
-    for a moment)."""
+    for a moment); a ``public`` file (a certificate) is 0644 once whole."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -189,6 +181,8 @@ def write_private(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            if public:
+                os.fchmod(f.fileno(), 0o644)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-// confbus console: confirmations, live fragments over Server-Sent Events, bake countdowns.
+// confbus console: confirmations, live fragments over Server-Sent Events, bake countdowns,
+// signing in from a link, and the fleet page's slider through the past.
 // Hand-written, no build step, no dependency. Every page works without it: acts then ask for
 // confirmation on a page of their own, and live parts show what was true when it loaded.
 "use strict";
@@ -18,12 +19,18 @@ document.addEventListener("submit", (event) => {
 
 // Live parts: each [data-live] element is fetched again (its URL) whenever the audit log has a
 // new event matching its data-live-filter; fetches are coalesced so a burst costs one or two.
+// One showing a past moment (data-at: a stream sequence) is fetched at that moment instead,
+// and only when the moment changes: the past does not.
 function follow(element) {
-  const url = element.dataset.live;
   const filter = element.dataset.liveFilter || "cfg.event.>";
   const status = document.getElementById("live-status");
   let running = false;
   let again = false;
+
+  function url() {
+    const at = element.dataset.at;
+    return at ? element.dataset.live + "&at=" + encodeURIComponent(at) : element.dataset.live;
+  }
 
   async function refresh() {
     if (running) {
@@ -34,7 +41,7 @@ function follow(element) {
     try {
       do {
         again = false;
-        const response = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+        const response = await fetch(url(), { credentials: "same-origin", cache: "no-store" });
         if (!response.ok) break;
         element.innerHTML = await response.text();
         countdowns(element);
@@ -51,13 +58,61 @@ function follow(element) {
   // whatever happened between the page load and that moment.
   source.addEventListener("subscribed", () => {
     element.dataset.following = "yes";
-    refresh();
+    if (!element.dataset.at) refresh();
   });
-  source.addEventListener("message", refresh);
+  source.addEventListener("message", (event) => {
+    element.dispatchEvent(new CustomEvent("newer", { detail: Number(event.lastEventId) }));
+    if (!element.dataset.at) refresh();
+  });
   source.addEventListener("error", () => {
     element.dataset.following = "no";
     if (status) status.textContent = "Live updates interrupted; reconnecting…";
   });
+  element.refresh = refresh;
+}
+
+// The fleet at a past moment: the slider picks a stream sequence and the fleet below is fetched
+// as it was then, without a reload (the browser's own range keys: arrows step one event, Page
+// Up/Down more, Home/End the ends). Its right end is now: the fleet is live again. The address
+// keeps the moment, so a reload or a shared link shows the same.
+function timeTravel(form, live) {
+  const slider = form.querySelector("input[type=range]");
+  const shown = form.querySelector("output");
+  function show() {
+    const now = slider.value === slider.max;
+    const text = now ? "now (seq " + slider.max + ")" : "seq " + slider.value;
+    shown.textContent = text;
+    slider.setAttribute("aria-valuetext", now ? "now" : text);
+    if (now) delete live.dataset.at;
+    else live.dataset.at = slider.value;
+    const address = new URL(location.href);
+    if (now) address.searchParams.delete("at");
+    else address.searchParams.set("at", slider.value);
+    history.replaceState(null, "", address);
+    if (live.refresh) live.refresh();
+  }
+  slider.addEventListener("input", show);
+  // A new event moves "now" on; at the right end the slider moves with it.
+  live.addEventListener("newer", (event) => {
+    if (!(event.detail > Number(slider.max))) return;
+    const atEnd = slider.value === slider.max;
+    slider.max = String(event.detail);
+    if (atEnd) {
+      slider.value = slider.max;
+      shown.textContent = "now (seq " + slider.max + ")";
+    }
+  });
+}
+
+// A sign-in link (/login#token=…) keeps its token after '#', which no request sends: take it
+// out of the address (and so of the history) first, then sign in by posting the page's form.
+function signInFromLink() {
+  const form = document.getElementById("login");
+  const match = /^#token=(.+)$/.exec(location.hash);
+  if (!form || !match) return;
+  history.replaceState(null, "", location.pathname + location.search);
+  form.elements.namedItem("token").value = decodeURIComponent(match[1]);
+  form.submit();
 }
 
 // A bake's countdown: [data-until] holds the time it ends.
@@ -76,6 +131,10 @@ function countdowns(root) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  signInFromLink();
   countdowns(document);
   for (const element of document.querySelectorAll("[data-live]")) follow(element);
+  const form = document.getElementById("timetravel");
+  const live = document.getElementById("live");
+  if (form && live) timeTravel(form, live);
 });

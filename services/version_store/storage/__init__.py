@@ -3,11 +3,13 @@
 ``sqlite:///var/lib/confbus/store.db`` (or ``sqlite:relative/path.db``) — the default, embedded.
 ``etcd://h1:2379,h2:2379,h3:2379/confbus/?quota_bytes=2147483648`` — the HA shape; the URL path
 is the key prefix (default ``/confbus/``). The etcd backend is imported only when asked for, so
-the embedded shape does not need aetcd installed.
+the embedded shape does not need aetcd installed. Members that serve TLS take ``etcd_tls``
+(``EtcdTls``: the CA, and the client certificate they ask for).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from confbus.version_store.storage.base import (
@@ -21,6 +23,9 @@ from confbus.version_store.storage.base import (
     StoredVersion,
     VersionRef,
 )
+
+if TYPE_CHECKING:
+    from confbus.version_store.storage.etcd_conn import EtcdTls
 
 __all__ = [
     "AppendResult",
@@ -36,9 +41,11 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, etcd_tls: EtcdTls | None = None) -> Store:
     """Build (not open) the store a URL names; use it as ``async with open_store(url) as s:``."""
     parts = urlsplit(url)
+    if etcd_tls is not None and parts.scheme != "etcd":
+        raise ValueError(f"{url!r}: etcd TLS files given for a store that is not etcd://")
     if parts.scheme == "sqlite":
         from confbus.version_store.storage.sqlite import SqliteStore
 
@@ -57,5 +64,5 @@ def open_store(url: str) -> Store:
                 "the etcd store needs its client, which is not installed: "
                 "pip install 'confbus[etcd]'"
             ) from None
-        return EtcdStore.from_url(url)
+        return EtcdStore.from_url(url, etcd_tls)
     raise ValueError(f"{url!r}: unknown store; expected sqlite:///path or etcd://host:port,...")

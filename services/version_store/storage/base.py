@@ -29,6 +29,8 @@ import msgspec
 from confbus.schemas.base import utcnow
 from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
+from confbus.schemas.sealing import content_sha256
+from confbus.schemas.signing import Signature
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import StoreError
 
@@ -52,6 +54,7 @@ class NewVersion(msgspec.Struct, frozen=True, kw_only=True):
     # Rollout hints for this version only; stored as given and handed back by ``get``.
     strategy: str | None = None
     selector: dict[str, str] | None = None
+    signatures: list[Signature] = []
 
     @classmethod
     def build(
@@ -69,13 +72,15 @@ class NewVersion(msgspec.Struct, frozen=True, kw_only=True):
         created_at: datetime | None = None,
         strategy: str | None = None,
         selector: dict[str, str] | None = None,
+        signatures: list[Signature] | None = None,
     ) -> NewVersion:
-        """A ``NewVersion`` whose sha256 is computed from ``content``."""
+        """A ``NewVersion`` whose sha256 is computed from ``content`` (the plaintext's, for
+        sealed content: ``confbus.schemas.sealing``)."""
         return cls(
             namespace=namespace,
             change_id=change_id,
             content=content,
-            sha256=sha256_hex(content),
+            sha256=content_sha256(content),
             format=format,
             author=author,
             message=message,
@@ -85,6 +90,7 @@ class NewVersion(msgspec.Struct, frozen=True, kw_only=True):
             created_at=created_at or utcnow(),
             strategy=strategy,
             selector=selector,
+            signatures=signatures or [],
         )
 
 
@@ -115,6 +121,7 @@ class StoredVersion(msgspec.Struct, frozen=True, kw_only=True):
     content: bytes
     strategy: str | None = None
     selector: dict[str, str] | None = None
+    signatures: list[Signature] = []
 
 
 class Head(msgspec.Struct, frozen=True, kw_only=True):

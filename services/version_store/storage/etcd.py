@@ -49,7 +49,7 @@ from confbus.version_store.storage.base import (
     StoredVersion,
     VersionRef,
 )
-from confbus.version_store.storage.etcd_conn import EtcdConnection, get, prefix
+from confbus.version_store.storage.etcd_conn import EtcdConnection, EtcdTls, get, prefix
 from confbus.version_store.storage.etcd_layout import (
     HeadRec,
     Keys,
@@ -102,6 +102,7 @@ class EtcdStore:
         max_request_bytes: int = ETCD_MAX_REQUEST,
         request_timeout_s: float = 5.0,
         unavailable_after_s: float = 15.0,
+        tls: EtcdTls | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
@@ -117,6 +118,7 @@ class EtcdStore:
             endpoints,
             request_timeout_s=request_timeout_s,
             unavailable_after_s=unavailable_after_s,
+            tls=tls,
         )
         self.compacted_revision = 0
         self._writes_since_compact = 0
@@ -125,8 +127,9 @@ class EtcdStore:
         self._wlock = anyio.Lock()  # one append at a time per client: no self-inflicted races
 
     @classmethod
-    def from_url(cls, url: str) -> EtcdStore:
-        """``etcd://h1:2379,h2:2379/prefix/?quota_bytes=...&compact_every=...``."""
+    def from_url(cls, url: str, tls: EtcdTls | None = None) -> EtcdStore:
+        """``etcd://h1:2379,h2:2379/prefix/?quota_bytes=...&compact_every=...``; members that
+        serve TLS with ``tls``."""
         parts = urlsplit(url)
         endpoints = [e for e in parts.netloc.split(",") if e]
         if parts.scheme != "etcd" or not endpoints:
@@ -137,7 +140,7 @@ class EtcdStore:
             raise ValueError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}")
         kwargs: dict[str, Any] = {k: _URL_OPTIONS[k](v) for k, v in options.items()}
         return cls(endpoints, prefix=parts.path if parts.path not in ("", "/") else "/confbus/",
-                   **kwargs)  # fmt: skip
+                   tls=tls, **kwargs)  # fmt: skip
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 from aetcd import transactions as tx
 
+from confbus.schemas.sealing import content_sha256
 from confbus.version_store.errors import InvalidConfig, NotFound, VersionConflict
 from confbus.version_store.storage import rules
 from confbus.version_store.storage.base import (
@@ -20,7 +21,6 @@ from confbus.version_store.storage.base import (
     NamespaceExport,
     NewVersion,
     StoredVersion,
-    sha256_hex,
 )
 from confbus.version_store.storage.etcd_conn import get, prefix
 from confbus.version_store.storage.etcd_layout import (
@@ -167,4 +167,4 @@ def _pieces(
 
 
 def _hash_blobs(blobs: dict[str, bytes]) -> dict[str, str]:
-    return {sha: sha256_hex(content) for sha, content in blobs.items()}
+    return {sha: content_sha256(content) for sha, content in blobs.items()}

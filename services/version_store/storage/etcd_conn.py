@@ -8,6 +8,11 @@ retry of a write that did land fails its compare, and the caller re-reads.
 
 Reads that aetcd cannot express (a range with a limit, a sort or at a revision, several ranges
 in one snapshot) use its gRPC stubs with the request types it ships (``aetcd.rpc``).
+
+TLS is here too, the one place the store connects: aetcd 1.0.0's ``Client.connect`` opens only
+``grpc.aio.insecure_channel`` (aetcd/client.py:182), so with ``EtcdTls`` the connection makes
+``TlsClient``s, which open a ``grpc.aio.secure_channel`` that verifies the member against the CA
+and presents the client certificate (etcd's ``--client-cert-auth``).
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aetcd
 import anyio
-from aetcd import rpc
+import grpc
+from aetcd import rpc, watcher
 
 from confbus.version_store.errors import QuotaExceeded, StoreUnavailable
 
@@ -48,6 +56,58 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """How to reach members that serve TLS: the CA that signed their certificates, and this
+    client's own certificate and key when they ask for one (``--client-cert-auth``)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("an etcd client certificate and its key go together")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The files read now (a missing one is a ``ValueError`` naming it, at start-up)."""
+        try:
+            return grpc.ssl_channel_credentials(
+                root_certificates=self.ca.read_bytes(),
+                private_key=self.key.read_bytes() if self.key is not None else None,
+                certificate_chain=self.cert.read_bytes() if self.cert is not None else None,
+            )
+        except OSError as exc:
+            raise ValueError(f"etcd TLS: {exc}") from None
+
+
+class TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
+    """An aetcd client over a TLS channel. Only ``connect`` differs from aetcd's: the same
+    stubs and watcher, on ``secure_channel`` (no etcd user: the certificate is the identity)."""
+
+    def __init__(
+        self, host: str, port: int, credentials: grpc.ChannelCredentials, timeout: float
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        # Nothing below awaits, so no other task can find it half made (aetcd's own connect
+        # awaits an authentication, hence its _is_connecting dance).
+        channel = rpc.secure_channel(f"{self._host}:{self._port}", self._credentials)
+        self.channel = channel
+        self.kvstub = rpc.KVStub(channel)
+        self.clusterstub = rpc.ClusterStub(channel)
+        self.leasestub = rpc.LeaseStub(channel)
+        self.maintenancestub = rpc.MaintenanceStub(channel)
+        self._watcher = watcher.Watcher(
+            rpc.WatchStub(channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
+
+
 class EtcdConnection:
     def __init__(
         self,
@@ -55,10 +115,12 @@ class EtcdConnection:
         *,
         request_timeout_s: float = 5.0,
         unavailable_after_s: float = 15.0,
+        tls: EtcdTls | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = [parse_endpoint(e) for e in endpoints]
+        self._credentials = tls.credentials() if tls is not None else None
         self.request_timeout_s = request_timeout_s
         self.unavailable_after_s = unavailable_after_s
         self._index = 0
@@ -74,7 +136,10 @@ class EtcdConnection:
     def _current(self) -> tuple[Any, int]:
         if self._client is None:
             host, port = self.endpoints[self._index]
-            self._client = aetcd.Client(host, port, timeout=self.request_timeout_s)
+            if self._credentials is not None:
+                self._client = TlsClient(host, port, self._credentials, self.request_timeout_s)
+            else:
+                self._client = aetcd.Client(host, port, timeout=self.request_timeout_s)
         return self._client, self._generation
 
     async def _rotate(self, generation: int, error: BaseException) -> None:

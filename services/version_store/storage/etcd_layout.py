@@ -22,6 +22,7 @@ from aetcd.utils import prefix_range_end
 
 from confbus.schemas.names import InvalidName, check_name
 from confbus.schemas.policy import Policy
+from confbus.schemas.signing import Signature
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import InvalidConfig
 from confbus.version_store.storage.base import Head, StoredVersion
@@ -38,6 +39,7 @@ class Meta(msgspec.Struct, kw_only=True):
     info: VersionInfo  # stored with last_good=False: the head's pointer is the truth
     strategy: str | None = None
     selector: dict[str, str] | None = None
+    signatures: list[Signature] = []
 
 
 encode = msgspec.json.Encoder().encode
@@ -103,9 +105,15 @@ def public_head(ns: str, head: HeadRec) -> Head:
 
 def meta_of(sv: StoredVersion) -> Meta:
     info = msgspec.structs.replace(sv.info, last_good=False)
-    return Meta(info=info, strategy=sv.strategy, selector=sv.selector)
+    return Meta(info=info, strategy=sv.strategy, selector=sv.selector, signatures=sv.signatures)
 
 
 def stored(meta: Meta, head: HeadRec, content: bytes = b"") -> StoredVersion:
     info = msgspec.structs.replace(meta.info, last_good=head.last_good == meta.info.version)
-    return StoredVersion(info=info, content=content, strategy=meta.strategy, selector=meta.selector)
+    return StoredVersion(
+        info=info,
+        content=content,
+        strategy=meta.strategy,
+        selector=meta.selector,
+        signatures=meta.signatures,
+    )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from confbus.schemas.names import CHANGE_ID_PATTERN, FORMATS, InvalidName, check_name
+from confbus.schemas.sealing import content_sha256
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import (
     InvalidConfig,
@@ -58,11 +59,11 @@ def check_item(item: NewVersion) -> StoreError | None:
         return InvalidConfig(f"unknown format {item.format!r}", "format")
     if item.status not in ("draft", "approved"):
         return InvalidConfig(f"a new version is draft or approved, not {item.status!r}", "status")
-    if sha256_hex(item.content) != item.sha256:
+    if content_sha256(item.content) != item.sha256:
         # The bytes changed between the publisher and here: storing them would break integrity.
         return InvalidConfig(
             f"sha256 {item.sha256[:12]}… does not match the content "
-            f"({sha256_hex(item.content)[:12]}…)",
+            f"({content_sha256(item.content)[:12]}…)",
             "sha256",
         )
     return None
@@ -144,7 +145,11 @@ def _plan_one(
     known[(ns, item.change_id)] = info
     planned.new.append(
         StoredVersion(
-            info=info, content=item.content, strategy=item.strategy, selector=item.selector
+            info=info,
+            content=item.content,
+            strategy=item.strategy,
+            selector=item.selector,
+            signatures=item.signatures,
         )
     )
     return AppendResult("stored", info=info)
@@ -245,7 +250,7 @@ def check_export(data: NamespaceExport) -> None:
                 f"(parent {info.parent}) at position {i}",
                 where,
             )
-        actual = sha256_hex(sv.content)
+        actual = content_sha256(sv.content)
         if actual != info.sha256 or info.size != len(sv.content):
             raise InvalidConfig(
                 f"version {i}: content sha256 {actual[:12]}… ({len(sv.content)} bytes) does "

@@ -14,14 +14,16 @@ import aiosqlite
 import msgspec
 
 from confbus.schemas.policy import Policy
+from confbus.schemas.sealing import content_sha256
+from confbus.schemas.signing import Signature
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import NotFound
-from confbus.version_store.storage.base import Head, NamespaceExport, StoredVersion, sha256_hex
+from confbus.version_store.storage.base import Head, NamespaceExport, StoredVersion
 
 COLS = (
     "v.namespace, v.version, v.change_id, v.sha256, v.size, v.format, v.parent, v.author, "
     "v.message, v.created_at, v.status, v.rollback_of, v.approved_by, v.strategy, v.selector, "
-    "n.last_good IS v.version"
+    "n.last_good IS v.version, v.signatures"
 )
 FROM = "FROM versions v JOIN namespaces n ON n.namespace = v.namespace"
 # A backwards range scan of the primary key: O(limit) at any history length (a test checks the
@@ -34,6 +36,7 @@ _CHUNK = 400  # (namespace, change_id) pairs per query: well under SQLite's vari
 encode = msgspec.json.Encoder().encode
 decode_policy = msgspec.json.Decoder(Policy).decode
 _decode_selector = msgspec.json.Decoder(dict[str, str] | None).decode
+_decode_signatures = msgspec.json.Decoder(list[Signature]).decode
 
 # A named version in one query; the head's column is NULL (or newest 0) when there is none.
 NAMED_SQL = {
@@ -109,7 +112,7 @@ async def insert(db: aiosqlite.Connection, versions: Iterable[StoredVersion]) ->
         [(sv.info.sha256, sv.content) for sv in versions],
     )
     await db.executemany(
-        "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [_row(sv) for sv in versions],
     )
 
@@ -140,6 +143,7 @@ def _row(sv: StoredVersion) -> tuple[Any, ...]:
         i.namespace, i.version, i.change_id, i.sha256, i.size, i.format, i.parent, i.author,
         i.message, i.created_at.isoformat(), i.status, i.rollback_of, i.approved_by,
         sv.strategy, None if sv.selector is None else encode(sv.selector),
+        encode(sv.signatures) if sv.signatures else None,
     )  # fmt: skip
 
 
@@ -165,9 +169,10 @@ def info_of(row: Any) -> VersionInfo:
 def stored(row: Any) -> StoredVersion:
     return StoredVersion(
         info=info_of(row),
-        content=as_bytes(row[16]),
+        content=as_bytes(row[17]),
         strategy=row[13],
         selector=None if row[14] is None else _decode_selector(row[14]),
+        signatures=[] if row[16] is None else _decode_signatures(row[16]),
     )
 
 
@@ -177,4 +182,4 @@ def as_bytes(value: Any) -> bytes:
 
 
 def hash_all(contents: list[Any]) -> list[str | None]:
-    return [None if c is None else sha256_hex(as_bytes(c)) for c in contents]
+    return [None if c is None else content_sha256(as_bytes(c)) for c in contents]

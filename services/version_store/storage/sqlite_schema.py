@@ -50,4 +50,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        2,
+        "the signatures each version was stored with",
+        # JSON (a list of confbus.schemas.signing.Signature); NULL for none.
+        ["ALTER TABLE versions ADD COLUMN signatures TEXT"],
+    ),
 ]
