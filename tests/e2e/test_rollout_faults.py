@@ -120,6 +120,9 @@ async def test_agent_away_during_two_rollouts_catches_up(tmp_path: Path) -> None
             done = await client.wait_rollout(NS, v3.version, timeout=30)
             assert done.state == "completed" and "n4" not in done.targets
             assert stack.agents["n4"].read(NS) == content("v1")
+            # Announced away (node.status waits out --status-event-gap after its last one):
+            # the two rollouts can be over sooner than that.
+            await wait_event(client.bus, NodeStatusChanged, node="n4", status="away")
 
             stack.agents["n4"].proc.start()
             await files_hold(stack, FOUR, content("v3"))
