@@ -126,8 +126,29 @@ class NodeDrift(Event, tag="node.drift", kw_only=True, frozen=True):
 
 
 class NodeStatusChanged(Event, tag="node.status", kw_only=True, frozen=True):
+    """A node's liveness changed (``live``, ``away``, ``gone``; see ``Liveness``), or catch-up
+    keeps failing on it (``failing``). ``suspect``: ``away`` as older confbus wrote it (kept so
+    the audit log it wrote still reads; never written now)."""
+
     node: NodeId
-    status: Literal["live", "suspect", "gone", "failing"]
+    status: Literal["live", "away", "gone", "failing", "suspect"]
+
+
+class NodeLeft(Event, tag="node.left", kw_only=True, frozen=True):
+    """An agent stopped on purpose (a signal): it is away from now on, no wave waits for it,
+    and it catches up when it comes back."""
+
+    node: NodeId
+    instance: str = ""
+
+
+class NodeDuplicate(Event, tag="node.duplicate", kw_only=True, frozen=True):
+    """A second agent heartbeated with a node id another live agent holds: it was refused (it
+    stops itself; ``confbus.schemas.node.keeps_node`` says which one keeps the node)."""
+
+    node: NodeId
+    instance: str  # the refused agent's
+    live_instance: str  # the agent holding the node
 
 
 class NodeForgotten(Event, tag="node.forgotten", kw_only=True, frozen=True):
@@ -161,7 +182,8 @@ class NodeCatchUp(Event, tag="node.catchup", kw_only=True, frozen=True):
 
 class NodeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     node: NodeId
-    outcome: Literal["applied", "no", "missing", "excluded", "skipped", "pending"]
+    # away: not live when its wave came (stopped, or its heartbeats stopped); catches up later
+    outcome: Literal["applied", "no", "missing", "excluded", "away", "skipped", "pending"]
     attempts: int = 1
     reason: str = ""
     seconds: float | None = None  # from the rollout's start to this node's switch
@@ -338,6 +360,8 @@ AnyEvent = (
     | NodeApplied
     | NodeDrift
     | NodeStatusChanged
+    | NodeLeft
+    | NodeDuplicate
     | NodeForgotten
     | NodeCatchUp
     | RolloutStarted

@@ -29,7 +29,10 @@ import msgspec
 from confbus.schemas.events import VoteRecord
 from confbus.schemas.names import check_name
 
-Liveness = Literal["live", "suspect", "gone"]
+# One vocabulary with the distributor's (confbus.schemas.api.dist.Liveness). ``suspect`` was its
+# word for ``away`` before a stopped node was told apart: still read from old checkpoints, never
+# written (the fold writes ``away``).
+Liveness = Literal["live", "away", "gone", "suspect"]
 RolloutState = Literal["running", "paused", "completed", "failed", "superseded", "rolled_back"]
 RollbackState = Literal["running", "completed", "stuck"]
 

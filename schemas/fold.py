@@ -14,8 +14,10 @@ What each event says:
   of a node wins.
 - ``txn.committed`` raises the target of each participant (never lowers it); with
   ``version.promoted`` (production) it says where a node should be (docs/design.md §3.6).
-- ``node.status`` gives liveness (``live``/``suspect``/``gone``) or says catch-up keeps
-  failing (``failing``, cleared by the next ``live``).
+- ``node.status`` gives liveness (``live``/``away``/``gone``, one vocabulary with
+  ``confbus status``; an old log's ``suspect`` is read as ``away``) or says catch-up keeps
+  failing (``failing``, cleared by the next ``live``); ``node.left`` (an agent stopped on
+  purpose) makes the node ``away`` at once.
 - ``rollout.*``, ``rollback.*``, ``node.catchup``, ``health.verdict`` and ``version.created``
   explain: each transaction learns the wave, catch-up or rollback that asked for it.
 
@@ -36,6 +38,7 @@ from confbus.schemas.events import (
     NodeApplied,
     NodeCatchUp,
     NodeDrift,
+    NodeLeft,
     NodeStatusChanged,
     RollbackBatch,
     RollbackCompleted,
@@ -61,6 +64,7 @@ from confbus.schemas.fleet import (
     AppliedFact,
     BatchFact,
     FleetState,
+    Liveness,
     NodeFact,
     Pointer,
     RollbackFact,
@@ -153,7 +157,13 @@ def _status(state: FleetState, seq: int, at: datetime | None, ev: NodeStatusChan
         return
     if ev.status == "live":
         node.failing = node.failing_seq = None
-    node.liveness, node.liveness_seq, node.liveness_at = ev.status, seq, at
+    liveness: Liveness = "away" if ev.status == "suspect" else ev.status
+    node.liveness, node.liveness_seq, node.liveness_at = liveness, seq, at
+
+
+def _left(state: FleetState, seq: int, at: datetime | None, ev: NodeLeft) -> None:
+    node = _node(state, ev.node, seq)
+    node.liveness, node.liveness_seq, node.liveness_at = "away", seq, at
 
 
 def _catchup(state: FleetState, seq: int, at: datetime | None, ev: NodeCatchUp) -> None:
@@ -379,6 +389,7 @@ _HANDLERS: dict[type, Callable[[FleetState, int, datetime | None, Any], None]] =
     NodeApplied: _applied,
     NodeDrift: _drift,
     NodeStatusChanged: _status,
+    NodeLeft: _left,
     NodeCatchUp: _catchup,
     TxnCommitted: _decided,
     TxnAborted: _decided,

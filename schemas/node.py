@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -33,6 +33,30 @@ class Heartbeat(Message, tag="node.heartbeat", kw_only=True, frozen=True):
     # Ready to vote: reading CFG_TXN live, so a prepare published now reaches it (false for
     # a moment after each reconnect, until its consumer is back). None: an agent from before.
     ready: bool | None = None
+    # This agent's id, kept in its state dir (a restart on the same state is the same agent):
+    # two agents heartbeating one node id are told apart by it (``keeps_node``).
+    instance: str = ""
+    # The last heartbeat of an agent stopping on purpose (SIGTERM/SIGINT): it is away now.
+    leaving: bool = False
+    # The agent forwards its app's health as samples (``--health-url``). False: no sample will
+    # ever come from it, so a verdict need not wait for one. None: an agent from before.
+    health_source: bool | None = None
 
 
 decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+def claim(started_at: datetime | None, instance: str) -> tuple[datetime, str]:
+    """How strong an agent's hold on its node id is: the agent started first keeps the node
+    (a tie: the smaller instance id); a second agent with the same node id is a duplicate and is
+    refused. The agents themselves and the distributor apply this same rule to the same two
+    heartbeats, so they agree on which one that is (docs/design.md §5.6)."""
+    at = started_at if started_at is not None else _EPOCH
+    return (at if at.tzinfo else at.replace(tzinfo=UTC), instance)
+
+
+def keeps_node(mine: Heartbeat, other: Heartbeat) -> bool:
+    """Whether ``mine`` keeps the node id against ``other`` (another instance)."""
+    return claim(mine.started_at, mine.instance) <= claim(other.started_at, other.instance)

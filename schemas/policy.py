@@ -113,7 +113,11 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     require_approval: bool = False
     strategy: str = "all-at-once"  # all-at-once | canary:N | linear:STEP% | exponential:START%
     bake_s: float = 0.0
-    max_excluded: float = 0.1
+    # Live targets that may miss their vote and be left out (they catch up later): a share
+    # below 1 (0.1 = 10 %, of the rollout's live targets, rounded down to whole nodes), or a
+    # count of nodes from 1 up. 0, the default: among live nodes the switch is all or nothing.
+    # Nodes away when their wave comes are never counted: they were not there to vote.
+    max_excluded: float = 0.0
     vote_timeout_s: float = 5.0
     # A wave that no ready node answered (the bus or the agents unreachable, not a bad config)
     # is retried with backoff for this long after its first attempt before the rollout fails.

@@ -122,6 +122,37 @@ class TargetRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 decode_target = msgspec.json.Decoder(TargetRecord).decode
 
+SCOPES = "scope.*"
+_SCOPE = "scope."
+
+
+def scope_key(namespace: str) -> str:
+    return f"{_SCOPE}{check_name(namespace, 'namespace')}"
+
+
+def scope_of(key: str) -> str:
+    """The namespace of a ``scope.<ns>`` key."""
+    return _tail(key, _SCOPE)
+
+
+class ScopedProduction(msgspec.Struct, frozen=True, kw_only=True):
+    """A version that became production for the nodes matching ``selector`` ({}: all)."""
+
+    version: int
+    selector: dict[str, str] = {}
+
+
+class ProductionScopes(msgspec.Struct, frozen=True, kw_only=True):
+    """``scope.<ns>``: the production versions still in force, each for the nodes its rollout's
+    selector matched. A node's production version is the newest whose selector matches its
+    labels (``confbus.distributor.targets``); one published for every node replaces them all.
+    Written by the rollout driver before it promotes."""
+
+    entries: list[ScopedProduction] = []
+
+
+decode_scopes = msgspec.json.Decoder(ProductionScopes).decode
+
 NODES = "node.*"
 
 
@@ -136,7 +167,7 @@ class NodeRecord(msgspec.Struct, frozen=True, kw_only=True):
     interval_s: float = 2.0
     last_heartbeat: datetime | None = None
     started_at: datetime | None = None
-    liveness: str = "live"  # live | suspect | gone
+    liveness: str = "live"  # live | away | gone (confbus.schemas.api.dist.Liveness)
     since: datetime | None = None  # when it entered that liveness
 
 

@@ -27,7 +27,11 @@ from confbus.schemas.policy import RETRY_UNANSWERED_S
 
 SERVICE = "dist"
 
-Liveness = Literal["live", "suspect", "gone"]
+# A node's liveness, one vocabulary everywhere (status, events, console): ``live`` while its
+# heartbeats come; ``away`` once it said it stopped (``node.left``) or missed
+# ``membership.AWAY_AFTER`` of its own intervals — no wave waits for it, it catches up when it
+# is back; ``gone`` after ``membership.GONE_AFTER`` intervals away (forgotten an hour later).
+Liveness = Literal["live", "away", "gone"]
 RolloutState = Literal["running", "paused", "completed", "failed", "superseded", "rolled_back"]
 ACTIVE_STATES: tuple[RolloutState, ...] = ("running", "paused")
 TERMINAL_STATES: tuple[RolloutState, ...] = ("completed", "failed", "superseded", "rolled_back")
@@ -40,9 +44,15 @@ class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
 class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     node: NodeId
     liveness: Liveness
+    liveness_reason: str = ""  # why it is away or gone
+    # A second agent with this node id refused lately (the last 10 minutes), in words.
+    duplicate: str = ""
     applied_version: int | None
     sha256: str | None
     target_version: int | None
+    # Why that target: "production v5", "production v4 (v5 is for dc=eu1 only)", "v6 committed
+    # on it (txn)".
+    target_reason: str = ""
     last_heartbeat: datetime | None
     labels: dict[str, str] = {}
     status: str = "ok"  # ok | no-config | in-doubt | drift | catching-up | failing: <reason>
@@ -125,8 +135,11 @@ class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
     requested_strategy: str | None = None  # the version's override (None: the policy's)
     selector: dict[str, str] | None = None  # the version's override (None: the policy's)
     targets: list[NodeId] = []
+    # Nodes matching the selector that were away (stopped, or heartbeats stopped) when the
+    # rollout was planned or their wave came: not targets; they catch up when they are back.
+    away: list[NodeId] = []
     bake_s: float = 0.0
-    max_excluded: float = 0.1
+    max_excluded: float = 0.0
     vote_timeout_s: float | None = None
     retry_unanswered_s: float = RETRY_UNANSWERED_S  # the policy's, when planned
     on_missing_data: Literal["pass", "fail"] = "pass"

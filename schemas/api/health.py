@@ -3,8 +3,11 @@
 ``verdict``: ``pass`` when every rule of the namespace has a value (at least its
 ``min_samples``) on the given nodes and version since ``since``, and none is broken; ``fail``
 when a rule is broken (``rules[].bad_nodes``, ``reason``); ``no_data`` otherwise — never ``pass``
-on silence. ``nodes=[]``: every node heard from on that version. Semantics in
-``services/health_watcher/README.md``.
+on silence. ``nodes=[]``: every node heard from on that version. ``no_source`` names the judged
+nodes no sample can come from (no ``--health-url``, not a scrape target, no PromQL rule): when it
+is all of them, waiting for data is pointless. Each answer is recorded as a ``health.verdict``
+event unless ``record`` is false (a caller polling until data comes records only the verdict it
+acts on). Semantics in ``services/health_watcher/README.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class VerdictRequest(msgspec.Struct, frozen=True, kw_only=True):
     nodes: list[NodeId]
     since: datetime | None = None  # only samples taken after this (e.g. the wave's commit)
     window_s: float | None = None  # None: the rules' own windows
+    record: bool = True  # emit the health.verdict event (false: a poll, not the verdict acted on)
 
 
 class RuleResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +62,9 @@ class VerdictReply(msgspec.Struct, frozen=True, kw_only=True):
     # healthy nor unhealthy. healthy + unhealthy + unknown = the nodes of the request.
     unknown_nodes: list[NodeId] = []
     evaluated_by: str = ""  # the health-watcher replica that answered
+    # Judged nodes from which no sample can come: their agents do not forward health
+    # (``--health-url``) and no scrape target or PromQL rule covers them.
+    no_source: list[NodeId] = []
 
 
 VERDICT = Operation(

@@ -20,6 +20,9 @@ class RollbackRequest(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     strategy: str | None = None  # None: the policy's rollback strategy
     actor: str = ""
+    # Roll back even to a version the namespace's current policy refuses (its JSON Schema, its
+    # format): the force and what it overrode are recorded in the rollback's events.
+    force: bool = False
 
 
 class RollbackReply(msgspec.Struct, frozen=True, kw_only=True):

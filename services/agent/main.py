@@ -10,12 +10,16 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 
 import anyio
 
+from confbus.agent.instance import NodeIdTaken, StateDirInUse, claim_state_dir
 from confbus.agent.lastgood import connect_or_fall_back
+from confbus.agent.leaving import announce_leaving
 from confbus.agent.node import Binding, NodeAgent
 from confbus.agent.trust import Trust, TrustConfigError
 from confbus.runtime.http import HttpServer, Request, Response
@@ -173,10 +177,16 @@ async def run_agent(agent: NodeAgent, settings: Settings) -> None:
         # With no bus, fall back to the last known good if the cached policy says so.
         bus = await connect_or_fall_back(agent, settings)
         agent.bus_connected = True
+        refused = False
         try:
             await agent.run(bus)
+        except* NodeIdTaken:
+            refused = True  # not ours to say the node left: another agent holds it
+            raise
         finally:
             with anyio.CancelScope(shield=True):
+                if not refused:
+                    await announce_leaving(bus, agent.heartbeat())
                 await bus.close()
 
 
@@ -195,10 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     return run_from_args(args)
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [
+        leaf
+        for e in group.exceptions
+        for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    ]
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     setup_logging("agent", settings.log_level)
     agent = build_agent(args)
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(run_agent, agent, settings, backend="asyncio")
+    try:
+        agent.instance, lock = claim_state_dir(Path(args.state_dir))
+    except StateDirInUse as exc:
+        sys.stderr.write(f"confbus agent: {exc}\n")
+        return 1
+    refused: list[BaseException] = []
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(run_agent, agent, settings, backend="asyncio")
+    except* NodeIdTaken as group:
+        refused += _leaves(group)
+    finally:
+        os.close(lock)
+    if refused:
+        log.error("refused", extra={"node": agent.node, "error": str(refused[0])})
+        sys.stderr.write(f"confbus agent: {refused[0]}\n")
+        return 1
     return 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from nats.aio.msg import Msg
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
 from confbus.agent.hooks import run_on_change
+from confbus.agent.instance import guard_node_id, txn_stream_end
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
@@ -108,6 +110,7 @@ class NodeAgent:
     # Trust roots and key-encryption keys, from files given at start (confbus.agent.trust).
     trust: Trust = field(default_factory=Trust)
     started_at: datetime = field(default_factory=utcnow)
+    instance: str = field(default_factory=lambda: secrets.token_hex(8))  # see agent.instance
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
     bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
@@ -160,6 +163,11 @@ class NodeAgent:
         if not self.namespaces:
             await self.load()
         async with anyio.create_task_group() as tg:
+            # Joining (confbus.agent.instance): no history replayed; one agent per node id.
+            end = await txn_stream_end(bus)
+            for ns in self.namespaces.values():
+                ns.last_seq = ns.last_seq or end
+            await tg.start(guard_node_id, bus, self.heartbeat, lambda: self._beat_now.set())
             for name in self.namespaces:
                 await tg.start(self._follow, bus, name)
             tg.start_soon(self._announce_unannounced, bus)
@@ -567,6 +575,8 @@ class NodeAgent:
             interval_s=self.heartbeat_interval_s,
             started_at=self.started_at,
             ready=self.ready,
+            instance=self.instance,
+            health_source=bool(self.health_url),
         )
 
     async def _publish_heartbeat(self, bus: Bus, refresh: bool = True) -> None:

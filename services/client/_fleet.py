@@ -40,7 +40,7 @@ class NodeAt(msgspec.Struct, frozen=True, kw_only=True):
     applied_seq: int | None = None
     txid: str | None = None
     target: int | None = None  # max(committed transactions it was in, production)
-    liveness: str = "unknown"  # live | suspect | gone | unknown
+    liveness: str = "unknown"  # live | away | gone | unknown
     liveness_since: datetime | None = None
     failing: str | None = None
     drift: bool = False

@@ -60,7 +60,7 @@ class NamespaceSummary(msgspec.Struct, frozen=True, kw_only=True):
     rollout: dist_api.RolloutInfo | None = None
     nodes: int = 0
     live: int = 0
-    suspect: int = 0
+    away: int = 0
     gone: int = 0
     attention: int = 0  # nodes whose status is not ok (drift, failing, in doubt, …)
     waiting: list[VersionInfo] = []  # drafts waiting for approval, newest first
@@ -151,7 +151,7 @@ class Backend:
             rollout=status.rollout,
             nodes=len(status.nodes),
             live=count["live"],
-            suspect=count["suspect"],
+            away=count["away"],
             gone=count["gone"],
             attention=sum(1 for n in status.nodes if n.status != "ok"),
             waiting=[v for v in recent.versions if v.status == "draft"],

@@ -46,14 +46,18 @@ class DistApi:
             m = self.membership.members[node]
             st = m.state(ns)
             repair = self.repairs.describe(ns, node)
+            target, why = self.targets.explain(ns, node, m.labels)
             status = Repairs.status_text(repair) or (st.status if st else "ok")
             nodes.append(
                 api.NodeStatus(
                     node=node,
                     liveness=m.liveness(now),
+                    liveness_reason=m.why(now),
+                    duplicate=m.duplicate_report(now),
                     applied_version=st.applied_version if st else None,
                     sha256=st.sha256 if st else None,
-                    target_version=self.targets.effective(ns, node),
+                    target_version=target,
+                    target_reason=why,
                     last_heartbeat=m.last_heartbeat,
                     labels=m.labels,
                     status=status,

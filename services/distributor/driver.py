@@ -46,6 +46,8 @@ from confbus.schemas.api.dist import ACTIVE_STATES, TERMINAL_STATES, RolloutInfo
 from confbus.schemas.health import Alert
 from confbus.schemas.versions import VersionInfo
 
+FIRST_HEARTBEAT_WAIT_S = 3.0  # an agent's start-up to its first heartbeat, with room
+
 log = logging.getLogger("confbus.distributor")
 
 # The plan may use the reads ``on_version`` made of the version, the policy and production:
@@ -216,6 +218,9 @@ class Driver:
             await self._refuse(namespace, rec, exc.message)
             return
         await self.membership.warm()
+        # An agent started a moment before the publish has not been heard yet: give the
+        # namespace's first heartbeat a little time before calling it empty.
+        await self.membership.first_heard(namespace, within_s=FIRST_HEARTBEAT_WAIT_S)
         live = self.membership.live_nodes(namespace, selector)
         if not live:
             known = self.membership.known_nodes(namespace)
@@ -227,6 +232,7 @@ class Driver:
             )
             return
         waves = strategy.waves(live)
+        away = self.membership.away_nodes(namespace, selector)
 
         def plan(c: RolloutInfo) -> RolloutInfo:
             return R.planned(
@@ -234,6 +240,7 @@ class Driver:
                 strategy=str(strategy),
                 selector=selector,
                 waves=waves,
+                away=away,
                 bake_s=policy.bake_s,
                 max_excluded=policy.max_excluded,
                 vote_timeout_s=policy.vote_timeout_s,
@@ -369,6 +376,8 @@ class Driver:
         prod = await self.targets.production_of(namespace, refresh=True)
         if prod is not None and prod.version >= rec.version:
             return  # promoted already (a step repeated after a crash)
+        # Production for the nodes its selector matched only: the others keep theirs.
+        await self.targets.scope(namespace, rec.version, rec.selector or {})
         try:
             info = await self.store.promote(namespace, rec.version, self.instance, reason)
         except (Conflict, NotFound):

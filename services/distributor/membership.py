@@ -1,10 +1,13 @@
 """Who is alive, from agent heartbeats (``cfg.node.<node>.heartbeat``), shared in ``CFG_STATE``.
 
-A node is *live* while its heartbeats keep coming (within 3 of its own intervals), *suspect*
-after that, and *gone* after 10. Every replica hears every heartbeat and keeps the view in
-memory (liveness is judged on its monotonic clock); the replica holding the
-``lease.distributor._members`` lease also writes ``node.<node>`` records (labels, namespaces
-and their applied state, last heartbeat, liveness) and emits ``node.status`` on transitions.
+A node is *live* while its heartbeats keep coming (within ``AWAY_AFTER`` = 3 of its own
+intervals), *away* after that — or at once when its agent says it is stopping (a last
+heartbeat with ``leaving``) — and *gone* after ``GONE_AFTER`` = 10 intervals without one. Only
+live nodes are rollout targets; away ones catch up when they are back. Every replica hears
+every heartbeat and keeps the view in memory (liveness is judged on its monotonic clock); the
+replica holding the ``lease.distributor._members`` lease also writes ``node.<node>`` records
+(labels, namespaces and their applied state, last heartbeat, liveness) and emits
+``node.status`` on transitions.
 
 No flood: a node's transitions are announced at most once per ``min_event_gap_s`` (the
 latest state wins when the gap is over), and nobody's liveness is judged while *we* hear no
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -36,16 +39,36 @@ from confbus.runtime.events import emit
 from confbus.runtime.kv import StateKV
 from confbus.runtime.leases import Leases
 from confbus.schemas.api.dist import Liveness
-from confbus.schemas.events import NodeForgotten, NodeStatusChanged
-from confbus.schemas.node import Heartbeat, NamespaceState
+from confbus.schemas.events import NodeDuplicate, NodeForgotten, NodeStatusChanged
+from confbus.schemas.node import Heartbeat, NamespaceState, claim
 from confbus.schemas.state import NODES, NodeRecord, decode_node, node_key, target_key
 
 log = logging.getLogger("confbus.distributor")
 
-SUSPECT_AFTER = 3.0  # heartbeat intervals
+AWAY_AFTER = 3.0  # heartbeat intervals missed
 GONE_AFTER = 10.0
 PERSIST_EVERY_S = 30.0  # refresh last_heartbeat in the record at least this often
 MEMBERS_LEASE = "_members"  # lease.distributor._members: the replica writing node records
+
+
+DUPLICATE_SHOWN_S = 600.0  # status names a refused second agent this long
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    instance: str  # the refused one
+    started_at: datetime | None
+    live_instance: str  # the one holding the node
+    at: datetime  # when it was heard
+    seen: float  # monotonic, ditto
+
+    def describe(self, node: str) -> str:
+        started = self.started_at.isoformat(timespec="seconds") if self.started_at else "?"
+        return (
+            f"a second agent with node id {node} (instance {self.instance}, started {started}) "
+            f"was refused at {self.at.isoformat(timespec='seconds')}: {node} is live as "
+            f"instance {self.live_instance}"
+        )
 
 
 @dataclass
@@ -60,6 +83,12 @@ class Member:
     heard: bool = False  # a heartbeat reached this process (loaded records do not count)
     ready: bool | None = None  # ready to vote, as its last heartbeat said (None: not said)
     unready_at: float = -1.0  # monotonic time of the last heartbeat that said not ready
+    left: bool = False  # its last heartbeat said it was stopping
+    instance: str = ""
+    # The last second agent heard with this node id while this one held it (refused by the
+    # agents themselves, by the same rule: ``confbus.schemas.node.keeps_node``); for status.
+    duplicate: Duplicate | None = None
+    duplicate_announced: str = ""  # the instance of the last one announced (node.duplicate)
     # What CFG_STATE holds, as far as we know, and what we last announced.
     recorded: NodeRecord | None = None
     recorded_rev: int = 0
@@ -70,9 +99,26 @@ class Member:
 
     def liveness(self, now: float) -> Liveness:
         missed = (now - self.seen) / max(self.interval_s, 0.05)
-        if missed <= SUSPECT_AFTER:
+        if missed <= AWAY_AFTER and not self.left:
             return "live"
-        return "suspect" if missed <= GONE_AFTER else "gone"
+        return "away" if missed <= GONE_AFTER else "gone"
+
+    def duplicate_report(self, now: float) -> str:
+        """A second agent with this node id refused lately, in words (empty: none)."""
+        d = self.duplicate
+        if d is None or now - d.seen > DUPLICATE_SHOWN_S:
+            return ""
+        return d.describe(self.node)
+
+    def why(self, now: float) -> str:
+        """Why it is not live, in words (empty when it is)."""
+        if self.liveness(now) == "live":
+            return ""
+        last = self.last_heartbeat.isoformat(timespec="seconds") if self.last_heartbeat else "never"
+        if self.left:
+            return f"stopped (node.left) at {last}; catches up when it is back"
+        missed = int((now - self.seen) / max(self.interval_s, 0.05))
+        return f"missed {missed} heartbeats (last {last}); catches up when it is back"
 
     def state(self, namespace: str) -> NamespaceState | None:
         return self.states.get(namespace)
@@ -119,6 +165,12 @@ class Membership:
             with anyio.move_on_after(1.5 * self.heartbeat_interval_s):
                 await self._heard.wait()
 
+    async def first_heard(self, namespace: str, within_s: float) -> None:
+        """Wait, at most ``within_s``, until some node of ``namespace`` is known."""
+        with anyio.move_on_after(within_s):
+            while not self.known_nodes(namespace):
+                await self._heard.wait()
+
     def deaf(self) -> bool:
         """We have heard no one for longer than two of the fleet's shortest intervals."""
         heard = [m.interval_s for m in self.members.values() if m.heard]
@@ -153,6 +205,17 @@ class Membership:
             and m.liveness(now) == "live"
             and namespace in m.states
             and matches(m.labels, selector or {})
+        )
+
+    def away_nodes(self, namespace: str, selector: dict[str, str] | None = None) -> list[str]:
+        """The namespace's known nodes (matching ``selector``) that are not live — away, or
+        away so long they are gone, until forgotten: they catch up when they are back, and a
+        rollout says so."""
+        live = set(self.live_nodes(namespace, selector))
+        return sorted(
+            node
+            for node, m in self.members.items()
+            if namespace in m.states and matches(m.labels, selector or {}) and node not in live
         )
 
     def known_nodes(self, namespace: str) -> list[str]:
@@ -201,10 +264,28 @@ class Membership:
                 heard=True,
                 ready=hb.ready,
                 unready_at=now if hb.ready is False else -1.0,
+                left=hb.leaving,
+                instance=hb.instance,
             )
             self.members[hb.node] = m
             return m
+        if hb.instance != m.instance and hb.instance and m.instance:
+            if m.liveness(now) == "live" and claim(m.started_at, m.instance) <= claim(
+                hb.started_at, hb.instance
+            ):
+                # A second agent while this one holds the node: not a member's heartbeat.
+                if not hb.leaving:
+                    m.duplicate = Duplicate(
+                        hb.instance, hb.started_at, m.instance, datetime.now(UTC), now
+                    )
+                return m
+            if m.liveness(now) == "live":  # the one heard first is the second agent
+                m.duplicate = Duplicate(
+                    m.instance, m.started_at, hb.instance, datetime.now(UTC), now
+                )
         m.labels = dict(hb.labels)
+        m.left = hb.leaving
+        m.instance = hb.instance
         m.states = states
         m.interval_s = hb.interval_s
         m.seen = now
@@ -218,16 +299,16 @@ class Membership:
 
     def _discount(self, deaf_s: float) -> None:
         """We heard no one for ``deaf_s``: the nodes that were live then are judged as if
-        that time had not passed (one that died meanwhile turns suspect a little later)."""
+        that time had not passed (one that died meanwhile turns away a little later)."""
         for m in self.members.values():
-            if (self.last_any - m.seen) / max(m.interval_s, 0.05) <= SUSPECT_AFTER:
+            if (self.last_any - m.seen) / max(m.interval_s, 0.05) <= AWAY_AFTER:
                 m.seen = min(m.seen + deaf_s, time.monotonic())
 
     def load(self, records: list[tuple[NodeRecord, int]]) -> None:
         """Members known from CFG_STATE (a restarted replica), until they heartbeat again.
 
         A node recorded live is taken as just seen: it has 3 intervals to be heard before it
-        turns suspect, so a restart causes no false transitions.
+        turns away, so a restart causes no false transitions.
         """
         now = time.monotonic()
         wall = datetime.now(UTC)
@@ -296,7 +377,7 @@ class MembershipKeeper:
     async def sweep(self) -> None:
         now = time.monotonic()
         m = self.membership
-        counts: dict[str, int] = {"live": 0, "suspect": 0, "gone": 0}
+        counts: dict[str, int] = {"live": 0, "away": 0, "gone": 0}
         for member in m.members.values():
             counts[member.liveness(now)] += 1
         for name, value in counts.items():
@@ -304,13 +385,16 @@ class MembershipKeeper:
         if not self.leases.held(MEMBERS_LEASE):
             return
         # If nobody at all is heard, we are the ones cut off: judge no one.
-        quiet = now - m.last_any > SUSPECT_AFTER * max(m.heartbeat_interval_s, 0.05)
-        judging = not quiet and now - m.started > SUSPECT_AFTER * m.heartbeat_interval_s
+        quiet = now - m.last_any > AWAY_AFTER * max(m.heartbeat_interval_s, 0.05)
+        judging = not quiet and now - m.started > AWAY_AFTER * m.heartbeat_interval_s
         for member in list(m.members.values()):
             liveness = member.liveness(now) if judging else (member.announced or "live")
             if not member.heard and liveness == "live":
                 liveness = member.announced or "live"  # loaded: not heard yet, not judged yet
             await self._settle(member, liveness, now)
+            d = member.duplicate
+            if d is not None and member.duplicate_announced != d.instance:
+                await self._announce_duplicate(member, d)
             if (
                 judging
                 and liveness == "gone"
@@ -346,8 +430,29 @@ class MembershipKeeper:
             member.announced, member.announced_at = liveness, now
             await self._announce(member, liveness, rev)
 
+    async def _announce_duplicate(self, member: Member, d: Duplicate) -> None:
+        log.warning("second agent with one node id", extra={"node": member.node, **asdict(d)})
+        for ns in sorted(member.states):
+            try:
+                await emit(
+                    self.bus,
+                    NodeDuplicate(
+                        namespace=ns,
+                        actor=self.instance,
+                        node=member.node,
+                        instance=d.instance,
+                        live_instance=d.live_instance,
+                        reason=d.describe(member.node),
+                    ),
+                    msg_id=f"node-duplicate:{member.node}:{ns}:{d.instance}",
+                )
+            except ConfbusError as exc:
+                log.warning("node.duplicate not emitted", extra={"error": str(exc)})
+                return
+        member.duplicate_announced = d.instance
+
     async def _announce(self, member: Member, liveness: str, rev: int) -> None:
-        status: Literal["live", "suspect", "gone"] = liveness  # type: ignore[assignment]
+        status: Literal["live", "away", "gone"] = liveness  # type: ignore[assignment]
         log.info("node status", extra={"node": member.node, "status": status})
         for ns in sorted(member.states):
             try:
@@ -358,7 +463,7 @@ class MembershipKeeper:
                         actor=self.instance,
                         node=member.node,
                         status=status,
-                        reason=_why(status, member),
+                        reason=member.why(time.monotonic()) or "heartbeats are coming",
                     ),
                     msg_id=f"node-status:{member.node}:{ns}:{rev}",
                 )
@@ -394,10 +499,3 @@ class MembershipKeeper:
             event = NodeForgotten(namespace=ns, node=node, actor=actor, reason=reason)
             await emit(self.bus, event, msg_id=f"node-forgotten:{node}:{ns}:{member.recorded_rev}")
         return namespaces
-
-
-def _why(status: str, member: Member) -> str:
-    if status == "live":
-        return "heartbeats are coming"
-    last = member.last_heartbeat.isoformat() if member.last_heartbeat else "never"
-    return f"no heartbeat since {last}"

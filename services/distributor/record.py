@@ -314,6 +314,7 @@ def planned(
     waves: list[list[str]],
     bake_s: float,
     max_excluded: float,
+    away: Iterable[str] = (),
     vote_timeout_s: float,
     retry_unanswered_s: float,
     on_missing_data: Literal["pass", "fail"],
@@ -327,6 +328,7 @@ def planned(
         selector=selector,
         waves=[WaveInfo(index=i, nodes=w, state="pending") for i, w in enumerate(waves)],
         targets=sorted(n for w in waves for n in w),
+        away=sorted(away),
         bake_s=bake_s,
         max_excluded=max_excluded,
         vote_timeout_s=vote_timeout_s,
@@ -360,4 +362,4 @@ def set_next(rec: RolloutInfo, pending: PendingVersion) -> RolloutInfo:
 
 def wave_nodes(rec: RolloutInfo, index: int) -> list[str]:
     w = rec.waves[index]
-    return [n for n in w.nodes if n not in w.excluded and n not in w.already]
+    return [n for n in w.nodes if n not in w.excluded and n not in w.already and n not in rec.away]

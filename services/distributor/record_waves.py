@@ -22,6 +22,7 @@ from confbus.distributor.record import (
     report,
     set_wave,
 )
+from confbus.distributor.strategy import describe_budget, excluded_budget
 from confbus.runtime.retry import Backoff
 from confbus.schemas.api.dist import TERMINAL_STATES, RolloutInfo
 from confbus.schemas.base import utcnow
@@ -57,10 +58,10 @@ def start_attempt(
     ] + [
         NodeOutcome(
             node=n,
-            outcome="excluded",
+            outcome="away",
             attempts=0,
             wave=index,
-            reason="not live when its wave began; catches up when it returns",
+            reason="away when its wave began; catches up when it is back",
         )
         for n in down
     ]
@@ -69,7 +70,6 @@ def start_attempt(
         state="switching" if nodes else "baking",
         attempts=w.attempts + (1 if nodes else 0),
         already=sorted({*w.already, *already}),
-        excluded=sorted({*w.excluded, *down}),
         switch_nodes=nodes,
         switch_started_at=now if nodes else None,
         started_at=w.started_at or now,
@@ -77,6 +77,7 @@ def start_attempt(
         outcomes=merge_outcomes(w.outcomes, outcomes),
     )
     out = set_wave(rec, index, w)
+    out = replace(out, away=sorted({*rec.away, *down}))
     return replace(out, updated_at=now, holder=actor, report=report(out))
 
 
@@ -183,9 +184,10 @@ def record_abort(
         if (now - first).total_seconds() + delay <= rec.retry_unanswered_s:
             return _retry_unanswered(rec, index, txid, outcomes, delay, now, actor)
     remaining = [n for n in w.switch_nodes if n not in missing]
-    total = max(1, len(rec.targets))
+    total = len(rec.targets)
+    budget = excluded_budget(rec.max_excluded, total)
     would_exclude = excluded_count(rec) + len(missing)
-    within = would_exclude / total <= rec.max_excluded + 1e-9
+    within = would_exclude <= budget
     retried = w.attempts - w.unanswered  # attempts that ready nodes answered
     retry = (
         not no
@@ -246,8 +248,8 @@ def record_abort(
     else:
         reason = (
             f"wave {index} aborted: {', '.join(missing)} missed the vote deadline; leaving "
-            f"them out would exclude {would_exclude} of {total} targets "
-            f"({would_exclude / total:.0%}), over max_excluded {rec.max_excluded:.0%}"
+            f"them out would exclude {would_exclude} of {total} live targets, over "
+            f"max_excluded {describe_budget(rec.max_excluded)} ({budget} node(s))"
         )
     return fail(out, index, reason, actor=actor)
 

@@ -127,7 +127,7 @@ class Repairs:
         r = self.state.get(key)
         if r is not None and r.in_flight:
             return
-        target = self.targets.effective(ns, node)
+        target = self.targets.effective(ns, node, member.labels)
         if target is None:
             self._learn(ns, tg)
             return

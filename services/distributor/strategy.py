@@ -140,3 +140,16 @@ def parse_selector(value: Mapping[str, str] | str | None) -> dict[str, str]:
         return selectors.parse_selector(value)
     except selectors.SelectorError as exc:
         raise InvalidSelector(exc.text, exc.why) from None
+
+
+def excluded_budget(max_excluded: float, targets: int) -> int:
+    """How many live targets may miss their vote (``Policy.max_excluded``): below 1 a share of
+    ``targets``, rounded down (10 % of 4 nodes is 0: a small fleet stays strict); from 1 up a
+    count of nodes."""
+    if max_excluded >= 1:
+        return int(max_excluded)
+    return math.floor(max_excluded * targets + 1e-9)
+
+
+def describe_budget(max_excluded: float) -> str:
+    return f"{int(max_excluded)} node(s)" if max_excluded >= 1 else f"{max_excluded:.0%}"

@@ -5,9 +5,11 @@ Per wave: record ``switching`` (with the participants and the time) *before* ask
 coordinator for one atomic switch (for the first wave, in the same write as the plan), then
 record its outcome: committed → bake; aborted by a ``no`` → failed; answered by no node ready
 to vote → retried whole after a backoff, for the policy's ``retry_unanswered_s``; aborted by
-ready nodes missing the deadline → retried once without those nodes, unless the rollout's
-excluded share would pass ``max_excluded`` → failed. Who was not ready to vote during an
-attempt is what membership heard from the heartbeats (``Membership.not_ready_since``).
+ready nodes missing the deadline → retried once without those nodes, unless that leaves out
+more live targets than ``max_excluded`` allows → failed. Nodes away when their wave begins
+are left out uncounted: no vote was to be had (one that falls silent during the vote counts:
+it was live and did not vote). Who was not ready to vote during an attempt is what
+membership heard from the heartbeats (``Membership.not_ready_since``).
 
 A wave left in ``switching`` is resolved from the coordinator's head and decision records (a
 committed one is recorded, not re-run; one still preparing is waited for; one that never
@@ -80,21 +82,6 @@ class WaveSwitch:
         already = [n for n in todo if (self.membership.applied(namespace, n) or 0) >= rec.version]
         down = [n for n in todo if n not in already and not self.membership.is_live(n)]
         nodes = [n for n in todo if n not in already and n not in down]
-        total = max(1, len(rec.targets))
-        would_exclude = R.excluded_count(rec) + len(down)
-        if down and would_exclude / total > rec.max_excluded + 1e-9:
-            reason = (
-                f"wave {i}: {', '.join(down)} not live; leaving them out would exclude "
-                f"{would_exclude} of {total} targets ({would_exclude / total:.0%}), over "
-                f"max_excluded {rec.max_excluded:.0%}"
-            )
-            await self.rollouts.transition(
-                namespace,
-                rec,
-                lambda c: R.fail(plan(c) if plan else c, i, reason, actor=self.instance),
-                planned=plan is None,
-            )
-            return
         timeout = rec.vote_timeout_s or 5.0
         # No new catch-up for these nodes from here on; let one in flight finish first, so
         # that the wave and a one-node switch do not trip over each other at the agent.

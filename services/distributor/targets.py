@@ -1,5 +1,11 @@
 """Each node's **target version** (docs/design.md §3.6): the highest version among the committed
-transactions that included it, and the namespace's production version — whichever is higher.
+transactions that included it, and the namespace's production version *for that node* —
+whichever is higher. The rule is ``explain`` (and ``effective``, its number), here only.
+
+A version rolled out with a selector is production for the nodes the selector matched: the
+others keep the production version they had (``scope.<ns>``, ``ProductionScopes``, written by
+the rollout driver before it promotes). A version promoted otherwise (the rollbacker's, an
+operator's) is production for every node.
 
 The committed-transaction part lives in ``CFG_STATE`` under ``target.<ns>.<node>`` (raised,
 never lowered, by compare-and-set): written from ``txn.committed`` events, whoever asked for the
@@ -12,15 +18,29 @@ is not copied into every node's key, so a promotion costs one read, not one writ
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskStatus
 
 from confbus.distributor.store import Store
+from confbus.distributor.strategy import matches
 from confbus.runtime.kv import Entry, StateKV
 from confbus.schemas.base import DECODE_ERRORS
-from confbus.schemas.state import TARGETS, TargetRecord, decode_target, target_key, target_of
+from confbus.schemas.state import (
+    SCOPES,
+    TARGETS,
+    ProductionScopes,
+    ScopedProduction,
+    TargetRecord,
+    decode_scopes,
+    decode_target,
+    scope_key,
+    scope_of,
+    target_key,
+    target_of,
+)
 from confbus.schemas.versions import VersionInfo
 
 log = logging.getLogger("confbus.distributor")
@@ -37,6 +57,7 @@ class Targets:
     # instead of two; if the key moved meanwhile the write fails and ``mutate`` reads.
     txn: dict[str, dict[str, Entry[TargetRecord]]] = field(default_factory=dict)
     production: dict[str, VersionInfo] = field(default_factory=dict)
+    scopes: dict[str, Entry[ProductionScopes]] = field(default_factory=dict)
     _sha: dict[tuple[str, int], str] = field(default_factory=dict)
     # The raise being written for a (namespace, node), and what its end sets: the driver and
     # the ``txn.committed`` handler raise the same nodes to the same version at the same moment,
@@ -54,13 +75,39 @@ class Targets:
         info = self.production.get(namespace)
         return info.version if info else None
 
-    def effective(self, namespace: str, node: str) -> int | None:
-        candidates = [
-            v
-            for v in (self.txn_target(namespace, node), self.production_version(namespace))
-            if v is not None
-        ]
-        return max(candidates) if candidates else None
+    def production_for(self, namespace: str, labels: Mapping[str, str]) -> tuple[int | None, str]:
+        """The production version for a node with ``labels``, and why."""
+        prod = self.production_version(namespace)
+        entry = self.scopes.get(namespace)
+        entries = entry.value.entries if entry is not None and entry.value is not None else []
+        if prod is None or prod not in {e.version for e in entries}:
+            return prod, "" if prod is None else f"production v{prod}"
+        mine = [e for e in entries if e.version <= prod and matches(labels, e.selector)]
+        if not mine:
+            return None, f"production v{prod} is for {_sel(entries, prod)} only"
+        best = max(mine, key=lambda e: e.version)
+        if best.version == prod:
+            return prod, f"production v{prod}" + (
+                f" for {_sel(entries, prod)}" if best.selector else ""
+            )
+        return (
+            best.version,
+            f"production v{best.version} (v{prod} is for {_sel(entries, prod)} only)",
+        )
+
+    def explain(
+        self, namespace: str, node: str, labels: Mapping[str, str]
+    ) -> tuple[int | None, str]:
+        """The node's target version and why: its production version (``production_for``) or
+        the newest committed transaction that included it, whichever is higher."""
+        prod, why = self.production_for(namespace, labels)
+        txn = self.txn_target(namespace, node)
+        if txn is not None and (prod is None or txn > prod):
+            return txn, f"v{txn} committed on it (txn)"
+        return prod, why
+
+    def effective(self, namespace: str, node: str, labels: Mapping[str, str]) -> int | None:
+        return self.explain(namespace, node, labels)[0]
 
     async def production_of(
         self, namespace: str, *, refresh: bool = False, max_age_s: float = 0.0
@@ -96,6 +143,35 @@ class Targets:
         return sha
 
     # -- writing -------------------------------------------------------------------------------
+
+    async def scope(self, namespace: str, version: int, selector: Mapping[str, str]) -> None:
+        """Record, before it is promoted, that ``version`` is production for the nodes
+        ``selector`` matches ({}: all); the production before it, if it is not recorded (it
+        was promoted for every node), first."""
+        prod = self.production_version(namespace)
+        if not selector and namespace not in self.scopes:
+            return  # for every node, as ever: nothing to record (production says it all)
+
+        def add(cur: ProductionScopes | None) -> ProductionScopes | None:
+            entries = list(cur.entries) if cur is not None else []
+            if any(e.version == version for e in entries):
+                return None  # a repeat after a crash
+            if prod is not None and prod < version and all(e.version != prod for e in entries):
+                entries = [ScopedProduction(version=prod)]
+            sel = dict(selector)
+            # Entries whose nodes all match the new selector are replaced by it.
+            entries = [e for e in entries if not sel.items() <= e.selector.items()]
+            return ProductionScopes(
+                entries=[*entries, ScopedProduction(version=version, selector=sel)]
+            )
+
+        entry, _ = await self.kv.mutate(scope_key(namespace), decode_scopes, add)
+        self._remember_scopes(namespace, entry)
+
+    def _remember_scopes(self, namespace: str, entry: Entry[ProductionScopes]) -> None:
+        cur = self.scopes.get(namespace)
+        if cur is None or entry.revision >= cur.revision:
+            self.scopes[namespace] = entry
 
     async def raise_to(self, namespace: str, nodes: list[str], version: int, txid: str) -> None:
         """Raise the nodes' committed-transaction target to ``version`` (never lower it)."""
@@ -160,5 +236,23 @@ class Targets:
         except DECODE_ERRORS:
             log.warning("unreadable target record", extra={"key": key})
 
+    def observed_scopes(self, key: str, value: bytes | None, revision: int) -> None:
+        ns = scope_of(key)
+        if value is None:
+            self.scopes.pop(ns, None)
+            return
+        try:
+            self._remember_scopes(ns, Entry(decode_scopes(value), revision))
+        except DECODE_ERRORS:
+            log.warning("unreadable production scopes", extra={"key": key})
+
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await self.kv.watch(TARGETS, self.observed, task_status=task_status)
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.kv.watch, SCOPES, self.observed_scopes)
+            await tg.start(self.kv.watch, TARGETS, self.observed)
+            task_status.started()
+
+
+def _sel(entries: list[ScopedProduction], version: int) -> str:
+    sel = next((e.selector for e in entries if e.version == version), {})
+    return ",".join(f"{k}={v}" for k, v in sorted(sel.items())) or "every node"

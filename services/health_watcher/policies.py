@@ -3,8 +3,9 @@
 - ``PolicyCache``: each namespace's policy from the version-store (``cfg.api.store.policy_get``),
   kept ``ttl_s``; while the store is unreachable the last copy is used (rules rarely change,
   and judging on slightly old rules beats judging on none).
-- ``Directory``: what agents say in their heartbeats — which namespaces each node follows and
-  the version it applied there (the version of the samples we scrape from that node ourselves).
+- ``Directory``: what agents say in their heartbeats — which namespaces each node follows, the
+  version it applied there (the version of the samples we scrape from that node ourselves), and
+  whether it forwards its app's health at all (``--health-url``).
 - ``Catalog``: which namespaces exist, for the Alertmanager receiver: the version-store's list
   (``cfg.api.store.namespaces``), or — when the store cannot be asked — what agents follow.
 """
@@ -75,12 +76,23 @@ class PolicyCache:
 class Directory:
     # node -> (monotonic time heard, {namespace: applied version})
     _nodes: dict[str, tuple[float, dict[str, int | None]]] = field(default_factory=dict)
+    # node -> whether its agent forwards its app's health (absent: not said, an older agent)
+    _forwards: dict[str, bool] = field(default_factory=dict)
 
     def observe(self, hb: Heartbeat) -> None:
         self._nodes[hb.node] = (
             time.monotonic(),
             {s.namespace: s.applied_version for s in hb.namespaces},
         )
+        if hb.health_source is None:
+            self._forwards.pop(hb.node, None)
+        else:
+            self._forwards[hb.node] = hb.health_source
+
+    def forwards_health(self, node: str) -> bool | None:
+        """Whether ``node``'s agent sends health samples; None when it did not say (an agent
+        from before the field, or one not heard from)."""
+        return self._forwards.get(node) if node in self._nodes else None
 
     def version(self, node: str, namespace: str) -> int | None:
         entry = self._nodes.get(node)
@@ -99,6 +111,7 @@ class Directory:
         cutoff = time.monotonic() - NODE_FORGET_S
         for node in [n for n, (t, _) in self._nodes.items() if t < cutoff]:
             del self._nodes[node]
+            self._forwards.pop(node, None)
         return {ns for _, versions in self._nodes.values() for ns in versions}
 
 

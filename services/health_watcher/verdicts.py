@@ -1,7 +1,11 @@
 """Answering ``cfg.api.health.verdict`` (docs/design.md §6.2): the namespace's sample rules
 judged from this replica's windows (``rules.judge``), its PromQL rules asked of Prometheus
 (``promql``), one verdict of both, and a ``health.verdict`` event recording every rule's value,
-threshold and query.
+threshold and query (unless the caller is only polling).
+
+Which judged nodes have no health source at all is decided here, once (``without_source``):
+a caller told that every node it asked about is such a node answers its own ``no_data`` at
+once instead of waiting for samples that will never come.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from confbus.runtime.errors import ConfbusError, InvalidInput
 from confbus.runtime.events import emit
 from confbus.schemas.api import health as api
 from confbus.schemas.events import HealthVerdictEvent
+from confbus.schemas.policy import Policy
 
 log = logging.getLogger("confbus.health_watcher")
 
@@ -37,6 +42,16 @@ def baseline(
     nodes = sorted(n for n in others if n not in judged)
     common = Counter(others[n] for n in nodes).most_common(1)
     return nodes, (common[0][0] if common else None)
+
+
+def without_source(policy: Policy, nodes: list[str], directory: Directory) -> list[str]:
+    """The nodes no health sample can come from: their agent said it forwards none (no
+    ``--health-url``) and the policy neither scrapes them nor has a PromQL rule (Prometheus
+    is a source for every node). An agent that did not say counts as a source."""
+    if any(r.query for r in policy.health_rules):
+        return []
+    scraped = {t.node for t in policy.scrape_targets}
+    return [n for n in nodes if n not in scraped and directory.forwards_health(n) is False]
 
 
 @dataclass
@@ -88,6 +103,13 @@ class Verdicts:
         )
         self.metrics.verdicts.labels(j.verdict).inc()
         rules = [o.result() for o in j.outcomes]
+        sourceless = without_source(policy, list(nodes), self.directory)
+        reason = j.reason
+        if j.verdict == "no_data" and sourceless and len(sourceless) == len(nodes):
+            reason = (
+                f"no health source: {', '.join(sourceless)} forward no health (agent "
+                f"--health-url) and no scrape target or PromQL rule covers them; {reason}"
+            )
         reply = api.VerdictReply(
             verdict=j.verdict,
             samples=j.samples,
@@ -95,9 +117,12 @@ class Verdicts:
             unhealthy_nodes=j.unhealthy,
             unknown_nodes=j.unknown,
             rules=rules,
-            reason=j.reason,
+            reason=reason,
             evaluated_by=self.instance,
+            no_source=sourceless,
         )
+        if not req.record:
+            return reply
         try:
             await emit(
                 self.bus,
@@ -108,7 +133,7 @@ class Verdicts:
                     verdict=j.verdict,
                     samples=j.samples,
                     actor=self.instance,
-                    reason=j.reason[:2000],
+                    reason=reason[:2000],
                     rules=rules,
                 ),
             )

@@ -427,7 +427,9 @@ class Driver:
     async def _verify(self, rb: Rollback, result: BatchResult, policy: Policy) -> BatchResult:
         """Bake the batch, then judge it by the health-watcher's verdict on the new version
         since the batch's commit. Without health rules there is nothing to judge: only the
-        bake. Missing data is judged by the policy's ``on_missing_data``."""
+        bake. Missing data is judged by the policy's ``on_missing_data``; it is waited for (up
+        to ``verify_timeout_s``) only from nodes that have a health source at all. The polls
+        are not recorded; the verdict acted on is, once (one ``health.verdict`` per batch)."""
         assert rb.new_version is not None and result.committed_at is not None
         bake = max(0.0, policy.rollback.batch_delay_s)
         if not policy.health_rules:
@@ -435,37 +437,42 @@ class Driver:
             return msgspec.structs.replace(result, verdict="no_rules", healthy_share=None)
         started = time.monotonic()
         deadline = started + bake + self.config.verify_timeout_s
-        last: VerdictReply | None = None
-        share: float | None = None
+        polled: VerdictReply | None = None
         while True:
-            v = await self._verdict(rb, result)
+            v = await self._verdict(rb, result, record=False)
+            baked = time.monotonic() - started >= bake
             if v is not None and v.verdict != "no_data":
-                last = v
+                polled = v
                 share = healthy_share(result, v, policy.on_missing_data)
-                baked = time.monotonic() - started >= bake
                 if baked and share >= policy.rollback.healthy_threshold:
                     break
+            elif v is not None and set(result.switched) <= set(v.no_source):
+                # No node of the batch can send a sample: only the bake is left to wait.
+                await anyio.sleep(max(0.0, bake - (time.monotonic() - started)))
+                break
             now = time.monotonic()
             if now >= deadline:
                 break
             await anyio.sleep(min(self.config.verify_interval_s, deadline - now))
-        if last is None:
-            if policy.on_missing_data == "pass":
-                return msgspec.structs.replace(result, verdict="no_data", healthy_share=None)
-            return msgspec.structs.replace(result, verdict="no_data", healthy_share=0.0)
+        last = await self._verdict(rb, result, record=True) or polled
+        if last is None or last.verdict == "no_data":
+            share_if_none = None if policy.on_missing_data == "pass" else 0.0
+            return msgspec.structs.replace(result, verdict="no_data", healthy_share=share_if_none)
         return msgspec.structs.replace(
             result,
             verdict=last.verdict,
-            healthy_share=share,
+            healthy_share=healthy_share(result, last, policy.on_missing_data),
             samples=last.samples,
             unhealthy=sorted(set(last.unhealthy_nodes) & set(result.nodes)),
         )
 
-    async def _verdict(self, rb: Rollback, result: BatchResult) -> VerdictReply | None:
+    async def _verdict(
+        self, rb: Rollback, result: BatchResult, *, record: bool
+    ) -> VerdictReply | None:
         assert rb.new_version is not None and result.committed_at is not None
         try:
             return await self.peers.verdict(
-                rb.namespace, rb.new_version, result.switched, result.committed_at
+                rb.namespace, rb.new_version, result.switched, result.committed_at, record=record
             )
         except Unavailable as exc:
             log.info("no verdict", extra={"namespace": rb.namespace, "error": str(exc)})

@@ -26,8 +26,12 @@ Automatic rollbacks (alerts), in order::
     otherwise                                         → started
 
 A manual rollback (``cfg.api.rollback.start``) is refused only when one is running, when
-there is nothing to go back to, or when production already has those bytes; it is not held
-back by the cooldown or the cap (an operator decided), but it counts for them.
+there is nothing to go back to, when production already has those bytes, or when the
+namespace's current policy would refuse the target's bytes (its schema or format changed since)
+— unless ``force``, and then the force and what it overrode are in the rollback's reason, which
+its events carry with the operator as actor. It is not held back by the cooldown or the cap (an
+operator decided), but it counts for them. An alert's rollback is never held up by the policy
+check: it restores bytes that were good, during an incident.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from confbus.rollbacker.suspect import good_before
 from confbus.schemas.api.rollback import RollbackReply, RollbackRequest
 from confbus.schemas.api.store import VersionReply
 from confbus.schemas.base import utcnow as now_utc
+from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.health import Alert
 from confbus.schemas.policy import Policy
 from confbus.schemas.state import Ledger, Rollback, SeenAlert
@@ -292,7 +297,8 @@ class Engine:
         plan.batch_count(strategy)  # InvalidInput (400) for a strategy we cannot run
         prod = await self.peers.version(ns, "production")
         from_version = prod.info.version if prod is not None else None
-        target = await self.peers.version(ns, req.to if req.to is not None else "last-good")
+        ref = req.to if req.to is not None else "last-good"
+        target = await self.peers.version(ns, ref, content=True)
 
         def refused(detail: str, to: int = 0) -> RollbackReply:
             self.metrics.rollbacks.labels("refused").inc()
@@ -324,13 +330,24 @@ class Engine:
             return refused(f"production v{prod.info.version} already has v{to}'s bytes", to)
         token = secrets.token_hex(8)
         rollback_id = f"rb-{token}"
+        actor = req.actor or "operator"
+        reason = req.reason or "manual rollback"
+        unfit = await self._unfit(target, actor, change_id_of(rollback_id) + "-check")
+        if unfit and not req.force:
+            return refused(
+                f"v{to} does not pass {ns}'s current policy: {unfit}; "
+                f"--force rolls back to it anyway (recorded)",
+                to,
+            )
+        if unfit:
+            reason = f"{reason} [forced by {actor} past the current policy: {unfit}]"
         now = now_utc()
         rb = Rollback(
             rollback_id=rollback_id,
             namespace=ns,
             trigger="manual",
-            actor=req.actor or "operator",
-            reason=req.reason or "manual rollback",
+            actor=actor,
+            reason=reason,
             from_version=from_version,
             to_version=to,
             to_sha256=target.info.sha256,
@@ -361,6 +378,24 @@ class Engine:
             state="started",
             reason=rb.reason,
         )
+
+    async def _unfit(self, target: VersionReply, actor: str, change_id: str) -> str:
+        """Why the namespace's current policy would refuse ``target``'s bytes as a new change
+        (empty: it would not). The policy may have changed since the version was stored; the
+        version-store says, with the rule it always applies (a dry run: nothing is stored)."""
+        if target.content is None:
+            return ""
+        change = ChangeProposed(
+            namespace=target.info.namespace,
+            change_id=change_id,
+            content=target.content,
+            format=target.info.format,
+            author=actor,
+        )
+        reply = await self.peers.check(change)
+        if reply.ok:
+            return ""
+        return f"{reply.reason} (at {reply.where})" if reply.where else reply.reason
 
     # -- driving and taking over ---------------------------------------------------------------
 

@@ -62,6 +62,10 @@ class Peers:
             msg_id=msg_id(change.namespace, change.change_id),
         )
 
+    async def check(self, change: ChangeProposed) -> store_api.DryRunReply:
+        """Would the namespace's current policy accept ``change``? (Nothing is stored.)"""
+        return await call(self.bus, store_api.DRY_RUN, store_api.DryRunRequest(change=change))
+
     async def change_status(self, namespace: str, change_id: str) -> store_api.ChangeStatusReply:
         request = store_api.ChangeStatusRequest(namespace=namespace, change_id=change_id)
         return await call(self.bus, store_api.CHANGE_STATUS, request)
@@ -134,10 +138,10 @@ class Peers:
     # -- health-watcher ----------------------------------------------------------------------
 
     async def verdict(
-        self, namespace: str, version: int, nodes: list[str], since: datetime
+        self, namespace: str, version: int, nodes: list[str], since: datetime, *, record: bool
     ) -> health_api.VerdictReply:
         request = health_api.VerdictRequest(
-            namespace=namespace, version=version, nodes=nodes, since=since
+            namespace=namespace, version=version, nodes=nodes, since=since, record=record
         )
         return await call(self.bus, health_api.VERDICT, request)
 

@@ -31,7 +31,7 @@ def test_nodes_live_before_we_went_deaf_are_live_when_we_hear_again() -> None:
     m = Membership(heartbeat_interval_s=INTERVAL)
     for node in ("n1", "n2", "n3"):
         m.observe(beat(node))
-    m.members["n3"].seen -= 10 * INTERVAL  # n3 had gone quiet before: it stays suspect
+    m.members["n3"].seen -= 10 * INTERVAL  # n3 had gone quiet before: it stays away
     heard_long_ago(m, 3.0)  # nobody heard for 3 s: six intervals
     assert m.deaf() and not m.is_live("n1") and not m.is_live("n2")
 
@@ -42,7 +42,7 @@ def test_nodes_live_before_we_went_deaf_are_live_when_we_hear_again() -> None:
     assert m.liveness("n3") != "live"
 
 
-def test_a_node_that_died_while_we_were_deaf_turns_suspect_after_its_own_silence() -> None:
+def test_a_node_that_died_while_we_were_deaf_turns_away_after_its_own_silence() -> None:
     m = Membership(heartbeat_interval_s=INTERVAL)
     m.observe(beat("n1"))
     m.observe(beat("n2"))

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from confbus.distributor import record as R
 from confbus.distributor import record_waves as W
+from confbus.distributor.strategy import excluded_budget
 from confbus.schemas.api.dist import RolloutInfo
 from confbus.schemas.events import RolloutFailed, RolloutWave, VoteRecord
 from confbus.schemas.health import Alert
@@ -126,6 +127,36 @@ def test_missing_votes_of_nodes_not_ready_are_retried_whole_and_ready_ones_are_n
     assert isinstance(event, RolloutWave) and event.outcome == "retrying"
 
 
+def test_max_excluded_is_a_share_rounded_down_or_a_count() -> None:
+    assert excluded_budget(0.1, 4) == 0  # a small fleet stays strict
+    assert excluded_budget(0.25, 4) == 1
+    assert excluded_budget(0.1, 19) == 1
+    assert excluded_budget(2, 4) == 2
+    assert excluded_budget(0.0, 100) == 0
+
+
+def test_a_count_lets_that_many_live_nodes_miss_their_vote() -> None:
+    rec = attempt(planned(nodes=8, waves=1, max_excluded=2))
+    retried = W.record_abort(
+        rec, 0, txid="t1", votes=votes([f"n{i}" for i in range(6)], ["n6", "n7"]), actor=ACTOR
+    )
+    assert retried.state == "running" and retried.waves[0].excluded == ["n6", "n7"]
+    failed = W.record_abort(
+        rec, 0, txid="t1", votes=votes([f"n{i}" for i in range(5)], ["n5", "n6", "n7"]),
+        actor=ACTOR,
+    )  # fmt: skip
+    assert failed.state == "failed" and "max_excluded 2 node(s)" in failed.reason
+
+
+def test_nodes_away_when_their_wave_begins_are_left_out_uncounted() -> None:
+    rec = planned(nodes=4, waves=1, max_excluded=0.0)
+    rec = W.start_attempt(rec, 0, nodes=["n0", "n1"], already=[], down=["n2", "n3"], actor=ACTOR)
+    assert rec.away == ["n2", "n3"] and rec.waves[0].excluded == []
+    assert R.excluded_count(rec) == 0
+    assert {o.node: o.outcome for o in rec.report}["n2"] == "away"
+    assert R.wave_nodes(rec, 0) == ["n0", "n1"]
+
+
 def test_missing_beyond_max_excluded_fails_without_a_retry() -> None:
     rec = attempt(planned(nodes=8, waves=1, max_excluded=0.1))
     rec = W.record_abort(
@@ -133,7 +164,8 @@ def test_missing_beyond_max_excluded_fails_without_a_retry() -> None:
         actor=ACTOR,
     )  # fmt: skip
     assert rec.state == "failed" and rec.waves[0].attempts == 1
-    assert "3 of 8 targets (38%)" in rec.reason and "max_excluded 10%" in rec.reason
+    assert "3 of 8 live targets" in rec.reason, rec.reason
+    assert "max_excluded 10% (0 node(s))" in rec.reason, rec.reason  # 0.8 rounded down
     failed = [i.event for i in rec.outbox if isinstance(i.event, RolloutFailed)]
     assert failed and failed[0].wave == 0 and not failed[0].handed_to_rollbacker
 

@@ -72,7 +72,10 @@ class Stack:
         env: dict[str, str] | None = None,
         live_dir: Path | None = None,
         state_dir: Path | None = None,
+        wait_ready: bool = True,
+        key: str | None = None,
     ) -> Agent:
+        """``key``: the name it goes by in ``agents`` and its log (default: the node id)."""
         live = live_dir or (self.root / "nodes" / node / "etc")
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
@@ -91,9 +94,10 @@ class Stack:
         ]
         for ns, path in files.items():
             argv += ["--namespace", ns, "--path", str(path)]
-        proc = Proc(f"agent-{node}", [*argv, *extra], self.logs, env).start()
+        name = key or node
+        proc = Proc(f"agent-{name}", [*argv, *extra], self.logs, env).start(wait_ready)
         agent = Agent(node, files, proc)
-        self.agents[node] = agent
+        self.agents[name] = agent
         return agent
 
     def restart_agent(self, node: str, env: dict[str, str] | None = None) -> Agent:

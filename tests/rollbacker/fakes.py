@@ -42,6 +42,8 @@ from confbus.schemas.node import decode_heartbeat
 from confbus.schemas.policy import Policy
 from confbus.schemas.streams import CFG_CHANGES
 from confbus.schemas.versions import VersionInfo
+from confbus.version_store.changes import decide
+from confbus.version_store.errors import InvalidConfig
 
 
 @dataclass
@@ -187,6 +189,16 @@ class FakeStore:
         async def policy_get(req: store_api.PolicyGetRequest) -> Policy:
             return self.policies.get(req.namespace) or Policy(namespace=req.namespace)
 
+        async def dry_run(req: store_api.DryRunRequest) -> store_api.DryRunReply:
+            # The version-store's own rule, as its dry run applies it.
+            ns = req.change.namespace
+            policy = self.policies.get(ns) or Policy(namespace=ns)
+            try:
+                decide(req.change, policy, None)
+            except InvalidConfig as exc:
+                return store_api.DryRunReply(ok=False, reason=exc.message, where=exc.where)
+            return store_api.DryRunReply(ok=True)
+
         async def change_status(
             req: store_api.ChangeStatusRequest,
         ) -> store_api.ChangeStatusReply:
@@ -203,6 +215,7 @@ class FakeStore:
                 Endpoint(store_api.MARK_GOOD, mark_good),
                 Endpoint(store_api.POLICY_GET, policy_get),
                 Endpoint(store_api.CHANGE_STATUS, change_status),
+                Endpoint(store_api.DRY_RUN, dry_run),
             ],
             partial=True,
         )

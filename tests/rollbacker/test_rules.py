@@ -67,7 +67,7 @@ def test_targets_put_the_hurting_nodes_first_and_skip_dead_or_done_ones() -> Non
     nodes = [
         node("a", 1),
         node("b", 2),
-        node("c", 2, "suspect"),
+        node("c", 2, "away"),
         node("d", 3),
         node("e", None),
         node("f", 2),

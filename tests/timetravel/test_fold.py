@@ -17,6 +17,8 @@ from confbus.schemas.events import (
     Event,
     NodeApplied,
     NodeCatchUp,
+    NodeLeft,
+    NodeStatusChanged,
     RollbackBatch,
     RollbackStarted,
     RolloutBaked,
@@ -212,3 +214,19 @@ def test_a_batch_is_found_by_its_transaction_and_a_catch_up_is_no_batch() -> Non
         "apply", "transaction", "catch-up", "rollback", "version", "alert", "verdict",
     ]  # fmt: skip
     assert "catch-up (switch) of n2 to v3" in n2.steps[2].summary
+
+
+def test_liveness_is_live_away_gone_and_node_left_makes_a_node_away() -> None:
+    events: list[Event] = [
+        NodeStatusChanged(namespace=NS, node="n00", status="live"),
+        NodeLeft(namespace=NS, node="n00", instance="a1"),  # stopped on purpose
+        NodeStatusChanged(namespace=NS, node="n01", status="suspect"),  # an old log's word
+        NodeStatusChanged(namespace=NS, node="n02", status="gone"),
+    ]
+    state = fold_all(events)
+    assert {n: state.nodes[n].liveness for n in ("n00", "n01", "n02")} == {
+        "n00": "away",
+        "n01": "away",
+        "n02": "gone",
+    }
+    assert state.nodes["n00"].liveness_seq == 2

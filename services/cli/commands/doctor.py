@@ -22,6 +22,8 @@ Exit 0 when every check passes (``warn`` lines do not fail it), 1 when any says 
 - **services** — the replicas of each service's API (``$SRV.PING``);
 - **leader** — the lease keys ``lease.<role>.<name>`` in ``CFG_STATE``: who leads what;
 - **txns** — transactions in doubt, and for how long;
+- **node ids** — second agents started with a node id another live agent held, refused within
+  the last hour (``node.duplicate`` events): a problem until that agent gets its own ``--node``;
 - **agents** — the nodes heard heartbeating within ``--agents-wait`` seconds.
 """
 
@@ -32,7 +34,7 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import anyio
@@ -48,6 +50,7 @@ from confbus.runtime.errors import ConfbusError
 from confbus.schemas import subjects
 from confbus.schemas.api import dist, health, rollback, store, txn
 from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.events import NodeDuplicate
 from confbus.schemas.node import decode_heartbeat
 from confbus.schemas.state import LEASES, decode_lease, lease_of
 from confbus.schemas.streams import BUCKETS, CFG_STATE, STREAMS
@@ -105,6 +108,7 @@ async def run(args: argparse.Namespace, client: Client) -> int:
         checks.append(await services_check(bus))
         checks += await leader_checks(bus)
         checks.append(await txns_check(bus))
+        checks.append(await duplicates_check(client))
     checks += agents
     failed = [c for c in checks if c.status == "FAIL"]
     for c in checks:
@@ -297,6 +301,23 @@ async def txns_check(bus: Bus) -> Check:
         f"{len(reply.txns)} in doubt; oldest {oldest.namespace} {oldest.txid} {oldest.age_s:.0f}s"
     )
     return Check("FAIL" if oldest.age_s > IN_DOUBT_FAIL_S else "warn", "txns", detail)
+
+
+DUPLICATES = "cfg.event.*.node.duplicate"
+
+
+async def duplicates_check(client: Client, within: timedelta = timedelta(hours=1)) -> Check:
+    """Second agents with a node id another agent held, refused within the last hour."""
+    found: dict[tuple[str, str], str] = {}
+    try:
+        async for item in client.events(DUPLICATES, since=within):
+            if isinstance(item.event, NodeDuplicate):
+                found[(item.event.node, item.event.instance)] = item.event.reason
+    except ConfbusError as exc:
+        return Check("warn", "node ids", f"could not read node.duplicate events: {exc}")
+    if not found:
+        return Check("ok", "node ids", "one agent per node id (none refused in the last hour)")
+    return Check("FAIL", "node ids", "; ".join(sorted(set(found.values()))))
 
 
 async def agents_check(bus: Bus, wait: float) -> Check:

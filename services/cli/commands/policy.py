@@ -70,14 +70,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 # -- arguments ----------------------------------------------------------------------------------
 
 
-def share(text: str) -> float:
-    """``10%`` or ``0.1``: a share of the nodes, 0 to 1."""
+def max_excluded(text: str) -> float:
+    """``Policy.max_excluded``: ``10%`` or ``0.1`` is a share of the live targets (below 1,
+    rounded down to whole nodes), ``1``, ``2``… a count of nodes (the one rule:
+    ``confbus.distributor.strategy.excluded_budget``)."""
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a share: {text!r} (e.g. 0.1 or 10%)") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a share is 0 to 1 (0% to 100%): {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"not a share or a count: {text!r} (e.g. 10%, 0.1 or 2)"
+        ) from None
+    if text.endswith("%") and not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a share is 0% to 99%: {text!r} (or give a count)")
+    if value < 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(
+            f"below 1 a share, from 1 a whole count of nodes: {text!r}"
+        )
     return value
 
 
@@ -120,9 +128,11 @@ _FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (
         ("--max-excluded",),
         {
-            "type": share,
-            "metavar": "SHARE",
-            "help": "share of a wave's nodes that may be left out, e.g. 10%% or 0.1",
+            "type": max_excluded,
+            "metavar": "N",
+            "help": "live targets that may miss their vote and be left out (they catch up "
+            "later): a share below 1 (10%% or 0.1, rounded down to whole nodes) or a count "
+            "from 1 (default 0: all or nothing)",
         },
     ),
     (

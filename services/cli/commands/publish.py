@@ -45,7 +45,7 @@ from confbus.client import (
     check_namespace,
     with_overlays,
 )
-from confbus.runtime.errors import InvalidInput
+from confbus.runtime.errors import ConfbusError, InvalidInput
 from confbus.schemas.api import store as store_api
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.names import FORMATS, Format
@@ -97,6 +97,18 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="then wait until the version is production on every node (exit 0), or its rollout "
         "failed (1, with each node's reason) or --timeout passed (3)",
+    )
+    p.add_argument(
+        "--require-all",
+        action="store_true",
+        help="with --wait: also wait for the nodes that were away (stopped, or no heartbeat) "
+        "to come back and catch up; by default they are reported and catch up later",
+    )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="with --wait: exit 0 even when no node follows the namespace (by default that "
+        "is a failure: nothing was deployed)",
     )
     p.add_argument(
         "--strategy",
@@ -199,6 +211,7 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
     _local_checks(args)
     author = acting_as(args, args.author)
     content = await content_of(args, client)
+    await _say_if_new(client, args.namespace)
     if nats_identity(args) is not None:
         return await publish_as(client, author, args, content)
     keys, keks = signing_keys(args), kek_files(args)
@@ -216,6 +229,17 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
         signing_keys=keys,
         keks=keks,
     )
+
+
+async def _say_if_new(client: Client, namespace: str) -> None:
+    """A namespace is created by its first publish: say so, since a typo creates one too.
+    (Its own history is asked, not the list of namespaces: a pipeline may read only its own.)"""
+    try:
+        known = await client.history(namespace, limit=1)
+    except ConfbusError:  # not allowed to read it, or no answer: the publish will tell
+        return
+    if not known:
+        sys.stderr.write(f"confbus: namespace {namespace} does not exist yet: creating it\n")
 
 
 async def publish_as(

@@ -14,9 +14,10 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import msgspec
 
-from confbus.cli.exitcodes import FAILED, OK
+from confbus.cli.exitcodes import FAILED, OK, UNREACHABLE
 from confbus.client import Client, RolloutWaitTimeout, WaitTimedOut
 from confbus.runtime.errors import ConfbusError
 from confbus.schemas.api.dist import RolloutInfo
@@ -98,7 +99,32 @@ async def wait_for_production(
         )
     except RolloutWaitTimeout as exc:
         raise await _still_a_draft(client, info) or exc from None
-    return report(args, info, rollout)
+    code = report(args, info, rollout)
+    if code == OK and getattr(args, "require_all", False) and rollout.away:
+        return await wait_for_away(client, info, rollout.away, deadline)
+    return code
+
+
+async def wait_for_away(client: Client, info: VersionInfo, away: list[str], deadline: float) -> int:
+    """``--require-all``: the nodes that were away must be back and on the version too."""
+    _stderr(f"confbus: --require-all: waiting for {', '.join(away)} to come back and catch up")
+    pending = set(away)
+    while pending:
+        reply = await client.fleet_status(info.namespace)
+        for n in reply.nodes:
+            if n.node in pending and (n.applied_version or 0) >= info.version:
+                pending.discard(n.node)
+                _stderr(f"  {n.node}: caught up")
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            _stderr(
+                f"confbus: {', '.join(sorted(pending))} not back on v{info.version} within "
+                "--timeout (the version is production on the others)"
+            )
+            return UNREACHABLE
+        await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    return OK
 
 
 def approval_hint(info: VersionInfo) -> str:
@@ -125,8 +151,16 @@ async def _still_a_draft(client: Client, info: VersionInfo) -> WaitTimedOut | No
 def report(args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo) -> int:
     ns, v = info.namespace, info.version
     applied = [n for n in rollout.report if n.outcome == "applied"]
-    not_applied = [n for n in rollout.report if n.outcome != "applied"]
+    not_applied = [n for n in rollout.report if n.outcome not in ("applied", "away")]
     ok = rollout.state == "completed"
+    empty = ok and not rollout.targets and not rollout.away
+    if empty and not getattr(args, "allow_empty", False):
+        _stderr(
+            f"confbus: no node follows {ns}: v{v} is production on no node, nothing was "
+            f"deployed (a typo in the namespace? start an agent with --namespace {ns}; "
+            "--allow-empty accepts this)"
+        )
+        return FAILED
     if args.json:
         out: dict[str, Any] = {
             "namespace": ns,
@@ -139,7 +173,14 @@ def report(args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo) ->
     elif ok:
         sys.stdout.write(
             f"{ns} v{v} sha256={info.sha256} production on {len(applied)} node(s)"
-            f" (rollout {rollout.rollout_id})\n"
+            + (f", {len(rollout.away)} away" if rollout.away else "")
+            + f" (rollout {rollout.rollout_id})\n"
+        )
+    if ok and rollout.away:
+        _stderr(
+            f"confbus: {len(rollout.away)} node(s) away: {', '.join(rollout.away)} (stopped, "
+            "or no heartbeat); they catch up when they are back"
+            + ("" if getattr(args, "require_all", False) else " (--require-all waits for them)")
         )
     if ok:
         for n in not_applied:  # left out within the policy's max_excluded: say so

@@ -230,11 +230,17 @@ def render_status(reply: StatusReply) -> str:
         status = n.status
         if n.attempts:
             status += f" (attempts {n.attempts})"
+        if n.liveness_reason:
+            status += f"; {n.liveness} — {n.liveness_reason}"
+        if n.target_reason and n.target_reason != f"production {_v(n.target_version)}":
+            status += f"; target: {n.target_reason}"
         lines.append(
             f"{n.node:<20} {n.liveness:<8} {_v(n.applied_version):>7} "
             f"{_v(n.target_version):>7} {(n.sha256 or '-')[:12]:<12} "
             f"{_ago(n.last_heartbeat):<11} {status}"
         )
+        if n.duplicate:
+            lines.append(f"  ! {n.duplicate}")
     return "\n".join(lines)
 
 

@@ -225,6 +225,9 @@ def agent_permissions(node: str, *, private_inbox: bool = False) -> Permissions:
         subscribe=(
             inbox(agent_user(node), private_inbox),
             subjects.node_resync(node),
+            # Its own node's heartbeats: a second agent with the same node id is told apart
+            # and refused (confbus.agent.instance).
+            subjects.heartbeat(node),
             "cfg.event.*.version.last_good",
         ),
         publish_deny=(
