@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -39,6 +38,7 @@ from nats.aio.msg import Msg
 
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
+from confbus.agent.heartbeat import heartbeat_delay
 from confbus.agent.hooks import run_on_change
 from confbus.agent.instance import guard_node_id, txn_stream_end
 from confbus.agent.lastgood import keep_last_good
@@ -70,8 +70,6 @@ VOTE_TIMEOUT_S = 2.0
 # The resume point is saved after every message that changed something here; others are
 # replayed harmlessly after a restart, so saving them is batched.
 SEQ_SAVE_EVERY = 200
-# Each wait between heartbeats is 80–100 % of the interval, at random (``heartbeat_delay``).
-HEARTBEAT_SPREAD = 0.2
 _decode_resync = msgspec.json.Decoder(ResyncRequest).decode
 
 
@@ -598,12 +596,3 @@ async def run_agents(bus: Bus, agents: Sequence[NodeAgent], tg: TaskGroup) -> No
     """Start several agents on one connection (benchmarks, tests)."""
     for agent in agents:
         await tg.start(agent.run, bus)
-
-
-def heartbeat_delay(interval_s: float, draw: Callable[[], float] = random.random) -> float:
-    """The wait before the next heartbeat. Never longer than the interval — what a heartbeat
-    advertises and what the distributor judges liveness by — and random within its last fifth:
-    agents started together (a fleet rebooted at once, or one process hosting many agents)
-    would otherwise beat together for ever, every beat a burst of work for their hosts, the bus
-    and the distributor at the same instant."""
-    return interval_s * (1.0 - HEARTBEAT_SPREAD * draw())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from confbus.agent.node import HEARTBEAT_SPREAD, heartbeat_delay
+from confbus.agent.heartbeat import HEARTBEAT_SPREAD, heartbeat_delay
 
 
 def test_never_longer_than_the_interval_nor_shorter_than_its_last_fifth() -> None:
