@@ -186,14 +186,18 @@ class Rollouts(Events):
 
 
 def _rollout_from_event(ev: Any, state: dist_api.RolloutState) -> dist_api.RolloutInfo:
-    """The end of a rollout whose record has moved on (a newer rollout of the namespace)."""
+    """The end of a rollout whose record has moved on (a newer rollout of the namespace, or
+    a record not readable while the bus comes back): its nodes are the event's report."""
+    report = list(getattr(ev, "report", []))
     return dist_api.RolloutInfo(
         rollout_id=ev.rollout_id,
         namespace=ev.namespace,
         version=ev.version,
         strategy="",
         state=state,
-        report=list(getattr(ev, "report", [])),
+        report=report,
+        targets=[n.node for n in report if n.outcome != "away"],
+        away=[n.node for n in report if n.outcome == "away"],
         reason=ev.reason,
         superseded_by=getattr(ev, "by_version", None),
         finished_at=ev.at,
