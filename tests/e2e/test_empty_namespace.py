@@ -29,6 +29,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 async def test_no_node_following_the_namespace_exits_1(stack: Stack, tmp_path: Path) -> None:
     f = config_file(tmp_path, "v1")
+    # Its status, before anything was published to it, is a typo's too: exit 1, said.
+    r = await confbus(stack, "status", "wbe")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "no namespace wbe: nothing was published to it" in r.stderr, r.stderr
     r = await confbus(stack, "publish", "wbe", str(f), "--wait", "--timeout", "60")
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "namespace wbe does not exist yet: creating it" in r.stderr, r.stderr
@@ -37,6 +41,8 @@ async def test_no_node_following_the_namespace_exits_1(stack: Stack, tmp_path: P
     r = await confbus(stack, "publish", "wbe", str(f), "--wait", "--allow-empty")
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "does not exist yet" not in r.stderr, r.stderr  # it does now
+    r = await confbus(stack, "status", "wbe")
+    assert r.returncode == 0 and "production v" in r.stdout, (r.stdout, r.stderr)
 
 
 async def test_an_agent_started_just_before_the_publish_counts(

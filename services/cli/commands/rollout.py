@@ -107,6 +107,18 @@ async def run_status(args: argparse.Namespace, client: Client) -> int:
     if args.at is not None:
         return await timetravel.run_status_at(args, client)
     reply = await client.fleet_status(args.namespace)
+    if (
+        not reply.nodes
+        and reply.rollout is None
+        and not await client.history(args.namespace, limit=1)
+    ):
+        # Nothing was ever published to it and no node follows it: most often a typo, which
+        # must not read as a healthy, empty namespace to a script checking the exit code.
+        raise CliError(
+            f"no namespace {args.namespace}: nothing was published to it and no node follows "
+            "it (a typo? confbus publish creates a namespace)",
+            FAILED,
+        )
     if args.json:
         _out(_json.encode(reply).decode())
     else:
