@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -55,6 +55,10 @@ class Prepare(Message, tag="txn.prepare", kw_only=True, frozen=True):
     # is then empty and ``sha256`` the version's (what the decision names); each node stages
     # its own entry's bytes, checked against that entry's sha256.
     variants: list[PreparedVariant] = []
+    # A variant prepare carries the namespace's JSON Schema (None: it has none): the store
+    # validated the variants of the members it knew at publish, not those of labels that
+    # changed since, so each node checks its own entry against it before voting.
+    json_schema: dict[str, Any] | None = None
 
     def bytes_for(self, node: str) -> tuple[bytes, str] | None:
         """The bytes ``node`` stages and their sha256 (None: a variant prepare without an entry

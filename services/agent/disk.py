@@ -201,7 +201,7 @@ class NamespaceDisk(InstallingDisk):
                 )
             if digest != sha256:
                 raise Refused("sha256", f"content hashes to {digest}, prepare says {sha256}")
-            check_content(prepare.format, content)
+            check_content(prepare.format, content, prepare.json_schema)
             # A staging that never reached seal never voted yes: a newer prepare replaces it.
             self._drop_staging()
             path = self.staged_path(txid)

@@ -31,6 +31,7 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -56,46 +57,60 @@ def excerpt(text: str, limit: int = MAX_REASON) -> str:
     return f"{text[:half]} … {text[-half:]}"
 
 
-def check_content(fmt: str, content: bytes) -> None:
-    """Refuse (``Refused`` kind ``format``) bytes that do not parse as ``fmt``; say where."""
+def check_content(fmt: str, content: bytes, json_schema: dict[str, Any] | None = None) -> None:
+    """Refuse (``Refused`` kind ``format``) bytes that do not parse as ``fmt``; say where.
+
+    ``json_schema``: the namespace's, carried by a prepare whose variant nobody validated
+    (docs/design.md §2.6); a document that breaks it is refused (kind ``schema``) naming the
+    JSON path. Plain text is never checked against a schema."""
     try:
-        if fmt == "json":
-            msgspec.json.decode(content)
-        elif fmt == "yaml":
-            _check_yaml(content)
-        elif fmt == "toml":
-            _check_toml(content)
-        elif fmt == "text":
-            content.decode("utf-8")
-        else:
-            raise Refused("format", f"unknown format {fmt!r}")
+        doc = _parse(fmt, content)
     except UnicodeDecodeError as exc:
         raise Refused("format", f"invalid {fmt}: not UTF-8 at byte {exc.start}") from exc
     except msgspec.DecodeError as exc:
         raise Refused("format", f"invalid JSON: {excerpt(str(exc))}") from exc
     except RecursionError as exc:
         raise Refused("format", f"invalid {fmt}: nested too deeply") from exc
+    if json_schema is not None and fmt != "text":
+        from confbus.runtime.jsonschema_check import SchemaViolation, check_document
+
+        try:
+            check_document(doc, json_schema)
+        except SchemaViolation as exc:
+            raise Refused("schema", f"the namespace's JSON Schema: {exc}") from exc
+
+
+def _parse(fmt: str, content: bytes) -> Any:
+    if fmt == "json":
+        return msgspec.json.decode(content)
+    if fmt == "yaml":
+        return _parse_yaml(content)
+    if fmt == "toml":
+        return _parse_toml(content)
+    if fmt == "text":
+        return content.decode("utf-8")
+    raise Refused("format", f"unknown format {fmt!r}")
 
 
 # The YAML and TOML parsers are imported by the agents of such namespaces only (PyYAML is ~1 MB
 # of every agent's RSS).
 
 
-def _check_yaml(content: bytes) -> None:
+def _parse_yaml(content: bytes) -> Any:
     import yaml
 
     try:
         # Decode first: PyYAML would guess UTF-16 from a BOM; configs here are UTF-8.
-        yaml.safe_load(content.decode("utf-8"))
+        return yaml.safe_load(content.decode("utf-8"))
     except yaml.YAMLError as exc:
         raise Refused("format", f"invalid YAML: {excerpt(str(exc))}") from exc
 
 
-def _check_toml(content: bytes) -> None:
+def _parse_toml(content: bytes) -> Any:
     import tomllib
 
     try:
-        tomllib.loads(content.decode("utf-8"))
+        return tomllib.loads(content.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise Refused("format", f"invalid TOML: {excerpt(str(exc))}") from exc
 

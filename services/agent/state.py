@@ -38,6 +38,7 @@ RefusalKind = Literal[
     "not-newer",  # version not higher than the applied one
     "sha256",  # the bytes do not hash to the prepare's sha256
     "format",  # the bytes do not parse for the namespace's format
+    "schema",  # a variant breaks the namespace's JSON Schema the prepare carries
     "validate",  # the node's validation command said no (or could not run)
     "io",  # the staged file or the PREPARED record could not be written (disk full, ...)
     "untrusted",  # not signed as this node's trust roots require (confbus.agent.trust)

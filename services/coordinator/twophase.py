@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import msgspec
@@ -276,6 +276,7 @@ class Coordinator:
             content, _, fmt, signatures = fetched
             try:
                 variants = await prepared_variants(content, fmt, participants, self.labels_of)
+                json_schema = await self._json_schema(namespace) if variants else None
             except ConfbusError as exc:
                 # Nothing was prepared yet: the transaction is aborted before any vote.
                 await self._decide(head, "abort", str(exc), [])
@@ -301,6 +302,7 @@ class Coordinator:
                     timeout_s=timeout,
                     signatures=signatures,
                     variants=variants,
+                    json_schema=json_schema,
                 )
                 await failpoint("coordinator.before_prepare_sent")
                 await _riding_out(
@@ -408,6 +410,16 @@ class Coordinator:
         if content_sha256(reply.content) != info.sha256:
             raise Conflict(f"{namespace} v{version}: stored bytes do not match sha256")
         return _Fetched(reply.content, info.sha256, info.format, reply.signatures)
+
+    async def _json_schema(self, namespace: str) -> dict[str, Any] | None:
+        # Read at each variant prepare, not cached: a policy changed since publish must hold.
+        policy = await _riding_out(
+            lambda: call(
+                self.bus, store_api.POLICY_GET, store_api.PolicyGetRequest(namespace=namespace)
+            ),
+            f"reading the policy of {namespace}",
+        )
+        return policy.json_schema
 
     # -- recovery -----------------------------------------------------------------------------
 

@@ -12,33 +12,33 @@ normally repeat the offending value, and that value may be the password.
 
 from __future__ import annotations
 
-import datetime
 import difflib
-import functools
 import json
 import re
 import tomllib
 from collections.abc import Iterator
 from typing import Any
 
-import jsonschema
 import referencing
 import referencing.exceptions
 import referencing.jsonschema
 import yaml
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
-from jsonschema.protocols import Validator
+from jsonschema.exceptions import SchemaError
 
+from confbus.runtime.jsonschema_check import (
+    SchemaViolation,
+    check_document,
+    clip,
+    json_path,
+    validator_class,
+)
 from confbus.schemas.names import FORMATS, Format, InvalidName, check_name
 from confbus.schemas.policy import Policy
 from confbus.version_store.errors import InvalidConfig
 
-# Schema messages can quote a whole subtree of the document; keep rejections readable.
-_MAX_MESSAGE = 300
 # A YAML document of a few KiB can expand to billions of nodes through aliases ("billion
 # laughs"); the parser shares them, but a schema walk would not. Refuse such documents early.
 _MAX_EXPANDED_NODES = 1_000_000
-_MAX_ERRORS_COUNTED = 100
 _NAMES: dict[str, str] = {"json": "JSON", "yaml": "YAML", "toml": "TOML", "text": "text"}
 
 
@@ -75,7 +75,7 @@ def parse(text: str, fmt: Format) -> Any:
         # Constructors raise these for values the grammar allows but Python cannot hold, e.g.
         # an integer of 5,000 digits or an out-of-range YAML timestamp.
         raise InvalidConfig(
-            f"invalid {_NAMES.get(fmt, fmt)} value: {_clip(str(e), 160)}", ""
+            f"invalid {_NAMES.get(fmt, fmt)} value: {clip(str(e), 160)}", ""
         ) from None
     raise InvalidConfig(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", "format")
 
@@ -93,11 +93,11 @@ def check_policy(policy: Policy) -> None:
     if policy.json_schema is None:
         return
     try:
-        cls = _validator_class(policy.json_schema)
+        cls = validator_class(policy.json_schema)
         cls.check_schema(policy.json_schema)
     except SchemaError as e:
         raise InvalidConfig(
-            f"invalid JSON Schema: {_clip(e.message)}", f"json_schema{_path(e.absolute_path)}"
+            f"invalid JSON Schema: {clip(e.message)}", f"json_schema{json_path(e.absolute_path)}"
         ) from None
     except RecursionError:
         raise InvalidConfig("JSON Schema nests too deeply", "json_schema") from None
@@ -172,7 +172,7 @@ def _parse_json(text: str) -> Any:
             f"invalid JSON: {e.msg}", f"line {e.lineno}, column {e.colno}"
         ) from None
     except _DuplicateKey as e:
-        raise InvalidConfig(f"invalid JSON: duplicate key {_clip(e.key, 80)!r}", "") from None
+        raise InvalidConfig(f"invalid JSON: duplicate key {clip(e.key, 80)!r}", "") from None
     except ValueError as e:  # NaN / Infinity
         raise InvalidConfig(f"invalid JSON: {e}", "") from None
 
@@ -244,111 +244,12 @@ def _parse_toml(text: str) -> dict[str, Any]:
 # -- JSON Schema ----------------------------------------------------------------------------
 
 
-def _validator_class(schema: Any) -> type[Validator]:
-    # An explicit "$schema" wins (jsonschema's recommendation); otherwise Draft 2020-12.
-    cls: type[Validator] = jsonschema.validators.validator_for(
-        schema, default=jsonschema.Draft202012Validator
-    )
-    return cls
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(schema_json: str) -> Validator:
-    # Policies change rarely and changes arrive in bursts: build each validator once.
-    schema = json.loads(schema_json)
-    cls = _validator_class(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
-
-
 def _check_schema(doc: Any, policy: Policy) -> None:
     assert policy.json_schema is not None
-    validator = _compiled(json.dumps(policy.json_schema, sort_keys=True))
     try:
-        errors = _first(validator.iter_errors(_json_model(doc)), _MAX_ERRORS_COUNTED)
-        error = best_match(errors)
-    except referencing.exceptions.Unresolvable as e:
-        raise InvalidConfig(
-            f"the namespace's JSON Schema has an unresolvable $ref ({_clip(str(e), 120)})",
-            "policy.json_schema",
-        ) from None
-    except RecursionError:
-        raise InvalidConfig("config nests too deeply to check against the schema", "") from None
-    except Exception as e:
-        # Last resort: a keyword implementation tripping over an odd value (a YAML binary, say)
-        # must still end as a rejection with a reason, not a crashed consumer.
-        raise InvalidConfig(
-            f"could not check the config against the schema: {type(e).__name__}", ""
-        ) from e
-    if error is None:
-        return
-    more = len(errors) - 1
-    plus = "+" if len(errors) >= _MAX_ERRORS_COUNTED else ""
-    suffix = f" (and {more}{plus} more)" if more else ""
-    raise InvalidConfig(_schema_message(error, policy.secret) + suffix, _json_path(error))
-
-
-def _json_model(node: Any) -> Any:
-    """Map YAML/TOML values onto JSON's data model, so the schema sees what the author wrote.
-
-    YAML and TOML turn ``2024-05-01`` into a date and YAML turns the key ``on`` into ``True``;
-    a JSON Schema can only speak of strings, so dates become ISO strings and scalar keys
-    their YAML spelling.
-    """
-    if isinstance(node, dict):
-        return {_json_key(k): _json_model(v) for k, v in node.items()}
-    if isinstance(node, list | tuple | set | frozenset):
-        return [_json_model(v) for v in node]
-    if isinstance(node, datetime.date | datetime.time):  # datetime is a date
-        return node.isoformat()
-    return node
-
-
-def _json_key(key: Any) -> str:
-    if isinstance(key, str):
-        return key
-    if isinstance(key, bool):
-        return "true" if key else "false"
-    if key is None:
-        return "null"
-    if isinstance(key, datetime.date | datetime.time):
-        return key.isoformat()
-    return str(key)
-
-
-def _first(errors: Iterator[ValidationError], n: int) -> list[ValidationError]:
-    out: list[ValidationError] = []
-    for e in errors:
-        out.append(e)
-        if len(out) >= n:
-            break
-    return out
-
-
-def _schema_message(error: ValidationError, secret: bool) -> str:
-    if secret:
-        # Name the rule that failed, never the value that failed it.
-        return f"value does not satisfy {error.validator!r}: {_clip(repr(error.validator_value))}"
-    return _clip(error.message)
-
-
-def _json_path(error: ValidationError) -> str:
-    # error.json_path renders non-identifier keys as "$.a b"; keep brackets for those.
-    return "$" + _path(error.absolute_path)
-
-
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-def _path(parts: Any) -> str:
-    out = []
-    for p in parts:
-        if isinstance(p, int):
-            out.append(f"[{p}]")
-        elif isinstance(p, str) and _IDENT.match(p):
-            out.append(f".{p}")
-        else:
-            out.append(f"[{json.dumps(p) if isinstance(p, str) else repr(p)}]")
-    return "".join(out)
+        check_document(doc, policy.json_schema, policy.secret)
+    except SchemaViolation as e:
+        raise InvalidConfig(e.reason, e.where) from e.__cause__
 
 
 def _check_local_refs(schema: Any) -> None:
@@ -399,7 +300,3 @@ def _local_refs(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for v in node:
             yield from _local_refs(v)
-
-
-def _clip(s: str, n: int = _MAX_MESSAGE) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"

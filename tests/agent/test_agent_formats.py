@@ -32,6 +32,28 @@ def test_parse_errors_say_where() -> None:
     assert "line 2" in info.value.reason
 
 
+SCHEMA = {"type": "object", "properties": {"limits": {"properties": {"conn": {"maximum": 8}}}}}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content"),
+    [
+        ("json", b'{"limits": {"conn": 9}}'),
+        ("yaml", b"limits:\n  conn: 9\n"),
+        ("toml", b"[limits]\nconn = 9\n"),
+    ],
+)
+def test_a_schema_the_prepare_carries_is_checked_naming_the_path(fmt: str, content: bytes) -> None:
+    check_content(fmt, content)  # no schema: parsing only
+    with pytest.raises(Refused) as info:
+        check_content(fmt, content, SCHEMA)
+    assert info.value.kind == "schema"
+    assert "9 is greater than the maximum of 8" in info.value.reason
+    assert "$.limits.conn" in info.value.reason
+    check_content(fmt, content.replace(b"9", b"8"), SCHEMA)
+    check_content("text", b"anything", SCHEMA)  # plain text has no document to check
+
+
 def test_excerpt_keeps_head_and_tail() -> None:
     text = "FIRST " + "x" * 5000 + " LAST"
     short = excerpt(text, 100)

@@ -15,7 +15,14 @@ import anyio
 import pytest
 
 from confbus.runtime.kv import StateKV
-from confbus.schemas.events import AnyEvent, NodeApplied, NodeCatchUp, NodeDrift, TxnCommitted
+from confbus.schemas.events import (
+    AnyEvent,
+    NodeApplied,
+    NodeCatchUp,
+    NodeDrift,
+    TxnAborted,
+    TxnCommitted,
+)
 from confbus.schemas.state import decode_node, node_key
 from confbus.schemas.streams import CFG_STATE
 from confbus.schemas.txn import Prepare, decode_txn
@@ -288,3 +295,52 @@ async def test_a_node_whose_labels_change_moves_to_its_new_variant_by_a_switch(
         catchups = [e for e in of(evs, NodeCatchUp) if e.node == "n5" and e.outcome == "applied"]
         assert [(e.kind, e.version, e.txid) for e in catchups] == [("switch", 1, moves[0].txid)]
         assert not of(evs, NodeDrift)
+
+
+# Each overlay alone keeps `pool` to one key; together (a node in eu1 and the cache tier) they
+# make two, which this schema refuses.
+POOL_SCHEMA = {
+    "type": "object",
+    "properties": {"pool": {"type": "object", "maxProperties": 1}},
+}
+
+
+async def test_a_variant_the_store_never_validated_breaks_the_schema_and_its_node_votes_no(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await ready(stack)
+    async with client_of(stack) as client:
+        await set_policy(client, json_schema=POOL_SCHEMA, max_excluded=0.0)
+    v1 = files(
+        tmp_path, "v1", base={"workers": 4}, eu1={"pool": {"eu": 1}}, cache={"pool": {"c": 1}}
+    )
+    overlays = ["--overlay", f"dc=eu1={v1['eu1']}", "--overlay", f"tier=cache={v1['cache']}"]
+    # Valid for every member at publish: no member is in the cache tier yet.
+    r = await confbus(stack, "publish", NS, str(v1["base"]), *overlays, "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    before = {node: stack.agents[node].read(NS) for node in LABELS}
+    assert all(before.values()), before
+
+    # n3 (dc=eu1,tier=db) moves to the cache tier: its variant of version 1 now has both pool
+    # keys, a variant nobody validated. The distributor switches it to its own bytes; n3 checks
+    # them against the schema the prepare carries and votes no, naming the path.
+    n3 = stack.agents["n3"]
+    n3.proc.stop()
+    n3.proc.argv = [("tier=cache" if a == "tier=db" else a) for a in n3.proc.argv]
+    n3.proc.start()
+    async with client_of(stack) as client:
+
+        async def refused() -> TxnAborted | None:
+            for e in of(await events(client.bus), TxnAborted):
+                if e.participants == ["n3"]:
+                    return e
+            return None
+
+        aborted = await eventually(refused, timeout=60, what="n3's switch aborted")
+        [vote] = aborted.votes
+        assert (vote.node, vote.vote) == ("n3", "no"), aborted
+        assert "$.pool" in vote.reason and "JSON Schema" in vote.reason, vote.reason
+        commits = of(await events(client.bus), TxnCommitted)
+        assert [e.participants for e in commits] == [sorted(LABELS)]  # the publish's switch only
+    for node in LABELS:  # no file changed, n3's included
+        assert stack.agents[node].read(NS) == before[node], node
