@@ -5,7 +5,7 @@ and checks, against the decision records: every agent agrees with the written de
 (its live file holds the newest committed version's bytes), no agent applied a version of an
 aborted transaction, and no transaction stays undecided.
 
-CI runs ``CONFBUS_FAULT_RUNS`` (default 5, ~100 s for the four steps on the 2-core CI machine)
+CI runs ``CONFBUS_FAULT_RUNS`` (default 3, ~60 s for the four steps on the 2-core CI machine)
 crashes per step; ``-m slow`` runs 100 each.
 """
 
@@ -122,7 +122,7 @@ async def check_agreement(stack: Stack, bus: Bus, contents: dict[int, bytes]) ->
 
 @pytest.mark.parametrize("step", STEPS)
 async def test_coordinator_killed_at_each_step(stack: Stack, step: str) -> None:
-    runs = int(os.environ.get("CONFBUS_FAULT_RUNS", "5"))
+    runs = int(os.environ.get("CONFBUS_FAULT_RUNS", "3"))
     bus = await connect(stack.url, name="test")
     try:
         figures = await crash_and_recover(stack, bus, step, runs)
