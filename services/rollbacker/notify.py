@@ -22,68 +22,58 @@ import smtplib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from confbus.rollbacker import webhook_signing
 from confbus.rollbacker.mail import MailError, message, send_mail, where
+from confbus.runtime.metrics import Metric, ServiceMetrics
 from confbus.schemas.policy import MailTarget
 
 log = logging.getLogger("confbus.rollbacker")
 
 
 @dataclass
-class WebhookMetrics:
-    attempts: Counter
-    retries: Counter
-    deliveries: Counter
-    seconds: Histogram
-    queued: Gauge
-    mail: Counter
+class WebhookMetrics(ServiceMetrics):
+    SERVICE = "rollbacker"
 
-    @classmethod
-    def create(cls, registry: CollectorRegistry) -> WebhookMetrics:
-        return cls(
-            attempts=Counter(
-                "confbus_rollbacker_webhook_attempts",
-                "Webhook POST attempts, by result (ok, http_error, error, timeout).",
-                ["result"],
-                registry=registry,
-            ),
-            retries=Counter(
-                "confbus_rollbacker_webhook_retries",
-                "Webhook POSTs retried after a failed attempt.",
-                registry=registry,
-            ),
-            deliveries=Counter(
-                "confbus_rollbacker_webhook_deliveries",
-                "Webhook notifications by final outcome (delivered, failed, dropped).",
-                ["outcome"],
-                registry=registry,
-            ),
-            seconds=Histogram(
-                "confbus_rollbacker_webhook_seconds",
-                "Duration of one webhook POST attempt.",
-                registry=registry,
-            ),
-            queued=Gauge(
-                "confbus_rollbacker_webhook_pending",
-                "Webhook notifications queued or being delivered.",
-                registry=registry,
-            ),
-            mail=Counter(
-                "confbus_rollbacker_mail",
-                "Mail notifications by final outcome (delivered, failed, dropped).",
-                ["outcome"],
-                registry=registry,
-            ),
-        )
+    attempts: Annotated[
+        Counter,
+        Metric(
+            "webhook_attempts",
+            "Webhook POST attempts, by result (ok, http_error, error, timeout).",
+            "result",
+        ),
+    ]
+    retries: Annotated[
+        Counter, Metric("webhook_retries", "Webhook POSTs retried after a failed attempt.")
+    ]
+    deliveries: Annotated[
+        Counter,
+        Metric(
+            "webhook_deliveries",
+            "Webhook notifications by final outcome (delivered, failed, dropped).",
+            "outcome",
+        ),
+    ]
+    seconds: Annotated[
+        Histogram, Metric("webhook_seconds", "Duration of one webhook POST attempt.")
+    ]
+    queued: Annotated[
+        Gauge, Metric("webhook_pending", "Webhook notifications queued or being delivered.")
+    ]
+    mail: Annotated[
+        Counter,
+        Metric(
+            "mail", "Mail notifications by final outcome (delivered, failed, dropped).", "outcome"
+        ),
+    ]
 
 
 class WebhookError(Exception):
