@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -51,6 +51,7 @@ from confbus.schemas.health import Alert
 
 replace = msgspec.structs.replace
 
+EndEvent = RolloutCompleted | RolloutFailed | RolloutSuperseded | RolloutRolledBack
 WaveState = Literal["pending", "switching", "baking", "done", "failed", "skipped"]
 
 
@@ -174,6 +175,27 @@ def _end(rec: RolloutInfo, state: RolloutState, reason: str, actor: str) -> Roll
     return replace(ended, report=report(ended))
 
 
+def _announce_end(
+    out: RolloutInfo, event: type[EndEvent], *, actor: str, **details: Any
+) -> RolloutInfo:
+    """The ended rollout's event in its outbox, under the key of the state it ended in (a
+    rollout ends once): what every ending says, and this ending's ``details``."""
+    return outbox_event(
+        out,
+        out.state,
+        event(
+            namespace=out.namespace,
+            actor=actor,
+            reason=out.reason,
+            rollout_id=out.rollout_id,
+            version=out.version,
+            report=out.report,
+            waves=out.wave_reports,
+            **details,
+        ),
+    )
+
+
 def fail(
     rec: RolloutInfo,
     wave: int,
@@ -184,26 +206,15 @@ def fail(
 ) -> RolloutInfo:
     if 0 <= wave < len(rec.waves) and rec.waves[wave].state != "done":
         rec = set_wave(rec, wave, replace(rec.waves[wave], state="failed"))
-    out = replace(
-        _end(rec, "failed", reason, actor),
-        failed_wave=wave,
-        handed_to_rollbacker=alert is not None,
-    )
-    out = outbox_event(
+    handed = alert is not None
+    out = replace(_end(rec, "failed", reason, actor), failed_wave=wave, handed_to_rollbacker=handed)
+    out = _announce_end(
         out,
-        "failed",
-        RolloutFailed(
-            namespace=out.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            wave=wave,
-            report=out.report,
-            waves=out.wave_reports,
-            seconds=elapsed(out),
-            handed_to_rollbacker=alert is not None,
-        ),
+        RolloutFailed,
+        actor=actor,
+        wave=wave,
+        seconds=elapsed(out),
+        handed_to_rollbacker=handed,
     )
     if alert is not None:
         out = outbox_alert(out, alert)
@@ -217,57 +228,20 @@ def refuse(rec: RolloutInfo, reason: str, *, actor: str) -> RolloutInfo:
 
 def complete(rec: RolloutInfo, *, actor: str, last_good: bool, reason: str = "") -> RolloutInfo:
     out = replace(_end(rec, "completed", reason, actor), last_good=last_good)
-    return outbox_event(
-        out,
-        "completed",
-        RolloutCompleted(
-            namespace=out.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            report=out.report,
-            seconds=elapsed(out),
-            waves=out.wave_reports,
-            last_good=last_good,
-        ),
+    return _announce_end(
+        out, RolloutCompleted, actor=actor, seconds=elapsed(out), last_good=last_good
     )
 
 
 def supersede(rec: RolloutInfo, by_version: int, *, actor: str) -> RolloutInfo:
     reason = f"superseded by v{by_version} at a wave boundary"
     out = replace(_end(rec, "superseded", reason, actor), superseded_by=by_version)
-    return outbox_event(
-        out,
-        "superseded",
-        RolloutSuperseded(
-            namespace=out.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            by_version=by_version,
-            report=out.report,
-            waves=out.wave_reports,
-        ),
-    )
+    return _announce_end(out, RolloutSuperseded, actor=actor, by_version=by_version)
 
 
 def rolled_back(rec: RolloutInfo, reason: str, *, actor: str) -> RolloutInfo:
     out = replace(_end(rec, "rolled_back", reason, actor), next=None)
-    return outbox_event(
-        out,
-        "rolled_back",
-        RolloutRolledBack(
-            namespace=out.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            report=out.report,
-            waves=out.wave_reports,
-        ),
-    )
+    return _announce_end(out, RolloutRolledBack, actor=actor)
 
 
 def pause(rec: RolloutInfo, *, actor: str, reason: str) -> RolloutInfo:
