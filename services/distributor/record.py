@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -39,6 +39,7 @@ from confbus.schemas.base import utcnow
 from confbus.schemas.events import (
     Event,
     NodeOutcome,
+    RolloutBaked,
     RolloutCompleted,
     RolloutFailed,
     RolloutPaused,
@@ -46,12 +47,25 @@ from confbus.schemas.events import (
     RolloutRolledBack,
     RolloutStarted,
     RolloutSuperseded,
+    RolloutWave,
 )
 from confbus.schemas.health import Alert
 
 replace = msgspec.structs.replace
 
 EndEvent = RolloutCompleted | RolloutFailed | RolloutSuperseded | RolloutRolledBack
+RolloutEvent = (
+    RolloutStarted
+    | RolloutWave
+    | RolloutBaked
+    | RolloutPaused
+    | RolloutResumed
+    | RolloutCompleted
+    | RolloutFailed
+    | RolloutSuperseded
+    | RolloutRolledBack
+)
+E = TypeVar("E", bound=RolloutEvent)
 WaveState = Literal["pending", "switching", "baking", "done", "failed", "skipped"]
 
 
@@ -75,6 +89,17 @@ def new_rollout(
         started_at=now,
         updated_at=now,
         holder=actor,
+    )
+
+
+def rollout_event(event: type[E], rec: RolloutInfo, *, actor: str, **details: Any) -> E:
+    """An event about ``rec``'s rollout (its namespace, id and version), said by ``actor``."""
+    return event(
+        namespace=rec.namespace,
+        rollout_id=rec.rollout_id,
+        version=rec.version,
+        actor=actor,
+        **details,
     )
 
 
@@ -180,20 +205,16 @@ def _announce_end(
 ) -> RolloutInfo:
     """The ended rollout's event in its outbox, under the key of the state it ended in (a
     rollout ends once): what every ending says, and this ending's ``details``."""
-    return outbox_event(
+    said = rollout_event(
+        event,
         out,
-        out.state,
-        event(
-            namespace=out.namespace,
-            actor=actor,
-            reason=out.reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            report=out.report,
-            waves=out.wave_reports,
-            **details,
-        ),
+        actor=actor,
+        reason=out.reason,
+        report=out.report,
+        waves=out.wave_reports,
+        **details,
     )
+    return outbox_event(out, out.state, said)
 
 
 def fail(
@@ -264,17 +285,7 @@ def _hold(
     time, since a rollout may be paused and resumed many times)."""
     out = replace(rec, state=state, actor=actor, updated_at=utcnow())
     key = f"{'paused' if state == 'paused' else 'resumed'}:{len(rec.outbox)}:{secrets.token_hex(2)}"
-    return outbox_event(
-        out,
-        key,
-        event(
-            namespace=rec.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=rec.rollout_id,
-            version=rec.version,
-        ),
-    )
+    return outbox_event(out, key, rollout_event(event, rec, actor=actor, reason=reason))
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -313,21 +324,17 @@ def planned(
         holder=actor,
     )
     out = replace(out, report=report(out))
-    return outbox_event(
+    started = rollout_event(
+        RolloutStarted,
         out,
-        "started",
-        RolloutStarted(
-            namespace=out.namespace,
-            actor=actor,
-            at=out.started_at or utcnow(),
-            rollout_id=out.rollout_id,
-            version=out.version,
-            strategy=strategy,
-            waves=waves,
-            bake_s=bake_s,
-            selector=selector,
-        ),
+        actor=actor,
+        at=out.started_at or utcnow(),
+        strategy=strategy,
+        waves=waves,
+        bake_s=bake_s,
+        selector=selector,
     )
+    return outbox_event(out, "started", started)
 
 
 def set_next(rec: RolloutInfo, pending: PendingVersion) -> RolloutInfo:
