@@ -22,6 +22,7 @@ import smtplib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -194,12 +195,8 @@ class Notifier:
                     tg.start_soon(self._deliver_mail, note, slots)
 
     async def _deliver(self, url: str, body: bytes, slots: anyio.Semaphore) -> None:
-        try:
-            ok = await self._retried(safe_url(url), lambda: self._attempt(url, body), True)
-            self.metrics.deliveries.labels("delivered" if ok else "failed").inc()
-        finally:
-            self.metrics.queued.dec()
-            slots.release()
+        attempt = partial(self._attempt, url, body)
+        await self._delivered(safe_url(url), attempt, self.metrics.deliveries, slots, webhook=True)
 
     async def _deliver_mail(self, note: Notification, slots: anyio.Semaphore) -> None:
         assert note.mail is not None
@@ -207,9 +204,23 @@ class Notifier:
         text = str(note.payload.get("text", ""))
         details = json.dumps(note.payload, indent=2, sort_keys=True)
         msg = message(target, note.subject or text, f"{text}\n\n{details}\n", note.event_id)
+        attempt = partial(self._mail, target, msg)
+        await self._delivered(where(target), attempt, self.metrics.mail, slots, webhook=False)
+
+    async def _delivered(
+        self,
+        dest: str,
+        attempt: Callable[[], Awaitable[tuple[str, str]]],
+        outcomes: Counter,
+        slots: anyio.Semaphore,
+        *,
+        webhook: bool,
+    ) -> None:
+        """One destination's delivery with its retries: the final outcome counted in
+        ``outcomes``; its place in the queue and its slot given back however it ends."""
         try:
-            ok = await self._retried(where(target), lambda: self._mail(target, msg), False)
-            self.metrics.mail.labels("delivered" if ok else "failed").inc()
+            ok = await self._retried(dest, attempt, webhook)
+            outcomes.labels("delivered" if ok else "failed").inc()
         finally:
             self.metrics.queued.dec()
             slots.release()
