@@ -60,7 +60,7 @@ from confbus.schemas.api import txn as txn_api
 from confbus.schemas.api.dist import ResyncReply, ResyncRequest
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import NodeApplied
-from confbus.schemas.node import Heartbeat, NamespaceState
+from confbus.schemas.node import Heartbeat
 from confbus.schemas.streams import CFG_TXN
 from confbus.schemas.txn import Decision, Prepare, Vote, decode_txn_for_agent, decode_vote_ack
 
@@ -551,25 +551,10 @@ class NodeAgent:
                 await beat_now.wait()
 
     def heartbeat(self) -> Heartbeat:
-        states = []
-        for name, ns in self.namespaces.items():
-            st = ns.state
-            states.append(
-                NamespaceState(
-                    namespace=name,
-                    applied_version=st.applied_version,
-                    sha256=st.live_sha256,
-                    applied_sha256=st.applied_sha256,
-                    highest_epoch=st.highest_epoch,
-                    prepared_txid=st.prepared.txid if st.prepared else None,
-                    last_good=st.last_good,
-                    status=st.status,
-                )
-            )
         return Heartbeat(
             node=self.node,
             labels=self.labels,
-            namespaces=states,
+            namespaces=[ns.state.to_namespace_state() for ns in self.namespaces.values()],
             interval_s=self.heartbeat_interval_s,
             started_at=self.started_at,
             ready=self.ready,

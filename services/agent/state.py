@@ -179,6 +179,7 @@ class LocalState:
             namespace=self.namespace,
             applied_version=self.applied_version,
             sha256=self.live_sha256,
+            applied_sha256=self.applied_sha256,
             highest_epoch=self.highest_epoch,
             prepared_txid=self.prepared.txid if self.prepared else None,
             last_good=self.last_good,

@@ -73,7 +73,7 @@ def build_app(backend: Backend, token_store: TokenStore, metrics: ConsoleMetrics
 
 
 def http_app(ctx: ServiceContext) -> Starlette:
-    metrics = ConsoleMetrics(ctx.registry)
+    metrics = ConsoleMetrics.create(ctx.registry)
     return build_app(Backend(ctx.bus, metrics), TokenStore(tokens_path(ctx.args)), metrics)
 
 

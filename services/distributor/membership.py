@@ -54,6 +54,30 @@ MEMBERS_LEASE = "_members"  # lease.distributor._members: the replica writing no
 DUPLICATE_SHOWN_S = 600.0  # status names a refused second agent this long
 
 
+NodeStatus = Literal["live", "away", "gone", "failing"]
+
+
+async def announce_status(
+    bus: Bus,
+    namespace: str,
+    node: str,
+    status: NodeStatus,
+    *,
+    actor: str,
+    reason: str,
+    msg_id: str | None = None,
+) -> None:
+    """Say ``node.status`` in ``namespace``, best effort: one that cannot be said is logged, not
+    raised (membership and catch-up go on; the node's next change is said again)."""
+    try:
+        event = NodeStatusChanged(
+            namespace=namespace, actor=actor, reason=reason, node=node, status=status
+        )
+        await emit(bus, event, msg_id=msg_id)
+    except ConfbusError as exc:
+        log.warning("could not announce node status", extra={"error": str(exc)})
+
+
 @dataclass(frozen=True)
 class Duplicate:
     instance: str  # the refused one
@@ -452,23 +476,18 @@ class MembershipKeeper:
         member.duplicate_announced = d.instance
 
     async def _announce(self, member: Member, liveness: str, rev: int) -> None:
-        status: Literal["live", "away", "gone"] = liveness  # type: ignore[assignment]
+        status: NodeStatus = liveness  # type: ignore[assignment]
         log.info("node status", extra={"node": member.node, "status": status})
         for ns in sorted(member.states):
-            try:
-                await emit(
-                    self.bus,
-                    NodeStatusChanged(
-                        namespace=ns,
-                        actor=self.instance,
-                        node=member.node,
-                        status=status,
-                        reason=member.why(time.monotonic()) or "heartbeats are coming",
-                    ),
-                    msg_id=f"node-status:{member.node}:{ns}:{rev}",
-                )
-            except ConfbusError as exc:
-                log.warning("could not announce node status", extra={"error": str(exc)})
+            await announce_status(
+                self.bus,
+                ns,
+                member.node,
+                status,
+                actor=self.instance,
+                reason=member.why(time.monotonic()) or "heartbeats are coming",
+                msg_id=f"node-status:{member.node}:{ns}:{rev}",
+            )
 
     async def _forget(self, member: Member) -> None:
         try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -39,6 +39,7 @@ from confbus.schemas.base import utcnow
 from confbus.schemas.events import (
     Event,
     NodeOutcome,
+    RolloutBaked,
     RolloutCompleted,
     RolloutFailed,
     RolloutPaused,
@@ -46,11 +47,25 @@ from confbus.schemas.events import (
     RolloutRolledBack,
     RolloutStarted,
     RolloutSuperseded,
+    RolloutWave,
 )
 from confbus.schemas.health import Alert
 
 replace = msgspec.structs.replace
 
+EndEvent = RolloutCompleted | RolloutFailed | RolloutSuperseded | RolloutRolledBack
+RolloutEvent = (
+    RolloutStarted
+    | RolloutWave
+    | RolloutBaked
+    | RolloutPaused
+    | RolloutResumed
+    | RolloutCompleted
+    | RolloutFailed
+    | RolloutSuperseded
+    | RolloutRolledBack
+)
+E = TypeVar("E", bound=RolloutEvent)
 WaveState = Literal["pending", "switching", "baking", "done", "failed", "skipped"]
 
 
@@ -74,6 +89,17 @@ def new_rollout(
         started_at=now,
         updated_at=now,
         holder=actor,
+    )
+
+
+def rollout_event(event: type[E], rec: RolloutInfo, *, actor: str, **details: Any) -> E:
+    """An event about ``rec``'s rollout (its namespace, id and version), said by ``actor``."""
+    return event(
+        namespace=rec.namespace,
+        rollout_id=rec.rollout_id,
+        version=rec.version,
+        actor=actor,
+        **details,
     )
 
 
@@ -174,6 +200,23 @@ def _end(rec: RolloutInfo, state: RolloutState, reason: str, actor: str) -> Roll
     return replace(ended, report=report(ended))
 
 
+def _announce_end(
+    out: RolloutInfo, event: type[EndEvent], *, actor: str, **details: Any
+) -> RolloutInfo:
+    """The ended rollout's event in its outbox, under the key of the state it ended in (a
+    rollout ends once): what every ending says, and this ending's ``details``."""
+    said = rollout_event(
+        event,
+        out,
+        actor=actor,
+        reason=out.reason,
+        report=out.report,
+        waves=out.wave_reports,
+        **details,
+    )
+    return outbox_event(out, out.state, said)
+
+
 def fail(
     rec: RolloutInfo,
     wave: int,
@@ -184,26 +227,15 @@ def fail(
 ) -> RolloutInfo:
     if 0 <= wave < len(rec.waves) and rec.waves[wave].state != "done":
         rec = set_wave(rec, wave, replace(rec.waves[wave], state="failed"))
-    out = replace(
-        _end(rec, "failed", reason, actor),
-        failed_wave=wave,
-        handed_to_rollbacker=alert is not None,
-    )
-    out = outbox_event(
+    handed = alert is not None
+    out = replace(_end(rec, "failed", reason, actor), failed_wave=wave, handed_to_rollbacker=handed)
+    out = _announce_end(
         out,
-        "failed",
-        RolloutFailed(
-            namespace=out.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            wave=wave,
-            report=out.report,
-            waves=out.wave_reports,
-            seconds=elapsed(out),
-            handed_to_rollbacker=alert is not None,
-        ),
+        RolloutFailed,
+        actor=actor,
+        wave=wave,
+        seconds=elapsed(out),
+        handed_to_rollbacker=handed,
     )
     if alert is not None:
         out = outbox_alert(out, alert)
@@ -217,57 +249,20 @@ def refuse(rec: RolloutInfo, reason: str, *, actor: str) -> RolloutInfo:
 
 def complete(rec: RolloutInfo, *, actor: str, last_good: bool, reason: str = "") -> RolloutInfo:
     out = replace(_end(rec, "completed", reason, actor), last_good=last_good)
-    return outbox_event(
-        out,
-        "completed",
-        RolloutCompleted(
-            namespace=out.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            report=out.report,
-            seconds=elapsed(out),
-            waves=out.wave_reports,
-            last_good=last_good,
-        ),
+    return _announce_end(
+        out, RolloutCompleted, actor=actor, seconds=elapsed(out), last_good=last_good
     )
 
 
 def supersede(rec: RolloutInfo, by_version: int, *, actor: str) -> RolloutInfo:
     reason = f"superseded by v{by_version} at a wave boundary"
     out = replace(_end(rec, "superseded", reason, actor), superseded_by=by_version)
-    return outbox_event(
-        out,
-        "superseded",
-        RolloutSuperseded(
-            namespace=out.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            by_version=by_version,
-            report=out.report,
-            waves=out.wave_reports,
-        ),
-    )
+    return _announce_end(out, RolloutSuperseded, actor=actor, by_version=by_version)
 
 
 def rolled_back(rec: RolloutInfo, reason: str, *, actor: str) -> RolloutInfo:
     out = replace(_end(rec, "rolled_back", reason, actor), next=None)
-    return outbox_event(
-        out,
-        "rolled_back",
-        RolloutRolledBack(
-            namespace=out.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=out.rollout_id,
-            version=out.version,
-            report=out.report,
-            waves=out.wave_reports,
-        ),
-    )
+    return _announce_end(out, RolloutRolledBack, actor=actor)
 
 
 def pause(rec: RolloutInfo, *, actor: str, reason: str) -> RolloutInfo:
@@ -290,17 +285,7 @@ def _hold(
     time, since a rollout may be paused and resumed many times)."""
     out = replace(rec, state=state, actor=actor, updated_at=utcnow())
     key = f"{'paused' if state == 'paused' else 'resumed'}:{len(rec.outbox)}:{secrets.token_hex(2)}"
-    return outbox_event(
-        out,
-        key,
-        event(
-            namespace=rec.namespace,
-            actor=actor,
-            reason=reason,
-            rollout_id=rec.rollout_id,
-            version=rec.version,
-        ),
-    )
+    return outbox_event(out, key, rollout_event(event, rec, actor=actor, reason=reason))
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -339,21 +324,17 @@ def planned(
         holder=actor,
     )
     out = replace(out, report=report(out))
-    return outbox_event(
+    started = rollout_event(
+        RolloutStarted,
         out,
-        "started",
-        RolloutStarted(
-            namespace=out.namespace,
-            actor=actor,
-            at=out.started_at or utcnow(),
-            rollout_id=out.rollout_id,
-            version=out.version,
-            strategy=strategy,
-            waves=waves,
-            bake_s=bake_s,
-            selector=selector,
-        ),
+        actor=actor,
+        at=out.started_at or utcnow(),
+        strategy=strategy,
+        waves=waves,
+        bake_s=bake_s,
+        selector=selector,
     )
+    return outbox_event(out, "started", started)
 
 
 def set_next(rec: RolloutInfo, pending: PendingVersion) -> RolloutInfo:

@@ -20,6 +20,7 @@ from confbus.distributor.record import (
     outbox_event,
     replace,
     report,
+    rollout_event,
     set_wave,
 )
 from confbus.distributor.strategy import describe_budget, excluded_budget
@@ -293,13 +294,12 @@ def _with_wave_event(
     reason: str = "",
 ) -> RolloutInfo:
     """The ``rollout.wave`` event of an attempt's outcome, in the outbox (one per txid)."""
-    event = RolloutWave(
-        namespace=rec.namespace,
+    event = rollout_event(
+        RolloutWave,
+        rec,
         actor=actor,
         at=at,
         reason=reason,
-        rollout_id=rec.rollout_id,
-        version=rec.version,
         wave=index,
         txid=txid,
         outcome=outcome,
@@ -337,20 +337,10 @@ def record_verdict(
         holder=actor,
         report=report(out),
     )
-    out = outbox_event(
-        out,
-        f"baked{index}",
-        RolloutBaked(
-            namespace=rec.namespace,
-            actor=actor,
-            at=now,
-            reason=reason,
-            rollout_id=rec.rollout_id,
-            version=rec.version,
-            wave=index,
-            verdict=verdict,
-        ),
+    baked = rollout_event(
+        RolloutBaked, rec, actor=actor, at=now, reason=reason, wave=index, verdict=verdict
     )
+    out = outbox_event(out, f"baked{index}", baked)
     if passed:
         return out
     why = f"the health verdict after wave {index} is {verdict}" + (f": {reason}" if reason else "")

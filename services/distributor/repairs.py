@@ -35,7 +35,7 @@ import msgspec
 import nats.errors
 from anyio.abc import TaskGroup
 
-from confbus.distributor.membership import Member
+from confbus.distributor.membership import Member, NodeStatus, announce_status
 from confbus.distributor.metrics import DistributorMetrics
 from confbus.distributor.store import Store
 from confbus.distributor.targets import Targets
@@ -48,7 +48,7 @@ from confbus.runtime.leases import Leases
 from confbus.schemas import subjects
 from confbus.schemas.api.dist import ResyncReply, ResyncRequest
 from confbus.schemas.base import DECODE_ERRORS
-from confbus.schemas.events import NodeCatchUp, NodeDrift, NodeStatusChanged
+from confbus.schemas.events import NodeCatchUp, NodeDrift
 from confbus.schemas.node import NamespaceState
 
 log = logging.getLogger("confbus.distributor")
@@ -385,17 +385,5 @@ class Repairs:
             self.metrics.failing_nodes.inc()
             await self._status(ns, node, "failing", f"{r.attempts} {kind} attempts failed: {why}")
 
-    async def _status(self, ns: str, node: str, status: str, why: str) -> None:
-        try:
-            await emit(
-                self.bus,
-                NodeStatusChanged(
-                    namespace=ns,
-                    actor=self.instance,
-                    reason=why,
-                    node=node,
-                    status=status,  # type: ignore[arg-type]
-                ),
-            )
-        except ConfbusError as exc:
-            log.warning("could not announce node status", extra={"error": str(exc)})
+    async def _status(self, ns: str, node: str, status: NodeStatus, why: str) -> None:
+        await announce_status(self.bus, ns, node, status, actor=self.instance, reason=why)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -36,7 +36,7 @@ from confbus.distributor.store import Store
 from confbus.distributor.switching import WaveSwitch
 from confbus.distributor.targets import Targets
 from confbus.runtime.api import serve_api, stop_api
-from confbus.runtime.consumer import BatchHandler, Consumer, Delivery
+from confbus.runtime.consumer import Consumer, per_message
 from confbus.runtime.kv import Entry, StateKV
 from confbus.runtime.leases import Leases
 from confbus.runtime.metrics import ConsumerMetrics
@@ -187,40 +187,28 @@ class Distributor:
         if isinstance(ev, NodeForgotten):
             self.membership.forgotten(ev.node)
 
-    async def on_versions(self, batch: Sequence[Delivery[AnyEvent]]) -> None:
-        for item in batch:
-            ev = item.value
-            try:
-                if isinstance(ev, VersionCreated) and ev.status == "approved":
-                    await self.intents.on_version(
-                        ev.namespace, ev.version, strategy=ev.strategy, selector=ev.selector
-                    )
-                elif isinstance(ev, VersionApproved):
-                    await self.intents.on_version(
-                        ev.namespace, ev.version, strategy=None, selector=None, from_approval=True
-                    )
-                elif isinstance(ev, VersionPromoted):
-                    await self.targets.production_of(ev.namespace, refresh=True)
-            except Exception as exc:
-                item.fail(exc)
+    # Each consumer's handler takes one event; one that raises is failed alone (retried, then
+    # dead-lettered), the others of its batch are acked (runtime.consumer.per_message).
 
-    async def on_txns(self, batch: Sequence[Delivery[AnyEvent]]) -> None:
-        for item in batch:
-            ev = item.value
-            try:
-                if isinstance(ev, TxnCommitted):
-                    await self.targets.raise_to(ev.namespace, ev.participants, ev.version, ev.txid)
-            except Exception as exc:
-                item.fail(exc)
+    async def on_version(self, ev: AnyEvent) -> None:
+        if isinstance(ev, VersionCreated) and ev.status == "approved":
+            await self.intents.on_version(
+                ev.namespace, ev.version, strategy=ev.strategy, selector=ev.selector
+            )
+        elif isinstance(ev, VersionApproved):
+            await self.intents.on_version(
+                ev.namespace, ev.version, strategy=None, selector=None, from_approval=True
+            )
+        elif isinstance(ev, VersionPromoted):
+            await self.targets.production_of(ev.namespace, refresh=True)
 
-    async def on_rollbacks(self, batch: Sequence[Delivery[AnyEvent]]) -> None:
-        for item in batch:
-            ev = item.value
-            try:
-                if isinstance(ev, RollbackStarted):
-                    await self.intents.on_rollback(ev)
-            except Exception as exc:
-                item.fail(exc)
+    async def on_txn(self, ev: AnyEvent) -> None:
+        if isinstance(ev, TxnCommitted):
+            await self.targets.raise_to(ev.namespace, ev.participants, ev.version, ev.txid)
+
+    async def on_rollback(self, ev: AnyEvent) -> None:
+        if isinstance(ev, RollbackStarted):
+            await self.intents.on_rollback(ev)
 
     def on_rollout_key(self, key: str, value: bytes | None, revision: int) -> None:
         ns = rollout_of(key)
@@ -233,14 +221,14 @@ class Distributor:
             log.warning("unreadable rollout record", extra={"key": key})
 
     def consumer(
-        self, durable: str, subject: str, handler: BatchHandler[AnyEvent]
+        self, durable: str, subject: str, handle: Callable[[AnyEvent], Awaitable[None]]
     ) -> Consumer[AnyEvent]:
         return Consumer(
             bus=self.bus,
             stream=CFG_EVENTS,
             durable=durable,
             decode=decode_event,
-            handler=handler,
+            handler=per_message(lambda ev, _msg: handle(ev)),
             metrics=ConsumerMetrics.create(self.ctx.registry, "distributor", durable),
             filter_subject=subject,
             batch=50,
@@ -278,10 +266,10 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         tg.start_soon(d.leases.pursue, d.wanted_leases)
         await ctx.bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=d.heartbeat_handler(tg))
         await ctx.bus.nc.subscribe(subjects.NODES_FORGOTTEN, cb=d.on_forgotten)
-        await tg.start(d.consumer("distributor", "cfg.event.*.version.>", d.on_versions).run)
-        await tg.start(d.consumer("distributor-txn", "cfg.event.*.txn.committed", d.on_txns).run)
+        await tg.start(d.consumer("distributor", "cfg.event.*.version.>", d.on_version).run)
+        await tg.start(d.consumer("distributor-txn", "cfg.event.*.txn.committed", d.on_txn).run)
         await tg.start(
-            d.consumer("distributor-rollback", "cfg.event.*.rollback.started", d.on_rollbacks).run
+            d.consumer("distributor-rollback", "cfg.event.*.rollback.started", d.on_rollback).run
         )
         tg.start_soon(d.keeper.run)
         tg.start_soon(d.driver.supervise, tg)

@@ -18,12 +18,13 @@ from confbus.runtime.errors import Unavailable
 from confbus.runtime.kv import StateKV
 from confbus.schemas import subjects
 from confbus.schemas.base import DECODE_ERRORS
-from confbus.schemas.events import TxnAborted, VersionCreated, decode_event
+from confbus.schemas.events import Event, TxnAborted, VersionCreated, decode_event
 from confbus.schemas.state import head_key
 from confbus.schemas.streams import CFG_EVENTS, CFG_TXN, CFG_TXN_HEAD
 from confbus.schemas.txn import Decision, TxnHead, decode_head, decode_txn
 
 T = TypeVar("T")
+EV = TypeVar("EV", bound=Event)
 
 # Stream times are the server's wall clock, ours may differ a little: look a bit earlier.
 SKEW_S = 60.0
@@ -104,26 +105,23 @@ async def find_decision(
     return found[-1] if found else None
 
 
-def _aborted(data: bytes) -> TxnAborted | None:
-    ev = decode_event(data)
-    return ev if isinstance(ev, TxnAborted) else None
+async def _last_event(
+    bus: Bus, namespace: str, kind: type[EV], since: datetime, match: Callable[[EV], bool]
+) -> EV | None:
+    """The latest event of type ``kind`` in ``namespace`` stored since ``since`` that matches."""
 
+    def decode(data: bytes) -> EV | None:
+        ev = decode_event(data)
+        return ev if isinstance(ev, kind) else None
 
-async def abort_votes(bus: Bus, namespace: str, txid: str, since: datetime) -> TxnAborted | None:
-    found = await _scan(
-        bus,
-        CFG_EVENTS.name,
-        subjects.event(namespace, "txn.aborted"),
-        since,
-        _aborted,
-        lambda ev: ev.txid == txid,
-    )
+    tag = kind.__struct_config__.tag
+    assert isinstance(tag, str)
+    found = await _scan(bus, CFG_EVENTS.name, subjects.event(namespace, tag), since, decode, match)
     return found[-1] if found else None
 
 
-def _created(data: bytes) -> VersionCreated | None:
-    ev = decode_event(data)
-    return ev if isinstance(ev, VersionCreated) else None
+async def abort_votes(bus: Bus, namespace: str, txid: str, since: datetime) -> TxnAborted | None:
+    return await _last_event(bus, namespace, TxnAborted, since, lambda ev: ev.txid == txid)
 
 
 async def created_event(
@@ -131,12 +129,6 @@ async def created_event(
 ) -> VersionCreated | None:
     """The ``version.created`` event of a version (for the overrides of a draft that was
     approved later: ``version.approved`` does not repeat them)."""
-    found = await _scan(
-        bus,
-        CFG_EVENTS.name,
-        subjects.event(namespace, "version.created"),
-        since,
-        _created,
-        lambda ev: ev.version == version,
+    return await _last_event(
+        bus, namespace, VersionCreated, since, lambda ev: ev.version == version
     )
-    return found[-1] if found else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confbus.rollbacker.notify import Notifier
 from confbus.rollbacker.peers import Peers
@@ -22,6 +22,8 @@ from confbus.schemas.policy import Policy
 from confbus.schemas.state import BatchResult, Rollback
 
 log = logging.getLogger("confbus.rollbacker")
+
+E = TypeVar("E", bound=RollbackStarted | RollbackBatch | RollbackCompleted | RollbackStuck)
 
 
 def _pct(share: float | None) -> str:
@@ -41,19 +43,18 @@ class Announcer:
     actor: str
 
     async def started(self, rb: Rollback, policy: Policy) -> None:
-        ev = RollbackStarted(
-            namespace=rb.namespace,
+        msg_id, ev = await self._emit(
+            rb,
+            "started",
+            RollbackStarted,
             actor=rb.actor or self.actor,
             reason=rb.reason,
-            rollback_id=rb.rollback_id,
             from_version=rb.from_version or 0,
             to_version=rb.to_version,
             new_version=rb.new_version,
             alert_id=rb.alert_id,
             batches=rb.batches,
         )
-        msg_id = f"rollback:{rb.rollback_id}:started"
-        await emit(self.peers.bus, ev, msg_id=msg_id)
         nodes = sum(len(b) for b in rb.batches)
         self._notify(
             policy,
@@ -66,18 +67,16 @@ class Announcer:
         )
 
     async def batch(self, rb: Rollback, result: BatchResult, policy: Policy) -> None:
-        ev = RollbackBatch(
-            namespace=rb.namespace,
-            actor=self.actor,
+        msg_id, ev = await self._emit(
+            rb,
+            f"batch:{result.index}",
+            RollbackBatch,
             reason=f"verdict {result.verdict or 'none'}",
-            rollback_id=rb.rollback_id,
             batch=result.index,
             nodes=result.nodes,
             healthy_share=result.healthy_share,
             txids=result.txids,
         )
-        msg_id = f"rollback:{rb.rollback_id}:batch:{result.index}"
-        await emit(self.peers.bus, ev, msg_id=msg_id)
         self._notify(
             policy,
             msg_id,
@@ -93,16 +92,14 @@ class Announcer:
 
     async def completed(self, rb: Rollback, seconds: float, policy: Policy) -> None:
         assert rb.new_version is not None
-        ev = RollbackCompleted(
-            namespace=rb.namespace,
-            actor=self.actor,
+        msg_id, ev = await self._emit(
+            rb,
+            "completed",
+            RollbackCompleted,
             reason=rb.reason,
-            rollback_id=rb.rollback_id,
             new_version=rb.new_version,
             seconds=seconds,
         )
-        msg_id = f"rollback:{rb.rollback_id}:completed"
-        await emit(self.peers.bus, ev, msg_id=msg_id)
         restored = sorted(n for b in rb.done for n in b.switched)
         self._notify(
             policy,
@@ -127,16 +124,9 @@ class Announcer:
         unhealthy: list[str] | None = None,
     ) -> None:
         """Emit ``rollback.stuck`` and raise an alert; ``batch`` -1: before any batch."""
-        ev = RollbackStuck(
-            namespace=rb.namespace,
-            actor=self.actor,
-            reason=detail,
-            rollback_id=rb.rollback_id,
-            batch=batch,
-            healthy_share=share,
+        msg_id, ev = await self._emit(
+            rb, "stuck", RollbackStuck, reason=detail, batch=batch, healthy_share=share
         )
-        msg_id = f"rollback:{rb.rollback_id}:stuck"
-        await emit(self.peers.bus, ev, msg_id=msg_id)
         where = f"at batch {batch + 1}/{len(rb.batches)}" if batch >= 0 else "before any batch"
         text = (
             f"confbus: rollback of {rb.namespace} is STUCK {where}: {detail}. "
@@ -169,6 +159,30 @@ class Announcer:
             )
         except ConfbusError as exc:
             log.warning("could not raise the stuck alert", extra={"error": str(exc)})
+
+    async def _emit(
+        self,
+        rb: Rollback,
+        step: str,
+        event: type[E],
+        *,
+        reason: str,
+        actor: str = "",
+        **details: Any,
+    ) -> tuple[str, E]:
+        """Emit an event of ``rb`` (its namespace and id; said by this rollbacker unless
+        ``actor`` is given). Its message id is the rollback's id and ``step``: the step repeated
+        after a crash or a takeover is a no-op. Returns that id and the event."""
+        ev = event(
+            namespace=rb.namespace,
+            actor=actor or self.actor,
+            reason=reason,
+            rollback_id=rb.rollback_id,
+            **details,
+        )
+        msg_id = f"rollback:{rb.rollback_id}:{step}"
+        await emit(self.peers.bus, ev, msg_id=msg_id)
+        return msg_id, ev
 
     def _notify(
         self, policy: Policy, event_id: str, ev: Any, text: str, rb: Rollback, **extra: Any

@@ -89,24 +89,15 @@ class _Stuck(Exception):
         super().__init__(detail)
 
 
+@dataclass(eq=False)
 class Driver:
-    def __init__(
-        self,
-        peers: Peers,
-        ledgers: Ledgers,
-        leases: Leases,
-        announcer: Announcer,
-        metrics: RollbackerMetrics,
-        instance: str,
-        config: DriverConfig,
-    ) -> None:
-        self.peers = peers
-        self.ledgers = ledgers
-        self.leases = leases
-        self.announce = announcer
-        self.metrics = metrics
-        self.instance = instance
-        self.config = config
+    peers: Peers
+    ledgers: Ledgers
+    leases: Leases
+    announce: Announcer
+    metrics: RollbackerMetrics
+    instance: str
+    config: DriverConfig
 
     # -- the whole run ---------------------------------------------------------------------
 

@@ -22,68 +22,59 @@ import smtplib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from confbus.rollbacker import webhook_signing
 from confbus.rollbacker.mail import MailError, message, send_mail, where
+from confbus.runtime.metrics import Metric, ServiceMetrics
 from confbus.schemas.policy import MailTarget
 
 log = logging.getLogger("confbus.rollbacker")
 
 
 @dataclass
-class WebhookMetrics:
-    attempts: Counter
-    retries: Counter
-    deliveries: Counter
-    seconds: Histogram
-    queued: Gauge
-    mail: Counter
+class WebhookMetrics(ServiceMetrics):
+    SERVICE = "rollbacker"
 
-    @classmethod
-    def create(cls, registry: CollectorRegistry) -> WebhookMetrics:
-        return cls(
-            attempts=Counter(
-                "confbus_rollbacker_webhook_attempts",
-                "Webhook POST attempts, by result (ok, http_error, error, timeout).",
-                ["result"],
-                registry=registry,
-            ),
-            retries=Counter(
-                "confbus_rollbacker_webhook_retries",
-                "Webhook POSTs retried after a failed attempt.",
-                registry=registry,
-            ),
-            deliveries=Counter(
-                "confbus_rollbacker_webhook_deliveries",
-                "Webhook notifications by final outcome (delivered, failed, dropped).",
-                ["outcome"],
-                registry=registry,
-            ),
-            seconds=Histogram(
-                "confbus_rollbacker_webhook_seconds",
-                "Duration of one webhook POST attempt.",
-                registry=registry,
-            ),
-            queued=Gauge(
-                "confbus_rollbacker_webhook_pending",
-                "Webhook notifications queued or being delivered.",
-                registry=registry,
-            ),
-            mail=Counter(
-                "confbus_rollbacker_mail",
-                "Mail notifications by final outcome (delivered, failed, dropped).",
-                ["outcome"],
-                registry=registry,
-            ),
-        )
+    attempts: Annotated[
+        Counter,
+        Metric(
+            "webhook_attempts",
+            "Webhook POST attempts, by result (ok, http_error, error, timeout).",
+            "result",
+        ),
+    ]
+    retries: Annotated[
+        Counter, Metric("webhook_retries", "Webhook POSTs retried after a failed attempt.")
+    ]
+    deliveries: Annotated[
+        Counter,
+        Metric(
+            "webhook_deliveries",
+            "Webhook notifications by final outcome (delivered, failed, dropped).",
+            "outcome",
+        ),
+    ]
+    seconds: Annotated[
+        Histogram, Metric("webhook_seconds", "Duration of one webhook POST attempt.")
+    ]
+    queued: Annotated[
+        Gauge, Metric("webhook_pending", "Webhook notifications queued or being delivered.")
+    ]
+    mail: Annotated[
+        Counter,
+        Metric(
+            "mail", "Mail notifications by final outcome (delivered, failed, dropped).", "outcome"
+        ),
+    ]
 
 
 class WebhookError(Exception):
@@ -204,12 +195,8 @@ class Notifier:
                     tg.start_soon(self._deliver_mail, note, slots)
 
     async def _deliver(self, url: str, body: bytes, slots: anyio.Semaphore) -> None:
-        try:
-            ok = await self._retried(safe_url(url), lambda: self._attempt(url, body), True)
-            self.metrics.deliveries.labels("delivered" if ok else "failed").inc()
-        finally:
-            self.metrics.queued.dec()
-            slots.release()
+        attempt = partial(self._attempt, url, body)
+        await self._delivered(safe_url(url), attempt, self.metrics.deliveries, slots, webhook=True)
 
     async def _deliver_mail(self, note: Notification, slots: anyio.Semaphore) -> None:
         assert note.mail is not None
@@ -217,9 +204,23 @@ class Notifier:
         text = str(note.payload.get("text", ""))
         details = json.dumps(note.payload, indent=2, sort_keys=True)
         msg = message(target, note.subject or text, f"{text}\n\n{details}\n", note.event_id)
+        attempt = partial(self._mail, target, msg)
+        await self._delivered(where(target), attempt, self.metrics.mail, slots, webhook=False)
+
+    async def _delivered(
+        self,
+        dest: str,
+        attempt: Callable[[], Awaitable[tuple[str, str]]],
+        outcomes: Counter,
+        slots: anyio.Semaphore,
+        *,
+        webhook: bool,
+    ) -> None:
+        """One destination's delivery with its retries: the final outcome counted in
+        ``outcomes``; its place in the queue and its slot given back however it ends."""
         try:
-            ok = await self._retried(where(target), lambda: self._mail(target, msg), False)
-            self.metrics.mail.labels("delivered" if ok else "failed").inc()
+            ok = await self._retried(dest, attempt, webhook)
+            outcomes.labels("delivered" if ok else "failed").inc()
         finally:
             self.metrics.queued.dec()
             slots.release()

@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 
-from confbus.runtime.metrics import metric_name
+from confbus.runtime.metrics import Metric, ServiceMetrics
 
 
 @dataclass
-class StoreMetrics:
-    changes: Counter
-    batch_size: Histogram
-    append_seconds: Histogram
+class StoreMetrics(ServiceMetrics):
+    SERVICE = "version-store"
 
-    @classmethod
-    def create(cls, registry: CollectorRegistry) -> StoreMetrics:
-        return cls(
-            changes=Counter(
-                metric_name("version-store", "changes"),
-                "Changes decided, by outcome (stored, duplicate, rejected).",
-                ["outcome"],
-                registry=registry,
-            ),
-            batch_size=Histogram(
-                metric_name("version-store", "batch_size"),
-                "Changes per group commit.",
-                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-                registry=registry,
-            ),
-            append_seconds=Histogram(
-                metric_name("version-store", "append_seconds"),
-                "Time of one group commit in the store.",
-                registry=registry,
-            ),
-        )
+    changes: Annotated[
+        Counter,
+        Metric("changes", "Changes decided, by outcome (stored, duplicate, rejected).", "outcome"),
+    ]
+    batch_size: Annotated[
+        Histogram,
+        Metric(
+            "batch_size",
+            "Changes per group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        ),
+    ]
+    append_seconds: Annotated[
+        Histogram, Metric("append_seconds", "Time of one group commit in the store.")
+    ]

@@ -100,7 +100,12 @@ def test_stage_seal_commit_switches_the_live_file_byte_for_byte(
     assert (state_dir / NS / "versions" / "2").read_bytes() == body
     assert leftovers(live.parent) == []
     hb = state.to_namespace_state()
-    assert (hb.applied_version, hb.sha256, hb.prepared_txid) == (2, p.sha256, None)
+    assert (hb.applied_version, hb.sha256, hb.applied_sha256, hb.prepared_txid) == (
+        2,
+        p.sha256,
+        p.sha256,
+        None,
+    )
 
 
 def test_abort_drops_staged_file_and_record_and_keeps_the_live_file(
