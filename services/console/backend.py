@@ -14,7 +14,6 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from types import TracebackType
 
 import anyio
 import msgspec
@@ -96,13 +95,8 @@ class _BusClient(Client):
         super().__init__(bus.nc.connected_url.geturl() if bus.nc.connected_url else "")
         self._bus = bus
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None  # the service closes its connection itself
+    async def close(self) -> None:
+        """Nothing to close: the service closes its connection itself."""
 
 
 class Backend:

@@ -21,11 +21,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Literal, Protocol
 
 import msgspec
 
+from confbus.runtime.opening import OpenClose
 from confbus.schemas.base import utcnow
 from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
@@ -162,21 +162,9 @@ class IntegrityReport(msgspec.Struct, frozen=True, kw_only=True):
 VersionRef = int | str  # 12, "12", "latest", "production", "last-good"
 
 
-class Store(Protocol):
-    """The version-store's storage. Every method may raise ``StoreUnavailable`` (retryable)."""
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+class Store(OpenClose, Protocol):
+    """The version-store's storage, used as ``async with store:`` (``OpenClose``). Every method
+    may raise ``StoreUnavailable`` (retryable)."""
 
     async def append(self, batch: list[NewVersion]) -> list[AppendResult]:
         """Group commit: store many proposed versions, one result per item, in order.

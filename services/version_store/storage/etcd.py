@@ -22,14 +22,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import msgspec
 from aetcd import transactions as tx
 
+from confbus.runtime.opening import OpenClose
 from confbus.schemas.policy import Policy
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import (
@@ -85,7 +85,7 @@ _URL_OPTIONS: dict[str, type[int] | type[float]] = {
 Decide = Callable[[Meta, HeadRec], Awaitable[tuple[list[Any], list[Any]]]]
 
 
-class EtcdStore:
+class EtcdStore(OpenClose):
     """``EtcdStore(["h1:2379", "h2:2379", "h3:2379"], prefix="/confbus/")``."""
 
     def __init__(
@@ -149,18 +149,6 @@ class EtcdStore:
 
     async def close(self) -> None:
         await self.conn.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- append -----------------------------------------------------------------------------------
 

@@ -13,13 +13,12 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aiosqlite
 import anyio
 import anyio.to_thread
 
+from confbus.runtime.opening import OpenClose
 from confbus.schemas.policy import Policy
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import (
@@ -50,7 +49,7 @@ from confbus.version_store.validate import check_policy
 READERS = 3
 
 
-class SqliteStore:
+class SqliteStore(OpenClose):
     """``SqliteStore(path)``; use as ``async with SqliteStore(path) as store: ...``."""
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
@@ -84,18 +83,6 @@ class SqliteStore:
             if conn is not None:
                 await conn.close()
         self._writer = None
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is one transaction.
