@@ -99,8 +99,7 @@ class SqliteStore(OpenClose):
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
         )
-        try:
-            await db.execute("BEGIN IMMEDIATE")
+        async with _immediate_transaction(db):
             rows = await db.execute_fetchall("SELECT max(version) FROM schema_migrations")
             current = next(iter(rows))[0] or 0
             known = MIGRATIONS[-1][0]
@@ -118,35 +117,14 @@ class SqliteStore(OpenClose):
                     "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))",
                     (number, description),
                 )
-            await db.execute("COMMIT")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await _rollback(db)
-            raise
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         db = self._conn(self._writer)
-        async with self._wlock:
-            # IMMEDIATE: take the write lock before reading heads, so two processes sharing
-            # the file cannot both plan version n+1.
-            try:
-                # Inside the try: a cancelled await does not stop the statement in aiosqlite's
-                # thread, so BEGIN may still take effect. The ROLLBACK below is queued behind
-                # it on the same thread and undoes it; no transaction is ever left open.
-                await db.execute("BEGIN IMMEDIATE")
-                yield db
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await _rollback(db)
-                raise
-            try:
-                with anyio.CancelScope(shield=True):
-                    await db.execute("COMMIT")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await _rollback(db)
-                raise
+        # IMMEDIATE: take the write lock before reading heads, so two processes sharing the
+        # file cannot both plan version n+1.
+        async with self._wlock, _immediate_transaction(db):
+            yield db
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -384,6 +362,29 @@ class SqliteStore(OpenClose):
         return IntegrityReport(
             namespace=namespace, checked=checked, corrupt=corrupt, missing=sorted(missing)
         )
+
+
+@asynccontextmanager
+async def _immediate_transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """``BEGIN IMMEDIATE`` (SQLite's write lock, taken at once) … ``COMMIT``; on any error, a
+    failed ``COMMIT`` included, ``ROLLBACK``. Neither ending is cut short by a cancellation."""
+    try:
+        # Inside the try: a cancelled await does not stop the statement in aiosqlite's thread,
+        # so BEGIN may still take effect. The ROLLBACK below is queued behind it on the same
+        # thread and undoes it; no transaction is ever left open.
+        await db.execute("BEGIN IMMEDIATE")
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _rollback(db)
+        raise
+    try:
+        with anyio.CancelScope(shield=True):
+            await db.execute("COMMIT")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _rollback(db)
+        raise
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:
