@@ -28,18 +28,8 @@ from confbus.version_store.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from confbus.version_store.storage import rules
+from confbus.version_store.storage import base, rules
 from confbus.version_store.storage import sqlite_rows as sql
-from confbus.version_store.storage.base import (
-    AppendResult,
-    Head,
-    IntegrityReport,
-    NamespaceExport,
-    NewVersion,
-    Promotion,
-    StoredVersion,
-    VersionRef,
-)
 from confbus.version_store.storage.sqlite_schema import MIGRATIONS
 from confbus.version_store.validate import check_policy
 
@@ -145,7 +135,7 @@ class SqliteStore(OpenClose):
 
     # -- writes ---------------------------------------------------------------------------------
 
-    async def append(self, batch: list[NewVersion]) -> list[AppendResult]:
+    async def append(self, batch: list[base.NewVersion]) -> list[base.AppendResult]:
         if not batch:
             return []
         with _mapped():
@@ -180,13 +170,13 @@ class SqliteStore(OpenClose):
                     info = await sql.info(db, namespace, version)
         return info
 
-    async def promote(self, namespace: str, version: int) -> Promotion:
+    async def promote(self, namespace: str, version: int) -> base.Promotion:
         with _mapped():
             async with self._write() as db:
                 info = await sql.info(db, namespace, version)
                 head = await sql.head(db, namespace)
                 if not rules.check_promote(info):
-                    return Promotion(info=info, previous=None)
+                    return base.Promotion(info=info, previous=None)
                 if head.production is not None:
                     await sql.set_status(db, namespace, head.production, "superseded")
                 await sql.set_status(db, namespace, version, "production")
@@ -194,7 +184,7 @@ class SqliteStore(OpenClose):
                     "UPDATE namespaces SET production = ? WHERE namespace = ?", (version, namespace)
                 )
                 info = await sql.info(db, namespace, version)
-        return Promotion(info=info, previous=head.production)
+        return base.Promotion(info=info, previous=head.production)
 
     async def reject(self, namespace: str, version: int) -> VersionInfo:
         with _mapped():
@@ -224,7 +214,7 @@ class SqliteStore(OpenClose):
                     (policy.namespace, sql.encode(policy)),
                 )
 
-    async def import_(self, data: NamespaceExport) -> int:
+    async def import_(self, data: base.NamespaceExport) -> int:
         rules.check_export(data)
         ns = data.namespace
         with _mapped():
@@ -254,12 +244,12 @@ class SqliteStore(OpenClose):
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def head(self, namespace: str) -> Head:
+    async def head(self, namespace: str) -> base.Head:
         with _mapped():
             async with self._read() as db:
                 return await sql.head(db, namespace)
 
-    async def get(self, namespace: str, version: int) -> StoredVersion:
+    async def get(self, namespace: str, version: int) -> base.StoredVersion:
         with _mapped():
             async with self._read() as db:
                 rows = await db.execute_fetchall(
@@ -271,7 +261,7 @@ class SqliteStore(OpenClose):
             return sql.stored(row)
         raise NotFound(namespace, f"version {version}")
 
-    async def resolve(self, namespace: str, ref: VersionRef) -> VersionInfo:
+    async def resolve(self, namespace: str, ref: base.VersionRef) -> VersionInfo:
         want = rules.parse_ref(namespace, ref)
         with _mapped():
             async with self._read() as db:
@@ -320,7 +310,7 @@ class SqliteStore(OpenClose):
                 )
         return [row[0] for row in rows]
 
-    async def export(self, namespace: str) -> NamespaceExport:
+    async def export(self, namespace: str) -> base.NamespaceExport:
         with _mapped():
             async with self._read() as db:
                 # One read transaction: versions, pointers and policy from the same snapshot.
@@ -331,7 +321,7 @@ class SqliteStore(OpenClose):
                     with anyio.CancelScope(shield=True):
                         await _rollback(db)  # read-only: ending it is all that is needed
 
-    async def check_integrity(self, namespace: str) -> IntegrityReport:
+    async def check_integrity(self, namespace: str) -> base.IntegrityReport:
         corrupt: list[int] = []
         missing: list[int] = []
         checked, expected, after = 0, 1, 0
@@ -359,7 +349,7 @@ class SqliteStore(OpenClose):
                         corrupt.append(version)
             newest = (await self.head(namespace)).newest
         missing.extend(range(expected, newest + 1))
-        return IntegrityReport(
+        return base.IntegrityReport(
             namespace=namespace, checked=checked, corrupt=corrupt, missing=sorted(missing)
         )
 
