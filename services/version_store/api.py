@@ -299,24 +299,19 @@ class StoreApi:
     # -- the same, as the NATS user the subject pins (confbus.runtime.identity) --------------
 
     async def approve_as(self, req: api.ApproveRequest) -> api.VersionReply:
-        who = identity.claim("approver", req.approver, identity.pinned_identity())
-        return await self.approve(msgspec.structs.replace(req, approver=who))
+        return await self.approve(identity.as_caller(req, "approver"))
 
     async def reject_as(self, req: api.RejectRequest) -> api.VersionReply:
-        who = identity.claim("actor", req.actor, identity.pinned_identity())
-        return await self.reject(msgspec.structs.replace(req, actor=who))
+        return await self.reject(identity.as_caller(req))
 
     async def promote_as(self, req: api.PromoteRequest) -> api.VersionReply:
-        who = identity.claim("actor", req.actor, identity.pinned_identity())
-        return await self.promote(msgspec.structs.replace(req, actor=who))
+        return await self.promote(identity.as_caller(req))
 
     async def mark_good_as(self, req: api.MarkGoodRequest) -> api.VersionReply:
-        who = identity.claim("actor", req.actor, identity.pinned_identity())
-        return await self.mark_good(msgspec.structs.replace(req, actor=who))
+        return await self.mark_good(identity.as_caller(req))
 
     async def policy_set_as(self, req: api.PolicySetRequest) -> Policy:
-        who = identity.claim("actor", req.actor, identity.pinned_identity())
-        return await self.policy_set(msgspec.structs.replace(req, actor=who))
+        return await self.policy_set(identity.as_caller(req))
 
     async def propose(self, change: ChangeProposed) -> api.ProposeReply:
         """Put a change on ``cfg.change.<ns>`` with the caller as its author, and answer with the
