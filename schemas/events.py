@@ -91,7 +91,9 @@ class VoteRecord(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class TxnCommitted(Event, tag="txn.committed", kw_only=True, frozen=True):
+class _TxnEnded(Event, kw_only=True, frozen=True):
+    """How a two-phase transaction ended, with the votes that decided it."""
+
     txid: TxId
     version: int
     epoch: Epoch
@@ -99,12 +101,12 @@ class TxnCommitted(Event, tag="txn.committed", kw_only=True, frozen=True):
     votes: list[VoteRecord] = []
 
 
-class TxnAborted(Event, tag="txn.aborted", kw_only=True, frozen=True):
-    txid: TxId
-    version: int
-    epoch: Epoch
-    participants: list[NodeId]
-    votes: list[VoteRecord] = []
+class TxnCommitted(_TxnEnded, tag="txn.committed", kw_only=True, frozen=True):
+    """The decision was commit (every participant voted yes): each switches."""
+
+
+class TxnAborted(_TxnEnded, tag="txn.aborted", kw_only=True, frozen=True):
+    """The decision was abort (a no, a missed vote, a takeover): none switches."""
 
 
 # -- nodes (agent, distributor) -------------------------------------------------------------
