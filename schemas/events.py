@@ -26,6 +26,25 @@ class Event(Message, kw_only=True, frozen=True):
     reason: str = ""
 
 
+# How an event reads (``confbus replay``, the console's pages): what every event has, and its
+# ``message``, stand in places of their own, apart from the event's facts; a field that holds a
+# version number reads as v<N>.
+SHOWN_APART = frozenset({"schema_version", "type", "namespace", "at", "actor", "reason", "message"})
+VERSION_FIELDS = frozenset(
+    {
+        "version",
+        "parent",
+        "previous",
+        "rollback_of",
+        "from_version",
+        "to_version",
+        "new_version",
+        "by_version",
+        "expected_version",
+    }
+)
+
+
 # -- versions (version-store) -------------------------------------------------------------
 
 
