@@ -409,9 +409,7 @@ class StoreApi:
 
     async def export(self, req: api.ExportRequest) -> api.ExportReply:
         if req.session:
-            sid, snap = req.session, self.exports.get(req.session)
-            if snap.namespace != req.namespace:
-                raise InvalidInput(f"session {sid} exports {snap.namespace!r}", where="namespace")
+            sid, snap = req.session, self.exports.of(req.session, req.namespace)
         else:
             snap = await self.store.export(req.namespace)
             if not snap.versions and snap.policy is None:
@@ -437,9 +435,7 @@ class StoreApi:
 
     async def import_(self, req: api.ImportRequest) -> api.ImportReply:
         if req.session:
-            sid, upload = req.session, self.imports.get(req.session)
-            if upload.namespace != req.namespace:
-                raise InvalidInput(f"session {sid} imports {upload.namespace!r}", where="namespace")
+            sid, upload = req.session, self.imports.of(req.session, req.namespace)
         else:
             upload = Upload(req.namespace)
             sid = self.imports.new(upload)
