@@ -449,16 +449,7 @@ class StoreApi:
         self.imports.drop(sid)
         data = NamespaceExport(
             namespace=req.namespace,
-            versions=[
-                StoredVersion(
-                    info=v.info,
-                    content=v.content,
-                    strategy=v.strategy,
-                    selector=v.selector,
-                    signatures=v.signatures,
-                )
-                for v in upload.versions
-            ],
+            versions=upload.versions,
             production=req.production,
             last_good=req.last_good,
             policy=req.policy,

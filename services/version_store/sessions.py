@@ -87,15 +87,7 @@ def page(snapshot: NamespaceExport, offset: int, max_bytes: int) -> list[Exporte
         if out and size + len(sv.content) > max_bytes:
             break
         size += len(sv.content)
-        out.append(
-            ExportedVersion(
-                info=sv.info,
-                content=sv.content,
-                strategy=sv.strategy,
-                selector=sv.selector,
-                signatures=sv.signatures,
-            )
-        )
+        out.append(sv)
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 import msgspec
 
 from confbus.runtime.opening import OpenClose
+from confbus.schemas.api.store import ExportedVersion
 from confbus.schemas.base import utcnow
 from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
@@ -116,12 +117,9 @@ class AppendResult:
         return self.info.version if self.info is not None else None
 
 
-class StoredVersion(msgspec.Struct, frozen=True, kw_only=True):
-    info: VersionInfo
-    content: bytes
-    strategy: str | None = None
-    selector: dict[str, str] | None = None
-    signatures: list[Signature] = []
+# A stored version is what a backup carries of it, field for field: one type, the wire's, so a
+# page of an export or an import is the store's own versions.
+StoredVersion = ExportedVersion
 
 
 class Head(msgspec.Struct, frozen=True, kw_only=True):
