@@ -26,6 +26,25 @@ class Event(Message, kw_only=True, frozen=True):
     reason: str = ""
 
 
+# How an event reads (``confbus replay``, the console's pages): what every event has, and its
+# ``message``, stand in places of their own, apart from the event's facts; a field that holds a
+# version number reads as v<N>.
+SHOWN_APART = frozenset({"schema_version", "type", "namespace", "at", "actor", "reason", "message"})
+VERSION_FIELDS = frozenset(
+    {
+        "version",
+        "parent",
+        "previous",
+        "rollback_of",
+        "from_version",
+        "to_version",
+        "new_version",
+        "by_version",
+        "expected_version",
+    }
+)
+
+
 # -- versions (version-store) -------------------------------------------------------------
 
 
@@ -91,7 +110,9 @@ class VoteRecord(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class TxnCommitted(Event, tag="txn.committed", kw_only=True, frozen=True):
+class _TxnEnded(Event, kw_only=True, frozen=True):
+    """How a two-phase transaction ended, with the votes that decided it."""
+
     txid: TxId
     version: int
     epoch: Epoch
@@ -99,12 +120,12 @@ class TxnCommitted(Event, tag="txn.committed", kw_only=True, frozen=True):
     votes: list[VoteRecord] = []
 
 
-class TxnAborted(Event, tag="txn.aborted", kw_only=True, frozen=True):
-    txid: TxId
-    version: int
-    epoch: Epoch
-    participants: list[NodeId]
-    votes: list[VoteRecord] = []
+class TxnCommitted(_TxnEnded, tag="txn.committed", kw_only=True, frozen=True):
+    """The decision was commit (every participant voted yes): each switches."""
+
+
+class TxnAborted(_TxnEnded, tag="txn.aborted", kw_only=True, frozen=True):
+    """The decision was abort (a no, a missed vote, a takeover): none switches."""
 
 
 # -- nodes (agent, distributor) -------------------------------------------------------------

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from confbus.schemas.base import Message, utcnow
+from confbus.schemas import subjects
+from confbus.schemas.base import DECODE_ERRORS, Message, utcnow
 from confbus.schemas.names import Epoch, Label, Namespace, NodeId, TxId
 
 
@@ -44,6 +45,17 @@ class Heartbeat(Message, tag="node.heartbeat", kw_only=True, frozen=True):
 
 
 decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode
+
+
+def own_heartbeat(subject: str, data: bytes) -> Heartbeat | None:
+    """The heartbeat in ``data``, received on ``subject`` — None when it is not one, or when it
+    came on another node's subject: a node may speak only for itself."""
+    try:
+        hb = decode_heartbeat(data)
+    except DECODE_ERRORS:
+        return None
+    return hb if subject == subjects.heartbeat(hb.node) else None
+
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 

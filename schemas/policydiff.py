@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -44,27 +45,28 @@ def _diff(path: str, a: Any, b: Any, out: list[FieldChange]) -> None:
     if a == b:
         return
     if isinstance(a, dict) and isinstance(b, dict) and ((a and b) or not path):
-        for key in [*a, *(k for k in b if k not in a)]:
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in a:
-                out.append(FieldChange(field=sub, after=_shown(b[key])))
-            elif key not in b:
-                out.append(FieldChange(field=sub, before=_shown(a[key])))
-            else:
-                _diff(sub, a[key], b[key], out)
+        _diff_keyed(a, b, lambda key: f"{path}.{key}" if path else str(key), out)
         return
     named_a, named_b = _by_name(a), _by_name(b)
     if named_a and named_b:  # both non-empty, as for records above
-        for name in [*named_a, *(n for n in named_b if n not in named_a)]:
-            sub = f"{path}[{name}]"
-            if name not in named_a:
-                out.append(FieldChange(field=sub, after=_shown(named_b[name])))
-            elif name not in named_b:
-                out.append(FieldChange(field=sub, before=_shown(named_a[name])))
-            else:
-                _diff(sub, named_a[name], named_b[name], out)
+        _diff_keyed(named_a, named_b, lambda name: f"{path}[{name}]", out)
         return
     out.append(FieldChange(field=path, before=_shown(a), after=_shown(b)))
+
+
+def _diff_keyed(
+    a: dict[Any, Any], b: dict[Any, Any], at: Callable[[Any], str], out: list[FieldChange]
+) -> None:
+    """Entries by key, ``a``'s order first and then what only ``b`` has; ``at(key)`` is the
+    path of an entry."""
+    for key in [*a, *(k for k in b if k not in a)]:
+        sub = at(key)
+        if key not in a:
+            out.append(FieldChange(field=sub, after=_shown(b[key])))
+        elif key not in b:
+            out.append(FieldChange(field=sub, before=_shown(a[key])))
+        else:
+            _diff(sub, a[key], b[key], out)
 
 
 _IDENTITY = ("name", "id")

@@ -16,8 +16,9 @@ loaded on first use, so importing one service (``confbus.coordinator``) or start
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from confbus.runtime.lazy import lazy_names
 
 if TYPE_CHECKING:
     from confbus.client import (
@@ -65,15 +66,4 @@ __all__ = [
     "Unavailable",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'confbus' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next access is a plain lookup
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

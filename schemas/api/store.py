@@ -76,22 +76,22 @@ class ApproveRequest(msgspec.Struct, frozen=True, kw_only=True):
     approver: str
 
 
-class PromoteRequest(msgspec.Struct, frozen=True, kw_only=True):
+class _VersionAct(msgspec.Struct, frozen=True, kw_only=True):
+    """Someone acting on one version of a namespace, with a reason: what a promotion, a
+    last-good mark and a rejection each carry (and record in their event)."""
+
+    namespace: Namespace
+    version: VersionNumber
+    actor: str
+    reason: str = ""
+
+
+class PromoteRequest(_VersionAct, frozen=True, kw_only=True):
     """Make a version ``production`` (the previous one becomes ``superseded``)."""
 
-    namespace: Namespace
-    version: VersionNumber
-    actor: str
-    reason: str = ""
 
-
-class MarkGoodRequest(msgspec.Struct, frozen=True, kw_only=True):
+class MarkGoodRequest(_VersionAct, frozen=True, kw_only=True):
     """Record a version as the namespace's last known good (after a bake with data)."""
-
-    namespace: Namespace
-    version: VersionNumber
-    actor: str
-    reason: str = ""
 
 
 class PolicyGetRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,13 +153,8 @@ class ChangeStatusReply(msgspec.Struct, frozen=True, kw_only=True):
     policy_digest: str = ""
 
 
-class RejectRequest(msgspec.Struct, frozen=True, kw_only=True):
+class RejectRequest(_VersionAct, frozen=True, kw_only=True):
     """Refuse a draft (or a not yet rolled out approved version) for good."""
-
-    namespace: Namespace
-    version: VersionNumber
-    actor: str
-    reason: str = ""
 
 
 class NamespacesRequest(msgspec.Struct, frozen=True, kw_only=True):

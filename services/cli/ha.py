@@ -122,6 +122,21 @@ class HaSecurity:
         return self.nats_tls[0].ca
 
 
+def start_nats(server: NatsServer, in_use: Callable[[], str], timeout: float = 10.0) -> None:
+    """Start ``server`` for ``confbus up``: a missing binary, a port already taken (``in_use()``
+    says what to do about it) or a server that does not come up is a ``CliError``."""
+    try:
+        server.start(timeout)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc), FAILED) from exc
+    except RuntimeError as exc:
+        if "address already in use" in str(exc):
+            raise CliError(in_use(), FAILED) from None
+        raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
+    except TimeoutError as exc:
+        raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
+
+
 @dataclass
 class HaCluster:
     """Three nats-servers in one cluster and three etcd members, all on loopback."""
@@ -207,20 +222,13 @@ class HaCluster:
         )
 
     def _start_server(self, server: NatsServer, timeout: float) -> None:
-        try:
-            server.start(timeout)
-        except FileNotFoundError as exc:
-            raise CliError(str(exc), FAILED) from exc
-        except RuntimeError as exc:
-            if "address already in use" in str(exc):
-                raise CliError(
-                    f"a port of {server.url if server.bound_port else server.port} is already "
-                    "in use (another confbus up?): pick others with --nats-port and --etcd-port",
-                    FAILED,
-                ) from None
-            raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
-        except TimeoutError as exc:
-            raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
+        def in_use() -> str:
+            return (
+                f"a port of {server.url if server.bound_port else server.port} is already "
+                "in use (another confbus up?): pick others with --nats-port and --etcd-port"
+            )
+
+        start_nats(server, in_use, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """The NATS servers together, then the etcd members one at a time (EtcdCluster.stop).

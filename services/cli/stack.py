@@ -46,7 +46,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from confbus.cli.datadir import DataDirLock
 from confbus.cli.exitcodes import FAILED, OK, CliError
-from confbus.cli.ha import HaCluster, HaPorts, HaSecurity
+from confbus.cli.ha import HaCluster, HaPorts, HaSecurity, start_nats
 from confbus.procs.nats import NatsServer
 from confbus.procs.spawn import exit_text, guarded, keep_previous
 from confbus.procs.watch import (
@@ -237,21 +237,14 @@ class Stack:
         )
         keep_previous(self.logs / "nats-server.log")
         self.nats = server  # so that a start that times out is still stopped
-        try:
-            server.start()
-        except FileNotFoundError as exc:
-            raise CliError(str(exc), FAILED) from exc
-        except RuntimeError as exc:
-            if "address already in use" in str(exc):
-                raise CliError(
-                    f"port {port} on 127.0.0.1 is already in use (another nats-server or "
-                    f"confbus up?): pick another with --nats-port, or use that NATS with "
-                    f"--nats-url nats://127.0.0.1:{port}",
-                    FAILED,
-                ) from None
-            raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
-        except TimeoutError as exc:
-            raise CliError(f"nats-server did not start: {exc}", FAILED) from exc
+        start_nats(
+            server,
+            lambda: (
+                f"port {port} on 127.0.0.1 is already in use (another nats-server or "
+                f"confbus up?): pick another with --nats-port, or use that NATS with "
+                f"--nats-url nats://127.0.0.1:{port}"
+            ),
+        )
         log.info("nats-server ready on %s (pid %s)", server.url, _pid(server))
         return server
 

@@ -23,8 +23,7 @@ loaded on the first such question); ``_errors`` draws the error tree.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from confbus.client._backup import NamespaceBackup
 from confbus.client._client import Client
@@ -33,6 +32,7 @@ from confbus.client._events import StreamedEvent
 from confbus.client._names import check_change_id, check_namespace, check_node
 from confbus.client._policy import policy_from_document
 from confbus.client._store import with_overlays
+from confbus.runtime.lazy import lazy_names
 from confbus.schemas.variants import Overlay
 
 if TYPE_CHECKING:
@@ -75,15 +75,4 @@ __all__ = [
     "with_overlays",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'confbus.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next access is a plain lookup
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
+from confbus.runtime.opening import OpenClose
 from confbus.runtime.retry import retry_unavailable
 from confbus.runtime.urls import DEFAULT_NATS_URL
 from confbus.schemas.api.operation import Operation
@@ -20,7 +20,7 @@ Rep = TypeVar("Rep")
 RECONNECT_ATTEMPTS = 20
 
 
-class Connection:
+class Connection(OpenClose):
     """A NATS connection for the client, opened by ``async with`` and closed after."""
 
     def __init__(
@@ -55,7 +55,10 @@ class Connection:
         assert self._bus is not None, "use 'async with Client(...)'"
         return self._bus
 
-    async def __aenter__(self) -> Self:
+    async def open(self) -> None:
+        """Connect (``async with`` does it on entry): at once, or for up to ``connect_wait_s``
+        while NATS cannot be reached."""
+
         async def once() -> Bus:
             return await connect(
                 self.nats_url, max_reconnect_attempts=RECONNECT_ATTEMPTS, **self._kw
@@ -69,14 +72,9 @@ class Connection:
                 what=f"connecting to {self.nats_url}",
                 deadline=time.monotonic() + self.connect_wait_s,
             )
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
+        """Close the connection (``async with`` does it on exit)."""
         if self._bus is not None:
             await self._bus.close()
 

@@ -393,31 +393,13 @@ async def sse(
 
 
 async def publish(call: Call) -> VersionInfo:
-    body: t.PublishRequest = call.body
-    return await call.backend.publish(
-        call.ns,
-        body.content.encode(),
-        author=call.user,
-        format=body.format,
-        change_id=body.change_id,
-        message=body.message,
-        base=body.base,
-        strategy=body.strategy,
-        timeout=body.timeout_s,
-    )
+    request: t.PublishRequest = call.body
+    return await call.backend.publish(call.ns, request, author=call.user)
 
 
 async def dry_run(call: Call) -> store_api.DryRunReply:
-    body: t.PublishRequest = call.body
-    return await call.backend.dry_run(
-        call.ns,
-        body.content.encode(),
-        author=call.user,
-        format=body.format,
-        change_id=body.change_id,
-        message=body.message,
-        base=body.base,
-    )
+    request: t.PublishRequest = call.body
+    return await call.backend.dry_run(call.ns, request, author=call.user)
 
 
 def _version(call: Call) -> int:

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
@@ -42,10 +42,13 @@ from confbus.schemas.api import rollback as rollback_api
 from confbus.schemas.api import store as store_api
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import NodeApplied, TxnAborted, TxnCommitted, VoteRecord
-from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
 from confbus.schemas.streams import CFG_EVENTS
 from confbus.schemas.versions import VersionInfo
+
+if TYPE_CHECKING:
+    # The console's request types name this module's views; the backend needs only their shape.
+    from confbus.console.apitypes import PublishRequest
 
 HISTORY_PAGE = 1000  # the store's largest page
 DRAFT_SCAN = 100  # the newest versions the overview looks through for drafts
@@ -96,13 +99,8 @@ class _BusClient(Client):
         super().__init__(bus.nc.connected_url.geturl() if bus.nc.connected_url else "")
         self._bus = bus
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None  # the service closes its connection itself
+    async def close(self) -> None:
+        """Nothing to close: the service closes its connection itself."""
 
 
 class Backend:
@@ -204,57 +202,39 @@ class Backend:
 
     # -- acts of a user ---------------------------------------------------------------------------
 
-    async def publish(
-        self,
-        namespace: str,
-        content: bytes,
-        *,
-        author: str,
-        format: Format | None = None,
-        change_id: str | None = None,
-        message: str = "",
-        base: int | None = None,
-        strategy: str | None = None,
-        timeout: float = 30.0,
-    ) -> VersionInfo:
+    async def publish(self, namespace: str, request: PublishRequest, *, author: str) -> VersionInfo:
         """As ``confbus publish``: the same change ids, answers and reasons (``ChangeRejected``)."""
         return await self.client.publish(
             namespace,
-            content,
-            format=format,
-            change_id=change_id,
+            request.content.encode(),
+            format=request.format,
+            change_id=request.change_id,
             author=author,
-            message=message,
-            base=base,
-            strategy=strategy,
-            timeout=timeout,
+            message=request.message,
+            base=request.base,
+            strategy=request.strategy,
+            timeout=request.timeout_s,
         )
 
     async def dry_run(
-        self,
-        namespace: str,
-        content: bytes,
-        *,
-        author: str,
-        format: Format | None = None,
-        change_id: str | None = None,
-        message: str = "",
-        base: int | None = None,
+        self, namespace: str, request: PublishRequest, *, author: str
     ) -> store_api.DryRunReply:
         """As ``confbus publish --dry-run``: validated and diffed, nothing stored (a secret
         namespace's diff is withheld by the store)."""
         check_namespace(namespace)
+        content = request.content.encode()
+        change_id = request.change_id
         if change_id is None:
             sha = hashlib.sha256(content).hexdigest()
-            change_id = await self.client.default_change_id(namespace, sha, base)
+            change_id = await self.client.default_change_id(namespace, sha, request.base)
         change = ChangeProposed(
             namespace=namespace,
             change_id=check_change_id(change_id),
             content=content,
-            format=format,
+            format=request.format,
             author=author,
-            message=message,
-            base=base,
+            message=request.message,
+            base=request.base,
         )
         return await self.client.dry_run(change)
 

@@ -14,11 +14,16 @@ from markupsafe import Markup, escape
 
 from confbus.client import StreamedEvent
 from confbus.runtime.events import event_type
-from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
+from confbus.schemas.events import (
+    SHOWN_APART,
+    VERSION_FIELDS,
+    NodeOutcome,
+    VoteRecord,
+    WaveReport,
+)
 from confbus.schemas.versions import VersionInfo
 
-# Fields every event has (shown in their own columns) and the ones turned into links.
-_SHOWN = {"schema_version", "type", "namespace", "at", "actor", "reason", "message"}
+# The fields of an event turned into links.
 _LINKED = {
     "node",
     "version",
@@ -29,17 +34,6 @@ _LINKED = {
     "rollback_id",
     "txid",
 }
-_VERSION_FIELDS = (
-    "version",
-    "new_version",
-    "to_version",
-    "from_version",
-    "rollback_of",
-    "parent",
-    "previous",
-    "by_version",
-    "expected_version",
-)
 
 
 def utc(when: datetime | None) -> str:
@@ -99,11 +93,11 @@ def facts(ev: msgspec.Struct) -> list[tuple[str, str]]:
     out = []
     for f in msgspec.structs.fields(ev):
         value = getattr(ev, f.name)
-        if f.name in _SHOWN or f.name in _LINKED or value is None or value in ("", [], {}):
+        if f.name in SHOWN_APART or f.name in _LINKED or value is None or value in ("", [], {}):
             continue
         if f.default is not msgspec.NODEFAULT and value == f.default:
             continue
-        if f.name in _VERSION_FIELDS and isinstance(value, int):
+        if f.name in VERSION_FIELDS and isinstance(value, int):
             out.append((f.name, f"v{value}"))
         elif f.name.endswith("sha256") and isinstance(value, str):
             out.append((f.name, short(value)))

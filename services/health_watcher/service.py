@@ -53,7 +53,7 @@ from confbus.schemas import subjects
 from confbus.schemas.api import health as api
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.health import decode_sample
-from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.node import own_heartbeat
 from confbus.schemas.streams import CFG_HEALTH, CFG_STATE
 
 log = logging.getLogger("confbus.health_watcher")
@@ -213,11 +213,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                     log.exception("evaluation failed", extra={"namespace": ns})
 
     async def on_heartbeat(msg: Msg) -> None:
-        try:
-            hb = decode_heartbeat(msg.data)
-        except DECODE_ERRORS:
-            return
-        if msg.subject == subjects.heartbeat(hb.node):
+        if (hb := own_heartbeat(msg.subject, msg.data)) is not None:
             directory.observe(hb)
 
     http = httpx.AsyncClient()  # Prometheus's API, for PromQL rules

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 
 import anyio
 import nats.errors
@@ -40,12 +41,18 @@ def event_subject(event: Event) -> str:
     return subjects.event(event.namespace, event_type(event))
 
 
-async def read_events(bus: Bus, subject: str, *, page: int = 256) -> list[AnyEvent]:
+async def read_events(
+    bus: Bus, subject: str, *, since: datetime | None = None, page: int = 256
+) -> list[AnyEvent]:
     """Every event stored under ``subject`` (a filter of ``CFG_EVENTS``), oldest first, as the
-    stream holds them now; bytes this build cannot decode are skipped. For the rare reads of a
-    short history (a namespace's last-good marks), never per message."""
+    stream holds them now (from ``since``, if given); bytes this build cannot decode — a newer
+    confbus's, or someone else's — are skipped. For the rare reads of a short history (a
+    namespace's last-good marks, a redelivered change's announcements), never per message."""
     config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0
+        deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+        opt_start_time=since,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
     )
     try:
         psub = await bus.js.pull_subscribe(subject, stream=CFG_EVENTS.name, config=config)

@@ -43,7 +43,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
 from typing import Literal
 
 import anyio
@@ -56,6 +55,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Unavailable
+from confbus.runtime.opening import OpenClose
 from confbus.runtime.retry import Backoff
 
 log = logging.getLogger("confbus.follow")
@@ -86,7 +86,7 @@ _POKE: Literal["poke"] = "poke"
 
 
 @dataclass
-class Follower:
+class Follower(OpenClose):
     """``async with Follower(...) as f: msg = await f.next()`` — see the module docstring.
 
     ``start_seq`` is the first stream sequence wanted (0: as ``deliver`` says, with
@@ -130,7 +130,7 @@ class Follower:
         """The stream sequence the next (re-)created consumer starts at (0: not known yet)."""
         return self._next_seq
 
-    async def __aenter__(self) -> Follower:
+    async def open(self) -> None:
         # Flow control bounds what is in flight; the buffer only holds what the server sent
         # ahead of the reader within that window.
         self._send, self._receive = anyio.create_memory_object_stream[_Item | Literal["poke"]](
@@ -140,21 +140,12 @@ class Follower:
         try:
             await self._create()
         except _StreamMissing:
-            await self.aclose()
+            await self.close()
             raise
         except Unavailable as exc:
             self._poke(str(exc))  # the bus is down, or JetStream not ready: next() retries
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None

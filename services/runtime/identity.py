@@ -30,9 +30,14 @@ ConfbusError
 from __future__ import annotations
 
 import contextvars
+from typing import TypeVar
+
+import msgspec
 
 from confbus.runtime.errors import Forbidden
 from confbus.schemas.names import InvalidName, check_name
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 # The subject of the request being handled (set by services.runtime.api for each request).
 _subject: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -87,6 +92,13 @@ def claim(field: str, claimed: str, caller: str) -> str:
     return caller
 
 
+def as_caller(request: S, field: str = "actor") -> S:
+    """``request`` with its ``field`` (who acts) the caller pinned in the subject, after
+    ``claim``: what each ``…_as`` operation does before the plain one."""
+    who = claim(field, getattr(request, field), pinned_identity())
+    return msgspec.structs.replace(request, **{field: who})
+
+
 def is_identity(name: str) -> bool:
     """Whether a NATS user name can be pinned into a subject token."""
     try:
@@ -98,6 +110,7 @@ def is_identity(name: str) -> bool:
 
 __all__ = [
     "Forbidden",
+    "as_caller",
     "bind_subject",
     "claim",
     "is_identity",

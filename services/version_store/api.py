@@ -299,24 +299,19 @@ class StoreApi:
     # -- the same, as the NATS user the subject pins (confbus.runtime.identity) --------------
 
     async def approve_as(self, req: api.ApproveRequest) -> api.VersionReply:
-        who = identity.claim("approver", req.approver, identity.pinned_identity())
-        return await self.approve(msgspec.structs.replace(req, approver=who))
+        return await self.approve(identity.as_caller(req, "approver"))
 
     async def reject_as(self, req: api.RejectRequest) -> api.VersionReply:
-        who = identity.claim("actor", req.actor, identity.pinned_identity())
-        return await self.reject(msgspec.structs.replace(req, actor=who))
+        return await self.reject(identity.as_caller(req))
 
     async def promote_as(self, req: api.PromoteRequest) -> api.VersionReply:
-        who = identity.claim("actor", req.actor, identity.pinned_identity())
-        return await self.promote(msgspec.structs.replace(req, actor=who))
+        return await self.promote(identity.as_caller(req))
 
     async def mark_good_as(self, req: api.MarkGoodRequest) -> api.VersionReply:
-        who = identity.claim("actor", req.actor, identity.pinned_identity())
-        return await self.mark_good(msgspec.structs.replace(req, actor=who))
+        return await self.mark_good(identity.as_caller(req))
 
     async def policy_set_as(self, req: api.PolicySetRequest) -> Policy:
-        who = identity.claim("actor", req.actor, identity.pinned_identity())
-        return await self.policy_set(msgspec.structs.replace(req, actor=who))
+        return await self.policy_set(identity.as_caller(req))
 
     async def propose(self, change: ChangeProposed) -> api.ProposeReply:
         """Put a change on ``cfg.change.<ns>`` with the caller as its author, and answer with the
@@ -414,9 +409,7 @@ class StoreApi:
 
     async def export(self, req: api.ExportRequest) -> api.ExportReply:
         if req.session:
-            sid, snap = req.session, self.exports.get(req.session)
-            if snap.namespace != req.namespace:
-                raise InvalidInput(f"session {sid} exports {snap.namespace!r}", where="namespace")
+            sid, snap = req.session, self.exports.of(req.session, req.namespace)
         else:
             snap = await self.store.export(req.namespace)
             if not snap.versions and snap.policy is None:
@@ -442,9 +435,7 @@ class StoreApi:
 
     async def import_(self, req: api.ImportRequest) -> api.ImportReply:
         if req.session:
-            sid, upload = req.session, self.imports.get(req.session)
-            if upload.namespace != req.namespace:
-                raise InvalidInput(f"session {sid} imports {upload.namespace!r}", where="namespace")
+            sid, upload = req.session, self.imports.of(req.session, req.namespace)
         else:
             upload = Upload(req.namespace)
             sid = self.imports.new(upload)
@@ -458,16 +449,7 @@ class StoreApi:
         self.imports.drop(sid)
         data = NamespaceExport(
             namespace=req.namespace,
-            versions=[
-                StoredVersion(
-                    info=v.info,
-                    content=v.content,
-                    strategy=v.strategy,
-                    selector=v.selector,
-                    signatures=v.signatures,
-                )
-                for v in upload.versions
-            ],
+            versions=upload.versions,
             production=req.production,
             last_good=req.last_good,
             policy=req.policy,

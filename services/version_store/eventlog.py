@@ -10,22 +10,20 @@ redelivered changes and repeated operations — the rare paths — never per cha
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Unavailable
+from confbus.runtime.events import read_events
 from confbus.schemas import subjects
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
 from confbus.schemas.streams import CFG_EVENTS
 
-_PAGE = 256
 # Clocks of NATS servers (and of the service, for times it recorded) may differ a little.
 MARGIN = timedelta(seconds=30)
 
@@ -42,46 +40,14 @@ class Announced:
 async def scan(bus: Bus, namespace: str, since: datetime, kind: str = "*") -> Announced:
     """The ``cfg.event.<ns>.version.<kind>`` events stored since ``since`` (minus a margin)."""
     out = Announced()
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_TIME,
-        opt_start_time=since - MARGIN,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=30.0,
-    )
-    try:
-        psub = await bus.js.pull_subscribe(
-            subjects.event(namespace, f"version.{kind}"), stream=CFG_EVENTS.name, config=config
-        )
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.Error) as e:
-        raise Unavailable(f"cannot read {CFG_EVENTS.name}: {e!r}") from e
-    name = ""
-    try:
-        info = await psub.consumer_info()
-        name, pending = info.name, info.num_pending
-        while pending:
-            try:
-                msgs = await psub.fetch(min(_PAGE, pending), timeout=5.0)
-            except nats.errors.TimeoutError as e:
-                raise Unavailable(f"reading {CFG_EVENTS.name} stalled") from e
-            for msg in msgs:
-                pending = msg.metadata.num_pending
-                try:
-                    event = decode_event(msg.data)
-                except DECODE_ERRORS:
-                    continue  # not ours to judge: a newer confbus, or someone else's bytes
-                if isinstance(event, VersionCreated):
-                    out.created.add(event.version)
-                elif isinstance(event, VersionRejected):
-                    out.rejected.add(event.change_id)
-                else:
-                    out.other.append(event)
-    finally:
-        # An ephemeral consumer would linger for its inactive_threshold; remove it now.
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
-        if name:
-            with contextlib.suppress(Exception):
-                await bus.js.delete_consumer(CFG_EVENTS.name, name)
+    subject = subjects.event(namespace, f"version.{kind}")
+    for event in await read_events(bus, subject, since=since - MARGIN):
+        if isinstance(event, VersionCreated):
+            out.created.add(event.version)
+        elif isinstance(event, VersionRejected):
+            out.rejected.add(event.change_id)
+        else:
+            out.other.append(event)
     return out
 
 

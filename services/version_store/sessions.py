@@ -10,13 +10,19 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
 from confbus.schemas.api.store import ExportedVersion
 from confbus.version_store.storage import NamespaceExport
 
-T = TypeVar("T")
+
+class _OfNamespace(Protocol):
+    @property
+    def namespace(self) -> str: ...
+
+
+T = TypeVar("T", bound=_OfNamespace)
 
 MAX_SESSIONS = 8
 IDLE_S = 300.0
@@ -58,6 +64,13 @@ class Sessions(Generic[T]):
         self._items[sid] = (time.monotonic(), found[1])
         return found[1]
 
+    def of(self, sid: str, namespace: str) -> T:
+        """``get``, refusing a session of another namespace than the request names."""
+        value = self.get(sid)
+        if value.namespace != namespace:
+            raise InvalidInput(f"session {sid} {self.kind}s {value.namespace!r}", where="namespace")
+        return value
+
     def drop(self, sid: str) -> None:
         self._items.pop(sid, None)
 
@@ -74,15 +87,7 @@ def page(snapshot: NamespaceExport, offset: int, max_bytes: int) -> list[Exporte
         if out and size + len(sv.content) > max_bytes:
             break
         size += len(sv.content)
-        out.append(
-            ExportedVersion(
-                info=sv.info,
-                content=sv.content,
-                strategy=sv.strategy,
-                selector=sv.selector,
-                signatures=sv.signatures,
-            )
-        )
+        out.append(sv)
     return out
 
 

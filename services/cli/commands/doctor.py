@@ -51,7 +51,7 @@ from confbus.schemas import subjects
 from confbus.schemas.api import dist, health, rollback, store, txn
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import NodeDuplicate
-from confbus.schemas.node import decode_heartbeat
+from confbus.schemas.node import own_heartbeat
 from confbus.schemas.state import LEASES, decode_lease, lease_of
 from confbus.schemas.streams import BUCKETS, CFG_STATE, STREAMS
 
@@ -324,11 +324,7 @@ async def agents_check(bus: Bus, wait: float) -> Check:
     seen: set[str] = set()
 
     async def on_heartbeat(msg: Msg) -> None:
-        try:
-            hb = decode_heartbeat(msg.data)
-        except DECODE_ERRORS:
-            return
-        if msg.subject == subjects.heartbeat(hb.node):
+        if (hb := own_heartbeat(msg.subject, msg.data)) is not None:
             seen.add(hb.node)
 
     sub = await bus.nc.subscribe(subjects.HEARTBEATS_ALL, cb=on_heartbeat)

@@ -24,25 +24,17 @@ from confbus.runtime import since
 from confbus.runtime.events import event_type
 from confbus.schemas import subjects
 from confbus.schemas.api.health import RuleResult
-from confbus.schemas.events import NodeOutcome, VoteRecord, WaveReport
+from confbus.schemas.events import (
+    SHOWN_APART,
+    VERSION_FIELDS,
+    NodeOutcome,
+    VoteRecord,
+    WaveReport,
+)
 from confbus.schemas.policydiff import FieldChange
 
 _EVENTS_PREFIX = subjects.EVENTS_ALL.removesuffix(">")  # "cfg.event."
 
-# Fields every event has; they are shown in fixed places, not among the facts.
-_COMMON = {"schema_version", "type", "namespace", "at", "actor", "reason", "message"}
-# Fields that name a version: shown as v<N>.
-_VERSION_FIELDS = {
-    "version",
-    "parent",
-    "previous",
-    "rollback_of",
-    "from_version",
-    "to_version",
-    "new_version",
-    "by_version",
-    "expected_version",
-}
 # The first of these an event has is its key, printed right after the namespace.
 _KEY_FIELDS = ("node", "rollout_id", "rollback_id", "txid", "version", "change_id")
 
@@ -162,7 +154,7 @@ def describe(ev: msgspec.Struct) -> str:
         parts.append(_value(key_name, values[key_name]))
     for f in fields:
         value = values[f.name]
-        if f.name in _COMMON or f.name == key_name or value is None or value in ("", [], {}):
+        if f.name in SHOWN_APART or f.name == key_name or value is None or value in ("", [], {}):
             continue
         if f.default is not msgspec.NODEFAULT and value == f.default:
             continue
@@ -187,7 +179,7 @@ def _fact(name: str, value: Any) -> str:
 
 
 def _value(name: str, value: Any) -> str:
-    if name in _VERSION_FIELDS and isinstance(value, int):
+    if name in VERSION_FIELDS and isinstance(value, int):
         return f"v{value}"
     if name.endswith("sha256") and isinstance(value, str) and len(value) > 12:
         return value[:12] + "…"

@@ -288,10 +288,7 @@ async def run_publish(args: argparse.Namespace, client: Client) -> int:
         return FAILED
     if args.wait:
         return await wait_for_production(args, client, info, deadline)
-    if args.json:
-        out_bytes(_json.encode(info) + b"\n")
-    else:
-        out(f"{info.namespace} v{info.version} sha256={info.sha256} ({status_text(info)})")
+    print_version(info, as_json=args.json)
     return OK
 
 
@@ -322,6 +319,14 @@ async def _dry_run(args: argparse.Namespace, client: Client) -> int:
         sys.stderr.write(f"confbus: {args.namespace}: would be rejected: {reply.reason}{where}\n")
         return FAILED
     return OK
+
+
+def print_version(info: VersionInfo, *, as_json: bool) -> None:
+    """A version as publish, approve and reject answer: JSON, or one line with its status."""
+    if as_json:
+        out_bytes(_json.encode(info) + b"\n")
+    else:
+        out(f"{info.namespace} v{info.version} sha256={info.sha256} ({status_text(info)})")
 
 
 def status_text(info: VersionInfo) -> str:

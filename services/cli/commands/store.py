@@ -25,7 +25,7 @@ from confbus.cli.commands.args import (
     selector_arg,
 )
 from confbus.cli.commands.keys import add_kek_arg, kek_files, opened
-from confbus.cli.commands.publish import status_text
+from confbus.cli.commands.publish import print_version
 from confbus.cli.exitcodes import OK
 from confbus.cli.output import err, out, out_bytes
 from confbus.client import Client
@@ -172,10 +172,7 @@ async def run_approve(args: argparse.Namespace, client: Client) -> int:
         info = (await client.call(store_api.APPROVE_AS.as_user(who), req)).info
     else:
         info = await client.approve(args.namespace, args.version, who)
-    if args.json:
-        out_bytes(_json.encode(info) + b"\n")
-    else:
-        out(f"{info.namespace} v{info.version} sha256={info.sha256} ({status_text(info)})")
+    print_version(info, as_json=args.json)
     return OK
 
 
@@ -189,8 +186,5 @@ async def run_reject(args: argparse.Namespace, client: Client) -> int:
         info = (await client.call(store_api.REJECT_AS.as_user(who), req)).info
     else:
         info = await client.reject(args.namespace, args.version, who, args.reason)
-    if args.json:
-        out_bytes(_json.encode(info) + b"\n")
-    else:
-        out(f"{info.namespace} v{info.version} sha256={info.sha256} ({info.status})")
+    print_version(info, as_json=args.json)
     return OK

@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Literal, Protocol
 
 import msgspec
 
+from confbus.runtime.opening import OpenClose
+from confbus.schemas.api.store import ExportedVersion
 from confbus.schemas.base import utcnow
 from confbus.schemas.names import Format
 from confbus.schemas.policy import Policy
@@ -116,12 +117,9 @@ class AppendResult:
         return self.info.version if self.info is not None else None
 
 
-class StoredVersion(msgspec.Struct, frozen=True, kw_only=True):
-    info: VersionInfo
-    content: bytes
-    strategy: str | None = None
-    selector: dict[str, str] | None = None
-    signatures: list[Signature] = []
+# A stored version is what a backup carries of it, field for field: one type, the wire's, so a
+# page of an export or an import is the store's own versions.
+StoredVersion = ExportedVersion
 
 
 class Head(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,21 +160,9 @@ class IntegrityReport(msgspec.Struct, frozen=True, kw_only=True):
 VersionRef = int | str  # 12, "12", "latest", "production", "last-good"
 
 
-class Store(Protocol):
-    """The version-store's storage. Every method may raise ``StoreUnavailable`` (retryable)."""
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+class Store(OpenClose, Protocol):
+    """The version-store's storage, used as ``async with store:`` (``OpenClose``). Every method
+    may raise ``StoreUnavailable`` (retryable)."""
 
     async def append(self, batch: list[NewVersion]) -> list[AppendResult]:
         """Group commit: store many proposed versions, one result per item, in order.

@@ -22,14 +22,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import msgspec
 from aetcd import transactions as tx
 
+from confbus.runtime.opening import OpenClose
 from confbus.schemas.policy import Policy
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import (
@@ -38,17 +38,7 @@ from confbus.version_store.errors import (
     QuotaExceeded,
     StoreUnavailable,
 )
-from confbus.version_store.storage import etcd_backup, rules
-from confbus.version_store.storage.base import (
-    AppendResult,
-    Head,
-    IntegrityReport,
-    NamespaceExport,
-    NewVersion,
-    Promotion,
-    StoredVersion,
-    VersionRef,
-)
+from confbus.version_store.storage import base, etcd_backup, rules
 from confbus.version_store.storage.etcd_conn import EtcdConnection, EtcdTls, get, prefix
 from confbus.version_store.storage.etcd_layout import (
     HeadRec,
@@ -85,7 +75,7 @@ _URL_OPTIONS: dict[str, type[int] | type[float]] = {
 Decide = Callable[[Meta, HeadRec], Awaitable[tuple[list[Any], list[Any]]]]
 
 
-class EtcdStore:
+class EtcdStore(OpenClose):
     """``EtcdStore(["h1:2379", "h2:2379", "h3:2379"], prefix="/confbus/")``."""
 
     def __init__(
@@ -150,27 +140,15 @@ class EtcdStore:
     async def close(self) -> None:
         await self.conn.close()
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # -- append -----------------------------------------------------------------------------------
 
-    async def append(self, batch: list[NewVersion]) -> list[AppendResult]:
-        results: list[AppendResult | None] = [None] * len(batch)
+    async def append(self, batch: list[base.NewVersion]) -> list[base.AppendResult]:
+        results: list[base.AppendResult | None] = [None] * len(batch)
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(batch):
             error = rules.check_item(item) or self.check_size(item)
             if error is not None:
-                results[i] = AppendResult("invalid", error=error)
+                results[i] = base.AppendResult("invalid", error=error)
             else:
                 groups.setdefault(item.namespace, []).append(i)
         if groups:
@@ -182,7 +160,7 @@ class EtcdStore:
                         results[i] = result
         return [r for r in results if r is not None]
 
-    def check_size(self, item: NewVersion) -> InvalidConfig | None:
+    def check_size(self, item: base.NewVersion) -> InvalidConfig | None:
         if len(item.content) + REQUEST_OVERHEAD <= self.max_request_bytes:
             return None
         return InvalidConfig(
@@ -192,12 +170,12 @@ class EtcdStore:
             "size",
         )
 
-    def _chunks(self, items: list[NewVersion]) -> list[list[NewVersion]]:
+    def _chunks(self, items: list[base.NewVersion]) -> list[list[base.NewVersion]]:
         # Per new version: the version key, the change key and a guarded blob put (txn + put).
         per_item, fixed = 4, 2
         budget = self.max_request_bytes - REQUEST_OVERHEAD
-        out: list[list[NewVersion]] = []
-        chunk: list[NewVersion] = []
+        out: list[list[base.NewVersion]] = []
+        chunk: list[base.NewVersion] = []
         ops = size = 0
         for item in items:
             if chunk and (
@@ -212,8 +190,8 @@ class EtcdStore:
             out.append(chunk)
         return out
 
-    async def _append_ns(self, ns: str, items: list[NewVersion]) -> list[AppendResult]:
-        out: list[AppendResult] = []
+    async def _append_ns(self, ns: str, items: list[base.NewVersion]) -> list[base.AppendResult]:
+        out: list[base.AppendResult] = []
         # What we sent, by change id: if a commit's reply is lost and the retry finds exactly
         # these rows, they were ours — "stored", not "duplicate" (the service must announce them).
         attempted: dict[str, VersionInfo] = {}
@@ -249,7 +227,7 @@ class EtcdStore:
         return out
 
     async def _append_state(
-        self, ns: str, chunk: list[NewVersion]
+        self, ns: str, chunk: list[base.NewVersion]
     ) -> tuple[int, HeadRec, dict[tuple[str, str], VersionInfo], set[str]]:
         change_ids = sorted({item.change_id for item in chunk})
         shas = sorted({item.sha256 for item in chunk})
@@ -397,7 +375,7 @@ class EtcdStore:
 
         return (await self._cas(namespace, version, decide, "reject", fence_head=False)).info
 
-    async def promote(self, namespace: str, version: int) -> Promotion:
+    async def promote(self, namespace: str, version: int) -> base.Promotion:
         previous: list[int | None] = [None]
 
         async def decide(meta: Meta, head: HeadRec) -> tuple[list[Any], list[Any]]:
@@ -421,7 +399,7 @@ class EtcdStore:
             return compares, puts
 
         meta = await self._cas(namespace, version, decide, "promote", fence_head=True)
-        return Promotion(info=meta.info, previous=previous[0])
+        return base.Promotion(info=meta.info, previous=previous[0])
 
     async def mark_last_good(self, namespace: str, version: int) -> VersionInfo:
         async def decide(meta: Meta, head: HeadRec) -> tuple[list[Any], list[Any]]:
@@ -447,11 +425,11 @@ class EtcdStore:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def head(self, namespace: str) -> Head:
+    async def head(self, namespace: str) -> base.Head:
         _, (kvs,) = await self.conn.read("head", [get(self.keys.head(namespace))])
         return public_head(namespace, head_of(kvs)[1])
 
-    async def get(self, namespace: str, version: int) -> StoredVersion:
+    async def get(self, namespace: str, version: int) -> base.StoredVersion:
         _, (head_kvs, v_kvs) = await self.conn.read(
             "get", [get(self.keys.head(namespace)), get(self.keys.version(namespace, version))]
         )
@@ -463,7 +441,7 @@ class EtcdStore:
             raise NotFound(namespace, f"content of version {version} (blob {sv.info.sha256})")
         return msgspec.structs.replace(sv, content=content)
 
-    async def resolve(self, namespace: str, ref: VersionRef) -> VersionInfo:
+    async def resolve(self, namespace: str, ref: base.VersionRef) -> VersionInfo:
         want = rules.parse_ref(namespace, ref)
         number = want if isinstance(want, int) else None
         if not isinstance(want, int):
@@ -520,7 +498,7 @@ class EtcdStore:
 
     async def _metas(
         self, ns: str, numbers: list[int], head: HeadRec, revision: int = 0
-    ) -> list[StoredVersion]:
+    ) -> list[base.StoredVersion]:
         if not numbers:
             return []
         _, found = await self.conn.read(
@@ -542,13 +520,13 @@ class EtcdStore:
 
     # -- backup and integrity (etcd_backup) -------------------------------------------------
 
-    async def export(self, namespace: str) -> NamespaceExport:
+    async def export(self, namespace: str) -> base.NamespaceExport:
         return await etcd_backup.export(self, namespace)
 
-    async def import_(self, data: NamespaceExport) -> int:
+    async def import_(self, data: base.NamespaceExport) -> int:
         return await etcd_backup.import_(self, data)
 
-    async def check_integrity(self, namespace: str) -> IntegrityReport:
+    async def check_integrity(self, namespace: str) -> base.IntegrityReport:
         return await etcd_backup.check_integrity(self, namespace)
 
 
@@ -556,8 +534,8 @@ class EtcdStore:
 
 
 def _ours(
-    result: AppendResult, attempted: dict[str, VersionInfo], claimed: set[str]
-) -> AppendResult:
+    result: base.AppendResult, attempted: dict[str, VersionInfo], claimed: set[str]
+) -> base.AppendResult:
     """Report as stored the first duplicate that is exactly the row this call wrote."""
     if result.info is None or result.outcome not in ("stored", "duplicate"):
         return result
@@ -572,7 +550,7 @@ def _ours(
             "etcd append confirmed after an unanswered commit",
             extra={"namespace": result.info.namespace, "version": result.info.version},
         )
-        return AppendResult("stored", info=result.info)
+        return base.AppendResult("stored", info=result.info)
     return result
 
 

@@ -15,6 +15,7 @@ from aetcd import transactions as tx
 
 from confbus.schemas.sealing import content_sha256
 from confbus.version_store.errors import InvalidConfig, NotFound, VersionConflict
+from confbus.version_store.storage import etcd_layout as layout
 from confbus.version_store.storage import rules
 from confbus.version_store.storage.base import (
     IntegrityReport,
@@ -23,17 +24,6 @@ from confbus.version_store.storage.base import (
     StoredVersion,
 )
 from confbus.version_store.storage.etcd_conn import get, prefix
-from confbus.version_store.storage.etcd_layout import (
-    HeadRec,
-    Meta,
-    decode_meta,
-    decode_policy,
-    encode,
-    head_of,
-    meta_of,
-    range_end,
-    stored,
-)
 
 if TYPE_CHECKING:
     from confbus.version_store.storage.etcd import EtcdStore
@@ -41,20 +31,20 @@ if TYPE_CHECKING:
 _PAGE = 500
 
 
-async def all_metas(store: EtcdStore, ns: str) -> tuple[int, HeadRec, list[Meta]]:
+async def all_metas(store: EtcdStore, ns: str) -> tuple[int, layout.HeadRec, list[layout.Meta]]:
     """Every version's metadata, paged, all at one revision (a consistent snapshot)."""
     base = store.keys.versions(ns)
     revision, (head_kvs, kvs) = await store.conn.read(
         "export", [get(store.keys.head(ns)), prefix(base, limit=_PAGE)]
     )
-    metas = [decode_meta(kv.value) for kv in kvs]
+    metas = [layout.decode_meta(kv.value) for kv in kvs]
     while len(kvs) == _PAGE:
         start = kvs[-1].key + b"\x00"
         _, (kvs,) = await store.conn.read(
             "export", [prefix(base, start=start, limit=_PAGE)], revision
         )
-        metas.extend(decode_meta(kv.value) for kv in kvs)
-    return revision, head_of(head_kvs)[1], metas
+        metas.extend(layout.decode_meta(kv.value) for kv in kvs)
+    return revision, layout.head_of(head_kvs)[1], metas
 
 
 async def export(store: EtcdStore, ns: str) -> NamespaceExport:
@@ -66,10 +56,10 @@ async def export(store: EtcdStore, ns: str) -> NamespaceExport:
         raise NotFound(ns, f"content of versions {missing}")
     return NamespaceExport(
         namespace=ns,
-        versions=[stored(m, head, blobs[m.info.sha256]) for m in metas],
+        versions=[layout.stored(m, head, blobs[m.info.sha256]) for m in metas],
         production=head.production,
         last_good=head.last_good,
-        policy=decode_policy(policy_kvs[0].value) if policy_kvs else None,
+        policy=layout.decode_policy(policy_kvs[0].value) if policy_kvs else None,
     )
 
 
@@ -84,7 +74,7 @@ async def import_(store: EtcdStore, data: NamespaceExport) -> int:
             raise InvalidConfig(f"version {sv.info.version}: {too_big.reason}", "size")
     await store.check_quota()
     _, (head_kvs,) = await store.conn.read("import", [get(keys.head(ns))])
-    head_rev, head = head_of(head_kvs)
+    head_rev, head = layout.head_of(head_kvs)
     if head.newest and not head.importing:
         if await export(store, ns) == data:
             return 0
@@ -95,10 +85,10 @@ async def import_(store: EtcdStore, data: NamespaceExport) -> int:
         )
     # 1. Claim the namespace (appends now wait) and clear what a crashed import left behind.
     claim = [
-        tx.Put(keys.head(ns), encode(HeadRec(importing=True))),
+        tx.Put(keys.head(ns), layout.encode(layout.HeadRec(importing=True))),
         tx.Put(keys.nsidx(ns), b""),
-        tx.Delete(keys.versions(ns), range_end(keys.versions(ns))),
-        tx.Delete(keys.changes(ns), range_end(keys.changes(ns))),
+        tx.Delete(keys.versions(ns), layout.range_end(keys.versions(ns))),
+        tx.Delete(keys.changes(ns), layout.range_end(keys.changes(ns))),
     ]
     if not await store.conn.txn("import", [tx.Mod(keys.head(ns)) == head_rev], claim):
         raise VersionConflict(ns, "changed while the import started; try again")
@@ -109,10 +99,12 @@ async def import_(store: EtcdStore, data: NamespaceExport) -> int:
         if not await store.conn.txn("import", fence, _version_ops(store, ns, piece)):
             raise VersionConflict(ns, "another import took over this namespace")
     # 3. Publish: the head with its pointers, and the policy, at once.
-    done = HeadRec(newest=len(data.versions), production=data.production, last_good=data.last_good)
-    final = [tx.Put(keys.head(ns), encode(done))]
+    done = layout.HeadRec(
+        newest=len(data.versions), production=data.production, last_good=data.last_good
+    )
+    final = [tx.Put(keys.head(ns), layout.encode(done))]
     if data.policy is not None:
-        final.append(tx.Put(keys.policy(ns), encode(data.policy)))
+        final.append(tx.Put(keys.policy(ns), layout.encode(data.policy)))
     if not await store.conn.txn("import", fence, final):
         raise VersionConflict(ns, "another import took over this namespace")
     return len(data.versions)
@@ -122,7 +114,9 @@ def _version_ops(store: EtcdStore, ns: str, piece: list[StoredVersion]) -> list[
     ops: list[Any] = []
     seen: set[str] = set()
     for sv in piece:
-        ops.append(tx.Put(store.keys.version(ns, sv.info.version), encode(meta_of(sv))))
+        ops.append(
+            tx.Put(store.keys.version(ns, sv.info.version), layout.encode(layout.meta_of(sv)))
+        )
         ops.append(tx.Put(store.keys.change(ns, sv.info.change_id), b"%d" % sv.info.version))
         if sv.info.sha256 not in seen:  # etcd refuses a key twice in one txn
             seen.add(sv.info.sha256)

@@ -13,13 +13,12 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aiosqlite
 import anyio
 import anyio.to_thread
 
+from confbus.runtime.opening import OpenClose
 from confbus.schemas.policy import Policy
 from confbus.schemas.versions import VersionInfo
 from confbus.version_store.errors import (
@@ -29,18 +28,8 @@ from confbus.version_store.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from confbus.version_store.storage import rules
+from confbus.version_store.storage import base, rules
 from confbus.version_store.storage import sqlite_rows as sql
-from confbus.version_store.storage.base import (
-    AppendResult,
-    Head,
-    IntegrityReport,
-    NamespaceExport,
-    NewVersion,
-    Promotion,
-    StoredVersion,
-    VersionRef,
-)
 from confbus.version_store.storage.sqlite_schema import MIGRATIONS
 from confbus.version_store.validate import check_policy
 
@@ -50,7 +39,7 @@ from confbus.version_store.validate import check_policy
 READERS = 3
 
 
-class SqliteStore:
+class SqliteStore(OpenClose):
     """``SqliteStore(path)``; use as ``async with SqliteStore(path) as store: ...``."""
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
@@ -85,18 +74,6 @@ class SqliteStore:
                 await conn.close()
         self._writer = None
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is one transaction.
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -112,8 +89,7 @@ class SqliteStore:
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
         )
-        try:
-            await db.execute("BEGIN IMMEDIATE")
+        async with _immediate_transaction(db):
             rows = await db.execute_fetchall("SELECT max(version) FROM schema_migrations")
             current = next(iter(rows))[0] or 0
             known = MIGRATIONS[-1][0]
@@ -131,35 +107,14 @@ class SqliteStore:
                     "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))",
                     (number, description),
                 )
-            await db.execute("COMMIT")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await _rollback(db)
-            raise
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         db = self._conn(self._writer)
-        async with self._wlock:
-            # IMMEDIATE: take the write lock before reading heads, so two processes sharing
-            # the file cannot both plan version n+1.
-            try:
-                # Inside the try: a cancelled await does not stop the statement in aiosqlite's
-                # thread, so BEGIN may still take effect. The ROLLBACK below is queued behind
-                # it on the same thread and undoes it; no transaction is ever left open.
-                await db.execute("BEGIN IMMEDIATE")
-                yield db
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await _rollback(db)
-                raise
-            try:
-                with anyio.CancelScope(shield=True):
-                    await db.execute("COMMIT")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await _rollback(db)
-                raise
+        # IMMEDIATE: take the write lock before reading heads, so two processes sharing the
+        # file cannot both plan version n+1.
+        async with self._wlock, _immediate_transaction(db):
+            yield db
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -180,7 +135,7 @@ class SqliteStore:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    async def append(self, batch: list[NewVersion]) -> list[AppendResult]:
+    async def append(self, batch: list[base.NewVersion]) -> list[base.AppendResult]:
         if not batch:
             return []
         with _mapped():
@@ -215,13 +170,13 @@ class SqliteStore:
                     info = await sql.info(db, namespace, version)
         return info
 
-    async def promote(self, namespace: str, version: int) -> Promotion:
+    async def promote(self, namespace: str, version: int) -> base.Promotion:
         with _mapped():
             async with self._write() as db:
                 info = await sql.info(db, namespace, version)
                 head = await sql.head(db, namespace)
                 if not rules.check_promote(info):
-                    return Promotion(info=info, previous=None)
+                    return base.Promotion(info=info, previous=None)
                 if head.production is not None:
                     await sql.set_status(db, namespace, head.production, "superseded")
                 await sql.set_status(db, namespace, version, "production")
@@ -229,7 +184,7 @@ class SqliteStore:
                     "UPDATE namespaces SET production = ? WHERE namespace = ?", (version, namespace)
                 )
                 info = await sql.info(db, namespace, version)
-        return Promotion(info=info, previous=head.production)
+        return base.Promotion(info=info, previous=head.production)
 
     async def reject(self, namespace: str, version: int) -> VersionInfo:
         with _mapped():
@@ -259,7 +214,7 @@ class SqliteStore:
                     (policy.namespace, sql.encode(policy)),
                 )
 
-    async def import_(self, data: NamespaceExport) -> int:
+    async def import_(self, data: base.NamespaceExport) -> int:
         rules.check_export(data)
         ns = data.namespace
         with _mapped():
@@ -289,12 +244,12 @@ class SqliteStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def head(self, namespace: str) -> Head:
+    async def head(self, namespace: str) -> base.Head:
         with _mapped():
             async with self._read() as db:
                 return await sql.head(db, namespace)
 
-    async def get(self, namespace: str, version: int) -> StoredVersion:
+    async def get(self, namespace: str, version: int) -> base.StoredVersion:
         with _mapped():
             async with self._read() as db:
                 rows = await db.execute_fetchall(
@@ -306,7 +261,7 @@ class SqliteStore:
             return sql.stored(row)
         raise NotFound(namespace, f"version {version}")
 
-    async def resolve(self, namespace: str, ref: VersionRef) -> VersionInfo:
+    async def resolve(self, namespace: str, ref: base.VersionRef) -> VersionInfo:
         want = rules.parse_ref(namespace, ref)
         with _mapped():
             async with self._read() as db:
@@ -355,7 +310,7 @@ class SqliteStore:
                 )
         return [row[0] for row in rows]
 
-    async def export(self, namespace: str) -> NamespaceExport:
+    async def export(self, namespace: str) -> base.NamespaceExport:
         with _mapped():
             async with self._read() as db:
                 # One read transaction: versions, pointers and policy from the same snapshot.
@@ -366,7 +321,7 @@ class SqliteStore:
                     with anyio.CancelScope(shield=True):
                         await _rollback(db)  # read-only: ending it is all that is needed
 
-    async def check_integrity(self, namespace: str) -> IntegrityReport:
+    async def check_integrity(self, namespace: str) -> base.IntegrityReport:
         corrupt: list[int] = []
         missing: list[int] = []
         checked, expected, after = 0, 1, 0
@@ -394,9 +349,32 @@ class SqliteStore:
                         corrupt.append(version)
             newest = (await self.head(namespace)).newest
         missing.extend(range(expected, newest + 1))
-        return IntegrityReport(
+        return base.IntegrityReport(
             namespace=namespace, checked=checked, corrupt=corrupt, missing=sorted(missing)
         )
+
+
+@asynccontextmanager
+async def _immediate_transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """``BEGIN IMMEDIATE`` (SQLite's write lock, taken at once) … ``COMMIT``; on any error, a
+    failed ``COMMIT`` included, ``ROLLBACK``. Neither ending is cut short by a cancellation."""
+    try:
+        # Inside the try: a cancelled await does not stop the statement in aiosqlite's thread,
+        # so BEGIN may still take effect. The ROLLBACK below is queued behind it on the same
+        # thread and undoes it; no transaction is ever left open.
+        await db.execute("BEGIN IMMEDIATE")
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _rollback(db)
+        raise
+    try:
+        with anyio.CancelScope(shield=True):
+            await db.execute("COMMIT")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _rollback(db)
+        raise
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:
