@@ -4,7 +4,8 @@ of what happened (events, decisions) that wait with deadlines, never with sleeps
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from confbus.schemas.events import AnyEvent, NodeApplied, decode_event
 from confbus.schemas.policy import Policy
 from confbus.schemas.streams import CFG_EVENTS, CFG_TXN
 from confbus.schemas.txn import Decision, decode_txn
+from tests.cli.procs import arun_confbus
 from tests.e2e.helpers import read_messages
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
@@ -50,11 +52,21 @@ def start_distributor(stack: Stack, *extra: str, env: dict[str, str] | None = No
     stack.start_service("distributor", *DIST_ARGS, *extra, env=env)
 
 
-def rollout_stack(root: Path, nodes: Sequence[str], *, distributor: bool = True) -> Stack:
-    stack = start_stack(root, services=("version_store", "coordinator"))
+def rollout_stack(
+    root: Path,
+    nodes: Sequence[str],
+    *,
+    distributor: bool = True,
+    services: Sequence[str] = ("version_store", "coordinator"),
+    agent_args: Mapping[str, Sequence[str]] | None = None,
+) -> Stack:
+    """``services`` started in order, an agent on each of ``nodes`` (with that node's
+    ``agent_args``), then the distributor."""
+    stack = start_stack(root, services=services)
     try:
         for n in nodes:
-            stack.start_agent(n, (NS,), "--heartbeat-interval", str(HEARTBEAT_S))
+            extra = (agent_args or {}).get(n, ())
+            stack.start_agent(n, (NS,), "--heartbeat-interval", str(HEARTBEAT_S), *extra)
         if distributor:
             start_distributor(stack)
     except BaseException:
@@ -63,12 +75,34 @@ def rollout_stack(root: Path, nodes: Sequence[str], *, distributor: bool = True)
     return stack
 
 
-def stack_of(root: Path, nodes: Sequence[str], distributor: bool = True) -> Iterator[Stack]:
-    stack = rollout_stack(root, nodes, distributor=distributor)
+def stack_of(
+    root: Path,
+    nodes: Sequence[str],
+    distributor: bool = True,
+    *,
+    services: Sequence[str] = ("version_store", "coordinator"),
+    agent_args: Mapping[str, Sequence[str]] | None = None,
+) -> Iterator[Stack]:
+    """``rollout_stack`` as a fixture's body: stopped when the test ends."""
+    stack = rollout_stack(
+        root, nodes, distributor=distributor, services=services, agent_args=agent_args
+    )
     try:
         yield stack
     finally:
         stack.stop()
+
+
+async def confbus(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """``confbus ARGS`` against the stack, as a real process, to its end."""
+    return await arun_confbus("--nats-url", stack.url, *args, timeout=120)
+
+
+def config_file(directory: Path, tag: str) -> Path:
+    """A config file holding ``content(tag)``."""
+    path = directory / f"{tag}.json"
+    path.write_bytes(content(tag))
+    return path
 
 
 @asynccontextmanager
