@@ -112,6 +112,12 @@ async def ready(stack: Stack) -> None:
 
 
 OVERLAYS = {"eu1": "dc=eu1", "web": "tier=web"}  # file key -> selector, in precedence order
+# A base, eu1's own database (what REFUSE_EU1 refuses) and more workers on the web tier.
+EU1_DB_WEB: dict[str, object] = {
+    "base": {"db": {"host": "db.local"}, "workers": 4},
+    "eu1": {"db": {"host": "db.eu1"}},
+    "web": {"workers": 8},
+}
 
 
 async def publish(
@@ -214,13 +220,7 @@ async def test_a_validator_refusing_one_variant_on_one_node_aborts_for_all_six(
     refusing_stack: Stack, tmp_path: Path
 ) -> None:
     await ready(refusing_stack)
-    v1 = files(
-        tmp_path,
-        "v1",
-        base={"db": {"host": "db.local"}, "workers": 4},
-        eu1={"db": {"host": "db.eu1"}},
-        web={"workers": 8},
-    )
+    v1 = files(tmp_path, "v1", **EU1_DB_WEB)
     r = await publish(refusing_stack, v1, "--wait", "--timeout", "60")
     assert r.returncode == 1, (r.stdout, r.stderr)
     err = r.stderr.decode()
@@ -233,13 +233,7 @@ async def test_a_node_whose_labels_change_moves_to_its_new_variant_by_a_switch(
     stack: Stack, tmp_path: Path
 ) -> None:
     await ready(stack)
-    v1 = files(
-        tmp_path,
-        "v1",
-        base={"db": {"host": "db.local"}, "workers": 4},
-        eu1={"db": {"host": "db.eu1"}},
-        web={"workers": 8},
-    )
+    v1 = files(tmp_path, "v1", **EU1_DB_WEB)
     r = await publish(stack, v1, "--wait", "--timeout", "60")
     assert r.returncode == 0, r.stderr
     shown = await confbus(stack, "show", NS, "1", "--for", "dc=eu1,tier=db")

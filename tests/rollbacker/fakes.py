@@ -9,16 +9,21 @@ contracts in ``schemas/api``; the end-to-end tests use the real services.
 - ``FakeDist``: live nodes and their applied versions from the agents' real heartbeats;
   answers status and records abort requests.
 - ``FakeHealth``: verdicts decided by a test function; records every request.
+- ``webhook_receiver``: an HTTP server that keeps every JSON body posted to its path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from nats.aio.msg import Msg
@@ -30,6 +35,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.consumer import Consumer, per_message
 from confbus.runtime.errors import Conflict, InvalidInput, NotFound
 from confbus.runtime.events import emit
+from confbus.runtime.http import HttpServer, Request, Response
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
@@ -337,3 +343,23 @@ class FakeHealth:
     async def stop(self) -> None:
         if self.svc is not None:
             await stop_api(self.svc)
+
+
+@asynccontextmanager
+async def webhook_receiver(path: str) -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    """A real HTTP server answering 200 to every POST to ``path``: its port, and each body
+    (JSON) in the order they came."""
+    got: list[dict[str, Any]] = []
+
+    async def hook(req: Request) -> Response:
+        got.append(json.loads(req.body))
+        return Response(200, b"ok", "text/plain")
+
+    server = HttpServer(CollectorRegistry())
+    server.route("POST", path, hook)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.serve)
+        try:
+            yield port, got
+        finally:
+            tg.cancel_scope.cancel()
