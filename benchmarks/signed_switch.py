@@ -52,13 +52,7 @@ async def run(ctx: Context) -> list[Figure]:
     nodes = [f"n{i:04d}" for i in range(n)]
     bus = await open_bus(nats.url, "bench-signed-switch")
     try:
-        ctx.service(
-            "version_store",
-            nats.url,
-            "--store",
-            f"sqlite://{ctx.path('store-signed') / 'store.db'}",
-            name="version_store-signed",
-        )
+        ctx.version_store(nats.url, "signed")
         ctx.service("coordinator", nats.url, name="coordinator-signed")
         fleet = AgentFleet(
             ctx,

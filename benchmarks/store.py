@@ -21,13 +21,11 @@ alone prints its figures as JSON.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import random
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,7 +36,7 @@ import anyio
 from nats.aio.msg import Msg
 
 from benchmarks.baselines import ensure_bench_stream
-from benchmarks.processes import Context, open_bus
+from benchmarks.processes import Context, open_bus, run_alone
 from benchmarks.report import Figure, stats
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
@@ -522,19 +520,9 @@ async def run(ctx: Context) -> list[Figure]:
     return figures
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.store")
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    ctx = Context(name=BENCH, smoke=args.smoke, workdir=Path(tempfile.mkdtemp(prefix="cb-store-")))
-    try:
-        figures = anyio.run(run, ctx, backend="asyncio")
-    finally:
-        ctx.close()
-    out = [dataclasses.asdict(f) for f in figures]
-    json.dump({"figures": out, "skipped": ctx.skipped}, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(BENCH, run, argv, __doc__)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -467,13 +467,7 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
         watch = await Watch(bus, namespace, phases=True).start()
         real_store = version_store_available()
         if real_store:
-            ctx.service(
-                "version_store",
-                nats.url,
-                "--store",
-                f"sqlite://{ctx.path(f'store-{n}') / 'store.db'}",
-                name=f"version_store-{n}",
-            )
+            ctx.version_store(nats.url, str(n))
         else:
             stub = await StubStore(bus, namespace).start()
         coordinator = ctx.service("coordinator", nats.url, name=f"coordinator-{n}")

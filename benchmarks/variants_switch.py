@@ -66,13 +66,7 @@ async def run(ctx: Context) -> list[Figure]:
     root = ctx.path("fleet-variants")
     bus = await open_bus(nats.url, "bench-variants-switch")
     try:
-        ctx.service(
-            "version_store",
-            nats.url,
-            "--store",
-            f"sqlite://{ctx.path('store-variants') / 'store.db'}",
-            name="version_store-variants",
-        )
+        ctx.version_store(nats.url, "variants")
         ctx.service("coordinator", nats.url, name="coordinator-variants")
         await _record_labels(bus, nodes)
         fleet = AgentFleet(
