@@ -14,7 +14,6 @@ contracts in ``schemas/api``; the end-to-end tests use the real services.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,13 +42,14 @@ from confbus.schemas.api import health as health_api
 from confbus.schemas.api import store as store_api
 from confbus.schemas.base import utcnow
 from confbus.schemas.changes import ChangeProposed, decode_change
-from confbus.schemas.events import VersionCreated, VersionLastGood, VersionPromoted
+from confbus.schemas.events import VersionLastGood, VersionPromoted
 from confbus.schemas.node import decode_heartbeat
 from confbus.schemas.policy import Policy
 from confbus.schemas.streams import CFG_CHANGES
-from confbus.schemas.versions import VersionInfo
+from confbus.schemas.versions import VersionInfo, VersionStatus
 from confbus.version_store.changes import decide
 from confbus.version_store.errors import InvalidConfig
+from tests.versions import created, version_info
 
 
 @dataclass
@@ -82,45 +82,25 @@ class FakeStore:
         change_id: str,
         *,
         rollback_of: int | None = None,
-        status: str = "approved",
+        status: VersionStatus = "approved",
     ) -> int:
         existing = self.changes.get((ns, change_id))
         if existing is not None:
             return existing
         items = self.versions.setdefault(ns, [])
         version = len(items) + 1
-        info = VersionInfo(
-            namespace=ns,
-            version=version,
-            sha256=hashlib.sha256(content).hexdigest(),
-            size=len(content),
-            format="json",
-            parent=version - 1 or None,
-            author="test",
-            message="",
+        info = version_info(
+            ns,
+            version,
+            content,
             change_id=change_id,
-            created_at=utcnow(),
-            status=status,  # type: ignore[arg-type]
+            author="test",
+            status=status,
             rollback_of=rollback_of,
         )
         items.append(_Version(info, content))
         self.changes[(ns, change_id)] = version
-        await emit(
-            self.bus,
-            VersionCreated(
-                namespace=ns,
-                actor="fake-store",
-                version=version,
-                sha256=info.sha256,
-                size=info.size,
-                format="json",
-                parent=info.parent,
-                change_id=change_id,
-                status=status,
-                rollback_of=rollback_of,
-            ),
-            msg_id=f"created:{ns}:{version}",
-        )
+        await emit(self.bus, created(info, "fake-store"), msg_id=f"created:{ns}:{version}")
         return version
 
     async def promote(self, ns: str, version: int, actor: str = "test") -> None:

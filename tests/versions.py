@@ -1,0 +1,56 @@
+"""Versions as the version-store holds and announces them, for the in-memory stand-ins of the
+store in the service tests (``tests/distributor/harness.py``, ``tests/rollbacker/fakes.py``):
+JSON content, each version's parent the one before it."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from confbus.schemas.base import utcnow
+from confbus.schemas.events import VersionCreated
+from confbus.schemas.versions import VersionInfo, VersionStatus
+
+
+def version_info(
+    ns: str,
+    version: int,
+    content: bytes,
+    *,
+    change_id: str,
+    author: str,
+    status: VersionStatus = "approved",
+    rollback_of: int | None = None,
+) -> VersionInfo:
+    """What the store keeps of ``content`` stored as ``version`` of ``ns``."""
+    return VersionInfo(
+        namespace=ns,
+        version=version,
+        sha256=hashlib.sha256(content).hexdigest(),
+        size=len(content),
+        format="json",
+        parent=version - 1 or None,
+        author=author,
+        message="",
+        change_id=change_id,
+        created_at=utcnow(),
+        status=status,
+        rollback_of=rollback_of,
+    )
+
+
+def created(info: VersionInfo, actor: str, **extra: Any) -> VersionCreated:
+    """The ``version.created`` event announcing ``info`` (``extra``: its rollout fields)."""
+    return VersionCreated(
+        namespace=info.namespace,
+        actor=actor,
+        version=info.version,
+        sha256=info.sha256,
+        size=info.size,
+        format=info.format,
+        parent=info.parent,
+        change_id=info.change_id,
+        status=info.status,
+        rollback_of=info.rollback_of,
+        **extra,
+    )
