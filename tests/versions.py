@@ -8,8 +8,10 @@ import hashlib
 from typing import Any
 
 from confbus.schemas.base import utcnow
+from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import VersionCreated
 from confbus.schemas.versions import VersionInfo, VersionStatus
+from confbus.version_store.changes import created_event
 
 
 def version_info(
@@ -39,18 +41,10 @@ def version_info(
     )
 
 
-def created(info: VersionInfo, actor: str, **extra: Any) -> VersionCreated:
-    """The ``version.created`` event announcing ``info`` (``extra``: its rollout fields)."""
-    return VersionCreated(
-        namespace=info.namespace,
-        actor=actor,
-        version=info.version,
-        sha256=info.sha256,
-        size=info.size,
-        format=info.format,
-        parent=info.parent,
-        change_id=info.change_id,
-        status=info.status,
-        rollback_of=info.rollback_of,
-        **extra,
+def created(info: VersionInfo, content: bytes, **rollout: Any) -> VersionCreated:
+    """The ``version.created`` the version-store emits for ``info``, stored from ``content``
+    proposed with ``rollout`` (its strategy and selector)."""
+    change = ChangeProposed(
+        namespace=info.namespace, change_id=info.change_id, content=content, **rollout
     )
+    return created_event(change, info)

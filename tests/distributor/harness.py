@@ -153,8 +153,8 @@ class MemoryStore:
         strategy: str | None = None,
         selector: dict[str, str] | None = None,
     ) -> None:
-        info, _ = self.versions[(ns, version)]
-        await emit(self.bus, created(info, "ci", strategy=strategy, selector=selector))
+        info, content = self.versions[(ns, version)]
+        await emit(self.bus, created(info, content, strategy=strategy, selector=selector))
 
 
 Verdicts = Callable[[health_api.VerdictRequest], Awaitable[health_api.VerdictReply]]

@@ -100,7 +100,7 @@ class FakeStore:
         )
         items.append(_Version(info, content))
         self.changes[(ns, change_id)] = version
-        await emit(self.bus, created(info, "fake-store"), msg_id=f"created:{ns}:{version}")
+        await emit(self.bus, created(info, content), msg_id=f"created:{ns}:{version}")
         return version
 
     async def promote(self, ns: str, version: int, actor: str = "test") -> None:
