@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup
 from confbus.runtime.bus import Bus, connect
 from confbus.schemas.streams import CFG_CHANGES, CFG_EVENTS, CFG_TXN_HEAD
 from tests.faults import netns
-from tests.faults.changeflow import Workload, check, read_store, wait_consumed
+from tests.faults.changeflow import Workload, add_publishes, check, drain, read_store
 from tests.faults.cluster import (
     NatsCluster,
     connect_to,
@@ -94,7 +94,7 @@ async def _setup(
 
 
 @asynccontextmanager
-async def _cluster_with_writers(
+async def _writing_cluster(
     root: Path, *, uids: list[int] | None, replicas: int
 ) -> AsyncIterator[tuple[NatsCluster, FaultStack, Bus, Workload]]:
     """The cluster, the version-store, our bus, and a workload with a writer's bus on each
@@ -123,10 +123,7 @@ async def _finish_changes(
 ) -> None:
     """Stop the writers' checks: drain, compare the replicas, read the store, check."""
     # A deliberate-bug run never fully recovers: it is not waited for long.
-    drain_started = time.monotonic()
-    consumed = await wait_consumed(bus, 5 if bug else 60)
-    unresolved = await wl.drain(5 if bug else 60)
-    fig.notes["drain_s"] = round(time.monotonic() - drain_started, 2)
+    drained = await drain(fig, wl, bus, 5 if bug else 60)
     await until(lambda: all_current(bus), 2 if bug else 30)
     bad = await divergent_nodes(cluster, 2 if bug else 30)
     fig.divergent = len(bad)
@@ -142,9 +139,7 @@ async def _finish_changes(
         if not bug:
             raise
         fig.notes["events_unreadable"] = 1
-    fig.notes["drained"] = int(consumed and not unresolved)
-    fig.add_history(wl.history, "publish")
-    fig.longest_unavailable_s = wl.history.longest_gap("publish")
+    add_publishes(fig, wl, drained=drained)
     before = fig.rates.get("before")
     fig.notes["rate_before_per_s"] = before if before is not None else 0.0
     if not bug and (before is None or before < MIN_RATE):
@@ -171,12 +166,7 @@ async def leader_kill(
         raise ValueError(f"unknown bug {bug!r}")
     unavailable: list[float] = []
     replicas = 1 if bug else 3
-    async with _cluster_with_writers(root, uids=None, replicas=replicas) as (
-        cluster,
-        stack,
-        bus,
-        wl,
-    ):
+    async with _writing_cluster(root, uids=None, replicas=replicas) as (cluster, stack, bus, wl):
         async with anyio.create_task_group() as tg:
             await _start_load(tg, wl, "the first kill")
             for _ in range(kills):
@@ -235,7 +225,7 @@ async def partition(
     uids = list(netns.NODE_UIDS)
     marks = netns.setup({f"n{i + 1}": uid for i, uid in enumerate(uids)})
     cuts: list[str] = []
-    async with _cluster_with_writers(root, uids=uids, replicas=3) as (cluster, stack, bus, wl):
+    async with _writing_cluster(root, uids=uids, replicas=3) as (cluster, stack, bus, wl):
         try:
             async with anyio.create_task_group() as tg:
                 await _start_load(tg, wl, "the first cut")

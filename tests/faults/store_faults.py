@@ -23,7 +23,7 @@ from typing import Unpack
 import anyio
 
 from confbus.procs.proc import Proc
-from tests.faults.changeflow import Workload, check, read_store, wait_consumed
+from tests.faults.changeflow import Workload, add_publishes, check, drain, read_store, wait_consumed
 from tests.faults.history import History
 from tests.faults.results import Figures, RunOptions, finish
 from tests.faults.shims import BUG_ENV, FAULTS_ENV, SEED_ENV
@@ -126,10 +126,8 @@ async def redelivery_storm(
         fig.notes["dead_lettered"] = logged["dead-lettered"]
         facts = await read_store(stack.store_path())
         await check(fig, wl, bus, facts)
-        fig.notes["drained"] = int(consumed and not unresolved)
         fig.runs = 1
-        fig.add_history(wl.history, "publish")
-        fig.longest_unavailable_s = wl.history.longest_gap("publish")
+        add_publishes(fig, wl, drained=consumed and not unresolved)
         await wl.close()
         await bus.close()
     finally:
@@ -215,17 +213,12 @@ async def store_kill(
                 wl.history.mark("heal")
                 fig.runs += 1
             wl.stop.set()
-        drain_started = time.monotonic()
-        consumed = await wait_consumed(bus, 10 if bug else 60)
-        unresolved = await wl.drain(10 if bug else 60)
-        fig.notes["drain_s"] = round(time.monotonic() - drain_started, 2)
+        drained = await drain(fig, wl, bus, 10 if bug else 60)
         store.stop()
         facts = await read_store(stack.store_path())
         await check(fig, wl, bus, facts)
         fig.safety["integrity_failures"] += integrity_failures
-        fig.notes["drained"] = int(consumed and not unresolved)
-        fig.add_history(wl.history, "publish")
-        fig.longest_unavailable_s = wl.history.longest_gap("publish")
+        add_publishes(fig, wl, drained=drained)
         await wl.close()
         await bus.close()
     finally:
