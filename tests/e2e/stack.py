@@ -128,9 +128,20 @@ def start_stack(root: Path, services: Sequence[str] = DEFAULT_SERVICES) -> Stack
     return stack
 
 
-def stack_fixture(root: Path, services: Sequence[str] = DEFAULT_SERVICES) -> Iterator[Stack]:
+def stack_fixture(
+    root: Path,
+    services: Sequence[str] = DEFAULT_SERVICES,
+    *,
+    agents: Sequence[str] = (),
+    namespaces: Sequence[str] = ("web",),
+    agent_args: Sequence[str] = (),
+) -> Iterator[Stack]:
+    """A fixture's body: ``services``, then an agent on each node of ``agents`` following
+    ``namespaces`` (with ``agent_args``); all stopped when the test is done."""
     stack = start_stack(root, services)
     try:
+        for node in agents:
+            stack.start_agent(node, namespaces, *agent_args)
         yield stack
     finally:
         stack.stop()
