@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import msgspec
 
@@ -52,22 +52,25 @@ def start_distributor(stack: Stack, *extra: str, env: dict[str, str] | None = No
     stack.start_service("distributor", *DIST_ARGS, *extra, env=env)
 
 
-def rollout_stack(
-    root: Path,
-    nodes: Sequence[str],
-    *,
-    distributor: bool = True,
-    services: Sequence[str] = ("version_store", "coordinator"),
-    agent_args: Mapping[str, Sequence[str]] | None = None,
-) -> Stack:
-    """``services`` started in order, an agent on each of ``nodes`` (with that node's
-    ``agent_args``), then the distributor."""
-    stack = start_stack(root, services=services)
+class StackOptions(TypedDict, total=False):
+    """What ``rollout_stack`` starts besides the agents: ``services`` in order (default the
+    version-store and the coordinator), the distributor after the agents (default yes), and
+    each node's own agent arguments."""
+
+    services: Sequence[str]
+    distributor: bool
+    agent_args: Mapping[str, Sequence[str]]
+
+
+def rollout_stack(root: Path, nodes: Sequence[str], **options: Unpack[StackOptions]) -> Stack:
+    """The services, an agent on each of ``nodes`` (``HEARTBEAT_S``), the distributor."""
+    stack = start_stack(root, services=options.get("services", ("version_store", "coordinator")))
     try:
+        agent_args = options.get("agent_args", {})
         for n in nodes:
-            extra = (agent_args or {}).get(n, ())
+            extra = agent_args.get(n, ())
             stack.start_agent(n, (NS,), "--heartbeat-interval", str(HEARTBEAT_S), *extra)
-        if distributor:
+        if options.get("distributor", True):
             start_distributor(stack)
     except BaseException:
         stack.stop()
@@ -75,18 +78,9 @@ def rollout_stack(
     return stack
 
 
-def stack_of(
-    root: Path,
-    nodes: Sequence[str],
-    distributor: bool = True,
-    *,
-    services: Sequence[str] = ("version_store", "coordinator"),
-    agent_args: Mapping[str, Sequence[str]] | None = None,
-) -> Iterator[Stack]:
-    """``rollout_stack`` as a fixture's body: stopped when the test ends."""
-    stack = rollout_stack(
-        root, nodes, distributor=distributor, services=services, agent_args=agent_args
-    )
+def stack_of(root: Path, nodes: Sequence[str], **options: Unpack[StackOptions]) -> Iterator[Stack]:
+    """``rollout_stack`` as a fixture's body: stopped when the test is done."""
+    stack = rollout_stack(root, nodes, **options)
     try:
         yield stack
     finally:
