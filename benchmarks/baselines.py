@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -34,8 +33,17 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
-from benchmarks.fleets import Fleet, live_file, node_dirs, split, start_hosts
-from confbus.runtime.bus import Bus, connect
+from benchmarks.fleets import (
+    Fleet,
+    announce_ready,
+    host_buses,
+    live_file,
+    node_dirs,
+    run_host,
+    split,
+    start_hosts,
+)
+from confbus.runtime.bus import Bus
 from confbus.runtime.log import setup_logging
 
 BENCH_STREAM = "BENCH_BASE"
@@ -159,11 +167,7 @@ def _handlers(bus: Bus, live: Path, staged: Path) -> tuple[Any, Any]:
 
 async def _subscribers(plan: dict[str, Any]) -> None:
     root = Path(plan["root"])
-    buses = [
-        await connect(plan["nats_url"], name=f"bench-subscribers-{os.getpid()}-{i}")
-        for i in range(max(1, int(plan["connections"])))
-    ]
-    try:
+    async with host_buses(plan, "bench-subscribers") as buses:
         for i, a in enumerate(plan["agents"]):
             bus = buses[i % len(buses)]
             node = a["node"]
@@ -175,26 +179,10 @@ async def _subscribers(plan: dict[str, Any]) -> None:
                 prepare, commit = _handlers(bus, live, staged)
                 await bus.nc.subscribe(round_subject(ns, 1), cb=prepare)
                 await bus.nc.subscribe(round_subject(ns, 2), cb=commit)
-        for b in buses:
-            await b.nc.flush()
-        print(
-            json.dumps(
-                {
-                    "event": "ready",
-                    "service": "baseline-subscribers",
-                    "subscribers": len(plan["agents"]),
-                    "pid": os.getpid(),
-                }
-            ),
-            flush=True,
-        )
+        await announce_ready(buses, "baseline-subscribers", subscribers=len(plan["agents"]))
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 return
-    finally:
-        with anyio.CancelScope(shield=True):
-            for b in buses:
-                await b.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,10 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host.add_argument("--plan", required=True, type=Path)
     args = parser.parse_args(argv)
     setup_logging("bench-subscribers", "warning")
-    plan = json.loads(args.plan.read_text())
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(_subscribers, plan, backend="asyncio")
-    return 0
+    return run_host(_subscribers, args.plan)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,20 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from benchmarks.processes import Context, rss_kb
 from confbus.procs.proc import Proc, python_module
 from confbus.runtime.bus import Bus, connect
+
+if TYPE_CHECKING:
+    from confbus.agent.node import NodeAgent
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,39 @@ def start_hosts(
         argv = python_module(module, command, "--plan", str(path))
         procs.append(ctx.proc(f"{name}-{i}", argv, wait_ready=False))
     return procs
+
+
+@asynccontextmanager
+async def host_buses(plan: dict[str, Any], name: str) -> AsyncIterator[list[Bus]]:
+    """A host process's ``connections`` NATS connections (its plan's), closed when it ends,
+    even when cancelled."""
+    buses = [
+        await connect(plan["nats_url"], name=f"{name}-{os.getpid()}-{i}")
+        for i in range(max(1, int(plan["connections"])))
+    ]
+    try:
+        yield buses
+    finally:
+        with anyio.CancelScope(shield=True):
+            for b in buses:
+                await b.close()
+
+
+async def announce_ready(buses: Sequence[Bus], service: str, **facts: int) -> None:
+    """Once every connection's subscriptions are in place at the server, the JSON ready line
+    the parent's ``Proc`` waits for."""
+    for b in buses:
+        await b.nc.flush()
+    ready = {"event": "ready", "service": service, **facts, "pid": os.getpid()}
+    print(json.dumps(ready), flush=True)
+
+
+def run_host(host: Callable[[dict[str, Any]], Awaitable[None]], plan_file: Path) -> int:
+    """A host process's body: ``host`` on its plan until SIGINT (or its own end)."""
+    plan = json.loads(plan_file.read_text())
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(host, plan, backend="asyncio")
+    return 0
 
 
 class Fleet:
@@ -325,10 +362,12 @@ async def _host(plan: dict[str, Any]) -> None:
                 trust=trust,
             )
         )
-    buses = [
-        await connect(plan["nats_url"], name=f"bench-agents-{os.getpid()}-{i}")
-        for i in range(max(1, int(plan["connections"])))
-    ]
+    async with host_buses(plan, "bench-agents") as buses:
+        await _run_agents(agents, buses, hb)
+
+
+async def _run_agents(agents: list[NodeAgent], buses: list[Bus], hb: float) -> None:
+    """Every agent on its share of ``buses``, answering host stats, until SIGINT/SIGTERM."""
 
     async def on_stats(msg: Any) -> None:
         with _fsyncs_lock:
@@ -342,41 +381,23 @@ async def _host(plan: dict[str, Any]) -> None:
         await buses[0].nc.publish(msg.reply, json.dumps(info).encode())
 
     await buses[0].nc.subscribe(HOST_STATS, cb=on_stats)
-    try:
-        async with anyio.create_task_group() as tg:
+    async with anyio.create_task_group() as tg:
 
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        tg.cancel_scope.cancel()
-                        return
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
 
-            tg.start_soon(stop_on_signal)
-            # Real fleets do not heartbeat in lock-step: spread the starts of a big host over
-            # one interval (a handful of agents in lock-step costs nothing).
-            gap = hb / len(agents) if len(agents) > 20 else 0.0
-            for i, agent in enumerate(agents):
-                await tg.start(agent.run, buses[i % len(buses)])
-                if gap:
-                    await anyio.sleep(gap)
-            for b in buses:
-                await b.nc.flush()
-            print(
-                json.dumps(
-                    {
-                        "event": "ready",
-                        "service": "agent-host",
-                        "agents": len(agents),
-                        "connections": len(buses),
-                        "pid": os.getpid(),
-                    }
-                ),
-                flush=True,
-            )
-    finally:
-        with anyio.CancelScope(shield=True):
-            for b in buses:
-                await b.close()
+        tg.start_soon(stop_on_signal)
+        # Real fleets do not heartbeat in lock-step: spread the starts of a big host over
+        # one interval (a handful of agents in lock-step costs nothing).
+        gap = hb / len(agents) if len(agents) > 20 else 0.0
+        for i, agent in enumerate(agents):
+            await tg.start(agent.run, buses[i % len(buses)])
+            if gap:
+                await anyio.sleep(gap)
+        await announce_ready(buses, "agent-host", agents=len(agents), connections=len(buses))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,10 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging("agent", args.log_level)
     _count_fsyncs()
-    plan = json.loads(args.plan.read_text())
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(_host, plan, backend="asyncio")
-    return 0
+    return run_host(_host, args.plan)
 
 
 if __name__ == "__main__":

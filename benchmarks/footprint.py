@@ -41,21 +41,31 @@ async def run(ctx: Context) -> list[Figure]:
     nats = ctx.start_nats()
     bus = await open_bus(nats.url, "bench-footprint")
     figures = []
+
+    async def switched(
+        name: str, ns: str, nodes: list[str], processes: int, heartbeats_s: float = 60.0
+    ) -> tuple[AgentFleet, SubscriberFleet, StubStore]:
+        """Agents of ``ns`` on ``nodes`` in ``processes`` processes, and raw subscribers in the
+        same layout, after ``switches`` switches and ``settle`` seconds: their RSS is ready."""
+        specs = [AgentSpec(node, (ns,)) for node in nodes]
+        stub = await StubStore(bus, ns).start()
+        watch = await Watch(bus, ns).start()
+        fleet = AgentFleet(ctx, nats.url, ctx.path(name), specs, processes=processes).start()
+        floor = SubscriberFleet(
+            ctx, nats.url, ctx.path(f"{name}-floor"), specs, processes=processes
+        )
+        floor.start()
+        await wait_heartbeats(bus, nodes, timeout=heartbeats_s)
+        await _switches(bus, stub, watch, nodes, switches)
+        await anyio.sleep(settle)
+        return fleet, floor, stub
+
     try:
         ctx.service("coordinator", nats.url)
 
         # -- one agent per process ----------------------------------------------------------------
-        ns = "fp1"
-        nodes = [f"solo{i}" for i in range(singles)]
-        specs = [AgentSpec(node, (ns,)) for node in nodes]
-        stub = await StubStore(bus, ns).start()
-        watch = await Watch(bus, ns).start()
-        fleet = AgentFleet(ctx, nats.url, ctx.path("solo"), specs, processes=singles).start()
-        floor = SubscriberFleet(ctx, nats.url, ctx.path("solo-floor"), specs, processes=singles)
-        floor.start()
-        await wait_heartbeats(bus, nodes)
-        await _switches(bus, stub, watch, nodes, switches)
-        await anyio.sleep(settle)
+        solo = [f"solo{i}" for i in range(singles)]
+        fleet, floor, stub = await switched("solo", "fp1", solo, singles)
         agent_mb = [kb / 1024 for kb in fleet.rss_kb()]
         floor_mb = [kb / 1024 for p in floor.procs if (kb := rss_kb(p.pid)) is not None]
         figures.append(
@@ -78,17 +88,8 @@ async def run(ctx: Context) -> list[Figure]:
         await stub.stop()
 
         # -- many agents per process --------------------------------------------------------------
-        ns = "fp2"
-        nodes = [f"s{i:04d}" for i in range(shared)]
-        specs = [AgentSpec(node, (ns,)) for node in nodes]
-        stub = await StubStore(bus, ns).start()
-        watch = await Watch(bus, ns).start()
-        fleet = AgentFleet(ctx, nats.url, ctx.path("shared"), specs, processes=hosts).start()
-        floor = SubscriberFleet(ctx, nats.url, ctx.path("shared-floor"), specs, processes=hosts)
-        floor.start()
-        await wait_heartbeats(bus, nodes, timeout=120.0)
-        await _switches(bus, stub, watch, nodes, switches)
-        await anyio.sleep(settle)
+        many = [f"s{i:04d}" for i in range(shared)]
+        fleet, floor, stub = await switched("shared", "fp2", many, hosts, heartbeats_s=120.0)
         per_agent_kb = sum(fleet.rss_kb()) / shared
         per_floor_kb = sum(r for p in floor.procs if (r := rss_kb(p.pid)) is not None) / shared
         host_mb = [kb / 1024 for kb in fleet.rss_kb()]

@@ -15,17 +15,28 @@ disk.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
+import shutil
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
 
 from confbus.procs.etcd import EtcdCluster, etcd_binary
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus, connect, provision
+
+if TYPE_CHECKING:
+    from benchmarks.report import Figure
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,6 +162,14 @@ class Context:
         self._stops.append(p.stop)
         return p.start(timeout=30.0)
 
+    def version_store(self, nats_url: str, tag: str) -> Proc:
+        """The real version-store on its own SQLite file (``store-TAG/store.db``), named
+        ``version_store-TAG``."""
+        db = self.path(f"store-{tag}") / "store.db"
+        return self.service(
+            "version_store", nats_url, "--store", f"sqlite://{db}", name=f"version_store-{tag}"
+        )
+
     def try_service(
         self, pkg: str, nats_url: str, *args: str, name: str | None = None
     ) -> Proc | None:
@@ -169,6 +188,35 @@ class Context:
         while self._stops:
             with contextlib.suppress(Exception):
                 self._stops.pop()()
+
+
+def run_alone(
+    bench: str,
+    run: Callable[[Context], Awaitable[list[Figure]]],
+    argv: Sequence[str] | None,
+    description: str | None = None,
+) -> int:
+    """``python -m benchmarks.BENCH``: one benchmark on its own, its figures (and what it had
+    to skip) as JSON on stdout; exit 1 when it measured nothing."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{bench}", description=description)
+    parser.add_argument("--smoke", action="store_true", help="a tiny run")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--workdir", type=Path, help="keep the run's files here")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"confbus-bench-{bench}-"))
+    ctx = Context(name=bench, smoke=args.smoke, workdir=workdir)
+    try:
+        figures = anyio.run(run, ctx, backend="asyncio")
+    finally:
+        ctx.close()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    doc = {"benchmark": bench, "figures": [asdict(f) for f in figures], "skipped": ctx.skipped}
+    text = json.dumps(doc, indent=2, default=str)
+    if args.out:
+        args.out.write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0 if figures else 1
 
 
 async def open_bus(url: str, name: str = "bench") -> Bus:

@@ -21,14 +21,11 @@ benchmarks rollback`` puts them in the benchmark report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -36,7 +33,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
-from benchmarks.processes import Context, open_bus, version_store_available
+from benchmarks.processes import Context, open_bus, run_alone, version_store_available
 from benchmarks.report import Figure, stats
 from confbus.runtime.api import Endpoint, call, serve_api, stop_api
 from confbus.runtime.bus import Bus
@@ -346,19 +343,7 @@ async def run(ctx: Context) -> list[Figure]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.rollback", description=__doc__)
-    p.add_argument("--smoke", action="store_true", help="a tiny run (6 agents, 1 iteration)")
-    p.add_argument("--workdir", type=Path, help="keep the run's files here")
-    args = p.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="confbus-bench-rollback-"))
-    ctx = Context(name=BENCH, smoke=args.smoke, workdir=workdir)
-    try:
-        figures = anyio.run(run, ctx, backend="asyncio")
-    finally:
-        ctx.close()
-    out = {"benchmark": BENCH, "figures": [asdict(f) for f in figures], "skipped": ctx.skipped}
-    sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
-    return 0 if figures else 1
+    return run_alone(BENCH, run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -26,21 +26,16 @@ Figures:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
 
 import anyio
 import msgspec
 from nats.aio.msg import Msg
 
 from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
-from benchmarks.processes import Context, open_bus
+from benchmarks.processes import Context, open_bus, run_alone
 from benchmarks.report import Figure, stats
 from confbus.client import Client
 from confbus.runtime.api import call
@@ -256,22 +251,7 @@ async def run(ctx: Context) -> list[Figure]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.rollout")
-    parser.add_argument("--smoke", action="store_true", help="a tiny run (4 agents)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="confbus-bench-rollout-") as tmp:
-        ctx = Context(name=BENCH, smoke=args.smoke, workdir=Path(tmp))
-        try:
-            figures = anyio.run(run, ctx, backend="asyncio")
-        finally:
-            ctx.close()
-    doc: dict[str, Any] = {"benchmark": BENCH, "figures": [asdict(f) for f in figures]}
-    text = json.dumps(doc, indent=2, default=str)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
-    return 0
+    return run_alone(BENCH, run, argv, __doc__)
 
 
 if __name__ == "__main__":

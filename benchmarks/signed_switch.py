@@ -12,20 +12,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-import anyio
 import msgspec
 
 from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
 from benchmarks.processes import Context, open_bus
 from benchmarks.report import Figure, stats
-from benchmarks.switch import Watch, config_bytes, timed_switch
+from benchmarks.switch import Watch, config_bytes, store_version, timed_switch
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.signing import SigningKey
-from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
-from confbus.schemas.changes import ChangeProposed, msg_id
-from confbus.schemas.events import VersionCreated
 from confbus.schemas.policy import Policy
 from confbus.schemas.signing import SigningRule, TrustRoots
 
@@ -38,22 +34,10 @@ async def _stored(bus: Bus, watch: Watch, ns: str, version: int, keys: list[Sign
     content = config_bytes(version)
     change_id = secrets.token_hex(8)
     sha = hashlib.sha256(content).hexdigest()
-    change = ChangeProposed(
-        namespace=ns,
-        change_id=change_id,
-        content=content,
-        format="json",
-        base=version - 1,
-        signatures=[k.sign(ns, version, sha, "json", change_id) for k in keys],
+    signatures = [k.sign(ns, version, sha, "json", change_id) for k in keys]
+    return await store_version(
+        bus, watch, ns, content, change_id=change_id, base=version - 1, signatures=signatures
     )
-    created = watch.expect_created(change_id)
-    await bus.publish(subjects.change(ns), change, msg_id=msg_id(ns, change_id))
-    with anyio.fail_after(30):
-        await created.wait()
-    ev = watch.created[change_id]
-    if not isinstance(ev, VersionCreated):
-        raise RuntimeError(f"{ns} v{version} rejected: {ev.reason}")
-    return ev.version
 
 
 async def run(ctx: Context) -> list[Figure]:
@@ -68,13 +52,7 @@ async def run(ctx: Context) -> list[Figure]:
     nodes = [f"n{i:04d}" for i in range(n)]
     bus = await open_bus(nats.url, "bench-signed-switch")
     try:
-        ctx.service(
-            "version_store",
-            nats.url,
-            "--store",
-            f"sqlite://{ctx.path('store-signed') / 'store.db'}",
-            name="version_store-signed",
-        )
+        ctx.version_store(nats.url, "signed")
         ctx.service("coordinator", nats.url, name="coordinator-signed")
         fleet = AgentFleet(
             ctx,

@@ -21,13 +21,11 @@ alone prints its figures as JSON.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import random
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,7 +36,7 @@ import anyio
 from nats.aio.msg import Msg
 
 from benchmarks.baselines import ensure_bench_stream
-from benchmarks.processes import Context, open_bus
+from benchmarks.processes import Context, open_bus, run_alone
 from benchmarks.report import Figure, stats
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
@@ -241,27 +239,37 @@ async def _sqlite_page(path: Path, newest: int, n: int) -> list[float]:
     return out
 
 
+async def _timed_concurrently(
+    n: int, in_flight: int, op: Callable[[int], Awaitable[object]]
+) -> tuple[float, list[float]]:
+    """``op(0)`` … ``op(n - 1)``, ``in_flight`` at a time: the rate (per second) and each
+    one's latency (s)."""
+    limit = anyio.Semaphore(in_flight)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        async with limit:
+            t0 = time.perf_counter()
+            await op(i)
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return n / (time.perf_counter() - started), latencies
+
+
 async def _js_publishes(bus: Bus, total: int, in_flight: int) -> tuple[float, list[float]]:
     """Fsynced JetStream publishes into one stream, ``in_flight`` at a time."""
     await ensure_bench_stream(bus)
     payload = encode(ChangeProposed(namespace="bench", change_id="x", content=_content(0, 0)))
     run_id = secrets.token_hex(4)  # distinct message ids: a duplicate would skip the fsync
-    latencies: list[float] = []
-    limit = anyio.Semaphore(in_flight)
 
     async def one(i: int) -> None:
-        async with limit:
-            t0 = time.perf_counter()
-            await bus.js.publish(
-                "bench.js.store", payload, headers={"Nats-Msg-Id": f"{run_id}-{i}"}
-            )
-            latencies.append(time.perf_counter() - t0)
+        await bus.js.publish("bench.js.store", payload, headers={"Nats-Msg-Id": f"{run_id}-{i}"})
 
-    started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for i in range(total):
-            tg.start_soon(one, i)
-    return total / (time.perf_counter() - started), latencies
+    return await _timed_concurrently(total, in_flight, one)
 
 
 async def _echo(bus: Bus, n: int) -> list[float]:
@@ -285,22 +293,13 @@ async def _etcd_puts(endpoint: str, n: int, in_flight: int) -> tuple[float, list
     import aetcd
 
     host, port = endpoint.rsplit(":", 1)
-    limit = anyio.Semaphore(in_flight)
-    out: list[float] = []
     value = _content(0, 0)
     async with aetcd.Client(host, int(port)) as client:
 
         async def one(i: int) -> None:
-            async with limit:
-                t0 = time.perf_counter()
-                await client.put(f"/bench/put/{in_flight}/{i:08d}".encode(), value)
-                out.append(time.perf_counter() - t0)
+            await client.put(f"/bench/put/{in_flight}/{i:08d}".encode(), value)
 
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for i in range(n):
-                tg.start_soon(one, i)
-        return n / (time.perf_counter() - started), out
+        return await _timed_concurrently(n, in_flight, one)
 
 
 async def _etcd_ranges(endpoint: str, keys: int, n: int) -> list[float]:
@@ -522,19 +521,9 @@ async def run(ctx: Context) -> list[Figure]:
     return figures
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.store")
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    ctx = Context(name=BENCH, smoke=args.smoke, workdir=Path(tempfile.mkdtemp(prefix="cb-store-")))
-    try:
-        figures = anyio.run(run, ctx, backend="asyncio")
-    finally:
-        ctx.close()
-    out = [dataclasses.asdict(f) for f in figures]
-    json.dump({"figures": out, "skipped": ctx.skipped}, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(BENCH, run, argv, __doc__)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

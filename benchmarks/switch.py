@@ -62,6 +62,7 @@ from confbus.schemas.events import (
     VersionRejected,
     decode_event,
 )
+from confbus.schemas.signing import Signature
 from confbus.schemas.txn import decode_txn
 from confbus.schemas.versions import VersionInfo
 
@@ -273,7 +274,17 @@ class StubStore:
             await stop_api(self.svc)
 
 
-async def publish_change(bus: Bus, namespace: str, change_id: str, content: bytes) -> None:
+async def publish_change(
+    bus: Bus,
+    namespace: str,
+    change_id: str,
+    content: bytes,
+    *,
+    base: int | None = None,
+    signatures: Sequence[Signature] = (),
+) -> None:
+    """``base``: the version it follows (None: whatever is newest); ``signatures``: its
+    authors' (for version ``base + 1``)."""
     change = ChangeProposed(
         namespace=namespace,
         change_id=change_id,
@@ -281,22 +292,34 @@ async def publish_change(bus: Bus, namespace: str, change_id: str, content: byte
         format="json",
         author="bench",
         message="benchmark",
+        base=base,
+        signatures=list(signatures),
     )
     await bus.publish(
         subjects.change(namespace), change, msg_id=change_msg_id(namespace, change_id)
     )
 
 
-async def store_version(bus: Bus, watch: Watch, namespace: str, content: bytes) -> int:
-    """Store a version through the real version-store (publish, wait for ``version.created``)."""
-    change_id = secrets.token_hex(8)
+async def store_version(
+    bus: Bus,
+    watch: Watch,
+    namespace: str,
+    content: bytes,
+    *,
+    change_id: str | None = None,
+    base: int | None = None,
+    signatures: Sequence[Signature] = (),
+) -> int:
+    """Store a version through the real version-store (publish, wait for ``version.created``);
+    ``base`` and ``signatures`` as in ``publish_change``."""
+    change_id = change_id or secrets.token_hex(8)
     created = watch.expect_created(change_id)
-    await publish_change(bus, namespace, change_id, content)
+    await publish_change(bus, namespace, change_id, content, base=base, signatures=signatures)
     with anyio.fail_after(30):
         await created.wait()
     ev = watch.created[change_id]
     if not isinstance(ev, VersionCreated):
-        raise RuntimeError(f"version rejected: {ev.reason}")
+        raise RuntimeError(f"{namespace}: version rejected: {ev.reason}")
     return ev.version
 
 
@@ -444,13 +467,7 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
         watch = await Watch(bus, namespace, phases=True).start()
         real_store = version_store_available()
         if real_store:
-            ctx.service(
-                "version_store",
-                nats.url,
-                "--store",
-                f"sqlite://{ctx.path(f'store-{n}') / 'store.db'}",
-                name=f"version_store-{n}",
-            )
+            ctx.version_store(nats.url, str(n))
         else:
             stub = await StubStore(bus, namespace).start()
         coordinator = ctx.service("coordinator", nats.url, name=f"coordinator-{n}")

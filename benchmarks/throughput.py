@@ -56,6 +56,9 @@ class Shape:
     max_per_loop: int = 500  # a bound on each loop, whatever the window
 
 
+# Makes a namespace's loop body: one change, measured in a window.
+BodyOf = Callable[[str], Callable[[], Awaitable[None]]]
+
 FULL = Shape(50, 10, window_s=6.0, windows=3)
 SMOKE = Shape(3, 2, window_s=1.0, windows=1, processes=1, connections=1)
 
@@ -172,6 +175,30 @@ async def run(ctx: Context) -> list[Figure]:
         versions = dict.fromkeys(names, 0)
         vote_timeout = 15.0
 
+        async def windows(body_of: BodyOf) -> tuple[list[float], int]:
+            """``shape.windows`` timed windows of every namespace's body at once: the rate of
+            each window, and the changes done in all."""
+            rates: list[float] = []
+            total = 0
+            for _ in range(shape.windows):
+                done, took = await _window(
+                    [body_of(ns) for ns in names], shape.window_s, shape.max_per_loop
+                )
+                rates.append(done / took)
+                total += done
+            return rates, total
+
+        async def counted(
+            body_of: BodyOf, *, promotions: bool
+        ) -> tuple[list[float], int, dict[str, Any]]:
+            """One warm-up change per namespace (first rollout: leadership, caches), then the
+            windows, with what the fsync counters grew by per change."""
+            await _window([body_of(ns) for ns in names], 0.0, 1)
+            before = await Counters.read(bus, fleet, store)
+            rates, total = await windows(body_of)
+            after = await Counters.read(bus, fleet, store)
+            return rates, total, _per_change(before, after, total, promotions=promotions)
+
         # -- the raw floor, same concurrency -------------------------------------------------
         def floor_body(ns: str) -> Callable[[], Awaitable[None]]:
             async def body() -> None:
@@ -179,12 +206,7 @@ async def run(ctx: Context) -> list[Figure]:
 
             return body
 
-        floor_rates = []
-        for _ in range(shape.windows):
-            done, took = await _window(
-                [floor_body(ns) for ns in names], shape.window_s, shape.max_per_loop
-            )
-            floor_rates.append(done / took)
+        floor_rates, _ = await windows(floor_body)
         floor = stats(floor_rates)
 
         # -- publish → all applied ------------------------------------------------------------
@@ -205,19 +227,8 @@ async def run(ctx: Context) -> list[Figure]:
 
                 return body
 
-            # Warm-up: one change per namespace (first rollout: leadership, caches).
-            await _window([e2e_body(ns) for ns in names], 0.0, 1)
-            before = await Counters.read(bus, fleet, store)
-            total = 0
-            for _ in range(shape.windows):
-                done, took = await _window(
-                    [e2e_body(ns) for ns in names], shape.window_s, shape.max_per_loop
-                )
-                e2e_rates.append(done / took)
-                total += done
-            after = await Counters.read(bus, fleet, store)
+            e2e_rates, total, per_change = await counted(e2e_body, promotions=True)
             dist.stop()
-            per_change = _per_change(before, after, total, promotions=True)
             figures.append(
                 Figure(
                     benchmark=BENCH,
@@ -248,18 +259,7 @@ async def run(ctx: Context) -> list[Figure]:
 
             return body
 
-        await _window([switch_body(ns) for ns in names], 0.0, 1)
-        before = await Counters.read(bus, fleet, store)
-        sw_rates = []
-        total = 0
-        for _ in range(shape.windows):
-            done, took = await _window(
-                [switch_body(ns) for ns in names], shape.window_s, shape.max_per_loop
-            )
-            sw_rates.append(done / took)
-            total += done
-        after = await Counters.read(bus, fleet, store)
-        sw_per_change = _per_change(before, after, total, promotions=False)
+        sw_rates, total, sw_per_change = await counted(switch_body, promotions=False)
         f = Figure(
             benchmark=BENCH,
             name=f"committed changes/s, store + switch request → all applied, "

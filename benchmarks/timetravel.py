@@ -24,15 +24,10 @@ with the others.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import random
 import sys
-import tempfile
 import time
-from dataclasses import asdict
-from pathlib import Path
 
 import anyio
 import nats.errors
@@ -40,7 +35,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from benchmarks.fleetgen import FleetGen
-from benchmarks.processes import Context, open_bus
+from benchmarks.processes import Context, open_bus, run_alone
 from benchmarks.report import Figure, Target, stats
 from confbus.client import Client
 from confbus.client import _reconstruct as timeline
@@ -183,21 +178,7 @@ async def run(ctx: Context) -> list[Figure]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.timetravel")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="confbus-bench-") as tmp:
-        ctx = Context(name=BENCH, smoke=args.smoke, workdir=Path(tmp))
-        try:
-            figures = anyio.run(run, ctx)
-        finally:
-            ctx.close()
-    text = json.dumps([asdict(f) for f in figures], indent=2, default=str)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
-    return 0
+    return run_alone(BENCH, run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -18,19 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-
-import anyio
 
 from benchmarks.fleets import AgentFleet, AgentSpec, live_file, wait_heartbeats
 from benchmarks.processes import Context, open_bus
 from benchmarks.report import Figure, stats
-from benchmarks.switch import Watch, config_bytes, timed_switch
+from benchmarks.switch import Watch, config_bytes, store_version, timed_switch
 from confbus.runtime.bus import Bus
 from confbus.runtime.kv import StateKV
-from confbus.schemas import subjects
-from confbus.schemas.changes import ChangeProposed, msg_id
-from confbus.schemas.events import VersionCreated
 from confbus.schemas.node import NamespaceState
 from confbus.schemas.state import NodeRecord, node_key
 from confbus.schemas.streams import CFG_STATE
@@ -57,21 +51,6 @@ def version_of(version: int) -> VariantSet:
     return VariantSet(format="json", base=config_bytes(version).decode(), overlays=overlays)
 
 
-async def _stored(bus: Bus, watch: Watch, ns: str, version: int, content: bytes) -> int:
-    change_id = secrets.token_hex(8)
-    change = ChangeProposed(
-        namespace=ns, change_id=change_id, content=content, format="json", base=version - 1
-    )
-    created = watch.expect_created(change_id)
-    await bus.publish(subjects.change(ns), change, msg_id=msg_id(ns, change_id))
-    with anyio.fail_after(30):
-        await created.wait()
-    ev = watch.created[change_id]
-    if not isinstance(ev, VersionCreated):
-        raise RuntimeError(f"{ns} v{version} rejected: {ev.reason}")
-    return ev.version
-
-
 async def _record_labels(bus: Bus, nodes: list[str]) -> None:
     kv = await StateKV.open(bus, CFG_STATE)
     states = [NamespaceState(namespace=ns) for ns in (PLAIN, VARIANTS)]
@@ -87,13 +66,7 @@ async def run(ctx: Context) -> list[Figure]:
     root = ctx.path("fleet-variants")
     bus = await open_bus(nats.url, "bench-variants-switch")
     try:
-        ctx.service(
-            "version_store",
-            nats.url,
-            "--store",
-            f"sqlite://{ctx.path('store-variants') / 'store.db'}",
-            name="version_store-variants",
-        )
+        ctx.version_store(nats.url, "variants")
         ctx.service("coordinator", nats.url, name="coordinator-variants")
         await _record_labels(bus, nodes)
         fleet = AgentFleet(
@@ -119,7 +92,7 @@ async def run(ctx: Context) -> list[Figure]:
                     content = encode_variants(last)
                 else:
                     content = config_bytes(i + 1)
-                v = await _stored(bus, watches[ns], ns, i + 1, content)
+                v = await store_version(bus, watches[ns], ns, content, base=i)
                 seconds, _ = await timed_switch(bus, watches[ns], ns, v, nodes, 10.0)
                 if i:
                     took[ns].append(seconds * 1000)

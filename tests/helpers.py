@@ -1,4 +1,5 @@
-"""Waiting on events instead of sleeping: every wait has a deadline."""
+"""Waiting on events instead of sleeping (every wait has a deadline), and a fresh server made
+ready for confbus."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TypeVar
 import anyio
 
 from confbus.procs.etcd import leader_name
+from confbus.runtime.bus import connect, provision
 
 T = TypeVar("T")
 
@@ -38,3 +40,13 @@ async def etcd_leader(endpoints: Sequence[str], timeout: float = 10.0) -> str:
         return await anyio.to_thread.run_sync(leader_name, endpoints)
 
     return await eventually(named, timeout=timeout, what=f"an etcd leader among {endpoints}")
+
+
+async def provision_at(url: str) -> None:
+    """confbus's streams and buckets on the nats-server at ``url``, as ``confbus up`` makes
+    them before it starts a service."""
+    bus = await connect(url, name="test-provision")
+    try:
+        await provision(bus)
+    finally:
+        await bus.close()

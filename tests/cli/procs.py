@@ -34,25 +34,41 @@ def start_confbus(*args: str, cwd: Path = REPO) -> Proc:
     return Proc("confbus", [*confbus_argv(), *args], cwd=cwd).start(wait_ready=False)
 
 
-def run_confbus(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run_confbus(
+    *args: str, timeout: float = 60.0, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``confbus ARGS`` to its end; ``env``: variables set for it, beside the test's own;
+    ``stdin``: what it reads (nothing when None)."""
     return subprocess.run(
         [*confbus_argv(), *args],
         cwd=REPO,
-        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env} if env else None,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
+async def arun_confbus_bytes(
+    *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``run_confbus`` without blocking the test's event loop (its bus connection lives on),
+    its output as the bytes it wrote."""
+    environ = {**os.environ, **env} if env else None
+    with anyio.fail_after(timeout):
+        done = await anyio.run_process(
+            [*confbus_argv(), *args], cwd=REPO, check=False, env=environ, stdin=subprocess.DEVNULL
+        )
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout, done.stderr)
+
+
 async def arun_confbus(
     *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``run_confbus`` without blocking the test's event loop (its bus connection lives on);
-    ``env``: variables set for it, beside the test's own."""
-    environ = {**os.environ, **env} if env else None
-    with anyio.fail_after(timeout):
-        done = await anyio.run_process([*confbus_argv(), *args], cwd=REPO, check=False, env=environ)
+    """``arun_confbus_bytes`` with its output decoded."""
+    done = await arun_confbus_bytes(*args, timeout=timeout, env=env)
     return subprocess.CompletedProcess(
         done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
     )

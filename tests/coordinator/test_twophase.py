@@ -25,8 +25,8 @@ from confbus.schemas import subjects
 from confbus.schemas.api.store import GET, GetRequest, VersionReply
 from confbus.schemas.streams import CFG_TXN
 from confbus.schemas.txn import Decision, Prepare, Vote, decode_txn, decode_vote_ack
-from confbus.schemas.versions import VersionInfo
 from tests.helpers import eventually
+from tests.versions import version_info
 
 pytestmark = pytest.mark.anyio
 
@@ -37,19 +37,7 @@ SHA = hashlib.sha256(CONTENT).hexdigest()
 @pytest.fixture
 async def store(bus: Bus) -> AsyncIterator[None]:
     async def get(req: GetRequest) -> VersionReply:
-        info = VersionInfo(
-            namespace=req.namespace,
-            version=int(req.ref),
-            sha256=SHA,
-            size=len(CONTENT),
-            format="json",
-            parent=None,
-            author="ci",
-            message="",
-            change_id="c1",
-            created_at=datetime.now(UTC),
-            status="approved",
-        )
+        info = version_info(req.namespace, int(req.ref), CONTENT, change_id="c1", author="ci")
         return VersionReply(info=info, content=CONTENT)
 
     svc = await serve_api(bus, [Endpoint(GET, get)], partial=True)

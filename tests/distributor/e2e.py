@@ -4,10 +4,11 @@ of what happened (events, decisions) that wait with deadlines, never with sleeps
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import msgspec
 
@@ -19,6 +20,7 @@ from confbus.schemas.events import AnyEvent, NodeApplied, decode_event
 from confbus.schemas.policy import Policy
 from confbus.schemas.streams import CFG_EVENTS, CFG_TXN
 from confbus.schemas.txn import Decision, decode_txn
+from tests.cli.procs import arun_confbus
 from tests.e2e.helpers import read_messages
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
@@ -50,12 +52,25 @@ def start_distributor(stack: Stack, *extra: str, env: dict[str, str] | None = No
     stack.start_service("distributor", *DIST_ARGS, *extra, env=env)
 
 
-def rollout_stack(root: Path, nodes: Sequence[str], *, distributor: bool = True) -> Stack:
-    stack = start_stack(root, services=("version_store", "coordinator"))
+class StackOptions(TypedDict, total=False):
+    """What ``rollout_stack`` starts besides the agents: ``services`` in order (default the
+    version-store and the coordinator), the distributor after the agents (default yes), and
+    each node's own agent arguments."""
+
+    services: Sequence[str]
+    distributor: bool
+    agent_args: Mapping[str, Sequence[str]]
+
+
+def rollout_stack(root: Path, nodes: Sequence[str], **options: Unpack[StackOptions]) -> Stack:
+    """The services, an agent on each of ``nodes`` (``HEARTBEAT_S``), the distributor."""
+    stack = start_stack(root, services=options.get("services", ("version_store", "coordinator")))
     try:
+        agent_args = options.get("agent_args", {})
         for n in nodes:
-            stack.start_agent(n, (NS,), "--heartbeat-interval", str(HEARTBEAT_S))
-        if distributor:
+            extra = agent_args.get(n, ())
+            stack.start_agent(n, (NS,), "--heartbeat-interval", str(HEARTBEAT_S), *extra)
+        if options.get("distributor", True):
             start_distributor(stack)
     except BaseException:
         stack.stop()
@@ -63,12 +78,25 @@ def rollout_stack(root: Path, nodes: Sequence[str], *, distributor: bool = True)
     return stack
 
 
-def stack_of(root: Path, nodes: Sequence[str], distributor: bool = True) -> Iterator[Stack]:
-    stack = rollout_stack(root, nodes, distributor=distributor)
+def stack_of(root: Path, nodes: Sequence[str], **options: Unpack[StackOptions]) -> Iterator[Stack]:
+    """``rollout_stack`` as a fixture's body: stopped when the test is done."""
+    stack = rollout_stack(root, nodes, **options)
     try:
         yield stack
     finally:
         stack.stop()
+
+
+async def confbus(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """``confbus ARGS`` against the stack, as a real process, to its end."""
+    return await arun_confbus("--nats-url", stack.url, *args, timeout=120)
+
+
+def config_file(directory: Path, tag: str) -> Path:
+    """A config file holding ``content(tag)``."""
+    path = directory / f"{tag}.json"
+    path.write_bytes(content(tag))
+    return path
 
 
 @asynccontextmanager

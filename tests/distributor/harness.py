@@ -7,11 +7,9 @@ tests/e2e)."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +31,11 @@ from confbus.runtime.settings import Settings
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api import store as store_api
 from confbus.schemas.api.dist import RolloutInfo, decode_rollout_info
-from confbus.schemas.events import AnyEvent, VersionCreated, VersionLastGood, VersionPromoted
+from confbus.schemas.events import AnyEvent, VersionLastGood, VersionPromoted
 from confbus.schemas.policy import Policy
 from confbus.schemas.versions import VersionInfo
 from tests.helpers import eventually
+from tests.versions import created, version_info
 
 NS = "web"
 HEARTBEAT_S = 0.2
@@ -138,20 +137,8 @@ class MemoryStore:
         (``announce=False``: not yet — ``announce`` does, as a late redelivery would)."""
         version = 1 + max((v for (n, v) in self.versions if n == ns), default=0)
         content = content if content is not None else content_of(version)
-        sha = hashlib.sha256(content).hexdigest()
-        info = VersionInfo(
-            namespace=ns,
-            version=version,
-            sha256=sha,
-            size=len(content),
-            format="json",
-            parent=version - 1 or None,
-            author="ci",
-            message="",
-            change_id=f"c{version}",
-            created_at=datetime.now(UTC),
-            status="approved",
-            rollback_of=rollback_of,
+        info = version_info(
+            ns, version, content, change_id=f"c{version}", author="ci", rollback_of=rollback_of
         )
         self.versions[(ns, version)] = (info, content)
         if announce:
@@ -166,24 +153,8 @@ class MemoryStore:
         strategy: str | None = None,
         selector: dict[str, str] | None = None,
     ) -> None:
-        info, _ = self.versions[(ns, version)]
-        await emit(
-            self.bus,
-            VersionCreated(
-                namespace=ns,
-                actor="ci",
-                version=version,
-                sha256=info.sha256,
-                size=info.size,
-                format="json",
-                parent=info.parent,
-                change_id=info.change_id,
-                status="approved",
-                rollback_of=info.rollback_of,
-                strategy=strategy,
-                selector=selector,
-            ),
-        )
+        info, content = self.versions[(ns, version)]
+        await emit(self.bus, created(info, content, strategy=strategy, selector=selector))
 
 
 Verdicts = Callable[[health_api.VerdictRequest], Awaitable[health_api.VerdictReply]]

@@ -5,12 +5,11 @@ agents)."""
 from __future__ import annotations
 
 import json
-import sys
 
-import anyio
 import pytest
 
 from confbus.schemas.policy import Policy
+from tests.cli.procs import arun_confbus
 from tests.distributor.harness import NS, Harness
 from tests.helpers import eventually
 
@@ -18,10 +17,8 @@ pytestmark = pytest.mark.anyio
 
 
 async def confbus(h: Harness, *args: str) -> tuple[int, str, str]:
-    result = await anyio.run_process(
-        [sys.executable, "-m", "confbus.cli.main", "--nats-url", h.url, *args], check=False
-    )
-    return result.returncode, result.stdout.decode(), result.stderr.decode()
+    done = await arun_confbus("--nats-url", h.url, *args)
+    return done.returncode, done.stdout, done.stderr
 
 
 async def test_rollout_status_and_controls(h: Harness) -> None:

@@ -9,6 +9,7 @@ import anyio
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from confbus.runtime.api import call
@@ -34,15 +35,21 @@ async def store_version(
             msg_id=msg_id(ns, change_id),
         )
         with anyio.fail_after(timeout):
-            while True:
-                msg = await sub.next_msg(timeout=timeout)
-                ev = decode_event(msg.data)
-                if isinstance(ev, VersionCreated) and ev.change_id == change_id:
-                    return ev.version
-                if isinstance(ev, VersionRejected) and ev.change_id == change_id:
-                    raise AssertionError(f"rejected: {ev.reason}")
+            return await version_announced(sub, change_id, timeout)
     finally:
         await sub.unsubscribe()
+
+
+async def version_announced(sub: Subscription, change_id: str, timeout: float) -> int:
+    """The version the version-store announces for ``change_id`` on ``sub`` (subscribed to
+    the namespace's ``version.*`` events before the change went out); a rejection fails."""
+    while True:
+        msg = await sub.next_msg(timeout=timeout)
+        ev = decode_event(msg.data)
+        if isinstance(ev, VersionCreated) and ev.change_id == change_id:
+            return ev.version
+        if isinstance(ev, VersionRejected) and ev.change_id == change_id:
+            raise AssertionError(f"change {change_id} rejected: {ev.reason}")
 
 
 async def switch(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
+from confbus.runtime.http import http_get
 
 # Services in start order; each waits for its JSON ready line.
 DEFAULT_SERVICES = ("version_store", "coordinator", "distributor")
@@ -100,6 +101,17 @@ class Stack:
         self.agents[name] = agent
         return agent
 
+    async def metric(self, service: str, series: str) -> float:
+        """``series`` (its name and labels, as exposed) on ``service``'s ``/metrics``; 0.0 while
+        it is not there."""
+        ready = self.services[service].ready
+        assert ready is not None, f"{service} is not ready"
+        _, body = await http_get("127.0.0.1", ready["http_port"], "/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def restart_agent(self, node: str, env: dict[str, str] | None = None) -> Agent:
         agent = self.agents[node]
         agent.proc.stop()
@@ -128,9 +140,20 @@ def start_stack(root: Path, services: Sequence[str] = DEFAULT_SERVICES) -> Stack
     return stack
 
 
-def stack_fixture(root: Path, services: Sequence[str] = DEFAULT_SERVICES) -> Iterator[Stack]:
+def stack_fixture(
+    root: Path,
+    services: Sequence[str] = DEFAULT_SERVICES,
+    *,
+    agents: Sequence[str] = (),
+    namespaces: Sequence[str] = ("web",),
+    agent_args: Sequence[str] = (),
+) -> Iterator[Stack]:
+    """A fixture's body: ``services``, then an agent on each node of ``agents`` following
+    ``namespaces`` (with ``agent_args``); all stopped when the test is done."""
     stack = start_stack(root, services)
     try:
+        for node in agents:
+            stack.start_agent(node, namespaces, *agent_args)
         yield stack
     finally:
         stack.stop()

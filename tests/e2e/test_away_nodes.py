@@ -6,7 +6,6 @@ heartbeat once it is back. ``--require-all`` makes them required."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,13 +18,15 @@ from confbus.schemas.node import decode_heartbeat
 from tests.distributor.e2e import (
     NS,
     client_of,
+    confbus,
+    config_file,
     content,
     live_count,
     set_policy,
-    start_distributor,
+    stack_of,
     wait_event,
 )
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -35,34 +36,7 @@ NODES = ("n1", "n2", "n3", "n4")
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store", "coordinator"))
-    try:
-        for n in NODES:
-            s.start_agent(n, (NS,), "--heartbeat-interval", "0.3")
-        start_distributor(s)
-        yield s
-    finally:
-        s.stop()
-
-
-async def confbus(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "confbus.cli.main", "--nats-url", stack.url, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-
-    return await anyio.to_thread.run_sync(run)
-
-
-def config_file(tmp_path: Path, tag: str) -> Path:
-    path = tmp_path / f"{tag}.json"
-    path.write_bytes(content(tag))
-    return path
+    yield from stack_of(tmp_path, NODES)
 
 
 async def liveness_of(stack: Stack, node: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from confbus.schemas.api import txn as txn_api
 from confbus.schemas.events import NodeApplied
 from confbus.schemas.streams import CFG_TXN_HEAD
 from tests.e2e.helpers import agent_status, decisions, events, store_version, switch
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack, stack_fixture
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -43,13 +43,7 @@ STEPS = (
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store",))
-    try:
-        for n in NODES:
-            s.start_agent(n)
-        yield s
-    finally:
-        s.stop()
+    yield from stack_fixture(tmp_path, ("version_store",), agents=NODES)
 
 
 async def crash_and_recover(stack: Stack, bus: Bus, step: str, runs: int) -> dict[str, int]:

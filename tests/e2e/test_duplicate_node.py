@@ -20,16 +20,17 @@ from confbus.schemas.events import NodeApplied, NodeDuplicate
 from tests.distributor.e2e import (
     NS,
     client_of,
+    confbus,
+    config_file,
     content,
     events,
     files_hold,
     live_count,
     of,
-    start_distributor,
+    stack_of,
     wait_event,
 )
-from tests.e2e.stack import Stack, start_stack
-from tests.e2e.test_away_nodes import confbus, config_file
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
 
@@ -38,14 +39,7 @@ NODES = ("n1", "n2")
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store", "coordinator"))
-    try:
-        for n in NODES:
-            s.start_agent(n, (NS,), "--heartbeat-interval", "0.3")
-        start_distributor(s)
-        yield s
-    finally:
-        s.stop()
+    yield from stack_of(tmp_path, NODES)
 
 
 async def publish_all(stack: Stack, tmp_path: Path, *tags: str) -> None:

@@ -10,21 +10,23 @@ from pathlib import Path
 import pytest
 
 from confbus.schemas.events import RolloutCompleted
-from tests.distributor.e2e import NS, client_of, content, start_distributor, wait_event
-from tests.e2e.stack import Stack, start_stack
-from tests.e2e.test_away_nodes import confbus, config_file
+from tests.distributor.e2e import (
+    NS,
+    client_of,
+    confbus,
+    config_file,
+    content,
+    stack_of,
+    wait_event,
+)
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store", "coordinator"))
-    try:
-        start_distributor(s)
-        yield s
-    finally:
-        s.stop()
+    yield from stack_of(tmp_path, ())
 
 
 async def test_no_node_following_the_namespace_exits_1(stack: Stack, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ agents keep their files, nobody crashes, nothing stays in doubt."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,20 +110,7 @@ async def _assault(stack: Stack, kind: str, txid: str, data: bytes) -> None:
         elif kind == "forged_prepare":
             # Well-formed, but no coordinator ever started it: agents stage it, hear no
             # decision, ask — and the answer is presumed abort.
-            content = b'{"evil": 1}\n'
-            import hashlib
-
-            forged = Prepare(
-                txid=txid,
-                namespace=NS,
-                version=99,
-                content=content,
-                sha256=hashlib.sha256(content).hexdigest(),
-                format="json",
-                participants=list(NODES),
-                epoch=1,
-                timeout_s=0.5,
-            )
+            forged = forged_prepare(txid, 99, b'{"evil": 1}\n', timeout_s=0.5)
             await publish_prepare_heard_by_all(bus, forged)
         elif kind == "replay":
             # Duplicates of the real records, and a commit for a txid that has no prepare.
@@ -140,6 +128,21 @@ async def _assault(stack: Stack, kind: str, txid: str, data: bytes) -> None:
                     await bus.js.publish(subjects.txn_decision(NS, txid), encode(commit))
     finally:
         await bus.close()
+
+
+def forged_prepare(txid: str, version: int, content: bytes, *, timeout_s: float) -> Prepare:
+    """A well-formed prepare for every node that no coordinator ever started."""
+    return Prepare(
+        txid=txid,
+        namespace=NS,
+        version=version,
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        format="json",
+        participants=list(NODES),
+        epoch=1,
+        timeout_s=timeout_s,
+    )
 
 
 async def publish_prepare_heard_by_all(bus: Bus, prepare: Prepare) -> None:
@@ -209,23 +212,10 @@ def test_stream_still_readable_after_the_assault(stack: Stack) -> None:
 
 
 def test_forged_prepare_is_held_in_doubt_then_presumed_aborted(stack: Stack) -> None:
-    import hashlib
-
     async def run() -> None:
         bus = await connect(stack.url, name="forger")
         try:
-            content = b'{"evil": 2}\n'
-            forged = Prepare(
-                txid="forged-1",
-                namespace=NS,
-                version=50,
-                content=content,
-                sha256=hashlib.sha256(content).hexdigest(),
-                format="json",
-                participants=list(NODES),
-                epoch=1,
-                timeout_s=3.0,
-            )
+            forged = forged_prepare("forged-1", 50, b'{"evil": 2}\n', timeout_s=3.0)
             await publish_prepare_heard_by_all(bus, forged)
             port = stack.agents["n1"].proc.ready["http_port"]  # type: ignore[index]
 

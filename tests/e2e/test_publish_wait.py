@@ -4,25 +4,24 @@ messages and the bytes on each node's disk are what is checked."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from confbus.schemas.events import RolloutCompleted
 from tests.distributor.e2e import (
     NS,
     client_of,
+    confbus,
+    config_file,
     content,
     live_count,
     set_policy,
-    start_distributor,
+    stack_of,
     wait_event,
 )
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
 
@@ -30,55 +29,14 @@ NODES = ("n1", "n2", "n3")
 BAD_VALIDATE = ("--validate", "sh -c 'echo pool too small >&2; exit 1'")
 
 
-def make_stack(root: Path, bad: str | None = None) -> Stack:
-    stack = start_stack(root, services=("version_store", "coordinator"))
-    try:
-        for n in NODES:
-            extra = BAD_VALIDATE if n == bad else ()
-            stack.start_agent(n, (NS,), "--heartbeat-interval", "0.3", *extra)
-        start_distributor(stack)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = make_stack(tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from stack_of(tmp_path, NODES)
 
 
 @pytest.fixture
 def bad_stack(tmp_path: Path) -> Iterator[Stack]:
-    s = make_stack(tmp_path, bad="n2")
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-async def confbus(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "confbus.cli.main", "--nats-url", stack.url, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-
-    return await anyio.to_thread.run_sync(run)
-
-
-def config_file(tmp_path: Path, tag: str) -> Path:
-    path = tmp_path / f"{tag}.json"
-    path.write_bytes(content(tag))
-    return path
+    yield from stack_of(tmp_path, NODES, agent_args={"n2": BAD_VALIDATE})
 
 
 async def test_publish_wait_exits_0_once_every_node_holds_the_bytes(

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from confbus.client import Client
-from confbus.runtime.http import http_get, http_post
+from confbus.runtime.http import http_post
 from confbus.schemas import subjects
 from confbus.schemas.events import AnyEvent, RollbackCompleted, RollbackStarted
 from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.policy import Policy, RollbackPolicy
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack, stack_fixture
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -36,13 +36,7 @@ SERVICES = ("version_store", "coordinator", "distributor", "health_watcher", "ro
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=SERVICES)
-    try:
-        for n in NODES:
-            s.start_agent(n)
-        yield s
-    finally:
-        s.stop()
+    yield from stack_fixture(tmp_path, SERVICES, agents=NODES)
 
 
 def webhook(status: str) -> bytes:
@@ -66,16 +60,6 @@ def webhook(status: str) -> bytes:
         "alerts": [alert],
     }
     return json.dumps(body).encode()
-
-
-async def rollbacker_metric(stack: Stack, series: str) -> float:
-    ready = stack.services["rollbacker"].ready
-    assert ready is not None
-    _, body = await http_get("127.0.0.1", ready["http_port"], "/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_an_alertmanager_alert_rolls_back_once(stack: Stack) -> None:
@@ -134,8 +118,8 @@ async def test_an_alertmanager_alert_rolls_back_once(stack: Stack) -> None:
             # The repeats are duplicates (in CFG_ALERTS already, or in the rollbacker's
             # ledger); the resolution is judged and ignored.
             series = 'confbus_rollbacker_alerts_total{outcome="%s"}'
-            started = await rollbacker_metric(stack, series % "started")
-            ignored = await rollbacker_metric(stack, series % "ignored")
+            started = await stack.metric("rollbacker", series % "started")
+            ignored = await stack.metric("rollbacker", series % "ignored")
             return started == 1 and ignored == 1
 
         await eventually(judged_all, timeout=30, what="every alert judged")

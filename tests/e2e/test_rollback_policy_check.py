@@ -13,16 +13,17 @@ from confbus.schemas.events import RollbackCompleted, RollbackStarted, VersionCr
 from tests.distributor.e2e import (
     NS,
     client_of,
+    confbus,
+    config_file,
     content,
     events,
     files_hold,
     live_count,
     of,
     set_policy,
-    start_distributor,
+    stack_of,
 )
-from tests.e2e.stack import Stack, start_stack
-from tests.e2e.test_away_nodes import confbus, config_file
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
 
@@ -32,14 +33,7 @@ REGION_REQUIRED = {"type": "object", "required": ["region"]}
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store", "coordinator", "rollbacker"))
-    try:
-        for n in NODES:
-            s.start_agent(n, (NS,), "--heartbeat-interval", "0.3")
-        start_distributor(s)
-        yield s
-    finally:
-        s.stop()
+    yield from stack_of(tmp_path, NODES, services=("version_store", "coordinator", "rollbacker"))
 
 
 async def test_a_rollback_the_current_schema_refuses_needs_force(

@@ -16,16 +16,17 @@ from confbus.schemas.policy import HealthRule, RollbackPolicy
 from tests.distributor.e2e import (
     NS,
     client_of,
+    confbus,
+    config_file,
     content,
     events,
     files_hold,
     live_count,
     of,
     set_policy,
-    start_distributor,
+    stack_of,
 )
-from tests.e2e.stack import Stack, start_stack
-from tests.e2e.test_away_nodes import confbus, config_file
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
 
@@ -34,15 +35,9 @@ NODES = ("n1", "n2", "n3", "n4")
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store", "coordinator", "health_watcher"))
-    try:
-        s.start_service("rollbacker")  # its default --verify-timeout: 30 s per batch
-        for n in NODES:
-            s.start_agent(n, (NS,), "--heartbeat-interval", "0.3")
-        start_distributor(s)
-        yield s
-    finally:
-        s.stop()
+    # The rollbacker with its default --verify-timeout: 30 s per batch.
+    services = ("version_store", "coordinator", "health_watcher", "rollbacker")
+    yield from stack_of(tmp_path, NODES, services=services)
 
 
 async def test_a_rollback_without_health_sources_is_not_held_up(

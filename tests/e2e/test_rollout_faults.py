@@ -4,6 +4,7 @@ Real nats-server, version-store, coordinator, distributor and agent processes.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from tests.distributor.e2e import (
     of,
     rollout_stack,
     set_policy,
+    stack_of,
     start_distributor,
     wait_event,
 )
@@ -42,6 +44,12 @@ pytestmark = pytest.mark.anyio
 
 EIGHT = tuple(f"n{i}" for i in range(1, 9))
 FOUR = EIGHT[:4]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """Four agents, the distributor and the services it needs."""
+    yield from stack_of(tmp_path, FOUR)
 
 
 async def not_live(client: Client, node: str) -> None:
@@ -102,85 +110,77 @@ async def _any(client: Client, kind: type, n: int) -> bool:
     return len(of(await events(client.bus), kind)) >= n
 
 
-async def test_agent_away_during_two_rollouts_catches_up(tmp_path: Path) -> None:
-    stack = rollout_stack(tmp_path, FOUR)
-    try:
-        async with client_of(stack) as client:
-            await live_count(client, len(FOUR))
-            v1 = await client.publish(NS, content("v1"))
-            assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
-            await files_hold(stack, FOUR, content("v1"))
-            # Stopped only once it has announced its apply (the file is written just before).
-            await wait_event(client.bus, NodeApplied, node="n4", version=v1.version)
-            stack.agents["n4"].proc.stop()
-            await not_live(client, "n4")
-            v2 = await client.publish(NS, content("v2"))
-            assert (await client.wait_rollout(NS, v2.version, timeout=30)).state == "completed"
-            v3 = await client.publish(NS, content("v3"))
-            done = await client.wait_rollout(NS, v3.version, timeout=30)
-            assert done.state == "completed" and "n4" not in done.targets
-            assert stack.agents["n4"].read(NS) == content("v1")
-            # Announced away (node.status waits out --status-event-gap after its last one):
-            # the two rollouts can be over sooner than that.
-            await wait_event(client.bus, NodeStatusChanged, node="n4", status="away")
+async def test_agent_away_during_two_rollouts_catches_up(stack: Stack) -> None:
+    async with client_of(stack) as client:
+        await live_count(client, len(FOUR))
+        v1 = await client.publish(NS, content("v1"))
+        assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
+        await files_hold(stack, FOUR, content("v1"))
+        # Stopped only once it has announced its apply (the file is written just before).
+        await wait_event(client.bus, NodeApplied, node="n4", version=v1.version)
+        stack.agents["n4"].proc.stop()
+        await not_live(client, "n4")
+        v2 = await client.publish(NS, content("v2"))
+        assert (await client.wait_rollout(NS, v2.version, timeout=30)).state == "completed"
+        v3 = await client.publish(NS, content("v3"))
+        done = await client.wait_rollout(NS, v3.version, timeout=30)
+        assert done.state == "completed" and "n4" not in done.targets
+        assert stack.agents["n4"].read(NS) == content("v1")
+        # Announced away (node.status waits out --status-event-gap after its last one):
+        # the two rollouts can be over sooner than that.
+        await wait_event(client.bus, NodeStatusChanged, node="n4", status="away")
 
-            stack.agents["n4"].proc.start()
-            await files_hold(stack, FOUR, content("v3"))
-            # The event log says how: back live, one catch-up switch straight to v3.
-            catchup = await wait_event(client.bus, NodeCatchUp, node="n4", outcome="applied")
-            assert catchup.kind == "switch" and catchup.version == v3.version
-            assert catchup.from_version == v1.version and catchup.txid is not None
-            await wait_event(client.bus, NodeApplied, node="n4", version=v3.version)
-            evs = await events(client.bus)
-            commit = next(e for e in of(evs, TxnCommitted) if e.txid == catchup.txid)
-            assert commit.participants == ["n4"] and commit.version == v3.version
-            n4 = [e for e in of(evs, NodeApplied) if e.node == "n4"]
-            assert [(e.version, e.previous) for e in n4] == [(1, None), (3, 1)]  # skipped v2
+        stack.agents["n4"].proc.start()
+        await files_hold(stack, FOUR, content("v3"))
+        # The event log says how: back live, one catch-up switch straight to v3.
+        catchup = await wait_event(client.bus, NodeCatchUp, node="n4", outcome="applied")
+        assert catchup.kind == "switch" and catchup.version == v3.version
+        assert catchup.from_version == v1.version and catchup.txid is not None
+        await wait_event(client.bus, NodeApplied, node="n4", version=v3.version)
+        evs = await events(client.bus)
+        commit = next(e for e in of(evs, TxnCommitted) if e.txid == catchup.txid)
+        assert commit.participants == ["n4"] and commit.version == v3.version
+        n4 = [e for e in of(evs, NodeApplied) if e.node == "n4"]
+        assert [(e.version, e.previous) for e in n4] == [(1, None), (3, 1)]  # skipped v2
 
-            async def back_live() -> list[str] | None:
-                found = of(await events(client.bus), NodeStatusChanged)
-                statuses = [e.status for e in found if e.node == "n4"]
-                return list(statuses) if statuses[-2:] == ["away", "live"] else None
+        async def back_live() -> list[str] | None:
+            found = of(await events(client.bus), NodeStatusChanged)
+            statuses = [e.status for e in found if e.node == "n4"]
+            return list(statuses) if statuses[-2:] == ["away", "live"] else None
 
-            statuses = await eventually(back_live, timeout=10, what="n4 away, then live")
-            assert statuses[0] == "live"  # joined, went away, came back
-            st = await client.fleet_status(NS)
-            n4s = next(n for n in st.nodes if n.node == "n4")
-            assert n4s.applied_version == n4s.target_version == v3.version
-    finally:
-        stack.stop()
+        statuses = await eventually(back_live, timeout=10, what="n4 away, then live")
+        assert statuses[0] == "live"  # joined, went away, came back
+        st = await client.fleet_status(NS)
+        n4s = next(n for n in st.nodes if n.node == "n4")
+        assert n4s.applied_version == n4s.target_version == v3.version
 
 
-async def test_newer_version_supersedes_a_rollout_mid_bake(tmp_path: Path) -> None:
-    stack = rollout_stack(tmp_path, FOUR)
-    try:
-        async with client_of(stack) as client:
-            await live_count(client, len(FOUR))
-            v1 = await client.publish(NS, content("v1"))
-            assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
-            await set_policy(client, bake_s=60.0)  # a long bake: v2 would take minutes
-            v2 = await client.publish(NS, content("v2"), strategy="linear:25%")
-            await wait_event(client.bus, RolloutWave, version=v2.version, wave=0)
-            await set_policy(client, bake_s=0.2)  # v3's own rollout: quick
-            v3 = await client.publish(NS, content("v3"), strategy="all-at-once")
-            old = await client.wait_rollout(NS, v2.version, timeout=30)
-            assert old.state == "superseded" and old.superseded_by == v3.version
-            new = await client.wait_rollout(NS, v3.version, timeout=30)
-            assert new.state == "completed", new.reason
-            await files_hold(stack, FOUR, content("v3"))
+async def test_newer_version_supersedes_a_rollout_mid_bake(stack: Stack) -> None:
+    async with client_of(stack) as client:
+        await live_count(client, len(FOUR))
+        v1 = await client.publish(NS, content("v1"))
+        assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
+        await set_policy(client, bake_s=60.0)  # a long bake: v2 would take minutes
+        v2 = await client.publish(NS, content("v2"), strategy="linear:25%")
+        await wait_event(client.bus, RolloutWave, version=v2.version, wave=0)
+        await set_policy(client, bake_s=0.2)  # v3's own rollout: quick
+        v3 = await client.publish(NS, content("v3"), strategy="all-at-once")
+        old = await client.wait_rollout(NS, v2.version, timeout=30)
+        assert old.state == "superseded" and old.superseded_by == v3.version
+        new = await client.wait_rollout(NS, v3.version, timeout=30)
+        assert new.state == "completed", new.reason
+        await files_hold(stack, FOUR, content("v3"))
 
-            sup = await wait_event(client.bus, RolloutSuperseded, version=v2.version)
-            await wait_event(client.bus, RolloutCompleted, version=v3.version)
-            evs = await events(client.bus)
-            assert sup.by_version == v3.version
-            assert [w.state for w in sup.waves] == ["done", "skipped", "skipped", "skipped"]
-            v2_applied = {e.node for e in of(evs, NodeApplied) if e.version == v2.version}
-            assert len(v2_applied) == 1  # only the first wave went out
-            done = next(e for e in of(evs, RolloutCompleted) if e.version == v3.version)
-            assert sorted(o.node for o in done.report) == sorted(FOUR)
-            assert (await client.fleet_status(NS)).production_version == v3.version
-    finally:
-        stack.stop()
+        sup = await wait_event(client.bus, RolloutSuperseded, version=v2.version)
+        await wait_event(client.bus, RolloutCompleted, version=v3.version)
+        evs = await events(client.bus)
+        assert sup.by_version == v3.version
+        assert [w.state for w in sup.waves] == ["done", "skipped", "skipped", "skipped"]
+        v2_applied = {e.node for e in of(evs, NodeApplied) if e.version == v2.version}
+        assert len(v2_applied) == 1  # only the first wave went out
+        done = next(e for e in of(evs, RolloutCompleted) if e.version == v3.version)
+        assert sorted(o.node for o in done.report) == sorted(FOUR)
+        assert (await client.fleet_status(NS)).production_version == v3.version
 
 
 async def _frozen_stack(tmp_path: Path) -> Stack:

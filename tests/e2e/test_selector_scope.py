@@ -17,16 +17,16 @@ from confbus.schemas.events import NodeCatchUp
 from tests.distributor.e2e import (
     NS,
     client_of,
+    confbus,
     content,
     events,
     files_hold,
     live_count,
     of,
-    start_distributor,
+    stack_of,
     wait_rollout,
 )
-from tests.e2e.stack import Stack, start_stack
-from tests.e2e.test_away_nodes import confbus
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
 
@@ -35,14 +35,8 @@ LABELS = {"e1": "eu1", "e2": "eu1", "u1": "us1", "u2": "us1"}
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store", "coordinator"))
-    try:
-        for n, dc in LABELS.items():
-            s.start_agent(n, (NS,), "--heartbeat-interval", "0.3", "--label", f"dc={dc}")
-        start_distributor(s)
-        yield s
-    finally:
-        s.stop()
+    labels = {n: ("--label", f"dc={dc}") for n, dc in LABELS.items()}
+    yield from stack_of(tmp_path, tuple(LABELS), agent_args=labels)
 
 
 async def heartbeats_heard(stack: Stack, node: str, count: int) -> None:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from confbus.runtime.kv import StateKV
@@ -26,8 +24,8 @@ from confbus.schemas.events import (
 from confbus.schemas.state import decode_node, node_key
 from confbus.schemas.streams import CFG_STATE
 from confbus.schemas.txn import Prepare, decode_txn
+from tests.cli.procs import arun_confbus_bytes
 from tests.distributor.e2e import (
-    HEARTBEAT_S,
     NS,
     client_of,
     events,
@@ -35,9 +33,9 @@ from tests.distributor.e2e import (
     of,
     read_all,
     set_policy,
-    start_distributor,
+    stack_of,
 )
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -52,56 +50,39 @@ LABELS = {
 }
 SCHEMA = {"type": "object", "properties": {"workers": {"type": "integer", "maximum": 32}}}
 # Refuses bytes that point at the eu1 database: only the dc=eu1 variants do.
+SERVICES = ("version_store", "coordinator", "rollbacker")
 REFUSE_EU1 = (
     "sh -c 'if grep -q db.eu1 \"$CONFBUS_STAGED\"; then echo eu1 db refused >&2; exit 1; fi'"
 )
 
 
-def make_stack(root: Path, refusing: str | None = None) -> Stack:
-    stack = start_stack(root, services=("version_store", "coordinator"))
-    try:
-        for node, labels in LABELS.items():
-            extra = [a for pair in labels.split(",") for a in ("--label", pair)]
-            if node == refusing:
-                extra += ["--validate", REFUSE_EU1]
-            stack.start_agent(node, (NS,), "--heartbeat-interval", str(HEARTBEAT_S), *extra)
-        start_distributor(stack)
-        stack.start_service("rollbacker")
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+def agent_args(refusing: str | None = None) -> dict[str, list[str]]:
+    """Each node's labels, and for ``refusing`` a validate command that refuses eu1's db."""
+    args = {
+        n: [a for pair in labels.split(",") for a in ("--label", pair)]
+        for n, labels in LABELS.items()
+    }
+    if refusing:
+        args[refusing] += ["--validate", REFUSE_EU1]
+    return args
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = make_stack(tmp_path / "stack")
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from stack_of(
+        tmp_path / "stack", tuple(LABELS), services=SERVICES, agent_args=agent_args()
+    )
 
 
 @pytest.fixture
 def refusing_stack(tmp_path: Path) -> Iterator[Stack]:
-    s = make_stack(tmp_path / "stack", refusing="n3")
-    try:
-        yield s
-    finally:
-        s.stop()
+    args = agent_args(refusing="n3")
+    yield from stack_of(tmp_path / "stack", tuple(LABELS), services=SERVICES, agent_args=args)
 
 
 async def confbus(stack: Stack, *args: str) -> subprocess.CompletedProcess[bytes]:
-    def run() -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [sys.executable, "-m", "confbus.cli.main", "--nats-url", stack.url, *args],
-            capture_output=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-
-    return await anyio.to_thread.run_sync(run)
+    """The output as bytes: ``show`` must print a node's variant byte for byte."""
+    return await arun_confbus_bytes("--nats-url", stack.url, *args, timeout=120)
 
 
 def files(tmp_path: Path, tag: str, **docs: object) -> dict[str, Path]:
@@ -131,6 +112,12 @@ async def ready(stack: Stack) -> None:
 
 
 OVERLAYS = {"eu1": "dc=eu1", "web": "tier=web"}  # file key -> selector, in precedence order
+# A base, eu1's own database (what REFUSE_EU1 refuses) and more workers on the web tier.
+EU1_DB_WEB: dict[str, object] = {
+    "base": {"db": {"host": "db.local"}, "workers": 4},
+    "eu1": {"db": {"host": "db.eu1"}},
+    "web": {"workers": 8},
+}
 
 
 async def publish(
@@ -233,13 +220,7 @@ async def test_a_validator_refusing_one_variant_on_one_node_aborts_for_all_six(
     refusing_stack: Stack, tmp_path: Path
 ) -> None:
     await ready(refusing_stack)
-    v1 = files(
-        tmp_path,
-        "v1",
-        base={"db": {"host": "db.local"}, "workers": 4},
-        eu1={"db": {"host": "db.eu1"}},
-        web={"workers": 8},
-    )
+    v1 = files(tmp_path, "v1", **EU1_DB_WEB)
     r = await publish(refusing_stack, v1, "--wait", "--timeout", "60")
     assert r.returncode == 1, (r.stdout, r.stderr)
     err = r.stderr.decode()
@@ -252,13 +233,7 @@ async def test_a_node_whose_labels_change_moves_to_its_new_variant_by_a_switch(
     stack: Stack, tmp_path: Path
 ) -> None:
     await ready(stack)
-    v1 = files(
-        tmp_path,
-        "v1",
-        base={"db": {"host": "db.local"}, "workers": 4},
-        eu1={"db": {"host": "db.eu1"}},
-        web={"workers": 8},
-    )
+    v1 = files(tmp_path, "v1", **EU1_DB_WEB)
     r = await publish(stack, v1, "--wait", "--timeout", "60")
     assert r.returncode == 0, r.stderr
     shown = await confbus(stack, "show", NS, "1", "--for", "dc=eu1,tier=db")

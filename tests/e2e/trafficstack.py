@@ -13,7 +13,6 @@ from pathlib import Path
 import anyio
 
 from confbus import Client
-from confbus.runtime.http import http_get
 from confbus.schemas import subjects
 from confbus.schemas.events import AnyEvent
 from tests.e2e.promstack import PromStack
@@ -58,13 +57,7 @@ class World:
         return await eventually(probe, timeout=timeout, every=0.2, what=kind)
 
     async def watcher_metric(self, series: str) -> float:
-        ready = self.stack.services["health_watcher"].ready
-        assert ready is not None
-        _, body = await http_get("127.0.0.1", ready["http_port"], "/metrics")
-        for line in body.decode().splitlines():
-            if line.startswith(series + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return await self.stack.metric("health_watcher", series)
 
 
 def _start(root: Path, receiver_port: int, namespace: str, nodes: Sequence[str]) -> Stack:

@@ -195,6 +195,25 @@ async def read_store(path: Path) -> StoreFacts:
     return StoreFacts(by_change, sorted(i.version for i in infos), report is None or report.ok)
 
 
+async def drain(fig: Figures, wl: Workload, bus: Bus, timeout: float) -> bool:
+    """Until every accepted change is consumed and every unknown outcome resolved (each for at
+    most ``timeout``); how long it took in ``notes["drain_s"]``; whether both happened."""
+    started = time.monotonic()
+    consumed = await wait_consumed(bus, timeout)
+    unresolved = await wl.drain(timeout)
+    fig.notes["drain_s"] = round(time.monotonic() - started, 2)
+    return consumed and not unresolved
+
+
+def add_publishes(fig: Figures, wl: Workload, *, drained: bool) -> None:
+    """The workload's publishes in ``fig``: their outcomes, availability and rates around the
+    faults, the longest time none was accepted; and whether the end drained (every accepted
+    change consumed, every unknown outcome resolved)."""
+    fig.notes["drained"] = int(drained)
+    fig.add_history(wl.history, "publish")
+    fig.longest_unavailable_s = wl.history.longest_gap("publish")
+
+
 async def check(
     fig: Figures,
     wl: Workload,

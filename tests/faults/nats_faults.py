@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Unpack
 
 import anyio
+from anyio.abc import TaskGroup
 
 from confbus.runtime.bus import Bus, connect
 from confbus.schemas.streams import CFG_CHANGES, CFG_EVENTS, CFG_TXN_HEAD
 from tests.faults import netns
-from tests.faults.changeflow import Workload, check, read_store, wait_consumed
+from tests.faults.changeflow import Workload, add_publishes, check, drain, read_store
 from tests.faults.cluster import (
     NatsCluster,
     connect_to,
@@ -31,7 +35,7 @@ from tests.faults.cluster import (
     stream_leader,
 )
 from tests.faults.history import History
-from tests.faults.results import Figures, finish
+from tests.faults.results import Figures, RunOptions, finish
 from tests.faults.stack import FaultStack
 from tests.faults.wait import until
 
@@ -89,15 +93,37 @@ async def _setup(
     return cluster, stack, bus
 
 
+@asynccontextmanager
+async def _writing_cluster(
+    root: Path, *, uids: list[int] | None, replicas: int
+) -> AsyncIterator[tuple[NatsCluster, FaultStack, Bus, Workload]]:
+    """The cluster, the version-store, our bus, and a workload with a writer's bus on each
+    node (events watched); all closed and stopped at the end."""
+    cluster, stack, bus = await _setup(root, uids=uids, replicas=replicas)
+    wl = Workload(bus, History(), writer_buses=await _writers(cluster))
+    try:
+        await wl.watch_events()
+        yield cluster, stack, bus, wl
+    finally:
+        await wl.close()
+        for b in [*wl.writer_buses, bus]:
+            await b.close()
+        stack.stop()
+
+
+async def _start_load(tg: TaskGroup, wl: Workload, before: str) -> None:
+    """Three writers at 40 changes/s each, until 60 changes are accepted (the load is on)."""
+    for w in range(3):
+        tg.start_soon(lambda w=w: wl.writer(w, rate=40))  # type: ignore[misc]
+    await until(lambda: len(wl.accepted) >= 60, 60, what=f"load before {before}")
+
+
 async def _finish_changes(
     fig: Figures, wl: Workload, stack: FaultStack, cluster: NatsCluster, bus: Bus, bug: str
 ) -> None:
     """Stop the writers' checks: drain, compare the replicas, read the store, check."""
     # A deliberate-bug run never fully recovers: it is not waited for long.
-    drain_started = time.monotonic()
-    consumed = await wait_consumed(bus, 5 if bug else 60)
-    unresolved = await wl.drain(5 if bug else 60)
-    fig.notes["drain_s"] = round(time.monotonic() - drain_started, 2)
+    drained = await drain(fig, wl, bus, 5 if bug else 60)
     await until(lambda: all_current(bus), 2 if bug else 30)
     bad = await divergent_nodes(cluster, 2 if bug else 30)
     fig.divergent = len(bad)
@@ -113,9 +139,7 @@ async def _finish_changes(
         if not bug:
             raise
         fig.notes["events_unreadable"] = 1
-    fig.notes["drained"] = int(consumed and not unresolved)
-    fig.add_history(wl.history, "publish")
-    fig.longest_unavailable_s = wl.history.longest_gap("publish")
+    add_publishes(fig, wl, drained=drained)
     before = fig.rates.get("before")
     fig.notes["rate_before_per_s"] = before if before is not None else 0.0
     if not bug and (before is None or before < MIN_RATE):
@@ -127,31 +151,24 @@ async def leader_kill(
     root: Path,
     *,
     kills: int = 3,
-    tier: str = "ci",
-    bug: str = "",
-    budget_s: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> Figures:
     """``bug="r1_lost_disk"``: streams with one replica, and the killed node comes back with
     an empty disk (while the consumer is stalled) — what R3 exists to prevent."""
-    if bug not in ("", "r1_lost_disk"):
-        raise ValueError(f"unknown bug {bug!r}")
     started = time.monotonic()
     fig = Figures(
         scenario="nats_leader_kill",
         title="NATS stream leader SIGKILLed under publish load (3 nodes, R3)",
-        tier=tier,  # type: ignore[arg-type]
-        budget_s=budget_s,
-        bug=bug,
+        **run,
     )
-    cluster, stack, bus = await _setup(root, uids=None, replicas=1 if bug else 3)
-    wl = Workload(bus, History(), writer_buses=await _writers(cluster))
+    bug = fig.bug
+    if bug not in ("", "r1_lost_disk"):
+        raise ValueError(f"unknown bug {bug!r}")
     unavailable: list[float] = []
-    try:
-        await wl.watch_events()
+    replicas = 1 if bug else 3
+    async with _writing_cluster(root, uids=None, replicas=replicas) as (cluster, stack, bus, wl):
         async with anyio.create_task_group() as tg:
-            for w in range(3):
-                tg.start_soon(lambda w=w: wl.writer(w, rate=40))  # type: ignore[misc]
-            await until(lambda: len(wl.accepted) >= 60, 60, what="load before the first kill")
+            await _start_load(tg, wl, "the first kill")
             for _ in range(kills):
                 leader = await stream_leader(bus, CFG_CHANGES.name)
                 store = stack.services["version_store"]
@@ -182,11 +199,6 @@ async def leader_kill(
         fig.notes["kills"] = kills
         if unavailable:
             fig.notes["kill_to_publishing_max_s"] = round(max(unavailable), 2)
-    finally:
-        await wl.close()
-        for b in [*wl.writer_buses, bus]:
-            await b.close()
-        stack.stop()
     return finish(fig, started)
 
 
@@ -195,59 +207,48 @@ async def partition(
     *,
     count: int = 2,
     cut_s: float = 5.0,
-    tier: str = "ci",
-    bug: str = "",
-    budget_s: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> Figures:
     """Inside the namespace only. ``bug="never_heal"``: one node is left cut off at the end
     (its replicas really do differ) — the divergence check must say so."""
     assert netns.inside(), "run through tests.faults.partition_main (unshare -n)"
-    if bug not in ("", "never_heal"):
-        raise ValueError(f"unknown bug {bug!r}")
     started = time.monotonic()
     fig = Figures(
         scenario="nats_partition",
         title="one NATS node cut off by nftables (netns), then healed",
-        tier=tier,  # type: ignore[arg-type]
-        budget_s=budget_s,
-        bug=bug,
+        **run,
     )
+    bug = fig.bug
+    if bug not in ("", "never_heal"):
+        raise ValueError(f"unknown bug {bug!r}")
     await anyio.to_thread.run_sync(root.chmod, 0o711)  # nodes run under their own uids
     uids = list(netns.NODE_UIDS)
     marks = netns.setup({f"n{i + 1}": uid for i, uid in enumerate(uids)})
-    cluster, stack, bus = await _setup(root, uids=uids, replicas=3)
-    wl = Workload(bus, History(), writer_buses=await _writers(cluster))
     cuts: list[str] = []
-    try:
-        await wl.watch_events()
-        async with anyio.create_task_group() as tg:
-            for w in range(3):
-                tg.start_soon(lambda w=w: wl.writer(w, rate=40))  # type: ignore[misc]
-            await until(lambda: len(wl.accepted) >= 60, 60, what="load before the first cut")
-            for k in range(count):
-                leader = await stream_leader(bus, CFG_CHANGES.name)
-                names = list(cluster.nodes)
-                # Alternately the leader (a new one must be elected) and a follower.
-                alone = leader if k % 2 == 0 else next(n for n in names if n != leader)
-                others = [n for n in names if n != alone]
-                wl.history.mark("fault")
-                netns.partition([alone], others, marks, cluster.cluster_ports)
-                cuts.append(f"{alone}({'leader' if alone == leader else 'follower'})")
-                await anyio.sleep(cut_s)  # the fault's duration (its schedule), under load
-                if bug and k == count - 1:
-                    break  # BUG: the last cut is never healed
-                netns.heal()
-                await until(lambda: all_current(bus), 60)
-                wl.history.mark("heal")
-                await _more_load(wl, 30)
-            wl.stop.set()
-        await _finish_changes(fig, wl, stack, cluster, bus, bug)
-        fig.runs = len(cuts)
-        fig.notes["cut"] = ",".join(cuts)
-    finally:
-        netns.heal()
-        await wl.close()
-        for b in [*wl.writer_buses, bus]:
-            await b.close()
-        stack.stop()
+    async with _writing_cluster(root, uids=uids, replicas=3) as (cluster, stack, bus, wl):
+        try:
+            async with anyio.create_task_group() as tg:
+                await _start_load(tg, wl, "the first cut")
+                for k in range(count):
+                    leader = await stream_leader(bus, CFG_CHANGES.name)
+                    names = list(cluster.nodes)
+                    # Alternately the leader (a new one must be elected) and a follower.
+                    alone = leader if k % 2 == 0 else next(n for n in names if n != leader)
+                    others = [n for n in names if n != alone]
+                    wl.history.mark("fault")
+                    netns.partition([alone], others, marks, cluster.cluster_ports)
+                    cuts.append(f"{alone}({'leader' if alone == leader else 'follower'})")
+                    await anyio.sleep(cut_s)  # the fault's duration (its schedule), under load
+                    if bug and k == count - 1:
+                        break  # BUG: the last cut is never healed
+                    netns.heal()
+                    await until(lambda: all_current(bus), 60)
+                    wl.history.mark("heal")
+                    await _more_load(wl, 30)
+                wl.stop.set()
+            await _finish_changes(fig, wl, stack, cluster, bus, bug)
+            fig.runs = len(cuts)
+            fig.notes["cut"] = ",".join(cuts)
+        finally:
+            netns.heal()
     return finish(fig, started)

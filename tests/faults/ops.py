@@ -18,8 +18,8 @@ from confbus.runtime.http import http_get
 from confbus.schemas import subjects
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.changes import ChangeProposed, msg_id
-from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
 from confbus.schemas.streams import CFG_TXN
+from tests.e2e.helpers import version_announced
 
 
 async def propose(
@@ -55,13 +55,7 @@ async def store_version(
                     break
                 except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                     await anyio.sleep(0.2)  # retried with the same id: a no-op if stored
-            while True:
-                msg = await sub.next_msg(timeout=timeout)
-                ev = decode_event(msg.data)
-                if isinstance(ev, VersionCreated) and ev.change_id == change_id:
-                    return ev.version
-                if isinstance(ev, VersionRejected) and ev.change_id == change_id:
-                    raise AssertionError(f"change {change_id} rejected: {ev.reason}")
+            return await version_announced(sub, change_id, timeout)
     finally:
         await sub.unsubscribe()
 

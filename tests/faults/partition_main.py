@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--cuts", type=int, default=2)
     parser.add_argument("--cut-seconds", type=float, default=5.0)
-    parser.add_argument("--tier", default="ci")
+    parser.add_argument("--tier", default="ci", choices=("ci", "slow", "bug"))
     parser.add_argument("--bug", default="")
     parser.add_argument("--budget", type=float, default=None)
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import msgspec
 
@@ -21,6 +21,15 @@ from tests.faults.history import History
 Tier = Literal["ci", "slow", "bug"]
 RESULTS_ENV = "CONFBUS_FAULT_RESULTS"
 DEFAULT_DIR = Path(__file__).resolve().parent / "results"
+
+
+class RunOptions(TypedDict, total=False):
+    """How any scenario is run (each scenario takes these as keywords and hands them to its
+    ``Figures``): the tier, the deliberate bug injected, the CI budget in seconds."""
+
+    tier: Tier
+    bug: str
+    budget_s: float | None
 
 
 class Figures(msgspec.Struct, kw_only=True):

@@ -18,13 +18,14 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Unpack
 
 import anyio
 
 from confbus.procs.proc import Proc
-from tests.faults.changeflow import Workload, check, read_store, wait_consumed
+from tests.faults.changeflow import Workload, add_publishes, check, drain, read_store, wait_consumed
 from tests.faults.history import History
-from tests.faults.results import Figures, finish
+from tests.faults.results import Figures, RunOptions, finish
 from tests.faults.shims import BUG_ENV, FAULTS_ENV, SEED_ENV
 from tests.faults.stack import FaultStack, log_counts
 from tests.faults.wait import until
@@ -64,11 +65,9 @@ async def redelivery_storm(
     *,
     changes: int = 200,
     crashes: int = 2,
-    tier: str = "ci",
-    bug: str = "",
-    budget_s: float | None = None,
     seed: int = 1,
     poison_in_batches: bool = False,
+    **run: Unpack[RunOptions],
 ) -> Figures:
     """``poison_in_batches``: the messages that make validation raise are sent *during* the
     load, so good changes share their failing batches (see the finding in RELIABILITY.md);
@@ -78,10 +77,9 @@ async def redelivery_storm(
         scenario="redelivery_storm_mixed_poison" if poison_in_batches else "redelivery_storm",
         title="redelivery storm on the version-store (0.5 s ack wait, naks, stalls, crashes)"
         + (", poison in the load's batches" if poison_in_batches else ""),
-        tier=tier,  # type: ignore[arg-type]
-        budget_s=budget_s,
-        bug=bug,
+        **run,
     )
+    bug = fig.bug
     stack = FaultStack.single(root)
     try:
 
@@ -128,10 +126,8 @@ async def redelivery_storm(
         fig.notes["dead_lettered"] = logged["dead-lettered"]
         facts = await read_store(stack.store_path())
         await check(fig, wl, bus, facts)
-        fig.notes["drained"] = int(consumed and not unresolved)
         fig.runs = 1
-        fig.add_history(wl.history, "publish")
-        fig.longest_unavailable_s = wl.history.longest_gap("publish")
+        add_publishes(fig, wl, drained=consumed and not unresolved)
         await wl.close()
         await bus.close()
     finally:
@@ -151,12 +147,10 @@ async def store_kill(
     root: Path,
     *,
     runs: int = 10,
-    tier: str = "ci",
-    bug: str = "",
-    budget_s: float | None = None,
     seed: int = 2,
     points: tuple[str, ...] = KILL_POINTS,
     timer_kills: bool = True,
+    **run: Unpack[RunOptions],
 ) -> Figures:
     """``runs`` crashes: alternately a SIGKILL at a random moment of the load and a failpoint
     kill at one of ``points`` on a random batch."""
@@ -165,10 +159,9 @@ async def store_kill(
     fig = Figures(
         scenario="store_kill",
         title="version-store kill -9 during writes (SQLite)",
-        tier=tier,  # type: ignore[arg-type]
-        budget_s=budget_s,
-        bug=bug,
+        **run,
     )
+    bug = fig.bug
     stack = FaultStack.single(root)
     integrity_failures = 0
     try:
@@ -220,17 +213,12 @@ async def store_kill(
                 wl.history.mark("heal")
                 fig.runs += 1
             wl.stop.set()
-        drain_started = time.monotonic()
-        consumed = await wait_consumed(bus, 10 if bug else 60)
-        unresolved = await wl.drain(10 if bug else 60)
-        fig.notes["drain_s"] = round(time.monotonic() - drain_started, 2)
+        drained = await drain(fig, wl, bus, 10 if bug else 60)
         store.stop()
         facts = await read_store(stack.store_path())
         await check(fig, wl, bus, facts)
         fig.safety["integrity_failures"] += integrity_failures
-        fig.notes["drained"] = int(consumed and not unresolved)
-        fig.add_history(wl.history, "publish")
-        fig.longest_unavailable_s = wl.history.longest_gap("publish")
+        add_publishes(fig, wl, drained=drained)
         await wl.close()
         await bus.close()
     finally:

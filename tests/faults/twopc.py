@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Unpack
 
 import anyio
 
@@ -32,7 +33,7 @@ from confbus.schemas.variants import Overlay, VariantSet, encode_variants, rende
 from tests.faults import ops
 from tests.faults.audit import Audit, TxnRecorder, as_notes, audit_2pc, collect, decided_outcome
 from tests.faults.history import History
-from tests.faults.results import Figures, finish
+from tests.faults.results import Figures, RunOptions, finish
 from tests.faults.shims import BUG_ENV
 from tests.faults.stack import FaultStack
 from tests.faults.wait import until
@@ -248,6 +249,27 @@ class TwoPC:
         return a
 
 
+async def _scenario(
+    root: Path,
+    fig: Figures,
+    faults: Callable[[TwoPC], Awaitable[dict[str, float]]],
+    *,
+    agent_bug: str = "",
+) -> Figures:
+    """Run ``faults`` on a fresh stack, let every node reach its target, audit; the figures
+    ``faults`` returns join the audit's notes."""
+    started = time.monotonic()
+    t = await TwoPC.open(root, agent_bug=agent_bug)
+    try:
+        notes = await faults(t)
+        await t.drain(BUG_DRAIN_S if fig.bug else DRAIN_S)
+        await t.audit(fig)
+        fig.notes.update(notes)
+    finally:
+        await t.close()
+    return finish(fig, started)
+
+
 # -- coordinator killed at each step ------------------------------------------------------
 
 
@@ -256,27 +278,20 @@ async def coordinator_kill(
     *,
     steps: Sequence[str] = COORDINATOR_STEPS,
     runs: int = 1,
-    tier: str = "ci",
-    bug: str = "",
-    budget_s: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> Figures:
-    started = time.monotonic()
     fig = Figures(
-        scenario="coordinator_kill",
-        title="coordinator SIGKILLed at each 2PC step",
-        tier=tier,  # type: ignore[arg-type]
-        budget_s=budget_s,
-        bug=bug,
+        scenario="coordinator_kill", title="coordinator SIGKILLed at each 2PC step", **run
     )
-    t = await TwoPC.open(root)
-    try:
+
+    async def faults(t: TwoPC) -> dict[str, float]:
         warm = t.start_coordinator("coord-warm-up")
         await t.switch(await t.new_version("warm-up"))  # availability before any fault
         warm.stop()
         for step in steps:
             for _ in range(runs):
                 v = await t.new_version(step)
-                armed = t.start_coordinator(f"coord-{t.serial}", f"{step}=kill", bug=bug)
+                armed = t.start_coordinator(f"coord-{t.serial}", f"{step}=kill", bug=fig.bug)
                 async with anyio.create_task_group() as tg:
                     t.history.mark("fault")
                     tg.start_soon(t.switch, v)
@@ -290,11 +305,9 @@ async def coordinator_kill(
                 await t.switch(await t.new_version(f"{step}-after"))
                 survivor.stop()
                 t.runs += 1
-        await t.drain(DRAIN_S if not bug else BUG_DRAIN_S)
-        await t.audit(fig)
-    finally:
-        await t.close()
-    return finish(fig, started)
+        return {}
+
+    return await _scenario(root, fig, faults)
 
 
 # -- an agent killed at each step ---------------------------------------------------------
@@ -305,29 +318,21 @@ async def agent_kill(
     *,
     steps: Sequence[str] = AGENT_STEPS,
     runs: int = 1,
-    tier: str = "ci",
-    bug: str = "",
-    budget_s: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> Figures:
     """``bug``: an agent bug built into every agent (``tests.faults.shims.agent``)."""
-    started = time.monotonic()
-    fig = Figures(
-        scenario="agent_kill",
-        title="agent SIGKILLed at each of its steps",
-        tier=tier,  # type: ignore[arg-type]
-        budget_s=budget_s,
-        bug=bug,
-    )
-    t = await TwoPC.open(root, agent_bug=bug)
-    victim = t.stack.nodes["n3"]
-    catch_up: list[float] = []
-    try:
+    fig = Figures(scenario="agent_kill", title="agent SIGKILLed at each of its steps", **run)
+    drain_s = BUG_DRAIN_S if fig.bug else DRAIN_S
+
+    async def faults(t: TwoPC) -> dict[str, float]:
+        victim = t.stack.nodes["n3"]
+        catch_up: list[float] = []
         t.start_coordinator("coordinator")
         await t.switch(await t.new_version("warm-up"))  # availability before any fault
         for step in steps:
             for _ in range(runs):
                 # Armed only once settled: the first decision it sees is the next one's.
-                await t.drain(BUG_DRAIN_S if bug else DRAIN_S)
+                await t.drain(drain_s)
                 await t.wait_settled()
                 victim.proc.stop()
                 victim.proc.env["CONFBUS_FAILPOINTS"] = f"{step}=kill"
@@ -345,18 +350,14 @@ async def agent_kill(
                 restarted = time.monotonic()
                 victim.proc.start(timeout=30)
                 t.history.mark("heal")
-                if await t.drain(BUG_DRAIN_S if bug else DRAIN_S) and await t.wait_settled():
+                if await t.drain(drain_s) and await t.wait_settled():
                     catch_up.append(time.monotonic() - restarted)
                 # With the node back, the next switch must go through (availability after).
                 await t.switch(await t.new_version(f"{step}-after"))
                 t.runs += 1
-        await t.drain(BUG_DRAIN_S if bug else DRAIN_S)
-        await t.audit(fig)
-        if catch_up:
-            fig.notes["catch_up_max_s"] = round(max(catch_up), 2)
-    finally:
-        await t.close()
-    return finish(fig, started)
+        return {"catch_up_max_s": round(max(catch_up), 2)} if catch_up else {}
+
+    return await _scenario(root, fig, faults, agent_bug=fig.bug)
 
 
 # -- a zombie coordinator ------------------------------------------------------------------
@@ -367,32 +368,21 @@ async def zombie(
     *,
     steps: Sequence[str] = ZOMBIE_STEPS,
     runs: int = 1,
-    tier: str = "ci",
-    bug: str = "",
-    budget_s: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> Figures:
     """A coordinator paused at ``step`` while another takes the namespace over, then resumed.
     ``bug`` is built into both coordinators."""
-    started = time.monotonic()
     fig = Figures(
         scenario="zombie_coordinator",
         title="coordinator paused past its lease, a new one leads, then resumed",
-        tier=tier,  # type: ignore[arg-type]
-        budget_s=budget_s,
-        bug=bug,
+        **run,
     )
-    t = await TwoPC.open(root)
-    takeover: list[float] = []
-    try:
-        for step in steps:
-            for _ in range(runs):
-                takeover.append(await _zombie_run(t, step, bug))
-        await t.drain(BUG_DRAIN_S if bug else DRAIN_S)
-        await t.audit(fig)
-        fig.notes["takeover_max_s"] = round(max(takeover, default=0.0), 2)
-    finally:
-        await t.close()
-    return finish(fig, started)
+
+    async def faults(t: TwoPC) -> dict[str, float]:
+        takeover = [await _zombie_run(t, step, fig.bug) for step in steps for _ in range(runs)]
+        return {"takeover_max_s": round(max(takeover, default=0.0), 2)}
+
+    return await _scenario(root, fig, faults)
 
 
 async def _zombie_run(t: TwoPC, step: str, bug: str) -> float:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
-from confbus.runtime.bus import connect, provision
+from confbus.runtime.bus import connect
 from confbus.schemas import subjects
 from confbus.schemas.api import ApiError, catalog
 from confbus.schemas.api import dist as dist_api
@@ -37,6 +37,7 @@ from confbus.schemas.api import txn as txn_api
 from confbus.schemas.api.operation import Operation
 from confbus.schemas.streams import CFG_ALERTS, CFG_CHANGES, CFG_DLQ, CFG_EVENTS, CFG_TXN
 from tests.fuzz.strategies import DEEP, garbage, wire
+from tests.helpers import provision_at
 
 SERVICES = {
     "confbus-store": "version_store",
@@ -101,15 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzStack]:
     server = NatsServer(data_dir=root / "nats").start()
     s = FuzzStack(root, server)
     try:
-
-        async def setup() -> None:
-            bus = await connect(server.url, name="fuzz-setup")
-            try:
-                await provision(bus)
-            finally:
-                await bus.close()
-
-        anyio.run(setup)
+        anyio.run(provision_at, server.url)
         logs = root / "logs"
         logs.mkdir()
         args: dict[str, list[str]] = {

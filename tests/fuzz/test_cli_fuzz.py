@@ -26,11 +26,12 @@ from confbus.cli.main import main
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.runtime.api import call
-from confbus.runtime.bus import connect, provision
+from confbus.runtime.bus import connect
 from confbus.runtime.errors import NotFound
 from confbus.schemas.api import store as store_api
 from tests.cli.procs import REPO, confbus_argv
 from tests.fuzz.strategies import garbage, json_values
+from tests.helpers import provision_at
 
 EXAMPLES = int(os.environ.get("CONFBUS_FUZZ_EXAMPLES", "20"))
 MEMORY_LIMIT = 512 * 1024 * 1024  # for the processes fed endless input
@@ -53,15 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
     server = NatsServer(data_dir=root / "nats").start()
     store: Proc | None = None
     try:
-
-        async def setup() -> None:
-            bus = await connect(server.url, name="fuzz-setup")
-            try:
-                await provision(bus)
-            finally:
-                await bus.close()
-
-        anyio.run(setup)
+        anyio.run(provision_at, server.url)
         logs = root / "logs"
         logs.mkdir()
         store = Proc.service(

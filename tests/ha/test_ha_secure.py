@@ -50,6 +50,16 @@ class Secured:
     etcd_port: int  # members: clients on E, E+2, E+4; peers on E+1, E+3, E+5
     rogue: TlsFiles  # a certificate from another CA, with a member's common name
 
+    def outsiders(self, holding: Holding) -> dict[str, Holding]:
+        """What someone without ``holding`` may present instead: no TLS, no CA to check the
+        server by, no certificate, or one from another CA."""
+        return {
+            "no TLS": replace(holding, plaintext=True),
+            "no CA": replace(holding, ca=None),
+            "no certificate": replace(holding, cert=None),
+            "another CA's certificate": replace(holding, cert=self.rogue),
+        }
+
     @property
     def tls(self) -> Path:
         return self.stack.data_dir / "secrets" / "tls"
@@ -161,10 +171,7 @@ def test_every_nats_node_refuses_outsiders_on_its_route_port(secured: Secured, s
     service, service_password = secured.user("service")
     cases = {
         "everything": peer,
-        "no TLS": replace(peer, plaintext=True),
-        "no CA": replace(peer, ca=None),
-        "no certificate": replace(peer, cert=None),
-        "another CA's certificate": replace(peer, cert=secured.rogue),
+        **secured.outsiders(peer),
         "no route login": replace(peer, user=None, password=None),
         "a client's login": replace(peer, user=service, password=service_password),
     }
@@ -190,10 +197,7 @@ def test_every_etcd_member_refuses_outsiders_on_its_client_port(
     client = Holding(ca=secured.ca, cert=secured.files("etcd-client"))
     cases = {
         "everything": client,
-        "no TLS": replace(client, plaintext=True),
-        "no CA": replace(client, ca=None),
-        "no certificate": replace(client, cert=None),
-        "another CA's certificate": replace(client, cert=secured.rogue),
+        **secured.outsiders(client),
     }
     answers = {case: probes.https(port, "/health", holding) for case, holding in cases.items()}
     assert answers["everything"] == '200 {"health":"true"}', answers
@@ -210,10 +214,7 @@ def test_every_etcd_member_takes_only_members_on_its_peer_port(
     peer = Holding(ca=secured.ca, cert=secured.files(f"etcd-e{1 + member % 3}"))
     cases = {
         "a member": peer,
-        "no TLS": replace(peer, plaintext=True),
-        "no CA": replace(peer, ca=None),
-        "no certificate": replace(peer, cert=None),
-        "another CA's certificate": replace(peer, cert=secured.rogue),
+        **secured.outsiders(peer),
         # Signed by the right CA, but not a member's: the version-store's, a nats-server's.
         "the store's certificate": replace(peer, cert=secured.files("etcd-client")),
         "a nats-server's certificate": replace(peer, cert=secured.files("nats-1")),

@@ -9,16 +9,20 @@ contracts in ``schemas/api``; the end-to-end tests use the real services.
 - ``FakeDist``: live nodes and their applied versions from the agents' real heartbeats;
   answers status and records abort requests.
 - ``FakeHealth``: verdicts decided by a test function; records every request.
+- ``webhook_receiver``: an HTTP server that keeps every JSON body posted to its path.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from nats.aio.msg import Msg
@@ -30,6 +34,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.consumer import Consumer, per_message
 from confbus.runtime.errors import Conflict, InvalidInput, NotFound
 from confbus.runtime.events import emit
+from confbus.runtime.http import HttpServer, Request, Response
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
@@ -37,13 +42,14 @@ from confbus.schemas.api import health as health_api
 from confbus.schemas.api import store as store_api
 from confbus.schemas.base import utcnow
 from confbus.schemas.changes import ChangeProposed, decode_change
-from confbus.schemas.events import VersionCreated, VersionLastGood, VersionPromoted
+from confbus.schemas.events import VersionLastGood, VersionPromoted
 from confbus.schemas.node import decode_heartbeat
 from confbus.schemas.policy import Policy
 from confbus.schemas.streams import CFG_CHANGES
-from confbus.schemas.versions import VersionInfo
+from confbus.schemas.versions import VersionInfo, VersionStatus
 from confbus.version_store.changes import decide
 from confbus.version_store.errors import InvalidConfig
+from tests.versions import created, version_info
 
 
 @dataclass
@@ -76,45 +82,25 @@ class FakeStore:
         change_id: str,
         *,
         rollback_of: int | None = None,
-        status: str = "approved",
+        status: VersionStatus = "approved",
     ) -> int:
         existing = self.changes.get((ns, change_id))
         if existing is not None:
             return existing
         items = self.versions.setdefault(ns, [])
         version = len(items) + 1
-        info = VersionInfo(
-            namespace=ns,
-            version=version,
-            sha256=hashlib.sha256(content).hexdigest(),
-            size=len(content),
-            format="json",
-            parent=version - 1 or None,
-            author="test",
-            message="",
+        info = version_info(
+            ns,
+            version,
+            content,
             change_id=change_id,
-            created_at=utcnow(),
-            status=status,  # type: ignore[arg-type]
+            author="test",
+            status=status,
             rollback_of=rollback_of,
         )
         items.append(_Version(info, content))
         self.changes[(ns, change_id)] = version
-        await emit(
-            self.bus,
-            VersionCreated(
-                namespace=ns,
-                actor="fake-store",
-                version=version,
-                sha256=info.sha256,
-                size=info.size,
-                format="json",
-                parent=info.parent,
-                change_id=change_id,
-                status=status,
-                rollback_of=rollback_of,
-            ),
-            msg_id=f"created:{ns}:{version}",
-        )
+        await emit(self.bus, created(info, content), msg_id=f"created:{ns}:{version}")
         return version
 
     async def promote(self, ns: str, version: int, actor: str = "test") -> None:
@@ -337,3 +323,23 @@ class FakeHealth:
     async def stop(self) -> None:
         if self.svc is not None:
             await stop_api(self.svc)
+
+
+@asynccontextmanager
+async def webhook_receiver(path: str) -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    """A real HTTP server answering 200 to every POST to ``path``: its port, and each body
+    (JSON) in the order they came."""
+    got: list[dict[str, Any]] = []
+
+    async def hook(req: Request) -> Response:
+        got.append(json.loads(req.body))
+        return Response(200, b"ok", "text/plain")
+
+    server = HttpServer(CollectorRegistry())
+    server.route("POST", path, hook)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.serve)
+        try:
+            yield port, got
+        finally:
+            tg.cancel_scope.cancel()

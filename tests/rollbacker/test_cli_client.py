@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
 import anyio
@@ -16,16 +15,15 @@ from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.schemas.events import NodeApplied, RollbackStarted
 from confbus.schemas.health import Alert
+from tests.cli.procs import arun_confbus
 from tests.rollbacker.world import BAD, GOOD, NS, World, policy, world
 
 pytestmark = pytest.mark.anyio
 
 
 async def confbus(url: str, *args: str) -> tuple[int, str, str]:
-    proc = await anyio.run_process(
-        [sys.executable, "-m", "confbus.cli.main", "--nats-url", url, *args], check=False
-    )
-    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    done = await arun_confbus("--nats-url", url, *args)
+    return done.returncode, done.stdout, done.stderr
 
 
 async def test_confbus_rollback_wait_restores_and_exits_0(

@@ -6,31 +6,28 @@ from __future__ import annotations
 
 import email
 import email.policy
-import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
-import anyio
 import msgspec
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from prometheus_client import CollectorRegistry
 
 from confbus.procs.nats import NatsServer
 from confbus.procs.ports import free_port
 from confbus.runtime.bus import Bus
 from confbus.runtime.events import emit
-from confbus.runtime.http import HttpServer, Request, Response
 from confbus.schemas.events import NodeOutcome, RolloutFailed
 from confbus.schemas.policy import MailTarget
 from tests.helpers import eventually
+from tests.rollbacker.fakes import webhook_receiver
 from tests.rollbacker.world import NS, policy, world
 
 pytestmark = pytest.mark.anyio
+
+SLACK_PATH = "/services/T000/B000/token"  # a Slack-style incoming-webhook path
 
 
 class Mailbox:
@@ -60,24 +57,6 @@ def smtp() -> Iterator[tuple[int, Mailbox]]:
         controller.stop()
 
 
-@asynccontextmanager
-async def hook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    got: list[dict[str, Any]] = []
-
-    async def hook(req: Request) -> Response:
-        got.append(json.loads(req.body))
-        return Response(200, b"ok", "text/plain")
-
-    server = HttpServer(CollectorRegistry())
-    server.route("POST", "/services/T000/B000/token", hook)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        try:
-            yield f"http://127.0.0.1:{port}/services/T000/B000/token", got
-        finally:
-            tg.cancel_scope.cancel()
-
-
 def body_of(msg: EmailMessage) -> str:
     part = msg.get_body(preferencelist=("plain",))
     assert part is not None
@@ -88,8 +67,8 @@ async def test_a_rollback_and_a_rollout_outcome_are_mailed_and_posted(
     nats_server: NatsServer, bus: Bus, tmp_path: Path, smtp: tuple[int, Mailbox]
 ) -> None:
     smtp_port, box = smtp
-    async with hook_receiver() as (url, got):
-        pol = policy(strategy="batches:2", webhooks=[url])
+    async with webhook_receiver(SLACK_PATH) as (port, got):
+        pol = policy(strategy="batches:2", webhooks=[f"http://127.0.0.1:{port}{SLACK_PATH}"])
         pol = msgspec.structs.replace(
             pol, mail=MailTarget(to=["ops@example.com"], host="127.0.0.1", port=smtp_port)
         )

@@ -3,7 +3,6 @@ failures show in the rollbacker's metrics; a working target gets Slack-compatibl
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,13 +12,12 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import SocketStream
-from prometheus_client import CollectorRegistry
 
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
-from confbus.runtime.http import HttpServer, Request, Response
 from confbus.runtime.tcp import TcpListener
 from tests.helpers import eventually
+from tests.rollbacker.fakes import webhook_receiver
 from tests.rollbacker.world import policy, world
 
 pytestmark = pytest.mark.anyio
@@ -68,28 +66,10 @@ async def hanging_server() -> AsyncIterator[Hang]:
             tg.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def receiver() -> AsyncIterator[tuple[int, list[dict[str, object]]]]:
-    got: list[dict[str, object]] = []
-
-    async def hook(req: Request) -> Response:
-        got.append(json.loads(req.body))
-        return Response(200, b"ok", "text/plain")
-
-    server = HttpServer(CollectorRegistry())
-    server.route("POST", "/hooks/T000/secret", hook)
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(server.serve)
-        try:
-            yield port, got
-        finally:
-            tg.cancel_scope.cancel()
-
-
 async def test_a_down_or_hanging_webhook_does_not_delay_the_rollback(
     nats_server: NatsServer, bus: Bus, tmp_path: Path
 ) -> None:
-    async with hanging_server() as hang, receiver() as (good_port, got):
+    async with hanging_server() as hang, webhook_receiver("/hooks/T000/secret") as (good_port, got):
         hooks = [
             f"http://127.0.0.1:{closed_port()}/down",
             f"http://127.0.0.1:{hang.port}/hang",

@@ -4,7 +4,6 @@ nats-server: what is sent again, what is not and why, and for how long."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import pytest
 from nats.aio.msg import Msg
@@ -16,23 +15,11 @@ from confbus.runtime.errors import Unavailable
 from confbus.runtime.retry import budget
 from confbus.schemas.api import store, txn
 from confbus.schemas.changes import ChangeProposed
-from confbus.schemas.versions import VersionInfo
+from tests.versions import version_info
 
 pytestmark = pytest.mark.anyio
 
-INFO = VersionInfo(
-    namespace="ns",
-    version=1,
-    sha256="0" * 64,
-    size=2,
-    format="json",
-    parent=None,
-    author="t",
-    message="",
-    change_id="c1",
-    created_at=datetime.now(UTC),
-    status="approved",
-)
+INFO = version_info("ns", 1, b"{}", change_id="c1", author="t")
 
 
 class Flaky:

@@ -48,6 +48,20 @@ async def drained(bus: Bus) -> None:
     await eventually(empty, what="the work queue drained")
 
 
+async def consume_until(
+    done: anyio.Event, consumer: Consumer[ChangeProposed], *, drain: bool = False
+) -> None:
+    """Run ``consumer`` until ``done`` is set (10 s at most); ``drain``: and until the stream
+    holds nothing more for it."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(consumer.run)
+        with anyio.fail_after(10):
+            await done.wait()
+        if drain:
+            await drained(consumer.bus)
+        tg.cancel_scope.cancel()
+
+
 def make_consumer(bus: Bus, handler: object, **kw: object) -> Consumer[ChangeProposed]:
     return Consumer(
         bus=bus,
@@ -74,12 +88,7 @@ async def test_undecodable_goes_to_dlq_and_consuming_continues(bus: Bus) -> None
     await bus.publish(subjects.change("ns1"), b"not json at all", msg_id="garbage")
     await bus.publish(subjects.change("ns1"), b'{"type":"change.proposed","namespace":"BAD.NS"}')
     await bus.publish(subjects.change("ns1"), change("ns1", "after"), msg_id="ns1:after")
-    async with anyio.create_task_group() as tg:
-        await tg.start(make_consumer(bus, handler).run)
-        with anyio.fail_after(10):
-            await done.wait()
-        await drained(bus)
-        tg.cancel_scope.cancel()
+    await consume_until(done, make_consumer(bus, handler), drain=True)
     assert seen == ["after"]
     letters = await dlq_letters(bus, 2)
     reasons = [lt.reason for lt in letters]
@@ -102,11 +111,7 @@ async def test_transient_error_is_redelivered_not_dead_lettered(bus: Bus) -> Non
         done.set()
 
     await bus.publish(subjects.change("ns1"), change("ns1", "c1"), msg_id="ns1:c1")
-    async with anyio.create_task_group() as tg:
-        await tg.start(make_consumer(bus, handler).run)
-        with anyio.fail_after(10):
-            await done.wait()
-        tg.cancel_scope.cancel()
+    await consume_until(done, make_consumer(bus, handler))
     assert attempts == 4
     info = await bus.js.stream_info(CFG_DLQ.name)
     assert info.state.messages == 0
@@ -127,11 +132,7 @@ async def test_permanent_error_dead_letters_only_that_item(bus: Bus) -> None:
 
     for cid in ("g1", "bad", "g2"):
         await bus.publish(subjects.change("ns1"), change("ns1", cid), msg_id=f"ns1:{cid}")
-    async with anyio.create_task_group() as tg:
-        await tg.start(make_consumer(bus, handler, batch=10).run)
-        with anyio.fail_after(10):
-            await done.wait()
-        tg.cancel_scope.cancel()
+    await consume_until(done, make_consumer(bus, handler, batch=10))
     assert good == ["g1", "g2"]
     [letter] = await dlq_letters(bus, 1)
     assert "content is wrong (at $.x)" in letter.reason
@@ -148,12 +149,7 @@ async def test_unknown_newer_tag_is_acked_and_skipped(bus: Bus) -> None:
     future = msgspec.json.encode({"type": "change.from_the_future", "namespace": "ns1"})
     await bus.publish(subjects.change("ns1"), future)
     await bus.publish(subjects.change("ns1"), change("ns1", "now"))
-    async with anyio.create_task_group() as tg:
-        await tg.start(make_consumer(bus, handler).run)
-        with anyio.fail_after(10):
-            await done.wait()
-        await drained(bus)
-        tg.cancel_scope.cancel()
+    await consume_until(done, make_consumer(bus, handler), drain=True)
     assert seen == ["now"]
     assert (await bus.js.stream_info(CFG_DLQ.name)).state.messages == 0
     assert (await bus.js.stream_info(CFG_CHANGES.name)).state.messages == 0
@@ -223,11 +219,7 @@ async def test_deep_nesting_is_dead_lettered_and_a_secret_stream_keeps_only_a_ha
     deep = b'{"type":"change.proposed","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
     await bus.publish(subjects.change("ns1"), deep, msg_id="deep")
     await bus.publish(subjects.change("ns1"), change("ns1", "after"), msg_id="ns1:after")
-    async with anyio.create_task_group() as tg:
-        await tg.start(make_consumer(bus, handler, keep_data=False).run)
-        with anyio.fail_after(10):
-            await done.wait()
-        tg.cancel_scope.cancel()
+    await consume_until(done, make_consumer(bus, handler, keep_data=False))
     assert seen == ["after"]
     [letter] = await dlq_letters(bus, 1)
     assert "nested too deeply" in letter.reason

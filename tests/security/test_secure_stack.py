@@ -7,7 +7,6 @@ in ``confbus replay``. Then once more over TLS, with a certificate made by ``ope
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import socket
@@ -27,7 +26,7 @@ from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus, connect
 from confbus.schemas import subjects
 from confbus.schemas.streams import CFG_DLQ, CFG_EVENTS, STREAMS
-from tests.cli.procs import REPO, confbus_argv, start_confbus
+from tests.cli.procs import run_confbus, start_confbus
 from tests.helpers import eventually
 from tests.security.support import leaks
 
@@ -72,17 +71,13 @@ class SecureStack:
     def confbus(
         self, user: str, *args: str, stdin: bytes | None = None, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **self.creds(user), "CONFBUS_NATS_URL": self.url}
-        done = subprocess.run(
-            [*confbus_argv(), *self.extra, *args],
-            cwd=REPO,
-            env=env,
-            input=stdin.decode() if stdin is not None else None,
-            capture_output=True,
-            text=True,
+        return run_confbus(
+            *self.extra,
+            *args,
+            env={**self.creds(user), "CONFBUS_NATS_URL": self.url},
+            stdin=stdin.decode() if stdin is not None else None,
             timeout=timeout,
         )
-        return done
 
     def start_agent(self, node: str, namespaces: list[str]) -> tuple[Proc, dict[str, Path]]:
         home = self.root / "nodes" / node

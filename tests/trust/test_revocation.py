@@ -17,7 +17,7 @@ from confbus.schemas.events import PolicyChanged
 from confbus.schemas.policy import Policy
 from tests.cli.procs import arun_confbus
 from tests.e2e.helpers import events, switch
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack, stack_fixture
 from tests.helpers import eventually
 from tests.trust.support import make_keys, rule, write_roots
 
@@ -41,13 +41,11 @@ def roots(tmp_path: Path, keys: dict[str, SigningKey]) -> Path:
 
 @pytest.fixture
 def stack(tmp_path: Path, roots: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store", "coordinator"))
-    try:
-        for n in NODES:
-            s.start_agent(n, (NS,), "--trust", str(roots))
-        yield s
-    finally:
-        s.stop()
+    services = ("version_store", "coordinator")
+    trusting = ("--trust", str(roots))
+    yield from stack_fixture(
+        tmp_path, services, agents=NODES, namespaces=(NS,), agent_args=trusting
+    )
 
 
 async def test_a_revoked_signer_is_refused_from_its_version_on_and_its_past_stays_valid(

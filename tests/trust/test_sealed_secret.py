@@ -17,7 +17,7 @@ from confbus.schemas.policy import Policy
 from confbus.schemas.streams import CFG_DLQ
 from tests.cli.procs import run_confbus
 from tests.e2e.helpers import switch
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack, stack_fixture
 from tests.helpers import eventually
 from tests.security.support import leaks
 from tests.trust.support import make_kek
@@ -33,13 +33,9 @@ CONTENT = b'{"db_password": "' + MARKER.encode() + b'"}\n'
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     kek_path, _ = make_kek(tmp_path / "keys")
-    s = start_stack(tmp_path, services=("version_store", "coordinator"))
-    try:
-        for n in NODES:
-            s.start_agent(n, (NS,), "--kek", str(kek_path))
-        yield s
-    finally:
-        s.stop()
+    services = ("version_store", "coordinator")
+    sealed = ("--kek", str(kek_path))
+    yield from stack_fixture(tmp_path, services, agents=NODES, namespaces=(NS,), agent_args=sealed)
 
 
 def haystacks(root: Path) -> dict[str, bytes]:

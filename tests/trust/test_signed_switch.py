@@ -20,7 +20,7 @@ from confbus.schemas.policy import Policy
 from confbus.schemas.signing import Signature
 from confbus.schemas.txn import Vote, decode_vote
 from tests.e2e.helpers import switch
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack, stack_fixture
 from tests.helpers import eventually
 from tests.trust.support import make_keys, propose, rule, write_roots
 
@@ -41,13 +41,11 @@ def stack(tmp_path: Path, keys: dict[str, SigningKey]) -> Iterator[Stack]:
     roots = write_roots(
         tmp_path / "roots.json", {NS: rule(keys, ("alice", "bob", "carol"), 2, ("rb",))}
     )
-    s = start_stack(tmp_path, services=("version_store", "coordinator"))
-    try:
-        for n in NODES:
-            s.start_agent(n, (NS,), "--trust", str(roots))
-        yield s
-    finally:
-        s.stop()
+    services = ("version_store", "coordinator")
+    trusting = ("--trust", str(roots))
+    yield from stack_fixture(
+        tmp_path, services, agents=NODES, namespaces=(NS,), agent_args=trusting
+    )
 
 
 def sign(keys: dict[str, SigningKey], names: tuple[str, ...], ns: str, version: int,
