@@ -391,12 +391,15 @@ async def _run_agents(agents: list[NodeAgent], buses: list[Bus], hb: float) -> N
 
         tg.start_soon(stop_on_signal)
         # Real fleets do not heartbeat in lock-step: spread the starts of a big host over
-        # one interval (a handful of agents in lock-step costs nothing).
+        # one interval (a handful of agents in lock-step costs nothing). The agents join side
+        # by side: each waits ``JOIN_PROBE_S`` for another agent of its node id before it is
+        # started, which one after the other would take minutes for a host of hundreds.
         gap = hb / len(agents) if len(agents) > 20 else 0.0
-        for i, agent in enumerate(agents):
-            await tg.start(agent.run, buses[i % len(buses)])
-            if gap:
-                await anyio.sleep(gap)
+        async with anyio.create_task_group() as joining:
+            for i, agent in enumerate(agents):
+                joining.start_soon(tg.start, agent.run, buses[i % len(buses)])
+                if gap:
+                    await anyio.sleep(gap)
         await announce_ready(buses, "agent-host", agents=len(agents), connections=len(buses))
 
 
