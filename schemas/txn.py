@@ -12,7 +12,7 @@ so a zombie coordinator can write nothing once a newer epoch exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
 from datetime import datetime
 from typing import Any, Literal
 
@@ -93,17 +93,30 @@ decode_txn = msgspec.json.Decoder(TxnMessage).decode
 # record with 100 participants, 270 µs with 1,000, on every agent, twice per switch. These
 # subclasses read the list as plain strings (every other field is checked as before) and are
 # still a ``Prepare`` and a ``Decision`` to ``isinstance`` and to every function typed with them.
-class _AgentPrepare(Prepare, tag="txn.prepare", kw_only=True, frozen=True):
+class _AgentPrepare(Prepare, tag="txn.prepare", kw_only=True, frozen=True, weakref=True):
     participants: list[str]
 
 
-class _AgentDecision(Decision, tag="txn.decision", kw_only=True, frozen=True):
+class _AgentDecision(Decision, tag="txn.decision", kw_only=True, frozen=True, weakref=True):
     participants: list[str]
 
 
-decode_txn_for_agent: Callable[[bytes], TxnMessage] = msgspec.json.Decoder(
-    _AgentPrepare | _AgentDecision
-).decode
+_decode_for_agent = msgspec.json.Decoder(_AgentPrepare | _AgentDecision).decode
+# Records decoded for agents, by their bytes, for as long as an agent holds one. The agents of
+# one process (a benchmark's agent host: hundreds of them) each read the same record from
+# CFG_TXN at about the same time; each decoding its own copy held a thousand-id list per agent
+# at once (~60 KB each with 1,000 participants), a peak the process's RSS kept. Records are
+# frozen, and equal bytes decode to equal records: one shared copy changes nothing else.
+_decoded: weakref.WeakValueDictionary[bytes, TxnMessage] = weakref.WeakValueDictionary()
+
+
+def decode_txn_for_agent(data: bytes) -> TxnMessage:
+    """A ``CFG_TXN`` record as an agent reads it (the participants unchecked, see above): the
+    copy another agent of this process holds already, if any."""
+    record = _decoded.get(data)
+    if record is None:
+        record = _decoded[data] = _decode_for_agent(data)
+    return record
 
 
 class Vote(Message, tag="txn.vote", kw_only=True, frozen=True):

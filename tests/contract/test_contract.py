@@ -100,6 +100,17 @@ def test_the_agents_decoder_reads_the_same_records_but_not_the_participant_ids()
             decode_txn_for_agent(json.dumps(doc).encode())
 
 
+def test_agents_of_one_process_share_the_record_they_decode() -> None:
+    # A host of many agents reads each record once per agent: one decoded copy while any
+    # agent holds it, not one list of a thousand participants per agent.
+    for msg in (PREPARE, DECISION):
+        data = encode(msg)
+        first = decode_txn_for_agent(data)
+        again = decode_txn_for_agent(bytes(bytearray(data)))  # equal bytes, another object
+        assert again is first
+        assert msgspec.structs.asdict(again) == msgspec.structs.asdict(msg)
+
+
 def test_versions_beyond_what_json_readers_keep_exact_are_refused() -> None:
     doc = json.loads(encode(PREPARE))
     doc["version"] = MAX_INT + 1
