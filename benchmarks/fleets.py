@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -368,6 +369,7 @@ async def _host(plan: dict[str, Any]) -> None:
 
 async def _run_agents(agents: list[NodeAgent], buses: list[Bus], hb: float) -> None:
     """Every agent on its share of ``buses``, answering host stats, until SIGINT/SIGTERM."""
+    from confbus.agent.host import run_agents
 
     async def on_stats(msg: Any) -> None:
         with _fsyncs_lock:
@@ -391,15 +393,12 @@ async def _run_agents(agents: list[NodeAgent], buses: list[Bus], hb: float) -> N
 
         tg.start_soon(stop_on_signal)
         # Real fleets do not heartbeat in lock-step: spread the starts of a big host over
-        # one interval (a handful of agents in lock-step costs nothing). The agents join side
-        # by side: each waits ``JOIN_PROBE_S`` for another agent of its node id before it is
-        # started, which one after the other would take minutes for a host of hundreds.
-        gap = hb / len(agents) if len(agents) > 20 else 0.0
+        # one interval (a handful of agents in lock-step costs nothing).
+        spread = hb if len(agents) > 20 else 0.0
         async with anyio.create_task_group() as joining:
-            for i, agent in enumerate(agents):
-                joining.start_soon(tg.start, agent.run, buses[i % len(buses)])
-                if gap:
-                    await anyio.sleep(gap)
+            for i, bus in enumerate(buses):
+                share = agents[i :: len(buses)]
+                joining.start_soon(partial(run_agents, bus, share, tg, spread_s=spread))
         await announce_ready(buses, "agent-host", agents=len(agents), connections=len(buses))
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -43,6 +45,7 @@ from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import VersionLastGood, decode_event
+from confbus.schemas.versions import VersionInfo
 
 if TYPE_CHECKING:
     from confbus.agent.node import NodeAgent
@@ -131,46 +134,46 @@ async def fall_back(agent: NodeAgent) -> dict[str, int]:
 # -- following the last known good -----------------------------------------------------------
 
 
-async def keep_last_good(bus: Bus, agent: NodeAgent) -> None:
-    """Record each new last known good of the agent's namespaces, and keep the cached policy
+async def keep_last_good(bus: Bus, agents: Sequence[NodeAgent]) -> None:
+    """Record each new last known good of the agents' namespaces, and keep the cached policy
     fresh: on ``version.last_good`` events (no store call when the bytes are in the local
     history: a whole fleet hears the event at once), and a full check with the store at start
-    and every ``REFRESH_S`` (events missed while away, policy changes)."""
+    and every ``REFRESH_S`` (events missed while away, policy changes). One loop, one
+    subscription per namespace and one check with the store per namespace for all the agents of
+    a host (``confbus.agent.host``)."""
+    following: dict[str, list[NodeAgent]] = {}
+    for agent in agents:
+        for name in agent.namespaces:
+            following.setdefault(name, []).append(agent)
     kick = anyio.Event()
     # namespace -> the version (and sha256) an event named (None: a full check with the store)
-    pending: dict[str, tuple[int, str | None] | None] = dict.fromkeys(agent.namespaces)
+    pending: dict[str, tuple[int, str | None] | None] = dict.fromkeys(following)
 
     async def on_event(msg: Msg) -> None:
         try:
             ev = decode_event(msg.data)
         except DECODE_ERRORS:
             return
-        if isinstance(ev, VersionLastGood) and ev.namespace in agent.namespaces:
+        if isinstance(ev, VersionLastGood) and ev.namespace in following:
             if ev.namespace not in pending or pending[ev.namespace] is not None:
                 pending[ev.namespace] = (ev.version, ev.sha256)
             kick.set()
 
     subs = [
         await bus.nc.subscribe(subjects.event(name, "version.last_good"), cb=on_event)
-        for name in agent.namespaces
+        for name in following
     ]
     try:
         while True:
             kick = anyio.Event()  # before taking the work: a later event wakes the wait
             work, pending = pending, {}
             for name, named in sorted(work.items()):
-                try:
-                    if named is None:
-                        await sync_namespace(bus, agent, name)
-                    else:
-                        await record(bus, agent, name, *named)
-                except (ConfbusError, OSError) as exc:
-                    log.info("last good not synced", extra={"namespace": name, "error": str(exc)})
+                if not await _keep(bus, following[name], name, named):
                     pending.setdefault(name, None)  # retried with the next full check
             with anyio.move_on_after(REFRESH_S) as scope:
                 await kick.wait()
             if scope.cancelled_caught:
-                pending.update(dict.fromkeys(agent.namespaces))
+                pending.update(dict.fromkeys(following))
     finally:
         with anyio.CancelScope(shield=True):
             for sub in subs:
@@ -178,6 +181,30 @@ async def keep_last_good(bus: Bus, agent: NodeAgent) -> None:
                     await sub.unsubscribe()
                 except Exception:  # the connection may be gone
                     pass
+
+
+async def _keep(
+    bus: Bus, agents: Sequence[NodeAgent], name: str, named: tuple[int, str | None] | None
+) -> bool:
+    """One namespace's last known good brought to ``agents``: the version an event ``named``,
+    else a full check with the store (asked once for all of them). False if any failed."""
+    ok = True
+    try:
+        view = None if named is not None else await store_view(bus, name)
+    except ConfbusError as exc:
+        log.info("last good not synced", extra={"namespace": name, "error": str(exc)})
+        return False
+    for agent in agents:
+        try:
+            if view is None:
+                assert named is not None
+                await record(bus, agent, name, *named)
+            else:
+                await sync_namespace(bus, agent, name, view)
+        except (ConfbusError, OSError) as exc:
+            log.info("last good not synced", extra={"namespace": name, "error": str(exc)})
+            ok = False
+    return ok
 
 
 async def record(
@@ -226,17 +253,36 @@ async def record(
     return True
 
 
-async def sync_namespace(bus: Bus, agent: NodeAgent, name: str) -> int | None:
-    """Bring one namespace's recorded last known good and cached policy up to date with the
-    store. Returns the last known good version recorded now (None: unchanged or none)."""
-    ns = agent.namespaces[name]
+@dataclass(frozen=True)
+class StoreView:
+    """What the store says of a namespace's last known good: its policy's flag, and the
+    version (None: there is none yet)."""
+
+    cold_start_last_good: bool
+    last_good: VersionInfo | None
+
+
+async def store_view(bus: Bus, name: str) -> StoreView:
     policy = await call(bus, store_api.POLICY_GET, store_api.PolicyGetRequest(namespace=name))
-    await offload.run(cache_policy, ns.disk, policy.cold_start_last_good)
     try:
         good = await call(
             bus, store_api.GET, store_api.GetRequest(namespace=name, ref="last-good", content=False)
         )
     except NotFound:
+        return StoreView(cold_start_last_good=policy.cold_start_last_good, last_good=None)
+    return StoreView(cold_start_last_good=policy.cold_start_last_good, last_good=good.info)
+
+
+async def sync_namespace(
+    bus: Bus, agent: NodeAgent, name: str, view: StoreView | None = None
+) -> int | None:
+    """Bring one namespace's recorded last known good and cached policy up to date with the
+    store (``view``: what it said, asked now if None). Returns the last known good version
+    recorded now (None: unchanged or none)."""
+    ns = agent.namespaces[name]
+    view = view or await store_view(bus, name)
+    await offload.run(cache_policy, ns.disk, view.cold_start_last_good)
+    good = view.last_good
+    if good is None:
         return None
-    version = good.info.version
-    return version if await record(bus, agent, name, version, good.info.sha256) else None
+    return good.version if await record(bus, agent, name, good.version, good.sha256) else None

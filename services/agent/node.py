@@ -113,6 +113,9 @@ class NodeAgent:
     bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
     _beat_now: anyio.Event = field(default_factory=anyio.Event, init=False)
+    # Run by an agent host (``confbus.agent.host``), which resolves doubts and keeps the last
+    # known good once for all its agents: this agent runs neither loop of its own.
+    hosted: bool = field(default=False, init=False)
 
     # -- start-up: serve what is on disk before anything else --------------------------------
 
@@ -160,31 +163,46 @@ class NodeAgent:
     ) -> None:
         if not self.namespaces:
             await self.load()
-        async with anyio.create_task_group() as tg:
-            # Joining (confbus.agent.instance): no history replayed; one agent per node id.
-            end = await txn_stream_end(bus)
-            for ns in self.namespaces.values():
-                ns.last_seq = ns.last_seq or end
-            await tg.start(guard_node_id, bus, self.heartbeat, lambda: self._beat_now.set())
-            for name in self.namespaces:
-                await tg.start(self._follow, bus, name)
-            tg.start_soon(self._announce_unannounced, bus)
-            tg.start_soon(self._heartbeats, bus)
-            tg.start_soon(self._resolve_doubts, bus)
-            tg.start_soon(keep_last_good, bus, self)  # services.agent.lastgood
-            await tg.start(self._serve_resync, bus)  # drift repair (the distributor asks)
-            if self.health_url:
-                # Only an agent that forwards an app's health holds the scraper in memory.
-                from confbus.agent.health import HealthForwarder
 
-                forwarder = HealthForwarder(
-                    self.node,
-                    self.health_url,
-                    lambda: {n: ns.state.applied_version for n, ns in self.namespaces.items()},
-                    self.health_interval_s,
-                )
-                tg.start_soon(forwarder.run, bus)
-            task_status.started()
+        async def on_resync(msg: Msg) -> None:
+            await self._on_resync(bus, msg)
+
+        resync = None
+        try:
+            async with anyio.create_task_group() as tg:
+                await self._start(bus, tg)
+                # Drift repair (the distributor asks): a callback, no task of its own.
+                resync = await bus.nc.subscribe(subjects.node_resync(self.node), cb=on_resync)
+                task_status.started()
+        finally:
+            if resync is not None:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await resync.unsubscribe()
+
+    async def _start(self, bus: Bus, tg: TaskGroup) -> None:
+        # Joining (confbus.agent.instance): no history replayed; one agent per node id.
+        end = await txn_stream_end(bus)
+        for ns in self.namespaces.values():
+            ns.last_seq = ns.last_seq or end
+        await tg.start(guard_node_id, bus, self.heartbeat, lambda: self._beat_now.set())
+        for name in self.namespaces:
+            await tg.start(self._follow, bus, name)
+        tg.start_soon(self._announce_unannounced, bus)
+        tg.start_soon(self._heartbeats, bus)
+        if not self.hosted:
+            tg.start_soon(resolve_doubts, bus, [self])
+            tg.start_soon(keep_last_good, bus, [self])  # services.agent.lastgood
+        if self.health_url:
+            # Only an agent that forwards an app's health holds the scraper in memory.
+            from confbus.agent.health import HealthForwarder
+
+            forwarder = HealthForwarder(
+                self.node,
+                self.health_url,
+                lambda: {n: ns.state.applied_version for n, ns in self.namespaces.items()},
+                self.health_interval_s,
+            )
+            tg.start_soon(forwarder.run, bus)
 
     async def _follow(
         self,
@@ -418,24 +436,6 @@ class NodeAgent:
 
     # -- in doubt ------------------------------------------------------------------------
 
-    async def _resolve_doubts(self, bus: Bus) -> None:
-        while True:
-            await anyio.sleep(0.5)
-            for ns in self.namespaces.values():
-                prepared = ns.state.prepared
-                if prepared is None or ns.prepared_at is None:
-                    continue
-                if time.monotonic() - ns.prepared_at < prepared.timeout_s:
-                    continue  # the coordinator is still counting votes
-                try:
-                    async with ns.lock:
-                        if ns.state.prepared is not None:
-                            await self._resolve(bus, ns, ns.state.prepared.txid)
-                except ConfbusError as exc:
-                    log.info("still in doubt", extra={"txid": prepared.txid, "error": str(exc)})
-                except Exception:  # keep resolving; a surprise here must not stop the agent
-                    log.exception("resolving failed", extra={"txid": prepared.txid})
-
     async def _resolve(self, bus: Bus, ns: _Namespace, txid: str) -> None:
         """Nobody guesses: read the decision record, else ask the coordinator, which
         writes ABORT through the head's compare-and-set once the deadline has passed."""
@@ -461,27 +461,16 @@ class NodeAgent:
 
     # -- drift repair: re-install the applied version when the distributor asks ---------
 
-    async def _serve_resync(
-        self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        async def on_resync(msg: Msg) -> None:
-            try:
-                req = _decode_resync(msg.data)
-            except DECODE_ERRORS as exc:
-                reply = ResyncReply(ok=False, reason=f"malformed re-sync request: {exc}")
-            else:
-                reply = await self.resync(bus, req)
-            if msg.reply:
-                with contextlib.suppress(Exception):
-                    await msg.respond(encode(reply))
-
-        sub = await bus.nc.subscribe(subjects.node_resync(self.node), cb=on_resync)
-        task_status.started()
+    async def _on_resync(self, bus: Bus, msg: Msg) -> None:
         try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            req = _decode_resync(msg.data)
+        except DECODE_ERRORS as exc:
+            reply = ResyncReply(ok=False, reason=f"malformed re-sync request: {exc}")
+        else:
+            reply = await self.resync(bus, req)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(encode(reply))
 
     async def resync(self, bus: Bus, req: ResyncRequest) -> ResyncReply:
         """Re-install the applied version's bytes over a live file that drifted: from the
@@ -578,7 +567,33 @@ class NodeAgent:
             self.bus_connected = False
 
 
-async def run_agents(bus: Bus, agents: Sequence[NodeAgent], tg: TaskGroup) -> None:
-    """Start several agents on one connection (benchmarks, tests)."""
-    for agent in agents:
-        await tg.start(agent.run, bus)
+async def resolve_doubts(bus: Bus, agents: Sequence[NodeAgent]) -> None:
+    """Each namespace of ``agents`` in doubt past its prepare's timeout asks how its transaction
+    ended (``NodeAgent._resolve``), looked at every half second; one loop for all the agents of a
+    host, each namespace resolved in a task of its own, one at a time per namespace."""
+    busy: set[int] = set()  # id() of the namespaces being resolved now
+
+    async def resolve(agent: NodeAgent, ns: _Namespace, txid: str) -> None:
+        try:
+            async with ns.lock:
+                if ns.state.prepared is not None:
+                    await agent._resolve(bus, ns, ns.state.prepared.txid)
+        except ConfbusError as exc:
+            log.info("still in doubt", extra={"txid": txid, "error": str(exc)})
+        except Exception:  # keep resolving; a surprise here must not stop the agent
+            log.exception("resolving failed", extra={"txid": txid})
+        finally:
+            busy.discard(id(ns))
+
+    async with anyio.create_task_group() as tg:
+        while True:
+            await anyio.sleep(0.5)
+            for agent in agents:
+                for ns in agent.namespaces.values():
+                    prepared = ns.state.prepared
+                    if prepared is None or ns.prepared_at is None or id(ns) in busy:
+                        continue
+                    if time.monotonic() - ns.prepared_at < prepared.timeout_s:
+                        continue  # the coordinator is still counting votes
+                    busy.add(id(ns))
+                    tg.start_soon(resolve, agent, ns, prepared.txid)

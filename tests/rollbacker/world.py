@@ -19,7 +19,8 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from confbus.agent.node import Binding, NodeAgent, run_agents
+from confbus.agent.host import run_agents
+from confbus.agent.node import Binding, NodeAgent
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.runtime.api import call
