@@ -72,12 +72,15 @@ class SigningKey:
         return TrustedKey(name=self.name, public_key=self.public_key)
 
     def sign(self, statement: Statement) -> Signature:
+        # A signature names what it was made for; the namespace, sha256 and format are the
+        # version's own, which it travels with.
+        _, version, _, _, change_id, rollback_of = statement
         return Signature(
             key_id=self.key_id,
             signer=self.name,
-            version=statement.version,
-            change_id=statement.change_id,
-            rollback_of=statement.rollback_of,
+            version=version,
+            change_id=change_id,
+            rollback_of=rollback_of,
             sig=self._private.sign(statement.encode()),
         )
 
