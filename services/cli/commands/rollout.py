@@ -35,44 +35,21 @@ _json = msgspec.json.Encoder()
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "rollout",
-        help="show the namespace's current or last rollout (waves, per-node report)",
-        description="Show the current or last rollout of NS: its waves and, per node, the "
-        "outcome, attempts and timing.",
-    )
+    p = command(sub, "rollout")
     add(p, NAMESPACE, JSON.but(help="print the rollout record as JSON"))
     p.set_defaults(func=run_rollout)
 
-    for op, text in (
-        (dist_api.PAUSE, "hold the namespace's running rollout at its next wave boundary"),
-        (dist_api.RESUME, "let a paused rollout go on"),
-        (dist_api.ABORT, "end the namespace's rollout as failed (switched waves stay switched)"),
-    ):
-        c = command(sub, op.name, help=text, description=text[0].upper() + text[1:] + ".")
+    for op in (dist_api.PAUSE, dist_api.RESUME, dist_api.ABORT):
+        c = command(sub, op.name)
         add(c, NAMESPACE, REASON, ACTOR, JSON)
         c.set_defaults(func=run_control, op=op.name)
 
-    s = command(
-        sub,
-        "status",
-        help="the fleet of a namespace: per node liveness, applied and target version",
-        description="Show NS's production version and, per node: liveness, applied version, "
-        "sha256 of the live file, target version, last heartbeat and status.",
-    )
+    s = command(sub, "status")
     add(s, NAMESPACE, JSON)
     timetravel.add_at(s, "the fleet as it was then, from the audit log")
     s.set_defaults(func=run_status)
 
-    f = command(
-        sub,
-        "forget",
-        help="forget a node gone for good (its records and targets; node.forgotten)",
-        description="Forget NODE, which must not be live (stop its agent first): status no "
-        "longer lists it, and node.forgotten is said in each namespace it followed. A node "
-        "that comes back later is a new member.",
-    )
+    f = command(sub, "forget")
     f.add_argument("node", metavar="NODE")
     add(f, REASON, ACTOR)
     f.set_defaults(func=run_forget)

@@ -33,27 +33,14 @@ _json = msgspec.json.Encoder()
 
 
 def register(sub: Subparsers) -> None:
-    w = command(
-        sub,
-        "why",
-        help="why a node runs the version it runs: the chain of events, newest first",
-        description="Show the chain of events that put NODE on its version in NS: the apply, "
-        "its transaction (votes, epoch), the wave and rollout (or catch-up, or rollback batch "
-        "and the alert and verdict behind it), the version — each with its stream sequence.",
-    )
+    w = command(sub, "why")
     add(w, NAMESPACE)
     w.add_argument("node", metavar="NODE")
     add_at(w, "at that moment instead of now")
     add(w, JSON)
     w.set_defaults(func=run_why)
 
-    d = command(
-        sub,
-        "diff-fleet",
-        help="which nodes changed version between two moments, and through which rollouts",
-        description="Compare the fleet of NS at two moments: each node whose applied version "
-        "changed, and what made the change (wave, catch-up, rollback batch).",
-    )
+    d = command(sub, "diff-fleet")
     add(d, NAMESPACE)
     d.add_argument("--from", dest="start", type=parse_moment, required=True, metavar="TIME|SEQ")
     d.add_argument("--to", dest="end", type=parse_moment, metavar="TIME|SEQ", help="default: now")
