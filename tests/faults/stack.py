@@ -130,16 +130,9 @@ class FaultStack:
         self.services[name or pkg] = proc
         return proc
 
-    def start_service(
-        self,
-        pkg: str,
-        *extra: str,
-        env: dict[str, str] | None = None,
-        name: str | None = None,
-        shim: bool = False,
-        timeout: float = 30.0,
-    ) -> Proc:
-        return self.service(pkg, *extra, env=env, name=name, shim=shim).start(timeout=timeout)
+    def start_service(self, pkg: str, *extra: str) -> Proc:
+        """A service process as it runs in production, started (``service`` for the options)."""
+        return self.service(pkg, *extra).start(timeout=30.0)
 
     def agent(
         self,
