@@ -5,14 +5,13 @@ events, its agents' files, its fleet as the distributor sees it) wait with deadl
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from confbus.client import Client
 from confbus.procs.nats import NatsServer
-from confbus.procs.proc import Proc
+from confbus.procs.proc import Proc, python_module
 from confbus.runtime.http import http_get
 from confbus.schemas.events import AnyEvent
 from tests.cli.procs import arun_confbus
@@ -87,19 +86,11 @@ class Stack:
         live = live_dir or (self.root / "nodes" / node / "etc")
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
-        argv = [
-            sys.executable,
-            "-m",
-            "confbus.agent",
-            "--nats-url",
-            self.url,
-            "--node",
-            node,
-            "--state-dir",
-            str(state_dir or (self.root / "nodes" / node / "state")),
-            "--heartbeat-interval",
-            "0.5",
-        ]
+        state = state_dir or (self.root / "nodes" / node / "state")
+        argv = python_module(
+            "confbus.agent", "--nats-url", self.url, "--node", node, "--state-dir", str(state)
+        )
+        argv += ["--heartbeat-interval", "0.5"]
         for ns, path in files.items():
             argv += ["--namespace", ns, "--path", str(path)]
         name = key or node
