@@ -135,6 +135,12 @@ def run_local(args: argparse.Namespace) -> int:
     return Stack(stack_config(args)).run()
 
 
+# The fields of StackConfig that are a flag under their own name: of ``confbus up``, and the
+# connection's, of ``confbus`` itself. stack_config works out the others.
+_UP_FLAGS = ("nats_port", "ready_timeout", "stop_timeout", "log_level", "verbose")
+_NATS_LOGIN_FLAGS = ("nats_user", "nats_password", "nats_creds", "tls_ca")
+
+
 def stack_config(args: argparse.Namespace) -> StackConfig:
     services = [spec for spec in SERVICES if spec.runnable()]
     known = {spec.name for spec in SERVICES}
@@ -169,17 +175,9 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         data_dir=Path(args.data_dir).expanduser().resolve(),
         services=services,
         options=args,
-        nats_port=args.nats_port,
         nats_url=args.external_nats,
-        ready_timeout=args.ready_timeout,
-        stop_timeout=args.stop_timeout,
-        log_level=args.log_level,
-        verbose=args.verbose,
-        nats_user=args.nats_user,
-        nats_password=args.nats_password,
-        nats_creds=args.nats_creds,
-        tls_ca=args.tls_ca,
         ha=ha,
+        **{name: getattr(args, name) for name in (*_UP_FLAGS, *_NATS_LOGIN_FLAGS)},
     )
     config = security.configure(config, args)  # --secure, --tls-cert: users, permissions, TLS
     return console.with_login_link(config)
