@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from confbus.cli import exitcodes
-from confbus.cli.commands.index import COMMANDS, MODULES
+from confbus.cli.commands.index import COMMANDS
 from confbus.cli.exitcodes import CliError
 from confbus.cli.output import stdout_may_close
 from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
@@ -106,14 +106,12 @@ def build_parser(only: str | None = None, *, stubs: bool = False) -> argparse.Ar
     parser.add_argument("--tls-ca", default=os.environ.get("CONFBUS_TLS_CA"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for module in MODULES:
-        if stubs or (wanted is not None and module != wanted):
-            for name, entry in COMMANDS.items():
-                if entry.module_path == module:
-                    # Anything after a stub's name is the real command's to parse, later.
-                    sub.add_parser(name, help=entry.help, add_help=False)
-        else:
-            importlib.import_module(module).register(sub)
+    for name, entry in COMMANDS.items():
+        if stubs or (wanted is not None and entry.module_path != wanted):
+            # Anything after a stub's name is the real command's to parse, later.
+            sub.add_parser(name, help=entry.help, add_help=False)
+        elif name not in sub.choices:  # a module registers all its commands at once
+            importlib.import_module(entry.module_path).register(sub)
     return parser
 
 
