@@ -46,6 +46,9 @@ class NodeAt(msgspec.Struct, frozen=True, kw_only=True):
     drift: bool = False
     wave: int | None = None  # its wave (1-based) in the namespace's current or last rollout
     unknown_since: datetime | None = None  # the stream knows nothing of it before this
+    # Which variant of its version its bytes are (docs/design.md §2.6): the overlays that
+    # applied, "+"-joined, or "base"; None: not known (no version, or not told by its sha256).
+    variant: str | None = None
 
 
 class RolloutAt(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from confbus.client._connection import Connection
-from confbus.client._events import Events
 from confbus.client._names import check_namespace, check_node
-from confbus.runtime.errors import InvalidInput
+from confbus.client._variants import Variants
+from confbus.runtime.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
     from confbus.client._fleet import FleetAt, FleetDiff, Why
     from confbus.runtime.since import Moment
 
 
-class Timeline(Events):
+class Timeline(Variants):
     """The client's reading of the past (docs/design.md §8.10)."""
 
     async def status_at(self, namespace: str, at: Moment) -> FleetAt:
@@ -37,12 +37,22 @@ class Timeline(Events):
         edges = await past.bounds(self)
         seq = await past.moment_seq(self, at, edges)
         rec = await past.reconstruct(self, ns, seq, edges)
-        return fleet_at(
+        fleet = fleet_at(
             rec.state,
             at=await _shown_time(self, at, seq),
             checkpoint_seq=rec.checkpoint_seq,
             events_read=rec.events_read,
         )
+        # Which variant each node ran then, told by the sha256 it announced. The store down
+        # leaves it unknown: the past itself comes from the audit log alone.
+        try:
+            named = await self.node_variants(
+                ns, {n.node: (n.version, n.sha256) for n in fleet.nodes if n.applied == "known"}
+            )
+        except Unavailable:
+            return fleet
+        nodes = [msgspec.structs.replace(n, variant=named.get(n.node)) for n in fleet.nodes]
+        return msgspec.structs.replace(fleet, nodes=nodes)
 
     async def why(self, namespace: str, node: str, at: Moment | None = None) -> Why:
         """The chain of events that put ``node`` on its version (now, or at ``at``), newest
