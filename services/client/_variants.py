@@ -19,6 +19,7 @@ from confbus.runtime.errors import InvalidInput, NotFound
 from confbus.runtime.kv import StateKV
 from confbus.runtime.nodelabels import members_of
 from confbus.schemas.names import Format
+from confbus.schemas.sealing import content_sha256
 from confbus.schemas.selectors import matches
 from confbus.schemas.streams import CFG_STATE
 from confbus.schemas.variants import (
@@ -140,13 +141,10 @@ class Variants(Store):
                 continue
             if version not in sets:
                 try:
-                    got = await self.get(namespace, version)
+                    sets[version] = await self._variant_set_of(namespace, version)
                 except NotFound:
                     gone.add(version)
                     continue
-                content = got.content or b""
-                plain = not has_variants(content)
-                sets[version] = None if plain else _variant_set(content, got.info.format)
             vs = sets[version]
             if vs is None:
                 out[node] = BASE
@@ -159,6 +157,26 @@ class Variants(Store):
                 raise InvalidInput(str(exc), where="variants") from None
             out[node] = found.name if found is not None else None
         return out
+
+    async def _variant_set_of(self, namespace: str, version: int) -> VariantSet | None:
+        """A version's overlays (None: it has none). Kept by sha256, so a live page refreshing
+        at every event reads only the version's metadata again, not its bytes."""
+        info = (await self.get(namespace, version, content=False)).info
+        if info.sha256 in _SETS:
+            return _SETS[info.sha256]
+        got = await self.get(namespace, version)
+        content = got.content or b""
+        vs = _variant_set(content, info.format) if has_variants(content) else None
+        if content_sha256(content) == info.sha256:  # content-addressed: safe to keep
+            while len(_SETS) >= _SETS_KEPT:
+                del _SETS[next(iter(_SETS))]
+            _SETS[info.sha256] = vs
+        return vs
+
+
+# Parsed overlays by the version's sha256 (bounded; oldest out first).
+_SETS: dict[str, VariantSet | None] = {}
+_SETS_KEPT = 64
 
 
 def _variant_set(content: bytes, fmt: Format) -> VariantSet:
