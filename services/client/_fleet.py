@@ -23,6 +23,7 @@ from confbus.schemas.fleet import (
     TxnFact,
     VersionFact,
 )
+from confbus.schemas.variants import BASE
 
 Known = Literal["known", "none", "unknown"]
 
@@ -165,6 +166,10 @@ def fleet_at(
 def _node_at(state: FleetState, fact: NodeFact, production: int | None, wave: int | None) -> NodeAt:
     a = fact.applied
     targets = [v for v in (fact.target, production) if v is not None]
+    # Bytes that are their version's own (the sha256 of its version.created) are a version
+    # without overlays; a variant's are told apart by ``Client.status_at`` (docs/design.md §2.6).
+    own = state.versions.get(a.version) if a else None
+    plain = a is not None and own is not None and own.sha256 == a.sha256
     unknown_since = None if state.complete else state.origin_at
     return NodeAt(
         node=fact.node,
@@ -181,6 +186,7 @@ def _node_at(state: FleetState, fact: NodeFact, production: int | None, wave: in
         drift=fact.drift_seq is not None,
         wave=wave,
         unknown_since=unknown_since if a is None else None,
+        variant=BASE if plain else None,
     )
 
 
