@@ -45,7 +45,7 @@ from confbus.runtime.errors import ConfbusError, InvalidInput
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api.store import VersionRef
 from confbus.schemas.names import VersionNumber
-from confbus.schemas.variants import BASE
+from confbus.schemas.variants import BASE, has_variants
 
 SESSION_S = 12 * 3600
 LOGIN_S = 15 * 60  # how long a sign-in page's nonce is good for
@@ -227,15 +227,14 @@ async def version(request: Request, who: Principal, backend: Backend) -> tuple[s
     ctx: dict[str, Any] = {"ns": ns, "info": info, "secret": secret, "query": q, "text": None}
     if secret:
         return "version.html", ctx
-    variants = await backend.version_variants(ns, str(info.version))
-    if variants.overlays:
+    content = (await backend.content(ns, str(info.version))).content or b""
+    if has_variants(content):
+        variants = await backend.version_variants(ns, str(info.version))
         labels = await backend.labels_for(ns, q.for_, q.node) or {}
         _, shown = await backend.rendered(ns, str(info.version), labels)
         content = shown.content
         members = sorted({n for v in variants.variants for n in v.nodes})
         ctx.update(variants=variants, shown=shown, members=members)
-    else:
-        content = (await backend.content(ns, str(info.version))).content or b""
     ctx["text"] = content.decode("utf-8", errors="replace")
     return "version.html", ctx
 

@@ -71,12 +71,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
 
 
 @pytest.fixture(scope="module")
-def viewer(stack: ConsoleStack) -> Iterator[httpx.Client]:
-    with stack.http(stack.token("viewer", "vera")) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def published(stack: ConsoleStack, viewer: httpx.Client) -> Published:
     for node, labels in LABELS.items():
         stack.start_agent(
