@@ -23,7 +23,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.signing import SigningKey
 from confbus.schemas.api import store as store_api
 from confbus.schemas.policy import Policy
-from confbus.schemas.signing import SigningRule, TrustRoots
+from confbus.schemas.signing import SigningRule, Statement, TrustRoots
 
 BENCH = "signed_switch"
 PLAIN, SIGNED = "plain", "signed"
@@ -34,7 +34,7 @@ async def _stored(bus: Bus, watch: Watch, ns: str, version: int, keys: list[Sign
     content = config_bytes(version)
     change_id = secrets.token_hex(8)
     sha = hashlib.sha256(content).hexdigest()
-    signatures = [k.sign(ns, version, sha, "json", change_id) for k in keys]
+    signatures = [k.sign(Statement(ns, version, sha, "json", change_id)) for k in keys]
     return await store_version(
         bus, watch, ns, content, change_id=change_id, base=version - 1, signatures=signatures
     )

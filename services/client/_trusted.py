@@ -18,6 +18,7 @@ from confbus.runtime.signing import SigningKey
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.policy import Policy
 from confbus.schemas.sealing import content_sha256, is_sealed
+from confbus.schemas.signing import Statement
 from confbus.schemas.variants import has_variants
 from confbus.schemas.versions import VersionInfo
 
@@ -70,7 +71,8 @@ async def seal_and_sign(
             except NotFound:
                 base = 0
         sha = content_sha256(content)
-        signatures += [key.sign(ns, base + 1, sha, fmt, change.change_id) for key in signing_keys]
+        statement = Statement(ns, base + 1, sha, fmt, change.change_id)
+        signatures += [key.sign(statement) for key in signing_keys]
     return msgspec.structs.replace(
         change, content=content, format=fmt, base=base, signatures=signatures
     )

@@ -131,3 +131,31 @@ async def test_require_all_waits_for_the_away_nodes(stack: Stack, tmp_path: Path
         await back_and_converged(stack, "n4", content("v1"))
     assert result[0].returncode == 0, result[0].stderr
     assert "n4: caught up" in result[0].stderr, result[0].stderr
+
+
+async def test_every_node_away_the_version_waits_for_them(stack: Stack, tmp_path: Path) -> None:
+    """One rule whether nodes stopped (SIGTERM) or just fell silent: with no live node the
+    version becomes production and every node catches up when it is back — not a refusal."""
+    async with client_of(stack) as client:
+        await live_count(client, len(NODES))
+    r = await confbus(stack, "publish", NS, str(config_file(tmp_path, "v1")), "--wait")
+    assert r.returncode == 0, r.stderr
+    for n in NODES:
+        stack.agents[n].proc.stop()
+    async with client_of(stack) as client:
+        for n in NODES:
+            await wait_event(client.bus, NodeLeft, node=n)
+
+    r = await confbus(stack, "publish", NS, str(config_file(tmp_path, "v2")), "--wait")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "production on 0 node(s), 4 away" in r.stdout, r.stdout
+    assert "away: n1, n2, n3, n4" in r.stderr, r.stderr
+    async with client_of(stack) as client:
+        rollout = await client.rollout_info(NS)
+        prod = (await client.get(NS, "production", content=False)).info
+    assert rollout is not None and rollout.away == list(NODES) and not rollout.targets, rollout
+    assert prod.version == 2, prod
+    for n in NODES:
+        assert stack.agents[n].read(NS) == content("v1"), n  # untouched while stopped
+
+    await back_and_converged(stack, "n1", content("v2"))

@@ -25,6 +25,7 @@ import msgspec
 
 from confbus.cli.commands import timetravel
 from confbus.cli.commands.args import identity
+from confbus.cli.commands.options import ACTOR, JSON, NAMESPACE, REASON, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, OK, CliError
 from confbus.client import Client, check_namespace
 from confbus.schemas.api import dist as dist_api
@@ -33,15 +34,15 @@ from confbus.schemas.api.dist import RolloutInfo, StatusReply, WaveInfo
 _json = msgspec.json.Encoder()
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
+def register(sub: Subparsers) -> None:
+    p = command(
+        sub,
         "rollout",
         help="show the namespace's current or last rollout (waves, per-node report)",
         description="Show the current or last rollout of NS: its waves and, per node, the "
         "outcome, attempts and timing.",
     )
-    p.add_argument("namespace", metavar="NS")
-    p.add_argument("--json", action="store_true", help="print the rollout record as JSON")
+    add(p, NAMESPACE, JSON.but(help="print the rollout record as JSON"))
     p.set_defaults(func=run_rollout)
 
     for op, text in (
@@ -49,25 +50,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         (dist_api.RESUME, "let a paused rollout go on"),
         (dist_api.ABORT, "end the namespace's rollout as failed (switched waves stay switched)"),
     ):
-        c = sub.add_parser(op.name, help=text, description=text[0].upper() + text[1:] + ".")
-        c.add_argument("namespace", metavar="NS")
-        c.add_argument("--reason", default="", help="why (kept in the event)")
-        c.add_argument("--as", dest="actor", default="", help="who (default: $CONFBUS_IDENTITY)")
-        c.add_argument("--json", action="store_true")
+        c = command(sub, op.name, help=text, description=text[0].upper() + text[1:] + ".")
+        add(c, NAMESPACE, REASON, ACTOR, JSON)
         c.set_defaults(func=run_control, op=op.name)
 
-    s = sub.add_parser(
+    s = command(
+        sub,
         "status",
         help="the fleet of a namespace: per node liveness, applied and target version",
         description="Show NS's production version and, per node: liveness, applied version, "
         "sha256 of the live file, target version, last heartbeat and status.",
     )
-    s.add_argument("namespace", metavar="NS")
-    s.add_argument("--json", action="store_true")
+    add(s, NAMESPACE, JSON)
     timetravel.add_at(s, "the fleet as it was then, from the audit log")
     s.set_defaults(func=run_status)
 
-    f = sub.add_parser(
+    f = command(
+        sub,
         "forget",
         help="forget a node gone for good (its records and targets; node.forgotten)",
         description="Forget NODE, which must not be live (stop its agent first): status no "
@@ -75,8 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "that comes back later is a new member.",
     )
     f.add_argument("node", metavar="NODE")
-    f.add_argument("--reason", default="", help="why (kept in the event)")
-    f.add_argument("--as", dest="actor", default="", help="who (default: $CONFBUS_IDENTITY)")
+    add(f, REASON, ACTOR)
     f.set_defaults(func=run_forget)
 
 
@@ -94,7 +92,7 @@ async def run_rollout(args: argparse.Namespace, client: Client) -> int:
 
 async def run_control(args: argparse.Namespace, client: Client) -> int:
     info = await client.rollout_control(
-        args.op, args.namespace, reason=args.reason, actor=identity(args.actor or None)
+        args.op, args.namespace, reason=args.reason, actor=identity(args.identity)
     )
     if args.json:
         _out(_json.encode(info).decode())
@@ -127,9 +125,7 @@ async def run_status(args: argparse.Namespace, client: Client) -> int:
 
 
 async def run_forget(args: argparse.Namespace, client: Client) -> int:
-    reply = await client.forget_node(
-        args.node, actor=identity(args.actor or None), reason=args.reason
-    )
+    reply = await client.forget_node(args.node, actor=identity(args.identity), reason=args.reason)
     followed = f" (it followed {', '.join(reply.namespaces)})" if reply.namespaces else ""
     _out(f"forgot {reply.node}{followed}")
     return OK

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from confbus.cli.commands.options import JSON, NAMESPACE, Subparsers, add, command
 from confbus.cli.exitcodes import OK
 from confbus.client import Client, FleetAt, FleetDiff, NodeAt, Why, WhyStep
 from confbus.runtime import since
@@ -33,30 +34,32 @@ from confbus.schemas.variants import BASE
 _json = msgspec.json.Encoder()
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    w = sub.add_parser(
+def register(sub: Subparsers) -> None:
+    w = command(
+        sub,
         "why",
         help="why a node runs the version it runs: the chain of events, newest first",
         description="Show the chain of events that put NODE on its version in NS: the apply, "
         "its transaction (votes, epoch), the wave and rollout (or catch-up, or rollback batch "
         "and the alert and verdict behind it), the version — each with its stream sequence.",
     )
-    w.add_argument("namespace", metavar="NS")
+    add(w, NAMESPACE)
     w.add_argument("node", metavar="NODE")
     add_at(w, "at that moment instead of now")
-    w.add_argument("--json", action="store_true")
+    add(w, JSON)
     w.set_defaults(func=run_why)
 
-    d = sub.add_parser(
+    d = command(
+        sub,
         "diff-fleet",
         help="which nodes changed version between two moments, and through which rollouts",
         description="Compare the fleet of NS at two moments: each node whose applied version "
         "changed, and what made the change (wave, catch-up, rollback batch).",
     )
-    d.add_argument("namespace", metavar="NS")
+    add(d, NAMESPACE)
     d.add_argument("--from", dest="start", type=parse_moment, required=True, metavar="TIME|SEQ")
     d.add_argument("--to", dest="end", type=parse_moment, metavar="TIME|SEQ", help="default: now")
-    d.add_argument("--json", action="store_true")
+    add(d, JSON)
     d.set_defaults(func=run_diff)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from confbus.cli import security
 from confbus.cli.commands import console
+from confbus.cli.commands.options import DATA_DIR, Option, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
 from confbus.cli.ha import HaPorts
 from confbus.cli.stack import ServiceSpec, Stack, StackConfig
@@ -63,25 +64,30 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
+_NATS_PORT = Option(
+    ("--nats-port",),
+    {
+        "type": int,
+        "default": "4222",  # a str, as from the environment: argparse applies type
+        "help": "port of the embedded nats-server on 127.0.0.1; 0 picks a free one",
+    },
+    env="CONFBUS_NATS_PORT",
+)
+_LOG_LEVEL = Option(
+    ("--log-level",),
+    {"default": "info", "help": "the services' log level"},
+    env="CONFBUS_LOG_LEVEL",
+)
+
+
+def register(sub: Subparsers) -> None:
+    p = command(
+        sub,
         "up",
         help="run the whole stack on this machine: nats-server and every service",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("CONFBUS_DATA_DIR", ".confbus"),
-        help="JetStream store, SQLite store, logs (env CONFBUS_DATA_DIR; default %(default)s)",
-    )
-    p.add_argument(
-        "--nats-port",
-        type=int,
-        default=os.environ.get("CONFBUS_NATS_PORT", "4222"),  # a str: argparse applies type
-        help="port of the embedded nats-server on 127.0.0.1; 0 picks a free one "
-        "(env CONFBUS_NATS_PORT; default %(default)s)",
-    )
+    add(p, DATA_DIR.but(help="JetStream store, SQLite store, logs"), _NATS_PORT)
     p.add_argument(
         "--nats-url",
         dest="external_nats",
@@ -135,11 +141,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="how long a service may take to stop before SIGKILL (default %(default)s)",
     )
-    p.add_argument(
-        "--log-level",
-        default=os.environ.get("CONFBUS_LOG_LEVEL", "info"),
-        help="the services' log level (default %(default)s)",
-    )
+    add(p, _LOG_LEVEL)
     p.add_argument(
         "-v",
         "--verbose",
