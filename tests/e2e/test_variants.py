@@ -321,7 +321,7 @@ async def test_variants_too_large_together_for_one_prepare_are_refused_with_the_
     sent, saying why, and the CLI shows it promptly (not a publish error retried until the
     switch gives up)."""
     await ready(stack)
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await set_policy(client, max_bytes=1_000_000, max_excluded=0.0)
     # ~0.9 MB per rendered variant, four of them (base64 in the prepare: ~4.8 MB > 4 MiB).
     big = files(
@@ -332,7 +332,7 @@ async def test_variants_too_large_together_for_one_prepare_are_refused_with_the_
     assert r.returncode == 1, (r.stdout, r.stderr)
     err = r.stderr.decode()
     assert "more than the bus carries" in err and "4 distinct variants" in err, err
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         evs = await events(client.bus)
         [aborted] = of(evs, TxnAborted)
         assert "more than the bus carries" in aborted.reason and not aborted.votes, aborted
