@@ -18,6 +18,7 @@ from confbus.client._store import Store
 from confbus.runtime.errors import InvalidInput, NotFound
 from confbus.runtime.kv import StateKV
 from confbus.runtime.nodelabels import members_of
+from confbus.schemas.api import dist as dist_api
 from confbus.schemas.names import Format
 from confbus.schemas.sealing import content_sha256
 from confbus.schemas.selectors import matches
@@ -119,6 +120,28 @@ class Variants(Store):
             overlays=overlays,
             variants=variants,
         )
+
+    async def fleet_variants(self, fleet: dist_api.StatusReply) -> dict[str, str | None]:
+        """Which variant each node of ``fleet`` (``fleet_status``) runs now, told by the
+        sha256 of its live file and its labels (``node_variants``). A node on production
+        with production's own bytes runs the base: no store read for it."""
+        on_production = {
+            n.node
+            for n in fleet.nodes
+            if n.applied_version == fleet.production_version
+            and n.sha256 is not None
+            and n.sha256 == fleet.production_sha256
+        }
+        named = await self.node_variants(
+            fleet.namespace,
+            {
+                n.node: (n.applied_version, n.sha256)
+                for n in fleet.nodes
+                if n.node not in on_production
+            },
+            labels={n.node: n.labels for n in fleet.nodes},
+        )
+        return {**dict.fromkeys(on_production, BASE), **named}
 
     async def node_variants(
         self,

@@ -229,11 +229,7 @@ class Backend:
 
     async def fleet_variants(self, fleet: dist_api.StatusReply) -> dict[str, str | None]:
         """Which variant each node of ``fleet`` runs, told by its sha256 (and its labels)."""
-        return await self.client.node_variants(
-            fleet.namespace,
-            {n.node: (n.applied_version, n.sha256) for n in fleet.nodes},
-            labels={n.node: n.labels for n in fleet.nodes},
-        )
+        return await self.client.fleet_variants(fleet)
 
     async def secret(self, namespace: str) -> bool:
         return (await self.policy(namespace)).secret

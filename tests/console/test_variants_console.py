@@ -167,6 +167,15 @@ def test_the_variant_each_node_runs_now_and_ran_then(
     for row in rows:
         node, _, _, _, variant = row.split()[:5]
         assert variant == VARIANT[node], row
+    # confbus status (now): the same column, after SHA256.
+    out = stack.confbus("status", NS)
+    header, *rows = [line for line in out.splitlines() if line.startswith(("NODE", *LABELS))]
+    assert header.split()[:6] == ["NODE", "LIVENESS", "APPLIED", "TARGET", "SHA256", "VARIANT"]
+    assert sorted(row.split()[0] for row in rows) == sorted(VARIANT), out
+    for row in rows:
+        node, _, applied, _, sha, variant = row.split()[:6]
+        assert (applied, variant) == ("v2", VARIANT[node]), row
+        assert _sha(published.v2[node]).startswith(sha), row
 
 
 # -- in a real browser -------------------------------------------------------------------------
