@@ -338,33 +338,25 @@ def _asyncapi_schema(node: Any) -> Any:
     return out
 
 
-def _streams() -> dict[str, Any]:
-    return {
-        s.name: {
-            "subjects": list(s.subjects),
-            "retention": s.retention,
-            "max_age_s": s.max_age_s,
-            "max_bytes": s.max_bytes,
-            "max_msg_size": s.max_msg_size,
-            "duplicate_window_s": s.duplicate_window_s,
-            "discard": s.discard,
-            "description": s.description,
-        }
-        for s in streams.STREAMS
-    }
+# What the document says of each stream and bucket (``streams.py`` holds the rest).
+_STREAM_FIELDS = (
+    "subjects",
+    "retention",
+    "max_age_s",
+    "max_bytes",
+    "max_msg_size",
+    "duplicate_window_s",
+    "discard",
+    "description",
+)
+_BUCKET_FIELDS = ("history", "max_bytes", "max_value_size", "ttl_s", "description")
 
 
-def _buckets() -> dict[str, Any]:
-    return {
-        b.name: {
-            "history": b.history,
-            "max_bytes": b.max_bytes,
-            "max_value_size": b.max_value_size,
-            "ttl_s": b.ttl_s,
-            "description": b.description,
-        }
-        for b in streams.BUCKETS
-    }
+def _limits(
+    specs: Iterable[streams.StreamSpec | streams.BucketSpec], fields: Sequence[str]
+) -> dict[str, Any]:
+    """Each stream or bucket by name, with ``fields`` as JSON values."""
+    return {s.name: {f: msgspec.to_builtins(getattr(s, f)) for f in fields} for s in specs}
 
 
 def document() -> dict[str, Any]:
@@ -401,8 +393,8 @@ def document() -> dict[str, Any]:
             "messages": messages,
             "schemas": _schemas([*types, txn.TxnHead, dist_api.RolloutInfo]),
         },
-        "x-streams": _streams(),
-        "x-kv-buckets": _buckets(),
+        "x-streams": _limits(streams.STREAMS, _STREAM_FIELDS),
+        "x-kv-buckets": _limits(streams.BUCKETS, _BUCKET_FIELDS),
     }
 
 

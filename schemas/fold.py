@@ -122,14 +122,19 @@ def fold(state: FleetState, seq: int, at: datetime | None, event: AnyEvent | Non
         prune(state)
 
 
+def _fact(facts: dict[K, V], key: K, new: Callable[[], V]) -> V:
+    """The fact kept under ``key``, made by ``new()`` when an event first names it."""
+    fact = facts.get(key)
+    if fact is None:
+        fact = facts[key] = new()
+    return fact
+
+
 # -- nodes ---------------------------------------------------------------------------------------
 
 
 def _node(state: FleetState, name: str, seq: int) -> NodeFact:
-    fact = state.nodes.get(name)
-    if fact is None:
-        fact = state.nodes[name] = NodeFact(node=name, seen_seq=seq)
-    return fact
+    return _fact(state.nodes, name, lambda: NodeFact(node=name, seen_seq=seq))
 
 
 def _applied(state: FleetState, seq: int, at: datetime | None, ev: NodeApplied) -> None:
@@ -177,10 +182,7 @@ def _catchup(state: FleetState, seq: int, at: datetime | None, ev: NodeCatchUp) 
 
 
 def _txn(state: FleetState, txid: str, version: int) -> TxnFact:
-    fact = state.txns.get(txid)
-    if fact is None:
-        fact = state.txns[txid] = TxnFact(txid=txid, version=version)
-    return fact
+    return _fact(state.txns, txid, lambda: TxnFact(txid=txid, version=version))
 
 
 def _decided(
@@ -204,10 +206,7 @@ def _decided(
 
 
 def _version(state: FleetState, version: int) -> VersionFact:
-    fact = state.versions.get(version)
-    if fact is None:
-        fact = state.versions[version] = VersionFact(version=version)
-    return fact
+    return _fact(state.versions, version, lambda: VersionFact(version=version))
 
 
 def _created(state: FleetState, seq: int, at: datetime | None, ev: VersionCreated) -> None:
@@ -247,10 +246,9 @@ def _verdict(state: FleetState, seq: int, at: datetime | None, ev: HealthVerdict
 
 
 def _rollout(state: FleetState, rollout_id: str, version: int) -> RolloutFact:
-    fact = state.rollouts.get(rollout_id)
-    if fact is None:
-        fact = state.rollouts[rollout_id] = RolloutFact(rollout_id=rollout_id, version=version)
-    return fact
+    return _fact(
+        state.rollouts, rollout_id, lambda: RolloutFact(rollout_id=rollout_id, version=version)
+    )
 
 
 def _wave(rollout: RolloutFact, index: int) -> WaveFact:
@@ -338,10 +336,7 @@ def _paused(
 
 
 def _rollback(state: FleetState, rollback_id: str) -> RollbackFact:
-    fact = state.rollbacks.get(rollback_id)
-    if fact is None:
-        fact = state.rollbacks[rollback_id] = RollbackFact(rollback_id=rollback_id)
-    return fact
+    return _fact(state.rollbacks, rollback_id, lambda: RollbackFact(rollback_id=rollback_id))
 
 
 def _rb_started(state: FleetState, seq: int, at: datetime | None, ev: RollbackStarted) -> None:

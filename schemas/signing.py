@@ -23,7 +23,7 @@ from the bus.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 
@@ -71,17 +71,22 @@ decode_trust_roots = msgspec.json.Decoder(TrustRoots).decode
 decode_trusted_key = msgspec.json.Decoder(TrustedKey).decode
 
 
-def statement(
-    namespace: str,
-    version: int,
-    sha256: str,
-    format: Format,
-    change_id: str,
-    rollback_of: int | None = None,
-) -> bytes:
-    """The canonical bytes an author (or the rollbacker) signs."""
-    fields = (namespace, str(version), sha256, format, change_id, str(rollback_of or "-"))
-    return STATEMENT_DOMAIN + "\n".join(fields).encode()
+class Statement(NamedTuple):
+    """What a signature covers: a version of a namespace, its bytes (their sha256) and how it
+    was made; ``rollback_of`` only on the rollbacker's signature of a rollback version."""
+
+    namespace: str
+    version: int
+    sha256: str
+    format: Format
+    change_id: str
+    rollback_of: int | None = None
+
+    def encode(self) -> bytes:
+        """The canonical bytes an author (or the rollbacker) signs."""
+        namespace, version, sha256, fmt, change_id, rollback_of = self
+        fields = (namespace, str(version), sha256, fmt, change_id, str(rollback_of or "-"))
+        return STATEMENT_DOMAIN + "\n".join(fields).encode()
 
 
 def key_id(public_key: bytes) -> str:

@@ -93,7 +93,7 @@ def dlq(stream: str) -> str:
 # -- request/reply APIs (nats.micro services) ---------------------------------------------------
 def api(service: str, op: str) -> str:
     """``cfg.api.<service>.<op>``, e.g. ``cfg.api.store.get``."""
-    return f"cfg.api.{service}.{op}"
+    return f"{api_group(service)}.{op}"
 
 
 def api_group(service: str) -> str:
@@ -102,7 +102,7 @@ def api_group(service: str) -> str:
 
 def api_all(service: str) -> str:
     """Every subject of one service's API, ``cfg.api.<service>.>`` (for permissions)."""
-    return f"cfg.api.{service}.>"
+    return api(service, ">")
 
 
 def node_resync(node: str) -> str:

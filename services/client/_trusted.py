@@ -18,6 +18,8 @@ from confbus.runtime.signing import SigningKey
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.policy import Policy
 from confbus.schemas.sealing import content_sha256, is_sealed
+from confbus.schemas.signing import Statement
+from confbus.schemas.variants import has_variants
 from confbus.schemas.versions import VersionInfo
 
 
@@ -46,6 +48,15 @@ async def seal_and_sign(
                 f"confbus keys data-key {ns} --kek FILE",
                 where="content",
             )
+        if has_variants(content):
+            # One envelope would hand every node's variant to every node, and the store could
+            # not validate them: sealing is per content (docs/design.md §2.6).
+            raise InvalidInput(
+                f"namespace {ns!r} is sealed, and overlays cannot be sealed: an envelope holds "
+                "one content and an agent receives only its own variant — publish without "
+                "--overlay",
+                where="overlays",
+            )
         if not is_sealed(content):
             try:
                 content = seal(content, fmt, pol.data_keys[-1], keks)
@@ -60,7 +71,8 @@ async def seal_and_sign(
             except NotFound:
                 base = 0
         sha = content_sha256(content)
-        signatures += [key.sign(ns, base + 1, sha, fmt, change.change_id) for key in signing_keys]
+        statement = Statement(ns, base + 1, sha, fmt, change.change_id)
+        signatures += [key.sign(statement) for key in signing_keys]
     return msgspec.structs.replace(
         change, content=content, format=fmt, base=base, signatures=signatures
     )

@@ -222,30 +222,26 @@ class Driver:
         # namespace's first heartbeat a little time before calling it empty.
         await self.membership.first_heard(namespace, within_s=FIRST_HEARTBEAT_WAIT_S)
         live = self.membership.live_nodes(namespace, selector)
+        away = self.membership.away_nodes(namespace, selector)
         if not live:
             known = self.membership.known_nodes(namespace)
-            if not known and not selector:
-                await self._bootstrap(namespace, rec, prod)
+            if away or (not known and not selector):
+                await self._without_switch(namespace, rec, selector, away)
                 return
             await self._refuse(
                 namespace, rec, _no_targets(namespace, selector, known, self.membership)
             )
             return
         waves = strategy.waves(live)
-        away = self.membership.away_nodes(namespace, selector)
 
         def plan(c: RolloutInfo) -> RolloutInfo:
             return R.planned(
                 c,
+                policy,
                 strategy=str(strategy),
                 selector=selector,
                 waves=waves,
                 away=away,
-                bake_s=policy.bake_s,
-                max_excluded=policy.max_excluded,
-                vote_timeout_s=policy.vote_timeout_s,
-                retry_unanswered_s=policy.retry_unanswered_s,
-                on_missing_data=policy.on_missing_data,
                 previous_version=prod.version if prod else None,
                 actor=self.instance,
             )
@@ -281,16 +277,31 @@ class Driver:
         except NotFound as exc:
             return exc
 
-    async def _bootstrap(self, namespace: str, rec: RolloutInfo, prod: VersionInfo | None) -> None:
-        """No agent follows the namespace yet: nothing to switch. The version becomes
-        production so that agents joining later catch up to it."""
-        reason = "no agent follows this namespace yet: promoted; nodes catch up when they join"
-        await self._promote(namespace, rec, reason)
+    async def _without_switch(
+        self, namespace: str, rec: RolloutInfo, selector: dict[str, str], away: list[str]
+    ) -> None:
+        """No live node to switch: the version becomes production (for its selector's nodes)
+        and every node catches up to it when it joins or comes back — the same end as a rollout
+        whose nodes all went away before their wave began. ``away``: the nodes that will."""
+        if away:
+            reason = (
+                f"no live node follows this namespace: promoted; {len(away)} away "
+                f"({', '.join(away[:10])}) catch up when they are back"
+            )
+        else:
+            reason = "no agent follows this namespace yet: promoted; nodes catch up when they join"
+        await self._promote(namespace, R.replace(rec, selector=selector), reason)
         await self.rollouts.transition(
             namespace,
             rec,
             lambda c: R.complete(
-                R.replace(c, planned=True, strategy=c.requested_strategy or "all-at-once"),
+                R.replace(
+                    c,
+                    planned=True,
+                    strategy=c.requested_strategy or "all-at-once",
+                    selector=selector,
+                    away=away,
+                ),
                 actor=self.instance,
                 last_good=False,
                 reason=reason,

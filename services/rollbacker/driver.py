@@ -54,6 +54,7 @@ from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import VersionCreated, VersionRejected, decode_event
 from confbus.schemas.policy import Policy
 from confbus.schemas.sealing import content_sha256
+from confbus.schemas.signing import Statement
 from confbus.schemas.state import BatchResult, Rollback
 
 log = logging.getLogger("confbus.rollbacker")
@@ -241,12 +242,14 @@ class Driver:
         latest = await self._retrying(self.peers.version, change.namespace, "latest")
         base = 0 if latest is None else latest.info.version
         own = key.sign(
-            change.namespace,
-            base + 1,
-            target.info.sha256,
-            target.info.format,
-            change.change_id,
-            rollback_of=target.info.version,
+            Statement(
+                change.namespace,
+                base + 1,
+                target.info.sha256,
+                target.info.format,
+                change.change_id,
+                rollback_of=target.info.version,
+            )
         )
         return msgspec.structs.replace(change, base=base, signatures=[*target.signatures, own])
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from confbus.schemas.names import Format
-from confbus.schemas.signing import Signature, SigningRule, TrustedKey, key_id, statement
+from confbus.schemas.signing import Signature, SigningRule, Statement, TrustedKey, key_id
 
 # cryptography is imported where it is used: most processes (the CLI's every command, an agent
 # of unsigned namespaces) never sign or verify, and it costs ~20 ms and ~2 MB to import.
@@ -71,23 +71,17 @@ class SigningKey:
     def trusted(self) -> TrustedKey:
         return TrustedKey(name=self.name, public_key=self.public_key)
 
-    def sign(
-        self,
-        namespace: str,
-        version: int,
-        sha256: str,
-        format: Format,
-        change_id: str,
-        rollback_of: int | None = None,
-    ) -> Signature:
-        message = statement(namespace, version, sha256, format, change_id, rollback_of)
+    def sign(self, statement: Statement) -> Signature:
+        # A signature names what it was made for; the namespace, sha256 and format are the
+        # version's own, which it travels with.
+        _, version, _, _, change_id, rollback_of = statement
         return Signature(
             key_id=self.key_id,
             signer=self.name,
             version=version,
             change_id=change_id,
             rollback_of=rollback_of,
-            sig=self._private.sign(message),
+            sig=self._private.sign(statement.encode()),
         )
 
 
@@ -95,7 +89,7 @@ def _verifies(key: TrustedKey, sig: Signature, ns: str, sha256: str, fmt: Format
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    message = statement(ns, sig.version, sha256, fmt, sig.change_id, sig.rollback_of)
+    message = Statement(ns, sig.version, sha256, fmt, sig.change_id, sig.rollback_of).encode()
     try:
         Ed25519PublicKey.from_public_bytes(key.public_key).verify(sig.sig, message)
     except (InvalidSignature, ValueError):

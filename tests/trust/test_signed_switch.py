@@ -17,7 +17,7 @@ from confbus.runtime.bus import Bus, connect
 from confbus.runtime.signing import SigningKey
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.policy import Policy
-from confbus.schemas.signing import Signature
+from confbus.schemas.signing import Signature, Statement
 from confbus.schemas.txn import Vote, decode_vote
 from tests.e2e.helpers import switch
 from tests.e2e.stack import Stack, stack_fixture
@@ -51,7 +51,7 @@ def stack(tmp_path: Path, keys: dict[str, SigningKey]) -> Iterator[Stack]:
 def sign(keys: dict[str, SigningKey], names: tuple[str, ...], ns: str, version: int,
          content: bytes, change_id: str) -> list[Signature]:  # fmt: skip
     sha = hashlib.sha256(content).hexdigest()
-    return [keys[n].sign(ns, version, sha, "json", change_id) for n in names]
+    return [keys[n].sign(Statement(ns, version, sha, "json", change_id)) for n in names]
 
 
 async def files_hold(stack: Stack, content: bytes) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from confbus.runtime.sealing import SealingError, new_data_key, new_kek, open_sealed, seal
 from confbus.runtime.signing import SigningKey, Untrusted, check
 from confbus.schemas.sealing import content_sha256, encode_sealed, parse_sealed
-from confbus.schemas.signing import Signature, SigningRule, statement
+from confbus.schemas.signing import Signature, SigningRule, Statement
 
 BYTES = b'{"pool": 16}\n'
 SHA = hashlib.sha256(BYTES).hexdigest()
@@ -29,14 +29,14 @@ def rule(threshold: int = 2, **until: int) -> SigningRule:
 def sig(
     name: str, version: int, ns: str = "web", sha: str = SHA, rollback_of: int | None = None
 ) -> Signature:
-    return KEYS[name].sign(ns, version, sha, "json", f"c{version}", rollback_of)
+    return KEYS[name].sign(Statement(ns, version, sha, "json", f"c{version}", rollback_of))
 
 
 def test_the_statement_is_domain_separated_and_names_every_field() -> None:
-    s = statement("web", 7, SHA, "json", "abc", None)
+    s = Statement("web", 7, SHA, "json", "abc", None).encode()
     assert s.startswith(b"confbus-signed-version v1\n")
     assert s.split(b"\n")[1:] == [b"web", b"7", SHA.encode(), b"json", b"abc", b"-"]
-    assert statement("web", 7, SHA, "json", "abc", 3) != s
+    assert Statement("web", 7, SHA, "json", "abc", 3).encode() != s
 
 
 def test_a_threshold_counts_distinct_trusted_authors_of_this_version() -> None:

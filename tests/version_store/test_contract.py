@@ -15,6 +15,7 @@ from confbus.runtime.sealing import new_data_key, new_kek, seal
 from confbus.runtime.signing import SigningKey
 from confbus.schemas.policy import Policy
 from confbus.schemas.sealing import content_sha256
+from confbus.schemas.signing import Statement
 from confbus.version_store.errors import (
     InvalidConfig,
     InvalidTransition,
@@ -203,7 +204,7 @@ async def test_signatures_and_sealed_content_are_kept_and_exported(store: Store)
     kek = new_kek("ops")
     sealed = seal(b'{"secret": 1}', "json", new_data_key(kek), {kek.id: kek})
     sha = content_sha256(sealed)
-    sig = key.sign("ns", 1, sha, "json", "c1")
+    sig = key.sign(Statement("ns", 1, sha, "json", "c1"))
     assert await stored(store, nv("ns", "c1", sealed, signatures=[sig])) == 1
     got = await store.get("ns", 1)
     assert got.signatures == [sig] and got.content == sealed

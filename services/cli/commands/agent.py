@@ -14,20 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+
+from confbus.cli.commands.options import Subparsers, command
 
 AGENT_MODULE = "confbus.agent"
 # Top-level ``confbus`` options → the variables the agent's settings read them from.
 _FORWARDED = ("nats_url", "nats_user", "nats_password", "nats_creds", "tls_ca")
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "agent",
-        help="run the node agent: keep FILE switched to NS's versions (confbus agent --help)",
-        description="Run the node agent: stage, vote, apply atomically, heartbeat.",
-        add_help=False,  # --help is the agent's own
-    )
+def register(sub: Subparsers) -> None:
+    p = command(sub, "agent", add_help=False)  # --help is the agent's own
     p.set_defaults(run_local=run, passes_on_arguments=True)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 
 from confbus.cli.commands.args import acting_as, input_file
+from confbus.cli.commands.options import NAMESPACE, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.client import Client, NamespaceBackup, check_namespace
 from confbus.runtime.errors import InvalidInput
@@ -47,23 +48,13 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(BackupFile).decode
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "backup",
-        help="write the versions and policies of NS (or of every namespace) to a file",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("namespace", nargs="?", metavar="NS", help="default: every namespace")
+def register(sub: Subparsers) -> None:
+    p = command(sub, "backup")
+    add(p, NAMESPACE.but(nargs="?", help="default: every namespace"))
     p.add_argument("--out", required=True, metavar="FILE", help="the backup file to write")
     p.set_defaults(func=run_backup)
 
-    p = sub.add_parser(
-        "restore",
-        help="restore namespaces from a backup file (hashes checked; all or nothing per NS)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command(sub, "restore")
     p.add_argument("file", metavar="FILE", type=input_file)
     p.set_defaults(func=run_restore)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from confbus.cli.commands.args import identity
+from confbus.cli.commands.options import DATA_DIR, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.security.roster import private_dir, roster_lock, write_private
 from confbus.cli.stack import StackConfig
@@ -123,20 +123,9 @@ def with_login_link(config: StackConfig) -> StackConfig:
     return replace(config, on_ready=show)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "console",
-        help="tokens for the web console and its HTTP API",
-        description="Create, list and revoke the tokens the console (and its HTTP API, as "
-        "'Authorization: Bearer TOKEN') accepts. Roles: viewer (reads), publisher (also "
-        "publishes), operator (also approves, rejects, sets policies, pauses, resumes, aborts "
-        "and rolls back).",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("CONFBUS_DATA_DIR", ".confbus"),
-        help="the stack's data directory (env CONFBUS_DATA_DIR; default %(default)s)",
-    )
+def register(sub: Subparsers) -> None:
+    p = command(sub, "console")
+    add(p, DATA_DIR)
     p.add_argument("--tokens-file", help="the console's tokens file (default DATA_DIR/console/)")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     t = verbs.add_parser("token", help="create a token and print it (once)")

@@ -42,6 +42,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
+from confbus.cli.commands.options import JSON, Subparsers, add, command
 from confbus.cli.output import out
 from confbus.client import Client
 from confbus.runtime.api import call
@@ -69,13 +70,8 @@ class Check:
     detail: str
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "doctor",
-        help="check NATS, streams and replicas, the store's quorum, leaders and agents",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def register(sub: Subparsers) -> None:
+    p = command(sub, "doctor")
     p.add_argument(
         "--store",
         metavar="URL",
@@ -88,7 +84,7 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="how long to listen for agents' heartbeats (default %(default)s)",
     )
-    p.add_argument("--json", action="store_true", help="the checks as one JSON object per line")
+    add(p, JSON.but(help="the checks as one JSON object per line"))
     p.set_defaults(func=run)
 
 

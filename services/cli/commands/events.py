@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from confbus.cli.commands.args import positive_int
+from confbus.cli.commands.options import JSON, Subparsers, add, command
 from confbus.cli.exitcodes import OK
 from confbus.client import Client, StreamedEvent
 from confbus.runtime import since
@@ -39,14 +40,8 @@ _EVENTS_PREFIX = subjects.EVENTS_ALL.removesuffix(">")  # "cfg.event."
 _KEY_FIELDS = ("node", "rollout_id", "rollback_id", "txid", "version", "change_id")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    replay = sub.add_parser(
-        "replay",
-        help="print the events of the audit log (CFG_EVENTS), oldest first",
-        description="Print the events of CFG_EVENTS that match FILTER, one per line, then "
-        "exit. Examples: confbus replay; confbus replay payments --since 2h; "
-        "confbus replay 'payments.rollout.>' --json; confbus replay --from-seq 120",
-    )
+def register(sub: Subparsers) -> None:
+    replay = command(sub, "replay")
     _add_common(replay)
     start = replay.add_mutually_exclusive_group()
     start.add_argument(
@@ -61,11 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     replay.set_defaults(func=run_replay)
 
-    tail = sub.add_parser(
-        "tail",
-        help="follow the audit log: print events as they happen (Ctrl-C to stop)",
-        description="Print new events of CFG_EVENTS that match FILTER as they are stored.",
-    )
+    tail = command(sub, "tail")
     _add_common(tail)
     tail.set_defaults(func=run_tail)
 
@@ -80,9 +71,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="a subject under cfg.event. (wildcards allowed), a namespace, or "
         "NAMESPACE.TYPE-PATTERN (default: %(default)s)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="one JSON object per line: the event, seq, subject"
-    )
+    add(parser, JSON.but(help="one JSON object per line: the event, seq, subject"))
 
 
 async def run_replay(args: argparse.Namespace, client: Client) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 
 from confbus.cli.commands.args import acting_as, nats_identity
+from confbus.cli.commands.options import ACTOR, NAMESPACE, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import out
 from confbus.client import Client, check_namespace
@@ -56,8 +57,8 @@ from confbus.schemas.signing import (
 _encode = msgspec.json.Encoder().encode
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = sub.add_parser("keys", help="signing keys, trust rules and encryption keys")
+def register(sub: Subparsers) -> None:
+    keys = command(sub, "keys")
     ks = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     p = ks.add_parser("new", help="make an Ed25519 key pair NAME.key / NAME.pub")
@@ -70,46 +71,51 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dir", default=".", help="where to write it (default: here)")
     p.set_defaults(run_local=run_kek)
 
-    for name, where in (("trust", "the namespace's policy"), ("trust-roots", "an agent's file")):
-        p = ks.add_parser(name, help=f"set who must sign NS, in {where}")
-        if name == "trust-roots":
-            p.add_argument("roots", metavar="FILE", help="the agent's trust roots file")
-        p.add_argument("namespace", metavar="NS")
+    trust, trust_roots = _in_policy_and_roots(ks, "trust", "set who must sign NS")
+    for p in trust, trust_roots:
         p.add_argument("keys", nargs="*", metavar="PUB", help="public key files (NAME.pub)")
         p.add_argument("--threshold", type=int, default=1, help="distinct signers needed (1)")
         p.add_argument(
             "--rollbacker", action="append", default=[], metavar="PUB", help="may sign rollbacks"
         )
-        if name == "trust":
-            p.add_argument("--as", dest="identity", help="the operator acting (default: you)")
-            p.set_defaults(func=run_trust)
-        else:
-            p.set_defaults(run_local=run_trust_roots)
+    add(trust, ACTOR)
+    trust.set_defaults(func=run_trust)
+    trust_roots.set_defaults(run_local=run_trust_roots)
 
-    for name, where in (("revoke", "the namespace's policy"), ("revoke-roots", "an agent's file")):
-        p = ks.add_parser(name, help=f"refuse NAME's signatures from a version on, in {where}")
-        if name == "revoke-roots":
-            p.add_argument("roots", metavar="FILE", help="the agent's trust roots file")
-        p.add_argument("namespace", metavar="NS")
+    revoke, revoke_roots = _in_policy_and_roots(
+        ks, "revoke", "refuse NAME's signatures from a version on"
+    )
+    for p in revoke, revoke_roots:
         p.add_argument("name", metavar="NAME")
         p.add_argument(
             "--from-version",
             type=int,
-            required=name == "revoke-roots",
+            required=p is revoke_roots,
             metavar="V",
             help="the first version refused (policy: default the next one)",
         )
-        if name == "revoke":
-            p.add_argument("--as", dest="identity", help="the operator acting (default: you)")
-            p.set_defaults(func=run_revoke)
-        else:
-            p.set_defaults(run_local=run_revoke_roots)
+    add(revoke, ACTOR)
+    revoke.set_defaults(func=run_revoke)
+    revoke_roots.set_defaults(run_local=run_revoke_roots)
 
     p = ks.add_parser("data-key", help="a new data key for secret NS, wrapped by --kek")
-    p.add_argument("namespace", metavar="NS")
+    add(p, NAMESPACE)
     p.add_argument("--kek", required=True, metavar="FILE", help="the key-encryption key")
-    p.add_argument("--as", dest="identity", help="the operator acting (default: you)")
+    add(p, ACTOR)
     p.set_defaults(func=run_data_key)
+
+
+def _in_policy_and_roots(
+    ks: Subparsers, name: str, what: str
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """A trust change's two commands: ``NAME`` changes the namespace's policy (the store's
+    check), ``NAME-roots`` an agent's trust roots file (the check that counts)."""
+    policy = ks.add_parser(name, help=f"{what}, in the namespace's policy")
+    roots = ks.add_parser(f"{name}-roots", help=f"{what}, in an agent's file")
+    roots.add_argument("roots", metavar="FILE", help="the agent's trust roots file")
+    add(policy, NAMESPACE)
+    add(roots, NAMESPACE)
+    return policy, roots
 
 
 # -- local files ------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from confbus.cli.commands.args import (
     read_file,
     seconds_or_zero,
 )
+from confbus.cli.commands.options import ACTOR, JSON, NAMESPACE, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import err, out, out_bytes
 from confbus.client import Client, policy_from_document
@@ -45,14 +46,9 @@ _json = msgspec.json.Encoder()
 MAX_DOCUMENT_BYTES = 1024 * 1024
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "policy",
-        help="show or change the policy of NS",
-        description="Without options: print the namespace's policy (JSON, which --file reads "
-        "back). With --file and/or flags: show what changes, store the policy, print it.",
-    )
-    p.add_argument("namespace", metavar="NS")
+def register(sub: Subparsers) -> None:
+    p = command(sub, "policy")
+    add(p, NAMESPACE)
     p.add_argument(
         "--file",
         type=input_file,
@@ -62,8 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for flags, kwargs in _FLAGS:
         p.add_argument(*flags, **kwargs)
     p.add_argument("--dry-run", action="store_true", help="show what would change; store nothing")
-    p.add_argument("--as", dest="identity", help="who (for the audit log)")
-    p.add_argument("--json", action="store_true", help="print the policy as one JSON line")
+    add(p, ACTOR, JSON.but(help="print the policy as one JSON line"))
     p.set_defaults(func=run_policy)
 
 

@@ -34,6 +34,7 @@ from confbus.cli.commands.args import (
     read_file,
 )
 from confbus.cli.commands.keys import add_trust_args, kek_files, signing_keys
+from confbus.cli.commands.options import JSON, NAMESPACE, PROGRESS, Subparsers, add, command
 from confbus.cli.commands.publishwait import wait_for_production
 from confbus.cli.exitcodes import FAILED, OK, USAGE, CliError
 from confbus.cli.output import out, out_bytes
@@ -60,22 +61,15 @@ _EXTENSIONS: dict[str, Format] = {
 _json = msgspec.json.Encoder()
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "publish",
-        help="propose FILE as the next version of NS and wait for the outcome",
-        description="Publish FILE ('-' for stdin) as a change of NS on cfg.change.NS and wait "
-        "for the version store: prints 'NS vN sha256=… (status)', or the rejection on stderr "
-        "and exits 1. Without --id the change id is auto-<sha256[:24]>-<base>, so a retry is "
-        "idempotent.",
-    )
+def register(sub: Subparsers) -> None:
+    p = command(sub, "publish")
     add_publish_args(p)
     p.set_defaults(func=run_publish)
 
 
 def add_publish_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``publish``; the rollout's ``--wait``/``--strategy`` are added beside them."""
-    p.add_argument("namespace", metavar="NS")
+    add(p, NAMESPACE)
     p.add_argument("file", metavar="FILE", type=input_file, help="the config ('-': stdin)")
     p.add_argument(
         "--format",
@@ -133,18 +127,14 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "with this file merged in (RFC 7396 merge patch; null deletes a key; text: replaces "
         "it). Repeatable; a later --overlay wins where two set the same key",
     )
-    p.add_argument(
-        "--progress",
-        action="store_true",
-        help="with --wait: print each wave on stderr even when it is not a terminal",
-    )
+    add(p, PROGRESS)
     p.add_argument(
         "--timeout",
         type=positive_seconds,
         help="seconds to wait in all: for the version store's answer (default 30) or, with "
         "--wait, for the end of the rollout (default 600)",
     )
-    p.add_argument("--json", action="store_true", help="print the version (or rejection) as JSON")
+    add(p, JSON.but(help="print the version (or rejection) as JSON"))
     add_trust_args(p)
 
 

@@ -189,7 +189,8 @@ def report(args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo) ->
             if w.unanswered:  # a bus outage got in the way: done, but say so
                 _stderr(
                     f"confbus: note: wave {w.index + 1} took {w.attempts} attempts: no node "
-                    f"ready to vote answered {w.unanswered} of them (was the bus down?)"
+                    f"ready to vote answered {w.unanswered} of them (its nodes stopped, or the "
+                    "bus down?)"
                 )
         return OK
     why = f": {rollout.reason}" if rollout.reason else ""

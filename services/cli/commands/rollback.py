@@ -17,13 +17,21 @@ Exit codes: 0 started (or, with ``--wait``, completed); 1 refused or stuck; 2 us
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import sys
 
 import msgspec
 
-from confbus.cli.commands.args import positive_int, positive_seconds
+from confbus.cli.commands.args import identity, positive_int, positive_seconds
+from confbus.cli.commands.options import (
+    ACTOR,
+    JSON,
+    NAMESPACE,
+    PROGRESS,
+    REASON,
+    Subparsers,
+    add,
+    command,
+)
 from confbus.cli.exitcodes import FAILED, OK, CliError
 from confbus.client import Client
 from confbus.schemas.api.rollback import RollbackReply
@@ -37,30 +45,16 @@ from confbus.schemas.events import (
 )
 
 
-def _actor() -> str:
-    if env := os.environ.get("CONFBUS_IDENTITY"):
-        return env
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "operator"
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "rollback",
-        help="roll NS back to its last known good (or --to VERSION), batch by batch",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("namespace", metavar="NS")
+def register(sub: Subparsers) -> None:
+    p = command(sub, "rollback")
+    add(p, NAMESPACE)
     p.add_argument(
         "--to",
         type=positive_int,
         metavar="VERSION",
         help="the version whose content to restore (default: the last known good)",
     )
-    p.add_argument("--reason", default="", help="why (recorded in the events and webhooks)")
+    add(p, REASON.but(help="why, for the audit log and the webhooks"))
     p.add_argument(
         "--strategy",
         metavar="S",
@@ -72,11 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="roll back even to a version the current policy refuses (recorded in the audit log)",
     )
     p.add_argument("--wait", action="store_true", help="wait until restored (or stuck)")
-    p.add_argument(
-        "--progress",
-        action="store_true",
-        help="with --wait: print each step on stderr even when it is not a terminal",
-    )
+    add(p, PROGRESS)
     p.add_argument(
         "--timeout",
         type=positive_seconds,
@@ -84,8 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="S",
         help="with --wait, give up waiting after S seconds (exit 3; default %(default)s)",
     )
-    p.add_argument("--as", dest="actor", metavar="WHO", help="who is acting (default: you)")
-    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    add(p, ACTOR, JSON.but(help="print the outcome as one JSON object"))
     p.set_defaults(func=run)
 
 
@@ -96,7 +85,7 @@ async def run(args: argparse.Namespace, client: Client) -> int:
         to=args.to,
         reason=args.reason,
         strategy=args.strategy,
-        actor=args.actor or _actor(),
+        actor=identity(args.identity),
         wait=args.wait,
         timeout=args.timeout,
         progress=Progress().show if show else None,

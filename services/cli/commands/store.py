@@ -1,6 +1,5 @@
-"""Versions: ``confbus history``, ``show``, ``diff``, ``approve``, ``reject`` (and
-``backup``/``restore``, from ``backup.py``; ``publish`` is in ``publish.py``, ``policy`` in
-``policy.py``).
+"""Versions: ``confbus history``, ``show``, ``diff``, ``approve``, ``reject`` (``backup`` and
+``restore`` are in ``backup.py``, ``publish`` in ``publish.py``, ``policy`` in ``policy.py``).
 
 Identities (``--as``) default to ``$CONFBUS_IDENTITY``, else the OS user — unless the connection
 authenticates as a NATS user (``--nats-user``): then that user *is* the identity, sent on
@@ -16,7 +15,6 @@ import argparse
 
 import msgspec
 
-from confbus.cli.commands import backup
 from confbus.cli.commands.args import (
     acting_as,
     check_ns,
@@ -25,6 +23,16 @@ from confbus.cli.commands.args import (
     selector_arg,
 )
 from confbus.cli.commands.keys import add_kek_arg, kek_files, opened
+from confbus.cli.commands.options import (
+    ACTOR,
+    JSON,
+    NAMESPACE,
+    REASON,
+    Option,
+    Subparsers,
+    add,
+    command,
+)
 from confbus.cli.commands.publish import print_version
 from confbus.cli.exitcodes import OK
 from confbus.cli.output import err, out, out_bytes
@@ -33,33 +41,24 @@ from confbus.schemas.api import store as store_api
 from confbus.schemas.versions import VersionInfo
 
 _json = msgspec.json.Encoder()
+_VERSION = Option(("version",), {"type": positive_int, "metavar": "VERSION"})
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    _register_versions(sub)
-    backup.register(sub)
-
-
-def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("history", help="list the versions of NS, newest first")
-    p.add_argument("namespace", metavar="NS")
+def register(sub: Subparsers) -> None:
+    p = command(sub, "history")
+    add(p, NAMESPACE)
     p.add_argument("--limit", type=positive_int, default=20, help="at most N (%(default)s)")
     p.add_argument("--before", type=positive_int, help="only versions older than N")
-    p.add_argument("--json", action="store_true", help="one JSON array of versions")
+    add(p, JSON.but(help="one JSON array of versions"))
     p.set_defaults(func=run_history)
 
-    p = sub.add_parser(
-        "show",
-        help="print the exact bytes of a version",
-        description="Write the exact stored bytes of a version to stdout (sha256 of the output "
-        "is the version's). --info prints its metadata instead.",
-    )
-    p.add_argument("namespace", metavar="NS")
+    p = command(sub, "show")
+    add(p, NAMESPACE)
     p.add_argument(
         "ref", nargs="?", default="latest", metavar="VERSION|production|last-good|latest"
     )
     p.add_argument("--info", action="store_true", help="print the version's metadata, not bytes")
-    p.add_argument("--json", action="store_true", help="with --info: as JSON")
+    add(p, JSON.but(help="with --info: as JSON"))
     p.add_argument(
         "--for",
         dest="labels",
@@ -71,8 +70,8 @@ def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     add_kek_arg(p, "open a sealed secret version with this key-encryption key")
     p.set_defaults(func=run_show)
 
-    p = sub.add_parser("diff", help="unified diff between two versions of NS")
-    p.add_argument("namespace", metavar="NS")
+    p = command(sub, "diff")
+    add(p, NAMESPACE)
     p.add_argument("a", metavar="V1")
     p.add_argument("b", metavar="V2")
     p.add_argument(
@@ -84,22 +83,12 @@ def _register_versions(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p.set_defaults(func=run_diff)
 
-    p = sub.add_parser(
-        "approve",
-        help="approve a draft version (by someone other than its author)",
-    )
-    p.add_argument("namespace", metavar="NS")
-    p.add_argument("version", type=positive_int, metavar="VERSION")
-    p.add_argument("--as", dest="identity", help="approver (default $CONFBUS_IDENTITY or user)")
-    p.add_argument("--json", action="store_true")
+    p = command(sub, "approve")
+    add(p, NAMESPACE, _VERSION, ACTOR, JSON)
     p.set_defaults(func=run_approve)
 
-    p = sub.add_parser("reject", help="refuse a draft (or not yet rolled out) version for good")
-    p.add_argument("namespace", metavar="NS")
-    p.add_argument("version", type=positive_int, metavar="VERSION")
-    p.add_argument("--reason", default="", help="why, for the audit log")
-    p.add_argument("--as", dest="identity", help="who (default $CONFBUS_IDENTITY or user)")
-    p.add_argument("--json", action="store_true")
+    p = command(sub, "reject")
+    add(p, NAMESPACE, _VERSION, REASON, ACTOR, JSON)
     p.set_defaults(func=run_reject)
 
 

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 import msgspec
 
+from confbus.cli.commands.options import JSON, NAMESPACE, Subparsers, add, command
 from confbus.cli.output import out
 from confbus.client import Client
 from confbus.schemas.api import txn as txn_api
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "txns",
-        help="list in-doubt transactions with their age",
-        description="List transactions that are prepared but not yet decided.",
+def register(sub: Subparsers) -> None:
+    p = command(sub, "txns")
+    add(
+        p,
+        NAMESPACE.but(nargs="?", help="only this namespace"),
+        JSON.but(help="one JSON object per line"),
     )
-    p.add_argument("namespace", nargs="?", help="only this namespace")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from confbus.cli.commands.options import DATA_DIR, add
 from confbus.cli.exitcodes import FAILED, USAGE, CliError
 from confbus.cli.security.cluster import render_cluster, secure_cluster
 from confbus.cli.security.roster import (
@@ -203,10 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "credentials (see docs/security.md).",
     )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--data-dir",
-        default=os.environ.get("CONFBUS_DATA_DIR", ".confbus"),
-        help="the stack's data dir (secrets go to DATA_DIR/secrets; a running stack reloads)",
+    add(
+        where,
+        DATA_DIR.but(
+            help="the stack's data dir: secrets go to DATA_DIR/secrets, a running stack reloads"
+        ),
     )
     where.add_argument("--secrets-dir", help="render into this directory instead (production)")
     parser.add_argument("--operator", action="append", default=[], metavar="NAME")
