@@ -30,8 +30,8 @@ from pathlib import Path
 
 import anyio
 import nats.errors
-from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -101,38 +101,52 @@ def claim_state_dir(state_dir: Path) -> tuple[str, int]:
     return instance, fd
 
 
-async def guard_node_id(
-    bus: Bus,
-    mine: Callable[[], Heartbeat],
-    beat_now: Callable[[], None],
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Raise ``NodeIdTaken`` when another live agent keeps this node id: within
-    ``JOIN_PROBE_S`` of joining (then ``task_status`` is never started), or whenever one is heard
-    later. A newer agent heard is answered with a heartbeat at once (``beat_now``)."""
-    me = mine()
-    send, receive = anyio.create_memory_object_stream[Heartbeat](16)
+class NodeIdGuard:
+    """The watch on this node id for the agent's life: one subscription to the node's own
+    heartbeats, settled in its callback (no task of its own, which a host of hundreds of agents
+    would pay hundreds of times). ``join`` raises ``NodeIdTaken`` when another live agent keeps
+    the node within ``JOIN_PROBE_S``; later, ``check`` raises it (the agent's heartbeat loop
+    calls it each time it wakes, and ``beat_now`` wakes it at once). A newer agent heard is
+    answered with a heartbeat at once (``beat_now``)."""
 
-    async def on_heartbeat(msg: Msg) -> None:
+    def __init__(self, mine: Callable[[], Heartbeat], beat_now: Callable[[], None]) -> None:
+        self._mine = mine
+        self._beat_now = beat_now
+        self._node = mine().node
+        self._instance = mine().instance
+        self._taken: NodeIdTaken | None = None
+        self._refused = anyio.Event()
+        self._sub: Subscription | None = None
+
+    async def join(self, bus: Bus) -> None:
+        self._sub = await bus.nc.subscribe(subjects.heartbeat(self._node), cb=self._on_heartbeat)
+        await bus.nc.publish(subjects.heartbeat(self._node), encode(self._mine()))
+        with anyio.move_on_after(JOIN_PROBE_S):
+            await self._refused.wait()
+        self.check()
+
+    def check(self) -> None:
+        if self._taken is not None:
+            raise self._taken
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
         with contextlib.suppress(*DECODE_ERRORS):
             hb = decode_heartbeat(msg.data)
-            if hb.node == me.node and hb.instance != me.instance and not hb.leaving:
-                with contextlib.suppress(anyio.WouldBlock):
-                    send.send_nowait(hb)
-
-    sub = await bus.nc.subscribe(subjects.heartbeat(me.node), cb=on_heartbeat)
-    try:
-        await bus.nc.publish(subjects.heartbeat(me.node), encode(me))
-        with anyio.move_on_after(JOIN_PROBE_S):
-            while True:
-                _settle(mine(), await receive.receive(), beat_now)
-        task_status.started()
-        async for other in receive:
-            _settle(mine(), other, beat_now)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await sub.unsubscribe()
+            if hb.node != self._node or hb.instance == self._instance or hb.leaving:
+                return
+            if self._taken is None:
+                try:
+                    _settle(self._mine(), hb, self._beat_now)
+                except NodeIdTaken as taken:
+                    self._taken = taken
+                    self._refused.set()
+                    self._beat_now()  # wakes the heartbeat loop, which raises it
 
 
 def _settle(me: Heartbeat, other: Heartbeat, beat_now: Callable[[], None]) -> None:

@@ -21,6 +21,7 @@ The bus may be down at any time: the live file stays as it is, and the agent say
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -40,7 +41,7 @@ from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
 from confbus.agent.heartbeat import heartbeat_delay
 from confbus.agent.hooks import run_on_change
-from confbus.agent.instance import guard_node_id, txn_stream_end
+from confbus.agent.instance import NodeIdGuard, txn_stream_end
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
@@ -113,9 +114,9 @@ class NodeAgent:
     bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
     _beat_now: anyio.Event = field(default_factory=anyio.Event, init=False)
-    # Run by an agent host (``confbus.agent.host``), which resolves doubts and keeps the last
-    # known good once for all its agents: this agent runs neither loop of its own.
+    # Run by an agent host (confbus.agent.host), which runs resolve_doubts and keep_last_good.
     hosted: bool = field(default=False, init=False)
+    _guard: NodeIdGuard | None = field(default=None, init=False)  # one agent per node id
 
     # -- start-up: serve what is on disk before anything else --------------------------------
 
@@ -163,20 +164,18 @@ class NodeAgent:
     ) -> None:
         if not self.namespaces:
             await self.load()
-
-        async def on_resync(msg: Msg) -> None:
-            await self._on_resync(bus, msg)
-
         resync = None
         try:
             async with anyio.create_task_group() as tg:
                 await self._start(bus, tg)
-                # Drift repair (the distributor asks): a callback, no task of its own.
+                on_resync = functools.partial(self._on_resync, bus)  # drift repair: no task
                 resync = await bus.nc.subscribe(subjects.node_resync(self.node), cb=on_resync)
                 task_status.started()
         finally:
-            if resync is not None:
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                if self._guard is not None:
+                    await self._guard.close()
+                if resync is not None:
                     await resync.unsubscribe()
 
     async def _start(self, bus: Bus, tg: TaskGroup) -> None:
@@ -184,7 +183,8 @@ class NodeAgent:
         end = await txn_stream_end(bus)
         for ns in self.namespaces.values():
             ns.last_seq = ns.last_seq or end
-        await tg.start(guard_node_id, bus, self.heartbeat, lambda: self._beat_now.set())
+        self._guard = NodeIdGuard(self.heartbeat, lambda: self._beat_now.set())
+        await self._guard.join(bus)
         for name in self.namespaces:
             await tg.start(self._follow, bus, name)
         tg.start_soon(self._announce_unannounced, bus)
@@ -223,8 +223,7 @@ class NodeAgent:
         async with ns.follower as follower:
             task_status.started()
             while True:
-                # No local keeps the last message while the next is awaited: a host of hundreds
-                # of agents held each one's last record (~8 KB with 1,000 participants).
+                # No local keeps the last message while the next is awaited (~8 KB each).
                 await self._handle(bus, ns, await follower.next())
 
     @property
@@ -539,6 +538,8 @@ class NodeAgent:
             await self._publish_heartbeat(bus)
             with anyio.move_on_after(heartbeat_delay(self.heartbeat_interval_s)):
                 await beat_now.wait()
+            if self._guard is not None:
+                self._guard.check()  # another live agent keeps this node id: stop here
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(
