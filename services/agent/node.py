@@ -535,11 +535,11 @@ class NodeAgent:
     async def _heartbeats(self, bus: Bus) -> None:
         while True:
             self._beat_now = beat_now = anyio.Event()
+            if self._guard is not None:  # another live agent keeps this node id: stop here
+                self._guard.check()  # (after the new event: a refusal from now on wakes it)
             await self._publish_heartbeat(bus)
             with anyio.move_on_after(heartbeat_delay(self.heartbeat_interval_s)):
                 await beat_now.wait()
-            if self._guard is not None:
-                self._guard.check()  # another live agent keeps this node id: stop here
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(
