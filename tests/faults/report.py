@@ -10,6 +10,7 @@ or a deliberate-bug run has none.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ ORDER = (
     "linearizability_sqlite",
     "linearizability_etcd",
     "timetravel",
+    "ha_failover",
 )
 TIERS = {"ci": 0, "slow": 1, "bug": 2}
 # Scenarios that expose a known, reported bug of the system: shown, flagged, and left out of
@@ -159,6 +161,16 @@ NOTE_KEYS = (
     "catch_ups",
     "failed_rollouts",
     "rollbacks",
+    "rounds",
+    "publish_retries",
+    "load_1m_median",
+    "load_1m_max",
+    "cpus",
+    "not_injected",
+    "coordinator_taken_back_by_restart",
+    "distributor_taken_back_by_restart",
+    "health-watcher_taken_back_by_restart",
+    "rollbacker_taken_back_by_restart",
 )
 
 
@@ -168,6 +180,47 @@ def notes(figs: list[Figures]) -> str:
         items = ", ".join(f"{k}={f.notes[k]}" for k in NOTE_KEYS if k in f.notes)
         if items:
             out.append(f"- **{f.scenario}** ({f.tier}): {items}")
+    return "\n".join(out)
+
+
+def _verdict(target: float | None, median: float, worst: float) -> str:
+    if target is None:
+        return ""
+    if worst <= target:
+        return "met"
+    if median <= target:
+        return f"median met; max over by {worst - target:.2f} s"
+    return f"**missed** by {median - target:.2f} s (median), {worst - target:.2f} s (max)"
+
+
+def timings(figs: list[Figures]) -> str:
+    """Median and max of each scenario's per-event timings, beside their targets."""
+    out = []
+    for f in sorted(figs, key=_key):
+        if not f.samples:
+            continue
+        load = ", ".join(
+            f"{k}={f.notes[k]}" for k in ("load_1m_median", "load_1m_max", "cpus") if k in f.notes
+        )
+        out += [
+            f"**{f.scenario}** ({f.tier}, {f.runs} kills, {f.notes.get('rounds', '?')} rounds; "
+            f"load average at the kills: {load or '–'})\n",
+            "| role | measure | n | median | max | target | |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for role, measures in f.samples.items():
+            for measure, values in measures.items():
+                target = f.targets.get(role, {}).get(measure)
+                med, worst = statistics.median(values), max(values)
+                out.append(
+                    f"| {role} | {measure} | {len(values)} | {med:.2f} s | {worst:.2f} s "
+                    f"| {'–' if target is None else f'≤ {target:g} s'} "
+                    f"| {_verdict(target, med, worst)} |"
+                )
+        missing = [r for r in f.targets if r not in f.samples]
+        if missing:
+            out.append(f"\nNot measured (no kill of that role): {', '.join(missing)}.")
+        out.append("")
     return "\n".join(out)
 
 
@@ -269,6 +322,20 @@ tests/security).
 """
 
 
+FAILOVER = """\
+`tests/ha/test_ha_faults.py` on `confbus up --ha`: three agents, a CI job publishing a change
+every 0.3 s, and one at a time (full redundancy restored in between) SIGKILL of the nats-server
+leading `CFG_CHANGES`, the etcd leader, and the coordinator, distributor, health-watcher and
+rollbacker replica holding the namespace's lease. Seconds from the kill (`tests/ha/failover.py`):
+*next publish acked* (stored, its version returned); *changes sent before it stored* (0 when no
+publish was under way); *next apply on every agent* (may be a switch decided before the kill);
+*a later change applied everywhere* (a change acked after the kill on every agent: the apply that
+needed the new leader — the lease roles' target is on it); the timeline: *new stream leader
+seen*, *dead holder's lease takeable* (its expiry + 0.5 s skew), *lease taken over* (the new
+holder's `acquired_at`), *first prepare after it*. Targets: issue 23 item 2.
+"""
+
+
 def render(figs: list[Figures]) -> str:
     real = [f for f in figs if f.tier != "bug"]
     bugs = [f for f in figs if f.tier == "bug"]
@@ -282,6 +349,9 @@ def render(figs: list[Figures]) -> str:
     extra = notes(real)
     if extra:
         parts += ["## Reported figures (not pass/fail)\n", extra, ""]
+    timed = timings(real)
+    if timed:
+        parts += ["## Fail-over: from each SIGKILL to recovery (issue 23)\n", FAILOVER, timed]
     parts.append(FOOTER)
     return "\n".join(parts)
 
