@@ -55,7 +55,8 @@ faults heal the harness drains and checks the history. **Any non-zero safety cou
 test**; each scenario also runs with a deliberate bug and must then report one (second table).
 
 Regenerate: `make reliability` (runs the CI sample, then `python -m tests.faults.report`).
-`ci` rows are the CI sample; `slow` rows come from `pytest -m slow tests/faults tests/model`.
+`ci` rows are the CI sample; `slow` rows come from `pytest -m slow tests/faults tests/model
+tests/ha/test_ha_faults.py`.
 
 Columns: *lost* = accepted (acked) but neither stored nor rejected; *divergent* = nodes whose
 live bytes (or stream replica) differ from their target after the drain, or that applied an
