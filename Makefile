@@ -46,55 +46,36 @@ $(RUNTIME_INSTALLED): pyproject.toml | $(BIN)/python
 up: $(RUNTIME_INSTALLED) ## run the whole stack here; installs only what it runs on (ARGS='--nats-port 4333')
 	$(BIN)/confbus up $(ARGS)
 
-etcd-server: ## install etcd-server (apt-get) for the etcd tests, if etcd is missing and we are root
-	@if command -v etcd >/dev/null 2>&1; then \
+# $(call apt-install,COMMANDS,PACKAGES,TESTS[,APT FLAGS]): unless all of COMMANDS are on PATH
+# (bash's `command -v` fails if one is missing), install PACKAGES with apt-get if we are root;
+# otherwise say that the TESTS tests will be skipped.
+define apt-install
+@if command -v $(1) >/dev/null 2>&1; then \
 	  :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing etcd-server with apt-get"; \
+	  echo "installing $(2) with apt-get"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; \
+	  apt-get update -qq && apt-get install -y -qq $(4) $(2) >/dev/null; \
 	else \
-	  echo "etcd is not installed and we are not root: the etcd tests will be skipped"; \
-	  echo "(sudo apt-get install etcd-server, then make test again)"; \
+	  echo "$(firstword $(1)) is not installed and we are not root: the $(3) tests will be skipped"; \
+	  echo "(sudo apt-get install $(2), then make test again)"; \
 	fi
+endef
+
+etcd-server: ## install etcd-server (apt-get) for the etcd tests, if etcd is missing and we are root
+	$(call apt-install,etcd,etcd-server,etcd)
 
 nftables: ## install nftables (apt-get) for the partition tests, if missing and we are root
-	@if command -v nft >/dev/null 2>&1; then \
-	  :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing nftables with apt-get"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq nftables >/dev/null; \
-	else \
-	  echo "nft is not installed and we are not root: the partition tests will be skipped"; \
-	fi
+	$(call apt-install,nft,nftables,partition)
 
 chromium: ## install Debian's chromium (apt-get) for the console's browser tests, if missing and we are root
-	@if command -v chromium >/dev/null 2>&1; then \
-	  :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing chromium with apt-get"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	else \
-	  echo "chromium is not installed and we are not root: the browser tests will be skipped"; \
-	  echo "(sudo apt-get install chromium, then make test again)"; \
-	fi
+	$(call apt-install,chromium,chromium,browser)
 
 asyncapi-spec: install ## fetch the AsyncAPI 3.0.0 JSON Schema (npm pack) that schemas/asyncapi.json is checked against
 	@$(BIN)/python -m tests.contract.asyncapi_spec >/dev/null
 
 prometheus: ## install prometheus and prometheus-alertmanager (apt-get) for the health tests, if missing and root
-	@if command -v prometheus >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1; then \
-	  :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing prometheus and prometheus-alertmanager with apt-get"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
-	else \
-	  echo "prometheus is not installed and we are not root: the Prometheus tests will be skipped"; \
-	  echo "(sudo apt-get install prometheus prometheus-alertmanager, then make test again)"; \
-	fi
+	$(call apt-install,prometheus prometheus-alertmanager,prometheus prometheus-alertmanager,Prometheus,--no-install-recommends)
 
 # The fault tests write their figures; `make test` keeps them out of the tracked results.
 FAULT_TMP := $(shell mktemp -d -u /tmp/confbus-fault-results.XXXXXX)

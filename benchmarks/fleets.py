@@ -18,9 +18,9 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
@@ -106,31 +106,27 @@ def run_host(host: Callable[[dict[str, Any]], Awaitable[None]], plan_file: Path)
     return 0
 
 
+@dataclass(eq=False)
 class Fleet:
     """``agents`` spread over ``processes`` processes, ``connections`` NATS connections each:
     the layout both the agents and their baseline stand-ins run in."""
 
-    default_tag = "agents"
+    default_tag: ClassVar[str] = "agents"
 
-    def __init__(
-        self,
-        ctx: Context,
-        nats_url: str,
-        root: Path,
-        agents: Sequence[AgentSpec],
-        *,
-        processes: int,
-        connections: int = 2,
-        tag: str = "",
-    ) -> None:
-        self.ctx = ctx
-        self.nats_url = nats_url
-        self.root = root
-        self.agents = list(agents)
-        self.processes = max(1, min(processes, len(self.agents)))
-        self.connections = connections
-        self.tag = tag or self.default_tag
-        self.procs: list[Proc] = []
+    ctx: Context
+    nats_url: str
+    root: Path
+    agents: Sequence[AgentSpec]
+    _: KW_ONLY
+    processes: int
+    connections: int = 2
+    tag: str = ""
+    procs: list[Proc] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.agents = list(self.agents)
+        self.processes = max(1, min(self.processes, len(self.agents)))
+        self.tag = self.tag or self.default_tag
 
     def rss_kb(self) -> list[int]:
         return [r for p in self.procs if (r := rss_kb(p.pid)) is not None]
@@ -147,28 +143,13 @@ class Fleet:
         self.procs = []
 
 
+@dataclass(eq=False, kw_only=True)
 class AgentFleet(Fleet):
     """Real agents as real processes: one ``confbus agent`` per node when ``processes`` equals
     the number of nodes, else hosts of many ``NodeAgent``s on ``connections`` connections each."""
 
-    def __init__(
-        self,
-        ctx: Context,
-        nats_url: str,
-        root: Path,
-        agents: Sequence[AgentSpec],
-        *,
-        processes: int,
-        connections: int = 2,
-        heartbeat_interval: float = 2.0,
-        tag: str = "agents",
-        trust: Path | None = None,
-    ) -> None:
-        super().__init__(
-            ctx, nats_url, root, agents, processes=processes, connections=connections, tag=tag
-        )
-        self.heartbeat_interval = heartbeat_interval
-        self.trust = trust  # every agent's trust roots file (confbus agent --trust)
+    heartbeat_interval: float = 2.0
+    trust: Path | None = None  # every agent's trust roots file (confbus agent --trust)
 
     @property
     def one_per_process(self) -> bool:

@@ -35,6 +35,7 @@ from nats.aio.msg import Msg
 from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
 from benchmarks.processes import Context, open_bus, run_alone, version_store_available
 from benchmarks.report import Figure, stats
+from benchmarks.switch import publish_change
 from confbus.runtime.api import Endpoint, call, serve_api, stop_api
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -43,7 +44,6 @@ from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api import store as store_api
 from confbus.schemas.api import txn as txn_api
-from confbus.schemas.changes import ChangeProposed, msg_id
 from confbus.schemas.events import (
     NodeApplied,
     RollbackCompleted,
@@ -52,7 +52,7 @@ from confbus.schemas.events import (
     RolloutFailed,
     VersionCreated,
     VersionRejected,
-    decode_event,
+    readable_event,
 )
 from confbus.schemas.health import Alert
 from confbus.schemas.node import decode_heartbeat
@@ -109,9 +109,7 @@ class Fleetwatch:
         return sum(1 for v in self.last_good.values() if v == version) >= self.nodes
 
     async def on_event(self, msg: Msg) -> None:
-        try:
-            ev = decode_event(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        if (ev := readable_event(msg.data)) is None:
             return
         if isinstance(ev, NodeApplied):
             self.applied[ev.node] = max(ev.version, self.applied.get(ev.node, 0))
@@ -150,15 +148,7 @@ async def store_change(
     bus: Bus, watch: Fleetwatch, content: bytes, *, rollback_of: int | None = None
 ) -> int:
     change_id = f"bench-{secrets.token_hex(6)}"
-    change = ChangeProposed(
-        namespace=NS,
-        change_id=change_id,
-        content=content,
-        format="json",
-        author="bench",
-        rollback_of=rollback_of,
-    )
-    await bus.publish(subjects.change(NS), change, msg_id=msg_id(NS, change_id))
+    await publish_change(bus, NS, change_id, content, rollback_of=rollback_of)
     await watch.until(lambda: change_id in watch.created, 30, f"change {change_id} stored")
     ev = watch.created[change_id]
     if not isinstance(ev, VersionCreated):

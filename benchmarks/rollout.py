@@ -31,7 +31,6 @@ import sys
 import time
 
 import anyio
-import msgspec
 from nats.aio.msg import Msg
 
 from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
@@ -42,7 +41,7 @@ from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
 from confbus.schemas.api import txn as txn_api
-from confbus.schemas.events import NodeApplied, RolloutBaked, RolloutWave, decode_event
+from confbus.schemas.events import NodeApplied, RolloutBaked, RolloutWave, readable_event
 from confbus.schemas.policy import Policy
 
 BENCH = "rollout"
@@ -64,9 +63,7 @@ class Applied:
 
     async def on_event(self, msg: Msg) -> None:
         now = time.perf_counter()
-        try:
-            ev = decode_event(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        if (ev := readable_event(msg.data)) is None:
             return
         if isinstance(ev, NodeApplied):
             self.at.setdefault((ev.node, ev.version), now)

@@ -14,10 +14,10 @@ import secrets
 
 import msgspec
 
-from benchmarks.fleets import AgentFleet, AgentSpec, wait_heartbeats
+from benchmarks.paired import paired_figure, paired_switches
 from benchmarks.processes import Context, open_bus
-from benchmarks.report import Figure, stats
-from benchmarks.switch import Watch, config_bytes, store_version, timed_switch
+from benchmarks.report import Figure
+from benchmarks.switch import Watch, config_bytes, store_version
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.signing import SigningKey
@@ -54,46 +54,29 @@ async def run(ctx: Context) -> list[Figure]:
     try:
         ctx.version_store(nats.url, "signed")
         ctx.service("coordinator", nats.url, name="coordinator-signed")
-        fleet = AgentFleet(
-            ctx,
-            nats.url,
-            ctx.path("fleet-signed"),
-            [AgentSpec(node, (PLAIN, SIGNED)) for node in nodes],
-            processes=1 if ctx.smoke else 4,
-            connections=1 if ctx.smoke else 2,
-            heartbeat_interval=0.5 if ctx.smoke else 2.0,
-            tag="agents-signed",
-            trust=roots,
-        ).start()
-        await wait_heartbeats(bus, nodes, timeout=60.0 + n * 0.05)
         await call(
             bus,
             store_api.POLICY_SET,
             store_api.PolicySetRequest(policy=Policy(namespace=SIGNED, signing=rule)),
         )
-        watches = {ns: await Watch(bus, ns).start() for ns in (PLAIN, SIGNED)}
-        took: dict[str, list[float]] = {PLAIN: [], SIGNED: []}
-        rounds: list[tuple[str, list[SigningKey]]] = [(PLAIN, []), (SIGNED, keys[:2])]
-        for i in range(iterations + 1):  # the first round warms up leadership and caches
-            # Which goes first alternates: the second of a pair starts while the fleet still
-            # finishes the first (history copies, heartbeats), and neither may always pay it.
-            for ns, signers in rounds if i % 2 else rounds[::-1]:
-                v = await _stored(bus, watches[ns], ns, i + 1, signers)
-                ms, _ = await timed_switch(bus, watches[ns], ns, v, nodes, 10.0)
-                if i:
-                    took[ns].append(ms * 1000)
-        fleet.stop()
+        signers = {PLAIN: [], SIGNED: keys[:2]}
+
+        async def stored(watch: Watch, i: int) -> int:
+            return await _stored(bus, watch, watch.namespace, i + 1, signers[watch.namespace])
+
+        root = ctx.path("fleet-signed")
+        pair = (PLAIN, SIGNED)
+        took = await paired_switches(
+            ctx, nats.url, bus, root, nodes, pair, iterations, stored, trust=roots
+        )
     finally:
         await bus.close()
-    figure = Figure(
-        benchmark=BENCH,
-        name=f"signed switch (2 of 3 signatures checked by every agent), {n} agents",
-        unit="ms",
-        value=stats(took[SIGNED]),
-        baseline=stats(took[PLAIN]),
-        baseline_name="the same switch, unsigned, same fleet and run",
-        params={"agents": n, "signatures": 2, "iterations": iterations},
-        notes="switch request → all applied; switches alternate between the two namespaces, "
-        "each first in every other round",
-    ).target_ratio(1.2)
+    figure = paired_figure(
+        BENCH,
+        f"signed switch (2 of 3 signatures checked by every agent), {n} agents",
+        took,
+        (PLAIN, SIGNED),
+        "the same switch, unsigned, same fleet and run",
+        {"agents": n, "signatures": 2, "iterations": iterations},
+    )
     return [figure]

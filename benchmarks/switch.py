@@ -60,7 +60,7 @@ from confbus.schemas.events import (
     RolloutSuperseded,
     VersionCreated,
     VersionRejected,
-    decode_event,
+    readable_event,
 )
 from confbus.schemas.signing import Signature
 from confbus.schemas.txn import decode_txn
@@ -192,9 +192,7 @@ class Watch:
 
     async def _on_event(self, msg: Msg) -> None:
         now = time.perf_counter()
-        try:
-            ev = decode_event(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        if (ev := readable_event(msg.data)) is None:
             return
         if isinstance(ev, NodeApplied):
             w = self.applied.get(ev.version)
@@ -282,9 +280,10 @@ async def publish_change(
     *,
     base: int | None = None,
     signatures: Sequence[Signature] = (),
+    rollback_of: int | None = None,
 ) -> None:
     """``base``: the version it follows (None: whatever is newest); ``signatures``: its
-    authors' (for version ``base + 1``)."""
+    authors' (for version ``base + 1``); ``rollback_of``: the version it restores."""
     change = ChangeProposed(
         namespace=namespace,
         change_id=change_id,
@@ -294,6 +293,7 @@ async def publish_change(
         message="benchmark",
         base=base,
         signatures=list(signatures),
+        rollback_of=rollback_of,
     )
     await bus.publish(
         subjects.change(namespace), change, msg_id=change_msg_id(namespace, change_id)

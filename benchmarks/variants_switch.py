@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-from benchmarks.fleets import AgentFleet, AgentSpec, live_file, wait_heartbeats
+from benchmarks.fleets import live_file
+from benchmarks.paired import paired_figure, paired_switches
 from benchmarks.processes import Context, open_bus
-from benchmarks.report import Figure, stats
-from benchmarks.switch import Watch, config_bytes, store_version, timed_switch
+from benchmarks.report import Figure
+from benchmarks.switch import Watch, config_bytes, store_version
 from confbus.runtime.bus import Bus
 from confbus.runtime.kv import StateKV
 from confbus.schemas.node import NamespaceState
@@ -69,34 +70,19 @@ async def run(ctx: Context) -> list[Figure]:
         ctx.version_store(nats.url, "variants")
         ctx.service("coordinator", nats.url, name="coordinator-variants")
         await _record_labels(bus, nodes)
-        fleet = AgentFleet(
-            ctx,
-            nats.url,
-            root,
-            [AgentSpec(node, (PLAIN, VARIANTS)) for node in nodes],
-            processes=1 if ctx.smoke else 4,
-            connections=1 if ctx.smoke else 2,
-            heartbeat_interval=0.5 if ctx.smoke else 2.0,
-            tag="agents-variants",
-        ).start()
-        await wait_heartbeats(bus, nodes, timeout=60.0 + n * 0.05)
-        watches = {ns: await Watch(bus, ns).start() for ns in (PLAIN, VARIANTS)}
-        took: dict[str, list[float]] = {PLAIN: [], VARIANTS: []}
         last = version_of(0)
-        for i in range(iterations + 1):  # the first round warms up leadership and caches
-            # Which goes first alternates: the second of a pair starts while the fleet still
-            # finishes the first (history copies, heartbeats), and neither may always pay it.
-            for ns in (PLAIN, VARIANTS) if i % 2 else (VARIANTS, PLAIN):
-                if ns == VARIANTS:
-                    last = version_of(i + 1)
-                    content = encode_variants(last)
-                else:
-                    content = config_bytes(i + 1)
-                v = await store_version(bus, watches[ns], ns, content, base=i)
-                seconds, _ = await timed_switch(bus, watches[ns], ns, v, nodes, 10.0)
-                if i:
-                    took[ns].append(seconds * 1000)
-        fleet.stop()
+
+        async def stored(watch: Watch, i: int) -> int:
+            nonlocal last
+            if watch.namespace == VARIANTS:
+                last = version_of(i + 1)
+                content = encode_variants(last)
+            else:
+                content = config_bytes(i + 1)
+            return await store_version(bus, watch, watch.namespace, content, base=i)
+
+        pair = (PLAIN, VARIANTS)
+        took = await paired_switches(ctx, nats.url, bus, root, nodes, pair, iterations, stored)
     finally:
         await bus.close()
     live = {node: live_file(root, node, VARIANTS).read_bytes() for node in nodes}
@@ -106,15 +92,13 @@ async def run(ctx: Context) -> list[Figure]:
     variants_live = len({hashlib.sha256(b).digest() for b in live.values()})
     if variants_live != min(n, len(DCS)):
         raise RuntimeError(f"{variants_live} variants live, expected {len(DCS)}")
-    figure = Figure(
-        benchmark=BENCH,
-        name=f"switch of {n} agents across {len(DCS)} variants (each node its own bytes)",
-        unit="ms",
-        value=stats(took[VARIANTS]),
-        baseline=stats(took[PLAIN]),
-        baseline_name="the same switch, one variant, same fleet and run",
-        params={"agents": n, "variants": variants_live, "iterations": iterations},
-        notes="switch request → all applied; switches alternate between the two namespaces, "
-        "each first in every other round; live files checked against render() afterwards",
-    ).target_ratio(1.2)
+    figure = paired_figure(
+        BENCH,
+        f"switch of {n} agents across {len(DCS)} variants (each node its own bytes)",
+        took,
+        (PLAIN, VARIANTS),
+        "the same switch, one variant, same fleet and run",
+        {"agents": n, "variants": variants_live, "iterations": iterations},
+        "; live files checked against render() afterwards",
+    )
     return [figure]

@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 
 from confbus.schemas.api.health import RuleResult
-from confbus.schemas.base import Message, utcnow
+from confbus.schemas.base import DECODE_ERRORS, Message, utcnow
 from confbus.schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
 from confbus.schemas.policydiff import FieldChange
 
@@ -405,3 +405,13 @@ AnyEvent = (
 )
 
 decode_event = msgspec.json.Decoder(AnyEvent).decode
+
+
+def readable_event(data: bytes) -> AnyEvent | None:
+    """The event in ``data``, or None when it does not decode (garbage, or a kind this confbus
+    does not know): for readers that skip such a message rather than stop."""
+    try:
+        event: AnyEvent = decode_event(data)
+    except DECODE_ERRORS:
+        return None
+    return event

@@ -1,15 +1,17 @@
-"""Waiting on events instead of sleeping (every wait has a deadline), and a fresh server made
-ready for confbus."""
+"""Waiting on events instead of sleeping (every wait has a deadline), a fresh server made
+ready for confbus, and a server restarted under a connected client."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import anyio
 
 from confbus.procs.etcd import leader_name
-from confbus.runtime.bus import connect, provision
+from confbus.procs.nats import NatsServer
+from confbus.runtime.bus import Bus, connect, provision
 
 T = TypeVar("T")
 
@@ -50,3 +52,14 @@ async def provision_at(url: str) -> None:
         await provision(bus)
     finally:
         await bus.close()
+
+
+async def restart_nats(server: NatsServer, bus: Bus, timeout: float = 20.0) -> float:
+    """SIGKILL the server, start it again on its port and store; wait for the client to be
+    back. Returns the monotonic time the connection came back."""
+    back = bus.reconnected()
+    server.kill()
+    server.restart()
+    with anyio.fail_after(timeout):
+        await back.wait()
+    return time.monotonic()

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -24,6 +25,7 @@ from confbus.runtime.sealing import Kek
 from confbus.runtime.signing import SigningKey
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
+from confbus.schemas.api.operation import Operation
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.changes import msg_id as change_msg_id
@@ -343,29 +345,32 @@ class Store(Events):
         self, namespace: str, version: int, actor: str, reason: str = ""
     ) -> VersionInfo:
         """Refuse a draft (or a not yet rolled out approved version) for good."""
-        req = store_api.RejectRequest(
-            namespace=namespace, version=version, actor=actor, reason=reason
-        )
-        return (await self.call(store_api.REJECT, req)).info
+        return await self._act_on(store_api.REJECT, namespace, version, actor, reason)
 
     async def promote(
         self, namespace: str, version: int, actor: str, reason: str = ""
     ) -> VersionInfo:
         """Make ``version`` production (the previous one becomes ``superseded``); no node is
         switched by this — rollouts and rollbacks do that."""
-        req = store_api.PromoteRequest(
-            namespace=namespace, version=version, actor=actor, reason=reason
-        )
-        return (await self.call(store_api.PROMOTE, req)).info
+        return await self._act_on(store_api.PROMOTE, namespace, version, actor, reason)
 
     async def mark_good(
         self, namespace: str, version: int, actor: str, reason: str = ""
     ) -> VersionInfo:
         """Record ``version`` as the namespace's last known good (what a rollback returns to)."""
-        req = store_api.MarkGoodRequest(
-            namespace=namespace, version=version, actor=actor, reason=reason
-        )
-        return (await self.call(store_api.MARK_GOOD, req)).info
+        return await self._act_on(store_api.MARK_GOOD, namespace, version, actor, reason)
+
+    async def _act_on(
+        self,
+        op: Operation[Any, store_api.VersionReply],
+        namespace: str,
+        version: int,
+        actor: str,
+        reason: str,
+    ) -> VersionInfo:
+        """Reject, promote or mark good: each request names the version, who acts and why."""
+        req = op.request(namespace=namespace, version=version, actor=actor, reason=reason)
+        return (await self.call(op, req)).info
 
     async def policy(self, namespace: str) -> Policy:
         """The namespace's policy (its default when none was set)."""

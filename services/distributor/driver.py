@@ -237,15 +237,11 @@ class Driver:
         def plan(c: RolloutInfo) -> RolloutInfo:
             return R.planned(
                 c,
+                policy,
                 strategy=str(strategy),
                 selector=selector,
                 waves=waves,
                 away=away,
-                bake_s=policy.bake_s,
-                max_excluded=policy.max_excluded,
-                vote_timeout_s=policy.vote_timeout_s,
-                retry_unanswered_s=policy.retry_unanswered_s,
-                on_missing_data=policy.on_missing_data,
                 previous_version=prod.version if prod else None,
                 actor=self.instance,
             )

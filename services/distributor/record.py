@@ -50,6 +50,7 @@ from confbus.schemas.events import (
     RolloutWave,
 )
 from confbus.schemas.health import Alert
+from confbus.schemas.policy import Policy
 
 replace = msgspec.structs.replace
 
@@ -293,19 +294,17 @@ def _hold(
 
 def planned(
     rec: RolloutInfo,
+    policy: Policy,
     *,
     strategy: str,
     selector: dict[str, str],
     waves: list[list[str]],
-    bake_s: float,
-    max_excluded: float,
     away: Iterable[str] = (),
-    vote_timeout_s: float,
-    retry_unanswered_s: float,
-    on_missing_data: Literal["pass", "fail"],
     previous_version: int | None,
     actor: str,
 ) -> RolloutInfo:
+    """The rollout with its waves, and with the namespace's policy for its bakes, exclusions,
+    votes and missing health data as it is now: a policy changed later does not change it."""
     out = replace(
         rec,
         planned=True,
@@ -314,11 +313,11 @@ def planned(
         waves=[WaveInfo(index=i, nodes=w, state="pending") for i, w in enumerate(waves)],
         targets=sorted(n for w in waves for n in w),
         away=sorted(away),
-        bake_s=bake_s,
-        max_excluded=max_excluded,
-        vote_timeout_s=vote_timeout_s,
-        retry_unanswered_s=retry_unanswered_s,
-        on_missing_data=on_missing_data,
+        bake_s=policy.bake_s,
+        max_excluded=policy.max_excluded,
+        vote_timeout_s=policy.vote_timeout_s,
+        retry_unanswered_s=policy.retry_unanswered_s,
+        on_missing_data=policy.on_missing_data,
         previous_version=previous_version,
         updated_at=utcnow(),
         holder=actor,
@@ -331,7 +330,7 @@ def planned(
         at=out.started_at or utcnow(),
         strategy=strategy,
         waves=waves,
-        bake_s=bake_s,
+        bake_s=policy.bake_s,
         selector=selector,
     )
     return outbox_event(out, "started", started)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from confbus.runtime.urls import DEFAULT_NATS_URL
 
@@ -74,22 +74,18 @@ def add_common_args(parser: argparse.ArgumentParser, *, bus_defaults: bool = Tru
         help="replicas of streams and buckets when provisioning (3 in a cluster)",
     )
     g.add_argument(
-        "--no-provision", action="store_true", help="do not create or update streams and buckets"
+        "--no-provision",
+        dest="provision",
+        action="store_false",
+        help="do not create or update streams and buckets",
     )
     g.add_argument("--instance", default=env("INSTANCE", ""))
 
 
+# Each of these fields is a flag of ``add_common_args`` whose dest is the field's name; the
+# other one, ``service``, is the process's own (``run_service`` sets it).
+_FLAG_FIELDS = tuple(f.name for f in fields(Settings) if f.name != "service")
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(
-        nats_url=args.nats_url,
-        nats_user=args.nats_user,
-        nats_password=args.nats_password,
-        nats_creds=args.nats_creds,
-        tls_ca=args.tls_ca,
-        http_host=args.http_host,
-        http_port=args.http_port,
-        log_level=args.log_level,
-        replicas=args.replicas,
-        provision=not args.no_provision,
-        instance=args.instance,
-    )
+    return Settings(**{name: getattr(args, name) for name in _FLAG_FIELDS})

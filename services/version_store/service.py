@@ -27,8 +27,9 @@ from confbus.runtime.api import serve_api, stop_api
 from confbus.runtime.consumer import Consumer
 from confbus.runtime.errors import Unavailable
 from confbus.runtime.metrics import ConsumerMetrics
+from confbus.runtime.retry import Backoff
 from confbus.runtime.service import ServiceContext
-from confbus.schemas.changes import decode_change
+from confbus.schemas.changes import ChangeProposed, decode_change
 from confbus.schemas.streams import CFG_CHANGES
 from confbus.version_store.api import StoreApi
 from confbus.version_store.changes import ChangeHandler, reject_undecodable
@@ -38,6 +39,8 @@ from confbus.version_store.storage import Store, open_store
 from confbus.version_store.variantcheck import Members
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from confbus.version_store.storage.etcd_conn import EtcdTls
 
 log = logging.getLogger("confbus.version_store")
@@ -126,6 +129,30 @@ async def open_with_retry(url: str, timeout: float, tls: EtcdTls | None = None) 
                 delay = min(delay * 2, 2.0)
 
 
+def change_consumer(
+    handler: ChangeHandler,
+    registry: CollectorRegistry,
+    *,
+    batch: int,
+    ack_wait_s: float = 30.0,
+    backoff: Backoff | None = None,
+) -> Consumer[ChangeProposed]:
+    """The version-store's durable consumer of ``CFG_CHANGES``, feeding ``handler``."""
+    return Consumer(
+        bus=handler.bus,
+        stream=CFG_CHANGES,
+        durable=DURABLE,
+        decode=decode_change,
+        handler=handler,
+        metrics=ConsumerMetrics.create(registry, "version-store", "changes"),
+        batch=batch,
+        ack_wait_s=ack_wait_s,
+        backoff=backoff or Backoff(),
+        keep_data=False,  # changes may be secret config: dead letters keep only a hash
+        on_undecodable=functools.partial(reject_undecodable, handler.bus, handler.rejections),
+    )
+
+
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     args = ctx.args
     try:
@@ -147,17 +174,8 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             set_health,
             Members(ctx.bus),
         )
-        consumer = Consumer(
-            bus=ctx.bus,
-            stream=CFG_CHANGES,
-            durable=DURABLE,
-            decode=decode_change,
-            handler=handler,
-            metrics=ConsumerMetrics.create(ctx.registry, "version-store", "changes"),
-            batch=max(1, args.batch),
-            ack_wait_s=args.ack_wait,
-            keep_data=False,  # changes may be secret config: dead letters keep only a hash
-            on_undecodable=functools.partial(reject_undecodable, ctx.bus, rejections),
+        consumer = change_consumer(
+            handler, ctx.registry, batch=max(1, args.batch), ack_wait_s=args.ack_wait
         )
         async with anyio.create_task_group() as tg:
             store_api = StoreApi(ctx.bus, store, rejections, replica=secrets.token_hex(6))

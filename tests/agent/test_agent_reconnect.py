@@ -17,7 +17,7 @@ from confbus.runtime.bus import Bus
 from confbus.schemas import subjects
 from confbus.schemas.node import Heartbeat, decode_heartbeat
 from confbus.schemas.txn import Decision
-from tests.helpers import eventually
+from tests.helpers import eventually, restart_nats
 
 pytestmark = pytest.mark.anyio
 
@@ -55,12 +55,7 @@ async def test_after_a_broker_restart_the_agent_is_ready_to_vote_again_within_a_
     async with anyio.create_task_group() as tg:
         await tg.start(agent.run, bus)
         await beat(True, 0.0)
-        back = bus.reconnected()
-        nats_server.kill()
-        nats_server.restart()
-        with anyio.fail_after(10):
-            await back.wait()
-        reconnected = time.monotonic()
+        reconnected = await restart_nats(nats_server, bus, timeout=10)
 
         # Not ready while its consumer is being re-created (a heartbeat says so, unless that
         # was over before the heartbeat went out), then ready.

@@ -4,24 +4,18 @@ of what happened (events, decisions) that wait with deadlines, never with sleeps
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
-import msgspec
-
 from confbus.client import Client
 from confbus.runtime.bus import Bus
-from confbus.schemas import subjects
 from confbus.schemas.api.dist import RolloutInfo
-from confbus.schemas.events import AnyEvent, NodeApplied, decode_event
+from confbus.schemas.events import AnyEvent, NodeApplied
 from confbus.schemas.policy import Policy
-from confbus.schemas.streams import CFG_EVENTS, CFG_TXN
+from confbus.schemas.streams import CFG_TXN
 from confbus.schemas.txn import Decision, decode_txn
-from tests.cli.procs import arun_confbus
-from tests.e2e.helpers import read_messages
+from tests.e2e import helpers
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
 
@@ -54,16 +48,19 @@ def start_distributor(stack: Stack, *extra: str, env: dict[str, str] | None = No
 
 class StackOptions(TypedDict, total=False):
     """What ``rollout_stack`` starts besides the agents: ``services`` in order (default the
-    version-store and the coordinator), the distributor after the agents (default yes), and
-    each node's own agent arguments."""
+    version-store and the coordinator), the distributor after the agents (default yes), then
+    the services of ``last``, each a package and its arguments; and each node's own agent
+    arguments."""
 
     services: Sequence[str]
     distributor: bool
+    last: Sequence[Sequence[str]]
     agent_args: Mapping[str, Sequence[str]]
 
 
 def rollout_stack(root: Path, nodes: Sequence[str], **options: Unpack[StackOptions]) -> Stack:
-    """The services, an agent on each of ``nodes`` (``HEARTBEAT_S``), the distributor."""
+    """The services, an agent on each of ``nodes`` (``HEARTBEAT_S``), the distributor, the
+    ``last`` services."""
     stack = start_stack(root, services=options.get("services", ("version_store", "coordinator")))
     try:
         agent_args = options.get("agent_args", {})
@@ -72,6 +69,8 @@ def rollout_stack(root: Path, nodes: Sequence[str], **options: Unpack[StackOptio
             stack.start_agent(n, (NS,), "--heartbeat-interval", str(HEARTBEAT_S), *extra)
         if options.get("distributor", True):
             start_distributor(stack)
+        for pkg, *args in options.get("last", ()):
+            stack.start_service(pkg, *args)
     except BaseException:
         stack.stop()
         raise
@@ -87,11 +86,6 @@ def stack_of(root: Path, nodes: Sequence[str], **options: Unpack[StackOptions]) 
         stack.stop()
 
 
-async def confbus(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    """``confbus ARGS`` against the stack, as a real process, to its end."""
-    return await arun_confbus("--nats-url", stack.url, *args, timeout=120)
-
-
 def config_file(directory: Path, tag: str) -> Path:
     """A config file holding ``content(tag)``."""
     path = directory / f"{tag}.json"
@@ -99,10 +93,12 @@ def config_file(directory: Path, tag: str) -> Path:
     return path
 
 
-@asynccontextmanager
-async def client_of(stack: Stack) -> AsyncIterator[Client]:
-    async with Client(stack.url, name="test") as client:
-        yield client
+async def publish_all(stack: Stack, directory: Path, *tags: str) -> None:
+    """``confbus publish --wait`` of ``config_file(directory, tag)`` for each of ``tags`` in
+    turn, each exiting 0."""
+    for tag in tags:
+        r = await stack.confbus("publish", NS, str(config_file(directory, tag)), "--wait")
+        assert r.returncode == 0, (r.stdout, r.stderr)
 
 
 async def set_policy(client: Client, **fields: Any) -> Policy:
@@ -111,17 +107,11 @@ async def set_policy(client: Client, **fields: Any) -> Policy:
 
 async def read_all(bus: Bus, stream: str, subject: str) -> list[tuple[Any, bytes]]:
     """Every message of ``stream`` matching ``subject`` (with its metadata), in order."""
-    return [(m.metadata, m.data) for m in await read_messages(bus, stream, subject)]
+    return [(m.metadata, m.data) for m in await helpers.read_messages(bus, stream, subject)]
 
 
 async def events(bus: Bus, ns: str = NS) -> list[AnyEvent]:
-    out: list[AnyEvent] = []
-    for _, data in await read_all(bus, CFG_EVENTS.name, subjects.events_of(ns)):
-        try:
-            out.append(decode_event(data))
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            continue
-    return out
+    return await helpers.events(bus, ns)
 
 
 def of(evs: list[AnyEvent], kind: type[T]) -> list[T]:
@@ -156,28 +146,6 @@ async def wait_rollout(
     client: Client, version: int, timeout: float = 60.0, ns: str = NS
 ) -> RolloutInfo:
     return await client.wait_rollout(ns, version, timeout=timeout)
-
-
-async def files_hold(
-    stack: Stack, nodes: Sequence[str], data: bytes, timeout: float = 20.0
-) -> None:
-    async def probe() -> bool:
-        return all(stack.agents[n].read(NS) == data for n in nodes)
-
-    await eventually(probe, timeout=timeout, every=0.1, what=f"files of {list(nodes)}")
-
-
-async def live_count(client: Client, n: int, timeout: float = 20.0) -> None:
-    """Wait until the distributor sees ``n`` live agents of the namespace."""
-
-    async def probe() -> bool:
-        try:
-            st = await client.fleet_status(NS)
-        except Exception:
-            return False
-        return sum(1 for x in st.nodes if x.liveness == "live") >= n
-
-    await eventually(probe, timeout=timeout, every=0.2, what=f"{n} live agents")
 
 
 async def all_applied(

@@ -11,6 +11,7 @@ from confbus.distributor.strategy import excluded_budget
 from confbus.schemas.api.dist import RolloutInfo
 from confbus.schemas.events import RolloutFailed, RolloutWave, VoteRecord
 from confbus.schemas.health import Alert
+from confbus.schemas.policy import Policy
 
 ACTOR = "d1"
 
@@ -19,16 +20,19 @@ def planned(nodes: int = 8, waves: int = 4, max_excluded: float = 0.1) -> Rollou
     names = [f"n{i}" for i in range(nodes)]
     size = nodes // waves
     rec = R.new_rollout("web", 2, strategy=None, selector=None, actor=ACTOR)
-    rec = R.planned(
-        rec,
-        strategy=f"linear:{100 // waves}%",
-        selector={},
-        waves=[names[i : i + size] for i in range(0, nodes, size)],
+    policy = Policy(
+        namespace="web",
         bake_s=1.0,
         max_excluded=max_excluded,
         vote_timeout_s=2.0,
         retry_unanswered_s=60.0,
-        on_missing_data="pass",
+    )
+    rec = R.planned(
+        rec,
+        policy,
+        strategy=f"linear:{100 // waves}%",
+        selector={},
+        waves=[names[i : i + size] for i in range(0, nodes, size)],
         previous_version=1,
         actor=ACTOR,
     )

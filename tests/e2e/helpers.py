@@ -1,9 +1,12 @@
-"""Helpers for end-to-end tests: store a version, switch, read what happened."""
+"""Helpers for end-to-end tests: store a version, switch, read what happened or follow it as
+it happens (``EventTap``)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import anyio
 import msgspec
@@ -14,13 +17,23 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
+from confbus.runtime.events import event_type
 from confbus.runtime.http import http_get
 from confbus.schemas import subjects
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.changes import ChangeProposed, msg_id
-from confbus.schemas.events import AnyEvent, VersionCreated, VersionRejected, decode_event
+from confbus.schemas.events import (
+    AnyEvent,
+    VersionCreated,
+    VersionRejected,
+    decode_event,
+    readable_event,
+)
+from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.streams import CFG_EVENTS, CFG_TXN
 from confbus.schemas.txn import Decision, TxnMessage, decode_txn
+
+T = TypeVar("T")
 
 
 async def store_version(
@@ -105,15 +118,21 @@ async def read_stream(bus: Bus, stream: str, subject: str) -> list[tuple[str, by
     return [(m.subject, m.data) for m in await read_messages(bus, stream, subject)]
 
 
-async def txn_records(bus: Bus, ns: str) -> list[TxnMessage]:
-    """The readable records (tests may have written garbage on purpose)."""
-    out: list[TxnMessage] = []
-    for _, data in await read_stream(bus, CFG_TXN.name, subjects.txn_of(ns)):
+async def readable(bus: Bus, stream: str, subject: str, decode: Callable[[bytes], T]) -> list[T]:
+    """``read_messages`` decoded, leaving out what does not decode (tests may have written
+    garbage on purpose)."""
+    out: list[T] = []
+    for msg in await read_messages(bus, stream, subject):
         try:
-            out.append(decode_txn(data))
+            out.append(decode(msg.data))
         except (msgspec.ValidationError, msgspec.DecodeError):
             continue
     return out
+
+
+async def txn_records(bus: Bus, ns: str) -> list[TxnMessage]:
+    """The readable records of ``ns``'s transactions."""
+    return await readable(bus, CFG_TXN.name, subjects.txn_of(ns), decode_txn)
 
 
 async def decisions(bus: Bus, ns: str) -> dict[str, Decision]:
@@ -121,13 +140,8 @@ async def decisions(bus: Bus, ns: str) -> dict[str, Decision]:
 
 
 async def events(bus: Bus, ns: str) -> list[AnyEvent]:
-    out = []
-    for _, data in await read_stream(bus, CFG_EVENTS.name, subjects.events_of(ns)):
-        try:
-            out.append(decode_event(data))
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            continue
-    return out
+    """The readable events of ``ns``."""
+    return await readable(bus, CFG_EVENTS.name, subjects.events_of(ns), decode_event)
 
 
 async def agent_status(port: int) -> dict[str, object]:
@@ -135,3 +149,48 @@ async def agent_status(port: int) -> dict[str, object]:
     assert status == 200, body
     result: dict[str, object] = json.loads(body)
     return result
+
+
+class EventTap:
+    """Every event (``on_event``) and alert (``on_alert``) of a namespace from the moment it
+    subscribed, decoded, in order; ``alert_times``: when each alert came (monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.events: list[AnyEvent] = []
+        self.alerts: list[Alert] = []
+        self.alert_times: list[float] = []
+        self._changed = anyio.Event()
+
+    async def on_event(self, msg: Msg) -> None:
+        if (event := readable_event(msg.data)) is not None:
+            self.events.append(event)
+            self._kick()
+
+    async def on_alert(self, msg: Msg) -> None:
+        self.alert_times.append(time.monotonic())
+        self.alerts.append(decode_alert(msg.data))
+        self._kick()
+
+    def _kick(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def types(self, prefix: str = "") -> list[str]:
+        return [event_type(e) for e in self.events if event_type(e).startswith(prefix)]
+
+    def of(self, tag: str) -> list[AnyEvent]:
+        return [e for e in self.events if event_type(e) == tag]
+
+    async def wait_for(self, probe: Callable[[], T | None], timeout: float = 20.0) -> T:
+        with anyio.fail_after(timeout):
+            while True:
+                changed = self._changed
+                value = probe()
+                if value:
+                    return value
+                await changed.wait()
+
+    async def wait_type(self, tag: str, timeout: float = 20.0, count: int = 1) -> list[AnyEvent]:
+        return await self.wait_for(
+            lambda: self.of(tag) if len(self.of(tag)) >= count else None, timeout
+        )

@@ -1,16 +1,22 @@
 """A whole confbus on loopback for end-to-end tests: a real nats-server, the services as
-real processes, and agents as real processes writing real files."""
+real processes, and agents as real processes writing real files; the stack's own readers (its
+events, its agents' files, its fleet as the distributor sees it) wait with deadlines."""
 
 from __future__ import annotations
 
-import sys
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confbus.client import Client
 from confbus.procs.nats import NatsServer
-from confbus.procs.proc import Proc
+from confbus.procs.proc import Proc, python_module
 from confbus.runtime.http import http_get
+from confbus.schemas.events import AnyEvent
+from tests.cli.procs import arun_confbus
+from tests.e2e import helpers
+from tests.helpers import eventually
 
 # Services in start order; each waits for its JSON ready line.
 DEFAULT_SERVICES = ("version_store", "coordinator", "distributor")
@@ -80,19 +86,11 @@ class Stack:
         live = live_dir or (self.root / "nodes" / node / "etc")
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
-        argv = [
-            sys.executable,
-            "-m",
-            "confbus.agent",
-            "--nats-url",
-            self.url,
-            "--node",
-            node,
-            "--state-dir",
-            str(state_dir or (self.root / "nodes" / node / "state")),
-            "--heartbeat-interval",
-            "0.5",
-        ]
+        state = state_dir or (self.root / "nodes" / node / "state")
+        argv = python_module(
+            "confbus.agent", "--nats-url", self.url, "--node", node, "--state-dir", str(state)
+        )
+        argv += ["--heartbeat-interval", "0.5"]
         for ns, path in files.items():
             argv += ["--namespace", ns, "--path", str(path)]
         name = key or node
@@ -111,6 +109,41 @@ class Stack:
             if line.startswith(series + " "):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    def client(self) -> Client:
+        """A client of the stack, to open with ``async with``."""
+        return Client(self.url, name="test")
+
+    async def confbus(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``confbus ARGS`` against the stack, as a real process, to its end."""
+        return await arun_confbus("--nats-url", self.url, *args, timeout=120)
+
+    async def events(self, namespace: str = "web") -> list[AnyEvent]:
+        async with self.client() as client:
+            return await helpers.events(client.bus, namespace)
+
+    async def files_hold(
+        self, nodes: Sequence[str], data: bytes, timeout: float = 20.0, namespace: str = "web"
+    ) -> None:
+        """Wait until the file of ``namespace`` on each agent of ``nodes`` holds ``data``."""
+
+        async def probe() -> bool:
+            return all(self.agents[n].read(namespace) == data for n in nodes)
+
+        await eventually(probe, timeout=timeout, every=0.1, what=f"files of {list(nodes)}")
+
+    async def live(self, n: int, timeout: float = 20.0, namespace: str = "web") -> None:
+        """Wait until the distributor sees ``n`` live agents of ``namespace``."""
+        async with self.client() as client:
+
+            async def probe() -> bool:
+                try:
+                    st = await client.fleet_status(namespace)
+                except Exception:
+                    return False
+                return sum(1 for x in st.nodes if x.liveness == "live") >= n
+
+            await eventually(probe, timeout=timeout, every=0.2, what=f"{n} live agents")
 
     def restart_agent(self, node: str, env: dict[str, str] | None = None) -> Agent:
         agent = self.agents[node]

@@ -15,17 +15,7 @@ import pytest
 from confbus.schemas import subjects
 from confbus.schemas.events import NodeLeft
 from confbus.schemas.node import decode_heartbeat
-from tests.distributor.e2e import (
-    NS,
-    client_of,
-    confbus,
-    config_file,
-    content,
-    live_count,
-    set_policy,
-    stack_of,
-    wait_event,
-)
+from tests.distributor.e2e import NS, config_file, content, set_policy, stack_of, wait_event
 from tests.e2e.stack import Stack
 from tests.helpers import eventually
 
@@ -40,7 +30,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 async def liveness_of(stack: Stack, node: str) -> tuple[str, str]:
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         st = await client.fleet_status(NS)
     n = next(x for x in st.nodes if x.node == node)
     return n.liveness, n.liveness_reason
@@ -48,7 +38,7 @@ async def liveness_of(stack: Stack, node: str) -> tuple[str, str]:
 
 async def back_and_converged(stack: Stack, node: str, data: bytes) -> float:
     """Restart ``node``; the seconds from its first heartbeat to its file holding ``data``."""
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         sub = await client.bus.nc.subscribe(subjects.heartbeat(node))
         await anyio.to_thread.run_sync(lambda: stack.agents[node].proc.start())
         with anyio.fail_after(10):
@@ -67,16 +57,16 @@ async def back_and_converged(stack: Stack, node: str, data: bytes) -> float:
 async def test_a_stopped_and_a_killed_node_do_not_stop_a_publish(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await set_policy(client, strategy="linear:50%")
-        await live_count(client, len(NODES))
-    r = await confbus(stack, "publish", NS, str(config_file(tmp_path, "v1")), "--wait")
+        await stack.live(len(NODES))
+    r = await stack.confbus("publish", NS, str(config_file(tmp_path, "v1")), "--wait")
     assert r.returncode == 0, r.stderr
     assert "production on 4 node(s)" in r.stdout, r.stdout
 
     stack.agents["n3"].proc.stop()  # SIGTERM: it says it leaves
     stack.agents["n4"].proc.kill()  # SIGKILL: it just stops beating
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         left = await wait_event(client.bus, NodeLeft, node="n3")
     assert left.namespace == NS
     liveness, why = await liveness_of(stack, "n3")
@@ -89,8 +79,8 @@ async def test_a_stopped_and_a_killed_node_do_not_stop_a_publish(
     _, why = await liveness_of(stack, "n4")
     assert "missed" in why and "heartbeats" in why, why
 
-    r = await confbus(
-        stack, "publish", NS, str(config_file(tmp_path, "v2")), "--wait", "--timeout", "60"
+    r = await stack.confbus(
+        "publish", NS, str(config_file(tmp_path, "v2")), "--wait", "--timeout", "60"
     )
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "production on 2 node(s), 2 away" in r.stdout, r.stdout
@@ -99,11 +89,11 @@ async def test_a_stopped_and_a_killed_node_do_not_stop_a_publish(
         assert stack.agents[n].read(NS) == content("v2"), n
     for n in ("n3", "n4"):
         assert stack.agents[n].read(NS) == content("v1"), n
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         rollout = await client.rollout_info(NS)
     assert rollout is not None and rollout.away == ["n3", "n4"], rollout
     assert rollout.targets == ["n1", "n2"]
-    status = await confbus(stack, "status", NS)
+    status = await stack.confbus("status", NS)
     assert "stopped (node.left)" in status.stdout, status.stdout
 
     for n in ("n3", "n4"):
@@ -111,13 +101,12 @@ async def test_a_stopped_and_a_killed_node_do_not_stop_a_publish(
 
 
 async def test_require_all_waits_for_the_away_nodes(stack: Stack, tmp_path: Path) -> None:
-    async with client_of(stack) as client:
-        await live_count(client, len(NODES))
+    await stack.live(len(NODES))
     stack.agents["n4"].proc.stop()
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await wait_event(client.bus, NodeLeft, node="n4")
     args = ("publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--require-all")
-    r = await confbus(stack, *args, "--timeout", "4")
+    r = await stack.confbus(*args, "--timeout", "4")
     assert r.returncode == 3, (r.stdout, r.stderr)
     assert "n4 not back on v1 within --timeout" in r.stderr, r.stderr
 
@@ -125,7 +114,7 @@ async def test_require_all_waits_for_the_away_nodes(stack: Stack, tmp_path: Path
         result: list[subprocess.CompletedProcess[str]] = []
 
         async def publish_again() -> None:
-            result.append(await confbus(stack, *args, "--timeout", "60"))
+            result.append(await stack.confbus(*args, "--timeout", "60"))
 
         tg.start_soon(publish_again)
         await back_and_converged(stack, "n4", content("v1"))
@@ -136,21 +125,20 @@ async def test_require_all_waits_for_the_away_nodes(stack: Stack, tmp_path: Path
 async def test_every_node_away_the_version_waits_for_them(stack: Stack, tmp_path: Path) -> None:
     """One rule whether nodes stopped (SIGTERM) or just fell silent: with no live node the
     version becomes production and every node catches up when it is back — not a refusal."""
-    async with client_of(stack) as client:
-        await live_count(client, len(NODES))
-    r = await confbus(stack, "publish", NS, str(config_file(tmp_path, "v1")), "--wait")
+    await stack.live(len(NODES))
+    r = await stack.confbus("publish", NS, str(config_file(tmp_path, "v1")), "--wait")
     assert r.returncode == 0, r.stderr
     for n in NODES:
         stack.agents[n].proc.stop()
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         for n in NODES:
             await wait_event(client.bus, NodeLeft, node=n)
 
-    r = await confbus(stack, "publish", NS, str(config_file(tmp_path, "v2")), "--wait")
+    r = await stack.confbus("publish", NS, str(config_file(tmp_path, "v2")), "--wait")
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "production on 0 node(s), 4 away" in r.stdout, r.stdout
     assert "away: n1, n2, n3, n4" in r.stderr, r.stderr
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         rollout = await client.rollout_info(NS)
         prod = (await client.get(NS, "production", content=False)).info
     assert rollout is not None and rollout.away == list(NODES) and not rollout.targets, rollout

@@ -18,10 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
-import msgspec
 import pytest
-from nats.aio.msg import Msg
 
 from confbus.client import Client
 from confbus.procs.proc import Proc
@@ -36,10 +33,9 @@ from confbus.schemas.events import (
     RollbackStarted,
     VersionCreated,
     VersionLastGood,
-    decode_event,
 )
-from confbus.schemas.health import Alert, decode_alert
 from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
+from tests.e2e.helpers import EventTap
 from tests.e2e.stack import Stack, start_stack
 from tests.helpers import eventually
 
@@ -84,34 +80,12 @@ class Node:
     config: Path
 
 
-class Story:
+class Story(EventTap):
     """Every event and alert of the namespace from before the first publish, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[AnyEvent] = []
-        self.alerts: list[tuple[float, Alert]] = []
-        self.changed = anyio.Event()
-
-    async def on_event(self, msg: Msg) -> None:
-        try:
-            self.events.append(decode_event(msg.data))
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return
-        self._kick()
-
-    async def on_alert(self, msg: Msg) -> None:
-        self.alerts.append((time.monotonic(), decode_alert(msg.data)))
-        self._kick()
-
-    def _kick(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
 
     async def wait(self, probe: Callable[[], object], timeout: float, what: str) -> None:
         try:
-            with anyio.fail_after(timeout):
-                while not probe():
-                    await self.changed.wait()
+            await self.wait_for(probe, timeout)
         except TimeoutError:
             types = [_describe(e) for e in self.events]
             raise AssertionError(f"timed out waiting for {what}; events: {types}") from None
@@ -224,7 +198,7 @@ async def test_bad_config_is_rolled_back_by_itself(stack: Stack) -> None:
         # 2. A bad config: the apps start failing; the error rate crosses the rule; an alert.
         v2 = (await client.publish(NS, BAD, change_id="bad-2", author="demo")).version
         await story.wait(lambda: story.alerts, 60, "an alert")
-        alert_at, alert = story.alerts[0]
+        alert_at, alert = story.alert_times[0], story.alerts[0]
         assert alert.version == v2 and alert.source in ("health-watcher", "distributor")
 
         # 3. The rollback, batch by batch, to the last known good's bytes as a new version.

@@ -17,20 +17,9 @@ import pytest
 
 from confbus.procs.proc import Proc
 from confbus.schemas.events import NodeApplied, NodeDuplicate
-from tests.distributor.e2e import (
-    NS,
-    client_of,
-    confbus,
-    config_file,
-    content,
-    events,
-    files_hold,
-    live_count,
-    of,
-    stack_of,
-    wait_event,
-)
+from tests.distributor.e2e import NS, content, of, publish_all, stack_of, wait_event
 from tests.e2e.stack import Stack
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -42,17 +31,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     yield from stack_of(tmp_path, NODES)
 
 
-async def publish_all(stack: Stack, tmp_path: Path, *tags: str) -> None:
-    for tag in tags:
-        r = await confbus(stack, "publish", NS, str(config_file(tmp_path, tag)), "--wait")
-        assert r.returncode == 0, (r.stdout, r.stderr)
-
-
 async def test_a_second_agent_with_the_same_node_id_is_refused(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(stack) as client:
-        await live_count(client, len(NODES))
+    await stack.live(len(NODES))
     await publish_all(stack, tmp_path, "v1", "v2", "v3")
 
     other = tmp_path / "other"
@@ -72,44 +54,49 @@ async def test_a_second_agent_with_the_same_node_id_is_refused(
     assert "node n1 is already live" in err, err
     assert not (other / "etc" / f"{NS}.conf").exists()  # it wrote nothing
 
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         dup = await wait_event(client.bus, NodeDuplicate, node="n1")
-        evs = await events(client.bus)
+    evs = await stack.events()
     assert dup.instance != dup.live_instance, dup
     assert len([e for e in of(evs, NodeApplied) if e.node == "n1"]) == 3  # v1, v2, v3 once
-    status = await confbus(stack, "status", NS)
+    status = await stack.confbus("status", NS)
     assert "a second agent" in status.stdout and "refused" in status.stdout, status.stdout
-    doctor = await confbus(stack, "doctor", "--agents-wait", "1")
+    doctor = await stack.confbus("doctor", "--agents-wait", "1")
     assert "n1" in doctor.stdout and "refused" in doctor.stdout, doctor.stdout
     assert "all checks passed" not in doctor.stdout, doctor.stdout
 
     # The node's own agent, killed and restarted on its own state dir: the same instance.
     stack.agents["n1"].proc.kill()
     stack.agents["n1"].proc.start()
-    async with client_of(stack) as client:
-        await live_count(client, len(NODES))
-        await publish_all(stack, tmp_path, "v4")
-        evs = await events(client.bus)
+    await stack.live(len(NODES))
+    await publish_all(stack, tmp_path, "v4")
+    evs = await stack.events()
     assert len(of(evs, NodeDuplicate)) == 1, of(evs, NodeDuplicate)
 
 
 async def test_an_agent_with_no_state_goes_straight_to_its_target(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(stack) as client:
-        await live_count(client, len(NODES))
+    await stack.live(len(NODES))
     await publish_all(stack, tmp_path, "v1", "v2", "v3")
     # n2, part of all three transactions, reinstalled: stopped, its state and file wiped.
     stack.agents["n2"].proc.stop()
     shutil.rmtree(tmp_path / "nodes" / "n2")
     agent = stack.start_agent("n2", (NS,), "--heartbeat-interval", "0.3", key="n2-new")
-    await files_hold(stack, ["n2-new"], content("v3"))
-    applied = [
-        line["version"]
-        for line in map(json.loads, agent.proc.log_text().splitlines())  # one JSON a line
-        if line.get("msg") == "applied"
-    ]
-    assert applied == [3], applied  # not v1, v2, v3 replayed into its file
+    await stack.files_hold(["n2-new"], content("v3"))
+
+    async def applied() -> list[int] | None:
+        """The versions the agent logged as applied, once v3 is among them (it logs an apply
+        just after it wrote the file)."""
+        found = [
+            line["version"]
+            for line in map(json.loads, agent.proc.log_text().splitlines())  # one JSON a line
+            if line.get("msg") == "applied"
+        ]
+        return found if 3 in found else None
+
+    versions = await eventually(applied, timeout=10, what="n2-new's applied log line")
+    assert versions == [3], versions  # not v1, v2, v3 replayed into its file
     kept = tmp_path / "nodes" / "n2" / "state" / NS / "versions"
     assert sorted(p.name for p in kept.iterdir()) == ["3"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from confbus.schemas.events import NodeForgotten
 from tests.cli.procs import arun_confbus
-from tests.distributor.e2e import NS, client_of, live_count, rollout_stack, wait_event
+from tests.distributor.e2e import NS, rollout_stack, wait_event
 from tests.e2e.stack import Stack
 from tests.helpers import eventually
 
@@ -29,8 +29,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 async def test_a_node_gone_for_good_is_forgotten(stack: Stack) -> None:
     url = ["--nats-url", stack.url]
-    async with client_of(stack) as client:
-        await live_count(client, 2)
+    async with stack.client() as client:
+        await stack.live(2)
         # While it heartbeats, forgetting it would not last: refused, and said why.
         live = await arun_confbus(*url, "forget", "n1")
         assert live.returncode == 1 and "is live" in live.stderr, live
@@ -55,4 +55,4 @@ async def test_a_node_gone_for_good_is_forgotten(stack: Stack) -> None:
 
         # A node that comes back is simply a member again.
         stack.agents["n1"].proc.start()
-        await live_count(client, 2)
+        await stack.live(2)

@@ -17,7 +17,7 @@ import pytest
 
 from confbus.procs.proc import Proc
 from tests.cli.test_startup import imported_by
-from tests.distributor.e2e import NS, client_of, content, live_count, start_distributor
+from tests.distributor.e2e import NS, content, start_distributor
 from tests.e2e.stack import Agent, Stack, start_stack
 
 pytestmark = pytest.mark.anyio
@@ -89,8 +89,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 async def test_publish_wait_imports_no_serving_side_and_no_past(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(stack) as client:
-        await live_count(client, 2)
+    await stack.live(2)
     f = tmp_path / "v1.json"
     f.write_bytes(content("v1"))
     args = ("--nats-url", stack.url, "publish", NS, str(f), "--wait", "--timeout", "60")
@@ -106,8 +105,8 @@ async def test_publish_wait_imports_no_serving_side_and_no_past(
 
 
 async def test_an_agent_that_applied_a_version_imports_no_metrics_library(stack: Stack) -> None:
-    async with client_of(stack) as client:
-        await live_count(client, 2)
+    async with stack.client() as client:
+        await stack.live(2)
         info = await client.publish(NS, content("v2"), change_id="lean-v2")
         rollout = await client.wait_rollout(NS, info.version, timeout=60)
     assert rollout.state == "completed", rollout

@@ -10,17 +10,7 @@ from pathlib import Path
 import pytest
 
 from confbus.schemas.events import RolloutCompleted
-from tests.distributor.e2e import (
-    NS,
-    client_of,
-    confbus,
-    config_file,
-    content,
-    live_count,
-    set_policy,
-    stack_of,
-    wait_event,
-)
+from tests.distributor.e2e import NS, config_file, content, set_policy, stack_of, wait_event
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
@@ -42,12 +32,12 @@ def bad_stack(tmp_path: Path) -> Iterator[Stack]:
 async def test_publish_wait_exits_0_once_every_node_holds_the_bytes(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await set_policy(client, strategy="linear:34%")
-        await live_count(client, len(NODES))
+        await stack.live(len(NODES))
     f = config_file(tmp_path, "v1")
     args = ("publish", NS, str(f), "--id", "3f2a9c1", "--wait", "--timeout", "60", "--progress")
-    r = await confbus(stack, *args)
+    r = await stack.confbus(*args)
     assert r.returncode == 0, r.stderr
     assert f"{NS} v1 " in r.stdout and "production on 3 node(s)" in r.stdout, r.stdout
     # The waves as they completed, on stderr.
@@ -57,21 +47,21 @@ async def test_publish_wait_exits_0_once_every_node_holds_the_bytes(
         assert stack.agents[n].read(NS) == content("v1"), n
 
     # A retried CI job (same --id): the same version, and it waits for nothing new.
-    again = await confbus(stack, *args)
+    again = await stack.confbus(*args)
     assert again.returncode == 0, again.stderr
     assert f"{NS} v1 " in again.stdout and "production on 3 node(s)" in again.stdout
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         assert [v.version for v in await client.history(NS)] == [1]
 
 
 async def test_a_refusing_node_exits_1_with_its_reason_and_no_file_changes(
     bad_stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(bad_stack) as client:
+    async with bad_stack.client() as client:
         await set_policy(client, max_excluded=0.0)
-        await live_count(client, len(NODES))
-    r = await confbus(
-        bad_stack, "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "60"
+        await bad_stack.live(len(NODES))
+    r = await bad_stack.confbus(
+        "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "60"
     )
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "n2" in r.stderr and "pool too small" in r.stderr, r.stderr
@@ -83,10 +73,10 @@ async def test_a_refusing_node_exits_1_with_its_reason_and_no_file_changes(
 async def test_a_draft_waits_for_approval_then_times_out_with_3(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await set_policy(client, require_approval=True)
-    r = await confbus(
-        stack, "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "3"
+    r = await stack.confbus(
+        "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "3"
     )
     assert r.returncode == 3, (r.stdout, r.stderr)
     assert "waiting for approval" in r.stderr and "confbus approve web 1 --as" in r.stderr
@@ -95,12 +85,12 @@ async def test_a_draft_waits_for_approval_then_times_out_with_3(
         assert stack.agents[n].read(NS) is None, n
 
     # Approved meanwhile: a second wait (the CI job retried) sees it through.
-    async with client_of(stack) as client:
-        await live_count(client, len(NODES))
+    async with stack.client() as client:
+        await stack.live(len(NODES))
         await client.approve(NS, 1, "reviewer")
         await wait_event(client.bus, RolloutCompleted, version=1)
-    r = await confbus(
-        stack, "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "60"
+    r = await stack.confbus(
+        "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "60"
     )
     assert r.returncode == 0, r.stderr
     assert all(stack.agents[n].read(NS) == content("v1") for n in NODES)

@@ -10,19 +10,7 @@ from pathlib import Path
 import pytest
 
 from confbus.schemas.events import RollbackCompleted, RollbackStarted, VersionCreated
-from tests.distributor.e2e import (
-    NS,
-    client_of,
-    confbus,
-    config_file,
-    content,
-    events,
-    files_hold,
-    live_count,
-    of,
-    set_policy,
-    stack_of,
-)
+from tests.distributor.e2e import NS, content, of, publish_all, set_policy, stack_of
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
@@ -39,34 +27,30 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 async def test_a_rollback_the_current_schema_refuses_needs_force(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(stack) as client:
-        await live_count(client, len(NODES))
-    r = await confbus(stack, "publish", NS, str(config_file(tmp_path, "v1")), "--wait")
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    async with client_of(stack) as client:
+    await stack.live(len(NODES))
+    await publish_all(stack, tmp_path, "v1")
+    async with stack.client() as client:
         await set_policy(client, json_schema=REGION_REQUIRED)
     v2 = tmp_path / "v2.json"
     v2.write_bytes(b'{"release": "v2", "region": "eu1"}\n')
-    r = await confbus(stack, "publish", NS, str(v2), "--wait")
+    r = await stack.confbus("publish", NS, str(v2), "--wait")
     assert r.returncode == 0, (r.stdout, r.stderr)
 
-    r = await confbus(stack, "rollback", NS, "--to", "1", "--as", "bob")
+    r = await stack.confbus("rollback", NS, "--to", "1", "--as", "bob")
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "v1 does not pass web's current policy" in r.stderr, r.stderr
     assert "'region' is a required property" in r.stderr, r.stderr
     assert "--force" in r.stderr, r.stderr
-    async with client_of(stack) as client:
-        evs = await events(client.bus)
+    evs = await stack.events()
     assert not of(evs, RollbackStarted), of(evs, RollbackStarted)
     assert [e.version for e in of(evs, VersionCreated)] == [1, 2]  # nothing was created
-    await files_hold(stack, NODES, v2.read_bytes())
+    await stack.files_hold(NODES, v2.read_bytes())
 
     args = ("--to", "1", "--force", "--as", "alice", "--reason", "incident 12", "--wait")
-    r = await confbus(stack, "rollback", NS, *args)
+    r = await stack.confbus("rollback", NS, *args)
     assert r.returncode == 0, (r.stdout, r.stderr)
-    await files_hold(stack, NODES, content("v1"))
-    async with client_of(stack) as client:
-        evs = await events(client.bus)
+    await stack.files_hold(NODES, content("v1"))
+    evs = await stack.events()
     (started,) = of(evs, RollbackStarted)
     assert started.actor == "alice", started
     assert "incident 12" in started.reason, started.reason

@@ -13,19 +13,7 @@ import pytest
 
 from confbus.schemas.events import HealthVerdictEvent, RollbackCompleted
 from confbus.schemas.policy import HealthRule, RollbackPolicy
-from tests.distributor.e2e import (
-    NS,
-    client_of,
-    confbus,
-    config_file,
-    content,
-    events,
-    files_hold,
-    live_count,
-    of,
-    set_policy,
-    stack_of,
-)
+from tests.distributor.e2e import NS, content, of, publish_all, set_policy, stack_of
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
@@ -43,31 +31,28 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 async def test_a_rollback_without_health_sources_is_not_held_up(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await set_policy(
             client,
             health_rules=[HealthRule(name="errors", metric="error_rate", threshold=0.05)],
             rollback=RollbackPolicy(strategy="batches:2"),
         )
-        await live_count(client, len(NODES))
-    for tag in ("v1", "v2"):
-        r = await confbus(stack, "publish", NS, str(config_file(tmp_path, tag)), "--wait")
-        assert r.returncode == 0, (r.stdout, r.stderr)
+    await stack.live(len(NODES))
+    await publish_all(stack, tmp_path, "v1", "v2")
 
     # Two batches, each of which used to wait the whole --verify-timeout (30 s) for samples.
     args = ("--to", "1", "--wait", "--progress", "--timeout", "20")
-    r = await confbus(stack, "rollback", NS, *args)
+    r = await stack.confbus("rollback", NS, *args)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "completed" in r.stdout, r.stdout
-    await files_hold(stack, NODES, content("v1"))
+    await stack.files_hold(NODES, content("v1"))
 
     assert "2 batch(es)" in r.stderr, r.stderr
     assert "batch 1/2: done" in r.stderr and "batch 2/2: done" in r.stderr, r.stderr
     assert r.stderr.count("health of") == 2, r.stderr
     assert "no health source" in r.stderr, r.stderr
 
-    async with client_of(stack) as client:
-        evs = await events(client.bus)
+    evs = await stack.events()
     done = of(evs, RollbackCompleted)
     assert len(done) == 1, done
     verdicts = [e for e in of(evs, HealthVerdictEvent) if e.version == done[0].new_version]

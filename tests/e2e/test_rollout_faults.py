@@ -24,12 +24,9 @@ from confbus.schemas.events import (
 from tests.distributor.e2e import (
     NS,
     all_applied,
-    client_of,
     content,
     decisions,
     events,
-    files_hold,
-    live_count,
     of,
     rollout_stack,
     set_policy,
@@ -71,9 +68,9 @@ async def test_killed_distributor_resumes_at_the_right_wave(tmp_path: Path, wave
         start_distributor(
             stack, env={"CONFBUS_FAILPOINTS": f"distributor.after_wave_committed=kill@{wave}"}
         )
-        async with client_of(stack) as client:
+        async with stack.client() as client:
             await set_policy(client, bake_s=0.3)
-            await live_count(client, len(EIGHT))
+            await stack.live(len(EIGHT))
             v1 = await client.publish(NS, content("v1"), strategy="linear:25%")
             assert stack.services["distributor"].wait_exit(timeout=30) == -9
             await eventually(
@@ -84,7 +81,7 @@ async def test_killed_distributor_resumes_at_the_right_wave(tmp_path: Path, wave
             start_distributor(stack)  # the same flags, no failpoint
             info = await client.wait_rollout(NS, v1.version, timeout=60)
             assert info.state == "completed", info.reason
-            await files_hold(stack, EIGHT, content("v1"))
+            await stack.files_hold(EIGHT, content("v1"))
 
             evs = await events(client.bus)
             started = of(evs, RolloutStarted)
@@ -111,11 +108,11 @@ async def _any(client: Client, kind: type, n: int) -> bool:
 
 
 async def test_agent_away_during_two_rollouts_catches_up(stack: Stack) -> None:
-    async with client_of(stack) as client:
-        await live_count(client, len(FOUR))
+    async with stack.client() as client:
+        await stack.live(len(FOUR))
         v1 = await client.publish(NS, content("v1"))
         assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
-        await files_hold(stack, FOUR, content("v1"))
+        await stack.files_hold(FOUR, content("v1"))
         # Stopped only once it has announced its apply (the file is written just before).
         await wait_event(client.bus, NodeApplied, node="n4", version=v1.version)
         stack.agents["n4"].proc.stop()
@@ -131,7 +128,7 @@ async def test_agent_away_during_two_rollouts_catches_up(stack: Stack) -> None:
         await wait_event(client.bus, NodeStatusChanged, node="n4", status="away")
 
         stack.agents["n4"].proc.start()
-        await files_hold(stack, FOUR, content("v3"))
+        await stack.files_hold(FOUR, content("v3"))
         # The event log says how: back live, one catch-up switch straight to v3.
         catchup = await wait_event(client.bus, NodeCatchUp, node="n4", outcome="applied")
         assert catchup.kind == "switch" and catchup.version == v3.version
@@ -156,8 +153,8 @@ async def test_agent_away_during_two_rollouts_catches_up(stack: Stack) -> None:
 
 
 async def test_newer_version_supersedes_a_rollout_mid_bake(stack: Stack) -> None:
-    async with client_of(stack) as client:
-        await live_count(client, len(FOUR))
+    async with stack.client() as client:
+        await stack.live(len(FOUR))
         v1 = await client.publish(NS, content("v1"))
         assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
         await set_policy(client, bake_s=60.0)  # a long bake: v2 would take minutes
@@ -169,7 +166,7 @@ async def test_newer_version_supersedes_a_rollout_mid_bake(stack: Stack) -> None
         assert old.state == "superseded" and old.superseded_by == v3.version
         new = await client.wait_rollout(NS, v3.version, timeout=30)
         assert new.state == "completed", new.reason
-        await files_hold(stack, FOUR, content("v3"))
+        await stack.files_hold(FOUR, content("v3"))
 
         sup = await wait_event(client.bus, RolloutSuperseded, version=v2.version)
         await wait_event(client.bus, RolloutCompleted, version=v3.version)
@@ -206,16 +203,16 @@ FROZEN = EIGHT[5:]
 async def test_frozen_agents_are_left_out_within_max_excluded(tmp_path: Path) -> None:
     stack = await _frozen_stack(tmp_path)
     try:
-        async with client_of(stack) as client:
+        async with stack.client() as client:
             await set_policy(client, max_excluded=0.4, vote_timeout_s=1.5)
-            await live_count(client, len(EIGHT))
+            await stack.live(len(EIGHT))
             v1 = await client.publish(NS, content("v1"))
             assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
             v2 = await client.publish(NS, content("v2"))
             info = await client.wait_rollout(NS, v2.version, timeout=60)
             assert info.state == "completed", info.reason
             assert info.waves[0].attempts == 2 and info.waves[0].excluded == sorted(FROZEN)
-            await files_hold(stack, EIGHT[:5], content("v2"))
+            await stack.files_hold(EIGHT[:5], content("v2"))
             for n in FROZEN:
                 assert stack.agents[n].read(NS) == content("v1")
             evs = await events(client.bus)
@@ -229,7 +226,7 @@ async def test_frozen_agents_are_left_out_within_max_excluded(tmp_path: Path) ->
             # Thawed, they catch up to their target (v2, now production).
             for n in FROZEN:
                 stack.agents[n].proc.resume()
-            await files_hold(stack, EIGHT, content("v2"), timeout=30)
+            await stack.files_hold(EIGHT, content("v2"), timeout=30)
             for n in FROZEN:
                 up = await wait_event(client.bus, NodeCatchUp, node=n, outcome="applied")
                 assert up.version == v2.version and up.kind == "switch"
@@ -242,12 +239,12 @@ async def test_frozen_agents_are_left_out_within_max_excluded(tmp_path: Path) ->
 async def test_frozen_agents_beyond_max_excluded_fail_the_rollout(tmp_path: Path) -> None:
     stack = await _frozen_stack(tmp_path)
     try:
-        async with client_of(stack) as client:
+        async with stack.client() as client:
             await set_policy(client, vote_timeout_s=1.5)  # max_excluded: the default, none
-            await live_count(client, len(EIGHT))
+            await stack.live(len(EIGHT))
             v1 = await client.publish(NS, content("v1"))
             assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
-            await files_hold(stack, EIGHT, content("v1"))
+            await stack.files_hold(EIGHT, content("v1"))
             v2 = await client.publish(NS, content("v2"))
             info = await client.wait_rollout(NS, v2.version, timeout=60)
             assert info.state == "failed"
@@ -270,17 +267,17 @@ async def test_frozen_agents_beyond_max_excluded_fail_the_rollout(tmp_path: Path
 async def test_hand_edited_file_is_resynced(tmp_path: Path) -> None:
     stack = rollout_stack(tmp_path, FOUR[:3])
     try:
-        async with client_of(stack) as client:
-            await live_count(client, 3)
+        async with stack.client() as client:
+            await stack.live(3)
             v1 = await client.publish(NS, content("v1"))
             assert (await client.wait_rollout(NS, v1.version, timeout=30)).state == "completed"
-            await files_hold(stack, FOUR[:3], content("v1"))
+            await stack.files_hold(FOUR[:3], content("v1"))
             path = stack.agents["n2"].files[NS]
             path.write_bytes(b'{"release": "edited by hand", "pool": 999}\n')
             drift = await wait_event(client.bus, NodeDrift, node="n2")
             assert drift.expected_version == v1.version and drift.expected_sha256 == v1.sha256
             assert drift.found_sha256 != v1.sha256
-            await files_hold(stack, ["n2"], content("v1"))
+            await stack.files_hold(["n2"], content("v1"))
             fix = await wait_event(client.bus, NodeCatchUp, node="n2", kind="resync")
             assert fix.outcome == "applied" and fix.version == v1.version
             assert "history" in fix.reason

@@ -27,12 +27,9 @@ from confbus.schemas.streams import CFG_ALERTS
 from tests.distributor.e2e import (
     NS,
     all_applied,
-    client_of,
     content,
     decisions,
     events,
-    files_hold,
-    live_count,
     of,
     read_all,
     set_policy,
@@ -54,13 +51,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 async def test_linear_25_percent_is_four_atomic_waves_with_bakes(stack: Stack) -> None:
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await set_policy(client, bake_s=BAKE_S)
-        await live_count(client, len(NODES))
+        await stack.live(len(NODES))
         v1 = await client.publish(NS, content("v1"), strategy="linear:25%")
         info = await client.wait_rollout(NS, v1.version, timeout=60)
         assert info.state == "completed", info.reason
-        await files_hold(stack, NODES, content("v1"))
+        await stack.files_hold(NODES, content("v1"))
 
         await wait_event(client.bus, RolloutCompleted, version=v1.version)
         evs = await events(client.bus)
@@ -108,17 +105,17 @@ async def test_failing_verdict_after_wave_2_stops_the_rollout(stack: Stack) -> N
             )
         return health_api.VerdictReply(verdict="pass", samples=6, healthy_nodes=req.nodes)
 
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         svc = await serve_api(
             client.bus,
             [Endpoint(health_api.VERDICT, verdict)],
         )
         try:
             await set_policy(client, bake_s=0.2)
-            await live_count(client, len(NODES))
+            await stack.live(len(NODES))
             v1 = await client.publish(NS, content("v1"), strategy="all-at-once")
             assert (await client.wait_rollout(NS, v1.version, timeout=60)).state == "completed"
-            await files_hold(stack, NODES, content("v1"))
+            await stack.files_hold(NODES, content("v1"))
 
             v2 = await client.publish(NS, content("v2"), strategy="linear:25%")
             info = await client.wait_rollout(NS, v2.version, timeout=60)
@@ -129,7 +126,7 @@ async def test_failing_verdict_after_wave_2_stops_the_rollout(stack: Stack) -> N
         switched = info.waves[0].nodes + info.waves[1].nodes
         untouched = info.waves[2].nodes + info.waves[3].nodes
         assert [w.state for w in info.waves] == ["done", "failed", "skipped", "skipped"]
-        await files_hold(stack, switched, content("v2"))
+        await stack.files_hold(switched, content("v2"))
         for n in untouched:
             assert stack.agents[n].read(NS) == content("v1"), n
 
@@ -160,8 +157,8 @@ async def test_bad_input_is_refused_and_nothing_is_switched(stack: Stack) -> Non
     labels cannot even be decoded there); the distributor refuses both too, for events a laxer
     store could write (tests/distributor/test_engine.py). An empty target set is refused by
     the distributor: rollout.failed with the reason, and nothing switched."""
-    async with client_of(stack) as client:
-        await live_count(client, len(NODES))
+    async with stack.client() as client:
+        await stack.live(len(NODES))
         with pytest.raises(ChangeRejected, match="strategy"):
             await client.publish(NS, content("x"), strategy="blue-green")
         v = await client.publish(NS, content("z"), selector={"dc": "mars"})

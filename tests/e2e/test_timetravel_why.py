@@ -19,8 +19,8 @@ from confbus.schemas.events import NodeApplied, RollbackBatch, RollbackCompleted
 from confbus.schemas.policy import Policy, RollbackPolicy
 from confbus.schemas.streams import CFG_EVENTS
 from tests.cli.procs import arun_confbus
-from tests.distributor.e2e import DIST_ARGS
-from tests.e2e.stack import Stack, start_stack
+from tests.distributor.e2e import stack_of
+from tests.e2e.stack import Stack
 from tests.e2e.test_rollback_alertmanager import webhook
 from tests.helpers import eventually
 
@@ -34,17 +34,9 @@ BAD = b'{"pool": 0}\n'
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path, services=("version_store", "coordinator"))
-    try:
-        s.start_service("distributor", *DIST_ARGS)
-        s.start_service("health_watcher")
-        s.start_service("rollbacker")
-        s.start_service("historian", "--every", "5", "--idle", "0.2")
-        for n in NODES:
-            s.start_agent(n, (NS,), "--heartbeat-interval", "0.3")
-        yield s
-    finally:
-        s.stop()
+    services = ("version_store", "coordinator", "health_watcher", "rollbacker")
+    historian = ("historian", "--every", "5", "--idle", "0.2")
+    yield from stack_of(tmp_path, NODES, services=services, last=[historian])
 
 
 async def seqs_of(client: Client, kind: type) -> dict[int, object]:

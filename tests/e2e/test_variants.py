@@ -25,16 +25,7 @@ from confbus.schemas.state import decode_node, node_key
 from confbus.schemas.streams import CFG_STATE
 from confbus.schemas.txn import Prepare, decode_txn
 from tests.cli.procs import arun_confbus_bytes
-from tests.distributor.e2e import (
-    NS,
-    client_of,
-    events,
-    live_count,
-    of,
-    read_all,
-    set_policy,
-    stack_of,
-)
+from tests.distributor.e2e import NS, events, of, read_all, set_policy, stack_of
 from tests.e2e.stack import Stack
 from tests.helpers import eventually
 
@@ -96,9 +87,9 @@ def files(tmp_path: Path, tag: str, **docs: object) -> dict[str, Path]:
 
 async def ready(stack: Stack) -> None:
     """Every agent live, and its labels recorded (what the coordinator renders from)."""
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await set_policy(client, json_schema=SCHEMA, max_excluded=0.0)
-        await live_count(client, len(LABELS))
+        await stack.live(len(LABELS))
         kv = await StateKV.open(client.bus, CFG_STATE)
 
         async def recorded() -> bool:
@@ -178,7 +169,7 @@ async def test_six_nodes_get_their_own_bytes_in_one_switch_and_roll_back_to_thei
     assert json.loads(own["n1"][2]) == {"db": {"host": "db.eu1", "port": 6432}, "workers": 16}
     assert json.loads(own["n5"][2])["log"] == "info"
 
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         evs = await events(client.bus)
         # One atomic switch of all six, whose prepare carried each variant once.
         commits = [e for e in of(evs, TxnCommitted) if e.version == 2]
@@ -212,7 +203,7 @@ async def test_six_nodes_get_their_own_bytes_in_one_switch_and_roll_back_to_thei
     assert r.returncode == 0, r.stderr
     for node in LABELS:
         assert stack.agents[node].read(NS) == own[node][1], node
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         assert not of(await events(client.bus), NodeDrift)  # own bytes are not drift
 
 
@@ -255,7 +246,7 @@ async def test_a_node_whose_labels_change_moves_to_its_new_variant_by_a_switch(
     for node in LABELS.keys() - {"n5"}:
         assert stack.agents[node].read(NS) == before[node], node
     new_sha256 = hashlib.sha256(eu1_db).hexdigest()
-    async with client_of(stack) as client:
+    async with stack.client() as client:
 
         async def announced() -> list[AnyEvent] | None:
             evs = await events(client.bus)
@@ -284,7 +275,7 @@ async def test_a_variant_the_store_never_validated_breaks_the_schema_and_its_nod
     stack: Stack, tmp_path: Path
 ) -> None:
     await ready(stack)
-    async with client_of(stack) as client:
+    async with stack.client() as client:
         await set_policy(client, json_schema=POOL_SCHEMA, max_excluded=0.0)
     v1 = files(
         tmp_path, "v1", base={"workers": 4}, eu1={"pool": {"eu": 1}}, cache={"pool": {"c": 1}}
@@ -303,7 +294,7 @@ async def test_a_variant_the_store_never_validated_breaks_the_schema_and_its_nod
     n3.proc.stop()
     n3.proc.argv = [("tier=cache" if a == "tier=db" else a) for a in n3.proc.argv]
     n3.proc.start()
-    async with client_of(stack) as client:
+    async with stack.client() as client:
 
         async def refused() -> TxnAborted | None:
             for e in of(await events(client.bus), TxnAborted):

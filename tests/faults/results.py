@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Literal, TypedDict
 
 import msgspec
+import pytest
 
 from tests.faults.history import History
 
 Tier = Literal["ci", "slow", "bug"]
+# A scenario's test run at the CI size and, marked slow (``make test-slow``), as a long loop.
+CI_AND_SLOW = [
+    pytest.param("ci", id="ci"),
+    pytest.param("slow", id="slow", marks=(pytest.mark.slow, pytest.mark.timeout(2400))),
+]
 RESULTS_ENV = "CONFBUS_FAULT_RESULTS"
 DEFAULT_DIR = Path(__file__).resolve().parent / "results"
 

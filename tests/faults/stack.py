@@ -9,7 +9,6 @@ environment (``CONFBUS_TEST_BUG``, ``CONFBUS_TEST_FAULTS``). Production code nev
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from confbus.procs.nats import NatsServer
-from confbus.procs.proc import Proc
+from confbus.procs.proc import Proc, python_module
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.kv import StateKV
 from confbus.schemas.node import NamespaceState
@@ -116,30 +115,14 @@ class FaultStack:
         """A service process, not started yet."""
         module = f"tests.faults.shims.{pkg}" if shim else f"confbus.{pkg}"
         replicas = ["--replicas", str(self.replicas)] if self.cluster is not None else []
-        argv = [
-            sys.executable,
-            "-m",
-            module,
-            "--nats-url",
-            self.url,
-            *replicas,
-            *self.service_args(pkg),
-            *extra,
-        ]
-        proc = Proc(name or pkg, argv, self.logs, env)
+        argv = python_module(module, "--nats-url", self.url, *replicas, *self.service_args(pkg))
+        proc = Proc(name or pkg, [*argv, *extra], self.logs, env)
         self.services[name or pkg] = proc
         return proc
 
-    def start_service(
-        self,
-        pkg: str,
-        *extra: str,
-        env: dict[str, str] | None = None,
-        name: str | None = None,
-        shim: bool = False,
-        timeout: float = 30.0,
-    ) -> Proc:
-        return self.service(pkg, *extra, env=env, name=name, shim=shim).start(timeout=timeout)
+    def start_service(self, pkg: str, *extra: str) -> Proc:
+        """A service process as it runs in production, started (``service`` for the options)."""
+        return self.service(pkg, *extra).start(timeout=30.0)
 
     def agent(
         self,
@@ -157,19 +140,10 @@ class FaultStack:
         state = self.root / "nodes" / node / "state"
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
         module = "tests.faults.shims.agent" if shim else "confbus.agent"
-        argv = [
-            sys.executable,
-            "-m",
-            module,
-            "--nats-url",
-            self.url,
-            "--node",
-            node,
-            "--state-dir",
-            str(state),
-            "--heartbeat-interval",
-            "0.5",
-        ]
+        argv = python_module(
+            module, "--nats-url", self.url, "--node", node, "--state-dir", str(state)
+        )
+        argv += ["--heartbeat-interval", "0.5"]
         for ns, path in files.items():
             argv += ["--namespace", ns, "--path", str(path)]
         for key, value in (labels or {}).items():

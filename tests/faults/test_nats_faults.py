@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from tests.faults import nats_faults, netns
-from tests.faults.results import Figures, assert_caught, assert_safe
+from tests.faults.results import CI_AND_SLOW, Figures, Tier, assert_caught, assert_safe
 
 pytestmark = pytest.mark.anyio
 
@@ -20,16 +20,13 @@ BUG_BUDGET = {"leader_kill": 22.0, "partition": 20.0}
 NETNS_SKIP = netns.infeasible_reason()
 
 
-async def test_stream_leader_killed_under_load(tmp_path: Path) -> None:
-    fig = await nats_faults.leader_kill(tmp_path, kills=3, budget_s=BUDGET["leader_kill"])
-    assert fig.runs == 3
+@pytest.mark.parametrize("tier", CI_AND_SLOW)
+async def test_stream_leader_killed_under_load(tmp_path: Path, tier: Tier) -> None:
+    kills = {"ci": 3, "slow": 20}[tier]
+    budget = BUDGET["leader_kill"] if tier == "ci" else None
+    fig = await nats_faults.leader_kill(tmp_path, kills=kills, tier=tier, budget_s=budget)
+    assert fig.runs == kills
     assert_safe(fig)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-async def test_stream_leader_killed_20_times(tmp_path: Path) -> None:
-    assert_safe(await nats_faults.leader_kill(tmp_path, kills=20, tier="slow"))
 
 
 async def test_leader_kill_catches_r1_streams_on_a_lost_disk(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults import store_faults
-from tests.faults.results import assert_caught, assert_safe
+from tests.faults.results import CI_AND_SLOW, Tier, assert_caught, assert_safe
 
 pytestmark = pytest.mark.anyio
 
@@ -71,17 +71,12 @@ async def test_redelivery_storm_catches_duplicate_announcements(tmp_path: Path) 
     assert_caught(fig, "duplicates")
 
 
-async def test_store_killed_during_writes_loses_nothing(tmp_path: Path) -> None:
-    fig = await store_faults.store_kill(tmp_path, runs=10, budget_s=BUDGET["store_kill"])
-    assert fig.runs == 10
-    assert_safe(fig)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-async def test_store_killed_during_writes_200(tmp_path: Path) -> None:
-    fig = await store_faults.store_kill(tmp_path, runs=200, tier="slow")
-    assert fig.runs == 200
+@pytest.mark.parametrize("tier", CI_AND_SLOW)
+async def test_store_killed_during_writes_loses_nothing(tmp_path: Path, tier: Tier) -> None:
+    runs = {"ci": 10, "slow": 200}[tier]
+    budget = BUDGET["store_kill"] if tier == "ci" else None
+    fig = await store_faults.store_kill(tmp_path, runs=runs, tier=tier, budget_s=budget)
+    assert fig.runs == runs
     assert_safe(fig)
 
 

@@ -51,8 +51,8 @@ from confbus.schemas.fleet import AppliedFact, FleetState
 from confbus.schemas.policy import Policy, RollbackPolicy
 from confbus.schemas.streams import CFG_EVENTS
 from tests.cli.procs import arun_confbus
-from tests.distributor.e2e import DIST_ARGS
-from tests.e2e.stack import Agent, Stack, start_stack
+from tests.distributor.e2e import rollout_stack
+from tests.e2e.stack import Agent, Stack
 from tests.faults.results import Figures, finish
 
 NS = "web"
@@ -343,20 +343,12 @@ async def event_counts(client: Client) -> dict[str, int]:
 
 
 def start(root: Path, nodes: int) -> Stack:
-    stack = start_stack(root, services=("version_store", "coordinator"))
-    try:
-        stack.start_service("distributor", *DIST_ARGS)
-        stack.start_service("health_watcher")
-        stack.start_service("rollbacker")
-        stack.start_service("historian", "--every", "40", "--idle", "0.5")
-        for i in range(1, nodes + 1):
-            node = f"n{i}"
-            validate = f"sh -c '! grep -q reject-{node} \"$CONFBUS_STAGED\"'"
-            stack.start_agent(node, (NS,), "--heartbeat-interval", "0.3", "--validate", validate)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+    names = [f"n{i}" for i in range(1, nodes + 1)]
+    # Each node refuses a version that names it (the workload's refusals).
+    refuse = {n: ("--validate", f"sh -c '! grep -q reject-{n} \"$CONFBUS_STAGED\"'") for n in names}
+    services = ("version_store", "coordinator", "health_watcher", "rollbacker")
+    historian = ("historian", "--every", "40", "--idle", "0.5")
+    return rollout_stack(root, names, services=services, agent_args=refuse, last=[historian])
 
 
 async def scenario(

@@ -9,15 +9,13 @@ fact it polls with a deadline (``tests.helpers.eventually``) — never a sleep.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
-import msgspec
-from nats.aio.msg import Msg
 
 from confbus.agent.node import Binding, NodeAgent, run_agents
 from confbus.procs.nats import NatsServer
@@ -25,15 +23,14 @@ from confbus.procs.proc import Proc
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
-from confbus.runtime.events import event_type
 from confbus.runtime.http import http_get
 from confbus.schemas import subjects
 from confbus.schemas.api import txn as txn_api
-from confbus.schemas.events import AnyEvent, decode_event
-from confbus.schemas.health import Alert, decode_alert
+from confbus.schemas.health import Alert
 from confbus.schemas.policy import HealthRule, Policy, RollbackPolicy
 from confbus.schemas.state import Ledger, decode_ledger, ledger_key
 from confbus.schemas.streams import CFG_STATE
+from tests.e2e.helpers import EventTap
 from tests.helpers import eventually
 from tests.rollbacker.fakes import FakeDist, FakeHealth, FakeStore
 
@@ -70,50 +67,6 @@ def policy(*, webhooks: Sequence[str] = (), rules: bool = True, **rollback: obje
         rollback=RollbackPolicy(**rollback),  # type: ignore[arg-type]
         webhooks=list(webhooks),
     )
-
-
-class EventTap:
-    """Every event of a namespace from the moment it subscribed, decoded, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[AnyEvent] = []
-        self.alerts: list[Alert] = []
-        self._changed = anyio.Event()
-
-    async def on_event(self, msg: Msg) -> None:
-        try:
-            self.events.append(decode_event(msg.data))
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return
-        self._kick()
-
-    async def on_alert(self, msg: Msg) -> None:
-        self.alerts.append(decode_alert(msg.data))
-        self._kick()
-
-    def _kick(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    def types(self, prefix: str = "") -> list[str]:
-        return [event_type(e) for e in self.events if event_type(e).startswith(prefix)]
-
-    def of(self, tag: str) -> list[AnyEvent]:
-        return [e for e in self.events if event_type(e) == tag]
-
-    async def wait_for(self, probe: Callable[[], T | None], timeout: float = 20.0) -> T:
-        with anyio.fail_after(timeout):
-            while True:
-                changed = self._changed
-                value = probe()
-                if value:
-                    return value
-                await changed.wait()
-
-    async def wait_type(self, tag: str, timeout: float = 20.0, count: int = 1) -> list[AnyEvent]:
-        return await self.wait_for(
-            lambda: self.of(tag) if len(self.of(tag)) >= count else None, timeout
-        )
 
 
 @dataclass

@@ -14,7 +14,7 @@ from nats.js.api import DeliverPolicy, StreamConfig
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.follow import Follower
-from tests.helpers import eventually
+from tests.helpers import eventually, restart_nats
 
 pytestmark = pytest.mark.anyio
 
@@ -44,17 +44,6 @@ async def publish(bus: Bus, subject: str, data: bytes) -> int:
     return await eventually(attempt, timeout=20, what=f"a publish to {subject}")
 
 
-async def restart(server: NatsServer, bus: Bus) -> float:
-    """SIGKILL the server, start it again on its port and store; wait for the client to be
-    back. Returns the monotonic time the connection came back."""
-    back = bus.reconnected()
-    server.kill()
-    server.restart()
-    with anyio.fail_after(20):
-        await back.wait()
-    return time.monotonic()
-
-
 async def test_resumes_after_the_last_message_as_soon_as_the_server_is_back(
     sbus: Bus, nats_server: NatsServer
 ) -> None:
@@ -66,7 +55,7 @@ async def test_resumes_after_the_last_message_as_soon_as_the_server_is_back(
             assert [(await f.next()).data for _ in range(2)] == [b"2", b"3"]
         assert f.live
 
-        back = await restart(nats_server, sbus)
+        back = await restart_nats(nats_server, sbus)
         assert not f.live  # told of the reconnect: its consumer may be gone
         seq = await publish(sbus, "f.a", b"4")
         with anyio.fail_after(5):
@@ -119,7 +108,7 @@ async def test_new_only_does_not_skip_what_came_while_the_consumer_was_being_rep
 ) -> None:
     await publish(sbus, "f.a", b"old")
     async with Follower(sbus, STREAM, "f.>", deliver=DeliverPolicy.NEW) as f:
-        await restart(nats_server, sbus)
+        await restart_nats(nats_server, sbus)
         await publish(sbus, "f.a", b"new")  # maybe before the consumer is back
         with anyio.fail_after(10):
             assert (await f.next()).data == b"new"

@@ -17,7 +17,7 @@ from confbus.runtime.errors import Stale, Unavailable
 from confbus.runtime.kv import Entry, StateKV
 from confbus.schemas.state import ROLLOUTS, rollout_key, target_key
 from confbus.schemas.streams import CFG_STATE
-from tests.helpers import eventually
+from tests.helpers import eventually, restart_nats
 
 pytestmark = pytest.mark.anyio
 
@@ -112,12 +112,7 @@ async def test_a_watch_mirrors_a_family_and_hears_writes_within_a_second_of_a_br
         await kv.delete(api)
         assert (await next_entry())[:2] == (api, None)
 
-        back = bus.reconnected()
-        nats_server.kill()
-        nats_server.restart()
-        with anyio.fail_after(20):
-            await back.wait()
-        reconnected = time.monotonic()
+        reconnected = await restart_nats(nats_server, bus)
 
         async def write() -> int | None:
             try:

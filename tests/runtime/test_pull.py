@@ -5,6 +5,8 @@ all applied.)"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anyio
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -19,14 +21,20 @@ pytestmark = pytest.mark.anyio
 LONG = 30.0  # a pull's timeout far beyond the test's own bound
 
 
-async def _puller(bus: Bus) -> Puller:
+@pytest.fixture
+async def puller(bus: Bus) -> AsyncIterator[Puller]:
+    """A started ``Puller`` of the durable consumer ``t`` of every event; stopped after."""
     await bus.js.add_consumer(
         CFG_EVENTS.name,
         ConsumerConfig(
             durable_name="t", ack_policy=AckPolicy.EXPLICIT, filter_subject="cfg.event.>"
         ),
     )
-    return await Puller(bus.nc, CFG_EVENTS.name, "t").start()
+    started = await Puller(bus.nc, CFG_EVENTS.name, "t").start()
+    try:
+        yield started
+    finally:
+        await started.stop()
 
 
 async def _publish(bus: Bus, n: int) -> None:
@@ -34,8 +42,9 @@ async def _publish(bus: Bus, n: int) -> None:
         await bus.publish("cfg.event.app.x", f"m{i}".encode())
 
 
-async def test_a_lone_message_on_an_idle_consumer_is_returned_when_it_arrives(bus: Bus) -> None:
-    puller = await _puller(bus)
+async def test_a_lone_message_on_an_idle_consumer_is_returned_when_it_arrives(
+    bus: Bus, puller: Puller
+) -> None:
     got: list[bytes] = []
 
     async def pull() -> None:
@@ -51,11 +60,11 @@ async def test_a_lone_message_on_an_idle_consumer_is_returned_when_it_arrives(bu
             await eventually(waiting, what="the pull waiting on the server")
             await bus.publish("cfg.event.app.x", b"one")
     assert got == [b"one"]
-    await puller.stop()
 
 
-async def test_queued_messages_come_as_one_batch_and_an_empty_pull_ends(bus: Bus) -> None:
-    puller = await _puller(bus)
+async def test_queued_messages_come_as_one_batch_and_an_empty_pull_ends(
+    bus: Bus, puller: Puller
+) -> None:
     await _publish(bus, 10)
     with anyio.fail_after(5):
         msgs = await puller.fetch(50, timeout=LONG)
@@ -64,15 +73,12 @@ async def test_queued_messages_come_as_one_batch_and_an_empty_pull_ends(bus: Bus
         await m.ack()
     with anyio.fail_after(5):
         assert await puller.fetch(50, timeout=0.3) == []
-    await puller.stop()
 
 
-async def test_a_batch_is_capped(bus: Bus) -> None:
-    puller = await _puller(bus)
+async def test_a_batch_is_capped(bus: Bus, puller: Puller) -> None:
     await _publish(bus, 7)
     with anyio.fail_after(5):
         first = await puller.fetch(3, timeout=LONG)
         second = await puller.fetch(50, timeout=LONG)
     assert [m.data for m in first] == [b"m0", b"m1", b"m2"]
     assert [m.data for m in second] == [f"m{i}".encode() for i in range(3, 7)]
-    await puller.stop()

@@ -16,7 +16,7 @@ from confbus.runtime.bus import Bus, connect
 from confbus.schemas import subjects
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.streams import CFG_CHANGES
-from tests.helpers import eventually
+from tests.helpers import eventually, restart_nats
 from tests.runtime.test_consumer import make_consumer
 
 pytestmark = pytest.mark.anyio
@@ -82,11 +82,7 @@ async def test_a_pull_waiting_when_the_broker_restarts_is_made_again_at_once(
             return bool(info.num_waiting)
 
         await eventually(pulling, timeout=10)
-        back = bus.reconnected()
-        nats_server.kill()
-        nats_server.restart()
-        with anyio.fail_after(10):
-            await back.wait()
+        await restart_nats(nats_server, bus, timeout=10)
         change = ChangeProposed(namespace="ns1", change_id="after", content=b"{}")
 
         async def published() -> bool:

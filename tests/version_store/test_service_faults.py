@@ -29,7 +29,6 @@ from confbus.runtime import failpoints
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.consumer import Consumer
-from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.retry import Backoff
 from confbus.schemas import subjects
 from confbus.schemas.base import decode_envelope
@@ -41,6 +40,7 @@ from confbus.schemas.streams import CFG_CHANGES, CFG_DLQ
 from confbus.version_store.changes import ChangeHandler
 from confbus.version_store.metrics import StoreMetrics
 from confbus.version_store.rejections import Rejections
+from confbus.version_store.service import change_consumer
 from confbus.version_store.storage.sqlite import SqliteStore
 from tests.helpers import eventually
 from tests.version_store.test_service_helpers import Stack, drained, events_of, stack
@@ -233,20 +233,10 @@ async def _store_consumer(
     """The version-store's consumer of ``CFG_CHANGES`` on ``store``, in this process; its
     metrics in ``registry`` (a new one if None)."""
     registry = registry or CollectorRegistry()
-    metrics = ConsumerMetrics.create(registry, "version-store", "changes")
     handler = ChangeHandler(
         bus, store, await Rejections.open(bus), StoreMetrics.create(registry), lambda ok, _: None
     )
-    return Consumer(
-        bus=bus,
-        stream=CFG_CHANGES,
-        durable="version-store",
-        decode=decode_change,
-        handler=handler,
-        metrics=metrics,
-        batch=16,
-        backoff=Backoff(base_s=0.05, cap_s=0.2),
-    )
+    return change_consumer(handler, registry, batch=16, backoff=Backoff(base_s=0.05, cap_s=0.2))
 
 
 async def test_a_version_not_announced_before_the_broker_died_is_announced_on_a_first_delivery(

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import random
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
 
@@ -28,8 +29,6 @@ from confbus.runtime.consumer import Delivery
 from confbus.runtime.errors import Unavailable
 from confbus.runtime.service import service_main
 from confbus.schemas.changes import ChangeProposed
-from confbus.schemas.policy import Policy
-from confbus.schemas.versions import VersionInfo
 from confbus.version_store import changes
 from confbus.version_store.service import add_args, main
 from confbus.version_store.storage import NewVersion
@@ -78,15 +77,11 @@ def install_faults(spec: str, seed: int) -> None:
 
     real_decide = changes.decide
 
-    def decide(
-        change: ChangeProposed,
-        policy: Policy,
-        target: VersionInfo | None,
-        members: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> NewVersion:
+    def decide(change: ChangeProposed, *args: Any, **kwargs: Any) -> NewVersion:
+        """The real ``decide``, unless the change is poisoned."""
         if change.change_id.startswith(POISON_PREFIX):
             raise RuntimeError(f"poisoned change {change.change_id}")
-        return real_decide(change, policy, target, members)
+        return real_decide(change, *args, **kwargs)
 
     changes.decide = decide
 
