@@ -15,17 +15,20 @@ The measures (each from the SIGKILL, on the test's monotonic clock unless said):
 - the timeline: ``LEADER`` (the stream's new leader seen), ``LEASE_FREE`` (the dead holder's
   lease takeable: its wall-clock expiry plus the allowed skew, docs/design.md §4.6),
   ``TAKEOVER`` (the new holder's ``acquired_at``), ``PREPARE`` (the first prepare created after
-  the kill).
+  the kill), and ``RESTARTED`` (the stack's "ready again" line for the process killed — its
+  restart waits a backoff that doubles while it keeps dying within a minute of its start).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from confbus.runtime.leases import Leases
 
@@ -37,6 +40,7 @@ LEADER = "kill → new stream leader seen"
 LEASE_FREE = "kill → dead holder's lease takeable"
 TAKEOVER = "kill → lease taken over"
 PREPARE = "kill → first prepare after it"
+RESTARTED = "kill → killed process serving again"
 
 NATS = "nats stream leader"
 LEASE_ROLES = ("coordinator", "distributor", "rollbacker", "health-watcher")
@@ -62,6 +66,7 @@ class Fault:
     new_lease: datetime | None = None  # its successor's acquired_at
     new_holder: str = ""  # the successor (the killed replica's own name: restarted in time)
     leader_at: float | None = None
+    restarted_wall: float | None = None
     recovered_at: float = 0.0
 
 
@@ -95,6 +100,8 @@ def measure(
         out[LEASE_FREE] = max(0.0, f.old_lease.timestamp() + SKEW_S - f.killed_wall)
     if f.new_lease is not None:
         out[TAKEOVER] = f.new_lease.timestamp() - f.killed_wall
+    if f.restarted_wall is not None:
+        out[RESTARTED] = f.restarted_wall - f.killed_wall
     later = [p.timestamp() for p in prepares if p.timestamp() > f.killed_wall]
     if later:
         out[PREPARE] = min(later) - f.killed_wall
@@ -123,6 +130,20 @@ def taken_back(faults: Sequence[Fault]) -> dict[str, float | int | str]:
             key = f"{f.role}_taken_back_by_restart"
             out[key] = int(out.get(key, 0)) + (f.new_holder == f.target)
     return out
+
+
+def logged_at(log: Path, match: str, after: float) -> float | None:
+    """When (wall clock) the first line of the JSON log ``log`` logged after ``after`` says
+    ``match`` (None if none does)."""
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            at = datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+        if at > after and match in str(record.get("msg", "")):
+            return at
+    return None
 
 
 def load_notes(faults: Sequence[Fault]) -> dict[str, float | int | str]:

@@ -53,7 +53,16 @@ from confbus.schemas.txn import Decision, Prepare
 from tests.agent.support import record_bytes
 from tests.e2e.helpers import events, txn_records
 from tests.faults.results import Figures, Tier, finish
-from tests.ha.failover import NATS, TARGETS, Fault, load_notes, now_fault, samples, taken_back
+from tests.ha.failover import (
+    NATS,
+    TARGETS,
+    Fault,
+    load_notes,
+    logged_at,
+    now_fault,
+    samples,
+    taken_back,
+)
 from tests.ha.hastack import (
     HaStack,
     etcd_leader,
@@ -70,7 +79,7 @@ pytestmark = [pytest.mark.anyio, needs_etcd]
 NS = "web"
 NODES = ("n1", "n2", "n3")
 PACE_S = 0.3  # between publishes: a CI job's rate, not a benchmark
-MAX_PUBLISHES = 1000  # the stream is bounded whatever happens
+PUBLISHES_PER_ROUND = 300  # the stream is bounded whatever happens (~100 in a round here)
 RECOVERY_TIMEOUT_S = 90.0
 
 
@@ -109,10 +118,13 @@ def index_of(data: bytes | None) -> int:
         return -1
 
 
-async def publish_stream(client: Client, run: Run, stop: anyio.Event, as_user: str) -> None:
-    """Changes one after another, as a CI job: with ``as_user`` (a secured stack) through the
-    version-store's pinned ``propose`` as that user, as ``confbus publish`` does then."""
-    for i in range(MAX_PUBLISHES):
+async def publish_stream(
+    client: Client, run: Run, stop: anyio.Event, as_user: str, most: int
+) -> None:
+    """Changes one after another (``most`` at most), as a CI job: with ``as_user`` (a secured
+    stack) through the version-store's pinned ``propose`` as that user, as ``confbus publish``
+    does then."""
+    for i in range(most):
         if stop.is_set():
             return
         content = content_of(i)
@@ -184,8 +196,11 @@ async def inject(stack: HaStack, bus: Bus, run: Run, t: Target) -> Fault:
     new = await lease_record(bus, t.lease, NS) if t.lease else None
     if old is not None and new is not None and new.epoch > old.epoch:
         fault.new_lease, fault.new_holder = new.acquired_at, new.holder
-    # Full redundancy again before the next fault: the stack restarted what we killed.
+    # Full redundancy again before the next fault: the stack restarted what we killed (after
+    # a backoff that doubles when it had served under a minute: services/cli/stack.py).
     await anyio.to_thread.run_sync(stack.proc.err.wait_for, t.restarted, 60.0, mark)
+    up_log = stack.data_dir / "logs" / "up.log"
+    fault.restarted_wall = logged_at(up_log, t.restarted, fault.killed_wall)
     return fault
 
 
@@ -311,7 +326,8 @@ async def kill_in_turn(
     bus = await stack.bus("service", name="test-probe")
     try:
         async with stack.client("ci", name="test-ci") as client, anyio.create_task_group() as tg:
-            tg.start_soon(publish_stream, client, run, stop, "ci" if stack.tls_ca else "")
+            as_user = "ci" if stack.tls_ca else ""
+            tg.start_soon(publish_stream, client, run, stop, as_user, PUBLISHES_PER_ROUND * rounds)
             tg.start_soon(watch_agents, stack, run, stop)
             try:
                 await warm(run)
