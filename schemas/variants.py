@@ -154,6 +154,22 @@ def each_overlay_alone(version: VariantSet) -> list[Variant]:
     return out
 
 
+def variant_with_sha(
+    version: VariantSet, sha256: str, label_sets: Iterable[Mapping[str, str]]
+) -> Variant | None:
+    """The variant whose bytes hash to ``sha256``, among those nodes with ``label_sets`` run
+    (tried in order: give a node's own labels first), the base and each overlay alone; None if
+    none does. What a node ran, told by the sha256 it announced: the audit log keeps no labels,
+    and a node whose labels changed since may still run its old variant."""
+    for v in variants_for(version, [*label_sets, {}]).values():
+        if v.sha256 == sha256:
+            return v
+    for v in each_overlay_alone(version):
+        if v.sha256 == sha256:
+            return v
+    return None
+
+
 # -- merge patch (RFC 7396) ----------------------------------------------------------------------
 
 

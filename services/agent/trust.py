@@ -22,6 +22,7 @@ from confbus.schemas.names import Format
 from confbus.schemas.sealing import is_sealed
 from confbus.schemas.signing import Signature, SigningRule, TrustRoots, decode_trust_roots
 from confbus.schemas.txn import Prepare
+from confbus.schemas.variants import has_variants
 
 
 class TrustConfigError(Exception):
@@ -67,6 +68,17 @@ class Trust:
 
     def admit(self, p: Prepare) -> Prepare:
         """The prepare with its content ready to stage (opened, if sealed), or ``Refused``."""
+        rule = self.rule(p.namespace)
+        if p.variants and rule is not None and rule.threshold > 0:
+            # The signatures cover the version's sha256 (its overlays, as the store holds them),
+            # not this node's rendered bytes: a prepare's variant entry could carry anything.
+            # The store refuses overlays in a signed namespace; this holds when it is not
+            # trusted (docs/design.md §2.6, §7.6).
+            raise Refused(
+                "untrusted",
+                f"{p.namespace} v{p.version} comes as per-node variants, whose bytes no "
+                "signature covers: a signed namespace takes no overlays",
+            )
         content = self.admit_bytes(
             p.namespace, p.version, p.sha256, p.format, p.signatures, p.content
         )
@@ -98,4 +110,6 @@ class Trust:
             raise Refused("sealed", f"cannot open the sealed content: {exc}") from None
         if sealed.sha256 != sha256 or sealed.format != format:
             raise Refused("sealed", "the sealed content is not this version's")
+        if has_variants(plain):
+            raise Refused("sealed", "the sealed content holds overlays, which are never sealed")
         return plain

@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-import json
 import logging
 import math
 import os
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from confbus.cli import exitcodes
@@ -28,24 +26,6 @@ from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
 
 if TYPE_CHECKING:
     from confbus.client import Client
-
-# Each module registers its subcommands; adding a command area is one line here (and
-# ``write_index()`` after it, for what ``confbus --help`` lists).
-COMMAND_MODULES = (
-    "confbus.cli.commands.events",
-    "confbus.cli.commands.up",
-    "confbus.cli.commands.agent",
-    "confbus.cli.commands.txn",
-    "confbus.cli.commands.publish",
-    "confbus.cli.commands.store",
-    "confbus.cli.commands.policy",
-    "confbus.cli.commands.doctor",
-    "confbus.cli.commands.rollback",
-    "confbus.cli.commands.rollout",
-    "confbus.cli.commands.console",
-    "confbus.cli.commands.keys",
-    "confbus.cli.commands.timetravel",
-)
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,7 +90,7 @@ def build_parser(only: str | None = None, *, stubs: bool = False) -> argparse.Ar
     the client, the schemas): every other command is a stub, its name and one-line help from
     ``confbus.cli.commands.index`` — enough for ``confbus --help`` and to recognise a command.
     ``stubs``: every command a stub."""
-    wanted = None if only is None else _module_of(only)
+    wanted = None if only is None else COMMANDS[only].module_path
     parser = Parser(
         prog="confbus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -126,52 +106,18 @@ def build_parser(only: str | None = None, *, stubs: bool = False) -> argparse.Ar
     parser.add_argument("--tls-ca", default=os.environ.get("CONFBUS_TLS_CA"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for module in COMMAND_MODULES:
-        if stubs or (wanted is not None and module != wanted):
-            for name, text in COMMANDS[module]:
-                # Anything after a stub's name is the real command's to parse, later.
-                sub.add_parser(name, help=text, add_help=False)
-        else:
-            importlib.import_module(module).register(sub)
+    for name, entry in COMMANDS.items():
+        if stubs or (wanted is not None and entry.module_path != wanted):
+            # Anything after a stub's name is the real command's to parse, later.
+            sub.add_parser(name, help=entry.help, add_help=False)
+        elif name not in sub.choices:  # a module registers all its commands at once
+            importlib.import_module(entry.module_path).register(sub)
     return parser
 
 
 # A command with a time budget (--timeout: publish, rollback) also rides out a broker that is
 # restarting as it starts, for up to this long; others say "unreachable" at once.
 CONNECT_WAIT_S = 10.0
-
-
-def _module_of(command: str) -> str | None:
-    return next((m for m, cmds in COMMANDS.items() if any(n == command for n, _ in cmds)), None)
-
-
-def command_index() -> dict[str, list[tuple[str, str]]]:
-    """What each command module registers: its commands' names and one-line help, in order."""
-    index: dict[str, list[tuple[str, str]]] = {}
-    for module in COMMAND_MODULES:
-        probe = Parser(prog="confbus").add_subparsers(parser_class=Parser)
-        importlib.import_module(module).register(probe)
-        index[module] = [(a.dest, a.help or "") for a in probe._choices_actions]
-    return index
-
-
-def write_index(path: Path = Path(__file__).parent / "commands" / "index.py") -> None:
-    """Write ``confbus.cli.commands.index`` from the command modules (a test checks it is current):
-    ``python -c 'from confbus.cli.main import write_index; write_index()'``, then ruff format."""
-    lines = [f'"""{INDEX_DOC}"""', "", "COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {"]
-    for module, commands in command_index().items():
-        lines.append(f"    {json.dumps(module)}: (")
-        lines += [
-            f"        ({json.dumps(n)}, {json.dumps(t, ensure_ascii=False)})" + ","
-            for n, t in commands
-        ]
-        lines.append("    ),")
-    path.write_text("\n".join([*lines, "}", ""]))
-
-
-INDEX_DOC = """The commands each module of ``confbus.cli.commands`` registers, with their one-line
-help: what ``confbus --help`` lists without importing the modules. Written by
-``confbus.cli.main.write_index()``; do not edit."""
 
 
 def nats_urls(text: str) -> str:

@@ -32,6 +32,7 @@ from confbus.client._events import StreamedEvent
 from confbus.client._names import check_change_id, check_namespace, check_node
 from confbus.client._policy import policy_from_document
 from confbus.client._store import with_overlays
+from confbus.client._variants import OverlayInfo, VariantInfo, VersionVariants
 from confbus.runtime.lazy import lazy_names
 from confbus.schemas.variants import Overlay
 
@@ -62,9 +63,12 @@ __all__ = [
     "NodeAt",
     "NodeChange",
     "Overlay",
+    "OverlayInfo",
     "RolloutAt",
     "RolloutWaitTimeout",
     "StreamedEvent",
+    "VariantInfo",
+    "VersionVariants",
     "WaitTimedOut",
     "Why",
     "WhyStep",

@@ -23,6 +23,7 @@ from confbus.schemas.fleet import (
     TxnFact,
     VersionFact,
 )
+from confbus.schemas.variants import BASE
 
 Known = Literal["known", "none", "unknown"]
 
@@ -46,6 +47,9 @@ class NodeAt(msgspec.Struct, frozen=True, kw_only=True):
     drift: bool = False
     wave: int | None = None  # its wave (1-based) in the namespace's current or last rollout
     unknown_since: datetime | None = None  # the stream knows nothing of it before this
+    # Which variant of its version its bytes are (docs/design.md §2.6): the overlays that
+    # applied, "+"-joined, or "base"; None: not known (no version, or not told by its sha256).
+    variant: str | None = None
 
 
 class RolloutAt(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,6 +166,10 @@ def fleet_at(
 def _node_at(state: FleetState, fact: NodeFact, production: int | None, wave: int | None) -> NodeAt:
     a = fact.applied
     targets = [v for v in (fact.target, production) if v is not None]
+    # Bytes that are their version's own (the sha256 of its version.created) are a version
+    # without overlays; a variant's are told apart by ``Client.status_at`` (docs/design.md §2.6).
+    own = state.versions.get(a.version) if a else None
+    plain = a is not None and own is not None and own.sha256 == a.sha256
     unknown_since = None if state.complete else state.origin_at
     return NodeAt(
         node=fact.node,
@@ -178,6 +186,7 @@ def _node_at(state: FleetState, fact: NodeFact, production: int | None, wave: in
         drift=fact.drift_seq is not None,
         wave=wave,
         unknown_since=unknown_since if a is None else None,
+        variant=BASE if plain else None,
     )
 
 

@@ -7,22 +7,28 @@ methods, and most commands (``confbus publish``) never ask.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import anyio
 import msgspec
 
 from confbus.client._connection import Connection
-from confbus.client._events import Events
 from confbus.client._names import check_namespace, check_node
-from confbus.runtime.errors import InvalidInput
+from confbus.client._variants import Variants
+from confbus.runtime.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
     from confbus.client._fleet import FleetAt, FleetDiff, Why
     from confbus.runtime.since import Moment
 
 
-class Timeline(Events):
+# How long ``status_at`` waits for the store to tell which variant a node's bytes are.
+VARIANTS_WAIT_S = 5.0
+
+
+class Timeline(Variants):
     """The client's reading of the past (docs/design.md §8.10)."""
 
     async def status_at(self, namespace: str, at: Moment) -> FleetAt:
@@ -37,12 +43,31 @@ class Timeline(Events):
         edges = await past.bounds(self)
         seq = await past.moment_seq(self, at, edges)
         rec = await past.reconstruct(self, ns, seq, edges)
-        return fleet_at(
+        fleet = fleet_at(
             rec.state,
             at=await _shown_time(self, at, seq),
             checkpoint_seq=rec.checkpoint_seq,
             events_read=rec.events_read,
         )
+        # Which variant each node ran then (docs/design.md §2.6), told by the sha256 it
+        # announced. ``fleet_at`` named those whose bytes are their version's own; the others
+        # are looked up in the store, briefly — the past itself comes from the audit log
+        # alone, so a store down leaves them unknown.
+        ask = {
+            n.node: (n.version, n.sha256)
+            for n in fleet.nodes
+            if n.applied == "known" and n.variant is None
+        }
+        if not ask:
+            return fleet
+        named: dict[str, str | None] = {}
+        with anyio.move_on_after(VARIANTS_WAIT_S), contextlib.suppress(Unavailable):
+            named = await self.node_variants(ns, ask)
+        nodes = [
+            msgspec.structs.replace(n, variant=named[n.node]) if named.get(n.node) else n
+            for n in fleet.nodes
+        ]
+        return msgspec.structs.replace(fleet, nodes=nodes)
 
     async def why(self, namespace: str, node: str, at: Moment | None = None) -> Why:
         """The chain of events that put ``node`` on its version (now, or at ``at``), newest

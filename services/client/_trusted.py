@@ -19,6 +19,7 @@ from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.policy import Policy
 from confbus.schemas.sealing import content_sha256, is_sealed
 from confbus.schemas.signing import Statement
+from confbus.schemas.variants import has_variants
 from confbus.schemas.versions import VersionInfo
 
 
@@ -46,6 +47,15 @@ async def seal_and_sign(
                 f"namespace {ns!r} has no data key to seal with: an operator makes one with "
                 f"confbus keys data-key {ns} --kek FILE",
                 where="content",
+            )
+        if has_variants(content):
+            # One envelope would hand every node's variant to every node, and the store could
+            # not validate them: sealing is per content (docs/design.md §2.6).
+            raise InvalidInput(
+                f"namespace {ns!r} is sealed, and overlays cannot be sealed: an envelope holds "
+                "one content and an agent receives only its own variant — publish without "
+                "--overlay",
+                where="overlays",
             )
         if not is_sealed(content):
             try:

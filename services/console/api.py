@@ -25,6 +25,7 @@ from confbus.client import (
     FleetAt,
     FleetDiff,
     StreamedEvent,
+    VersionVariants,
     Why,
     check_namespace,
     check_node,
@@ -216,7 +217,20 @@ async def version(call: Call) -> VersionInfo:
 
 
 async def content(call: Call) -> Response:
+    q: t.ForQuery = call.query
     ns = await call.backend.known(call.ns)
+    labels = await call.backend.labels_for(ns, q.for_, q.node)
+    if labels is not None:  # a node's own bytes of a version with overlays (§2.6)
+        info, variant = await call.backend.rendered(ns, _ref(call), labels)
+        return Response(
+            variant.content,
+            media_type="application/octet-stream",
+            headers={
+                "x-confbus-version": str(info.version),
+                "x-confbus-sha256": variant.sha256,
+                "x-confbus-variant": variant.name,
+            },
+        )
     reply = await call.backend.content(ns, _ref(call))
     return Response(
         reply.content or b"",
@@ -228,10 +242,15 @@ async def content(call: Call) -> Response:
     )
 
 
+async def variants(call: Call) -> VersionVariants:
+    return await call.backend.version_variants(call.ns, _ref(call))
+
+
 async def diff(call: Call) -> store_api.DiffReply:
     q: t.DiffQuery = call.query
     ns = await call.backend.known(call.ns)
-    return await call.backend.diff(ns, q.a, q.b)
+    labels = await call.backend.labels_for(ns, q.for_, q.node)
+    return await call.backend.diff(ns, q.a, q.b, labels)
 
 
 async def policy(call: Call) -> Policy:
@@ -249,6 +268,19 @@ async def rollout_nodes(call: Call) -> t.RolloutNodes:
 
 async def fleet(call: Call) -> dist_api.StatusReply:
     return await call.backend.fleet(call.ns)
+
+
+async def fleet_variants(call: Call) -> t.FleetVariants:
+    status = await call.backend.fleet(call.ns)
+    named = await call.backend.fleet_variants(status)
+    return t.FleetVariants(
+        nodes=[
+            t.NodeVariant(
+                node=n.node, version=n.applied_version, sha256=n.sha256, variant=named[n.node]
+            )
+            for n in status.nodes
+        ]
+    )
 
 
 def moment(text: str, where: str) -> Moment:
@@ -457,15 +489,20 @@ OPS: tuple[Op, ...] = (
     Op("version", "GET", NS + "/versions/{ref}", "One version's metadata.", "viewer", version,
        VersionInfo),
     Op("content", "GET", NS + "/versions/{ref}/content",
-       "A version's exact bytes (refused for a secret namespace).", "viewer", content, bytes,
+       "A version's exact bytes, or (for, node) those a node runs of it (refused for a secret "
+       "namespace).", "viewer", content, bytes, query=t.ForQuery,
        media_type="application/octet-stream"),
+    Op("variants", "GET", NS + "/versions/{ref}/variants",
+       "A version's overlays in order, the members each matches now, and the variants they run.",
+       "viewer", variants, VersionVariants),
     Op("approve", "POST", NS + "/versions/{version}/approve",
        "Approve a draft (someone other than its author).", "operator", approve, VersionInfo,
        errors=(400, 401, 403, 404, 409, 503)),
     Op("reject", "POST", NS + "/versions/{version}/reject", "Refuse a draft for good.",
        "operator", reject, VersionInfo, body=t.ActRequest, errors=(400, 401, 403, 404, 409, 503)),
-    Op("diff", "GET", NS + "/diff", "Unified diff of two versions (refused for a secret one).",
-       "viewer", diff, store_api.DiffReply, query=t.DiffQuery),
+    Op("diff", "GET", NS + "/diff",
+       "Unified diff of two versions, or (for, node) of what a node runs of each (refused for a "
+       "secret one).", "viewer", diff, store_api.DiffReply, query=t.DiffQuery),
     Op("policy", "GET", NS + "/policy", "The namespace's policy.", "viewer", policy, Policy),
     Op("set_policy", "PUT", NS + "/policy", "Replace the namespace's policy.", "operator",
        set_policy, Policy, body=Policy, body_checked_by_handler=True),
@@ -486,6 +523,9 @@ OPS: tuple[Op, ...] = (
     Op("fleet", "GET", NS + "/fleet",
        "Per node: version, sha256, labels, heartbeat, drift, liveness.", "viewer", fleet,
        dist_api.StatusReply),
+    Op("fleet_variants", "GET", NS + "/fleet/variants",
+       "Per node: which variant of its version its bytes are (the overlays that applied).",
+       "viewer", fleet_variants, t.FleetVariants),
     Op("fleet_at", "GET", NS + "/fleet/at",
        "The fleet as it was at a past moment (confbus status --at), from the audit log.",
        "viewer", fleet_at, FleetAt, query=t.AtQuery),

@@ -12,7 +12,7 @@ from confbus.console.backend import NamespaceSummary
 from confbus.schemas import subjects
 from confbus.schemas.api.store import VersionRef
 from confbus.schemas.events import AnyEvent, VoteRecord
-from confbus.schemas.names import ChangeId, Format, VersionNumber
+from confbus.schemas.names import ChangeId, Format, NodeId, VersionNumber
 from confbus.schemas.tokens import Role
 
 MAX_HISTORY = 10_000
@@ -66,9 +66,39 @@ class HistoryQuery(msgspec.Struct, frozen=True, kw_only=True):
     before: VersionNumber | None = None  # older than this version (the reply's next_before)
 
 
-class DiffQuery(msgspec.Struct, frozen=True, kw_only=True):
+LABELS = (
+    "the labels of a node, as `confbus show --for` takes them (dc=eu1,tier=web): the bytes such "
+    "a node runs (docs/design.md §2.6)"
+)
+
+
+class ForQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Whose bytes of a version with overlays: a node's (by its labels now), or any labels'.
+    Neither: the version's bytes as stored."""
+
+    for_: Annotated[str, msgspec.Meta(description=LABELS)] | None = msgspec.field(
+        default=None, name="for"
+    )
+    node: NodeId | None = None
+
+
+class DiffQuery(ForQuery, frozen=True, kw_only=True):
     a: VersionRef
     b: VersionRef
+
+
+class NodeVariant(msgspec.Struct, frozen=True, kw_only=True):
+    """Which variant a node's bytes are: the overlays that applied, "+"-joined (``base``: none);
+    None when its sha256 is none of its version's variants known now, or it applied nothing."""
+
+    node: str
+    version: int | None
+    sha256: str | None
+    variant: str | None
+
+
+class FleetVariants(msgspec.Struct, frozen=True, kw_only=True):
+    nodes: list[NodeVariant]
 
 
 class EventsQuery(msgspec.Struct, frozen=True, kw_only=True):

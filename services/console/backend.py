@@ -27,13 +27,14 @@ from confbus.client import (
     FleetAt,
     FleetDiff,
     StreamedEvent,
+    VersionVariants,
     Why,
     check_change_id,
     check_namespace,
 )
 from confbus.console.metrics import ConsoleMetrics
 from confbus.runtime.bus import Bus
-from confbus.runtime.errors import Conflict, NotFound, Unavailable
+from confbus.runtime.errors import Conflict, InvalidInput, NotFound, Unavailable
 from confbus.runtime.identity import Forbidden
 from confbus.runtime.since import Moment
 from confbus.schemas import subjects
@@ -43,7 +44,9 @@ from confbus.schemas.api import store as store_api
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import NodeApplied, TxnAborted, TxnCommitted, VoteRecord
 from confbus.schemas.policy import Policy
+from confbus.schemas.selectors import SelectorError, parse_selector
 from confbus.schemas.streams import CFG_EVENTS
+from confbus.schemas.variants import Variant
 from confbus.schemas.versions import VersionInfo
 
 if TYPE_CHECKING:
@@ -186,9 +189,47 @@ class Backend:
         await self._not_secret(namespace)
         return await self.client.get(namespace, ref, content=True)
 
-    async def diff(self, namespace: str, a: str, b: str) -> store_api.DiffReply:
+    async def diff(
+        self, namespace: str, a: str, b: str, labels: dict[str, str] | None = None
+    ) -> store_api.DiffReply:
+        """``labels``: of the bytes a node with them runs of each version (§2.6)."""
         await self._not_secret(namespace)
-        return await self.client.diff(namespace, a, b)
+        return await self.client.diff(namespace, a, b, labels=labels)
+
+    # -- variants (docs/design.md §2.6) ------------------------------------------------------------
+
+    async def labels_for(
+        self, namespace: str, labels: str | None, node: str | None
+    ) -> dict[str, str] | None:
+        """The labels a page or call asks for: given (``dc=eu1,tier=web``), or a member's now;
+        None when neither is asked."""
+        if node is not None:
+            members = await self.client.members(namespace)
+            if node not in members:
+                raise NotFound(f"no member {node!r} of {namespace!r}", where="node")
+            return members[node]
+        if labels is None:
+            return None
+        try:
+            return parse_selector(labels)
+        except SelectorError as exc:
+            raise InvalidInput(str(exc), where="for") from None
+
+    async def version_variants(self, namespace: str, ref: str) -> VersionVariants:
+        """Its overlays and their nodes now (selectors and node names: never content)."""
+        await self.known(namespace)
+        return await self.client.version_variants(namespace, ref)
+
+    async def rendered(
+        self, namespace: str, ref: str, labels: dict[str, str]
+    ) -> tuple[VersionInfo, Variant]:
+        """The bytes a node with ``labels`` runs; ``Forbidden`` for a secret namespace."""
+        await self._not_secret(namespace)
+        return await self.client.render(namespace, ref, labels)
+
+    async def fleet_variants(self, fleet: dist_api.StatusReply) -> dict[str, str | None]:
+        """Which variant each node of ``fleet`` runs, told by its sha256 (and its labels)."""
+        return await self.client.fleet_variants(fleet)
 
     async def secret(self, namespace: str) -> bool:
         return (await self.policy(namespace)).secret

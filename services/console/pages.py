@@ -45,6 +45,7 @@ from confbus.runtime.errors import ConfbusError, InvalidInput
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api.store import VersionRef
 from confbus.schemas.names import VersionNumber
+from confbus.schemas.variants import BASE, has_variants
 
 SESSION_S = 12 * 3600
 LOGIN_S = 15 * 60  # how long a sign-in page's nonce is good for
@@ -216,22 +217,41 @@ async def namespace(
 
 
 async def version(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
+    """A version; with overlays, also its overlays and variants, and the bytes of the variant
+    asked for (``?node=`` or ``?for=``; else the base's)."""
     ns = request.path_params["ns"]
     ref = _convert(request.path_params["ref"], VersionRef, where="ref")
+    q = _convert(_given(request), t.ForQuery)
     info = await backend.version(ns, ref)
     secret = await backend.secret(ns)
-    content = None if secret else (await backend.content(ns, str(info.version))).content
-    text = content.decode("utf-8", errors="replace") if content is not None else None
-    return "version.html", {"ns": ns, "info": info, "secret": secret, "text": text}
+    ctx: dict[str, Any] = {"ns": ns, "info": info, "secret": secret, "query": q, "text": None}
+    if secret:
+        return "version.html", ctx
+    content = (await backend.content(ns, str(info.version))).content or b""
+    if has_variants(content):
+        variants = await backend.version_variants(ns, str(info.version))
+        labels = await backend.labels_for(ns, q.for_, q.node) or {}
+        _, shown = await backend.rendered(ns, str(info.version), labels)
+        content = shown.content
+        members = sorted({n for v in variants.variants for n in v.nodes})
+        ctx.update(variants=variants, shown=shown, members=members)
+    ctx["text"] = content.decode("utf-8", errors="replace")
+    return "version.html", ctx
 
 
 async def diff(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
     ns = request.path_params["ns"]
-    q = _convert(dict(request.query_params), t.DiffQuery)
+    q = _convert(_given(request), t.DiffQuery)
     await backend.known(ns)
     secret = await backend.secret(ns)
-    reply = None if secret else await backend.diff(ns, q.a, q.b)
+    labels = await backend.labels_for(ns, q.for_, q.node)
+    reply = None if secret else await backend.diff(ns, q.a, q.b, labels)
     return "diff.html", {"ns": ns, "query": q, "secret": secret, "reply": reply}
+
+
+def _given(request: Request) -> dict[str, str]:
+    """The query's parameters that have a value (a form sends its empty fields too)."""
+    return {k: v for k, v in request.query_params.items() if v}
 
 
 async def rollout(request: Request, who: Principal, backend: Backend) -> tuple[str, dict[str, Any]]:
@@ -246,11 +266,12 @@ async def fleet(request: Request, who: Principal, backend: Backend) -> tuple[str
     has the slider over the audit log's sequences that picks the moment."""
     ns = request.path_params["ns"]
     at = request.query_params.get("at", "")
-    ctx: dict[str, Any] = {"ns": ns, "fleets": [], "past": None}
+    ctx: dict[str, Any] = {"ns": ns, "fleets": [], "past": None, "variants": {}}
     if at:
         ctx["past"] = await backend.status_at(ns, moment(at, "at"))
     else:
         ctx["fleets"] = [await backend.fleet(ns)]
+        ctx["variants"] = await _variants(backend, ctx["fleets"])
     if request.query_params.get("part") == "live":
         return "fleet_live.html", ctx
     first, last = await backend.moments()
@@ -278,7 +299,22 @@ async def fleet_all(
         for ns in names:
             tg.start_soon(one, ns)
     name = "fleet_live.html" if request.query_params.get("part") == "live" else "fleet.html"
-    return name, {"ns": None, "fleets": [fleets[ns] for ns in names], "past": None}
+    shown = [fleets[ns] for ns in names]
+    variants = await _variants(backend, shown)
+    return name, {"ns": None, "fleets": shown, "past": None, "variants": variants}
+
+
+async def _variants(
+    backend: Backend, fleets: list[dist_api.StatusReply]
+) -> dict[str, dict[str, str | None]]:
+    """Per namespace, the variant each node runs; only namespaces where some node runs a
+    version with overlays (the others' pages show no variant column)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for f in fleets:
+        named = await backend.fleet_variants(f)
+        if any(v not in (None, BASE) for v in named.values()):
+            out[f.namespace] = named
+    return out
 
 
 async def timeline(

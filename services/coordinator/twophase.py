@@ -24,7 +24,7 @@ from confbus.coordinator.decisions import decision_of, publish_decision, read_de
 from confbus.coordinator.head import Head, Heads
 from confbus.coordinator.liveness import Liveness
 from confbus.coordinator.metrics import CoordinatorMetrics
-from confbus.coordinator.variants import LabelsOf, prepared_variants
+from confbus.coordinator.variants import LabelsOf, check_fits, prepared_variants
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
@@ -274,36 +274,39 @@ class Coordinator:
             else:
                 head = await starting
             content, _, fmt, signatures = fetched
+            txid = ours[0]
             try:
                 variants = await prepared_variants(content, fmt, participants, self.labels_of)
                 json_schema = await self._json_schema(namespace) if variants else None
+                prepare = encode(
+                    Prepare(
+                        txid=txid,
+                        namespace=namespace,
+                        version=version,
+                        sha256=sha256,
+                        format=fmt,
+                        # With variants, each participant's bytes are in its own entry.
+                        content=b"" if variants else content,
+                        participants=participants,
+                        epoch=head.value.epoch,
+                        timeout_s=timeout,
+                        signatures=signatures,
+                        variants=variants,
+                        json_schema=json_schema,
+                    )
+                )
+                if variants:  # the store bounds each content, not their sum
+                    check_fits(namespace, version, variants, len(prepare), self.bus.nc.max_payload)
             except ConfbusError as exc:
                 # Nothing was prepared yet: the transaction is aborted before any vote.
                 await self._decide(head, "abort", str(exc), [])
                 raise
-            if variants:
-                content = b""  # each participant's bytes are in its variant
-            txid = ours[0]
             ballot = _Ballot(frozenset(participants))
             started = anyio.current_time()
             sub = await self.bus.nc.subscribe(
                 subjects.txn_votes(namespace, txid), cb=self._vote_handler(head.value, ballot)
             )
             try:
-                prepare = Prepare(
-                    txid=txid,
-                    namespace=namespace,
-                    version=version,
-                    sha256=sha256,
-                    format=fmt,
-                    content=content,
-                    participants=participants,
-                    epoch=head.value.epoch,
-                    timeout_s=timeout,
-                    signatures=signatures,
-                    variants=variants,
-                    json_schema=json_schema,
-                )
                 await failpoint("coordinator.before_prepare_sent")
                 await _riding_out(
                     lambda: self.bus.publish(

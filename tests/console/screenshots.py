@@ -1,6 +1,6 @@
 """``make screenshots``: PNGs of the console's main pages, taken by headless Chromium from a
-real stack (``confbus up``, three agents, a few versions, a rollback, a draft waiting for
-approval), into the folder given (``docs/console``). The README shows them.
+real stack (``confbus up``, three agents, a few versions — one with an overlay —, a rollback, a
+draft waiting for approval), into the folder given (``docs/console``). The README shows them.
 
     python -m tests.console.screenshots docs/console
 """
@@ -25,11 +25,13 @@ PAGES = (
     ("diff", "ns/web/diff?a=1&b=2"),
     ("fleet-past", "ns/web/fleet?at=20"),  # the fleet as it was at the audit log's 20th event
     ("why", "ns/web/why/web-1"),
+    ("version-variants", "ns/web/v/3?node=web-3"),  # its overlay, and web-3's own bytes
 )
 
 
 def stage(stack: ConsoleStack) -> None:
-    """Something worth looking at: versions with messages, a rollback, a draft, a secret."""
+    """Something worth looking at: versions with messages (one with a variant), a rollback, a
+    draft, a secret."""
     for node, dc in (("web-1", "eu1"), ("web-2", "eu1"), ("web-3", "us1")):
         stack.start_agent(node, "web", "--label", f"dc={dc}")
     stack.confbus("policy", "web", "--strategy", "linear:34%")
@@ -37,13 +39,18 @@ def stage(stack: ConsoleStack) -> None:
         (
             ('{"pool": 8, "timeout_ms": 500}\n', "first config"),
             ('{"pool": 16, "timeout_ms": 500}\n', "raise the pool for the sale"),
-            ('{"pool": 16, "timeout_ms": 250}\n', "tighter timeout"),
+            ('{"pool": 16, "timeout_ms": 250}\n', "tighter timeout, but not across the ocean"),
         ),
         start=1,
     ):
         path = stack.root / f"web-{n}.json"
         path.write_text(body)
-        stack.confbus("publish", "web", str(path), "-m", message, "--author", "alice", "--wait")
+        # The last one has a variant: us1 keeps a longer timeout (docs/design.md §2.6).
+        us1 = stack.root / "web-us1.json"
+        us1.write_text('{"timeout_ms": 400}\n')
+        overlay = ("--overlay", f"dc=us1={us1}") if n == 3 else ()
+        stack.confbus("publish", "web", str(path), *overlay, "-m", message, "--author", "alice",
+                      "--wait")  # fmt: skip
     operator = stack.token("operator", "olga")
     with stack.http(operator) as client:
         r = client.post("api/v1/namespaces/web/rollback", json={"to": 2, "reason": "p99 up"})

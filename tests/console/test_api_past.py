@@ -32,12 +32,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
 
 
 @pytest.fixture(scope="module")
-def viewer(stack: ConsoleStack) -> Iterator[httpx.Client]:
-    with stack.http(stack.token("viewer", "vera")) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def history(stack: ConsoleStack, viewer: httpx.Client) -> History:
     """Node p1 of ``past`` on v1, then on v2 (each publish waited for)."""
     stack.start_agent("p1", NS)

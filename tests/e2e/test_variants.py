@@ -18,6 +18,7 @@ from confbus.schemas.events import (
     NodeApplied,
     NodeCatchUp,
     NodeDrift,
+    RolloutFailed,
     TxnAborted,
     TxnCommitted,
 )
@@ -310,3 +311,35 @@ async def test_a_variant_the_store_never_validated_breaks_the_schema_and_its_nod
         assert [e.participants for e in commits] == [sorted(LABELS)]  # the publish's switch only
     for node in LABELS:  # no file changed, n3's included
         assert stack.agents[node].read(NS) == before[node], node
+
+
+async def test_variants_too_large_together_for_one_prepare_are_refused_with_the_reason(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Each variant is within the namespace's limit, but the wave's prepare carries all four:
+    more than the bus's max payload. The coordinator refuses the switch before any prepare is
+    sent, saying why, and the CLI shows it promptly (not a publish error retried until the
+    switch gives up)."""
+    await ready(stack)
+    async with stack.client() as client:
+        await set_policy(client, max_bytes=1_000_000, max_excluded=0.0)
+    # ~0.9 MB per rendered variant, four of them (base64 in the prepare: ~4.8 MB > 4 MiB).
+    big = files(
+        tmp_path, "big", base={"blob": "x" * 900_000, "workers": 4}, eu1={"workers": 5},
+        web={"workers": 6},
+    )  # fmt: skip
+    r = await publish(stack, big, "--wait", "--timeout", "60")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    err = r.stderr.decode()
+    assert "more than the bus carries" in err and "4 distinct variants" in err, err
+    async with stack.client() as client:
+        evs = await events(client.bus)
+        [aborted] = of(evs, TxnAborted)
+        assert "more than the bus carries" in aborted.reason and not aborted.votes, aborted
+        [failed] = of(evs, RolloutFailed)
+        assert "more than the bus carries" in failed.reason, failed
+        assert not of(evs, TxnCommitted)
+        prepares = await read_all(client.bus, "CFG_TXN", f"cfg.txn.{NS}.*.prepare")
+        assert prepares == []  # nothing was sent
+    for node in LABELS:
+        assert stack.agents[node].read(NS) is None, node

@@ -23,13 +23,7 @@ _FORWARDED = ("nats_url", "nats_user", "nats_password", "nats_creds", "tls_ca")
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "agent",
-        help="run the node agent: keep FILE switched to NS's versions (confbus agent --help)",
-        description="Run the node agent: stage, vote, apply atomically, heartbeat.",
-        add_help=False,  # --help is the agent's own
-    )
+    p = command(sub, "agent", add_help=False)  # --help is the agent's own
     p.set_defaults(run_local=run, passes_on_arguments=True)
 
 

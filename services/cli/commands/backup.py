@@ -49,22 +49,12 @@ _decode = msgspec.json.Decoder(BackupFile).decode
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "backup",
-        help="write the versions and policies of NS (or of every namespace) to a file",
-        description=__doc__,
-    )
+    p = command(sub, "backup")
     add(p, NAMESPACE.but(nargs="?", help="default: every namespace"))
     p.add_argument("--out", required=True, metavar="FILE", help="the backup file to write")
     p.set_defaults(func=run_backup)
 
-    p = command(
-        sub,
-        "restore",
-        help="restore namespaces from a backup file (hashes checked; all or nothing per NS)",
-        description=__doc__,
-    )
+    p = command(sub, "restore")
     p.add_argument("file", metavar="FILE", type=input_file)
     p.set_defaults(func=run_restore)
 

@@ -124,15 +124,7 @@ def with_login_link(config: StackConfig) -> StackConfig:
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "console",
-        help="tokens for the web console and its HTTP API",
-        description="Create, list and revoke the tokens the console (and its HTTP API, as "
-        "'Authorization: Bearer TOKEN') accepts. Roles: viewer (reads), publisher (also "
-        "publishes), operator (also approves, rejects, sets policies, pauses, resumes, aborts "
-        "and rolls back).",
-    )
+    p = command(sub, "console")
     add(p, DATA_DIR)
     p.add_argument("--tokens-file", help="the console's tokens file (default DATA_DIR/console/)")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)

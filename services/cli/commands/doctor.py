@@ -71,12 +71,7 @@ class Check:
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "doctor",
-        help="check NATS, streams and replicas, the store's quorum, leaders and agents",
-        description=__doc__,
-    )
+    p = command(sub, "doctor")
     p.add_argument(
         "--store",
         metavar="URL",

@@ -41,14 +41,7 @@ _KEY_FIELDS = ("node", "rollout_id", "rollback_id", "txid", "version", "change_i
 
 
 def register(sub: Subparsers) -> None:
-    replay = command(
-        sub,
-        "replay",
-        help="print the events of the audit log (CFG_EVENTS), oldest first",
-        description="Print the events of CFG_EVENTS that match FILTER, one per line, then "
-        "exit. Examples: confbus replay; confbus replay payments --since 2h; "
-        "confbus replay 'payments.rollout.>' --json; confbus replay --from-seq 120",
-    )
+    replay = command(sub, "replay")
     _add_common(replay)
     start = replay.add_mutually_exclusive_group()
     start.add_argument(
@@ -63,12 +56,7 @@ def register(sub: Subparsers) -> None:
     )
     replay.set_defaults(func=run_replay)
 
-    tail = command(
-        sub,
-        "tail",
-        help="follow the audit log: print events as they happen (Ctrl-C to stop)",
-        description="Print new events of CFG_EVENTS that match FILTER as they are stored.",
-    )
+    tail = command(sub, "tail")
     _add_common(tail)
     tail.set_defaults(func=run_tail)
 

@@ -58,7 +58,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 def register(sub: Subparsers) -> None:
-    keys = command(sub, "keys", help="signing keys, trust rules and encryption keys")
+    keys = command(sub, "keys")
     ks = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     p = ks.add_parser("new", help="make an Ed25519 key pair NAME.key / NAME.pub")

@@ -1,19 +1,24 @@
 """The arguments several commands take, each declared once — so every command with ``--as``
-gives it the same dest, metavar and help — and ``command()``, which adds a command.
+gives it the same dest, metavar and help — and ``command()``, which adds a command with its
+texts from ``confbus.cli.commands.index``.
 
 A command module adds them with ``add(parser, NAMESPACE, REASON, ACTOR, JSON)``; a command
 that says more about one of them gives its own help with ``JSON.but(help=...)``. An option
 with ``env`` takes its default from that variable when the parser is built, and its help says
-so. It imports nothing but the standard library: a command's start-up pays for it.
+so. It imports nothing but the standard library and the index: a command's start-up pays
+for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
+
+from confbus.cli.commands.index import COMMANDS, DOCSTRING
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -48,15 +53,17 @@ def add(parser: argparse._ActionsContainer, *options: Option) -> None:
         option.add_to(parser)
 
 
-def command(
-    sub: Subparsers, name: str, *, help: str, description: str | None = None, **settings: Any
-) -> argparse.ArgumentParser:
-    """Add the command ``name``: ``help`` is its line in ``confbus --help``, ``description``
-    heads ``confbus NAME --help``; one with line breaks of its own (a module's docstring) keeps
-    them."""
+def command(sub: Subparsers, name: str, **settings: Any) -> argparse.ArgumentParser:
+    """Add the command ``name`` with its texts from ``confbus.cli.commands.index``: its help, its
+    line in ``confbus --help``; its description, heading ``confbus NAME --help`` (one with line
+    breaks of its own, a module's docstring, keeps them)."""
+    entry = COMMANDS[name]
+    description = entry.description
+    if description == DOCSTRING:
+        description = sys.modules[entry.module_path].__doc__
     if description is not None and "\n" in description:
         settings.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-    return sub.add_parser(name, help=help, description=description, **settings)
+    return sub.add_parser(name, help=entry.help, description=description, **settings)
 
 
 # -- what commands act on, and who acts ---------------------------------------------------------

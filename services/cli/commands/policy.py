@@ -47,13 +47,7 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "policy",
-        help="show or change the policy of NS",
-        description="Without options: print the namespace's policy (JSON, which --file reads "
-        "back). With --file and/or flags: show what changes, store the policy, print it.",
-    )
+    p = command(sub, "policy")
     add(p, NAMESPACE)
     p.add_argument(
         "--file",

@@ -62,15 +62,7 @@ _json = msgspec.json.Encoder()
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "publish",
-        help="propose FILE as the next version of NS and wait for the outcome",
-        description="Publish FILE ('-' for stdin) as a change of NS on cfg.change.NS and wait "
-        "for the version store: prints 'NS vN sha256=… (status)', or the rejection on stderr "
-        "and exits 1. Without --id the change id is auto-<sha256[:24]>-<base>, so a retry is "
-        "idempotent.",
-    )
+    p = command(sub, "publish")
     add_publish_args(p)
     p.set_defaults(func=run_publish)
 

@@ -46,12 +46,7 @@ from confbus.schemas.events import (
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "rollback",
-        help="roll NS back to its last known good (or --to VERSION), batch by batch",
-        description=__doc__,
-    )
+    p = command(sub, "rollback")
     add(p, NAMESPACE)
     p.add_argument(
         "--to",

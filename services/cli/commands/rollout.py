@@ -18,9 +18,11 @@ Exit codes: 0 ok; 1 refused (no rollout in a state that allows it); 3 unreachabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from datetime import UTC, datetime
 
+import anyio
 import msgspec
 
 from confbus.cli.commands import timetravel
@@ -28,51 +30,31 @@ from confbus.cli.commands.args import identity
 from confbus.cli.commands.options import ACTOR, JSON, NAMESPACE, REASON, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, OK, CliError
 from confbus.client import Client, check_namespace
+from confbus.client._timeline import VARIANTS_WAIT_S
+from confbus.runtime.errors import Unavailable
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api.dist import RolloutInfo, StatusReply, WaveInfo
+from confbus.schemas.variants import BASE
 
 _json = msgspec.json.Encoder()
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "rollout",
-        help="show the namespace's current or last rollout (waves, per-node report)",
-        description="Show the current or last rollout of NS: its waves and, per node, the "
-        "outcome, attempts and timing.",
-    )
+    p = command(sub, "rollout")
     add(p, NAMESPACE, JSON.but(help="print the rollout record as JSON"))
     p.set_defaults(func=run_rollout)
 
-    for op, text in (
-        (dist_api.PAUSE, "hold the namespace's running rollout at its next wave boundary"),
-        (dist_api.RESUME, "let a paused rollout go on"),
-        (dist_api.ABORT, "end the namespace's rollout as failed (switched waves stay switched)"),
-    ):
-        c = command(sub, op.name, help=text, description=text[0].upper() + text[1:] + ".")
+    for op in (dist_api.PAUSE, dist_api.RESUME, dist_api.ABORT):
+        c = command(sub, op.name)
         add(c, NAMESPACE, REASON, ACTOR, JSON)
         c.set_defaults(func=run_control, op=op.name)
 
-    s = command(
-        sub,
-        "status",
-        help="the fleet of a namespace: per node liveness, applied and target version",
-        description="Show NS's production version and, per node: liveness, applied version, "
-        "sha256 of the live file, target version, last heartbeat and status.",
-    )
+    s = command(sub, "status")
     add(s, NAMESPACE, JSON)
     timetravel.add_at(s, "the fleet as it was then, from the audit log")
     s.set_defaults(func=run_status)
 
-    f = command(
-        sub,
-        "forget",
-        help="forget a node gone for good (its records and targets; node.forgotten)",
-        description="Forget NODE, which must not be live (stop its agent first): status no "
-        "longer lists it, and node.forgotten is said in each namespace it followed. A node "
-        "that comes back later is a new member.",
-    )
+    f = command(sub, "forget")
     f.add_argument("node", metavar="NODE")
     add(f, REASON, ACTOR)
     f.set_defaults(func=run_forget)
@@ -119,8 +101,13 @@ async def run_status(args: argparse.Namespace, client: Client) -> int:
         )
     if args.json:
         _out(_json.encode(reply).decode())
-    else:
-        _out(render_status(reply))
+        return OK
+    # Which variant each node runs (docs/design.md §2.6): asked of the store briefly — a
+    # store that is down leaves the column unknown, not the fleet unshown.
+    named: dict[str, str | None] = {}
+    with anyio.move_on_after(VARIANTS_WAIT_S), contextlib.suppress(Unavailable):
+        named = await client.fleet_variants(reply)
+    _out(render_status(reply, named))
     return OK
 
 
@@ -214,7 +201,8 @@ def _wave_state(info: RolloutInfo, w: WaveInfo, now: datetime) -> str:
     return "baked, paused" if info.state == "paused" else "baked, awaiting the verdict"
 
 
-def render_status(reply: StatusReply) -> str:
+def render_status(reply: StatusReply, variants: dict[str, str | None] | None = None) -> str:
+    """The fleet table; a VARIANT column once some node runs a variant other than the base."""
     prod = (
         f"{_v(reply.production_version)} sha256={reply.production_sha256[:12]}"
         if reply.production_sha256
@@ -230,11 +218,16 @@ def render_status(reply: StatusReply) -> str:
     if not reply.nodes:
         lines.append("no node follows this namespace")
         return "\n".join(lines)
+    named = variants or {}
+    width = max((len(v) for v in named.values() if v), default=0)
+    width = max(width, 7) if any(v not in (None, BASE) for v in named.values()) else 0
+    variant = f"{'VARIANT':<{width}} " if width else ""
     lines.append(
         f"{'NODE':<20} {'LIVENESS':<8} {'APPLIED':>7} {'TARGET':>7} {'SHA256':<12} "
-        f"{'HEARTBEAT':<11} STATUS"
+        f"{variant}{'HEARTBEAT':<11} STATUS"
     )
     for n in reply.nodes:
+        variant = f"{named.get(n.node) or '?':<{width}} " if width else ""
         status = n.status
         if n.attempts:
             status += f" (attempts {n.attempts})"
@@ -245,7 +238,7 @@ def render_status(reply: StatusReply) -> str:
         lines.append(
             f"{n.node:<20} {n.liveness:<8} {_v(n.applied_version):>7} "
             f"{_v(n.target_version):>7} {(n.sha256 or '-')[:12]:<12} "
-            f"{_ago(n.last_heartbeat):<11} {status}"
+            f"{variant}{_ago(n.last_heartbeat):<11} {status}"
         )
         if n.duplicate:
             lines.append(f"  ! {n.duplicate}")

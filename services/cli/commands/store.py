@@ -1,6 +1,5 @@
-"""Versions: ``confbus history``, ``show``, ``diff``, ``approve``, ``reject`` (and
-``backup``/``restore``, from ``backup.py``; ``publish`` is in ``publish.py``, ``policy`` in
-``policy.py``).
+"""Versions: ``confbus history``, ``show``, ``diff``, ``approve``, ``reject`` (``backup`` and
+``restore`` are in ``backup.py``, ``publish`` in ``publish.py``, ``policy`` in ``policy.py``).
 
 Identities (``--as``) default to ``$CONFBUS_IDENTITY``, else the OS user — unless the connection
 authenticates as a NATS user (``--nats-user``): then that user *is* the identity, sent on
@@ -16,7 +15,6 @@ import argparse
 
 import msgspec
 
-from confbus.cli.commands import backup
 from confbus.cli.commands.args import (
     acting_as,
     check_ns,
@@ -47,25 +45,14 @@ _VERSION = Option(("version",), {"type": positive_int, "metavar": "VERSION"})
 
 
 def register(sub: Subparsers) -> None:
-    _register_versions(sub)
-    backup.register(sub)
-
-
-def _register_versions(sub: Subparsers) -> None:
-    p = command(sub, "history", help="list the versions of NS, newest first")
+    p = command(sub, "history")
     add(p, NAMESPACE)
     p.add_argument("--limit", type=positive_int, default=20, help="at most N (%(default)s)")
     p.add_argument("--before", type=positive_int, help="only versions older than N")
     add(p, JSON.but(help="one JSON array of versions"))
     p.set_defaults(func=run_history)
 
-    p = command(
-        sub,
-        "show",
-        help="print the exact bytes of a version",
-        description="Write the exact stored bytes of a version to stdout (sha256 of the output "
-        "is the version's). --info prints its metadata instead.",
-    )
+    p = command(sub, "show")
     add(p, NAMESPACE)
     p.add_argument(
         "ref", nargs="?", default="latest", metavar="VERSION|production|last-good|latest"
@@ -83,7 +70,7 @@ def _register_versions(sub: Subparsers) -> None:
     add_kek_arg(p, "open a sealed secret version with this key-encryption key")
     p.set_defaults(func=run_show)
 
-    p = command(sub, "diff", help="unified diff between two versions of NS")
+    p = command(sub, "diff")
     add(p, NAMESPACE)
     p.add_argument("a", metavar="V1")
     p.add_argument("b", metavar="V2")
@@ -96,11 +83,11 @@ def _register_versions(sub: Subparsers) -> None:
     )
     p.set_defaults(func=run_diff)
 
-    p = command(sub, "approve", help="approve a draft version (by someone other than its author)")
+    p = command(sub, "approve")
     add(p, NAMESPACE, _VERSION, ACTOR, JSON)
     p.set_defaults(func=run_approve)
 
-    p = command(sub, "reject", help="refuse a draft (or not yet rolled out) version for good")
+    p = command(sub, "reject")
     add(p, NAMESPACE, _VERSION, REASON, ACTOR, JSON)
     p.set_defaults(func=run_reject)
 

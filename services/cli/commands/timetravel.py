@@ -2,8 +2,9 @@
 ``confbus diff-fleet`` (docs/design.md §8.10).
 
 - ``confbus status NS --at TIME|SEQ``: per node its applied version and sha256 (and since when),
-  its target, liveness and wave; the namespace's production, last known good and rollout — as
-  they were once every event up to that moment was stored.
+  its target, liveness and wave (and, once a version has overlays, which variant its bytes were);
+  the namespace's production, last known good and rollout — as they were once every event up to
+  that moment was stored.
 - ``confbus why NS NODE [--at …]``: the chain that put the node on its version, newest first,
   each step with its event's sequence: apply ← transaction ← wave (or catch-up, or rollback
   batch) ← rollout (or rollback) ← version ← the alert and verdict of a rollback.
@@ -28,32 +29,20 @@ from confbus.cli.commands.options import JSON, NAMESPACE, Subparsers, add, comma
 from confbus.cli.exitcodes import OK
 from confbus.client import Client, FleetAt, FleetDiff, NodeAt, Why, WhyStep
 from confbus.runtime import since
+from confbus.schemas.variants import BASE
 
 _json = msgspec.json.Encoder()
 
 
 def register(sub: Subparsers) -> None:
-    w = command(
-        sub,
-        "why",
-        help="why a node runs the version it runs: the chain of events, newest first",
-        description="Show the chain of events that put NODE on its version in NS: the apply, "
-        "its transaction (votes, epoch), the wave and rollout (or catch-up, or rollback batch "
-        "and the alert and verdict behind it), the version — each with its stream sequence.",
-    )
+    w = command(sub, "why")
     add(w, NAMESPACE)
     w.add_argument("node", metavar="NODE")
     add_at(w, "at that moment instead of now")
     add(w, JSON)
     w.set_defaults(func=run_why)
 
-    d = command(
-        sub,
-        "diff-fleet",
-        help="which nodes changed version between two moments, and through which rollouts",
-        description="Compare the fleet of NS at two moments: each node whose applied version "
-        "changed, and what made the change (wave, catch-up, rollback batch).",
-    )
+    d = command(sub, "diff-fleet")
     add(d, NAMESPACE)
     d.add_argument("--from", dest="start", type=parse_moment, required=True, metavar="TIME|SEQ")
     d.add_argument("--to", dest="end", type=parse_moment, metavar="TIME|SEQ", help="default: now")
@@ -142,15 +131,19 @@ def render_fleet(f: FleetAt) -> str:
     if not f.nodes:
         lines.append("no node of this namespace is named by any event up to then")
         return "\n".join(lines)
+    # A VARIANT column once some node ran a version with overlays (docs/design.md §2.6).
+    width = max((len(n.variant) for n in f.nodes if n.variant), default=0)
+    variants = any(n.variant not in (None, BASE) for n in f.nodes)
+    variant = f"{'VARIANT':<{max(width, 7)}} " if variants else ""
     lines.append(
-        f"{'NODE':<20} {'LIVENESS':<8} {'APPLIED':>8} {'SHA256':<12} {'SINCE':<24} "
+        f"{'NODE':<20} {'LIVENESS':<8} {'APPLIED':>8} {'SHA256':<12} {variant}{'SINCE':<24} "
         f"{'TARGET':>7} {'WAVE':>4} STATUS"
     )
-    lines.extend(_node_line(n) for n in f.nodes)
+    lines.extend(_node_line(n, max(width, 7) if variants else 0) for n in f.nodes)
     return "\n".join(lines)
 
 
-def _node_line(n: NodeAt) -> str:
+def _node_line(n: NodeAt, variant_width: int = 0) -> str:
     if n.applied == "known":
         applied, sha = _v(n.version), (n.sha256 or "")[:12]
         since = f"{_t(n.applied_at)} #{n.applied_seq}"
@@ -166,8 +159,10 @@ def _node_line(n: NodeAt) -> str:
     if n.target is not None and (n.version is None or n.target > n.version):
         status.append("behind")
     wave = str(n.wave) if n.wave is not None else "-"
+    shown = n.variant or ("?" if n.applied == "known" else "-")
+    variant = f"{shown:<{variant_width}} " if variant_width else ""
     return (
-        f"{n.node:<20} {n.liveness:<8} {applied:>8} {sha:<12} {since:<24} "
+        f"{n.node:<20} {n.liveness:<8} {applied:>8} {sha:<12} {variant}{since:<24} "
         f"{_v(n.target):>7} {wave:>4} {', '.join(status) or 'ok'}"
     )
 

@@ -14,12 +14,7 @@ from confbus.schemas.api import txn as txn_api
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "txns",
-        help="list in-doubt transactions with their age",
-        description="List transactions that are prepared but not yet decided.",
-    )
+    p = command(sub, "txns")
     add(
         p,
         NAMESPACE.but(nargs="?", help="only this namespace"),

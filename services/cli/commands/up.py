@@ -37,22 +37,6 @@ def _store_url(data_dir: Path, opts: argparse.Namespace) -> list[str]:
     return ["--store", url]
 
 
-DESCRIPTION = """\
-Run confbus on this machine: nats-server (JetStream, fsync on every message) with its store
-under --data-dir, every stream and bucket, and every service as its own process. When all of
-them serve, one line goes to stdout:
-
-  confbus ready nats=nats://127.0.0.1:4222 data=/abs/.confbus services=NAME:HTTP_PORT,...
-
-Logs are in DATA_DIR/logs/, where things are in DATA_DIR/stack.json. A service that crashes
-is restarted. Ctrl-C or SIGTERM stops everything (exit 0). One stack per data directory.
-
---ha runs the production shape here instead: 3 nats-servers as one cluster (R3 streams and
-buckets), 3 etcd members as the version store, and 2 replicas of each service; nats= then
-lists the three servers. Ports: NATS P, P+1, P+2 (cluster P+2000.., monitoring P+4000..),
-etcd E, E+2, E+4 (peers E+1, E+3, E+5), with P = --nats-port and E = --etcd-port.
-"""
-
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("version-store", "confbus.version_store", _store_url),
     ServiceSpec("coordinator", "confbus.coordinator"),
@@ -81,12 +65,7 @@ _LOG_LEVEL = Option(
 
 
 def register(sub: Subparsers) -> None:
-    p = command(
-        sub,
-        "up",
-        help="run the whole stack on this machine: nats-server and every service",
-        description=DESCRIPTION,
-    )
+    p = command(sub, "up")
     add(p, DATA_DIR.but(help="JetStream store, SQLite store, logs"), _NATS_PORT)
     p.add_argument(
         "--nats-url",
@@ -156,6 +135,12 @@ def run_local(args: argparse.Namespace) -> int:
     return Stack(stack_config(args)).run()
 
 
+# The fields of StackConfig that are a flag under their own name: of ``confbus up``, and the
+# connection's, of ``confbus`` itself. stack_config works out the others.
+_UP_FLAGS = ("nats_port", "ready_timeout", "stop_timeout", "log_level", "verbose")
+_NATS_LOGIN_FLAGS = ("nats_user", "nats_password", "nats_creds", "tls_ca")
+
+
 def stack_config(args: argparse.Namespace) -> StackConfig:
     services = [spec for spec in SERVICES if spec.runnable()]
     known = {spec.name for spec in SERVICES}
@@ -190,17 +175,9 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         data_dir=Path(args.data_dir).expanduser().resolve(),
         services=services,
         options=args,
-        nats_port=args.nats_port,
         nats_url=args.external_nats,
-        ready_timeout=args.ready_timeout,
-        stop_timeout=args.stop_timeout,
-        log_level=args.log_level,
-        verbose=args.verbose,
-        nats_user=args.nats_user,
-        nats_password=args.nats_password,
-        nats_creds=args.nats_creds,
-        tls_ca=args.tls_ca,
         ha=ha,
+        **{name: getattr(args, name) for name in (*_UP_FLAGS, *_NATS_LOGIN_FLAGS)},
     )
     config = security.configure(config, args)  # --secure, --tls-cert: users, permissions, TLS
     return console.with_login_link(config)
