@@ -2,9 +2,10 @@
 going through the real version-store (on etcd), distributor and coordinator replicas.
 
 One at a time, with full redundancy restored in between, kill -9: the nats-server leading
-``CFG_CHANGES``, the etcd leader (five rounds of everything in the slow test), the
-coordinator replica leading the namespace, the distributor replica driving it, and the
-health-watcher replica evaluating it (when one holds a lease for it). After each fault the test
+``CFG_CHANGES``, the etcd leader (``CONFBUS_HA_KILL_ROUNDS``, 20 by default, rounds of
+everything in the slow test), the coordinator replica leading the namespace, the distributor
+replica driving it, and the health-watcher and rollbacker replicas (when one holds a lease for
+it). After each fault the test
 waits until a change published *after* the fault is applied by every agent, and that the last
 change acked *before* it was applied (or superseded by a newer one that was).
 
@@ -16,7 +17,10 @@ At the end:
   written; no agent applied a transaction that was not committed; no agent saw an epoch beyond
   the head's;
 - **pauses** — the longest gap between publish acks, and between the agents' applies, around
-  each fault, printed as a table.
+  each fault, printed as a table;
+- **fail-over figures** — per kill, the seconds from it to each step of the recovery
+  (``tests/ha/failover.py``), written to the fault results (``ha_failover``, tier ``ci`` for
+  the secure one-round run, ``slow`` for the rounds) for RELIABILITY.md.
 
 The one-round test runs twice: on the open stack and on ``confbus up --ha --secure`` (TLS on
 every client, route, monitoring and etcd port; CI, agents and the probe each logged in as their
