@@ -87,11 +87,11 @@ test-slow: install etcd-server nftables ## run only the slow fault loops (marked
 	CONFBUS_FAULT_RESULTS=$(FAULT_TMP) $(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 reliability: install etcd-server nftables ## the fault scenarios (CI sample); rewrite RELIABILITY.md
-	$(BIN)/pytest tests/faults tests/model $(PYTEST_ARGS)
+	$(BIN)/pytest tests/faults tests/model tests/ha/test_ha_faults.py $(PYTEST_ARGS)
 	$(BIN)/python -m tests.faults.report --check
 
 reliability-slow: install etcd-server nftables ## the long fault loops too; rewrite RELIABILITY.md
-	$(BIN)/pytest -m 'slow or not slow' tests/faults tests/model $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'slow or not slow' tests/faults tests/model tests/ha/test_ha_faults.py $(PYTEST_ARGS)
 	$(BIN)/python -m tests.faults.report --check
 
 lint: install ## ruff check and ruff format --check

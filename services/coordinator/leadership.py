@@ -101,11 +101,17 @@ class Leadership:
         raise NotHeld(f"{ROLE}.{ns}")
 
     async def _until_free(self, ns: str, record: LeaseRecord) -> None:
+        """Wait until the lease of the holder that did not answer is released, taken by
+        another or run out — or until that holder beats again: restarted under its own name,
+        it takes its lease back at once (``Leases.acquire``: already ours) and answers."""
+        self.peers.forget(record.holder)
         left = (record.expires_at - datetime.now(UTC)).total_seconds() + self.leases.skew_s
         with anyio.move_on_after(min(max(left, 0.0), self.leases.ttl_s + self.leases.skew_s)):
             while True:
                 current = await self.leases.live_record(ns)
                 if current is None or current.holder != record.holder:
+                    return
+                if record.holder in self.peers.alive():
                     return
                 await anyio.sleep(0.1)  # poll the record: a release frees it early
 

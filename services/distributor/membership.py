@@ -173,18 +173,23 @@ class Membership:
     members: dict[str, Member] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     last_any: float = 0.0  # monotonic time of the last heartbeat from anyone
+    loaded: bool = False  # the node records of CFG_STATE were read (``load``)
     _heard: anyio.Event = field(default_factory=anyio.Event)  # set by the next heartbeat
 
     # -- reading -------------------------------------------------------------------------------
 
     async def warm(self) -> None:
         """Just after start we have heard from nobody: wait one and a half heartbeat
-        intervals before judging who is live, or a restart would roll out to no one. The same
-        when we have heard no one for a while (``deaf``): wait, as long at most, for the next
-        heartbeat — the fleet speaks up at once after a broker restart."""
+        intervals before judging who is live, or a restart would roll out to no one — less
+        once every node the stored records call live has spoken (a replica taking over
+        waits one heartbeat, not the whole window). The same when we have heard no one for a
+        while (``deaf``): wait, as long at most, for the next heartbeat — the fleet speaks up
+        at once after a broker restart."""
         remaining = self.started + 1.5 * self.heartbeat_interval_s - time.monotonic()
         if remaining > 0:
-            await anyio.sleep(remaining)
+            with anyio.move_on_after(remaining):
+                while not self._recorded_live_heard():
+                    await self._heard.wait()
         elif self.deaf():
             with anyio.move_on_after(1.5 * self.heartbeat_interval_s):
                 await self._heard.wait()
@@ -194,6 +199,15 @@ class Membership:
         with anyio.move_on_after(within_s):
             while not self.known_nodes(namespace):
                 await self._heard.wait()
+
+    def _recorded_live_heard(self) -> bool:
+        """The records were read and every node they call live has been heard since."""
+        live = [
+            m
+            for m in self.members.values()
+            if m.recorded is not None and m.recorded.liveness == "live"
+        ]
+        return self.loaded and bool(live) and all(m.heard for m in live)
 
     def deaf(self) -> bool:
         """We have heard no one for longer than two of the fleet's shortest intervals."""
@@ -336,6 +350,7 @@ class Membership:
         """
         now = time.monotonic()
         wall = datetime.now(UTC)
+        self.loaded = True
         for rec, rev in records:
             if rec.node in self.members:
                 continue

@@ -10,6 +10,7 @@ import pytest
 
 from confbus.distributor.membership import Membership
 from confbus.schemas.node import Heartbeat, NamespaceState
+from confbus.schemas.state import NodeRecord
 
 INTERVAL = 0.5
 
@@ -66,3 +67,48 @@ async def test_the_driver_waits_for_the_first_heartbeat_before_judging_anyone() 
         m.observe(beat("n1"))
     assert time.monotonic() - started < INTERVAL  # not the whole 1.5 intervals
     assert m.is_live("n1")
+
+
+def recorded(*nodes: str, liveness: str = "live") -> list[tuple[NodeRecord, int]]:
+    """Node records as a replica that just started reads them from CFG_STATE."""
+    web = [NamespaceState(namespace="web")]
+    return [
+        (NodeRecord(node=n, namespaces=web, interval_s=INTERVAL, liveness=liveness), 1)
+        for n in nodes
+    ]
+
+
+async def warm_seconds(m: Membership, *heard: str) -> float:
+    """How long ``warm`` takes when ``heard`` heartbeat once it is waiting."""
+    async with anyio.create_task_group() as tg:
+        started = time.monotonic()
+        tg.start_soon(m.warm)
+        await anyio.wait_all_tasks_blocked()
+        for node in heard:
+            m.observe(beat(node))
+    return time.monotonic() - started
+
+
+WINDOW = 1.5 * INTERVAL  # the start-up warm-up
+
+
+@pytest.mark.anyio
+async def test_a_replica_taking_over_judges_once_every_node_recorded_live_has_spoken() -> None:
+    m = Membership(heartbeat_interval_s=8.0)  # a 12 s warm-up: what it saves is plain
+    m.load(recorded("n1", "n2") + recorded("n3", liveness="away"))
+    # n3 was away when the records were written: nobody waits for it.
+    assert await warm_seconds(m, "n1", "n2") < 6.0
+    assert m.live_nodes("web") == ["n1", "n2"]
+
+
+@pytest.mark.anyio
+async def test_a_node_recorded_live_and_not_heard_keeps_the_whole_warm_up() -> None:
+    m = Membership(heartbeat_interval_s=INTERVAL)
+    m.load(recorded("n1", "n2"))
+    assert await warm_seconds(m, "n1") >= WINDOW * 0.9  # n2 may only be slow to speak
+
+
+@pytest.mark.anyio
+async def test_with_no_records_read_the_whole_warm_up_is_waited() -> None:
+    m = Membership(heartbeat_interval_s=INTERVAL)  # records unread (or unreadable)
+    assert await warm_seconds(m, "n1", "n2") >= WINDOW * 0.9

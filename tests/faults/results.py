@@ -55,6 +55,10 @@ class Figures(msgspec.Struct, kw_only=True):
     rates: dict[str, float | None] = {}  # before / during / after: ok ops per second
     longest_unavailable_s: float | None = None
     notes: dict[str, float | int | str] = {}  # reported figures that are not pass/fail
+    # Timings of each event of a kind (role → measure → seconds, one per event): the report
+    # shows their median and max, beside ``targets`` (role → measure → seconds) where set.
+    samples: dict[str, dict[str, list[float]]] = {}
+    targets: dict[str, dict[str, float]] = {}
     seconds: float = 0.0  # wall time of the whole scenario
     budget_s: float | None = None  # its CI budget
     bug: str = ""  # the deliberate bug injected (tier "bug")

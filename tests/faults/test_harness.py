@@ -67,3 +67,35 @@ def test_the_report_shows_real_runs_and_bug_runs_apart() -> None:
     )
     assert "| kill -9 | ci | 10 | 5 / 0 / 0 |" in text
     assert "| store_kill | `x` | lost=3 |" in text
+
+
+def test_the_report_gives_median_and_max_beside_targets_and_by_how_much_one_is_missed() -> None:
+    text = render(
+        [
+            Figures(
+                scenario="ha_failover",
+                title="kills",
+                tier="slow",
+                runs=5,
+                samples={
+                    "coordinator": {"recovered": [4.0, 5.0, 6.0]},
+                    "nats": {"publish": [1.0, 2.5], "leader": [0.5], "stored": [0.0, 0.0]},
+                },
+                targets={
+                    "coordinator": {"recovered": 1.5},
+                    "nats": {"publish": 2.0, "stored": 5.0},
+                },
+                notes={"rounds": 3, "load_1m_max": 7.5, "cpus": 2},
+            )
+        ]
+    )
+    assert "3 rounds; load average at the kills: load_1m_max=7.5, cpus=2" in text
+    assert (
+        "| coordinator | recovered | 3 | 5.00 s | 6.00 s | ≤ 1.5 s "
+        "| **missed** by 3.50 s (median), 4.50 s (max) |"
+    ) in text
+    assert (
+        "| nats | publish | 2 | 1.75 s | 2.50 s | ≤ 2 s | median met; max over by 0.50 s |" in text
+    )
+    assert "| nats | leader | 1 | 0.50 s | 0.50 s | – |  |" in text
+    assert "| nats | stored | 2 | 0.00 s | 0.00 s | ≤ 5 s | met vacuously" in text

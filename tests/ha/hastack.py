@@ -26,7 +26,7 @@ from confbus.procs.proc import Proc
 from confbus.procs.spawn import alive
 from confbus.procs.tls import TlsFiles
 from confbus.runtime.bus import Bus, connect
-from confbus.schemas.state import decode_lease, lease_key
+from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
 from tests.cli.procs import lock_is_free, start_confbus
 
@@ -224,10 +224,8 @@ def etcd_leader(store_url: str, follower: bool = False, tls: TlsFiles | None = N
     return name
 
 
-async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None:
-    """(holder, epoch) of ``lease.<role>.<name>`` if it is held now."""
-    from datetime import UTC, datetime
-
+async def lease_record(bus: Bus, role: str, name: str) -> LeaseRecord | None:
+    """``lease.<role>.<name>`` as written now (held, expired or released), if any."""
     import nats.js.errors
 
     kv = await bus.kv(CFG_STATE.name)
@@ -235,9 +233,14 @@ async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None
         entry = await kv.get(lease_key(role, name))
     except nats.js.errors.KeyNotFoundError:
         return None
-    if not entry.value:
-        return None
-    lease = decode_lease(entry.value)
-    if lease.expires_at <= datetime.now(UTC):
+    return decode_lease(entry.value) if entry.value else None
+
+
+async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None:
+    """(holder, epoch) of ``lease.<role>.<name>`` if it is held now."""
+    from datetime import UTC, datetime
+
+    lease = await lease_record(bus, role, name)
+    if lease is None or lease.expires_at <= datetime.now(UTC):
         return None
     return lease.holder, lease.epoch

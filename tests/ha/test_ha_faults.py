@@ -2,9 +2,10 @@
 going through the real version-store (on etcd), distributor and coordinator replicas.
 
 One at a time, with full redundancy restored in between, kill -9: the nats-server leading
-``CFG_CHANGES``, the etcd leader (five rounds of everything in the slow test), the
-coordinator replica leading the namespace, the distributor replica driving it, and the
-health-watcher replica evaluating it (when one holds a lease for it). After each fault the test
+``CFG_CHANGES``, the etcd leader (``CONFBUS_HA_KILL_ROUNDS``, 20 by default, rounds of
+everything in the slow test), the coordinator replica leading the namespace, the distributor
+replica driving it, and the health-watcher and rollbacker replicas (when one holds a lease for
+it). After each fault the test
 waits until a change published *after* the fault is applied by every agent, and that the last
 change acked *before* it was applied (or superseded by a newer one that was).
 
@@ -16,7 +17,10 @@ At the end:
   written; no agent applied a transaction that was not committed; no agent saw an epoch beyond
   the head's;
 - **pauses** — the longest gap between publish acks, and between the agents' applies, around
-  each fault, printed as a table.
+  each fault, printed as a table;
+- **fail-over figures** — per kill, the seconds from it to each step of the recovery
+  (``tests/ha/failover.py``), written to the fault results (``ha_failover``, tier ``ci`` for
+  the secure one-round run, ``slow`` for the rounds) for RELIABILITY.md.
 
 The one-round test runs twice: on the open stack and on ``confbus up --ha --secure`` (TLS on
 every client, route, monitoring and etcd port; CI, agents and the probe each logged in as their
@@ -29,11 +33,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -50,7 +56,26 @@ from confbus.schemas.streams import CFG_CHANGES, CFG_TXN_HEAD
 from confbus.schemas.txn import Decision, Prepare
 from tests.agent.support import record_bytes
 from tests.e2e.helpers import events, txn_records
-from tests.ha.hastack import HaStack, etcd_leader, lease_holder, needs_etcd, start_ha, stream_leader
+from tests.faults.results import Figures, Tier, finish
+from tests.ha.failover import (
+    NATS,
+    TARGETS,
+    Fault,
+    load_notes,
+    logged_at,
+    now_fault,
+    samples,
+    taken_back,
+)
+from tests.ha.hastack import (
+    HaStack,
+    etcd_leader,
+    lease_holder,
+    lease_record,
+    needs_etcd,
+    start_ha,
+    stream_leader,
+)
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.anyio, needs_etcd]
@@ -58,12 +83,13 @@ pytestmark = [pytest.mark.anyio, needs_etcd]
 NS = "web"
 NODES = ("n1", "n2", "n3")
 PACE_S = 0.3  # between publishes: a CI job's rate, not a benchmark
-MAX_PUBLISHES = 1000  # the stream is bounded whatever happens
+PUBLISHES_PER_ROUND = 300  # the stream is bounded whatever happens (~100 in a round here)
 RECOVERY_TIMEOUT_S = 90.0
 
 
 @dataclass
 class Ack:
+    sent: float  # its first try
     at: float
     i: int
     version: int
@@ -96,13 +122,17 @@ def index_of(data: bytes | None) -> int:
         return -1
 
 
-async def publish_stream(client: Client, run: Run, stop: anyio.Event, as_user: str) -> None:
-    """Changes one after another, as a CI job: with ``as_user`` (a secured stack) through the
-    version-store's pinned ``propose`` as that user, as ``confbus publish`` does then."""
-    for i in range(MAX_PUBLISHES):
+async def publish_stream(
+    client: Client, run: Run, stop: anyio.Event, as_user: str, most: int
+) -> None:
+    """Changes one after another (``most`` at most), as a CI job: with ``as_user`` (a secured
+    stack) through the version-store's pinned ``propose`` as that user, as ``confbus publish``
+    does then."""
+    for i in range(most):
         if stop.is_set():
             return
         content = content_of(i)
+        sent = time.monotonic()
         change = ChangeProposed(namespace=NS, change_id=f"c{i}", content=content)
         while True:
             try:
@@ -119,7 +149,7 @@ async def publish_stream(client: Client, run: Run, stop: anyio.Event, as_user: s
                     raise
                 run.retries += 1
                 await anyio.sleep(0.1)  # the retry interval of a CI job's loop
-        run.acks.append(Ack(time.monotonic(), i, info.version, info.sha256))
+        run.acks.append(Ack(sent, time.monotonic(), i, info.version, info.sha256))
         with anyio.move_on_after(PACE_S):
             await stop.wait()
 
@@ -139,31 +169,56 @@ def longest_gap(times: list[float], since: float, until: float) -> float:
     return max((b - a for a, b in itertools.pairwise(window)), default=until - since)
 
 
-@dataclass
-class Fault:
+@dataclass(frozen=True)
+class Target:
     name: str
-    target: str  # the process killed: nats-2, etcd-e1, coordinator-1 ...
+    role: str  # its figures' key (failover.NATS, "etcd leader", a lease role)
+    process: str  # the process killed: nats-2, etcd-e1, coordinator-1 ...
     restarted: str  # the stack's line once it serves again
-    killed_at: float
-    acked_before: int
-    recovered_at: float = 0.0
+    lease: str = ""  # the lease it held (lease.<lease>.web), for the timeline
 
 
-async def inject(stack: HaStack, run: Run, name: str, target: str, restarted: str) -> Fault:
+async def inject(stack: HaStack, bus: Bus, run: Run, t: Target) -> Fault:
     mark = len(stack.proc.err.lines)
-    fault = Fault(name, target, restarted, time.monotonic(), run.last_acked())
-    os.kill(stack.pid(target), signal.SIGKILL)
+    old = await lease_record(bus, t.lease, NS) if t.lease else None
+    fault = now_fault(t.name, t.role, t.process, t.restarted, run.last_acked())
+    os.kill(stack.pid(t.process), signal.SIGKILL)
+    if old is not None and old.holder == t.process:
+        fault.old_lease = old.expires_at
 
     async def recovered() -> bool:
         after = [a.i for a in run.acks if a.at > fault.killed_at]
         return bool(after) and run.last_applied() >= max(after[0], fault.acked_before)
 
-    await eventually(recovered, timeout=RECOVERY_TIMEOUT_S, every=0.05,
-                     what=f"progress after killing {target} ({name})")  # fmt: skip
-    fault.recovered_at = time.monotonic()
-    # Full redundancy again before the next fault: the stack restarted what we killed.
-    await anyio.to_thread.run_sync(stack.proc.err.wait_for, restarted, 60.0, mark)
+    async with anyio.create_task_group() as tg:
+        if t.role == NATS:
+            tg.start_soon(watch_leader, bus, fault)
+        await eventually(recovered, timeout=RECOVERY_TIMEOUT_S, every=0.05,
+                         what=f"progress after killing {t.process} ({t.name})")  # fmt: skip
+        fault.recovered_at = time.monotonic()
+        tg.cancel_scope.cancel()
+    new = await lease_record(bus, t.lease, NS) if t.lease else None
+    if old is not None and new is not None and new.epoch > old.epoch:
+        fault.new_lease, fault.new_holder = new.acquired_at, new.holder
+    # Full redundancy again before the next fault: the stack restarted what we killed (after
+    # a backoff that doubles when it had served under a minute: services/cli/stack.py).
+    await anyio.to_thread.run_sync(stack.proc.err.wait_for, t.restarted, 60.0, mark)
+    up_log = stack.data_dir / "logs" / "up.log"
+    fault.restarted_wall = logged_at(up_log, t.restarted, fault.killed_wall)
     return fault
+
+
+async def watch_leader(bus: Bus, fault: Fault) -> None:
+    """When ``CFG_CHANGES`` names a leader other than the one killed (polled every 0.1 s)."""
+    while True:
+        with anyio.move_on_after(1.0):
+            try:
+                if await stream_leader(bus, CFG_CHANGES.name) != fault.target:
+                    fault.leader_at = time.monotonic()
+                    return
+            except (nats.errors.Error, AssertionError):
+                pass  # no leader yet, or no answer: ask again
+        await anyio.sleep(0.1)
 
 
 async def warm(run: Run, n: int = 3) -> None:
@@ -190,31 +245,31 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HaStack]:
         s.cleanup()
 
 
-FaultPlan = Callable[[HaStack, Bus], Awaitable[tuple[str, str, str] | None]]
+FaultPlan = Callable[[HaStack, Bus], Awaitable[Target | None]]
 
 
-async def nats_stream_leader(stack: HaStack, bus: Bus) -> tuple[str, str, str] | None:
+async def nats_stream_leader(stack: HaStack, bus: Bus) -> Target | None:
     server = await stream_leader(bus, CFG_CHANGES.name)
-    return "nats-server leading CFG_CHANGES", server, f"{server} ready again"
+    return Target("nats-server leading CFG_CHANGES", NATS, server, f"{server} ready again")
 
 
 def etcd_member(leader: bool) -> FaultPlan:
-    async def plan(stack: HaStack, bus: Bus) -> tuple[str, str, str] | None:
+    async def plan(stack: HaStack, bus: Bus) -> Target | None:
         member = await anyio.to_thread.run_sync(
             etcd_leader, stack.store_url, not leader, stack.etcd_tls
         )
         label = "etcd leader" if leader else "etcd follower"
-        return label, f"etcd-{member}", f"etcd {member} ready again"
+        return Target(label, label, f"etcd-{member}", f"etcd {member} ready again")
 
     return plan
 
 
 def lease_leader(role: str, label: str) -> FaultPlan:
-    async def plan(stack: HaStack, bus: Bus) -> tuple[str, str, str] | None:
+    async def plan(stack: HaStack, bus: Bus) -> Target | None:
         held = await lease_holder(bus, role, NS)
         if held is None:
             return None  # this role leads nothing here now (or is not built yet)
-        return f"{label} leading {NS}", held[0], f"{held[0]} ready again"
+        return Target(f"{label} leading {NS}", label, held[0], f"{held[0]} ready again", role)
 
     plan.label = label  # type: ignore[attr-defined]
     return plan
@@ -227,52 +282,118 @@ def plans(etcd_leader: bool) -> tuple[FaultPlan, ...]:
         lease_leader("coordinator", "coordinator"),
         lease_leader("distributor", "distributor"),
         lease_leader("health", "health-watcher"),
+        # It holds lease.rollbacker.web only while it drives a rollback, which this stream
+        # never asks for: listed, so the figures say it was not measured.
+        lease_leader("rollbacker", "rollbacker"),
     )
 
 
-async def test_kill_one_of_each_with_a_publish_stream_going(stack: HaStack) -> None:
-    # The etcd *leader*: the harder case (it once stopped the version-store for good).
-    await kill_in_turn(stack, plans(etcd_leader=True))
+async def test_kill_one_of_each_with_a_publish_stream_going(
+    stack: HaStack, request: pytest.FixtureRequest
+) -> None:
+    # The etcd *leader*: the harder case (it once stopped the version-store for good). The
+    # secure shape's run (CI) records its fail-over figures.
+    secure = request.node.callspec.params["stack"] == "secure"
+    await kill_in_turn(stack, plans(etcd_leader=True), "ci" if secure else None)
+
+
+# Kills of each leader in the slow tier: issue 23 asks for >= 20 per role. Each round is one of
+# each (~40 s here); the run stops starting rounds after its budget.
+ROUNDS = int(os.environ.get("CONFBUS_HA_KILL_ROUNDS", "20"))
+ROUNDS_BUDGET_S = 30 * 60.0
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the budget, the last round, the checks
 @pytest.mark.parametrize("stack", ["open"], indirect=True)
-async def test_kill_one_of_each_five_rounds_etcd_leader_too(stack: HaStack) -> None:
-    """The same faults five rounds in a row on one stack, killing the etcd *leader* each
-    time (``-m slow``)."""
-    await kill_in_turn(stack, plans(etcd_leader=True) * 5)
+async def test_kill_each_leader_many_rounds(stack: HaStack) -> None:
+    """The same faults ``CONFBUS_HA_KILL_ROUNDS`` rounds in a row on one stack (20 by default),
+    killing the etcd *leader* each time (``-m slow``): the fail-over figures of RELIABILITY.md."""
+    await kill_in_turn(stack, plans(etcd_leader=True), "slow", ROUNDS, ROUNDS_BUDGET_S)
 
 
-async def kill_in_turn(stack: HaStack, faults_to_inject: tuple[FaultPlan, ...]) -> None:
+async def kill_in_turn(
+    stack: HaStack,
+    round_of: tuple[FaultPlan, ...],
+    tier: Tier | None,
+    rounds: int = 1,
+    budget_s: float = math.inf,
+) -> None:
+    """``rounds`` rounds of ``round_of`` (none started after ``budget_s``); the figures go to
+    the results as tier ``tier`` (none when None)."""
+    started = time.monotonic()
     run = Run()
     faults: list[Fault] = []
     skipped: list[str] = []
     stop = anyio.Event()
+    done = 0
     bus = await stack.bus("service", name="test-probe")
     try:
         async with stack.client("ci", name="test-ci") as client, anyio.create_task_group() as tg:
-            tg.start_soon(publish_stream, client, run, stop, "ci" if stack.tls_ca else "")
+            as_user = "ci" if stack.tls_ca else ""
+            tg.start_soon(publish_stream, client, run, stop, as_user, PUBLISHES_PER_ROUND * rounds)
             tg.start_soon(watch_agents, stack, run, stop)
             try:
                 await warm(run)
-                for plan in faults_to_inject:
-                    chosen = await plan(stack, bus)
-                    if chosen is None:
-                        skipped.append(getattr(plan, "label", plan.__name__))
-                        continue
-                    faults.append(await inject(stack, run, *chosen))
-                    await warm(run, 2)
+                while done < rounds and time.monotonic() - started < budget_s:
+                    for plan in round_of:
+                        target = await plan(stack, bus)
+                        if target is None:
+                            skipped.append(getattr(plan, "label", plan.__name__))
+                            continue
+                        faults.append(await inject(stack, bus, run, target))
+                        await warm(run, 2)
+                    done += 1
             finally:
                 stop.set()
             last = run.acks[-1]
             await eventually(lambda: _all_hold(stack, last.i), timeout=RECOVERY_TIMEOUT_S,
                              what=f"every agent on change {last.i}")  # fmt: skip
             await check_nothing_lost(client, stack, run)
-        await check_fenced(bus, stack)
+        prepares = await check_fenced(bus, stack)
     finally:
         await bus.close()
     report(run, faults, skipped)
     assert {f.target.split("-")[0] for f in faults} >= {"nats", "etcd", "coordinator"}
+    if tier is not None:
+        record(run, faults, skipped, prepares, tier, done, started)
+
+
+def record(
+    run: Run,
+    faults: list[Fault],
+    skipped: list[str],
+    prepares: list[datetime],
+    tier: Tier,
+    rounds: int,
+    started: float,
+) -> None:
+    """The fail-over figures, written once every check above passed (so the safety counts
+    are 0)."""
+    ack_times = [a.at for a in run.acks]
+    fig = Figures(
+        scenario="ha_failover",
+        title="up --ha: SIGKILL of each leader under a CI publish stream (3 agents)",
+        tier=tier,
+        runs=len(faults),
+        ok=len(run.acks),
+        longest_unavailable_s=round(
+            max((longest_gap(ack_times, f.killed_at, f.recovered_at) for f in faults), default=0),
+            2,
+        ),
+        samples=samples(
+            faults, [(a.sent, a.at) for a in run.acks], [t for t, _ in run.applied], prepares
+        ),
+        targets=TARGETS,
+        notes={
+            "rounds": rounds,
+            "publish_retries": run.retries,
+            **load_notes(faults),
+            **taken_back(faults),
+            **({"not_injected": ", ".join(sorted(set(skipped)))} if skipped else {}),
+        },
+    )
+    finish(fig, started)
 
 
 async def _all_hold(stack: HaStack, i: int) -> bool:
@@ -288,8 +409,10 @@ async def check_nothing_lost(client: Client, stack: HaStack, run: Run) -> None:
         assert reply.info.sha256 == hashlib.sha256(content_of(ack.i)).hexdigest()
 
 
-async def check_fenced(bus: Bus, stack: HaStack) -> None:
+async def check_fenced(bus: Bus, stack: HaStack) -> list[datetime]:
+    """Checks the fencing; returns when each prepare was created (the fail-over timeline)."""
     highest = 0
+    prepares: list[datetime] = []
     committed: dict[str, Decision] = {}
     for record in await txn_records(bus, NS):
         if isinstance(record, Decision):
@@ -298,6 +421,8 @@ async def check_fenced(bus: Bus, stack: HaStack) -> None:
             )
             if record.outcome == "commit":
                 committed[record.txid] = record
+        if isinstance(record, Prepare):
+            prepares.append(record.created_at)
         highest = max(highest, record.epoch) if isinstance(record, Decision | Prepare) else highest
     applied = [e for e in await events(bus, NS) if isinstance(e, NodeApplied)]
     assert applied, "no node.applied events"
@@ -308,6 +433,7 @@ async def check_fenced(bus: Bus, stack: HaStack) -> None:
     for agent in stack.agents.values():
         state = json.loads(record_bytes(agent.path.parents[1] / "state" / NS) or b"")
         assert state["highest_epoch"] <= head.epoch, (agent.node, state["highest_epoch"])
+    return prepares
 
 
 def report(run: Run, faults: list[Fault], skipped: list[str]) -> None:
