@@ -37,6 +37,10 @@ from confbus.schemas.state import LeaseRecord
 log = logging.getLogger("confbus.coordinator")
 
 ROLE = "coordinator"
+# Forwards of one switch request to a holder that does not answer: between them it waits for
+# the lease to be free or the holder to beat again (restarted), so a holder that beats before
+# it serves again costs a second wait, not a failed request.
+FORWARD_ATTEMPTS = 3
 
 
 class Leadership:
@@ -73,7 +77,7 @@ class Leadership:
     async def switch(self, req: api.SwitchRequest) -> api.SwitchReply:
         """A request from the shared queue group: lead, or forward to who should."""
         ns = req.namespace
-        for attempt in range(2):
+        for attempt in range(FORWARD_ATTEMPTS):
             if self.leases.held(ns):
                 return await self._run(req)
             record = await self.leases.live_record(ns)
@@ -93,10 +97,10 @@ class Leadership:
             try:
                 return await self._forward(record.holder, req)
             except Unavailable as exc:
-                if attempt or not _unreachable(exc):
+                if attempt == FORWARD_ATTEMPTS - 1 or not _unreachable(exc):
                     raise
                 # Its holder does not answer (crashed, cut off): the request waits for the
-                # lease to run out, instead of failing for the whole TTL.
+                # lease to run out (or the holder to be back), instead of failing at once.
                 await self._until_free(ns, record)
         raise NotHeld(f"{ROLE}.{ns}")
 

@@ -60,7 +60,6 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     metrics = CoordinatorMetrics.create(ctx.registry)
     state = await ctx.bus.kv(CFG_STATE.name)
     liveness = Liveness(state, instance)
-    await liveness.beat()
     leases = Leases(state, ROLE, instance, ttl_s=ctx.args.lease_ttl)
     peers = Peers(instance)
     coord = Coordinator(
@@ -120,6 +119,9 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             ],
             tg=tg,
         )
+        # Alive means serving: a peer waiting on a killed holder forwards to it again as soon
+        # as it beats (``Leadership._until_free``), so the first beat follows the endpoints.
+        await liveness.beat()
         try:
             await tg.start(peers.watch, ctx.bus)
             await tg.start(leases.keep)

@@ -300,44 +300,40 @@ FOOTER = """\
    election of nats-server's raft, 4-9 s). The same loops also passed on issue 25's code,
    whose publish retry had closed the first failure; what fails without this change is in
    `tests/runtime/test_call_retry.py` and `tests/cli/test_wait_errors.py`.
-8. **Fail-over takes 4-8 s, not 1.5 s (3 s for a NATS stream leader) — where the time goes.**
-   Measured by the HA fault test (the fail-over tables above; the slow run: 20 rounds, 80
-   kills, 1-minute load average 6.3 median / 9.7 max at the kills on 2 cores shared with other
-   work). The timelines are each kill's own (medians; the lease records' `acquired_at`, the
-   prepares' `created_at`, the stack's `up.log`), read beside the services' JSON logs.
-   - *Coordinator* (a later change applied everywhere 4.67 s median, 5.62 s max): kill →
-     the dead holder's lease takeable 4.61 s (it renewed at most ⅓ TTL before dying, so 3.8-5.5
-     s: TTL 5 s + 0.5 s skew) → taken over 4.61 s → first prepare 4.62 s → applied 4.67 s. All
-     of it is waiting for the lease to run out. The killed replica was serving again after a
-     median 2.4 s (0.7 s at best; the supervisor's backoff doubles, to 30 s, for a replica
-     killed within a minute of its start, as these rounds do): in 9 of the 20 kills it was
-     back within 2.5 s, and still the lease changed hands only at expiry. The distributor's
-     switch request reaches the surviving replica, whose forward to the dead holder's
-     `switch_<instance>` finds no responder; `Leadership._until_free` then polls the lease
-     record until it expires — it ends early on a release or another holder, not when the
-     holder comes back under the same `--instance` (which `Leases.acquire` would let take its
-     earlier life's lease at once). **To 1.5 s:** (a) forward again every ~0.2 s while
-     waiting: a restarted holder answers and takes its lease back, and fail-over becomes the
-     restart (~1 s here for a first kill) — cost: a request every 0.2 s per waiting switch, no
-     change to what the lease promises; it does nothing when the replica does not come back
-     (its host lost). (b) For that case only a shorter TTL helps: at 1.5 s (trust 1 s,
-     renewal every 0.5 s) the lease is takeable 1.5-2.0 s after the kill (1.0-1.5 s plus the
-     0.5 s skew), so the skew would have to shrink too; 3× the renewals (compare-and-set writes
-     to an R3 stream); and any `CFG_STATE` write slower than 1 s would drop the lease: in this
-     run 8 of the 20 NATS kills left `CFG_STATE` unanswering long enough to cost both `web`
-     leases even at 5 s. Each spurious hand-over bumps the head's epoch and aborts
-     the switch in flight (fenced, so safe, but the wave is run again). (c) Taking the lease
-     when its holder's `coord.alive` beat (every 1 s) is 2 s old costs the same as a 2 s TTL
-     for a replica only paused or starved. Lease timings are unchanged this session.
-   - *Distributor* (5.09 s median, 7.46 s max): kill → lease taken over 1.97 s (in 17 of 20
-     kills by the killed replica's restart, which takes its earlier life's lease as soon as it
-     starts) → first prepare 4.99 s → applied 5.06 s. The 3 s between is `Membership.warm()`:
-     a distributor judges no node for 1.5 heartbeat intervals after its start (agents beat
-     every 2 s), or it would roll out to no one. **To 1.5 s:** end the warm-up once every node
-     the stored node records call live has been heard, or have the fleet speak up when a
-     distributor starts (one request that the agents answer at once, as they do after a
-     broker restart) — cost: one fan-out per distributor start; the restart itself (~1 s) is
-     then the floor. A peer replica is warm all along but would wait for the TTL (4.7 s).
+8. **Fail-over: 4-8 s measured, two of its causes fixed — where the time goes.** Measured
+   by the HA fault test (the fail-over tables above). The first slow run (20 rounds, 80 kills,
+   at 99b3e29, 1-minute load 6.3 median / 9.7 max on 2 shared cores): coordinator kill → a
+   later change applied everywhere 4.67 s median / 5.62 s max, distributor 5.09 / 7.46 s. The
+   timelines are each kill's own (the lease records' `acquired_at`, the prepares'
+   `created_at`, the stack's `up.log`), read beside the services' JSON logs.
+   - *Coordinator*: kill → the dead holder's lease takeable 4.61 s (TTL 5 s + 0.5 s skew,
+     renewed at most ⅓ TTL before the kill) → taken over 4.61 s → first prepare 4.62 s →
+     applied 4.67 s: all of it waiting for the lease to run out, while the killed replica was
+     serving again after a median 2.4 s (in 9 of 20 kills within 2.5 s). The survivor's
+     forward to the dead holder's `switch_<instance>` found no responder, and
+     `Leadership._until_free` waited for expiry; it did not notice the holder back under its
+     own `--instance` (which takes its earlier life's lease at once). **Fixed:** the wait also
+     ends when the holder beats `coord.alive` again, and a replica beats only once its
+     endpoints serve (a first version beat before; 3 of 20 kills then cost ~35 s: the second
+     forward found no responder and the request fell into the distributor's unknown-outcome
+     path). Now (slow run above, load 1.7 / 3.2): 2.36 s median, 5.12 s max; the CI run 0.86 s.
+     What is left is the supervisor's restart backoff (it doubles, to 30 s, for a replica
+     killed within a minute of its start, as these rounds do: *killed process serving again*),
+     after which a peer takes over at the lease's expiry — the case of a host lost for good.
+     For that only a shorter TTL helps: at 1.5 s (trust 1 s, renewal every 0.5 s) the lease is
+     takeable 1.5-2.0 s after the kill with today's 0.5 s skew; 3× the renewals (compare-and-
+     set writes to an R3 stream); and any `CFG_STATE` write slower than 1 s would drop the
+     lease — in the first run 8 of the 20 NATS kills left `CFG_STATE` unanswering long enough
+     to cost both `web` leases even at 5 s. Each spurious hand-over bumps the head's epoch and
+     aborts the switch in flight (fenced, so safe, but the wave runs again). Lease timings are
+     unchanged.
+   - *Distributor*: kill → lease taken over 1.97 s (in 17 of 20 kills by the killed
+     replica's restart) → first prepare 4.99 s → applied 5.06 s; the 3 s between was
+     `Membership.warm()`: no node judged for 1.5 heartbeat intervals (agents beat every 2 s)
+     after a start, or a restart would roll out to no one. **Fixed:** the warm-up ends once
+     every node the stored node records call live has been heard (a replica that read no
+     records still waits the whole window). Now 1.83 s median, 7.17 s max (the max: a restart
+     delayed by the backoff, the peer waiting for the TTL); the CI run 1.28 s.
    - *NATS stream leader* (next publish acked 6.10 s median, 10.05 s max; applied
      everywhere 7.81 s): a new leader of `CFG_CHANGES` is seen 5.52 s after the kill (median of
      16; 4.4-7.7 s): nats-server's raft starts an election only 4-9 s after losing a leader, and
