@@ -44,7 +44,8 @@ def decoders() -> dict[str, tuple[Decode, Any]]:
     for mod in _modules():
         for name, obj in vars(mod).items():
             if name.startswith("decode_") and callable(obj):
-                decoder = getattr(obj, "__self__", None)
+                # A decoder's own method, or a function over one (``__wrapped__``).
+                decoder = getattr(inspect.unwrap(obj), "__self__", None)
                 assert isinstance(decoder, msgspec.json.Decoder), f"{mod.__name__}.{name}"
                 found[f"{mod.__name__}.{name}"] = (obj, decoder.type)
     return found
