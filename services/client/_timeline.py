@@ -7,17 +7,15 @@ methods, and most commands (``confbus publish``) never ask.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import anyio
 import msgspec
 
 from confbus.client._connection import Connection
 from confbus.client._names import check_namespace, check_node
 from confbus.client._variants import Variants
-from confbus.runtime.errors import InvalidInput, Unavailable
+from confbus.runtime.errors import InvalidInput
 
 if TYPE_CHECKING:
     from confbus.client._fleet import FleetAt, FleetDiff, Why
@@ -25,7 +23,6 @@ if TYPE_CHECKING:
 
 
 # How long ``status_at`` waits for the store to tell which variant a node's bytes are.
-VARIANTS_WAIT_S = 5.0
 
 
 class Timeline(Variants):
@@ -60,9 +57,7 @@ class Timeline(Variants):
         }
         if not ask:
             return fleet
-        named: dict[str, str | None] = {}
-        with anyio.move_on_after(VARIANTS_WAIT_S), contextlib.suppress(Unavailable):
-            named = await self.node_variants(ns, ask)
+        named = await self.node_variants(ns, ask, best_effort=True)
         nodes = [
             msgspec.structs.replace(n, variant=named[n.node]) if named.get(n.node) else n
             for n in fleet.nodes

@@ -10,12 +10,14 @@ audit log keeps no labels; the sha256 is what the node said it wrote, then as no
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
+import anyio
 import msgspec
 
 from confbus.client._store import Store
-from confbus.runtime.errors import InvalidInput, NotFound
+from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
 from confbus.runtime.kv import StateKV
 from confbus.runtime.nodelabels import members_of
 from confbus.schemas.api import dist as dist_api
@@ -35,6 +37,8 @@ from confbus.schemas.variants import (
     variant_with_sha,
     variants_for,
 )
+
+VARIANTS_WAIT_S = 5.0  # how long a best-effort lookup waits for the store
 
 
 class OverlayInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,10 +125,13 @@ class Variants(Store):
             variants=variants,
         )
 
-    async def fleet_variants(self, fleet: dist_api.StatusReply) -> dict[str, str | None]:
+    async def fleet_variants(
+        self, fleet: dist_api.StatusReply, *, best_effort: bool = False
+    ) -> dict[str, str | None]:
         """Which variant each node of ``fleet`` (``fleet_status``) runs now, told by the
         sha256 of its live file and its labels (``node_variants``). A node on production
-        with production's own bytes runs the base: no store read for it."""
+        with production's own bytes runs the base: no store read for it. ``best_effort``: as
+        in ``node_variants``."""
         on_production = {
             n.node
             for n in fleet.nodes
@@ -140,6 +147,7 @@ class Variants(Store):
                 if n.node not in on_production
             },
             labels={n.node: n.labels for n in fleet.nodes},
+            best_effort=best_effort,
         )
         return {**dict.fromkeys(on_production, BASE), **named}
 
@@ -148,12 +156,20 @@ class Variants(Store):
         namespace: str,
         applied: Mapping[str, tuple[int | None, str | None]],
         labels: Mapping[str, Mapping[str, str]] | None = None,
+        *,
+        best_effort: bool = False,
     ) -> dict[str, str | None]:
         """Each node's variant name, told by its version and the sha256 of its bytes
         (``applied``: node → (version, sha256)). ``labels``: the nodes' labels if the caller
         has them; else the members' now, read only for a version with overlays. A version
         without overlays is ``base``; None: no version, one the store no longer has, or a
-        sha256 none of the variants tried hashes to."""
+        sha256 none of the variants tried hashes to. ``best_effort``: asked of the store for
+        ``VARIANTS_WAIT_S`` at most, and a store that is down or slow leaves every node
+        unnamed (``{}``) — for views whose subject is the fleet, not its variants."""
+        if best_effort:
+            with anyio.move_on_after(VARIANTS_WAIT_S), contextlib.suppress(Unavailable):
+                return await self.node_variants(namespace, applied, labels)
+            return {}
         sets: dict[int, VariantSet | None] = {}
         gone: set[int] = set()
         known = labels

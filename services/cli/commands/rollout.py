@@ -18,11 +18,9 @@ Exit codes: 0 ok; 1 refused (no rollout in a state that allows it); 3 unreachabl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from datetime import UTC, datetime
 
-import anyio
 import msgspec
 
 from confbus.cli.commands import timetravel
@@ -30,8 +28,6 @@ from confbus.cli.commands.args import identity
 from confbus.cli.commands.options import ACTOR, JSON, NAMESPACE, REASON, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, OK, CliError
 from confbus.client import Client, check_namespace
-from confbus.client._timeline import VARIANTS_WAIT_S
-from confbus.runtime.errors import Unavailable
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api.dist import RolloutInfo, StatusReply, WaveInfo
 from confbus.schemas.variants import BASE
@@ -102,12 +98,9 @@ async def run_status(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         _out(_json.encode(reply).decode())
         return OK
-    # Which variant each node runs (docs/design.md §2.6): asked of the store briefly — a
-    # store that is down leaves the column unknown, not the fleet unshown.
-    named: dict[str, str | None] = {}
-    with anyio.move_on_after(VARIANTS_WAIT_S), contextlib.suppress(Unavailable):
-        named = await client.fleet_variants(reply)
-    _out(render_status(reply, named))
+    # Which variant each node runs (docs/design.md §2.6): a store that is down leaves the
+    # column unknown, not the fleet unshown.
+    _out(render_status(reply, await client.fleet_variants(reply, best_effort=True)))
     return OK
 
 
