@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -188,19 +188,24 @@ async def _keep(
 ) -> bool:
     """One namespace's last known good brought to ``agents``: the version an event ``named``,
     else a full check with the store (asked once for all of them). False if any failed."""
-    ok = True
+    if named is not None:
+        return await _each(agents, name, lambda agent: record(bus, agent, name, *named))
     try:
-        view = None if named is not None else await store_view(bus, name)
+        view = await store_view(bus, name)
     except ConfbusError as exc:
         log.info("last good not synced", extra={"namespace": name, "error": str(exc)})
         return False
+    return await _each(agents, name, lambda agent: sync_namespace(bus, agent, name, view))
+
+
+async def _each(
+    agents: Sequence[NodeAgent], name: str, step: Callable[[NodeAgent], Awaitable[object]]
+) -> bool:
+    """``step`` for every agent, one failing not stopping the others; False if any failed."""
+    ok = True
     for agent in agents:
         try:
-            if view is None:
-                assert named is not None
-                await record(bus, agent, name, *named)
-            else:
-                await sync_namespace(bus, agent, name, view)
+            await step(agent)
         except (ConfbusError, OSError) as exc:
             log.info("last good not synced", extra={"namespace": name, "error": str(exc)})
             ok = False
