@@ -8,6 +8,7 @@ tag a reader does not know comes from a newer confbus: it is skipped, not dead-l
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -39,3 +40,31 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _Overlay:
+    """``src``'s attributes, with some replaced: what ``project`` reads from."""
+
+    __slots__ = ("_differing", "_src")
+
+    def __init__(self, src: object, differing: dict[str, Any]) -> None:
+        self._src = src
+        self._differing = differing
+
+    def __getattr__(self, name: str) -> Any:
+        differing = self._differing
+        return differing[name] if name in differing else getattr(self._src, name)
+
+
+T = TypeVar("T")
+
+
+def project(src: object, target: type[T], /, **differing: Any) -> T:
+    """A ``target`` built from ``src``'s attributes of the same names (msgspec ``convert`` with
+    ``from_attributes``, so each value is checked against ``target``'s types), but for the fields
+    named in ``differing``, which take the values given there. A field that ``src`` lacks takes its
+    default. Use it only where a same-named attribute means the same thing in both; name a field
+    whose meaning changes in ``differing``.
+    """
+    source = _Overlay(src, differing) if differing else src
+    return msgspec.convert(source, target, from_attributes=True)
