@@ -42,29 +42,23 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class _Overlay:
-    """``src``'s attributes, with some replaced: what ``project`` reads from."""
-
-    __slots__ = ("_differing", "_src")
-
-    def __init__(self, src: object, differing: dict[str, Any]) -> None:
-        self._src = src
-        self._differing = differing
-
-    def __getattr__(self, name: str) -> Any:
-        differing = self._differing
-        return differing[name] if name in differing else getattr(self._src, name)
+S = TypeVar("S", bound=msgspec.Struct)
+_ABSENT = object()
 
 
-T = TypeVar("T")
+def project(src: object, target: type[S], /, **differing: Any) -> S:
+    """A ``target`` built from ``src``'s attributes of the same names, but for the fields named
+    in ``differing``, which take the values given there; a field ``src`` has no attribute for
+    takes its default. Built by ``msgspec.convert``, so every value is checked against
+    ``target``'s types and constraints, as if decoded.
 
-
-def project(src: object, target: type[T], /, **differing: Any) -> T:
-    """A ``target`` built from ``src``'s attributes of the same names (msgspec ``convert`` with
-    ``from_attributes``, so each value is checked against ``target``'s types), but for the fields
-    named in ``differing``, which take the values given there. A field that ``src`` lacks takes its
-    default. Use it only where a same-named attribute means the same thing in both; name a field
-    whose meaning changes in ``differing``.
+    Use it only where a same-named attribute means the same thing in both; name a field whose
+    meaning changes in ``differing``. (A dict, not ``from_attributes`` over a wrapper that
+    overlays ``differing``: that costs about ten times as much per call.)
     """
-    source = _Overlay(src, differing) if differing else src
-    return msgspec.convert(source, target, from_attributes=True)
+    values = {
+        name: value
+        for name in target.__struct_fields__
+        if name not in differing and (value := getattr(src, name, _ABSENT)) is not _ABSENT
+    }
+    return msgspec.convert(values | differing, target)

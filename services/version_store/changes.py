@@ -171,19 +171,8 @@ def decide(
             "needs an author",
             "author",
         )
-    return NewVersion.build(
-        ns,
-        change.change_id,
-        change.content,
-        format=fmt,
-        author=change.author,
-        message=change.message,
-        base=change.base,
-        rollback_of=change.rollback_of,
-        status=status,
-        strategy=change.strategy,
-        selector=change.selector,
-        signatures=change.signatures,
+    return project(
+        change, NewVersion, sha256=content_sha256(change.content), format=fmt, status=status
     )
 
 
