@@ -14,6 +14,8 @@ from nats.aio.msg import Msg
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import connect, provision
 from confbus.runtime.errors import InvalidInput
+from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
 from confbus.schemas.streams import CFG_CHANGES
 from tests.version_store.test_service_helpers import Stack, cli, stack, start_stack
 
@@ -133,8 +135,9 @@ async def test_publish_reads_the_store_once_before_the_change(stack: Stack, tmp_
         seen.append(msg.subject)
 
     async with stack.client() as client:
-        await client.bus.nc.subscribe("cfg.api.store.>", cb=note)
-        await client.bus.nc.subscribe(f"cfg.change.{ns}", cb=note)
+        for read in (store_api.GET, store_api.HISTORY):
+            await client.bus.nc.subscribe(read.pattern, cb=note)
+        await client.bus.nc.subscribe(subjects.change(ns), cb=note)
         for i, said in ((1, True), (2, False)):
             seen.clear()
             res = await cli(
@@ -143,8 +146,8 @@ async def test_publish_reads_the_store_once_before_the_change(stack: Stack, tmp_
             assert res.code == 0 and res.text.startswith(f"{ns} v{i} "), res.err
             assert ("does not exist yet: creating it" in res.err) is said, res.err
             await client.bus.nc.flush()
-            sent = seen.index(f"cfg.change.{ns}")
-            assert seen[:sent] == ["cfg.api.store.get"], seen
+            sent = seen.index(subjects.change(ns))
+            assert seen[:sent] == [store_api.GET.address], seen
 
 
 async def test_stale_base_and_dry_run_store_nothing(stack: Stack, tmp_path: Path) -> None:
