@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import anyio
 import nats.errors
 
-from confbus.coordinator.liveness import Peers, token
+from confbus.coordinator.liveness import Peers
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.coordinator.twophase import Coordinator
 from confbus.runtime.api import call
@@ -33,6 +33,7 @@ from confbus.runtime.errors import ConfbusError, Unavailable
 from confbus.runtime.leases import Leases, NotHeld
 from confbus.schemas.api import txn as api
 from confbus.schemas.state import LeaseRecord
+from confbus.schemas.subjects import instance_token as token
 
 log = logging.getLogger("confbus.coordinator")
 
@@ -99,8 +100,12 @@ class Leadership:
             except Unavailable as exc:
                 if attempt == FORWARD_ATTEMPTS - 1 or not _unreachable(exc):
                     raise
-                # Its holder does not answer (crashed, cut off): the request waits for the
-                # lease to run out (or the holder to be back), instead of failing at once.
+                # Its holder does not answer: if its process is gone (no responders to its
+                # presence, twice), we take the lease over now, at a higher epoch; otherwise
+                # (cut off, restarting) the request waits for the lease to run out or the
+                # holder to be back, instead of failing at once.
+                if await self.leases.acquire(ns) is not None:
+                    return await self._run(req)
                 await self._until_free(ns, record)
         raise NotHeld(f"{ROLE}.{ns}")
 
