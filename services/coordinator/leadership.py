@@ -5,7 +5,9 @@ Switch requests reach any replica (the API's queue group). The one that gets a r
 1. holds the namespace's lease → runs the switch, inside ``leases.guard``: if the lease is
    lost meanwhile, the switch is cancelled at once and the caller told to retry (503);
 2. sees another live holder → forwards the request to that replica's own endpoint
-   (``cfg.api.txn.switch_<instance>``) and relays its answer;
+   (``cfg.api.txn.switch_<instance>``) and relays its answer; if nobody answers there and the
+   holder's presence finds no responders twice (its process is gone), takes the lease over
+   in a new epoch and runs the switch itself (docs/design.md §4.6);
 3. sees the lease free → the namespace's rendezvous owner among the live replicas takes it
    (forwarded to it; we take it ourselves if it does not answer).
 

@@ -374,7 +374,7 @@ class Leases:
     ) -> None:
         """Every ``ttl / 3``, try to take each name of ``wanted()`` we do not hold (what we hold,
         ``keep()`` renews): replicas that share many names out take the free ones as they come.
-        In between, the other holders of those names are probed (``_watch``): one that is gone
+        In between, the other holders of those names are probed (``watch``): one that is gone
         starts the next pass at once. Runs until cancelled."""
         task_status.started()
         while True:
@@ -387,19 +387,22 @@ class Leases:
                 if not self.held(name):
                     await self.acquire(name)  # None when held elsewhere or unreachable
             with anyio.move_on_after(max(0.1, self.ttl_s * RENEW_EVERY)):
-                if not await self._watch(names):
+                if not await self.watch(names):
                     await anyio.sleep_forever()  # nobody to watch: the next pass when due
 
-    async def _watch(self, names: list[str]) -> bool:
-        """True once a replica holding one of ``names`` no longer answers its presence; False
-        at once when there is no one to watch."""
+    async def watch(self, names: Iterable[str]) -> bool:
+        """True once a replica holding one of ``names`` (as ``acquire`` last found) no longer
+        answers its presence, probed every ``WATCH_EVERY_S``; False at once when there is no
+        one to watch. The first probe waits a period too: a holder that stays gone while it
+        cannot be taken over (the bus half down) costs a pass per period, not a busy loop."""
         if self.presence is None:
             return False
+        wanted = set(names)
         while holders := {
-            self._elsewhere[n] for n in names if n in self._elsewhere and not self.held(n)
+            self._elsewhere[n] for n in wanted if n in self._elsewhere and not self.held(n)
         }:
+            await anyio.sleep(WATCH_EVERY_S)
             for holder in sorted(holders):
                 if not await self.presence.answers(holder):
                     return True
-            await anyio.sleep(WATCH_EVERY_S)
         return False
