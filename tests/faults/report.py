@@ -378,17 +378,21 @@ tests/security).
 
 FAILOVER = """\
 `tests/ha/test_ha_faults.py` on `confbus up --ha`: three agents, a CI job publishing a change
-every 0.3 s, and one at a time (full redundancy restored in between) SIGKILL of the nats-server
-leading `CFG_CHANGES`, the etcd leader, and the coordinator, distributor, health-watcher and
-rollbacker replica holding the namespace's lease. Seconds from the kill (`tests/ha/failover.py`):
-*next publish acked* (stored, its version returned); *changes sent before it stored* (0 when no
-publish was under way — none was in these runs: finding 8); *next apply on every agent* (may be
-a switch decided before the kill); *a later change applied everywhere* (a change acked after the
-kill on every agent: the apply that needed the new leader — the lease roles' target is on it);
-the timeline: *new stream leader seen*, *dead holder's lease takeable* (its expiry + 0.5 s
-skew), *lease taken over* (the new holder's `acquired_at`), *first prepare after it*, *killed
-process serving again* (its restart waits a backoff that doubles while it keeps dying within a
-minute of its start). Targets: issue 23 item 2.
+every 0.3 s, health samples from each agent every second, and one at a time (full redundancy
+restored in between) SIGKILL of the nats-server leading `CFG_CHANGES`, the etcd leader, and the
+coordinator, distributor, health-watcher and rollbacker replica holding the namespace's lease.
+Seconds from the kill (`tests/ha/failover.py`): *next publish acked* (stored, its version
+returned); *changes sent before it stored* (0 when no publish was under way — none was in these
+runs: finding 8); *next apply on every agent* (may be a switch decided before the kill); *a
+later change applied everywhere* (a change acked after the kill on every agent: the apply that
+needed the new leader — the lease roles' target is on it; the health-watcher is off that path,
+its figure is *lease taken over*); the timeline: *new stream leader seen*, *dead holder's lease
+takeable* (its expiry + 0.5 s skew: when a peer could take it without the presence probe),
+*lease taken over* (the new holder's `acquired_at`: a peer that found the dead holder's
+presence gone, docs/design.md §4.6, or the killed replica's restart), *first prepare after it*,
+*killed process serving again* (0.5 s after the death of a service that had served 5 s; the
+backoff doubles only for one that keeps dying before or just after its ready line). Targets:
+issue 23 item 2.
 """
 
 

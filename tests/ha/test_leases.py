@@ -134,11 +134,17 @@ async def test_a_restarted_replica_takes_its_own_lease_back_in_a_new_term(kv: Ke
     assert await Leases(kv, "test", "coordinator-2").acquire("web") is None
 
 
+async def replica(nats_server: NatsServer, name: str) -> tuple[Bus, Leases]:
+    """A replica on its own connection, as its own process is: closing it is the process dying
+    (the kernel closes its socket)."""
+    conn = await connect(nats_server.url, name=name)
+    return conn, Leases.on_bus(conn, await conn.kv(CFG_STATE.name), "test", name, ttl_s=30.0)
+
+
 async def test_a_holder_whose_connection_is_gone_is_taken_over_at_once(
     kv: KeyValue, bus: Bus, nats_server: NatsServer
 ) -> None:
-    other = await connect(nats_server.url, name="holder")
-    a = Leases.on_bus(other, await other.kv(CFG_STATE.name), "test", "a", ttl_s=30.0)
+    other, a = await replica(nats_server, "a")
     b = Leases.on_bus(bus, kv, "test", "b", ttl_s=30.0)
     async with anyio.create_task_group() as tg:
         await tg.start(a.keep)  # answers a's presence
@@ -176,8 +182,7 @@ async def test_a_paused_holder_is_not_taken_over(kv: KeyValue, bus: Bus) -> None
 async def test_pursue_takes_over_from_a_killed_holder_well_before_its_ttl(
     kv: KeyValue, bus: Bus, nats_server: NatsServer
 ) -> None:
-    other = await connect(nats_server.url, name="holder")
-    a = Leases.on_bus(other, await other.kv(CFG_STATE.name), "test", "a", ttl_s=30.0)
+    other, a = await replica(nats_server, "a")
     b = Leases.on_bus(bus, kv, "test", "b", ttl_s=30.0)
     holder = anyio.CancelScope()
 
