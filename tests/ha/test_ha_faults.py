@@ -51,10 +51,8 @@ from confbus.client import Client
 from confbus.coordinator.head import Heads
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, Permanent
-from confbus.schemas import subjects
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import NodeApplied
-from confbus.schemas.health import HealthSample
 from confbus.schemas.state import LeaseRecord
 from confbus.schemas.streams import CFG_CHANGES, CFG_TXN_HEAD
 from confbus.schemas.txn import Decision, Prepare
@@ -74,6 +72,7 @@ from tests.ha.failover import (
 from tests.ha.hastack import (
     HaStack,
     etcd_leader,
+    health_samples,
     lease_holder,
     lease_record,
     needs_etcd,
@@ -87,7 +86,6 @@ pytestmark = [pytest.mark.anyio, needs_etcd]
 NS = "web"
 NODES = ("n1", "n2", "n3")
 PACE_S = 0.3  # between publishes: a CI job's rate, not a benchmark
-HEALTH_EVERY_S = 1.0  # each agent's health sample (``confbus agent --health-url``)
 PUBLISHES_PER_ROUND = 300  # the stream is bounded whatever happens (~100 in a round here)
 RECOVERY_TIMEOUT_S = 90.0
 
@@ -156,20 +154,6 @@ async def publish_stream(
                 await anyio.sleep(0.1)  # the retry interval of a CI job's loop
         run.acks.append(Ack(sent, time.monotonic(), i, info.version, info.sha256))
         with anyio.move_on_after(PACE_S):
-            await stop.wait()
-
-
-async def health_samples(bus: Bus, stop: anyio.Event) -> None:
-    """What agents with ``--health-url`` forward: a healthy sample per node every second, so
-    a health-watcher replica leads the namespace (``lease.health.web``) and can be killed."""
-    while not stop.is_set():
-        for node in NODES:
-            sample = HealthSample(namespace=NS, node=node, version=None, status_code=200)
-            try:
-                await bus.publish(subjects.health(NS, node), sample, timeout=1.0)
-            except (ConfbusError, nats.errors.Error):
-                pass  # dropped while the bus is down, as an agent drops them
-        with anyio.move_on_after(HEALTH_EVERY_S):
             await stop.wait()
 
 
@@ -362,7 +346,7 @@ async def kill_in_turn(
             as_user = "ci" if stack.tls_ca else ""
             tg.start_soon(publish_stream, client, run, stop, as_user, PUBLISHES_PER_ROUND * rounds)
             tg.start_soon(watch_agents, stack, run, stop)
-            tg.start_soon(health_samples, bus, stop)
+            tg.start_soon(health_samples, bus, NS, NODES, stop)
             try:
                 await warm(run)
                 while done < rounds and time.monotonic() - started < budget_s:
