@@ -14,7 +14,7 @@ import pytest
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Stale, Unavailable
-from confbus.runtime.kv import Entry, StateKV
+from confbus.runtime.kv import KEYS_IDLE_S, Entry, StateKV
 from confbus.schemas.state import ROLLOUTS, rollout_key, target_key
 from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually, restart_nats
@@ -128,3 +128,15 @@ async def test_a_watch_mirrors_a_family_and_hears_writes_within_a_second_of_a_br
     # (10-20 s).
     print(f"write heard {heard_after:.3f}s after the reconnect")
     assert heard_after < 3.0
+
+
+async def test_a_key_listing_leaves_no_consumer_behind_for_long(bus: Bus) -> None:
+    kv = await StateKV.open(bus, CFG_STATE)
+    await kv.put(rollout_key("web"), Counter(1))
+    for _ in range(3):  # a sweep lists the keys every second
+        assert await kv.keys(ROLLOUTS) == [rollout_key("web")]
+    consumers = await bus.js.consumers_info(f"KV_{CFG_STATE.name}")
+    listings = [c for c in consumers if c.config.inactive_threshold is not None]
+    # Each is dropped by the server KEYS_IDLE_S after its stop, not 5 minutes (nats-py's
+    # default): the bucket's 1000-consumer cap is never reached by listings.
+    assert listings and all(c.config.inactive_threshold == KEYS_IDLE_S for c in listings)
