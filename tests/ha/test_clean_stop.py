@@ -56,7 +56,7 @@ async def test_a_clean_stop_hands_each_lease_over_at_once(tmp_path: Path) -> Non
                         held(bus, role), timeout=30, what=f"lease.{role}.{NS} held"
                     )
                     watcher = await kv.watch(lease_key(role, NS))
-                    while await watcher.updates(timeout=5) is not None:
+                    while await watcher.updates(timeout=5) is not None:  # type: ignore[no-untyped-call]
                         pass  # the current record, up to the end-of-history marker
                     os.kill(stack.pid(holder), signal.SIGTERM)
                     # Work for the namespace's next leader (a coordinator takes a lease when a
@@ -65,7 +65,7 @@ async def test_a_clean_stop_hands_each_lease_over_at_once(tmp_path: Path) -> Non
                     released = False
                     with anyio.fail_after(30):
                         while True:
-                            entry = await watcher.updates(timeout=30)
+                            entry = await watcher.updates(timeout=30)  # type: ignore[no-untyped-call]
                             if entry is None or not entry.value:
                                 continue
                             record = decode_lease(entry.value)
@@ -75,7 +75,7 @@ async def test_a_clean_stop_hands_each_lease_over_at_once(tmp_path: Path) -> Non
                             elif released and record.epoch > epoch:
                                 took = anyio.current_time() - at
                                 break
-                    await watcher.stop()
+                    await watcher.stop()  # type: ignore[no-untyped-call]
                     assert took < HANDED_OVER_S, (role, took)
                     await anyio.to_thread.run_sync(
                         stack.proc.err.wait_for, f"{holder} ready again", 60.0
