@@ -77,6 +77,7 @@ class Size:
     processes: int
     connections: int = 2
     vote_timeout_s: float = 10.0
+    heartbeat_s: float = 2.0  # the agents' heartbeat interval
 
 
 FULL = (
@@ -397,6 +398,9 @@ class SizeResult:
     # Mean CPU ms per switch (agents, coordinator, nats-server) and per baseline floor.
     cpu_ms: dict[str, float] = field(default_factory=dict)
     floor_cpu_ms: dict[str, float] = field(default_factory=dict)
+    # RSS in MB of the same groups: before the switches, the most after one, the peak.
+    memory_mb: dict[str, dict[str, float]] = field(default_factory=dict)
+    floor_memory_mb: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Profiler:
@@ -471,7 +475,8 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
         else:
             stub = await StubStore(bus, namespace).start()
         coordinator = ctx.service("coordinator", nats.url, name=f"coordinator-{n}")
-        heartbeat = 0.5 if ctx.smoke else 2.0  # the distributor waits 1.5 intervals to warm up
+        # The distributor waits 1.5 intervals to warm up.
+        heartbeat = 0.5 if ctx.smoke else size.heartbeat_s
         fleet = AgentFleet(
             ctx,
             nats.url,
@@ -567,6 +572,7 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
         if profiler is not None:
             profiler.stop()
         layout = fleet.describe()
+        memory, floor_memory = cpu.memory_mb(), floor_cpu.memory_mb()  # all still running
         subs.stop()
         fleet.stop()
         return SizeResult(
@@ -582,6 +588,8 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
             cpu_ms=cpu.per_span_ms(),
             floor_cpu_ms=floor_cpu.per_span_ms(),
             e2e_phases_ms=e2e_phases,
+            memory_mb=memory,
+            floor_memory_mb=floor_memory,
         )
     finally:
         if stub is not None:
@@ -605,6 +613,8 @@ def figures(results: list[SizeResult]) -> list[Figure]:
             "phases_median_ms": _phase_medians(r.phases_ms, PHASES),
             "cpu_ms_per_switch": r.cpu_ms,
             "cpu_ms_per_baseline": r.floor_cpu_ms,
+            "rss_mb": r.memory_mb,
+            "rss_mb_baseline": r.floor_memory_mb,
         }
         f = Figure(
             benchmark=BENCH,
