@@ -629,7 +629,11 @@ def figures(results: list[SizeResult]) -> list[Figure]:
             + "; CPU ms per switch (2 cores: 2 ms per ms of wall time): "
             + _cpu_note(r.cpu_ms)
             + "; per baseline: "
-            + _cpu_note(r.floor_cpu_ms),
+            + _cpu_note(r.floor_cpu_ms)
+            + "; RSS MB before the switches → most after one (peak): "
+            + _memory_note(r.memory_mb)
+            + "; baseline: "
+            + _memory_note(r.floor_memory_mb),
         ).target_ratio(3.0)
         if n == 100:
             f.target_median(100.0)
@@ -673,6 +677,13 @@ def _phase_medians(samples: list[dict[str, float]], names: Sequence[str]) -> dic
 
 def _cpu_note(cpu_ms: dict[str, float]) -> str:
     return ", ".join(f"{name} {ms:.0f}" for name, ms in cpu_ms.items())
+
+
+def _memory_note(memory_mb: dict[str, dict[str, float]]) -> str:
+    return ", ".join(
+        f"{name} {m['before']:.0f} → {m['after_max']:.0f} ({m['peak']:.0f})"
+        for name, m in memory_mb.items()
+    )
 
 
 def _stats_dict(samples: list[float]) -> dict[str, float]:
