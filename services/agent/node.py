@@ -41,7 +41,7 @@ from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
 from confbus.agent.heartbeat import heartbeat_delay
 from confbus.agent.hooks import run_on_change
-from confbus.agent.instance import NodeIdGuard, txn_stream_end
+from confbus.agent.instance import NodeIdGuard
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
@@ -180,12 +180,12 @@ class NodeAgent:
 
     async def _start(self, bus: Bus, tg: TaskGroup) -> None:
         # Joining (confbus.agent.instance): no history replayed; one agent per node id.
-        end = await txn_stream_end(bus)
+        reader = self.host_txn or TxnReader(bus, tg)
+        end = await reader.stream_end()
         for ns in self.namespaces.values():
             ns.last_seq = ns.last_seq or end
         self._guard = NodeIdGuard(self.heartbeat, lambda: self._beat_now.set())
         await self._guard.join(bus)
-        reader = self.host_txn or TxnReader(bus, tg)
         for name in self.namespaces:
             await tg.start(self._follow, bus, reader, name)
         tg.start_soon(self._announce_unannounced, bus)

@@ -20,6 +20,11 @@ The feed's task only moves records from the follower into the taps' queues (no a
 taking a record and queueing it for every tap), so a slow agent delays nobody else; each agent
 handles its records in its own task, as before. A feed with no taps left stops, and its
 consumer goes with it.
+
+The stream's end, which an agent with no state starts from (``confbus.agent.instance``), is
+asked once for all the agents of a host that ask at the same time (``TxnReader.stream_end``):
+a host of 500 starting together asked 500 times, and under load most of them timed out and
+read the whole history instead.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import anyio
 from anyio.abc import TaskGroup
 from nats.aio.msg import Msg
 
+from confbus.agent.instance import txn_stream_end
 from confbus.runtime.bus import Bus
 from confbus.runtime.follow import Follower
 from confbus.runtime.opening import OpenClose
@@ -126,6 +132,12 @@ class _Feed:
 
 
 @dataclass(eq=False)
+class _Asking:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    end: int = 0  # 0 also when asking failed: the whole history is read then
+
+
+@dataclass(eq=False)
 class TxnReader:
     """A host's reading of ``CFG_TXN``: one feed per namespace its agents follow, its tasks in
     ``tg`` (the host's), each started by the first tap of its namespace."""
@@ -133,6 +145,23 @@ class TxnReader:
     bus: Bus
     tg: TaskGroup
     feeds: dict[str, _Feed] = field(default_factory=dict, init=False)
+    _asking: _Asking | None = field(default=None, init=False)  # the stream's end, in flight
+
+    async def stream_end(self) -> int:
+        """``txn_stream_end``, one question for every agent that asks while it is out: an
+        answer to a question asked before an agent's is never past the end that agent would
+        have been told, so it misses no record (it may read a few more)."""
+        asking = self._asking
+        if asking is None:
+            self._asking = asking = _Asking()
+            try:
+                asking.end = await txn_stream_end(self.bus)
+            finally:
+                self._asking = None
+                asking.done.set()
+        else:
+            await asking.done.wait()
+        return asking.end
 
     def tap(
         self, namespace: str, start_seq: int, on_live: Callable[[bool], None] | None = None

@@ -205,3 +205,22 @@ async def test_a_tap_behind_the_feed_rewinds_it_and_nobody_sees_a_record_twice(
             assert list(reader.feeds) == ["web"]
         assert reader.feeds == {}  # the last tap gone, the feed stops
         tg.cancel_scope.cancel()
+
+
+async def test_agents_starting_together_ask_the_stream_end_once_and_are_told_it(bus: Bus) -> None:
+    last = await _switch(bus, 1, ["x"])
+    ends: list[int] = []
+    sent = bus.nc.stats["out_msgs"]
+    async with anyio.create_task_group() as tg:
+        reader = TxnReader(bus, tg)
+
+        async def ask() -> None:
+            ends.append(await reader.stream_end())
+
+        for _ in range(5):
+            tg.start_soon(ask)
+    assert ends == [last] * 5
+    assert bus.nc.stats["out_msgs"] - sent == 1  # one stream info request for the five
+    later = await _switch(bus, 2, ["x"])
+    async with anyio.create_task_group() as tg:
+        assert await TxnReader(bus, tg).stream_end() == later  # asked again, not remembered
