@@ -563,6 +563,10 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
                 profiler.start()
             with cpu.span(counted=i > 0):
                 took, dec = await timed_switch(bus, watch, namespace, v, nodes, size.vote_timeout_s)
+            # Each switch as it is measured: a run that fails later still says what it saw.
+            with (ctx.workdir / f"switch-{n}-each.jsonl").open("a") as each:
+                line = {"i": i, "switch_s": took, "decided_s": dec, "floor_s": floor}
+                each.write(json.dumps(line | {"phases_ms": watch.breakdown(v)}) + "\n")
             if i:
                 switch.append(took)
                 decided.append(dec)
