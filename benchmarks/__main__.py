@@ -53,6 +53,7 @@ class Entry:
     module: str
     what: str
     budget_s: float  # a full run is cut off after this long (the smoke run after 60 s)
+    default: bool = True  # run when no benchmark is named (``make bench``)
 
 
 BENCHMARKS: dict[str, Entry] = {
@@ -60,6 +61,12 @@ BENCHMARKS: dict[str, Entry] = {
         "benchmarks.switch",
         "switch latency, 10/100/1000 agents, beside its raw baseline (+ growth.svg)",
         480.0,
+    ),
+    "switch10k": Entry(
+        "benchmarks.switch10k",
+        "switch latency, 10,000 agents in 20 hosts, beside its raw baseline (named only)",
+        1800.0,
+        default=False,
     ),
     "signed_switch": Entry(
         "benchmarks.signed_switch",
@@ -210,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:12} {entry.what}")
         print(f"{'growth':12} the switch latency at 10/100/1000 agents as growth.svg")
         return 0
-    wanted = [ALIASES.get(n, n) for n in args.names] or list(BENCHMARKS)
+    wanted = [ALIASES.get(n, n) for n in args.names] or [
+        name for name, entry in BENCHMARKS.items() if entry.default
+    ]
     wanted = list(dict.fromkeys(wanted))
     out: Path = args.out or (
         Path(tempfile.gettempdir()) / "confbus-bench-smoke" if args.smoke else RESULTS_DIR

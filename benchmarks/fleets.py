@@ -351,6 +351,7 @@ async def _host(plan: dict[str, Any]) -> None:
 async def _run_agents(agents: list[NodeAgent], buses: list[Bus], hb: float) -> None:
     """Every agent on its share of ``buses``, answering host stats, until SIGINT/SIGTERM."""
     from confbus.agent.host import run_agents
+    from confbus.agent.txnfeed import TxnReader
 
     async def on_stats(msg: Any) -> None:
         with _fsyncs_lock:
@@ -376,10 +377,11 @@ async def _run_agents(agents: list[NodeAgent], buses: list[Bus], hb: float) -> N
         # Real fleets do not heartbeat in lock-step: spread the starts of a big host over
         # one interval (a handful of agents in lock-step costs nothing).
         spread = hb if len(agents) > 20 else 0.0
+        txn = TxnReader(buses[0], tg)  # one CFG_TXN consumer per namespace for the host
         async with anyio.create_task_group() as joining:
             for i, bus in enumerate(buses):
                 share = agents[i :: len(buses)]
-                joining.start_soon(partial(run_agents, bus, share, tg, spread_s=spread))
+                joining.start_soon(partial(run_agents, bus, share, tg, spread_s=spread, txn=txn))
         await announce_ready(buses, "agent-host", agents=len(agents), connections=len(buses))
 
 

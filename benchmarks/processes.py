@@ -41,11 +41,11 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 
 
-def rss_kb(pid: int) -> int | None:
-    """Resident set size of one process (``VmRSS``), in KiB."""
+def rss_kb(pid: int, field: str = "VmRSS") -> int | None:
+    """Resident set size of one process (``VmRSS``; ``VmHWM``: its peak so far), in KiB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except (OSError, ValueError):
         return None
@@ -72,6 +72,16 @@ class CpuMeter:
         self.groups = {name: list(pids) for name, pids in groups.items()}
         self.spent = dict.fromkeys(self.groups, 0.0)
         self.spans = 0
+        # RSS (MB, summed over a group's processes) before the first measured span, and the
+        # most seen at the end of one.
+        self.rss_before: dict[str, float] = {}
+        self.rss_after_max = dict.fromkeys(self.groups, 0.0)
+
+    def _rss_mb(self, field: str = "VmRSS") -> dict[str, float]:
+        return {
+            name: sum(kb for pid in pids if (kb := rss_kb(pid, field)) is not None) / 1024
+            for name, pids in self.groups.items()
+        }
 
     def _now(self) -> dict[str, float]:
         return {
@@ -82,6 +92,8 @@ class CpuMeter:
     @contextlib.contextmanager
     def span(self, counted: bool = True) -> Iterator[None]:
         """Measure the ``with`` block; ``counted=False`` (a warm-up) measures nothing."""
+        if counted and not self.rss_before:
+            self.rss_before = self._rss_mb()
         before = self._now() if counted else {}
         yield
         if counted:
@@ -89,6 +101,21 @@ class CpuMeter:
             for name in self.groups:
                 self.spent[name] += after[name] - before[name]
             self.spans += 1
+            for name, mb in self._rss_mb().items():
+                self.rss_after_max[name] = max(self.rss_after_max[name], mb)
+
+    def memory_mb(self) -> dict[str, dict[str, float]]:
+        """Per group: RSS before the measured spans, the most at the end of one, and the peak
+        since each process started (``VmHWM``, so within a span too), in MB."""
+        peak = self._rss_mb("VmHWM")
+        return {
+            name: {
+                "before": round(self.rss_before.get(name, 0.0), 1),
+                "after_max": round(self.rss_after_max[name], 1),
+                "peak": round(peak[name], 1),
+            }
+            for name in self.groups
+        }
 
     def per_span_ms(self) -> dict[str, float]:
         """Mean CPU ms per measured span, per group."""

@@ -77,6 +77,7 @@ class Size:
     processes: int
     connections: int = 2
     vote_timeout_s: float = 10.0
+    heartbeat_s: float = 2.0  # the agents' heartbeat interval
 
 
 FULL = (
@@ -397,6 +398,9 @@ class SizeResult:
     # Mean CPU ms per switch (agents, coordinator, nats-server) and per baseline floor.
     cpu_ms: dict[str, float] = field(default_factory=dict)
     floor_cpu_ms: dict[str, float] = field(default_factory=dict)
+    # RSS in MB of the same groups: before the switches, the most after one, the peak.
+    memory_mb: dict[str, dict[str, float]] = field(default_factory=dict)
+    floor_memory_mb: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Profiler:
@@ -477,7 +481,8 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
         else:
             stub = await StubStore(bus, namespace).start()
         coordinator = ctx.service("coordinator", nats.url, name=f"coordinator-{n}")
-        heartbeat = 0.5 if ctx.smoke else 2.0  # the distributor waits 1.5 intervals to warm up
+        # The distributor waits 1.5 intervals to warm up.
+        heartbeat = 0.5 if ctx.smoke else size.heartbeat_s
         fleet = AgentFleet(
             ctx,
             nats.url,
@@ -564,6 +569,10 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
                 profiler.start()
             with cpu.span(counted=i > 0):
                 took, dec = await timed_switch(bus, watch, namespace, v, nodes, size.vote_timeout_s)
+            # Each switch as it is measured: a run that fails later still says what it saw.
+            with (ctx.workdir / f"switch-{n}-each.jsonl").open("a") as each:
+                line = {"i": i, "switch_s": took, "decided_s": dec, "floor_s": floor}
+                each.write(json.dumps(line | {"phases_ms": watch.breakdown(v)}) + "\n")
             if i:
                 switch.append(took)
                 decided.append(dec)
@@ -573,6 +582,7 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
         if profiler is not None:
             profiler.stop()
         layout = fleet.describe()
+        memory, floor_memory = cpu.memory_mb(), floor_cpu.memory_mb()  # all still running
         subs.stop()
         fleet.stop()
         return SizeResult(
@@ -588,6 +598,8 @@ async def run_size(ctx: Context, size: Size) -> SizeResult:
             cpu_ms=cpu.per_span_ms(),
             floor_cpu_ms=floor_cpu.per_span_ms(),
             e2e_phases_ms=e2e_phases,
+            memory_mb=memory,
+            floor_memory_mb=floor_memory,
         )
     finally:
         if stub is not None:
@@ -611,6 +623,8 @@ def figures(results: list[SizeResult]) -> list[Figure]:
             "phases_median_ms": _phase_medians(r.phases_ms, PHASES),
             "cpu_ms_per_switch": r.cpu_ms,
             "cpu_ms_per_baseline": r.floor_cpu_ms,
+            "rss_mb": r.memory_mb,
+            "rss_mb_baseline": r.floor_memory_mb,
         }
         f = Figure(
             benchmark=BENCH,
@@ -625,7 +639,11 @@ def figures(results: list[SizeResult]) -> list[Figure]:
             + "; CPU ms per switch (2 cores: 2 ms per ms of wall time): "
             + _cpu_note(r.cpu_ms)
             + "; per baseline: "
-            + _cpu_note(r.floor_cpu_ms),
+            + _cpu_note(r.floor_cpu_ms)
+            + "; RSS MB before the switches → most after one (peak): "
+            + _memory_note(r.memory_mb)
+            + "; baseline: "
+            + _memory_note(r.floor_memory_mb),
         ).target_ratio(3.0)
         if n == 100:
             f.target_median(100.0)
@@ -669,6 +687,13 @@ def _phase_medians(samples: list[dict[str, float]], names: Sequence[str]) -> dic
 
 def _cpu_note(cpu_ms: dict[str, float]) -> str:
     return ", ".join(f"{name} {ms:.0f}" for name, ms in cpu_ms.items())
+
+
+def _memory_note(memory_mb: dict[str, dict[str, float]]) -> str:
+    return ", ".join(
+        f"{name} {m['before']:.0f} → {m['after_max']:.0f} ({m['peak']:.0f})"
+        for name, m in memory_mb.items()
+    )
 
 
 def _stats_dict(samples: list[float]) -> dict[str, float]:

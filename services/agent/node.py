@@ -3,9 +3,9 @@
 ``NodeAgent`` serves one node id over one NATS connection; a process usually runs one, and a
 benchmark may run hundreds on a few connections. Per namespace it:
 
-- reads ``CFG_TXN`` in order from the sequence it persisted (``confbus.runtime.follow``: no
-  durable consumer per agent — a thousand agents must not mean a thousand server-side
-  consumers — and back within a second of a reconnect or a broker restart);
+- reads ``CFG_TXN`` in order from the sequence it persisted, through its host's one reading
+  of the stream (``confbus.agent.txnfeed``: a thousand agents must not mean a thousand
+  server-side consumers), back within a second of a reconnect or a broker restart;
 - on a prepare that names it: stages, validates, fsyncs (``confbus.agent.disk``), and only
   then votes ``yes`` on ``cfg.txn.<ns>.<txid>.vote.<node>``; otherwise ``no`` with the reason;
 - on a decision: commit renames the staged file over the live one, abort drops it;
@@ -41,11 +41,12 @@ from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
 from confbus.agent.heartbeat import heartbeat_delay
 from confbus.agent.hooks import run_on_change
-from confbus.agent.instance import NodeIdGuard, txn_stream_end
+from confbus.agent.instance import NodeIdGuard
 from confbus.agent.lastgood import keep_last_good
 from confbus.agent.state import CommitOutcome, LocalState, Refused, VersionNotOnDisk
 from confbus.agent.state_io import sha256_bytes
 from confbus.agent.trust import Trust
+from confbus.agent.txnfeed import Tap, TxnReader
 from confbus.agent.variants import own_variant
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
@@ -53,7 +54,6 @@ from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError
 from confbus.runtime.events import emit
 from confbus.runtime.failpoints import failpoint
-from confbus.runtime.follow import Follower
 from confbus.runtime.txnlog import first_txn_record
 from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
@@ -62,7 +62,6 @@ from confbus.schemas.api.dist import ResyncReply, ResyncRequest
 from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.events import NodeApplied
 from confbus.schemas.node import Heartbeat
-from confbus.schemas.streams import CFG_TXN
 from confbus.schemas.txn import Decision, Prepare, Vote, decode_txn_for_agent, decode_vote_ack
 
 log = logging.getLogger("confbus.agent")
@@ -87,7 +86,7 @@ class _Namespace:
     prepared_at: float | None = None  # monotonic time we voted yes (None: not in doubt)
     unsaved: int = 0
     last_seq: int = 0
-    follower: Follower | None = None  # reading CFG_TXN (None: not started yet)
+    txn: Tap | None = None  # reading CFG_TXN (None: not started yet)
     # The stream reader and the in-doubt resolver may both hold a decision for the same
     # transaction: one at a time per namespace.
     lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -114,8 +113,9 @@ class NodeAgent:
     bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
     # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
     _beat_now: anyio.Event = field(default_factory=anyio.Event, init=False)
-    # Run by an agent host (confbus.agent.host), which runs resolve_doubts and keep_last_good.
-    hosted: bool = field(default=False, init=False)
+    # Set by an agent host (confbus.agent.host), which reads CFG_TXN for its agents and runs
+    # resolve_doubts and keep_last_good; None: this agent is a host of one.
+    host_txn: TxnReader | None = field(default=None, init=False)
     _guard: NodeIdGuard | None = field(default=None, init=False)  # one agent per node id
 
     # -- start-up: serve what is on disk before anything else --------------------------------
@@ -180,16 +180,17 @@ class NodeAgent:
 
     async def _start(self, bus: Bus, tg: TaskGroup) -> None:
         # Joining (confbus.agent.instance): no history replayed; one agent per node id.
-        end = await txn_stream_end(bus)
+        reader = self.host_txn or TxnReader(bus, tg)
+        end = await reader.stream_end()
         for ns in self.namespaces.values():
             ns.last_seq = ns.last_seq or end
         self._guard = NodeIdGuard(self.heartbeat, lambda: self._beat_now.set())
         await self._guard.join(bus)
         for name in self.namespaces:
-            await tg.start(self._follow, bus, name)
+            await tg.start(self._follow, bus, reader, name)
         tg.start_soon(self._announce_unannounced, bus)
         tg.start_soon(self._heartbeats, bus)
-        if not self.hosted:
+        if self.host_txn is None:
             tg.start_soon(resolve_doubts, bus, [self])
             tg.start_soon(keep_last_good, bus, [self])  # services.agent.lastgood
         if self.health_url:
@@ -207,31 +208,25 @@ class NodeAgent:
     async def _follow(
         self,
         bus: Bus,
+        reader: TxnReader,
         name: str,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Read the namespace's transactions in stream order, from where we left off."""
         ns = self.namespaces[name]
-        ns.follower = Follower(
-            bus,
-            CFG_TXN.name,
-            subjects.txn_of(name),
-            start_seq=ns.last_seq + 1,
-            on_live=self._on_live,
-        )
-        async with ns.follower as follower:
+        async with reader.tap(name, ns.last_seq + 1, self._on_live) as ns.txn:
             task_status.started()
             while True:
                 # No local keeps the last message while the next is awaited (~8 KB each).
-                await self._handle(bus, ns, await follower.next())
+                await self._handle(bus, ns, await ns.txn.next())
 
     @property
     def ready(self) -> bool:
         """Ready to vote: every namespace's reading of ``CFG_TXN`` has its consumer in place,
         so a prepare published now reaches this agent."""
-        followers = [ns.follower for ns in self.namespaces.values()]
-        return bool(followers) and all(f is not None and f.live for f in followers)
+        taps = [ns.txn for ns in self.namespaces.values()]
+        return bool(taps) and all(t is not None and t.live for t in taps)
 
     def _on_live(self, _live: bool) -> None:
         self._beat_now.set()  # tell the distributor now, not at the next heartbeat

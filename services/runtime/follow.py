@@ -242,6 +242,15 @@ class Follower(OpenClose):
         self._heard = time.monotonic()
         self._set_live(True)
 
+    def rewind(self, seq: int) -> None:
+        """Hand messages out again from stream sequence ``seq`` (a reader that needs them
+        joined behind this one: ``confbus.agent.txnfeed``). The consumer is re-created there;
+        one is in place all along, so ``live`` stays as it is."""
+        if 0 < seq < self._next_seq:
+            self._next_seq = seq
+            self._stale = self._stale or f"rewound to {seq}"
+            self._wake()
+
     def _wake(self) -> None:
         if self._send is not None:
             try:
@@ -275,6 +284,7 @@ class Follower(OpenClose):
                 await self._create()
                 return
             except Unavailable as exc:
+                self._set_live(False)  # the old consumer was dropped, no new one yet
                 failed += 1
                 delay = RECREATE_BACKOFF.delay(failed)
                 log.info(
@@ -347,7 +357,8 @@ class Follower(OpenClose):
         self.created += 1
         self._consumer = info.name or ""
         self._heard = time.monotonic()
-        self._stale = ""
+        # A rewind while the consumer was being created wants another one, from further back.
+        self._stale = "" if self._next_seq >= start else self._stale
         self._set_live(True)
 
     async def _drop_subscription(self) -> None:
