@@ -20,18 +20,23 @@ JetStream publish + two request/reply fan-out rounds to 10 subscribers doing the
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from benchmarks.baselines import SubscriberFleet, ensure_bench_stream, switch_floor
 from benchmarks.fleets import AgentFleet, AgentSpec, gather_host_stats, wait_heartbeats
+from benchmarks.pathtrace import PathTrace
 from benchmarks.processes import Context, fsync_probe, open_bus, version_store_available
 from benchmarks.report import Figure, stats
 from benchmarks.switch import (
+    Profiler,
     StubStore,
     Watch,
     config_bytes,
@@ -143,6 +148,7 @@ async def run(ctx: Context) -> list[Figure]:
     try:
         await ensure_bench_stream(bus)
         watches = {ns: await Watch(bus, ns).start() for ns in names}
+        trace = await PathTrace(bus).start()
         real_store = version_store_available()
         store: Proc | None = None
         if real_store:
@@ -153,7 +159,7 @@ async def run(ctx: Context) -> list[Figure]:
             # One stub answers for every namespace (the coordinator asks by namespace).
             stub = await StubStore(bus, "*").start()
             stubs.append(stub)
-        ctx.service("coordinator", nats.url)
+        coordinator = ctx.service("coordinator", nats.url)
         fleet = AgentFleet(
             ctx,
             nats.url,
@@ -244,10 +250,22 @@ async def run(ctx: Context) -> list[Figure]:
 
                 return body
 
+            profiler = _profiler(
+                {"coordinator": coordinator, "distributor": dist, "version_store": store}
+            )
+            trace.on = True
             e2e_rates, total, per_change = await counted(e2e_body, promotions=True)
+            trace.on = False
+            if profiler is not None:
+                profiler.stop()
             dist.stop()
+            steps = trace.steps(
+                {(ns, v): t for ns in names for v, t in watches[ns].started.items()}
+            )
             notes = "version-store + distributor + coordinator processes; "
-            f = rate_figure("publish", e2e_rates, total, per_change, notes)
+            f = rate_figure("publish", e2e_rates, total, per_change, notes + _steps_note(steps))
+            f.params["steps_median_ms"] = steps
+            print(f"[throughput] publish path, {_steps_note(steps)}", file=sys.stderr)
             figures.append(f.target_median(50.0))
 
         # -- switch request → all applied ----------------------------------------------------
@@ -343,6 +361,29 @@ def _per_change(
         "agent_fsyncs_per_change": agents,
         "fsyncs_per_change": js + agents + (sqlite or 0.0),
     }
+
+
+def _profiler(procs: dict[str, Proc | None]) -> Profiler | None:
+    """``CONFBUS_BENCH_PROFILE=DIR``: py-spy samples the services on the publish path (the
+    version-store, the distributor and the coordinator) during its windows."""
+    out = os.environ.get("CONFBUS_BENCH_PROFILE")
+    if not out:
+        return None
+    pids = {name: p.pid for name, p in procs.items() if p is not None}
+    profiler = Profiler(Path(out), pids)
+    profiler.start()
+    return profiler
+
+
+def _steps_note(steps: dict[str, float]) -> str:
+    """Where a change's time goes: each step's median ms after the publish (``PathTrace``)."""
+    if not steps:
+        return ""
+    return (
+        "median ms after the publish: "
+        + ", ".join(f"{step} {ms:.0f}" for step, ms in steps.items())
+        + "; "
+    )
 
 
 def _fsync_note(p: dict[str, Any]) -> str:
