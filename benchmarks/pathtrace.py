@@ -43,6 +43,7 @@ class PathTrace:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.seen: dict[Key, dict[str, float]] = defaultdict(dict)
+        self.rollout_writes: dict[Key, int] = defaultdict(int)  # writes of the rollout record
         self.on = False  # only while a measured path runs
 
     async def start(self) -> PathTrace:
@@ -82,6 +83,8 @@ class PathTrace:
             wave = rec.waves[rec.current_wave].state if rec.current_wave < len(rec.waves) else "-"
             step = f"rollout {rec.state} w{rec.current_wave}:{wave}"
             self._mark((rec.namespace, rec.version), step, now)
+            if self.on:
+                self.rollout_writes[(rec.namespace, rec.version)] += 1
 
     async def _on_api(self, msg: Msg) -> None:
         now = time.perf_counter()
@@ -96,6 +99,11 @@ class PathTrace:
         with contextlib.suppress(*_DECODE):
             rec = decode_txn(msg.data)
             self._mark((rec.namespace, rec.version), f"txn {msg.subject.rsplit('.', 1)[-1]}", now)
+
+    def writes_per_change(self, started: dict[Key, float]) -> float | None:
+        """Median writes of the rollout record per traced change."""
+        counts = [self.rollout_writes[k] for k in started if k in self.rollout_writes]
+        return statistics.median(counts) if counts else None
 
     def steps(self, started: dict[Key, float]) -> dict[str, float]:
         """Median milliseconds from each traced change's publish to each of its steps, in the

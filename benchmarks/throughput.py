@@ -91,14 +91,13 @@ async def _window(
     return done, time.perf_counter() - started
 
 
-async def _js_messages(bus: Bus) -> int:
-    """Messages ever stored in every stream (KV buckets are streams too): each one fsynced."""
-    total = 0
-    for info in await bus.js.streams_info():
-        if info.config.name == "BENCH_BASE":
-            continue
-        total += info.state.last_seq
-    return total
+async def _js_messages(bus: Bus) -> dict[str, int]:
+    """Messages ever stored in each stream (KV buckets are streams too): each one fsynced."""
+    return {
+        info.config.name: info.state.last_seq
+        for info in await bus.js.streams_info()
+        if info.config.name != "BENCH_BASE" and info.config.name is not None
+    }
 
 
 def _store_commits(store: Proc | None) -> float | None:
@@ -121,7 +120,7 @@ def _store_commits(store: Proc | None) -> float | None:
 
 @dataclass
 class Counters:
-    js: int
+    js: dict[str, int]  # messages stored so far, per stream
     agent_fsyncs: int
     sqlite: float | None
 
@@ -234,7 +233,7 @@ async def run(ctx: Context) -> list[Figure]:
 
         # -- publish → all applied ------------------------------------------------------------
         e2e_rates: list[float] = []
-        per_change: dict[str, float] = {}
+        per_change: dict[str, Any] = {}
         # The smoke run leaves out the distributor path: the switch smoke covers it already.
         with_distributor = real_store and not ctx.smoke
         dist = ctx.try_service("distributor", nats.url) if with_distributor else None
@@ -259,12 +258,15 @@ async def run(ctx: Context) -> list[Figure]:
             if profiler is not None:
                 profiler.stop()
             dist.stop()
-            steps = trace.steps(
-                {(ns, v): t for ns in names for v, t in watches[ns].started.items()}
-            )
+            started = {(ns, v): t for ns in names for v, t in watches[ns].started.items()}
+            steps = trace.steps(started)
+            writes = trace.writes_per_change(started)
             notes = "version-store + distributor + coordinator processes; "
             f = rate_figure("publish", e2e_rates, total, per_change, notes + _steps_note(steps))
             f.params["steps_median_ms"] = steps
+            f.params["rollout_record_writes_per_change"] = writes
+            if writes is not None:
+                f.notes += f"; {writes:g} writes of the rollout record per change"
             print(f"[throughput] publish path, {_steps_note(steps)}", file=sys.stderr)
             figures.append(f.target_median(50.0))
 
@@ -349,7 +351,12 @@ def _per_change(
     before: Counters, after: Counters, changes: int, *, promotions: bool
 ) -> dict[str, Any]:
     changes = max(1, changes)
-    js = (after.js - before.js) / changes
+    per_stream = {
+        name: (n - before.js.get(name, 0)) / changes
+        for name, n in sorted(after.js.items())
+        if n > before.js.get(name, 0)
+    }
+    js = sum(per_stream.values())
     agents = (after.agent_fsyncs - before.agent_fsyncs) / changes
     sqlite: float | None = None
     if before.sqlite is not None and after.sqlite is not None:
@@ -357,6 +364,7 @@ def _per_change(
         sqlite = (after.sqlite - before.sqlite) / changes + (1.0 if promotions else 0.0)
     return {
         "js_fsynced_writes_per_change": js,
+        "js_writes_per_change_by_stream": per_stream,
         "sqlite_commits_per_change": sqlite,
         "agent_fsyncs_per_change": agents,
         "fsyncs_per_change": js + agents + (sqlite or 0.0),
@@ -390,8 +398,10 @@ def _fsync_note(p: dict[str, Any]) -> str:
     if not p:
         return ""
     sqlite = p["sqlite_commits_per_change"]
+    streams = ", ".join(f"{k} {v:.1f}" for k, v in p["js_writes_per_change_by_stream"].items())
     return (
-        f"per change: {p['js_fsynced_writes_per_change']:.1f} fsynced JetStream writes, "
+        f"per change: {p['js_fsynced_writes_per_change']:.1f} fsynced JetStream writes "
+        f"({streams}), "
         f"{'?' if sqlite is None else f'{sqlite:.2f}'} SQLite commits, "
         f"{p['agent_fsyncs_per_change']:.1f} agent fsyncs"
     )
