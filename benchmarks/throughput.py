@@ -284,14 +284,23 @@ async def run(ctx: Context) -> list[Figure]:
 
             return body
 
-        sw_rates, total, sw_per_change = await counted(switch_body, promotions=False)
-        notes = (
-            "no distributor: version stored (publish → version.created), then cfg.api.txn.switch; "
-        )
-        f = rate_figure("store + switch request", sw_rates, total, sw_per_change, notes)
-        if not e2e_rates:  # no distributor: the target is judged on this path
-            f.target_median(50.0)
-        figures.append(f)
+        sw_rates: list[float] = []
+        sw_per_change: dict[str, Any] = {}
+        try:
+            sw_rates, total, sw_per_change = await counted(switch_body, promotions=False)
+        except Exception as exc:
+            if not e2e_rates:
+                raise
+            # The publish path's figure stands; say why this one is missing (on a machine
+            # busy with other work, a coordinator starved of CPU can lose its lease mid-switch).
+            ctx.skipped.append(f"store + switch request path failed: {exc!r}"[:300])
+        if sw_rates:
+            notes = "no distributor: version stored (publish → version.created), then "
+            notes += "cfg.api.txn.switch; "
+            f = rate_figure("store + switch request", sw_rates, total, sw_per_change, notes)
+            if not e2e_rates:  # no distributor: the target is judged on this path
+                f.target_median(50.0)
+            figures.append(f)
 
         # -- fsyncs per change, and this disk's fsync rate ---------------------------------------
         fsyncs = per_change or sw_per_change
