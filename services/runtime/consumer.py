@@ -116,19 +116,17 @@ def per_key(
     message is still acked only after its own handler returned (the consumer acks a batch once
     all of it is handled)."""
 
+    in_order = per_message(handler)
+
     async def one_key(items: list[Delivery[T]]) -> None:
-        for item in items:
-            try:
-                await handler(item.value, item.msg)
-            except Exception as exc:
-                item.fail(exc)
+        await in_order(items)
 
     async def run(batch: Sequence[Delivery[T]]) -> None:
         groups: dict[str, list[Delivery[T]]] = {}
         for item in batch:
             groups.setdefault(key(item.value), []).append(item)
         if len(groups) == 1:
-            await one_key(list(batch))  # no task to start
+            await in_order(batch)  # no task to start
             return
         async with anyio.create_task_group() as tg:
             for items in groups.values():
