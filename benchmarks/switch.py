@@ -402,7 +402,9 @@ class SizeResult:
 class Profiler:
     """``CONFBUS_BENCH_PROFILE=DIR``: py-spy (``pip install py-spy``; not a dependency)
     samples the coordinator and every agent host during the timed switches of the size in
-    ``CONFBUS_BENCH_PROFILE_SIZE`` (default 100), writing folded stacks to DIR. With
+    ``CONFBUS_BENCH_PROFILE_SIZE`` (default 100), writing folded stacks to DIR
+    (``CONFBUS_BENCH_PROFILE_RATE`` samples a second, default 100;
+    ``CONFBUS_BENCH_PROFILE_IDLE``: 1 wall clock, 0 on-CPU, ``gil`` the GIL's holder). With
     ``CONFBUS_BENCH_PROFILE_TOOL=perf``, ``perf record -g`` of the agent hosts instead (the
     kernel's side: system calls, the scheduler, the GIL's futexes), to DIR/perf.data."""
 
@@ -434,12 +436,16 @@ class Profiler:
             return [[*perf, "-o", str(self.out / "perf.data")]]
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         commands = []
+        rate = os.environ.get("CONFBUS_BENCH_PROFILE_RATE", "100")
+        mode = os.environ.get("CONFBUS_BENCH_PROFILE_IDLE", "1")
         for name, pid in self.pids.items():
-            # Non-blocking, 100 Hz: sampling must not stall ~40 threads per host.
-            argv = [spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
+            # Non-blocking (100 Hz by default): sampling must not stall ~40 threads per host.
+            argv = [spy, "record", "--pid", str(pid), "--rate", rate, "--format", "raw"]
             argv += ["--nonblocking", "--threads"]
-            if os.environ.get("CONFBUS_BENCH_PROFILE_IDLE", "1") == "1":
+            if mode == "1":
                 argv.append("--idle")  # wall clock: waits (fsync, queues) count too
+            elif mode == "gil":
+                argv.append("--gil")  # only the thread holding the GIL: the Python CPU
             commands.append([*argv, "--output", str(self.out / f"{name}.folded")])
         return commands
 

@@ -143,9 +143,16 @@ class RecordedDisk:
             return True
 
     def note_stream_seq(self, seq: int) -> None:
-        """Remember ``seq`` for the next state write (no I/O of its own)."""
-        with self._lock:
-            self._pending_seq = max(self._pending_seq, seq)
+        """Remember ``seq`` for the next state write (no I/O of its own).
+
+        Without the lock: the event loop calls this for every message, and the lock is held
+        by a worker thread for a whole disk step of this namespace (the periodic heartbeat's
+        re-read, a last-good mark with its fsync) — the loop, and every agent of a host with
+        it, waited up to 30 ms for it. The loop is the only writer of ``_pending_seq`` and an
+        attribute store is atomic, so a concurrent state write carries the new sequence or
+        the one before, as it would have before or after the lock."""
+        if seq > self._pending_seq:
+            self._pending_seq = seq
 
     def note_announced(self, version: int) -> None:
         """Remember that ``node.applied`` of ``version`` was published, for the next state

@@ -366,6 +366,30 @@ def test_stream_sequence_is_persisted(root: Path) -> None:
     assert open_disk(root).load().stream_seq == 9
 
 
+def test_noting_the_stream_sequence_does_not_wait_for_a_disk_step(root: Path) -> None:
+    """The event loop notes every message's sequence while a worker may hold the namespace's
+    disk for a whole step (a fsync): every agent of a host would wait with it."""
+    disk = open_disk(root)
+    disk.load()
+    holding, release = threading.Event(), threading.Event()
+    waited_out: list[bool] = []
+
+    def disk_step() -> None:
+        with disk._lock:
+            holding.set()
+            waited_out.append(not release.wait(10))
+
+    worker = threading.Thread(target=disk_step)
+    worker.start()
+    assert holding.wait(10)
+    disk.note_stream_seq(12)  # before the fix: back only when the step gave up, 10 s later
+    release.set()
+    worker.join()
+    assert waited_out == [False]
+    disk.observe_epoch(3)  # the next state write carries the sequence
+    assert open_disk(root).load().stream_seq == 12
+
+
 def test_unreadable_state_is_reported_not_overwritten(root: Path, state_dir: Path) -> None:
     commit_version(open_disk(root), 1)
     slots = [state_dir / NS / "state.a", state_dir / NS / "state.b"]
