@@ -1,4 +1,5 @@
-"""``python -m benchmarks [NAMES…] [--smoke] [--out DIR] [--list] [--keep-workdir]``
+"""``python -m benchmarks [NAMES…] [--smoke] [--out DIR] [--list] [--keep-workdir]
+[--budget-scale X]``
 
 Runs each named benchmark (all, in order, when none is named), each with its own fresh
 nats-server (and etcd where it needs one and ``etcd`` is on PATH), and writes
@@ -143,7 +144,7 @@ def as_figure(name: str, item: Figure | dict[str, Any]) -> Figure:
 
 
 def run_one(
-    name: str, entry: Entry, smoke_run: bool, workdir: Path
+    name: str, entry: Entry, smoke_run: bool, workdir: Path, budget_scale: float = 1.0
 ) -> tuple[dict[str, Any], list[Figure]]:
     try:
         module = importlib.import_module(entry.module)
@@ -156,7 +157,7 @@ def run_one(
         return {"status": "skipped", "detail": f"{entry.module} has no run(ctx)"}, []
     ctx = Context(name=name, smoke=smoke_run, workdir=workdir / name)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    budget = SMOKE_BUDGET_S if smoke_run else entry.budget_s
+    budget = (SMOKE_BUDGET_S if smoke_run else entry.budget_s) * budget_scale
     started = time.monotonic()
 
     async def bounded() -> list[Any]:
@@ -203,6 +204,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the servers' data and logs"
     )
+    parser.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="allow this many times each benchmark's time budget (a machine busy with other "
+        "work starts its fleets slower)",
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in names]
     if unknown:
@@ -231,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in wanted:
             entry = BENCHMARKS[name]
             print(f"[{name}] {entry.what} …", file=sys.stderr, flush=True)
-            info, figures = run_one(name, entry, args.smoke, workdir)
+            info, figures = run_one(name, entry, args.smoke, workdir, args.budget_scale)
             report.benchmarks[name] = info
             report.figures += figures
             took = f" in {info['seconds']} s" if "seconds" in info else ""

@@ -20,18 +20,23 @@ JetStream publish + two request/reply fan-out rounds to 10 subscribers doing the
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from benchmarks.baselines import SubscriberFleet, ensure_bench_stream, switch_floor
 from benchmarks.fleets import AgentFleet, AgentSpec, gather_host_stats, wait_heartbeats
+from benchmarks.pathtrace import PathTrace
 from benchmarks.processes import Context, fsync_probe, open_bus, version_store_available
 from benchmarks.report import Figure, stats
 from benchmarks.switch import (
+    Profiler,
     StubStore,
     Watch,
     config_bytes,
@@ -86,14 +91,13 @@ async def _window(
     return done, time.perf_counter() - started
 
 
-async def _js_messages(bus: Bus) -> int:
-    """Messages ever stored in every stream (KV buckets are streams too): each one fsynced."""
-    total = 0
-    for info in await bus.js.streams_info():
-        if info.config.name == "BENCH_BASE":
-            continue
-        total += info.state.last_seq
-    return total
+async def _js_messages(bus: Bus) -> dict[str, int]:
+    """Messages ever stored in each stream (KV buckets are streams too): each one fsynced."""
+    return {
+        info.config.name: info.state.last_seq
+        for info in await bus.js.streams_info()
+        if info.config.name != "BENCH_BASE" and info.config.name is not None
+    }
 
 
 def _store_commits(store: Proc | None) -> float | None:
@@ -116,7 +120,7 @@ def _store_commits(store: Proc | None) -> float | None:
 
 @dataclass
 class Counters:
-    js: int
+    js: dict[str, int]  # messages stored so far, per stream
     agent_fsyncs: int
     sqlite: float | None
 
@@ -143,6 +147,7 @@ async def run(ctx: Context) -> list[Figure]:
     try:
         await ensure_bench_stream(bus)
         watches = {ns: await Watch(bus, ns).start() for ns in names}
+        trace = await PathTrace(bus).start()
         real_store = version_store_available()
         store: Proc | None = None
         if real_store:
@@ -153,7 +158,7 @@ async def run(ctx: Context) -> list[Figure]:
             # One stub answers for every namespace (the coordinator asks by namespace).
             stub = await StubStore(bus, "*").start()
             stubs.append(stub)
-        ctx.service("coordinator", nats.url)
+        coordinator = ctx.service("coordinator", nats.url)
         fleet = AgentFleet(
             ctx,
             nats.url,
@@ -228,7 +233,7 @@ async def run(ctx: Context) -> list[Figure]:
 
         # -- publish → all applied ------------------------------------------------------------
         e2e_rates: list[float] = []
-        per_change: dict[str, float] = {}
+        per_change: dict[str, Any] = {}
         # The smoke run leaves out the distributor path: the switch smoke covers it already.
         with_distributor = real_store and not ctx.smoke
         dist = ctx.try_service("distributor", nats.url) if with_distributor else None
@@ -244,10 +249,25 @@ async def run(ctx: Context) -> list[Figure]:
 
                 return body
 
+            profiler = _profiler(
+                {"coordinator": coordinator, "distributor": dist, "version_store": store}
+            )
+            trace.on = True
             e2e_rates, total, per_change = await counted(e2e_body, promotions=True)
+            trace.on = False
+            if profiler is not None:
+                profiler.stop()
             dist.stop()
+            started = {(ns, v): t for ns in names for v, t in watches[ns].started.items()}
+            steps = trace.steps(started)
+            writes = trace.writes_per_change(started)
             notes = "version-store + distributor + coordinator processes; "
-            f = rate_figure("publish", e2e_rates, total, per_change, notes)
+            f = rate_figure("publish", e2e_rates, total, per_change, notes + _steps_note(steps))
+            f.params["steps_median_ms"] = steps
+            f.params["rollout_record_writes_per_change"] = writes
+            if writes is not None:
+                f.notes += f"; {writes:g} writes of the rollout record per change"
+            print(f"[throughput] publish path, {_steps_note(steps)}", file=sys.stderr)
             figures.append(f.target_median(50.0))
 
         # -- switch request → all applied ----------------------------------------------------
@@ -264,14 +284,23 @@ async def run(ctx: Context) -> list[Figure]:
 
             return body
 
-        sw_rates, total, sw_per_change = await counted(switch_body, promotions=False)
-        notes = (
-            "no distributor: version stored (publish → version.created), then cfg.api.txn.switch; "
-        )
-        f = rate_figure("store + switch request", sw_rates, total, sw_per_change, notes)
-        if not e2e_rates:  # no distributor: the target is judged on this path
-            f.target_median(50.0)
-        figures.append(f)
+        sw_rates: list[float] = []
+        sw_per_change: dict[str, Any] = {}
+        try:
+            sw_rates, total, sw_per_change = await counted(switch_body, promotions=False)
+        except Exception as exc:
+            if not e2e_rates:
+                raise
+            # The publish path's figure stands; say why this one is missing (on a machine
+            # busy with other work, a coordinator starved of CPU can lose its lease mid-switch).
+            ctx.skipped.append(f"store + switch request path failed: {exc!r}"[:300])
+        if sw_rates:
+            notes = "no distributor: version stored (publish → version.created), then "
+            notes += "cfg.api.txn.switch; "
+            f = rate_figure("store + switch request", sw_rates, total, sw_per_change, notes)
+            if not e2e_rates:  # no distributor: the target is judged on this path
+                f.target_median(50.0)
+            figures.append(f)
 
         # -- fsyncs per change, and this disk's fsync rate ---------------------------------------
         fsyncs = per_change or sw_per_change
@@ -331,7 +360,12 @@ def _per_change(
     before: Counters, after: Counters, changes: int, *, promotions: bool
 ) -> dict[str, Any]:
     changes = max(1, changes)
-    js = (after.js - before.js) / changes
+    per_stream = {
+        name: (n - before.js.get(name, 0)) / changes
+        for name, n in sorted(after.js.items())
+        if n > before.js.get(name, 0)
+    }
+    js = sum(per_stream.values())
     agents = (after.agent_fsyncs - before.agent_fsyncs) / changes
     sqlite: float | None = None
     if before.sqlite is not None and after.sqlite is not None:
@@ -339,18 +373,44 @@ def _per_change(
         sqlite = (after.sqlite - before.sqlite) / changes + (1.0 if promotions else 0.0)
     return {
         "js_fsynced_writes_per_change": js,
+        "js_writes_per_change_by_stream": per_stream,
         "sqlite_commits_per_change": sqlite,
         "agent_fsyncs_per_change": agents,
         "fsyncs_per_change": js + agents + (sqlite or 0.0),
     }
 
 
+def _profiler(procs: dict[str, Proc | None]) -> Profiler | None:
+    """``CONFBUS_BENCH_PROFILE=DIR``: py-spy samples the services on the publish path (the
+    version-store, the distributor and the coordinator) during its windows."""
+    out = os.environ.get("CONFBUS_BENCH_PROFILE")
+    if not out:
+        return None
+    pids = {name: p.pid for name, p in procs.items() if p is not None}
+    profiler = Profiler(Path(out), pids)
+    profiler.start()
+    return profiler
+
+
+def _steps_note(steps: dict[str, float]) -> str:
+    """Where a change's time goes: each step's median ms after the publish (``PathTrace``)."""
+    if not steps:
+        return ""
+    return (
+        "median ms after the publish: "
+        + ", ".join(f"{step} {ms:.0f}" for step, ms in steps.items())
+        + "; "
+    )
+
+
 def _fsync_note(p: dict[str, Any]) -> str:
     if not p:
         return ""
     sqlite = p["sqlite_commits_per_change"]
+    streams = ", ".join(f"{k} {v:.1f}" for k, v in p["js_writes_per_change_by_stream"].items())
     return (
-        f"per change: {p['js_fsynced_writes_per_change']:.1f} fsynced JetStream writes, "
+        f"per change: {p['js_fsynced_writes_per_change']:.1f} fsynced JetStream writes "
+        f"({streams}), "
         f"{'?' if sqlite is None else f'{sqlite:.2f}'} SQLite commits, "
         f"{p['agent_fsyncs_per_change']:.1f} agent fsyncs"
     )

@@ -40,6 +40,7 @@ from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.concurrency import gather
 from confbus.runtime.errors import ConfbusError, Conflict, InvalidInput, NotFound, Permanent, Stale
+from confbus.runtime.kv import Entry
 from confbus.runtime.leases import Leases
 from confbus.schemas.api import health as health_api
 from confbus.schemas.api.dist import ACTIVE_STATES, TERMINAL_STATES, RolloutInfo
@@ -120,7 +121,11 @@ class Driver:
         rec = entry.value
         if rec is None:
             return False
-        if rec.outbox:  # left by a crash, or a write that failed: publish and clear it
+        if rec.outbox and not (
+            self.rollouts.published(namespace, rec) and R.writes_next(rec, datetime.now(UTC))
+        ):
+            # Left by a crash, or a write that failed, or published by a write whose next
+            # step is not at once: publish (again: a no-op by message id) and clear it.
             await self.rollouts.flush(namespace, entry)
             return True
         if rec.state in TERMINAL_STATES:
@@ -348,7 +353,7 @@ class Driver:
                     + (f" ({reply.reason})" if reply.reason else "")
                 ),
             )
-        await self.rollouts.transition(
+        entry = await self.rollouts.transition(
             namespace,
             rec,
             lambda c: W.record_verdict(
@@ -361,7 +366,9 @@ class Driver:
                 actor=self.instance,
                 alert=alert,
             ),
+            publish=False,
         )
+        await self.rollouts.flush(namespace, entry, clear=not _writes_next(entry))
 
     async def _verdict(
         self, namespace: str, version: int, nodes: list[str], since: datetime
@@ -428,6 +435,12 @@ class Driver:
             "rollout completed",
             extra={"namespace": namespace, "version": rec.version, "last_good": last_good},
         )
+
+
+def _writes_next(entry: Entry[RolloutInfo]) -> bool:
+    """The next step writes the record at once: it drops the events just published from the
+    outbox, no write of their own (``record.writes_next``)."""
+    return entry.value is not None and R.writes_next(entry.value, datetime.now(UTC))
 
 
 def _no_targets(

@@ -48,6 +48,7 @@ log = logging.getLogger("confbus.distributor")
 AWAY_AFTER = 3.0  # heartbeat intervals missed
 GONE_AFTER = 10.0
 PERSIST_EVERY_S = 30.0  # refresh last_heartbeat in the record at least this often
+DEAF_FLOOR_S = 0.05  # the shortest heartbeat interval taken into account by ``deaf``
 MEMBERS_LEASE = "_members"  # lease.distributor._members: the replica writing node records
 
 
@@ -211,10 +212,15 @@ class Membership:
 
     def deaf(self) -> bool:
         """We have heard no one for longer than two of the fleet's shortest intervals."""
-        heard = [m.interval_s for m in self.members.values() if m.heard]
-        if not heard or not self.last_any:
+        if not self.last_any:
             return False
-        return time.monotonic() - self.last_any > 2 * max(min(heard), 0.05)
+        silent = time.monotonic() - self.last_any
+        if silent <= 2 * DEAF_FLOOR_S:
+            # Never deaf this soon, whatever the intervals: asked on every heartbeat (hundreds
+            # a second), it must not walk every member each time.
+            return False
+        heard = [m.interval_s for m in self.members.values() if m.heard]
+        return bool(heard) and silent > 2 * max(min(heard), DEAF_FLOOR_S)
 
     def get(self, node: str) -> Member | None:
         return self.members.get(node)

@@ -173,6 +173,24 @@ def at_boundary(rec: RolloutInfo) -> bool:
     return rec.waves[rec.current_wave].state in ("pending", "baking", "done")
 
 
+def writes_next(rec: RolloutInfo, now: datetime) -> bool:
+    """The driver's next step writes the record at once (no wait before it): the next wave's
+    switch, a bake that is due, the next wave, the finish. The events of a write followed by
+    such a step need no write of their own to leave the outbox: that step's write drops them."""
+    if rec.state != "running" or not rec.planned:
+        return False
+    if rec.current_wave >= len(rec.waves):
+        return True  # the finish
+    w = rec.waves[rec.current_wave]
+    if w.state in ("done", "skipped"):
+        return True
+    if w.state == "pending":
+        return w.retry_at is None or w.retry_at <= now
+    if w.state == "baking":
+        return w.committed_at is not None and (now - w.committed_at).total_seconds() >= rec.bake_s
+    return False
+
+
 # -- endings ----------------------------------------------------------------------------------
 
 

@@ -120,6 +120,11 @@ class Rollouts:
         with anyio.move_on_after(timeout):
             await self._any.wait()
 
+    def published(self, namespace: str, rec: RolloutInfo) -> bool:
+        """Every event in the record's outbox was published by us: the next write drops them."""
+        sent = self._sent.get(namespace, set())
+        return all(i.msg_id in sent for i in rec.outbox)
+
     async def flush(self, namespace: str, entry: Entry[RolloutInfo], *, clear: bool = True) -> None:
         """Publish the record's outbox, then remove what was published — at once, or with
         ``clear=False`` by the next write (one the caller is about to make). Until then a

@@ -205,7 +205,10 @@ class WaveSwitch:
             nodes = [v.node for v in votes] or entry.value.waves[i].switch_nodes
             await self.targets.raise_to(namespace, nodes, rec.version, txid)
         await failpoint("distributor.after_wave_recorded")
-        await self.rollouts.flush(namespace, entry)
+        # A bake of 0 s: the verdict's write follows at once and drops these events from the
+        # outbox (``record.writes_next``); else a write of their own.
+        moves_on = R.writes_next(entry.value, datetime.now(UTC))
+        await self.rollouts.flush(namespace, entry, clear=not moves_on)
 
     async def recover(self, namespace: str, rec: RolloutInfo, i: int) -> None:
         """A wave left ``switching``: find what became of its attempt before doing anything."""

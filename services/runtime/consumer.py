@@ -107,6 +107,34 @@ def per_message(handler: Callable[[T, Msg], Awaitable[None]]) -> BatchHandler[T]
     return run
 
 
+def per_key(
+    handler: Callable[[T, Msg], Awaitable[None]], key: Callable[[T], str]
+) -> BatchHandler[T]:
+    """Adapt a one-message handler to the batch interface, the messages of one ``key`` (say a
+    namespace) in their order and the keys side by side: one namespace's slow step (a store
+    round trip, a compare-and-set) does not hold back the others' messages of the batch. Each
+    message is still acked only after its own handler returned (the consumer acks a batch once
+    all of it is handled)."""
+
+    in_order = per_message(handler)
+
+    async def one_key(items: list[Delivery[T]]) -> None:
+        await in_order(items)
+
+    async def run(batch: Sequence[Delivery[T]]) -> None:
+        groups: dict[str, list[Delivery[T]]] = {}
+        for item in batch:
+            groups.setdefault(key(item.value), []).append(item)
+        if len(groups) == 1:
+            await in_order(batch)  # no task to start
+            return
+        async with anyio.create_task_group() as tg:
+            for items in groups.values():
+                tg.start_soon(one_key, items)
+
+    return run
+
+
 @dataclass
 class Consumer(Generic[T]):
     bus: Bus

@@ -9,6 +9,7 @@ from confbus.distributor import record as R
 from confbus.distributor import record_waves as W
 from confbus.distributor.strategy import excluded_budget
 from confbus.schemas.api.dist import RolloutInfo
+from confbus.schemas.base import utcnow
 from confbus.schemas.events import RolloutFailed, RolloutWave, VoteRecord
 from confbus.schemas.health import Alert
 from confbus.schemas.policy import Policy
@@ -218,3 +219,26 @@ def test_outbox_ids_are_stable_per_transition() -> None:
     a = W.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
     b = W.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=None, actor=ACTOR)
     assert a.outbox[-1].msg_id == b.outbox[-1].msg_id == f"rollout:{rec.rollout_id}:wave0:t1"
+
+
+def test_writes_next_says_when_the_next_step_writes_at_once() -> None:
+    """Events published by a write leave the outbox with the next step's write only when that
+    step writes at once: a due bake, the next wave, the finish — not a bake still running, a
+    retry backing off, a paused or ended rollout."""
+    rec = attempt(planned())
+    assert not R.writes_next(rec, utcnow())  # switching: the outcome comes when it comes
+    rec = W.record_commit(rec, 0, txid="t1", votes=votes(["n0", "n1"]), switch_s=0.01, actor=ACTOR)
+    committed = rec.waves[0].committed_at
+    assert committed is not None and rec.bake_s == 1.0
+    assert not R.writes_next(rec, committed + timedelta(seconds=0.5))  # baking
+    assert R.writes_next(rec, committed + timedelta(seconds=1.0))  # the bake is due
+    assert not R.writes_next(R.pause(rec, actor=ACTOR, reason=""), committed + timedelta(seconds=2))
+    rec = W.record_verdict(
+        rec, 0, verdict="pass", samples=3, reason="", passed=True, actor=ACTOR, alert=None
+    )
+    assert rec.current_wave == 1 and R.writes_next(rec, utcnow())  # the next wave's switch
+    backing_off = R.set_wave(rec, 1, R.replace(rec.waves[1], retry_at=utcnow() + timedelta(1)))
+    assert not R.writes_next(backing_off, utcnow())
+    done = R.replace(rec, current_wave=len(rec.waves))
+    assert R.writes_next(done, utcnow())  # the finish: promote, then complete
+    assert not R.writes_next(R.complete(done, actor=ACTOR, last_good=False), utcnow())

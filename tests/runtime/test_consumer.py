@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from confbus.runtime.bus import Bus
-from confbus.runtime.consumer import Consumer, Delivery
+from confbus.runtime.consumer import Consumer, Delivery, per_key
 from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.retry import Backoff
@@ -250,3 +250,34 @@ async def test_a_consumer_deleted_by_hand_is_made_again_and_consuming_goes_on(bu
             await got["after"].wait()
         tg.cancel_scope.cancel()
     assert seen == ["before", "after"]
+
+
+async def test_per_key_handles_namespaces_side_by_side_each_in_order(bus: Bus) -> None:
+    """ns1's first change waits until ns2's changes were handled: they were, in the same batch,
+    so the namespaces ran side by side; each namespace's own changes kept their order, and a
+    failure in one namespace dead-letters that change only."""
+    order: list[str] = []
+    ns2_done = anyio.Event()
+    all_done = anyio.Event()
+
+    async def handle(value: ChangeProposed, _msg: object) -> None:
+        if value.change_id == "a1":
+            with anyio.fail_after(5):  # only reached if ns2 runs beside ns1
+                await ns2_done.wait()
+        if value.change_id == "b-bad":
+            raise InvalidInput("bad change", where="$.x")
+        order.append(value.change_id)
+        if value.change_id == "b2":
+            ns2_done.set()
+        if len(order) == 4:
+            all_done.set()
+
+    for ns, cid in (("ns1", "a1"), ("ns2", "b1"), ("ns1", "a2"), ("ns2", "b-bad"), ("ns2", "b2")):
+        await bus.publish(subjects.change(ns), change(ns, cid), msg_id=f"{ns}:{cid}")
+    handler = per_key(handle, key=lambda c: c.namespace)
+    await consume_until(all_done, make_consumer(bus, handler, batch=10), drain=True)
+    assert [c for c in order if c.startswith("a")] == ["a1", "a2"]
+    assert [c for c in order if c.startswith("b")] == ["b1", "b2"]
+    assert order.index("b2") < order.index("a1")
+    [letter] = await dlq_letters(bus, 1)
+    assert "bad change" in letter.reason and letter.subject == subjects.change("ns2")
