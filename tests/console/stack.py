@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from confbus.procs.agent import agent_argv
 from confbus.procs.proc import Proc
 from tests.cli.procs import run_confbus, start_confbus
 
@@ -74,10 +74,10 @@ class ConsoleStack:
         base = self.root / "nodes" / node
         base.mkdir(parents=True, exist_ok=True)
         path = base / f"{namespace}.json"
-        argv = [sys.executable, "-m", "confbus.agent", "--nats-url", self.nats_url,
-                "--node", node, "--namespace", namespace, "--path", str(path),
-                "--state-dir", str(base / "state"), "--heartbeat-interval", "0.5",
-                *extra]  # fmt: skip
+        state = base / "state"
+        argv = agent_argv(
+            self.nats_url, node, {namespace: path}, state, *extra, heartbeat_interval=0.5
+        )
         proc = Proc(f"agent-{node}", argv).start(timeout=30)
         agent = Agent(node, path, proc)
         self.agents[node] = agent

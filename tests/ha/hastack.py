@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from confbus.client import Client
+from confbus.procs.agent import agent_argv
 from confbus.procs.etcd import etcd_binary, leader_name
 from confbus.procs.proc import Proc
 from confbus.procs.spawn import alive
@@ -146,11 +146,8 @@ class HaStack:
         live = root / node / "etc"
         live.mkdir(parents=True, exist_ok=True)
         path = live / f"{namespace}.json"
-        argv = [
-            sys.executable, "-m", "confbus.agent", "--nats-url", self.url,
-            "--node", node, "--namespace", namespace, "--path", str(path),
-            "--state-dir", str(root / node / "state"), "--heartbeat-interval", "0.5",
-        ]  # fmt: skip
+        state = root / node / "state"
+        argv = agent_argv(self.url, node, {namespace: path}, state, heartbeat_interval=0.5)
         logs = root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         proc = Proc(f"agent-{node}", argv, logs, env=self.env(f"agent-{node}")).start()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from confbus.agent.disk import NamespaceDisk
 from confbus.agent.lastgood import POLICY_FILE, cache_policy, cached_policy, sync_namespace
 from confbus.agent.node import Binding, NodeAgent
 from confbus.agent.state import CommitOutcome
+from confbus.procs.agent import agent_argv
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
@@ -97,10 +97,7 @@ def _dead_url() -> str:
 
 
 def _agent(root: Path, live: Path, state: Path) -> Proc:
-    argv = [
-        sys.executable, "-m", "confbus.agent", "--nats-url", _dead_url(), "--node", "n1",
-        "--namespace", NS, "--path", str(live), "--state-dir", str(state),
-    ]  # fmt: skip
+    argv = agent_argv(_dead_url(), "n1", {NS: live}, state)
     return Proc("agent-n1", argv, root, {"CONFBUS_COLD_START_GRACE_S": "0.3"})
 
 
