@@ -19,6 +19,7 @@ import httpx
 from confbus.procs.agent import agent_argv
 from confbus.procs.proc import Proc
 from tests.cli.procs import run_confbus, start_confbus
+from tests.helpers import stopped_after
 
 
 @dataclass
@@ -107,11 +108,7 @@ def start(root: Path) -> ConsoleStack:
 
 
 def stack_fixture(root: Path) -> Iterator[ConsoleStack]:
-    stack = start(root)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    yield from stopped_after(start(root), ConsoleStack.stop)
 
 
 def wait_event(

@@ -29,6 +29,7 @@ from confbus.runtime.bus import Bus, connect
 from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
 from tests.cli.procs import lock_is_free, start_confbus
+from tests.helpers import stopped_after
 
 READY = re.compile(
     r"^confbus ready nats=(?P<nats>\S+) data=(?P<data>\S+) services=(?P<services>\S+)"
@@ -198,11 +199,7 @@ def _start_up(data_dir: Path, *args: str, nats_port: int) -> HaStack:
 
 
 def ha_fixture(data_dir: Path) -> Iterator[HaStack]:
-    stack = start_ha(data_dir)
-    try:
-        yield stack
-    finally:
-        stack.cleanup()
+    yield from stopped_after(start_ha(data_dir), HaStack.cleanup)
 
 
 # -- who leads what ------------------------------------------------------------------------------
