@@ -122,9 +122,18 @@ def finish(fig: Figures, started: float) -> Figures:
     return fig
 
 
-def assert_safe(fig: Figures) -> None:
+def tier_options(tier: Tier, budget_s: float) -> RunOptions:
+    """How a ``CI_AND_SLOW`` test runs its scenario: the CI size within its time budget, the
+    slow loop with none."""
+    return {"tier": tier, "budget_s": budget_s if tier == "ci" else None}
+
+
+def assert_safe(fig: Figures, runs: int | None = None) -> None:
+    """No safety violation; with ``runs``, after as many runs as the test asked for."""
     bad = fig.violations()
     assert not bad, f"safety violated in {fig.scenario}: {bad}\n{fig.summary()}"
+    if runs is not None:
+        assert fig.runs == runs, f"{fig.scenario}: {fig.runs} runs, not {runs}\n{fig.summary()}"
 
 
 def assert_caught(fig: Figures, *expected: str) -> None:

@@ -11,7 +11,14 @@ import msgspec
 import pytest
 
 from tests.faults import nats_faults, netns
-from tests.faults.results import CI_AND_SLOW, Figures, Tier, assert_caught, assert_safe
+from tests.faults.results import (
+    CI_AND_SLOW,
+    Figures,
+    Tier,
+    assert_caught,
+    assert_safe,
+    tier_options,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -23,10 +30,8 @@ NETNS_SKIP = netns.infeasible_reason()
 @pytest.mark.parametrize("tier", CI_AND_SLOW)
 async def test_stream_leader_killed_under_load(tmp_path: Path, tier: Tier) -> None:
     kills = {"ci": 3, "slow": 20}[tier]
-    budget = BUDGET["leader_kill"] if tier == "ci" else None
-    fig = await nats_faults.leader_kill(tmp_path, kills=kills, tier=tier, budget_s=budget)
-    assert fig.runs == kills
-    assert_safe(fig)
+    run = tier_options(tier, BUDGET["leader_kill"])
+    assert_safe(await nats_faults.leader_kill(tmp_path, kills=kills, **run), runs=kills)
 
 
 async def test_leader_kill_catches_r1_streams_on_a_lost_disk(tmp_path: Path) -> None:
@@ -50,8 +55,7 @@ def partition(*args: str, timeout: float) -> Figures:
 @pytest.mark.skipif(NETNS_SKIP is not None, reason=f"partitions: {NETNS_SKIP}")
 def test_one_node_partitioned_then_healed() -> None:
     fig = partition("--cuts", "2", "--budget", str(BUDGET["partition"]), timeout=300)
-    assert fig.runs == 2
-    assert_safe(fig)
+    assert_safe(fig, runs=2)
 
 
 @pytest.mark.slow

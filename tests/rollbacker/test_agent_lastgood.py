@@ -5,7 +5,6 @@ to it when that flag says so."""
 from __future__ import annotations
 
 import hashlib
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.schemas.policy import Policy
 from confbus.schemas.txn import Prepare
+from tests.cli.procs import dead_nats_url
 from tests.helpers import eventually
 from tests.rollbacker.world import BAD, GOOD, NS, world
 
@@ -90,14 +90,8 @@ def _node_on_bad_with_good_known(root: Path, flag: bool | None) -> tuple[Path, P
     return live, state
 
 
-def _dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"nats://127.0.0.1:{s.getsockname()[1]}"
-
-
 def _agent(root: Path, live: Path, state: Path) -> Proc:
-    argv = agent_argv(_dead_url(), "n1", {NS: live}, state)
+    argv = agent_argv(dead_nats_url(), "n1", {NS: live}, state)
     return Proc("agent-n1", argv, root, {"CONFBUS_COLD_START_GRACE_S": "0.3"})
 
 
