@@ -111,7 +111,12 @@ def read_all(directory: Path | None = None) -> list[Figures]:
     d = directory or results_dir()
     if not d.is_dir():
         return []
-    return [msgspec.json.decode(p.read_bytes(), type=Figures) for p in sorted(d.glob("*.json"))]
+    return [read(p) for p in sorted(d.glob("*.json"))]
+
+
+def read(path: Path) -> Figures:
+    """One scenario's figures, from the file ``write`` (or a scenario run apart) wrote."""
+    return msgspec.json.decode(path.read_bytes(), type=Figures)
 
 
 def finish(fig: Figures, started: float) -> Figures:
@@ -120,12 +125,6 @@ def finish(fig: Figures, started: float) -> Figures:
     write(fig)
     print("\n" + fig.summary())
     return fig
-
-
-def tier_options(tier: Tier, budget_s: float) -> RunOptions:
-    """How a ``CI_AND_SLOW`` test runs its scenario: the CI size within its time budget, the
-    slow loop with none."""
-    return {"tier": tier, "budget_s": budget_s if tier == "ci" else None}
 
 
 def assert_safe(fig: Figures, runs: int | None = None) -> None:

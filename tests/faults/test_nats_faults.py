@@ -7,18 +7,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from tests.faults import nats_faults, netns
-from tests.faults.results import (
-    CI_AND_SLOW,
-    Figures,
-    Tier,
-    assert_caught,
-    assert_safe,
-    tier_options,
-)
+from tests.faults.results import CI_AND_SLOW, Figures, Tier, assert_caught, assert_safe, read
 
 pytestmark = pytest.mark.anyio
 
@@ -30,8 +22,9 @@ NETNS_SKIP = netns.infeasible_reason()
 @pytest.mark.parametrize("tier", CI_AND_SLOW)
 async def test_stream_leader_killed_under_load(tmp_path: Path, tier: Tier) -> None:
     kills = {"ci": 3, "slow": 20}[tier]
-    run = tier_options(tier, BUDGET["leader_kill"])
-    assert_safe(await nats_faults.leader_kill(tmp_path, kills=kills, **run), runs=kills)
+    budget = BUDGET["leader_kill"] if tier == "ci" else None
+    fig = await nats_faults.leader_kill(tmp_path, kills=kills, tier=tier, budget_s=budget)
+    assert_safe(fig, runs=kills)
 
 
 async def test_leader_kill_catches_r1_streams_on_a_lost_disk(tmp_path: Path) -> None:
@@ -49,7 +42,7 @@ def partition(*args: str, timeout: float) -> Figures:
             "tests.faults.partition_main", "--out", str(out), *args, timeout=timeout
         )
         assert done.returncode == 0, f"partition scenario failed:\n{done.stderr[-4000:]}"
-        return msgspec.json.decode(out.read_bytes(), type=Figures)
+        return read(out)
 
 
 @pytest.mark.skipif(NETNS_SKIP is not None, reason=f"partitions: {NETNS_SKIP}")
