@@ -25,7 +25,7 @@ from confbus.agent.trust import Trust, TrustConfigError
 from confbus.runtime.http import HttpServer, Request, Response
 from confbus.runtime.log import setup_logging
 from confbus.runtime.service import print_ready
-from confbus.runtime.settings import Settings, add_common_args, settings_from_args
+from confbus.runtime.settings import Settings, add_common_args, from_flags, settings_from_args
 from confbus.schemas.names import check_name
 
 log = logging.getLogger("confbus.agent")
@@ -63,12 +63,19 @@ def add_agent_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--validate",
+        dest="validate_cmd",
         metavar="CMD",
         help="run on the staged file before voting yes, like 'nginx -t -c {}'",
     )
-    parser.add_argument("--validate-timeout", type=float, default=30.0)
-    parser.add_argument("--on-change", metavar="CMD", help="run after each apply")
-    parser.add_argument("--heartbeat-interval", type=float, default=2.0)
+    parser.add_argument(
+        "--validate-timeout", dest="validate_timeout_s", type=float, default=30.0, metavar="S"
+    )
+    parser.add_argument(
+        "--on-change", dest="on_change_cmd", metavar="CMD", help="run after each apply"
+    )
+    parser.add_argument(
+        "--heartbeat-interval", dest="heartbeat_interval_s", type=float, default=2.0, metavar="S"
+    )
     parser.add_argument("--keep", type=int, default=10, help="versions kept on disk")
     parser.add_argument(
         "--health-url",
@@ -78,6 +85,7 @@ def add_agent_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--health-interval",
+        dest="health_interval_s",
         type=float,
         default=5.0,
         metavar="S",
@@ -117,30 +125,18 @@ def build_agent(args: argparse.Namespace) -> NodeAgent:
             check_health_url(args.health_url)
         except ValueError as exc:
             raise SystemExit(f"confbus agent: --health-url: {exc}") from None
-    if args.health_interval <= 0:
+    if args.health_interval_s <= 0:
         raise SystemExit("confbus agent: --health-interval must be positive")
     try:
         trust = Trust.load(args.trust, args.kek)
         trust.require_rules(args.namespaces)
     except TrustConfigError as exc:
         raise SystemExit(f"confbus agent: {exc}") from None
-    return NodeAgent(
-        node=args.node,
-        bindings=[
-            Binding(check_name(ns, "namespace"), p)
-            for ns, p in zip(args.namespaces, args.paths, strict=True)
-        ],
-        state_dir=args.state_dir,
-        labels=labels,
-        validate_cmd=args.validate,
-        validate_timeout_s=args.validate_timeout,
-        on_change_cmd=args.on_change,
-        heartbeat_interval_s=args.heartbeat_interval,
-        keep=args.keep,
-        health_url=args.health_url,
-        health_interval_s=args.health_interval,
-        trust=trust,
-    )
+    bindings = [
+        Binding(check_name(ns, "namespace"), p)
+        for ns, p in zip(args.namespaces, args.paths, strict=True)
+    ]
+    return from_flags(args, NodeAgent, bindings=bindings, labels=labels, trust=trust)
 
 
 async def run_agent(agent: NodeAgent, settings: Settings) -> None:

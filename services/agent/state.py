@@ -27,7 +27,7 @@ from typing import Literal
 import msgspec
 
 from confbus.runtime.errors import NotFound, Permanent
-from confbus.schemas.base import utcnow
+from confbus.schemas.base import project, utcnow
 from confbus.schemas.node import NamespaceState
 
 RefusalKind = Literal[
@@ -175,15 +175,11 @@ class LocalState:
 
     def to_namespace_state(self) -> NamespaceState:
         """The heartbeat's view of this namespace (docs/design.md §5.6)."""
-        return NamespaceState(
-            namespace=self.namespace,
-            applied_version=self.applied_version,
+        return project(
+            self,
+            NamespaceState,
             sha256=self.live_sha256,
-            applied_sha256=self.applied_sha256,
-            highest_epoch=self.highest_epoch,
             prepared_txid=self.prepared.txid if self.prepared else None,
-            last_good=self.last_good,
-            status=self.status,
         )
 
 

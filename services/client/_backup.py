@@ -7,6 +7,7 @@ import msgspec
 
 from confbus.client._connection import Connection
 from confbus.schemas.api import store as store_api
+from confbus.schemas.base import project
 from confbus.schemas.policy import Policy
 
 
@@ -38,13 +39,7 @@ class Backups(Connection):
             versions.extend(page.versions)
             offset += len(page.versions)
             if page.done:
-                return NamespaceBackup(
-                    namespace=namespace,
-                    versions=versions,
-                    production=page.production,
-                    last_good=page.last_good,
-                    policy=page.policy,
-                )
+                return project(page, NamespaceBackup, namespace=namespace, versions=versions)
             # The snapshot lives on the replica that took it.
             op, session = store_api.EXPORT_AT.at(page.replica), page.session
 

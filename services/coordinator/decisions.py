@@ -18,6 +18,7 @@ from confbus.runtime.concurrency import gather
 from confbus.runtime.events import emit
 from confbus.runtime.txnlog import first_txn_record
 from confbus.schemas import subjects
+from confbus.schemas.base import project
 from confbus.schemas.events import TxnAborted, TxnCommitted, VoteRecord
 from confbus.schemas.txn import Decision, TxnHead
 
@@ -29,16 +30,7 @@ WRONG_LAST_SEQUENCE = 10071
 def decision_of(head: TxnHead) -> Decision:
     assert head.txid is not None and head.version is not None and head.sha256 is not None
     assert head.state in ("committed", "aborted")
-    return Decision(
-        txid=head.txid,
-        namespace=head.namespace,
-        version=head.version,
-        sha256=head.sha256,
-        epoch=head.epoch,
-        outcome="commit" if head.state == "committed" else "abort",
-        participants=head.participants,
-        reason=head.reason,
-    )
+    return project(head, Decision, outcome="commit" if head.state == "committed" else "abort")
 
 
 async def read_decision(bus: Bus, namespace: str, txid: str) -> Decision | None:
@@ -64,16 +56,7 @@ async def publish_decision(
     """
     decision = decision_of(head)
     event_type = TxnCommitted if decision.outcome == "commit" else TxnAborted
-    event = event_type(
-        namespace=head.namespace,
-        actor=actor,
-        reason=head.reason,
-        txid=decision.txid,
-        version=decision.version,
-        epoch=decision.epoch,
-        participants=decision.participants,
-        votes=votes or [],
-    )
+    event = project(decision, event_type, actor=actor, votes=votes or [])
     _, recorded = await gather(
         emit(bus, event, msg_id=f"txn:{decision.txid}:decided"), _record(bus, decision)
     )

@@ -27,6 +27,7 @@ from confbus.runtime.leases import Leases
 from confbus.runtime.nodelabels import labels_of
 from confbus.runtime.service import ServiceContext
 from confbus.schemas.api import txn as api
+from confbus.schemas.base import project
 from confbus.schemas.streams import CFG_STATE
 
 log = logging.getLogger("confbus.coordinator")
@@ -94,17 +95,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
             h = (await heads.get(ns)).value
             if h.state == "preparing" and h.txid is not None and h.version is not None:
                 age = (now - h.started_at).total_seconds() if h.started_at else 0.0
-                out.append(
-                    api.InDoubtTxn(
-                        namespace=ns,
-                        txid=h.txid,
-                        version=h.version,
-                        epoch=h.epoch,
-                        participants=h.participants,
-                        started_at=h.started_at,
-                        age_s=age,
-                    )
-                )
+                out.append(project(h, api.InDoubtTxn, namespace=ns, age_s=age))
         return api.InDoubtReply(txns=out)
 
     async with anyio.create_task_group() as tg:

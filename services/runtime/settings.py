@@ -7,6 +7,10 @@ import argparse
 import os
 import socket
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 from confbus.runtime.urls import DEFAULT_NATS_URL
 
@@ -89,3 +93,16 @@ _FLAG_FIELDS = tuple(f.name for f in fields(Settings) if f.name != "service")
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**{name: getattr(args, name) for name in _FLAG_FIELDS})
+
+
+D = TypeVar("D", bound="DataclassInstance")
+
+
+def from_flags(args: argparse.Namespace, target: type[D], /, **given: Any) -> D:
+    """A dataclass ``target`` from a process's own flags, each filling the field its dest names
+    (``dest="validate_cmd"`` fills ``validate_cmd``), and from ``given`` for the fields no flag
+    fills as it stands (a path to load, repeated values to pair up). The common flags fill
+    ``Settings`` (``settings_from_args``), never ``target``: their names may mean another thing
+    there (``--instance`` is a replica's name, not an agent's run)."""
+    own = {f.name for f in fields(target) if f.init} - given.keys() - set(_FLAG_FIELDS)
+    return target(**{name: value for name, value in vars(args).items() if name in own}, **given)

@@ -44,7 +44,7 @@ from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
 from confbus.runtime.events import emit, event_subject
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas import subjects
-from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.schemas.base import DECODE_ERRORS, project, utcnow
 from confbus.schemas.changes import ChangeProposed
 from confbus.schemas.events import Event, VersionCreated, VersionRejected
 from confbus.schemas.names import ChangeId, Namespace
@@ -171,19 +171,8 @@ def decide(
             "needs an author",
             "author",
         )
-    return NewVersion.build(
-        ns,
-        change.change_id,
-        change.content,
-        format=fmt,
-        author=change.author,
-        message=change.message,
-        base=change.base,
-        rollback_of=change.rollback_of,
-        status=status,
-        strategy=change.strategy,
-        selector=change.selector,
-        signatures=change.signatures,
+    return project(
+        change, NewVersion, sha256=content_sha256(change.content), format=fmt, status=status
     )
 
 
@@ -202,20 +191,8 @@ def _decide_all(items: list[_Work]) -> list[NewVersion | InvalidConfig]:
 
 
 def created_event(change: ChangeProposed, info: VersionInfo) -> VersionCreated:
-    return VersionCreated(
-        namespace=info.namespace,
-        actor=info.author,
-        version=info.version,
-        sha256=info.sha256,
-        size=info.size,
-        format=info.format,
-        parent=info.parent,
-        change_id=info.change_id,
-        status=info.status,
-        message=info.message,
-        rollback_of=info.rollback_of,
-        strategy=change.strategy,
-        selector=change.selector,
+    return project(
+        info, VersionCreated, actor=info.author, strategy=change.strategy, selector=change.selector
     )
 
 

@@ -54,15 +54,19 @@ async def test_a_missing_input_file_is_a_usage_error(tmp_path: Path) -> None:
     # Said before anything connects: no NATS is needed to learn the file is not there.
     url = dead_nats_url()
     missing = str(tmp_path / "app.json")
+    present = tmp_path / "base.json"
+    present.write_text("{}")
     for args in (
         ["publish", "web", missing],
+        ["publish", "web", str(present), "--overlay", f"dc=eu1={missing}"],
         ["publish", "web", str(tmp_path)],
         ["policy", "web", "--schema", missing],
         ["restore", missing],
     ):
         done = await arun_confbus("--nats-url", url, *args)
         assert done.returncode == 2, (args, done)
-        assert f"cannot read {args[-1]}" in done.stderr, (args, done)
+        named = args[-1].rpartition("=")[2]
+        assert f"cannot read {named}: " in done.stderr, (args, done)
 
 
 async def test_a_typo_names_the_command_or_option_meant(tmp_path: Path) -> None:

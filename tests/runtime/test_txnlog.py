@@ -12,6 +12,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.txnlog import MAX_SCAN, first_txn_record
 from confbus.schemas import subjects
+from confbus.schemas.base import project
 from confbus.schemas.txn import Decision, Prepare
 from tests.agent.support import make_prepare
 
@@ -23,15 +24,7 @@ def prepare() -> Prepare:
 
 
 def decision(p: Prepare, outcome: str = "commit") -> Decision:
-    return Decision(
-        txid=p.txid,
-        namespace=p.namespace,
-        version=p.version,
-        sha256=p.sha256,
-        epoch=p.epoch,
-        outcome=outcome,  # type: ignore[arg-type]
-        participants=p.participants,
-    )
+    return project(p, Decision, outcome=outcome)
 
 
 async def test_the_record_is_found_among_garbage_on_its_subject(bus: Bus) -> None:

@@ -203,8 +203,13 @@ def test_approval_is_by_another_nats_user(stack: SecureStack, tmp_path: Path) ->
     draft = stack.confbus("ci", "publish", ns, str(config))
     assert draft.returncode == 0, draft.stderr
     assert "draft: waiting for approval by someone other than ci" in draft.stdout
-    as_bob = stack.confbus("alice", "approve", ns, "1", "--as", "bob")
-    assert as_bob.returncode == 2 and "cannot be claimed" in as_bob.stderr
+    # Every command that records who acted takes the NATS user: none lets alice claim bob.
+    for claim in (
+        ("approve", ns, "1"), ("rollback", ns), ("pause", ns), ("resume", ns), ("abort", ns),
+        ("forget", "n9"),
+    ):  # fmt: skip
+        as_bob = stack.confbus("alice", *claim, "--as", "bob")
+        assert as_bob.returncode == 2 and "cannot be claimed" in as_bob.stderr, (claim, as_bob)
     ok = stack.confbus("alice", "approve", ns, "1")
     assert ok.returncode == 0, ok.stderr
     info = stack.confbus("alice", "show", ns, "1", "--info")

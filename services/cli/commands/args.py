@@ -94,13 +94,13 @@ def selector_arg(text: str) -> dict[str, str]:
 
 def overlay_arg(text: str) -> tuple[dict[str, str], str]:
     """``SELECTOR=FILE`` (``dc=eu1=eu1.yaml``, ``dc=eu1,tier=web=web.json``): the selector is
-    everything before the last ``=``."""
+    everything before the last ``=``; FILE is checked as every input file is."""
     selector, sep, path = text.rpartition("=")
     if not sep or not path or not selector:
         raise argparse.ArgumentTypeError(
             f"expected SELECTOR=FILE, e.g. dc=eu1=eu1.yaml or dc=eu1,tier=web=web.yaml: {text!r}"
         )
-    return selector_arg(selector), path
+    return selector_arg(selector), input_file(path)
 
 
 def check_ns(namespace: str) -> str:

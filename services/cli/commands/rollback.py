@@ -21,7 +21,7 @@ import sys
 
 import msgspec
 
-from confbus.cli.commands.args import identity, positive_int, positive_seconds
+from confbus.cli.commands.args import acting_as, positive_int, positive_seconds
 from confbus.cli.commands.options import (
     ACTOR,
     JSON,
@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace, client: Client) -> int:
         to=args.to,
         reason=args.reason,
         strategy=args.strategy,
-        actor=identity(args.identity),
+        actor=acting_as(args, args.identity),
         wait=args.wait,
         timeout=args.timeout,
         progress=Progress().show if show else None,

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from confbus.cli.commands import timetravel
-from confbus.cli.commands.args import identity
+from confbus.cli.commands.args import acting_as
 from confbus.cli.commands.options import ACTOR, JSON, NAMESPACE, REASON, Subparsers, add, command
 from confbus.cli.exitcodes import FAILED, OK, CliError
 from confbus.client import Client, check_namespace
@@ -70,7 +70,7 @@ async def run_rollout(args: argparse.Namespace, client: Client) -> int:
 
 async def run_control(args: argparse.Namespace, client: Client) -> int:
     info = await client.rollout_control(
-        args.op, args.namespace, reason=args.reason, actor=identity(args.identity)
+        args.op, args.namespace, reason=args.reason, actor=acting_as(args, args.identity)
     )
     if args.json:
         _out(_json.encode(info).decode())
@@ -105,7 +105,9 @@ async def run_status(args: argparse.Namespace, client: Client) -> int:
 
 
 async def run_forget(args: argparse.Namespace, client: Client) -> int:
-    reply = await client.forget_node(args.node, actor=identity(args.identity), reason=args.reason)
+    reply = await client.forget_node(
+        args.node, actor=acting_as(args, args.identity), reason=args.reason
+    )
     followed = f" (it followed {', '.join(reply.namespaces)})" if reply.namespaces else ""
     _out(f"forgot {reply.node}{followed}")
     return OK
