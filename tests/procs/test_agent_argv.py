@@ -39,7 +39,7 @@ def test_the_agent_reads_each_namespace_with_its_file_and_the_options_given(
     assert args.namespaces == ["web", "db"]
     assert args.paths == [str(files["web"]), str(files["db"])]
     assert args.state_dir == str(tmp_path / "state")
-    assert args.heartbeat_interval == 0.5 and args.keep == 3
+    assert args.heartbeat_interval_s == 0.5 and args.keep == 3
     assert args.label == ["dc=eu1", "tier=web"]
 
 
@@ -50,5 +50,5 @@ def test_options_not_given_keep_the_agents_defaults_and_another_program_can_run(
     argv = agent_argv("nats://h:1", "n2", {"web": tmp_path / "w"}, tmp_path, program=program)
     assert argv[:3] == program
     args = parsed(argv[3:])
-    assert args.heartbeat_interval == 2.0 and args.label == []
+    assert args.heartbeat_interval_s == 2.0 and args.label == []
     assert args.namespaces == ["web"] and args.node == "n2"
