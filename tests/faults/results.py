@@ -20,11 +20,6 @@ import pytest
 from tests.faults.history import History
 
 Tier = Literal["ci", "slow", "bug"]
-# A scenario's test run at the CI size and, marked slow (``make test-slow``), as a long loop.
-CI_AND_SLOW = [
-    pytest.param("ci", id="ci"),
-    pytest.param("slow", id="slow", marks=(pytest.mark.slow, pytest.mark.timeout(2400))),
-]
 RESULTS_ENV = "CONFBUS_FAULT_RESULTS"
 DEFAULT_DIR = Path(__file__).resolve().parent / "results"
 
@@ -36,6 +31,20 @@ class RunOptions(TypedDict, total=False):
     tier: Tier
     bug: str
     budget_s: float | None
+
+
+def ci_and_slow(ci: int, slow: int, budget_s: float) -> list[object]:
+    """A scenario's test run at the CI size within its time budget and, marked slow (``make
+    test-slow``), as a long loop with none: its parameters, (size, ``RunOptions``)."""
+    return [
+        pytest.param(ci, RunOptions(tier="ci", budget_s=budget_s), id="ci"),
+        pytest.param(
+            slow,
+            RunOptions(tier="slow", budget_s=None),
+            id="slow",
+            marks=(pytest.mark.slow, pytest.mark.timeout(2400)),
+        ),
+    ]
 
 
 class Figures(msgspec.Struct, kw_only=True):

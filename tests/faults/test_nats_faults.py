@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults import nats_faults, netns
-from tests.faults.results import CI_AND_SLOW, Figures, Tier, assert_caught, assert_safe, read
+from tests.faults.results import Figures, RunOptions, assert_caught, assert_safe, ci_and_slow, read
 
 pytestmark = pytest.mark.anyio
 
@@ -19,12 +19,9 @@ BUG_BUDGET = {"leader_kill": 22.0, "partition": 20.0}
 NETNS_SKIP = netns.infeasible_reason()
 
 
-@pytest.mark.parametrize("tier", CI_AND_SLOW)
-async def test_stream_leader_killed_under_load(tmp_path: Path, tier: Tier) -> None:
-    kills = {"ci": 3, "slow": 20}[tier]
-    budget = BUDGET["leader_kill"] if tier == "ci" else None
-    fig = await nats_faults.leader_kill(tmp_path, kills=kills, tier=tier, budget_s=budget)
-    assert_safe(fig, runs=kills)
+@pytest.mark.parametrize(("kills", "run"), ci_and_slow(3, 20, BUDGET["leader_kill"]))
+async def test_stream_leader_killed_under_load(tmp_path: Path, kills: int, run: RunOptions) -> None:
+    assert_safe(await nats_faults.leader_kill(tmp_path, kills=kills, **run), runs=kills)
 
 
 async def test_leader_kill_catches_r1_streams_on_a_lost_disk(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults import store_faults
-from tests.faults.results import CI_AND_SLOW, Tier, assert_caught, assert_safe
+from tests.faults.results import RunOptions, assert_caught, assert_safe, ci_and_slow
 
 pytestmark = pytest.mark.anyio
 
@@ -69,12 +69,11 @@ async def test_redelivery_storm_catches_duplicate_announcements(tmp_path: Path) 
     assert_caught(fig, "duplicates")
 
 
-@pytest.mark.parametrize("tier", CI_AND_SLOW)
-async def test_store_killed_during_writes_loses_nothing(tmp_path: Path, tier: Tier) -> None:
-    runs = {"ci": 10, "slow": 200}[tier]
-    budget = BUDGET["store_kill"] if tier == "ci" else None
-    fig = await store_faults.store_kill(tmp_path, runs=runs, tier=tier, budget_s=budget)
-    assert_safe(fig, runs=runs)
+@pytest.mark.parametrize(("runs", "run"), ci_and_slow(10, 200, BUDGET["store_kill"]))
+async def test_store_killed_during_writes_loses_nothing(
+    tmp_path: Path, runs: int, run: RunOptions
+) -> None:
+    assert_safe(await store_faults.store_kill(tmp_path, runs=runs, **run), runs=runs)
 
 
 async def test_store_kill_catches_ack_before_commit(tmp_path: Path) -> None:
