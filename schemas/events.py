@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 
 from confbus.schemas.api.health import RuleResult
-from confbus.schemas.base import DECODE_ERRORS, Message, utcnow
+from confbus.schemas.base import DECODE_ERRORS, LazyDecoder, Message, utcnow
 from confbus.schemas.names import ChangeId, Epoch, Format, Namespace, NodeId, Sha256, TxId
 from confbus.schemas.policydiff import FieldChange
 
@@ -404,7 +404,7 @@ AnyEvent = (
     | AlertDuplicate
 )
 
-decode_event = msgspec.json.Decoder(AnyEvent).decode
+decode_event: LazyDecoder[AnyEvent] = LazyDecoder(AnyEvent)
 
 
 def readable_event(data: bytes) -> AnyEvent | None:

@@ -90,6 +90,19 @@ def dlq(stream: str) -> str:
     return f"cfg.dlq.{stream}"
 
 
+# -- replicas ------------------------------------------------------------------------------------
+def instance_token(instance: str) -> str:
+    """A replica's instance id as one subject token (KV keys, its own endpoints)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
+
+
+def lease_presence(role: str, holder: str) -> str:
+    """``cfg.lease.<role>.<holder>.present``: core request/reply answered by the replica
+    ``holder`` of ``role`` while its connection is up; nobody answering means that connection is
+    gone (docs/design.md §4.6)."""
+    return f"cfg.lease.{instance_token(role)}.{instance_token(holder)}.present"
+
+
 # -- request/reply APIs (nats.micro services) ---------------------------------------------------
 def api(service: str, op: str) -> str:
     """``cfg.api.<service>.<op>``, e.g. ``cfg.api.store.get``."""

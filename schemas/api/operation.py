@@ -84,19 +84,11 @@ class Operation(Generic[Req, Rep]):
     twin: Operation[Any, Any] | None = None
     # What ``at``/``as_user`` made this from (None: this is the declaration).
     declared_as: Operation[Req, Rep] | None = field(default=None, repr=False)
-    _decoder: msgspec.json.Decoder[Rep] = field(init=False, repr=False)
+    _decoder: msgspec.json.Decoder[Rep] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.tokens.split(".").count("*") != (len(self.scope) + 1 if self.pinned else 0):
             raise ValueError(f"{self.service}.{self.name}: name each scope token, then the user")
-        # One reply decoder per operation, built once (msgspec perf-tips) and shared by the
-        # operations ``at``/``as_user`` make from it.
-        decoder = (
-            self.declared_as._decoder
-            if self.declared_as is not None
-            else msgspec.json.Decoder(self.reply)
-        )
-        object.__setattr__(self, "_decoder", decoder)
 
     # -- what it is ------------------------------------------------------------------------
 
@@ -170,7 +162,15 @@ class Operation(Generic[Req, Rep]):
         return self.deadline.of(request)
 
     def decode_reply(self, data: bytes) -> Rep:
-        return self._decoder.decode(data)
+        # One reply decoder per operation (msgspec perf-tips), kept by the declaration for the
+        # operations ``at``/``as_user`` make from it, and built at the first reply: building
+        # one at import, for each of the ~80 operations, was start-up time every process paid.
+        op = self.declaration
+        decoder = op._decoder
+        if decoder is None:
+            decoder = msgspec.json.Decoder(op.reply)
+            object.__setattr__(op, "_decoder", decoder)
+        return decoder.decode(data)
 
     # -- naming the open tokens --------------------------------------------------------------
 

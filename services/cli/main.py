@@ -7,7 +7,6 @@ unreachable or timed out.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import logging
 import math
@@ -70,6 +69,8 @@ _INVALID_CHOICE = re.compile(
 
 
 def _did_you_mean(word: str, known: Sequence[str]) -> str:
+    import difflib  # a usage error's; every other start-up would pay for it
+
     close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 

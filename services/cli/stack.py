@@ -13,7 +13,8 @@ Lock the directory → start nats-server → provision streams and buckets → s
 as its own process, all at once → wait for each one's JSON ready line → print one line,
 ``confbus ready nats=… data=… services=name:port,…``. A service that exits before its first
 ready line stops the whole start (exit 1, with its last log lines). One that crashes later is
-restarted with backoff, on the same HTTP port, while the rest keep serving; so is
+restarted with backoff (doubling only while it keeps dying before, or within ``SERVED_S``
+after, its ready line), on the same HTTP port, while the rest keep serving; so is
 nats-server, on the same port and store (services reconnect by themselves).
 SIGINT/SIGTERM: SIGTERM to every service, SIGKILL after ``stop_timeout``, then nats-server.
 If ``confbus up`` itself dies (SIGKILL, the OOM killer), the kernel kills everything it
@@ -62,6 +63,12 @@ from confbus.runtime.errors import Unavailable
 from confbus.runtime.log import JsonFormatter
 
 log = logging.getLogger("confbus.up")
+
+# A service that served this long after its ready line and then died (killed, crashed on
+# something it met) restarts after RESTART_MIN_S: the backoff that doubles is for one that keeps
+# dying before it is ready, or just after. Its peers take its leases over meanwhile (§4.6), and
+# restarted under its own name it takes back what is still its own.
+SERVED_S = 5.0
 
 # Keys of a ready line that the stack line shows itself; any other `<name>_port` or
 # `<name>_url` key is printed as `<name>=URL` (health-watcher's alertmanager_port, say).
@@ -152,6 +159,7 @@ class Child:
     pid: int | None = None
     restarts: int = 0
     log_offset: int = 0  # where the current run's lines start in log_path
+    served_s: float | None = None  # how long its last run served after its ready line
 
 
 @dataclass(frozen=True)
@@ -389,8 +397,10 @@ class Stack:
                 tail = await anyio.to_thread.run_sync(last_lines, child.log_path, child.log_offset)
                 await send.send(Notice("failed", child, f"{reason}, so the stack stops{tail}"))
                 return
-            if anyio.current_time() - started >= STABLE_AFTER_S:
-                delay = RESTART_MIN_S
+            if anyio.current_time() - started >= STABLE_AFTER_S or (
+                child.served_s is not None and child.served_s >= SERVED_S
+            ):
+                delay = RESTART_MIN_S  # it served: a crash, or a kill, not a crash loop
             child.restarts += 1
             log.warning(
                 "%s %s; restarting in %gs (restart %s)",
@@ -428,6 +438,7 @@ class Stack:
             start_new_session=True,  # Ctrl-C reaches us, and we stop services in order
         )
         child.pid = process.pid
+        child.served_s = None
         was_ready = child.ready is not None
         started = anyio.current_time()
         info: dict[str, Any] | None = None
@@ -446,8 +457,10 @@ class Stack:
                     child.http_port = int(info.get("http_port") or 0)
                     self.first_ready[child.spec.name].set()
                     await send.send(Notice("ready", child))
+                    ready_at = anyio.current_time()
                     while (line := await lines.readline()) is not None:
                         log_file.write(line + b"\n")  # stray stdout belongs in the log
+                    child.served_s = anyio.current_time() - ready_at
                 elif deadline.cancelled_caught:
                     process.kill()
                 code = await process.wait()

@@ -31,7 +31,7 @@ from confbus.client._errors import ChangeRejected, RolloutWaitTimeout, WaitTimed
 from confbus.client._events import StreamedEvent
 from confbus.client._names import check_change_id, check_namespace, check_node
 from confbus.client._policy import policy_from_document
-from confbus.client._store import with_overlays
+from confbus.client._store import change_id_after, with_overlays
 from confbus.client._variants import OverlayInfo, VariantInfo, VersionVariants
 from confbus.runtime.lazy import lazy_names
 from confbus.schemas.variants import Overlay
@@ -72,6 +72,7 @@ __all__ = [
     "WaitTimedOut",
     "Why",
     "WhyStep",
+    "change_id_after",
     "check_change_id",
     "check_namespace",
     "check_node",

@@ -258,16 +258,17 @@ class Store(Events):
         The read is tried again while the store is unavailable, for ``timeout`` seconds (None:
         as ``confbus.runtime.api.call`` says, within the ``retry.budget`` around the caller).
         """
-        prefix = f"auto-{sha[:24]}"
         if base is not None:
-            return f"{prefix}-{base}"
+            return f"auto-{sha[:24]}-{base}"
+        return change_id_after(await self.newest(namespace, timeout=timeout), sha)
+
+    async def newest(self, namespace: str, *, timeout: float | None = None) -> VersionInfo | None:
+        """The newest version of ``namespace`` (its info), None while it has none; the read is
+        tried again while the store is unavailable, as ``default_change_id`` says."""
         try:
-            latest = (await self.call(store_api.GET, _latest(namespace), retry_for=timeout)).info
+            return (await self.call(store_api.GET, _latest(namespace), retry_for=timeout)).info
         except NotFound:
-            return f"{prefix}-0"
-        if latest.sha256 == sha and latest.change_id == f"{prefix}-{latest.parent or 0}":
-            return latest.change_id
-        return f"{prefix}-{latest.version}"
+            return None
 
     async def change_status(self, namespace: str, change_id: str) -> store_api.ChangeStatusReply:
         """What became of a change id: ``stored`` (as ``version``), ``rejected`` (``reason``,
@@ -412,6 +413,17 @@ def with_overlays(base: bytes, format: Format, overlays: Sequence[Overlay]) -> b
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"the base is not UTF-8 at byte {exc.start}", where="content") from None
     return encode_variants(VariantSet(format=format, base=text, overlays=list(overlays)))
+
+
+def change_id_after(newest: VersionInfo | None, sha: str) -> str:
+    """``Client.default_change_id`` for content ``sha`` without a base, given the namespace's
+    newest version now (``Client.newest``; None: it has none)."""
+    prefix = f"auto-{sha[:24]}"
+    if newest is None:
+        return f"{prefix}-0"
+    if newest.sha256 == sha and newest.change_id == f"{prefix}-{newest.parent or 0}":
+        return newest.change_id
+    return f"{prefix}-{newest.version}"
 
 
 def _latest(namespace: str) -> store_api.GetRequest:

@@ -5,7 +5,9 @@ Switch requests reach any replica (the API's queue group). The one that gets a r
 1. holds the namespace's lease → runs the switch, inside ``leases.guard``: if the lease is
    lost meanwhile, the switch is cancelled at once and the caller told to retry (503);
 2. sees another live holder → forwards the request to that replica's own endpoint
-   (``cfg.api.txn.switch_<instance>``) and relays its answer;
+   (``cfg.api.txn.switch_<instance>``) and relays its answer; if nobody answers there and the
+   holder's presence finds no responders twice (its process is gone), takes the lease over
+   in a new epoch and runs the switch itself (docs/design.md §4.6);
 3. sees the lease free → the namespace's rendezvous owner among the live replicas takes it
    (forwarded to it; we take it ourselves if it does not answer).
 
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 import anyio
 import nats.errors
 
-from confbus.coordinator.liveness import Peers, token
+from confbus.coordinator.liveness import Peers
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.coordinator.twophase import Coordinator
 from confbus.runtime.api import call
@@ -33,6 +35,7 @@ from confbus.runtime.errors import ConfbusError, Unavailable
 from confbus.runtime.leases import Leases, NotHeld
 from confbus.schemas.api import txn as api
 from confbus.schemas.state import LeaseRecord
+from confbus.schemas.subjects import instance_token as token
 
 log = logging.getLogger("confbus.coordinator")
 
@@ -99,8 +102,12 @@ class Leadership:
             except Unavailable as exc:
                 if attempt == FORWARD_ATTEMPTS - 1 or not _unreachable(exc):
                     raise
-                # Its holder does not answer (crashed, cut off): the request waits for the
-                # lease to run out (or the holder to be back), instead of failing at once.
+                # Its holder does not answer: if its process is gone (no responders to its
+                # presence, twice), we take the lease over now, at a higher epoch; otherwise
+                # (cut off, restarting) the request waits for the lease to run out or the
+                # holder to be back, instead of failing at once.
+                if await self.leases.acquire(ns) is not None:
+                    return await self._run(req)
                 await self._until_free(ns, record)
         raise NotHeld(f"{ROLE}.{ns}")
 

@@ -22,14 +22,10 @@ from confbus.runtime.kv import StateKV
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.state import ALIVE, Alive, alive_key, bucket_subject, decode_alive
 from confbus.schemas.streams import CFG_STATE
+from confbus.schemas.subjects import instance_token as token
 
 ALIVE_INTERVAL_S = 1.0
 DEAD_AFTER_S = 3.0
-
-
-def token(instance: str) -> str:
-    """``instance`` as one subject token (KV keys, the forwarding endpoint's name)."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
 
 
 # The beats as they are written to the bucket. A core subscription to the bucket's own subjects

@@ -18,7 +18,7 @@ from anyio.abc import TaskStatus
 
 from confbus.coordinator.head import Heads
 from confbus.coordinator.leadership import ROLE, Leadership
-from confbus.coordinator.liveness import ALIVE_INTERVAL_S, Liveness, Peers, token
+from confbus.coordinator.liveness import ALIVE_INTERVAL_S, Liveness, Peers
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.coordinator.twophase import Coordinator
 from confbus.runtime.api import Endpoint, serve_api, stop_api
@@ -29,6 +29,7 @@ from confbus.runtime.service import ServiceContext
 from confbus.schemas.api import txn as api
 from confbus.schemas.base import project
 from confbus.schemas.streams import CFG_STATE
+from confbus.schemas.subjects import instance_token as token
 
 log = logging.getLogger("confbus.coordinator")
 
@@ -61,7 +62,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     metrics = CoordinatorMetrics.create(ctx.registry)
     state = await ctx.bus.kv(CFG_STATE.name)
     liveness = Liveness(state, instance)
-    leases = Leases(state, ROLE, instance, ttl_s=ctx.args.lease_ttl)
+    leases = Leases.on_bus(ctx.bus, state, ROLE, instance, ctx.args.lease_ttl)
     peers = Peers(instance)
     coord = Coordinator(
         ctx.bus,

@@ -113,7 +113,7 @@ class Distributor:
         self.metrics = DistributorMetrics.create(ctx.registry)
         self.store = Store(ctx.bus)
         self.membership = Membership(heartbeat_interval_s=args.heartbeat_interval)
-        self.leases = Leases(kv.kv, ROLE, self.instance, ttl_s=args.lease_ttl)
+        self.leases = Leases.on_bus(ctx.bus, kv.kv, ROLE, self.instance, args.lease_ttl)
         self.leases.on_change = self.on_lease_change
         self.targets = Targets(kv, self.store)
         self.rollouts = Rollouts(ctx.bus, kv, self.metrics, self.instance)

@@ -156,7 +156,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     metrics = WatcherMetrics.create(ctx.registry)
     store = SampleStore(horizon_s=args.horizon)
     kv = await StateKV.open(bus, CFG_STATE)
-    leases = Leases(kv.kv, ROLE, instance, ttl_s=args.lease_ttl)
+    leases = Leases.on_bus(bus, kv.kv, ROLE, instance, args.lease_ttl)
     policies = PolicyCache(bus, ttl_s=args.policy_ttl)
     directory = Directory()
     catalog = Catalog(bus, directory)

@@ -96,6 +96,7 @@ class Engine:
     instance: str
     tg: TaskGroup
     driving: set[str] = field(default_factory=set)  # namespaces driven by this replica
+    running: list[str] = field(default_factory=list)  # with a running rollback, at the last sweep
 
     # -- automatic ----------------------------------------------------------------------------
 
@@ -418,13 +419,16 @@ class Engine:
         dead replica's. The driver takes the namespace's lease first (a live replica's lease
         means it drives it). Returns how many drivers were started."""
         started = 0
+        running = []
         for ns in await self.ledgers.namespaces():
             if ns in self.driving:
                 continue
             rb = (await self.ledgers.read(ns)).running
             if rb is not None:
                 started += 1
+                running.append(ns)
                 self.spawn(ns, rb.rollback_id)
+        self.running = running
         return started
 
     async def resume_loop(self, interval_s: float) -> None:
@@ -433,4 +437,8 @@ class Engine:
                 await self.resume()
             except Exception as exc:  # retried next round; never kills the service
                 log.warning("resume sweep failed", extra={"error": repr(exc)})
-            await anyio.sleep(interval_s)
+            # Until the next sweep, the replicas driving the other running rollbacks are
+            # watched: one that dies is taken over now (docs/design.md §4.6).
+            with anyio.move_on_after(interval_s):
+                if not await self.driver.leases.watch(self.running):
+                    await anyio.sleep_forever()

@@ -99,7 +99,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     peers = Peers(ctx.bus, actor=instance)
     state = await StateKV.open(ctx.bus, CFG_STATE)
     ledgers = Ledgers(state)
-    leases = Leases(state.kv, ROLE, instance, ttl_s=args.lease)
+    leases = Leases.on_bus(ctx.bus, state.kv, ROLE, instance, args.lease)
     announcer = Announcer(peers, notifier, actor=instance)
     config = DriverConfig(
         verify_timeout_s=args.verify_timeout,

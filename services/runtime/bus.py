@@ -64,6 +64,7 @@ class Bus:
     # missing.
     _reconnected: anyio.Event = field(default_factory=anyio.Event, init=False, repr=False)
     _listeners: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
+    _kvs: dict[str, KeyValue] = field(default_factory=dict, init=False, repr=False)
 
     def reconnected(self) -> anyio.Event:
         """The event the next reconnect sets. Take it *before* checking what it guards, then
@@ -96,7 +97,13 @@ class Bus:
             listener()
 
     async def kv(self, bucket: str) -> KeyValue:
-        return await self.js.key_value(bucket)
+        """The bucket's handle; looked up (a JetStream API call) once per bucket, then kept —
+        a client polling a record (``wait_rollout``) asked for the stream's info before every
+        read."""
+        handle = self._kvs.get(bucket)
+        if handle is None:
+            handle = self._kvs[bucket] = await self.js.key_value(bucket)
+        return handle
 
     async def publish(
         self,

@@ -46,6 +46,7 @@ T = TypeVar("T")
 BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
 # How a KV write shows on the bucket's stream: a header for a delete or a purge.
 _KV_OPERATION = "KV-Operation"
+KEYS_IDLE_S = 10.0  # how long the server keeps a key listing's consumer after it stops
 _KV_DELETED = ("DEL", "PURGE")
 
 
@@ -151,7 +152,13 @@ class StateKV:
     async def keys(self, pattern: str) -> list[str]:
         """The keys matching ``pattern`` that hold a value now."""
         try:
-            watcher = await self.kv.watch(pattern, meta_only=True, ignore_deletes=True)
+            # Its consumer outlives the watcher's stop by ``inactive_threshold`` (nats-py: 5 min
+            # by default): a caller listing every second (the coordinator's recovery sweep)
+            # then kept ~300 of them per replica, and with those left by kills the bucket's
+            # 1000-consumer cap was reached — a restarted coordinator could not start.
+            watcher = await self.kv.watch(
+                pattern, meta_only=True, ignore_deletes=True, inactive_threshold=KEYS_IDLE_S
+            )
         except BUS_ERRORS as exc:
             raise _down("list", pattern, exc) from exc
         out: list[str] = []

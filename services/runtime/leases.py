@@ -10,9 +10,11 @@ lease.<role>.<name>    LeaseRecord{holder, epoch, expires_at, ttl_s, acquired_at
 ```
 
 - **take** — by compare-and-set, when the key is absent, expired (``expires_at`` plus the
-  allowed clock skew is past, on the wall clock), or already ours. A new holder bumps
-  ``epoch``; a renewal keeps it. The epoch is a fencing token: write it along with what the
-  lease protects, and refuse older ones.
+  allowed clock skew is past, on the wall clock), already ours — or its holder is **gone**:
+  its presence endpoint finds no responders twice (``confbus.runtime.presence``: its process
+  died, the server dropped its subscriptions). A new holder bumps ``epoch``; a renewal keeps
+  it. The epoch is a fencing token: write it along with what the lease protects, and refuse
+  older ones.
 - **held** — judged on *our monotonic clock only*: from the moment we *sent* the write that
   succeeded, for ``ttl × TRUST``. The write may have taken long, our process may have been
   paused: counting from before the write and stopping well before the TTL means we stop acting
@@ -23,6 +25,8 @@ lease.<role>.<name>    LeaseRecord{holder, epoch, expires_at, ttl_s, acquired_at
 - **lost** — ``held()`` turns false, and every scope opened with ``guard(name)`` is cancelled
   at once: a holder that cannot renew stops acting.
 - **release** — on a clean stop: ``expires_at`` = 1970, so another replica takes over at once.
+- **watch** — ``pursue`` probes the holders of what it wants every ``WATCH_EVERY_S``, so a
+  killed holder's lease is taken over in well under a second, not at its expiry.
 
 A lease gives liveness, not safety (etcd's locks do not exclude either: Jepsen 2020). What it
 protects must still be fenced: the coordinator's epoch on the head, a compare-and-set on a
@@ -43,8 +47,10 @@ import anyio
 from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
+from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Stale, Unavailable
 from confbus.runtime.kv import StateKV
+from confbus.runtime.presence import WATCH_EVERY_S, Presence
 from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
 
 log = logging.getLogger("confbus.leases")
@@ -87,6 +93,11 @@ class Leases:
     skew_s: float = 0.5
     clock: Callable[[], float] = time.monotonic
     on_change: Callable[[str, bool], None] | None = None  # (name, held) for metrics and logs
+    # Who else holds what: with it a holder whose process is gone is taken over at once
+    # (served by ``keep``); without it, only at the lease's expiry.
+    presence: Presence | None = None
+    _elsewhere: dict[str, str] = field(default_factory=dict)  # name -> its live other holder
+    _renew_all: bool = False  # our connection came back: check every lease at once
     _grants: dict[str, Grant] = field(default_factory=dict)
     _scopes: dict[str, set[anyio.CancelScope]] = field(default_factory=dict)
     _wake: anyio.Event = field(default_factory=anyio.Event)
@@ -94,6 +105,12 @@ class Leases:
 
     def __post_init__(self) -> None:
         self._state = StateKV(self.kv)
+
+    @classmethod
+    def on_bus(cls, bus: Bus, kv: KeyValue, role: str, holder: str, ttl_s: float) -> Leases:
+        """A replica's leases: its presence answered (``keep``), its peers' probed, so a
+        holder that died is taken over at once (``confbus.runtime.presence``)."""
+        return cls(kv, role, holder, ttl_s=ttl_s, presence=Presence(bus, role, holder))
 
     # -- what we hold ------------------------------------------------------------------------
 
@@ -167,8 +184,16 @@ class Leases:
         except Unavailable:
             return None
         if record is not None and record.holder != self.holder and self.live(record):
-            self._lose(name, f"held by {record.holder}")
-            return None
+            self._elsewhere[name] = record.holder
+            if not await self._gone(record.holder):
+                self._lose(name, f"held by {record.holder}")
+                return None
+            # Its process is gone: a new term now, by compare-and-set on the revision read
+            # before the probes (a renewal in between means it was there after all).
+            log.warning("lease holder gone, taking over", extra={
+                "lease": lease_key(self.role, name), "holder": record.holder})  # fmt: skip
+            return await self._write(name, record.epoch + 1, revision, None)
+        self._elsewhere.pop(name, None)
         mine = self._grants.get(name)
         if record is not None and mine is not None and mine.epoch == record.epoch:
             return await self._write(name, record.epoch, revision, record.acquired_at)
@@ -176,6 +201,9 @@ class Leases:
         # (restarted under the same --instance), which is gone.
         epoch = (record.epoch if record is not None else 0) + 1
         return await self._write(name, epoch, revision, None)
+
+    async def _gone(self, holder: str) -> bool:
+        return self.presence is not None and await self.presence.gone(holder)
 
     async def _write(
         self, name: str, epoch: int, revision: int, acquired: datetime | None
@@ -283,11 +311,34 @@ class Leases:
 
     async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Renew what we hold every ``ttl / 3``; the moment a lease's trust runs out unrenewed,
-        lose it (cancel its guards). Runs until cancelled."""
-        task_status.started()
+        lose it (cancel its guards); answer our presence probes meanwhile. Runs until
+        cancelled."""
+        async with anyio.create_task_group() as tg:
+            if self.presence is None:
+                task_status.started()
+                await self._renewals()
+                return
+            await tg.start(self.presence.serve)
+            # Back from a lost connection, a peer may have taken a lease over meanwhile (we
+            # were "gone"): renew everything now, so a lease taken is lost at once.
+            stop = self.presence.bus.on_reconnect(self._on_reconnect)
+            try:
+                task_status.started()
+                await self._renewals()
+            finally:
+                stop()
+
+    def _on_reconnect(self) -> None:
+        self._renew_all = True
+        self._wake.set()
+
+    async def _renewals(self) -> None:
         next_renewal: dict[str, float] = {}
         while True:
             now = self.clock()
+            if self._renew_all:
+                self._renew_all = False
+                next_renewal = dict.fromkeys(next_renewal, now)
             for name in list(self._grants):
                 grant = self._grants.get(name)
                 if grant is None:
@@ -310,6 +361,8 @@ class Leases:
                 default=math.inf,
             )
             self._wake = anyio.Event()
+            if self._renew_all:
+                continue  # a reconnect while we renewed
             with anyio.move_on_after(max(0.0, min(wake_at - self.clock(), 1.0))):
                 await self._wake.wait()
 
@@ -321,7 +374,8 @@ class Leases:
     ) -> None:
         """Every ``ttl / 3``, try to take each name of ``wanted()`` we do not hold (what we hold,
         ``keep()`` renews): replicas that share many names out take the free ones as they come.
-        Runs until cancelled."""
+        In between, the other holders of those names are probed (``watch``): one that is gone
+        starts the next pass at once. Runs until cancelled."""
         task_status.started()
         while True:
             try:
@@ -332,4 +386,23 @@ class Leases:
             for name in names:
                 if not self.held(name):
                     await self.acquire(name)  # None when held elsewhere or unreachable
-            await anyio.sleep(max(0.1, self.ttl_s * RENEW_EVERY))
+            with anyio.move_on_after(max(0.1, self.ttl_s * RENEW_EVERY)):
+                if not await self.watch(names):
+                    await anyio.sleep_forever()  # nobody to watch: the next pass when due
+
+    async def watch(self, names: Iterable[str]) -> bool:
+        """True once a replica holding one of ``names`` (as ``acquire`` last found) no longer
+        answers its presence, probed every ``WATCH_EVERY_S``; False at once when there is no
+        one to watch. The first probe waits a period too: a holder that stays gone while it
+        cannot be taken over (the bus half down) costs a pass per period, not a busy loop."""
+        if self.presence is None:
+            return False
+        wanted = set(names)
+        while holders := {
+            self._elsewhere[n] for n in wanted if n in self._elsewhere and not self.held(n)
+        }:
+            await anyio.sleep(WATCH_EVERY_S)
+            for holder in sorted(holders):
+                if not await self.presence.answers(holder):
+                    return True
+        return False

@@ -9,10 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import connect, provision
 from confbus.runtime.errors import InvalidInput
+from confbus.schemas import subjects
+from confbus.schemas.api import store as store_api
 from confbus.schemas.streams import CFG_CHANGES
 from tests.version_store.test_service_helpers import Stack, cli, stack, start_stack
 
@@ -120,6 +123,31 @@ async def test_rejections_are_clear_and_store_nothing(stack: Stack, tmp_path: Pa
         assert (await client.bus.js.stream_info(CFG_CHANGES.name)).state.last_seq == before
     res = await cli(stack.url, "policy", "cli-schema", "--strategy", "sometimes")
     assert res.code == 1 and "unknown rollout strategy" in res.err
+
+
+async def test_publish_reads_the_store_once_before_the_change(stack: Stack, tmp_path: Path) -> None:
+    # Without --id the change id comes from the newest version; that one read also tells a
+    # new namespace (a CI step pays each round trip before its change even leaves).
+    ns = "cli-one-read"
+    seen: list[str] = []
+
+    async def note(msg: Msg) -> None:
+        seen.append(msg.subject)
+
+    async with stack.client() as client:
+        for read in (store_api.GET, store_api.HISTORY):
+            await client.bus.nc.subscribe(read.pattern, cb=note)
+        await client.bus.nc.subscribe(subjects.change(ns), cb=note)
+        for i, said in ((1, True), (2, False)):
+            seen.clear()
+            res = await cli(
+                stack.url, "publish", ns, write(tmp_path, f"{i}.json", b'{"i": %d}' % i)
+            )
+            assert res.code == 0 and res.text.startswith(f"{ns} v{i} "), res.err
+            assert ("does not exist yet: creating it" in res.err) is said, res.err
+            await client.bus.nc.flush()
+            sent = seen.index(subjects.change(ns))
+            assert seen[:sent] == [store_api.GET.address], seen
 
 
 async def test_stale_base_and_dry_run_store_nothing(stack: Stack, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import Any
 import anyio
 import pytest
 
+from confbus.cli.stack import SERVED_S
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.procs.spawn import alive
+from confbus.procs.watch import RESTART_MIN_S
 from confbus.runtime.bus import connect
 from confbus.schemas import subjects
 from confbus.schemas.events import VersionApproved
@@ -221,6 +224,28 @@ def test_a_crashed_service_is_restarted_and_the_stack_keeps_serving(
     for name, service in first.items():
         if name != "sample":
             assert now[name]["pid"] == service["pid"] and alive(service["pid"])
+    assert up.proc.stop() == 0, up.proc.describe()
+
+
+def test_the_restart_backoff_doubles_only_for_a_service_that_dies_soon_after_ready(
+    stacks: Stacks, tmp_path: Path
+) -> None:
+    """Killed right after its ready line, again and again, a service waits longer each time (a
+    crash loop); one that served ``SERVED_S`` and then died restarts after the minimum."""
+    up = stacks.start(tmp_path / "data", "--add-service", "sample=tests.cli.sample_service")
+
+    def kill_and_restart(restart: int) -> str:
+        mark = len(up.proc.err.lines)
+        os.kill(up.state()["services"]["sample"]["pid"], signal.SIGKILL)
+        line = up.proc.err.wait_for(f"(restart {restart})", 30.0, mark)
+        up.proc.err.wait_for("sample ready again", 30.0, mark)
+        return line
+
+    assert f"restarting in {RESTART_MIN_S:g}s" in kill_and_restart(1)
+    assert f"restarting in {2 * RESTART_MIN_S:g}s" in kill_and_restart(2)  # soon after ready
+    # What the next kill tests is a service that served a while: that is the wait.
+    time.sleep(SERVED_S + 0.5)
+    assert f"restarting in {RESTART_MIN_S:g}s" in kill_and_restart(3)
     assert up.proc.stop() == 0, up.proc.describe()
 
 

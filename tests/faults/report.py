@@ -300,43 +300,62 @@ FOOTER = """\
    election of nats-server's raft, 4-9 s). The same loops also passed on issue 25's code,
    whose publish retry had closed the first failure; what fails without this change is in
    `tests/runtime/test_call_retry.py` and `tests/cli/test_wait_errors.py`.
-8. **Fail-over: 4-8 s measured, two of its causes fixed — where the time goes.** Measured
-   by the HA fault test (the fail-over tables above). The first slow run (20 rounds, 80 kills,
-   at 99b3e29, 1-minute load 6.3 median / 9.7 max on 2 shared cores): coordinator kill → a
-   later change applied everywhere 4.67 s median / 5.62 s max, distributor 5.09 / 7.46 s. The
-   timelines are each kill's own (the lease records' `acquired_at`, the prepares'
-   `created_at`, the stack's `up.log`), read beside the services' JSON logs.
-   - *Coordinator*: kill → the dead holder's lease takeable 4.61 s (TTL 5 s + 0.5 s skew,
-     renewed at most ⅓ TTL before the kill) → taken over 4.61 s → first prepare 4.62 s →
-     applied 4.67 s: all of it waiting for the lease to run out, while the killed replica was
-     serving again after a median 2.4 s (in 9 of 20 kills within 2.5 s). The survivor's
-     forward to the dead holder's `switch_<instance>` found no responder, and
-     `Leadership._until_free` waited for expiry; it did not notice the holder back under its
-     own `--instance` (which takes its earlier life's lease at once). **Fixed:** the wait also
-     ends when the holder beats `coord.alive` again, and a replica beats only once its
-     endpoints serve (a first version beat before; 3 of 20 kills then cost ~35 s: the second
-     forward found no responder and the request fell into the distributor's unknown-outcome
-     path). Now (slow run above, load 1.7 / 3.2): 2.36 s median, 5.12 s max; the CI run 0.86 s.
-     What is left is the supervisor's restart backoff (it doubles, to 30 s, for a replica
-     killed within a minute of its start, as these rounds do: *killed process serving again*),
-     after which a peer takes over at the lease's expiry — the case of a host lost for good.
-     For that only a shorter TTL helps: at 1.5 s (trust 1 s, renewal every 0.5 s) the lease is
-     takeable 1.5-2.0 s after the kill with today's 0.5 s skew; 3× the renewals (compare-and-
-     set writes to an R3 stream); and any `CFG_STATE` write slower than 1 s would drop the
-     lease — in the first run 8 of the 20 NATS kills left `CFG_STATE` unanswering long enough
-     to cost both `web` leases even at 5 s. Each spurious hand-over bumps the head's epoch and
-     aborts the switch in flight (fenced, so safe, but the wave runs again). Lease timings are
-     unchanged.
-   - *Distributor*: kill → lease taken over 1.97 s (in 17 of 20 kills by the killed
-     replica's restart) → first prepare 4.99 s → applied 5.06 s; the 3 s between was
-     `Membership.warm()`: no node judged for 1.5 heartbeat intervals (agents beat every 2 s)
-     after a start, or a restart would roll out to no one. **Fixed:** the warm-up ends once
-     every node the stored node records call live has been heard (a replica that read no
-     records still waits the whole window). Now 1.83 s median, 7.17 s max (the max: a restart
-     delayed by the backoff, the peer waiting for the TTL); the CI run 1.28 s.
-   - *NATS stream leader* (next publish acked 6.10 s median, 10.05 s max; applied
-     everywhere 7.81 s): a new leader of `CFG_CHANGES` is seen 5.52 s after the kill (median of
-     16; 4.4-7.7 s): nats-server's raft starts an election only 4-9 s after losing a leader, and
+8. **Fail-over: a killed leader's lease is taken over in about half a second — what is left.**
+   Measured by the HA fault test (the fail-over tables above). The first slow run (20 rounds,
+   at 99b3e29): coordinator kill → a later change applied everywhere 4.67 s median / 5.62 s
+   max, distributor 5.09 / 7.46 s — all of it the lease's TTL (5 s + 0.5 s skew) and the
+   distributor's warm-up. After two fixes (a replica beats `coord.alive` only once it serves,
+   and a peer's wait ends when the holder is back; the warm-up ends once every node the stored
+   records call live is heard): 2.36 / 5.12 s and 1.83 / 7.17 s. What was left then: (a) the
+   supervisor's restart backoff, doubling to 30 s for a replica killed within a minute of its
+   start, as these rounds do, and (b) a peer taking over only at the dead holder's expiry.
+   - **(a) fixed:** the backoff doubles only for a service that dies before its ready line or
+     within 5 s after it (`SERVED_S`, services/cli/stack.py; tests/cli/test_up.py); one that
+     served longer restarts after 0.5 s. In the run above every service restarted after
+     0.5 s; *killed process serving again* is now its start-up under that load (5-8 s median).
+   - **(b) fixed:** a holder whose process died is detected without the TTL
+     (docs/design.md §4.6, `confbus.runtime.presence`): its socket closes, nats-server drops
+     its subscriptions, a probe of `cfg.lease.<role>.<instance>.present` finds no responders
+     twice 0.3 s apart, and a peer takes the lease in the next epoch — the coordinator when
+     its forward to the holder finds nobody, the distributor and health-watcher by `pursue`'s
+     watch (every 0.25 s), the rollbacker by its resume sweep's. A paused or slow holder keeps
+     its subscription and is never taken over this way. Why an early take-over is safe is
+     argued role by role in §4.6 (every write an old holder could still make is fenced by the
+     epoch or a compare-and-set), and the run's fencing checks (decision epochs in stream
+     order, nothing applied uncommitted, no agent beyond the head's epoch) held.
+   - **Now** (slow run above, 100 kills, at 1-minute load 27 median / 192 max on 2 shared
+     cores — far busier than the runs before): coordinator 1.36 s median (lease taken over
+     0.59 s), distributor 1.28 s median / 2.95 s max (taken over 0.81 / 1.70 s),
+     health-watcher lease taken over 0.51 / 1.17 s. 78 take-overs by a peer's probe in the
+     run's services' logs, each of the holder just killed: none of a live holder, the NATS
+     kills included. The CI run: coordinator 0.86 s, distributor 1.28 s.
+   - **Left:** the coordinator's max, 35.66 s (1 of 20): the kill landed while the
+     distributor's switch request was in flight to the killed replica, which took it from
+     the queue group and died before answering; `txn.switch` acts, so the distributor waits
+     its whole 25 s deadline and then its unknown-outcome path — no lease is involved. A
+     request could fail fast only if the caller knew which replica took it (an early
+     "accepted by <instance>" reply, then a presence probe of that one): a protocol change,
+     not made here. The distributor takes `_members` and `web` one after the other, each with
+     its own two probes (~0.35 s each): one probe per holder per pass would save about that
+     on `web`. A host lost without its socket closing (power cut, network cut: no FIN/RST)
+     still costs the TTL; only a shorter TTL helps there (at 1.5 s, 3× the renewals and any
+     `CFG_STATE` write slower than 1 s drops the lease; lease timings are unchanged). The
+     health-watcher's *a later change applied everywhere* max (10.19 s) is the machine's
+     stall around that kill, not the role: it is off the apply path and its lease was taken
+     over in at most 1.17 s.
+   - **Found on the way, fixed:** two earlier 20-round runs failed near their 98th kill: a
+     killed coordinator could not start again (exit 1, in a loop) — `KV_CFG_TXN_HEAD` had
+     reached its 1000-consumer cap. The coordinator's recovery sweep lists the heads every
+     second, each listing a KV watch whose consumer nats-py leaves on the server for 5 min
+     after its stop; with the NATS kills' churn they piled up. A listing's consumer now goes
+     10 s after its stop (`runtime.kv.KEYS_IDLE_S`; tests/runtime/test_kv.py).
+   - *Clean stop:* SIGTERM of the coordinator, distributor or health-watcher replica leading
+     a namespace writes its lease released and a replica holds it in a new term at once
+     (tests/ha/test_clean_stop.py).
+   - *NATS stream leader* (the first run: next publish acked 6.10 s median, 10.05 s max;
+     applied everywhere 7.81 s; the run above: 5.87 / 9.62 s and 8.56 s): a new leader of
+     `CFG_CHANGES` is seen 5.52 s after the kill (median of 16; 4.4-7.7 s): nats-server's
+     raft starts an election only 4-9 s after losing a leader, and
      nothing of confbus's runs sooner. When the killed server also led `KV_CFG_STATE` (8 of
      20 kills), no lease could be renewed: the coordinator's and distributor's `web` leases
      were lost after ⅔ TTL and taken again 5.1-8.2 s after the kill, so applies waited on the
@@ -349,10 +368,14 @@ FOOTER = """\
      every kill: the test kills right after a change was applied everywhere, in the CI job's
      0.3 s pause, so no publish was under way); a publish is acked only once stored, so *next
      publish acked* bounds it here: missed, by 1.1 s at the median and 5.05 s at the max.
-   - *etcd leader* (1.22 s median, 2.39 s max): etcd's election; no target. *Health-watcher
-     and rollbacker*: not measured — in this workload neither holds a lease for `web` (the
-     health-watcher leads a namespace with health samples or scrape targets, the rollbacker
-     only while it drives a rollback), and neither is on the path of a publish or an apply.
+   - *etcd leader* (1.99 s median, 3.28 s max in the run above; 1.22 / 2.39 s before, at
+     a lighter load): etcd's election; no target.
+   - *Rollbacker*: not measured. It holds `lease.rollbacker.<ns>` only while it drives a
+     rollback, and a rollback in this test would fight its publish stream for the namespace
+     (it stops the bad rollout and switches the nodes back in batches) — the test's "every
+     agent on the last change" checks would no longer hold. Its take-over is covered by
+     tests/rollbacker/test_resume.py (a driver killed after a batch, the rollback finished by
+     the next process without doing anything twice), not timed.
 
 ## Time travel
 
@@ -378,17 +401,21 @@ tests/security).
 
 FAILOVER = """\
 `tests/ha/test_ha_faults.py` on `confbus up --ha`: three agents, a CI job publishing a change
-every 0.3 s, and one at a time (full redundancy restored in between) SIGKILL of the nats-server
-leading `CFG_CHANGES`, the etcd leader, and the coordinator, distributor, health-watcher and
-rollbacker replica holding the namespace's lease. Seconds from the kill (`tests/ha/failover.py`):
-*next publish acked* (stored, its version returned); *changes sent before it stored* (0 when no
-publish was under way — none was in these runs: finding 8); *next apply on every agent* (may be
-a switch decided before the kill); *a later change applied everywhere* (a change acked after the
-kill on every agent: the apply that needed the new leader — the lease roles' target is on it);
-the timeline: *new stream leader seen*, *dead holder's lease takeable* (its expiry + 0.5 s
-skew), *lease taken over* (the new holder's `acquired_at`), *first prepare after it*, *killed
-process serving again* (its restart waits a backoff that doubles while it keeps dying within a
-minute of its start). Targets: issue 23 item 2.
+every 0.3 s, health samples from each agent every second, and one at a time (full redundancy
+restored in between) SIGKILL of the nats-server leading `CFG_CHANGES`, the etcd leader, and the
+coordinator, distributor, health-watcher and rollbacker replica holding the namespace's lease.
+Seconds from the kill (`tests/ha/failover.py`): *next publish acked* (stored, its version
+returned); *changes sent before it stored* (0 when no publish was under way — none was in these
+runs: finding 8); *next apply on every agent* (may be a switch decided before the kill); *a
+later change applied everywhere* (a change acked after the kill on every agent: the apply that
+needed the new leader — the lease roles' target is on it; the health-watcher is off that path,
+its figure is *lease taken over*); the timeline: *new stream leader seen*, *dead holder's lease
+takeable* (its expiry + 0.5 s skew: when a peer could take it without the presence probe),
+*lease taken over* (the new holder's `acquired_at`: a peer that found the dead holder's
+presence gone, docs/design.md §4.6, or the killed replica's restart), *first prepare after it*,
+*killed process serving again* (0.5 s after the death of a service that had served 5 s; the
+backoff doubles only for one that keeps dying before or just after its ready line). Targets:
+issue 23 item 2.
 """
 
 

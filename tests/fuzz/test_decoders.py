@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import confbus.schemas as schemas
 from confbus.schemas import fleet, sealing
-from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.base import DECODE_ERRORS, LazyDecoder
 from tests.fuzz.strategies import DEEP, garbage, wire
 
 Decode = Callable[[bytes], Any]
@@ -43,7 +43,9 @@ def decoders() -> dict[str, tuple[Decode, Any]]:
     found: dict[str, tuple[Decode, Any]] = {}
     for mod in _modules():
         for name, obj in vars(mod).items():
-            if name.startswith("decode_") and callable(obj):
+            if isinstance(obj, LazyDecoder):  # a decoder built at its first call
+                found[f"{mod.__name__}.{name}"] = (obj, obj.type)
+            elif name.startswith("decode_") and callable(obj):
                 # A decoder's own method, or a function over one (``__wrapped__``).
                 decoder = getattr(inspect.unwrap(obj), "__self__", None)
                 assert isinstance(decoder, msgspec.json.Decoder), f"{mod.__name__}.{name}"

@@ -16,7 +16,8 @@ The measures (each from the SIGKILL, on the test's monotonic clock unless said):
   lease takeable: its wall-clock expiry plus the allowed skew, docs/design.md §4.6),
   ``TAKEOVER`` (the new holder's ``acquired_at``), ``PREPARE`` (the first prepare created after
   the kill), and ``RESTARTED`` (the stack's "ready again" line for the process killed — its
-  restart waits a backoff that doubles while it keeps dying within a minute of its start).
+  restart waits 0.5 s once it had served 5 s; a backoff that doubles only while it keeps dying
+  before or just after its ready line).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+import nats.errors
 import pytest
 
 from confbus.client import Client
@@ -26,6 +28,9 @@ from confbus.procs.proc import Proc
 from confbus.procs.spawn import alive
 from confbus.procs.tls import TlsFiles
 from confbus.runtime.bus import Bus, connect
+from confbus.runtime.errors import ConfbusError
+from confbus.schemas import subjects
+from confbus.schemas.health import HealthSample
 from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
 from tests.cli.procs import lock_is_free, start_confbus
@@ -238,3 +243,20 @@ async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None
     if lease is None or lease.expires_at <= datetime.now(UTC):
         return None
     return lease.holder, lease.epoch
+
+
+HEALTH_EVERY_S = 1.0  # each agent's health sample (``confbus agent --health-url``)
+
+
+async def health_samples(bus: Bus, ns: str, nodes: Sequence[str], stop: anyio.Event) -> None:
+    """What agents with ``--health-url`` forward: a healthy sample per node every second, so
+    a health-watcher replica leads ``ns`` (``lease.health.<ns>``)."""
+    while not stop.is_set():
+        for node in nodes:
+            sample = HealthSample(namespace=ns, node=node, version=None, status_code=200)
+            try:
+                await bus.publish(subjects.health(ns, node), sample, timeout=1.0)
+            except (ConfbusError, nats.errors.Error):
+                pass  # dropped while the bus is down, as an agent drops them
+        with anyio.move_on_after(HEALTH_EVERY_S):
+            await stop.wait()

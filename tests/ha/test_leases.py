@@ -1,5 +1,6 @@
 """``confbus.runtime.leases`` against a real nats-server: take, renew, expire, hand over with a
-new epoch, and stop acting the moment a lease is lost."""
+new epoch, stop acting the moment a lease is lost, and take over at once from a holder whose
+connection is gone (``confbus.runtime.presence``) — but never from one that is only paused."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
-from confbus.runtime.bus import Bus
+from confbus.procs.nats import NatsServer
+from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
 from confbus.runtime.leases import Leases, NotHeld
+from confbus.runtime.presence import PROBE_GAP_S
 from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
+from confbus.schemas.subjects import lease_presence
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -127,3 +132,90 @@ async def test_a_restarted_replica_takes_its_own_lease_back_in_a_new_term(kv: Ke
     grant = await after.acquire("web")
     assert grant is not None and grant.epoch == 2
     assert await Leases(kv, "test", "coordinator-2").acquire("web") is None
+
+
+async def replica(nats_server: NatsServer, name: str) -> tuple[Bus, Leases]:
+    """A replica on its own connection, as its own process is: closing it is the process dying
+    (the kernel closes its socket)."""
+    conn = await connect(nats_server.url, name=name)
+    return conn, Leases.on_bus(conn, await conn.kv(CFG_STATE.name), "test", name, ttl_s=30.0)
+
+
+async def test_a_holder_whose_connection_is_gone_is_taken_over_at_once(
+    kv: KeyValue, bus: Bus, nats_server: NatsServer
+) -> None:
+    other, a = await replica(nats_server, "a")
+    b = Leases.on_bus(bus, kv, "test", "b", ttl_s=30.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(a.keep)  # answers a's presence
+        assert await a.acquire("web") is not None
+        assert await b.acquire("web") is None  # a answers: it holds the lease
+        tg.cancel_scope.cancel()
+    # a's process dies: its socket closes and the server drops its subscriptions at once.
+    await other.close()
+    started = anyio.current_time()
+    grant = await b.acquire("web")
+    took = anyio.current_time() - started
+    assert grant is not None and grant.epoch == 2, "b did not take over a's lease"
+    assert PROBE_GAP_S <= took < 5.0, took  # two probes apart, not the 30 s TTL
+    record = decode_lease((await kv.get(lease_key("test", "web"))).value or b"")
+    assert record.holder == "b" and record.epoch == 2
+
+
+async def test_a_paused_holder_is_not_taken_over(kv: KeyValue, bus: Bus) -> None:
+    a = Leases(kv, "test", "a", ttl_s=30.0)
+    assert await a.acquire("web") is not None
+
+    # a is paused (SIGSTOP): the server still has its subscription, nobody answers it.
+    async def paused(msg: object) -> None:
+        await anyio.sleep_forever()
+
+    sub = await bus.nc.subscribe(lease_presence("test", "a"), cb=paused)
+    try:
+        b = Leases.on_bus(bus, kv, "test", "b", ttl_s=30.0)
+        assert await b.acquire("web") is None
+        assert await b.current_holder("web") == "a"
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_pursue_takes_over_from_a_killed_holder_well_before_its_ttl(
+    kv: KeyValue, bus: Bus, nats_server: NatsServer
+) -> None:
+    other, a = await replica(nats_server, "a")
+    b = Leases.on_bus(bus, kv, "test", "b", ttl_s=30.0)
+    holder = anyio.CancelScope()
+
+    async def keep_a(*, task_status: TaskStatus[None]) -> None:
+        with holder:
+            await a.keep(task_status=task_status)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(keep_a)
+        assert await a.acquire("web") is not None
+        await tg.start(b.keep)
+        await tg.start(b.pursue, lambda: ["web"])
+        await eventually(lambda: b.current_holder("web"), timeout=5, what="b sees a's lease")
+        assert not b.held("web")
+        holder.cancel()
+        await other.close()  # killed
+        # pursue's next pass is 10 s away (ttl/3): its watch of a's presence finds a gone.
+        started = anyio.current_time()
+
+        async def taken() -> bool:
+            return b.held("web")
+
+        await eventually(taken, timeout=3, what="b takes a's lease over")
+        assert anyio.current_time() - started >= PROBE_GAP_S
+        grant = b.grant("web")
+        assert grant is not None and grant.epoch == 2
+        tg.cancel_scope.cancel()
+
+
+async def test_a_clean_stop_hands_the_lease_over_at_once(kv: KeyValue, bus: Bus) -> None:
+    a = Leases.on_bus(bus, kv, "test", "a", ttl_s=30.0)
+    b = Leases.on_bus(bus, kv, "test", "b", ttl_s=30.0)
+    assert await a.acquire("web") is not None
+    await a.release_all()
+    grant = await b.acquire("web")
+    assert grant is not None and grant.epoch == 2

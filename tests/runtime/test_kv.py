@@ -10,11 +10,12 @@ import time
 import anyio
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from confbus.procs.nats import NatsServer
-from confbus.runtime.bus import Bus
+from confbus.runtime.bus import Bus, connect
 from confbus.runtime.errors import Stale, Unavailable
-from confbus.runtime.kv import Entry, StateKV
+from confbus.runtime.kv import KEYS_IDLE_S, Entry, StateKV
 from confbus.schemas.state import ROLLOUTS, rollout_key, target_key
 from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually, restart_nats
@@ -128,3 +129,38 @@ async def test_a_watch_mirrors_a_family_and_hears_writes_within_a_second_of_a_br
     # (10-20 s).
     print(f"write heard {heard_after:.3f}s after the reconnect")
     assert heard_after < 3.0
+
+
+async def test_a_bucket_is_looked_up_once_then_its_handle_kept(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    # A client polling a record (``wait_rollout``) asked for the stream's info before each read.
+    fresh = await connect(nats_server.url, name="kv-handles")
+    lookups: list[str] = []
+
+    async def note(msg: Msg) -> None:
+        lookups.append(msg.subject)
+
+    try:
+        await fresh.nc.subscribe(f"$JS.API.STREAM.INFO.KV_{CFG_STATE.name}", cb=note)
+        first = await fresh.kv(CFG_STATE.name)
+        await first.put(KEY, b"1")
+        second = await fresh.kv(CFG_STATE.name)
+        entry = await second.get(KEY)
+        await fresh.nc.flush()
+        assert second is first and entry.value == b"1"
+        assert lookups == [f"$JS.API.STREAM.INFO.KV_{CFG_STATE.name}"]
+    finally:
+        await fresh.close()
+
+
+async def test_a_key_listing_leaves_no_consumer_behind_for_long(bus: Bus) -> None:
+    kv = await StateKV.open(bus, CFG_STATE)
+    await kv.put(rollout_key("web"), Counter(1))
+    for _ in range(3):  # a sweep lists the keys every second
+        assert await kv.keys(ROLLOUTS) == [rollout_key("web")]
+    consumers = await bus.js.consumers_info(f"KV_{CFG_STATE.name}")
+    listings = [c for c in consumers if c.config.inactive_threshold is not None]
+    # Each is dropped by the server KEYS_IDLE_S after its stop, not 5 minutes (nats-py's
+    # default): the bucket's 1000-consumer cap is never reached by listings.
+    assert listings and all(c.config.inactive_threshold == KEYS_IDLE_S for c in listings)

@@ -42,6 +42,7 @@ from confbus.client import (
     ChangeRejected,
     Client,
     Overlay,
+    change_id_after,
     check_change_id,
     check_namespace,
     with_overlays,
@@ -201,15 +202,15 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
     _local_checks(args)
     author = acting_as(args, args.author)
     content = await content_of(args, client)
-    await _say_if_new(client, args.namespace)
+    change_id = await _change_id(client, args, content)
     if nats_identity(args) is not None:
-        return await publish_as(client, author, args, content)
+        return await publish_as(client, author, args, content, change_id)
     keys, keks = signing_keys(args), kek_files(args)
     return await client.publish(
         args.namespace,
         content,
         format=format_of(args.file, args.format),
-        change_id=args.change_id,
+        change_id=change_id,
         author=author,
         message=args.message,
         base=args.base,
@@ -221,6 +222,20 @@ async def publish_from_args(args: argparse.Namespace, client: Client) -> Version
     )
 
 
+async def _change_id(client: Client, args: argparse.Namespace, content: bytes) -> str | None:
+    """``--id``, else (without ``--base``) the default one, ``Client.default_change_id``'s,
+    from the newest version — one read, which also tells a new namespace (``_say_if_new``).
+    None with ``--base`` and no ``--id``: derived from the base, no read needed."""
+    if args.change_id is not None or args.base is not None:
+        await _say_if_new(client, args.namespace)
+        given: str | None = args.change_id
+        return given
+    newest = await client.newest(args.namespace, timeout=args.timeout)
+    if newest is None:
+        _say_new(args.namespace)
+    return change_id_after(newest, hashlib.sha256(content).hexdigest())
+
+
 async def _say_if_new(client: Client, namespace: str) -> None:
     """A namespace is created by its first publish: say so, since a typo creates one too.
     (Its own history is asked, not the list of namespaces: a pipeline may read only its own.)"""
@@ -229,16 +244,24 @@ async def _say_if_new(client: Client, namespace: str) -> None:
     except ConfbusError:  # not allowed to read it, or no answer: the publish will tell
         return
     if not known:
-        sys.stderr.write(f"confbus: namespace {namespace} does not exist yet: creating it\n")
+        _say_new(namespace)
+
+
+def _say_new(namespace: str) -> None:
+    sys.stderr.write(f"confbus: namespace {namespace} does not exist yet: creating it\n")
 
 
 async def publish_as(
-    client: Client, user: str, args: argparse.Namespace, content: bytes
+    client: Client,
+    user: str,
+    args: argparse.Namespace,
+    content: bytes,
+    change_id: str | None,
 ) -> VersionInfo:
     """``Client.publish`` with the author pinned (``Client.propose_as``)."""
     ns = args.namespace
     sha = hashlib.sha256(content).hexdigest()
-    change_id = args.change_id or await client.default_change_id(ns, sha, args.base)
+    change_id = change_id or await client.default_change_id(ns, sha, args.base)
     check_change_id(change_id)
     change = ChangeProposed(
         namespace=ns,
