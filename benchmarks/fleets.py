@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 
 from benchmarks.processes import Context, rss_kb
+from confbus.procs.agent import agent_argv
 from confbus.procs.proc import Proc, python_module
 from confbus.runtime.bus import Bus, connect
 
@@ -171,21 +172,16 @@ class AgentFleet(Fleet):
             for spec in self.agents:
                 etc, state = node_dirs(self.root, spec.node)
                 etc.mkdir(parents=True, exist_ok=True)
-                argv = python_module(
-                    "confbus.agent",
-                    "--nats-url",
+                files = {ns: live_file(self.root, spec.node, ns) for ns in spec.namespaces}
+                trust = () if self.trust is None else ("--trust", str(self.trust))
+                argv = agent_argv(
                     self.nats_url,
-                    "--node",
                     spec.node,
-                    "--state-dir",
-                    str(state),
-                    "--heartbeat-interval",
-                    str(self.heartbeat_interval),
+                    files,
+                    state,
+                    *trust,
+                    heartbeat_interval=self.heartbeat_interval,
                 )
-                for ns in spec.namespaces:
-                    argv += ["--namespace", ns, "--path", str(live_file(self.root, spec.node, ns))]
-                if self.trust is not None:
-                    argv += ["--trust", str(self.trust)]
                 pending.append(self.ctx.proc(f"{self.tag}-{spec.node}", argv, wait_ready=False))
         else:
             plan = {

@@ -395,38 +395,34 @@ async def _backend(
         if key == "raw_one":
             fig.target_median(write_target, "median")
         figures.append(fig)
-    figures.append(
-        Figure(
-            BENCH,
-            f"{label}: publish → version.created under load",
-            "ms",
-            stats([_ms(x) for x in loaded]),
-            params=params,
-            notes="per change, with every change of the round in flight at once (queueing "
-            "included); no baseline: see the one-at-a-time figure",
-        )
+
+    def latency(what: str, seconds: list[float], **more: Any) -> Figure:
+        """A latency figure of this store: its samples in ms, its name after the store's."""
+        return Figure(BENCH, f"{label}: {what}", "ms", stats([_ms(x) for x in seconds]), **more)
+
+    under_load = latency(
+        "publish → version.created under load",
+        loaded,
+        params=params,
+        notes="per change, with every change of the round in flight at once (queueing "
+        "included); no baseline: see the one-at-a-time figure",
     )
     js_one, js_name = base["js_one"]
-    figures.append(
-        Figure(
-            BENCH,
-            f"{label}: publish → version.created, one at a time",
-            "ms",
-            stats([_ms(x) for x in sequential]),
-            baseline=js_one,
-            baseline_name=js_name,
-            params={"store": label, "n": sizes.sequential},
-        )
+    one_at_a_time = latency(
+        "publish → version.created, one at a time",
+        sequential,
+        baseline=js_one,
+        baseline_name=js_name,
+        params={"store": label, "n": sizes.sequential},
     )
+    figures += [under_load, one_at_a_time]
+    page = f"history page ({PAGE}) at {sizes.history_versions:,} versions"
     for key in ("page_raw", "page_echo"):
         baseline, name = base[key]
         figures.append(
-            Figure(
-                BENCH,
-                f"{label}: history page ({PAGE}) at {sizes.history_versions:,} versions "
-                f"(vs {name})",
-                "ms",
-                stats([_ms(x) for x in pages]),
+            latency(
+                f"{page} (vs {name})",
+                pages,
                 baseline=baseline,
                 baseline_name=name,
                 params={"store": label, "versions": sizes.history_versions, "page": PAGE},

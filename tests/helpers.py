@@ -1,10 +1,11 @@
-"""Waiting on events instead of sleeping (every wait has a deadline), a fresh server made
-ready for confbus, and a server restarted under a connected client."""
+"""Waiting on events instead of sleeping (every wait has a deadline), a fixture's started
+thing stopped after the test, a fresh server made ready for confbus, and a server restarted
+under a connected client."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 import anyio
@@ -14,6 +15,7 @@ from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect, provision
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 async def eventually(
@@ -33,6 +35,14 @@ async def eventually(
                 await anyio.sleep(every)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+def stopped_after(started: S, stop: Callable[[S], object]) -> Iterator[S]:
+    """A fixture's body: ``started`` for the test, then ``stop(started)`` however it ended."""
+    try:
+        yield started
+    finally:
+        stop(started)
 
 
 async def etcd_leader(endpoints: Sequence[str], timeout: float = 10.0) -> str:

@@ -8,6 +8,7 @@ there is one way to start, wait for, stop and restart each:
 - ``proc``   — ``Proc``: a process whose output lines are waited on with deadlines
 - ``nats``   — ``NatsServer``: JetStream with ``sync_interval: always``, alone or clustered
 - ``etcd``   — ``EtcdCluster``/``EtcdMember`` on loopback
+- ``agent``  — the node agent's command line (its bus, node, state dir, namespaces and files)
 - ``ports``  — free loopback ports below the ephemeral range
 - ``watch``  — restart a server that died, with backoff
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from anyio.abc import SocketStream, TaskGroup
 from confbus.agent.disk import NamespaceDisk
 from confbus.agent.health import HealthForwarder
 from confbus.agent.main import add_agent_args, build_agent
+from confbus.procs.agent import agent_argv
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
@@ -222,11 +222,8 @@ async def test_agent_process_forwards_its_apps_metrics_with_the_applied_version(
     assert disk.apply(3, hashlib.sha256(content).hexdigest(), content)
 
     sub = await bus.nc.subscribe(subjects.health("web", "n1"))
-    argv = [
-        sys.executable, "-m", "confbus.agent", "--nats-url", nats_server.url, "--node", "n1",
-        "--namespace", "web", "--path", str(live), "--state-dir", str(state),
-        "--health-url", app.url(), "--health-interval", "0.1",
-    ]  # fmt: skip
+    health = ("--health-url", app.url(), "--health-interval", "0.1")
+    argv = agent_argv(nats_server.url, "n1", {"web": live}, state, *health)
     proc = Proc("agent-n1", argv, tmp_path)
     await anyio.to_thread.run_sync(proc.start)
     try:

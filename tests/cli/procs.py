@@ -82,6 +82,17 @@ def closed_port() -> int:
     return port
 
 
+def dead_nats_url() -> str:
+    """A NATS URL nothing answers at (``closed_port``)."""
+    return f"nats://127.0.0.1:{closed_port()}"
+
+
+def assert_unreachable(done: subprocess.CompletedProcess[str]) -> None:
+    """A command that could not reach the bus: exit 3 (retryable), and its message says so."""
+    assert done.returncode == 3, done
+    assert "unreachable" in done.stderr, done.stderr
+
+
 def lock_is_free(path: Path) -> bool:
     """True when no process holds the flock, i.e. up and everything it started are gone."""
     fd = os.open(path, os.O_RDWR)

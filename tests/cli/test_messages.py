@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from confbus.client import RolloutWaitTimeout
-from tests.cli.procs import arun_confbus, closed_port
+from tests.cli.procs import arun_confbus, dead_nats_url
 from tests.version_store.test_service_helpers import Stack, cli, stack
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +38,7 @@ def test_a_rollout_wait_says_its_budget_rounded() -> None:
 
 
 async def test_a_wrong_nats_url_is_said_in_words(tmp_path: Path) -> None:
-    refused = await arun_confbus("--nats-url", f"nats://127.0.0.1:{closed_port()}", "history", "x")
+    refused = await arun_confbus("--nats-url", dead_nats_url(), "history", "x")
     assert refused.returncode == 3, refused
     assert "connection refused" in refused.stderr and "confbus up" in refused.stderr
     assert "Error()" not in refused.stderr, refused.stderr
@@ -52,7 +52,7 @@ async def test_a_wrong_nats_url_is_said_in_words(tmp_path: Path) -> None:
 
 async def test_a_missing_input_file_is_a_usage_error(tmp_path: Path) -> None:
     # Said before anything connects: no NATS is needed to learn the file is not there.
-    url = f"nats://127.0.0.1:{closed_port()}"
+    url = dead_nats_url()
     missing = str(tmp_path / "app.json")
     present = tmp_path / "base.json"
     present.write_text("{}")

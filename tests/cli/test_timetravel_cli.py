@@ -11,7 +11,7 @@ import pytest
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.schemas.streams import CFG_EVENTS
-from tests.cli.procs import arun_confbus, closed_port
+from tests.cli.procs import arun_confbus, assert_unreachable, dead_nats_url
 from tests.timetravel.support import Truth, publish_log
 
 pytestmark = pytest.mark.anyio
@@ -93,5 +93,4 @@ async def test_bad_moments_and_what_the_stream_no_longer_holds(
 
 
 async def test_unreachable_is_exit_3() -> None:
-    done = await arun_confbus("--nats-url", f"nats://127.0.0.1:{closed_port()}", "why", "web", "n1")
-    assert done.returncode == 3 and "unreachable" in done.stderr
+    assert_unreachable(await arun_confbus("--nats-url", dead_nats_url(), "why", "web", "n1"))

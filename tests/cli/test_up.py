@@ -25,7 +25,14 @@ from confbus.runtime.bus import connect
 from confbus.schemas import subjects
 from confbus.schemas.events import VersionApproved
 from confbus.schemas.streams import BUCKETS, STREAMS
-from tests.cli.procs import closed_port, lock_is_free, run_confbus, start_confbus, wait_gone
+from tests.cli.procs import (
+    assert_unreachable,
+    dead_nats_url,
+    lock_is_free,
+    run_confbus,
+    start_confbus,
+    wait_gone,
+)
 
 READY = re.compile(
     r"^confbus ready nats=(?P<nats>\S+) data=(?P<data>\S+) services=(?P<services>\S+)(?P<rest>.*)$"
@@ -279,11 +286,8 @@ def test_up_on_an_existing_nats(stacks: Stacks, tmp_path: Path, nats_server: Nat
 
 
 def test_up_on_an_unreachable_nats_exits_3(tmp_path: Path) -> None:
-    url = f"nats://127.0.0.1:{closed_port()}"
-    done = run_confbus("up", "--data-dir", str(tmp_path / "d"), "--nats-url", url)
-
-    assert done.returncode == 3, done
-    assert "unreachable" in done.stderr
+    url = dead_nats_url()
+    assert_unreachable(run_confbus("up", "--data-dir", str(tmp_path / "d"), "--nats-url", url))
 
 
 @pytest.mark.parametrize(

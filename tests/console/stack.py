@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,10 @@ from typing import Any
 
 import httpx
 
+from confbus.procs.agent import agent_argv
 from confbus.procs.proc import Proc
 from tests.cli.procs import run_confbus, start_confbus
+from tests.helpers import stopped_after
 
 
 @dataclass
@@ -74,10 +75,10 @@ class ConsoleStack:
         base = self.root / "nodes" / node
         base.mkdir(parents=True, exist_ok=True)
         path = base / f"{namespace}.json"
-        argv = [sys.executable, "-m", "confbus.agent", "--nats-url", self.nats_url,
-                "--node", node, "--namespace", namespace, "--path", str(path),
-                "--state-dir", str(base / "state"), "--heartbeat-interval", "0.5",
-                *extra]  # fmt: skip
+        state = base / "state"
+        argv = agent_argv(
+            self.nats_url, node, {namespace: path}, state, *extra, heartbeat_interval=0.5
+        )
         proc = Proc(f"agent-{node}", argv).start(timeout=30)
         agent = Agent(node, path, proc)
         self.agents[node] = agent
@@ -107,11 +108,7 @@ def start(root: Path) -> ConsoleStack:
 
 
 def stack_fixture(root: Path) -> Iterator[ConsoleStack]:
-    stack = start(root)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    yield from stopped_after(start(root), ConsoleStack.stop)
 
 
 def wait_event(

@@ -105,6 +105,14 @@ async def set_policy(client: Client, **fields: Any) -> Policy:
     return await client.set_policy(Policy(namespace=NS, **fields), actor="test")
 
 
+async def live_under_policy(stack: Stack, nodes: int, **fields: Any) -> None:
+    """The namespace's policy set (``set_policy``), then ``nodes`` agents live: where a test
+    that publishes through the CLI starts."""
+    async with stack.client() as client:
+        await set_policy(client, **fields)
+        await stack.live(nodes)
+
+
 async def read_all(bus: Bus, stream: str, subject: str) -> list[tuple[Any, bytes]]:
     """Every message of ``stream`` matching ``subject`` (with its metadata), in order."""
     return [(m.metadata, m.data) for m in await helpers.read_messages(bus, stream, subject)]

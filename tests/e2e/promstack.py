@@ -27,6 +27,7 @@ import yaml
 
 from confbus.procs.ports import free_port
 from confbus.procs.proc import Proc
+from tests.helpers import stopped_after
 
 PROMETHEUS = "prometheus"
 ALERTMANAGER = "prometheus-alertmanager"
@@ -201,8 +202,4 @@ def start_promstack(root: Path, rules: Mapping[str, Any]) -> PromStack:
 
 
 def promstack_fixture(root: Path, rules: Mapping[str, Any]) -> Iterator[PromStack]:
-    stack = start_promstack(root, rules)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    yield from stopped_after(start_promstack(root, rules), PromStack.stop)

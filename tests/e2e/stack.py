@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confbus.client import Client
+from confbus.procs.agent import agent_argv
 from confbus.procs.nats import NatsServer
-from confbus.procs.proc import Proc, python_module
+from confbus.procs.proc import Proc
 from confbus.runtime.http import http_get
 from confbus.schemas.events import AnyEvent
 from tests.cli.procs import arun_confbus
@@ -87,14 +88,9 @@ class Stack:
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
         state = state_dir or (self.root / "nodes" / node / "state")
-        argv = python_module(
-            "confbus.agent", "--nats-url", self.url, "--node", node, "--state-dir", str(state)
-        )
-        argv += ["--heartbeat-interval", "0.5"]
-        for ns, path in files.items():
-            argv += ["--namespace", ns, "--path", str(path)]
+        argv = agent_argv(self.url, node, files, state, *extra, heartbeat_interval=0.5)
         name = key or node
-        proc = Proc(f"agent-{name}", [*argv, *extra], self.logs, env).start(wait_ready)
+        proc = Proc(f"agent-{name}", argv, self.logs, env).start(wait_ready)
         agent = Agent(node, files, proc)
         self.agents[name] = agent
         return agent

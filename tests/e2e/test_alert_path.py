@@ -25,10 +25,10 @@ from confbus.schemas.events import (
     VersionLastGood,
     VersionPromoted,
 )
-from confbus.schemas.policy import HealthRule, Policy, PrometheusSource, RollbackPolicy
+from confbus.schemas.policy import Policy, PrometheusSource, RollbackPolicy
 from tests.e2e.promstack import PromStack, promstack_fixture
 from tests.e2e.traffic_app import config
-from tests.e2e.trafficstack import ERROR_RATIO, REQUESTS, traffic_world
+from tests.e2e.trafficstack import error_ratio_rule, traffic_world
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -75,17 +75,7 @@ def bake_policy(ns: str, prom: PromStack, window_s: float) -> Policy:
         bake_s=4.0,
         vote_timeout_s=3.0,
         prometheus=PrometheusSource(url=prom.prom_url, timeout_s=3.0),
-        health_rules=[
-            HealthRule(
-                name="5xx",
-                metric="error_ratio",
-                query=ERROR_RATIO,
-                samples_query=REQUESTS,
-                min_samples=20,
-                threshold=0.05,
-                window_s=4.0,
-            )
-        ],
+        health_rules=[error_ratio_rule("5xx", threshold=0.05, window_s=4.0)],
         rollback=RollbackPolicy(window_s=window_s, cooldown_s=0.0),
     )
 

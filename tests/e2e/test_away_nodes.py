@@ -15,7 +15,7 @@ import pytest
 from confbus.schemas import subjects
 from confbus.schemas.events import NodeLeft
 from confbus.schemas.node import decode_heartbeat
-from tests.distributor.e2e import NS, config_file, content, set_policy, stack_of, wait_event
+from tests.distributor.e2e import NS, config_file, content, live_under_policy, stack_of, wait_event
 from tests.e2e.stack import Stack
 from tests.helpers import eventually
 
@@ -57,9 +57,7 @@ async def back_and_converged(stack: Stack, node: str, data: bytes) -> float:
 async def test_a_stopped_and_a_killed_node_do_not_stop_a_publish(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with stack.client() as client:
-        await set_policy(client, strategy="linear:50%")
-        await stack.live(len(NODES))
+    await live_under_policy(stack, len(NODES), strategy="linear:50%")
     r = await stack.confbus("publish", NS, str(config_file(tmp_path, "v1")), "--wait")
     assert r.returncode == 0, r.stderr
     assert "production on 4 node(s)" in r.stdout, r.stdout

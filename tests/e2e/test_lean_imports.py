@@ -15,6 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from confbus.procs.agent import agent_argv
 from confbus.procs.proc import Proc
 from tests.cli.test_startup import imported_by
 from tests.distributor.e2e import NS, content, start_distributor
@@ -62,12 +63,9 @@ def start_listed_agent(stack: Stack, node: str, listing: Path) -> Agent:
     """A real agent process that writes the modules it imported to ``listing`` when it exits."""
     live = stack.root / "nodes" / node / "etc" / f"{NS}.conf"
     live.parent.mkdir(parents=True, exist_ok=True)
-    argv = [
-        *(sys.executable, "-c", AGENT_DRIVER, str(listing)),
-        *("--nats-url", stack.url, "--node", node, "--heartbeat-interval", "0.3"),
-        *("--state-dir", str(stack.root / "nodes" / node / "state")),
-        *("--namespace", NS, "--path", str(live)),
-    ]
+    state = stack.root / "nodes" / node / "state"
+    driver = [sys.executable, "-c", AGENT_DRIVER, str(listing)]
+    argv = agent_argv(stack.url, node, {NS: live}, state, heartbeat_interval=0.3, program=driver)
     agent = Agent(node, {NS: live}, Proc(f"agent-{node}", argv, stack.logs).start())
     stack.agents[node] = agent
     return agent

@@ -17,7 +17,7 @@ from confbus.schemas.events import HealthVerdictEvent
 from confbus.schemas.policy import HealthRule, Policy, PrometheusSource, RollbackPolicy
 from tests.e2e.promstack import PromStack, promstack_fixture
 from tests.e2e.traffic_app import config
-from tests.e2e.trafficstack import ERROR_RATIO, REQUESTS, World, traffic_world
+from tests.e2e.trafficstack import ERROR_RATIO, World, error_ratio_rule, traffic_world
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -43,17 +43,13 @@ def canary_policy(ns: str, prom: PromStack, on_missing_data: str = "pass") -> Po
         on_missing_data=on_missing_data,  # type: ignore[arg-type]
         prometheus=PrometheusSource(url=prom.prom_url, timeout_s=3.0),
         health_rules=[
-            HealthRule(
-                name="5xx-vs-baseline",
-                metric="error_ratio",
-                query=ERROR_RATIO,
-                samples_query=REQUESTS,
-                min_samples=20,
+            error_ratio_rule(
+                "5xx-vs-baseline",
+                threshold=2.0,  # the canary's error ratio over twice the baseline's is bad
+                window_s=5.0,
                 compare="ratio",
                 op=">",
-                threshold=2.0,  # the canary's error ratio over twice the baseline's is bad
                 floor=0.001,
-                window_s=5.0,
             )
         ],
         rollback=RollbackPolicy(cooldown_s=0.0),

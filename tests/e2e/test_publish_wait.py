@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from confbus.schemas.events import RolloutCompleted
-from tests.distributor.e2e import NS, config_file, content, set_policy, stack_of, wait_event
+from tests.distributor.e2e import NS, config_file, content, live_under_policy, stack_of, wait_event
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.anyio
@@ -32,9 +32,7 @@ def bad_stack(tmp_path: Path) -> Iterator[Stack]:
 async def test_publish_wait_exits_0_once_every_node_holds_the_bytes(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with stack.client() as client:
-        await set_policy(client, strategy="linear:34%")
-        await stack.live(len(NODES))
+    await live_under_policy(stack, len(NODES), strategy="linear:34%")
     f = config_file(tmp_path, "v1")
     args = ("publish", NS, str(f), "--id", "3f2a9c1", "--wait", "--timeout", "60", "--progress")
     r = await stack.confbus(*args)
@@ -57,9 +55,7 @@ async def test_publish_wait_exits_0_once_every_node_holds_the_bytes(
 async def test_a_refusing_node_exits_1_with_its_reason_and_no_file_changes(
     bad_stack: Stack, tmp_path: Path
 ) -> None:
-    async with bad_stack.client() as client:
-        await set_policy(client, max_excluded=0.0)
-        await bad_stack.live(len(NODES))
+    await live_under_policy(bad_stack, len(NODES), max_excluded=0.0)
     r = await bad_stack.confbus(
         "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "60"
     )
@@ -73,8 +69,7 @@ async def test_a_refusing_node_exits_1_with_its_reason_and_no_file_changes(
 async def test_a_draft_waits_for_approval_then_times_out_with_3(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with stack.client() as client:
-        await set_policy(client, require_approval=True)
+    await live_under_policy(stack, len(NODES), require_approval=True)
     r = await stack.confbus(
         "publish", NS, str(config_file(tmp_path, "v1")), "--wait", "--timeout", "3"
     )

@@ -119,6 +119,12 @@ async def publish(
     return await confbus(stack, "publish", NS, str(f["base"]), *overlays, *extra)
 
 
+async def publish_eu1_db_web(stack: Stack, tmp_path: Path) -> subprocess.CompletedProcess[bytes]:
+    """Once every agent is ready, v1 (``EU1_DB_WEB``) published with ``--wait``."""
+    await ready(stack)
+    return await publish(stack, files(tmp_path, "v1", **EU1_DB_WEB), "--wait", "--timeout", "60")
+
+
 async def test_six_nodes_get_their_own_bytes_in_one_switch_and_roll_back_to_their_own(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -211,9 +217,7 @@ async def test_six_nodes_get_their_own_bytes_in_one_switch_and_roll_back_to_thei
 async def test_a_validator_refusing_one_variant_on_one_node_aborts_for_all_six(
     refusing_stack: Stack, tmp_path: Path
 ) -> None:
-    await ready(refusing_stack)
-    v1 = files(tmp_path, "v1", **EU1_DB_WEB)
-    r = await publish(refusing_stack, v1, "--wait", "--timeout", "60")
+    r = await publish_eu1_db_web(refusing_stack, tmp_path)
     assert r.returncode == 1, (r.stdout, r.stderr)
     err = r.stderr.decode()
     assert "n3" in err and "eu1 db refused" in err, err
@@ -224,9 +228,7 @@ async def test_a_validator_refusing_one_variant_on_one_node_aborts_for_all_six(
 async def test_a_node_whose_labels_change_moves_to_its_new_variant_by_a_switch(
     stack: Stack, tmp_path: Path
 ) -> None:
-    await ready(stack)
-    v1 = files(tmp_path, "v1", **EU1_DB_WEB)
-    r = await publish(stack, v1, "--wait", "--timeout", "60")
+    r = await publish_eu1_db_web(stack, tmp_path)
     assert r.returncode == 0, r.stderr
     shown = await confbus(stack, "show", NS, "1", "--for", "dc=eu1,tier=db")
     assert shown.returncode == 0, shown.stderr

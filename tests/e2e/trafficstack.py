@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from confbus import Client
 from confbus.schemas import subjects
 from confbus.schemas.events import AnyEvent
+from confbus.schemas.policy import HealthRule
 from tests.e2e.promstack import PromStack
 from tests.e2e.stack import Stack, start_stack
 from tests.e2e.traffic_app import TrafficApp
@@ -30,6 +32,21 @@ ERROR_RATIO = (
     f" / sum(rate(app_requests_total{{{SELECTOR}}}[{{{{window}}}}]))"
 )
 REQUESTS = f"sum(increase(app_requests_total{{{SELECTOR}}}[{{{{window}}}}]))"
+
+
+def error_ratio_rule(name: str, threshold: float, window_s: float, **more: Any) -> HealthRule:
+    """A rule on the app's error ratio in Prometheus (``ERROR_RATIO``), judged only once the
+    window holds at least 20 requests (``REQUESTS``)."""
+    return HealthRule(
+        name=name,
+        metric="error_ratio",
+        query=ERROR_RATIO,
+        samples_query=REQUESTS,
+        min_samples=20,
+        threshold=threshold,
+        window_s=window_s,
+        **more,
+    )
 
 
 @dataclass

@@ -147,6 +147,14 @@ async def _finish_changes(
         fig.safety["void_run_low_load"] = 1
 
 
+def _figures(scenario: str, title: str, known_bug: str, run: RunOptions) -> Figures:
+    """The scenario's figures, once the deliberate bug asked for is known to it."""
+    fig = Figures(scenario=scenario, title=title, **run)
+    if fig.bug not in ("", known_bug):
+        raise ValueError(f"unknown bug {fig.bug!r}")
+    return fig
+
+
 async def leader_kill(
     root: Path,
     *,
@@ -156,14 +164,9 @@ async def leader_kill(
     """``bug="r1_lost_disk"``: streams with one replica, and the killed node comes back with
     an empty disk (while the consumer is stalled) — what R3 exists to prevent."""
     started = time.monotonic()
-    fig = Figures(
-        scenario="nats_leader_kill",
-        title="NATS stream leader SIGKILLed under publish load (3 nodes, R3)",
-        **run,
-    )
+    title = "NATS stream leader SIGKILLed under publish load (3 nodes, R3)"
+    fig = _figures("nats_leader_kill", title, "r1_lost_disk", run)
     bug = fig.bug
-    if bug not in ("", "r1_lost_disk"):
-        raise ValueError(f"unknown bug {bug!r}")
     unavailable: list[float] = []
     replicas = 1 if bug else 3
     async with _writing_cluster(root, uids=None, replicas=replicas) as (cluster, stack, bus, wl):
@@ -213,14 +216,9 @@ async def partition(
     (its replicas really do differ) — the divergence check must say so."""
     assert netns.inside(), "run through tests.faults.partition_main (unshare -n)"
     started = time.monotonic()
-    fig = Figures(
-        scenario="nats_partition",
-        title="one NATS node cut off by nftables (netns), then healed",
-        **run,
-    )
+    title = "one NATS node cut off by nftables (netns), then healed"
+    fig = _figures("nats_partition", title, "never_heal", run)
     bug = fig.bug
-    if bug not in ("", "never_heal"):
-        raise ValueError(f"unknown bug {bug!r}")
     await anyio.to_thread.run_sync(root.chmod, 0o711)  # nodes run under their own uids
     uids = list(netns.NODE_UIDS)
     marks = netns.setup({f"n{i + 1}": uid for i, uid in enumerate(uids)})

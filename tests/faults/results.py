@@ -20,11 +20,6 @@ import pytest
 from tests.faults.history import History
 
 Tier = Literal["ci", "slow", "bug"]
-# A scenario's test run at the CI size and, marked slow (``make test-slow``), as a long loop.
-CI_AND_SLOW = [
-    pytest.param("ci", id="ci"),
-    pytest.param("slow", id="slow", marks=(pytest.mark.slow, pytest.mark.timeout(2400))),
-]
 RESULTS_ENV = "CONFBUS_FAULT_RESULTS"
 DEFAULT_DIR = Path(__file__).resolve().parent / "results"
 
@@ -36,6 +31,20 @@ class RunOptions(TypedDict, total=False):
     tier: Tier
     bug: str
     budget_s: float | None
+
+
+def ci_and_slow(ci: int, slow: int, budget_s: float) -> list[object]:
+    """A scenario's test run at the CI size within its time budget and, marked slow (``make
+    test-slow``), as a long loop with none: its parameters, (size, ``RunOptions``)."""
+    return [
+        pytest.param(ci, RunOptions(tier="ci", budget_s=budget_s), id="ci"),
+        pytest.param(
+            slow,
+            RunOptions(tier="slow", budget_s=None),
+            id="slow",
+            marks=(pytest.mark.slow, pytest.mark.timeout(2400)),
+        ),
+    ]
 
 
 class Figures(msgspec.Struct, kw_only=True):
@@ -111,7 +120,12 @@ def read_all(directory: Path | None = None) -> list[Figures]:
     d = directory or results_dir()
     if not d.is_dir():
         return []
-    return [msgspec.json.decode(p.read_bytes(), type=Figures) for p in sorted(d.glob("*.json"))]
+    return [read(p) for p in sorted(d.glob("*.json"))]
+
+
+def read(path: Path) -> Figures:
+    """One scenario's figures, from the file ``write`` (or a scenario run apart) wrote."""
+    return msgspec.json.decode(path.read_bytes(), type=Figures)
 
 
 def finish(fig: Figures, started: float) -> Figures:
@@ -122,9 +136,12 @@ def finish(fig: Figures, started: float) -> Figures:
     return fig
 
 
-def assert_safe(fig: Figures) -> None:
+def assert_safe(fig: Figures, runs: int | None = None) -> None:
+    """No safety violation; with ``runs``, after as many runs as the test asked for."""
     bad = fig.violations()
     assert not bad, f"safety violated in {fig.scenario}: {bad}\n{fig.summary()}"
+    if runs is not None:
+        assert fig.runs == runs, f"{fig.scenario}: {fig.runs} runs, not {runs}\n{fig.summary()}"
 
 
 def assert_caught(fig: Figures, *expected: str) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confbus.procs.agent import agent_argv
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc, python_module
 from confbus.runtime.bus import Bus, connect
@@ -139,16 +140,18 @@ class FaultStack:
         live.mkdir(parents=True, exist_ok=True)
         state = self.root / "nodes" / node / "state"
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
-        module = "tests.faults.shims.agent" if shim else "confbus.agent"
-        argv = python_module(
-            module, "--nats-url", self.url, "--node", node, "--state-dir", str(state)
+        program = python_module("tests.faults.shims.agent") if shim else None
+        argv = agent_argv(
+            self.url,
+            node,
+            files,
+            state,
+            *extra,
+            heartbeat_interval=0.5,
+            labels=labels,
+            program=program,
         )
-        argv += ["--heartbeat-interval", "0.5"]
-        for ns, path in files.items():
-            argv += ["--namespace", ns, "--path", str(path)]
-        for key, value in (labels or {}).items():
-            argv += ["--label", f"{key}={value}"]
-        proc = Proc(f"agent-{node}", [*argv, *extra], self.logs, env)
+        proc = Proc(f"agent-{node}", argv, self.logs, env)
         n = Node(node, files, state, proc, dict(labels or {}))
         self.nodes[node] = n
         return n

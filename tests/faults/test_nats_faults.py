@@ -7,11 +7,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from tests.faults import nats_faults, netns
-from tests.faults.results import CI_AND_SLOW, Figures, Tier, assert_caught, assert_safe
+from tests.faults.results import Figures, RunOptions, assert_caught, assert_safe, ci_and_slow, read
 
 pytestmark = pytest.mark.anyio
 
@@ -20,13 +19,9 @@ BUG_BUDGET = {"leader_kill": 22.0, "partition": 20.0}
 NETNS_SKIP = netns.infeasible_reason()
 
 
-@pytest.mark.parametrize("tier", CI_AND_SLOW)
-async def test_stream_leader_killed_under_load(tmp_path: Path, tier: Tier) -> None:
-    kills = {"ci": 3, "slow": 20}[tier]
-    budget = BUDGET["leader_kill"] if tier == "ci" else None
-    fig = await nats_faults.leader_kill(tmp_path, kills=kills, tier=tier, budget_s=budget)
-    assert fig.runs == kills
-    assert_safe(fig)
+@pytest.mark.parametrize(("kills", "run"), ci_and_slow(3, 20, BUDGET["leader_kill"]))
+async def test_stream_leader_killed_under_load(tmp_path: Path, kills: int, run: RunOptions) -> None:
+    assert_safe(await nats_faults.leader_kill(tmp_path, kills=kills, **run), runs=kills)
 
 
 async def test_leader_kill_catches_r1_streams_on_a_lost_disk(tmp_path: Path) -> None:
@@ -44,14 +39,13 @@ def partition(*args: str, timeout: float) -> Figures:
             "tests.faults.partition_main", "--out", str(out), *args, timeout=timeout
         )
         assert done.returncode == 0, f"partition scenario failed:\n{done.stderr[-4000:]}"
-        return msgspec.json.decode(out.read_bytes(), type=Figures)
+        return read(out)
 
 
 @pytest.mark.skipif(NETNS_SKIP is not None, reason=f"partitions: {NETNS_SKIP}")
 def test_one_node_partitioned_then_healed() -> None:
     fig = partition("--cuts", "2", "--budget", str(BUDGET["partition"]), timeout=300)
-    assert fig.runs == 2
-    assert_safe(fig)
+    assert_safe(fig, runs=2)
 
 
 @pytest.mark.slow

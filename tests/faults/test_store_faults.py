@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults import store_faults
-from tests.faults.results import CI_AND_SLOW, Tier, assert_caught, assert_safe
+from tests.faults.results import RunOptions, assert_caught, assert_safe, ci_and_slow
 
 pytestmark = pytest.mark.anyio
 
@@ -28,10 +28,18 @@ async def test_redelivery_storm_has_no_duplicate_effects(tmp_path: Path) -> None
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-async def test_redelivery_storm_many(tmp_path: Path) -> None:
-    assert_safe(
-        await store_faults.redelivery_storm(tmp_path, changes=3000, crashes=10, tier="slow")
+@pytest.mark.parametrize(
+    "poison_in_batches",
+    [
+        pytest.param(False, id="poison_after_the_load"),
+        pytest.param(True, id="poison_in_the_batches"),
+    ],
+)
+async def test_redelivery_storm_many(tmp_path: Path, poison_in_batches: bool) -> None:
+    fig = await store_faults.redelivery_storm(
+        tmp_path, changes=3000, crashes=10, tier="slow", poison_in_batches=poison_in_batches
     )
+    assert_safe(fig)
 
 
 async def test_poison_in_the_batches_costs_no_good_change(tmp_path: Path) -> None:
@@ -49,16 +57,6 @@ async def test_poison_in_the_batches_costs_no_good_change(tmp_path: Path) -> Non
     assert_safe(fig)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-async def test_redelivery_storm_with_poison_in_the_batches(tmp_path: Path) -> None:
-    assert_safe(
-        await store_faults.redelivery_storm(
-            tmp_path, changes=3000, crashes=10, tier="slow", poison_in_batches=True
-        )
-    )
-
-
 async def test_redelivery_storm_catches_duplicate_announcements(tmp_path: Path) -> None:
     fig = await store_faults.redelivery_storm(
         tmp_path,
@@ -71,13 +69,11 @@ async def test_redelivery_storm_catches_duplicate_announcements(tmp_path: Path) 
     assert_caught(fig, "duplicates")
 
 
-@pytest.mark.parametrize("tier", CI_AND_SLOW)
-async def test_store_killed_during_writes_loses_nothing(tmp_path: Path, tier: Tier) -> None:
-    runs = {"ci": 10, "slow": 200}[tier]
-    budget = BUDGET["store_kill"] if tier == "ci" else None
-    fig = await store_faults.store_kill(tmp_path, runs=runs, tier=tier, budget_s=budget)
-    assert fig.runs == runs
-    assert_safe(fig)
+@pytest.mark.parametrize(("runs", "run"), ci_and_slow(10, 200, BUDGET["store_kill"]))
+async def test_store_killed_during_writes_loses_nothing(
+    tmp_path: Path, runs: int, run: RunOptions
+) -> None:
+    assert_safe(await store_faults.store_kill(tmp_path, runs=runs, **run), runs=runs)
 
 
 async def test_store_kill_catches_ack_before_commit(tmp_path: Path) -> None:

@@ -39,8 +39,7 @@ BUG_BUDGET = {"coordinator_kill": 8.0, "agent_kill": 12.0, "zombie": 8.0}
 )
 async def test_each_step_once(tmp_path: Path, scenario: str, steps: Sequence[str]) -> None:
     fig = await SCENARIOS[scenario](tmp_path, steps=steps, runs=1, budget_s=BUDGET[scenario])
-    assert fig.runs == len(steps)
-    assert_safe(fig)
+    assert_safe(fig, runs=len(steps))
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import json
 import os
 import resource
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,48 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from confbus.cli.main import main
-from confbus.procs.nats import NatsServer
-from confbus.procs.proc import Proc
 from confbus.runtime.api import call
 from confbus.runtime.bus import connect
 from confbus.runtime.errors import NotFound
 from confbus.schemas.api import store as store_api
 from tests.cli.procs import REPO, confbus_argv
 from tests.fuzz.strategies import garbage, json_values
-from tests.helpers import provision_at
+from tests.version_store.test_service_helpers import Stack, stack
+
+__all__ = ["stack"]  # the module's fixture: one nats-server and one version-store
 
 EXAMPLES = int(os.environ.get("CONFBUS_FUZZ_EXAMPLES", "20"))
 MEMORY_LIMIT = 512 * 1024 * 1024  # for the processes fed endless input
-
-
-@dataclass
-class CliStack:
-    root: Path
-    nats: NatsServer
-    store: Proc
-
-    @property
-    def url(self) -> str:
-        return self.nats.url
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
-    root = tmp_path_factory.mktemp("fuzz-cli")
-    server = NatsServer(data_dir=root / "nats").start()
-    store: Proc | None = None
-    try:
-        anyio.run(provision_at, server.url)
-        logs = root / "logs"
-        logs.mkdir()
-        store = Proc.service(
-            "version_store", server.url, logs, "--store", f"sqlite:///{root / 'store.db'}"
-        ).start()
-        yield CliStack(root, server, store)
-    finally:
-        if store is not None:
-            store.stop()
-        server.stop()
 
 
 @dataclass
@@ -74,7 +43,7 @@ class Ran:
     err: str
 
 
-def confbus(stack: CliStack, capsys: pytest.CaptureFixture[str], *argv: str) -> Ran:
+def confbus(stack: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> Ran:
     capsys.readouterr()
     with pytest.raises(SystemExit) as exited:  # anything else escaping main is the bug
         main(["--nats-url", stack.url, *argv])
@@ -99,7 +68,7 @@ async def _store_state(url: str, namespace: str) -> tuple[object, ...]:
         await bus.close()
 
 
-def store_state(stack: CliStack, namespace: str) -> tuple[object, ...]:
+def store_state(stack: Stack, namespace: str) -> tuple[object, ...]:
     return anyio.run(_store_state, stack.url, namespace)
 
 
@@ -121,7 +90,7 @@ def is_json(data: bytes) -> bool:
 @FUZZ
 @given(content=st.one_of(garbage(), st.binary(min_size=1, max_size=64).map(lambda b: b"\xff" + b)))
 def test_publish_garbage(
-    stack: CliStack, capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes
+    stack: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes
 ) -> None:
     ns = "fuzz-publish"
     path = tmp_path / "config.json"
@@ -143,7 +112,7 @@ def test_publish_garbage(
     suffix=st.sampled_from([".json", ".yaml"]),
 )
 def test_policy_schema_garbage(
-    stack: CliStack,
+    stack: Stack,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     content: bytes,
@@ -170,7 +139,7 @@ backup_like = st.fixed_dictionaries(
 @FUZZ
 @given(content=st.one_of(garbage(), backup_like))
 def test_restore_garbage(
-    stack: CliStack, capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes
+    stack: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes
 ) -> None:
     path = tmp_path / "backup.json"
     path.write_bytes(content)
@@ -202,7 +171,7 @@ async def _namespaces(url: str) -> list[str]:
     ],
 )
 def test_policy_schema_odd_files(
-    stack: CliStack, capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, content: bytes
+    stack: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, content: bytes
 ) -> None:
     path = tmp_path / name
     path.write_bytes(content)
@@ -213,7 +182,7 @@ def test_policy_schema_odd_files(
 
 
 def test_unreadable_inputs(
-    stack: CliStack, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    stack: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     for argv in (
         ("publish", "fuzz-x", str(tmp_path)),  # a directory
@@ -230,7 +199,7 @@ def limited() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def run_limited(stack: CliStack, *argv: str) -> subprocess.CompletedProcess[str]:
+def run_limited(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*confbus_argv(), "--nats-url", stack.url, *argv],
         cwd=REPO,
@@ -242,7 +211,7 @@ def run_limited(stack: CliStack, *argv: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.parametrize("command", ["publish", "schema", "dry-run"])
-def test_endless_and_huge_inputs_are_capped(stack: CliStack, tmp_path: Path, command: str) -> None:
+def test_endless_and_huge_inputs_are_capped(stack: Stack, tmp_path: Path, command: str) -> None:
     zero = tmp_path / "zero.json"
     zero.symlink_to("/dev/zero")
     huge = tmp_path / "huge.json"
@@ -260,7 +229,7 @@ def test_endless_and_huge_inputs_are_capped(stack: CliStack, tmp_path: Path, com
     assert store_state(stack, "fuzz-big")[0] == 0
 
 
-def test_restore_of_an_endless_file_is_refused(stack: CliStack, tmp_path: Path) -> None:
+def test_restore_of_an_endless_file_is_refused(stack: Stack, tmp_path: Path) -> None:
     zero = tmp_path / "zero.json"
     zero.symlink_to("/dev/zero")
     done = run_limited(stack, "restore", str(zero))

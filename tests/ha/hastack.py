@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import nats.errors
 import pytest
 
 from confbus.client import Client
+from confbus.procs.agent import agent_argv
 from confbus.procs.etcd import etcd_binary, leader_name
 from confbus.procs.proc import Proc
 from confbus.procs.spawn import alive
@@ -34,6 +34,7 @@ from confbus.schemas.health import HealthSample
 from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
 from confbus.schemas.streams import CFG_STATE
 from tests.cli.procs import lock_is_free, start_confbus
+from tests.helpers import stopped_after
 
 READY = re.compile(
     r"^confbus ready nats=(?P<nats>\S+) data=(?P<data>\S+) services=(?P<services>\S+)"
@@ -151,11 +152,8 @@ class HaStack:
         live = root / node / "etc"
         live.mkdir(parents=True, exist_ok=True)
         path = live / f"{namespace}.json"
-        argv = [
-            sys.executable, "-m", "confbus.agent", "--nats-url", self.url,
-            "--node", node, "--namespace", namespace, "--path", str(path),
-            "--state-dir", str(root / node / "state"), "--heartbeat-interval", "0.5",
-        ]  # fmt: skip
+        state = root / node / "state"
+        argv = agent_argv(self.url, node, {namespace: path}, state, heartbeat_interval=0.5)
         logs = root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         proc = Proc(f"agent-{node}", argv, logs, env=self.env(f"agent-{node}")).start()
@@ -206,11 +204,7 @@ def _start_up(data_dir: Path, *args: str, nats_port: int) -> HaStack:
 
 
 def ha_fixture(data_dir: Path) -> Iterator[HaStack]:
-    stack = start_ha(data_dir)
-    try:
-        yield stack
-    finally:
-        stack.cleanup()
+    yield from stopped_after(start_ha(data_dir), HaStack.cleanup)
 
 
 # -- who leads what ------------------------------------------------------------------------------

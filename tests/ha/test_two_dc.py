@@ -13,7 +13,6 @@ streams through the gateway.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import anyio
 import pytest
 
 from confbus.client import Client
+from confbus.procs.agent import agent_argv
 from confbus.procs.nats import ClusterPeer, NatsServer
 from confbus.procs.ports import free_ports
 from confbus.procs.proc import Proc
@@ -76,12 +76,8 @@ class TwoDcs:
         url = self.dc1_url if dc == "dc1" else self.dc2.url
         path = self.root / "nodes" / node / "web.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable, "-m", "confbus.agent", "--nats-url", url, "--node", node,
-            "--namespace", NS, "--path", str(path), "--label", f"dc={dc}",
-            "--state-dir", str(self.root / "nodes" / node / "state"),
-            "--heartbeat-interval", "0.5",
-        ]  # fmt: skip
+        state = self.root / "nodes" / node / "state"
+        argv = agent_argv(url, node, {NS: path}, state, heartbeat_interval=0.5, labels={"dc": dc})
         self.agents[node] = (Proc(f"agent-{node}", argv, self.root / "logs").start(), path)
 
     def read(self, node: str) -> bytes | None:

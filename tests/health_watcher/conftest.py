@@ -12,7 +12,7 @@ import pytest
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
-from tests.health_watcher.support import AlertLog, StoreStub
+from tests.health_watcher.support import AlertLog, StoreStub, started
 
 # Fast enough for tests, slow enough not to flap on a busy 2-core machine.
 FAST = ("--eval-interval", "0.1", "--lease-ttl", "1.5", "--policy-ttl", "0.2")
@@ -22,21 +22,14 @@ StartWatcher = Callable[..., Awaitable[Proc]]
 
 @pytest.fixture
 async def store(bus: Bus) -> AsyncIterator[StoreStub]:
-    stub = await StoreStub().start(bus)
-    try:
+    async with started(StoreStub(), bus) as stub:
         yield stub
-    finally:
-        await stub.stop()
 
 
 @pytest.fixture
 async def alert_log(bus: Bus) -> AsyncIterator[AlertLog]:
-    log = await AlertLog().start(bus)
-    try:
+    async with started(AlertLog(), bus) as log:
         yield log
-    finally:
-        if log.sub is not None:
-            await log.sub.unsubscribe()
 
 
 @pytest.fixture

@@ -3,9 +3,11 @@ real NATS), samples, alert collection, reading a process's /metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol, Self, TypeVar
 
 import anyio
 from nats.aio.msg import Msg
@@ -21,6 +23,8 @@ from confbus.schemas import subjects
 from confbus.schemas.api import store as store_api
 from confbus.schemas.health import Alert, HealthSample, decode_alert
 from confbus.schemas.policy import HealthRule, Policy
+
+B = TypeVar("B", bound="OnTheBus")
 
 
 @dataclass
@@ -54,6 +58,24 @@ class StoreStub:
     async def stop(self) -> None:
         if self.service is not None:
             await stop_api(self.service)
+
+
+class OnTheBus(Protocol):
+    """A test's stand-in that serves or listens on the bus between ``start`` and ``stop``."""
+
+    async def start(self, bus: Bus) -> Self: ...
+
+    async def stop(self) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def started(stand_in: B, bus: Bus) -> AsyncIterator[B]:
+    """``stand_in`` started on ``bus`` for the block, stopped however the block ends."""
+    await stand_in.start(bus)
+    try:
+        yield stand_in
+    finally:
+        await stand_in.stop()
 
 
 def rule(name: str, metric: str, op: str, threshold: float, **kw: float) -> HealthRule:
@@ -97,6 +119,10 @@ class AlertLog:
 
         self.sub = await bus.nc.subscribe(subjects.ALERTS_ALL, cb=on_msg)
         return self
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
 
     async def wait(self, match: Callable[[Alert], bool], timeout: float = 20.0) -> Alert:
         with anyio.fail_after(timeout):

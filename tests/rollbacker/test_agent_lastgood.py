@@ -5,8 +5,6 @@ to it when that flag says so."""
 from __future__ import annotations
 
 import hashlib
-import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +13,13 @@ from confbus.agent.disk import NamespaceDisk
 from confbus.agent.lastgood import POLICY_FILE, cache_policy, cached_policy, sync_namespace
 from confbus.agent.node import Binding, NodeAgent
 from confbus.agent.state import CommitOutcome
+from confbus.procs.agent import agent_argv
 from confbus.procs.nats import NatsServer
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
 from confbus.schemas.policy import Policy
 from confbus.schemas.txn import Prepare
+from tests.cli.procs import dead_nats_url
 from tests.helpers import eventually
 from tests.rollbacker.world import BAD, GOOD, NS, world
 
@@ -90,17 +90,8 @@ def _node_on_bad_with_good_known(root: Path, flag: bool | None) -> tuple[Path, P
     return live, state
 
 
-def _dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"nats://127.0.0.1:{s.getsockname()[1]}"
-
-
 def _agent(root: Path, live: Path, state: Path) -> Proc:
-    argv = [
-        sys.executable, "-m", "confbus.agent", "--nats-url", _dead_url(), "--node", "n1",
-        "--namespace", NS, "--path", str(live), "--state-dir", str(state),
-    ]  # fmt: skip
+    argv = agent_argv(dead_nats_url(), "n1", {NS: live}, state)
     return Proc("agent-n1", argv, root, {"CONFBUS_COLD_START_GRACE_S": "0.3"})
 
 

@@ -3,7 +3,6 @@ failures show in the rollbacker's metrics; a working target gets Slack-compatibl
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,18 +15,12 @@ from anyio.abc import SocketStream
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
 from confbus.runtime.tcp import TcpListener
+from tests.cli.procs import closed_port
 from tests.helpers import eventually
 from tests.rollbacker.fakes import webhook_receiver
 from tests.rollbacker.world import policy, world
 
 pytestmark = pytest.mark.anyio
-
-
-def closed_port() -> int:
-    """A port nothing listens on (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -11,7 +11,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from confbus.cli.security import Roster
 from confbus.client import Client
+from confbus.procs.agent import agent_argv
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus, connect
 from confbus.schemas import subjects
@@ -84,13 +84,8 @@ class SecureStack:
         live = home / "etc"
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
-        argv = [
-            sys.executable, "-m", "confbus.agent", "--nats-url", self.url, "--node", node,
-            "--state-dir", str(home / "state"), "--heartbeat-interval", "0.5",
-            *self.extra,
-        ]  # fmt: skip
-        for ns, path in files.items():
-            argv += ["--namespace", ns, "--path", str(path)]
+        state = home / "state"
+        argv = agent_argv(self.url, node, files, state, *self.extra, heartbeat_interval=0.5)
         logs = self.root / "agent-logs"
         logs.mkdir(exist_ok=True)
         proc = Proc(f"agent-{node}", argv, logs, env=self.creds(f"agent-{node}"))

@@ -39,26 +39,44 @@ def refused(content: bytes, fmt: Format, policy: Policy | None = None) -> Invali
 
 
 @pytest.mark.parametrize(
-    ("content", "fmt", "where", "reason"),
+    ("content", "fmt", "policy", "where", "reason"),
     [
-        (b'{\n  "a": 1,\n  "b": \n}', "json", "line 4, column 1", "Expecting value"),
-        (b'{"a": 1, "a": 2}', "json", "", "duplicate key 'a'"),
-        (b'{"a": NaN}', "json", "", "NaN is not valid JSON"),
-        (b"a: [1, 2\nb: 3\n", "yaml", "line 2, column 2", "expected ',' or ']'"),
-        (b"a: 1\n---\nb: 2\n", "yaml", "line 2, column 1", "expected a single document"),
-        (b"a: \x00\n", "yaml", "line 1, column 4", "unacceptable character #x0000"),
-        (b"a: &a [*a]\n", "yaml", "aliases", "recursive alias"),
-        (b"[t]\na = 1\n[t]\n", "toml", "line 3, column 3", "Cannot declare"),
-        (b"a = \n", "toml", "line 1, column 5", "Invalid value"),
-        (b"ok\n\xc3\x28", "text", "line 2, column 1", "not valid UTF-8"),
-        (b"[" * 100_000, "json", "nesting", "nests too deeply"),
-        (b"a: " + b"[" * 100_000, "yaml", "nesting", "nests too deeply"),
-        (b"a = " + b"[" * 100_000, "toml", "nesting", "nests too deeply"),
-        (b'{"n": ' + b"9" * 5000 + b"}", "json", "", "digits"),
+        # Unparseable: where in the text, and the parser's reason.
+        (b'{\n  "a": 1,\n  "b": \n}', "json", None, "line 4, column 1", "Expecting value"),
+        (b'{"a": 1, "a": 2}', "json", None, "", "duplicate key 'a'"),
+        (b'{"a": NaN}', "json", None, "", "NaN is not valid JSON"),
+        (b"a: [1, 2\nb: 3\n", "yaml", None, "line 2, column 2", "expected ',' or ']'"),
+        (b"a: 1\n---\nb: 2\n", "yaml", None, "line 2, column 1", "expected a single document"),
+        (b"a: \x00\n", "yaml", None, "line 1, column 4", "unacceptable character #x0000"),
+        (b"a: &a [*a]\n", "yaml", None, "aliases", "recursive alias"),
+        (b"[t]\na = 1\n[t]\n", "toml", None, "line 3, column 3", "Cannot declare"),
+        (b"a = \n", "toml", None, "line 1, column 5", "Invalid value"),
+        (b"ok\n\xc3\x28", "text", None, "line 2, column 1", "not valid UTF-8"),
+        (b"[" * 100_000, "json", None, "nesting", "nests too deeply"),
+        (b"a: " + b"[" * 100_000, "yaml", None, "nesting", "nests too deeply"),
+        (b"a = " + b"[" * 100_000, "toml", None, "nesting", "nests too deeply"),
+        (b'{"n": ' + b"9" * 5000 + b"}", "json", None, "", "digits"),
+        # Parsed, but against the policy's schema: the path to the value, and why.
+        (b'{"limits": {"max_conn": 1000}}', "json", POLICY, "$.limits.max_conn", "greater than"),
+        (
+            b'{"limits": {}, "servers": ["a", "b", 3]}',
+            "json",
+            POLICY,
+            "$.servers[2]",
+            "not of type",
+        ),
+        (b'{"limits": {}, "servers": ["10.0.0.999"]}', "json", POLICY, "$.servers[0]", "ipv4"),
+        (b"{}", "json", POLICY, "$", "'limits' is a required property"),
+        (b"limits:\n  max_conn: x\n", "yaml", POLICY, "$.limits.max_conn", "not of type 'integer'"),
+        (b"[limits]\nmax_conn = 5000\n", "toml", POLICY, "$.limits.max_conn", "greater than"),
+        # YAML reads `on` as true; the schema sees the key the way YAML understood it.
+        (b"limits: {}\non: 1\n", "yaml", POLICY, "$", "'true' was unexpected"),
     ],
 )
-def test_parse_errors_say_where(content: bytes, fmt: Format, where: str, reason: str) -> None:
-    error = refused(content, fmt)
+def test_a_refusal_says_where_and_why(
+    content: bytes, fmt: Format, policy: Policy | None, where: str, reason: str
+) -> None:
+    error = refused(content, fmt, policy)
     assert error.where == where
     assert reason in error.reason
 
@@ -67,25 +85,6 @@ def test_size_limit_names_size_and_limit() -> None:
     error = refused(b"x" * 11, "text", Policy(namespace="ns", max_bytes=10))
     assert error.where == "size"
     assert "11 bytes" in error.reason and "10 bytes" in error.reason
-
-
-@pytest.mark.parametrize(
-    ("content", "fmt", "where", "reason"),
-    [
-        (b'{"limits": {"max_conn": 1000}}', "json", "$.limits.max_conn", "greater than"),
-        (b'{"limits": {}, "servers": ["a", "b", 3]}', "json", "$.servers[2]", "not of type"),
-        (b'{"limits": {}, "servers": ["10.0.0.999"]}', "json", "$.servers[0]", "ipv4"),
-        (b"{}", "json", "$", "'limits' is a required property"),
-        (b"limits:\n  max_conn: x\n", "yaml", "$.limits.max_conn", "not of type 'integer'"),
-        (b"[limits]\nmax_conn = 5000\n", "toml", "$.limits.max_conn", "greater than"),
-        # YAML reads `on` as true; the schema sees the key the way YAML understood it.
-        (b"limits: {}\non: 1\n", "yaml", "$", "'true' was unexpected"),
-    ],
-)
-def test_schema_errors_give_the_path(content: bytes, fmt: Format, where: str, reason: str) -> None:
-    error = refused(content, fmt, POLICY)
-    assert error.where == where
-    assert reason in error.reason
 
 
 def test_dates_from_yaml_and_toml_are_checked_as_strings() -> None:

@@ -16,8 +16,8 @@ import os
 import sys
 
 from confbus.cli.commands.options import Subparsers, command
+from confbus.procs.agent import AGENT_MODULE
 
-AGENT_MODULE = "confbus.agent"
 # Top-level ``confbus`` options → the variables the agent's settings read them from.
 _FORWARDED = ("nats_url", "nats_user", "nats_password", "nats_creds", "tls_ca")
 
