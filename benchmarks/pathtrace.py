@@ -28,6 +28,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from confbus.runtime.bus import Bus
+from confbus.schemas import subjects
 from confbus.schemas.api import txn as txn_api
 from confbus.schemas.api.dist import decode_rollout_info
 from confbus.schemas.events import NodeApplied, readable_event
@@ -48,11 +49,11 @@ class PathTrace:
 
     async def start(self) -> PathTrace:
         nc = self.bus.nc
-        await nc.subscribe("cfg.event.>", cb=self._on_event)
+        await nc.subscribe(subjects.EVENTS_ALL, cb=self._on_event)
         await nc.subscribe("$KV.CFG_STATE.rollout.*", cb=self._on_rollout)
-        await nc.subscribe("cfg.api.txn.>", cb=self._on_api)
-        await nc.subscribe("cfg.txn.*.*.prepare", cb=self._on_txn)
-        await nc.subscribe("cfg.txn.*.*.decision", cb=self._on_txn)
+        await nc.subscribe(subjects.api_all(txn_api.SERVICE), cb=self._on_api)
+        await nc.subscribe(subjects.TXN_PREPARES, cb=self._on_txn)
+        await nc.subscribe(subjects.TXN_DECISIONS, cb=self._on_txn)
         await nc.flush()
         return self
 

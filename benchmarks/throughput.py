@@ -46,6 +46,7 @@ from benchmarks.switch import (
 )
 from confbus.procs.proc import Proc
 from confbus.runtime.bus import Bus
+from confbus.schemas.api import txn as txn_api
 
 BENCH = "throughput"
 
@@ -296,7 +297,7 @@ async def run(ctx: Context) -> list[Figure]:
             ctx.skipped.append(f"store + switch request path failed: {exc!r}"[:300])
         if sw_rates:
             notes = "no distributor: version stored (publish → version.created), then "
-            notes += "cfg.api.txn.switch; "
+            notes += f"{txn_api.SWITCH.address}; "
             f = rate_figure("store + switch request", sw_rates, total, sw_per_change, notes)
             if not e2e_rates:  # no distributor: the target is judged on this path
                 f.target_median(50.0)
