@@ -54,7 +54,7 @@ MESSAGES: Mapping[str, Any] = {
     # CFG_STATE, one document per key family (the keys are in confbus.schemas.state)
     "CFG_STATE.lease": state.LeaseRecord,
     "CFG_STATE.rollout": dist_api.RolloutInfo,
-    "CFG_STATE.target": state.TargetRecord,
+    "CFG_STATE.target": state.NamespaceTargets,
     "CFG_STATE.node": state.NodeRecord,
     "CFG_STATE.health.alerts": state.AlertBook,
     "CFG_STATE.rollback": state.Ledger,

@@ -6,8 +6,10 @@ Keys are spelled here only, built by functions that validate their tokens (a nam
     CFG_STATE
       lease.<role>.<name>        LeaseRecord      who acts for <name> (confbus.runtime.leases)
       rollout.<ns>               RolloutInfo      the current or last rollout (schemas/api/dist.py)
-      target.<ns>.<node>         TargetRecord     highest version of a committed transaction
-                                                  that included the node
+      target.<ns>                NamespaceTargets per node, the highest version of a committed
+                                                  transaction that included it (one write per
+                                                  wave); ``target.<ns>.<node>`` (TargetRecord)
+                                                  is the layout before it, still read
       node.<node>                NodeRecord       labels, namespaces, last heartbeat, liveness
       health.alerts.<ns>         AlertBook        the alerts firing in the namespace
       rollback.<ns>              Ledger           the rollbacker's rollbacks and alerts seen
@@ -101,12 +103,20 @@ TARGETS = "target.>"
 _TARGET = "target."
 
 
+def targets_key(namespace: str) -> str:
+    """``target.<ns>``: the namespace's node targets, one record (``NamespaceTargets``)."""
+    return f"{_TARGET}{check_name(namespace, 'namespace')}"
+
+
 def target_key(namespace: str, node: str) -> str:
+    """``target.<ns>.<node>``: one node's target, the layout before ``target.<ns>`` (read, and
+    deleted when the node is forgotten; no longer written)."""
     return f"{_TARGET}{check_name(namespace, 'namespace')}.{check_name(node, 'node id')}"
 
 
 def target_of(key: str) -> tuple[str, str]:
-    """``(namespace, node)`` of a ``target.<ns>.<node>`` key."""
+    """``(namespace, node)`` of a ``target.<ns>.<node>`` key; ``(namespace, "")`` for a
+    ``target.<ns>`` key."""
     namespace, _, node = _tail(key, _TARGET).partition(".")
     return namespace, node
 
@@ -121,6 +131,30 @@ class TargetRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 decode_target = msgspec.json.Decoder(TargetRecord).decode
+
+
+class TargetGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """Nodes whose highest committed transaction (so far) is the same one."""
+
+    version: int
+    txid: str | None = None
+    at: datetime = msgspec.field(default_factory=utcnow)
+    nodes: list[NodeId] = []
+
+
+class NamespaceTargets(msgspec.Struct, frozen=True, kw_only=True):
+    """``target.<ns>``: for each node that a committed transaction of the namespace included,
+    the highest such version (raised, never lowered) — grouped by transaction, each node in
+    one group only: a wave's nodes are raised by one write, and the record stays small (a
+    node id per node, not a record per node)."""
+
+    groups: list[TargetGroup] = []
+
+    def versions(self) -> dict[str, int]:
+        return {node: g.version for g in self.groups for node in g.nodes}
+
+
+decode_targets = msgspec.json.Decoder(NamespaceTargets).decode
 
 SCOPES = "scope.*"
 _SCOPE = "scope."

@@ -33,6 +33,7 @@ import anyio
 
 from confbus.distributor.metrics import DistributorMetrics
 from confbus.distributor.strategy import matches
+from confbus.distributor.targets import forget_target
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, Conflict, NotFound
 from confbus.runtime.events import emit
@@ -41,7 +42,7 @@ from confbus.runtime.leases import Leases
 from confbus.schemas.api.dist import Liveness
 from confbus.schemas.events import NodeDuplicate, NodeForgotten, NodeStatusChanged
 from confbus.schemas.node import Heartbeat, NamespaceState, claim
-from confbus.schemas.state import NODES, NodeRecord, decode_node, node_key, target_key
+from confbus.schemas.state import NODES, NodeRecord, decode_node, node_key
 
 log = logging.getLogger("confbus.distributor")
 
@@ -532,7 +533,7 @@ class MembershipKeeper:
         log.info("forgetting node", extra={"node": node, "actor": actor, "reason": reason})
         namespaces = sorted(member.states)
         for ns in namespaces:
-            await self.kv.delete(target_key(ns, node))
+            await forget_target(self.kv, ns, node)
         await self.kv.delete(node_key(node))
         self.membership.members.pop(node, None)
         for ns in namespaces:

@@ -95,6 +95,11 @@ class Rollouts:
             self.kick(namespace)
         return entry, wrote
 
+    def holds(self, namespace: str, revision: int) -> bool:
+        """We hold this revision of the record (or a later one): the watch's copy adds nothing."""
+        cur = self.records.get(namespace)
+        return cur is not None and cur.revision >= revision
+
     def observed(self, namespace: str, entry: Entry[RolloutInfo]) -> None:
         """A change seen by the ``rollout.*`` watch (ours or another replica's)."""
         self._remember(namespace, entry)

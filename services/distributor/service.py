@@ -214,6 +214,8 @@ class Distributor:
 
     def on_rollout_key(self, key: str, value: bytes | None, revision: int) -> None:
         ns = rollout_of(key)
+        if self.rollouts.holds(ns, revision):
+            return  # our own write coming back (or an older one): nothing to decode
         if value is None:
             self.rollouts.observed(ns, Entry(None, revision))
             return

@@ -35,7 +35,7 @@ from confbus.distributor.store import Store
 from confbus.distributor.targets import Targets
 from confbus.distributor.txnlog import abort_votes, find_decision, read_head
 from confbus.runtime.bus import Bus
-from confbus.runtime.concurrency import settle
+from confbus.runtime.concurrency import gather, settle
 from confbus.runtime.errors import Permanent
 from confbus.runtime.failpoints import failpoint
 from confbus.schemas.api.dist import ACTIVE_STATES, TERMINAL_STATES, RolloutInfo
@@ -201,14 +201,18 @@ class WaveSwitch:
             self.metrics.waves.labels("aborted").inc()
         if entry.value.state in TERMINAL_STATES and rec.state not in TERMINAL_STATES:
             self.metrics.rollouts.labels(entry.value.state).inc()
+        # A bake of 0 s: the verdict's write follows at once and drops these events from the
+        # outbox (``record.writes_next``); else a write of their own. The nodes' targets are
+        # raised meanwhile (the txn.committed handler raises them too: nothing waits on this
+        # one but the next step).
+        moves_on = R.writes_next(entry.value, datetime.now(UTC))
+        flushed = self.rollouts.flush(namespace, entry, clear=not moves_on)
         if outcome == "commit":
             nodes = [v.node for v in votes] or entry.value.waves[i].switch_nodes
-            await self.targets.raise_to(namespace, nodes, rec.version, txid)
+            await gather(self.targets.raise_to(namespace, nodes, rec.version, txid), flushed)
+        else:
+            await flushed
         await failpoint("distributor.after_wave_recorded")
-        # A bake of 0 s: the verdict's write follows at once and drops these events from the
-        # outbox (``record.writes_next``); else a write of their own.
-        moves_on = R.writes_next(entry.value, datetime.now(UTC))
-        await self.rollouts.flush(namespace, entry, clear=not moves_on)
 
     async def recover(self, namespace: str, rec: RolloutInfo, i: int) -> None:
         """A wave left ``switching``: find what became of its attempt before doing anything."""

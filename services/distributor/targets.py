@@ -7,12 +7,14 @@ others keep the production version they had (``scope.<ns>``, ``ProductionScopes`
 the rollout driver before it promotes). A version promoted otherwise (the rollbacker's, an
 operator's) is production for every node.
 
-The committed-transaction part lives in ``CFG_STATE`` under ``target.<ns>.<node>`` (raised,
-never lowered, by compare-and-set): written from ``txn.committed`` events, whoever asked for the
-transaction (a rollout wave, a catch-up, the rollbacker), and directly by the rollout driver
-right after a wave commits. Every replica watches ``target.>`` to keep the whole map in
-memory. The production part comes from the version-store and ``version.promoted`` events; it
-is not copied into every node's key, so a promotion costs one read, not one write per node.
+The committed-transaction part lives in ``CFG_STATE`` under ``target.<ns>``, one record per
+namespace (raised, never lowered, by compare-and-set: a wave's nodes in one write): written from
+``txn.committed`` events, whoever asked for the transaction (a rollout wave, a catch-up, the
+rollbacker), and directly by the rollout driver right after a wave commits. Every replica
+watches ``target.>`` to keep the whole map in memory (and reads the per-node keys
+``target.<ns>.<node>`` of the layout before, no longer written). The production part comes
+from the version-store and ``version.promoted`` events; it is not copied into every node's
+target, so a promotion costs one read, not a write.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
+import msgspec
 from anyio.abc import TaskStatus
 
 from confbus.distributor.store import Store
@@ -31,45 +34,55 @@ from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.state import (
     SCOPES,
     TARGETS,
+    NamespaceTargets,
     ProductionScopes,
     ScopedProduction,
-    TargetRecord,
+    TargetGroup,
     decode_scopes,
     decode_target,
+    decode_targets,
     scope_key,
     scope_of,
     target_key,
     target_of,
+    targets_key,
 )
 from confbus.schemas.versions import VersionInfo
 
 log = logging.getLogger("confbus.distributor")
-
-WRITE_CONCURRENCY = 32
 
 
 @dataclass
 class Targets:
     kv: StateKV
     store: Store
-    # Each node's record with its revision (from the same watch event or write): a raise
-    # compare-and-sets against it without reading the key first — one request per node
-    # instead of two; if the key moved meanwhile the write fails and ``mutate`` reads.
-    txn: dict[str, dict[str, Entry[TargetRecord]]] = field(default_factory=dict)
+    # Each namespace's ``target.<ns>`` with its revision (from the watch or our own write): a
+    # raise compare-and-sets against it without reading the key first; if the key moved
+    # meanwhile the write fails and ``mutate`` reads.
+    records: dict[str, Entry[NamespaceTargets]] = field(default_factory=dict)
+    txn: dict[str, dict[str, int]] = field(default_factory=dict)  # node → version, per ns
+    legacy: dict[str, dict[str, int]] = field(default_factory=dict)  # target.<ns>.<node> keys
     production: dict[str, VersionInfo] = field(default_factory=dict)
     scopes: dict[str, Entry[ProductionScopes]] = field(default_factory=dict)
     _sha: dict[tuple[str, int], str] = field(default_factory=dict)
-    # The raise being written for a (namespace, node), and what its end sets: the driver and
-    # the ``txn.committed`` handler raise the same nodes to the same version at the same moment,
-    # and the second to come waits for the first instead of racing it to the same key (a lost
-    # compare-and-set and a read per node, ~40 requests per 100-node wave).
-    _writing: dict[tuple[str, str], tuple[int, anyio.Event]] = field(default_factory=dict)
+    # One raise of a namespace at a time in this process: the driver and the ``txn.committed``
+    # handler raise the same nodes to the same version at the same moment, and the second to
+    # come finds them raised instead of racing the first to the key (a lost compare-and-set
+    # and a read).
+    _locks: dict[str, anyio.Lock] = field(default_factory=dict)
 
     # -- reading -------------------------------------------------------------------------------
 
     def txn_target(self, namespace: str, node: str) -> int | None:
-        local = self.txn.get(namespace, {}).get(node)
-        return local.value.version if local and local.value else None
+        found = [
+            v
+            for v in (
+                self.txn.get(namespace, {}).get(node),
+                self.legacy.get(namespace, {}).get(node),
+            )
+            if v is not None
+        ]
+        return max(found) if found else None
 
     def production_version(self, namespace: str) -> int | None:
         info = self.production.get(namespace)
@@ -174,65 +187,60 @@ class Targets:
             self.scopes[namespace] = entry
 
     async def raise_to(self, namespace: str, nodes: list[str], version: int, txid: str) -> None:
-        """Raise the nodes' committed-transaction target to ``version`` (never lower it)."""
-
-        def change(cur: TargetRecord | None) -> TargetRecord | None:
-            if cur is not None and cur.version >= version:
-                return None
-            return TargetRecord(version=version, txid=txid)
-
-        async def one(node: str) -> None:
-            key = (namespace, node)
-            while True:
-                local = self.txn.get(namespace, {}).get(node)
-                if local is not None and local.value is not None and local.value.version >= version:
-                    return
-                writing = self._writing.get(key)
-                if writing is None or writing[0] < version:
-                    break
-                # As high a raise is on its way: its outcome is ours (if it failed, the key
-                # is still low when we look again, and this call writes it).
-                await writing[1].wait()
-            done = anyio.Event()
-            self._writing[key] = (version, done)
-            try:
-                async with limiter:
-                    entry, _ = await self.kv.mutate(
-                        target_key(namespace, node), decode_target, change, hint=local
-                    )
-                self._remember(namespace, node, entry)
-            finally:
-                if self._writing.get(key) == (version, done):
-                    del self._writing[key]
-                done.set()
-
-        limiter = anyio.CapacityLimiter(WRITE_CONCURRENCY)
-        async with anyio.create_task_group() as tg:
-            for node in nodes:
-                tg.start_soon(one, node)
-
-    def _remember(self, namespace: str, node: str, entry: Entry[TargetRecord]) -> None:
-        rec = entry.value
-        if rec is None:
+        """Raise the nodes' committed-transaction target to ``version`` (never lower it): one
+        compare-and-set of ``target.<ns>`` for all of them."""
+        if not self._below(namespace, nodes, version):
             return
-        per_ns = self.txn.setdefault(namespace, {})
-        cur = per_ns.get(node)
-        if cur is None or cur.value is None or rec.version >= cur.value.version:
-            per_ns[node] = entry
+        async with self._locks.setdefault(namespace, anyio.Lock()):
+            if not self._below(namespace, nodes, version):
+                return  # the raise we waited for (the same wave's, from the other raiser)
+            entry, _ = await self.kv.mutate(
+                targets_key(namespace),
+                decode_targets,
+                lambda cur: raised(cur, nodes, version, txid),
+                hint=self.records.get(namespace),
+            )
+            self._remember(namespace, entry)
+
+    def _below(self, namespace: str, nodes: list[str], version: int) -> bool:
+        return any((self.txn_target(namespace, n) or 0) < version for n in nodes)
+
+    def _remember(self, namespace: str, entry: Entry[NamespaceTargets]) -> None:
+        cur = self.records.get(namespace)
+        if cur is not None and entry.revision < cur.revision:
+            return
+        self.records[namespace] = entry
+        self.txn[namespace] = entry.value.versions() if entry.value is not None else {}
 
     def forget(self, namespace: str, node: str) -> None:
         self.txn.get(namespace, {}).pop(node, None)
+        self.legacy.get(namespace, {}).pop(node, None)
 
     # -- the watch -----------------------------------------------------------------------------
 
     def observed(self, key: str, value: bytes | None, revision: int) -> None:
-        """A ``target.<ns>.<node>`` change seen by the watch (ours or another replica's)."""
+        """A ``target.*`` change seen by the watch (ours or another replica's)."""
         ns, node = target_of(key)
+        if node:  # the per-node layout before target.<ns>
+            self._observed_legacy(ns, node, value, key)
+            return
+        cur = self.records.get(ns)
+        if cur is not None and cur.revision >= revision:
+            return  # our own write coming back (or older): nothing to decode
+        try:
+            decoded = decode_targets(value) if value is not None else None
+        except DECODE_ERRORS:
+            log.warning("unreadable targets record", extra={"key": key})
+            return
+        self._remember(ns, Entry(decoded, revision))
+
+    def _observed_legacy(self, ns: str, node: str, value: bytes | None, key: str) -> None:
+        per_ns = self.legacy.setdefault(ns, {})
         if value is None:
-            self.forget(ns, node)
+            per_ns.pop(node, None)
             return
         try:
-            self._remember(ns, node, Entry(decode_target(value), revision))
+            per_ns[node] = decode_target(value).version
         except DECODE_ERRORS:
             log.warning("unreadable target record", extra={"key": key})
 
@@ -251,6 +259,47 @@ class Targets:
             await tg.start(self.kv.watch, SCOPES, self.observed_scopes)
             await tg.start(self.kv.watch, TARGETS, self.observed)
             task_status.started()
+
+
+def raised(
+    cur: NamespaceTargets | None, nodes: list[str], version: int, txid: str
+) -> NamespaceTargets | None:
+    """``cur`` with ``nodes`` raised to ``version`` (each node kept in one group: its highest);
+    None if none of them is below it."""
+    have = cur.versions() if cur is not None else {}
+    up = [n for n in dict.fromkeys(nodes) if have.get(n, 0) < version]
+    if not up:
+        return None
+    moved = set(up)
+    groups: list[TargetGroup] = []
+    for g in cur.groups if cur is not None else []:
+        rest = [n for n in g.nodes if n not in moved]
+        if rest:
+            groups.append(
+                g if len(rest) == len(g.nodes) else msgspec.structs.replace(g, nodes=rest)
+            )
+    same = next((i for i, g in enumerate(groups) if (g.version, g.txid) == (version, txid)), None)
+    if same is None:
+        groups.append(TargetGroup(version=version, txid=txid, nodes=up))
+    else:
+        g = groups[same]
+        groups[same] = msgspec.structs.replace(g, nodes=[*g.nodes, *up])
+    return NamespaceTargets(groups=groups)
+
+
+async def forget_target(kv: StateKV, namespace: str, node: str) -> None:
+    """Drop ``node`` from the namespace's targets (a forgotten node), in either layout."""
+
+    def without(cur: NamespaceTargets | None) -> NamespaceTargets | None:
+        if cur is None or node not in cur.versions():
+            return None
+        groups = [
+            msgspec.structs.replace(g, nodes=[n for n in g.nodes if n != node]) for g in cur.groups
+        ]
+        return NamespaceTargets(groups=[g for g in groups if g.nodes])
+
+    await kv.mutate(targets_key(namespace), decode_targets, without)
+    await kv.delete(target_key(namespace, node))
 
 
 def _sel(entries: list[ScopedProduction], version: int) -> str:

@@ -1,5 +1,7 @@
 """Raising nodes' targets in CFG_STATE (a real nats-server): the two raisers of one wave — the
-rollout driver and the ``txn.committed`` handler — write each key once between them."""
+rollout driver and the ``txn.committed`` handler — write the namespace's record once between
+them; the per-node keys of the layout before are still read, and forgetting a node drops it
+from both."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from confbus.distributor.store import Store
 from confbus.distributor.targets import Targets
 from confbus.runtime.bus import Bus
 from confbus.runtime.kv import StateKV
-from confbus.schemas.state import decode_target, target_key
+from confbus.distributor.targets import forget_target
+from confbus.schemas.state import TargetRecord, decode_targets, target_key, targets_key
 from confbus.schemas.streams import CFG_STATE
 
 pytestmark = pytest.mark.anyio
@@ -21,7 +24,7 @@ NS = "web"
 
 
 async def targets_on(bus: Bus) -> Targets:
-    return Targets(StateKV(await bus.kv(CFG_STATE.name)), Store(bus))
+    return Targets(StateKV(await bus.kv(CFG_STATE.name), bus), Store(bus))
 
 
 async def count_writes(bus: Bus) -> tuple[list[str], Subscription]:
@@ -35,7 +38,14 @@ async def count_writes(bus: Bus) -> tuple[list[str], Subscription]:
     return writes, sub
 
 
-async def test_two_raisers_of_one_wave_write_each_key_once(bus: Bus) -> None:
+async def read_targets(bus: Bus) -> dict[str, tuple[int, str | None]]:
+    kv = StateKV(await bus.kv(CFG_STATE.name))
+    entry = await kv.read(targets_key(NS), decode_targets)
+    assert entry.value is not None
+    return {n: (g.version, g.txid) for g in entry.value.groups for n in g.nodes}
+
+
+async def test_two_raisers_of_one_wave_write_the_namespace_record_once(bus: Bus) -> None:
     nodes = [f"n{i:02d}" for i in range(20)]
     targets = await targets_on(bus)
     writes, sub = await count_writes(bus)
@@ -44,12 +54,9 @@ async def test_two_raisers_of_one_wave_write_each_key_once(bus: Bus) -> None:
         tg.start_soon(targets.raise_to, NS, nodes, 2, "txn-2")  # the txn.committed handler
     await bus.nc.flush()
     await sub.unsubscribe()
-    assert sorted(writes) == sorted(f"$KV.{CFG_STATE.name}.{target_key(NS, n)}" for n in nodes)
-    kv = StateKV(await bus.kv(CFG_STATE.name))
-    for n in nodes:
-        entry = await kv.read(target_key(NS, n), decode_target)
-        assert entry.value is not None and (entry.value.version, entry.value.txid) == (2, "txn-2")
-    assert targets._writing == {}  # nothing left behind
+    assert writes == [f"$KV.{CFG_STATE.name}.{targets_key(NS)}"]
+    assert await read_targets(bus) == dict.fromkeys(nodes, (2, "txn-2"))
+    assert all(targets.txn_target(NS, n) == 2 for n in nodes)
 
 
 async def test_a_higher_raise_does_not_wait_for_a_lower_one_and_wins(bus: Bus) -> None:
@@ -58,8 +65,33 @@ async def test_a_higher_raise_does_not_wait_for_a_lower_one_and_wins(bus: Bus) -
     async with anyio.create_task_group() as tg:
         tg.start_soon(targets.raise_to, NS, nodes, 2, "txn-2")
         tg.start_soon(targets.raise_to, NS, nodes, 3, "txn-3")
-    kv = StateKV(await bus.kv(CFG_STATE.name))
-    for n in nodes:
-        entry = await kv.read(target_key(NS, n), decode_target)
-        assert entry.value is not None and entry.value.version == 3  # never lowered
-        assert targets.txn_target(NS, n) == 3
+    assert await read_targets(bus) == dict.fromkeys(nodes, (3, "txn-3"))  # never lowered
+    assert all(targets.txn_target(NS, n) == 3 for n in nodes)
+
+
+async def test_a_catch_up_raises_its_node_alone_and_the_others_keep_theirs(bus: Bus) -> None:
+    targets = await targets_on(bus)
+    await targets.raise_to(NS, ["a", "b", "c"], 2, "txn-2")
+    await targets.raise_to(NS, ["b"], 3, "txn-3")
+    await targets.raise_to(NS, ["b"], 2, "txn-2b")  # lower: nothing written
+    assert await read_targets(bus) == {"a": (2, "txn-2"), "b": (3, "txn-3"), "c": (2, "txn-2")}
+
+
+async def test_a_replica_watching_sees_the_raises_and_the_layout_before(bus: Bus) -> None:
+    writer, watcher = await targets_on(bus), await targets_on(bus)
+    kv = StateKV(await bus.kv(CFG_STATE.name), bus)
+    # A node's target in the per-node layout (written before target.<ns>): still read.
+    await kv.cas(target_key(NS, "old"), TargetRecord(version=5, txid="txn-5"), 0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(watcher.watch)
+        await writer.raise_to(NS, ["a", "old"], 4, "txn-4")
+        with anyio.fail_after(10):
+            while watcher.txn_target(NS, "a") != 4:
+                await anyio.sleep(0.02)
+        assert watcher.txn_target(NS, "old") == 5  # the higher of the two layouts
+        await forget_target(kv, NS, "old")
+        with anyio.fail_after(10):
+            while watcher.txn_target(NS, "old") is not None:
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    assert await read_targets(bus) == {"a": (4, "txn-4")}
