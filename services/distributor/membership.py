@@ -48,7 +48,7 @@ log = logging.getLogger("confbus.distributor")
 
 AWAY_AFTER = 3.0  # heartbeat intervals missed
 GONE_AFTER = 10.0
-PERSIST_EVERY_S = 30.0  # refresh last_heartbeat in the record at least this often
+PERSIST_EVERY_S = 30.0  # refresh last_heartbeat and the applied state in the record this often
 DEAF_FLOOR_S = 0.05  # the shortest heartbeat interval taken into account by ``deaf``
 MEMBERS_LEASE = "_members"  # lease.distributor._members: the replica writing node records
 
@@ -163,10 +163,14 @@ class Member:
 
 
 def _material(rec: NodeRecord | None) -> object:
-    """What, when it changes, is worth a write (not the heartbeat time)."""
+    """What, when it changes, is worth a write: who the node is and what it follows — not the
+    heartbeat time, nor the per-namespace state (applied versions, epochs, prepared txids),
+    which changes with every switch and which the heartbeats carry to whoever needs it live;
+    the record gets it with the next write (``PERSIST_EVERY_S`` at the latest)."""
     if rec is None:
         return None
-    return (rec.labels, rec.namespaces, rec.liveness, rec.started_at)
+    followed = [s.namespace for s in rec.namespaces]
+    return (rec.labels, followed, rec.liveness, rec.started_at)
 
 
 @dataclass
