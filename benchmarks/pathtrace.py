@@ -106,12 +106,18 @@ class PathTrace:
         counts = [self.rollout_writes[k] for k in started if k in self.rollout_writes]
         return statistics.median(counts) if counts else None
 
-    def steps(self, started: dict[Key, float]) -> dict[str, float]:
-        """Median milliseconds from each traced change's publish to each of its steps, in the
-        order of those medians."""
+    def steps(self, started: dict[Key, float], *, quantile: float = 0.5) -> dict[str, float]:
+        """Milliseconds from each traced change's publish to each of its steps — the median, or
+        another ``quantile`` (0.9: the slow tail) — in the order of those figures."""
         after: dict[str, list[float]] = defaultdict(list)
         for key, t0 in started.items():
             for step, at in self.seen.get(key, {}).items():
                 after[step].append((at - t0) * 1000)
-        medians = {step: statistics.median(ms) for step, ms in after.items()}
-        return dict(sorted(medians.items(), key=lambda kv: kv[1]))
+        figures = {step: _quantile(ms, quantile) for step, ms in after.items()}
+        return dict(sorted(figures.items(), key=lambda kv: kv[1]))
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if q == 0.5 or len(values) < 2:
+        return statistics.median(values)
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]

@@ -265,10 +265,13 @@ async def run(ctx: Context) -> list[Figure]:
             notes = "version-store + distributor + coordinator processes; "
             f = rate_figure("publish", e2e_rates, total, per_change, notes + _steps_note(steps))
             f.params["steps_median_ms"] = steps
+            f.params["steps_p90_ms"] = trace.steps(started, quantile=0.9)
             f.params["rollout_record_writes_per_change"] = writes
             if writes is not None:
                 f.notes += f"; {writes:g} writes of the rollout record per change"
             print(f"[throughput] publish path, {_steps_note(steps)}", file=sys.stderr)
+            p90 = ", ".join(f"{k} {v:.0f}" for k, v in f.params["steps_p90_ms"].items())
+            print(f"[throughput] publish path, p90 ms after the publish: {p90}", file=sys.stderr)
             figures.append(f.target_median(50.0))
 
         # -- switch request → all applied ----------------------------------------------------

@@ -201,7 +201,11 @@ class Distributor:
             await self.intents.on_version(
                 ev.namespace, ev.version, strategy=None, selector=None, from_approval=True
             )
-        elif isinstance(ev, VersionPromoted):
+        elif (
+            isinstance(ev, VersionPromoted)
+            # Our own rollouts' promotions are known from the store's reply already.
+            and self.targets.production_version(ev.namespace) != ev.version
+        ):
             await self.targets.production_of(ev.namespace, refresh=True)
 
     async def on_txn(self, ev: AnyEvent) -> None:
