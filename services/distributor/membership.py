@@ -37,7 +37,7 @@ from confbus.distributor.targets import forget_target
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, Conflict, NotFound
 from confbus.runtime.events import emit
-from confbus.runtime.kv import StateKV
+from confbus.runtime.kv import Entry, StateKV
 from confbus.runtime.leases import Leases
 from confbus.schemas.api.dist import Liveness
 from confbus.schemas.events import NodeDuplicate, NodeForgotten, NodeStatusChanged
@@ -467,10 +467,14 @@ class MembershipKeeper:
         if not transition and _material(rec) == _material(member.recorded) and not stale_time:
             return
         # Last writer wins for the record (one lease holder writes); the revision keeps
-        # our view in step with what another replica may have written before us.
+        # our view in step with what another replica may have written before us: tried first
+        # against the revision of our own last write, read only if someone wrote since.
+        ours = Entry(member.recorded, member.recorded_rev) if member.recorded else None
         try:
-            entry = await self.kv.read(node_key(member.node), decode_node)
-            rev = await self.kv.cas(node_key(member.node), rec, entry.revision)
+            entry, _ = await self.kv.mutate(
+                node_key(member.node), decode_node, lambda _cur: rec, hint=ours
+            )
+            rev = entry.revision
         except ConfbusError as exc:
             log.info("could not write node record", extra={"node": member.node, "error": str(exc)})
             return
