@@ -31,7 +31,8 @@ from confbus.procs.tls import TlsFiles
 from confbus.runtime.bus import connect
 from confbus.runtime.errors import Unavailable
 from confbus.version_store.errors import StoreUnavailable
-from confbus.version_store.storage.etcd_conn import EtcdConnection, EtcdTls
+from confbus.version_store.storage.etcd_conn import EtcdConnection
+from confbus.version_store.storage.etcd_tls import EtcdTls
 from tests.cli.procs import run_confbus
 from tests.ha import probes
 from tests.ha.hastack import HaStack, needs_etcd, start_ha
