@@ -33,7 +33,13 @@ import anyio
 from benchmarks.baselines import SubscriberFleet, ensure_bench_stream, switch_floor
 from benchmarks.fleets import AgentFleet, AgentSpec, gather_host_stats, wait_heartbeats
 from benchmarks.pathtrace import PathTrace
-from benchmarks.processes import Context, fsync_probe, open_bus, version_store_available
+from benchmarks.processes import (
+    Context,
+    CpuMeter,
+    fsync_probe,
+    open_bus,
+    version_store_available,
+)
 from benchmarks.report import Figure, stats
 from benchmarks.switch import (
     Profiler,
@@ -194,16 +200,29 @@ async def run(ctx: Context) -> list[Figure]:
                 total += done
             return rates, total
 
+        assert nats.proc is not None
+        nats_pid = nats.proc.pid
+        services = {"coordinator": coordinator, "version_store": store}
+
         async def counted(
             body_of: BodyOf, *, promotions: bool
         ) -> tuple[list[float], int, dict[str, Any]]:
             """One warm-up change per namespace (first rollout: leadership, caches), then the
-            windows, with what the fsync counters grew by per change."""
+            windows, with what the fsync counters and each process's CPU time grew by per
+            change (CPU time: a figure the other work on a shared machine moves far less than
+            the rate)."""
             await _window([body_of(ns) for ns in names], 0.0, 1)
+            groups = {name: [p.pid] for name, p in services.items() if p is not None}
+            cpu = CpuMeter({**groups, "agents": fleet.pids(), "nats-server": [nats_pid]})
             before = await Counters.read(bus, fleet, store)
-            rates, total = await windows(body_of)
+            with cpu.span():
+                rates, total = await windows(body_of)
             after = await Counters.read(bus, fleet, store)
-            return rates, total, _per_change(before, after, total, promotions=promotions)
+            per_change = _per_change(before, after, total, promotions=promotions)
+            per_change["cpu_ms_per_change"] = {
+                name: round(spent * 1000 / max(total, 1), 2) for name, spent in cpu.spent.items()
+            }
+            return rates, total, per_change
 
         # -- the raw floor, same concurrency -------------------------------------------------
         def floor_body(ns: str) -> Callable[[], Awaitable[None]]:
@@ -239,6 +258,7 @@ async def run(ctx: Context) -> list[Figure]:
         with_distributor = real_store and not ctx.smoke
         dist = ctx.try_service("distributor", nats.url) if with_distributor else None
         if dist is not None:
+            services["distributor"] = dist
 
             def e2e_body(ns: str) -> Callable[[], Awaitable[None]]:
                 async def body() -> None:
@@ -250,15 +270,14 @@ async def run(ctx: Context) -> list[Figure]:
 
                 return body
 
-            profiler = _profiler(
-                {"coordinator": coordinator, "distributor": dist, "version_store": store}
-            )
+            profiler = _profiler(services)
             trace.on = True
             e2e_rates, total, per_change = await counted(e2e_body, promotions=True)
             trace.on = False
             if profiler is not None:
                 profiler.stop()
             dist.stop()
+            del services["distributor"]
             started = {(ns, v): t for ns in names for v, t in watches[ns].started.items()}
             steps = trace.steps(started)
             writes = trace.writes_per_change(started)
@@ -417,4 +436,10 @@ def _fsync_note(p: dict[str, Any]) -> str:
         f"({streams}), "
         f"{'?' if sqlite is None else f'{sqlite:.2f}'} SQLite commits, "
         f"{p['agent_fsyncs_per_change']:.1f} agent fsyncs"
-    )
+    ) + _cpu_note(p.get("cpu_ms_per_change", {}))
+
+
+def _cpu_note(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return ""
+    return "; CPU ms per change: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
