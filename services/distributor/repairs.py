@@ -64,6 +64,7 @@ class Repair:
     attempts: int = 0
     not_before: float = 0.0
     behind_since: float | None = None
+    awaiting: int | None = None  # the committed transaction's version it applies by itself
     drift_since: float | None = None
     drift_sha: str | None = None
     drift_reported: str | None = None
@@ -143,6 +144,12 @@ class Repairs:
             # give it that time. A node that was away from the rollout has nothing coming.
             own = self.targets.txn_target(ns, node)
             expecting = own is not None and own > (applied or 0)
+            if expecting:
+                r = self.state.setdefault(key, Repair())
+                if r.awaiting != own:
+                    # A newer transaction includes it: the grace is for that one. (With changes
+                    # back to back, a heartbeat taken before each apply is behind every time.)
+                    r.awaiting, r.behind_since = own, None
             self._switch(ns, node, target, applied, grace if expecting else 0.0, tg)
             return
         if applied > target:
