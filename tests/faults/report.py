@@ -130,6 +130,8 @@ NOTE_KEYS = (
     "catch_up_max_s",
     "takeover_max_s",
     "stale_prepares_fenced",
+    "stale_prepares_before_marker",
+    "prepares_refused",
     "applies_without_event",
     "forced_naks",
     "bug_naks",
