@@ -16,8 +16,7 @@ from confbus.coordinator.epochs import PrepareRefused
 from confbus.coordinator.head import Heads
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.coordinator.twophase import Coordinator
-from confbus.procs.nats import NatsServer
-from confbus.runtime.bus import Bus, connect, provision
+from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import Fenced
 from confbus.schemas import subjects
@@ -31,18 +30,8 @@ NS = "web"
 SHA = "0" * 64
 
 
-@pytest.fixture(params=["r1", "r3"])
-async def stream_bus(
-    request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer
-) -> AsyncIterator[Bus]:
-    if request.param == "r1":
-        bus = await connect(nats_server.url, name="test")
-        await provision(bus)
-        try:
-            yield bus
-        finally:
-            await bus.close()
-        return
+@pytest.fixture
+async def r3_bus(tmp_path: Path) -> AsyncIterator[Bus]:
     cluster = NatsCluster(tmp_path / "cluster").start()
     try:
         await provision_r3(cluster)
@@ -53,6 +42,13 @@ async def stream_bus(
             await bus.close()
     finally:
         cluster.stop()
+
+
+@pytest.fixture(params=["bus", "r3_bus"])
+def stream_bus(request: pytest.FixtureRequest) -> Bus:
+    """One nats-server, or a 3-node cluster with R3 streams."""
+    bus: Bus = request.getfixturevalue(request.param)
+    return bus
 
 
 async def coordinator(bus: Bus, name: str) -> Coordinator:
