@@ -35,6 +35,7 @@ ORDER = (
     "linearizability_etcd",
     "timetravel",
     "ha_failover",
+    "rollbacker_failover",
 )
 TIERS = {"ci": 0, "slow": 1, "bug": 2}
 # Scenarios that expose a known, reported bug of the system: shown, flagged, and left out of

@@ -306,7 +306,8 @@ def plans(etcd_leader: bool) -> tuple[FaultPlan, ...]:
         lease_leader("health", "health-watcher"),
         # It holds lease.rollbacker.web only while it drives a rollback, which this stream
         # never asks for (a rollback would fight the publish stream for the namespace): listed,
-        # so the figures say it was not measured (RELIABILITY.md finding 8).
+        # so the figures say it was not killed here. Its kill is timed mid-rollback by
+        # tests/rollbacker/test_failover_timed.py (scenario rollbacker_failover).
         lease_leader("rollbacker", "rollbacker"),
     )
 
