@@ -132,10 +132,6 @@ class Bus:
         data = msg if isinstance(msg, bytes) else encode(msg)
         try:
             return await self.js.publish(subject, data, timeout=timeout, headers=hdrs or None)
-        except nats.js.errors.APIError as exc:
-            if (refused := too_large(exc, f"the message to {subject}", len(data))) is not None:
-                raise refused from exc
-            raise
         except (
             nats.errors.TimeoutError,
             nats.errors.NoRespondersError,
@@ -145,6 +141,10 @@ class Bus:
             nats.errors.ConnectionReconnectingError,
         ) as exc:
             raise Unavailable(f"publish to {subject} not acknowledged: {exc!r}") from exc
+        except nats.js.errors.APIError as exc:  # after the 503 above: it is an APIError too
+            if (refused := too_large(exc, f"the message to {subject}", len(data))) is not None:
+                raise refused from exc
+            raise
 
     async def publish_batch(
         self, items: Sequence[Outgoing], *, timeout: float = 5.0
