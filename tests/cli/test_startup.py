@@ -131,27 +131,25 @@ console()
 """
 
 
+def console(marker: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``confbus ARGS`` through the console script's entry point, with stdout and stderr
+    buffered as in a pipe (no ``PYTHONUNBUFFERED``); ``marker`` is written at teardown."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    argv = [sys.executable, "-c", CONSOLE, str(marker), "--nats-url", "nats://127.0.0.1:1"]
+    return subprocess.run(
+        [*argv, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=60
+    )
+
+
 def test_a_command_over_the_bus_ends_without_teardown_its_words_written(tmp_path: Path) -> None:
     # ``console`` ends a command that ran over the bus with ``os._exit``: no interpreter
     # teardown (~18 ms of a CLI step), but what it wrote reaches the reader all the same.
     marker = tmp_path / "marker"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    argv = [sys.executable, "-c", CONSOLE, str(marker), "--nats-url", "nats://127.0.0.1:1"]
-    done = subprocess.run(
-        [*argv, "history", "payments"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    done = console(marker, "history", "payments")
     assert done.returncode == 3, done.stderr[-2000:]
     assert done.stderr.startswith("confbus: unreachable: cannot reach NATS"), done.stderr
     assert not marker.exists()
     # A usage error (and any command that runs here, not over the bus) exits the usual way.
-    done = subprocess.run(
-        [*argv, "history"], capture_output=True, text=True, cwd=REPO, env=env, timeout=60
-    )
+    done = console(marker, "history")
     assert done.returncode == 2 and "usage: confbus history" in done.stderr, done.stderr
     assert marker.read_text() == "torn down"
