@@ -165,6 +165,9 @@ def _quiet_logs() -> None:
     logging.getLogger().handlers[:] = [handler]
     logging.getLogger("confbus.bus").setLevel(logging.ERROR)
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    # asyncio warns "returning true from eof_received() has no effect when using ssl" when a
+    # TLS server closes the connection nats-py upgraded (every command under --secure): noise.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -102,6 +102,8 @@ class Why(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime | None
     steps: list[WhyStep]  # newest first: the apply, then what caused it
     notes: list[WhyStep] = []  # where the node should be, and how it was doing
+    # Which variant of its version the node's bytes were (as ``NodeAt.variant``).
+    variant: str | None = None
 
 
 class NodeChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,10 +168,6 @@ def fleet_at(
 def _node_at(state: FleetState, fact: NodeFact, production: int | None, wave: int | None) -> NodeAt:
     a = fact.applied
     targets = [v for v in (fact.target, production) if v is not None]
-    # Bytes that are their version's own (the sha256 of its version.created) are a version
-    # without overlays; a variant's are told apart by ``Client.status_at`` (docs/design.md §2.6).
-    own = state.versions.get(a.version) if a else None
-    plain = a is not None and own is not None and own.sha256 == a.sha256
     unknown_since = None if state.complete else state.origin_at
     return NodeAt(
         node=fact.node,
@@ -186,8 +184,18 @@ def _node_at(state: FleetState, fact: NodeFact, production: int | None, wave: in
         drift=fact.drift_seq is not None,
         wave=wave,
         unknown_since=unknown_since if a is None else None,
-        variant=BASE if plain else None,
+        variant=plain_variant(state, a),
     )
+
+
+def plain_variant(state: FleetState, applied: AppliedFact | None) -> str | None:
+    """``base`` for bytes that are their version's own (the sha256 of its version.created): a
+    version without overlays. None otherwise: a variant's bytes are told apart by the store
+    (``Client.node_variants``, docs/design.md §2.6) — the audit log alone cannot."""
+    if applied is None:
+        return None
+    own = state.versions.get(applied.version)
+    return BASE if own is not None and own.sha256 == applied.sha256 else None
 
 
 def _wave_of_nodes(rollout: RolloutFact | None) -> dict[str, int]:
@@ -237,6 +245,7 @@ def why(state: FleetState, node: str, *, at: datetime | None = None) -> Why:
         at=at if at is not None else state.at,
         steps=steps,
         notes=notes,
+        variant=plain_variant(state, fact.applied if fact else None),
     )
 
 

@@ -76,7 +76,14 @@ class Timeline(Variants):
         edges = await past.bounds(self)
         seq = await past.moment_seq(self, edges.last_seq if at is None else at, edges)
         rec = await past.reconstruct(self, ns, seq, edges)
-        return why(rec.state, node, at=await _shown_time(self, at, seq))
+        answer = why(rec.state, node, at=await _shown_time(self, at, seq))
+        applied = rec.state.nodes[node].applied if node in rec.state.nodes else None
+        if answer.variant is not None or applied is None:
+            return answer
+        # A variant's bytes: told by the store, as for ``status_at`` (best effort).
+        ask = {node: (applied.version, applied.sha256)}
+        named = await self.node_variants(ns, ask, best_effort=True)
+        return msgspec.structs.replace(answer, variant=named.get(node))
 
     async def diff_fleet(self, namespace: str, before: Moment, after: Moment) -> FleetDiff:
         """The nodes whose applied version changed between two moments, and what changed it."""

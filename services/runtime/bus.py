@@ -33,7 +33,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from confbus.runtime.codec import encode
-from confbus.runtime.errors import Unavailable
+from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
 from confbus.schemas.streams import BUCKETS, STREAMS, BucketSpec, StreamSpec
 
@@ -41,6 +41,17 @@ log = logging.getLogger("confbus.bus")
 
 # nats-server refuses an atomic batch of more messages than this (its default limit).
 ATOMIC_BATCH_MAX = 1000
+# JetStream's error code for a message larger than its stream (a KV bucket's values) allows.
+_TOO_LARGE = 10054
+
+
+def too_large(exc: BaseException, what: str, size: int) -> InvalidInput | None:
+    """``InvalidInput`` if JetStream refused ``what`` for its size, else None. A 400 like any
+    other to nats-py, but permanent: a retry sends the same bytes — so it must not be reported
+    as the bus not answering, which callers retry."""
+    if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _TOO_LARGE:
+        return InvalidInput(f"{what} is {size} bytes: more than it may hold ({exc.description})")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +141,10 @@ class Bus:
             nats.errors.ConnectionReconnectingError,
         ) as exc:
             raise Unavailable(f"publish to {subject} not acknowledged: {exc!r}") from exc
+        except nats.js.errors.APIError as exc:  # after the 503 above: it is an APIError too
+            if (refused := too_large(exc, f"the message to {subject}", len(data))) is not None:
+                raise refused from exc
+            raise
 
     async def publish_batch(
         self, items: Sequence[Outgoing], *, timeout: float = 5.0

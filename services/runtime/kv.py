@@ -12,9 +12,10 @@ are in ``confbus.schemas.state``).
 - ``watch(pattern, on_entry)`` mirrors keys: the current values, then every write; back within
   a second of a broker restart (``confbus.runtime.follow``).
 
-Errors are mapped here, once: ``Stale`` when a compare-and-set loses, ``Unavailable`` when the
-bucket does not answer (a cluster electing a stream leader answers 503s, times out, or has no
-responders) — callers never see a nats error.
+Errors are mapped here, once: ``Stale`` when a compare-and-set loses, ``InvalidInput`` when a
+value is larger than the bucket holds (permanent), ``Unavailable`` when the bucket does not
+answer (a cluster electing a stream leader answers 503s, times out, or has no responders) —
+callers never see a nats error.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from anyio.abc import TaskStatus
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
-from confbus.runtime.bus import Bus
+from confbus.runtime.bus import Bus, too_large
 from confbus.runtime.codec import encode
-from confbus.runtime.errors import Stale, Unavailable
+from confbus.runtime.errors import InvalidInput, Stale, Unavailable
 from confbus.runtime.follow import Follower
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.streams import BucketSpec
@@ -58,6 +59,11 @@ class Entry(Generic[T]):
 
 def _down(what: str, key: str, exc: BaseException) -> Unavailable:
     return Unavailable(f"cannot {what} {key}: the KV bucket is not answering ({exc!r})")
+
+
+def _refused(key: str, data: bytes, exc: BaseException) -> InvalidInput | Unavailable:
+    """Why a write failed: too large for the bucket (permanent), else the bucket is down."""
+    return too_large(exc, f"the value of {key}", len(data)) or _down("write", key, exc)
 
 
 class StateKV:
@@ -100,7 +106,7 @@ class StateKV:
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             raise Stale(f"{key} moved on since revision {revision}") from exc
         except BUS_ERRORS as exc:
-            raise _down("write", key, exc) from exc
+            raise _refused(key, data, exc) from exc
 
     async def mutate(
         self,
@@ -138,10 +144,11 @@ class StateKV:
 
     async def put(self, key: str, value: object) -> int:
         """Write without comparing: only for a key with a single writer (a liveness beat)."""
+        data = encode(value)
         try:
-            return int(await self.kv.put(key, encode(value)))
+            return int(await self.kv.put(key, data))
         except BUS_ERRORS as exc:
-            raise _down("write", key, exc) from exc
+            raise _refused(key, data, exc) from exc
 
     async def delete(self, key: str) -> None:
         try:

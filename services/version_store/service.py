@@ -36,12 +36,12 @@ from confbus.version_store.changes import ChangeHandler, reject_undecodable
 from confbus.version_store.metrics import StoreMetrics
 from confbus.version_store.rejections import Rejections
 from confbus.version_store.storage import Store, open_store
+from confbus.version_store.storage.etcd_tls import EtcdTls, add_etcd_tls_flags, etcd_tls_from
 from confbus.version_store.variantcheck import Members
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from confbus.version_store.storage.etcd_conn import EtcdTls
 
 log = logging.getLogger("confbus.version_store")
 
@@ -72,17 +72,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="seconds before an unacknowledged change is redelivered, when the durable "
         "consumer is first created (%(default)s)",
     )
-    tls = parser.add_argument_group("etcd over TLS")
-    for name, what in (("ca", "the CA that signed the members' certificates"),
-                       ("cert", "this client's certificate"),
-                       ("key", "that certificate's key")):  # fmt: skip
-        env = f"CONFBUS_ETCD_{name.upper()}"
-        tls.add_argument(
-            f"--etcd-{name}",
-            default=os.environ.get(env),
-            metavar="FILE",
-            help=f"{what} (env {env})",
-        )
+    add_etcd_tls_flags(parser)
     parser.add_argument(
         "--store-timeout",
         type=float,
@@ -94,19 +84,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def store_kind(url: str) -> str:
     """The store named without its address or credentials, for logs and the ready line."""
     return urlsplit(url).scheme or "?"
-
-
-def etcd_tls(args: argparse.Namespace) -> EtcdTls | None:
-    if not (args.etcd_ca or args.etcd_cert or args.etcd_key):
-        return None
-    if not args.etcd_ca:
-        raise ValueError("--etcd-cert and --etcd-key need --etcd-ca, the CA to verify etcd by")
-    from confbus.version_store.storage.etcd_conn import EtcdTls  # only with aetcd installed
-
-    def path(value: str | None) -> Path | None:
-        return Path(value) if value else None
-
-    return EtcdTls(Path(args.etcd_ca), path(args.etcd_cert), path(args.etcd_key))
 
 
 async def open_with_retry(url: str, timeout: float, tls: EtcdTls | None = None) -> Store:
@@ -156,7 +133,7 @@ def change_consumer(
 async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     args = ctx.args
     try:
-        tls = etcd_tls(args)
+        tls = etcd_tls_from(args)
     except ValueError as exc:
         raise SystemExit(f"confbus-version-store: {exc}") from None
     store = await open_with_retry(args.store, args.store_timeout, tls)

@@ -160,6 +160,14 @@ def test_the_variant_each_node_runs_now_and_ran_then(
     for node, name in VARIANT.items():
         assert (then[node]["version"], then[node]["variant"]) == (1, name), then[node]
         assert then[node]["sha256"] == _sha(published.v1[node])
+    # why, now and then: the variant of the node's bytes.
+    for node, name in VARIANT.items():
+        for at, version in (("", 2), (str(published.before_v2), 1)):
+            r = viewer.get(
+                f"api/v1/namespaces/{NS}/nodes/{node}/why", params={"at": at} if at else {}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["variant"] == name and f"applied v{version}" in r.text, r.text
     # confbus status --at: the same, with a VARIANT column.
     out = stack.confbus("status", NS, "--at", str(published.before_v2))
     header, *rows = [line for line in out.splitlines() if line.startswith(("NODE", *LABELS))]

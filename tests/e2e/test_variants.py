@@ -175,6 +175,14 @@ async def test_six_nodes_get_their_own_bytes_in_one_switch_and_roll_back_to_thei
     assert '-  "workers": 8' in diffed and '+  "workers": 16' in diffed, diffed
     assert json.loads(own["n1"][2]) == {"db": {"host": "db.eu1", "port": 6432}, "workers": 16}
     assert json.loads(own["n5"][2])["log"] == "info"
+    # `why` names the variant a node's bytes are, as `status --at` does.
+    for node, variant in (("n1", "dc=eu1+tier=web"), ("n5", "base")):
+        w = await confbus(stack, "why", NS, node)
+        assert w.returncode == 0, w.stderr
+        head = w.stdout.decode().splitlines()[0]
+        assert head.startswith(f"why {node} in {NS}, at ") and head.endswith(
+            f", on variant {variant}:"
+        ), head
 
     async with stack.client() as client:
         evs = await events(client.bus)

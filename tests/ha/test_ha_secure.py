@@ -31,7 +31,9 @@ from confbus.procs.tls import TlsFiles
 from confbus.runtime.bus import connect
 from confbus.runtime.errors import Unavailable
 from confbus.version_store.errors import StoreUnavailable
-from confbus.version_store.storage.etcd_conn import EtcdConnection, EtcdTls
+from confbus.version_store.storage.etcd_conn import EtcdConnection
+from confbus.version_store.storage.etcd_tls import EtcdTls
+from tests.cli.procs import run_confbus
 from tests.ha import probes
 from tests.ha.hastack import HaStack, needs_etcd, start_ha
 from tests.ha.probes import PONG, Holding
@@ -251,6 +253,28 @@ async def test_the_store_connects_to_etcd_over_tls_with_its_certificate_and_not_
             assert status.leader != 0
         finally:
             await conn.close()
+
+
+def test_doctor_asks_the_etcd_members_over_tls_with_the_stores_certificate(
+    secured: Secured,
+) -> None:
+    """``doctor --store etcd://…`` with the CA and the client certificate: every member
+    answers; without them the members close the plain connection — reported as no quorum,
+    with what to give."""
+    stack, files = secured.stack, secured.files("etcd-client")
+    env = {**stack.env("service"), "CONFBUS_NATS_URL": stack.url}
+    doctor = ("doctor", "--store", stack.store_url, "--agents-wait", "0.2")
+    tls = ("--etcd-ca", str(files.ca), "--etcd-cert", str(files.cert), "--etcd-key", str(files.key))
+    r = run_confbus(*doctor, *tls, env=env)
+    assert "ok    store       etcd: 3/3 members answer, leader e" in r.stdout, r.stdout + r.stderr
+    assert "eof_received" not in r.stderr, r.stderr  # asyncio's noise about TLS, not for users
+    plain = run_confbus(*doctor, env=env)
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert "etcd: 0/3 members answer: no quorum" in plain.stdout, plain.stdout
+    assert "if they serve TLS, give --etcd-ca (and --etcd-cert/--etcd-key)" in plain.stdout
+    missing = run_confbus(*doctor, "--etcd-ca", str(secured.tls / "nope.pem"), env=env)
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.strip().endswith(f"etcd TLS: {secured.tls / 'nope.pem'}: no such file")
 
 
 def test_the_ports_probed_here_are_every_port_the_servers_listen_on(secured: Secured) -> None:

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect
-from confbus.runtime.errors import Stale, Unavailable
+from confbus.runtime.errors import InvalidInput, Stale, Unavailable
 from confbus.runtime.kv import KEYS_IDLE_S, Entry, StateKV
 from confbus.schemas.state import ROLLOUTS, rollout_key, target_key
 from confbus.schemas.streams import CFG_STATE
@@ -164,3 +164,21 @@ async def test_a_key_listing_leaves_no_consumer_behind_for_long(bus: Bus) -> Non
     # Each is dropped by the server KEYS_IDLE_S after its stop, not 5 minutes (nats-py's
     # default): the bucket's 1000-consumer cap is never reached by listings.
     assert listings and all(c.config.inactive_threshold == KEYS_IDLE_S for c in listings)
+
+
+class Blob(msgspec.Struct, frozen=True):
+    text: str
+
+
+async def test_a_value_larger_than_the_bucket_holds_is_refused_for_good_not_as_down(
+    bus: Bus,
+) -> None:
+    """Retrying the same bytes can never succeed: ``InvalidInput`` (permanent, names the key
+    and the size), never ``Unavailable`` (which every caller retries); nothing is written."""
+    kv = await StateKV.open(bus, CFG_STATE)
+    big = Blob("x" * CFG_STATE.max_value_size)
+    with pytest.raises(InvalidInput, match=rf"{KEY} is \d+ bytes: more than it may hold"):
+        await kv.cas(KEY, big, 0)
+    with pytest.raises(InvalidInput, match=rf"{KEY} is \d+ bytes: more than it may hold"):
+        await kv.put(KEY, big)
+    assert await kv.read(KEY, decode) == Entry(None, 0)

@@ -9,6 +9,7 @@ from nats.js.api import StreamConfig
 
 from confbus.runtime import bus as bus_module
 from confbus.runtime.bus import Bus, Outgoing
+from confbus.runtime.errors import InvalidInput
 from confbus.schemas.streams import CFG_EVENTS
 from tests.e2e.helpers import read_messages
 
@@ -64,3 +65,11 @@ async def test_an_item_that_cannot_be_stored_is_reported_alone(bus: Bus) -> None
     assert results[:3] == [None] * 3
     assert results[3] is not None
     assert sorted(await _bodies(bus, CFG_EVENTS.name)) == [b"c0", b"c1", b"c2"]
+
+
+async def test_a_message_larger_than_the_stream_holds_is_refused_for_good(bus: Bus) -> None:
+    """Permanent, said with the subject and size — not reported as the bus not answering."""
+    await bus.js.add_stream(StreamConfig(name="SMALL", subjects=["small.>"], max_msg_size=100))
+    with pytest.raises(InvalidInput, match=r"small\.one is 101 bytes: more than it may hold"):
+        await bus.publish("small.one", b"x" * 101, msg_id="too-big")
+    assert await bus.publish("small.one", b"x" * 50, msg_id="fits")  # headers count too

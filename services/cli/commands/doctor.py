@@ -17,8 +17,10 @@ Exit 0 when every check passes (``warn`` lines do not fail it), 1 when any says 
 - **stream** — every stream and bucket of the table: it exists, has a leader, and each replica
   is current and online (stream info), with the lag of those that are not;
 - **store** — with ``--store etcd://h:p,…``: each member's status (``/v3/maintenance/status``
-  through etcd's JSON gateway), whether a quorum answers and agrees on a leader; without it,
-  whether the version-store answers a read (which reads its store);
+  through etcd's JSON gateway; over HTTPS with ``--etcd-ca``, and ``--etcd-cert``/``--etcd-key``
+  for members that ask for a client certificate, as ``confbus up --ha --secure``'s do),
+  whether a quorum answers and agrees on a leader; without it, whether the version-store
+  answers a read (which reads its store);
 - **services** — the replicas of each service's API (``$SRV.PING``);
 - **leader** — the lease keys ``lease.<role>.<name>`` in ``CFG_STATE``: who leads what;
 - **txns** — transactions in doubt, and for how long;
@@ -43,6 +45,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from confbus.cli.commands.options import JSON, Subparsers, add, command
+from confbus.cli.exitcodes import USAGE, CliError
 from confbus.cli.output import out
 from confbus.client import Client
 from confbus.runtime.api import call
@@ -55,6 +58,7 @@ from confbus.schemas.events import NodeDuplicate
 from confbus.schemas.node import own_heartbeat
 from confbus.schemas.state import LEASES, decode_lease, lease_of
 from confbus.schemas.streams import BUCKETS, CFG_STATE, STREAMS
+from confbus.version_store.storage.etcd_tls import EtcdTls, add_etcd_tls_flags, etcd_tls_from
 
 Status = Literal["ok", "warn", "FAIL"]
 IN_DOUBT_FAIL_S = 30.0  # an undecided transaction this old means recovery is not working
@@ -77,6 +81,7 @@ def register(sub: Subparsers) -> None:
         metavar="URL",
         help="also ask the etcd members directly: etcd://host:port,host:port,...",
     )
+    add_etcd_tls_flags(p)
     p.add_argument(
         "--agents-wait",
         type=float,
@@ -89,6 +94,12 @@ def register(sub: Subparsers) -> None:
 
 
 async def run(args: argparse.Namespace, client: Client) -> int:
+    try:
+        tls = etcd_tls_from(args)
+        if tls is not None:
+            tls.ssl_context()  # the files are read now: a missing one is a usage error
+    except ValueError as exc:
+        raise CliError(str(exc), USAGE) from None
     bus = client.bus
     checks: list[Check] = [nats_check(bus)]
     async with anyio.create_task_group() as tg:
@@ -100,7 +111,7 @@ async def run(args: argparse.Namespace, client: Client) -> int:
 
         tg.start_soon(listen)
         checks += await stream_checks(bus)
-        checks.append(await store_check(bus, args.store))
+        checks.append(await store_check(bus, args.store, tls))
         checks.append(await services_check(bus))
         checks += await leader_checks(bus)
         checks.append(await txns_check(bus))
@@ -171,9 +182,9 @@ def _stream_check(name: str, info: Any) -> Check:
     return Check(status, "stream", f"{desc}{tail}, {msgs}{note}")
 
 
-async def store_check(bus: Bus, store_url: str | None) -> Check:
+async def store_check(bus: Bus, store_url: str | None, tls: EtcdTls | None = None) -> Check:
     if store_url:
-        return await anyio.to_thread.run_sync(etcd_check, store_url)
+        return await anyio.to_thread.run_sync(etcd_check, store_url, tls)
     try:
         reply = await call(bus, store.NAMESPACES, store.NamespacesRequest())
     except ConfbusError as exc:
@@ -182,7 +193,7 @@ async def store_check(bus: Bus, store_url: str | None) -> Check:
                  "namespaces); give --store etcd://… to check etcd's members")  # fmt: skip
 
 
-def etcd_check(url: str) -> Check:
+def etcd_check(url: str, tls: EtcdTls | None = None) -> Check:
     endpoints = [e for e in url.removeprefix("etcd://").split("/")[0].split(",") if e]
     if not endpoints:
         return Check("FAIL", "store", f"{url}: no endpoints")
@@ -191,8 +202,8 @@ def etcd_check(url: str) -> Check:
     members: dict[str, str] = {}  # id -> name
     for ep in endpoints:
         try:
-            status = _etcd_post(ep, "/v3/maintenance/status")
-            listed = _etcd_post(ep, "/v3/cluster/member/list")
+            status = _etcd_post(ep, "/v3/maintenance/status", tls)
+            listed = _etcd_post(ep, "/v3/cluster/member/list", tls)
         except (OSError, ValueError, urllib.error.URLError):
             down.append(ep)
             continue
@@ -203,7 +214,11 @@ def etcd_check(url: str) -> Check:
     agreed = {leader for leader in leaders.values() if leader and leader != "0"}
     answered = f"{len(leaders)}/{total} members answer"
     if len(leaders) < quorum:
-        return Check("FAIL", "store", f"etcd: {answered}: no quorum (down: {', '.join(down)})")
+        # Members serving TLS close a plain connection: the same "down" as a dead member.
+        hint = "" if tls else "; if they serve TLS, give --etcd-ca (and --etcd-cert/--etcd-key)"
+        return Check(
+            "FAIL", "store", f"etcd: {answered}: no quorum (down: {', '.join(down)}){hint}"
+        )
     if len(agreed) != 1:
         return Check("FAIL", "store", f"etcd: {answered}, but no agreed leader")
     if down:
@@ -212,9 +227,10 @@ def etcd_check(url: str) -> Check:
     return Check("ok", "store", f"etcd: {answered}, leader {members.get(leader, leader)}")
 
 
-def _etcd_post(endpoint: str, path: str) -> dict[str, Any]:
-    req = urllib.request.Request(f"http://{endpoint}{path}", data=b"{}", method="POST")
-    with urllib.request.urlopen(req, timeout=2) as r:
+def _etcd_post(endpoint: str, path: str, tls: EtcdTls | None) -> dict[str, Any]:
+    scheme, context = ("https", tls.ssl_context()) if tls else ("http", None)
+    req = urllib.request.Request(f"{scheme}://{endpoint}{path}", data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=2, context=context) as r:
         body: dict[str, Any] = json.loads(r.read())
     return body
 

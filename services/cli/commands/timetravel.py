@@ -173,7 +173,8 @@ def _step(s: WhyStep) -> str:
 
 
 def render_why(w: Why) -> str:
-    lines = [f"why {w.node} in {w.namespace}, at {_moment(w.seq, w.at)}:"]
+    variant = f", on variant {w.variant}" if w.variant else ""
+    lines = [f"why {w.node} in {w.namespace}, at {_moment(w.seq, w.at)}{variant}:"]
     lines.extend(_step(s) for s in w.steps)
     if w.notes:
         lines.append("  and:")

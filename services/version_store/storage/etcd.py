@@ -39,7 +39,7 @@ from confbus.version_store.errors import (
     StoreUnavailable,
 )
 from confbus.version_store.storage import base, etcd_backup, rules
-from confbus.version_store.storage.etcd_conn import EtcdConnection, EtcdTls, get, prefix
+from confbus.version_store.storage.etcd_conn import EtcdConnection, get, prefix
 from confbus.version_store.storage.etcd_layout import (
     HeadRec,
     Keys,
@@ -52,6 +52,7 @@ from confbus.version_store.storage.etcd_layout import (
     public_head,
     stored,
 )
+from confbus.version_store.storage.etcd_tls import EtcdTls
 from confbus.version_store.validate import check_policy
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aetcd
@@ -31,6 +29,7 @@ import grpc
 from aetcd import rpc, watcher
 
 from confbus.version_store.errors import QuotaExceeded, StoreUnavailable
+from confbus.version_store.storage.etcd_tls import EtcdTls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,31 +53,6 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"etcd endpoint {endpoint!r}: expected host:port")
     return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True)
-class EtcdTls:
-    """How to reach members that serve TLS: the CA that signed their certificates, and this
-    client's own certificate and key when they ask for one (``--client-cert-auth``)."""
-
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("an etcd client certificate and its key go together")
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        """The files read now (a missing one is a ``ValueError`` naming it, at start-up)."""
-        try:
-            return grpc.ssl_channel_credentials(
-                root_certificates=self.ca.read_bytes(),
-                private_key=self.key.read_bytes() if self.key is not None else None,
-                certificate_chain=self.cert.read_bytes() if self.cert is not None else None,
-            )
-        except OSError as exc:
-            raise ValueError(f"etcd TLS: {exc}") from None
 
 
 class TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
