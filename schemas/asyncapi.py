@@ -112,6 +112,20 @@ def channels() -> list[Channel]:
         ),
         *_event_channels(),
         Channel(
+            "txn.epoch",
+            "cfg.txn.{namespace}.epoch",
+            [txn.EpochMarker],
+            "send",
+            ["coordinator"],
+            ["coordinator"],
+            "An epoch of the namespace is open; only its leader's prepares are stored now.",
+            streams.CFG_TXN.name,
+            headers={
+                "Nats-Expected-Last-Subject-Sequence": "the last marker's sequence: markers only"
+                " go up"
+            },
+        ),
+        Channel(
             "txn.prepare",
             "cfg.txn.{namespace}.{txid}.prepare",
             [txn.Prepare],
@@ -120,6 +134,12 @@ def channels() -> list[Channel]:
             ["agent"],
             "Phase 1 of a switch: stage this content and vote.",
             streams.CFG_TXN.name,
+            headers={
+                "Nats-Msg-Id": "<txid>:prepare: a retried publish is dropped",
+                "Nats-Expected-Last-Subject-Sequence": "the sequence of its epoch's marker",
+                "Nats-Expected-Last-Subject-Sequence-Subject": "cfg.txn.<namespace>.epoch: a"
+                " prepare of an older epoch is refused by the stream",
+            },
         ),
         Channel(
             "txn.vote",

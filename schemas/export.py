@@ -40,7 +40,7 @@ OUT = Path(__file__).parent / "jsonschema"
 # One document per stream (its tagged union) and per stored record.
 MESSAGES: Mapping[str, Any] = {
     "CFG_CHANGES": changes.ChangeMessage,
-    "CFG_TXN": txn.TxnMessage,
+    "CFG_TXN": txn.TxnStreamMessage,
     "CFG_EVENTS": events.AnyEvent,
     "CFG_HEALTH": health.HealthSample,
     "CFG_ALERTS": health.Alert,

@@ -68,12 +68,13 @@ CFG_CHANGES = StreamSpec(
 )
 CFG_TXN = StreamSpec(
     name="CFG_TXN",
-    subjects=(subjects.TXN_PREPARES, subjects.TXN_DECISIONS),
+    # Epoch markers are a handful per namespace (one per takeover), aged out with the rest.
+    subjects=(subjects.TXN_PREPARES, subjects.TXN_DECISIONS, subjects.TXN_EPOCHS),
     retention="limits",
     max_age_s=7 * DAY,
     max_bytes=2 * GIB,
     max_msg_size=MAX_PAYLOAD,
-    description="2PC prepares and write-once decisions",
+    description="2PC prepares, write-once decisions and epoch markers",
     # One ordered consumer per agent and namespace: room for 10,000 nodes × 10 namespaces.
     max_consumers=100_000,
 )

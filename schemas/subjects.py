@@ -43,6 +43,7 @@ def events_of(namespace: str) -> str:
 # -- two-phase commit -------------------------------------------------------------------------
 TXN_PREPARES = "cfg.txn.*.*.prepare"
 TXN_DECISIONS = "cfg.txn.*.*.decision"
+TXN_EPOCHS = "cfg.txn.*.epoch"
 
 
 def txn_prepare(namespace: str, txid: str) -> str:
@@ -51,6 +52,14 @@ def txn_prepare(namespace: str, txid: str) -> str:
 
 def txn_decision(namespace: str, txid: str) -> str:
     return f"cfg.txn.{check_name(namespace, 'namespace')}.{check_txid(txid)}.decision"
+
+
+def txn_epoch(namespace: str) -> str:
+    """``cfg.txn.<ns>.epoch``: the namespace's epoch markers. A coordinator that opens an epoch
+    publishes one; its prepares are stored only while its marker is the subject's last
+    (docs/design.md §4.1). One token shorter than a transaction's subjects, so ``txn_of``
+    never matches it."""
+    return f"cfg.txn.{check_name(namespace, 'namespace')}.epoch"
 
 
 def txn_of(namespace: str) -> str:

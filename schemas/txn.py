@@ -2,7 +2,8 @@
 
 On the stream: ``Prepare`` on ``cfg.txn.<ns>.<txid>.prepare`` and ``Decision`` on
 ``cfg.txn.<ns>.<txid>.decision`` (written once: published with
-``Nats-Expected-Last-Subject-Sequence: 0``). Votes are request/reply on
+``Nats-Expected-Last-Subject-Sequence: 0``); ``EpochMarker`` on ``cfg.txn.<ns>.epoch``, which
+fences the prepares of older epochs. Votes are request/reply on
 ``cfg.txn.<ns>.<txid>.vote.<node>`` and never stored.
 
 The head (KV ``CFG_TXN_HEAD``, key ``<ns>``) is the namespace's single point of decision:
@@ -84,8 +85,25 @@ class Decision(Message, tag="txn.decision", kw_only=True, frozen=True):
     decided_at: datetime = msgspec.field(default_factory=utcnow)
 
 
+class EpochMarker(Message, tag="txn.epoch", kw_only=True, frozen=True):
+    """On ``cfg.txn.<ns>.epoch``: epoch ``epoch`` of the namespace is open. Published after the
+    head's compare-and-set that opened it, before anything decided at it; markers on the subject
+    only go up. A prepare is published expecting its coordinator's marker to be the subject's
+    last (``Nats-Expected-Last-Subject-Sequence-Subject``), so once a newer epoch's marker is
+    stored the stream refuses every prepare of an older one (docs/design.md §4.1)."""
+
+    namespace: Namespace
+    epoch: Epoch
+    leader: str = ""
+    opened_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+# What a transaction's subjects (``cfg.txn.<ns>.<txid>.*``) carry.
 TxnMessage = Prepare | Decision
 decode_txn = msgspec.json.Decoder(TxnMessage).decode
+# Everything in the stream, markers too.
+TxnStreamMessage = Prepare | Decision | EpochMarker
+decode_epoch_marker = msgspec.json.Decoder(EpochMarker).decode
 
 
 # An agent decodes every prepare and decision of its namespaces only to look for its own id in

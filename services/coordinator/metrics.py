@@ -21,6 +21,14 @@ class CoordinatorMetrics(ServiceMetrics):
     fenced: Annotated[
         Counter, Metric("fenced", "Decisions this replica could not write: a newer epoch existed.")
     ]
+    prepares_refused: Annotated[
+        Counter,
+        Metric(
+            "prepares_refused",
+            "Prepares the stream refused: a newer epoch's marker was stored (the namespace was "
+            "lost).",
+        ),
+    ]
     vote_seconds: Annotated[
         Histogram, Metric("vote_seconds", "Prepare sent to the last vote in (or the deadline).")
     ]

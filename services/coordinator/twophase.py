@@ -21,6 +21,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from confbus.coordinator.decisions import decision_of, publish_decision, read_decision
+from confbus.coordinator.epochs import EpochMarkers, PrepareRefused
 from confbus.coordinator.head import Head, Heads
 from confbus.coordinator.liveness import Liveness
 from confbus.coordinator.metrics import CoordinatorMetrics
@@ -123,10 +124,13 @@ class Coordinator:
         self._epochs: dict[str, int] = {}  # namespaces we lead, and with which epoch
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         self._announced: set[str] = set()  # txids whose decision record we know exists
+        self.markers = EpochMarkers(bus, heads, instance)
 
     async def announce(self, head: TxnHead, votes: list[VoteRecord] | None = None) -> Decision:
         if head.txid in self._announced:
             return decision_of(head)
+        # No prepare of an older epoch may follow this decision in the stream.
+        await self.markers.cover(head.namespace, head.epoch)
         decision = await publish_decision(self.bus, head, votes, actor=self.instance)
         if len(self._announced) > 10_000:  # bounded: it is only a shortcut
             self._announced.clear()
@@ -157,6 +161,9 @@ class Coordinator:
                 )
                 try:
                     head = await self.heads.cas(head, bumped)
+                    # The epoch's marker, before anything is decided at it: from here on the
+                    # stream refuses the prepares of every older epoch.
+                    await self.markers.open(namespace, bumped.epoch)
                 except Fenced:
                     continue  # someone else moved it: read again
                 self._epochs[namespace] = bumped.epoch
@@ -309,8 +316,12 @@ class Coordinator:
             try:
                 await failpoint("coordinator.before_prepare_sent")
                 await _riding_out(
-                    lambda: self.bus.publish(
-                        subjects.txn_prepare(namespace, txid), prepare, msg_id=f"{txid}:prepare"
+                    lambda: self.markers.publish_prepare(
+                        namespace,
+                        head.value.epoch,
+                        subjects.txn_prepare(namespace, txid),
+                        prepare,
+                        msg_id=f"{txid}:prepare",
                     ),
                     f"publishing the prepare of {txid}",
                 )
@@ -318,6 +329,17 @@ class Coordinator:
                 # The deadline is ours, on the monotonic clock; agents never judge it.
                 with anyio.move_on_after(timeout):
                     await ballot.done.wait()
+            except PrepareRefused as exc:
+                # A newer epoch leads the namespace: we lost it while paused or cut off. Stop;
+                # its leader aborts our transaction (the decision below is fenced, and says so).
+                log.warning(
+                    "prepare refused by the stream: another coordinator leads",
+                    extra={"namespace": namespace, "txid": txid, "epoch": exc.epoch},
+                )
+                self.metrics.prepares_refused.inc()
+                self.forget(namespace)
+                decided = await self._decide(head, "abort", str(exc), [])
+                return SwitchReply(txid=txid, outcome=decided.outcome)
             finally:
                 # Also when cancelled (the lease was lost): no subscription may leak.
                 with anyio.CancelScope(shield=True):

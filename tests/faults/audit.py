@@ -53,9 +53,11 @@ from confbus.schemas.events import (
 from confbus.schemas.streams import CFG_EVENTS, CFG_TXN, CFG_TXN_HEAD
 from confbus.schemas.txn import (
     Decision,
+    EpochMarker,
     Prepare,
     TxnHead,
     Vote,
+    decode_epoch_marker,
     decode_head,
     decode_txn,
     decode_vote,
@@ -139,6 +141,9 @@ class TxnRecorder:
     ns: str
     heads: list[HeadRev] = field(default_factory=list)
     votes: list[Vote] = field(default_factory=list)
+    # The txid of every prepare published, as a core subscriber hears it: whether the stream
+    # stored it or refused it.
+    published: list[str] = field(default_factory=list)
     _subs: list[Subscription] = field(default_factory=list)
 
     async def start(self) -> TxnRecorder:
@@ -160,7 +165,14 @@ class TxnRecorder:
                 cb=on_head,
             )
         )
+
+        async def on_prepare(msg: Msg) -> None:
+            self.published.append(msg.subject.split(".")[3])
+
         self._subs.append(await self.bus.nc.subscribe(f"cfg.txn.{self.ns}.*.vote.*", cb=on_vote))
+        self._subs.append(
+            await self.bus.nc.subscribe(f"cfg.txn.{self.ns}.*.prepare", cb=on_prepare)
+        )
         return self
 
     async def stop(self) -> None:
@@ -179,6 +191,8 @@ class TxnFacts:
     prepares: list[tuple[Stored, Prepare]]
     decisions: list[tuple[Stored, Decision]]
     events: list[tuple[Stored, AnyEvent]]
+    markers: list[tuple[Stored, EpochMarker]] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)  # txids of the prepares published
 
 
 async def collect(bus: Bus, recorder: TxnRecorder) -> TxnFacts:
@@ -190,12 +204,18 @@ async def collect(bus: Bus, recorder: TxnRecorder) -> TxnFacts:
             prepares.append((m, rec))
         else:
             decisions.append((m, rec))
+    markers = [
+        (m, decode_epoch_marker(m.data))
+        for m in await read_stream(bus, CFG_TXN.name, subjects.txn_epoch(recorder.ns))
+    ]
     return TxnFacts(
         heads=sorted(recorder.heads, key=lambda h: h.rev),
         votes=list(recorder.votes),
         prepares=prepares,
         decisions=decisions,
         events=await read_events(bus, recorder.ns),
+        markers=markers,
+        published=list(recorder.published),
     )
 
 
@@ -208,7 +228,13 @@ class Audit:
     double_applies: int = 0
     stale_writes: int = 0
     stale_yes_votes: int = 0
-    stale_prepares: int = 0  # prepares of an old epoch that reached the stream (fenced by agents)
+    # Prepares stored after a marker or a decision of a newer epoch, in stream order: the
+    # stream must refuse them (epoch markers, docs/design.md §4.1).
+    stale_prepares_reached_stream: int = 0
+    prepares_refused: int = 0  # published, never stored: refused by the stream
+    # Prepares of an old epoch stored after the head's newer epoch existed, but before its
+    # marker: decided by the successor's abort.
+    stale_prepares: int = 0
     # ...of which the transaction committed: must be none. A stale prepare's head was taken over
     # (the epoch bump) before it reached the stream, so only the successor's abort can decide it.
     stale_prepares_committed: int = 0
@@ -225,6 +251,7 @@ class Audit:
             "stale_writes": self.stale_writes,
             "stale_yes_votes": self.stale_yes_votes,
             "stale_prepares_committed": self.stale_prepares_committed,
+            "stale_prepares_reached_stream": self.stale_prepares_reached_stream,
             # Invariant 8: every apply is in the audit log (agents announce after a restart).
             "applies_without_event": self.unannounced_applies,
             "applied_other_bytes": self.other_bytes_applies,
@@ -305,6 +332,15 @@ def audit_2pc(
     a.aborted = len(final) - a.committed
     a.stale_prepares_committed = sum(1 for t in stale_txids if final[t] == "commit")
 
+    # -- the stream: no prepare after a marker or a decision of a newer epoch ---------------
+    fences = [(m.seq, d.epoch) for m, d in facts.decisions] + [
+        (m.seq, k.epoch) for m, k in facts.markers
+    ]
+    for m, p in facts.prepares:
+        if any(s < m.seq and e > p.epoch for s, e in fences):
+            a.stale_prepares_reached_stream += 1
+    a.prepares_refused = len(set(facts.published) - {p.txid for _, p in facts.prepares})
+
     # -- votes: an agent must refuse a prepare older than a decision it has read ------------
     decision_epochs = [(m.seq, d.epoch) for m, d in facts.decisions]
     prepare_at = {p.txid: (m.seq, p.epoch) for m, p in facts.prepares}
@@ -352,5 +388,6 @@ def as_notes(a: Audit) -> dict[str, Any]:
     return {
         "committed": a.committed,
         "aborted": a.aborted,
-        "stale_prepares_fenced": a.stale_prepares,
+        "stale_prepares_before_marker": a.stale_prepares,
+        "prepares_refused": a.prepares_refused,
     }

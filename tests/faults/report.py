@@ -130,6 +130,8 @@ NOTE_KEYS = (
     "catch_up_max_s",
     "takeover_max_s",
     "stale_prepares_fenced",
+    "stale_prepares_before_marker",
+    "prepares_refused",
     "applies_without_event",
     "forced_naks",
     "bug_naks",
@@ -235,17 +237,25 @@ FOOTER = """\
    again on its own, so only the poison is retried and dead-lettered
    (`tests/runtime/test_consumer.py::test_a_poisoned_batch_costs_only_the_poisoned_message`;
    `redelivery_storm_mixed_poison` is the slow scenario).
-2. **Stale prepares reach the stream — checked, not fenced.** A coordinator paused between
-   the head's compare-and-set (*preparing*) and the publish of its prepare publishes it after a
-   successor took over (`stale_prepares_fenced` in the zombie notes). Such a transaction cannot
-   commit: a commit is the head's compare-and-set at the prepare's epoch and txid, and the
-   successor's epoch bump, which happened before the prepare reached the stream, made that
-   compare-and-set fail for good; what decides it is the successor's abort. An agent that read a
-   higher-epoch decision first refuses the prepare (`stale_yes_votes`); one that reads the
-   prepare first may stage it, until that abort. So the safety counts `stale_prepares_committed`
-   (a stale prepare's transaction committed), `stale_yes_votes` and `aborted_applies` are 0 in
-   every run; the cost is staged-file work on the agents, not a wrong apply. Fencing the publish
-   itself would need the prepare and the head in one atomic write (they are in two streams).
+2. **Stale prepares reached the stream — fenced by the stream.** A coordinator paused between
+   the head's compare-and-set (*preparing*) and the publish of its prepare published it after a
+   successor took over. It could not commit (a commit is the head's compare-and-set, which the
+   successor's epoch bump made fail for good), and agents that had read the successor's
+   decision refused it, but it reached the stream and agents could stage it. Now every epoch
+   opened on the head stores an epoch marker on `cfg.txn.<ns>.epoch` before anything is
+   decided at it, and each prepare is published expecting its epoch's marker to be that
+   subject's last (`Nats-Expected-Last-Subject-Sequence-Subject`, docs/design.md §4.1): after
+   a successor's marker the stream refuses the old epoch's prepares, and the old coordinator
+   stops. The safety count `stale_prepares_reached_stream` (a prepare stored after a marker or
+   decision of a newer epoch, in stream order) is 0, with the refusals counted
+   (`prepares_refused` in the zombie notes: prepares published, never stored); on the code
+   before the markers the zombie scenario reports `stale_prepares_reached_stream=1`. A prepare
+   that lands between the successor's head write and its marker
+   (`stale_prepares_before_marker`) precedes the successor's abort of its transaction;
+   `stale_prepares_committed`, `stale_yes_votes` and `aborted_applies` stay 0. The 2PC model
+   fences prepares the same way (its `UnfencedPrepares` bug breaks the invariant); on a 3-node
+   R3 cluster `tests/coordinator/test_epochs.py` checks the refusal and a retried prepare stored
+   once.
 3. **An apply could go unannounced — fixed.** An agent killed right after installing a version
    (`agent.after_apply`) did not emit `node.applied` after its restart (docs/design.md §8.8).
    Now the install records `announced: false` (folded into the next state write once

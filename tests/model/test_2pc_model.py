@@ -97,6 +97,7 @@ class TwoPCMachine(RuleBasedStateMachine):
             SEEN.update(self.w.decided.values())
             SEEN["applies"] += sum(len(a.applies) for a in self.agents.values())
             SEEN["stale_records_fenced_by_write_once"] += self.w.stale_records
+            SEEN["prepares_refused"] += self.w.prepares_refused
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -288,6 +289,10 @@ class TwoPCMachine(RuleBasedStateMachine):
             decided = self.w.decided.get(txid)
             if decided is None or getattr(record, "outcome", None) != decided:
                 raise Violation(f"fenced: record of {txid} says {record!r}, the head {decided}")
+        if self.w.stale_prepares_stored:
+            raise Violation(
+                "fenced: a prepare was stored after a marker or decision of a newer epoch"
+            )
         for a in self.agents.values():
             for txid, epoch, seen in a.yes_votes:
                 if epoch < seen:
@@ -439,8 +444,14 @@ class BlindHeadWrites(TwoPCMachine):
     BUGS = Bugs(blind_head_writes=True)
 
 
+class UnfencedPrepares(TwoPCMachine):
+    BUGS = Bugs(unfenced_prepares=True)
+
+
 @pytest.mark.parametrize(
-    "machine", [PublishBeforeDecide, ApplyOnPrepare, BlindHeadWrites], ids=lambda m: m.__name__
+    "machine",
+    [PublishBeforeDecide, ApplyOnPrepare, BlindHeadWrites, UnfencedPrepares],
+    ids=lambda m: m.__name__,
 )
 def test_the_model_catches_a_deliberate_bug(machine: type[TwoPCMachine]) -> None:
     """A check that cannot fail is not a check: each bug must break an invariant."""

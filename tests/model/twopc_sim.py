@@ -5,9 +5,12 @@ What is simulated, and what is real:
 
 - **The bus**: ``CFG_TXN`` is an append-only list read in order by each agent from its persisted
   position (a decision subject is written once: ``Nats-Expected-Last-Subject-Sequence: 0``);
-  the head is a value with a revision and compare-and-set; votes travel in a bag from which
-  the model drops, duplicates and delivers in any order. A vote reaches a coordinator only
-  while it is collecting that transaction's votes (the subject is per txid).
+  the head is a value with a revision and compare-and-set; epoch markers sit on their own
+  subject, each written over the last one's sequence and only over a lower epoch, and a prepare
+  is stored only while its epoch's marker is the last (else the stream refuses it); votes
+  travel in a bag from which the model drops, duplicates and delivers in any order. A vote
+  reaches a coordinator only while it is collecting that transaction's votes (the subject is
+  per txid).
 - **Coordinators**: a faithful re-implementation of ``confbus.coordinator.twophase``, cut into
   the steps between which a real process can crash or stall: ``lead`` (bump the epoch by CAS,
   then settle what is undecided: abort a preparing head, announce a decided one), ``begin``
@@ -69,6 +72,7 @@ class Bugs:
     publish_before_decide: bool = False  # the record goes out before the head's CAS
     apply_on_prepare: bool = False  # an agent installs as soon as it voted yes
     blind_head_writes: bool = False  # the head is written without compare-and-set
+    unfenced_prepares: bool = False  # prepares published without their epoch marker's check
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,14 @@ class World:
     next_txid: int = 0
     next_version: int = 0
     stale_records: int = 0  # records of an older epoch written after a newer one existed
+    # cfg.txn.<ns>.epoch: the last marker's epoch and sequence (0: none yet)
+    marker_epoch: int = 0
+    marker_seq: int = 0
+    # the newest epoch of a marker or decision in the stream so far: no prepare of an older one
+    # may be stored after it
+    fence_epoch: int = 0
+    stale_prepares_stored: int = 0
+    prepares_refused: int = 0
     lease: str = ""  # which coordinator should lead (liveness only; the head decides)
 
     # -- the head: compare-and-set on the revision ------------------------------------------
@@ -125,8 +137,25 @@ class World:
 
     # -- CFG_TXN ------------------------------------------------------------------------------
 
-    def publish_prepare(self, p: Prepare) -> None:
+    def publish_marker(self, epoch: int, expect_seq: int) -> int:
+        """Stored only over the sequence read (``Nats-Expected-Last-Subject-Sequence``)."""
+        if expect_seq != self.marker_seq:
+            raise Fenced
+        self.marker_seq += 1
+        self.marker_epoch = epoch
+        self.fence_epoch = max(self.fence_epoch, epoch)
+        return self.marker_seq
+
+    def publish_prepare(self, p: Prepare, expect_marker: int | None) -> bool:
+        """Stored only while the marker expected is the last (``None``: no check); False when
+        the stream refuses it."""
+        if expect_marker is not None and expect_marker != self.marker_seq:
+            self.prepares_refused += 1
+            return False
+        if p.epoch < self.fence_epoch:
+            self.stale_prepares_stored += 1
         self.stream.append(p)
+        return True
 
     def publish_decision(self, d: Decision) -> Decision:
         """Write-once: the first record of a txid stays; returns the one that is there."""
@@ -139,6 +168,7 @@ class World:
             self.stale_records += 1
         self.decision_at[d.txid] = len(self.stream)
         self.stream.append(d)
+        self.fence_epoch = max(self.fence_epoch, d.epoch)
         return d
 
     def record(self, txid: str) -> Decision | None:
@@ -193,11 +223,13 @@ class Coordinator:
     epoch: int | None = None  # _epochs[ns]: the epoch we lead with
     ballot: Ballot | None = None
     announced: set[str] = field(default_factory=set)
+    marker: tuple[int, int] | None = None  # the newest marker we know: (epoch, seq)
 
     def crash(self) -> None:
         self.alive, self.paused = False, False
         self.epoch, self.ballot = None, None
         self.announced = set()
+        self.marker = None
 
     def restart(self, incarnation: int) -> None:
         # A new process: a new instance id, nothing remembered.
@@ -210,8 +242,23 @@ class Coordinator:
 
     # -- leadership ------------------------------------------------------------------------
 
+    def raise_marker(self, w: World, epoch: int) -> tuple[int, int]:
+        """``EpochMarkers._raise_to``: the last marker once it is of ``epoch`` or newer."""
+        if w.marker_epoch < epoch:
+            w.publish_marker(epoch, w.marker_seq)
+        self.marker = (w.marker_epoch, w.marker_seq)
+        return self.marker
+
+    def open_marker(self, w: World, epoch: int) -> int:
+        got, seq = self.raise_marker(w, epoch)
+        if got > epoch:
+            raise Fenced
+        return seq
+
     def announce(self, w: World, h: HeadValue) -> Decision:
         assert h.txid is not None
+        if self.marker is None or self.marker[0] < h.epoch:
+            self.raise_marker(w, h.epoch)  # ``cover``: no older prepare after this decision
         d = w.publish_decision(decision_of(h))
         self.announced.add(h.txid)
         return d
@@ -222,6 +269,7 @@ class Coordinator:
         if self.epoch != h.epoch:
             bumped = HeadValue(h.epoch + 1, self.name, h.txid, h.state, h.version, h.participants)
             rev = w.cas(rev, bumped)
+            self.open_marker(w, bumped.epoch)
             self.epoch, h = bumped.epoch, bumped
         if h.state == "preparing":
             h = HeadValue(h.epoch, h.leader, h.txid, "aborted", h.version, h.participants)
@@ -248,7 +296,18 @@ class Coordinator:
         groups: dict[bytes, list[str]] = {}
         for node in h.participants:
             groups.setdefault(content_for(h.version, node), []).append(node)
-        w.publish_prepare(
+        expect: int | None = None
+        if not w.bugs.unfenced_prepares:
+            if self.marker is not None and self.marker[0] == h.epoch:
+                expect = self.marker[1]
+            elif w.head.epoch == h.epoch:  # ``_reopen``: the head says we still lead
+                try:
+                    expect = self.open_marker(w, h.epoch)
+                except Fenced:
+                    expect = -1
+            else:
+                expect = -1  # refused without a write: a newer epoch leads
+        stored = w.publish_prepare(
             Prepare(
                 txid=h.txid,
                 namespace=NS,
@@ -263,8 +322,13 @@ class Coordinator:
                     PreparedVariant(name=f"v{i}", sha256=sha(data), content=data, nodes=nodes)
                     for i, (data, nodes) in enumerate(sorted(groups.items()))
                 ],
-            )
+            ),
+            expect,
         )
+        if not stored:
+            # Refused by the stream: the namespace has a newer leader. Stop; it aborts ours.
+            self.ballot, self.epoch = None, None
+            return
         b.prepared = True
 
     def on_vote(self, v: Vote) -> None:

@@ -83,6 +83,7 @@ SERVICE_ONLY_WRITES = (
     subjects.CHANGES_ALL,
     subjects.TXN_PREPARES,
     subjects.TXN_DECISIONS,
+    subjects.TXN_EPOCHS,
     "$KV.>",
     "cfg.alert.>",
     "cfg.dlq.>",
