@@ -28,8 +28,6 @@ class Envelope(msgspec.Struct):
     schema_version: int = SCHEMA_VERSION
 
 
-decode_envelope = msgspec.json.Decoder(Envelope).decode
-
 # What a decoder of untrusted bytes may raise. msgspec raises RecursionError, not DecodeError,
 # for JSON nested ~1000 deep: every decode site catches this tuple, never the two msgspec
 # errors alone (tests/fuzz/test_decoders.py checks both).
@@ -53,12 +51,21 @@ class LazyDecoder(Generic[T]):
         self.type = type  # what it decodes, as ``msgspec.json.Decoder.type`` says
         self._decode: Any = None
 
+    @property
+    def built(self) -> bool:
+        """Whether it was called: what tests/cli/test_startup.py checks a command's imports
+        did not do."""
+        return self._decode is not None
+
     def __call__(self, data: bytes | bytearray | memoryview | str) -> T:
         decode = self._decode
         if decode is None:
             decode = self._decode = msgspec.json.Decoder(self.type).decode
         result: T = decode(data)
         return result
+
+
+decode_envelope: LazyDecoder[Envelope] = LazyDecoder(Envelope)
 
 
 def utcnow() -> datetime:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-from confbus.schemas.base import Message
+from confbus.schemas.base import LazyDecoder, Message
 from confbus.schemas.names import MAX_INT, ChangeId, Format, Label, Namespace, VersionNumber
 from confbus.schemas.signing import Signature
 
@@ -37,7 +37,7 @@ class ChangeProposed(Message, tag="change.proposed", kw_only=True, frozen=True):
 
 
 ChangeMessage = ChangeProposed
-decode_change = msgspec.json.Decoder(ChangeMessage).decode
+decode_change: LazyDecoder[ChangeMessage] = LazyDecoder(ChangeMessage)
 
 
 def msg_id(namespace: str, change_id: str, judged_under: str = "") -> str:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import msgspec
 
-from confbus.schemas.base import Message, utcnow
+from confbus.schemas.base import LazyDecoder, Message, utcnow
 
 
 class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):
@@ -23,4 +23,4 @@ class DeadLetter(Message, tag="dead_letter", kw_only=True, frozen=True):
     at: datetime = msgspec.field(default_factory=utcnow)
 
 
-decode_dead_letter = msgspec.json.Decoder(DeadLetter).decode
+decode_dead_letter: LazyDecoder[DeadLetter] = LazyDecoder(DeadLetter)

@@ -26,6 +26,7 @@ from typing import Literal
 
 import msgspec
 
+from confbus.schemas.base import LazyDecoder
 from confbus.schemas.events import VoteRecord
 from confbus.schemas.names import check_name
 
@@ -206,7 +207,7 @@ MAX_CHECKPOINT_JSON = 64 * 1024 * 1024
 CURSOR_KEY = "_cursor"
 
 _encode = msgspec.json.Encoder().encode
-_decode_state = msgspec.json.Decoder(FleetState).decode
+_decode_state: LazyDecoder[FleetState] = LazyDecoder(FleetState)
 
 
 class CheckpointCorrupt(ValueError):
@@ -221,7 +222,7 @@ class Cursor(msgspec.Struct, frozen=True, kw_only=True):
     stream_created: str
 
 
-decode_cursor = msgspec.json.Decoder(Cursor).decode
+decode_cursor: LazyDecoder[Cursor] = LazyDecoder(Cursor)
 
 
 def checkpoint_key(namespace: str, seq: int) -> str:

@@ -7,7 +7,7 @@ from typing import Literal
 
 import msgspec
 
-from confbus.schemas.base import Message, utcnow
+from confbus.schemas.base import LazyDecoder, Message, utcnow
 from confbus.schemas.names import Namespace, NodeId
 
 
@@ -22,7 +22,7 @@ class HealthSample(Message, tag="health.sample", kw_only=True, frozen=True):
     error: str = ""  # the scrape itself failed
 
 
-decode_sample = msgspec.json.Decoder(HealthSample).decode
+decode_sample: LazyDecoder[HealthSample] = LazyDecoder(HealthSample)
 
 
 class Alert(Message, tag="alert", kw_only=True, frozen=True):
@@ -41,4 +41,4 @@ class Alert(Message, tag="alert", kw_only=True, frozen=True):
     at: datetime = msgspec.field(default_factory=utcnow)
 
 
-decode_alert = msgspec.json.Decoder(Alert).decode
+decode_alert: LazyDecoder[Alert] = LazyDecoder(Alert)

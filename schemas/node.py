@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from confbus.schemas import subjects
-from confbus.schemas.base import DECODE_ERRORS, Message, utcnow
+from confbus.schemas.base import DECODE_ERRORS, LazyDecoder, Message, utcnow
 from confbus.schemas.names import Epoch, Label, Namespace, NodeId, TxId
 
 
@@ -44,7 +44,7 @@ class Heartbeat(Message, tag="node.heartbeat", kw_only=True, frozen=True):
     health_source: bool | None = None
 
 
-decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode
+decode_heartbeat: LazyDecoder[Heartbeat] = LazyDecoder(Heartbeat)
 
 
 def own_heartbeat(subject: str, data: bytes) -> Heartbeat | None:

@@ -25,7 +25,7 @@ from typing import Annotated
 
 import msgspec
 
-from confbus.schemas.base import DECODE_ERRORS
+from confbus.schemas.base import DECODE_ERRORS, LazyDecoder
 from confbus.schemas.names import Format, Sha256
 
 SEALED_MAGIC = b"confbus-sealed v1\n"
@@ -51,7 +51,7 @@ class Sealed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(Sealed).decode
+_decode: LazyDecoder[Sealed] = LazyDecoder(Sealed)
 
 
 def is_sealed(content: bytes) -> bool:

@@ -27,6 +27,7 @@ from typing import Annotated, NamedTuple
 
 import msgspec
 
+from confbus.schemas.base import LazyDecoder
 from confbus.schemas.names import MAX_INT, ChangeId, Format, Namespace, VersionNumber
 
 STATEMENT_DOMAIN = b"confbus-signed-version v1\n"
@@ -67,8 +68,8 @@ class TrustRoots(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     namespaces: dict[Namespace, SigningRule] = {}
 
 
-decode_trust_roots = msgspec.json.Decoder(TrustRoots).decode
-decode_trusted_key = msgspec.json.Decoder(TrustedKey).decode
+decode_trust_roots: LazyDecoder[TrustRoots] = LazyDecoder(TrustRoots)
+decode_trusted_key: LazyDecoder[TrustedKey] = LazyDecoder(TrustedKey)
 
 
 class Statement(NamedTuple):

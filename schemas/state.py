@@ -30,7 +30,7 @@ from typing import Literal
 
 import msgspec
 
-from confbus.schemas.base import utcnow
+from confbus.schemas.base import LazyDecoder, utcnow
 from confbus.schemas.names import NodeId, check_name
 from confbus.schemas.node import NamespaceState
 from confbus.schemas.streams import BucketSpec
@@ -83,7 +83,7 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
     acquired_at: datetime | None = None
 
 
-decode_lease = msgspec.json.Decoder(LeaseRecord).decode
+decode_lease: LazyDecoder[LeaseRecord] = LazyDecoder(LeaseRecord)
 
 # -- the distributor --------------------------------------------------------------------------
 ROLLOUTS = "rollout.*"
@@ -130,7 +130,7 @@ class TargetRecord(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime = msgspec.field(default_factory=utcnow)
 
 
-decode_target = msgspec.json.Decoder(TargetRecord).decode
+decode_target: LazyDecoder[TargetRecord] = LazyDecoder(TargetRecord)
 
 
 class TargetGroup(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,7 +185,7 @@ class ProductionScopes(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[ScopedProduction] = []
 
 
-decode_scopes = msgspec.json.Decoder(ProductionScopes).decode
+decode_scopes: LazyDecoder[ProductionScopes] = LazyDecoder(ProductionScopes)
 
 NODES = "node.*"
 
@@ -205,7 +205,7 @@ class NodeRecord(msgspec.Struct, frozen=True, kw_only=True):
     since: datetime | None = None  # when it entered that liveness
 
 
-decode_node = msgspec.json.Decoder(NodeRecord).decode
+decode_node: LazyDecoder[NodeRecord] = LazyDecoder(NodeRecord)
 
 # -- the health-watcher -----------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ class AlertBook(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int = 0  # of the namespace's lease, as its last writer held it
 
 
-decode_alert_book = msgspec.json.Decoder(AlertBook).decode
+decode_alert_book: LazyDecoder[AlertBook] = LazyDecoder(AlertBook)
 
 # -- the rollbacker ---------------------------------------------------------------------------
 LEDGERS = "rollback.*"
@@ -344,7 +344,7 @@ class Ledger(msgspec.Struct, frozen=True, kw_only=True):
         return None
 
 
-decode_ledger = msgspec.json.Decoder(Ledger).decode
+decode_ledger: LazyDecoder[Ledger] = LazyDecoder(Ledger)
 
 # -- the coordinator --------------------------------------------------------------------------
 ALIVE = "coord.alive.*"
@@ -359,7 +359,7 @@ class Alive(msgspec.Struct, frozen=True):
     at: float  # wall clock seconds of the writer
 
 
-decode_alive = msgspec.json.Decoder(Alive).decode
+decode_alive: LazyDecoder[Alive] = LazyDecoder(Alive)
 
 # -- CFG_TXN_HEAD -----------------------------------------------------------------------------
 HEADS = ">"

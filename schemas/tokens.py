@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from confbus.schemas.base import utcnow
+from confbus.schemas.base import LazyDecoder, utcnow
 from confbus.schemas.names import NAME_PATTERN
 
 Role = Literal["viewer", "publisher", "operator"]
@@ -47,7 +47,7 @@ class TokenFile(msgspec.Struct, kw_only=True):
     tokens: list[ConsoleToken] = []
 
 
-decode_token_file = msgspec.json.Decoder(TokenFile).decode
+decode_token_file: LazyDecoder[TokenFile] = LazyDecoder(TokenFile)
 encode_token_file = msgspec.json.Encoder().encode
 
 

@@ -163,6 +163,16 @@ class VoteAck(Message, tag="txn.vote_ack", kw_only=True, frozen=True):
 decode_vote_ack = msgspec.json.Decoder(VoteAck).decode
 
 
+class EarlierRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A decided transaction's request, kept on the head after the head moved on."""
+
+    request_id: str
+    txid: TxId
+    state: HeadState
+    participants: list[NodeId] = []
+    reason: str = ""
+
+
 class TxnHead(msgspec.Struct, frozen=True, kw_only=True):
     """Value of ``CFG_TXN_HEAD[<ns>]``."""
 
@@ -178,6 +188,11 @@ class TxnHead(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float = 0.0
     updated_at: datetime = msgspec.field(default_factory=utcnow)
     reason: str = ""  # why the decision went the way it did (set with the decision)
+    # The switch request this transaction was started for (``SwitchRequest.request_id``), and
+    # those of the few transactions before it: a request sent again (the replica that took it
+    # died before answering) is answered from here instead of starting a second transaction.
+    request_id: str | None = None
+    earlier: list[EarlierRequest] = []
 
 
 decode_head = msgspec.json.Decoder(TxnHead).decode

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from confbus.schemas.base import LazyDecoder
 from confbus.schemas.names import Format, Label
 from confbus.schemas.selectors import matches, selector_text
 
@@ -70,7 +71,7 @@ class VariantError(ValueError):
 
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(VariantSet).decode
+_decode: LazyDecoder[VariantSet] = LazyDecoder(VariantSet)
 
 
 def has_variants(content: bytes) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from confbus.schemas.api.operation import Deadline, Operation
+from confbus.schemas.base import LazyDecoder
 
 
 class ApiError(msgspec.Struct, frozen=True, kw_only=True):
@@ -20,6 +21,6 @@ class ApiError(msgspec.Struct, frozen=True, kw_only=True):
     where: str = ""
 
 
-decode_api_error = msgspec.json.Decoder(ApiError).decode
+decode_api_error: LazyDecoder[ApiError] = LazyDecoder(ApiError)
 
 __all__ = ["ApiError", "Deadline", "Operation", "decode_api_error"]

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import msgspec
 
 from confbus.schemas.api.operation import Operation, seconds
+from confbus.schemas.base import LazyDecoder
 from confbus.schemas.events import AnyEvent, NodeOutcome, WaveReport
 from confbus.schemas.health import Alert
 from confbus.schemas.names import Namespace, NodeId
@@ -180,7 +181,7 @@ class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
         ]
 
 
-decode_rollout_info = msgspec.json.Decoder(RolloutInfo).decode
+decode_rollout_info: LazyDecoder[RolloutInfo] = LazyDecoder(RolloutInfo)
 
 
 class RolloutReply(msgspec.Struct, frozen=True, kw_only=True):

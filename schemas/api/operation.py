@@ -74,6 +74,10 @@ class Operation(Generic[Req, Rep]):
     # For an act that is safe to repeat: why (a read always is). A call is retried after a
     # timeout or a 503 only if it is safe to repeat (``confbus.runtime.api.call``).
     idempotent: str = ""
+    # The replica that takes a request says so at once (``confbus.runtime.api``), so that a
+    # caller waiting on a long act finds out within a second when that replica dies, instead
+    # of at the deadline — and, the act being idempotent, sends it again.
+    acknowledged: bool = False
     # The subject tokens after ``cfg.api.<service>.`` when they are not just ``name``; a ``*``
     # token is filled in by ``as_user`` (the last one is always the caller's NATS user).
     subject: str = ""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -19,6 +20,13 @@ SERVICE = "txn"
 DEFAULT_VOTE_TIMEOUT_S = 5.0
 
 
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
 class SwitchRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Run one atomic switch: ``version`` of ``namespace`` on ``nodes`` (one wave)."""
 
@@ -31,6 +39,9 @@ class SwitchRequest(msgspec.Struct, frozen=True, kw_only=True):
     # The version's sha256 as the caller read it, if it did: the coordinator then starts the
     # transaction while it fetches the bytes, and aborts it if the store's differ.
     sha256: Sha256 | None = None
+    # One per request, the same when ``call`` sends it again: the coordinator starts at most
+    # one transaction per request id and answers a repeat with that transaction's outcome.
+    request_id: RequestId = msgspec.field(default_factory=new_request_id)
 
 
 class SwitchReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +95,11 @@ def switch_deadline_s(vote_timeout_s: float | None) -> float:
 # can still take over the namespace and answer in time.
 FORWARD_MARGIN_S = 10.0
 
+_SWITCH_IDEMPOTENT = (
+    "one transaction per request_id: a request sent again gets the outcome of the transaction "
+    "started for it (the head keeps the last few request ids)"
+)
+
 SWITCH = Operation(
     SERVICE,
     "switch",
@@ -96,6 +112,8 @@ SWITCH = Operation(
     ),
     "Switch nodes to a version atomically (two-phase commit): commit, or abort with the votes.",
     acts=True,
+    idempotent=_SWITCH_IDEMPOTENT,
+    acknowledged=True,
 )
 SWITCH_AT = Operation(
     SERVICE,
@@ -108,6 +126,8 @@ SWITCH_AT = Operation(
     ),
     "A switch forwarded to the coordinator replica that leads the namespace.",
     acts=True,
+    idempotent=_SWITCH_IDEMPOTENT,
+    acknowledged=True,
 )
 RESOLVE = Operation(
     SERVICE,

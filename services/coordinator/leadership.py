@@ -29,7 +29,7 @@ import nats.errors
 from confbus.coordinator.liveness import Peers
 from confbus.coordinator.metrics import CoordinatorMetrics
 from confbus.coordinator.twophase import Coordinator
-from confbus.runtime.api import call
+from confbus.runtime.api import ReplicaGone, call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError, Unavailable
 from confbus.runtime.leases import Leases, NotHeld
@@ -146,6 +146,7 @@ class Leadership:
                     reason=req.reason,
                     txids=started,
                     sha256=req.sha256,
+                    request_id=req.request_id,
                 )
         except NotHeld:
             raise Unavailable(f"not leader of {req.namespace}, retry") from None
@@ -173,4 +174,6 @@ class Leadership:
 
 def _unreachable(exc: Unavailable) -> bool:
     """The replica did not answer at all (gone, or cut off), rather than answering 503."""
-    return isinstance(exc.__cause__, nats.errors.NoRespondersError | nats.errors.TimeoutError)
+    return isinstance(
+        exc.__cause__, nats.errors.NoRespondersError | nats.errors.TimeoutError | ReplicaGone
+    )

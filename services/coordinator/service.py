@@ -110,6 +110,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                 Endpoint(api.IN_DOUBT, in_doubt),
             ],
             tg=tg,
+            presence=leases.presence,
         )
         # Alive means serving: a peer waiting on a killed holder forwards to it again as soon
         # as it beats (``Leadership._until_free``), so the first beat follows the endpoints.

@@ -25,6 +25,7 @@ from confbus.coordinator.epochs import EpochMarkers, PrepareRefused
 from confbus.coordinator.head import Head, Heads
 from confbus.coordinator.liveness import Liveness
 from confbus.coordinator.metrics import CoordinatorMetrics
+from confbus.coordinator.requests import DECIDED, answer, remembered, started_for
 from confbus.coordinator.variants import LabelsOf, check_fits, prepared_variants
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
@@ -56,7 +57,6 @@ log = logging.getLogger("confbus.coordinator")
 # reads wall time, so it leaves room for skew. Early would still be safe (compare-and-set),
 # only less live.
 RECOVERY_GRACE_S = 2.0
-DECIDED = ("committed", "aborted")
 
 
 def new_txid(epoch: int) -> str:
@@ -200,12 +200,16 @@ class Coordinator:
         reason: str = "",
         txids: list[str] | None = None,
         sha256: str | None = None,
+        request_id: str | None = None,
     ) -> SwitchReply:
         """``txids`` collects the txid(s) this call wrote on the head, for a caller that must
         answer even when the switch is cut short. ``sha256``: the version's, as the caller
-        read it — the transaction starts while the bytes are fetched (see below)."""
+        read it — the transaction starts while the bytes are fetched (see below).
+        ``request_id``: a request sent again gets the outcome of the transaction started for
+        it, never a second one (``confbus.coordinator.requests``)."""
         if not nodes:
             raise InvalidInput("a switch needs at least one participant", where="nodes")
+        await failpoint("coordinator.switch_taken")
         participants = sorted(set(nodes))
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
 
@@ -221,6 +225,7 @@ class Coordinator:
         want: str = sha256
         async with self._locks[namespace]:
             ours: list[str] = []  # the txid we wrote, once we did (maybe without hearing so)
+            replayed: list[SwitchReply] = []  # the request was sent before: its outcome
 
             async def begin() -> Head:
                 # First try the head as we last wrote or read it, without a read: the usual
@@ -233,6 +238,14 @@ class Coordinator:
                     if ours and h.txid == ours[0] and self._epochs.get(namespace) == h.epoch:
                         return head  # our write landed though its reply was lost: carry on
                     head = await self.lead(namespace, head)
+                    # Sent before (its taker died)? Its transaction, settled by ``lead``, is
+                    # the answer; the write below is over this very revision, so none is missed.
+                    if started_for(head.value, request_id):
+                        reply = answer(head.value, request_id or "")
+                        if reply is None:
+                            raise Unavailable(f"request {request_id} is under way, retry")
+                        replayed.append(reply)
+                        return head
                     ours[:] = [new_txid(head.value.epoch)]
                     if txids is not None:
                         txids.append(ours[0])
@@ -250,6 +263,8 @@ class Coordinator:
                                 participants=participants,
                                 started_at=utcnow(),
                                 timeout_s=timeout,
+                                request_id=request_id,
+                                earlier=remembered(head.value),
                             ),
                         )
                     except Fenced:
@@ -268,6 +283,8 @@ class Coordinator:
                 got, began = await settle(fetch(), starting)
                 if isinstance(began, Exception):
                     raise began
+                if replayed:
+                    return replayed[0]
                 head = began
                 if isinstance(got, Exception) or got[1] != want:
                     why = (
@@ -280,6 +297,8 @@ class Coordinator:
                 fetched = got
             else:
                 head = await starting
+                if replayed:
+                    return replayed[0]
             content, _, fmt, signatures = fetched
             txid = ours[0]
             try:

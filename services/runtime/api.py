@@ -9,6 +9,7 @@ with an ``ApiError`` body, so the caller can rebuild the same error and decide: 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -25,6 +26,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import ConfbusError, Unavailable, from_code
 from confbus.runtime.identity import bind_subject, unbind_subject
+from confbus.runtime.presence import WATCH_EVERY_S, Presence
 from confbus.runtime.retry import budget_deadline, retry_unavailable
 from confbus.schemas import subjects
 from confbus.schemas.api import ApiError, decode_api_error
@@ -34,10 +36,26 @@ from confbus.schemas.base import DECODE_ERRORS
 if TYPE_CHECKING:
     # Serving only: a caller (the CLI, an agent) imports neither nats.micro nor the catalog of
     # every service's operations (~20 ms of each ``confbus`` command's start-up).
+    from nats.aio.msg import Msg
     from nats.micro.request import Request
     from nats.micro.service import Service
 
 log = logging.getLogger("confbus.api")
+
+# An acknowledged operation's request asks the replica that takes it to say so at once: its
+# role and instance, the name its presence answers to (``confbus.runtime.presence``).
+ACK_ASKED = "Confbus-Ack"
+ACCEPTED_BY = "Confbus-Accepted-By"
+
+
+class ReplicaGone(Exception):
+    """The replica that took a request died before answering it: its presence is gone."""
+
+    def __init__(self, role: str, instance: str) -> None:
+        super().__init__(f"the {role} replica {instance} that took the request is gone")
+        self.role = role
+        self.instance = instance
+
 
 Req = TypeVar("Req")
 Rep = TypeVar("Rep")
@@ -61,10 +79,19 @@ async def _respond_error(req: Request, err: ApiError) -> None:
     )
 
 
-def _wrap(ep: Endpoint[Any, Any], tg: TaskGroup | None) -> Callable[[Request], Awaitable[None]]:
+def _wrap(
+    ep: Endpoint[Any, Any], tg: TaskGroup | None, presence: Presence | None
+) -> Callable[[Request], Awaitable[None]]:
     decoder = msgspec.json.Decoder(ep.op.request)
+    me = presence if ep.op.acknowledged else None
 
     async def handle(req: Request) -> None:
+        if me is not None and me.serving and (req.headers or {}).get(ACK_ASKED):
+            # Who took it, before any work: the caller probes that presence while it waits.
+            # Flushed, so that a crash in the work that follows cannot keep it unsent.
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await req.respond(b"", headers={ACCEPTED_BY: f"{me.role} {me.process}"})
+                await me.bus.nc.flush(timeout=1)
         try:
             request = decoder.decode(req.data)
         except RecursionError:
@@ -132,11 +159,13 @@ async def serve_api(
     version: str = "0.1.0",
     description: str = "",
     tg: TaskGroup | None = None,
+    presence: Presence | None = None,
 ) -> Service:
     """Start a ``nats.micro`` service answering the operations the endpoints bind.
 
     Replicas share the default queue group, so several processes split the requests (an
-    operation ``at`` one replica has a subject of its own).
+    operation ``at`` one replica has a subject of its own). ``presence``: this replica's, named
+    in the early answer to an ``acknowledged`` operation's request while it is served.
     """
     from nats.micro import add_service
     from nats.micro.service import EndpointConfig
@@ -151,7 +180,9 @@ async def serve_api(
     group = svc.add_group(name=subjects.api_group(service))
     for ep in endpoints:
         await group.add_endpoint(
-            EndpointConfig(name=ep.op.name, subject=ep.op.subject or None, handler=_wrap(ep, tg))
+            EndpointConfig(
+                name=ep.op.name, subject=ep.op.subject or None, handler=_wrap(ep, tg, presence)
+            )
         )
     return svc
 
@@ -226,7 +257,12 @@ _MIN_TRY_S = 0.5
 async def _request(bus: Bus, op: Operation[Req, Rep], request: Req, timeout: float) -> Rep:
     subject = op.address
     try:
-        msg = await bus.nc.request(subject, encode(request), timeout=timeout)
+        if op.acknowledged:
+            msg = await _acknowledged_request(bus, subject, encode(request), timeout)
+        else:
+            msg = await bus.nc.request(subject, encode(request), timeout=timeout)
+    except ReplicaGone as exc:
+        raise Unavailable(f"{subject}: {exc} (it died before answering)") from exc
     except nats.errors.NoRespondersError as exc:
         raise Unavailable(f"no {op.service} service is answering on {subject}") from exc
     except nats.errors.TimeoutError as exc:
@@ -249,6 +285,59 @@ async def _request(bus: Bus, op: Operation[Req, Rep], request: Req, timeout: flo
         return op.decode_reply(msg.data)
     except DECODE_ERRORS as exc:
         raise ConfbusError(f"malformed reply from {subject}: {exc}") from exc
+
+
+async def _acknowledged_request(bus: Bus, subject: str, data: bytes, timeout: float) -> Msg:
+    """A request whose taker names itself at once (``ACCEPTED_BY``); while the answer is
+    awaited, that replica's presence is probed every ``WATCH_EVERY_S``, and ``ReplicaGone`` is
+    raised as soon as it is gone (no responders twice: its process died) — instead of waiting
+    out the deadline for an answer that cannot come. A taker that is slow or paused still
+    answers its presence and is waited for; one that does not name itself (an older replica)
+    is waited for as any request."""
+    nc = bus.nc
+    send, receive = anyio.create_memory_object_stream[Any](math.inf)
+
+    async def got(msg: Msg) -> None:
+        send.send_nowait(msg)
+
+    sub = await nc.subscribe(nc.new_inbox(), cb=got)
+    answer: list[Msg] = []
+    gone: list[ReplicaGone] = []
+    try:
+        await nc.publish(subject, data, reply=sub.subject, headers={ACK_ASKED: "1"})
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+
+                async def watch(role: str, instance: str) -> None:
+                    probe = Presence(bus, role, "")
+                    while True:
+                        await anyio.sleep(WATCH_EVERY_S)
+                        if await probe.gone(instance):
+                            gone.append(ReplicaGone(role, instance))
+                            tg.cancel_scope.cancel()
+                            return
+
+                async for msg in receive:
+                    taker = (msg.headers or {}).get(ACCEPTED_BY)
+                    if taker is None:
+                        answer.append(msg)
+                        tg.cancel_scope.cancel()
+                        break
+                    role, _, instance = taker.partition(" ")
+                    tg.start_soon(watch, role, instance)
+    finally:
+        send.close()
+        receive.close()
+        with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    if answer:
+        msg = answer[0]
+        if (msg.headers or {}).get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
+    if gone:
+        raise gone[0]
+    raise nats.errors.TimeoutError
 
 
 async def stop_api(svc: Service) -> None:

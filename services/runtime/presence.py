@@ -9,13 +9,18 @@ another server and subscribe again); a timeout, an error or our own connection r
 never "gone". ``Leases.acquire`` then takes the lease over at a higher epoch. That is safe only
 because nothing a lease protects relies on the lease alone — every write the old holder could
 still make is fenced by the epoch or a compare-and-set (docs/design.md §4.6).
+
+Each process also answers under its own life (``<instance>~<life>``): the replica that takes
+an acknowledged request names itself that way, and its caller, probing it while it waits, finds
+it gone even when a restart under the same instance name already answers for the instance.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import nats.errors
@@ -37,19 +42,36 @@ class Presence:
     bus: Bus
     role: str
     instance: str
+    serving: bool = field(default=False, init=False)  # answering our own probes now
+    # This process among the lives of ``instance`` (a replica restarted under its name answers
+    # the instance's probes at once): what a request's taker names itself by, so that its
+    # caller finds *that* process gone, restarted or not (``confbus.runtime.api``).
+    life: str = field(default_factory=lambda: secrets.token_hex(4), init=False)
+
+    @property
+    def process(self) -> str:
+        """The name only this process answers to: ``<instance>~<life>``."""
+        return f"{self.instance}~{self.life}"
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async def answer(msg: Msg) -> None:
             with contextlib.suppress(nats.errors.Error):
                 await msg.respond(b"")
 
-        sub = await self.bus.nc.subscribe(lease_presence(self.role, self.instance), cb=answer)
+        subs = [
+            await self.bus.nc.subscribe(lease_presence(self.role, name), cb=answer)
+            for name in (self.instance, self.process)
+        ]
+        self.serving = True
         task_status.started()
         try:
             await anyio.sleep_forever()
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await sub.unsubscribe()  # the connection may be closed already
+            self.serving = False
+            with anyio.CancelScope(shield=True):
+                for sub in subs:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()  # the connection may be closed already
 
     async def answers(self, holder: str) -> bool:
         """One probe: False only when nobody is subscribed (no responders)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from confbus.schemas.base import LazyDecoder
 from confbus.schemas.names import Format
 from confbus.schemas.sealing import (
     KekId,
@@ -37,7 +38,7 @@ class Kek(msgspec.Struct, frozen=True, kw_only=True):
     key: bytes
 
 
-_decode_kek = msgspec.json.Decoder(Kek).decode
+_decode_kek: LazyDecoder[Kek] = LazyDecoder(Kek)
 _encode = msgspec.json.Encoder().encode
 
 

@@ -26,6 +26,7 @@ from anyio.abc import TaskStatus
 from confbus.runtime.api import serve_api, stop_api
 from confbus.runtime.consumer import Consumer
 from confbus.runtime.errors import Unavailable
+from confbus.runtime.etcd_tls import EtcdTls, add_etcd_tls_flags, etcd_tls_from
 from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.retry import Backoff
 from confbus.runtime.service import ServiceContext
@@ -36,7 +37,6 @@ from confbus.version_store.changes import ChangeHandler, reject_undecodable
 from confbus.version_store.metrics import StoreMetrics
 from confbus.version_store.rejections import Rejections
 from confbus.version_store.storage import Store, open_store
-from confbus.version_store.storage.etcd_tls import EtcdTls, add_etcd_tls_flags, etcd_tls_from
 from confbus.version_store.variantcheck import Members
 
 if TYPE_CHECKING:

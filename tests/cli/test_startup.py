@@ -5,6 +5,7 @@ single command module, and a command imports its own module, not the others'."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,26 @@ from confbus.cli.main import main
 try:
     main()
 finally:
+    # The decoders built by then, as ``decoder:MODULE.NAME``: a module-level msgspec decoder
+    # (or its ``decode``), or a ``LazyDecoder`` called already.
+    base, msgspec = sys.modules.get("confbus.schemas.base"), sys.modules.get("msgspec")
+
+    def built(value):
+        if base is not None and isinstance(value, base.LazyDecoder):
+            return value.built
+        return msgspec is not None and isinstance(
+            getattr(value, "__self__", value), msgspec.json.Decoder
+        )
+
+    built = [
+        f"decoder:{name}.{attr}"
+        for name, module in list(sys.modules.items())
+        if name.startswith("confbus.")
+        for attr, value in list(vars(module).items())
+        if built(value)
+    ]
     with open(out, "w") as f:
-        f.write("\\n".join(sorted(sys.modules)))
+        f.write("\\n".join(sorted(sys.modules) + built))
 """
 
 
@@ -75,3 +94,62 @@ def test_the_modules_register_the_commands_of_the_index_and_no_other() -> None:
         importlib.import_module(module).register(probe)
         registered |= {name: module for name in probe.choices}
     assert list(registered.items()) == [(n, c.module_path) for n, c in COMMANDS.items()]
+
+
+# Not on ``publish``'s path: the client's answers about the past, key material, other formats'
+# parsers, the spelling hints of a usage error.
+NOT_FOR_PUBLISH = (
+    "confbus.client._fleet",
+    "confbus.client._reconstruct",
+    "cryptography",
+    "yaml",
+    "jsonschema",
+    "difflib",
+)
+
+
+def test_publish_imports_its_path_only_and_builds_no_decoder(tmp_path: Path) -> None:
+    # Decoders are built at their first call (``schemas.base.LazyDecoder``): importing every
+    # schema ``publish`` touches built ~50 M instructions' worth of them before the first
+    # request. A module-level ``msgspec.json.Decoder(...)`` on this path shows up here.
+    done, modules = imported_by(tmp_path, "publish", "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: confbus publish" in done.stdout
+    assert {"confbus.client", "confbus.schemas.api.dist", "confbus.schemas.events"} <= modules
+    assert not modules & set(NOT_FOR_PUBLISH), sorted(modules & set(NOT_FOR_PUBLISH))
+    decoders = sorted(m for m in modules if m.startswith("decoder:"))
+    assert not decoders, decoders
+
+
+# Runs the console script's entry point with an ``atexit`` hook that leaves a file behind.
+CONSOLE = """
+import atexit, pathlib, sys
+marker, sys.argv = pathlib.Path(sys.argv[1]), ["confbus", *sys.argv[2:]]
+atexit.register(marker.write_text, "torn down")
+from confbus.cli.main import console
+console()
+"""
+
+
+def console(marker: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``confbus ARGS`` through the console script's entry point, with stdout and stderr
+    buffered as in a pipe (no ``PYTHONUNBUFFERED``); ``marker`` is written at teardown."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    argv = [sys.executable, "-c", CONSOLE, str(marker), "--nats-url", "nats://127.0.0.1:1"]
+    return subprocess.run(
+        [*argv, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=60
+    )
+
+
+def test_a_command_over_the_bus_ends_without_teardown_its_words_written(tmp_path: Path) -> None:
+    # ``console`` ends a command that ran over the bus with ``os._exit``: no interpreter
+    # teardown (~18 ms of a CLI step), but what it wrote reaches the reader all the same.
+    marker = tmp_path / "marker"
+    done = console(marker, "history", "payments")
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stderr.startswith("confbus: unreachable: cannot reach NATS"), done.stderr
+    assert not marker.exists()
+    # A usage error (and any command that runs here, not over the bus) exits the usual way.
+    done = console(marker, "history")
+    assert done.returncode == 2 and "usage: confbus history" in done.stderr, done.stderr
+    assert marker.read_text() == "torn down"

@@ -35,6 +35,7 @@ ORDER = (
     "linearizability_etcd",
     "timetravel",
     "ha_failover",
+    "rollbacker_failover",
 )
 TIERS = {"ci": 0, "slow": 1, "bug": 2}
 # Scenarios that expose a known, reported bug of the system: shown, flagged, and left out of
@@ -333,26 +334,38 @@ FOOTER = """\
      argued role by role in §4.6 (every write an old holder could still make is fenced by the
      epoch or a compare-and-set), and the run's fencing checks (decision epochs in stream
      order, nothing applied uncommitted, no agent beyond the head's epoch) held.
-   - **Now** (slow run above, 100 kills, at 1-minute load 27 median / 192 max on 2 shared
-     cores — far busier than the runs before): coordinator 1.36 s median (lease taken over
-     0.59 s), distributor 1.28 s median / 2.95 s max (taken over 0.81 / 1.70 s),
-     health-watcher lease taken over 0.51 / 1.17 s. 78 take-overs by a peer's probe in the
-     run's services' logs, each of the holder just killed: none of a live holder, the NATS
-     kills included. The CI run: coordinator 0.86 s, distributor 1.28 s.
-   - **Left:** the coordinator's max, 35.66 s (1 of 20): the kill landed while the
-     distributor's switch request was in flight to the killed replica, which took it from
-     the queue group and died before answering; `txn.switch` acts, so the distributor waits
-     its whole 25 s deadline and then its unknown-outcome path — no lease is involved. A
-     request could fail fast only if the caller knew which replica took it (an early
-     "accepted by <instance>" reply, then a presence probe of that one): a protocol change,
-     not made here. The distributor takes `_members` and `web` one after the other, each with
-     its own two probes (~0.35 s each): one probe per holder per pass would save about that
-     on `web`. A host lost without its socket closing (power cut, network cut: no FIN/RST)
+   - **Then** (the previous slow run, 100 kills, 1-minute load 27 median / 192 max):
+     coordinator 1.36 s median / 35.66 s max, distributor 1.28 / 2.95 s, health-watcher
+     lease taken over 0.51 / 1.17 s.
+   - **(c) fixed — a switch whose taker died:** the coordinator's 35.66 s max was a kill that
+     landed while the distributor's switch request was at the killed replica, which had taken
+     it from the queue group; the distributor waited its whole 25 s deadline, then its
+     unknown-outcome path (10 s more). Now the replica that takes a switch (or a forwarded
+     one) names its process at once (`Operation.acknowledged`, `Confbus-Accepted-By:
+     <role> <instance>~<life>` — a restart under the same instance name does not answer for
+     it); the caller (`confbus.runtime.api.call`, one home for every caller) probes that
+     presence every 0.25 s while it waits and sends the request again once it is gone. The
+     repeat is safe: one transaction per `SwitchRequest.request_id`, recorded on the head with
+     the last 8 decided ones, a repeat answered with that transaction's outcome
+     (`confbus.coordinator.requests`, docs/design.md §4.6). tests/ha/test_switch_resend.py
+     kills the leading replica mid-request, before it started a transaction (the repeat runs
+     it, once: one prepare) and after its prepare (the repeat gets that transaction, aborted
+     by the successor: still one prepare); the caller had its answer 0.87-0.97 s after
+     sending the request that killed the replica (5 looped runs of both), against a 19 s
+     deadline. A SIGKILL between taking a request and flushing
+     the acknowledgement (microseconds before any work) still costs the deadline.
+   - **Now** (slow run above, 100 kills and the rollbacker's 20, at 1-minute load 7.6 median
+     / 9.9 max — a quieter machine than the run before, so compare with care): coordinator
+     0.51 s median / 1.20 s max (lease taken over 0.38 / 0.95 s), distributor 0.95 / 1.06 s,
+     health-watcher 0.17 / 0.27 s (lease taken over 0.49 / 1.10 s), rollbacker — the
+     rollback's next apply after its driver's kill — 0.52 / 0.81 s: every lease role within
+     1.5 s at the max. The CI run: coordinator 0.63 s, distributor 0.84 s. How many of the
+     coordinator kills landed mid-request (and were resent) was not counted in this run.
+   - **Left:** the distributor takes `_members` and `web` one after the other, each with its
+     own two probes (~0.35 s each): one probe per holder per pass would save about that on
+     `web`. A host lost without its socket closing (power cut, network cut: no FIN/RST)
      still costs the TTL; only a shorter TTL helps there (at 1.5 s, 3× the renewals and any
-     `CFG_STATE` write slower than 1 s drops the lease; lease timings are unchanged). The
-     health-watcher's *a later change applied everywhere* max (10.19 s) is the machine's
-     stall around that kill, not the role: it is off the apply path and its lease was taken
-     over in at most 1.17 s.
+     `CFG_STATE` write slower than 1 s drops the lease; lease timings are unchanged).
    - **Found on the way, fixed:** two earlier 20-round runs failed near their 98th kill: a
      killed coordinator could not start again (exit 1, in a loop) — `KV_CFG_TXN_HEAD` had
      reached its 1000-consumer cap. The coordinator's recovery sweep lists the heads every
@@ -362,30 +375,51 @@ FOOTER = """\
    - *Clean stop:* SIGTERM of the coordinator, distributor or health-watcher replica leading
      a namespace writes its lease released and a replica holds it in a new term at once
      (tests/ha/test_clean_stop.py).
-   - *NATS stream leader* (the first run: next publish acked 6.10 s median, 10.05 s max;
-     applied everywhere 7.81 s; the run above: 5.87 / 9.62 s and 8.56 s): a new leader of
-     `CFG_CHANGES` is seen 5.52 s after the kill (median of 16; 4.4-7.7 s): nats-server's
-     raft starts an election only 4-9 s after losing a leader, and
-     nothing of confbus's runs sooner. When the killed server also led `KV_CFG_STATE` (8 of
-     20 kills), no lease could be renewed: the coordinator's and distributor's `web` leases
-     were lost after ⅔ TTL and taken again 5.1-8.2 s after the kill, so applies waited on the
-     store, then on a new term. **To 3 s:** not while nats-server's raft waits that long
-     (`minElectionTimeoutDefault`, finding 6) — not ours to shorten; placing the leaders of
-     `CFG_CHANGES`, `CFG_TXN` and `KV_CFG_STATE` on different servers would let one kill stall
-     one of them, not all; prepares on core NATS
-     (issue 23 item 5) take the stream off the apply path, not off the publish path.
-     *Accepted changes stored ≤ 5 s* is not shown by *changes sent before it stored* (0 in
-     every kill: the test kills right after a change was applied everywhere, in the CI job's
-     0.3 s pause, so no publish was under way); a publish is acked only once stored, so *next
-     publish acked* bounds it here: missed, by 1.1 s at the median and 5.05 s at the max.
+   - *NATS stream leader* (next publish acked: the first run 6.10 s median / 10.05 s max,
+     the run before 5.87 / 9.62 s, the run above 6.07 / 9.19 s): a new leader of
+     `CFG_CHANGES` is seen 5.06 s after the kill (median of 18; 5.52 s in the run before).
+     *Where the time goes* — nats-server's raft (server/raft.go, read at nats-server main,
+     2.15.0-dev): a follower campaigns only when its election timer fires, reset to a random
+     4-9 s (`minElectionTimeoutDefault`, `maxElectionTimeoutDefault`) on every heartbeat
+     (`hbInterval`, 1 s) and append; the vote itself is a round trip.
+     With two followers the first timer fires on average 4 + 5/3 ≈ 5.7 s after the last
+     heartbeat — the measured 5.1-5.5 s median, 4.4-7.8 s range. These are package
+     variables, set only by nats-server's own tests: no option, cluster setting or
+     environment variable changes them in 2.15. A planned stop does not pay them: lame-duck
+     mode (`nats-server --signal ldm`) calls `transferRaftLeaders` and waits a second, so
+     leaders move before the server goes — only a crash waits for the election. What the
+     rest is: the publish is retried every 0.1 s (the CI job's loop) and the change then
+     goes through the version-store's consumer, ~0.5-1 s after the leader is seen; the
+     apply a further ~1.5 s (7.62 s median), all of it the stream (`CFG_TXN`, and
+     `KV_CFG_STATE` when the killed server led it too: leases not renewable, finding 8's
+     first run).
+     **Evaluated, not built (to 3 s):** *the client retrying sooner* gains nothing: no server
+     accepts a write to the stream before its new leader is elected. *Spreading the stream
+     leaders* (`$JS.API.STREAM.LEADER.STEPDOWN` with `placement`, or one stream per server
+     as a preferred leader) lets one kill stall one of `CFG_CHANGES`, `CFG_TXN`,
+     `KV_CFG_STATE` instead of all three — it takes the compound ~1.5 s of the apply's
+     7.6 s, not the 5-6 s of the publish's election. *Not waiting for the election* needs a
+     second place a change can be accepted: two change streams led by different servers, the
+     publisher going to the second when the first has not acked within ~0.5 s, the
+     version-store consuming both and deduplicating by change id (it numbers versions itself,
+     so a CI job's publish-then-wait order still holds). Publishes would resume in ~0.5-1 s;
+     the price is a second stream and consumer to keep, a dedup that spans streams, and
+     changes of one namespace no longer in one stream's order when two publishers race a
+     kill. Prepares on core NATS (issue 23 item 5) take the stream off the apply path, not
+     off the publish path.
+     *Accepted changes stored ≤ 5 s* is now measured, not vacuous: the test kills as the CI
+     job sends a change, and *changes sent before it stored* is that change's store — 6.07 s
+     median, 9.19 s max (the next publish acked: it is the same change): missed by 1.07 s at
+     the median, by the election above.
    - *etcd leader* (1.99 s median, 3.28 s max in the run above; 1.22 / 2.39 s before, at
      a lighter load): etcd's election; no target.
-   - *Rollbacker*: not measured. It holds `lease.rollbacker.<ns>` only while it drives a
-     rollback, and a rollback in this test would fight its publish stream for the namespace
-     (it stops the bad rollout and switches the nodes back in batches) — the test's "every
-     agent on the last change" checks would no longer hold. Its take-over is covered by
-     tests/rollbacker/test_resume.py (a driver killed after a batch, the rollback finished by
-     the next process without doing anything twice), not timed.
+   - *Rollbacker* (*rollbacker_failover*, 20 kills): the replica driving a rollback killed
+     after its first batch; the other replica, watching the driver's presence, takes the
+     rollback over and switches the remaining nodes back in 0.52 s median, 0.81 s max. Not in
+     the HA run: it holds `lease.rollbacker.<ns>` only while it drives a rollback, and a
+     rollback there would fight the publish stream for the namespace. Its test runs on a
+     single nats-server, the real coordinator and rollbacker processes and in-process agents,
+     with the store, distributor and health-watcher faked (tests/rollbacker/world.py).
 
 ## Time travel
 
@@ -410,22 +444,26 @@ tests/security).
 
 
 FAILOVER = """\
-`tests/ha/test_ha_faults.py` on `confbus up --ha`: three agents, a CI job publishing a change
-every 0.3 s, health samples from each agent every second, and one at a time (full redundancy
-restored in between) SIGKILL of the nats-server leading `CFG_CHANGES`, the etcd leader, and the
-coordinator, distributor, health-watcher and rollbacker replica holding the namespace's lease.
-Seconds from the kill (`tests/ha/failover.py`): *next publish acked* (stored, its version
-returned); *changes sent before it stored* (0 when no publish was under way — none was in these
-runs: finding 8); *next apply on every agent* (may be a switch decided before the kill); *a
-later change applied everywhere* (a change acked after the kill on every agent: the apply that
-needed the new leader — the lease roles' target is on it; the health-watcher is off that path,
-its figure is *lease taken over*); the timeline: *new stream leader seen*, *dead holder's lease
-takeable* (its expiry + 0.5 s skew: when a peer could take it without the presence probe),
-*lease taken over* (the new holder's `acquired_at`: a peer that found the dead holder's
-presence gone, docs/design.md §4.6, or the killed replica's restart), *first prepare after it*,
-*killed process serving again* (0.5 s after the death of a service that had served 5 s; the
-backoff doubles only for one that keeps dying before or just after its ready line). Targets:
-issue 23 item 2.
+`tests/ha/test_ha_faults.py` on `confbus up --ha`: three agents, a CI job publishing a change every
+0.3 s, health samples from each agent every second, and one at a time (full redundancy restored in
+between) SIGKILL of the nats-server leading `CFG_CHANGES`, the etcd leader, and the coordinator,
+distributor, health-watcher and rollbacker replica holding the namespace's lease, each as the CI job
+sends its next change. Seconds from the kill (`tests/ha/failover.py`): *next publish acked* (stored,
+its version returned); *changes sent before it stored* (the change on its way at the kill, stored —
+a publish returns only once its change is stored: the issue's "accepted changes stored"); *next
+apply on every agent* (may be a switch decided before the kill); *a later change applied everywhere*
+(a change acked after the kill on every agent: the apply that needed the new leader — the lease
+roles' target is on it; the health-watcher is off that path, its figure is *lease taken over*); the
+timeline: *new stream leader seen*, *dead holder's lease takeable* (its expiry + 0.5 s skew: when a
+peer could take it without the presence probe), *lease taken over* (the new holder's `acquired_at`:
+a peer that found the dead holder's presence gone, docs/design.md §4.6, or the killed replica's
+restart), *first prepare after it*, *killed process serving again* (0.5 s after the death of a
+service that had served 5 s; the backoff doubles only for one that keeps dying before or just after
+its ready line). Targets: issue 23 item 2. The rollbacker holds its lease only while it drives a
+rollback, which this publish stream never asks for: its kill is timed mid-rollback by
+`tests/rollbacker/test_failover_timed.py` (*rollbacker_failover*: a rollback in two batches, the
+driving replica killed after its first, the seconds until the other replica has switched the
+remaining nodes back to the last good version).
 """
 
 

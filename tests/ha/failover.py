@@ -6,8 +6,10 @@ RELIABILITY.md beside the targets.
 The measures (each from the SIGKILL, on the test's monotonic clock unless said):
 
 - ``PUBLISH`` — the next publish acked: the change stored and its version returned;
-- ``STORED`` — every change whose publish was sent before the kill stored (0 when none was
-  under way);
+- ``STORED`` — every change whose publish was sent before the kill stored: the test kills as
+  the CI job sends its next change, so one is always under way (the issue's "accepted changes
+  stored"; a publish returns only once its change is stored, and is retried with the same
+  change id until then);
 - ``APPLY`` — the next advance of the lowest change held by every agent (sampled every 50 ms);
   it may be a switch its coordinator had decided before it died;
 - ``RECOVERED`` — a change acked after the kill applied by every agent (and every change acked

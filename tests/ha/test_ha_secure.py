@@ -30,9 +30,9 @@ from confbus.procs.ports import free_port_run
 from confbus.procs.tls import TlsFiles
 from confbus.runtime.bus import connect
 from confbus.runtime.errors import Unavailable
+from confbus.runtime.etcd_tls import EtcdTls
 from confbus.version_store.errors import StoreUnavailable
 from confbus.version_store.storage.etcd_conn import EtcdConnection
-from confbus.version_store.storage.etcd_tls import EtcdTls
 from tests.cli.procs import run_confbus
 from tests.ha import probes
 from tests.ha.hastack import HaStack, needs_etcd, start_ha

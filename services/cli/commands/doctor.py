@@ -51,6 +51,7 @@ from confbus.client import Client
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
+from confbus.runtime.etcd_tls import EtcdTls, add_etcd_tls_flags, etcd_tls_from
 from confbus.schemas import subjects
 from confbus.schemas.api import dist, health, rollback, store, txn
 from confbus.schemas.base import DECODE_ERRORS
@@ -58,7 +59,6 @@ from confbus.schemas.events import NodeDuplicate
 from confbus.schemas.node import own_heartbeat
 from confbus.schemas.state import LEASES, decode_lease, lease_of
 from confbus.schemas.streams import BUCKETS, CFG_STATE, STREAMS
-from confbus.version_store.storage.etcd_tls import EtcdTls, add_etcd_tls_flags, etcd_tls_from
 
 Status = Literal["ok", "warn", "FAIL"]
 IN_DOUBT_FAIL_S = 30.0  # an undecided transaction this old means recovery is not working

@@ -25,7 +25,7 @@ from confbus.version_store.storage.base import (
 )
 
 if TYPE_CHECKING:
-    from confbus.version_store.storage.etcd_tls import EtcdTls
+    from confbus.runtime.etcd_tls import EtcdTls
 
 __all__ = [
     "AppendResult",

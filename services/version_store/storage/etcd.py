@@ -29,6 +29,7 @@ import anyio
 import msgspec
 from aetcd import transactions as tx
 
+from confbus.runtime.etcd_tls import EtcdTls
 from confbus.runtime.opening import OpenClose
 from confbus.schemas.policy import Policy
 from confbus.schemas.versions import VersionInfo
@@ -52,7 +53,6 @@ from confbus.version_store.storage.etcd_layout import (
     public_head,
     stored,
 )
-from confbus.version_store.storage.etcd_tls import EtcdTls
 from confbus.version_store.validate import check_policy
 
 log = logging.getLogger(__name__)

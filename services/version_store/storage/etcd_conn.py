@@ -28,8 +28,8 @@ import anyio
 import grpc
 from aetcd import rpc, watcher
 
+from confbus.runtime.etcd_tls import EtcdTls
 from confbus.version_store.errors import QuotaExceeded, StoreUnavailable
-from confbus.version_store.storage.etcd_tls import EtcdTls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
