@@ -154,7 +154,7 @@ class NamespaceTargets(msgspec.Struct, frozen=True, kw_only=True):
         return {node: g.version for g in self.groups for node in g.nodes}
 
 
-decode_targets = msgspec.json.Decoder(NamespaceTargets).decode
+decode_targets: LazyDecoder[NamespaceTargets] = LazyDecoder(NamespaceTargets)
 
 SCOPES = "scope.*"
 _SCOPE = "scope."
