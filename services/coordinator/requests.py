@@ -13,6 +13,7 @@ transaction written in between (docs/design.md §4.6).
 from __future__ import annotations
 
 from confbus.schemas.api.txn import SwitchReply
+from confbus.schemas.base import project
 from confbus.schemas.events import VoteRecord
 from confbus.schemas.txn import EarlierRequest, TxnHead
 
@@ -31,14 +32,7 @@ def remembered(head: TxnHead) -> list[EarlierRequest]:
     """``earlier`` for the transaction that replaces ``head``'s (decided by now) on the head."""
     if head.request_id is None or head.txid is None or head.state not in DECIDED:
         return list(head.earlier)
-    last = EarlierRequest(
-        request_id=head.request_id,
-        txid=head.txid,
-        state=head.state,
-        participants=head.participants,
-        reason=head.reason,
-    )
-    return [last, *head.earlier][:KEPT]
+    return [project(head, EarlierRequest), *head.earlier][:KEPT]
 
 
 def answer(head: TxnHead, request_id: str) -> SwitchReply | None:
