@@ -100,15 +100,22 @@ async def test_serves_each_connection_in_its_own_task_and_closes_when_cancelled(
         await anyio.connect_tcp("127.0.0.1", port)
 
 
-async def test_an_ipv6_address_is_served() -> None:
-    async def hello(stream: SocketStream) -> None:
-        async with stream:
-            await stream.send(b"hello")
+async def _hello(stream: SocketStream) -> None:
+    async with stream:
+        await stream.send(b"hello")
 
-    listener = await TcpListener.bind("::1")
+
+@pytest.mark.parametrize(
+    ("host", "connect_to"),
+    [("::1", "::1"), ("localhost", "127.0.0.1")],
+    ids=["ipv6-address", "host-name"],
+)
+async def test_an_address_or_a_name_is_served(host: str, connect_to: str) -> None:
+    # An address is taken as it is, a name is resolved (off the event loop) first.
+    listener = await TcpListener.bind(host)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, hello)
+        tg.start_soon(listener.serve, _hello)
         with anyio.fail_after(5):
-            async with await anyio.connect_tcp("::1", listener.port) as client:
+            async with await anyio.connect_tcp(connect_to, listener.port) as client:
                 assert await client.receive() == b"hello"
         tg.cancel_scope.cancel()
