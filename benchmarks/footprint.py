@@ -1,7 +1,8 @@
 """Footprint: resident memory (RSS) of the agent.
 
 - **per agent process**: real ``confbus agent`` processes, each following one namespace,
-  measured after they have applied a few switches (their steady state);
+  measured after they have applied a few switches (their steady state), their bytecode
+  written by an agent before them (as an installed package has it);
 - **per agent when 1000 share processes**: 4 hosts × 250 ``NodeAgent``s on 2 connections each,
   the hosts' total RSS divided by the agents, after the same switches.
 
@@ -62,6 +63,15 @@ async def run(ctx: Context) -> list[Figure]:
 
     try:
         ctx.service("coordinator", nats.url)
+
+        # A first agent (and raw subscriber) writes the bytecode every later process reads
+        # (``Context.env``), as pip does at install: an agent that compiled modules itself
+        # keeps the compiler's leftovers in its heap — ~0.9 MB more RSS in the agents that
+        # started together and raced to compile, the figure's spread and most of its p50.
+        fleet, floor, stub = await switched("warm", "fp0", ["warm0"], 1)
+        fleet.stop()
+        floor.stop()
+        await stub.stop()
 
         # -- one agent per process ----------------------------------------------------------------
         solo = [f"solo{i}" for i in range(singles)]
