@@ -35,7 +35,13 @@ from nats.js.kv import KeyValue
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
-from confbus.schemas.streams import BUCKETS, STREAMS, BucketSpec, StreamSpec
+from confbus.schemas.streams import (
+    BUCKETS,
+    REPLICATED_STREAMS,
+    STREAMS,
+    BucketSpec,
+    StreamSpec,
+)
 
 log = logging.getLogger("confbus.bus")
 
@@ -358,12 +364,14 @@ async def provision(
     replicas: int = 1,
     streams: Sequence[StreamSpec] = STREAMS,
     buckets: Sequence[BucketSpec] = BUCKETS,
+    replicated: Sequence[StreamSpec] = REPLICATED_STREAMS,
 ) -> None:
-    """Create every stream and bucket, or bring an existing one to the table's limits.
+    """Create every stream and bucket, or bring an existing one to the table's limits; with
+    ``replicas`` > 1 the ``replicated`` streams too (a second place to accept changes).
 
     Idempotent: every service may call it at start-up, in any order, concurrently.
     """
-    for spec in streams:
+    for spec in (*streams, *(replicated if replicas > 1 else ())):
         config = stream_config(spec, replicas)
         try:
             await bus.js.add_stream(config)

@@ -96,7 +96,7 @@ async def reject_undecodable(bus: Bus, rejections: Rejections, msg: Msg, reason:
         addr = _decode_addressed(msg.data)
     except DECODE_ERRORS:
         return  # nobody to answer
-    if msg.subject != subjects.change(addr.namespace):
+    if msg.subject not in subjects.change_subjects(addr.namespace):
         return
     m = _WHERE.search(reason)
     where = "" if m is None else m.group(2) + (" (a key)" if m.group(1) else "")
@@ -301,7 +301,7 @@ class ChangeHandler:
         for item in batch:
             # Subject permissions pin who may propose for a namespace: the body may not claim
             # another one. Such a message can never succeed — dead-letter it.
-            if item.subject != subjects.change(item.value.namespace):
+            if item.subject not in subjects.change_subjects(item.value.namespace):
                 item.fail(
                     InvalidInput(
                         f"a change for namespace {item.value.namespace!r} arrived on "
