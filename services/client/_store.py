@@ -52,6 +52,7 @@ from confbus.schemas.versions import VersionInfo
 # again to the other change stream: docs/design.md §3.1).
 _STATUS_RECHECK_S = 2.0
 _RESEND_AFTER_S = 1.0
+_STATUS_TRY_S = 1.0  # one status read while waiting: the next look is a second or two away
 
 
 class Store(Events):
@@ -213,7 +214,12 @@ class Store(Events):
         judged_under, wait = "", _RESEND_AFTER_S
         while True:
             try:
-                status = await self.change_status(ns, cid)
+                # One short try: a request lost with a dying nats-server would otherwise hold
+                # the wait for the read's whole deadline, while the event may be arriving.
+                request = store_api.ChangeStatusRequest(namespace=ns, change_id=cid)
+                status = await self.call(
+                    store_api.CHANGE_STATUS, request, timeout=_STATUS_TRY_S, retry_for=0
+                )
             except Unavailable:
                 status = None  # the store is down: the change waits in the stream; so do we
             if status is not None and status.status == "stored" and status.version is not None:
