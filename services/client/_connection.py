@@ -85,6 +85,7 @@ class Connection(OpenClose):
         *,
         timeout: float | None = None,
         retry_for: float | None = None,
+        again_after: float | None = None,
     ) -> Rep:
         """Call an operation of ``confbus.schemas.api`` (``store.GET``, ``txn.IN_DOUBT``…) and
         return its typed reply; the endpoint's error is raised as a ``ConfbusError``.
@@ -92,6 +93,8 @@ class Connection(OpenClose):
         ``timeout`` None: the operation's deadline. It may be longer, and shorter only for an
         operation that does not act (``op.acts``). What is retried and for how long
         (``retry_for``, else the ``confbus.runtime.retry.budget`` around the call): see
-        ``confbus.runtime.api.call``.
+        ``confbus.runtime.api.call`` (and for ``again_after``, a second request beside the first).
         """
-        return await call(self.bus, op, request, timeout=timeout, retry_for=retry_for)
+        return await call(
+            self.bus, op, request, timeout=timeout, retry_for=retry_for, again_after=again_after
+        )

@@ -53,6 +53,7 @@ from confbus.schemas.versions import VersionInfo
 _STATUS_RECHECK_S = 2.0
 _RESEND_AFTER_S = 1.0
 _STATUS_TRY_S = 1.0  # one status read while waiting: the next look is a second or two away
+_PROPOSE_AGAIN_S = 1.0  # a propose unanswered this long is sent again beside the first
 
 
 class Store(Events):
@@ -129,8 +130,11 @@ class Store(Events):
 
         async def send(judged_under: str) -> bool:
             # The version-store sends it again under the policy in force itself. One try per
-            # send: ``submit`` retries it, the same way as a publish.
-            return (await self.call(op, change, retry_for=0)).duplicate
+            # send: ``submit`` retries it, the same way as a publish. Sent twice when the first
+            # is not answered within a second: a request lost with a dying nats-server would
+            # hold the publish for the operation's whole deadline (10 s).
+            reply = await self.call(op, change, retry_for=0, again_after=_PROPOSE_AGAIN_S)
+            return reply.duplicate
 
         return await self.submit(change, send, timeout)
 
@@ -216,10 +220,7 @@ class Store(Events):
             try:
                 # One short try: a request lost with a dying nats-server would otherwise hold
                 # the wait for the read's whole deadline, while the event may be arriving.
-                request = store_api.ChangeStatusRequest(namespace=ns, change_id=cid)
-                status = await self.call(
-                    store_api.CHANGE_STATUS, request, timeout=_STATUS_TRY_S, retry_for=0
-                )
+                status = await self.change_status(ns, cid, timeout=_STATUS_TRY_S, retry_for=0)
             except Unavailable:
                 status = None  # the store is down: the change waits in the stream; so do we
             if status is not None and status.status == "stored" and status.version is not None:
@@ -290,11 +291,21 @@ class Store(Events):
         except NotFound:
             return None
 
-    async def change_status(self, namespace: str, change_id: str) -> store_api.ChangeStatusReply:
+    async def change_status(
+        self,
+        namespace: str,
+        change_id: str,
+        *,
+        timeout: float | None = None,
+        retry_for: float | None = None,
+    ) -> store_api.ChangeStatusReply:
         """What became of a change id: ``stored`` (as ``version``), ``rejected`` (``reason``,
-        ``where``; remembered 7 days) or ``unknown`` (not decided, or never seen)."""
+        ``where``; remembered 7 days) or ``unknown`` (not decided, or never seen). ``timeout``
+        and ``retry_for`` as for ``call``."""
         request = store_api.ChangeStatusRequest(namespace=namespace, change_id=change_id)
-        return await self.call(store_api.CHANGE_STATUS, request)
+        return await self.call(
+            store_api.CHANGE_STATUS, request, timeout=timeout, retry_for=retry_for
+        )
 
     async def dry_run(self, change: ChangeProposed) -> store_api.DryRunReply:
         """Validate ``change`` as the version-store would and diff it against the version it
