@@ -364,7 +364,8 @@ FOOTER = """\
      distributor 0.95 / 1.06 s, health-watcher 0.17 / 0.27 s) had every lease role within
      1.5 s at the max. Not investigated in this run: nothing on the lease roles' path changed
      (the change streams are not on it), and the slowest kills came at the load's peaks —
-     a quieter re-run would tell. The CI run: coordinator 0.63 s, distributor 0.84 s. How
+     a quieter re-run would tell. The CI run (load 20.6): coordinator 0.64 s, distributor
+     1.41 s, health-watcher 0.75 s. How
      many of the coordinator kills landed mid-request (and were resent) was not counted.
    - **Left:** the distributor takes `_members` and `web` one after the other, each with its
      own two probes (~0.35 s each): one probe per holder per pass would save about that on
@@ -385,6 +386,8 @@ FOOTER = """\
      after the kill, and the change under way at the kill stored in the same 0.53 / 1.19 s
      (it is the same change) — against ≤ 3 s and ≤ 5 s. Before: 6.07 / 9.19 s for both (the
      runs before that 6.10 / 10.05 and 5.87 / 9.62 s).
+     The CI tier (the secure stack, one kill a run; CI figures above, load 20.6): 0.60 s, and
+     the publish pause around the kill 0.74-1.89 s in 5 looped runs.
      *Where the time went* — nats-server's raft (server/raft.go, read at nats-server main,
      2.15.0-dev): a follower campaigns only when its election timer fires, reset to a random
      4-9 s (`minElectionTimeoutDefault`, `maxElectionTimeoutDefault`) on every heartbeat
@@ -404,9 +407,13 @@ FOOTER = """\
      *duplicate* also sends it to `CFG_CHANGES_ALT`, where it is stored. The version-store
      keeps `CFG_CHANGES_ALT`'s leader and its consumer's off the servers leading
      `CFG_CHANGES` and its consumer (stepdown requests with a preferred server,
-     `version_store/placement.py`), so one kill leaves one whole way open. Two stalls found on
-     the way: a status read in flight through the killed server held the publisher's wait its
-     whole 10 s deadline (now one 1 s try per look); and when the killed server also led
+     `version_store/placement.py`), so one kill leaves one whole way open. Three stalls found
+     on the way: a request in flight through the killed server (the caller's, or the one its
+     taker's reply went back through) is lost, and the caller waited the operation's whole
+     deadline — the secure stack's `propose` 10 s (2 of 4 looped CI runs paused 10.5 s); a
+     retry-safe call may now send the request again beside the first after `again_after`
+     (`runtime.api.call`; `propose_as` after 1 s); the status read the publisher makes while
+     it waits is one 1 s try per look; and when the killed server also led
      `CFG_EVENTS`, each version-store batch waited 5 s for its announcement's ack while the
      changes behind it queued (now 1 s, then the change is naked and announced on its
      redelivery; its publisher has the outcome from the store, or from the event itself).
@@ -425,10 +432,8 @@ FOOTER = """\
      versions; `--base` says which order a publisher needs). A single server keeps its one
      stream (no responders from the other: `CFG_CHANGES` is asked again).
      *Left:* a change whose publisher dies right after the ack still waits for the election;
-     a request to the version-store in flight through the killed server is lost and its
-     caller waits the operation's deadline (`propose` 10 s — the secure CI run saw one such
-     10.48 s pause in 5 loops before the fixes above; only the open stack's direct publish is
-     bounded to 0.5 s per try). The apply after a stream-leader kill is unchanged, 7.03 s
+     other calls than the two above still wait their deadline when their request is lost
+     with a killed server (a read is retried within its budget). The apply after a stream-leader kill is unchanged, 7.03 s
      median, 10.68 s max: it waits for `CFG_TXN` (and `KV_CFG_STATE` when the killed server
      led it), whose elections nothing here avoids; prepares on core NATS (issue 23 item 5)
      would take the stream off that path.
