@@ -28,9 +28,7 @@ async def test_provisioning_twice_keeps_the_table_limits(bus: Bus) -> None:
         assert status.bucket == b.name
 
 
-async def test_cfg_txn_takes_more_than_a_thousand_agents(
-    bus: Bus, nats_server: NatsServer
-) -> None:
+async def test_cfg_txn_takes_more_than_a_thousand_agents(bus: Bus, nats_server: NatsServer) -> None:
     """One ordered consumer per agent and namespace: nats-server 2.15 would refuse the
     1001st ephemeral consumer of a stream that does not set its own limit."""
     created = 0
