@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from confbus.client import Client
 from confbus.procs.agent import agent_argv
@@ -21,6 +22,13 @@ from tests.helpers import eventually
 
 # The services a stack runs by default (started together; each prints a JSON ready line).
 DEFAULT_SERVICES = ("version_store", "coordinator", "distributor")
+
+
+class AgentOptions(TypedDict, total=False):
+    env: dict[str, str] | None
+    live_dir: Path | None
+    state_dir: Path | None
+    key: str | None
 
 
 @dataclass
@@ -83,15 +91,11 @@ class Stack:
         node: str,
         namespaces: Sequence[str] = ("web",),
         *extra: str,
-        env: dict[str, str] | None = None,
-        live_dir: Path | None = None,
-        state_dir: Path | None = None,
         wait_ready: bool = True,
-        key: str | None = None,
+        **options: Unpack[AgentOptions],
     ) -> Agent:
-        """``key``: the name it goes by in ``agents`` and its log (default: the node id)."""
-        agent = self.agent(node, namespaces, *extra, env=env, live_dir=live_dir,
-                           state_dir=state_dir, key=key)  # fmt: skip
+        """The agent of ``node`` (see ``agent``), started."""
+        agent = self.agent(node, namespaces, *extra, **options)
         agent.proc.start(wait_ready)
         return agent
 
@@ -113,7 +117,8 @@ class Stack:
         state_dir: Path | None = None,
         key: str | None = None,
     ) -> Agent:
-        """The agent of ``node``, to start (see ``start_agent``)."""
+        """The agent of ``node``, to start. ``key``: the name it goes by in ``agents`` and its
+        log (default: the node id)."""
         live = live_dir or (self.root / "nodes" / node / "etc")
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
