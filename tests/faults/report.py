@@ -433,10 +433,10 @@ FOOTER = """\
      stream (no responders from the other: `CFG_CHANGES` is asked again).
      *Left:* a change whose publisher dies right after the ack still waits for the election;
      other calls than the two above still wait their deadline when their request is lost
-     with a killed server (a read is retried within its budget). The apply after a stream-leader kill is unchanged, 7.03 s
-     median, 10.68 s max: it waits for `CFG_TXN` (and `KV_CFG_STATE` when the killed server
-     led it), whose elections nothing here avoids; prepares on core NATS (issue 23 item 5)
-     would take the stream off that path.
+     with a killed server (a read is retried within its budget). The apply after a
+     stream-leader kill is unchanged, 7.03 s median, 10.68 s max: it waits for `CFG_TXN`
+     (and `KV_CFG_STATE` when the killed server led it), whose elections nothing here
+     avoids; prepares on core NATS (issue 23 item 5) would take the stream off that path.
    - *etcd leader* (a later change applied 1.72 s median, 3.02 s max in the run above; 1.38 /
      2.69 s in the run before, at load 7.6): etcd's election; no target.
    - *Rollbacker* (*rollbacker_failover*, 20 kills): the replica driving a rollback killed
