@@ -212,6 +212,7 @@ async def run(ctx: Context) -> list[Figure]:
             windows, with what the fsync counters and each process's CPU time grew by per
             change (CPU time: a figure the other work on a shared machine moves far less than
             the rate)."""
+
             async def warm_up(ns: str) -> None:  # (a window of 0 s would run none)
                 await body_of(ns)()
 
