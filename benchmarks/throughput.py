@@ -12,7 +12,9 @@ agents has applied. 50 loops run at once, one per namespace, each with one chang
 Counted per committed change: fsynced JetStream writes (messages stored in every stream and
 bucket: with ``sync_interval: always`` each one is fsynced before its ack), SQLite commits
 (the version-store's group commits plus its promotions), and the agents' own fsyncs (counted
-in the agent hosts). Compared with this disk's measured fsync rate.
+in the agent hosts). Compared with this disk's measured fsync rate. Each process's CPU time
+per change over the windows, and per second with every fleet up and nothing in flight (its
+heartbeats, leases and timers, which a slower run carries more of per change).
 
 Baseline, same window and concurrency: 50 loops of the raw floor of a switch (one fsynced
 JetStream publish + two request/reply fan-out rounds to 10 subscribers doing the file work).
