@@ -186,9 +186,9 @@ def console() -> NoReturn:
     code, remote = _main(None)
     if not remote:
         sys.exit(code)
-    with contextlib.suppress(OSError, ValueError):  # a reader that closed its pipe
-        sys.stdout.flush()
-        sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # each its own: a closed stdout keeps stderr
+        with contextlib.suppress(OSError, ValueError):  # a reader that closed its pipe
+            stream.flush()
     logging.shutdown()
     os._exit(code)
 

@@ -111,6 +111,26 @@ _KINDS = {
 }
 
 
+async def no_route(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 (no route, or not this method), said as the API says every
+    error — with the reason — for a caller of the API; a short hint for a browser."""
+    status = getattr(exc, "status_code", 500)
+    method, path = request.method, request.url.path
+    allow = getattr(exc, "headers", None) or {}
+    if status == 405:
+        reason = f"{method} is not allowed on {path}: use {allow.get('Allow', 'another method')}"
+    else:
+        reason = f"no such endpoint: {method} {path}"
+    if path.startswith("/api/"):
+        found = problem(status, _KINDS.get(status, "error"), reason + API_INDEX, "path")
+        found.headers.update(allow)
+        return found
+    return Response(f"{reason} (the console starts at /)\n", status, allow, "text/plain")
+
+
+API_INDEX = f" (every endpoint is in {PREFIX}/openapi.json)"
+
+
 def error_response(exc: Exception) -> Response:
     if isinstance(exc, ChangeRejected):
         return problem(422, "rejected", exc.reason, exc.where)

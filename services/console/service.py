@@ -64,7 +64,8 @@ def build_app(backend: Backend, token_store: TokenStore, metrics: ConsoleMetrics
             *Pages(environment(), metrics).routes(),
             Route("/favicon.ico", favicon, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
-        ]
+        ],
+        exception_handlers={404: api.no_route, 405: api.no_route},
     )
     app.state.backend = backend
     app.state.tokens = token_store

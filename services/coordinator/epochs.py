@@ -68,9 +68,8 @@ class EpochMarkers:
 
     async def last(self, namespace: str) -> Marker | None:
         """The subject's last marker, read from the stream's leader."""
-        try:
-            msg = await self.bus.js.get_last_msg(CFG_TXN.name, subjects.txn_epoch(namespace))
-        except nats.js.errors.NotFoundError:
+        msg = await self.bus.last_msg(CFG_TXN.name, subjects.txn_epoch(namespace))
+        if msg is None:
             return None
         try:
             epoch = decode_epoch_marker(msg.data or b"").epoch

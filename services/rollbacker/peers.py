@@ -11,12 +11,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-import nats.errors
-import nats.js.errors
-
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
-from confbus.runtime.errors import Conflict, NotFound, Unavailable
+from confbus.runtime.errors import Conflict, NotFound
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
@@ -85,14 +82,11 @@ class Peers:
     async def went_out_at(self, namespace: str, version: int) -> datetime | None:
         """When ``version`` became production: the time of the namespace's last
         ``version.promoted`` event if that event is for this version (None otherwise)."""
-        try:
-            msg = await self.bus.js.get_last_msg(
-                CFG_EVENTS.name, subjects.event(namespace, "version.promoted")
-            )
-        except nats.js.errors.NotFoundError:
+        msg = await self.bus.last_msg(
+            CFG_EVENTS.name, subjects.event(namespace, "version.promoted")
+        )
+        if msg is None:
             return None
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise Unavailable(f"CFG_EVENTS is not answering: {exc!r}") from exc
         try:
             ev = decode_event(msg.data or b"")
         except DECODE_ERRORS:

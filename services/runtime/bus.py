@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    RawStreamMsg,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -115,6 +116,19 @@ class Bus:
         if handle is None:
             handle = self._kvs[bucket] = await self.js.key_value(bucket)
         return handle
+
+    async def last_msg(self, stream: str, subject: str) -> RawStreamMsg | None:
+        """The stream's last message on ``subject`` (from its leader), None if it has none."""
+        try:
+            return await self.js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,  # a stream electing its leader
+        ) as exc:
+            raise Unavailable(f"{stream} is not answering: {exc!r}") from exc
 
     async def publish(
         self,

@@ -13,11 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import nats.errors
-import nats.js.errors
-
 from confbus.runtime.bus import Bus
-from confbus.runtime.errors import Unavailable
 from confbus.runtime.events import read_events
 from confbus.schemas import subjects
 from confbus.schemas.base import DECODE_ERRORS
@@ -53,15 +49,8 @@ async def scan(bus: Bus, namespace: str, since: datetime, kind: str = "*") -> An
 
 async def last_event(bus: Bus, namespace: str, kind: str) -> AnyEvent | None:
     """The newest ``cfg.event.<ns>.version.<kind>`` event, if the stream still has one."""
-    try:
-        raw = await bus.js.get_last_msg(
-            CFG_EVENTS.name, subjects.event(namespace, f"version.{kind}")
-        )
-    except nats.js.errors.NotFoundError:
-        return None
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
-        raise Unavailable(f"cannot read {CFG_EVENTS.name}: {e!r}") from e
-    if not raw.data:
+    raw = await bus.last_msg(CFG_EVENTS.name, subjects.event(namespace, f"version.{kind}"))
+    if raw is None or not raw.data:
         return None
     try:
         event: AnyEvent = decode_event(raw.data)

@@ -506,3 +506,16 @@ def test_metrics_and_healthz(stack: ConsoleStack) -> None:
         assert anon.get("healthz").text == "ok\n"
         metrics = anon.get("metrics").text
     assert "confbus_console_requests_total" in metrics
+
+
+def test_a_wrong_url_or_method_is_told_so(api: dict[str, httpx.Client]) -> None:
+    """Starlette's own 404 and 405 answer as every API error does: JSON, with the reason."""
+    body = problem(api["viewer"].get("api/v1/namespace"), 404, "path")
+    assert body["reason"].startswith("no such endpoint: GET /api/v1/namespace ("), body
+    assert "/api/v1/openapi.json" in body["reason"], body
+    r = api["viewer"].delete("api/v1/namespaces")
+    body = problem(r, 405, "path")
+    assert "DELETE is not allowed on /api/v1/namespaces: use " in body["reason"], body
+    assert "GET" in r.headers["allow"], r.headers
+    page = api["viewer"].get("nowhere")
+    assert page.status_code == 404 and "the console starts at /" in page.text, page.text

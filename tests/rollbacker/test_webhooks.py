@@ -70,8 +70,9 @@ async def test_a_down_or_hanging_webhook_does_not_delay_the_rollback(
         ]
         pol = policy(strategy="batches:2", webhooks=hooks)
         async with world(nats_server, bus, tmp_path, pol=pol, start_rollbacker=False) as w:
-            # Attempts time out after 5 s: far longer than the whole rollback takes.
-            w.start_rollbacker("--webhook-timeout", "5")
+            # Attempts time out after 30 s: far longer than the whole rollback takes, even on
+            # a loaded machine (with 5 s, CI under load saw the hanging POST time out first).
+            w.start_rollbacker("--webhook-timeout", "30")
             _, v2 = await w.seed()
             await w.alert("a-1", v2)
             await w.tap.wait_type("rollback.completed")

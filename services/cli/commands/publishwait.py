@@ -99,10 +99,26 @@ async def wait_for_production(
         )
     except RolloutWaitTimeout as exc:
         raise await _still_a_draft(client, info) or exc from None
-    code = report(args, info, rollout)
-    if code == OK and getattr(args, "require_all", False) and rollout.away:
-        return await wait_for_away(client, info, rollout.away, deadline)
+    caught_up = await caught_up_since(client, info, rollout)
+    code = report(args, info, rollout, caught_up)
+    away = [n for n in rollout.away if n not in caught_up]
+    if code == OK and getattr(args, "require_all", False) and away:
+        return await wait_for_away(client, info, away, deadline)
     return code
+
+
+async def caught_up_since(client: Client, info: VersionInfo, rollout: RolloutInfo) -> list[str]:
+    """The nodes the rollout found away that hold the version now. A retried CI job picks up
+    a rollout that ended long ago: telling it a node is away that has come back and caught up
+    since would be false."""
+    if rollout.state != "completed" or not rollout.away:
+        return []
+    try:
+        fleet = await client.fleet_status(info.namespace)
+    except ConfbusError:
+        return []  # the rollout's own account stands
+    holding = {n.node for n in fleet.nodes if (n.applied_version or 0) >= info.version}
+    return [n for n in rollout.away if n in holding]
 
 
 async def wait_for_away(client: Client, info: VersionInfo, away: list[str], deadline: float) -> int:
@@ -148,9 +164,12 @@ async def _still_a_draft(client: Client, info: VersionInfo) -> WaitTimedOut | No
     )
 
 
-def report(args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo) -> int:
+def report(
+    args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo, caught_up: list[str]
+) -> int:
     ns, v = info.namespace, info.version
     applied = [n for n in rollout.report if n.outcome == "applied"]
+    away = [n for n in rollout.away if n not in caught_up]
     not_applied = [n for n in rollout.report if n.outcome not in ("applied", "away")]
     ok = rollout.state == "completed"
     empty = ok and not rollout.targets and not rollout.away
@@ -167,18 +186,24 @@ def report(args: argparse.Namespace, info: VersionInfo, rollout: RolloutInfo) ->
             "version": v,
             "sha256": info.sha256,
             "rollout": msgspec.to_builtins(rollout),
+            "caught_up": caught_up,
             "ok": ok,
         }
         sys.stdout.write(_json.encode(out).decode() + "\n")
     elif ok:
         sys.stdout.write(
-            f"{ns} v{v} sha256={info.sha256} production on {len(applied)} node(s)"
-            + (f", {len(rollout.away)} away" if rollout.away else "")
+            f"{ns} v{v} sha256={info.sha256} production on {len(applied) + len(caught_up)} "
+            "node(s)"
+            + (f", {len(away)} away" if away else "")
             + f" (rollout {rollout.rollout_id})\n"
         )
-    if ok and rollout.away:
+    if ok and caught_up:
         _stderr(
-            f"confbus: {len(rollout.away)} node(s) away: {', '.join(rollout.away)} (stopped, "
+            f"confbus: {', '.join(caught_up)}: away during the rollout, caught up on v{v} since"
+        )
+    if ok and away:
+        _stderr(
+            f"confbus: {len(away)} node(s) away: {', '.join(away)} (stopped, "
             "or no heartbeat); they catch up when they are back"
             + ("" if getattr(args, "require_all", False) else " (--require-all waits for them)")
         )
