@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.opening import OpenClose
-from confbus.runtime.retry import retry_unavailable
+from confbus.runtime.retry import budget_deadline, retry_unavailable
 from confbus.runtime.urls import DEFAULT_NATS_URL
 from confbus.schemas.api.operation import Operation
 
@@ -36,7 +36,7 @@ class Connection(OpenClose):
         connect_wait_s: float = 0.0,
     ) -> None:
         """``connect_wait_s``: how long to keep trying to reach NATS at first (a broker
-        restarting); 0: give up at once."""
+        restarting), never past the ``retry.budget`` around ``open``; 0: give up at once."""
         self.nats_url = nats_url
         self.connect_wait_s = connect_wait_s
         self._kw: dict[str, Any] = dict(
@@ -70,7 +70,7 @@ class Connection(OpenClose):
             self._bus = await retry_unavailable(
                 once,
                 what=f"connecting to {self.nats_url}",
-                deadline=time.monotonic() + self.connect_wait_s,
+                deadline=min(budget_deadline(), time.monotonic() + self.connect_wait_s),
             )
 
     async def close(self) -> None:
