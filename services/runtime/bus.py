@@ -270,8 +270,12 @@ async def connect(
     connect_timeout: float = 2.0,
     max_reconnect_attempts: int = -1,
     allow_reconnect: bool = True,
+    no_echo: bool = False,
 ) -> Bus:
-    """Connect with reconnect across several server URLs (forever, by default)."""
+    """Connect with reconnect across several server URLs (forever, by default).
+
+    ``no_echo``: the server does not hand this connection the messages it published itself
+    (an agent's subscription to its own node's heartbeats wants only the others')."""
 
     conn: list[Bus] = []
     failures: list[Exception] = []  # while connecting: what each attempt met
@@ -321,6 +325,7 @@ async def connect(
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
+                no_echo=no_echo,
                 **kwargs,
             )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
