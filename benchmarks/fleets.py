@@ -76,11 +76,13 @@ def start_hosts(
 
 
 @asynccontextmanager
-async def host_buses(plan: dict[str, Any], name: str) -> AsyncIterator[list[Bus]]:
+async def host_buses(
+    plan: dict[str, Any], name: str, *, no_echo: bool = False
+) -> AsyncIterator[list[Bus]]:
     """A host process's ``connections`` NATS connections (its plan's), closed when it ends,
-    even when cancelled."""
+    even when cancelled; ``no_echo`` as ``confbus agent`` connects (``connect``)."""
     buses = [
-        await connect(plan["nats_url"], name=f"{name}-{os.getpid()}-{i}")
+        await connect(plan["nats_url"], name=f"{name}-{os.getpid()}-{i}", no_echo=no_echo)
         for i in range(max(1, int(plan["connections"])))
     ]
     try:
@@ -340,7 +342,7 @@ async def _host(plan: dict[str, Any]) -> None:
                 trust=trust,
             )
         )
-    async with host_buses(plan, "bench-agents") as buses:
+    async with host_buses(plan, "bench-agents", no_echo=True) as buses:
         await _run_agents(agents, buses, hb)
 
 

@@ -12,7 +12,9 @@ agents has applied. 50 loops run at once, one per namespace, each with one chang
 Counted per committed change: fsynced JetStream writes (messages stored in every stream and
 bucket: with ``sync_interval: always`` each one is fsynced before its ack), SQLite commits
 (the version-store's group commits plus its promotions), and the agents' own fsyncs (counted
-in the agent hosts). Compared with this disk's measured fsync rate.
+in the agent hosts). Compared with this disk's measured fsync rate. Each process's CPU time
+per change over the windows, and per second with every fleet up and nothing in flight (its
+heartbeats, leases and timers, which a slower run carries more of per change).
 
 Baseline, same window and concurrency: 50 loops of the raw floor of a switch (one fsynced
 JetStream publish + two request/reply fan-out rounds to 10 subscribers doing the file work).
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,7 @@ BodyOf = Callable[[str], Callable[[], Awaitable[None]]]
 
 FULL = Shape(50, 10, window_s=6.0, windows=3)
 SMOKE = Shape(3, 2, window_s=1.0, windows=1, processes=1, connections=1)
+IDLE_S = 4.0  # two heartbeat intervals of the fleet's agents, no change in flight
 
 
 async def _window(
@@ -211,17 +214,34 @@ async def run(ctx: Context) -> list[Figure]:
             windows, with what the fsync counters and each process's CPU time grew by per
             change (CPU time: a figure the other work on a shared machine moves far less than
             the rate)."""
-            await _window([body_of(ns) for ns in names], 0.0, 1)
-            groups = {name: [p.pid] for name, p in services.items() if p is not None}
-            cpu = CpuMeter({**groups, "agents": fleet.pids(), "nats-server": [nats_pid]})
+
+            async def warm_up(ns: str) -> None:  # (a window of 0 s would run none)
+                await body_of(ns)()
+
+            async with anyio.create_task_group() as tg:
+                for ns in names:
+                    tg.start_soon(warm_up, ns)
+            groups: dict[str, Sequence[int]] = {
+                name: [p.pid] for name, p in services.items() if p is not None
+            }
+            groups.update({"agents": fleet.pids(), "nats-server": [nats_pid]})
+            # The same processes with no change in flight first: what they spend per second
+            # whatever the rate (heartbeats, leases, timers), which the windows' CPU per change
+            # carries too.
+            idle = CpuMeter(groups)
+            started = time.perf_counter()
+            with idle.span():
+                await anyio.sleep(1.0 if ctx.smoke else IDLE_S)
+            idle_s = time.perf_counter() - started
+            cpu = CpuMeter(groups)
             before = await Counters.read(bus, fleet, store)
+            started = time.perf_counter()
             with cpu.span():
                 rates, total = await windows(body_of)
+            took = time.perf_counter() - started
             after = await Counters.read(bus, fleet, store)
             per_change = _per_change(before, after, total, promotions=promotions)
-            per_change["cpu_ms_per_change"] = {
-                name: round(spent * 1000 / max(total, 1), 2) for name, spent in cpu.spent.items()
-            }
+            per_change.update(_cpu_split(cpu.spent, idle.spent, total, took, idle_s))
             return rates, total, per_change
 
         # -- the raw floor, same concurrency -------------------------------------------------
@@ -270,7 +290,7 @@ async def run(ctx: Context) -> list[Figure]:
 
                 return body
 
-            profiler = _profiler(services)
+            profiler = _profiler({**services, "agent-host": fleet.procs[0]})
             trace.on = True
             e2e_rates, total, per_change = await counted(e2e_body, promotions=True)
             trace.on = False
@@ -403,9 +423,27 @@ def _per_change(
     }
 
 
+def _cpu_split(
+    spent: dict[str, float], idle: dict[str, float], changes: int, took: float, idle_s: float
+) -> dict[str, dict[str, float]]:
+    """CPU ms per change of each process group over the windows; its CPU ms per second with
+    nothing in flight; and the first less the second's share of the windows (the work the
+    changes themselves caused, per change)."""
+    n = max(changes, 1)
+    per_s = {name: sec * 1000 / max(idle_s, 1e-9) for name, sec in idle.items()}
+    return {
+        "cpu_ms_per_change": {name: round(sec * 1000 / n, 2) for name, sec in spent.items()},
+        "cpu_ms_per_s_idle": {name: round(ms, 1) for name, ms in per_s.items()},
+        "cpu_ms_per_change_less_idle": {
+            name: round((sec * 1000 - per_s[name] * took) / n, 2) for name, sec in spent.items()
+        },
+    }
+
+
 def _profiler(procs: dict[str, Proc | None]) -> Profiler | None:
     """``CONFBUS_BENCH_PROFILE=DIR``: py-spy samples the services on the publish path (the
-    version-store, the distributor and the coordinator) during its windows."""
+    version-store, the distributor and the coordinator) and one agent host during its
+    windows."""
     out = os.environ.get("CONFBUS_BENCH_PROFILE")
     if not out:
         return None
@@ -436,10 +474,20 @@ def _fsync_note(p: dict[str, Any]) -> str:
         f"({streams}), "
         f"{'?' if sqlite is None else f'{sqlite:.2f}'} SQLite commits, "
         f"{p['agent_fsyncs_per_change']:.1f} agent fsyncs"
-    ) + _cpu_note(p.get("cpu_ms_per_change", {}))
+    ) + _cpu_note(p)
 
 
-def _cpu_note(cpu: dict[str, float]) -> str:
+def _cpu_note(p: dict[str, Any]) -> str:
+    cpu = p.get("cpu_ms_per_change", {})
     if not cpu:
         return ""
-    return "; CPU ms per change: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+    idle = p.get("cpu_ms_per_s_idle", {})
+    net = p.get("cpu_ms_per_change_less_idle", {})
+    return (
+        "; CPU ms per change: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+        + "; with nothing in flight, CPU ms per s: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in idle.items())
+        + "; per change less that: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in net.items())
+    )

@@ -7,7 +7,7 @@ rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from confbus.schemas import subjects
@@ -65,6 +65,17 @@ CFG_CHANGES = StreamSpec(
     # Refuse new changes rather than silently dropping accepted-but-unprocessed ones.
     discard="new",
     description="change proposals from CI and operators",
+)
+# The second place a change can be accepted, in a replicated stack only (one server has no other
+# leader to offer): publishers go to it when CFG_CHANGES has not acked within half a second, and
+# the version-store consumes both, its store mapping a change id to one version whichever stream
+# it came through. The version-store keeps its leader, and its consumer's, off the servers that
+# lead CFG_CHANGES and its consumer (docs/design.md §3.1).
+CFG_CHANGES_ALT = replace(
+    CFG_CHANGES,
+    name="CFG_CHANGES_ALT",
+    subjects=(subjects.CHANGES_ALT_ALL,),
+    description="change proposals that CFG_CHANGES did not take in time (replicated stacks)",
 )
 CFG_TXN = StreamSpec(
     name="CFG_TXN",
@@ -162,5 +173,8 @@ CFG_CHECKPOINTS = BucketSpec(
     # A checkpoint outlives its use when the events after it are gone: the events' own age.
     ttl_s=365 * DAY,
 )
+
+# Provisioned only with replicas > 1 (``runtime.bus.provision``).
+REPLICATED_STREAMS: tuple[StreamSpec, ...] = (CFG_CHANGES_ALT,)
 
 BUCKETS: tuple[BucketSpec, ...] = (CFG_TXN_HEAD, CFG_STATE, CFG_REJECTIONS, CFG_CHECKPOINTS)

@@ -18,6 +18,21 @@ def change(namespace: str) -> str:
     return f"cfg.change.{check_name(namespace, 'namespace')}"
 
 
+# The second place a change can be accepted (``CFG_CHANGES_ALT``, replicated stacks only): led
+# by another server than ``CFG_CHANGES``, so a dead stream leader does not stop publishes for its
+# election (docs/design.md §3.1).
+CHANGES_ALT_ALL = "cfg.change-alt.*"
+
+
+def change_alt(namespace: str) -> str:
+    return f"cfg.change-alt.{check_name(namespace, 'namespace')}"
+
+
+def change_subjects(namespace: str) -> tuple[str, str]:
+    """The subjects a change of ``namespace`` may arrive on: ``CFG_CHANGES``' first."""
+    return change(namespace), change_alt(namespace)
+
+
 # -- events ---------------------------------------------------------------------------------
 EVENTS_ALL = "cfg.event.>"
 

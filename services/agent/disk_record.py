@@ -31,7 +31,7 @@ from confbus.agent.state import (
     decode_state,
     encode_state,
 )
-from confbus.agent.state_io import ensure_dir, sha256_file
+from confbus.agent.state_io import FileHash, ensure_dir
 from confbus.schemas.names import check_name
 
 STATE_FILE = "state"  # two slots, state.a and state.b (confbus.agent.record)
@@ -70,6 +70,7 @@ class RecordedDisk:
         # from the disk three times per switch; the periodic heartbeat's ``snapshot()``
         # re-reads both, so a change made behind our back (drift) shows within one heartbeat.
         self._live_seen: str | None = None
+        self._live_hash = FileHash()  # not read again while its stat stays as it was
 
     @property
     def keep(self) -> int:
@@ -82,7 +83,7 @@ class RecordedDisk:
 
     def live_sha256(self) -> str | None:
         """sha256 of the live file as on disk now (None: no file) — for drift detection."""
-        self._live_seen = sha256_file(self.live_path)
+        self._live_seen = self._live_hash.current(self.live_path)
         return self._live_seen
 
     def history(self, *, reread: bool = True) -> list[int]:
@@ -201,6 +202,7 @@ class RecordedDisk:
 
     def _forget_seen(self) -> None:
         self._live_seen = None
+        self._live_hash.forget()
         self._history.forget_seen()
 
     def _settle(self) -> None:

@@ -99,7 +99,7 @@ async def connect_or_fall_back(
     name = f"confbus-agent-{agent.node}"
     grace = grace_s if grace_s is not None else float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_S))
     try:
-        return await connect_with_retry(settings, name, timeout=grace)
+        return await connect_with_retry(settings, name, timeout=grace, no_echo=True)
     except TimeoutError:
         agent.bus_connected = False
         restored = await fall_back(agent)
@@ -109,7 +109,7 @@ async def connect_or_fall_back(
             serving,
             extra={"node": agent.node, "restored": restored, "grace_s": grace},
         )
-    return await connect_with_retry(settings, name)
+    return await connect_with_retry(settings, name, no_echo=True)
 
 
 async def fall_back(agent: NodeAgent) -> dict[str, int]:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,3 +248,39 @@ def sha256_file(path: Path) -> str | None:
     """sha256 of the file as it is on disk now, or None if there is no such file."""
     data = read_if_exists(path)
     return None if data is None else sha256_bytes(data)
+
+
+# A file whose last change (ctime) is this long before we hashed it may keep its hash while
+# its stat stays the same: a write within the clock's granularity of our read could leave the
+# times as they were, but not one that far apart (git's "racily clean" rule).
+SETTLED_NS = 1_000_000_000
+
+
+@dataclass(slots=True)
+class FileHash:
+    """The sha256 of a file that is read again only when its stat (device, inode, size,
+    modification and change times) is not what it was when last hashed — every write, rename
+    over it or truncation moves its change time, which nobody can set back. For the
+    heartbeat's drift check, which looked at the live file every interval."""
+
+    _key: tuple[int, int, int, int, int] | None = None
+    _sha256: str | None = None
+
+    def current(self, path: Path) -> str | None:
+        """sha256 of the file as it is on disk now, or None if there is no such file."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._key = None
+            return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key == self._key:
+            return self._sha256
+        hashed_at = time.time_ns()
+        sha256 = sha256_file(path)
+        settled = st.st_ctime_ns < hashed_at - SETTLED_NS
+        self._key, self._sha256 = (key, sha256) if settled and sha256 is not None else (None, None)
+        return sha256
+
+    def forget(self) -> None:
+        self._key = None

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.opening import OpenClose
-from confbus.runtime.retry import retry_unavailable
+from confbus.runtime.retry import budget_deadline, retry_unavailable
 from confbus.runtime.urls import DEFAULT_NATS_URL
 from confbus.schemas.api.operation import Operation
 
@@ -36,7 +36,7 @@ class Connection(OpenClose):
         connect_wait_s: float = 0.0,
     ) -> None:
         """``connect_wait_s``: how long to keep trying to reach NATS at first (a broker
-        restarting); 0: give up at once."""
+        restarting), never past the ``retry.budget`` around ``open``; 0: give up at once."""
         self.nats_url = nats_url
         self.connect_wait_s = connect_wait_s
         self._kw: dict[str, Any] = dict(
@@ -70,7 +70,7 @@ class Connection(OpenClose):
             self._bus = await retry_unavailable(
                 once,
                 what=f"connecting to {self.nats_url}",
-                deadline=time.monotonic() + self.connect_wait_s,
+                deadline=min(budget_deadline(), time.monotonic() + self.connect_wait_s),
             )
 
     async def close(self) -> None:
@@ -85,6 +85,7 @@ class Connection(OpenClose):
         *,
         timeout: float | None = None,
         retry_for: float | None = None,
+        again_after: float | None = None,
     ) -> Rep:
         """Call an operation of ``confbus.schemas.api`` (``store.GET``, ``txn.IN_DOUBT``…) and
         return its typed reply; the endpoint's error is raised as a ``ConfbusError``.
@@ -92,6 +93,8 @@ class Connection(OpenClose):
         ``timeout`` None: the operation's deadline. It may be longer, and shorter only for an
         operation that does not act (``op.acts``). What is retried and for how long
         (``retry_for``, else the ``confbus.runtime.retry.budget`` around the call): see
-        ``confbus.runtime.api.call``.
+        ``confbus.runtime.api.call`` (and for ``again_after``, a second request beside the first).
         """
-        return await call(self.bus, op, request, timeout=timeout, retry_for=retry_for)
+        return await call(
+            self.bus, op, request, timeout=timeout, retry_for=retry_for, again_after=again_after
+        )

@@ -20,6 +20,7 @@ from confbus.client._names import check_change_id, check_namespace
 from confbus.client._trusted import seal_and_sign
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, NotFound, Unavailable
+from confbus.runtime.propose import publish_change
 from confbus.runtime.retry import budget, retry_unavailable
 from confbus.runtime.sealing import Kek
 from confbus.runtime.signing import SigningKey
@@ -45,8 +46,14 @@ from confbus.schemas.variants import (
 )
 from confbus.schemas.versions import VersionInfo
 
-# How often a wait for a change's outcome asks the store, in case its event was missed.
+# How often a wait for a change's outcome asks the store, in case its event was missed, and
+# sends the change again (the first time sooner: a healthy store answers in milliseconds, and a
+# change acked by a stream whose leader then died waits for its election, 4-9 s, unless sent
+# again to the other change stream: docs/design.md §3.1).
 _STATUS_RECHECK_S = 2.0
+_RESEND_AFTER_S = 1.0
+_STATUS_TRY_S = 1.0  # one status read while waiting: the next look is a second or two away
+_PROPOSE_AGAIN_S = 1.0  # a propose unanswered this long is sent again beside the first
 
 
 class Store(Events):
@@ -104,8 +111,9 @@ class Store(Events):
         change = await self.seal_and_sign(change, signing_keys, keks)
 
         async def send(judged_under: str) -> bool:
-            ack = await self.bus.publish(
-                subjects.change(namespace),
+            ack = await publish_change(
+                self.bus,
+                namespace,
                 encode(change),
                 msg_id=change_msg_id(namespace, change_id, judged_under),
             )
@@ -122,8 +130,11 @@ class Store(Events):
 
         async def send(judged_under: str) -> bool:
             # The version-store sends it again under the policy in force itself. One try per
-            # send: ``submit`` retries it, the same way as a publish.
-            return (await self.call(op, change, retry_for=0)).duplicate
+            # send: ``submit`` retries it, the same way as a publish. Sent twice when the first
+            # is not answered within a second: a request lost with a dying nats-server would
+            # hold the publish for the operation's whole deadline (10 s).
+            reply = await self.call(op, change, retry_for=0, again_after=_PROPOSE_AGAIN_S)
+            return reply.duplicate
 
         return await self.submit(change, send, timeout)
 
@@ -204,9 +215,12 @@ class Store(Events):
         """Wait for the outcome of a published change: its event, or its recorded status (the
         event may have been emitted before we subscribed, or long ago for a retried change)."""
         ns, cid = change.namespace, change.change_id
+        judged_under, wait = "", _RESEND_AFTER_S
         while True:
             try:
-                status = await self.change_status(ns, cid)
+                # One short try: a request lost with a dying nats-server would otherwise hold
+                # the wait for the read's whole deadline, while the event may be arriving.
+                status = await self.change_status(ns, cid, timeout=_STATUS_TRY_S, retry_for=0)
             except Unavailable:
                 status = None  # the store is down: the change waits in the stream; so do we
             if status is not None and status.status == "stored" and status.version is not None:
@@ -215,14 +229,15 @@ class Store(Events):
                 if status.outdated:
                     # Refused under a policy since changed: not an answer any more. Sent
                     # again, it is judged under the policy in force; wait for that outcome.
-                    duplicate = await _send_again(send, status.policy_digest, cid)
+                    judged_under = status.policy_digest
+                    duplicate = await _send_again(send, judged_under, cid)
                 else:
                     # Our publish was a duplicate of an earlier one: its rejection is our
                     # answer, unless that earlier attempt sent other bytes under the same id.
                     raise _rejected_as(change, sha, status)
             # Not decided yet: the event says when. Re-check now and then in case we missed it
             # (a reconnect drops core messages).
-            with anyio.move_on_after(_STATUS_RECHECK_S):
+            with anyio.move_on_after(wait) as waiting:
                 event = await events.receive()
                 if isinstance(event, VersionCreated):
                     return await self._stored(change, sha, event.version, event.sha256)
@@ -230,6 +245,12 @@ class Store(Events):
                     if duplicate:
                         continue  # check the recorded bytes (status) before blaming ours
                     raise ChangeRejected(ns, cid, event.reason, event.where)
+            if waiting.cancelled_caught:
+                # Still no outcome: send it again. A no-op for a stream that holds it, and to
+                # CFG_CHANGES_ALT besides (``publish_change``): the copy acked may sit in a
+                # stream (or consumer) whose leader died, unread until its election.
+                await _send_again(send, judged_under, cid)
+            wait = _STATUS_RECHECK_S
 
     async def _stored(
         self, change: ChangeProposed, sha: str, version: int, stored_sha: str
@@ -270,11 +291,21 @@ class Store(Events):
         except NotFound:
             return None
 
-    async def change_status(self, namespace: str, change_id: str) -> store_api.ChangeStatusReply:
+    async def change_status(
+        self,
+        namespace: str,
+        change_id: str,
+        *,
+        timeout: float | None = None,
+        retry_for: float | None = None,
+    ) -> store_api.ChangeStatusReply:
         """What became of a change id: ``stored`` (as ``version``), ``rejected`` (``reason``,
-        ``where``; remembered 7 days) or ``unknown`` (not decided, or never seen)."""
+        ``where``; remembered 7 days) or ``unknown`` (not decided, or never seen). ``timeout``
+        and ``retry_for`` as for ``call``."""
         request = store_api.ChangeStatusRequest(namespace=namespace, change_id=change_id)
-        return await self.call(store_api.CHANGE_STATUS, request)
+        return await self.call(
+            store_api.CHANGE_STATUS, request, timeout=timeout, retry_for=retry_for
+        )
 
     async def dry_run(self, change: ChangeProposed) -> store_api.DryRunReply:
         """Validate ``change`` as the version-store would and diff it against the version it

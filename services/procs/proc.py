@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -220,16 +221,24 @@ class Proc:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """``sig`` (resumed first, if paused), then SIGKILL to the group after ``timeout``
         seconds; its exit code (None if it never started)."""
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
+        self._signal(sig)
+        return self._stopped(timeout)
+
+    def _signal(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGCONT)
                 self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+
+    def _stopped(self, timeout: float) -> int | None:
+        """After ``_signal``: its exit code, SIGKILL to the group if it is still running
+        ``timeout`` seconds on."""
+        if self.popen is None:
+            return None
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
         return self.wait_exit()
 
     def wait_exit(self, timeout: float = 30.0) -> int:
@@ -245,6 +254,25 @@ class Proc:
             if lines is not None:
                 lines.join()
         return code
+
+
+def start_together(procs: Sequence[Proc], timeout: float = 30.0) -> None:
+    """Start them all, then wait for each one's JSON ready line: their start-ups overlap.
+    (For processes that need not wait for one another; otherwise ``start`` each in turn.)"""
+    for proc in procs:
+        proc.start(wait_ready=False)
+    for proc in procs:
+        proc.wait_ready(timeout)
+
+
+def stop_together(procs: Sequence[Proc], sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """``Proc.stop`` of them all with their shutdowns overlapping: ``sig`` to each, then wait
+    for each; SIGKILL to any still running ``timeout`` seconds after the signals."""
+    for proc in procs:
+        proc._signal(sig)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        proc._stopped(max(0.0, deadline - time.monotonic()))
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -13,7 +13,9 @@ from datetime import datetime
 
 from confbus.runtime.api import call
 from confbus.runtime.bus import Bus
+from confbus.runtime.codec import encode
 from confbus.runtime.errors import Conflict, NotFound
+from confbus.runtime.propose import publish_change
 from confbus.schemas import subjects
 from confbus.schemas.api import dist as dist_api
 from confbus.schemas.api import health as health_api
@@ -53,9 +55,10 @@ class Peers:
 
     async def propose(self, change: ChangeProposed) -> None:
         """Publish the rollback's change; the msg id makes a repeat a no-op for the stream."""
-        await self.bus.publish(
-            subjects.change(change.namespace),
-            change,
+        await publish_change(
+            self.bus,
+            change.namespace,
+            encode(change),
             msg_id=msg_id(change.namespace, change.change_id),
         )
 

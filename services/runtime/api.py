@@ -194,9 +194,15 @@ async def call(
     *,
     timeout: float | None = None,
     retry_for: float | None = None,
+    again_after: float | None = None,
 ) -> Rep:
     """Send ``request`` to ``op`` and decode its reply; raise the endpoint's error as a
     ``ConfbusError`` (``Unavailable`` when nobody answered within the deadline).
+
+    ``again_after``: with no answer by then, send the request once more beside the first, and
+    take whichever answer comes first — for an operation safe to repeat whose caller must not
+    wait out its deadline for a request lost with a dying nats-server (the one it went
+    through, or the one its taker's reply went back through).
 
     ``timeout`` None: the operation's deadline. A caller may wait longer; it may wait less only
     for a read, where not hearing back loses an answer and never cuts off an act under way.
@@ -217,6 +223,8 @@ async def call(
             f"{op.service}.{op.name} acts: wait at least its deadline ({deadline:g}s), "
             f"not {timeout:g}s"
         )
+    if again_after is not None and not op.retry_safe:
+        raise ValueError(f"{op.service}.{op.name} is not safe to send twice")
     started = time.monotonic()
     if retry_for is not None:
         until = started + retry_for
@@ -230,7 +238,9 @@ async def call(
         # A read need not outwait the budget; an act always gets its whole deadline.
         left = until - time.monotonic()
         wait = per_try if op.acts or left <= 0 else max(min(per_try, left), _MIN_TRY_S)
-        return await _request(bus, op, request, wait)
+        if again_after is None or again_after >= wait:
+            return await _request(bus, op, request, wait)
+        return await _twice(bus, op, request, wait, again_after)
 
     def refuse(exc: Unavailable) -> str:
         if isinstance(exc.__cause__, nats.errors.ConnectionClosedError):
@@ -252,6 +262,34 @@ _UNDELIVERED = (
 )
 # The shortest wait for an answer a retried read is given, however little budget is left.
 _MIN_TRY_S = 0.5
+
+
+async def _twice(
+    bus: Bus, op: Operation[Req, Rep], request: Req, timeout: float, again_after: float
+) -> Rep:
+    """``_request``, and the same request again ``again_after`` seconds later unless answered:
+    the first answer (or error from the service) wins; ``Unavailable`` only if neither got one."""
+    answers: list[Rep] = []
+    errors: list[Exception] = []
+
+    async with anyio.create_task_group() as tg:
+
+        async def attempt(delay: float) -> None:
+            await anyio.sleep(delay)  # the second attempt's start: no answer by then
+            try:
+                answers.append(await _request(bus, op, request, timeout - delay))
+            except Unavailable as exc:
+                errors.append(exc)  # no answer this way: the other attempt may get one
+                return
+            except Exception as exc:  # the service's own answer, an error
+                errors.insert(0, exc)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(attempt, 0.0)
+        tg.start_soon(attempt, again_after)
+    if answers:
+        return answers[0]
+    raise errors[0]
 
 
 async def _request(bus: Bus, op: Operation[Req, Rep], request: Req, timeout: float) -> Rep:

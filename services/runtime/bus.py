@@ -36,7 +36,13 @@ from nats.js.kv import KeyValue
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
-from confbus.schemas.streams import BUCKETS, STREAMS, BucketSpec, StreamSpec
+from confbus.schemas.streams import (
+    BUCKETS,
+    REPLICATED_STREAMS,
+    STREAMS,
+    BucketSpec,
+    StreamSpec,
+)
 
 log = logging.getLogger("confbus.bus")
 
@@ -264,8 +270,12 @@ async def connect(
     connect_timeout: float = 2.0,
     max_reconnect_attempts: int = -1,
     allow_reconnect: bool = True,
+    no_echo: bool = False,
 ) -> Bus:
-    """Connect with reconnect across several server URLs (forever, by default)."""
+    """Connect with reconnect across several server URLs (forever, by default).
+
+    ``no_echo``: the server does not hand this connection the messages it published itself
+    (an agent's subscription to its own node's heartbeats wants only the others')."""
 
     conn: list[Bus] = []
     failures: list[Exception] = []  # while connecting: what each attempt met
@@ -315,6 +325,7 @@ async def connect(
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
+                no_echo=no_echo,
                 **kwargs,
             )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
@@ -372,12 +383,14 @@ async def provision(
     replicas: int = 1,
     streams: Sequence[StreamSpec] = STREAMS,
     buckets: Sequence[BucketSpec] = BUCKETS,
+    replicated: Sequence[StreamSpec] = REPLICATED_STREAMS,
 ) -> None:
-    """Create every stream and bucket, or bring an existing one to the table's limits.
+    """Create every stream and bucket, or bring an existing one to the table's limits; with
+    ``replicas`` > 1 the ``replicated`` streams too (a second place to accept changes).
 
     Idempotent: every service may call it at start-up, in any order, concurrently.
     """
-    for spec in streams:
+    for spec in (*streams, *(replicated if replicas > 1 else ())):
         config = stream_config(spec, replicas)
         try:
             await bus.js.add_stream(config)

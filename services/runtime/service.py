@@ -60,8 +60,11 @@ ServiceMain = Callable[[ServiceContext, TaskStatus[None]], Coroutine[Any, Any, N
 HttpApp = Callable[[ServiceContext], "ASGIApp"]
 
 
-async def connect_with_retry(settings: Settings, name: str, timeout: float | None = None) -> Bus:
-    """A service started before its NATS keeps trying (with a cap), instead of crashing."""
+async def connect_with_retry(
+    settings: Settings, name: str, timeout: float | None = None, *, no_echo: bool = False
+) -> Bus:
+    """A service started before its NATS keeps trying (with a cap), instead of crashing.
+    ``no_echo``: see ``confbus.runtime.bus.connect``."""
     delay = 0.1
     with anyio.fail_after(timeout):
         while True:
@@ -73,6 +76,7 @@ async def connect_with_retry(settings: Settings, name: str, timeout: float | Non
                     password=settings.nats_password,
                     creds=settings.nats_creds,
                     tls_ca=settings.tls_ca,
+                    no_echo=no_echo,
                 )
             except Unavailable as exc:
                 log.warning("waiting for NATS", extra={"error": str(exc)})

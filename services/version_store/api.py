@@ -35,7 +35,7 @@ from confbus.runtime.bus import Bus
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, NotFound
 from confbus.runtime.events import emit
-from confbus.schemas import subjects
+from confbus.runtime.propose import publish_change
 from confbus.schemas.api import store as api
 from confbus.schemas.api.operation import Operation
 from confbus.schemas.changes import ChangeProposed
@@ -335,14 +335,14 @@ class StoreApi:
                 where="content",
             )
         cid = change.change_id
-        ack = await self.bus.publish(subjects.change(ns), data, msg_id=change_msg_id(ns, cid))
+        ack = await publish_change(self.bus, ns, data, msg_id=change_msg_id(ns, cid))
         if ack.duplicate:
             # What a direct publisher does (Client.submit): a change refused under a policy
             # since replaced goes again, to be judged under the one in force.
             status = await self.change_status(api.ChangeStatusRequest(namespace=ns, change_id=cid))
             if status.outdated:
                 again = change_msg_id(ns, cid, status.policy_digest)
-                ack = await self.bus.publish(subjects.change(ns), data, msg_id=again)
+                ack = await publish_change(self.bus, ns, data, msg_id=again)
         log.info(
             "change proposed",
             extra={"namespace": ns, "change_id": change.change_id, "author": who},

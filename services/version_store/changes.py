@@ -69,6 +69,11 @@ _APPROVED_BEFORE = ("approved", "production", "superseded")
 # A first delivery of a change stored this recently may be a redelivery whose count a broker
 # restart lost (its announcement maybe lost with it): longer than any redelivery takes.
 RECHECK_WITHIN = timedelta(minutes=10)
+# How long an announcement may wait for CFG_EVENTS' ack before its change is naked (and
+# announced on the redelivery). A stream whose leader died answers nothing until its election
+# (4-9 s); meanwhile the batches behind wait for this one, and its publisher has its outcome
+# already (the store, and the event itself: core subscribers get it without the stream's ack).
+ANNOUNCE_TRY_S = 1.0
 
 
 def created_msg_id(namespace: str, version: int) -> str:
@@ -96,7 +101,7 @@ async def reject_undecodable(bus: Bus, rejections: Rejections, msg: Msg, reason:
         addr = _decode_addressed(msg.data)
     except DECODE_ERRORS:
         return  # nobody to answer
-    if msg.subject != subjects.change(addr.namespace):
+    if msg.subject not in subjects.change_subjects(addr.namespace):
         return
     m = _WHERE.search(reason)
     where = "" if m is None else m.group(2) + (" (a key)" if m.group(1) else "")
@@ -301,7 +306,7 @@ class ChangeHandler:
         for item in batch:
             # Subject permissions pin who may propose for a namespace: the body may not claim
             # another one. Such a message can never succeed — dead-letter it.
-            if item.subject != subjects.change(item.value.namespace):
+            if item.subject not in subjects.change_subjects(item.value.namespace):
                 item.fail(
                     InvalidInput(
                         f"a change for namespace {item.value.namespace!r} arrived on "
@@ -440,7 +445,8 @@ class ChangeHandler:
                     tg.start_soon(remember, o, o.rejection)
         sending = [(o, o.event) for o in outcomes if o.event is not None and id(o) not in failed]
         results = await self.bus.publish_batch(
-            [Outgoing(event_subject(ev), ev, _event_msg_id(o, ev)) for o, ev in sending]
+            [Outgoing(event_subject(ev), ev, _event_msg_id(o, ev)) for o, ev in sending],
+            timeout=ANNOUNCE_TRY_S,
         )
         for (o, _), exc in zip(sending, results, strict=True):
             if exc is not None:

@@ -29,3 +29,10 @@ class StoreMetrics(ServiceMetrics):
     append_seconds: Annotated[
         Histogram, Metric("append_seconds", "Time of one group commit in the store.")
     ]
+    leader_moves: Annotated[
+        Counter,
+        Metric(
+            "leader_moves",
+            "Leaders of CFG_CHANGES_ALT (or its consumer) moved off CFG_CHANGES' servers.",
+        ),
+    ]

@@ -31,10 +31,11 @@ from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.retry import Backoff
 from confbus.runtime.service import ServiceContext
 from confbus.schemas.changes import ChangeProposed, decode_change
-from confbus.schemas.streams import CFG_CHANGES
+from confbus.schemas.streams import CFG_CHANGES, REPLICATED_STREAMS, StreamSpec
 from confbus.version_store.api import StoreApi
 from confbus.version_store.changes import ChangeHandler, reject_undecodable
 from confbus.version_store.metrics import StoreMetrics
+from confbus.version_store.placement import keep_apart
 from confbus.version_store.rejections import Rejections
 from confbus.version_store.storage import Store, open_store
 from confbus.version_store.variantcheck import Members
@@ -113,15 +114,18 @@ def change_consumer(
     batch: int,
     ack_wait_s: float = 30.0,
     backoff: Backoff | None = None,
+    stream: StreamSpec = CFG_CHANGES,
 ) -> Consumer[ChangeProposed]:
-    """The version-store's durable consumer of ``CFG_CHANGES``, feeding ``handler``."""
+    """The version-store's durable consumer of ``stream`` (``CFG_CHANGES``, or in a replicated
+    stack ``CFG_CHANGES_ALT`` too), feeding ``handler``."""
+    scope = "changes" if stream is CFG_CHANGES else "changes-alt"
     return Consumer(
         bus=handler.bus,
-        stream=CFG_CHANGES,
+        stream=stream,
         durable=DURABLE,
         decode=decode_change,
         handler=handler,
-        metrics=ConsumerMetrics.create(registry, "version-store", "changes"),
+        metrics=ConsumerMetrics.create(registry, "version-store", scope),
         batch=batch,
         ack_wait_s=ack_wait_s,
         backoff=backoff or Backoff(),
@@ -143,24 +147,32 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         def set_health(ok: bool, detail: str) -> None:
             ctx.healthy, ctx.health_detail = ok, detail
 
-        handler = ChangeHandler(
-            ctx.bus,
-            store,
-            rejections,
-            StoreMetrics.create(ctx.registry),
-            set_health,
-            Members(ctx.bus),
+        metrics = StoreMetrics.create(ctx.registry)
+        handler = ChangeHandler(ctx.bus, store, rejections, metrics, set_health, Members(ctx.bus))
+        # A replicated stack accepts changes in two streams (docs/design.md §3.1).
+        streams = (
+            (CFG_CHANGES, *REPLICATED_STREAMS) if ctx.settings.replicas > 1 else (CFG_CHANGES,)
         )
-        consumer = change_consumer(
-            handler, ctx.registry, batch=max(1, args.batch), ack_wait_s=args.ack_wait
-        )
+        consumers = [
+            change_consumer(
+                handler,
+                ctx.registry,
+                batch=max(1, args.batch),
+                ack_wait_s=args.ack_wait,
+                stream=stream,
+            )
+            for stream in streams
+        ]
         async with anyio.create_task_group() as tg:
             store_api = StoreApi(ctx.bus, store, rejections, replica=secrets.token_hex(6))
             svc = await serve_api(
                 ctx.bus, store_api.endpoints(), description="confbus version store", tg=tg
             )
             try:
-                await tg.start(consumer.run)
+                for consumer in consumers:
+                    await tg.start(consumer.run)
+                if len(consumers) > 1:
+                    tg.start_soon(keep_apart, ctx.bus, DURABLE, metrics)
                 ctx.ready_info["store"] = store_kind(args.store)
                 task_status.started()
                 await anyio.sleep_forever()

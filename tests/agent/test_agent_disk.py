@@ -22,7 +22,7 @@ from confbus.agent.state import (
     StateCorrupt,
     VersionNotOnDisk,
 )
-from confbus.agent.state_io import FileMode
+from confbus.agent.state_io import FileHash, FileMode
 from confbus.schemas.names import Format
 from confbus.schemas.txn import Prepare
 from tests.agent.support import (
@@ -632,6 +632,29 @@ def test_restore_refuses_a_damaged_last_good(root: Path, state_dir: Path, live: 
 
 
 # --- catch-up, MISSING and drift ---------------------------------------------------------
+
+
+def test_live_file_hash_follows_every_change_even_right_after_it_was_read(
+    tmp_path: Path,
+) -> None:
+    """The heartbeat's drift check re-reads the live file only when its stat moved; a file
+    changed within a second of being hashed is read again each time (its times may not move
+    within the clock's granularity), so a same-size rewrite right after a read still shows."""
+    path = tmp_path / "app.conf"
+    path.write_bytes(b"one")
+    hashes = FileHash()
+    assert hashes.current(path) == sha(b"one")
+    with path.open("r+b") as f:  # same size, same inode, within the same clock tick
+        f.write(b"two")
+    assert hashes.current(path) == sha(b"two")
+    new = tmp_path / "new"
+    new.write_bytes(b"six")
+    os.replace(new, path)  # another inode at the name
+    assert hashes.current(path) == sha(b"six")
+    path.unlink()
+    assert hashes.current(path) is None
+    path.write_bytes(b"one")
+    assert hashes.current(path) == sha(b"one")
 
 
 def test_commit_without_staged_bytes_is_missing_then_apply_installs(

@@ -40,3 +40,6 @@ async def test_the_top_level_nats_url_reaches_the_agent(bus: Bus, tmp_path: Path
         assert status["bus"] == "connected", status
     finally:
         agent.stop()
+        # Heartbeats left unread in this callback-less subscription would hold the bus's drain
+        # for its whole 30 s timeout.
+        await beats.unsubscribe()

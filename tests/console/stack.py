@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from confbus.procs.agent import agent_argv
-from confbus.procs.proc import Proc
+from confbus.procs.proc import Proc, stop_together
 from tests.cli.procs import run_confbus, start_confbus
 from tests.helpers import stopped_after
 
@@ -85,8 +85,7 @@ class ConsoleStack:
         return agent
 
     def stop(self) -> None:
-        for agent in self.agents.values():
-            agent.proc.stop(timeout=15)
+        stop_together([agent.proc for agent in self.agents.values()], timeout=15)
         self.up.stop(signal.SIGTERM, timeout=30)
 
 

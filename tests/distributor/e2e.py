@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
 from confbus.client import Client
+from confbus.procs.proc import start_together
 from confbus.runtime.bus import Bus
 from confbus.schemas.api.dist import RolloutInfo
 from confbus.schemas.events import AnyEvent, NodeApplied
@@ -64,9 +65,8 @@ def rollout_stack(root: Path, nodes: Sequence[str], **options: Unpack[StackOptio
     stack = start_stack(root, services=options.get("services", ("version_store", "coordinator")))
     try:
         agent_args = options.get("agent_args", {})
-        for n in nodes:
-            extra = agent_args.get(n, ())
-            stack.start_agent(n, (NS,), "--heartbeat-interval", str(HEARTBEAT_S), *extra)
+        beats = ("--heartbeat-interval", str(HEARTBEAT_S))
+        start_together([stack.agent(n, (NS,), *beats, *agent_args.get(n, ())).proc for n in nodes])
         if options.get("distributor", True):
             start_distributor(stack)
         for pkg, *args in options.get("last", ()):

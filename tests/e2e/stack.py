@@ -8,19 +8,27 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from confbus.client import Client
 from confbus.procs.agent import agent_argv
 from confbus.procs.nats import NatsServer
-from confbus.procs.proc import Proc
+from confbus.procs.proc import Proc, start_together, stop_together
 from confbus.runtime.http import http_get
 from confbus.schemas.events import AnyEvent
 from tests.cli.procs import arun_confbus
 from tests.e2e import helpers
 from tests.helpers import eventually
 
-# Services in start order; each waits for its JSON ready line.
+# The services a stack runs by default (started together; each prints a JSON ready line).
 DEFAULT_SERVICES = ("version_store", "coordinator", "distributor")
+
+
+class AgentOptions(TypedDict, total=False):
+    env: dict[str, str] | None
+    live_dir: Path | None
+    state_dir: Path | None
+    key: str | None
 
 
 @dataclass
@@ -66,13 +74,40 @@ class Stack:
         name: str | None = None,
         wait_ready: bool = True,
     ) -> Proc:
+        return self.service(pkg, *extra, env=env, name=name).start(wait_ready=wait_ready)
+
+    def service(
+        self, pkg: str, *extra: str, env: dict[str, str] | None = None, name: str | None = None
+    ) -> Proc:
+        """Service ``pkg`` of the stack, to start."""
         proc = Proc.service(
             pkg, self.url, self.logs, *self.service_args(pkg), *extra, env=env, name=name
         )
         self.services[name or pkg] = proc
-        return proc.start(wait_ready=wait_ready)
+        return proc
 
     def start_agent(
+        self,
+        node: str,
+        namespaces: Sequence[str] = ("web",),
+        *extra: str,
+        wait_ready: bool = True,
+        **options: Unpack[AgentOptions],
+    ) -> Agent:
+        """The agent of ``node`` (see ``agent``), started."""
+        agent = self.agent(node, namespaces, *extra, **options)
+        agent.proc.start(wait_ready)
+        return agent
+
+    def start_agents(
+        self, nodes: Sequence[str], namespaces: Sequence[str] = ("web",), *extra: str
+    ) -> list[Agent]:
+        """An agent on each of ``nodes``, started together; returns once each is ready."""
+        agents = [self.agent(node, namespaces, *extra) for node in nodes]
+        start_together([a.proc for a in agents])
+        return agents
+
+    def agent(
         self,
         node: str,
         namespaces: Sequence[str] = ("web",),
@@ -80,18 +115,17 @@ class Stack:
         env: dict[str, str] | None = None,
         live_dir: Path | None = None,
         state_dir: Path | None = None,
-        wait_ready: bool = True,
         key: str | None = None,
     ) -> Agent:
-        """``key``: the name it goes by in ``agents`` and its log (default: the node id)."""
+        """The agent of ``node``, to start. ``key``: the name it goes by in ``agents`` and its
+        log (default: the node id)."""
         live = live_dir or (self.root / "nodes" / node / "etc")
         live.mkdir(parents=True, exist_ok=True)
         files = {ns: live / f"{ns}.conf" for ns in namespaces}
         state = state_dir or (self.root / "nodes" / node / "state")
         argv = agent_argv(self.url, node, files, state, *extra, heartbeat_interval=0.5)
         name = key or node
-        proc = Proc(f"agent-{name}", argv, self.logs, env).start(wait_ready)
-        agent = Agent(node, files, proc)
+        agent = Agent(node, files, Proc(f"agent-{name}", argv, self.logs, env))
         self.agents[name] = agent
         return agent
 
@@ -150,19 +184,19 @@ class Stack:
         return agent
 
     def stop(self) -> None:
-        for agent in self.agents.values():
-            agent.proc.stop()
-        for proc in reversed(list(self.services.values())):
-            proc.stop()
+        """The agents (together), then the services (together), then NATS."""
+        stop_together([agent.proc for agent in self.agents.values()])
+        stop_together(list(reversed(self.services.values())))
         self.nats.stop()
 
 
 def start_stack(root: Path, services: Sequence[str] = DEFAULT_SERVICES) -> Stack:
+    """NATS, then ``services`` started together (each provisions the streams it needs, at
+    once with the others: ``provision`` is idempotent and safe to run concurrently)."""
     nats = NatsServer(data_dir=root / "nats").start()
     stack = Stack(root, nats)
     try:
-        for pkg in services:
-            stack.start_service(pkg)
+        start_together([stack.service(pkg) for pkg in services])
     except BaseException:
         stack.stop()
         raise
@@ -181,8 +215,7 @@ def stack_fixture(
     ``namespaces`` (with ``agent_args``); all stopped when the test is done."""
     stack = start_stack(root, services)
     try:
-        for node in agents:
-            stack.start_agent(node, namespaces, *agent_args)
+        stack.start_agents(agents, namespaces, *agent_args)
         yield stack
     finally:
         stack.stop()

@@ -52,8 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         # A checkpoint soon after each event: the cursor says what the historian has read.
         s.start_service("historian", "--idle", "0.2", "--tick", "0.1")
-        for node in NODES:
-            s.start_agent(node, (NS,))
+        s.start_agents(NODES, (NS,))
         anyio.run(_first_version, s.url, backend="asyncio")
         yield s
     finally:

@@ -35,8 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = start_stack(root, services=("version_store",))
     try:
         s.start_service("coordinator", "--vote-timeout", "1")
-        for n in NODES:
-            s.start_agent(n)
+        s.start_agents(NODES)
 
         async def setup() -> None:
             bus = await connect(s.url, name="setup")

@@ -38,8 +38,7 @@ async def files_hold(stack: Stack, nodes: tuple[str, ...], content: bytes) -> bo
 
 async def test_three_agents_switch_byte_for_byte(stack: Stack) -> None:
     stack.start_service("coordinator")
-    for n in NODES:
-        stack.start_agent(n)
+    stack.start_agents(NODES)
     bus = await connect(stack.url, name="test")
     try:
         content = b'{"pool": 32, "feature": true}\n'
@@ -105,8 +104,7 @@ async def _not_in_doubt(port: int) -> bool:
 
 async def test_agent_killed_after_voting_yes_learns_the_decision(stack: Stack) -> None:
     stack.start_service("coordinator")
-    for n in ("n1", "n2"):
-        stack.start_agent(n)
+    stack.start_agents(("n1", "n2"))
     stack.start_agent("n3", env={"CONFBUS_FAILPOINTS": "agent.after_vote=kill"})
     bus = await connect(stack.url, name="test")
     try:
@@ -161,8 +159,7 @@ async def test_paused_coordinator_is_fenced_after_a_takeover(stack: Stack) -> No
         env={"CONFBUS_FAILPOINTS": "coordinator.after_prepare_sent=pause"},
         name="coordinator-a",
     )
-    for n in NODES:
-        stack.start_agent(n)
+    stack.start_agents(NODES)
     bus = await connect(stack.url, name="test")
     try:
         v = await store_version(bus, NS, b'{"zombie": true}\n', "c1")

@@ -83,8 +83,7 @@ def _start(root: Path, receiver_port: int, namespace: str, nodes: Sequence[str])
         stack.start_service(
             "health_watcher", "--alertmanager-port", str(receiver_port), *WATCHER_ARGS
         )
-        for node in nodes:
-            stack.start_agent(node, (namespace,))
+        stack.start_agents(nodes, (namespace,))
     except BaseException:
         stack.stop()
         raise

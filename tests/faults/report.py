@@ -354,13 +354,19 @@ FOOTER = """\
      sending the request that killed the replica (5 looped runs of both), against a 19 s
      deadline. A SIGKILL between taking a request and flushing
      the acknowledgement (microseconds before any work) still costs the deadline.
-   - **Now** (slow run above, 100 kills and the rollbacker's 20, at 1-minute load 7.6 median
-     / 9.9 max — a quieter machine than the run before, so compare with care): coordinator
-     0.51 s median / 1.20 s max (lease taken over 0.38 / 0.95 s), distributor 0.95 / 1.06 s,
-     health-watcher 0.17 / 0.27 s (lease taken over 0.49 / 1.10 s), rollbacker — the
-     rollback's next apply after its driver's kill — 0.52 / 0.81 s: every lease role within
-     1.5 s at the max. The CI run: coordinator 0.63 s, distributor 0.84 s. How many of the
-     coordinator kills landed mid-request (and were resent) was not counted in this run.
+   - **Now** (slow run above — the run of `CFG_CHANGES_ALT`, finding 8 below — 100 kills at
+     1-minute load 16.4 median / 29.8 max, about twice the run before's 7.6 / 9.9 on this
+     shared 2-core machine): coordinator 0.67 s median / 2.16 s max (lease taken over 0.48 /
+     1.09 s), distributor 1.05 / 2.00 s (0.80 / 1.55 s), health-watcher 0.34 / 1.07 s (0.48 /
+     1.17 s); rollbacker — the rollback's next apply after its driver's kill — 0.52 / 0.81 s.
+     Within 1.5 s at the median; the coordinator's and distributor's max missed by 0.66 and
+     0.50 s in this run, where the run before (load 7.6: coordinator 0.51 / 1.20 s,
+     distributor 0.95 / 1.06 s, health-watcher 0.17 / 0.27 s) had every lease role within
+     1.5 s at the max. Not investigated in this run: nothing on the lease roles' path changed
+     (the change streams are not on it), and the slowest kills came at the load's peaks —
+     a quieter re-run would tell. The CI run (load 20.6): coordinator 0.64 s, distributor
+     1.41 s, health-watcher 0.75 s. How
+     many of the coordinator kills landed mid-request (and were resent) was not counted.
    - **Left:** the distributor takes `_members` and `web` one after the other, each with its
      own two probes (~0.35 s each): one probe per holder per pass would save about that on
      `web`. A host lost without its socket closing (power cut, network cut: no FIN/RST)
@@ -375,44 +381,64 @@ FOOTER = """\
    - *Clean stop:* SIGTERM of the coordinator, distributor or health-watcher replica leading
      a namespace writes its lease released and a replica holds it in a new term at once
      (tests/ha/test_clean_stop.py).
-   - *NATS stream leader* (next publish acked: the first run 6.10 s median / 10.05 s max,
-     the run before 5.87 / 9.62 s, the run above 6.07 / 9.19 s): a new leader of
-     `CFG_CHANGES` is seen 5.06 s after the kill (median of 18; 5.52 s in the run before).
-     *Where the time goes* — nats-server's raft (server/raft.go, read at nats-server main,
+   - *NATS stream leader* — **met since `CFG_CHANGES_ALT`** (slow run above, 20 kills at
+     1-minute load 16.4 median / 29.8 max): the next publish acked 0.53 s median, 1.19 s max
+     after the kill, and the change under way at the kill stored in the same 0.53 / 1.19 s
+     (it is the same change) — against ≤ 3 s and ≤ 5 s. Before: 6.07 / 9.19 s for both (the
+     runs before that 6.10 / 10.05 and 5.87 / 9.62 s).
+     The CI tier (the secure stack, one kill a run; CI figures above, load 20.6): 0.60 s, and
+     the publish pause around the kill 0.74-1.89 s in 5 looped runs.
+     *Where the time went* — nats-server's raft (server/raft.go, read at nats-server main,
      2.15.0-dev): a follower campaigns only when its election timer fires, reset to a random
      4-9 s (`minElectionTimeoutDefault`, `maxElectionTimeoutDefault`) on every heartbeat
-     (`hbInterval`, 1 s) and append; the vote itself is a round trip.
-     With two followers the first timer fires on average 4 + 5/3 ≈ 5.7 s after the last
-     heartbeat — the measured 5.1-5.5 s median, 4.4-7.8 s range. These are package
-     variables, set only by nats-server's own tests: no option, cluster setting or
-     environment variable changes them in 2.15. A planned stop does not pay them: lame-duck
-     mode (`nats-server --signal ldm`) calls `transferRaftLeaders` and waits a second, so
-     leaders move before the server goes — only a crash waits for the election. What the
-     rest is: the publish is retried every 0.1 s (the CI job's loop) and the change then
-     goes through the version-store's consumer, ~0.5-1 s after the leader is seen; the
-     apply a further ~1.5 s (7.62 s median), all of it the stream (`CFG_TXN`, and
-     `KV_CFG_STATE` when the killed server led it too: leases not renewable, finding 8's
-     first run).
-     **Evaluated, not built (to 3 s):** *the client retrying sooner* gains nothing: no server
-     accepts a write to the stream before its new leader is elected. *Spreading the stream
-     leaders* (`$JS.API.STREAM.LEADER.STEPDOWN` with `placement`, or one stream per server
-     as a preferred leader) lets one kill stall one of `CFG_CHANGES`, `CFG_TXN`,
-     `KV_CFG_STATE` instead of all three — it takes the compound ~1.5 s of the apply's
-     7.6 s, not the 5-6 s of the publish's election. *Not waiting for the election* needs a
-     second place a change can be accepted: two change streams led by different servers, the
-     publisher going to the second when the first has not acked within ~0.5 s, the
-     version-store consuming both and deduplicating by change id (it numbers versions itself,
-     so a CI job's publish-then-wait order still holds). Publishes would resume in ~0.5-1 s;
-     the price is a second stream and consumer to keep, a dedup that spans streams, and
-     changes of one namespace no longer in one stream's order when two publishers race a
-     kill. Prepares on core NATS (issue 23 item 5) take the stream off the apply path, not
-     off the publish path.
-     *Accepted changes stored ≤ 5 s* is now measured, not vacuous: the test kills as the CI
-     job sends a change, and *changes sent before it stored* is that change's store — 6.07 s
-     median, 9.19 s max (the next publish acked: it is the same change): missed by 1.07 s at
-     the median, by the election above.
-   - *etcd leader* (1.99 s median, 3.28 s max in the run above; 1.22 / 2.39 s before, at
-     a lighter load): etcd's election; no target.
+     (`hbInterval`, 1 s) and append; the vote itself is a round trip. With two followers the
+     first timer fires on average 4 + 5/3 ≈ 5.7 s after the last heartbeat — a new leader of
+     `CFG_CHANGES` is still seen 5.08 s median, 6.81 s max after the kill (14 of 20 seen).
+     These are package variables, set only by nats-server's own tests: no option, cluster
+     setting or environment variable changes them in 2.15. A planned stop does not pay them:
+     lame-duck mode (`nats-server --signal ldm`) moves leaders before the server goes.
+     **Built: not waiting for the election** (docs/design.md §3.1). A replicated stack has a
+     second change stream, `CFG_CHANGES_ALT`, and every publisher of a change goes through
+     `runtime.propose.publish_change`: `CFG_CHANGES` first, then, when it has not acked within
+     0.5 s, `CFG_CHANGES_ALT`. The version-store consumes both with one handler; its store
+     maps a change id to one version whichever stream (and how many copies) brought it. A
+     change acked by the dead leader just before the kill is replicated but unreadable until
+     the election: its publisher, with no outcome after 1 s, sends it again, and an ack saying
+     *duplicate* also sends it to `CFG_CHANGES_ALT`, where it is stored. The version-store
+     keeps `CFG_CHANGES_ALT`'s leader and its consumer's off the servers leading
+     `CFG_CHANGES` and its consumer (stepdown requests with a preferred server,
+     `version_store/placement.py`), so one kill leaves one whole way open. Three stalls found
+     on the way: a request in flight through the killed server (the caller's, or the one its
+     taker's reply went back through) is lost, and the caller waited the operation's whole
+     deadline — the secure stack's `propose` 10 s (2 of 4 looped CI runs paused 10.5 s); a
+     retry-safe call may now send the request again beside the first after `again_after`
+     (`runtime.api.call`; `propose_as` after 1 s); the status read the publisher makes while
+     it waits is one 1 s try per look; and when the killed server also led
+     `CFG_EVENTS`, each version-store batch waited 5 s for its announcement's ack while the
+     changes behind it queued (now 1 s, then the change is naked and announced on its
+     redelivery; its publisher has the outcome from the store, or from the event itself).
+     *Decided with an experiment* (an R3 cluster, the stream leader SIGKILLed right after 30
+     acked publishes, twice): a second stream led elsewhere acked at once and its consumer
+     delivered; a direct get (`allow_direct`) from the followers did return the last acked
+     message while the stream was leaderless — but it reads, it cannot ack a work queue, so
+     the version-store would need a second read path with its own position, and raft does not
+     promise that a follower has applied the last committed entry (it learns the commit index
+     on the next append). Dual-write (every change to both streams) would double the fsyncs
+     and consumer work of every change to save a second on a rare kill. Resending on a missing
+     outcome costs nothing while the stack is healthy.
+     *What it costs:* a second stream and consumer; a change may be stored from either stream
+     (the store's change id, already the dedup after the duplicate window); two publishers
+     racing a kill may get versions in another order than their acks (the store numbers
+     versions; `--base` says which order a publisher needs). A single server keeps its one
+     stream (no responders from the other: `CFG_CHANGES` is asked again).
+     *Left:* a change whose publisher dies right after the ack still waits for the election;
+     other calls than the two above still wait their deadline when their request is lost
+     with a killed server (a read is retried within its budget). The apply after a
+     stream-leader kill is unchanged, 7.03 s median, 10.68 s max: it waits for `CFG_TXN`
+     (and `KV_CFG_STATE` when the killed server led it), whose elections nothing here
+     avoids; prepares on core NATS (issue 23 item 5) would take the stream off that path.
+   - *etcd leader* (a later change applied 1.72 s median, 3.02 s max in the run above; 1.38 /
+     2.69 s in the run before, at load 7.6): etcd's election; no target.
    - *Rollbacker* (*rollbacker_failover*, 20 kills): the replica driving a rollback killed
      after its first batch; the other replica, watching the driver's presence, takes the
      rollback over and switches the remaining nodes back in 0.52 s median, 0.81 s max. Not in

@@ -17,7 +17,7 @@ from typing import Any
 
 from confbus.procs.agent import agent_argv
 from confbus.procs.nats import NatsServer
-from confbus.procs.proc import Proc, python_module
+from confbus.procs.proc import Proc, python_module, stop_together
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.kv import StateKV
 from confbus.schemas.node import NamespaceState
@@ -179,10 +179,8 @@ class FaultStack:
             await kv.put(node_key(n.name), record)
 
     def stop(self) -> None:
-        for n in self.nodes.values():
-            n.proc.stop(timeout=5)
-        for proc in reversed(list(self.services.values())):
-            proc.stop(timeout=5)
+        stop_together([n.proc for n in self.nodes.values()], timeout=5)
+        stop_together(list(reversed(self.services.values())), timeout=5)
         if self.nats is not None:
             self.nats.stop()
         if self.cluster is not None:

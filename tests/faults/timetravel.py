@@ -76,6 +76,10 @@ class Run:
     down: set[str] = field(default_factory=set)
     done: bool = False
 
+    def done_once(self, op: str) -> bool:
+        """Whether ``op`` has gone through at least once (not refused, not timed out)."""
+        return self.ops[op] > self.ops[f"{op} refused or timed out"]
+
 
 def node_disk(agent: Agent) -> tuple[Disk, bool]:
     """What the node's live file holds, and whether its state record says that apply was
@@ -200,9 +204,15 @@ async def operate(run: Run, client: Client, tg: anyio.abc.TaskGroup, i: int) -> 
         del exc
 
 
-async def workload(run: Run, client: Client, seconds: float, until_samples: int = 0) -> None:
+async def workload(
+    run: Run,
+    client: Client,
+    seconds: float,
+    until_samples: int = 0,
+    until_ops: tuple[str, ...] = (),
+) -> None:
     """Operations for ``seconds``, and on (within twice that) until the sampler has
-    ``until_samples`` samples."""
+    ``until_samples`` samples and each operation in ``until_ops`` has been done."""
     await client.set_policy(
         Policy(
             namespace=NS, bake_s=0.3, vote_timeout_s=2.0,
@@ -215,7 +225,8 @@ async def workload(run: Run, client: Client, seconds: float, until_samples: int 
 
     def going() -> bool:
         elapsed = time.monotonic() - start
-        return elapsed < seconds or (len(run.samples) < until_samples and elapsed < 2 * seconds)
+        short = len(run.samples) < until_samples or not all(map(run.done_once, until_ops))
+        return elapsed < seconds or (short and elapsed < 2 * seconds)
 
     async with anyio.create_task_group() as tg:
         i = 0
@@ -361,6 +372,7 @@ async def scenario(
     budget_s: float | None = None,
     with_bug: bool = True,
     until_samples: int = 0,
+    until_ops: tuple[str, ...] = (),
 ) -> tuple[Figures, Figures | None]:
     started = time.monotonic()
     seed = seed if seed is not None else random.randrange(1 << 30)
@@ -371,7 +383,7 @@ async def scenario(
         async with Client(stack.url, name="timetravel-test") as client:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sampler, run, client)
-                await workload(run, client, seconds, until_samples)
+                await workload(run, client, seconds, until_samples, until_ops)
                 converged = await settle(run, client)
                 run.done = True
             fig = Figures(

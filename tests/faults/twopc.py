@@ -26,7 +26,7 @@ from typing import Unpack
 
 import anyio
 
-from confbus.procs.proc import Proc
+from confbus.procs.proc import Proc, start_together
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import ConfbusError
 from confbus.schemas.variants import Overlay, VariantSet, encode_variants, render
@@ -112,13 +112,9 @@ class TwoPC:
         stack = FaultStack.single(root)
         try:
             stack.start_service("version_store")
-            for n in NODES:
-                stack.start_agent(
-                    n,
-                    shim=bool(agent_bug),
-                    env={BUG_ENV: agent_bug} if agent_bug else None,
-                    labels=LABELS[n],
-                )
+            env = {BUG_ENV: agent_bug} if agent_bug else None
+            nodes = [stack.agent(n, shim=bool(agent_bug), env=env, labels=LABELS[n]) for n in NODES]
+            start_together([node.proc for node in nodes])
             bus = await stack.bus()
             await stack.record_labels(bus, (NS,))
         except BaseException:

@@ -24,7 +24,7 @@ import pytest
 from confbus.client import Client
 from confbus.procs.agent import agent_argv
 from confbus.procs.etcd import etcd_binary, leader_name
-from confbus.procs.proc import Proc
+from confbus.procs.proc import Proc, stop_together
 from confbus.procs.spawn import alive
 from confbus.procs.tls import TlsFiles
 from confbus.runtime.bus import Bus, connect
@@ -162,8 +162,7 @@ class HaStack:
         return agent
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        for agent in self.agents.values():
-            agent.proc.stop()
+        stop_together([agent.proc for agent in self.agents.values()])
         return self.proc.stop(signal.SIGTERM, timeout=timeout)
 
     def cleanup(self) -> None:

@@ -35,8 +35,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     try:
         for name in ("c1", "c2"):
             s.start_service("coordinator", "--instance", name, "--lease-ttl", TTL, name=name)
-        for n in NODES:
-            s.start_agent(n)
+        s.start_agents(NODES)
         yield s
     finally:
         s.stop()

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
 import anyio
 import pytest
 
+from confbus.cli.main import CONNECT_WAIT_S
 from confbus.client import Client
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus
@@ -67,8 +69,12 @@ async def test_confbus_rollback_refusals_and_unreachable(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, _, err = await confbus(f"nats://127.0.0.1:{port}", "rollback", NS)
+    # Its --timeout bounds the wait for the bus too (else CONNECT_WAIT_S for a broker that is
+    # restarting to come back): one try, given up on at its own deadline.
+    code, _, err = await confbus(f"nats://127.0.0.1:{port}", "rollback", NS, "--timeout", "1")
     assert code == 3 and "unreachable" in err
+    tried = re.search(r"tried (\d+) times over ([\d.]+)s", err)
+    assert tried and float(tried.group(2)) < CONNECT_WAIT_S, err
 
 
 async def test_client_alerts_watch_and_rollback(

@@ -116,3 +116,31 @@ async def test_a_read_that_times_out_is_asked_again_within_the_budget(bus: Bus) 
         await sub.unsubscribe()
     assert got == reply
     assert len(asked) == 2
+
+
+async def test_a_lost_request_of_an_idempotent_act_is_sent_again_beside_it(bus: Bus) -> None:
+    # The first request is lost (as one through a nats-server killed under it): never answered.
+    reply = store.ProposeReply(stream="CFG_CHANGES", seq=1)
+    op = store.PROPOSE.as_user("alice", "ns")
+    seen: list[Msg] = []
+
+    async def lose_the_first(msg: Msg) -> None:
+        seen.append(msg)
+        if len(seen) > 1:
+            await msg.respond(encode(reply))
+
+    sub = await bus.nc.subscribe(op.address, cb=lose_the_first)
+    change = ChangeProposed(namespace="ns", change_id="c1", content=b"{}")
+    started = time.monotonic()
+    try:
+        got = await call(bus, op, change, retry_for=0, again_after=0.3)
+    finally:
+        await sub.unsubscribe()
+    assert got == reply and len(seen) == 2
+    assert time.monotonic() - started < op.deadline_s(change) / 2  # not the deadline (10 s)
+
+
+async def test_only_an_operation_safe_to_repeat_is_sent_twice(bus: Bus) -> None:
+    request = store.PromoteRequest(namespace="ns", version=1, actor="t")
+    with pytest.raises(ValueError, match="not safe to send twice"):
+        await call(bus, store.PROMOTE, request, again_after=1.0)

@@ -9,6 +9,7 @@ import anyio
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, provision
 from confbus.schemas.streams import BUCKETS, CFG_TXN, STREAMS
 
@@ -27,7 +28,7 @@ async def test_provisioning_twice_keeps_the_table_limits(bus: Bus) -> None:
         assert status.bucket == b.name
 
 
-async def test_cfg_txn_takes_more_than_a_thousand_agents(bus: Bus) -> None:
+async def test_cfg_txn_takes_more_than_a_thousand_agents(bus: Bus, nats_server: NatsServer) -> None:
     """One ordered consumer per agent and namespace: nats-server 2.15 would refuse the
     1001st ephemeral consumer of a stream that does not set its own limit."""
     created = 0
@@ -52,6 +53,10 @@ async def test_cfg_txn_takes_more_than_a_thousand_agents(bus: Bus) -> None:
                     tg.start_soon(one, i)
     assert created == 1050
     assert (await bus.js.stream_info(CFG_TXN.name)).state.consumer_count == 1050
+    # A graceful stop writes each consumer's state (~11 s for these 1050, past the fixture's
+    # 10 s SIGTERM grace); the store is thrown away, so end it as a crash would.
+    await bus.close()
+    nats_server.kill()
 
 
 async def test_streams_of_an_older_deployment_get_atomic_batches(bus: Bus) -> None:

@@ -81,6 +81,7 @@ class Permissions:
 # the shared state, and the streams themselves. Denied explicitly to every other role.
 SERVICE_ONLY_WRITES = (
     subjects.CHANGES_ALL,
+    subjects.CHANGES_ALT_ALL,
     subjects.TXN_PREPARES,
     subjects.TXN_DECISIONS,
     subjects.TXN_EPOCHS,
