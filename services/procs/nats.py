@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confbus.procs import spawn
+from confbus.procs.ports import free_port
 from confbus.procs.tls import TlsFiles
 from confbus.schemas.streams import MAX_PAYLOAD
 
@@ -104,7 +105,7 @@ class NatsServer(spawn.Server):
 
     data_dir: Path
     host: str = "127.0.0.1"
-    port: int = -1  # -1: pick a free port; the log tells which
+    port: int = -1  # -1: a free port below the ephemeral range (``procs.ports``)
     monitor_port: int | None = None
     cluster: ClusterPeer | None = None
     gateway: str = ""  # raw gateway block for multi-DC tests
@@ -176,6 +177,11 @@ class NatsServer(spawn.Server):
 
     def spawn(self) -> None:
         """Write the config and start the process; ``wait_ready`` waits for it to serve."""
+        if self.port == -1:
+            # Not nats-server's own pick (the kernel's ephemeral range): while the server is
+            # down, any outgoing connection may take that port as its source port, and a
+            # restart on it failed "address already in use" (seen in CI). Ours is below it.
+            self.port = free_port(self.host)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
         # 0600 from the first byte: the routes of a secured cluster carry their password.
