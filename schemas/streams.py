@@ -174,7 +174,18 @@ CFG_CHECKPOINTS = BucketSpec(
     ttl_s=365 * DAY,
 )
 
-# Provisioned only with replicas > 1 (``runtime.bus.provision``).
-REPLICATED_STREAMS: tuple[StreamSpec, ...] = (CFG_CHANGES_ALT,)
+
+def change_streams(replicas: int) -> tuple[StreamSpec, ...]:
+    """Where a change may be accepted (and the version-store reads it): ``CFG_CHANGES``, and
+    in a stack whose streams are replicated ``CFG_CHANGES_ALT`` too (one server has no second
+    leader to offer)."""
+    return (CFG_CHANGES, CFG_CHANGES_ALT) if replicas > 1 else (CFG_CHANGES,)
+
+
+def streams_for(replicas: int) -> tuple[StreamSpec, ...]:
+    """Every stream of a stack whose streams have ``replicas`` replicas: ``STREAMS`` (which
+    holds ``CFG_CHANGES``) and the change streams beyond it."""
+    return (*STREAMS, *change_streams(replicas)[1:])
+
 
 BUCKETS: tuple[BucketSpec, ...] = (CFG_TXN_HEAD, CFG_STATE, CFG_REJECTIONS, CFG_CHECKPOINTS)

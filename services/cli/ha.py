@@ -47,7 +47,7 @@ from confbus.procs.spawn import keep_previous
 from confbus.procs.tls import TlsFiles
 from confbus.procs.watch import Watched, keep_running
 from confbus.runtime.bus import Bus
-from confbus.schemas.streams import BUCKETS, REPLICATED_STREAMS, STREAMS
+from confbus.schemas.streams import BUCKETS, streams_for
 
 log = logging.getLogger("confbus.up")
 
@@ -286,8 +286,7 @@ class HaCluster:
         """Until every stream and bucket has a leader. A cluster started again on its stores
         (after a stop, or a crash of ``confbus up``) elects one per stream after it answers
         for the account, and a service that asks first times out before it is ready."""
-        streams = (*STREAMS, *REPLICATED_STREAMS)
-        names = [s.name for s in streams] + [f"KV_{b.name}" for b in BUCKETS]
+        names = [s.name for s in streams_for(SIZE)] + [f"KV_{b.name}" for b in BUCKETS]
         with anyio.fail_after(timeout):
             for name in names:
                 while True:

@@ -36,13 +36,7 @@ from nats.js.kv import KeyValue
 from confbus.runtime.codec import encode
 from confbus.runtime.errors import InvalidInput, Unavailable
 from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
-from confbus.schemas.streams import (
-    BUCKETS,
-    REPLICATED_STREAMS,
-    STREAMS,
-    BucketSpec,
-    StreamSpec,
-)
+from confbus.schemas.streams import BUCKETS, BucketSpec, StreamSpec, streams_for
 
 log = logging.getLogger("confbus.bus")
 
@@ -381,16 +375,15 @@ async def provision(
     bus: Bus,
     *,
     replicas: int = 1,
-    streams: Sequence[StreamSpec] = STREAMS,
+    streams: Sequence[StreamSpec] | None = None,
     buckets: Sequence[BucketSpec] = BUCKETS,
-    replicated: Sequence[StreamSpec] = REPLICATED_STREAMS,
 ) -> None:
-    """Create every stream and bucket, or bring an existing one to the table's limits; with
-    ``replicas`` > 1 the ``replicated`` streams too (a second place to accept changes).
+    """Create every stream (by default ``streams_for(replicas)``) and bucket, or bring an
+    existing one to the table's limits.
 
     Idempotent: every service may call it at start-up, in any order, concurrently.
     """
-    for spec in (*streams, *(replicated if replicas > 1 else ())):
+    for spec in streams if streams is not None else streams_for(replicas):
         config = stream_config(spec, replicas)
         try:
             await bus.js.add_stream(config)

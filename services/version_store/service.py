@@ -31,7 +31,7 @@ from confbus.runtime.metrics import ConsumerMetrics
 from confbus.runtime.retry import Backoff
 from confbus.runtime.service import ServiceContext
 from confbus.schemas.changes import ChangeProposed, decode_change
-from confbus.schemas.streams import CFG_CHANGES, REPLICATED_STREAMS, StreamSpec
+from confbus.schemas.streams import CFG_CHANGES, StreamSpec, change_streams
 from confbus.version_store.api import StoreApi
 from confbus.version_store.changes import ChangeHandler, reject_undecodable
 from confbus.version_store.metrics import StoreMetrics
@@ -150,9 +150,6 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         metrics = StoreMetrics.create(ctx.registry)
         handler = ChangeHandler(ctx.bus, store, rejections, metrics, set_health, Members(ctx.bus))
         # A replicated stack accepts changes in two streams (docs/design.md §3.1).
-        streams = (
-            (CFG_CHANGES, *REPLICATED_STREAMS) if ctx.settings.replicas > 1 else (CFG_CHANGES,)
-        )
         consumers = [
             change_consumer(
                 handler,
@@ -161,7 +158,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
                 ack_wait_s=args.ack_wait,
                 stream=stream,
             )
-            for stream in streams
+            for stream in change_streams(ctx.settings.replicas)
         ]
         async with anyio.create_task_group() as tg:
             store_api = StoreApi(ctx.bus, store, rejections, replica=secrets.token_hex(6))

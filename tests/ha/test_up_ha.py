@@ -50,7 +50,13 @@ def test_up_ha_serves_passes_doctor_and_stops_cleanly(tmp_path: Path) -> None:
         )  # fmt: skip
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         assert "all checks passed" in doctor.stdout
-        for stream in ("CFG_CHANGES", "CFG_TXN", "KV_CFG_TXN_HEAD", "KV_CFG_STATE"):
+        for stream in (
+            "CFG_CHANGES",
+            "CFG_CHANGES_ALT",
+            "CFG_TXN",
+            "KV_CFG_TXN_HEAD",
+            "KV_CFG_STATE",
+        ):
             assert f"{stream}: R3, leader nats-" in doctor.stdout, doctor.stdout
         assert "etcd: 3/3 members answer, leader e" in doctor.stdout
         assert "store ×2, txn ×2, dist ×2" in doctor.stdout

@@ -59,7 +59,7 @@ from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import NodeDuplicate
 from confbus.schemas.node import own_heartbeat
 from confbus.schemas.state import LEASES, decode_lease, lease_of
-from confbus.schemas.streams import BUCKETS, CFG_STATE, STREAMS
+from confbus.schemas.streams import BUCKETS, CFG_CHANGES, CFG_STATE, STREAMS, streams_for
 
 Status = Literal["ok", "warn", "FAIL"]
 IN_DOUBT_FAIL_S = 30.0  # an undecided transaction this old means recovery is not working
@@ -146,19 +146,30 @@ def nats_check(bus: Bus) -> Check:
 
 
 async def stream_checks(bus: Bus) -> list[Check]:
-    names = [s.name for s in STREAMS] + [f"KV_{b.name}" for b in BUCKETS]
-    checks = []
-    for name in names:
+    """Every stream and bucket; a stack whose ``CFG_CHANGES`` is replicated has its second
+    change stream checked too (``streams_for``)."""
+    checks: list[Check] = []
+    replicas = 1
+
+    async def check(name: str) -> None:
+        nonlocal replicas
         try:
             info = await bus.js.stream_info(name)
         except nats.js.errors.NotFoundError:
             checks.append(Check("FAIL", "stream", f"{name}: missing (run confbus up, or "
                                 "start a service without --no-provision)"))  # fmt: skip
-            continue
+            return
         except (nats.errors.Error, TimeoutError) as exc:
             checks.append(Check("FAIL", "stream", f"{name}: no answer ({exc!r}): no leader?"))
-            continue
+            return
+        if name == CFG_CHANGES.name:
+            replicas = int(info.config.num_replicas or 1)
         checks.append(_stream_check(name, info))
+
+    for name in [s.name for s in STREAMS] + [f"KV_{b.name}" for b in BUCKETS]:
+        await check(name)
+    for spec in streams_for(replicas)[len(STREAMS) :]:
+        await check(spec.name)
     return checks
 
 
