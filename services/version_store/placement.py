@@ -78,7 +78,10 @@ async def _step_down(
 ) -> None:
     body = json.dumps({"placement": {"preferred": target}}).encode()
     reply = await bus.nc.request(subject, body, timeout=_ASK_S)
-    moved = b'"success":true' in reply.data
+    try:
+        moved = json.loads(reply.data).get("success") is True
+    except (ValueError, AttributeError):  # not JSON, or not an object: not a move
+        moved = False
     log.info(
         "change stream leader moved" if moved else "change stream leader not moved",
         extra={"api": subject, "from": leader, "to": target, "reply": reply.data[:200].decode()},
