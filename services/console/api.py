@@ -111,6 +111,9 @@ _KINDS = {
 }
 
 
+API_INDEX = f" (every endpoint is in {PREFIX}/openapi.json)"
+
+
 async def no_route(request: Request, exc: Exception) -> Response:
     """Starlette's own 404 and 405 (no route, or not this method), said as the API says every
     error — with the reason — for a caller of the API; a short hint for a browser."""
@@ -126,9 +129,6 @@ async def no_route(request: Request, exc: Exception) -> Response:
         found.headers.update(allow)
         return found
     return Response(f"{reason} (the console starts at /)\n", status, allow, "text/plain")
-
-
-API_INDEX = f" (every endpoint is in {PREFIX}/openapi.json)"
 
 
 def error_response(exc: Exception) -> Response:
