@@ -105,6 +105,7 @@ _KINDS = {
     401: "unauthenticated",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
     422: "rejected",
     503: "unavailable",

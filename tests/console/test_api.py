@@ -515,6 +515,7 @@ def test_a_wrong_url_or_method_is_told_so(api: dict[str, httpx.Client]) -> None:
     assert "/api/v1/openapi.json" in body["reason"], body
     r = api["viewer"].delete("api/v1/namespaces")
     body = problem(r, 405, "path")
+    assert body["error"] == "method_not_allowed", body
     assert "DELETE is not allowed on /api/v1/namespaces: use " in body["reason"], body
     assert "GET" in r.headers["allow"], r.headers
     page = api["viewer"].get("nowhere")
