@@ -5,6 +5,9 @@ Keys are spelled here only, built by functions that validate their tokens (a nam
 
     CFG_STATE
       lease.<role>.<name>        LeaseRecord      who acts for <name> (confbus.runtime.leases)
+      lease.<role>._replica.<instance>
+                                 LeaseRecord      a replica's one renewed lease: the namespace
+                                                  leases naming its ``life`` live while it does
       rollout.<ns>               RolloutInfo      the current or last rollout (schemas/api/dist.py)
       target.<ns>                NamespaceTargets per node, the highest version of a committed
                                                   transaction that included it (one write per
@@ -66,21 +69,36 @@ def lease_key(role: str, name: str) -> str:
     return f"{_LEASE}{_token(role, 'lease role')}.{_token(name, 'lease name')}"
 
 
+REPLICA = "_replica"  # lease.<role>._replica.<instance>: no namespace can be named so
+
+
+def replica_key(role: str, instance: str) -> str:
+    """The key of a replica's own lease, which every lease it holds of ``role`` hangs on."""
+    return f"{_LEASE}{_token(role, 'lease role')}.{REPLICA}.{_token(instance, 'instance')}"
+
+
 def lease_of(key: str) -> tuple[str, str]:
-    """``(role, name)`` of a lease key."""
+    """``(role, name)`` of a lease key (name ``_replica.<instance>`` for a replica's)."""
     role, _, name = _tail(key, _LEASE).partition(".")
     return role, name
 
 
 class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Who holds a lease until when. ``epoch`` goes up by one with every new holder (a fencing
-    token); a released lease has ``expires_at`` in 1970."""
+    token); a released lease has ``expires_at`` in 1970.
+
+    ``life``: set, the lease lives as long as its holder's replica lease
+    (``replica_key``) carries that same ``life`` and is not expired — its own ``expires_at``
+    is then far off (``BY_REPLICA`` in ``confbus.runtime.leases``) and only a release changes
+    it. Unset, it is a lease renewed on its own (written by a confbus before replica leases).
+    A replica lease's own record has its ``life`` too, and ``epoch`` counts its lives."""
 
     holder: str
     expires_at: datetime
     epoch: int = 0
     ttl_s: float = 0.0
     acquired_at: datetime | None = None
+    life: str | None = None
 
 
 decode_lease: LazyDecoder[LeaseRecord] = LazyDecoder(LeaseRecord)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import msgspec
 import pytest
 from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
@@ -15,14 +16,15 @@ from nats.js.kv import KeyValue
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.codec import encode
-from confbus.runtime.leases import Leases, NotHeld
+from confbus.runtime.leases import RELEASED, Grant, Leases, NotHeld
 from confbus.runtime.presence import PROBE_GAP_S
-from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
+from confbus.schemas.state import LeaseRecord, decode_lease, lease_key, replica_key
 from confbus.schemas.streams import CFG_STATE
 from confbus.schemas.subjects import lease_presence
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
+NOT_TAKEN = Grant("-", "-", 0, 0, "-")
 
 
 @dataclass
@@ -99,30 +101,58 @@ async def test_a_holder_that_cannot_renew_in_time_stops_at_once(kv: KeyValue) ->
         pass
 
 
-async def test_a_lease_taken_by_another_is_lost_at_the_next_renewal(kv: KeyValue) -> None:
+async def test_a_life_ended_by_another_loses_every_lease_at_the_next_renewal(
+    kv: KeyValue,
+) -> None:
     a = Leases(kv, "test", "a", ttl_s=0.9)
     assert await a.acquire("web") is not None
-    lost = anyio.Event()
+    assert await a.acquire("api") is not None
+    lost: list[str] = []
+    both = anyio.Event()
 
     async with anyio.create_task_group() as tg:
         await tg.start(a.keep)
 
-        async def work() -> None:
-            with a.guard("web"):
+        async def work(name: str) -> None:
+            with a.guard(name):
                 await anyio.sleep_forever()
-            lost.set()
+            lost.append(name)
+            if len(lost) == 2:
+                both.set()
 
-        tg.start_soon(work)
-        # Another replica took it (say a partitioned a looked dead to it): a stops.
-        entry = await kv.get(lease_key("test", "web"))
-        stolen = LeaseRecord(
-            holder="b", epoch=2, expires_at=datetime.now(UTC) + timedelta(seconds=9)
-        )
-        await kv.update(lease_key("test", "web"), encode(stolen), last=entry.revision)
+        tg.start_soon(work, "web")
+        tg.start_soon(work, "api")
+        # Another replica ended a's life (it judged a gone, say a partitioned a): a's next
+        # renewal, a compare-and-set on its own last revision, fails and a stops everything.
+        key = replica_key("test", "a")
+        entry = await kv.get(key)
+        ended = msgspec.structs.replace(decode_lease(entry.value or b""), expires_at=RELEASED)
+        await kv.update(key, encode(ended), last=entry.revision)
         with anyio.fail_after(5):
-            await lost.wait()
-        assert not a.held("web")
+            await both.wait()
+        assert not a.held("web") and not a.held("api")
         tg.cancel_scope.cancel()
+    b = Leases(kv, "test", "b", ttl_s=30.0)
+    assert [(await b.acquire(n) or NOT_TAKEN).epoch for n in ("web", "api")] == [2, 2]
+
+
+async def test_a_renewal_delivered_after_its_life_was_ended_cannot_revive_it(
+    kv: KeyValue,
+) -> None:
+    """The race one record for many names opens, closed by compare-and-set: b ends a's
+    expired life at the revision it read, so a renewal of a's that lands later fails."""
+    clock = Clock()
+    a = Leases(kv, "test", "a", ttl_s=0.6, skew_s=0.0, clock=clock)
+    b = Leases(kv, "test", "b", ttl_s=30.0)
+    assert await a.acquire("web") is not None
+    taken = await eventually(lambda: b.acquire("web"), timeout=5, what="b takes the lease")
+    assert taken.epoch == 2
+    # a was paused before it could see its trust run out (its clock did not move): its
+    # renewal — as if sent before the pause — must fail, and a must lose the name.
+    assert not await a.renew("web")
+    assert not a.held("web")
+    record = decode_lease((await kv.get(lease_key("test", "web"))).value or b"")
+    assert record.holder == "b" and record.epoch == 2
 
 
 async def test_a_restarted_replica_takes_its_own_lease_back_in_a_new_term(kv: KeyValue) -> None:
@@ -219,3 +249,18 @@ async def test_a_clean_stop_hands_the_lease_over_at_once(kv: KeyValue, bus: Bus)
     await a.release_all()
     grant = await b.acquire("web")
     assert grant is not None and grant.epoch == 2
+
+
+async def test_a_lease_of_an_older_confbus_binds_until_its_own_expiry(kv: KeyValue) -> None:
+    """A record without a life (renewed on its own, by a replica of the version before replica
+    leases) is honoured as it was: live until its expiry, then taken in the next epoch."""
+    old = LeaseRecord(holder="old", epoch=4, expires_at=datetime.now(UTC) + timedelta(seconds=1.5))
+    await kv.create(lease_key("test", "web"), encode(old))
+    b = Leases(kv, "test", "b", ttl_s=30.0, skew_s=0.0)
+    assert await b.acquire("web") is None
+    assert await b.current_holder("web") == "old"
+    taken = await eventually(lambda: b.acquire("web"), timeout=5, what="b takes the lease")
+    assert taken.epoch == 5
+    record = decode_lease((await kv.get(lease_key("test", "web"))).value or b"")
+    # What an older replica reads: held by b, with no expiry it would ever reach.
+    assert record.holder == "b" and record.life is not None and record.expires_at.year == 9999

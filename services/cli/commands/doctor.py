@@ -58,7 +58,7 @@ from confbus.schemas.api import dist, health, rollback, store, txn
 from confbus.schemas.base import DECODE_ERRORS
 from confbus.schemas.events import NodeDuplicate
 from confbus.schemas.node import own_heartbeat
-from confbus.schemas.state import LEASES, decode_lease, lease_of
+from confbus.schemas.state import LEASES, REPLICA, LeaseRecord, decode_lease, lease_of
 from confbus.schemas.streams import BUCKETS, CFG_CHANGES, CFG_STATE, STREAMS, streams_for
 
 Status = Literal["ok", "warn", "FAIL"]
@@ -291,8 +291,7 @@ async def leader_checks(bus: Bus) -> list[Check]:
         watcher = await kv.watch(LEASES, ignore_deletes=True)
     except (nats.errors.Error, TimeoutError) as exc:
         return [Check("FAIL", "leader", f"cannot read the leases in {CFG_STATE.name}: {exc!r}")]
-    leases: dict[str, list[str]] = {}
-    now = datetime.now(UTC)
+    records: list[tuple[str, str, LeaseRecord]] = []
     try:
         with anyio.fail_after(5):
             async for entry in watcher:
@@ -302,22 +301,44 @@ async def leader_checks(bus: Bus) -> list[Check]:
                     continue
                 role, name = lease_of(entry.key)
                 try:
-                    lease = decode_lease(entry.value)
+                    records.append((role, name, decode_lease(entry.value)))
                 except DECODE_ERRORS:
                     continue
-                left = (lease.expires_at - now).total_seconds()
-                if left > 0:
-                    what = f"{name} → {lease.holder} (epoch {lease.epoch}, {left:.1f}s left)"
-                else:
-                    what = f"{name} free (last {lease.holder})"
-                leases.setdefault(role, []).append(what)
     except TimeoutError:
         return [Check("FAIL", "leader", "the lease keys did not arrive within 5s")]
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
+    leases = _leases_held(records, datetime.now(UTC))
     if not leases:
         return [Check("ok", "leader", "no leases yet (nothing has needed a leader)")]
     return [Check("ok", "leader", f"{role}: {'; '.join(items)}") for role, items in leases.items()]
+
+
+def _leases_held(
+    records: list[tuple[str, str, LeaseRecord]], now: datetime
+) -> dict[str, list[str]]:
+    """Per role, each name's holder and how long its lease lasts unrenewed: a lease that
+    hangs on its holder's replica lease (``confbus.runtime.leases``) lasts as long as that."""
+    lives = {
+        (role, lease.holder): lease
+        for role, name, lease in records
+        if name.startswith(f"{REPLICA}.")
+    }
+    leases: dict[str, list[str]] = {}
+    for role, name, lease in records:
+        if name.startswith(f"{REPLICA}."):
+            continue
+        expires = lease.expires_at
+        if lease.life is not None and expires > now:
+            replica = lives.get((role, lease.holder))
+            expires = replica.expires_at if replica and replica.life == lease.life else now
+        left = (expires - now).total_seconds()
+        if left > 0:
+            what = f"{name} → {lease.holder} (epoch {lease.epoch}, {left:.1f}s left)"
+        else:
+            what = f"{name} free (last {lease.holder})"
+        leases.setdefault(role, []).append(what)
+    return leases
 
 
 async def txns_check(bus: Bus) -> Check:
