@@ -110,6 +110,15 @@ async def _js_messages(bus: Bus) -> dict[str, int]:
     }
 
 
+def _per_s(before: dict[str, int], after: dict[str, int], took: float) -> dict[str, float]:
+    """Messages stored per second in each stream that grew (the writes a window cost)."""
+    return {
+        name: round((n - before.get(name, 0)) / max(took, 1e-9), 1)
+        for name, n in sorted(after.items())
+        if n > before.get(name, 0)
+    }
+
+
 def _store_commits(store: Proc | None) -> float | None:
     """The version-store's group commits so far (``batch_size`` histogram count)."""
     if store is None or store.ready is None or "http_port" not in store.ready:
@@ -229,10 +238,12 @@ async def run(ctx: Context) -> list[Figure]:
             # whatever the rate (heartbeats, leases, timers), which the windows' CPU per change
             # carries too.
             idle = CpuMeter(groups)
+            stored = await _js_messages(bus)
             started = time.perf_counter()
             with idle.span():
                 await anyio.sleep(1.0 if ctx.smoke else IDLE_S)
             idle_s = time.perf_counter() - started
+            idle_writes = _per_s(stored, await _js_messages(bus), idle_s)
             cpu = CpuMeter(groups)
             before = await Counters.read(bus, fleet, store)
             started = time.perf_counter()
@@ -242,6 +253,7 @@ async def run(ctx: Context) -> list[Figure]:
             after = await Counters.read(bus, fleet, store)
             per_change = _per_change(before, after, total, promotions=promotions)
             per_change.update(_cpu_split(cpu.spent, idle.spent, total, took, idle_s))
+            per_change["js_writes_per_s_idle"] = idle_writes
             return rates, total, per_change
 
         # -- the raw floor, same concurrency -------------------------------------------------
@@ -490,4 +502,6 @@ def _cpu_note(p: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.0f}" for k, v in idle.items())
         + "; per change less that: "
         + ", ".join(f"{k} {v:.1f}" for k, v in net.items())
+        + "; with nothing in flight, JetStream writes per s: "
+        + (", ".join(f"{k} {v:g}" for k, v in p.get("js_writes_per_s_idle", {}).items()) or "0")
     )

@@ -7,15 +7,18 @@ another coordinator has bumped it, nothing of ours can be written (a zombie is f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import anyio
 import msgspec
+from anyio.abc import TaskStatus
 from nats.js.kv import KeyValue
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Fenced, Stale
 from confbus.runtime.kv import StateKV
-from confbus.schemas.base import utcnow
+from confbus.schemas.base import DECODE_ERRORS, utcnow
 from confbus.schemas.state import HEADS, head_key
 from confbus.schemas.streams import CFG_TXN_HEAD
 from confbus.schemas.txn import TxnHead, decode_head
@@ -28,10 +31,14 @@ class Head:
 
 
 class Heads:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, bus: Bus | None = None) -> None:
+        """``bus``: the connection ``kv`` came from, needed only to ``mirror``."""
         self.kv = kv
-        self._state = StateKV(kv)
+        self._state = StateKV(kv, bus)
         self._known: dict[str, Head] = {}  # the last head each get or cas showed us
+        # Every head as the bucket's stream last showed it, while ``mirror`` runs (None: not
+        # mirrored; a head that did not decode is left out, as ``get`` reads it empty).
+        self._mirrored: dict[str, TxnHead] | None = None
 
     def known(self, namespace: str) -> Head | None:
         """The head as we last saw it: a guess for a compare-and-set, which fails (``Fenced``)
@@ -46,7 +53,7 @@ class Heads:
 
     @classmethod
     async def open(cls, bus: Bus) -> Heads:
-        return cls(await bus.kv(CFG_TXN_HEAD.name))
+        return cls(await bus.kv(CFG_TXN_HEAD.name), bus)
 
     async def get(self, namespace: str) -> Head:
         entry = await self._state.read(head_key(namespace), decode_head)
@@ -67,3 +74,32 @@ class Heads:
 
     async def namespaces(self) -> list[str]:
         return sorted(await self._state.keys(HEADS))
+
+    async def mirror(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow every head as it is written (one consumer of the bucket's stream): the
+        recovery sweep then reads only the heads with something left to do (``unsettled``)
+        instead of listing and reading every one each second. Runs until cancelled."""
+        self._mirrored = {}
+        try:
+            await self._state.watch(HEADS, self._on_write, task_status=task_status)
+        finally:
+            self._mirrored = None
+
+    def _on_write(self, namespace: str, value: bytes | None, revision: int) -> None:
+        if self._mirrored is None:
+            return
+        try:
+            head = decode_head(value) if value else None
+        except DECODE_ERRORS:
+            head = None
+        if head is None:
+            self._mirrored.pop(namespace, None)
+        else:
+            self._mirrored[namespace] = head
+
+    async def unsettled(self, settled: Callable[[TxnHead], bool]) -> list[str]:
+        """The namespaces whose head, as last written, is not ``settled`` — every namespace
+        when the heads are not mirrored. A guess to read the head of, never a decision."""
+        if self._mirrored is None:
+            return await self.namespaces()
+        return sorted(ns for ns, head in self._mirrored.items() if not settled(head))

@@ -118,6 +118,8 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
         try:
             await tg.start(peers.watch, ctx.bus)
             await tg.start(leases.keep)
+            # The sweep reads only the heads the mirror shows with something to do.
+            await tg.start(heads.mirror)
             # A restarted coordinator first settles what its predecessor left undecided.
             await coord.recover_all()
             tg.start_soon(heartbeat)

@@ -511,11 +511,19 @@ class Coordinator:
         self.metrics.decisions.labels("abort").inc()
         return _reply(await self.announce(head.value))
 
+    def _settled(self, h: TxnHead) -> bool:
+        """Nothing for the sweep in this head: nothing undecided, its decision announced."""
+        if h.txid is None:
+            return True
+        if h.state == "preparing":
+            return False
+        return h.state not in DECIDED or h.txid in self._announced
+
     async def recover_all(self) -> float:
         """One sweep: settle expired undecided transactions and unpublished decisions.
         Returns the age of the oldest undecided transaction (for the metric)."""
         oldest = 0.0
-        for ns in await self.heads.namespaces():
+        for ns in await self.heads.unsettled(self._settled):
             head = await self.heads.get(ns)
             h = head.value
             if h.state == "preparing" and h.txid is not None:

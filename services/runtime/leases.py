@@ -169,6 +169,7 @@ class Leases:
     _renew_all: bool = False  # our connection came back: renew and check every lease at once
     _life: _Life | None = None
     _closed: bool = False  # released on a clean stop: take nothing more
+    _freed: bool = False  # we ended another replica's life since pursue's pass began
     _grants: dict[str, Grant] = field(default_factory=dict)
     _peers: dict[str, _Peer] = field(default_factory=dict)
     _scopes: dict[str, set[anyio.CancelScope]] = field(default_factory=dict)
@@ -380,6 +381,7 @@ class Leases:
             self._peers.pop(holder, None)  # it renewed meanwhile (or we could not tell)
             return False
         self._peers.pop(holder, None)
+        self._freed = True  # every name of that life is free: pursue takes them at once
         log.warning("replica lease ended", extra={"lease": key, "life": peer.record.life})
         return True
 
@@ -388,6 +390,12 @@ class Leases:
     async def acquire(self, name: str) -> Grant | None:
         """Take the lease if it is free, expired or ours. None if another replica holds it or
         the bus did not answer."""
+        return await self._take(name, None)
+
+    async def _take(self, name: str, gone: dict[str, bool] | None) -> Grant | None:
+        """``acquire``; ``gone``: what probes found of each holder earlier in this pass of
+        ``pursue`` (a paused holder's probe waits out its timeout: once per pass, not once
+        per name it holds)."""
         if self.held(name):
             return self._grants[name]
         life = await self._own_life()
@@ -401,7 +409,12 @@ class Leases:
         if record is not None and record.holder != self.holder and (live or peer is not None):
             if live:
                 self._elsewhere[name] = record.holder
-                if not await self._gone(record.holder):
+                found = gone.get(record.holder) if gone is not None else None
+                if found is None:
+                    found = await self._gone(record.holder)
+                    if gone is not None:
+                        gone[record.holder] = found
+                if not found:
                     self._lose(name, f"held by {record.holder}")
                     return None
                 # Its process is gone: a new term now, after ending its life by compare-and-set
@@ -589,9 +602,13 @@ class Leases:
             except Exception:  # a bad list must never stop the taking
                 log.exception("cannot tell which leases are wanted")
                 names = []
+            self._freed = False
+            gone: dict[str, bool] = {}
             for name in names:
                 if not self.held(name):
-                    await self.acquire(name)  # None when held elsewhere or unreachable
+                    await self._take(name, gone)  # None when held elsewhere or unreachable
+            if self._freed:
+                continue  # we ended a life mid-pass: its names before that are free too
             with anyio.move_on_after(max(0.1, self.ttl_s * RENEW_EVERY)):
                 if not await self.watch(names):
                     await anyio.sleep_forever()  # nobody to watch: the next pass when due

@@ -31,7 +31,7 @@ from confbus.runtime.bus import Bus, connect
 from confbus.runtime.errors import ConfbusError
 from confbus.schemas import subjects
 from confbus.schemas.health import HealthSample
-from confbus.schemas.state import LeaseRecord, decode_lease, lease_key
+from confbus.schemas.state import LeaseRecord, decode_lease, lease_key, replica_key
 from confbus.schemas.streams import CFG_STATE
 from tests.cli.procs import lock_is_free, start_confbus
 from tests.helpers import stopped_after
@@ -224,11 +224,15 @@ def etcd_leader(store_url: str, follower: bool = False, tls: TlsFiles | None = N
 
 async def lease_record(bus: Bus, role: str, name: str) -> LeaseRecord | None:
     """``lease.<role>.<name>`` as written now (held, expired or released), if any."""
+    return await _lease_at(bus, lease_key(role, name))
+
+
+async def _lease_at(bus: Bus, key: str) -> LeaseRecord | None:
     import nats.js.errors
 
     kv = await bus.kv(CFG_STATE.name)
     try:
-        entry = await kv.get(lease_key(role, name))
+        entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:
         return None
     return decode_lease(entry.value) if entry.value else None
@@ -241,6 +245,12 @@ async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None
     lease = await lease_record(bus, role, name)
     if lease is None or lease.expires_at <= datetime.now(UTC):
         return None
+    if lease.life is not None:  # it lives as long as its holder's replica lease
+        replica = await _lease_at(bus, replica_key(role, lease.holder))
+        if replica is None or replica.life != lease.life:
+            return None
+        if replica.expires_at <= datetime.now(UTC):
+            return None
     return lease.holder, lease.epoch
 
 
