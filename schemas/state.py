@@ -37,6 +37,7 @@ from confbus.schemas.base import LazyDecoder, utcnow
 from confbus.schemas.names import NodeId, check_name
 from confbus.schemas.node import NamespaceState
 from confbus.schemas.streams import BucketSpec
+from confbus.schemas.subjects import instance_token
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -73,8 +74,9 @@ REPLICA = "_replica"  # lease.<role>._replica.<instance>: no namespace can be na
 
 
 def replica_key(role: str, instance: str) -> str:
-    """The key of a replica's own lease, which every lease it holds of ``role`` hangs on."""
-    return f"{_LEASE}{_token(role, 'lease role')}.{REPLICA}.{_token(instance, 'instance')}"
+    """The key of a replica's own lease, which every lease it holds of ``role`` hangs on (the
+    instance spelled as its presence subject spells it: ``distributor@host`` is a valid one)."""
+    return f"{_LEASE}{_token(role, 'lease role')}.{REPLICA}.{instance_token(instance)}"
 
 
 def lease_of(key: str) -> tuple[str, str]:

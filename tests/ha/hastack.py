@@ -14,6 +14,7 @@ import re
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,19 +239,22 @@ async def _lease_at(bus: Bus, key: str) -> LeaseRecord | None:
     return decode_lease(entry.value) if entry.value else None
 
 
+async def lease_expiry(bus: Bus, role: str, lease: LeaseRecord) -> datetime:
+    """When ``lease`` runs out unrenewed: its holder's replica lease's expiry when it lives by
+    one (``confbus.runtime.leases``), else its own."""
+    if lease.life is None:
+        return lease.expires_at
+    replica = await _lease_at(bus, replica_key(role, lease.holder))
+    if replica is None or replica.life != lease.life:
+        return datetime.fromtimestamp(0, UTC)  # that life is over: free now
+    return replica.expires_at
+
+
 async def lease_holder(bus: Bus, role: str, name: str) -> tuple[str, int] | None:
     """(holder, epoch) of ``lease.<role>.<name>`` if it is held now."""
-    from datetime import UTC, datetime
-
     lease = await lease_record(bus, role, name)
-    if lease is None or lease.expires_at <= datetime.now(UTC):
+    if lease is None or await lease_expiry(bus, role, lease) <= datetime.now(UTC):
         return None
-    if lease.life is not None:  # it lives as long as its holder's replica lease
-        replica = await _lease_at(bus, replica_key(role, lease.holder))
-        if replica is None or replica.life != lease.life:
-            return None
-        if replica.expires_at <= datetime.now(UTC):
-            return None
     return lease.holder, lease.epoch
 
 

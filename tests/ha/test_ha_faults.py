@@ -73,6 +73,7 @@ from tests.ha.hastack import (
     HaStack,
     etcd_leader,
     health_samples,
+    lease_expiry,
     lease_holder,
     lease_record,
     needs_etcd,
@@ -192,12 +193,13 @@ class Target:
 async def inject(stack: HaStack, bus: Bus, run: Run, t: Target) -> Fault:
     mark = len(stack.proc.err.lines)
     old = await lease_record(bus, t.lease, NS) if t.lease else None
+    expiry = await lease_expiry(bus, t.lease, old) if t.lease and old else None
     pid = stack.pid(t.process)
     await run.sending.wait()  # the next change is on its way: it is sent before the kill
     fault = now_fault(t.name, t.role, t.process, t.restarted, run.last_acked())
     os.kill(pid, signal.SIGKILL)
     if old is not None and old.holder == t.process:
-        fault.old_lease = old.expires_at
+        fault.old_lease = expiry
 
     async def recovered() -> bool:
         after = [a.i for a in run.acks if a.at > fault.killed_at]
