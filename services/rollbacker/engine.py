@@ -420,7 +420,7 @@ class Engine:
         means it drives it). Returns how many drivers were started."""
         started = 0
         running = []
-        for ns in await self.ledgers.namespaces():
+        for ns in await self.ledgers.with_running():
             if ns in self.driving:
                 continue
             rb = (await self.ledgers.read(ns)).running

@@ -112,6 +112,7 @@ async def main(ctx: ServiceContext, task_status: TaskStatus[None]) -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(notifier.run)
         await tg.start(leases.keep)
+        await tg.start(ledgers.mirror)  # before the first resume: it reads through it
         engine = Engine(peers, ledgers, driver, announcer, metrics, instance, tg)
 
         async def on_alert(alert: Alert, msg: Msg) -> None:

@@ -36,9 +36,8 @@ life does: while the replica key carries the same ``life`` and has not expired.
   every lease is lost.
 - **lost** — ``held()`` turns false, and every scope opened with ``guard(name)`` is cancelled
   at once: a holder that cannot renew stops acting.
-- **release** — on a clean stop: the replica key first (one write frees every name at once),
-  then each name's record, ``expires_at`` = 1970; the rollbacker releases one name when its
-  rollback ends.
+- **release** — on a clean stop: each name's record, ``expires_at`` = 1970, all at once, then
+  the replica key (its life over); the rollbacker releases one name when its rollback ends.
 - **watch** — ``pursue`` probes the holders of what it wants every ``WATCH_EVERY_S``, so a
   killed holder's leases are taken over in well under a second, not at their expiry.
 
@@ -506,19 +505,20 @@ class Leases:
             await self._state.cas(lease_key(self.role, grant.name), expired, grant.revision)
 
     async def release_all(self) -> None:
-        """A clean stop: take nothing more, end our replica lease (every name it held is free
-        at once for a replica of this confbus), then release each name (for an older one)."""
+        """A clean stop: take nothing more, stop acting, release every name at once (each
+        record written released, side by side), then end our replica lease."""
         self._closed = True
         grants = list(self._grants.values())
         life = self._life
         self._end_life("released")  # we stop acting before anything says we did
+        async with anyio.create_task_group() as tg:
+            for grant in grants:
+                tg.start_soon(self._write_released, grant)
         if life is not None:
             record = self._replica_record(life.life, life.epoch, life.acquired_at)
             ended = msgspec.structs.replace(record, expires_at=RELEASED)
             with contextlib.suppress(Stale, Unavailable):  # it simply expires
                 await self._state.cas(replica_key(self.role, self.holder), ended, life.revision)
-        for grant in grants:
-            await self._write_released(grant)
 
     def _lose(self, name: str, why: str) -> None:
         grant = self._grants.pop(name, None)
