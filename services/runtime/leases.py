@@ -236,11 +236,11 @@ class Leases:
     def _expired(self, record: LeaseRecord) -> bool:
         return record.expires_at + timedelta(seconds=self.skew_s) <= datetime.now(UTC)
 
-    async def _peer(self, holder: str, *, fresh: bool = False) -> _Peer:
-        """``holder``'s replica lease, read at most ``PEER_READ_S`` ago unless ``fresh``;
-        ``Unavailable`` if unread."""
+    async def _peer(self, holder: str) -> _Peer:
+        """``holder``'s replica lease, read at most ``PEER_READ_S`` ago; ``Unavailable`` if
+        unread."""
         seen = self._peers.get(holder)
-        if not fresh and seen is not None and self.clock() - seen.read_at < PEER_READ_S:
+        if seen is not None and self.clock() - seen.read_at < PEER_READ_S:
             return seen
         read_at = self.clock()
         entry = await self._state.read(replica_key(self.role, holder), decode_lease)
