@@ -451,6 +451,8 @@ class Leases:
         except Unavailable as exc:
             log.warning("lease write failed", extra={"lease": key, "error": exc.message})
             return None
+        if self._life is None or self._life.life != life.life:
+            return None  # our life ended while we wrote: what names it is free for anyone
         self._grants[name] = grant = Grant(name, self.holder, epoch, new_rev, life.life, now)
         log.info("lease taken", extra={"lease": key, "epoch": epoch})
         if self.on_change is not None:
