@@ -84,6 +84,12 @@ BENCHMARKS: dict[str, Entry] = {
         "committed changes/s, 50 namespaces × 10 agents, fsyncs per change",
         150.0,
     ),
+    "heartbeat": Entry(
+        "benchmarks.heartbeat",
+        "CPU per heartbeat: an agent host's per beat sent, the distributor's per beat received",
+        300.0,
+        default=False,
+    ),
     "footprint": Entry(
         "benchmarks.footprint", "RSS per agent process, and per agent when 1000 share", 120.0
     ),

@@ -67,8 +67,9 @@ class RecordedDisk:
         # What the disk held when we last read or wrote it ourselves: the live file's sha256
         # (None: unknown), and the history's listing (``VersionHistory``). The state each 2PC
         # step returns is built from them (``snapshot(reread=False)``) rather than re-read
-        # from the disk three times per switch; the periodic heartbeat's ``snapshot()``
-        # re-reads both, so a change made behind our back (drift) shows within one heartbeat.
+        # from the disk three times per switch; the heartbeat stats the live file each beat
+        # (``live_unchanged``) and takes a full ``snapshot()``, which re-reads both, when the
+        # stat moved, so a change made behind our back (drift) shows in the next heartbeat.
         self._live_seen: str | None = None
         self._live_hash = FileHash()  # not read again while its stat stays as it was
 
@@ -85,6 +86,13 @@ class RecordedDisk:
         """sha256 of the live file as on disk now (None: no file) — for drift detection."""
         self._live_seen = self._live_hash.current(self.live_path)
         return self._live_seen
+
+    def live_unchanged(self, sha256: str | None) -> bool:
+        """Whether the live file is, by its stat, the one last hashed, with ``sha256`` — what
+        a full ``snapshot()`` would report for it now. One ``stat``, without the lock or a
+        thread: the heartbeat's drift check on the event loop (``NodeAgent._publish_heartbeat``),
+        which takes the full snapshot only when this says False."""
+        return self._live_hash.unchanged(self.live_path, sha256)
 
     def history(self, *, reread: bool = True) -> list[int]:
         """Versions whose bytes are kept on disk, ascending (``reread=False``: as we last

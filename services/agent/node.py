@@ -39,7 +39,7 @@ from nats.aio.msg import Msg
 
 from confbus.agent import offload
 from confbus.agent.disk import NamespaceDisk, prepare_txn
-from confbus.agent.heartbeat import heartbeat_delay
+from confbus.agent.heartbeat import BeatTimer, heartbeat_delay
 from confbus.agent.hooks import run_on_change
 from confbus.agent.instance import NodeIdGuard
 from confbus.agent.lastgood import keep_last_good
@@ -111,8 +111,10 @@ class NodeAgent:
     instance: str = field(default_factory=lambda: secrets.token_hex(8))  # see agent.instance
     namespaces: dict[str, _Namespace] = field(default_factory=dict, init=False)
     bus_connected: bool | None = field(default=None, init=False)  # None: not connected yet
-    # Set to send a heartbeat now (readiness to vote changed), not at the next interval.
-    _beat_now: anyio.Event = field(default_factory=anyio.Event, init=False)
+    # The wait for the next heartbeat; ``now()`` sends one at once (readiness to vote changed).
+    _beat: BeatTimer = field(default_factory=BeatTimer, init=False)
+    # The last heartbeat built and what it was built from (``heartbeat``).
+    _built: tuple[tuple[object, ...], Heartbeat] | None = field(default=None, init=False)
     # Set by an agent host (confbus.agent.host), which reads CFG_TXN for its agents and runs
     # resolve_doubts and keep_last_good; None: this agent is a host of one.
     host_txn: TxnReader | None = field(default=None, init=False)
@@ -184,7 +186,7 @@ class NodeAgent:
         end = await reader.stream_end()
         for ns in self.namespaces.values():
             ns.last_seq = ns.last_seq or end
-        self._guard = NodeIdGuard(self.heartbeat, lambda: self._beat_now.set())
+        self._guard = NodeIdGuard(self.heartbeat, self._beat.now)
         await self._guard.join(bus)
         for name in self.namespaces:
             await tg.start(self._follow, bus, reader, name)
@@ -229,7 +231,7 @@ class NodeAgent:
         return bool(taps) and all(t is not None and t.live for t in taps)
 
     def _on_live(self, _live: bool) -> None:
-        self._beat_now.set()  # tell the distributor now, not at the next heartbeat
+        self._beat.now()  # tell the distributor now, not at the next heartbeat
 
     async def _handle(self, bus: Bus, ns: _Namespace, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -528,32 +530,54 @@ class NodeAgent:
     # -- heartbeats ----------------------------------------------------------------------
 
     async def _heartbeats(self, bus: Bus) -> None:
+        subject = subjects.heartbeat(self.node)
         while True:
-            self._beat_now = beat_now = anyio.Event()
+            self._beat.begin()
             if self._guard is not None:  # another live agent keeps this node id: stop here
-                self._guard.check()  # (after the new event: a refusal from now on wakes it)
-            await self._publish_heartbeat(bus)
-            with anyio.move_on_after(heartbeat_delay(self.heartbeat_interval_s)):
-                await beat_now.wait()
+                self._guard.check()  # (after ``begin``: a refusal from now on wakes the wait)
+            await self._publish_heartbeat(bus, subject=subject)
+            await self._beat.wait(heartbeat_delay(self.heartbeat_interval_s))
 
     def heartbeat(self) -> Heartbeat:
-        return Heartbeat(
+        """This agent's heartbeat, as of now. Built again only when what it says changed — a
+        namespace's state (each 2PC step and each drift check that found a change replace it)
+        or readiness to vote; else the last one with the time of now. The rest (node, labels,
+        interval, start, instance, health source) is the agent's for its life."""
+        ready = self.ready
+        basis = (ready, *(ns.state for ns in self.namespaces.values()))
+        built = self._built
+        if (
+            built is not None
+            and len(built[0]) == len(basis)
+            and all(a is b for a, b in zip(built[0], basis, strict=True))
+        ):
+            return msgspec.structs.replace(built[1], at=utcnow())
+        hb = Heartbeat(
             node=self.node,
             labels=self.labels,
             namespaces=[ns.state.to_namespace_state() for ns in self.namespaces.values()],
             interval_s=self.heartbeat_interval_s,
             started_at=self.started_at,
-            ready=self.ready,
+            ready=ready,
             instance=self.instance,
             health_source=bool(self.health_url),
         )
+        self._built = (basis, hb)
+        return hb
 
-    async def _publish_heartbeat(self, bus: Bus, refresh: bool = True) -> None:
+    async def _publish_heartbeat(
+        self, bus: Bus, refresh: bool = True, *, subject: str | None = None
+    ) -> None:
         if refresh:
             for ns in self.namespaces.values():
-                await self._refresh(ns)  # re-hash the live file: drift shows in the heartbeat
+                # Drift shows in the heartbeat: a live file whose stat moved since it was last
+                # hashed is hashed again (the full snapshot, in a worker thread); one that did
+                # not costs a stat here (``RecordedDisk.live_unchanged``).
+                if not ns.disk.live_unchanged(ns.state.live_sha256):
+                    await self._refresh(ns)
         try:
-            await bus.nc.publish(subjects.heartbeat(self.node), encode(self.heartbeat()))
+            subject = subject or subjects.heartbeat(self.node)
+            await bus.nc.publish(subject, encode(self.heartbeat()))
             self.bus_connected = bus.nc.is_connected
         except (
             nats.errors.ConnectionClosedError,

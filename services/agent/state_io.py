@@ -256,31 +256,50 @@ def sha256_file(path: Path) -> str | None:
 SETTLED_NS = 1_000_000_000
 
 
+_Stat = tuple[int, int, int, int, int]
+_ABSENT: _Stat = (-1, -1, -1, -1, -1)  # the stat key of "there is no such file"
+
+
+def _stat_key(path: Path) -> _Stat:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return _ABSENT
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclass(slots=True)
 class FileHash:
     """The sha256 of a file that is read again only when its stat (device, inode, size,
     modification and change times) is not what it was when last hashed — every write, rename
     over it or truncation moves its change time, which nobody can set back. For the
-    heartbeat's drift check, which looked at the live file every interval."""
+    heartbeat's drift check, which looks at the live file every interval."""
 
-    _key: tuple[int, int, int, int, int] | None = None
-    _sha256: str | None = None
+    # (stat key, sha256) of the last settled read, one attribute: ``unchanged`` reads it on
+    # the event loop while a worker thread may be replacing it, and sees both or neither.
+    _seen: tuple[_Stat, str | None] | None = None
 
     def current(self, path: Path) -> str | None:
         """sha256 of the file as it is on disk now, or None if there is no such file."""
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            self._key = None
+        key = _stat_key(path)
+        seen = self._seen
+        if seen is not None and seen[0] == key:
+            return seen[1]
+        if key == _ABSENT:
+            self._seen = (key, None)  # an absence has no times to be racy about
             return None
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if key == self._key:
-            return self._sha256
         hashed_at = time.time_ns()
         sha256 = sha256_file(path)
-        settled = st.st_ctime_ns < hashed_at - SETTLED_NS
-        self._key, self._sha256 = (key, sha256) if settled and sha256 is not None else (None, None)
+        settled = key[4] < hashed_at - SETTLED_NS
+        self._seen = (key, sha256) if settled and sha256 is not None else None
         return sha256
 
+    def unchanged(self, path: Path, sha256: str | None) -> bool:
+        """Whether ``current`` would return ``sha256`` without reading the file: its stat is
+        the one last hashed, and that hash was ``sha256``. One stat, no lock, no read: the
+        heartbeat asks this on the event loop, and only a False costs the full check."""
+        seen = self._seen
+        return seen is not None and seen[1] == sha256 and seen[0] == _stat_key(path)
+
     def forget(self) -> None:
-        self._key = None
+        self._seen = None

@@ -149,6 +149,11 @@ class Member:
     def state(self, namespace: str) -> NamespaceState | None:
         return self.states.get(namespace)
 
+    def material(self, liveness: str) -> object:
+        """``_material`` of ``record(liveness, …)``, without building the record: the sweep
+        asks it of every member every second, and nearly always nothing changed."""
+        return (self.labels, list(self.states), liveness, self.started_at)
+
     def record(self, liveness: str, since: datetime | None) -> NodeRecord:
         return NodeRecord(
             node=self.node,
@@ -180,7 +185,8 @@ class Membership:
     started: float = field(default_factory=time.monotonic)
     last_any: float = 0.0  # monotonic time of the last heartbeat from anyone
     loaded: bool = False  # the node records of CFG_STATE were read (``load``)
-    _heard: anyio.Event = field(default_factory=anyio.Event)  # set by the next heartbeat
+    # Set by the next heartbeat; made only when someone waits for it (``_next_heard``).
+    _heard: anyio.Event | None = None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -195,16 +201,23 @@ class Membership:
         if remaining > 0:
             with anyio.move_on_after(remaining):
                 while not self._recorded_live_heard():
-                    await self._heard.wait()
+                    await self._next_heard().wait()
         elif self.deaf():
             with anyio.move_on_after(1.5 * self.heartbeat_interval_s):
-                await self._heard.wait()
+                await self._next_heard().wait()
 
     async def first_heard(self, namespace: str, within_s: float) -> None:
         """Wait, at most ``within_s``, until some node of ``namespace`` is known."""
         with anyio.move_on_after(within_s):
             while not self.known_nodes(namespace):
-                await self._heard.wait()
+                await self._next_heard().wait()
+
+    def _next_heard(self) -> anyio.Event:
+        """Set by the next heartbeat. Made by a waiter, not by each heartbeat: hundreds come
+        a second, and nearly none is waited for."""
+        if self._heard is None:
+            self._heard = anyio.Event()
+        return self._heard
 
     def _recorded_live_heard(self) -> bool:
         """The records were read and every node they call live has been heard since."""
@@ -297,8 +310,10 @@ class Membership:
         if self.deaf():
             self._discount(now - self.last_any)
         self.last_any = now
-        self._heard.set()
-        self._heard = anyio.Event()
+        heard, self._heard = self._heard, None
+        if heard is not None:
+            heard.set()
+        wall = datetime.now(UTC)
         states = {s.namespace: s for s in hb.namespaces}
         m = self.members.get(hb.node)
         if m is None:
@@ -308,7 +323,7 @@ class Membership:
                 states=states,
                 interval_s=hb.interval_s,
                 seen=now,
-                last_heartbeat=datetime.now(UTC),
+                last_heartbeat=wall,
                 started_at=hb.started_at,
                 heard=True,
                 ready=hb.ready,
@@ -324,21 +339,17 @@ class Membership:
             ):
                 # A second agent while this one holds the node: not a member's heartbeat.
                 if not hb.leaving:
-                    m.duplicate = Duplicate(
-                        hb.instance, hb.started_at, m.instance, datetime.now(UTC), now
-                    )
+                    m.duplicate = Duplicate(hb.instance, hb.started_at, m.instance, wall, now)
                 return m
             if m.liveness(now) == "live":  # the one heard first is the second agent
-                m.duplicate = Duplicate(
-                    m.instance, m.started_at, hb.instance, datetime.now(UTC), now
-                )
+                m.duplicate = Duplicate(m.instance, m.started_at, hb.instance, wall, now)
         m.labels = dict(hb.labels)
         m.left = hb.leaving
         m.instance = hb.instance
         m.states = states
         m.interval_s = hb.interval_s
         m.seen = now
-        m.last_heartbeat = datetime.now(UTC)
+        m.last_heartbeat = wall
         m.started_at = hb.started_at
         m.heard = True
         m.ready = hb.ready
@@ -459,13 +470,17 @@ class MembershipKeeper:
         if transition and member.announced is not None and not gap_open:
             transition = False  # coalesced: announced when the gap is over
             liveness = member.recorded.liveness if member.recorded else liveness
+        stale_time = now - member.recorded_at > PERSIST_EVERY_S
+        if (
+            not transition
+            and not stale_time
+            and member.material(liveness) == _material(member.recorded)
+        ):
+            return
         since = member.since
         if transition:
             since = datetime.now(UTC)
         rec = member.record(liveness, since)
-        stale_time = now - member.recorded_at > PERSIST_EVERY_S
-        if not transition and _material(rec) == _material(member.recorded) and not stale_time:
-            return
         # Last writer wins for the record (one lease holder writes); the revision keeps
         # our view in step with what another replica may have written before us: tried first
         # against the revision of our own last write, read only if someone wrote since.
