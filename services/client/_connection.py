@@ -60,8 +60,12 @@ class Connection(OpenClose):
         while NATS cannot be reached."""
 
         async def once() -> Bus:
+            # At once: with connect_wait_s, retry_unavailable below does the waiting.
             return await connect(
-                self.nats_url, max_reconnect_attempts=RECONNECT_ATTEMPTS, **self._kw
+                self.nats_url,
+                max_reconnect_attempts=RECONNECT_ATTEMPTS,
+                give_up_at_once=True,
+                **self._kw,
             )
 
         if self.connect_wait_s <= 0:
