@@ -60,8 +60,14 @@ class Connection(OpenClose):
         while NATS cannot be reached."""
 
         async def once() -> Bus:
+            # Without connect_wait_s, a closed port is said at once. With it, each try keeps
+            # nats-py's 0.5 s cadence until its deadline: a broker back from a restart is
+            # reached sooner than by retry_unavailable's backoff alone.
             return await connect(
-                self.nats_url, max_reconnect_attempts=RECONNECT_ATTEMPTS, **self._kw
+                self.nats_url,
+                max_reconnect_attempts=RECONNECT_ATTEMPTS,
+                give_up_at_once=self.connect_wait_s <= 0,
+                **self._kw,
             )
 
         if self.connect_wait_s <= 0:

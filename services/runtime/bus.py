@@ -265,18 +265,34 @@ async def connect(
     max_reconnect_attempts: int = -1,
     allow_reconnect: bool = True,
     no_echo: bool = False,
+    give_up_at_once: bool = False,
 ) -> Bus:
     """Connect with reconnect across several server URLs (forever, by default).
 
     ``no_echo``: the server does not hand this connection the messages it published itself
-    (an agent's subscription to its own node's heartbeats wants only the others')."""
+    (an agent's subscription to its own node's heartbeats wants only the others').
+
+    ``give_up_at_once``: the first connect tries each server once, and raises ``Unavailable``
+    as soon as every one has failed (a closed port: at once) — for a caller with its own retry
+    loop, or one that must not wait. Otherwise it keeps trying until its deadline (about
+    ``connect_timeout`` per server). Either way, once connected, reconnects follow
+    ``max_reconnect_attempts``."""
 
     conn: list[Bus] = []
-    failures: list[Exception] = []  # while connecting: what each attempt met
+    failures: list[Exception] = []  # while connecting: what the last attempt met
+    attempts = 0  # failed attempts of the first connect
+    # nats-py's first connect keeps cycling through the servers (max_reconnect_attempts, and
+    # even allow_reconnect=False, bound only later reconnects): a round over every server is
+    # all a caller that gives up at once wants, so the failure that ends it cancels the rest.
+    first_connect = anyio.CancelScope()
 
     async def on_error(exc: Exception) -> None:
+        nonlocal attempts
         if not conn:
             failures[:] = [exc]
+            attempts += 1
+            if give_up_at_once and attempts >= len(servers):
+                first_connect.cancel()
         log.warning("nats error", extra={"error": repr(exc)})
 
     async def on_disconnect() -> None:
@@ -308,7 +324,7 @@ async def connect(
     deadline = connect_timeout * len(servers) + 1.0
     nc: Client | None = None
     try:
-        with anyio.move_on_after(deadline):
+        with first_connect, anyio.move_on_after(deadline):
             nc = await nats.connect(
                 servers=servers,
                 name=name,
@@ -331,6 +347,8 @@ async def connect(
             if failures
             else "is it TLS with a certificate this client does not trust? see --tls-ca"
         )
+        if first_connect.cancel_called:
+            raise Unavailable(f"cannot reach NATS at {urls}: {why}") from failures[0]
         raise Unavailable(
             f"cannot reach NATS at {urls}: no connection within {deadline:g}s ({why})"
         )
