@@ -27,7 +27,10 @@ import os
 import sys
 import types
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader  # not at run time: it imports importlib.resources
 
 _METADATA = "importlib.metadata"
 _CLIENT = "nats.aio.client"
@@ -57,7 +60,7 @@ class _ClientFinder:
         version = installed_version()
         if spec is None or spec.loader is None or version is None or _METADATA in sys.modules:
             return spec  # the usual way
-        spec.loader = _StubbedMetadataLoader(spec.loader, version)
+        spec.loader = cast("Loader", _StubbedMetadataLoader(spec.loader, version))
         return spec
 
 
