@@ -21,6 +21,7 @@ from confbus.cli import exitcodes
 from confbus.cli.commands.index import COMMANDS
 from confbus.cli.exitcodes import CliError
 from confbus.cli.output import stdout_may_close
+from confbus.runtime import natspy
 from confbus.runtime.errors import ConfbusError, InvalidInput, Unavailable
 from confbus.runtime.urls import DEFAULT_NATS_URL, check_urls
 
@@ -196,6 +197,7 @@ def console() -> NoReturn:
 def _main(argv: Sequence[str] | None) -> tuple[int, bool]:
     """The command's exit code, and whether it ran over the bus (``_run_remote``)."""
     code, remote = exitcodes.OK, False
+    natspy.install()  # nats-py's version without importlib.metadata, if a command imports it
     # Every command, --help included, may write into a pipe its reader closed (`| head -1`).
     with stdout_may_close():
         # Which command, from a parser of stubs (``--help`` and a usage error end here), then

@@ -97,7 +97,8 @@ def test_the_modules_register_the_commands_of_the_index_and_no_other() -> None:
 
 
 # Not on ``publish``'s path: the client's answers about the past, key material, other formats'
-# parsers, the spelling hints of a usage error.
+# parsers, the spelling hints of a usage error, nats-py's version read through
+# ``importlib.metadata`` (``confbus.runtime.natspy``).
 NOT_FOR_PUBLISH = (
     "confbus.client._fleet",
     "confbus.client._reconstruct",
@@ -105,6 +106,8 @@ NOT_FOR_PUBLISH = (
     "yaml",
     "jsonschema",
     "difflib",
+    "importlib.metadata",
+    "zipfile",
 )
 
 
