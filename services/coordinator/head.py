@@ -17,8 +17,8 @@ from nats.js.kv import KeyValue
 
 from confbus.runtime.bus import Bus
 from confbus.runtime.errors import Fenced, Stale
-from confbus.runtime.kv import StateKV
-from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.runtime.kv import KVMirror, StateKV
+from confbus.schemas.base import utcnow
 from confbus.schemas.state import HEADS, head_key
 from confbus.schemas.streams import CFG_TXN_HEAD
 from confbus.schemas.txn import TxnHead, decode_head
@@ -36,9 +36,8 @@ class Heads:
         self.kv = kv
         self._state = StateKV(kv, bus)
         self._known: dict[str, Head] = {}  # the last head each get or cas showed us
-        # Every head as the bucket's stream last showed it, while ``mirror`` runs (None: not
-        # mirrored; a head that did not decode is left out, as ``get`` reads it empty).
-        self._mirrored: dict[str, TxnHead] | None = None
+        # Every head as last written, while ``mirror`` runs.
+        self._mirror = KVMirror(self._state, HEADS, decode_head)
 
     def known(self, namespace: str) -> Head | None:
         """The head as we last saw it: a guess for a compare-and-set, which fails (``Fenced``)
@@ -76,30 +75,15 @@ class Heads:
         return sorted(await self._state.keys(HEADS))
 
     async def mirror(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follow every head as it is written (one consumer of the bucket's stream): the
-        recovery sweep then reads only the heads with something left to do (``unsettled``)
-        instead of listing and reading every one each second. Runs until cancelled."""
-        self._mirrored = {}
-        try:
-            await self._state.watch(HEADS, self._on_write, task_status=task_status)
-        finally:
-            self._mirrored = None
-
-    def _on_write(self, namespace: str, value: bytes | None, revision: int) -> None:
-        if self._mirrored is None:
-            return
-        try:
-            head = decode_head(value) if value else None
-        except DECODE_ERRORS:
-            head = None
-        if head is None:
-            self._mirrored.pop(namespace, None)
-        else:
-            self._mirrored[namespace] = head
+        """Follow every head as it is written: the recovery sweep then reads only the heads
+        with something left to do (``unsettled``) instead of listing and reading every one
+        each second. Runs until cancelled."""
+        await self._mirror.run(task_status=task_status)
 
     async def unsettled(self, settled: Callable[[TxnHead], bool]) -> list[str]:
         """The namespaces whose head, as last written, is not ``settled`` — every namespace
         when the heads are not mirrored. A guess to read the head of, never a decision."""
-        if self._mirrored is None:
+        heads = self._mirror.values
+        if heads is None:
             return await self.namespaces()
-        return sorted(ns for ns, head in self._mirrored.items() if not settled(head))
+        return sorted(ns for ns, head in heads.items() if not settled(head))

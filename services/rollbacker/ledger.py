@@ -21,8 +21,8 @@ from anyio.abc import TaskStatus
 
 from confbus.rollbacker.records import with_rollback
 from confbus.runtime.errors import Fenced
-from confbus.runtime.kv import StateKV
-from confbus.schemas.base import DECODE_ERRORS, utcnow
+from confbus.runtime.kv import KVMirror, StateKV
+from confbus.schemas.base import utcnow
 from confbus.schemas.state import LEDGERS, Ledger, Rollback, decode_ledger, ledger_key, ledger_of
 
 T = TypeVar("T")
@@ -31,9 +31,8 @@ T = TypeVar("T")
 class Ledgers:
     def __init__(self, kv: StateKV) -> None:
         self.kv = kv
-        # Which namespaces' ledgers, as last written, have a running rollback — while
-        # ``mirror`` runs (None: not mirrored).
-        self._running: dict[str, bool] | None = None
+        # Every ledger as last written, while ``mirror`` runs.
+        self._mirror = KVMirror(kv, LEDGERS, decode_ledger)
 
     async def read(self, namespace: str) -> Ledger:
         # Absent, or unreadable (a bug, or a much newer layout): start afresh rather than never
@@ -105,27 +104,17 @@ class Ledgers:
         return [ledger_of(key) for key in await self.kv.keys(LEDGERS)]
 
     async def mirror(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follow every ledger as it is written (one consumer of the bucket's stream), so the
-        resume sweep reads only the ledgers with a rollback running (``with_running``) instead
-        of listing and reading all of them every round. Runs until cancelled."""
-        self._running = {}
-        try:
-            await self.kv.watch(LEDGERS, self._on_write, task_status=task_status)
-        finally:
-            self._running = None
-
-    def _on_write(self, key: str, value: bytes | None, revision: int) -> None:
-        if self._running is None:
-            return
-        try:
-            ledger = decode_ledger(value) if value else None
-        except DECODE_ERRORS:
-            ledger = None  # read as absent, as ``read`` does
-        self._running[ledger_of(key)] = ledger is not None and ledger.running is not None
+        """Follow every ledger as it is written, so the resume sweep reads only the ledgers
+        with a rollback running (``with_running``) instead of listing and reading all of them
+        every round. Runs until cancelled."""
+        await self._mirror.run(task_status=task_status)
 
     async def with_running(self) -> list[str]:
         """The namespaces whose ledger, as last written, has a running rollback — every
         namespace with a ledger when they are not mirrored. A guess to read, never a decision."""
-        if self._running is None:
+        ledgers = self._mirror.values
+        if ledgers is None:
             return await self.namespaces()
-        return sorted(ns for ns, running in self._running.items() if running)
+        return sorted(
+            ledger_of(key) for key, ledger in ledgers.items() if ledger.running is not None
+        )

@@ -217,6 +217,40 @@ class StateKV:
                     task_status.started()
 
 
+class KVMirror(Generic[T]):
+    """Every key of a bucket matching ``pattern`` as last written, decoded, while ``run``
+    runs (``StateKV.watch``: one consumer of the bucket's stream): a sweep that would list
+    and read every key each round reads only those the mirror shows with something to do.
+    A value that does not decode, or a deleted key, is left out, as a read finds it empty.
+    What it shows is a guess to read the key of, never a decision."""
+
+    def __init__(self, state: StateKV, pattern: str, decode: Callable[[bytes], T]) -> None:
+        self.state = state
+        self.pattern = pattern
+        self.decode = decode
+        self.values: dict[str, T] | None = None  # key -> value; None: not running
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow the keys until cancelled; ``task_status`` once every current value is in."""
+        self.values = {}
+        try:
+            await self.state.watch(self.pattern, self._on_write, task_status=task_status)
+        finally:
+            self.values = None
+
+    def _on_write(self, key: str, value: bytes | None, revision: int) -> None:
+        if self.values is None:
+            return
+        try:
+            decoded = self.decode(value) if value else None
+        except DECODE_ERRORS:
+            decoded = None
+        if decoded is None:
+            self.values.pop(key, None)
+        else:
+            self.values[key] = decoded
+
+
 async def _stop(watcher: KeyValue.KeyWatcher) -> None:
     try:
         await watcher.stop()  # type: ignore[no-untyped-call]

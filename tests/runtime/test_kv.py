@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from confbus.procs.nats import NatsServer
 from confbus.runtime.bus import Bus, connect
 from confbus.runtime.errors import InvalidInput, Stale, Unavailable
-from confbus.runtime.kv import KEYS_IDLE_S, Entry, StateKV
+from confbus.runtime.kv import KEYS_IDLE_S, Entry, KVMirror, StateKV
 from confbus.schemas.state import ROLLOUTS, rollout_key, target_key
 from confbus.schemas.streams import CFG_STATE
 from tests.helpers import eventually, restart_nats
@@ -129,6 +129,32 @@ async def test_a_watch_mirrors_a_family_and_hears_writes_within_a_second_of_a_br
     # (10-20 s).
     print(f"write heard {heard_after:.3f}s after the reconnect")
     assert heard_after < 3.0
+
+
+async def test_a_mirror_holds_each_key_as_last_written_and_leaves_out_what_reads_as_absent(
+    bus: Bus,
+) -> None:
+    kv = await StateKV.open(bus, CFG_STATE)
+    web, api, odd = rollout_key("web"), rollout_key("api"), rollout_key("odd")
+    await kv.cas(web, Counter(1), 0)
+    await kv.cas(target_key("web", "n1"), Counter(1), 0)  # another family: not mirrored
+    mirror = KVMirror(kv, ROLLOUTS, decode)
+    assert mirror.values is None  # not running: callers fall back to listing the keys
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(mirror.run)
+        assert mirror.values == {web: Counter(1)}  # the current values before ``started``
+        await kv.cas(api, Counter(2), 0)
+        await kv.kv.put(odd, b"\x00 not a record")  # reads as absent: left out
+        await kv.delete(web)
+
+        async def settled() -> dict[str, Counter] | None:
+            values = mirror.values
+            return dict(values) if values == {api: Counter(2)} else None
+
+        assert await eventually(settled, timeout=5, what="the mirror after three writes")
+        tg.cancel_scope.cancel()
+    assert mirror.values is None
 
 
 async def test_a_bucket_is_looked_up_once_then_its_handle_kept(
